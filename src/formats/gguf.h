@@ -1,0 +1,249 @@
+#pragma once
+// GGUF (llama.cpp's model file format), versions 2 and 3, little-endian.
+//
+// Layout:  "GGUF" | u32 version | u64 tensor_count | u64 kv_count
+//          | kv_count × (string key, u32 value_type, value)
+//          | tensor_count × (string name, u32 n_dims, u64 dims[n_dims], u32 ggml_type, u64 offset)
+//          | padding to `alignment` | data section (tensor offsets are relative to its start)
+// string = u64 byte length + UTF-8 bytes (no terminator); array = u32 element type +
+// u64 count + elements (elements may themselves be arrays). `alignment` is the u32
+// metadata value general.alignment (a power of two), 32 when absent. dims are in ggml
+// order: dims[0] (ne0) is the contiguous dimension, i.e. the PyTorch shape reversed.
+//
+// The reader trusts no byte of the file: every count is checked against the bytes
+// left before anything is allocated, every string/array/tensor must lie inside the
+// file, tensor data must be aligned, inside the data section and not overlapping, and
+// names/keys must be unique. Anything malformed is a qlora::Error naming the file and
+// the problem (and the key or tensor). Version 1 files (u32 counts) are rejected.
+//
+// Tensors are never copied on open: GgufFile maps the file and tensor data are views.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/mapped_file.h"
+#include "formats/ggml_types.h"
+
+namespace qlora {
+
+// ---- metadata values ---------------------------------------------------------------
+enum class GgufValueType : uint32_t {
+  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7,
+  STRING = 8, ARRAY = 9, U64 = 10, I64 = 11, F64 = 12,
+};
+// "uint8", "int32", "float32", "bool", "string", "array", ... (gguf spelling)
+std::string_view gguf_value_type_name(GgufValueType t);
+
+// One metadata value. Strings and packed numeric arrays are views into the file's
+// bytes: they live as long as the GgufFile (or the span given to parse_gguf).
+struct GgufValue {
+  GgufValueType type = GgufValueType::U8;
+  uint64_t u = 0;         // U8, U16, U32, U64, BOOL (0 or 1)
+  int64_t i = 0;          // I8, I16, I32, I64
+  double f = 0;           // F32, F64
+  std::string_view str;   // STRING
+
+  // ARRAY: elem_type and count; the elements are in exactly one of:
+  GgufValueType elem_type = GgufValueType::U8;
+  uint64_t count = 0;
+  std::span<const uint8_t> raw;           // numeric/bool elements, packed little-endian
+  std::vector<std::string_view> strings;  // STRING elements
+  std::vector<GgufValue> arrays;          // ARRAY elements (nested arrays)
+
+  bool is_integer() const;  // U8..U64, I8..I64 (not BOOL)
+  bool is_float() const;    // F32, F64
+  // "uint32", or "array[string]" for arrays.
+  std::string type_name() const;
+};
+
+// ---- tensors -----------------------------------------------------------------------
+struct GgufTensorInfo {
+  std::string name;
+  GgmlType type = GgmlType::F32;
+  std::vector<int64_t> dims;  // ggml order: dims[0] = ne0, the contiguous dimension
+  uint64_t offset = 0;        // relative to the data section
+  uint64_t nbytes = 0;        // bytes of data, from type and dims
+  int64_t numel() const;
+  // PyTorch / row-major order: dims reversed (so a Linear weight is [out, in]).
+  std::vector<int64_t> shape() const;
+};
+
+struct GgufHeader {
+  uint32_t version = 0;
+  std::vector<std::pair<std::string, GgufValue>> metadata;  // in file order
+  std::vector<GgufTensorInfo> tensors;                       // in file order
+  uint64_t alignment = 32;
+  uint64_t data_start = 0;  // absolute offset of the data section
+};
+
+// Parses and validates everything before the data section of a GGUF held in `file`
+// and checks every tensor's byte range against it. `where` names the file in errors.
+// Never reads outside `file`; the views in the result point into `file`.
+GgufHeader parse_gguf(std::span<const uint8_t> file, std::string_view where);
+
+// ---- the file ------------------------------------------------------------------------
+// Thread-safety: immutable after construction; const methods may be called from many
+// threads at once.
+class GgufFile {
+ public:
+  // Maps and validates `path`. Throws Error naming the file on any problem.
+  explicit GgufFile(const std::string& path);
+  // Parses bytes held by the caller (which must outlive this object); `where` names
+  // them in errors. For tests and fuzzing: no file needed.
+  static GgufFile from_bytes(std::span<const uint8_t> bytes, std::string where);
+
+  GgufFile(GgufFile&&) noexcept = default;
+  GgufFile& operator=(GgufFile&&) noexcept = default;
+
+  const std::string& path() const { return where_; }
+  uint32_t version() const { return header_.version; }
+  uint64_t alignment() const { return header_.alignment; }
+  uint64_t data_start() const { return header_.data_start; }
+  std::span<const uint8_t> bytes() const { return bytes_; }
+
+  // -- metadata --
+  const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return header_.metadata; }
+  // nullptr when absent.
+  const GgufValue* find(std::string_view key) const;
+  bool has(std::string_view key) const { return find(key) != nullptr; }
+  // Throws Error "<file>: metadata key '<key>' missing".
+  const GgufValue& at(std::string_view key) const;
+
+  // Typed getters. Each throws Error "<file>: metadata key 'x' missing" or
+  // "<file>: metadata key 'x' has type <y>, expected <z>". Integer getters accept any
+  // integer type whose value fits (else "... value v out of range for <z>"); float
+  // getters accept float32 and float64.
+  std::string_view get_string(std::string_view key) const;
+  uint32_t get_u32(std::string_view key) const;
+  uint64_t get_u64(std::string_view key) const;
+  int64_t get_i64(std::string_view key) const;
+  float get_f32(std::string_view key) const;
+  double get_f64(std::string_view key) const;
+  bool get_bool(std::string_view key) const;
+  // The same, returning `dflt` when the key is absent (a present key of the wrong
+  // type still throws).
+  std::string_view get_string_or(std::string_view key, std::string_view dflt) const;
+  uint32_t get_u32_or(std::string_view key, uint32_t dflt) const;
+  int64_t get_i64_or(std::string_view key, int64_t dflt) const;
+  float get_f32_or(std::string_view key, float dflt) const;
+  bool get_bool_or(std::string_view key, bool dflt) const;
+
+  // Arrays: "has type array[int32], expected array[string]" when the element type is
+  // wrong. Integer arrays accept any integer element type; float arrays float32/64.
+  std::vector<std::string> get_string_array(std::string_view key) const;
+  std::vector<std::string_view> get_string_view_array(std::string_view key) const;
+  std::vector<float> get_f32_array(std::string_view key) const;
+  std::vector<int64_t> get_int_array(std::string_view key) const;
+  std::vector<int32_t> get_i32_array(std::string_view key) const;  // range-checked
+  // Element count of an array value (throws if absent or not an array).
+  uint64_t array_size(std::string_view key) const;
+
+  // general.architecture ("llama", "qwen2", ...).
+  std::string_view architecture() const { return get_string("general.architecture"); }
+
+  // -- tensors --
+  const std::vector<GgufTensorInfo>& tensors() const { return header_.tensors; }
+  const GgufTensorInfo* find_tensor(std::string_view name) const;
+  // Throws Error "<file>: no tensor named '<name>'".
+  const GgufTensorInfo& tensor(std::string_view name) const;
+  // The tensor's bytes (a view into the file).
+  std::span<const uint8_t> tensor_data(const GgufTensorInfo& t) const;
+  // Dequantized to float32 (row-major, numel() floats). Throws Error for a type that
+  // cannot be dequantized (see GgmlTypeTraits::can_dequantize).
+  std::vector<float> tensor_to_f32(std::string_view name) const;
+  std::vector<float> tensor_to_f32(const GgufTensorInfo& t) const;
+  void tensor_to_f32(const GgufTensorInfo& t, std::span<float> out) const;
+
+ private:
+  GgufFile() = default;
+  void index();
+  [[noreturn]] void type_error(std::string_view key, const GgufValue& v, std::string_view expected) const;
+  const GgufValue& typed(std::string_view key, GgufValueType t) const;
+
+  std::string where_;
+  std::optional<MappedFile> file_;
+  std::span<const uint8_t> bytes_;
+  GgufHeader header_;
+  std::map<std::string, size_t, std::less<>> meta_index_;
+  std::map<std::string, size_t, std::less<>> tensor_index_;
+};
+
+// ---- mapping onto the project's (Hugging Face) names ----------------------------------
+// llama.cpp tensor name -> Hugging Face (transformers Llama) parameter name:
+//   token_embd.weight -> model.embed_tokens.weight     output_norm.weight -> model.norm.weight
+//   output.weight     -> lm_head.weight
+//   blk.N.attn_q|attn_k|attn_v|attn_output.{weight,bias} -> model.layers.N.self_attn.{q,k,v,o}_proj.*
+//   blk.N.attn_q_norm|attn_k_norm.weight -> model.layers.N.self_attn.{q,k}_norm.weight
+//   blk.N.ffn_gate|ffn_up|ffn_down.{weight,bias} -> model.layers.N.mlp.{gate,up,down}_proj.*
+//   blk.N.attn_norm.weight -> model.layers.N.input_layernorm.weight
+//   blk.N.ffn_norm.weight  -> model.layers.N.post_attention_layernorm.weight
+// nullopt for names without a Hugging Face counterpart (e.g. rope_freqs.weight).
+std::optional<std::string> gguf_to_hf_tensor_name(std::string_view gguf_name);
+// The inverse; nullopt for names outside the table.
+std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name);
+
+// Hyper-parameters of a llama-family GGUF, keys prefixed by general.architecture.
+struct GgufLlamaHParams {
+  std::string architecture;       // general.architecture
+  int64_t hidden_size = 0;        // {arch}.embedding_length
+  int64_t num_layers = 0;         // {arch}.block_count
+  int64_t intermediate_size = 0;  // {arch}.feed_forward_length
+  int64_t num_heads = 0;          // {arch}.attention.head_count
+  int64_t num_kv_heads = 0;       // {arch}.attention.head_count_kv (default num_heads)
+  int64_t head_dim = 0;           // {arch}.attention.key_length (default hidden/heads)
+  int64_t rope_dim = 0;           // {arch}.rope.dimension_count (default head_dim)
+  float rope_theta = 10000.0f;    // {arch}.rope.freq_base (default 10000, as llama.cpp)
+  float rms_norm_eps = 1e-5f;     // {arch}.attention.layer_norm_rms_epsilon
+  int64_t context_length = 0;     // {arch}.context_length
+  int64_t vocab_size = 0;         // length of tokenizer.ggml.tokens
+  bool tie_word_embeddings = false;  // true when there is no output.weight tensor
+  // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
+  // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
+  bool qk_rope_permuted = false;
+};
+
+// Reads and validates the hyper-parameters (positive, consistent with each other and
+// with token_embd.weight's shape). Throws Error naming the file and the key.
+GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
+
+// llama.cpp's convert_hf_to_gguf.py permutes the rows of q_proj/k_proj (weights and
+// biases) of llama-architecture models, turning Hugging Face's rotate-half RoPE layout
+// (pairs (i, i + d/2) within a head of d rows) into ggml's adjacent-pair layout (pairs
+// (2i, 2i+1)):  gguf_row[h*d + 2*i + s] = hf_row[h*d + s*d/2 + i]  (s in {0,1}, i < d/2).
+// unpermute_rope_rows is transformers' `reverse_permute` (GGUF -> HF); permute_rope_rows
+// is llama.cpp's `permute` (HF -> GGUF). `in` and `out` hold rows*cols floats and must
+// not overlap. Throws Error when rows is not a multiple of 2*n_head.
+void unpermute_rope_rows(std::span<const float> in, std::span<float> out, int64_t rows, int64_t cols,
+                         int64_t n_head);
+void permute_rope_rows(std::span<const float> in, std::span<float> out, int64_t rows, int64_t cols,
+                       int64_t n_head);
+
+// A tensor dequantized to float32 in Hugging Face layout: for blk.N.attn_q.* (n_head =
+// num_heads) and blk.N.attn_k.* (n_head = num_kv_heads) of a file with
+// hp.qk_rope_permuted, the row permutation is undone; other tensors are as stored.
+// Equals what transformers' GGUF loader produces (tests/formats/test_gguf_smollm2.cpp).
+std::vector<float> gguf_tensor_to_f32_hf(const GgufFile& f, const GgufTensorInfo& t, const GgufLlamaHParams& hp);
+
+// ---- tokenizer metadata ---------------------------------------------------------------
+// The tokenizer.* keys, read plainly (the tokenizer module builds a tokenizer from it).
+struct GgufTokenizerInfo {
+  std::string model;                  // tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" (byte BPE), ...
+  std::string pre;                    // tokenizer.ggml.pre ("" when absent)
+  std::vector<std::string> tokens;    // tokenizer.ggml.tokens
+  std::vector<float> scores;          // tokenizer.ggml.scores (empty when absent)
+  std::vector<int32_t> token_types;   // tokenizer.ggml.token_type (empty when absent)
+  std::vector<std::string> merges;    // tokenizer.ggml.merges, "a b" each (empty when absent)
+  std::optional<int64_t> bos_id, eos_id, unk_id, pad_id;  // tokenizer.ggml.*_token_id
+  std::optional<bool> add_bos, add_eos;                   // tokenizer.ggml.add_{bos,eos}_token
+  std::optional<bool> add_space_prefix;                   // tokenizer.ggml.add_space_prefix
+  std::optional<std::string> chat_template;               // tokenizer.chat_template
+};
+// Throws Error when tokens are missing, scores/token_type lengths differ from tokens,
+// or a special-token id is outside the vocabulary.
+GgufTokenizerInfo read_gguf_tokenizer(const GgufFile& f);
+
+}  // namespace qlora

@@ -14,6 +14,12 @@ bool cpu_has_avx512_bf16() {
   if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
   return (a >> 5) & 1u;
 }
+// F16C is CPUID.1:ECX[29]; clang 14's __builtin_cpu_supports does not know "f16c".
+bool cpu_has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c >> 29) & 1u;
+}
 }  // namespace
 
 SimdLevel cpu_simd_level() {
@@ -24,7 +30,7 @@ SimdLevel cpu_simd_level() {
         __builtin_cpu_supports("avx512vbmi") && cpu_has_avx512_bf16() &&
         __builtin_cpu_supports("fma"))
       return SimdLevel::AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
       return SimdLevel::AVX2;
     return SimdLevel::Scalar;
   }();

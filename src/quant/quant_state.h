@@ -1,0 +1,74 @@
+#pragma once
+// A 4-bit tensor and everything needed to dequantize it (bitsandbytes' QuantState), and
+// its serialization in the layout transformers writes for a 4-bit Linear:
+//   W.weight                              uint8 packed codes, shape [(n+1)/2, 1]
+//   W.weight.absmax                       float32 per block, or uint8 when nested
+//   W.weight.quant_map                    float32[16]
+//   W.weight.nested_absmax                float32 per 256 absmax values   (nested only)
+//   W.weight.nested_quant_map             float32[256]                    (nested only)
+//   W.weight.quant_state.bitsandbytes__nf4 (or __fp4): uint8 bytes of JSON
+//       {quant_type, blocksize, dtype, shape, nested_blocksize, nested_dtype, nested_offset}
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+#include "quant/codebook.h"
+
+namespace qlora {
+
+class SafeTensorsFile;
+class SafeTensorsWriter;
+
+struct QuantState {
+  QuantType type = QuantType::NF4;
+  int blocksize = 64;
+  ComputeDType dtype = ComputeDType::F32;  // the dtype dequantization produces
+  std::vector<int64_t> shape;              // of the original (unquantized) tensor
+  std::array<float, 16> code{};            // quant_map
+
+  // Not nested: absmax holds one float32 per block.
+  std::vector<float> absmax;
+
+  // Nested (double quantization): absmax_q holds one uint8 per block; the float absmax is
+  // nested_code[absmax_q[i]] * nested_absmax[i / nested_blocksize] + offset.
+  bool nested = false;
+  std::vector<uint8_t> absmax_q;
+  std::vector<float> nested_absmax;
+  std::array<float, 256> nested_code{};
+  int nested_blocksize = 256;
+  float offset = 0.0f;
+
+  int64_t numel() const;
+  int64_t blocks() const;
+  // One float32 absmax per block, undoing double quantization when nested.
+  std::vector<float> block_absmax() const;
+  // Bytes of the quantization constants (absmax, nested state), for bits-per-parameter.
+  int64_t constant_bytes() const;
+};
+
+struct Quantized4bit {
+  std::vector<uint8_t> packed;  // (numel+1)/2 bytes
+  QuantState state;
+  // Storage bits per parameter: packed codes + constants (maps excluded, as they are shared).
+  double bits_per_param() const;
+};
+
+// Quantizes `x` (numel = product of shape) exactly as bitsandbytes' quantize_4bit
+// (compress_statistics = double_quant).
+Quantized4bit quantize_tensor_4bit(const float* x, const std::vector<int64_t>& shape, QuantType type,
+                                   int blocksize, bool double_quant, ComputeDType dtype);
+// Dequantize the whole tensor into `out` (numel elements).
+void dequantize_tensor_4bit(const Quantized4bit& q, float* out);
+void dequantize_tensor_4bit(const Quantized4bit& q, uint16_t* out, DType out_dtype /* BF16 or F16 */);
+
+// Adds W.weight and its quant-state tensors (names above) for `weight_name` ("...q_proj.weight").
+void write_4bit_to_safetensors(SafeTensorsWriter& w, const std::string& weight_name, const Quantized4bit& q);
+// True when `weight_name` in `f` is a bitsandbytes 4-bit weight (has a quant_state.* entry).
+bool is_4bit_in_safetensors(const SafeTensorsFile& f, const std::string& weight_name);
+// Reads it back, validating every piece against the JSON; throws Error naming the file
+// and tensor on any inconsistency.
+Quantized4bit read_4bit_from_safetensors(const SafeTensorsFile& f, const std::string& weight_name);
+
+}  // namespace qlora

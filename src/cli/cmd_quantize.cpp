@@ -1,0 +1,79 @@
+// `qlora quantize` and `qlora dequantize`: bitsandbytes-layout 4-bit checkpoints.
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include "base/dtype.h"
+#include "base/progress.h"
+#include "cli/command.h"
+#include "quant/quantize_checkpoint.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+void print_report(const qlora::QuantizeReport& r, const std::string& out) {
+  std::fprintf(stderr, "%lld tensors 4-bit (%lld parameters), %lld kept; %s -> %s, wrote %s\n",
+               static_cast<long long>(r.tensors_quantized), static_cast<long long>(r.params_quantized),
+               static_cast<long long>(r.tensors_kept), qlora::human_bytes(static_cast<double>(r.bytes_in)).c_str(),
+               qlora::human_bytes(static_cast<double>(r.bytes_out)).c_str(), out.c_str());
+}
+
+const bool kQuantize = qlora::cli::register_command(
+    "quantize", "Quantize a safetensors file or Hugging Face model directory to bitsandbytes 4-bit",
+    [](CLI::App& app) -> qlora::cli::Action {
+      struct Opts {
+        std::string in, out, quant = "nf4", compute = "fp32";
+        int blocksize = 64;
+        bool dq = false;
+        std::vector<std::string> skip{"lm_head"};
+      };
+      auto o = std::make_shared<Opts>();
+      app.add_option("--model", o->in, "Input .safetensors file or model directory")->required();
+      app.add_option("--out", o->out, "Output file (for a file input) or directory")->required();
+      app.add_option("--quant", o->quant, "nf4 or fp4")->capture_default_str();
+      app.add_option("--blocksize", o->blocksize, "Block size: 32..4096, a power of two")->capture_default_str();
+      app.add_flag("--double-quant", o->dq, "Quantize the absmax constants too (bnb_4bit_use_double_quant)");
+      app.add_option("--compute-dtype", o->compute, "Dtype recorded for dequantization: fp32, bf16, fp16")
+          ->capture_default_str();
+      app.add_option("--skip", o->skip, "Modules kept in full precision")->capture_default_str();
+      return [o] {
+        qlora::QuantizeOptions opt;
+        opt.type = qlora::quant_type_from_string(o->quant);
+        opt.blocksize = o->blocksize;
+        opt.double_quant = o->dq;
+        opt.compute_dtype = qlora::compute_dtype_from_string(o->compute);
+        opt.skip_modules = o->skip;
+        std::optional<qlora::ProgressBar> bar;
+        auto rep = qlora::quantize_checkpoint(o->in, o->out, opt, [&](int64_t d, int64_t t) {
+          if (!bar) bar.emplace(t, "quantize", "tensors");
+          bar->update(d);
+        });
+        if (bar) bar->finish();
+        print_report(rep, o->out);
+        return 0;
+      };
+    });
+
+const bool kDequantize = qlora::cli::register_command(
+    "dequantize", "Turn a bitsandbytes 4-bit checkpoint back into a full-precision one",
+    [](CLI::App& app) -> qlora::cli::Action {
+      struct Opts {
+        std::string in, out, dtype = "fp32";
+      };
+      auto o = std::make_shared<Opts>();
+      app.add_option("--model", o->in, "Input 4-bit .safetensors file or model directory")->required();
+      app.add_option("--out", o->out, "Output file or directory")->required();
+      app.add_option("--dtype", o->dtype, "Output dtype: fp32, bf16, fp16")->capture_default_str();
+      return [o] {
+        auto dt = qlora::to_dtype(qlora::compute_dtype_from_string(o->dtype));
+        std::optional<qlora::ProgressBar> bar;
+        auto rep = qlora::dequantize_checkpoint(o->in, o->out, dt, [&](int64_t d, int64_t t) {
+          if (!bar) bar.emplace(t, "dequantize", "tensors");
+          bar->update(d);
+        });
+        if (bar) bar->finish();
+        print_report(rep, o->out);
+        return 0;
+      };
+    });
+}  // namespace

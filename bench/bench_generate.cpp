@@ -1,0 +1,191 @@
+// Inference speed: the fused 4-bit GEMV per SIMD level (packed-weight bytes per second),
+// the two multi-token strategies (fused multi-token GEMV vs dequantize-a-panel GEMM) that
+// QuantLinear chooses between by token count, and whole-model decode / prompt speed on
+// stories260K and SmolLM2-135M (when scripts/fetch_model.sh has fetched it).
+//
+//   build/bench_generate --benchmark_min_time=0.5s
+//   OMP_NUM_THREADS=1 build/bench_generate --benchmark_filter=Strategy
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <tuple>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/cpu_features.h"
+#include "formats/model_loader.h"
+#include "model/linear_kernels.h"
+#include "model/model.h"
+#include "model/quant_linear.h"
+#include "quant/quant_state.h"
+
+namespace {
+
+using namespace qlora;
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+struct Q4 {
+  Quantized4bit q;
+  kernels::Q4Matrix m;
+};
+
+std::unique_ptr<Q4> make_q4(int64_t rows, int64_t cols, bool dq) {
+  auto w = randn(rows * cols, 1, 0.02f);
+  auto r = std::make_unique<Q4>();
+  r->q = quantize_tensor_4bit(w.data(), {rows, cols}, QuantType::NF4, 64, dq, ComputeDType::F32);
+  QuantLinear lin(r->q, ComputeDType::F32);
+  r->m = lin.q4_view();
+  // Point the view at our copy (lin dies here).
+  r->m.packed = r->q.packed.data();
+  r->m.code = r->q.state.code.data();
+  if (dq) {
+    r->m.absmax_q = r->q.state.absmax_q.data();
+    r->m.nested_absmax = r->q.state.nested_absmax.data();
+    r->m.nested_code = r->q.state.nested_code.data();
+  } else {
+    r->m.absmax = r->q.state.absmax.data();
+  }
+  return r;
+}
+
+const SimdLevel kLevels[] = {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512};
+
+// Single-threaded fused GEMV: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = double quant.
+void BM_GemvQ4(benchmark::State& st) {
+  const SimdLevel lv = kLevels[st.range(0)];
+  if (static_cast<int>(lv) > static_cast<int>(cpu_simd_level())) {
+    st.SkipWithError("level not supported by this CPU");
+    return;
+  }
+  const int64_t rows = st.range(1), cols = st.range(2);
+  auto q = make_q4(rows, cols, st.range(3) != 0);
+  auto x = randn(cols, 2);
+  std::vector<float> y(rows);
+  const auto& k = kernels::linear_kernels_for(lv);
+  for (auto _ : st) {
+    k.gemv_q4(q->m, x.data(), y.data(), 0, rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * rows * cols / 2);
+  st.SetLabel(simd_level_name(lv));
+}
+BENCHMARK(BM_GemvQ4)
+    ->ArgsProduct({{0, 1, 2}, {1536}, {576}, {0, 1}})
+    ->ArgsProduct({{1, 2}, {4096}, {4096}, {0}})
+    ->Unit(benchmark::kMicrosecond);
+
+// Multi-token strategies, single-threaded, active SIMD level, 1536x576 NF4:
+// arg0 = tokens, arg1 = 0: fused multi-token GEMV, 1: dequantize 16-row panels + GEMM.
+void BM_Strategy(benchmark::State& st) {
+  const int64_t T = st.range(0), rows = 1536, cols = 576;
+  auto q = make_q4(rows, cols, false);
+  auto x = randn(T * cols, 3);
+  std::vector<float> y(T * rows), buf(16 * cols);
+  const auto& k = kernels::active_linear_kernels();
+  for (auto _ : st) {
+    if (st.range(1) == 0) {
+      for (int64_t t = 0; t < T; t += kernels::kMaxGemvTokens)
+        k.gemv_q4_multi(q->m, x.data() + t * cols, std::min<int64_t>(kernels::kMaxGemvTokens, T - t),
+                        y.data() + t * rows, rows, 0, rows);
+    } else {
+      for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        k.dequant_rows_q4(q->m, r0, r0 + 16, buf.data());
+        k.gemm_rows(x.data(), cols, T, buf.data(), cols, 16, cols, y.data() + r0, rows);
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.counters["tokens/s"] = benchmark::Counter(static_cast<double>(T * st.iterations()), benchmark::Counter::kIsRate);
+  st.SetLabel(st.range(1) == 0 ? "fused multi-token gemv" : "dequantize 16 rows + row-tile gemm");
+}
+BENCHMARK(BM_Strategy)->ArgsProduct({{2, 4, 8, 16, 32, 64, 256}, {0, 1}})->Unit(benchmark::kMicrosecond);
+
+// Whole-model decode: one token per iteration (the KV cache is reset every 256 tokens).
+struct LoadedModel {
+  ModelFiles files;
+  std::unique_ptr<Model> model;
+};
+
+std::unique_ptr<LoadedModel> load(const std::string& path, bool quantize, ComputeDType dt) {
+  if (!std::filesystem::exists(path)) return nullptr;
+  auto m = std::make_unique<LoadedModel>();
+  m->files = open_model_files(path);
+  ModelLoadOptions opt;
+  opt.quant.quantize = quantize;
+  opt.compute_dtype = dt;
+  m->model = std::make_unique<Model>(Model::load(m->files.spec, *m->files.tensors, opt));
+  return m;
+}
+
+std::string data_dir() {
+  const char* d = std::getenv("QLORA_DATA_DIR");
+  return d && *d ? d : QLORA_DEFAULT_DATA_DIR;
+}
+std::string smollm2() {
+  const char* d = std::getenv("QLORA_MODELS_DIR");
+  return (d && *d ? std::string(d) : std::string(QLORA_SOURCE_DIR) + "/models") + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+// arg0: 0 = stories260K, 1 = SmolLM2; arg1: 0 = --quant none, 1 = nf4; arg2: 0 = fp32, 1 = bf16.
+void BM_Decode(benchmark::State& st) {
+  const std::string path = st.range(0) == 0 ? data_dir() + "/stories260K/stories260K.bin" : smollm2();
+  const ComputeDType dt = st.range(2) ? ComputeDType::BF16 : ComputeDType::F32;
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<LoadedModel>> cache;
+  auto& slot = cache[{st.range(0), st.range(1), st.range(2)}];
+  if (!slot) slot = load(path, st.range(1) != 0, dt);
+  if (!slot) {
+    st.SkipWithError(("missing " + path).c_str());
+    return;
+  }
+  const Model& m = *slot->model;
+  InferenceState state(m.spec(), 256);
+  std::vector<float> logits(m.spec().vocab);
+  int tok = 1;
+  for (auto _ : st) {
+    if (state.position() >= 256) state.reset();
+    forward(m, state, std::span<const int>(&tok, 1), logits.data());
+    tok = (tok * 31 + 7) % static_cast<int>(m.spec().vocab);
+  }
+  st.counters["tokens/s"] = benchmark::Counter(static_cast<double>(st.iterations()), benchmark::Counter::kIsRate);
+  st.SetLabel(std::string(st.range(0) ? "SmolLM2-135M" : "stories260K") + (st.range(1) ? " nf4" : " dense") +
+              (st.range(2) ? " bf16" : " fp32"));
+}
+BENCHMARK(BM_Decode)->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})->Unit(benchmark::kMillisecond);
+
+// Prompt processing: arg0 model, arg1 prompt tokens (nf4, fp32 compute).
+void BM_Prompt(benchmark::State& st) {
+  const std::string path = st.range(0) == 0 ? data_dir() + "/stories260K/stories260K.bin" : smollm2();
+  static std::map<int64_t, std::unique_ptr<LoadedModel>> cache;
+  auto& slot = cache[st.range(0)];
+  if (!slot) slot = load(path, true, ComputeDType::F32);
+  if (!slot) {
+    st.SkipWithError(("missing " + path).c_str());
+    return;
+  }
+  const Model& m = *slot->model;
+  const int64_t T = st.range(1);
+  std::vector<int> toks(T);
+  for (int64_t t = 0; t < T; ++t) toks[t] = static_cast<int>((t * 131 + 5) % m.spec().vocab);
+  std::vector<float> logits(m.spec().vocab);
+  for (auto _ : st) {
+    InferenceState state(m.spec(), T);
+    forward(m, state, toks, logits.data());
+  }
+  st.counters["tokens/s"] = benchmark::Counter(static_cast<double>(T * st.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Prompt)->ArgsProduct({{0, 1}, {8, 16, 32, 128}})->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,167 @@
+// `qlora generate`: load a model (quantizing it to 4-bit on the way in unless --quant none)
+// and continue a prompt, streaming the text to stdout; statistics go to stderr.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+#include "base/error.h"
+#include "base/parallel.h"
+#include "cli/command.h"
+#include "formats/model_loader.h"
+#include "formats/tokenizer.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "quant/blockwise.h"
+
+namespace {
+
+struct Options {
+  std::string model, tokenizer, prompt;
+  int64_t n = 128;
+  float temperature = 0.8f, top_p = 0.95f, repetition_penalty = 1.0f;
+  int top_k = 40;
+  uint64_t seed = 42;
+  std::string quant = "nf4";
+  bool double_quant = false;
+  int blocksize = 64;
+  std::string compute_dtype = "fp32";
+  std::vector<std::string> stops;
+  int threads = 0;
+  bool no_echo = false;
+  bool escape = false;
+  bool quiet = false;
+};
+
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\' || i + 1 == s.size()) {
+      out += s[i];
+      continue;
+    }
+    switch (s[++i]) {
+      case 'n': out += '\n'; break;
+      case 't': out += '\t'; break;
+      case 'r': out += '\r'; break;
+      case '\\': out += '\\'; break;
+      case '"': out += '"'; break;
+      case '\'': out += '\''; break;
+      default: out += '\\'; out += s[i];
+    }
+  }
+  return out;
+}
+
+double peak_rss_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+int run(const Options& o, CLI::App& app) {
+  using Clock = std::chrono::steady_clock;
+  if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+
+  qlora::ModelLoadOptions load;
+  load.compute_dtype = qlora::compute_dtype_from_string(o.compute_dtype);
+  if (o.quant == "none") {
+    load.quant.quantize = false;
+  } else {
+    load.quant.type = qlora::quant_type_from_string(o.quant, "--quant");
+    qlora::check_blocksize(o.blocksize, "--blocksize");
+    load.quant.blocksize = o.blocksize;
+    load.quant.double_quant = o.double_quant;
+  }
+
+  const auto t_load = Clock::now();
+  qlora::ModelFiles files = qlora::open_model_files(o.model, o.tokenizer);
+  if (!files.tokenizer)
+    qlora::fail(o.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+  if (!o.quiet)
+    std::fprintf(stderr, "model: %s (%s) %s\n", o.model.c_str(), qlora::model_format_name(files.format),
+                 files.spec.summary().c_str());
+  const qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
+  files.tensors.reset();  // unmap the source: the model holds its own weights now
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  if (!o.quiet)
+    std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n", load_s,
+                 o.quant == "none" ? "dense" : (o.quant + (o.double_quant ? "+dq" : "")).c_str(),
+                 o.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
+
+  // Sampling: generation_config.json's values unless given on the command line.
+  qlora::GenerationOptions gen;
+  gen.max_new_tokens = o.n;
+  gen.sampling = {o.temperature, o.top_k, o.top_p, o.repetition_penalty, o.seed};
+  const qlora::GenerationConfig& gc = files.generation;
+  auto given = [&](const char* name) { return app.count(name) > 0; };
+  if (!given("--temperature")) {
+    if (gc.do_sample && !*gc.do_sample) gen.sampling.temperature = 0.0f;
+    else if (gc.temperature) gen.sampling.temperature = *gc.temperature;
+  }
+  if (!given("--top-k") && gc.top_k) gen.sampling.top_k = *gc.top_k;
+  if (!given("--top-p") && gc.top_p) gen.sampling.top_p = *gc.top_p;
+  if (!given("--repetition-penalty") && gc.repetition_penalty)
+    gen.sampling.repetition_penalty = *gc.repetition_penalty;
+  for (const std::string& s : o.stops) gen.stop_strings.push_back(o.escape ? unescape(s) : s);
+  gen.echo_prompt = !o.no_echo;
+
+  const std::string prompt = o.escape ? unescape(o.prompt) : o.prompt;
+  const std::vector<int32_t> ids32 = files.tokenizer->encode(prompt);
+  const std::vector<int> prompt_ids(ids32.begin(), ids32.end());
+
+  const qlora::GenerationResult r =
+      qlora::generate(model, files.tokenizer.get(), prompt_ids, gen, [](std::string_view s) {
+        std::fwrite(s.data(), 1, s.size(), stdout);
+        std::fflush(stdout);
+      });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+
+  if (!o.quiet) {
+    std::fprintf(stderr, "\nprompt: %zu tokens in %.3f s (%.1f tokens/s)\n", r.prompt_ids.size(), r.prompt_seconds,
+                 r.prompt_tokens_per_second());
+    std::fprintf(stderr, "generation: %zu tokens, %lld decode steps in %.3f s (%.1f tokens/s), stop: %s\n",
+                 r.output_ids.size(), static_cast<long long>(r.decode_steps), r.decode_seconds,
+                 r.decode_tokens_per_second(), qlora::stop_reason_name(r.stop));
+    std::fprintf(stderr, "threads: %d, peak memory: %.1f MiB\n", qlora::max_threads(), peak_rss_mib());
+  }
+  return 0;
+}
+
+const bool kRegistered = qlora::cli::register_command(
+    "generate", "Continue a prompt with a model loaded in 4-bit (or full precision)",
+    [](CLI::App& app) -> qlora::cli::Action {
+      auto o = std::make_shared<Options>();
+      app.add_option("--model,-m", o->model, "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin")
+          ->required();
+      app.add_option("--tokenizer", o->tokenizer, "Tokenizer (directory, tokenizer.json, llama2.c .bin, .gguf)");
+      app.add_option("--prompt,-p", o->prompt, "Text to continue");
+      app.add_option("-n,--n-predict", o->n, "Number of new tokens")
+          ->check(CLI::NonNegativeNumber)
+          ->capture_default_str();
+      app.add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
+      app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+      app.add_option("--top-p", o->top_p, "Nucleus sampling threshold (1 = off)")->capture_default_str();
+      app.add_option("--repetition-penalty", o->repetition_penalty, "Penalty for tokens already seen (1 = off)")
+          ->capture_default_str();
+      app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
+      app.add_option("--quant", o->quant, "Linear layer storage: none, nf4, fp4")->capture_default_str();
+      app.add_flag("--double-quant", o->double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
+      app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
+      app.add_option("--compute-dtype", o->compute_dtype, "fp32, bf16 or fp16")->capture_default_str();
+      app.add_option("--stop", o->stops, "Stop before this string (repeatable)")
+          ->expected(1)
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      app.add_option("--threads,-t", o->threads, "Threads (default: all cores)");
+      app.add_flag("--no-echo", o->no_echo, "Do not print the prompt before the continuation");
+      app.add_flag("--escape,-e", o->escape, "Process \\n, \\t, \\\\ escapes in the prompt and stop strings");
+      app.add_flag("--quiet,-q", o->quiet, "No statistics on stderr");
+      return [o, &app] { return run(*o, app); };
+    });
+
+}  // namespace

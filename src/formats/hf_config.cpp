@@ -1,0 +1,149 @@
+#include "formats/hf_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "base/mapped_file.h"
+
+namespace qlora {
+
+namespace {
+
+using nlohmann::json;
+
+const json* find_key(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+int64_t get_int(const json& j, const char* key, const std::string& where, std::optional<int64_t> dflt = {}) {
+  const json* v = find_key(j, key);
+  if (!v) {
+    if (dflt) return *dflt;
+    fail(where, std::string("missing key '") + key + "'");
+  }
+  if (!v->is_number_integer()) fail(where, std::string("key '") + key + "' must be an integer, got " + v->dump());
+  return v->get<int64_t>();
+}
+
+float get_float(const json& j, const char* key, const std::string& where, float dflt) {
+  const json* v = find_key(j, key);
+  if (!v) return dflt;
+  if (!v->is_number()) fail(where, std::string("key '") + key + "' must be a number, got " + v->dump());
+  return v->get<float>();
+}
+
+bool get_bool(const json& j, const char* key, const std::string& where, bool dflt) {
+  const json* v = find_key(j, key);
+  if (!v) return dflt;
+  if (!v->is_boolean()) fail(where, std::string("key '") + key + "' must be true or false, got " + v->dump());
+  return v->get<bool>();
+}
+
+// An id or a list of ids (eos_token_id may be either).
+std::vector<int> get_ids(const json& j, const char* key, const std::string& where) {
+  const json* v = find_key(j, key);
+  std::vector<int> ids;
+  if (!v) return ids;
+  auto one = [&](const json& e) {
+    if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > (int64_t{1} << 30))
+      fail(where, std::string("key '") + key + "' must hold token ids, got " + v->dump());
+    ids.push_back(e.get<int>());
+  };
+  if (v->is_array())
+    for (const json& e : *v) one(e);
+  else
+    one(*v);
+  return ids;
+}
+
+json parse_file(const std::string& path) {
+  const std::string text = read_text_file(path);
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) fail(path, "not valid JSON");
+  if (!j.is_object()) fail(path, "expected a JSON object");
+  return j;
+}
+
+}  // namespace
+
+ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, "expected a JSON object");
+  const json* mt = find_key(j, "model_type");
+  if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
+  const std::string type = mt->get<std::string>();
+  if (type != "llama" && type != "mistral" && type != "qwen2")
+    fail(where, "model_type '" + type + "' is not supported (supported: llama, mistral, qwen2)");
+
+  ModelSpec s;
+  s.family = type;
+  s.hidden = get_int(j, "hidden_size", where);
+  s.n_layers = get_int(j, "num_hidden_layers", where);
+  s.n_heads = get_int(j, "num_attention_heads", where);
+  s.n_kv_heads = get_int(j, "num_key_value_heads", where, s.n_heads);
+  s.head_dim = get_int(j, "head_dim", where, s.n_heads > 0 ? s.hidden / s.n_heads : 0);
+  s.ffn = get_int(j, "intermediate_size", where);
+  s.vocab = get_int(j, "vocab_size", where);
+  const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : 32768;
+  s.max_positions = get_int(j, "max_position_embeddings", where, default_ctx);
+  s.rope_theta = get_float(j, "rope_theta", where, 10000.0f);
+  s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
+  s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, false);
+  if (type == "qwen2") {
+    s.qkv_bias = true;
+  } else if (type == "llama") {
+    s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
+    s.mlp_bias = get_bool(j, "mlp_bias", where, false);
+  }
+  if (s.n_heads > 0 && s.hidden % s.n_heads != 0 && !find_key(j, "head_dim"))
+    fail(where, "hidden_size " + std::to_string(s.hidden) + " is not a multiple of num_attention_heads " +
+                    std::to_string(s.n_heads));
+
+  if (const json* act = find_key(j, "hidden_act")) {
+    if (!act->is_string() || act->get<std::string>() != "silu")
+      fail(where, "hidden_act " + act->dump() + " is not supported (only silu)");
+  }
+  if (const json* rs = find_key(j, "rope_scaling")) {
+    const json* t = rs->is_object() ? find_key(*rs, "rope_type") : nullptr;
+    if (!t && rs->is_object()) t = find_key(*rs, "type");
+    const bool is_default = t && t->is_string() && t->get<std::string>() == "default";
+    if (!is_default) fail(where, "rope_scaling " + rs->dump() + " is not supported yet");
+  }
+  if (const json* pf = find_key(j, "partial_rotary_factor")) {
+    if (!pf->is_number() || pf->get<double>() != 1.0)
+      fail(where, "partial_rotary_factor " + pf->dump() + " is not supported");
+  }
+  const std::vector<int> bos = get_ids(j, "bos_token_id", where);
+  if (!bos.empty()) s.bos_id = bos[0];
+  s.eos_ids = get_ids(j, "eos_token_id", where);
+  const std::vector<int> pad = get_ids(j, "pad_token_id", where);
+  if (!pad.empty()) s.pad_id = pad[0];
+  s.validate(where);
+  return s;
+}
+
+ModelSpec read_hf_config(const std::string& path) { return spec_from_hf_config(parse_file(path), path); }
+
+GenerationConfig generation_config_from_json(const json& j, const std::string& where) {
+  GenerationConfig g;
+  if (!j.is_object()) fail(where, "expected a JSON object");
+  const std::vector<int> bos = get_ids(j, "bos_token_id", where);
+  if (!bos.empty()) g.bos_id = bos[0];
+  g.eos_ids = get_ids(j, "eos_token_id", where);
+  const std::vector<int> pad = get_ids(j, "pad_token_id", where);
+  if (!pad.empty()) g.pad_id = pad[0];
+  if (find_key(j, "do_sample")) g.do_sample = get_bool(j, "do_sample", where, false);
+  if (find_key(j, "temperature")) g.temperature = get_float(j, "temperature", where, 1.0f);
+  if (find_key(j, "top_p")) g.top_p = get_float(j, "top_p", where, 1.0f);
+  if (find_key(j, "repetition_penalty")) g.repetition_penalty = get_float(j, "repetition_penalty", where, 1.0f);
+  if (find_key(j, "top_k")) g.top_k = static_cast<int>(get_int(j, "top_k", where));
+  if (find_key(j, "max_new_tokens")) g.max_new_tokens = static_cast<int>(get_int(j, "max_new_tokens", where));
+  return g;
+}
+
+GenerationConfig read_generation_config(const std::string& path) {
+  return generation_config_from_json(parse_file(path), path);
+}
+
+}  // namespace qlora

@@ -1,0 +1,36 @@
+#pragma once
+// Hugging Face config.json -> ModelSpec, and generation_config.json.
+//
+// Supported model_type values: llama (including SmolLM/SmolLM2, TinyLlama, Llama 2/3 without
+// rope_scaling), mistral, qwen2. Anything else, or an option the engine does not implement
+// (rope_scaling, an activation other than silu), is an Error naming the file and the key,
+// never a silently wrong model. Defaults are transformers' for each model_type.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "model/model_spec.h"
+
+namespace qlora {
+
+// `where` names the file in errors.
+ModelSpec spec_from_hf_config(const nlohmann::json& config, const std::string& where);
+// Reads and parses `path` (a config.json).
+ModelSpec read_hf_config(const std::string& path);
+
+// The parts of generation_config.json generation uses; absent keys stay empty.
+struct GenerationConfig {
+  std::optional<int> bos_id;
+  std::vector<int> eos_ids;
+  std::optional<int> pad_id;
+  std::optional<bool> do_sample;
+  std::optional<float> temperature, top_p, repetition_penalty;
+  std::optional<int> top_k, max_new_tokens;
+};
+
+GenerationConfig generation_config_from_json(const nlohmann::json& j, const std::string& where);
+GenerationConfig read_generation_config(const std::string& path);
+
+}  // namespace qlora

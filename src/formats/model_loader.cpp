@@ -1,0 +1,333 @@
+#include "formats/model_loader.h"
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "base/mapped_file.h"
+#include "formats/gguf.h"
+#include "formats/llama2c_model.h"
+#include "formats/llama2c_tokenizer.h"
+#include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+#include "formats/tokenizer_gguf.h"
+#include "quant/quant_state.h"
+#include "quant/quantize_checkpoint.h"
+
+namespace qlora {
+
+namespace fs = std::filesystem;
+
+ModelFiles::ModelFiles() = default;
+ModelFiles::~ModelFiles() = default;
+ModelFiles::ModelFiles(ModelFiles&&) noexcept = default;
+ModelFiles& ModelFiles::operator=(ModelFiles&&) noexcept = default;
+
+const char* model_format_name(ModelFormat f) {
+  switch (f) {
+    case ModelFormat::HfDirectory: return "huggingface";
+    case ModelFormat::SafeTensors: return "safetensors";
+    case ModelFormat::Gguf: return "gguf";
+    case ModelFormat::Llama2c: return "llama2.c";
+  }
+  return "?";
+}
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string first_bytes(const std::string& path, size_t n) {
+  std::string out;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    out.resize(n);
+    out.resize(std::fread(out.data(), 1, n, f));
+    std::fclose(f);
+  }
+  return out;
+}
+
+// ---- safetensors (one file or shards) -------------------------------------------------
+
+const char* const kQuantSuffixes[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                                      ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4"};
+
+class SafeTensorsSource : public TensorSource {
+ public:
+  SafeTensorsSource(const std::vector<std::string>& paths, std::string where) : where_(std::move(where)) {
+    for (const std::string& p : paths) {
+      files_.push_back(std::make_unique<SafeTensorsFile>(p));
+      for (const SafeTensorInfo& t : files_.back()->tensors()) {
+        auto [it, inserted] = index_.emplace(t.name, files_.size() - 1);
+        if (!inserted)
+          fail(p, "tensor '" + t.name + "' also appears in " + files_[it->second]->path());
+      }
+    }
+  }
+
+  std::vector<std::string> names() const override {
+    std::vector<std::string> n;
+    for (const auto& [name, f] : index_) {
+      bool aux = false;
+      for (const char* s : kQuantSuffixes) {
+        const auto pos = name.rfind(s);
+        if (pos != std::string::npos && pos + std::strlen(s) == name.size() && index_.count(name.substr(0, pos)))
+          aux = true;
+      }
+      if (!aux) n.push_back(name);
+    }
+    return n;
+  }
+  bool has(const std::string& name) const override { return index_.count(name) != 0; }
+
+  std::vector<int64_t> shape(const std::string& name) const override {
+    const SafeTensorsFile& f = file_of(name);
+    if (const SafeTensorInfo* qs = quant_state_tensor(f, name)) {
+      const auto bytes = f.data(*qs);
+      const auto j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("shape") || !j["shape"].is_array())
+        fail(f.path(), "tensor '" + qs->name + "' is not a valid bitsandbytes quant state");
+      std::vector<int64_t> shape;
+      for (const auto& d : j["shape"]) {
+        if (!d.is_number_integer()) fail(f.path(), "tensor '" + qs->name + "' has a non-integer shape");
+        shape.push_back(d.get<int64_t>());
+      }
+      return shape;
+    }
+    return f.at(name).shape;
+  }
+
+  std::vector<float> get(const std::string& name) const override {
+    const SafeTensorsFile& f = file_of(name);
+    if (quant_state_tensor(f, name)) {
+      const Quantized4bit q = read_4bit_from_safetensors(f, name);
+      std::vector<float> out(static_cast<size_t>(q.state.numel()));
+      dequantize_tensor_4bit(q, out.data());
+      return out;
+    }
+    const SafeTensorInfo& t = f.at(name);
+    if (!dtype_is_float(t.dtype))
+      fail(f.path(), "tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) +
+                         ", expected a floating-point type");
+    return f.to_float(t);
+  }
+
+  std::optional<Quantized4bit> get_4bit(const std::string& name) const override {
+    const SafeTensorsFile& f = file_of(name);
+    if (!quant_state_tensor(f, name)) return std::nullopt;
+    return read_4bit_from_safetensors(f, name);
+  }
+
+  std::string describe() const override { return where_; }
+
+ private:
+  const SafeTensorsFile& file_of(const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) fail(where_, "no tensor named '" + name + "'");
+    return *files_[it->second];
+  }
+  static const SafeTensorInfo* quant_state_tensor(const SafeTensorsFile& f, const std::string& name) {
+    if (const SafeTensorInfo* t = f.find(name + ".quant_state.bitsandbytes__nf4")) return t;
+    return f.find(name + ".quant_state.bitsandbytes__fp4");
+  }
+
+  std::string where_;
+  std::vector<std::unique_ptr<SafeTensorsFile>> files_;
+  std::map<std::string, size_t> index_;
+};
+
+// ---- GGUF ----------------------------------------------------------------------------
+
+class GgufSource : public TensorSource {
+ public:
+  explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
+    for (const GgufTensorInfo& t : file_.tensors())
+      if (auto hf = gguf_to_hf_tensor_name(t.name)) index_.emplace(*hf, &t);
+  }
+  const GgufFile& file() const { return file_; }
+  const GgufLlamaHParams& hparams() const { return hp_; }
+
+  std::vector<std::string> names() const override {
+    std::vector<std::string> n;
+    for (const auto& [k, t] : index_) n.push_back(k);
+    return n;
+  }
+  bool has(const std::string& name) const override { return index_.count(name) != 0; }
+  std::vector<int64_t> shape(const std::string& name) const override { return info(name).shape(); }
+  std::vector<float> get(const std::string& name) const override {
+    return gguf_tensor_to_f32_hf(file_, info(name), hp_);
+  }
+  std::string describe() const override { return file_.path(); }
+
+ private:
+  const GgufTensorInfo& info(const std::string& name) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) fail(file_.path(), "no tensor named '" + name + "'");
+    return *it->second;
+  }
+  GgufFile file_;
+  GgufLlamaHParams hp_;
+  std::map<std::string, const GgufTensorInfo*> index_;
+};
+
+ModelSpec spec_from_gguf(const GgufSource& src) {
+  const GgufLlamaHParams& hp = src.hparams();
+  const std::string& where = src.describe();
+  if (hp.architecture != "llama" && hp.architecture != "mistral" && hp.architecture != "qwen2")
+    fail(where, "GGUF architecture '" + hp.architecture + "' is not supported (supported: llama, mistral, qwen2)");
+  if (hp.rope_dim != hp.head_dim)
+    fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
+                    std::to_string(hp.head_dim) + ") are not supported");
+  ModelSpec s;
+  s.family = hp.architecture;
+  s.hidden = hp.hidden_size;
+  s.n_layers = hp.num_layers;
+  s.n_heads = hp.num_heads;
+  s.n_kv_heads = hp.num_kv_heads;
+  s.head_dim = hp.head_dim;
+  s.ffn = hp.intermediate_size;
+  s.vocab = hp.vocab_size;
+  s.max_positions = hp.context_length;
+  s.rope_theta = hp.rope_theta;
+  s.norm_eps = hp.rms_norm_eps;
+  s.tied_embeddings = hp.tie_word_embeddings;
+  s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias");
+  s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
+  s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias");
+  const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
+  if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);
+  if (tk.eos_id) s.eos_ids = {static_cast<int>(*tk.eos_id)};
+  if (tk.pad_id) s.pad_id = static_cast<int>(*tk.pad_id);
+  s.validate(where);
+  return s;
+}
+
+std::unique_ptr<Tokenizer> gguf_tokenizer(const GgufFile& f) {
+  const GgufTokenizerInfo info = read_gguf_tokenizer(f);
+  GgufTokenizerMetadata md;
+  md.source = f.path();
+  md.model = info.model;
+  md.pre = info.pre;
+  md.tokens = info.tokens;
+  md.scores = info.scores;
+  md.token_types = info.token_types;
+  md.merges = info.merges;
+  md.bos_token_id = info.bos_id;
+  md.eos_token_id = info.eos_id;
+  md.unknown_token_id = info.unk_id;
+  md.padding_token_id = info.pad_id;
+  if (f.has("tokenizer.ggml.eot_token_id")) md.eot_token_id = f.get_i64("tokenizer.ggml.eot_token_id");
+  if (f.has("tokenizer.ggml.eom_token_id")) md.eom_token_id = f.get_i64("tokenizer.ggml.eom_token_id");
+  md.add_bos_token = info.add_bos;
+  md.add_eos_token = info.add_eos;
+  md.add_space_prefix = info.add_space_prefix;
+  if (info.chat_template) md.chat_template = *info.chat_template;
+  return std::make_unique<Tokenizer>(tokenizer_spec_from_gguf_metadata(md));
+}
+
+std::unique_ptr<Tokenizer> tokenizer_from_path(const std::string& path, int64_t vocab) {
+  if (!fs::exists(path)) fail(path, "tokenizer not found (no such file or directory)");
+  if (ends_with(path, ".gguf") || first_bytes(path, 4) == "GGUF") {
+    GgufFile f(path);
+    return gguf_tokenizer(f);
+  }
+  if (ends_with(path, ".bin"))
+    return std::make_unique<Tokenizer>(load_llama2c_tokenizer(path, static_cast<int32_t>(vocab)));
+  return std::make_unique<Tokenizer>(Tokenizer::from_file(path));
+}
+
+void merge_eos(ModelSpec& spec, const std::vector<int>& ids) {
+  for (int id : ids)
+    if (id < spec.vocab && std::find(spec.eos_ids.begin(), spec.eos_ids.end(), id) == spec.eos_ids.end())
+      spec.eos_ids.push_back(id);
+}
+
+}  // namespace
+
+ModelFormat detect_model_format(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) fail(path, "no such file or directory");
+  if (fs::is_directory(path, ec)) {
+    if (!fs::exists(fs::path(path) / "config.json"))
+      fail(path, "not a Hugging Face model directory (no config.json)");
+    return ModelFormat::HfDirectory;
+  }
+  const std::string head = first_bytes(path, 8);
+  if (head.size() >= 4 && head.compare(0, 4, "GGUF") == 0) return ModelFormat::Gguf;
+  if (ends_with(path, ".gguf")) fail(path, "not a GGUF file (bad magic)");
+  if (ends_with(path, ".safetensors")) return ModelFormat::SafeTensors;
+  if (head.size() >= 2 && head.compare(0, 2, "PK") == 0)
+    fail(path, "PyTorch pickle checkpoints are not supported; use the safetensors version of the model");
+  if (ends_with(path, ".bin") || looks_like_llama2c(path)) return ModelFormat::Llama2c;
+  fail(path, "unknown model format (expected a Hugging Face directory, .safetensors, .gguf or llama2.c .bin)");
+}
+
+ModelFiles open_model_files(const std::string& path, const std::string& tokenizer_path) {
+  ModelFiles m;
+  m.path = path;
+  m.format = detect_model_format(path);
+  std::string tok_path = tokenizer_path;
+  switch (m.format) {
+    case ModelFormat::HfDirectory:
+    case ModelFormat::SafeTensors: {
+      const fs::path dir = m.format == ModelFormat::HfDirectory ? fs::path(path) : fs::path(path).parent_path();
+      const std::string config = (dir / "config.json").string();
+      if (!fs::exists(config)) fail(path, "no config.json next to the weights (needed for the architecture)");
+      m.spec = read_hf_config(config);
+      std::vector<std::string> files;
+      if (m.format == ModelFormat::HfDirectory) {
+        if (!fs::exists(dir / "model.safetensors") && !fs::exists(dir / "model.safetensors.index.json")) {
+          bool any = false;
+          for (const auto& e : fs::directory_iterator(dir)) any = any || e.path().extension() == ".safetensors";
+          if (!any) fail(path, "no .safetensors weights in the directory (PyTorch .bin weights are not supported)");
+        }
+        files = safetensors_files_of(path);
+      } else {
+        files = {path};
+      }
+      m.tensors = std::make_unique<SafeTensorsSource>(files, path);
+      const std::string gen = (dir / "generation_config.json").string();
+      if (fs::exists(gen)) m.generation = read_generation_config(gen);
+      if (tok_path.empty() && fs::exists(dir / "tokenizer.json")) tok_path = dir.string();
+      break;
+    }
+    case ModelFormat::Gguf: {
+      auto src = std::make_unique<GgufSource>(path);
+      m.spec = spec_from_gguf(*src);
+      if (tok_path.empty()) m.tokenizer = gguf_tokenizer(src->file());
+      m.tensors = std::move(src);
+      break;
+    }
+    case ModelFormat::Llama2c: {
+      auto src = std::make_unique<Llama2cModel>(path);
+      m.spec = src->spec();
+      if (tok_path.empty()) {
+        const fs::path dir = fs::path(path).parent_path();
+        for (const std::string& name : {std::string("tokenizer.bin"), "tok" + std::to_string(m.spec.vocab) + ".bin"})
+          if (fs::exists(dir / name)) {
+            tok_path = (dir / name).string();
+            break;
+          }
+      }
+      m.tensors = std::move(src);
+      break;
+    }
+  }
+  if (!m.tokenizer && !tok_path.empty()) m.tokenizer = tokenizer_from_path(tok_path, m.spec.vocab);
+  if (m.tokenizer) {
+    m.chat_template = m.tokenizer->chat_template();
+    if (m.tokenizer->vocab_size() > m.spec.vocab)
+      fail(tok_path.empty() ? path : tok_path,
+           "the tokenizer has " + std::to_string(m.tokenizer->vocab_size()) + " tokens but the model only " +
+               std::to_string(m.spec.vocab));
+  }
+  merge_eos(m.spec, m.generation.eos_ids);
+  if (m.generation.bos_id && m.spec.bos_id < 0) m.spec.bos_id = *m.generation.bos_id;
+  return m;
+}
+
+}  // namespace qlora

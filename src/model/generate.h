@@ -1,0 +1,72 @@
+#pragma once
+// The generation loop: prompt -> forward (KV cache) -> sample -> forward one token -> ...
+// until max_new_tokens, an end-of-generation token, a stop string, or the end of the
+// context. Text is streamed as it is produced, only ever in complete UTF-8 characters, and
+// never showing (any part of) a stop string.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/model.h"
+#include "model/sampler.h"
+
+namespace qlora {
+
+class Tokenizer;
+
+struct GenerationOptions {
+  int64_t max_new_tokens = 128;
+  SamplingParams sampling;
+  // Generation stops before any of these strings; the text ends just before it.
+  std::vector<std::string> stop_strings;
+  // Tokens that end generation (not emitted). Empty: the model's eos ids plus the
+  // tokenizer's end-of-generation ids.
+  std::vector<int> stop_ids;
+  // Stream the prompt's own text (decoded from its ids) before the continuation.
+  bool echo_prompt = false;
+};
+
+enum class StopReason { Length, EndOfGeneration, StopString, Context };
+const char* stop_reason_name(StopReason r);  // "length", "eos", "stop string", "context"
+
+struct GenerationResult {
+  std::vector<int> prompt_ids;
+  std::vector<int> output_ids;  // generated ids, excluding a final end-of-generation id
+  std::string text;             // text of output_ids, cut before a stop string
+  StopReason stop = StopReason::Length;
+  double prompt_seconds = 0;    // the prompt's forward pass (and the first sample)
+  double decode_seconds = 0;    // every later forward + sample
+  int64_t decode_steps = 0;     // forward passes of one token
+  double prompt_tokens_per_second() const;
+  double decode_tokens_per_second() const;
+};
+
+// Called with each newly available piece of text (complete UTF-8).
+using TextCallback = std::function<void(std::string_view)>;
+
+// Generates a continuation of `prompt_ids` (which should already include BOS when the
+// model wants one). `tokenizer` may be null: then no text is produced and stop strings
+// are not allowed. Throws Error for an empty prompt, a prompt longer than the context, or
+// invalid sampling parameters.
+GenerationResult generate(const Model& model, const Tokenizer* tokenizer, const std::vector<int>& prompt_ids,
+                          const GenerationOptions& opt, const TextCallback& on_text = {});
+
+// Incremental stop-string filter (exposed for tests): push() text pieces in, get back what
+// can be shown now; stopped() once a stop string appeared (everything from it on is
+// dropped). flush() returns the held-back tail at the end.
+class StopStringFilter {
+ public:
+  explicit StopStringFilter(std::vector<std::string> stops);
+  std::string push(std::string_view piece);
+  std::string flush();
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string held_;
+  bool stopped_ = false;
+};
+
+}  // namespace qlora

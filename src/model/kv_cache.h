@@ -1,0 +1,38 @@
+#pragma once
+// Keys and values of the tokens seen so far, per layer, so that decoding one more token
+// only computes that token. Keys are stored after the rotary embedding.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace qlora {
+
+class KVCache {
+ public:
+  KVCache() = default;
+  // Room for `capacity` positions of `n_layers` layers of `kv_dim` floats each.
+  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity);
+
+  int64_t n_layers() const { return n_layers_; }
+  int64_t kv_dim() const { return kv_dim_; }
+  int64_t capacity() const { return capacity_; }
+  // Positions filled so far (the position of the next token).
+  int64_t length() const { return length_; }
+  void set_length(int64_t n);  // REQUIRES 0 <= n <= capacity(); shrinking forgets tokens
+  void clear() { length_ = 0; }
+  // Grows to at least `capacity` positions, keeping the contents.
+  void reserve(int64_t capacity);
+
+  // (capacity, kv_dim) rows of layer l; row p holds position p.
+  float* keys(int64_t layer) { return k_.data() + layer * capacity_ * kv_dim_; }
+  float* values(int64_t layer) { return v_.data() + layer * capacity_ * kv_dim_; }
+  const float* keys(int64_t layer) const { return k_.data() + layer * capacity_ * kv_dim_; }
+  const float* values(int64_t layer) const { return v_.data() + layer * capacity_ * kv_dim_; }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+
+ private:
+  int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
+  std::vector<float> k_, v_;  // (L, capacity, kv_dim)
+};
+
+}  // namespace qlora

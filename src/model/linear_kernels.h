@@ -1,0 +1,84 @@
+#pragma once
+// Matrix kernels behind QuantLinear (y = x · Wᵀ), one set per instruction set:
+//
+//  * gemv_q4: the FUSED 4-bit matrix-vector product used for decoding one token. NF4/FP4
+//    nibbles are decoded in registers with the block's absmax (undoing double
+//    quantization on the fly); float weights are never written out. (The AVX-512 kernel
+//    has a faster path for rows of whole 32-weight chunks, see linear_kernels_avx512.cpp.)
+//  * gemv_f32 / gemv_bf16 / gemv_f16: the same for full-precision weights.
+//  * gemv_q4_multi: the fused GEMV for up to 8 tokens (prompts of a few tokens).
+//  * dequant_rows_q4: rows of a 4-bit matrix to float32 (for the GEMM path).
+//  * gemm_rows: Y (T, N) = X (T, K) · Wᵀ on float32 weight rows as they lie (dot-product
+//    register tiles, no packing); the driver dequantizes 4-bit weights a few rows at a time.
+//
+// The scalar kernels are the definitions; SIMD kernels share their signatures and are
+// tested against them (equal up to float summation order). All are single-threaded: the
+// callers in quant_linear.cpp split rows / panels across threads.
+//
+// A weight's dequantized value is code[nibble] * absmax[block] computed in float32 (as
+// bitsandbytes' dequantize_4bit), then rounded to `round_to` (the compute dtype: F32 = no
+// rounding, BF16 or F16), which is what bitsandbytes hands to the matmul in that dtype.
+#include <cstdint>
+
+#include "base/cpu_features.h"
+#include "base/dtype.h"
+
+namespace qlora::kernels {
+
+// A [rows, cols] 4-bit matrix as bitsandbytes stores it: the flattened tensor in blocks of
+// `blocksize` (a block may span rows), element 2j in the high nibble of packed[j].
+struct Q4Matrix {
+  const uint8_t* packed = nullptr;  // (rows*cols+1)/2 bytes
+  int64_t rows = 0, cols = 0;
+  int blocksize = 64;               // 32..4096, power of two
+  const float* code = nullptr;      // 16 code values
+  // Absmax per block: float32 (absmax != nullptr), or double-quantized:
+  // nested_code[absmax_q[b]] * nested_absmax[b / nested_blocksize] + offset.
+  const float* absmax = nullptr;
+  const uint8_t* absmax_q = nullptr;
+  const float* nested_absmax = nullptr;
+  const float* nested_code = nullptr;  // 256 values
+  int nested_blocksize = 256;
+  float offset = 0.0f;
+  ComputeDType round_to = ComputeDType::F32;
+
+  float block_absmax(int64_t b) const { return absmax ? absmax[b] : nested_block_absmax(b); }
+  // code * scale + offset rounded twice, as bitsandbytes (never a fused multiply-add, so
+  // it lives out of line in a file compiled without FMA).
+  float nested_block_absmax(int64_t b) const;
+};
+
+inline constexpr int kMaxGemvTokens = 8;  // tokens one gemv_q4_multi call handles
+
+struct LinearKernels {
+  // y[r] = sum_c W[r, c] * x[c] for r in [r0, r1) (y indexed by absolute row).
+  void (*gemv_q4)(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64_t r1);
+  // The fused GEMV for a few tokens at once (each weight decoded once for all of them):
+  // y[t * ldy + r] = sum_c W[r, c] * x[t * cols + c] for t < T <= kMaxGemvTokens.
+  void (*gemv_q4_multi)(const Q4Matrix& w, const float* x, int64_t T, float* y, int64_t ldy, int64_t r0,
+                        int64_t r1);
+  void (*gemv_f32)(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+  void (*gemv_bf16)(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+  void (*gemv_f16)(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
+  // out (r1-r0, cols) = dequantized rows [r0, r1), rounded to w.round_to.
+  void (*dequant_rows_q4)(const Q4Matrix& w, int64_t r0, int64_t r1, float* out);
+  // y[t * ldy + n] = sum_k x[t * ldx + k] * w[n * ldw + k], t < T, n < N: the GEMM on weight
+  // rows as they are (row-major, no packing), dot-product register tiles.
+  void (*gemm_rows)(const float* x, int64_t ldx, int64_t T, const float* w, int64_t ldw, int64_t N, int64_t K,
+                    float* y, int64_t ldy);
+  // Attention's inner loops: sum_i a[i] * b[i], and y[i] += alpha * x[i], for i < n.
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float alpha, const float* x, float* y, int64_t n);
+};
+
+const LinearKernels& scalar_linear_kernels();
+const LinearKernels& avx2_linear_kernels();    // only when cpu_simd_level() >= AVX2
+const LinearKernels& avx512_linear_kernels();  // only when cpu_simd_level() >= AVX512
+const LinearKernels& linear_kernels_for(SimdLevel level);
+// linear_kernels_for(simd_level()), chosen once.
+const LinearKernels& active_linear_kernels();
+
+// Rounds x to the nearest value representable in `t` (ties to even); F32 is the identity.
+float round_to_dtype(float x, ComputeDType t);
+
+}  // namespace qlora::kernels

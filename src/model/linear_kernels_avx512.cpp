@@ -1,0 +1,383 @@
+// AVX-512 linear kernels (compiled with -mavx512*; used only when the CPU has them).
+//
+// Fused 4-bit GEMV: per 32 weights, 16 packed bytes are split into high/low nibbles,
+// interleaved back into element order and widened to 32-bit indices; vpermps looks each
+// index up in a register holding the 16 code values already multiplied by the block's
+// absmax (and rounded to the compute dtype), and the result is FMA'd with x. Chunks of 32
+// start at flat indices that are multiples of 32, so with blocksize >= 32 a chunk never
+// straddles two blocks; the unaligned head and the tail of a row go through the scalar path.
+// GCC 12 reports its own _mm512_undefined_ps() (inside immintrin.h) as "used uninitialized"
+// when many 512-bit values are live; that header code is correct, so silence it here.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "model/linear_kernels.h"
+#include "model/linear_kernels_inl.h"
+
+namespace qlora::kernels {
+namespace {
+
+using detail::q4_weight;
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+inline __m512 round_vec(__m512 v, ComputeDType t) {
+  switch (t) {
+    case ComputeDType::F32: return v;
+    case ComputeDType::BF16: {
+      // Round to nearest even on the upper 16 bits (the values are finite products).
+      __m512i u = _mm512_castps_si512(v);
+      __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+      return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+    }
+    case ComputeDType::F16:
+      return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  return v;
+}
+
+// The block's absmax; for double quantization code * scale + offset with two roundings, as
+// bitsandbytes (explicit-rounding intrinsics, so the compiler cannot fuse them into an FMA).
+inline float absmax_of(const Q4Matrix& w, int64_t b) {
+  if (w.absmax) return w.absmax[b];
+  constexpr int R = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const int64_t nb = (w.nested_blocksize & (w.nested_blocksize - 1)) == 0
+                         ? b >> __builtin_ctz(static_cast<unsigned>(w.nested_blocksize))
+                         : b / w.nested_blocksize;
+  const __m128 p = _mm_mul_round_ss(_mm_set_ss(w.nested_code[w.absmax_q[b]]), _mm_set_ss(w.nested_absmax[nb]), R);
+  return _mm_cvtss_f32(_mm_add_round_ss(p, _mm_set_ss(w.offset), R));
+}
+
+inline __m512 scaled_code(const Q4Matrix& w, __m512 code, int64_t block) {
+  return round_vec(_mm512_mul_ps(code, _mm512_set1_ps(absmax_of(w, block))), w.round_to);
+}
+
+// Element-order nibble indices of 32 weights starting at packed byte p.
+inline void decode32(const uint8_t* p, __m512i& i0, __m512i& i1) {
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+  const __m128i lo = _mm_and_si128(bytes, mask);
+  i0 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+  i1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo));
+}
+
+// ---- fast path for rows that are whole 32-weight chunks (cols % 32 == 0) -------------------
+// The 16 packed bytes of a chunk are broadcast to all four 128-bit lanes of a register with
+// one load; a per-lane variable shift (8k or 8k + 4 in 128-bit block k) brings byte 4j + k
+// (j = dword within the block) to the low bits of lane 4k + j, and vpermps only reads the
+// low 4 bits of each index. That yields the chunk's weights in a fixed permuted order with
+// 2 shifts + 2 permutes per 32 weights (instead of unpacking and widening them), so x is
+// permuted the same way once per call: lane L of the "high nibble" vector holds element
+// 2 * (4 * (L % 4) + L / 4) of the chunk, the "low nibble" vector the element after it.
+inline int chunk_element(int lane) { return 2 * (4 * (lane % 4) + lane / 4); }
+
+void permute_x(const float* x, int64_t cols, float* xp) {
+  for (int64_t c = 0; c < cols; c += 32)
+    for (int L = 0; L < 16; ++L) {
+      xp[c + L] = x[c + chunk_element(L)];
+      xp[c + 16 + L] = x[c + chunk_element(L) + 1];
+    }
+}
+
+struct ChunkDecoder {
+  const __m512i shift_hi = _mm512_set_epi32(28, 28, 28, 28, 20, 20, 20, 20, 12, 12, 12, 12, 4, 4, 4, 4);
+  const __m512i shift_lo = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
+  // Indices (garbage above bit 3) of the chunk's weights in permuted order.
+  void operator()(const uint8_t* p, __m512i& hi, __m512i& lo) const {
+    const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    hi = _mm512_srlv_epi32(b, shift_hi);
+    lo = _mm512_srlv_epi32(b, shift_lo);
+  }
+};
+
+template <int T>
+void gemv_q4_aligned(const Q4Matrix& w, const float* xp, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  const int64_t cols = w.cols;
+  const ChunkDecoder decode;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * cols;
+    __m512 acc0[T], acc1[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
+    int64_t cur = -1;
+    __m512 cb = code;
+    for (int64_t c = 0; c < cols; c += 32) {
+      const int64_t b = (s + c) >> shift;
+      if (b != cur) {
+        cur = b;
+        cb = scaled_code(w, code, b);
+      }
+      __m512i hi, lo;
+      decode(w.packed + ((s + c) >> 1), hi, lo);
+      const __m512 wh = _mm512_permutexvar_ps(hi, cb), wl = _mm512_permutexvar_ps(lo, cb);
+      for (int t = 0; t < T; ++t) {
+        acc0[t] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xp + t * cols + c), acc0[t]);
+        acc1[t] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xp + t * cols + c + 16), acc1[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm512_add_ps(acc0[t], acc1[t]));
+  }
+}
+
+// x (T, cols) permuted into a thread-local buffer.
+const float* permuted_x(const float* x, int64_t T, int64_t cols) {
+  thread_local std::vector<float> buf;
+  buf.resize(static_cast<size_t>(T * cols));
+  for (int64_t t = 0; t < T; ++t) permute_x(x + t * cols, cols, buf.data() + t * cols);
+  return buf.data();
+}
+
+void gemv_q4_avx512(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  if (w.cols % 32 == 0) {
+    gemv_q4_aligned<1>(w, permuted_x(x, 1, w.cols), y, 0, r0, r1);
+    return;
+  }
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * w.cols, e = s + w.cols;
+    float sacc = 0.0f;
+    int64_t i = s;
+    const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
+    for (; i < head_end; ++i) sacc += q4_weight(w, i) * x[i - s];
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t cur = -1;
+    __m512 cb = code;
+    for (; i + 32 <= e; i += 32) {
+      const int64_t b = i >> shift;
+      if (b != cur) {
+        cur = b;
+        cb = scaled_code(w, code, b);
+      }
+      __m512i i0, i1;
+      decode32(w.packed + (i >> 1), i0, i1);
+      const float* xp = x + (i - s);
+      acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, cb), _mm512_loadu_ps(xp), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, cb), _mm512_loadu_ps(xp + 16), acc1);
+    }
+    for (; i < e; ++i) sacc += q4_weight(w, i) * x[i - s];
+    y[r] = hsum(_mm512_add_ps(acc0, acc1)) + sacc;
+  }
+}
+
+template <int T>
+void gemv_q4_multi_t(const Q4Matrix& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  const int64_t cols = w.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * cols, e = s + cols;
+    float sacc[T] = {};
+    int64_t i = s;
+    const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
+    for (; i < head_end; ++i) {
+      const float wv = q4_weight(w, i);
+      for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
+    }
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    int64_t cur = -1;
+    __m512 cb = code;
+    for (; i + 32 <= e; i += 32) {
+      const int64_t b = i >> shift;
+      if (b != cur) {
+        cur = b;
+        cb = scaled_code(w, code, b);
+      }
+      __m512i i0, i1;
+      decode32(w.packed + (i >> 1), i0, i1);
+      const __m512 w0 = _mm512_permutexvar_ps(i0, cb), w1 = _mm512_permutexvar_ps(i1, cb);
+      const float* xp = x + (i - s);
+      for (int t = 0; t < T; ++t) {
+        acc[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp + t * cols), acc[t]);
+        acc[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp + t * cols + 16), acc[t]);
+      }
+    }
+    for (; i < e; ++i) {
+      const float wv = q4_weight(w, i);
+      for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]) + sacc[t];
+  }
+}
+
+void gemv_q4_multi_avx512(const Q4Matrix& w, const float* x, int64_t T, float* y, int64_t ldy, int64_t r0,
+                          int64_t r1) {
+  if (w.cols % 32 == 0 && T >= 1 && T <= 8) {
+    const float* xp = permuted_x(x, T, w.cols);
+    switch (T) {
+      case 1: gemv_q4_aligned<1>(w, xp, y, ldy, r0, r1); break;
+      case 2: gemv_q4_aligned<2>(w, xp, y, ldy, r0, r1); break;
+      case 3: gemv_q4_aligned<3>(w, xp, y, ldy, r0, r1); break;
+      case 4: gemv_q4_aligned<4>(w, xp, y, ldy, r0, r1); break;
+      case 5: gemv_q4_aligned<5>(w, xp, y, ldy, r0, r1); break;
+      case 6: gemv_q4_aligned<6>(w, xp, y, ldy, r0, r1); break;
+      case 7: gemv_q4_aligned<7>(w, xp, y, ldy, r0, r1); break;
+      default: gemv_q4_aligned<8>(w, xp, y, ldy, r0, r1); break;
+    }
+    return;
+  }
+  switch (T) {
+    case 1: gemv_q4_multi_t<1>(w, x, y, ldy, r0, r1); break;
+    case 2: gemv_q4_multi_t<2>(w, x, y, ldy, r0, r1); break;
+    case 3: gemv_q4_multi_t<3>(w, x, y, ldy, r0, r1); break;
+    case 4: gemv_q4_multi_t<4>(w, x, y, ldy, r0, r1); break;
+    case 5: gemv_q4_multi_t<5>(w, x, y, ldy, r0, r1); break;
+    case 6: gemv_q4_multi_t<6>(w, x, y, ldy, r0, r1); break;
+    case 7: gemv_q4_multi_t<7>(w, x, y, ldy, r0, r1); break;
+    case 8: gemv_q4_multi_t<8>(w, x, y, ldy, r0, r1); break;
+    default: break;
+  }
+}
+
+void dequant_rows_q4_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  const int64_t s = r0 * w.cols, e = r1 * w.cols;
+  int64_t i = s;
+  const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
+  for (; i < head_end; ++i) out[i - s] = q4_weight(w, i);
+  int64_t cur = -1;
+  __m512 cb = code;
+  for (; i + 32 <= e; i += 32) {
+    const int64_t b = i >> shift;
+    if (b != cur) {
+      cur = b;
+      cb = scaled_code(w, code, b);
+    }
+    __m512i i0, i1;
+    decode32(w.packed + (i >> 1), i0, i1);
+    _mm512_storeu_ps(out + (i - s), _mm512_permutexvar_ps(i0, cb));
+    _mm512_storeu_ps(out + (i - s) + 16, _mm512_permutexvar_ps(i1, cb));
+  }
+  for (; i < e; ++i) out[i - s] = q4_weight(w, i);
+}
+
+// Dense rows: Load(ptr, mask) returns 16 floats (masked-off lanes zero).
+template <class Load>
+inline void gemv_dense(int64_t cols, const float* x, float* y, int64_t r0, int64_t r1, Load load) {
+  const int64_t main = cols & ~int64_t{31};
+  const int64_t rem = cols - main;
+  const __mmask16 m0 = rem >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rem) - 1);
+  const __mmask16 m1 = rem > 16 ? static_cast<__mmask16>((1u << (rem - 16)) - 1) : 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t base = r * cols;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < main; c += 32) {
+      acc0 = _mm512_fmadd_ps(load(base + c, __mmask16(0xFFFF)), _mm512_loadu_ps(x + c), acc0);
+      acc1 = _mm512_fmadd_ps(load(base + c + 16, __mmask16(0xFFFF)), _mm512_loadu_ps(x + c + 16), acc1);
+    }
+    if (rem) {
+      acc0 = _mm512_fmadd_ps(load(base + main, m0), _mm512_maskz_loadu_ps(m0, x + main), acc0);
+      if (m1) acc1 = _mm512_fmadd_ps(load(base + main + 16, m1), _mm512_maskz_loadu_ps(m1, x + main + 16), acc1);
+    }
+    y[r] = hsum(_mm512_add_ps(acc0, acc1));
+  }
+}
+
+void gemv_f32_avx512(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w + i); });
+}
+
+void gemv_bf16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  });
+}
+
+void gemv_f16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
+  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
+  });
+}
+
+// MT tokens x NR weight rows of dot products over K, 16 lanes at a time.
+template <int MT, int NR>
+inline void dot_tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, float* y, int64_t ldy) {
+  __m512 acc[MT][NR];
+  for (int m = 0; m < MT; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 b[NR];
+    for (int n = 0; n < NR; ++n) b[n] = _mm512_loadu_ps(w + n * ldw + k);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 a = _mm512_loadu_ps(x + m * ldx + k);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(a, b[n], acc[m][n]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 b[NR];
+    for (int n = 0; n < NR; ++n) b[n] = _mm512_maskz_loadu_ps(mk, w + n * ldw + k);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 a = _mm512_maskz_loadu_ps(mk, x + m * ldx + k);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(a, b[n], acc[m][n]);
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int n = 0; n < NR; ++n) y[m * ldy + n] = hsum(acc[m][n]);
+}
+
+template <int MT>
+inline void dot_row_block(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t N, int64_t K, float* y,
+                          int64_t ldy) {
+  constexpr int NR = 4;
+  int64_t n = 0;
+  for (; n + NR <= N; n += NR) dot_tile<MT, NR>(x, ldx, w + n * ldw, ldw, K, y + n, ldy);
+  for (; n < N; ++n) dot_tile<MT, 1>(x, ldx, w + n * ldw, ldw, K, y + n, ldy);
+}
+
+void gemm_rows_avx512(const float* x, int64_t ldx, int64_t T, const float* w, int64_t ldw, int64_t N, int64_t K,
+                      float* y, int64_t ldy) {
+  constexpr int MT = 4;
+  int64_t t = 0;
+  for (; t + MT <= T; t += MT) dot_row_block<MT>(x + t * ldx, ldx, w, ldw, N, K, y + t * ldy, ldy);
+  switch (T - t) {
+    case 3: dot_row_block<3>(x + t * ldx, ldx, w, ldw, N, K, y + t * ldy, ldy); break;
+    case 2: dot_row_block<2>(x + t * ldx, ldx, w, ldw, N, K, y + t * ldy, ldy); break;
+    case 1: dot_row_block<1>(x + t * ldx, ldx, w, ldw, N, K, y + t * ldy, ldy); break;
+    default: break;
+  }
+}
+
+float dot_avx512(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+  }
+  return hsum(_mm512_add_ps(acc0, acc1));
+}
+
+void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
+  const __m512 a = _mm512_set1_ps(alpha);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+}  // namespace
+
+const LinearKernels& avx512_linear_kernels() {
+  static const LinearKernels k{gemv_q4_avx512,   gemv_q4_multi_avx512,   gemv_f32_avx512,  gemv_bf16_avx512,
+                               gemv_f16_avx512,  dequant_rows_q4_avx512, gemm_rows_avx512,
+                               dot_avx512,       axpy_avx512};
+  return k;
+}
+
+}  // namespace qlora::kernels

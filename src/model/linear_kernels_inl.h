@@ -1,0 +1,25 @@
+#pragma once
+// Internal helpers shared by the scalar and SIMD linear kernels (scalar heads and tails).
+#include <cstdint>
+
+#include "model/linear_kernels.h"
+
+namespace qlora::kernels::detail {
+
+inline int nibble_at(const uint8_t* packed, int64_t i) {
+  const uint8_t b = packed[i >> 1];
+  return (i & 1) ? (b & 0x0F) : (b >> 4);
+}
+
+// The dequantized weight at flat index i: the definition every kernel reproduces.
+inline float q4_weight(const Q4Matrix& w, int64_t i) {
+  return round_to_dtype(w.code[nibble_at(w.packed, i)] * w.block_absmax(i / w.blocksize), w.round_to);
+}
+
+inline int log2_int(int v) {
+  int s = 0;
+  while ((1 << s) < v) ++s;
+  return s;
+}
+
+}  // namespace qlora::kernels::detail

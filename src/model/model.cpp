@@ -1,0 +1,196 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <string>
+
+#include "base/error.h"
+#include "model/ops.h"
+
+namespace qlora {
+
+namespace {
+
+std::vector<float> load_vector(const TensorSource& src, const std::string& name, ComputeDType dtype) {
+  std::vector<float> v = src.get(name);
+  round_activations(v.data(), static_cast<int64_t>(v.size()), dtype);
+  return v;
+}
+
+QuantLinear load_linear(const TensorSource& src, const std::string& name, const ModelLoadOptions& opt) {
+  if (opt.quant.quantize) {
+    if (auto q = src.get_4bit(name)) {
+      const QuantState& s = q->state;
+      if (s.type == opt.quant.type && s.blocksize == opt.quant.blocksize && s.nested == opt.quant.double_quant)
+        return QuantLinear(std::move(*q), opt.compute_dtype);
+    }
+  }
+  const std::vector<int64_t> shape = src.shape(name);
+  return QuantLinear(src.get(name), shape[0], shape[1], opt.quant, opt.compute_dtype);
+}
+
+}  // namespace
+
+Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoadOptions& opt) {
+  spec.validate(src.describe());
+  // Check every tensor's presence and shape before the (slow) quantization starts.
+  const std::vector<TensorSpec> expected = spec.tensors();
+  for (const TensorSpec& t : expected) {
+    if (!src.has(t.name))
+      fail(src.describe(), "missing tensor '" + t.name + "' (expected shape " + shape_to_string(t.shape) + ")");
+    const std::vector<int64_t> got = src.shape(t.name);
+    if (got != t.shape)
+      fail(src.describe(), "tensor '" + t.name + "' has shape " + shape_to_string(got) + " but the config needs " +
+                               shape_to_string(t.shape));
+  }
+
+  Model m;
+  m.spec_ = spec;
+  m.dtype_ = opt.compute_dtype;
+  m.quant_ = opt.quant;
+  const int64_t total = static_cast<int64_t>(expected.size());
+  int64_t done = 0;
+  auto progress = [&](const std::string& name) {
+    ++done;
+    if (opt.progress) opt.progress(done, total, name);
+  };
+
+  {
+    m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
+    progress("model.embed_tokens.weight");
+  }
+  m.layers_.resize(static_cast<size_t>(spec.n_layers));
+  for (int64_t l = 0; l < spec.n_layers; ++l) {
+    LayerWeights& L = m.layers_[static_cast<size_t>(l)];
+    auto name = [l](const char* module, const char* suffix = "weight") { return layer_tensor_name(l, module, suffix); };
+    auto linear = [&](QuantLinear& dst, const char* module, bool bias) {
+      dst = load_linear(src, name(module), opt);
+      progress(name(module));
+      if (bias) {
+        dst.set_bias(src.get(name(module, "bias")));
+        progress(name(module, "bias"));
+      }
+    };
+    L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
+    progress(name("input_layernorm"));
+    linear(L.q_proj, "self_attn.q_proj", spec.qkv_bias);
+    linear(L.k_proj, "self_attn.k_proj", spec.qkv_bias);
+    linear(L.v_proj, "self_attn.v_proj", spec.qkv_bias);
+    linear(L.o_proj, "self_attn.o_proj", spec.o_bias);
+    L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
+    progress(name("post_attention_layernorm"));
+    linear(L.gate_proj, "mlp.gate_proj", spec.mlp_bias);
+    linear(L.up_proj, "mlp.up_proj", spec.mlp_bias);
+    linear(L.down_proj, "mlp.down_proj", spec.mlp_bias);
+  }
+  m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
+  progress("model.norm.weight");
+  if (!spec.tied_embeddings) {
+    m.lm_head_ = DenseWeight(src.get("lm_head.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
+    progress("lm_head.weight");
+  }
+  return m;
+}
+
+size_t Model::weight_bytes() const {
+  size_t b = embed_.bytes() + lm_head_.bytes() + final_norm_.size() * sizeof(float);
+  for (const LayerWeights& L : layers_) {
+    b += (L.input_norm.size() + L.post_norm.size()) * sizeof(float);
+    for (const QuantLinear* q : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      b += q->bytes();
+  }
+  return b;
+}
+
+// ---- inference -------------------------------------------------------------------------
+
+InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity)
+    : cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions)) {}
+
+void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
+  if (T <= scratch_T_) return;
+  const auto n = [T](int64_t per_token) { return static_cast<size_t>(T * per_token); };
+  x_.resize(n(s.hidden));
+  h_.resize(n(s.hidden));
+  q_.resize(n(s.q_dim()));
+  k_.resize(n(s.kv_dim()));
+  v_.resize(n(s.kv_dim()));
+  att_.resize(n(s.q_dim()));
+  o_.resize(n(s.hidden));
+  gate_.resize(n(s.ffn));
+  up_.resize(n(s.ffn));
+  cos_.resize(n(s.head_dim / 2));
+  sin_.resize(n(s.head_dim / 2));
+  pos_.resize(n(1));
+  scratch_T_ = T;
+}
+
+void forward(const Model& model, InferenceState& st, std::span<const int> tokens, float* logits, bool all_logits) {
+  const ModelSpec& s = model.spec();
+  const ComputeDType dt = model.compute_dtype();
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T == 0) return;
+  const int64_t pos0 = st.cache_.length();
+  if (pos0 + T > s.max_positions)
+    fail("forward", "sequence of " + std::to_string(pos0 + T) + " tokens exceeds the model's context of " +
+                        std::to_string(s.max_positions) + " positions");
+  if (pos0 + T > st.cache_.capacity())
+    st.cache_.reserve(std::min(s.max_positions, std::max(pos0 + T, 2 * st.cache_.capacity())));
+  st.ensure_scratch(s, T);
+
+  const int64_t C = s.hidden, HS = s.head_dim, NH = s.n_heads, NKV = s.n_kv_heads, F = s.ffn;
+  const int64_t QD = s.q_dim(), KVD = s.kv_dim();
+  float* x = st.x_.data();        // (T, C) residual stream
+  float* h = st.h_.data();        // (T, C) normed input of a sub-block
+  float* q = st.q_.data();        // (T, NH*HS)
+  float* k = st.k_.data();        // (T, NKV*HS)
+  float* v = st.v_.data();        // (T, NKV*HS)
+  float* att = st.att_.data();    // (T, NH*HS) attention output
+  float* o = st.o_.data();        // (T, C)
+  float* gate = st.gate_.data();  // (T, F)
+  float* up = st.up_.data();      // (T, F)
+
+  embedding_forward(x, tokens.data(), T, model.embed_tokens());
+  for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
+  rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta);
+
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+    // --- attention ---
+    rmsnorm_forward(h, nullptr, x, L.input_norm.data(), T, C, s.norm_eps, dt);
+    L.q_proj.forward(q, h, T);
+    L.k_proj.forward(k, h, T);
+    L.v_proj.forward(v, h, T);
+    rope_forward(q, st.cos_.data(), st.sin_.data(), T, NH, HS);
+    rope_forward(k, st.cos_.data(), st.sin_.data(), T, NKV, HS);
+    round_activations(q, T * QD, dt);
+    round_activations(k, T * KVD, dt);
+    float* kc = st.cache_.keys(l);    // (capacity, NKV*HS)
+    float* vc = st.cache_.values(l);  // (capacity, NKV*HS)
+    std::copy_n(k, T * KVD, kc + pos0 * KVD);
+    std::copy_n(v, T * KVD, vc + pos0 * KVD);
+    attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS);
+    round_activations(att, T * QD, dt);
+    L.o_proj.forward(o, att, T);
+    residual_forward(x, x, o, T * C);
+    round_activations(x, T * C, dt);
+    // --- MLP ---
+    rmsnorm_forward(h, nullptr, x, L.post_norm.data(), T, C, s.norm_eps, dt);
+    L.gate_proj.forward(gate, h, T);
+    L.up_proj.forward(up, h, T);
+    swiglu_forward(gate, gate, up, T * F);
+    round_activations(gate, T * F, dt);
+    L.down_proj.forward(o, gate, T);
+    residual_forward(x, x, o, T * C);
+    round_activations(x, T * C, dt);
+  }
+  st.cache_.set_length(pos0 + T);
+
+  if (!logits) return;
+  const int64_t first = all_logits ? 0 : T - 1;
+  const int64_t n = T - first;
+  rmsnorm_forward(h, nullptr, x + first * C, model.final_norm().data(), n, C, s.norm_eps, dt);
+  model.lm_head().matmul(logits, h, n);
+  round_activations(logits, n * s.vocab, dt);
+}
+
+}  // namespace qlora

@@ -1,0 +1,98 @@
+#pragma once
+// A llama-family decoder in memory, and its inference forward pass:
+//   embedding -> N x Block(RMSNorm, GQA attention with rotary, SwiGLU MLP, residuals)
+//   -> RMSNorm -> lm_head.
+// Every Linear inside the blocks is a QuantLinear (4-bit or dense); embeddings, norms and
+// lm_head are kept in the compute dtype.
+//
+// Ownership: a Model owns its weights and is immutable after load; forward() takes the
+// per-sequence state (KV cache and scratch buffers) separately, so one Model can serve
+// several sequences (one InferenceState each; forward calls on distinct states may run
+// concurrently, although each already uses all threads).
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+#include "model/kv_cache.h"
+#include "model/model_spec.h"
+#include "model/quant_linear.h"
+#include "model/tensor_source.h"
+
+namespace qlora {
+
+struct LayerWeights {
+  std::vector<float> input_norm;  // (C) input_layernorm, rounded to the compute dtype
+  std::vector<float> post_norm;   // (C) post_attention_layernorm
+  QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
+  QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
+};
+
+struct ModelLoadOptions {
+  QuantOptions quant;
+  ComputeDType compute_dtype = ComputeDType::F32;
+  // Called after each tensor is loaded: (tensors done, total, name).
+  std::function<void(int64_t, int64_t, const std::string&)> progress;
+};
+
+class Model {
+ public:
+  // Builds the model from `src`, one tensor at a time: every tensor named by
+  // spec.tensors() must exist with exactly that shape (Error naming the source, the
+  // tensor and both shapes otherwise). Linear weights are quantized on load (or taken
+  // as they are when the source holds them in bitsandbytes 4-bit with the same quant
+  // type and blocksize). Validates the spec first.
+  static Model load(const ModelSpec& spec, const TensorSource& src, const ModelLoadOptions& opt);
+
+  const ModelSpec& spec() const { return spec_; }
+  ComputeDType compute_dtype() const { return dtype_; }
+  const QuantOptions& quant() const { return quant_; }
+  const DenseWeight& embed_tokens() const { return embed_; }   // (V, C)
+  const DenseWeight& lm_head() const { return spec_.tied_embeddings ? embed_ : lm_head_; }  // (V, C)
+  const std::vector<float>& final_norm() const { return final_norm_; }  // (C)
+  const std::vector<LayerWeights>& layers() const { return layers_; }
+  std::vector<LayerWeights>& mutable_layers() { return layers_; }
+  // Bytes of all weights held (4-bit codes and constants, dense tensors).
+  size_t weight_bytes() const;
+
+ private:
+  ModelSpec spec_;
+  ComputeDType dtype_ = ComputeDType::F32;
+  QuantOptions quant_;
+  DenseWeight embed_, lm_head_;
+  std::vector<float> final_norm_;
+  std::vector<LayerWeights> layers_;
+};
+
+// Per-sequence state: the KV cache and the scratch buffers of forward().
+class InferenceState {
+ public:
+  // Room for `capacity` positions (grown on demand up to spec.max_positions).
+  InferenceState(const ModelSpec& spec, int64_t capacity);
+  KVCache& cache() { return cache_; }
+  const KVCache& cache() const { return cache_; }
+  // Position of the next token.
+  int64_t position() const { return cache_.length(); }
+  void reset() { cache_.clear(); }
+
+ private:
+  friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
+  void ensure_scratch(const ModelSpec& spec, int64_t T);
+  KVCache cache_;
+  int64_t scratch_T_ = 0;
+  // Scratch, (T, ...) each.
+  std::vector<float> x_, h_, q_, k_, v_, att_, o_, gate_, up_, cos_, sin_;
+  std::vector<int32_t> pos_;
+};
+
+// Runs `tokens` at positions state.position() .. + T-1, appending their keys and values to
+// the cache. logits: when all_logits, (T, V) for every token; else (V) for the last token;
+// nullptr skips the final norm and lm_head (only the cache is filled).
+// Throws Error when the sequence would exceed spec.max_positions or a token id is outside
+// the vocabulary.
+void forward(const Model& model, InferenceState& state, std::span<const int> tokens, float* logits,
+             bool all_logits = false);
+
+}  // namespace qlora

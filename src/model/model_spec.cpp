@@ -1,0 +1,91 @@
+#include "model/model_spec.h"
+
+#include <string>
+
+#include "base/error.h"
+
+namespace qlora {
+
+std::string layer_tensor_name(int64_t layer, const std::string& module, const char* suffix) {
+  return "model.layers." + std::to_string(layer) + "." + module + "." + suffix;
+}
+
+void ModelSpec::validate(const std::string& where) const {
+  auto positive = [&](int64_t v, const char* what) {
+    if (v <= 0) fail(where, std::string(what) + " must be positive, got " + std::to_string(v));
+  };
+  positive(hidden, "hidden size");
+  positive(n_layers, "number of layers");
+  positive(n_heads, "number of attention heads");
+  positive(n_kv_heads, "number of key/value heads");
+  positive(head_dim, "head dimension");
+  positive(ffn, "MLP hidden size");
+  positive(vocab, "vocabulary size");
+  positive(max_positions, "maximum positions");
+  // Guard against absurd numbers from corrupt files before anything is allocated.
+  const int64_t kMax = int64_t{1} << 24;
+  if (hidden > kMax || ffn > kMax || vocab > (int64_t{1} << 26) || n_layers > 4096 || n_heads > 4096 ||
+      head_dim > 65536)
+    fail(where, "implausibly large model dimensions (" + summary() + ")");
+  if (n_heads % n_kv_heads != 0)
+    fail(where, "number of attention heads (" + std::to_string(n_heads) +
+                    ") is not a multiple of the number of key/value heads (" + std::to_string(n_kv_heads) + ")");
+  if (positional == PositionalKind::Rotary && head_dim % 2 != 0)
+    fail(where, "rotary embeddings need an even head dimension, got " + std::to_string(head_dim));
+  if (!(rope_theta > 0.0f)) fail(where, "rope theta must be positive");
+  if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
+  if (norm != NormKind::RMSNorm || mlp != MlpKind::SwiGLU || positional != PositionalKind::Rotary)
+    fail(where, "architecture '" + family + "' needs block variants not implemented yet (only the llama family "
+                "with RMSNorm, rotary embeddings and a SwiGLU MLP is)");
+  if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
+  for (int e : eos_ids)
+    if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
+}
+
+std::vector<TensorSpec> ModelSpec::tensors() const {
+  std::vector<TensorSpec> t;
+  t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
+  for (int64_t l = 0; l < n_layers; ++l) {
+    t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
+    t.push_back({layer_tensor_name(l, "self_attn.q_proj"), {q_dim(), hidden}});
+    t.push_back({layer_tensor_name(l, "self_attn.k_proj"), {kv_dim(), hidden}});
+    t.push_back({layer_tensor_name(l, "self_attn.v_proj"), {kv_dim(), hidden}});
+    if (qkv_bias) {
+      t.push_back({layer_tensor_name(l, "self_attn.q_proj", "bias"), {q_dim()}});
+      t.push_back({layer_tensor_name(l, "self_attn.k_proj", "bias"), {kv_dim()}});
+      t.push_back({layer_tensor_name(l, "self_attn.v_proj", "bias"), {kv_dim()}});
+    }
+    t.push_back({layer_tensor_name(l, "self_attn.o_proj"), {hidden, q_dim()}});
+    if (o_bias) t.push_back({layer_tensor_name(l, "self_attn.o_proj", "bias"), {hidden}});
+    t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
+    t.push_back({layer_tensor_name(l, "mlp.gate_proj"), {ffn, hidden}});
+    t.push_back({layer_tensor_name(l, "mlp.up_proj"), {ffn, hidden}});
+    t.push_back({layer_tensor_name(l, "mlp.down_proj"), {hidden, ffn}});
+    if (mlp_bias) {
+      t.push_back({layer_tensor_name(l, "mlp.gate_proj", "bias"), {ffn}});
+      t.push_back({layer_tensor_name(l, "mlp.up_proj", "bias"), {ffn}});
+      t.push_back({layer_tensor_name(l, "mlp.down_proj", "bias"), {hidden}});
+    }
+  }
+  t.push_back({"model.norm.weight", {hidden}});
+  if (!tied_embeddings) t.push_back({"lm_head.weight", {vocab, hidden}});
+  return t;
+}
+
+int64_t ModelSpec::num_params() const {
+  int64_t n = 0;
+  for (const auto& t : tensors()) {
+    int64_t p = 1;
+    for (int64_t d : t.shape) p *= d;
+    n += p;
+  }
+  return n;
+}
+
+std::string ModelSpec::summary() const {
+  return family + ": " + std::to_string(n_layers) + " layers, hidden " + std::to_string(hidden) + ", heads " +
+         std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " x " + std::to_string(head_dim) + ", ffn " +
+         std::to_string(ffn) + ", vocab " + std::to_string(vocab) + (tied_embeddings ? ", tied embeddings" : "");
+}
+
+}  // namespace qlora

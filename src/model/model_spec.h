@@ -1,0 +1,74 @@
+#pragma once
+// The architecture of a decoder-only transformer, independent of any file format.
+// Readers (llama2.c, config.json, GGUF) produce a ModelSpec; the model is built from it.
+//
+// Only the llama family (llama, mistral, qwen2, smollm, ...) is implemented today: RMSNorm,
+// rotary embeddings in the Hugging Face "rotate halves" convention, grouped-query
+// attention, SwiGLU MLP. The enums below name the block variants other families need
+// (gpt2: LayerNorm + learned positions + GELU MLP; gpt_neox: partial rotary, parallel
+// residual; opt: ReLU MLP) so that adding one is adding a spec and a few block variants.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qlora {
+
+enum class NormKind { RMSNorm, LayerNorm };
+// SwiGLU: down(silu(gate(x)) * up(x)).   GeluMLP: fc_out(gelu(fc_in(x))).
+enum class MlpKind { SwiGLU, GeluMLP };
+// Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
+enum class PositionalKind { Rotary, Learned };
+
+// A tensor the model expects, under its Hugging Face name, with its shape.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+struct ModelSpec {
+  std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, ...
+  NormKind norm = NormKind::RMSNorm;
+  MlpKind mlp = MlpKind::SwiGLU;
+  PositionalKind positional = PositionalKind::Rotary;
+
+  int64_t hidden = 0;         // d_model
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;        // query heads
+  int64_t n_kv_heads = 0;     // key/value heads (GQA when < n_heads)
+  int64_t head_dim = 0;       // usually hidden / n_heads
+  int64_t ffn = 0;            // MLP hidden size (intermediate_size)
+  int64_t vocab = 0;
+  int64_t max_positions = 0;  // context length the model was trained for
+
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;
+  bool tied_embeddings = false;  // lm_head shares model.embed_tokens.weight
+  bool qkv_bias = false;         // q/k/v projections have a bias (qwen2; llama attention_bias)
+  bool o_bias = false;           // o_proj has a bias (llama attention_bias)
+  bool mlp_bias = false;         // gate/up/down have a bias (llama mlp_bias)
+
+  int bos_id = -1;               // -1: none
+  std::vector<int> eos_ids;      // generation stops at any of these
+  int pad_id = -1;
+
+  int64_t q_dim() const { return n_heads * head_dim; }
+  int64_t kv_dim() const { return n_kv_heads * head_dim; }
+
+  // Throws Error("<where>: ...") when the numbers are inconsistent or unsupported
+  // (non-positive sizes, heads not divisible by kv heads, odd head_dim for rotary, ...).
+  void validate(const std::string& where) const;
+
+  // Every tensor the model reads, in load order, with its shape ([out, in] for Linear).
+  // lm_head.weight is listed only when embeddings are not tied.
+  std::vector<TensorSpec> tensors() const;
+  // Number of parameters (tied lm_head counted once).
+  int64_t num_params() const;
+  // One line for logs: "llama: 5 layers, hidden 64, heads 8/4 x 8, ffn 172, vocab 512".
+  std::string summary() const;
+};
+
+// Hugging Face names of the per-layer tensors, e.g. layer_tensor_name(3, "self_attn.q_proj")
+// = "model.layers.3.self_attn.q_proj.weight".
+std::string layer_tensor_name(int64_t layer, const std::string& module, const char* suffix = "weight");
+
+}  // namespace qlora

@@ -1,0 +1,125 @@
+#include "model/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/parallel.h"
+#include "model/linear_kernels.h"
+#include "model/quant_linear.h"
+
+namespace qlora {
+
+void embedding_forward(float* out, const int* tokens, int64_t T, const DenseWeight& wte) {
+  const int64_t V = wte.rows(), C = wte.cols();
+  for (int64_t t = 0; t < T; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= V)
+      fail("embedding", "token id " + std::to_string(tokens[t]) + " is outside the vocabulary of " +
+                            std::to_string(V));
+    wte.rows_to_f32(tokens[t], tokens[t] + 1, out + t * C);
+  }
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C,
+                     float eps, ComputeDType dtype) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = inp + t * C;
+    float* o = out + t * C;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < C; ++i) ss += x[i] * x[i];
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
+    if (rstd) rstd[t] = r;
+    if (dtype == ComputeDType::F32) {
+      for (int64_t i = 0; i < C; ++i) o[i] = weight[i] * (r * x[i]);
+    } else {
+      for (int64_t i = 0; i < C; ++i)
+        o[i] = kernels::round_to_dtype(weight[i] * kernels::round_to_dtype(r * x[i], dtype), dtype);
+    }
+  }
+}
+
+void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta) {
+  const int64_t half = HS / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(HS));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = static_cast<float>(pos[t]) * inv_freq[i];
+      cos_out[t * half + i] = std::cos(a);
+      sin_out[t * half + i] = std::sin(a);
+    }
+}
+
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS) {
+  const int64_t half = HS / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    for (int64_t h = 0; h < NH; ++h) {
+      float* v = x + (t * NH + h) * HS;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * c[i] - x1 * s[i];
+        v[i + half] = x1 * c[i] + x0 * s[i];
+      }
+    }
+  }
+}
+
+void softmax_inplace(float* x, int64_t N) {
+  if (N <= 0) return;
+  float mx = x[0];
+  for (int64_t i = 1; i < N; ++i) mx = std::max(mx, x[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < N; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  for (int64_t i = 0; i < N; ++i) x[i] /= sum;
+}
+
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS) {
+  const int64_t group = NH / NKV;
+  const int64_t qs = NH * HS, kvs = NKV * HS;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const auto& kern = kernels::active_linear_kernels();
+  // One (token, head) pair per work item; each needs Tk floats of scratch.
+  const int64_t items = T * NH;
+  const int64_t min_items = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Tk * HS));
+  parallel_for_range(items, min_items, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(Tk));
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t t = it / NH, h = it % NH, kh = h / group;
+      const float* qv = q + t * qs + h * HS;
+      const int64_t n = q_pos0 + t + 1;  // keys 0..q_pos0+t
+      for (int64_t j = 0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
+      softmax_inplace(scores.data(), n);
+      float* o = out + t * qs + h * HS;
+      for (int64_t i = 0; i < HS; ++i) o[i] = 0.0f;
+      for (int64_t j = 0; j < n; ++j) kern.axpy(scores[j], v + j * kvs + kh * HS, o, HS);
+      if (att) {
+        float* a = att + (h * T + t) * Tk;
+        for (int64_t j = 0; j < n; ++j) a[j] = scores[j];
+        for (int64_t j = n; j < Tk; ++j) a[j] = 0.0f;
+      }
+    }
+  });
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t N) {
+  for (int64_t i = 0; i < N; ++i) {
+    const float g = gate[i];
+    out[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void residual_forward(float* out, const float* a, const float* b, int64_t N) {
+  for (int64_t i = 0; i < N; ++i) out[i] = a[i] + b[i];
+}
+
+}  // namespace qlora

@@ -1,0 +1,54 @@
+#pragma once
+// The forward ops of a llama-family block, one free function each (llm.c style):
+// outputs first, then caches for backward, then inputs, then dimensions. Every pointer
+// carries its shape in a comment; T = tokens, C = hidden size, NH / NKV = query / key-value
+// heads, HS = head size. All activations are float32; callers round to the compute dtype
+// where a bf16/fp16 model would (see round_activations in quant_linear.h).
+//
+// The training code adds the matching *_backward functions next to these; the forward
+// caches what backward needs (rmsnorm: rstd per row; attention: the probabilities).
+#include <cstdint>
+
+#include "base/dtype.h"
+
+namespace qlora {
+
+class DenseWeight;
+
+// out (T, C) = rows tokens[t] of the embedding table wte (V, C).
+// REQUIRES 0 <= tokens[t] < V (checked: throws Error otherwise).
+void embedding_forward(float* out, const int* tokens, int64_t T, const DenseWeight& wte);
+
+// out (T, C) = inp / sqrt(mean(inp^2) + eps) * weight, per row.
+// rstd (T) receives 1 / sqrt(mean(inp^2) + eps) when not null (for backward).
+// The normalized value is rounded to `dtype` before the weight multiply, as Hugging Face
+// LlamaRMSNorm does (`weight * hidden.to(input_dtype)`); the result is rounded too.
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C,
+                     float eps, ComputeDType dtype = ComputeDType::F32);
+
+// Rotary tables for positions pos[t]: cos/sin (T, HS/2), angle = pos * theta^(-2i/HS).
+void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta);
+
+// In place on x (T, NH, HS), the Hugging Face "rotate halves" convention: for i < HS/2,
+// (x[i], x[i + HS/2]) <- (x[i] cos - x[i + HS/2] sin, x[i + HS/2] cos + x[i] sin).
+// cos/sin (T, HS/2) from rope_tables. The backward is the same with -sin.
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS);
+
+// Causal grouped-query attention.
+// out (T, NH*HS); att (NH, T, Tk) receives the softmax probabilities when not null
+// (masked entries 0); q (T, NH*HS) (rotated); k, v (Tk, NKV*HS) (rotated keys) whose row j
+// is position j; query t is at position q_pos0 + t and attends keys 0..q_pos0+t.
+// REQUIRES q_pos0 + T <= Tk, NH % NKV == 0. Scale 1/sqrt(HS); softmax in float32.
+void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS);
+
+// out (N) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t N);
+
+// out (N) = a + b (out may alias a or b).
+void residual_forward(float* out, const float* a, const float* b, int64_t N);
+
+// In place softmax over x (N) in float32.
+void softmax_inplace(float* x, int64_t N);
+
+}  // namespace qlora

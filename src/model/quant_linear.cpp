@@ -1,0 +1,223 @@
+#include "model/quant_linear.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+#include "base/float_formats.h"
+#include "base/parallel.h"
+
+namespace qlora {
+
+// Up to this many tokens, 4-bit matmuls use the fused multi-token GEMV; beyond, they
+// dequantize 16-row panels and run the GEMM (crossover measured with
+// bench/bench_generate.cpp BM_Strategy).
+constexpr int64_t kFusedMaxTokens = 2 * kernels::kMaxGemvTokens;
+
+void round_activations(float* x, int64_t n, ComputeDType t) {
+  if (t == ComputeDType::F32) return;
+  if (t == ComputeDType::BF16) {
+    // Round to nearest even on the upper 16 bits, inline so the loop vectorizes; NaN stays
+    // NaN (made quiet) and is never rounded into infinity.
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t u;
+      std::memcpy(&u, &x[i], 4);
+      const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+      const uint32_t r = nan ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
+      u = r & 0xFFFF0000u;
+      std::memcpy(&x[i], &u, 4);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) x[i] = kernels::round_to_dtype(x[i], t);
+}
+
+// ---- DenseWeight ----------------------------------------------------------------------
+
+DenseWeight::DenseWeight(const float* w, int64_t rows, int64_t cols, ComputeDType dtype)
+    : rows_(rows), cols_(cols), dtype_(dtype) {
+  const size_t n = static_cast<size_t>(rows * cols);
+  if (dtype == ComputeDType::F32) {
+    f32_.assign(w, w + n);
+  } else {
+    h16_.resize(n);
+    convert_from_f32(to_dtype(dtype), w, h16_.data(), n);
+  }
+}
+
+DenseWeight::DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, ComputeDType dtype)
+    : rows_(rows), cols_(cols), dtype_(dtype) {
+  check(static_cast<int64_t>(w.size()) == rows * cols, "DenseWeight", "size does not match the shape");
+  if (dtype == ComputeDType::F32) {
+    f32_ = std::move(w);
+  } else {
+    h16_.resize(w.size());
+    convert_from_f32(to_dtype(dtype), w.data(), h16_.data(), w.size());
+    std::vector<float>().swap(w);
+  }
+}
+
+void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out) const {
+  const size_t n = static_cast<size_t>((r1 - r0) * cols_);
+  if (dtype_ == ComputeDType::F32)
+    std::memcpy(out, f32_.data() + r0 * cols_, n * sizeof(float));
+  else
+    convert_to_f32(to_dtype(dtype_), h16_.data() + r0 * cols_, out, n);
+}
+
+namespace {
+
+// Rows per thread below which a GEMV stays on one thread (~32K weights per thread).
+int64_t gemv_min_rows(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cols)); }
+
+constexpr int64_t kRowsPerPanel = 16;
+
+// y (T, N) = x (T, K) · Wᵀ for T > 1, where fill(r0, r1, out) writes rows [r0, r1) of W as
+// float32 (r1 - r0 <= 16). Threads take disjoint 16-row panels, convert each into a
+// thread-local buffer (L1/L2 sized) and run the row-tile GEMM over all T rows of x.
+template <class Fill>
+void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, Fill fill) {
+  const auto& kern = kernels::active_linear_kernels();
+  const int64_t panels = (N + kRowsPerPanel - 1) / kRowsPerPanel;
+  const int64_t min_panels = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, T * K * kRowsPerPanel));
+  parallel_for_range(panels, min_panels, [&](int64_t p0, int64_t p1) {
+    thread_local std::vector<float> rows;
+    rows.resize(static_cast<size_t>(kRowsPerPanel * K));
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = p * kRowsPerPanel, r1 = std::min(N, r0 + kRowsPerPanel);
+      fill(r0, r1, rows.data());
+      kern.gemm_rows(x, K, T, rows.data(), K, r1 - r0, K, y + r0, N);
+    }
+  });
+}
+
+}  // namespace
+
+void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
+  const auto& kern = kernels::active_linear_kernels();
+  if (T == 1) {
+    parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
+      switch (dtype_) {
+        case ComputeDType::F32: kern.gemv_f32(f32_.data(), cols_, x, y, r0, r1); break;
+        case ComputeDType::BF16: kern.gemv_bf16(h16_.data(), cols_, x, y, r0, r1); break;
+        case ComputeDType::F16: kern.gemv_f16(h16_.data(), cols_, x, y, r0, r1); break;
+      }
+    });
+    return;
+  }
+  if (dtype_ == ComputeDType::F32) {
+    // The weights are already float rows: no copy.
+    const int64_t panels = (rows_ + kRowsPerPanel - 1) / kRowsPerPanel;
+    const int64_t min_panels =
+        std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, T * cols_ * kRowsPerPanel));
+    parallel_for_range(panels, min_panels, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = p * kRowsPerPanel, r1 = std::min(rows_, r0 + kRowsPerPanel);
+        kern.gemm_rows(x, cols_, T, f32_.data() + r0 * cols_, cols_, r1 - r0, cols_, y + r0, rows_);
+      }
+    });
+    return;
+  }
+  gemm_by_panels(y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); });
+}
+
+// ---- QuantLinear ----------------------------------------------------------------------
+
+QuantLinear::QuantLinear(const float* w, int64_t out, int64_t in, const QuantOptions& q, ComputeDType dtype)
+    : in_(in), out_(out), dtype_(dtype) {
+  if (q.quantize)
+    q4_ = quantize_tensor_4bit(w, {out, in}, q.type, q.blocksize, q.double_quant, dtype);
+  else
+    dense_ = DenseWeight(w, out, in, dtype);
+}
+
+QuantLinear::QuantLinear(std::vector<float>&& w, int64_t out, int64_t in, const QuantOptions& q,
+                         ComputeDType dtype)
+    : in_(in), out_(out), dtype_(dtype) {
+  check(static_cast<int64_t>(w.size()) == out * in, "QuantLinear", "weight size does not match the shape");
+  if (q.quantize)
+    q4_ = quantize_tensor_4bit(w.data(), {out, in}, q.type, q.blocksize, q.double_quant, dtype);
+  else
+    dense_ = DenseWeight(std::move(w), out, in, dtype);
+}
+
+QuantLinear::QuantLinear(Quantized4bit q, ComputeDType dtype) : dtype_(dtype) {
+  check(q.state.shape.size() == 2, "QuantLinear", "a 4-bit Linear weight must be 2-D");
+  out_ = q.state.shape[0];
+  in_ = q.state.shape[1];
+  q4_ = std::move(q);
+}
+
+void QuantLinear::set_bias(std::vector<float> bias) {
+  check(static_cast<int64_t>(bias.size()) == out_, "QuantLinear",
+        "bias has " + std::to_string(bias.size()) + " elements, expected " + std::to_string(out_));
+  round_activations(bias.data(), static_cast<int64_t>(bias.size()), dtype_);
+  bias_ = std::move(bias);
+}
+
+kernels::Q4Matrix QuantLinear::q4_view() const {
+  const QuantState& s = q4_->state;
+  kernels::Q4Matrix m;
+  m.packed = q4_->packed.data();
+  m.rows = out_;
+  m.cols = in_;
+  m.blocksize = s.blocksize;
+  m.code = s.code.data();
+  if (s.nested) {
+    m.absmax_q = s.absmax_q.data();
+    m.nested_absmax = s.nested_absmax.data();
+    m.nested_code = s.nested_code.data();
+    m.nested_blocksize = s.nested_blocksize;
+    m.offset = s.offset;
+  } else {
+    m.absmax = s.absmax.data();
+  }
+  m.round_to = dtype_;
+  return m;
+}
+
+void QuantLinear::dequantize_rows(int64_t r0, int64_t r1, float* out) const {
+  if (q4_) {
+    const auto m = q4_view();
+    kernels::active_linear_kernels().dequant_rows_q4(m, r0, r1, out);
+  } else {
+    dense_.rows_to_f32(r0, r1, out);
+  }
+}
+
+void QuantLinear::forward(float* y, const float* x, int64_t T) const {
+  if (T <= 0) return;
+  if (!q4_) {
+    dense_.matmul(y, x, T);
+  } else {
+    const auto m = q4_view();
+    const auto& kern = kernels::active_linear_kernels();
+    if (T == 1) {
+      parallel_for_range(out_, gemv_min_rows(in_),
+                         [&](int64_t r0, int64_t r1) { kern.gemv_q4(m, x, y, r0, r1); });
+    } else if (T <= kFusedMaxTokens) {
+      // A few tokens: decode each weight once per group of up to 8 tokens, in registers.
+      parallel_for_range(out_, std::max<int64_t>(1, gemv_min_rows(in_) / T), [&](int64_t r0, int64_t r1) {
+        for (int64_t t = 0; t < T; t += kernels::kMaxGemvTokens) {
+          const int64_t n = std::min<int64_t>(kernels::kMaxGemvTokens, T - t);
+          kern.gemv_q4_multi(m, x + t * in_, n, y + t * out_, out_, r0, r1);
+        }
+      });
+    } else {
+      gemm_by_panels(y, x, T, out_, in_,
+                     [&](int64_t r0, int64_t r1, float* out) { kern.dequant_rows_q4(m, r0, r1, out); });
+    }
+  }
+  if (!bias_.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t o = 0; o < out_; ++o) y[t * out_ + o] += bias_[o];
+  round_activations(y, T * out_, dtype_);
+}
+
+size_t QuantLinear::bytes() const {
+  size_t b = bias_.size() * sizeof(float);
+  if (q4_) return b + q4_->packed.size() + static_cast<size_t>(q4_->state.constant_bytes());
+  return b + dense_.bytes();
+}
+
+}  // namespace qlora

@@ -1,0 +1,104 @@
+#pragma once
+// Weights of the model in memory.
+//
+// DenseWeight: a matrix stored in the compute dtype (float32, bfloat16 or float16):
+// embeddings, lm_head, and the Linear layers under --quant none.
+//
+// QuantLinear: y = x · Wᵀ (+ b), the frozen base layer of every Linear inside the blocks.
+// W is either 4-bit (NF4/FP4, packed exactly as bitsandbytes packs it, optionally with
+// double-quantized absmax) or dense in the compute dtype. One token (decoding) uses the
+// fused 4-bit GEMV; up to 16 tokens the fused multi-token GEMV (each weight decoded once per
+// 8 tokens); more tokens dequantize 16-row panels into a thread-local buffer and run a
+// register-tiled GEMM on them. Rows are split across threads (OpenMP).
+// Activations are float32; results are rounded to the compute dtype, as a bf16/fp16
+// torch Linear would produce them (accumulation is float32 either way).
+//
+// Thread-safety: forward() and dequantize_rows() are const and may run concurrently.
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "base/dtype.h"
+#include "model/linear_kernels.h"
+#include "quant/codebook.h"
+#include "quant/quant_state.h"
+
+namespace qlora {
+
+// How the Linear layers inside the blocks are stored (--quant, --blocksize, --double-quant).
+struct QuantOptions {
+  bool quantize = true;            // false: --quant none (dense in the compute dtype)
+  QuantType type = QuantType::NF4;
+  int blocksize = 64;
+  bool double_quant = false;
+};
+
+class DenseWeight {
+ public:
+  DenseWeight() = default;
+  // Copies `w` (rows*cols floats), rounding to `dtype`.
+  DenseWeight(const float* w, int64_t rows, int64_t cols, ComputeDType dtype);
+  // Takes `w` (rows*cols floats) without a copy when dtype is F32.
+  DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, ComputeDType dtype);
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  ComputeDType dtype() const { return dtype_; }
+  // Rows [r0, r1) as float32 into out ((r1-r0) * cols floats).
+  void rows_to_f32(int64_t r0, int64_t r1, float* out) const;
+  // y (T, rows) = x (T, cols) · Wᵀ.
+  void matmul(float* y, const float* x, int64_t T) const;
+  size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2; }
+  const float* f32_data() const { return f32_.data(); }       // when dtype() == F32
+  const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
+
+ private:
+  int64_t rows_ = 0, cols_ = 0;
+  ComputeDType dtype_ = ComputeDType::F32;
+  std::vector<float> f32_;
+  std::vector<uint16_t> h16_;
+};
+
+class QuantLinear {
+ public:
+  QuantLinear() = default;
+  // From float32 weights W (out, in): quantized per `q` or dense in `dtype`.
+  QuantLinear(const float* w, int64_t out, int64_t in, const QuantOptions& q, ComputeDType dtype);
+  // The same, taking `w` (out*in floats) to avoid a copy for dense float32 storage.
+  QuantLinear(std::vector<float>&& w, int64_t out, int64_t in, const QuantOptions& q, ComputeDType dtype);
+  // From an already-quantized weight (pre-quantized checkpoint); its shape gives (out, in).
+  QuantLinear(Quantized4bit q, ComputeDType dtype);
+
+  // REQUIRES bias.size() == out_features(); stored rounded to the compute dtype.
+  void set_bias(std::vector<float> bias);
+
+  // y (T, out) = x (T, in) · Wᵀ + b.  y and x must not overlap.
+  void forward(float* y, const float* x, int64_t T) const;
+  // Rows [r0, r1) of W as float32 (exactly what forward multiplies with): out (r1-r0, in).
+  void dequantize_rows(int64_t r0, int64_t r1, float* out) const;
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  ComputeDType dtype() const { return dtype_; }
+  bool is_quantized() const { return q4_.has_value(); }
+  const Quantized4bit* q4() const { return q4_ ? &*q4_ : nullptr; }
+  const DenseWeight* dense() const { return q4_ ? nullptr : &dense_; }
+  const std::vector<float>& bias() const { return bias_; }
+  // Bytes of the stored weight (packed codes + quantization constants, or dense) and bias.
+  size_t bytes() const;
+  // The kernel view of the 4-bit weight. REQUIRES is_quantized().
+  kernels::Q4Matrix q4_view() const;
+
+ private:
+  int64_t in_ = 0, out_ = 0;
+  ComputeDType dtype_ = ComputeDType::F32;
+  std::optional<Quantized4bit> q4_;
+  DenseWeight dense_;
+  std::vector<float> bias_;
+};
+
+// Rounds every element to `t` in place (no-op for F32): activations between ops hold values
+// representable in the compute dtype.
+void round_activations(float* x, int64_t n, ComputeDType t);
+
+}  // namespace qlora

@@ -1,0 +1,47 @@
+#include "model/tensor_source.h"
+
+#include "base/error.h"
+
+namespace qlora {
+
+std::string shape_to_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+void MemoryTensorSource::add(std::string name, std::vector<int64_t> shape, std::vector<float> data) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  check(n == static_cast<int64_t>(data.size()), description_,
+        "tensor '" + name + "' has " + std::to_string(data.size()) + " elements but shape " + shape_to_string(shape));
+  for (auto& [k, e] : entries_)
+    if (k == name) {
+      e = Entry{std::move(shape), std::move(data)};
+      return;
+    }
+  entries_.emplace_back(std::move(name), Entry{std::move(shape), std::move(data)});
+}
+
+const MemoryTensorSource::Entry& MemoryTensorSource::find(const std::string& name) const {
+  for (auto& [k, e] : entries_)
+    if (k == name) return e;
+  fail(description_, "no tensor named '" + name + "'");
+}
+
+std::vector<std::string> MemoryTensorSource::names() const {
+  std::vector<std::string> n;
+  for (auto& [k, e] : entries_) n.push_back(k);
+  return n;
+}
+
+bool MemoryTensorSource::has(const std::string& name) const {
+  for (auto& [k, e] : entries_)
+    if (k == name) return true;
+  return false;
+}
+
+std::vector<int64_t> MemoryTensorSource::shape(const std::string& name) const { return find(name).shape; }
+std::vector<float> MemoryTensorSource::get(const std::string& name) const { return find(name).data; }
+
+}  // namespace qlora

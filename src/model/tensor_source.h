@@ -1,0 +1,64 @@
+#pragma once
+// Where a model's weights come from, independent of the file format: tensors under their
+// Hugging Face names, handed out as float32 one at a time. A model is built by asking for
+// one tensor, quantizing or converting it, and dropping the float copy before asking for
+// the next, so loading peaks at about the finished model plus one float32 tensor.
+//
+// Format readers (llama2.c, safetensors directories, GGUF) implement this and do any
+// format-specific conversion (e.g. llama2.c / GGUF q,k row permutation to the Hugging Face
+// rotary convention) inside get().
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "quant/quant_state.h"
+
+namespace qlora {
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+
+  // Names of every tensor available (Hugging Face form), in no particular order.
+  virtual std::vector<std::string> names() const = 0;
+  virtual bool has(const std::string& name) const = 0;
+  // Shape of a tensor ([out, in] for a Linear weight). Throws Error naming the source
+  // and the tensor when absent.
+  virtual std::vector<int64_t> shape(const std::string& name) const = 0;
+  // The tensor's elements as float32, row-major. Throws Error when absent or unreadable.
+  virtual std::vector<float> get(const std::string& name) const = 0;
+  // When the tensor is stored as a bitsandbytes 4-bit weight (a pre-quantized
+  // checkpoint), its packed form; nullopt otherwise. get() still works (dequantizes).
+  virtual std::optional<Quantized4bit> get_4bit(const std::string& /*name*/) const { return std::nullopt; }
+  // The file or directory, for error messages.
+  virtual std::string describe() const = 0;
+};
+
+// A source over tensors held in memory (tests, converted models).
+class MemoryTensorSource : public TensorSource {
+ public:
+  explicit MemoryTensorSource(std::string description = "<memory>") : description_(std::move(description)) {}
+  void add(std::string name, std::vector<int64_t> shape, std::vector<float> data);
+
+  std::vector<std::string> names() const override;
+  bool has(const std::string& name) const override;
+  std::vector<int64_t> shape(const std::string& name) const override;
+  std::vector<float> get(const std::string& name) const override;
+  std::string describe() const override { return description_; }
+
+ private:
+  struct Entry {
+    std::vector<int64_t> shape;
+    std::vector<float> data;
+  };
+  std::string description_;
+  std::vector<std::pair<std::string, Entry>> entries_;
+  const Entry& find(const std::string& name) const;
+};
+
+// "[64, 172]"
+std::string shape_to_string(const std::vector<int64_t>& shape);
+
+}  // namespace qlora

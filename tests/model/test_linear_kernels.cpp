@@ -1,0 +1,265 @@
+// The linear kernels of every instruction set this CPU has, against the scalar definitions:
+// the fused 4-bit GEMV against dequantize-then-matvec, on awkward sizes (rows and columns
+// that are not multiples of anything, blocks spanning rows, odd element counts), every
+// block size class, NF4 and FP4, plain and double-quantized absmax, and every compute dtype.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "base/cpu_features.h"
+#include "base/float_formats.h"
+#include "model/linear_kernels.h"
+#include "quant/blockwise.h"
+#include "quant/codebook.h"
+
+using namespace qlora;
+using kernels::LinearKernels;
+using kernels::Q4Matrix;
+
+namespace {
+
+std::vector<SimdLevel> levels() {
+  std::vector<SimdLevel> l = {SimdLevel::Scalar};
+  if (cpu_simd_level() >= SimdLevel::AVX2) l.push_back(SimdLevel::AVX2);
+  if (cpu_simd_level() >= SimdLevel::AVX512) l.push_back(SimdLevel::AVX512);
+  return l;
+}
+
+struct Q4Data {
+  std::vector<uint8_t> packed;
+  std::vector<float> absmax;
+  std::vector<uint8_t> absmax_q;
+  std::vector<float> nested_absmax;
+  std::vector<float> nested_code;
+  Q4Matrix m;
+};
+
+Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool nested, ComputeDType rt,
+                 std::mt19937& rng) {
+  Q4Data d;
+  const int64_t n = rows * cols;
+  const int64_t blocks = (n + blocksize - 1) / blocksize;
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> pos(0.01f, 3.0f);
+  d.packed.resize((n + 1) / 2);
+  for (auto& b : d.packed) b = static_cast<uint8_t>(byte(rng));
+  if (nested) {
+    d.absmax_q.resize(blocks);
+    for (auto& b : d.absmax_q) b = static_cast<uint8_t>(byte(rng));
+    d.nested_absmax.resize((blocks + 255) / 256);
+    for (auto& a : d.nested_absmax) a = pos(rng);
+    const auto& dyn = dynamic_map_8bit(true);
+    d.nested_code.assign(dyn.begin(), dyn.end());
+  } else {
+    d.absmax.resize(blocks);
+    for (auto& a : d.absmax) a = pos(rng);
+  }
+  d.m.packed = d.packed.data();
+  d.m.rows = rows;
+  d.m.cols = cols;
+  d.m.blocksize = blocksize;
+  d.m.code = codebook_4bit(t).data();
+  if (nested) {
+    d.m.absmax_q = d.absmax_q.data();
+    d.m.nested_absmax = d.nested_absmax.data();
+    d.m.nested_code = d.nested_code.data();
+    d.m.nested_blocksize = 256;
+    d.m.offset = 0.25f;
+  } else {
+    d.m.absmax = d.absmax.data();
+  }
+  d.m.round_to = rt;
+  return d;
+}
+
+std::vector<float> random_vec(int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+struct Size {
+  int64_t rows, cols;
+};
+const Size kSizes[] = {{1, 1}, {3, 7}, {5, 33}, {17, 64}, {13, 96}, {7, 100}, {9, 129}, {64, 576}, {33, 1000}, {2, 4097}};
+
+}  // namespace
+
+TEST(LinearKernels, ScalarDequantMatchesBitsandbytesReference) {
+  // With float32 absmax and no rounding, the kernels' weights are exactly bitsandbytes'
+  // dequantize_4bit (the quant module's reference).
+  std::mt19937 rng(1);
+  for (QuantType t : {QuantType::NF4, QuantType::FP4})
+    for (int bs : {32, 64, 256}) {
+      auto d = random_q4(11, 37, bs, t, false, ComputeDType::F32, rng);
+      std::vector<float> ours(11 * 37), ref(11 * 37);
+      kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, 11, ours.data());
+      dequantize_4bit_f32_ref(d.packed.data(), d.absmax.data(), 11 * 37, bs, t, ref.data());
+      EXPECT_EQ(ours, ref);
+    }
+}
+
+TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
+  std::mt19937 rng(2);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (const Size& s : kSizes)
+      for (int bs : {32, 64, 4096})
+        for (bool nested : {false, true})
+          for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
+            auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
+            // Every sub-range of rows, so row starts land on odd nibbles and mid-block.
+            for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1}) {
+              const int64_t n = (s.rows - r0) * s.cols;
+              std::vector<float> a(n), b(n);
+              kernels::scalar_linear_kernels().dequant_rows_q4(d.m, r0, s.rows, a.data());
+              k.dequant_rows_q4(d.m, r0, s.rows, b.data());
+              ASSERT_EQ(a, b) << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " bs " << bs << " nested "
+                              << nested << " r0 " << r0;
+            }
+          }
+  }
+}
+
+TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
+  std::mt19937 rng(3);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (const Size& s : kSizes)
+      for (int bs : {32, 64, 128, 4096})
+        for (QuantType t : {QuantType::NF4, QuantType::FP4})
+          for (bool nested : {false, true})
+            for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
+              auto d = random_q4(s.rows, s.cols, bs, t, nested, rt, rng);
+              const auto x = random_vec(s.cols, rng);
+              std::vector<float> w(s.rows * s.cols);
+              kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
+              std::vector<float> y(s.rows, -1.0f);
+              // Split the rows in two calls to exercise r0 > 0.
+              const int64_t mid = s.rows / 2;
+              k.gemv_q4(d.m, x.data(), y.data(), 0, mid);
+              k.gemv_q4(d.m, x.data(), y.data(), mid, s.rows);
+              for (int64_t r = 0; r < s.rows; ++r) {
+                double ref = 0, mag = 0;
+                for (int64_t c = 0; c < s.cols; ++c) {
+                  ref += static_cast<double>(w[r * s.cols + c]) * x[c];
+                  mag += std::fabs(static_cast<double>(w[r * s.cols + c]) * x[c]);
+                }
+                ASSERT_NEAR(y[r], ref, 1e-5 * mag + 1e-6)
+                    << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " bs " << bs << " row " << r;
+              }
+            }
+  }
+}
+
+TEST(LinearKernels, MultiTokenGemvMatchesSingleTokenGemv) {
+  std::mt19937 rng(31);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (const Size& s : kSizes)
+      for (int bs : {32, 64})
+        for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, T % 2 == 0, ComputeDType::F32, rng);
+          const auto x = random_vec(T * s.cols, rng);
+          const int64_t ldy = s.rows + 3;
+          std::vector<float> y(T * ldy, 7.0f), ref(T * ldy, 7.0f);
+          k.gemv_q4_multi(d.m, x.data(), T, y.data(), ldy, 0, s.rows);
+          for (int64_t t = 0; t < T; ++t)
+            kernels::scalar_linear_kernels().gemv_q4(d.m, x.data() + t * s.cols, ref.data() + t * ldy, 0, s.rows);
+          for (size_t i = 0; i < y.size(); ++i)
+            ASSERT_NEAR(y[i], ref[i], 1e-4f * (1 + std::fabs(ref[i])))
+                << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " T " << T << " at " << i;
+        }
+  }
+}
+
+TEST(LinearKernels, DenseGemvMatchesReference) {
+  std::mt19937 rng(4);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (const Size& s : kSizes) {
+      const auto wf = random_vec(s.rows * s.cols, rng);
+      const auto x = random_vec(s.cols, rng);
+      std::vector<uint16_t> wb(wf.size()), wh(wf.size());
+      std::vector<float> wbf(wf.size()), whf(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) {
+        wb[i] = f32_to_bf16(wf[i]);
+        wh[i] = f32_to_fp16(wf[i]);
+        wbf[i] = bf16_to_f32(wb[i]);
+        whf[i] = fp16_to_f32(wh[i]);
+      }
+      auto check_rows = [&](const std::vector<float>& w, const std::vector<float>& y, const char* what) {
+        for (int64_t r = 0; r < s.rows; ++r) {
+          double ref = 0, mag = 0;
+          for (int64_t c = 0; c < s.cols; ++c) {
+            ref += static_cast<double>(w[r * s.cols + c]) * x[c];
+            mag += std::fabs(static_cast<double>(w[r * s.cols + c]) * x[c]);
+          }
+          ASSERT_NEAR(y[r], ref, 1e-5 * mag + 1e-6) << simd_level_name(lv) << " " << what << " " << s.rows << "x"
+                                                     << s.cols << " row " << r;
+        }
+      };
+      std::vector<float> y(s.rows);
+      k.gemv_f32(wf.data(), s.cols, x.data(), y.data(), 0, s.rows);
+      check_rows(wf, y, "f32");
+      k.gemv_bf16(wb.data(), s.cols, x.data(), y.data(), 0, s.rows);
+      check_rows(wbf, y, "bf16");
+      k.gemv_f16(wh.data(), s.cols, x.data(), y.data(), 0, s.rows);
+      check_rows(whf, y, "f16");
+    }
+  }
+}
+
+TEST(LinearKernels, GemmRowsMatchesReference) {
+  std::mt19937 rng(5);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (int64_t T : {1, 2, 3, 4, 5, 7, 13})
+      for (int64_t K : {1, 3, 15, 16, 17, 64, 100})
+        for (int64_t N : {1, 3, 4, 5, 16, 17}) {
+          const int64_t ldx = K + 2, ldw = K + 5, ldy = N + 3;
+          const auto x = random_vec(T * ldx, rng);
+          const auto w = random_vec(N * ldw, rng);
+          std::vector<float> y(T * ldy, 123.0f);
+          k.gemm_rows(x.data(), ldx, T, w.data(), ldw, N, K, y.data(), ldy);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < ldy; ++n) {
+              if (n >= N) {
+                ASSERT_EQ(y[t * ldy + n], 123.0f) << "wrote outside the output";
+                continue;
+              }
+              double ref = 0, mag = 0;
+              for (int64_t kk = 0; kk < K; ++kk) {
+                ref += static_cast<double>(x[t * ldx + kk]) * w[n * ldw + kk];
+                mag += std::fabs(static_cast<double>(x[t * ldx + kk]) * w[n * ldw + kk]);
+              }
+              ASSERT_NEAR(y[t * ldy + n], ref, 1e-5 * mag + 1e-6)
+                  << simd_level_name(lv) << " T " << T << " K " << K << " N " << N;
+            }
+        }
+  }
+}
+
+TEST(LinearKernels, DotAndAxpyMatchReference) {
+  std::mt19937 rng(6);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (int64_t n : {0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100}) {
+      const auto a = random_vec(n + 1, rng), b = random_vec(n + 1, rng);
+      double ref = 0, mag = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        ref += double(a[i]) * b[i];
+        mag += std::fabs(double(a[i]) * b[i]);
+      }
+      EXPECT_NEAR(k.dot(a.data(), b.data(), n), ref, 1e-5 * mag + 1e-6) << simd_level_name(lv) << " n " << n;
+      std::vector<float> y = b, want = b;
+      for (int64_t i = 0; i < n; ++i) want[i] = b[i] + 0.75f * a[i];
+      k.axpy(0.75f, a.data(), y.data(), n);
+      for (int64_t i = 0; i <= n; ++i) EXPECT_NEAR(y[i], want[i], 1e-6f) << simd_level_name(lv) << " n " << n;
+    }
+  }
+}

@@ -182,3 +182,11 @@ TEST(CliQuantize, BadInputsGiveOneClearErrorAndNonZeroExit) {
   EXPECT_NE(again.output.find("already 4-bit"), std::string::npos) << again.output;
   EXPECT_EQ(fs::file_size(q), before);
 }
+
+TEST(CliInspect, ListsGgufMetadataAndTensors) {
+  CliRun r = run_cli("inspect " + std::string(QLORA_FIXTURE_DIR) + "/gguf/tiny_llama.gguf");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("general.architecture"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("token_embd.weight"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bits/param"), std::string::npos) << r.output;
+}

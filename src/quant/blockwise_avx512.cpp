@@ -1,10 +1,7 @@
 // AVX-512 (F/BW/VL/DQ/BF16/VBMI) blockwise kernels. Bit-identical to the scalar
 // references in blockwise_ref.cpp; see blockwise_kernels.h for the contract.
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*
-// placeholders once inlined (GCC bug 105593, fixed in 13).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// (GCC 12's false "may be used uninitialized" warnings from its own AVX-512 headers are
+// silenced for *_avx512.cpp files in CMakeLists.txt.)
 #include <immintrin.h>
 
 #include <algorithm>

@@ -87,7 +87,14 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.vocab = get_int(j, "vocab_size", where);
   const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : 32768;
   s.max_positions = get_int(j, "max_position_embeddings", where, default_ctx);
+  // transformers >= 5 writes rope_theta only inside "rope_parameters"; older versions at
+  // the top level. Either way a rope type other than "default" is not supported yet.
   s.rope_theta = get_float(j, "rope_theta", where, 10000.0f);
+  if (const json* rp = find_key(j, "rope_parameters"); rp && rp->is_object()) {
+    if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rp, "rope_theta", where, 10000.0f);
+    if (const json* t = find_key(*rp, "rope_type"); t && !(t->is_string() && t->get<std::string>() == "default"))
+      fail(where, "rope_parameters " + rp->dump() + " is not supported yet (only rope_type \"default\")");
+  }
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
   s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, false);
   if (type == "qwen2") {

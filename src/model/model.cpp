@@ -17,12 +17,12 @@ std::vector<float> load_vector(const TensorSource& src, const std::string& name,
 }
 
 QuantLinear load_linear(const TensorSource& src, const std::string& name, const ModelLoadOptions& opt) {
+  // A pre-quantized (bitsandbytes) weight is used exactly as stored whenever 4-bit is
+  // wanted at all, as transformers does: its own quant state wins over --quant/--blocksize/
+  // --double-quant, because re-quantizing already-quantized weights only adds error.
+  // --quant none still dequantizes it to full precision.
   if (opt.quant.quantize) {
-    if (auto q = src.get_4bit(name)) {
-      const QuantState& s = q->state;
-      if (s.type == opt.quant.type && s.blocksize == opt.quant.blocksize && s.nested == opt.quant.double_quant)
-        return QuantLinear(std::move(*q), opt.compute_dtype);
-    }
+    if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
   }
   const std::vector<int64_t> shape = src.shape(name);
   return QuantLinear(src.get(name), shape[0], shape[1], opt.quant, opt.compute_dtype);

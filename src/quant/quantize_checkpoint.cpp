@@ -193,7 +193,10 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
         {"bnb_4bit_quant_storage", "uint8"},
         {"llm_int8_enable_fp32_cpu_offload", false},
         {"llm_int8_has_fp16_weight", false},
-        {"llm_int8_skip_modules", opt.skip_modules.empty() ? nlohmann::json(nullptr) : nlohmann::json(opt.skip_modules)},
+        // transformers writes null for its default (keep lm_head in full precision).
+        {"llm_int8_skip_modules", opt.skip_modules.empty() || opt.skip_modules == std::vector<std::string>{"lm_head"}
+                                      ? nlohmann::json(nullptr)
+                                      : nlohmann::json(opt.skip_modules)},
         {"llm_int8_threshold", 6.0},
     };
     cfg["quantization_config"] = qc;

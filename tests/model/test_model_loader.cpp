@@ -154,12 +154,14 @@ TEST(ModelLoader, BitsandbytesCheckpointIsUsedAsStored) {
   EXPECT_EQ(m.layers()[3].q_proj.q4()->packed, ref.packed);
   // Same text as quantizing the float checkpoint on load.
   EXPECT_EQ(greedy_text(q.path(), nf4), greedy_text(plain.path(), nf4));
-  // --quant none dequantizes it; --quant fp4 re-quantizes.
+  // --quant none dequantizes it; asking for another 4-bit format keeps the stored one
+  // (as transformers does: re-quantizing 4-bit weights would only add error).
   EXPECT_FALSE(greedy_text(q.path(), dense()).empty());
   ModelLoadOptions fp4;
   fp4.quant.type = QuantType::FP4;
   const Model m4 = Model::load(f.spec, *f.tensors, fp4);
-  EXPECT_EQ(m4.layers()[0].q_proj.q4()->state.type, QuantType::FP4);
+  EXPECT_EQ(m4.layers()[0].q_proj.q4()->state.type, QuantType::NF4);
+  EXPECT_EQ(m4.layers()[3].q_proj.q4()->packed, ref.packed);
 }
 
 TEST(ModelLoader, ConfigTensorShapeMismatchIsACleanError) {

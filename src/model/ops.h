@@ -5,7 +5,7 @@
 // heads, HS = head size. All activations are float32; callers round to the compute dtype
 // where a bf16/fp16 model would (see round_activations in quant_linear.h).
 //
-// The training code adds the matching *_backward functions next to these; the forward
+// The matching *_backward functions are in ops_backward.h; the forward
 // caches what backward needs (rmsnorm: rstd per row; attention: the probabilities).
 #include <cstdint>
 

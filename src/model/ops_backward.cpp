@@ -1,0 +1,278 @@
+#include "model/ops_backward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/parallel.h"
+#include "model/linear_kernels.h"
+
+namespace qlora {
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t T, int64_t C) {
+  // o_i = w_i x_i r, r = (sum_j x_j^2 / C + eps)^(-1/2), dr/dx_i = -r^3 x_i / C, so
+  // dx_i = r w_i do_i - (r^3 / C) x_i sum_j w_j do_j x_j.
+  parallel_for_range(T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* x = inp + t * C;
+      const float* d = dout + t * C;
+      float* dx = dinp + t * C;
+      const float r = rstd[t];
+      double dot = 0.0;
+      for (int64_t i = 0; i < C; ++i) dot += static_cast<double>(weight[i] * d[i]) * x[i];
+      const float k = static_cast<float>(dot * r * r * r / static_cast<double>(C));
+      for (int64_t i = 0; i < C; ++i) dx[i] += r * weight[i] * d[i] - k * x[i];
+    }
+  });
+  if (dweight) {
+    for (int64_t t = 0; t < T; ++t) {
+      const float* x = inp + t * C;
+      const float* d = dout + t * C;
+      const float r = rstd[t];
+      for (int64_t i = 0; i < C; ++i) dweight[i] += d[i] * (x[i] * r);
+    }
+  }
+}
+
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS) {
+  // Forward: (y0, y1) = (x0 c - x1 s, x1 c + x0 s); its transpose is the rotation by -angle:
+  // (dx0, dx1) = (dy0 c + dy1 s, dy1 c - dy0 s).
+  const int64_t half = HS / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    for (int64_t h = 0; h < NH; ++h) {
+      float* g = dx + (t * NH + h) * HS;
+      for (int64_t i = 0; i < half; ++i) {
+        const float g0 = g[i], g1 = g[i + half];
+        g[i] = g0 * c[i] + g1 * s[i];
+        g[i + half] = g1 * c[i] - g0 * s[i];
+      }
+    }
+  }
+}
+
+void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, const float* dout, const float* q,
+                        const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
+                        int64_t NH, int64_t NKV, int64_t HS) {
+  check(NKV > 0 && NH % NKV == 0, "attention_backward", "NH must be a multiple of NKV");
+  check(q_pos0 >= 0 && q_pos0 + T <= Tk, "attention_backward", "queries extend past the keys (q_pos0 + T > Tk)");
+  check(att != nullptr, "attention_backward", "needs the probabilities cached by attention_forward");
+  const int64_t group = NH / NKV;
+  const int64_t qs = NH * HS, kvs = NKV * HS;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const auto& kern = kernels::active_linear_kernels();
+
+  // Pass 1, one (token, head) per item, disjoint writes (a row of datt, a row of dq):
+  //   dP_j = dout · v_j; dS_j = P_j (dP_j - sum_l P_l dP_l) (softmax backward);
+  //   datt_j = dS_j * scale = d loss / d (q · k_j); dq += sum_j datt_j k_j.
+  const int64_t items = T * NH;
+  const int64_t min_items = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Tk * HS));
+  parallel_for_range(items, min_items, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t t = it / NH, h = it % NH, kh = h / group;
+      const int64_t n = q_pos0 + t + 1;
+      const float* p = att + (h * T + t) * Tk;
+      float* da = datt_scratch + (h * T + t) * Tk;
+      const float* go = dout + t * qs + h * HS;
+      double s = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        da[j] = kern.dot(go, v + j * kvs + kh * HS, HS);
+        s += static_cast<double>(p[j]) * da[j];
+      }
+      const float sf = static_cast<float>(s);
+      float* gq = dq + t * qs + h * HS;
+      for (int64_t j = 0; j < n; ++j) {
+        da[j] = p[j] * (da[j] - sf) * scale;
+        kern.axpy(da[j], k + j * kvs + kh * HS, gq, HS);
+      }
+      for (int64_t j = n; j < Tk; ++j) da[j] = 0.0f;
+    }
+  });
+
+  // Pass 2, one (key row, kv head) per item, disjoint writes (a row of dk and of dv), summing
+  // over the query heads of the group and the queries that attend key j (q_pos0 + t >= j):
+  //   dk_j += sum datt[h, t, j] q[t, h]; dv_j += sum att[h, t, j] dout[t, h].
+  const int64_t kitems = Tk * NKV;
+  const int64_t kmin = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, T * group * HS));
+  parallel_for_range(kitems, kmin, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t j = it / NKV, kh = it % NKV;
+      float* gk = dk + j * kvs + kh * HS;
+      float* gv = dv + j * kvs + kh * HS;
+      const int64_t t0 = std::max<int64_t>(0, j - q_pos0);
+      for (int64_t h = kh * group; h < (kh + 1) * group; ++h)
+        for (int64_t t = t0; t < T; ++t) {
+          const float a = att[(h * T + t) * Tk + j];
+          const float da = datt_scratch[(h * T + t) * Tk + j];
+          kern.axpy(da, q + t * qs + h * HS, gk, HS);
+          kern.axpy(a, dout + t * qs + h * HS, gv, HS);
+        }
+    }
+  });
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N) {
+  parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = gate[i];
+      const float sg = 1.0f / (1.0f + std::exp(-g));
+      const float silu = g * sg;
+      dgate[i] += dout[i] * up[i] * (sg * (1.0f + g * (1.0f - sg)));
+      dup[i] += dout[i] * silu;
+    }
+  });
+}
+
+void residual_backward(float* da, float* db, const float* dout, int64_t N) {
+  if (da)
+    for (int64_t i = 0; i < N; ++i) da[i] += dout[i];
+  if (db)
+    for (int64_t i = 0; i < N; ++i) db[i] += dout[i];
+}
+
+namespace {
+
+// Both matmul backwards run on the SIMD "dot-product rows" GEMM of linear_kernels.h,
+// y[m, n] = sum_k x[m, k] * w[n, k], with the operand that is not laid out along k
+// transposed one panel of kPanel output columns at a time (thread-local scratch of
+// kPanel * K floats, never a whole transposed matrix), then added into the gradient.
+constexpr int64_t kPanel = 64;
+
+// C[m, n0 + n] += y[m, n] for a panel.
+void add_panel(float* C, int64_t ldc, int64_t M, int64_t n0, int64_t nb, const float* y) {
+  for (int64_t m = 0; m < M; ++m) {
+    float* c = C + m * ldc + n0;
+    const float* src = y + m * nb;
+    for (int64_t n = 0; n < nb; ++n) c[n] += src[n];
+  }
+}
+
+// Panels of N columns across threads: each costs about M * kPanel * K multiply-adds; split
+// only when a thread gets ~1M of them.
+int64_t min_panels(int64_t M, int64_t K) {
+  return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, M * kPanel * K));
+}
+
+// Below this many tokens, transposing W costs as much as the product: plain axpy rows.
+constexpr int64_t kMinTokensForGemm = 8;
+
+}  // namespace
+
+void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t T, int64_t in, int64_t out,
+                           int64_t dout_stride) {
+  // dinp[t, i] += sum_o dout[t, o] W[o, i].
+  const int64_t ld = dout_stride ? dout_stride : out;
+  if (T <= 0 || in <= 0 || out <= 0) return;
+  const auto& kern = kernels::active_linear_kernels();
+  if (T < kMinTokensForGemm) {
+    // Few tokens: each row of W is read once per token, straight into dinp.
+    parallel_for_range(in, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < out; ++o) kern.axpy(dout[t * ld + o], W + o * in + i0, dinp + t * in + i0, i1 - i0);
+    });
+    return;
+  }
+  const int64_t panels = (in + kPanel - 1) / kPanel;
+  parallel_for_range(panels, min_panels(T, out), [&](int64_t p0, int64_t p1) {
+    std::vector<float> wt(static_cast<size_t>(kPanel * out)), y(static_cast<size_t>(T * kPanel));
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t i0 = p * kPanel, nb = std::min(kPanel, in - i0);
+      for (int64_t o = 0; o < out; ++o)  // wt (nb, out) = W[:, i0:i0+nb]ᵀ
+        for (int64_t i = 0; i < nb; ++i) wt[i * out + o] = W[o * in + i0 + i];
+      kern.gemm_rows(dout, ld, T, wt.data(), out, nb, out, y.data(), nb);
+      add_panel(dinp, in, T, i0, nb, y.data());
+    }
+  });
+}
+
+void matmul_backward_weight(float* dW, const float* dout, const float* inp, int64_t T, int64_t in, int64_t out) {
+  // dW[o, i] += sum_t dout[t, o] inp[t, i]: rows of doutᵀ (out, T) dotted with rows of inpᵀ.
+  if (T <= 0 || in <= 0 || out <= 0) return;
+  const auto& kern = kernels::active_linear_kernels();
+  std::vector<float> dt(static_cast<size_t>(out * T));  // doutᵀ (out, T)
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < out; ++o) dt[o * T + t] = dout[t * out + o];
+  const int64_t panels = (in + kPanel - 1) / kPanel;
+  parallel_for_range(panels, min_panels(out, T), [&](int64_t p0, int64_t p1) {
+    std::vector<float> xt(static_cast<size_t>(kPanel * T)), y(static_cast<size_t>(out * kPanel));
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t i0 = p * kPanel, nb = std::min(kPanel, in - i0);
+      for (int64_t t = 0; t < T; ++t)  // xt (nb, T) = inp[:, i0:i0+nb]ᵀ
+        for (int64_t i = 0; i < nb; ++i) xt[i * T + t] = inp[t * in + i0 + i];
+      kern.gemm_rows(dt.data(), T, out, xt.data(), T, nb, T, y.data(), nb);
+      add_panel(dW, in, out, i0, nb, y.data());
+    }
+  });
+}
+
+void matmul_backward_input_ref(float* dinp, const float* dout, const float* W, int64_t T, int64_t in, int64_t out,
+                               int64_t dout_stride) {
+  const int64_t ld = dout_stride ? dout_stride : out;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < in; ++i) {
+      float s = 0.0f;
+      for (int64_t o = 0; o < out; ++o) s += dout[t * ld + o] * W[o * in + i];
+      dinp[t * in + i] += s;
+    }
+}
+
+void matmul_backward_weight_ref(float* dW, const float* dout, const float* inp, int64_t T, int64_t in,
+                                int64_t out) {
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = 0; i < in; ++i) {
+      float s = 0.0f;
+      for (int64_t t = 0; t < T; ++t) s += dout[t * out + o] * inp[t * in + i];
+      dW[o * in + i] += s;
+    }
+}
+
+float cross_entropy_forward_backward(float* losses, float* dlogits, const float* logits, const int* targets,
+                                     int64_t T, int64_t V, int ignore_index) {
+  int64_t valid = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (targets[t] == ignore_index) continue;
+    if (targets[t] < 0 || targets[t] >= V)
+      fail("cross_entropy", "target " + std::to_string(targets[t]) + " at position " + std::to_string(t) +
+                                " is outside the vocabulary of " + std::to_string(V));
+    ++valid;
+  }
+  const float inv_n = valid ? 1.0f / static_cast<float>(valid) : 0.0f;
+  std::vector<double> row_loss(static_cast<size_t>(std::max<int64_t>(T, 0)), 0.0);
+  parallel_for_range(T, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, V)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* x = logits + t * V;
+      float* g = dlogits + t * V;
+      const int tgt = targets[t];
+      if (tgt == ignore_index) {
+        for (int64_t j = 0; j < V; ++j) g[j] = 0.0f;
+        continue;
+      }
+      float mx = x[0];
+      for (int64_t j = 1; j < V; ++j) mx = std::max(mx, x[j]);
+      // Read what the loss needs from the row before writing it (dlogits may alias logits).
+      const float xt = x[tgt];
+      double sum = 0.0;
+      for (int64_t j = 0; j < V; ++j) {
+        const float ex = std::exp(x[j] - mx);
+        g[j] = ex;
+        sum += ex;
+      }
+      row_loss[t] = std::log(sum) + static_cast<double>(mx) - static_cast<double>(xt);
+      const float f = static_cast<float>(1.0 / sum) * inv_n;
+      for (int64_t j = 0; j < V; ++j) g[j] *= f;
+      g[tgt] -= inv_n;
+    }
+  });
+  double total = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (losses) losses[t] = static_cast<float>(row_loss[t]);
+    total += row_loss[t];
+  }
+  return valid ? static_cast<float>(total / static_cast<double>(valid)) : 0.0f;
+}
+
+}  // namespace qlora

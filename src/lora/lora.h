@@ -1,0 +1,97 @@
+#pragma once
+// LoRA (PEFT semantics): a frozen Linear W (out, in) gets a trainable low-rank update
+//   y = W x + scaling · B (A dropout(x)),   A (r, in), B (out, r), float32,
+// scaling = alpha / r, or alpha / sqrt(r) with rsLoRA. A starts kaiming-uniform
+// (a = sqrt 5, fan_in = in), B starts at zero, so the adapter is a no-op at step 0.
+// Initialisation and dropout draw from our own seeded generator (LoraRng): results are
+// reproducible for a seed but are not bit-equal to torch's generator.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace qlora {
+
+struct LoraConfig {
+  int r = 64;
+  double alpha = 16.0;
+  double dropout = 0.05;
+  bool use_rslora = false;
+  // Module names matched by suffix of the module path (PEFT list semantics:
+  // "q_proj" matches "model.layers.0.self_attn.q_proj"). Ignored when all_linear.
+  std::vector<std::string> target_modules;
+  // PEFT's "all-linear": every Linear except the output head (lm_head).
+  bool all_linear = false;
+  uint64_t seed = 0;
+
+  // alpha / r, or alpha / sqrt(r) with rsLoRA (computed in double, as Python does).
+  double scaling() const;
+  // True when a Linear at `module_path` gets a LoRA. `is_output_head` marks lm_head.
+  bool targets(std::string_view module_path, bool is_output_head = false) const;
+  // Throws Error naming `where` when r < 1, alpha not finite, dropout outside [0, 1),
+  // or no target modules.
+  void validate(std::string_view where) const;
+};
+
+// PEFT's list matching: `path == target` or `path` ends with "." + target.
+bool lora_module_matches(std::string_view module_path, std::string_view target);
+
+// Small deterministic generator (xoshiro256**, seeded through splitmix64).
+class LoraRng {
+ public:
+  explicit LoraRng(uint64_t seed);
+  uint64_t next_u64();
+  // Uniform in [0, 1) with 24 random bits.
+  float next_float();
+  // Uniform in [lo, hi) in double (53 random bits).
+  double next_double(double lo, double hi);
+
+ private:
+  uint64_t s_[4];
+};
+
+// torch.nn.init.kaiming_uniform_(w, a) bound for a (out, fan_in) weight:
+// gain = sqrt(2 / (1 + a²)), std = gain / sqrt(fan_in), bound = sqrt(3) · std.
+// With a = sqrt(5) (PEFT's LoRA A) this is 1 / sqrt(fan_in).
+double kaiming_uniform_bound(int64_t fan_in, double a);
+
+// One adapted Linear. Owns its parameters and their gradients.
+struct LoraLayer {
+  std::string module_path;  // e.g. "model.layers.0.self_attn.q_proj"
+  int64_t in = 0, out = 0;
+  int r = 0;
+  float scaling = 0.f;  // float32 copy of LoraConfig::scaling(), what the kernels use
+  float dropout = 0.f;
+  std::vector<float> A;   // (r, in)
+  std::vector<float> B;   // (out, r)
+  std::vector<float> dA;  // (r, in)  gradient, accumulated by lora_backward
+  std::vector<float> dB;  // (out, r)
+
+  LoraLayer() = default;
+  // Allocates zeroed A, B and gradients; call init() for PEFT's initialisation.
+  LoraLayer(std::string module_path, int64_t in, int64_t out, const LoraConfig& cfg);
+  // A ~ U(-bound, bound) with bound = kaiming_uniform_bound(in, sqrt 5); B = 0.
+  void init(uint64_t seed);
+  void zero_grad();
+};
+
+// What lora_backward needs from the forward of the same input.
+struct LoraCache {
+  std::vector<float> mask;  // (T, in) dropout multipliers 0 or 1/(1-p); empty = no dropout
+  std::vector<float> h;     // (T, r)  A · dropout(x)
+};
+
+// y (T, out) += scaling · B (A dropout(x)), x (T, in). When `training` and the layer's
+// dropout > 0, a fresh mask is drawn from `rng` (REQUIRES rng then) and kept in `cache`.
+// `cache` may be null at inference. y and x must not overlap.
+void lora_forward(float* y, LoraCache* cache, const LoraLayer& layer, const float* x, int64_t T,
+                  bool training, LoraRng* rng);
+
+// Given dy (T, out) for the forward that filled `cache`: accumulates
+//   dB += scaling · dyᵀ h,  dA += (scaling · dy B)ᵀ dropout(x),
+//   dx (T, in) += mask ⊙ ((scaling · dy B) A)   (dx may be null: no input gradient).
+void lora_backward(float* dx, LoraLayer& layer, const float* dy, const float* x, const LoraCache& cache,
+                   int64_t T);
+
+}  // namespace qlora

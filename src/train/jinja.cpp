@@ -1,0 +1,2302 @@
+#include "train/jinja.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cctype>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <optional>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "base/error.h"
+
+namespace qlora::jinja {
+namespace {
+
+// ============================================================================ values
+
+struct Value;
+using List = std::vector<Value>;
+struct Dict;
+struct Interp;
+struct Args;
+using Fn = std::function<Value(Interp&, Args&)>;
+
+struct Value {
+  enum class T { Undefined, None, Bool, Int, Float, Str, List, Dict, Ns, Func };
+  T t = T::Undefined;
+  bool b = false;
+  bool tuple = false;  // List printed as a Python tuple
+  int64_t i = 0;
+  double f = 0;
+  std::string s;  // Str; for Undefined the name that was looked up (for messages)
+  std::shared_ptr<List> list;
+  std::shared_ptr<Dict> dict;  // Dict and Ns
+  std::shared_ptr<Fn> fn;
+
+  static Value undef(std::string hint = {}) { Value v; v.s = std::move(hint); return v; }
+  static Value none() { Value v; v.t = T::None; return v; }
+  static Value boolean(bool x) { Value v; v.t = T::Bool; v.b = x; return v; }
+  static Value integer(int64_t x) { Value v; v.t = T::Int; v.i = x; return v; }
+  static Value real(double x) { Value v; v.t = T::Float; v.f = x; return v; }
+  static Value str(std::string x) { Value v; v.t = T::Str; v.s = std::move(x); return v; }
+  static Value make_list(List l = {}) {
+    Value v; v.t = T::List; v.list = std::make_shared<List>(std::move(l)); return v;
+  }
+  static Value make_dict();
+  static Value make_ns();
+  static Value func(Fn f) { Value v; v.t = T::Func; v.fn = std::make_shared<Fn>(std::move(f)); return v; }
+
+  bool is_num() const { return t == T::Int || t == T::Float || t == T::Bool; }
+  double num() const { return t == T::Float ? f : t == T::Bool ? (b ? 1.0 : 0.0) : double(i); }
+  int64_t as_int() const { return t == T::Bool ? (b ? 1 : 0) : i; }
+};
+
+struct Dict {
+  std::vector<std::pair<std::string, Value>> items;
+  Value* find(std::string_view k) {
+    for (auto& kv : items)
+      if (kv.first == k) return &kv.second;
+    return nullptr;
+  }
+  void set(const std::string& k, Value v) {
+    if (Value* p = find(k)) *p = std::move(v);
+    else items.emplace_back(k, std::move(v));
+  }
+};
+
+struct Args {
+  std::vector<Value> pos;
+  std::vector<std::pair<std::string, Value>> kw;
+  const Value* get(size_t idx, std::string_view key) const {
+    for (auto& [k, v] : kw) if (k == key) return &v;
+    return idx < pos.size() ? &pos[idx] : nullptr;
+  }
+};
+
+Value Value::make_dict() { Value v; v.t = T::Dict; v.dict = std::make_shared<Dict>(); return v; }
+Value Value::make_ns() { Value v; v.t = T::Ns; v.dict = std::make_shared<Dict>(); return v; }
+
+Value from_json(const nlohmann::ordered_json& j) {
+  switch (j.type()) {
+    case nlohmann::ordered_json::value_t::null: return Value::none();
+    case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());
+    case nlohmann::ordered_json::value_t::number_integer: return Value::integer(j.get<int64_t>());
+    case nlohmann::ordered_json::value_t::number_unsigned: return Value::integer(int64_t(j.get<uint64_t>()));
+    case nlohmann::ordered_json::value_t::number_float: return Value::real(j.get<double>());
+    case nlohmann::ordered_json::value_t::string: return Value::str(j.get<std::string>());
+    case nlohmann::ordered_json::value_t::array: {
+      List l;
+      for (const auto& e : j) l.push_back(from_json(e));
+      return Value::make_list(std::move(l));
+    }
+    case nlohmann::ordered_json::value_t::object: {
+      Value d = Value::make_dict();
+      for (auto it = j.begin(); it != j.end(); ++it) d.dict->set(it.key(), from_json(it.value()));
+      return d;
+    }
+    default: return Value::none();
+  }
+}
+
+// ---------------------------------------------------------------------------- UTF-8 helpers
+
+// Splits a UTF-8 string into code points (as byte ranges); invalid bytes count as one each.
+std::vector<std::pair<size_t, size_t>> code_points(std::string_view s) {
+  std::vector<std::pair<size_t, size_t>> cps;
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+    if (i + n > s.size()) n = 1;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) { n = 1; break; }
+    cps.emplace_back(i, n);
+    i += n;
+  }
+  return cps;
+}
+
+uint32_t decode_cp(std::string_view s, size_t pos, size_t n) {
+  auto b = [&](size_t k) { return uint32_t(static_cast<unsigned char>(s[pos + k])); };
+  if (n == 1) return b(0);
+  if (n == 2) return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
+  if (n == 3) return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
+  return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
+}
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) out += char(cp);
+  else if (cp < 0x800) { out += char(0xC0 | (cp >> 6)); out += char(0x80 | (cp & 0x3F)); }
+  else if (cp < 0x10000) {
+    out += char(0xE0 | (cp >> 12)); out += char(0x80 | ((cp >> 6) & 0x3F)); out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | (cp >> 18)); out += char(0x80 | ((cp >> 12) & 0x3F));
+    out += char(0x80 | ((cp >> 6) & 0x3F)); out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+// Python's str.isspace() for the code points that occur in practice.
+bool is_space_cp(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
+}
+
+// Python str.strip([chars]); which: 1 = left, 2 = right, 3 = both.
+std::string py_strip(std::string_view s, const Value* chars, int which) {
+  auto cps = code_points(s);
+  std::vector<uint32_t> set;
+  bool use_set = chars && chars->t == Value::T::Str;
+  if (use_set)
+    for (auto [p, n] : code_points(chars->s)) set.push_back(decode_cp(chars->s, p, n));
+  auto strip_it = [&](size_t k) {
+    uint32_t c = decode_cp(s, cps[k].first, cps[k].second);
+    return use_set ? std::find(set.begin(), set.end(), c) != set.end() : is_space_cp(c);
+  };
+  size_t lo = 0, hi = cps.size();
+  if (which & 1) while (lo < hi && strip_it(lo)) ++lo;
+  if (which & 2) while (hi > lo && strip_it(hi - 1)) --hi;
+  if (lo >= hi) return {};
+  size_t b = cps[lo].first, e = cps[hi - 1].first + cps[hi - 1].second;
+  return std::string(s.substr(b, e - b));
+}
+
+// Simple Unicode case mapping (what Python's str.lower/upper do) for ASCII, Latin-1,
+// Latin Extended-A, Greek, Cyrillic and fullwidth Latin; other code points are unchanged.
+uint32_t cp_lower(uint32_t c) {
+  if (c >= 'A' && c <= 'Z') return c + 32;
+  if (c < 0x80) return c;
+  if ((c >= 0xC0 && c <= 0xDE && c != 0xD7)) return c + 32;
+  if (c == 0x178) return 0xFF;
+  if ((c >= 0x100 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) return (c % 2 == 0) ? c + 1 : c;
+  if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c % 2 == 1) ? c + 1 : c;
+  if (c >= 0x391 && c <= 0x3A9 && c != 0x3A2) return c + 32;
+  if (c == 0x386) return 0x3AC;
+  if (c >= 0x388 && c <= 0x38A) return c + 37;
+  if (c == 0x38C) return 0x3CC;
+  if (c == 0x38E || c == 0x38F) return c + 63;
+  if (c >= 0x410 && c <= 0x42F) return c + 32;
+  if (c >= 0x400 && c <= 0x40F) return c + 80;
+  if (c >= 0xFF21 && c <= 0xFF3A) return c + 32;
+  return c;
+}
+uint32_t cp_upper(uint32_t c) {
+  if (c >= 'a' && c <= 'z') return c - 32;
+  if (c < 0x80) return c;
+  if (c >= 0xE0 && c <= 0xFE && c != 0xF7) return c - 32;
+  if (c == 0xFF) return 0x178;
+  if (c == 0xB5) return 0x39C;
+  if (c == 0x131) return 'I';
+  if (c == 0x17F) return 'S';
+  if ((c >= 0x100 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) return (c % 2 == 1) ? c - 1 : c;
+  if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c % 2 == 0) ? c - 1 : c;
+  if (c == 0x3C2) return 0x3A3;
+  if (c >= 0x3B1 && c <= 0x3C9) return c - 32;
+  if (c == 0x3AC) return 0x386;
+  if (c >= 0x3AD && c <= 0x3AF) return c - 37;
+  if (c == 0x3CC) return 0x38C;
+  if (c == 0x3CD || c == 0x3CE) return c - 63;
+  if (c >= 0x430 && c <= 0x44F) return c - 32;
+  if (c >= 0x450 && c <= 0x45F) return c - 80;
+  if (c >= 0xFF41 && c <= 0xFF5A) return c - 32;
+  return c;
+}
+// mode: 0 lower, 1 upper, 2 capitalize (first upper, rest lower), 3 jinja title (words start
+// after runs of whitespace and -({[<).
+std::string case_map(std::string_view s, int mode) {
+  std::string out;
+  out.reserve(s.size());
+  bool start = true;
+  for (auto [p, n] : code_points(s)) {
+    uint32_t c = decode_cp(s, p, n);
+    if (n == 1 && c >= 0x80) { out += s[p]; continue; }  // invalid byte: keep
+    bool up = mode == 1 || ((mode == 2 || mode == 3) && start);
+    if (mode == 3 && (c == ' ' || (c >= 0x09 && c <= 0x0D) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<')) {
+      out.append(s.substr(p, n));
+      start = true;
+      continue;
+    }
+    if (mode == 2) start = false;
+    if (mode == 3) start = false;
+    if (up && c == 0xDF) { out += "SS"; continue; }
+    append_utf8(out, up ? cp_upper(c) : cp_lower(c));
+  }
+  return out;
+}
+std::string py_lower(std::string s) { return case_map(s, 0); }
+std::string py_upper(std::string s) { return case_map(s, 1); }
+
+// ---------------------------------------------------------------------------- printing
+
+// Python float repr.
+std::string float_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
+  if (v == 0) return std::signbit(v) ? "-0.0" : "0.0";
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
+  std::string sci(buf, r.ptr);
+  bool neg = sci[0] == '-';
+  if (neg) sci.erase(0, 1);
+  size_t epos = sci.find('e');
+  int exp = std::stoi(sci.substr(epos + 1));
+  std::string digits;
+  for (size_t k = 0; k < epos; ++k) if (sci[k] != '.') digits += sci[k];
+  std::string out;
+  if (exp >= -5 + 1 && exp < 16) {  // Python: repr uses fixed when -4 <= exp < 16
+    if (exp < 0) {
+      out = "0." + std::string(size_t(-exp - 1), '0') + digits;
+    } else if (size_t(exp) + 1 >= digits.size()) {
+      out = digits + std::string(size_t(exp) + 1 - digits.size(), '0') + ".0";
+    } else {
+      out = digits.substr(0, size_t(exp) + 1) + "." + digits.substr(size_t(exp) + 1);
+    }
+  } else {
+    out = digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    char eb[16];
+    std::snprintf(eb, sizeof eb, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    out += eb;
+  }
+  return neg ? "-" + out : out;
+}
+
+std::string py_repr_str(const std::string& s) {
+  bool has_sq = s.find('\'') != std::string::npos, has_dq = s.find('"') != std::string::npos;
+  char q = (has_sq && !has_dq) ? '"' : '\'';
+  std::string out(1, q);
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (ch == q || ch == '\\') { out += '\\'; out += ch; }
+    else if (ch == '\n') out += "\\n";
+    else if (ch == '\r') out += "\\r";
+    else if (ch == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7F) { char b[8]; std::snprintf(b, sizeof b, "\\x%02x", c); out += b; }
+    else out += ch;
+  }
+  out += q;
+  return out;
+}
+
+std::string repr(const Value& v);
+
+std::string to_str(const Value& v) {
+  switch (v.t) {
+    case Value::T::Undefined: return {};
+    case Value::T::None: return "None";
+    case Value::T::Bool: return v.b ? "True" : "False";
+    case Value::T::Int: return std::to_string(v.i);
+    case Value::T::Float: return float_repr(v.f);
+    case Value::T::Str: return v.s;
+    case Value::T::Func: return "<function>";
+    default: return repr(v);
+  }
+}
+
+std::string repr(const Value& v) {
+  switch (v.t) {
+    case Value::T::Str: return py_repr_str(v.s);
+    case Value::T::Undefined: return "Undefined";
+    case Value::T::List: {
+      std::string o = v.tuple ? "(" : "[";
+      for (size_t k = 0; k < v.list->size(); ++k) { if (k) o += ", "; o += repr((*v.list)[k]); }
+      if (v.tuple && v.list->size() == 1) o += ",";
+      return o + (v.tuple ? ")" : "]");
+    }
+    case Value::T::Dict:
+    case Value::T::Ns: {
+      std::string o = v.t == Value::T::Ns ? "<Namespace {" : "{";
+      bool first = true;
+      for (auto& [k, x] : v.dict->items) {
+        if (!first) o += ", ";
+        first = false;
+        o += py_repr_str(k) + ": " + repr(x);
+      }
+      return o + (v.t == Value::T::Ns ? "}>" : "}");
+    }
+    default: return to_str(v);
+  }
+}
+
+void json_str(std::string& o, const std::string& s) {
+  o += '"';
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    switch (ch) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\r': o += "\\r"; break;
+      case '\t': o += "\\t"; break;
+      case '\b': o += "\\b"; break;
+      case '\f': o += "\\f"; break;
+      default:
+        if (c < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", c); o += b; }
+        else o += ch;
+    }
+  }
+  o += '"';
+}
+
+// json.dumps(x, ensure_ascii=False, indent=indent) — Python's separators and key order.
+// Returns false on a value JSON cannot hold (undefined, function).
+bool to_json(std::string& o, const Value& v, int indent, int level) {
+  auto nl = [&](int lvl) {
+    if (indent < 0) return;
+    o += '\n';
+    o.append(size_t(indent) * size_t(lvl), ' ');
+  };
+  const char* sep = indent < 0 ? ", " : ",";
+  switch (v.t) {
+    case Value::T::None: o += "null"; return true;
+    case Value::T::Bool: o += v.b ? "true" : "false"; return true;
+    case Value::T::Int: o += std::to_string(v.i); return true;
+    case Value::T::Float:
+      if (std::isnan(v.f)) o += "NaN";
+      else if (std::isinf(v.f)) o += v.f < 0 ? "-Infinity" : "Infinity";
+      else o += float_repr(v.f);
+      return true;
+    case Value::T::Str: json_str(o, v.s); return true;
+    case Value::T::List:
+      if (v.list->empty()) { o += "[]"; return true; }
+      o += '[';
+      for (size_t k = 0; k < v.list->size(); ++k) {
+        if (k) o += sep;
+        nl(level + 1);
+        if (!to_json(o, (*v.list)[k], indent, level + 1)) return false;
+      }
+      nl(level);
+      o += ']';
+      return true;
+    case Value::T::Dict:
+    case Value::T::Ns:
+      if (v.dict->items.empty()) { o += "{}"; return true; }
+      o += '{';
+      for (size_t k = 0; k < v.dict->items.size(); ++k) {
+        if (k) o += sep;
+        nl(level + 1);
+        json_str(o, v.dict->items[k].first);
+        o += ": ";
+        if (!to_json(o, v.dict->items[k].second, indent, level + 1)) return false;
+      }
+      nl(level);
+      o += '}';
+      return true;
+    default: return false;
+  }
+}
+
+const char* type_name(const Value& v) {
+  switch (v.t) {
+    case Value::T::Undefined: return "undefined";
+    case Value::T::None: return "NoneType";
+    case Value::T::Bool: return "bool";
+    case Value::T::Int: return "int";
+    case Value::T::Float: return "float";
+    case Value::T::Str: return "str";
+    case Value::T::List: return "list";
+    case Value::T::Dict: return "dict";
+    case Value::T::Ns: return "namespace";
+    case Value::T::Func: return "function";
+  }
+  return "?";
+}
+
+bool truthy(const Value& v) {
+  switch (v.t) {
+    case Value::T::Undefined:
+    case Value::T::None: return false;
+    case Value::T::Bool: return v.b;
+    case Value::T::Int: return v.i != 0;
+    case Value::T::Float: return v.f != 0;
+    case Value::T::Str: return !v.s.empty();
+    case Value::T::List: return !v.list->empty();
+    case Value::T::Dict: return !v.dict->items.empty();
+    default: return true;
+  }
+}
+
+bool equal(const Value& a, const Value& b) {
+  if (a.is_num() && b.is_num()) {
+    if (a.t != Value::T::Float && b.t != Value::T::Float) return a.as_int() == b.as_int();
+    return a.num() == b.num();
+  }
+  if (a.t != b.t) return false;
+  switch (a.t) {
+    case Value::T::Undefined:
+    case Value::T::None: return true;
+    case Value::T::Str: return a.s == b.s;
+    case Value::T::List:
+      if (a.list->size() != b.list->size()) return false;
+      for (size_t k = 0; k < a.list->size(); ++k)
+        if (!equal((*a.list)[k], (*b.list)[k])) return false;
+      return true;
+    case Value::T::Dict:
+      if (a.dict->items.size() != b.dict->items.size()) return false;
+      for (auto& [k, x] : a.dict->items) {
+        Value* y = b.dict->find(k);
+        if (!y || !equal(x, *y)) return false;
+      }
+      return true;
+    default: return a.dict == b.dict && a.fn == b.fn;
+  }
+}
+
+// ============================================================================ lexer
+
+enum class Tok { Text, VarBegin, VarEnd, BlockBegin, BlockEnd, Name, String, Int, Float, Op, Eof };
+
+struct Token {
+  Tok type;
+  std::string value;
+  int line = 1, col = 1;
+};
+
+struct Lexer {
+  std::string src;
+  const std::string& name;
+  std::vector<Token> toks;
+  size_t pos = 0;
+  int line = 1;
+  size_t line_start = 0;
+
+  Lexer(std::string_view source, const std::string& n) : name(n) {
+    // Jinja normalizes newlines and drops a single trailing newline (keep_trailing_newline=False).
+    src.reserve(source.size());
+    for (size_t k = 0; k < source.size(); ++k) {
+      if (source[k] == '\r') {
+        src += '\n';
+        if (k + 1 < source.size() && source[k + 1] == '\n') ++k;
+      } else {
+        src += source[k];
+      }
+    }
+    if (!src.empty() && src.back() == '\n') src.pop_back();
+  }
+
+  [[noreturn]] void error(size_t at, const std::string& what) {
+    int l = 1;
+    size_t ls = 0;
+    for (size_t k = 0; k < at && k < src.size(); ++k)
+      if (src[k] == '\n') { ++l; ls = k + 1; }
+    fail(name + ":" + std::to_string(l) + ":" + std::to_string(at - ls + 1), what);
+  }
+
+  void advance_to(size_t p) {
+    for (; pos < p; ++pos)
+      if (src[pos] == '\n') { ++line; line_start = pos + 1; }
+  }
+  int col() const { return int(pos - line_start) + 1; }
+
+  void push(Tok t, std::string v) { toks.push_back({t, std::move(v), line, col()}); }
+
+  static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+  void run() {
+    bool line_starting = true;
+    while (pos < src.size()) {
+      size_t start = src.size();
+      for (size_t k = pos; k + 1 < src.size(); ++k)
+        if (src[k] == '{' && (src[k + 1] == '{' || src[k + 1] == '%' || src[k + 1] == '#')) { start = k; break; }
+      std::string text = src.substr(pos, start - pos);
+      if (start == src.size()) {
+        if (!text.empty()) push(Tok::Text, text);
+        advance_to(start);
+        break;
+      }
+      char kind = src[start + 1];
+      char sign = start + 2 < src.size() ? src[start + 2] : '\0';
+      if (sign == '-') {
+        size_t e = text.size();
+        while (e > 0 && is_ws(text[e - 1])) --e;
+        text.resize(e);
+      } else if (sign != '+' && kind != '{') {  // lstrip_blocks
+        size_t l_pos = text.rfind('\n');
+        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
+        if (l_pos > 0 || line_starting) {
+          bool all_ws = l_pos < text.size();
+          for (size_t k = l_pos; k < text.size(); ++k) if (!is_ws(text[k])) { all_ws = false; break; }
+          if (all_ws) text.resize(l_pos);
+        }
+      }
+      if (!text.empty()) push(Tok::Text, text);
+      advance_to(start);
+      size_t body = start + 2 + ((sign == '-' || sign == '+') ? 1 : 0);
+      if (kind == '#') {
+        size_t e = src.find("#}", body);
+        if (e == std::string::npos) error(start, "unclosed comment (missing '#}')");
+        bool strip = e > body && src[e - 1] == '-';
+        advance_to(e + 2);
+        line_starting = end_tag(strip);
+        continue;
+      }
+      push(kind == '{' ? Tok::VarBegin : Tok::BlockBegin, {});
+      advance_to(body);
+      line_starting = lex_tag(kind == '{' ? '}' : '%', start);
+    }
+    push(Tok::Eof, {});
+  }
+
+  // After a tag's closing delimiter: '-' strips all following whitespace, a block/comment end
+  // eats one newline (trim_blocks). Returns whether the consumed text ended with a newline.
+  bool end_tag(bool strip, bool trim = true) {
+    bool nl = false;
+    if (strip) {
+      while (pos < src.size() && is_ws(src[pos])) { nl = src[pos] == '\n'; advance_to(pos + 1); }
+    } else if (trim && pos < src.size() && src[pos] == '\n') {
+      advance_to(pos + 1);
+      nl = true;
+    }
+    return nl;
+  }
+
+  bool lex_tag(char close, size_t tag_start) {
+    int depth = 0;
+    while (true) {
+      while (pos < src.size() && is_ws(src[pos])) advance_to(pos + 1);
+      if (pos >= src.size())
+        error(tag_start, close == '}' ? "unclosed '{{' (missing '}}')" : "unclosed '{%' (missing '%}')");
+      if (depth == 0) {
+        bool strip = src[pos] == '-' && pos + 2 < src.size() + 0 && src[pos + 1] == close && src[pos + 2] == '}';
+        if (strip || (src[pos] == close && pos + 1 < src.size() && src[pos + 1] == '}')) {
+          push(close == '}' ? Tok::VarEnd : Tok::BlockEnd, {});
+          advance_to(pos + (strip ? 3 : 2));
+          return end_tag(strip, close == '%');
+        }
+      }
+      char c = src[pos];
+      if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
+        size_t e = pos;
+        while (e < src.size() && (std::isalnum(static_cast<unsigned char>(src[e])) || src[e] == '_')) ++e;
+        push(Tok::Name, src.substr(pos, e - pos));
+        advance_to(e);
+      } else if (std::isdigit(static_cast<unsigned char>(c))) {
+        size_t e = pos;
+        bool is_float = false;
+        while (e < src.size() && (std::isdigit(static_cast<unsigned char>(src[e])) || src[e] == '_')) ++e;
+        if (e + 1 < src.size() && src[e] == '.' && std::isdigit(static_cast<unsigned char>(src[e + 1]))) {
+          is_float = true;
+          ++e;
+          while (e < src.size() && std::isdigit(static_cast<unsigned char>(src[e]))) ++e;
+        }
+        if (e < src.size() && (src[e] == 'e' || src[e] == 'E')) {
+          size_t k = e + 1;
+          if (k < src.size() && (src[k] == '+' || src[k] == '-')) ++k;
+          if (k < src.size() && std::isdigit(static_cast<unsigned char>(src[k]))) {
+            is_float = true;
+            e = k;
+            while (e < src.size() && std::isdigit(static_cast<unsigned char>(src[e]))) ++e;
+          }
+        }
+        std::string num;
+        for (size_t k = pos; k < e; ++k) if (src[k] != '_') num += src[k];
+        push(is_float ? Tok::Float : Tok::Int, num);
+        advance_to(e);
+      } else if (c == '\'' || c == '"') {
+        push(Tok::String, lex_string(c));
+      } else {
+        static const char* ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<",
+                                    ">", "=", "(", ")", "[", "]", "{", "}", ",", ".", ":", "|"};
+        const char* found = nullptr;
+        for (const char* op : ops)
+          if (src.compare(pos, std::strlen(op), op) == 0) { found = op; break; }
+        if (!found) error(pos, std::string("unexpected character '") + c + "' in tag");
+        std::string op = found;
+        if (op == "(" || op == "[" || op == "{") ++depth;
+        if (op == ")" || op == "]" || op == "}") {
+          if (depth == 0) error(pos, "unbalanced '" + op + "'");
+          --depth;
+        }
+        push(Tok::Op, op);
+        advance_to(pos + op.size());
+      }
+    }
+  }
+
+  // Python string literal escapes (jinja decodes strings with unicode-escape).
+  std::string lex_string(char q) {
+    size_t begin = pos;
+    size_t k = pos + 1;
+    std::string out;
+    auto hex = [&](size_t at, int n) -> uint32_t {
+      uint32_t v = 0;
+      for (int d = 0; d < n; ++d) {
+        if (at + size_t(d) >= src.size() || !std::isxdigit(static_cast<unsigned char>(src[at + size_t(d)])))
+          error(at, "malformed \\x/\\u escape in string literal");
+        char ch = src[at + size_t(d)];
+        v = v * 16 + uint32_t(std::isdigit(static_cast<unsigned char>(ch)) ? ch - '0' : (ch | 0x20) - 'a' + 10);
+      }
+      return v;
+    };
+    while (true) {
+      if (k >= src.size()) error(begin, "unterminated string literal");
+      char c = src[k];
+      if (c == q) { ++k; break; }
+      if (c != '\\') { out += c; ++k; continue; }
+      if (k + 1 >= src.size()) error(begin, "unterminated string literal");
+      char e = src[k + 1];
+      k += 2;
+      switch (e) {
+        case 'n': out += '\n'; break;
+        case 't': out += '\t'; break;
+        case 'r': out += '\r'; break;
+        case '\\': out += '\\'; break;
+        case '\'': out += '\''; break;
+        case '"': out += '"'; break;
+        case 'a': out += '\a'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'v': out += '\v'; break;
+        case '0': out += '\0'; break;
+        case '\n': break;
+        case 'x': append_utf8(out, hex(k, 2)); k += 2; break;
+        case 'u': append_utf8(out, hex(k, 4)); k += 4; break;
+        case 'U': append_utf8(out, hex(k, 8)); k += 8; break;
+        default: out += '\\'; out += e;
+      }
+    }
+    advance_to(k);
+    return out;
+  }
+};
+
+// ============================================================================ AST
+
+struct Expr;
+using ExprP = std::unique_ptr<Expr>;
+
+struct Expr {
+  enum class K { Lit, Name, Attr, Item, Slice, Call, Filter, Test, Neg, Pos, Not, Bin, And, Or, Compare, Cond, ListLit, DictLit };
+  K k;
+  int line = 0, col = 0;
+  Value lit;
+  std::string name;              // Name/Attr/Filter/Test name; Bin operator
+  bool negate = false;           // Test: `is not`
+  bool tuple = false;            // ListLit written as a tuple
+  std::vector<ExprP> args;       // operands; Slice: obj, start, stop, step (null = absent)
+  std::vector<std::string> ops;  // Compare
+  std::vector<std::pair<std::string, ExprP>> kwargs;
+};
+
+struct Stmt;
+using StmtP = std::unique_ptr<Stmt>;
+using Body = std::vector<StmtP>;
+
+struct Stmt {
+  enum class K { Text, Output, If, For, Set, SetBlock, Macro, Break, Continue, Block };
+  K k;
+  int line = 0, col = 0;
+  std::string text;                              // Text; Set/SetBlock/Macro name
+  std::string attr;                              // Set: namespace attribute
+  std::vector<std::string> targets;              // For / Set tuple targets
+  ExprP expr;                                    // Output, For iterable, Set value
+  ExprP cond;                                    // For inline filter
+  std::vector<std::pair<ExprP, Body>> branches;  // If (cond, body)
+  Body body, else_body;
+  std::vector<std::pair<std::string, ExprP>> params;  // Macro
+};
+
+// ============================================================================ parser
+
+struct Parser {
+  std::vector<Token>& toks;
+  const std::string& name;
+  int max_depth;
+  size_t i = 0;
+  int depth = 0;
+
+  [[noreturn]] void error(const Token& t, const std::string& what) {
+    fail(name + ":" + std::to_string(t.line) + ":" + std::to_string(t.col), what);
+  }
+  const Token& cur() const { return toks[i]; }
+  bool is_op(const char* op) const { return cur().type == Tok::Op && cur().value == op; }
+  bool is_name(const char* n) const { return cur().type == Tok::Name && cur().value == n; }
+  void expect_op(const char* op) {
+    if (!is_op(op)) error(cur(), std::string("expected '") + op + "', got " + describe(cur()));
+    ++i;
+  }
+  std::string expect_name() {
+    if (cur().type != Tok::Name) error(cur(), "expected a name, got " + describe(cur()));
+    return toks[i++].value;
+  }
+  static std::string describe(const Token& t) {
+    switch (t.type) {
+      case Tok::Text: return "template text";
+      case Tok::VarBegin: return "'{{'";
+      case Tok::VarEnd: return "'}}'";
+      case Tok::BlockBegin: return "'{%'";
+      case Tok::BlockEnd: return "'%}'";
+      case Tok::Eof: return "end of template";
+      case Tok::String: return "string literal";
+      default: return "'" + t.value + "'";
+    }
+  }
+  ExprP node(Expr::K k, const Token& t) {
+    auto e = std::make_unique<Expr>();
+    e->k = k;
+    e->line = t.line;
+    e->col = t.col;
+    return e;
+  }
+
+  struct DepthGuard {
+    Parser& p;
+    explicit DepthGuard(Parser& pp) : p(pp) {
+      if (++p.depth > p.max_depth) p.error(p.cur(), "expression nested too deeply");
+    }
+    ~DepthGuard() { --p.depth; }
+  };
+
+  // ---- expressions
+  ExprP parse_expr(bool with_cond = true) {
+    DepthGuard g(*this);
+    ExprP e = parse_or();
+    while (with_cond && is_name("if")) {
+      const Token& t = cur();
+      ++i;
+      auto c = node(Expr::K::Cond, t);
+      c->args.push_back(std::move(e));
+      c->args.push_back(parse_or());
+      if (is_name("else")) { ++i; c->args.push_back(parse_expr()); }
+      e = std::move(c);
+    }
+    return e;
+  }
+  ExprP parse_or() {
+    ExprP l = parse_and();
+    while (is_name("or")) {
+      auto n = node(Expr::K::Or, cur());
+      ++i;
+      n->args.push_back(std::move(l));
+      n->args.push_back(parse_and());
+      l = std::move(n);
+    }
+    return l;
+  }
+  ExprP parse_and() {
+    ExprP l = parse_not();
+    while (is_name("and")) {
+      auto n = node(Expr::K::And, cur());
+      ++i;
+      n->args.push_back(std::move(l));
+      n->args.push_back(parse_not());
+      l = std::move(n);
+    }
+    return l;
+  }
+  ExprP parse_not() {
+    if (is_name("not")) {
+      DepthGuard g(*this);
+      auto n = node(Expr::K::Not, cur());
+      ++i;
+      n->args.push_back(parse_not());
+      return n;
+    }
+    return parse_compare();
+  }
+  ExprP parse_compare() {
+    const Token& t = cur();
+    ExprP l = parse_math1();
+    ExprP cmp;
+    while (true) {
+      std::string op;
+      if (cur().type == Tok::Op &&
+          (cur().value == "==" || cur().value == "!=" || cur().value == "<" || cur().value == "<=" ||
+           cur().value == ">" || cur().value == ">=")) {
+        op = cur().value;
+        ++i;
+      } else if (is_name("in")) {
+        op = "in";
+        ++i;
+      } else if (is_name("not") && toks[i + 1].type == Tok::Name && toks[i + 1].value == "in") {
+        op = "notin";
+        i += 2;
+      } else {
+        break;
+      }
+      if (!cmp) { cmp = node(Expr::K::Compare, t); cmp->args.push_back(std::move(l)); }
+      cmp->ops.push_back(op);
+      cmp->args.push_back(parse_math1());
+    }
+    return cmp ? std::move(cmp) : std::move(l);
+  }
+  ExprP bin(const std::string& op, ExprP l, ExprP r, const Token& t) {
+    auto n = node(Expr::K::Bin, t);
+    n->name = op;
+    n->args.push_back(std::move(l));
+    n->args.push_back(std::move(r));
+    return n;
+  }
+  ExprP parse_math1() {
+    ExprP l = parse_concat();
+    while (is_op("+") || is_op("-")) {
+      const Token& t = cur();
+      ++i;
+      l = bin(t.value, std::move(l), parse_concat(), t);
+    }
+    return l;
+  }
+  ExprP parse_concat() {
+    ExprP l = parse_math2();
+    while (is_op("~")) {
+      const Token& t = cur();
+      ++i;
+      l = bin("~", std::move(l), parse_math2(), t);
+    }
+    return l;
+  }
+  ExprP parse_math2() {
+    ExprP l = parse_pow();
+    while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
+      const Token& t = cur();
+      ++i;
+      l = bin(t.value, std::move(l), parse_pow(), t);
+    }
+    return l;
+  }
+  ExprP parse_pow() {
+    ExprP l = parse_unary();
+    while (is_op("**")) {
+      const Token& t = cur();
+      ++i;
+      l = bin("**", std::move(l), parse_unary(), t);
+    }
+    return l;
+  }
+  ExprP parse_unary(bool with_filter = true) {
+    DepthGuard g(*this);
+    ExprP n;
+    if (is_op("-") || is_op("+")) {
+      n = node(is_op("-") ? Expr::K::Neg : Expr::K::Pos, cur());
+      ++i;
+      n->args.push_back(parse_unary(false));
+    } else {
+      n = parse_primary();
+    }
+    n = parse_postfix(std::move(n));
+    if (with_filter) n = parse_filter_expr(std::move(n));
+    return n;
+  }
+  ExprP parse_primary() {
+    const Token& t = cur();
+    switch (t.type) {
+      case Tok::Name: {
+        ++i;
+        if (t.value == "true" || t.value == "True") { auto n = node(Expr::K::Lit, t); n->lit = Value::boolean(true); return n; }
+        if (t.value == "false" || t.value == "False") { auto n = node(Expr::K::Lit, t); n->lit = Value::boolean(false); return n; }
+        if (t.value == "none" || t.value == "None") { auto n = node(Expr::K::Lit, t); n->lit = Value::none(); return n; }
+        auto n = node(Expr::K::Name, t);
+        n->name = t.value;
+        return n;
+      }
+      case Tok::String: {
+        std::string s;
+        while (cur().type == Tok::String) s += toks[i++].value;  // adjacent literals concatenate
+        auto n = node(Expr::K::Lit, t);
+        n->lit = Value::str(std::move(s));
+        return n;
+      }
+      case Tok::Int: {
+        ++i;
+        auto n = node(Expr::K::Lit, t);
+        int64_t v = 0;
+        auto r = std::from_chars(t.value.data(), t.value.data() + t.value.size(), v);
+        if (r.ec != std::errc()) error(t, "integer literal out of range");
+        n->lit = Value::integer(v);
+        return n;
+      }
+      case Tok::Float: {
+        ++i;
+        auto n = node(Expr::K::Lit, t);
+        n->lit = Value::real(std::strtod(t.value.c_str(), nullptr));
+        return n;
+      }
+      case Tok::Op:
+        if (t.value == "(") {
+          ++i;
+          if (is_op(")")) { ++i; auto n = node(Expr::K::ListLit, t); n->tuple = true; return n; }
+          ExprP e = parse_expr();
+          if (is_op(",")) {
+            auto n = node(Expr::K::ListLit, t);
+            n->tuple = true;
+            n->args.push_back(std::move(e));
+            while (is_op(",")) {
+              ++i;
+              if (is_op(")")) break;
+              n->args.push_back(parse_expr());
+            }
+            e = std::move(n);
+          }
+          expect_op(")");
+          return e;
+        }
+        if (t.value == "[") {
+          ++i;
+          auto n = node(Expr::K::ListLit, t);
+          while (!is_op("]")) {
+            n->args.push_back(parse_expr());
+            if (!is_op(",")) break;
+            ++i;
+          }
+          expect_op("]");
+          return n;
+        }
+        if (t.value == "{") {
+          ++i;
+          auto n = node(Expr::K::DictLit, t);
+          while (!is_op("}")) {
+            n->args.push_back(parse_expr());
+            expect_op(":");
+            n->args.push_back(parse_expr());
+            if (!is_op(",")) break;
+            ++i;
+          }
+          expect_op("}");
+          return n;
+        }
+        break;
+      default: break;
+    }
+    error(t, "unexpected " + describe(t) + " in expression");
+  }
+  void parse_call_args(Expr& n) {
+    expect_op("(");
+    while (!is_op(")")) {
+      if (cur().type == Tok::Name && toks[i + 1].type == Tok::Op && toks[i + 1].value == "=") {
+        std::string k = toks[i].value;
+        i += 2;
+        n.kwargs.emplace_back(k, parse_expr());
+      } else {
+        if (!n.kwargs.empty()) error(cur(), "positional argument after keyword argument");
+        n.args.push_back(parse_expr());
+      }
+      if (!is_op(",")) break;
+      ++i;
+    }
+    expect_op(")");
+  }
+  ExprP parse_postfix(ExprP n) {
+    while (true) {
+      const Token& t = cur();
+      if (is_op(".")) {
+        ++i;
+        auto a = node(Expr::K::Attr, t);
+        if (cur().type == Tok::Int) a->name = toks[i++].value;
+        else a->name = expect_name();
+        a->args.push_back(std::move(n));
+        n = std::move(a);
+      } else if (is_op("[")) {
+        ++i;
+        ExprP parts[3];
+        bool is_slice = false;
+        for (int p = 0; p < 3; ++p) {
+          if (!is_op(":") && !is_op("]")) parts[p] = parse_expr();
+          if (p < 2 && is_op(":")) { is_slice = true; ++i; continue; }
+          break;
+        }
+        expect_op("]");
+        if (!is_slice && !parts[0]) error(t, "empty subscript");
+        auto s = node(is_slice ? Expr::K::Slice : Expr::K::Item, t);
+        s->args.push_back(std::move(n));
+        if (is_slice) for (auto& p : parts) s->args.push_back(std::move(p));
+        else s->args.push_back(std::move(parts[0]));
+        n = std::move(s);
+      } else if (is_op("(")) {
+        auto c = node(Expr::K::Call, t);
+        c->args.push_back(std::move(n));
+        parse_call_args(*c);
+        n = std::move(c);
+      } else {
+        return n;
+      }
+    }
+  }
+  ExprP parse_filter_expr(ExprP n) {
+    while (true) {
+      if (is_op("|")) {
+        const Token& t = cur();
+        ++i;
+        auto f = node(Expr::K::Filter, t);
+        f->name = expect_name();
+        while (is_op(".")) { ++i; f->name += "." + expect_name(); }
+        f->args.push_back(std::move(n));
+        if (is_op("(")) parse_call_args(*f);
+        n = parse_postfix(std::move(f));
+      } else if (is_name("is")) {
+        const Token& t = cur();
+        ++i;
+        auto te = node(Expr::K::Test, t);
+        if (is_name("not")) { te->negate = true; ++i; }
+        te->name = expect_name();
+        te->args.push_back(std::move(n));
+        if (is_op("(")) {
+          parse_call_args(*te);
+        } else if ((cur().type == Tok::Name || cur().type == Tok::String || cur().type == Tok::Int ||
+                    cur().type == Tok::Float || is_op("[") || is_op("{")) &&
+                   !is_name("else") && !is_name("or") && !is_name("and") && !is_name("if") && !is_name("in") &&
+                   !is_name("is")) {
+          ExprP a = parse_primary();
+          te->args.push_back(parse_postfix(std::move(a)));
+        }
+        n = std::move(te);
+      } else {
+        return n;
+      }
+    }
+  }
+
+  // ---- statements
+  std::vector<std::string> parse_targets() {
+    std::vector<std::string> names{expect_name()};
+    while (is_op(",")) { ++i; names.push_back(expect_name()); }
+    return names;
+  }
+  void expect_block_end() {
+    if (cur().type != Tok::BlockEnd) error(cur(), "expected '%}', got " + describe(cur()));
+    ++i;
+  }
+  ExprP parse_tuple_expr() {
+    const Token& t = cur();
+    ExprP e = parse_expr();
+    if (!is_op(",")) return e;
+    auto n = node(Expr::K::ListLit, t);
+    n->tuple = true;
+    n->args.push_back(std::move(e));
+    while (is_op(",")) { ++i; n->args.push_back(parse_expr()); }
+    return n;
+  }
+
+  // Parses statements until a block whose keyword is in `ends`; returns that keyword (its
+  // tag's '{%' and keyword are consumed), or "" at end of template when `ends` is empty.
+  std::string parse_body(Body& body, std::initializer_list<const char*> ends, const Token& opener) {
+    DepthGuard g(*this);
+    while (true) {
+      const Token& t = cur();
+      if (t.type == Tok::Eof) {
+        if (ends.size() == 0) return {};
+        std::string want;
+        for (const char* e : ends) want += std::string(want.empty() ? "" : " or ") + "'" + e + "'";
+        error(opener, "unclosed block: expected " + want + " before end of template");
+      }
+      if (t.type == Tok::Text) {
+        auto s = std::make_unique<Stmt>();
+        s->k = Stmt::K::Text;
+        s->text = t.value;
+        body.push_back(std::move(s));
+        ++i;
+      } else if (t.type == Tok::VarBegin) {
+        ++i;
+        auto s = std::make_unique<Stmt>();
+        s->k = Stmt::K::Output;
+        s->line = t.line;
+        s->col = t.col;
+        s->expr = parse_tuple_expr();
+        if (cur().type != Tok::VarEnd) error(cur(), "expected '}}', got " + describe(cur()));
+        ++i;
+        body.push_back(std::move(s));
+      } else if (t.type == Tok::BlockBegin) {
+        ++i;
+        const Token& kw = cur();
+        if (kw.type != Tok::Name) error(kw, "expected a statement keyword after '{%'");
+        for (const char* e : ends)
+          if (kw.value == e) { ++i; return kw.value; }
+        body.push_back(parse_statement());
+      } else {
+        error(t, "unexpected " + describe(t));
+      }
+    }
+  }
+
+  StmtP parse_statement() {
+    const Token& kw = cur();
+    auto s = std::make_unique<Stmt>();
+    s->line = kw.line;
+    s->col = kw.col;
+    const std::string k = kw.value;
+    ++i;
+    if (k == "if") {
+      s->k = Stmt::K::If;
+      ExprP c = parse_expr();
+      expect_block_end();
+      while (true) {
+        Body b;
+        std::string end = parse_body(b, {"elif", "else", "endif"}, kw);
+        s->branches.emplace_back(std::move(c), std::move(b));
+        if (end == "elif") { c = parse_expr(); expect_block_end(); continue; }
+        if (end == "else") {
+          expect_block_end();
+          parse_body(s->else_body, {"endif"}, kw);
+        }
+        expect_block_end();
+        break;
+      }
+    } else if (k == "for") {
+      s->k = Stmt::K::For;
+      s->targets = parse_targets();
+      if (!is_name("in")) error(cur(), "expected 'in' in for loop, got " + describe(cur()));
+      ++i;
+      s->expr = parse_expr(false);
+      if (is_name("if")) { ++i; s->cond = parse_expr(false); }
+      if (is_name("recursive")) error(cur(), "recursive for loops are not supported");
+      expect_block_end();
+      std::string end = parse_body(s->body, {"else", "endfor"}, kw);
+      if (end == "else") { expect_block_end(); parse_body(s->else_body, {"endfor"}, kw); }
+      expect_block_end();
+    } else if (k == "set") {
+      std::string first = expect_name();
+      if (is_op(".")) {
+        ++i;
+        s->k = Stmt::K::Set;
+        s->text = first;
+        s->attr = expect_name();
+      } else {
+        s->targets.push_back(first);
+        while (is_op(",")) { ++i; s->targets.push_back(expect_name()); }
+        s->k = Stmt::K::Set;
+      }
+      if (is_op("=")) {
+        ++i;
+        s->expr = parse_tuple_expr();
+        expect_block_end();
+      } else {
+        if (s->targets.size() != 1) error(cur(), "block set needs a single name");
+        s->k = Stmt::K::SetBlock;
+        s->text = s->targets[0];
+        expect_block_end();
+        parse_body(s->body, {"endset"}, kw);
+        expect_block_end();
+      }
+    } else if (k == "macro") {
+      s->k = Stmt::K::Macro;
+      s->text = expect_name();
+      expect_op("(");
+      while (!is_op(")")) {
+        std::string p = expect_name();
+        ExprP d;
+        if (is_op("=")) { ++i; d = parse_expr(); }
+        s->params.emplace_back(p, std::move(d));
+        if (!is_op(",")) break;
+        ++i;
+      }
+      expect_op(")");
+      expect_block_end();
+      parse_body(s->body, {"endmacro"}, kw);
+      if (cur().type == Tok::Name) ++i;  // {% endmacro name %}
+      expect_block_end();
+    } else if (k == "break" || k == "continue") {
+      s->k = k == "break" ? Stmt::K::Break : Stmt::K::Continue;
+      expect_block_end();
+    } else if (k == "generation") {  // transformers' AssistantTracker: renders its body
+      s->k = Stmt::K::Block;
+      expect_block_end();
+      parse_body(s->body, {"endgeneration"}, kw);
+      expect_block_end();
+    } else if (k == "filter") {
+      // {% filter name(args) %}body{% endfilter %}: render body, then apply the filter.
+      s->k = Stmt::K::SetBlock;
+      s->expr = node(Expr::K::Filter, kw);
+      s->expr->name = expect_name();
+      s->expr->args.push_back(nullptr);
+      if (is_op("(")) parse_call_args(*s->expr);
+      expect_block_end();
+      parse_body(s->body, {"endfilter"}, kw);
+      expect_block_end();
+    } else {
+      error(kw, "unknown or unsupported statement '" + k + "'");
+    }
+    return s;
+  }
+};
+
+}  // namespace
+
+// ============================================================================ evaluator
+
+struct Template::Impl {
+  std::string name;
+  Limits limits;
+  Body body;
+};
+
+namespace {
+
+struct BreakLoop {};
+struct ContinueLoop {};
+
+struct Interp {
+  const Template::Impl& tpl;
+  std::vector<std::unordered_map<std::string, Value>> scopes;
+  std::string* out = nullptr;
+  size_t iterations = 0;
+  int depth = 0;
+  int line = 0, col = 0;  // innermost node being evaluated, for messages
+
+  [[noreturn]] void error(const std::string& what) const {
+    fail(tpl.name + ":" + std::to_string(line) + ":" + std::to_string(col), what);
+  }
+  void at(int l, int c) { if (l > 0) { line = l; col = c; } }
+  void tick() {
+    if (++iterations > tpl.limits.max_iterations)
+      error("iteration limit exceeded (" + std::to_string(tpl.limits.max_iterations) + ")");
+  }
+  void emit(std::string_view s) {
+    out->append(s);
+    if (out->size() > tpl.limits.max_output_bytes)
+      error("output exceeds " + std::to_string(tpl.limits.max_output_bytes) + " bytes");
+  }
+
+  struct Depth {
+    Interp& in;
+    explicit Depth(Interp& i) : in(i) {
+      if (++in.depth > in.tpl.limits.max_depth) in.error("recursion too deep");
+    }
+    ~Depth() { --in.depth; }
+  };
+
+  // Inside a macro, names resolve in the macro's frames (index >= barrier) and then in the
+  // template's top level (scopes 0 and 1: context and template-level sets), not the caller's.
+  size_t barrier = 0;
+  Value lookup(const std::string& n) {
+    for (size_t k = scopes.size(); k-- > 0;) {
+      if (k < barrier && k > 1) continue;
+      auto f = scopes[k].find(n);
+      if (f != scopes[k].end()) return f->second;
+    }
+    if (Value g = global(n); g.t != Value::T::Undefined) return g;
+    return Value::undef(n);
+  }
+  void assign(const std::string& n, Value v) { scopes.back()[n] = std::move(v); }
+
+  // ---- iteration
+  List iterate(const Value& v) {
+    switch (v.t) {
+      case Value::T::Undefined: return {};
+      case Value::T::List: return *v.list;
+      case Value::T::Dict: {
+        List l;
+        for (auto& kv : v.dict->items) l.push_back(Value::str(kv.first));
+        return l;
+      }
+      case Value::T::Str: {
+        List l;
+        for (auto [p, n] : code_points(v.s)) l.push_back(Value::str(v.s.substr(p, n)));
+        return l;
+      }
+      default: error(std::string("'") + type_name(v) + "' object is not iterable");
+    }
+  }
+
+  // ---- access
+  Value get_attr(const Value& obj, const std::string& key) {
+    switch (obj.t) {
+      case Value::T::Undefined:
+        error("'" + (obj.s.empty() ? std::string("value") : obj.s) + "' is undefined (reading attribute '" + key + "')");
+      case Value::T::Dict:
+      case Value::T::Ns: {
+        if (Value* v = obj.dict->find(key)) return *v;
+        return Value::undef(key);
+      }
+      case Value::T::List: {
+        int64_t idx = 0;
+        auto r = std::from_chars(key.data(), key.data() + key.size(), idx);
+        if (r.ec == std::errc() && r.ptr == key.data() + key.size()) return get_item(obj, Value::integer(idx));
+        return Value::undef(key);
+      }
+      default: return Value::undef(key);
+    }
+  }
+  Value get_item(const Value& obj, const Value& key) {
+    if (obj.t == Value::T::Undefined)
+      error("'" + (obj.s.empty() ? std::string("value") : obj.s) + "' is undefined (subscripted with " + repr(key) + ")");
+    if (obj.t == Value::T::Dict || obj.t == Value::T::Ns) {
+      if (key.t == Value::T::Str) {
+        if (Value* v = obj.dict->find(key.s)) return *v;
+        return Value::undef(key.s);
+      }
+      if (Value* v = obj.dict->find(to_str(key))) return *v;
+      return Value::undef(to_str(key));
+    }
+    if ((obj.t == Value::T::List || obj.t == Value::T::Str) && (key.t == Value::T::Int || key.t == Value::T::Bool)) {
+      if (obj.t == Value::T::List) {
+        int64_t n = int64_t(obj.list->size()), k = key.as_int();
+        if (k < 0) k += n;
+        if (k < 0 || k >= n) return Value::undef("[" + std::to_string(key.as_int()) + "]");
+        return (*obj.list)[size_t(k)];
+      }
+      auto cps = code_points(obj.s);
+      int64_t n = int64_t(cps.size()), k = key.as_int();
+      if (k < 0) k += n;
+      if (k < 0 || k >= n) return Value::undef("[" + std::to_string(key.as_int()) + "]");
+      return Value::str(obj.s.substr(cps[size_t(k)].first, cps[size_t(k)].second));
+    }
+    if (key.t == Value::T::Str) return get_attr(obj, key.s);
+    return Value::undef();
+  }
+  Value slice(const Value& obj, const Value* a, const Value* b, const Value* c) {
+    auto opt = [&](const Value* v, const char* what) -> std::optional<int64_t> {
+      if (!v || v->t == Value::T::None) return std::nullopt;
+      if (v->t != Value::T::Int && v->t != Value::T::Bool) error(std::string("slice ") + what + " must be an integer");
+      return v->as_int();
+    };
+    auto start = opt(a, "start"), stop = opt(b, "stop"), step_o = opt(c, "step");
+    int64_t step = step_o.value_or(1);
+    if (step == 0) error("slice step cannot be zero");
+    std::vector<std::pair<size_t, size_t>> cps;
+    int64_t n;
+    if (obj.t == Value::T::List) n = int64_t(obj.list->size());
+    else if (obj.t == Value::T::Str) { cps = code_points(obj.s); n = int64_t(cps.size()); }
+    else error(std::string("cannot slice a '") + type_name(obj) + "'");
+    auto clamp = [&](std::optional<int64_t> v, int64_t dflt) {
+      if (!v) return dflt;
+      int64_t x = *v;
+      if (x < 0) x += n;
+      if (step > 0) return std::clamp<int64_t>(x, 0, n);
+      return std::clamp<int64_t>(x, -1, n - 1);
+    };
+    int64_t lo = clamp(start, step > 0 ? 0 : n - 1), hi = clamp(stop, step > 0 ? n : -1);
+    List l;
+    std::string s;
+    for (int64_t k = lo; step > 0 ? k < hi : k > hi; k += step) {
+      tick();
+      if (obj.t == Value::T::List) l.push_back((*obj.list)[size_t(k)]);
+      else s.append(obj.s, cps[size_t(k)].first, cps[size_t(k)].second);
+    }
+    return obj.t == Value::T::List ? Value::make_list(std::move(l)) : Value::str(std::move(s));
+  }
+
+  // ---- operators
+  Value arith(const std::string& op, const Value& a, const Value& b) {
+    auto bad = [&]() -> Value {
+      error("unsupported operand types for " + op + ": '" + type_name(a) + "' and '" + type_name(b) + "'");
+    };
+    if (op == "~") return Value::str(to_str(a) + to_str(b));
+    if (a.t == Value::T::Undefined || b.t == Value::T::Undefined) {
+      const Value& u = a.t == Value::T::Undefined ? a : b;
+      error("'" + (u.s.empty() ? std::string("value") : u.s) + "' is undefined (operand of " + op + ")");
+    }
+    bool ints = (a.t == Value::T::Int || a.t == Value::T::Bool) && (b.t == Value::T::Int || b.t == Value::T::Bool);
+    if (op == "+") {
+      if (a.t == Value::T::Str && b.t == Value::T::Str) return Value::str(a.s + b.s);
+      if (a.t == Value::T::List && b.t == Value::T::List) {
+        List l = *a.list;
+        l.insert(l.end(), b.list->begin(), b.list->end());
+        return Value::make_list(std::move(l));
+      }
+      if (ints) return Value::integer(a.as_int() + b.as_int());
+      if (a.is_num() && b.is_num()) return Value::real(a.num() + b.num());
+      return bad();
+    }
+    if (op == "*") {
+      const Value* seq = a.t == Value::T::Str || a.t == Value::T::List ? &a : b.t == Value::T::Str || b.t == Value::T::List ? &b : nullptr;
+      const Value* cnt = seq == &a ? &b : &a;
+      if (seq && (cnt->t == Value::T::Int || cnt->t == Value::T::Bool)) {
+        int64_t c = std::max<int64_t>(0, cnt->as_int());
+        if (seq->t == Value::T::Str) {
+          if (uint64_t(c) * seq->s.size() > tpl.limits.max_output_bytes) error("string repetition too large");
+          std::string s;
+          for (int64_t k = 0; k < c; ++k) s += seq->s;
+          return Value::str(std::move(s));
+        }
+        if (uint64_t(c) * seq->list->size() > tpl.limits.max_iterations) error("list repetition too large");
+        List l;
+        for (int64_t k = 0; k < c; ++k) l.insert(l.end(), seq->list->begin(), seq->list->end());
+        return Value::make_list(std::move(l));
+      }
+      if (ints) return Value::integer(a.as_int() * b.as_int());
+      if (a.is_num() && b.is_num()) return Value::real(a.num() * b.num());
+      return bad();
+    }
+    if (!a.is_num() || !b.is_num()) return bad();
+    if (op == "-") return ints ? Value::integer(a.as_int() - b.as_int()) : Value::real(a.num() - b.num());
+    if (op == "/") {
+      if (b.num() == 0) error("division by zero");
+      return Value::real(a.num() / b.num());
+    }
+    if (op == "//" || op == "%") {
+      if (b.num() == 0) error(op == "//" ? "integer division by zero" : "modulo by zero");
+      if (ints) {
+        int64_t x = a.as_int(), y = b.as_int();
+        int64_t q = x / y, r = x % y;
+        if (r != 0 && ((r < 0) != (y < 0))) { --q; r += y; }
+        return Value::integer(op == "//" ? q : r);
+      }
+      double x = a.num(), y = b.num();
+      double r = std::fmod(x, y);
+      if (r != 0 && ((r < 0) != (y < 0))) r += y;
+      return Value::real(op == "//" ? std::floor(x / y) : r);
+    }
+    if (op == "**") {
+      if (ints && b.as_int() >= 0) {
+        int64_t r = 1, base = a.as_int();
+        for (int64_t k = 0; k < b.as_int() && k < 64; ++k) r *= base;
+        return Value::integer(r);
+      }
+      return Value::real(std::pow(a.num(), b.num()));
+    }
+    return bad();
+  }
+
+  int compare_order(const Value& a, const Value& b, const std::string& op) {
+    if (a.is_num() && b.is_num()) return a.num() < b.num() ? -1 : a.num() > b.num() ? 1 : 0;
+    if (a.t == Value::T::Str && b.t == Value::T::Str) return a.s < b.s ? -1 : a.s > b.s ? 1 : 0;
+    if (a.t == Value::T::List && b.t == Value::T::List) {
+      for (size_t k = 0; k < a.list->size() && k < b.list->size(); ++k) {
+        if (equal((*a.list)[k], (*b.list)[k])) continue;
+        return compare_order((*a.list)[k], (*b.list)[k], op);
+      }
+      return a.list->size() < b.list->size() ? -1 : a.list->size() > b.list->size() ? 1 : 0;
+    }
+    error("'" + op + "' not supported between '" + type_name(a) + "' and '" + type_name(b) + "'");
+  }
+
+  bool contains(const Value& container, const Value& item) {
+    switch (container.t) {
+      case Value::T::Str:
+        if (item.t != Value::T::Str) error("'in <string>' requires a string as left operand");
+        return container.s.find(item.s) != std::string::npos;
+      case Value::T::List:
+        for (auto& v : *container.list) if (equal(v, item)) return true;
+        return false;
+      case Value::T::Dict:
+      case Value::T::Ns: return item.t == Value::T::Str && container.dict->find(item.s) != nullptr;
+      case Value::T::Undefined: return false;
+      default: error(std::string("argument of type '") + type_name(container) + "' is not iterable");
+    }
+  }
+
+  bool compare(const std::string& op, const Value& a, const Value& b) {
+    if (op == "==") return equal(a, b);
+    if (op == "!=") return !equal(a, b);
+    if (op == "in") return contains(b, a);
+    if (op == "notin") return !contains(b, a);
+    int c = compare_order(a, b, op);
+    if (op == "<") return c < 0;
+    if (op == "<=") return c <= 0;
+    if (op == ">") return c > 0;
+    return c >= 0;
+  }
+
+  // ---- expressions
+  Value eval(const Expr& e) {
+    Depth d(*this);
+    at(e.line, e.col);
+    switch (e.k) {
+      case Expr::K::Lit: return e.lit;
+      case Expr::K::Name: return lookup(e.name);
+      case Expr::K::Attr: {
+        Value o = eval(*e.args[0]);
+        at(e.line, e.col);
+        return get_attr(o, e.name);
+      }
+      case Expr::K::Item: {
+        Value o = eval(*e.args[0]);
+        Value k = eval(*e.args[1]);
+        at(e.line, e.col);
+        return get_item(o, k);
+      }
+      case Expr::K::Slice: {
+        Value o = eval(*e.args[0]);
+        Value parts[3];
+        for (int p = 0; p < 3; ++p) if (e.args[size_t(p) + 1]) parts[p] = eval(*e.args[size_t(p) + 1]);
+        at(e.line, e.col);
+        return slice(o, e.args[1] ? &parts[0] : nullptr, e.args[2] ? &parts[1] : nullptr, e.args[3] ? &parts[2] : nullptr);
+      }
+      case Expr::K::Call: return eval_call(e);
+      case Expr::K::Filter: {
+        Value v = e.args[0] ? eval(*e.args[0]) : Value::undef();
+        Args a = eval_args(e);
+        at(e.line, e.col);
+        return filter(e.name, v, a);
+      }
+      case Expr::K::Test: {
+        Value v = eval(*e.args[0]);
+        Args a = eval_args(e);
+        at(e.line, e.col);
+        bool r = test(e.name, v, a);
+        return Value::boolean(e.negate ? !r : r);
+      }
+      case Expr::K::Neg:
+      case Expr::K::Pos: {
+        Value v = eval(*e.args[0]);
+        at(e.line, e.col);
+        if (!v.is_num()) error(std::string("bad operand type for unary ") + (e.k == Expr::K::Neg ? "-" : "+") + ": '" + type_name(v) + "'");
+        if (e.k == Expr::K::Pos) return v.t == Value::T::Bool ? Value::integer(v.as_int()) : v;
+        return v.t == Value::T::Float ? Value::real(-v.f) : Value::integer(-v.as_int());
+      }
+      case Expr::K::Not: return Value::boolean(!truthy(eval(*e.args[0])));
+      case Expr::K::And: {
+        Value l = eval(*e.args[0]);
+        return truthy(l) ? eval(*e.args[1]) : l;
+      }
+      case Expr::K::Or: {
+        Value l = eval(*e.args[0]);
+        return truthy(l) ? l : eval(*e.args[1]);
+      }
+      case Expr::K::Bin: {
+        Value l = eval(*e.args[0]);
+        Value r = eval(*e.args[1]);
+        at(e.line, e.col);
+        return arith(e.name, l, r);
+      }
+      case Expr::K::Compare: {
+        Value l = eval(*e.args[0]);
+        for (size_t k = 0; k < e.ops.size(); ++k) {
+          Value r = eval(*e.args[k + 1]);
+          at(e.line, e.col);
+          if (!compare(e.ops[k], l, r)) return Value::boolean(false);
+          l = std::move(r);
+        }
+        return Value::boolean(true);
+      }
+      case Expr::K::Cond: {
+        if (truthy(eval(*e.args[1]))) return eval(*e.args[0]);
+        return e.args.size() > 2 ? eval(*e.args[2]) : Value::undef();
+      }
+      case Expr::K::ListLit: {
+        List l;
+        for (auto& a : e.args) l.push_back(eval(*a));
+        Value v = Value::make_list(std::move(l));
+        v.tuple = e.tuple;
+        return v;
+      }
+      case Expr::K::DictLit: {
+        Value d = Value::make_dict();
+        for (size_t k = 0; k + 1 < e.args.size(); k += 2) {
+          Value key = eval(*e.args[k]);
+          d.dict->set(key.t == Value::T::Str ? key.s : to_str(key), eval(*e.args[k + 1]));
+        }
+        return d;
+      }
+    }
+    return Value::undef();
+  }
+
+  Args eval_args(const Expr& e, size_t skip = 1) {
+    Args a;
+    for (size_t k = skip; k < e.args.size(); ++k) a.pos.push_back(eval(*e.args[k]));
+    for (auto& [n, x] : e.kwargs) a.kw.emplace_back(n, eval(*x));
+    return a;
+  }
+
+  Value eval_call(const Expr& e) {
+    const Expr& callee = *e.args[0];
+    if (callee.k == Expr::K::Attr) {
+      Value obj = eval(*callee.args[0]);
+      if (obj.t == Value::T::Str || obj.t == Value::T::List || obj.t == Value::T::Dict) {
+        Args a = eval_args(e);
+        at(e.line, e.col);
+        Value r;
+        if (method(obj, callee.name, a, r)) return r;
+        if (obj.t != Value::T::Dict) error(std::string("'") + type_name(obj) + "' object has no method '" + callee.name + "'");
+      }
+      at(callee.line, callee.col);
+      Value f = get_attr(obj, callee.name);
+      Args a = eval_args(e);
+      at(e.line, e.col);
+      if (f.t != Value::T::Func) error("'" + callee.name + "' is not callable (" + type_name(f) + ")");
+      return (*f.fn)(*this, a);
+    }
+    Value f = eval(callee);
+    Args a = eval_args(e);
+    at(e.line, e.col);
+    if (f.t != Value::T::Func) {
+      std::string n = callee.k == Expr::K::Name ? callee.name : std::string("value");
+      if (f.t == Value::T::Undefined) error("'" + n + "' is undefined (called as a function)");
+      error("'" + n + "' is not callable (" + type_name(f) + ")");
+    }
+    return (*f.fn)(*this, a);
+  }
+
+  // ---- methods on str / list / dict (what the immutable sandbox allows)
+  static std::string need_str(Interp& in, const Value* v, const char* what) {
+    if (!v || v->t != Value::T::Str) in.error(std::string(what) + " expects a string argument");
+    return v->s;
+  }
+  bool method(const Value& obj, const std::string& m, Args& a, Value& r) {
+    if (obj.t == Value::T::Str) {
+      const std::string& s = obj.s;
+      if (m == "strip" || m == "lstrip" || m == "rstrip") {
+        const Value* c = a.get(0, "chars");
+        r = Value::str(py_strip(s, c && c->t != Value::T::None ? c : nullptr, m == "strip" ? 3 : m == "lstrip" ? 1 : 2));
+      } else if (m == "upper") r = Value::str(py_upper(s));
+      else if (m == "lower") r = Value::str(py_lower(s));
+      else if (m == "title" || m == "capitalize") r = filter(m, obj, a);
+      else if (m == "startswith" || m == "endswith") {
+        const Value* p = a.get(0, "prefix");
+        if (!p) error(m + "() takes one argument");
+        auto test_one = [&](const std::string& x) {
+          if (m == "startswith") return s.compare(0, x.size(), x) == 0 && s.size() >= x.size();
+          return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
+        };
+        bool any = false;
+        if (p->t == Value::T::List) { for (auto& x : *p->list) any = any || test_one(need_str(*this, &x, m.c_str())); }
+        else any = test_one(need_str(*this, p, m.c_str()));
+        r = Value::boolean(any);
+      } else if (m == "split" || m == "rsplit") {
+        const Value* sep = a.get(0, "sep");
+        const Value* mx = a.get(1, "maxsplit");
+        int64_t maxsplit = mx && mx->t == Value::T::Int ? mx->i : -1;
+        List l;
+        if (!sep || sep->t == Value::T::None) {
+          // whitespace split
+          std::vector<std::string> words;
+          std::string w;
+          bool in = false;
+          for (auto [p, n] : code_points(s)) {
+            bool sp = is_space_cp(decode_cp(s, p, n));
+            if (sp && in && (maxsplit < 0 || int64_t(words.size()) < maxsplit)) { words.push_back(w); w.clear(); in = false; }
+            else if (!sp || in) { w.append(s, p, n); in = true; }
+          }
+          if (in) words.push_back(py_strip(w, nullptr, 2));
+          for (auto& x : words) l.push_back(Value::str(x));
+        } else {
+          std::string d = need_str(*this, sep, "split");
+          if (d.empty()) error("split(): empty separator");
+          size_t start = 0;
+          int64_t count = 0;
+          while (true) {
+            size_t f = (maxsplit >= 0 && count >= maxsplit) ? std::string::npos : s.find(d, start);
+            if (f == std::string::npos) { l.push_back(Value::str(s.substr(start))); break; }
+            l.push_back(Value::str(s.substr(start, f - start)));
+            start = f + d.size();
+            ++count;
+            tick();
+          }
+        }
+        r = Value::make_list(std::move(l));
+      } else if (m == "replace") {
+        r = filter("replace", obj, a);
+      } else if (m == "find") {
+        size_t f = s.find(need_str(*this, a.get(0, "sub"), "find"));
+        r = Value::integer(f == std::string::npos ? -1 : int64_t(code_points(s.substr(0, f)).size()));
+      } else if (m == "count") {
+        std::string sub = need_str(*this, a.get(0, "sub"), "count");
+        int64_t c = 0;
+        if (sub.empty()) c = int64_t(code_points(s).size()) + 1;
+        else for (size_t f = s.find(sub); f != std::string::npos; f = s.find(sub, f + sub.size())) ++c;
+        r = Value::integer(c);
+      } else if (m == "join") {
+        const Value* it = a.get(0, "iterable");
+        if (!it) error("join() takes one argument");
+        std::string o;
+        bool first = true;
+        for (auto& x : iterate(*it)) {
+          if (!first) o += s;
+          first = false;
+          o += need_str(*this, &x, "join");
+        }
+        r = Value::str(std::move(o));
+      } else if (m == "isdigit" || m == "isspace" || m == "isalpha" || m == "isalnum") {
+        bool ok = !s.empty();
+        for (unsigned char c : s) {
+          bool x = m == "isdigit" ? std::isdigit(c) : m == "isspace" ? std::isspace(c) : m == "isalpha" ? std::isalpha(c) : std::isalnum(c);
+          ok = ok && x;
+        }
+        r = Value::boolean(ok);
+      } else {
+        return false;
+      }
+      return true;
+    }
+    if (obj.t == Value::T::Dict) {
+      if (m == "items") r = filter("items", obj, a);
+      else if (m == "keys") { List l; for (auto& kv : obj.dict->items) l.push_back(Value::str(kv.first)); r = Value::make_list(std::move(l)); }
+      else if (m == "values") { List l; for (auto& kv : obj.dict->items) l.push_back(kv.second); r = Value::make_list(std::move(l)); }
+      else if (m == "get") {
+        const Value* k = a.get(0, "key");
+        if (!k) error("get() takes at least one argument");
+        Value* v = obj.dict->find(k->t == Value::T::Str ? k->s : to_str(*k));
+        const Value* dflt = a.get(1, "default");
+        r = v ? *v : dflt ? *dflt : Value::none();
+      } else return false;
+      return true;
+    }
+    if (obj.t == Value::T::List) {
+      if (m == "index") {
+        const Value* x = a.get(0, "value");
+        if (!x) error("index() takes one argument");
+        for (size_t k = 0; k < obj.list->size(); ++k)
+          if (equal((*obj.list)[k], *x)) { r = Value::integer(int64_t(k)); return true; }
+        error(repr(*x) + " is not in list");
+      }
+      if (m == "count") {
+        const Value* x = a.get(0, "value");
+        int64_t c = 0;
+        if (x) for (auto& y : *obj.list) c += equal(y, *x);
+        r = Value::integer(c);
+        return true;
+      }
+      return false;
+    }
+    return false;
+  }
+
+  // ---- globals
+  Value global(const std::string& n) {
+    if (n == "range") return Value::func([](Interp& in, Args& a) {
+      int64_t p[3] = {0, 0, 1};
+      for (auto& v : a.pos) if (v.t != Value::T::Int && v.t != Value::T::Bool) in.error("range() arguments must be integers");
+      if (a.pos.size() == 1) p[1] = a.pos[0].as_int();
+      else if (a.pos.size() == 2 || a.pos.size() == 3) { p[0] = a.pos[0].as_int(); p[1] = a.pos[1].as_int(); if (a.pos.size() == 3) p[2] = a.pos[2].as_int(); }
+      else in.error("range() takes 1 to 3 arguments");
+      if (p[2] == 0) in.error("range() step must not be zero");
+      List l;
+      for (int64_t k = p[0]; p[2] > 0 ? k < p[1] : k > p[1]; k += p[2]) { in.tick(); l.push_back(Value::integer(k)); }
+      return Value::make_list(std::move(l));
+    });
+    if (n == "namespace" || n == "dict") {
+      bool ns = n == "namespace";
+      return Value::func([ns](Interp& in, Args& a) {
+        Value v = ns ? Value::make_ns() : Value::make_dict();
+        for (auto& p : a.pos) {
+          if (p.t != Value::T::Dict && p.t != Value::T::Ns) in.error(std::string(ns ? "namespace" : "dict") + "() positional argument must be a mapping");
+          for (auto& kv : p.dict->items) v.dict->set(kv.first, kv.second);
+        }
+        for (auto& [k, x] : a.kw) {
+          if (ns && !k.empty() && k[0] == '_') in.error("namespace attributes cannot start with '_': " + k);
+          v.dict->set(k, x);
+        }
+        return v;
+      });
+    }
+    if (n == "raise_exception") return Value::func([](Interp& in, Args& a) -> Value {
+      const Value* m = a.get(0, "message");
+      in.error("raise_exception: " + (m ? to_str(*m) : std::string()));
+    });
+    if (n == "strftime_now") return Value::func([](Interp& in, Args& a) {
+      std::string fmt = need_str(in, a.get(0, "format"), "strftime_now");
+      std::time_t t = std::time(nullptr);
+      std::tm tm{};
+      localtime_r(&t, &tm);
+      char buf[512];
+      size_t len = std::strftime(buf, sizeof buf, fmt.c_str(), &tm);
+      return Value::str(std::string(buf, len));
+    });
+    return Value::undef();
+  }
+
+  // ---- tests
+  bool test(const std::string& n, const Value& v, Args& a) {
+    const Value* x = a.get(0, "value");
+    auto need = [&]() -> const Value& { if (!x) error("test '" + n + "' needs an argument"); return *x; };
+    if (n == "defined") return v.t != Value::T::Undefined;
+    if (n == "undefined") return v.t == Value::T::Undefined;
+    if (n == "none") return v.t == Value::T::None;
+    if (n == "boolean") return v.t == Value::T::Bool;
+    if (n == "true") return v.t == Value::T::Bool && v.b;
+    if (n == "false") return v.t == Value::T::Bool && !v.b;
+    if (n == "integer") return v.t == Value::T::Int;
+    if (n == "float") return v.t == Value::T::Float;
+    if (n == "number") return v.is_num();
+    if (n == "string") return v.t == Value::T::Str;
+    if (n == "mapping") return v.t == Value::T::Dict;
+    if (n == "iterable") return v.t == Value::T::Str || v.t == Value::T::List || v.t == Value::T::Dict;
+    if (n == "sequence") return v.t == Value::T::Str || v.t == Value::T::List || v.t == Value::T::Dict;
+    if (n == "callable") return v.t == Value::T::Func;
+    if (n == "lower") return v.t == Value::T::Str && py_lower(v.s) == v.s;
+    if (n == "upper") return v.t == Value::T::Str && py_upper(v.s) == v.s;
+    if (n == "even" || n == "odd") {
+      if (v.t != Value::T::Int && v.t != Value::T::Bool) error("test '" + n + "' needs an integer");
+      return (v.as_int() % 2 == 0) == (n == "even");
+    }
+    if (n == "divisibleby") {
+      const Value& d = need();
+      if (!v.is_num() || !d.is_num() || d.num() == 0) error("divisibleby needs non-zero numbers");
+      return std::fmod(v.num(), d.num()) == 0;
+    }
+    if (n == "eq" || n == "equalto" || n == "==") return equal(v, need());
+    if (n == "ne" || n == "!=") return !equal(v, need());
+    if (n == "lt" || n == "lessthan" || n == "<") return compare("<", v, need());
+    if (n == "le" || n == "<=") return compare("<=", v, need());
+    if (n == "gt" || n == "greaterthan" || n == ">") return compare(">", v, need());
+    if (n == "ge" || n == ">=") return compare(">=", v, need());
+    if (n == "in") return contains(need(), v);
+    if (n == "sameas") return equal(v, need()) && v.t == need().t;
+    error("unknown test '" + n + "'");
+  }
+
+  // ---- filters
+  std::string str_arg(const Value& v) { return v.t == Value::T::Str ? v.s : to_str(v); }
+
+  Value sort_key(const Value& v, bool case_sensitive) {
+    if (!case_sensitive && v.t == Value::T::Str) return Value::str(py_lower(v.s));
+    return v;
+  }
+  Value attr_path(const Value& v, const std::string& path) {
+    Value cur = v;
+    size_t start = 0;
+    while (true) {
+      size_t dot = path.find('.', start);
+      std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      cur = cur.t == Value::T::Undefined ? cur : get_item(cur, Value::str(part));
+      if (dot == std::string::npos) return cur;
+      start = dot + 1;
+    }
+  }
+
+  Value filter(const std::string& n, const Value& v, Args& a) {
+    tick();
+    const Value* a0 = a.pos.size() > 0 ? &a.pos[0] : nullptr;
+    if (n == "trim") {
+      const Value* c = a.get(0, "chars");
+      return Value::str(py_strip(str_arg(v), c && c->t == Value::T::Str ? c : nullptr, 3));
+    }
+    if (n == "upper") return Value::str(py_upper(str_arg(v)));
+    if (n == "lower") return Value::str(py_lower(str_arg(v)));
+    if (n == "capitalize") return Value::str(case_map(str_arg(v), 2));
+    if (n == "title") return Value::str(case_map(str_arg(v), 3));
+    if (n == "length" || n == "count") {
+      switch (v.t) {
+        case Value::T::Str: return Value::integer(int64_t(code_points(v.s).size()));
+        case Value::T::List: return Value::integer(int64_t(v.list->size()));
+        case Value::T::Dict:
+        case Value::T::Ns: return Value::integer(int64_t(v.dict->items.size()));
+        case Value::T::Undefined: return Value::integer(0);
+        default: error(std::string("object of type '") + type_name(v) + "' has no len()");
+      }
+    }
+    if (n == "tojson") {
+      const Value* ind = a.get(0, "indent");
+      int indent = ind && ind->t == Value::T::Int ? int(std::clamp<int64_t>(ind->i, 0, 64)) : -1;
+      std::string o;
+      if (!to_json(o, v, indent, 0)) error(std::string("object of type '") + type_name(v) + "' is not JSON serializable");
+      return Value::str(std::move(o));
+    }
+    if (n == "join") {
+      const Value* sep = a.get(0, "d");
+      const Value* attr = a.get(1, "attribute");
+      std::string d = sep ? str_arg(*sep) : std::string();
+      std::string o;
+      bool first = true;
+      for (auto& x : iterate(v)) {
+        tick();
+        if (!first) o += d;
+        first = false;
+        o += to_str(attr ? attr_path(x, str_arg(*attr)) : x);
+        if (o.size() > tpl.limits.max_output_bytes) error("join result too large");
+      }
+      return Value::str(std::move(o));
+    }
+    if (n == "replace") {
+      const Value* from = a.get(0, "old");
+      const Value* to = a.get(1, "new");
+      const Value* cnt = a.get(2, "count");
+      if (!from || !to) error("replace needs two arguments");
+      std::string s = str_arg(v), f = str_arg(*from), t = str_arg(*to), o;
+      int64_t maxc = cnt && cnt->t == Value::T::Int ? cnt->i : -1;
+      if (f.empty()) {  // Python inserts `t` between every character
+        auto cps = code_points(s);
+        int64_t c = 0;
+        for (auto [p, len] : cps) {
+          if (maxc < 0 || c < maxc) { o += t; ++c; }
+          o.append(s, p, len);
+        }
+        if (maxc < 0 || c < maxc) o += t;
+        return Value::str(std::move(o));
+      }
+      size_t start = 0;
+      int64_t c = 0;
+      while (true) {
+        size_t p = (maxc >= 0 && c >= maxc) ? std::string::npos : s.find(f, start);
+        if (p == std::string::npos) { o.append(s, start, std::string::npos); break; }
+        o.append(s, start, p - start);
+        o += t;
+        start = p + f.size();
+        ++c;
+        if (o.size() > tpl.limits.max_output_bytes) error("replace result too large");
+      }
+      return Value::str(std::move(o));
+    }
+    if (n == "first" || n == "last") {
+      List l = iterate(v);
+      if (l.empty()) return Value::undef(n);
+      return n == "first" ? l.front() : l.back();
+    }
+    if (n == "default" || n == "d") {
+      const Value* dflt = a.get(0, "default_value");
+      const Value* boolean = a.get(1, "boolean");
+      bool use = v.t == Value::T::Undefined || (boolean && truthy(*boolean) && !truthy(v));
+      return use ? (dflt ? *dflt : Value::str("")) : v;
+    }
+    if (n == "items") {
+      if (v.t == Value::T::Undefined) return Value::make_list();
+      if (v.t != Value::T::Dict && v.t != Value::T::Ns) error("items filter needs a mapping");
+      List l;
+      for (auto& kv : v.dict->items) {
+        l.push_back(Value::make_list({Value::str(kv.first), kv.second}));
+        l.back().tuple = true;
+      }
+      return Value::make_list(std::move(l));
+    }
+    if (n == "string") return Value::str(to_str(v));
+    if (n == "safe" || n == "list" || n == "unique") {
+      if (n == "safe") return v;
+      List l = iterate(v);
+      if (n == "unique") {
+        List u;
+        for (auto& x : l) {
+          bool seen = false;
+          for (auto& y : u) seen = seen || equal(sort_key(x, false), sort_key(y, false));
+          if (!seen) u.push_back(x);
+        }
+        l = std::move(u);
+      }
+      return Value::make_list(std::move(l));
+    }
+    if (n == "int") {
+      const Value* dflt = a.get(0, "default");
+      Value d = dflt ? *dflt : Value::integer(0);
+      if (v.t == Value::T::Int) return v;
+      if (v.t == Value::T::Bool) return Value::integer(v.as_int());
+      if (v.t == Value::T::Float) return std::isfinite(v.f) ? Value::integer(int64_t(v.f)) : d;
+      if (v.t == Value::T::Str) {
+        std::string s = py_strip(v.s, nullptr, 3);
+        int64_t x = 0;
+        auto r = std::from_chars(s.data() + (s.size() && s[0] == '+'), s.data() + s.size(), x);
+        if (r.ec == std::errc() && r.ptr == s.data() + s.size() && !s.empty()) return Value::integer(x);
+        char* end = nullptr;
+        double f = std::strtod(s.c_str(), &end);
+        if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(f)) return Value::integer(int64_t(f));
+      }
+      return d;
+    }
+    if (n == "float") {
+      if (v.is_num()) return Value::real(v.num());
+      if (v.t == Value::T::Str) {
+        std::string s = py_strip(v.s, nullptr, 3);
+        char* end = nullptr;
+        double f = std::strtod(s.c_str(), &end);
+        if (!s.empty() && end == s.c_str() + s.size()) return Value::real(f);
+      }
+      const Value* dflt = a.get(0, "default");
+      return dflt ? *dflt : Value::real(0.0);
+    }
+    if (n == "abs") {
+      if (!v.is_num()) error("abs needs a number");
+      return v.t == Value::T::Float ? Value::real(std::fabs(v.f)) : Value::integer(std::llabs(v.as_int()));
+    }
+    if (n == "round") {
+      if (!v.is_num()) error("round needs a number");
+      const Value* pr = a.get(0, "precision");
+      double scale = std::pow(10.0, pr && pr->t == Value::T::Int ? double(pr->i) : 0.0);
+      return Value::real(std::nearbyint(v.num() * scale) / scale);
+    }
+    if (n == "reverse") {
+      if (v.t == Value::T::Str) {
+        auto cps = code_points(v.s);
+        std::string o;
+        for (auto it = cps.rbegin(); it != cps.rend(); ++it) o.append(v.s, it->first, it->second);
+        return Value::str(std::move(o));
+      }
+      List l = iterate(v);
+      std::reverse(l.begin(), l.end());
+      return Value::make_list(std::move(l));
+    }
+    if (n == "sort" || n == "max" || n == "min") {
+      bool is_sort = n == "sort";
+      const Value* rev = is_sort ? a.get(0, "reverse") : nullptr;
+      const Value* cs = a.get(is_sort ? 1 : 0, "case_sensitive");
+      const Value* attr = a.get(is_sort ? 2 : 1, "attribute");
+      bool case_sensitive = cs && truthy(*cs);
+      List l = iterate(v);
+      auto key = [&](const Value& x) { return sort_key(attr ? attr_path(x, str_arg(*attr)) : x, case_sensitive); };
+      auto less = [&](const Value& x, const Value& y) { return compare_order(key(x), key(y), "<") < 0; };
+      if (is_sort) {
+        std::stable_sort(l.begin(), l.end(), less);
+        if (rev && truthy(*rev)) {
+          // Python's sorted(reverse=True) keeps equal elements in their original order.
+          std::stable_sort(l.begin(), l.end(), [&](const Value& x, const Value& y) { return less(y, x); });
+        }
+        return Value::make_list(std::move(l));
+      }
+      if (l.empty()) return Value::undef(n);
+      return n == "max" ? *std::max_element(l.begin(), l.end(), less) : *std::min_element(l.begin(), l.end(), less);
+    }
+    if (n == "sum") {
+      const Value* attr = a.get(0, "attribute");
+      const Value* start = a.get(1, "start");
+      Value acc = start ? *start : Value::integer(0);
+      for (auto& x : iterate(v)) acc = arith("+", acc, attr ? attr_path(x, str_arg(*attr)) : x);
+      return acc;
+    }
+    if (n == "map") {
+      List out;
+      const Value* attr = a.get(size_t(-1), "attribute");
+      if (attr) {
+        const Value* dflt = a.get(size_t(-1), "default");
+        for (auto& x : iterate(v)) {
+          Value r = attr_path(x, str_arg(*attr));
+          out.push_back(r.t == Value::T::Undefined && dflt ? *dflt : r);
+        }
+      } else {
+        if (!a0 || a0->t != Value::T::Str) error("map needs a filter name or attribute=");
+        Args rest;
+        rest.pos.assign(a.pos.begin() + 1, a.pos.end());
+        rest.kw = a.kw;
+        for (auto& x : iterate(v)) out.push_back(filter(a0->s, x, rest));
+      }
+      return Value::make_list(std::move(out));
+    }
+    if (n == "select" || n == "reject" || n == "selectattr" || n == "rejectattr") {
+      bool by_attr = n == "selectattr" || n == "rejectattr";
+      bool keep_if = n == "select" || n == "selectattr";
+      size_t ti = by_attr ? 1 : 0;
+      if (by_attr && (!a0 || a0->t != Value::T::Str)) error(n + " needs an attribute name");
+      const Value* tn = a.pos.size() > ti ? &a.pos[ti] : nullptr;
+      Args targs;
+      if (a.pos.size() > ti + 1) targs.pos.assign(a.pos.begin() + long(ti) + 1, a.pos.end());
+      List out;
+      for (auto& x : iterate(v)) {
+        Value subj = by_attr ? attr_path(x, a0->s) : x;
+        bool r = tn ? test(str_arg(*tn), subj, targs) : truthy(subj);
+        if (r == keep_if) out.push_back(x);
+      }
+      return Value::make_list(std::move(out));
+    }
+    if (n == "escape" || n == "e") {
+      std::string o;
+      for (char c : str_arg(v)) {
+        switch (c) {
+          case '&': o += "&amp;"; break;
+          case '<': o += "&lt;"; break;
+          case '>': o += "&gt;"; break;
+          case '"': o += "&#34;"; break;
+          case '\'': o += "&#39;"; break;
+          default: o += c;
+        }
+      }
+      return Value::str(std::move(o));
+    }
+    if (n == "indent") {
+      const Value* w = a.get(0, "width");
+      const Value* first = a.get(1, "first");
+      const Value* blank = a.get(2, "blank");
+      std::string pad = w && w->t == Value::T::Str ? w->s : std::string(size_t(w && w->t == Value::T::Int ? std::clamp<int64_t>(w->i, 0, 1024) : 4), ' ');
+      std::string s = str_arg(v), o;
+      size_t start = 0;
+      bool first_line = true;
+      while (start <= s.size()) {
+        size_t e = s.find('\n', start);
+        std::string ln = s.substr(start, e == std::string::npos ? std::string::npos : e - start);
+        bool do_pad = (first_line ? (first && truthy(*first)) : true) && (!ln.empty() || (blank && truthy(*blank)));
+        if (do_pad) o += pad;
+        o += ln;
+        if (e == std::string::npos) break;
+        o += '\n';
+        start = e + 1;
+        first_line = false;
+      }
+      return Value::str(std::move(o));
+    }
+    error("unknown filter '" + n + "'");
+  }
+
+  // ---- statements
+  void exec(const Body& body) {
+    for (const auto& s : body) exec(*s);
+  }
+
+  void exec(const Stmt& s) {
+    at(s.line, s.col);
+    switch (s.k) {
+      case Stmt::K::Text: emit(s.text); return;
+      case Stmt::K::Output: {
+        emit(to_str(eval(*s.expr)));
+        return;
+      }
+      case Stmt::K::If:
+        for (const auto& [c, b] : s.branches) {
+          if (truthy(eval(*c))) { exec(b); return; }
+        }
+        exec(s.else_body);
+        return;
+      case Stmt::K::For: exec_for(s); return;
+      case Stmt::K::Set: {
+        Value v = eval(*s.expr);
+        at(s.line, s.col);
+        if (!s.attr.empty()) {
+          Value ns = lookup(s.text);
+          if (ns.t != Value::T::Ns) error("cannot assign attribute '" + s.attr + "' on '" + s.text + "': not a namespace");
+          if (s.attr[0] == '_') error("namespace attributes cannot start with '_': " + s.attr);
+          ns.dict->set(s.attr, std::move(v));
+          return;
+        }
+        if (s.targets.size() == 1) { assign(s.targets[0], std::move(v)); return; }
+        List l = iterate(v);
+        if (l.size() != s.targets.size())
+          error("cannot unpack " + std::to_string(l.size()) + " values into " + std::to_string(s.targets.size()) + " names");
+        for (size_t k = 0; k < l.size(); ++k) assign(s.targets[k], l[k]);
+        return;
+      }
+      case Stmt::K::SetBlock: {
+        std::string buf;
+        std::string* saved = out;
+        out = &buf;
+        try { exec(s.body); } catch (...) { out = saved; throw; }
+        out = saved;
+        if (s.expr) {  // {% filter %}
+          Args a = eval_args(*s.expr);
+          emit(to_str(filter(s.expr->name, Value::str(std::move(buf)), a)));
+        } else {
+          assign(s.text, Value::str(std::move(buf)));
+        }
+        return;
+      }
+      case Stmt::K::Macro: {
+        const Stmt* m = &s;
+        assign(s.text, Value::func([m](Interp& in, Args& a) { return in.call_macro(*m, a); }));
+        return;
+      }
+      case Stmt::K::Break: throw BreakLoop{};
+      case Stmt::K::Continue: throw ContinueLoop{};
+      case Stmt::K::Block: exec(s.body); return;
+    }
+  }
+
+  Value call_macro(const Stmt& m, Args& a) {
+    Depth d(*this);
+    tick();
+    std::unordered_map<std::string, Value> frame;
+    if (a.pos.size() > m.params.size()) error("macro '" + m.text + "' takes " + std::to_string(m.params.size()) + " arguments");
+    for (size_t k = 0; k < m.params.size(); ++k) {
+      const auto& [pn, dflt] = m.params[k];
+      const Value* v = nullptr;
+      for (auto& [kn, kv] : a.kw) if (kn == pn) v = &kv;
+      if (!v && k < a.pos.size()) v = &a.pos[k];
+      frame[pn] = v ? *v : dflt ? eval(*dflt) : Value::undef(pn);
+    }
+    for (auto& [kn, kv] : a.kw) {
+      bool known = false;
+      for (auto& p : m.params) known = known || p.first == kn;
+      if (!known) error("macro '" + m.text + "' has no parameter '" + kn + "'");
+    }
+    size_t saved_barrier = barrier;
+    barrier = scopes.size();
+    scopes.push_back(std::move(frame));
+    std::string buf;
+    std::string* saved_out = out;
+    out = &buf;
+    auto restore = [&] {
+      scopes.resize(barrier);
+      barrier = saved_barrier;
+      out = saved_out;
+    };
+    try {
+      exec(m.body);
+    } catch (BreakLoop&) {
+      restore();
+      error("'break' outside of a loop");
+    } catch (ContinueLoop&) {
+      restore();
+      error("'continue' outside of a loop");
+    } catch (...) {
+      restore();
+      throw;
+    }
+    restore();
+    return Value::str(std::move(buf));
+  }
+
+  void exec_for(const Stmt& s) {
+    Value it = eval(*s.expr);
+    at(s.line, s.col);
+    List items = iterate(it);
+    if (s.cond) {  // inline `if` filters before loop.* is computed
+      List kept;
+      scopes.emplace_back();
+      for (auto& x : items) {
+        bind_targets(s, x);
+        if (truthy(eval(*s.cond))) kept.push_back(x);
+      }
+      scopes.pop_back();
+      items = std::move(kept);
+    }
+    if (items.empty()) { exec(s.else_body); return; }
+    scopes.emplace_back();
+    Value loop = Value::make_dict();
+    const int64_t n = int64_t(items.size());
+    try {
+      for (int64_t k = 0; k < n; ++k) {
+        tick();
+        loop.dict->items.clear();
+        loop.dict->set("index0", Value::integer(k));
+        loop.dict->set("index", Value::integer(k + 1));
+        loop.dict->set("revindex0", Value::integer(n - k - 1));
+        loop.dict->set("revindex", Value::integer(n - k));
+        loop.dict->set("first", Value::boolean(k == 0));
+        loop.dict->set("last", Value::boolean(k == n - 1));
+        loop.dict->set("length", Value::integer(n));
+        loop.dict->set("previtem", k > 0 ? items[size_t(k - 1)] : Value::undef("previtem"));
+        loop.dict->set("nextitem", k + 1 < n ? items[size_t(k + 1)] : Value::undef("nextitem"));
+        loop.dict->set("depth", Value::integer(1));
+        loop.dict->set("depth0", Value::integer(0));
+        assign("loop", loop);
+        bind_targets(s, items[size_t(k)]);
+        try {
+          exec(s.body);
+        } catch (ContinueLoop&) {
+        }
+      }
+    } catch (BreakLoop&) {
+    } catch (...) {
+      scopes.pop_back();
+      throw;
+    }
+    scopes.pop_back();
+  }
+
+  void bind_targets(const Stmt& s, const Value& x) {
+    if (s.targets.size() == 1) { assign(s.targets[0], x); return; }
+    List parts = iterate(x);
+    if (parts.size() != s.targets.size())
+      error("cannot unpack " + std::to_string(parts.size()) + " values into " + std::to_string(s.targets.size()) + " loop variables");
+    for (size_t k = 0; k < parts.size(); ++k) assign(s.targets[k], parts[k]);
+  }
+};
+
+}  // namespace
+
+Template::Template(std::string_view source, std::string name, Limits limits) : impl_(std::make_unique<Impl>()) {
+  impl_->name = std::move(name);
+  impl_->limits = limits;
+  Lexer lx(source, impl_->name);
+  lx.run();
+  Parser p{lx.toks, impl_->name, std::min(limits.max_depth, 256)};
+  Token opener{Tok::Eof, {}, 1, 1};
+  p.parse_body(impl_->body, {}, opener);
+  // Stray end tags ({% endif %} without if) arrive here as unknown statements.
+}
+
+Template::~Template() = default;
+Template::Template(Template&&) noexcept = default;
+Template& Template::operator=(Template&&) noexcept = default;
+
+const std::string& Template::name() const { return impl_->name; }
+
+std::string Template::render(const nlohmann::ordered_json& context) const {
+  if (!context.is_object() && !context.is_null()) fail(impl_->name, "render context must be a JSON object");
+  Interp in{*impl_, {}, nullptr, 0, 0, 0, 0};
+  in.scopes.emplace_back();
+  if (context.is_object())
+    for (auto it = context.begin(); it != context.end(); ++it) in.scopes.back()[it.key()] = from_json(it.value());
+  in.scopes.emplace_back();  // template-level `set`s
+  std::string out;
+  in.out = &out;
+  try {
+    in.exec(impl_->body);
+  } catch (BreakLoop&) {
+    fail(impl_->name, "'break' outside of a loop");
+  } catch (ContinueLoop&) {
+    fail(impl_->name, "'continue' outside of a loop");
+  }
+  return out;
+}
+
+}  // namespace qlora::jinja

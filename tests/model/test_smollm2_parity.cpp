@@ -40,14 +40,16 @@ namespace {
 // transformers' own float32 result differs from the same model run in float64 by 2e-5 to
 // 6e-5 on these prompts (fixture field fp64_max_abs_diff), and its eager and sdpa attention
 // paths differ from each other by up to 5e-5: that is float32 rounding through 30 layers.
-// We measured a max of MEASURED_PLACEHOLDER; 1e-3 leaves a wide margin for other summation orders
-// (SIMD widths, thread counts) while still catching any real error (a wrong rotary, norm eps
-// or weight permutation moves logits by 1e-1 or more).
-constexpr double kLogitTol = 1e-3;
+// Measured here (max over the five prompts): 5.3e-5 with the AVX-512 kernels, 4.9e-5 with
+// QLORA_SIMD=avx2, 8.8e-5 with QLORA_SIMD=scalar (its long sequential sums round most).
+// 5e-4 is 5-10x that, room for other summation orders (thread counts, SIMD widths), while
+// real errors move logits much further (measured on the chat prompt: rope theta 1e4 instead
+// of 1e5 by 6.8, RMSNorm eps 1e-6 instead of 1e-5 by 1.2e-2).
+constexpr double kLogitTol = 5e-4;
 // Log-sum-exp over the vocabulary, same rounding argument.
-constexpr double kLseTol = 1e-3;
+constexpr double kLseTol = 5e-4;
 // A greedy step whose top-2 logit margin in transformers is below this may legitimately flip
-// under float32 rounding differences (20x the largest difference measured above).
+// under float32 rounding differences (over 20x the largest logit difference measured above).
 constexpr double kTieMargin = 2e-3;
 constexpr size_t kMinGreedyAgree = 32;
 
@@ -128,24 +130,31 @@ struct Loaded {
   std::unique_ptr<Model> dense;
 };
 Loaded* g_loaded = nullptr;
+std::string g_load_error;  // why SetUpTestSuite could not load the model (file present)
 
 class SmolLM2Parity : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     const std::string path = smollm2_gguf();
     if (!std::filesystem::exists(path)) return;
-    g_loaded = new Loaded;
-    g_loaded->files = open_model_files(path);
-    ModelLoadOptions opt;
-    opt.quant.quantize = false;  // --quant none
-    opt.compute_dtype = ComputeDType::F32;
-    g_loaded->dense = std::make_unique<Model>(Model::load(g_loaded->files.spec, *g_loaded->files.tensors, opt));
+    try {
+      auto loaded = std::make_unique<Loaded>();
+      loaded->files = open_model_files(path);
+      ModelLoadOptions opt;
+      opt.quant.quantize = false;  // --quant none
+      opt.compute_dtype = ComputeDType::F32;
+      loaded->dense = std::make_unique<Model>(Model::load(loaded->files.spec, *loaded->files.tensors, opt));
+      g_loaded = loaded.release();
+    } catch (const std::exception& e) {
+      g_load_error = e.what();
+    }
   }
   static void TearDownTestSuite() {
     delete g_loaded;
     g_loaded = nullptr;
   }
   void SetUp() override {
+    if (!g_load_error.empty()) FAIL() << "loading " << smollm2_gguf() << ": " << g_load_error;
     if (!g_loaded)
       GTEST_SKIP() << smollm2_gguf() << " is absent: run scripts/fetch_model.sh to fetch SmolLM2-135M-Instruct";
     const json& ref = reference();

@@ -1,0 +1,351 @@
+#include "train/train_model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+#include "model/ops.h"
+#include "model/ops_backward.h"
+
+namespace qlora {
+
+namespace {
+
+constexpr const char* kLinearNames[kBlockLinears] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                     "mlp.down_proj"};
+
+// splitmix64 of (seed, index): an independent seed per LoRA layer.
+uint64_t derive_seed(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+std::string block_linear_path(int64_t layer, BlockLinear which) {
+  return "model.layers." + std::to_string(layer) + "." + kLinearNames[static_cast<int>(which)];
+}
+
+const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) {
+  switch (which) {
+    case BlockLinear::Q: return L.q_proj;
+    case BlockLinear::K: return L.k_proj;
+    case BlockLinear::V: return L.v_proj;
+    case BlockLinear::O: return L.o_proj;
+    case BlockLinear::Gate: return L.gate_proj;
+    case BlockLinear::Up: return L.up_proj;
+    case BlockLinear::Down: return L.down_proj;
+  }
+  return L.q_proj;
+}
+
+LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
+  cfg_.validate("LoRA config");
+  const int64_t NL = model.spec().n_layers;
+  index_.resize(static_cast<size_t>(NL));
+  for (int64_t l = 0; l < NL; ++l) {
+    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+    for (int w = 0; w < kBlockLinears; ++w) {
+      const std::string path = block_linear_path(l, static_cast<BlockLinear>(w));
+      index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
+      if (!cfg_.targets(path)) continue;
+      const QuantLinear& q = block_linear(L, static_cast<BlockLinear>(w));
+      LoraLayer layer(path, q.in_features(), q.out_features(), cfg_);
+      layer.init(derive_seed(cfg_.seed, layers_.size()));
+      index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = static_cast<int>(layers_.size());
+      layers_.push_back(std::move(layer));
+    }
+  }
+  if (layers_.empty()) fail("LoRA config", "target modules match no Linear layer of the model");
+}
+
+LoraLayer* LoraModel::find(int64_t l, BlockLinear which) {
+  const int i = index_[static_cast<size_t>(l)][static_cast<size_t>(which)];
+  return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
+}
+const LoraLayer* LoraModel::find(int64_t l, BlockLinear which) const {
+  const int i = index_[static_cast<size_t>(l)][static_cast<size_t>(which)];
+  return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
+}
+
+void LoraModel::zero_grad() {
+  for (LoraLayer& l : layers_) l.zero_grad();
+}
+
+int64_t LoraModel::num_trainable() const {
+  int64_t n = 0;
+  for (const LoraLayer& l : layers_) n += static_cast<int64_t>(l.A.size() + l.B.size());
+  return n;
+}
+
+// Everything the backward of one block needs, for T tokens.
+struct TrainWorkspace::Block {
+  std::vector<float> h1, rstd1;        // (T, C), (T)  input_layernorm output and its rstd
+  std::vector<float> q, k, v;          // (T, QD), (T, KVD), (T, KVD)  q, k rotated
+  std::vector<float> att;              // (NH, T, T)  attention probabilities
+  std::vector<float> atto;             // (T, QD)  attention output (o_proj input)
+  std::vector<float> xmid;             // (T, C)  residual after attention
+  std::vector<float> h2, rstd2;        // (T, C), (T)  post_attention_layernorm
+  std::vector<float> gate, up, act;    // (T, F) each; act = silu(gate) * up
+  std::array<LoraCache, kBlockLinears> lc;
+
+  void resize(const ModelSpec& s, int64_t T) {
+    const auto z = [](std::vector<float>& v, int64_t n) { v.resize(static_cast<size_t>(n)); };
+    z(h1, T * s.hidden);
+    z(rstd1, T);
+    z(q, T * s.q_dim());
+    z(k, T * s.kv_dim());
+    z(v, T * s.kv_dim());
+    z(att, s.n_heads * T * T);
+    z(atto, T * s.q_dim());
+    z(xmid, T * s.hidden);
+    z(h2, T * s.hidden);
+    z(rstd2, T);
+    z(gate, T * s.ffn);
+    z(up, T * s.ffn);
+    z(act, T * s.ffn);
+  }
+};
+
+struct TrainWorkspace::Impl {
+  int64_t T = 0;
+  std::vector<float> xs;                 // (NL + 1, T, C) block inputs, then the last output
+  std::vector<Block> blocks;             // NL without checkpointing, 1 with
+  std::vector<LoraRng> rng_at_block;     // generator state at each block's forward
+  std::vector<float> cos, sin;           // (T, HS/2)
+  std::vector<int32_t> pos;
+  std::vector<float> hf, rstdf, logits;  // (T, C), (T), (T, V)
+  std::vector<float> tile;               // dequantized rows of a weight
+  // backward scratch
+  std::vector<float> dx, dxmid, dh, dact, dgate, dup, datto, dq, dk, dv, datt, dhf;
+};
+
+TrainWorkspace::TrainWorkspace() : impl_(std::make_unique<Impl>()) {}
+TrainWorkspace::~TrainWorkspace() = default;
+TrainWorkspace::TrainWorkspace(TrainWorkspace&&) noexcept = default;
+TrainWorkspace& TrainWorkspace::operator=(TrainWorkspace&&) noexcept = default;
+
+namespace {
+
+using Block = TrainWorkspace::Block;
+
+void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<const int> targets) {
+  const int64_t T = static_cast<int64_t>(inputs.size());
+  if (T == 0) fail("train", "empty sequence");
+  if (targets.size() != inputs.size())
+    fail("train", "inputs (" + std::to_string(inputs.size()) + ") and targets (" +
+                      std::to_string(targets.size()) + ") differ in length");
+  if (T > s.max_positions)
+    fail("train", "sequence of " + std::to_string(T) + " tokens exceeds the model's context of " +
+                      std::to_string(s.max_positions) + " positions");
+}
+
+// y (T, out) = W x (+ b) (+ LoRA).
+void linear_forward(float* y, LoraCache* cache, const QuantLinear& W, const LoraLayer* lora, const float* x,
+                    int64_t T, bool training, LoraRng* rng) {
+  W.forward(y, x, T);
+  if (lora) lora_forward(y, cache, *lora, x, T, training, rng);
+}
+
+// dx (T, in) += dy (T, out) · W (through the frozen weight, a tile of rows at a time) and
+// the LoRA path; LoRA A/B gradients accumulate.
+void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, LoraLayer* lora,
+                     const LoraCache& cache, const float* dy, const float* x, int64_t T) {
+  const int64_t in = W.in_features(), out = W.out_features();
+  const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / in, 16, out);
+  if (static_cast<int64_t>(tile.size()) < rows * in) tile.resize(static_cast<size_t>(rows * in));
+  for (int64_t o0 = 0; o0 < out; o0 += rows) {
+    const int64_t o1 = std::min(out, o0 + rows);
+    W.dequantize_rows(o0, o1, tile.data());
+    matmul_backward_input(dx, dy + o0, tile.data(), T, in, o1 - o0, out);
+  }
+  if (lora) lora_backward(dx, *lora, dy, x, cache, T);
+}
+
+// xout (T, C) = block(xin); fills `b`.
+void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const float* xin, int64_t T,
+                   const float* cos, const float* sin, bool training, LoraRng* rng) {
+  const Model& m = lm.model();
+  const ModelSpec& s = m.spec();
+  const ComputeDType dt = m.compute_dtype();
+  const LayerWeights& L = m.layers()[static_cast<size_t>(l)];
+  const int64_t C = s.hidden, NH = s.n_heads, NKV = s.n_kv_heads, HS = s.head_dim, F = s.ffn;
+  const int64_t QD = s.q_dim(), KVD = s.kv_dim();
+  auto lin = [&](BlockLinear w, float* y, const float* x) {
+    linear_forward(y, &b.lc[static_cast<size_t>(w)], block_linear(L, w), lm.find(l, w), x, T, training, rng);
+  };
+  rmsnorm_forward(b.h1.data(), b.rstd1.data(), xin, L.input_norm.data(), T, C, s.norm_eps, dt);
+  lin(BlockLinear::Q, b.q.data(), b.h1.data());
+  lin(BlockLinear::K, b.k.data(), b.h1.data());
+  lin(BlockLinear::V, b.v.data(), b.h1.data());
+  round_activations(b.q.data(), T * QD, dt);
+  round_activations(b.k.data(), T * KVD, dt);
+  round_activations(b.v.data(), T * KVD, dt);
+  rope_forward(b.q.data(), cos, sin, T, NH, HS);
+  rope_forward(b.k.data(), cos, sin, T, NKV, HS);
+  round_activations(b.q.data(), T * QD, dt);
+  round_activations(b.k.data(), T * KVD, dt);
+  attention_forward(b.atto.data(), b.att.data(), b.q.data(), b.k.data(), b.v.data(), T, T, 0, NH, NKV, HS);
+  round_activations(b.atto.data(), T * QD, dt);
+  lin(BlockLinear::O, xout, b.atto.data());  // xout temporarily holds o
+  round_activations(xout, T * C, dt);
+  residual_forward(b.xmid.data(), xin, xout, T * C);
+  round_activations(b.xmid.data(), T * C, dt);
+  rmsnorm_forward(b.h2.data(), b.rstd2.data(), b.xmid.data(), L.post_norm.data(), T, C, s.norm_eps, dt);
+  lin(BlockLinear::Gate, b.gate.data(), b.h2.data());
+  lin(BlockLinear::Up, b.up.data(), b.h2.data());
+  round_activations(b.gate.data(), T * F, dt);
+  round_activations(b.up.data(), T * F, dt);
+  swiglu_forward(b.act.data(), b.gate.data(), b.up.data(), T * F);
+  round_activations(b.act.data(), T * F, dt);
+  lin(BlockLinear::Down, xout, b.act.data());
+  round_activations(xout, T * C, dt);
+  residual_forward(xout, b.xmid.data(), xout, T * C);
+  round_activations(xout, T * C, dt);
+}
+
+// Given dxout (T, C), WRITES dxin (T, C) (may alias dxout); accumulates LoRA gradients.
+void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& lm, int64_t l,
+                    const float* dxout, const float* xin, int64_t T) {
+  const Model& m = lm.model();
+  const ModelSpec& s = m.spec();
+  const LayerWeights& L = m.layers()[static_cast<size_t>(l)];
+  const int64_t C = s.hidden, NH = s.n_heads, NKV = s.n_kv_heads, HS = s.head_dim, F = s.ffn;
+  const int64_t QD = s.q_dim(), KVD = s.kv_dim();
+  auto zero = [](std::vector<float>& v, int64_t n) { v.assign(static_cast<size_t>(n), 0.f); };
+  auto lin = [&](BlockLinear wh, float* dx, const float* dy, const float* x) {
+    linear_backward(dx, w.tile, block_linear(L, wh), lm.find(l, wh), b.lc[static_cast<size_t>(wh)], dy, x, T);
+  };
+  // MLP: xout = xmid + down(act), act = swiglu(gate(h2), up(h2)), h2 = norm(xmid)
+  w.dxmid.assign(dxout, dxout + T * C);
+  zero(w.dact, T * F);
+  lin(BlockLinear::Down, w.dact.data(), dxout, b.act.data());
+  zero(w.dgate, T * F);
+  zero(w.dup, T * F);
+  swiglu_backward(w.dgate.data(), w.dup.data(), w.dact.data(), b.gate.data(), b.up.data(), T * F);
+  zero(w.dh, T * C);
+  lin(BlockLinear::Gate, w.dh.data(), w.dgate.data(), b.h2.data());
+  lin(BlockLinear::Up, w.dh.data(), w.dup.data(), b.h2.data());
+  rmsnorm_backward(w.dxmid.data(), nullptr, w.dh.data(), b.xmid.data(), L.post_norm.data(), b.rstd2.data(), T, C);
+  // attention: xmid = xin + o(atto), atto = attn(rope(q(h1)), rope(k(h1)), v(h1)), h1 = norm(xin)
+  zero(w.datto, T * QD);
+  lin(BlockLinear::O, w.datto.data(), w.dxmid.data(), b.atto.data());
+  zero(w.dq, T * QD);
+  zero(w.dk, T * KVD);
+  zero(w.dv, T * KVD);
+  if (static_cast<int64_t>(w.datt.size()) < NH * T * T) w.datt.resize(static_cast<size_t>(NH * T * T));
+  attention_backward(w.dq.data(), w.dk.data(), w.dv.data(), w.datt.data(), w.datto.data(), b.q.data(),
+                     b.k.data(), b.v.data(), b.att.data(), T, T, 0, NH, NKV, HS);
+  rope_backward(w.dq.data(), w.cos.data(), w.sin.data(), T, NH, HS);
+  rope_backward(w.dk.data(), w.cos.data(), w.sin.data(), T, NKV, HS);
+  zero(w.dh, T * C);
+  lin(BlockLinear::Q, w.dh.data(), w.dq.data(), b.h1.data());
+  lin(BlockLinear::K, w.dh.data(), w.dk.data(), b.h1.data());
+  lin(BlockLinear::V, w.dh.data(), w.dv.data(), b.h1.data());
+  // dxin = dxmid + norm backward (dxmid is a separate buffer, so dxin may alias dxout)
+  std::copy_n(w.dxmid.data(), T * C, dxin);
+  rmsnorm_backward(dxin, nullptr, w.dh.data(), xin, L.input_norm.data(), b.rstd1.data(), T, C);
+}
+
+// Embedding, all blocks (caching per `keep_all`), final norm and logits.
+void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const int> inputs, bool keep_all,
+                   bool training, LoraRng* rng) {
+  const Model& m = lm.model();
+  const ModelSpec& s = m.spec();
+  const int64_t T = static_cast<int64_t>(inputs.size());
+  const int64_t C = s.hidden, NL = s.n_layers, V = s.vocab;
+  w.T = T;
+  w.xs.resize(static_cast<size_t>((NL + 1) * T * C));
+  w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
+  for (Block& b : w.blocks) b.resize(s, T);
+  w.pos.resize(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) w.pos[static_cast<size_t>(t)] = static_cast<int32_t>(t);
+  w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
+  w.sin.resize(w.cos.size());
+  rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta);
+  w.rng_at_block.clear();
+  embedding_forward(w.xs.data(), inputs.data(), T, m.embed_tokens());
+  for (int64_t l = 0; l < NL; ++l) {
+    if (rng) w.rng_at_block.push_back(*rng);
+    Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
+    block_forward(w.xs.data() + (l + 1) * T * C, b, lm, l, w.xs.data() + l * T * C, T, w.cos.data(), w.sin.data(),
+                  training, rng);
+  }
+  w.hf.resize(static_cast<size_t>(T * C));
+  w.rstdf.resize(static_cast<size_t>(T));
+  w.logits.resize(static_cast<size_t>(T * V));
+  rmsnorm_forward(w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), T, C, s.norm_eps,
+                  m.compute_dtype());
+  m.lm_head().matmul(w.logits.data(), w.hf.data(), T);
+  round_activations(w.logits.data(), T * V, m.compute_dtype());
+}
+
+}  // namespace
+
+float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs,
+                   std::span<const int> targets) {
+  check_sequence(lm.model().spec(), inputs, targets);
+  TrainWorkspace::Impl& w = *ws.impl_;
+  model_forward(w, lm, inputs, /*keep_all=*/false, /*training=*/false, nullptr);
+  return cross_entropy_forward_backward(nullptr, w.logits.data(), w.logits.data(), targets.data(), w.T,
+                                        lm.model().spec().vocab);
+}
+
+float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs, std::span<const int> targets,
+                       const TrainStepOptions& opt, LoraRng* rng) {
+  const Model& m = lm.model();
+  const ModelSpec& s = m.spec();
+  check_sequence(s, inputs, targets);
+  TrainWorkspace::Impl& w = *ws.impl_;
+  const bool training = opt.training;
+  LoraRng* frng = training ? rng : nullptr;
+  model_forward(w, lm, inputs, !opt.checkpointing, training, frng);
+  const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers;
+
+  // loss and dlogits (in place)
+  float* dlogits = w.logits.data();
+  const float loss = cross_entropy_forward_backward(nullptr, dlogits, w.logits.data(), targets.data(), T, V);
+  if (opt.grad_scale != 1.f)
+    for (int64_t i = 0; i < T * V; ++i) dlogits[i] *= opt.grad_scale;
+
+  // lm_head (frozen, dense): dhf (T, C) = dlogits · W, a tile of vocabulary rows at a time
+  w.dhf.assign(static_cast<size_t>(T * C), 0.f);
+  const DenseWeight& head = m.lm_head();
+  if (head.dtype() == ComputeDType::F32) {
+    matmul_backward_input(w.dhf.data(), dlogits, head.f32_data(), T, C, V);
+  } else {
+    const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / C, 16, V);
+    if (static_cast<int64_t>(w.tile.size()) < rows * C) w.tile.resize(static_cast<size_t>(rows * C));
+    for (int64_t v0 = 0; v0 < V; v0 += rows) {
+      const int64_t v1 = std::min(V, v0 + rows);
+      head.rows_to_f32(v0, v1, w.tile.data());
+      matmul_backward_input(w.dhf.data(), dlogits + v0, w.tile.data(), T, C, v1 - v0, V);
+    }
+  }
+  w.dx.assign(static_cast<size_t>(T * C), 0.f);
+  rmsnorm_backward(w.dx.data(), nullptr, w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
+                   w.rstdf.data(), T, C);
+
+  // blocks, last to first
+  std::vector<float> recompute_out;
+  if (opt.checkpointing) recompute_out.resize(static_cast<size_t>(T * C));
+  for (int64_t l = NL - 1; l >= 0; --l) {
+    const float* xin = w.xs.data() + l * T * C;
+    Block* b;
+    if (opt.checkpointing) {
+      b = &w.blocks[0];
+      LoraRng r = frng ? w.rng_at_block[static_cast<size_t>(l)] : LoraRng(0);
+      block_forward(recompute_out.data(), *b, lm, l, xin, T, w.cos.data(), w.sin.data(), training,
+                    frng ? &r : nullptr);
+    } else {
+      b = &w.blocks[static_cast<size_t>(l)];
+    }
+    block_backward(w.dx.data(), w, *b, lm, l, w.dx.data(), xin, T);
+  }
+  return loss;
+}
+
+}  // namespace qlora

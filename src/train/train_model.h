@@ -1,0 +1,94 @@
+#pragma once
+// Training forward and backward of a whole llama-family Model with LoRA adapters on
+// chosen Linear layers (QLoRA): the base weights stay frozen (4-bit or dense); the input
+// gradient dX flows through them (dequantized a tile of rows at a time), and only the
+// LoRA A/B matrices receive weight gradients.
+//
+// Block by block, llm.c style: the forward of a block caches what its backward needs
+// (rmsnorm rstd, q/k/v, attention probabilities, MLP activations, LoRA caches). With
+// gradient checkpointing only the block inputs are kept; the backward recomputes each
+// block from its input (restoring the dropout generator so the masks are identical)
+// and then runs its backward, so activation memory is O(layers · T · C) + one block.
+//
+// Thread-safety: a LoraModel is mutated by forward_backward (gradients); one call at a time.
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "lora/lora.h"
+#include "model/model.h"
+
+namespace qlora {
+
+// The seven Linear layers of a llama block, in module order.
+enum class BlockLinear : int { Q = 0, K, V, O, Gate, Up, Down };
+inline constexpr int kBlockLinears = 7;
+// "model.layers.<l>.self_attn.q_proj", ..., "model.layers.<l>.mlp.down_proj".
+std::string block_linear_path(int64_t layer, BlockLinear which);
+const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which);
+
+// The LoRA adapters attached to a Model (which is borrowed, never modified).
+class LoraModel {
+ public:
+  // One LoraLayer per Linear that cfg.targets(); A kaiming-uniform from cfg.seed (each
+  // layer its own derived seed), B zero. Throws Error when cfg is invalid or targets
+  // no Linear of the model.
+  LoraModel(const Model& model, const LoraConfig& cfg);
+
+  const Model& model() const { return *model_; }
+  const LoraConfig& config() const { return cfg_; }
+  std::vector<LoraLayer>& layers() { return layers_; }
+  const std::vector<LoraLayer>& layers() const { return layers_; }
+  // The adapter of block `l`'s Linear `which`, or null when it has none.
+  LoraLayer* find(int64_t l, BlockLinear which);
+  const LoraLayer* find(int64_t l, BlockLinear which) const;
+  void zero_grad();
+  int64_t num_trainable() const;
+
+ private:
+  const Model* model_;
+  LoraConfig cfg_;
+  std::vector<LoraLayer> layers_;
+  std::vector<std::array<int, kBlockLinears>> index_;  // per block: index into layers_ or -1
+};
+
+struct TrainStepOptions {
+  bool checkpointing = true;  // keep only block inputs, recompute each block in backward
+  bool training = true;       // LoRA dropout active (REQUIRES rng when dropout > 0)
+  // dlogits are multiplied by this before the backward (1 / number of micro-batches
+  // for gradient accumulation).
+  float grad_scale = 1.f;
+};
+
+// Scratch and caches of forward_backward, reusable across calls (grown on demand).
+class TrainWorkspace {
+ public:
+  struct Block;  // opaque: caches of one block
+  struct Impl;   // opaque: all buffers
+  TrainWorkspace();
+  ~TrainWorkspace();
+  TrainWorkspace(TrainWorkspace&&) noexcept;
+  TrainWorkspace& operator=(TrainWorkspace&&) noexcept;
+
+ private:
+  friend float forward_backward(LoraModel&, TrainWorkspace&, std::span<const int>, std::span<const int>,
+                                const TrainStepOptions&, LoraRng*);
+  friend float forward_loss(const LoraModel&, TrainWorkspace&, std::span<const int>, std::span<const int>);
+  std::unique_ptr<Impl> impl_;
+};
+
+// One sequence: inputs (T) at positions 0..T-1, targets (T) (-100 = ignored).
+// Returns the mean cross-entropy loss over non-ignored targets and ACCUMULATES
+// grad_scale · d loss / d (A, B) into every LoRA layer's dA/dB (call zero_grad first).
+// Throws Error when T exceeds the model's context or sizes differ.
+float forward_backward(LoraModel& lora, TrainWorkspace& ws, std::span<const int> inputs,
+                       std::span<const int> targets, const TrainStepOptions& opt, LoraRng* rng);
+
+// The same loss without dropout and without any backward (evaluation, finite differences).
+float forward_loss(const LoraModel& lora, TrainWorkspace& ws, std::span<const int> inputs,
+                   std::span<const int> targets);
+
+}  // namespace qlora

@@ -1,0 +1,295 @@
+// QLoRA training end to end on stories260K (llama2.c, 5 layers, hidden 64, vocab 512):
+//  (1) whole-model LoRA gradients (r = 2 on all-linear, B random so A gets gradients too)
+//      against central finite differences of the loss, dense and NF4 base weights, and
+//      gradient checkpointing giving bit-identical gradients;
+//  (2) a 30-step training run on a tinyshakespeare slice lowers the loss clearly;
+//  (3) the saved adapter has PEFT's files and keys, and `qlora train` works.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/model_loader.h"
+#include "formats/tokenizer.h"
+#include "lora/peft_adapter.h"
+#include "model/model.h"
+#include "model/model_test_util.h"
+#include "train/text_dataset.h"
+#include "train/train_model.h"
+#include "train/trainer.h"
+
+using namespace qlora;
+using namespace qlora::test;
+
+namespace {
+
+struct Loaded {
+  ModelFiles files;
+  Model model;
+};
+
+Loaded load(bool nf4) {
+  ModelFiles f = open_model_files(stories_bin());
+  ModelLoadOptions o;
+  o.quant.quantize = nf4;
+  o.quant.double_quant = nf4;
+  Model m = Model::load(f.spec, *f.tensors, o);
+  return {std::move(f), std::move(m)};
+}
+
+LoraConfig grad_check_config() {
+  LoraConfig c;
+  c.r = 2;
+  c.alpha = 4.0;  // scaling 2
+  c.dropout = 0.0;
+  c.all_linear = true;
+  c.seed = 7;
+  return c;
+}
+
+// All gradients of all LoRA layers, concatenated.
+std::vector<float> all_grads(const LoraModel& lm) {
+  std::vector<float> g;
+  for (const LoraLayer& l : lm.layers()) {
+    g.insert(g.end(), l.dA.begin(), l.dA.end());
+    g.insert(g.end(), l.dB.begin(), l.dB.end());
+  }
+  return g;
+}
+
+void gradient_check(bool nf4) {
+  Loaded L = load(nf4);
+  LoraModel lm(L.model, grad_check_config());
+  ASSERT_EQ(lm.layers().size(), 35u);  // 5 blocks x 7 Linear layers
+  LoraRng brng(123);
+  for (LoraLayer& l : lm.layers())
+    for (float& b : l.B) b = 0.05f * (2.f * brng.next_float() - 1.f);
+
+  const auto ids = L.files.tokenizer->encode("The purple whale sang loudly in the library of clouds.");
+  ASSERT_GE(ids.size(), 9u);
+  const std::vector<int> inputs(ids.begin(), ids.begin() + 8), targets(ids.begin() + 1, ids.begin() + 9);
+
+  TrainWorkspace ws;
+  TrainStepOptions opt;
+  opt.training = false;
+  opt.checkpointing = true;
+  lm.zero_grad();
+  const float loss_ckpt = forward_backward(lm, ws, inputs, targets, opt, nullptr);
+  const std::vector<float> g_ckpt = all_grads(lm);
+  opt.checkpointing = false;
+  lm.zero_grad();
+  const float loss_full = forward_backward(lm, ws, inputs, targets, opt, nullptr);
+  const std::vector<float> g_full = all_grads(lm);
+  EXPECT_EQ(loss_ckpt, loss_full);
+  ASSERT_EQ(g_ckpt.size(), g_full.size());
+  EXPECT_EQ(0, std::memcmp(g_ckpt.data(), g_full.data(), g_ckpt.size() * sizeof(float)))
+      << "checkpointing changed the gradients";
+  EXPECT_EQ(loss_full, forward_loss(lm, ws, inputs, targets));
+
+  // Central differences in float32, h = 1e-2. Two error sources: (a) the float32 loss
+  // (~2.7 here) carries rounding noise of ~1e-6 from a few hundred accumulated ops, which
+  // becomes ~1e-4 on a difference quotient (measured: with h = 3e-3 small entries err by
+  // up to 1.8e-4, so noise dominates there); (b) truncation, h²/6·f''', which measured at
+  // ~0.1-0.3% of the largest gradients (~1). Hence |fd - analytic| <= 2e-4 + 2% |analytic|.
+  const float h = 1e-2f;
+  auto fd = [&](float& p) {
+    const float saved = p;
+    p = saved + h;
+    const double lp = forward_loss(lm, ws, inputs, targets);
+    p = saved - h;
+    const double lm_ = forward_loss(lm, ws, inputs, targets);
+    p = saved;
+    return (lp - lm_) / (2.0 * h);
+  };
+  double max_abs_err = 0, max_grad = 0, max_rel_top = 0;
+  int checked = 0;
+  LoraRng pick(99);
+  for (LoraLayer& l : lm.layers()) {
+    for (int which = 0; which < 2; ++which) {
+      std::vector<float>& P = which == 0 ? l.A : l.B;
+      const std::vector<float>& G = which == 0 ? l.dA : l.dB;
+      const size_t imax = static_cast<size_t>(std::max_element(G.begin(), G.end(), [](float a, float b) {
+                            return std::fabs(a) < std::fabs(b);
+                          }) - G.begin());
+      const size_t irand = static_cast<size_t>(pick.next_u64() % G.size());
+      for (size_t i : {imax, irand}) {
+        const double num = fd(P[i]);
+        const double err = std::fabs(num - G[i]);
+        max_abs_err = std::max(max_abs_err, err);
+        max_grad = std::max(max_grad, std::fabs(double(G[i])));
+        if (i == imax) max_rel_top = std::max(max_rel_top, err / std::fabs(double(G[i])));
+        EXPECT_LE(err, 2e-4 + 0.02 * std::fabs(G[i]))
+            << l.module_path << (which == 0 ? ".A[" : ".B[") << i << "] analytic " << G[i] << " numeric " << num;
+        ++checked;
+      }
+    }
+  }
+  // Directional derivative per layer along its own gradient: d/de L(θ + e·g/|g|) = |g|.
+  double max_rel_dir = 0;
+  for (LoraLayer& l : lm.layers()) {
+    double n2 = 0;
+    for (float g : l.dA) n2 += double(g) * g;
+    for (float g : l.dB) n2 += double(g) * g;
+    const double norm = std::sqrt(n2);
+    ASSERT_GT(norm, 0) << l.module_path << ": no gradient";
+    const std::vector<float> A0 = l.A, B0 = l.B;
+    auto shift = [&](double e) {
+      for (size_t i = 0; i < A0.size(); ++i) l.A[i] = static_cast<float>(A0[i] + e * l.dA[i] / norm);
+      for (size_t i = 0; i < B0.size(); ++i) l.B[i] = static_cast<float>(B0[i] + e * l.dB[i] / norm);
+      return static_cast<double>(forward_loss(lm, ws, inputs, targets));
+    };
+    const double num = (shift(h) - shift(-h)) / (2.0 * h);
+    l.A = A0;
+    l.B = B0;
+    max_rel_dir = std::max(max_rel_dir, std::fabs(num - norm) / norm);
+    EXPECT_LE(std::fabs(num - norm), 2e-4 + 0.02 * norm) << l.module_path << " |g| " << norm << " numeric " << num;
+  }
+  // With dropout, the recomputed blocks must draw the same masks as the first forward.
+  for (LoraLayer& l : lm.layers()) l.dropout = 0.1f;
+  TrainStepOptions dopt;
+  dopt.training = true;
+  std::vector<float> g_drop[2];
+  float loss_drop[2];
+  for (int ck = 0; ck < 2; ++ck) {
+    dopt.checkpointing = ck == 1;
+    LoraRng rng(5);
+    lm.zero_grad();
+    loss_drop[ck] = forward_backward(lm, ws, inputs, targets, dopt, &rng);
+    g_drop[ck] = all_grads(lm);
+  }
+  EXPECT_EQ(loss_drop[0], loss_drop[1]);
+  EXPECT_NE(loss_drop[0], loss_full);  // dropout changed something
+  EXPECT_EQ(0, std::memcmp(g_drop[0].data(), g_drop[1].data(), g_drop[0].size() * sizeof(float)))
+      << "checkpointing with dropout changed the gradients";
+  EXPECT_THROW(forward_backward(lm, ws, inputs, targets, dopt, nullptr), std::exception);  // dropout needs an rng
+
+  std::printf("[%s] loss %.6f, %d entries checked: max |fd - analytic| %.3g (max |grad| %.3g), "
+              "max rel err on each tensor's largest entry %.3g; directional max rel err %.3g\n",
+              nf4 ? "nf4+dq" : "dense", loss_full, checked, max_abs_err, max_grad, max_rel_top, max_rel_dir);
+}
+
+}  // namespace
+
+TEST(TrainModel, GradientCheckDense) { gradient_check(false); }
+TEST(TrainModel, GradientCheckNF4) { gradient_check(true); }
+
+TEST(TextDataset, JsonlRecordsAndChunks) {
+  Loaded L = load(false);
+  TempDir tmp("ds");
+  write_file(tmp.path("d.jsonl"), "{\"text\": \"Once upon a time\"}\n\n{\"text\": \"there was a cat.\"}\n");
+  const TextDataset d = TextDataset::from_file(tmp.path("d.jsonl"), *L.files.tokenizer, 4);
+  EXPECT_EQ(d.num_documents(), 2);
+  ASSERT_GE(d.num_chunks(), 1);
+  for (int64_t i = 0; i < d.num_chunks(); ++i) {
+    ASSERT_EQ(d.chunk_len(i), 4);
+    EXPECT_TRUE(std::equal(d.inputs(i).begin() + 1, d.inputs(i).end(), d.targets(i).begin()));
+  }
+  write_file(tmp.path("bad.jsonl"), "{\"txt\": 1}\n");
+  EXPECT_THROW(TextDataset::from_file(tmp.path("bad.jsonl"), *L.files.tokenizer, 4), std::exception);
+}
+
+TEST(Trainer, ShortRunLowersLossAndSavesPeftAdapter) {
+  Loaded L = load(true);  // NF4 + double quant: real QLoRA
+  TempDir tmp("train");
+  std::ifstream f(data_dir() + "/text/tinyshakespeare.txt", std::ios::binary);
+  std::string text(20000, '\0');
+  f.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(f.gcount()));
+  write_file(tmp.path("shakespeare.txt"), text);
+  const TextDataset data = TextDataset::from_file(tmp.path("shakespeare.txt"), *L.files.tokenizer, 64);
+  ASSERT_GE(data.num_chunks(), 16);
+
+  LoraConfig c;
+  c.r = 8;
+  c.alpha = 16;
+  c.dropout = 0.05;
+  c.all_linear = true;
+  c.seed = 1;
+  LoraModel lm(L.model, c);
+  TrainWorkspace ws;
+  auto eval = [&] {
+    double s = 0;
+    for (int64_t i = 0; i < 16; ++i) s += forward_loss(lm, ws, data.inputs(i), data.targets(i));
+    return s / 16;
+  };
+  const double before = eval();
+
+  TrainerOptions t;
+  t.out_dir = tmp.path("adapter");
+  t.base_model_name = "stories260K";
+  t.max_steps = 30;
+  t.batch_size = 4;
+  t.adamw.lr = 1e-2;
+  t.progress = false;
+  const TrainResult r = train(lm, data, t);
+  const double after = eval();
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) first += r.steps[i].loss / 5.0, last += r.steps[25 + i].loss / 5.0;
+  std::printf("eval loss (16 chunks x 64) before %.4f after %.4f; train loss first-5 %.4f last-5 %.4f; "
+              "%.0f tokens/s (%lld tokens in %.2f s)\n",
+              before, after, first, last, r.tokens_per_s(), static_cast<long long>(r.tokens), r.seconds);
+  ASSERT_EQ(r.steps.size(), 30u);
+  EXPECT_LT(after, before - 0.3);
+  EXPECT_LT(last, first - 0.3);
+  EXPECT_EQ(r.steps[0].lr, 0.0);  // warmup: ceil(0.03 * 30) = 1 step at lr 0
+  EXPECT_DOUBLE_EQ(r.steps[1].lr, 1e-2);
+
+  // metrics: one JSON line per step
+  std::ifstream m(t.out_dir + "/metrics.jsonl");
+  std::string line;
+  int n = 0;
+  while (std::getline(m, line)) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j.at("step").get<int>(), ++n);
+    EXPECT_TRUE(j.contains("loss") && j.contains("lr") && j.contains("grad_norm") && j.contains("tokens_per_s"));
+  }
+  EXPECT_EQ(n, 30);
+
+  // PEFT adapter: both files, the config, every key, the trained values.
+  ASSERT_TRUE(std::filesystem::exists(t.out_dir + "/adapter_config.json"));
+  ASSERT_TRUE(std::filesystem::exists(t.out_dir + "/adapter_model.safetensors"));
+  const auto cfg = nlohmann::json::parse(read_file(t.out_dir + "/adapter_config.json"));
+  EXPECT_EQ(cfg.at("peft_type"), "LORA");
+  EXPECT_EQ(cfg.at("task_type"), "CAUSAL_LM");
+  EXPECT_EQ(cfg.at("r"), 8);
+  EXPECT_EQ(cfg.at("lora_alpha"), 16);
+  EXPECT_EQ(cfg.at("base_model_name_or_path"), "stories260K");
+  const PeftAdapter a = load_peft_adapter(t.out_dir);
+  ASSERT_EQ(a.modules.size(), 35u);
+  for (const LoraLayer& l : lm.layers()) {
+    auto it = a.modules.find(l.module_path);
+    ASSERT_NE(it, a.modules.end()) << l.module_path;
+    EXPECT_EQ(it->second.A, l.A) << l.module_path;
+    EXPECT_EQ(it->second.B, l.B) << l.module_path;
+  }
+  EXPECT_TRUE(a.modules.count("model.layers.0.self_attn.q_proj"));
+  EXPECT_TRUE(a.modules.count("model.layers.4.mlp.down_proj"));
+  EXPECT_EQ(peft_lora_key("model.layers.0.self_attn.q_proj", 'A'),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+}
+
+TEST(Cli, TrainWritesAdapter) {
+  TempDir tmp("cli_train");
+  write_file(tmp.path("d.jsonl"),
+             "{\"text\": \"Once upon a time, there was a little dog. The dog liked to run in the park.\"}\n"
+             "{\"text\": \"Tom had a red ball. He threw the ball and the dog ran after it.\"}\n");
+  const CliResult r = run_cli({"train", "--model", stories_bin(), "--data", tmp.path("d.jsonl"), "--out",
+                               tmp.path("out"), "--quant", "nf4", "--double-quant", "--lora-r", "4",
+                               "--target", "q_proj,v_proj", "--max-steps", "3", "--seq-len", "16", "--batch-size",
+                               "2", "--grad-accum", "2", "--lr", "1e-3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("trained 3 steps"), std::string::npos) << r.err;
+  const PeftAdapter a = load_peft_adapter(tmp.path("out"));
+  EXPECT_EQ(a.modules.size(), 10u);  // q_proj and v_proj of 5 blocks
+  EXPECT_EQ(a.config.r, 4);
+  EXPECT_TRUE(std::filesystem::exists(tmp.path("out/metrics.jsonl")));
+  const CliResult bad = run_cli({"train", "--model", stories_bin(), "--data", tmp.path("missing.txt"), "--out",
+                                 tmp.path("out2")});
+  EXPECT_NE(bad.exit_code, 0);
+}

@@ -1,10 +1,16 @@
 // `qlora generate`: load a model (quantizing it to 4-bit on the way in unless --quant none)
 // and continue a prompt, streaming the text to stdout; statistics go to stderr.
+// --adapter DIR applies a PEFT LoRA adapter (as `qlora train` or PEFT save_pretrained
+// writes it) on top of the frozen weights, unmerged, as PEFT does in eval mode.
 #include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/dtype.h"
@@ -13,14 +19,16 @@
 #include "cli/command.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
+#include "lora/peft_adapter.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "quant/blockwise.h"
+#include "train/train_model.h"
 
 namespace {
 
 struct Options {
-  std::string model, tokenizer, prompt;
+  std::string model, tokenizer, prompt, adapter;
   int64_t n = 128;
   float temperature = 0.8f, top_p = 0.95f, repetition_penalty = 1.0f;
   int top_k = 40;
@@ -56,6 +64,59 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
+// A PEFT adapter loaded and checked against `model`, in the form forward() uses.
+struct LoadedAdapter {
+  std::unique_ptr<qlora::LoraModel> lora;  // owns the LoraLayers
+  qlora::InferenceAdapter inference;        // points into lora
+};
+
+// Reads the adapter in `dir` and checks it against the model: every module it holds must
+// be one of the model's block Linears with the same shape, and every Linear its config
+// targets must have weights (errors name adapter_config.json or adapter_model.safetensors).
+LoadedAdapter load_adapter(const std::string& dir, const qlora::Model& model) {
+  namespace fs = std::filesystem;
+  const std::string cpath = (fs::path(dir) / qlora::kPeftConfigFile).string();
+  const std::string wpath = (fs::path(dir) / qlora::kPeftWeightsFile).string();
+  qlora::check(fs::is_directory(dir), dir, "--adapter: not a directory");
+  const qlora::PeftAdapter a = qlora::load_peft_adapter(dir);
+
+  // module path -> (layer, which) for every Linear the model has.
+  const int64_t NL = model.spec().n_layers;
+  std::map<std::string, std::pair<int64_t, int>> linears;
+  for (int64_t l = 0; l < NL; ++l)
+    for (int w = 0; w < qlora::kBlockLinears; ++w)
+      linears[qlora::block_linear_path(l, static_cast<qlora::BlockLinear>(w))] = {l, w};
+  for (const auto& [path, m] : a.modules) {
+    auto it = linears.find(path);
+    qlora::check(it != linears.end(), wpath,
+                 "key '" + qlora::peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
+                     std::to_string(NL) + " layers; LoRA is supported on the q/k/v/o/gate/up/down projections)");
+    const qlora::QuantLinear& q = model.block_linear(it->second.first, it->second.second);
+    qlora::check(m.in == q.in_features(), wpath,
+                 "key '" + qlora::peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +
+                     std::to_string(m.in) + ") but the model's '" + path + "' has in_features " +
+                     std::to_string(q.in_features()) + " (an adapter for a different model?)");
+    qlora::check(m.out == q.out_features(), wpath,
+                 "key '" + qlora::peft_lora_key(path, 'B') + "' has shape (" + std::to_string(m.out) + ", " +
+                     std::to_string(m.r) + ") but the model's '" + path + "' has out_features " +
+                     std::to_string(q.out_features()) + " (an adapter for a different model?)");
+  }
+
+  LoadedAdapter out;
+  try {
+    out.lora = std::make_unique<qlora::LoraModel>(model, a.config);
+  } catch (const qlora::Error& e) {
+    qlora::fail(cpath, e.what());
+  }
+  a.apply_to(out.lora->layers());  // every targeted Linear has weights of rank r, nothing extra
+  out.inference.blocks.resize(static_cast<size_t>(NL));
+  for (int64_t l = 0; l < NL; ++l)
+    for (int w = 0; w < qlora::kBlockLinears; ++w)
+      out.inference.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] =
+          out.lora->find(l, static_cast<qlora::BlockLinear>(w));
+  return out;
+}
+
 double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -85,13 +146,24 @@ int run(const Options& o, CLI::App& app) {
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
-  const qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
+  qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();  // unmap the source: the model holds its own weights now
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   if (!o.quiet)
     std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n", load_s,
                  o.quant == "none" ? "dense" : (o.quant + (o.double_quant ? "+dq" : "")).c_str(),
                  o.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
+  LoadedAdapter adapter;
+  if (!o.adapter.empty()) {
+    adapter = load_adapter(o.adapter, model);
+    model.set_adapter(&adapter.inference);
+    if (!o.quiet) {
+      const qlora::LoraConfig& lc = adapter.lora->config();
+      std::fprintf(stderr, "adapter: %s: LoRA r %d, alpha %g (scaling %g), %zu modules, %lld parameters\n",
+                   o.adapter.c_str(), lc.r, lc.alpha, lc.scaling(), adapter.lora->layers().size(),
+                   static_cast<long long>(adapter.lora->num_trainable()));
+    }
+  }
 
   // Sampling: generation_config.json's values unless given on the command line.
   qlora::GenerationOptions gen;
@@ -140,6 +212,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--model,-m", o->model, "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin")
           ->required();
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer (directory, tokenizer.json, llama2.c .bin, .gguf)");
+      app.add_option("--adapter", o->adapter,
+                     "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
+                     "`qlora train`), applied unmerged");
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")
           ->check(CLI::NonNegativeNumber)

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "lora/lora.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -101,6 +102,44 @@ size_t Model::weight_bytes() const {
   return b;
 }
 
+const QuantLinear& Model::block_linear(int64_t layer, int which) const {
+  const LayerWeights& L = layers_.at(static_cast<size_t>(layer));
+  switch (which) {
+    case 0: return L.q_proj;
+    case 1: return L.k_proj;
+    case 2: return L.v_proj;
+    case 3: return L.o_proj;
+    case 4: return L.gate_proj;
+    case 5: return L.up_proj;
+    case 6: return L.down_proj;
+  }
+  fail("Model::block_linear", "no Linear " + std::to_string(which) + " in a block");
+}
+
+void Model::set_adapter(const InferenceAdapter* a) {
+  if (a) {
+    check(static_cast<int64_t>(a->blocks.size()) == spec_.n_layers, "LoRA adapter",
+          "has " + std::to_string(a->blocks.size()) + " blocks, the model has " + std::to_string(spec_.n_layers) +
+              " layers");
+    for (int64_t l = 0; l < spec_.n_layers; ++l) {
+      for (int w = 0; w < InferenceAdapter::kLinears; ++w) {
+        const LoraLayer* lo = a->get(l, w);
+        if (!lo) continue;
+        const QuantLinear& q = block_linear(l, w);
+        const std::string where = "LoRA adapter module '" + lo->module_path + "'";
+        check(lo->in == q.in_features() && lo->out == q.out_features(), where,
+              "shape (out " + std::to_string(lo->out) + ", in " + std::to_string(lo->in) +
+                  ") but the model's Linear is (out " + std::to_string(q.out_features()) + ", in " +
+                  std::to_string(q.in_features()) + ")");
+        check(lo->r >= 1 && lo->A.size() == static_cast<size_t>(lo->r * lo->in) &&
+                  lo->B.size() == static_cast<size_t>(lo->out * lo->r),
+              where, "A/B do not hold (r, in) / (out, r) values");
+      }
+    }
+  }
+  adapter_ = a;
+}
+
 // ---- inference -------------------------------------------------------------------------
 
 InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity)
@@ -123,6 +162,20 @@ void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
   pos_.resize(n(1));
   scratch_T_ = T;
 }
+
+namespace {
+
+// y (T, out) = W x (+ bias), then + scaling · B (A x) when the adapter has this Linear.
+inline void linear(float* y, const QuantLinear& W, const InferenceAdapter* ad, int64_t l, int which, const float* x,
+                   int64_t T) {
+  W.forward(y, x, T);
+  if (ad) {
+    if (const LoraLayer* lo = ad->get(l, which))
+      lora_forward(y, nullptr, *lo, x, T, /*training=*/false, nullptr);
+  }
+}
+
+}  // namespace
 
 void forward(const Model& model, InferenceState& st, std::span<const int> tokens, float* logits, bool all_logits) {
   const ModelSpec& s = model.spec();
@@ -153,13 +206,14 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta);
 
+  const InferenceAdapter* ad = model.adapter();
   for (int64_t l = 0; l < s.n_layers; ++l) {
     const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
     // --- attention ---
     rmsnorm_forward(h, nullptr, x, L.input_norm.data(), T, C, s.norm_eps, dt);
-    L.q_proj.forward(q, h, T);
-    L.k_proj.forward(k, h, T);
-    L.v_proj.forward(v, h, T);
+    linear(q, L.q_proj, ad, l, 0, h, T);
+    linear(k, L.k_proj, ad, l, 1, h, T);
+    linear(v, L.v_proj, ad, l, 2, h, T);
     rope_forward(q, st.cos_.data(), st.sin_.data(), T, NH, HS);
     rope_forward(k, st.cos_.data(), st.sin_.data(), T, NKV, HS);
     round_activations(q, T * QD, dt);
@@ -170,16 +224,16 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     std::copy_n(v, T * KVD, vc + pos0 * KVD);
     attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS);
     round_activations(att, T * QD, dt);
-    L.o_proj.forward(o, att, T);
+    linear(o, L.o_proj, ad, l, 3, att, T);
     residual_forward(x, x, o, T * C);
     round_activations(x, T * C, dt);
     // --- MLP ---
     rmsnorm_forward(h, nullptr, x, L.post_norm.data(), T, C, s.norm_eps, dt);
-    L.gate_proj.forward(gate, h, T);
-    L.up_proj.forward(up, h, T);
+    linear(gate, L.gate_proj, ad, l, 4, h, T);
+    linear(up, L.up_proj, ad, l, 5, h, T);
     swiglu_forward(gate, gate, up, T * F);
     round_activations(gate, T * F, dt);
-    L.down_proj.forward(o, gate, T);
+    linear(o, L.down_proj, ad, l, 6, gate, T);
     residual_forward(x, x, o, T * C);
     round_activations(x, T * C, dt);
   }

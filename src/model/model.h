@@ -8,7 +8,9 @@
 // Ownership: a Model owns its weights and is immutable after load; forward() takes the
 // per-sequence state (KV cache and scratch buffers) separately, so one Model can serve
 // several sequences (one InferenceState each; forward calls on distinct states may run
-// concurrently, although each already uses all threads).
+// concurrently, although each already uses all threads). The one thing that can be set
+// after load is a borrowed LoRA adapter (set_adapter) that forward() applies unmerged.
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -28,6 +30,25 @@ struct LayerWeights {
   std::vector<float> post_norm;   // (C) post_attention_layernorm
   QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
   QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
+};
+
+struct LoraLayer;  // lora/lora.h
+
+// LoRA adapters applied by the inference forward without merging them into the weights,
+// as PEFT's LoraModel in eval mode computes them (no dropout): right after block l's
+// Linear `which` (its bias included),
+//   y += scaling · B (A x)
+// with `which` in module order 0..6 = q, k, v, o, gate, up, down (train/train_model.h's
+// BlockLinear). The LoraLayers are borrowed (e.g. from a LoraModel) and must outlive
+// every forward that uses them; a null pointer means that Linear has no adapter.
+// Only forward() below uses it; the training path (train/train_model.h) takes its LoRA
+// layers from its LoraModel.
+struct InferenceAdapter {
+  static constexpr int kLinears = 7;
+  std::vector<std::array<const LoraLayer*, kLinears>> blocks;  // (n_layers)
+  const LoraLayer* get(int64_t layer, int which) const {
+    return blocks[static_cast<size_t>(layer)][static_cast<size_t>(which)];
+  }
 };
 
 struct ModelLoadOptions {
@@ -56,6 +77,15 @@ class Model {
   std::vector<LayerWeights>& mutable_layers() { return layers_; }
   // Bytes of all weights held (4-bit codes and constants, dense tensors).
   size_t weight_bytes() const;
+  // The block Linear `which` (0..6: q, k, v, o, gate, up, down) of layer l.
+  const QuantLinear& block_linear(int64_t layer, int which) const;
+
+  // Attaches (or with nullptr detaches) a LoRA adapter that every later forward() adds
+  // after its Linear layers. Borrowed. Throws Error when it does not fit the model: a
+  // block count other than n_layers, or a LoraLayer whose in/out differ from its
+  // Linear's (naming the layer's module path), or r < 1 / A, B of the wrong size.
+  void set_adapter(const InferenceAdapter* adapter);
+  const InferenceAdapter* adapter() const { return adapter_; }
 
  private:
   ModelSpec spec_;
@@ -64,6 +94,7 @@ class Model {
   DenseWeight embed_, lm_head_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
+  const InferenceAdapter* adapter_ = nullptr;
 };
 
 // Per-sequence state: the KV cache and the scratch buffers of forward().

@@ -47,7 +47,8 @@ const Quant4Search& quant4_search(QuantType t);
 // v = clamp(x * (1/absmax), -1, 1) picks entry trunc(fma(65535, (v + 1) * 0.5, 0.5)) of a
 // 65536-entry table of codes. This is that table for `code256`, built exactly as the
 // reference builds it, cached per thread (rebuilt when the code changes), and followed by
-// 4 zero bytes so that 32-bit gathers from any entry stay inside it.
+// 4 zero bytes so that 32-bit gathers from any entry stay inside it. The pointer stays
+// valid until the calling thread asks for the table of a different code.
 const uint8_t* quant8_lut(const float* code256);
 
 // The scalar references (the *_ref functions of quant/blockwise.h).

@@ -42,18 +42,8 @@ const uint8_t* quant8_lut(const float* code256) {
   thread_local Cache cache;
   if (!cache.lut.empty() && std::memcmp(cache.code.data(), code256, sizeof(float) * 256) == 0)
     return cache.lut.data();
-  // The same steps, in the same float operations, as build_8bit_lut in blockwise_ref.cpp.
-  constexpr int kLut = 65536;
-  std::array<float, 255> mid{};
-  for (int j = 0; j < 255; ++j) mid[j] = (code256[j] + code256[j + 1]) * 0.5f;
-  cache.lut.assign(kLut + 4, 0);
-  int c = 0;
-  for (int i = 0; i < kLut; ++i) {
-    const float fi = static_cast<float>(i);
-    const float val = (fi + fi) / 65535.0f - 1.0f;
-    while (c < 255 && mid[c] < val) ++c;
-    cache.lut[static_cast<size_t>(i)] = static_cast<uint8_t>(c);
-  }
+  cache.lut = build_8bit_lut(code256);
+  cache.lut.resize(cache.lut.size() + 4, 0);  // room for 32-bit gathers at the last entry
   std::memcpy(cache.code.data(), code256, sizeof(float) * 256);
   return cache.lut.data();
 }

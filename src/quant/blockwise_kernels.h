@@ -9,6 +9,7 @@
 // single-threaded and bit-identical to the references. The avx2 / avx512 kernels may only
 // be called when cpu_simd_level() reports that level (they are compiled with its flags).
 #include <cstdint>
+#include <vector>
 
 #include "base/cpu_features.h"
 #include "quant/codebook.h"
@@ -50,6 +51,9 @@ const Quant4Search& quant4_search(QuantType t);
 // 4 zero bytes so that 32-bit gathers from any entry stay inside it. The pointer stays
 // valid until the calling thread asks for the table of a different code.
 const uint8_t* quant8_lut(const float* code256);
+// The 65536-entry table itself, without padding or caching (blockwise_ref.cpp: the
+// reference uses it directly, quant8_lut caches it).
+std::vector<uint8_t> build_8bit_lut(const float* code256);
 
 // The scalar references (the *_ref functions of quant/blockwise.h).
 const BlockwiseKernels& scalar_kernels();

@@ -16,6 +16,7 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "quant/blockwise.h"
+#include "quant/blockwise_kernels.h"
 
 namespace qlora {
 namespace {
@@ -73,10 +74,12 @@ inline int32_t cvtt_f32_i32(float f) {
   return static_cast<int32_t>(f);
 }
 
+}  // namespace
+
 // libbitsandbytes_cpu's 8-bit search table: entry i is the code nearest to
 // (2i)/65535 - 1, found by walking the float32 midpoints (code[j] + code[j+1]) * 0.5
 // upward (code256 is sorted ascending, as bitsandbytes requires).
-std::vector<uint8_t> build_8bit_lut(const float* code) {
+std::vector<uint8_t> kernels::build_8bit_lut(const float* code) {
   constexpr int kLut = 65536;
   std::array<float, 255> mid{};
   for (int j = 0; j < 255; ++j) mid[j] = (code[j] + code[j + 1]) * 0.5f;
@@ -90,8 +93,6 @@ std::vector<uint8_t> build_8bit_lut(const float* code) {
   }
   return lut;
 }
-
-}  // namespace
 
 void check_blocksize(int blocksize, const char* where) {
   const bool ok = blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0;
@@ -156,7 +157,7 @@ void dequantize_4bit_f16_ref(const uint8_t* packed, const float* absmax, int64_t
 void quantize_8bit_blockwise_ref(const float* x, int64_t n, int blocksize, const float* code256, uint8_t* q,
                                  float* absmax) {
   if (n <= 0) return;
-  const std::vector<uint8_t> lut = build_8bit_lut(code256);
+  const std::vector<uint8_t> lut = kernels::build_8bit_lut(code256);
   for (int64_t b0 = 0; b0 < n; b0 += blocksize) {
     const int64_t b1 = std::min<int64_t>(n, b0 + blocksize);
     float am = -std::numeric_limits<float>::infinity();

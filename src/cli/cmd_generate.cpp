@@ -17,6 +17,7 @@
 #include "base/error.h"
 #include "base/parallel.h"
 #include "cli/command.h"
+#include "cli/model_flags.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "lora/peft_adapter.h"
@@ -28,17 +29,13 @@
 namespace {
 
 struct Options {
-  std::string model, tokenizer, prompt, adapter;
+  qlora::cli::ModelFlags m;
+  std::string prompt, adapter;
   int64_t n = 128;
   float temperature = 0.8f, top_p = 0.95f, repetition_penalty = 1.0f;
   int top_k = 40;
   uint64_t seed = 42;
-  std::string quant = "nf4";
-  bool double_quant = false;
-  int blocksize = 64;
-  std::string compute_dtype = "fp32";
   std::vector<std::string> stops;
-  int threads = 0;
   bool no_echo = false;
   bool escape = false;
   bool quiet = false;
@@ -125,34 +122,23 @@ double peak_rss_mib() {
 
 int run(const Options& o, CLI::App& app) {
   using Clock = std::chrono::steady_clock;
-  if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
-  if (o.threads > 0) omp_set_num_threads(o.threads);
 
-  qlora::ModelLoadOptions load;
-  load.compute_dtype = qlora::compute_dtype_from_string(o.compute_dtype);
-  if (o.quant == "none") {
-    load.quant.quantize = false;
-  } else {
-    load.quant.type = qlora::quant_type_from_string(o.quant, "--quant");
-    qlora::check_blocksize(o.blocksize, "--blocksize");
-    load.quant.blocksize = o.blocksize;
-    load.quant.double_quant = o.double_quant;
-  }
+  qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
 
   const auto t_load = Clock::now();
-  qlora::ModelFiles files = qlora::open_model_files(o.model, o.tokenizer);
+  qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer)
-    qlora::fail(o.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+    qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (!o.quiet)
-    std::fprintf(stderr, "model: %s (%s) %s\n", o.model.c_str(), qlora::model_format_name(files.format),
+    std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();  // unmap the source: the model holds its own weights now
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   if (!o.quiet)
     std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n", load_s,
-                 o.quant == "none" ? "dense" : (o.quant + (o.double_quant ? "+dq" : "")).c_str(),
-                 o.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
+                 o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str(),
+                 o.m.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
   LoadedAdapter adapter;
   if (!o.adapter.empty()) {
     adapter = load_adapter(o.adapter, model);
@@ -209,9 +195,7 @@ const bool kRegistered = qlora::cli::register_command(
     "generate", "Continue a prompt with a model loaded in 4-bit (or full precision)",
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
-      app.add_option("--model,-m", o->model, "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin")
-          ->required();
-      app.add_option("--tokenizer", o->tokenizer, "Tokenizer (directory, tokenizer.json, llama2.c .bin, .gguf)");
+      qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
       app.add_option("--adapter", o->adapter,
                      "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
                      "`qlora train`), applied unmerged");
@@ -225,14 +209,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--repetition-penalty", o->repetition_penalty, "Penalty for tokens already seen (1 = off)")
           ->capture_default_str();
       app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
-      app.add_option("--quant", o->quant, "Linear layer storage: none, nf4, fp4")->capture_default_str();
-      app.add_flag("--double-quant", o->double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
-      app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
-      app.add_option("--compute-dtype", o->compute_dtype, "fp32, bf16 or fp16")->capture_default_str();
       app.add_option("--stop", o->stops, "Stop before this string (repeatable)")
           ->expected(1)
           ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-      app.add_option("--threads,-t", o->threads, "Threads (default: all cores)");
       app.add_flag("--no-echo", o->no_echo, "Do not print the prompt before the continuation");
       app.add_flag("--escape,-e", o->escape, "Process \\n, \\t, \\\\ escapes in the prompt and stop strings");
       app.add_flag("--quiet,-q", o->quiet, "No statistics on stderr");

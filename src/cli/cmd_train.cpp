@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "base/parallel.h"
 #include "cli/command.h"
+#include "cli/model_flags.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "model/model.h"
@@ -23,11 +24,8 @@
 namespace {
 
 struct Options {
-  std::string model, tokenizer, data, out;
-  std::string quant = "nf4";
-  bool double_quant = false;
-  int blocksize = 64;
-  std::string compute_dtype = "fp32";
+  qlora::cli::ModelFlags m;
+  std::string data, out;
   int lora_r = 64;
   double lora_alpha = 16.0;
   double lora_dropout = 0.05;
@@ -43,7 +41,6 @@ struct Options {
   int64_t grad_accum = 1;
   float max_grad_norm = 0.3f;
   uint64_t seed = 42;
-  int threads = 0;
   bool no_checkpointing = false;
   bool quiet = false;
 };
@@ -58,21 +55,9 @@ std::vector<std::string> split_commas(const std::string& s) {
 }
 
 int run(const Options& o) {
-  if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
-  if (o.threads > 0) omp_set_num_threads(o.threads);
-
-  qlora::ModelLoadOptions load;
-  load.compute_dtype = qlora::compute_dtype_from_string(o.compute_dtype);
+  qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   if (load.compute_dtype != qlora::ComputeDType::F32)
     qlora::fail("--compute-dtype", "training supports only fp32 compute for now");
-  if (o.quant == "none") {
-    load.quant.quantize = false;
-  } else {
-    load.quant.type = qlora::quant_type_from_string(o.quant, "--quant");
-    qlora::check_blocksize(o.blocksize, "--blocksize");
-    load.quant.blocksize = o.blocksize;
-    load.quant.double_quant = o.double_quant;
-  }
 
   qlora::LoraConfig lc;
   lc.r = o.lora_r;
@@ -84,10 +69,10 @@ int run(const Options& o) {
   else lc.target_modules = split_commas(o.target);
   lc.validate("--target/--lora-*");
 
-  qlora::ModelFiles files = qlora::open_model_files(o.model, o.tokenizer);
-  if (!files.tokenizer) qlora::fail(o.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+  qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
+  if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (!o.quiet)
-    std::fprintf(stderr, "model: %s (%s) %s\n", o.model.c_str(), qlora::model_format_name(files.format),
+    std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
   const qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
@@ -105,7 +90,7 @@ int run(const Options& o) {
 
   qlora::TrainerOptions t;
   t.out_dir = o.out;
-  t.base_model_name = o.model;
+  t.base_model_name = o.m.model;
   t.max_steps = o.max_steps;
   t.batch_size = o.batch_size;
   t.grad_accum = o.grad_accum;
@@ -129,16 +114,10 @@ const bool kRegistered = qlora::cli::register_command(
     "train", "QLoRA fine-tune: train LoRA adapters on a frozen (4-bit) model, save a PEFT adapter",
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
-      app.add_option("--model,-m", o->model, "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin")
-          ->required();
-      app.add_option("--tokenizer", o->tokenizer, "Tokenizer (directory, tokenizer.json, llama2.c .bin, .gguf)");
+      qlora::cli::add_model_flags(app, o->m, "Compute dtype (fp32)");
       app.add_option("--data", o->data, "Training text: plain text, .json array or .jsonl with \"text\" fields")
           ->required();
       app.add_option("--out,-o", o->out, "Output directory for the PEFT adapter and metrics.jsonl")->required();
-      app.add_option("--quant", o->quant, "Linear layer storage: none, nf4, fp4")->capture_default_str();
-      app.add_flag("--double-quant", o->double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
-      app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
-      app.add_option("--compute-dtype", o->compute_dtype, "Compute dtype (fp32)")->capture_default_str();
       app.add_option("--lora-r", o->lora_r, "LoRA rank")->capture_default_str();
       app.add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scaling = alpha / r)")->capture_default_str();
       app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout probability")->capture_default_str();
@@ -158,7 +137,6 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--max-grad-norm", o->max_grad_norm, "Clip gradients to this global L2 norm (0 = off)")
           ->capture_default_str();
       app.add_option("--seed", o->seed, "Random seed (LoRA init, data order, dropout)")->capture_default_str();
-      app.add_option("--threads,-t", o->threads, "Threads (default: all cores)");
       app.add_flag("--no-gradient-checkpointing", o->no_checkpointing,
                    "Keep every block's activations instead of recomputing them in backward");
       app.add_flag("--quiet,-q", o->quiet, "No progress or statistics on stderr");

@@ -1,0 +1,28 @@
+#pragma once
+// The flags every command that loads a model shares (generate, train, and later eval and
+// memory), so their names, defaults and validation stay the same everywhere.
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "model/model.h"
+
+namespace qlora::cli {
+
+struct ModelFlags {
+  std::string model, tokenizer;
+  std::string quant = "nf4";
+  bool double_quant = false;
+  int blocksize = 64;
+  std::string compute_dtype = "fp32";
+  int threads = 0;
+};
+
+// Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize,
+// --compute-dtype (described by `compute_help`) and --threads/-t.
+void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
+
+// Validates the flags (throws Error naming the flag), applies --threads, and returns the
+// load options they describe.
+ModelLoadOptions load_options(const ModelFlags& f);
+
+}  // namespace qlora::cli

@@ -1,0 +1,77 @@
+#include "optim/optimizer.h"
+
+#include "base/error.h"
+#include "formats/safetensors.h"
+
+namespace qlora {
+
+namespace {
+
+// AdamW (32-bit state in memory) behind the Optimizer interface.
+class AdamW32Optimizer final : public Optimizer {
+ public:
+  AdamW32Optimizer(std::vector<AdamWParam> params, const AdamWConfig& cfg) : impl_(std::move(params), cfg) {}
+  void step(double lr) override { impl_.step(lr); }
+  int64_t steps_taken() const override { return impl_.steps_taken(); }
+  void save_state(SafeTensorsWriter& w, std::string_view prefix) const override {
+    impl_.save_state(w, prefix);
+    w.set_metadata(std::string(prefix) + "kind", optim_kind_name(OptimKind::AdamW32));
+  }
+  void load_state(const SafeTensorsFile& f, std::string_view prefix) override {
+    check_kind(f, prefix, OptimKind::AdamW32);
+    impl_.load_state(f, prefix);
+  }
+  size_t state_bytes() const override {
+    size_t n = 0;
+    for (size_t i = 0; i < impl_.num_params(); ++i) n += 2 * impl_.param(i).value.size() * sizeof(float);
+    return n;
+  }
+
+  static void check_kind(const SafeTensorsFile& f, std::string_view prefix, OptimKind want) {
+    const std::string key = std::string(prefix) + "kind";
+    auto it = f.metadata().find(key);
+    if (it == f.metadata().end()) return;  // written before kinds were recorded: AdamW32
+    check(it->second == optim_kind_name(want), f.path(),
+          "holds the state of optimizer '" + it->second + "', but this run uses '" + optim_kind_name(want) +
+              "' (pass the same --optim as the run that wrote it)");
+  }
+
+ private:
+  AdamW impl_;
+};
+
+}  // namespace
+
+OptimKind optim_kind_from_string(std::string_view name) {
+  if (name == "adamw_torch" || name == "adamw_32bit" || name == "adamw") return OptimKind::AdamW32;
+  if (name == "adamw_8bit" || name == "adamw_bnb_8bit") return OptimKind::AdamW8bit;
+  if (name == "paged_adamw_32bit") return OptimKind::PagedAdamW32;
+  if (name == "paged_adamw_8bit") return OptimKind::PagedAdamW8bit;
+  fail("--optim", "unknown optimizer '" + std::string(name) +
+                      "'; use adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit");
+}
+
+const char* optim_kind_name(OptimKind k) {
+  switch (k) {
+    case OptimKind::AdamW32: return "adamw_torch";
+    case OptimKind::AdamW8bit: return "adamw_8bit";
+    case OptimKind::PagedAdamW32: return "paged_adamw_32bit";
+    case OptimKind::PagedAdamW8bit: return "paged_adamw_8bit";
+  }
+  return "?";
+}
+
+bool optim_is_paged(OptimKind k) { return k == OptimKind::PagedAdamW32 || k == OptimKind::PagedAdamW8bit; }
+bool optim_is_8bit(OptimKind k) { return k == OptimKind::AdamW8bit || k == OptimKind::PagedAdamW8bit; }
+
+std::unique_ptr<Optimizer> make_optimizer(OptimKind kind, std::vector<AdamWParam> params, const AdamWConfig& cfg,
+                                          const std::string& paged_dir) {
+  (void)paged_dir;
+  switch (kind) {
+    case OptimKind::AdamW32: return std::make_unique<AdamW32Optimizer>(std::move(params), cfg);
+    default: break;
+  }
+  fail("--optim", std::string(optim_kind_name(kind)) + " is not implemented yet");
+}
+
+}  // namespace qlora

@@ -82,7 +82,8 @@ void softmax_inplace(float* x, int64_t N) {
 }
 
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
-                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS) {
+                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
+                       const int32_t* key_start) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
@@ -96,15 +97,17 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
     for (int64_t it = b; it < e; ++it) {
       const int64_t t = it / NH, h = it % NH, kh = h / group;
       const float* qv = q + t * qs + h * HS;
-      const int64_t n = q_pos0 + t + 1;  // keys 0..q_pos0+t
-      for (int64_t j = 0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
-      softmax_inplace(scores.data(), n);
+      const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
+      const int64_t j0 = key_start ? key_start[t] : 0;
+      for (int64_t j = j0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
+      softmax_inplace(scores.data() + j0, n - j0);
       float* o = out + t * qs + h * HS;
       for (int64_t i = 0; i < HS; ++i) o[i] = 0.0f;
-      for (int64_t j = 0; j < n; ++j) kern.axpy(scores[j], v + j * kvs + kh * HS, o, HS);
+      for (int64_t j = j0; j < n; ++j) kern.axpy(scores[j], v + j * kvs + kh * HS, o, HS);
       if (att) {
         float* a = att + (h * T + t) * Tk;
-        for (int64_t j = 0; j < n; ++j) a[j] = scores[j];
+        for (int64_t j = 0; j < j0; ++j) a[j] = 0.0f;
+        for (int64_t j = j0; j < n; ++j) a[j] = scores[j];
         for (int64_t j = n; j < Tk; ++j) a[j] = 0.0f;
       }
     }

@@ -39,8 +39,12 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 // (masked entries 0); q (T, NH*HS) (rotated); k, v (Tk, NKV*HS) (rotated keys) whose row j
 // is position j; query t is at position q_pos0 + t and attends keys 0..q_pos0+t.
 // REQUIRES q_pos0 + T <= Tk, NH % NKV == 0. Scale 1/sqrt(HS); softmax in float32.
+// key_start (T), when not null, narrows the window of query t to keys
+// key_start[t]..q_pos0+t: packed training sequences hold several examples, and an example
+// must not see the one before it (REQUIRES 0 <= key_start[t] <= q_pos0 + t).
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
-                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS);
+                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
+                       const int32_t* key_start = nullptr);
 
 // out (N) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N);

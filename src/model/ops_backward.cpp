@@ -57,7 +57,7 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
 
 void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
-                        int64_t NH, int64_t NKV, int64_t HS) {
+                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start) {
   check(NKV > 0 && NH % NKV == 0, "attention_backward", "NH must be a multiple of NKV");
   check(q_pos0 >= 0 && q_pos0 + T <= Tk, "attention_backward", "queries extend past the keys (q_pos0 + T > Tk)");
   check(att != nullptr, "attention_backward", "needs the probabilities cached by attention_forward");
@@ -75,17 +75,19 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, co
     for (int64_t it = b; it < e; ++it) {
       const int64_t t = it / NH, h = it % NH, kh = h / group;
       const int64_t n = q_pos0 + t + 1;
+      const int64_t j0 = key_start ? key_start[t] : 0;
       const float* p = att + (h * T + t) * Tk;
       float* da = datt_scratch + (h * T + t) * Tk;
       const float* go = dout + t * qs + h * HS;
+      for (int64_t j = 0; j < j0; ++j) da[j] = 0.0f;
       double s = 0.0;
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = j0; j < n; ++j) {
         da[j] = kern.dot(go, v + j * kvs + kh * HS, HS);
         s += static_cast<double>(p[j]) * da[j];
       }
       const float sf = static_cast<float>(s);
       float* gq = dq + t * qs + h * HS;
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = j0; j < n; ++j) {
         da[j] = p[j] * (da[j] - sf) * scale;
         kern.axpy(da[j], k + j * kvs + kh * HS, gq, HS);
       }
@@ -96,6 +98,7 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, co
   // Pass 2, one (key row, kv head) per item, disjoint writes (a row of dk and of dv), summing
   // over the query heads of the group and the queries that attend key j (q_pos0 + t >= j):
   //   dk_j += sum datt[h, t, j] q[t, h]; dv_j += sum att[h, t, j] dout[t, h].
+  // (With key_start, queries outside key j's example have att = datt = 0 there: skipped.)
   const int64_t kitems = Tk * NKV;
   const int64_t kmin = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, T * group * HS));
   parallel_for_range(kitems, kmin, [&](int64_t b, int64_t e) {
@@ -106,6 +109,7 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, co
       const int64_t t0 = std::max<int64_t>(0, j - q_pos0);
       for (int64_t h = kh * group; h < (kh + 1) * group; ++h)
         for (int64_t t = t0; t < T; ++t) {
+          if (key_start && key_start[t] > j) continue;
           const float a = att[(h * T + t) * Tk + j];
           const float da = datt_scratch[(h * T + t) * Tk + j];
           kern.axpy(da, q + t * qs + h * HS, gk, HS);

@@ -117,6 +117,7 @@ struct TrainWorkspace::Impl {
   std::vector<LoraRng> rng_at_block;     // generator state at each block's forward
   std::vector<float> cos, sin;           // (T, HS/2)
   std::vector<int32_t> pos;
+  std::vector<int32_t> key_start;        // (T) first key of each query's example; empty = causal
   std::vector<float> hf, rstdf, logits;  // (T, C), (T), (T, V)
   std::vector<float> tile;               // dequantized rows of a weight
   // backward scratch
@@ -132,7 +133,8 @@ namespace {
 
 using Block = TrainWorkspace::Block;
 
-void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<const int> targets) {
+void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<const int> targets,
+                    std::span<const int32_t> positions) {
   const int64_t T = static_cast<int64_t>(inputs.size());
   if (T == 0) fail("train", "empty sequence");
   if (targets.size() != inputs.size())
@@ -141,6 +143,17 @@ void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<c
   if (T > s.max_positions)
     fail("train", "sequence of " + std::to_string(T) + " tokens exceeds the model's context of " +
                       std::to_string(s.max_positions) + " positions");
+  if (!positions.empty()) {
+    if (positions.size() != inputs.size())
+      fail("train", "positions (" + std::to_string(positions.size()) + ") and inputs (" +
+                        std::to_string(inputs.size()) + ") differ in length");
+    for (size_t t = 0; t < positions.size(); ++t) {
+      const int32_t p = positions[t];
+      if (p != 0 && (t == 0 || p != positions[t - 1] + 1))
+        fail("train", "positions must be runs 0, 1, 2, ... (one per packed example); position " +
+                          std::to_string(t) + " is " + std::to_string(p));
+    }
+  }
 }
 
 // y (T, out) = W x (+ b) (+ LoRA).
@@ -167,7 +180,7 @@ void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, 
 
 // xout (T, C) = block(xin); fills `b`.
 void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const float* xin, int64_t T,
-                   const float* cos, const float* sin, bool training, LoraRng* rng) {
+                   const float* cos, const float* sin, const int32_t* key_start, bool training, LoraRng* rng) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
   const ComputeDType dt = m.compute_dtype();
@@ -188,7 +201,8 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   rope_forward(b.k.data(), cos, sin, T, NKV, HS);
   round_activations(b.q.data(), T * QD, dt);
   round_activations(b.k.data(), T * KVD, dt);
-  attention_forward(b.atto.data(), b.att.data(), b.q.data(), b.k.data(), b.v.data(), T, T, 0, NH, NKV, HS);
+  attention_forward(b.atto.data(), b.att.data(), b.q.data(), b.k.data(), b.v.data(), T, T, 0, NH, NKV, HS,
+                    key_start);
   round_activations(b.atto.data(), T * QD, dt);
   lin(BlockLinear::O, xout, b.atto.data());  // xout temporarily holds o
   round_activations(xout, T * C, dt);
@@ -238,7 +252,8 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   zero(w.dv, T * KVD);
   if (static_cast<int64_t>(w.datt.size()) < NH * T * T) w.datt.resize(static_cast<size_t>(NH * T * T));
   attention_backward(w.dq.data(), w.dk.data(), w.dv.data(), w.datt.data(), w.datto.data(), b.q.data(),
-                     b.k.data(), b.v.data(), b.att.data(), T, T, 0, NH, NKV, HS);
+                     b.k.data(), b.v.data(), b.att.data(), T, T, 0, NH, NKV, HS,
+                     w.key_start.empty() ? nullptr : w.key_start.data());
   rope_backward(w.dq.data(), w.cos.data(), w.sin.data(), T, NH, HS);
   rope_backward(w.dk.data(), w.cos.data(), w.sin.data(), T, NKV, HS);
   zero(w.dh, T * C);
@@ -251,8 +266,8 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
 }
 
 // Embedding, all blocks (caching per `keep_all`), final norm and logits.
-void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const int> inputs, bool keep_all,
-                   bool training, LoraRng* rng) {
+void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const int> inputs,
+                   std::span<const int32_t> positions, bool keep_all, bool training, LoraRng* rng) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
   const int64_t T = static_cast<int64_t>(inputs.size());
@@ -262,7 +277,19 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
   for (Block& b : w.blocks) b.resize(s, T);
   w.pos.resize(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) w.pos[static_cast<size_t>(t)] = static_cast<int32_t>(t);
+  w.key_start.clear();
+  bool packed = false;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t p = positions.empty() ? static_cast<int32_t>(t) : positions[static_cast<size_t>(t)];
+    w.pos[static_cast<size_t>(t)] = p;
+    packed = packed || p != t;
+  }
+  if (packed) {
+    w.key_start.resize(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t)
+      w.key_start[static_cast<size_t>(t)] = static_cast<int32_t>(t) - w.pos[static_cast<size_t>(t)];
+  }
+  const int32_t* key_start = packed ? w.key_start.data() : nullptr;
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
   w.sin.resize(w.cos.size());
   rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta);
@@ -272,7 +299,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
     block_forward(w.xs.data() + (l + 1) * T * C, b, lm, l, w.xs.data() + l * T * C, T, w.cos.data(), w.sin.data(),
-                  training, rng);
+                  key_start, training, rng);
   }
   w.hf.resize(static_cast<size_t>(T * C));
   w.rstdf.resize(static_cast<size_t>(T));
@@ -286,23 +313,23 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
 }  // namespace
 
 float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs,
-                   std::span<const int> targets) {
-  check_sequence(lm.model().spec(), inputs, targets);
+                   std::span<const int> targets, std::span<const int32_t> positions) {
+  check_sequence(lm.model().spec(), inputs, targets, positions);
   TrainWorkspace::Impl& w = *ws.impl_;
-  model_forward(w, lm, inputs, /*keep_all=*/false, /*training=*/false, nullptr);
+  model_forward(w, lm, inputs, positions, /*keep_all=*/false, /*training=*/false, nullptr);
   return cross_entropy_forward_backward(nullptr, w.logits.data(), w.logits.data(), targets.data(), w.T,
                                         lm.model().spec().vocab);
 }
 
 float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs, std::span<const int> targets,
-                       const TrainStepOptions& opt, LoraRng* rng) {
+                       const TrainStepOptions& opt, LoraRng* rng, std::span<const int32_t> positions) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
-  check_sequence(s, inputs, targets);
+  check_sequence(s, inputs, targets, positions);
   TrainWorkspace::Impl& w = *ws.impl_;
   const bool training = opt.training;
   LoraRng* frng = training ? rng : nullptr;
-  model_forward(w, lm, inputs, !opt.checkpointing, training, frng);
+  model_forward(w, lm, inputs, positions, !opt.checkpointing, training, frng);
   const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers;
 
   // loss and dlogits (in place)
@@ -338,8 +365,8 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
     if (opt.checkpointing) {
       b = &w.blocks[0];
       LoraRng r = frng ? w.rng_at_block[static_cast<size_t>(l)] : LoraRng(0);
-      block_forward(recompute_out.data(), *b, lm, l, xin, T, w.cos.data(), w.sin.data(), training,
-                    frng ? &r : nullptr);
+      block_forward(recompute_out.data(), *b, lm, l, xin, T, w.cos.data(), w.sin.data(),
+                    w.key_start.empty() ? nullptr : w.key_start.data(), training, frng ? &r : nullptr);
     } else {
       b = &w.blocks[static_cast<size_t>(l)];
     }

@@ -75,20 +75,26 @@ class TrainWorkspace {
 
  private:
   friend float forward_backward(LoraModel&, TrainWorkspace&, std::span<const int>, std::span<const int>,
-                                const TrainStepOptions&, LoraRng*);
-  friend float forward_loss(const LoraModel&, TrainWorkspace&, std::span<const int>, std::span<const int>);
+                                const TrainStepOptions&, LoraRng*, std::span<const int32_t>);
+  friend float forward_loss(const LoraModel&, TrainWorkspace&, std::span<const int>, std::span<const int>,
+                            std::span<const int32_t>);
   std::unique_ptr<Impl> impl_;
 };
 
-// One sequence: inputs (T) at positions 0..T-1, targets (T) (-100 = ignored).
+// One sequence: inputs (T), targets (T) (-100 = ignored), positions (T) or empty for
+// 0..T-1. Packed sequences (train/sft_dataset.h) restart positions at 0 at each example:
+// a token at position p attends only the p tokens before it, so examples never see each
+// other and each is computed exactly as it would be alone (rotary angles included).
 // Returns the mean cross-entropy loss over non-ignored targets and ACCUMULATES
 // grad_scale · d loss / d (A, B) into every LoRA layer's dA/dB (call zero_grad first).
-// Throws Error when T exceeds the model's context or sizes differ.
+// Throws Error when T exceeds the model's context, sizes differ or positions are not
+// runs of 0, 1, 2, ...
 float forward_backward(LoraModel& lora, TrainWorkspace& ws, std::span<const int> inputs,
-                       std::span<const int> targets, const TrainStepOptions& opt, LoraRng* rng);
+                       std::span<const int> targets, const TrainStepOptions& opt, LoraRng* rng,
+                       std::span<const int32_t> positions = {});
 
 // The same loss without dropout and without any backward (evaluation, finite differences).
 float forward_loss(const LoraModel& lora, TrainWorkspace& ws, std::span<const int> inputs,
-                   std::span<const int> targets);
+                   std::span<const int> targets, std::span<const int32_t> positions = {});
 
 }  // namespace qlora

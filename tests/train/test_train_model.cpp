@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "lora/peft_adapter.h"
@@ -178,6 +179,64 @@ void gradient_check(bool nf4) {
 
 TEST(TrainModel, GradientCheckDense) { gradient_check(false); }
 TEST(TrainModel, GradientCheckNF4) { gradient_check(true); }
+
+// A packed sequence [A; B] with positions restarting at B must compute exactly what A and
+// B give alone: loss = token-weighted mean, gradients = token-weighted sum (no leakage:
+// if B could attend A, B's loss and every gradient would change).
+TEST(TrainModel, PackedSequenceEqualsSeparateExamples) {
+  Loaded L = load(true);
+  LoraModel lm(L.model, grad_check_config());
+  LoraRng brng(99);
+  for (LoraLayer& l : lm.layers())
+    for (float& b : l.B) b = 0.05f * (2.f * brng.next_float() - 1.f);
+  const auto a = L.files.tokenizer->encode("Once upon a time there was a cat.");
+  const auto b = L.files.tokenizer->encode("The dog ran to the big park and played.");
+  const std::vector<int> ia(a.begin(), a.end() - 1), ta(a.begin() + 1, a.end());
+  std::vector<int> ib(b.begin(), b.end() - 1), tb(b.begin() + 1, b.end());
+  tb[1] = -100;  // an ignored position inside B
+  const double na = static_cast<double>(ta.size()), nb = static_cast<double>(tb.size()) - 1;
+
+  TrainWorkspace ws;
+  TrainStepOptions opt;
+  opt.training = false;
+  lm.zero_grad();
+  const float la = forward_backward(lm, ws, ia, ta, opt, nullptr);
+  const std::vector<float> ga = all_grads(lm);
+  lm.zero_grad();
+  const float lb = forward_backward(lm, ws, ib, tb, opt, nullptr);
+  const std::vector<float> gb = all_grads(lm);
+
+  std::vector<int> ip(ia), tp(ta);
+  ip.insert(ip.end(), ib.begin(), ib.end());
+  tp.insert(tp.end(), tb.begin(), tb.end());
+  std::vector<int32_t> pos;
+  for (size_t t = 0; t < ia.size(); ++t) pos.push_back(static_cast<int32_t>(t));
+  for (size_t t = 0; t < ib.size(); ++t) pos.push_back(static_cast<int32_t>(t));
+  for (bool ckpt : {true, false}) {
+    opt.checkpointing = ckpt;
+    lm.zero_grad();
+    const float lp = forward_backward(lm, ws, ip, tp, opt, nullptr, pos);
+    const std::vector<float> gp = all_grads(lm);
+    const double want = (na * la + nb * lb) / (na + nb);
+    EXPECT_NEAR(lp, want, 2e-6 * std::fabs(want)) << "checkpointing " << ckpt;
+    EXPECT_NEAR(forward_loss(lm, ws, ip, tp, pos), lp, 1e-6 * std::fabs(lp));
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < gp.size(); ++i) {
+      const double w = (na * ga[i] + nb * gb[i]) / (na + nb);
+      worst = std::max(worst, std::fabs(gp[i] - w));
+      scale = std::max(scale, std::fabs(w));
+    }
+    EXPECT_LT(worst, 1e-4 * scale) << "checkpointing " << ckpt;
+  }
+  // Without positions the same tokens give a different (leaking) result: the test can fail.
+  lm.zero_grad();
+  const float leak = forward_backward(lm, ws, ip, tp, opt, nullptr);
+  EXPECT_GT(std::fabs(leak - (na * la + nb * lb) / (na + nb)), 1e-4);
+  // Malformed positions are refused.
+  std::vector<int32_t> bad(pos);
+  bad[3] = 7;
+  EXPECT_THROW(forward_backward(lm, ws, ip, tp, opt, nullptr, bad), Error);
+}
 
 TEST(TextDataset, JsonlRecordsAndChunks) {
   Loaded L = load(false);

@@ -24,6 +24,7 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "quant/blockwise.h"
+#include "train/adapter_loader.h"
 #include "train/train_model.h"
 
 namespace {
@@ -61,59 +62,6 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
-// A PEFT adapter loaded and checked against `model`, in the form forward() uses.
-struct LoadedAdapter {
-  std::unique_ptr<qlora::LoraModel> lora;  // owns the LoraLayers
-  qlora::InferenceAdapter inference;        // points into lora
-};
-
-// Reads the adapter in `dir` and checks it against the model: every module it holds must
-// be one of the model's block Linears with the same shape, and every Linear its config
-// targets must have weights (errors name adapter_config.json or adapter_model.safetensors).
-LoadedAdapter load_adapter(const std::string& dir, const qlora::Model& model) {
-  namespace fs = std::filesystem;
-  const std::string cpath = (fs::path(dir) / qlora::kPeftConfigFile).string();
-  const std::string wpath = (fs::path(dir) / qlora::kPeftWeightsFile).string();
-  qlora::check(fs::is_directory(dir), dir, "--adapter: not a directory");
-  const qlora::PeftAdapter a = qlora::load_peft_adapter(dir);
-
-  // module path -> (layer, which) for every Linear the model has.
-  const int64_t NL = model.spec().n_layers;
-  std::map<std::string, std::pair<int64_t, int>> linears;
-  for (int64_t l = 0; l < NL; ++l)
-    for (int w = 0; w < qlora::kBlockLinears; ++w)
-      linears[qlora::block_linear_path(l, static_cast<qlora::BlockLinear>(w))] = {l, w};
-  for (const auto& [path, m] : a.modules) {
-    auto it = linears.find(path);
-    qlora::check(it != linears.end(), wpath,
-                 "key '" + qlora::peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
-                     std::to_string(NL) + " layers; LoRA is supported on the q/k/v/o/gate/up/down projections)");
-    const qlora::QuantLinear& q = model.block_linear(it->second.first, it->second.second);
-    qlora::check(m.in == q.in_features(), wpath,
-                 "key '" + qlora::peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +
-                     std::to_string(m.in) + ") but the model's '" + path + "' has in_features " +
-                     std::to_string(q.in_features()) + " (an adapter for a different model?)");
-    qlora::check(m.out == q.out_features(), wpath,
-                 "key '" + qlora::peft_lora_key(path, 'B') + "' has shape (" + std::to_string(m.out) + ", " +
-                     std::to_string(m.r) + ") but the model's '" + path + "' has out_features " +
-                     std::to_string(q.out_features()) + " (an adapter for a different model?)");
-  }
-
-  LoadedAdapter out;
-  try {
-    out.lora = std::make_unique<qlora::LoraModel>(model, a.config);
-  } catch (const qlora::Error& e) {
-    qlora::fail(cpath, e.what());
-  }
-  a.apply_to(out.lora->layers());  // every targeted Linear has weights of rank r, nothing extra
-  out.inference.blocks.resize(static_cast<size_t>(NL));
-  for (int64_t l = 0; l < NL; ++l)
-    for (int w = 0; w < qlora::kBlockLinears; ++w)
-      out.inference.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] =
-          out.lora->find(l, static_cast<qlora::BlockLinear>(w));
-  return out;
-}
-
 double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -139,9 +87,9 @@ int run(const Options& o, CLI::App& app) {
     std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n", load_s,
                  o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str(),
                  o.m.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
-  LoadedAdapter adapter;
+  qlora::LoadedAdapter adapter;
   if (!o.adapter.empty()) {
-    adapter = load_adapter(o.adapter, model);
+    adapter = qlora::load_adapter(o.adapter, model);
     model.set_adapter(&adapter.inference);
     if (!o.quiet) {
       const qlora::LoraConfig& lc = adapter.lora->config();

@@ -1,7 +1,8 @@
-// `qlora train`: QLoRA fine-tuning of a causal LM on a text dataset. Loads the model
-// (quantized to 4-bit on the way in unless --quant none), attaches LoRA adapters to the
-// chosen Linear layers, trains them with AdamW, and writes a PEFT adapter directory
-// (adapter_config.json, adapter_model.safetensors) and metrics.jsonl into --out.
+// `qlora train`: QLoRA fine-tuning of a causal LM. Reads the dataset (text, Alpaca or chat
+// records; prompt masking, packing, an eval split), loads the model (quantized to 4-bit on
+// the way in unless --quant none), attaches LoRA adapters to the chosen Linear layers,
+// trains them (train/trainer.h: epochs or steps, eval, resumable checkpoints) and writes a
+// PEFT adapter directory, metrics.jsonl and loss.svg into --out.
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -17,7 +18,11 @@
 #include "formats/tokenizer.h"
 #include "model/model.h"
 #include "quant/blockwise.h"
-#include "train/text_dataset.h"
+#include "base/process_memory.h"
+#include "base/progress.h"
+#include "cli/data_flags.h"
+#include "optim/optimizer.h"
+#include "train/sft_dataset.h"
 #include "train/train_model.h"
 #include "train/trainer.h"
 
@@ -25,7 +30,9 @@ namespace {
 
 struct Options {
   qlora::cli::ModelFlags m;
-  std::string data, out;
+  qlora::cli::DataFlags d;
+  std::string data, eval_data, out;
+  double eval_split = 0.0;
   int lora_r = 64;
   double lora_alpha = 16.0;
   double lora_dropout = 0.05;
@@ -35,12 +42,18 @@ struct Options {
   double weight_decay = 0.0;
   std::string schedule = "constant_with_warmup";
   double warmup_ratio = 0.03;
-  int64_t max_steps = 100;
+  int64_t max_steps = -1;
+  double epochs = 1.0;
   int64_t batch_size = 1;
-  int64_t seq_len = 256;
   int64_t grad_accum = 1;
   float max_grad_norm = 0.3f;
   uint64_t seed = 42;
+  std::string optim = "adamw_torch";
+  std::string paged_dir;
+  int64_t eval_every = 0;
+  int64_t save_every = 0;
+  int64_t save_total_limit = 2;
+  bool resume = false;
   bool no_checkpointing = false;
   bool quiet = false;
 };
@@ -56,8 +69,9 @@ std::vector<std::string> split_commas(const std::string& s) {
 
 int run(const Options& o) {
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
-  if (load.compute_dtype != qlora::ComputeDType::F32)
-    qlora::fail("--compute-dtype", "training supports only fp32 compute for now");
+  const qlora::DatasetOptions dopt = qlora::cli::dataset_options(o.d);
+  if (o.eval_split < 0 || o.eval_split >= 1) qlora::fail("--eval-split", "must be in [0, 1)");
+  if (o.eval_split > 0 && !o.eval_data.empty()) qlora::fail("--eval-split", "give --eval-split or --eval-data, not both");
 
   qlora::LoraConfig lc;
   lc.r = o.lora_r;
@@ -69,44 +83,73 @@ int run(const Options& o) {
   else lc.target_modules = split_commas(o.target);
   lc.validate("--target/--lora-*");
 
+  qlora::TrainerOptions t;
+  t.out_dir = o.out;
+  t.base_model_name = o.m.model;
+  t.max_steps = o.max_steps;
+  t.epochs = o.epochs;
+  t.batch_size = o.batch_size;
+  t.grad_accum = o.grad_accum;
+  t.adamw.lr = o.lr;
+  t.adamw.weight_decay = o.weight_decay;
+  t.optim = qlora::optim_kind_from_string(o.optim);
+  t.paged_dir = o.paged_dir;
+  t.schedule = qlora::lr_schedule_kind_from_string(o.schedule);
+  t.warmup_ratio = o.warmup_ratio;
+  t.max_grad_norm = o.max_grad_norm;
+  t.seed = o.seed;
+  t.checkpointing = !o.no_checkpointing;
+  t.eval_every = o.eval_every;
+  t.save_every = o.save_every;
+  t.save_total_limit = o.save_total_limit;
+  t.resume = o.resume;
+  t.progress = !o.quiet;
+
+  // Data first: a bad dataset should fail before minutes of model loading.
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+  qlora::LoadedExamples train_ex = qlora::cli::load_dataset_reporting(o.data, *files.tokenizer, dopt, o.quiet);
+  std::vector<qlora::Example> eval_ex;
+  if (!o.eval_data.empty()) eval_ex = qlora::cli::load_dataset_reporting(o.eval_data, *files.tokenizer, dopt, o.quiet).examples;
+  else if (o.eval_split > 0) qlora::split_eval(train_ex.examples, eval_ex, o.eval_split);
+  const std::vector<qlora::TrainSequence> train_seqs = qlora::build_sequences(train_ex.examples, dopt);
+  const std::vector<qlora::TrainSequence> eval_seqs = qlora::build_sequences(eval_ex, dopt);
+  qlora::cli::report_sequences("train", train_seqs, o.quiet);
+  if (!eval_seqs.empty()) qlora::cli::report_sequences("eval", eval_seqs, o.quiet);
+  if (train_seqs.empty()) qlora::fail(o.data, "no training sequence has a target token");
+
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
   const qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
 
-  const qlora::TextDataset data = qlora::TextDataset::from_file(o.data, *files.tokenizer, o.seq_len);
-  if (!o.quiet)
-    std::fprintf(stderr, "data: %s: %lld documents, %lld tokens, %lld chunks of %lld\n", o.data.c_str(),
-                 static_cast<long long>(data.num_documents()), static_cast<long long>(data.num_tokens()),
-                 static_cast<long long>(data.num_chunks()), static_cast<long long>(o.seq_len));
-
   qlora::LoraModel lora(model, lc);
-  if (!o.quiet)
+  const int64_t steps = qlora::planned_steps(t, static_cast<int64_t>(train_seqs.size()));
+  if (!o.quiet) {
     std::fprintf(stderr, "LoRA: r %d, alpha %g, dropout %g, %zu modules, %lld trainable parameters\n", lc.r,
                  lc.alpha, lc.dropout, lora.layers().size(), static_cast<long long>(lora.num_trainable()));
-
-  qlora::TrainerOptions t;
-  t.out_dir = o.out;
-  t.base_model_name = o.m.model;
-  t.max_steps = o.max_steps;
-  t.batch_size = o.batch_size;
-  t.grad_accum = o.grad_accum;
-  t.adamw.lr = o.lr;
-  t.adamw.weight_decay = o.weight_decay;
-  t.schedule = qlora::lr_schedule_kind_from_string(o.schedule);
-  t.warmup_ratio = o.warmup_ratio;
-  t.max_grad_norm = o.max_grad_norm;
-  t.seed = o.seed;
-  t.checkpointing = !o.no_checkpointing;
-  t.progress = !o.quiet;
-  const qlora::TrainResult r = qlora::train(lora, data, t);
-  if (!o.quiet)
-    std::fprintf(stderr, "trained %lld steps in %.2f s: loss %.4f -> %.4f, %.1f tokens/s; adapter in %s\n",
-                 static_cast<long long>(r.steps.size()), r.seconds, r.steps.front().loss, r.steps.back().loss,
-                 r.tokens_per_s(), o.out.c_str());
+    std::fprintf(stderr, "plan: %lld steps of %lld x %lld sequences (%.2f epochs), %s, lr %g (%s)\n",
+                 static_cast<long long>(steps), static_cast<long long>(o.batch_size),
+                 static_cast<long long>(o.grad_accum),
+                 static_cast<double>(steps * o.batch_size * o.grad_accum) / static_cast<double>(train_seqs.size()),
+                 qlora::optim_kind_name(t.optim), o.lr, o.schedule.c_str());
+  }
+  const qlora::TrainResult r = qlora::train(lora, train_seqs, eval_seqs, t);
+  if (!o.quiet) {
+    if (!r.steps.empty())
+      std::fprintf(stderr, "trained steps %lld-%lld in %.2f s: loss %.4f -> %.4f, %.1f tokens/s\n",
+                   static_cast<long long>(r.first_step), static_cast<long long>(r.steps.back().step), r.seconds,
+                   r.steps.front().loss, r.steps.back().loss, r.tokens_per_s());
+    if (!r.evals.empty())
+      std::fprintf(stderr, "eval loss %.4f (step %lld) -> %.4f (step %lld)\n", r.evals.front().second.loss,
+                   static_cast<long long>(r.evals.front().first), r.evals.back().second.loss,
+                   static_cast<long long>(r.evals.back().first));
+    std::fprintf(stderr, "peak memory (RSS): %s\n", qlora::human_bytes(static_cast<double>(qlora::peak_rss_bytes())).c_str());
+    if (!o.out.empty())
+      std::fprintf(stderr, "adapter: %s/adapter_model.safetensors; metrics: %s/metrics.jsonl; plot: %s/loss.svg\n",
+                   o.out.c_str(), o.out.c_str(), o.out.c_str());
+  }
   return 0;
 }
 
@@ -114,10 +157,17 @@ const bool kRegistered = qlora::cli::register_command(
     "train", "QLoRA fine-tune: train LoRA adapters on a frozen (4-bit) model, save a PEFT adapter",
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
-      qlora::cli::add_model_flags(app, o->m, "Compute dtype (fp32)");
-      app.add_option("--data", o->data, "Training text: plain text, .json array or .jsonl with \"text\" fields")
+      qlora::cli::add_model_flags(app, o->m, "Compute dtype: fp32, bf16 or fp16 (activations rounded as torch does)");
+      qlora::cli::add_data_flags(app, o->d);
+      app.add_option("--data", o->data,
+                     "Training data: .json array or .jsonl of text/alpaca/chat records, or a plain text file")
           ->required();
-      app.add_option("--out,-o", o->out, "Output directory for the PEFT adapter and metrics.jsonl")->required();
+      app.add_option("--eval-data", o->eval_data, "Held-out data (same forms as --data)");
+      app.add_option("--eval-split", o->eval_split, "Hold out this fraction of --data (its last records) for eval")
+          ->capture_default_str();
+      app.add_option("--out,-o", o->out,
+                     "Output directory: PEFT adapter, metrics.jsonl, loss.svg, checkpoint-N/")
+          ->required();
       app.add_option("--lora-r", o->lora_r, "LoRA rank")->capture_default_str();
       app.add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scaling = alpha / r)")->capture_default_str();
       app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout probability")->capture_default_str();
@@ -126,17 +176,28 @@ const bool kRegistered = qlora::cli::register_command(
           ->capture_default_str();
       app.add_option("--lr", o->lr, "Peak learning rate")->capture_default_str();
       app.add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
+      app.add_option("--optim", o->optim, "adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit")
+          ->capture_default_str();
+      app.add_option("--paged-dir", o->paged_dir, "Directory for the paged optimizers' state file (default: --out)");
       app.add_option("--lr-scheduler", o->schedule, "constant, constant_with_warmup, linear, cosine")
           ->capture_default_str();
-      app.add_option("--warmup-ratio", o->warmup_ratio, "Warmup steps as a fraction of --max-steps")
+      app.add_option("--warmup-ratio", o->warmup_ratio, "Warmup steps as a fraction of all steps")
           ->capture_default_str();
-      app.add_option("--max-steps", o->max_steps, "Optimizer steps")->capture_default_str();
+      app.add_option("--max-steps", o->max_steps, "Optimizer steps (overrides --epochs when > 0)")
+          ->capture_default_str();
+      app.add_option("--epochs", o->epochs, "Passes over the training data (may be fractional)")
+          ->capture_default_str();
       app.add_option("--batch-size", o->batch_size, "Sequences per micro-batch")->capture_default_str();
-      app.add_option("--seq-len", o->seq_len, "Tokens per training sequence")->capture_default_str();
       app.add_option("--grad-accum", o->grad_accum, "Micro-batches per optimizer step")->capture_default_str();
       app.add_option("--max-grad-norm", o->max_grad_norm, "Clip gradients to this global L2 norm (0 = off)")
           ->capture_default_str();
       app.add_option("--seed", o->seed, "Random seed (LoRA init, data order, dropout)")->capture_default_str();
+      app.add_option("--eval-every", o->eval_every, "Evaluate every N steps (0: only before and after)")
+          ->capture_default_str();
+      app.add_option("--save-every", o->save_every, "Write a resumable checkpoint every N steps (0: none)")
+          ->capture_default_str();
+      app.add_option("--save-total-limit", o->save_total_limit, "Checkpoints kept (0: all)")->capture_default_str();
+      app.add_flag("--resume", o->resume, "Continue from the newest checkpoint in --out (same command line)");
       app.add_flag("--no-gradient-checkpointing", o->no_checkpointing,
                    "Keep every block's activations instead of recomputing them in backward");
       app.add_flag("--quiet,-q", o->quiet, "No progress or statistics on stderr");

@@ -5,6 +5,7 @@
 // (a = sqrt 5, fan_in = in), B starts at zero, so the adapter is a no-op at step 0.
 // Initialisation and dropout draw from our own seeded generator (LoraRng): results are
 // reproducible for a seed but are not bit-equal to torch's generator.
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -46,6 +47,11 @@ class LoraRng {
   float next_float();
   // Uniform in [lo, hi) in double (53 random bits).
   double next_double(double lo, double hi);
+  // The generator's whole state, for training checkpoints (resume continues the stream).
+  std::array<uint64_t, 4> state() const { return {s_[0], s_[1], s_[2], s_[3]}; }
+  void set_state(const std::array<uint64_t, 4>& st) {
+    for (int i = 0; i < 4; ++i) s_[i] = st[static_cast<size_t>(i)];
+  }
 
  private:
   uint64_t s_[4];

@@ -1,21 +1,32 @@
 #include "train/trainer.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "base/atomic_file.h"
 #include "base/error.h"
+#include "base/process_memory.h"
 #include "base/progress.h"
 #include "lora/peft_adapter.h"
 #include "optim/grad_clip.h"
+#include "train/checkpoint.h"
+#include "train/loss_plot.h"
 
 namespace qlora {
 
 namespace {
+
+using Clock = std::chrono::steady_clock;
 
 std::string fmt(const char* f, double v) {
   char buf[64];
@@ -23,15 +34,101 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+template <class T>
+uint64_t mix(uint64_t h, const T& v) {
+  return fnv1a64(&v, sizeof v, h);
+}
+
+// What a checkpoint must agree with to be resumed: everything that changes the numbers of
+// the run (not checkpointing, threads or progress, which do not).
+uint64_t run_fingerprint(const LoraModel& lora, const std::vector<TrainSequence>& data, const TrainerOptions& o,
+                         int64_t total_steps) {
+  uint64_t h = fnv1a64("qlora-train-v1", 14);
+  h = mix(h, total_steps), h = mix(h, o.batch_size), h = mix(h, o.grad_accum), h = mix(h, o.adamw.lr);
+  h = mix(h, o.adamw.beta1), h = mix(h, o.adamw.beta2), h = mix(h, o.adamw.eps), h = mix(h, o.adamw.weight_decay);
+  h = mix(h, static_cast<int>(o.optim)), h = mix(h, static_cast<int>(o.schedule)), h = mix(h, o.warmup_ratio);
+  h = mix(h, o.max_grad_norm), h = mix(h, o.seed);
+  const LoraConfig& c = lora.config();
+  h = mix(h, c.r), h = mix(h, c.alpha), h = mix(h, c.dropout), h = mix(h, c.use_rslora), h = mix(h, c.seed);
+  for (const LoraLayer& l : lora.layers()) h = fnv1a64(l.module_path.data(), l.module_path.size(), h);
+  const ModelSpec& s = lora.model().spec();
+  h = mix(h, s.hidden), h = mix(h, s.n_layers), h = mix(h, s.vocab), h = mix(h, static_cast<int>(lora.model().compute_dtype()));
+  h = mix(h, data.size());
+  for (const TrainSequence& q : data) {
+    h = fnv1a64(q.inputs.data(), q.inputs.size() * sizeof(int), h);
+    h = fnv1a64(q.targets.data(), q.targets.size() * sizeof(int), h);
+    h = fnv1a64(q.positions.data(), q.positions.size() * sizeof(int32_t), h);
+  }
+  return h;
+}
+
+void check_options(const TrainerOptions& o, size_t n_train) {
+  if (o.batch_size < 1) fail("--batch-size", "must be >= 1");
+  if (o.grad_accum < 1) fail("--grad-accum", "must be >= 1");
+  if (o.max_steps <= 0 && !(o.epochs > 0)) fail("--epochs", "must be > 0 (or give --max-steps)");
+  if (o.eval_every < 0) fail("--eval-every", "must be >= 0");
+  if (o.save_every < 0) fail("--save-every", "must be >= 0");
+  if (o.save_every > 0 && o.out_dir.empty()) fail("--save-every", "needs an output directory");
+  if (o.resume && o.out_dir.empty()) fail("--resume", "needs an output directory");
+  if (n_train == 0) fail("train", "the training set has no sequences with targets");
+}
+
+// metrics.jsonl after a resume from `step`: keep what the stopped run wrote up to that
+// step (its steps after the checkpoint are redone and logged again).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= step)
+      kept += line + "\n";
+  }
+  in.close();
+  write_file_atomic(path, kept);
+}
+
+void write_jsonl(std::ofstream& f, const nlohmann::json& j) {
+  if (!f.is_open()) return;
+  f << j.dump() << "\n";
+  f.flush();
+}
+
 }  // namespace
 
-TrainResult train(LoraModel& lora, const TextDataset& data, const TrainerOptions& opt,
-                  const std::function<void(const TrainStepLog&)>& on_step) {
-  using Clock = std::chrono::steady_clock;
-  if (opt.max_steps < 1) fail("--max-steps", "must be >= 1");
-  if (opt.batch_size < 1) fail("--batch-size", "must be >= 1");
-  if (opt.grad_accum < 1) fail("--grad-accum", "must be >= 1");
-  if (data.num_chunks() < 1) fail("train", "the dataset has no chunks");
+double EvalResult::ppl() const { return std::exp(loss); }
+
+int64_t planned_steps(const TrainerOptions& opt, int64_t n_sequences) {
+  if (opt.max_steps > 0) return opt.max_steps;
+  const double per_step = static_cast<double>(opt.batch_size * opt.grad_accum);
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(opt.epochs * static_cast<double>(n_sequences) / per_step)));
+}
+
+EvalResult evaluate(const LoraModel& lora, const std::vector<TrainSequence>& data, bool progress) {
+  TrainWorkspace ws;
+  double sum = 0;
+  EvalResult r;
+  std::unique_ptr<ProgressBar> bar;
+  if (progress) bar = std::make_unique<ProgressBar>(static_cast<int64_t>(data.size()), "eval", "seq");
+  for (size_t i = 0; i < data.size(); ++i) {
+    const TrainSequence& s = data[i];
+    const int64_t n = s.n_targets();
+    if (n == 0) continue;
+    sum += static_cast<double>(forward_loss(lora, ws, s.inputs, s.targets, s.positions)) * static_cast<double>(n);
+    r.tokens += n;
+    if (bar) bar->update(static_cast<int64_t>(i + 1), "loss " + fmt("%.4f", sum / static_cast<double>(r.tokens)));
+  }
+  if (bar) bar->finish();
+  r.loss = r.tokens > 0 ? sum / static_cast<double>(r.tokens) : 0.0;
+  return r;
+}
+
+TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const std::vector<TrainSequence>& eval,
+                  const TrainerOptions& opt, const std::function<void(const TrainStepLog&)>& on_step) {
+  check_options(opt, data.size());
+  const int64_t total_steps = planned_steps(opt, static_cast<int64_t>(data.size()));
+  const int64_t micro = opt.batch_size * opt.grad_accum;
+  const bool write = !opt.out_dir.empty();
+  if (write) std::filesystem::create_directories(opt.out_dir);
 
   std::vector<AdamWParam> params;
   std::vector<std::span<float>> grads;
@@ -41,84 +138,134 @@ TrainResult train(LoraModel& lora, const TextDataset& data, const TrainerOptions
     grads.emplace_back(l.dA);
     grads.emplace_back(l.dB);
   }
-  AdamW optimizer(std::move(params), opt.adamw);
+  const std::string paged_dir = opt.paged_dir.empty() ? opt.out_dir : opt.paged_dir;
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(opt.optim, std::move(params), opt.adamw, paged_dir);
   LrSchedule sched;
   sched.kind = opt.schedule;
   sched.base_lr = opt.adamw.lr;
-  sched.total_steps = opt.max_steps;
-  sched.warmup_steps = warmup_steps_from_ratio(opt.max_steps, opt.warmup_ratio);
+  sched.total_steps = total_steps;
+  sched.warmup_steps = warmup_steps_from_ratio(total_steps, opt.warmup_ratio);
 
+  // Run state: what a checkpoint saves.
+  TrainerState st;
+  st.fingerprint = run_fingerprint(lora, data, opt, total_steps);
+  LoraRng data_rng(opt.seed);
+  LoraRng dropout_rng(opt.seed ^ 0xD50F00Dull);
+  bool resumed = false;
+  if (opt.resume) {
+    if (auto dir = latest_checkpoint(opt.out_dir)) {
+      st = load_checkpoint(*dir, lora, *optimizer, st.fingerprint);
+      data_rng.set_state(st.data_rng);
+      dropout_rng.set_state(st.dropout_rng);
+      resumed = true;
+      if (opt.progress) std::fprintf(stderr, "resuming from %s (step %lld)\n", dir->c_str(), static_cast<long long>(st.step));
+    } else if (opt.progress) {
+      std::fprintf(stderr, "--resume: no checkpoint in %s yet, starting from step 0\n", opt.out_dir.c_str());
+    }
+  }
+  auto next_sequence = [&]() -> const TrainSequence& {
+    if (st.next >= static_cast<int64_t>(st.order.size())) {
+      st.order.resize(data.size());
+      for (size_t i = 0; i < st.order.size(); ++i) st.order[i] = static_cast<int64_t>(i);
+      for (size_t i = st.order.size(); i > 1; --i) std::swap(st.order[i - 1], st.order[data_rng.next_u64() % i]);
+      st.next = 0;
+    }
+    ++st.consumed;
+    return data[static_cast<size_t>(st.order[static_cast<size_t>(st.next++)])];
+  };
+
+  const std::string mpath = opt.out_dir + "/metrics.jsonl";
+  const std::string plot_path = opt.out_dir + "/loss.svg";
+  const std::string plot_title = "qlora train: " + opt.base_model_name;
   std::ofstream metrics;
-  if (!opt.out_dir.empty()) {
-    std::filesystem::create_directories(opt.out_dir);
-    const std::string mpath = opt.out_dir + "/metrics.jsonl";
-    metrics.open(mpath, std::ios::trunc);
+  if (write) {
+    if (resumed) truncate_metrics(mpath, st.step);
+    metrics.open(mpath, resumed ? std::ios::app : std::ios::trunc);
     if (!metrics) fail(mpath, "cannot write the metrics file");
   }
 
-  // Data order: a permutation of the chunks per epoch.
-  LoraRng data_rng(opt.seed);
-  LoraRng dropout_rng(opt.seed ^ 0xD50F00Dull);
-  std::vector<int64_t> order;
-  size_t next = 0;
-  auto next_chunk = [&]() {
-    if (next == order.size()) {
-      order.resize(static_cast<size_t>(data.num_chunks()));
-      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-      for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[data_rng.next_u64() % i]);
-      next = 0;
-    }
-    return order[next++];
+  TrainResult res;
+  res.first_step = st.step + 1;
+  res.total_steps = total_steps;
+  auto run_eval = [&](int64_t step) {
+    if (eval.empty()) return;
+    const EvalResult e = evaluate(lora, eval);
+    res.evals.emplace_back(step, e);
+    write_jsonl(metrics, {{"step", step}, {"eval_loss", e.loss}, {"eval_ppl", e.ppl()}, {"eval_tokens", e.tokens}});
+    if (opt.progress)
+      std::fprintf(stderr, "eval at step %lld: loss %.4f, perplexity %.3f (%lld tokens)\n", static_cast<long long>(step),
+                   e.loss, e.ppl(), static_cast<long long>(e.tokens));
   };
+  if (!resumed) run_eval(0);
 
   TrainWorkspace ws;
   TrainStepOptions sopt;
   sopt.checkpointing = opt.checkpointing;
   sopt.training = true;
-  const int64_t micro = opt.batch_size * opt.grad_accum;
-  sopt.grad_scale = 1.f / static_cast<float>(micro);
-
-  TrainResult res;
   std::unique_ptr<ProgressBar> bar;
-  if (opt.progress) bar = std::make_unique<ProgressBar>(opt.max_steps, "train", "steps");
+  if (opt.progress) bar = std::make_unique<ProgressBar>(total_steps, "train", "steps");
   const auto t0 = Clock::now();
-  for (int64_t step = 0; step < opt.max_steps; ++step) {
+  std::vector<const TrainSequence*> batch(static_cast<size_t>(micro));
+  for (int64_t step = st.step; step < total_steps; ++step) {
     lora.zero_grad();
+    int64_t n_targets = 0, tokens = 0;
+    for (auto& b : batch) {
+      b = &next_sequence();
+      n_targets += b->n_targets();
+      tokens += static_cast<int64_t>(b->inputs.size());
+    }
+    // Each sequence's mean loss weighted by its share of the step's target tokens: the
+    // step's loss and gradient are those of the mean over all its target tokens.
     double loss_sum = 0;
-    int64_t tokens = 0;
-    for (int64_t i = 0; i < micro; ++i) {
-      const int64_t c = next_chunk();
-      loss_sum += forward_backward(lora, ws, data.inputs(c), data.targets(c), sopt, &dropout_rng);
-      tokens += data.chunk_len(c);
+    for (const TrainSequence* b : batch) {
+      const int64_t n = b->n_targets();
+      if (n == 0) continue;
+      sopt.grad_scale = static_cast<float>(static_cast<double>(n) / static_cast<double>(n_targets));
+      loss_sum += static_cast<double>(forward_backward(lora, ws, b->inputs, b->targets, sopt, &dropout_rng,
+                                                       b->positions)) * static_cast<double>(n);
     }
     TrainStepLog log;
     log.step = step + 1;
-    log.loss = static_cast<float>(loss_sum / static_cast<double>(micro));
+    log.epoch = static_cast<double>(st.consumed) / static_cast<double>(data.size());
+    log.loss = n_targets > 0 ? static_cast<float>(loss_sum / static_cast<double>(n_targets)) : 0.f;
     log.lr = sched.lr(step);
     log.tokens = tokens;
     log.grad_norm = opt.max_grad_norm > 0 ? clip_grad_norm(grads, opt.max_grad_norm) : global_grad_norm(grads);
-    log.skipped = !std::isfinite(log.grad_norm);
-    if (!log.skipped) optimizer.step(log.lr);
+    log.skipped = !std::isfinite(log.grad_norm) || n_targets == 0;
+    if (!log.skipped) optimizer->step(log.lr);
+    st.step = step + 1;
     res.tokens += tokens;
     log.elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
     log.tokens_per_s = log.elapsed_s > 0 ? static_cast<double>(res.tokens) / log.elapsed_s : 0;
+    log.rss_bytes = current_rss_bytes();
     res.steps.push_back(log);
-    if (metrics.is_open()) {
-      nlohmann::json j = {{"step", log.step},         {"loss", log.loss},   {"lr", log.lr},
-                          {"grad_norm", log.grad_norm}, {"tokens", log.tokens}, {"tokens_per_s", log.tokens_per_s},
-                          {"elapsed_s", log.elapsed_s}, {"skipped", log.skipped}};
-      metrics << j.dump() << "\n";
-      metrics.flush();
-    }
-    const std::string status = "loss " + fmt("%.4f", log.loss) + " lr " + fmt("%.2e", log.lr) + " " +
-                               fmt("%.0f", log.tokens_per_s) + " tok/s";
-    if (bar) bar->update(step + 1, status);
+    write_jsonl(metrics, {{"step", log.step},           {"epoch", log.epoch},       {"loss", log.loss},
+                          {"lr", log.lr},               {"grad_norm", log.grad_norm}, {"tokens", log.tokens},
+                          {"tokens_per_s", log.tokens_per_s}, {"elapsed_s", log.elapsed_s},
+                          {"rss_bytes", log.rss_bytes}, {"skipped", log.skipped}});
+    if (bar)
+      bar->update(step + 1, "loss " + fmt("%.4f", log.loss) + " lr " + fmt("%.2e", log.lr) + " " +
+                                fmt("%.0f", log.tokens_per_s) + " tok/s mem " +
+                                human_bytes(static_cast<double>(log.rss_bytes)) + " ep " + fmt("%.2f", log.epoch));
     if (on_step) on_step(log);
+    const bool last = st.step == total_steps;
+    if (opt.eval_every > 0 && st.step % opt.eval_every == 0 && !last) run_eval(st.step);
+    if (opt.save_every > 0 && st.step % opt.save_every == 0 && !last) {
+      st.data_rng = data_rng.state();
+      st.dropout_rng = dropout_rng.state();
+      save_checkpoint(opt.out_dir, lora, opt.base_model_name, *optimizer, st, opt.save_total_limit);
+      metrics.flush();
+      write_loss_plot(mpath, plot_path, plot_title);
+    }
   }
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (bar) bar->finish();
-  if (!opt.out_dir.empty())
+  run_eval(st.step);
+  if (write) {
     save_peft_adapter(opt.out_dir, lora.config(), opt.base_model_name, lora.layers());
+    metrics.flush();
+    write_loss_plot(mpath, plot_path, plot_title);
+  }
   return res;
 }
 

@@ -2,8 +2,8 @@
 //  (1) whole-model LoRA gradients (r = 2 on all-linear, B random so A gets gradients too)
 //      against central finite differences of the loss, dense and NF4 base weights, and
 //      gradient checkpointing giving bit-identical gradients;
-//  (2) a 30-step training run on a tinyshakespeare slice lowers the loss clearly;
-//  (3) the saved adapter has PEFT's files and keys, and `qlora train` works.
+//  (2) packed sequences compute exactly what their examples give alone.
+// The trainer (data order, checkpoints, resume, the CLI) is tested in test_trainer.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,9 +21,7 @@
 #include "lora/peft_adapter.h"
 #include "model/model.h"
 #include "model/model_test_util.h"
-#include "train/text_dataset.h"
 #include "train/train_model.h"
-#include "train/trainer.h"
 
 using namespace qlora;
 using namespace qlora::test;
@@ -236,119 +234,4 @@ TEST(TrainModel, PackedSequenceEqualsSeparateExamples) {
   std::vector<int32_t> bad(pos);
   bad[3] = 7;
   EXPECT_THROW(forward_backward(lm, ws, ip, tp, opt, nullptr, bad), Error);
-}
-
-TEST(TextDataset, JsonlRecordsAndChunks) {
-  Loaded L = load(false);
-  TempDir tmp("ds");
-  write_file(tmp.path("d.jsonl"), "{\"text\": \"Once upon a time\"}\n\n{\"text\": \"there was a cat.\"}\n");
-  const TextDataset d = TextDataset::from_file(tmp.path("d.jsonl"), *L.files.tokenizer, 4);
-  EXPECT_EQ(d.num_documents(), 2);
-  ASSERT_GE(d.num_chunks(), 1);
-  for (int64_t i = 0; i < d.num_chunks(); ++i) {
-    ASSERT_EQ(d.chunk_len(i), 4);
-    EXPECT_TRUE(std::equal(d.inputs(i).begin() + 1, d.inputs(i).end(), d.targets(i).begin()));
-  }
-  write_file(tmp.path("bad.jsonl"), "{\"txt\": 1}\n");
-  EXPECT_THROW(TextDataset::from_file(tmp.path("bad.jsonl"), *L.files.tokenizer, 4), std::exception);
-}
-
-TEST(Trainer, ShortRunLowersLossAndSavesPeftAdapter) {
-  Loaded L = load(true);  // NF4 + double quant: real QLoRA
-  TempDir tmp("train");
-  std::ifstream f(data_dir() + "/text/tinyshakespeare.txt", std::ios::binary);
-  std::string text(20000, '\0');
-  f.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<size_t>(f.gcount()));
-  write_file(tmp.path("shakespeare.txt"), text);
-  const TextDataset data = TextDataset::from_file(tmp.path("shakespeare.txt"), *L.files.tokenizer, 64);
-  ASSERT_GE(data.num_chunks(), 16);
-
-  LoraConfig c;
-  c.r = 8;
-  c.alpha = 16;
-  c.dropout = 0.05;
-  c.all_linear = true;
-  c.seed = 1;
-  LoraModel lm(L.model, c);
-  TrainWorkspace ws;
-  auto eval = [&] {
-    double s = 0;
-    for (int64_t i = 0; i < 16; ++i) s += forward_loss(lm, ws, data.inputs(i), data.targets(i));
-    return s / 16;
-  };
-  const double before = eval();
-
-  TrainerOptions t;
-  t.out_dir = tmp.path("adapter");
-  t.base_model_name = "stories260K";
-  t.max_steps = 30;
-  t.batch_size = 4;
-  t.adamw.lr = 1e-2;
-  t.progress = false;
-  const TrainResult r = train(lm, data, t);
-  const double after = eval();
-  double first = 0, last = 0;
-  for (int i = 0; i < 5; ++i) first += r.steps[i].loss / 5.0, last += r.steps[25 + i].loss / 5.0;
-  std::printf("eval loss (16 chunks x 64) before %.4f after %.4f; train loss first-5 %.4f last-5 %.4f; "
-              "%.0f tokens/s (%lld tokens in %.2f s)\n",
-              before, after, first, last, r.tokens_per_s(), static_cast<long long>(r.tokens), r.seconds);
-  ASSERT_EQ(r.steps.size(), 30u);
-  EXPECT_LT(after, before - 0.3);
-  EXPECT_LT(last, first - 0.3);
-  EXPECT_EQ(r.steps[0].lr, 0.0);  // warmup: ceil(0.03 * 30) = 1 step at lr 0
-  EXPECT_DOUBLE_EQ(r.steps[1].lr, 1e-2);
-
-  // metrics: one JSON line per step
-  std::ifstream m(t.out_dir + "/metrics.jsonl");
-  std::string line;
-  int n = 0;
-  while (std::getline(m, line)) {
-    const auto j = nlohmann::json::parse(line);
-    EXPECT_EQ(j.at("step").get<int>(), ++n);
-    EXPECT_TRUE(j.contains("loss") && j.contains("lr") && j.contains("grad_norm") && j.contains("tokens_per_s"));
-  }
-  EXPECT_EQ(n, 30);
-
-  // PEFT adapter: both files, the config, every key, the trained values.
-  ASSERT_TRUE(std::filesystem::exists(t.out_dir + "/adapter_config.json"));
-  ASSERT_TRUE(std::filesystem::exists(t.out_dir + "/adapter_model.safetensors"));
-  const auto cfg = nlohmann::json::parse(read_file(t.out_dir + "/adapter_config.json"));
-  EXPECT_EQ(cfg.at("peft_type"), "LORA");
-  EXPECT_EQ(cfg.at("task_type"), "CAUSAL_LM");
-  EXPECT_EQ(cfg.at("r"), 8);
-  EXPECT_EQ(cfg.at("lora_alpha"), 16);
-  EXPECT_EQ(cfg.at("base_model_name_or_path"), "stories260K");
-  const PeftAdapter a = load_peft_adapter(t.out_dir);
-  ASSERT_EQ(a.modules.size(), 35u);
-  for (const LoraLayer& l : lm.layers()) {
-    auto it = a.modules.find(l.module_path);
-    ASSERT_NE(it, a.modules.end()) << l.module_path;
-    EXPECT_EQ(it->second.A, l.A) << l.module_path;
-    EXPECT_EQ(it->second.B, l.B) << l.module_path;
-  }
-  EXPECT_TRUE(a.modules.count("model.layers.0.self_attn.q_proj"));
-  EXPECT_TRUE(a.modules.count("model.layers.4.mlp.down_proj"));
-  EXPECT_EQ(peft_lora_key("model.layers.0.self_attn.q_proj", 'A'),
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
-}
-
-TEST(Cli, TrainWritesAdapter) {
-  TempDir tmp("cli_train");
-  write_file(tmp.path("d.jsonl"),
-             "{\"text\": \"Once upon a time, there was a little dog. The dog liked to run in the park.\"}\n"
-             "{\"text\": \"Tom had a red ball. He threw the ball and the dog ran after it.\"}\n");
-  const CliResult r = run_cli({"train", "--model", stories_bin(), "--data", tmp.path("d.jsonl"), "--out",
-                               tmp.path("out"), "--quant", "nf4", "--double-quant", "--lora-r", "4",
-                               "--target", "q_proj,v_proj", "--max-steps", "3", "--seq-len", "16", "--batch-size",
-                               "2", "--grad-accum", "2", "--lr", "1e-3"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("trained 3 steps"), std::string::npos) << r.err;
-  const PeftAdapter a = load_peft_adapter(tmp.path("out"));
-  EXPECT_EQ(a.modules.size(), 10u);  // q_proj and v_proj of 5 blocks
-  EXPECT_EQ(a.config.r, 4);
-  EXPECT_TRUE(std::filesystem::exists(tmp.path("out/metrics.jsonl")));
-  const CliResult bad = run_cli({"train", "--model", stories_bin(), "--data", tmp.path("missing.txt"), "--out",
-                                 tmp.path("out2")});
-  EXPECT_NE(bad.exit_code, 0);
 }

@@ -1,0 +1,56 @@
+#include "train/adapter_loader.h"
+
+#include <filesystem>
+#include <map>
+#include <utility>
+
+#include "base/error.h"
+#include "lora/peft_adapter.h"
+
+namespace qlora {
+
+LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
+  namespace fs = std::filesystem;
+  const std::string cpath = (fs::path(dir) / kPeftConfigFile).string();
+  const std::string wpath = (fs::path(dir) / kPeftWeightsFile).string();
+  check(fs::is_directory(dir), dir, "--adapter: not a directory");
+  const PeftAdapter a = load_peft_adapter(dir);
+
+  // module path -> (layer, which) for every Linear the model has.
+  const int64_t NL = model.spec().n_layers;
+  std::map<std::string, std::pair<int64_t, int>> linears;
+  for (int64_t l = 0; l < NL; ++l)
+    for (int w = 0; w < kBlockLinears; ++w)
+      linears[block_linear_path(l, static_cast<BlockLinear>(w))] = {l, w};
+  for (const auto& [path, m] : a.modules) {
+    auto it = linears.find(path);
+    check(it != linears.end(), wpath,
+                 "key '" + peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
+                     std::to_string(NL) + " layers; LoRA is supported on the q/k/v/o/gate/up/down projections)");
+    const QuantLinear& q = model.block_linear(it->second.first, it->second.second);
+    check(m.in == q.in_features(), wpath,
+                 "key '" + peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +
+                     std::to_string(m.in) + ") but the model's '" + path + "' has in_features " +
+                     std::to_string(q.in_features()) + " (an adapter for a different model?)");
+    check(m.out == q.out_features(), wpath,
+                 "key '" + peft_lora_key(path, 'B') + "' has shape (" + std::to_string(m.out) + ", " +
+                     std::to_string(m.r) + ") but the model's '" + path + "' has out_features " +
+                     std::to_string(q.out_features()) + " (an adapter for a different model?)");
+  }
+
+  LoadedAdapter out;
+  try {
+    out.lora = std::make_unique<LoraModel>(model, a.config);
+  } catch (const Error& e) {
+    fail(cpath, e.what());
+  }
+  a.apply_to(out.lora->layers());  // every targeted Linear has weights of rank r, nothing extra
+  out.inference.blocks.resize(static_cast<size_t>(NL));
+  for (int64_t l = 0; l < NL; ++l)
+    for (int w = 0; w < kBlockLinears; ++w)
+      out.inference.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] =
+          out.lora->find(l, static_cast<BlockLinear>(w));
+  return out;
+}
+
+}  // namespace qlora

@@ -260,7 +260,7 @@ class RecordEncoder {
     if (source.empty())
       fail(path_ + ":" + std::to_string(line),
            "chat records need a chat template and the model's tokenizer (" + tok_.spec().source +
-               ") has none; give one with the chat template option");
+               ") has none; give one with --chat-template FILE");
     if (tok_.bos_id() >= 0) bos_ = tok_.token_text(tok_.bos_id());
     if (tok_.eos_id() >= 0) eos_ = tok_.token_text(tok_.eos_id());
     chat_ = std::make_unique<train::ChatTemplate>(source, opt_.chat_template.empty() ? tok_.spec().source + " chat template"
@@ -336,7 +336,7 @@ class Loader {
       const std::string why = "record is " + std::to_string(ex.tokens.size()) +
                               " tokens, more than seq_len + 1 = " + std::to_string(max_tokens);
       if (opt_.on_too_long == TooLongPolicy::Error)
-        fail(where(ex.line), why + " (too-long policy: error; truncate or skip would go on)");
+        fail(where(ex.line), why + " (--on-too-long error; truncate or skip would go on)");
       if (opt_.on_too_long == TooLongPolicy::Skip) {
         issue(ex.line, why);
         return;
@@ -437,7 +437,7 @@ void load_json_array(Loader& loader, const std::string& path, const std::string&
 void load_plain_text(Loader& loader, const std::string& path, const Tokenizer& tok, const DatasetOptions& opt,
                      const std::string& content) {
   if (opt.format == DataFormat::Alpaca || opt.format == DataFormat::Chat)
-    fail(path, "a plain text file (not .json/.jsonl) holds no alpaca or chat records; use data format text or auto");
+    fail(path, "a plain text file (not .json/.jsonl) holds no alpaca or chat records; use --data-format text or auto");
   std::vector<int> tokens(tok.spec().prefix_ids.begin(), tok.spec().prefix_ids.end());
   for (int32_t id : tok.encode(content, EncodeOptions{.add_special_tokens = false, .parse_special = true}))
     tokens.push_back(id);
@@ -462,20 +462,20 @@ DataFormat data_format_from_string(const std::string& s) {
   if (s == "text") return DataFormat::Text;
   if (s == "alpaca") return DataFormat::Alpaca;
   if (s == "chat") return DataFormat::Chat;
-  fail("data format", "unknown value '" + s + "' (expected auto, text, alpaca or chat)");
+  fail("--data-format", "unknown value '" + s + "' (expected auto, text, alpaca or chat)");
 }
 
 BadRecordPolicy bad_record_policy_from_string(const std::string& s) {
   if (s == "skip") return BadRecordPolicy::Skip;
   if (s == "error") return BadRecordPolicy::Error;
-  fail("bad-record policy", "unknown value '" + s + "' (expected skip or error)");
+  fail("--on-bad-record", "unknown value '" + s + "' (expected skip or error)");
 }
 
 TooLongPolicy too_long_policy_from_string(const std::string& s) {
   if (s == "truncate") return TooLongPolicy::Truncate;
   if (s == "skip") return TooLongPolicy::Skip;
   if (s == "error") return TooLongPolicy::Error;
-  fail("too-long policy", "unknown value '" + s + "' (expected truncate, skip or error)");
+  fail("--on-too-long", "unknown value '" + s + "' (expected truncate, skip or error)");
 }
 
 std::string DataIssue::to_string() const { return file + ":" + std::to_string(line) + ": " + why; }
@@ -501,13 +501,13 @@ LoadedExamples load_examples(const std::string& path, const Tokenizer& tok, cons
 
 void split_eval(std::vector<Example>& train, std::vector<Example>& eval, double fraction) {
   if (!(fraction >= 0.0 && fraction < 1.0))
-    fail("eval fraction", "must be in [0, 1), got " + std::to_string(fraction));
+    fail("eval split", "must be in [0, 1), got " + std::to_string(fraction));
   eval.clear();
   if (fraction == 0.0) return;
   const auto n = static_cast<int64_t>(train.size());
   const auto k = static_cast<int64_t>(std::llround(fraction * static_cast<double>(n)));
   if (k == 0 || k == n)
-    fail("eval fraction", std::to_string(fraction) + " of " + std::to_string(n) + " examples leaves " +
+    fail("eval split", std::to_string(fraction) + " of " + std::to_string(n) + " examples leaves " +
                               (k == 0 ? "no eval example" : "no training example"));
   eval.assign(std::make_move_iterator(train.end() - k), std::make_move_iterator(train.end()));
   train.resize(static_cast<size_t>(n - k));

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "model/model_test_util.h"
 #include "formats/gguf.h"
 #include "train/chat_template.h"
 #include "train/jinja.h"
@@ -286,3 +287,20 @@ TEST(Jinja, MutatedTemplatesFailCleanly) {
 }
 
 }  // namespace
+
+// `qlora generate --chat` sends the prompt through the model's own template (SmolLM2's
+// from its GGUF: the echo shows the rendered turns, special tokens hidden), and a model
+// without a template is refused with a message naming it.
+TEST(Cli, GenerateChatUsesTheModelsTemplate) {
+  const std::string gguf = std::string(QLORA_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!std::filesystem::exists(gguf)) GTEST_SKIP() << "no " << gguf << " (run scripts/fetch_model.sh)";
+  const qlora::test::CliResult r = qlora::test::run_cli(
+      {"generate", "--model", gguf, "--chat", "--system", "Be brief.", "--prompt", "hi", "-n", "1", "--temperature",
+       "0", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("system\nBe brief.\nuser\nhi\nassistant\n", 0), 0u) << r.out;
+  const qlora::test::CliResult none = qlora::test::run_cli(
+      {"generate", "--model", qlora::test::stories_bin(), "--chat", "--prompt", "hi", "-n", "1", "--quiet"});
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.err.find("no chat template"), std::string::npos) << none.err;
+}

@@ -235,3 +235,45 @@ TEST(TrainModel, PackedSequenceEqualsSeparateExamples) {
   bad[3] = 7;
   EXPECT_THROW(forward_backward(lm, ws, ip, tp, opt, nullptr, bad), Error);
 }
+
+// bf16 / fp16 compute (activations rounded where torch's half-precision forward rounds
+// them; LoRA weights, gradients and the backward stay float32): the loss and the LoRA
+// gradients stay close to float32's, and the optimizer sees the same direction.
+TEST(TrainModel, HalfPrecisionComputeTracksFloat32) {
+  ModelFiles f = open_model_files(stories_bin());
+  auto load_as = [&](ComputeDType dt) {
+    ModelLoadOptions o;
+    o.quant.quantize = true;
+    o.compute_dtype = dt;
+    return Model::load(f.spec, *f.tensors, o);
+  };
+  const Model m32 = load_as(ComputeDType::F32);
+  const auto ids = f.tokenizer->encode("Once upon a time, there was a little girl named Lily. She loved to play.");
+  const std::vector<int> in(ids.begin(), ids.end() - 1), tg(ids.begin() + 1, ids.end());
+  auto run = [&](const Model& m, float* loss) {
+    LoraModel lm(m, grad_check_config());
+    LoraRng brng(5);
+    for (LoraLayer& l : lm.layers())
+      for (float& b : l.B) b = 0.05f * (2.f * brng.next_float() - 1.f);
+    TrainWorkspace ws;
+    TrainStepOptions opt;
+    opt.training = false;
+    *loss = forward_backward(lm, ws, in, tg, opt, nullptr);
+    return all_grads(lm);
+  };
+  float l32 = 0;
+  const std::vector<float> g32 = run(m32, &l32);
+  for (ComputeDType dt : {ComputeDType::BF16, ComputeDType::F16}) {
+    const Model m = load_as(dt);
+    float l = 0;
+    const std::vector<float> g = run(m, &l);
+    double dot = 0, n1 = 0, n2 = 0;
+    for (size_t i = 0; i < g.size(); ++i) dot += g[i] * g32[i], n1 += g[i] * g[i], n2 += g32[i] * g32[i];
+    const double cosine = dot / std::sqrt(n1 * n2);
+    std::printf("%s: loss %.5f vs fp32 %.5f, gradient cosine %.5f\n", dt == ComputeDType::BF16 ? "bf16" : "fp16", l,
+                l32, cosine);
+    EXPECT_NEAR(l, l32, 0.01 * l32);
+    EXPECT_GT(cosine, 0.99);
+    EXPECT_NE(l, l32);  // the rounding really happened
+  }
+}

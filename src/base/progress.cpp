@@ -26,6 +26,8 @@ void ProgressBar::finish(const std::string& extra) {
   if (finished_) return;
   finished_ = true;
   if (!extra.empty()) extra_ = extra;
+  // In a log (not a terminal) the last update already printed this exact line.
+  if (!tty_ && drawn_done_ == done_ && extra.empty()) return;
   draw(true);
 }
 
@@ -46,6 +48,7 @@ void ProgressBar::draw(bool final_line) {
                extra_.empty() ? "" : "  ", extra_.c_str());
   if (!tty_ || final_line) std::fputc('\n', stderr);
   std::fflush(stderr);
+  drawn_done_ = done_;
 }
 
 std::string human_bytes(double b) {

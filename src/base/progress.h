@@ -19,7 +19,7 @@ class ProgressBar {
 
  private:
   void draw(bool final_line);
-  int64_t total_, done_ = 0;
+  int64_t total_, done_ = 0, drawn_done_ = -1;
   std::string label_, unit_, extra_;
   std::chrono::steady_clock::time_point start_, last_draw_;
   bool tty_;

@@ -1,5 +1,7 @@
 #include "optim/paged_buffer.h"
 
+#include <csignal>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -28,6 +30,26 @@ std::string default_paged_dir() {
   std::error_code ec;
   auto p = std::filesystem::temp_directory_path(ec);
   return ec ? std::string("/tmp") : p.string();
+}
+
+size_t remove_stale_paged_files(const std::string& dir) {
+  size_t removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir.empty() ? default_paged_dir() : dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("qlora-", 0) != 0 || !e.is_regular_file(ec)) continue;
+    // ...-<pid>-XXXXXX: the pid is the second-to-last dash-separated field.
+    const size_t last = name.rfind('-');
+    if (last == std::string::npos || last == 0) continue;
+    const size_t prev = name.rfind('-', last - 1);
+    if (prev == std::string::npos) continue;
+    const std::string pid_s = name.substr(prev + 1, last - prev - 1);
+    if (pid_s.empty() || pid_s.size() > 9 || pid_s.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_s));
+    if (pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+    if (std::filesystem::remove(e.path(), ec)) ++removed;
+  }
+  return removed;
 }
 
 PagedBuffer::PagedBuffer(const std::string& dir_in, size_t bytes, const std::string& tag) {

@@ -20,6 +20,10 @@
 
 namespace qlora {
 
+// Removes the state files that killed runs left in `dir` (qlora-<tag>-<pid>-XXXXXX whose
+// process no longer exists); returns how many. A SIGKILL gives the destructor no chance.
+size_t remove_stale_paged_files(const std::string& dir);
+
 // Lays out arrays in one buffer: each add() returns a 64-byte-aligned offset (so every
 // array starts on a cache line and SIMD loads of floats are aligned).
 class StateLayout {

@@ -19,6 +19,7 @@
 #include "base/progress.h"
 #include "lora/peft_adapter.h"
 #include "optim/grad_clip.h"
+#include "optim/paged_buffer.h"
 #include "train/checkpoint.h"
 #include "train/loss_plot.h"
 
@@ -139,6 +140,11 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     grads.emplace_back(l.dB);
   }
   const std::string paged_dir = opt.paged_dir.empty() ? opt.out_dir : opt.paged_dir;
+  if (optim_is_paged(opt.optim)) {
+    const size_t stale = remove_stale_paged_files(paged_dir);
+    if (stale && opt.progress)
+      std::fprintf(stderr, "removed %zu optimizer state file(s) left in %s by killed runs\n", stale, paged_dir.c_str());
+  }
   std::unique_ptr<Optimizer> optimizer = make_optimizer(opt.optim, std::move(params), opt.adamw, paged_dir);
   LrSchedule sched;
   sched.kind = opt.schedule;

@@ -410,3 +410,19 @@ TEST(Optimizers, KindNames) {
 }
 
 }  // namespace
+
+// State files of runs that were SIGKILLed (their pid is gone) are removed; files of live
+// processes (this one) and unrelated files stay.
+TEST(PagedBuffer, RemovesStateFilesOfDeadProcessesOnly) {
+  const fs::path dir = fs::temp_directory_path() / ("qlora_stale_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string dead = (dir / "qlora-optimizer-state-999999999-a1b2c3").string();  // above any pid_max
+  const std::string mine = (dir / ("qlora-optimizer-state-" + std::to_string(getpid()) + "-zzzzzz")).string();
+  const std::string other = (dir / "notes-123-abc").string();
+  for (const std::string& p : {dead, mine, other}) std::ofstream(p) << "x";
+  EXPECT_EQ(remove_stale_paged_files(dir.string()), 1u);
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_TRUE(fs::exists(mine));
+  EXPECT_TRUE(fs::exists(other));
+  fs::remove_all(dir);
+}

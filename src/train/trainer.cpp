@@ -146,6 +146,10 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
       std::fprintf(stderr, "removed %zu optimizer state file(s) left in %s by killed runs\n", stale, paged_dir.c_str());
   }
   std::unique_ptr<Optimizer> optimizer = make_optimizer(opt.optim, std::move(params), opt.adamw, paged_dir);
+  if (opt.progress)
+    std::fprintf(stderr, "optimizer: %s, state %s%s\n", optim_kind_name(opt.optim),
+                 human_bytes(static_cast<double>(optimizer->state_bytes())).c_str(),
+                 optim_is_paged(opt.optim) ? (" (paged, file in " + paged_dir + ")").c_str() : "");
   LrSchedule sched;
   sched.kind = opt.schedule;
   sched.base_lr = opt.adamw.lr;

@@ -6,7 +6,7 @@
 
 #include "base/error.h"
 #include "base/parallel.h"
-#include "model/linear_kernels.h"
+#include "model/gemm.h"
 
 namespace qlora {
 
@@ -106,37 +106,52 @@ void LoraLayer::zero_grad() {
 }
 
 // --- forward / backward -------------------------------------------------------------
+namespace {
+
+// Per-thread scratch that only grows: the (T, in) and (T, out) temporaries of every LoRA
+// layer would otherwise be fresh megabyte allocations (zero-filled, page-faulted) 400 times
+// a training step. Each slot is one distinct temporary (they are live at the same time).
+float* scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buf[3];
+  std::vector<float>& v = buf[slot];
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+}  // namespace
+
 void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x, int64_t T, bool training,
                   LoraRng* rng) {
   const int64_t in = L.in, out = L.out, r = L.r;
   const bool drop = training && L.dropout > 0.f;
   std::vector<float> mask_local;
   std::vector<float>& mask = cache ? cache->mask : mask_local;
-  mask.clear();
+  if (!drop) mask.clear();  // empty = no dropout
   if (drop) {
     check(rng != nullptr, L.module_path, "LoRA dropout in training needs a random generator");
-    mask.resize(static_cast<size_t>(T * in));
+    mask.resize(static_cast<size_t>(T * in));  // every element is drawn below
     const float p = L.dropout, keep_scale = 1.f / (1.f - p);
     for (auto& m : mask) m = rng->next_float() < p ? 0.f : keep_scale;
   }
   std::vector<float> h_local;
   std::vector<float>& h = cache ? cache->h : h_local;
-  h.assign(static_cast<size_t>(T * r), 0.f);
-  const auto& K = kernels::active_linear_kernels();
+  h.resize(static_cast<size_t>(T * r));  // overwritten by the first product
   // xd (T, in) = dropout(x), materialized only when dropout is on.
-  std::vector<float> xd;
   const float* xin = x;
   if (drop) {
-    xd.resize(static_cast<size_t>(T * in));
-    for (size_t k = 0; k < xd.size(); ++k) xd[k] = x[k] * mask[k];
-    xin = xd.data();
+    float* xd = scratch(0, T * in);
+    const float* mk = mask.data();
+    for (int64_t k = 0; k < T * in; ++k) xd[k] = x[k] * mk[k];
+    xin = xd;
   }
-  // h (T, r) = xd Aᵀ;  tmp (T, out) = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling)
-  std::vector<float> tmp(static_cast<size_t>(T * out));
-  parallel_for_range(T, 2, [&](int64_t t0, int64_t t1) {
-    K.gemm_rows(xin + t0 * in, in, t1 - t0, L.A.data(), in, r, in, h.data() + t0 * r, r);
-    K.gemm_rows(h.data() + t0 * r, r, t1 - t0, L.B.data(), r, out, r, tmp.data() + t0 * out, out);
-    for (int64_t k = t0 * out; k < t1 * out; ++k) y[k] += tmp[k] * L.scaling;
+  // h (T, r) = xd Aᵀ;  tmp (T, out) = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling).
+  // Two GEMM calls (model/gemm.h, multi-threaded inside), not a loop over token ranges.
+  float* tmp = scratch(1, T * out);
+  sgemm_nt(T, r, in, xin, in, L.A.data(), in, h.data(), r, /*accumulate=*/false);
+  sgemm_nt(T, out, r, h.data(), r, L.B.data(), r, tmp, out, /*accumulate=*/false);
+  const float s = L.scaling;
+  parallel_for_range(T * out, 32768, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) y[k] += tmp[k] * s;
   });
 }
 
@@ -145,67 +160,35 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
   const bool drop = !cache.mask.empty();
   check(static_cast<int64_t>(cache.h.size()) == T * r, L.module_path, "lora_backward: cache does not match T");
   const float s = L.scaling;
+  // Every product is one GEMM (model/gemm.h); the scaling is applied to the small (T, r) and
+  // (out, r) results rather than to dy, which equals scaling · dy up to float rounding.
   // dh (T, r) = scaling · dy B
-  std::vector<float> dh(static_cast<size_t>(T * r), 0.f);
-  parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* dyt = dy + t * out;
-      float* dht = dh.data() + t * r;
-      for (int64_t o = 0; o < out; ++o) {
-        const float g = dyt[o] * s;
-        const float* b = L.B.data() + o * r;
-        for (int64_t j = 0; j < r; ++j) dht[j] += g * b[j];
-      }
-    }
-  });
+  float* dh = scratch(0, T * r);
+  sgemm_nn(T, r, out, dy, out, L.B.data(), r, dh, r, /*accumulate=*/false);
+  for (int64_t k = 0; k < T * r; ++k) dh[k] *= s;
   // dB (out, r) += scaling · dyᵀ h
-  parallel_for_range(out, 8, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      float* db = L.dB.data() + o * r;
-      for (int64_t t = 0; t < T; ++t) {
-        const float g = dy[t * out + o] * s;
-        const float* ht = cache.h.data() + t * r;
-        for (int64_t j = 0; j < r; ++j) db[j] += g * ht[j];
-      }
-    }
-  });
+  float* db = scratch(1, out * r);
+  sgemm_tn(out, r, T, dy, out, cache.h.data(), r, db, r, /*accumulate=*/false);
+  for (int64_t k = 0; k < out * r; ++k) L.dB[static_cast<size_t>(k)] += db[k] * s;
   // dA (r, in) += dhᵀ dropout(x)
-  parallel_for_range(r, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      float* da = L.dA.data() + j * in;
-      for (int64_t t = 0; t < T; ++t) {
-        const float g = dh[t * r + j];
-        const float* xt = x + t * in;
-        if (drop) {
-          const float* mt = cache.mask.data() + t * in;
-          for (int64_t i = 0; i < in; ++i) da[i] += g * (xt[i] * mt[i]);
-        } else {
-          for (int64_t i = 0; i < in; ++i) da[i] += g * xt[i];
-        }
-      }
-    }
-  });
+  float* xd = drop ? scratch(2, T * in) : nullptr;  // dropout(x), then reused as dh A
+  const float* xin = x;
+  if (drop) {
+    const float* mk = cache.mask.data();
+    for (int64_t k = 0; k < T * in; ++k) xd[k] = x[k] * mk[k];
+    xin = xd;
+  }
+  sgemm_tn(r, in, T, dh, r, xin, in, L.dA.data(), in, /*accumulate=*/true);
   // dx (T, in) += mask ⊙ (dh A)
   if (dx) {
-    parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) {
-      std::vector<float> acc(static_cast<size_t>(in));
-      for (int64_t t = t0; t < t1; ++t) {
-        std::fill(acc.begin(), acc.end(), 0.f);
-        const float* dht = dh.data() + t * r;
-        for (int64_t j = 0; j < r; ++j) {
-          const float g = dht[j];
-          const float* a = L.A.data() + j * in;
-          for (int64_t i = 0; i < in; ++i) acc[i] += g * a[i];
-        }
-        float* dxt = dx + t * in;
-        if (drop) {
-          const float* mt = cache.mask.data() + t * in;
-          for (int64_t i = 0; i < in; ++i) dxt[i] += acc[i] * mt[i];
-        } else {
-          for (int64_t i = 0; i < in; ++i) dxt[i] += acc[i];
-        }
-      }
-    });
+    if (!drop) {
+      sgemm_nn(T, in, r, dh, r, L.A.data(), in, dx, in, /*accumulate=*/true);
+    } else {
+      sgemm_nn(T, in, r, dh, r, L.A.data(), in, xd, in, /*accumulate=*/false);
+      parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
+        for (int64_t k = b; k < e; ++k) dx[k] += xd[k] * cache.mask[k];
+      });
+    }
   }
 }
 

@@ -56,16 +56,18 @@ void residual_backward(float* da, float* db, const float* dout, int64_t N);
 // `dout_stride` is the distance between rows of dout (0 means `out`), so a caller holding
 // only rows [o0, o1) of W (a 4-bit weight dequantized a slab at a time) can pass
 // W = those rows, dout = dout + o0, out = o1 - o0, dout_stride = the full out.
-// Multi-threaded (OpenMP). From 8 tokens up it runs the SIMD gemm_rows kernel of
-// linear_kernels.h on W transposed 64 columns at a time (thread-local scratch of
-// 64 * (out + T) floats); fewer tokens use axpy rows. dinp must not alias dout or W.
+// Multi-threaded (OpenMP). From 8 tokens up it is one sgemm_nn (model/gemm.h: oneDNN when
+// built with it; else the SIMD gemm_rows kernel of linear_kernels.h on W transposed 64
+// columns at a time, thread-local scratch of 64 * (out + T) floats); fewer tokens use axpy
+// rows. dinp must not alias dout or W.
 void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t T, int64_t in, int64_t out,
                            int64_t dout_stride = 0);
 
 // The same backward w.r.t. the weight (LoRA's A and B): dW (out, in) += dYᵀ · X,
 // i.e. dW[o, i] += sum_t dout[t, o] * inp[t, i]. dout (T, out), inp (T, in).
-// Multi-threaded (OpenMP), the same gemm_rows kernel on doutᵀ (a temporary of out * T
-// floats) and inp transposed 64 columns at a time. dW must not alias dout or inp.
+// Multi-threaded (OpenMP): one sgemm_tn (oneDNN), or without it the same gemm_rows kernel
+// on doutᵀ (a temporary of out * T floats) and inp transposed 64 columns at a time.
+// dW must not alias dout or inp.
 void matmul_backward_weight(float* dW, const float* dout, const float* inp, int64_t T, int64_t in, int64_t out);
 
 // Scalar single-threaded definitions of the two above (the tests' reference).

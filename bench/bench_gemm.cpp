@@ -1,0 +1,281 @@
+// fp32 GEMM on SmolLM2-135M's training shapes: our gemm_rows path ("ours": the panel loops
+// DenseWeight::matmul and matmul_backward_input ran on it, now sgemm_fallback in
+// model/gemm.h) against oneDNN (dnnl_sgemm and the matmul primitive) and OpenBLAS
+// (cblas_sgemm), at 1 and 2 threads; "qlora_sgemm" is model/gemm.h as built (oneDNN when
+// found) and "qlora_nf4" the 4-bit QuantLinear forward on it (dequantization included).
+// This measurement chose oneDNN for model/gemm.h. OpenBLAS is measured when
+// libopenblas-dev is installed (it is not a dependency of the library).
+//
+//   fwd:  Y (T, N) = X (T, K) · Wᵀ, W (N, K) row-major   (Linear forward, lm_head logits)
+//   bwd:  dX (T, K) += dY (T, N) · W                     (Linear backward through the weight)
+//
+// OpenBLAS picks its kernels when the library loads: Debian's build misdetects this CPU
+// and runs SSE3 kernels unless OPENBLAS_CORETYPE is in the process environment, so run:
+//
+//   OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=SkylakeX build-gemm/bench_gemm
+//     --benchmark_enable_random_interleaving=true --benchmark_repetitions=3
+//     --benchmark_min_time=0.3 --benchmark_report_aggregates_only=true
+//
+// (random interleaving spreads each benchmark's repetitions over the whole run, so a
+// noisy neighbour hits every contender alike). The context line "openblas_core" tells
+// which kernels OpenBLAS chose. Every contender is checked once against our result.
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "model/gemm.h"
+#include "model/quant_linear.h"
+
+#ifdef QLORA_BENCH_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+#ifdef QLORA_BENCH_OPENBLAS
+#include <cblas.h>
+#endif
+
+namespace {
+
+using namespace qlora;
+
+enum class Op { Fwd, Bwd };
+enum class Impl { Ours, OursNf4, Sgemm, DnnlSgemm, DnnlMatmul, OpenBlas };
+const char* impl_name(Impl i) {
+  switch (i) {
+    case Impl::Ours: return "ours";
+    case Impl::OursNf4: return "qlora_nf4";
+    case Impl::Sgemm: return "qlora_sgemm";
+    case Impl::DnnlSgemm: return "dnnl_sgemm";
+    case Impl::DnnlMatmul: return "dnnl_matmul";
+    case Impl::OpenBlas: return "openblas";
+  }
+  return "?";
+}
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// One weight per (N, K), made once; the benchmark's thread count never changes it.
+struct Weights {
+  std::vector<float> w;
+  DenseWeight dense;
+  QuantLinear nf4;
+};
+const Weights& weights(int64_t N, int64_t K) {
+  static std::map<std::pair<int64_t, int64_t>, Weights> cache;
+  auto it = cache.find({N, K});
+  if (it != cache.end()) return it->second;
+  Weights& w = cache[{N, K}];
+  w.w = randn(static_cast<size_t>(N * K), 1, 0.02f);
+  w.dense = DenseWeight(w.w.data(), N, K, ComputeDType::F32);
+  QuantOptions q;
+  q.double_quant = true;
+  w.nf4 = QuantLinear(w.w.data(), N, K, q, ComputeDType::F32);
+  return w;
+}
+
+#ifdef QLORA_BENCH_DNNL
+// Matmul primitives cached per (op, T, N, K, threads): creation is far slower than a call,
+// and the primitive's blocking is chosen for the thread count it was created under.
+struct DnnlMatmul {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm{eng};
+  std::map<std::tuple<int, int64_t, int64_t, int64_t, int>, dnnl::matmul> prims;
+
+  void run(Op op, const float* a, const float* w, float* c, int64_t T, int64_t N, int64_t K) {
+    using dt = dnnl::memory::data_type;
+    using tag = dnnl::memory::format_tag;
+    // fwd: (T, K) x Wᵀ (K, N) -> (T, N); W (N, K) row-major is Wᵀ with strides {1, K}.
+    // bwd: (T, N) x W (N, K) -> (T, K), accumulated (post-op sum).
+    const int64_t inner = op == Op::Fwd ? K : N, outer = op == Op::Fwd ? N : K;
+    dnnl::memory::desc src({T, inner}, dt::f32, tag::ab);
+    dnnl::memory::desc wei({inner, outer}, dt::f32,
+                           op == Op::Fwd ? dnnl::memory::dims{1, K} : dnnl::memory::dims{K, 1});
+    dnnl::memory::desc dst({T, outer}, dt::f32, tag::ab);
+    const auto key = std::make_tuple(static_cast<int>(op), T, N, K, omp_get_max_threads());
+    auto it = prims.find(key);
+    if (it == prims.end()) {
+      dnnl::primitive_attr attr;
+      if (op == Op::Bwd) {
+        dnnl::post_ops po;
+        po.append_sum(1.0f);
+        attr.set_post_ops(po);
+      }
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, eng);
+      it = prims.emplace(key, dnnl::matmul(pd)).first;
+    }
+    dnnl::memory ms(src, eng, const_cast<float*>(a)), mw(wei, eng, const_cast<float*>(w)), md(dst, eng, c);
+    it->second.execute(strm, {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md}});
+    strm.wait();
+  }
+};
+DnnlMatmul& dnnl_matmul() {
+  static DnnlMatmul m;
+  return m;
+}
+const char* dnnl_impl_name(Op op, int64_t T, int64_t N, int64_t K) {
+  auto& m = dnnl_matmul();
+  const auto key = std::make_tuple(static_cast<int>(op), T, N, K, omp_get_max_threads());
+  auto it = m.prims.find(key);
+  if (it == m.prims.end()) return "?";
+  const char* s = nullptr;
+  dnnl_primitive_desc_query(it->second.get_primitive_desc(), dnnl_query_impl_info_str, 0, &s);
+  return s ? s : "?";
+}
+#endif
+
+// Runs one product with `impl`: fwd y = x Wᵀ (overwrites y), bwd y += x W.
+void run(Impl impl, Op op, const Weights& W, const float* x, float* y, int64_t T, int64_t N, int64_t K) {
+  const float* w = W.w.data();
+  switch (impl) {
+    case Impl::Ours:  // our gemm_rows kernels, the same panel loops the callers ran before
+      if (op == Op::Fwd)
+        sgemm_fallback::nt(T, N, K, x, K, w, K, y, N, false);
+      else
+        sgemm_fallback::nn(T, K, N, x, N, w, K, y, K, true);
+      return;
+    case Impl::OursNf4:  // the 4-bit forward as training runs it (dequantize + the GEMM above)
+      W.nf4.forward(y, x, T);
+      return;
+    case Impl::Sgemm:
+      if (op == Op::Fwd)
+        sgemm_nt(T, N, K, x, K, w, K, y, N, false);
+      else
+        sgemm_nn(T, K, N, x, N, w, K, y, K, true);
+      return;
+#ifdef QLORA_BENCH_DNNL
+    case Impl::DnnlSgemm:
+      if (op == Op::Fwd)
+        dnnl_sgemm('N', 'T', T, N, K, 1.f, x, K, w, K, 0.f, y, N);
+      else
+        dnnl_sgemm('N', 'N', T, K, N, 1.f, x, N, w, K, 1.f, y, K);
+      return;
+    case Impl::DnnlMatmul: dnnl_matmul().run(op, x, w, y, T, N, K); return;
+#endif
+#ifdef QLORA_BENCH_OPENBLAS
+    case Impl::OpenBlas:
+      if (op == Op::Fwd)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.f, x, K, w, K, 0.f, y, N);
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, K, N, 1.f, x, N, w, K, 1.f, y, K);
+      return;
+#endif
+    default: throw std::runtime_error("contender not built");
+  }
+}
+
+void set_threads(Impl impl, int threads) {
+  omp_set_num_threads(threads);
+#ifdef QLORA_BENCH_OPENBLAS
+  // OpenBLAS keeps its own pthread pool: only the contender that uses it gets >1 thread,
+  // so its idle workers never compete with OpenMP's during the other contenders.
+  openblas_set_num_threads(impl == Impl::OpenBlas ? threads : 1);
+#else
+  (void)impl;
+#endif
+}
+
+void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, int64_t K, int threads) {
+  set_threads(impl, threads);
+  const Weights& W = weights(N, K);
+  const int64_t in = op == Op::Fwd ? K : N, out = op == Op::Fwd ? N : K;
+  const auto x = randn(static_cast<size_t>(T * in), 2, 1.0f);
+  std::vector<float> y(static_cast<size_t>(T * out), 0.f);
+  // Check once against ours (float32 sums in another order: relative error ~ sqrt(K) ulp;
+  // 1e-3 of the row's scale catches a wrong layout, not rounding).
+  {
+    std::vector<float> ref(y.size(), 0.f);
+    if (impl == Impl::OursNf4)  // its reference is the float32 product of its own 4-bit weight
+      W.nf4.forward(ref.data(), x.data(), T);
+    else
+      run(Impl::Ours, op, W, x.data(), ref.data(), T, N, K);
+    run(impl, op, W, x.data(), y.data(), T, N, K);
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      err = std::max(err, static_cast<double>(std::fabs(y[i] - ref[i])));
+      scale = std::max(scale, static_cast<double>(std::fabs(ref[i])));
+    }
+    if (err > 1e-3 * scale) {
+      state.SkipWithError(("result differs from ours: max err " + std::to_string(err)).c_str());
+      return;
+    }
+  }
+  const double cpu0 = process_cpu_seconds();
+  for (auto _ : state) {
+    run(impl, op, W, x.data(), y.data(), T, N, K);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double cpu = process_cpu_seconds() - cpu0;
+  const double flops = 2.0 * static_cast<double>(T * N * K);
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  // Per CPU-second of the whole process (all threads): the kernel's efficiency on the
+  // cores it actually got, which neighbours on a shared machine disturb far less than
+  // the wall-clock rate. (OpenMP waits passively under OMP_WAIT_POLICY=passive, so idle
+  // threads add little; spinning threads would show up here as lost efficiency.)
+  if (cpu > 0) state.counters["FLOP/cpu-s"] = flops * static_cast<double>(state.iterations()) / cpu;
+#ifdef QLORA_BENCH_DNNL
+  if (impl == Impl::DnnlMatmul) state.SetLabel(dnnl_impl_name(op, T, N, K));
+#endif
+  set_threads(Impl::Ours, 1);
+}
+
+int register_all() {
+#ifdef QLORA_BENCH_OPENBLAS
+  benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+  benchmark::AddCustomContext("openblas_config", openblas_get_config());
+#endif
+  benchmark::AddCustomContext("qlora_sgemm", sgemm_backend_name());
+  // The block Linears and the lm_head, then LoRA's factors at r = 16 (A (16, in), B (out, 16)).
+  const std::pair<int64_t, int64_t> shapes[] = {{576, 576}, {192, 576}, {1536, 576}, {576, 1536}, {49152, 576},
+                                                {16, 576},  {16, 1536}, {576, 16},   {1536, 16}};
+  std::vector<Impl> impls = {Impl::Ours, Impl::Sgemm};
+#ifdef QLORA_BENCH_DNNL
+  impls.push_back(Impl::DnnlSgemm);
+  impls.push_back(Impl::DnnlMatmul);
+#endif
+#ifdef QLORA_BENCH_OPENBLAS
+  impls.push_back(Impl::OpenBlas);
+#endif
+  for (int threads : {1, 2})
+    for (int64_t T : {256, 512})
+      for (Op op : {Op::Fwd, Op::Bwd})
+        for (auto [N, K] : shapes) {
+          std::vector<Impl> list = impls;
+          if (op == Op::Fwd && N != 49152 && N > 16 && K > 16) list.insert(list.begin() + 1, Impl::OursNf4);
+          for (Impl impl : list) {
+            const std::string name = std::string(op == Op::Fwd ? "fwd" : "bwd") + "/T" + std::to_string(T) + "/N" +
+                                     std::to_string(N) + "/K" + std::to_string(K) + "/th" +
+                                     std::to_string(threads) + "/" + impl_name(impl);
+            benchmark::RegisterBenchmark(name.c_str(), BM_Gemm, impl, op, T, N, K, threads)
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+          }
+        }
+  return 0;
+}
+const int registered = register_all();
+
+}  // namespace
+
+BENCHMARK_MAIN();

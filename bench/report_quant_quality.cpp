@@ -1,5 +1,5 @@
-// How much 4-bit quantization changes what a real model predicts: KL divergence and top-1
-// agreement of the NF4, NF4 + double quant and FP4 models' next-token distributions
+// How much 4-bit and 8-bit quantization change what a real model predicts: KL divergence and
+// top-1 agreement of the NF4, NF4 + double quant, FP4 and LLM.int8 models' next-token distributions
 // against the full-precision model (dense weights, fp32 compute), position by position on
 // a fixed text, plus the perplexity of that text under each model.
 //
@@ -108,6 +108,8 @@ struct Variant {
   QuantType type;
   bool dq;
   ComputeDType dtype;
+  bool int8 = false;           // LLM.int8 (then type/dq are unused)
+  float int8_threshold = 6.0f;  // its outlier threshold (0: every column int8)
 };
 
 struct Stats {
@@ -173,6 +175,8 @@ void report_model(const std::string& title, const std::string& path, const Corpu
     o.quant.type = v.type;
     o.quant.blocksize = blocksize;
     o.quant.double_quant = v.dq;
+    o.quant.int8 = v.int8;
+    o.quant.int8_threshold = v.int8_threshold;
     return Model::load(spec, *files.tensors, o);
   };
 
@@ -205,6 +209,9 @@ void report_model(const std::string& title, const std::string& path, const Corpu
       {"FP4", true, QuantType::FP4, false, ComputeDType::F32},
       {"NF4 + double quant, bf16 compute", true, QuantType::NF4, true, ComputeDType::BF16},
       {"dense, bf16 compute (no 4-bit)", false, QuantType::NF4, false, ComputeDType::BF16},
+      {"int8 (LLM.int8, threshold 6)", true, QuantType::NF4, false, ComputeDType::F32, true, 6.0f},
+      {"int8, no outlier decomposition (threshold 0)", true, QuantType::NF4, false, ComputeDType::F32, true, 0.0f},
+      {"int8 (threshold 6), bf16 compute", true, QuantType::NF4, false, ComputeDType::BF16, true, 6.0f},
   };
   std::vector<Stats> stats;
   for (const Variant& v : variants) {

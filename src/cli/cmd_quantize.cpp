@@ -1,4 +1,4 @@
-// `qlora quantize` and `qlora dequantize`: bitsandbytes-layout 4-bit checkpoints.
+// `qlora quantize` and `qlora dequantize`: bitsandbytes-layout 4-bit and 8-bit checkpoints.
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -12,14 +12,14 @@ namespace {
 namespace fs = std::filesystem;
 
 void print_report(const qlora::QuantizeReport& r, const std::string& out) {
-  std::fprintf(stderr, "%lld tensors 4-bit (%lld parameters), %lld kept; %s -> %s, wrote %s\n",
+  std::fprintf(stderr, "%lld tensors quantized (%lld parameters), %lld kept; %s -> %s, wrote %s\n",
                static_cast<long long>(r.tensors_quantized), static_cast<long long>(r.params_quantized),
                static_cast<long long>(r.tensors_kept), qlora::human_bytes(static_cast<double>(r.bytes_in)).c_str(),
                qlora::human_bytes(static_cast<double>(r.bytes_out)).c_str(), out.c_str());
 }
 
 const bool kQuantize = qlora::cli::register_command(
-    "quantize", "Quantize a safetensors file or Hugging Face model directory to bitsandbytes 4-bit",
+    "quantize", "Quantize a safetensors file or Hugging Face model directory to bitsandbytes 4-bit or 8-bit",
     [](CLI::App& app) -> qlora::cli::Action {
       struct Opts {
         std::string in, out, quant = "nf4", compute = "fp32";
@@ -30,7 +30,8 @@ const bool kQuantize = qlora::cli::register_command(
       auto o = std::make_shared<Opts>();
       app.add_option("--model", o->in, "Input .safetensors file or model directory")->required();
       app.add_option("--out", o->out, "Output file (for a file input) or directory")->required();
-      app.add_option("--quant", o->quant, "nf4 or fp4")->capture_default_str();
+      app.add_option("--quant", o->quant, "nf4, fp4 or int8 (LLM.int8, transformers' load_in_8bit layout)")
+          ->capture_default_str();
       app.add_option("--blocksize", o->blocksize, "Block size: 32..4096, a power of two")->capture_default_str();
       app.add_flag("--double-quant", o->dq, "Quantize the absmax constants too (bnb_4bit_use_double_quant)");
       app.add_option("--compute-dtype", o->compute, "Dtype recorded for dequantization: fp32, bf16, fp16")
@@ -38,7 +39,8 @@ const bool kQuantize = qlora::cli::register_command(
       app.add_option("--skip", o->skip, "Modules kept in full precision")->capture_default_str();
       return [o] {
         qlora::QuantizeOptions opt;
-        opt.type = qlora::quant_type_from_string(o->quant);
+        opt.int8 = o->quant == "int8";
+        if (!opt.int8) opt.type = qlora::quant_type_from_string(o->quant, "--quant");
         opt.blocksize = o->blocksize;
         opt.double_quant = o->dq;
         opt.compute_dtype = qlora::compute_dtype_from_string(o->compute);
@@ -55,7 +57,7 @@ const bool kQuantize = qlora::cli::register_command(
     });
 
 const bool kDequantize = qlora::cli::register_command(
-    "dequantize", "Turn a bitsandbytes 4-bit checkpoint back into a full-precision one",
+    "dequantize", "Turn a bitsandbytes 4-bit or 8-bit checkpoint back into a full-precision one",
     [](CLI::App& app) -> qlora::cli::Action {
       struct Opts {
         std::string in, out, dtype = "fp32";

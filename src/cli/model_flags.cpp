@@ -11,7 +11,12 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   app.add_option("--model,-m", f.model, "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin")
       ->required();
   app.add_option("--tokenizer", f.tokenizer, "Tokenizer (directory, tokenizer.json, llama2.c .bin, .gguf)");
-  app.add_option("--quant", f.quant, "Linear layer storage: none, nf4, fp4")->capture_default_str();
+  app.add_option("--quant", f.quant,
+                 "Linear layer storage: none, nf4, fp4, int8 (LLM.int8: 8-bit rows, outlier features in full precision)")
+      ->capture_default_str();
+  app.add_option("--int8-threshold", f.int8_threshold,
+                 "int8: activations with |x| >= this make their feature column run in full precision (0: off)")
+      ->capture_default_str();
   app.add_flag("--double-quant", f.double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
   app.add_option("--blocksize", f.blocksize, "4-bit block size (32..4096)")->capture_default_str();
   app.add_option("--compute-dtype", f.compute_dtype, compute_help)->capture_default_str();
@@ -23,9 +28,17 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   if (f.threads > 0) omp_set_num_threads(f.threads);
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
+  if (!(f.int8_threshold >= 0.0f)) fail("--int8-threshold", "must be >= 0");
+  load.quant.int8_threshold = f.int8_threshold;
   if (f.quant == "none") {
     load.quant.quantize = false;
+  } else if (f.quant == "int8") {
+    // LLM.int8 has no blocks and no double quantization: say so rather than ignore them.
+    if (f.double_quant) fail("--double-quant", "applies to nf4/fp4 only, not --quant int8");
+    load.quant.int8 = true;
   } else {
+    if (f.quant != "nf4" && f.quant != "fp4" && f.quant != "NF4" && f.quant != "FP4")
+      fail("--quant", "unknown value '" + f.quant + "' (expected none, nf4, fp4 or int8)");
     load.quant.type = quant_type_from_string(f.quant, "--quant");
     check_blocksize(f.blocksize, "--blocksize");
     load.quant.blocksize = f.blocksize;

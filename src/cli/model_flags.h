@@ -13,11 +13,12 @@ struct ModelFlags {
   std::string quant = "nf4";
   bool double_quant = false;
   int blocksize = 64;
+  float int8_threshold = 6.0f;  // LLM.int8's outlier threshold (--int8-threshold)
   std::string compute_dtype = "fp32";
   int threads = 0;
 };
 
-// Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize,
+// Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
 // --compute-dtype (described by `compute_help`) and --threads/-t.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
 

@@ -13,6 +13,7 @@
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_gguf.h"
+#include "quant/int8_safetensors.h"
 #include "quant/quant_state.h"
 #include "quant/quantize_checkpoint.h"
 
@@ -78,6 +79,11 @@ class SafeTensorsSource : public TensorSource {
         if (pos != std::string::npos && pos + std::strlen(s) == name.size() && index_.count(name.substr(0, pos)))
           aux = true;
       }
+      // An 8-bit weight's SCB / weight_format belong to "<module>.weight".
+      if (is_int8_state_part(name)) {
+        const std::string module = name.substr(0, name.rfind('.'));
+        if (index_.count(module + ".weight")) aux = true;
+      }
       if (!aux) n.push_back(name);
     }
     return n;
@@ -109,6 +115,12 @@ class SafeTensorsSource : public TensorSource {
       dequantize_tensor_4bit(q, out.data());
       return out;
     }
+    if (const SafeTensorsFile* sf = int8_scb_file(f, name)) {
+      const Quantized8bit q = read_int8_from_safetensors(f, name, sf);
+      std::vector<float> out(q.codes.size());
+      dequantize_int8_vectorwise(q, out.data());
+      return out;
+    }
     const SafeTensorInfo& t = f.at(name);
     if (!dtype_is_float(t.dtype))
       fail(f.path(), "tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) +
@@ -122,9 +134,26 @@ class SafeTensorsSource : public TensorSource {
     return read_4bit_from_safetensors(f, name);
   }
 
+  std::optional<Quantized8bit> get_int8(const std::string& name) const override {
+    const SafeTensorsFile& f = file_of(name);
+    const SafeTensorsFile* sf = int8_scb_file(f, name);
+    if (!sf) return std::nullopt;
+    return read_int8_from_safetensors(f, name, sf);
+  }
+
   std::string describe() const override { return where_; }
 
  private:
+  // The file holding the SCB of `name` when `name` is an int8 weight with an SCB (a sharded
+  // checkpoint may put it in another shard); null otherwise.
+  const SafeTensorsFile* int8_scb_file(const SafeTensorsFile& f, const std::string& name) const {
+    const SafeTensorInfo* t = f.find(name);
+    if (!t || t->dtype != DType::I8 || name.size() < 7 || name.compare(name.size() - 7, 7, ".weight") != 0)
+      return nullptr;
+    auto it = index_.find(int8_scb_name(name));
+    if (it == index_.end()) return nullptr;
+    return files_[it->second].get();
+  }
   const SafeTensorsFile& file_of(const std::string& name) const {
     auto it = index_.find(name);
     if (it == index_.end()) fail(where_, "no tensor named '" + name + "'");

@@ -18,12 +18,14 @@ std::vector<float> load_vector(const TensorSource& src, const std::string& name,
 }
 
 QuantLinear load_linear(const TensorSource& src, const std::string& name, const ModelLoadOptions& opt) {
-  // A pre-quantized (bitsandbytes) weight is used exactly as stored whenever 4-bit is
-  // wanted at all, as transformers does: its own quant state wins over --quant/--blocksize/
-  // --double-quant, because re-quantizing already-quantized weights only adds error.
+  // A pre-quantized (bitsandbytes 4-bit or 8-bit) weight is used exactly as stored whenever
+  // quantization is wanted at all, as transformers does: its own quant state wins over
+  // --quant/--blocksize/--double-quant, because re-quantizing already-quantized weights only
+  // adds error (an 8-bit checkpoint asked for as nf4 stays int8, and vice versa).
   // --quant none still dequantizes it to full precision.
   if (opt.quant.quantize) {
     if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
+    if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);
   }
   const std::vector<int64_t> shape = src.shape(name);
   return QuantLinear(src.get(name), shape[0], shape[1], opt.quant, opt.compute_dtype);

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "base/parallel.h"
+#include "model/gemm.h"
 
 namespace qlora {
 
@@ -73,10 +74,34 @@ int64_t gemv_min_rows(int64_t cols) { return std::max<int64_t>(1, 32768 / std::m
 constexpr int64_t kRowsPerPanel = 16;
 
 // y (T, N) = x (T, K) · Wᵀ for T > 1, where fill(r0, r1, out) writes rows [r0, r1) of W as
-// float32 (r1 - r0 <= 16). Threads take disjoint 16-row panels, convert each into a
+// float32 (any range of rows). Threads take disjoint 16-row panels, convert each into a
 // thread-local buffer (L1/L2 sized) and run the row-tile GEMM over all T rows of x.
+//
+// With a GEMM library (model/gemm.h) the weight is instead converted a slab of up to
+// kSlabFloats at a time (all threads filling it), and each slab is one library call: the
+// library packs x once per call, so 16-row calls would repack x 16x more often than the
+// product reads W. A slab (2 MB) bounds the scratch for any model size.
+constexpr int64_t kSlabFloats = int64_t{1} << 19;
+
 template <class Fill>
 void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, Fill fill) {
+  if (sgemm_has_library()) {
+    const int64_t fit = kSlabFloats / std::max<int64_t>(1, K) / kRowsPerPanel * kRowsPerPanel;
+    const int64_t slab_rows = std::min(N, std::max(kRowsPerPanel, fit));
+    thread_local std::vector<float> slab;  // forward() may run on several threads at once
+    slab.resize(static_cast<size_t>(slab_rows * K));
+    float* buf = slab.data();  // the workers must write the calling thread's slab
+    for (int64_t s0 = 0; s0 < N; s0 += slab_rows) {
+      const int64_t s1 = std::min(N, s0 + slab_rows);
+      const int64_t panels = (s1 - s0 + kRowsPerPanel - 1) / kRowsPerPanel;
+      parallel_for_range(panels, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)), [&](int64_t p0, int64_t p1) {
+        const int64_t r0 = s0 + p0 * kRowsPerPanel, r1 = std::min(s1, s0 + p1 * kRowsPerPanel);
+        fill(r0, r1, buf + (r0 - s0) * K);
+      });
+      sgemm_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
+    }
+    return;
+  }
   const auto& kern = kernels::active_linear_kernels();
   const int64_t panels = (N + kRowsPerPanel - 1) / kRowsPerPanel;
   const int64_t min_panels = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, T * K * kRowsPerPanel));
@@ -105,6 +130,10 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
     });
     return;
   }
+  if (dtype_ == ComputeDType::F32 && sgemm_has_library()) {
+    sgemm_nt(T, rows_, cols_, x, cols_, f32_.data(), cols_, y, rows_, /*accumulate=*/false);
+    return;
+  }
   if (dtype_ == ComputeDType::F32) {
     // The weights are already float rows: no copy.
     const int64_t panels = (rows_ + kRowsPerPanel - 1) / kRowsPerPanel;
@@ -124,8 +153,10 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
 // ---- QuantLinear ----------------------------------------------------------------------
 
 QuantLinear::QuantLinear(const float* w, int64_t out, int64_t in, const QuantOptions& q, ComputeDType dtype)
-    : in_(in), out_(out), dtype_(dtype) {
-  if (q.quantize)
+    : in_(in), out_(out), dtype_(dtype), int8_threshold_(q.int8_threshold) {
+  if (q.quantize && q.int8)
+    q8_ = quantize_int8_rowwise(w, out, in);
+  else if (q.quantize)
     q4_ = quantize_tensor_4bit(w, {out, in}, q.type, q.blocksize, q.double_quant, dtype);
   else
     dense_ = DenseWeight(w, out, in, dtype);
@@ -133,9 +164,11 @@ QuantLinear::QuantLinear(const float* w, int64_t out, int64_t in, const QuantOpt
 
 QuantLinear::QuantLinear(std::vector<float>&& w, int64_t out, int64_t in, const QuantOptions& q,
                          ComputeDType dtype)
-    : in_(in), out_(out), dtype_(dtype) {
+    : in_(in), out_(out), dtype_(dtype), int8_threshold_(q.int8_threshold) {
   check(static_cast<int64_t>(w.size()) == out * in, "QuantLinear", "weight size does not match the shape");
-  if (q.quantize)
+  if (q.quantize && q.int8)
+    q8_ = quantize_int8_rowwise(w.data(), out, in);
+  else if (q.quantize)
     q4_ = quantize_tensor_4bit(w.data(), {out, in}, q.type, q.blocksize, q.double_quant, dtype);
   else
     dense_ = DenseWeight(std::move(w), out, in, dtype);
@@ -146,6 +179,14 @@ QuantLinear::QuantLinear(Quantized4bit q, ComputeDType dtype) : dtype_(dtype) {
   out_ = q.state.shape[0];
   in_ = q.state.shape[1];
   q4_ = std::move(q);
+}
+
+QuantLinear::QuantLinear(Quantized8bit q, ComputeDType dtype, float threshold)
+    : in_(q.cols), out_(q.rows), dtype_(dtype), int8_threshold_(threshold) {
+  check(q.rows > 0 && q.cols > 0 && q.codes.size() == static_cast<size_t>(q.rows * q.cols) &&
+            q.scb.size() == static_cast<size_t>(q.rows),
+        "QuantLinear", "an int8 weight needs rows*cols codes and one SCB per row");
+  q8_ = std::move(q);
 }
 
 void QuantLinear::set_bias(std::vector<float> bias) {
@@ -180,13 +221,72 @@ void QuantLinear::dequantize_rows(int64_t r0, int64_t r1, float* out) const {
   if (q4_) {
     const auto m = q4_view();
     kernels::active_linear_kernels().dequant_rows_q4(m, r0, r1, out);
+  } else if (q8_) {
+    dequantize_int8_rows(*q8_, r0, r1, out);
+    // bnb casts the dequantized weight to the compute dtype before the backward matmul.
+    round_activations(out, (r1 - r0) * in_, dtype_);
   } else {
     dense_.rows_to_f32(r0, r1, out);
   }
 }
 
+void QuantLinear::forward_int8(float* y, const float* x, int64_t T) const {
+  const Quantized8bit& w = *q8_;
+  const int64_t K = in_, N = out_;
+  // The activation side is O(T*K), small next to the O(T*K*N) matmul: one thread.
+  thread_local Int8Activations a;
+  thread_local std::vector<int32_t> acc;
+  quantize_int8_activations(x, T, K, int8_threshold_, a);
+  acc.resize(static_cast<size_t>(T * N));
+  // Locals so the OpenMP workers read the calling thread's buffers, not their own.
+  const Int8Activations& act = a;
+  int32_t* accp = acc.data();
+  const auto& kern = active_int8_kernels();
+  const float* bias = bias_.empty() ? nullptr : bias_.data();
+  const int64_t min_rows = std::max<int64_t>(1, gemv_min_rows(K) / T);
+  parallel_for_range(N, min_rows, [&](int64_t r0, int64_t r1) {
+    kern.gemm_i8(act.ca.data(), K, T, w.codes.data() + r0 * K, K, r1 - r0, K, accp + r0, N);
+    // The outlier columns' weights, dequantized once per call as bnb does: (CB * SCB) / 127,
+    // laid out (n_out, rows) so the loops below run along contiguous rows.
+    const int64_t n_out = static_cast<int64_t>(act.outlier_cols.size()), nr = r1 - r0;
+    thread_local std::vector<float> wd;
+    wd.resize(static_cast<size_t>(nr * n_out));
+    for (int64_t j = 0; j < n_out; ++j)
+      for (int64_t r = r0; r < r1; ++r)
+        wd[j * nr + (r - r0)] = static_cast<float>(w.codes[r * K + act.outlier_cols[j]]) * w.scb[r] * kInv127;
+    // bnb's order: int32 * (SCA * SCB) * 6.200124e-05, + bias, then the outlier columns
+    // (X, not its float16 rounding) added one column after another. Element-wise loops
+    // (omp simd: vectorized whatever the cost model; this file has no FMA to contract into).
+    const float* scb = w.scb.data() + r0;
+    const float* wdp = wd.data();
+    for (int64_t t = 0; t < T; ++t) {
+      float* __restrict yr = y + t * N + r0;
+      const int32_t* __restrict ar = accp + t * N + r0;
+      const float sca = act.sca[t];
+#pragma omp simd
+      for (int64_t i = 0; i < nr; ++i) yr[i] = static_cast<float>(ar[i]) * (sca * scb[i]) * kInt8MmDequantScale;
+      if (bias) {
+        const float* b = bias + r0;
+#pragma omp simd
+        for (int64_t i = 0; i < nr; ++i) yr[i] += b[i];
+      }
+      for (int64_t j = 0; j < n_out; ++j) {
+        const float xj = x[t * K + act.outlier_cols[j]];
+        const float* wj = wdp + j * nr;
+#pragma omp simd
+        for (int64_t i = 0; i < nr; ++i) yr[i] += xj * wj[i];
+      }
+    }
+  });
+  round_activations(y, T * N, dtype_);
+}
+
 void QuantLinear::forward(float* y, const float* x, int64_t T) const {
   if (T <= 0) return;
+  if (q8_) {
+    forward_int8(y, x, T);
+    return;
+  }
   if (!q4_) {
     dense_.matmul(y, x, T);
   } else {
@@ -217,6 +317,7 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
 size_t QuantLinear::bytes() const {
   size_t b = bias_.size() * sizeof(float);
   if (q4_) return b + q4_->packed.size() + static_cast<size_t>(q4_->state.constant_bytes());
+  if (q8_) return b + q8_->bytes();
   return b + dense_.bytes();
 }
 

@@ -6,7 +6,9 @@
 //
 // QuantLinear: y = x · Wᵀ (+ b), the frozen base layer of every Linear inside the blocks.
 // W is either 4-bit (NF4/FP4, packed exactly as bitsandbytes packs it, optionally with
-// double-quantized absmax) or dense in the compute dtype. One token (decoding) uses the
+// double-quantized absmax), 8-bit (LLM.int8: row-wise absmax int8 codes + SCB, multiplied
+// with int8-quantized activations except for outlier feature columns, quant/int8.h), or
+// dense in the compute dtype. One token (decoding) uses the
 // fused 4-bit GEMV; up to 16 tokens the fused multi-token GEMV (each weight decoded once per
 // 8 tokens); more tokens dequantize 16-row panels into a thread-local buffer and run a
 // register-tiled GEMM on them. Rows are split across threads (OpenMP).
@@ -21,6 +23,7 @@
 #include "base/dtype.h"
 #include "model/linear_kernels.h"
 #include "quant/codebook.h"
+#include "quant/int8.h"
 #include "quant/quant_state.h"
 
 namespace qlora {
@@ -31,6 +34,11 @@ struct QuantOptions {
   QuantType type = QuantType::NF4;
   int blocksize = 64;
   bool double_quant = false;
+  // --quant int8: LLM.int8 (type/blocksize/double_quant are then ignored). Activations
+  // with |x| >= int8_threshold (in any token) make their feature column run in full
+  // precision; <= 0 turns the decomposition off (every column int8).
+  bool int8 = false;
+  float int8_threshold = kInt8DefaultThreshold;
 };
 
 class DenseWeight {
@@ -68,6 +76,8 @@ class QuantLinear {
   QuantLinear(std::vector<float>&& w, int64_t out, int64_t in, const QuantOptions& q, ComputeDType dtype);
   // From an already-quantized weight (pre-quantized checkpoint); its shape gives (out, in).
   QuantLinear(Quantized4bit q, ComputeDType dtype);
+  // From an int8 weight (quantized here, or read from a transformers/bnb 8-bit checkpoint).
+  QuantLinear(Quantized8bit q, ComputeDType dtype, float threshold = kInt8DefaultThreshold);
 
   // REQUIRES bias.size() == out_features(); stored rounded to the compute dtype.
   void set_bias(std::vector<float> bias);
@@ -75,14 +85,21 @@ class QuantLinear {
   // y (T, out) = x (T, in) · Wᵀ + b.  y and x must not overlap.
   void forward(float* y, const float* x, int64_t T) const;
   // Rows [r0, r1) of W as float32 (exactly what forward multiplies with): out (r1-r0, in).
+  // For int8 it is CB * (SCB / 127), the weight bitsandbytes' 8-bit backward multiplies
+  // with (forward multiplies int8 codes, and the outlier columns with (CB * SCB) / 127,
+  // which can differ from this in the last bit).
   void dequantize_rows(int64_t r0, int64_t r1, float* out) const;
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
   ComputeDType dtype() const { return dtype_; }
-  bool is_quantized() const { return q4_.has_value(); }
+  // 4-bit or int8 (q4() / q8() says which); false for dense.
+  bool is_quantized() const { return q4_.has_value() || q8_.has_value(); }
+  bool is_int8() const { return q8_.has_value(); }
   const Quantized4bit* q4() const { return q4_ ? &*q4_ : nullptr; }
-  const DenseWeight* dense() const { return q4_ ? nullptr : &dense_; }
+  const Quantized8bit* q8() const { return q8_ ? &*q8_ : nullptr; }
+  float int8_threshold() const { return int8_threshold_; }
+  const DenseWeight* dense() const { return is_quantized() ? nullptr : &dense_; }
   const std::vector<float>& bias() const { return bias_; }
   // Bytes of the stored weight (packed codes + quantization constants, or dense) and bias.
   size_t bytes() const;
@@ -93,6 +110,9 @@ class QuantLinear {
   int64_t in_ = 0, out_ = 0;
   ComputeDType dtype_ = ComputeDType::F32;
   std::optional<Quantized4bit> q4_;
+  std::optional<Quantized8bit> q8_;
+  float int8_threshold_ = kInt8DefaultThreshold;
+  void forward_int8(float* y, const float* x, int64_t T) const;
   DenseWeight dense_;
   std::vector<float> bias_;
 };

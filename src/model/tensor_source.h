@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/int8.h"
 #include "quant/quant_state.h"
 
 namespace qlora {
@@ -32,6 +33,9 @@ class TensorSource {
   // When the tensor is stored as a bitsandbytes 4-bit weight (a pre-quantized
   // checkpoint), its packed form; nullopt otherwise. get() still works (dequantizes).
   virtual std::optional<Quantized4bit> get_4bit(const std::string& /*name*/) const { return std::nullopt; }
+  // When the tensor is stored as a bitsandbytes / transformers 8-bit weight (int8 codes +
+  // SCB), those; nullopt otherwise. get() still works (dequantizes, (CB * SCB) / 127).
+  virtual std::optional<Quantized8bit> get_int8(const std::string& /*name*/) const { return std::nullopt; }
   // The file or directory, for error messages.
   virtual std::string describe() const = 0;
 };

@@ -13,6 +13,8 @@
 #include "base/mapped_file.h"
 #include "formats/safetensors.h"
 #include "quant/blockwise.h"
+#include "quant/int8.h"
+#include "quant/int8_safetensors.h"
 #include "quant/quant_state.h"
 
 namespace qlora {
@@ -144,7 +146,7 @@ bool should_quantize_4bit(const std::string& name, DType dtype, const std::vecto
 
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out, const QuantizeOptions& opt,
                                    const std::function<void(int64_t, int64_t)>& progress) {
-  check_blocksize(opt.blocksize);
+  if (!opt.int8) check_blocksize(opt.blocksize);
   Inputs inputs = open_inputs(in);
   const std::string out_file = output_file(out, inputs.is_dir);
 
@@ -159,13 +161,20 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
       check(!is_quant_state_part(t.name) && !f->find(t.name + ".quant_state.bitsandbytes__nf4") &&
                 !f->find(t.name + ".quant_state.bitsandbytes__fp4"),
             f->path(), "tensor '" + t.name + "' is already 4-bit quantized; dequantize first");
+      check(!(t.dtype == DType::I8 && f->find(t.name.substr(0, t.name.rfind('.')) + ".SCB")) &&
+                !(is_int8_state_part(t.name) && f->find(t.name.substr(0, t.name.rfind('.')) + ".weight")),
+            f->path(), "tensor '" + t.name + "' is already 8-bit quantized; dequantize first");
       rep.bytes_in += static_cast<int64_t>(t.end - t.begin);
       if (should_quantize_4bit(t.name, t.dtype, t.shape, opt)) {
         // bitsandbytes upcasts bf16/fp16 weights to float32 before scaling; so do we.
         std::vector<float> x = f->to_float(t);
-        Quantized4bit q = quantize_tensor_4bit(x.data(), t.shape, opt.type, opt.blocksize, opt.double_quant,
-                                               opt.compute_dtype);
-        write_4bit_to_safetensors(w, t.name, q);
+        if (opt.int8) {
+          write_int8_to_safetensors(w, t.name, quantize_int8_rowwise(x.data(), t.shape[0], t.shape[1]));
+        } else {
+          Quantized4bit q = quantize_tensor_4bit(x.data(), t.shape, opt.type, opt.blocksize, opt.double_quant,
+                                                 opt.compute_dtype);
+          write_4bit_to_safetensors(w, t.name, q);
+        }
         rep.tensors_quantized++;
         rep.params_quantized += t.numel();
       } else {
@@ -181,15 +190,16 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
   if (inputs.is_dir) {
     copy_side_files(in, out);
     nlohmann::json cfg = read_config(in);
+    // For 8-bit, the bnb_4bit_* fields hold transformers' defaults, as it writes them.
     nlohmann::json qc = {
         {"quant_method", "bitsandbytes"},
-        {"_load_in_4bit", true},
-        {"_load_in_8bit", false},
-        {"load_in_4bit", true},
-        {"load_in_8bit", false},
-        {"bnb_4bit_quant_type", std::string(quant_type_name(opt.type))},
-        {"bnb_4bit_use_double_quant", opt.double_quant},
-        {"bnb_4bit_compute_dtype", std::string(torch_dtype_name(opt.compute_dtype))},
+        {"_load_in_4bit", !opt.int8},
+        {"_load_in_8bit", opt.int8},
+        {"load_in_4bit", !opt.int8},
+        {"load_in_8bit", opt.int8},
+        {"bnb_4bit_quant_type", opt.int8 ? std::string("fp4") : std::string(quant_type_name(opt.type))},
+        {"bnb_4bit_use_double_quant", opt.int8 ? false : opt.double_quant},
+        {"bnb_4bit_compute_dtype", opt.int8 ? std::string("float32") : std::string(torch_dtype_name(opt.compute_dtype))},
         {"bnb_4bit_quant_storage", "uint8"},
         {"llm_int8_enable_fp32_cpu_offload", false},
         {"llm_int8_has_fp16_weight", false},
@@ -222,8 +232,18 @@ QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& o
       rep.bytes_in += static_cast<int64_t>(t.end - t.begin);
       if (progress) progress(++done, total);
       if (is_quant_state_part(t.name)) continue;
+      if (is_int8_state_part(t.name) && f->find(t.name.substr(0, t.name.rfind('.')) + ".weight")) continue;
       std::vector<uint8_t> bytes;
-      if (is_4bit_in_safetensors(*f, t.name)) {
+      if (is_int8_in_safetensors(*f, t.name)) {
+        const Quantized8bit q = read_int8_from_safetensors(*f, t.name);
+        std::vector<float> x(q.codes.size());
+        dequantize_int8_vectorwise(q, x.data());
+        bytes.resize(x.size() * dtype_size(dtype));
+        convert_from_f32(dtype, x.data(), bytes.data(), x.size());
+        w.add_owned(t.name, dtype, {q.rows, q.cols}, std::move(bytes));
+        rep.tensors_quantized++;
+        rep.params_quantized += q.rows * q.cols;
+      } else if (is_4bit_in_safetensors(*f, t.name)) {
         Quantized4bit q = read_4bit_from_safetensors(*f, t.name);
         const int64_t n = q.state.numel();
         bytes.resize(static_cast<size_t>(n) * dtype_size(dtype));

@@ -1,7 +1,8 @@
 #pragma once
 // `qlora quantize` / `qlora dequantize` as library calls: turn a safetensors file or a
-// Hugging Face model directory into a bitsandbytes 4-bit checkpoint (the layout
-// transformers writes for a model loaded with load_in_4bit, and reads back), and back.
+// Hugging Face model directory into a bitsandbytes 4-bit or 8-bit checkpoint (the layout
+// transformers writes for a model loaded with load_in_4bit / load_in_8bit, and reads back),
+// and back.
 #include <functional>
 #include <string>
 #include <vector>
@@ -12,6 +13,9 @@
 namespace qlora {
 
 struct QuantizeOptions {
+  // int8: LLM.int8 weights (int8 + SCB + weight_format, transformers' load_in_8bit layout;
+  // type/blocksize/double_quant/compute_dtype are then unused).
+  bool int8 = false;
   QuantType type = QuantType::NF4;
   int blocksize = 64;
   bool double_quant = false;
@@ -40,7 +44,7 @@ bool should_quantize_4bit(const std::string& name, DType dtype, const std::vecto
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out, const QuantizeOptions& opt,
                                    const std::function<void(int64_t, int64_t)>& progress = {});
 
-// The reverse: every 4-bit weight in `in` (file or directory) is dequantized to `dtype`;
+// The reverse: every 4-bit or 8-bit weight in `in` (file or directory) is dequantized to `dtype`;
 // other tensors are copied (converted to `dtype` when floating point).
 QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& out, DType dtype,
                                      const std::function<void(int64_t, int64_t)>& progress = {});

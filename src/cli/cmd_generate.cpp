@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -21,10 +22,12 @@
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "lora/peft_adapter.h"
+#include "memory/memory_plan.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "quant/blockwise.h"
 #include "train/adapter_loader.h"
+#include "train/chat_template.h"
 #include "train/train_model.h"
 
 namespace {
@@ -39,7 +42,10 @@ struct Options {
   std::vector<std::string> stops;
   bool no_echo = false;
   bool escape = false;
+  bool chat = false;     // --chat: the prompt is a user message rendered with the chat template
+  std::string system;    // --system: a system message before it
   bool quiet = false;
+  std::string max_memory;  // --max-memory: refuse up front when the planner says it cannot fit
 };
 
 std::string unescape(const std::string& s) {
@@ -80,6 +86,15 @@ int run(const Options& o, CLI::App& app) {
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
+  if (!o.max_memory.empty()) {
+    // From the headers only, before anything model-sized is allocated.
+    qlora::MemoryOptions mo =
+        qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
+    mo.prompt_len = static_cast<int64_t>(files.tokenizer->encode(o.escape ? unescape(o.prompt) : o.prompt).size());
+    mo.new_tokens = o.n;
+    qlora::check_fits(qlora::plan_memory(files.spec, mo), qlora::parse_memory_size(o.max_memory, "--max-memory"),
+                      "qlora generate");
+  }
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();  // unmap the source: the model holds its own weights now
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
@@ -116,8 +131,27 @@ int run(const Options& o, CLI::App& app) {
   for (const std::string& s : o.stops) gen.stop_strings.push_back(o.escape ? unescape(s) : s);
   gen.echo_prompt = !o.no_echo;
 
-  const std::string prompt = o.escape ? unescape(o.prompt) : o.prompt;
-  const std::vector<int32_t> ids32 = files.tokenizer->encode(prompt);
+  std::string prompt = o.escape ? unescape(o.prompt) : o.prompt;
+  qlora::EncodeOptions enc;
+  if (o.chat) {
+    // As transformers' apply_chat_template(add_generation_prompt=True): the template
+    // renders BOS itself when the model wants one, so encode adds no special tokens.
+    const std::string& tpl = files.tokenizer->chat_template();
+    if (tpl.empty()) qlora::fail(o.m.model, "--chat: the model has no chat template");
+    nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+    if (!o.system.empty())
+      messages.push_back({{"role", "system"}, {"content", o.escape ? unescape(o.system) : o.system}});
+    messages.push_back({{"role", "user"}, {"content", prompt}});
+    const qlora::Tokenizer& tok = *files.tokenizer;
+    auto tok_text = [&](int32_t id) -> std::optional<std::string> {
+      if (id < 0) return std::nullopt;
+      return tok.token_text(id);
+    };
+    prompt = qlora::train::render_chat_template(tpl, messages, /*add_generation_prompt=*/true,
+                                               tok_text(tok.bos_id()), tok_text(tok.eos_id()));
+    enc.add_special_tokens = false;
+  }
+  const std::vector<int32_t> ids32 = files.tokenizer->encode(prompt, enc);
   const std::vector<int> prompt_ids(ids32.begin(), ids32.end());
 
   const qlora::GenerationResult r =
@@ -160,9 +194,13 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--stop", o->stops, "Stop before this string (repeatable)")
           ->expected(1)
           ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      app.add_flag("--chat", o->chat, "Send the prompt as a user message through the model's chat template");
+      app.add_option("--system", o->system, "With --chat: a system message before the prompt");
       app.add_flag("--no-echo", o->no_echo, "Do not print the prompt before the continuation");
       app.add_flag("--escape,-e", o->escape, "Process \\n, \\t, \\\\ escapes in the prompt and stop strings");
       app.add_flag("--quiet,-q", o->quiet, "No statistics on stderr");
+      app.add_option("--max-memory", o->max_memory,
+                     "Refuse to start (with the planner's breakdown) when the run needs more than this (e.g. 8GB)");
       return [o, &app] { return run(*o, app); };
     });
 

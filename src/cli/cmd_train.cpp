@@ -21,6 +21,7 @@
 #include "base/process_memory.h"
 #include "base/progress.h"
 #include "cli/data_flags.h"
+#include "memory/memory_plan.h"
 #include "optim/optimizer.h"
 #include "train/sft_dataset.h"
 #include "train/train_model.h"
@@ -54,6 +55,7 @@ struct Options {
   int64_t save_every = 0;
   int64_t save_total_limit = 2;
   bool resume = false;
+  std::string max_memory;  // refuse up front (with the planner's breakdown) when the run cannot fit
   bool no_checkpointing = false;
   bool quiet = false;
 };
@@ -118,6 +120,23 @@ int run(const Options& o) {
   if (!eval_seqs.empty()) qlora::cli::report_sequences("eval", eval_seqs, o.quiet);
   if (train_seqs.empty()) qlora::fail(o.data, "no training sequence has a target token");
 
+  if (!o.max_memory.empty()) {
+    // From the headers and the dataset only, before anything model-sized is allocated.
+    qlora::MemoryOptions mo =
+        qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Train, qlora::max_threads());
+    mo.lora_r = lc.r;
+    mo.all_linear = lc.all_linear;
+    mo.target_modules = lc.target_modules;
+    mo.lora_dropout = lc.dropout;
+    mo.batch_size = o.batch_size;
+    mo.seq_len = o.d.seq_len;
+    mo.checkpointing = t.checkpointing;
+    mo.optim = t.optim;
+    mo.data_tokens = static_cast<uint64_t>(qlora::dataset_stats(train_seqs).tokens +
+                                           qlora::dataset_stats(eval_seqs).tokens);
+    qlora::check_fits(qlora::plan_memory(files.spec, mo), qlora::parse_memory_size(o.max_memory, "--max-memory"),
+                      "qlora train");
+  }
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
@@ -197,6 +216,8 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--save-every", o->save_every, "Write a resumable checkpoint every N steps (0: none)")
           ->capture_default_str();
       app.add_option("--save-total-limit", o->save_total_limit, "Checkpoints kept (0: all)")->capture_default_str();
+      app.add_option("--max-memory", o->max_memory,
+                     "Refuse to start (with the planner's breakdown) when the run needs more than this (e.g. 8GB)");
       app.add_flag("--resume", o->resume, "Continue from the newest checkpoint in --out (same command line)");
       app.add_flag("--no-gradient-checkpointing", o->no_checkpointing,
                    "Keep every block's activations instead of recomputing them in backward");

@@ -106,6 +106,11 @@ int64_t planned_steps(const TrainerOptions& opt, int64_t n_sequences) {
 
 EvalResult evaluate(const LoraModel& lora, const std::vector<TrainSequence>& data, bool progress) {
   TrainWorkspace ws;
+  return evaluate(lora, data, ws, progress);
+}
+
+EvalResult evaluate(const LoraModel& lora, const std::vector<TrainSequence>& data, TrainWorkspace& ws,
+                    bool progress) {
   double sum = 0;
   EvalResult r;
   std::unique_ptr<ProgressBar> bar;
@@ -197,9 +202,10 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   TrainResult res;
   res.first_step = st.step + 1;
   res.total_steps = total_steps;
+  TrainWorkspace ws;  // shared by the training steps and the evals
   auto run_eval = [&](int64_t step) {
     if (eval.empty()) return;
-    const EvalResult e = evaluate(lora, eval);
+    const EvalResult e = evaluate(lora, eval, ws);
     res.evals.emplace_back(step, e);
     write_jsonl(metrics, {{"step", step}, {"eval_loss", e.loss}, {"eval_ppl", e.ppl()}, {"eval_tokens", e.tokens}});
     if (opt.progress)
@@ -208,7 +214,6 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   };
   if (!resumed) run_eval(0);
 
-  TrainWorkspace ws;
   TrainStepOptions sopt;
   sopt.checkpointing = opt.checkpointing;
   sopt.training = true;

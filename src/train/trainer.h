@@ -84,6 +84,9 @@ struct TrainResult {
 
 // Loss over every target token of `data` (no dropout, no gradients).
 EvalResult evaluate(const LoraModel& lora, const std::vector<TrainSequence>& data, bool progress = false);
+// The same with the caller's workspace (the trainer evaluates in its own: no second copy).
+EvalResult evaluate(const LoraModel& lora, const std::vector<TrainSequence>& data, TrainWorkspace& ws,
+                    bool progress = false);
 
 // Steps a run will take: max_steps when > 0, else ceil(epochs · sequences / (batch · accum)).
 int64_t planned_steps(const TrainerOptions& opt, int64_t n_sequences);

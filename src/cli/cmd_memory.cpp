@@ -1,0 +1,247 @@
+// `qlora memory`: will it fit? Prints the memory a `qlora train` / `qlora generate` run (or,
+// with --engine pytorch-cuda, the transformers + PEFT + bitsandbytes equivalent on a GPU)
+// needs at its peak, item by item, from the model's headers alone (config.json, GGUF or
+// safetensors headers, llama2.c header, or --params 7B|13B|33B|65B), never its weights.
+// The flags are named as in `qlora train` / `qlora generate`.
+#include <omp.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/dtype.h"
+#include "base/error.h"
+#include "cli/command.h"
+#include "formats/hf_config.h"
+#include "base/mapped_file.h"
+#include "formats/model_loader.h"
+#include "formats/tokenizer.h"
+#include "memory/memory_plan.h"
+#include "optim/optimizer.h"
+#include "quant/blockwise.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Options {
+  std::string model, params, tokenizer;
+  std::string quant = "nf4";
+  bool double_quant = false;
+  int blocksize = 64;
+  std::string compute_dtype = "fp32";
+  int threads = 0;
+  std::string mode = "train";
+  std::string engine = "qlora";
+  int lora_r = 64;
+  std::string target = "all-linear";
+  double lora_dropout = 0.05;
+  std::string lora_dtype;  // pytorch-cuda: fp32 (PEFT) or bf16
+  bool with_adapter = false;
+  int64_t batch_size = 1;
+  int64_t seq_len = 256;
+  bool grad_checkpointing = true;
+  bool no_checkpointing = false;
+  std::string optim = "adamw_torch";
+  std::string data;
+  int64_t prompt_len = 16;
+  int64_t n = 128;
+  std::string gpu_memory;
+  int gpus = 1;
+  bool json = false;
+  bool table = false;
+};
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+uint64_t file_size_or_zero(const fs::path& p) {
+  std::error_code ec;
+  const auto n = fs::file_size(p, ec);
+  return ec ? 0 : static_cast<uint64_t>(n);
+}
+
+// The model's spec and the bytes loading it maps and reads, from headers only.
+struct ResolvedModel {
+  qlora::ModelSpec spec;
+  uint64_t file_bytes = 0;  // 0: estimate (fp16 checkpoint)
+  bool permutes_qk = false;
+  std::string name;
+  std::unique_ptr<qlora::Tokenizer> tokenizer;  // when the model came with one
+};
+
+ResolvedModel resolve_model(const Options& o) {
+  ResolvedModel r;
+  if (!o.params.empty()) {
+    if (!o.model.empty()) qlora::fail("--params", "give either --model or --params, not both");
+    r.spec = qlora::llama1_spec(o.params);
+    r.name = "LLaMA-" + o.params;
+    return r;
+  }
+  if (o.model.empty()) qlora::fail("qlora memory", "give --model PATH (directory, .gguf, .safetensors, .bin, config.json) or --params 7B|13B|33B|65B");
+  r.name = o.model;
+  const fs::path p(o.model);
+  if (p.extension() == ".json") {
+    // A bare config.json: the checkpoint next to it, if any, is what loading would map.
+    r.spec = qlora::read_hf_config(o.model);
+    for (const auto& e : fs::directory_iterator(p.parent_path().empty() ? fs::path(".") : p.parent_path()))
+      if (e.path().extension() == ".safetensors") r.file_bytes += file_size_or_zero(e.path());
+    return r;
+  }
+  // open_model_files parses headers and maps the file; no tensor data is read or converted.
+  qlora::ModelFiles files = qlora::open_model_files(o.model, o.tokenizer);
+  r.spec = files.spec;
+  r.tokenizer = std::move(files.tokenizer);
+  r.file_bytes = qlora::model_source_bytes(o.model);
+  // GGUF and llama2.c store q/k rows in the rotary-interleaved order.
+  r.permutes_qk = files.format == qlora::ModelFormat::Gguf || files.format == qlora::ModelFormat::Llama2c;
+  return r;
+}
+
+qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
+  qlora::MemoryOptions mo;
+  mo.engine = qlora::memory_engine_from_string(o.engine);
+  if (o.mode == "train") mo.mode = qlora::MemoryMode::Train;
+  else if (o.mode == "generate") mo.mode = qlora::MemoryMode::Generate;
+  else qlora::fail("--mode", "unknown mode '" + o.mode + "'; use train or generate");
+  mo.weights = qlora::weight_format_from_string(o.quant);
+  if (mo.weights == qlora::WeightFormat::NF4 || mo.weights == qlora::WeightFormat::FP4)
+    qlora::check_blocksize(o.blocksize, "--blocksize");
+  mo.blocksize = o.blocksize;
+  mo.double_quant = o.double_quant;
+  mo.compute_dtype = qlora::compute_dtype_from_string(o.compute_dtype);
+  mo.lora_r = o.lora_r;
+  if (o.target == "all-linear") {
+    mo.all_linear = true;
+  } else {
+    mo.all_linear = false;
+    mo.target_modules = split_commas(o.target);
+    if (mo.target_modules.empty()) qlora::fail("--target", "names no module");
+  }
+  mo.lora_dropout = o.lora_dropout;
+  mo.with_adapter = o.with_adapter;
+  mo.batch_size = o.batch_size;
+  mo.seq_len = o.seq_len;
+  // --no-gradient-checkpointing (as `qlora train`) wins over --grad-checkpointing.
+  mo.checkpointing = o.grad_checkpointing && !o.no_checkpointing;
+  mo.optim = qlora::optim_kind_from_string(o.optim);
+  if (!o.data.empty()) {
+    if (!fs::exists(o.data)) qlora::fail(o.data, "--data: no such file");
+    mo.data_bytes = file_size_or_zero(o.data);
+    // The data is text, not weights: tokenizing it gives the token buffers exactly (JSON
+    // syntax of .json/.jsonl files is counted too, an upper bound).
+    if (m.tokenizer && mo.mode == qlora::MemoryMode::Train)
+      mo.data_tokens = m.tokenizer->encode(qlora::read_text_file(o.data)).size();
+  }
+  mo.prompt_len = o.prompt_len;
+  mo.new_tokens = o.n;
+  if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
+  mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
+  mo.model_file_bytes = m.file_bytes;
+  mo.source_permutes_qk = m.permutes_qk;
+  if (o.gpus < 1) qlora::fail("--gpus", "must be >= 1");
+  mo.gpus = o.gpus;
+  if (!o.lora_dtype.empty()) {
+    if (o.lora_dtype == "fp32") mo.lora_param_bytes = 4;
+    else if (o.lora_dtype == "bf16" || o.lora_dtype == "fp16") mo.lora_param_bytes = 2;
+    else qlora::fail("--lora-dtype", "use fp32, bf16 or fp16");
+  }
+  return mo;
+}
+
+int run(const Options& o) {
+  if (o.table) {
+    std::vector<qlora::PublishedRow> table = qlora::published_table();
+    std::vector<qlora::PublishedRow> head = qlora::qlora_paper_headline_rows();
+    qlora::evaluate_published_rows(table);
+    qlora::evaluate_published_rows(head);
+    if (o.json) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const auto* rows : {&table, &head})
+        for (const qlora::PublishedRow& r : *rows)
+          j.push_back({{"model", r.model},
+                       {"gpu", r.gpu_name},
+                       {"gpu_bytes", r.gpu_bytes * static_cast<uint64_t>(r.gpus)},
+                       {"method", r.method},
+                       {"seq_len", r.seq_len},
+                       {"published_fits", r.published_fits},
+                       {"predicted_fits", r.predicted_fits},
+                       {"predicted_peak_bytes", r.predicted_peak},
+                       {"explanation", r.explanation}});
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::fputs(qlora::published_table_text(table, head).c_str(), stdout);
+    }
+    return 0;
+  }
+  const ResolvedModel m = resolve_model(o);
+  const qlora::MemoryOptions mo = memory_options(o, m);
+  const qlora::MemoryPlan plan = qlora::plan_memory(m.spec, mo);
+  const uint64_t limit = o.gpu_memory.empty() ? 0 : qlora::parse_memory_size(o.gpu_memory, "--gpu-memory");
+  if (o.json) {
+    nlohmann::json j = plan.to_json(limit);
+    j["model"] = m.name;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("model: %s\n", m.name.c_str());
+    std::fputs(plan.to_text(limit, o.gpu_memory).c_str(), stdout);
+  }
+  return 0;
+}
+
+const bool kRegistered = qlora::cli::register_command(
+    "memory", "Predict the peak memory of a train/generate run from the model's headers (will it fit?)",
+    [](CLI::App& app) -> qlora::cli::Action {
+      auto o = std::make_shared<Options>();
+      app.add_option("--model,-m", o->model,
+                     "Model: Hugging Face directory, config.json, .safetensors, .gguf or llama2.c .bin (headers only)");
+      app.add_option("--params", o->params, "LLaMA-1 shapes instead of a model: 7B, 13B, 33B, 65B");
+      app.add_option("--tokenizer", o->tokenizer, "Tokenizer, as for train/generate (only to open the model)");
+      app.add_option("--quant", o->quant, "Linear layer storage: none, nf4, fp4 (int8: pytorch-cuda engine)")
+          ->capture_default_str();
+      app.add_flag("--double-quant", o->double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
+      app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
+      app.add_option("--compute-dtype", o->compute_dtype, "fp32, bf16 or fp16")->capture_default_str();
+      app.add_option("--threads,-t", o->threads, "Threads the run will use (default: all cores)");
+      app.add_option("--mode", o->mode, "train or generate")->capture_default_str();
+      app.add_option("--engine", o->engine,
+                     "qlora (this program, CPU RAM) or pytorch-cuda (transformers+PEFT+bitsandbytes on a GPU)")
+          ->capture_default_str();
+      app.add_option("--lora-r", o->lora_r, "LoRA rank")->capture_default_str();
+      app.add_option("--target", o->target, "all-linear, or comma-separated module names (q_proj,v_proj)")
+          ->capture_default_str();
+      app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout (> 0 keeps dropout masks)")
+          ->capture_default_str();
+      app.add_option("--lora-dtype", o->lora_dtype, "pytorch-cuda: LoRA parameter dtype, fp32 (PEFT) or bf16");
+      app.add_flag("--with-adapter", o->with_adapter, "generate: count a LoRA adapter of --lora-r/--target");
+      app.add_option("--batch-size", o->batch_size, "Sequences per micro-batch")->capture_default_str();
+      app.add_option("--seq-len", o->seq_len, "Tokens per training sequence")->capture_default_str();
+      app.add_option("--grad-checkpointing", o->grad_checkpointing, "Gradient checkpointing (true/false)")
+          ->capture_default_str();
+      app.add_flag("--no-gradient-checkpointing", o->no_checkpointing, "As `qlora train`: checkpointing off");
+      app.add_option("--optim", o->optim, "adamw_torch, adamw_8bit, paged_adamw_32bit, paged_adamw_8bit")
+          ->capture_default_str();
+      app.add_option("--data", o->data, "Training data file (its size bounds the token buffer)");
+      app.add_option("--prompt-len", o->prompt_len, "generate: prompt tokens")->capture_default_str();
+      app.add_option("-n,--n-predict", o->n, "generate: new tokens")->capture_default_str();
+      app.add_option("--gpu-memory,--max-memory", o->gpu_memory,
+                     "Memory available (per GPU): 16GB, 15GiB, T4, ...; prints a verdict with the margin");
+      app.add_option("--gpus", o->gpus, "pytorch-cuda: GPUs the model is split over")->capture_default_str();
+      app.add_flag("--json", o->json, "Machine-readable output");
+      app.add_flag("--table", o->table,
+                   "Print Hugging Face's published QLoRA memory table with the planner's verdict per row");
+      return [o] { return run(*o); };
+    });
+
+}  // namespace

@@ -1,0 +1,747 @@
+#include "memory/memory_plan.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "lora/lora.h"
+
+namespace qlora {
+
+namespace {
+
+constexpr const char* kWhere = "memory planner";
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+uint64_t u(int64_t v) { return v < 0 ? 0 : static_cast<uint64_t>(v); }
+uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+// One Linear of a block: module name (for LoRA matching), out, in.
+struct LinearShape {
+  const char* module;
+  int64_t out, in;
+};
+
+std::array<LinearShape, 7> block_linears(const ModelSpec& s) {
+  return {{{"self_attn.q_proj", s.q_dim(), s.hidden},
+           {"self_attn.k_proj", s.kv_dim(), s.hidden},
+           {"self_attn.v_proj", s.kv_dim(), s.hidden},
+           {"self_attn.o_proj", s.hidden, s.q_dim()},
+           {"mlp.gate_proj", s.ffn, s.hidden},
+           {"mlp.up_proj", s.ffn, s.hidden},
+           {"mlp.down_proj", s.hidden, s.ffn}}};
+}
+
+bool lora_targets(const MemoryOptions& o, const char* module) {
+  if (o.all_linear) return true;
+  const std::string path = std::string("model.layers.0.") + module;
+  for (const std::string& t : o.target_modules)
+    if (lora_module_matches(path, t)) return true;
+  return false;
+}
+
+uint64_t dtype_bytes(ComputeDType d) { return d == ComputeDType::F32 ? 4 : 2; }
+
+// Bytes of the 4-bit constants of an n-element tensor (QuantState::constant_bytes()).
+uint64_t quant_constant_bytes(uint64_t n, int blocksize, bool nested) {
+  const uint64_t blocks = ceil_div(n, static_cast<uint64_t>(blocksize));
+  if (!nested) return blocks * 4;
+  return blocks + ceil_div(blocks, 256) * 4 + 4;
+}
+
+// Optimizer state bytes of one parameter tensor of n elements.
+uint64_t optim_state_bytes(OptimKind k, uint64_t n) {
+  if (!optim_is_8bit(k) || n < 4096) return 8 * n;  // two float32 moments
+  // Two uint8 moments plus one float32 absmax per 256-element block for each.
+  return 2 * n + 2 * 4 * ceil_div(n, 256);
+}
+
+// Weights of the model as stored, by kind.
+struct WeightBytes {
+  uint64_t packed = 0, constants = 0, dense_linear = 0, int8 = 0;
+  uint64_t embed = 0, head = 0, norms = 0, bias = 0;
+  uint64_t largest_linear = 0;  // elements
+  uint64_t total() const { return packed + constants + dense_linear + int8 + embed + head + norms + bias; }
+};
+
+struct LoraShape {
+  uint64_t params = 0;        // A + B elements
+  uint64_t optim_state = 0;   // for the chosen optimizer
+  uint64_t sum_in = 0;        // Σ in over adapted Linears of one block
+  uint64_t sum_out = 0;
+  uint64_t max_in_out = 0;    // max(in + out) over adapted Linears
+  int modules_per_block = 0;
+};
+
+LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
+  LoraShape l;
+  const uint64_t r = u(o.lora_r);
+  for (const LinearShape& li : block_linears(s)) {
+    if (!lora_targets(o, li.module)) continue;
+    ++l.modules_per_block;
+    const uint64_t a = r * u(li.in), b = u(li.out) * r;
+    l.params += u(s.n_layers) * (a + b);
+    l.optim_state += u(s.n_layers) * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
+    l.sum_in += u(li.in);
+    l.sum_out += u(li.out);
+    l.max_in_out = std::max(l.max_in_out, u(li.in + li.out));
+  }
+  return l;
+}
+
+WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t dense_bytes, uint64_t norm_bytes) {
+  WeightBytes w;
+  const uint64_t L = u(s.n_layers);
+  const bool bias[7] = {s.qkv_bias, s.qkv_bias, s.qkv_bias, s.o_bias, s.mlp_bias, s.mlp_bias, s.mlp_bias};
+  int i = 0;
+  for (const LinearShape& li : block_linears(s)) {
+    const uint64_t n = u(li.out) * u(li.in);
+    w.largest_linear = std::max(w.largest_linear, n);
+    switch (o.weights) {
+      case WeightFormat::NF4:
+      case WeightFormat::FP4:
+        w.packed += L * ((n + 1) / 2);
+        w.constants += L * quant_constant_bytes(n, o.blocksize, o.double_quant);
+        break;
+      case WeightFormat::Int8:
+        w.int8 += L * n;
+        w.constants += L * u(li.out) * 4;  // SCB: one float32 scale per output row
+        break;
+      case WeightFormat::Dense: w.dense_linear += L * n * dense_bytes; break;
+    }
+    if (bias[i++]) w.bias += L * u(li.out) * norm_bytes;
+  }
+  const uint64_t vc = u(s.vocab) * u(s.hidden);
+  w.embed = vc * dense_bytes;
+  w.head = s.tied_embeddings ? 0 : vc * dense_bytes;
+  w.norms = (2 * L + 1) * u(s.hidden) * norm_bytes;
+  return w;
+}
+
+void add(MemoryPlan& p, std::string name, uint64_t bytes, std::string note, bool evictable = false) {
+  if (bytes == 0 && !evictable) return;
+  p.items.push_back({std::move(name), bytes, std::move(note), evictable});
+}
+
+void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& o, const std::string& dense_name) {
+  const std::string fmt_name = weight_format_name(o.weights);
+  add(p, "4-bit weights (" + fmt_name + " packed codes)", w.packed, "n/2 bytes per Linear");
+  add(p, "8-bit weights (LLM.int8)", w.int8, "1 byte per Linear parameter");
+  add(p, "quantization constants", w.constants,
+      o.weights == WeightFormat::Int8
+          ? "fp32 row scales"
+          : (o.double_quant ? "double-quantized absmax: 1 byte per " + std::to_string(o.blocksize) +
+                                  " + fp32 per 256 blocks"
+                            : "fp32 absmax per block of " + std::to_string(o.blocksize)));
+  add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
+  add(p, "embeddings (" + dense_name + ")", w.embed, "vocab x hidden");
+  add(p, "lm_head (" + dense_name + ")", w.head, "untied output head");
+  add(p, "norms and biases", w.norms + w.bias, "");
+}
+
+std::string options_title(const ModelSpec& s, const MemoryOptions& o) {
+  std::string t = s.family + " " + fmt("%.2f", static_cast<double>(s.num_params()) / 1e9) + "B params (" +
+                  std::to_string(s.n_layers) + " layers, hidden " + std::to_string(s.hidden) + ", ffn " +
+                  std::to_string(s.ffn) + ", vocab " + std::to_string(s.vocab) + "); engine " +
+                  memory_engine_name(o.engine) + ", " + (o.mode == MemoryMode::Train ? "train" : "generate") +
+                  "; weights " + weight_format_name(o.weights);
+  if (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4)
+    t += " bs" + std::to_string(o.blocksize) + (o.double_quant ? "+dq" : "");
+  t += ", compute " + std::string(o.compute_dtype == ComputeDType::F32    ? "fp32"
+                                  : o.compute_dtype == ComputeDType::BF16 ? "bf16"
+                                                                          : "fp16");
+  if (o.mode == MemoryMode::Train || o.with_adapter) {
+    std::string tg = "all-linear";
+    if (!o.all_linear) {
+      tg.clear();
+      for (const std::string& m : o.target_modules) tg += (tg.empty() ? "" : ",") + m;
+    }
+    t += "; LoRA r " + std::to_string(o.lora_r) + " on " + tg;
+  }
+  if (o.mode == MemoryMode::Train)
+    t += "; batch " + std::to_string(o.batch_size) + " x seq " + std::to_string(o.seq_len) + ", checkpointing " +
+         (o.checkpointing ? "on" : "off") + ", optim " + optim_kind_name(o.optim);
+  else
+    t += "; prompt " + std::to_string(o.prompt_len) + " + " + std::to_string(o.new_tokens) + " new tokens";
+  if (o.engine == MemoryEngine::PytorchCuda && o.gpus > 1) t += "; " + std::to_string(o.gpus) + " GPUs";
+  return t;
+}
+
+// ---- engine "qlora" ------------------------------------------------------------------------
+
+MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
+  MemoryPlan p;
+  const uint64_t C = u(s.hidden), L = u(s.n_layers), NH = u(s.n_heads), F = u(s.ffn), V = u(s.vocab);
+  const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
+  const uint64_t threads = u(std::max(1, o.threads));
+  const uint64_t db = dtype_bytes(o.compute_dtype);
+  // Model::load: Linear weights 4-bit or dense in the compute dtype; embeddings and head in
+  // the compute dtype (DenseWeight); norms and biases std::vector<float>.
+  const WeightBytes w = weight_bytes(s, o, db, 4);
+  // LLM.int8 forward (QuantLinear::forward_int8): the calling thread keeps its int8
+  // activation codes (T, in), row scales and int32 accumulators (T, out) thread_local.
+  const auto int8_ws = [&](uint64_t T) -> uint64_t {
+    if (o.weights != WeightFormat::Int8) return 0;
+    return T * std::max(C, F) + 4 * T + 4 * T * std::max(C, F);
+  };
+  const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
+  const uint64_t tokenizer = u(s.vocab) * kTokenizerBytesPerToken;
+  const uint64_t baseline = kQloraProcessBaselineBytes;
+
+  // The training data is tokenized before the model loads and stays resident: per token the
+  // examples' ids and train mask (4 + 1 bytes) and the sequences' inputs, targets and
+  // positions (3 x 4 bytes) of train/sft_dataset.h.
+  uint64_t dataset = 0;
+  if (o.mode == MemoryMode::Train && (o.data_bytes || o.data_tokens)) {
+    const uint64_t tokens =
+        o.data_tokens ? o.data_tokens : o.data_bytes / (s.vocab > 4096 ? 3 : 1);  // bytes per token, a guess
+    dataset = tokens * 17;
+  }
+
+  // --- load phase: the source file is mapped (its pages become resident as each tensor is
+  // read: file bytes pro rata of the parameters read so far) and each tensor arrives as a
+  // float32 vector that lives until it has been quantized / converted.
+  const uint64_t total_params = u(s.num_params());
+  const uint64_t file_bytes = o.model_file_bytes ? o.model_file_bytes : total_params * 2;  // fp16 safetensors
+  uint64_t load_peak = 0, load_required = 0;
+  {
+    uint64_t held = 0, read = 0;
+    auto step = [&](uint64_t numel, uint64_t final_bytes, uint64_t transient) {
+      read += numel;
+      const double frac = total_params ? std::min(1.0, static_cast<double>(read) / static_cast<double>(total_params)) : 1.0;
+      const uint64_t mapped = static_cast<uint64_t>(frac * static_cast<double>(file_bytes));
+      load_peak = std::max(load_peak, held + final_bytes + transient + mapped);
+      load_required = std::max(load_required, held + final_bytes + transient);
+      held += final_bytes;
+    };
+    const uint64_t vc = V * C;
+    // DenseWeight takes a float32 vector without a copy for fp32, converts (both alive) otherwise.
+    step(vc, w.embed, db == 4 ? 0 : vc * 4);
+    const uint64_t per_layer_weights =
+        (w.packed + w.int8 + w.constants + w.dense_linear + w.bias) / std::max<uint64_t>(L, 1);
+    for (uint64_t l = 0; l < L; ++l) {
+      // The largest transient of a layer: one Linear's float32 source (q/k twice when the
+      // rows are un-permuted), charged once at the end of the layer.
+      uint64_t tr = w.largest_linear * 4;
+      if (o.source_permutes_qk) tr = std::max(tr, 2 * QD * C * 4);
+      if (o.weights == WeightFormat::Dense && db == 4) tr = o.source_permutes_qk ? QD * C * 4 : 0;
+      const uint64_t layer_params = (total_params - vc * (s.tied_embeddings ? 1 : 2)) / std::max<uint64_t>(L, 1);
+      step(layer_params, per_layer_weights + 2 * C * 4, tr);
+    }
+    if (!s.tied_embeddings) step(vc, w.head, db == 4 ? 0 : vc * 4);
+    load_peak += baseline + tokenizer + dataset;
+    load_required += baseline + tokenizer + dataset;
+  }
+
+  // --- run phase.
+  MemoryPlan& r = p;
+  add(r, "process baseline", baseline, "binary, libraries, OpenMP threads, allocator (measured constant)");
+  add(r, "tokenizer", tokenizer, std::to_string(kTokenizerBytesPerToken) + " bytes per vocabulary entry");
+  add_weight_items(r, w, o, dense_name);
+
+  const LoraShape ls = lora_shape(s, o);
+  if (o.mode == MemoryMode::Train) {
+    if (ls.modules_per_block == 0) fail("--target", "matches no Linear layer of the model");
+    const uint64_t T = u(o.seq_len), r_ = u(o.lora_r);
+    const bool drop = o.lora_dropout > 0;
+    add(r, "dataset (examples + sequences)", dataset,
+        o.data_tokens ? std::to_string(o.data_tokens) + " tokens x 17 bytes"
+                      : "tokens estimated from the file size, x 17 bytes");
+    add(r, "LoRA parameters (A, B fp32)", ls.params * 4, std::to_string(ls.params) + " parameters");
+    add(r, "LoRA gradients (dA, dB fp32)", ls.params * 4, "");
+    const bool paged = optim_is_paged(o.optim);
+    add(r, std::string("optimizer state (") + optim_kind_name(o.optim) + ")", ls.optim_state,
+        optim_is_8bit(o.optim) ? "2 x uint8 moments + fp32 absmax per 256 (fp32 below 4096 elements)"
+                               : "2 x fp32 moments per parameter",
+        paged);
+    // TrainWorkspace::Block, one per layer without checkpointing, one with.
+    const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F) +
+                           4 * (static_cast<uint64_t>(ls.modules_per_block) * T * r_ + (drop ? T * ls.sum_in : 0));
+    const uint64_t xs = 4 * (L + 1) * T * C;
+    r.activations_checkpointed = xs + block;
+    r.activations_full = xs + L * block;
+    const uint64_t act = o.checkpointing ? r.activations_checkpointed : r.activations_full;
+    add(r, std::string("activations (checkpointing ") + (o.checkpointing ? "on" : "off") + ")", act,
+        "block inputs (L+1)*T*C fp32 + " + std::string(o.checkpointing ? "1" : "L") +
+            " block cache(s) incl. (NH,T,T) attention and LoRA caches; per sequence (batch runs sequentially); "
+            "with checkpointing " + format_gb(r.activations_checkpointed) + ", without " +
+            format_gb(r.activations_full));
+    add(r, "logits (T x V fp32, dlogits in place)", 4 * T * V, "");
+    // Backward scratch of TrainWorkspace::Impl, rope tables, final norm, the dequantized tile.
+    uint64_t tile = 0;
+    for (const LinearShape& li : block_linears(s)) {
+      const uint64_t in = u(li.in);
+      const uint64_t rows = std::clamp<uint64_t>((uint64_t{1} << 18) / std::max<uint64_t>(in, 1), 16, u(li.out));
+      tile = std::max(tile, rows * in);
+    }
+    if (db != 4) tile = std::max(tile, std::min<uint64_t>(std::max<uint64_t>((1u << 18) / C, 16), V) * C);
+    const uint64_t scratch = 4 * (4 * T * C + 3 * T * F + 2 * T * QD + 2 * T * KVD + NH * T * T + T * HS + T * C +
+                                  T + T + tile + (o.checkpointing ? T * C : 0));
+    // The largest transient on top: lora_forward's (T, out) product and dropout copy, or the
+    // lm_head input-gradient panels (64 x V + T x 64 floats per thread).
+    const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + T * 64) : 0);
+    const uint64_t lora_tmp = 4 * T * ls.max_in_out;
+    add(r, "workspace (backward scratch, tiles, transients)", scratch + std::max(lm_panels, lora_tmp) + int8_ws(T),
+        "dx/dh/d-MLP/d-attention buffers, dequantized weight tile, per-thread lm_head panels");
+  } else {
+    const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
+    const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
+    add(r, "KV cache (fp32 keys + values)", 2 * L * KVD * cap * 4,
+        std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+    add(r, "forward scratch (prompt prefill)", 4 * P * (3 * C + 2 * QD + 2 * KVD + 2 * F + HS + 1),
+        "x, h, q, k, v, att, o, gate, up, rope tables for the prompt's tokens");
+    add(r, "logits and sampler", V * 4 + V * 13, "(V) logits + sampler index/probability/seen arrays");
+    add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
+    if (o.with_adapter && ls.modules_per_block > 0) {
+      add(r, "LoRA adapter (A, B fp32 + zeroed gradients)", ls.params * 16, std::to_string(ls.params) + " parameters");
+      add(r, "workspace (LoRA transients)", 4 * P * (u(o.lora_r) + ls.max_in_out), "");
+    }
+  }
+  uint64_t run_peak = 0, evict = 0;
+  for (const MemoryItem& it : r.items) (it.evictable ? evict : run_peak) += it.bytes;
+  r.run_peak_bytes = run_peak;
+  r.load_peak_bytes = load_peak;
+  r.evictable_bytes = evict;
+  if (load_peak > run_peak)
+    add(r, "load phase excess (mapped file + one fp32 tensor)", load_peak - run_peak,
+        "loading peaks above the run: " + format_gb(load_peak) + " incl. the mapped model file (" +
+            format_gb(file_bytes) + ")");
+  r.peak_bytes = std::max(load_peak, run_peak);
+  r.required_bytes = std::max(load_required, run_peak);
+  return p;
+}
+
+// ---- engine "pytorch-cuda" -----------------------------------------------------------------
+
+MemoryPlan plan_pytorch(const ModelSpec& s, const MemoryOptions& o) {
+  MemoryPlan p;
+  const uint64_t C = u(s.hidden), L = u(s.n_layers), NH = u(s.n_heads), F = u(s.ffn), V = u(s.vocab);
+  const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim());
+  const uint64_t B = u(std::max<int64_t>(1, o.batch_size));
+  // transformers loads everything that is not a quantized Linear in torch_dtype (fp16/bf16).
+  const WeightBytes w = weight_bytes(s, o, 2, 2);
+  add(p, "CUDA context + allocator overhead", kPytorchCudaOverheadBytes * u(std::max(1, o.gpus)),
+      "one documented constant per GPU (kPytorchCudaOverheadBytes)");
+  add_weight_items(p, w, o, "fp16");
+  const LoraShape ls = lora_shape(s, o);
+  const uint64_t lb = u(o.lora_param_bytes);
+  if (o.mode == MemoryMode::Train) {
+    if (ls.modules_per_block == 0) fail("--target", "matches no Linear layer of the model");
+    const uint64_t T = u(o.seq_len), r = u(o.lora_r);
+    add(p, "LoRA parameters", ls.params * lb, std::to_string(ls.params) + " parameters, " + std::to_string(lb) + " bytes each");
+    add(p, "LoRA gradients", ls.params * lb, "");
+    add(p, std::string("optimizer state (") + optim_kind_name(o.optim) + ")", ls.optim_state,
+        "AdamW moments on the LoRA parameters", optim_is_paged(o.optim));
+    // What autograd keeps per decoder layer (fp16 autocast, eager attention of transformers
+    // 4.30): RMSNorm x2 (fp32 square input 4 + fp16 input 2 + fp16 output 2 = 8 bytes per
+    // T*C), q/k after rotary and v (2 bytes each), the attention output (2 x T*QD),
+    // scores clamped by torch.max (fp16, 2) + softmax output (fp32, 4) + probabilities cast
+    // back (fp16, 2) = 8 bytes per (head, t, t'), the SwiGLU MLP (gate, silu, up, product:
+    // 4 x 2 bytes per T*F), and per LoRA module the dropout mask (1) and dropped input (2)
+    // per T*in and lora_A's output (2 per T*r).
+    const uint64_t layer = B * (16 * T * C + 4 * T * QD + 4 * T * KVD + 8 * NH * T * T + 8 * T * F +
+                                3 * T * ls.sum_in + 2 * T * r * u(ls.modules_per_block));
+    // Gradient checkpointing keeps each layer's fp16 input; the backward recomputes one
+    // layer at a time and needs a working set about the size of that layer's activations.
+    const uint64_t ckpt = B * L * 2 * T * C;
+    p.activations_checkpointed = ckpt + layer;
+    p.activations_full = L * layer;
+    add(p, std::string("activations (checkpointing ") + (o.checkpointing ? "on" : "off") + ")",
+        o.checkpointing ? p.activations_checkpointed : p.activations_full,
+        "per layer " + format_gb(layer) + "; with checkpointing " + format_gb(p.activations_checkpointed) +
+            ", without " + format_gb(p.activations_full));
+    add(p, "backward working set (one layer)", layer, "gradients of one layer's saved tensors");
+    add(p, "logits (fp16 + fp32 upcast + fp32 gradient)", B * T * V * 10, "");
+    add(p, "workspace (dequantized weight of one Linear)", w.largest_linear * 2,
+        "bitsandbytes dequantizes a Linear to fp16 for each matmul");
+  } else {
+    const uint64_t ctx = u(std::min<int64_t>(s.max_positions, o.prompt_len + o.new_tokens));
+    add(p, "KV cache (fp16)", B * 2 * L * KVD * ctx * 2, std::to_string(ctx) + " positions");
+    add(p, "prefill activations (one layer)", B * u(o.prompt_len) * (4 * C + 2 * QD + 2 * KVD + 4 * F) * 2 +
+                                                  B * NH * u(o.prompt_len) * u(o.prompt_len) * 6,
+        "");
+    add(p, "logits (fp32)", B * u(o.prompt_len) * V * 4, "");
+    if (o.with_adapter) add(p, "LoRA adapter", ls.params * lb, "");
+    add(p, "workspace (dequantized weight of one Linear)", w.largest_linear * 2, "");
+  }
+  uint64_t peak = 0, evict = 0;
+  for (const MemoryItem& it : p.items) (it.evictable ? evict : peak) += it.bytes;
+  p.peak_bytes = p.run_peak_bytes = p.required_bytes = peak;
+  p.evictable_bytes = evict;
+  p.gpus = std::max(1, o.gpus);
+  return p;
+}
+
+}  // namespace
+
+MemoryEngine memory_engine_from_string(std::string_view s) {
+  if (s == "qlora" || s == "cpu") return MemoryEngine::Qlora;
+  if (s == "pytorch-cuda" || s == "pytorch" || s == "torch") return MemoryEngine::PytorchCuda;
+  fail("--engine", "unknown engine '" + std::string(s) + "'; use qlora or pytorch-cuda");
+}
+
+const char* memory_engine_name(MemoryEngine e) { return e == MemoryEngine::Qlora ? "qlora" : "pytorch-cuda"; }
+
+WeightFormat weight_format_from_string(std::string_view s) {
+  if (s == "nf4") return WeightFormat::NF4;
+  if (s == "fp4") return WeightFormat::FP4;
+  if (s == "none") return WeightFormat::Dense;
+  if (s == "int8") return WeightFormat::Int8;
+  fail("--quant", "unknown storage '" + std::string(s) + "'; use nf4, fp4, none or int8");
+}
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::Dense: return "none";
+    case WeightFormat::NF4: return "nf4";
+    case WeightFormat::FP4: return "fp4";
+    case WeightFormat::Int8: return "int8";
+  }
+  return "?";
+}
+
+ModelSpec llama1_spec(std::string_view params) {
+  struct Shape {
+    const char* name;
+    int64_t dim, layers, heads, ffn;
+  };
+  // LLaMA paper table 2 (dim, layers, heads); ffn = the SwiGLU hidden size of the released
+  // checkpoints (intermediate_size in their config.json).
+  static const Shape kShapes[] = {{"7B", 4096, 32, 32, 11008},
+                                  {"13B", 5120, 40, 40, 13824},
+                                  {"33B", 6656, 60, 52, 17920},
+                                  {"30B", 6656, 60, 52, 17920},
+                                  {"65B", 8192, 80, 64, 22016}};
+  for (const Shape& sh : kShapes) {
+    if (params != sh.name) continue;
+    ModelSpec s;
+    s.family = "llama";
+    s.hidden = sh.dim;
+    s.n_layers = sh.layers;
+    s.n_heads = s.n_kv_heads = sh.heads;
+    s.head_dim = sh.dim / sh.heads;
+    s.ffn = sh.ffn;
+    s.vocab = 32000;
+    s.max_positions = 2048;
+    s.norm_eps = 1e-6f;
+    s.tied_embeddings = false;
+    s.bos_id = 1;
+    s.eos_ids = {2};
+    return s;
+  }
+  fail("--params", "unknown size '" + std::string(params) + "'; use 7B, 13B, 33B or 65B (LLaMA-1 shapes)");
+}
+
+MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt) {
+  spec.validate(kWhere);
+  if (opt.lora_r < 1) fail("--lora-r", "must be >= 1");
+  if (opt.seq_len < 1) fail("--seq-len", "must be >= 1");
+  if (opt.batch_size < 1) fail("--batch-size", "must be >= 1");
+  if (opt.prompt_len < 0 || opt.new_tokens < 0) fail("--prompt-len/-n", "must be >= 0");
+  if (opt.mode == MemoryMode::Train && opt.seq_len > spec.max_positions)
+    fail("--seq-len", std::to_string(opt.seq_len) + " exceeds the model's context of " +
+                          std::to_string(spec.max_positions));
+  MemoryPlan p = opt.engine == MemoryEngine::Qlora ? plan_qlora(spec, opt) : plan_pytorch(spec, opt);
+  p.title = options_title(spec, opt);
+  return p;
+}
+
+uint64_t model_source_bytes(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path p(model_path);
+  if (!fs::is_directory(p, ec)) {
+    const auto n = fs::file_size(p, ec);
+    return ec ? 0 : static_cast<uint64_t>(n);
+  }
+  uint64_t total = 0;
+  for (const auto& e : fs::directory_iterator(p, ec)) {
+    if (e.path().extension() != ".safetensors") continue;
+    const auto n = fs::file_size(e.path(), ec);
+    if (!ec) total += static_cast<uint64_t>(n);
+  }
+  return total;
+}
+
+bool model_source_permutes_qk(const std::string& model_path) {
+  const std::string ext = std::filesystem::path(model_path).extension().string();
+  return ext == ".gguf" || ext == ".bin";
+}
+
+MemoryOptions memory_options_for_run(const std::string& model_path, const ModelLoadOptions& load, MemoryMode mode,
+                                     int threads) {
+  MemoryOptions o;
+  o.engine = MemoryEngine::Qlora;
+  o.mode = mode;
+  if (!load.quant.quantize) o.weights = WeightFormat::Dense;
+  else if (load.quant.int8) o.weights = WeightFormat::Int8;
+  else o.weights = load.quant.type == QuantType::NF4 ? WeightFormat::NF4 : WeightFormat::FP4;
+  o.blocksize = load.quant.blocksize;
+  o.double_quant = load.quant.double_quant;
+  o.compute_dtype = load.compute_dtype;
+  o.threads = std::max(1, threads);
+  o.model_file_bytes = model_source_bytes(model_path);
+  o.source_permutes_qk = model_source_permutes_qk(model_path);
+  return o;
+}
+
+uint64_t parse_memory_size(std::string_view s, std::string_view where) {
+  std::string t(s);
+  for (char& c : t) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (t == "T4") return 15360ull << 20;
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(t, &pos);
+  } catch (const std::exception&) {
+    fail(where, "'" + std::string(s) + "' is not a size (e.g. 16GB, 15GiB, 800MB)");
+  }
+  std::string unit = t.substr(pos);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
+  double mul = 0;
+  if (unit.empty() || unit == "B") mul = 1;
+  else if (unit == "KB") mul = 1e3;
+  else if (unit == "MB") mul = 1e6;
+  else if (unit == "GB") mul = 1e9;
+  else if (unit == "TB") mul = 1e12;
+  else if (unit == "K" || unit == "KIB") mul = 1024.0;
+  else if (unit == "M" || unit == "MIB") mul = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GIB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "T" || unit == "TIB") mul = 1024.0 * 1024 * 1024 * 1024;
+  if (mul == 0 || !(v > 0) || !std::isfinite(v))
+    fail(where, "'" + std::string(s) + "' is not a positive size (e.g. 16GB, 15GiB, 800MB)");
+  return static_cast<uint64_t>(v * mul);
+}
+
+std::string format_gb(uint64_t b) {
+  return fmt("%.2f GB", static_cast<double>(b) / 1e9) + fmt(" (%.2f GiB)", static_cast<double>(b) / 1073741824.0);
+}
+
+std::string MemoryPlan::to_text(uint64_t limit, std::string_view limit_name) const {
+  std::string out = title + "\n";
+  size_t w = 10;
+  for (const MemoryItem& it : items) w = std::max(w, it.name.size());
+  auto line = [&](const std::string& name, uint64_t b, const std::string& note) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%12.1f MiB", static_cast<double>(b) / 1048576.0);
+    std::string l = "  " + name + std::string(w - name.size() + 2, ' ') + buf;
+    if (!note.empty()) l += "   " + note;
+    return l + "\n";
+  };
+  for (const MemoryItem& it : items)
+    out += line(it.name, it.bytes, it.evictable ? "[paged, evictable: not in the peak] " + it.note : it.note);
+  if (load_peak_bytes && run_peak_bytes)
+    out += "  phases: load " + format_gb(load_peak_bytes) + ", run " + format_gb(run_peak_bytes) + "\n";
+  if (evictable_bytes)
+    out += "  resident if the paged state is never evicted: " + format_gb(resident_if_not_evicted()) + "\n";
+  if (limit) {
+    const uint64_t cap = limit * static_cast<uint64_t>(gpus);
+    const std::string lim = (gpus > 1 ? std::to_string(gpus) + " x " : "") + format_gb(limit) +
+                            (limit_name.empty() ? "" : " (" + std::string(limit_name) + ")");
+    if (required_bytes <= cap)
+      out += "verdict: fits in " + lim + " with " + format_gb(cap - required_bytes) + " to spare\n";
+    else
+      out += "verdict: does NOT fit in " + lim + ": " + format_gb(required_bytes - cap) + " short\n";
+  }
+  out += "total peak: " + format_gb(peak_bytes);
+  if (required_bytes < peak_bytes)
+    out += " RSS high-water; " + format_gb(required_bytes) +
+           " must stay resident (the rest is clean mapped-file pages the kernel can drop)";
+  out += "\n";
+  return out;
+}
+
+nlohmann::json MemoryPlan::to_json(uint64_t limit) const {
+  nlohmann::json j;
+  j["title"] = title;
+  nlohmann::json items_j = nlohmann::json::array();
+  for (const MemoryItem& it : items)
+    items_j.push_back({{"name", it.name}, {"bytes", it.bytes}, {"note", it.note}, {"evictable", it.evictable}});
+  j["items"] = items_j;
+  j["peak_bytes"] = peak_bytes;
+  j["peak_gb"] = static_cast<double>(peak_bytes) / 1e9;
+  j["evictable_bytes"] = evictable_bytes;
+  j["load_peak_bytes"] = load_peak_bytes;
+  j["run_peak_bytes"] = run_peak_bytes;
+  j["required_bytes"] = required_bytes;
+  j["resident_if_not_evicted_bytes"] = resident_if_not_evicted();
+  j["activations_checkpointed_bytes"] = activations_checkpointed;
+  j["activations_full_bytes"] = activations_full;
+  if (limit) {
+    const uint64_t cap = limit * static_cast<uint64_t>(gpus);
+    j["limit_bytes"] = cap;
+    j["fits"] = required_bytes <= cap;
+    j["margin_bytes"] = static_cast<int64_t>(cap) - static_cast<int64_t>(required_bytes);
+  }
+  return j;
+}
+
+void check_fits(const MemoryPlan& plan, uint64_t limit, std::string_view what) {
+  if (limit == 0 || plan.required_bytes <= limit) return;
+  fail(what, "needs " + format_gb(plan.required_bytes) + " resident at its peak, more than --max-memory " +
+                 format_gb(limit) + " (refusing to start; the planner's breakdown follows)\n" +
+                 plan.to_text(limit, "--max-memory"));
+}
+
+// ---- the published table -----------------------------------------------------------------
+
+namespace {
+
+MemoryOptions table_options(const std::string& quant, ComputeDType cd, bool gc, bool nq, int64_t seq) {
+  MemoryOptions o;
+  o.engine = MemoryEngine::PytorchCuda;
+  o.mode = MemoryMode::Train;
+  o.weights = weight_format_from_string(quant);
+  o.double_quant = nq;
+  o.compute_dtype = cd;
+  o.checkpointing = gc;
+  o.seq_len = seq;
+  o.batch_size = 1;
+  // Assumed (not published): TRL's SFT example defaults r 64, alpha 16, dropout 0.05, and
+  // PEFT's default targets for llama, q_proj and v_proj; AdamW 32-bit (adamw_torch).
+  o.lora_r = 64;
+  o.all_linear = false;
+  o.target_modules = {"q_proj", "v_proj"};
+  o.lora_dropout = 0.05;
+  o.optim = OptimKind::AdamW32;
+  o.lora_param_bytes = 4;
+  return o;
+}
+
+}  // namespace
+
+std::vector<PublishedRow> published_table() {
+  const uint64_t t4 = 15360ull << 20;
+  const ComputeDType bf = ComputeDType::BF16, fp = ComputeDType::F16;
+  auto row = [&](const char* model, int gpus, const char* method, int64_t seq, bool fits, MemoryOptions o) {
+    PublishedRow r;
+    r.model = model;
+    r.gpus = gpus;
+    r.gpu_bytes = t4;
+    r.gpu_name = std::to_string(gpus) + "xT4 16GB";
+    r.method = method;
+    r.seq_len = seq;
+    r.published_fits = fits;
+    o.gpus = gpus;
+    r.options = o;
+    return r;
+  };
+  return {
+      row("7B", 1, "LLM.int8 + GC", 512, true, table_options("int8", fp, true, false, 512)),
+      row("7B", 1, "LLM.int8 + GC", 1024, false, table_options("int8", fp, true, false, 1024)),
+      row("7B", 1, "4-bit NF4, bf16 CD, no GC", 512, true, table_options("nf4", bf, false, false, 512)),
+      row("7B", 1, "4-bit FP4, bf16 CD, no GC", 512, true, table_options("fp4", bf, false, false, 512)),
+      row("7B", 1, "4-bit NF4, bf16 CD, no GC", 1024, false, table_options("nf4", bf, false, false, 1024)),
+      row("7B", 1, "4-bit FP4, bf16 CD, no GC", 1024, false, table_options("fp4", bf, false, false, 1024)),
+      row("7B", 1, "4-bit NF4, bf16 CD, GC", 1024, true, table_options("nf4", bf, true, false, 1024)),
+      row("13B", 2, "LLM.int8 + GC", 512, true, table_options("int8", fp, true, false, 512)),
+      row("13B", 1, "LLM.int8 + GC", 512, false, table_options("int8", fp, true, false, 512)),
+      row("13B", 1, "4-bit FP4, bf16 CD, no GC", 512, false, table_options("fp4", bf, false, false, 512)),
+      row("13B", 1, "4-bit FP4, fp16 CD, no GC", 512, false, table_options("fp4", fp, false, false, 512)),
+      row("13B", 1, "4-bit NF4, fp16 CD, GC", 512, true, table_options("nf4", fp, true, false, 512)),
+      row("13B", 1, "4-bit NF4, fp16 CD, GC", 1024, false, table_options("nf4", fp, true, false, 1024)),
+      row("13B", 1, "4-bit NF4, fp16 CD, GC, NQ", 1024, true, table_options("nf4", fp, true, true, 1024)),
+  };
+}
+
+std::vector<PublishedRow> qlora_paper_headline_rows() {
+  auto row = [](const char* model, uint64_t gpu, const char* gpu_name) {
+    PublishedRow r;
+    r.model = model;
+    r.gpus = 1;
+    r.gpu_bytes = gpu;
+    r.gpu_name = gpu_name;
+    r.method = "NF4+DQ, bf16 CD, LoRA r64 all linear, GC, paged AdamW";
+    r.seq_len = 512;
+    r.published_fits = true;
+    MemoryOptions o;
+    o.engine = MemoryEngine::PytorchCuda;
+    o.weights = WeightFormat::NF4;
+    o.double_quant = true;
+    o.compute_dtype = ComputeDType::BF16;
+    o.lora_r = 64;
+    o.all_linear = true;
+    o.checkpointing = true;
+    o.optim = OptimKind::PagedAdamW32;
+    o.seq_len = 512;
+    o.batch_size = 1;
+    // The QLoRA repository (qlora.py --bf16) casts the LoRA modules to bf16.
+    o.lora_param_bytes = 2;
+    r.options = o;
+    return r;
+  };
+  return {row("33B", 24ull << 30, "1x 24 GB"), row("65B", 48ull << 30, "1x 48 GB")};
+}
+
+void evaluate_published_rows(std::vector<PublishedRow>& rows) {
+  for (PublishedRow& r : rows) {
+    const MemoryPlan p = plan_memory(llama1_spec(r.model), r.options);
+    r.predicted_peak = p.peak_bytes;
+    r.predicted_fits = p.peak_bytes <= r.gpu_bytes * static_cast<uint64_t>(r.gpus);
+    r.explanation.clear();
+    if (r.predicted_fits == r.published_fits) continue;
+    if (r.options.weights == WeightFormat::Int8)
+      r.explanation =
+          "LLM.int8 training holds more than 1 byte/param + activations: the published 7B int8+GC run OOMs at 1024 "
+          "while 13B NF4+DQ+GC at 1024 (0.18 GB MORE weights, more LoRA and activations) fits, so bitsandbytes' "
+          "int8 matmul keeps extra state (outlier columns subB per layer, col_turing copies, int32 outputs) the "
+          "planner does not model";
+    else if (r.options.checkpointing)
+      r.explanation =
+          "the NQ pair pins this run within ~0.6 GB of the card, but 7B NF4 without GC at 512 (published: fits) "
+          "keeps far more activations than 13B with GC at 1024 plus the 3.4 GB of extra weights; no single "
+          "overhead constant satisfies both, so the published peak here includes allocator fragmentation from "
+          "variable-length batches that a static count cannot see";
+    else
+      r.explanation = "activation count differs from the run's (see the breakdown)";
+  }
+}
+
+std::string published_table_text(const std::vector<PublishedRow>& table, const std::vector<PublishedRow>& headline) {
+  std::string out =
+      "Hugging Face QLoRA announcement (TRL SFTTrainer, AdamW, batch 1, grad accum 4) vs `qlora memory --engine "
+      "pytorch-cuda`\nassumed LoRA: r 64, alpha 16, dropout 0.05 on q_proj,v_proj (TRL SFT example + PEFT llama "
+      "defaults), fp32 LoRA, adamw_torch;\noverhead constant (CUDA context + allocator): " +
+      format_gb(kPytorchCudaOverheadBytes) + " per GPU; T4 = 15360 MiB\n\n";
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "%-5s %-11s %-28s %5s %10s %10s %9s %s\n", "model", "GPU", "method", "seq",
+                "published", "planner", "peak GB", "margin GB");
+  out += buf;
+  int agree = 0;
+  for (const PublishedRow& r : table) {
+    const double cap = static_cast<double>(r.gpu_bytes) * r.gpus / 1e9;
+    const double peak = static_cast<double>(r.predicted_peak) / 1e9;
+    std::snprintf(buf, sizeof buf, "%-5s %-11s %-28s %5lld %10s %10s %9.2f %+9.2f%s\n", r.model.c_str(),
+                  r.gpu_name.c_str(), r.method.c_str(), static_cast<long long>(r.seq_len),
+                  r.published_fits ? "fits" : "OOM", r.predicted_fits ? "fits" : "OOM", peak, cap - peak,
+                  r.predicted_fits == r.published_fits ? "" : "   <-- disagrees");
+    out += buf;
+    if (r.predicted_fits == r.published_fits) ++agree;
+  }
+  out += "\n" + std::to_string(agree) + " of " + std::to_string(table.size()) + " verdicts agree.\n";
+  for (const PublishedRow& r : table)
+    if (!r.explanation.empty())
+      out += "- " + r.model + " " + r.method + " seq " + std::to_string(r.seq_len) + ": " + r.explanation + "\n";
+  out += "\nQLoRA paper headline cases (NF4 + double quant, LoRA r 64 on all linear layers in bf16, gradient "
+         "checkpointing, paged AdamW 32-bit, batch 1, seq 512):\n";
+  for (const PublishedRow& r : headline) {
+    const double cap = static_cast<double>(r.gpu_bytes) / 1e9;
+    const double peak = static_cast<double>(r.predicted_peak) / 1e9;
+    std::snprintf(buf, sizeof buf, "  LLaMA-%-4s on %-9s: peak %6.2f GB of %6.2f GB -> %s, margin %+.2f GB\n",
+                  r.model.c_str(), r.gpu_name.c_str(), peak, cap, r.predicted_fits ? "fits" : "DOES NOT FIT",
+                  cap - peak);
+    out += buf;
+  }
+  return out;
+}
+
+}  // namespace qlora

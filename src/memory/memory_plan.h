@@ -1,0 +1,186 @@
+#pragma once
+// The memory planner behind `qlora memory` and --max-memory: a pure function from a model's
+// shape (ModelSpec: read from headers only, never from the weights) and the run's options
+// to a named breakdown of the bytes a run holds at its peak, and the peak itself.
+//
+// Two engines are modelled:
+//   * Engine::Qlora: this program on the CPU. Every item mirrors an allocation in the code
+//     (model/model.cpp Model::load and weight_bytes(), model/quant_linear, lora/lora.cpp,
+//     train/train_model.cpp TrainWorkspace, optim/, model/kv_cache, model/generate.cpp)
+//     plus a measured process baseline. The quantity predicted is the resident set
+//     high-water mark (VmHWM / ru_maxrss), so the load phase (the model file is mapped
+//     and read once, one float32 tensor at a time) competes with the run phase; the peak
+//     is the larger of the two.
+//   * Engine::PytorchCuda: transformers + PEFT + bitsandbytes on one CUDA GPU (the stack
+//     of Hugging Face's QLoRA announcement table): 16-bit activations of a Llama forward
+//     as autograd keeps them for backward, LoRA in fp32, AdamW state, and ONE constant
+//     for the CUDA context and caching-allocator overhead (kPytorchCudaOverheadBytes).
+//
+// Thread-safety: everything here is a pure function of its arguments.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "base/dtype.h"
+#include "model/model.h"
+#include "model/model_spec.h"
+#include "optim/optimizer.h"
+#include "quant/codebook.h"
+
+namespace qlora {
+
+enum class MemoryEngine { Qlora, PytorchCuda };
+enum class MemoryMode { Train, Generate };
+// How the Linear layers inside the blocks are stored (--quant none|nf4|fp4|int8).
+enum class WeightFormat { Dense, NF4, FP4, Int8 };
+
+MemoryEngine memory_engine_from_string(std::string_view s);  // "qlora", "pytorch-cuda"
+const char* memory_engine_name(MemoryEngine e);
+// "nf4", "fp4", "none" (dense), "int8"; throws Error naming --quant otherwise.
+WeightFormat weight_format_from_string(std::string_view s);
+const char* weight_format_name(WeightFormat f);
+
+// Measured resident set of `qlora` before it allocates anything model-sized (binary, libc++,
+// libgomp and its thread stacks, CLI11 parsing, malloc arenas): the peak RSS of
+// `qlora generate` on stories260K (a 1 MB model) minus what this planner attributes to
+// that model. See bench/memory_validate.sh.
+inline constexpr uint64_t kQloraProcessBaselineBytes = 11ull << 19;  // 5.5 MiB
+// Resident bytes a tokenizer holds per vocabulary entry (token string, two hash-map
+// entries, a merge rule): an estimate, checked against the SmolLM2 (49152 entries) rows of
+// bench/memory_validate.sh, where it is ~3% of the peak.
+inline constexpr uint64_t kTokenizerBytesPerToken = 200;
+// The pytorch-cuda engine's one overhead constant: the CUDA context of torch + cuBLAS +
+// bitsandbytes kernels (~0.5 GiB on a T4) and the caching allocator's slack (freed blocks
+// it keeps reserved, rounding to 2 MiB segments, fragmentation from variable-length
+// batches), taken as 1 GiB. Chosen once for the whole published table, not per row.
+inline constexpr uint64_t kPytorchCudaOverheadBytes = 3ull << 29;  // 1.5 GiB
+
+struct MemoryOptions {
+  MemoryEngine engine = MemoryEngine::Qlora;
+  MemoryMode mode = MemoryMode::Train;
+
+  WeightFormat weights = WeightFormat::NF4;
+  int blocksize = 64;
+  bool double_quant = false;
+  ComputeDType compute_dtype = ComputeDType::F32;
+
+  // LoRA (train; in generate only when with_adapter).
+  int lora_r = 64;
+  bool all_linear = true;                  // PEFT's "all-linear"
+  std::vector<std::string> target_modules;  // used when !all_linear (suffixes: q_proj, ...)
+  double lora_dropout = 0.05;
+  bool with_adapter = false;               // generate: an adapter of this shape is applied
+
+  // Train.
+  int64_t batch_size = 1;
+  int64_t seq_len = 256;
+  bool checkpointing = true;
+  OptimKind optim = OptimKind::AdamW32;
+  uint64_t data_bytes = 0;   // size of the --data file (0: none counted)
+  uint64_t data_tokens = 0;  // its tokens when known (the CLI tokenizes it); 0: estimated from data_bytes
+
+  // Generate.
+  int64_t prompt_len = 16;
+  int64_t new_tokens = 128;
+
+  // Process (qlora engine).
+  int threads = 1;              // OpenMP threads: per-thread scratch scales with them
+  uint64_t model_file_bytes = 0;  // bytes mapped and read while loading; 0: estimated
+  // True when the source stores q/k rows in the GGUF / llama2.c rotary order, so loading
+  // q/k holds a second float32 copy while un-permuting.
+  bool source_permutes_qk = false;
+
+  // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).
+  int gpus = 1;
+  // pytorch-cuda: bytes per LoRA parameter and gradient (PEFT creates LoRA in fp32; the
+  // QLoRA repository casts them to bf16 with --bf16).
+  int lora_param_bytes = 4;
+};
+
+struct MemoryItem {
+  std::string name;
+  uint64_t bytes = 0;
+  std::string note;        // how it was computed / what it depends on
+  bool evictable = false;  // paged: may be evicted under pressure, not part of the peak
+};
+
+struct MemoryPlan {
+  std::string title;               // one line: model, engine, mode, main options
+  std::vector<MemoryItem> items;   // the breakdown at the peak; non-evictable items sum to peak_bytes
+  uint64_t peak_bytes = 0;
+  uint64_t evictable_bytes = 0;    // paged optimizer state, outside the peak
+  uint64_t load_peak_bytes = 0;    // qlora engine: the load phase's own peak
+  // What must be resident for the run to succeed: the peak without the clean, reclaimable
+  // pages of the mapped model file (the kernel drops them under pressure; RSS counts them)
+  // and without paged optimizer state. The --max-memory check and the verdict use this.
+  uint64_t required_bytes = 0;
+  uint64_t run_peak_bytes = 0;     // the train/generate phase's peak
+  // Activation bytes with and without gradient checkpointing (train), for comparison.
+  uint64_t activations_checkpointed = 0, activations_full = 0;
+  int gpus = 1;
+
+  // The RSS high-water with paged state never evicted (no memory pressure): the paged
+  // state exists only in the run phase.
+  uint64_t resident_if_not_evicted() const {
+    return load_peak_bytes ? std::max(load_peak_bytes, run_peak_bytes + evictable_bytes) : peak_bytes + evictable_bytes;
+  }
+
+  // Human-readable breakdown ending with the line "total peak: X.XX GB (Y.YY GiB)".
+  // When limit > 0, a verdict line (fits / does not fit, margin) comes before it.
+  std::string to_text(uint64_t limit = 0, std::string_view limit_name = {}) const;
+  nlohmann::json to_json(uint64_t limit = 0) const;
+};
+
+// LLaMA-1 shapes from the LLaMA paper (Touvron et al. 2023, table 2): "7B", "13B", "33B"
+// (alias "30B"), "65B"; vocab 32000, context 2048, untied head. Throws Error naming --params.
+ModelSpec llama1_spec(std::string_view params);
+
+MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt);
+
+// Bytes loading `model_path` maps and reads (a directory: its *.safetensors; a file: its
+// size; 0 when unknown), and whether its q/k rows come permuted (GGUF, llama2.c).
+uint64_t model_source_bytes(const std::string& model_path);
+bool model_source_permutes_qk(const std::string& model_path);
+
+// Planner options for the qlora engine describing a run that will load `model_path` with
+// `load` (storage, blocksize, double quant, compute dtype) on `threads` threads.
+// The caller fills the mode-specific fields (seq_len, prompt_len, LoRA, ...).
+MemoryOptions memory_options_for_run(const std::string& model_path, const ModelLoadOptions& load, MemoryMode mode,
+                                     int threads);
+
+// "16GB" (10^9), "15GiB", "800MB", "512MiB", "1.5G" (GiB), a plain number of bytes, or
+// "T4" (15360 MiB, what nvidia-smi reports for a 16 GB T4). Throws Error naming `where`.
+uint64_t parse_memory_size(std::string_view s, std::string_view where);
+// "12.34 GB (11.49 GiB)"
+std::string format_gb(uint64_t bytes);
+
+// Throws Error("<what>: needs X GB at its peak, more than the --max-memory of Y GB", with
+// the whole breakdown) when plan.required_bytes > limit. limit 0 means no limit.
+void check_fits(const MemoryPlan& plan, uint64_t limit, std::string_view what);
+
+// The rows of Hugging Face's QLoRA announcement table and the QLoRA paper's headline cases,
+// with the planner's verdict (pytorch-cuda engine) next to the published one.
+struct PublishedRow {
+  std::string model;   // "7B", "13B", ...
+  int gpus = 1;
+  uint64_t gpu_bytes = 0;  // per GPU
+  std::string gpu_name;
+  std::string method;  // as published
+  int64_t seq_len = 0;
+  bool published_fits = true;
+  MemoryOptions options;
+  // Filled by evaluate_published_table:
+  uint64_t predicted_peak = 0;
+  bool predicted_fits = false;
+  std::string explanation;  // why planner and published disagree (empty when they agree)
+};
+std::vector<PublishedRow> published_table();          // the 14 announcement rows
+std::vector<PublishedRow> qlora_paper_headline_rows();  // 33B on 24 GB, 65B on 48 GB
+void evaluate_published_rows(std::vector<PublishedRow>& rows);
+std::string published_table_text(const std::vector<PublishedRow>& table, const std::vector<PublishedRow>& headline);
+
+}  // namespace qlora

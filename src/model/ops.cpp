@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "base/parallel.h"
+#include "model/gemm.h"
 #include "model/linear_kernels.h"
 #include "model/quant_linear.h"
 
@@ -81,9 +82,48 @@ void softmax_inplace(float* x, int64_t N) {
   for (int64_t i = 0; i < N; ++i) x[i] /= sum;
 }
 
+namespace {
+
+// Many queries at once (prefill, training): per head, the scores S = Q Kᵀ and the output
+// P V are two GEMMs on the library (bench/bench_gemm.cpp); only the masked softmax runs
+// row by row. Scores outside each query's window are computed and then discarded, which
+// costs less than the per-key dot products of the loop below.
+void attention_forward_gemm(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+                            int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
+                            const int32_t* key_start) {
+  const int64_t group = NH / NKV;
+  const int64_t qs = NH * HS, kvs = NKV * HS;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  thread_local std::vector<float> scratch;
+  if (!att) scratch.resize(static_cast<size_t>(T * Tk));
+  for (int64_t h = 0; h < NH; ++h) {
+    const int64_t kh = h / group;
+    float* S = att ? att + h * T * Tk : scratch.data();
+    sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, S, Tk, /*accumulate=*/false);
+    parallel_for_range(T, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        float* row = S + t * Tk;
+        const int64_t n = q_pos0 + t + 1;
+        const int64_t j0 = key_start ? key_start[t] : 0;
+        for (int64_t j = j0; j < n; ++j) row[j] *= scale;
+        softmax_inplace(row + j0, n - j0);
+        for (int64_t j = 0; j < j0; ++j) row[j] = 0.0f;
+        for (int64_t j = n; j < Tk; ++j) row[j] = 0.0f;
+      }
+    });
+    sgemm_nn(T, HS, Tk, S, Tk, v + kh * HS, kvs, out + h * HS, qs, /*accumulate=*/false);
+  }
+}
+
+}  // namespace
+
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start) {
+  if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
+    attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start);
+    return;
+  }
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));

@@ -42,6 +42,8 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 // key_start (T), when not null, narrows the window of query t to keys
 // key_start[t]..q_pos0+t: packed training sequences hold several examples, and an example
 // must not see the one before it (REQUIRES 0 <= key_start[t] <= q_pos0 + t).
+// From this many queries on (and with a GEMM library), attention runs as per-head GEMMs.
+inline constexpr int64_t kAttentionGemmMinTokens = 16;
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start = nullptr);

@@ -118,7 +118,13 @@ struct TrainWorkspace::Impl {
   std::vector<float> cos, sin;           // (T, HS/2)
   std::vector<int32_t> pos;
   std::vector<int32_t> key_start;        // (T) first key of each query's example; empty = causal
-  std::vector<float> hf, rstdf, logits;  // (T, C), (T), (T, V)
+  std::vector<float> hf, rstdf, logits;  // (T, C), (T), (M, V)
+  // The output head runs only on the M positions that have a target: with prompt masking
+  // most positions of an instruction example have none, and the (vocab x hidden) head is
+  // the largest single product of the model.
+  std::vector<int64_t> sel;              // (M) positions with a target
+  std::vector<int> sel_targets;          // (M) their targets
+  std::vector<float> hsel, dhsel;        // (M, C) gathered head inputs and their gradient
   std::vector<float> tile;               // dequantized rows of a weight
   // backward scratch
   std::vector<float> dx, dxmid, dh, dact, dgate, dup, datto, dq, dk, dv, datt, dhf;
@@ -265,9 +271,11 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   rmsnorm_backward(dxin, nullptr, w.dh.data(), xin, L.input_norm.data(), b.rstd1.data(), T, C);
 }
 
-// Embedding, all blocks (caching per `keep_all`), final norm and logits.
+// Embedding, all blocks (caching per `keep_all`), final norm and the logits of the
+// positions that have a target (w.sel).
 void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const int> inputs,
-                   std::span<const int32_t> positions, bool keep_all, bool training, LoraRng* rng) {
+                   std::span<const int> targets, std::span<const int32_t> positions, bool keep_all, bool training,
+                   LoraRng* rng) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
   const int64_t T = static_cast<int64_t>(inputs.size());
@@ -303,11 +311,25 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   }
   w.hf.resize(static_cast<size_t>(T * C));
   w.rstdf.resize(static_cast<size_t>(T));
-  w.logits.resize(static_cast<size_t>(T * V));
   rmsnorm_forward(w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), T, C, s.norm_eps,
                   m.compute_dtype());
-  m.lm_head().matmul(w.logits.data(), w.hf.data(), T);
-  round_activations(w.logits.data(), T * V, m.compute_dtype());
+  w.sel.clear();
+  w.sel_targets.clear();
+  for (int64_t t = 0; t < T; ++t)
+    if (targets[static_cast<size_t>(t)] != -100) {  // cross_entropy_forward_backward's ignore_index
+      w.sel.push_back(t);
+      w.sel_targets.push_back(targets[static_cast<size_t>(t)]);
+    }
+  const int64_t M = static_cast<int64_t>(w.sel.size());
+  const float* hin = w.hf.data();
+  if (M < T) {
+    w.hsel.resize(static_cast<size_t>(M * C));
+    for (int64_t i = 0; i < M; ++i) std::copy_n(w.hf.data() + w.sel[static_cast<size_t>(i)] * C, C, w.hsel.data() + i * C);
+    hin = w.hsel.data();
+  }
+  w.logits.resize(static_cast<size_t>(M * V));
+  if (M > 0) m.lm_head().matmul(w.logits.data(), hin, M);
+  round_activations(w.logits.data(), M * V, m.compute_dtype());
 }
 
 }  // namespace
@@ -316,8 +338,10 @@ float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int>
                    std::span<const int> targets, std::span<const int32_t> positions) {
   check_sequence(lm.model().spec(), inputs, targets, positions);
   TrainWorkspace::Impl& w = *ws.impl_;
-  model_forward(w, lm, inputs, positions, /*keep_all=*/false, /*training=*/false, nullptr);
-  return cross_entropy_forward_backward(nullptr, w.logits.data(), w.logits.data(), targets.data(), w.T,
+  model_forward(w, lm, inputs, targets, positions, /*keep_all=*/false, /*training=*/false, nullptr);
+  const int64_t M = static_cast<int64_t>(w.sel.size());
+  if (M == 0) return 0.f;
+  return cross_entropy_forward_backward(nullptr, w.logits.data(), w.logits.data(), w.sel_targets.data(), M,
                                         lm.model().spec().vocab);
 }
 
@@ -329,29 +353,35 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
   TrainWorkspace::Impl& w = *ws.impl_;
   const bool training = opt.training;
   LoraRng* frng = training ? rng : nullptr;
-  model_forward(w, lm, inputs, positions, !opt.checkpointing, training, frng);
+  model_forward(w, lm, inputs, targets, positions, !opt.checkpointing, training, frng);
   const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers;
+  const int64_t M = static_cast<int64_t>(w.sel.size());
+  if (M == 0) return 0.f;  // nothing to learn from: no gradient
 
-  // loss and dlogits (in place)
+  // loss and dlogits (in place), over the M positions with a target
   float* dlogits = w.logits.data();
-  const float loss = cross_entropy_forward_backward(nullptr, dlogits, w.logits.data(), targets.data(), T, V);
+  const float loss = cross_entropy_forward_backward(nullptr, dlogits, w.logits.data(), w.sel_targets.data(), M, V);
   if (opt.grad_scale != 1.f)
-    for (int64_t i = 0; i < T * V; ++i) dlogits[i] *= opt.grad_scale;
+    for (int64_t i = 0; i < M * V; ++i) dlogits[i] *= opt.grad_scale;
 
-  // lm_head (frozen, dense): dhf (T, C) = dlogits · W, a tile of vocabulary rows at a time
-  w.dhf.assign(static_cast<size_t>(T * C), 0.f);
+  // lm_head (frozen, dense): dh (M, C) = dlogits · W, a tile of vocabulary rows at a time;
+  // then scattered back to the T positions (the others get no gradient from the head).
+  w.dhsel.assign(static_cast<size_t>(M * C), 0.f);
   const DenseWeight& head = m.lm_head();
   if (head.dtype() == ComputeDType::F32) {
-    matmul_backward_input(w.dhf.data(), dlogits, head.f32_data(), T, C, V);
+    matmul_backward_input(w.dhsel.data(), dlogits, head.f32_data(), M, C, V);
   } else {
     const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / C, 16, V);
     if (static_cast<int64_t>(w.tile.size()) < rows * C) w.tile.resize(static_cast<size_t>(rows * C));
     for (int64_t v0 = 0; v0 < V; v0 += rows) {
       const int64_t v1 = std::min(V, v0 + rows);
       head.rows_to_f32(v0, v1, w.tile.data());
-      matmul_backward_input(w.dhf.data(), dlogits + v0, w.tile.data(), T, C, v1 - v0, V);
+      matmul_backward_input(w.dhsel.data(), dlogits + v0, w.tile.data(), M, C, v1 - v0, V);
     }
   }
+  w.dhf.assign(static_cast<size_t>(T * C), 0.f);
+  for (int64_t i = 0; i < M; ++i)
+    std::copy_n(w.dhsel.data() + i * C, C, w.dhf.data() + w.sel[static_cast<size_t>(i)] * C);
   w.dx.assign(static_cast<size_t>(T * C), 0.f);
   rmsnorm_backward(w.dx.data(), nullptr, w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
                    w.rstdf.data(), T, C);

@@ -285,6 +285,11 @@ TEST(LoraKernels, DropoutTrainingAndEval) {
     else ASSERT_EQ(m, 1.f / 0.75f);
   }
   EXPECT_NEAR(static_cast<double>(zeros) / cache.mask.size(), 0.25, 0.02);
+  // Two masks come from one 64-bit draw: they must still be independent (both dropped with
+  // probability p² = 0.0625).
+  size_t both = 0;
+  for (size_t i = 0; i + 1 < cache.mask.size(); i += 2) both += cache.mask[i] == 0.f && cache.mask[i + 1] == 0.f;
+  EXPECT_NEAR(static_cast<double>(both) / static_cast<double>(cache.mask.size() / 2), 0.0625, 0.012);
   // Eval: dropout is the identity, no mask, no RNG needed.
   std::vector<float> ye(T * out, 0.f), yn(T * out, 0.f);
   LoraCache ce;

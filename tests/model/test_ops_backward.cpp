@@ -268,6 +268,40 @@ TEST(OpsBackward, AttentionUnattendedKeys) { check_attention(3, 9, 2, 4, 2, 6, 4
 TEST(OpsBackward, AttentionTrainingShape) { check_attention(5, 5, 0, 4, 2, 6, 5); }
 TEST(OpsBackward, AttentionMultiQuery) { check_attention(4, 6, 2, 3, 1, 4, 6); }
 TEST(OpsBackward, AttentionMultiHead) { check_attention(4, 4, 0, 2, 2, 8, 7); }
+// From kAttentionGemmMinTokens queries on, attention runs as per-head GEMMs (with a library).
+TEST(OpsBackward, AttentionGemmTrainingShape) { check_attention(kAttentionGemmMinTokens + 1, 17, 0, 4, 2, 6, 8); }
+TEST(OpsBackward, AttentionGemmWithCachePrefix) { check_attention(18, 31, 13, 3, 1, 4, 9); }
+
+// A packed window (key_start) on the GEMM path equals each example computed alone on the
+// per-query loop (fewer than kAttentionGemmMinTokens queries each): the two paths agree and
+// nothing leaks across the boundary, forward and backward.
+TEST(OpsBackward, AttentionPackedGemmEqualsSeparateLoops) {
+  const int64_t A = 12, B = 9, T = A + B, NH = 4, NKV = 2, HS = 8, qs = NH * HS, kvs = NKV * HS;
+  static_assert(12 < kAttentionGemmMinTokens && 21 >= kAttentionGemmMinTokens);
+  std::mt19937 rng(11);
+  const VecF q = randn(T * qs, rng), k = randn(T * kvs, rng), v = randn(T * kvs, rng), R = randn(T * qs, rng);
+  std::vector<int32_t> ks(T);
+  for (int64_t t = 0; t < T; ++t) ks[t] = t < A ? 0 : static_cast<int32_t>(A);
+  VecF out(T * qs), att(NH * T * T), datt(NH * T * T), dq(T * qs, 0.f), dk(T * kvs, 0.f), dv(T * kvs, 0.f);
+  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), T, T, 0, NH, NKV, HS, ks.data());
+  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), R.data(), q.data(), k.data(), v.data(), att.data(),
+                     T, T, 0, NH, NKV, HS, ks.data());
+  for (auto [t0, n] : {std::pair<int64_t, int64_t>{0, A}, {A, B}}) {
+    VecF o(n * qs), a(NH * n * n), da(NH * n * n), gq(n * qs, 0.f), gk(n * kvs, 0.f), gv(n * kvs, 0.f);
+    attention_forward(o.data(), a.data(), q.data() + t0 * qs, k.data() + t0 * kvs, v.data() + t0 * kvs, n, n, 0, NH,
+                      NKV, HS);
+    attention_backward(gq.data(), gk.data(), gv.data(), da.data(), R.data() + t0 * qs, q.data() + t0 * qs,
+                       k.data() + t0 * kvs, v.data() + t0 * kvs, a.data(), n, n, 0, NH, NKV, HS);
+    for (int64_t i = 0; i < n * qs; ++i) {
+      EXPECT_NEAR(out[t0 * qs + i], o[i], 2e-6) << "out " << t0 << " " << i;
+      EXPECT_NEAR(dq[t0 * qs + i], gq[i], 2e-5) << "dq " << t0 << " " << i;
+    }
+    for (int64_t i = 0; i < n * kvs; ++i) {
+      EXPECT_NEAR(dk[t0 * kvs + i], gk[i], 2e-5) << "dk " << t0 << " " << i;
+      EXPECT_NEAR(dv[t0 * kvs + i], gv[i], 2e-5) << "dv " << t0 << " " << i;
+    }
+  }
+}
 
 TEST(OpsBackward, AttentionRejectsBadShapes) {
   VecF buf(1024);

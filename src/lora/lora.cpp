@@ -131,18 +131,27 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
     check(rng != nullptr, L.module_path, "LoRA dropout in training needs a random generator");
     mask.resize(static_cast<size_t>(T * in));  // every element is drawn below
     const float p = L.dropout, keep_scale = 1.f / (1.f - p);
-    // Two masks per 64-bit draw, each from 24 bits of one half (the resolution of
-    // next_float()): the generator was ~8% of a training step at one draw per element.
-    const size_t n = mask.size();
-    size_t i = 0;
-    for (; i + 2 <= n; i += 2) {
-      const uint64_t r = rng->next_u64();
-      const float u0 = static_cast<float>((r >> 8) & 0xFFFFFFu) * 0x1.0p-24f;
-      const float u1 = static_cast<float>(r >> 40) * 0x1.0p-24f;
-      mask[i] = u0 < p ? 0.f : keep_scale;
-      mask[i + 1] = u1 < p ? 0.f : keep_scale;
-    }
-    if (i < n) mask[i] = rng->next_float() < p ? 0.f : keep_scale;
+    // One draw from the caller's generator seeds this call; each row (token) then has its
+    // own generator seeded from (that draw, row), so rows fill in parallel and the masks
+    // depend only on the generator state (the checkpoint recompute restores it and gets
+    // the same masks). Two masks per 64-bit draw, 24 bits each (next_float()'s resolution).
+    const uint64_t call_seed = rng->next_u64();
+    float* mk = mask.data();
+    parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        LoraRng row(call_seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(t + 1)));
+        float* m = mk + t * in;
+        int64_t i = 0;
+        for (; i + 2 <= in; i += 2) {
+          const uint64_t r = row.next_u64();
+          const float u0 = static_cast<float>((r >> 8) & 0xFFFFFFu) * 0x1.0p-24f;
+          const float u1 = static_cast<float>(r >> 40) * 0x1.0p-24f;
+          m[i] = u0 < p ? 0.f : keep_scale;
+          m[i + 1] = u1 < p ? 0.f : keep_scale;
+        }
+        if (i < in) m[i] = row.next_float() < p ? 0.f : keep_scale;
+      }
+    });
   }
   std::vector<float> h_local;
   std::vector<float>& h = cache ? cache->h : h_local;
@@ -152,7 +161,9 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   if (drop) {
     float* xd = scratch(0, T * in);
     const float* mk = mask.data();
-    for (int64_t k = 0; k < T * in; ++k) xd[k] = x[k] * mk[k];
+    parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) xd[k] = x[k] * mk[k];
+    });
     xin = xd;
   }
   // h (T, r) = xd Aᵀ;  tmp (T, out) = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling).

@@ -17,6 +17,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 #include "cli/command.h"
+#include "cli/model_flags.h"
 #include "formats/hf_config.h"
 #include "base/mapped_file.h"
 #include "formats/model_loader.h"
@@ -56,15 +57,6 @@ struct Options {
   bool json = false;
   bool table = false;
 };
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 uint64_t file_size_or_zero(const fs::path& p) {
   std::error_code ec;
@@ -126,7 +118,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     mo.all_linear = true;
   } else {
     mo.all_linear = false;
-    mo.target_modules = split_commas(o.target);
+    mo.target_modules = qlora::cli::split_commas(o.target);
     if (mo.target_modules.empty()) qlora::fail("--target", "names no module");
   }
   mo.lora_dropout = o.lora_dropout;

@@ -60,15 +60,6 @@ struct Options {
   bool quiet = false;
 };
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 int run(const Options& o) {
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   const qlora::DatasetOptions dopt = qlora::cli::dataset_options(o.d);
@@ -82,7 +73,7 @@ int run(const Options& o) {
   lc.use_rslora = o.rslora;
   lc.seed = o.seed;
   if (o.target == "all-linear") lc.all_linear = true;
-  else lc.target_modules = split_commas(o.target);
+  else lc.target_modules = qlora::cli::split_commas(o.target);
   lc.validate("--target/--lora-*");
 
   qlora::TrainerOptions t;

@@ -1,5 +1,7 @@
 #include "cli/model_flags.h"
 
+#include <sstream>
+
 #include <omp.h>
 
 #include "base/error.h"
@@ -45,6 +47,15 @@ ModelLoadOptions load_options(const ModelFlags& f) {
     load.quant.double_quant = f.double_quant;
   }
   return load;
+}
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
 }
 
 }  // namespace qlora::cli

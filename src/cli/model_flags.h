@@ -3,6 +3,7 @@
 // memory), so their names, defaults and validation stay the same everywhere.
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 
@@ -21,6 +22,9 @@ struct ModelFlags {
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
 // --compute-dtype (described by `compute_help`) and --threads/-t.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
+
+// "q_proj,v_proj" -> {"q_proj", "v_proj"} (empty items dropped): --target and friends.
+std::vector<std::string> split_commas(const std::string& s);
 
 // Validates the flags (throws Error naming the flag), applies --threads, and returns the
 // load options they describe.

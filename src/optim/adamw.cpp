@@ -78,7 +78,7 @@ void AdamW::save_state(SafeTensorsWriter& w, std::string_view prefix) const {
   w.set_metadata(std::string(prefix) + "step", std::to_string(step_));
 }
 
-void AdamW::load_state(const SafeTensorsFile& f, std::string_view prefix) {
+int64_t read_step_metadata(const SafeTensorsFile& f, std::string_view prefix) {
   const std::string step_key = std::string(prefix) + "step";
   auto it = f.metadata().find(step_key);
   check(it != f.metadata().end(), f.path(), "missing metadata '" + step_key + "'");
@@ -91,6 +91,11 @@ void AdamW::load_state(const SafeTensorsFile& f, std::string_view prefix) {
     step = -1;
   }
   check(step >= 0, f.path(), "metadata '" + step_key + "' is not a step count: '" + it->second + "'");
+  return step;
+}
+
+void AdamW::load_state(const SafeTensorsFile& f, std::string_view prefix) {
+  const int64_t step = read_step_metadata(f, prefix);
   std::vector<std::vector<float>> m(params_.size()), v(params_.size());
   for (size_t k = 0; k < params_.size(); ++k) {
     const std::string base = std::string(prefix) + params_[k].name;

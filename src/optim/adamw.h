@@ -36,6 +36,9 @@ struct AdamWParam {
   std::span<const float> grad;
 };
 
+// Parses metadata "<prefix>step" of a checkpoint; throws Error naming the file and key.
+int64_t read_step_metadata(const SafeTensorsFile& f, std::string_view prefix);
+
 class AdamW {
  public:
   // Throws Error on duplicate names, value/grad size mismatch or invalid hyperparameters.

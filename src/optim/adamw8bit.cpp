@@ -112,21 +112,6 @@ void validate_adamw_params(const std::vector<AdamWParam>& params, const AdamWCon
   }
 }
 
-int64_t read_step_metadata(const SafeTensorsFile& f, std::string_view prefix) {
-  const std::string step_key = std::string(prefix) + "step";
-  auto it = f.metadata().find(step_key);
-  check(it != f.metadata().end(), f.path(), "missing metadata '" + step_key + "'");
-  int64_t step = -1;
-  try {
-    size_t used = 0;
-    step = std::stoll(it->second, &used);
-    if (used != it->second.size()) step = -1;
-  } catch (const std::exception&) {
-    step = -1;
-  }
-  check(step >= 0, f.path(), "metadata '" + step_key + "' is not a step count: '" + it->second + "'");
-  return step;
-}
 
 // ---- AdamW8bit ----------------------------------------------------------------------
 

@@ -136,7 +136,5 @@ class AdamW8bit {
 // Validates AdamWConfig and the parameter list as AdamW does (shared by the optimizers of
 // this folder). Throws Error naming `who`.
 void validate_adamw_params(const std::vector<AdamWParam>& params, const AdamWConfig& cfg, std::string_view who);
-// Parses metadata "<prefix>step" of a checkpoint; throws Error naming the file and key.
-int64_t read_step_metadata(const SafeTensorsFile& f, std::string_view prefix);
 
 }  // namespace qlora

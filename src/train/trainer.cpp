@@ -169,7 +169,12 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   bool resumed = false;
   if (opt.resume) {
     if (auto dir = latest_checkpoint(opt.out_dir)) {
-      st = load_checkpoint(*dir, lora, *optimizer, st.fingerprint);
+      try {
+        st = load_checkpoint(*dir, lora, *optimizer, st.fingerprint);
+      } catch (const Error& e) {
+        fail(*dir, std::string("cannot resume from this checkpoint: ") + e.what() +
+                       " (remove the directory to resume from an earlier checkpoint, or train into a new --out)");
+      }
       data_rng.set_state(st.data_rng);
       dropout_rng.set_state(st.dropout_rng);
       resumed = true;

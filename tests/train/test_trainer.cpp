@@ -206,6 +206,20 @@ TEST(Trainer, ResumeAfterACrashIsBitExact) {
       EXPECT_NE(std::string(e.what()).find("checkpoint-12"), std::string::npos) << e.what();
     }
   }
+  // A damaged checkpoint is an error that names it and says what to do, not a crash.
+  {
+    LoraModel lm(L.model, small_lora(0.1));
+    t.adamw.lr = 5e-3;
+    fs::resize_file(tmp.path("crashed/checkpoint-12/trainer_state.safetensors"), 100);
+    try {
+      train(lm, seqs, {}, t);
+      ADD_FAILURE() << "resumed a truncated checkpoint";
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("checkpoint-12"), std::string::npos) << m;
+      EXPECT_NE(m.find("remove the directory"), std::string::npos) << m;
+    }
+  }
 }
 
 TEST(Trainer, LossPlotHandlesEdgeCases) {

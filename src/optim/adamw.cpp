@@ -94,6 +94,15 @@ int64_t read_step_metadata(const SafeTensorsFile& f, std::string_view prefix) {
   return step;
 }
 
+const SafeTensorInfo& read_state_tensor(const SafeTensorsFile& f, const std::string& key, DType dtype, int64_t numel) {
+  const SafeTensorInfo& t = f.at(key);
+  check(t.dtype == dtype, f.path(),
+        "key '" + key + "' must be " + std::string(dtype_name(dtype)) + ", not " + std::string(dtype_name(t.dtype)));
+  check(t.numel() == numel, f.path(),
+        "key '" + key + "' has " + std::to_string(t.numel()) + " elements, expected " + std::to_string(numel));
+  return t;
+}
+
 void AdamW::load_state(const SafeTensorsFile& f, std::string_view prefix) {
   const int64_t step = read_step_metadata(f, prefix);
   std::vector<std::vector<float>> m(params_.size()), v(params_.size());
@@ -101,11 +110,8 @@ void AdamW::load_state(const SafeTensorsFile& f, std::string_view prefix) {
     const std::string base = std::string(prefix) + params_[k].name;
     for (int which = 0; which < 2; ++which) {
       const std::string key = base + (which == 0 ? ".exp_avg" : ".exp_avg_sq");
-      const SafeTensorInfo& t = f.at(key);
-      check(t.dtype == DType::F32, f.path(), "key '" + key + "' must be F32");
-      check(t.numel() == static_cast<int64_t>(params_[k].value.size()), f.path(),
-            "key '" + key + "' has " + std::to_string(t.numel()) + " elements, parameter has " +
-                std::to_string(params_[k].value.size()));
+      const SafeTensorInfo& t =
+          read_state_tensor(f, key, DType::F32, static_cast<int64_t>(params_[k].value.size()));
       auto bytes = f.data(t);
       std::vector<float>& dst = which == 0 ? m[k] : v[k];
       dst.resize(static_cast<size_t>(t.numel()));

@@ -15,10 +15,13 @@
 #include <string_view>
 #include <vector>
 
+#include "base/dtype.h"
+
 namespace qlora {
 
 class SafeTensorsWriter;
 class SafeTensorsFile;
+struct SafeTensorInfo;
 
 struct AdamWConfig {
   double lr = 2e-4;
@@ -38,6 +41,9 @@ struct AdamWParam {
 
 // Parses metadata "<prefix>step" of a checkpoint; throws Error naming the file and key.
 int64_t read_step_metadata(const SafeTensorsFile& f, std::string_view prefix);
+// Optimizer-state tensor `key` of a checkpoint, checked to be `dtype` with `numel` elements;
+// throws Error naming the file and key otherwise (every optimizer's load_state uses it).
+const SafeTensorInfo& read_state_tensor(const SafeTensorsFile& f, const std::string& key, DType dtype, int64_t numel);
 
 class AdamW {
  public:

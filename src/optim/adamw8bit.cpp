@@ -218,11 +218,7 @@ void AdamW8bit::load_state(const SafeTensorsFile& f, std::string_view prefix) {
   };
   std::vector<Copy> copies;
   auto want = [&](const std::string& key, DType dtype, int64_t numel, size_t off) {
-    const SafeTensorInfo& t = f.at(key);
-    check(t.dtype == dtype, f.path(),
-          "key '" + key + "' must be " + std::string(dtype_name(dtype)) + ", not " + std::string(dtype_name(t.dtype)));
-    check(t.numel() == numel, f.path(),
-          "key '" + key + "' has " + std::to_string(t.numel()) + " elements, expected " + std::to_string(numel));
+    const SafeTensorInfo& t = read_state_tensor(f, key, dtype, numel);
     copies.push_back({&t, off, static_cast<size_t>(numel) * dtype_size(dtype)});
   };
   for (size_t k = 0; k < params_.size(); ++k) {

@@ -70,11 +70,8 @@ void PagedAdamW32::load_state(const SafeTensorsFile& f, std::string_view prefix)
     const std::string base = std::string(prefix) + params_[k].name;
     for (int which = 0; which < 2; ++which) {
       const std::string key = base + (which == 0 ? ".exp_avg" : ".exp_avg_sq");
-      const SafeTensorInfo& t = f.at(key);
-      check(t.dtype == DType::F32, f.path(), "key '" + key + "' must be F32");
-      check(t.numel() == static_cast<int64_t>(params_[k].value.size()), f.path(),
-            "key '" + key + "' has " + std::to_string(t.numel()) + " elements, parameter has " +
-                std::to_string(params_[k].value.size()));
+      const SafeTensorInfo& t =
+          read_state_tensor(f, key, DType::F32, static_cast<int64_t>(params_[k].value.size()));
       copies.emplace_back(&t, which == 0 ? off_m_[k] : off_v_[k]);
     }
   }

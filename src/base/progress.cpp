@@ -16,7 +16,8 @@ void ProgressBar::update(int64_t done, const std::string& extra) {
   extra_ = extra;
   auto now = std::chrono::steady_clock::now();
   double since = std::chrono::duration<double>(now - last_draw_).count();
-  if (since >= (tty_ ? 0.1 : 5.0) || done_ == total_) {
+  // The first update always draws, so a slow first step shows the bar at once.
+  if (drawn_done_ < 0 || since >= (tty_ ? 0.1 : 5.0) || done_ == total_) {
     last_draw_ = now;
     draw(false);
   }

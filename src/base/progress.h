@@ -12,7 +12,8 @@ class ProgressBar {
  public:
   // `unit` names what is counted ("tensors", "tok", "steps").
   ProgressBar(int64_t total, std::string label, std::string unit);
-  // Sets the count done so far; `extra` is appended (e.g. "loss 2.31 lr 2e-4").
+  // Sets the count done so far; `extra` is appended (e.g. "loss 2.31 lr 2e-4"). The first
+  // call always draws; later ones at most ~10/s on a terminal, every 5 s in a log.
   void update(int64_t done, const std::string& extra = "");
   // Draws the final state and ends the line.
   void finish(const std::string& extra = "");

@@ -161,6 +161,18 @@ LoraConfig parse_peft_adapter_config(const json& j, std::string_view where) {
   return c;
 }
 
+namespace {
+
+// Throws Error naming `path` and the tensor `key` when `v` holds a NaN or an infinity.
+void check_finite_weights(std::span<const float> v, const std::string& path, const std::string& key) {
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      fail(path, "tensor '" + key + "' holds a non-finite value (" + (std::isnan(v[i]) ? "NaN" : "inf") +
+                     " at element " + std::to_string(i) + "): the adapter comes from a run that diverged");
+}
+
+}  // namespace
+
 void save_peft_adapter(const std::string& dir, const LoraConfig& cfg, std::string_view base_model,
                        std::span<const LoraLayer> layers) {
   cfg.validate(dir);
@@ -173,6 +185,11 @@ void save_peft_adapter(const std::string& dir, const LoraConfig& cfg, std::strin
   SafeTensorsWriter w;
   w.set_metadata("format", "pt");
   std::set<std::string> seen;
+  // Non-finite numbers never reach a file: a diverged run must stop, not save garbage.
+  for (const auto& l : layers) {
+    check_finite_weights(l.A, wpath, peft_lora_key(l.module_path, 'A'));
+    check_finite_weights(l.B, wpath, peft_lora_key(l.module_path, 'B'));
+  }
   for (const auto& l : layers) {
     check(seen.insert(l.module_path).second, wpath, "two LoRA layers for module '" + l.module_path + "'");
     check(l.r == cfg.r, wpath, "layer '" + l.module_path + "' has r " + std::to_string(l.r) + ", config r " + std::to_string(cfg.r));
@@ -273,6 +290,10 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     m.out = h.B->shape[0];
     m.A = f.to_float(*h.A);
     m.B = f.to_float(*h.B);
+    // A diverged run's NaN/inf weights would make every generated token garbage (or none):
+    // refuse them here rather than print nothing.
+    check_finite_weights(m.A, wpath, h.A->name);
+    check_finite_weights(m.B, wpath, h.B->name);
     a.modules.emplace(path, std::move(m));
   }
   check(!a.modules.empty(), wpath, "holds no LoRA weights");

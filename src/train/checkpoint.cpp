@@ -67,6 +67,19 @@ std::vector<std::pair<int64_t, fs::path>> list_checkpoints(const std::string& ou
   return out;
 }
 
+void write_checkpoint_files(const fs::path& tmp_dir, const LoraModel& lora, const std::string& base_model,
+                            const Optimizer& optim, const TrainerState& st);
+
+// The fingerprint recorded in a checkpoint directory, or nullopt when it cannot be read.
+std::optional<uint64_t> checkpoint_fingerprint(const fs::path& dir) {
+  try {
+    const SafeTensorsFile f((dir / kStateFile).string());
+    return parse_hex64(f, "trainer.fingerprint");
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
 }  // namespace
 
 uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
@@ -83,14 +96,44 @@ void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const st
   const fs::path final_dir = fs::path(out_dir) / (std::string(kPrefix) + std::to_string(st.step));
   const fs::path tmp_dir = fs::path(out_dir) / (final_dir.filename().string() + ".tmp-" + std::to_string(getpid()));
   std::error_code ec;
-  // Leftovers of writes that were killed midway.
-  for (const auto& e : fs::directory_iterator(out_dir, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.rfind(kPrefix, 0) == 0 && n.find(".tmp-") != std::string::npos) fs::remove_all(e.path(), ec);
-  }
+  // (Leftovers of writes killed midway are removed at the start of a run: output_dir.h.)
   fs::create_directories(tmp_dir, ec);
   if (ec) fail(tmp_dir.string(), "cannot create the checkpoint directory: " + ec.message());
+  try {
+    write_checkpoint_files(tmp_dir, lora, base_model, optim, st);
+  } catch (const Error& e) {
+    // Disk full or another write error: leave no half checkpoint behind; the previous
+    // complete checkpoints stay as they are.
+    fs::remove_all(tmp_dir, ec);
+    fail(final_dir.string(), std::string("cannot write the checkpoint (") + e.what() +
+                                 "); earlier checkpoints in " + out_dir + " are kept");
+  } catch (...) {
+    fs::remove_all(tmp_dir, ec);
+    throw;
+  }
 
+  if (fs::exists(final_dir, ec)) fs::remove_all(final_dir, ec);  // a re-run of the same step
+  fs::rename(tmp_dir, final_dir, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    fs::remove_all(tmp_dir, ec);
+    fail(final_dir.string(), "cannot move the finished checkpoint into place: " + why);
+  }
+
+  if (keep_last > 0) {
+    // Only this run's checkpoints count and are ever removed: a directory from another run
+    // (or one whose state cannot be read) is never touched.
+    std::vector<fs::path> mine;
+    for (const auto& [step, path] : list_checkpoints(out_dir))
+      if (checkpoint_fingerprint(path) == st.fingerprint) mine.push_back(path);
+    for (size_t i = 0; i + static_cast<size_t>(keep_last) < mine.size(); ++i) fs::remove_all(mine[i], ec);
+  }
+}
+
+namespace {
+
+void write_checkpoint_files(const fs::path& tmp_dir, const LoraModel& lora, const std::string& base_model,
+                            const Optimizer& optim, const TrainerState& st) {
   save_peft_adapter(tmp_dir.string(), lora.config(), base_model, lora.layers());
   SafeTensorsWriter w;
   optim.save_state(w, "optimizer.");
@@ -105,16 +148,9 @@ void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const st
     w.set_metadata("trainer.dropout_rng." + std::to_string(i), hex64(st.dropout_rng[static_cast<size_t>(i)]));
   }
   w.write((tmp_dir / kStateFile).string());
-
-  if (fs::exists(final_dir, ec)) fs::remove_all(final_dir, ec);  // a re-run of the same step
-  fs::rename(tmp_dir, final_dir, ec);
-  if (ec) fail(final_dir.string(), "cannot move the finished checkpoint into place: " + ec.message());
-
-  if (keep_last > 0) {
-    auto all = list_checkpoints(out_dir);
-    for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) fs::remove_all(all[i].second, ec);
-  }
 }
+
+}  // namespace
 
 std::optional<std::string> latest_checkpoint(const std::string& out_dir) {
   auto all = list_checkpoints(out_dir);

@@ -7,8 +7,9 @@
 //                                                    position, both RNG states, the step,
 //                                                    and a fingerprint of the settings+data
 // A checkpoint is written into "checkpoint-<step>.tmp-<pid>" and renamed when complete, so
-// a directory named checkpoint-<N> is always whole; leftovers of a killed write are ignored
-// (and removed by the next save).
+// a directory named checkpoint-<N> is always whole; a write that fails (disk full) removes
+// its temporary directory, and leftovers of a killed write are ignored (and removed when
+// the next run takes the directory: train/output_dir.h).
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -31,7 +32,9 @@ struct TrainerState {
 };
 
 // Writes checkpoint-<state.step> under out_dir; then removes all but the newest
-// `keep_last` checkpoints (keep_last <= 0 keeps all). Throws Error naming the path.
+// `keep_last` checkpoints of this run (those whose fingerprint is state.fingerprint; other
+// checkpoint directories are never touched; keep_last <= 0 keeps all). Throws Error naming
+// the path; the previous checkpoints are intact then.
 void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const std::string& base_model,
                      const Optimizer& optim, const TrainerState& state, int64_t keep_last);
 

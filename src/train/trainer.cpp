@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/append_file.h"
 #include "base/atomic_file.h"
 #include "base/error.h"
 #include "base/process_memory.h"
@@ -22,6 +23,7 @@
 #include "optim/paged_buffer.h"
 #include "train/checkpoint.h"
 #include "train/loss_plot.h"
+#include "train/output_dir.h"
 
 namespace qlora {
 
@@ -63,7 +65,26 @@ uint64_t run_fingerprint(const LoraModel& lora, const std::vector<TrainSequence>
   return h;
 }
 
+// A finite number in [lo, hi]; the message says which option and the range.
+void check_range(double v, double lo, double hi, const char* option, const char* why = "") {
+  if (!std::isfinite(v) || v < lo || v > hi) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "must be a finite number in [%g, %g], got %g%s", lo, hi, v, why);
+    fail(option, buf);
+  }
+}
+
 void check_options(const TrainerOptions& o, size_t n_train) {
+  // Non-finite or absurd settings would train to NaN and save garbage: refuse them up front.
+  check_range(o.adamw.lr, 0, 1, "--lr", " (AdamW diverges far below 1; QLoRA uses 1e-4..2e-4)");
+  if (!(o.adamw.lr > 0)) fail("--lr", "must be > 0");
+  check_range(o.adamw.weight_decay, 0, 1, "--weight-decay");
+  check_range(o.adamw.beta1, 0, 0.999999, "adam beta1");
+  check_range(o.adamw.beta2, 0, 0.999999999, "adam beta2");
+  check_range(o.adamw.eps, 0, 1, "adam epsilon");
+  check_range(o.warmup_ratio, 0, 1, "--warmup-ratio");
+  check_range(o.max_grad_norm, 0, 1e9, "--max-grad-norm", " (0 turns clipping off)");
+  if (o.max_steps <= 0) check_range(o.epochs, 1e-9, 1e6, "--epochs");
   if (o.batch_size < 1) fail("--batch-size", "must be >= 1");
   if (o.grad_accum < 1) fail("--grad-accum", "must be >= 1");
   if (o.max_steps <= 0 && !(o.epochs > 0)) fail("--epochs", "must be > 0 (or give --max-steps)");
@@ -88,10 +109,19 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
-void write_jsonl(std::ofstream& f, const nlohmann::json& j) {
-  if (!f.is_open()) return;
-  f << j.dump() << "\n";
-  f.flush();
+void write_jsonl(LineAppendFile* f, const nlohmann::json& j) {
+  if (f) f->append_line(j.dump());
+}
+
+// Where the first NaN/inf among the LoRA parameters is ("" when all are finite).
+std::string first_nonfinite_parameter(const LoraModel& lora) {
+  for (const LoraLayer& l : lora.layers()) {
+    for (float v : l.A)
+      if (!std::isfinite(v)) return l.module_path + ".lora_A";
+    for (float v : l.B)
+      if (!std::isfinite(v)) return l.module_path + ".lora_B";
+  }
+  return "";
 }
 
 }  // namespace
@@ -134,7 +164,12 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   const int64_t total_steps = planned_steps(opt, static_cast<int64_t>(data.size()));
   const int64_t micro = opt.batch_size * opt.grad_accum;
   const bool write = !opt.out_dir.empty();
-  if (write) std::filesystem::create_directories(opt.out_dir);
+  // The output directory is this run's alone from here on (output_dir.h).
+  std::unique_ptr<OutputDirLock> dir_lock;
+  if (write) {
+    dir_lock = std::make_unique<OutputDirLock>(opt.out_dir);
+    prepare_output_dir(opt.out_dir, opt.resume, opt.overwrite_output_dir, opt.progress);
+  }
 
   std::vector<AdamWParam> params;
   std::vector<std::span<float>> grads;
@@ -167,6 +202,7 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   LoraRng data_rng(opt.seed);
   LoraRng dropout_rng(opt.seed ^ 0xD50F00Dull);
   bool resumed = false;
+  std::string last_checkpoint;  // the newest complete checkpoint of this run, for messages
   if (opt.resume) {
     if (auto dir = latest_checkpoint(opt.out_dir)) {
       try {
@@ -178,10 +214,9 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
       data_rng.set_state(st.data_rng);
       dropout_rng.set_state(st.dropout_rng);
       resumed = true;
+      last_checkpoint = *dir;
       if (opt.progress) std::fprintf(stderr, "resuming from %s (step %lld)\n", dir->c_str(), static_cast<long long>(st.step));
-    } else if (opt.progress) {
-      std::fprintf(stderr, "--resume: no checkpoint in %s yet, starting from step 0\n", opt.out_dir.c_str());
-    }
+    }  // else: prepare_output_dir() said so, or refused when that would replace a finished run
   }
   auto next_sequence = [&]() -> const TrainSequence& {
     if (st.next >= static_cast<int64_t>(st.order.size())) {
@@ -197,33 +232,40 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   const std::string mpath = opt.out_dir + "/metrics.jsonl";
   const std::string plot_path = opt.out_dir + "/loss.svg";
   const std::string plot_title = "qlora train: " + opt.base_model_name;
-  std::ofstream metrics;
+  std::unique_ptr<LineAppendFile> metrics;  // every write checked: a full disk stops the run
   if (write) {
-    if (resumed) truncate_metrics(mpath, st.step);
-    metrics.open(mpath, resumed ? std::ios::app : std::ios::trunc);
-    if (!metrics) fail(mpath, "cannot write the metrics file");
+    if (resumed) truncate_metrics(mpath, st.step);  // the steps after the checkpoint are redone
+    metrics = std::make_unique<LineAppendFile>(mpath, /*truncate=*/!resumed);
   }
 
   TrainResult res;
   res.first_step = st.step + 1;
   res.total_steps = total_steps;
   TrainWorkspace ws;  // shared by the training steps and the evals
-  auto run_eval = [&](int64_t step) {
+  auto run_eval = [&](int64_t step, bool show_progress) {
     if (eval.empty()) return;
-    const EvalResult e = evaluate(lora, eval, ws);
+    const EvalResult e = evaluate(lora, eval, ws, show_progress);
+    if (!std::isfinite(e.loss))
+      fail("eval", "the eval loss at step " + std::to_string(step) + " is not finite: the run diverged" +
+                       (last_checkpoint.empty() ? std::string() : "; the last good checkpoint is " + last_checkpoint));
     res.evals.emplace_back(step, e);
-    write_jsonl(metrics, {{"step", step}, {"eval_loss", e.loss}, {"eval_ppl", e.ppl()}, {"eval_tokens", e.tokens}});
+    write_jsonl(metrics.get(), {{"step", step}, {"eval_loss", e.loss}, {"eval_ppl", e.ppl()}, {"eval_tokens", e.tokens}});
     if (opt.progress)
       std::fprintf(stderr, "eval at step %lld: loss %.4f, perplexity %.3f (%lld tokens)\n", static_cast<long long>(step),
                    e.loss, e.ppl(), static_cast<long long>(e.tokens));
   };
-  if (!resumed) run_eval(0);
+  // The first eval shows progress: on a slow model it is the first thing that takes time.
+  if (!resumed) run_eval(0, opt.progress);
 
   TrainStepOptions sopt;
   sopt.checkpointing = opt.checkpointing;
   sopt.training = true;
   std::unique_ptr<ProgressBar> bar;
-  if (opt.progress) bar = std::make_unique<ProgressBar>(total_steps, "train", "steps");
+  if (opt.progress) {
+    bar = std::make_unique<ProgressBar>(total_steps, "train", "steps");
+    bar->update(st.step, "first step running");  // shown at once, not after the first (slow) step
+  }
+  int64_t bad_in_a_row = 0;  // consecutive steps skipped for a non-finite loss or gradient
   const auto t0 = Clock::now();
   std::vector<const TrainSequence*> batch(static_cast<size_t>(micro));
   for (int64_t step = st.step; step < total_steps; ++step) {
@@ -251,7 +293,8 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     log.lr = sched.lr(step);
     log.tokens = tokens;
     log.grad_norm = opt.max_grad_norm > 0 ? clip_grad_norm(grads, opt.max_grad_norm) : global_grad_norm(grads);
-    log.skipped = !std::isfinite(log.grad_norm) || n_targets == 0;
+    log.skipped = !std::isfinite(log.grad_norm) || !std::isfinite(log.loss) || n_targets == 0;
+    const bool nonfinite = n_targets > 0 && log.skipped;
     if (!log.skipped) optimizer->step(log.lr);
     st.step = step + 1;
     res.tokens += tokens;
@@ -259,7 +302,7 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     log.tokens_per_s = log.elapsed_s > 0 ? static_cast<double>(res.tokens) / log.elapsed_s : 0;
     log.rss_bytes = current_rss_bytes();
     res.steps.push_back(log);
-    write_jsonl(metrics, {{"step", log.step},           {"epoch", log.epoch},       {"loss", log.loss},
+    write_jsonl(metrics.get(), {{"step", log.step},           {"epoch", log.epoch},       {"loss", log.loss},
                           {"lr", log.lr},               {"grad_norm", log.grad_norm}, {"tokens", log.tokens},
                           {"tokens_per_s", log.tokens_per_s}, {"elapsed_s", log.elapsed_s},
                           {"rss_bytes", log.rss_bytes}, {"skipped", log.skipped}});
@@ -268,22 +311,41 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
                                 fmt("%.0f", log.tokens_per_s) + " tok/s mem " +
                                 human_bytes(static_cast<double>(log.rss_bytes)) + " ep " + fmt("%.2f", log.epoch));
     if (on_step) on_step(log);
+    // Divergence stops the run before anything non-finite can be saved; what is on disk
+    // (the last checkpoint, metrics so far) stays as it is.
+    const std::string keep_note =
+        last_checkpoint.empty() ? std::string(" No checkpoint was written (use --save-every N to keep some).")
+                                : " The last good checkpoint is " + last_checkpoint + ".";
+    bad_in_a_row = nonfinite ? bad_in_a_row + 1 : 0;
+    if (bad_in_a_row >= opt.max_nonfinite_steps)
+      fail("train", "the loss or gradient was NaN/inf for " + std::to_string(bad_in_a_row) +
+                        " steps in a row (up to step " + std::to_string(log.step) +
+                        "): the run diverged; lower --lr (now " + fmt("%g", opt.adamw.lr) +
+                        ") or check the data and --compute-dtype." + keep_note);
+    if (!log.skipped) {
+      const std::string bad = first_nonfinite_parameter(lora);
+      if (!bad.empty())
+        fail("train", "the LoRA parameters became NaN/inf after the update of step " + std::to_string(log.step) +
+                          " (first in " + bad + ", lr " + fmt("%g", log.lr) +
+                          "): the run diverged; lower --lr or --max-grad-norm." + keep_note);
+    }
     const bool last = st.step == total_steps;
-    if (opt.eval_every > 0 && st.step % opt.eval_every == 0 && !last) run_eval(st.step);
+    if (opt.eval_every > 0 && st.step % opt.eval_every == 0 && !last) run_eval(st.step, false);
     if (opt.save_every > 0 && st.step % opt.save_every == 0 && !last) {
       st.data_rng = data_rng.state();
       st.dropout_rng = dropout_rng.state();
+      metrics->sync();  // the metrics up to a checkpoint are on disk with it
       save_checkpoint(opt.out_dir, lora, opt.base_model_name, *optimizer, st, opt.save_total_limit);
-      metrics.flush();
+      last_checkpoint = opt.out_dir + "/checkpoint-" + std::to_string(st.step);
       write_loss_plot(mpath, plot_path, plot_title);
     }
   }
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (bar) bar->finish();
-  run_eval(st.step);
+  run_eval(st.step, false);
   if (write) {
+    metrics->sync();
     save_peft_adapter(opt.out_dir, lora.config(), opt.base_model_name, lora.layers());
-    metrics.flush();
     write_loss_plot(mpath, plot_path, plot_title);
   }
   return res;

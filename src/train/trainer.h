@@ -18,6 +18,13 @@
 //   adapter_config.json, adapter_model.safetensors   the final PEFT adapter
 // With resume, the newest complete checkpoint is loaded and the run continues from it; the
 // result is bit-identical to a run that was never stopped.
+//
+// out_dir belongs to the run while it runs (train/output_dir.h: a lock; an earlier run's
+// output is refused unless resume or overwrite_output_dir). Every write is checked: a
+// failure (disk full) throws Error naming the file, keeping the checkpoints written so far.
+// A step whose loss or gradient is NaN/inf is skipped (no update); max_nonfinite_steps of
+// them in a row, or a NaN/inf LoRA parameter after an update, throws Error before anything
+// non-finite is saved.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -50,6 +57,8 @@ struct TrainerOptions {
   int64_t save_every = 0;              // > 0: checkpoint every N steps
   int64_t save_total_limit = 2;        // checkpoints kept (older ones removed); <= 0 keeps all
   bool resume = false;                 // continue from the newest checkpoint in out_dir
+  bool overwrite_output_dir = false;   // replace an earlier run's output in out_dir (else refused)
+  int64_t max_nonfinite_steps = 5;     // this many NaN/inf steps in a row stop the run
   bool progress = true;                // progress bar on stderr
 };
 

@@ -174,8 +174,10 @@ class SafeTensorsSource : public TensorSource {
 class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
-    for (const GgufTensorInfo& t : file_.tensors())
+    for (const GgufTensorInfo& t : file_.tensors()) {
       if (auto hf = gguf_to_hf_tensor_name(t.name)) index_.emplace(*hf, &t);
+      else unmapped_.push_back(t.name);
+    }
   }
   const GgufFile& file() const { return file_; }
   const GgufLlamaHParams& hparams() const { return hp_; }
@@ -191,6 +193,11 @@ class GgufSource : public TensorSource {
     return gguf_tensor_to_f32_hf(file_, info(name), hp_);
   }
   std::string describe() const override { return file_.path(); }
+  std::string stored_name(const std::string& name) const override {
+    auto it = index_.find(name);
+    return it == index_.end() ? name : it->second->name;
+  }
+  std::vector<std::string> unmapped_names() const override { return unmapped_; }
 
  private:
   const GgufTensorInfo& info(const std::string& name) const {
@@ -201,6 +208,7 @@ class GgufSource : public TensorSource {
   GgufFile file_;
   GgufLlamaHParams hp_;
   std::map<std::string, const GgufTensorInfo*> index_;
+  std::vector<std::string> unmapped_;  // GGUF names with no Hugging Face counterpart
 };
 
 ModelSpec spec_from_gguf(const GgufSource& src) {

@@ -1,6 +1,8 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <set>
 #include <string>
 
 #include "base/error.h"
@@ -31,6 +33,35 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   return QuantLinear(src.get(name), shape[0], shape[1], opt.quant, opt.compute_dtype);
 }
 
+// Tensors a file may hold that no model reads, by design: rotary tables older transformers
+// saved, and a tied checkpoint's copy of the embedding as lm_head.
+bool ignorable_tensor(const std::string& name, const ModelSpec& spec) {
+  constexpr std::string_view inv_freq = "rotary_emb.inv_freq";
+  if (name.size() >= inv_freq.size() && name.compare(name.size() - inv_freq.size(), inv_freq.size(), inv_freq) == 0)
+    return true;
+  return spec.tied_embeddings && name == "lm_head.weight";
+}
+
+void check_unused_tensors(const ModelSpec& spec, const TensorSource& src, const std::vector<TensorSpec>& expected,
+                          bool allow) {
+  std::set<std::string> used;
+  for (const TensorSpec& t : expected) used.insert(t.name);
+  std::vector<std::string> unused;
+  for (const std::string& n : src.names())
+    if (!used.count(n) && !ignorable_tensor(n, spec)) unused.push_back(src.stored_name(n));
+  for (const std::string& n : src.unmapped_names()) unused.push_back(n);
+  if (unused.empty()) return;
+  std::sort(unused.begin(), unused.end());
+  std::string list;
+  for (size_t i = 0; i < unused.size() && i < 5; ++i) list += (i ? ", " : "") + unused[i];
+  if (unused.size() > 5) list += ", ...";
+  const std::string what = std::to_string(unused.size()) + " tensor(s) in the file are not used by the model (" +
+                           list + "): the config or metadata (" + std::to_string(spec.n_layers) +
+                           " layers) does not describe these weights, or they belong to a part qlora does not run";
+  if (!allow) fail(src.describe(), what + "; pass --allow-unused-tensors to load it anyway");
+  std::fprintf(stderr, "warning: %s: %s\n", src.describe().c_str(), what.c_str());
+}
+
 }  // namespace
 
 Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoadOptions& opt) {
@@ -45,6 +76,8 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       fail(src.describe(), "tensor '" + t.name + "' has shape " + shape_to_string(got) + " but the config needs " +
                                shape_to_string(t.shape));
   }
+
+  check_unused_tensors(spec, src, expected, opt.allow_unused_tensors);
 
   Model m;
   m.spec_ = spec;

@@ -56,6 +56,10 @@ struct ModelLoadOptions {
   ComputeDType compute_dtype = ComputeDType::F32;
   // Called after each tensor is loaded: (tensors done, total, name).
   std::function<void(int64_t, int64_t, const std::string&)> progress;
+  // Tensors in the file that the model does not use mean the config and the weights
+  // disagree (e.g. block_count 29 over 30 stored blocks): an Error naming them, or with
+  // this set, a warning on stderr.
+  bool allow_unused_tensors = false;
 };
 
 class Model {

@@ -38,6 +38,12 @@ class TensorSource {
   virtual std::optional<Quantized8bit> get_int8(const std::string& /*name*/) const { return std::nullopt; }
   // The file or directory, for error messages.
   virtual std::string describe() const = 0;
+  // The name a tensor has in the file, for messages (GGUF: "blk.0.attn_q.weight" for
+  // "model.layers.0.self_attn.q_proj.weight"); the Hugging Face name by default.
+  virtual std::string stored_name(const std::string& name) const { return name; }
+  // Tensors in the file that have no Hugging Face name, so no model can use them, under
+  // their stored names (GGUF tensors of a kind we do not map). Empty by default.
+  virtual std::vector<std::string> unmapped_names() const { return {}; }
 };
 
 // A source over tensors held in memory (tests, converted models).

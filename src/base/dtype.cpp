@@ -4,6 +4,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 
 namespace qlora {
 namespace {
@@ -49,7 +50,7 @@ ComputeDType compute_dtype_from_string(std::string_view s) {
   if (s == "fp32" || s == "float32" || s == "f32") return ComputeDType::F32;
   if (s == "bf16" || s == "bfloat16") return ComputeDType::BF16;
   if (s == "fp16" || s == "float16" || s == "f16" || s == "half") return ComputeDType::F16;
-  fail("--compute-dtype", "unknown dtype '" + std::string(s) + "' (expected fp32, bf16 or fp16)");
+  fail("--compute-dtype", "unknown dtype " + excerpt(s) + " (expected fp32, bf16 or fp16)");
 }
 
 std::string_view torch_dtype_name(ComputeDType c) {

@@ -664,9 +664,18 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h) {
 
 // ---- hyper-parameters ------------------------------------------------------------------------
 
+bool gguf_architecture_supported(std::string_view arch) {
+  return arch == "llama" || arch == "mistral" || arch == "qwen2";
+}
+
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   GgufLlamaHParams hp;
   hp.architecture = std::string(f.architecture());
+  // The keys below are named after the architecture: for one we do not implement they would
+  // all be "missing", which hides the real problem.
+  if (!gguf_architecture_supported(hp.architecture))
+    fail(f.path(), "unsupported architecture " + quote(hp.architecture) + " (general.architecture; supported: " +
+                       std::string(kGgufSupportedArchitectures) + ")");
   const std::string a = hp.architecture + ".";
   // Plausibility bound for sizes: rejects garbage before anyone allocates from it.
   constexpr int64_t kMax = int64_t{1} << 26;

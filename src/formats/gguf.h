@@ -206,8 +206,14 @@ struct GgufLlamaHParams {
   bool qk_rope_permuted = false;
 };
 
+// The general.architecture values whose hyper-parameters and tensors we read (the llama
+// family), as listed in errors.
+inline constexpr std::string_view kGgufSupportedArchitectures = "llama, mistral, qwen2";
+bool gguf_architecture_supported(std::string_view arch);
+
 // Reads and validates the hyper-parameters (positive, consistent with each other and
-// with token_embd.weight's shape). Throws Error naming the file and the key.
+// with token_embd.weight's shape). Throws Error naming the file and the key, or the
+// architecture when it is not one of kGgufSupportedArchitectures.
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
 
 // llama.cpp's convert_hf_to_gguf.py permutes the rows of q_proj/k_proj (weights and

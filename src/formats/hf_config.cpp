@@ -3,13 +3,18 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/json_error.h"
 #include "base/mapped_file.h"
+#include "base/text_excerpt.h"
 
 namespace qlora {
 
 namespace {
 
 using nlohmann::json;
+
+// A config value as JSON, short and escaped (a config.json is input like any other).
+std::string shown(const json& v) { return safe_message(v.dump(), kExcerptBytes); }
 
 const json* find_key(const json& j, const char* key) {
   auto it = j.find(key);
@@ -23,21 +28,21 @@ int64_t get_int(const json& j, const char* key, const std::string& where, std::o
     if (dflt) return *dflt;
     fail(where, std::string("missing key '") + key + "'");
   }
-  if (!v->is_number_integer()) fail(where, std::string("key '") + key + "' must be an integer, got " + v->dump());
+  if (!v->is_number_integer()) fail(where, std::string("key '") + key + "' must be an integer, got " + shown(*v));
   return v->get<int64_t>();
 }
 
 float get_float(const json& j, const char* key, const std::string& where, float dflt) {
   const json* v = find_key(j, key);
   if (!v) return dflt;
-  if (!v->is_number()) fail(where, std::string("key '") + key + "' must be a number, got " + v->dump());
+  if (!v->is_number()) fail(where, std::string("key '") + key + "' must be a number, got " + shown(*v));
   return v->get<float>();
 }
 
 bool get_bool(const json& j, const char* key, const std::string& where, bool dflt) {
   const json* v = find_key(j, key);
   if (!v) return dflt;
-  if (!v->is_boolean()) fail(where, std::string("key '") + key + "' must be true or false, got " + v->dump());
+  if (!v->is_boolean()) fail(where, std::string("key '") + key + "' must be true or false, got " + shown(*v));
   return v->get<bool>();
 }
 
@@ -48,7 +53,7 @@ std::vector<int> get_ids(const json& j, const char* key, const std::string& wher
   if (!v) return ids;
   auto one = [&](const json& e) {
     if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > (int64_t{1} << 30))
-      fail(where, std::string("key '") + key + "' must hold token ids, got " + v->dump());
+      fail(where, std::string("key '") + key + "' must hold token ids, got " + shown(*v));
     ids.push_back(e.get<int>());
   };
   if (v->is_array())
@@ -60,8 +65,12 @@ std::vector<int> get_ids(const json& j, const char* key, const std::string& wher
 
 json parse_file(const std::string& path) {
   const std::string text = read_text_file(path);
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) fail(path, "not valid JSON");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    fail(path, "not valid JSON" + json_error_at(e, text));
+  }
   if (!j.is_object()) fail(path, "expected a JSON object");
   return j;
 }
@@ -74,7 +83,7 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
   const std::string type = mt->get<std::string>();
   if (type != "llama" && type != "mistral" && type != "qwen2")
-    fail(where, "model_type '" + type + "' is not supported (supported: llama, mistral, qwen2)");
+    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2)");
 
   ModelSpec s;
   s.family = type;
@@ -93,7 +102,7 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   if (const json* rp = find_key(j, "rope_parameters"); rp && rp->is_object()) {
     if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rp, "rope_theta", where, 10000.0f);
     if (const json* t = find_key(*rp, "rope_type"); t && !(t->is_string() && t->get<std::string>() == "default"))
-      fail(where, "rope_parameters " + rp->dump() + " is not supported yet (only rope_type \"default\")");
+      fail(where, "rope_parameters " + shown(*rp) + " is not supported yet (only rope_type \"default\")");
   }
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
   s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, false);
@@ -109,17 +118,17 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
 
   if (const json* act = find_key(j, "hidden_act")) {
     if (!act->is_string() || act->get<std::string>() != "silu")
-      fail(where, "hidden_act " + act->dump() + " is not supported (only silu)");
+      fail(where, "hidden_act " + shown(*act) + " is not supported (only silu)");
   }
   if (const json* rs = find_key(j, "rope_scaling")) {
     const json* t = rs->is_object() ? find_key(*rs, "rope_type") : nullptr;
     if (!t && rs->is_object()) t = find_key(*rs, "type");
     const bool is_default = t && t->is_string() && t->get<std::string>() == "default";
-    if (!is_default) fail(where, "rope_scaling " + rs->dump() + " is not supported yet");
+    if (!is_default) fail(where, "rope_scaling " + shown(*rs) + " is not supported yet");
   }
   if (const json* pf = find_key(j, "partial_rotary_factor")) {
     if (!pf->is_number() || pf->get<double>() != 1.0)
-      fail(where, "partial_rotary_factor " + pf->dump() + " is not supported");
+      fail(where, "partial_rotary_factor " + shown(*pf) + " is not supported");
   }
   const std::vector<int> bos = get_ids(j, "bos_token_id", where);
   if (!bos.empty()) s.bos_id = bos[0];

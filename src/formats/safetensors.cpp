@@ -8,6 +8,8 @@
 
 #include "base/atomic_file.h"
 #include "base/error.h"
+#include "base/json_error.h"
+#include "base/text_excerpt.h"
 #include "base/float_formats.h"
 
 namespace qlora {
@@ -40,7 +42,7 @@ SafeTensorInfo parse_entry(std::string_view where, const std::string& name, cons
   auto dt = v.find("dtype");
   check(dt != v.end() && dt->is_string(), w, "missing string field 'dtype'");
   auto parsed = dtype_from_name(dt->get<std::string>());
-  check(parsed.has_value(), w, "unknown dtype '" + dt->get<std::string>() + "'");
+  check(parsed.has_value(), w, "unknown dtype " + excerpt(dt->get<std::string>()));
   t.dtype = *parsed;
 
   auto sh = v.find("shape");
@@ -97,7 +99,7 @@ SafeTensorsHeader parse_safetensors_header(std::span<const uint8_t> file, std::s
   try {
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    fail(where, std::string("header is not valid JSON: ") + e.what());
+    fail(where, "header is not valid JSON" + json_error_at(e, text));
   }
   check(j.is_object(), where, "header JSON is not an object");
 

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 #include "base/mapped_file.h"
 #include "formats/llama2c_tokenizer.h"
 #include "formats/tokenizer_bpe.h"
@@ -525,7 +526,7 @@ Tokenizer::Tokenizer(TokenizerSpec spec) {
 
   size_t n = s.vocab.size();
   for (const AddedToken& t : s.added_tokens) {
-    if (t.id < 0 || t.id > (1 << 26)) fail(where, "added token '" + t.content + "' has a bad id " + std::to_string(t.id));
+    if (t.id < 0 || t.id > (1 << 26)) fail(where, "added token " + excerpt(t.content) + " has a bad id " + std::to_string(t.id));
     if (t.content.empty()) fail(where, "added token " + std::to_string(t.id) + " has no content");
     n = std::max(n, static_cast<size_t>(t.id) + 1);
   }

@@ -132,6 +132,9 @@ struct TokenizerSpec {
   // Extra ids that end generation besides eos (e.g. <|eot_id|>, <|im_end|>).
   std::vector<int32_t> eog_ids;
   std::string chat_template;  // Jinja text, as the model ships it ("" when none)
+  // Where chat_template came from, for errors in it: "DIR/tokenizer_config.json:chat_template",
+  // "DIR/chat_template.jinja", "MODEL.gguf:tokenizer.chat_template" ("" when unknown).
+  std::string chat_template_source;
 };
 
 struct EncodeOptions {

@@ -4,6 +4,7 @@
 #include <queue>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 #include "formats/unicode.h"
 
 namespace qlora::detail {
@@ -33,8 +34,8 @@ BpeModel::BpeModel(const TokenizerSpec& spec)
       const auto& [a, b] = spec.merges[r];
       auto ia = find(a), ib = find(b), ir = find(a + b);
       if (!ia || !ib || !ir) {
-        fail(where, "merge #" + std::to_string(r) + " '" + a + " " + b +
-                        "' uses a token that is not in the vocabulary");
+        fail(where, "merge #" + std::to_string(r) + " " + excerpt(a + " " + b) +
+                        " uses a token that is not in the vocabulary");
       }
       merges_.emplace(key(*ia, *ib), Merge{static_cast<double>(r), *ir});  // first (best) wins
     }

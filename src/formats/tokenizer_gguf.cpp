@@ -85,6 +85,7 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
                      opt_id(md.eom_token_id, "tokenizer.ggml.eom_token_id")})
     if (id >= 0 && id != spec.eos_id) spec.eog_ids.push_back(id);
   spec.chat_template = md.chat_template;
+  if (!spec.chat_template.empty()) spec.chat_template_source = where + ":tokenizer.chat_template";
   spec.vocab = md.tokens;
 
   // Added tokens from the token types.

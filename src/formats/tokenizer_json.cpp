@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "base/error.h"
+#include "base/json_error.h"
 #include "base/mapped_file.h"
 
 namespace qlora {
@@ -56,7 +57,7 @@ json parse_json(std::string_view text, const std::string& where) {
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
-    fail(where, std::string("invalid JSON: ") + e.what());
+    fail(where, "invalid JSON" + json_error_at(e, text));
   }
 }
 
@@ -501,16 +502,20 @@ TokenizerSpec load_hf_tokenizer(const std::string& path) {
   const std::string cfg_path = dir + "/tokenizer_config.json";
   const std::string cfg = file_exists(cfg_path) ? read_text_file(cfg_path) : std::string();
   TokenizerSpec spec = tokenizer_spec_from_json(tok, cfg, file);
-  if (spec.chat_template.empty() && file_exists(dir + "/chat_template.jinja"))
+  if (!spec.chat_template.empty()) spec.chat_template_source = cfg_path + ":chat_template";
+  if (spec.chat_template.empty() && file_exists(dir + "/chat_template.jinja")) {
     spec.chat_template = read_text_file(dir + "/chat_template.jinja");
+    spec.chat_template_source = dir + "/chat_template.jinja";
+  }
   // generation_config.json may list more end-of-generation ids.
   const std::string gen_path = dir + "/generation_config.json";
   if (file_exists(gen_path)) {
     json g;
+    const std::string gen_text = read_text_file(gen_path);
     try {
-      g = json::parse(read_text_file(gen_path));
+      g = json::parse(gen_text);
     } catch (const json::exception& e) {
-      fail(gen_path, std::string("invalid JSON: ") + e.what());
+      fail(gen_path, "invalid JSON" + json_error_at(e, gen_text));
     }
     if (g.is_object() && g.contains("eos_token_id")) {
       const json& e = g["eos_token_id"];

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 #include "lora/lora.h"
 
 namespace qlora {
@@ -386,7 +387,7 @@ MemoryPlan plan_pytorch(const ModelSpec& s, const MemoryOptions& o) {
 MemoryEngine memory_engine_from_string(std::string_view s) {
   if (s == "qlora" || s == "cpu") return MemoryEngine::Qlora;
   if (s == "pytorch-cuda" || s == "pytorch" || s == "torch") return MemoryEngine::PytorchCuda;
-  fail("--engine", "unknown engine '" + std::string(s) + "'; use qlora or pytorch-cuda");
+  fail("--engine", "unknown engine " + excerpt(s) + "; use qlora or pytorch-cuda");
 }
 
 const char* memory_engine_name(MemoryEngine e) { return e == MemoryEngine::Qlora ? "qlora" : "pytorch-cuda"; }
@@ -396,7 +397,7 @@ WeightFormat weight_format_from_string(std::string_view s) {
   if (s == "fp4") return WeightFormat::FP4;
   if (s == "none") return WeightFormat::Dense;
   if (s == "int8") return WeightFormat::Int8;
-  fail("--quant", "unknown storage '" + std::string(s) + "'; use nf4, fp4, none or int8");
+  fail("--quant", "unknown storage " + excerpt(s) + "; use nf4, fp4, none or int8");
 }
 
 const char* weight_format_name(WeightFormat f) {
@@ -438,7 +439,7 @@ ModelSpec llama1_spec(std::string_view params) {
     s.eos_ids = {2};
     return s;
   }
-  fail("--params", "unknown size '" + std::string(params) + "'; use 7B, 13B, 33B or 65B (LLaMA-1 shapes)");
+  fail("--params", "unknown size " + excerpt(params) + "; use 7B, 13B, 33B or 65B (LLaMA-1 shapes)");
 }
 
 MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt) {
@@ -503,7 +504,7 @@ uint64_t parse_memory_size(std::string_view s, std::string_view where) {
   try {
     v = std::stod(t, &pos);
   } catch (const std::exception&) {
-    fail(where, "'" + std::string(s) + "' is not a size (e.g. 16GB, 15GiB, 800MB)");
+    fail(where, excerpt(s) + " is not a size (e.g. 16GB, 15GiB, 800MB)");
   }
   std::string unit = t.substr(pos);
   while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
@@ -518,7 +519,7 @@ uint64_t parse_memory_size(std::string_view s, std::string_view where) {
   else if (unit == "G" || unit == "GIB") mul = 1024.0 * 1024 * 1024;
   else if (unit == "T" || unit == "TIB") mul = 1024.0 * 1024 * 1024 * 1024;
   if (mul == 0 || !(v > 0) || !std::isfinite(v))
-    fail(where, "'" + std::string(s) + "' is not a positive size (e.g. 16GB, 15GiB, 800MB)");
+    fail(where, excerpt(s) + " is not a positive size (e.g. 16GB, 15GiB, 800MB)");
   return static_cast<uint64_t>(v * mul);
 }
 

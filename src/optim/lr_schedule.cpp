@@ -6,6 +6,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 
 namespace qlora {
 
@@ -32,7 +33,7 @@ LrScheduleKind lr_schedule_kind_from_string(std::string_view s) {
   if (s == "constant_with_warmup") return LrScheduleKind::ConstantWithWarmup;
   if (s == "linear") return LrScheduleKind::Linear;
   if (s == "cosine") return LrScheduleKind::Cosine;
-  fail("--lr-scheduler", "unknown schedule '" + std::string(s) + "' (constant, constant_with_warmup, linear, cosine)");
+  fail("--lr-scheduler", "unknown schedule " + excerpt(s) + " (constant, constant_with_warmup, linear, cosine)");
 }
 
 int64_t warmup_steps_from_ratio(int64_t total_steps, double ratio) {

@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 #include "formats/safetensors.h"
 #include "optim/adamw8bit.h"
 #include "optim/paged_adamw32.h"
@@ -102,8 +103,8 @@ OptimKind optim_kind_from_string(std::string_view name) {
   if (name == "adamw_8bit" || name == "adamw_bnb_8bit") return OptimKind::AdamW8bit;
   if (name == "paged_adamw_32bit") return OptimKind::PagedAdamW32;
   if (name == "paged_adamw_8bit") return OptimKind::PagedAdamW8bit;
-  fail("--optim", "unknown optimizer '" + std::string(name) +
-                      "'; use adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit");
+  fail("--optim", "unknown optimizer " + excerpt(name) +
+                      "; use adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit");
 }
 
 const char* optim_kind_name(OptimKind k) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 
 namespace qlora {
 namespace {
@@ -117,7 +118,7 @@ QuantType quant_type_from_string(std::string_view s, std::string_view where) {
   for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (lower == "nf4") return QuantType::NF4;
   if (lower == "fp4") return QuantType::FP4;
-  fail(where, "unknown 4-bit quantization type '" + std::string(s) + "' (expected nf4 or fp4)");
+  fail(where, "unknown 4-bit quantization type " + excerpt(s) + " (expected nf4 or fp4)");
 }
 
 const std::array<float, 256>& dynamic_map_8bit(bool is_signed) {

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/json_error.h"
 #include "formats/safetensors.h"
 #include "quant/blockwise.h"
 #include "quant/torch_mean.h"
@@ -302,7 +303,9 @@ Quantized4bit read_4bit_from_safetensors(const SafeTensorsFile& f, const std::st
   try {
     j = nlohmann::json::parse(qs_bytes.begin(), qs_bytes.end());
   } catch (const nlohmann::json::exception& e) {
-    r.fail_on(qs.name, std::string("quant-state is not valid JSON: ") + e.what());
+    r.fail_on(qs.name, "quant-state is not valid JSON" +
+                           json_error_at(e, std::string_view(reinterpret_cast<const char*>(qs_bytes.data()),
+                                                             qs_bytes.size())));
   }
   if (!j.is_object()) r.fail_on(qs.name, "quant-state JSON is not an object");
   static const std::set<std::string> kKnown = {"quant_type", "blocksize",    "dtype",        "shape",

@@ -9,6 +9,7 @@
 
 #include "base/atomic_file.h"
 #include "base/error.h"
+#include "base/json_error.h"
 #include "base/float_formats.h"
 #include "base/mapped_file.h"
 #include "formats/safetensors.h"
@@ -87,10 +88,11 @@ void copy_side_files(const std::string& in, const std::string& out) {
 nlohmann::json read_config(const std::string& dir) {
   auto p = (fs::path(dir) / "config.json").string();
   if (!fs::exists(p)) return nlohmann::json::object();
+  const std::string text = read_text_file(p);
   try {
-    return nlohmann::json::parse(read_text_file(p));
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    fail(p, std::string("not valid JSON: ") + e.what());
+    fail(p, "not valid JSON" + json_error_at(e, text));
   }
 }
 
@@ -104,10 +106,11 @@ std::vector<std::string> safetensors_files_of(const std::string& path) {
   auto index = fs::path(path) / "model.safetensors.index.json";
   if (fs::exists(index)) {
     nlohmann::json j;
+    const std::string text = read_text_file(index.string());
     try {
-      j = nlohmann::json::parse(read_text_file(index.string()));
+      j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-      fail(index.string(), std::string("not valid JSON: ") + e.what());
+      fail(index.string(), "not valid JSON" + json_error_at(e, text));
     }
     check(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), "missing object 'weight_map'");
     std::set<std::string> shards;

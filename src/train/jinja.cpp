@@ -15,9 +15,15 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
 
 namespace qlora::jinja {
 namespace {
+
+// Error texts can quote the template (an unexpected character) or rendered values
+// (raise_exception with a message's content): cap them and escape bytes a terminal must
+// not receive raw.
+constexpr size_t kMaxWhat = 200;
 
 // ============================================================================ values
 
@@ -486,7 +492,7 @@ struct Lexer {
     size_t ls = 0;
     for (size_t k = 0; k < at && k < src.size(); ++k)
       if (src[k] == '\n') { ++l; ls = k + 1; }
-    fail(name + ":" + std::to_string(l) + ":" + std::to_string(at - ls + 1), what);
+    fail(name + ":" + std::to_string(l) + ":" + std::to_string(at - ls + 1), safe_message(what, kMaxWhat));
   }
 
   void advance_to(size_t p) {
@@ -713,7 +719,7 @@ struct Parser {
   int depth = 0;
 
   [[noreturn]] void error(const Token& t, const std::string& what) {
-    fail(name + ":" + std::to_string(t.line) + ":" + std::to_string(t.col), what);
+    fail(name + ":" + std::to_string(t.line) + ":" + std::to_string(t.col), safe_message(what, kMaxWhat));
   }
   const Token& cur() const { return toks[i]; }
   bool is_op(const char* op) const { return cur().type == Tok::Op && cur().value == op; }
@@ -1239,7 +1245,7 @@ struct Interp {
   int line = 0, col = 0;  // innermost node being evaluated, for messages
 
   [[noreturn]] void error(const std::string& what) const {
-    fail(tpl.name + ":" + std::to_string(line) + ":" + std::to_string(col), what);
+    fail(tpl.name + ":" + std::to_string(line) + ":" + std::to_string(col), safe_message(what, kMaxWhat));
   }
   void at(int l, int c) { if (l > 0) { line = l; col = c; } }
   void tick() {

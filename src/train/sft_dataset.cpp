@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -12,6 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/json_error.h"
+#include "base/text_excerpt.h"
 #include "formats/tokenizer.h"
 #include "train/chat_template.h"
 
@@ -45,12 +49,141 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 bool is_blank(std::string_view s) { return s.find_first_not_of(" \t\r\n") == std::string_view::npos; }
 
 std::string read_file(const std::string& path) {
+  std::error_code ec;
+  // An ifstream opens a directory without complaint and reads it as empty, which would be
+  // reported as "the data file is empty": say what it is instead.
+  if (std::filesystem::is_directory(path, ec))
+    fail(path, "is a directory, not a data file (give a .json, .jsonl or plain text file)");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, "cannot open the data file");
   std::stringstream ss;
   ss << f.rdbuf();
   if (f.bad()) fail(path, "cannot read the data file");
   return ss.str();
+}
+
+// The little-endian uint32 at b[at..at+4) (the caller checks the bounds).
+uint32_t le32(std::string_view b, size_t at) {
+  uint32_t v = 0;
+  for (size_t i = 4; i-- > 0;) v = v << 8 | static_cast<uint8_t>(b[at + i]);
+  return v;
+}
+
+// llama2.c checkpoints have no magic number: 7 int32 (dim, hidden_dim, n_layers, n_heads,
+// n_kv_heads, vocab_size, seq_len) and then float32 weights. Text never passes this test:
+// four printable bytes read as a little-endian int32 are at least 0x20202020, far above
+// every bound here. Fills `what` with the sizes the header claims.
+bool looks_like_llama2c_checkpoint(std::string_view b, std::string& what) {
+  size_t at = 0;
+  if (b.size() >= 256 && le32(b, 0) == 0x616b3432u) at = 8;  // export version 1: "ak42", version
+  if (b.size() < at + 28 + 4) return false;
+  int64_t v[7];
+  for (int i = 0; i < 7; ++i) v[i] = static_cast<int32_t>(le32(b, at + 4 * static_cast<size_t>(i)));
+  const int64_t dim = v[0], hidden = v[1], layers = v[2], heads = v[3], kv = v[4], vocab = std::abs(v[5]), seq = v[6];
+  const bool plausible = dim >= 1 && dim <= (1 << 16) && hidden >= 1 && hidden <= (1 << 20) && layers >= 1 &&
+                         layers <= 1024 && heads >= 1 && heads <= dim && dim % heads == 0 && kv >= 1 && kv <= heads &&
+                         heads % kv == 0 && vocab >= 1 && vocab <= (1 << 22) && seq >= 1 && seq <= (1 << 24);
+  if (!plausible) return false;
+  // The embedding alone is vocab x dim floats: a header with room for less is a coincidence.
+  if (static_cast<uint64_t>(b.size()) < 28 + 4 * static_cast<uint64_t>(vocab) * static_cast<uint64_t>(dim))
+    return false;
+  what = "dim " + std::to_string(dim) + ", " + std::to_string(layers) + " layers, vocabulary " + std::to_string(vocab);
+  return true;
+}
+
+// A llama2.c tokenizer (tokenizer.bin / tok512.bin): int32 max_token_length, then per token
+// a float32 score, an int32 length and the bytes. Checks the first few tokens.
+bool looks_like_llama2c_tokenizer(std::string_view b) {
+  if (b.size() < 4) return false;
+  const uint32_t max_len = le32(b, 0);
+  if (max_len < 1 || max_len > 1024) return false;
+  size_t at = 4;
+  for (int i = 0; i < 3; ++i) {
+    if (at + 8 > b.size()) return false;
+    const uint32_t len = le32(b, at + 4);
+    if (len > max_len) return false;
+    at += 8 + len;
+  }
+  return at <= b.size();
+}
+
+// What a file that is not text or JSON is, recognised by its leading bytes (or, for
+// safetensors and llama2.c files, their structure), with what to do about it; nullopt for
+// anything else. Extensions are not trusted: people rename files, and a ".jsonl" that is
+// really gzip would otherwise be "trained on" as text.
+std::optional<std::string> identify_binary(std::string_view b) {
+  auto starts = [&](std::string_view magic) { return b.substr(0, magic.size()) == magic; };
+  const std::string model_hint = ", not a dataset (did you swap --model and --data?)";
+  if (starts("\x1F\x8B"))
+    return "is a gzip-compressed file, not text or JSON: decompress it first (gunzip -k FILE)";
+  if (starts("PK\x03\x04") || starts(std::string_view("PK\x05\x06", 4)) || starts("PK\x07\x08"))
+    return "is a zip archive (PyTorch .bin/.pt checkpoints are zip archives too), not text or JSON: extract the "
+           "dataset from it first";
+  if (b.size() >= 4 && starts("BZh") && b[3] >= '1' && b[3] <= '9')
+    return "is a bzip2-compressed file, not text or JSON: decompress it first (bunzip2 -k FILE)";
+  if (starts(std::string_view("\xFD" "7zXZ\x00", 6)))
+    return "is an xz-compressed file, not text or JSON: decompress it first (unxz -k FILE)";
+  if (starts("\x28\xB5\x2F\xFD"))
+    return "is a zstd-compressed file, not text or JSON: decompress it first (unzstd FILE)";
+  if (starts("\x04\x22\x4D\x18"))
+    return "is an lz4-compressed file, not text or JSON: decompress it first (unlz4 FILE)";
+  if (starts(std::string_view("7z\xBC\xAF\x27\x1C", 6)))
+    return "is a 7-Zip archive, not text or JSON: extract the dataset from it first";
+  if (b.size() >= 262 && b.substr(257, 5) == "ustar")
+    return "is a tar archive, not text or JSON: extract the dataset from it first (tar -xf FILE)";
+  if (starts("PAR1"))
+    return "is an Apache Parquet file; qlora reads .json, .jsonl or plain text: convert it first, e.g. "
+           "pandas.read_parquet(FILE).to_json(\"data.jsonl\", orient=\"records\", lines=True, force_ascii=False)";
+  if (starts("ARROW1"))
+    return "is an Apache Arrow file; qlora reads .json, .jsonl or plain text: convert it first (e.g. "
+           "datasets.Dataset.from_file(FILE).to_json(\"data.jsonl\"))";
+  if (starts("\x93NUMPY")) return "is a NumPy array file (.npy), not text or JSON";
+  if (b.size() >= 2 && static_cast<uint8_t>(b[0]) == 0x80 && b[1] >= 2 && b[1] <= 5)
+    return "is a Python pickle, not text or JSON";
+  if (starts("GGUF")) return "is a GGUF model file" + model_hint;
+  if (b.size() >= 10) {
+    // safetensors: u64 little-endian header length N, then N bytes of JSON starting with '{'.
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = n << 8 | static_cast<uint8_t>(b[static_cast<size_t>(i)]);
+    if (n >= 2 && n <= b.size() - 8 && b[8] == '{') return "is a safetensors tensor file" + model_hint;
+  }
+  if (starts("\xFF\xFE") || starts("\xFE\xFF"))
+    return "is UTF-16 text; qlora reads UTF-8: convert it first (iconv -f UTF-16 -t UTF-8 FILE > OUT)";
+  std::string sizes;
+  if (looks_like_llama2c_checkpoint(b, sizes))
+    return "looks like a llama2.c model checkpoint (" + sizes + ")" + model_hint;
+  if (looks_like_llama2c_tokenizer(b))
+    return "looks like a llama2.c tokenizer file, not a dataset (did you mean --tokenizer?)";
+  return std::nullopt;
+}
+
+// Refuses, before any parsing, a file that is not text: a known binary format by name, then
+// NUL bytes anywhere (JSON cannot hold a raw NUL either). Messages name the file, and the
+// line and byte offset of the first NUL.
+void check_not_binary(const std::string& path, std::string_view content) {
+  if (auto what = identify_binary(content)) fail(path, *what);
+  const size_t nul = content.find('\0');
+  if (nul != std::string_view::npos) {
+    const int64_t line = 1 + std::count(content.begin(), content.begin() + static_cast<std::ptrdiff_t>(nul), '\n');
+    fail(path + ":" + std::to_string(line),
+         "NUL byte at byte offset " + std::to_string(nul) + ": this is a binary file, not text or JSON (near " +
+             excerpt_around(content, nul) + ")");
+  }
+}
+
+// A plain text dataset must be UTF-8: anything else would be tokenized as byte-fallback
+// garbage and trained on. The message names the line, the byte offset and shows the spot.
+void check_utf8_text(const std::string& path, std::string_view content) {
+  const size_t bad = first_invalid_utf8(content);
+  if (bad == std::string_view::npos) return;
+  const std::string_view before = content.substr(0, bad);
+  const int64_t line = 1 + std::count(before.begin(), before.end(), '\n');
+  const size_t nl = before.rfind('\n');
+  const size_t col = nl == std::string_view::npos ? bad + 1 : bad - nl;
+  fail(path + ":" + std::to_string(line),
+       "invalid UTF-8 at byte offset " + std::to_string(bad) + " (column " + std::to_string(col) + "), near " +
+           excerpt_around(content, bad) +
+           ": qlora reads text as UTF-8; convert the file first (e.g. iconv -f WINDOWS-1252 -t UTF-8 FILE > OUT)");
 }
 
 // 1-based line and column of byte `offset` in `text`.
@@ -63,12 +196,12 @@ std::pair<int64_t, int64_t> line_col(std::string_view text, size_t offset) {
   return {line, col};
 }
 
-// nlohmann's parse_error text starts with "[json.exception...] parse error at line L, column C: "
-// counted within the string it was given (one line of a .jsonl); keep only the explanation.
-std::string json_error_detail(const nlohmann::json::parse_error& e) {
-  const std::string w = e.what();
-  const size_t p = w.find(": ");
-  return p == std::string::npos ? w : w.substr(p + 2);
+// "invalid JSON at column C: WHY, near '...'" for a parse error in `text` (one .jsonl line or
+// a whole .json file); `column` is counted by the caller, who knows where the line starts.
+std::string json_error_message(const nlohmann::json::parse_error& e, std::string_view text, int64_t column) {
+  const size_t at = e.byte > 0 ? e.byte - 1 : 0;  // e.byte counts the characters read
+  return "invalid JSON at column " + std::to_string(column) + ": " + json_error_reason(e) + ", near " +
+         excerpt_around(text, at);
 }
 
 // Byte offsets where the elements of the top-level array start. `text` must already have
@@ -124,8 +257,12 @@ DataFormat detect_format(const ojson& rec) {
   if (rec.contains("messages")) return DataFormat::Chat;
   if (rec.contains("instruction") || rec.contains("output")) return DataFormat::Alpaca;
   if (rec.contains("text")) return DataFormat::Text;
+  // Keys are input too: each one excerpted, and only the first few listed.
   std::string keys;
-  for (auto it = rec.begin(); it != rec.end(); ++it) keys += (keys.empty() ? "\"" : ", \"") + it.key() + "\"";
+  size_t listed = 0;
+  for (auto it = rec.begin(); it != rec.end() && listed < 8; ++it, ++listed)
+    keys += (keys.empty() ? "" : ", ") + excerpt(it.key(), 40);
+  if (rec.size() > listed) keys += ", ... (" + std::to_string(rec.size()) + " keys)";
   throw BadRecord{"record has none of the keys \"text\", \"instruction\"/\"output\" or \"messages\" (its keys: " +
                   (keys.empty() ? std::string("none") : keys) + ")"};
 }
@@ -263,8 +400,14 @@ class RecordEncoder {
                ") has none; give one with --chat-template FILE");
     if (tok_.bos_id() >= 0) bos_ = tok_.token_text(tok_.bos_id());
     if (tok_.eos_id() >= 0) eos_ = tok_.token_text(tok_.eos_id());
-    chat_ = std::make_unique<train::ChatTemplate>(source, opt_.chat_template.empty() ? tok_.spec().source + " chat template"
-                                                                                     : std::string("chat template"));
+    // Named by where it came from, so that a syntax error says which file (or GGUF key) to fix.
+    std::string name;
+    if (!opt_.chat_template.empty())
+      name = opt_.chat_template_name.empty() ? std::string("--chat-template") : opt_.chat_template_name;
+    else
+      name = tok_.spec().chat_template_source.empty() ? tok_.spec().source + " chat template"
+                                                      : tok_.spec().chat_template_source;
+    chat_ = std::make_unique<train::ChatTemplate>(source, name);
     return *chat_;
   }
 
@@ -397,7 +540,7 @@ void load_jsonl(Loader& loader, const std::string& content) {
     try {
       rec = ojson::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
-      loader.unparsable(line_no, "invalid JSON at column " + std::to_string(e.byte) + ": " + json_error_detail(e));
+      loader.unparsable(line_no, json_error_message(e, line, static_cast<int64_t>(e.byte)));
       continue;
     }
     loader.record(rec, line_no);
@@ -414,7 +557,7 @@ void load_json_array(Loader& loader, const std::string& path, const std::string&
     const size_t at = e.byte > 0 ? e.byte - 1 : 0;  // e.byte counts the characters read
     const auto [line, col] = line_col(content, at);
     fail(path + ":" + std::to_string(line),
-         "invalid JSON at column " + std::to_string(col) + ": " + json_error_detail(e) +
+         json_error_message(e, content, col) +
              " (a .json file must be one valid JSON array; use .jsonl to skip bad lines)");
   }
   if (!doc.is_array())
@@ -438,6 +581,7 @@ void load_plain_text(Loader& loader, const std::string& path, const Tokenizer& t
                      const std::string& content) {
   if (opt.format == DataFormat::Alpaca || opt.format == DataFormat::Chat)
     fail(path, "a plain text file (not .json/.jsonl) holds no alpaca or chat records; use --data-format text or auto");
+  check_utf8_text(path, content);
   std::vector<int> tokens(tok.spec().prefix_ids.begin(), tok.spec().prefix_ids.end());
   for (int32_t id : tok.encode(content, EncodeOptions{.add_special_tokens = false, .parse_special = true}))
     tokens.push_back(id);
@@ -462,20 +606,20 @@ DataFormat data_format_from_string(const std::string& s) {
   if (s == "text") return DataFormat::Text;
   if (s == "alpaca") return DataFormat::Alpaca;
   if (s == "chat") return DataFormat::Chat;
-  fail("--data-format", "unknown value '" + s + "' (expected auto, text, alpaca or chat)");
+  fail("--data-format", "unknown value " + excerpt(s) + " (expected auto, text, alpaca or chat)");
 }
 
 BadRecordPolicy bad_record_policy_from_string(const std::string& s) {
   if (s == "skip") return BadRecordPolicy::Skip;
   if (s == "error") return BadRecordPolicy::Error;
-  fail("--on-bad-record", "unknown value '" + s + "' (expected skip or error)");
+  fail("--on-bad-record", "unknown value " + excerpt(s) + " (expected skip or error)");
 }
 
 TooLongPolicy too_long_policy_from_string(const std::string& s) {
   if (s == "truncate") return TooLongPolicy::Truncate;
   if (s == "skip") return TooLongPolicy::Skip;
   if (s == "error") return TooLongPolicy::Error;
-  fail("--on-too-long", "unknown value '" + s + "' (expected truncate, skip or error)");
+  fail("--on-too-long", "unknown value " + excerpt(s) + " (expected truncate, skip or error)");
 }
 
 std::string DataIssue::to_string() const { return file + ":" + std::to_string(line) + ": " + why; }
@@ -487,6 +631,7 @@ int64_t TrainSequence::n_targets() const {
 LoadedExamples load_examples(const std::string& path, const Tokenizer& tok, const DatasetOptions& opt) {
   check(opt.seq_len >= 1, path, "seq_len must be at least 1");
   const std::string content = read_file(path);
+  check_not_binary(path, content);
   if (is_blank(content)) fail(path, "the data file is empty");
   Loader loader(path, tok, opt);
   if (ends_with(path, ".jsonl")) {

@@ -48,6 +48,7 @@ struct DatasetOptions {
   BadRecordPolicy on_bad_record = BadRecordPolicy::Skip;
   TooLongPolicy on_too_long = TooLongPolicy::Truncate;  // truncate keeps the first seq_len + 1 tokens
   std::string chat_template;         // Jinja source for chat records ("" = the tokenizer's own)
+  std::string chat_template_name;    // where chat_template came from (its file), for errors
 };
 
 // Something wrong with one record: reported to the user (and skipped, or thrown as Error
@@ -82,7 +83,11 @@ struct LoadedExamples {
 
 // Reads and tokenizes every record of `path`. Throws Error naming the file (and line)
 // when it cannot be read, or on the first bad/too-long record when the policy is Error;
-// otherwise bad records are skipped and listed in `issues`.
+// otherwise bad records are skipped and listed in `issues`. Whatever its extension, a file
+// that is not text is refused before any parsing: a directory, a known binary format by
+// name (gzip, zip, bzip2, xz, zstd, Parquet, safetensors, GGUF, a llama2.c checkpoint, ...),
+// or NUL bytes; a plain text file must also be valid UTF-8 (the error names line and offset).
+// Errors quote input only as short escaped excerpts (base/text_excerpt.h).
 LoadedExamples load_examples(const std::string& path, const Tokenizer& tok, const DatasetOptions& opt);
 
 // Splits off the LAST round(fraction · n) examples as the eval set (a fixed split, so

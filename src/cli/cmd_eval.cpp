@@ -12,6 +12,7 @@
 
 #include "base/error.h"
 #include "base/progress.h"
+#include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/data_flags.h"
 #include "cli/model_flags.h"
@@ -161,13 +162,13 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--eval-split", o->eval_split,
                      "Evaluate only the last fraction of the records (the split `qlora train --eval-split` holds out)")
           ->capture_default_str();
-      app.add_flag("--generate", o->generate,
-                   "Also answer each example's prompt greedily and count exact matches with its response");
+      qlora::cli::add_bool_flag(app, "--generate", o->generate,
+                                "Also answer each example's prompt greedily and count exact matches with its response");
       app.add_option("--max-new-tokens", o->max_new_tokens, "Answer length limit for --generate")
           ->capture_default_str();
       app.add_option("--show", o->show, "Print this many answers next to the expected ones")->capture_default_str();
-      app.add_flag("--json", o->json, "Print the result as one JSON line");
-      app.add_flag("--quiet,-q", o->quiet, "No progress or statistics on stderr");
+      qlora::cli::add_bool_flag(app, "--json", o->json, "Print the result as one JSON line");
+      qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
       return [o] { return run(*o); };
     });
 

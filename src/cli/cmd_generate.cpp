@@ -17,6 +17,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 #include "base/parallel.h"
+#include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "formats/model_loader.h"
@@ -77,6 +78,9 @@ double peak_rss_mib() {
 int run(const Options& o, CLI::App& app) {
   using Clock = std::chrono::steady_clock;
 
+  // Checked here rather than with CLI::NonNegativeNumber, whose message prints the range's
+  // upper end, DBL_MAX, as 309 digits.
+  if (o.n < 0) qlora::fail("-n/--n-predict", "must be >= 0 (got " + std::to_string(o.n) + ")");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
 
   const auto t_load = Clock::now();
@@ -147,8 +151,11 @@ int run(const Options& o, CLI::App& app) {
       if (id < 0) return std::nullopt;
       return tok.token_text(id);
     };
-    prompt = qlora::train::render_chat_template(tpl, messages, /*add_generation_prompt=*/true,
-                                               tok_text(tok.bos_id()), tok_text(tok.eos_id()));
+    // Named by where the template came from, so that an error in it says which file (or GGUF
+    // key) to fix.
+    const std::string& where = tok.spec().chat_template_source;
+    const qlora::train::ChatTemplate chat_tpl(tpl, where.empty() ? tok.spec().source + " chat template" : where);
+    prompt = chat_tpl.render(messages, /*add_generation_prompt=*/true, tok_text(tok.bos_id()), tok_text(tok.eos_id()));
     enc.add_special_tokens = false;
   }
   const std::vector<int32_t> ids32 = files.tokenizer->encode(prompt, enc);
@@ -182,9 +189,7 @@ const bool kRegistered = qlora::cli::register_command(
                      "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
                      "`qlora train`), applied unmerged");
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
-      app.add_option("-n,--n-predict", o->n, "Number of new tokens")
-          ->check(CLI::NonNegativeNumber)
-          ->capture_default_str();
+      app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();
       app.add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
       app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
       app.add_option("--top-p", o->top_p, "Nucleus sampling threshold (1 = off)")->capture_default_str();
@@ -194,11 +199,15 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--stop", o->stops, "Stop before this string (repeatable)")
           ->expected(1)
           ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-      app.add_flag("--chat", o->chat, "Send the prompt as a user message through the model's chat template");
+      qlora::cli::add_bool_flag(app, "--chat", o->chat,
+                                "Send the prompt as a user message through the model's chat template");
       app.add_option("--system", o->system, "With --chat: a system message before the prompt");
-      app.add_flag("--no-echo", o->no_echo, "Do not print the prompt before the continuation");
-      app.add_flag("--escape,-e", o->escape, "Process \\n, \\t, \\\\ escapes in the prompt and stop strings");
-      app.add_flag("--quiet,-q", o->quiet, "No statistics on stderr");
+      qlora::cli::add_bool_flag_pair(
+          app, "--echo", "--no-echo", [o](bool on) { o->no_echo = !on; },
+          "Print the prompt before the continuation (default: on)", "Do not print the prompt before the continuation");
+      qlora::cli::add_bool_flag(app, "--escape,-e", o->escape,
+                                "Process \\n, \\t, \\\\ escapes in the prompt and stop strings");
+      qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No statistics on stderr");
       app.add_option("--max-memory", o->max_memory,
                      "Refuse to start (with the planner's breakdown) when the run needs more than this (e.g. 8GB)");
       return [o, &app] { return run(*o, app); };

@@ -16,6 +16,8 @@
 
 #include "base/dtype.h"
 #include "base/error.h"
+#include "base/text_excerpt.h"
+#include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "formats/hf_config.h"
@@ -46,8 +48,7 @@ struct Options {
   bool with_adapter = false;
   int64_t batch_size = 1;
   int64_t seq_len = 256;
-  bool grad_checkpointing = true;
-  bool no_checkpointing = false;
+  bool grad_checkpointing = true;  // --gradient-checkpointing / --no-gradient-checkpointing
   std::string optim = "adamw_torch";
   std::string data;
   int64_t prompt_len = 16;
@@ -106,7 +107,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.engine = qlora::memory_engine_from_string(o.engine);
   if (o.mode == "train") mo.mode = qlora::MemoryMode::Train;
   else if (o.mode == "generate") mo.mode = qlora::MemoryMode::Generate;
-  else qlora::fail("--mode", "unknown mode '" + o.mode + "'; use train or generate");
+  else qlora::fail("--mode", "unknown mode " + qlora::excerpt(o.mode) + "; use train or generate");
   mo.weights = qlora::weight_format_from_string(o.quant);
   if (mo.weights == qlora::WeightFormat::NF4 || mo.weights == qlora::WeightFormat::FP4)
     qlora::check_blocksize(o.blocksize, "--blocksize");
@@ -125,8 +126,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.with_adapter = o.with_adapter;
   mo.batch_size = o.batch_size;
   mo.seq_len = o.seq_len;
-  // --no-gradient-checkpointing (as `qlora train`) wins over --grad-checkpointing.
-  mo.checkpointing = o.grad_checkpointing && !o.no_checkpointing;
+  mo.checkpointing = o.grad_checkpointing;
   mo.optim = qlora::optim_kind_from_string(o.optim);
   if (!o.data.empty()) {
     if (!fs::exists(o.data)) qlora::fail(o.data, "--data: no such file");
@@ -136,6 +136,8 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     if (m.tokenizer && mo.mode == qlora::MemoryMode::Train)
       mo.data_tokens = m.tokenizer->encode(qlora::read_text_file(o.data)).size();
   }
+  if (o.prompt_len < 0) qlora::fail("--prompt-len", "must be >= 0 (got " + std::to_string(o.prompt_len) + ")");
+  if (o.n < 0) qlora::fail("-n/--n-predict", "must be >= 0 (got " + std::to_string(o.n) + ")");
   mo.prompt_len = o.prompt_len;
   mo.new_tokens = o.n;
   if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
@@ -202,7 +204,8 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer, as for train/generate (only to open the model)");
       app.add_option("--quant", o->quant, "Linear layer storage: none, nf4, fp4 (int8: pytorch-cuda engine)")
           ->capture_default_str();
-      app.add_flag("--double-quant", o->double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
+      qlora::cli::add_bool_flag(app, "--double-quant", o->double_quant,
+                                "Quantize the absmax constants too (8-bit, blocks of 256)");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype, "fp32, bf16 or fp16")->capture_default_str();
       app.add_option("--threads,-t", o->threads, "Threads the run will use (default: all cores)");
@@ -216,12 +219,14 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout (> 0 keeps dropout masks)")
           ->capture_default_str();
       app.add_option("--lora-dtype", o->lora_dtype, "pytorch-cuda: LoRA parameter dtype, fp32 (PEFT) or bf16");
-      app.add_flag("--with-adapter", o->with_adapter, "generate: count a LoRA adapter of --lora-r/--target");
+      qlora::cli::add_bool_flag(app, "--with-adapter", o->with_adapter,
+                                "generate: count a LoRA adapter of --lora-r/--target");
       app.add_option("--batch-size", o->batch_size, "Sequences per micro-batch")->capture_default_str();
       app.add_option("--seq-len", o->seq_len, "Tokens per training sequence")->capture_default_str();
-      app.add_option("--grad-checkpointing", o->grad_checkpointing, "Gradient checkpointing (true/false)")
-          ->capture_default_str();
-      app.add_flag("--no-gradient-checkpointing", o->no_checkpointing, "As `qlora train`: checkpointing off");
+      qlora::cli::add_bool_flag_pair(app, "--gradient-checkpointing,--grad-checkpointing",
+                                     "--no-gradient-checkpointing", o->grad_checkpointing,
+                                     "As `qlora train`: gradient checkpointing (default: on)",
+                                     "As `qlora train`: gradient checkpointing off");
       app.add_option("--optim", o->optim, "adamw_torch, adamw_8bit, paged_adamw_32bit, paged_adamw_8bit")
           ->capture_default_str();
       app.add_option("--data", o->data, "Training data file (its size bounds the token buffer)");
@@ -230,9 +235,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--gpu-memory,--max-memory", o->gpu_memory,
                      "Memory available (per GPU): 16GB, 15GiB, T4, ...; prints a verdict with the margin");
       app.add_option("--gpus", o->gpus, "pytorch-cuda: GPUs the model is split over")->capture_default_str();
-      app.add_flag("--json", o->json, "Machine-readable output");
-      app.add_flag("--table", o->table,
-                   "Print Hugging Face's published QLoRA memory table with the planner's verdict per row");
+      qlora::cli::add_bool_flag(app, "--json", o->json, "Machine-readable output");
+      qlora::cli::add_bool_flag(app, "--table", o->table,
+                                "Print Hugging Face's published QLoRA memory table with the planner's verdict per row");
       return [o] { return run(*o); };
     });
 

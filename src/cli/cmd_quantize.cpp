@@ -5,6 +5,7 @@
 
 #include "base/dtype.h"
 #include "base/progress.h"
+#include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "quant/quantize_checkpoint.h"
 
@@ -33,7 +34,8 @@ const bool kQuantize = qlora::cli::register_command(
       app.add_option("--quant", o->quant, "nf4, fp4 or int8 (LLM.int8, transformers' load_in_8bit layout)")
           ->capture_default_str();
       app.add_option("--blocksize", o->blocksize, "Block size: 32..4096, a power of two")->capture_default_str();
-      app.add_flag("--double-quant", o->dq, "Quantize the absmax constants too (bnb_4bit_use_double_quant)");
+      qlora::cli::add_bool_flag(app, "--double-quant", o->dq,
+                                "Quantize the absmax constants too (bnb_4bit_use_double_quant)");
       app.add_option("--compute-dtype", o->compute, "Dtype recorded for dequantization: fp32, bf16, fp16")
           ->capture_default_str();
       app.add_option("--skip", o->skip, "Modules kept in full precision")->capture_default_str();

@@ -3,6 +3,7 @@
 // the way in unless --quant none), attaches LoRA adapters to the chosen Linear layers,
 // trains them (train/trainer.h: epochs or steps, eval, resumable checkpoints) and writes a
 // PEFT adapter directory, metrics.jsonl and loss.svg into --out.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include "base/dtype.h"
 #include "base/error.h"
 #include "base/parallel.h"
+#include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "formats/model_loader.h"
@@ -25,6 +27,7 @@
 #include "optim/optimizer.h"
 #include "train/sft_dataset.h"
 #include "train/train_model.h"
+#include "train/output_dir.h"
 #include "train/trainer.h"
 
 namespace {
@@ -55,12 +58,16 @@ struct Options {
   int64_t save_every = 0;
   int64_t save_total_limit = 2;
   bool resume = false;
+  bool overwrite_output_dir = false;
   std::string max_memory;  // refuse up front (with the planner's breakdown) when the run cannot fit
   bool no_checkpointing = false;
   bool quiet = false;
 };
 
 int run(const Options& o) {
+  // An empty --out would train for nothing (no adapter, no metrics): refuse it.
+  if (o.out.find_first_not_of(" \t") == std::string::npos)
+    qlora::fail("--out", "is empty: give the directory for the adapter, metrics.jsonl and checkpoints");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   const qlora::DatasetOptions dopt = qlora::cli::dataset_options(o.d);
   if (o.eval_split < 0 || o.eval_split >= 1) qlora::fail("--eval-split", "must be in [0, 1)");
@@ -96,7 +103,14 @@ int run(const Options& o) {
   t.save_every = o.save_every;
   t.save_total_limit = o.save_total_limit;
   t.resume = o.resume;
+  t.overwrite_output_dir = o.overwrite_output_dir;
   t.progress = !o.quiet;
+
+  // The output directory is this run's from here on: a second run into it, or an earlier
+  // run's output there (without --resume / --overwrite-output-dir), fails now, before any
+  // loading. The trainer takes the same lock again (shared within the process).
+  const qlora::OutputDirLock out_lock(o.out);
+  qlora::check_output_dir(o.out, o.resume, o.overwrite_output_dir);
 
   // Data first: a bad dataset should fail before minutes of model loading.
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
@@ -110,6 +124,20 @@ int run(const Options& o) {
   qlora::cli::report_sequences("train", train_seqs, o.quiet);
   if (!eval_seqs.empty()) qlora::cli::report_sequences("eval", eval_seqs, o.quiet);
   if (train_seqs.empty()) qlora::fail(o.data, "no training sequence has a target token");
+  // A micro-batch or step larger than the data would repeat sequences inside one step and
+  // plan thousands of "epochs": clamp to the data, and say so.
+  const auto n_train = static_cast<int64_t>(train_seqs.size());
+  if (t.batch_size > n_train) {
+    std::fprintf(stderr, "warning: --batch-size %lld is more than the %lld training sequences; using %lld\n",
+                 static_cast<long long>(t.batch_size), static_cast<long long>(n_train), static_cast<long long>(n_train));
+    t.batch_size = n_train;
+  }
+  if (t.batch_size * t.grad_accum > n_train) {
+    const int64_t accum = std::max<int64_t>(1, n_train / t.batch_size);
+    std::fprintf(stderr, "warning: --grad-accum %lld makes a step of more than the %lld training sequences; using %lld\n",
+                 static_cast<long long>(t.grad_accum), static_cast<long long>(n_train), static_cast<long long>(accum));
+    t.grad_accum = accum;
+  }
 
   if (!o.max_memory.empty()) {
     // From the headers and the dataset only, before anything model-sized is allocated.
@@ -119,7 +147,7 @@ int run(const Options& o) {
     mo.all_linear = lc.all_linear;
     mo.target_modules = lc.target_modules;
     mo.lora_dropout = lc.dropout;
-    mo.batch_size = o.batch_size;
+    mo.batch_size = t.batch_size;
     mo.seq_len = o.d.seq_len;
     mo.checkpointing = t.checkpointing;
     mo.optim = t.optim;
@@ -140,9 +168,9 @@ int run(const Options& o) {
     std::fprintf(stderr, "LoRA: r %d, alpha %g, dropout %g, %zu modules, %lld trainable parameters\n", lc.r,
                  lc.alpha, lc.dropout, lora.layers().size(), static_cast<long long>(lora.num_trainable()));
     std::fprintf(stderr, "plan: %lld steps of %lld x %lld sequences (%.2f epochs), %s, lr %g (%s)\n",
-                 static_cast<long long>(steps), static_cast<long long>(o.batch_size),
-                 static_cast<long long>(o.grad_accum),
-                 static_cast<double>(steps * o.batch_size * o.grad_accum) / static_cast<double>(train_seqs.size()),
+                 static_cast<long long>(steps), static_cast<long long>(t.batch_size),
+                 static_cast<long long>(t.grad_accum),
+                 static_cast<double>(steps * t.batch_size * t.grad_accum) / static_cast<double>(train_seqs.size()),
                  qlora::optim_kind_name(t.optim), o.lr, o.schedule.c_str());
   }
   const qlora::TrainResult r = qlora::train(lora, train_seqs, eval_seqs, t);
@@ -181,7 +209,7 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--lora-r", o->lora_r, "LoRA rank")->capture_default_str();
       app.add_option("--lora-alpha", o->lora_alpha, "LoRA alpha (scaling = alpha / r)")->capture_default_str();
       app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout probability")->capture_default_str();
-      app.add_flag("--rslora", o->rslora, "Scale by alpha / sqrt(r)");
+      qlora::cli::add_bool_flag(app, "--rslora", o->rslora, "Scale by alpha / sqrt(r)");
       app.add_option("--target", o->target, "all-linear, or comma-separated module names (q_proj,v_proj)")
           ->capture_default_str();
       app.add_option("--lr", o->lr, "Peak learning rate")->capture_default_str();
@@ -209,10 +237,17 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--save-total-limit", o->save_total_limit, "Checkpoints kept (0: all)")->capture_default_str();
       app.add_option("--max-memory", o->max_memory,
                      "Refuse to start (with the planner's breakdown) when the run needs more than this (e.g. 8GB)");
-      app.add_flag("--resume", o->resume, "Continue from the newest checkpoint in --out (same command line)");
-      app.add_flag("--no-gradient-checkpointing", o->no_checkpointing,
-                   "Keep every block's activations instead of recomputing them in backward");
-      app.add_flag("--quiet,-q", o->quiet, "No progress or statistics on stderr");
+      qlora::cli::add_bool_flag(app, "--resume", o->resume,
+                                "Continue from the newest checkpoint in --out (same command line)");
+      qlora::cli::add_bool_flag(
+          app, "--overwrite-output-dir", o->overwrite_output_dir,
+          "Replace an earlier run's adapter, metrics and checkpoints in --out (refused otherwise)");
+      qlora::cli::add_bool_flag_pair(
+          app, "--gradient-checkpointing,--grad-checkpointing", "--no-gradient-checkpointing",
+          [o](bool on) { o->no_checkpointing = !on; },
+          "Recompute each block's activations in backward instead of keeping them (default: on)",
+          "Keep every block's activations instead of recomputing them in backward");
+      qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
       return [o] { return run(*o); };
     });
 

@@ -1,10 +1,12 @@
 #include "cli/data_flags.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "base/error.h"
+#include "cli/bool_flags.h"
 #include "formats/tokenizer.h"
 
 namespace qlora::cli {
@@ -14,10 +16,10 @@ void add_data_flags(CLI::App& app, DataFlags& f) {
                  "auto (by each record's keys), text ({\"text\"}), alpaca ({\"instruction\",\"input\",\"output\"}) "
                  "or chat ({\"messages\"})")
       ->capture_default_str();
-  app.add_flag("--train-on-prompt", f.train_on_prompt,
-               "Compute the loss on prompt tokens too (default: only on the responses)");
-  app.add_flag("--packing", f.packing,
-               "Pack several examples into each sequence (attention and positions stay inside each example)");
+  add_bool_flag(app, "--train-on-prompt", f.train_on_prompt,
+                "Compute the loss on prompt tokens too (default: only on the responses)");
+  add_bool_flag(app, "--packing", f.packing,
+                "Pack several examples into each sequence (attention and positions stay inside each example)");
   app.add_option("--on-bad-record", f.on_bad_record, "skip (report and go on) or error (stop at the first)")
       ->capture_default_str();
   app.add_option("--on-too-long", f.on_too_long,
@@ -37,11 +39,17 @@ DatasetOptions dataset_options(const DataFlags& f) {
   o.on_bad_record = bad_record_policy_from_string(f.on_bad_record);
   o.on_too_long = too_long_policy_from_string(f.on_too_long);
   if (!f.chat_template_file.empty()) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(f.chat_template_file, ec))
+      fail(f.chat_template_file, "--chat-template: is a directory; give the Jinja template file");
     std::ifstream in(f.chat_template_file, std::ios::binary);
     if (!in) fail(f.chat_template_file, "--chat-template: cannot open the file");
     std::stringstream ss;
     ss << in.rdbuf();
+    // An empty template would mean "the model's own" downstream: never silently.
+    if (ss.str().empty()) fail(f.chat_template_file, "--chat-template: the file is empty");
     o.chat_template = ss.str();
+    o.chat_template_name = f.chat_template_file;
   }
   return o;
 }

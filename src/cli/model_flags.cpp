@@ -5,6 +5,8 @@
 #include <omp.h>
 
 #include "base/error.h"
+#include "base/text_excerpt.h"
+#include "cli/bool_flags.h"
 #include "quant/blockwise.h"
 
 namespace qlora::cli {
@@ -19,10 +21,12 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   app.add_option("--int8-threshold", f.int8_threshold,
                  "int8: activations with |x| >= this make their feature column run in full precision (0: off)")
       ->capture_default_str();
-  app.add_flag("--double-quant", f.double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
+  add_bool_flag(app, "--double-quant", f.double_quant, "Quantize the absmax constants too (8-bit, blocks of 256)");
   app.add_option("--blocksize", f.blocksize, "4-bit block size (32..4096)")->capture_default_str();
   app.add_option("--compute-dtype", f.compute_dtype, compute_help)->capture_default_str();
   app.add_option("--threads,-t", f.threads, "Threads (default: all cores)");
+  add_bool_flag(app, "--allow-unused-tensors", f.allow_unused_tensors,
+                "Load a model file holding tensors the model does not use (a warning instead of an error)");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {
@@ -30,6 +34,7 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   if (f.threads > 0) omp_set_num_threads(f.threads);
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
+  load.allow_unused_tensors = f.allow_unused_tensors;
   if (!(f.int8_threshold >= 0.0f)) fail("--int8-threshold", "must be >= 0");
   load.quant.int8_threshold = f.int8_threshold;
   if (f.quant == "none") {
@@ -40,7 +45,7 @@ ModelLoadOptions load_options(const ModelFlags& f) {
     load.quant.int8 = true;
   } else {
     if (f.quant != "nf4" && f.quant != "fp4" && f.quant != "NF4" && f.quant != "FP4")
-      fail("--quant", "unknown value '" + f.quant + "' (expected none, nf4, fp4 or int8)");
+      fail("--quant", "unknown value " + excerpt(f.quant) + " (expected none, nf4, fp4 or int8)");
     load.quant.type = quant_type_from_string(f.quant, "--quant");
     check_blocksize(f.blocksize, "--blocksize");
     load.quant.blocksize = f.blocksize;

@@ -17,10 +17,11 @@ struct ModelFlags {
   float int8_threshold = 6.0f;  // LLM.int8's outlier threshold (--int8-threshold)
   std::string compute_dtype = "fp32";
   int threads = 0;
+  bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
 };
 
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
-// --compute-dtype (described by `compute_help`) and --threads/-t.
+// --compute-dtype (described by `compute_help`), --threads/-t and --allow-unused-tensors.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
 
 // "q_proj,v_proj" -> {"q_proj", "v_proj"} (empty items dropped): --target and friends.

@@ -31,7 +31,7 @@ row() {
   local name="$1" mode="$2" model_args="$3" opts="$4" extra_mem="$5"
   local rss pred
   if [[ "$mode" == train ]]; then
-    rss=$( { /usr/bin/time -f "MAXRSS %M" "$Q" train $model_args $opts --data "$TEXT" --out "$OUT/a" \
+    rss=$( { /usr/bin/time -f "MAXRSS %M" "$Q" train $model_args $opts --data "$TEXT" --out "$OUT/a" --overwrite-output-dir \
                --max-steps 2 --threads "$THREADS" -q >/dev/null; } 2>&1 | awk '/^MAXRSS/ {print $2}')
     pred=$("$Q" memory $model_args $opts --mode train --data "$TEXT" --threads "$THREADS" $extra_mem --json |
            python3 -c 'import json,sys; print(json.load(sys.stdin)["resident_if_not_evicted_bytes"])')

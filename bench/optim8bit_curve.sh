@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$OUT"
 for optim in adamw_torch adamw_8bit; do
   "$BUILD/qlora" train --model "$MODEL" --quant nf4 --double-quant --data "$DATA" --eval-split 0.1 \
-    --out "$OUT/$optim" --optim "$optim" --max-steps "$STEPS" --batch-size 4 --seq-len 512 \
+    --out "$OUT/$optim" --overwrite-output-dir --optim "$optim" --max-steps "$STEPS" --batch-size 4 --seq-len 512 \
     --lora-r 16 --lora-alpha 16 --target all-linear --lr 5e-4 --seed 7 2> "$OUT/$optim.log"
   grep "^optimizer:" "$OUT/$optim.log"
 done

@@ -99,7 +99,7 @@ if [[ -f "$MODEL" && -x "$BUILD/qlora" ]]; then
   TRAIN=("$BUILD/qlora" train --model "$MODEL" --data "$DATA" --quant nf4 --double-quant --lora-r 64
          --lora-alpha 16 --target all-linear --max-steps 5 --batch-size 1 --seq-len 32)
   for optim in adamw_torch paged_adamw_32bit; do
-    run_limited "$optim" "${TRAIN[@]}" --out "$WORK/out-$optim" --optim "$optim" --paged-dir "$WORK/paged"
+    run_limited "$optim" "${TRAIN[@]}" --out "$WORK/out-$optim" --overwrite-output-dir --optim "$optim" --paged-dir "$WORK/paged"
     [[ -f "$WORK/out-$optim/adapter_model.safetensors" ]] && echo "    adapter written: out-$optim/adapter_model.safetensors"
   done
 else

@@ -38,7 +38,9 @@ build/qlora generate "${Q[@]}" --chat --prompt "$PROMPT" -n 16 --temperature 0 -
 
 echo
 echo "== QLoRA fine-tune: $EPOCHS epoch(s) over $TASK/train.jsonl, LoRA r 16 all-linear =="
-build/qlora train "${Q[@]}" --data "$TASK/train.jsonl" --eval-data "$TASK/heldout.jsonl" --out "$OUT" \
+# --overwrite-output-dir: each run of the job redoes the fine-tune (train refuses to
+# replace an earlier run's adapter without it).
+build/qlora train "${Q[@]}" --data "$TASK/train.jsonl" --eval-data "$TASK/heldout.jsonl" --out "$OUT" --overwrite-output-dir \
   --packing --seq-len 256 --batch-size 2 --epochs "$EPOCHS" \
   --lora-r 16 --lora-alpha 32 --target all-linear --lr 2e-3 --warmup-ratio 0.1
 

@@ -370,7 +370,7 @@ def qlora_adapter(qlora_bin: str | None) -> None:
             data = Path(tmp) / "stories.txt"
             data.write_text("\n\n".join(STORIES_TEXTS * 4) + "\n")
             cmd = [qlora_bin, "train", "--model", str(DATA / "stories260K" / "stories260K.bin"), "--data", str(data),
-                   "--out", str(d), "--quant", "nf4", "--blocksize", "64", "--lora-r", "4", "--lora-alpha", "8",
+                   "--out", str(d), "--overwrite-output-dir", "--quant", "nf4", "--blocksize", "64", "--lora-r", "4", "--lora-alpha", "8",
                    "--lora-dropout", "0", "--target", "all-linear", "--lr", "1e-2", "--max-steps", "10",
                    "--batch-size", "2", "--seq-len", "32", "--seed", "3", "--threads", "1", "--quiet"]
             subprocess.run(cmd, check=True)

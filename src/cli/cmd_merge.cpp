@@ -1,0 +1,117 @@
+// `qlora merge`: fold one or more LoRA adapters into the base model, the QLoRA way
+// (W' = dequant(Wq) + weight · scaling · B·A over the same 4-bit weights the adapter was
+// trained on: give the same --quant/--double-quant/--blocksize as `qlora train` had), and
+// write a Hugging Face model directory that transformers (and anything that reads one)
+// loads: config.json, sharded safetensors in --dtype, tokenizer and generation config.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+#include "base/error.h"
+#include "base/text_excerpt.h"
+#include "cli/bool_flags.h"
+#include "cli/command.h"
+#include "cli/model_flags.h"
+#include "export/merge.h"
+#include "formats/model_loader.h"
+#include "memory/memory_plan.h"
+#include "model/model.h"
+#include "train/adapter_loader.h"
+
+namespace {
+
+struct Options {
+  qlora::cli::ModelFlags m;
+  std::vector<std::string> adapters;  // DIR or DIR:WEIGHT
+  std::string out, dtype = "bf16", max_shard = "5GB";
+  bool overwrite = false;
+  bool quiet = false;
+};
+
+// "DIR" -> (DIR, 1); "DIR:0.7" -> (DIR, 0.7) when what follows the last ':' is a number.
+std::pair<std::string, double> split_weight(const std::string& s) {
+  const size_t colon = s.rfind(':');
+  if (colon != std::string::npos && colon + 1 < s.size()) {
+    const std::string w = s.substr(colon + 1);
+    char* end = nullptr;
+    const double v = std::strtod(w.c_str(), &end);
+    if (end && *end == '\0') {
+      if (!std::isfinite(v)) qlora::fail("--adapter", "weight " + qlora::excerpt(w) + " is not a finite number");
+      return {s.substr(0, colon), v};
+    }
+  }
+  return {s, 1.0};
+}
+
+int run(const Options& o) {
+  if (o.adapters.empty()) qlora::fail("--adapter", "give at least one adapter directory (DIR or DIR:WEIGHT)");
+  qlora::HfExportOptions ex;
+  if (o.dtype == "bf16") ex.dtype = qlora::DType::BF16;
+  else if (o.dtype == "fp16") ex.dtype = qlora::DType::F16;
+  else if (o.dtype == "fp32") ex.dtype = qlora::DType::F32;
+  else qlora::fail("--dtype", "unknown value " + qlora::excerpt(o.dtype) + " (expected bf16, fp16 or fp32)");
+  ex.max_shard_bytes = qlora::parse_memory_size(o.max_shard, "--max-shard-size");
+  if (ex.max_shard_bytes == 0) qlora::fail("--max-shard-size", "must be > 0");
+  ex.log = !o.quiet;
+  std::vector<std::pair<std::string, double>> specs;
+  for (const std::string& a : o.adapters) specs.push_back(split_weight(a));
+
+  qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
+  qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
+  if (!o.quiet)
+    std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
+                 files.spec.summary().c_str());
+  const qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
+  files.tensors.reset();
+
+  std::vector<qlora::LoadedAdapter> loaded;
+  loaded.reserve(specs.size());
+  std::vector<qlora::WeightedAdapter> weighted;
+  for (const auto& [dir, w] : specs) {
+    loaded.push_back(qlora::load_adapter(dir, model));
+    const qlora::LoraConfig& lc = loaded.back().lora->config();
+    if (!o.quiet)
+      std::fprintf(stderr, "adapter: %s: LoRA r %d, alpha %g (scaling %g), %zu modules, weight %g\n", dir.c_str(),
+                   lc.r, lc.alpha, lc.scaling(), loaded.back().lora->layers().size(), w);
+  }
+  for (size_t i = 0; i < loaded.size(); ++i) weighted.push_back({&loaded[i].inference, specs[i].second});
+
+  const std::vector<std::string> written = qlora::write_merged_hf_dir(model, files, weighted, o.out, ex, o.overwrite);
+  if (!o.quiet) {
+    std::string list;
+    for (const std::string& f : written) list += (list.empty() ? "" : ", ") + f;
+    std::fprintf(stderr, "merged into %s (%s, weights %s over the %s base): %s\n", o.out.c_str(),
+                 "Hugging Face directory", o.dtype.c_str(),
+                 o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str(), list.c_str());
+    if (files.format == qlora::ModelFormat::Gguf || files.format == qlora::ModelFormat::Llama2c)
+      std::fprintf(stderr,
+                   "note: the source is %s: its tokenizer is not written in Hugging Face form yet; load the merged "
+                   "weights with the original tokenizer\n",
+                   qlora::model_format_name(files.format));
+  }
+  return 0;
+}
+
+const bool kRegistered = qlora::cli::register_command(
+    "merge", "Fold LoRA adapters into the base weights and write a Hugging Face model directory",
+    [](CLI::App& app) -> qlora::cli::Action {
+      auto o = std::make_shared<Options>();
+      qlora::cli::add_model_flags(app, o->m,
+                                  "Compute dtype the base is held in before merging (fp32 keeps every bit)");
+      app.add_option("--adapter,-a", o->adapters,
+                     "PEFT adapter directory, optionally DIR:WEIGHT (repeatable: several adapters are summed)")
+          ->required();
+      app.add_option("--out,-o", o->out, "Output directory (Hugging Face layout)")->required();
+      app.add_option("--dtype", o->dtype, "Weights dtype: bf16, fp16 or fp32")->capture_default_str();
+      app.add_option("--max-shard-size", o->max_shard, "Largest safetensors shard (transformers' max_shard_size)")
+          ->capture_default_str();
+      qlora::cli::add_bool_flag(app, "--overwrite", o->overwrite, "Replace a model already in --out");
+      qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
+      return [o] { return run(*o); };
+    });
+
+}  // namespace

@@ -1,0 +1,285 @@
+#include "export/merge.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+
+#include <nlohmann/json.hpp>
+
+#include "base/atomic_file.h"
+#include "base/error.h"
+#include "base/float_formats.h"
+#include "base/progress.h"
+#include "formats/model_loader.h"
+#include "formats/safetensors.h"
+#include "lora/lora.h"
+
+namespace qlora {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The seven block Linears in the order of InferenceAdapter / Model::block_linear.
+constexpr const char* kLinearModules[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                           "mlp.down_proj"};
+
+// One tensor of the output: its name, shape, and how to make its float32 values.
+struct OutTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::function<std::vector<float>()> values;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+std::vector<float> dense_rows(const DenseWeight& w) {
+  std::vector<float> v(static_cast<size_t>(w.rows() * w.cols()));
+  w.rows_to_f32(0, w.rows(), v.data());
+  return v;
+}
+
+// Every tensor of the merged model, in the order ModelSpec::tensors() lists them.
+std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters) {
+  const ModelSpec& s = model.spec();
+  std::vector<OutTensor> t;
+  t.push_back({"model.embed_tokens.weight", {s.vocab, s.hidden}, [&model] { return dense_rows(model.embed_tokens()); }});
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+    auto linear = [&, l](int which) {
+      const QuantLinear& q = model.block_linear(l, which);
+      t.push_back({layer_tensor_name(l, kLinearModules[which]), {q.out_features(), q.in_features()},
+                   [&model, &adapters, l, which] { return merged_linear_weight(model, l, which, adapters); }});
+    };
+    auto bias = [&, l](int which) {
+      const QuantLinear& q = model.block_linear(l, which);
+      t.push_back({layer_tensor_name(l, kLinearModules[which], "bias"), {q.out_features()}, [&q] { return q.bias(); }});
+    };
+    t.push_back({layer_tensor_name(l, "input_layernorm"), {s.hidden}, [&L] { return L.input_norm; }});
+    for (int w : {0, 1, 2}) linear(w);
+    if (s.qkv_bias)
+      for (int w : {0, 1, 2}) bias(w);
+    linear(3);
+    if (s.o_bias) bias(3);
+    t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {s.hidden}, [&L] { return L.post_norm; }});
+    for (int w : {4, 5, 6}) linear(w);
+    if (s.mlp_bias)
+      for (int w : {4, 5, 6}) bias(w);
+  }
+  t.push_back({"model.norm.weight", {s.hidden}, [&model] { return model.final_norm(); }});
+  if (!s.tied_embeddings)
+    t.push_back({"lm_head.weight", {s.vocab, s.hidden}, [&model] { return dense_rows(model.lm_head()); }});
+  return t;
+}
+
+std::vector<uint8_t> encode(const std::vector<float>& v, DType dtype, const std::string& name) {
+  std::vector<uint8_t> out(v.size() * dtype_size(dtype));
+  if (dtype == DType::F32) {
+    std::memcpy(out.data(), v.data(), out.size());
+    return out;
+  }
+  auto* h = reinterpret_cast<uint16_t*>(out.data());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i])) fail(name, "holds a non-finite value; nothing was written for it");
+    h[i] = dtype == DType::BF16 ? f32_to_bf16(v[i]) : f32_to_fp16(v[i]);
+    if (dtype == DType::F16 && std::isinf(fp16_to_f32(h[i])))
+      fail(name, "value " + std::to_string(v[i]) + " does not fit fp16 (max 65504): use --dtype bf16 or fp32");
+  }
+  return out;
+}
+
+const char* torch_dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "float32";
+    case DType::BF16: return "bfloat16";
+    case DType::F16: return "float16";
+    default: return "?";
+  }
+}
+
+// Files of a Hugging Face tokenizer, copied as they are.
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
+                                           "chat_template.jinja", "tokenizer.model",    "generation_config.json"};
+
+}  // namespace
+
+std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,
+                                        const std::vector<WeightedAdapter>& adapters) {
+  const QuantLinear& q = model.block_linear(layer, which);
+  const int64_t out = q.out_features(), in = q.in_features();
+  std::vector<float> w(static_cast<size_t>(out * in));
+  q.dequantize_rows(0, out, w.data());
+  for (const WeightedAdapter& wa : adapters) {
+    if (!wa.adapter || wa.adapter->blocks.empty()) continue;
+    const LoraLayer* L = wa.adapter->get(layer, which);
+    if (!L) continue;
+    check(L->in == in && L->out == out, L->module_path, "the adapter's shape differs from the model's Linear");
+    // ΔW = weight · scaling · B A, B (out, r), A (r, in); B·A accumulated in float32 over r
+    // as torch's (B @ A) does, then scaled, as PEFT's get_delta_weight.
+    const float scale = static_cast<float>(wa.weight) * L->scaling;
+    const int r = L->r;
+    const float* A = L->A.data();
+    const float* B = L->B.data();
+    float* W = w.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < out; ++o) {
+      std::vector<float> row(static_cast<size_t>(in), 0.f);
+      for (int k = 0; k < r; ++k) {
+        const float b = B[o * r + k];
+        const float* a = A + static_cast<int64_t>(k) * in;
+        for (int64_t i = 0; i < in; ++i) row[static_cast<size_t>(i)] += b * a[i];
+      }
+      float* wr = W + o * in;
+      for (int64_t i = 0; i < in; ++i) wr[i] += row[static_cast<size_t>(i)] * scale;
+    }
+  }
+  return w;
+}
+
+std::string hf_config_json(const ModelSpec& s, DType dtype) {
+  nlohmann::ordered_json j;
+  std::string arch;
+  if (s.family == "llama") arch = "LlamaForCausalLM";
+  else if (s.family == "mistral") arch = "MistralForCausalLM";
+  else if (s.family == "qwen2") arch = "Qwen2ForCausalLM";
+  else fail("config.json", "exporting model_type '" + s.family + "' is not supported (llama, mistral, qwen2)");
+  if (s.family == "llama" && s.qkv_bias != s.o_bias)
+    fail("config.json", "a llama model with biases on q/k/v but not o (or the reverse) has no config.json form");
+  if (s.family != "llama" && (s.o_bias || s.mlp_bias))
+    fail("config.json", s.family + " has no config.json switch for o_proj or MLP biases");
+  if (s.family == "mistral" && s.qkv_bias) fail("config.json", "mistral has no config.json switch for q/k/v biases");
+  if (s.family == "qwen2" && !s.qkv_bias) fail("config.json", "qwen2 always has q/k/v biases; this model has none");
+  j["architectures"] = {arch};
+  j["model_type"] = s.family;
+  j["hidden_size"] = s.hidden;
+  j["intermediate_size"] = s.ffn;
+  j["num_hidden_layers"] = s.n_layers;
+  j["num_attention_heads"] = s.n_heads;
+  j["num_key_value_heads"] = s.n_kv_heads;
+  j["head_dim"] = s.head_dim;
+  j["hidden_act"] = "silu";
+  j["max_position_embeddings"] = s.max_positions;
+  j["rms_norm_eps"] = s.norm_eps;
+  j["rope_theta"] = s.rope_theta;
+  j["vocab_size"] = s.vocab;
+  j["tie_word_embeddings"] = s.tied_embeddings;
+  if (s.family == "llama") {
+    j["attention_bias"] = s.qkv_bias;
+    j["mlp_bias"] = s.mlp_bias;
+  }
+  if (s.bos_id >= 0) j["bos_token_id"] = s.bos_id;
+  if (s.eos_ids.size() == 1) j["eos_token_id"] = s.eos_ids[0];
+  else if (!s.eos_ids.empty()) j["eos_token_id"] = s.eos_ids;
+  if (s.pad_id >= 0) j["pad_token_id"] = s.pad_id;
+  j["torch_dtype"] = torch_dtype_name(dtype);
+  j["use_cache"] = true;
+  return j.dump(2) + "\n";
+}
+
+std::vector<std::string> write_merged_hf_dir(const Model& model, const ModelFiles& source,
+                                             const std::vector<WeightedAdapter>& adapters,
+                                             const std::string& out_dir, const HfExportOptions& opt,
+                                             bool overwrite) {
+  if (opt.dtype != DType::F32 && opt.dtype != DType::BF16 && opt.dtype != DType::F16)
+    fail("--dtype", "must be fp32, bf16 or fp16");
+  std::error_code ec;
+  // The source directory itself is never written into: merging must not touch the base.
+  const fs::path src_dir = source.format == ModelFormat::HfDirectory ? fs::path(source.path)
+                                                                     : fs::path(source.path).parent_path();
+  if (fs::exists(out_dir, ec) && fs::exists(src_dir, ec) && fs::equivalent(out_dir, src_dir, ec))
+    fail(out_dir, "is the base model's own directory: write the merged model somewhere else");
+  if (!overwrite && fs::is_directory(out_dir, ec)) {
+    for (const auto& e : fs::directory_iterator(out_dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n == "config.json" || n.ends_with(".safetensors") || n == "model.safetensors.index.json")
+        fail(out_dir, "already holds a model (" + n + "); pass --overwrite to replace it, or choose another --out");
+    }
+  }
+  fs::create_directories(out_dir, ec);
+  if (ec) fail(out_dir, "cannot create the output directory: " + ec.message());
+
+  const std::string config = hf_config_json(model.spec(), opt.dtype);  // refuses unsupported forms first
+  std::vector<OutTensor> tensors = output_tensors(model, adapters);
+
+  // Shards: consecutive tensors up to max_shard_bytes each (a bigger tensor gets its own).
+  std::vector<std::vector<size_t>> shards(1);
+  uint64_t in_shard = 0, total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const uint64_t b = static_cast<uint64_t>(tensors[i].numel()) * dtype_size(opt.dtype);
+    if (!shards.back().empty() && in_shard + b > opt.max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(i);
+    in_shard += b;
+    total += b;
+  }
+  std::vector<std::string> written;
+  auto shard_name = [&](size_t k) {
+    if (shards.size() == 1) return std::string("model.safetensors");
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
+    return std::string(buf);
+  };
+  std::unique_ptr<ProgressBar> bar;
+  if (opt.log) bar = std::make_unique<ProgressBar>(static_cast<int64_t>(tensors.size()), "merge", "tensors");
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  int64_t done = 0;
+  for (size_t k = 0; k < shards.size(); ++k) {
+    SafeTensorsWriter w;
+    w.set_metadata("format", "pt");
+    for (size_t i : shards[k]) {
+      OutTensor& t = tensors[i];
+      w.add_owned(t.name, opt.dtype, t.shape, encode(t.values(), opt.dtype, t.name));
+      weight_map[t.name] = shard_name(k);
+      if (bar) bar->update(++done, t.name);
+    }
+    w.write((fs::path(out_dir) / shard_name(k)).string());
+    written.push_back(shard_name(k));
+  }
+  if (bar) bar->finish("");
+  // A single file needs no index; a stale one from an earlier export would mislead loaders.
+  const fs::path index = fs::path(out_dir) / "model.safetensors.index.json";
+  if (shards.size() > 1) {
+    nlohmann::ordered_json idx;
+    idx["metadata"] = {{"total_size", total}};
+    idx["weight_map"] = weight_map;
+    write_file_atomic(index.string(), idx.dump(2) + "\n");
+    written.push_back(index.filename().string());
+  } else {
+    fs::remove(index, ec);
+  }
+  write_file_atomic((fs::path(out_dir) / "config.json").string(), config);
+  written.push_back("config.json");
+
+  // Tokenizer and generation settings: the source's own files when it has them.
+  bool have_gen = false;
+  if (source.format == ModelFormat::HfDirectory || source.format == ModelFormat::SafeTensors) {
+    for (const char* f : kTokenizerFiles) {
+      const fs::path from = src_dir / f;
+      if (!fs::exists(from, ec)) continue;
+      fs::copy_file(from, fs::path(out_dir) / f, fs::copy_options::overwrite_existing, ec);
+      if (ec) fail((fs::path(out_dir) / f).string(), "cannot copy the tokenizer file: " + ec.message());
+      written.emplace_back(f);
+      have_gen = have_gen || std::string(f) == "generation_config.json";
+    }
+  }
+  if (!have_gen) {
+    nlohmann::ordered_json g;
+    const ModelSpec& s = model.spec();
+    if (s.bos_id >= 0) g["bos_token_id"] = s.bos_id;
+    if (s.eos_ids.size() == 1) g["eos_token_id"] = s.eos_ids[0];
+    else if (!s.eos_ids.empty()) g["eos_token_id"] = s.eos_ids;
+    if (s.pad_id >= 0) g["pad_token_id"] = s.pad_id;
+    write_file_atomic((fs::path(out_dir) / "generation_config.json").string(), g.dump(2) + "\n");
+    written.push_back("generation_config.json");
+  }
+  return written;
+}
+
+}  // namespace qlora

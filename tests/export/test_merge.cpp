@@ -1,0 +1,175 @@
+// `qlora merge` (export/merge.h): LoRA folded into the base weights and written as a
+// Hugging Face directory.
+//  - stories260K in NF4 + PEFT's own adapter (tests/fixtures/train_parity, made by
+//    tools/make_train_parity_fixtures.py with PEFT 0.21 over bitsandbytes' NF4 weights),
+//    merged to fp32 and loaded back dense, gives PEFT's logits (computed unmerged by PEFT)
+//    within fp32 rounding: the merge is W' = dequant(Wq) + scaling·B·A;
+//  - bf16 output is exactly the fp32 merge rounded to bf16; small --max-shard-size gives
+//    shards and an index that load the same; adapter weights add up;
+//  - the base model's directory and an existing model are never overwritten.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "base/float_formats.h"
+#include "export/merge.h"
+#include "formats/model_loader.h"
+#include "formats/safetensors.h"
+#include "model/model.h"
+#include "model/model_test_util.h"
+#include "train/adapter_loader.h"
+
+using namespace qlora;
+using namespace qlora::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fixture(const std::string& rel) { return std::string(QLORA_FIXTURE_DIR) + "/train_parity/" + rel; }
+
+// As the parity fixtures were made: bitsandbytes NF4, blocksize 64, no double quant.
+Model load_nf4(const ModelFiles& f) {
+  ModelLoadOptions o;
+  o.quant.quantize = true;
+  o.quant.type = QuantType::NF4;
+  o.quant.blocksize = 64;
+  return Model::load(f.spec, *f.tensors, o);
+}
+
+Model load_dense(const std::string& dir) {
+  ModelFiles f = open_model_files(dir);
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  return Model::load(f.spec, *f.tensors, o);
+}
+
+std::vector<float> logits_of(const Model& m, const std::vector<int>& ids) {
+  InferenceState st(m.spec(), static_cast<int64_t>(ids.size()));
+  std::vector<float> out(ids.size() * static_cast<size_t>(m.spec().vocab));
+  forward(m, st, ids, out.data(), /*all_logits=*/true);
+  return out;
+}
+
+struct Stories {
+  ModelFiles files = open_model_files(stories_bin());
+  Model model = load_nf4(files);
+  LoadedAdapter adapter = load_adapter(fixture("stories260k/initial_adapter"), model);
+};
+
+}  // namespace
+
+TEST(Merge, MergedStoriesGivesPeftLogits) {
+  Stories s;
+  TempDir tmp("merge_fp32");
+  HfExportOptions ex;
+  ex.dtype = DType::F32;
+  ex.log = false;
+  const auto written = write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("out"), ex, false);
+  EXPECT_EQ(written.front(), "model.safetensors");
+  const Model merged = load_dense(tmp.path("out"));
+
+  const SafeTensorsFile f(fixture("stories260k/peft_logits.safetensors"));
+  const auto ids = nlohmann::json::parse(f.metadata().at("ids")).get<std::vector<int>>();
+  const std::vector<float> want = f.to_float(f.at("logits"));
+  const std::vector<float> base = f.to_float(f.at("base_logits"));
+  const std::vector<float> got = logits_of(merged, ids);
+  ASSERT_EQ(got.size(), want.size());
+  double d = 0, moved = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    d = std::max(d, std::fabs(double(got[i]) - want[i]));
+    moved = std::max(moved, std::fabs(double(want[i]) - base[i]));
+  }
+  std::printf("merged (fp32) vs PEFT unmerged: max |diff| %.2e; the adapter moves logits by %.3f\n", d, moved);
+  EXPECT_LE(d, 1e-4);
+  EXPECT_GT(moved, 0.1);  // the adapter really acts
+}
+
+TEST(Merge, Bf16IsTheFp32MergeRoundedAndShardsLoadTheSame) {
+  Stories s;
+  TempDir tmp("merge_bf16");
+  HfExportOptions ex;
+  ex.log = false;
+  ex.dtype = DType::F32;
+  write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("f32"), ex, false);
+  ex.dtype = DType::BF16;
+  ex.max_shard_bytes = 100'000;
+  const auto written = write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("bf16"), ex, false);
+  EXPECT_TRUE(fs::exists(tmp.path("bf16/model.safetensors.index.json")));
+  EXPECT_FALSE(fs::exists(tmp.path("bf16/model.safetensors")));
+  const auto index = nlohmann::json::parse(read_file(tmp.path("bf16/model.safetensors.index.json")));
+  const size_t n_shards = std::count_if(written.begin(), written.end(),
+                                        [](const std::string& w) { return w.starts_with("model-"); });
+  EXPECT_GT(n_shards, 2u);
+  EXPECT_EQ(nlohmann::json::parse(read_file(tmp.path("bf16/config.json"))).at("torch_dtype"), "bfloat16");
+
+  const ModelFiles f32 = open_model_files(tmp.path("f32"));
+  const ModelFiles b16 = open_model_files(tmp.path("bf16"));
+  size_t n = 0;
+  for (const std::string& name : f32.tensors->names()) {
+    ASSERT_TRUE(index.at("weight_map").contains(name)) << name;
+    const std::vector<float> a = f32.tensors->get(name), b = b16.tensors->get(name);
+    ASSERT_EQ(a.size(), b.size()) << name;
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(bf16_to_f32(f32_to_bf16(a[i])), b[i]) << name << " [" << i << "]";
+    ++n;
+  }
+  EXPECT_EQ(n, s.model.spec().tensors().size());
+  // The sharded bf16 model loads and runs (logits close to the fp32 merge's, within bf16 noise).
+  const Model m16 = load_dense(tmp.path("bf16")), m32 = load_dense(tmp.path("f32"));
+  const std::vector<int> ids = {1, 403, 407, 261, 378};
+  const auto l16 = logits_of(m16, ids), l32 = logits_of(m32, ids);
+  double d = 0;
+  for (size_t i = 0; i < l16.size(); ++i) d = std::max(d, std::fabs(double(l16[i]) - l32[i]));
+  EXPECT_LT(d, 0.5);
+}
+
+TEST(Merge, AdapterWeightsAddUp) {
+  Stories s;
+  // Weight 0: the base weight, dequantized, exactly.
+  for (int which = 0; which < 7; ++which) {
+    const QuantLinear& q = s.model.block_linear(2, which);
+    std::vector<float> base(static_cast<size_t>(q.out_features() * q.in_features()));
+    q.dequantize_rows(0, q.out_features(), base.data());
+    EXPECT_EQ(merged_linear_weight(s.model, 2, which, {{&s.adapter.inference, 0.0}}), base);
+    // 0.5 + 0.5 of the same adapter = 1 of it (within float rounding of the two sums).
+    const auto one = merged_linear_weight(s.model, 2, which, {{&s.adapter.inference, 1.0}});
+    const auto halves =
+        merged_linear_weight(s.model, 2, which, {{&s.adapter.inference, 0.5}, {&s.adapter.inference, 0.5}});
+    double d = 0, delta = 0;
+    for (size_t i = 0; i < one.size(); ++i) {
+      d = std::max(d, std::fabs(double(one[i]) - halves[i]));
+      delta = std::max(delta, std::fabs(double(one[i]) - base[i]));
+    }
+    EXPECT_LT(d, 1e-6) << which;
+    EXPECT_GT(delta, 1e-4) << which;  // the adapter changes every targeted Linear
+  }
+}
+
+TEST(Merge, NeverOverwritesTheBaseOrAnExistingModel) {
+  Stories s;
+  TempDir tmp("merge_refuse");
+  HfExportOptions ex;
+  ex.log = false;
+  write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("out"), ex, false);
+  const std::string before = read_file(tmp.path("out/model.safetensors"));
+  try {
+    write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 0.5}}, tmp.path("out"), ex, false);
+    ADD_FAILURE() << "overwrote an existing model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_file(tmp.path("out/model.safetensors")), before);
+  // Merging a model loaded from that directory back into the same directory: refused even
+  // with overwrite (it is the base).
+  const ModelFiles again = open_model_files(tmp.path("out"));
+  try {
+    write_merged_hf_dir(s.model, again, {}, tmp.path("out"), ex, true);
+    ADD_FAILURE() << "wrote into the base model's directory";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("base model's own directory"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_file(tmp.path("out/model.safetensors")), before);
+}

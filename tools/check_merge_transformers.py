@@ -63,7 +63,33 @@ def main():
             print(json.dumps({"dtype": dtype, "max_abs_diff_vs_peft_unmerged": d, "tolerance": tol, **extra,
                               "adapter_moves_logits_by": moved, "config": json.loads((out / "config.json").read_text())
                               ["architectures"]}))
+        ok = check_smollm2(args.qlora, Path(tmp) / "smollm2") and ok
     sys.exit(0 if ok else 1)
+
+
+def check_smollm2(qlora, out):
+    """SmolLM2 (GGUF, NF4 + double quant) + PEFT's adapter merged to bf16: the tokenizer qlora
+    writes from the GGUF metadata gives transformers' GGUF tokenizer's ids and chat text."""
+    from transformers import AutoTokenizer
+    gguf = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf.exists():
+        print(json.dumps({"smollm2": "skipped: run scripts/fetch_model.sh"}))
+        return True
+    subprocess.run([qlora, "merge", "--model", str(gguf), "--quant", "nf4", "--double-quant", "--adapter",
+                    str(FIX.parent / "smollm2" / "initial_adapter"), "--out", str(out), "--quiet"], check=True)
+    ref = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    ours = AutoTokenizer.from_pretrained(str(out))
+    text = (DATA / "text" / "tinyshakespeare.txt").read_text()[:200000] + \
+        "\n<|im_start|>user\nHi! \u00fcn\u00efc\u00f6d\u00e9 \U0001F642 1234567 tabs\tand   spaces<|im_end|>\n"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
+    same_ids = ref(text)["input_ids"] == ours(text)["input_ids"]
+    same_chat = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        ours.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    model = AutoModelForCausalLM.from_pretrained(str(out))  # loads: config and weights are valid
+    print(json.dumps({"smollm2_merged_bf16": True, "tokenizer_ids_equal_transformers_gguf": same_ids,
+                      "chat_template_equal": same_chat, "tokens": len(ours(text)["input_ids"]),
+                      "params": sum(p.numel() for p in model.parameters())}))
+    return same_ids and same_chat
 
 
 if __name__ == "__main__":

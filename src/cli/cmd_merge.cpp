@@ -87,11 +87,6 @@ int run(const Options& o) {
     std::fprintf(stderr, "merged into %s (%s, weights %s over the %s base): %s\n", o.out.c_str(),
                  "Hugging Face directory", o.dtype.c_str(),
                  o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str(), list.c_str());
-    if (files.format == qlora::ModelFormat::Gguf || files.format == qlora::ModelFormat::Llama2c)
-      std::fprintf(stderr,
-                   "note: the source is %s: its tokenizer is not written in Hugging Face form yet; load the merged "
-                   "weights with the original tokenizer\n",
-                   qlora::model_format_name(files.format));
   }
   return 0;
 }

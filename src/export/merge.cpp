@@ -1,6 +1,8 @@
 #include "export/merge.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -13,6 +15,8 @@
 #include "base/progress.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
+#include "formats/tokenizer.h"
+#include "export/tokenizer_json_writer.h"
 #include "lora/lora.h"
 
 namespace qlora {
@@ -267,6 +271,21 @@ std::vector<std::string> write_merged_hf_dir(const Model& model, const ModelFile
       if (ec) fail((fs::path(out_dir) / f).string(), "cannot copy the tokenizer file: " + ec.message());
       written.emplace_back(f);
       have_gen = have_gen || std::string(f) == "generation_config.json";
+    }
+  }
+  // A source without Hugging Face tokenizer files (GGUF, llama2.c): write its tokenizer.
+  const bool have_tok = std::find(written.begin(), written.end(), "tokenizer.json") != written.end();
+  if (!have_tok && source.tokenizer) {
+    try {
+      const TokenizerSpec& ts = source.tokenizer->spec();
+      const std::string tj = tokenizer_json_text(ts);
+      write_file_atomic((fs::path(out_dir) / "tokenizer.json").string(), tj);
+      write_file_atomic((fs::path(out_dir) / "tokenizer_config.json").string(),
+                        tokenizer_config_json_text(ts, model.spec().max_positions));
+      written.emplace_back("tokenizer.json");
+      written.emplace_back("tokenizer_config.json");
+    } catch (const Error& e) {
+      if (opt.log) std::fprintf(stderr, "note: no tokenizer files written: %s\n", e.what());
     }
   }
   if (!have_gen) {

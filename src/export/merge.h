@@ -42,7 +42,8 @@ std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int w
 // model-0000i-of-0000n.safetensors + model.safetensors.index.json, generation_config.json,
 // and the tokenizer files of the source when it has them in Hugging Face form
 // (tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja,
-// tokenizer.model). Returns the names of the files written. Throws Error naming the file on
+// tokenizer.model), else its tokenizer written as tokenizer.json + tokenizer_config.json
+// (merge-list BPE: GGUF "gpt2" vocabularies; a note on stderr otherwise). Returns the names of the files written. Throws Error naming the file on
 // any failure; files are written atomically, so a failure never leaves a half file.
 std::vector<std::string> write_merged_hf_dir(const Model& model, const ModelFiles& source,
                                              const std::vector<WeightedAdapter>& adapters,

@@ -17,6 +17,8 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "export/merge.h"
+#include "export/tokenizer_json_writer.h"
+#include "formats/tokenizer.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "model/model.h"
@@ -172,4 +174,23 @@ TEST(Merge, NeverOverwritesTheBaseOrAnExistingModel) {
     EXPECT_NE(std::string(e.what()).find("base model's own directory"), std::string::npos) << e.what();
   }
   EXPECT_EQ(read_file(tmp.path("out/model.safetensors")), before);
+}
+
+// A GGUF source's tokenizer (SmolLM2: byte-level BPE with merges, chat template) is written
+// as tokenizer.json; read back, it encodes exactly as the GGUF tokenizer does.
+TEST(Merge, GgufTokenizerIsWrittenAsTokenizerJsonThatEncodesTheSame) {
+  if (!fs::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent: run scripts/fetch_model.sh";
+  const ModelFiles gguf = open_model_files(smollm2_gguf());
+  ASSERT_TRUE(gguf.tokenizer);
+  TempDir tmp("merge_tok");
+  write_file(tmp.path("tokenizer.json"), tokenizer_json_text(gguf.tokenizer->spec()));
+  write_file(tmp.path("tokenizer_config.json"), tokenizer_config_json_text(gguf.tokenizer->spec(), 8192));
+  const Tokenizer back = Tokenizer::from_file(tmp.path("tokenizer.json"));
+  EXPECT_EQ(back.vocab_size(), gguf.tokenizer->vocab_size());
+  EXPECT_EQ(back.chat_template(), gguf.tokenizer->chat_template());
+  std::string text = read_file(data_dir() + "/text/tinyshakespeare.txt").substr(0, 200000);
+  text += "\n<|im_start|>user\nHi! ünïcödé 🙂 1234567 tabs\tand   spaces<|im_end|>\n";
+  EXPECT_EQ(back.encode(text), gguf.tokenizer->encode(text));
+  const auto cfg = nlohmann::json::parse(read_file(tmp.path("tokenizer_config.json")));
+  EXPECT_EQ(cfg.at("eos_token"), gguf.tokenizer->spec().vocab[static_cast<size_t>(gguf.tokenizer->spec().eos_id)]);
 }

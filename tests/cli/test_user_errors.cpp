@@ -738,6 +738,32 @@ std::vector<Case> cases() {
                               "--grad-accum 3 makes a step of more than the 8 training sequences; using 1",
                               "plan: 1 steps of 8 x 1 sequences (1.00 epochs)",
                               "0/1 steps"}});  // the bar is drawn before the first step ends
+  // ---- qlora merge ----
+  const std::string merge = "{qlora} merge {M} --quant nf4 --adapter {fixtures}/train_parity/stories260k/initial_adapter ";
+  t.push_back({.name = "merge_writes_a_hf_directory",
+               .command = merge + "--out merged --dtype bf16",
+               .exit_code = 0,
+               .stderr_has = {"merged into merged", "model.safetensors", "config.json"},
+               .check =
+                   [](const CliRun& r) {
+                     const auto cfg = nlohmann::json::parse(read_file(r.dir + "/merged/config.json"));
+                     EXPECT_EQ(cfg.at("architectures")[0], "LlamaForCausalLM");
+                     EXPECT_EQ(cfg.at("torch_dtype"), "bfloat16");
+                   }});
+  t.push_back({.name = "merge_refuses_an_existing_model",
+               .setup = [](const fs::path& d) { put(d, "merged/config.json", "{\"the user's\": \"model\"}"); },
+               .command = merge + "--out merged",
+               .exit_code = 1,
+               .stderr_has = {"merged: already holds a model (config.json)", "--overwrite"}});
+  t.push_back({.name = "merge_unknown_dtype",
+               .command = merge + "--out merged --dtype int3",
+               .exit_code = 1,
+               .stderr_has = {"--dtype: unknown value 'int3'"},
+               .check = [](const CliRun& r) { EXPECT_FALSE(fs::exists(r.dir + "/merged")); }});
+  t.push_back({.name = "merge_adapter_weight_not_finite",
+               .command = merge + "--adapter {fixtures}/train_parity/stories260k/initial_adapter:inf --out merged",
+               .exit_code = 1,
+               .stderr_has = {"--adapter: weight 'inf' is not a finite number"}});
   return t;
 }
 

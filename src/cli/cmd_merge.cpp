@@ -2,7 +2,8 @@
 // (W' = dequant(Wq) + weight · scaling · B·A over the same 4-bit weights the adapter was
 // trained on: give the same --quant/--double-quant/--blocksize as `qlora train` had), and
 // write a Hugging Face model directory that transformers (and anything that reads one)
-// loads: config.json, sharded safetensors in --dtype, tokenizer and generation config.
+// loads: config.json, sharded safetensors in --dtype, tokenizer and generation config; or,
+// with --out FILE.gguf, a GGUF file that llama.cpp loads (--gguf-type f16|bf16|q8_0|q4_0).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include "cli/command.h"
 #include "cli/model_flags.h"
 #include "export/merge.h"
+#include "export/merge_gguf.h"
 #include "formats/model_loader.h"
 #include "memory/memory_plan.h"
 #include "model/model.h"
@@ -27,7 +29,7 @@ namespace {
 struct Options {
   qlora::cli::ModelFlags m;
   std::vector<std::string> adapters;  // DIR or DIR:WEIGHT
-  std::string out, dtype = "bf16", max_shard = "5GB";
+  std::string out, dtype = "bf16", max_shard = "5GB", gguf_type = "f16";
   bool overwrite = false;
   bool quiet = false;
 };
@@ -57,6 +59,10 @@ int run(const Options& o) {
   ex.max_shard_bytes = qlora::parse_memory_size(o.max_shard, "--max-shard-size");
   if (ex.max_shard_bytes == 0) qlora::fail("--max-shard-size", "must be > 0");
   ex.log = !o.quiet;
+  const bool to_gguf = o.out.size() > 5 && o.out.compare(o.out.size() - 5, 5, ".gguf") == 0;
+  qlora::GgufExportOptions gx;
+  gx.type = qlora::gguf_export_type_from_string(o.gguf_type, "--gguf-type");
+  gx.log = !o.quiet;
   std::vector<std::pair<std::string, double>> specs;
   for (const std::string& a : o.adapters) specs.push_back(split_weight(a));
 
@@ -80,6 +86,13 @@ int run(const Options& o) {
   }
   for (size_t i = 0; i < loaded.size(); ++i) weighted.push_back({&loaded[i].inference, specs[i].second});
 
+  if (to_gguf) {
+    qlora::write_merged_gguf(model, files, weighted, o.out, gx, o.overwrite);
+    if (!o.quiet)
+      std::fprintf(stderr, "merged into %s (GGUF, weights %s over the %s base)\n", o.out.c_str(), o.gguf_type.c_str(),
+                   o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str());
+    return 0;
+  }
   const std::vector<std::string> written = qlora::write_merged_hf_dir(model, files, weighted, o.out, ex, o.overwrite);
   if (!o.quiet) {
     std::string list;
@@ -100,7 +113,10 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--adapter,-a", o->adapters,
                      "PEFT adapter directory, optionally DIR:WEIGHT (repeatable: several adapters are summed)")
           ->required();
-      app.add_option("--out,-o", o->out, "Output directory (Hugging Face layout)")->required();
+      app.add_option("--out,-o", o->out, "Output: a directory (Hugging Face layout), or FILE.gguf (llama.cpp)")
+          ->required();
+      app.add_option("--gguf-type", o->gguf_type, "GGUF output: weights as f16, bf16, f32, q8_0 or q4_0")
+          ->capture_default_str();
       app.add_option("--dtype", o->dtype, "Weights dtype: bf16, fp16 or fp32")->capture_default_str();
       app.add_option("--max-shard-size", o->max_shard, "Largest safetensors shard (transformers' max_shard_size)")
           ->capture_default_str();

@@ -50,34 +50,11 @@ std::vector<float> dense_rows(const DenseWeight& w) {
 
 // Every tensor of the merged model, in the order ModelSpec::tensors() lists them.
 std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters) {
-  const ModelSpec& s = model.spec();
   std::vector<OutTensor> t;
-  t.push_back({"model.embed_tokens.weight", {s.vocab, s.hidden}, [&model] { return dense_rows(model.embed_tokens()); }});
-  for (int64_t l = 0; l < s.n_layers; ++l) {
-    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
-    auto linear = [&, l](int which) {
-      const QuantLinear& q = model.block_linear(l, which);
-      t.push_back({layer_tensor_name(l, kLinearModules[which]), {q.out_features(), q.in_features()},
-                   [&model, &adapters, l, which] { return merged_linear_weight(model, l, which, adapters); }});
-    };
-    auto bias = [&, l](int which) {
-      const QuantLinear& q = model.block_linear(l, which);
-      t.push_back({layer_tensor_name(l, kLinearModules[which], "bias"), {q.out_features()}, [&q] { return q.bias(); }});
-    };
-    t.push_back({layer_tensor_name(l, "input_layernorm"), {s.hidden}, [&L] { return L.input_norm; }});
-    for (int w : {0, 1, 2}) linear(w);
-    if (s.qkv_bias)
-      for (int w : {0, 1, 2}) bias(w);
-    linear(3);
-    if (s.o_bias) bias(3);
-    t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {s.hidden}, [&L] { return L.post_norm; }});
-    for (int w : {4, 5, 6}) linear(w);
-    if (s.mlp_bias)
-      for (int w : {4, 5, 6}) bias(w);
-  }
-  t.push_back({"model.norm.weight", {s.hidden}, [&model] { return model.final_norm(); }});
-  if (!s.tied_embeddings)
-    t.push_back({"lm_head.weight", {s.vocab, s.hidden}, [&model] { return dense_rows(model.lm_head()); }});
+  for (const TensorSpec& ts : model.spec().tensors())
+    t.push_back({ts.name, ts.shape, [&model, &adapters, name = ts.name] {
+                   return merged_tensor_values(model, name, adapters);
+                 }});
   return t;
 }
 
@@ -111,6 +88,32 @@ constexpr const char* kTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config
                                            "chat_template.jinja", "tokenizer.model",    "generation_config.json"};
 
 }  // namespace
+
+std::vector<float> merged_tensor_values(const Model& model, const std::string& name,
+                                        const std::vector<WeightedAdapter>& adapters) {
+  if (name == "model.embed_tokens.weight") return dense_rows(model.embed_tokens());
+  if (name == "lm_head.weight") return dense_rows(model.lm_head());
+  if (name == "model.norm.weight") return model.final_norm();
+  constexpr std::string_view prefix = "model.layers.";
+  if (name.rfind(prefix, 0) == 0) {
+    const size_t dot = name.find('.', prefix.size());
+    const std::string num = name.substr(prefix.size(), dot == std::string::npos ? 0 : dot - prefix.size());
+    if (!num.empty() && num.size() < 8 && num.find_first_not_of("0123456789") == std::string::npos) {
+      const int64_t l = std::stoll(num);
+      const std::string rest = name.substr(dot + 1);
+      if (l < model.spec().n_layers) {
+        const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+        if (rest == "input_layernorm.weight") return L.input_norm;
+        if (rest == "post_attention_layernorm.weight") return L.post_norm;
+        for (int w = 0; w < 7; ++w) {
+          if (rest == std::string(kLinearModules[w]) + ".weight") return merged_linear_weight(model, l, w, adapters);
+          if (rest == std::string(kLinearModules[w]) + ".bias") return model.block_linear(l, w).bias();
+        }
+      }
+    }
+  }
+  fail(name, "not a tensor of this model");
+}
 
 std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,
                                         const std::vector<WeightedAdapter>& adapters) {

@@ -32,6 +32,12 @@ struct HfExportOptions {
   bool log = true;                            // progress and a summary on stderr
 };
 
+// Any tensor of the merged model by its Hugging Face name (ModelSpec::tensors()), in
+// float32: merged Linear weights, everything else as the model holds it. Throws Error for
+// a name the model does not have.
+std::vector<float> merged_tensor_values(const Model& model, const std::string& name,
+                                        const std::vector<WeightedAdapter>& adapters);
+
 // The merged weight of block Linear `which` (0..6: q, k, v, o, gate, up, down) of `layer`,
 // (out, in) row-major, in float32.
 std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,

@@ -17,6 +17,7 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "export/merge.h"
+#include "export/merge_gguf.h"
 #include "export/tokenizer_json_writer.h"
 #include "formats/tokenizer.h"
 #include "formats/model_loader.h"
@@ -193,4 +194,41 @@ TEST(Merge, GgufTokenizerIsWrittenAsTokenizerJsonThatEncodesTheSame) {
   EXPECT_EQ(back.encode(text), gguf.tokenizer->encode(text));
   const auto cfg = nlohmann::json::parse(read_file(tmp.path("tokenizer_config.json")));
   EXPECT_EQ(cfg.at("eos_token"), gguf.tokenizer->spec().vocab[static_cast<size_t>(gguf.tokenizer->spec().eos_id)]);
+}
+
+// GGUF output of a GGUF source: a float32 GGUF read back by our loader (which undoes
+// llama.cpp's q/k row order) holds exactly the float32 Hugging Face merge; the tokenizer
+// metadata is the source's. (Byte equality of every --gguf-type with gguf-py's own
+// conversion, and llama.cpp loading the files: tools/check_merge_gguf.py.)
+TEST(Merge, GgufOutputHoldsTheMergeInLlamaCppLayout) {
+  if (!fs::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent: run scripts/fetch_model.sh";
+  const ModelFiles src = open_model_files(smollm2_gguf());
+  const Model model = load_nf4(src);
+  const LoadedAdapter ad = load_adapter(fixture("smollm2/initial_adapter"), model);
+  TempDir tmp("merge_gguf");
+  HfExportOptions hx;
+  hx.dtype = DType::F32;
+  hx.log = false;
+  write_merged_hf_dir(model, src, {{&ad.inference, 1.0}}, tmp.path("hf"), hx, false);
+  GgufExportOptions gx;
+  gx.type = GgmlType::F32;
+  gx.log = false;
+  write_merged_gguf(model, src, {{&ad.inference, 1.0}}, tmp.path("m.gguf"), gx, false);
+  const ModelFiles hf = open_model_files(tmp.path("hf")), gg = open_model_files(tmp.path("m.gguf"));
+  EXPECT_EQ(gg.spec.n_layers, model.spec().n_layers);
+  for (const TensorSpec& t : model.spec().tensors()) ASSERT_EQ(gg.tensors->get(t.name), hf.tensors->get(t.name)) << t.name;
+  const std::string text = "Hello! <|im_start|>user\nünïcödé 123<|im_end|>";
+  EXPECT_EQ(gg.tokenizer->encode(text), src.tokenizer->encode(text));
+  EXPECT_EQ(gg.chat_template, src.chat_template);
+  // Refusals: an existing file, and a source whose tokenizer cannot become GGUF metadata.
+  EXPECT_THROW(write_merged_gguf(model, src, {}, tmp.path("m.gguf"), gx, false), Error);
+  const ModelFiles stories = open_model_files(stories_bin());
+  const Model sm = load_nf4(stories);
+  try {
+    write_merged_gguf(sm, stories, {}, tmp.path("s.gguf"), gx, false);
+    ADD_FAILURE() << "wrote a GGUF from a llama2.c source";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("GGUF output needs a GGUF source"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp.path("s.gguf")));
 }

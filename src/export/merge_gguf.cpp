@@ -1,0 +1,132 @@
+#include "export/merge_gguf.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "base/error.h"
+#include "base/progress.h"
+#include "base/text_excerpt.h"
+#include "formats/gguf.h"
+#include "formats/gguf_writer.h"
+#include "formats/model_loader.h"
+
+namespace qlora {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// llama.cpp's llama_ftype for a file whose weights are mostly `t`.
+uint32_t file_type_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return 0;
+    case GgmlType::F16: return 1;
+    case GgmlType::Q4_0: return 2;
+    case GgmlType::Q8_0: return 7;
+    case GgmlType::BF16: return 32;
+    default: return 1;
+  }
+}
+
+std::vector<uint8_t> encode(const std::vector<float>& v, GgmlType t) {
+  if (t == GgmlType::Q8_0) return quantize_q8_0(v.data(), static_cast<int64_t>(v.size()));
+  if (t == GgmlType::Q4_0) return quantize_q4_0(v.data(), static_cast<int64_t>(v.size()));
+  return encode_float_tensor(v, t);
+}
+
+}  // namespace
+
+GgmlType gguf_export_type_from_string(const std::string& s, const std::string& where) {
+  if (s == "f32") return GgmlType::F32;
+  if (s == "f16") return GgmlType::F16;
+  if (s == "bf16") return GgmlType::BF16;
+  if (s == "q8_0") return GgmlType::Q8_0;
+  if (s == "q4_0") return GgmlType::Q4_0;
+  fail(where, "unknown value " + excerpt(s) + " (expected f16, bf16, f32, q8_0 or q4_0)");
+}
+
+void write_merged_gguf(const Model& model, const ModelFiles& source, const std::vector<WeightedAdapter>& adapters,
+                       const std::string& out_path, const GgufExportOptions& opt, bool overwrite) {
+  const ModelSpec& s = model.spec();
+  if (source.format != ModelFormat::Gguf)
+    fail(out_path, "GGUF output needs a GGUF source for now (its tokenizer metadata is copied); this model is " +
+                       std::string(model_format_name(source.format)) + ": write a Hugging Face directory instead");
+  std::error_code ec;
+  if (fs::exists(out_path, ec) && fs::exists(source.path, ec) && fs::equivalent(out_path, source.path, ec))
+    fail(out_path, "is the base model's own file: write the merged model somewhere else");
+  if (!overwrite && fs::exists(out_path, ec))
+    fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
+  std::string arch;
+  if (s.family == "llama" || s.family == "mistral") arch = "llama";
+  else if (s.family == "qwen2") arch = "qwen2";
+  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2)");
+  const bool permute_qk = arch == "llama";  // llama.cpp's llama graph expects its rotary row order
+
+  GgufWriter w;
+  w.set_string("general.architecture", arch);
+  w.set_string("general.name", opt.name.empty() ? fs::path(out_path).stem().string() : opt.name);
+  w.set_u32("general.file_type", file_type_of(opt.type));
+  if (opt.type == GgmlType::Q8_0 || opt.type == GgmlType::Q4_0) w.set_u32("general.quantization_version", 2);
+  const std::string a = arch + ".";
+  w.set_u32(a + "context_length", static_cast<uint32_t>(s.max_positions));
+  w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
+  w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
+  w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(s.ffn));
+  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
+  w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
+  w.set_f32(a + "rope.freq_base", s.rope_theta);
+  w.set_f32(a + "attention.layer_norm_rms_epsilon", s.norm_eps);
+  w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.head_dim));
+  if (s.head_dim * s.n_heads != s.hidden) {
+    w.set_u32(a + "attention.key_length", static_cast<uint32_t>(s.head_dim));
+    w.set_u32(a + "attention.value_length", static_cast<uint32_t>(s.head_dim));
+  }
+  w.set_u32(a + "vocab_size", static_cast<uint32_t>(s.vocab));
+  {
+    const GgufFile src(source.path);  // the tokenizer metadata, exactly as the source has it
+    for (const auto& [k, v] : src.metadata())
+      if (k.rfind("tokenizer.", 0) == 0) w.copy_value(k, v);
+  }
+
+  // The tensors, in the order of the merged Hugging Face export, under GGUF names.
+  std::unique_ptr<ProgressBar> bar;
+  const std::vector<TensorSpec> specs = s.tensors();
+  if (opt.log) bar = std::make_unique<ProgressBar>(static_cast<int64_t>(specs.size()), "merge", "tensors");
+  auto done = std::make_shared<int64_t>(0);
+  std::vector<std::string> fell_back;
+  for (const TensorSpec& t : specs) {
+    const auto gname = hf_to_gguf_tensor_name(t.name);
+    if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
+    GgmlType type = t.shape.size() == 1 ? GgmlType::F32 : opt.type;
+    if (ggml_traits(type).block_size > 1 && t.shape.back() % ggml_traits(type).block_size != 0) {
+      fell_back.push_back(*gname);
+      type = GgmlType::F16;
+    }
+    // Which rows must be put in llama.cpp's rotary order, and over how many heads.
+    int64_t permute_heads = 0;
+    if (permute_qk && t.name.ends_with("self_attn.q_proj.weight")) permute_heads = s.n_heads;
+    if (permute_qk && t.name.ends_with("self_attn.k_proj.weight")) permute_heads = s.n_kv_heads;
+    if (permute_qk && t.name.ends_with("self_attn.q_proj.bias")) permute_heads = s.n_heads;
+    if (permute_qk && t.name.ends_with("self_attn.k_proj.bias")) permute_heads = s.n_kv_heads;
+    const std::string hf = t.name;
+    const std::vector<int64_t> shape = t.shape;
+    w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname] {
+      std::vector<float> v = merged_tensor_values(model, hf, adapters);
+      if (permute_heads > 0) {
+        const int64_t rows = shape[0], cols = shape.size() > 1 ? shape[1] : 1;
+        std::vector<float> p(v.size());
+        permute_rope_rows(v, p, rows, cols, permute_heads);
+        v.swap(p);
+      }
+      if (bar) bar->update(++*done, *gname);
+      return encode(v, type);
+    });
+  }
+  w.write(out_path);
+  if (bar) bar->finish("");
+  if (opt.log && !fell_back.empty())
+    std::fprintf(stderr, "note: %zu tensor(s) have rows that are not a multiple of 32 and were written as F16 (e.g. %s)\n",
+                 fell_back.size(), fell_back.front().c_str());
+}
+
+}  // namespace qlora

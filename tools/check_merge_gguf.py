@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""`qlora merge --out FILE.gguf` checked against references nobody here wrote (run by hand;
+needs .refenv, see setup_refenv.sh; llama.cpp part needs llama-cpp-python, see bench/RESULTS.md).
+
+SmolLM2-135M-Instruct (GGUF, NF4 + double quant) + PEFT's adapter from
+tests/fixtures/train_parity/smollm2/initial_adapter is merged by qlora into
+  - a float32 Hugging Face directory (the merged weights, unrounded), and
+  - GGUF files of each --gguf-type.
+Then:
+  1. gguf-py (the gguf package from llama.cpp) reads every GGUF; each tensor's bytes are
+     compared with gguf-py's own conversion of the float32 merge (llama.cpp's q/k row
+     permutation for the llama architecture, then numpy float16 / gguf.quants.quantize for
+     BF16, Q8_0, Q4_0): the count of tensors whose bytes differ is printed.
+  2. llama.cpp (llama-cpp-python) loads each GGUF: greedy tokens on a chat prompt compared
+     with `qlora generate` on the same file, and the perplexity of the first 1500 characters (~400 tokens) of Tiny
+     Shakespeare compared with `qlora eval` on the same file.
+Prints one JSON line per GGUF type.
+
+    .refenv/bin/python tools/check_merge_gguf.py [--qlora build/qlora] [--types f16,bf16,q8_0,q4_0]
+"""
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGMLQuantizationType, quants
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER = ROOT / "tests" / "fixtures" / "train_parity" / "smollm2" / "initial_adapter"
+PROMPT = 'Classify "marimba" as one of: animal, fruit, color, country, vehicle, instrument. Reply with one word.'
+TYPES = {"f16": GGMLQuantizationType.F16, "bf16": GGMLQuantizationType.BF16, "f32": GGMLQuantizationType.F32,
+         "q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+
+
+def hf_name(g):
+    glob = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+    layer = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    stem, suffix = g.rsplit(".", 1)
+    if stem in glob:
+        return f"{glob[stem]}.{suffix}"
+    _, n, part = stem.split(".", 2)
+    return f"model.layers.{n}.{layer[part]}.{suffix}"
+
+
+def permute(w, n_head):
+    # llama.cpp convert_hf_to_gguf.py LlamaModel.permute: HF rotary halves -> interleaved pairs.
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def reference_bytes(x, qtype):
+    if qtype == GGMLQuantizationType.F32:
+        return x.astype(np.float32).tobytes()
+    if qtype == GGMLQuantizationType.F16:
+        return x.astype(np.float16).tobytes()
+    return quants.quantize(x.astype(np.float32), qtype).tobytes()
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--qlora", default=str(ROOT / "build" / "qlora"))
+    ap.add_argument("--types", default="f16,bf16,q8_0,q4_0")
+    args = ap.parse_args()
+    if not GGUF.exists():
+        sys.exit(f"{GGUF} missing: run scripts/fetch_model.sh")
+    try:
+        import llama_cpp
+    except ImportError:
+        llama_cpp = None
+    base = [args.qlora, "merge", "--model", str(GGUF), "--quant", "nf4", "--double-quant", "--adapter", str(ADAPTER),
+            "--quiet"]
+    text = (DATA / "text" / "tinyshakespeare.txt").read_text()[:1500]  # ~400 tokens: one sequence
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        run(base + ["--out", str(tmp / "hf32"), "--dtype", "fp32"])
+        merged = load_file(str(tmp / "hf32" / "model.safetensors"))
+        cfg = json.loads((tmp / "hf32" / "config.json").read_text())
+        (tmp / "text.txt").write_text(text)
+        for t in args.types.split(","):
+            out = tmp / f"m_{t}.gguf"
+            run(base + ["--out", str(out), "--gguf-type", t])
+            r = GGUFReader(str(out))
+            differ, n = [], 0
+            for tensor in r.tensors:
+                x = merged[hf_name(tensor.name)]
+                if tensor.name.startswith("blk.") and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
+                    heads = cfg["num_attention_heads"] if "attn_q" in tensor.name else cfg["num_key_value_heads"]
+                    x = permute(x, heads)
+                want = reference_bytes(x, GGMLQuantizationType(tensor.tensor_type))
+                n += 1
+                if bytes(tensor.data.tobytes()) != want:
+                    differ.append(tensor.name)
+            res = {"type": t, "tensors": n, "bytes_differ_from_gguf_py": len(differ), "first_differing": differ[:3],
+                   "file_mb": round(out.stat().st_size / 1e6, 1)}
+            ok = ok and not differ
+            # qlora on the same file: greedy answer and perplexity.
+            q_gen = run([args.qlora, "generate", "--model", str(out), "--quant", "none", "--chat", "--prompt", PROMPT,
+                         "-n", "12", "--temperature", "0", "--quiet", "--no-echo"]).stdout.strip()
+            q_eval = json.loads(run([args.qlora, "eval", "--model", str(out), "--quant", "none", "--data",
+                                     str(tmp / "text.txt"), "--seq-len", "1024", "--train-on-prompt", "--json",
+                                     "--quiet"]).stdout.strip().splitlines()[-1])
+            res["qlora_answer"] = q_gen
+            res["qlora_ppl"] = q_eval["ppl"]
+            if llama_cpp is not None:
+                llm = llama_cpp.Llama(model_path=str(out), n_ctx=1024, logits_all=True, verbose=False, n_threads=2)
+                chat = llm.create_chat_completion(messages=[{"role": "user", "content": PROMPT}], max_tokens=12,
+                                                  temperature=0.0, top_k=1)
+                res["llama_cpp_answer"] = chat["choices"][0]["message"]["content"].strip()
+                ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+                llm.reset()
+                llm.eval(ids)
+                logits = np.array(llm.scores[: len(ids)], dtype=np.float64)
+                lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+                nll = [lse[i] - logits[i, ids[i + 1]] for i in range(len(ids) - 1)]
+                res["llama_cpp_ppl"] = math.exp(float(np.mean(nll)))
+                res["ppl_ratio"] = res["llama_cpp_ppl"] / res["qlora_ppl"]
+                res["answers_equal"] = res["llama_cpp_answer"] == q_gen
+            print(json.dumps(res), flush=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

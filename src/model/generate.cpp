@@ -15,6 +15,7 @@ const char* stop_reason_name(StopReason r) {
     case StopReason::EndOfGeneration: return "eos";
     case StopReason::StopString: return "stop string";
     case StopReason::Context: return "context";
+    case StopReason::Cancelled: return "cancelled";
   }
   return "?";
 }
@@ -112,6 +113,10 @@ GenerationResult generate(const Model& model, const Tokenizer* tok, const std::v
   if (opt.max_new_tokens > 0) forward(model, state, prompt_ids, logits.data());
   bool finished_text = false;
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
+    if (opt.cancelled && opt.cancelled()) {
+      res.stop = StopReason::Cancelled;
+      break;
+    }
     if (i > 0) {
       if (state.position() >= spec.max_positions) {
         res.stop = StopReason::Context;

@@ -26,10 +26,14 @@ struct GenerationOptions {
   std::vector<int> stop_ids;
   // Stream the prompt's own text (decoded from its ids) before the continuation.
   bool echo_prompt = false;
+  // Asked before each new token (may be empty): true ends generation there, with
+  // StopReason::Cancelled (Ctrl-C in `qlora chat`, a client gone or a shutdown in `serve`).
+  std::function<bool()> cancelled;
 };
 
-enum class StopReason { Length, EndOfGeneration, StopString, Context };
-const char* stop_reason_name(StopReason r);  // "length", "eos", "stop string", "context"
+enum class StopReason { Length, EndOfGeneration, StopString, Context, Cancelled };
+// "length", "eos", "stop string", "context", "cancelled"
+const char* stop_reason_name(StopReason r);
 
 struct GenerationResult {
   std::vector<int> prompt_ids;

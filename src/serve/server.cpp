@@ -1,0 +1,422 @@
+#include "serve/server.h"
+
+#include <httplib.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "base/error.h"
+#include "base/text_excerpt.h"
+#include "formats/tokenizer.h"
+#include "train/chat_template.h"
+
+namespace qlora::serve {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One request on its way through the queue and the worker.
+struct Job {
+  CompletionRequest req;
+  const InferenceAdapter* adapter = nullptr;
+  std::string model_name, id;
+  int64_t created = 0;
+  std::vector<int> prompt_ids;
+  std::atomic<bool> cancelled{false};
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<std::string> pieces;  // text not yet sent (streaming)
+  bool done = false;
+  bool failed = false;  // the server shut down before it ran, or generation threw
+  std::string error;
+  GenerationResult result;
+};
+
+std::string random_id(const char* prefix) {
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t n = static_cast<uint64_t>(Clock::now().time_since_epoch().count()) ^ (++counter * 0x9E3779B97F4A7C15ull);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%s-%016llx", prefix, static_cast<unsigned long long>(n));
+  return buf;
+}
+
+// Debian's cpp-httplib 0.11 is compiled with a listen backlog of 5: a burst of more
+// simultaneous connections overflows it and the kernel drops the extra handshakes (the
+// clients then see their connection reset). Calling listen() again on the bound socket
+// raises the backlog; the library does not expose the socket, so it is found by its port.
+void widen_listen_backlog(int port) {
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return;
+  while (dirent* e = ::readdir(d)) {
+    const int fd = std::atoi(e->d_name);
+    if (fd <= 2) continue;
+    int listening = 0;
+    socklen_t len = sizeof listening;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof addr;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
+    int p = -1;
+    if (addr.ss_family == AF_INET) p = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+    else if (addr.ss_family == AF_INET6) p = ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    if (p == port) ::listen(fd, SOMAXCONN);
+  }
+  ::closedir(d);
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(e.body(), "application/json");
+}
+
+}  // namespace
+
+struct Server::Impl {
+  Model& model;
+  const Tokenizer& tok;
+  std::map<std::string, const InferenceAdapter*> adapters;
+  ServeOptions opt;
+  httplib::Server http;
+  int bound_port = -1;
+  std::mutex tok_mutex;  // the tokenizer and the chat template, used from handler threads
+  std::unique_ptr<train::ChatTemplate> chat_tpl;
+
+  std::mutex qm;
+  std::condition_variable qcv;
+  std::deque<std::shared_ptr<Job>> queue;
+  bool stopping = false;
+  std::atomic<bool> cancel_running{false};
+  std::atomic<bool> worker_done{false};
+  bool busy = false;  // the worker is generating (guarded by qm)
+  std::thread worker, grace;
+
+  Impl(Model& m, const Tokenizer& t, std::map<std::string, const InferenceAdapter*> a, ServeOptions o)
+      : model(m), tok(t), adapters(std::move(a)), opt(std::move(o)) {
+    if (!tok.chat_template().empty()) {
+      const std::string& where = tok.spec().chat_template_source;
+      chat_tpl = std::make_unique<train::ChatTemplate>(tok.chat_template(),
+                                                       where.empty() ? tok.spec().source + " chat template" : where);
+    }
+  }
+
+  void log_line(const std::string& what) {
+    if (opt.log) std::fprintf(stderr, "%s\n", what.c_str());
+  }
+
+  // The worker: one generation at a time, in queue order.
+  void work() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lk(qm);
+        qcv.wait(lk, [&] { return stopping || !queue.empty(); });
+        if (queue.empty()) {  // stopping, nothing left
+          worker_done = true;
+          return;
+        }
+        job = queue.front();
+        queue.pop_front();
+        busy = true;
+      }
+      GenerationOptions gen = job->req.gen;
+      gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
+      try {
+        model.set_adapter(job->adapter);
+        job->result = generate(model, &tok, job->prompt_ids, gen, [job](std::string_view piece) {
+          if (piece.empty()) return;
+          std::lock_guard<std::mutex> lk(job->m);
+          job->pieces.emplace_back(piece);
+          job->cv.notify_all();
+        });
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lk(job->m);
+        job->failed = true;
+        job->error = e.what();
+      }
+      model.set_adapter(nullptr);
+      {
+        std::lock_guard<std::mutex> lk(qm);
+        busy = false;
+      }
+      std::lock_guard<std::mutex> lk(job->m);
+      job->done = true;
+      job->cv.notify_all();
+    }
+  }
+
+  // Parses, resolves the model, tokenizes and enqueues; an ApiError when any of it fails.
+  std::variant<std::shared_ptr<Job>, ApiError> admit(Endpoint ep, const httplib::Request& req) {
+    auto parsed = parse_request(ep, req.body, opt.limits);
+    if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
+    auto job = std::make_shared<Job>();
+    job->req = std::move(std::get<CompletionRequest>(parsed));
+    job->model_name = job->req.model.empty() ? opt.base_name : job->req.model;
+    if (job->model_name != opt.base_name) {
+      auto it = adapters.find(job->model_name);
+      if (it == adapters.end()) {
+        ApiError e;
+        e.status = 404;
+        e.param = "model";
+        e.code = "model_not_found";
+        std::string names = opt.base_name;
+        for (const auto& [n, a] : adapters) names += ", " + n;
+        e.message = "the model " + excerpt(job->model_name) + " does not exist (models: " + names + ")";
+        return e;
+      }
+      job->adapter = it->second;
+    }
+    try {
+      std::lock_guard<std::mutex> lk(tok_mutex);
+      std::string prompt;
+      EncodeOptions enc;
+      if (ep == Endpoint::ChatCompletions) {
+        if (!chat_tpl) {
+          ApiError e;
+          e.message = "this model has no chat template: use /v1/completions";
+          return e;
+        }
+        auto text = [&](int32_t id) -> std::optional<std::string> {
+          if (id < 0) return std::nullopt;
+          return tok.token_text(id);
+        };
+        prompt = chat_tpl->render(job->req.messages, true, text(tok.bos_id()), text(tok.eos_id()));
+        enc.add_special_tokens = false;  // the template renders BOS itself
+      } else {
+        prompt = job->req.prompt;
+      }
+      const std::vector<int32_t> ids = tok.encode(prompt, enc);
+      job->prompt_ids.assign(ids.begin(), ids.end());
+    } catch (const Error& e) {
+      ApiError a;
+      a.message = safe_message(e.what(), 300);
+      return a;
+    }
+    const int64_t ctx = model.spec().max_positions;
+    if (static_cast<int64_t>(job->prompt_ids.size()) + job->req.gen.max_new_tokens > ctx) {
+      ApiError e;
+      e.param = "messages";
+      e.code = "context_length_exceeded";
+      e.message = "the prompt (" + std::to_string(job->prompt_ids.size()) + " tokens) plus max_tokens (" +
+                  std::to_string(job->req.gen.max_new_tokens) + ") exceeds the context of " + std::to_string(ctx) +
+                  " tokens";
+      return e;
+    }
+    job->id = random_id(ep == Endpoint::ChatCompletions ? "chatcmpl" : "cmpl");
+    job->created = static_cast<int64_t>(std::time(nullptr));
+    {
+      std::lock_guard<std::mutex> lk(qm);
+      if (stopping) {
+        ApiError e;
+        e.status = 503;
+        e.type = "server_error";
+        e.message = "the server is shutting down";
+        return e;
+      }
+      // Waiting requests beyond the running one; an idle worker takes the next at once.
+      if (queue.size() >= opt.max_queue + (busy ? 0 : 1)) {
+        ApiError e;
+        e.status = 503;
+        e.type = "server_error";
+        e.code = "queue_full";
+        e.message = "the server is busy (" + std::to_string(queue.size()) + " requests waiting); retry later";
+        return e;
+      }
+      queue.push_back(job);
+    }
+    qcv.notify_one();
+    return job;
+  }
+
+  void complete(Endpoint ep, const httplib::Request& req, httplib::Response& res) {
+    const auto t0 = Clock::now();
+    auto admitted = admit(ep, req);
+    if (auto* e = std::get_if<ApiError>(&admitted)) {
+      send_error(res, *e);
+      log_line(req.method + " " + req.path + " " + std::to_string(e->status) + " " + e->message.substr(0, 120));
+      return;
+    }
+    std::shared_ptr<Job> job = std::get<std::shared_ptr<Job>>(admitted);
+    auto finish_log = [this, &req, job, t0](int status) {
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      char buf[256];
+      std::snprintf(buf, sizeof buf, " %d model=%s prompt=%zu completion=%zu %s %.2fs", status, job->model_name.c_str(),
+                    job->prompt_ids.size(), job->result.output_ids.size(),
+                    job->failed ? "failed" : stop_reason_name(job->result.stop), s);
+      log_line(req.method + " " + req.path + (job->req.stream ? " (stream)" : "") + buf);
+    };
+    if (!job->req.stream) {
+      std::unique_lock<std::mutex> lk(job->m);
+      job->cv.wait(lk, [&] { return job->done; });
+      if (job->failed) {
+        ApiError e;
+        e.status = 503;
+        e.type = "server_error";
+        e.message = job->error.empty() ? "the server shut down before the request ran" : safe_message(job->error, 300);
+        send_error(res, e);
+        finish_log(e.status);
+        return;
+      }
+      const auto body = completion_response(job->req, job->id, job->model_name, job->created, job->result.text,
+                                            job->result.stop, static_cast<int64_t>(job->prompt_ids.size()),
+                                            static_cast<int64_t>(job->result.output_ids.size()));
+      res.set_content(body.dump(), "application/json");
+      finish_log(200);
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream", [this, job, finish_log, first = true](size_t, httplib::DataSink& sink) mutable {
+          for (;;) {
+            std::deque<std::string> out;
+            bool done;
+            {
+              std::unique_lock<std::mutex> lk(job->m);
+              job->cv.wait(lk, [&] { return job->done || !job->pieces.empty(); });
+              out.swap(job->pieces);
+              done = job->done;
+            }
+            for (const std::string& p : out) {
+              const std::string ev = stream_chunk(job->req, job->id, job->model_name, job->created, p, std::nullopt, first);
+              first = false;
+              if (!sink.write(ev.data(), ev.size())) {
+                job->cancelled = true;  // the client went away: stop generating for it
+                return false;
+              }
+            }
+            if (!done) continue;
+            std::string tail;
+            if (job->failed) {
+              ApiError e;
+              e.type = "server_error";
+              e.message = job->error.empty() ? "the server shut down" : safe_message(job->error, 300);
+              tail = "data: " + e.body() + "\n\n";
+            } else {
+              tail = stream_chunk(job->req, job->id, job->model_name, job->created, "", job->result.stop, first);
+              if (job->req.include_usage)
+                tail += stream_usage_chunk(job->req, job->id, job->model_name, job->created,
+                                           static_cast<int64_t>(job->prompt_ids.size()),
+                                           static_cast<int64_t>(job->result.output_ids.size()));
+            }
+            tail += kStreamDone;
+            sink.write(tail.data(), tail.size());
+            sink.done();
+            finish_log(200);
+            return true;
+          }
+        });
+  }
+
+  void routes() {
+    http.set_payload_max_length(opt.max_body_bytes);
+    http.new_task_queue = [this] { return new httplib::ThreadPool(static_cast<size_t>(opt.http_threads)); };
+    http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(R"({"status":"ok"})", "application/json");
+    });
+    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      nlohmann::ordered_json data = nlohmann::ordered_json::array();
+      data.push_back({{"id", opt.base_name}, {"object", "model"}, {"created", 0}, {"owned_by", "qlora"}});
+      for (const auto& [n, a] : adapters)
+        data.push_back({{"id", n}, {"object", "model"}, {"created", 0}, {"owned_by", "qlora"}, {"parent", opt.base_name}});
+      res.set_content(nlohmann::ordered_json{{"object", "list"}, {"data", data}}.dump(), "application/json");
+    });
+    http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& s) {
+      complete(Endpoint::ChatCompletions, q, s);
+    });
+    http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& s) {
+      complete(Endpoint::Completions, q, s);
+    });
+    // Errors httplib produces itself (unknown path 404, body too large 413, ...) get
+    // OpenAI's error body too.
+    http.set_error_handler([this](const httplib::Request& q, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      ApiError e;
+      e.status = res.status;
+      e.message = res.status == 413 ? "the request body is larger than " + std::to_string(opt.max_body_bytes) + " bytes"
+                  : res.status == 404 ? "no such endpoint: " + excerpt(q.path)
+                                      : "HTTP error " + std::to_string(res.status);
+      res.set_content(e.body(), "application/json");
+      log_line(q.method + " " + excerpt(q.path, 60) + " " + std::to_string(res.status));
+    });
+  }
+};
+
+Server::Server(Model& model, const Tokenizer& tokenizer, std::map<std::string, const InferenceAdapter*> adapters,
+               ServeOptions opt)
+    : impl_(std::make_unique<Impl>(model, tokenizer, std::move(adapters), std::move(opt))) {
+  impl_->routes();
+}
+
+Server::~Server() {
+  stop();
+  if (impl_->worker.joinable()) impl_->worker.join();
+  impl_->worker_done = true;
+  if (impl_->grace.joinable()) impl_->grace.join();
+}
+
+void Server::bind() {
+  Impl& s = *impl_;
+  if (s.opt.port == 0) {
+    s.bound_port = s.http.bind_to_any_port(s.opt.host);
+  } else {
+    s.bound_port = s.http.bind_to_port(s.opt.host, s.opt.port) ? s.opt.port : -1;
+  }
+  if (s.bound_port < 0)
+    fail(s.opt.host + ":" + std::to_string(s.opt.port), "cannot listen here (address in use, or not this machine's)");
+  widen_listen_backlog(s.bound_port);
+}
+
+int Server::port() const { return impl_->bound_port; }
+
+void Server::run() {
+  Impl& s = *impl_;
+  if (s.bound_port < 0) bind();
+  s.worker = std::thread([&s] { s.work(); });
+  s.http.listen_after_bind();
+  // No new requests now: let the worker drain what is running, then end.
+  {
+    std::lock_guard<std::mutex> lk(s.qm);
+    s.stopping = true;
+  }
+  s.qcv.notify_all();
+  if (s.worker.joinable()) s.worker.join();
+}
+
+void Server::stop() {
+  Impl& s = *impl_;
+  std::deque<std::shared_ptr<Job>> dropped;
+  {
+    std::lock_guard<std::mutex> lk(s.qm);
+    if (s.stopping) return;
+    s.stopping = true;
+    dropped.swap(s.queue);
+  }
+  s.qcv.notify_all();
+  for (auto& job : dropped) {  // waiting requests: answered 503 by their handlers
+    std::lock_guard<std::mutex> lk(job->m);
+    job->failed = true;
+    job->done = true;
+    job->cv.notify_all();
+  }
+  // The running request gets shutdown_grace_s to finish, then is cancelled.
+  const double grace = s.opt.shutdown_grace_s;
+  s.grace = std::thread([&s, grace] {
+    const auto until = Clock::now() + std::chrono::duration<double>(grace);
+    while (Clock::now() < until && !s.worker_done) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    s.cancel_running = true;
+  });
+  s.http.stop();
+}
+
+}  // namespace qlora::serve

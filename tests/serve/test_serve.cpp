@@ -1,0 +1,335 @@
+// `qlora serve` (serve/server.h) on stories260K with two LoRA adapters, talked to over
+// loopback HTTP with cpp-httplib's client, as an application would:
+//  - /health, /v1/models (base + adapters);
+//  - chat and text completions, streamed and not: the streamed deltas add up to the
+//    non-streamed text, events end with [DONE]; usage counts;
+//  - multi-LoRA: the "model" field picks the adapter; two adapters answer differently;
+//  - errors: 400 (malformed JSON, bad values, naming the field), 404 (unknown model or
+//    path), 413 (body too large), 503 (queue full), all with OpenAI's error body;
+//  - a bounded load test: 48 concurrent requests, all answered, memory flat;
+//  - a graceful shutdown in the middle of a request.
+// Pure request/response rules are tested without sockets at the end (openai_api.h).
+#include <gtest/gtest.h>
+
+#include <httplib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "base/process_memory.h"
+#include "formats/model_loader.h"
+#include "formats/tokenizer.h"
+#include "model/model.h"
+#include "model/model_test_util.h"
+#include "serve/openai_api.h"
+#include "serve/server.h"
+#include "train/adapter_loader.h"
+
+using namespace qlora;
+using namespace qlora::test;
+using json = nlohmann::json;
+
+namespace {
+
+std::string fixture(const std::string& rel) { return std::string(QLORA_FIXTURE_DIR) + "/train_parity/" + rel; }
+
+// A ChatML-like template: stories260K ships none.
+constexpr const char* kTemplate =
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}";
+
+struct Fixture {
+  ModelFiles files = open_model_files(stories_bin());
+  Model model = [&] {
+    ModelLoadOptions o;
+    o.quant.quantize = true;
+    o.quant.blocksize = 64;
+    return Model::load(files.spec, *files.tensors, o);
+  }();
+  std::unique_ptr<Tokenizer> tok = [&] {
+    TokenizerSpec s = files.tokenizer->spec();
+    s.chat_template = kTemplate;
+    return std::make_unique<Tokenizer>(s);
+  }();
+  LoadedAdapter a1 = load_adapter(fixture("stories260k/initial_adapter"), model);
+  LoadedAdapter a2 = load_adapter(fixture("qlora_adapter"), model);
+};
+
+struct Running {
+  std::unique_ptr<serve::Server> server;
+  std::thread thread;
+  int port = 0;
+  Running(Fixture& fx, serve::ServeOptions opt) {
+    opt.port = 0;
+    opt.base_name = "stories";
+    opt.log = std::getenv("QLORA_SERVE_LOG") != nullptr;
+    server = std::make_unique<serve::Server>(fx.model, *fx.tok,
+                                             std::map<std::string, const InferenceAdapter*>{
+                                                 {"peft", &fx.a1.inference}, {"ours", &fx.a2.inference}},
+                                             opt);
+    server->bind();
+    port = server->port();
+    thread = std::thread([this] { server->run(); });
+  }
+  ~Running() {
+    server->stop();
+    thread.join();
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+};
+
+json chat_body(const std::string& model, const std::string& user, int max_tokens = 24, bool stream = false) {
+  return {{"model", model},
+          {"messages", {{{"role", "user"}, {"content", user}}}},
+          {"max_tokens", max_tokens},
+          {"temperature", 0},
+          {"stream", stream}};
+}
+
+}  // namespace
+
+TEST(Serve, EndpointsAdaptersStreamingAndErrors) {
+  Fixture fx;
+  serve::ServeOptions opt;
+  opt.max_body_bytes = 4000;
+  Running srv(fx, opt);
+  httplib::Client c = srv.client();
+
+  auto h = c.Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  auto models = c.Get("/v1/models");
+  ASSERT_TRUE(models);
+  const json m = json::parse(models->body);
+  ASSERT_EQ(m["data"].size(), 3u);
+  EXPECT_EQ(m["data"][0]["id"], "stories");
+
+  // Non-streamed and streamed answers of each model; adapters change the answer.
+  std::map<std::string, std::string> answers;
+  for (const std::string model : {"stories", "peft", "ours"}) {
+    auto r = c.Post("/v1/chat/completions", chat_body(model, "Once upon a time").dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["model"], model);
+    EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(j["usage"]["completion_tokens"], 24);
+    answers[model] = j["choices"][0]["message"]["content"];
+
+    std::string events;
+    auto s = c.Post("/v1/chat/completions", chat_body(model, "Once upon a time", 24, true).dump(), "application/json");
+    ASSERT_TRUE(s);
+    ASSERT_EQ(s->status, 200);
+    EXPECT_NE(s->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+    std::string text;
+    size_t n_events = 0;
+    bool done = false, role_first = false;
+    for (size_t a = 0, b; (b = s->body.find("\n\n", a)) != std::string::npos; a = b + 2) {
+      const std::string ev = s->body.substr(a, b - a);
+      ASSERT_EQ(ev.rfind("data: ", 0), 0u) << ev;
+      if (ev == "data: [DONE]") {
+        done = true;
+        continue;
+      }
+      const json d = json::parse(ev.substr(6));
+      if (n_events++ == 0) role_first = d["choices"][0]["delta"].value("role", "") == "assistant";
+      if (d["choices"][0]["delta"].contains("content")) text += d["choices"][0]["delta"]["content"].get<std::string>();
+    }
+    EXPECT_TRUE(done);
+    EXPECT_TRUE(role_first);
+    EXPECT_GT(n_events, 3u);
+    EXPECT_EQ(text, answers[model]) << model;
+  }
+  EXPECT_NE(answers["stories"], answers["peft"]);
+  EXPECT_NE(answers["peft"], answers["ours"]);
+
+  // Text completions.
+  auto t = c.Post("/v1/completions", R"({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})",
+                  "application/json");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->status, 200) << t->body;
+  EXPECT_EQ(json::parse(t->body)["object"], "text_completion");
+
+  // Errors, each with OpenAI's error body.
+  struct Bad {
+    std::string path, body;
+    int status;
+    std::string says;
+  };
+  const std::vector<Bad> bad = {
+      {"/v1/chat/completions", "{not json", 400, "not valid JSON"},
+      {"/v1/chat/completions", R"({"messages": []})", 400, "'messages' must be a non-empty array"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "temperature": 9})", 400,
+       "'temperature' must be in [0, 2]"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000})", 400,
+       "'max_tokens'"},
+      {"/v1/chat/completions", R"({"model": "nope", "messages": [{"role": "user", "content": "x"}]})", 404,
+       "does not exist"},
+      {"/v1/completions", R"({"prompt": 5})", 400, "'prompt' must be a string"},
+      {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"" + std::string(5000, 'x') + "\"}]}",
+       413, "larger than"},
+      {"/v1/nothing", "{}", 404, "no such endpoint"},
+  };
+  for (const Bad& b : bad) {
+    auto r = c.Post(b.path, b.body, "application/json");
+    ASSERT_TRUE(r) << b.path;
+    EXPECT_EQ(r->status, b.status) << b.body.substr(0, 80) << " -> " << r->body;
+    const json e = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(e.is_object() && e.contains("error")) << r->body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find(b.says), std::string::npos) << r->body;
+  }
+}
+
+// SmolLM2 (~40 tokens/s here): slow enough that a request is still running when the next
+// one arrives or the server is stopped.
+struct Smol {
+  ModelFiles files = open_model_files(smollm2_gguf());
+  Model model = [&] {
+    ModelLoadOptions o;
+    o.quant.quantize = true;
+    return Model::load(files.spec, *files.tensors, o);
+  }();
+};
+
+std::unique_ptr<serve::Server> smol_server(Smol& s, serve::ServeOptions opt, std::thread& th) {
+  opt.port = 0;
+  opt.log = false;
+  auto srv = std::make_unique<serve::Server>(s.model, *s.files.tokenizer, std::map<std::string, const InferenceAdapter*>{},
+                                             opt);
+  srv->bind();
+  th = std::thread([p = srv.get()] { p->run(); });
+  return srv;
+}
+
+TEST(Serve, QueueFullIs503) {
+  if (!std::filesystem::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent";
+  Smol s;
+  serve::ServeOptions opt;
+  opt.max_queue = 0;  // only the running request
+  std::thread th;
+  auto srv = smol_server(s, opt, th);
+  const int port = srv->port();
+  std::atomic<int> long_status{0};
+  std::thread busy([&] {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    auto r = c.Post("/v1/completions", R"({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0})",
+                    "application/json");
+    long_status = r ? r->status : -1;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  httplib::Client c("127.0.0.1", port);
+  auto r = c.Post("/v1/completions", R"({"prompt": "Once", "max_tokens": 4})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503) << r->body;
+  EXPECT_NE(r->body.find("queue_full"), std::string::npos) << r->body;
+  busy.join();
+  EXPECT_EQ(long_status, 200);
+  srv->stop();
+  th.join();
+}
+
+TEST(Serve, GracefulShutdownMidRequest) {
+  if (!std::filesystem::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent";
+  Smol s;
+  serve::ServeOptions opt;
+  opt.shutdown_grace_s = 0.3;
+  std::thread th;
+  auto srv = smol_server(s, opt, th);
+  const int port = srv->port();
+  std::atomic<int> status{0};
+  std::string finish;
+  std::thread client([&] {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    auto r = c.Post("/v1/completions", R"({"prompt": "Once upon a time", "max_tokens": 2000, "temperature": 0})",
+                    "application/json");
+    if (r) {
+      status = r->status;
+      const json j = json::parse(r->body, nullptr, false);
+      if (j.contains("choices")) finish = j["choices"][0]["finish_reason"];
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto t0 = std::chrono::steady_clock::now();
+  srv->stop();  // no new connections; the running request gets 0.3 s, then is cancelled
+  th.join();
+  client.join();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(finish, "cancelled");
+  EXPECT_LT(secs, 5.0);
+  // After the shutdown nothing answers.
+  httplib::Client c("127.0.0.1", port);
+  c.set_connection_timeout(1, 0);
+  EXPECT_FALSE(c.Get("/health"));
+}
+
+TEST(Serve, LoadIsServedWithFlatMemory) {
+  Fixture fx;
+  serve::ServeOptions opt;
+  opt.max_queue = 64;
+  opt.http_threads = 16;
+  Running srv(fx, opt);
+  auto wave = [&] {
+    std::vector<std::thread> th;
+    std::atomic<int> ok{0};
+    for (int i = 0; i < 48; ++i)
+      th.emplace_back([&, i] {
+        httplib::Client c("127.0.0.1", srv.port);
+        c.set_read_timeout(60, 0);
+        const json body = chat_body(i % 3 == 0 ? "stories" : i % 3 == 1 ? "peft" : "ours", "Hi " + std::to_string(i), 8,
+                                    i % 2 == 0);
+        auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+        if (r && r->status == 200) ++ok;
+        else ADD_FAILURE() << "request " << i << ": " << (r ? std::to_string(r->status) + " " + r->body
+                                                           : "no response: " + httplib::to_string(r.error()));
+      });
+    for (auto& t : th) t.join();
+    return ok.load();
+  };
+  EXPECT_EQ(wave(), 48);
+  const int64_t rss1 = current_rss_bytes();
+  EXPECT_EQ(wave(), 48);
+  EXPECT_EQ(wave(), 48);
+  const int64_t rss2 = current_rss_bytes();
+  std::printf("RSS after 48 requests %.1f MB, after 144 %.1f MB\n", rss1 / 1e6, rss2 / 1e6);
+  EXPECT_LT(rss2 - rss1, 16'000'000);
+}
+
+TEST(OpenAiApi, RequestRules) {
+  serve::Limits lim;
+  auto ok = serve::parse_request(serve::Endpoint::ChatCompletions,
+                                 R"({"model": "m", "messages": [{"role": "developer", "content": [{"type": "text",
+                                 "text": "be brief"}]}, {"role": "user", "content": "hi"}], "stop": ["\n", "x"],
+                                 "max_completion_tokens": 7, "seed": 3, "stream": true,
+                                 "stream_options": {"include_usage": true}})",
+                                 lim);
+  ASSERT_TRUE(std::holds_alternative<serve::CompletionRequest>(ok));
+  const auto& r = std::get<serve::CompletionRequest>(ok);
+  EXPECT_EQ(r.messages[0]["role"], "system");
+  EXPECT_EQ(r.messages[0]["content"], "be brief");
+  EXPECT_EQ(r.gen.max_new_tokens, 7);
+  EXPECT_EQ(r.gen.stop_strings.size(), 2u);
+  EXPECT_TRUE(r.stream && r.include_usage);
+  EXPECT_EQ(r.gen.sampling.temperature, 1.0f);  // OpenAI's default
+  for (const char* body : {R"({"messages": [{"role": "robot", "content": "x"}]})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "n": 2})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "stop": [""]})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "top_p": 0})", R"([1, 2])"}) {
+    auto e = serve::parse_request(serve::Endpoint::ChatCompletions, body, lim);
+    ASSERT_TRUE(std::holds_alternative<serve::ApiError>(e)) << body;
+    EXPECT_EQ(std::get<serve::ApiError>(e).status, 400) << body;
+    EXPECT_NE(std::get<serve::ApiError>(e).body().find("\"error\""), std::string::npos);
+  }
+}

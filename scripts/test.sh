@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 bash scripts/fetch_model.sh
 bash scripts/build.sh
+# The official OpenAI Python client, for the `qlora serve` test (tests/serve/serve_openai_client.py).
+if [ ! -x .testenv/bin/python ] || ! .testenv/bin/python -c "import openai" 2>/dev/null; then
+  python3 -m venv .testenv && .testenv/bin/pip install -q openai==3.60.0 ||
+    echo "[test] could not install the openai client: the serve client test will be skipped"
+fi
 cd build
 # Tests run two at a time on two cores; OpenMP's default spin-waiting then starves the
 # other test's threads (decode slowed >10x in measurements). Sleep instead of spinning.

@@ -129,7 +129,38 @@ def main():
                 res["ppl_ratio"] = res["llama_cpp_ppl"] / res["qlora_ppl"]
                 res["answers_equal"] = res["llama_cpp_answer"] == q_gen
             print(json.dumps(res), flush=True)
+        if llama_cpp is not None:
+            ok = check_lora_gguf(args.qlora, base, tmp, text, llama_cpp) and ok
     sys.exit(0 if ok else 1)
+
+
+def llama_logits(llama_cpp, model, ids, lora=None):
+    kw = {"lora_path": str(lora)} if lora else {}
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=1024, logits_all=True, verbose=False, n_threads=2, **kw)
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float64), llm
+
+
+def check_lora_gguf(qlora, _base, tmp, text, llama_cpp):
+    """`qlora export-adapter`: llama.cpp applies the LoRA GGUF to an F32 GGUF of the base
+    (the NF4 base dequantized: the adapter weight 0 merge) and gets the logits it gets from
+    the F32 merge itself (adapter weight 1)."""
+    merge = [qlora, "merge", "--model", str(GGUF), "--quant", "nf4", "--double-quant", "--quiet", "--gguf-type", "f32"]
+    run(merge + ["--adapter", f"{ADAPTER}:0", "--out", str(tmp / "base_f32.gguf")])
+    run(merge + ["--adapter", str(ADAPTER), "--out", str(tmp / "merged_f32.gguf")])
+    run([qlora, "export-adapter", str(ADAPTER), "--model", str(GGUF), "--quant", "nf4", "--double-quant", "--out",
+         str(tmp / "lora.gguf"), "--type", "f32", "--quiet"])
+    merged, llm = llama_logits(llama_cpp, tmp / "merged_f32.gguf", [])
+    ids = llm.tokenize(text.encode(), add_bos=False, special=False)[:128]
+    merged, _ = llama_logits(llama_cpp, tmp / "merged_f32.gguf", ids)
+    with_lora, _ = llama_logits(llama_cpp, tmp / "base_f32.gguf", ids, lora=tmp / "lora.gguf")
+    plain, _ = llama_logits(llama_cpp, tmp / "base_f32.gguf", ids)
+    d = float(np.abs(with_lora - merged).max())
+    moved = float(np.abs(merged - plain).max())
+    res = {"lora_gguf": True, "tokens": len(ids), "max_abs_llama_cpp_base_plus_lora_vs_merged": d,
+           "adapter_moves_logits_by": moved}
+    print(json.dumps(res), flush=True)
+    return d < 1e-2 * max(1.0, moved) and moved > 0.05
 
 
 if __name__ == "__main__":

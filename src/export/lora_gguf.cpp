@@ -1,0 +1,55 @@
+#include "export/lora_gguf.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "base/error.h"
+#include "formats/gguf.h"
+#include "formats/gguf_writer.h"
+#include "lora/lora.h"
+
+namespace qlora {
+
+void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const std::string& out_path, GgmlType type,
+                     bool overwrite) {
+  std::error_code ec;
+  if (!overwrite && std::filesystem::exists(out_path, ec))
+    fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
+  if (type != GgmlType::F32 && type != GgmlType::F16) fail("--type", "a LoRA GGUF is written as f32 or f16");
+  std::string arch;
+  if (spec.family == "llama" || spec.family == "mistral") arch = "llama";
+  else if (spec.family == "qwen2") arch = "qwen2";
+  else fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (llama, mistral, qwen2)");
+  const LoraConfig& cfg = adapter.lora->config();
+  // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
+  const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
+
+  GgufWriter w;
+  w.set_string("general.architecture", arch);
+  w.set_string("general.type", "adapter");
+  w.set_string("general.name", std::filesystem::path(out_path).stem().string());
+  w.set_string("adapter.type", "lora");
+  w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
+  const bool permute_qk = arch == "llama";
+  size_t n = 0;
+  for (const LoraLayer& L : adapter.lora->layers()) {
+    const auto gname = hf_to_gguf_tensor_name(L.module_path + ".weight");
+    if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
+    int64_t heads = 0;
+    if (permute_qk && L.module_path.ends_with("self_attn.q_proj")) heads = spec.n_heads;
+    if (permute_qk && L.module_path.ends_with("self_attn.k_proj")) heads = spec.n_kv_heads;
+    const LoraLayer* lp = &L;
+    w.add_tensor(*gname + ".lora_a", type, {L.r, L.in}, [lp, type] { return encode_float_tensor(lp->A, type); });
+    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads] {
+      if (heads == 0) return encode_float_tensor(lp->B, type);
+      std::vector<float> p(lp->B.size());
+      permute_rope_rows(lp->B, p, lp->out, lp->r, heads);  // B's rows are the weight's rows
+      return encode_float_tensor(p, type);
+    });
+    ++n;
+  }
+  if (n == 0) fail(out_path, "the adapter holds no LoRA layers");
+  w.write(out_path);
+}
+
+}  // namespace qlora

@@ -19,6 +19,9 @@
 #include "cli/model_flags.h"
 #include "export/merge.h"
 #include "export/merge_gguf.h"
+#include "export/requantize.h"
+#include "formats/tokenizer.h"
+#include "quant/blockwise.h"
 #include "formats/model_loader.h"
 #include "memory/memory_plan.h"
 #include "model/model.h"
@@ -30,6 +33,9 @@ struct Options {
   qlora::cli::ModelFlags m;
   std::vector<std::string> adapters;  // DIR or DIR:WEIGHT
   std::string out, dtype = "bf16", max_shard = "5GB", gguf_type = "f16";
+  std::string out_quant;  // "": keep --dtype floats; nf4, fp4, int8: a bitsandbytes checkpoint
+  bool out_double_quant = false;
+  int out_blocksize = 64;
   bool overwrite = false;
   bool quiet = false;
 };
@@ -86,6 +92,38 @@ int run(const Options& o) {
   }
   for (size_t i = 0; i < loaded.size(); ++i) weighted.push_back({&loaded[i].inference, specs[i].second});
 
+  if (!o.out_quant.empty()) {
+    if (to_gguf) qlora::fail("--out-quant", "writes a Hugging Face directory, not a .gguf (use --gguf-type there)");
+    qlora::QuantizeOptions q;
+    if (o.out_quant == "int8") {
+      q.int8 = true;
+    } else {
+      q.type = qlora::quant_type_from_string(o.out_quant, "--out-quant");
+      qlora::check_blocksize(o.out_blocksize, "--out-blocksize");
+      q.blocksize = o.out_blocksize;
+      q.double_quant = o.out_double_quant;
+    }
+    // Probe text for the report: the tokenizer's view of a fixed English sentence.
+    std::vector<int> probe;
+    if (files.tokenizer) {
+      const auto ids = files.tokenizer->encode(
+          "Once upon a time, a little fox found a red ball in the garden and ran home to show it to her mother.");
+      probe.assign(ids.begin(), ids.end());
+    }
+    const qlora::RequantizeReport r =
+        qlora::write_merged_requantized(model, files, weighted, o.out, q, probe, o.overwrite);
+    if (!o.quiet) {
+      std::fprintf(stderr, "merged into %s (bitsandbytes %s%s checkpoint: %lld tensors quantized)\n", o.out.c_str(),
+                   o.out_quant.c_str(), o.out_double_quant ? " + double quant" : "",
+                   static_cast<long long>(r.quantize.tensors_quantized));
+      if (r.positions > 0)
+        std::fprintf(stderr,
+                     "re-quantizing moved the logits (%lld positions, vs the fp32 merge): mean KL %.4g nats, "
+                     "max |diff| %.3g, top-1 agreement %.1f%%\n",
+                     static_cast<long long>(r.positions), r.mean_kl, r.max_abs_logit, 100 * r.top1_agreement);
+    }
+    return 0;
+  }
   if (to_gguf) {
     qlora::write_merged_gguf(model, files, weighted, o.out, gx, o.overwrite);
     if (!o.quiet)
@@ -120,6 +158,10 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--dtype", o->dtype, "Weights dtype: bf16, fp16 or fp32")->capture_default_str();
       app.add_option("--max-shard-size", o->max_shard, "Largest safetensors shard (transformers' max_shard_size)")
           ->capture_default_str();
+      app.add_option("--out-quant", o->out_quant,
+                     "Write a bitsandbytes checkpoint again: nf4, fp4 or int8 (reports how far it moved the logits)");
+      qlora::cli::add_bool_flag(app, "--out-double-quant", o->out_double_quant, "With --out-quant nf4/fp4: double quant");
+      app.add_option("--out-blocksize", o->out_blocksize, "With --out-quant nf4/fp4: block size")->capture_default_str();
       qlora::cli::add_bool_flag(app, "--overwrite", o->overwrite, "Replace a model already in --out");
       qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
       return [o] { return run(*o); };

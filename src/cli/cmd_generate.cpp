@@ -20,6 +20,7 @@
 #include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
+#include "cli/sampling_flags.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "lora/peft_adapter.h"
@@ -49,26 +50,6 @@ struct Options {
   std::string max_memory;  // --max-memory: refuse up front when the planner says it cannot fit
 };
 
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '\\' || i + 1 == s.size()) {
-      out += s[i];
-      continue;
-    }
-    switch (s[++i]) {
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case 'r': out += '\r'; break;
-      case '\\': out += '\\'; break;
-      case '"': out += '"'; break;
-      case '\'': out += '\''; break;
-      default: out += '\\'; out += s[i];
-    }
-  }
-  return out;
-}
-
 double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -94,7 +75,7 @@ int run(const Options& o, CLI::App& app) {
     // From the headers only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
-    mo.prompt_len = static_cast<int64_t>(files.tokenizer->encode(o.escape ? unescape(o.prompt) : o.prompt).size());
+    mo.prompt_len = static_cast<int64_t>(files.tokenizer->encode(o.escape ? qlora::cli::unescape(o.prompt) : o.prompt).size());
     mo.new_tokens = o.n;
     qlora::check_fits(qlora::plan_memory(files.spec, mo), qlora::parse_memory_size(o.max_memory, "--max-memory"),
                       "qlora generate");
@@ -122,20 +103,11 @@ int run(const Options& o, CLI::App& app) {
   qlora::GenerationOptions gen;
   gen.max_new_tokens = o.n;
   gen.sampling = {o.temperature, o.top_k, o.top_p, o.repetition_penalty, o.seed};
-  const qlora::GenerationConfig& gc = files.generation;
-  auto given = [&](const char* name) { return app.count(name) > 0; };
-  if (!given("--temperature")) {
-    if (gc.do_sample && !*gc.do_sample) gen.sampling.temperature = 0.0f;
-    else if (gc.temperature) gen.sampling.temperature = *gc.temperature;
-  }
-  if (!given("--top-k") && gc.top_k) gen.sampling.top_k = *gc.top_k;
-  if (!given("--top-p") && gc.top_p) gen.sampling.top_p = *gc.top_p;
-  if (!given("--repetition-penalty") && gc.repetition_penalty)
-    gen.sampling.repetition_penalty = *gc.repetition_penalty;
-  for (const std::string& s : o.stops) gen.stop_strings.push_back(o.escape ? unescape(s) : s);
+  qlora::cli::apply_generation_config(app, files.generation, gen.sampling);
+  for (const std::string& s : o.stops) gen.stop_strings.push_back(o.escape ? qlora::cli::unescape(s) : s);
   gen.echo_prompt = !o.no_echo;
 
-  std::string prompt = o.escape ? unescape(o.prompt) : o.prompt;
+  std::string prompt = o.escape ? qlora::cli::unescape(o.prompt) : o.prompt;
   qlora::EncodeOptions enc;
   if (o.chat) {
     // As transformers' apply_chat_template(add_generation_prompt=True): the template
@@ -144,7 +116,7 @@ int run(const Options& o, CLI::App& app) {
     if (tpl.empty()) qlora::fail(o.m.model, "--chat: the model has no chat template");
     nlohmann::ordered_json messages = nlohmann::ordered_json::array();
     if (!o.system.empty())
-      messages.push_back({{"role", "system"}, {"content", o.escape ? unescape(o.system) : o.system}});
+      messages.push_back({{"role", "system"}, {"content", o.escape ? qlora::cli::unescape(o.system) : o.system}});
     messages.push_back({{"role", "user"}, {"content", prompt}});
     const qlora::Tokenizer& tok = *files.tokenizer;
     auto tok_text = [&](int32_t id) -> std::optional<std::string> {

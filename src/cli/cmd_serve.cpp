@@ -78,7 +78,7 @@ int run(const Options& o) {
 
   qlora::serve::Server server(model, *files.tokenizer, adapters, so);
   server.bind();
-  if (!o.quiet) {
+  {  // always printed, --quiet included: with --port 0 it is the only way to learn the port
     std::string names = so.base_name;
     for (const auto& [n, a] : adapters) names += ", " + n;
     std::fprintf(stderr, "serving %s on http://%s:%d (models: %s); OpenAI API at /v1, /health; Ctrl-C to stop\n",
@@ -120,7 +120,7 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--max-body", o->max_body, "Largest request body; larger ones are answered 413")
           ->capture_default_str();
       app.add_option("--http-threads", o->http_threads, "Connections handled at once")->capture_default_str();
-      qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No log lines");
+      qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No log lines (the listening address is still printed)");
       return [o] { return run(*o); };
     });
 

@@ -214,8 +214,10 @@ class GgufSource : public TensorSource {
 ModelSpec spec_from_gguf(const GgufSource& src) {
   const GgufLlamaHParams& hp = src.hparams();
   const std::string& where = src.describe();
-  if (hp.architecture != "llama" && hp.architecture != "mistral" && hp.architecture != "qwen2")
-    fail(where, "GGUF architecture '" + hp.architecture + "' is not supported (supported: llama, mistral, qwen2)");
+  // (read_gguf_llama_hparams already refused other architectures: one list, in gguf.h.)
+  if (!gguf_architecture_supported(hp.architecture))
+    fail(where, "GGUF architecture '" + hp.architecture + "' is not supported (supported: " +
+                    std::string(kGgufSupportedArchitectures) + ")");
   if (hp.rope_dim != hp.head_dim)
     fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
                     std::to_string(hp.head_dim) + ") are not supported");

@@ -48,10 +48,7 @@ struct Options {
   qlora::cli::ModelFlags m;
   std::string adapter;
   int64_t n = 512;  // per answer: longer than generate's 128, which cuts most chat answers short
-  float temperature = 0.8f, top_p = 0.95f, repetition_penalty = 1.0f;
-  int top_k = 40;
-  uint64_t seed = 42;
-  std::vector<std::string> stops;
+  qlora::cli::SamplingFlags s;
   std::string system;              // --system: the first system message
   std::string chat_template_file;  // --chat-template: a Jinja file instead of the model's template
   bool escape = false;
@@ -287,12 +284,7 @@ int run(const Options& o, CLI::App& app) {
   session.set_system(o.escape ? qlora::cli::unescape(o.system) : o.system);
 
   // Sampling: generation_config.json's values unless given on the command line, as generate.
-  qlora::GenerationOptions gen;
-  gen.max_new_tokens = o.n;
-  gen.sampling = {o.temperature, o.top_k, o.top_p, o.repetition_penalty, o.seed};
-  qlora::cli::apply_generation_config(app, files.generation, gen.sampling);
-  qlora::validate(gen.sampling);  // now rather than at the first message
-  for (const std::string& s : o.stops) gen.stop_strings.push_back(o.escape ? qlora::cli::unescape(s) : s);
+  qlora::GenerationOptions gen = qlora::cli::generation_options(app, o.s, files.generation, o.n, o.escape);
   // stop_ids stay empty: the model's eos ids and the tokenizer's end-of-generation tokens.
 
   // The conversation grows up to the context; the newest turns keep room for an answer of
@@ -452,15 +444,7 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--system", o->system, "The system message (/system changes it during the chat)");
       app.add_option("--chat-template", o->chat_template_file, "Jinja file to use instead of the model's chat template");
       app.add_option("-n,--n-predict", o->n, "Most new tokens per answer")->capture_default_str();
-      app.add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-      app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
-      app.add_option("--top-p", o->top_p, "Nucleus sampling threshold (1 = off)")->capture_default_str();
-      app.add_option("--repetition-penalty", o->repetition_penalty, "Penalty for tokens already seen (1 = off)")
-          ->capture_default_str();
-      app.add_option("--seed", o->seed, "Random seed (each answer starts from it)")->capture_default_str();
-      app.add_option("--stop", o->stops, "End an answer before this string (repeatable)")
-          ->expected(1)
-          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      qlora::cli::add_sampling_flags(app, o->s, "Random seed (each answer starts from it)", "End an answer before this string (repeatable)");
       qlora::cli::add_bool_flag(app, "--escape,-e", o->escape,
                                 "Process \\n, \\t, \\\\ escapes in --system and the stop strings");
       qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No loading messages on stderr");

@@ -38,10 +38,7 @@ struct Options {
   qlora::cli::ModelFlags m;
   std::string prompt, adapter;
   int64_t n = 128;
-  float temperature = 0.8f, top_p = 0.95f, repetition_penalty = 1.0f;
-  int top_k = 40;
-  uint64_t seed = 42;
-  std::vector<std::string> stops;
+  qlora::cli::SamplingFlags s;
   bool no_echo = false;
   bool escape = false;
   bool chat = false;     // --chat: the prompt is a user message rendered with the chat template
@@ -100,11 +97,7 @@ int run(const Options& o, CLI::App& app) {
   }
 
   // Sampling: generation_config.json's values unless given on the command line.
-  qlora::GenerationOptions gen;
-  gen.max_new_tokens = o.n;
-  gen.sampling = {o.temperature, o.top_k, o.top_p, o.repetition_penalty, o.seed};
-  qlora::cli::apply_generation_config(app, files.generation, gen.sampling);
-  for (const std::string& s : o.stops) gen.stop_strings.push_back(o.escape ? qlora::cli::unescape(s) : s);
+  qlora::GenerationOptions gen = qlora::cli::generation_options(app, o.s, files.generation, o.n, o.escape);
   gen.echo_prompt = !o.no_echo;
 
   std::string prompt = o.escape ? qlora::cli::unescape(o.prompt) : o.prompt;
@@ -162,15 +155,7 @@ const bool kRegistered = qlora::cli::register_command(
                      "`qlora train`), applied unmerged");
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();
-      app.add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-      app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
-      app.add_option("--top-p", o->top_p, "Nucleus sampling threshold (1 = off)")->capture_default_str();
-      app.add_option("--repetition-penalty", o->repetition_penalty, "Penalty for tokens already seen (1 = off)")
-          ->capture_default_str();
-      app.add_option("--seed", o->seed, "Random seed")->capture_default_str();
-      app.add_option("--stop", o->stops, "Stop before this string (repeatable)")
-          ->expected(1)
-          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      qlora::cli::add_sampling_flags(app, o->s, "Random seed", "Stop before this string (repeatable)");
       qlora::cli::add_bool_flag(app, "--chat", o->chat,
                                 "Send the prompt as a user message through the model's chat template");
       app.add_option("--system", o->system, "With --chat: a system message before the prompt");

@@ -33,4 +33,25 @@ void apply_generation_config(const CLI::App& app, const GenerationConfig& gc, Sa
   if (!given("--repetition-penalty") && gc.repetition_penalty) sampling.repetition_penalty = *gc.repetition_penalty;
 }
 
+void add_sampling_flags(CLI::App& app, SamplingFlags& f, const std::string& seed_help, const std::string& stop_help) {
+  app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
+  app.add_option("--top-k", f.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+  app.add_option("--top-p", f.top_p, "Nucleus sampling threshold (1 = off)")->capture_default_str();
+  app.add_option("--repetition-penalty", f.repetition_penalty, "Penalty for tokens already seen (1 = off)")
+      ->capture_default_str();
+  app.add_option("--seed", f.seed, seed_help)->capture_default_str();
+  app.add_option("--stop", f.stops, stop_help)->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+}
+
+GenerationOptions generation_options(const CLI::App& app, const SamplingFlags& f, const GenerationConfig& gc,
+                                     int64_t max_new_tokens, bool escape) {
+  GenerationOptions gen;
+  gen.max_new_tokens = max_new_tokens;
+  gen.sampling = {f.temperature, f.top_k, f.top_p, f.repetition_penalty, f.seed};
+  apply_generation_config(app, gc, gen.sampling);
+  validate(gen.sampling);
+  for (const std::string& s : f.stops) gen.stop_strings.push_back(escape ? unescape(s) : s);
+  return gen;
+}
+
 }  // namespace qlora::cli

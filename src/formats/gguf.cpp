@@ -11,6 +11,17 @@
 
 namespace qlora {
 
+size_t gguf_fixed_value_size(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::BOOL: return 1;
+    case GgufValueType::U16: case GgufValueType::I16: return 2;
+    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
+    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: return 8;
+    default: return 0;
+  }
+}
+
+
 namespace {
 
 constexpr uint64_t kDefaultAlignment = 32;
@@ -21,22 +32,12 @@ constexpr int kMaxArrayNesting = 16;   // deeper nesting is surely garbage (and 
 // allocate gigabytes.
 constexpr uint64_t kMaxNestedArrayElements = uint64_t{1} << 20;
 
-// Bytes of one element of a fixed-size value type; 0 for STRING/ARRAY.
-size_t fixed_size(GgufValueType t) {
-  switch (t) {
-    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::BOOL: return 1;
-    case GgufValueType::U16: case GgufValueType::I16: return 2;
-    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
-    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: return 8;
-    default: return 0;
-  }
-}
 
 // The fewest bytes one element of type t can take in the file (for count checks).
 uint64_t min_size(GgufValueType t) {
   if (t == GgufValueType::STRING) return 8;              // u64 length
   if (t == GgufValueType::ARRAY) return 4 + 8;           // u32 type + u64 count
-  return fixed_size(t);
+  return gguf_fixed_value_size(t);
 }
 
 bool valid_value_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufValueType::F64); }
@@ -129,7 +130,7 @@ GgufValue read_array(Cursor& c, const std::string& ctx, int depth) {
     c.error(ctx + ": array of " + std::to_string(v.count) + " " +
             std::string(gguf_value_type_name(v.elem_type)) + " elements does not fit in the " +
             std::to_string(c.left()) + " bytes left in the file");
-  if (const size_t fs = fixed_size(v.elem_type)) {
+  if (const size_t fs = gguf_fixed_value_size(v.elem_type)) {
     v.raw = c.take(v.count * fs, "array elements");
     if (v.elem_type == GgufValueType::BOOL)
       for (uint8_t b : v.raw)
@@ -421,7 +422,7 @@ bool int_value(const GgufValue& v, bool* negative, uint64_t* mag) {
 GgufValue array_elem(const GgufValue& a, uint64_t i) {
   GgufValue v;
   v.type = a.elem_type;
-  const uint8_t* p = a.raw.data() + i * fixed_size(a.elem_type);
+  const uint8_t* p = a.raw.data() + i * gguf_fixed_value_size(a.elem_type);
   switch (a.elem_type) {
     case GgufValueType::U8: case GgufValueType::BOOL: v.u = load_le<uint8_t>(p); break;
     case GgufValueType::U16: v.u = load_le<uint16_t>(p); break;

@@ -37,6 +37,8 @@ enum class GgufValueType : uint32_t {
 };
 // "uint8", "int32", "float32", "bool", "string", "array", ... (gguf spelling)
 std::string_view gguf_value_type_name(GgufValueType t);
+// Bytes of one value of a fixed-size type (U8..F64, BOOL); 0 for STRING and ARRAY.
+size_t gguf_fixed_value_size(GgufValueType t);
 
 // One metadata value. Strings and packed numeric arrays are views into the file's
 // bytes: they live as long as the GgufFile (or the span given to parse_gguf).

@@ -25,16 +25,6 @@ void put_string(std::string& out, std::string_view s) {
   out.append(s);
 }
 
-size_t scalar_size(GgufValueType t) {
-  switch (t) {
-    case GgufValueType::U8: case GgufValueType::I8: case GgufValueType::BOOL: return 1;
-    case GgufValueType::U16: case GgufValueType::I16: return 2;
-    case GgufValueType::U32: case GgufValueType::I32: case GgufValueType::F32: return 4;
-    case GgufValueType::U64: case GgufValueType::I64: case GgufValueType::F64: return 8;
-    default: return 0;
-  }
-}
-
 void put_value(std::string& out, const GgufValue& v) {
   switch (v.type) {
     case GgufValueType::STRING: put_string(out, v.str); return;
@@ -56,7 +46,7 @@ void put_value(std::string& out, const GgufValue& v) {
     case GgufValueType::I32: put<int32_t>(out, static_cast<int32_t>(v.i)); return;
     case GgufValueType::I64: put<int64_t>(out, v.i); return;
     default: {
-      const size_t n = scalar_size(v.type);
+      const size_t n = gguf_fixed_value_size(v.type);
       const uint64_t u = v.u;
       out.append(reinterpret_cast<const char*>(&u), n);  // little-endian low bytes
       return;

@@ -119,7 +119,8 @@ def main():
                 chat = llm.create_chat_completion(messages=[{"role": "user", "content": PROMPT}], max_tokens=12,
                                                   temperature=0.0, top_k=1)
                 res["llama_cpp_answer"] = chat["choices"][0]["message"]["content"].strip()
-                ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+                # The same targets as `qlora eval` on a plain text file: the text, then EOS.
+                ids = llm.tokenize(text.encode(), add_bos=False, special=False) + [llm.token_eos()]
                 llm.reset()
                 llm.eval(ids)
                 logits = np.array(llm.scores[: len(ids)], dtype=np.float64)
@@ -157,8 +158,13 @@ def check_lora_gguf(qlora, _base, tmp, text, llama_cpp):
     plain, _ = llama_logits(llama_cpp, tmp / "base_f32.gguf", ids)
     d = float(np.abs(with_lora - merged).max())
     moved = float(np.abs(merged - plain).max())
+
+    def ppl(lg):
+        lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
+        return math.exp(float(np.mean([lse[i] - lg[i, ids[i + 1]] for i in range(len(ids) - 1)])))
     res = {"lora_gguf": True, "tokens": len(ids), "max_abs_llama_cpp_base_plus_lora_vs_merged": d,
-           "adapter_moves_logits_by": moved}
+           "adapter_moves_logits_by": moved, "ppl_base_plus_lora": ppl(with_lora), "ppl_merged": ppl(merged),
+           "argmax_agreement": float(np.mean(with_lora.argmax(1) == merged.argmax(1)))}
     print(json.dumps(res), flush=True)
     return d < 1e-2 * max(1.0, moved) and moved > 0.05
 

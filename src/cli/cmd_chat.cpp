@@ -339,6 +339,7 @@ int run(const Options& o, CLI::App& app) {
   LineInput in(tty ? g_interrupt_pipe[0] : -1);
 
   bool interrupted_at_prompt = false;  // the last thing at the prompt was a Ctrl-C
+  qlora::PromptCache kv_cache;
   for (;;) {
     const Input input = read_input(in, tty, /*send_pending_at_end=*/!tty);
     if (input.kind == Input::Kind::End) {
@@ -406,11 +407,14 @@ int run(const Options& o, CLI::App& app) {
       std::printf("(forgot the %zu oldest messages to fit the context)\n", prompt.dropped);
       std::fflush(stdout);
     }
-    const qlora::GenerationResult r =
-        qlora::generate(model, &tok, prompt.ids, gen, [](std::string_view s) {
+    // The KV cache of the conversation so far: a turn only runs what is new in its prompt.
+    const qlora::GenerationResult r = qlora::generate(
+        model, &tok, prompt.ids, gen,
+        [](std::string_view s) {
           std::fwrite(s.data(), 1, s.size(), stdout);
           std::fflush(stdout);
-        });
+        },
+        &kv_cache);
     if (sigint) clear_interrupts();  // a Ctrl-C during the answer was for the answer
     // Kept even when cut short: the next turn should see what the user saw.
     session.answer(r.text);
@@ -427,8 +431,10 @@ int run(const Options& o, CLI::App& app) {
     std::fflush(stdout);
     if (o.verbose)
       std::fprintf(stderr,
-                   "[chat] prompt_tokens=%zu messages=%zu dropped=%zu answer_tokens=%zu tokens_per_s=%.1f stop=%s\n",
-                   prompt.ids.size(), prompt.messages, prompt.dropped, r.output_ids.size(),
+                   "[chat] prompt_tokens=%zu reused=%lld messages=%zu dropped=%zu answer_tokens=%zu tokens_per_s=%.1f "
+                   "stop=%s\n",
+                   prompt.ids.size(), static_cast<long long>(r.prompt_tokens_reused), prompt.messages, prompt.dropped,
+                   r.output_ids.size(),
                    r.decode_tokens_per_second(), qlora::stop_reason_name(r.stop));
   }
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <span>
 #include <optional>
 
 #include "base/error.h"
@@ -66,8 +67,10 @@ std::string StopStringFilter::flush() {
 
 // ---- the loop ----------------------------------------------------------------------------
 
-GenerationResult generate(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
-                          const GenerationOptions& opt, const TextCallback& on_text) {
+namespace {
+
+GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
+                               const GenerationOptions& opt, const TextCallback& on_text, PromptCache* cache) {
   using Clock = std::chrono::steady_clock;
   const ModelSpec& spec = model.spec();
   validate(opt.sampling);
@@ -104,13 +107,29 @@ GenerationResult generate(const Model& model, const Tokenizer* tok, const std::v
   StopStringFilter filter(opt.stop_strings);
 
   const int64_t P = static_cast<int64_t>(prompt_ids.size());
-  InferenceState state(spec, std::min(spec.max_positions, P + std::max<int64_t>(opt.max_new_tokens, 1)));
+  const int64_t capacity = std::min(spec.max_positions, P + std::max<int64_t>(opt.max_new_tokens, 1));
+  std::unique_ptr<InferenceState> own;
+  int64_t reused = 0;
+  if (cache) {
+    if (!cache->state) cache->state = std::make_unique<InferenceState>(spec, capacity);
+    // The shared prefix, but never the whole prompt: its last token must run to give logits.
+    while (reused < static_cast<int64_t>(cache->ids.size()) && reused + 1 < P &&
+           cache->ids[static_cast<size_t>(reused)] == prompt_ids[static_cast<size_t>(reused)])
+      ++reused;
+    cache->state->cache().set_length(reused);
+    cache->ids.resize(static_cast<size_t>(reused));
+  } else {
+    own = std::make_unique<InferenceState>(spec, capacity);
+  }
+  InferenceState& state = cache ? *cache->state : *own;
+  res.prompt_tokens_reused = reused;
   std::vector<float> logits(static_cast<size_t>(spec.vocab));
   Sampler sampler(opt.sampling);
   std::vector<int> context = prompt_ids;
 
   auto t0 = Clock::now();
-  if (opt.max_new_tokens > 0) forward(model, state, prompt_ids, logits.data());
+  if (opt.max_new_tokens > 0)
+    forward(model, state, std::span<const int>(prompt_ids).subspan(static_cast<size_t>(reused)), logits.data());
   bool finished_text = false;
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
     if (opt.cancelled && opt.cancelled()) {
@@ -158,7 +177,31 @@ GenerationResult generate(const Model& model, const Tokenizer* tok, const std::v
     res.text += out;
     emit(out);
   }
+  if (cache) {
+    // The cache holds the prompt (when it ran) and every output token fed back in.
+    cache->ids = opt.max_new_tokens > 0 ? prompt_ids : std::vector<int>(prompt_ids.begin(), prompt_ids.begin() + reused);
+    cache->ids.insert(cache->ids.end(), res.output_ids.begin(), res.output_ids.begin() + res.decode_steps);
+    if (static_cast<int64_t>(cache->ids.size()) != state.position()) {  // never trust a cache that disagrees
+      cache->ids.clear();
+      state.reset();
+    }
+  }
   return res;
+}
+
+}  // namespace
+
+GenerationResult generate(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
+                          const GenerationOptions& opt, const TextCallback& on_text, PromptCache* cache) {
+  try {
+    return generate_impl(model, tok, prompt_ids, opt, on_text, cache);
+  } catch (...) {
+    if (cache) {
+      cache->ids.clear();
+      if (cache->state) cache->state->reset();
+    }
+    throw;
+  }
 }
 
 }  // namespace qlora

@@ -5,6 +5,7 @@
 // never showing (any part of) a stop string.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +41,7 @@ struct GenerationResult {
   std::vector<int> output_ids;  // generated ids, excluding a final end-of-generation id
   std::string text;             // text of output_ids, cut before a stop string
   StopReason stop = StopReason::Length;
+  int64_t prompt_tokens_reused = 0;  // prompt tokens whose keys/values came from a PromptCache
   double prompt_seconds = 0;    // the prompt's forward pass (and the first sample)
   double decode_seconds = 0;    // every later forward + sample
   int64_t decode_steps = 0;     // forward passes of one token
@@ -50,12 +52,22 @@ struct GenerationResult {
 // Called with each newly available piece of text (complete UTF-8).
 using TextCallback = std::function<void(std::string_view)>;
 
+// The KV cache of a conversation, kept from one generate() call to the next (`qlora chat`):
+// a call runs only the part of its prompt after the longest prefix it shares with `ids`,
+// so each turn of a chat costs its new tokens, not the whole history again.
+struct PromptCache {
+  std::unique_ptr<InferenceState> state;
+  std::vector<int> ids;  // the tokens whose keys and values `state` holds, in order
+};
+
 // Generates a continuation of `prompt_ids` (which should already include BOS when the
 // model wants one). `tokenizer` may be null: then no text is produced and stop strings
 // are not allowed. Throws Error for an empty prompt, a prompt longer than the context, or
 // invalid sampling parameters.
+// With `cache`, the prompt's shared prefix is taken from it and the cache is left holding
+// this call's prompt and output (emptied if the call throws).
 GenerationResult generate(const Model& model, const Tokenizer* tokenizer, const std::vector<int>& prompt_ids,
-                          const GenerationOptions& opt, const TextCallback& on_text = {});
+                          const GenerationOptions& opt, const TextCallback& on_text = {}, PromptCache* cache = nullptr);
 
 // Incremental stop-string filter (exposed for tests): push() text pieces in, get back what
 // can be shown now; stopped() once a stop string appeared (everything from it on is

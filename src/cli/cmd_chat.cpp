@@ -310,18 +310,12 @@ int run(const Options& o, CLI::App& app) {
   if (!o.quiet)
     std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n",
                  std::chrono::duration<double>(Clock::now() - t_load).count(),
-                 o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str(),
+                 qlora::cli::weights_description(o.m).c_str(),
                  o.m.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
   qlora::LoadedAdapter adapter;
   if (!o.adapter.empty()) {
-    adapter = qlora::load_adapter(o.adapter, model);
-    model.set_adapter(&adapter.inference);
-    if (!o.quiet) {
-      const qlora::LoraConfig& lc = adapter.lora->config();
-      std::fprintf(stderr, "adapter: %s: LoRA r %d, alpha %g (scaling %g), %zu modules, %lld parameters\n",
-                   o.adapter.c_str(), lc.r, lc.alpha, lc.scaling(), adapter.lora->layers().size(),
-                   static_cast<long long>(adapter.lora->num_trainable()));
-    }
+    adapter = qlora::cli::load_adapter_reporting(model, o.adapter, o.quiet);
+    model.set_adapter(&adapter.inference);  // `adapter` lives as long as `model` is used
   }
 
   // Piped input keeps the default SIGINT (the script is ended, as scripts expect).

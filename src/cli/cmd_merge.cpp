@@ -128,7 +128,7 @@ int run(const Options& o) {
     qlora::write_merged_gguf(model, files, weighted, o.out, gx, o.overwrite);
     if (!o.quiet)
       std::fprintf(stderr, "merged into %s (GGUF, weights %s over the %s base)\n", o.out.c_str(), o.gguf_type.c_str(),
-                   o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str());
+                   qlora::cli::weights_description(o.m).c_str());
     return 0;
   }
   const std::vector<std::string> written = qlora::write_merged_hf_dir(model, files, weighted, o.out, ex, o.overwrite);
@@ -137,7 +137,7 @@ int run(const Options& o) {
     for (const std::string& f : written) list += (list.empty() ? "" : ", ") + f;
     std::fprintf(stderr, "merged into %s (%s, weights %s over the %s base): %s\n", o.out.c_str(),
                  "Hugging Face directory", o.dtype.c_str(),
-                 o.m.quant == "none" ? "dense" : (o.m.quant + (o.m.double_quant ? "+dq" : "")).c_str(), list.c_str());
+                 qlora::cli::weights_description(o.m).c_str(), list.c_str());
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "cli/model_flags.h"
 
+#include <cstdio>
 #include <sstream>
 
 #include <omp.h>
@@ -52,6 +53,21 @@ ModelLoadOptions load_options(const ModelFlags& f) {
     load.quant.double_quant = f.double_quant;
   }
   return load;
+}
+
+std::string weights_description(const ModelFlags& f) {
+  return f.quant == "none" ? "dense" : f.quant + (f.double_quant ? "+dq" : "");
+}
+
+LoadedAdapter load_adapter_reporting(const Model& model, const std::string& dir, bool quiet) {
+  LoadedAdapter adapter = load_adapter(dir, model);
+  if (!quiet) {
+    const LoraConfig& lc = adapter.lora->config();
+    std::fprintf(stderr, "adapter: %s: LoRA r %d, alpha %g (scaling %g), %zu modules, %lld parameters\n", dir.c_str(),
+                 lc.r, lc.alpha, lc.scaling(), adapter.lora->layers().size(),
+                 static_cast<long long>(adapter.lora->num_trainable()));
+  }
+  return adapter;
 }
 
 std::vector<std::string> split_commas(const std::string& s) {

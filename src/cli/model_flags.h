@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "train/adapter_loader.h"
 
 namespace qlora::cli {
 
@@ -30,5 +31,13 @@ std::vector<std::string> split_commas(const std::string& s);
 // Validates the flags (throws Error naming the flag), applies --threads, and returns the
 // load options they describe.
 ModelLoadOptions load_options(const ModelFlags& f);
+
+// "nf4+dq", "int8", "dense": how the flags store the Linear weights, for log lines.
+std::string weights_description(const ModelFlags& f);
+
+// Loads the PEFT adapter in `dir` against `model` (train/adapter_loader.h) and, unless
+// `quiet`, prints its summary line. The caller attaches it where it will keep it:
+// model.set_adapter(&adapter.inference) (the pointer must not outlive `adapter`).
+LoadedAdapter load_adapter_reporting(const Model& model, const std::string& dir, bool quiet);
 
 }  // namespace qlora::cli

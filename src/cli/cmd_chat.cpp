@@ -438,9 +438,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
-      app.add_option("--adapter", o->adapter,
-                     "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
-                     "`qlora train`), applied unmerged");
+      qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--system", o->system, "The system message (/system changes it during the chat)");
       app.add_option("--chat-template", o->chat_template_file, "Jinja file to use instead of the model's chat template");
       app.add_option("-n,--n-predict", o->n, "Most new tokens per answer")->capture_default_str();

@@ -158,7 +158,7 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_data_flags(app, o->d);
       app.add_option("--data", o->data, "Dataset: .json/.jsonl of text/alpaca/chat records, or plain text")
           ->required();
-      app.add_option("--adapter", o->adapter, "PEFT LoRA adapter directory, applied unmerged");
+      qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--eval-split", o->eval_split,
                      "Evaluate only the last fraction of the records (the split `qlora train --eval-split` holds out)")
           ->capture_default_str();

@@ -144,9 +144,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
-      app.add_option("--adapter", o->adapter,
-                     "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
-                     "`qlora train`), applied unmerged");
+      qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();
       qlora::cli::add_sampling_flags(app, o->s, "Random seed", "Stop before this string (repeatable)");

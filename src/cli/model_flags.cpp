@@ -55,6 +55,12 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   return load;
 }
 
+void add_adapter_flag(CLI::App& app, std::string& dir) {
+  app.add_option("--adapter", dir,
+                 "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
+                 "`qlora train` or PEFT), applied unmerged");
+}
+
 std::string weights_description(const ModelFlags& f) {
   return f.quant == "none" ? "dense" : f.quant + (f.double_quant ? "+dq" : "");
 }

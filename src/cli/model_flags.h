@@ -32,6 +32,9 @@ std::vector<std::string> split_commas(const std::string& s);
 // load options they describe.
 ModelLoadOptions load_options(const ModelFlags& f);
 
+// --adapter DIR: a PEFT LoRA adapter applied unmerged (generate, chat, eval).
+void add_adapter_flag(CLI::App& app, std::string& dir);
+
 // "nf4+dq", "int8", "dense": how the flags store the Linear weights, for log lines.
 std::string weights_description(const ModelFlags& f);
 

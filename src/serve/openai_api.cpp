@@ -12,6 +12,26 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
+// The fields every response and chunk starts with.
+ojson envelope(const std::string& id, const char* object, int64_t created, const std::string& model_name) {
+  ojson r;
+  r["id"] = id;
+  r["object"] = object;
+  r["created"] = created;
+  r["model"] = model_name;
+  return r;
+}
+
+ojson usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+const char* chunk_object(const CompletionRequest& req) {
+  return req.endpoint == Endpoint::ChatCompletions ? "chat.completion.chunk" : "text_completion";
+}
+
 ApiError bad(std::string param, std::string message) {
   ApiError e;
   e.status = 400;
@@ -163,15 +183,10 @@ ojson completion_response(const CompletionRequest& req, const std::string& id, c
   else choice["text"] = text;
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = finish_reason(stop);
-  ojson r;
-  r["id"] = id;
-  r["object"] = req.endpoint == Endpoint::ChatCompletions ? "chat.completion" : "text_completion";
-  r["created"] = created;
-  r["model"] = model_name;
+  ojson r = envelope(id, req.endpoint == Endpoint::ChatCompletions ? "chat.completion" : "text_completion", created,
+                     model_name);
   r["choices"] = ojson::array({choice});
-  r["usage"] = {{"prompt_tokens", prompt_tokens},
-                {"completion_tokens", completion_tokens},
-                {"total_tokens", prompt_tokens + completion_tokens}};
+  r["usage"] = usage_json(prompt_tokens, completion_tokens);
   return r;
 }
 
@@ -189,26 +204,16 @@ std::string stream_chunk(const CompletionRequest& req, const std::string& id, co
   }
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = stop ? ojson(finish_reason(*stop)) : ojson(nullptr);
-  ojson r;
-  r["id"] = id;
-  r["object"] = req.endpoint == Endpoint::ChatCompletions ? "chat.completion.chunk" : "text_completion";
-  r["created"] = created;
-  r["model"] = model_name;
+  ojson r = envelope(id, chunk_object(req), created, model_name);
   r["choices"] = ojson::array({choice});
   return "data: " + r.dump() + "\n\n";
 }
 
 std::string stream_usage_chunk(const CompletionRequest& req, const std::string& id, const std::string& model_name,
                                int64_t created, int64_t prompt_tokens, int64_t completion_tokens) {
-  ojson r;
-  r["id"] = id;
-  r["object"] = req.endpoint == Endpoint::ChatCompletions ? "chat.completion.chunk" : "text_completion";
-  r["created"] = created;
-  r["model"] = model_name;
+  ojson r = envelope(id, chunk_object(req), created, model_name);
   r["choices"] = ojson::array();
-  r["usage"] = {{"prompt_tokens", prompt_tokens},
-                {"completion_tokens", completion_tokens},
-                {"total_tokens", prompt_tokens + completion_tokens}};
+  r["usage"] = usage_json(prompt_tokens, completion_tokens);
   return "data: " + r.dump() + "\n\n";
 }
 

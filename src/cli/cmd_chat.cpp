@@ -317,6 +317,7 @@ int run(const Options& o, CLI::App& app) {
     adapter = qlora::cli::load_adapter_reporting(model, o.adapter, o.quiet);
     model.set_adapter(&adapter.inference);  // `adapter` lives as long as `model` is used
   }
+  qlora::cli::attach_device(model, o.m, o.quiet);
 
   // Piped input keeps the default SIGINT (the script is ended, as scripts expect).
   std::unique_ptr<SigintGuard> sigint;
@@ -438,6 +439,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
+      qlora::cli::add_device_flag(app, o->m);
       qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--system", o->system, "The system message (/system changes it during the chat)");
       app.add_option("--chat-template", o->chat_template_file, "Jinja file to use instead of the model's chat template");

@@ -118,6 +118,7 @@ int run(const Options& o) {
     adapter = qlora::load_adapter(o.adapter, model);
     model.set_adapter(&adapter.inference);
   }
+  qlora::cli::attach_device(model, o.m, o.quiet);
   // With no adapter, a LoRA whose B is zero computes the base model exactly.
   std::unique_ptr<qlora::LoraModel> base;
   const qlora::LoraModel* lm = adapter.lora.get();
@@ -155,6 +156,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "Compute dtype: fp32, bf16 or fp16");
+      qlora::cli::add_device_flag(app, o->m);
       qlora::cli::add_data_flags(app, o->d);
       app.add_option("--data", o->data, "Dataset: .json/.jsonl of text/alpaca/chat records, or plain text")
           ->required();

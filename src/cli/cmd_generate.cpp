@@ -89,6 +89,7 @@ int run(const Options& o, CLI::App& app) {
     adapter = qlora::cli::load_adapter_reporting(model, o.adapter, o.quiet);
     model.set_adapter(&adapter.inference);  // `adapter` lives as long as `model` is used
   }
+  qlora::cli::attach_device(model, o.m, o.quiet);
 
   // Sampling: generation_config.json's values unless given on the command line.
   qlora::GenerationOptions gen = qlora::cli::generation_options(app, o.s, files.generation, o.n, o.escape);
@@ -144,6 +145,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
+      qlora::cli::add_device_flag(app, o->m);
       qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();

@@ -159,8 +159,11 @@ int run(const Options& o) {
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
-  const qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
+  qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
+  // --device cuda: the forward and backward run on the GPU; the LoRA parameters, the
+  // optimizer and the checkpoints stay on the host.
+  qlora::cli::attach_device(model, o.m, o.quiet);
 
   qlora::LoraModel lora(model, lc);
   const int64_t steps = qlora::planned_steps(t, static_cast<int64_t>(train_seqs.size()));
@@ -196,6 +199,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "Compute dtype: fp32, bf16 or fp16 (activations rounded as torch does)");
+      qlora::cli::add_device_flag(app, o->m);
       qlora::cli::add_data_flags(app, o->d);
       app.add_option("--data", o->data,
                      "Training data: .json array or .jsonl of text/alpaca/chat records, or a plain text file")

@@ -33,6 +33,8 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
 ModelLoadOptions load_options(const ModelFlags& f) {
   if (f.threads < 0) fail("--threads", "must be >= 0");
   if (f.threads > 0) omp_set_num_threads(f.threads);
+  // --device is checked before anything is loaded (the runner is made after loading).
+  check_device_available(parse_device(f.device));
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
   load.allow_unused_tensors = f.allow_unused_tensors;
@@ -53,6 +55,21 @@ ModelLoadOptions load_options(const ModelFlags& f) {
     load.quant.double_quant = f.double_quant;
   }
   return load;
+}
+
+void add_device_flag(CLI::App& app, ModelFlags& f) {
+  app.add_option("--device", f.device,
+                 "Where the forward pass runs: cpu, or cuda / cuda:N (NVIDIA GPU; builds with -DQLORA_CUDA=ON)")
+      ->capture_default_str();
+}
+
+void attach_device(Model& model, const ModelFlags& f, bool quiet) {
+  const DeviceChoice d = parse_device(f.device);
+  if (!d.cuda) return;
+  model.set_runner(make_cuda_runner(model, d.index));
+  if (!quiet)
+    std::fprintf(stderr, "device: %s, %.1f MiB of weights on the GPU\n", model.runner()->describe().c_str(),
+                 static_cast<double>(model.runner()->device_bytes()) / (1024.0 * 1024.0));
 }
 
 void add_adapter_flag(CLI::App& app, std::string& dir) {

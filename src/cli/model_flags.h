@@ -19,6 +19,7 @@ struct ModelFlags {
   std::string compute_dtype = "fp32";
   int threads = 0;
   bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
+  std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
 };
 
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
@@ -31,6 +32,14 @@ std::vector<std::string> split_commas(const std::string& s);
 // Validates the flags (throws Error naming the flag), applies --threads, and returns the
 // load options they describe.
 ModelLoadOptions load_options(const ModelFlags& f);
+
+// --device cpu|cuda|cuda:N: where the forward pass runs (generate, chat).
+void add_device_flag(CLI::App& app, ModelFlags& f);
+
+// Moves the model's forward pass to --device when it is not the CPU (the weights, and the
+// adapter attached now, are copied to the GPU) and, unless `quiet`, says where it runs.
+// Attach the adapter first. Throws Error for an unknown device or one the build lacks.
+void attach_device(Model& model, const ModelFlags& f, bool quiet);
 
 // --adapter DIR: a PEFT LoRA adapter applied unmerged (generate, chat, eval).
 void add_adapter_flag(CLI::App& app, std::string& dir);

@@ -7,11 +7,17 @@
 
 namespace qlora {
 
-KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity)
+KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate_now)
     : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity) {
-  const size_t n = static_cast<size_t>(n_layers * kv_dim * capacity);
+  if (allocate_now) allocate();
+}
+
+void KVCache::allocate() {
+  if (allocated_) return;
+  const size_t n = static_cast<size_t>(n_layers_ * kv_dim_ * capacity_);
   k_.assign(n, 0.0f);
   v_.assign(n, 0.0f);
+  allocated_ = true;
 }
 
 void KVCache::set_length(int64_t n) {
@@ -22,6 +28,10 @@ void KVCache::set_length(int64_t n) {
 
 void KVCache::reserve(int64_t capacity) {
   if (capacity <= capacity_) return;
+  if (!allocated_) {
+    capacity_ = capacity;
+    return;
+  }
   const size_t n = static_cast<size_t>(n_layers_ * kv_dim_ * capacity);
   std::vector<float> k(n, 0.0f), v(n, 0.0f);
   for (int64_t l = 0; l < n_layers_; ++l) {

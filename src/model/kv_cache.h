@@ -10,8 +10,12 @@ namespace qlora {
 class KVCache {
  public:
   KVCache() = default;
-  // Room for `capacity` positions of `n_layers` layers of `kv_dim` floats each.
-  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity);
+  // Room for `capacity` positions of `n_layers` layers of `kv_dim` floats each. With
+  // allocate false the storage is only reserved in name until allocate() (a sequence whose
+  // keys and values live on a GPU keeps just its length here).
+  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate = true);
+  bool allocated() const { return allocated_; }
+  void allocate();  // no-op when allocated
 
   int64_t n_layers() const { return n_layers_; }
   int64_t kv_dim() const { return kv_dim_; }
@@ -20,7 +24,7 @@ class KVCache {
   int64_t length() const { return length_; }
   void set_length(int64_t n);  // REQUIRES 0 <= n <= capacity(); shrinking forgets tokens
   void clear() { length_ = 0; }
-  // Grows to at least `capacity` positions, keeping the contents.
+  // Grows to at least `capacity` positions, keeping the contents (if allocated).
   void reserve(int64_t capacity);
 
   // (capacity, kv_dim) rows of layer l; row p holds position p.
@@ -32,6 +36,7 @@ class KVCache {
 
  private:
   int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
+  bool allocated_ = false;
   std::vector<float> k_, v_;  // (L, capacity, kv_dim)
 };
 

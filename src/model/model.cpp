@@ -178,7 +178,8 @@ void Model::set_adapter(const InferenceAdapter* a) {
 // ---- inference -------------------------------------------------------------------------
 
 InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity)
-    : cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions)) {}
+    : cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
+             /*allocate=*/false) {}
 
 void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
   if (T <= scratch_T_) return;
@@ -223,6 +224,17 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
                         std::to_string(s.max_positions) + " positions");
   if (pos0 + T > st.cache_.capacity())
     st.cache_.reserve(std::min(s.max_positions, std::max(pos0 + T, 2 * st.cache_.capacity())));
+  if (const DeviceRunner* dev = model.runner()) {
+    for (int tok : tokens)
+      if (tok < 0 || tok >= s.vocab)
+        fail("embedding", "token id " + std::to_string(tok) + " is outside the vocabulary of " +
+                              std::to_string(s.vocab));
+    if (!st.device_) st.device_ = dev->new_sequence(st.cache_.capacity());
+    dev->forward(*st.device_, pos0, tokens, logits, all_logits);
+    st.cache_.set_length(pos0 + T);
+    return;
+  }
+  st.cache_.allocate();
   st.ensure_scratch(s, T);
 
   const int64_t C = s.hidden, HS = s.head_dim, NH = s.n_heads, NKV = s.n_kv_heads, F = s.ffn;

@@ -13,11 +13,13 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "base/dtype.h"
+#include "model/device_runner.h"
 #include "model/kv_cache.h"
 #include "model/model_spec.h"
 #include "model/quant_linear.h"
@@ -91,6 +93,11 @@ class Model {
   void set_adapter(const InferenceAdapter* adapter);
   const InferenceAdapter* adapter() const { return adapter_; }
 
+  // Sends every later forward() to `runner` (another device; model/device_runner.h), or
+  // with nullptr back to the CPU. InferenceStates used before must be reset() after.
+  void set_runner(std::shared_ptr<const DeviceRunner> runner) { runner_ = std::move(runner); }
+  const DeviceRunner* runner() const { return runner_.get(); }
+
  private:
   ModelSpec spec_;
   ComputeDType dtype_ = ComputeDType::F32;
@@ -99,6 +106,7 @@ class Model {
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
   const InferenceAdapter* adapter_ = nullptr;
+  std::shared_ptr<const DeviceRunner> runner_;
 };
 
 // Per-sequence state: the KV cache and the scratch buffers of forward().
@@ -115,7 +123,8 @@ class InferenceState {
  private:
   friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
   void ensure_scratch(const ModelSpec& spec, int64_t T);
-  KVCache cache_;
+  KVCache cache_;  // on the CPU: the keys and values; with a device runner: the length only
+  std::unique_ptr<DeviceSequence> device_;  // the device's keys and values (runner models)
   int64_t scratch_T_ = 0;
   // Scratch, (T, ...) each.
   std::vector<float> x_, h_, q_, k_, v_, att_, o_, gate_, up_, cos_, sin_;

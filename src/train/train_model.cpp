@@ -337,6 +337,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
 float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs,
                    std::span<const int> targets, std::span<const int32_t> positions) {
   check_sequence(lm.model().spec(), inputs, targets, positions);
+  if (const DeviceRunner* dev = lm.model().runner()) return dev->forward_loss(lm, inputs, targets, positions);
   TrainWorkspace::Impl& w = *ws.impl_;
   model_forward(w, lm, inputs, targets, positions, /*keep_all=*/false, /*training=*/false, nullptr);
   const int64_t M = static_cast<int64_t>(w.sel.size());
@@ -350,9 +351,11 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
   check_sequence(s, inputs, targets, positions);
-  TrainWorkspace::Impl& w = *ws.impl_;
   const bool training = opt.training;
   LoraRng* frng = training ? rng : nullptr;
+  // Another device (model/device_runner.h) runs the same step there.
+  if (const DeviceRunner* dev = m.runner()) return dev->forward_backward(lm, inputs, targets, opt, frng, positions);
+  TrainWorkspace::Impl& w = *ws.impl_;
   model_forward(w, lm, inputs, targets, positions, !opt.checkpointing, training, frng);
   const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers;
   const int64_t M = static_cast<int64_t>(w.sel.size());

@@ -1,0 +1,75 @@
+#pragma once
+// The seam between the model and where its forward pass runs. The CPU forward (model.h's
+// forward()) is the reference; a DeviceRunner is a second implementation of the same
+// inference forward on another device (today: CUDA, src/cuda/cuda_runner.*). A Model with
+// a runner attached (Model::set_runner) sends every forward() there, so generate, chat,
+// serve and eval run on the device without knowing it.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace qlora {
+
+class Model;
+class LoraModel;         // train/train_model.h
+class LoraRng;           // lora/lora.h
+struct TrainStepOptions;  // train/train_model.h
+
+// Per-sequence device state (the device's KV cache), created by DeviceRunner::new_sequence.
+class DeviceSequence {
+ public:
+  virtual ~DeviceSequence() = default;
+};
+
+class DeviceRunner {
+ public:
+  virtual ~DeviceRunner() = default;
+  // "cuda:0 NVIDIA H200 (sm_90, 139.8 GiB)": for log lines.
+  virtual std::string describe() const = 0;
+  // Device bytes the runner holds (weights, scratch), for log lines and the planner.
+  virtual size_t device_bytes() const = 0;
+  // A sequence with room for `capacity` positions (it grows on demand).
+  virtual std::unique_ptr<DeviceSequence> new_sequence(int64_t capacity) const = 0;
+  // model.h forward()'s contract: runs `tokens` at positions pos0.., whose keys and values
+  // are appended to `seq` (positions >= pos0 in it are overwritten); logits (host memory)
+  // as there. The caller has checked the token ids and the context length.
+  // Calls on one runner are serialized (a runner owns one set of scratch buffers).
+  virtual void forward(DeviceSequence& seq, int64_t pos0, std::span<const int> tokens, float* logits,
+                       bool all_logits) const = 0;
+
+  // The training step and the evaluation loss of train/train_model.h (forward_backward and
+  // forward_loss, same contracts: LoRA gradients accumulate into `lora`'s host dA/dB, the
+  // dropout generator advances exactly as on the CPU). The caller has checked the sequence.
+  // The defaults throw Error: training does not run on this device.
+  virtual float forward_backward(LoraModel& lora, std::span<const int> inputs, std::span<const int> targets,
+                                 const TrainStepOptions& opt, LoraRng* rng, std::span<const int32_t> positions) const;
+  virtual float forward_loss(const LoraModel& lora, std::span<const int> inputs, std::span<const int> targets,
+                             std::span<const int32_t> positions) const;
+};
+
+// Where a command runs: --device cpu | cuda | cuda:N.
+struct DeviceChoice {
+  bool cuda = false;
+  int index = 0;
+  std::string name() const { return cuda ? "cuda:" + std::to_string(index) : "cpu"; }
+};
+// Parses --device; throws Error naming the flag for anything else.
+DeviceChoice parse_device(std::string_view s);
+
+// Throws Error (naming --device) when `d` cannot be used here: a CUDA device in a build
+// without the CUDA backend, or a device index this machine does not have. Cheap: meant
+// for checking the flag before a model is loaded.
+void check_device_available(const DeviceChoice& d);
+
+// True when this build has the CUDA backend (-DQLORA_CUDA=ON).
+bool cuda_backend_built();
+
+// The CUDA runner for `model` on device `index`: uploads the weights (and the model's
+// LoRA adapter, when one is attached: attach it before) to the GPU. Throws Error when this
+// build has no CUDA backend, the device does not exist, the GPU cannot hold the model, or
+// the model holds something the CUDA backend does not run yet (naming it).
+std::shared_ptr<const DeviceRunner> make_cuda_runner(const Model& model, int index);
+
+}  // namespace qlora

@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake g++ git python3 python3-pip
       nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
-      libomp-dev libdnnl-dev libcpp-httplib-dev curl)
+      libomp-dev libdnnl-dev libcpp-httplib-dev curl ccache)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

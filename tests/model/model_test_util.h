@@ -82,10 +82,13 @@ inline std::string shell_quote(const std::string& s) {
   return q;
 }
 
-// Runs the qlora binary with `args`, capturing stdout and stderr.
+// Runs the qlora binary with `args`, capturing stdout and stderr. QLORA_CLI in the
+// environment names another binary (the test programs run on a GPU machine, away from the
+// build directory they were compiled in).
 inline CliResult run_cli(const std::vector<std::string>& args) {
   TempDir tmp("cli");
-  std::string cmd = shell_quote(QLORA_CLI_PATH);
+  const char* cli = std::getenv("QLORA_CLI");
+  std::string cmd = shell_quote(cli && *cli ? cli : QLORA_CLI_PATH);
   for (const auto& a : args) {
     cmd.push_back(' ');
     cmd.append(shell_quote(a));

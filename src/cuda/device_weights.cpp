@@ -1,0 +1,58 @@
+#include "cuda/device_weights.h"
+
+#include <vector>
+
+#include "base/error.h"
+#include "model/quant_linear.h"
+
+namespace qlora::cuda {
+
+DeviceQ4 upload_q4(const Quantized4bit& q, int64_t rows, int64_t cols, ComputeDType round_to) {
+  const QuantState& st = q.state;
+  check(rows * cols == st.numel(), "cuda::upload_q4", "the shape does not match the quantized tensor");
+  DeviceQ4 d;
+  d.packed = DeviceBuffer<uint8_t>(q.packed);
+  d.code = DeviceBuffer<float>(std::vector<float>(st.code.begin(), st.code.end()));
+  if (st.nested) {
+    d.absmax_q = DeviceBuffer<uint8_t>(st.absmax_q);
+    d.nested_absmax = DeviceBuffer<float>(st.nested_absmax);
+    d.nested_code = DeviceBuffer<float>(std::vector<float>(st.nested_code.begin(), st.nested_code.end()));
+  } else {
+    d.absmax = DeviceBuffer<float>(st.absmax);
+  }
+  Q4Device& v = d.view;
+  v.packed = d.packed.data();
+  v.rows = rows;
+  v.cols = cols;
+  v.blocksize = st.blocksize;
+  v.code = d.code.data();
+  v.round_to = round_to;
+  if (st.nested) {
+    v.absmax_q = d.absmax_q.data();
+    v.nested_absmax = d.nested_absmax.data();
+    v.nested_code = d.nested_code.data();
+    v.nested_blocksize = st.nested_blocksize;
+    v.offset = st.offset;
+  } else {
+    v.absmax = d.absmax.data();
+  }
+  return d;
+}
+
+DeviceDense upload_dense(const DenseWeight& w) {
+  DeviceDense d;
+  d.type = dense_type_of(w.dtype());
+  d.rows = w.rows();
+  d.cols = w.cols();
+  const size_t n = static_cast<size_t>(w.rows() * w.cols());
+  if (d.type == DenseType::F32) {
+    d.f32.resize(n);
+    d.f32.upload(w.f32_data(), n);
+  } else {
+    d.h16.resize(n);
+    d.h16.upload(w.h16_data(), n);
+  }
+  return d;
+}
+
+}  // namespace qlora::cuda

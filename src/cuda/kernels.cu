@@ -1,0 +1,707 @@
+// The CUDA kernels of the inference forward (cuda/kernels.h says what each computes).
+// Where the CPU's result is exact (dequantization, rotary, norms, element-wise ops) the
+// float operations are written with explicit round-to-nearest intrinsics (__fmul_rn,
+// __fadd_rn, ...) so that nvcc cannot contract them into fused multiply-adds the CPU does
+// not use (the library is built with -ffp-contract=off). Dot products use FMAs freely: their
+// summation order differs from the CPU's anyway, and the tests compare them with a
+// tolerance.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <string>
+
+#include "cuda/cuda_error.h"
+#include "cuda/kernels.h"
+
+namespace qlora::cuda {
+
+DenseType dense_type_of(ComputeDType t) {
+  switch (t) {
+    case ComputeDType::F32: return DenseType::F32;
+    case ComputeDType::BF16: return DenseType::BF16;
+    case ComputeDType::F16: return DenseType::F16;
+  }
+  return DenseType::F32;
+}
+
+namespace {
+
+constexpr int kRound32 = 0, kRoundBF16 = 1, kRoundF16 = 2;
+
+int round_code(ComputeDType t) {
+  return t == ComputeDType::BF16 ? kRoundBF16 : t == ComputeDType::F16 ? kRoundF16 : kRound32;
+}
+
+__device__ __forceinline__ float round_to(float x, int code) {
+  if (code == kRoundBF16) return __bfloat162float(__float2bfloat16_rn(x));
+  if (code == kRoundF16) return __half2float(__float2half_rn(x));
+  return x;
+}
+
+__device__ __forceinline__ uint16_t to_half_bits(float x, DenseType t) {
+  if (t == DenseType::BF16) return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+  return __half_as_ushort(__float2half_rn(x));
+}
+
+__device__ __forceinline__ float half_bits_to_f32(uint16_t h, DenseType t) {
+  if (t == DenseType::BF16) return __bfloat162float(__ushort_as_bfloat16(h));
+  return __half2float(__ushort_as_half(h));
+}
+
+// The float32 absmax of quantization block b (double quantization undone as bitsandbytes
+// does: code * scale, rounded, + offset, rounded).
+__device__ __forceinline__ float block_absmax(const Q4Device& w, int64_t b) {
+  if (w.absmax) return w.absmax[b];
+  return __fadd_rn(__fmul_rn(w.nested_code[w.absmax_q[b]], w.nested_absmax[b / w.nested_blocksize]), w.offset);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // `part` may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  v = lane < nw ? part[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ float block_max(float v) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  v = lane < nw ? part[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// Multiprocessors of the current device (asked once per process).
+int64_t sm_count() {
+  static int n = 0;
+  if (n == 0) {
+    int dev = 0;
+    QLORA_CUDA_CHECK(cudaGetDevice(&dev));
+    QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  }
+  return n;
+}
+
+unsigned grid_for(int64_t n, int threads) {
+  return static_cast<unsigned>(std::max<int64_t>(1, (n + threads - 1) / threads));
+}
+
+// ---- 4-bit dequantization -------------------------------------------------------------
+
+// Each thread decodes groups of 8 elements (4 packed bytes, one 32-bit load; blocks are
+// >= 32 elements, so an aligned group never straddles two): a warp reads 128 contiguous
+// bytes and writes 512 (bf16) or 1024 (f32) contiguous bytes per group, and each thread
+// has kGroups groups (a grid-stride apart) in flight before it decodes any.
+constexpr int kDequantGroups = 4;
+
+template <DenseType OUT>
+__device__ __forceinline__ void store8(void* out, int64_t i0, const float (&v)[8]) {
+  if constexpr (OUT == DenseType::F32) {
+    float4* o = reinterpret_cast<float4*>(static_cast<float*>(out) + i0);
+    o[0] = make_float4(v[0], v[1], v[2], v[3]);
+    o[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint32_t p[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      p[k] = static_cast<uint32_t>(to_half_bits(v[2 * k], OUT)) |
+             (static_cast<uint32_t>(to_half_bits(v[2 * k + 1], OUT)) << 16);
+    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + i0) = make_uint4(p[0], p[1], p[2], p[3]);
+  }
+}
+
+template <DenseType OUT>
+__global__ void dequant_q4_kernel(Q4Device w, int64_t n, void* out) {
+  __shared__ float code[16];
+  if (threadIdx.x < 16) code[threadIdx.x] = w.code[threadIdx.x];
+  __syncthreads();
+  const int64_t groups = n / 8;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const uint32_t* packed = reinterpret_cast<const uint32_t*>(w.packed);
+  for (int64_t g0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g0 < groups;
+       g0 += stride * kDequantGroups) {
+    uint32_t bytes[kDequantGroups];
+    float a[kDequantGroups];
+#pragma unroll
+    for (int u = 0; u < kDequantGroups; ++u) {
+      const int64_t g = g0 + u * stride;
+      bytes[u] = g < groups ? __ldg(packed + g) : 0u;
+      a[u] = g < groups ? block_absmax(w, g * 8 / w.blocksize) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kDequantGroups; ++u) {
+      const int64_t g = g0 + u * stride;
+      if (g >= groups) break;
+      float v[8];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t b = (bytes[u] >> (8 * k)) & 0xFFu;
+        v[2 * k] = __fmul_rn(code[b >> 4], a[u]);
+        v[2 * k + 1] = __fmul_rn(code[b & 15u], a[u]);
+      }
+      store8<OUT>(out, g * 8, v);
+    }
+  }
+  // The tail (n % 8 elements), by the first block.
+  if (blockIdx.x == 0) {
+    for (int64_t i = groups * 8 + threadIdx.x; i < n; i += blockDim.x) {
+      const uint8_t b = w.packed[i >> 1];
+      const float v = __fmul_rn(code[(i & 1) ? (b & 15) : (b >> 4)], block_absmax(w, i / w.blocksize));
+      if constexpr (OUT == DenseType::F32)
+        static_cast<float*>(out)[i] = v;
+      else
+        static_cast<uint16_t*>(out)[i] = to_half_bits(v, OUT);
+    }
+  }
+}
+
+// ---- matrix-vector products -------------------------------------------------------------
+
+constexpr int kGemvWarps = 8;  // rows per block: one warp each
+
+// Fast path, cols % 32 == 0: each lane reads 16 packed bytes (32 weights) per step, so
+// a row's bytes start 16-byte aligned and a 32-weight chunk lies in one quant block.
+template <int T>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_q4_kernel(Q4Device w, const float* __restrict__ x,
+                                                                  float* __restrict__ y, int64_t ldy, int rnd) {
+  __shared__ float code[16];
+  if (threadIdx.x < 16) code[threadIdx.x] = w.code[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (r >= w.rows) return;
+  const int64_t cols = w.cols, chunks = cols / 32;
+  const uint4* row = reinterpret_cast<const uint4*>(w.packed + r * cols / 2);
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = 0.0f;
+  // Two 16-byte loads in flight per lane before either is decoded (memory-level
+  // parallelism is what a GEMV lives on).
+  auto consume = [&](const uint4 q, int64_t c) {
+    const float a = block_absmax(w, (r * cols + c * 32) / w.blocksize);
+    float wv[32];
+    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      const uint32_t b = (words[k >> 2] >> (8 * (k & 3))) & 0xFFu;
+      wv[2 * k] = round_to(__fmul_rn(code[b >> 4], a), rnd);
+      wv[2 * k + 1] = round_to(__fmul_rn(code[b & 15u], a), rnd);
+    }
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const float4* xv = reinterpret_cast<const float4*>(x + t * cols + c * 32);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float4 xx = __ldg(xv + k);
+        acc[t] += wv[4 * k] * xx.x + wv[4 * k + 1] * xx.y + wv[4 * k + 2] * xx.z + wv[4 * k + 3] * xx.w;
+      }
+    }
+  };
+  int64_t c = lane;
+  for (; c + 32 < chunks; c += 64) {
+    const uint4 qa = __ldg(row + c), qb = __ldg(row + c + 32);
+    consume(qa, c);
+    consume(qb, c + 32);
+  }
+  if (c < chunks) consume(__ldg(row + c), c);
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[t * ldy + r] = s;
+  }
+}
+
+// The decode GEMV with x staged in shared memory (the fast path whenever it fits): each
+// lane reads 16 packed bytes (32 weights) per step, and the 32 matching x values come from
+// shared memory as 8 conflict-free 16-byte reads (each 32-value chunk of x is stored
+// kChunkPitch floats apart, so 8 consecutive lanes hit 8 different groups of 4 banks).
+// Reading them from global memory instead costs one L1 wavefront per lane (every lane's
+// 128 bytes lie in a different line): that, not DRAM, limited the first version to ~9%
+// of the copy bandwidth. Warps walk rows with a grid stride, so each block's copy of x
+// serves several rows. For float32 weights (no rounding) the block's absmax is factored
+// out of its 32 products; rounded (bf16/fp16) weights are rounded one by one as the CPU does.
+constexpr int kChunkPitch = 36;
+
+template <int T, bool kUnrounded>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_q4_smem_kernel(Q4Device w, const float* __restrict__ x,
+                                                                       float* __restrict__ y, int64_t ldy, int rnd) {
+  extern __shared__ float4 xs4[];
+  const float* xs = reinterpret_cast<const float*>(xs4);
+  __shared__ float code[16];
+  const int64_t cols = w.cols, chunks = cols / 32;
+  if (threadIdx.x < 16) code[threadIdx.x] = w.code[threadIdx.x];
+  const int lane = threadIdx.x & 31;
+  const int64_t r_first = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  // The first row's weights are requested before x is staged, so the two overlap.
+  uint4 pre_a = make_uint4(0, 0, 0, 0), pre_b = pre_a;
+  if (r_first < w.rows) {
+    const uint4* row = reinterpret_cast<const uint4*>(w.packed + r_first * cols / 2);
+    if (lane < chunks) pre_a = __ldg(row + lane);
+    if (lane + 32 < chunks) pre_b = __ldg(row + lane + 32);
+  }
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  for (int64_t j = threadIdx.x; j < T * chunks * 8; j += blockDim.x)
+    xs4[(j / 8) * (kChunkPitch / 4) + (j % 8)] = __ldg(x4 + j);
+  __syncthreads();
+  for (int64_t r = r_first; r < w.rows; r += static_cast<int64_t>(gridDim.x) * kGemvWarps) {
+    const uint4* row = reinterpret_cast<const uint4*>(w.packed + r * cols / 2);
+    float acc[T];
+#pragma unroll
+    for (int t = 0; t < T; ++t) acc[t] = 0.0f;
+    auto consume = [&](const uint4 q, int64_t c) {
+      const float a = block_absmax(w, (r * cols + c * 32) / w.blocksize);
+      const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+      float wv[32];
+#pragma unroll
+      for (int k = 0; k < 16; ++k) {
+        const uint32_t b = (words[k >> 2] >> (8 * (k & 3))) & 0xFFu;
+        if constexpr (kUnrounded) {
+          wv[2 * k] = code[b >> 4];
+          wv[2 * k + 1] = code[b & 15u];
+        } else {
+          wv[2 * k] = round_to(__fmul_rn(code[b >> 4], a), rnd);
+          wv[2 * k + 1] = round_to(__fmul_rn(code[b & 15u], a), rnd);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        const float4* xv = reinterpret_cast<const float4*>(xs + (t * chunks + c) * kChunkPitch);
+        float part = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const float4 xx = xv[k];
+          part += wv[4 * k] * xx.x + wv[4 * k + 1] * xx.y + wv[4 * k + 2] * xx.z + wv[4 * k + 3] * xx.w;
+        }
+        acc[t] += kUnrounded ? part * a : part;
+      }
+    };
+    bool use_pre = r == r_first;
+    int64_t c = lane;
+    for (; c + 32 < chunks; c += 64) {
+      uint4 qa, qb;
+      if (use_pre) {
+        qa = pre_a;
+        qb = pre_b;
+        use_pre = false;
+      } else {
+        qa = __ldg(row + c);
+        qb = __ldg(row + c + 32);
+      }
+      consume(qa, c);
+      consume(qb, c + 32);
+    }
+    if (c < chunks) consume(use_pre ? pre_a : __ldg(row + c), c);
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const float sum = warp_sum(acc[t]);
+      if (lane == 0) y[t * ldy + r] = sum;
+    }
+  }
+}
+
+// Any shape: one weight per lane per step.
+__global__ void gemv_q4_generic_kernel(Q4Device w, const float* __restrict__ x, int T, float* __restrict__ y,
+                                       int64_t ldy, int rnd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (r >= w.rows) return;
+  const int64_t cols = w.cols;
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t c = lane; c < cols; c += 32) {
+    const int64_t i = r * cols + c;
+    const uint8_t b = w.packed[i >> 1];
+    const float wv = round_to(__fmul_rn(w.code[(i & 1) ? (b & 15) : (b >> 4)], block_absmax(w, i / w.blocksize)), rnd);
+#pragma unroll
+    for (int t = 0; t < 8; ++t)
+      if (t < T) acc[t] += wv * x[t * cols + c];
+  }
+#pragma unroll
+  for (int t = 0; t < 8; ++t) {
+    if (t >= T) break;
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[t * ldy + r] = s;
+  }
+}
+
+// Dense rows: 16-byte loads (4 float32 or 8 half-width weights per lane per step) when the
+// row length allows, else one weight per lane per step.
+template <int T, DenseType W>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_dense_kernel(const void* __restrict__ wp, int64_t rows,
+                                                                     int64_t cols, const float* __restrict__ x,
+                                                                     float* __restrict__ y, int64_t ldy) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  constexpr int kPer = W == DenseType::F32 ? 4 : 8;  // weights per 16-byte load
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = 0.0f;
+  if (cols % kPer == 0) {
+    const int64_t steps = cols / kPer;
+    for (int64_t c = lane; c < steps; c += 32) {
+      float wv[kPer];
+      if constexpr (W == DenseType::F32) {
+        const float4 q = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(wp) + r * cols) + c);
+        wv[0] = q.x; wv[1] = q.y; wv[2] = q.z; wv[3] = q.w;
+      } else {
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(wp) + r * cols) + c);
+        const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          wv[2 * k] = half_bits_to_f32(static_cast<uint16_t>(words[k] & 0xFFFFu), W);
+          wv[2 * k + 1] = half_bits_to_f32(static_cast<uint16_t>(words[k] >> 16), W);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        const float* xv = x + t * cols + c * kPer;
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) acc[t] += wv[k] * __ldg(xv + k);
+      }
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) {
+      float wv;
+      if constexpr (W == DenseType::F32)
+        wv = static_cast<const float*>(wp)[r * cols + c];
+      else
+        wv = half_bits_to_f32(static_cast<const uint16_t*>(wp)[r * cols + c], W);
+#pragma unroll
+      for (int t = 0; t < T; ++t) acc[t] += wv * x[t * cols + c];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[t * ldy + r] = s;
+  }
+}
+
+// ---- block ops ------------------------------------------------------------------------
+
+__global__ void embedding_kernel(float* out, const int32_t* tokens, const void* table, DenseType type, int64_t C) {
+  const int64_t t = blockIdx.y;
+  const int64_t row = tokens[t];
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < C;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v;
+    if (type == DenseType::F32)
+      v = static_cast<const float*>(table)[row * C + i];
+    else
+      v = half_bits_to_f32(static_cast<const uint16_t*>(table)[row * C + i], type);
+    out[t * C + i] = v;
+  }
+}
+
+__global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t C, float eps,
+                               int rnd) {
+  const int64_t t = blockIdx.x;
+  const float* xr = x + t * C;
+  float* o = out + t * C;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < C; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss);
+  const float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(C)), eps)));
+  if (rstd && threadIdx.x == 0) rstd[t] = r;
+  for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+    if (rnd == kRound32)
+      o[i] = __fmul_rn(weight[i], __fmul_rn(r, xr[i]));
+    else
+      o[i] = round_to(__fmul_rn(weight[i], round_to(__fmul_rn(r, xr[i]), rnd)), rnd);
+  }
+}
+
+__global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_t NH, int64_t HS) {
+  const int64_t t = blockIdx.y, h = blockIdx.x, half = HS / 2;
+  const float* c = cos + t * half;
+  const float* s = sin + t * half;
+  float* v = x + (t * NH + h) * HS;
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const float x0 = v[i], x1 = v[i + half];
+    v[i] = __fsub_rn(__fmul_rn(x0, c[i]), __fmul_rn(x1, s[i]));
+    v[i + half] = __fadd_rn(__fmul_rn(x1, c[i]), __fmul_rn(x0, s[i]));
+  }
+}
+
+// One block per (head, query): scores in dynamic shared memory (one float per visible key)
+// after the query vector (HS floats).
+__global__ void attention_kernel(float* out, const float* q, const float* k, const float* v, int64_t q_pos0,
+                                 int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale) {
+  extern __shared__ float smem[];
+  const int64_t h = blockIdx.x, t = blockIdx.y;
+  const int64_t kh = h / (NH / NKV);
+  const int64_t qs = NH * HS, kvs = NKV * HS;
+  const int64_t n = q_pos0 + t + 1;
+  const int64_t j0 = key_start ? key_start[t] : 0;
+  float* qv = smem;
+  float* sc = smem + HS;  // indexed j - j0
+  for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) qv[d] = q[t * qs + h * HS + d];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int64_t j = j0 + warp; j < n; j += nw) {
+    const float* kr = k + j * kvs + kh * HS;
+    float dot = 0.0f;
+    for (int64_t d = lane; d < HS; d += 32) dot += qv[d] * kr[d];
+    dot = warp_sum(dot);
+    if (lane == 0) sc[j - j0] = dot * scale;
+  }
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, sc[j - j0]);
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) {
+    const float e = expf(sc[j - j0] - mx);
+    sc[j - j0] = e;
+    sum += e;
+  }
+  sum = block_sum(sum);  // its barriers also publish the exponentials
+  for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) sc[j - j0] = sc[j - j0] / sum;
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t j = j0; j < n; ++j) acc += sc[j - j0] * v[j * kvs + kh * HS + d];
+    out[t * qs + h * HS + d] = acc;
+  }
+}
+
+__global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t N) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = __fmul_rn(__fmul_rn(g, __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-g)))), up[i]);
+  }
+}
+
+__global__ void residual_kernel(float* out, const float* a, const float* b, int64_t N) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = __fadd_rn(a[i], b[i]);
+}
+
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t T, int64_t N) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < T * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __fadd_rn(y[i], bias[i % N]);
+}
+
+__global__ void axpy_kernel(float* y, float alpha, const float* x, int64_t N) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __fadd_rn(y[i], __fmul_rn(x[i], alpha));
+}
+
+__global__ void round_kernel(float* x, int64_t n, int rnd) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] = round_to(x[i], rnd);
+}
+
+__global__ void to_half_kernel(uint16_t* out, const float* x, int64_t n, DenseType t) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = to_half_bits(x[i], t);
+}
+
+// Element-wise kernels: a grid-stride loop over at most this many blocks.
+unsigned ew_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(grid_for(n, 256), 4096)); }
+
+// Raises `kernel`'s dynamic shared memory limit to what the device allows (once) and says
+// whether `bytes` fit.
+template <auto Kernel>
+bool fits_shared(size_t bytes) {
+  if (bytes <= 48 * 1024) return true;
+  static int optin = -1;  // per kernel
+  if (optin < 0) {
+    int dev = 0;
+    QLORA_CUDA_CHECK(cudaGetDevice(&dev));
+    QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    optin -= 1024;  // the static shared memory (code table, reductions)
+    QLORA_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  }
+  return bytes <= static_cast<size_t>(optin);
+}
+
+template <int T>
+void launch_gemv_q4(const Q4Device& w, const float* x, float* y, int64_t ldy, int rnd, cudaStream_t s) {
+  const size_t smem = static_cast<size_t>(T * (w.cols / 32) * kChunkPitch) * sizeof(float);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(grid_for(w.rows, kGemvWarps), sm_count() * 4));
+  if (rnd == kRound32) {
+    if (fits_shared<gemv_q4_smem_kernel<T, true>>(smem)) {
+      gemv_q4_smem_kernel<T, true><<<grid, kGemvWarps * 32, smem, s>>>(w, x, y, ldy, rnd);
+      return;
+    }
+  } else if (fits_shared<gemv_q4_smem_kernel<T, false>>(smem)) {
+    gemv_q4_smem_kernel<T, false><<<grid, kGemvWarps * 32, smem, s>>>(w, x, y, ldy, rnd);
+    return;
+  }
+  gemv_q4_kernel<T><<<grid_for(w.rows, kGemvWarps), kGemvWarps * 32, 0, s>>>(w, x, y, ldy, rnd);
+}
+
+template <int T>
+void launch_gemv_dense(const void* w, DenseType type, int64_t rows, int64_t cols, const float* x, float* y,
+                       int64_t ldy, cudaStream_t s) {
+  const unsigned g = grid_for(rows, kGemvWarps);
+  switch (type) {
+    case DenseType::F32: gemv_dense_kernel<T, DenseType::F32><<<g, kGemvWarps * 32, 0, s>>>(w, rows, cols, x, y, ldy); break;
+    case DenseType::BF16: gemv_dense_kernel<T, DenseType::BF16><<<g, kGemvWarps * 32, 0, s>>>(w, rows, cols, x, y, ldy); break;
+    case DenseType::F16: gemv_dense_kernel<T, DenseType::F16><<<g, kGemvWarps * 32, 0, s>>>(w, rows, cols, x, y, ldy); break;
+  }
+}
+
+}  // namespace
+
+void dequantize_q4(const Q4Device& w, DenseType out_type, void* out, cudaStream_t s) {
+  const int64_t n = w.rows * w.cols;
+  if (n == 0) return;
+  const unsigned g = static_cast<unsigned>(
+      std::min<int64_t>(grid_for((n / 8 + kDequantGroups - 1) / kDequantGroups + 1, 256), sm_count() * 16));
+  switch (out_type) {
+    case DenseType::F32: dequant_q4_kernel<DenseType::F32><<<g, 256, 0, s>>>(w, n, out); break;
+    case DenseType::BF16: dequant_q4_kernel<DenseType::BF16><<<g, 256, 0, s>>>(w, n, out); break;
+    case DenseType::F16: dequant_q4_kernel<DenseType::F16><<<g, 256, 0, s>>>(w, n, out); break;
+  }
+  check_launch("dequantize_q4");
+}
+
+void gemv_q4(const Q4Device& w, const float* x, int T, float* y, int64_t ldy, cudaStream_t s) {
+  check(T >= 1 && T <= 8, "cuda::gemv_q4", "T must be 1..8 (got " + std::to_string(T) + ")");
+  if (w.rows == 0) return;
+  const int rnd = round_code(w.round_to);
+  if (w.cols % 32 != 0) {
+    gemv_q4_generic_kernel<<<grid_for(w.rows, kGemvWarps), kGemvWarps * 32, 0, s>>>(w, x, T, y, ldy, rnd);
+  } else {
+    switch (T) {
+      case 1: launch_gemv_q4<1>(w, x, y, ldy, rnd, s); break;
+      case 2: launch_gemv_q4<2>(w, x, y, ldy, rnd, s); break;
+      case 3: launch_gemv_q4<3>(w, x, y, ldy, rnd, s); break;
+      case 4: launch_gemv_q4<4>(w, x, y, ldy, rnd, s); break;
+      case 5: launch_gemv_q4<5>(w, x, y, ldy, rnd, s); break;
+      case 6: launch_gemv_q4<6>(w, x, y, ldy, rnd, s); break;
+      case 7: launch_gemv_q4<7>(w, x, y, ldy, rnd, s); break;
+      default: launch_gemv_q4<8>(w, x, y, ldy, rnd, s); break;
+    }
+  }
+  check_launch("gemv_q4");
+}
+
+void gemv_dense(const void* w, DenseType type, int64_t rows, int64_t cols, const float* x, int T, float* y,
+                int64_t ldy, cudaStream_t s) {
+  check(T >= 1 && T <= 8, "cuda::gemv_dense", "T must be 1..8 (got " + std::to_string(T) + ")");
+  if (rows == 0) return;
+  switch (T) {
+    case 1: launch_gemv_dense<1>(w, type, rows, cols, x, y, ldy, s); break;
+    case 2: launch_gemv_dense<2>(w, type, rows, cols, x, y, ldy, s); break;
+    case 3: launch_gemv_dense<3>(w, type, rows, cols, x, y, ldy, s); break;
+    case 4: launch_gemv_dense<4>(w, type, rows, cols, x, y, ldy, s); break;
+    case 5: launch_gemv_dense<5>(w, type, rows, cols, x, y, ldy, s); break;
+    case 6: launch_gemv_dense<6>(w, type, rows, cols, x, y, ldy, s); break;
+    case 7: launch_gemv_dense<7>(w, type, rows, cols, x, y, ldy, s); break;
+    default: launch_gemv_dense<8>(w, type, rows, cols, x, y, ldy, s); break;
+  }
+  check_launch("gemv_dense");
+}
+
+void embedding_forward(float* out, const int32_t* tokens, int64_t T, const void* table, DenseType type, int64_t C,
+                       cudaStream_t s) {
+  if (T == 0) return;
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(grid_for(C, 256), 64)), static_cast<unsigned>(T));
+  embedding_kernel<<<grid, 256, 0, s>>>(out, tokens, table, type, C);
+  check_launch("embedding_forward");
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
+                     ComputeDType dtype, cudaStream_t s) {
+  if (T == 0) return;
+  rmsnorm_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(out, rstd, x, weight, C, eps, round_code(dtype));
+  check_launch("rmsnorm_forward");
+}
+
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s) {
+  if (T == 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, HS / 2)));
+  rope_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), threads, 0, s>>>(x, cos, sin, NH, HS);
+  check_launch("rope_forward");
+}
+
+void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
+                       int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s) {
+  if (T == 0) return;
+  check(NKV > 0 && NH % NKV == 0, "cuda::attention_forward", "NH must be a multiple of NKV");
+  const size_t smem = static_cast<size_t>(HS + q_pos0 + T) * sizeof(float);
+  static size_t raised = 48 * 1024;
+  if (smem > raised) {
+    int dev = 0, max_optin = 0;
+    QLORA_CUDA_CHECK(cudaGetDevice(&dev));
+    QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    check(smem <= static_cast<size_t>(max_optin), "cuda::attention_forward",
+          "a context of " + std::to_string(q_pos0 + T) + " positions needs " + std::to_string(smem) +
+              " bytes of shared memory per block; this GPU allows " + std::to_string(max_optin));
+    QLORA_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(max_optin)));
+    raised = static_cast<size_t>(max_optin);
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  attention_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(
+      out, q, k, v, q_pos0, NH, NKV, HS, key_start, scale);
+  check_launch("attention_forward");
+}
+
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t N, cudaStream_t s) {
+  if (N == 0) return;
+  swiglu_kernel<<<ew_grid(N), 256, 0, s>>>(out, gate, up, N);
+  check_launch("swiglu_forward");
+}
+
+void residual_forward(float* out, const float* a, const float* b, int64_t N, cudaStream_t s) {
+  if (N == 0) return;
+  residual_kernel<<<ew_grid(N), 256, 0, s>>>(out, a, b, N);
+  check_launch("residual_forward");
+}
+
+void add_bias(float* y, const float* bias, int64_t T, int64_t N, cudaStream_t s) {
+  if (T * N == 0) return;
+  add_bias_kernel<<<ew_grid(T * N), 256, 0, s>>>(y, bias, T, N);
+  check_launch("add_bias");
+}
+
+void axpy(float* y, float alpha, const float* x, int64_t N, cudaStream_t s) {
+  if (N == 0) return;
+  axpy_kernel<<<ew_grid(N), 256, 0, s>>>(y, alpha, x, N);
+  check_launch("axpy");
+}
+
+void round_activations(float* x, int64_t n, ComputeDType t, cudaStream_t s) {
+  if (t == ComputeDType::F32 || n == 0) return;
+  round_kernel<<<ew_grid(n), 256, 0, s>>>(x, n, round_code(t));
+  check_launch("round_activations");
+}
+
+void f32_to_half(uint16_t* out, const float* x, int64_t n, DenseType type, cudaStream_t s) {
+  if (n == 0) return;
+  check(type != DenseType::F32, "cuda::f32_to_half", "the target must be BF16 or F16");
+  to_half_kernel<<<ew_grid(n), 256, 0, s>>>(out, x, n, type);
+  check_launch("f32_to_half");
+}
+
+}  // namespace qlora::cuda

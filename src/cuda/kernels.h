@@ -1,0 +1,86 @@
+#pragma once
+// The CUDA kernels of the inference forward, as host functions that launch them on a
+// stream. Same conventions as model/ops.h (outputs first; shapes in comments; T tokens,
+// C hidden, NH/NKV query/key-value heads, HS head size). All pointers are device pointers;
+// activations are float32 and, as on the CPU, rounded to the compute dtype by the caller
+// where a bf16/fp16 model would round them.
+//
+// Each kernel has a CPU reference it is tested against (tests/cuda/test_cuda_kernels.cpp):
+// the CPU backend's own op (model/ops.h, quant/blockwise.h, model/linear_kernels.h).
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "base/dtype.h"
+
+namespace qlora::cuda {
+
+// A 4-bit weight (out = rows, in = cols) in device memory, laid out exactly as the CPU's
+// kernels::Q4Matrix (bitsandbytes' packing: element 2j in the high nibble of byte j),
+// its blocks running over the flattened row-major tensor.
+struct Q4Device {
+  const uint8_t* packed = nullptr;  // (rows*cols+1)/2 bytes
+  int64_t rows = 0, cols = 0;
+  int blocksize = 64;
+  const float* code = nullptr;          // 16 values
+  const float* absmax = nullptr;        // per block, or null when nested:
+  const uint8_t* absmax_q = nullptr;    //   nested_code[absmax_q[b]] * nested_absmax[b / nested_blocksize]
+  const float* nested_absmax = nullptr; //   + offset (two float32 roundings, never fused)
+  const float* nested_code = nullptr;   //   256 values
+  int nested_blocksize = 256;
+  float offset = 0.0f;
+  ComputeDType round_to = ComputeDType::F32;  // dequantized weights are rounded to this
+};
+
+// Element dtype of a dense device tensor.
+enum class DenseType : uint8_t { F32, BF16, F16 };
+DenseType dense_type_of(ComputeDType t);
+
+// out (n) = code[nibble_i] * absmax[i / blocksize] (then rounded to out_type), i < n =
+// rows*cols: bit-identical to dequantize_4bit_{f32,bf16,f16} on the CPU (w.round_to is
+// ignored: out_type decides).
+void dequantize_q4(const Q4Device& w, DenseType out_type, void* out, cudaStream_t s);
+
+// The fused 4-bit matrix-vector product for decoding (packed weights read once):
+// y[t*ldy + r] = sum_c W[r, c] * x[t*cols + c] for r < rows, t < T (1 <= T <= 8), with W
+// dequantized (and rounded to w.round_to) on the fly; float32 accumulation.
+void gemv_q4(const Q4Device& w, const float* x, int T, float* y, int64_t ldy, cudaStream_t s);
+
+// y[t*ldy + r] = sum_c W[r, c] * x[t*cols + c] for a dense row-major W (rows, cols) of
+// `type`; float32 accumulation; 1 <= T <= 8.
+void gemv_dense(const void* w, DenseType type, int64_t rows, int64_t cols, const float* x, int T, float* y,
+                int64_t ldy, cudaStream_t s);
+
+// out (T, C) = rows tokens[t] of table (V, C) of `type`, as float32. Token ids are checked
+// on the host before they get here.
+void embedding_forward(float* out, const int32_t* tokens, int64_t T, const void* table, DenseType type, int64_t C,
+                       cudaStream_t s);
+
+// ops.h rmsnorm_forward: out = weight * round(x * rstd) (rounded again) per row; rstd (T)
+// written when not null.
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
+                     ComputeDType dtype, cudaStream_t s);
+
+// ops.h rope_forward in place on x (T, NH, HS) with cos/sin (T, HS/2) from rope_tables.
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s);
+
+// ops.h attention_forward without the probabilities: causal GQA, query t at position
+// q_pos0 + t sees keys [key_start ? key_start[t] : 0, q_pos0 + t]. k, v (>= q_pos0+T rows,
+// NKV*HS). Scale 1/sqrt(HS), softmax in float32.
+void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
+                       int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s);
+
+// out (N) = silu(gate) * up (may alias).
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t N, cudaStream_t s);
+// out (N) = a + b (may alias).
+void residual_forward(float* out, const float* a, const float* b, int64_t N, cudaStream_t s);
+// y (T, N) += bias (N) broadcast over rows.
+void add_bias(float* y, const float* bias, int64_t T, int64_t N, cudaStream_t s);
+// y (N) += alpha * x (N).
+void axpy(float* y, float alpha, const float* x, int64_t N, cudaStream_t s);
+// Rounds x (n) in place to `t` (nearest-even; no-op for F32), as round_activations.
+void round_activations(float* x, int64_t n, ComputeDType t, cudaStream_t s);
+// out (n) = x (n) converted to bf16 (`type` BF16) or fp16 (F16) bit patterns, nearest-even.
+void f32_to_half(uint16_t* out, const float* x, int64_t n, DenseType type, cudaStream_t s);
+
+}  // namespace qlora::cuda

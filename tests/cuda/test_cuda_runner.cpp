@@ -1,0 +1,162 @@
+// The CUDA inference forward (cuda/cuda_runner.h) end to end against the CPU backend:
+//  - stories260K float32, greedy, through the library and the `qlora generate --device
+//    cuda` binary, prints exactly llama2.c's known text;
+//  - NF4 (double quant) logits, fp32 and bf16 compute, decode (GEMV) and prefill (GEMM)
+//    paths, with a LoRA adapter attached, within rounding of the CPU's;
+//  - the KV cache grows and a PromptCache-style shortened sequence continues correctly.
+// Without a GPU every test skips, saying so.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/cuda_error.h"
+#include "formats/model_loader.h"
+#include "formats/tokenizer.h"
+#include "lora/lora.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "model/device_runner.h"
+#include "model/model_test_util.h"
+#include "train/train_model.h"
+
+using namespace qlora;
+using namespace qlora::test;
+
+namespace {
+
+#define REQUIRE_GPU()                                                                              \
+  do {                                                                                             \
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device here: CUDA forward not run";   \
+  } while (0)
+
+Model load_stories(bool nf4, ComputeDType dt) {
+  ModelFiles f = open_model_files(stories_bin());
+  ModelLoadOptions o;
+  o.quant.quantize = nf4;
+  o.quant.double_quant = nf4;
+  o.compute_dtype = dt;
+  return Model::load(f.spec, *f.tensors, o);
+}
+
+std::vector<int> test_tokens(int n) {
+  std::vector<int> t(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) t[static_cast<size_t>(i)] = 1 + (i * 37 + 11) % 500;
+  return t;
+}
+
+// Logits of `tokens` run as a prompt of `prefill` tokens and then one token at a time.
+std::vector<float> run(const Model& m, const std::vector<int>& tokens, int64_t prefill) {
+  const int64_t V = m.spec().vocab, T = static_cast<int64_t>(tokens.size());
+  InferenceState st(m.spec(), 4);  // small on purpose: the cache must grow
+  std::vector<float> logits(static_cast<size_t>(T * V));
+  forward(m, st, std::span<const int>(tokens).first(static_cast<size_t>(prefill)), logits.data(), true);
+  for (int64_t t = prefill; t < T; ++t)
+    forward(m, st, std::span<const int>(tokens).subspan(static_cast<size_t>(t), 1), logits.data() + t * V);
+  return logits;
+}
+
+// max |a - b| relative to max |b|.
+double rel_max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, m = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
+    m = std::max(m, std::fabs(static_cast<double>(b[i])));
+  }
+  return d / m;
+}
+
+void compare_backends(bool nf4, ComputeDType dt, bool adapter, double tol) {
+  Model m = load_stories(nf4, dt);
+  std::unique_ptr<LoraModel> lora;
+  InferenceAdapter ad;
+  if (adapter) {
+    LoraConfig c;
+    c.r = 4;
+    c.alpha = 8.0;
+    c.all_linear = true;
+    c.seed = 3;
+    lora = std::make_unique<LoraModel>(m, c);
+    LoraRng rng(9);
+    for (LoraLayer& l : lora->layers())
+      for (float& b : l.B) b = 0.2f * (2.f * rng.next_float() - 1.f);
+    ad.blocks.resize(static_cast<size_t>(m.spec().n_layers));
+    for (int64_t l = 0; l < m.spec().n_layers; ++l)
+      for (int w = 0; w < kBlockLinears; ++w)
+        ad.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] = lora->find(l, static_cast<BlockLinear>(w));
+    m.set_adapter(&ad);
+  }
+  const std::vector<int> tokens = test_tokens(40);
+  for (int64_t prefill : {int64_t{1}, int64_t{5}, int64_t{30}}) {  // GEMV, fused multi-token GEMV, GEMM
+    m.set_runner(nullptr);
+    const std::vector<float> cpu = run(m, tokens, prefill);
+    m.set_runner(make_cuda_runner(m, 0));
+    const std::vector<float> gpu = run(m, tokens, prefill);
+    const double d = rel_max_diff(gpu, cpu);
+    EXPECT_LE(d, tol) << "nf4 " << nf4 << " dt " << static_cast<int>(dt) << " adapter " << adapter << " prefill "
+                      << prefill;
+    std::printf("[ cuda vs cpu ] nf4 %d dt %d adapter %d prefill %lld: max |dlogit| / max |logit| = %.3g\n", nf4,
+                static_cast<int>(dt), adapter, static_cast<long long>(prefill), d);
+  }
+}
+
+TEST(CudaRunner, GreedyStoriesFloat32MatchesLlama2c) {
+  REQUIRE_GPU();
+  ModelFiles f = open_model_files(stories_bin(), stories_tok());
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  Model m = Model::load(f.spec, *f.tensors, o);
+  m.set_runner(make_cuda_runner(m, 0));
+  std::printf("[ cuda ] %s\n", m.runner()->describe().c_str());
+  const auto ids = f.tokenizer->encode("Once upon a time");
+  std::vector<int> prompt(ids.begin(), ids.end());
+  GenerationOptions g;
+  g.max_new_tokens = kStoriesNewTokens;
+  g.sampling.temperature = 0;
+  g.echo_prompt = true;
+  std::string text;
+  generate(m, f.tokenizer.get(), prompt, g, [&](std::string_view s) { text += s; });
+  EXPECT_EQ(text, kStoriesGreedy);
+}
+
+TEST(CudaRunner, CliGenerateOnCuda) {
+  REQUIRE_GPU();
+  const CliResult r = run_cli({"generate", "--model", stories_bin(), "--tokenizer", stories_tok(), "--prompt",
+                               "Once upon a time", "-n", std::to_string(kStoriesNewTokens), "--temperature", "0",
+                               "--quant", "none", "--device", "cuda"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, std::string(kStoriesGreedy) + "\n");
+  EXPECT_NE(r.err.find("cuda:0"), std::string::npos) << r.err;
+}
+
+TEST(CudaRunner, Nf4Fp32LogitsMatchCpu) {
+  REQUIRE_GPU();
+  compare_backends(true, ComputeDType::F32, false, 1e-4);
+}
+
+TEST(CudaRunner, DenseAndAdapterLogitsMatchCpu) {
+  REQUIRE_GPU();
+  compare_backends(false, ComputeDType::F32, true, 1e-4);
+  compare_backends(true, ComputeDType::F32, true, 1e-4);
+}
+
+// bf16/fp16: each op rounds to the compute dtype, so a one-ulp difference early can move
+// later values by a few bf16 steps: tolerance a few bf16 ulps of the largest logit.
+TEST(CudaRunner, Nf4HalfPrecisionLogitsMatchCpuWithinRounding) {
+  REQUIRE_GPU();
+  compare_backends(true, ComputeDType::BF16, false, 4.0 / 128);
+  compare_backends(true, ComputeDType::F16, true, 4.0 / 1024);
+}
+
+TEST(CudaRunner, MissingDeviceIsACleanError) {
+  REQUIRE_GPU();
+  Model m = load_stories(true, ComputeDType::F32);
+  try {
+    make_cuda_runner(m, 99);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:99 does not exist"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

@@ -22,6 +22,33 @@ for t in test_cuda_kernels test_cuda_train_kernels test_cuda_runner test_cuda_tr
   timeout 240 "$t" --gtest_color=no 2>&1 | tee "$OUT/$t.log" | grep -E '^\[ +(OK|FAILED|SKIPPED|PASSED) |cuda vs cpu|cuda train|\[ cuda \]|Failure|Expected|expected|got |Which is|error' | head -80
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "$t FAILED"; rc=1; }
 done
-timeout 300 bench_cuda_kernels ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_cuda_kernels.jsonl"
-[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  timeout 300 bench_cuda_kernels ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_cuda_kernels.jsonl"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+fi
+
+# Hugging Face models with random weights made here (.devcarry/smol: SmolLM2-135M's
+# config.json and tokenizer files): the CUDA forward against the CPU on that shape, a
+# GPU-trained adapter loaded by PEFT, and decode/training speed next to Hugging Face's.
+if [ -d .devcarry/smol ]; then
+  export PYTHONUNBUFFERED=1
+  S=/tmp/smol-random TL=/tmp/tinyllama-random
+  python3 bench/cuda/hf_random_model.py .devcarry/smol $S --dtype float32 2>&1 | tail -1 | tee -a "$OUT/hf.log"
+  gen=(generate --prompt "Once upon a time" -n 128 --temperature 0 --double-quant --compute-dtype bf16 --device cuda)
+  if [ "${HF_PARTS:-all}" = all ]; then
+  QLORA_CUDA_HF_MODEL=$S timeout 300 test_cuda_runner --gtest_filter='*HfModel*' 2>&1 | grep -E 'cuda vs cpu|OK|FAILED' | tee -a "$OUT/hf.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  train=(train --model $S --data .devcarry/data/text/tinyshakespeare.txt --seq-len 256 --batch-size 4 --lora-r 16
+         --double-quant --compute-dtype bf16 --overwrite-output-dir)
+  timeout 300 qlora "${train[@]}" --out /tmp/ad-gpu --max-steps 10 --device cuda 2>&1 | grep -E 'trained|device|error' | tee -a "$OUT/hf.log"
+  timeout 300 qlora "${train[@]}" --out /tmp/ad-cpu --max-steps 2 2>&1 | grep -E 'trained|error' | sed 's/^/cpu 16 cores: /' | tee -a "$OUT/hf.log"
+  fi
+  timeout 300 qlora "${gen[@]}" --model $S 2>&1 >/dev/null | grep -E 'tokens/s|device|error' | tee -a "$OUT/hf.log"
+  [ "${HF_PARTS:-all}" = all ] && timeout 300 python3 bench/cuda/hf_compare.py $S /tmp/ad-gpu 128 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/hf.log"
+  python3 bench/cuda/hf_random_model.py .devcarry/smol $TL --hidden 2048 --layers 22 --ffn 5632 --heads 32 --kv-heads 4 2>&1 | tail -1 | tee -a "$OUT/hf.log"
+  timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'tokens/s|device|loaded|error' | tee -a "$OUT/hf.log"
+  QLORA_CUDA_GRAPHS=0 timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/no graphs: /' | tee -a "$OUT/hf.log"
+  timeout 300 qlora "${gen[@]/bf16/fp32}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/fp32: /' | tee -a "$OUT/hf.log"
+  [ "${HF_PARTS:-all}" = all ] && timeout 300 python3 bench/cuda/hf_compare.py $TL - 128 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/hf.log"
+fi
 exit $rc

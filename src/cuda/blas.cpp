@@ -22,10 +22,16 @@ Blas::Blas() {
   // The default math mode runs float32 products in float32 (TF32 only when asked for, or
   // with NVIDIA_TF32_OVERRIDE=1 in the environment) and 16-bit ones on tensor cores.
   QLORA_CUBLAS_CHECK(cublasSetMathMode(h_, CUBLAS_DEFAULT_MATH));
+  // A workspace of our own, so that cuBLAS never allocates inside a CUDA graph capture
+  // (the decode step is captured once and replayed; cuBLAS documents this requirement).
+  constexpr size_t kWorkspace = size_t{32} << 20;
+  QLORA_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspace));
+  QLORA_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace_, kWorkspace));
 }
 
 Blas::~Blas() {
   if (h_) cublasDestroy(h_);
+  if (workspace_) cudaFree(workspace_);
 }
 
 void Blas::set_stream(cudaStream_t s) { QLORA_CUBLAS_CHECK(cublasSetStream(h_, s)); }

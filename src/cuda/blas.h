@@ -37,6 +37,7 @@ class Blas {
 
  private:
   cublasHandle_t h_ = nullptr;
+  void* workspace_ = nullptr;  // our own cuBLAS workspace: products can be captured in CUDA graphs
 };
 
 }  // namespace qlora::cuda

@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -80,6 +81,13 @@ CudaRunner::CudaRunner(const Model& model, int device) : spec_(model.spec()), dt
       if (lo) max_lora_r_ = std::max<int64_t>(max_lora_r_, lo->r);
     }
   }
+  // Decoding's staging buffers.
+  QLORA_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&h_step_), 2 * sizeof(int32_t)));
+  QLORA_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&h_rope_), static_cast<size_t>(spec_.head_dim) * sizeof(float)));
+  QLORA_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&h_logits_), static_cast<size_t>(spec_.vocab) * sizeof(float)));
+  d_step_.resize(2);
+  const char* g = std::getenv("QLORA_CUDA_GRAPHS");
+  use_graphs_ = !(g && std::string(g) == "0");
   // The uploads ran on the legacy default stream, which a non-blocking stream does not wait
   // for: finish them before any kernel of ours reads the weights.
   QLORA_CUDA_CHECK(cudaDeviceSynchronize());
@@ -87,6 +95,10 @@ CudaRunner::CudaRunner(const Model& model, int device) : spec_(model.spec()), dt
 
 CudaRunner::~CudaRunner() {
   train_.reset();
+  if (graph_) cudaGraphExecDestroy(graph_);
+  if (h_step_) cudaFreeHost(h_step_);
+  if (h_rope_) cudaFreeHost(h_rope_);
+  if (h_logits_) cudaFreeHost(h_logits_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -207,6 +219,10 @@ void CudaRunner::forward(DeviceSequence& seq_base, int64_t pos0, std::span<const
   if (T == 0) return;
   if (pos0 + T > seq.capacity) grow(seq, std::min(s.max_positions, std::max(pos0 + T, 2 * seq.capacity)));
   ensure_scratch(T);
+  if (T == 1 && logits && !all_logits) {
+    decode(seq, pos0, tokens[0], logits);
+    return;
+  }
   const int64_t C = s.hidden, HS = s.head_dim, NH = s.n_heads, NKV = s.n_kv_heads, F = s.ffn;
   const int64_t QD = s.q_dim(), KVD = s.kv_dim();
 
@@ -263,6 +279,95 @@ void CudaRunner::forward(DeviceSequence& seq_base, int64_t pos0, std::span<const
   QLORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+
+void CudaRunner::decode_ops(CudaSequence& seq) const {
+  const ModelSpec& s = spec_;
+  const int64_t C = s.hidden, HS = s.head_dim, NH = s.n_heads, NKV = s.n_kv_heads, F = s.ffn;
+  const int64_t QD = s.q_dim(), KVD = s.kv_dim(), half = HS / 2;
+  const int32_t* token = d_step_.data();
+  const int32_t* pos = d_step_.data() + 1;
+  QLORA_CUDA_CHECK(cudaMemcpyAsync(d_step_.data(), h_step_, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  QLORA_CUDA_CHECK(cudaMemcpyAsync(cos_.data(), h_rope_, static_cast<size_t>(half) * 4, cudaMemcpyHostToDevice, stream_));
+  QLORA_CUDA_CHECK(
+      cudaMemcpyAsync(sin_.data(), h_rope_ + half, static_cast<size_t>(half) * 4, cudaMemcpyHostToDevice, stream_));
+  float *x = x_.data(), *h = h_.data(), *q = q_.data(), *k = k_.data(), *v = v_.data(), *att = att_.data(),
+        *o = o_.data(), *gate = gate_.data(), *up = up_.data();
+  embedding_forward(x, token, 1, embed_.data(), embed_.type, C, stream_);
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    const DeviceLayer& L = layers_[static_cast<size_t>(l)];
+    rmsnorm_forward(h, nullptr, x, L.input_norm.data(), 1, C, s.norm_eps, dt_, stream_);
+    linear(q, L.lin[0], h, 1);
+    linear(k, L.lin[1], h, 1);
+    linear(v, L.lin[2], h, 1);
+    rope_forward(q, cos_.data(), sin_.data(), 1, NH, HS, stream_);
+    rope_forward(k, cos_.data(), sin_.data(), 1, NKV, HS, stream_);
+    round_activations(q, QD, dt_, stream_);
+    round_activations(k, KVD, dt_, stream_);
+    float* kc = seq.k.data() + l * seq.capacity * KVD;
+    float* vc = seq.v.data() + l * seq.capacity * KVD;
+    kv_store(kc, vc, k, v, pos, KVD, stream_);
+    attention_decode(att, q, kc, vc, pos, NH, NKV, HS, stream_);
+    round_activations(att, QD, dt_, stream_);
+    linear(o, L.lin[3], att, 1);
+    residual_forward(x, x, o, C, stream_);
+    round_activations(x, C, dt_, stream_);
+    rmsnorm_forward(h, nullptr, x, L.post_norm.data(), 1, C, s.norm_eps, dt_, stream_);
+    linear(gate, L.lin[4], h, 1);
+    linear(up, L.lin[5], h, 1);
+    swiglu_forward(gate, gate, up, F, stream_);
+    round_activations(gate, F, dt_, stream_);
+    linear(o, L.lin[6], gate, 1);
+    residual_forward(x, x, o, C, stream_);
+    round_activations(x, C, dt_, stream_);
+  }
+  rmsnorm_forward(h, nullptr, x, final_norm_.data(), 1, C, s.norm_eps, dt_, stream_);
+  dense_matmul(logits_.data(), tied_ ? embed_ : lm_head_, h, 1);
+  round_activations(logits_.data(), s.vocab, dt_, stream_);
+  QLORA_CUDA_CHECK(
+      cudaMemcpyAsync(h_logits_, logits_.data(), static_cast<size_t>(s.vocab) * 4, cudaMemcpyDeviceToHost, stream_));
+}
+
+void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits) const {
+  const ModelSpec& s = spec_;
+  const int32_t p32 = static_cast<int32_t>(pos);
+  h_step_[0] = token;
+  h_step_[1] = p32;
+  rope_tables(h_rope_, h_rope_ + s.head_dim / 2, &p32, 1, s.head_dim, s.rope_theta);
+  logits_.reserve(static_cast<size_t>(s.vocab));
+  if (max_lora_r_ > 0) lora_tmp_.reserve(static_cast<size_t>(max_lora_r_));
+  const SeqKey key{seq.k.data(), seq.v.data(), seq.capacity};
+  if (use_graphs_ && graph_ && graph_key_ == key && key.k) {
+    QLORA_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+  } else if (use_graphs_ && warm_key_ == key && key.k) {
+    // Capture the step (every buffer exists now: it ran eagerly once), then replay it.
+    cudaGraph_t g = nullptr;
+    QLORA_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      decode_ops(seq);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &g);
+      if (g) cudaGraphDestroy(g);
+      use_graphs_ = false;  // something in the step cannot be captured: stay eager
+      decode_ops(seq);
+      QLORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::copy_n(h_logits_, s.vocab, logits);
+      return;
+    }
+    QLORA_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    if (graph_) cudaGraphExecDestroy(graph_);
+    graph_ = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&graph_, g, 0);
+    cudaGraphDestroy(g);
+    QLORA_CUDA_CHECK(e);
+    graph_key_ = key;
+    QLORA_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+  } else {
+    decode_ops(seq);
+    warm_key_ = key;
+  }
+  QLORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::copy_n(h_logits_, s.vocab, logits);
+}
 
 std::shared_ptr<const DeviceRunner> make_runner(const Model& model, int device) {
   return std::make_shared<CudaRunner>(model, device);

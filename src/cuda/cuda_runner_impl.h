@@ -88,6 +88,10 @@ class CudaRunner : public DeviceRunner {
   void dense_matmul(float* y, const DeviceDense& W, const float* x, int64_t T) const;
   void ensure_scratch(int64_t T) const;
   void grow(CudaSequence& seq, int64_t capacity) const;
+  // One token with its logits (decoding): the whole step enqueued by decode_ops, replayed
+  // as a CUDA graph once it has run eagerly for this sequence buffer.
+  void decode(CudaSequence& seq, int64_t pos, int token, float* logits) const;
+  void decode_ops(CudaSequence& seq) const;
 
   ModelSpec spec_;
   ComputeDType dt_;
@@ -110,6 +114,23 @@ class CudaRunner : public DeviceRunner {
   mutable DeviceBuffer<uint16_t> x16_;           // activations as bf16/fp16 for the GEMM
   mutable DeviceBuffer<float> lora_out_;         // B (A x) before the scaling
   mutable std::unique_ptr<TrainState, TrainStateDeleter> train_;  // training buffers, made on first use
+  // Decoding: pinned host staging (token and position; the rotary row; the logits), the
+  // token and position on the device, and the captured step. QLORA_CUDA_GRAPHS=0: no graphs.
+  int32_t* h_step_ = nullptr;
+  float* h_rope_ = nullptr;
+  float* h_logits_ = nullptr;
+  mutable DeviceBuffer<int32_t> d_step_;
+  mutable bool use_graphs_ = true;
+  mutable cudaGraphExec_t graph_ = nullptr;
+  // The sequence buffers a step is baked for (keys, values, capacity): the graph's, and
+  // the one that last ran eagerly.
+  struct SeqKey {
+    const void* k = nullptr;
+    const void* v = nullptr;
+    int64_t capacity = 0;
+    bool operator==(const SeqKey&) const = default;
+  };
+  mutable SeqKey graph_key_, warm_key_;
 };
 
 

@@ -485,6 +485,76 @@ __global__ void attention_kernel(float* out, const float* q, const float* k, con
   }
 }
 
+// One block per head, kDecodeWarps warps; warp w takes keys w, w + kDecodeWarps, ... and
+// keeps a running max, sum and HS/32 accumulators per lane; the warps merge at the end.
+constexpr int kDecodeWarps = 8;
+constexpr int kMaxDecodeHS = 256;
+
+__global__ void attention_decode_kernel(float* out, const float* q, const float* k, const float* v,
+                                        const int32_t* pos, int64_t NH, int64_t NKV, int64_t HS, float scale) {
+  constexpr int kPer = kMaxDecodeHS / 32;
+  __shared__ float s_m[kDecodeWarps], s_l[kDecodeWarps];
+  __shared__ float s_acc[kDecodeWarps][kMaxDecodeHS];
+  const int64_t h = blockIdx.x, kh = h / (NH / NKV), kvs = NKV * HS;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n = static_cast<int64_t>(*pos) + 1;
+  float qv[kPer], acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t d = lane + 32 * i;
+    qv[i] = d < HS ? q[h * HS + d] : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = warp; j < n; j += kDecodeWarps) {
+    const float* kr = k + j * kvs + kh * HS;
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t d = lane + 32 * i;
+      if (d < HS) dot += qv[i] * kr[d];
+    }
+    const float sc = warp_sum(dot) * scale;
+    const float m_new = fmaxf(m, sc);
+    const float corr = expf(m - m_new), p = expf(sc - m_new);
+    l = l * corr + p;
+    const float* vr = v + j * kvs + kh * HS;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t d = lane + 32 * i;
+      acc[i] = acc[i] * corr + (d < HS ? p * vr[d] : 0.0f);
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    s_m[warp] = m;
+    s_l[warp] = l;
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) s_acc[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, s_m[w]);
+  float L = 0.0f;
+  for (int w = 0; w < kDecodeWarps; ++w)
+    if (s_l[w] > 0.0f) L += s_l[w] * expf(s_m[w] - M);
+  for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) {
+    float o = 0.0f;
+    for (int w = 0; w < kDecodeWarps; ++w)
+      if (s_l[w] > 0.0f) o += s_acc[w][d] * expf(s_m[w] - M);
+    out[h * HS + d] = o / L;
+  }
+}
+
+__global__ void kv_store_kernel(float* kc, float* vc, const float* k, const float* v, const int32_t* pos, int64_t kvd) {
+  const int64_t p = *pos;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < kvd;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    kc[p * kvd + i] = k[i];
+    vc[p * kvd + i] = v[i];
+  }
+}
+
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t N) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -665,6 +735,22 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   attention_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(
       out, q, k, v, q_pos0, NH, NKV, HS, key_start, scale);
   check_launch("attention_forward");
+}
+
+void attention_decode(float* out, const float* q, const float* k, const float* v, const int32_t* pos, int64_t NH,
+                      int64_t NKV, int64_t HS, cudaStream_t s) {
+  check(NKV > 0 && NH % NKV == 0, "cuda::attention_decode", "NH must be a multiple of NKV");
+  check(HS <= kMaxDecodeHS, "cuda::attention_decode",
+        "head size " + std::to_string(HS) + " above " + std::to_string(kMaxDecodeHS));
+  attention_decode_kernel<<<static_cast<unsigned>(NH), kDecodeWarps * 32, 0, s>>>(
+      out, q, k, v, pos, NH, NKV, HS, 1.0f / std::sqrt(static_cast<float>(HS)));
+  check_launch("attention_decode");
+}
+
+void kv_store(float* kc, float* vc, const float* k, const float* v, const int32_t* pos, int64_t kvd, cudaStream_t s) {
+  kv_store_kernel<<<static_cast<unsigned>(std::min<int64_t>(grid_for(kvd, 256), 64)), 256, 0, s>>>(kc, vc, k, v, pos,
+                                                                                                    kvd);
+  check_launch("kv_store");
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N, cudaStream_t s) {

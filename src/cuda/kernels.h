@@ -70,6 +70,15 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s);
 
+// Decoding one token at position *pos (read on the device, so a captured CUDA graph
+// replays for any position): attention of q (NH*HS) over keys/values 0..*pos, one block
+// per head, an online softmax (no per-key scratch, any context length). Equals
+// attention_forward up to float32 summation order.
+void attention_decode(float* out, const float* q, const float* k, const float* v, const int32_t* pos, int64_t NH,
+                      int64_t NKV, int64_t HS, cudaStream_t s);
+// kc/vc rows *pos = k/v (one row of kvd floats each).
+void kv_store(float* kc, float* vc, const float* k, const float* v, const int32_t* pos, int64_t kvd, cudaStream_t s);
+
 // out (N) = silu(gate) * up (may alias).
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N, cudaStream_t s);
 // out (N) = a + b (may alias).

@@ -148,6 +148,22 @@ TEST(CudaRunner, Nf4HalfPrecisionLogitsMatchCpuWithinRounding) {
   compare_backends(true, ComputeDType::F16, true, 4.0 / 1024);
 }
 
+// Decoding replays a captured CUDA graph of the whole step after its first eager run: the
+// replay computes exactly what the eager step computes (the same kernels), through the
+// KV cache growing (a new graph) and across positions.
+TEST(CudaRunner, GraphReplayEqualsEagerDecode) {
+  REQUIRE_GPU();
+  Model m = load_stories(true, ComputeDType::BF16);
+  const std::vector<int> tokens = test_tokens(40);
+  setenv("QLORA_CUDA_GRAPHS", "0", 1);
+  m.set_runner(make_cuda_runner(m, 0));
+  const std::vector<float> eager = run(m, tokens, 1);
+  unsetenv("QLORA_CUDA_GRAPHS");
+  m.set_runner(make_cuda_runner(m, 0));
+  const std::vector<float> graphed = run(m, tokens, 1);
+  EXPECT_EQ(graphed, eager);
+}
+
 TEST(CudaRunner, MissingDeviceIsACleanError) {
   REQUIRE_GPU();
   Model m = load_stories(true, ComputeDType::F32);
@@ -160,3 +176,30 @@ TEST(CudaRunner, MissingDeviceIsACleanError) {
 }
 
 }  // namespace
+
+// A Hugging Face directory named by QLORA_CUDA_HF_MODEL (scripts/device_check.sh makes a
+// SmolLM2-shaped one with random weights on the GPU machine: GQA 9/3, head 64, tied
+// embeddings, a 49152 vocabulary): NF4 logits within rounding of the CPU's.
+TEST(CudaRunner, HfModelLogitsMatchCpu) {
+  REQUIRE_GPU();
+  const char* dir = std::getenv("QLORA_CUDA_HF_MODEL");
+  if (!dir || !*dir) GTEST_SKIP() << "QLORA_CUDA_HF_MODEL not set";
+  for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16}) {
+    ModelFiles f = open_model_files(dir);
+    ModelLoadOptions o;
+    o.quant.double_quant = true;
+    o.compute_dtype = dt;
+    Model m = Model::load(f.spec, *f.tensors, o);
+    const std::vector<int> tokens = test_tokens(40);
+    for (int64_t prefill : {int64_t{1}, int64_t{30}}) {
+      m.set_runner(nullptr);
+      const std::vector<float> cpu = run(m, tokens, prefill);
+      m.set_runner(make_cuda_runner(m, 0));
+      const std::vector<float> gpu = run(m, tokens, prefill);
+      const double d = rel_max_diff(gpu, cpu);
+      std::printf("[ cuda vs cpu ] %s dt %d prefill %lld: max |dlogit| / max |logit| = %.3g\n", dir,
+                  static_cast<int>(dt), static_cast<long long>(prefill), d);
+      EXPECT_LE(d, dt == ComputeDType::F32 ? 1e-4 : 4.0 / 128);
+    }
+  }
+}

@@ -50,5 +50,14 @@ if [ -d .devcarry/smol ]; then
   QLORA_CUDA_GRAPHS=0 timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/no graphs: /' | tee -a "$OUT/hf.log"
   timeout 300 qlora "${gen[@]/bf16/fp32}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/fp32: /' | tee -a "$OUT/hf.log"
   [ "${HF_PARTS:-all}" = all ] && timeout 300 python3 bench/cuda/hf_compare.py $TL - 128 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/hf.log"
+  # The memory planner's GPU engine against the measured peak (CUDA context + buffers).
+  timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'prompt:|GPU memory|error' | sed 's/^/generate 1.1B: /' | tee -a "$OUT/hf.log"
+  qlora memory --model $TL --device cuda --mode generate --prompt-len 5 -n 128 --double-quant --compute-dtype bf16 2>&1 | tail -1 | sed 's/^/plan generate 1.1B: /' | tee -a "$OUT/hf.log"
+  timeout 300 qlora train --model $S --data .devcarry/data/text/tinyshakespeare.txt --seq-len 256 --batch-size 4 --lora-r 16 \
+    --double-quant --compute-dtype bf16 --overwrite-output-dir --out /tmp/ad-mem --max-steps 3 --device cuda 2>&1 | grep -E 'GPU memory|error' | sed 's/^/train 135M: /' | tee -a "$OUT/hf.log"
+  qlora memory --model $S --device cuda --mode train --seq-len 256 --batch-size 4 --lora-r 16 --double-quant --compute-dtype bf16 2>&1 | tail -1 | sed 's/^/plan train 135M: /' | tee -a "$OUT/hf.log"
+  timeout 300 qlora train --model $TL --data .devcarry/data/text/tinyshakespeare.txt --seq-len 1024 --batch-size 1 --lora-r 16 \
+    --double-quant --compute-dtype bf16 --overwrite-output-dir --out /tmp/ad-mem2 --max-steps 3 --device cuda 2>&1 | grep -E 'GPU memory|trained|error' | sed 's/^/train 1.1B: /' | tee -a "$OUT/hf.log"
+  qlora memory --model $TL --device cuda --mode train --seq-len 1024 --batch-size 1 --lora-r 16 --double-quant --compute-dtype bf16 2>&1 | tail -1 | sed 's/^/plan train 1.1B: /' | tee -a "$OUT/hf.log"
 fi
 exit $rc

@@ -296,14 +296,13 @@ int run(const Options& o, CLI::App& app) {
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
-  if (!o.max_memory.empty()) {
+  if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
     // Sized for a full context: the conversation gets there.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
     mo.prompt_len = max_prompt;
     mo.new_tokens = reserve;
-    qlora::check_fits(qlora::plan_memory(files.spec, mo), qlora::parse_memory_size(o.max_memory, "--max-memory"),
-                      "qlora chat");
+    qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora chat");
   }
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();  // unmap the source: the model holds its own weights now

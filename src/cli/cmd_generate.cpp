@@ -68,14 +68,13 @@ int run(const Options& o, CLI::App& app) {
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
                  files.spec.summary().c_str());
-  if (!o.max_memory.empty()) {
+  if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
     // From the headers only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
     mo.prompt_len = static_cast<int64_t>(files.tokenizer->encode(o.escape ? qlora::cli::unescape(o.prompt) : o.prompt).size());
     mo.new_tokens = o.n;
-    qlora::check_fits(qlora::plan_memory(files.spec, mo), qlora::parse_memory_size(o.max_memory, "--max-memory"),
-                      "qlora generate");
+    qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora generate");
   }
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();  // unmap the source: the model holds its own weights now
@@ -136,6 +135,7 @@ int run(const Options& o, CLI::App& app) {
                  r.output_ids.size(), static_cast<long long>(r.decode_steps), r.decode_seconds,
                  r.decode_tokens_per_second(), qlora::stop_reason_name(r.stop));
     std::fprintf(stderr, "threads: %d, peak memory: %.1f MiB\n", qlora::max_threads(), peak_rss_mib());
+    qlora::cli::report_device_memory(model, o.quiet);
   }
   return 0;
 }

@@ -25,6 +25,7 @@
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "memory/memory_plan.h"
+#include "model/device_runner.h"
 #include "optim/optimizer.h"
 #include "quant/blockwise.h"
 
@@ -41,6 +42,7 @@ struct Options {
   int threads = 0;
   std::string mode = "train";
   std::string engine = "qlora";
+  std::string device;
   int lora_r = 64;
   std::string target = "all-linear";
   double lora_dropout = 0.05;
@@ -105,6 +107,14 @@ ResolvedModel resolve_model(const Options& o) {
 qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   qlora::MemoryOptions mo;
   mo.engine = qlora::memory_engine_from_string(o.engine);
+  // --device cuda: this program's GPU memory (the qlora-cuda engine).
+  if (!o.device.empty()) {
+    const qlora::DeviceChoice d = qlora::parse_device(o.device);
+    if (d.cuda) {
+      if (o.engine != "qlora") qlora::fail("--device", "plans this program on a GPU; leave --engine out");
+      mo.engine = qlora::MemoryEngine::QloraCuda;
+    }
+  }
   if (o.mode == "train") mo.mode = qlora::MemoryMode::Train;
   else if (o.mode == "generate") mo.mode = qlora::MemoryMode::Generate;
   else qlora::fail("--mode", "unknown mode " + qlora::excerpt(o.mode) + "; use train or generate");
@@ -211,8 +221,10 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--threads,-t", o->threads, "Threads the run will use (default: all cores)");
       app.add_option("--mode", o->mode, "train or generate")->capture_default_str();
       app.add_option("--engine", o->engine,
-                     "qlora (this program, CPU RAM) or pytorch-cuda (transformers+PEFT+bitsandbytes on a GPU)")
+                     "qlora (this program, CPU RAM), qlora-cuda (this program's GPU memory, as --device cuda) or "
+                     "pytorch-cuda (transformers+PEFT+bitsandbytes on a GPU)")
           ->capture_default_str();
+      app.add_option("--device", o->device, "cuda: plan this program's GPU memory (= --engine qlora-cuda)");
       app.add_option("--lora-r", o->lora_r, "LoRA rank")->capture_default_str();
       app.add_option("--target", o->target, "all-linear, or comma-separated module names (q_proj,v_proj)")
           ->capture_default_str();

@@ -139,7 +139,7 @@ int run(const Options& o) {
     t.grad_accum = accum;
   }
 
-  if (!o.max_memory.empty()) {
+  if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
     // From the headers and the dataset only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Train, qlora::max_threads());
@@ -153,8 +153,7 @@ int run(const Options& o) {
     mo.optim = t.optim;
     mo.data_tokens = static_cast<uint64_t>(qlora::dataset_stats(train_seqs).tokens +
                                            qlora::dataset_stats(eval_seqs).tokens);
-    qlora::check_fits(qlora::plan_memory(files.spec, mo), qlora::parse_memory_size(o.max_memory, "--max-memory"),
-                      "qlora train");
+    qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora train");
   }
   if (!o.quiet)
     std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
@@ -187,6 +186,7 @@ int run(const Options& o) {
                    static_cast<long long>(r.evals.front().first), r.evals.back().second.loss,
                    static_cast<long long>(r.evals.back().first));
     std::fprintf(stderr, "peak memory (RSS): %s\n", qlora::human_bytes(static_cast<double>(qlora::peak_rss_bytes())).c_str());
+    qlora::cli::report_device_memory(model, o.quiet);
     if (!o.out.empty())
       std::fprintf(stderr, "adapter: %s/adapter_model.safetensors; metrics: %s/metrics.jsonl; plot: %s/loss.svg\n",
                    o.out.c_str(), o.out.c_str(), o.out.c_str());

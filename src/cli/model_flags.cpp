@@ -72,6 +72,38 @@ void attach_device(Model& model, const ModelFlags& f, bool quiet) {
                  static_cast<double>(model.runner()->device_bytes()) / (1024.0 * 1024.0));
 }
 
+bool wants_memory_check(const ModelFlags& f, const std::string& max_memory) {
+  return !max_memory.empty() || parse_device(f.device).cuda;
+}
+
+void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags& f, const std::string& max_memory,
+                       const std::string& what) {
+  const uint64_t limit = max_memory.empty() ? 0 : parse_memory_size(max_memory, "--max-memory");
+  const DeviceChoice d = parse_device(f.device);
+  if (!d.cuda) {
+    if (limit) check_fits(plan_memory(spec, mo), limit, what);
+    return;
+  }
+  mo.engine = MemoryEngine::QloraCuda;
+  const MemoryPlan plan = plan_memory(spec, mo);
+  if (limit) check_fits(plan, limit, what + " --device " + d.name());
+  uint64_t free_b = 0, total_b = 0;
+  if (device_free_memory(d, &free_b, &total_b) && plan.required_bytes > free_b)
+    fail(what + " --device " + d.name(),
+         "needs " + format_gb(plan.required_bytes) + " of GPU memory at its peak, more than the " + format_gb(free_b) +
+             " free on " + d.name() + " (of " + format_gb(total_b) +
+             "); a shorter --seq-len or --batch-size, or --quant nf4 --double-quant, needs less:\n" + plan.to_text());
+}
+
+void report_device_memory(const Model& model, bool quiet) {
+  if (quiet || !model.runner()) return;
+  const DeviceRunner::Memory m = model.runner()->device_memory();
+  constexpr double kMiB = 1024.0 * 1024.0;
+  std::fprintf(stderr, "GPU memory: peak %.1f MiB (CUDA context %.1f MiB + buffers %.1f MiB)\n",
+               static_cast<double>(m.peak()) / kMiB, static_cast<double>(m.context) / kMiB,
+               static_cast<double>(m.buffers_peak) / kMiB);
+}
+
 void add_adapter_flag(CLI::App& app, std::string& dir) {
   app.add_option("--adapter", dir,
                  "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "memory/memory_plan.h"
 #include "model/model.h"
 #include "train/adapter_loader.h"
 
@@ -40,6 +41,19 @@ void add_device_flag(CLI::App& app, ModelFlags& f);
 // adapter attached now, are copied to the GPU) and, unless `quiet`, says where it runs.
 // Attach the adapter first. Throws Error for an unknown device or one the build lacks.
 void attach_device(Model& model, const ModelFlags& f, bool quiet);
+
+// Before loading: does the run described by `mo` fit? On the CPU only when --max-memory
+// (`max_memory`) is given (the qlora engine); with --device cuda always, on the GPU (the
+// qlora-cuda engine) against the card's free memory and --max-memory, whichever is less.
+// Throws Error with the plan's breakdown when it does not fit. `what`: "qlora train".
+void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags& f, const std::string& max_memory,
+                       const std::string& what);
+// True when the run needs the planner: --max-memory given or a GPU device.
+bool wants_memory_check(const ModelFlags& f, const std::string& max_memory);
+
+// After a run on a device: "GPU memory: peak X MiB (CUDA context Y MiB + buffers Z MiB)"
+// on stderr (nothing on the CPU or when quiet).
+void report_device_memory(const Model& model, bool quiet);
 
 // --adapter DIR: a PEFT LoRA adapter applied unmerged (generate, chat, eval).
 void add_adapter_flag(CLI::App& app, std::string& dir);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cuda/cuda_error.h"
+#include "cuda/device_buffer.h"
 
 namespace qlora::cuda {
 
@@ -26,12 +27,16 @@ Blas::Blas() {
   // (the decode step is captured once and replayed; cuBLAS documents this requirement).
   constexpr size_t kWorkspace = size_t{32} << 20;
   QLORA_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspace));
+  note_device_alloc(kWorkspace);
   QLORA_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace_, kWorkspace));
 }
 
 Blas::~Blas() {
   if (h_) cublasDestroy(h_);
-  if (workspace_) cudaFree(workspace_);
+  if (workspace_) {
+    cudaFree(workspace_);
+    note_device_free(size_t{32} << 20);
+  }
 }
 
 void Blas::set_stream(cudaStream_t s) { QLORA_CUBLAS_CHECK(cublasSetStream(h_, s)); }

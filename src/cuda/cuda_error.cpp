@@ -1,6 +1,9 @@
 #include "cuda/cuda_error.h"
 
+#include <atomic>
 #include <cstdio>
+
+#include "cuda/device_buffer.h"
 
 namespace qlora::cuda {
 
@@ -42,5 +45,20 @@ std::string describe_device(int device) {
 void memory_info(size_t* free_bytes, size_t* total_bytes) {
   check_cuda(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
+
+namespace {
+std::atomic<uint64_t> g_in_use{0}, g_peak{0};
+}  // namespace
+
+void note_device_alloc(size_t bytes) {
+  const uint64_t now = g_in_use.fetch_add(bytes) + bytes;
+  uint64_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+
+void note_device_free(size_t bytes) { g_in_use.fetch_sub(bytes); }
+uint64_t device_bytes_in_use() { return g_in_use.load(); }
+uint64_t device_bytes_peak() { return g_peak.load(); }
 
 }  // namespace qlora::cuda

@@ -27,6 +27,17 @@ void check_device_available(const DeviceChoice& d) {
   if (d.cuda) cuda::describe_device(d.index);  // throws when it does not exist
 }
 
+bool device_free_memory(const DeviceChoice& d, uint64_t* free_bytes, uint64_t* total_bytes) {
+  if (!d.cuda) return false;
+  cuda::describe_device(d.index);
+  QLORA_CUDA_CHECK(cudaSetDevice(d.index));
+  size_t f = 0, t = 0;
+  cuda::memory_info(&f, &t);
+  *free_bytes = f;
+  *total_bytes = t;
+  return true;
+}
+
 std::shared_ptr<const DeviceRunner> make_cuda_runner(const Model& model, int index) {
   return cuda::make_runner(model, index);
 }
@@ -60,9 +71,18 @@ DeviceLinear upload_linear(const QuantLinear& q, const LoraLayer* lo, const std:
 CudaRunner::CudaRunner(const Model& model, int device) : spec_(model.spec()), dt_(model.compute_dtype()), device_(device) {
   describe_ = describe_device(device);  // validates the index
   QLORA_CUDA_CHECK(cudaSetDevice(device));
+  QLORA_CUDA_CHECK(cudaFree(nullptr));  // creates the context now, so it can be measured
   QLORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   blas_ = std::make_unique<Blas>();
   blas_->set_stream(stream_);
+  {
+    // The device memory in use that is not our buffers: the CUDA context, kernels and
+    // cuBLAS's own (other processes' too, on a shared GPU).
+    size_t free_b = 0, total_b = 0;
+    memory_info(&free_b, &total_b);
+    const uint64_t used = total_b - free_b, ours = device_bytes_in_use();
+    context_bytes_ = used > ours ? used - ours : 0;
+  }
   const InferenceAdapter* ad = model.adapter();
   embed_ = upload_dense(model.embed_tokens());
   tied_ = spec_.tied_embeddings;
@@ -100,6 +120,13 @@ CudaRunner::~CudaRunner() {
   if (h_rope_) cudaFreeHost(h_rope_);
   if (h_logits_) cudaFreeHost(h_logits_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+DeviceRunner::Memory CudaRunner::device_memory() const {
+  Memory m;
+  m.context = context_bytes_;
+  m.buffers_peak = device_bytes_peak();
+  return m;
 }
 
 size_t CudaRunner::device_bytes() const {

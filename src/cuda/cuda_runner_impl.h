@@ -58,6 +58,7 @@ class CudaRunner : public DeviceRunner {
   ~CudaRunner() override;
   std::string describe() const override { return describe_; }
   size_t device_bytes() const override;
+  Memory device_memory() const override;
   std::unique_ptr<DeviceSequence> new_sequence(int64_t capacity) const override;
   void forward(DeviceSequence& seq, int64_t pos0, std::span<const int> tokens, float* logits,
                bool all_logits) const override;
@@ -97,6 +98,7 @@ class CudaRunner : public DeviceRunner {
   ComputeDType dt_;
   int device_ = 0;
   std::string describe_;
+  uint64_t context_bytes_ = 0;  // measured after the context, stream and cuBLAS exist
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Blas> blas_;
   DeviceDense embed_, lm_head_;

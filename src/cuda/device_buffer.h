@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -13,6 +14,13 @@
 #include "cuda/cuda_error.h"
 
 namespace qlora::cuda {
+
+// Bytes this process holds in device allocations made through DeviceBuffer (and the cuBLAS
+// workspace), now and at most so far: the measured side of the memory planner's plan.
+void note_device_alloc(size_t bytes);
+void note_device_free(size_t bytes);
+uint64_t device_bytes_in_use();
+uint64_t device_bytes_peak();
 
 template <class T>
 class DeviceBuffer {
@@ -56,6 +64,7 @@ class DeviceBuffer {
     }
     p_ = static_cast<T*>(p);
     n_ = n;
+    note_device_alloc(n * sizeof(T));
   }
   // Grows (discarding the contents) when fewer than n elements are held.
   void reserve(size_t n) {
@@ -81,7 +90,10 @@ class DeviceBuffer {
 
  private:
   void release() {
-    if (p_) cudaFree(p_);
+    if (p_) {
+      cudaFree(p_);
+      note_device_free(n_ * sizeof(T));
+    }
     p_ = nullptr;
     n_ = 0;
   }

@@ -321,6 +321,73 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   return p;
 }
 
+// ---- engine "qlora-cuda" -------------------------------------------------------------------
+
+MemoryPlan plan_qlora_cuda(const ModelSpec& s, const MemoryOptions& o) {
+  MemoryPlan p;
+  const uint64_t C = u(s.hidden), L = u(s.n_layers), NH = u(s.n_heads), F = u(s.ffn), V = u(s.vocab);
+  const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
+  const uint64_t db = dtype_bytes(o.compute_dtype);
+  if (o.weights == WeightFormat::Int8) fail("--quant", "int8 (LLM.int8) does not run on CUDA yet");
+  const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
+  add(p, "CUDA context, kernels, cuBLAS handle", kQloraCudaContextBytes, "measured constant (595 MiB on an H200, CUDA 13)");
+  add(p, "cuBLAS workspace", kQloraCudaBlasWorkspaceBytes, "cuda/blas.cpp (lets the decode step be a CUDA graph)");
+  // cuda_runner.cpp: the weights as the CPU holds them (4-bit packed + constants, dense in the
+  // compute dtype, norms and biases fp32), plus a 16-float code table per 4-bit Linear.
+  const WeightBytes w = weight_bytes(s, o, db, 4);
+  add_weight_items(p, w, o, dense_name);
+  const bool q4 = o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4;
+  const LoraShape ls = lora_shape(s, o);
+  uint64_t max_out = 0, max_in = 0;
+  for (const LinearShape& li : block_linears(s)) {
+    if (!lora_targets(o, li.module)) continue;
+    max_out = std::max(max_out, u(li.out));
+    max_in = std::max(max_in, u(li.in));
+  }
+  if (o.mode == MemoryMode::Train) {
+    if (ls.modules_per_block == 0) fail("--target", "matches no Linear layer of the model");
+    // cuda_train.cpp TrainState, for one sequence of T tokens (a batch runs sequentially).
+    const uint64_t T = u(o.seq_len), r_ = u(o.lora_r);
+    const bool drop = o.lora_dropout > 0;
+    add(p, "LoRA A, B and their gradients (fp32)", ls.params * 16, std::to_string(ls.params) + " parameters");
+    const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F) +
+                           4 * (static_cast<uint64_t>(ls.modules_per_block) * T * r_ + (drop ? T * ls.sum_in : 0));
+    const uint64_t xs = 4 * (L + 1) * T * C;
+    p.activations_checkpointed = xs + block;
+    p.activations_full = xs + L * block;
+    add(p, std::string("activations (checkpointing ") + (o.checkpointing ? "on" : "off") + ")",
+        o.checkpointing ? p.activations_checkpointed : p.activations_full,
+        "block inputs (L+1)*T*C + " + std::string(o.checkpointing ? "1" : "L") +
+            " block cache(s) incl. (NH,T,T) attention probabilities and LoRA caches");
+    // Backward buffers, the final norm, the selected rows, the logits, the weight tile.
+    const uint64_t tile = std::max(V * C, w.largest_linear);
+    const uint64_t backward = 4 * (5 * T * C + 3 * T * F + 2 * T * QD + 2 * T * KVD + NH * T * T + 2 * T +
+                                   (o.checkpointing ? T * C : 0) + T * HS + 2 * T * C);
+    add(p, "backward buffers", backward, "dx, dh, d-MLP, d-attention (incl. (NH,T,T)), final norm, selected rows");
+    add(p, "logits (T x V fp32, dlogits in place)", 4 * T * V, "");
+    add(p, "weight tile (fp32)", 4 * tile, "the largest Linear or the output head, dequantized for the input gradient");
+    add(p, "LoRA transients", 4 * (T * max_out + T * r_ + max_out * r_ + (drop ? T * max_in : 0)), "");
+  } else {
+    const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
+    const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
+    add(p, "KV cache (fp32 keys + values)", 2 * L * KVD * cap * 4,
+        std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+    add(p, "forward scratch (prompt prefill)", 4 * P * (3 * C + 2 * QD + 2 * KVD + 2 * F + HS + 1),
+        "x, h, q, k, v, att, o, gate, up, rope tables for the prompt's tokens");
+    add(p, "logits", 4 * V, "");
+    if (P > 8 && q4) add(p, "dequantized weight (prefill)", w.largest_linear * db, "the largest Linear, for cuBLAS");
+    if (db != 4) add(p, "16-bit activations (prefill)", 2 * P * std::max({C, F, QD}), "");
+    if (o.with_adapter && ls.modules_per_block > 0) {
+      add(p, "LoRA adapter (A, B fp32)", ls.params * 4, std::to_string(ls.params) + " parameters");
+      add(p, "LoRA transients", 4 * P * (u(o.lora_r) + max_out), "");
+    }
+  }
+  for (const MemoryItem& it : p.items) p.peak_bytes += it.bytes;
+  p.run_peak_bytes = p.peak_bytes;
+  p.required_bytes = p.peak_bytes;
+  return p;
+}
+
 // ---- engine "pytorch-cuda" -----------------------------------------------------------------
 
 MemoryPlan plan_pytorch(const ModelSpec& s, const MemoryOptions& o) {
@@ -387,10 +454,18 @@ MemoryPlan plan_pytorch(const ModelSpec& s, const MemoryOptions& o) {
 MemoryEngine memory_engine_from_string(std::string_view s) {
   if (s == "qlora" || s == "cpu") return MemoryEngine::Qlora;
   if (s == "pytorch-cuda" || s == "pytorch" || s == "torch") return MemoryEngine::PytorchCuda;
-  fail("--engine", "unknown engine " + excerpt(s) + "; use qlora or pytorch-cuda");
+  if (s == "qlora-cuda" || s == "cuda") return MemoryEngine::QloraCuda;
+  fail("--engine", "unknown engine " + excerpt(s) + "; use qlora, qlora-cuda or pytorch-cuda");
 }
 
-const char* memory_engine_name(MemoryEngine e) { return e == MemoryEngine::Qlora ? "qlora" : "pytorch-cuda"; }
+const char* memory_engine_name(MemoryEngine e) {
+  switch (e) {
+    case MemoryEngine::Qlora: return "qlora";
+    case MemoryEngine::QloraCuda: return "qlora-cuda";
+    case MemoryEngine::PytorchCuda: return "pytorch-cuda";
+  }
+  return "?";
+}
 
 WeightFormat weight_format_from_string(std::string_view s) {
   if (s == "nf4") return WeightFormat::NF4;
@@ -451,7 +526,9 @@ MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt) {
   if (opt.mode == MemoryMode::Train && opt.seq_len > spec.max_positions)
     fail("--seq-len", std::to_string(opt.seq_len) + " exceeds the model's context of " +
                           std::to_string(spec.max_positions));
-  MemoryPlan p = opt.engine == MemoryEngine::Qlora ? plan_qlora(spec, opt) : plan_pytorch(spec, opt);
+  MemoryPlan p = opt.engine == MemoryEngine::Qlora       ? plan_qlora(spec, opt)
+                 : opt.engine == MemoryEngine::QloraCuda ? plan_qlora_cuda(spec, opt)
+                                                         : plan_pytorch(spec, opt);
   p.title = options_title(spec, opt);
   return p;
 }

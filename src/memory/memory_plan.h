@@ -11,6 +11,10 @@
 //     high-water mark (VmHWM / ru_maxrss), so the load phase (the model file is mapped
 //     and read once, one float32 tensor at a time) competes with the run phase; the peak
 //     is the larger of the two.
+//   * Engine::QloraCuda: this program with --device cuda, the GPU's memory: every item
+//     mirrors a device allocation of src/cuda (cuda_runner.cpp, cuda_train.cpp), plus the
+//     measured CUDA context (kQloraCudaContextBytes). The host keeps the model's CPU copy,
+//     the LoRA parameters and the optimizer (the qlora engine's plan covers those).
 //   * Engine::PytorchCuda: transformers + PEFT + bitsandbytes on one CUDA GPU (the stack
 //     of Hugging Face's QLoRA announcement table): 16-bit activations of a Llama forward
 //     as autograd keeps them for backward, LoRA in fp32, AdamW state, and ONE constant
@@ -33,12 +37,12 @@
 
 namespace qlora {
 
-enum class MemoryEngine { Qlora, PytorchCuda };
+enum class MemoryEngine { Qlora, PytorchCuda, QloraCuda };
 enum class MemoryMode { Train, Generate };
 // How the Linear layers inside the blocks are stored (--quant none|nf4|fp4|int8).
 enum class WeightFormat { Dense, NF4, FP4, Int8 };
 
-MemoryEngine memory_engine_from_string(std::string_view s);  // "qlora", "pytorch-cuda"
+MemoryEngine memory_engine_from_string(std::string_view s);  // "qlora", "qlora-cuda", "pytorch-cuda"
 const char* memory_engine_name(MemoryEngine e);
 // "nf4", "fp4", "none" (dense), "int8"; throws Error naming --quant otherwise.
 WeightFormat weight_format_from_string(std::string_view s);
@@ -58,6 +62,15 @@ inline constexpr uint64_t kTokenizerBytesPerToken = 200;
 // it keeps reserved, rounding to 2 MiB segments, fragmentation from variable-length
 // batches), taken as 1 GiB. Chosen once for the whole published table, not per row.
 inline constexpr uint64_t kPytorchCudaOverheadBytes = 3ull << 29;  // 1.5 GiB
+
+// What the CUDA context of `qlora` takes on the GPU before any buffer (driver context,
+// kernel images of libqlora_cuda and cuBLAS, cuBLAS's handle): 594.8 MiB measured on an
+// H200 with CUDA 13 (driver 580) by the runner itself (CudaRunner: total - free - our
+// buffers right after creating the context, the stream and the cuBLAS handle);
+// bench/RESULTS.md. Other GPUs and drivers differ by tens of MiB.
+inline constexpr uint64_t kQloraCudaContextBytes = 595ull << 20;
+// Our cuBLAS workspace (cuda/blas.cpp).
+inline constexpr uint64_t kQloraCudaBlasWorkspaceBytes = 32ull << 20;
 
 struct MemoryOptions {
   MemoryEngine engine = MemoryEngine::Qlora;

@@ -51,6 +51,8 @@ namespace {
 
 bool cuda_backend_built() { return false; }
 
+bool device_free_memory(const DeviceChoice&, uint64_t*, uint64_t*) { return false; }
+
 void check_device_available(const DeviceChoice& d) {
   if (d.cuda) no_cuda();
 }

@@ -30,6 +30,14 @@ class DeviceRunner {
   virtual std::string describe() const = 0;
   // Device bytes the runner holds (weights, scratch), for log lines and the planner.
   virtual size_t device_bytes() const = 0;
+  // What the device's memory held, measured: the CUDA context (and library code) this
+  // process has there, and the peak of the buffers it allocated. The memory planner's
+  // device engine predicts their sum.
+  struct Memory {
+    uint64_t context = 0, buffers_peak = 0;
+    uint64_t peak() const { return context + buffers_peak; }
+  };
+  virtual Memory device_memory() const = 0;
   // A sequence with room for `capacity` positions (it grows on demand).
   virtual std::unique_ptr<DeviceSequence> new_sequence(int64_t capacity) const = 0;
   // model.h forward()'s contract: runs `tokens` at positions pos0.., whose keys and values
@@ -62,6 +70,10 @@ DeviceChoice parse_device(std::string_view s);
 // without the CUDA backend, or a device index this machine does not have. Cheap: meant
 // for checking the flag before a model is loaded.
 void check_device_available(const DeviceChoice& d);
+
+// Free and total bytes of device memory on `d` (a CUDA device), or false when this build
+// has no CUDA backend. Creates the device's context (the run will need it anyway).
+bool device_free_memory(const DeviceChoice& d, uint64_t* free_bytes, uint64_t* total_bytes);
 
 // True when this build has the CUDA backend (-DQLORA_CUDA=ON).
 bool cuda_backend_built();

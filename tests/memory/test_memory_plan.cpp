@@ -40,7 +40,7 @@ uint64_t sum_items(const MemoryPlan& p) {
 }
 
 TEST(MemoryPlan, ItemsSumToPeakForEveryEngineAndMode) {
-  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda})
+  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda, MemoryEngine::QloraCuda})
     for (MemoryMode m : {MemoryMode::Train, MemoryMode::Generate})
       for (OptimKind k : {OptimKind::AdamW32, OptimKind::PagedAdamW8bit}) {
         MemoryOptions o;
@@ -149,7 +149,7 @@ TEST(MemoryPlan, LoraAndOptimizerState) {
 }
 
 TEST(MemoryPlan, ActivationsGrowWithSequenceAndCheckpointingLowersThem) {
-  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda}) {
+  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda, MemoryEngine::QloraCuda}) {
     const ModelSpec s = llama1_spec("7B");
     MemoryOptions o;
     o.engine = e;
@@ -196,6 +196,48 @@ TEST(MemoryPlan, GenerateKvCache) {
   EXPECT_EQ(item(p, "KV cache"), 2u * 5 * 32 * 100 * 4);
   o.new_tokens = 10000;  // capped at the context
   EXPECT_EQ(item(plan_memory(small_spec(), o), "KV cache"), 2u * 5 * 32 * 512 * 4);
+}
+
+// The GPU engine (--device cuda): the measured context, the weights as the CPU holds them,
+// activations and the attention probabilities in closed form, and no load phase (the
+// host holds the file). Its predictions against measured GPU peaks are in bench/RESULTS.md
+// (within 0.2-3.2% on an H200).
+TEST(MemoryPlan, QloraCudaEngine) {
+  MemoryOptions o;
+  o.engine = MemoryEngine::QloraCuda;
+  o.double_quant = true;
+  o.seq_len = 256;
+  o.lora_r = 16;
+  const ModelSpec s = small_spec();
+  const MemoryPlan train = plan_memory(s, o);
+  EXPECT_EQ(item(train, "CUDA context"), kQloraCudaContextBytes);
+  EXPECT_EQ(item(train, "cuBLAS workspace"), kQloraCudaBlasWorkspaceBytes);
+  MemoryOptions cpu = o;
+  cpu.engine = MemoryEngine::Qlora;
+  const MemoryPlan host = plan_memory(s, cpu);
+  EXPECT_EQ(item(train, "4-bit weights"), item(host, "4-bit weights"));
+  EXPECT_EQ(item(train, "quantization constants"), item(host, "quantization constants"));
+  // Block inputs (L+1)·T·C plus one block's caches (3TC + 2T + 2T·QD + 2T·KVD + NH·T² + 3TF)
+  // and LoRA caches (7 modules · T · r, dropout masks T · Σin) in fp32.
+  const uint64_t T = 256, C = 64, L = 5, QD = 64, KVD = 32, NH = 8, F = 172, r = 16;
+  const uint64_t sum_in = 6 * 64 + 172;  // q, k, v, o, gate, up take hidden (= q_dim) inputs; down takes ffn
+  const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F) +
+                         4 * (7 * T * r + T * sum_in);
+  EXPECT_EQ(item(train, "activations"), 4 * (L + 1) * T * C + block);
+  EXPECT_EQ(train.load_peak_bytes, 0u);
+  EXPECT_EQ(train.required_bytes, train.peak_bytes);
+  o.checkpointing = false;
+  EXPECT_GT(plan_memory(s, o).peak_bytes, train.peak_bytes);
+  o.mode = MemoryMode::Generate;
+  o.prompt_len = 4;
+  o.new_tokens = 60;
+  const MemoryPlan gen = plan_memory(s, o);
+  EXPECT_EQ(item(gen, "KV cache"), 2 * L * KVD * 64 * 4);
+  EXPECT_LT(gen.peak_bytes, train.peak_bytes);
+  o.weights = WeightFormat::Int8;
+  EXPECT_THROW(plan_memory(s, o), Error);
+  EXPECT_EQ(memory_engine_from_string("qlora-cuda"), MemoryEngine::QloraCuda);
+  EXPECT_STREQ(memory_engine_name(MemoryEngine::QloraCuda), "qlora-cuda");
 }
 
 TEST(MemoryPlan, Llama1Shapes) {

@@ -10,13 +10,15 @@ Then:
   1. gguf-py (the gguf package from llama.cpp) reads every GGUF; each tensor's bytes are
      compared with gguf-py's own conversion of the float32 merge (llama.cpp's q/k row
      permutation for the llama architecture, then numpy float16 / gguf.quants.quantize for
-     BF16, Q8_0, Q4_0): the count of tensors whose bytes differ is printed.
+     BF16, Q8_0, Q4_0): the count of tensors whose bytes differ is printed. For q4_k_m the
+     reference is llama.cpp's own quantizer (llama_model_quantize, LLAMA_FTYPE_MOSTLY_Q4_K_M)
+     run on qlora's f32 GGUF of the merge: each tensor's type and bytes are compared.
   2. llama.cpp (llama-cpp-python) loads each GGUF: greedy tokens on a chat prompt compared
      with `qlora generate` on the same file, and the perplexity of the first 1500 characters (~400 tokens) of Tiny
      Shakespeare compared with `qlora eval` on the same file.
 Prints one JSON line per GGUF type.
 
-    .refenv/bin/python tools/check_merge_gguf.py [--qlora build/qlora] [--types f16,bf16,q8_0,q4_0]
+    .refenv/bin/python tools/check_merge_gguf.py [--qlora build/qlora] [--types f16,bf16,q8_0,q4_0,q4_k_m]
 """
 import argparse
 import json
@@ -36,7 +38,7 @@ GGUF = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER = ROOT / "tests" / "fixtures" / "train_parity" / "smollm2" / "initial_adapter"
 PROMPT = 'Classify "marimba" as one of: animal, fruit, color, country, vehicle, instrument. Reply with one word.'
 TYPES = {"f16": GGMLQuantizationType.F16, "bf16": GGMLQuantizationType.BF16, "f32": GGMLQuantizationType.F32,
-         "q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+         "q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_k_m": None}
 
 
 def hf_name(g):
@@ -94,7 +96,9 @@ def main():
             run(base + ["--out", str(out), "--gguf-type", t])
             r = GGUFReader(str(out))
             differ, n = [], 0
-            for tensor in r.tensors:
+            if t == "q4_k_m":
+                differ, n, types = compare_with_llama_quantize(base, tmp, r, llama_cpp, args.qlora)
+            for tensor in (r.tensors if t != "q4_k_m" else []):
                 x = merged[hf_name(tensor.name)]
                 if tensor.name.startswith("blk.") and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
                     heads = cfg["num_attention_heads"] if "attn_q" in tensor.name else cfg["num_key_value_heads"]
@@ -103,8 +107,10 @@ def main():
                 n += 1
                 if bytes(tensor.data.tobytes()) != want:
                     differ.append(tensor.name)
-            res = {"type": t, "tensors": n, "bytes_differ_from_gguf_py": len(differ), "first_differing": differ[:3],
-                   "file_mb": round(out.stat().st_size / 1e6, 1)}
+            res = {"type": t, "tensors": n, "bytes_differ_from_" + ("llama_quantize" if t == "q4_k_m" else "gguf_py"):
+                   len(differ), "first_differing": differ[:3], "file_mb": round(out.stat().st_size / 1e6, 1)}
+            if t == "q4_k_m":
+                res["tensor_types"] = types
             ok = ok and not differ
             # qlora on the same file: greedy answer and perplexity.
             q_gen = run([args.qlora, "generate", "--model", str(out), "--quant", "none", "--chat", "--prompt", PROMPT,
@@ -133,6 +139,31 @@ def main():
         if llama_cpp is not None:
             ok = check_lora_gguf(args.qlora, base, tmp, text, llama_cpp) and ok
     sys.exit(0 if ok else 1)
+
+
+def compare_with_llama_quantize(base, tmp, ours, llama_cpp, qlora):
+    """llama.cpp's Q4_K_M of qlora's f32 GGUF of the same merge, tensor by tensor against
+    qlora's q4_k_m: (names whose type or bytes differ, tensors compared, type histogram)."""
+    if llama_cpp is None:
+        sys.exit("q4_k_m needs llama-cpp-python (its quantizer is the reference)")
+    f32 = tmp / "ref_f32.gguf"
+    run(base + ["--out", str(f32), "--gguf-type", "f32"])
+    ref_path = tmp / "ref_q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(ref_path).encode(), params)
+    if rc != 0:
+        sys.exit(f"llama_model_quantize failed: {rc}")
+    ref = {t.name: t for t in GGUFReader(str(ref_path)).tensors}
+    differ, types = [], {}
+    for t in ours.tensors:
+        name = GGMLQuantizationType(t.tensor_type).name
+        types[name] = types.get(name, 0) + 1
+        r = ref.get(t.name)
+        if r is None or r.tensor_type != t.tensor_type or bytes(r.data.tobytes()) != bytes(t.data.tobytes()):
+            differ.append(t.name)
+    return differ, len(ours.tensors), types
 
 
 def llama_logits(llama_cpp, model, ids, lora=None):

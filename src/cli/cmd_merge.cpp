@@ -3,7 +3,7 @@
 // trained on: give the same --quant/--double-quant/--blocksize as `qlora train` had), and
 // write a Hugging Face model directory that transformers (and anything that reads one)
 // loads: config.json, sharded safetensors in --dtype, tokenizer and generation config; or,
-// with --out FILE.gguf, a GGUF file that llama.cpp loads (--gguf-type f16|bf16|q8_0|q4_0).
+// with --out FILE.gguf, a GGUF file that llama.cpp loads (--gguf-type f16|bf16|f32|q8_0|q4_0|q4_k_m).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -67,7 +67,7 @@ int run(const Options& o) {
   ex.log = !o.quiet;
   const bool to_gguf = o.out.size() > 5 && o.out.compare(o.out.size() - 5, 5, ".gguf") == 0;
   qlora::GgufExportOptions gx;
-  gx.type = qlora::gguf_export_type_from_string(o.gguf_type, "--gguf-type");
+  qlora::set_gguf_export_type(gx, o.gguf_type, "--gguf-type");
   gx.log = !o.quiet;
   std::vector<std::pair<std::string, double>> specs;
   for (const std::string& a : o.adapters) specs.push_back(split_weight(a));
@@ -153,7 +153,8 @@ const bool kRegistered = qlora::cli::register_command(
           ->required();
       app.add_option("--out,-o", o->out, "Output: a directory (Hugging Face layout), or FILE.gguf (llama.cpp)")
           ->required();
-      app.add_option("--gguf-type", o->gguf_type, "GGUF output: weights as f16, bf16, f32, q8_0 or q4_0")
+      app.add_option("--gguf-type", o->gguf_type,
+                     "GGUF output: weights as f16, bf16, f32, q8_0, q4_0, or q4_k_m (llama.cpp's Q4_K_M mixture)")
           ->capture_default_str();
       app.add_option("--dtype", o->dtype, "Weights dtype: bf16, fp16 or fp32")->capture_default_str();
       app.add_option("--max-shard-size", o->max_shard, "Largest safetensors shard (transformers' max_shard_size)")

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "base/progress.h"
 #include "base/text_excerpt.h"
+#include "formats/ggml_quantize.h"
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
 #include "formats/model_loader.h"
@@ -27,22 +28,58 @@ uint32_t file_type_of(GgmlType t) {
     default: return 1;
   }
 }
+constexpr uint32_t kFileTypeQ4_K_M = 15;  // LLAMA_FTYPE_MOSTLY_Q4_K_M
 
 std::vector<uint8_t> encode(const std::vector<float>& v, GgmlType t) {
-  if (t == GgmlType::Q8_0) return quantize_q8_0(v.data(), static_cast<int64_t>(v.size()));
-  if (t == GgmlType::Q4_0) return quantize_q4_0(v.data(), static_cast<int64_t>(v.size()));
-  return encode_float_tensor(v, t);
+  if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) return encode_float_tensor(v, t);
+  return quantize_ggml(t, v.data(), static_cast<int64_t>(v.size()));
+}
+
+// llama-quant.cpp's use_more_bits: the first and last eighth of the layers and every third
+// one between get the larger type.
+bool use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// "blk.12.attn_v.weight" -> 12 (-1 for tensors outside the blocks).
+int64_t block_index(const std::string& name) {
+  if (name.rfind("blk.", 0) != 0) return -1;
+  return std::stoll(name.substr(4, name.find('.', 4) - 4));
 }
 
 }  // namespace
 
-GgmlType gguf_export_type_from_string(const std::string& s, const std::string& where) {
-  if (s == "f32") return GgmlType::F32;
-  if (s == "f16") return GgmlType::F16;
-  if (s == "bf16") return GgmlType::BF16;
-  if (s == "q8_0") return GgmlType::Q8_0;
-  if (s == "q4_0") return GgmlType::Q4_0;
-  fail(where, "unknown value " + excerpt(s) + " (expected f16, bf16, f32, q8_0 or q4_0)");
+void set_gguf_export_type(GgufExportOptions& opt, const std::string& s, const std::string& where) {
+  opt.q4_k_m = false;
+  if (s == "f32") opt.type = GgmlType::F32;
+  else if (s == "f16") opt.type = GgmlType::F16;
+  else if (s == "bf16") opt.type = GgmlType::BF16;
+  else if (s == "q8_0") opt.type = GgmlType::Q8_0;
+  else if (s == "q4_0") opt.type = GgmlType::Q4_0;
+  else if (s == "q4_k_m" || s == "Q4_K_M") opt.q4_k_m = true, opt.type = GgmlType::Q4_K;
+  else fail(where, "unknown value " + excerpt(s) + " (expected f16, bf16, f32, q8_0, q4_0 or q4_k_m)");
+}
+
+GgmlType gguf_q4_k_m_type(const std::string& name, size_t dims, int64_t cols, int64_t n_layers, bool tied,
+                          bool seventy_b) {
+  if (dims < 2) return GgmlType::F32;
+  GgmlType t = GgmlType::Q4_K;
+  const bool head = name == "output.weight" || (tied && name == "token_embd.weight");
+  if (head) {
+    // The output head (or the embedding that doubles as it) gets Q6_K, or Q8_0 when its rows
+    // do not fit K-quant super-blocks.
+    t = cols % kQK_K != 0 ? GgmlType::Q8_0 : GgmlType::Q6_K;
+  } else if (name.ends_with("attn_v.weight")) {
+    t = use_more_bits(block_index(name), n_layers) ? GgmlType::Q6_K : GgmlType::Q4_K;
+    if (seventy_b && t == GgmlType::Q4_K)
+      fail("--gguf-type q4_k_m", "llama.cpp gives an 80-layer 70B model's attn_v Q5_K, which qlora does not write yet");
+  } else if (name.ends_with("ffn_down.weight")) {
+    if (use_more_bits(block_index(name), n_layers)) t = GgmlType::Q6_K;
+  }
+  // Rows that are not a multiple of the super-block: llama.cpp's fallbacks.
+  if (ggml_traits(t).block_size == kQK_K && cols % kQK_K != 0) {
+    t = t == GgmlType::Q6_K ? GgmlType::Q8_0 : GgmlType::Q5_0;
+    if (cols % 32 != 0) t = GgmlType::F16;
+  }
+  return t;
 }
 
 void write_merged_gguf(const Model& model, const ModelFiles& source, const std::vector<WeightedAdapter>& adapters,
@@ -65,8 +102,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   GgufWriter w;
   w.set_string("general.architecture", arch);
   w.set_string("general.name", opt.name.empty() ? fs::path(out_path).stem().string() : opt.name);
-  w.set_u32("general.file_type", file_type_of(opt.type));
-  if (opt.type == GgmlType::Q8_0 || opt.type == GgmlType::Q4_0) w.set_u32("general.quantization_version", 2);
+  w.set_u32("general.file_type", opt.q4_k_m ? kFileTypeQ4_K_M : file_type_of(opt.type));
+  if (opt.q4_k_m || opt.type == GgmlType::Q8_0 || opt.type == GgmlType::Q4_0)
+    w.set_u32("general.quantization_version", 2);
   const std::string a = arch + ".";
   w.set_u32(a + "context_length", static_cast<uint32_t>(s.max_positions));
   w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
@@ -98,7 +136,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     const auto gname = hf_to_gguf_tensor_name(t.name);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
     GgmlType type = t.shape.size() == 1 ? GgmlType::F32 : opt.type;
-    if (ggml_traits(type).block_size > 1 && t.shape.back() % ggml_traits(type).block_size != 0) {
+    if (opt.q4_k_m) {
+      // llama.cpp's type for an 80-layer llama with grouped KV heads is LLM_TYPE_70B.
+      const bool seventy_b = s.n_layers == 80 && s.n_kv_heads != s.n_heads;
+      type = gguf_q4_k_m_type(*gname, t.shape.size(), t.shape.back(), s.n_layers, s.tied_embeddings, seventy_b);
+      if (t.shape.size() > 1 && t.shape.back() % kQK_K != 0) fell_back.push_back(*gname);
+    } else if (ggml_traits(type).block_size > 1 && t.shape.back() % ggml_traits(type).block_size != 0) {
       fell_back.push_back(*gname);
       type = GgmlType::F16;
     }
@@ -124,9 +167,17 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.write(out_path);
   if (bar) bar->finish("");
-  if (opt.log && !fell_back.empty())
-    std::fprintf(stderr, "note: %zu tensor(s) have rows that are not a multiple of 32 and were written as F16 (e.g. %s)\n",
-                 fell_back.size(), fell_back.front().c_str());
+  if (opt.log && !fell_back.empty()) {
+    if (opt.q4_k_m)
+      std::fprintf(stderr,
+                   "note: %zu tensor(s) have rows that are not a multiple of 256 and were written as Q5_0 / Q8_0 "
+                   "instead of Q4_K / Q6_K, as llama.cpp's quantizer does (e.g. %s)\n",
+                   fell_back.size(), fell_back.front().c_str());
+    else
+      std::fprintf(stderr,
+                   "note: %zu tensor(s) have rows that are not a multiple of 32 and were written as F16 (e.g. %s)\n",
+                   fell_back.size(), fell_back.front().c_str());
+  }
 }
 
 }  // namespace qlora

@@ -232,3 +232,60 @@ TEST(Merge, GgufOutputHoldsTheMergeInLlamaCppLayout) {
   }
   EXPECT_FALSE(fs::exists(tmp.path("s.gguf")));
 }
+
+// llama.cpp's Q4_K_M mixture, rule by rule (llama-quant.cpp without an importance matrix);
+// the whole file's bytes against llama_model_quantize are tools/check_merge_gguf.py's.
+TEST(Merge, Q4KMMixtureFollowsLlamaCpp) {
+  const int64_t n = 32;  // use_more_bits: layers < 4, >= 28, and (l - 4) % 3 == 2
+  for (int64_t l : {0, 3, 6, 9, 28, 31})
+    EXPECT_EQ(gguf_q4_k_m_type("blk." + std::to_string(l) + ".attn_v.weight", 2, 4096, n, false, false), GgmlType::Q6_K)
+        << l;
+  for (int64_t l : {4, 5, 7, 8, 26})
+    EXPECT_EQ(gguf_q4_k_m_type("blk." + std::to_string(l) + ".attn_v.weight", 2, 4096, n, false, false), GgmlType::Q4_K)
+        << l;
+  EXPECT_EQ(gguf_q4_k_m_type("blk.6.ffn_down.weight", 2, 11008 + 256, n, false, false), GgmlType::Q6_K);
+  EXPECT_EQ(gguf_q4_k_m_type("blk.5.ffn_down.weight", 2, 11008 + 256, n, false, false), GgmlType::Q4_K);
+  EXPECT_EQ(gguf_q4_k_m_type("blk.5.attn_q.weight", 2, 4096, n, false, false), GgmlType::Q4_K);
+  EXPECT_EQ(gguf_q4_k_m_type("output.weight", 2, 4096, n, false, false), GgmlType::Q6_K);
+  EXPECT_EQ(gguf_q4_k_m_type("token_embd.weight", 2, 4096, n, false, false), GgmlType::Q4_K);
+  EXPECT_EQ(gguf_q4_k_m_type("token_embd.weight", 2, 4096, n, true, false), GgmlType::Q6_K);  // tied: the head
+  EXPECT_EQ(gguf_q4_k_m_type("blk.0.attn_norm.weight", 1, 4096, n, false, false), GgmlType::F32);
+  // Rows that are not a multiple of 256: Q4_K -> Q5_0, Q6_K -> Q8_0, the head Q8_0, and F16
+  // when not even a multiple of 32.
+  EXPECT_EQ(gguf_q4_k_m_type("blk.5.attn_q.weight", 2, 576, 30, true, false), GgmlType::Q5_0);
+  EXPECT_EQ(gguf_q4_k_m_type("blk.0.attn_v.weight", 2, 576, 30, true, false), GgmlType::Q8_0);
+  EXPECT_EQ(gguf_q4_k_m_type("token_embd.weight", 2, 576, 30, true, false), GgmlType::Q8_0);
+  EXPECT_EQ(gguf_q4_k_m_type("blk.5.attn_q.weight", 2, 100, 30, true, false), GgmlType::F16);
+  // llama.cpp's 70B type gives attn_v Q5_K, which is not written here: a clear refusal.
+  EXPECT_THROW(gguf_q4_k_m_type("blk.11.attn_v.weight", 2, 8192, 80, false, true), Error);
+  GgufExportOptions o;
+  set_gguf_export_type(o, "q4_k_m", "--gguf-type");
+  EXPECT_TRUE(o.q4_k_m);
+  EXPECT_THROW(set_gguf_export_type(o, "q4_k_s", "--gguf-type"), Error);
+}
+
+// A Q4_K_M GGUF of the merge reads back through our own dequantizers (Q4_K, Q6_K, Q5_0,
+// Q8_0) close to the float32 merge: relative RMS error per tensor below 8%.
+TEST(Merge, Q4KMGgufReadsBackCloseToTheMerge) {
+  if (!fs::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent: run scripts/fetch_model.sh";
+  const ModelFiles src = open_model_files(smollm2_gguf());
+  const Model model = load_nf4(src);
+  TempDir tmp("merge_q4km");
+  GgufExportOptions gx;
+  gx.log = false;
+  gx.type = GgmlType::F32;
+  write_merged_gguf(model, src, {}, tmp.path("f32.gguf"), gx, false);
+  set_gguf_export_type(gx, "q4_k_m", "--gguf-type");
+  write_merged_gguf(model, src, {}, tmp.path("q.gguf"), gx, false);
+  const ModelFiles f = open_model_files(tmp.path("f32.gguf")), q = open_model_files(tmp.path("q.gguf"));
+  for (const TensorSpec& t : model.spec().tensors()) {
+    const std::vector<float> a = f.tensors->get(t.name), b = q.tensors->get(t.name);
+    ASSERT_EQ(a.size(), b.size());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+      den += static_cast<double>(a[i]) * a[i];
+    }
+    EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 0.08) << t.name;
+  }
+}

@@ -87,11 +87,15 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
   mo.engine = MemoryEngine::QloraCuda;
   const MemoryPlan plan = plan_memory(spec, mo);
   if (limit) check_fits(plan, limit, what + " --device " + d.name());
+  // Asking for the free memory creates this process's CUDA context, so what is free now
+  // excludes it, while the plan counts it: compare the rest.
   uint64_t free_b = 0, total_b = 0;
-  if (device_free_memory(d, &free_b, &total_b) && plan.required_bytes > free_b)
+  const uint64_t beyond_context =
+      plan.required_bytes > kQloraCudaContextBytes ? plan.required_bytes - kQloraCudaContextBytes : 0;
+  if (device_free_memory(d, &free_b, &total_b) && beyond_context > free_b)
     fail(what + " --device " + d.name(),
-         "needs " + format_gb(plan.required_bytes) + " of GPU memory at its peak, more than the " + format_gb(free_b) +
-             " free on " + d.name() + " (of " + format_gb(total_b) +
+         "needs " + format_gb(beyond_context) + " of GPU memory besides its CUDA context, more than the " +
+             format_gb(free_b) + " free on " + d.name() + " (of " + format_gb(total_b) +
              "); a shorter --seq-len or --batch-size, or --quant nf4 --double-quant, needs less:\n" + plan.to_text());
 }
 

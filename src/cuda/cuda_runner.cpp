@@ -69,8 +69,17 @@ DeviceLinear upload_linear(const QuantLinear& q, const LoraLayer* lo, const std:
 
 
 CudaRunner::CudaRunner(const Model& model, int device) : spec_(model.spec()), dt_(model.compute_dtype()), device_(device) {
-  describe_ = describe_device(device);  // validates the index
-  QLORA_CUDA_CHECK(cudaSetDevice(device));
+  try {
+    init(model);
+  } catch (...) {
+    release_handles();  // the destructor does not run for a constructor that throws
+    throw;
+  }
+}
+
+void CudaRunner::init(const Model& model) {
+  describe_ = describe_device(device_);  // validates the index
+  QLORA_CUDA_CHECK(cudaSetDevice(device_));
   QLORA_CUDA_CHECK(cudaFree(nullptr));  // creates the context now, so it can be measured
   QLORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   blas_ = std::make_unique<Blas>();
@@ -113,13 +122,21 @@ CudaRunner::CudaRunner(const Model& model, int device) : spec_(model.spec()), dt
   QLORA_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-CudaRunner::~CudaRunner() {
-  train_.reset();
+void CudaRunner::release_handles() {
   if (graph_) cudaGraphExecDestroy(graph_);
   if (h_step_) cudaFreeHost(h_step_);
   if (h_rope_) cudaFreeHost(h_rope_);
   if (h_logits_) cudaFreeHost(h_logits_);
   if (stream_) cudaStreamDestroy(stream_);
+  graph_ = nullptr;
+  h_step_ = nullptr;
+  h_rope_ = h_logits_ = nullptr;
+  stream_ = nullptr;
+}
+
+CudaRunner::~CudaRunner() {
+  train_.reset();
+  release_handles();
 }
 
 DeviceRunner::Memory CudaRunner::device_memory() const {
@@ -167,6 +184,7 @@ void CudaRunner::grow(CudaSequence& seq, int64_t capacity) const {
 
 void CudaRunner::ensure_scratch(int64_t T) const {
   if (T <= scratch_T_) return;
+  scratch_T_ = 0;  // until every buffer below is allocated (an out-of-memory Error may stop it)
   const ModelSpec& s = spec_;
   const auto n = [T](int64_t per) { return static_cast<size_t>(T * per); };
   x_.resize(n(s.hidden));
@@ -362,10 +380,16 @@ void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits
   rope_tables(h_rope_, h_rope_ + s.head_dim / 2, &p32, 1, s.head_dim, s.rope_theta);
   logits_.reserve(static_cast<size_t>(s.vocab));
   if (max_lora_r_ > 0) lora_tmp_.reserve(static_cast<size_t>(max_lora_r_));
-  const SeqKey key{seq.k.data(), seq.v.data(), seq.capacity};
-  if (use_graphs_ && graph_ && graph_key_ == key && key.k) {
+  auto current_key = [&] {
+    return SeqKey{{seq.k.data(), seq.v.data(), x_.data(), h_.data(), q_.data(), k_.data(), v_.data(), att_.data(),
+                   o_.data(), gate_.data(), up_.data(), cos_.data(), sin_.data(), logits_.data(), lora_tmp_.data(),
+                   lora_out_.data(), x16_.data()},
+                  seq.capacity};
+  };
+  const SeqKey key = current_key();
+  if (use_graphs_ && graph_ && graph_key_ == key) {
     QLORA_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
-  } else if (use_graphs_ && warm_key_ == key && key.k) {
+  } else if (use_graphs_ && warm_key_ == key) {
     // Capture the step (every buffer exists now: it ran eagerly once), then replay it.
     cudaGraph_t g = nullptr;
     QLORA_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -380,17 +404,24 @@ void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits
       std::copy_n(h_logits_, s.vocab, logits);
       return;
     }
-    QLORA_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &g);
     if (graph_) cudaGraphExecDestroy(graph_);
     graph_ = nullptr;
-    const cudaError_t e = cudaGraphInstantiate(&graph_, g, 0);
-    cudaGraphDestroy(g);
-    QLORA_CUDA_CHECK(e);
-    graph_key_ = key;
-    QLORA_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+    const cudaError_t e = ended == cudaSuccess ? cudaGraphInstantiate(&graph_, g, 0) : ended;
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+      // This driver cannot capture or instantiate the step: stay eager from now on.
+      cudaGetLastError();
+      graph_ = nullptr;
+      use_graphs_ = false;
+      decode_ops(seq);
+    } else {
+      graph_key_ = key;
+      QLORA_CUDA_CHECK(cudaGraphLaunch(graph_, stream_));
+    }
   } else {
     decode_ops(seq);
-    warm_key_ = key;
+    warm_key_ = current_key();  // after the step: it may have allocated a buffer it uses
   }
   QLORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::copy_n(h_logits_, s.vocab, logits);

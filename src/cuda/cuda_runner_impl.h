@@ -87,6 +87,8 @@ class CudaRunner : public DeviceRunner {
   void linear(float* y, const DeviceLinear& L, const float* x, int64_t T) const;
   // y (T, rows) = x · Wᵀ for a dense weight (lm_head).
   void dense_matmul(float* y, const DeviceDense& W, const float* x, int64_t T) const;
+  void init(const Model& model);  // the constructor's work
+  void release_handles();         // stream, pinned buffers, graph (constructor failure, destructor)
   void ensure_scratch(int64_t T) const;
   void grow(CudaSequence& seq, int64_t capacity) const;
   // One token with its logits (decoding): the whole step enqueued by decode_ops, replayed
@@ -124,11 +126,11 @@ class CudaRunner : public DeviceRunner {
   mutable DeviceBuffer<int32_t> d_step_;
   mutable bool use_graphs_ = true;
   mutable cudaGraphExec_t graph_ = nullptr;
-  // The sequence buffers a step is baked for (keys, values, capacity): the graph's, and
-  // the one that last ran eagerly.
+  // Everything a captured step has baked in: the sequence's keys, values and capacity, and
+  // every scratch buffer the step touches (a longer prompt or an all-logits call can
+  // reallocate them). A graph replays only for exactly the same buffers.
   struct SeqKey {
-    const void* k = nullptr;
-    const void* v = nullptr;
+    std::vector<const void*> ptrs;
     int64_t capacity = 0;
     bool operator==(const SeqKey&) const = default;
   };

@@ -251,8 +251,8 @@ float CudaRunner::train_forward(TrainState& ts, const LoraModel& lm, std::span<c
     d.B.resize(h.B.size());
     d.dA.resize(h.A.size());
     d.dB.resize(h.B.size());
-    d.A.upload(h.A.data(), h.A.size());
-    d.B.upload(h.B.data(), h.B.size());
+    d.A.upload_async(h.A.data(), h.A.size(), stream_);
+    d.B.upload_async(h.B.data(), h.B.size(), stream_);
   }
 
   // Positions: packed examples restart at 0 and see only their own keys.
@@ -266,17 +266,21 @@ float CudaRunner::train_forward(TrainState& ts, const LoraModel& lm, std::span<c
     ks.resize(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) ks[static_cast<size_t>(t)] = static_cast<int32_t>(t) - pos[static_cast<size_t>(t)];
     ts.key_start.reserve(static_cast<size_t>(T));
-    ts.key_start.upload(ks.data(), ks.size());
+    ts.key_start.upload_async(ks.data(), ks.size(), stream_);
   }
   std::vector<float> cs(static_cast<size_t>(T * HS / 2)), sn(cs.size());
   rope_tables(cs.data(), sn.data(), pos.data(), T, HS, s.rope_theta);
   ensure(ts.cos, static_cast<int64_t>(cs.size()));
   ensure(ts.sin, static_cast<int64_t>(sn.size()));
-  ts.cos.upload(cs.data(), cs.size());
-  ts.sin.upload(sn.data(), sn.size());
+  ts.cos.upload_async(cs.data(), cs.size(), stream_);
+  ts.sin.upload_async(sn.data(), sn.size(), stream_);
   std::vector<int32_t> ids(inputs.begin(), inputs.end());
+  for (int32_t id : ids)
+    if (id < 0 || id >= V)
+      fail("embedding", "token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(V));
+  check(T <= 65535, "--device cuda", "training sequences of more than 65535 tokens do not run on the GPU yet");
   ts.tokens.reserve(static_cast<size_t>(T));
-  ts.tokens.upload(ids.data(), ids.size());
+  ts.tokens.upload_async(ids.data(), ids.size(), stream_);
 
   // Buffers for T tokens.
   ensure(ts.xs, (NL + 1) * T * C);
@@ -318,14 +322,16 @@ float CudaRunner::train_forward(TrainState& ts, const LoraModel& lm, std::span<c
     }
   const int64_t M = static_cast<int64_t>(sel.size());
   ts.M = M;
+  // Nothing queued may still read the buffers the next call overwrites.
+  QLORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (M == 0) return 0.f;
   for (int32_t tg : sel_t)
     if (tg < 0 || tg >= V)
       fail("cross_entropy", "target " + std::to_string(tg) + " is outside the vocabulary of " + std::to_string(V));
   ts.sel.reserve(static_cast<size_t>(M));
-  ts.sel.upload(sel.data(), sel.size());
+  ts.sel.upload_async(sel.data(), sel.size(), stream_);
   ts.sel_targets.reserve(static_cast<size_t>(M));
-  ts.sel_targets.upload(sel_t.data(), sel_t.size());
+  ts.sel_targets.upload_async(sel_t.data(), sel_t.size(), stream_);
   ensure(ts.hsel, M * C);
   gather_rows(ts.hsel.data(), ts.hf.data(), ts.sel.data(), M, C, stream_);
   ensure(ts.logits, M * V);

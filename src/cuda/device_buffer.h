@@ -70,6 +70,15 @@ class DeviceBuffer {
   void reserve(size_t n) {
     if (n > n_) resize(n);
   }
+  // Host -> device on `stream`, ordered with the kernels on it (from pageable memory the
+  // call returns once the source has been staged, so `src` may be reused at once).
+  void upload_async(const T* src, size_t n, cudaStream_t stream, size_t offset = 0) {
+    check(offset + n <= n_, "DeviceBuffer::upload_async", "copy past the end of the buffer");
+    if (n) QLORA_CUDA_CHECK(cudaMemcpyAsync(p_ + offset, src, n * sizeof(T), cudaMemcpyHostToDevice, stream));
+  }
+  // Synchronous copies on the legacy default stream: a non-blocking stream does not wait
+  // for them (the device may still be copying when they return), so code that then
+  // launches kernels on such a stream uses upload_async, or synchronizes the device first.
   void upload(const T* src, size_t n, size_t offset = 0) {
     check(offset + n <= n_, "DeviceBuffer::upload", "copy past the end of the buffer");
     if (n) QLORA_CUDA_CHECK(cudaMemcpy(p_ + offset, src, n * sizeof(T), cudaMemcpyHostToDevice));

@@ -596,20 +596,35 @@ __global__ void to_half_kernel(uint16_t* out, const float* x, int64_t n, DenseTy
 // Element-wise kernels: a grid-stride loop over at most this many blocks.
 unsigned ew_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(grid_for(n, 256), 4096)); }
 
-// Raises `kernel`'s dynamic shared memory limit to what the device allows (once) and says
-// whether `bytes` fit.
+}  // namespace
+
+DynamicSmemLimits dynamic_smem_limits(const void* kernel) {
+  cudaFuncAttributes attr{};
+  QLORA_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  int dev = 0, optin = 0;
+  QLORA_CUDA_CHECK(cudaGetDevice(&dev));
+  QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  DynamicSmemLimits l;
+  l.without_optin = 48 * 1024 > attr.sharedSizeBytes ? 48 * 1024 - attr.sharedSizeBytes : 0;
+  l.with_optin = static_cast<size_t>(optin) > attr.sharedSizeBytes ? optin - attr.sharedSizeBytes : 0;
+  return l;
+}
+
+namespace {
+
+// Whether `bytes` of dynamic shared memory fit `Kernel` (static shared memory counted),
+// raising its limit to the device's opt-in maximum the first time that is needed.
 template <auto Kernel>
 bool fits_shared(size_t bytes) {
-  if (bytes <= 48 * 1024) return true;
-  static int optin = -1;  // per kernel
-  if (optin < 0) {
-    int dev = 0;
-    QLORA_CUDA_CHECK(cudaGetDevice(&dev));
-    QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    optin -= 1024;  // the static shared memory (code table, reductions)
-    QLORA_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  }
-  return bytes <= static_cast<size_t>(optin);
+  static const DynamicSmemLimits limits = dynamic_smem_limits(reinterpret_cast<const void*>(Kernel));
+  if (bytes <= limits.without_optin) return true;
+  if (bytes > limits.with_optin) return false;
+  static const bool raised = [] {
+    QLORA_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(limits.with_optin)));
+    return true;
+  }();
+  return raised;
 }
 
 template <int T>
@@ -719,18 +734,10 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   if (T == 0) return;
   check(NKV > 0 && NH % NKV == 0, "cuda::attention_forward", "NH must be a multiple of NKV");
   const size_t smem = static_cast<size_t>(HS + q_pos0 + T) * sizeof(float);
-  static size_t raised = 48 * 1024;
-  if (smem > raised) {
-    int dev = 0, max_optin = 0;
-    QLORA_CUDA_CHECK(cudaGetDevice(&dev));
-    QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    check(smem <= static_cast<size_t>(max_optin), "cuda::attention_forward",
-          "a context of " + std::to_string(q_pos0 + T) + " positions needs " + std::to_string(smem) +
-              " bytes of shared memory per block; this GPU allows " + std::to_string(max_optin));
-    QLORA_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(max_optin)));
-    raised = static_cast<size_t>(max_optin);
-  }
+  check(T <= 65535, "cuda::attention_forward", "more than 65535 tokens in one forward (run the prompt in pieces)");
+  check(fits_shared<attention_kernel>(smem), "cuda::attention_forward",
+        "a context of " + std::to_string(q_pos0 + T) + " positions needs " + std::to_string(smem) +
+            " bytes of shared memory per block, more than this GPU gives one block");
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   attention_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(
       out, q, k, v, q_pos0, NH, NKV, HS, key_start, scale);

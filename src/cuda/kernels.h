@@ -32,6 +32,14 @@ struct Q4Device {
   ComputeDType round_to = ComputeDType::F32;  // dequantized weights are rounded to this
 };
 
+// Dynamic shared memory a kernel can take per block on the current device, its static
+// shared memory already deducted: without raising its limit (48 KB in all) and with it
+// raised to the device's opt-in maximum.
+struct DynamicSmemLimits {
+  size_t without_optin = 0, with_optin = 0;
+};
+DynamicSmemLimits dynamic_smem_limits(const void* kernel);
+
 // Element dtype of a dense device tensor.
 enum class DenseType : uint8_t { F32, BF16, F16 };
 DenseType dense_type_of(ComputeDType t);

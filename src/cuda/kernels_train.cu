@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cuda/cuda_error.h"
+#include "cuda/kernels.h"
 #include "cuda/kernels_train.h"
 
 namespace qlora::cuda {
@@ -336,21 +337,21 @@ __global__ void half_to_f32_kernel(float* out, const uint16_t* x, int64_t n, boo
   GRID_STRIDE(i, n) out[i] = bf16 ? __bfloat162float(__ushort_as_bfloat16(x[i])) : __half2float(__ushort_as_half(x[i]));
 }
 
-// Dynamic shared memory above the 48 KB default: raised once per kernel to the device's limit.
+// Dynamic shared memory for `Kernel` (its static shared memory counted), raised once to the
+// device's opt-in limit when needed; a clear Error when even that is too little.
 template <auto Kernel>
 void allow_shared(size_t bytes, const char* what) {
-  if (bytes <= 48 * 1024) return;
-  static int optin = -1;
-  if (optin < 0) {
-    int dev = 0;
-    QLORA_CUDA_CHECK(cudaGetDevice(&dev));
-    QLORA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    optin -= 1024;
-    QLORA_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  }
-  check(bytes <= static_cast<size_t>(optin), what,
+  static const DynamicSmemLimits limits = dynamic_smem_limits(reinterpret_cast<const void*>(Kernel));
+  if (bytes <= limits.without_optin) return;
+  check(bytes <= limits.with_optin, what,
         "needs " + std::to_string(bytes) + " bytes of shared memory per block; this GPU allows " +
-            std::to_string(optin) + " (a shorter sequence fits)");
+            std::to_string(limits.with_optin) + " (a shorter sequence fits)");
+  static const bool raised = [] {
+    QLORA_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(limits.with_optin)));
+    return true;
+  }();
+  (void)raised;
 }
 
 }  // namespace
@@ -382,6 +383,7 @@ void attention_forward_train(float* out, float* att, const float* q, const float
                              cudaStream_t s) {
   if (T == 0) return;
   check(NKV > 0 && NH % NKV == 0, "cuda::attention_forward_train", "NH must be a multiple of NKV");
+  check(T <= 65535, "cuda::attention_forward_train", "more than 65535 tokens in one sequence");
   const size_t smem = static_cast<size_t>(HS + q_pos0 + T) * sizeof(float);
   allow_shared<attention_train_kernel>(smem, "cuda::attention_forward_train");
   attention_train_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(

@@ -367,6 +367,10 @@ MemoryPlan plan_qlora_cuda(const ModelSpec& s, const MemoryOptions& o) {
     add(p, "logits (T x V fp32, dlogits in place)", 4 * T * V, "");
     add(p, "weight tile (fp32)", 4 * tile, "the largest Linear or the output head, dequantized for the input gradient");
     add(p, "LoRA transients", 4 * (T * max_out + T * r_ + max_out * r_ + (drop ? T * max_in : 0)), "");
+    // The frozen Linears' forward for more than 8 tokens: the weight dequantized for cuBLAS,
+    // and (16-bit compute) the activations in 16 bits.
+    if (T > 8 && q4) add(p, "dequantized weight (forward)", w.largest_linear * db, "the largest Linear, for cuBLAS");
+    if (T > 8 && db != 4) add(p, "16-bit activations (forward)", 2 * T * std::max({C, F, QD}), "");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));

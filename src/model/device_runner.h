@@ -2,8 +2,9 @@
 // The seam between the model and where its forward pass runs. The CPU forward (model.h's
 // forward()) is the reference; a DeviceRunner is a second implementation of the same
 // inference forward on another device (today: CUDA, src/cuda/cuda_runner.*). A Model with
-// a runner attached (Model::set_runner) sends every forward() there, so generate, chat,
-// serve and eval run on the device without knowing it.
+// a runner attached (Model::set_runner) sends every forward() there, so generate, chat
+// and eval run on the device without knowing it (serve does not offer --device yet: its
+// per-request adapter switch would need the runner to hold every adapter).
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -49,7 +50,8 @@ class DeviceRunner {
 
   // The training step and the evaluation loss of train/train_model.h (forward_backward and
   // forward_loss, same contracts: LoRA gradients accumulate into `lora`'s host dA/dB, the
-  // dropout generator advances exactly as on the CPU). The caller has checked the sequence.
+  // dropout generator advances exactly as on the CPU). The caller has checked the sequence's
+  // length and positions; token ids and targets are checked here (Error naming the id).
   // The defaults throw Error: training does not run on this device.
   virtual float forward_backward(LoraModel& lora, std::span<const int> inputs, std::span<const int> targets,
                                  const TrainStepOptions& opt, LoraRng* rng, std::span<const int32_t> positions) const;

@@ -152,6 +152,10 @@ const QuantLinear& Model::block_linear(int64_t layer, int which) const {
 }
 
 void Model::set_adapter(const InferenceAdapter* a) {
+  // A device runner copied the adapter it was made with; a change now would be ignored there.
+  if (runner_ && a != adapter_)
+    fail("LoRA adapter", "cannot be changed while the model runs on " + runner_->describe() +
+                             "; attach the adapter before moving the model to the device");
   if (a) {
     check(static_cast<int64_t>(a->blocks.size()) == spec_.n_layers, "LoRA adapter",
           "has " + std::to_string(a->blocks.size()) + " blocks, the model has " + std::to_string(spec_.n_layers) +

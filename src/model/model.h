@@ -87,7 +87,8 @@ class Model {
   const QuantLinear& block_linear(int64_t layer, int which) const;
 
   // Attaches (or with nullptr detaches) a LoRA adapter that every later forward() adds
-  // after its Linear layers. Borrowed. Throws Error when it does not fit the model: a
+  // after its Linear layers. Borrowed. With a device runner attached the adapter is the
+  // runner's copy and cannot change (Error). Throws Error when it does not fit the model: a
   // block count other than n_layers, or a LoraLayer whose in/out differ from its
   // Linear's (naming the layer's module path), or r < 1 / A, B of the wrong size.
   void set_adapter(const InferenceAdapter* adapter);

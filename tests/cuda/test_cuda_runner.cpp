@@ -164,6 +164,44 @@ TEST(CudaRunner, GraphReplayEqualsEagerDecode) {
   EXPECT_EQ(graphed, eager);
 }
 
+// The logits of the last token of each chunk, running `tokens` in chunks of the given sizes.
+std::vector<float> run_chunks(const Model& m, const std::vector<int>& tokens, const std::vector<int>& chunks) {
+  const int64_t V = m.spec().vocab;
+  InferenceState st(m.spec(), 4);
+  std::vector<float> out, logits(static_cast<size_t>(V));
+  size_t at = 0;
+  for (int c : chunks) {
+    forward(m, st, std::span<const int>(tokens).subspan(at, static_cast<size_t>(c)), logits.data());
+    out.insert(out.end(), logits.begin(), logits.end());
+    at += static_cast<size_t>(c);
+  }
+  return out;
+}
+
+// A chat-like sequence: decoding (a graph is captured), then a longer prompt chunk (the
+// scratch buffers are reallocated and the KV cache grows), then decoding again: the graph
+// must be recaptured for the new buffers, never replayed on the old ones.
+TEST(CudaRunner, GraphIsRecapturedWhenBuffersChange) {
+  REQUIRE_GPU();
+  Model m = load_stories(true, ComputeDType::F32);
+  const std::vector<int> tokens = test_tokens(80);
+  const std::vector<int> chunks = {3, 1, 1, 1, 1, 1, 30, 1, 1, 1, 1, 12, 1, 1, 1};
+  m.set_runner(nullptr);
+  const std::vector<float> cpu = run_chunks(m, tokens, chunks);
+  m.set_runner(make_cuda_runner(m, 0));
+  const std::vector<float> gpu = run_chunks(m, tokens, chunks);
+  EXPECT_LE(rel_max_diff(gpu, cpu), 1e-4);
+}
+
+TEST(CudaRunner, AdapterCannotChangeOnceOnTheDevice) {
+  REQUIRE_GPU();
+  Model m = load_stories(true, ComputeDType::F32);
+  m.set_runner(make_cuda_runner(m, 0));
+  InferenceAdapter ad;
+  ad.blocks.resize(static_cast<size_t>(m.spec().n_layers));
+  EXPECT_THROW(m.set_adapter(&ad), Error);
+}
+
 TEST(CudaRunner, MissingDeviceIsACleanError) {
   REQUIRE_GPU();
   Model m = load_stories(true, ComputeDType::F32);

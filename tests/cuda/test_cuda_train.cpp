@@ -166,6 +166,29 @@ TEST(CudaTrain, EvalLossMatchesCpu) {
   EXPECT_NEAR(gpu, cpu, 1e-5 * std::fabs(cpu));
 }
 
+TEST(CudaTrain, BadTokenIdIsACleanError) {
+  REQUIRE_GPU();
+  Model m = load_stories(true, ComputeDType::F32);
+  m.set_runner(make_cuda_runner(m, 0));
+  LoraConfig cfg;
+  cfg.r = 2;
+  cfg.all_linear = true;
+  LoraModel lm(m, cfg);
+  TrainWorkspace ws;
+  TrainStepOptions opt;
+  LoraRng rng(1);
+  std::vector<int> in = {1, 2, 100000, 3}, tg = {2, 3, 4, 5};
+  try {
+    forward_backward(lm, ws, in, tg, opt, &rng);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 100000"), std::string::npos) << e.what();
+  }
+  // The runner is still usable afterwards.
+  std::vector<int> ok = {1, 2, 3, 4};
+  EXPECT_TRUE(std::isfinite(forward_backward(lm, ws, ok, tg, opt, &rng)));
+}
+
 std::vector<double> losses(const std::string& metrics) {
   std::ifstream f(metrics);
   std::vector<double> out;

@@ -138,6 +138,7 @@ def main():
             print(json.dumps(res), flush=True)
         if llama_cpp is not None:
             ok = check_lora_gguf(args.qlora, base, tmp, text, llama_cpp) and ok
+            ok = check_gguf_from_hf(args.qlora, tmp, text, llama_cpp) and ok
     sys.exit(0 if ok else 1)
 
 
@@ -164,6 +165,32 @@ def compare_with_llama_quantize(base, tmp, ours, llama_cpp, qlora):
         if r is None or r.tensor_type != t.tensor_type or bytes(r.data.tobytes()) != bytes(t.data.tobytes()):
             differ.append(t.name)
     return differ, len(ours.tensors), types
+
+
+def check_gguf_from_hf(qlora, tmp, text, llama_cpp):
+    """A GGUF written from a Hugging Face directory (qlora's fp32 merge; its tokenizer.json
+    becomes llama.cpp's tokenizer metadata): llama.cpp tokenizes the text and the chat prompt
+    exactly as it does with the original GGUF (whose metadata llama.cpp's converter wrote), and
+    its perplexity equals the perplexity of the f16 GGUF made from the GGUF source."""
+    out = tmp / "from_hf.gguf"
+    run([qlora, "merge", "--model", str(tmp / "hf32"), "--quant", "none", "--adapter", f"{ADAPTER}:0", "--out", str(out),
+         "--gguf-type", "f16", "--quiet"])
+    orig = llama_cpp.Llama(model_path=str(GGUF), n_ctx=1024, verbose=False, vocab_only=True)
+    mine = llama_cpp.Llama(model_path=str(out), n_ctx=1024, logits_all=True, verbose=False, n_threads=2)
+    probe = text + "\n<|im_start|>user\n" + PROMPT + "<|im_end|>\n 1 22 333 ünïcödé 中文"
+    same_ids = orig.tokenize(probe.encode(), add_bos=True, special=True) == mine.tokenize(probe.encode(), add_bos=True,
+                                                                                              special=True)
+    ids = mine.tokenize(text.encode(), add_bos=False, special=False) + [mine.token_eos()]
+    mine.eval(ids)
+    lg = np.array(mine.scores[: len(ids)], dtype=np.float64)
+    lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
+    ppl = math.exp(float(np.mean([lse[i] - lg[i, ids[i + 1]] for i in range(len(ids) - 1)])))
+    meta = GGUFReader(str(out)).fields
+    pre = bytes(meta["tokenizer.ggml.pre"].parts[meta["tokenizer.ggml.pre"].data[0]]).decode()
+    res = {"gguf_from_hf": True, "tokenizer_ggml_pre": pre, "tokenization_equals_original_gguf": same_ids,
+           "llama_cpp_ppl": ppl}
+    print(json.dumps(res), flush=True)
+    return same_ids
 
 
 def llama_logits(llama_cpp, model, ids, lora=None):

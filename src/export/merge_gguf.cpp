@@ -1,5 +1,7 @@
 #include "export/merge_gguf.h"
 
+#include "export/gguf_tokenizer_writer.h"
+
 #include <cstdio>
 #include <filesystem>
 
@@ -85,9 +87,6 @@ GgmlType gguf_q4_k_m_type(const std::string& name, size_t dims, int64_t cols, in
 void write_merged_gguf(const Model& model, const ModelFiles& source, const std::vector<WeightedAdapter>& adapters,
                        const std::string& out_path, const GgufExportOptions& opt, bool overwrite) {
   const ModelSpec& s = model.spec();
-  if (source.format != ModelFormat::Gguf)
-    fail(out_path, "GGUF output needs a GGUF source for now (its tokenizer metadata is copied); this model is " +
-                       std::string(model_format_name(source.format)) + ": write a Hugging Face directory instead");
   std::error_code ec;
   if (fs::exists(out_path, ec) && fs::exists(source.path, ec) && fs::equivalent(out_path, source.path, ec))
     fail(out_path, "is the base model's own file: write the merged model somewhere else");
@@ -120,10 +119,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "attention.value_length", static_cast<uint32_t>(s.head_dim));
   }
   w.set_u32(a + "vocab_size", static_cast<uint32_t>(s.vocab));
-  {
+  if (source.format == ModelFormat::Gguf) {
     const GgufFile src(source.path);  // the tokenizer metadata, exactly as the source has it
     for (const auto& [k, v] : src.metadata())
       if (k.rfind("tokenizer.", 0) == 0) w.copy_value(k, v);
+  } else {
+    // Any other source: its tokenizer (tokenizer.json, ...) as llama.cpp's metadata.
+    if (!source.tokenizer)
+      fail(out_path, "a GGUF needs the model's tokenizer, and none was found next to " + source.path +
+                         " (pass --tokenizer)");
+    write_gguf_tokenizer(w, *source.tokenizer, out_path);
   }
 
   // The tensors, in the order of the merged Hugging Face export, under GGUF names.

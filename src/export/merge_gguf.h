@@ -21,11 +21,12 @@ struct GgufExportOptions {
 };
 
 // Writes `out_path`: llama.cpp's metadata for the architecture (llama for llama/mistral,
-// with q/k rows in its rotary layout; qwen2), the tokenizer metadata copied from the source
-// GGUF, and every tensor under its GGUF name. A weight whose rows do not fit the quantized
+// with q/k rows in its rotary layout; qwen2), the tokenizer metadata (copied from a GGUF
+// source; from any other source written from its tokenizer by export/gguf_tokenizer_writer.h,
+// byte-level BPE only), and every tensor under its GGUF name. A weight whose rows do not fit the quantized
 // type's 32-element blocks falls back to F16 (as llama.cpp's quantizer does), with a note.
-// Refuses an existing file unless `overwrite`, and a source that is not a GGUF (whose
-// tokenizer cannot be written as GGUF metadata yet). Throws Error naming the file.
+// Refuses an existing file unless `overwrite`, and a source whose tokenizer cannot be
+// written as GGUF metadata (SentencePiece-style, e.g. llama2.c). Throws Error naming the file.
 void write_merged_gguf(const Model& model, const ModelFiles& source, const std::vector<WeightedAdapter>& adapters,
                        const std::string& out_path, const GgufExportOptions& opt, bool overwrite);
 

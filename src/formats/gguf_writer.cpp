@@ -78,6 +78,12 @@ void GgufWriter::set_string_array(const std::string& k, const std::vector<std::s
   put<uint64_t>(kv_, v.size());
   for (const std::string& s : v) put_string(kv_, s);
 }
+void GgufWriter::set_i32_array(const std::string& k, const std::vector<int32_t>& v) {
+  key(k, GgufValueType::ARRAY);
+  put<uint32_t>(kv_, static_cast<uint32_t>(GgufValueType::I32));
+  put<uint64_t>(kv_, v.size());
+  for (int32_t x : v) put(kv_, x);
+}
 void GgufWriter::copy_value(const std::string& k, const GgufValue& v) {
   key(k, v.type);
   put_value(kv_, v);

@@ -46,6 +46,12 @@ const std::vector<PreEntry>& pre_table() {
 
 }  // namespace
 
+std::vector<std::string> gguf_pre_tokenizer_names() {
+  std::vector<std::string> names;
+  for (const PreEntry& e : pre_table()) names.emplace_back(e.names.size() > 1 && e.names[0].empty() ? e.names[1] : e.names[0]);
+  return names;
+}
+
 std::vector<std::string> gguf_pre_tokenizer_regexes(const std::string& pre, const std::string& where) {
   for (const PreEntry& e : pre_table()) {
     for (std::string_view n : e.names) {

@@ -64,5 +64,7 @@ TokenizerSpec load_gguf_tokenizer(const std::string& path);
 // the other, each splitting the pieces of the previous one, matches and gaps kept).
 // Throws Error for an unknown name.
 std::vector<std::string> gguf_pre_tokenizer_regexes(const std::string& pre, const std::string& where);
+// One name per distinct entry of that table ("default", "llama-bpe", "qwen2", "smollm", ...).
+std::vector<std::string> gguf_pre_tokenizer_names();
 
 }  // namespace qlora

@@ -1,0 +1,24 @@
+#pragma once
+// A tokenizer loaded from anywhere (tokenizer.json of a Hugging Face directory, typically)
+// written as llama.cpp's GGUF tokenizer metadata, so that a GGUF made from a non-GGUF source
+// is complete: tokenizer.ggml.model "gpt2" (byte-level BPE), .pre, .tokens, .token_type,
+// .merges, the special ids, add_bos/add_space_prefix, and tokenizer.chat_template.
+//
+// tokenizer.ggml.pre is chosen the way llama.cpp's converter chooses it (by what the
+// pre-tokenizer does, not by its name): the first of llama.cpp's pre-tokenizers
+// (formats/tokenizer_gguf.h) under which a GGUF reading of these tokens encodes a varied
+// test text exactly as this tokenizer does.
+#include "formats/gguf_writer.h"
+#include "formats/tokenizer.h"
+
+namespace qlora {
+
+// Adds the tokenizer.* keys for `tok` to `w`. Throws Error naming `where` for a tokenizer
+// this cannot express: SentencePiece-style ones (merges by score, byte fallback), or a
+// byte-level BPE whose pre-tokenizer matches none of llama.cpp's.
+void write_gguf_tokenizer(GgufWriter& w, const Tokenizer& tok, const std::string& where);
+
+// The llama.cpp pre-tokenizer name for `spec` (see above), or "" when none matches.
+std::string detect_gguf_pre_tokenizer(const TokenizerSpec& spec);
+
+}  // namespace qlora

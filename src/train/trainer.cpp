@@ -301,15 +301,21 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     log.elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
     log.tokens_per_s = log.elapsed_s > 0 ? static_cast<double>(res.tokens) / log.elapsed_s : 0;
     log.rss_bytes = current_rss_bytes();
+    if (const DeviceRunner* dev = lora.model().runner())
+      log.gpu_bytes = static_cast<int64_t>(dev->device_memory().peak());
     res.steps.push_back(log);
-    write_jsonl(metrics.get(), {{"step", log.step},           {"epoch", log.epoch},       {"loss", log.loss},
-                          {"lr", log.lr},               {"grad_norm", log.grad_norm}, {"tokens", log.tokens},
-                          {"tokens_per_s", log.tokens_per_s}, {"elapsed_s", log.elapsed_s},
-                          {"rss_bytes", log.rss_bytes}, {"skipped", log.skipped}});
+    nlohmann::json line = {{"step", log.step},           {"epoch", log.epoch},       {"loss", log.loss},
+                           {"lr", log.lr},               {"grad_norm", log.grad_norm}, {"tokens", log.tokens},
+                           {"tokens_per_s", log.tokens_per_s}, {"elapsed_s", log.elapsed_s},
+                           {"rss_bytes", log.rss_bytes}, {"skipped", log.skipped}};
+    if (log.gpu_bytes > 0) line["gpu_peak_bytes"] = log.gpu_bytes;
+    write_jsonl(metrics.get(), line);
     if (bar)
       bar->update(step + 1, "loss " + fmt("%.4f", log.loss) + " lr " + fmt("%.2e", log.lr) + " " +
                                 fmt("%.0f", log.tokens_per_s) + " tok/s mem " +
-                                human_bytes(static_cast<double>(log.rss_bytes)) + " ep " + fmt("%.2f", log.epoch));
+                                human_bytes(static_cast<double>(log.rss_bytes)) +
+                                (log.gpu_bytes > 0 ? " gpu " + human_bytes(static_cast<double>(log.gpu_bytes)) : "") +
+                                " ep " + fmt("%.2f", log.epoch));
     if (on_step) on_step(log);
     // Divergence stops the run before anything non-finite can be saved; what is on disk
     // (the last checkpoint, metrics so far) stays as it is.

@@ -72,6 +72,7 @@ struct TrainStepLog {
   double tokens_per_s = 0;   // over this run so far
   double elapsed_s = 0;
   int64_t rss_bytes = 0;     // resident memory after the step
+  int64_t gpu_bytes = 0;     // --device cuda: the GPU's peak so far (CUDA context + buffers); 0 on the CPU
   bool skipped = false;      // non-finite gradient norm: no update
 };
 

@@ -139,6 +139,8 @@ def main():
         if llama_cpp is not None:
             ok = check_lora_gguf(args.qlora, base, tmp, text, llama_cpp) and ok
             ok = check_gguf_from_hf(args.qlora, tmp, text, llama_cpp) and ok
+            ok = check_spm_gguf(args.qlora, tmp, llama_cpp) and ok
+            ok = check_llama2c_gguf(args.qlora, tmp, llama_cpp) and ok
     sys.exit(0 if ok else 1)
 
 
@@ -191,6 +193,42 @@ def check_gguf_from_hf(qlora, tmp, text, llama_cpp):
            "llama_cpp_ppl": ppl}
     print(json.dumps(res), flush=True)
     return same_ids
+
+
+def check_spm_gguf(qlora, tmp, llama_cpp):
+    """A GGUF from a Hugging Face directory with a SentencePiece tokenizer
+    (tests/fixtures/spm_llama): llama.cpp tokenizes the fixture's texts into sentencepiece's
+    own ids (reference.json)."""
+    fix = ROOT / "tests" / "fixtures" / "spm_llama"
+    out = tmp / "spm.gguf"
+    # A merge at adapter weight 0 would need an adapter of this model; write a fresh one.
+    run([qlora, "train", "--model", str(fix), "--data", str(DATA / "text" / "tinyshakespeare.txt"), "--out",
+         str(tmp / "spm_ad"), "--max-steps", "1", "--seq-len", "32", "--quiet"])
+    run([qlora, "merge", "--model", str(fix), "--quant", "none", "--adapter", f"{tmp / 'spm_ad'}:0", "--out", str(out),
+         "--gguf-type", "f32", "--quiet"])
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    ref = json.loads((fix / "reference.json").read_text())
+    same = [llm.tokenize(t["text"].encode(), add_bos=True, special=False) == t["ids"] for t in ref["texts"]]
+    print(json.dumps({"spm_gguf": True, "texts": len(same), "llama_cpp_ids_equal_sentencepiece": sum(same)}),
+          flush=True)
+    return all(same)
+
+
+def check_llama2c_gguf(qlora, tmp, llama_cpp):
+    """A GGUF from llama2.c's stories260K (its scored vocabulary becomes a "llama" tokenizer):
+    llama.cpp's greedy continuation of "Once upon a time" is llama2.c's known text."""
+    stories = DATA / "stories260K" / "stories260K.bin"
+    known = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
+             "she saw a big, red ball. She wanted to play with it, but it was too high.\nLily")
+    run([qlora, "train", "--model", str(stories), "--data", str(DATA / "text" / "tinyshakespeare.txt"), "--out",
+         str(tmp / "l2c_ad"), "--max-steps", "1", "--seq-len", "32", "--quiet"])
+    out = tmp / "stories.gguf"
+    run([qlora, "merge", "--model", str(stories), "--quant", "none", "--adapter", f"{tmp / 'l2c_ad'}:0", "--out",
+         str(out), "--gguf-type", "f32", "--quiet"])
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, verbose=False, n_threads=2)
+    text = "Once upon a time" + llm("Once upon a time", max_tokens=60, temperature=0.0, top_k=1)["choices"][0]["text"]
+    print(json.dumps({"llama2c_gguf": True, "llama_cpp_text_equals_llama2c": text == known}), flush=True)
+    return text == known
 
 
 def llama_logits(llama_cpp, model, ids, lora=None):

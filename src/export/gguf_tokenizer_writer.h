@@ -13,10 +13,20 @@
 
 namespace qlora {
 
-// Adds the tokenizer.* keys for `tok` to `w`. Throws Error naming `where` for a tokenizer
-// this cannot express: SentencePiece-style ones (merges by score, byte fallback), or a
-// byte-level BPE whose pre-tokenizer matches none of llama.cpp's.
-void write_gguf_tokenizer(GgufWriter& w, const Tokenizer& tok, const std::string& where);
+// Adds the tokenizer.* keys for `tok` to `w`, with as many tokens as the model's
+// `model_vocab` (llama.cpp's converter pads with "[PAD<id>]" UNUSED tokens).
+//  - byte-level BPE: tokenizer.ggml.model "gpt2", as above;
+//  - SentencePiece-style (merges by score or byte fallback: Llama 2, Mistral v0.1):
+//    tokenizer.ggml.model "llama" from the SentencePiece model `spm_model` (the directory's
+//    tokenizer.model: pieces, scores and types as llama.cpp's converter reads them; a
+//    vocabulary with its own scores, as llama2.c's, needs none), the
+//    tokenizer's added tokens as CONTROL / USER_DEFINED, add_space_prefix from its
+//    normalizer spec.
+// Throws Error naming `where` when it cannot: a SentencePiece-style tokenizer with neither
+// scores nor a tokenizer.model, or a byte-level BPE whose pre-tokenizer matches none of
+// llama.cpp's.
+void write_gguf_tokenizer(GgufWriter& w, const Tokenizer& tok, int64_t model_vocab, const std::string& spm_model,
+                          const std::string& where);
 
 // The llama.cpp pre-tokenizer name for `spec` (see above), or "" when none matches.
 std::string detect_gguf_pre_tokenizer(const TokenizerSpec& spec);

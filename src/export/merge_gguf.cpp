@@ -128,7 +128,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (!source.tokenizer)
       fail(out_path, "a GGUF needs the model's tokenizer, and none was found next to " + source.path +
                          " (pass --tokenizer)");
-    write_gguf_tokenizer(w, *source.tokenizer, out_path);
+    // A SentencePiece-style tokenizer's scores come from the tokenizer.model beside it.
+    const fs::path dir = fs::is_directory(source.path) ? fs::path(source.path) : fs::path(source.path).parent_path();
+    write_gguf_tokenizer(w, *source.tokenizer, s.vocab, (dir / "tokenizer.model").string(), out_path);
   }
 
   // The tensors, in the order of the merged Hugging Face export, under GGUF names.

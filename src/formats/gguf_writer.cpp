@@ -84,6 +84,12 @@ void GgufWriter::set_i32_array(const std::string& k, const std::vector<int32_t>&
   put<uint64_t>(kv_, v.size());
   for (int32_t x : v) put(kv_, x);
 }
+void GgufWriter::set_f32_array(const std::string& k, const std::vector<float>& v) {
+  key(k, GgufValueType::ARRAY);
+  put<uint32_t>(kv_, static_cast<uint32_t>(GgufValueType::F32));
+  put<uint64_t>(kv_, v.size());
+  for (float x : v) put(kv_, x);
+}
 void GgufWriter::copy_value(const std::string& k, const GgufValue& v) {
   key(k, v.type);
   put_value(kv_, v);

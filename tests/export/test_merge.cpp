@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,7 @@
 #include "formats/tokenizer.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
+#include "model/generate.h"
 #include "model/model.h"
 #include "model/model_test_util.h"
 #include "train/adapter_loader.h"
@@ -221,18 +223,37 @@ TEST(Merge, GgufOutputHoldsTheMergeInLlamaCppLayout) {
   const std::string text = "Hello! <|im_start|>user\nünïcödé 123<|im_end|>";
   EXPECT_EQ(gg.tokenizer->encode(text), src.tokenizer->encode(text));
   EXPECT_EQ(gg.chat_template, src.chat_template);
-  // Refusals: an existing file, and a source whose tokenizer cannot become GGUF metadata
-  // (llama2.c's SentencePiece-style vocabulary).
+  // Refusal: an existing file.
   EXPECT_THROW(write_merged_gguf(model, src, {}, tmp.path("m.gguf"), gx, false), Error);
-  const ModelFiles stories = open_model_files(stories_bin());
-  const Model sm = load_nf4(stories);
-  try {
-    write_merged_gguf(sm, stories, {}, tmp.path("s.gguf"), gx, false);
-    ADD_FAILURE() << "wrote a GGUF from a llama2.c source";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("byte-level BPE tokenizers"), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(fs::exists(tmp.path("s.gguf")));
+}
+
+// GGUF from a llama2.c source (a vocabulary with its own scores and literal spaces): read
+// back, it tokenizes as llama2.c does and generates llama2.c's known greedy text.
+// (llama.cpp on the same file generates that text too: tools/check_merge_gguf.py.)
+TEST(Merge, GgufFromLlama2cGeneratesLlama2csText) {
+  const ModelFiles src = open_model_files(stories_bin());
+  ModelLoadOptions dense;
+  dense.quant.quantize = false;
+  const Model m = Model::load(src.spec, *src.tensors, dense);
+  TempDir tmp("merge_l2c_gguf");
+  GgufExportOptions gx;
+  gx.type = GgmlType::F32;
+  gx.log = false;
+  write_merged_gguf(m, src, {}, tmp.path("s.gguf"), gx, false);
+  const GgufFile g(tmp.path("s.gguf"));
+  EXPECT_EQ(g.get_string("tokenizer.ggml.model"), "llama");
+  const ModelFiles back = open_model_files(tmp.path("s.gguf"));
+  const std::string text = "Once upon a time, there was a little girl.";
+  EXPECT_EQ(back.tokenizer->encode(text), src.tokenizer->encode(text));
+  const Model bm = Model::load(back.spec, *back.tensors, dense);
+  const auto ids = back.tokenizer->encode("Once upon a time");
+  GenerationOptions go;
+  go.max_new_tokens = kStoriesNewTokens;
+  go.sampling.temperature = 0;
+  go.echo_prompt = true;
+  std::string out;
+  generate(bm, back.tokenizer.get(), std::vector<int>(ids.begin(), ids.end()), go, [&](std::string_view p) { out += p; });
+  EXPECT_EQ(out, kStoriesGreedy);
 }
 
 // llama.cpp's Q4_K_M mixture, rule by rule (llama-quant.cpp without an importance matrix);
@@ -326,4 +347,32 @@ TEST(Merge, GgufFromAHuggingFaceDirectoryHasLlamaCppsTokenizerMetadata) {
   const std::string text = "Hello! <|im_start|>user\nünïcödé 123<|im_end|>";
   EXPECT_EQ(back.tokenizer->encode(text), src.tokenizer->encode(text));
   for (const TensorSpec& t : hm.spec().tensors()) ASSERT_EQ(back.tensors->get(t.name), hf.tensors->get(t.name)) << t.name;
+}
+
+// GGUF from a Hugging Face directory with a SentencePiece tokenizer (tests/fixtures/spm_llama,
+// tools/make_spm_fixture.py: sentencepiece-trained tokenizer.model, transformers' tokenizer.json,
+// random Llama weights): the "llama" metadata read back by our GGUF tokenizer encodes texts
+// exactly as sentencepiece itself did (reference.json), with the model's pieces and scores.
+TEST(Merge, GgufFromASentencePieceDirectoryTokenizesAsSentencePiece) {
+  const std::string dir = std::string(QLORA_FIXTURE_DIR) + "/spm_llama";
+  const ModelFiles hf = open_model_files(dir);
+  ModelLoadOptions dense;
+  dense.quant.quantize = false;
+  const Model m = Model::load(hf.spec, *hf.tensors, dense);
+  TempDir tmp("merge_spm_gguf");
+  GgufExportOptions gx;
+  gx.type = GgmlType::F32;
+  gx.log = false;
+  write_merged_gguf(m, hf, {}, tmp.path("m.gguf"), gx, false);
+  const GgufFile g(tmp.path("m.gguf"));
+  EXPECT_EQ(g.get_string("tokenizer.ggml.model"), "llama");
+  EXPECT_EQ(g.get_string_array("tokenizer.ggml.tokens").size(), static_cast<size_t>(m.spec().vocab));
+  const ModelFiles back = open_model_files(tmp.path("m.gguf"));
+  std::ifstream f(dir + "/reference.json");
+  const auto ref = nlohmann::json::parse(f);
+  for (const auto& t : ref["texts"]) {
+    const auto ids = back.tokenizer->encode(t["text"].get<std::string>());
+    EXPECT_EQ(std::vector<int>(ids.begin(), ids.end()), t["ids"].get<std::vector<int>>()) << t["text"];
+  }
+  for (const TensorSpec& t : m.spec().tensors()) ASSERT_EQ(back.tensors->get(t.name), hf.tensors->get(t.name)) << t.name;
 }

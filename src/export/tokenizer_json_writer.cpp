@@ -1,5 +1,9 @@
 #include "export/tokenizer_json_writer.h"
 
+#include <algorithm>
+#include <tuple>
+#include <unordered_map>
+
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
@@ -112,10 +116,98 @@ ojson post_processor_json(const TokenizerSpec& s) {
 
 }  // namespace
 
-std::string tokenizer_json_text(const TokenizerSpec& s) {
-  if (s.merge_mode != MergeMode::kRank)
-    fail(s.source, "this tokenizer merges by SentencePiece scores; writing it as tokenizer.json is not supported "
-                   "yet (only merge-list BPE)");
+namespace {
+
+constexpr const char* kMeta = "\xE2\x96\x81";  // "▁"
+
+// UTF-8 character boundaries of `s` (byte offsets of each character after the first).
+std::vector<size_t> char_cuts(const std::string& s) {
+  std::vector<size_t> cuts;
+  for (size_t i = 1; i < s.size(); ++i)
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) cuts.push_back(i);
+  return cuts;
+}
+
+// A SentencePiece-style tokenizer that merges by score (llama2.c, GGUF "llama") as the
+// merge-list BPE that `tokenizers` runs, the way transformers' converter derives it
+// (SentencePieceExtractor): every split of a token into two tokens is a merge ranked by
+// the token's score, best first (ties: the shorter left part, then the shorter right
+// part, then vocabulary order), and spaces spelled "▁" with the Llama normalizer.
+TokenizerSpec scored_as_merge_list(const TokenizerSpec& src) {
+  TokenizerSpec s = src;
+  bool meta = false;  // the vocabulary already spells spaces "▁"
+  for (const NormalizerStep& n : src.normalizer)
+    if (n.kind == NormalizerStep::Kind::kReplace && n.content == kMeta) meta = true;
+  bool prepend = false;
+  for (const NormalizerStep& n : src.normalizer)
+    if (n.kind == NormalizerStep::Kind::kPrepend) prepend = true;
+  if (!meta)
+    for (std::string& t : s.vocab) {
+      std::string m;
+      for (char c : t) m += c == ' ' ? std::string(kMeta) : std::string(1, c);
+      t = std::move(m);
+    }
+  for (AddedToken& a : s.added_tokens)
+    if (a.id >= 0 && static_cast<size_t>(a.id) < s.vocab.size()) a.content = s.vocab[static_cast<size_t>(a.id)];
+  std::unordered_map<std::string, int32_t> id;
+  for (size_t i = 0; i < s.vocab.size(); ++i) id.emplace(s.vocab[i], static_cast<int32_t>(i));
+  struct M {
+    std::string a, b;
+    float score;
+    int32_t ia, ib;
+  };
+  std::vector<M> ms;
+  for (size_t t = 0; t < s.vocab.size(); ++t) {
+    const std::string& tok = s.vocab[t];
+    std::vector<M> local;
+    for (size_t cut : char_cuts(tok)) {
+      const std::string a = tok.substr(0, cut), b = tok.substr(cut);
+      const auto ia = id.find(a), ib = id.find(b);
+      if (ia != id.end() && ib != id.end()) local.push_back({a, b, src.scores[t], ia->second, ib->second});
+    }
+    std::sort(local.begin(), local.end(), [](const M& x, const M& y) { return std::pair(x.ia, x.ib) < std::pair(y.ia, y.ib); });
+    ms.insert(ms.end(), local.begin(), local.end());
+  }
+  // Python's sorted(..., key=(score, len(a), len(b)), reverse=True): stable, descending.
+  std::stable_sort(ms.begin(), ms.end(), [](const M& x, const M& y) {
+    const auto kx = std::tuple(x.score, x.a.size(), x.b.size()), ky = std::tuple(y.score, y.a.size(), y.b.size());
+    return ky < kx;
+  });
+  s.merge_mode = MergeMode::kRank;
+  s.merges.clear();
+  for (const M& m : ms) s.merges.emplace_back(m.a, m.b);
+  s.scores.clear();
+  s.byte_fallback = true;
+  s.fuse_unk = true;
+  s.normalizer.clear();
+  if (prepend) s.normalizer.push_back({NormalizerStep::Kind::kPrepend, "", kMeta});
+  s.normalizer.push_back({NormalizerStep::Kind::kReplace, " ", kMeta});
+  s.pre_tokenizer.clear();
+  DecoderStep rep;
+  rep.kind = DecoderStep::Kind::kReplace;
+  rep.pattern = kMeta;
+  rep.content = " ";
+  DecoderStep bf;
+  bf.kind = DecoderStep::Kind::kByteFallback;
+  DecoderStep fuse;
+  fuse.kind = DecoderStep::Kind::kFuse;
+  s.decoder = {rep, bf, fuse};
+  if (prepend) {
+    DecoderStep strip;
+    strip.kind = DecoderStep::Kind::kStrip;
+    strip.content = " ";
+    strip.start = 1;
+    s.decoder.push_back(strip);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string tokenizer_json_text(const TokenizerSpec& spec) {
+  if (spec.merge_mode != MergeMode::kRank && spec.scores.size() != spec.vocab.size())
+    fail(spec.source, "this tokenizer merges by scores but has none for every token");
+  const TokenizerSpec s = spec.merge_mode == MergeMode::kRank ? spec : scored_as_merge_list(spec);
   ojson j;
   j["version"] = "1.0";
   j["truncation"] = nullptr;

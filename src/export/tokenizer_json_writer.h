@@ -9,9 +9,11 @@
 
 namespace qlora {
 
-// tokenizer.json text for `spec`. Supports rank-merge BPE (byte-level or SentencePiece
-// style); throws Error naming spec.source for score-merge vocabularies (SentencePiece
-// scores: llama2.c, GGUF "llama"), which have no merge list to write yet.
+// tokenizer.json text for `spec`: rank-merge BPE (byte-level or SentencePiece style) as
+// it is; a vocabulary that merges by SentencePiece scores (llama2.c, GGUF "llama") as the
+// Llama-style merge-list BPE transformers' converter derives from such a model (merges
+// ranked by the merged token's score, "▁" for spaces, byte fallback). Throws Error naming
+// spec.source when a score-merge vocabulary lacks its scores.
 std::string tokenizer_json_text(const TokenizerSpec& spec);
 
 // tokenizer_config.json text: the special tokens' contents, the chat template and

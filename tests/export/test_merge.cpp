@@ -376,3 +376,29 @@ TEST(Merge, GgufFromASentencePieceDirectoryTokenizesAsSentencePiece) {
   }
   for (const TensorSpec& t : m.spec().tensors()) ASSERT_EQ(back.tensors->get(t.name), hf.tensors->get(t.name)) << t.name;
 }
+
+// llama2.c's scored vocabulary written as a merge-list tokenizer.json (transformers'
+// conversion of SentencePiece models): read back, it encodes llama2.c's reference cases and
+// Tiny Shakespeare exactly as llama2.c's own encoder does (its port, formats/llama2c_tokenizer).
+TEST(Merge, Llama2cTokenizerIsWrittenAsTokenizerJsonThatEncodesTheSame) {
+  const ModelFiles src = open_model_files(stories_bin());
+  TempDir tmp("l2c_tok");
+  write_file(tmp.path("tokenizer.json"), tokenizer_json_text(src.tokenizer->spec()));
+  const Tokenizer hf = Tokenizer::from_file(tmp.path("tokenizer.json"));
+  std::ifstream f(std::string(QLORA_FIXTURE_DIR) + "/tokenizer/llama2c_reference.json");
+  const auto ref = nlohmann::json::parse(f);
+  int compared = 0;
+  for (const auto& c : ref["cases"]) {
+    const std::string t = c["text"].get<std::string>();
+    // A literal "▁" in the text: llama2.c spells spaces ' ' and byte-encodes "▁", while a
+    // Llama-style tokenizer.json (like every Hugging Face Llama tokenizer) reads it as a space.
+    if (t.find("\xE2\x96\x81") != std::string::npos) continue;
+    const auto ids = hf.encode(t);
+    EXPECT_EQ(std::vector<int>(ids.begin(), ids.end()), c["ids"].get<std::vector<int>>()) << t;
+    ++compared;
+  }
+  EXPECT_GE(compared, 10);
+  const std::string text = read_file(data_dir() + "/text/tinyshakespeare.txt").substr(0, 100000);
+  EXPECT_EQ(hf.encode(text), src.tokenizer->encode(text));
+  EXPECT_EQ(hf.decode(hf.encode(text)), text);
+}

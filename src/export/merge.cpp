@@ -25,11 +25,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The seven block Linears in the order of InferenceAdapter / Model::block_linear.
-constexpr const char* kLinearModules[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                           "mlp.down_proj"};
-
 // One tensor of the output: its name, shape, and how to make its float32 values.
 struct OutTensor {
   std::string name;
@@ -106,8 +101,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         if (rest == "input_layernorm.weight") return L.input_norm;
         if (rest == "post_attention_layernorm.weight") return L.post_norm;
         for (int w = 0; w < 7; ++w) {
-          if (rest == std::string(kLinearModules[w]) + ".weight") return merged_linear_weight(model, l, w, adapters);
-          if (rest == std::string(kLinearModules[w]) + ".bias") return model.block_linear(l, w).bias();
+          if (rest == std::string(kBlockLinearModules[w]) + ".weight") return merged_linear_weight(model, l, w, adapters);
+          if (rest == std::string(kBlockLinearModules[w]) + ".bias") return model.block_linear(l, w).bias();
         }
       }
     }

@@ -26,21 +26,9 @@ std::string fmt(const char* f, double v) {
 uint64_t u(int64_t v) { return v < 0 ? 0 : static_cast<uint64_t>(v); }
 uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
-// One Linear of a block: module name (for LoRA matching), out, in.
-struct LinearShape {
-  const char* module;
-  int64_t out, in;
-};
-
-std::array<LinearShape, 7> block_linears(const ModelSpec& s) {
-  return {{{"self_attn.q_proj", s.q_dim(), s.hidden},
-           {"self_attn.k_proj", s.kv_dim(), s.hidden},
-           {"self_attn.v_proj", s.kv_dim(), s.hidden},
-           {"self_attn.o_proj", s.hidden, s.q_dim()},
-           {"mlp.gate_proj", s.ffn, s.hidden},
-           {"mlp.up_proj", s.ffn, s.hidden},
-           {"mlp.down_proj", s.hidden, s.ffn}}};
-}
+// The block Linears (model_spec.h's one list): module name (for LoRA matching), out, in.
+using LinearShape = BlockLinearSpec;
+std::array<LinearShape, kBlockLinearCount> block_linears(const ModelSpec& s) { return s.block_linears(); }
 
 bool lora_targets(const MemoryOptions& o, const char* module) {
   if (o.all_linear) return true;

@@ -98,25 +98,22 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
   for (int64_t l = 0; l < spec.n_layers; ++l) {
     LayerWeights& L = m.layers_[static_cast<size_t>(l)];
     auto name = [l](const char* module, const char* suffix = "weight") { return layer_tensor_name(l, module, suffix); };
-    auto linear = [&](QuantLinear& dst, const char* module, bool bias) {
-      dst = load_linear(src, name(module), opt);
-      progress(name(module));
-      if (bias) {
-        dst.set_bias(src.get(name(module, "bias")));
-        progress(name(module, "bias"));
+    const auto lin = spec.block_linears();
+    auto linear = [&](int w) {
+      QuantLinear& dst = L.linear(w);
+      dst = load_linear(src, name(lin[w].module), opt);
+      progress(name(lin[w].module));
+      if (lin[w].bias) {
+        dst.set_bias(src.get(name(lin[w].module, "bias")));
+        progress(name(lin[w].module, "bias"));
       }
     };
     L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
     progress(name("input_layernorm"));
-    linear(L.q_proj, "self_attn.q_proj", spec.qkv_bias);
-    linear(L.k_proj, "self_attn.k_proj", spec.qkv_bias);
-    linear(L.v_proj, "self_attn.v_proj", spec.qkv_bias);
-    linear(L.o_proj, "self_attn.o_proj", spec.o_bias);
+    for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
     L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
     progress(name("post_attention_layernorm"));
-    linear(L.gate_proj, "mlp.gate_proj", spec.mlp_bias);
-    linear(L.up_proj, "mlp.up_proj", spec.mlp_bias);
-    linear(L.down_proj, "mlp.down_proj", spec.mlp_bias);
+    for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
   }
   m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
   progress("model.norm.weight");
@@ -131,24 +128,28 @@ size_t Model::weight_bytes() const {
   size_t b = embed_.bytes() + lm_head_.bytes() + final_norm_.size() * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.input_norm.size() + L.post_norm.size()) * sizeof(float);
-    for (const QuantLinear* q : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      b += q->bytes();
+    for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
   }
   return b;
 }
 
-const QuantLinear& Model::block_linear(int64_t layer, int which) const {
-  const LayerWeights& L = layers_.at(static_cast<size_t>(layer));
+QuantLinear& LayerWeights::linear(int which) {
   switch (which) {
-    case 0: return L.q_proj;
-    case 1: return L.k_proj;
-    case 2: return L.v_proj;
-    case 3: return L.o_proj;
-    case 4: return L.gate_proj;
-    case 5: return L.up_proj;
-    case 6: return L.down_proj;
+    case 0: return q_proj;
+    case 1: return k_proj;
+    case 2: return v_proj;
+    case 3: return o_proj;
+    case 4: return gate_proj;
+    case 5: return up_proj;
+    case 6: return down_proj;
   }
-  fail("Model::block_linear", "no Linear " + std::to_string(which) + " in a block");
+  fail("LayerWeights::linear", "no Linear " + std::to_string(which) + " in a block");
+}
+
+const QuantLinear& LayerWeights::linear(int which) const { return const_cast<LayerWeights*>(this)->linear(which); }
+
+const QuantLinear& Model::block_linear(int64_t layer, int which) const {
+  return layers_.at(static_cast<size_t>(layer)).linear(which);
 }
 
 void Model::set_adapter(const InferenceAdapter* a) {

@@ -32,6 +32,10 @@ struct LayerWeights {
   std::vector<float> post_norm;   // (C) post_attention_layernorm
   QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
   QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
+  // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down).
+  // REQUIRES 0 <= which < kBlockLinearCount.
+  QuantLinear& linear(int which);
+  const QuantLinear& linear(int which) const;
 };
 
 struct LoraLayer;  // lora/lora.h
@@ -46,7 +50,7 @@ struct LoraLayer;  // lora/lora.h
 // Only forward() below uses it; the training path (train/train_model.h) takes its LoRA
 // layers from its LoraModel.
 struct InferenceAdapter {
-  static constexpr int kLinears = 7;
+  static constexpr int kLinears = kBlockLinearCount;
   std::vector<std::array<const LoraLayer*, kLinears>> blocks;  // (n_layers)
   const LoraLayer* get(int64_t layer, int which) const {
     return blocks[static_cast<size_t>(layer)][static_cast<size_t>(which)];

@@ -42,30 +42,33 @@ void ModelSpec::validate(const std::string& where) const {
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
 }
 
+std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const {
+  const auto& m = kBlockLinearModules;
+  return {{{m[0], q_dim(), hidden, qkv_bias},
+           {m[1], kv_dim(), hidden, qkv_bias},
+           {m[2], kv_dim(), hidden, qkv_bias},
+           {m[3], hidden, q_dim(), o_bias},
+           {m[4], ffn, hidden, mlp_bias},
+           {m[5], ffn, hidden, mlp_bias},
+           {m[6], hidden, ffn, mlp_bias}}};
+}
+
 std::vector<TensorSpec> ModelSpec::tensors() const {
   std::vector<TensorSpec> t;
+  const auto lin = block_linears();
+  // Weights of Linears [b, e), then their biases (the order Hugging Face checkpoints list).
+  auto linears = [&](int64_t l, int b, int e) {
+    for (int i = b; i < e; ++i) t.push_back({layer_tensor_name(l, lin[i].module), {lin[i].out, lin[i].in}});
+    for (int i = b; i < e; ++i)
+      if (lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
+  };
   t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
   for (int64_t l = 0; l < n_layers; ++l) {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
-    t.push_back({layer_tensor_name(l, "self_attn.q_proj"), {q_dim(), hidden}});
-    t.push_back({layer_tensor_name(l, "self_attn.k_proj"), {kv_dim(), hidden}});
-    t.push_back({layer_tensor_name(l, "self_attn.v_proj"), {kv_dim(), hidden}});
-    if (qkv_bias) {
-      t.push_back({layer_tensor_name(l, "self_attn.q_proj", "bias"), {q_dim()}});
-      t.push_back({layer_tensor_name(l, "self_attn.k_proj", "bias"), {kv_dim()}});
-      t.push_back({layer_tensor_name(l, "self_attn.v_proj", "bias"), {kv_dim()}});
-    }
-    t.push_back({layer_tensor_name(l, "self_attn.o_proj"), {hidden, q_dim()}});
-    if (o_bias) t.push_back({layer_tensor_name(l, "self_attn.o_proj", "bias"), {hidden}});
+    linears(l, 0, 3);  // q, k, v
+    linears(l, 3, 4);  // o
     t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
-    t.push_back({layer_tensor_name(l, "mlp.gate_proj"), {ffn, hidden}});
-    t.push_back({layer_tensor_name(l, "mlp.up_proj"), {ffn, hidden}});
-    t.push_back({layer_tensor_name(l, "mlp.down_proj"), {hidden, ffn}});
-    if (mlp_bias) {
-      t.push_back({layer_tensor_name(l, "mlp.gate_proj", "bias"), {ffn}});
-      t.push_back({layer_tensor_name(l, "mlp.up_proj", "bias"), {ffn}});
-      t.push_back({layer_tensor_name(l, "mlp.down_proj", "bias"), {hidden}});
-    }
+    linears(l, 4, 7);  // gate, up, down
   }
   t.push_back({"model.norm.weight", {hidden}});
   if (!tied_embeddings) t.push_back({"lm_head.weight", {vocab, hidden}});

@@ -8,6 +8,7 @@
 // (gpt2: LayerNorm + learned positions + GELU MLP; gpt_neox: partial rotary, parallel
 // residual; opt: ReLU MLP) so that adding one is adding a spec and a few block variants.
 #include <cstdint>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,21 @@ enum class PositionalKind { Rotary, Learned };
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
+};
+
+// The seven Linear layers of a llama-family block, in module order: q, k, v, o, gate, up,
+// down. This is the one list every part of the program indexes by (InferenceAdapter,
+// Model::block_linear, train's BlockLinear, LoRA files, the merge, the memory planner).
+inline constexpr int kBlockLinearCount = 7;
+inline constexpr std::array<const char*, kBlockLinearCount> kBlockLinearModules = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
+// One of them in a given model: its module path inside the layer, shape and bias.
+struct BlockLinearSpec {
+  const char* module;
+  int64_t out, in;
+  bool bias;
 };
 
 struct ModelSpec {
@@ -57,6 +73,9 @@ struct ModelSpec {
   // Throws Error("<where>: ...") when the numbers are inconsistent or unsupported
   // (non-positive sizes, heads not divisible by kv heads, odd head_dim for rotary, ...).
   void validate(const std::string& where) const;
+
+  // The seven block Linears of this model, in kBlockLinearModules order.
+  std::array<BlockLinearSpec, kBlockLinearCount> block_linears() const;
 
   // Every tensor the model reads, in load order, with its shape ([out, in] for Linear).
   // lm_head.weight is listed only when embeddings are not tied.

@@ -11,10 +11,6 @@ namespace qlora {
 
 namespace {
 
-constexpr const char* kLinearNames[kBlockLinears] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                     "mlp.down_proj"};
-
 // splitmix64 of (seed, index): an independent seed per LoRA layer.
 uint64_t derive_seed(uint64_t seed, uint64_t i) {
   uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
@@ -26,21 +22,10 @@ uint64_t derive_seed(uint64_t seed, uint64_t i) {
 }  // namespace
 
 std::string block_linear_path(int64_t layer, BlockLinear which) {
-  return "model.layers." + std::to_string(layer) + "." + kLinearNames[static_cast<int>(which)];
+  return "model.layers." + std::to_string(layer) + "." + kBlockLinearModules[static_cast<size_t>(which)];
 }
 
-const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) {
-  switch (which) {
-    case BlockLinear::Q: return L.q_proj;
-    case BlockLinear::K: return L.k_proj;
-    case BlockLinear::V: return L.v_proj;
-    case BlockLinear::O: return L.o_proj;
-    case BlockLinear::Gate: return L.gate_proj;
-    case BlockLinear::Up: return L.up_proj;
-    case BlockLinear::Down: return L.down_proj;
-  }
-  return L.q_proj;
-}
+const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }
 
 LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
   cfg_.validate("LoRA config");

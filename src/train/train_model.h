@@ -25,7 +25,7 @@ namespace qlora {
 
 // The seven Linear layers of a llama block, in module order.
 enum class BlockLinear : int { Q = 0, K, V, O, Gate, Up, Down };
-inline constexpr int kBlockLinears = 7;
+inline constexpr int kBlockLinears = kBlockLinearCount;
 // "model.layers.<l>.self_attn.q_proj", ..., "model.layers.<l>.mlp.down_proj".
 std::string block_linear_path(int64_t layer, BlockLinear which);
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which);

@@ -186,7 +186,7 @@ TokenizerSpec scored_as_merge_list(const TokenizerSpec& src) {
   DecoderStep rep;
   rep.kind = DecoderStep::Kind::kReplace;
   rep.pattern = kMeta;
-  rep.content = " ";
+  rep.content.assign(1, ' ');  // (not = " ": GCC 12 -Wrestrict false positive)
   DecoderStep bf;
   bf.kind = DecoderStep::Kind::kByteFallback;
   DecoderStep fuse;
@@ -195,7 +195,7 @@ TokenizerSpec scored_as_merge_list(const TokenizerSpec& src) {
   if (prepend) {
     DecoderStep strip;
     strip.kind = DecoderStep::Kind::kStrip;
-    strip.content = " ";
+    strip.content.assign(1, ' ');
     strip.start = 1;
     s.decoder.push_back(strip);
   }

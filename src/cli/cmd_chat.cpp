@@ -39,8 +39,8 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/sampler.h"
-#include "train/adapter_loader.h"
-#include "train/train_model.h"
+#include "lora/adapter_loader.h"
+#include "lora/lora_model.h"
 
 namespace {
 

@@ -20,7 +20,7 @@
 #include "formats/tokenizer.h"
 #include "model/generate.h"
 #include "model/model.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 #include "train/sft_dataset.h"
 #include "train/trainer.h"
 

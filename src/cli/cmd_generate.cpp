@@ -28,9 +28,9 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "quant/blockwise.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 #include "train/chat_template.h"
-#include "train/train_model.h"
+#include "lora/lora_model.h"
 
 namespace {
 

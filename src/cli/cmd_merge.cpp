@@ -25,7 +25,7 @@
 #include "formats/model_loader.h"
 #include "memory/memory_plan.h"
 #include "model/model.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 namespace {
 

@@ -22,7 +22,7 @@
 #include "memory/memory_plan.h"
 #include "model/model.h"
 #include "serve/server.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 namespace {
 

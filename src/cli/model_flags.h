@@ -7,7 +7,7 @@
 
 #include "memory/memory_plan.h"
 #include "model/model.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 namespace qlora::cli {
 
@@ -61,7 +61,7 @@ void add_adapter_flag(CLI::App& app, std::string& dir);
 // "nf4+dq", "int8", "dense": how the flags store the Linear weights, for log lines.
 std::string weights_description(const ModelFlags& f);
 
-// Loads the PEFT adapter in `dir` against `model` (train/adapter_loader.h) and, unless
+// Loads the PEFT adapter in `dir` against `model` (lora/adapter_loader.h) and, unless
 // `quiet`, prints its summary line. The caller attaches it where it will keep it:
 // model.set_adapter(&adapter.inference) (the pointer must not outlive `adapter`).
 LoadedAdapter load_adapter_reporting(const Model& model, const std::string& dir, bool quiet);

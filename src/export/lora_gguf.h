@@ -8,7 +8,7 @@
 
 #include "formats/ggml_types.h"
 #include "model/model_spec.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 namespace qlora {
 

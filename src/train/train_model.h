@@ -19,41 +19,10 @@
 #include <vector>
 
 #include "lora/lora.h"
+#include "lora/lora_model.h"
 #include "model/model.h"
 
 namespace qlora {
-
-// The seven Linear layers of a llama block, in module order.
-enum class BlockLinear : int { Q = 0, K, V, O, Gate, Up, Down };
-inline constexpr int kBlockLinears = kBlockLinearCount;
-// "model.layers.<l>.self_attn.q_proj", ..., "model.layers.<l>.mlp.down_proj".
-std::string block_linear_path(int64_t layer, BlockLinear which);
-const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which);
-
-// The LoRA adapters attached to a Model (which is borrowed, never modified).
-class LoraModel {
- public:
-  // One LoraLayer per Linear that cfg.targets(); A kaiming-uniform from cfg.seed (each
-  // layer its own derived seed), B zero. Throws Error when cfg is invalid or targets
-  // no Linear of the model.
-  LoraModel(const Model& model, const LoraConfig& cfg);
-
-  const Model& model() const { return *model_; }
-  const LoraConfig& config() const { return cfg_; }
-  std::vector<LoraLayer>& layers() { return layers_; }
-  const std::vector<LoraLayer>& layers() const { return layers_; }
-  // The adapter of block `l`'s Linear `which`, or null when it has none.
-  LoraLayer* find(int64_t l, BlockLinear which);
-  const LoraLayer* find(int64_t l, BlockLinear which) const;
-  void zero_grad();
-  int64_t num_trainable() const;
-
- private:
-  const Model* model_;
-  LoraConfig cfg_;
-  std::vector<LoraLayer> layers_;
-  std::vector<std::array<int, kBlockLinears>> index_;  // per block: index into layers_ or -1
-};
 
 struct TrainStepOptions {
   bool checkpointing = true;  // keep only block inputs, recompute each block in backward

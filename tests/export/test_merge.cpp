@@ -27,7 +27,7 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/model_test_util.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 using namespace qlora;
 using namespace qlora::test;

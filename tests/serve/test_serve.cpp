@@ -26,7 +26,7 @@
 #include "model/model_test_util.h"
 #include "serve/openai_api.h"
 #include "serve/server.h"
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 using namespace qlora;
 using namespace qlora::test;

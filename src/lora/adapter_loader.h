@@ -6,7 +6,7 @@
 #include <string>
 
 #include "model/model.h"
-#include "train/train_model.h"
+#include "lora/lora_model.h"
 
 namespace qlora {
 

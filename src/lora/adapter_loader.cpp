@@ -1,4 +1,4 @@
-#include "train/adapter_loader.h"
+#include "lora/adapter_loader.h"
 
 #include <filesystem>
 #include <map>

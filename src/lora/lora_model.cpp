@@ -1,0 +1,66 @@
+#include "lora/lora_model.h"
+
+#include <string>
+
+#include "base/error.h"
+
+namespace qlora {
+
+namespace {
+
+// splitmix64 of (seed, index): an independent seed per LoRA layer.
+uint64_t derive_seed(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+std::string block_linear_path(int64_t layer, BlockLinear which) {
+  return "model.layers." + std::to_string(layer) + "." + kBlockLinearModules[static_cast<size_t>(which)];
+}
+
+const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }
+
+LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
+  cfg_.validate("LoRA config");
+  const int64_t NL = model.spec().n_layers;
+  index_.resize(static_cast<size_t>(NL));
+  for (int64_t l = 0; l < NL; ++l) {
+    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+    for (int w = 0; w < kBlockLinears; ++w) {
+      const std::string path = block_linear_path(l, static_cast<BlockLinear>(w));
+      index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
+      if (!cfg_.targets(path)) continue;
+      const QuantLinear& q = block_linear(L, static_cast<BlockLinear>(w));
+      LoraLayer layer(path, q.in_features(), q.out_features(), cfg_);
+      layer.init(derive_seed(cfg_.seed, layers_.size()));
+      index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = static_cast<int>(layers_.size());
+      layers_.push_back(std::move(layer));
+    }
+  }
+  if (layers_.empty()) fail("LoRA config", "target modules match no Linear layer of the model");
+}
+
+LoraLayer* LoraModel::find(int64_t l, BlockLinear which) {
+  const int i = index_[static_cast<size_t>(l)][static_cast<size_t>(which)];
+  return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
+}
+const LoraLayer* LoraModel::find(int64_t l, BlockLinear which) const {
+  const int i = index_[static_cast<size_t>(l)][static_cast<size_t>(which)];
+  return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
+}
+
+void LoraModel::zero_grad() {
+  for (LoraLayer& l : layers_) l.zero_grad();
+}
+
+int64_t LoraModel::num_trainable() const {
+  int64_t n = 0;
+  for (const LoraLayer& l : layers_) n += static_cast<int64_t>(l.A.size() + l.B.size());
+  return n;
+}
+
+}  // namespace qlora

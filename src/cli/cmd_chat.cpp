@@ -314,7 +314,7 @@ int run(const Options& o, CLI::App& app) {
   qlora::LoadedAdapter adapter;
   if (!o.adapter.empty()) {
     adapter = qlora::cli::load_adapter_reporting(model, o.adapter, o.quiet);
-    model.set_adapter(&adapter.inference);  // `adapter` lives as long as `model` is used
+    model.set_adapter(adapter.lora.get());  // `adapter` lives as long as `model` is used
   }
   qlora::cli::attach_device(model, o.m, o.quiet);
 

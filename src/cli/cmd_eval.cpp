@@ -116,7 +116,7 @@ int run(const Options& o) {
   qlora::LoraConfig none;  // an empty LoRA for the base model: evaluate() needs a LoraModel
   if (!o.adapter.empty()) {
     adapter = qlora::load_adapter(o.adapter, model);
-    model.set_adapter(&adapter.inference);
+    model.set_adapter(adapter.lora.get());
   }
   qlora::cli::attach_device(model, o.m, o.quiet);
   // With no adapter, a LoRA whose B is zero computes the base model exactly.

@@ -90,7 +90,7 @@ int run(const Options& o) {
       std::fprintf(stderr, "adapter: %s: LoRA r %d, alpha %g (scaling %g), %zu modules, weight %g\n", dir.c_str(),
                    lc.r, lc.alpha, lc.scaling(), loaded.back().lora->layers().size(), w);
   }
-  for (size_t i = 0; i < loaded.size(); ++i) weighted.push_back({&loaded[i].inference, specs[i].second});
+  for (size_t i = 0; i < loaded.size(); ++i) weighted.push_back({loaded[i].lora.get(), specs[i].second});
 
   if (!o.out_quant.empty()) {
     if (to_gguf) qlora::fail("--out-quant", "writes a Hugging Face directory, not a .gguf (use --gguf-type there)");

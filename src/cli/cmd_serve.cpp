@@ -69,11 +69,11 @@ int run(const Options& o) {
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
   std::vector<std::unique_ptr<qlora::LoadedAdapter>> loaded;
-  std::map<std::string, const qlora::InferenceAdapter*> adapters;
+  std::map<std::string, const qlora::LoraModel*> adapters;
   for (const auto& [name, dir] : named) {
     if (adapters.count(name)) qlora::fail("--adapter", "the name " + qlora::excerpt(name) + " is given twice");
     loaded.push_back(std::make_unique<qlora::LoadedAdapter>(qlora::load_adapter(dir, model)));
-    adapters[name] = &loaded.back()->inference;
+    adapters[name] = loaded.back()->lora.get();
   }
 
   qlora::serve::Server server(model, *files.tokenizer, adapters, so);

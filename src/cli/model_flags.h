@@ -63,7 +63,7 @@ std::string weights_description(const ModelFlags& f);
 
 // Loads the PEFT adapter in `dir` against `model` (lora/adapter_loader.h) and, unless
 // `quiet`, prints its summary line. The caller attaches it where it will keep it:
-// model.set_adapter(&adapter.inference) (the pointer must not outlive `adapter`).
+// model.set_adapter(adapter.lora.get()) (the pointer must not outlive `adapter`).
 LoadedAdapter load_adapter_reporting(const Model& model, const std::string& dir, bool quiet);
 
 }  // namespace qlora::cli

@@ -16,6 +16,7 @@
 #include "cuda/device_weights.h"
 #include "cuda/kernels.h"
 #include "lora/lora.h"
+#include "lora/lora_model.h"
 #include "model/model.h"
 #include "model/ops.h"
 
@@ -92,7 +93,7 @@ void CudaRunner::init(const Model& model) {
     const uint64_t used = total_b - free_b, ours = device_bytes_in_use();
     context_bytes_ = used > ours ? used - ours : 0;
   }
-  const InferenceAdapter* ad = model.adapter();
+  const LoraModel* ad = model.adapter();
   embed_ = upload_dense(model.embed_tokens());
   tied_ = spec_.tied_embeddings;
   if (!tied_) lm_head_ = upload_dense(model.lm_head());
@@ -103,8 +104,8 @@ void CudaRunner::init(const Model& model) {
     DeviceLayer& D = layers_[static_cast<size_t>(l)];
     D.input_norm = DeviceBuffer<float>(L.input_norm);
     D.post_norm = DeviceBuffer<float>(L.post_norm);
-    for (int w = 0; w < InferenceAdapter::kLinears; ++w) {
-      const LoraLayer* lo = ad ? ad->get(l, w) : nullptr;
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      const LoraLayer* lo = ad ? ad->find(l, static_cast<BlockLinear>(w)) : nullptr;
       D.lin[w] = upload_linear(model.block_linear(l, w), lo, "--device cuda: layer " + std::to_string(l));
       if (D.lin[w].q4) max_linear_numel_ = std::max(max_linear_numel_, D.lin[w].out * D.lin[w].in);
       if (lo) max_lora_r_ = std::max<int64_t>(max_lora_r_, lo->r);

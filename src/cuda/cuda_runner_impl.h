@@ -43,7 +43,7 @@ struct DeviceLinear {
 
 struct DeviceLayer {
   DeviceBuffer<float> input_norm, post_norm;
-  DeviceLinear lin[InferenceAdapter::kLinears];  // q, k, v, o, gate, up, down
+  DeviceLinear lin[kBlockLinearCount];  // q, k, v, o, gate, up, down
 };
 
 class CudaSequence : public DeviceSequence {

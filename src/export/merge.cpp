@@ -18,6 +18,7 @@
 #include "formats/tokenizer.h"
 #include "export/tokenizer_json_writer.h"
 #include "lora/lora.h"
+#include "lora/lora_model.h"
 
 namespace qlora {
 
@@ -117,8 +118,8 @@ std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int w
   std::vector<float> w(static_cast<size_t>(out * in));
   q.dequantize_rows(0, out, w.data());
   for (const WeightedAdapter& wa : adapters) {
-    if (!wa.adapter || wa.adapter->blocks.empty()) continue;
-    const LoraLayer* L = wa.adapter->get(layer, which);
+    if (!wa.adapter) continue;
+    const LoraLayer* L = wa.adapter->find(layer, static_cast<BlockLinear>(which));
     if (!L) continue;
     check(L->in == in && L->out == out, L->module_path, "the adapter's shape differs from the model's Linear");
     // ΔW = weight · scaling · B A, B (out, r), A (r, in); B·A accumulated in float32 over r

@@ -22,7 +22,7 @@ struct ModelFiles;
 
 // One adapter to fold in: its loaded layers (inference form) and its weight.
 struct WeightedAdapter {
-  const InferenceAdapter* adapter = nullptr;
+  const LoraModel* adapter = nullptr;
   double weight = 1.0;
 };
 

@@ -45,11 +45,6 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
     fail(cpath, e.what());
   }
   a.apply_to(out.lora->layers());  // every targeted Linear has weights of rank r, nothing extra
-  out.inference.blocks.resize(static_cast<size_t>(NL));
-  for (int64_t l = 0; l < NL; ++l)
-    for (int w = 0; w < kBlockLinears; ++w)
-      out.inference.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] =
-          out.lora->find(l, static_cast<BlockLinear>(w));
   return out;
 }
 

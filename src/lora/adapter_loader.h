@@ -11,8 +11,7 @@
 namespace qlora {
 
 struct LoadedAdapter {
-  std::unique_ptr<LoraModel> lora;  // owns the LoraLayers
-  InferenceAdapter inference;       // points into lora
+  std::unique_ptr<LoraModel> lora;  // what Model::set_adapter takes (lora.get())
 };
 
 // Reads the adapter in `dir` and checks it against the model: every module it holds must

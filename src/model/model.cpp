@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "lora/lora.h"
+#include "lora/lora_model.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -152,18 +153,18 @@ const QuantLinear& Model::block_linear(int64_t layer, int which) const {
   return layers_.at(static_cast<size_t>(layer)).linear(which);
 }
 
-void Model::set_adapter(const InferenceAdapter* a) {
+void Model::set_adapter(const LoraModel* a) {
   // A device runner copied the adapter it was made with; a change now would be ignored there.
   if (runner_ && a != adapter_)
     fail("LoRA adapter", "cannot be changed while the model runs on " + runner_->describe() +
                              "; attach the adapter before moving the model to the device");
   if (a) {
-    check(static_cast<int64_t>(a->blocks.size()) == spec_.n_layers, "LoRA adapter",
-          "has " + std::to_string(a->blocks.size()) + " blocks, the model has " + std::to_string(spec_.n_layers) +
-              " layers");
+    const int64_t blocks = a->model().spec().n_layers;
+    check(blocks == spec_.n_layers, "LoRA adapter",
+          "has " + std::to_string(blocks) + " blocks, the model has " + std::to_string(spec_.n_layers) + " layers");
     for (int64_t l = 0; l < spec_.n_layers; ++l) {
-      for (int w = 0; w < InferenceAdapter::kLinears; ++w) {
-        const LoraLayer* lo = a->get(l, w);
+      for (int w = 0; w < kBlockLinearCount; ++w) {
+        const LoraLayer* lo = a->find(l, static_cast<BlockLinear>(w));
         if (!lo) continue;
         const QuantLinear& q = block_linear(l, w);
         const std::string where = "LoRA adapter module '" + lo->module_path + "'";
@@ -207,11 +208,11 @@ void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
 namespace {
 
 // y (T, out) = W x (+ bias), then + scaling · B (A x) when the adapter has this Linear.
-inline void linear(float* y, const QuantLinear& W, const InferenceAdapter* ad, int64_t l, int which, const float* x,
+inline void linear(float* y, const QuantLinear& W, const LoraModel* ad, int64_t l, int which, const float* x,
                    int64_t T) {
   W.forward(y, x, T);
   if (ad) {
-    if (const LoraLayer* lo = ad->get(l, which))
+    if (const LoraLayer* lo = ad->find(l, static_cast<BlockLinear>(which)))
       lora_forward(y, nullptr, *lo, x, T, /*training=*/false, nullptr);
   }
 }
@@ -258,7 +259,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta);
 
-  const InferenceAdapter* ad = model.adapter();
+  const LoraModel* ad = model.adapter();
   for (int64_t l = 0; l < s.n_layers; ++l) {
     const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
     // --- attention ---

@@ -38,24 +38,7 @@ struct LayerWeights {
   const QuantLinear& linear(int which) const;
 };
 
-struct LoraLayer;  // lora/lora.h
-
-// LoRA adapters applied by the inference forward without merging them into the weights,
-// as PEFT's LoraModel in eval mode computes them (no dropout): right after block l's
-// Linear `which` (its bias included),
-//   y += scaling · B (A x)
-// with `which` in module order 0..6 = q, k, v, o, gate, up, down (train/train_model.h's
-// BlockLinear). The LoraLayers are borrowed (e.g. from a LoraModel) and must outlive
-// every forward that uses them; a null pointer means that Linear has no adapter.
-// Only forward() below uses it; the training path (train/train_model.h) takes its LoRA
-// layers from its LoraModel.
-struct InferenceAdapter {
-  static constexpr int kLinears = kBlockLinearCount;
-  std::vector<std::array<const LoraLayer*, kLinears>> blocks;  // (n_layers)
-  const LoraLayer* get(int64_t layer, int which) const {
-    return blocks[static_cast<size_t>(layer)][static_cast<size_t>(which)];
-  }
-};
+class LoraModel;  // lora/lora_model.h
 
 struct ModelLoadOptions {
   QuantOptions quant;
@@ -90,13 +73,15 @@ class Model {
   // The block Linear `which` (0..6: q, k, v, o, gate, up, down) of layer l.
   const QuantLinear& block_linear(int64_t layer, int which) const;
 
-  // Attaches (or with nullptr detaches) a LoRA adapter that every later forward() adds
-  // after its Linear layers. Borrowed. With a device runner attached the adapter is the
+  // Attaches (or with nullptr detaches) a LoRA adapter (lora/lora_model.h) that every later
+  // forward() applies unmerged, as PEFT's LoraModel in eval mode (no dropout): right after
+  // block l's Linear `which` (its bias included), y += scaling · B (A x). Borrowed: it must
+  // outlive every forward that uses it. With a device runner attached the adapter is the
   // runner's copy and cannot change (Error). Throws Error when it does not fit the model: a
-  // block count other than n_layers, or a LoraLayer whose in/out differ from its
-  // Linear's (naming the layer's module path), or r < 1 / A, B of the wrong size.
-  void set_adapter(const InferenceAdapter* adapter);
-  const InferenceAdapter* adapter() const { return adapter_; }
+  // block count other than n_layers, or a LoraLayer whose in/out differ from its Linear's
+  // (naming the layer's module path), or r < 1 / A, B of the wrong size.
+  void set_adapter(const LoraModel* adapter);
+  const LoraModel* adapter() const { return adapter_; }
 
   // Sends every later forward() to `runner` (another device; model/device_runner.h), or
   // with nullptr back to the CPU. InferenceStates used before must be reset() after.
@@ -110,7 +95,7 @@ class Model {
   DenseWeight embed_, lm_head_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
-  const InferenceAdapter* adapter_ = nullptr;
+  const LoraModel* adapter_ = nullptr;
   std::shared_ptr<const DeviceRunner> runner_;
 };
 

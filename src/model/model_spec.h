@@ -27,7 +27,7 @@ struct TensorSpec {
 };
 
 // The seven Linear layers of a llama-family block, in module order: q, k, v, o, gate, up,
-// down. This is the one list every part of the program indexes by (InferenceAdapter,
+// down. This is the one list every part of the program indexes by (Model::set_adapter,
 // Model::block_linear, train's BlockLinear, LoRA files, the merge, the memory planner).
 inline constexpr int kBlockLinearCount = 7;
 inline constexpr std::array<const char*, kBlockLinearCount> kBlockLinearModules = {

@@ -30,7 +30,7 @@ using Clock = std::chrono::steady_clock;
 // One request on its way through the queue and the worker.
 struct Job {
   CompletionRequest req;
-  const InferenceAdapter* adapter = nullptr;
+  const LoraModel* adapter = nullptr;
   std::string model_name, id;
   int64_t created = 0;
   std::vector<int> prompt_ids;
@@ -86,7 +86,7 @@ void send_error(httplib::Response& res, const ApiError& e) {
 struct Server::Impl {
   Model& model;
   const Tokenizer& tok;
-  std::map<std::string, const InferenceAdapter*> adapters;
+  std::map<std::string, const LoraModel*> adapters;
   ServeOptions opt;
   httplib::Server http;
   int bound_port = -1;
@@ -102,7 +102,7 @@ struct Server::Impl {
   bool busy = false;  // the worker is generating (guarded by qm)
   std::thread worker, grace;
 
-  Impl(Model& m, const Tokenizer& t, std::map<std::string, const InferenceAdapter*> a, ServeOptions o)
+  Impl(Model& m, const Tokenizer& t, std::map<std::string, const LoraModel*> a, ServeOptions o)
       : model(m), tok(t), adapters(std::move(a)), opt(std::move(o)) {
     if (!tok.chat_template().empty()) {
       const std::string& where = tok.spec().chat_template_source;
@@ -352,7 +352,7 @@ struct Server::Impl {
   }
 };
 
-Server::Server(Model& model, const Tokenizer& tokenizer, std::map<std::string, const InferenceAdapter*> adapters,
+Server::Server(Model& model, const Tokenizer& tokenizer, std::map<std::string, const LoraModel*> adapters,
                ServeOptions opt)
     : impl_(std::make_unique<Impl>(model, tokenizer, std::move(adapters), std::move(opt))) {
   impl_->routes();

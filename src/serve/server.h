@@ -42,7 +42,7 @@ class Server {
   // `model` and `tokenizer` are borrowed; `adapters` maps a model name to the adapter it
   // applies (borrowed). The model's chat template serves /v1/chat/completions (a model
   // without one answers those with 400).
-  Server(Model& model, const Tokenizer& tokenizer, std::map<std::string, const InferenceAdapter*> adapters,
+  Server(Model& model, const Tokenizer& tokenizer, std::map<std::string, const LoraModel*> adapters,
          ServeOptions opt);
   ~Server();
   Server(const Server&) = delete;

@@ -69,7 +69,6 @@ double rel_max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 void compare_backends(bool nf4, ComputeDType dt, bool adapter, double tol) {
   Model m = load_stories(nf4, dt);
   std::unique_ptr<LoraModel> lora;
-  InferenceAdapter ad;
   if (adapter) {
     LoraConfig c;
     c.r = 4;
@@ -80,11 +79,7 @@ void compare_backends(bool nf4, ComputeDType dt, bool adapter, double tol) {
     LoraRng rng(9);
     for (LoraLayer& l : lora->layers())
       for (float& b : l.B) b = 0.2f * (2.f * rng.next_float() - 1.f);
-    ad.blocks.resize(static_cast<size_t>(m.spec().n_layers));
-    for (int64_t l = 0; l < m.spec().n_layers; ++l)
-      for (int w = 0; w < kBlockLinears; ++w)
-        ad.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] = lora->find(l, static_cast<BlockLinear>(w));
-    m.set_adapter(&ad);
+    m.set_adapter(lora.get());
   }
   const std::vector<int> tokens = test_tokens(40);
   for (int64_t prefill : {int64_t{1}, int64_t{5}, int64_t{30}}) {  // GEMV, fused multi-token GEMV, GEMM
@@ -197,8 +192,10 @@ TEST(CudaRunner, AdapterCannotChangeOnceOnTheDevice) {
   REQUIRE_GPU();
   Model m = load_stories(true, ComputeDType::F32);
   m.set_runner(make_cuda_runner(m, 0));
-  InferenceAdapter ad;
-  ad.blocks.resize(static_cast<size_t>(m.spec().n_layers));
+  LoraConfig c;
+  c.r = 2;
+  c.all_linear = true;
+  LoraModel ad(m, c);
   EXPECT_THROW(m.set_adapter(&ad), Error);
 }
 

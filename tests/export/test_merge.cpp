@@ -74,7 +74,7 @@ TEST(Merge, MergedStoriesGivesPeftLogits) {
   HfExportOptions ex;
   ex.dtype = DType::F32;
   ex.log = false;
-  const auto written = write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("out"), ex, false);
+  const auto written = write_merged_hf_dir(s.model, s.files, {{s.adapter.lora.get(), 1.0}}, tmp.path("out"), ex, false);
   EXPECT_EQ(written.front(), "model.safetensors");
   const Model merged = load_dense(tmp.path("out"));
 
@@ -100,10 +100,10 @@ TEST(Merge, Bf16IsTheFp32MergeRoundedAndShardsLoadTheSame) {
   HfExportOptions ex;
   ex.log = false;
   ex.dtype = DType::F32;
-  write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("f32"), ex, false);
+  write_merged_hf_dir(s.model, s.files, {{s.adapter.lora.get(), 1.0}}, tmp.path("f32"), ex, false);
   ex.dtype = DType::BF16;
   ex.max_shard_bytes = 100'000;
-  const auto written = write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("bf16"), ex, false);
+  const auto written = write_merged_hf_dir(s.model, s.files, {{s.adapter.lora.get(), 1.0}}, tmp.path("bf16"), ex, false);
   EXPECT_TRUE(fs::exists(tmp.path("bf16/model.safetensors.index.json")));
   EXPECT_FALSE(fs::exists(tmp.path("bf16/model.safetensors")));
   const auto index = nlohmann::json::parse(read_file(tmp.path("bf16/model.safetensors.index.json")));
@@ -139,11 +139,11 @@ TEST(Merge, AdapterWeightsAddUp) {
     const QuantLinear& q = s.model.block_linear(2, which);
     std::vector<float> base(static_cast<size_t>(q.out_features() * q.in_features()));
     q.dequantize_rows(0, q.out_features(), base.data());
-    EXPECT_EQ(merged_linear_weight(s.model, 2, which, {{&s.adapter.inference, 0.0}}), base);
+    EXPECT_EQ(merged_linear_weight(s.model, 2, which, {{s.adapter.lora.get(), 0.0}}), base);
     // 0.5 + 0.5 of the same adapter = 1 of it (within float rounding of the two sums).
-    const auto one = merged_linear_weight(s.model, 2, which, {{&s.adapter.inference, 1.0}});
+    const auto one = merged_linear_weight(s.model, 2, which, {{s.adapter.lora.get(), 1.0}});
     const auto halves =
-        merged_linear_weight(s.model, 2, which, {{&s.adapter.inference, 0.5}, {&s.adapter.inference, 0.5}});
+        merged_linear_weight(s.model, 2, which, {{s.adapter.lora.get(), 0.5}, {s.adapter.lora.get(), 0.5}});
     double d = 0, delta = 0;
     for (size_t i = 0; i < one.size(); ++i) {
       d = std::max(d, std::fabs(double(one[i]) - halves[i]));
@@ -159,10 +159,10 @@ TEST(Merge, NeverOverwritesTheBaseOrAnExistingModel) {
   TempDir tmp("merge_refuse");
   HfExportOptions ex;
   ex.log = false;
-  write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 1.0}}, tmp.path("out"), ex, false);
+  write_merged_hf_dir(s.model, s.files, {{s.adapter.lora.get(), 1.0}}, tmp.path("out"), ex, false);
   const std::string before = read_file(tmp.path("out/model.safetensors"));
   try {
-    write_merged_hf_dir(s.model, s.files, {{&s.adapter.inference, 0.5}}, tmp.path("out"), ex, false);
+    write_merged_hf_dir(s.model, s.files, {{s.adapter.lora.get(), 0.5}}, tmp.path("out"), ex, false);
     ADD_FAILURE() << "overwrote an existing model";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--overwrite"), std::string::npos) << e.what();
@@ -212,11 +212,11 @@ TEST(Merge, GgufOutputHoldsTheMergeInLlamaCppLayout) {
   HfExportOptions hx;
   hx.dtype = DType::F32;
   hx.log = false;
-  write_merged_hf_dir(model, src, {{&ad.inference, 1.0}}, tmp.path("hf"), hx, false);
+  write_merged_hf_dir(model, src, {{ad.lora.get(), 1.0}}, tmp.path("hf"), hx, false);
   GgufExportOptions gx;
   gx.type = GgmlType::F32;
   gx.log = false;
-  write_merged_gguf(model, src, {{&ad.inference, 1.0}}, tmp.path("m.gguf"), gx, false);
+  write_merged_gguf(model, src, {{ad.lora.get(), 1.0}}, tmp.path("m.gguf"), gx, false);
   const ModelFiles hf = open_model_files(tmp.path("hf")), gg = open_model_files(tmp.path("m.gguf"));
   EXPECT_EQ(gg.spec.n_layers, model.spec().n_layers);
   for (const TensorSpec& t : model.spec().tensors()) ASSERT_EQ(gg.tensors->get(t.name), hf.tensors->get(t.name)) << t.name;

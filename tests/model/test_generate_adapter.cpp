@@ -58,7 +58,6 @@ void randomize_b(LoraModel& lm, float amplitude, uint64_t seed) {
 // A loaded adapter in the form Model::set_adapter takes.
 struct Loaded {
   std::unique_ptr<LoraModel> lora;
-  InferenceAdapter inference;
 };
 
 Loaded load_back(const Model& model, const std::string& dir) {
@@ -66,12 +65,6 @@ Loaded load_back(const Model& model, const std::string& dir) {
   Loaded out;
   out.lora = std::make_unique<LoraModel>(model, a.config);
   a.apply_to(out.lora->layers());
-  const int64_t NL = model.spec().n_layers;
-  out.inference.blocks.resize(static_cast<size_t>(NL));
-  for (int64_t l = 0; l < NL; ++l)
-    for (int w = 0; w < kBlockLinears; ++w)
-      out.inference.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] =
-          out.lora->find(l, static_cast<BlockLinear>(w));
   return out;
 }
 
@@ -113,7 +106,7 @@ void check_matches_training_path(bool nf4) {
 
   Loaded ad = load_back(model, dir.path());
   ASSERT_EQ(ad.lora->layers().size(), trained.layers().size());
-  model.set_adapter(&ad.inference);
+  model.set_adapter(ad.lora.get());
 
   const int T = 48;
   const std::vector<int> seq = test_tokens(T + 1);
@@ -137,7 +130,7 @@ void check_matches_training_path(bool nf4) {
   model.set_adapter(nullptr);
   const double plain = cross_entropy(all_logits(model, inputs), targets, V);
   EXPECT_GT(std::abs(plain - got), 1e-2);
-  model.set_adapter(&ad.inference);
+  model.set_adapter(ad.lora.get());
 
   // The KV-cached decode path (prompt, then one token at a time) applies the adapter too.
   InferenceState st(model.spec(), T);
@@ -167,7 +160,7 @@ TEST(GenerateAdapter, ZeroBAdapterLeavesLogitsUnchanged) {
   TempDir dir("zero");
   save_peft_adapter(dir.path(), fresh.config(), "stories260K", fresh.layers());
   Loaded ad = load_back(model, dir.path());
-  model.set_adapter(&ad.inference);
+  model.set_adapter(ad.lora.get());
   const std::vector<float> with = all_logits(model, tokens);
   model.set_adapter(nullptr);
   ASSERT_EQ(with.size(), plain.size());
@@ -178,10 +171,8 @@ TEST(GenerateAdapter, ZeroBAdapterLeavesLogitsUnchanged) {
 TEST(GenerateAdapter, SetAdapterRejectsMismatchedShapes) {
   Model model = load_stories(false);
   LoraConfig c = adapter_config();
-  LoraLayer wrong("model.layers.0.self_attn.q_proj", 32, 64, c);  // q_proj is (64, 64)
-  InferenceAdapter ad;
-  ad.blocks.resize(static_cast<size_t>(model.spec().n_layers));
-  ad.blocks[0][0] = &wrong;
+  LoraModel ad(model, c);
+  ad.layers()[0] = LoraLayer("model.layers.0.self_attn.q_proj", 32, 64, c);  // q_proj is (64, 64)
   try {
     model.set_adapter(&ad);
     FAIL() << "expected an Error";
@@ -189,9 +180,6 @@ TEST(GenerateAdapter, SetAdapterRejectsMismatchedShapes) {
     EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.q_proj"), std::string::npos) << e.what();
   }
   EXPECT_EQ(model.adapter(), nullptr);
-  InferenceAdapter short_ad;
-  short_ad.blocks.resize(2);
-  EXPECT_THROW(model.set_adapter(&short_ad), Error);
 }
 
 std::vector<std::string> generate_args(const std::string& adapter) {

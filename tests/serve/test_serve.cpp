@@ -67,8 +67,8 @@ struct Running {
     opt.base_name = "stories";
     opt.log = std::getenv("QLORA_SERVE_LOG") != nullptr;
     server = std::make_unique<serve::Server>(fx.model, *fx.tok,
-                                             std::map<std::string, const InferenceAdapter*>{
-                                                 {"peft", &fx.a1.inference}, {"ours", &fx.a2.inference}},
+                                             std::map<std::string, const LoraModel*>{
+                                                 {"peft", fx.a1.lora.get()}, {"ours", fx.a2.lora.get()}},
                                              opt);
     server->bind();
     port = server->port();
@@ -203,7 +203,7 @@ struct Smol {
 std::unique_ptr<serve::Server> smol_server(Smol& s, serve::ServeOptions opt, std::thread& th) {
   opt.port = 0;
   opt.log = false;
-  auto srv = std::make_unique<serve::Server>(s.model, *s.files.tokenizer, std::map<std::string, const InferenceAdapter*>{},
+  auto srv = std::make_unique<serve::Server>(s.model, *s.files.tokenizer, std::map<std::string, const LoraModel*>{},
                                              opt);
   srv->bind();
   th = std::thread([p = srv.get()] { p->run(); });

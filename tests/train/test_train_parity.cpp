@@ -125,16 +125,6 @@ std::unique_ptr<LoraModel> lora_from_adapter(const Model& model, const std::stri
   return lm;
 }
 
-InferenceAdapter inference_adapter(const LoraModel& lm) {
-  InferenceAdapter ad;
-  const int64_t NL = lm.model().spec().n_layers;
-  ad.blocks.resize(static_cast<size_t>(NL));
-  for (int64_t l = 0; l < NL; ++l)
-    for (int w = 0; w < kBlockLinears; ++w)
-      ad.blocks[static_cast<size_t>(l)][static_cast<size_t>(w)] = lm.find(l, static_cast<BlockLinear>(w));
-  return ad;
-}
-
 // The fixture's batch in forward_backward's form.
 struct Batch {
   std::vector<std::vector<int>> inputs, targets;
@@ -400,8 +390,7 @@ double check_logits(Model& model, const std::string& adapter_dir, const std::str
   const std::vector<float> want_base = f.to_float(f.at("base_logits"));
 
   const std::unique_ptr<LoraModel> lm = lora_from_adapter(model, adapter_dir);
-  const InferenceAdapter ad = inference_adapter(*lm);
-  model.set_adapter(&ad);
+  model.set_adapter(lm.get());
   const std::vector<float> got = logits_of(model, ids, last_only);
   model.set_adapter(nullptr);
   const std::vector<float> got_base = logits_of(model, ids, last_only);

@@ -228,6 +228,7 @@ void CudaRunner::linear(float* y, const DeviceLinear& L, const float* x, int64_t
     lora_out_.reserve(static_cast<size_t>(T * L.out));
     blas_->sgemm_nt(T, L.out, lo.r, 1.0f, lora_tmp_.data(), lo.r, lo.B.data(), lo.r, 0.0f, lora_out_.data(), L.out);
     axpy(y, lo.scaling, lora_out_.data(), T * L.out, stream_);
+    round_activations(y, T * L.out, dt_, stream_);  // as the CPU: the sum in the compute dtype
   }
 }
 

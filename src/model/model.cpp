@@ -207,13 +207,17 @@ void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
 
 namespace {
 
-// y (T, out) = W x (+ bias), then + scaling · B (A x) when the adapter has this Linear.
+// y (T, out) = W x (+ bias), then + scaling · B (A x) when the adapter has this Linear, the
+// sum rounded to the compute dtype: PEFT adds the LoRA product to the (bf16/fp16) base
+// output, and the training forward (train/train_model.cpp) rounds there too.
 inline void linear(float* y, const QuantLinear& W, const LoraModel* ad, int64_t l, int which, const float* x,
                    int64_t T) {
   W.forward(y, x, T);
   if (ad) {
-    if (const LoraLayer* lo = ad->find(l, static_cast<BlockLinear>(which)))
+    if (const LoraLayer* lo = ad->find(l, static_cast<BlockLinear>(which))) {
       lora_forward(y, nullptr, *lo, x, T, /*training=*/false, nullptr);
+      round_activations(y, T * W.out_features(), W.dtype());
+    }
   }
 }
 

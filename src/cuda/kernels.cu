@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cuda/block_reduce.cuh"
 #include "cuda/cuda_error.h"
 #include "cuda/kernels.h"
 
@@ -54,41 +55,6 @@ __device__ __forceinline__ float half_bits_to_f32(uint16_t h, DenseType t) {
 __device__ __forceinline__ float block_absmax(const Q4Device& w, int64_t b) {
   if (w.absmax) return w.absmax[b];
   return __fadd_rn(__fmul_rn(w.nested_code[w.absmax_q[b]], w.nested_absmax[b / w.nested_blocksize]), w.offset);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float block_sum(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // `part` may still be read by a previous call
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = lane < nw ? part[lane] : 0.0f;
-  return warp_sum(v);
-}
-
-__device__ float block_max(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = lane < nw ? part[lane] : -INFINITY;
-  return warp_max(v);
 }
 
 // Multiprocessors of the current device (asked once per process).

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <string>
 
+#include "cuda/block_reduce.cuh"
 #include "cuda/cuda_error.h"
 #include "cuda/kernels.h"
 #include "cuda/kernels_train.h"
@@ -17,47 +18,6 @@
 namespace qlora::cuda {
 
 namespace {
-
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum_f(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max_f(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Block-wide sums/max (blockDim.x a multiple of 32); every thread gets the result.
-__device__ double block_sum_d(double v) {
-  __shared__ double part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum_d(v);
-  __syncthreads();
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = lane < nw ? part[lane] : 0.0;
-  return warp_sum_d(v);
-}
-
-__device__ float block_max_f(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_max_f(v);
-  __syncthreads();
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = lane < nw ? part[lane] : -INFINITY;
-  return warp_max_f(v);
-}
 
 unsigned ew_grid(int64_t n) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + 255) / 256, 1, 4096));
@@ -76,7 +36,7 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
   const float r = rstd[t];
   double dot = 0.0;
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x) dot += static_cast<double>(__fmul_rn(weight[i], d[i])) * x[i];
-  dot = block_sum_d(dot);
+  dot = block_sum(dot);
   const float k = static_cast<float>(dot * r * r * r / static_cast<double>(C));
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
     dx[i] = __fadd_rn(dx[i], __fsub_rn(__fmul_rn(__fmul_rn(r, weight[i]), d[i]), __fmul_rn(k, x[i])));
@@ -124,20 +84,20 @@ __global__ void attention_train_kernel(float* out, float* att, const float* q, c
     const float* kr = k + j * kvs + kh * HS;
     float dot = 0.0f;
     for (int64_t d = lane; d < HS; d += 32) dot += qv[d] * kr[d];
-    dot = warp_sum_f(dot);
+    dot = warp_sum(dot);
     if (lane == 0) sc[j - j0] = dot * scale;
   }
   __syncthreads();
   float mx = -INFINITY;
   for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, sc[j - j0]);
-  mx = block_max_f(mx);
+  mx = block_max(mx);
   double sum = 0.0;
   for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) {
     const float e = expf(sc[j - j0] - mx);
     sc[j - j0] = e;
     sum += e;
   }
-  const float total = static_cast<float>(block_sum_d(sum));
+  const float total = static_cast<float>(block_sum(sum));
   float* arow = att + (h * T + t) * Tk;
   for (int64_t j = threadIdx.x; j < Tk; j += blockDim.x) {
     float p = 0.0f;
@@ -173,13 +133,13 @@ __global__ void attention_backward_q_kernel(float* dq, float* datt, const float*
     const float* vr = v + j * kvs + kh * HS;
     float dot = 0.0f;
     for (int64_t d = lane; d < HS; d += 32) dot += go[d] * vr[d];
-    dot = warp_sum_f(dot);
+    dot = warp_sum(dot);
     if (lane == 0) da[j] = dot;
   }
   __syncthreads();
   double s = 0.0;
   for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) s += static_cast<double>(p[j]) * da[j];
-  const float sf = static_cast<float>(block_sum_d(s));
+  const float sf = static_cast<float>(block_sum(s));
   for (int64_t j = threadIdx.x; j < Tk; j += blockDim.x)
     da[j] = (j >= j0 && j < n) ? __fmul_rn(__fmul_rn(p[j], __fsub_rn(da[j], sf)), scale) : 0.0f;
   __syncthreads();
@@ -225,7 +185,7 @@ __global__ void cross_entropy_kernel(float* row_loss, float* dlogits, const floa
   }
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
-  mx = block_max_f(mx);
+  mx = block_max(mx);
   const float xt = x[tgt];
   __syncthreads();  // every thread has read x[tgt] before any writes the row (g may alias x)
   double sum = 0.0;
@@ -234,7 +194,7 @@ __global__ void cross_entropy_kernel(float* row_loss, float* dlogits, const floa
     g[j] = e;
     sum += e;
   }
-  sum = block_sum_d(sum);
+  sum = block_sum(sum);
   const float f = __fmul_rn(static_cast<float>(1.0 / sum), inv_n);
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
     float v = __fmul_rn(g[j], f);
@@ -263,7 +223,7 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64
 __global__ void sum_squares_kernel(double* out, const float* g, int64_t n) {
   double acc = 0.0;
   GRID_STRIDE(i, n) acc += static_cast<double>(g[i]) * g[i];
-  acc = block_sum_d(acc);
+  acc = block_sum(acc);
   if (threadIdx.x == 0) atomicAdd(out, acc);
 }
 

@@ -5,6 +5,7 @@
 // float32 summation-order tolerances for dot products. Without a GPU every test skips,
 // saying so.
 #include <gtest/gtest.h>
+#include "cuda_test_util.h"
 
 #include <cmath>
 #include <cstring>
@@ -23,21 +24,9 @@
 
 using namespace qlora;
 using namespace qlora::cuda;
+using namespace qlora::test;
 
 namespace {
-
-#define REQUIRE_GPU()                                                                        \
-  do {                                                                                       \
-    if (device_count() == 0) GTEST_SKIP() << "no CUDA device here: CUDA kernels not run";   \
-  } while (0)
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
 
 uint32_t bits(float f) {
   uint32_t u;

@@ -6,6 +6,7 @@
 // `qlora train --device cuda` producing a loss curve that overlaps the CPU's step by step.
 // Without a GPU every test skips.
 #include <gtest/gtest.h>
+#include "cuda_test_util.h"
 
 #include <signal.h>
 #include <spawn.h>
@@ -33,20 +34,6 @@ using namespace qlora;
 using namespace qlora::test;
 
 namespace {
-
-#define REQUIRE_GPU()                                                                                \
-  do {                                                                                               \
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device here: CUDA training not run";    \
-  } while (0)
-
-Model load_stories(bool nf4, ComputeDType dt) {
-  ModelFiles f = open_model_files(stories_bin());
-  ModelLoadOptions o;
-  o.quant.quantize = nf4;
-  o.quant.double_quant = nf4;
-  o.compute_dtype = dt;
-  return Model::load(f.spec, *f.tensors, o);
-}
 
 std::vector<int> tokens(int n, int salt) {
   std::vector<int> t(static_cast<size_t>(n));

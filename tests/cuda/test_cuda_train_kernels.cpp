@@ -3,6 +3,7 @@
 // must match bit for bit (the same float32 operations); reductions and dot products within
 // float32 summation-order tolerances, named per test. Without a GPU every test skips.
 #include <gtest/gtest.h>
+#include "cuda_test_util.h"
 
 #include <cmath>
 #include <random>
@@ -20,21 +21,9 @@
 
 using namespace qlora;
 using namespace qlora::cuda;
+using namespace qlora::test;
 
 namespace {
-
-#define REQUIRE_GPU()                                                                            \
-  do {                                                                                           \
-    if (device_count() == 0) GTEST_SKIP() << "no CUDA device here: CUDA kernels not run";       \
-  } while (0)
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
 
 // max |got - want| / (tol * (|want| + floor)) must be <= 1.
 void expect_rel(const std::vector<float>& got, const std::vector<float>& want, double tol, double floor,

@@ -1,5 +1,7 @@
 // The CUDA kernels against the GPU's own ceilings, measured in the same run:
 //   copy      cudaMemcpy device-to-device (bytes read + written per second): the bandwidth ceiling
+//   launch    a one-element kernel launched from the host and replayed in a CUDA graph: the
+//             floor under every kernel time below ("graph" columns are replayed in graphs)
 //   dequant   NF4 (+ double quant) -> bf16, as a fraction of the copy bandwidth
 //   gemv      the fused 4-bit GEMV (decode, 1 token) in bytes of weights per second, as a
 //             fraction of the copy bandwidth; weights cycle through more memory than the L2
@@ -42,13 +44,13 @@ struct Timer {
   }
   // Median seconds of `reps` timed runs of f (after 2 warm-ups), each run `inner` calls.
   template <class F>
-  double median(F f, int reps = 7, int inner = 1) {
+  double median(F f, int reps = 7, int inner = 1, cudaStream_t st = nullptr) {
     for (int i = 0; i < 2; ++i) f();
     std::vector<double> t;
     for (int r = 0; r < reps; ++r) {
-      QLORA_CUDA_CHECK(cudaEventRecord(a));
+      QLORA_CUDA_CHECK(cudaEventRecord(a, st));
       for (int i = 0; i < inner; ++i) f();
-      QLORA_CUDA_CHECK(cudaEventRecord(b));
+      QLORA_CUDA_CHECK(cudaEventRecord(b, st));
       QLORA_CUDA_CHECK(cudaEventSynchronize(b));
       float ms = 0;
       QLORA_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
@@ -58,6 +60,27 @@ struct Timer {
     return t[t.size() / 2];
   }
 };
+
+// Median seconds per call of f(stream), `inner` calls captured into one CUDA graph and the
+// graph replayed: the GPU's own time per kernel, without the host's launch cost (which on
+// a small kernel can exceed the kernel). Decode replays such a graph per token.
+template <class F>
+double graph_median(Timer& tm, F f, int inner, int reps = 9) {
+  cudaStream_t st;
+  QLORA_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaGraph_t g;
+  QLORA_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < inner; ++i) f(st);
+  QLORA_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+  cudaGraphExec_t exec;
+  QLORA_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+  const double t = tm.median([&] { QLORA_CUDA_CHECK(cudaGraphLaunch(exec, st)); }, reps, 1, st) / inner;
+  QLORA_CUDA_CHECK(cudaStreamSynchronize(st));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(st);
+  return t;
+}
 
 std::vector<float> randn(size_t n, uint32_t seed) {
   std::mt19937 g(seed);
@@ -88,7 +111,7 @@ int main(int argc, char** argv) {
     QLORA_CUDA_CHECK(cudaSetDevice(0));
     cudaDeviceProp prop{};
     QLORA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    char buf[512];
+    char buf[2048];
     std::snprintf(buf, sizeof buf, "{\"gpu\": \"%s\", \"sm\": %d%d, \"l2_mib\": %.0f, \"mem_gib\": %.1f}", prop.name,
                   prop.major, prop.minor, prop.l2CacheSize / 1048576.0, prop.totalGlobalMem / 1073741824.0);
     line(buf);
@@ -105,10 +128,22 @@ int main(int argc, char** argv) {
     src = DeviceBuffer<uint8_t>();
     dst = DeviceBuffer<uint8_t>();
 
+    // The launch floor: a one-element kernel, launched from the host and replayed in a graph.
+    {
+      DeviceBuffer<float> one(1);
+      auto tiny = [&](cudaStream_t st) { axpy(one.data(), 0.0f, one.data(), 1, st); };
+      const double t_host = tm.median([&] { tiny(nullptr); }, 9, 64);
+      const double t_graph = graph_median(tm, tiny, 64);
+      std::snprintf(buf, sizeof buf, "{\"bench\": \"launch_floor\", \"host_launch_us\": %.2f, \"graph_us\": %.2f}",
+                    t_host * 1e6, t_graph * 1e6);
+      line(buf);
+    }
+
     // Linear shapes of a Llama-7B block: (out, in)
     const int64_t H = 4096, F = 11008;
     struct Shape { const char* name; int64_t rows, cols; };
-    const Shape shapes[] = {{"q/k/v/o 4096x4096", H, H}, {"gate/up 11008x4096", F, H}, {"down 4096x11008", H, F}};
+    const Shape shapes[] = {{"q/k/v/o 4096x4096", H, H},     {"gate/up 11008x4096", F, H}, {"down 4096x11008", H, F},
+                            {"smollm2 gate/up 1536x576", 1536, 576}, {"smollm2 down 576x1536", 576, 1536}};
     for (const Shape& sh : shapes) {
       const Quantized4bit q = make_q4(sh.rows, sh.cols);
       // Enough copies to exceed the L2 several times, cycled so each launch reads from DRAM.
@@ -120,23 +155,45 @@ int main(int argc, char** argv) {
       const int64_t n = sh.rows * sh.cols;
       DeviceBuffer<uint16_t> out16(static_cast<size_t>(n));
       int c = 0;
-      const double t_dq = tm.median([&] { dequantize_q4(ws[c++ % copies].view, DenseType::BF16, out16.data(), nullptr); }, 9, 4);
+      auto dq = [&](cudaStream_t st) { dequantize_q4(ws[c++ % copies].view, DenseType::BF16, out16.data(), st); };
+      const double t_dq = tm.median([&] { dq(nullptr); }, 9, 4);
+      const double t_dq_graph = graph_median(tm, dq, 16);
       const double dq_bytes = wbytes + 2.0 * n;
       DeviceBuffer<float> x(static_cast<size_t>(sh.cols)), y(static_cast<size_t>(sh.rows));
       QLORA_CUDA_CHECK(cudaMemset(x.data(), 0, x.bytes()));
-      const double t_gemv = tm.median([&] { gemv_q4(ws[c++ % copies].view, x.data(), 1, y.data(), sh.rows, nullptr); }, 9, 16);
-      // The same with float32 compute (no per-weight rounding: absmax factored out).
-      const double t_gemv32 = tm.median([&] {
-        Q4Device v = ws[c++ % copies].view;
-        v.round_to = ComputeDType::F32;
-        gemv_q4(v, x.data(), 1, y.data(), sh.rows, nullptr);
-      }, 9, 16);
+      // The GEMV with each kernel that can run the shape, bf16-rounded weights (bf16
+      // compute) and float32 weights (absmax factored out); "auto" is what the runner uses.
+      std::string gemv;
+      for (const GemvQ4Kernel k : {GemvQ4Kernel::Auto, GemvQ4Kernel::Tiled, GemvQ4Kernel::Staged}) {
+        for (const ComputeDType dt : {ComputeDType::BF16, ComputeDType::F32}) {
+          Q4Device v0 = ws[0].view;
+          v0.round_to = dt;
+          if (k != GemvQ4Kernel::Auto && gemv_q4_auto(v0, 1) != k &&
+              !(k == GemvQ4Kernel::Staged && sh.cols * 36 * 4 / 32 <= 200 * 1024))
+            continue;
+          auto gv = [&](cudaStream_t st) {
+            Q4Device v = ws[c++ % copies].view;
+            v.round_to = dt;
+            gemv_q4(v, x.data(), 1, y.data(), sh.rows, st, k);
+          };
+          const double t = tm.median([&] { gv(nullptr); }, 9, 16);
+          const double tg = graph_median(tm, gv, 16);
+          const char* kn = k == GemvQ4Kernel::Auto ? "" : k == GemvQ4Kernel::Tiled ? "tiled_" : "staged_";
+          const char* dn = dt == ComputeDType::BF16 ? "" : "f32_";
+          char part[256];
+          std::snprintf(part, sizeof part,
+                        ", \"gemv_%s%sus\": %.1f, \"gemv_%s%sof_copy\": %.3f, \"gemv_%s%sgraph_us\": %.1f, "
+                        "\"gemv_%s%sgraph_of_copy\": %.3f",
+                        kn, dn, t * 1e6, kn, dn, wbytes / t / copy_bw, kn, dn, tg * 1e6, kn, dn, wbytes / tg / copy_bw);
+          gemv += part;
+        }
+      }
       std::snprintf(buf, sizeof buf,
                     "{\"bench\": \"nf4\", \"shape\": \"%s\", \"weight_bytes\": %.0f, \"dequant_bf16_us\": %.1f, "
-                    "\"dequant_gb_per_s\": %.1f, \"dequant_of_copy\": %.3f, \"gemv_us\": %.1f, \"gemv_gb_per_s\": %.1f, "
-                    "\"gemv_of_copy\": %.3f, \"gemv_f32_us\": %.1f, \"gemv_f32_of_copy\": %.3f}",
-                    sh.name, wbytes, t_dq * 1e6, dq_bytes / t_dq / 1e9, dq_bytes / t_dq / copy_bw, t_gemv * 1e6,
-                    wbytes / t_gemv / 1e9, wbytes / t_gemv / copy_bw, t_gemv32 * 1e6, wbytes / t_gemv32 / copy_bw);
+                    "\"dequant_gb_per_s\": %.1f, \"dequant_of_copy\": %.3f, \"dequant_graph_us\": %.1f, "
+                    "\"dequant_graph_of_copy\": %.3f%s}",
+                    sh.name, wbytes, t_dq * 1e6, dq_bytes / t_dq / 1e9, dq_bytes / t_dq / copy_bw, t_dq_graph * 1e6,
+                    dq_bytes / t_dq_graph / copy_bw, gemv.c_str());
       line(buf);
     }
 
@@ -154,9 +211,10 @@ int main(int argc, char** argv) {
       for (const DeviceQ4& d : w) bytes += static_cast<double>(d.bytes());
       DeviceBuffer<float> x(static_cast<size_t>(F)), y(static_cast<size_t>(F));
       QLORA_CUDA_CHECK(cudaMemset(x.data(), 0, x.bytes()));
-      const double t = tm.median([&] {
-        for (const DeviceQ4& d : w) gemv_q4(d.view, x.data(), 1, y.data(), d.view.rows, nullptr);
-      }, 5);
+      // One token = one graph of all the layers' GEMVs, as the runner's decode replays.
+      const double t = graph_median(tm, [&](cudaStream_t st) {
+        for (const DeviceQ4& d : w) gemv_q4(d.view, x.data(), 1, y.data(), d.view.rows, st);
+      }, 1, 5);
       std::snprintf(buf, sizeof buf,
                     "{\"bench\": \"decode_linears\", \"layers\": %d, \"weight_gb\": %.2f, \"ms_per_token\": %.3f, "
                     "\"tok_per_s\": %.1f, \"bound_tok_per_s\": %.1f, \"of_bound\": %.3f}",

@@ -30,6 +30,9 @@ struct Q4Device {
   int nested_blocksize = 256;
   float offset = 0.0f;
   ComputeDType round_to = ComputeDType::F32;  // dequantized weights are rounded to this
+  // log2 of blocksize / nested_blocksize when a power of two, else -1. The kernels'
+  // launch functions set them; callers leave them alone.
+  int blocksize_shift = -1, nested_shift = -1;
 };
 
 // Dynamic shared memory a kernel can take per block on the current device, its static
@@ -49,10 +52,23 @@ DenseType dense_type_of(ComputeDType t);
 // ignored: out_type decides).
 void dequantize_q4(const Q4Device& w, DenseType out_type, void* out, cudaStream_t s);
 
+// The kernels behind gemv_q4 (kernels.cu describes each). Auto picks the fastest that can
+// run the shape; tests and benchmarks name one to check or time it.
+//   Tiled    lanes own columns, x in registers: cols % 32 == 0, T <= 2, cols <= 16384
+//   Staged   x staged in shared memory: cols % 32 == 0 and T x cols fits shared memory
+//   Direct   x read from global memory: cols % 32 == 0
+//   Generic  any shape, one weight per lane per step
+enum class GemvQ4Kernel : uint8_t { Auto, Tiled, Staged, Direct, Generic };
+
+// The kernel Auto runs for w and T on the current device.
+GemvQ4Kernel gemv_q4_auto(const Q4Device& w, int T);
+
 // The fused 4-bit matrix-vector product for decoding (packed weights read once):
 // y[t*ldy + r] = sum_c W[r, c] * x[t*cols + c] for r < rows, t < T (1 <= T <= 8), with W
-// dequantized (and rounded to w.round_to) on the fly; float32 accumulation.
-void gemv_q4(const Q4Device& w, const float* x, int T, float* y, int64_t ldy, cudaStream_t s);
+// dequantized (and rounded to w.round_to) on the fly; float32 accumulation. Throws when
+// `kernel` names one that cannot run this shape.
+void gemv_q4(const Q4Device& w, const float* x, int T, float* y, int64_t ldy, cudaStream_t s,
+             GemvQ4Kernel kernel = GemvQ4Kernel::Auto);
 
 // y[t*ldy + r] = sum_c W[r, c] * x[t*cols + c] for a dense row-major W (rows, cols) of
 // `type`; float32 accumulation; 1 <= T <= 8.

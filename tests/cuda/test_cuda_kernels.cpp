@@ -95,10 +95,11 @@ TEST(CudaKernels, DequantizeQ4MatchesCpuBitForBit) {
 
 // The reference: the CPU's dequantized rows (rounded to the compute dtype, exactly what
 // its kernels multiply with) times x, summed in double. Tolerance: 1e-5 of sum |w x|.
-void check_gemv_q4(int64_t rows, int64_t cols, int T, ComputeDType dt, bool nested) {
+void check_gemv_q4(int64_t rows, int64_t cols, int T, ComputeDType dt, bool nested,
+                   GemvQ4Kernel kernel = GemvQ4Kernel::Auto) {
   const std::string what = "gemv_q4 " + std::to_string(rows) + "x" + std::to_string(cols) + " T " +
                            std::to_string(T) + " dt " + std::to_string(static_cast<int>(dt)) +
-                           (nested ? " nested" : "");
+                           (nested ? " nested" : "") + " kernel " + std::to_string(static_cast<int>(kernel));
   const std::vector<float> w = randn(static_cast<size_t>(rows * cols), 7, 0.05f);
   QuantOptions qo;
   qo.double_quant = nested;
@@ -120,7 +121,7 @@ void check_gemv_q4(int64_t rows, int64_t cols, int T, ComputeDType dt, bool nest
     }
   DeviceQ4 d = upload_q4(*lin.q4(), rows, cols, dt);
   DeviceBuffer<float> dx(x), dy(static_cast<size_t>(T * rows));
-  gemv_q4(d.view, dx.data(), T, dy.data(), rows, nullptr);
+  gemv_q4(d.view, dx.data(), T, dy.data(), rows, nullptr, kernel);
   expect_close(dy.to_host(), want, scale, 1e-5, what);
 }
 
@@ -135,6 +136,31 @@ TEST(CudaKernels, GemvQ4MatchesCpuDequantizedProduct) {
   check_gemv_q4(40, 11008, 8, ComputeDType::F32, true);  // x too big for shared memory: x read from global
   check_gemv_q4(40, 11008, 8, ComputeDType::BF16, false);
   check_gemv_q4(300, 11008, 1, ComputeDType::BF16, true);  // shared x past the 48 KB default limit
+}
+
+// Each kernel by name on the shapes that stress it: rows not a multiple of the tiled
+// kernel's rows per block, rows split over several warps with the last warp partly idle
+// (4128 = 129 chunks), fewer rows than one tile, every rounding mode, both absmax layouts.
+TEST(CudaKernels, EveryGemvQ4KernelMatchesCpu) {
+  REQUIRE_GPU();
+  for (const GemvQ4Kernel k : {GemvQ4Kernel::Tiled, GemvQ4Kernel::Staged, GemvQ4Kernel::Direct}) {
+    check_gemv_q4(1, 64, 1, ComputeDType::F32, false, k);
+    check_gemv_q4(37, 96, 1, ComputeDType::BF16, true, k);
+    check_gemv_q4(1001, 4128, 1, ComputeDType::BF16, true, k);
+    check_gemv_q4(515, 4128, 2, ComputeDType::F16, false, k);
+    check_gemv_q4(300, 2048, 2, ComputeDType::F32, true, k);
+    check_gemv_q4(67, 11008, 1, ComputeDType::BF16, true, k);
+    check_gemv_q4(4099, 576, 1, ComputeDType::F32, false, k);
+  }
+  check_gemv_q4(70, 1536, 1, ComputeDType::BF16, true, GemvQ4Kernel::Generic);
+  // Asking for a kernel that cannot run the shape is an error, not a wrong answer.
+  const std::vector<float> w = randn(3 * 100, 7, 0.05f);
+  const QuantLinear lin(w.data(), 3, 100, QuantOptions{}, ComputeDType::F32);
+  DeviceQ4 d = upload_q4(*lin.q4(), 3, 100, ComputeDType::F32);
+  DeviceBuffer<float> dx(std::vector<float>(300, 1.0f)), dy(24);
+  EXPECT_THROW(gemv_q4(d.view, dx.data(), 1, dy.data(), 3, nullptr, GemvQ4Kernel::Tiled), Error);
+  EXPECT_THROW(gemv_q4(d.view, dx.data(), 3, dy.data(), 3, nullptr, GemvQ4Kernel::Tiled), Error);
+  EXPECT_EQ(gemv_q4_auto(d.view, 1), GemvQ4Kernel::Generic);
 }
 
 TEST(CudaKernels, GemvDenseMatchesCpu) {

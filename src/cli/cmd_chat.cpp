@@ -293,9 +293,8 @@ int run(const Options& o, CLI::App& app) {
   const int64_t reserve = std::max<int64_t>(1, std::min<int64_t>(o.n, context / 2));
   const int64_t max_prompt = std::max<int64_t>(1, context - reserve);
 
-  if (!o.quiet)
-    std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
-                 files.spec.summary().c_str());
+  qlora::cli::report_model(files, o.quiet);
+  qlora::cli::add_load_progress(load, files, o.quiet);
   if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
     // Sized for a full context: the conversation gets there.
     qlora::MemoryOptions mo =

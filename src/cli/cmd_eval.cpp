@@ -99,6 +99,8 @@ int run(const Options& o) {
   if (o.eval_split < 0 || o.eval_split >= 1) qlora::fail("--eval-split", "must be in [0, 1)");
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+  qlora::cli::report_model(files, o.quiet);
+  qlora::cli::add_load_progress(load, files, o.quiet);
   qlora::LoadedExamples ex = qlora::cli::load_dataset_reporting(o.data, *files.tokenizer, dopt, o.quiet);
   std::vector<qlora::Example> examples = std::move(ex.examples);
   if (o.eval_split > 0) {

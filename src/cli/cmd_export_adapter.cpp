@@ -9,6 +9,7 @@
 #include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
+#include "model/random_spec.h"
 #include "export/lora_gguf.h"
 #include "formats/model_loader.h"
 #include "model/model.h"
@@ -28,6 +29,7 @@ int run(const Options& o) {
   else qlora::fail("--type", "unknown value " + qlora::excerpt(o.type) + " (expected f16 or f32)");
   if (o.out.size() < 6 || o.out.compare(o.out.size() - 5, 5, ".gguf") != 0)
     qlora::fail("--out", "name the output FILE.gguf");
+  qlora::refuse_random_model(o.m.model, "qlora export-adapter");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   // The base model is loaded to check the adapter against its shapes (and for the q/k

@@ -40,6 +40,7 @@ struct Options {
   int64_t n = 128;
   qlora::cli::SamplingFlags s;
   bool no_echo = false;
+  bool ignore_eos = false;  // --ignore-eos (always on for a random model)
   bool escape = false;
   bool chat = false;     // --chat: the prompt is a user message rendered with the chat template
   std::string system;    // --system: a system message before it
@@ -65,9 +66,8 @@ int run(const Options& o, CLI::App& app) {
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer)
     qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
-  if (!o.quiet)
-    std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
-                 files.spec.summary().c_str());
+  qlora::cli::report_model(files, o.quiet);
+  qlora::cli::add_load_progress(load, files, o.quiet);
   if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
     // From the headers only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
@@ -93,6 +93,8 @@ int run(const Options& o, CLI::App& app) {
   // Sampling: generation_config.json's values unless given on the command line.
   qlora::GenerationOptions gen = qlora::cli::generation_options(app, o.s, files.generation, o.n, o.escape);
   gen.echo_prompt = !o.no_echo;
+  // A random model's eos is drawn by chance: -n tokens exactly, so timings compare.
+  gen.ignore_eos = o.ignore_eos || files.format == qlora::ModelFormat::Random;
 
   std::string prompt = o.escape ? qlora::cli::unescape(o.prompt) : o.prompt;
   qlora::EncodeOptions enc;
@@ -150,6 +152,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();
       qlora::cli::add_sampling_flags(app, o->s, "Random seed", "Stop before this string (repeatable)");
+      qlora::cli::add_bool_flag(app, "--ignore-eos", o->ignore_eos,
+                                "Generate exactly -n tokens, past any end-of-generation token (always on for "
+                                "random: models)");
       qlora::cli::add_bool_flag(app, "--chat", o->chat,
                                 "Send the prompt as a user message through the model's chat template");
       app.add_option("--system", o->system, "With --chat: a system message before the prompt");

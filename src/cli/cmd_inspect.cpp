@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "model/random_spec.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
@@ -98,6 +99,7 @@ const bool kRegistered = qlora::cli::register_command(
       auto path = std::make_shared<std::string>();
       app.add_option("path", *path, "A .safetensors or .gguf file, or a model directory")->required();
       return [path] {
+        qlora::refuse_random_model(*path, "qlora inspect");
         if (ends_with_gguf(*path)) {
           inspect_gguf(*path);
           return 0;

@@ -74,6 +74,8 @@ struct ResolvedModel {
   bool permutes_qk = false;
   std::string name;
   std::unique_ptr<qlora::Tokenizer> tokenizer;  // when the model came with one
+  bool generated = false;  // a random: model (no file; weights generated in 4-bit)
+  std::string notice;      // its "random weights ...: NOT a trained model" line
 };
 
 ResolvedModel resolve_model(const Options& o) {
@@ -94,10 +96,17 @@ ResolvedModel resolve_model(const Options& o) {
       if (e.path().extension() == ".safetensors") r.file_bytes += file_size_or_zero(e.path());
     return r;
   }
-  // open_model_files parses headers and maps the file; no tensor data is read or converted.
+  // open_model_files parses headers and maps the file; no tensor data is read or converted
+  // (a random: model's shape is parsed, nothing generated).
   qlora::ModelFiles files = qlora::open_model_files(o.model, o.tokenizer);
   r.spec = files.spec;
   r.tokenizer = std::move(files.tokenizer);
+  if (files.format == qlora::ModelFormat::Random) {
+    r.name = files.path;
+    r.generated = true;
+    r.notice = files.notice;
+    return r;
+  }
   r.file_bytes = qlora::model_source_bytes(o.model);
   // GGUF and llama2.c store q/k rows in the rotary-interleaved order.
   r.permutes_qk = files.format == qlora::ModelFormat::Gguf || files.format == qlora::ModelFormat::Llama2c;
@@ -154,6 +163,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   mo.model_file_bytes = m.file_bytes;
   mo.source_permutes_qk = m.permutes_qk;
+  mo.generated_weights = m.generated;
   if (o.gpus < 1) qlora::fail("--gpus", "must be >= 1");
   mo.gpus = o.gpus;
   if (!o.lora_dtype.empty()) {
@@ -196,9 +206,11 @@ int run(const Options& o) {
   if (o.json) {
     nlohmann::json j = plan.to_json(limit);
     j["model"] = m.name;
+    if (!m.notice.empty()) j["model_notice"] = m.notice;
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("model: %s\n", m.name.c_str());
+    if (!m.notice.empty()) std::printf("warning: %s\n", m.notice.c_str());
     std::fputs(plan.to_text(limit, o.gpu_memory).c_str(), stdout);
   }
   return 0;
@@ -209,7 +221,8 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       app.add_option("--model,-m", o->model,
-                     "Model: Hugging Face directory, config.json, .safetensors, .gguf or llama2.c .bin (headers only)");
+                     "Model: Hugging Face directory, config.json, .safetensors, .gguf, llama2.c .bin (headers "
+                     "only), or random:PRESET / random:key=value,... (a shape; nothing generated)");
       app.add_option("--params", o->params, "LLaMA-1 shapes instead of a model: 7B, 13B, 33B, 65B");
       app.add_option("--tokenizer", o->tokenizer, "Tokenizer, as for train/generate (only to open the model)");
       app.add_option("--quant", o->quant, "Linear layer storage: none, nf4, fp4 (int8: pytorch-cuda engine)")

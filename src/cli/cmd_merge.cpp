@@ -17,6 +17,7 @@
 #include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
+#include "model/random_spec.h"
 #include "export/merge.h"
 #include "export/merge_gguf.h"
 #include "export/requantize.h"
@@ -72,6 +73,7 @@ int run(const Options& o) {
   std::vector<std::pair<std::string, double>> specs;
   for (const std::string& a : o.adapters) specs.push_back(split_weight(a));
 
+  qlora::refuse_random_model(o.m.model, "qlora merge");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!o.quiet)

@@ -7,6 +7,7 @@
 #include "base/progress.h"
 #include "cli/bool_flags.h"
 #include "cli/command.h"
+#include "model/random_spec.h"
 #include "quant/quantize_checkpoint.h"
 
 namespace {
@@ -40,6 +41,7 @@ const bool kQuantize = qlora::cli::register_command(
           ->capture_default_str();
       app.add_option("--skip", o->skip, "Modules kept in full precision")->capture_default_str();
       return [o] {
+        qlora::refuse_random_model(o->in, "qlora quantize");
         qlora::QuantizeOptions opt;
         opt.int8 = o->quant == "int8";
         if (!opt.int8) opt.type = qlora::quant_type_from_string(o->quant, "--quant");
@@ -69,6 +71,7 @@ const bool kDequantize = qlora::cli::register_command(
       app.add_option("--out", o->out, "Output file or directory")->required();
       app.add_option("--dtype", o->dtype, "Output dtype: fp32, bf16, fp16")->capture_default_str();
       return [o] {
+        qlora::refuse_random_model(o->in, "qlora dequantize");
         auto dt = qlora::to_dtype(qlora::compute_dtype_from_string(o->dtype));
         std::optional<qlora::ProgressBar> bar;
         auto rep = qlora::dequantize_checkpoint(o->in, o->out, dt, [&](int64_t d, int64_t t) {

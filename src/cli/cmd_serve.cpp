@@ -66,6 +66,7 @@ int run(const Options& o) {
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+  if (!files.notice.empty()) std::fprintf(stderr, "warning: %s\n", files.notice.c_str());
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
   std::vector<std::unique_ptr<qlora::LoadedAdapter>> loaded;

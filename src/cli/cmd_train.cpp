@@ -115,6 +115,12 @@ int run(const Options& o) {
   // Data first: a bad dataset should fail before minutes of model loading.
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
+  if (files.format == qlora::ModelFormat::Random) {
+    // The adapter, checkpoints, loss plot and every metrics line name the random model, in
+    // its canonical form, so that nobody takes the adapter for a real model's.
+    t.base_model_name = files.path;
+    t.metrics_model = files.path;
+  }
   qlora::LoadedExamples train_ex = qlora::cli::load_dataset_reporting(o.data, *files.tokenizer, dopt, o.quiet);
   std::vector<qlora::Example> eval_ex;
   if (!o.eval_data.empty()) eval_ex = qlora::cli::load_dataset_reporting(o.eval_data, *files.tokenizer, dopt, o.quiet).examples;
@@ -155,9 +161,8 @@ int run(const Options& o) {
                                            qlora::dataset_stats(eval_seqs).tokens);
     qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora train");
   }
-  if (!o.quiet)
-    std::fprintf(stderr, "model: %s (%s) %s\n", o.m.model.c_str(), qlora::model_format_name(files.format),
-                 files.spec.summary().c_str());
+  qlora::cli::report_model(files, o.quiet);
+  qlora::cli::add_load_progress(load, files, o.quiet);
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
   // --device cuda: the forward and backward run on the GPU; the LoRA parameters, the

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include "base/error.h"
+#include "base/progress.h"
 #include "base/text_excerpt.h"
 #include "cli/bool_flags.h"
 #include "quant/blockwise.h"
@@ -13,7 +14,10 @@
 namespace qlora::cli {
 
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help) {
-  app.add_option("--model,-m", f.model, "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin")
+  app.add_option("--model,-m", f.model,
+                 "Model: Hugging Face directory, .safetensors, .gguf or llama2.c .bin; or random:PRESET / "
+                 "random:hidden=N,layers=N,ffn=N,heads=N,vocab=N[,kv_heads,tied,max_pos,rope_theta,seed]: "
+                 "random weights of that shape (speed and memory measurements only; see README)")
       ->required();
   app.add_option("--tokenizer", f.tokenizer, "Tokenizer (directory, tokenizer.json, llama2.c .bin, .gguf)");
   app.add_option("--quant", f.quant,
@@ -112,6 +116,23 @@ void add_adapter_flag(CLI::App& app, std::string& dir) {
   app.add_option("--adapter", dir,
                  "PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as written by "
                  "`qlora train` or PEFT), applied unmerged");
+}
+
+void report_model(const ModelFiles& files, bool quiet) {
+  if (!quiet)
+    std::fprintf(stderr, "model: %s (%s) %s\n", files.path.c_str(), model_format_name(files.format),
+                 files.spec.summary().c_str());
+  if (!files.notice.empty()) std::fprintf(stderr, "warning: %s\n", files.notice.c_str());
+}
+
+void add_load_progress(ModelLoadOptions& load, const ModelFiles& files, bool quiet) {
+  if (quiet || files.format != ModelFormat::Random || files.spec.num_params() < 1000000000) return;
+  std::shared_ptr<ProgressBar> bar;  // made on the first tensor, so its clock starts with the load
+  load.progress = [bar](int64_t done, int64_t total, const std::string&) mutable {
+    if (!bar) bar = std::make_shared<ProgressBar>(total, "random weights", "tensors");
+    bar->update(done);
+    if (done == total) bar->finish();
+  };
 }
 
 std::string weights_description(const ModelFlags& f) {

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/model_loader.h"
 #include "memory/memory_plan.h"
 #include "model/model.h"
 #include "lora/adapter_loader.h"
@@ -34,6 +35,11 @@ std::vector<std::string> split_commas(const std::string& s);
 // load options they describe.
 ModelLoadOptions load_options(const ModelFlags& f);
 
+// For a random model with 1e9 parameters or more (generating them takes a while), sets
+// load.progress to draw a "random weights" progress bar over its tensors, unless `quiet`.
+// Models read from files load without one, as before.
+void add_load_progress(ModelLoadOptions& load, const ModelFiles& files, bool quiet);
+
 // --device cpu|cuda|cuda:N: where the forward pass runs (generate, chat).
 void add_device_flag(CLI::App& app, ModelFlags& f);
 
@@ -57,6 +63,12 @@ void report_device_memory(const Model& model, bool quiet);
 
 // --adapter DIR: a PEFT LoRA adapter applied unmerged (generate, chat, eval).
 void add_adapter_flag(CLI::App& app, std::string& dir);
+
+// Says what was opened: "model: PATH (FORMAT) SUMMARY" on stderr unless `quiet`, and for a
+// random model (random:...) its notice, "warning: random weights (...): NOT a trained model
+// — for speed and memory measurements only", even when quiet: nothing measured or trained
+// on one may pass for a real model's.
+void report_model(const ModelFiles& files, bool quiet);
 
 // "nf4+dq", "int8", "dense": how the flags store the Linear weights, for log lines.
 std::string weights_description(const ModelFlags& f);

@@ -10,6 +10,8 @@
 #include "base/error.h"
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
+#include "model/random_model.h"
+#include "model/random_spec.h"
 
 namespace qlora {
 
@@ -200,7 +202,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   // read: file bytes pro rata of the parameters read so far) and each tensor arrives as a
   // float32 vector that lives until it has been quantized / converted.
   const uint64_t total_params = u(s.num_params());
-  const uint64_t file_bytes = o.model_file_bytes ? o.model_file_bytes : total_params * 2;  // fp16 safetensors
+  const uint64_t file_bytes =
+      o.generated_weights ? 0 : o.model_file_bytes ? o.model_file_bytes : total_params * 2;  // fp16 safetensors
   uint64_t load_peak = 0, load_required = 0;
   {
     uint64_t held = 0, read = 0;
@@ -223,6 +226,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       uint64_t tr = w.largest_linear * 4;
       if (o.source_permutes_qk) tr = std::max(tr, 2 * QD * C * 4);
       if (o.weights == WeightFormat::Dense && db == 4) tr = o.source_permutes_qk ? QD * C * 4 : 0;
+      // Generated 4-bit: the absmax in float32 before double quantization (one per block),
+      // and each thread's chunk buffer (random_model.h).
+      if (o.generated_weights && (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4))
+        tr = ceil_div(w.largest_linear, u(std::max(o.blocksize, 1))) * 4 + threads * u(kRandomChunk) * 4;
       const uint64_t layer_params = (total_params - vc * (s.tied_embeddings ? 1 : 2)) / std::max<uint64_t>(L, 1);
       step(layer_params, per_layer_weights + 2 * C * 4, tr);
     }
@@ -302,8 +309,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   r.evictable_bytes = evict;
   if (load_peak > run_peak)
     add(r, "load phase excess (mapped file + one fp32 tensor)", load_peak - run_peak,
-        "loading peaks above the run: " + format_gb(load_peak) + " incl. the mapped model file (" +
-            format_gb(file_bytes) + ")");
+        "loading peaks above the run: " + format_gb(load_peak) +
+            (o.generated_weights ? std::string(" (generated weights: no file mapped)")
+                                 : " incl. the mapped model file (" + format_gb(file_bytes) + ")"));
   r.peak_bytes = std::max(load_peak, run_peak);
   r.required_bytes = std::max(load_required, run_peak);
   return p;
@@ -559,8 +567,9 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.double_quant = load.quant.double_quant;
   o.compute_dtype = load.compute_dtype;
   o.threads = std::max(1, threads);
-  o.model_file_bytes = model_source_bytes(model_path);
-  o.source_permutes_qk = model_source_permutes_qk(model_path);
+  o.generated_weights = is_random_model(model_path);
+  o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);
+  o.source_permutes_qk = !o.generated_weights && model_source_permutes_qk(model_path);
   return o;
 }
 

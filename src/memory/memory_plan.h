@@ -106,6 +106,9 @@ struct MemoryOptions {
   // True when the source stores q/k rows in the GGUF / llama2.c rotary order, so loading
   // q/k holds a second float32 copy while un-permuting.
   bool source_permutes_qk = false;
+  // A random: model (model/random_model.h): no file is mapped, and 4-bit Linears are
+  // generated in 4-bit (only their float32 absmax is transient), not from a float32 copy.
+  bool generated_weights = false;
 
   // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).
   int gpus = 1;
@@ -160,7 +163,8 @@ uint64_t model_source_bytes(const std::string& model_path);
 bool model_source_permutes_qk(const std::string& model_path);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
-// `load` (storage, blocksize, double quant, compute dtype) on `threads` threads.
+// `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:
+// model (model/random_spec.h) maps no file and sets generated_weights.
 // The caller fills the mode-specific fields (seq_len, prompt_len, LoRA, ...).
 MemoryOptions memory_options_for_run(const std::string& model_path, const ModelLoadOptions& load, MemoryMode mode,
                                      int threads);

@@ -82,7 +82,9 @@ GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const s
   if (opt.max_new_tokens < 0) fail("generate", "the number of new tokens must be >= 0");
 
   std::vector<int> stop_ids = opt.stop_ids;
-  if (stop_ids.empty()) {
+  if (opt.ignore_eos) {
+    stop_ids.clear();
+  } else if (stop_ids.empty()) {
     stop_ids = spec.eos_ids;
     if (tok)
       for (int32_t id = 0; id < tok->vocab_size(); ++id)

@@ -25,6 +25,10 @@ struct GenerationOptions {
   // Tokens that end generation (not emitted). Empty: the model's eos ids plus the
   // tokenizer's end-of-generation ids.
   std::vector<int> stop_ids;
+  // Never stop at a token (stop_ids and the defaults are ignored; stop strings still
+  // apply): exactly max_new_tokens, as llama.cpp's --ignore-eos. For timing, and for random
+  // models (model/random_model.h), whose eos is a token drawn by chance.
+  bool ignore_eos = false;
   // Stream the prompt's own text (decoded from its ids) before the continuation.
   bool echo_prompt = false;
   // Asked before each new token (may be empty): true ends generation there, with

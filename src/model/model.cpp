@@ -29,6 +29,12 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   if (opt.quant.quantize) {
     if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
     if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);
+    // Generated weights come straight in 4-bit: a float32 copy of a 65B shape's Linear is
+    // what such sources exist to avoid.
+    if (!opt.quant.int8)
+      if (auto q = src.generate_4bit(name, opt.quant.type, opt.quant.blocksize, opt.quant.double_quant,
+                                     opt.compute_dtype))
+        return QuantLinear(std::move(*q), opt.compute_dtype);
   }
   const std::vector<int64_t> shape = src.shape(name);
   return QuantLinear(src.get(name), shape[0], shape[1], opt.quant, opt.compute_dtype);

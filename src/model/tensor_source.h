@@ -36,6 +36,15 @@ class TensorSource {
   // When the tensor is stored as a bitsandbytes / transformers 8-bit weight (int8 codes +
   // SCB), those; nullopt otherwise. get() still works (dequantizes, (CB * SCB) / 127).
   virtual std::optional<Quantized8bit> get_int8(const std::string& /*name*/) const { return std::nullopt; }
+  // When the source can make the tensor directly in the 4-bit format asked for, without a
+  // float32 copy of the whole tensor (generated weights: model/random_model.h), that;
+  // nullopt otherwise, and the loader quantizes get() as usual. Asked only for Linear
+  // weights that get_4bit / get_int8 did not provide.
+  virtual std::optional<Quantized4bit> generate_4bit(const std::string& /*name*/, QuantType /*type*/,
+                                                     int /*blocksize*/, bool /*double_quant*/,
+                                                     ComputeDType /*dtype*/) const {
+    return std::nullopt;
+  }
   // The file or directory, for error messages.
   virtual std::string describe() const = 0;
   // The name a tensor has in the file, for messages (GGUF: "blk.0.attn_q.weight" for

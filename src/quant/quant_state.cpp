@@ -190,6 +190,21 @@ Quantized4bit quantize_tensor_4bit(const float* x, const std::vector<int64_t>& s
   check_blocksize(blocksize, "quantize_tensor_4bit");
   const int64_t n = shape_numel(shape, "quantize_tensor_4bit");
   check(n > 0, "quantize_tensor_4bit", "cannot quantize a tensor with no elements");
+  std::vector<uint8_t> packed(static_cast<size_t>(packed_4bit_bytes(n)), 0);
+  std::vector<float> absmax(static_cast<size_t>(num_blocks(n, blocksize)));
+  quantize_4bit(x, n, blocksize, type, packed.data(), absmax.data());
+  return make_quantized_4bit(std::move(packed), std::move(absmax), shape, type, blocksize, double_quant, dtype);
+}
+
+Quantized4bit make_quantized_4bit(std::vector<uint8_t> packed, std::vector<float> absmax,
+                                  const std::vector<int64_t>& shape, QuantType type, int blocksize,
+                                  bool double_quant, ComputeDType dtype) {
+  check_blocksize(blocksize, "make_quantized_4bit");
+  const int64_t n = shape_numel(shape, "make_quantized_4bit");
+  check(n > 0, "make_quantized_4bit", "cannot quantize a tensor with no elements");
+  const int64_t nb = num_blocks(n, blocksize);
+  check(static_cast<int64_t>(packed.size()) == packed_4bit_bytes(n) && static_cast<int64_t>(absmax.size()) == nb,
+        "make_quantized_4bit", "packed codes or absmax do not match the shape");
   Quantized4bit q;
   QuantState& s = q.state;
   s.type = type;
@@ -197,10 +212,7 @@ Quantized4bit quantize_tensor_4bit(const float* x, const std::vector<int64_t>& s
   s.dtype = dtype;
   s.shape = shape;
   s.code = codebook_4bit(type);
-  const int64_t nb = num_blocks(n, blocksize);
-  q.packed.assign(static_cast<size_t>(packed_4bit_bytes(n)), 0);
-  std::vector<float> absmax(static_cast<size_t>(nb));
-  quantize_4bit(x, n, blocksize, type, q.packed.data(), absmax.data());
+  q.packed = std::move(packed);
   if (!double_quant) {
     s.absmax = std::move(absmax);
     return q;

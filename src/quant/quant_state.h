@@ -59,6 +59,14 @@ struct Quantized4bit {
 // (compress_statistics = double_quant).
 Quantized4bit quantize_tensor_4bit(const float* x, const std::vector<int64_t>& shape, QuantType type,
                                    int blocksize, bool double_quant, ComputeDType dtype);
+// The same from codes and float32 absmax already made by quantize_4bit (e.g. block by block
+// from a small buffer: model/random_model.h): packed ((numel+1)/2 bytes) and absmax (one per
+// block) are taken, and double quantization applied when asked, exactly as
+// quantize_tensor_4bit applies it (so quantizing in pieces gives the same result as whole).
+// Throws Error when the sizes do not fit the shape and blocksize.
+Quantized4bit make_quantized_4bit(std::vector<uint8_t> packed, std::vector<float> absmax,
+                                  const std::vector<int64_t>& shape, QuantType type, int blocksize,
+                                  bool double_quant, ComputeDType dtype);
 // Dequantize the whole tensor into `out` (numel elements).
 void dequantize_tensor_4bit(const Quantized4bit& q, float* out);
 void dequantize_tensor_4bit(const Quantized4bit& q, uint16_t* out, DType out_dtype /* BF16 or F16 */);

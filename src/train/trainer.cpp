@@ -109,7 +109,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
-void write_jsonl(LineAppendFile* f, const nlohmann::json& j) {
+void write_jsonl(LineAppendFile* f, nlohmann::json j, const std::string& model) {
+  if (!model.empty()) j["model"] = model;
   if (f) f->append_line(j.dump());
 }
 
@@ -249,7 +250,8 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
       fail("eval", "the eval loss at step " + std::to_string(step) + " is not finite: the run diverged" +
                        (last_checkpoint.empty() ? std::string() : "; the last good checkpoint is " + last_checkpoint));
     res.evals.emplace_back(step, e);
-    write_jsonl(metrics.get(), {{"step", step}, {"eval_loss", e.loss}, {"eval_ppl", e.ppl()}, {"eval_tokens", e.tokens}});
+    write_jsonl(metrics.get(), {{"step", step}, {"eval_loss", e.loss}, {"eval_ppl", e.ppl()}, {"eval_tokens", e.tokens}},
+                opt.metrics_model);
     if (opt.progress)
       std::fprintf(stderr, "eval at step %lld: loss %.4f, perplexity %.3f (%lld tokens)\n", static_cast<long long>(step),
                    e.loss, e.ppl(), static_cast<long long>(e.tokens));
@@ -309,7 +311,7 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
                            {"tokens_per_s", log.tokens_per_s}, {"elapsed_s", log.elapsed_s},
                            {"rss_bytes", log.rss_bytes}, {"skipped", log.skipped}};
     if (log.gpu_bytes > 0) line["gpu_peak_bytes"] = log.gpu_bytes;
-    write_jsonl(metrics.get(), line);
+    write_jsonl(metrics.get(), std::move(line), opt.metrics_model);
     if (bar)
       bar->update(step + 1, "loss " + fmt("%.4f", log.loss) + " lr " + fmt("%.2e", log.lr) + " " +
                                 fmt("%.0f", log.tokens_per_s) + " tok/s mem " +

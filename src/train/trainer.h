@@ -41,6 +41,10 @@ namespace qlora {
 struct TrainerOptions {
   std::string out_dir;                 // "" = write nothing (no metrics, no adapter, no checkpoints)
   std::string base_model_name;         // adapter_config.json base_model_name_or_path
+  // When set, every metrics.jsonl line carries "model": this. Set for random models
+  // ("random:llama-7b"), so that a line read on its own still says its numbers come from
+  // random weights; empty (no field) for real models.
+  std::string metrics_model;
   int64_t max_steps = -1;              // > 0: exactly this many steps; else `epochs` decides
   double epochs = 1.0;                 // passes over the training sequences (may be fractional)
   int64_t batch_size = 1;

@@ -264,6 +264,12 @@ void CudaRunner::forward(DeviceSequence& seq_base, int64_t pos0, std::span<const
   const ModelSpec& s = spec_;
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (T == 0) return;
+  // The CUDA attention kernels have no sliding window yet: within it they are exact.
+  if (s.sliding_window > 0 && pos0 + T > s.sliding_window)
+    fail("--device cuda", "this " + s.family + " model attends through a sliding window of " +
+                              std::to_string(s.sliding_window) + " positions, which the CUDA backend does not " +
+                              "implement yet; a sequence of " + std::to_string(pos0 + T) +
+                              " tokens needs it (use --device cpu, or shorter sequences)");
   if (pos0 + T > seq.capacity) grow(seq, std::min(s.max_positions, std::max(pos0 + T, 2 * seq.capacity)));
   ensure_scratch(T);
   if (T == 1 && logits && !all_logits) {
@@ -430,6 +436,9 @@ void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits
 }
 
 std::shared_ptr<const DeviceRunner> make_runner(const Model& model, int device) {
+  if (model.spec().qk_norm)
+    fail("--device cuda", model.spec().family + ": the per-head q/k norms of this model do not run on CUDA yet; use "
+                          "--device cpu");
   return std::make_shared<CudaRunner>(model, device);
 }
 

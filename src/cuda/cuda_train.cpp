@@ -221,6 +221,11 @@ float CudaRunner::train_forward(TrainState& ts, const LoraModel& lm, std::span<c
   const ModelSpec& s = spec_;
   const int64_t T = static_cast<int64_t>(inputs.size());
   const int64_t C = s.hidden, NL = s.n_layers, V = s.vocab, NH = s.n_heads, F = s.ffn, HS = s.head_dim;
+  if (s.sliding_window > 0 && T > s.sliding_window)
+    fail("--device cuda", "this " + s.family + " model attends through a sliding window of " +
+                              std::to_string(s.sliding_window) + " positions, which the CUDA backend does not " +
+                              "implement yet; a training sequence of " + std::to_string(T) +
+                              " tokens needs it (use --device cpu, or a shorter --seq-len)");
   ts.T = T;
 
   // LoRA layers: shapes from the LoraModel, A and B uploaded now (the optimizer moved them).

@@ -18,8 +18,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   if (type != GgmlType::F32 && type != GgmlType::F16) fail("--type", "a LoRA GGUF is written as f32 or f16");
   std::string arch;
   if (spec.family == "llama" || spec.family == "mistral") arch = "llama";
-  else if (spec.family == "qwen2") arch = "qwen2";
-  else fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (llama, mistral, qwen2)");
+  else if (spec.family == "qwen2" || spec.family == "qwen3") arch = spec.family;
+  else fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (llama, mistral, qwen2, qwen3)");
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
   const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;

@@ -101,6 +101,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
         if (rest == "input_layernorm.weight") return L.input_norm;
         if (rest == "post_attention_layernorm.weight") return L.post_norm;
+        if (rest == "self_attn.q_norm.weight" && !L.q_norm.empty()) return L.q_norm;
+        if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
         for (int w = 0; w < 7; ++w) {
           if (rest == std::string(kBlockLinearModules[w]) + ".weight") return merged_linear_weight(model, l, w, adapters);
           if (rest == std::string(kBlockLinearModules[w]) + ".bias") return model.block_linear(l, w).bias();
@@ -150,10 +152,13 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   if (s.family == "llama") arch = "LlamaForCausalLM";
   else if (s.family == "mistral") arch = "MistralForCausalLM";
   else if (s.family == "qwen2") arch = "Qwen2ForCausalLM";
-  else fail("config.json", "exporting model_type '" + s.family + "' is not supported (llama, mistral, qwen2)");
-  if (s.family == "llama" && s.qkv_bias != s.o_bias)
-    fail("config.json", "a llama model with biases on q/k/v but not o (or the reverse) has no config.json form");
-  if (s.family != "llama" && (s.o_bias || s.mlp_bias))
+  else if (s.family == "qwen3") arch = "Qwen3ForCausalLM";
+  else fail("config.json", "exporting model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3)");
+  const bool attention_bias_switch = s.family == "llama" || s.family == "qwen3";
+  if (attention_bias_switch && s.qkv_bias != s.o_bias)
+    fail("config.json", "a " + s.family + " model with biases on q/k/v but not o (or the reverse) has no config.json form");
+  if (s.family == "qwen3" && s.mlp_bias) fail("config.json", "qwen3 has no config.json switch for MLP biases");
+  if (s.family != "llama" && s.family != "qwen3" && (s.o_bias || s.mlp_bias))
     fail("config.json", s.family + " has no config.json switch for o_proj or MLP biases");
   if (s.family == "mistral" && s.qkv_bias) fail("config.json", "mistral has no config.json switch for q/k/v biases");
   if (s.family == "qwen2" && !s.qkv_bias) fail("config.json", "qwen2 always has q/k/v biases; this model has none");
@@ -174,7 +179,12 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   if (s.family == "llama") {
     j["attention_bias"] = s.qkv_bias;
     j["mlp_bias"] = s.mlp_bias;
+  } else if (s.family == "qwen3") {
+    j["attention_bias"] = s.qkv_bias;
   }
+  // Written even when off: a config without the key gets the class default (4096 for
+  // MistralConfig in some transformers versions), which would change the model.
+  if (s.family == "mistral") j["sliding_window"] = s.sliding_window > 0 ? nlohmann::ordered_json(s.sliding_window) : nlohmann::ordered_json();
   if (s.bos_id >= 0) j["bos_token_id"] = s.bos_id;
   if (s.eos_ids.size() == 1) j["eos_token_id"] = s.eos_ids[0];
   else if (!s.eos_ids.empty()) j["eos_token_id"] = s.eos_ids;

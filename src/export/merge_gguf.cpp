@@ -94,8 +94,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
   std::string arch;
   if (s.family == "llama" || s.family == "mistral") arch = "llama";
-  else if (s.family == "qwen2") arch = "qwen2";
-  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2)");
+  else if (s.family == "qwen2" || s.family == "qwen3") arch = s.family;
+  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3)");
   const bool permute_qk = arch == "llama";  // llama.cpp's llama graph expects its rotary row order
 
   GgufWriter w;

@@ -82,8 +82,8 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   const json* mt = find_key(j, "model_type");
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
   const std::string type = mt->get<std::string>();
-  if (type != "llama" && type != "mistral" && type != "qwen2")
-    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2)");
+  if (type != "llama" && type != "mistral" && type != "qwen2" && type != "qwen3")
+    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2, qwen3)");
 
   ModelSpec s;
   s.family = type;
@@ -91,7 +91,8 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.n_layers = get_int(j, "num_hidden_layers", where);
   s.n_heads = get_int(j, "num_attention_heads", where);
   s.n_kv_heads = get_int(j, "num_key_value_heads", where, s.n_heads);
-  s.head_dim = get_int(j, "head_dim", where, s.n_heads > 0 ? s.hidden / s.n_heads : 0);
+  // Qwen3Config's head_dim defaults to 128 whatever the hidden size; the others derive it.
+  s.head_dim = get_int(j, "head_dim", where, type == "qwen3" ? 128 : s.n_heads > 0 ? s.hidden / s.n_heads : 0);
   s.ffn = get_int(j, "intermediate_size", where);
   s.vocab = get_int(j, "vocab_size", where);
   const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : 32768;
@@ -108,9 +109,23 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, false);
   if (type == "qwen2") {
     s.qkv_bias = true;
+  } else if (type == "qwen3") {
+    s.qk_norm = true;
+    s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
   } else if (type == "llama") {
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
     s.mlp_bias = get_bool(j, "mlp_bias", where, false);
+  }
+  // Sliding-window attention: mistral's applies to every layer; qwen2/qwen3 turn theirs on
+  // per layer (use_sliding_window, max_window_layers, layer_types), which is not implemented.
+  if (type == "mistral") {
+    s.sliding_window = get_int(j, "sliding_window", where, 0);
+    if (s.sliding_window < 0) fail(where, "sliding_window must be positive or null, got " + std::to_string(s.sliding_window));
+  } else if (type == "qwen2" || type == "qwen3") {
+    bool sliding = get_bool(j, "use_sliding_window", where, false);
+    if (const json* lt = find_key(j, "layer_types"); lt && lt->is_array())
+      for (const json& t : *lt) sliding = sliding || (t.is_string() && t.get<std::string>() == "sliding_attention");
+    if (sliding) fail(where, "per-layer sliding-window attention (use_sliding_window / layer_types) is not supported yet");
   }
   if (s.n_heads > 0 && s.hidden % s.n_heads != 0 && !find_key(j, "head_dim"))
     fail(where, "hidden_size " + std::to_string(s.hidden) + " is not a multiple of num_attention_heads " +

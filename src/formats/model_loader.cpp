@@ -241,6 +241,7 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias");
   s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
   s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias");
+  s.qk_norm = hp.architecture == "qwen3";
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);
   if (tk.eos_id) s.eos_ids = {static_cast<int>(*tk.eos_id)};

@@ -260,7 +260,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
                                : "2 x fp32 moments per parameter",
         paged);
     // TrainWorkspace::Block, one per layer without checkpointing, one with.
-    const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F) +
+    // (qk_norm models also keep q and k before their norms, and one rstd per head.)
+    const uint64_t qk_norm = s.qk_norm ? T * QD + T * KVD + T * NH + T * u(s.n_kv_heads) : 0;
+    const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F + qk_norm) +
                            4 * (static_cast<uint64_t>(ls.modules_per_block) * T * r_ + (drop ? T * ls.sum_in : 0));
     const uint64_t xs = 4 * (L + 1) * T * C;
     r.activations_checkpointed = xs + block;
@@ -281,6 +283,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     }
     if (db != 4) tile = std::max(tile, std::min<uint64_t>(std::max<uint64_t>((1u << 18) / C, 16), V) * C);
     const uint64_t scratch = 4 * (4 * T * C + 3 * T * F + 2 * T * QD + 2 * T * KVD + NH * T * T + T * HS + T * C +
+                                  (s.qk_norm ? T * QD + T * KVD : 0) +
                                   T + T + tile + (o.checkpointing ? T * C : 0));
     // The largest transient on top: lora_forward's (T, out) product and dropout copy, or the
     // lm_head input-gradient panels (64 x V + T x 64 floats per thread).

@@ -118,6 +118,12 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
     progress(name("input_layernorm"));
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
+    if (spec.qk_norm) {
+      L.q_norm = load_vector(src, name("self_attn.q_norm"), opt.compute_dtype);
+      progress(name("self_attn.q_norm"));
+      L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
+      progress(name("self_attn.k_norm"));
+    }
     L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
     progress(name("post_attention_layernorm"));
     for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
@@ -134,7 +140,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 size_t Model::weight_bytes() const {
   size_t b = embed_.bytes() + lm_head_.bytes() + final_norm_.size() * sizeof(float);
   for (const LayerWeights& L : layers_) {
-    b += (L.input_norm.size() + L.post_norm.size()) * sizeof(float);
+    b += (L.input_norm.size() + L.post_norm.size() + L.q_norm.size() + L.k_norm.size()) * sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
   }
   return b;
@@ -208,6 +214,7 @@ void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
   cos_.resize(n(s.head_dim / 2));
   sin_.resize(n(s.head_dim / 2));
   pos_.resize(n(1));
+  key_start_.resize(n(1));
   scratch_T_ = T;
 }
 
@@ -268,6 +275,12 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   embedding_forward(x, tokens.data(), T, model.embed_tokens());
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta);
+  // A sliding window narrows each query's keys once the sequence is longer than it.
+  const int32_t* key_start = nullptr;
+  if (s.sliding_window > 0 && pos0 + T > s.sliding_window) {
+    for (int64_t t = 0; t < T; ++t) st.key_start_[t] = static_cast<int32_t>(first_visible_key(s, pos0 + t));
+    key_start = st.key_start_.data();
+  }
 
   const LoraModel* ad = model.adapter();
   for (int64_t l = 0; l < s.n_layers; ++l) {
@@ -277,6 +290,12 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     linear(q, L.q_proj, ad, l, 0, h, T);
     linear(k, L.k_proj, ad, l, 1, h, T);
     linear(v, L.v_proj, ad, l, 2, h, T);
+    if (s.qk_norm) {  // per head, on the projections as the compute dtype holds them
+      round_activations(q, T * QD, dt);
+      round_activations(k, T * KVD, dt);
+      rmsnorm_forward(q, nullptr, q, L.q_norm.data(), T * NH, HS, s.norm_eps, dt);
+      rmsnorm_forward(k, nullptr, k, L.k_norm.data(), T * NKV, HS, s.norm_eps, dt);
+    }
     rope_forward(q, st.cos_.data(), st.sin_.data(), T, NH, HS);
     rope_forward(k, st.cos_.data(), st.sin_.data(), T, NKV, HS);
     round_activations(q, T * QD, dt);
@@ -285,7 +304,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     float* vc = st.cache_.values(l);  // (capacity, NKV*HS)
     std::copy_n(k, T * KVD, kc + pos0 * KVD);
     std::copy_n(v, T * KVD, vc + pos0 * KVD);
-    attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS);
+    attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS, key_start);
     round_activations(att, T * QD, dt);
     linear(o, L.o_proj, ad, l, 3, att, T);
     residual_forward(x, x, o, T * C);

@@ -30,6 +30,7 @@ namespace qlora {
 struct LayerWeights {
   std::vector<float> input_norm;  // (C) input_layernorm, rounded to the compute dtype
   std::vector<float> post_norm;   // (C) post_attention_layernorm
+  std::vector<float> q_norm, k_norm;  // (HS) each, qk_norm models only (else empty)
   QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
   QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down).
@@ -119,6 +120,7 @@ class InferenceState {
   // Scratch, (T, ...) each.
   std::vector<float> x_, h_, q_, k_, v_, att_, o_, gate_, up_, cos_, sin_;
   std::vector<int32_t> pos_;
+  std::vector<int32_t> key_start_;  // (T) sliding-window models: each query's first key
 };
 
 // Runs `tokens` at positions state.position() .. + T-1, appending their keys and values to

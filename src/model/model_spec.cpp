@@ -37,6 +37,7 @@ void ModelSpec::validate(const std::string& where) const {
   if (norm != NormKind::RMSNorm || mlp != MlpKind::SwiGLU || positional != PositionalKind::Rotary)
     fail(where, "architecture '" + family + "' needs block variants not implemented yet (only the llama family "
                 "with RMSNorm, rotary embeddings and a SwiGLU MLP is)");
+  if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
@@ -67,6 +68,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
+    if (qk_norm) {
+      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {head_dim}});
+      t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {head_dim}});
+    }
     t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
     linears(l, 4, 7);  // gate, up, down
   }

@@ -2,9 +2,9 @@
 // The architecture of a decoder-only transformer, independent of any file format.
 // Readers (llama2.c, config.json, GGUF) produce a ModelSpec; the model is built from it.
 //
-// Only the llama family (llama, mistral, qwen2, smollm, ...) is implemented today: RMSNorm,
-// rotary embeddings in the Hugging Face "rotate halves" convention, grouped-query
-// attention, SwiGLU MLP. The enums below name the block variants other families need
+// Only the llama family (llama, mistral, qwen2, qwen3, smollm, ...) is implemented today:
+// RMSNorm, rotary embeddings in the Hugging Face "rotate halves" convention, grouped-query
+// attention (with qwen3's per-head q/k norms and mistral's sliding window), SwiGLU MLP. The enums below name the block variants other families need
 // (gpt2: LayerNorm + learned positions + GELU MLP; gpt_neox: partial rotary, parallel
 // residual; opt: ReLU MLP) so that adding one is adding a spec and a few block variants.
 #include <cstdint>
@@ -42,7 +42,7 @@ struct BlockLinearSpec {
 };
 
 struct ModelSpec {
-  std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, ...
+  std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, qwen3, ...
   NormKind norm = NormKind::RMSNorm;
   MlpKind mlp = MlpKind::SwiGLU;
   PositionalKind positional = PositionalKind::Rotary;
@@ -62,6 +62,12 @@ struct ModelSpec {
   bool qkv_bias = false;         // q/k/v projections have a bias (qwen2; llama attention_bias)
   bool o_bias = false;           // o_proj has a bias (llama attention_bias)
   bool mlp_bias = false;         // gate/up/down have a bias (llama mlp_bias)
+  // RMSNorm over each head of q and of k (weights self_attn.q_norm / k_norm, head_dim
+  // each), after the projections and before rotary (qwen3).
+  bool qk_norm = false;
+  // > 0: query position p attends to keys at positions p - sliding_window + 1 .. p only
+  // (mistral's sliding_window; transformers' mask kv_idx > q_idx - sliding_window). 0: all.
+  int64_t sliding_window = 0;
 
   int bos_id = -1;               // -1: none
   std::vector<int> eos_ids;      // generation stops at any of these
@@ -85,6 +91,12 @@ struct ModelSpec {
   // One line for logs: "llama: 5 layers, hidden 64, heads 8/4 x 8, ffn 172, vocab 512".
   std::string summary() const;
 };
+
+// The first key position query position `pos` attends to under the spec's sliding window
+// (0 without one).
+inline int64_t first_visible_key(const ModelSpec& s, int64_t pos) {
+  return s.sliding_window > 0 && pos >= s.sliding_window ? pos - s.sliding_window + 1 : 0;
+}
 
 // Hugging Face names of the per-layer tensors, e.g. layer_tensor_name(3, "self_attn.q_proj")
 // = "model.layers.3.self_attn.q_proj.weight".

@@ -13,6 +13,8 @@ namespace qlora {
 struct TrainWorkspace::Block {
   std::vector<float> h1, rstd1;        // (T, C), (T)  input_layernorm output and its rstd
   std::vector<float> q, k, v;          // (T, QD), (T, KVD), (T, KVD)  q, k rotated
+  std::vector<float> qpre, kpre;       // qk_norm: the projections before their norms
+  std::vector<float> rstdq, rstdk;     // qk_norm: (T*NH), (T*NKV)
   std::vector<float> att;              // (NH, T, T)  attention probabilities
   std::vector<float> atto;             // (T, QD)  attention output (o_proj input)
   std::vector<float> xmid;             // (T, C)  residual after attention
@@ -27,6 +29,12 @@ struct TrainWorkspace::Block {
     z(q, T * s.q_dim());
     z(k, T * s.kv_dim());
     z(v, T * s.kv_dim());
+    if (s.qk_norm) {
+      z(qpre, T * s.q_dim());
+      z(kpre, T * s.kv_dim());
+      z(rstdq, T * s.n_heads);
+      z(rstdk, T * s.n_kv_heads);
+    }
     z(att, s.n_heads * T * T);
     z(atto, T * s.q_dim());
     z(xmid, T * s.hidden);
@@ -55,7 +63,7 @@ struct TrainWorkspace::Impl {
   std::vector<float> hsel, dhsel;        // (M, C) gathered head inputs and their gradient
   std::vector<float> tile;               // dequantized rows of a weight
   // backward scratch
-  std::vector<float> dx, dxmid, dh, dact, dgate, dup, datto, dq, dk, dv, datt, dhf;
+  std::vector<float> dx, dxmid, dh, dact, dgate, dup, datto, dq, dk, dv, datt, dhf, dqpre, dkpre;
 };
 
 TrainWorkspace::TrainWorkspace() : impl_(std::make_unique<Impl>()) {}
@@ -131,6 +139,12 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   round_activations(b.q.data(), T * QD, dt);
   round_activations(b.k.data(), T * KVD, dt);
   round_activations(b.v.data(), T * KVD, dt);
+  if (s.qk_norm) {  // per-head norms: keep their inputs for the backward
+    b.qpre.assign(b.q.begin(), b.q.end());
+    b.kpre.assign(b.k.begin(), b.k.end());
+    rmsnorm_forward(b.q.data(), b.rstdq.data(), b.qpre.data(), L.q_norm.data(), T * NH, HS, s.norm_eps, dt);
+    rmsnorm_forward(b.k.data(), b.rstdk.data(), b.kpre.data(), L.k_norm.data(), T * NKV, HS, s.norm_eps, dt);
+  }
   rope_forward(b.q.data(), cos, sin, T, NH, HS);
   rope_forward(b.k.data(), cos, sin, T, NKV, HS);
   round_activations(b.q.data(), T * QD, dt);
@@ -190,6 +204,15 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
                      w.key_start.empty() ? nullptr : w.key_start.data());
   rope_backward(w.dq.data(), w.cos.data(), w.sin.data(), T, NH, HS);
   rope_backward(w.dk.data(), w.cos.data(), w.sin.data(), T, NKV, HS);
+  if (s.qk_norm) {  // through the per-head norms to the projections' outputs
+    zero(w.dqpre, T * QD);
+    zero(w.dkpre, T * KVD);
+    rmsnorm_backward(w.dqpre.data(), nullptr, w.dq.data(), b.qpre.data(), L.q_norm.data(), b.rstdq.data(), T * NH, HS);
+    rmsnorm_backward(w.dkpre.data(), nullptr, w.dk.data(), b.kpre.data(), L.k_norm.data(), b.rstdk.data(), T * NKV,
+                     HS);
+    w.dq.swap(w.dqpre);
+    w.dk.swap(w.dkpre);
+  }
   zero(w.dh, T * C);
   lin(BlockLinear::Q, w.dh.data(), w.dq.data(), b.h1.data());
   lin(BlockLinear::K, w.dh.data(), w.dk.data(), b.h1.data());
@@ -220,12 +243,17 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
     w.pos[static_cast<size_t>(t)] = p;
     packed = packed || p != t;
   }
-  if (packed) {
+  // Each query's first key: its own example's start when packed, and no further back than
+  // the sliding window.
+  const bool windowed = s.sliding_window > 0 && T > s.sliding_window;
+  if (packed || windowed) {
     w.key_start.resize(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t)
-      w.key_start[static_cast<size_t>(t)] = static_cast<int32_t>(t) - w.pos[static_cast<size_t>(t)];
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t p = w.pos[static_cast<size_t>(t)];
+      w.key_start[static_cast<size_t>(t)] = static_cast<int32_t>(t - p + first_visible_key(s, p));
+    }
   }
-  const int32_t* key_start = packed ? w.key_start.data() : nullptr;
+  const int32_t* key_start = w.key_start.empty() ? nullptr : w.key_start.data();
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
   w.sin.resize(w.cos.size());
   rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta);

@@ -1,0 +1,208 @@
+// Every supported family against transformers, PEFT and bitsandbytes on a tiny random model
+// of that architecture (tests/fixtures/families/<family>/, tools/make_family_fixtures.py):
+//   * the float32 logits of a 20-token prompt, within float32 rounding of transformers;
+//   * 32 greedy tokens with the KV cache, identical to transformers' generate;
+//   * the logits with every block Linear in NF4 (quantized on load, blocksize 64), within
+//     float32 rounding of transformers with bitsandbytes' NF4 round trip of the same Linears
+//     (so the right tensors are quantized, and nothing else);
+//   * a PEFT adapter (all-linear, B non-zero) loaded here gives PeftModel's logits;
+//   * one LoRA training step's gradients equal PEFT's within float32 rounding;
+//   * (llama, qwen2, qwen3) the GGUF llama.cpp's converter would write gives the same logits.
+// The fixture models have peaked logits, random norm weights and biases, and the shapes
+// that make the family differ from Llama (see the script), so a wrong norm, scale, mask or
+// rotary shows.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/model_loader.h"
+#include "formats/safetensors.h"
+#include "lora/lora.h"
+#include "lora/peft_adapter.h"
+#include "model/model.h"
+#include "model/model_test_util.h"
+#include "train/train_model.h"
+
+using namespace qlora;
+using namespace qlora::test;
+using nlohmann::json;
+
+namespace {
+
+std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_DIR) + "/families/" + f; }
+
+// The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
+// and its name here.
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3"};
+
+// Logits here are within ±7. float32 rounding between two implementations of the same
+// forward (other summation orders) measured ~1e-6 on them; 2e-5 absolute leaves room while
+// a wrong scale, norm or mask moves logits by 1e-2 or more.
+constexpr double kLogitAbs = 2e-5;
+// LoRA gradients: max |Δ| / max |ref| per tensor.
+constexpr double kGradRel = 2e-5;
+
+struct Fixture {
+  json ref;
+  std::unique_ptr<SafeTensorsFile> logits;
+};
+
+Fixture read_fixture(const std::string& f) {
+  Fixture x;
+  x.ref = json::parse(read_file(family_dir(f) + "/reference.json"));
+  x.logits = std::make_unique<SafeTensorsFile>(family_dir(f) + "/logits.safetensors");
+  return x;
+}
+
+std::unique_ptr<Model> load(const std::string& f, bool nf4) {
+  ModelFiles files = open_model_files(family_dir(f));
+  ModelLoadOptions o;
+  o.quant.quantize = nf4;
+  o.quant.type = QuantType::NF4;
+  o.quant.blocksize = 64;
+  o.quant.double_quant = false;
+  return std::make_unique<Model>(Model::load(files.spec, *files.tensors, o));
+}
+
+std::vector<float> prompt_logits(const Model& m, const std::vector<int>& prompt) {
+  InferenceState st(m.spec(), static_cast<int64_t>(prompt.size()));
+  std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
+  forward(m, st, prompt, out.data(), /*all_logits=*/true);
+  return out;
+}
+
+void expect_logits(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = std::fabs(double(got[i]) - want[i]);
+    if (!(d <= worst)) worst = d, at = i;
+  }
+  EXPECT_LE(worst, kLogitAbs) << what << ": max |Δlogit| at " << at << " (ours " << got[at] << ", reference "
+                              << want[at] << ")";
+}
+
+class Families : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Families, LogitsMatchTransformers) {
+  const Fixture x = read_fixture(GetParam());
+  const auto m = load(GetParam(), false);
+  EXPECT_EQ(m->spec().family, x.ref.at("model_type").get<std::string>());
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " float32");
+}
+
+TEST_P(Families, GreedyTokensMatchTransformers) {
+  const Fixture x = read_fixture(GetParam());
+  const auto m = load(GetParam(), false);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  const int n_prompt = x.ref.at("greedy_prompt_len").get<int>();
+  const auto want = x.ref.at("greedy").get<std::vector<int>>();
+  InferenceState st(m->spec(), n_prompt + static_cast<int64_t>(want.size()));
+  std::vector<float> logits(static_cast<size_t>(m->spec().vocab));
+  std::vector<int> step(prompt.begin(), prompt.begin() + n_prompt), got;
+  for (size_t k = 0; k < want.size(); ++k) {
+    forward(*m, st, step, logits.data());
+    const int next = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    got.push_back(next);
+    step = {next};
+  }
+  EXPECT_EQ(got, want) << GetParam();
+}
+
+TEST_P(Families, Nf4LogitsMatchBitsandbytes) {
+  const Fixture x = read_fixture(GetParam());
+  const auto m = load(GetParam(), true);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("nf4_logits")), GetParam() + " nf4");
+}
+
+TEST_P(Families, PeftAdapterGivesPeftLogits) {
+  const Fixture x = read_fixture(GetParam());
+  const auto m = load(GetParam(), false);
+  const PeftAdapter a = load_peft_adapter(family_dir(GetParam()) + "/initial_adapter");
+  LoraModel lm(*m, a.config);
+  a.apply_to(lm.layers());
+  m->set_adapter(&lm);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("peft_logits")), GetParam() + " peft");
+  m->set_adapter(nullptr);
+}
+
+TEST_P(Families, LoraGradientsMatchPeft) {
+  const Fixture x = read_fixture(GetParam());
+  const auto m = load(GetParam(), false);
+  const PeftAdapter a = load_peft_adapter(family_dir(GetParam()) + "/initial_adapter");
+  LoraModel lm(*m, a.config);
+  a.apply_to(lm.layers());
+  const auto ids = x.ref.at("ids").get<std::vector<std::vector<int>>>();
+  const auto labels = x.ref.at("labels").get<std::vector<std::vector<int>>>();
+  // transformers' loss: the mean over all non-ignored shifted targets of the batch.
+  std::vector<std::vector<int>> targets;
+  int64_t total = 0;
+  std::vector<int64_t> counts;
+  for (const auto& l : labels) {
+    std::vector<int> t(l.begin() + 1, l.end());
+    t.push_back(-100);
+    counts.push_back(std::count_if(t.begin(), t.end(), [](int v) { return v != -100; }));
+    total += counts.back();
+    targets.push_back(std::move(t));
+  }
+  lm.zero_grad();
+  TrainWorkspace ws;
+  double loss = 0;
+  for (size_t s = 0; s < ids.size(); ++s) {
+    TrainStepOptions opt;
+    opt.training = true;
+    opt.checkpointing = s == 1;  // both paths: recompute must give the same gradients
+    opt.grad_scale = static_cast<float>(double(counts[s]) / double(total));
+    loss += opt.grad_scale * forward_backward(lm, ws, ids[s], targets[s], opt, nullptr);
+  }
+  EXPECT_NEAR(loss, x.ref.at("loss").get<double>(), 2e-6 * x.ref.at("loss").get<double>()) << GetParam();
+  const SafeTensorsFile grads(family_dir(GetParam()) + "/grads.safetensors");
+  ASSERT_EQ(grads.tensors().size(), 2 * lm.layers().size()) << "the fixture's LoRA modules differ from ours";
+  for (const LoraLayer& l : lm.layers()) {
+    for (char which : {'A', 'B'}) {
+      const std::string key = peft_lora_key(l.module_path, which);
+      const std::vector<float> want = grads.to_float(grads.at(key));
+      const std::vector<float>& got = which == 'A' ? l.dA : l.dB;
+      ASSERT_EQ(got.size(), want.size()) << key;
+      double num = 0, den = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        num = std::max(num, std::fabs(double(got[i]) - want[i]));
+        den = std::max(den, std::fabs(double(want[i])));
+      }
+      EXPECT_LE(num / den, kGradRel) << GetParam() << " " << key;
+    }
+  }
+}
+
+// The GGUF of the same weights, as llama.cpp's converter writes that architecture (the
+// fixture script checked llama.cpp itself reproduces transformers' logits from it).
+class FamiliesGguf : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FamiliesGguf, GgufLogitsMatchTransformers) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()) + "/model.gguf");
+  EXPECT_EQ(files.spec.family, x.ref.at("model_type").get<std::string>());
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model m = Model::load(files.spec, *files.tensors, o);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " gguf");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf, ::testing::Values("llama", "qwen2", "qwen3"),
+                         [](const auto& info) { return std::string(info.param); });
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace

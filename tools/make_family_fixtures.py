@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Per-family reference fixtures (tests/model/test_families.cpp): a tiny model of each
+architecture made by transformers from a random init, and what transformers + PEFT +
+bitsandbytes compute with it — implementations nobody here wrote.
+
+    .refenv/bin/python tools/make_family_fixtures.py [FAMILY ...]
+
+Deterministic (fixed seeds, CPU, float32, eager attention): a rerun rewrites the same
+bytes. Writes tests/fixtures/families/<family>/:
+
+  config.json, model.safetensors   the model (float32), a Hugging Face directory
+  reference.json                   the prompt ids, the greedy continuation (32 tokens, HF
+                                   generate with its KV cache), the training batch (ids,
+                                   labels), the loss, and the LoRA config
+  logits.safetensors               "logits": full logits of the prompt, float32;
+                                   "nf4_logits": the same with every Linear inside the blocks
+                                   replaced by its bitsandbytes NF4 round trip (blocksize 64),
+                                   i.e. which tensors a QLoRA load quantizes;
+                                   "peft_logits": PeftModel with initial_adapter/ on the
+                                   float32 base
+  initial_adapter/                 PEFT save_pretrained: r 4, alpha 8, all-linear, B filled
+                                   with seeded N(0, 0.05^2) so A gets gradients too
+  grads.safetensors                d loss / d (A, B) of that adapter on the batch, float32,
+                                   keyed by PEFT's names
+  model.gguf                       (llama, qwen2, qwen3) the same weights as llama.cpp's
+                                   converter lays them out for that architecture (F32; q/k
+                                   rows permuted for "llama"), with a 160-token
+                                   SentencePiece-style vocabulary; llama.cpp itself
+                                   (llama-cpp-python, float32 KV cache) is run on the prompt
+                                   here and must give transformers' logits within 1e-3,
+                                   which checks the file, not just our reader
+
+The models are made so that a wrong detail shows in the logits: initializer_range 0.2 (peaked
+logits), every norm weight and bias drawn at random, and shapes where the family differs
+from Llama (head_dim != hidden / heads for Qwen3, a sliding window shorter than the prompt
+for Mistral, tied heads where the family ties them).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "fixtures" / "families"
+
+COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-6,
+              initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+# family -> (config class name, extra config); each a shape that exercises what is particular to it
+FAMILIES = {
+    "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
+    "llama_bias": ("LlamaConfig", dict(rope_theta=10000.0, attention_bias=True, mlp_bias=True,
+                                       tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", dict(rope_theta=1000000.0, head_dim=32, tie_word_embeddings=True)),
+}
+
+PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
+
+
+def make_model(family: str):
+    import transformers
+    cls_name, extra = FAMILIES[family]
+    cfg = getattr(transformers, cls_name)(**COMMON, **extra)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(1234)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    g = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    model.eval()
+    return model
+
+
+def nf4_roundtrip(model):
+    import bitsandbytes.functional as F
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+                q, st = F.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, quant_type="nf4")
+                mod.weight.copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32))
+
+
+# The families whose GGUF is checked, and llama.cpp's architecture for each. (Mistral goes
+# to GGUF as "llama" and llama.cpp drops its sliding window; "llama_bias" needs MLP biases
+# llama.cpp's llama graph does not have.)
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+def write_gguf(model, arch: str, path: Path):
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    V = c.vocab_size
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * V)
+    w.add_token_types([2, 3, 3] + [6] * (V - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+
+    def permute(t, n_head):  # llama.cpp convert_hf_to_gguf's LlamaModel.permute
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        if name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            out = "output.weight"
+        elif name == "model.embed_tokens.weight":
+            out = "token_embd.weight"
+        elif name == "model.norm.weight":
+            out = "output_norm.weight"
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            mod, suffix = rest.rsplit(".", 1)
+            if arch == "llama" and mod == "self_attn.q_proj":
+                t = permute(t, c.num_attention_heads)
+            if arch == "llama" and mod == "self_attn.k_proj":
+                t = permute(t, c.num_key_value_heads)
+            out = f"blk.{layer}.{names[mod]}.{suffix}"
+        w.add_tensor(out, np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_cpp_logits(path: Path, prompt):
+    import numpy as np
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0,
+                flash_attn=False, n_threads=2)
+    llm.eval(prompt)
+    return np.array(llm.scores[: len(prompt)], dtype=np.float32)
+
+
+def build(family: str):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    out = OUT / family
+    out.mkdir(parents=True, exist_ok=True)
+    model = make_model(family)
+    model.save_pretrained(out, safe_serialization=True)
+    for extra in ("generation_config.json",):
+        (out / extra).unlink(missing_ok=True)
+
+    g = torch.Generator().manual_seed(7)
+    V = COMMON["vocab_size"]
+    prompt = torch.randint(3, V, (1, PROMPT_LEN), generator=g)
+    with torch.no_grad():
+        logits = model(prompt).logits[0].contiguous()
+        gen = model.generate(prompt[:, :4], max_new_tokens=GREEDY, do_sample=False, use_cache=True,
+                             eos_token_id=None, pad_token_id=0)
+    greedy = gen[0, 4:].tolist()
+
+    nf4 = copy.deepcopy(model)
+    nf4_roundtrip(nf4)
+    with torch.no_grad():
+        nf4_logits = nf4(prompt).logits[0].contiguous()
+
+    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    torch.manual_seed(5)
+    pm = get_peft_model(copy.deepcopy(model), lcfg)
+    gb = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gb))
+    pm.save_pretrained(out / "initial_adapter")
+    # PEFT writes target_modules from a set (hash order): sort it so reruns write the same bytes.
+    ac = out / "initial_adapter" / "adapter_config.json"
+    acj = json.loads(ac.read_text())
+    if isinstance(acj.get("target_modules"), list):
+        acj["target_modules"] = sorted(acj["target_modules"])
+    ac.write_text(json.dumps(acj, indent=2, sort_keys=True) + "\n")
+    pm.eval()
+    with torch.no_grad():
+        peft_logits = pm(prompt).logits[0].contiguous()
+
+    ids = torch.randint(3, V, (BATCH, SEQ), generator=g)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, 10:13] = -100
+    pm.train()
+    loss = pm(input_ids=ids, labels=labels).loss
+    loss.backward()
+    grads = {}
+    for name, p in pm.named_parameters():
+        if p.requires_grad:
+            key = name.replace(".default", "")
+            grads[key] = p.grad.detach().contiguous().clone()
+    save_file(grads, str(out / "grads.safetensors"))
+    save_file({"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits},
+              str(out / "logits.safetensors"))
+    ref = {
+        "family": family,
+        "model_type": model.config.model_type,
+        "prompt": prompt[0].tolist(),
+        "greedy_prompt_len": 4,
+        "greedy": greedy,
+        "ids": ids.tolist(),
+        "labels": labels.tolist(),
+        "loss": float(loss.item()),
+        "r": 4,
+        "lora_alpha": 8,
+        "transformers": __import__("transformers").__version__,
+        "peft": __import__("peft").__version__,
+    }
+    if family in GGUF_ARCH:
+        write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
+        ll = llama_cpp_logits(out / "model.gguf", prompt[0].tolist())
+        diff = float(abs(ll - logits.numpy()).max())
+        print(f"{family}: llama.cpp on model.gguf vs transformers: max |dlogit| {diff:.2e}")
+        if diff > 1e-3:
+            sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
+        ref["gguf_llama_cpp_max_abs_diff"] = diff
+    (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
+    print(f"{family}: loss {loss.item():.5f}, greedy {greedy[:8]}..., "
+          f"max|logit| {logits.abs().max():.2f}, nf4 shift {(nf4_logits - logits).abs().max():.3f}")
+
+
+def main():
+    fams = sys.argv[1:] or list(FAMILIES)
+    for f in fams:
+        if f not in FAMILIES:
+            sys.exit(f"unknown family {f!r} (known: {', '.join(FAMILIES)})")
+        build(f)
+
+
+if __name__ == "__main__":
+    main()

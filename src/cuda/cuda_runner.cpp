@@ -436,9 +436,11 @@ void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits
 }
 
 std::shared_ptr<const DeviceRunner> make_runner(const Model& model, int device) {
-  if (model.spec().qk_norm)
-    fail("--device cuda", model.spec().family + ": the per-head q/k norms of this model do not run on CUDA yet; use "
-                          "--device cpu");
+  const ModelSpec& s = model.spec();
+  if (s.qk_norm || s.mlp != MlpKind::SwiGLU || s.norm_unit_offset || s.embed_scale)
+    fail("--device cuda", s.family + ": this architecture (" +
+                              std::string(s.qk_norm ? "per-head q/k norms" : "GeGLU MLP, (1 + w) norms, scaled embeddings") +
+                              ") does not run on CUDA yet; use --device cpu");
   return std::make_shared<CudaRunner>(model, device);
 }
 

@@ -153,12 +153,14 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   else if (s.family == "mistral") arch = "MistralForCausalLM";
   else if (s.family == "qwen2") arch = "Qwen2ForCausalLM";
   else if (s.family == "qwen3") arch = "Qwen3ForCausalLM";
-  else fail("config.json", "exporting model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3)");
-  const bool attention_bias_switch = s.family == "llama" || s.family == "qwen3";
+  else if (s.family == "gemma") arch = "GemmaForCausalLM";
+  else fail("config.json", "exporting model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3, gemma)");
+  const bool attention_bias_switch = s.family == "llama" || s.family == "qwen3" || s.family == "gemma";
   if (attention_bias_switch && s.qkv_bias != s.o_bias)
     fail("config.json", "a " + s.family + " model with biases on q/k/v but not o (or the reverse) has no config.json form");
-  if (s.family == "qwen3" && s.mlp_bias) fail("config.json", "qwen3 has no config.json switch for MLP biases");
-  if (s.family != "llama" && s.family != "qwen3" && (s.o_bias || s.mlp_bias))
+  if ((s.family == "qwen3" || s.family == "gemma") && s.mlp_bias)
+    fail("config.json", s.family + " has no config.json switch for MLP biases");
+  if (s.family != "llama" && !attention_bias_switch && (s.o_bias || s.mlp_bias))
     fail("config.json", s.family + " has no config.json switch for o_proj or MLP biases");
   if (s.family == "mistral" && s.qkv_bias) fail("config.json", "mistral has no config.json switch for q/k/v biases");
   if (s.family == "qwen2" && !s.qkv_bias) fail("config.json", "qwen2 always has q/k/v biases; this model has none");
@@ -170,7 +172,7 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   j["num_attention_heads"] = s.n_heads;
   j["num_key_value_heads"] = s.n_kv_heads;
   j["head_dim"] = s.head_dim;
-  j["hidden_act"] = "silu";
+  j["hidden_act"] = s.mlp == MlpKind::GeGLU ? "gelu_pytorch_tanh" : "silu";
   j["max_position_embeddings"] = s.max_positions;
   j["rms_norm_eps"] = s.norm_eps;
   j["rope_theta"] = s.rope_theta;
@@ -179,7 +181,7 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   if (s.family == "llama") {
     j["attention_bias"] = s.qkv_bias;
     j["mlp_bias"] = s.mlp_bias;
-  } else if (s.family == "qwen3") {
+  } else if (s.family == "qwen3" || s.family == "gemma") {
     j["attention_bias"] = s.qkv_bias;
   }
   // Written even when off: a config without the key gets the class default (4096 for

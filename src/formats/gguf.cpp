@@ -666,7 +666,7 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h) {
 // ---- hyper-parameters ------------------------------------------------------------------------
 
 bool gguf_architecture_supported(std::string_view arch) {
-  return arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "qwen3";
+  return arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "qwen3" || arch == "gemma";
 }
 
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {

@@ -210,7 +210,7 @@ struct GgufLlamaHParams {
 
 // The general.architecture values whose hyper-parameters and tensors we read (the llama
 // family), as listed in errors.
-inline constexpr std::string_view kGgufSupportedArchitectures = "llama, mistral, qwen2, qwen3";
+inline constexpr std::string_view kGgufSupportedArchitectures = "llama, mistral, qwen2, qwen3, gemma";
 bool gguf_architecture_supported(std::string_view arch);
 
 // Reads and validates the hyper-parameters (positive, consistent with each other and

@@ -82,8 +82,8 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   const json* mt = find_key(j, "model_type");
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
   const std::string type = mt->get<std::string>();
-  if (type != "llama" && type != "mistral" && type != "qwen2" && type != "qwen3")
-    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2, qwen3)");
+  if (type != "llama" && type != "mistral" && type != "qwen2" && type != "qwen3" && type != "gemma")
+    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2, qwen3, gemma)");
 
   ModelSpec s;
   s.family = type;
@@ -92,10 +92,11 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.n_heads = get_int(j, "num_attention_heads", where);
   s.n_kv_heads = get_int(j, "num_key_value_heads", where, s.n_heads);
   // Qwen3Config's head_dim defaults to 128 whatever the hidden size; the others derive it.
-  s.head_dim = get_int(j, "head_dim", where, type == "qwen3" ? 128 : s.n_heads > 0 ? s.hidden / s.n_heads : 0);
+  s.head_dim = get_int(j, "head_dim", where,
+                       type == "qwen3" ? 128 : type == "gemma" ? 256 : s.n_heads > 0 ? s.hidden / s.n_heads : 0);
   s.ffn = get_int(j, "intermediate_size", where);
   s.vocab = get_int(j, "vocab_size", where);
-  const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : 32768;
+  const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : type == "gemma" ? 8192 : 32768;
   s.max_positions = get_int(j, "max_position_embeddings", where, default_ctx);
   // transformers >= 5 writes rope_theta only inside "rope_parameters"; older versions at
   // the top level. Either way a rope type other than "default" is not supported yet.
@@ -106,11 +107,15 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
       fail(where, "rope_parameters " + shown(*rp) + " is not supported yet (only rope_type \"default\")");
   }
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
-  s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, false);
+  s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, type == "gemma");
   if (type == "qwen2") {
     s.qkv_bias = true;
   } else if (type == "qwen3") {
     s.qk_norm = true;
+    s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
+  } else if (type == "gemma") {
+    s.mlp = MlpKind::GeGLU;
+    s.norm_unit_offset = s.embed_scale = true;
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
   } else if (type == "llama") {
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
@@ -131,9 +136,16 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
     fail(where, "hidden_size " + std::to_string(s.hidden) + " is not a multiple of num_attention_heads " +
                     std::to_string(s.n_heads));
 
-  if (const json* act = find_key(j, "hidden_act")) {
-    if (!act->is_string() || act->get<std::string>() != "silu")
-      fail(where, "hidden_act " + shown(*act) + " is not supported (only silu)");
+  // The MLP's activation: silu for the llama family; the tanh GELU for gemma, which older
+  // configs spell "gelu" (transformers maps it to the tanh form, as the releases meant).
+  for (const char* key : {"hidden_act", "hidden_activation"}) {
+    const json* act = find_key(j, key);
+    if (!act) continue;
+    const std::string a = act->is_string() ? act->get<std::string>() : std::string();
+    const bool ok = type == "gemma" ? (a == "gelu_pytorch_tanh" || a == "gelu" || a == "gelu_new") : a == "silu";
+    if (!ok)
+      fail(where, std::string(key) + " " + shown(*act) + " is not supported for " + type + " (only " +
+                      (type == "gemma" ? "gelu_pytorch_tanh" : "silu") + ")");
   }
   if (const json* rs = find_key(j, "rope_scaling")) {
     const json* t = rs->is_object() ? find_key(*rs, "rope_type") : nullptr;

@@ -194,7 +194,11 @@ class GgufSource : public TensorSource {
   bool has(const std::string& name) const override { return index_.count(name) != 0; }
   std::vector<int64_t> shape(const std::string& name) const override { return info(name).shape(); }
   std::vector<float> get(const std::string& name) const override {
-    return gguf_tensor_to_f32_hf(file_, info(name), hp_);
+    std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
+    // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
+    if (hp_.architecture == "gemma" && name.ends_with("norm.weight"))
+      for (float& x : v) x -= 1.0f;
+    return v;
   }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
@@ -242,6 +246,10 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
   s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias");
   s.qk_norm = hp.architecture == "qwen3";
+  if (hp.architecture == "gemma") {
+    s.mlp = MlpKind::GeGLU;
+    s.norm_unit_offset = s.embed_scale = true;
+  }
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);
   if (tk.eos_id) s.eos_ids = {static_cast<int>(*tk.eos_id)};

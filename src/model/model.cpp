@@ -273,6 +273,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   float* up = st.up_.data();      // (T, F)
 
   embedding_forward(x, tokens.data(), T, model.embed_tokens());
+  if (s.embed_scale) embed_scale_forward(x, T * C, C, dt);
+  const float noff = s.norm_offset();
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta);
   // A sliding window narrows each query's keys once the sequence is longer than it.
@@ -286,7 +288,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   for (int64_t l = 0; l < s.n_layers; ++l) {
     const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
     // --- attention ---
-    rmsnorm_forward(h, nullptr, x, L.input_norm.data(), T, C, s.norm_eps, dt);
+    rmsnorm_forward(h, nullptr, x, L.input_norm.data(), T, C, s.norm_eps, dt, noff);
     linear(q, L.q_proj, ad, l, 0, h, T);
     linear(k, L.k_proj, ad, l, 1, h, T);
     linear(v, L.v_proj, ad, l, 2, h, T);
@@ -310,10 +312,13 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     residual_forward(x, x, o, T * C);
     round_activations(x, T * C, dt);
     // --- MLP ---
-    rmsnorm_forward(h, nullptr, x, L.post_norm.data(), T, C, s.norm_eps, dt);
+    rmsnorm_forward(h, nullptr, x, L.post_norm.data(), T, C, s.norm_eps, dt, noff);
     linear(gate, L.gate_proj, ad, l, 4, h, T);
     linear(up, L.up_proj, ad, l, 5, h, T);
-    swiglu_forward(gate, gate, up, T * F);
+    if (s.mlp == MlpKind::GeGLU)
+      geglu_forward(gate, gate, up, T * F);
+    else
+      swiglu_forward(gate, gate, up, T * F);
     round_activations(gate, T * F, dt);
     linear(o, L.down_proj, ad, l, 6, gate, T);
     residual_forward(x, x, o, T * C);
@@ -324,7 +329,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   if (!logits) return;
   const int64_t first = all_logits ? 0 : T - 1;
   const int64_t n = T - first;
-  rmsnorm_forward(h, nullptr, x + first * C, model.final_norm().data(), n, C, s.norm_eps, dt);
+  rmsnorm_forward(h, nullptr, x + first * C, model.final_norm().data(), n, C, s.norm_eps, dt, noff);
   model.lm_head().matmul(logits, h, n);
   round_activations(logits, n * s.vocab, dt);
 }

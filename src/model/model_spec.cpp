@@ -34,7 +34,7 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "rotary embeddings need an even head dimension, got " + std::to_string(head_dim));
   if (!(rope_theta > 0.0f)) fail(where, "rope theta must be positive");
   if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
-  if (norm != NormKind::RMSNorm || mlp != MlpKind::SwiGLU || positional != PositionalKind::Rotary)
+  if (norm != NormKind::RMSNorm || mlp == MlpKind::GeluMLP || positional != PositionalKind::Rotary)
     fail(where, "architecture '" + family + "' needs block variants not implemented yet (only the llama family "
                 "with RMSNorm, rotary embeddings and a SwiGLU MLP is)");
   if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));

@@ -15,8 +15,9 @@
 namespace qlora {
 
 enum class NormKind { RMSNorm, LayerNorm };
-// SwiGLU: down(silu(gate(x)) * up(x)).   GeluMLP: fc_out(gelu(fc_in(x))).
-enum class MlpKind { SwiGLU, GeluMLP };
+// SwiGLU: down(silu(gate(x)) * up(x)).   GeGLU: down(gelu_tanh(gate(x)) * up(x)) (gemma).
+// GeluMLP: fc_out(gelu(fc_in(x))).
+enum class MlpKind { SwiGLU, GeGLU, GeluMLP };
 // Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
 enum class PositionalKind { Rotary, Learned };
 
@@ -68,6 +69,11 @@ struct ModelSpec {
   // > 0: query position p attends to keys at positions p - sliding_window + 1 .. p only
   // (mistral's sliding_window; transformers' mask kv_idx > q_idx - sliding_window). 0: all.
   int64_t sliding_window = 0;
+  // Gemma: every RMSNorm scales by (1 + weight) in float32 and rounds once (ops.h
+  // rmsnorm_forward's weight_offset 1), and the embeddings are multiplied by sqrt(hidden).
+  bool norm_unit_offset = false;
+  bool embed_scale = false;
+  float norm_offset() const { return norm_unit_offset ? 1.0f : 0.0f; }
 
   int bos_id = -1;               // -1: none
   std::vector<int> eos_ids;      // generation stops at any of these

@@ -24,7 +24,7 @@ void embedding_forward(float* out, const int* tokens, int64_t T, const DenseWeig
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C,
-                     float eps, ComputeDType dtype) {
+                     float eps, ComputeDType dtype, float weight_offset) {
   for (int64_t t = 0; t < T; ++t) {
     const float* x = inp + t * C;
     float* o = out + t * C;
@@ -32,7 +32,12 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
     for (int64_t i = 0; i < C; ++i) ss += x[i] * x[i];
     const float r = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
     if (rstd) rstd[t] = r;
-    if (dtype == ComputeDType::F32) {
+    if (weight_offset != 0.0f) {  // Gemma: (x r) (offset + w) in float32, rounded once
+      for (int64_t i = 0; i < C; ++i) {
+        const float v = (r * x[i]) * (weight_offset + weight[i]);
+        o[i] = dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype);
+      }
+    } else if (dtype == ComputeDType::F32) {
       for (int64_t i = 0; i < C; ++i) o[i] = weight[i] * (r * x[i]);
     } else {
       for (int64_t i = 0; i < C; ++i)
@@ -158,6 +163,25 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t N) {
   for (int64_t i = 0; i < N; ++i) {
     const float g = gate[i];
     out[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype) {
+  float scale = static_cast<float>(std::sqrt(static_cast<double>(hidden)));
+  if (dtype != ComputeDType::F32) scale = kernels::round_to_dtype(scale, dtype);
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i] * scale;
+    x[i] = dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype);
+  }
+}
+
+void geglu_forward(float* out, const float* gate, const float* up, int64_t N) {
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  for (int64_t i = 0; i < N; ++i) {
+    const float g = gate[i];
+    const float inner = kBeta * (g + kKappa * g * g * g);
+    out[i] = 0.5f * g * (1.0f + std::tanh(inner)) * up[i];
   }
 }
 

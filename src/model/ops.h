@@ -23,8 +23,14 @@ void embedding_forward(float* out, const int* tokens, int64_t T, const DenseWeig
 // rstd (T) receives 1 / sqrt(mean(inp^2) + eps) when not null (for backward).
 // The normalized value is rounded to `dtype` before the weight multiply, as Hugging Face
 // LlamaRMSNorm does (`weight * hidden.to(input_dtype)`); the result is rounded too.
+// weight_offset 1 is Gemma's RMSNorm instead: the scale is (1 + weight) in float32 and only
+// the product is rounded (`(x * (1 + w.float())).type_as(x)`).
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C,
-                     float eps, ComputeDType dtype = ComputeDType::F32);
+                     float eps, ComputeDType dtype = ComputeDType::F32, float weight_offset = 0.0f);
+
+// Gemma's embedding scale, in place on x (n): x = round(x * round(sqrt(hidden))) in `dtype`
+// (transformers multiplies by sqrt(hidden) cast to the embedding's dtype).
+void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype);
 
 // Rotary tables for positions pos[t]: cos/sin (T, HS/2), angle = pos * theta^(-2i/HS).
 void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta);
@@ -50,6 +56,10 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
 
 // out (N) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N);
+
+// out (N) = gelu_tanh(gate) * up (GeGLU, Gemma), gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi)
+// (g + 0.044715 g^3))), torch's gelu(approximate="tanh"). out may alias gate or up.
+void geglu_forward(float* out, const float* gate, const float* up, int64_t N);
 
 // out (N) = a + b (out may alias a or b).
 void residual_forward(float* out, const float* a, const float* b, int64_t N);

@@ -14,7 +14,7 @@
 namespace qlora {
 
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int64_t T, int64_t C) {
+                      const float* rstd, int64_t T, int64_t C, float weight_offset) {
   // o_i = w_i x_i r, r = (sum_j x_j^2 / C + eps)^(-1/2), dr/dx_i = -r^3 x_i / C, so
   // dx_i = r w_i do_i - (r^3 / C) x_i sum_j w_j do_j x_j.
   parallel_for_range(T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
@@ -24,9 +24,9 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
       float* dx = dinp + t * C;
       const float r = rstd[t];
       double dot = 0.0;
-      for (int64_t i = 0; i < C; ++i) dot += static_cast<double>(weight[i] * d[i]) * x[i];
+      for (int64_t i = 0; i < C; ++i) dot += static_cast<double>((weight_offset + weight[i]) * d[i]) * x[i];
       const float k = static_cast<float>(dot * r * r * r / static_cast<double>(C));
-      for (int64_t i = 0; i < C; ++i) dx[i] += r * weight[i] * d[i] - k * x[i];
+      for (int64_t i = 0; i < C; ++i) dx[i] += r * (weight_offset + weight[i]) * d[i] - k * x[i];
     }
   });
   if (dweight) {
@@ -170,6 +170,21 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
       const float silu = g * sg;
       dgate[i] += dout[i] * up[i] * (sg * (1.0f + g * (1.0f - sg)));
       dup[i] += dout[i] * silu;
+    }
+  });
+}
+
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N) {
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = gate[i];
+      const float th = std::tanh(kBeta * (g + kKappa * g * g * g));
+      const float gelu = 0.5f * g * (1.0f + th);
+      const float dgelu = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * kBeta * (1.0f + 3.0f * kKappa * g * g);
+      dgate[i] += dout[i] * up[i] * dgelu;
+      dup[i] += dout[i] * gelu;
     }
   });
 }

@@ -20,9 +20,10 @@ namespace qlora {
 // dinp (T, C) += d out / d inp applied to dout (T, C);
 // dweight (C) += sum_t dout * inp * rstd when not null (the weight is frozen in QLoRA).
 // inp (T, C) and weight (C) are the forward's inputs, rstd (T) its cache.
-// dinp must not alias dout or inp.
+// dinp must not alias dout or inp. weight_offset as rmsnorm_forward's (the scale is
+// weight_offset + weight).
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int64_t T, int64_t C);
+                      const float* rstd, int64_t T, int64_t C, float weight_offset = 0.0f);
 
 // RoPE is a rotation, so its backward is the rotation by the opposite angle, in place:
 // dx (T, NH, HS) holds d loss / d rotated on entry and d loss / d unrotated on return.
@@ -47,6 +48,10 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, co
 // dgate (N) += dout * up * sigmoid(gate) * (1 + gate * (1 - sigmoid(gate)));
 // dup (N) += dout * silu(gate). dout, gate, up (N).
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N);
+
+// GeGLU, forward out = gelu_tanh(gate) * up (ops.h geglu_forward):
+// dgate (N) += dout * up * gelu_tanh'(gate); dup (N) += dout * gelu_tanh(gate).
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N);
 
 // out = a + b: da (N) += dout, db (N) += dout (either may be null).
 void residual_backward(float* da, float* db, const float* dout, int64_t N);

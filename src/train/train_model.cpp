@@ -132,7 +132,8 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   auto lin = [&](BlockLinear w, float* y, const float* x) {
     linear_forward(y, &b.lc[static_cast<size_t>(w)], block_linear(L, w), lm.find(l, w), x, T, training, rng);
   };
-  rmsnorm_forward(b.h1.data(), b.rstd1.data(), xin, L.input_norm.data(), T, C, s.norm_eps, dt);
+  const float noff = s.norm_offset();
+  rmsnorm_forward(b.h1.data(), b.rstd1.data(), xin, L.input_norm.data(), T, C, s.norm_eps, dt, noff);
   lin(BlockLinear::Q, b.q.data(), b.h1.data());
   lin(BlockLinear::K, b.k.data(), b.h1.data());
   lin(BlockLinear::V, b.v.data(), b.h1.data());
@@ -156,12 +157,15 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   round_activations(xout, T * C, dt);
   residual_forward(b.xmid.data(), xin, xout, T * C);
   round_activations(b.xmid.data(), T * C, dt);
-  rmsnorm_forward(b.h2.data(), b.rstd2.data(), b.xmid.data(), L.post_norm.data(), T, C, s.norm_eps, dt);
+  rmsnorm_forward(b.h2.data(), b.rstd2.data(), b.xmid.data(), L.post_norm.data(), T, C, s.norm_eps, dt, noff);
   lin(BlockLinear::Gate, b.gate.data(), b.h2.data());
   lin(BlockLinear::Up, b.up.data(), b.h2.data());
   round_activations(b.gate.data(), T * F, dt);
   round_activations(b.up.data(), T * F, dt);
-  swiglu_forward(b.act.data(), b.gate.data(), b.up.data(), T * F);
+  if (s.mlp == MlpKind::GeGLU)
+    geglu_forward(b.act.data(), b.gate.data(), b.up.data(), T * F);
+  else
+    swiglu_forward(b.act.data(), b.gate.data(), b.up.data(), T * F);
   round_activations(b.act.data(), T * F, dt);
   lin(BlockLinear::Down, xout, b.act.data());
   round_activations(xout, T * C, dt);
@@ -187,11 +191,15 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   lin(BlockLinear::Down, w.dact.data(), dxout, b.act.data());
   zero(w.dgate, T * F);
   zero(w.dup, T * F);
-  swiglu_backward(w.dgate.data(), w.dup.data(), w.dact.data(), b.gate.data(), b.up.data(), T * F);
+  if (s.mlp == MlpKind::GeGLU)
+    geglu_backward(w.dgate.data(), w.dup.data(), w.dact.data(), b.gate.data(), b.up.data(), T * F);
+  else
+    swiglu_backward(w.dgate.data(), w.dup.data(), w.dact.data(), b.gate.data(), b.up.data(), T * F);
   zero(w.dh, T * C);
   lin(BlockLinear::Gate, w.dh.data(), w.dgate.data(), b.h2.data());
   lin(BlockLinear::Up, w.dh.data(), w.dup.data(), b.h2.data());
-  rmsnorm_backward(w.dxmid.data(), nullptr, w.dh.data(), b.xmid.data(), L.post_norm.data(), b.rstd2.data(), T, C);
+  rmsnorm_backward(w.dxmid.data(), nullptr, w.dh.data(), b.xmid.data(), L.post_norm.data(), b.rstd2.data(), T, C,
+                   s.norm_offset());
   // attention: xmid = xin + o(atto), atto = attn(rope(q(h1)), rope(k(h1)), v(h1)), h1 = norm(xin)
   zero(w.datto, T * QD);
   lin(BlockLinear::O, w.datto.data(), w.dxmid.data(), b.atto.data());
@@ -219,7 +227,7 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   lin(BlockLinear::V, w.dh.data(), w.dv.data(), b.h1.data());
   // dxin = dxmid + norm backward (dxmid is a separate buffer, so dxin may alias dxout)
   std::copy_n(w.dxmid.data(), T * C, dxin);
-  rmsnorm_backward(dxin, nullptr, w.dh.data(), xin, L.input_norm.data(), b.rstd1.data(), T, C);
+  rmsnorm_backward(dxin, nullptr, w.dh.data(), xin, L.input_norm.data(), b.rstd1.data(), T, C, s.norm_offset());
 }
 
 // Embedding, all blocks (caching per `keep_all`), final norm and the logits of the
@@ -259,6 +267,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta);
   w.rng_at_block.clear();
   embedding_forward(w.xs.data(), inputs.data(), T, m.embed_tokens());
+  if (s.embed_scale) embed_scale_forward(w.xs.data(), T * C, C, m.compute_dtype());
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
@@ -268,7 +277,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.hf.resize(static_cast<size_t>(T * C));
   w.rstdf.resize(static_cast<size_t>(T));
   rmsnorm_forward(w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), T, C, s.norm_eps,
-                  m.compute_dtype());
+                  m.compute_dtype(), s.norm_offset());
   w.sel.clear();
   w.sel_targets.clear();
   for (int64_t t = 0; t < T; ++t)
@@ -343,7 +352,7 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
     std::copy_n(w.dhsel.data() + i * C, C, w.dhf.data() + w.sel[static_cast<size_t>(i)] * C);
   w.dx.assign(static_cast<size_t>(T * C), 0.f);
   rmsnorm_backward(w.dx.data(), nullptr, w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
-                   w.rstdf.data(), T, C);
+                   w.rstdf.data(), T, C, s.norm_offset());
 
   // blocks, last to first
   std::vector<float> recompute_out;

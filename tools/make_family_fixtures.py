@@ -61,6 +61,16 @@ FAMILIES = {
     "mistral": ("MistralConfig", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", dict(rope_theta=1000000.0, head_dim=32, tie_word_embeddings=True)),
+    # Rotary scalings (transformers' modeling_rope_utils): the original context is 32 so
+    # that the prompt's positions and every frequency band are in play.
+    "llama_rope_llama3": ("LlamaConfig", dict(rope_parameters=dict(
+        rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=32), tie_word_embeddings=False)),
+    "llama_rope_linear": ("LlamaConfig", dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
+                                              tie_word_embeddings=False)),
+    "qwen2_rope_yarn": ("Qwen2Config", dict(rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32),
+        tie_word_embeddings=True)),
     "gemma": ("GemmaConfig", dict(rope_theta=10000.0, head_dim=32, hidden_act="gelu_pytorch_tanh",
                                   tie_word_embeddings=True)),
 }
@@ -98,7 +108,8 @@ def nf4_roundtrip(model):
 # The families whose GGUF is checked, and llama.cpp's architecture for each. (Mistral goes
 # to GGUF as "llama" and llama.cpp drops its sliding window; "llama_bias" needs MLP biases
 # llama.cpp's llama graph does not have.)
-GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma"}
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+             "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2"}
 
 
 def write_gguf(model, arch: str, path: Path):
@@ -116,7 +127,32 @@ def write_gguf(model, arch: str, path: Path):
     w.add_key_length(hd)
     w.add_value_length(hd)
     w.add_rope_dimension_count(hd)
-    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    rp = c.rope_parameters
+    w.add_rope_freq_base(rp["rope_theta"])
+    rope_freqs = None
+    if rp.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rp["factor"])
+    elif rp.get("rope_type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rp["factor"])
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+    elif rp.get("rope_type") == "llama3":  # as convert_hf_to_gguf.py's LlamaModel: rope_freqs.weight
+        import math
+        hd_ = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        freqs = 1.0 / (rp["rope_theta"] ** (torch.arange(0, hd_, 2, dtype=torch.float32) / hd_))
+        factor, lo, hi, old = rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"], rp["original_max_position_embeddings"]
+        out = []
+        for f in freqs.tolist():
+            wl = 2 * math.pi / f
+            if wl < old / hi:
+                out.append(1.0)
+            elif wl > old / lo:
+                out.append(factor)
+            else:
+                sm = (old / wl - lo) / (hi - lo)
+                out.append(1 / ((1 - sm) / factor + sm))
+        rope_freqs = np.array(out, dtype=np.float32)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     V = c.vocab_size
@@ -136,6 +172,8 @@ def write_gguf(model, arch: str, path: Path):
              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
              "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
         if name == "lm_head.weight":

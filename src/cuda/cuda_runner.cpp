@@ -283,7 +283,7 @@ void CudaRunner::forward(DeviceSequence& seq_base, int64_t pos0, std::span<const
   std::vector<int32_t> ids(tokens.begin(), tokens.end()), pos(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(pos0 + t);
   std::vector<float> cs(static_cast<size_t>(T * HS / 2)), sn(cs.size());
-  rope_tables(cs.data(), sn.data(), pos.data(), T, HS, s.rope_theta);
+  rope_tables(cs.data(), sn.data(), pos.data(), T, HS, s.rope_theta, s.rope_scaling);
   QLORA_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream_));
   QLORA_CUDA_CHECK(cudaMemcpyAsync(cos_.data(), cs.data(), cs.size() * 4, cudaMemcpyHostToDevice, stream_));
   QLORA_CUDA_CHECK(cudaMemcpyAsync(sin_.data(), sn.data(), sn.size() * 4, cudaMemcpyHostToDevice, stream_));
@@ -385,7 +385,7 @@ void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits
   const int32_t p32 = static_cast<int32_t>(pos);
   h_step_[0] = token;
   h_step_[1] = p32;
-  rope_tables(h_rope_, h_rope_ + s.head_dim / 2, &p32, 1, s.head_dim, s.rope_theta);
+  rope_tables(h_rope_, h_rope_ + s.head_dim / 2, &p32, 1, s.head_dim, s.rope_theta, s.rope_scaling);
   logits_.reserve(static_cast<size_t>(s.vocab));
   if (max_lora_r_ > 0) lora_tmp_.reserve(static_cast<size_t>(max_lora_r_));
   auto current_key = [&] {

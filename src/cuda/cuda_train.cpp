@@ -274,7 +274,7 @@ float CudaRunner::train_forward(TrainState& ts, const LoraModel& lm, std::span<c
     ts.key_start.upload_async(ks.data(), ks.size(), stream_);
   }
   std::vector<float> cs(static_cast<size_t>(T * HS / 2)), sn(cs.size());
-  rope_tables(cs.data(), sn.data(), pos.data(), T, HS, s.rope_theta);
+  rope_tables(cs.data(), sn.data(), pos.data(), T, HS, s.rope_theta, s.rope_scaling);
   ensure(ts.cos, static_cast<int64_t>(cs.size()));
   ensure(ts.sin, static_cast<int64_t>(sn.size()));
   ts.cos.upload_async(cs.data(), cs.size(), stream_);

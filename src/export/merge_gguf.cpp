@@ -12,6 +12,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
 #include "formats/model_loader.h"
+#include "model/ops.h"
 
 namespace qlora {
 
@@ -112,6 +113,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
   w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
   w.set_f32(a + "rope.freq_base", s.rope_theta);
+  const RopeScaling& rs = s.rope_scaling;
+  if (rs.type == RopeScaling::Type::Linear) {
+    w.set_string(a + "rope.scaling.type", "linear");
+    w.set_f32(a + "rope.scaling.factor", rs.factor);
+  } else if (rs.type == RopeScaling::Type::Yarn) {
+    w.set_string(a + "rope.scaling.type", "yarn");
+    w.set_f32(a + "rope.scaling.factor", rs.factor);
+    w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(rs.original_max_positions));
+  }
   w.set_f32(a + "attention.layer_norm_rms_epsilon", s.norm_eps);
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.head_dim));
   if (s.head_dim * s.n_heads != s.hidden) {
@@ -139,6 +149,18 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (opt.log) bar = std::make_unique<ProgressBar>(static_cast<int64_t>(specs.size()), "merge", "tensors");
   auto done = std::make_shared<int64_t>(0);
   std::vector<std::string> fell_back;
+  // llama3 rotary scaling travels as per-frequency divisors (convert_hf_to_gguf.py's
+  // rope_freqs.weight): the default inverse frequencies over the scaled ones.
+  if (rs.type == RopeScaling::Type::Llama3 || rs.type == RopeScaling::Type::Factors) {
+    std::vector<float> f = rs.freq_factors;
+    if (rs.type == RopeScaling::Type::Llama3) {
+      const std::vector<float> plain = rope_inv_freq(s.head_dim, s.rope_theta), scaled = rope_inv_freq(s.head_dim, s.rope_theta, rs);
+      f.resize(plain.size());
+      for (size_t i = 0; i < f.size(); ++i) f[i] = plain[i] / scaled[i];
+    }
+    const int64_t n = static_cast<int64_t>(f.size());
+    w.add_tensor("rope_freqs.weight", GgmlType::F32, {n}, [f] { return encode(f, GgmlType::F32); });
+  }
   for (const TensorSpec& t : specs) {
     const auto gname = hf_to_gguf_tensor_name(t.name);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");

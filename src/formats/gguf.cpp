@@ -443,7 +443,9 @@ std::string int_text(const GgufValue& v) {
   bool neg = false;
   uint64_t mag = 0;
   int_value(v, &neg, &mag);
-  return neg ? "-" + std::to_string(mag) : std::to_string(mag);
+  std::string text = neg ? "-" : "";
+  text += std::to_string(mag);  // (not "-" + ...: GCC 12's -Wrestrict misfires on that form)
+  return text;
 }
 
 }  // namespace
@@ -710,6 +712,19 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     fail(f.path(), "head size " + std::to_string(hp.head_dim) + " / rope dimension " + std::to_string(hp.rope_dim) +
                        " are not even, or the rope dimension exceeds the head size");
   hp.rope_theta = f.get_f32_or(a + "rope.freq_base", 10000.0f);
+  hp.rope_scaling_type = std::string(f.get_string_or(a + "rope.scaling.type", "none"));
+  hp.rope_scaling_factor = f.get_f32_or(a + "rope.scaling.factor", f.get_f32_or(a + "rope.scale_linear", 1.0f));
+  if (hp.rope_scaling_type == "none" && f.has(a + "rope.scale_linear") && hp.rope_scaling_factor != 1.0f)
+    hp.rope_scaling_type = "linear";  // the older key
+  if (f.has(a + "rope.scaling.original_context_length"))
+    hp.rope_scaling_original_context = size_key(a + "rope.scaling.original_context_length", std::nullopt);
+  if (hp.rope_scaling_type != "none" && hp.rope_scaling_type != "linear" && hp.rope_scaling_type != "yarn")
+    fail(f.path(), "rope scaling " + quote(hp.rope_scaling_type) + " (" + a +
+                       "rope.scaling.type) is not supported yet (none, linear, yarn)");
+  if (hp.rope_scaling_type != "none" && !(hp.rope_scaling_factor > 0) )
+    fail(f.path(), "metadata key " + quote(a + "rope.scaling.factor") + " must be positive");
+  if (hp.rope_scaling_type == "yarn" && hp.rope_scaling_original_context <= 0)
+    fail(f.path(), "yarn rope scaling needs " + quote(a + "rope.scaling.original_context_length"));
   hp.rms_norm_eps = f.get_f32(a + "attention.layer_norm_rms_epsilon");
   if (!(hp.rope_theta > 0) || !std::isfinite(hp.rope_theta))
     fail(f.path(), "metadata key " + quote(a + "rope.freq_base") + " must be positive");

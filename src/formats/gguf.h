@@ -203,6 +203,11 @@ struct GgufLlamaHParams {
   int64_t context_length = 0;     // {arch}.context_length
   int64_t vocab_size = 0;         // length of tokenizer.ggml.tokens
   bool tie_word_embeddings = false;  // true when there is no output.weight tensor
+  // {arch}.rope.scaling.type ("none", "linear", "yarn"), .factor, .original_context_length;
+  // llama3-style scaling arrives as the tensor rope_freqs.weight instead (model_loader).
+  std::string rope_scaling_type = "none";
+  float rope_scaling_factor = 1.0f;
+  int64_t rope_scaling_original_context = 0;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

@@ -1,5 +1,8 @@
 #include "formats/hf_config.h"
 
+#include <cmath>
+#include <optional>
+
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
@@ -63,6 +66,76 @@ std::vector<int> get_ids(const json& j, const char* key, const std::string& wher
   return ids;
 }
 
+// max_position_embeddings before the spec has it (yarn's default factor needs it).
+int64_t s_max_positions_hint(const json& j) {
+  const json* v = find_key(j, "max_position_embeddings");
+  return v && v->is_number_integer() ? v->get<int64_t>() : 0;
+}
+
+// The rope type of a rope_parameters / rope_scaling object ("rope_type", or the older
+// "type") and its parameters, as transformers' rope init functions read them.
+RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_positions, const std::string& where) {
+  RopeScaling sc;
+  const json* t = find_key(rp, "rope_type");
+  if (!t) t = find_key(rp, "type");
+  const std::string type = t && t->is_string() ? t->get<std::string>() : "default";
+  const std::string in = std::string(key) + " " + shown(rp);
+  auto num = [&](const char* k, std::optional<float> dflt) -> float {
+    const json* v = find_key(rp, k);
+    if (!v) {
+      if (!dflt) fail(where, in + ": rope_type " + type + " needs '" + k + "'");
+      return *dflt;
+    }
+    if (!v->is_number()) fail(where, in + ": '" + k + "' must be a number");
+    return v->get<float>();
+  };
+  auto positive = [&](const char* k, float v) {
+    if (!(v > 0.0f) || !std::isfinite(v)) fail(where, in + ": '" + k + "' must be positive");
+    return v;
+  };
+  if (type == "default") return sc;
+  if (type == "linear") {
+    sc.type = RopeScaling::Type::Linear;
+    sc.factor = positive("factor", num("factor", std::nullopt));
+  } else if (type == "llama3") {
+    sc.type = RopeScaling::Type::Llama3;
+    sc.factor = positive("factor", num("factor", std::nullopt));
+    sc.low_freq_factor = positive("low_freq_factor", num("low_freq_factor", std::nullopt));
+    sc.high_freq_factor = positive("high_freq_factor", num("high_freq_factor", std::nullopt));
+    sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
+    if (sc.high_freq_factor <= sc.low_freq_factor) fail(where, in + ": high_freq_factor must exceed low_freq_factor");
+  } else if (type == "yarn") {
+    sc.type = RopeScaling::Type::Yarn;
+    sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
+    if (sc.original_max_positions <= 0) fail(where, in + ": original_max_position_embeddings must be positive");
+    const json* f = find_key(rp, "factor");
+    sc.factor = f ? positive("factor", num("factor", std::nullopt))
+                  : static_cast<float>(static_cast<double>(max_positions) / static_cast<double>(sc.original_max_positions));
+    auto mscale_of = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    if (find_key(rp, "attention_factor")) {
+      sc.attention_factor = positive("attention_factor", num("attention_factor", std::nullopt));
+    } else {
+      const float ms = num("mscale", 0.0f), msa = num("mscale_all_dim", 0.0f);
+      sc.attention_factor = ms != 0.0f && msa != 0.0f
+                                ? static_cast<float>(mscale_of(sc.factor, ms) / mscale_of(sc.factor, msa))
+                                : static_cast<float>(mscale_of(sc.factor, 1.0));
+    }
+    sc.beta_fast = num("beta_fast", 32.0f);
+    sc.beta_slow = num("beta_slow", 1.0f);
+    if (sc.beta_fast == 0.0f) sc.beta_fast = 32.0f;  // transformers: `get("beta_fast") or 32`
+    if (sc.beta_slow == 0.0f) sc.beta_slow = 1.0f;
+    if (const json* tr = find_key(rp, "truncate")) {
+      if (!tr->is_boolean()) fail(where, in + ": 'truncate' must be true or false");
+      sc.truncate = tr->get<bool>();
+    }
+  } else {
+    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, llama3, yarn)");
+  }
+  if (const json* pf = find_key(rp, "partial_rotary_factor"); pf && !(pf->is_number() && pf->get<double>() == 1.0))
+    fail(where, in + ": partial_rotary_factor " + shown(*pf) + " is not supported");
+  return sc;
+}
+
 json parse_file(const std::string& path) {
   const std::string text = read_text_file(path);
   json j;
@@ -98,13 +171,12 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.vocab = get_int(j, "vocab_size", where);
   const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : type == "gemma" ? 8192 : 32768;
   s.max_positions = get_int(j, "max_position_embeddings", where, default_ctx);
-  // transformers >= 5 writes rope_theta only inside "rope_parameters"; older versions at
-  // the top level. Either way a rope type other than "default" is not supported yet.
+  // transformers >= 5 writes rope_theta and the rope type inside "rope_parameters"; older
+  // versions rope_theta at the top level and the type in "rope_scaling".
   s.rope_theta = get_float(j, "rope_theta", where, 10000.0f);
   if (const json* rp = find_key(j, "rope_parameters"); rp && rp->is_object()) {
     if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rp, "rope_theta", where, 10000.0f);
-    if (const json* t = find_key(*rp, "rope_type"); t && !(t->is_string() && t->get<std::string>() == "default"))
-      fail(where, "rope_parameters " + shown(*rp) + " is not supported yet (only rope_type \"default\")");
+    s.rope_scaling = parse_rope_scaling(*rp, "rope_parameters", s_max_positions_hint(j), where);
   }
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
   s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, type == "gemma");
@@ -148,10 +220,9 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
                       (type == "gemma" ? "gelu_pytorch_tanh" : "silu") + ")");
   }
   if (const json* rs = find_key(j, "rope_scaling")) {
-    const json* t = rs->is_object() ? find_key(*rs, "rope_type") : nullptr;
-    if (!t && rs->is_object()) t = find_key(*rs, "type");
-    const bool is_default = t && t->is_string() && t->get<std::string>() == "default";
-    if (!is_default) fail(where, "rope_scaling " + shown(*rs) + " is not supported yet");
+    if (!rs->is_object()) fail(where, "rope_scaling " + shown(*rs) + " must be an object");
+    const RopeScaling sc = parse_rope_scaling(*rs, "rope_scaling", s.max_positions, where);
+    if (sc.type != RopeScaling::Type::None) s.rope_scaling = sc;
   }
   if (const json* pf = find_key(j, "partial_rotary_factor")) {
     if (!pf->is_number() || pf->get<double>() != 1.0)

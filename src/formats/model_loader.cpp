@@ -1,5 +1,6 @@
 #include "formats/model_loader.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -180,7 +181,7 @@ class GgufSource : public TensorSource {
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
       if (auto hf = gguf_to_hf_tensor_name(t.name)) index_.emplace(*hf, &t);
-      else unmapped_.push_back(t.name);
+      else if (t.name != "rope_freqs.weight") unmapped_.push_back(t.name);  // read by spec_from_gguf
     }
   }
   const GgufFile& file() const { return file_; }
@@ -246,6 +247,29 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
   s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias");
   s.qk_norm = hp.architecture == "qwen3";
+  if (hp.rope_scaling_type == "linear") {
+    s.rope_scaling.type = RopeScaling::Type::Linear;
+    s.rope_scaling.factor = hp.rope_scaling_factor;
+  } else if (hp.rope_scaling_type == "yarn") {  // llama.cpp's defaults: beta 32 / 1, mscale 0.1 ln(s) + 1
+    s.rope_scaling.type = RopeScaling::Type::Yarn;
+    s.rope_scaling.factor = hp.rope_scaling_factor;
+    s.rope_scaling.original_max_positions = hp.rope_scaling_original_context;
+    s.rope_scaling.attention_factor =
+        hp.rope_scaling_factor <= 1.0f ? 1.0f : static_cast<float>(0.1 * std::log(hp.rope_scaling_factor) + 1.0);
+  }
+  // llama.cpp's llama3 scaling: per-frequency divisors in a tensor.
+  if (const GgufTensorInfo* rf = src.file().find_tensor("rope_freqs.weight")) {
+    if (s.rope_scaling.type != RopeScaling::Type::None)
+      fail(where, "has both rope_freqs.weight and " + hp.rope_scaling_type + " rope scaling metadata");
+    std::vector<float> f = src.file().tensor_to_f32(*rf);
+    if (static_cast<int64_t>(f.size()) != hp.head_dim / 2)
+      fail(where, "rope_freqs.weight has " + std::to_string(f.size()) + " values; the head size " +
+                      std::to_string(hp.head_dim) + " needs " + std::to_string(hp.head_dim / 2));
+    for (float v : f)
+      if (!(v > 0.0f) || !std::isfinite(v)) fail(where, "rope_freqs.weight holds a value that is not positive");
+    s.rope_scaling.type = RopeScaling::Type::Factors;
+    s.rope_scaling.freq_factors = std::move(f);
+  }
   if (hp.architecture == "gemma") {
     s.mlp = MlpKind::GeGLU;
     s.norm_unit_offset = s.embed_scale = true;

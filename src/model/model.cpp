@@ -276,7 +276,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   if (s.embed_scale) embed_scale_forward(x, T * C, C, dt);
   const float noff = s.norm_offset();
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
-  rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta);
+  rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   // A sliding window narrows each query's keys once the sequence is longer than it.
   const int32_t* key_start = nullptr;
   if (s.sliding_window > 0 && pos0 + T > s.sliding_window) {

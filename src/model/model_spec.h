@@ -42,6 +42,32 @@ struct BlockLinearSpec {
   bool bias;
 };
 
+// Rotary frequencies other than theta^(-2i/d) (config.json rope_parameters / rope_scaling,
+// transformers' modeling_rope_utils): the inverse frequencies and a factor on cos/sin.
+struct RopeScaling {
+  // Factors: per-frequency divisors read from a file (llama.cpp's rope_freqs.weight, how
+  // its GGUFs carry llama3 scaling): inv_freq[i] / freq_factors[i].
+  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors };
+  Type type = Type::None;
+  float factor = 1.0f;
+  int64_t original_max_positions = 0;             // llama3, yarn
+  float low_freq_factor = 1.0f, high_freq_factor = 4.0f;  // llama3
+  float beta_fast = 32.0f, beta_slow = 1.0f;      // yarn
+  bool truncate = true;                           // yarn: correction range rounded to whole dims
+  float attention_factor = 1.0f;                  // yarn: cos and sin are multiplied by it
+  std::vector<float> freq_factors;                // Factors: head_dim / 2 values
+  const char* name() const {
+    switch (type) {
+      case Type::None: return "default";
+      case Type::Linear: return "linear";
+      case Type::Llama3: return "llama3";
+      case Type::Yarn: return "yarn";
+      case Type::Factors: return "frequency factors";
+    }
+    return "?";
+  }
+};
+
 struct ModelSpec {
   std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, qwen3, ...
   NormKind norm = NormKind::RMSNorm;
@@ -58,6 +84,7 @@ struct ModelSpec {
   int64_t max_positions = 0;  // context length the model was trained for
 
   float rope_theta = 10000.0f;
+  RopeScaling rope_scaling;
   float norm_eps = 1e-5f;
   bool tied_embeddings = false;  // lm_head shares model.embed_tokens.weight
   bool qkv_bias = false;         // q/k/v projections have a bias (qwen2; llama attention_bias)

@@ -46,16 +46,81 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
   }
 }
 
-void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta) {
+std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc) {
   const int64_t half = HS / 2;
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(HS));
+  std::vector<float> inv(static_cast<size_t>(half)), pos_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    pos_freq[i] = std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(HS));
+    inv[i] = 1.0f / pos_freq[i];
+  }
+  switch (sc.type) {
+    case RopeScaling::Type::None: break;
+    case RopeScaling::Type::Linear:
+      for (float& f : inv) f /= sc.factor;
+      break;
+    case RopeScaling::Type::Factors:
+      check(static_cast<int64_t>(sc.freq_factors.size()) == half, "rotary frequency factors",
+            std::to_string(sc.freq_factors.size()) + " values for a head of " + std::to_string(HS));
+      for (int64_t i = 0; i < half; ++i) inv[i] /= sc.freq_factors[static_cast<size_t>(i)];
+      break;
+    case RopeScaling::Type::Llama3: {
+      // Long wavelengths (beyond the original context / low_freq_factor) slow down by
+      // `factor`, short ones (below / high_freq_factor) stay, the band between blends.
+      const float old_ctx = static_cast<float>(sc.original_max_positions);
+      const float low_wavelen = static_cast<float>(static_cast<double>(sc.original_max_positions) / sc.low_freq_factor);
+      const float high_wavelen = static_cast<float>(static_cast<double>(sc.original_max_positions) / sc.high_freq_factor);
+      const float span = static_cast<float>(static_cast<double>(sc.high_freq_factor) - sc.low_freq_factor);
+      // (`scalar / tensor` is reciprocal-then-multiply in torch: the same here.)
+      for (float& f : inv) {
+        const float wavelen = (1.0f / f) * static_cast<float>(2.0 * M_PI);
+        const float scaled = wavelen > low_wavelen ? f / sc.factor : f;
+        if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+          const float smooth = ((1.0f / wavelen) * old_ctx - sc.low_freq_factor) / span;
+          f = (1.0f - smooth) * scaled / sc.factor + smooth * scaled;
+        } else {
+          f = scaled;
+        }
+      }
+      break;
+    }
+    case RopeScaling::Type::Yarn: {
+      // Interpolated (1 / (factor pos_freq)) below the correction range, extrapolated
+      // (1 / pos_freq) above it, a linear ramp over it.
+      const double d = static_cast<double>(HS), base = theta, orig = static_cast<double>(sc.original_max_positions);
+      auto correction_dim = [&](double rotations) {
+        return (d * std::log(orig / (rotations * 2.0 * M_PI))) / (2.0 * std::log(base));
+      };
+      double low = correction_dim(sc.beta_fast), high = correction_dim(sc.beta_slow);
+      if (sc.truncate) {
+        low = std::floor(low);
+        high = std::ceil(high);
+      }
+      low = std::max(low, 0.0);
+      high = std::min(high, d - 1.0);
+      if (low == high) high += 0.001;  // transformers' guard against a zero-width ramp
+      const float lo = static_cast<float>(low), width = static_cast<float>(high - low);
+      for (int64_t i = 0; i < half; ++i) {
+        const float ramp = std::clamp((static_cast<float>(i) - lo) / width, 0.0f, 1.0f);
+        const float extrap = 1.0f - ramp;
+        const float interp = 1.0f / (sc.factor * pos_freq[i]);
+        inv[i] = interp * (1.0f - extrap) + inv[i] * extrap;
+      }
+      break;
+    }
+  }
+  return inv;
+}
+
+void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta,
+                 const RopeScaling& scaling) {
+  const int64_t half = HS / 2;
+  const std::vector<float> inv_freq = rope_inv_freq(HS, theta, scaling);
+  const float af = scaling.attention_factor;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const float a = static_cast<float>(pos[t]) * inv_freq[i];
-      cos_out[t * half + i] = std::cos(a);
-      sin_out[t * half + i] = std::sin(a);
+      cos_out[t * half + i] = af == 1.0f ? std::cos(a) : std::cos(a) * af;
+      sin_out[t * half + i] = af == 1.0f ? std::sin(a) : std::sin(a) * af;
     }
 }
 

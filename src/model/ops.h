@@ -8,8 +8,10 @@
 // The matching *_backward functions are in ops_backward.h; the forward
 // caches what backward needs (rmsnorm: rstd per row; attention: the probabilities).
 #include <cstdint>
+#include <vector>
 
 #include "base/dtype.h"
+#include "model/model_spec.h"
 
 namespace qlora {
 
@@ -32,8 +34,15 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
 // (transformers multiplies by sqrt(hidden) cast to the embedding's dtype).
 void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype);
 
-// Rotary tables for positions pos[t]: cos/sin (T, HS/2), angle = pos * theta^(-2i/HS).
-void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta);
+// The HS/2 inverse frequencies of rotary embeddings, theta^(-2i/HS) adjusted by `scaling`
+// as transformers' rope init functions compute them (float32 throughout, the same
+// operations in the same order).
+std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& scaling = {});
+
+// Rotary tables for positions pos[t]: cos/sin (T, HS/2), angle = pos * inv_freq[i]
+// (rope_inv_freq), times scaling.attention_factor.
+void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta,
+                 const RopeScaling& scaling = {});
 
 // In place on x (T, NH, HS), the Hugging Face "rotate halves" convention: for i < HS/2,
 // (x[i], x[i + HS/2]) <- (x[i] cos - x[i + HS/2] sin, x[i + HS/2] cos + x[i] sin).

@@ -264,7 +264,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   const int32_t* key_start = w.key_start.empty() ? nullptr : w.key_start.data();
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
   w.sin.resize(w.cos.size());
-  rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta);
+  rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta, s.rope_scaling);
   w.rng_at_block.clear();
   embedding_forward(w.xs.data(), inputs.data(), T, m.embed_tokens());
   if (s.embed_scale) embed_scale_forward(w.xs.data(), T * C, C, m.compute_dtype());

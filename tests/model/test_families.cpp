@@ -22,6 +22,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/error.h"
+#include "export/merge.h"
+#include "export/merge_gguf.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "lora/lora.h"
@@ -40,7 +43,8 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma"};
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma",
+                                            "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -100,6 +104,9 @@ TEST_P(Families, LogitsMatchTransformers) {
   const Fixture x = read_fixture(GetParam());
   const auto m = load(GetParam(), false);
   EXPECT_EQ(m->spec().family, x.ref.at("model_type").get<std::string>());
+  if (GetParam().find("_rope_") != std::string::npos) {
+    EXPECT_EQ(std::string(m->spec().rope_scaling.name()), GetParam().substr(GetParam().rfind('_') + 1));
+  }
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " float32");
 }
@@ -245,7 +252,53 @@ TEST_P(FamiliesGguf, GgufLogitsMatchTransformers) {
   expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " gguf");
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf, ::testing::Values("llama", "qwen2", "qwen3", "gemma"),
+// Merging (no adapter) writes what the family needs to be read back the same way: the
+// Hugging Face export's config.json (biases, norms, head_dim, sliding window, rope scaling)
+// and, from the GGUF, a GGUF (rope scaling keys, rope_freqs, gemma's norms).
+TEST_P(Families, MergedHfDirectoryGivesTheSameLogits) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()));
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model m = Model::load(files.spec, *files.tensors, o);
+  TempDir tmp("merge_" + GetParam());
+  HfExportOptions eo;
+  eo.dtype = DType::F32;
+  eo.log = false;
+  write_merged_hf_dir(m, files, {}, tmp.path("hf"), eo, false);
+  ModelFiles back = open_model_files(tmp.path("hf"));
+  EXPECT_EQ(back.spec.family, files.spec.family);
+  EXPECT_EQ(back.spec.sliding_window, files.spec.sliding_window);
+  EXPECT_EQ(back.spec.rope_scaling.type, files.spec.rope_scaling.type);
+  const Model m2 = Model::load(back.spec, *back.tensors, o);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged hf");
+}
+
+TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()) + "/model.gguf");
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model m = Model::load(files.spec, *files.tensors, o);
+  TempDir tmp("mergegguf_" + GetParam());
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  if (files.spec.family == "gemma") {
+    EXPECT_THROW(write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false), Error);
+    return;
+  }
+  write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
+  ModelFiles back = open_model_files(tmp.path("m.gguf"));
+  const Model m2 = Model::load(back.spec, *back.tensors, o);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged gguf");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
+                         ::testing::Values("llama", "qwen2", "qwen3", "gemma", "llama_rope_llama3", "llama_rope_linear",
+                                           "qwen2_rope_yarn"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

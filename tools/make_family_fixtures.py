@@ -71,6 +71,12 @@ FAMILIES = {
     "qwen2_rope_yarn": ("Qwen2Config", dict(rope_parameters=dict(
         rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32),
         tie_word_embeddings=True)),
+    # Gemma 2: a window shorter than the prompt on layer 0 (layers alternate), soft caps
+    # small enough to bend these models' scores and logits, query_pre_attn_scalar != head_dim.
+    "gemma2": ("Gemma2Config", dict(rope_theta=10000.0, head_dim=32, hidden_activation="gelu_pytorch_tanh",
+                                    query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=5.0,
+                                    final_logit_softcapping=10.0, tie_word_embeddings=True,
+                                    initializer_range=0.1)),  # 0.2 makes its greedy text one repeated token
     "gemma": ("GemmaConfig", dict(rope_theta=10000.0, head_dim=32, hidden_act="gelu_pytorch_tanh",
                                   tie_word_embeddings=True)),
 }
@@ -81,7 +87,7 @@ PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
 def make_model(family: str):
     import transformers
     cls_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cls_name)(**COMMON, **extra)
+    cfg = getattr(transformers, cls_name)(**{**COMMON, **extra})
     cfg._attn_implementation = "eager"
     torch.manual_seed(1234)
     model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)

@@ -102,6 +102,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         if (rest == "input_layernorm.weight") return L.input_norm;
         if (rest == "post_attention_layernorm.weight") return L.post_norm;
         if (rest == "self_attn.q_norm.weight" && !L.q_norm.empty()) return L.q_norm;
+        if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
+        if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
         if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
         for (int w = 0; w < 7; ++w) {
           if (rest == std::string(kBlockLinearModules[w]) + ".weight") return merged_linear_weight(model, l, w, adapters);
@@ -154,11 +156,14 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   else if (s.family == "qwen2") arch = "Qwen2ForCausalLM";
   else if (s.family == "qwen3") arch = "Qwen3ForCausalLM";
   else if (s.family == "gemma") arch = "GemmaForCausalLM";
-  else fail("config.json", "exporting model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3, gemma)");
-  const bool attention_bias_switch = s.family == "llama" || s.family == "qwen3" || s.family == "gemma";
+  else if (s.family == "gemma2") arch = "Gemma2ForCausalLM";
+  else fail("config.json", "exporting model_type '" + s.family +
+                               "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2)");
+  const bool attention_bias_switch =
+      s.family == "llama" || s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2";
   if (attention_bias_switch && s.qkv_bias != s.o_bias)
     fail("config.json", "a " + s.family + " model with biases on q/k/v but not o (or the reverse) has no config.json form");
-  if ((s.family == "qwen3" || s.family == "gemma") && s.mlp_bias)
+  if ((s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") && s.mlp_bias)
     fail("config.json", s.family + " has no config.json switch for MLP biases");
   if (s.family != "llama" && !attention_bias_switch && (s.o_bias || s.mlp_bias))
     fail("config.json", s.family + " has no config.json switch for o_proj or MLP biases");
@@ -206,8 +211,19 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   if (s.family == "llama") {
     j["attention_bias"] = s.qkv_bias;
     j["mlp_bias"] = s.mlp_bias;
-  } else if (s.family == "qwen3" || s.family == "gemma") {
+  } else if (s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") {
     j["attention_bias"] = s.qkv_bias;
+  }
+  if (s.family == "gemma2") {
+    // query_pre_attn_scalar from the scale it gives (scale = qpas^-0.5), rounded back to the
+    // integer configs hold.
+    j["query_pre_attn_scalar"] = std::lround(1.0 / (static_cast<double>(s.attn_scale) * s.attn_scale));
+    j["attn_logit_softcapping"] = s.attn_softcap > 0 ? nlohmann::ordered_json(s.attn_softcap) : nlohmann::ordered_json();
+    j["final_logit_softcapping"] = s.final_softcap > 0 ? nlohmann::ordered_json(s.final_softcap) : nlohmann::ordered_json();
+    j["sliding_window"] = s.sliding_window > 0 ? nlohmann::ordered_json(s.sliding_window) : nlohmann::ordered_json();
+    nlohmann::ordered_json types = nlohmann::ordered_json::array();
+    for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
   }
   // Written even when off: a config without the key gets the class default (4096 for
   // MistralConfig in some transformers versions), which would change the model.

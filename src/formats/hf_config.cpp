@@ -155,8 +155,11 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   const json* mt = find_key(j, "model_type");
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
   const std::string type = mt->get<std::string>();
-  if (type != "llama" && type != "mistral" && type != "qwen2" && type != "qwen3" && type != "gemma")
-    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2, qwen3, gemma)");
+  if (type != "llama" && type != "mistral" && type != "qwen2" && type != "qwen3" && type != "gemma" &&
+      type != "gemma2")
+    fail(where, "model_type " + excerpt(type) +
+                    " is not supported (supported: llama, mistral, qwen2, qwen3, gemma, gemma2)");
+  const bool gemma = type == "gemma" || type == "gemma2";
 
   ModelSpec s;
   s.family = type;
@@ -166,10 +169,10 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.n_kv_heads = get_int(j, "num_key_value_heads", where, s.n_heads);
   // Qwen3Config's head_dim defaults to 128 whatever the hidden size; the others derive it.
   s.head_dim = get_int(j, "head_dim", where,
-                       type == "qwen3" ? 128 : type == "gemma" ? 256 : s.n_heads > 0 ? s.hidden / s.n_heads : 0);
+                       type == "qwen3" ? 128 : gemma ? 256 : s.n_heads > 0 ? s.hidden / s.n_heads : 0);
   s.ffn = get_int(j, "intermediate_size", where);
   s.vocab = get_int(j, "vocab_size", where);
-  const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : type == "gemma" ? 8192 : 32768;
+  const int64_t default_ctx = type == "llama" ? 2048 : type == "mistral" ? 4096 * 32 : gemma ? 8192 : 32768;
   s.max_positions = get_int(j, "max_position_embeddings", where, default_ctx);
   // transformers >= 5 writes rope_theta and the rope type inside "rope_parameters"; older
   // versions rope_theta at the top level and the type in "rope_scaling".
@@ -179,16 +182,32 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
     s.rope_scaling = parse_rope_scaling(*rp, "rope_parameters", s_max_positions_hint(j), where);
   }
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
-  s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, type == "gemma");
+  s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, gemma);
   if (type == "qwen2") {
     s.qkv_bias = true;
   } else if (type == "qwen3") {
     s.qk_norm = true;
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
-  } else if (type == "gemma") {
+  } else if (gemma) {
     s.mlp = MlpKind::GeGLU;
     s.norm_unit_offset = s.embed_scale = true;
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
+    if (type == "gemma2") {
+      s.sandwich_norms = true;
+      // Gemma2Config's defaults where a config leaves them out.
+      const float qpas = get_float(j, "query_pre_attn_scalar", where, 256.0f);
+      if (!(qpas > 0.0f)) fail(where, "query_pre_attn_scalar must be positive");
+      s.attn_scale = static_cast<float>(std::pow(static_cast<double>(qpas), -0.5));
+      s.attn_softcap = find_key(j, "attn_logit_softcapping") || !j.contains("attn_logit_softcapping")
+                           ? get_float(j, "attn_logit_softcapping", where, 50.0f)
+                           : 0.0f;
+      s.final_softcap = find_key(j, "final_logit_softcapping") || !j.contains("final_logit_softcapping")
+                            ? get_float(j, "final_logit_softcapping", where, 30.0f)
+                            : 0.0f;
+      s.sliding_window = find_key(j, "sliding_window") || !j.contains("sliding_window")
+                             ? get_int(j, "sliding_window", where, 4096)
+                             : 0;
+    }
   } else if (type == "llama") {
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
     s.mlp_bias = get_bool(j, "mlp_bias", where, false);
@@ -198,6 +217,23 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   if (type == "mistral") {
     s.sliding_window = get_int(j, "sliding_window", where, 0);
     if (s.sliding_window < 0) fail(where, "sliding_window must be positive or null, got " + std::to_string(s.sliding_window));
+  } else if (type == "gemma2") {
+    // layer_types, or Gemma2Config's default: even layers (0, 2, ...) slide, odd ones see all.
+    s.sliding_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
+    const json* lt = find_key(j, "layer_types");
+    if (lt && (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers))
+      fail(where, "layer_types must list one entry per layer (" + std::to_string(s.n_layers) + ")");
+    for (int64_t l = 0; l < s.n_layers; ++l) {
+      if (!lt) {
+        s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % 2 != 0;
+        continue;
+      }
+      const json& e = (*lt)[static_cast<size_t>(l)];
+      const std::string t = e.is_string() ? e.get<std::string>() : "";
+      if (t != "sliding_attention" && t != "full_attention")
+        fail(where, "layer_types[" + std::to_string(l) + "] " + shown(e) + " is not supported");
+      s.sliding_layers[static_cast<size_t>(l)] = t == "sliding_attention";
+    }
   } else if (type == "qwen2" || type == "qwen3") {
     bool sliding = get_bool(j, "use_sliding_window", where, false);
     if (const json* lt = find_key(j, "layer_types"); lt && lt->is_array())
@@ -214,10 +250,10 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
     const json* act = find_key(j, key);
     if (!act) continue;
     const std::string a = act->is_string() ? act->get<std::string>() : std::string();
-    const bool ok = type == "gemma" ? (a == "gelu_pytorch_tanh" || a == "gelu" || a == "gelu_new") : a == "silu";
+    const bool ok = gemma ? (a == "gelu_pytorch_tanh" || a == "gelu" || a == "gelu_new") : a == "silu";
     if (!ok)
       fail(where, std::string(key) + " " + shown(*act) + " is not supported for " + type + " (only " +
-                      (type == "gemma" ? "gelu_pytorch_tanh" : "silu") + ")");
+                      (gemma ? "gelu_pytorch_tanh" : "silu") + ")");
   }
   if (const json* rs = find_key(j, "rope_scaling")) {
     if (!rs->is_object()) fail(where, "rope_scaling " + shown(*rs) + " must be an object");

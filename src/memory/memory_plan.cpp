@@ -261,7 +261,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         paged);
     // TrainWorkspace::Block, one per layer without checkpointing, one with.
     // (qk_norm models also keep q and k before their norms, and one rstd per head.)
-    const uint64_t qk_norm = s.qk_norm ? T * QD + T * KVD + T * NH + T * u(s.n_kv_heads) : 0;
+    const uint64_t qk_norm = (s.qk_norm ? T * QD + T * KVD + T * NH + T * u(s.n_kv_heads) : 0) +
+                             (s.sandwich_norms ? 2 * T * C + 2 * T : 0);  // (and gemma2's branch-output norms)
     const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F + qk_norm) +
                            4 * (static_cast<uint64_t>(ls.modules_per_block) * T * r_ + (drop ? T * ls.sum_in : 0));
     const uint64_t xs = 4 * (L + 1) * T * C;
@@ -273,7 +274,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
             " block cache(s) incl. (NH,T,T) attention and LoRA caches; per sequence (batch runs sequentially); "
             "with checkpointing " + format_gb(r.activations_checkpointed) + ", without " +
             format_gb(r.activations_full));
-    add(r, "logits (T x V fp32, dlogits in place)", 4 * T * V, "");
+    if (s.final_softcap > 0.0f)
+      add(r, "logits and dlogits (T x V fp32 each: soft-capped logits are kept for the backward)", 8 * T * V, "");
+    else
+      add(r, "logits (T x V fp32, dlogits in place)", 4 * T * V, "");
     // Backward scratch of TrainWorkspace::Impl, rope tables, final norm, the dequantized tile.
     uint64_t tile = 0;
     for (const LinearShape& li : block_linears(s)) {
@@ -283,7 +287,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     }
     if (db != 4) tile = std::max(tile, std::min<uint64_t>(std::max<uint64_t>((1u << 18) / C, 16), V) * C);
     const uint64_t scratch = 4 * (4 * T * C + 3 * T * F + 2 * T * QD + 2 * T * KVD + NH * T * T + T * HS + T * C +
-                                  (s.qk_norm ? T * QD + T * KVD : 0) +
+                                  (s.qk_norm ? T * QD + T * KVD : 0) + (s.sandwich_norms ? 2 * T * C : 0) +
                                   T + T + tile + (o.checkpointing ? T * C : 0));
     // The largest transient on top: lora_forward's (T, out) product and dropout copy, or the
     // lm_head input-gradient panels (64 x V + T x 64 floats per thread).

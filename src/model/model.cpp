@@ -118,6 +118,12 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
     progress(name("input_layernorm"));
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
+    if (spec.sandwich_norms) {
+      L.pre_ffn_norm = load_vector(src, name("pre_feedforward_layernorm"), opt.compute_dtype);
+      progress(name("pre_feedforward_layernorm"));
+      L.post_ffn_norm = load_vector(src, name("post_feedforward_layernorm"), opt.compute_dtype);
+      progress(name("post_feedforward_layernorm"));
+    }
     if (spec.qk_norm) {
       L.q_norm = load_vector(src, name("self_attn.q_norm"), opt.compute_dtype);
       progress(name("self_attn.q_norm"));
@@ -140,7 +146,9 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 size_t Model::weight_bytes() const {
   size_t b = embed_.bytes() + lm_head_.bytes() + final_norm_.size() * sizeof(float);
   for (const LayerWeights& L : layers_) {
-    b += (L.input_norm.size() + L.post_norm.size() + L.q_norm.size() + L.k_norm.size()) * sizeof(float);
+    b += (L.input_norm.size() + L.post_norm.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
+          L.post_ffn_norm.size()) *
+         sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
   }
   return b;
@@ -278,10 +286,11 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   // A sliding window narrows each query's keys once the sequence is longer than it.
-  const int32_t* key_start = nullptr;
+  // (on the layers that slide: all of them for mistral, every other one for gemma2)
+  const int32_t* window_start = nullptr;
   if (s.sliding_window > 0 && pos0 + T > s.sliding_window) {
     for (int64_t t = 0; t < T; ++t) st.key_start_[t] = static_cast<int32_t>(first_visible_key(s, pos0 + t));
-    key_start = st.key_start_.data();
+    window_start = st.key_start_.data();
   }
 
   const LoraModel* ad = model.adapter();
@@ -306,13 +315,16 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     float* vc = st.cache_.values(l);  // (capacity, NKV*HS)
     std::copy_n(k, T * KVD, kc + pos0 * KVD);
     std::copy_n(v, T * KVD, vc + pos0 * KVD);
-    attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS, key_start);
+    attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS, s.layer_slides(l) ? window_start : nullptr,
+                      s.attn_scale, s.attn_softcap);
     round_activations(att, T * QD, dt);
     linear(o, L.o_proj, ad, l, 3, att, T);
+    if (s.sandwich_norms) rmsnorm_forward(o, nullptr, o, L.post_norm.data(), T, C, s.norm_eps, dt, noff);
     residual_forward(x, x, o, T * C);
     round_activations(x, T * C, dt);
     // --- MLP ---
-    rmsnorm_forward(h, nullptr, x, L.post_norm.data(), T, C, s.norm_eps, dt, noff);
+    rmsnorm_forward(h, nullptr, x, (s.sandwich_norms ? L.pre_ffn_norm : L.post_norm).data(), T, C, s.norm_eps, dt,
+                    noff);
     linear(gate, L.gate_proj, ad, l, 4, h, T);
     linear(up, L.up_proj, ad, l, 5, h, T);
     if (s.mlp == MlpKind::GeGLU)
@@ -321,6 +333,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
       swiglu_forward(gate, gate, up, T * F);
     round_activations(gate, T * F, dt);
     linear(o, L.down_proj, ad, l, 6, gate, T);
+    if (s.sandwich_norms) rmsnorm_forward(o, nullptr, o, L.post_ffn_norm.data(), T, C, s.norm_eps, dt, noff);
     residual_forward(x, x, o, T * C);
     round_activations(x, T * C, dt);
   }
@@ -332,6 +345,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   rmsnorm_forward(h, nullptr, x + first * C, model.final_norm().data(), n, C, s.norm_eps, dt, noff);
   model.lm_head().matmul(logits, h, n);
   round_activations(logits, n * s.vocab, dt);
+  if (s.final_softcap > 0.0f) softcap_forward(logits, n * s.vocab, s.final_softcap, dt);
 }
 
 }  // namespace qlora

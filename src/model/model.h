@@ -31,6 +31,9 @@ struct LayerWeights {
   std::vector<float> input_norm;  // (C) input_layernorm, rounded to the compute dtype
   std::vector<float> post_norm;   // (C) post_attention_layernorm
   std::vector<float> q_norm, k_norm;  // (HS) each, qk_norm models only (else empty)
+  // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
+  // MLP input and output (else empty).
+  std::vector<float> pre_ffn_norm, post_ffn_norm;
   QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
   QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down).

@@ -1,5 +1,6 @@
 #include "model/model_spec.h"
 
+#include <cmath>
 #include <string>
 
 #include "base/error.h"
@@ -38,6 +39,12 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "architecture '" + family + "' needs block variants not implemented yet (only the llama family "
                 "with RMSNorm, rotary embeddings and a SwiGLU MLP is)");
   if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));
+  if (!sliding_layers.empty() && static_cast<int64_t>(sliding_layers.size()) != n_layers)
+    fail(where, "layer_types names " + std::to_string(sliding_layers.size()) + " layers, the model has " +
+                    std::to_string(n_layers));
+  if (attn_scale < 0.0f || attn_softcap < 0.0f || final_softcap < 0.0f || !std::isfinite(attn_scale) ||
+      !std::isfinite(attn_softcap) || !std::isfinite(final_softcap))
+    fail(where, "attention scale and soft caps must be finite and non-negative");
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
@@ -68,6 +75,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
+    if (sandwich_norms) {
+      t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
+      t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
+    }
     if (qk_norm) {
       t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {head_dim}});
       t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {head_dim}});

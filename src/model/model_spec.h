@@ -96,6 +96,22 @@ struct ModelSpec {
   // > 0: query position p attends to keys at positions p - sliding_window + 1 .. p only
   // (mistral's sliding_window; transformers' mask kv_idx > q_idx - sliding_window). 0: all.
   int64_t sliding_window = 0;
+  // Which layers the window applies to (gemma2 alternates; config.json layer_types):
+  // empty = every layer.
+  std::vector<bool> sliding_layers;
+  bool layer_slides(int64_t l) const {
+    return sliding_window > 0 && (sliding_layers.empty() || sliding_layers[static_cast<size_t>(l)]);
+  }
+  // Gemma 2: "sandwich" norms: the attention and MLP outputs are normalized
+  // (post_attention_layernorm, post_feedforward_layernorm) before their residual adds, and
+  // the MLP input has its own norm (pre_feedforward_layernorm).
+  bool sandwich_norms = false;
+  // Attention scores are scaled by attn_scale (0: 1/sqrt(head_dim); gemma2:
+  // query_pre_attn_scalar^-0.5) and, when > 0, soft-capped: cap * tanh(score / cap).
+  float attn_scale = 0.0f;
+  float attn_softcap = 0.0f;
+  // > 0: the output logits are soft-capped the same way (gemma2 final_logit_softcapping).
+  float final_softcap = 0.0f;
   // Gemma: every RMSNorm scales by (1 + weight) in float32 and rounds once (ops.h
   // rmsnorm_forward's weight_offset 1), and the embeddings are multiplied by sqrt(hidden).
   bool norm_unit_offset = false;

@@ -160,10 +160,9 @@ namespace {
 // costs less than the per-key dot products of the loop below.
 void attention_forward_gemm(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                             int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                            const int32_t* key_start) {
+                            const int32_t* key_start, float scale, float softcap) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   thread_local std::vector<float> scratch;
   if (!att) scratch.resize(static_cast<size_t>(T * Tk));
   for (int64_t h = 0; h < NH; ++h) {
@@ -176,6 +175,8 @@ void attention_forward_gemm(float* out, float* att, const float* q, const float*
         const int64_t n = q_pos0 + t + 1;
         const int64_t j0 = key_start ? key_start[t] : 0;
         for (int64_t j = j0; j < n; ++j) row[j] *= scale;
+        if (softcap > 0.0f)
+          for (int64_t j = j0; j < n; ++j) row[j] = std::tanh(row[j] / softcap) * softcap;
         softmax_inplace(row + j0, n - j0);
         for (int64_t j = 0; j < j0; ++j) row[j] = 0.0f;
         for (int64_t j = n; j < Tk; ++j) row[j] = 0.0f;
@@ -189,14 +190,14 @@ void attention_forward_gemm(float* out, float* att, const float* q, const float*
 
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start) {
+                       const int32_t* key_start, float scale, float softcap) {
+  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
-    attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start);
+    attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap);
     return;
   }
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   const auto& kern = kernels::active_linear_kernels();
   // One (token, head) pair per work item; each needs Tk floats of scratch.
   const int64_t items = T * NH;
@@ -210,6 +211,8 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
       for (int64_t j = j0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
+      if (softcap > 0.0f)
+        for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
       softmax_inplace(scores.data() + j0, n - j0);
       float* o = out + t * qs + h * HS;
       for (int64_t i = 0; i < HS; ++i) o[i] = 0.0f;
@@ -238,6 +241,11 @@ void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype
     const float v = x[i] * scale;
     x[i] = dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype);
   }
+}
+
+void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) {
+  auto r = [dtype](float v) { return dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype); };
+  for (int64_t i = 0; i < n; ++i) x[i] = r(r(std::tanh(r(x[i] / cap))) * cap);
 }
 
 void geglu_forward(float* out, const float* gate, const float* up, int64_t N) {

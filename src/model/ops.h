@@ -59,9 +59,15 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 // must not see the one before it (REQUIRES 0 <= key_start[t] <= q_pos0 + t).
 // From this many queries on (and with a GEMM library), attention runs as per-head GEMMs.
 inline constexpr int64_t kAttentionGemmMinTokens = 16;
+// scale > 0 replaces 1/sqrt(HS); softcap > 0 caps each scaled score s as
+// softcap * tanh(s / softcap) before the softmax (Gemma 2).
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start = nullptr);
+                       const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f);
+
+// In place on logits (n): cap * tanh(x / cap), each step rounded to `dtype` as a bf16/fp16
+// torch model computes it (gemma2's final_logit_softcapping).
+void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype);
 
 // out (N) = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N);

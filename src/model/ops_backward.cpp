@@ -63,14 +63,17 @@ namespace {
 //   dP = dO Vᵀ;  dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale;  dQ += dS K;  dK += dSᵀ Q;  dV += Pᵀ dO.
 void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
                              const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
-                             int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start) {
+                             int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
+                             float softcap) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  thread_local std::vector<float> raw;  // softcap: the unscaled scores Q Kᵀ of one head
+  if (softcap > 0.0f) raw.resize(static_cast<size_t>(T * Tk));
   for (int64_t h = 0; h < NH; ++h) {
     const int64_t kh = h / group;
     const float* P = att + h * T * Tk;
     float* dS = datt + h * T * Tk;
+    if (softcap > 0.0f) sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, raw.data(), Tk, /*accumulate=*/false);
     sgemm_nt(T, Tk, HS, dout + h * HS, qs, v + kh * HS, kvs, dS, Tk, /*accumulate=*/false);
     parallel_for_range(T, 16, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -82,7 +85,15 @@ void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const
         for (int64_t j = j0; j < n; ++j) s += static_cast<double>(p[j]) * d[j];
         const float sf = static_cast<float>(s);
         for (int64_t j = 0; j < j0; ++j) d[j] = 0.0f;
-        for (int64_t j = j0; j < n; ++j) d[j] = p[j] * (d[j] - sf) * scale;
+        if (softcap > 0.0f) {  // through cap * tanh(s / cap): times 1 - tanh^2
+          const float* rr = raw.data() + t * Tk;
+          for (int64_t j = j0; j < n; ++j) {
+            const float th = std::tanh(rr[j] * scale / softcap);
+            d[j] = p[j] * (d[j] - sf) * (1.0f - th * th) * scale;
+          }
+        } else {
+          for (int64_t j = j0; j < n; ++j) d[j] = p[j] * (d[j] - sf) * scale;
+        }
         for (int64_t j = n; j < Tk; ++j) d[j] = 0.0f;
       }
     });
@@ -96,17 +107,19 @@ void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const
 
 void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
-                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start) {
+                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
+                        float softcap) {
   check(NKV > 0 && NH % NKV == 0, "attention_backward", "NH must be a multiple of NKV");
+  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   check(q_pos0 >= 0 && q_pos0 + T <= Tk, "attention_backward", "queries extend past the keys (q_pos0 + T > Tk)");
   check(att != nullptr, "attention_backward", "needs the probabilities cached by attention_forward");
   if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
-    attention_backward_gemm(dq, dk, dv, datt_scratch, dout, q, k, v, att, T, Tk, q_pos0, NH, NKV, HS, key_start);
+    attention_backward_gemm(dq, dk, dv, datt_scratch, dout, q, k, v, att, T, Tk, q_pos0, NH, NKV, HS, key_start, scale,
+                            softcap);
     return;
   }
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   const auto& kern = kernels::active_linear_kernels();
 
   // Pass 1, one (token, head) per item, disjoint writes (a row of datt, a row of dq):
@@ -130,8 +143,14 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, co
       }
       const float sf = static_cast<float>(s);
       float* gq = dq + t * qs + h * HS;
+      const float* qv = q + t * qs + h * HS;
       for (int64_t j = j0; j < n; ++j) {
-        da[j] = p[j] * (da[j] - sf) * scale;
+        float f = scale;
+        if (softcap > 0.0f) {  // through cap * tanh(s / cap)
+          const float th = std::tanh(kern.dot(qv, k + j * kvs + kh * HS, HS) * scale / softcap);
+          f *= 1.0f - th * th;
+        }
+        da[j] = p[j] * (da[j] - sf) * f;
         kern.axpy(da[j], k + j * kvs + kh * HS, gq, HS);
       }
       for (int64_t j = n; j < Tk; ++j) da[j] = 0.0f;

@@ -38,11 +38,13 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
 // i.e. the gradient of the scaled scores times the scale, masked entries 0);
 // dout (T, NH*HS); q (T, NH*HS), k, v (Tk, NKV*HS) the forward's inputs (rotated q and k);
 // att (NH, T, Tk) the probabilities the forward cached (REQUIRED, not null).
-// key_start: as attention_forward's (the same array the forward used).
+// key_start, scale, softcap: as attention_forward's (the same values the forward used; with a
+// softcap the raw scores are recomputed from q and k for the tanh's derivative).
 // REQUIRES q_pos0 + T <= Tk, NH % NKV == 0. Gradient buffers must not alias the inputs.
 void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
-                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start = nullptr);
+                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start = nullptr, float scale = 0.0f,
+                        float softcap = 0.0f);
 
 // SwiGLU, forward out = silu(gate) * up:
 // dgate (N) += dout * up * sigmoid(gate) * (1 + gate * (1 - sigmoid(gate)));

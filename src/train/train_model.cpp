@@ -15,6 +15,8 @@ struct TrainWorkspace::Block {
   std::vector<float> q, k, v;          // (T, QD), (T, KVD), (T, KVD)  q, k rotated
   std::vector<float> qpre, kpre;       // qk_norm: the projections before their norms
   std::vector<float> rstdq, rstdk;     // qk_norm: (T*NH), (T*NKV)
+  std::vector<float> opre, rstdo;      // sandwich_norms: o_proj output before its norm, (T)
+  std::vector<float> mpre, rstdm;      // sandwich_norms: down output before its norm, (T)
   std::vector<float> att;              // (NH, T, T)  attention probabilities
   std::vector<float> atto;             // (T, QD)  attention output (o_proj input)
   std::vector<float> xmid;             // (T, C)  residual after attention
@@ -29,6 +31,12 @@ struct TrainWorkspace::Block {
     z(q, T * s.q_dim());
     z(k, T * s.kv_dim());
     z(v, T * s.kv_dim());
+    if (s.sandwich_norms) {
+      z(opre, T * s.hidden);
+      z(rstdo, T);
+      z(mpre, T * s.hidden);
+      z(rstdm, T);
+    }
     if (s.qk_norm) {
       z(qpre, T * s.q_dim());
       z(kpre, T * s.kv_dim());
@@ -54,7 +62,9 @@ struct TrainWorkspace::Impl {
   std::vector<float> cos, sin;           // (T, HS/2)
   std::vector<int32_t> pos;
   std::vector<int32_t> key_start;        // (T) first key of each query's example; empty = causal
+  std::vector<int32_t> key_start_win;    // (T) the same, narrowed by the sliding window; empty = none
   std::vector<float> hf, rstdf, logits;  // (T, C), (T), (M, V)
+  std::vector<float> dlogits;            // (M, V) final_softcap models (logits keep the capped values)
   // The output head runs only on the M positions that have a target: with prompt masking
   // most positions of an instruction example have none, and the (vocab x hidden) head is
   // the largest single product of the model.
@@ -63,7 +73,7 @@ struct TrainWorkspace::Impl {
   std::vector<float> hsel, dhsel;        // (M, C) gathered head inputs and their gradient
   std::vector<float> tile;               // dequantized rows of a weight
   // backward scratch
-  std::vector<float> dx, dxmid, dh, dact, dgate, dup, datto, dq, dk, dv, datt, dhf, dqpre, dkpre;
+  std::vector<float> dx, dxmid, dh, dact, dgate, dup, datto, dq, dk, dv, datt, dhf, dqpre, dkpre, dopre, dmpre;
 };
 
 TrainWorkspace::TrainWorkspace() : impl_(std::make_unique<Impl>()) {}
@@ -96,6 +106,12 @@ void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<c
                           std::to_string(t) + " is " + std::to_string(p));
     }
   }
+}
+
+// The key window of layer l's queries: packing and, on the layers that slide, the window.
+const int32_t* layer_key_start(const TrainWorkspace::Impl& w, const ModelSpec& s, int64_t l) {
+  if (s.layer_slides(l) && !w.key_start_win.empty()) return w.key_start_win.data();
+  return w.key_start.empty() ? nullptr : w.key_start.data();
 }
 
 // y (T, out) = W x (+ b) (+ LoRA).
@@ -151,13 +167,18 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   round_activations(b.q.data(), T * QD, dt);
   round_activations(b.k.data(), T * KVD, dt);
   attention_forward(b.atto.data(), b.att.data(), b.q.data(), b.k.data(), b.v.data(), T, T, 0, NH, NKV, HS,
-                    key_start);
+                    key_start, s.attn_scale, s.attn_softcap);
   round_activations(b.atto.data(), T * QD, dt);
   lin(BlockLinear::O, xout, b.atto.data());  // xout temporarily holds o
   round_activations(xout, T * C, dt);
+  if (s.sandwich_norms) {  // the attention output's own norm (its input kept for the backward)
+    b.opre.assign(xout, xout + T * C);
+    rmsnorm_forward(xout, b.rstdo.data(), b.opre.data(), L.post_norm.data(), T, C, s.norm_eps, dt, noff);
+  }
   residual_forward(b.xmid.data(), xin, xout, T * C);
   round_activations(b.xmid.data(), T * C, dt);
-  rmsnorm_forward(b.h2.data(), b.rstd2.data(), b.xmid.data(), L.post_norm.data(), T, C, s.norm_eps, dt, noff);
+  rmsnorm_forward(b.h2.data(), b.rstd2.data(), b.xmid.data(), (s.sandwich_norms ? L.pre_ffn_norm : L.post_norm).data(),
+                  T, C, s.norm_eps, dt, noff);
   lin(BlockLinear::Gate, b.gate.data(), b.h2.data());
   lin(BlockLinear::Up, b.up.data(), b.h2.data());
   round_activations(b.gate.data(), T * F, dt);
@@ -169,6 +190,10 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   round_activations(b.act.data(), T * F, dt);
   lin(BlockLinear::Down, xout, b.act.data());
   round_activations(xout, T * C, dt);
+  if (s.sandwich_norms) {
+    b.mpre.assign(xout, xout + T * C);
+    rmsnorm_forward(xout, b.rstdm.data(), b.mpre.data(), L.post_ffn_norm.data(), T, C, s.norm_eps, dt, noff);
+  }
   residual_forward(xout, b.xmid.data(), xout, T * C);
   round_activations(xout, T * C, dt);
 }
@@ -187,8 +212,15 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   };
   // MLP: xout = xmid + down(act), act = swiglu(gate(h2), up(h2)), h2 = norm(xmid)
   w.dxmid.assign(dxout, dxout + T * C);
+  const float noff = s.norm_offset();
+  const float* dy_down = dxout;  // the gradient at down's output (through its norm, if any)
+  if (s.sandwich_norms) {
+    zero(w.dmpre, T * C);
+    rmsnorm_backward(w.dmpre.data(), nullptr, dxout, b.mpre.data(), L.post_ffn_norm.data(), b.rstdm.data(), T, C, noff);
+    dy_down = w.dmpre.data();
+  }
   zero(w.dact, T * F);
-  lin(BlockLinear::Down, w.dact.data(), dxout, b.act.data());
+  lin(BlockLinear::Down, w.dact.data(), dy_down, b.act.data());
   zero(w.dgate, T * F);
   zero(w.dup, T * F);
   if (s.mlp == MlpKind::GeGLU)
@@ -198,18 +230,25 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   zero(w.dh, T * C);
   lin(BlockLinear::Gate, w.dh.data(), w.dgate.data(), b.h2.data());
   lin(BlockLinear::Up, w.dh.data(), w.dup.data(), b.h2.data());
-  rmsnorm_backward(w.dxmid.data(), nullptr, w.dh.data(), b.xmid.data(), L.post_norm.data(), b.rstd2.data(), T, C,
-                   s.norm_offset());
+  rmsnorm_backward(w.dxmid.data(), nullptr, w.dh.data(), b.xmid.data(),
+                   (s.sandwich_norms ? L.pre_ffn_norm : L.post_norm).data(), b.rstd2.data(), T, C, noff);
   // attention: xmid = xin + o(atto), atto = attn(rope(q(h1)), rope(k(h1)), v(h1)), h1 = norm(xin)
+  const float* dy_o = w.dxmid.data();
+  if (s.sandwich_norms) {
+    zero(w.dopre, T * C);
+    rmsnorm_backward(w.dopre.data(), nullptr, w.dxmid.data(), b.opre.data(), L.post_norm.data(), b.rstdo.data(), T, C,
+                     noff);
+    dy_o = w.dopre.data();
+  }
   zero(w.datto, T * QD);
-  lin(BlockLinear::O, w.datto.data(), w.dxmid.data(), b.atto.data());
+  lin(BlockLinear::O, w.datto.data(), dy_o, b.atto.data());
   zero(w.dq, T * QD);
   zero(w.dk, T * KVD);
   zero(w.dv, T * KVD);
   if (static_cast<int64_t>(w.datt.size()) < NH * T * T) w.datt.resize(static_cast<size_t>(NH * T * T));
   attention_backward(w.dq.data(), w.dk.data(), w.dv.data(), w.datt.data(), w.datto.data(), b.q.data(),
-                     b.k.data(), b.v.data(), b.att.data(), T, T, 0, NH, NKV, HS,
-                     w.key_start.empty() ? nullptr : w.key_start.data());
+                     b.k.data(), b.v.data(), b.att.data(), T, T, 0, NH, NKV, HS, layer_key_start(w, s, l),
+                     s.attn_scale, s.attn_softcap);
   rope_backward(w.dq.data(), w.cos.data(), w.sin.data(), T, NH, HS);
   rope_backward(w.dk.data(), w.cos.data(), w.sin.data(), T, NKV, HS);
   if (s.qk_norm) {  // through the per-head norms to the projections' outputs
@@ -227,7 +266,7 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   lin(BlockLinear::V, w.dh.data(), w.dv.data(), b.h1.data());
   // dxin = dxmid + norm backward (dxmid is a separate buffer, so dxin may alias dxout)
   std::copy_n(w.dxmid.data(), T * C, dxin);
-  rmsnorm_backward(dxin, nullptr, w.dh.data(), xin, L.input_norm.data(), b.rstd1.data(), T, C, s.norm_offset());
+  rmsnorm_backward(dxin, nullptr, w.dh.data(), xin, L.input_norm.data(), b.rstd1.data(), T, C, noff);
 }
 
 // Embedding, all blocks (caching per `keep_all`), final norm and the logits of the
@@ -245,23 +284,26 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   for (Block& b : w.blocks) b.resize(s, T);
   w.pos.resize(static_cast<size_t>(T));
   w.key_start.clear();
+  w.key_start_win.clear();
   bool packed = false;
   for (int64_t t = 0; t < T; ++t) {
     const int32_t p = positions.empty() ? static_cast<int32_t>(t) : positions[static_cast<size_t>(t)];
     w.pos[static_cast<size_t>(t)] = p;
     packed = packed || p != t;
   }
-  // Each query's first key: its own example's start when packed, and no further back than
-  // the sliding window.
-  const bool windowed = s.sliding_window > 0 && T > s.sliding_window;
-  if (packed || windowed) {
+  // Each query's first key: its own example's start when packed, and on sliding layers no
+  // further back than the window.
+  if (packed) {
     w.key_start.resize(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) w.key_start[static_cast<size_t>(t)] = static_cast<int32_t>(t) - w.pos[static_cast<size_t>(t)];
+  }
+  if (s.sliding_window > 0 && T > s.sliding_window) {
+    w.key_start_win.resize(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) {
       const int32_t p = w.pos[static_cast<size_t>(t)];
-      w.key_start[static_cast<size_t>(t)] = static_cast<int32_t>(t - p + first_visible_key(s, p));
+      w.key_start_win[static_cast<size_t>(t)] = static_cast<int32_t>(t - p + first_visible_key(s, p));
     }
   }
-  const int32_t* key_start = w.key_start.empty() ? nullptr : w.key_start.data();
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
   w.sin.resize(w.cos.size());
   rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta, s.rope_scaling);
@@ -272,7 +314,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
     block_forward(w.xs.data() + (l + 1) * T * C, b, lm, l, w.xs.data() + l * T * C, T, w.cos.data(), w.sin.data(),
-                  key_start, training, rng);
+                  layer_key_start(w, s, l), training, rng);
   }
   w.hf.resize(static_cast<size_t>(T * C));
   w.rstdf.resize(static_cast<size_t>(T));
@@ -295,6 +337,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.logits.resize(static_cast<size_t>(M * V));
   if (M > 0) m.lm_head().matmul(w.logits.data(), hin, M);
   round_activations(w.logits.data(), M * V, m.compute_dtype());
+  if (s.final_softcap > 0.0f) softcap_forward(w.logits.data(), M * V, s.final_softcap, m.compute_dtype());
 }
 
 }  // namespace
@@ -328,7 +371,16 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
 
   // loss and dlogits (in place), over the M positions with a target
   float* dlogits = w.logits.data();
+  if (s.final_softcap > 0.0f) {  // the capped logits stay for the tanh's derivative
+    w.dlogits.resize(static_cast<size_t>(M * V));
+    dlogits = w.dlogits.data();
+  }
   const float loss = cross_entropy_forward_backward(nullptr, dlogits, w.logits.data(), w.sel_targets.data(), M, V);
+  if (s.final_softcap > 0.0f)
+    for (int64_t i = 0; i < M * V; ++i) {
+      const float t = w.logits[static_cast<size_t>(i)] / s.final_softcap;
+      dlogits[i] *= 1.0f - t * t;
+    }
   if (opt.grad_scale != 1.f)
     for (int64_t i = 0; i < M * V; ++i) dlogits[i] *= opt.grad_scale;
 
@@ -363,8 +415,8 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
     if (opt.checkpointing) {
       b = &w.blocks[0];
       LoraRng r = frng ? w.rng_at_block[static_cast<size_t>(l)] : LoraRng(0);
-      block_forward(recompute_out.data(), *b, lm, l, xin, T, w.cos.data(), w.sin.data(),
-                    w.key_start.empty() ? nullptr : w.key_start.data(), training, frng ? &r : nullptr);
+      block_forward(recompute_out.data(), *b, lm, l, xin, T, w.cos.data(), w.sin.data(), layer_key_start(w, s, l),
+                    training, frng ? &r : nullptr);
     } else {
       b = &w.blocks[static_cast<size_t>(l)];
     }

@@ -77,6 +77,13 @@ FAMILIES = {
                                     query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=5.0,
                                     final_logit_softcapping=10.0, tie_word_embeddings=True,
                                     initializer_range=0.1)),  # 0.2 makes its greedy text one repeated token
+    # Gemma 3 text: per-head (1 + w) q/k norms, a local rotary on the sliding layer and a
+    # linearly scaled global one on the full layer.
+    "gemma3_text": ("Gemma3TextConfig", dict(
+        head_dim=32, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True, initializer_range=0.1,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
     "gemma": ("GemmaConfig", dict(rope_theta=10000.0, head_dim=32, hidden_act="gelu_pytorch_tanh",
                                   tie_word_embeddings=True)),
 }

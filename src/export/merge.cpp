@@ -157,13 +157,14 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   else if (s.family == "qwen3") arch = "Qwen3ForCausalLM";
   else if (s.family == "gemma") arch = "GemmaForCausalLM";
   else if (s.family == "gemma2") arch = "Gemma2ForCausalLM";
+  else if (s.family == "gemma3_text") arch = "Gemma3ForCausalLM";
   else fail("config.json", "exporting model_type '" + s.family +
-                               "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2)");
-  const bool attention_bias_switch =
-      s.family == "llama" || s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2";
+                               "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text)");
+  const bool gemma_like = s.family == "gemma" || s.family == "gemma2" || s.family == "gemma3_text";
+  const bool attention_bias_switch = s.family == "llama" || s.family == "qwen3" || gemma_like;
   if (attention_bias_switch && s.qkv_bias != s.o_bias)
     fail("config.json", "a " + s.family + " model with biases on q/k/v but not o (or the reverse) has no config.json form");
-  if ((s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") && s.mlp_bias)
+  if ((s.family == "qwen3" || gemma_like) && s.mlp_bias)
     fail("config.json", s.family + " has no config.json switch for MLP biases");
   if (s.family != "llama" && !attention_bias_switch && (s.o_bias || s.mlp_bias))
     fail("config.json", s.family + " has no config.json switch for o_proj or MLP biases");
@@ -211,10 +212,10 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   if (s.family == "llama") {
     j["attention_bias"] = s.qkv_bias;
     j["mlp_bias"] = s.mlp_bias;
-  } else if (s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") {
+  } else if (s.family == "qwen3" || gemma_like) {
     j["attention_bias"] = s.qkv_bias;
   }
-  if (s.family == "gemma2") {
+  if (s.family == "gemma2" || s.family == "gemma3_text") {
     // query_pre_attn_scalar from the scale it gives (scale = qpas^-0.5), rounded back to the
     // integer configs hold.
     j["query_pre_attn_scalar"] = std::lround(1.0 / (static_cast<double>(s.attn_scale) * s.attn_scale));
@@ -228,6 +229,20 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   // Written even when off: a config without the key gets the class default (4096 for
   // MistralConfig in some transformers versions), which would change the model.
   if (s.family == "mistral") j["sliding_window"] = s.sliding_window > 0 ? nlohmann::ordered_json(s.sliding_window) : nlohmann::ordered_json();
+  if (s.family == "gemma3_text") {
+    // transformers 5's form: one rotary per layer type.
+    auto rope_obj = [](float theta, const RopeScaling& r) {
+      nlohmann::ordered_json o = {{"rope_type", r.name()}, {"rope_theta", theta}};
+      if (r.type == RopeScaling::Type::Linear) o["factor"] = r.factor;
+      else if (r.type != RopeScaling::Type::None)
+        fail("config.json", std::string("gemma3 export of rope type ") + r.name() + " is not supported yet");
+      return o;
+    };
+    j.erase("rope_theta");
+    j.erase("rope_scaling");
+    j["rope_parameters"] = {{"full_attention", rope_obj(s.rope_theta, s.rope_scaling)},
+                            {"sliding_attention", rope_obj(s.rope_theta_local, s.rope_scaling_local)}};
+  }
   if (s.bos_id >= 0) j["bos_token_id"] = s.bos_id;
   if (s.eos_ids.size() == 1) j["eos_token_id"] = s.eos_ids[0];
   else if (!s.eos_ids.empty()) j["eos_token_id"] = s.eos_ids;

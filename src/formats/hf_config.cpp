@@ -156,10 +156,14 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
   const std::string type = mt->get<std::string>();
   if (type != "llama" && type != "mistral" && type != "qwen2" && type != "qwen3" && type != "gemma" &&
-      type != "gemma2")
-    fail(where, "model_type " + excerpt(type) +
-                    " is not supported (supported: llama, mistral, qwen2, qwen3, gemma, gemma2)");
-  const bool gemma = type == "gemma" || type == "gemma2";
+      type != "gemma2" && type != "gemma3_text") {
+    const char* hint = type == "gemma3" ? " (a Gemma 3 with vision: only the text-only gemma3_text models, e.g. "
+                                          "gemma-3-1b / 270m, load for now)"
+                                        : "";
+    fail(where, "model_type " + excerpt(type) + " is not supported (supported: llama, mistral, qwen2, qwen3, gemma, "
+                                                 "gemma2, gemma3_text)" + hint);
+  }
+  const bool gemma = type == "gemma" || type == "gemma2" || type == "gemma3_text";
 
   ModelSpec s;
   s.family = type;
@@ -176,10 +180,30 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   s.max_positions = get_int(j, "max_position_embeddings", where, default_ctx);
   // transformers >= 5 writes rope_theta and the rope type inside "rope_parameters"; older
   // versions rope_theta at the top level and the type in "rope_scaling".
-  s.rope_theta = get_float(j, "rope_theta", where, 10000.0f);
-  if (const json* rp = find_key(j, "rope_parameters"); rp && rp->is_object()) {
-    if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rp, "rope_theta", where, 10000.0f);
-    s.rope_scaling = parse_rope_scaling(*rp, "rope_parameters", s_max_positions_hint(j), where);
+  s.rope_theta = get_float(j, "rope_theta", where, type == "gemma3_text" ? 1000000.0f : 10000.0f);
+  const json* rope_params = find_key(j, "rope_parameters");
+  if (type == "gemma3_text") {
+    // Two rotaries: the full-attention layers' (rope_theta, rope_scaling) and the sliding
+    // layers' own base (rope_local_base_freq), in transformers 5 as rope_parameters keyed by
+    // layer type.
+    s.rope_local = true;
+    s.rope_theta_local = get_float(j, "rope_local_base_freq", where, 10000.0f);
+    if (rope_params && rope_params->is_object() && find_key(*rope_params, "full_attention")) {
+      for (const char* lt : {"full_attention", "sliding_attention"}) {
+        const json* p = find_key(*rope_params, lt);
+        if (!p || !p->is_object()) fail(where, std::string("rope_parameters needs an object for '") + lt + "'");
+        const bool full = std::string(lt) == "full_attention";
+        (full ? s.rope_theta : s.rope_theta_local) = get_float(*p, "rope_theta", where, full ? 1000000.0f : 10000.0f);
+        (full ? s.rope_scaling : s.rope_scaling_local) =
+            parse_rope_scaling(*p, "rope_parameters", s_max_positions_hint(j), where);
+      }
+    } else if (rope_params && rope_params->is_object()) {
+      if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rope_params, "rope_theta", where, 1000000.0f);
+      s.rope_scaling = parse_rope_scaling(*rope_params, "rope_parameters", s_max_positions_hint(j), where);
+    }
+  } else if (rope_params && rope_params->is_object()) {
+    if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rope_params, "rope_theta", where, 10000.0f);
+    s.rope_scaling = parse_rope_scaling(*rope_params, "rope_parameters", s_max_positions_hint(j), where);
   }
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
   s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, gemma);
@@ -192,17 +216,19 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
     s.mlp = MlpKind::GeGLU;
     s.norm_unit_offset = s.embed_scale = true;
     s.qkv_bias = s.o_bias = get_bool(j, "attention_bias", where, false);
-    if (type == "gemma2") {
+    if (type == "gemma2" || type == "gemma3_text") {
       s.sandwich_norms = true;
-      // Gemma2Config's defaults where a config leaves them out.
+      s.qk_norm = type == "gemma3_text";  // Gemma 3 normalizes each head of q and k, (1 + w) too
+      const float caps = type == "gemma2" ? 1.0f : 0.0f;  // Gemma 3 has no soft caps by default
+      // Gemma2Config's / Gemma3TextConfig's defaults where a config leaves them out.
       const float qpas = get_float(j, "query_pre_attn_scalar", where, 256.0f);
       if (!(qpas > 0.0f)) fail(where, "query_pre_attn_scalar must be positive");
       s.attn_scale = static_cast<float>(std::pow(static_cast<double>(qpas), -0.5));
       s.attn_softcap = find_key(j, "attn_logit_softcapping") || !j.contains("attn_logit_softcapping")
-                           ? get_float(j, "attn_logit_softcapping", where, 50.0f)
+                           ? get_float(j, "attn_logit_softcapping", where, 50.0f * caps)
                            : 0.0f;
       s.final_softcap = find_key(j, "final_logit_softcapping") || !j.contains("final_logit_softcapping")
-                            ? get_float(j, "final_logit_softcapping", where, 30.0f)
+                            ? get_float(j, "final_logit_softcapping", where, 30.0f * caps)
                             : 0.0f;
       s.sliding_window = find_key(j, "sliding_window") || !j.contains("sliding_window")
                              ? get_int(j, "sliding_window", where, 4096)
@@ -217,15 +243,18 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   if (type == "mistral") {
     s.sliding_window = get_int(j, "sliding_window", where, 0);
     if (s.sliding_window < 0) fail(where, "sliding_window must be positive or null, got " + std::to_string(s.sliding_window));
-  } else if (type == "gemma2") {
-    // layer_types, or Gemma2Config's default: even layers (0, 2, ...) slide, odd ones see all.
+  } else if (type == "gemma2" || type == "gemma3_text") {
+    // layer_types, or the config class's default: gemma2 slides on even layers (0, 2, ...);
+    // gemma3 on all but every sliding_window_pattern-th (default 6: 5 local, 1 global).
+    const int64_t pattern = type == "gemma2" ? 2 : get_int(j, "sliding_window_pattern", where, 6);
+    if (pattern <= 0) fail(where, "sliding_window_pattern must be positive");
     s.sliding_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
     const json* lt = find_key(j, "layer_types");
     if (lt && (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers))
       fail(where, "layer_types must list one entry per layer (" + std::to_string(s.n_layers) + ")");
     for (int64_t l = 0; l < s.n_layers; ++l) {
       if (!lt) {
-        s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % 2 != 0;
+        s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % pattern != 0;
         continue;
       }
       const json& e = (*lt)[static_cast<size_t>(l)];

@@ -221,6 +221,10 @@ void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
   up_.resize(n(s.ffn));
   cos_.resize(n(s.head_dim / 2));
   sin_.resize(n(s.head_dim / 2));
+  if (s.rope_local) {
+    cos_local_.resize(n(s.head_dim / 2));
+    sin_local_.resize(n(s.head_dim / 2));
+  }
   pos_.resize(n(1));
   key_start_.resize(n(1));
   scratch_T_ = T;
@@ -285,6 +289,9 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   const float noff = s.norm_offset();
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
+  if (s.rope_local)
+    rope_tables(st.cos_local_.data(), st.sin_local_.data(), st.pos_.data(), T, HS, s.rope_theta_local,
+                s.rope_scaling_local);
   // A sliding window narrows each query's keys once the sequence is longer than it.
   // (on the layers that slide: all of them for mistral, every other one for gemma2)
   const int32_t* window_start = nullptr;
@@ -304,11 +311,14 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     if (s.qk_norm) {  // per head, on the projections as the compute dtype holds them
       round_activations(q, T * QD, dt);
       round_activations(k, T * KVD, dt);
-      rmsnorm_forward(q, nullptr, q, L.q_norm.data(), T * NH, HS, s.norm_eps, dt);
-      rmsnorm_forward(k, nullptr, k, L.k_norm.data(), T * NKV, HS, s.norm_eps, dt);
+      rmsnorm_forward(q, nullptr, q, L.q_norm.data(), T * NH, HS, s.norm_eps, dt, noff);
+      rmsnorm_forward(k, nullptr, k, L.k_norm.data(), T * NKV, HS, s.norm_eps, dt, noff);
     }
-    rope_forward(q, st.cos_.data(), st.sin_.data(), T, NH, HS);
-    rope_forward(k, st.cos_.data(), st.sin_.data(), T, NKV, HS);
+    const bool local = s.layer_uses_local_rope(l);
+    const float* rc = local ? st.cos_local_.data() : st.cos_.data();
+    const float* rs = local ? st.sin_local_.data() : st.sin_.data();
+    rope_forward(q, rc, rs, T, NH, HS);
+    rope_forward(k, rc, rs, T, NKV, HS);
     round_activations(q, T * QD, dt);
     round_activations(k, T * KVD, dt);
     float* kc = st.cache_.keys(l);    // (capacity, NKV*HS)

@@ -122,6 +122,7 @@ class InferenceState {
   int64_t scratch_T_ = 0;
   // Scratch, (T, ...) each.
   std::vector<float> x_, h_, q_, k_, v_, att_, o_, gate_, up_, cos_, sin_;
+  std::vector<float> cos_local_, sin_local_;  // rope_local models: the sliding layers' tables
   std::vector<int32_t> pos_;
   std::vector<int32_t> key_start_;  // (T) sliding-window models: each query's first key
 };

@@ -85,6 +85,14 @@ struct ModelSpec {
 
   float rope_theta = 10000.0f;
   RopeScaling rope_scaling;
+  // Gemma 3: the sliding layers rotate with their own base and scaling (the "local" rope);
+  // the others with rope_theta / rope_scaling.
+  bool rope_local = false;
+  float rope_theta_local = 10000.0f;
+  RopeScaling rope_scaling_local;
+  bool layer_uses_local_rope(int64_t l) const {
+    return rope_local && !sliding_layers.empty() && sliding_layers[static_cast<size_t>(l)];
+  }
   float norm_eps = 1e-5f;
   bool tied_embeddings = false;  // lm_head shares model.embed_tokens.weight
   bool qkv_bias = false;         // q/k/v projections have a bias (qwen2; llama attention_bias)

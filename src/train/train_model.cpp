@@ -60,6 +60,7 @@ struct TrainWorkspace::Impl {
   std::vector<Block> blocks;             // NL without checkpointing, 1 with
   std::vector<LoraRng> rng_at_block;     // generator state at each block's forward
   std::vector<float> cos, sin;           // (T, HS/2)
+  std::vector<float> cos_l, sin_l;       // (T, HS/2) rope_local models: the sliding layers' tables
   std::vector<int32_t> pos;
   std::vector<int32_t> key_start;        // (T) first key of each query's example; empty = causal
   std::vector<int32_t> key_start_win;    // (T) the same, narrowed by the sliding window; empty = none
@@ -159,8 +160,8 @@ void block_forward(float* xout, Block& b, const LoraModel& lm, int64_t l, const 
   if (s.qk_norm) {  // per-head norms: keep their inputs for the backward
     b.qpre.assign(b.q.begin(), b.q.end());
     b.kpre.assign(b.k.begin(), b.k.end());
-    rmsnorm_forward(b.q.data(), b.rstdq.data(), b.qpre.data(), L.q_norm.data(), T * NH, HS, s.norm_eps, dt);
-    rmsnorm_forward(b.k.data(), b.rstdk.data(), b.kpre.data(), L.k_norm.data(), T * NKV, HS, s.norm_eps, dt);
+    rmsnorm_forward(b.q.data(), b.rstdq.data(), b.qpre.data(), L.q_norm.data(), T * NH, HS, s.norm_eps, dt, noff);
+    rmsnorm_forward(b.k.data(), b.rstdk.data(), b.kpre.data(), L.k_norm.data(), T * NKV, HS, s.norm_eps, dt, noff);
   }
   rope_forward(b.q.data(), cos, sin, T, NH, HS);
   rope_forward(b.k.data(), cos, sin, T, NKV, HS);
@@ -249,14 +250,18 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   attention_backward(w.dq.data(), w.dk.data(), w.dv.data(), w.datt.data(), w.datto.data(), b.q.data(),
                      b.k.data(), b.v.data(), b.att.data(), T, T, 0, NH, NKV, HS, layer_key_start(w, s, l),
                      s.attn_scale, s.attn_softcap);
-  rope_backward(w.dq.data(), w.cos.data(), w.sin.data(), T, NH, HS);
-  rope_backward(w.dk.data(), w.cos.data(), w.sin.data(), T, NKV, HS);
+  const bool local = s.layer_uses_local_rope(l);
+  const float* rc = local ? w.cos_l.data() : w.cos.data();
+  const float* rs = local ? w.sin_l.data() : w.sin.data();
+  rope_backward(w.dq.data(), rc, rs, T, NH, HS);
+  rope_backward(w.dk.data(), rc, rs, T, NKV, HS);
   if (s.qk_norm) {  // through the per-head norms to the projections' outputs
     zero(w.dqpre, T * QD);
     zero(w.dkpre, T * KVD);
-    rmsnorm_backward(w.dqpre.data(), nullptr, w.dq.data(), b.qpre.data(), L.q_norm.data(), b.rstdq.data(), T * NH, HS);
+    rmsnorm_backward(w.dqpre.data(), nullptr, w.dq.data(), b.qpre.data(), L.q_norm.data(), b.rstdq.data(), T * NH, HS,
+                     noff);
     rmsnorm_backward(w.dkpre.data(), nullptr, w.dk.data(), b.kpre.data(), L.k_norm.data(), b.rstdk.data(), T * NKV,
-                     HS);
+                     HS, noff);
     w.dq.swap(w.dqpre);
     w.dk.swap(w.dkpre);
   }
@@ -307,14 +312,21 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
   w.sin.resize(w.cos.size());
   rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta, s.rope_scaling);
+  if (s.rope_local) {
+    w.cos_l.resize(w.cos.size());
+    w.sin_l.resize(w.cos.size());
+    rope_tables(w.cos_l.data(), w.sin_l.data(), w.pos.data(), T, s.head_dim, s.rope_theta_local, s.rope_scaling_local);
+  }
   w.rng_at_block.clear();
   embedding_forward(w.xs.data(), inputs.data(), T, m.embed_tokens());
   if (s.embed_scale) embed_scale_forward(w.xs.data(), T * C, C, m.compute_dtype());
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
-    block_forward(w.xs.data() + (l + 1) * T * C, b, lm, l, w.xs.data() + l * T * C, T, w.cos.data(), w.sin.data(),
-                  layer_key_start(w, s, l), training, rng);
+    const bool local = s.layer_uses_local_rope(l);
+    block_forward(w.xs.data() + (l + 1) * T * C, b, lm, l, w.xs.data() + l * T * C, T,
+                  (local ? w.cos_l : w.cos).data(), (local ? w.sin_l : w.sin).data(), layer_key_start(w, s, l), training,
+                  rng);
   }
   w.hf.resize(static_cast<size_t>(T * C));
   w.rstdf.resize(static_cast<size_t>(T));
@@ -415,8 +427,9 @@ float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> i
     if (opt.checkpointing) {
       b = &w.blocks[0];
       LoraRng r = frng ? w.rng_at_block[static_cast<size_t>(l)] : LoraRng(0);
-      block_forward(recompute_out.data(), *b, lm, l, xin, T, w.cos.data(), w.sin.data(), layer_key_start(w, s, l),
-                    training, frng ? &r : nullptr);
+      const bool local = s.layer_uses_local_rope(l);
+      block_forward(recompute_out.data(), *b, lm, l, xin, T, (local ? w.cos_l : w.cos).data(),
+                    (local ? w.sin_l : w.sin).data(), layer_key_start(w, s, l), training, frng ? &r : nullptr);
     } else {
       b = &w.blocks[static_cast<size_t>(l)];
     }

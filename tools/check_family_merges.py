@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Our merges of every family fixture, read by transformers: `qlora merge` of each
+tests/fixtures/families/<family> with its PEFT initial_adapter (float32, no quantization)
+must load in AutoModelForCausalLM and give PeftModel's logits (the fixture's peft_logits)
+within float32 rounding. Checks what config.json we write for each family (norms, head_dim,
+soft caps, layer_types, sliding windows, rotary scaling), which the C++ tests can only read
+back with our own loader.
+
+    .refenv/bin/python tools/check_family_merges.py [--qlora build/qlora] [FAMILY ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures" / "families"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--qlora", default=str(ROOT / "build" / "qlora"))
+    ap.add_argument("families", nargs="*")
+    a = ap.parse_args()
+    fams = a.families or sorted(p.name for p in FIX.iterdir() if (p / "reference.json").exists())
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in fams:
+            out = Path(tmp) / f
+            subprocess.run([a.qlora, "merge", "--model", str(FIX / f), "--adapter", str(FIX / f / "initial_adapter"),
+                            "--quant", "none", "--dtype", "fp32", "--out", str(out), "-q"], check=True)
+            m = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager")
+            ref = json.loads((FIX / f / "reference.json").read_text())
+            want = load_file(str(FIX / f / "logits.safetensors"))["peft_logits"]
+            with torch.no_grad():
+                got = m(torch.tensor([ref["prompt"]])).logits[0]
+            rel = float((got - want).abs().max() / want.abs().max())
+            worst = max(worst, rel)
+            print(json.dumps({"family": f, "max_abs_dlogit_rel_to_max_logit": rel}))
+    if worst > 1e-5:
+        sys.exit(f"a merge disagrees with PeftModel (worst {worst:.2e})")
+
+
+if __name__ == "__main__":
+    main()

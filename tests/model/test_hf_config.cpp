@@ -134,3 +134,62 @@ TEST(HfConfig, GenerationConfig) {
   EXPECT_FALSE(empty.temperature.has_value());
   EXPECT_TRUE(empty.eos_ids.empty());
 }
+
+// meta-llama/Llama-3.2-1B/config.json (rope_type llama3 in the older rope_scaling form)
+TEST(HfConfig, Llama32RopeScaling) {
+  const ModelSpec s = spec_from_hf_config(json::parse(R"({"architectures":["LlamaForCausalLM"],"attention_bias":false,
+    "attention_dropout":0.0,"bos_token_id":128000,"eos_token_id":128001,"head_dim":64,"hidden_act":"silu",
+    "hidden_size":2048,"initializer_range":0.02,"intermediate_size":8192,"max_position_embeddings":131072,
+    "mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,
+    "pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,
+    "original_max_position_embeddings":8192,"rope_type":"llama3"},"rope_theta":500000.0,"tie_word_embeddings":true,
+    "torch_dtype":"bfloat16","transformers_version":"4.45.0.dev0","use_cache":true,"vocab_size":128256})"),
+                                          "config.json");
+  EXPECT_EQ(s.rope_scaling.type, RopeScaling::Type::Llama3);
+  EXPECT_FLOAT_EQ(s.rope_scaling.factor, 32.0f);
+  EXPECT_EQ(s.rope_scaling.original_max_positions, 8192);
+  EXPECT_FLOAT_EQ(s.rope_theta, 500000.0f);
+}
+
+// google/gemma-3-1b-it/config.json (transformers 4 form: rope_local_base_freq,
+// sliding_window_pattern, null soft caps)
+TEST(HfConfig, Gemma3Text1B) {
+  const ModelSpec s = spec_from_hf_config(json::parse(R"({"architectures":["Gemma3ForCausalLM"],"attention_bias":false,
+    "attention_dropout":0.0,"attn_logit_softcapping":null,"bos_token_id":2,"cache_implementation":"hybrid",
+    "eos_token_id":[1,106],"final_logit_softcapping":null,"head_dim":256,"hidden_activation":"gelu_pytorch_tanh",
+    "hidden_size":1152,"initializer_range":0.02,"intermediate_size":6912,"max_position_embeddings":32768,
+    "model_type":"gemma3_text","num_attention_heads":4,"num_hidden_layers":26,"num_key_value_heads":1,"pad_token_id":0,
+    "query_pre_attn_scalar":256,"rms_norm_eps":1e-06,"rope_local_base_freq":10000,"rope_scaling":null,
+    "rope_theta":1000000,"sliding_window":512,"sliding_window_pattern":6,"torch_dtype":"bfloat16",
+    "transformers_version":"4.50.0.dev0","use_cache":true,"vocab_size":262144})"),
+                                          "config.json");
+  EXPECT_TRUE(s.qk_norm && s.sandwich_norms && s.norm_unit_offset && s.embed_scale && s.tied_embeddings);
+  EXPECT_EQ(s.mlp, MlpKind::GeGLU);
+  EXPECT_EQ(s.attn_softcap, 0.0f);
+  EXPECT_EQ(s.final_softcap, 0.0f);
+  EXPECT_FLOAT_EQ(s.attn_scale, 1.0f / 16.0f);
+  EXPECT_EQ(s.sliding_window, 512);
+  EXPECT_TRUE(s.rope_local);
+  EXPECT_FLOAT_EQ(s.rope_theta_local, 10000.0f);
+  EXPECT_FLOAT_EQ(s.rope_theta, 1000000.0f);
+  for (int64_t l = 0; l < 26; ++l) EXPECT_EQ(s.layer_slides(l), (l + 1) % 6 != 0) << "layer " << l;
+  EXPECT_EQ(s.eos_ids, (std::vector<int>{1, 106}));
+}
+
+TEST(HfConfig, NewFamilyOptionsThatAreNotSupportedSaySo) {
+  const std::string base = R"({"hidden_size":64,"intermediate_size":100,"num_hidden_layers":2,
+                       "num_attention_heads":4,"vocab_size":10,)";
+  EXPECT_NE(error_of(base + R"("model_type":"gemma2","layer_types":["full_attention"]})").find("layer_types"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + R"("model_type":"qwen2","use_sliding_window":true})").find("sliding-window"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + R"("model_type":"llama","rope_parameters":{"rope_type":"dynamic","factor":2.0}})")
+                .find("rope_type 'dynamic' is not supported"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + R"("model_type":"gemma3"})").find("text-only"), std::string::npos);
+  EXPECT_NE(error_of(base + R"("model_type":"llama","rope_scaling":{"rope_type":"yarn","factor":4.0}})")
+                .find("original_max_position_embeddings"),
+            std::string::npos);
+  EXPECT_NE(error_of(base + R"("model_type":"gemma","hidden_act":"silu"})").find("gelu_pytorch_tanh"),
+            std::string::npos);
+}

@@ -72,9 +72,10 @@ FAMILIES = {
         rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32),
         tie_word_embeddings=True)),
     # Gemma 2: a window shorter than the prompt on layer 0 (layers alternate), soft caps
-    # small enough to bend these models' scores and logits, query_pre_attn_scalar != head_dim.
+    # small enough to bend these models' scores and logits. (query_pre_attn_scalar =
+    # head_dim, as llama.cpp assumes for a GGUF; gemma3_text's differs.)
     "gemma2": ("Gemma2Config", dict(rope_theta=10000.0, head_dim=32, hidden_activation="gelu_pytorch_tanh",
-                                    query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=5.0,
+                                    query_pre_attn_scalar=32, sliding_window=8, attn_logit_softcapping=5.0,
                                     final_logit_softcapping=10.0, tie_word_embeddings=True,
                                     initializer_range=0.1)),  # 0.2 makes its greedy text one repeated token
     # Gemma 3 text: per-head (1 + w) q/k norms, a local rotary on the sliding layer and a
@@ -121,7 +122,7 @@ def nf4_roundtrip(model):
 # The families whose GGUF is checked, and llama.cpp's architecture for each. (Mistral goes
 # to GGUF as "llama" and llama.cpp drops its sliding window; "llama_bias" needs MLP biases
 # llama.cpp's llama graph does not have.)
-GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2"}
 
 
@@ -168,6 +169,10 @@ def write_gguf(model, arch: str, path: Path):
         rope_freqs = np.array(out, dtype=np.float32)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        w.add_final_logit_softcapping(c.final_logit_softcapping)
+        w.add_sliding_window(c.sliding_window)
     V = c.vocab_size
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)]
     w.add_tokenizer_model("llama")
@@ -204,8 +209,12 @@ def write_gguf(model, arch: str, path: Path):
                 t = permute(t, c.num_attention_heads)
             if arch == "llama" and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
-            out = f"blk.{layer}.{names[mod]}.{suffix}"
-        if arch == "gemma" and name.endswith("norm.weight"):
+            gname = names.get(mod)
+            if arch == "gemma2":  # convert_hf_to_gguf.py's Gemma2 norm names
+                gname = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                         "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
+            out = f"blk.{layer}.{gname}.{suffix}"
+        if arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
             t = t + 1.0  # llama.cpp's GemmaModel stores 1 + w (convert_hf_to_gguf.py)
         w.add_tensor(out, np.ascontiguousarray(t))
     w.write_header_to_file()
@@ -304,7 +313,7 @@ def build(family: str):
         print(f"{family}: llama.cpp on model.gguf vs transformers: max |dlogit| {diff:.2e}")
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
-        if diff > (1e-2 if family == "gemma" else 1e-3):
+        if diff > (1e-2 if family.startswith("gemma") else 1e-3):
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff
     (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")

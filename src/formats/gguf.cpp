@@ -643,11 +643,18 @@ std::optional<std::string_view> strip_layer(std::string_view name, std::string_v
 
 }  // namespace
 
-std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g) {
+std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch) {
   std::string_view stem, suffix, num;
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "gemma2") {
+    constexpr NamePair kGemma2[] = {{"ffn_norm", "pre_feedforward_layernorm"},
+                                    {"post_attention_norm", "post_attention_layernorm"},
+                                    {"post_ffw_norm", "post_feedforward_layernorm"}};
+    for (const auto& p : kGemma2)
+      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
+  }
   if (auto rest = strip_layer(stem, "blk.", &num))
     for (const auto& p : kLayerNames)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
@@ -668,7 +675,8 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h) {
 // ---- hyper-parameters ------------------------------------------------------------------------
 
 bool gguf_architecture_supported(std::string_view arch) {
-  return arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "qwen3" || arch == "gemma";
+  return arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "qwen3" || arch == "gemma" ||
+         arch == "gemma2";
 }
 
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
@@ -712,6 +720,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     fail(f.path(), "head size " + std::to_string(hp.head_dim) + " / rope dimension " + std::to_string(hp.rope_dim) +
                        " are not even, or the rope dimension exceeds the head size");
   hp.rope_theta = f.get_f32_or(a + "rope.freq_base", 10000.0f);
+  hp.attn_softcap = f.get_f32_or(a + "attn_logit_softcapping", 0.0f);
+  hp.final_softcap = f.get_f32_or(a + "final_logit_softcapping", 0.0f);
+  if (!(hp.attn_softcap >= 0) || !(hp.final_softcap >= 0) || !std::isfinite(hp.attn_softcap) ||
+      !std::isfinite(hp.final_softcap))
+    fail(f.path(), "soft-capping values must be non-negative");
+  if (f.has(a + "attention.sliding_window")) hp.sliding_window = size_key(a + "attention.sliding_window", std::nullopt);
   hp.rope_scaling_type = std::string(f.get_string_or(a + "rope.scaling.type", "none"));
   hp.rope_scaling_factor = f.get_f32_or(a + "rope.scaling.factor", f.get_f32_or(a + "rope.scale_linear", 1.0f));
   if (hp.rope_scaling_type == "none" && f.has(a + "rope.scale_linear") && hp.rope_scaling_factor != 1.0f)

@@ -184,7 +184,9 @@ class GgufFile {
 //   blk.N.attn_norm.weight -> model.layers.N.input_layernorm.weight
 //   blk.N.ffn_norm.weight  -> model.layers.N.post_attention_layernorm.weight
 // nullopt for names without a Hugging Face counterpart (e.g. rope_freqs.weight).
-std::optional<std::string> gguf_to_hf_tensor_name(std::string_view gguf_name);
+// `arch` (general.architecture) matters for Gemma 2's norms: its ffn_norm is the MLP's
+// pre_feedforward_layernorm, post_attention_norm / post_ffw_norm the branch-output norms.
+std::optional<std::string> gguf_to_hf_tensor_name(std::string_view gguf_name, std::string_view arch = {});
 // The inverse; nullopt for names outside the table.
 std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name);
 
@@ -208,6 +210,10 @@ struct GgufLlamaHParams {
   std::string rope_scaling_type = "none";
   float rope_scaling_factor = 1.0f;
   int64_t rope_scaling_original_context = 0;
+  // gemma2: {arch}.attn_logit_softcapping, .final_logit_softcapping (0: absent),
+  // .attention.sliding_window (0: none).
+  float attn_softcap = 0.0f, final_softcap = 0.0f;
+  int64_t sliding_window = 0;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;
@@ -215,7 +221,7 @@ struct GgufLlamaHParams {
 
 // The general.architecture values whose hyper-parameters and tensors we read (the llama
 // family), as listed in errors.
-inline constexpr std::string_view kGgufSupportedArchitectures = "llama, mistral, qwen2, qwen3, gemma";
+inline constexpr std::string_view kGgufSupportedArchitectures = "llama, mistral, qwen2, qwen3, gemma, gemma2";
 bool gguf_architecture_supported(std::string_view arch);
 
 // Reads and validates the hyper-parameters (positive, consistent with each other and

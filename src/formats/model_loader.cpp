@@ -180,7 +180,7 @@ class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
-      if (auto hf = gguf_to_hf_tensor_name(t.name)) index_.emplace(*hf, &t);
+      if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture)) index_.emplace(*hf, &t);
       else if (t.name != "rope_freqs.weight") unmapped_.push_back(t.name);  // read by spec_from_gguf
     }
   }
@@ -197,7 +197,7 @@ class GgufSource : public TensorSource {
   std::vector<float> get(const std::string& name) const override {
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
-    if (hp_.architecture == "gemma" && name.ends_with("norm.weight"))
+    if ((hp_.architecture == "gemma" || hp_.architecture == "gemma2") && name.ends_with("norm.weight"))
       for (float& x : v) x -= 1.0f;
     return v;
   }
@@ -270,9 +270,22 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     s.rope_scaling.type = RopeScaling::Type::Factors;
     s.rope_scaling.freq_factors = std::move(f);
   }
-  if (hp.architecture == "gemma") {
+  if (hp.architecture == "gemma" || hp.architecture == "gemma2") {
     s.mlp = MlpKind::GeGLU;
     s.norm_unit_offset = s.embed_scale = true;
+  }
+  if (hp.architecture == "gemma2") {
+    // As llama.cpp runs it: windows on even layers, the caps from the metadata, and the
+    // score scale 1/sqrt(head_dim) except Gemma 2 27B's 1/sqrt(hidden / heads) (a GGUF does
+    // not carry query_pre_attn_scalar; llama.cpp keys it on the 46-layer model type).
+    s.sandwich_norms = true;
+    s.attn_softcap = hp.attn_softcap;
+    s.final_softcap = hp.final_softcap;
+    s.sliding_window = hp.sliding_window;
+    s.sliding_layers.assign(static_cast<size_t>(hp.num_layers), false);
+    for (int64_t l = 0; l < hp.num_layers; ++l) s.sliding_layers[static_cast<size_t>(l)] = l % 2 == 0;
+    if (hp.num_layers == 46)
+      s.attn_scale = 1.0f / std::sqrt(static_cast<float>(hp.hidden_size / hp.num_heads));
   }
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);

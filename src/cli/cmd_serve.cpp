@@ -19,6 +19,7 @@
 #include "cli/model_flags.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
+#include "base/parallel.h"
 #include "memory/memory_plan.h"
 #include "model/model.h"
 #include "serve/server.h"
@@ -63,12 +64,27 @@ int run(const Options& o) {
       qlora::fail("--adapter", "the name " + qlora::excerpt(named.back().first) + " is the base model's (--alias)");
   }
 
+  const bool on_gpu = o.m.device != "cpu";
+  // The CUDA runner holds one adapter, fixed when the model moves to the GPU, while serve
+  // switches adapters per request: on a GPU it serves the base model only, for now.
+  if (on_gpu && !o.adapters.empty())
+    qlora::fail("--adapter", "serving LoRA adapters by name is CPU-only for now (--device " + o.m.device +
+                                 " serves the base model; merge an adapter with `qlora merge` to serve it there)");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (!files.notice.empty()) std::fprintf(stderr, "warning: %s\n", files.notice.c_str());
+  if (qlora::cli::wants_memory_check(o.m, "")) {
+    // From the headers only: one sequence at a time, up to --max-tokens past a short prompt.
+    qlora::MemoryOptions mo =
+        qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
+    mo.prompt_len = 256;
+    mo.new_tokens = o.max_tokens;
+    qlora::cli::check_memory_fits(files.spec, mo, o.m, "", "qlora serve");
+  }
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();
+  qlora::cli::attach_device(model, o.m, o.quiet);
   std::vector<std::unique_ptr<qlora::LoadedAdapter>> loaded;
   std::map<std::string, const qlora::LoraModel*> adapters;
   for (const auto& [name, dir] : named) {
@@ -110,6 +126,7 @@ const bool kRegistered = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "Compute dtype: fp32, bf16 or fp16");
+      qlora::cli::add_device_flag(app, o->m);
       app.add_option("--adapter,-a", o->adapters,
                      "NAME=DIR: a PEFT adapter served as model NAME (repeatable: multi-LoRA serving)");
       app.add_option("--host", o->host, "Address to listen on")->capture_default_str();

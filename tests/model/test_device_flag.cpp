@@ -36,7 +36,8 @@ TEST(DeviceFlag, UnusableDeviceIsRefusedBeforeLoading) {
     return;
   }
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"generate", "--prompt", "x"}, std::vector<std::string>{"chat"}}) {
+       {std::vector<std::string>{"generate", "--prompt", "x"}, std::vector<std::string>{"chat"},
+        std::vector<std::string>{"serve", "--port", "0"}}) {
     std::vector<std::string> a = args;
     a.insert(a.end(), {"--model", "/nonexistent/model.gguf", "--device", "cuda"});
     const CliResult r = run_cli(a);
@@ -52,4 +53,14 @@ TEST(DeviceFlag, CpuIsTheDefaultAndAccepted) {
                                "--temperature", "0", "--quant", "none", "--device", "cpu", "-q"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
+}
+
+// serve switches LoRA adapters per request; the CUDA runner holds one fixed adapter, so on a
+// GPU serve takes the base model only, and says so before loading anything.
+TEST(DeviceFlag, ServeOnTheGpuRefusesNamedAdapters) {
+  const CliResult r = run_cli({"serve", "--model", "/nonexistent/model.gguf", "--port", "0", "--device", "cuda",
+                               "--adapter", "tuned=/nonexistent/adapter"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("CPU-only for now"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("/nonexistent/model.gguf"), std::string::npos) << "checked before the model: " << r.err;
 }

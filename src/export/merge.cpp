@@ -13,6 +13,7 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "base/progress.h"
+#include "formats/model_family.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -150,27 +151,10 @@ std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int w
 
 std::string hf_config_json(const ModelSpec& s, DType dtype) {
   nlohmann::ordered_json j;
-  std::string arch;
-  if (s.family == "llama") arch = "LlamaForCausalLM";
-  else if (s.family == "mistral") arch = "MistralForCausalLM";
-  else if (s.family == "qwen2") arch = "Qwen2ForCausalLM";
-  else if (s.family == "qwen3") arch = "Qwen3ForCausalLM";
-  else if (s.family == "gemma") arch = "GemmaForCausalLM";
-  else if (s.family == "gemma2") arch = "Gemma2ForCausalLM";
-  else if (s.family == "gemma3_text") arch = "Gemma3ForCausalLM";
-  else fail("config.json", "exporting model_type '" + s.family +
-                               "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text)");
-  const bool gemma_like = s.family == "gemma" || s.family == "gemma2" || s.family == "gemma3_text";
-  const bool attention_bias_switch = s.family == "llama" || s.family == "qwen3" || gemma_like;
-  if (attention_bias_switch && s.qkv_bias != s.o_bias)
-    fail("config.json", "a " + s.family + " model with biases on q/k/v but not o (or the reverse) has no config.json form");
-  if ((s.family == "qwen3" || gemma_like) && s.mlp_bias)
-    fail("config.json", s.family + " has no config.json switch for MLP biases");
-  if (s.family != "llama" && !attention_bias_switch && (s.o_bias || s.mlp_bias))
-    fail("config.json", s.family + " has no config.json switch for o_proj or MLP biases");
-  if (s.family == "mistral" && s.qkv_bias) fail("config.json", "mistral has no config.json switch for q/k/v biases");
-  if (s.family == "qwen2" && !s.qkv_bias) fail("config.json", "qwen2 always has q/k/v biases; this model has none");
-  j["architectures"] = {arch};
+  const ModelFamily* fam = find_family(s.family);
+  if (!fam || fam->hf_class.empty())
+    fail("config.json", "exporting model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
+  j["architectures"] = {std::string(fam->hf_class)};
   j["model_type"] = s.family;
   j["hidden_size"] = s.hidden;
   j["intermediate_size"] = s.ffn;
@@ -209,40 +193,7 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   }
   j["vocab_size"] = s.vocab;
   j["tie_word_embeddings"] = s.tied_embeddings;
-  if (s.family == "llama") {
-    j["attention_bias"] = s.qkv_bias;
-    j["mlp_bias"] = s.mlp_bias;
-  } else if (s.family == "qwen3" || gemma_like) {
-    j["attention_bias"] = s.qkv_bias;
-  }
-  if (s.family == "gemma2" || s.family == "gemma3_text") {
-    // query_pre_attn_scalar from the scale it gives (scale = qpas^-0.5), rounded back to the
-    // integer configs hold.
-    j["query_pre_attn_scalar"] = std::lround(1.0 / (static_cast<double>(s.attn_scale) * s.attn_scale));
-    j["attn_logit_softcapping"] = s.attn_softcap > 0 ? nlohmann::ordered_json(s.attn_softcap) : nlohmann::ordered_json();
-    j["final_logit_softcapping"] = s.final_softcap > 0 ? nlohmann::ordered_json(s.final_softcap) : nlohmann::ordered_json();
-    j["sliding_window"] = s.sliding_window > 0 ? nlohmann::ordered_json(s.sliding_window) : nlohmann::ordered_json();
-    nlohmann::ordered_json types = nlohmann::ordered_json::array();
-    for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
-    j["layer_types"] = types;
-  }
-  // Written even when off: a config without the key gets the class default (4096 for
-  // MistralConfig in some transformers versions), which would change the model.
-  if (s.family == "mistral") j["sliding_window"] = s.sliding_window > 0 ? nlohmann::ordered_json(s.sliding_window) : nlohmann::ordered_json();
-  if (s.family == "gemma3_text") {
-    // transformers 5's form: one rotary per layer type.
-    auto rope_obj = [](float theta, const RopeScaling& r) {
-      nlohmann::ordered_json o = {{"rope_type", r.name()}, {"rope_theta", theta}};
-      if (r.type == RopeScaling::Type::Linear) o["factor"] = r.factor;
-      else if (r.type != RopeScaling::Type::None)
-        fail("config.json", std::string("gemma3 export of rope type ") + r.name() + " is not supported yet");
-      return o;
-    };
-    j.erase("rope_theta");
-    j.erase("rope_scaling");
-    j["rope_parameters"] = {{"full_attention", rope_obj(s.rope_theta, s.rope_scaling)},
-                            {"sliding_attention", rope_obj(s.rope_theta_local, s.rope_scaling_local)}};
-  }
+  if (fam->write_config) fam->write_config(s, j);  // the family's own keys (and its refusals)
   if (s.bos_id >= 0) j["bos_token_id"] = s.bos_id;
   if (s.eos_ids.size() == 1) j["eos_token_id"] = s.eos_ids[0];
   else if (!s.eos_ids.empty()) j["eos_token_id"] = s.eos_ids;

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "base/error.h"
+#include "formats/model_family.h"
 
 namespace qlora {
 
@@ -675,8 +676,7 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h) {
 // ---- hyper-parameters ------------------------------------------------------------------------
 
 bool gguf_architecture_supported(std::string_view arch) {
-  return arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "qwen3" || arch == "gemma" ||
-         arch == "gemma2";
+  return find_family_by_gguf_arch(arch) != nullptr;  // the one list: formats/model_family.cpp
 }
 
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
@@ -686,7 +686,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   // all be "missing", which hides the real problem.
   if (!gguf_architecture_supported(hp.architecture))
     fail(f.path(), "unsupported architecture " + quote(hp.architecture) + " (general.architecture; supported: " +
-                       std::string(kGgufSupportedArchitectures) + ")");
+                       gguf_supported_architectures() + ")");
   const std::string a = hp.architecture + ".";
   // Plausibility bound for sizes: rejects garbage before anyone allocates from it.
   constexpr int64_t kMax = int64_t{1} << 26;

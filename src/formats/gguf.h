@@ -219,14 +219,13 @@ struct GgufLlamaHParams {
   bool qk_rope_permuted = false;
 };
 
-// The general.architecture values whose hyper-parameters and tensors we read (the llama
-// family), as listed in errors.
-inline constexpr std::string_view kGgufSupportedArchitectures = "llama, mistral, qwen2, qwen3, gemma, gemma2";
+// Whether we read GGUFs of this general.architecture: the model family registry's list
+// (formats/model_family.h, gguf_supported_architectures()).
 bool gguf_architecture_supported(std::string_view arch);
 
 // Reads and validates the hyper-parameters (positive, consistent with each other and
 // with token_embd.weight's shape). Throws Error naming the file and the key, or the
-// architecture when it is not one of kGgufSupportedArchitectures.
+// architecture when it is not one of gguf_supported_architectures() (formats/model_family.h).
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
 
 // llama.cpp's convert_hf_to_gguf.py permutes the rows of q_proj/k_proj (weights and

@@ -1,10 +1,12 @@
 #pragma once
 // Hugging Face config.json -> ModelSpec, and generation_config.json.
 //
-// Supported model_type values: llama (including SmolLM/SmolLM2, TinyLlama, Llama 2/3 without
-// rope_scaling), mistral, qwen2. Anything else, or an option the engine does not implement
-// (rope_scaling, an activation other than silu), is an Error naming the file and the key,
-// never a silently wrong model. Defaults are transformers' for each model_type.
+// The keys every family shares are read here; the model_type picks the family
+// (formats/model_family.h: llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text), whose
+// file reads its own keys. Anything else, or an option the engine does not implement (a
+// rope type other than linear/llama3/yarn, an activation the family does not use, per-layer
+// windows where unsupported), is an Error naming the file and the key, never a silently
+// wrong model. Defaults are transformers' config classes' for each model_type.
 #include <optional>
 #include <string>
 #include <vector>

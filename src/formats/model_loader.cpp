@@ -12,6 +12,7 @@
 #include "formats/gguf.h"
 #include "formats/llama2c_model.h"
 #include "formats/llama2c_tokenizer.h"
+#include "formats/model_family.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_gguf.h"
@@ -226,12 +227,14 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   // (read_gguf_llama_hparams already refused other architectures: one list, in gguf.h.)
   if (!gguf_architecture_supported(hp.architecture))
     fail(where, "GGUF architecture '" + hp.architecture + "' is not supported (supported: " +
-                    std::string(kGgufSupportedArchitectures) + ")");
+                    gguf_supported_architectures() + ")");
   if (hp.rope_dim != hp.head_dim)
     fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
                     std::to_string(hp.head_dim) + ") are not supported");
   ModelSpec s;
-  s.family = hp.architecture;
+  // The registry's family for this architecture (gguf_architecture_supported() said there is one).
+  const ModelFamily* fam = find_family_by_gguf_arch(hp.architecture);
+  s.family = fam ? std::string(fam->model_type) : hp.architecture;
   s.hidden = hp.hidden_size;
   s.n_layers = hp.num_layers;
   s.n_heads = hp.num_heads;
@@ -246,7 +249,6 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias");
   s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
   s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias");
-  s.qk_norm = hp.architecture == "qwen3";
   if (hp.rope_scaling_type == "linear") {
     s.rope_scaling.type = RopeScaling::Type::Linear;
     s.rope_scaling.factor = hp.rope_scaling_factor;
@@ -270,23 +272,8 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     s.rope_scaling.type = RopeScaling::Type::Factors;
     s.rope_scaling.freq_factors = std::move(f);
   }
-  if (hp.architecture == "gemma" || hp.architecture == "gemma2") {
-    s.mlp = MlpKind::GeGLU;
-    s.norm_unit_offset = s.embed_scale = true;
-  }
-  if (hp.architecture == "gemma2") {
-    // As llama.cpp runs it: windows on even layers, the caps from the metadata, and the
-    // score scale 1/sqrt(head_dim) except Gemma 2 27B's 1/sqrt(hidden / heads) (a GGUF does
-    // not carry query_pre_attn_scalar; llama.cpp keys it on the 46-layer model type).
-    s.sandwich_norms = true;
-    s.attn_softcap = hp.attn_softcap;
-    s.final_softcap = hp.final_softcap;
-    s.sliding_window = hp.sliding_window;
-    s.sliding_layers.assign(static_cast<size_t>(hp.num_layers), false);
-    for (int64_t l = 0; l < hp.num_layers; ++l) s.sliding_layers[static_cast<size_t>(l)] = l % 2 == 0;
-    if (hp.num_layers == 46)
-      s.attn_scale = 1.0f / std::sqrt(static_cast<float>(hp.hidden_size / hp.num_heads));
-  }
+  if (const ModelFamily* fam = find_family_by_gguf_arch(hp.architecture); fam && fam->read_gguf)
+    fam->read_gguf(hp, s);  // the family's own metadata (formats/families/)
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);
   if (tk.eos_id) s.eos_ids = {static_cast<int>(*tk.eos_id)};

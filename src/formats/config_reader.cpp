@@ -1,0 +1,131 @@
+// Definitions for formats/config_reader.h.
+#include "formats/config_reader.h"
+
+#include <cmath>
+
+#include "base/error.h"
+#include "base/text_excerpt.h"
+
+namespace qlora::config {
+
+// A config value as JSON, short and escaped (a config.json is input like any other).
+std::string shown(const json& v) { return safe_message(v.dump(), kExcerptBytes); }
+
+const json* find_key(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+int64_t get_int(const json& j, const char* key, const std::string& where, std::optional<int64_t> dflt) {
+  const json* v = find_key(j, key);
+  if (!v) {
+    if (dflt) return *dflt;
+    fail(where, std::string("missing key '") + key + "'");
+  }
+  if (!v->is_number_integer()) fail(where, std::string("key '") + key + "' must be an integer, got " + shown(*v));
+  return v->get<int64_t>();
+}
+
+float get_float(const json& j, const char* key, const std::string& where, float dflt) {
+  const json* v = find_key(j, key);
+  if (!v) return dflt;
+  if (!v->is_number()) fail(where, std::string("key '") + key + "' must be a number, got " + shown(*v));
+  return v->get<float>();
+}
+
+bool get_bool(const json& j, const char* key, const std::string& where, bool dflt) {
+  const json* v = find_key(j, key);
+  if (!v) return dflt;
+  if (!v->is_boolean()) fail(where, std::string("key '") + key + "' must be true or false, got " + shown(*v));
+  return v->get<bool>();
+}
+
+// An id or a list of ids (eos_token_id may be either).
+std::vector<int> get_ids(const json& j, const char* key, const std::string& where) {
+  const json* v = find_key(j, key);
+  std::vector<int> ids;
+  if (!v) return ids;
+  auto one = [&](const json& e) {
+    if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > (int64_t{1} << 30))
+      fail(where, std::string("key '") + key + "' must hold token ids, got " + shown(*v));
+    ids.push_back(e.get<int>());
+  };
+  if (v->is_array())
+    for (const json& e : *v) one(e);
+  else
+    one(*v);
+  return ids;
+}
+
+// max_position_embeddings before the spec has it (yarn's default factor needs it).
+int64_t max_positions_hint(const json& j) {
+  const json* v = find_key(j, "max_position_embeddings");
+  return v && v->is_number_integer() ? v->get<int64_t>() : 0;
+}
+
+// The rope type of a rope_parameters / rope_scaling object ("rope_type", or the older
+// "type") and its parameters, as transformers' rope init functions read them.
+RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_positions, const std::string& where) {
+  RopeScaling sc;
+  const json* t = find_key(rp, "rope_type");
+  if (!t) t = find_key(rp, "type");
+  const std::string type = t && t->is_string() ? t->get<std::string>() : "default";
+  const std::string in = std::string(key) + " " + shown(rp);
+  auto num = [&](const char* k, std::optional<float> dflt) -> float {
+    const json* v = find_key(rp, k);
+    if (!v) {
+      if (!dflt) fail(where, in + ": rope_type " + type + " needs '" + k + "'");
+      return *dflt;
+    }
+    if (!v->is_number()) fail(where, in + ": '" + k + "' must be a number");
+    return v->get<float>();
+  };
+  auto positive = [&](const char* k, float v) {
+    if (!(v > 0.0f) || !std::isfinite(v)) fail(where, in + ": '" + k + "' must be positive");
+    return v;
+  };
+  if (type == "default") return sc;
+  if (type == "linear") {
+    sc.type = RopeScaling::Type::Linear;
+    sc.factor = positive("factor", num("factor", std::nullopt));
+  } else if (type == "llama3") {
+    sc.type = RopeScaling::Type::Llama3;
+    sc.factor = positive("factor", num("factor", std::nullopt));
+    sc.low_freq_factor = positive("low_freq_factor", num("low_freq_factor", std::nullopt));
+    sc.high_freq_factor = positive("high_freq_factor", num("high_freq_factor", std::nullopt));
+    sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
+    if (sc.high_freq_factor <= sc.low_freq_factor) fail(where, in + ": high_freq_factor must exceed low_freq_factor");
+  } else if (type == "yarn") {
+    sc.type = RopeScaling::Type::Yarn;
+    sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
+    if (sc.original_max_positions <= 0) fail(where, in + ": original_max_position_embeddings must be positive");
+    const json* f = find_key(rp, "factor");
+    sc.factor = f ? positive("factor", num("factor", std::nullopt))
+                  : static_cast<float>(static_cast<double>(max_positions) / static_cast<double>(sc.original_max_positions));
+    auto mscale_of = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    if (find_key(rp, "attention_factor")) {
+      sc.attention_factor = positive("attention_factor", num("attention_factor", std::nullopt));
+    } else {
+      const float ms = num("mscale", 0.0f), msa = num("mscale_all_dim", 0.0f);
+      sc.attention_factor = ms != 0.0f && msa != 0.0f
+                                ? static_cast<float>(mscale_of(sc.factor, ms) / mscale_of(sc.factor, msa))
+                                : static_cast<float>(mscale_of(sc.factor, 1.0));
+    }
+    sc.beta_fast = num("beta_fast", 32.0f);
+    sc.beta_slow = num("beta_slow", 1.0f);
+    if (sc.beta_fast == 0.0f) sc.beta_fast = 32.0f;  // transformers: `get("beta_fast") or 32`
+    if (sc.beta_slow == 0.0f) sc.beta_slow = 1.0f;
+    if (const json* tr = find_key(rp, "truncate")) {
+      if (!tr->is_boolean()) fail(where, in + ": 'truncate' must be true or false");
+      sc.truncate = tr->get<bool>();
+    }
+  } else {
+    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, llama3, yarn)");
+  }
+  if (const json* pf = find_key(rp, "partial_rotary_factor"); pf && !(pf->is_number() && pf->get<double>() == 1.0))
+    fail(where, in + ": partial_rotary_factor " + shown(*pf) + " is not supported");
+  return sc;
+}
+
+}  // namespace qlora::config

@@ -1,0 +1,36 @@
+#pragma once
+// Reading config.json values with errors a user can act on: each names the file, the key and
+// what it holds. Shared by the config.json reader (hf_config.cpp) and the family files
+// (formats/families/), which read their own keys.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model_spec.h"
+
+namespace qlora::config {
+
+using nlohmann::json;
+
+// A config value as JSON, short and escaped (a config.json is input like any other).
+std::string shown(const json& v);
+// The value of `key`, or null when absent or JSON null.
+const json* find_key(const json& j, const char* key);
+// `key` as an integer / number / boolean; `dflt` when absent (an Error when absent without
+// a default, or of the wrong type).
+int64_t get_int(const json& j, const char* key, const std::string& where, std::optional<int64_t> dflt = {});
+float get_float(const json& j, const char* key, const std::string& where, float dflt);
+bool get_bool(const json& j, const char* key, const std::string& where, bool dflt);
+// An id or a list of ids (eos_token_id may be either).
+std::vector<int> get_ids(const json& j, const char* key, const std::string& where);
+// max_position_embeddings before the spec has it (yarn's default factor needs it), 0 if absent.
+int64_t max_positions_hint(const json& j);
+// The rope type of a rope_parameters / rope_scaling object ("rope_type", or the older
+// "type") and its parameters, as transformers' rope init functions read them; `key` names
+// the object in errors. Unsupported types are an Error.
+RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_positions, const std::string& where);
+
+}  // namespace qlora::config

@@ -1,0 +1,58 @@
+// The registry of model families (formats/model_family.h).
+#include "formats/model_family.h"
+
+#include <array>
+
+#include "base/error.h"
+#include "base/text_excerpt.h"
+
+namespace qlora {
+
+namespace {
+
+// The one list. A new family adds its file under formats/families/ and its entry here.
+const std::array<const ModelFamily*, 7>& all_families() {
+  static const std::array<const ModelFamily*, 7> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+                                                        &families::kQwen3, &families::kGemma,   &families::kGemma2,
+                                                        &families::kGemma3Text};
+  return all;
+}
+
+}  // namespace
+
+const ModelFamily* find_family(std::string_view model_type) {
+  for (const ModelFamily* f : all_families())
+    if (f->model_type == model_type) return f;
+  return nullptr;
+}
+
+const ModelFamily* find_family_by_gguf_arch(std::string_view arch) {
+  if (arch.empty()) return nullptr;
+  for (const ModelFamily* f : all_families())
+    if (f->gguf_arch == arch) return f;
+  return nullptr;
+}
+
+std::string supported_model_types() {
+  std::string s;
+  for (const ModelFamily* f : all_families()) s += (s.empty() ? "" : ", ") + std::string(f->model_type);
+  return s;
+}
+
+std::string gguf_supported_architectures() {
+  std::string s;
+  for (const ModelFamily* f : all_families())
+    if (!f->gguf_arch.empty()) s += (s.empty() ? "" : ", ") + std::string(f->gguf_arch);
+  return s;
+}
+
+const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where) {
+  if (const ModelFamily* f = find_family(model_type)) return *f;
+  const char* hint = model_type == "gemma3" ? " (a Gemma 3 with vision: only the text-only gemma3_text models, e.g. "
+                                              "gemma-3-1b / 270m, load for now)"
+                                            : "";
+  fail(where, "model_type " + excerpt(std::string(model_type)) + " is not supported (supported: " +
+                  supported_model_types() + ")" + hint);
+}
+
+}  // namespace qlora

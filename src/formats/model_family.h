@@ -1,0 +1,54 @@
+#pragma once
+// The model families qlora.cpp runs, as data: what each one's config.json, GGUF and export
+// look like and what sets its ModelSpec apart from the shared parts. One file per lineage
+// (formats/families/llama.cpp: llama, mistral; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
+// gemma2, gemma3_text) and one registry (formats/model_family.cpp), which is the only list:
+// config.json reading, GGUF reading and the merged export all look families up there, and
+// an unknown one is an Error naming the file, the model_type and the supported list.
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model_spec.h"
+
+namespace qlora {
+
+struct GgufLlamaHParams;
+
+struct ModelFamily {
+  std::string_view model_type;      // config.json model_type, and ModelSpec::family
+  std::string_view hf_class;        // config.json "architectures" of a merged export
+  std::string_view gguf_arch;       // llama.cpp's general.architecture ("" = not read)
+  // Defaults of the family's transformers config class where config.json leaves keys out.
+  int64_t default_head_dim = 0;     // 0: hidden_size / num_attention_heads
+  int64_t default_context = 32768;  // max_position_embeddings
+  float default_rope_theta = 10000.0f;
+  bool default_tied = false;        // tie_word_embeddings
+  bool gelu_mlp = false;            // hidden_act is a tanh GELU (GeGLU) rather than silu
+  // Reads the family's own config.json keys into s (the shared ones are read already;
+  // `where` names the file in errors).
+  void (*read_config)(const nlohmann::json& j, const std::string& where, ModelSpec& s) = nullptr;
+  // Writes them for an export; throws Error when s has a form config.json cannot express.
+  void (*write_config)(const ModelSpec& s, nlohmann::ordered_json& j) = nullptr;
+  // Reads the family's own GGUF metadata (may be null: nothing beyond the shared keys).
+  void (*read_gguf)(const GgufLlamaHParams& hp, ModelSpec& s) = nullptr;
+};
+
+// The family of a config.json model_type, or null.
+const ModelFamily* find_family(std::string_view model_type);
+// The family of a GGUF general.architecture, or null.
+const ModelFamily* find_family_by_gguf_arch(std::string_view arch);
+// "llama, mistral, ..." for errors and docs: the config.json model_types, and the GGUF
+// general.architecture values.
+std::string supported_model_types();
+std::string gguf_supported_architectures();
+// The family of `model_type`, or an Error naming `where`, the type and the supported list.
+const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
+
+namespace families {  // formats/families/*.cpp
+extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text;
+}
+
+}  // namespace qlora

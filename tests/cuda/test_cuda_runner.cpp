@@ -225,3 +225,50 @@ TEST(CudaRunner, HfModelLogitsMatchCpu) {
     }
   }
 }
+
+namespace {
+
+std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_DIR) + "/families/" + f; }
+
+Model load_family(const std::string& f, bool nf4) {
+  ModelFiles files = open_model_files(family_dir(f));
+  ModelLoadOptions o;
+  o.quant.quantize = nf4;
+  o.quant.type = QuantType::NF4;
+  o.quant.double_quant = true;
+  return Model::load(files.spec, *files.tensors, o);
+}
+
+}  // namespace
+
+// The family fixtures (tests/fixtures/families, tools/make_family_fixtures.py) on the GPU:
+// q/k/v and MLP biases, tied heads, rotary scaling (llama3, linear, yarn) against the CPU
+// backend, prefill then decode; mistral within its window (and refused past it); the
+// families the CUDA backend does not implement yet refused before anything runs.
+TEST(CudaRunner, FamilyFixturesMatchCpuOrAreRefused) {
+  REQUIRE_GPU();
+  for (const char* f : {"llama", "llama_bias", "qwen2", "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn"}) {
+    for (bool nf4 : {false, true}) {
+      Model m = load_family(f, nf4);
+      const std::vector<int> tokens = {5, 17, 29, 31, 44, 58, 61, 77, 80, 99, 101, 120, 133, 140, 151, 3};
+      const std::vector<float> cpu = run(m, tokens, 6);
+      m.set_runner(make_cuda_runner(m, 0));
+      const std::vector<float> gpu = run(m, tokens, 6);
+      const double d = rel_max_diff(gpu, cpu);
+      EXPECT_LE(d, 2e-5) << f << " nf4 " << nf4;
+      std::printf("[ cuda vs cpu ] family %s nf4 %d: max |dlogit| / max |logit| = %.3g\n", f, nf4, d);
+    }
+  }
+  {
+    Model m = load_family("mistral", true);  // sliding window 8
+    m.set_runner(make_cuda_runner(m, 0));
+    const std::vector<int> inside = {5, 17, 29, 31, 44, 58, 61, 77};
+    EXPECT_NO_THROW(run(m, inside, 3));
+    const std::vector<int> past = {5, 17, 29, 31, 44, 58, 61, 77, 80, 99};
+    EXPECT_THROW(run(m, past, 3), Error);
+  }
+  for (const char* f : {"qwen3", "gemma", "gemma2", "gemma3_text"}) {
+    Model m = load_family(f, true);
+    EXPECT_THROW(m.set_runner(make_cuda_runner(m, 0)), Error) << f;
+  }
+}

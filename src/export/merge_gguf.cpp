@@ -2,6 +2,7 @@
 
 #include "export/gguf_tokenizer_writer.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -95,8 +96,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
   std::string arch;
   if (s.family == "llama" || s.family == "mistral") arch = "llama";
-  else if (s.family == "qwen2" || s.family == "qwen3") arch = s.family;
-  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3)");
+  else if (s.family == "qwen2" || s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") arch = s.family;
+  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2)");
+  if (s.family == "gemma2" && s.attn_scale > 0.0f &&
+      std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
+      s.n_layers != 46)
+    fail(out_path, "this gemma2 model's query_pre_attn_scalar differs from its head size, which a GGUF cannot "
+                   "carry (llama.cpp assumes the head size except for the 46-layer 27B)");
+  // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
+  const bool norm_plus_one = s.norm_unit_offset;
   const bool permute_qk = arch == "llama";  // llama.cpp's llama graph expects its rotary row order
 
   GgufWriter w;
@@ -113,6 +121,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
   w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
   w.set_f32(a + "rope.freq_base", s.rope_theta);
+  if (arch == "gemma2") {
+    if (s.attn_softcap > 0) w.set_f32(a + "attn_logit_softcapping", s.attn_softcap);
+    if (s.final_softcap > 0) w.set_f32(a + "final_logit_softcapping", s.final_softcap);
+    if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+  }
   const RopeScaling& rs = s.rope_scaling;
   if (rs.type == RopeScaling::Type::Linear) {
     w.set_string(a + "rope.scaling.type", "linear");
@@ -162,7 +175,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.add_tensor("rope_freqs.weight", GgmlType::F32, {n}, [f] { return encode(f, GgmlType::F32); });
   }
   for (const TensorSpec& t : specs) {
-    const auto gname = hf_to_gguf_tensor_name(t.name);
+    const auto gname = hf_to_gguf_tensor_name(t.name, arch);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
     GgmlType type = t.shape.size() == 1 ? GgmlType::F32 : opt.type;
     if (opt.q4_k_m) {
@@ -182,8 +195,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (permute_qk && t.name.ends_with("self_attn.k_proj.bias")) permute_heads = s.n_kv_heads;
     const std::string hf = t.name;
     const std::vector<int64_t> shape = t.shape;
-    w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname] {
+    const bool plus_one = norm_plus_one && hf.ends_with("norm.weight");
+    w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname, plus_one] {
       std::vector<float> v = merged_tensor_values(model, hf, adapters);
+      if (plus_one)
+        for (float& x : v) x += 1.0f;
       if (permute_heads > 0) {
         const int64_t rows = shape[0], cols = shape.size() > 1 ? shape[1] : 1;
         std::vector<float> p(v.size());

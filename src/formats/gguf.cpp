@@ -612,6 +612,12 @@ constexpr NamePair kLayerNames[] = {
     {"attn_norm", "input_layernorm"},
     {"ffn_norm", "post_attention_layernorm"},
 };
+// Gemma 2's norms, where its names differ from the table above (its ffn_norm is the MLP's
+// input norm, pre_feedforward_layernorm; post_attention_layernorm normalizes the attention
+// output).
+constexpr NamePair kGemma2Norms[] = {{"ffn_norm", "pre_feedforward_layernorm"},
+                                     {"post_attention_norm", "post_attention_layernorm"},
+                                     {"post_ffw_norm", "post_feedforward_layernorm"}};
 // Whole-model tensors (full names without the .weight/.bias suffix).
 constexpr NamePair kGlobalNames[] = {
     {"token_embd", "model.embed_tokens"},
@@ -650,10 +656,7 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "gemma2") {
-    constexpr NamePair kGemma2[] = {{"ffn_norm", "pre_feedforward_layernorm"},
-                                    {"post_attention_norm", "post_attention_layernorm"},
-                                    {"post_ffw_norm", "post_feedforward_layernorm"}};
-    for (const auto& p : kGemma2)
+    for (const auto& p : kGemma2Norms)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   }
   if (auto rest = strip_layer(stem, "blk.", &num))
@@ -662,11 +665,14 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
   return std::nullopt;
 }
 
-std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h) {
+std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::string_view arch) {
   std::string_view stem, suffix, num;
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "gemma2")
+    for (const auto& p : kGemma2Norms)
+      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num))
     for (const auto& p : kLayerNames)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);

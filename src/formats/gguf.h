@@ -188,7 +188,7 @@ class GgufFile {
 // pre_feedforward_layernorm, post_attention_norm / post_ffw_norm the branch-output norms.
 std::optional<std::string> gguf_to_hf_tensor_name(std::string_view gguf_name, std::string_view arch = {});
 // The inverse; nullopt for names outside the table.
-std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name);
+std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name, std::string_view arch = {});
 
 // Hyper-parameters of a llama-family GGUF, keys prefixed by general.architecture.
 struct GgufLlamaHParams {

@@ -85,6 +85,13 @@ FAMILIES = {
         layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True, initializer_range=0.1,
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
+    # The same with query_pre_attn_scalar = head_dim, which is all a GGUF can carry: for the
+    # gemma3 GGUF (llama.cpp assumes the head size).
+    "gemma3_text_gguf": ("Gemma3TextConfig", dict(
+        head_dim=32, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=32, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True, initializer_range=0.1,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
     "gemma": ("GemmaConfig", dict(rope_theta=10000.0, head_dim=32, hidden_act="gelu_pytorch_tanh",
                                   tie_word_embeddings=True)),
 }
@@ -123,6 +130,7 @@ def nf4_roundtrip(model):
 # to GGUF as "llama" and llama.cpp drops its sliding window; "llama_bias" needs MLP biases
 # llama.cpp's llama graph does not have.)
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
+             "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2"}
 
 
@@ -142,6 +150,11 @@ def write_gguf(model, arch: str, path: Path):
     w.add_value_length(hd)
     w.add_rope_dimension_count(hd)
     rp = c.rope_parameters
+    if arch == "gemma3":  # one rotary per layer type: the global one is the main one
+        w.add_sliding_window(c.sliding_window)
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
+        w.add_rope_freq_base_swa(rp["sliding_attention"]["rope_theta"])
+        rp = rp["full_attention"]
     w.add_rope_freq_base(rp["rope_theta"])
     rope_freqs = None
     if rp.get("rope_type") == "linear":
@@ -210,11 +223,11 @@ def write_gguf(model, arch: str, path: Path):
             if arch == "llama" and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
-            if arch == "gemma2":  # convert_hf_to_gguf.py's Gemma2 norm names
+            if arch in ("gemma2", "gemma3"):  # convert_hf_to_gguf.py's Gemma2/3 norm names
                 gname = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
                          "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
             out = f"blk.{layer}.{gname}.{suffix}"
-        if arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
+        if arch in ("gemma", "gemma2", "gemma3") and name.endswith("norm.weight"):
             t = t + 1.0  # llama.cpp's GemmaModel stores 1 + w (convert_hf_to_gguf.py)
         w.add_tensor(out, np.ascontiguousarray(t))
     w.write_header_to_file()

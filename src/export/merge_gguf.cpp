@@ -97,12 +97,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   std::string arch;
   if (s.family == "llama" || s.family == "mistral") arch = "llama";
   else if (s.family == "qwen2" || s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") arch = s.family;
-  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2)");
-  if (s.family == "gemma2" && s.attn_scale > 0.0f &&
+  else if (s.family == "gemma3_text") arch = "gemma3";
+  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3, gemma, "
+                      "gemma2, gemma3_text)");
+  if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
-      s.n_layers != 46)
-    fail(out_path, "this gemma2 model's query_pre_attn_scalar differs from its head size, which a GGUF cannot "
-                   "carry (llama.cpp assumes the head size except for the 46-layer 27B)");
+      s.n_layers != (arch == "gemma2" ? 46 : 62))
+    fail(out_path, "this " + s.family + " model's query_pre_attn_scalar differs from its head size, which a GGUF "
+                   "cannot carry (llama.cpp assumes the head size except for the 27B models)");
+  if (arch == "gemma3" && (s.rope_scaling_local.type != RopeScaling::Type::None))
+    fail(out_path, "a GGUF cannot carry rope scaling on gemma3's sliding layers");
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
   const bool permute_qk = arch == "llama";  // llama.cpp's llama graph expects its rotary row order
@@ -121,6 +125,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
   w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
   w.set_f32(a + "rope.freq_base", s.rope_theta);
+  if (arch == "gemma3") {
+    if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+    std::vector<bool> swa;
+    for (int64_t l = 0; l < s.n_layers; ++l) swa.push_back(s.layer_slides(l));
+    w.set_bool_array(a + "attention.sliding_window_pattern", swa);
+    w.set_f32(a + "rope.freq_base_swa", s.rope_theta_local);
+  }
   if (arch == "gemma2") {
     if (s.attn_softcap > 0) w.set_f32(a + "attn_logit_softcapping", s.attn_softcap);
     if (s.final_softcap > 0) w.set_f32(a + "final_logit_softcapping", s.final_softcap);

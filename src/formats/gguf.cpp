@@ -655,7 +655,7 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "gemma2") {
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gemma2" || arch == "gemma3")) {
     for (const auto& p : kGemma2Norms)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   }
@@ -670,7 +670,7 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "gemma2")
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gemma2" || arch == "gemma3"))
     for (const auto& p : kGemma2Norms)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num))
@@ -732,6 +732,21 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
       !std::isfinite(hp.final_softcap))
     fail(f.path(), "soft-capping values must be non-negative");
   if (f.has(a + "attention.sliding_window")) hp.sliding_window = size_key(a + "attention.sliding_window", std::nullopt);
+  if (const GgufValue* pv = f.find(a + "attention.sliding_window_pattern")) {
+    const std::string key = a + "attention.sliding_window_pattern";
+    if (pv->type == GgufValueType::ARRAY && pv->elem_type == GgufValueType::BOOL) {
+      if (static_cast<int64_t>(pv->count) != hp.num_layers || pv->raw.size() != pv->count)
+        fail(f.path(), "metadata key " + quote(key) + " must hold one flag per layer (" +
+                           std::to_string(hp.num_layers) + ")");
+      for (uint64_t l = 0; l < pv->count; ++l) hp.swa_layers.push_back(pv->raw[l] != 0);
+    } else {
+      const int64_t n = size_key(key, std::nullopt);
+      for (int64_t l = 0; l < hp.num_layers; ++l) hp.swa_layers.push_back(l % n < n - 1);
+    }
+  }
+  hp.rope_theta_swa = f.get_f32_or(a + "rope.freq_base_swa", 0.0f);
+  if (hp.rope_theta_swa < 0 || !std::isfinite(hp.rope_theta_swa))
+    fail(f.path(), "metadata key " + quote(a + "rope.freq_base_swa") + " must be positive");
   hp.rope_scaling_type = std::string(f.get_string_or(a + "rope.scaling.type", "none"));
   hp.rope_scaling_factor = f.get_f32_or(a + "rope.scaling.factor", f.get_f32_or(a + "rope.scale_linear", 1.0f));
   if (hp.rope_scaling_type == "none" && f.has(a + "rope.scale_linear") && hp.rope_scaling_factor != 1.0f)

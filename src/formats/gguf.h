@@ -214,6 +214,10 @@ struct GgufLlamaHParams {
   // .attention.sliding_window (0: none).
   float attn_softcap = 0.0f, final_softcap = 0.0f;
   int64_t sliding_window = 0;
+  // {arch}.attention.sliding_window_pattern as one flag per layer (true: the layer slides),
+  // from its array form or its period n (layer l slides when l % n < n - 1); empty if absent.
+  std::vector<bool> swa_layers;
+  float rope_theta_swa = 0.0f;  // {arch}.rope.freq_base_swa (0: absent)
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

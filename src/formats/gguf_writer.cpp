@@ -90,6 +90,12 @@ void GgufWriter::set_f32_array(const std::string& k, const std::vector<float>& v
   put<uint64_t>(kv_, v.size());
   for (float x : v) put(kv_, x);
 }
+void GgufWriter::set_bool_array(const std::string& k, const std::vector<bool>& v) {
+  key(k, GgufValueType::ARRAY);
+  put<uint32_t>(kv_, static_cast<uint32_t>(GgufValueType::BOOL));
+  put<uint64_t>(kv_, v.size());
+  for (bool x : v) put<uint8_t>(kv_, x ? 1 : 0);
+}
 void GgufWriter::copy_value(const std::string& k, const GgufValue& v) {
   key(k, v.type);
   put_value(kv_, v);

@@ -138,13 +138,29 @@ void gemma2_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   if (hp.num_layers == 46) s.attn_scale = 1.0f / std::sqrt(static_cast<float>(hp.hidden_size / hp.num_heads));
 }
 
+// As llama.cpp runs a Gemma 3 GGUF: the sliding layers from the pattern key (else every
+// sixth layer global), their own rotary base (rope.freq_base_swa, else 10000) unscaled,
+// per-head norms, no caps, and the 27B's (62 layers) score scale 1/sqrt(hidden / heads).
+void gemma3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  gemma_gguf(hp, s);
+  s.sandwich_norms = true;
+  s.qk_norm = true;
+  s.sliding_window = hp.sliding_window;
+  s.sliding_layers = hp.swa_layers;
+  if (s.sliding_layers.empty())
+    for (int64_t l = 0; l < hp.num_layers; ++l) s.sliding_layers.push_back(l % 6 < 5);
+  s.rope_local = true;
+  s.rope_theta_local = hp.rope_theta_swa > 0 ? hp.rope_theta_swa : 10000.0f;
+  if (hp.num_layers == 62) s.attn_scale = 1.0f / std::sqrt(static_cast<float>(hp.hidden_size / hp.num_heads));
+}
+
 }  // namespace
 
 const ModelFamily kGemma{"gemma", "GemmaForCausalLM", "gemma", 256, 8192, 10000.0f, true, true,
                          gemma_read, gemma_write, gemma_gguf};
 const ModelFamily kGemma2{"gemma2", "Gemma2ForCausalLM", "gemma2", 256, 8192, 10000.0f, true, true,
                           gemma2_read, gemma23_write, gemma2_gguf};
-const ModelFamily kGemma3Text{"gemma3_text", "Gemma3ForCausalLM", "", 256, 8192, 1000000.0f, true, true,
-                              gemma3_read, gemma3_write, nullptr};
+const ModelFamily kGemma3Text{"gemma3_text", "Gemma3ForCausalLM", "gemma3", 256, 8192, 1000000.0f, true, true,
+                              gemma3_read, gemma3_write, gemma3_gguf};
 
 }  // namespace qlora::families

@@ -7,6 +7,11 @@ soft caps, layer_types, sliding windows, rotary scaling), which the C++ tests ca
 back with our own loader.
 
     .refenv/bin/python tools/check_family_merges.py [--qlora build/qlora] [FAMILY ...]
+
+For the fixtures with a model.gguf it also runs llama.cpp (llama-cpp-python, float32 KV
+cache) on that GGUF with our `qlora export-adapter` LoRA GGUF (--lora) and on our merged
+GGUF: PeftModel's logits within 1e-3 (1.5e-3 of the largest logit for the gemma families:
+ggml's CPU GELU reads an fp16 table).
 """
 from __future__ import annotations
 
@@ -45,8 +50,33 @@ def main():
             rel = float((got - want).abs().max() / want.abs().max())
             worst = max(worst, rel)
             print(json.dumps({"family": f, "max_abs_dlogit_rel_to_max_logit": rel}))
+        worst_cpp = 0.0
+        for f in fams:
+            gg = FIX / f / "model.gguf"
+            if not gg.exists():
+                continue
+            from llama_cpp import Llama
+            import numpy as np
+            ref = json.loads((FIX / f / "reference.json").read_text())
+            want = load_file(str(FIX / f / "logits.safetensors"))["peft_logits"].numpy()
+            lora, merged = Path(tmp) / f"{f}-lora.gguf", Path(tmp) / f"{f}-merged.gguf"
+            subprocess.run([a.qlora, "export-adapter", str(FIX / f / "initial_adapter"), "--model", str(gg), "--quant",
+                            "none", "--type", "f32", "--out", str(lora), "-q"], check=True)
+            subprocess.run([a.qlora, "merge", "--model", str(gg), "--adapter", str(FIX / f / "initial_adapter"),
+                            "--quant", "none", "--gguf-type", "f32", "--out", str(merged), "-q"], check=True)
+            for what, kw in (("lora_gguf", {"model_path": str(gg), "lora_path": str(lora)}),
+                             ("merged_gguf", {"model_path": str(merged)})):
+                llm = Llama(n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0, flash_attn=False, **kw)
+                llm.eval(ref["prompt"])
+                got = np.array(llm.scores[: len(ref["prompt"])], dtype=np.float32)
+                rel = float(abs(got - want).max() / abs(want).max())
+                limit = 1.5e-3 if f.startswith("gemma") else 1e-3
+                worst_cpp = max(worst_cpp, rel / limit)
+                print(json.dumps({"family": f, "llama_cpp": what, "max_abs_dlogit_rel_to_max_logit": rel}))
     if worst > 1e-5:
         sys.exit(f"a merge disagrees with PeftModel (worst {worst:.2e})")
+    if worst_cpp > 1:
+        sys.exit("llama.cpp disagrees with PeftModel on one of our GGUFs")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   if (type != GgmlType::F32 && type != GgmlType::F16) fail("--type", "a LoRA GGUF is written as f32 or f16");
   std::string arch;
   if (spec.family == "llama" || spec.family == "mistral") arch = "llama";
-  else if (spec.family == "qwen2" || spec.family == "qwen3") arch = spec.family;
-  else fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (llama, mistral, qwen2, qwen3)");
+  else if (spec.family == "qwen2" || spec.family == "qwen3" || spec.family == "gemma" || spec.family == "gemma2")
+    arch = spec.family;
+  else if (spec.family == "gemma3_text") arch = "gemma3";
+  else fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family +
+                          "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text)");
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
   const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
@@ -33,7 +36,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   const bool permute_qk = arch == "llama";
   size_t n = 0;
   for (const LoraLayer& L : adapter.lora->layers()) {
-    const auto gname = hf_to_gguf_tensor_name(L.module_path + ".weight");
+    const auto gname = hf_to_gguf_tensor_name(L.module_path + ".weight", arch);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;
     if (permute_qk && L.module_path.ends_with("self_attn.q_proj")) heads = spec.n_heads;

@@ -247,6 +247,17 @@ THINKING_CONVERSATION = [
     {"role": "assistant", "reasoning_content": "Add again.", "content": "6"},
 ]
 
+# Gemma 3's chat template (google/gemma-3-* tokenizer_config.json): the system turn becomes
+# the first user turn's prefix; content may be a list of typed parts.
+GEMMA3 = '{{ bos_token }}\n{%- if messages[0][\'role\'] == \'system\' -%}\n    {%- if messages[0][\'content\'] is string -%}\n        {%- set first_user_prefix = messages[0][\'content\'] + \'\n\n\' -%}\n    {%- else -%}\n        {%- set first_user_prefix = messages[0][\'content\'][0][\'text\'] + \'\n\n\' -%}\n    {%- endif -%}\n    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = "" -%}\n    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n    {%- if (message[\'role\'] == \'user\') != (loop.index0 % 2 == 0) -%}\n        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}\n    {%- endif -%}\n    {%- if (message[\'role\'] == \'assistant\') -%}\n        {%- set role = "model" -%}\n    {%- else -%}\n        {%- set role = message[\'role\'] -%}\n    {%- endif -%}\n    {{ \'<start_of_turn>\' + role + \'\n\' + (first_user_prefix if loop.first else "") }}\n    {%- if message[\'content\'] is string -%}\n        {{ message[\'content\'] | trim }}\n    {%- elif message[\'content\'] is iterable -%}\n        {%- for item in message[\'content\'] -%}\n            {%- if item[\'type\'] == \'image\' -%}\n                {{ \'<start_of_image>\' }}\n            {%- elif item[\'type\'] == \'text\' -%}\n                {{ item[\'text\'] | trim }}\n            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n        {{ raise_exception("Invalid content type") }}\n    {%- endif -%}\n    {{ \'<end_of_turn>\n\' }}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{\'<start_of_turn>model\n\'}}\n{%- endif -%}'
+
+PARTS_CONVERSATION = [
+    {"role": "system", "content": [{"type": "text", "text": "Answer in one word."}]},
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "  What is this? "}]},
+    {"role": "assistant", "content": "A cat."},
+    {"role": "user", "content": "Sure?"},
+]
+
 GEMMA = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
     "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -480,6 +491,7 @@ def main():
         ("gemma", GEMMA, "from memory (google/gemma-7b-it)", "<bos>", "<eos>"),
         ("phi3", PHI3, "from memory (microsoft/Phi-3-mini-4k-instruct)", "<s>", "<|endoftext|>"),
         ("qwen3", QWEN3, "Qwen/Qwen3-0.6B tokenizer_config.json", None, "<|im_end|>"),
+        ("gemma3", GEMMA3, "google/gemma-3 tokenizer_config.json", "<bos>", "<eos>"),
         ("features", FEATURES, "synthetic", "<s>", "</s>"),
     ]
     for name, tmpl, source, bos, eos in templates:
@@ -489,6 +501,8 @@ def main():
         if name == "qwen2_5":
             convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
             convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
+        if name == "gemma3":
+            convs["content_parts"] = (PARTS_CONVERSATION, {})
         if name == "qwen3":
             convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
             convs["thinking"] = (THINKING_CONVERSATION, {})

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
+#include "formats/model_family.h"
 #include "lora/lora.h"
 
 namespace qlora {
@@ -16,13 +17,11 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   if (!overwrite && std::filesystem::exists(out_path, ec))
     fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
   if (type != GgmlType::F32 && type != GgmlType::F16) fail("--type", "a LoRA GGUF is written as f32 or f16");
-  std::string arch;
-  if (spec.family == "llama" || spec.family == "mistral") arch = "llama";
-  else if (spec.family == "qwen2" || spec.family == "qwen3" || spec.family == "gemma" || spec.family == "gemma2")
-    arch = spec.family;
-  else if (spec.family == "gemma3_text") arch = "gemma3";
-  else fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family +
-                          "' is not supported (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text)");
+  const ModelFamily* fam = find_family(spec.family);
+  if (!fam || fam->export_arch().empty())
+    fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (" +
+                       supported_model_types() + ")");
+  const std::string arch(fam->export_arch());
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
   const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;

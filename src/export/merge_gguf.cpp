@@ -13,6 +13,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_writer.h"
 #include "formats/model_loader.h"
+#include "formats/model_family.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -94,12 +95,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "is the base model's own file: write the merged model somewhere else");
   if (!overwrite && fs::exists(out_path, ec))
     fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
-  std::string arch;
-  if (s.family == "llama" || s.family == "mistral") arch = "llama";
-  else if (s.family == "qwen2" || s.family == "qwen3" || s.family == "gemma" || s.family == "gemma2") arch = s.family;
-  else if (s.family == "gemma3_text") arch = "gemma3";
-  else fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (llama, mistral, qwen2, qwen3, gemma, "
-                      "gemma2, gemma3_text)");
+  const ModelFamily* fam = find_family(s.family);
+  if (!fam || fam->export_arch().empty())
+    fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
+  const std::string arch(fam->export_arch());
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
       s.n_layers != (arch == "gemma2" ? 46 : 62))

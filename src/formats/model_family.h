@@ -34,6 +34,10 @@ struct ModelFamily {
   void (*write_config)(const ModelSpec& s, nlohmann::ordered_json& j) = nullptr;
   // Reads the family's own GGUF metadata (may be null: nothing beyond the shared keys).
   void (*read_gguf)(const GgufLlamaHParams& hp, ModelSpec& s) = nullptr;
+  // general.architecture of the GGUFs we write ("" = gguf_arch): mistral goes out as llama.cpp's
+  // "llama", the architecture its converter uses.
+  std::string_view gguf_export_arch = {};
+  std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };
 
 // The family of a config.json model_type, or null.

@@ -68,15 +68,19 @@ Fixture read_fixture(const std::string& f) {
   return x;
 }
 
-std::unique_ptr<Model> load(const std::string& f, bool nf4) {
-  ModelFiles files = open_model_files(family_dir(f));
+// The model at `path` (a directory or a .gguf), float32 or NF4 (blocksize 64, no double
+// quantization: what the bitsandbytes reference used).
+Model load_path(const std::string& path, bool nf4 = false) {
+  ModelFiles files = open_model_files(path);
   ModelLoadOptions o;
   o.quant.quantize = nf4;
   o.quant.type = QuantType::NF4;
   o.quant.blocksize = 64;
   o.quant.double_quant = false;
-  return std::make_unique<Model>(Model::load(files.spec, *files.tensors, o));
+  return Model::load(files.spec, *files.tensors, o);
 }
+
+std::unique_ptr<Model> load(const std::string& f, bool nf4) { return std::make_unique<Model>(load_path(family_dir(f), nf4)); }
 
 std::vector<float> prompt_logits(const Model& m, const std::vector<int>& prompt) {
   InferenceState st(m.spec(), static_cast<int64_t>(prompt.size()));
@@ -243,11 +247,8 @@ class FamiliesGguf : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FamiliesGguf, GgufLogitsMatchTransformers) {
   const Fixture x = read_fixture(GetParam());
-  ModelFiles files = open_model_files(family_dir(GetParam()) + "/model.gguf");
-  EXPECT_EQ(files.spec.family, x.ref.at("model_type").get<std::string>());
-  ModelLoadOptions o;
-  o.quant.quantize = false;
-  const Model m = Model::load(files.spec, *files.tensors, o);
+  const Model m = load_path(family_dir(GetParam()) + "/model.gguf");
+  EXPECT_EQ(m.spec().family, x.ref.at("model_type").get<std::string>());
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " gguf");
 }
@@ -258,19 +259,16 @@ TEST_P(FamiliesGguf, GgufLogitsMatchTransformers) {
 TEST_P(Families, MergedHfDirectoryGivesTheSameLogits) {
   const Fixture x = read_fixture(GetParam());
   ModelFiles files = open_model_files(family_dir(GetParam()));
-  ModelLoadOptions o;
-  o.quant.quantize = false;
-  const Model m = Model::load(files.spec, *files.tensors, o);
+  const Model m = load_path(family_dir(GetParam()));
   TempDir tmp("merge_" + GetParam());
   HfExportOptions eo;
   eo.dtype = DType::F32;
   eo.log = false;
   write_merged_hf_dir(m, files, {}, tmp.path("hf"), eo, false);
-  ModelFiles back = open_model_files(tmp.path("hf"));
-  EXPECT_EQ(back.spec.family, files.spec.family);
-  EXPECT_EQ(back.spec.sliding_window, files.spec.sliding_window);
-  EXPECT_EQ(back.spec.rope_scaling.type, files.spec.rope_scaling.type);
-  const Model m2 = Model::load(back.spec, *back.tensors, o);
+  const Model m2 = load_path(tmp.path("hf"));
+  EXPECT_EQ(m2.spec().family, files.spec.family);
+  EXPECT_EQ(m2.spec().sliding_window, files.spec.sliding_window);
+  EXPECT_EQ(m2.spec().rope_scaling.type, files.spec.rope_scaling.type);
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged hf");
 }
@@ -278,16 +276,13 @@ TEST_P(Families, MergedHfDirectoryGivesTheSameLogits) {
 TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
   const Fixture x = read_fixture(GetParam());
   ModelFiles files = open_model_files(family_dir(GetParam()) + "/model.gguf");
-  ModelLoadOptions o;
-  o.quant.quantize = false;
-  const Model m = Model::load(files.spec, *files.tensors, o);
+  const Model m = load_path(family_dir(GetParam()) + "/model.gguf");
   TempDir tmp("mergegguf_" + GetParam());
   GgufExportOptions eo;
   eo.type = GgmlType::F32;
   eo.log = false;
   write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
-  ModelFiles back = open_model_files(tmp.path("m.gguf"));
-  const Model m2 = Model::load(back.spec, *back.tensors, o);
+  const Model m2 = load_path(tmp.path("m.gguf"));
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged gguf");
 }

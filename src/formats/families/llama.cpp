@@ -41,6 +41,6 @@ void mistral_write(const ModelSpec& s, ordered_json& j) {
 const ModelFamily kLlama{"llama", "LlamaForCausalLM", "llama", 0, 2048, 10000.0f, false, false,
                          llama_read, llama_write, nullptr};
 const ModelFamily kMistral{"mistral", "MistralForCausalLM", "mistral", 0, 4096 * 32, 10000.0f, false, false,
-                           mistral_read, mistral_write, nullptr};
+                           mistral_read, mistral_write, nullptr, "llama"};
 
 }  // namespace qlora::families

@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
+#include "model/block_program.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
 
@@ -259,11 +260,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         optim_is_8bit(o.optim) ? "2 x uint8 moments + fp32 absmax per 256 (fp32 below 4096 elements)"
                                : "2 x fp32 moments per parameter",
         paged);
-    // TrainWorkspace::Block, one per layer without checkpointing, one with.
-    // (qk_norm models also keep q and k before their norms, and one rstd per head.)
-    const uint64_t qk_norm = (s.qk_norm ? T * QD + T * KVD + T * NH + T * u(s.n_kv_heads) : 0) +
-                             (s.sandwich_norms ? 2 * T * C + 2 * T : 0);  // (and gemma2's branch-output norms)
-    const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F + qk_norm) +
+    // TrainWorkspace::Block, one per layer without checkpointing, one with: the buffers the
+    // block program's backward reads (model/block_program.h), plus the LoRA caches.
+    const BlockProgram prog = BlockProgram::for_spec(s);
+    const uint64_t block = 4 * u(prog.saved_floats(static_cast<int64_t>(T))) +
                            4 * (static_cast<uint64_t>(ls.modules_per_block) * T * r_ + (drop ? T * ls.sum_in : 0));
     const uint64_t xs = 4 * (L + 1) * T * C;
     r.activations_checkpointed = xs + block;
@@ -286,9 +286,11 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       tile = std::max(tile, rows * in);
     }
     if (db != 4) tile = std::max(tile, std::min<uint64_t>(std::max<uint64_t>((1u << 18) / C, 16), V) * C);
-    const uint64_t scratch = 4 * (4 * T * C + 3 * T * F + 2 * T * QD + 2 * T * KVD + NH * T * T + T * HS + T * C +
-                                  (s.qk_norm ? T * QD + T * KVD : 0) + (s.sandwich_norms ? 2 * T * C : 0) +
-                                  T + T + tile + (o.checkpointing ? T * C : 0));
+    // The program's transient buffers and its gradients, the (NH, T, T) attention-gradient
+    // scratch, dx and the final norm's gradient, rope tables, positions and key windows.
+    const uint64_t scratch = 4 * (u(prog.transient_floats(static_cast<int64_t>(T))) +
+                                  u(prog.gradient_floats(static_cast<int64_t>(T))) + NH * T * T + 2 * T * C +
+                                  T * HS * (s.rope_local ? 2 : 1) + T + T + tile + (o.checkpointing ? T * C : 0));
     // The largest transient on top: lora_forward's (T, out) product and dropout copy, or the
     // lm_head input-gradient panels (64 x V + T x 64 floats per thread).
     const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + T * 64) : 0);
@@ -300,8 +302,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
     add(r, "KV cache (fp32 keys + values)", 2 * L * KVD * cap * 4,
         std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
-    add(r, "forward scratch (prompt prefill)", 4 * P * (3 * C + 2 * QD + 2 * KVD + 2 * F + HS + 1),
-        "x, h, q, k, v, att, o, gate, up, rope tables for the prompt's tokens");
+    const BlockProgram prog = BlockProgram::for_spec(s);
+    add(r, "forward scratch (prompt prefill)",
+        4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + 2),
+        "residual stream, final norm, the block's buffers (sharing slots), rope tables for the prompt's tokens");
     add(r, "logits and sampler", V * 4 + V * 13, "(V) logits + sampler index/probability/seen arrays");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
     if (o.with_adapter && ls.modules_per_block > 0) {

@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "lora/lora.h"
 #include "lora/lora_model.h"
+#include "model/block_run.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -88,6 +89,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 
   Model m;
   m.spec_ = spec;
+  m.block_ = std::make_shared<const BlockProgram>(BlockProgram::for_spec(spec));
   m.dtype_ = opt.compute_dtype;
   m.quant_ = opt.quant;
   const int64_t total = static_cast<int64_t>(expected.size());
@@ -169,6 +171,18 @@ QuantLinear& LayerWeights::linear(int which) {
 
 const QuantLinear& LayerWeights::linear(int which) const { return const_cast<LayerWeights*>(this)->linear(which); }
 
+const std::vector<float>& LayerWeights::norm(NormRole role) const {
+  switch (role) {
+    case NormRole::Input: return input_norm;
+    case NormRole::PostAttention: return post_norm;
+    case NormRole::PreFfn: return pre_ffn_norm;
+    case NormRole::PostFfn: return post_ffn_norm;
+    case NormRole::QHead: return q_norm;
+    case NormRole::KHead: return k_norm;
+  }
+  fail("LayerWeights::norm", "no such norm");
+}
+
 const QuantLinear& Model::block_linear(int64_t layer, int which) const {
   return layers_.at(static_cast<size_t>(layer)).linear(which);
 }
@@ -207,18 +221,15 @@ InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity)
     : cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
              /*allocate=*/false) {}
 
-void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
+void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   if (T <= scratch_T_) return;
+  const ModelSpec& s = p.spec();
   const auto n = [T](int64_t per_token) { return static_cast<size_t>(T * per_token); };
   x_.resize(n(s.hidden));
   h_.resize(n(s.hidden));
-  q_.resize(n(s.q_dim()));
-  k_.resize(n(s.kv_dim()));
-  v_.resize(n(s.kv_dim()));
-  att_.resize(n(s.q_dim()));
-  o_.resize(n(s.hidden));
-  gate_.resize(n(s.ffn));
-  up_.resize(n(s.ffn));
+  const std::vector<int64_t>& widths = p.inference_slots().slot_width;
+  slots_.resize(widths.size());
+  for (size_t i = 0; i < widths.size(); ++i) slots_[i].resize(n(widths[i]));
   cos_.resize(n(s.head_dim / 2));
   sin_.resize(n(s.head_dim / 2));
   if (s.rope_local) {
@@ -229,24 +240,6 @@ void InferenceState::ensure_scratch(const ModelSpec& s, int64_t T) {
   key_start_.resize(n(1));
   scratch_T_ = T;
 }
-
-namespace {
-
-// y (T, out) = W x (+ bias), then + scaling · B (A x) when the adapter has this Linear, the
-// sum rounded to the compute dtype: PEFT adds the LoRA product to the (bf16/fp16) base
-// output, and the training forward (train/train_model.cpp) rounds there too.
-inline void linear(float* y, const QuantLinear& W, const LoraModel* ad, int64_t l, int which, const float* x,
-                   int64_t T) {
-  W.forward(y, x, T);
-  if (ad) {
-    if (const LoraLayer* lo = ad->find(l, static_cast<BlockLinear>(which))) {
-      lora_forward(y, nullptr, *lo, x, T, /*training=*/false, nullptr);
-      round_activations(y, T * W.out_features(), W.dtype());
-    }
-  }
-}
-
-}  // namespace
 
 void forward(const Model& model, InferenceState& st, std::span<const int> tokens, float* logits, bool all_logits) {
   const ModelSpec& s = model.spec();
@@ -270,19 +263,12 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     return;
   }
   st.cache_.allocate();
-  st.ensure_scratch(s, T);
+  const BlockProgram& prog = model.block();
+  st.ensure_scratch(prog, T);
 
-  const int64_t C = s.hidden, HS = s.head_dim, NH = s.n_heads, NKV = s.n_kv_heads, F = s.ffn;
-  const int64_t QD = s.q_dim(), KVD = s.kv_dim();
-  float* x = st.x_.data();        // (T, C) residual stream
-  float* h = st.h_.data();        // (T, C) normed input of a sub-block
-  float* q = st.q_.data();        // (T, NH*HS)
-  float* k = st.k_.data();        // (T, NKV*HS)
-  float* v = st.v_.data();        // (T, NKV*HS)
-  float* att = st.att_.data();    // (T, NH*HS) attention output
-  float* o = st.o_.data();        // (T, C)
-  float* gate = st.gate_.data();  // (T, F)
-  float* up = st.up_.data();      // (T, F)
+  const int64_t C = s.hidden, HS = s.head_dim;
+  float* x = st.x_.data();  // (T, C) residual stream
+  float* h = st.h_.data();  // (T, C) final norm output
 
   embedding_forward(x, tokens.data(), T, model.embed_tokens());
   if (s.embed_scale) embed_scale_forward(x, T * C, C, dt);
@@ -300,52 +286,29 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     window_start = st.key_start_.data();
   }
 
-  const LoraModel* ad = model.adapter();
+  // The block's buffers: the residual stream in and out (in place), the rest in slots.
+  BlockRun run;
+  run.program = &prog;
+  run.dtype = dt;
+  run.T = T;
+  run.cache = &st.cache_;
+  run.pos0 = pos0;
+  run.adapter = model.adapter();
+  run.buf.assign(prog.buffers().size(), nullptr);
+  for (size_t b = 0; b < run.buf.size(); ++b) {
+    const int slot = prog.inference_slots().slot_of[b];
+    if (slot >= 0) run.buf[b] = st.slots_[static_cast<size_t>(slot)].data();
+  }
+  run.buf[static_cast<size_t>(prog.input())] = x;
+  run.buf[static_cast<size_t>(prog.output())] = x;
   for (int64_t l = 0; l < s.n_layers; ++l) {
-    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
-    // --- attention ---
-    rmsnorm_forward(h, nullptr, x, L.input_norm.data(), T, C, s.norm_eps, dt, noff);
-    linear(q, L.q_proj, ad, l, 0, h, T);
-    linear(k, L.k_proj, ad, l, 1, h, T);
-    linear(v, L.v_proj, ad, l, 2, h, T);
-    if (s.qk_norm) {  // per head, on the projections as the compute dtype holds them
-      round_activations(q, T * QD, dt);
-      round_activations(k, T * KVD, dt);
-      rmsnorm_forward(q, nullptr, q, L.q_norm.data(), T * NH, HS, s.norm_eps, dt, noff);
-      rmsnorm_forward(k, nullptr, k, L.k_norm.data(), T * NKV, HS, s.norm_eps, dt, noff);
-    }
+    run.layer = l;
+    run.weights = &model.layers()[static_cast<size_t>(l)];
     const bool local = s.layer_uses_local_rope(l);
-    const float* rc = local ? st.cos_local_.data() : st.cos_.data();
-    const float* rs = local ? st.sin_local_.data() : st.sin_.data();
-    rope_forward(q, rc, rs, T, NH, HS);
-    rope_forward(k, rc, rs, T, NKV, HS);
-    round_activations(q, T * QD, dt);
-    round_activations(k, T * KVD, dt);
-    float* kc = st.cache_.keys(l);    // (capacity, NKV*HS)
-    float* vc = st.cache_.values(l);  // (capacity, NKV*HS)
-    std::copy_n(k, T * KVD, kc + pos0 * KVD);
-    std::copy_n(v, T * KVD, vc + pos0 * KVD);
-    attention_forward(att, nullptr, q, kc, vc, T, pos0 + T, pos0, NH, NKV, HS, s.layer_slides(l) ? window_start : nullptr,
-                      s.attn_scale, s.attn_softcap);
-    round_activations(att, T * QD, dt);
-    linear(o, L.o_proj, ad, l, 3, att, T);
-    if (s.sandwich_norms) rmsnorm_forward(o, nullptr, o, L.post_norm.data(), T, C, s.norm_eps, dt, noff);
-    residual_forward(x, x, o, T * C);
-    round_activations(x, T * C, dt);
-    // --- MLP ---
-    rmsnorm_forward(h, nullptr, x, (s.sandwich_norms ? L.pre_ffn_norm : L.post_norm).data(), T, C, s.norm_eps, dt,
-                    noff);
-    linear(gate, L.gate_proj, ad, l, 4, h, T);
-    linear(up, L.up_proj, ad, l, 5, h, T);
-    if (s.mlp == MlpKind::GeGLU)
-      geglu_forward(gate, gate, up, T * F);
-    else
-      swiglu_forward(gate, gate, up, T * F);
-    round_activations(gate, T * F, dt);
-    linear(o, L.down_proj, ad, l, 6, gate, T);
-    if (s.sandwich_norms) rmsnorm_forward(o, nullptr, o, L.post_ffn_norm.data(), T, C, s.norm_eps, dt, noff);
-    residual_forward(x, x, o, T * C);
-    round_activations(x, T * C, dt);
+    run.cos = local ? st.cos_local_.data() : st.cos_.data();
+    run.sin = local ? st.sin_local_.data() : st.sin_.data();
+    run.key_start = s.layer_slides(l) ? window_start : nullptr;
+    block_forward(run);
   }
   st.cache_.set_length(pos0 + T);
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "base/dtype.h"
+#include "model/block_program.h"
 #include "model/device_runner.h"
 #include "model/kv_cache.h"
 #include "model/model_spec.h"
@@ -40,6 +41,8 @@ struct LayerWeights {
   // REQUIRES 0 <= which < kBlockLinearCount.
   QuantLinear& linear(int which);
   const QuantLinear& linear(int which) const;
+  // The norm weight of `role` (block_program.h); empty when the family has none.
+  const std::vector<float>& norm(NormRole role) const;
 };
 
 class LoraModel;  // lora/lora_model.h
@@ -71,6 +74,8 @@ class Model {
   const DenseWeight& lm_head() const { return spec_.tied_embeddings ? embed_ : lm_head_; }  // (V, C)
   const std::vector<float>& final_norm() const { return final_norm_; }  // (C)
   const std::vector<LayerWeights>& layers() const { return layers_; }
+  // The block every layer runs (inference and training alike; model/block_program.h).
+  const BlockProgram& block() const { return *block_; }
   std::vector<LayerWeights>& mutable_layers() { return layers_; }
   // Bytes of all weights held (4-bit codes and constants, dense tensors).
   size_t weight_bytes() const;
@@ -99,6 +104,7 @@ class Model {
   DenseWeight embed_, lm_head_;
   std::vector<float> final_norm_;
   std::vector<LayerWeights> layers_;
+  std::shared_ptr<const BlockProgram> block_;
   const LoraModel* adapter_ = nullptr;
   std::shared_ptr<const DeviceRunner> runner_;
 };
@@ -116,12 +122,14 @@ class InferenceState {
 
  private:
   friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
-  void ensure_scratch(const ModelSpec& spec, int64_t T);
+  void ensure_scratch(const BlockProgram& program, int64_t T);
   KVCache cache_;  // on the CPU: the keys and values; with a device runner: the length only
   std::unique_ptr<DeviceSequence> device_;  // the device's keys and values (runner models)
   int64_t scratch_T_ = 0;
-  // Scratch, (T, ...) each.
-  std::vector<float> x_, h_, q_, k_, v_, att_, o_, gate_, up_, cos_, sin_;
+  // Scratch, (T, ...) each: the residual stream, the block's buffers (sharing slots where
+  // their lives do not overlap: BlockProgram::inference_slots) and the rotary tables.
+  std::vector<float> x_, h_, cos_, sin_;
+  std::vector<std::vector<float>> slots_;
   std::vector<float> cos_local_, sin_local_;  // rope_local models: the sliding layers' tables
   std::vector<int32_t> pos_;
   std::vector<int32_t> key_start_;  // (T) sliding-window models: each query's first key

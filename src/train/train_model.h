@@ -4,11 +4,13 @@
 // gradient dX flows through them (dequantized a tile of rows at a time), and only the
 // LoRA A/B matrices receive weight gradients.
 //
-// Block by block, llm.c style: the forward of a block caches what its backward needs
-// (rmsnorm rstd, q/k/v, attention probabilities, MLP activations, LoRA caches). With
-// gradient checkpointing only the block inputs are kept; the backward recomputes each
-// block from its input (restoring the dropout generator so the masks are identical)
-// and then runs its backward, so activation memory is O(layers · T · C) + one block.
+// Block by block: each layer runs the model's BlockProgram (model/block_program.h, the
+// same ops inference runs) keeping the buffers its backward reads (norm rstd, q/k/v,
+// attention probabilities, MLP activations, LoRA caches); the backward replays the ops in
+// reverse (model/block_run.h). With gradient checkpointing only the block inputs are kept;
+// the backward recomputes each block from its input (restoring the dropout generator so
+// the masks are identical) and then runs its backward, so activation memory is
+// O(layers · T · C) + one block.
 //
 // Thread-safety: a LoraModel is mutated by forward_backward (gradients); one call at a time.
 #include <array>

@@ -1,0 +1,81 @@
+// The backward interpreter of a BlockProgram: the forward's ops in reverse, each through its
+// hand-written backward. Rounding to the compute dtype is the identity here (straight-
+// through, as autograd treats .to(dtype)).
+#include <algorithm>
+
+#include "base/error.h"
+#include "lora/lora_model.h"
+#include "model/block_run.h"
+#include "model/model.h"
+#include "model/ops.h"
+#include "model/ops_backward.h"
+
+namespace qlora {
+
+namespace {
+
+// dx (T, in) += dy (T, out) · W, through the frozen weight a tile of rows at a time, and
+// the LoRA path (whose A/B gradients accumulate).
+void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, LoraLayer* lora,
+                     const LoraCache* cache, const float* dy, const float* x, int64_t T) {
+  const int64_t in = W.in_features(), out = W.out_features();
+  const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / in, 16, out);
+  if (static_cast<int64_t>(tile.size()) < rows * in) tile.resize(static_cast<size_t>(rows * in));
+  for (int64_t o0 = 0; o0 < out; o0 += rows) {
+    const int64_t o1 = std::min(out, o0 + rows);
+    W.dequantize_rows(o0, o1, tile.data());
+    matmul_backward_input(dx, dy + o0, tile.data(), T, in, o1 - o0, out);
+  }
+  if (lora) lora_backward(dx, *lora, dy, x, *cache, T);
+}
+
+}  // namespace
+
+void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<float*>& grad, std::vector<float>& tile,
+                    float* datt) {
+  const BlockProgram& p = *r.program;
+  const ModelSpec& s = p.spec();
+  const LayerWeights& L = *r.weights;
+  const int64_t T = r.T;
+  const float noff = s.norm_offset();
+  for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
+    if (b != p.output() && grad[static_cast<size_t>(b)])
+      std::fill_n(grad[static_cast<size_t>(b)], p.floats(b, T, T), 0.0f);
+  auto buf = [&](int b) -> const float* { return r.buf[static_cast<size_t>(b)]; };
+  auto g = [&](int b) -> float* { return grad[static_cast<size_t>(b)]; };
+  const auto& ops = p.ops();
+  for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
+    const BlockOp& o = *it;
+    const float* dy = g(o.out);
+    switch (o.kind) {
+      case BlockOpKind::Norm:
+        rmsnorm_backward(g(o.in0), nullptr, dy, buf(o.in0), L.norm(o.norm).data(), buf(o.aux), T * o.rows_per_token,
+                         o.width, noff);
+        break;
+      case BlockOpKind::Linear: {
+        LoraLayer* lo = adapter.find(r.layer, static_cast<BlockLinear>(o.linear));
+        linear_backward(g(o.in0), tile, L.linear(o.linear), lo, lo ? &r.lora_caches[o.linear] : nullptr, dy,
+                        buf(o.in0), T);
+        break;
+      }
+      case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
+        rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim);
+        break;
+      case BlockOpKind::Attention:
+        attention_backward(g(o.in0), g(o.in1), g(o.in2), datt, dy, buf(o.in0), buf(o.in1), buf(o.in2), buf(o.aux), T,
+                           T, 0, s.n_heads, s.n_kv_heads, s.head_dim, r.key_start, s.attn_scale, s.attn_softcap);
+        break;
+      case BlockOpKind::GatedAct:
+        if (s.mlp == MlpKind::GeGLU)
+          geglu_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T));
+        else
+          swiglu_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T));
+        break;
+      case BlockOpKind::Residual:
+        residual_backward(g(o.in0), g(o.in1), dy, p.floats(o.out, T, T));
+        break;
+    }
+  }
+}
+
+}  // namespace qlora

@@ -1,0 +1,74 @@
+// The forward interpreter of a BlockProgram, shared by inference and training.
+#include <algorithm>
+
+#include "base/error.h"
+#include "lora/lora_model.h"
+#include "model/block_run.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+#include "model/ops.h"
+
+namespace qlora {
+
+void block_forward(const BlockRun& r) {
+  const BlockProgram& p = *r.program;
+  const ModelSpec& s = p.spec();
+  const LayerWeights& L = *r.weights;
+  const int64_t T = r.T;
+  const float noff = s.norm_offset();
+  auto n_of = [&](int b) { return p.floats(b, T, T); };
+  for (const BlockOp& o : p.ops()) {
+    float* out = r.buf[static_cast<size_t>(o.out)];
+    const float* in0 = o.in0 >= 0 ? r.buf[static_cast<size_t>(o.in0)] : nullptr;
+    const float* in1 = o.in1 >= 0 ? r.buf[static_cast<size_t>(o.in1)] : nullptr;
+    switch (o.kind) {
+      case BlockOpKind::Norm: {
+        float* rstd = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        rmsnorm_forward(out, rstd, in0, L.norm(o.norm).data(), T * o.rows_per_token, o.width, s.norm_eps, r.dtype, noff);
+        break;
+      }
+      case BlockOpKind::Linear: {
+        const QuantLinear& W = L.linear(o.linear);
+        W.forward(out, in0, T);
+        if (r.adapter)
+          if (const LoraLayer* lo = r.adapter->find(r.layer, static_cast<BlockLinear>(o.linear)))
+            lora_forward(out, r.lora_caches ? &r.lora_caches[o.linear] : nullptr, *lo, in0, T, r.training, r.rng);
+        break;
+      }
+      case BlockOpKind::Rope:
+        rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim);
+        break;
+      case BlockOpKind::Attention: {
+        const float* k = in1;
+        const float* v = r.buf[static_cast<size_t>(o.in2)];
+        float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        int64_t Tk = T;
+        if (r.cache) {  // append this step's keys and values, attend over everything cached
+          const int64_t KVD = s.kv_dim();
+          float* kc = r.cache->keys(r.layer);
+          float* vc = r.cache->values(r.layer);
+          std::copy_n(k, T * KVD, kc + r.pos0 * KVD);
+          std::copy_n(v, T * KVD, vc + r.pos0 * KVD);
+          k = kc;
+          v = vc;
+          Tk = r.pos0 + T;
+        }
+        attention_forward(out, probs, in0, k, v, T, Tk, r.cache ? r.pos0 : 0, s.n_heads, s.n_kv_heads, s.head_dim,
+                          r.key_start, s.attn_scale, s.attn_softcap);
+        break;
+      }
+      case BlockOpKind::GatedAct:
+        if (s.mlp == MlpKind::GeGLU)
+          geglu_forward(out, in0, in1, n_of(o.out));
+        else
+          swiglu_forward(out, in0, in1, n_of(o.out));
+        break;
+      case BlockOpKind::Residual:
+        residual_forward(out, in0, in1, n_of(o.out));
+        break;
+    }
+    if (o.round) round_activations(out, n_of(o.out), r.dtype);
+  }
+}
+
+}  // namespace qlora

@@ -1,0 +1,216 @@
+#include "model/block_program.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace qlora {
+
+int BlockProgram::buffer(std::string name, int64_t width, bool training_only, bool probs) {
+  BlockBuffer b;
+  b.name = std::move(name);
+  b.width = width;
+  b.training_only = training_only;
+  b.probs = probs;
+  buffers_.push_back(std::move(b));
+  return static_cast<int>(buffers_.size()) - 1;
+}
+
+BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
+  BlockProgram p;
+  p.spec_ = s;
+  const int64_t C = s.hidden, HS = s.head_dim, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
+  auto norm = [&](int out, int in, NormRole role, int64_t rows, int64_t width, int rstd) {
+    BlockOp o{BlockOpKind::Norm};
+    o.out = out;
+    o.in0 = in;
+    o.aux = rstd;
+    o.norm = role;
+    o.rows_per_token = rows;
+    o.width = width;
+    p.op(o);  // rmsnorm_forward rounds its own output
+  };
+  auto linear = [&](int out, int in, int which) {
+    BlockOp o{BlockOpKind::Linear};
+    o.out = out;
+    o.in0 = in;
+    o.linear = which;
+    o.round = true;  // the LoRA sum, as PEFT adds it to the bf16/fp16 base output
+    p.op(o);
+  };
+  auto rope = [&](int buf, int64_t heads) {
+    BlockOp o{BlockOpKind::Rope};
+    o.out = o.in0 = buf;
+    o.heads = heads;
+    o.round = true;
+    p.op(o);
+  };
+  auto residual = [&](int out, int a, int b) {
+    BlockOp o{BlockOpKind::Residual};
+    o.out = out;
+    o.in0 = a;
+    o.in1 = b;
+    o.round = true;
+    p.op(o);
+  };
+
+  p.input_ = p.buffer("x_in", C);
+  // --- attention: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) of norm(x_in)
+  const int h1 = p.buffer("h_attn", C);
+  norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", 1, true));
+  const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
+  if (s.qk_norm) {  // per-head norms between the projections and rotary (qwen3, gemma3)
+    const int qpre = p.buffer("q_proj", QD), kpre = p.buffer("k_proj", KVD);
+    linear(qpre, h1, 0);
+    linear(kpre, h1, 1);
+    linear(v, h1, 2);
+    norm(q, qpre, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
+    norm(k, kpre, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
+  } else {
+    linear(q, h1, 0);
+    linear(k, h1, 1);
+    linear(v, h1, 2);
+  }
+  rope(q, s.n_heads);
+  rope(k, s.n_kv_heads);
+  const int att = p.buffer("attention", QD);
+  {
+    BlockOp o{BlockOpKind::Attention};
+    o.out = att;
+    o.in0 = q;
+    o.in1 = k;
+    o.in2 = v;
+    o.aux = p.buffer("probabilities", 0, true, true);
+    o.round = true;
+    p.op(o);
+  }
+  int attn_out = p.buffer("o_proj", C);
+  linear(attn_out, att, 3);
+  if (s.sandwich_norms) {  // gemma2/3: the branch output is normalized before the residual add
+    const int normed = p.buffer("o_normed", C);
+    norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", 1, true));
+    attn_out = normed;
+  }
+  const int xmid = p.buffer("x_mid", C);
+  residual(xmid, p.input_, attn_out);
+  // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), h = norm(x_mid)
+  const int h2 = p.buffer("h_mlp", C);
+  norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C, p.buffer("rstd_mlp", 1, true));
+  const int gate = p.buffer("gate", F), up = p.buffer("up", F), act = p.buffer("act", F);
+  linear(gate, h2, 4);
+  linear(up, h2, 5);
+  {
+    BlockOp o{BlockOpKind::GatedAct};
+    o.out = act;
+    o.in0 = gate;
+    o.in1 = up;
+    o.round = true;
+    p.op(o);
+  }
+  int mlp_out = p.buffer("down_proj", C);
+  linear(mlp_out, act, 6);
+  if (s.sandwich_norms) {
+    const int normed = p.buffer("down_normed", C);
+    norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", 1, true));
+    mlp_out = normed;
+  }
+  p.output_ = p.buffer("x_out", C);
+  residual(p.output_, xmid, mlp_out);
+  p.finish();
+  return p;
+}
+
+void BlockProgram::finish() {
+  // What each op's backward reads (ops_backward.h): a norm its input and rstd, a Linear its
+  // input (for LoRA's A gradient), attention q, k, v and the probabilities, a gated
+  // activation both inputs. Rotary and residual adds read nothing.
+  for (const BlockOp& o : ops_) {
+    auto keep = [&](int b) {
+      if (b >= 0) buffers_[static_cast<size_t>(b)].saved = true;
+    };
+    switch (o.kind) {
+      case BlockOpKind::Norm: keep(o.in0); keep(o.aux); break;
+      case BlockOpKind::Linear: keep(o.in0); break;
+      case BlockOpKind::Attention: keep(o.in0); keep(o.in1); keep(o.in2); keep(o.aux); break;
+      case BlockOpKind::GatedAct: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::Rope:
+      case BlockOpKind::Residual: break;
+    }
+  }
+  // Inference slots: a buffer's life runs from the op that first writes it to the last op
+  // that reads or writes it; a slot is reused once its buffer's life has ended before the
+  // op that needs a new one (never by that op's own inputs).
+  const int nb = static_cast<int>(buffers_.size());
+  std::vector<int> first(static_cast<size_t>(nb), -1), last(static_cast<size_t>(nb), -1);
+  for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+    const BlockOp& o = ops_[static_cast<size_t>(i)];
+    for (int b : {o.out, o.in0, o.in1, o.in2}) {
+      if (b < 0) continue;
+      if (first[static_cast<size_t>(b)] < 0) first[static_cast<size_t>(b)] = i;
+      last[static_cast<size_t>(b)] = i;
+    }
+  }
+  // Inference runs the residual stream in place: the output may share the input's storage
+  // only when nothing reads the input after the op that writes the output.
+  const int writes_out = first[static_cast<size_t>(output_)];
+  for (int i = writes_out + 1; i < static_cast<int>(ops_.size()); ++i) {
+    const BlockOp& o = ops_[static_cast<size_t>(i)];
+    if (o.in0 == input_ || o.in1 == input_ || o.in2 == input_)
+      fail("BlockProgram", "the block reads its input after writing its output; inference runs it in place");
+  }
+  slots_.slot_of.assign(static_cast<size_t>(nb), -1);
+  std::vector<int> slot_free_after;  // op index after which the slot is free
+  for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+    const int b = ops_[static_cast<size_t>(i)].out;
+    const BlockBuffer& buf = buffers_[static_cast<size_t>(b)];
+    if (b == input_ || b == output_ || buf.training_only || slots_.slot_of[static_cast<size_t>(b)] >= 0) continue;
+    int slot = -1;
+    for (size_t j = 0; j < slot_free_after.size(); ++j)
+      if (slot_free_after[j] < i) {
+        slot = static_cast<int>(j);
+        break;
+      }
+    if (slot < 0) {
+      slot = static_cast<int>(slot_free_after.size());
+      slot_free_after.push_back(0);
+      slots_.slot_width.push_back(0);
+    }
+    slots_.slot_of[static_cast<size_t>(b)] = slot;
+    slot_free_after[static_cast<size_t>(slot)] = last[static_cast<size_t>(b)];
+    slots_.slot_width[static_cast<size_t>(slot)] = std::max(slots_.slot_width[static_cast<size_t>(slot)], buf.width);
+  }
+}
+
+int64_t BlockProgram::floats(int b, int64_t T, int64_t Tk) const {
+  const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
+  return buf.probs ? spec_.n_heads * T * Tk : buf.width * T;
+}
+
+int64_t BlockProgram::saved_floats(int64_t T) const {
+  int64_t n = 0;
+  for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
+    if (buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_) n += floats(b, T, T);
+  return n;
+}
+
+int64_t BlockProgram::transient_floats(int64_t T) const {
+  int64_t n = 0;
+  for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
+    if (!buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_) n += floats(b, T, T);
+  return n;
+}
+
+int64_t BlockProgram::gradient_floats(int64_t T) const {
+  int64_t n = 0;
+  for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
+    if (has_grad(b) && b != output_) n += floats(b, T, T);
+  return n;
+}
+
+int64_t BlockProgram::inference_floats(int64_t T) const {
+  int64_t n = 0;
+  for (int64_t w : slots_.slot_width) n += w * T;
+  return n;
+}
+
+}  // namespace qlora

@@ -1,0 +1,101 @@
+#pragma once
+// One definition of a decoder block, as data: the ops of its forward pass in order, over
+// declared buffers. Everything that runs or sizes a block reads this one definition:
+//   * inference (model/model.cpp) runs the ops forward, attention reading the KV cache;
+//   * training (train/train_model.cpp) runs them forward keeping what the backward reads,
+//     then replays them in reverse through the hand-written op backwards (ops_backward.h),
+//     recomputing the forward first under gradient checkpointing;
+//   * the memory planner (memory/memory_plan.cpp) sums the declared buffers.
+// A family's variant (qk-norm, sandwich norms, GeGLU, ...) is a different list of ops, so
+// it exists once and inference and training cannot disagree on it (rounding included:
+// every op says whether its output is rounded to the compute dtype).
+//
+// Buffers are (T, width) float32 activations of T tokens, except the attention
+// probabilities, (NH, T, Tk). Two buffers are bound by the caller: the block input and
+// the block output (the residual stream).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/model_spec.h"
+
+namespace qlora {
+
+// The norm weights of a block, by what they normalize (LayerWeights::norm).
+enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead };
+
+enum class BlockOpKind : uint8_t {
+  Norm,       // out = norm(in0) with a weight (and rstd kept in aux when training)
+  Linear,     // out = W in0 (+ bias) (+ LoRA)
+  Rope,       // in place on out (== in0): rotary on each head, the layer's tables
+  Attention,  // out = attention(q = in0, k = in1, v = in2); probabilities in aux
+  GatedAct,   // out = act(in0) * in1: SwiGLU or GeGLU by the spec's mlp
+  Residual,   // out = in0 + in1
+};
+
+struct BlockOp {
+  BlockOpKind kind;
+  int out = -1;                  // buffer index
+  int in0 = -1, in1 = -1, in2 = -1;
+  int aux = -1;                  // Norm: rstd; Attention: probabilities (training only)
+  bool round = false;            // round out to the compute dtype afterwards
+  // Norm: which weight, and rows of `width` floats per token (per-head norms: heads, head_dim).
+  NormRole norm = NormRole::Input;
+  int64_t rows_per_token = 1, width = 0;
+  int linear = -1;               // Linear: index in kBlockLinearModules order
+  int64_t heads = 0;             // Rope: heads in the buffer
+};
+
+struct BlockBuffer {
+  std::string name;
+  int64_t width = 0;       // floats per token (ignored for probabilities)
+  bool probs = false;      // (NH, T, Tk) attention probabilities
+  bool training_only = false;  // rstd and probabilities: only the backward reads them
+  bool saved = false;      // read by some op's backward: kept per block when training
+};
+
+class BlockProgram {
+ public:
+  // The block of `spec`'s family (the same for every layer; per-layer differences, the
+  // sliding window and the local rotary tables, are looked up by layer when run).
+  static BlockProgram for_spec(const ModelSpec& spec);
+
+  const std::vector<BlockOp>& ops() const { return ops_; }
+  const std::vector<BlockBuffer>& buffers() const { return buffers_; }
+  int input() const { return input_; }    // the block input (bound by the caller)
+  int output() const { return output_; }  // the block output (bound by the caller)
+  const ModelSpec& spec() const { return spec_; }
+
+  // Floats of buffer b for T tokens (probabilities: NH * T * Tk).
+  int64_t floats(int b, int64_t T, int64_t Tk) const;
+  // Floats training keeps per block for its backward (saved buffers other than the input
+  // and output), and the floats of the other (transient) buffers, for T tokens.
+  int64_t saved_floats(int64_t T) const;
+  int64_t transient_floats(int64_t T) const;
+  // Whether the backward keeps a gradient for buffer b (all but rstd and probabilities),
+  // and the floats of those gradients for T tokens (the output's comes from the caller).
+  bool has_grad(int b) const { return !buffers_.at(static_cast<size_t>(b)).training_only; }
+  int64_t gradient_floats(int64_t T) const;
+
+  // Inference storage: buffers whose lives do not overlap share a slot (greedy, in op
+  // order). slot_of()[b] is -1 for the bound input/output and for training-only buffers.
+  struct Slots {
+    std::vector<int> slot_of;          // per buffer
+    std::vector<int64_t> slot_width;   // floats per token of each slot
+  };
+  const Slots& inference_slots() const { return slots_; }
+  int64_t inference_floats(int64_t T) const;  // sum of slot widths x T
+
+ private:
+  int buffer(std::string name, int64_t width, bool training_only = false, bool probs = false);
+  void op(BlockOp o) { ops_.push_back(o); }
+  void finish();
+
+  ModelSpec spec_;
+  std::vector<BlockOp> ops_;
+  std::vector<BlockBuffer> buffers_;
+  int input_ = -1, output_ = -1;
+  Slots slots_;
+};
+
+}  // namespace qlora

@@ -1,0 +1,56 @@
+#pragma once
+// Running a BlockProgram (model/block_program.h) on the CPU: its forward (inference and
+// training) and, for training, its backward, the ops replayed in reverse through their
+// hand-written backwards (model/ops_backward.h, lora/lora.h). The caller owns every
+// buffer; nothing here allocates except the dequantized weight tile of a Linear backward.
+#include <cstdint>
+#include <vector>
+
+#include "base/dtype.h"
+#include "lora/lora.h"
+#include "model/block_program.h"
+
+namespace qlora {
+
+struct LayerWeights;
+class KVCache;
+class LoraModel;
+
+// One layer's run of the program over T tokens.
+struct BlockRun {
+  const BlockProgram* program = nullptr;
+  const LayerWeights* weights = nullptr;
+  ComputeDType dtype = ComputeDType::F32;
+  int64_t layer = 0;
+  int64_t T = 0;
+  // Storage of each buffer (program->buffers() order), T tokens each (probabilities:
+  // NH * T * Tk). Training-only buffers may be null at inference.
+  std::vector<float*> buf;
+  // This layer's rotary tables (T, head_dim / 2) and key window (T) or null (causal).
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  const int32_t* key_start = nullptr;
+  // Inference: the keys and values go into `cache` at positions pos0.., and attention reads
+  // the cache's pos0 + T positions. Null when training (the block's own T keys).
+  KVCache* cache = nullptr;
+  int64_t pos0 = 0;
+  // The adapter (may be null) and, when training, one LoraCache per block Linear
+  // (kBlockLinearCount of them) and whether dropout is active (then rng is REQUIRED).
+  const LoraModel* adapter = nullptr;
+  LoraCache* lora_caches = nullptr;
+  bool training = false;
+  LoraRng* rng = nullptr;
+};
+
+// Runs the ops in order, writing every buffer the program's ops write.
+void block_forward(const BlockRun& r);
+
+// The backward of the forward that filled r.buf (with r.lora_caches): grad[b] is the
+// gradient storage of buffer b (same sizes as r.buf; every non-null one is zeroed here
+// first, except the output's, which holds d loss / d output on entry). On return
+// grad[program->input()] holds d loss / d input. LoRA gradients of `adapter` accumulate.
+// tile: scratch for dequantized weight rows; datt: (NH, T, T) scratch.
+void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<float*>& grad, std::vector<float>& tile,
+                    float* datt);
+
+}  // namespace qlora

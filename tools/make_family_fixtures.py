@@ -94,6 +94,17 @@ FAMILIES = {
                          "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
     "gemma": ("GemmaConfig", dict(rope_theta=10000.0, head_dim=32, hidden_act="gelu_pytorch_tanh",
                                   tie_word_embeddings=True)),
+    # Phi-3: fused qkv_proj and gate_up_proj (PEFT adapts the fused modules), a sliding
+    # window shorter than the prompt, untied head.
+    "phi3": ("Phi3Config", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
+    # Phi-4-mini's shape: partial rotary (0.75 of each head) and LongRope with an original
+    # context of 16, so the prompt (20) runs on the long factors and greedy decoding starts
+    # on the short ones and crosses over (transformers picks per forward by its length).
+    "phi4_mini": ("Phi3Config", dict(
+        original_max_position_embeddings=16, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
+                             short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                             long_factor=[1.0, 1.5, 2.5, 4.0, 6.0, 9.0]))),
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24

@@ -106,9 +106,11 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
         if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
         if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
-        for (int w = 0; w < 7; ++w) {
-          if (rest == std::string(kBlockLinearModules[w]) + ".weight") return merged_linear_weight(model, l, w, adapters);
-          if (rest == std::string(kBlockLinearModules[w]) + ".bias") return model.block_linear(l, w).bias();
+        const auto lin = model.spec().block_linears();
+        for (int w = 0; w < kBlockLinearCount; ++w) {
+          if (!lin[w].module) continue;  // absent in this family (fused into another)
+          if (rest == std::string(lin[w].module) + ".weight") return merged_linear_weight(model, l, w, adapters);
+          if (rest == std::string(lin[w].module) + ".bias") return model.block_linear(l, w).bias();
         }
       }
     }
@@ -186,6 +188,14 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
                            {"beta_fast", rs.beta_fast},
                            {"beta_slow", rs.beta_slow},
                            {"truncate", rs.truncate}};
+      break;
+    case RopeScaling::Type::LongRope:
+      j["rope_scaling"] = {{"rope_type", "longrope"},
+                           {"short_factor", rs.short_factor},
+                           {"long_factor", rs.long_factor},
+                           {"factor", rs.factor},
+                           {"attention_factor", rs.attention_factor},
+                           {"original_max_position_embeddings", rs.original_max_positions}};
       break;
     case RopeScaling::Type::Factors:
       fail("config.json", "this model's rotary frequencies come from a GGUF rope_freqs tensor, which config.json "

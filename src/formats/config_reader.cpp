@@ -86,6 +86,7 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
     return v;
   };
   if (type == "default") return sc;
+  if (type == "longrope" || type == "su") return parse_longrope(rp, key, max_positions, 0, where);
   if (type == "linear") {
     sc.type = RopeScaling::Type::Linear;
     sc.factor = positive("factor", num("factor", std::nullopt));
@@ -121,10 +122,46 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
       sc.truncate = tr->get<bool>();
     }
   } else {
-    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, llama3, yarn)");
+    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, llama3, yarn, longrope)");
   }
-  if (const json* pf = find_key(rp, "partial_rotary_factor"); pf && !(pf->is_number() && pf->get<double>() == 1.0))
-    fail(where, in + ": partial_rotary_factor " + shown(*pf) + " is not supported");
+  return sc;
+}
+
+RopeScaling parse_longrope(const json& rp, const char* key, int64_t max_positions, int64_t original_max,
+                           const std::string& where) {
+  const std::string in = std::string(key) + " " + shown(rp);
+  RopeScaling sc;
+  sc.type = RopeScaling::Type::LongRope;
+  auto factors = [&](const char* k) {
+    const json* v = find_key(rp, k);
+    if (!v || !v->is_array() || v->empty()) fail(where, in + ": longrope needs a list '" + std::string(k) + "'");
+    std::vector<float> f;
+    for (const json& e : *v) {
+      if (!e.is_number() || !(e.get<double>() > 0)) fail(where, in + ": '" + std::string(k) + "' must hold positive numbers");
+      f.push_back(e.get<float>());
+    }
+    return f;
+  };
+  sc.short_factor = factors("short_factor");
+  sc.long_factor = factors("long_factor");
+  sc.original_max_positions = original_max;
+  if (const json* o = find_key(rp, "original_max_position_embeddings")) {
+    if (!o->is_number_integer()) fail(where, in + ": 'original_max_position_embeddings' must be an integer");
+    sc.original_max_positions = o->get<int64_t>();
+  }
+  if (sc.original_max_positions <= 0) fail(where, in + ": longrope needs original_max_position_embeddings");
+  // transformers' _compute_longrope_parameters: the factor is the context's growth unless
+  // given, and the attention factor follows from it unless given.
+  double factor = static_cast<double>(max_positions) / static_cast<double>(sc.original_max_positions);
+  if (const json* f = find_key(rp, "factor"); f && f->is_number()) factor = f->get<double>();
+  sc.factor = static_cast<float>(factor);
+  if (const json* a = find_key(rp, "attention_factor"); a && a->is_number()) {
+    sc.attention_factor = a->get<float>();
+  } else {
+    sc.attention_factor = factor <= 1.0 ? 1.0f
+                                        : static_cast<float>(std::sqrt(1.0 + std::log(factor) /
+                                                                             std::log(static_cast<double>(sc.original_max_positions))));
+  }
   return sc;
 }
 

@@ -32,5 +32,10 @@ int64_t max_positions_hint(const json& j);
 // "type") and its parameters, as transformers' rope init functions read them; `key` names
 // the object in errors. Unsupported types are an Error.
 RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_positions, const std::string& where);
+// LongRope ("longrope", or phi3's older "su" and "yarn"): short_factor, long_factor,
+// original_max_position_embeddings (from rp, else `original_max`), factor and
+// attention_factor as transformers' _compute_longrope_parameters derives them.
+RopeScaling parse_longrope(const json& rp, const char* key, int64_t max_positions, int64_t original_max,
+                           const std::string& where);
 
 }  // namespace qlora::config

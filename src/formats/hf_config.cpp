@@ -83,9 +83,22 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
       fail(where, std::string(key) + " " + shown(*act) + " is not supported for " + s.family + " (only " +
                       (fam.gelu_mlp ? "gelu_pytorch_tanh" : "silu") + ")");
   }
-  if (const json* pf = find_key(j, "partial_rotary_factor")) {
-    if (!pf->is_number() || pf->get<double>() != 1.0)
-      fail(where, "partial_rotary_factor " + shown(*pf) + " is not supported");
+  // Partial rotary (phi-4-mini): the first int(head_dim * factor) dims of each head rotate.
+  // (transformers >= 5 keeps the factor in rope_parameters, older versions at the top level.)
+  const json* pf = find_key(j, "partial_rotary_factor");
+  if (const json* rp = find_key(j, "rope_parameters"); !pf && rp && rp->is_object())
+    pf = find_key(*rp, "partial_rotary_factor");
+  if (pf) {
+    if (!pf->is_number() || !(pf->get<double>() > 0.0) || pf->get<double>() > 1.0)
+      fail(where, "partial_rotary_factor " + shown(*pf) + " must be a number in (0, 1]");
+    if (pf->get<double>() != 1.0) {
+      if (!fam.partial_rotary)
+        fail(where, "partial_rotary_factor " + shown(*pf) + " is not supported for " + s.family);
+      s.rotary_dim = static_cast<int64_t>(static_cast<double>(s.head_dim) * pf->get<double>());
+      if (s.rotary_dim % 2 != 0 || s.rotary_dim == 0)
+        fail(where, "partial_rotary_factor " + shown(*pf) + " gives " + std::to_string(s.rotary_dim) +
+                        " rotary dims of a head of " + std::to_string(s.head_dim) + "; it must be even and positive");
+    }
   }
   const std::vector<int> bos = get_ids(j, "bos_token_id", where);
   if (!bos.empty()) s.bos_id = bos[0];

@@ -11,10 +11,10 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 7>& all_families() {
-  static const std::array<const ModelFamily*, 7> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 8>& all_families() {
+  static const std::array<const ModelFamily*, 8> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
-                                                        &families::kGemma3Text};
+                                                        &families::kGemma3Text, &families::kPhi3};
   return all;
 }
 

@@ -2,7 +2,7 @@
 // The model families qlora.cpp runs, as data: what each one's config.json, GGUF and export
 // look like and what sets its ModelSpec apart from the shared parts. One file per lineage
 // (formats/families/llama.cpp: llama, mistral; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
-// gemma2, gemma3_text) and one registry (formats/model_family.cpp), which is the only list:
+// gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
 #include <cstdint>
@@ -37,6 +37,8 @@ struct ModelFamily {
   // general.architecture of the GGUFs we write ("" = gguf_arch): mistral goes out as llama.cpp's
   // "llama", the architecture its converter uses.
   std::string_view gguf_export_arch = {};
+  // transformers' class honours partial_rotary_factor (phi3; elsewhere it is refused).
+  bool partial_rotary = false;
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };
 
@@ -52,7 +54,7 @@ std::string gguf_supported_architectures();
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
 
 namespace families {  // formats/families/*.cpp
-extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text;
+extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3;
 }
 
 }  // namespace qlora

@@ -21,12 +21,13 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   std::map<std::string, std::pair<int64_t, int>> linears;
   for (int64_t l = 0; l < NL; ++l)
     for (int w = 0; w < kBlockLinears; ++w)
-      linears[block_linear_path(l, static_cast<BlockLinear>(w))] = {l, w};
+      if (std::string p = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w)); !p.empty())
+        linears[p] = {l, w};
   for (const auto& [path, m] : a.modules) {
     auto it = linears.find(path);
     check(it != linears.end(), wpath,
                  "key '" + peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
-                     std::to_string(NL) + " layers; LoRA is supported on the q/k/v/o/gate/up/down projections)");
+                     std::to_string(NL) + " layers; LoRA is supported on the block's Linear projections)");
     const QuantLinear& q = model.block_linear(it->second.first, it->second.second);
     check(m.in == q.in_features(), wpath,
                  "key '" + peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +

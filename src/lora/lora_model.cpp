@@ -18,8 +18,9 @@ uint64_t derive_seed(uint64_t seed, uint64_t i) {
 
 }  // namespace
 
-std::string block_linear_path(int64_t layer, BlockLinear which) {
-  return "model.layers." + std::to_string(layer) + "." + kBlockLinearModules[static_cast<size_t>(which)];
+std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear which) {
+  const char* module = spec.block_linears()[static_cast<size_t>(which)].module;
+  return module ? "model.layers." + std::to_string(layer) + "." + module : std::string();
 }
 
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }
@@ -31,9 +32,9 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
   for (int64_t l = 0; l < NL; ++l) {
     const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
     for (int w = 0; w < kBlockLinears; ++w) {
-      const std::string path = block_linear_path(l, static_cast<BlockLinear>(w));
+      const std::string path = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w));
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
-      if (!cfg_.targets(path)) continue;
+      if (path.empty() || !cfg_.targets(path)) continue;
       const QuantLinear& q = block_linear(L, static_cast<BlockLinear>(w));
       LoraLayer layer(path, q.in_features(), q.out_features(), cfg_);
       layer.init(derive_seed(cfg_.seed, layers_.size()));

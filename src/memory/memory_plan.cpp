@@ -29,9 +29,15 @@ std::string fmt(const char* f, double v) {
 uint64_t u(int64_t v) { return v < 0 ? 0 : static_cast<uint64_t>(v); }
 uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
-// The block Linears (model_spec.h's one list): module name (for LoRA matching), out, in.
+// The block Linears the model has (model_spec.h's one list, without the slots a fused
+// family leaves empty): module name (for LoRA matching), out, in.
 using LinearShape = BlockLinearSpec;
-std::array<LinearShape, kBlockLinearCount> block_linears(const ModelSpec& s) { return s.block_linears(); }
+std::vector<LinearShape> block_linears(const ModelSpec& s) {
+  std::vector<LinearShape> v;
+  for (const LinearShape& li : s.block_linears())
+    if (li.module) v.push_back(li);
+  return v;
+}
 
 bool lora_targets(const MemoryOptions& o, const char* module) {
   if (o.all_linear) return true;

@@ -59,7 +59,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       }
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
-        rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim);
+        rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width);
         break;
       case BlockOpKind::Attention:
         attention_backward(g(o.in0), g(o.in1), g(o.in2), datt, dy, buf(o.in0), buf(o.in1), buf(o.in2), buf(o.aux), T,
@@ -74,6 +74,16 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Residual:
         residual_backward(g(o.in0), g(o.in1), dy, p.floats(o.out, T, T));
         break;
+      case BlockOpKind::Slice: {
+        float* din = g(o.in0);
+        const int64_t in_w = p.buffers()[static_cast<size_t>(o.in0)].width;
+        for (int64_t t = 0; t < T; ++t) {
+          float* d = din + t * in_w + o.offset;
+          const float* y = dy + t * o.width;
+          for (int64_t i = 0; i < o.width; ++i) d[i] += y[i];
+        }
+        break;
+      }
     }
   }
 }

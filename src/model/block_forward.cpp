@@ -36,7 +36,7 @@ void block_forward(const BlockRun& r) {
         break;
       }
       case BlockOpKind::Rope:
-        rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim);
+        rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim, o.width);
         break;
       case BlockOpKind::Attention: {
         const float* k = in1;
@@ -66,6 +66,11 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::Residual:
         residual_forward(out, in0, in1, n_of(o.out));
         break;
+      case BlockOpKind::Slice: {
+        const int64_t in_w = p.buffers()[static_cast<size_t>(o.in0)].width;
+        for (int64_t t = 0; t < T; ++t) std::copy_n(in0 + t * in_w + o.offset, o.width, out + t * o.width);
+        break;
+      }
     }
     if (o.round) round_activations(out, n_of(o.out), r.dtype);
   }

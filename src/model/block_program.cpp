@@ -42,7 +42,16 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     BlockOp o{BlockOpKind::Rope};
     o.out = o.in0 = buf;
     o.heads = heads;
+    o.width = s.rope_dims();
     o.round = true;
+    p.op(o);
+  };
+  auto slice = [&](int out, int in, int64_t offset, int64_t width) {
+    BlockOp o{BlockOpKind::Slice};
+    o.out = out;
+    o.in0 = in;
+    o.offset = offset;
+    o.width = width;
     p.op(o);
   };
   auto residual = [&](int out, int a, int b) {
@@ -59,17 +68,23 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   const int h1 = p.buffer("h_attn", C);
   norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", 1, true));
   const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
-  if (s.qk_norm) {  // per-head norms between the projections and rotary (qwen3, gemma3)
-    const int qpre = p.buffer("q_proj", QD), kpre = p.buffer("k_proj", KVD);
-    linear(qpre, h1, 0);
-    linear(kpre, h1, 1);
-    linear(v, h1, 2);
-    norm(q, qpre, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
-    norm(k, kpre, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
+  // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
+  // norms that sit between the projections and rotary.
+  const int qproj = s.qk_norm ? p.buffer("q_proj", QD) : q, kproj = s.qk_norm ? p.buffer("k_proj", KVD) : k;
+  if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
+    const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
+    linear(qkv, h1, 0);
+    slice(qproj, qkv, 0, QD);
+    slice(kproj, qkv, QD, KVD);
+    slice(v, qkv, QD + KVD, KVD);
   } else {
-    linear(q, h1, 0);
-    linear(k, h1, 1);
+    linear(qproj, h1, 0);
+    linear(kproj, h1, 1);
     linear(v, h1, 2);
+  }
+  if (s.qk_norm) {
+    norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
+    norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   }
   rope(q, s.n_heads);
   rope(k, s.n_kv_heads);
@@ -97,8 +112,15 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   const int h2 = p.buffer("h_mlp", C);
   norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C, p.buffer("rstd_mlp", 1, true));
   const int gate = p.buffer("gate", F), up = p.buffer("up", F), act = p.buffer("act", F);
-  linear(gate, h2, 4);
-  linear(up, h2, 5);
+  if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
+    const int gate_up = p.buffer("gate_up_proj", 2 * F);
+    linear(gate_up, h2, 4);
+    slice(gate, gate_up, 0, F);
+    slice(up, gate_up, F, F);
+  } else {
+    linear(gate, h2, 4);
+    linear(up, h2, 5);
+  }
   {
     BlockOp o{BlockOpKind::GatedAct};
     o.out = act;
@@ -134,7 +156,8 @@ void BlockProgram::finish() {
       case BlockOpKind::Attention: keep(o.in0); keep(o.in1); keep(o.in2); keep(o.aux); break;
       case BlockOpKind::GatedAct: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Rope:
-      case BlockOpKind::Residual: break;
+      case BlockOpKind::Residual:
+      case BlockOpKind::Slice: break;
     }
   }
   // Inference slots: a buffer's life runs from the op that first writes it to the last op

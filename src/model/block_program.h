@@ -31,6 +31,7 @@ enum class BlockOpKind : uint8_t {
   Attention,  // out = attention(q = in0, k = in1, v = in2); probabilities in aux
   GatedAct,   // out = act(in0) * in1: SwiGLU or GeGLU by the spec's mlp
   Residual,   // out = in0 + in1
+  Slice,      // out = columns [offset, offset + width) of in0 (a fused Linear's part)
 };
 
 struct BlockOp {
@@ -43,7 +44,8 @@ struct BlockOp {
   NormRole norm = NormRole::Input;
   int64_t rows_per_token = 1, width = 0;
   int linear = -1;               // Linear: index in kBlockLinearModules order
-  int64_t heads = 0;             // Rope: heads in the buffer
+  int64_t heads = 0;             // Rope: heads in the buffer (and width: the rotated dims)
+  int64_t offset = 0;            // Slice: first column
 };
 
 struct BlockBuffer {

@@ -109,6 +109,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     auto name = [l](const char* module, const char* suffix = "weight") { return layer_tensor_name(l, module, suffix); };
     const auto lin = spec.block_linears();
     auto linear = [&](int w) {
+      if (!lin[w].module) return;  // fused into another Linear of this family
       QuantLinear& dst = L.linear(w);
       dst = load_linear(src, name(lin[w].module), opt);
       progress(name(lin[w].module));
@@ -262,11 +263,29 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     st.cache_.set_length(pos0 + T);
     return;
   }
+  if (s.rope_scaling.type == RopeScaling::Type::LongRope) {
+    const int64_t orig = s.rope_scaling.original_max_positions;
+    check(static_cast<int64_t>(st.tokens_.size()) >= pos0, "forward", "the cache holds tokens it has no record of");
+    st.tokens_.resize(static_cast<size_t>(pos0));  // (the cache may have been cut back: prompt reuse)
+    if (pos0 > 0 && pos0 <= orig && pos0 + T > orig) {
+      // The cached keys were rotated with the short factors: run everything again.
+      std::vector<int> all(st.tokens_);
+      all.insert(all.end(), tokens.begin(), tokens.end());
+      st.cache_.clear();
+      st.tokens_.clear();
+      if (!all_logits || !logits) return forward(model, st, all, logits, all_logits);
+      std::vector<float> full(static_cast<size_t>((pos0 + T) * s.vocab));
+      forward(model, st, all, full.data(), true);
+      std::copy(full.begin() + pos0 * s.vocab, full.end(), logits);
+      return;
+    }
+    st.tokens_.insert(st.tokens_.end(), tokens.begin(), tokens.end());
+  }
   st.cache_.allocate();
   const BlockProgram& prog = model.block();
   st.ensure_scratch(prog, T);
 
-  const int64_t C = s.hidden, HS = s.head_dim;
+  const int64_t C = s.hidden, HS = s.rope_dims();
   float* x = st.x_.data();  // (T, C) residual stream
   float* h = st.h_.data();  // (T, C) final norm output
 

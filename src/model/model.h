@@ -133,11 +133,17 @@ class InferenceState {
   std::vector<float> cos_local_, sin_local_;  // rope_local models: the sliding layers' tables
   std::vector<int32_t> pos_;
   std::vector<int32_t> key_start_;  // (T) sliding-window models: each query's first key
+  // LongRope models: the tokens in the cache, to recompute it when the sequence crosses the
+  // original context (its keys were rotated with the short factors).
+  std::vector<int> tokens_;
 };
 
 // Runs `tokens` at positions state.position() .. + T-1, appending their keys and values to
 // the cache. logits: when all_logits, (T, V) for every token; else (V) for the last token;
 // nullptr skips the final norm and lm_head (only the cache is filled).
+// LongRope models (phi3 128k) rotate with the short factors up to the original context and
+// the long ones beyond it; when a call first crosses it, the cached tokens are run again
+// with the long factors, as transformers' Phi3 generate drops its cache there.
 // Throws Error when the sequence would exceed spec.max_positions or a token id is outside
 // the vocabulary.
 void forward(const Model& model, InferenceState& state, std::span<const int> tokens, float* logits,

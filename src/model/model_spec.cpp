@@ -34,6 +34,16 @@ void ModelSpec::validate(const std::string& where) const {
   if (positional == PositionalKind::Rotary && head_dim % 2 != 0)
     fail(where, "rotary embeddings need an even head dimension, got " + std::to_string(head_dim));
   if (!(rope_theta > 0.0f)) fail(where, "rope theta must be positive");
+  if (rotary_dim < 0 || rotary_dim > head_dim || rotary_dim % 2 != 0)
+    fail(where, "rotary dimensions " + std::to_string(rotary_dim) + " must be even and at most the head dimension " +
+                    std::to_string(head_dim));
+  for (const RopeScaling* sc : {&rope_scaling, &rope_scaling_local})
+    if (sc->type == RopeScaling::Type::LongRope &&
+        (static_cast<int64_t>(sc->short_factor.size()) != rope_dims() / 2 ||
+         static_cast<int64_t>(sc->long_factor.size()) != rope_dims() / 2))
+      fail(where, "longrope short_factor and long_factor need " + std::to_string(rope_dims() / 2) +
+                      " values each (half the rotary dimensions), got " + std::to_string(sc->short_factor.size()) +
+                      " and " + std::to_string(sc->long_factor.size()));
   if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
   if (norm != NormKind::RMSNorm || mlp == MlpKind::GeluMLP || positional != PositionalKind::Rotary)
     fail(where, "architecture '" + family + "' needs block variants not implemented yet (only the llama family "
@@ -52,13 +62,23 @@ void ModelSpec::validate(const std::string& where) const {
 
 std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const {
   const auto& m = kBlockLinearModules;
-  return {{{m[0], q_dim(), hidden, qkv_bias},
-           {m[1], kv_dim(), hidden, qkv_bias},
-           {m[2], kv_dim(), hidden, qkv_bias},
-           {m[3], hidden, q_dim(), o_bias},
-           {m[4], ffn, hidden, mlp_bias},
-           {m[5], ffn, hidden, mlp_bias},
-           {m[6], hidden, ffn, mlp_bias}}};
+  const BlockLinearSpec absent{nullptr, 0, 0, false};
+  std::array<BlockLinearSpec, kBlockLinearCount> l = {{{m[0], q_dim(), hidden, qkv_bias},
+                                                       {m[1], kv_dim(), hidden, qkv_bias},
+                                                       {m[2], kv_dim(), hidden, qkv_bias},
+                                                       {m[3], hidden, q_dim(), o_bias},
+                                                       {m[4], ffn, hidden, mlp_bias},
+                                                       {m[5], ffn, hidden, mlp_bias},
+                                                       {m[6], hidden, ffn, mlp_bias}}};
+  if (fused_qkv) {
+    l[0] = {"self_attn.qkv_proj", q_dim() + 2 * kv_dim(), hidden, qkv_bias};
+    l[1] = l[2] = absent;
+  }
+  if (fused_gate_up) {
+    l[4] = {"mlp.gate_up_proj", 2 * ffn, hidden, mlp_bias};
+    l[5] = absent;
+  }
+  return l;
 }
 
 std::vector<TensorSpec> ModelSpec::tensors() const {
@@ -66,9 +86,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   const auto lin = block_linears();
   // Weights of Linears [b, e), then their biases (the order Hugging Face checkpoints list).
   auto linears = [&](int64_t l, int b, int e) {
-    for (int i = b; i < e; ++i) t.push_back({layer_tensor_name(l, lin[i].module), {lin[i].out, lin[i].in}});
     for (int i = b; i < e; ++i)
-      if (lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
+      if (lin[i].module) t.push_back({layer_tensor_name(l, lin[i].module), {lin[i].out, lin[i].in}});
+    for (int i = b; i < e; ++i)
+      if (lin[i].module && lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
   };
   t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
   for (int64_t l = 0; l < n_layers; ++l) {

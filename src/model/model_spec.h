@@ -35,9 +35,11 @@ inline constexpr std::array<const char*, kBlockLinearCount> kBlockLinearModules 
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 
-// One of them in a given model: its module path inside the layer, shape and bias.
+// One of them in a given model: its module path inside the layer, shape and bias. A family
+// that fuses Linears (phi3's qkv_proj, gate_up_proj) holds the fused one in the first slot
+// of the group and leaves the others absent (module null, shape 0).
 struct BlockLinearSpec {
-  const char* module;
+  const char* module;  // null: absent in this family
   int64_t out, in;
   bool bias;
 };
@@ -47,7 +49,10 @@ struct BlockLinearSpec {
 struct RopeScaling {
   // Factors: per-frequency divisors read from a file (llama.cpp's rope_freqs.weight, how
   // its GGUFs carry llama3 scaling): inv_freq[i] / freq_factors[i].
-  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors };
+  // LongRope (phi3): per-frequency divisors, short_factor while the sequence fits the
+  // original context, long_factor beyond it (chosen per forward by its length, as
+  // transformers' longrope_frequency_update does), and cos/sin times attention_factor.
+  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors, LongRope };
   Type type = Type::None;
   float factor = 1.0f;
   int64_t original_max_positions = 0;             // llama3, yarn
@@ -56,6 +61,7 @@ struct RopeScaling {
   bool truncate = true;                           // yarn: correction range rounded to whole dims
   float attention_factor = 1.0f;                  // yarn: cos and sin are multiplied by it
   std::vector<float> freq_factors;                // Factors: head_dim / 2 values
+  std::vector<float> short_factor, long_factor;   // LongRope: rotary dims / 2 values each
   const char* name() const {
     switch (type) {
       case Type::None: return "default";
@@ -63,6 +69,7 @@ struct RopeScaling {
       case Type::Llama3: return "llama3";
       case Type::Yarn: return "yarn";
       case Type::Factors: return "frequency factors";
+      case Type::LongRope: return "longrope";
     }
     return "?";
   }
@@ -98,6 +105,14 @@ struct ModelSpec {
   bool qkv_bias = false;         // q/k/v projections have a bias (qwen2; llama attention_bias)
   bool o_bias = false;           // o_proj has a bias (llama attention_bias)
   bool mlp_bias = false;         // gate/up/down have a bias (llama mlp_bias)
+  // Phi-3: q, k and v come from one Linear (self_attn.qkv_proj: q rows, then k, then v) and
+  // gate and up from one (mlp.gate_up_proj: gate rows, then up); PEFT adapts the fused ones.
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
+  // Rotary on the first rotary_dim dims of each head only, the rest passed through
+  // (partial_rotary_factor < 1: phi-4-mini); 0 = the whole head.
+  int64_t rotary_dim = 0;
+  int64_t rope_dims() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
   // RMSNorm over each head of q and of k (weights self_attn.q_norm / k_norm, head_dim
   // each), after the projections and before rotary (qwen3).
   bool qk_norm = false;

@@ -46,7 +46,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
   }
 }
 
-std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc) {
+std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc, int64_t seq_len) {
   const int64_t half = HS / 2;
   std::vector<float> inv(static_cast<size_t>(half)), pos_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
@@ -63,6 +63,14 @@ std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc)
             std::to_string(sc.freq_factors.size()) + " values for a head of " + std::to_string(HS));
       for (int64_t i = 0; i < half; ++i) inv[i] /= sc.freq_factors[static_cast<size_t>(i)];
       break;
+    case RopeScaling::Type::LongRope: {
+      // 1 / (ext * theta^(2i/d)), ext the long factors once the sequence passes the original context.
+      const std::vector<float>& ext = seq_len > sc.original_max_positions ? sc.long_factor : sc.short_factor;
+      check(static_cast<int64_t>(ext.size()) == half, "longrope factors",
+            std::to_string(ext.size()) + " values for " + std::to_string(HS) + " rotary dims");
+      for (int64_t i = 0; i < half; ++i) inv[i] = 1.0f / (ext[static_cast<size_t>(i)] * pos_freq[i]);
+      break;
+    }
     case RopeScaling::Type::Llama3: {
       // Long wavelengths (beyond the original context / low_freq_factor) slow down by
       // `factor`, short ones (below / high_freq_factor) stay, the band between blends.
@@ -112,9 +120,11 @@ std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc)
 }
 
 void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta,
-                 const RopeScaling& scaling) {
+                 const RopeScaling& scaling, int64_t seq_len) {
   const int64_t half = HS / 2;
-  const std::vector<float> inv_freq = rope_inv_freq(HS, theta, scaling);
+  if (seq_len == 0)
+    for (int64_t t = 0; t < T; ++t) seq_len = std::max<int64_t>(seq_len, pos[t] + 1);
+  const std::vector<float> inv_freq = rope_inv_freq(HS, theta, scaling, seq_len);
   const float af = scaling.attention_factor;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
@@ -124,8 +134,8 @@ void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, 
     }
 }
 
-void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS) {
-  const int64_t half = HS / 2;
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot) {
+  const int64_t half = (rot > 0 ? rot : HS) / 2;
   for (int64_t t = 0; t < T; ++t) {
     const float* c = cos + t * half;
     const float* s = sin + t * half;

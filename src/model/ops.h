@@ -37,17 +37,22 @@ void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype
 // The HS/2 inverse frequencies of rotary embeddings, theta^(-2i/HS) adjusted by `scaling`
 // as transformers' rope init functions compute them (float32 throughout, the same
 // operations in the same order).
-std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& scaling = {});
+// HS is the number of rotated dims (the head size, or the rotary part of it). seq_len (the
+// forward's largest position + 1) picks longrope's short or long factors.
+std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& scaling = {}, int64_t seq_len = 0);
 
 // Rotary tables for positions pos[t]: cos/sin (T, HS/2), angle = pos * inv_freq[i]
 // (rope_inv_freq), times scaling.attention_factor.
+// seq_len 0 means max(pos) + 1.
 void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, int64_t HS, float theta,
-                 const RopeScaling& scaling = {});
+                 const RopeScaling& scaling = {}, int64_t seq_len = 0);
 
 // In place on x (T, NH, HS), the Hugging Face "rotate halves" convention: for i < HS/2,
 // (x[i], x[i + HS/2]) <- (x[i] cos - x[i + HS/2] sin, x[i + HS/2] cos + x[i] sin).
 // cos/sin (T, HS/2) from rope_tables. The backward is the same with -sin.
-void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS);
+// rot > 0 rotates only the first rot dims of each head (partial rotary: the halves are
+// rot / 2 apart, cos/sin (T, rot/2)), the other HS - rot pass through; 0 means rot = HS.
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot = 0);
 
 // Causal grouped-query attention.
 // out (T, NH*HS); att (NH, T, Tk) receives the softmax probabilities when not null

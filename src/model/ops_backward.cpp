@@ -39,10 +39,10 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
   }
 }
 
-void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS) {
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot) {
   // Forward: (y0, y1) = (x0 c - x1 s, x1 c + x0 s); its transpose is the rotation by -angle:
   // (dx0, dx1) = (dy0 c + dy1 s, dy1 c - dy0 s).
-  const int64_t half = HS / 2;
+  const int64_t half = (rot > 0 ? rot : HS) / 2;
   for (int64_t t = 0; t < T; ++t) {
     const float* c = cos + t * half;
     const float* s = sin + t * half;

@@ -192,11 +192,12 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   }
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
   w.sin.resize(w.cos.size());
-  rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.head_dim, s.rope_theta, s.rope_scaling);
+  rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.rope_dims(), s.rope_theta, s.rope_scaling);
   if (s.rope_local) {
     w.cos_l.resize(w.cos.size());
     w.sin_l.resize(w.cos.size());
-    rope_tables(w.cos_l.data(), w.sin_l.data(), w.pos.data(), T, s.head_dim, s.rope_theta_local, s.rope_scaling_local);
+    rope_tables(w.cos_l.data(), w.sin_l.data(), w.pos.data(), T, s.rope_dims(), s.rope_theta_local,
+                s.rope_scaling_local);
   }
   w.rng_at_block.clear();
   embedding_forward(w.xs.data(), inputs.data(), T, m.embed_tokens());

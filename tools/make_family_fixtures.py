@@ -142,7 +142,8 @@ def nf4_roundtrip(model):
 # llama.cpp's llama graph does not have.)
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
              "gemma3_text_gguf": "gemma3",
-             "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2"}
+             "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
+             "phi3": "phi3", "phi4_mini": "phi3"}
 
 
 def write_gguf(model, arch: str, path: Path):
@@ -159,8 +160,10 @@ def write_gguf(model, arch: str, path: Path):
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w.add_key_length(hd)
     w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
     rp = c.rope_parameters
+    # convert_hf_to_gguf.py's Phi3MiniModel: int(partial_rotary_factor * hidden) // heads
+    w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // c.num_attention_heads
+                               if arch == "phi3" else hd)
     if arch == "gemma3":  # one rotary per layer type: the global one is the main one
         w.add_sliding_window(c.sliding_window)
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
@@ -193,6 +196,16 @@ def write_gguf(model, arch: str, path: Path):
         rope_freqs = np.array(out, dtype=np.float32)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    rope_factors = None
+    if arch == "phi3":  # as Phi3MiniModel: window 0 = none, the original context, longrope as tensors
+        import math
+        w.add_sliding_window(c.sliding_window or 0)
+        orig = c.original_max_position_embeddings
+        w.add_rope_scaling_orig_ctx_len(orig)
+        if rp.get("long_factor"):
+            scale = c.max_position_embeddings / orig
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0)
+            rope_factors = (np.array(rp["long_factor"], dtype=np.float32), np.array(rp["short_factor"], dtype=np.float32))
     if arch == "gemma2":
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
@@ -213,9 +226,13 @@ def write_gguf(model, arch: str, path: Path):
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
+    if rope_factors is not None:
+        w.add_tensor("rope_factors_long.weight", rope_factors[0])
+        w.add_tensor("rope_factors_short.weight", rope_factors[1])
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
         if name == "lm_head.weight":
@@ -333,7 +350,16 @@ def build(family: str):
     if family in GGUF_ARCH:
         write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
         ll = llama_cpp_logits(out / "model.gguf", prompt[0].tolist())
-        diff = float(abs(ll - logits.numpy()).max())
+        want = logits
+        if GGUF_ARCH[family] == "phi3" and model.config.sliding_window:
+            # llama.cpp reads phi3's attention.sliding_window and then switches it off ("Phi SWA is
+            # currently disabled", llama-model.cpp): compare it with transformers without the window.
+            nowin = copy.deepcopy(model)
+            nowin.config.sliding_window = None
+            with torch.no_grad():
+                want = nowin(prompt).logits[0].contiguous()
+            print(f"{family}: llama.cpp ignores phi3's sliding window; checked against transformers without it")
+        diff = float(abs(ll - want.numpy()).max())
         print(f"{family}: llama.cpp on model.gguf vs transformers: max |dlogit| {diff:.2e}")
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.

@@ -146,7 +146,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(rs.original_max_positions));
   }
   w.set_f32(a + "attention.layer_norm_rms_epsilon", s.norm_eps);
-  w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.head_dim));
+  w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));
+  if (arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel: 0 means no window (Phi-4)
+    w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+    w.set_u32(a + "rope.scaling.original_context_length",
+              static_cast<uint32_t>(rs.type == RopeScaling::Type::LongRope ? rs.original_max_positions : s.max_positions));
+  }
+  if (rs.type == RopeScaling::Type::LongRope) {
+    if (arch != "phi3") fail(out_path, "a " + arch + " GGUF cannot carry longrope scaling");
+    w.set_f32(a + "rope.scaling.attn_factor", rs.attention_factor);
+  }
   if (s.head_dim * s.n_heads != s.hidden) {
     w.set_u32(a + "attention.key_length", static_cast<uint32_t>(s.head_dim));
     w.set_u32(a + "attention.value_length", static_cast<uint32_t>(s.head_dim));
@@ -183,6 +192,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     }
     const int64_t n = static_cast<int64_t>(f.size());
     w.add_tensor("rope_freqs.weight", GgmlType::F32, {n}, [f] { return encode(f, GgmlType::F32); });
+  }
+  if (rs.type == RopeScaling::Type::LongRope) {
+    for (const auto& [name, f] : {std::pair{"rope_factors_long.weight", rs.long_factor},
+                                  std::pair{"rope_factors_short.weight", rs.short_factor}}) {
+      const int64_t n = static_cast<int64_t>(f.size());
+      w.add_tensor(name, GgmlType::F32, {n}, [f] { return encode(f, GgmlType::F32); });
+    }
   }
   for (const TensorSpec& t : specs) {
     const auto gname = hf_to_gguf_tensor_name(t.name, arch);

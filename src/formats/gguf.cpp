@@ -618,6 +618,9 @@ constexpr NamePair kLayerNames[] = {
 constexpr NamePair kGemma2Norms[] = {{"ffn_norm", "pre_feedforward_layernorm"},
                                      {"post_attention_norm", "post_attention_layernorm"},
                                      {"post_ffw_norm", "post_feedforward_layernorm"}};
+// Phi-3's fused Linears (convert_hf_to_gguf.py's Phi3MiniModel keeps them fused; its ffn_up
+// is gate_up_proj, gate rows then up rows).
+constexpr NamePair kPhi3Names[] = {{"attn_qkv", "self_attn.qkv_proj"}, {"ffn_up", "mlp.gate_up_proj"}};
 // Whole-model tensors (full names without the .weight/.bias suffix).
 constexpr NamePair kGlobalNames[] = {
     {"token_embd", "model.embed_tokens"},
@@ -659,6 +662,9 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
     for (const auto& p : kGemma2Norms)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   }
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "phi3")
+    for (const auto& p : kPhi3Names)
+      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num))
     for (const auto& p : kLayerNames)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
@@ -672,6 +678,9 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gemma2" || arch == "gemma3"))
     for (const auto& p : kGemma2Norms)
+      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "phi3")
+    for (const auto& p : kPhi3Names)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num))
     for (const auto& p : kLayerNames)
@@ -731,7 +740,9 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   if (!(hp.attn_softcap >= 0) || !(hp.final_softcap >= 0) || !std::isfinite(hp.attn_softcap) ||
       !std::isfinite(hp.final_softcap))
     fail(f.path(), "soft-capping values must be non-negative");
-  if (f.has(a + "attention.sliding_window")) hp.sliding_window = size_key(a + "attention.sliding_window", std::nullopt);
+  // (0 is "no window": convert_hf_to_gguf.py writes it for Phi-4.)
+  if (f.has(a + "attention.sliding_window") && f.get_u64(a + "attention.sliding_window") != 0)
+    hp.sliding_window = size_key(a + "attention.sliding_window", std::nullopt);
   if (const GgufValue* pv = f.find(a + "attention.sliding_window_pattern")) {
     const std::string key = a + "attention.sliding_window_pattern";
     if (pv->type == GgufValueType::ARRAY && pv->elem_type == GgufValueType::BOOL) {
@@ -758,6 +769,9 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
                        "rope.scaling.type) is not supported yet (none, linear, yarn)");
   if (hp.rope_scaling_type != "none" && !(hp.rope_scaling_factor > 0) )
     fail(f.path(), "metadata key " + quote(a + "rope.scaling.factor") + " must be positive");
+  hp.rope_scaling_attn_factor = f.get_f32_or(a + "rope.scaling.attn_factor", 0.0f);
+  if (!(hp.rope_scaling_attn_factor >= 0) || !std::isfinite(hp.rope_scaling_attn_factor))
+    fail(f.path(), "metadata key " + quote(a + "rope.scaling.attn_factor") + " must be positive");
   if (hp.rope_scaling_type == "yarn" && hp.rope_scaling_original_context <= 0)
     fail(f.path(), "yarn rope scaling needs " + quote(a + "rope.scaling.original_context_length"));
   hp.rms_norm_eps = f.get_f32(a + "attention.layer_norm_rms_epsilon");

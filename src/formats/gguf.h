@@ -210,6 +210,7 @@ struct GgufLlamaHParams {
   std::string rope_scaling_type = "none";
   float rope_scaling_factor = 1.0f;
   int64_t rope_scaling_original_context = 0;
+  float rope_scaling_attn_factor = 0.0f;  // {arch}.rope.scaling.attn_factor (phi3 longrope; 0: absent)
   // gemma2: {arch}.attn_logit_softcapping, .final_logit_softcapping (0: absent),
   // .attention.sliding_window (0: none).
   float attn_softcap = 0.0f, final_softcap = 0.0f;

@@ -177,12 +177,17 @@ class SafeTensorsSource : public TensorSource {
 
 // ---- GGUF ----------------------------------------------------------------------------
 
+// Rotary tensors spec_from_gguf reads (llama3's divisors, phi3's longrope factors).
+bool is_rope_tensor(const std::string& name) {
+  return name == "rope_freqs.weight" || name == "rope_factors_long.weight" || name == "rope_factors_short.weight";
+}
+
 class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
       if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture)) index_.emplace(*hf, &t);
-      else if (t.name != "rope_freqs.weight") unmapped_.push_back(t.name);  // read by spec_from_gguf
+      else if (!is_rope_tensor(t.name)) unmapped_.push_back(t.name);  // read by spec_from_gguf
     }
   }
   const GgufFile& file() const { return file_; }
@@ -229,12 +234,13 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   if (!gguf_architecture_supported(hp.architecture))
     fail(where, "GGUF architecture '" + hp.architecture + "' is not supported (supported: " +
                     gguf_supported_architectures() + ")");
-  if (hp.rope_dim != hp.head_dim)
-    fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
-                    std::to_string(hp.head_dim) + ") are not supported");
-  ModelSpec s;
   // The registry's family for this architecture (gguf_architecture_supported() said there is one).
   const ModelFamily* fam = find_family_by_gguf_arch(hp.architecture);
+  if (hp.rope_dim != hp.head_dim && !(fam && fam->partial_rotary))
+    fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
+                    std::to_string(hp.head_dim) + ") are not supported for " + hp.architecture);
+  ModelSpec s;
+  if (hp.rope_dim != hp.head_dim) s.rotary_dim = hp.rope_dim;
   s.family = fam ? std::string(fam->model_type) : hp.architecture;
   s.hidden = hp.hidden_size;
   s.n_layers = hp.num_layers;
@@ -273,7 +279,32 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     s.rope_scaling.type = RopeScaling::Type::Factors;
     s.rope_scaling.freq_factors = std::move(f);
   }
-  if (const ModelFamily* fam = find_family_by_gguf_arch(hp.architecture); fam && fam->read_gguf)
+  // phi3's LongRope: short and long factors as tensors (convert_hf_to_gguf.py's Phi3MiniModel).
+  const GgufTensorInfo* fl = src.file().find_tensor("rope_factors_long.weight");
+  const GgufTensorInfo* fs_ = src.file().find_tensor("rope_factors_short.weight");
+  if (fl || fs_) {
+    if (!fl || !fs_) fail(where, "has only one of rope_factors_long.weight and rope_factors_short.weight");
+    if (s.rope_scaling.type != RopeScaling::Type::None)
+      fail(where, "has both longrope factor tensors and other rope scaling");
+    RopeScaling& rs = s.rope_scaling;
+    rs.type = RopeScaling::Type::LongRope;
+    rs.long_factor = src.file().tensor_to_f32(*fl);
+    rs.short_factor = src.file().tensor_to_f32(*fs_);
+    for (const auto* f : {&rs.long_factor, &rs.short_factor})
+      for (float v : *f)
+        if (!(v > 0.0f) || !std::isfinite(v)) fail(where, "a longrope factor tensor holds a value that is not positive");
+    rs.original_max_positions = hp.rope_scaling_original_context;
+    if (rs.original_max_positions <= 0)
+      fail(where, "longrope factors need " + hp.architecture + ".rope.scaling.original_context_length");
+    const double factor = static_cast<double>(hp.context_length) / static_cast<double>(rs.original_max_positions);
+    rs.factor = static_cast<float>(factor);
+    rs.attention_factor =
+        hp.rope_scaling_attn_factor > 0.0f ? hp.rope_scaling_attn_factor
+        : factor <= 1.0 ? 1.0f
+                        : static_cast<float>(std::sqrt(1.0 + std::log(factor) /
+                                                                 std::log(static_cast<double>(rs.original_max_positions))));
+  }
+  if (fam && fam->read_gguf)
     fam->read_gguf(hp, s);  // the family's own metadata (formats/families/)
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);

@@ -4,6 +4,7 @@
 // (Phi-4-mini's partial_rotary_factor 0.75) and LongRope (the 128k-context variants).
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -42,9 +43,14 @@ void phi3_write(const ModelSpec& s, ordered_json& j) {
     j["original_max_position_embeddings"] = s.rope_scaling.original_max_positions;
 }
 
+void phi3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.fused_qkv = s.fused_gate_up = true;
+  s.sliding_window = hp.sliding_window;  // (0 for Phi-4, which has none)
+}
+
 }  // namespace
 
-const ModelFamily kPhi3{"phi3",    "Phi3ForCausalLM", "",      0, 4096, 10000.0f, false, false, phi3_read,
-                        phi3_write, nullptr,          {},      true};
+const ModelFamily kPhi3{"phi3",    "Phi3ForCausalLM", "phi3", 0, 4096, 10000.0f, false, false, phi3_read,
+                        phi3_write, phi3_gguf,         {},     true};
 
 }  // namespace qlora::families

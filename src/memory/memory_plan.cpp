@@ -266,24 +266,28 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         optim_is_8bit(o.optim) ? "2 x uint8 moments + fp32 absmax per 256 (fp32 below 4096 elements)"
                                : "2 x fp32 moments per parameter",
         paged);
+    // A micro-batch of B sequences runs as one pass (train_model.h forward_backward_batch):
+    // every per-token buffer holds B x T tokens, attention probabilities B x (NH, T, T).
+    const uint64_t B = u(std::max<int64_t>(1, o.batch_size)), BT = B * T;
     // TrainWorkspace::Block, one per layer without checkpointing, one with: the buffers the
     // block program's backward reads (model/block_program.h), plus the LoRA caches.
     const BlockProgram prog = BlockProgram::for_spec(s);
-    const uint64_t block = 4 * u(prog.saved_floats(static_cast<int64_t>(T))) +
-                           4 * (static_cast<uint64_t>(ls.modules_per_block) * T * r_ + (drop ? T * ls.sum_in : 0));
-    const uint64_t xs = 4 * (L + 1) * T * C;
+    const int64_t Ti = static_cast<int64_t>(T), Bi = static_cast<int64_t>(B);
+    const uint64_t block = 4 * u(prog.saved_floats(Ti, Bi)) +
+                           4 * (static_cast<uint64_t>(ls.modules_per_block) * BT * r_ + (drop ? BT * ls.sum_in : 0));
+    const uint64_t xs = 4 * (L + 1) * BT * C;
     r.activations_checkpointed = xs + block;
     r.activations_full = xs + L * block;
     const uint64_t act = o.checkpointing ? r.activations_checkpointed : r.activations_full;
     add(r, std::string("activations (checkpointing ") + (o.checkpointing ? "on" : "off") + ")", act,
-        "block inputs (L+1)*T*C fp32 + " + std::string(o.checkpointing ? "1" : "L") +
-            " block cache(s) incl. (NH,T,T) attention and LoRA caches; per sequence (batch runs sequentially); "
-            "with checkpointing " + format_gb(r.activations_checkpointed) + ", without " +
+        "block inputs (L+1)*B*T*C fp32 + " + std::string(o.checkpointing ? "1" : "L") +
+            " block cache(s) incl. B x (NH,T,T) attention and LoRA caches, the micro-batch's " + std::to_string(B) +
+            " sequence(s) at once; with checkpointing " + format_gb(r.activations_checkpointed) + ", without " +
             format_gb(r.activations_full));
     if (s.final_softcap > 0.0f)
-      add(r, "logits and dlogits (T x V fp32 each: soft-capped logits are kept for the backward)", 8 * T * V, "");
+      add(r, "logits and dlogits (B*T x V fp32 each: soft-capped logits are kept for the backward)", 8 * BT * V, "");
     else
-      add(r, "logits (T x V fp32, dlogits in place)", 4 * T * V, "");
+      add(r, "logits (B*T x V fp32, dlogits in place)", 4 * BT * V, "");
     // Backward scratch of TrainWorkspace::Impl, rope tables, final norm, the dequantized tile.
     uint64_t tile = 0;
     for (const LinearShape& li : block_linears(s)) {
@@ -293,15 +297,16 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     }
     if (db != 4) tile = std::max(tile, std::min<uint64_t>(std::max<uint64_t>((1u << 18) / C, 16), V) * C);
     // The program's transient buffers and its gradients, the (NH, T, T) attention-gradient
-    // scratch, dx and the final norm's gradient, rope tables, positions and key windows.
-    const uint64_t scratch = 4 * (u(prog.transient_floats(static_cast<int64_t>(T))) +
-                                  u(prog.gradient_floats(static_cast<int64_t>(T))) + NH * T * T + 2 * T * C +
-                                  T * HS * (s.rope_local ? 2 : 1) + T + T + tile + (o.checkpointing ? T * C : 0));
-    // The largest transient on top: lora_forward's (T, out) product and dropout copy, or the
-    // lm_head input-gradient panels (64 x V + T x 64 floats per thread).
-    const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + T * 64) : 0);
-    const uint64_t lora_tmp = 4 * T * ls.max_in_out;
-    add(r, "workspace (backward scratch, tiles, transients)", scratch + std::max(lm_panels, lora_tmp) + int8_ws(T),
+    // scratch of one sequence, dx and the final norm's gradient, rope tables, the batch's
+    // tokens, targets, positions and key windows.
+    const uint64_t scratch = 4 * (u(prog.transient_floats(Ti, Bi)) + u(prog.gradient_floats(Ti, Bi)) + NH * T * T +
+                                  2 * BT * C + BT * HS * (s.rope_local ? 2 : 1) + 5 * BT + tile +
+                                  (o.checkpointing ? BT * C : 0));
+    // The largest transient on top: lora_forward's (B*T, out) product and dropout copy, or the
+    // lm_head input-gradient panels (64 x V + B*T x 64 floats per thread).
+    const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + BT * 64) : 0);
+    const uint64_t lora_tmp = 4 * BT * ls.max_in_out;
+    add(r, "workspace (backward scratch, tiles, transients)", scratch + std::max(lm_panels, lora_tmp) + int8_ws(BT),
         "dx/dh/d-MLP/d-attention buffers, dequantized weight tile, per-thread lm_head panels");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));

@@ -40,7 +40,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
   const float noff = s.norm_offset();
   for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
     if (b != p.output() && grad[static_cast<size_t>(b)])
-      std::fill_n(grad[static_cast<size_t>(b)], p.floats(b, T, T), 0.0f);
+      std::fill_n(grad[static_cast<size_t>(b)], p.batch_floats(b, T, 0), 0.0f);  // (no gradient of probabilities)
   auto buf = [&](int b) -> const float* { return r.buf[static_cast<size_t>(b)]; };
   auto g = [&](int b) -> float* { return grad[static_cast<size_t>(b)]; };
   const auto& ops = p.ops();
@@ -61,10 +61,19 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
         rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width);
         break;
-      case BlockOpKind::Attention:
-        attention_backward(g(o.in0), g(o.in1), g(o.in2), datt, dy, buf(o.in0), buf(o.in1), buf(o.in2), buf(o.aux), T,
-                           T, 0, s.n_heads, s.n_kv_heads, s.head_dim, r.key_start, s.attn_scale, s.attn_softcap);
+      case BlockOpKind::Attention: {
+        const int64_t QD = s.q_dim(), KVD = s.kv_dim();
+        int64_t t0 = 0, p0 = 0;
+        for (int64_t n : r.segments.empty() ? std::vector<int64_t>{T} : r.segments) {
+          attention_backward(g(o.in0) + t0 * QD, g(o.in1) + t0 * KVD, g(o.in2) + t0 * KVD, datt, dy + t0 * QD,
+                             buf(o.in0) + t0 * QD, buf(o.in1) + t0 * KVD, buf(o.in2) + t0 * KVD, buf(o.aux) + p0, n, n, 0,
+                             s.n_heads, s.n_kv_heads, s.head_dim, r.key_start ? r.key_start + t0 : nullptr,
+                             s.attn_scale, s.attn_softcap);
+          t0 += n;
+          p0 += s.n_heads * n * n;
+        }
         break;
+      }
       case BlockOpKind::GatedAct:
         if (s.mlp == MlpKind::GeGLU)
           geglu_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T));

@@ -42,19 +42,25 @@ void block_forward(const BlockRun& r) {
         const float* k = in1;
         const float* v = r.buf[static_cast<size_t>(o.in2)];
         float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
-        int64_t Tk = T;
+        const int64_t QD = s.q_dim(), KVD = s.kv_dim();
         if (r.cache) {  // append this step's keys and values, attend over everything cached
-          const int64_t KVD = s.kv_dim();
           float* kc = r.cache->keys(r.layer);
           float* vc = r.cache->values(r.layer);
           std::copy_n(k, T * KVD, kc + r.pos0 * KVD);
           std::copy_n(v, T * KVD, vc + r.pos0 * KVD);
-          k = kc;
-          v = vc;
-          Tk = r.pos0 + T;
+          attention_forward(out, probs, in0, kc, vc, T, r.pos0 + T, r.pos0, s.n_heads, s.n_kv_heads, s.head_dim,
+                            r.key_start, s.attn_scale, s.attn_softcap);
+          break;
         }
-        attention_forward(out, probs, in0, k, v, T, Tk, r.cache ? r.pos0 : 0, s.n_heads, s.n_kv_heads, s.head_dim,
-                          r.key_start, s.attn_scale, s.attn_softcap);
+        // Each sequence of the batch attends to itself only.
+        int64_t t0 = 0, p0 = 0;
+        for (int64_t n : r.segments.empty() ? std::vector<int64_t>{T} : r.segments) {
+          attention_forward(out + t0 * QD, probs ? probs + p0 : nullptr, in0 + t0 * QD, k + t0 * KVD, v + t0 * KVD, n,
+                            n, 0, s.n_heads, s.n_kv_heads, s.head_dim, r.key_start ? r.key_start + t0 : nullptr,
+                            s.attn_scale, s.attn_softcap);
+          t0 += n;
+          p0 += s.n_heads * n * n;
+        }
         break;
       }
       case BlockOpKind::GatedAct:

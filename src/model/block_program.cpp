@@ -209,24 +209,29 @@ int64_t BlockProgram::floats(int b, int64_t T, int64_t Tk) const {
   return buf.probs ? spec_.n_heads * T * Tk : buf.width * T;
 }
 
-int64_t BlockProgram::saved_floats(int64_t T) const {
+int64_t BlockProgram::batch_floats(int b, int64_t tokens, int64_t probs_per_head) const {
+  const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
+  return buf.probs ? spec_.n_heads * probs_per_head : buf.width * tokens;
+}
+
+int64_t BlockProgram::saved_floats(int64_t T, int64_t B) const {
   int64_t n = 0;
   for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
-    if (buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_) n += floats(b, T, T);
+    if (buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_) n += batch_floats(b, B * T, B * T * T);
   return n;
 }
 
-int64_t BlockProgram::transient_floats(int64_t T) const {
+int64_t BlockProgram::transient_floats(int64_t T, int64_t B) const {
   int64_t n = 0;
   for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
-    if (!buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_) n += floats(b, T, T);
+    if (!buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_) n += batch_floats(b, B * T, B * T * T);
   return n;
 }
 
-int64_t BlockProgram::gradient_floats(int64_t T) const {
+int64_t BlockProgram::gradient_floats(int64_t T, int64_t B) const {
   int64_t n = 0;
   for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
-    if (has_grad(b) && b != output_) n += floats(b, T, T);
+    if (has_grad(b) && b != output_) n += batch_floats(b, B * T, B * T * T);
   return n;
 }
 

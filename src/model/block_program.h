@@ -70,14 +70,17 @@ class BlockProgram {
 
   // Floats of buffer b for T tokens (probabilities: NH * T * Tk).
   int64_t floats(int b, int64_t T, int64_t Tk) const;
+  // The same for a batch: `tokens` in all, and probabilities of NH * probs_per_head floats
+  // (the sum over the batch's sequences of T_i * T_i).
+  int64_t batch_floats(int b, int64_t tokens, int64_t probs_per_head) const;
   // Floats training keeps per block for its backward (saved buffers other than the input
-  // and output), and the floats of the other (transient) buffers, for T tokens.
-  int64_t saved_floats(int64_t T) const;
-  int64_t transient_floats(int64_t T) const;
+  // and output), and the floats of the other (transient) buffers, for B sequences of T tokens.
+  int64_t saved_floats(int64_t T, int64_t B = 1) const;
+  int64_t transient_floats(int64_t T, int64_t B = 1) const;
   // Whether the backward keeps a gradient for buffer b (all but rstd and probabilities),
-  // and the floats of those gradients for T tokens (the output's comes from the caller).
+  // and the floats of those gradients for B x T tokens (the output's comes from the caller).
   bool has_grad(int b) const { return !buffers_.at(static_cast<size_t>(b)).training_only; }
-  int64_t gradient_floats(int64_t T) const;
+  int64_t gradient_floats(int64_t T, int64_t B = 1) const;
 
   // Inference storage: buffers whose lives do not overlap share a slot (greedy, in op
   // order). slot_of()[b] is -1 for the bound input/output and for training-only buffers.

@@ -16,20 +16,25 @@ struct LayerWeights;
 class KVCache;
 class LoraModel;
 
-// One layer's run of the program over T tokens.
+// One layer's run of the program over T tokens: one sequence, or (training) a batch of
+// sequences laid end to end, which go through every Linear as one product and through
+// attention one by one.
 struct BlockRun {
   const BlockProgram* program = nullptr;
   const LayerWeights* weights = nullptr;
   ComputeDType dtype = ComputeDType::F32;
   int64_t layer = 0;
   int64_t T = 0;
+  // Training: the lengths of the batch's sequences (summing to T); empty = one sequence.
+  std::vector<int64_t> segments;
   // Storage of each buffer (program->buffers() order), T tokens each (probabilities:
-  // NH * T * Tk). Training-only buffers may be null at inference.
+  // NH * T * Tk, or for a batch NH * T_i * T_i per sequence, one after the other).
+  // Training-only buffers may be null at inference.
   std::vector<float*> buf;
   // This layer's rotary tables (T, head_dim / 2) and key window (T) or null (causal).
   const float* cos = nullptr;
   const float* sin = nullptr;
-  const int32_t* key_start = nullptr;
+  const int32_t* key_start = nullptr;  // (for a batch: relative to each sequence's start)
   // Inference: the keys and values go into `cache` at positions pos0.., and attention reads
   // the cache's pos0 + T positions. Null when training (the block's own T keys).
   KVCache* cache = nullptr;
@@ -49,7 +54,8 @@ void block_forward(const BlockRun& r);
 // gradient storage of buffer b (same sizes as r.buf; every non-null one is zeroed here
 // first, except the output's, which holds d loss / d output on entry). On return
 // grad[program->input()] holds d loss / d input. LoRA gradients of `adapter` accumulate.
-// tile: scratch for dequantized weight rows; datt: (NH, T, T) scratch.
+// tile: scratch for dequantized weight rows; datt: (NH, T_i, T_i) scratch for the longest
+// sequence.
 void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<float*>& grad, std::vector<float>& tile,
                     float* datt);
 

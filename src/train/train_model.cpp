@@ -15,16 +15,19 @@ struct TrainWorkspace::Block {
   std::vector<std::vector<float>> saved;  // per program buffer; empty unless saved
   std::array<LoraCache, kBlockLinears> lc;
 
-  void resize(const BlockProgram& p, int64_t T) {
+  // For T tokens in all whose attention probabilities take NH * probs_per_head floats.
+  void resize(const BlockProgram& p, int64_t T, int64_t probs_per_head) {
     saved.resize(p.buffers().size());
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
       if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output())
-        saved[static_cast<size_t>(b)].resize(static_cast<size_t>(p.floats(b, T, T)));
+        saved[static_cast<size_t>(b)].resize(static_cast<size_t>(p.batch_floats(b, T, probs_per_head)));
   }
 };
 
 struct TrainWorkspace::Impl {
-  int64_t T = 0;
+  int64_t T = 0;                         // tokens of the batch, its sequences laid end to end
+  std::vector<int64_t> seg;              // the sequences' lengths
+  std::vector<int> tokens, targets;      // (T) the batch's inputs and targets
   std::vector<float> xs;                 // (NL + 1, T, C) block inputs, then the last output
   std::vector<Block> blocks;             // NL without checkpointing, 1 with
   std::vector<LoraRng> rng_at_block;     // generator state at each block's forward
@@ -48,19 +51,19 @@ struct TrainWorkspace::Impl {
   // backward scratch
   std::vector<float> dx, datt, dhf;
 
-  void resize_block_scratch(const BlockProgram& p, int64_t T, bool backward) {
+  void resize_block_scratch(const BlockProgram& p, int64_t T, int64_t longest, bool backward) {
     const size_t nb = p.buffers().size();
     transient.resize(nb);
     grad.resize(nb);
     for (int b = 0; b < static_cast<int>(nb); ++b) {
-      const size_t n = static_cast<size_t>(p.floats(b, T, T));
+      const size_t n = static_cast<size_t>(p.batch_floats(b, T, 0));  // (probabilities are saved, never here)
       if (b == p.input() || b == p.output()) continue;
       if (!p.buffers()[static_cast<size_t>(b)].saved) transient[static_cast<size_t>(b)].resize(n);
       if (backward && p.has_grad(b)) grad[static_cast<size_t>(b)].resize(n);
     }
     if (backward) {
       grad[static_cast<size_t>(p.input())].resize(static_cast<size_t>(T * p.spec().hidden));
-      datt.resize(static_cast<size_t>(p.spec().n_heads * T * T));
+      datt.resize(static_cast<size_t>(p.spec().n_heads * longest * longest));
     }
   }
 };
@@ -116,6 +119,7 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   r.dtype = m.compute_dtype();
   r.layer = l;
   r.T = T;
+  if (w.seg.size() > 1) r.segments = w.seg;
   r.buf.assign(p.buffers().size(), nullptr);
   for (size_t i = 0; i < r.buf.size(); ++i) {
     std::vector<float>& v = p.buffers()[i].saved ? b.saved[i] : w.transient[i];
@@ -155,39 +159,55 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
 }
 
 // Embedding, all blocks (caching per `keep_all`), final norm and the logits of the
-// positions that have a target (w.sel).
-void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const int> inputs,
-                   std::span<const int> targets, std::span<const int32_t> positions, bool keep_all, bool training,
-                   LoraRng* rng, bool backward) {
+// positions that have a target (w.sel), for the batch's sequences laid end to end.
+void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const TrainSequenceRef> batch,
+                   bool keep_all, bool training, LoraRng* rng, bool backward) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
-  const int64_t T = static_cast<int64_t>(inputs.size());
+  w.seg.clear();
+  w.tokens.clear();
+  w.targets.clear();
+  w.pos.clear();
+  int64_t probs_per_head = 0, longest = 0;
+  for (const TrainSequenceRef& q : batch) {
+    const int64_t n = static_cast<int64_t>(q.inputs.size());
+    w.seg.push_back(n);
+    w.tokens.insert(w.tokens.end(), q.inputs.begin(), q.inputs.end());
+    w.targets.insert(w.targets.end(), q.targets.begin(), q.targets.end());
+    for (int64_t t = 0; t < n; ++t)
+      w.pos.push_back(q.positions.empty() ? static_cast<int32_t>(t) : q.positions[static_cast<size_t>(t)]);
+    probs_per_head += n * n;
+    longest = std::max(longest, n);
+  }
+  const int64_t T = static_cast<int64_t>(w.tokens.size());
   const int64_t C = s.hidden, NL = s.n_layers, V = s.vocab;
   w.T = T;
   w.xs.resize(static_cast<size_t>((NL + 1) * T * C));
   w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
-  for (Block& b : w.blocks) b.resize(m.block(), T);
-  w.resize_block_scratch(m.block(), T, backward);
-  w.pos.resize(static_cast<size_t>(T));
+  for (Block& b : w.blocks) b.resize(m.block(), T, probs_per_head);
+  w.resize_block_scratch(m.block(), T, longest, backward);
   w.key_start.clear();
   w.key_start_win.clear();
+  // Each query's first key, relative to its sequence's start: its own example's start when
+  // packed, and on sliding layers no further back than the window.
   bool packed = false;
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t p = positions.empty() ? static_cast<int32_t>(t) : positions[static_cast<size_t>(t)];
-    w.pos[static_cast<size_t>(t)] = p;
-    packed = packed || p != t;
-  }
-  // Each query's first key: its own example's start when packed, and on sliding layers no
-  // further back than the window.
+  std::vector<int32_t> rel(static_cast<size_t>(T));  // index within its sequence
+  for (int64_t t = 0, i = 0; i < static_cast<int64_t>(w.seg.size()); ++i)
+    for (int64_t k = 0; k < w.seg[static_cast<size_t>(i)]; ++k, ++t) {
+      rel[static_cast<size_t>(t)] = static_cast<int32_t>(k);
+      packed = packed || w.pos[static_cast<size_t>(t)] != k;
+    }
   if (packed) {
     w.key_start.resize(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) w.key_start[static_cast<size_t>(t)] = static_cast<int32_t>(t) - w.pos[static_cast<size_t>(t)];
+    for (int64_t t = 0; t < T; ++t)
+      w.key_start[static_cast<size_t>(t)] = rel[static_cast<size_t>(t)] - w.pos[static_cast<size_t>(t)];
   }
-  if (s.sliding_window > 0 && T > s.sliding_window) {
+  if (s.sliding_window > 0 && longest > s.sliding_window) {
     w.key_start_win.resize(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) {
       const int32_t p = w.pos[static_cast<size_t>(t)];
-      w.key_start_win[static_cast<size_t>(t)] = static_cast<int32_t>(t - p + first_visible_key(s, p));
+      w.key_start_win[static_cast<size_t>(t)] =
+          static_cast<int32_t>(rel[static_cast<size_t>(t)] - p + first_visible_key(s, p));
     }
   }
   w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
@@ -200,7 +220,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
                 s.rope_scaling_local);
   }
   w.rng_at_block.clear();
-  embedding_forward(w.xs.data(), inputs.data(), T, m.embed_tokens());
+  embedding_forward(w.xs.data(), w.tokens.data(), T, m.embed_tokens());
   if (s.embed_scale) embed_scale_forward(w.xs.data(), T * C, C, m.compute_dtype());
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
@@ -214,9 +234,9 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.sel.clear();
   w.sel_targets.clear();
   for (int64_t t = 0; t < T; ++t)
-    if (targets[static_cast<size_t>(t)] != -100) {  // cross_entropy_forward_backward's ignore_index
+    if (w.targets[static_cast<size_t>(t)] != -100) {  // cross_entropy_forward_backward's ignore_index
       w.sel.push_back(t);
-      w.sel_targets.push_back(targets[static_cast<size_t>(t)]);
+      w.sel_targets.push_back(w.targets[static_cast<size_t>(t)]);
     }
   const int64_t M = static_cast<int64_t>(w.sel.size());
   const float* hin = w.hf.data();
@@ -238,8 +258,8 @@ float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int>
   check_sequence(lm.model().spec(), inputs, targets, positions);
   if (const DeviceRunner* dev = lm.model().runner()) return dev->forward_loss(lm, inputs, targets, positions);
   TrainWorkspace::Impl& w = *ws.impl_;
-  model_forward(w, lm, inputs, targets, positions, /*keep_all=*/false, /*training=*/false, nullptr,
-               /*backward=*/false);
+  const TrainSequenceRef one{inputs, targets, positions};
+  model_forward(w, lm, std::span(&one, 1), /*keep_all=*/false, /*training=*/false, nullptr, /*backward=*/false);
   const int64_t M = static_cast<int64_t>(w.sel.size());
   if (M == 0) return 0.f;
   return cross_entropy_forward_backward(nullptr, w.logits.data(), w.logits.data(), w.sel_targets.data(), M,
@@ -248,15 +268,39 @@ float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int>
 
 float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs, std::span<const int> targets,
                        const TrainStepOptions& opt, LoraRng* rng, std::span<const int32_t> positions) {
+  const TrainSequenceRef one{inputs, targets, positions};
+  return forward_backward_batch(lm, ws, std::span(&one, 1), opt, rng);
+}
+
+float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const TrainSequenceRef> batch,
+                             const TrainStepOptions& opt, LoraRng* rng) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
-  check_sequence(s, inputs, targets, positions);
+  if (batch.empty()) fail("train", "empty batch");
+  int64_t n_targets = 0;
+  for (const TrainSequenceRef& q : batch) {
+    check_sequence(s, q.inputs, q.targets, q.positions);
+    for (int t : q.targets) n_targets += t != -100;
+  }
   const bool training = opt.training;
   LoraRng* frng = training ? rng : nullptr;
-  // Another device (model/device_runner.h) runs the same step there.
-  if (const DeviceRunner* dev = m.runner()) return dev->forward_backward(lm, inputs, targets, opt, frng, positions);
+  // Another device (model/device_runner.h) runs the same step there, a sequence at a time,
+  // each weighted by its share of the batch's targets.
+  if (const DeviceRunner* dev = m.runner()) {
+    double loss = 0;
+    for (const TrainSequenceRef& q : batch) {
+      int64_t n = 0;
+      for (int t : q.targets) n += t != -100;
+      if (n == 0) continue;
+      TrainStepOptions o = opt;
+      o.grad_scale = opt.grad_scale * static_cast<float>(static_cast<double>(n) / static_cast<double>(n_targets));
+      loss += static_cast<double>(dev->forward_backward(lm, q.inputs, q.targets, o, frng, q.positions)) *
+              static_cast<double>(n) / static_cast<double>(n_targets);
+    }
+    return static_cast<float>(loss);
+  }
   TrainWorkspace::Impl& w = *ws.impl_;
-  model_forward(w, lm, inputs, targets, positions, !opt.checkpointing, training, frng, /*backward=*/true);
+  model_forward(w, lm, batch, !opt.checkpointing, training, frng, /*backward=*/true);
   const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers;
   const int64_t M = static_cast<int64_t>(w.sel.size());
   if (M == 0) return 0.f;  // nothing to learn from: no gradient

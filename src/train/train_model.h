@@ -34,6 +34,12 @@ struct TrainStepOptions {
   float grad_scale = 1.f;
 };
 
+// One sequence of a batch (the spans are borrowed for the call).
+struct TrainSequenceRef {
+  std::span<const int> inputs, targets;
+  std::span<const int32_t> positions;  // empty: 0..T-1
+};
+
 // Scratch and caches of forward_backward, reusable across calls (grown on demand).
 class TrainWorkspace {
  public:
@@ -49,6 +55,8 @@ class TrainWorkspace {
                                 const TrainStepOptions&, LoraRng*, std::span<const int32_t>);
   friend float forward_loss(const LoraModel&, TrainWorkspace&, std::span<const int>, std::span<const int>,
                             std::span<const int32_t>);
+  friend float forward_backward_batch(LoraModel&, TrainWorkspace&, std::span<const TrainSequenceRef>,
+                                      const TrainStepOptions&, LoraRng*);
   std::unique_ptr<Impl> impl_;
 };
 
@@ -63,6 +71,16 @@ class TrainWorkspace {
 float forward_backward(LoraModel& lora, TrainWorkspace& ws, std::span<const int> inputs,
                        std::span<const int> targets, const TrainStepOptions& opt, LoraRng* rng,
                        std::span<const int32_t> positions = {});
+
+// A micro-batch in one pass: the sequences laid end to end go through every Linear as one
+// product (B times fewer, larger GEMMs and one dequantization of each weight tile), each
+// attending to itself only. Returns the mean loss over ALL the batch's target tokens and
+// accumulates grad_scale times its gradient: the same numbers as one forward_backward per
+// sequence weighted by its share of the targets (dropout masks come from the generator in
+// another order). Memory: activations of all B sequences at once.
+// Throws Error as forward_backward for any sequence, or for an empty batch.
+float forward_backward_batch(LoraModel& lora, TrainWorkspace& ws, std::span<const TrainSequenceRef> batch,
+                             const TrainStepOptions& opt, LoraRng* rng);
 
 // The same loss without dropout and without any backward (evaluation, finite differences).
 float forward_loss(const LoraModel& lora, TrainWorkspace& ws, std::span<const int> inputs,

@@ -278,15 +278,24 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
       n_targets += b->n_targets();
       tokens += static_cast<int64_t>(b->inputs.size());
     }
-    // Each sequence's mean loss weighted by its share of the step's target tokens: the
-    // step's loss and gradient are those of the mean over all its target tokens.
+    // Each micro-batch of batch_size sequences runs as one pass (train_model.h
+    // forward_backward_batch), its mean loss weighted by its share of the step's target
+    // tokens: the step's loss and gradient are those of the mean over all its target tokens.
+    // (Sequences without a target are left out: they add nothing.)
     double loss_sum = 0;
-    for (const TrainSequence* b : batch) {
-      const int64_t n = b->n_targets();
+    std::vector<TrainSequenceRef> mb;
+    for (size_t i = 0; i < batch.size(); i += static_cast<size_t>(opt.batch_size)) {
+      mb.clear();
+      int64_t n = 0;
+      for (size_t j = i; j < std::min(batch.size(), i + static_cast<size_t>(opt.batch_size)); ++j) {
+        const TrainSequence* b = batch[j];
+        if (b->n_targets() == 0) continue;
+        mb.push_back({b->inputs, b->targets, b->positions});
+        n += b->n_targets();
+      }
       if (n == 0) continue;
       sopt.grad_scale = static_cast<float>(static_cast<double>(n) / static_cast<double>(n_targets));
-      loss_sum += static_cast<double>(forward_backward(lora, ws, b->inputs, b->targets, sopt, &dropout_rng,
-                                                       b->positions)) * static_cast<double>(n);
+      loss_sum += static_cast<double>(forward_backward_batch(lora, ws, mb, sopt, &dropout_rng)) * static_cast<double>(n);
     }
     TrainStepLog log;
     log.step = step + 1;

@@ -236,6 +236,78 @@ TEST(TrainModel, PackedSequenceEqualsSeparateExamples) {
   EXPECT_THROW(forward_backward(lm, ws, ip, tp, opt, nullptr, bad), Error);
 }
 
+// A micro-batch in one pass (forward_backward_batch: the sequences laid end to end through
+// every Linear, attention per sequence) computes what one pass per sequence gives: loss =
+// target-weighted mean, gradients = target-weighted sum. Three sequences of different
+// lengths, one of them packed (two examples) and one with ignored targets; with and without
+// checkpointing, dense and NF4.
+TEST(TrainModel, BatchInOnePassEqualsOneSequenceAtATime) {
+  for (bool nf4 : {false, true}) {
+    Loaded L = load(nf4);
+    LoraModel lm(L.model, grad_check_config());
+    LoraRng brng(5);
+    for (LoraLayer& l : lm.layers())
+      for (float& b : l.B) b = 0.05f * (2.f * brng.next_float() - 1.f);
+    auto seq = [&](const char* text) { return L.files.tokenizer->encode(text); };
+    const auto a = seq("Once upon a time there was a cat."), b = seq("The dog ran to the big park and played."),
+               c = seq("Lily saw a bird.");
+    std::vector<std::vector<int>> in, tg;
+    std::vector<std::vector<int32_t>> pos;
+    auto add = [&](const std::vector<int>& x) {
+      in.emplace_back(x.begin(), x.end() - 1);
+      tg.emplace_back(x.begin() + 1, x.end());
+      pos.emplace_back();
+    };
+    add(a);
+    add(b);
+    tg[1][2] = tg[1][3] = -100;
+    add(c);  // then packed with a: positions restart
+    for (size_t t = 0; t < in[2].size(); ++t) pos[2].push_back(static_cast<int32_t>(t));
+    in[2].insert(in[2].end(), in[0].begin(), in[0].end());
+    tg[2].insert(tg[2].end(), tg[0].begin(), tg[0].end());
+    for (size_t t = 0; t < in[0].size(); ++t) pos[2].push_back(static_cast<int32_t>(t));
+
+    TrainWorkspace ws;
+    TrainStepOptions opt;
+    opt.training = false;
+    double n_all = 0, want_loss = 0;
+    std::vector<double> n(3), want_g;
+    for (size_t i = 0; i < 3; ++i) n[i] = static_cast<double>(std::count_if(tg[i].begin(), tg[i].end(), [](int t) { return t != -100; })), n_all += n[i];
+    for (size_t i = 0; i < 3; ++i) {
+      lm.zero_grad();
+      const float l = forward_backward(lm, ws, in[i], tg[i], opt, nullptr, pos[i]);
+      want_loss += n[i] / n_all * l;
+      const std::vector<float> g = all_grads(lm);
+      want_g.resize(g.size(), 0.0);
+      for (size_t k = 0; k < g.size(); ++k) want_g[k] += n[i] / n_all * g[k];
+    }
+    std::vector<TrainSequenceRef> batch;
+    for (size_t i = 0; i < 3; ++i) batch.push_back({in[i], tg[i], pos[i]});
+    for (bool ckpt : {true, false}) {
+      opt.checkpointing = ckpt;
+      lm.zero_grad();
+      const float lb = forward_backward_batch(lm, ws, batch, opt, nullptr);
+      EXPECT_NEAR(lb, want_loss, 2e-6 * std::fabs(want_loss)) << "nf4 " << nf4 << " checkpointing " << ckpt;
+      const std::vector<float> g = all_grads(lm);
+      double worst = 0, scale = 0;
+      for (size_t k = 0; k < g.size(); ++k) {
+        worst = std::max(worst, std::fabs(g[k] - want_g[k]));
+        scale = std::max(scale, std::fabs(want_g[k]));
+      }
+      EXPECT_LT(worst, 1e-4 * scale) << "nf4 " << nf4 << " checkpointing " << ckpt;
+    }
+    // Laid end to end WITHOUT the per-sequence attention, the result differs (the test can fail).
+    std::vector<int> cat_in, cat_tg;
+    for (size_t i = 0; i < 3; ++i) {
+      cat_in.insert(cat_in.end(), in[i].begin(), in[i].end());
+      cat_tg.insert(cat_tg.end(), tg[i].begin(), tg[i].end());
+    }
+    lm.zero_grad();
+    EXPECT_GT(std::fabs(forward_backward(lm, ws, cat_in, cat_tg, opt, nullptr) - want_loss), 1e-4);
+    EXPECT_THROW(forward_backward_batch(lm, ws, {}, opt, nullptr), Error);
+  }
+}
+
 // bf16 / fp16 compute (activations rounded where torch's half-precision forward rounds
 // them; LoRA weights, gradients and the backward stay float32): the loss and the LoRA
 // gradients stay close to float32's, and the optimizer sees the same direction.

@@ -105,6 +105,16 @@ FAMILIES = {
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
                              short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
                              long_factor=[1.0, 1.5, 2.5, 4.0, 6.0, 9.0]))),
+    # GPT-NeoX (Pythia): LayerNorm with biases, GELU MLP, per-head fused query_key_value,
+    # partial rotary (GPTNeoXConfig's default 0.25 of each head), the parallel residual;
+    # and the sequential form with the tanh GELU and half the head rotated.
+    "gpt_neox": ("GPTNeoXConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps"), layer_norm_eps=1e-5,
+                                       tie_word_embeddings=False)),
+    "gpt_neox_seq": ("GPTNeoXConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps"), layer_norm_eps=1e-5,
+                                           use_parallel_residual=False, hidden_act="gelu_new", initializer_range=0.4,
+                                           rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                partial_rotary_factor=0.5),
+                                           tie_word_embeddings=False)),
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
@@ -113,7 +123,9 @@ PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
 def make_model(family: str):
     import transformers
     cls_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cls_name)(**{**COMMON, **extra})
+    drop = extra.get("_drop", ())
+    kw = {k: v for k, v in {**COMMON, **extra}.items() if k not in drop and k != "_drop"}
+    cfg = getattr(transformers, cls_name)(**kw)
     cfg._attn_implementation = "eager"
     torch.manual_seed(1234)
     model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)

@@ -45,11 +45,12 @@ std::vector<float> dense_rows(const DenseWeight& w) {
   return v;
 }
 
-// Every tensor of the merged model, in the order ModelSpec::tensors() lists them.
+// Every tensor of the merged model, in the order ModelSpec::tensors() lists them, under the
+// family's Hugging Face names.
 std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters) {
   std::vector<OutTensor> t;
   for (const TensorSpec& ts : model.spec().tensors())
-    t.push_back({ts.name, ts.shape, [&model, &adapters, name = ts.name] {
+    t.push_back({canonical_to_hf(model.spec().family, ts.name), ts.shape, [&model, &adapters, name = ts.name] {
                    return merged_tensor_values(model, name, adapters);
                  }});
   return t;
@@ -91,6 +92,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
   if (name == "model.embed_tokens.weight") return dense_rows(model.embed_tokens());
   if (name == "lm_head.weight") return dense_rows(model.lm_head());
   if (name == "model.norm.weight") return model.final_norm();
+  if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
   constexpr std::string_view prefix = "model.layers.";
   if (name.rfind(prefix, 0) == 0) {
     const size_t dot = name.find('.', prefix.size());
@@ -102,6 +104,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
         if (rest == "input_layernorm.weight") return L.input_norm;
         if (rest == "post_attention_layernorm.weight") return L.post_norm;
+        if (rest == "input_layernorm.bias" && !L.input_norm_bias.empty()) return L.input_norm_bias;
+        if (rest == "post_attention_layernorm.bias" && !L.post_norm_bias.empty()) return L.post_norm_bias;
         if (rest == "self_attn.q_norm.weight" && !L.q_norm.empty()) return L.q_norm;
         if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
         if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;

@@ -75,6 +75,7 @@ ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
   // The MLP's activation: silu for the llama family; the tanh GELU for gemma, which older
   // configs spell "gelu" (transformers maps it to the tanh form, as the releases meant).
   for (const char* key : {"hidden_act", "hidden_activation"}) {
+    if (fam.own_activation) break;  // (the family read it)
     const json* act = find_key(j, key);
     if (!act) continue;
     const std::string a = act->is_string() ? act->get<std::string>() : std::string();

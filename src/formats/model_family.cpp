@@ -11,14 +11,45 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 8>& all_families() {
-  static const std::array<const ModelFamily*, 8> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 9>& all_families() {
+  static const std::array<const ModelFamily*, 9> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
-                                                        &families::kGemma3Text, &families::kPhi3};
+                                                        &families::kGemma3Text, &families::kPhi3, &families::kGptNeoX};
   return all;
 }
 
 }  // namespace
+
+namespace {
+
+// Replaces every occurrence of `from` in s (with a '.' appended while matching, so that a
+// module path without a suffix matches fragments that end with '.').
+std::string rename(std::string s, std::string_view from, std::string_view to) {
+  s += '.';
+  for (size_t pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size()))
+    s.replace(pos, from.size(), to);
+  s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+std::string hf_to_canonical(const ModelFamily& f, const std::string& name) {
+  std::string s = name;
+  for (const HfRename& r : f.hf_renames) s = rename(s, r.hf, r.canonical);
+  return s;
+}
+
+std::string canonical_to_hf(const ModelFamily& f, const std::string& name) {
+  std::string s = name;
+  for (auto it = f.hf_renames.rbegin(); it != f.hf_renames.rend(); ++it) s = rename(s, it->canonical, it->hf);
+  return s;
+}
+
+std::string canonical_to_hf(const std::string& family, const std::string& name) {
+  const ModelFamily* f = find_family(family);
+  return f ? canonical_to_hf(*f, name) : name;
+}
 
 const ModelFamily* find_family(std::string_view model_type) {
   for (const ModelFamily* f : all_families())

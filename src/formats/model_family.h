@@ -2,11 +2,13 @@
 // The model families qlora.cpp runs, as data: what each one's config.json, GGUF and export
 // look like and what sets its ModelSpec apart from the shared parts. One file per lineage
 // (formats/families/llama.cpp: llama, mistral; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
-// gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use) and one registry (formats/model_family.cpp), which is the only list:
+// gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use;
+// gpt_neox.cpp: gpt_neox, Pythia's) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
 #include <cstdint>
 #include <string>
+#include <span>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +18,14 @@
 namespace qlora {
 
 struct GgufLlamaHParams;
+
+// One renaming between a family's Hugging Face tensor / module names and the canonical
+// (llama-style) names the engine uses inside: `hf` and `canonical` are fragments that end
+// with '.', replaced wherever they occur (gpt_neox: "gpt_neox.layers." <-> "model.layers.",
+// ".attention.query_key_value." <-> ".self_attn.qkv_proj.").
+struct HfRename {
+  std::string_view hf, canonical;
+};
 
 struct ModelFamily {
   std::string_view model_type;      // config.json model_type, and ModelSpec::family
@@ -39,8 +49,20 @@ struct ModelFamily {
   std::string_view gguf_export_arch = {};
   // transformers' class honours partial_rotary_factor (phi3; elsewhere it is refused).
   bool partial_rotary = false;
+  // Its checkpoint and PEFT names where they differ from the canonical ones, in the order
+  // to apply them from Hugging Face to canonical (the reverse runs them backwards).
+  std::span<const HfRename> hf_renames = {};
+  // Reads hidden_act itself (the shared reader accepts silu, or the tanh GELU of gelu_mlp).
+  bool own_activation = false;
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };
+
+// A tensor name or module path (with or without a ".weight" suffix) from the family's
+// Hugging Face form to the canonical one, and back. Identity for families without renames.
+std::string hf_to_canonical(const ModelFamily& f, const std::string& name);
+std::string canonical_to_hf(const ModelFamily& f, const std::string& name);
+// The same for a ModelSpec's family (identity for an unknown one).
+std::string canonical_to_hf(const std::string& family, const std::string& name);
 
 // The family of a config.json model_type, or null.
 const ModelFamily* find_family(std::string_view model_type);
@@ -54,7 +76,7 @@ std::string gguf_supported_architectures();
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
 
 namespace families {  // formats/families/*.cpp
-extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3;
+extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kGptNeoX;
 }
 
 }  // namespace qlora

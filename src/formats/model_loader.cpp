@@ -175,6 +175,31 @@ class SafeTensorsSource : public TensorSource {
   std::map<std::string, size_t> index_;
 };
 
+// A family's Hugging Face names (gpt_neox.layers.0.attention.query_key_value.weight) seen
+// under the canonical ones the model asks for (model.layers.0.self_attn.qkv_proj.weight).
+class RenamedSource : public TensorSource {
+ public:
+  RenamedSource(std::unique_ptr<TensorSource> inner, const ModelFamily& fam) : inner_(std::move(inner)), fam_(fam) {}
+  std::vector<std::string> names() const override {
+    std::vector<std::string> n;
+    for (const std::string& h : inner_->names()) n.push_back(hf_to_canonical(fam_, h));
+    return n;
+  }
+  bool has(const std::string& name) const override { return inner_->has(hf(name)); }
+  std::vector<int64_t> shape(const std::string& name) const override { return inner_->shape(hf(name)); }
+  std::vector<float> get(const std::string& name) const override { return inner_->get(hf(name)); }
+  std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(hf(name)); }
+  std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(hf(name)); }
+  std::string describe() const override { return inner_->describe(); }
+  std::string stored_name(const std::string& name) const override { return inner_->stored_name(hf(name)); }
+  std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
+
+ private:
+  std::string hf(const std::string& canonical) const { return canonical_to_hf(fam_, canonical); }
+  std::unique_ptr<TensorSource> inner_;
+  const ModelFamily& fam_;
+};
+
 // ---- GGUF ----------------------------------------------------------------------------
 
 // Rotary tensors spec_from_gguf reads (llama3's divisors, phi3's longrope factors).
@@ -399,6 +424,8 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
         files = {path};
       }
       m.tensors = std::make_unique<SafeTensorsSource>(files, path);
+      if (const ModelFamily* fam = find_family(m.spec.family); fam && !fam->hf_renames.empty())
+        m.tensors = std::make_unique<RenamedSource>(std::move(m.tensors), *fam);
       const std::string gen = (dir / "generation_config.json").string();
       if (fs::exists(gen)) m.generation = read_generation_config(gen);
       if (tok_path.empty() && fs::exists(dir / "tokenizer.json")) tok_path = dir.string();

@@ -1,5 +1,7 @@
 #include "lora/lora_model.h"
 
+#include "formats/model_family.h"
+
 #include <string>
 
 #include "base/error.h"
@@ -20,7 +22,9 @@ uint64_t derive_seed(uint64_t seed, uint64_t i) {
 
 std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear which) {
   const char* module = spec.block_linears()[static_cast<size_t>(which)].module;
-  return module ? "model.layers." + std::to_string(layer) + "." + module : std::string();
+  if (!module) return std::string();
+  // (the family's own name: PEFT's module paths and target_modules are Hugging Face's)
+  return canonical_to_hf(spec.family, "model.layers." + std::to_string(layer) + "." + module);
 }
 
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }

@@ -17,8 +17,9 @@ namespace qlora {
 enum class BlockLinear : int { Q = 0, K, V, O, Gate, Up, Down };
 inline constexpr int kBlockLinears = kBlockLinearCount;
 // "model.layers.<l>.self_attn.q_proj", ..., "model.layers.<l>.mlp.down_proj" (the model's
-// own module names: phi3's fused "self_attn.qkv_proj" in the q slot); "" for a Linear the
-// family does not have (the k, v and up slots of a fused model).
+// own module names, as its Hugging Face checkpoint and PEFT spell them: phi3's fused
+// "self_attn.qkv_proj" in the q slot, gpt_neox's "gpt_neox.layers.<l>.attention.
+// query_key_value"); "" for a Linear the family does not have (k, v of a fused model).
 std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear which);
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which);
 

@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
+#include "formats/model_family.h"
 #include "model/block_program.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
@@ -39,9 +40,9 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
   return v;
 }
 
-bool lora_targets(const MemoryOptions& o, const char* module) {
+bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
   if (o.all_linear) return true;
-  const std::string path = std::string("model.layers.0.") + module;
+  const std::string path = canonical_to_hf(s.family, std::string("model.layers.0.") + module);
   for (const std::string& t : o.target_modules)
     if (lora_module_matches(path, t)) return true;
   return false;
@@ -84,7 +85,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   LoraShape l;
   const uint64_t r = u(o.lora_r);
   for (const LinearShape& li : block_linears(s)) {
-    if (!lora_targets(o, li.module)) continue;
+    if (!lora_targets(s, o, li.module)) continue;
     ++l.modules_per_block;
     const uint64_t a = r * u(li.in), b = u(li.out) * r;
     l.params += u(s.n_layers) * (a + b);
@@ -358,7 +359,7 @@ MemoryPlan plan_qlora_cuda(const ModelSpec& s, const MemoryOptions& o) {
   const LoraShape ls = lora_shape(s, o);
   uint64_t max_out = 0, max_in = 0;
   for (const LinearShape& li : block_linears(s)) {
-    if (!lora_targets(o, li.module)) continue;
+    if (!lora_targets(s, o, li.module)) continue;
     max_out = std::max(max_out, u(li.out));
     max_in = std::max(max_in, u(li.in));
   }

@@ -31,13 +31,20 @@ void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, 
 
 }  // namespace
 
+void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
+                   const float* stats, int64_t rows, int64_t C) {
+  if (s.norm == NormKind::LayerNorm)
+    layernorm_backward(din, dout, in, weight, stats, rows, C);
+  else
+    rmsnorm_backward(din, nullptr, dout, in, weight, stats, rows, C, s.norm_offset());
+}
+
 void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<float*>& grad, std::vector<float>& tile,
                     float* datt) {
   const BlockProgram& p = *r.program;
   const ModelSpec& s = p.spec();
   const LayerWeights& L = *r.weights;
   const int64_t T = r.T;
-  const float noff = s.norm_offset();
   for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
     if (b != p.output() && grad[static_cast<size_t>(b)])
       std::fill_n(grad[static_cast<size_t>(b)], p.batch_floats(b, T, 0), 0.0f);  // (no gradient of probabilities)
@@ -49,8 +56,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
     const float* dy = g(o.out);
     switch (o.kind) {
       case BlockOpKind::Norm:
-        rmsnorm_backward(g(o.in0), nullptr, dy, buf(o.in0), L.norm(o.norm).data(), buf(o.aux), T * o.rows_per_token,
-                         o.width, noff);
+        norm_backward(s, g(o.in0), dy, buf(o.in0), L.norm(o.norm).data(), buf(o.aux), T * o.rows_per_token, o.width);
         break;
       case BlockOpKind::Linear: {
         LoraLayer* lo = adapter.find(r.layer, static_cast<BlockLinear>(o.linear));
@@ -83,14 +89,18 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Residual:
         residual_backward(g(o.in0), g(o.in1), dy, p.floats(o.out, T, T));
         break;
+      case BlockOpKind::Act:
+        activation_backward(g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T), s.act);
+        break;
       case BlockOpKind::Slice: {
         float* din = g(o.in0);
-        const int64_t in_w = p.buffers()[static_cast<size_t>(o.in0)].width;
-        for (int64_t t = 0; t < T; ++t) {
-          float* d = din + t * in_w + o.offset;
-          const float* y = dy + t * o.width;
-          for (int64_t i = 0; i < o.width; ++i) d[i] += y[i];
-        }
+        const int64_t in_w = p.buffers()[static_cast<size_t>(o.in0)].width, out_w = o.groups * o.width;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t gr = 0; gr < o.groups; ++gr) {
+            float* d = din + t * in_w + gr * o.group_stride + o.offset;
+            const float* y = dy + t * out_w + gr * o.width;
+            for (int64_t i = 0; i < o.width; ++i) d[i] += y[i];
+          }
         break;
       }
     }

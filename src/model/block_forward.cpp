@@ -10,12 +10,19 @@
 
 namespace qlora {
 
+void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
+                  const float* bias, int64_t rows, int64_t C, ComputeDType dtype) {
+  if (s.norm == NormKind::LayerNorm)
+    layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype);
+  else
+    rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset());
+}
+
 void block_forward(const BlockRun& r) {
   const BlockProgram& p = *r.program;
   const ModelSpec& s = p.spec();
   const LayerWeights& L = *r.weights;
   const int64_t T = r.T;
-  const float noff = s.norm_offset();
   auto n_of = [&](int b) { return p.floats(b, T, T); };
   for (const BlockOp& o : p.ops()) {
     float* out = r.buf[static_cast<size_t>(o.out)];
@@ -23,8 +30,9 @@ void block_forward(const BlockRun& r) {
     const float* in1 = o.in1 >= 0 ? r.buf[static_cast<size_t>(o.in1)] : nullptr;
     switch (o.kind) {
       case BlockOpKind::Norm: {
-        float* rstd = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
-        rmsnorm_forward(out, rstd, in0, L.norm(o.norm).data(), T * o.rows_per_token, o.width, s.norm_eps, r.dtype, noff);
+        float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        norm_forward(s, out, stats, in0, L.norm(o.norm).data(), L.norm_bias(o.norm).data(), T * o.rows_per_token, o.width,
+                     r.dtype);
         break;
       }
       case BlockOpKind::Linear: {
@@ -72,9 +80,14 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::Residual:
         residual_forward(out, in0, in1, n_of(o.out));
         break;
+      case BlockOpKind::Act:
+        activation_forward(out, in0, n_of(o.out), s.act);
+        break;
       case BlockOpKind::Slice: {
-        const int64_t in_w = p.buffers()[static_cast<size_t>(o.in0)].width;
-        for (int64_t t = 0; t < T; ++t) std::copy_n(in0 + t * in_w + o.offset, o.width, out + t * o.width);
+        const int64_t in_w = p.buffers()[static_cast<size_t>(o.in0)].width, out_w = o.groups * o.width;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t g = 0; g < o.groups; ++g)
+            std::copy_n(in0 + t * in_w + g * o.group_stride + o.offset, o.width, out + t * out_w + g * o.width);
         break;
       }
     }

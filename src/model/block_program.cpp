@@ -20,6 +20,8 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
   const int64_t C = s.hidden, HS = s.head_dim, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
+  // Per-row statistics a norm keeps for its backward: rstd, or LayerNorm's mean and rstd.
+  const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;
   auto norm = [&](int out, int in, NormRole role, int64_t rows, int64_t width, int rstd) {
     BlockOp o{BlockOpKind::Norm};
     o.out = out;
@@ -46,12 +48,14 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     o.round = true;
     p.op(o);
   };
-  auto slice = [&](int out, int in, int64_t offset, int64_t width) {
+  auto slice = [&](int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0) {
     BlockOp o{BlockOpKind::Slice};
     o.out = out;
     o.in0 = in;
     o.offset = offset;
     o.width = width;
+    o.groups = groups;
+    o.group_stride = stride;
     p.op(o);
   };
   auto residual = [&](int out, int a, int b) {
@@ -66,12 +70,18 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   p.input_ = p.buffer("x_in", C);
   // --- attention: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) of norm(x_in)
   const int h1 = p.buffer("h_attn", C);
-  norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", 1, true));
+  norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
   const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
   // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
   // norms that sit between the projections and rotary.
   const int qproj = s.qk_norm ? p.buffer("q_proj", QD) : q, kproj = s.qk_norm ? p.buffer("k_proj", KVD) : k;
-  if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
+  if (s.fused_qkv && s.qkv_per_head) {  // gpt_neox: one Linear, per head its q | k | v
+    const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
+    linear(qkv, h1, 0);
+    slice(qproj, qkv, 0, HS, s.n_heads, 3 * HS);
+    slice(kproj, qkv, HS, HS, s.n_heads, 3 * HS);
+    slice(v, qkv, 2 * HS, HS, s.n_heads, 3 * HS);
+  } else if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
     const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
     linear(qkv, h1, 0);
     slice(qproj, qkv, 0, QD);
@@ -103,25 +113,38 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   linear(attn_out, att, 3);
   if (s.sandwich_norms) {  // gemma2/3: the branch output is normalized before the residual add
     const int normed = p.buffer("o_normed", C);
-    norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", 1, true));
+    norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", stat, true));
     attn_out = normed;
   }
-  const int xmid = p.buffer("x_mid", C);
-  residual(xmid, p.input_, attn_out);
-  // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), h = norm(x_mid)
-  const int h2 = p.buffer("h_mlp", C);
-  norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C, p.buffer("rstd_mlp", 1, true));
-  const int gate = p.buffer("gate", F), up = p.buffer("up", F), act = p.buffer("act", F);
-  if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
-    const int gate_up = p.buffer("gate_up_proj", 2 * F);
-    linear(gate_up, h2, 4);
-    slice(gate, gate_up, 0, F);
-    slice(up, gate_up, F, F);
-  } else {
-    linear(gate, h2, 4);
-    linear(up, h2, 5);
+  // The MLP reads x_mid = x_in + attention (sequential), or x_in itself (parallel residual).
+  int xmid = p.input_;
+  if (!s.parallel_residual) {
+    xmid = p.buffer("x_mid", C);
+    residual(xmid, p.input_, attn_out);
   }
-  {
+  // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), or down(act(up(h))), h = norm(x_mid)
+  const int h2 = p.buffer("h_mlp", C);
+  norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
+       p.buffer("rstd_mlp", stat, true));
+  const int up = p.buffer("up", F), act = p.buffer("act", F);
+  if (s.mlp == MlpKind::Plain) {
+    linear(up, h2, 5);
+    BlockOp o{BlockOpKind::Act};
+    o.out = act;
+    o.in0 = up;
+    o.round = true;
+    p.op(o);
+  } else {
+    const int gate = p.buffer("gate", F);
+    if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
+      const int gate_up = p.buffer("gate_up_proj", 2 * F);
+      linear(gate_up, h2, 4);
+      slice(gate, gate_up, 0, F);
+      slice(up, gate_up, F, F);
+    } else {
+      linear(gate, h2, 4);
+      linear(up, h2, 5);
+    }
     BlockOp o{BlockOpKind::GatedAct};
     o.out = act;
     o.in0 = gate;
@@ -133,11 +156,17 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   linear(mlp_out, act, 6);
   if (s.sandwich_norms) {
     const int normed = p.buffer("down_normed", C);
-    norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", 1, true));
+    norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", stat, true));
     mlp_out = normed;
   }
   p.output_ = p.buffer("x_out", C);
-  residual(p.output_, xmid, mlp_out);
+  if (s.parallel_residual) {  // gpt_neox: (mlp + attention) + x, in that order
+    const int branches = p.buffer("branches", C);
+    residual(branches, mlp_out, attn_out);
+    residual(p.output_, branches, p.input_);
+  } else {
+    residual(p.output_, xmid, mlp_out);
+  }
   p.finish();
   return p;
 }
@@ -155,6 +184,7 @@ void BlockProgram::finish() {
       case BlockOpKind::Linear: keep(o.in0); break;
       case BlockOpKind::Attention: keep(o.in0); keep(o.in1); keep(o.in2); keep(o.aux); break;
       case BlockOpKind::GatedAct: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::Act: keep(o.in0); break;
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
       case BlockOpKind::Slice: break;

@@ -25,13 +25,16 @@ namespace qlora {
 enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead };
 
 enum class BlockOpKind : uint8_t {
-  Norm,       // out = norm(in0) with a weight (and rstd kept in aux when training)
+  Norm,       // out = norm(in0) with a weight (and rstd, or LayerNorm's mean and rstd, kept in
+              // aux when training); RMSNorm or LayerNorm (+ bias) by the spec
   Linear,     // out = W in0 (+ bias) (+ LoRA)
   Rope,       // in place on out (== in0): rotary on each head, the layer's tables
   Attention,  // out = attention(q = in0, k = in1, v = in2); probabilities in aux
   GatedAct,   // out = act(in0) * in1: SwiGLU or GeGLU by the spec's mlp
+  Act,        // out = act(in0): the plain MLP's activation (spec.act)
   Residual,   // out = in0 + in1
-  Slice,      // out = columns [offset, offset + width) of in0 (a fused Linear's part)
+  Slice,      // out = columns [offset, offset + width) of in0 (a fused Linear's part), or of each
+              // of `groups` groups of group_stride columns (per-head fused q/k/v)
 };
 
 struct BlockOp {
@@ -46,6 +49,7 @@ struct BlockOp {
   int linear = -1;               // Linear: index in kBlockLinearModules order
   int64_t heads = 0;             // Rope: heads in the buffer (and width: the rotated dims)
   int64_t offset = 0;            // Slice: first column
+  int64_t groups = 1, group_stride = 0;
 };
 
 struct BlockBuffer {

@@ -47,6 +47,14 @@ struct BlockRun {
   LoraRng* rng = nullptr;
 };
 
+// The spec's norm over `rows` rows of C: RMSNorm (stats: rstd per row) or LayerNorm with
+// `bias` (stats: mean and rstd per row); stats may be null (inference). Rounded to dtype.
+void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
+                  const float* bias, int64_t rows, int64_t C, ComputeDType dtype);
+// Its backward w.r.t. the input (accumulating into din), weights frozen.
+void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
+                   const float* stats, int64_t rows, int64_t C);
+
 // Runs the ops in order, writing every buffer the program's ops write.
 void block_forward(const BlockRun& r);
 

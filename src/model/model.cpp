@@ -118,8 +118,13 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
         progress(name(lin[w].module, "bias"));
       }
     };
+    const bool ln = spec.norm == NormKind::LayerNorm;
     L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
     progress(name("input_layernorm"));
+    if (ln) {
+      L.input_norm_bias = load_vector(src, name("input_layernorm", "bias"), opt.compute_dtype);
+      progress(name("input_layernorm", "bias"));
+    }
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
     if (spec.sandwich_norms) {
       L.pre_ffn_norm = load_vector(src, name("pre_feedforward_layernorm"), opt.compute_dtype);
@@ -135,10 +140,18 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     }
     L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
     progress(name("post_attention_layernorm"));
+    if (ln) {
+      L.post_norm_bias = load_vector(src, name("post_attention_layernorm", "bias"), opt.compute_dtype);
+      progress(name("post_attention_layernorm", "bias"));
+    }
     for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
   }
   m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
   progress("model.norm.weight");
+  if (spec.norm == NormKind::LayerNorm) {
+    m.final_norm_bias_ = load_vector(src, "model.norm.bias", opt.compute_dtype);
+    progress("model.norm.bias");
+  }
   if (!spec.tied_embeddings) {
     m.lm_head_ = DenseWeight(src.get("lm_head.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
     progress("lm_head.weight");
@@ -147,9 +160,9 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 }
 
 size_t Model::weight_bytes() const {
-  size_t b = embed_.bytes() + lm_head_.bytes() + final_norm_.size() * sizeof(float);
+  size_t b = embed_.bytes() + lm_head_.bytes() + (final_norm_.size() + final_norm_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
-    b += (L.input_norm.size() + L.post_norm.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
+    b += (L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
           L.post_ffn_norm.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
@@ -182,6 +195,15 @@ const std::vector<float>& LayerWeights::norm(NormRole role) const {
     case NormRole::KHead: return k_norm;
   }
   fail("LayerWeights::norm", "no such norm");
+}
+
+const std::vector<float>& LayerWeights::norm_bias(NormRole role) const {
+  static const std::vector<float> none;
+  switch (role) {
+    case NormRole::Input: return input_norm_bias;
+    case NormRole::PostAttention: return post_norm_bias;
+    default: return none;
+  }
 }
 
 const QuantLinear& Model::block_linear(int64_t layer, int which) const {
@@ -291,7 +313,6 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
 
   embedding_forward(x, tokens.data(), T, model.embed_tokens());
   if (s.embed_scale) embed_scale_forward(x, T * C, C, dt);
-  const float noff = s.norm_offset();
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   if (s.rope_local)
@@ -334,7 +355,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   if (!logits) return;
   const int64_t first = all_logits ? 0 : T - 1;
   const int64_t n = T - first;
-  rmsnorm_forward(h, nullptr, x + first * C, model.final_norm().data(), n, C, s.norm_eps, dt, noff);
+  norm_forward(s, h, nullptr, x + first * C, model.final_norm().data(), model.final_norm_bias().data(), n, C, dt);
   model.lm_head().matmul(logits, h, n);
   round_activations(logits, n * s.vocab, dt);
   if (s.final_softcap > 0.0f) softcap_forward(logits, n * s.vocab, s.final_softcap, dt);

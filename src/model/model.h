@@ -31,6 +31,7 @@ namespace qlora {
 struct LayerWeights {
   std::vector<float> input_norm;  // (C) input_layernorm, rounded to the compute dtype
   std::vector<float> post_norm;   // (C) post_attention_layernorm
+  std::vector<float> input_norm_bias, post_norm_bias;  // (C) each, LayerNorm models only
   std::vector<float> q_norm, k_norm;  // (HS) each, qk_norm models only (else empty)
   // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
   // MLP input and output (else empty).
@@ -41,8 +42,10 @@ struct LayerWeights {
   // REQUIRES 0 <= which < kBlockLinearCount.
   QuantLinear& linear(int which);
   const QuantLinear& linear(int which) const;
-  // The norm weight of `role` (block_program.h); empty when the family has none.
+  // The norm weight of `role` (block_program.h); empty when the family has none. Its bias
+  // (LayerNorm models: input and post-attention norms), else empty.
   const std::vector<float>& norm(NormRole role) const;
+  const std::vector<float>& norm_bias(NormRole role) const;
 };
 
 class LoraModel;  // lora/lora_model.h
@@ -73,6 +76,7 @@ class Model {
   const DenseWeight& embed_tokens() const { return embed_; }   // (V, C)
   const DenseWeight& lm_head() const { return spec_.tied_embeddings ? embed_ : lm_head_; }  // (V, C)
   const std::vector<float>& final_norm() const { return final_norm_; }  // (C)
+  const std::vector<float>& final_norm_bias() const { return final_norm_bias_; }  // (C) LayerNorm models
   const std::vector<LayerWeights>& layers() const { return layers_; }
   // The block every layer runs (inference and training alike; model/block_program.h).
   const BlockProgram& block() const { return *block_; }
@@ -102,7 +106,7 @@ class Model {
   ComputeDType dtype_ = ComputeDType::F32;
   QuantOptions quant_;
   DenseWeight embed_, lm_head_;
-  std::vector<float> final_norm_;
+  std::vector<float> final_norm_, final_norm_bias_;
   std::vector<LayerWeights> layers_;
   std::shared_ptr<const BlockProgram> block_;
   const LoraModel* adapter_ = nullptr;

@@ -45,9 +45,11 @@ void ModelSpec::validate(const std::string& where) const {
                       " values each (half the rotary dimensions), got " + std::to_string(sc->short_factor.size()) +
                       " and " + std::to_string(sc->long_factor.size()));
   if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
-  if (norm != NormKind::RMSNorm || mlp == MlpKind::GeluMLP || positional != PositionalKind::Rotary)
-    fail(where, "architecture '" + family + "' needs block variants not implemented yet (only the llama family "
-                "with RMSNorm, rotary embeddings and a SwiGLU MLP is)");
+  if (positional != PositionalKind::Rotary)
+    fail(where, "architecture '" + family + "' needs learned positions, which are not implemented yet");
+  if (qkv_per_head && (!fused_qkv || n_kv_heads != n_heads))
+    fail(where, "per-head fused q/k/v needs a fused qkv Linear and as many key/value heads as query heads");
+  if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
   if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));
   if (!sliding_layers.empty() && static_cast<int64_t>(sliding_layers.size()) != n_layers)
     fail(where, "layer_types names " + std::to_string(sliding_layers.size()) + " layers, the model has " +
@@ -78,6 +80,7 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
     l[4] = {"mlp.gate_up_proj", 2 * ffn, hidden, mlp_bias};
     l[5] = absent;
   }
+  if (mlp == MlpKind::Plain) l[4] = absent;  // up, act, down: no gate
   return l;
 }
 
@@ -91,9 +94,11 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     for (int i = b; i < e; ++i)
       if (lin[i].module && lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
   };
+  const bool ln = norm == NormKind::LayerNorm;  // (each norm has a bias)
   t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
   for (int64_t l = 0; l < n_layers; ++l) {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
+    if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
     if (sandwich_norms) {
@@ -105,9 +110,11 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {head_dim}});
     }
     t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
+    if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     linears(l, 4, 7);  // gate, up, down
   }
   t.push_back({"model.norm.weight", {hidden}});
+  if (ln) t.push_back({"model.norm.bias", {hidden}});
   if (!tied_embeddings) t.push_back({"lm_head.weight", {vocab, hidden}});
   return t;
 }

@@ -16,8 +16,11 @@ namespace qlora {
 
 enum class NormKind { RMSNorm, LayerNorm };
 // SwiGLU: down(silu(gate(x)) * up(x)).   GeGLU: down(gelu_tanh(gate(x)) * up(x)) (gemma).
-// GeluMLP: fc_out(gelu(fc_in(x))).
-enum class MlpKind { SwiGLU, GeGLU, GeluMLP };
+// Plain: down(act(up(x))) with ModelSpec::act (gpt_neox, gpt2, opt, ...; no gate Linear).
+enum class MlpKind { SwiGLU, GeGLU, Plain };
+// The activation of a plain (ungated) MLP: Gelu = torch's exact erf GELU ("gelu"),
+// GeluTanh = its tanh approximation ("gelu_new", "gelu_pytorch_tanh"), Relu.
+enum class Activation : uint8_t { Gelu, GeluTanh, Relu };
 // Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
 enum class PositionalKind { Rotary, Learned };
 
@@ -77,8 +80,9 @@ struct RopeScaling {
 
 struct ModelSpec {
   std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, qwen3, ...
-  NormKind norm = NormKind::RMSNorm;
+  NormKind norm = NormKind::RMSNorm;  // LayerNorm: with a bias beside every norm weight
   MlpKind mlp = MlpKind::SwiGLU;
+  Activation act = Activation::Gelu;  // the Plain MLP's activation
   PositionalKind positional = PositionalKind::Rotary;
 
   int64_t hidden = 0;         // d_model
@@ -113,6 +117,13 @@ struct ModelSpec {
   // (partial_rotary_factor < 1: phi-4-mini); 0 = the whole head.
   int64_t rotary_dim = 0;
   int64_t rope_dims() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
+  // The fused qkv Linear's rows are per head, q k v within each ((heads, 3, head_dim):
+  // gpt_neox's query_key_value) rather than all q, then k, then v (phi3). REQUIRES fused_qkv
+  // and n_kv_heads == n_heads.
+  bool qkv_per_head = false;
+  // gpt_neox's use_parallel_residual: x + attn(norm1(x)) + mlp(norm2(x)) (the MLP reads the
+  // block input, not the attention's output).
+  bool parallel_residual = false;
   // RMSNorm over each head of q and of k (weights self_attn.q_norm / k_norm, head_dim
   // each), after the projections and before rotary (qwen3).
   bool qk_norm = false;

@@ -258,6 +258,50 @@ void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) {
   for (int64_t i = 0; i < n; ++i) x[i] = r(r(std::tanh(r(x[i] / cap))) * cap);
 }
 
+void layernorm_forward(float* out, float* stats, const float* inp, const float* weight, const float* bias, int64_t T,
+                       int64_t C, float eps, ComputeDType dtype) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = inp + t * C;
+    float* o = out + t * C;
+    double sum = 0.0;
+    for (int64_t i = 0; i < C; ++i) sum += x[i];
+    const float mean = static_cast<float>(sum / static_cast<double>(C));
+    double ss = 0.0;
+    for (int64_t i = 0; i < C; ++i) ss += static_cast<double>(x[i] - mean) * (x[i] - mean);
+    const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(C)) + eps);
+    if (stats) {
+      stats[2 * t] = mean;
+      stats[2 * t + 1] = r;
+    }
+    for (int64_t i = 0; i < C; ++i) {
+      const float v = (x[i] - mean) * r * weight[i] + bias[i];
+      o[i] = dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype);
+    }
+  }
+}
+
+namespace {
+constexpr float kGeluBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluKappa = 0.044715f;
+}  // namespace
+
+void activation_forward(float* out, const float* x, int64_t N, Activation act) {
+  switch (act) {
+    case Activation::Gelu:  // torch: x * 0.5 * (1 + erf(x / sqrt 2))
+      for (int64_t i = 0; i < N; ++i) out[i] = x[i] * 0.5f * (1.0f + std::erf(x[i] * 0.7071067811865476f));
+      break;
+    case Activation::GeluTanh:
+      for (int64_t i = 0; i < N; ++i) {
+        const float g = x[i];
+        out[i] = 0.5f * g * (1.0f + std::tanh(kGeluBeta * (g + kGeluKappa * g * g * g)));
+      }
+      break;
+    case Activation::Relu:
+      for (int64_t i = 0; i < N; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      break;
+  }
+}
+
 void geglu_forward(float* out, const float* gate, const float* up, int64_t N) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;

@@ -81,6 +81,13 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t N);
 // (g + 0.044715 g^3))), torch's gelu(approximate="tanh"). out may alias gate or up.
 void geglu_forward(float* out, const float* gate, const float* up, int64_t N);
 
+// LayerNorm with bias, per row of C: out = (x - mean) / sqrt(var + eps) * weight + bias
+// (var the biased variance), in float32 and rounded once to `dtype` (torch's LayerNorm on
+// bf16/fp16 computes in float32). stats (T, 2) receives (mean, rstd) per row when not null.
+void layernorm_forward(float* out, float* stats, const float* inp, const float* weight, const float* bias, int64_t T,
+                       int64_t C, float eps, ComputeDType dtype = ComputeDType::F32);
+// out (N) = act(x): the plain MLP's activation (model_spec.h Activation). out may alias x.
+void activation_forward(float* out, const float* x, int64_t N, Activation act);
 // out (N) = a + b (out may alias a or b).
 void residual_forward(float* out, const float* a, const float* b, int64_t N);
 

@@ -193,6 +193,48 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
   });
 }
 
+void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* stats,
+                        int64_t T, int64_t C) {
+  parallel_for_range(T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* x = inp + t * C;
+      const float* d = dout + t * C;
+      float* dx = dinp + t * C;
+      const float mean = stats[2 * t], r = stats[2 * t + 1];
+      double s1 = 0.0, s2 = 0.0;  // sums of w dout and of w dout xhat
+      for (int64_t i = 0; i < C; ++i) {
+        const double wd = static_cast<double>(weight[i]) * d[i];
+        s1 += wd;
+        s2 += wd * ((x[i] - mean) * r);
+      }
+      const float m1 = static_cast<float>(s1 / static_cast<double>(C)), m2 = static_cast<float>(s2 / static_cast<double>(C));
+      for (int64_t i = 0; i < C; ++i) dx[i] += r * (weight[i] * d[i] - m1 - (x[i] - mean) * r * m2);
+    }
+  });
+}
+
+void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act) {
+  constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
+  parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = x[i];
+      float dg = 0.0f;
+      switch (act) {
+        case Activation::Gelu:  // 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+          dg = 0.5f * (1.0f + std::erf(g * 0.7071067811865476f)) + g * std::exp(-0.5f * g * g) * 0.3989422804014327f;
+          break;
+        case Activation::GeluTanh: {
+          const float th = std::tanh(kBeta * (g + kKappa * g * g * g));
+          dg = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * kBeta * (1.0f + 3.0f * kKappa * g * g);
+          break;
+        }
+        case Activation::Relu: dg = g > 0.0f ? 1.0f : 0.0f; break;
+      }
+      dx[i] += dout[i] * dg;
+    }
+  });
+}
+
 void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;

@@ -14,6 +14,8 @@
 // unchanged to both inputs (da += dout, db += dout); residual_backward spells it out.
 #include <cstdint>
 
+#include "model/model_spec.h"
+
 namespace qlora {
 
 // RMSNorm, forward out = weight * (inp * rstd), rstd = 1 / sqrt(mean(inp^2) + eps) per row.
@@ -56,6 +58,13 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 // dgate (N) += dout * up * gelu_tanh'(gate); dup (N) += dout * gelu_tanh(gate).
 void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N);
 
+// LayerNorm (ops.h layernorm_forward), w.r.t. its input only (weight and bias are frozen):
+// dinp (T, C) += rstd (w dout - mean(w dout) - xhat mean(w dout xhat)), xhat = (x - mean) rstd.
+// stats (T, 2) are the forward's (mean, rstd). dinp must not alias dout or inp.
+void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* stats,
+                        int64_t T, int64_t C);
+// out = act(x): dx (N) += dout * act'(x).
+void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act);
 // out = a + b: da (N) += dout, db (N) += dout (either may be null).
 void residual_backward(float* da, float* db, const float* dout, int64_t N);
 

@@ -228,9 +228,9 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
     block_forward(w.xs.data() + (l + 1) * T * C, w, b, lm, l, w.xs.data() + l * T * C, T, training, rng);
   }
   w.hf.resize(static_cast<size_t>(T * C));
-  w.rstdf.resize(static_cast<size_t>(T));
-  rmsnorm_forward(w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), T, C, s.norm_eps,
-                  m.compute_dtype(), s.norm_offset());
+  w.rstdf.resize(static_cast<size_t>(2 * T));  // (rstd, or LayerNorm's mean and rstd)
+  norm_forward(s, w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
+               m.final_norm_bias().data(), T, C, m.compute_dtype());
   w.sel.clear();
   w.sel_targets.clear();
   for (int64_t t = 0; t < T; ++t)
@@ -339,8 +339,7 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   for (int64_t i = 0; i < M; ++i)
     std::copy_n(w.dhsel.data() + i * C, C, w.dhf.data() + w.sel[static_cast<size_t>(i)] * C);
   w.dx.assign(static_cast<size_t>(T * C), 0.f);
-  rmsnorm_backward(w.dx.data(), nullptr, w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
-                   w.rstdf.data(), T, C, s.norm_offset());
+  norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), w.rstdf.data(), T, C);
 
   // blocks, last to first
   std::vector<float> recompute_out;

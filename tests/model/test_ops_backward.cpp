@@ -207,6 +207,79 @@ TEST(OpsBackward, RmsNorm) {
   EXPECT_EQ(dx2, dx);
 }
 
+// LayerNorm with bias, in double from its definition (biased variance).
+VecD layernorm_d(const VecD& x, const VecD& w, const VecD& b, int64_t T, int64_t C, double eps) {
+  VecD o(x.size());
+  for (int64_t t = 0; t < T; ++t) {
+    double m = 0, v = 0;
+    for (int64_t i = 0; i < C; ++i) m += x[t * C + i];
+    m /= C;
+    for (int64_t i = 0; i < C; ++i) v += (x[t * C + i] - m) * (x[t * C + i] - m);
+    v /= C;
+    for (int64_t i = 0; i < C; ++i) o[t * C + i] = (x[t * C + i] - m) / std::sqrt(v + eps) * w[i] + b[i];
+  }
+  return o;
+}
+
+TEST(OpsBackward, LayerNorm) {
+  std::mt19937 rng(11);
+  const int64_t T = 3, C = 13;
+  const float eps = 1e-5f;
+  VecF x = randn(T * C, rng), R = randn(T * C, rng), w = randn(C, rng, 0.3f), b = randn(C, rng, 0.2f);
+  for (auto& e : w) e += 1.0f;
+  for (int64_t i = 0; i < C; ++i) x[i] += 3.0f;  // a row far from zero mean
+  VecF out(T * C), stats(2 * T);
+  layernorm_forward(out.data(), stats.data(), x.data(), w.data(), b.data(), T, C, eps);
+  const VecD ref = layernorm_d(to_d(x), to_d(w), to_d(b), T, C, eps);
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], ref[i], 2e-6 * (1 + std::fabs(ref[i])));
+  const VecF dx0 = randn(T * C, rng);
+  VecF dx = dx0;
+  layernorm_backward(dx.data(), R.data(), x.data(), w.data(), stats.data(), T, C);
+  const VecD wd = to_d(w), bd = to_d(b);
+  expect_grad(minus(dx, dx0),
+              finite_diff([&](const VecD& xx) { return dot_d(layernorm_d(xx, wd, bd, T, C, eps), R); }, to_d(x)),
+              "layernorm dinp");
+}
+
+TEST(OpsBackward, Activations) {
+  std::mt19937 rng(12);
+  const int64_t N = 37;
+  VecF x = randn(N, rng, 2.0f);
+  x[0] = 0.0f;
+  const VecF R = randn(N, rng);
+  struct Case {
+    Activation a;
+    const char* name;
+    double (*f)(double);
+  };
+  const Case cases[] = {
+      {Activation::Gelu, "gelu dx", [](double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); }},
+      {Activation::GeluTanh, "gelu_tanh dx",
+       [](double v) { return 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))); }},
+      {Activation::Relu, "relu dx", [](double v) { return v > 0 ? v : 0.0; }},
+  };
+  for (const Case& c : cases) {
+    VecF out(N);
+    activation_forward(out.data(), x.data(), N, c.a);
+    for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(out[i], c.f(x[i]), 2e-6 * (1 + std::fabs(x[i]))) << c.name;
+    const VecF dx0 = randn(N, rng);
+    VecF dx = dx0;
+    activation_backward(dx.data(), R.data(), x.data(), N, c.a);
+    VecF xs = x;
+    if (c.a == Activation::Relu) xs[0] = 0.5f;  // (no derivative at the kink)
+    if (c.a == Activation::Relu) {
+      dx = dx0;
+      activation_backward(dx.data(), R.data(), xs.data(), N, c.a);
+    }
+    expect_grad(minus(dx, dx0), finite_diff([&](const VecD& xx) {
+                  double s = 0;
+                  for (int64_t i = 0; i < N; ++i) s += c.f(xx[i]) * R[i];
+                  return s;
+                }, to_d(xs)),
+                c.name);
+  }
+}
+
 TEST(OpsBackward, Rope) {
   std::mt19937 rng(2);
   const int64_t T = 3, NH = 4, HS = 6;

@@ -115,6 +115,13 @@ FAMILIES = {
                                            rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                                 partial_rotary_factor=0.5),
                                            tie_word_embeddings=False)),
+    # GPT-2: learned positions, Conv1D weights stored (in, out), fused c_attn, gelu_new,
+    # LayerNorm with biases, tied head.
+    "gpt2": ("GPT2Config", dict(_drop=("num_key_value_heads", "rms_norm_eps", "hidden_size", "intermediate_size",
+                                       "num_hidden_layers", "num_attention_heads", "max_position_embeddings"),
+                                n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=128, layer_norm_epsilon=1e-5,
+                                attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, initializer_range=0.4,
+                                tie_word_embeddings=True)),
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
@@ -143,10 +150,16 @@ def make_model(family: str):
 def nf4_roundtrip(model):
     import bitsandbytes.functional as F
     with torch.no_grad():
+        from transformers.pytorch_utils import Conv1D
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear) and ".layers." in name:
                 q, st = F.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, quant_type="nf4")
                 mod.weight.copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32))
+            elif isinstance(mod, Conv1D) and ".h." in name:
+                # (in, out): transformers' bnb integration quantizes it as a (out, in) Linear4bit
+                w = mod.weight.data.t().contiguous()
+                q, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+                mod.weight.copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32).t())
 
 
 # The families whose GGUF is checked, and llama.cpp's architecture for each. (Mistral goes

@@ -47,12 +47,27 @@ std::vector<float> dense_rows(const DenseWeight& w) {
 
 // Every tensor of the merged model, in the order ModelSpec::tensors() lists them, under the
 // family's Hugging Face names.
+// (Conv1D families, gpt2, get their block Linears back in their (in, out) layout.)
 std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters) {
   std::vector<OutTensor> t;
-  for (const TensorSpec& ts : model.spec().tensors())
+  const ModelFamily* fam = find_family(model.spec().family);
+  for (const TensorSpec& ts : model.spec().tensors()) {
+    if (fam && fam->conv1d_linears && ts.shape.size() == 2 && is_block_linear_weight(ts.name)) {
+      t.push_back({canonical_to_hf(*fam, ts.name), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
+                                                                                 shape = ts.shape] {
+                     const std::vector<float> v = merged_tensor_values(model, name, adapters);
+                     std::vector<float> tr(v.size());
+                     for (int64_t o = 0; o < shape[0]; ++o)
+                       for (int64_t i = 0; i < shape[1]; ++i)
+                         tr[static_cast<size_t>(i * shape[0] + o)] = v[static_cast<size_t>(o * shape[1] + i)];
+                     return tr;
+                   }});
+      continue;
+    }
     t.push_back({canonical_to_hf(model.spec().family, ts.name), ts.shape, [&model, &adapters, name = ts.name] {
                    return merged_tensor_values(model, name, adapters);
                  }});
+  }
   return t;
 }
 
@@ -92,6 +107,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
   if (name == "model.embed_tokens.weight") return dense_rows(model.embed_tokens());
   if (name == "lm_head.weight") return dense_rows(model.lm_head());
   if (name == "model.norm.weight") return model.final_norm();
+  if (name == "model.embed_positions.weight") return dense_rows(model.embed_positions());
   if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
   constexpr std::string_view prefix = "model.layers.";
   if (name.rfind(prefix, 0) == 0) {

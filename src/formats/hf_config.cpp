@@ -34,11 +34,17 @@ json parse_file(const std::string& path) {
 
 }  // namespace
 
-ModelSpec spec_from_hf_config(const json& j, const std::string& where) {
-  if (!j.is_object()) fail(where, "expected a JSON object");
-  const json* mt = find_key(j, "model_type");
+ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
+  if (!original.is_object()) fail(where, "expected a JSON object");
+  const json* mt = find_key(original, "model_type");
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
   const ModelFamily& fam = family_or_fail(mt->get<std::string>(), where);
+  json normalized;
+  if (fam.normalize_config) {  // the family's own spelling of the shared keys
+    normalized = original;
+    fam.normalize_config(normalized);
+  }
+  const json& j = fam.normalize_config ? normalized : original;
 
   // The keys every family shares, with the family's class defaults; then its own keys.
   ModelSpec s;

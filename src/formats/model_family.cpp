@@ -11,10 +11,11 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 9>& all_families() {
-  static const std::array<const ModelFamily*, 9> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 10>& all_families() {
+  static const std::array<const ModelFamily*, 10> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
-                                                        &families::kGemma3Text, &families::kPhi3, &families::kGptNeoX};
+                                                        &families::kGemma3Text, &families::kPhi3, &families::kGptNeoX,
+                                                        &families::kGpt2};
   return all;
 }
 
@@ -49,6 +50,12 @@ std::string canonical_to_hf(const ModelFamily& f, const std::string& name) {
 std::string canonical_to_hf(const std::string& family, const std::string& name) {
   const ModelFamily* f = find_family(family);
   return f ? canonical_to_hf(*f, name) : name;
+}
+
+bool is_block_linear_weight(const std::string& n) {
+  return n.rfind("model.layers.", 0) == 0 && n.ends_with(".weight") &&
+         (n.find(".self_attn.") != std::string::npos || n.find(".mlp.") != std::string::npos) &&
+         n.find("_norm.") == std::string::npos;
 }
 
 const ModelFamily* find_family(std::string_view model_type) {

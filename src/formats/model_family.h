@@ -3,7 +3,7 @@
 // look like and what sets its ModelSpec apart from the shared parts. One file per lineage
 // (formats/families/llama.cpp: llama, mistral; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
 // gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use;
-// gpt_neox.cpp: gpt_neox, Pythia's) and one registry (formats/model_family.cpp), which is the only list:
+// gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
 #include <cstdint>
@@ -54,6 +54,12 @@ struct ModelFamily {
   std::span<const HfRename> hf_renames = {};
   // Reads hidden_act itself (the shared reader accepts silu, or the tanh GELU of gelu_mlp).
   bool own_activation = false;
+  // Rewrites the family's own spelling of the shared config.json keys before they are read
+  // (gpt2: n_embd -> hidden_size, ...); may be null.
+  void (*normalize_config)(nlohmann::json& j) = nullptr;
+  // The block Linears are stored (in, out) (transformers' Conv1D: gpt2); loading transposes
+  // them, the merged export writes them back that way.
+  bool conv1d_linears = false;
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };
 
@@ -63,6 +69,8 @@ std::string hf_to_canonical(const ModelFamily& f, const std::string& name);
 std::string canonical_to_hf(const ModelFamily& f, const std::string& name);
 // The same for a ModelSpec's family (identity for an unknown one).
 std::string canonical_to_hf(const std::string& family, const std::string& name);
+// Whether a canonical tensor name is a block Linear's weight (model.layers.N.<self_attn|mlp>.X.weight).
+bool is_block_linear_weight(const std::string& canonical);
 
 // The family of a config.json model_type, or null.
 const ModelFamily* find_family(std::string_view model_type);
@@ -76,7 +84,7 @@ std::string gguf_supported_architectures();
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
 
 namespace families {  // formats/families/*.cpp
-extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kGptNeoX;
+extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kGptNeoX, kGpt2;
 }
 
 }  // namespace qlora

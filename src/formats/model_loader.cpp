@@ -186,8 +186,21 @@ class RenamedSource : public TensorSource {
     return n;
   }
   bool has(const std::string& name) const override { return inner_->has(hf(name)); }
-  std::vector<int64_t> shape(const std::string& name) const override { return inner_->shape(hf(name)); }
-  std::vector<float> get(const std::string& name) const override { return inner_->get(hf(name)); }
+  // Conv1D families (gpt2) store block Linears (in, out): seen here as (out, in).
+  std::vector<int64_t> shape(const std::string& name) const override {
+    std::vector<int64_t> s = inner_->shape(hf(name));
+    if (transposed(name, s)) std::swap(s[0], s[1]);
+    return s;
+  }
+  std::vector<float> get(const std::string& name) const override {
+    std::vector<float> v = inner_->get(hf(name));
+    const std::vector<int64_t> s = inner_->shape(hf(name));
+    if (!transposed(name, s)) return v;
+    std::vector<float> t(v.size());
+    for (int64_t i = 0; i < s[0]; ++i)
+      for (int64_t o = 0; o < s[1]; ++o) t[static_cast<size_t>(o * s[0] + i)] = v[static_cast<size_t>(i * s[1] + o)];
+    return t;
+  }
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(hf(name)); }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(hf(name)); }
   std::string describe() const override { return inner_->describe(); }
@@ -196,6 +209,10 @@ class RenamedSource : public TensorSource {
 
  private:
   std::string hf(const std::string& canonical) const { return canonical_to_hf(fam_, canonical); }
+  bool transposed(const std::string& canonical, const std::vector<int64_t>& stored_shape) const {
+    return fam_.conv1d_linears && stored_shape.size() == 2 && is_block_linear_weight(canonical) &&
+           !inner_->get_4bit(hf(canonical)) && !inner_->get_int8(hf(canonical));
+  }
   std::unique_ptr<TensorSource> inner_;
   const ModelFamily& fam_;
 };
@@ -424,7 +441,7 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
         files = {path};
       }
       m.tensors = std::make_unique<SafeTensorsSource>(files, path);
-      if (const ModelFamily* fam = find_family(m.spec.family); fam && !fam->hf_renames.empty())
+      if (const ModelFamily* fam = find_family(m.spec.family); fam && (!fam->hf_renames.empty() || fam->conv1d_linears))
         m.tensors = std::make_unique<RenamedSource>(std::move(m.tensors), *fam);
       const std::string gen = (dir / "generation_config.json").string();
       if (fs::exists(gen)) m.generation = read_generation_config(gen);

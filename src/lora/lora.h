@@ -24,6 +24,10 @@ struct LoraConfig {
   std::vector<std::string> target_modules;
   // PEFT's "all-linear": every Linear except the output head (lm_head).
   bool all_linear = false;
+  // PEFT's fan_in_fan_out: the base weights are stored (in, out) (transformers' Conv1D,
+  // gpt2). A and B keep their shapes; only a merge transposes. Set by LoraModel from the
+  // model's family (PEFT sets it itself for Conv1D targets, with a warning).
+  bool fan_in_fan_out = false;
   uint64_t seed = 0;
 
   // alpha / r, or alpha / sqrt(r) with rsLoRA (computed in double, as Python does).

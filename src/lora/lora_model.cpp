@@ -31,6 +31,13 @@ const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { retu
 
 LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
   cfg_.validate("LoRA config");
+  // Conv1D families (gpt2) store Linears (in, out): PEFT marks their adapters fan_in_fan_out.
+  const ModelFamily* fam = find_family(model.spec().family);
+  const bool conv1d = fam && fam->conv1d_linears;
+  if (cfg_.fan_in_fan_out && !conv1d)
+    fail("LoRA config", "fan_in_fan_out is set, but " + model.spec().family +
+                            "'s Linear weights are stored (out, in): an adapter for another model?");
+  cfg_.fan_in_fan_out = conv1d;
   const int64_t NL = model.spec().n_layers;
   index_.resize(static_cast<size_t>(NL));
   for (int64_t l = 0; l < NL; ++l) {

@@ -56,7 +56,7 @@ json peft_adapter_config_json(const LoraConfig& cfg, std::string_view base_model
   j["ensure_weight_tying"] = false;
   j["eva_config"] = nullptr;
   j["exclude_modules"] = nullptr;
-  j["fan_in_fan_out"] = false;
+  j["fan_in_fan_out"] = cfg.fan_in_fan_out;
   j["inference_mode"] = true;
   j["init_lora_weights"] = true;
   j["kasa_config"] = nullptr;
@@ -151,7 +151,8 @@ LoraConfig parse_peft_adapter_config(const json& j, std::string_view where) {
     check(it->is_string() && it->get<std::string>() == "none", where, "only bias \"none\" is supported");
   check(is_false_or_absent(j, "use_dora"), where, "DoRA adapters (use_dora) are not supported");
   check(is_false_or_absent(j, "lora_bias"), where, "lora_bias is not supported");
-  check(is_false_or_absent(j, "fan_in_fan_out"), where, "fan_in_fan_out adapters are not supported");
+  // fan_in_fan_out: whether it fits the model's Linears is checked when the adapter is attached.
+  if (auto it = j.find("fan_in_fan_out"); it != j.end() && it->is_boolean()) c.fan_in_fan_out = it->get<bool>();
   check(is_null_or_empty(j, "rank_pattern"), where, "per-module rank_pattern is not supported");
   check(is_null_or_empty(j, "alpha_pattern"), where, "per-module alpha_pattern is not supported");
   check(is_null_or_empty(j, "modules_to_save"), where, "modules_to_save (fully trained modules) is not supported");

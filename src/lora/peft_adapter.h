@@ -34,7 +34,7 @@ nlohmann::json peft_adapter_config_json(const LoraConfig& cfg, std::string_view 
                                         std::span<const LoraLayer> layers);
 
 // Parses an adapter_config.json already read into `j`. `where` names the file.
-// Rejects peft_type other than LORA, DoRA, rank/alpha patterns, LoRA bias, fan_in_fan_out
+// Rejects peft_type other than LORA, DoRA, rank/alpha patterns, LoRA bias
 // and regex target_modules other than "all-linear" (not supported, rather than wrong).
 LoraConfig parse_peft_adapter_config(const nlohmann::json& j, std::string_view where);
 

@@ -96,8 +96,10 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
     norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   }
-  rope(q, s.n_heads);
-  rope(k, s.n_kv_heads);
+  if (s.positional == PositionalKind::Rotary) {
+    rope(q, s.n_heads);
+    rope(k, s.n_kv_heads);
+  }
   const int att = p.buffer("attention", QD);
   {
     BlockOp o{BlockOpKind::Attention};

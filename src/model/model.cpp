@@ -47,6 +47,9 @@ bool ignorable_tensor(const std::string& name, const ModelSpec& spec) {
   constexpr std::string_view inv_freq = "rotary_emb.inv_freq";
   if (name.size() >= inv_freq.size() && name.compare(name.size() - inv_freq.size(), inv_freq.size(), inv_freq) == 0)
     return true;
+  // GPT-2 checkpoints written by older transformers keep the causal mask as a buffer.
+  for (std::string_view buf : {".attn.bias", ".attn.masked_bias"})
+    if (name.size() >= buf.size() && name.compare(name.size() - buf.size(), buf.size(), buf) == 0) return true;
   return spec.tied_embeddings && name == "lm_head.weight";
 }
 
@@ -102,6 +105,11 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
   {
     m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
     progress("model.embed_tokens.weight");
+    if (spec.positional == PositionalKind::Learned) {
+      m.embed_pos_ = DenseWeight(src.get("model.embed_positions.weight"), spec.max_positions, spec.hidden,
+                                 opt.compute_dtype);
+      progress("model.embed_positions.weight");
+    }
   }
   m.layers_.resize(static_cast<size_t>(spec.n_layers));
   for (int64_t l = 0; l < spec.n_layers; ++l) {
@@ -160,7 +168,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 }
 
 size_t Model::weight_bytes() const {
-  size_t b = embed_.bytes() + lm_head_.bytes() + (final_norm_.size() + final_norm_bias_.size()) * sizeof(float);
+  size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() + (final_norm_.size() + final_norm_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
           L.post_ffn_norm.size()) *
@@ -208,6 +216,18 @@ const std::vector<float>& LayerWeights::norm_bias(NormRole role) const {
 
 const QuantLinear& Model::block_linear(int64_t layer, int which) const {
   return layers_.at(static_cast<size_t>(layer)).linear(which);
+}
+
+void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
+  const ModelSpec& s = model.spec();
+  for (int64_t t = 0; t < T; ++t)
+    if (pos[t] < 0 || pos[t] >= s.max_positions)
+      fail("position embedding", "position " + std::to_string(pos[t]) + " is past the model's " +
+                                     std::to_string(s.max_positions) + " learned positions");
+  static_assert(sizeof(int32_t) == sizeof(int));
+  embedding_forward(scratch, reinterpret_cast<const int*>(pos), T, model.embed_positions());
+  residual_forward(x, x, scratch, T * s.hidden);
+  round_activations(x, T * s.hidden, model.compute_dtype());
 }
 
 void Model::set_adapter(const LoraModel* a) {
@@ -314,6 +334,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   embedding_forward(x, tokens.data(), T, model.embed_tokens());
   if (s.embed_scale) embed_scale_forward(x, T * C, C, dt);
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
+  if (s.positional == PositionalKind::Learned) add_position_embeddings(x, h, st.pos_.data(), T, model);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   if (s.rope_local)
     rope_tables(st.cos_local_.data(), st.sin_local_.data(), st.pos_.data(), T, HS, s.rope_theta_local,

@@ -74,6 +74,7 @@ class Model {
   ComputeDType compute_dtype() const { return dtype_; }
   const QuantOptions& quant() const { return quant_; }
   const DenseWeight& embed_tokens() const { return embed_; }   // (V, C)
+  const DenseWeight& embed_positions() const { return embed_pos_; }  // (max_positions, C), learned-position models
   const DenseWeight& lm_head() const { return spec_.tied_embeddings ? embed_ : lm_head_; }  // (V, C)
   const std::vector<float>& final_norm() const { return final_norm_; }  // (C)
   const std::vector<float>& final_norm_bias() const { return final_norm_bias_; }  // (C) LayerNorm models
@@ -105,13 +106,18 @@ class Model {
   ModelSpec spec_;
   ComputeDType dtype_ = ComputeDType::F32;
   QuantOptions quant_;
-  DenseWeight embed_, lm_head_;
+  DenseWeight embed_, lm_head_, embed_pos_;
   std::vector<float> final_norm_, final_norm_bias_;
   std::vector<LayerWeights> layers_;
   std::shared_ptr<const BlockProgram> block_;
   const LoraModel* adapter_ = nullptr;
   std::shared_ptr<const DeviceRunner> runner_;
 };
+
+// x (T, C) += the learned position embeddings of positions pos (T), rounded to the model's
+// compute dtype (gpt2: inputs_embeds + position_embeds); scratch (T, C). Throws Error when a
+// position is past the table.
+void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
 
 // Per-sequence state: the KV cache and the scratch buffers of forward().
 class InferenceState {

@@ -45,8 +45,7 @@ void ModelSpec::validate(const std::string& where) const {
                       " values each (half the rotary dimensions), got " + std::to_string(sc->short_factor.size()) +
                       " and " + std::to_string(sc->long_factor.size()));
   if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
-  if (positional != PositionalKind::Rotary)
-    fail(where, "architecture '" + family + "' needs learned positions, which are not implemented yet");
+
   if (qkv_per_head && (!fused_qkv || n_kv_heads != n_heads))
     fail(where, "per-head fused q/k/v needs a fused qkv Linear and as many key/value heads as query heads");
   if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
@@ -96,6 +95,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   };
   const bool ln = norm == NormKind::LayerNorm;  // (each norm has a bias)
   t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
+  if (positional == PositionalKind::Learned) t.push_back({"model.embed_positions.weight", {max_positions, hidden}});
   for (int64_t l = 0; l < n_layers; ++l) {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});

@@ -22,6 +22,8 @@ enum class MlpKind { SwiGLU, GeGLU, Plain };
 // GeluTanh = its tanh approximation ("gelu_new", "gelu_pytorch_tanh"), Relu.
 enum class Activation : uint8_t { Gelu, GeluTanh, Relu };
 // Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
+// (Learned: model.embed_positions.weight (max_positions, hidden) added to the token
+// embeddings, gpt2; no rotary then.)
 enum class PositionalKind { Rotary, Learned };
 
 // A tensor the model expects, under its Hugging Face name, with its shape.

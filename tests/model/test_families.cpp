@@ -43,7 +43,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2",
                                             "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -150,6 +150,29 @@ TEST_P(Families, PeftAdapterGivesPeftLogits) {
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("peft_logits")), GetParam() + " peft");
   m->set_adapter(nullptr);
+}
+
+// fan_in_fan_out is what PEFT writes for Conv1D (gpt2) targets, where it changes nothing
+// but the merge; on a model whose Linears are (out, in) it means the adapter belongs to
+// another model, and attaching it says so. Our own adapters say what PEFT would.
+TEST(FamiliesPeft, FanInFanOutFollowsTheModelsLinears) {
+  const auto llama = load("llama", false);
+  PeftAdapter a = load_peft_adapter(family_dir("gpt2") + "/initial_adapter");
+  EXPECT_TRUE(a.config.fan_in_fan_out);
+  try {
+    LoraModel lm(*llama, a.config);
+    ADD_FAILURE() << "a fan_in_fan_out adapter attached to llama";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fan_in_fan_out"), std::string::npos) << e.what();
+  }
+  const auto gpt2 = load("gpt2", false);
+  LoraConfig c;
+  c.r = 2;
+  c.all_linear = true;
+  const LoraModel lm(*gpt2, c);
+  EXPECT_TRUE(lm.config().fan_in_fan_out);
+  EXPECT_EQ(peft_adapter_config_json(lm.config(), "x", lm.layers())["fan_in_fan_out"], true);
+  EXPECT_EQ(lm.layers()[0].module_path, "transformer.h.0.attn.c_attn");
 }
 
 TEST_P(Families, LoraGradientsMatchPeft) {

@@ -122,6 +122,12 @@ FAMILIES = {
                                 n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=128, layer_norm_epsilon=1e-5,
                                 attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, initializer_range=0.4,
                                 tie_word_embeddings=True)),
+    # OPT (opt-125m's layout): learned positions at an offset of 2, pre-LayerNorm, ReLU,
+    # separate q/k/v/out_proj and fc1/fc2 with biases, tied head.
+    "opt": ("OPTConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size", "initializer_range"),
+                              ffn_dim=96, word_embed_proj_dim=64, do_layer_norm_before=True, dropout=0.0,
+                              attention_dropout=0.0, activation_dropout=0.0, init_std=0.2,
+                              tie_word_embeddings=True)),
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24

@@ -106,8 +106,8 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
     progress("model.embed_tokens.weight");
     if (spec.positional == PositionalKind::Learned) {
-      m.embed_pos_ = DenseWeight(src.get("model.embed_positions.weight"), spec.max_positions, spec.hidden,
-                                 opt.compute_dtype);
+      m.embed_pos_ = DenseWeight(src.get("model.embed_positions.weight"), spec.max_positions + spec.position_offset,
+                                 spec.hidden, opt.compute_dtype);
       progress("model.embed_positions.weight");
     }
   }
@@ -224,8 +224,9 @@ void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64
     if (pos[t] < 0 || pos[t] >= s.max_positions)
       fail("position embedding", "position " + std::to_string(pos[t]) + " is past the model's " +
                                      std::to_string(s.max_positions) + " learned positions");
-  static_assert(sizeof(int32_t) == sizeof(int));
-  embedding_forward(scratch, reinterpret_cast<const int*>(pos), T, model.embed_positions());
+  std::vector<int> rows(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) rows[static_cast<size_t>(t)] = pos[t] + static_cast<int>(s.position_offset);
+  embedding_forward(scratch, rows.data(), T, model.embed_positions());
   residual_forward(x, x, scratch, T * s.hidden);
   round_activations(x, T * s.hidden, model.compute_dtype());
 }

@@ -95,7 +95,8 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   };
   const bool ln = norm == NormKind::LayerNorm;  // (each norm has a bias)
   t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
-  if (positional == PositionalKind::Learned) t.push_back({"model.embed_positions.weight", {max_positions, hidden}});
+  if (positional == PositionalKind::Learned)
+    t.push_back({"model.embed_positions.weight", {max_positions + position_offset, hidden}});
   for (int64_t l = 0; l < n_layers; ++l) {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});

@@ -126,6 +126,9 @@ struct ModelSpec {
   // gpt_neox's use_parallel_residual: x + attn(norm1(x)) + mlp(norm2(x)) (the MLP reads the
   // block input, not the attention's output).
   bool parallel_residual = false;
+  // Learned positions: position p reads row p + position_offset of the table (OPT: 2), which
+  // has max_positions + position_offset rows.
+  int64_t position_offset = 0;
   // RMSNorm over each head of q and of k (weights self_attn.q_norm / k_norm, head_dim
   // each), after the projections and before rotary (qwen3).
   bool qk_norm = false;

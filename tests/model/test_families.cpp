@@ -25,6 +25,7 @@
 #include "base/error.h"
 #include "export/merge.h"
 #include "export/merge_gguf.h"
+#include "formats/hf_config.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "lora/lora.h"
@@ -43,7 +44,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2", "opt",
                                             "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -173,6 +174,38 @@ TEST(FamiliesPeft, FanInFanOutFollowsTheModelsLinears) {
   EXPECT_TRUE(lm.config().fan_in_fan_out);
   EXPECT_EQ(peft_adapter_config_json(lm.config(), "x", lm.layers())["fan_in_fan_out"], true);
   EXPECT_EQ(lm.layers()[0].module_path, "transformer.h.0.attn.c_attn");
+}
+
+// The OPT and GPT-2 variants not built yet are refused, naming what is missing, rather than
+// run as a different model.
+TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
+  auto refused = [](nlohmann::json j, const std::string& what) {
+    try {
+      spec_from_hf_config(j, "config.json");
+      ADD_FAILURE() << "accepted: " << j.dump();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  const nlohmann::json opt = {{"model_type", "opt"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                              {"num_attention_heads", 4}, {"ffn_dim", 96}, {"vocab_size", 160},
+                              {"max_position_embeddings", 128}};
+  EXPECT_NO_THROW(spec_from_hf_config(opt, "config.json"));
+  nlohmann::json opt350 = opt;
+  opt350["do_layer_norm_before"] = false;
+  refused(opt350, "do_layer_norm_before");
+  opt350 = opt;
+  opt350["word_embed_proj_dim"] = 32;
+  refused(opt350, "project_in");
+  const nlohmann::json gpt2 = {{"model_type", "gpt2"}, {"n_embd", 64}, {"n_layer", 2}, {"n_head", 4},
+                               {"vocab_size", 160}, {"scale_attn_by_inverse_layer_idx", true}};
+  refused(gpt2, "scale_attn_by_inverse_layer_idx");
+  nlohmann::json neox = {{"model_type", "gpt_neox"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                         {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160},
+                         {"hidden_act", "swish"}};
+  refused(neox, "hidden_act");
+  neox["hidden_act"] = "gelu";
+  EXPECT_EQ(spec_from_hf_config(neox, "config.json").rotary_dim, 4);  // rotary_pct's default 0.25 of 16
 }
 
 TEST_P(Families, LoraGradientsMatchPeft) {

@@ -128,6 +128,12 @@ FAMILIES = {
                               ffn_dim=96, word_embed_proj_dim=64, do_layer_norm_before=True, dropout=0.0,
                               attention_dropout=0.0, activation_dropout=0.0, init_std=0.2,
                               tie_word_embeddings=True)),
+    # BLOOM: ALiBi (6 heads: the slopes' non-power-of-two branch), the embedding LayerNorm,
+    # per-head fused query_key_value, tanh GELU, biases, tied head.
+    "bloom": ("BloomConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size",
+                                         "max_position_embeddings", "num_hidden_layers", "num_attention_heads"),
+                                  hidden_size=96, n_layer=2, n_head=6, layer_norm_epsilon=1e-5, hidden_dropout=0.0,
+                                  attention_dropout=0.0, initializer_range=0.3, tie_word_embeddings=True)),
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
@@ -158,7 +164,7 @@ def nf4_roundtrip(model):
     with torch.no_grad():
         from transformers.pytorch_utils import Conv1D
         for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+            if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name):
                 q, st = F.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, quant_type="nf4")
                 mod.weight.copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32))
             elif isinstance(mod, Conv1D) and ".h." in name:

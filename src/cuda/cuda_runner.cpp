@@ -441,7 +441,8 @@ std::shared_ptr<const DeviceRunner> make_runner(const Model& model, int device) 
     fail("--device cuda", s.family + ": this architecture (" +
                               std::string(s.qk_norm ? "per-head q/k norms" : "GeGLU MLP, (1 + w) norms, scaled embeddings") +
                               ") does not run on CUDA yet; use --device cpu");
-  if (s.norm == NormKind::LayerNorm || s.mlp == MlpKind::Plain || s.parallel_residual)
+  if (s.norm == NormKind::LayerNorm || s.mlp == MlpKind::Plain || s.parallel_residual ||
+      s.positional != PositionalKind::Rotary)
     fail("--device cuda", s.family + ": LayerNorm, plain-MLP and parallel-residual blocks do not run on CUDA yet; "
                                      "use --device cpu");
   if (s.fused_qkv || s.fused_gate_up || s.rotary_dim > 0 || s.rope_scaling.type == RopeScaling::Type::LongRope)

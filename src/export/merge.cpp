@@ -108,6 +108,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
   if (name == "lm_head.weight") return dense_rows(model.lm_head());
   if (name == "model.norm.weight") return model.final_norm();
   if (name == "model.embed_positions.weight") return dense_rows(model.embed_positions());
+  if (name == "model.embed_norm.weight") return model.embed_norm();
+  if (name == "model.embed_norm.bias") return model.embed_norm_bias();
   if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
   constexpr std::string_view prefix = "model.layers.";
   if (name.rfind(prefix, 0) == 0) {

@@ -11,11 +11,12 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 11>& all_families() {
-  static const std::array<const ModelFamily*, 11> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 12>& all_families() {
+  static const std::array<const ModelFamily*, 12> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
                                                         &families::kGemma3Text, &families::kPhi3, &families::kGptNeoX,
-                                                        &families::kGpt2, &families::kOpt};
+                                                        &families::kGpt2, &families::kOpt,
+                                                        &families::kBloom};
   return all;
 }
 

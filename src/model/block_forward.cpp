@@ -57,7 +57,7 @@ void block_forward(const BlockRun& r) {
           std::copy_n(k, T * KVD, kc + r.pos0 * KVD);
           std::copy_n(v, T * KVD, vc + r.pos0 * KVD);
           attention_forward(out, probs, in0, kc, vc, T, r.pos0 + T, r.pos0, s.n_heads, s.n_kv_heads, s.head_dim,
-                            r.key_start, s.attn_scale, s.attn_softcap);
+                            r.key_start, s.attn_scale, s.attn_softcap, p.alibi());
           break;
         }
         // Each sequence of the batch attends to itself only.
@@ -65,7 +65,7 @@ void block_forward(const BlockRun& r) {
         for (int64_t n : r.segments.empty() ? std::vector<int64_t>{T} : r.segments) {
           attention_forward(out + t0 * QD, probs ? probs + p0 : nullptr, in0 + t0 * QD, k + t0 * KVD, v + t0 * KVD, n,
                             n, 0, s.n_heads, s.n_kv_heads, s.head_dim, r.key_start ? r.key_start + t0 : nullptr,
-                            s.attn_scale, s.attn_softcap);
+                            s.attn_scale, s.attn_softcap, p.alibi());
           t0 += n;
           p0 += s.n_heads * n * n;
         }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "base/error.h"
+#include "model/ops.h"
 
 namespace qlora {
 
@@ -19,6 +20,7 @@ int BlockProgram::buffer(std::string name, int64_t width, bool training_only, bo
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
+  if (s.positional == PositionalKind::Alibi) p.alibi_ = alibi_slopes(s.n_heads);
   const int64_t C = s.hidden, HS = s.head_dim, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
   // Per-row statistics a norm keeps for its backward: rstd, or LayerNorm's mean and rstd.
   const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;

@@ -71,6 +71,8 @@ class BlockProgram {
   int input() const { return input_; }    // the block input (bound by the caller)
   int output() const { return output_; }  // the block output (bound by the caller)
   const ModelSpec& spec() const { return spec_; }
+  // ALiBi models: each head's slope (alibi_slopes), else null.
+  const float* alibi() const { return alibi_.empty() ? nullptr : alibi_.data(); }
 
   // Floats of buffer b for T tokens (probabilities: NH * T * Tk).
   int64_t floats(int b, int64_t T, int64_t Tk) const;
@@ -101,6 +103,7 @@ class BlockProgram {
   void finish();
 
   ModelSpec spec_;
+  std::vector<float> alibi_;
   std::vector<BlockOp> ops_;
   std::vector<BlockBuffer> buffers_;
   int input_ = -1, output_ = -1;

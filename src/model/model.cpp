@@ -105,6 +105,12 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
   {
     m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
     progress("model.embed_tokens.weight");
+    if (spec.embed_norm) {
+      m.embed_norm_ = load_vector(src, "model.embed_norm.weight", opt.compute_dtype);
+      m.embed_norm_bias_ = load_vector(src, "model.embed_norm.bias", opt.compute_dtype);
+      progress("model.embed_norm.weight");
+      progress("model.embed_norm.bias");
+    }
     if (spec.positional == PositionalKind::Learned) {
       m.embed_pos_ = DenseWeight(src.get("model.embed_positions.weight"), spec.max_positions + spec.position_offset,
                                  spec.hidden, opt.compute_dtype);
@@ -168,7 +174,8 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 }
 
 size_t Model::weight_bytes() const {
-  size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() + (final_norm_.size() + final_norm_bias_.size()) * sizeof(float);
+  size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() +
+             (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
           L.post_ffn_norm.size()) *
@@ -216,6 +223,15 @@ const std::vector<float>& LayerWeights::norm_bias(NormRole role) const {
 
 const QuantLinear& Model::block_linear(int64_t layer, int which) const {
   return layers_.at(static_cast<size_t>(layer)).linear(which);
+}
+
+void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
+  const ModelSpec& s = model.spec();
+  if (s.embed_scale) embed_scale_forward(x, T * s.hidden, s.hidden, model.compute_dtype());
+  if (s.positional == PositionalKind::Learned) add_position_embeddings(x, scratch, pos, T, model);
+  if (s.embed_norm)  // (in place: each row is read whole before it is written)
+    layernorm_forward(x, nullptr, x, model.embed_norm().data(), model.embed_norm_bias().data(), T, s.hidden, s.norm_eps,
+                      model.compute_dtype());
 }
 
 void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
@@ -333,9 +349,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   float* h = st.h_.data();  // (T, C) final norm output
 
   embedding_forward(x, tokens.data(), T, model.embed_tokens());
-  if (s.embed_scale) embed_scale_forward(x, T * C, C, dt);
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
-  if (s.positional == PositionalKind::Learned) add_position_embeddings(x, h, st.pos_.data(), T, model);
+  embed_extras(x, h, st.pos_.data(), T, model);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   if (s.rope_local)
     rope_tables(st.cos_local_.data(), st.sin_local_.data(), st.pos_.data(), T, HS, s.rope_theta_local,

@@ -78,6 +78,8 @@ class Model {
   const DenseWeight& lm_head() const { return spec_.tied_embeddings ? embed_ : lm_head_; }  // (V, C)
   const std::vector<float>& final_norm() const { return final_norm_; }  // (C)
   const std::vector<float>& final_norm_bias() const { return final_norm_bias_; }  // (C) LayerNorm models
+  const std::vector<float>& embed_norm() const { return embed_norm_; }            // (C) embed_norm models
+  const std::vector<float>& embed_norm_bias() const { return embed_norm_bias_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
   // The block every layer runs (inference and training alike; model/block_program.h).
   const BlockProgram& block() const { return *block_; }
@@ -107,12 +109,16 @@ class Model {
   ComputeDType dtype_ = ComputeDType::F32;
   QuantOptions quant_;
   DenseWeight embed_, lm_head_, embed_pos_;
-  std::vector<float> final_norm_, final_norm_bias_;
+  std::vector<float> final_norm_, final_norm_bias_, embed_norm_, embed_norm_bias_;
   std::vector<LayerWeights> layers_;
   std::shared_ptr<const BlockProgram> block_;
   const LoraModel* adapter_ = nullptr;
   std::shared_ptr<const DeviceRunner> runner_;
 };
+
+// What every forward does between the token embeddings x (T, C) of positions pos and the
+// first block: gemma's scale, learned positions, bloom's embedding LayerNorm. scratch (T, C).
+void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
 
 // x (T, C) += the learned position embeddings of positions pos (T), rounded to the model's
 // compute dtype (gpt2: inputs_embeds + position_embeds); scratch (T, C). Throws Error when a

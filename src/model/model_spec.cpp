@@ -46,6 +46,8 @@ void ModelSpec::validate(const std::string& where) const {
                       " and " + std::to_string(sc->long_factor.size()));
   if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
 
+  if (positional == PositionalKind::Alibi && (attn_softcap > 0.0f || sliding_window > 0))
+    fail(where, "ALiBi with soft-capped or sliding-window attention is not a known variant");
   if (qkv_per_head && (!fused_qkv || n_kv_heads != n_heads))
     fail(where, "per-head fused q/k/v needs a fused qkv Linear and as many key/value heads as query heads");
   if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
@@ -97,6 +99,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
   if (positional == PositionalKind::Learned)
     t.push_back({"model.embed_positions.weight", {max_positions + position_offset, hidden}});
+  if (embed_norm) {
+    t.push_back({"model.embed_norm.weight", {hidden}});
+    t.push_back({"model.embed_norm.bias", {hidden}});
+  }
   for (int64_t l = 0; l < n_layers; ++l) {
     t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});

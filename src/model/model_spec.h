@@ -24,7 +24,9 @@ enum class Activation : uint8_t { Gelu, GeluTanh, Relu };
 // Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
 // (Learned: model.embed_positions.weight (max_positions, hidden) added to the token
 // embeddings, gpt2; no rotary then.)
-enum class PositionalKind { Rotary, Learned };
+// (Alibi: no position embedding; attention adds a per-head slope times the key's position
+// to every score, bloom.)
+enum class PositionalKind { Rotary, Learned, Alibi };
 
 // A tensor the model expects, under its Hugging Face name, with its shape.
 struct TensorSpec {
@@ -129,6 +131,9 @@ struct ModelSpec {
   // Learned positions: position p reads row p + position_offset of the table (OPT: 2), which
   // has max_positions + position_offset rows.
   int64_t position_offset = 0;
+  // A LayerNorm (with bias) on the token embeddings, model.embed_norm (bloom's
+  // word_embeddings_layernorm).
+  bool embed_norm = false;
   // RMSNorm over each head of q and of k (weights self_attn.q_norm / k_norm, head_dim
   // each), after the projections and before rotary (qwen3).
   bool qk_norm = false;

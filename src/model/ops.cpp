@@ -170,7 +170,7 @@ namespace {
 // costs less than the per-key dot products of the loop below.
 void attention_forward_gemm(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                             int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                            const int32_t* key_start, float scale, float softcap) {
+                            const int32_t* key_start, float scale, float softcap, const float* alibi) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
   thread_local std::vector<float> scratch;
@@ -185,6 +185,8 @@ void attention_forward_gemm(float* out, float* att, const float* q, const float*
         const int64_t n = q_pos0 + t + 1;
         const int64_t j0 = key_start ? key_start[t] : 0;
         for (int64_t j = j0; j < n; ++j) row[j] *= scale;
+        if (alibi)
+          for (int64_t j = j0; j < n; ++j) row[j] += alibi[h] * static_cast<float>(j - j0);
         if (softcap > 0.0f)
           for (int64_t j = j0; j < n; ++j) row[j] = std::tanh(row[j] / softcap) * softcap;
         softmax_inplace(row + j0, n - j0);
@@ -198,12 +200,28 @@ void attention_forward_gemm(float* out, float* att, const float* q, const float*
 
 }  // namespace
 
+std::vector<float> alibi_slopes(int64_t NH) {
+  const int64_t closest = int64_t{1} << static_cast<int>(std::floor(std::log2(static_cast<double>(NH))));
+  auto base_of = [](int64_t p) {
+    return static_cast<float>(std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(p)) - 3.0))));
+  };
+  std::vector<float> s;
+  const float base = base_of(closest);
+  for (int64_t i = 1; i <= closest; ++i) s.push_back(std::pow(base, static_cast<float>(i)));
+  if (closest != NH) {
+    const float extra = base_of(2 * closest);
+    const int64_t rem = std::min(closest, NH - closest);
+    for (int64_t i = 1; i < 1 + 2 * rem; i += 2) s.push_back(std::pow(extra, static_cast<float>(i)));
+  }
+  return s;
+}
+
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start, float scale, float softcap) {
+                       const int32_t* key_start, float scale, float softcap, const float* alibi) {
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
-    attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap);
+    attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
     return;
   }
   const int64_t group = NH / NKV;
@@ -221,6 +239,8 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
       for (int64_t j = j0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
+      if (alibi)
+        for (int64_t j = j0; j < n; ++j) scores[j] += alibi[h] * static_cast<float>(j - j0);
       if (softcap > 0.0f)
         for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
       softmax_inplace(scores.data() + j0, n - j0);

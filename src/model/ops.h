@@ -66,9 +66,16 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 inline constexpr int64_t kAttentionGemmMinTokens = 16;
 // scale > 0 replaces 1/sqrt(HS); softcap > 0 caps each scaled score s as
 // softcap * tanh(s / softcap) before the softmax (Gemma 2).
+// alibi (NH), when not null: ALiBi (bloom) adds alibi[h] * (key position) to each scaled
+// score, the key position counted from key_start[t] (its example's first token) or 0.
+// (The backward needs nothing more: the bias does not depend on q or k.)
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f);
+                       const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f,
+                       const float* alibi = nullptr);
+// BLOOM's ALiBi slopes for NH heads (transformers' build_alibi_tensor, float32): the
+// geometric sequence of the closest power of two, then the odd powers of the next one.
+std::vector<float> alibi_slopes(int64_t NH);
 
 // In place on logits (n): cap * tanh(x / cap), each step rounded to `dtype` as a bf16/fp16
 // torch model computes it (gemma2's final_logit_softcapping).

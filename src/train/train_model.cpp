@@ -221,9 +221,8 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   }
   w.rng_at_block.clear();
   embedding_forward(w.xs.data(), w.tokens.data(), T, m.embed_tokens());
-  if (s.embed_scale) embed_scale_forward(w.xs.data(), T * C, C, m.compute_dtype());
   w.hf.resize(static_cast<size_t>(T * C));
-  if (s.positional == PositionalKind::Learned) add_position_embeddings(w.xs.data(), w.hf.data(), w.pos.data(), T, m);
+  embed_extras(w.xs.data(), w.hf.data(), w.pos.data(), T, m);
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];

@@ -53,6 +53,8 @@ COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_att
               num_key_value_heads=2, vocab_size=160, max_position_embeddings=128, rms_norm_eps=1e-6,
               initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
+_FALCON_DROP = ("num_key_value_heads", "rms_norm_eps", "intermediate_size")
+
 # family -> (config class name, extra config); each a shape that exercises what is particular to it
 FAMILIES = {
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
@@ -134,6 +136,17 @@ FAMILIES = {
                                          "max_position_embeddings", "num_hidden_layers", "num_attention_heads"),
                                   hidden_size=96, n_layer=2, n_head=6, layer_norm_epsilon=1e-5, hidden_dropout=0.0,
                                   attention_dropout=0.0, initializer_range=0.3, tie_word_embeddings=True)),
+    # Falcon's three fused q/k/v layouts and block forms: the new architecture (grouped per
+    # kv head, two norms, parallel), falcon-7b's (multi-query, one shared norm, parallel),
+    # and multi-head per-head q/k/v with the sequential block and biases.
+    "falcon": ("FalconConfig", dict(_drop=_FALCON_DROP, ffn_hidden_size=96, new_decoder_architecture=True,
+                                    num_kv_heads=2, bias=False, hidden_dropout=0.0, attention_dropout=0.0)),
+    "falcon_mq": ("FalconConfig", dict(_drop=_FALCON_DROP, ffn_hidden_size=96, new_decoder_architecture=False,
+                                       multi_query=True, parallel_attn=True, bias=False, hidden_dropout=0.0,
+                                       attention_dropout=0.0, initializer_range=0.3)),
+    "falcon_seq": ("FalconConfig", dict(_drop=_FALCON_DROP, ffn_hidden_size=96, new_decoder_architecture=False,
+                                        multi_query=False, parallel_attn=False, bias=True, hidden_dropout=0.0,
+                                        attention_dropout=0.0, initializer_range=0.3)),
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24

@@ -53,7 +53,7 @@ std::vector<OutTensor> output_tensors(const Model& model, const std::vector<Weig
   const ModelFamily* fam = find_family(model.spec().family);
   for (const TensorSpec& ts : model.spec().tensors()) {
     if (fam && fam->conv1d_linears && ts.shape.size() == 2 && is_block_linear_weight(ts.name)) {
-      t.push_back({canonical_to_hf(*fam, ts.name), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
+      t.push_back({canonical_to_hf(model.spec(), ts.name), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
                                                                                  shape = ts.shape] {
                      const std::vector<float> v = merged_tensor_values(model, name, adapters);
                      std::vector<float> tr(v.size());
@@ -64,7 +64,7 @@ std::vector<OutTensor> output_tensors(const Model& model, const std::vector<Weig
                    }});
       continue;
     }
-    t.push_back({canonical_to_hf(model.spec().family, ts.name), ts.shape, [&model, &adapters, name = ts.name] {
+    t.push_back({canonical_to_hf(model.spec(), ts.name), ts.shape, [&model, &adapters, name = ts.name] {
                    return merged_tensor_values(model, name, adapters);
                  }});
   }

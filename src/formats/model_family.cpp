@@ -11,12 +11,12 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 12>& all_families() {
-  static const std::array<const ModelFamily*, 12> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 13>& all_families() {
+  static const std::array<const ModelFamily*, 13> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
                                                         &families::kGemma3Text, &families::kPhi3, &families::kGptNeoX,
                                                         &families::kGpt2, &families::kOpt,
-                                                        &families::kBloom};
+                                                        &families::kBloom, &families::kFalcon};
   return all;
 }
 
@@ -36,21 +36,21 @@ std::string rename(std::string s, std::string_view from, std::string_view to) {
 
 }  // namespace
 
-std::string hf_to_canonical(const ModelFamily& f, const std::string& name) {
+std::string hf_to_canonical(std::span<const HfRename> renames, const std::string& name) {
   std::string s = name;
-  for (const HfRename& r : f.hf_renames) s = rename(s, r.hf, r.canonical);
+  for (const HfRename& r : renames) s = rename(s, r.hf, r.canonical);
   return s;
 }
 
-std::string canonical_to_hf(const ModelFamily& f, const std::string& name) {
+std::string canonical_to_hf(std::span<const HfRename> renames, const std::string& name) {
   std::string s = name;
-  for (auto it = f.hf_renames.rbegin(); it != f.hf_renames.rend(); ++it) s = rename(s, it->canonical, it->hf);
+  for (auto it = renames.rbegin(); it != renames.rend(); ++it) s = rename(s, it->canonical, it->hf);
   return s;
 }
 
-std::string canonical_to_hf(const std::string& family, const std::string& name) {
-  const ModelFamily* f = find_family(family);
-  return f ? canonical_to_hf(*f, name) : name;
+std::string canonical_to_hf(const ModelSpec& spec, const std::string& name) {
+  const ModelFamily* f = find_family(spec.family);
+  return f ? canonical_to_hf(f->renames(spec), name) : name;
 }
 
 bool is_block_linear_weight(const std::string& n) {

@@ -4,7 +4,7 @@
 // (formats/families/llama.cpp: llama, mistral; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
 // gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use;
 // gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2;
-// opt.cpp: opt; bloom.cpp: bloom) and one registry (formats/model_family.cpp), which is the only list:
+// opt.cpp: opt; bloom.cpp: bloom; falcon.cpp: falcon) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
 #include <cstdint>
@@ -61,15 +61,19 @@ struct ModelFamily {
   // The block Linears are stored (in, out) (transformers' Conv1D: gpt2); loading transposes
   // them, the merged export writes them back that way.
   bool conv1d_linears = false;
+  // When set, the renames depend on the model's form (falcon: ln_attn / ln_mlp only in the
+  // new architecture) and replace hf_renames.
+  std::span<const HfRename> (*renames_for)(const ModelSpec& s) = nullptr;
+  std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };
 
 // A tensor name or module path (with or without a ".weight" suffix) from the family's
 // Hugging Face form to the canonical one, and back. Identity for families without renames.
-std::string hf_to_canonical(const ModelFamily& f, const std::string& name);
-std::string canonical_to_hf(const ModelFamily& f, const std::string& name);
-// The same for a ModelSpec's family (identity for an unknown one).
-std::string canonical_to_hf(const std::string& family, const std::string& name);
+std::string hf_to_canonical(std::span<const HfRename> renames, const std::string& name);
+std::string canonical_to_hf(std::span<const HfRename> renames, const std::string& name);
+// The same with the renames of the spec's family for that spec (identity for an unknown one).
+std::string canonical_to_hf(const ModelSpec& spec, const std::string& name);
 // Whether a canonical tensor name is a block Linear's weight (model.layers.N.<self_attn|mlp>.X.weight).
 bool is_block_linear_weight(const std::string& canonical);
 
@@ -85,7 +89,7 @@ std::string gguf_supported_architectures();
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
 
 namespace families {  // formats/families/*.cpp
-extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kGptNeoX, kGpt2, kOpt, kBloom;
+extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon;
 }
 
 }  // namespace qlora

@@ -179,10 +179,11 @@ class SafeTensorsSource : public TensorSource {
 // under the canonical ones the model asks for (model.layers.0.self_attn.qkv_proj.weight).
 class RenamedSource : public TensorSource {
  public:
-  RenamedSource(std::unique_ptr<TensorSource> inner, const ModelFamily& fam) : inner_(std::move(inner)), fam_(fam) {}
+  RenamedSource(std::unique_ptr<TensorSource> inner, const ModelFamily& fam, const ModelSpec& spec)
+      : inner_(std::move(inner)), fam_(fam), renames_(fam.renames(spec)) {}
   std::vector<std::string> names() const override {
     std::vector<std::string> n;
-    for (const std::string& h : inner_->names()) n.push_back(hf_to_canonical(fam_, h));
+    for (const std::string& h : inner_->names()) n.push_back(hf_to_canonical(renames_, h));
     return n;
   }
   bool has(const std::string& name) const override { return inner_->has(hf(name)); }
@@ -208,13 +209,14 @@ class RenamedSource : public TensorSource {
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
 
  private:
-  std::string hf(const std::string& canonical) const { return canonical_to_hf(fam_, canonical); }
+  std::string hf(const std::string& canonical) const { return canonical_to_hf(renames_, canonical); }
   bool transposed(const std::string& canonical, const std::vector<int64_t>& stored_shape) const {
     return fam_.conv1d_linears && stored_shape.size() == 2 && is_block_linear_weight(canonical) &&
            !inner_->get_4bit(hf(canonical)) && !inner_->get_int8(hf(canonical));
   }
   std::unique_ptr<TensorSource> inner_;
   const ModelFamily& fam_;
+  std::span<const HfRename> renames_;
 };
 
 // ---- GGUF ----------------------------------------------------------------------------
@@ -441,8 +443,9 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
         files = {path};
       }
       m.tensors = std::make_unique<SafeTensorsSource>(files, path);
-      if (const ModelFamily* fam = find_family(m.spec.family); fam && (!fam->hf_renames.empty() || fam->conv1d_linears))
-        m.tensors = std::make_unique<RenamedSource>(std::move(m.tensors), *fam);
+      if (const ModelFamily* fam = find_family(m.spec.family);
+          fam && (!fam->renames(m.spec).empty() || fam->conv1d_linears))
+        m.tensors = std::make_unique<RenamedSource>(std::move(m.tensors), *fam, m.spec);
       const std::string gen = (dir / "generation_config.json").string();
       if (fs::exists(gen)) m.generation = read_generation_config(gen);
       if (tok_path.empty() && fs::exists(dir / "tokenizer.json")) tok_path = dir.string();

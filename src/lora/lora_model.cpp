@@ -24,7 +24,7 @@ std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear 
   const char* module = spec.block_linears()[static_cast<size_t>(which)].module;
   if (!module) return std::string();
   // (the family's own name: PEFT's module paths and target_modules are Hugging Face's)
-  return canonical_to_hf(spec.family, "model.layers." + std::to_string(layer) + "." + module);
+  return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + module);
 }
 
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }

@@ -42,7 +42,7 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
 
 bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
   if (o.all_linear) return true;
-  const std::string path = canonical_to_hf(s.family, std::string("model.layers.0.") + module);
+  const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
   for (const std::string& t : o.target_modules)
     if (lora_module_matches(path, t)) return true;
   return false;

@@ -77,7 +77,14 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
   // norms that sit between the projections and rotary.
   const int qproj = s.qk_norm ? p.buffer("q_proj", QD) : q, kproj = s.qk_norm ? p.buffer("k_proj", KVD) : k;
-  if (s.fused_qkv && s.qkv_per_head) {  // gpt_neox: one Linear, per head its q | k | v
+  if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
+    const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
+    const int64_t group = s.n_heads / s.n_kv_heads, stride = (group + 2) * HS;
+    linear(qkv, h1, 0);
+    slice(qproj, qkv, 0, group * HS, s.n_kv_heads, stride);
+    slice(kproj, qkv, group * HS, HS, s.n_kv_heads, stride);
+    slice(v, qkv, (group + 1) * HS, HS, s.n_kv_heads, stride);
+  } else if (s.fused_qkv && s.qkv_per_head) {  // gpt_neox: one Linear, per head its q | k | v
     const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
     linear(qkv, h1, 0);
     slice(qproj, qkv, 0, HS, s.n_heads, 3 * HS);
@@ -127,9 +134,12 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     residual(xmid, p.input_, attn_out);
   }
   // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), or down(act(up(h))), h = norm(x_mid)
-  const int h2 = p.buffer("h_mlp", C);
-  norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
-       p.buffer("rstd_mlp", stat, true));
+  int h2 = h1;  // (falcon-7b: the MLP reads the attention's normed input)
+  if (!s.shared_branch_norm) {
+    h2 = p.buffer("h_mlp", C);
+    norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
+         p.buffer("rstd_mlp", stat, true));
+  }
   const int up = p.buffer("up", F), act = p.buffer("act", F);
   if (s.mlp == MlpKind::Plain) {
     linear(up, h2, 5);

@@ -152,9 +152,11 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
       progress(name("self_attn.k_norm"));
     }
-    L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
-    progress(name("post_attention_layernorm"));
-    if (ln) {
+    if (!spec.shared_branch_norm) {
+      L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
+      progress(name("post_attention_layernorm"));
+    }
+    if (ln && !spec.shared_branch_norm) {
       L.post_norm_bias = load_vector(src, name("post_attention_layernorm", "bias"), opt.compute_dtype);
       progress(name("post_attention_layernorm", "bias"));
     }

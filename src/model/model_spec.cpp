@@ -48,6 +48,8 @@ void ModelSpec::validate(const std::string& where) const {
 
   if (positional == PositionalKind::Alibi && (attn_softcap > 0.0f || sliding_window > 0))
     fail(where, "ALiBi with soft-capped or sliding-window attention is not a known variant");
+  if ((qkv_grouped && (!fused_qkv || qkv_per_head)) || (shared_branch_norm && !parallel_residual))
+    fail(where, "grouped fused q/k/v needs a fused qkv Linear; one norm per block needs the parallel residual");
   if (qkv_per_head && (!fused_qkv || n_kv_heads != n_heads))
     fail(where, "per-head fused q/k/v needs a fused qkv Linear and as many key/value heads as query heads");
   if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
@@ -116,8 +118,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {head_dim}});
       t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {head_dim}});
     }
-    t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
-    if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
+    if (!shared_branch_norm) {
+      t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
+      if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
+    }
     linears(l, 4, 7);  // gate, up, down
   }
   t.push_back({"model.norm.weight", {hidden}});

@@ -125,6 +125,12 @@ struct ModelSpec {
   // gpt_neox's query_key_value) rather than all q, then k, then v (phi3). REQUIRES fused_qkv
   // and n_kv_heads == n_heads.
   bool qkv_per_head = false;
+  // ... or per key/value group, its query heads then its key then its value ((kv_heads,
+  // heads / kv_heads + 2, head_dim): falcon's new_decoder_architecture).
+  bool qkv_grouped = false;
+  // The parallel residual's MLP reads the attention's normed input: one norm per block
+  // (falcon-7b; no post_attention_layernorm).
+  bool shared_branch_norm = false;
   // gpt_neox's use_parallel_residual: x + attn(norm1(x)) + mlp(norm2(x)) (the MLP reads the
   // block input, not the attention's output).
   bool parallel_residual = false;

@@ -193,7 +193,51 @@ def nf4_roundtrip(model):
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
              "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
-             "phi3": "phi3", "phi4_mini": "phi3"}
+             "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2"}
+
+
+def write_gguf_gpt2(model, path: Path):
+    """As convert_hf_to_gguf.py's GPT2Model: Conv1D weights transposed to (out, in)."""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_context_length(c.n_positions)
+    w.add_embedding_length(c.n_embd)
+    w.add_feed_forward_length(c.n_inner or 4 * c.n_embd)
+    w.add_block_count(c.n_layer)
+    w.add_head_count(c.n_head)
+    w.add_layer_norm_eps(c.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    V = c.vocab_size
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)])
+    w.add_token_scores([0.0] * V)
+    w.add_token_types([2, 3, 3] + [6] * (V - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32)
+        if name == "lm_head.weight":
+            continue  # tied
+        glob = {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
+                "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias"}
+        if name in glob:
+            out = glob[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            mod, suffix = rest.rsplit(".", 1)
+            if suffix == "weight" and mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                t = t.t()
+            out = f"blk.{layer}.{names[mod]}.{suffix}"
+        w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def write_gguf(model, arch: str, path: Path):
@@ -398,7 +442,10 @@ def build(family: str):
         "peft": __import__("peft").__version__,
     }
     if family in GGUF_ARCH:
-        write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
+        if GGUF_ARCH[family] == "gpt2":
+            write_gguf_gpt2(model, out / "model.gguf")
+        else:
+            write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
         ll = llama_cpp_logits(out / "model.gguf", prompt[0].tolist())
         want = logits
         if GGUF_ARCH[family] == "phi3" and model.config.sliding_window:
@@ -413,7 +460,8 @@ def build(family: str):
         print(f"{family}: llama.cpp on model.gguf vs transformers: max |dlogit| {diff:.2e}")
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
-        if diff > (1e-2 if family.startswith("gemma") else 1e-3):
+        # (gpt2's tanh GELU goes through the same fp16 table in llama.cpp)
+        if diff > (1e-2 if family.startswith(("gemma", "gpt2")) else 1e-3):
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff
     (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")

@@ -35,7 +35,10 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   const bool permute_qk = arch == "llama";
   size_t n = 0;
   for (const LoraLayer& L : adapter.lora->layers()) {
-    const auto gname = hf_to_gguf_tensor_name(L.module_path + ".weight", arch);
+    // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones)
+    const ModelFamily* fam = find_family(spec.family);
+    const std::string canonical = fam ? hf_to_canonical(fam->renames(spec), L.module_path) : L.module_path;
+    const auto gname = hf_to_gguf_tensor_name(canonical + ".weight", arch);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;
     if (permute_qk && L.module_path.ends_with("self_attn.q_proj")) heads = spec.n_heads;

@@ -145,7 +145,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_f32(a + "rope.scaling.factor", rs.factor);
     w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(rs.original_max_positions));
   }
-  w.set_f32(a + "attention.layer_norm_rms_epsilon", s.norm_eps);
+  w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
+            s.norm_eps);
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));
   if (arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel: 0 means no window (Phi-4)
     w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));

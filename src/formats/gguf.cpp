@@ -621,6 +621,9 @@ constexpr NamePair kGemma2Norms[] = {{"ffn_norm", "pre_feedforward_layernorm"},
 // Phi-3's fused Linears (convert_hf_to_gguf.py's Phi3MiniModel keeps them fused; its ffn_up
 // is gate_up_proj, gate rows then up rows).
 constexpr NamePair kPhi3Names[] = {{"attn_qkv", "self_attn.qkv_proj"}, {"ffn_up", "mlp.gate_up_proj"}};
+// GPT-2's fused c_attn (convert_hf_to_gguf.py's GPT2Model transposes the Conv1D weights to
+// the usual (out, in)).
+constexpr NamePair kGpt2Names[] = {{"attn_qkv", "self_attn.qkv_proj"}};
 // Whole-model tensors (full names without the .weight/.bias suffix).
 constexpr NamePair kGlobalNames[] = {
     {"token_embd", "model.embed_tokens"},
@@ -662,6 +665,10 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
     for (const auto& p : kGemma2Norms)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   }
+  if (stem == "position_embd") return "model.embed_positions" + std::string(suffix);
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "gpt2")
+    for (const auto& p : kGpt2Names)
+      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "phi3")
     for (const auto& p : kPhi3Names)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
@@ -678,6 +685,10 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gemma2" || arch == "gemma3"))
     for (const auto& p : kGemma2Norms)
+      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
+  if (stem == "model.embed_positions") return "position_embd" + std::string(suffix);
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "gpt2")
+    for (const auto& p : kGpt2Names)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "phi3")
     for (const auto& p : kPhi3Names)
@@ -774,7 +785,10 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     fail(f.path(), "metadata key " + quote(a + "rope.scaling.attn_factor") + " must be positive");
   if (hp.rope_scaling_type == "yarn" && hp.rope_scaling_original_context <= 0)
     fail(f.path(), "yarn rope scaling needs " + quote(a + "rope.scaling.original_context_length"));
-  hp.rms_norm_eps = f.get_f32(a + "attention.layer_norm_rms_epsilon");
+  // (LayerNorm architectures, gpt2, store their epsilon under layer_norm_epsilon.)
+  hp.rms_norm_eps = f.has(a + "attention.layer_norm_epsilon") && !f.has(a + "attention.layer_norm_rms_epsilon")
+                        ? f.get_f32(a + "attention.layer_norm_epsilon")
+                        : f.get_f32(a + "attention.layer_norm_rms_epsilon");
   if (!(hp.rope_theta > 0) || !std::isfinite(hp.rope_theta))
     fail(f.path(), "metadata key " + quote(a + "rope.freq_base") + " must be positive");
   if (!(hp.rms_norm_eps > 0) || !std::isfinite(hp.rms_norm_eps))

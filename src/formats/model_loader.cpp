@@ -297,9 +297,9 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.rope_theta = hp.rope_theta;
   s.norm_eps = hp.rms_norm_eps;
   s.tied_embeddings = hp.tie_word_embeddings;
-  s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias");
+  s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias") || src.has("model.layers.0.self_attn.qkv_proj.bias");
   s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
-  s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias");
+  s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias") || src.has("model.layers.0.mlp.up_proj.bias");
   if (hp.rope_scaling_type == "linear") {
     s.rope_scaling.type = RopeScaling::Type::Linear;
     s.rope_scaling.factor = hp.rope_scaling_factor;

@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -87,10 +88,20 @@ void gpt2_write(const ModelSpec& s, ordered_json& j) {
   j["activation_function"] = s.act == Activation::Gelu ? "gelu" : s.act == Activation::Relu ? "relu" : "gelu_new";
 }
 
+// llama.cpp's gpt2 GGUF: the same block; its Linears are already (out, in) there.
+void gpt2_gguf(const GgufLlamaHParams&, ModelSpec& s) {
+  s.positional = PositionalKind::Learned;
+  s.norm = NormKind::LayerNorm;
+  s.mlp = MlpKind::Plain;
+  s.act = Activation::GeluTanh;  // (llama.cpp's gpt2 graph: ggml_gelu, the tanh form)
+  s.fused_qkv = true;
+  s.qkv_bias = s.o_bias = s.mlp_bias = true;
+}
+
 }  // namespace
 
-const ModelFamily kGpt2{"gpt2",     "GPT2LMHeadModel", "",          0,     1024, 10000.0f, true, false, gpt2_read,
-                        gpt2_write, nullptr,           {},          false, kGpt2Renames, true, gpt2_normalize,
+const ModelFamily kGpt2{"gpt2",     "GPT2LMHeadModel", "gpt2",      0,     1024, 10000.0f, true, false, gpt2_read,
+                        gpt2_write, gpt2_gguf,         {},          false, kGpt2Renames, true, gpt2_normalize,
                         true};
 
 }  // namespace qlora::families

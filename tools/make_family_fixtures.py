@@ -464,6 +464,16 @@ def build(family: str):
         if diff > (1e-2 if family.startswith(("gemma", "gpt2")) else 1e-3):
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff
+    if family == "gpt2":
+        # The original hub checkpoints were saved from GPT2Model: no "transformer." prefix.
+        import shutil
+        from safetensors.torch import load_file as _lf
+        base = out / "base_names"
+        base.mkdir(exist_ok=True)
+        shutil.copy(out / "config.json", base / "config.json")
+        sd = _lf(str(out / "model.safetensors"))
+        save_file({k.removeprefix("transformer."): v.contiguous() for k, v in sd.items()}, str(base / "model.safetensors"),
+                  metadata={"format": "pt"})
     (out / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     print(f"{family}: loss {loss.item():.5f}, greedy {greedy[:8]}..., "
           f"max|logit| {logits.abs().max():.2f}, nf4 shift {(nf4_logits - logits).abs().max():.3f}")

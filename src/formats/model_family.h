@@ -64,6 +64,9 @@ struct ModelFamily {
   // When set, the renames depend on the model's form (falcon: ln_attn / ln_mlp only in the
   // new architecture) and replace hf_renames.
   std::span<const HfRename> (*renames_for)(const ModelSpec& s) = nullptr;
+  // transformers' base_model_prefix ("transformer." for gpt2): checkpoints saved from the
+  // base model (the original gpt2 files) leave it out of every name but the head's.
+  std::string_view base_prefix = {};
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };

@@ -183,7 +183,7 @@ class RenamedSource : public TensorSource {
       : inner_(std::move(inner)), fam_(fam), renames_(fam.renames(spec)) {}
   std::vector<std::string> names() const override {
     std::vector<std::string> n;
-    for (const std::string& h : inner_->names()) n.push_back(hf_to_canonical(renames_, h));
+    for (const std::string& h : inner_->names()) n.push_back(hf_to_canonical(renames_, with_prefix(h)));
     return n;
   }
   bool has(const std::string& name) const override { return inner_->has(hf(name)); }
@@ -209,7 +209,19 @@ class RenamedSource : public TensorSource {
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
 
  private:
-  std::string hf(const std::string& canonical) const { return canonical_to_hf(renames_, canonical); }
+  // The stored name of a canonical one: the family's name, or the same without the base
+  // model prefix when the checkpoint was saved that way.
+  std::string hf(const std::string& canonical) const {
+    std::string h = canonical_to_hf(renames_, canonical);
+    const std::string_view p = fam_.base_prefix;
+    if (!p.empty() && h.starts_with(p) && !inner_->has(h) && inner_->has(h.substr(p.size()))) h = h.substr(p.size());
+    return h;
+  }
+  std::string with_prefix(const std::string& h) const {
+    const std::string_view p = fam_.base_prefix;
+    if (p.empty() || h.starts_with(p) || h.starts_with("lm_head.")) return h;
+    return std::string(p) + h;
+  }
   bool transposed(const std::string& canonical, const std::vector<int64_t>& stored_shape) const {
     return fam_.conv1d_linears && stored_shape.size() == 2 && is_block_linear_weight(canonical) &&
            !inner_->get_4bit(hf(canonical)) && !inner_->get_int8(hf(canonical));

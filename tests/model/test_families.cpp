@@ -208,6 +208,15 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   EXPECT_EQ(spec_from_hf_config(neox, "config.json").rotary_dim, 4);  // rotary_pct's default 0.25 of 16
 }
 
+// GPT-2's original checkpoints were saved from the base model: "h.0.attn.c_attn.weight",
+// "wte.weight", no "transformer." prefix. They load as the same model.
+TEST(FamiliesPeft, Gpt2WithoutTheBaseModelPrefixLoads) {
+  const Fixture x = read_fixture("gpt2");
+  const Model m = load_path(family_dir("gpt2") + "/base_names");
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "gpt2 base names");
+}
+
 TEST_P(Families, LoraGradientsMatchPeft) {
   const Fixture x = read_fixture(GetParam());
   const auto m = load(GetParam(), false);

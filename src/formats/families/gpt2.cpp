@@ -102,6 +102,6 @@ void gpt2_gguf(const GgufLlamaHParams&, ModelSpec& s) {
 
 const ModelFamily kGpt2{"gpt2",     "GPT2LMHeadModel", "gpt2",      0,     1024, 10000.0f, true, false, gpt2_read,
                         gpt2_write, gpt2_gguf,         {},          false, kGpt2Renames, true, gpt2_normalize,
-                        true};
+                        true,       nullptr,           "transformer."};
 
 }  // namespace qlora::families

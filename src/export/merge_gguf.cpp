@@ -99,6 +99,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (!fam || fam->export_arch().empty())
     fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
   const std::string arch(fam->export_arch());
+  if (s.qkv_per_head)
+    fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family +
+                       " from a Hugging Face checkpoint) is not supported yet: llama.cpp wants it reordered");
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
       s.n_layers != (arch == "gemma2" ? 46 : 62))

@@ -666,7 +666,7 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   }
   if (stem == "position_embd") return "model.embed_positions" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "gpt2")
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gpt2" || arch == "gptneox"))
     for (const auto& p : kGpt2Names)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "phi3")
@@ -687,7 +687,7 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
     for (const auto& p : kGemma2Norms)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (stem == "model.embed_positions") return "position_embd" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "gpt2")
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gpt2" || arch == "gptneox"))
     for (const auto& p : kGpt2Names)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "phi3")
@@ -767,6 +767,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     }
   }
   hp.rope_theta_swa = f.get_f32_or(a + "rope.freq_base_swa", 0.0f);
+  hp.parallel_residual = f.get_bool_or(a + "use_parallel_residual", true);
   if (hp.rope_theta_swa < 0 || !std::isfinite(hp.rope_theta_swa))
     fail(f.path(), "metadata key " + quote(a + "rope.freq_base_swa") + " must be positive");
   hp.rope_scaling_type = std::string(f.get_string_or(a + "rope.scaling.type", "none"));

@@ -219,6 +219,7 @@ struct GgufLlamaHParams {
   // from its array form or its period n (layer l slides when l % n < n - 1); empty if absent.
   std::vector<bool> swa_layers;
   float rope_theta_swa = 0.0f;  // {arch}.rope.freq_base_swa (0: absent)
+  bool parallel_residual = true;  // {arch}.use_parallel_residual (gptneox)
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

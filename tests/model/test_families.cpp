@@ -217,6 +217,34 @@ TEST(FamiliesPeft, Gpt2WithoutTheBaseModelPrefixLoads) {
   expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "gpt2 base names");
 }
 
+// llama.cpp's gptneox GGUF reorders query_key_value (all q, all k, all v): it runs as the
+// same model (FamiliesGguf above), but a LoRA on that Linear would put PEFT's per-head B rows
+// in the wrong places, so it is refused; the other Linears are fine. And the Hugging Face
+// checkpoint's per-head layout is not written to a GGUF unconverted.
+TEST(FamiliesPeft, GptNeoXGgufRefusesLoraOnItsReorderedQkv) {
+  const Model m = load_path(family_dir("gpt_neox") + "/model.gguf");
+  EXPECT_FALSE(m.spec().qkv_per_head);
+  LoraConfig c;
+  c.r = 2;
+  c.all_linear = true;
+  try {
+    LoraModel lm(m, c);
+    ADD_FAILURE() << "LoRA on a reordered query_key_value was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("query_key_value"), std::string::npos) << e.what();
+  }
+  c.all_linear = false;
+  c.target_modules = {"dense", "dense_h_to_4h", "dense_4h_to_h"};
+  EXPECT_EQ(LoraModel(m, c).layers().size(), 6u);
+  const auto hf = load("gpt_neox", false);
+  ModelFiles files = open_model_files(family_dir("gpt_neox"));
+  TempDir tmp("neox_gguf_export");
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  EXPECT_THROW(write_merged_gguf(*hf, files, {}, tmp.path("m.gguf"), eo, false), Error);
+}
+
 TEST_P(Families, LoraGradientsMatchPeft) {
   const Fixture x = read_fixture(GetParam());
   const auto m = load(GetParam(), false);
@@ -355,7 +383,7 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
-                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2"),
+                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -5,6 +5,7 @@
 // names differ from the canonical ones; kNeoXRenames maps them (PEFT's module paths too).
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -75,8 +76,11 @@ void neox_read(const json& j, const std::string& where, ModelSpec& s) {
 }
 
 void neox_write(const ModelSpec& s, ordered_json& j) {
-  if (s.norm != NormKind::LayerNorm || s.mlp != MlpKind::Plain || !s.fused_qkv || !s.qkv_per_head)
+  if (s.norm != NormKind::LayerNorm || s.mlp != MlpKind::Plain || !s.fused_qkv)
     fail("config.json", "not a gpt_neox block");
+  if (!s.qkv_per_head)
+    fail("config.json", "this gpt_neox model came from a GGUF, whose query_key_value is reordered; merging it to a "
+                        "Hugging Face directory is not supported yet (merge it to GGUF)");
   if (s.qkv_bias != s.o_bias || !s.mlp_bias) fail("config.json", "gpt_neox has biases on all attention Linears or none, and always on the MLP");
   j["hidden_act"] = activation_name(s.act);
   j["layer_norm_eps"] = s.norm_eps;
@@ -88,9 +92,21 @@ void neox_write(const ModelSpec& s, ordered_json& j) {
   j["rotary_emb_base"] = s.rope_theta;
 }
 
+// llama.cpp's gptneox GGUF: its converter reorders query_key_value from per head (q k v of
+// head 0, of head 1, ...) to all q, then all k, then all v.
+void neox_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.norm = NormKind::LayerNorm;
+  s.mlp = MlpKind::Plain;
+  s.act = Activation::Gelu;
+  s.fused_qkv = true;
+  s.qkv_per_head = false;
+  s.parallel_residual = hp.parallel_residual;
+  s.qkv_bias = s.o_bias = s.mlp_bias = true;
+}
+
 }  // namespace
 
-const ModelFamily kGptNeoX{"gpt_neox", "GPTNeoXForCausalLM", "", 0, 2048, 10000.0f, false, false, neox_read,
-                           neox_write, nullptr, {}, true, kNeoXRenames, true};
+const ModelFamily kGptNeoX{"gpt_neox", "GPTNeoXForCausalLM", "gptneox", 0, 2048, 10000.0f, false, false, neox_read,
+                           neox_write, neox_gguf, {}, true, kNeoXRenames, true};
 
 }  // namespace qlora::families

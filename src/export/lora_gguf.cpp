@@ -26,9 +26,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
   const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
 
-  if (spec.qkv_per_head)
-    fail(out_path, "a LoRA GGUF for a per-head fused query_key_value (" + spec.family +
-                       ") is not supported yet: llama.cpp wants its rows reordered");
+  if (spec.qkv_per_head && arch != "gptneox")
+    fail(out_path, "a LoRA GGUF for a per-head fused query_key_value (" + spec.family + ") is not supported yet");
   GgufWriter w;
   w.set_string("general.architecture", arch);
   w.set_string("general.type", "adapter");
@@ -48,7 +47,15 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     if (permute_qk && L.module_path.ends_with("self_attn.k_proj")) heads = spec.n_kv_heads;
     const LoraLayer* lp = &L;
     w.add_tensor(*gname + ".lora_a", type, {L.r, L.in}, [lp, type] { return encode_float_tensor(lp->A, type); });
-    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads] {
+    // gptneox: B's rows follow the weight's, which llama.cpp holds reordered (all q, k, v).
+    const int64_t qkv_heads = spec.qkv_per_head && canonical.ends_with("self_attn.qkv_proj") ? spec.n_heads : 0;
+    const int64_t head_dim = spec.head_dim;
+    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads, qkv_heads, head_dim] {
+      if (qkv_heads > 0) {
+        std::vector<float> p(lp->B.size());
+        qkv_per_head_to_contiguous(lp->B, p, qkv_heads, head_dim, lp->r);
+        return encode_float_tensor(p, type);
+      }
       if (heads == 0) return encode_float_tensor(lp->B, type);
       std::vector<float> p(lp->B.size());
       permute_rope_rows(lp->B, p, lp->out, lp->r, heads);  // B's rows are the weight's rows

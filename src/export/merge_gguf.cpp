@@ -99,9 +99,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (!fam || fam->export_arch().empty())
     fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
   const std::string arch(fam->export_arch());
-  if (s.qkv_per_head)
-    fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family +
-                       " from a Hugging Face checkpoint) is not supported yet: llama.cpp wants it reordered");
+  if (s.qkv_per_head && arch != "gptneox")
+    fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
       s.n_layers != (arch == "gemma2" ? 46 : 62))
@@ -150,6 +149,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);
+  if (arch == "gptneox") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));
   if (arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel: 0 means no window (Phi-4)
     w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -223,11 +223,20 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (permute_qk && t.name.ends_with("self_attn.k_proj.weight")) permute_heads = s.n_kv_heads;
     if (permute_qk && t.name.ends_with("self_attn.q_proj.bias")) permute_heads = s.n_heads;
     if (permute_qk && t.name.ends_with("self_attn.k_proj.bias")) permute_heads = s.n_kv_heads;
+    // gptneox: the per-head query_key_value as llama.cpp's converter reorders it (all q, k, v).
+    const int64_t qkv_heads = s.qkv_per_head && t.name.find("self_attn.qkv_proj.") != std::string::npos ? s.n_heads : 0;
+    const int64_t head_dim = s.head_dim;
     const std::string hf = t.name;
     const std::vector<int64_t> shape = t.shape;
     const bool plus_one = norm_plus_one && hf.ends_with("norm.weight");
-    w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname, plus_one] {
+    w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname, plus_one,
+                                         qkv_heads, head_dim] {
       std::vector<float> v = merged_tensor_values(model, hf, adapters);
+      if (qkv_heads > 0) {
+        std::vector<float> p(v.size());
+        qkv_per_head_to_contiguous(v, p, qkv_heads, head_dim, shape.size() > 1 ? shape[1] : 1);
+        v.swap(p);
+      }
       if (plus_one)
         for (float& x : v) x += 1.0f;
       if (permute_heads > 0) {

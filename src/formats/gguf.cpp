@@ -831,6 +831,19 @@ inline int64_t hf_row_of_gguf_row(int64_t r, int64_t d) {
 
 }  // namespace
 
+void qkv_per_head_to_contiguous(std::span<const float> in, std::span<float> out, int64_t heads, int64_t head_dim,
+                                int64_t cols) {
+  if (heads <= 0 || head_dim <= 0 || cols <= 0 || in.size() != static_cast<size_t>(3 * heads * head_dim * cols) ||
+      out.size() != in.size())
+    fail("query_key_value reorder", "buffer sizes do not match 3 x " + std::to_string(heads) + " heads x " +
+                                        std::to_string(head_dim));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t p = 0; p < 3; ++p)
+      for (int64_t i = 0; i < head_dim; ++i)
+        std::memcpy(out.data() + ((p * heads + h) * head_dim + i) * cols, in.data() + ((h * 3 + p) * head_dim + i) * cols,
+                    static_cast<size_t>(cols) * 4);
+}
+
 void unpermute_rope_rows(std::span<const float> in, std::span<float> out, int64_t rows, int64_t cols, int64_t n_head) {
   check_rope_perm(in, out, rows, cols, n_head);
   const int64_t d = rows / n_head;

@@ -234,6 +234,12 @@ bool gguf_architecture_supported(std::string_view arch);
 // architecture when it is not one of gguf_supported_architectures() (formats/model_family.h).
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
 
+// llama.cpp's gptneox / bloom converters reorder a per-head fused query_key_value's rows
+// (head h's q, k, v, then head h+1's ...) into all q rows, then all k, then all v: in
+// (rows = 3 * heads * head_dim, cols) -> out, same shape. cols 1 for a bias.
+void qkv_per_head_to_contiguous(std::span<const float> in, std::span<float> out, int64_t heads, int64_t head_dim,
+                                int64_t cols);
+
 // llama.cpp's convert_hf_to_gguf.py permutes the rows of q_proj/k_proj (weights and
 // biases) of llama-architecture models, turning Hugging Face's rotate-half RoPE layout
 // (pairs (i, i + d/2) within a head of d rows) into ggml's adjacent-pair layout (pairs

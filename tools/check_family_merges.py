@@ -58,7 +58,7 @@ def main():
             # llama.cpp's gptneox GGUF holds query_key_value reordered, and qlora refuses an adapter
             # on that Linear of such a GGUF: export the adapter and the merge from the Hugging Face
             # checkpoint instead (qlora reorders them for llama.cpp as its converter does).
-            src = FIX / f if json.loads((FIX / f / "config.json").read_text())["model_type"] == "gpt_neox" else gg
+            src = FIX / f if json.loads((FIX / f / "config.json").read_text())["model_type"] in ("gpt_neox", "bloom") else gg
             from llama_cpp import Llama
             import numpy as np
             ref = json.loads((FIX / f / "reference.json").read_text())

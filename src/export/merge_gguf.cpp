@@ -99,7 +99,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (!fam || fam->export_arch().empty())
     fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
   const std::string arch(fam->export_arch());
-  if (s.qkv_per_head && arch != "gptneox")
+  if (s.qkv_per_head && arch != "gptneox" && arch != "bloom")
     fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&

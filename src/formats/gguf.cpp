@@ -666,7 +666,8 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   }
   if (stem == "position_embd") return "model.embed_positions" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gpt2" || arch == "gptneox"))
+  if (stem == "token_embd_norm") return "model.embed_norm" + std::string(suffix);
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom"))
     for (const auto& p : kGpt2Names)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "phi3")
@@ -687,7 +688,8 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
     for (const auto& p : kGemma2Norms)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (stem == "model.embed_positions") return "position_embd" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gpt2" || arch == "gptneox"))
+  if (stem == "model.embed_norm") return "token_embd_norm" + std::string(suffix);
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom"))
     for (const auto& p : kGpt2Names)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "phi3")

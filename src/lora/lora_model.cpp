@@ -48,9 +48,10 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       if (path.empty() || !cfg_.targets(path)) continue;
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
       // rows follow the Hugging Face per-head order: refuse rather than mix the two.
-      if (w == 0 && model.spec().family == "gpt_neox" && model.spec().fused_qkv && !model.spec().qkv_per_head)
-        fail("LoRA config", "LoRA on query_key_value of a gpt_neox GGUF is not supported yet (llama.cpp reorders its "
-                            "rows); load the Hugging Face checkpoint, or target the other modules");
+      const std::string& fam = model.spec().family;
+      if (w == 0 && (fam == "gpt_neox" || fam == "bloom") && model.spec().fused_qkv && !model.spec().qkv_per_head)
+        fail("LoRA config", "LoRA on query_key_value of a " + fam + " GGUF is not supported yet (llama.cpp reorders "
+                            "its rows); load the Hugging Face checkpoint, or target the other modules");
       const QuantLinear& q = block_linear(L, static_cast<BlockLinear>(w));
       LoraLayer layer(path, q.in_features(), q.out_features(), cfg_);
       layer.init(derive_seed(cfg_.seed, layers_.size()));

@@ -390,7 +390,7 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
-                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox"),
+                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -4,6 +4,7 @@
 // Its config.json may spell the shared keys its own way (n_embed, n_layer, n_head).
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -51,18 +52,33 @@ void bloom_read(const json& j, const std::string& where, ModelSpec& s) {
 }
 
 void bloom_write(const ModelSpec& s, ordered_json& j) {
-  if (s.positional != PositionalKind::Alibi || !s.embed_norm || s.norm != NormKind::LayerNorm ||
-      s.mlp != MlpKind::Plain || !s.qkv_per_head)
+  if (s.positional != PositionalKind::Alibi || !s.embed_norm || s.norm != NormKind::LayerNorm || s.mlp != MlpKind::Plain)
     fail("config.json", "not a bloom block");
+  if (!s.qkv_per_head)
+    fail("config.json", "this bloom model came from a GGUF, whose query_key_value is reordered; merging it to a "
+                        "Hugging Face directory is not supported yet (merge it to GGUF)");
   j["n_layer"] = s.n_layers;
   j["n_head"] = s.n_heads;
   j["layer_norm_epsilon"] = s.norm_eps;
   j["apply_residual_connection_post_layernorm"] = false;
 }
 
+// llama.cpp's bloom GGUF: its converter reorders query_key_value as gptneox's does (all q,
+// all k, all v).
+void bloom_gguf(const GgufLlamaHParams&, ModelSpec& s) {
+  s.positional = PositionalKind::Alibi;
+  s.embed_norm = true;
+  s.norm = NormKind::LayerNorm;
+  s.mlp = MlpKind::Plain;
+  s.act = Activation::GeluTanh;
+  s.fused_qkv = true;
+  s.qkv_per_head = false;
+  s.qkv_bias = s.o_bias = s.mlp_bias = true;
+}
+
 }  // namespace
 
-const ModelFamily kBloom{"bloom",     "BloomForCausalLM", "", 0,     2048, 10000.0f, true, false, bloom_read,
-                         bloom_write, nullptr,            {}, false, kBloomRenames, true, bloom_normalize, false};
+const ModelFamily kBloom{"bloom",     "BloomForCausalLM", "bloom", 0,     2048, 10000.0f, true, false, bloom_read,
+                         bloom_write, bloom_gguf,         {},      false, kBloomRenames, true, bloom_normalize, false};
 
 }  // namespace qlora::families

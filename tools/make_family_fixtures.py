@@ -134,8 +134,8 @@ FAMILIES = {
     # per-head fused query_key_value, tanh GELU, biases, tied head.
     "bloom": ("BloomConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size",
                                          "max_position_embeddings", "num_hidden_layers", "num_attention_heads"),
-                                  hidden_size=96, n_layer=2, n_head=6, layer_norm_epsilon=1e-5, hidden_dropout=0.0,
-                                  attention_dropout=0.0, initializer_range=0.3, tie_word_embeddings=True)),
+                                  hidden_size=48, n_layer=2, n_head=6, layer_norm_epsilon=1e-5, hidden_dropout=0.0,
+                                  attention_dropout=0.0, initializer_range=0.4, tie_word_embeddings=True)),
     # Falcon's three fused q/k/v layouts and block forms: the new architecture (grouped per
     # kv head, two norms, parallel), falcon-7b's (multi-query, one shared norm, parallel),
     # and multi-head per-head q/k/v with the sequential block and biases.
@@ -213,14 +213,7 @@ def write_gguf_bloom(model, path: Path):
     w.add_head_count_kv(n_head)
     w.add_layer_norm_eps(c.layer_norm_epsilon)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    V = c.vocab_size
-    w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)])
-    w.add_token_scores([0.0] * V)
-    w.add_token_types([2, 3, 3] + [6] * (V - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    _add_test_vocab(w, c.vocab_size)
     names = {"input_layernorm": "attn_norm", "self_attention.query_key_value": "attn_qkv",
              "self_attention.dense": "attn_output", "post_attention_layernorm": "ffn_norm",
              "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
@@ -240,18 +233,10 @@ def write_gguf_bloom(model, path: Path):
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
             if mod == "self_attention.query_key_value":
-                if suffix == "weight":
-                    q = t.reshape(n_head, 3, n_embd // n_head, n_embd)
-                    t = torch.cat([q[:, i].reshape(-1, n_embd) for i in range(3)], dim=0)
-                else:
-                    q = t.reshape(n_head, 3, n_embd // n_head)
-                    t = torch.cat([q[:, i].reshape(n_embd) for i in range(3)], dim=0)
+                t = _qkv_per_head_to_contiguous(t, n_head)
             out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
 
 
 def write_gguf_neox(model, path: Path):
@@ -271,15 +256,8 @@ def write_gguf_neox(model, path: Path):
     w.add_parallel_residual(c.use_parallel_residual)
     w.add_layer_norm_eps(c.layer_norm_eps)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    V = c.vocab_size
-    w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)])
-    w.add_token_scores([0.0] * V)
-    w.add_token_types([2, 3, 3] + [6] * (V - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
-    n_head, n_embd = c.num_attention_heads, c.hidden_size
+    _add_test_vocab(w, c.vocab_size)
+    n_head = c.num_attention_heads
     names = {"input_layernorm": "attn_norm", "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
              "post_attention_layernorm": "ffn_norm", "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
     glob = {"gpt_neox.embed_in.weight": "token_embd.weight", "gpt_neox.final_layer_norm.weight": "output_norm.weight",
@@ -293,18 +271,35 @@ def write_gguf_neox(model, path: Path):
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
             if mod == "attention.query_key_value":
-                if suffix == "weight":
-                    q = t.reshape(n_head, 3, n_embd // n_head, n_embd)
-                    t = torch.cat([q[:, i].reshape(-1, n_embd) for i in range(3)], dim=0)
-                else:
-                    q = t.reshape(n_head, 3, n_embd // n_head)
-                    t = torch.cat([q[:, i].reshape(n_embd) for i in range(3)], dim=0)
+                t = _qkv_per_head_to_contiguous(t, n_head)
             out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    _finish(w)
+
+
+def _add_test_vocab(w, V: int):
+    """The fixtures' stand-in vocabulary: <unk> <s> </s> and byte tokens, no BOS added."""
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)])
+    w.add_token_scores([0.0] * V)
+    w.add_token_types([2, 3, 3] + [6] * (V - 3))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+
+
+def _finish(w):
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _qkv_per_head_to_contiguous(t, n_head: int):
+    """A per-head fused query_key_value (weight or bias) as llama.cpp's gptneox/bloom
+    converters lay it out: all q rows, then all k, then all v."""
+    q = t.reshape(n_head, 3, t.shape[0] // (3 * n_head), *t.shape[1:])
+    return torch.cat([q[:, i].reshape(-1, *t.shape[1:]) for i in range(3)], dim=0)
 
 
 def write_gguf_gpt2(model, path: Path):
@@ -320,14 +315,7 @@ def write_gguf_gpt2(model, path: Path):
     w.add_head_count(c.n_head)
     w.add_layer_norm_eps(c.layer_norm_epsilon)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    V = c.vocab_size
-    w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)])
-    w.add_token_scores([0.0] * V)
-    w.add_token_types([2, 3, 3] + [6] * (V - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    _add_test_vocab(w, c.vocab_size)
     names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
              "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
     for name, t in model.state_dict().items():
@@ -345,10 +333,7 @@ def write_gguf_gpt2(model, path: Path):
                 t = t.t()
             out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
 
 
 def write_gguf(model, arch: str, path: Path):
@@ -415,15 +400,7 @@ def write_gguf(model, arch: str, path: Path):
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
         w.add_sliding_window(c.sliding_window)
-    V = c.vocab_size
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(V - 3)]
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * V)
-    w.add_token_types([2, 3, 3] + [6] * (V - 3))
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    _add_test_vocab(w, c.vocab_size)
 
     def permute(t, n_head):  # llama.cpp convert_hf_to_gguf's LlamaModel.permute
         return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
@@ -463,10 +440,7 @@ def write_gguf(model, arch: str, path: Path):
         if arch in ("gemma", "gemma2", "gemma3") and name.endswith("norm.weight"):
             t = t + 1.0  # llama.cpp's GemmaModel stores 1 + w (convert_hf_to_gguf.py)
         w.add_tensor(out, np.ascontiguousarray(t))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
 
 
 def llama_cpp_logits(path: Path, prompt):

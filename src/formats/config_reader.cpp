@@ -58,6 +58,10 @@ std::vector<int> get_ids(const json& j, const char* key, const std::string& wher
   return ids;
 }
 
+void alias_key(json& j, const char* shared, const char* own) {
+  if (!j.contains(shared) && j.contains(own)) j[shared] = j[own];
+}
+
 // max_position_embeddings before the spec has it (yarn's default factor needs it).
 int64_t max_positions_hint(const json& j) {
   const json* v = find_key(j, "max_position_embeddings");

@@ -28,6 +28,9 @@ bool get_bool(const json& j, const char* key, const std::string& where, bool dfl
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where);
 // max_position_embeddings before the spec has it (yarn's default factor needs it), 0 if absent.
 int64_t max_positions_hint(const json& j);
+// j[shared] = j[own] when j has `own` and not `shared`: a family's own spelling of a shared
+// key (gpt2's n_embd for hidden_size), for ModelFamily::normalize_config.
+void alias_key(json& j, const char* shared, const char* own);
 // The rope type of a rope_parameters / rope_scaling object ("rope_type", or the older
 // "type") and its parameters, as transformers' rope init functions read them; `key` names
 // the object in errors. Unsupported types are an Error.

@@ -70,7 +70,8 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Attention: {
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
         int64_t t0 = 0, p0 = 0;
-        for (int64_t n : r.segments.empty() ? std::vector<int64_t>{T} : r.segments) {
+        const std::span<const int64_t> segs = r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments;
+        for (int64_t n : segs) {
           attention_backward(g(o.in0) + t0 * QD, g(o.in1) + t0 * KVD, g(o.in2) + t0 * KVD, datt, dy + t0 * QD,
                              buf(o.in0) + t0 * QD, buf(o.in1) + t0 * KVD, buf(o.in2) + t0 * KVD, buf(o.aux) + p0, n, n, 0,
                              s.n_heads, s.n_kv_heads, s.head_dim, r.key_start ? r.key_start + t0 : nullptr,

@@ -62,7 +62,8 @@ void block_forward(const BlockRun& r) {
         }
         // Each sequence of the batch attends to itself only.
         int64_t t0 = 0, p0 = 0;
-        for (int64_t n : r.segments.empty() ? std::vector<int64_t>{T} : r.segments) {
+        const std::span<const int64_t> segs = r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments;
+        for (int64_t n : segs) {
           attention_forward(out + t0 * QD, probs ? probs + p0 : nullptr, in0 + t0 * QD, k + t0 * KVD, v + t0 * KVD, n,
                             n, 0, s.n_heads, s.n_kv_heads, s.head_dim, r.key_start ? r.key_start + t0 : nullptr,
                             s.attn_scale, s.attn_softcap, p.alibi());

@@ -4,6 +4,7 @@
 // hand-written backwards (model/ops_backward.h, lora/lora.h). The caller owns every
 // buffer; nothing here allocates except the dequantized weight tile of a Linear backward.
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "base/dtype.h"
@@ -26,7 +27,7 @@ struct BlockRun {
   int64_t layer = 0;
   int64_t T = 0;
   // Training: the lengths of the batch's sequences (summing to T); empty = one sequence.
-  std::vector<int64_t> segments;
+  std::span<const int64_t> segments;
   // Storage of each buffer (program->buffers() order), T tokens each (probabilities:
   // NH * T * Tk, or for a batch NH * T_i * T_i per sequence, one after the other).
   // Training-only buffers may be null at inference.

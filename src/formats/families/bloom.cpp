@@ -26,12 +26,9 @@ constexpr HfRename kBloomRenames[] = {
 };
 
 void bloom_normalize(json& j) {
-  auto alias = [&](const char* shared, const char* own) {
-    if (!j.contains(shared) && j.contains(own)) j[shared] = j[own];
-  };
-  alias("hidden_size", "n_embed");
-  alias("num_hidden_layers", "n_layer");
-  alias("num_attention_heads", "n_head");
+  config::alias_key(j, "hidden_size", "n_embed");
+  config::alias_key(j, "num_hidden_layers", "n_layer");
+  config::alias_key(j, "num_attention_heads", "n_head");
   if (!j.contains("intermediate_size") && j.contains("hidden_size") && j["hidden_size"].is_number_integer())
     j["intermediate_size"] = 4 * j["hidden_size"].get<int64_t>();  // BloomMLP: 4 x hidden
 }

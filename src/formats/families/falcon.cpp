@@ -45,11 +45,8 @@ std::span<const HfRename> falcon_renames(const ModelSpec& s) {
 }
 
 void falcon_normalize(json& j) {
-  auto alias = [&](const char* shared, const char* own) {
-    if (!j.contains(shared) && j.contains(own)) j[shared] = j[own];
-  };
-  alias("num_hidden_layers", "n_layer");
-  alias("num_attention_heads", "n_head");
+  config::alias_key(j, "num_hidden_layers", "n_layer");
+  config::alias_key(j, "num_attention_heads", "n_head");
   if (!j.contains("intermediate_size")) {
     if (j.contains("ffn_hidden_size") && !j["ffn_hidden_size"].is_null())
       j["intermediate_size"] = j["ffn_hidden_size"];

@@ -31,13 +31,10 @@ constexpr HfRename kGpt2Renames[] = {
 };
 
 void gpt2_normalize(json& j) {
-  auto alias = [&](const char* shared, const char* own) {
-    if (!j.contains(shared) && j.contains(own)) j[shared] = j[own];
-  };
-  alias("hidden_size", "n_embd");
-  alias("num_hidden_layers", "n_layer");
-  alias("num_attention_heads", "n_head");
-  alias("max_position_embeddings", "n_positions");
+  config::alias_key(j, "hidden_size", "n_embd");
+  config::alias_key(j, "num_hidden_layers", "n_layer");
+  config::alias_key(j, "num_attention_heads", "n_head");
+  config::alias_key(j, "max_position_embeddings", "n_positions");
   // n_inner: the MLP width, null meaning 4 x n_embd.
   if (!j.contains("intermediate_size")) {
     if (j.contains("n_inner") && !j["n_inner"].is_null())

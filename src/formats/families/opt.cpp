@@ -27,7 +27,7 @@ constexpr HfRename kOptRenames[] = {
 };
 
 void opt_normalize(json& j) {
-  if (!j.contains("intermediate_size") && j.contains("ffn_dim")) j["intermediate_size"] = j["ffn_dim"];
+  config::alias_key(j, "intermediate_size", "ffn_dim");
 }
 
 void opt_read(const json& j, const std::string& where, ModelSpec& s) {

@@ -20,6 +20,10 @@ bytes. Writes tests/fixtures/families/<family>/:
                                    float32 base
   initial_adapter/                 PEFT save_pretrained: r 4, alpha 8, all-linear, B filled
                                    with seeded N(0, 0.05^2) so A gets gradients too
+  bnb4/, bnb8/                     (BNB_FAMILIES) the model as transformers + bitsandbytes save
+                                   it pre-quantized: NF4 with double quantization, and
+                                   LLM.int8; logits.safetensors gains "bnb4_logits" and
+                                   "bnb8_logits", what those quantized models compute
   grads.safetensors                d loss / d (A, B) of that adapter on the batch, float32,
                                    keyed by PEFT's names
   model.gguf                       (llama, qwen2, qwen3, gemma) the same weights as llama.cpp's
@@ -443,6 +447,42 @@ def write_gguf(model, arch: str, path: Path):
     _finish(w)
 
 
+# The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
+# block form of the announcement's families.
+BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq")
+
+
+def write_bnb_checkpoints(out: Path, prompt):
+    """transformers loads the float32 directory with bitsandbytes (4-bit NF4 with double
+    quantization and float32 compute; LLM.int8) on CPU and saves it with save_pretrained, as
+    a user's pre-quantized checkpoint is made; returns the prompt logits of each quantized
+    model (the 8-bit one in eval mode: threshold 6 with outlier columns)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    cfgs = {"bnb4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=torch.float32),
+            "bnb8": BitsAndBytesConfig(load_in_8bit=True)}
+    logits = {}
+    # transformers 5.23 leaves Falcon's FalconLinear (an nn.Linear subclass) dense under
+    # bitsandbytes — it warns "no linear modules were found" (naming eetq) and saves float32
+    # weights beside a quantization_config — where 4.x, which wrote the Falcon checkpoints on
+    # the hub, quantized them. Built as plain nn.Linear (the same product), the model is
+    # quantized and saved as those checkpoints are.
+    import transformers.models.falcon.modeling_falcon as modeling_falcon
+    falcon_linear = modeling_falcon.FalconLinear
+    modeling_falcon.FalconLinear = torch.nn.Linear
+    try:
+        for name, qc in cfgs.items():
+            m = AutoModelForCausalLM.from_pretrained(out, quantization_config=qc, device_map="cpu", dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
+            with torch.no_grad():
+                logits[f"{name}_logits"] = m(prompt).logits[0].float().contiguous()
+            m.save_pretrained(out / name, safe_serialization=True)
+            (out / name / "generation_config.json").unlink(missing_ok=True)
+    finally:
+        modeling_falcon.FalconLinear = falcon_linear
+    return logits
+
+
 def llama_cpp_logits(path: Path, prompt):
     import numpy as np
     from llama_cpp import Llama
@@ -510,8 +550,10 @@ def build(family: str):
             key = name.replace(".default", "")
             grads[key] = p.grad.detach().contiguous().clone()
     save_file(grads, str(out / "grads.safetensors"))
-    save_file({"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits},
-              str(out / "logits.safetensors"))
+    all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
+    if family in BNB_FAMILIES:
+        all_logits.update(write_bnb_checkpoints(out, prompt))
+    save_file(all_logits, str(out / "logits.safetensors"))
     ref = {
         "family": family,
         "model_type": model.config.model_type,

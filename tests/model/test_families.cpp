@@ -153,6 +153,65 @@ TEST_P(Families, PeftAdapterGivesPeftLogits) {
   m->set_adapter(nullptr);
 }
 
+// A checkpoint transformers + bitsandbytes saved pre-quantized (NF4 with double quantization;
+// LLM.int8) loads as it is stored and computes what transformers computes with it. For
+// Conv1D families (gpt2) bitsandbytes quantized the transposed (out, in) weight, so the
+// stored weight is not transposed again.
+class FamiliesBnb : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FamiliesBnb, FourBitCheckpointGivesBitsandbytesLogits) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()) + "/bnb4");
+  const Model m = Model::load(files.spec, *files.tensors, ModelLoadOptions{});
+  const auto lins = m.spec().block_linears();
+  for (int64_t l = 0; l < m.spec().n_layers; ++l) {
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      if (!lins[w].module) continue;  // fused into another Linear
+      const QuantLinear& q = m.block_linear(l, w);
+      ASSERT_NE(q.q4(), nullptr) << GetParam() << " layer " << l << " " << lins[w].module << " was not kept 4-bit";
+      EXPECT_TRUE(q.q4()->state.nested) << GetParam() << " layer " << l;
+    }
+  }
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb4_logits")), GetParam() + " bnb4");
+}
+
+TEST_P(FamiliesBnb, EightBitCheckpointGivesBitsandbytesLogits) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()) + "/bnb8");
+  const Model m = Model::load(files.spec, *files.tensors, ModelLoadOptions{});
+  const auto lins = m.spec().block_linears();
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      if (!lins[w].module) continue;
+      ASSERT_TRUE(m.block_linear(l, w).is_int8()) << GetParam() << " layer " << l << " " << lins[w].module;
+    }
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb8_logits")), GetParam() + " bnb8");
+}
+
+// Merging a pre-quantized checkpoint writes its dequantized weights in the family's own
+// layout (gpt2's Conv1D transposed back to (in, out)): the export computes what the 4-bit
+// model did.
+TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()) + "/bnb4");
+  const Model m = Model::load(files.spec, *files.tensors, ModelLoadOptions{});
+  TempDir tmp("merge_bnb4_" + GetParam());
+  HfExportOptions eo;
+  eo.dtype = DType::F32;
+  eo.log = false;
+  write_merged_hf_dir(m, files, {}, tmp.path("hf"), eo, false);
+  const Model back = load_path(tmp.path("hf"));
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(back, prompt), x.logits->to_float(x.logits->at("bnb4_logits")), GetParam() + " bnb4 merged");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
+                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "bloom",
+                                           "falcon", "falcon_mq"),
+                         [](const auto& info) { return std::string(info.param); });
+
 // fan_in_fan_out is what PEFT writes for Conv1D (gpt2) targets, where it changes nothing
 // but the merge; on a model whose Linears are (out, in) it means the adapter belongs to
 // another model, and attaching it says so. Our own adapters say what PEFT would.

@@ -8,6 +8,11 @@ back with our own loader.
 
     .refenv/bin/python tools/check_family_merges.py [--qlora build/qlora] [FAMILY ...]
 
+Our own adapters too: build/test_families (Families.OurAdapterSavesUnderPeftNames) saves an
+adapter with non-zero B for each fixture under QLORA_PEFT_EXPORT_DIR with the logits it
+computes; PeftModel.from_pretrained must load each on the fixture model and give those
+logits within float32 rounding.
+
 For the fixtures with a model.gguf it also runs llama.cpp (llama-cpp-python, float32 KV
 cache) on that GGUF with our `qlora export-adapter` LoRA GGUF (--lora) and on our merged
 GGUF: PeftModel's logits within 1e-3 (1.5e-3 of the largest logit for the gemma families:
@@ -33,6 +38,7 @@ FIX = ROOT / "tests" / "fixtures" / "families"
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--qlora", default=str(ROOT / "build" / "qlora"))
+    ap.add_argument("--test-families", default=str(ROOT / "build" / "test_families"))
     ap.add_argument("families", nargs="*")
     a = ap.parse_args()
     fams = a.families or sorted(p.name for p in FIX.iterdir() if (p / "reference.json").exists())
@@ -50,6 +56,22 @@ def main():
             rel = float((got - want).abs().max() / want.abs().max())
             worst = max(worst, rel)
             print(json.dumps({"family": f, "max_abs_dlogit_rel_to_max_logit": rel}))
+        # Our adapters, loaded by PEFT.
+        import os
+        from peft import PeftModel
+        exp = Path(tmp) / "ours"
+        subprocess.run([a.test_families, "--gtest_filter=*OurAdapterSavesUnderPeftNames*"], check=True,
+                       env={**os.environ, "QLORA_PEFT_EXPORT_DIR": str(exp)}, stdout=subprocess.DEVNULL)
+        for f in fams:
+            base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation="eager")
+            pm = PeftModel.from_pretrained(base, str(exp / f)).eval()
+            ref = json.loads((FIX / f / "reference.json").read_text())
+            want = load_file(str(exp / f / "ours_logits.safetensors"))["logits"]
+            with torch.no_grad():
+                got = pm(torch.tensor([ref["prompt"]])).logits[0]
+            rel = float((got - want).abs().max() / want.abs().max())
+            worst = max(worst, rel)
+            print(json.dumps({"family": f, "our_adapter_in_peft_max_abs_dlogit_rel_to_max_logit": rel}))
         worst_cpp = 0.0
         for f in fams:
             gg = FIX / f / "model.gguf"
@@ -93,7 +115,7 @@ def main():
                 worst_cpp = max(worst_cpp, rel / limit)
                 print(json.dumps({"family": f, "llama_cpp": what, "max_abs_dlogit_rel_to_max_logit": rel}))
     if worst > 1e-5:
-        sys.exit(f"a merge disagrees with PeftModel (worst {worst:.2e})")
+        sys.exit(f"a merge or one of our adapters disagrees with PeftModel (worst {worst:.2e})")
     if worst_cpp > 1:
         sys.exit("llama.cpp disagrees with PeftModel on one of our GGUFs")
 

@@ -134,6 +134,13 @@ FAMILIES = {
                               ffn_dim=96, word_embed_proj_dim=64, do_layer_norm_before=True, dropout=0.0,
                               attention_dropout=0.0, activation_dropout=0.0, init_std=0.2,
                               tie_word_embeddings=True)),
+    # opt-350m's layout: post-norm blocks (no final norm) and embeddings narrower than the
+    # blocks, taken there and back by project_in / project_out (which all-linear adapts).
+    "opt_350m": ("OPTConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size",
+                                          "initializer_range"),
+                                   ffn_dim=96, word_embed_proj_dim=32, do_layer_norm_before=False, dropout=0.0,
+                                   attention_dropout=0.0, activation_dropout=0.0, init_std=0.15,
+                                   tie_word_embeddings=True)),
     # BLOOM: ALiBi (6 heads: the slopes' non-power-of-two branch), the embedding LayerNorm,
     # per-head fused query_key_value, tanh GELU, biases, tied head.
     "bloom": ("BloomConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size",
@@ -181,7 +188,9 @@ def nf4_roundtrip(model):
     with torch.no_grad():
         from transformers.pytorch_utils import Conv1D
         for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name):
+            # (bitsandbytes quantizes every Linear but the head: OPT's project_in/out too)
+            if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name or
+                                                     name.endswith(("project_in", "project_out"))):
                 q, st = F.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, quant_type="nf4")
                 mod.weight.copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32))
             elif isinstance(mod, Conv1D) and ".h." in name:
@@ -449,7 +458,8 @@ def write_gguf(model, arch: str, path: Path):
 
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
-BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq")
+BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
+                "falcon_mq")
 
 
 def write_bnb_checkpoints(out: Path, prompt):

@@ -111,6 +111,9 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
   if (name == "model.embed_norm.weight") return model.embed_norm();
   if (name == "model.embed_norm.bias") return model.embed_norm_bias();
   if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
+  for (int w = 0; w < kModelLinearCount; ++w)
+    if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty() && name == n + ".weight")
+      return merged_model_linear_weight(model, static_cast<ModelLinear>(w), adapters);
   constexpr std::string_view prefix = "model.layers.";
   if (name.rfind(prefix, 0) == 0) {
     const size_t dot = name.find('.', prefix.size());
@@ -140,15 +143,17 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
   fail(name, "not a tensor of this model");
 }
 
-std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,
-                                        const std::vector<WeightedAdapter>& adapters) {
-  const QuantLinear& q = model.block_linear(layer, which);
+namespace {
+
+// W (out, in) of q dequantized, plus each adapter's weighted ΔW for the Linear `find` picks.
+template <class Find>
+std::vector<float> merged_weight(const QuantLinear& q, const std::vector<WeightedAdapter>& adapters, Find find) {
   const int64_t out = q.out_features(), in = q.in_features();
   std::vector<float> w(static_cast<size_t>(out * in));
   q.dequantize_rows(0, out, w.data());
   for (const WeightedAdapter& wa : adapters) {
     if (!wa.adapter) continue;
-    const LoraLayer* L = wa.adapter->find(layer, static_cast<BlockLinear>(which));
+    const LoraLayer* L = find(*wa.adapter);
     if (!L) continue;
     check(L->in == in && L->out == out, L->module_path, "the adapter's shape differs from the model's Linear");
     // ΔW = weight · scaling · B A, B (out, r), A (r, in); B·A accumulated in float32 over r
@@ -171,6 +176,19 @@ std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int w
     }
   }
   return w;
+}
+
+}  // namespace
+
+std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,
+                                        const std::vector<WeightedAdapter>& adapters) {
+  return merged_weight(model.block_linear(layer, which), adapters,
+                       [&](const LoraModel& a) { return a.find(layer, static_cast<BlockLinear>(which)); });
+}
+
+std::vector<float> merged_model_linear_weight(const Model& model, ModelLinear which,
+                                              const std::vector<WeightedAdapter>& adapters) {
+  return merged_weight(model.model_linear(which), adapters, [&](const LoraModel& a) { return a.find(which); });
 }
 
 std::string hf_config_json(const ModelSpec& s, DType dtype) {

@@ -42,6 +42,10 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
 // (out, in) row-major, in float32.
 std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,
                                         const std::vector<WeightedAdapter>& adapters);
+// The same for a Linear outside the blocks (project_in / project_out). REQUIRES the model
+// has it.
+std::vector<float> merged_model_linear_weight(const Model& model, ModelLinear which,
+                                              const std::vector<WeightedAdapter>& adapters);
 
 // Writes `out_dir` (created; refused when it already holds config.json or weights, unless
 // `overwrite`): config.json (the architecture, from the model's spec), model.safetensors or

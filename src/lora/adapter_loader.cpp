@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "base/error.h"
+#include "formats/model_family.h"
 #include "lora/peft_adapter.h"
 
 namespace qlora {
@@ -16,19 +17,23 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   check(fs::is_directory(dir), dir, "--adapter: not a directory");
   const PeftAdapter a = load_peft_adapter(dir);
 
-  // module path -> (layer, which) for every Linear the model has.
+  // module path -> the Linear, for every Linear the model has: the blocks', then those
+  // outside them (project_in / project_out).
   const int64_t NL = model.spec().n_layers;
-  std::map<std::string, std::pair<int64_t, int>> linears;
+  std::map<std::string, const QuantLinear*> linears;
   for (int64_t l = 0; l < NL; ++l)
     for (int w = 0; w < kBlockLinears; ++w)
       if (std::string p = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w)); !p.empty())
-        linears[p] = {l, w};
+        linears[p] = &model.block_linear(l, w);
+  for (int w = 0; w < kModelLinearCount; ++w)
+    if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty())
+      linears[canonical_to_hf(model.spec(), n)] = &model.model_linear(static_cast<ModelLinear>(w));
   for (const auto& [path, m] : a.modules) {
     auto it = linears.find(path);
     check(it != linears.end(), wpath,
                  "key '" + peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
                      std::to_string(NL) + " layers; LoRA is supported on the block's Linear projections)");
-    const QuantLinear& q = model.block_linear(it->second.first, it->second.second);
+    const QuantLinear& q = *it->second;
     check(m.in == q.in_features(), wpath,
                  "key '" + peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +
                      std::to_string(m.in) + ") but the model's '" + path + "' has in_features " +

@@ -59,6 +59,19 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       layers_.push_back(std::move(layer));
     }
   }
+  // The Linears outside the blocks: PEFT's all-linear adapts them too (only the output head
+  // is left out).
+  for (int w = 0; w < kModelLinearCount; ++w) {
+    const std::string name = model_linear_name(model.spec(), static_cast<ModelLinear>(w));
+    if (name.empty()) continue;
+    const std::string path = canonical_to_hf(model.spec(), name);
+    if (!cfg_.targets(path)) continue;
+    const QuantLinear& q = model.model_linear(static_cast<ModelLinear>(w));
+    LoraLayer layer(path, q.in_features(), q.out_features(), cfg_);
+    layer.init(derive_seed(cfg_.seed, layers_.size()));
+    model_index_[static_cast<size_t>(w)] = static_cast<int>(layers_.size());
+    layers_.push_back(std::move(layer));
+  }
   if (layers_.empty()) fail("LoRA config", "target modules match no Linear layer of the model");
 }
 
@@ -68,6 +81,15 @@ LoraLayer* LoraModel::find(int64_t l, BlockLinear which) {
 }
 const LoraLayer* LoraModel::find(int64_t l, BlockLinear which) const {
   const int i = index_[static_cast<size_t>(l)][static_cast<size_t>(which)];
+  return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
+}
+
+LoraLayer* LoraModel::find(ModelLinear which) {
+  const int i = model_index_[static_cast<size_t>(which)];
+  return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
+}
+const LoraLayer* LoraModel::find(ModelLinear which) const {
+  const int i = model_index_[static_cast<size_t>(which)];
   return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)];
 }
 

@@ -1,6 +1,6 @@
 #pragma once
 // The LoRA adapters of a Model: one LoraLayer per adapted block Linear, found by (layer,
-// Linear). Used by training (train/train_model.h), by adapters loaded for inference
+// Linear), then those of the Linears outside the blocks (OPT's project_in / project_out). Used by training (train/train_model.h), by adapters loaded for inference
 // (lora/adapter_loader.h) and by the merge; it lives here, beside LoraLayer, so that
 // inference and export need nothing from train/.
 #include <array>
@@ -38,6 +38,9 @@ class LoraModel {
   // The adapter of block `l`'s Linear `which`, or null when it has none.
   LoraLayer* find(int64_t l, BlockLinear which);
   const LoraLayer* find(int64_t l, BlockLinear which) const;
+  // The adapter of a Linear outside the blocks (project_in / project_out), or null.
+  LoraLayer* find(ModelLinear which);
+  const LoraLayer* find(ModelLinear which) const;
   void zero_grad();
   int64_t num_trainable() const;
 
@@ -46,6 +49,7 @@ class LoraModel {
   LoraConfig cfg_;
   std::vector<LoraLayer> layers_;
   std::vector<std::array<int, kBlockLinears>> index_;  // per block: index into layers_ or -1
+  std::array<int, kModelLinearCount> model_index_{-1, -1};
 };
 
 }  // namespace qlora

@@ -81,9 +81,33 @@ struct LoraShape {
   int modules_per_block = 0;
 };
 
+// The Linears outside the blocks (OPT's project_in / project_out: (hidden, E), (E, hidden)),
+// each once; those PEFT's names in `o` adapt when `lora` is set.
+std::vector<LinearShape> model_linears(const ModelSpec& s, const MemoryOptions* lora = nullptr) {
+  std::vector<LinearShape> v;
+  if (!s.projects_embeddings()) return v;
+  const int64_t C = s.hidden, E = s.embed_width();
+  for (int w = 0; w < kModelLinearCount; ++w) {
+    const std::string name = model_linear_name(s, static_cast<ModelLinear>(w));
+    if (lora && !lora->all_linear) {
+      const std::string path = canonical_to_hf(s, name);
+      bool hit = false;
+      for (const std::string& t : lora->target_modules) hit = hit || lora_module_matches(path, t);
+      if (!hit) continue;
+    }
+    v.push_back(w == 0 ? LinearShape{"project_in", C, E, false} : LinearShape{"project_out", E, C, false});
+  }
+  return v;
+}
+
 LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   LoraShape l;
   const uint64_t r = u(o.lora_r);
+  for (const LinearShape& li : model_linears(s, &o)) {
+    const uint64_t a = r * u(li.in), b = u(li.out) * r;
+    l.params += a + b;
+    l.optim_state += optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b);
+  }
   for (const LinearShape& li : block_linears(s)) {
     if (!lora_targets(s, o, li.module)) continue;
     ++l.modules_per_block;
@@ -100,9 +124,11 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
 WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t dense_bytes, uint64_t norm_bytes) {
   WeightBytes w;
   const uint64_t L = u(s.n_layers);
-  const bool bias[7] = {s.qkv_bias, s.qkv_bias, s.qkv_bias, s.o_bias, s.mlp_bias, s.mlp_bias, s.mlp_bias};
-  int i = 0;
-  for (const LinearShape& li : block_linears(s)) {
+  std::vector<std::pair<LinearShape, uint64_t>> linears;  // (shape, how many)
+  for (const LinearShape& li : block_linears(s)) linears.emplace_back(li, L);
+  for (const LinearShape& li : model_linears(s)) linears.emplace_back(li, 1);
+  for (const auto& [li, count] : linears) {
+    const uint64_t L = count;  // (shadows the layer count: this Linear's copies)
     const uint64_t n = u(li.out) * u(li.in);
     w.largest_linear = std::max(w.largest_linear, n);
     switch (o.weights) {
@@ -117,12 +143,12 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
         break;
       case WeightFormat::Dense: w.dense_linear += L * n * dense_bytes; break;
     }
-    if (bias[i++]) w.bias += L * u(li.out) * norm_bytes;
+    if (li.bias) w.bias += L * u(li.out) * norm_bytes;
   }
-  const uint64_t vc = u(s.vocab) * u(s.hidden);
+  const uint64_t vc = u(s.vocab) * u(s.embed_width());
   w.embed = vc * dense_bytes;
   w.head = s.tied_embeddings ? 0 : vc * dense_bytes;
-  w.norms = (2 * L + 1) * u(s.hidden) * norm_bytes;
+  w.norms = (2 * L + (s.final_norm ? 1 : 0)) * u(s.hidden) * norm_bytes;
   return w;
 }
 
@@ -142,7 +168,7 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
                                   " + fp32 per 256 blocks"
                             : "fp32 absmax per block of " + std::to_string(o.blocksize)));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
-  add(p, "embeddings (" + dense_name + ")", w.embed, "vocab x hidden");
+  add(p, "embeddings (" + dense_name + ")", w.embed, "vocab x embedding width");
   add(p, "lm_head (" + dense_name + ")", w.head, "untied output head");
   add(p, "norms and biases", w.norms + w.bias, "");
 }
@@ -223,7 +249,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       load_required = std::max(load_required, held + final_bytes + transient);
       held += final_bytes;
     };
-    const uint64_t vc = V * C;
+    const uint64_t vc = V * u(s.embed_width());
     // DenseWeight takes a float32 vector without a copy for fp32, converts (both alive) otherwise.
     step(vc, w.embed, db == 4 ? 0 : vc * 4);
     const uint64_t per_layer_weights =

@@ -12,10 +12,6 @@
 
 namespace qlora {
 
-namespace {
-
-// dx (T, in) += dy (T, out) · W, through the frozen weight a tile of rows at a time, and
-// the LoRA path (whose A/B gradients accumulate).
 void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, LoraLayer* lora,
                      const LoraCache* cache, const float* dy, const float* x, int64_t T) {
   const int64_t in = W.in_features(), out = W.out_features();
@@ -28,8 +24,6 @@ void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, 
   }
   if (lora) lora_backward(dx, *lora, dy, x, *cache, T);
 }
-
-}  // namespace
 
 void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                    const float* stats, int64_t rows, int64_t C) {

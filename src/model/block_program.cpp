@@ -17,6 +17,52 @@ int BlockProgram::buffer(std::string name, int64_t width, bool training_only, bo
   return static_cast<int>(buffers_.size()) - 1;
 }
 
+// OPT's post-norm block (do_layer_norm_before false: opt-350m): the branches read the
+// stream itself and the norms follow the residual adds,
+//   x_mid = norm_in(x_in + o_proj(attention(q, k, v of x_in)))
+//   x_out = norm_post(x_mid + down(act(up(x_mid)))).
+// (separate q/k/v, a plain MLP, no rotary: the only post-norm family there is)
+template <class Norm, class Linear, class Residual>
+void BlockProgram::build_post_norm(BlockProgram& p, Norm norm, Linear linear, Residual residual) {
+  const ModelSpec& s = p.spec_;
+  if (s.fused_qkv || s.mlp != MlpKind::Plain || s.positional == PositionalKind::Rotary)
+    fail("BlockProgram", "post-norm blocks are built for separate q/k/v, a plain MLP and no rotary (OPT)");
+  const int64_t C = s.hidden, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
+  const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;
+  const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
+  linear(q, p.input_, 0);
+  linear(k, p.input_, 1);
+  linear(v, p.input_, 2);
+  const int att = p.buffer("attention", QD);
+  BlockOp a{BlockOpKind::Attention};
+  a.out = att;
+  a.in0 = q;
+  a.in1 = k;
+  a.in2 = v;
+  a.aux = p.buffer("probabilities", 0, true, true);
+  a.round = true;
+  p.op(a);
+  const int attn_out = p.buffer("o_proj", C);
+  linear(attn_out, att, 3);
+  const int sum1 = p.buffer("x_attn_sum", C);
+  residual(sum1, p.input_, attn_out);
+  const int xmid = p.buffer("x_mid", C);
+  norm(xmid, sum1, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
+  const int up = p.buffer("up", F), act = p.buffer("act", F);
+  linear(up, xmid, 5);
+  BlockOp o{BlockOpKind::Act};
+  o.out = act;
+  o.in0 = up;
+  o.round = true;
+  p.op(o);
+  const int mlp_out = p.buffer("down_proj", C);
+  linear(mlp_out, act, 6);
+  const int sum2 = p.buffer("x_mlp_sum", C);
+  residual(sum2, xmid, mlp_out);
+  p.output_ = p.buffer("x_out", C);
+  norm(p.output_, sum2, NormRole::PostAttention, 1, C, p.buffer("rstd_mlp", stat, true));
+}
+
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
@@ -70,6 +116,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   };
 
   p.input_ = p.buffer("x_in", C);
+  if (s.post_norm) {
+    build_post_norm(p, norm, linear, residual);
+    p.finish();
+    return p;
+  }
   // --- attention: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) of norm(x_in)
   const int h1 = p.buffer("h_attn", C);
   norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));

@@ -101,6 +101,9 @@ class BlockProgram {
   int buffer(std::string name, int64_t width, bool training_only = false, bool probs = false);
   void op(BlockOp o) { ops_.push_back(o); }
   void finish();
+  // The post-norm block (spec.post_norm), from for_spec's op builders.
+  template <class Norm, class Linear, class Residual>
+  static void build_post_norm(BlockProgram& p, Norm norm, Linear linear, Residual residual);
 
   ModelSpec spec_;
   std::vector<float> alibi_;

@@ -53,6 +53,12 @@ struct BlockRun {
 void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
                   const float* bias, int64_t rows, int64_t C, ComputeDType dtype);
 // Its backward w.r.t. the input (accumulating into din), weights frozen.
+// dx (T, in) += dy (T, out) · W, through the frozen weight a tile of rows at a time
+// (dequantized into `tile`), and the LoRA path when `lora` is set (its A/B gradients
+// accumulate; cache from its forward).
+void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, LoraLayer* lora,
+                     const LoraCache* cache, const float* dy, const float* x, int64_t T);
+
 void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                    const float* stats, int64_t rows, int64_t C);
 

@@ -103,8 +103,13 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
   };
 
   {
-    m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
+    m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.embed_width(), opt.compute_dtype);
     progress("model.embed_tokens.weight");
+    if (spec.projects_embeddings()) {
+      const std::string n = model_linear_name(spec, ModelLinear::ProjectIn) + ".weight";
+      m.model_linears_[0] = load_linear(src, n, opt);
+      progress(n);
+    }
     if (spec.embed_norm) {
       m.embed_norm_ = load_vector(src, "model.embed_norm.weight", opt.compute_dtype);
       m.embed_norm_bias_ = load_vector(src, "model.embed_norm.bias", opt.compute_dtype);
@@ -162,14 +167,21 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     }
     for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
   }
-  m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
-  progress("model.norm.weight");
-  if (spec.norm == NormKind::LayerNorm) {
-    m.final_norm_bias_ = load_vector(src, "model.norm.bias", opt.compute_dtype);
-    progress("model.norm.bias");
+  if (spec.final_norm) {
+    m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
+    progress("model.norm.weight");
+    if (spec.norm == NormKind::LayerNorm) {
+      m.final_norm_bias_ = load_vector(src, "model.norm.bias", opt.compute_dtype);
+      progress("model.norm.bias");
+    }
+  }
+  if (spec.projects_embeddings()) {
+    const std::string n = model_linear_name(spec, ModelLinear::ProjectOut) + ".weight";
+    m.model_linears_[1] = load_linear(src, n, opt);
+    progress(n);
   }
   if (!spec.tied_embeddings) {
-    m.lm_head_ = DenseWeight(src.get("lm_head.weight"), spec.vocab, spec.hidden, opt.compute_dtype);
+    m.lm_head_ = DenseWeight(src.get("lm_head.weight"), spec.vocab, spec.embed_width(), opt.compute_dtype);
     progress("lm_head.weight");
   }
   return m;
@@ -184,6 +196,7 @@ size_t Model::weight_bytes() const {
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
   }
+  for (const QuantLinear& q : model_linears_) b += q.bytes();
   return b;
 }
 
@@ -225,6 +238,51 @@ const std::vector<float>& LayerWeights::norm_bias(NormRole role) const {
 
 const QuantLinear& Model::block_linear(int64_t layer, int which) const {
   return layers_.at(static_cast<size_t>(layer)).linear(which);
+}
+
+std::string model_linear_name(const ModelSpec& spec, ModelLinear which) {
+  if (!spec.projects_embeddings()) return std::string();
+  return which == ModelLinear::ProjectIn ? "model.project_in" : "model.project_out";
+}
+
+namespace {
+
+// y (T, out) = W x (+ the adapter's LoRA), rounded to the compute dtype: a block Linear op's
+// arithmetic, for the Linears outside the blocks.
+void model_linear_forward(float* y, const float* x, int64_t T, const Model& model, ModelLinear which,
+                          const LoraModel* adapter, LoraCache* cache, bool training, LoraRng* rng) {
+  const QuantLinear& W = model.model_linear(which);
+  W.forward(y, x, T);
+  if (adapter)
+    if (const LoraLayer* lo = adapter->find(which)) lora_forward(y, cache, *lo, x, T, training, rng);
+  round_activations(y, T * W.out_features(), model.compute_dtype());
+}
+
+}  // namespace
+
+void embed_forward(float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
+                   const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (model.spec().projects_embeddings()) {
+    embedding_forward(emb, tokens.data(), T, model.embed_tokens());
+    model_linear_forward(x, emb, T, model, ModelLinear::ProjectIn, adapter, lora_cache, training, rng);
+  } else {
+    embedding_forward(x, tokens.data(), T, model.embed_tokens());
+  }
+  embed_extras(x, scratch, pos, T, model);
+}
+
+const float* head_input_forward(float* e, float* h, float* stats, const float* x, int64_t n, const Model& model,
+                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng) {
+  const ModelSpec& s = model.spec();
+  if (s.final_norm)
+    norm_forward(s, h, stats, x, model.final_norm().data(), model.final_norm_bias().data(), n, s.hidden,
+                 model.compute_dtype());
+  else
+    std::copy_n(x, n * s.hidden, h);
+  if (!s.projects_embeddings()) return h;
+  model_linear_forward(e, h, n, model, ModelLinear::ProjectOut, adapter, lora_cache, training, rng);
+  return e;
 }
 
 void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
@@ -273,6 +331,15 @@ void Model::set_adapter(const LoraModel* a) {
               where, "A/B do not hold (r, in) / (out, r) values");
       }
     }
+    for (int w = 0; w < kModelLinearCount; ++w) {
+      const LoraLayer* lo = a->find(static_cast<ModelLinear>(w));
+      if (!lo) continue;
+      check(spec_.projects_embeddings(), "LoRA adapter module '" + lo->module_path + "'", "the model has no such Linear");
+      const QuantLinear& q = model_linear(static_cast<ModelLinear>(w));
+      check(lo->in == q.in_features() && lo->out == q.out_features() &&
+                lo->A.size() == static_cast<size_t>(lo->r * lo->in) && lo->B.size() == static_cast<size_t>(lo->out * lo->r),
+            "LoRA adapter module '" + lo->module_path + "'", "does not fit the model's Linear");
+    }
   }
   adapter_ = a;
 }
@@ -289,6 +356,7 @@ void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   const auto n = [T](int64_t per_token) { return static_cast<size_t>(T * per_token); };
   x_.resize(n(s.hidden));
   h_.resize(n(s.hidden));
+  if (s.projects_embeddings()) emb_.resize(n(s.embed_width()));
   const std::vector<int64_t>& widths = p.inference_slots().slot_width;
   slots_.resize(widths.size());
   for (size_t i = 0; i < widths.size(); ++i) slots_[i].resize(n(widths[i]));
@@ -350,9 +418,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   float* x = st.x_.data();  // (T, C) residual stream
   float* h = st.h_.data();  // (T, C) final norm output
 
-  embedding_forward(x, tokens.data(), T, model.embed_tokens());
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
-  embed_extras(x, h, st.pos_.data(), T, model);
+  embed_forward(x, st.emb_.data(), h, tokens, st.pos_.data(), model, model.adapter(), nullptr, false, nullptr);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   if (s.rope_local)
     rope_tables(st.cos_local_.data(), st.sin_local_.data(), st.pos_.data(), T, HS, s.rope_theta_local,
@@ -394,8 +461,9 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   if (!logits) return;
   const int64_t first = all_logits ? 0 : T - 1;
   const int64_t n = T - first;
-  norm_forward(s, h, nullptr, x + first * C, model.final_norm().data(), model.final_norm_bias().data(), n, C, dt);
-  model.lm_head().matmul(logits, h, n);
+  const float* e =
+      head_input_forward(st.emb_.data(), h, nullptr, x + first * C, n, model, model.adapter(), nullptr, false, nullptr);
+  model.lm_head().matmul(logits, e, n);
   round_activations(logits, n * s.vocab, dt);
   if (s.final_softcap > 0.0f) softcap_forward(logits, n * s.vocab, s.final_softcap, dt);
 }

@@ -49,6 +49,16 @@ struct LayerWeights {
 };
 
 class LoraModel;  // lora/lora_model.h
+struct LoraCache;  // lora/lora.h
+class LoraRng;
+
+// The Linears outside the blocks: OPT's project_in (embeddings to the blocks' width) and
+// project_out (back to the embeddings' width, before the head). Present when
+// spec.projects_embeddings(); quantized on load like the block Linears (bitsandbytes does).
+enum class ModelLinear : int { ProjectIn = 0, ProjectOut = 1 };
+inline constexpr int kModelLinearCount = 2;
+// "model.project_in" / "model.project_out" (canonical names), or "" when the spec has none.
+std::string model_linear_name(const ModelSpec& spec, ModelLinear which);
 
 struct ModelLoadOptions {
   QuantOptions quant;
@@ -88,6 +98,8 @@ class Model {
   size_t weight_bytes() const;
   // The block Linear `which` (0..6: q, k, v, o, gate, up, down) of layer l.
   const QuantLinear& block_linear(int64_t layer, int which) const;
+  // project_in / project_out. REQUIRES spec().projects_embeddings().
+  const QuantLinear& model_linear(ModelLinear which) const { return model_linears_[static_cast<size_t>(which)]; }
 
   // Attaches (or with nullptr detaches) a LoRA adapter (lora/lora_model.h) that every later
   // forward() applies unmerged, as PEFT's LoraModel in eval mode (no dropout): right after
@@ -111,6 +123,7 @@ class Model {
   DenseWeight embed_, lm_head_, embed_pos_;
   std::vector<float> final_norm_, final_norm_bias_, embed_norm_, embed_norm_bias_;
   std::vector<LayerWeights> layers_;
+  std::array<QuantLinear, kModelLinearCount> model_linears_;
   std::shared_ptr<const BlockProgram> block_;
   const LoraModel* adapter_ = nullptr;
   std::shared_ptr<const DeviceRunner> runner_;
@@ -119,6 +132,21 @@ class Model {
 // What every forward does between the token embeddings x (T, C) of positions pos and the
 // first block: gemma's scale, learned positions, bloom's embedding LayerNorm. scratch (T, C).
 void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
+
+// x (T, C) = the first block's input for `tokens` at positions pos: the embedding rows,
+// through project_in (+ its adapter) when the model has one, then embed_extras. emb
+// (T, embed_width) receives the embedding rows when the model projects them (project_in's
+// input: training keeps it for the adapter's gradient), else is unused; scratch (T, C).
+// lora_cache, training and rng as lora_forward's (null/false at inference).
+void embed_forward(float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
+                   const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng);
+
+// What the head reads, e (n, embed_width), from the last block's output x (n, C): the final
+// norm (when the model has one; stats (n, 2) kept for its backward when not null) into h
+// (n, C), then project_out (+ its adapter) into e when the model has one (else e == h is
+// allowed and h is the result). Returns the pointer the head should read (h or e).
+const float* head_input_forward(float* e, float* h, float* stats, const float* x, int64_t n, const Model& model,
+                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng);
 
 // x (T, C) += the learned position embeddings of positions pos (T), rounded to the model's
 // compute dtype (gpt2: inputs_embeds + position_embeds); scratch (T, C). Throws Error when a
@@ -144,7 +172,7 @@ class InferenceState {
   int64_t scratch_T_ = 0;
   // Scratch, (T, ...) each: the residual stream, the block's buffers (sharing slots where
   // their lives do not overlap: BlockProgram::inference_slots) and the rotary tables.
-  std::vector<float> x_, h_, cos_, sin_;
+  std::vector<float> x_, h_, emb_, cos_, sin_;  // emb_: (T, embed_width), models that project embeddings
   std::vector<std::vector<float>> slots_;
   std::vector<float> cos_local_, sin_local_;  // rope_local models: the sliding layers' tables
   std::vector<int32_t> pos_;

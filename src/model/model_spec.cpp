@@ -52,6 +52,11 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "grouped fused q/k/v needs a fused qkv Linear; one norm per block needs the parallel residual");
   if (qkv_per_head && (!fused_qkv || n_kv_heads != n_heads))
     fail(where, "per-head fused q/k/v needs a fused qkv Linear and as many key/value heads as query heads");
+  if (embed_dim < 0 || embed_dim > kMax) fail(where, "implausible embedding width " + std::to_string(embed_dim));
+  if (post_norm && (parallel_residual || sandwich_norms || shared_branch_norm || qk_norm))
+    fail(where, "post-norm blocks with a parallel residual, sandwich, shared or q/k norms are not a known variant");
+  if (projects_embeddings() && (embed_scale || embed_norm))
+    fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
   if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
   if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));
   if (!sliding_layers.empty() && static_cast<int64_t>(sliding_layers.size()) != n_layers)
@@ -98,7 +103,9 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (lin[i].module && lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
   };
   const bool ln = norm == NormKind::LayerNorm;  // (each norm has a bias)
-  t.push_back({"model.embed_tokens.weight", {vocab, hidden}});
+  const int64_t E = embed_width();
+  t.push_back({"model.embed_tokens.weight", {vocab, E}});
+  if (projects_embeddings()) t.push_back({"model.project_in.weight", {hidden, E}});
   if (positional == PositionalKind::Learned)
     t.push_back({"model.embed_positions.weight", {max_positions + position_offset, hidden}});
   if (embed_norm) {
@@ -124,9 +131,12 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     }
     linears(l, 4, 7);  // gate, up, down
   }
-  t.push_back({"model.norm.weight", {hidden}});
-  if (ln) t.push_back({"model.norm.bias", {hidden}});
-  if (!tied_embeddings) t.push_back({"lm_head.weight", {vocab, hidden}});
+  if (final_norm) {
+    t.push_back({"model.norm.weight", {hidden}});
+    if (ln) t.push_back({"model.norm.bias", {hidden}});
+  }
+  if (projects_embeddings()) t.push_back({"model.project_out.weight", {E, hidden}});
+  if (!tied_embeddings) t.push_back({"lm_head.weight", {vocab, E}});
   return t;
 }
 

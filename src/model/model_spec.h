@@ -137,6 +137,19 @@ struct ModelSpec {
   // Learned positions: position p reads row p + position_offset of the table (OPT: 2), which
   // has max_positions + position_offset rows.
   int64_t position_offset = 0;
+  // The token embeddings' width when it differs from hidden (0: hidden): the embeddings
+  // and the tied head are (vocab, embed_dim), model.project_in (hidden, embed_dim) takes
+  // them to the blocks and model.project_out (embed_dim, hidden) back to the head (OPT's
+  // word_embed_proj_dim: opt-350m).
+  int64_t embed_dim = 0;
+  int64_t embed_width() const { return embed_dim > 0 ? embed_dim : hidden; }
+  bool projects_embeddings() const { return embed_dim > 0 && embed_dim != hidden; }
+  // Post-norm blocks: x = norm1(x + attn(x)); x = norm2(x + mlp(x)) (OPT's
+  // do_layer_norm_before false: opt-350m). The branches read the stream itself.
+  bool post_norm = false;
+  // The blocks' output goes through model.norm before the head (false: straight to it;
+  // post-norm OPT).
+  bool final_norm = true;
   // A LayerNorm (with bias) on the token embeddings, model.embed_norm (bloom's
   // word_embeddings_layernorm).
   bool embed_norm = false;

@@ -37,6 +37,10 @@ struct TrainWorkspace::Impl {
   std::vector<int32_t> key_start;        // (T) first key of each query's example; empty = causal
   std::vector<int32_t> key_start_win;    // (T) the same, narrowed by the sliding window; empty = none
   std::vector<float> hf, rstdf, logits;  // (T, C), (T), (M, V)
+  // Models that project their embeddings (OPT's project_in / project_out): the embedding
+  // rows (project_in's input) and project_out's output, (T, E) each, and the adapters' caches.
+  std::vector<float> emb, he, dhe;
+  LoraCache lc_in, lc_out;
   std::vector<float> dlogits;            // (M, V) final_softcap models (logits keep the capped values)
   // The output head runs only on the M positions that have a target: with prompt masking
   // most positions of an instruction example have none, and the (vocab x hidden) head is
@@ -220,18 +224,19 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
                 s.rope_scaling_local);
   }
   w.rng_at_block.clear();
-  embedding_forward(w.xs.data(), w.tokens.data(), T, m.embed_tokens());
   w.hf.resize(static_cast<size_t>(T * C));
-  embed_extras(w.xs.data(), w.hf.data(), w.pos.data(), T, m);
+  const int64_t E = s.embed_width();
+  if (s.projects_embeddings()) w.emb.resize(static_cast<size_t>(T * E));
+  embed_forward(w.xs.data(), w.emb.data(), w.hf.data(), w.tokens, w.pos.data(), m, &lm, &w.lc_in, training, rng);
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
     block_forward(w.xs.data() + (l + 1) * T * C, w, b, lm, l, w.xs.data() + l * T * C, T, training, rng);
   }
-  w.hf.resize(static_cast<size_t>(T * C));
   w.rstdf.resize(static_cast<size_t>(2 * T));  // (rstd, or LayerNorm's mean and rstd)
-  norm_forward(s, w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
-               m.final_norm_bias().data(), T, C, m.compute_dtype());
+  if (s.projects_embeddings()) w.he.resize(static_cast<size_t>(T * E));
+  const float* head_in = head_input_forward(w.he.data(), w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, T, m,
+                                            &lm, &w.lc_out, training, rng);
   w.sel.clear();
   w.sel_targets.clear();
   for (int64_t t = 0; t < T; ++t)
@@ -240,10 +245,10 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
       w.sel_targets.push_back(w.targets[static_cast<size_t>(t)]);
     }
   const int64_t M = static_cast<int64_t>(w.sel.size());
-  const float* hin = w.hf.data();
+  const float* hin = head_in;
   if (M < T) {
-    w.hsel.resize(static_cast<size_t>(M * C));
-    for (int64_t i = 0; i < M; ++i) std::copy_n(w.hf.data() + w.sel[static_cast<size_t>(i)] * C, C, w.hsel.data() + i * C);
+    w.hsel.resize(static_cast<size_t>(M * E));
+    for (int64_t i = 0; i < M; ++i) std::copy_n(head_in + w.sel[static_cast<size_t>(i)] * E, E, w.hsel.data() + i * E);
     hin = w.hsel.data();
   }
   w.logits.resize(static_cast<size_t>(M * V));
@@ -302,7 +307,7 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   }
   TrainWorkspace::Impl& w = *ws.impl_;
   model_forward(w, lm, batch, !opt.checkpointing, training, frng, /*backward=*/true);
-  const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers;
+  const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers, E = s.embed_width();
   const int64_t M = static_cast<int64_t>(w.sel.size());
   if (M == 0) return 0.f;  // nothing to learn from: no gradient
 
@@ -321,26 +326,37 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   if (opt.grad_scale != 1.f)
     for (int64_t i = 0; i < M * V; ++i) dlogits[i] *= opt.grad_scale;
 
-  // lm_head (frozen, dense): dh (M, C) = dlogits · W, a tile of vocabulary rows at a time;
+  // lm_head (frozen, dense): dh (M, E) = dlogits · W, a tile of vocabulary rows at a time;
   // then scattered back to the T positions (the others get no gradient from the head).
-  w.dhsel.assign(static_cast<size_t>(M * C), 0.f);
+  w.dhsel.assign(static_cast<size_t>(M * E), 0.f);
   const DenseWeight& head = m.lm_head();
   if (head.dtype() == ComputeDType::F32) {
-    matmul_backward_input(w.dhsel.data(), dlogits, head.f32_data(), M, C, V);
+    matmul_backward_input(w.dhsel.data(), dlogits, head.f32_data(), M, E, V);
   } else {
-    const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / C, 16, V);
-    if (static_cast<int64_t>(w.tile.size()) < rows * C) w.tile.resize(static_cast<size_t>(rows * C));
+    const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / E, 16, V);
+    if (static_cast<int64_t>(w.tile.size()) < rows * E) w.tile.resize(static_cast<size_t>(rows * E));
     for (int64_t v0 = 0; v0 < V; v0 += rows) {
       const int64_t v1 = std::min(V, v0 + rows);
       head.rows_to_f32(v0, v1, w.tile.data());
-      matmul_backward_input(w.dhsel.data(), dlogits + v0, w.tile.data(), M, C, v1 - v0, V);
+      matmul_backward_input(w.dhsel.data(), dlogits + v0, w.tile.data(), M, E, v1 - v0, V);
     }
   }
-  w.dhf.assign(static_cast<size_t>(T * C), 0.f);
+  // project_out (models that project their embeddings): its input gradient, and its adapter's.
+  std::vector<float>& dhead = s.projects_embeddings() ? w.dhe : w.dhf;
+  dhead.assign(static_cast<size_t>(T * E), 0.f);
   for (int64_t i = 0; i < M; ++i)
-    std::copy_n(w.dhsel.data() + i * C, C, w.dhf.data() + w.sel[static_cast<size_t>(i)] * C);
+    std::copy_n(w.dhsel.data() + i * E, E, dhead.data() + w.sel[static_cast<size_t>(i)] * E);
+  if (s.projects_embeddings()) {
+    w.dhf.assign(static_cast<size_t>(T * C), 0.f);
+    LoraLayer* lo = lm.find(ModelLinear::ProjectOut);
+    linear_backward(w.dhf.data(), w.tile, m.model_linear(ModelLinear::ProjectOut), lo, &w.lc_out, w.dhe.data(),
+                    w.hf.data(), T);
+  }
   w.dx.assign(static_cast<size_t>(T * C), 0.f);
-  norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), w.rstdf.data(), T, C);
+  if (s.final_norm)
+    norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), w.rstdf.data(), T, C);
+  else
+    std::copy_n(w.dhf.data(), T * C, w.dx.data());
 
   // blocks, last to first
   std::vector<float> recompute_out;
@@ -357,6 +373,9 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
     }
     block_backward(w.dx.data(), w, *b, lm, l, w.dx.data(), xin, T);
   }
+  // project_in's adapter: the first block's input gradient is its output's (positions are
+  // added after it and take no gradient); nothing below it learns.
+  if (LoraLayer* lo = lm.find(ModelLinear::ProjectIn)) lora_backward(nullptr, *lo, w.dx.data(), w.emb.data(), w.lc_in, T);
   return loss;
 }
 

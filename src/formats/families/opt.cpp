@@ -1,8 +1,9 @@
-// OPT (model_type "opt": facebook/opt-125m, 1.3b, 2.7b, 6.7b, ...): learned positions read
-// at an offset of 2, LayerNorm with biases before each branch, separate q/k/v/out_proj and
-// fc1/fc2 Linears with biases, ReLU, a final LayerNorm and a tied head. Not yet: opt-350m's
-// post-norm blocks (do_layer_norm_before false) and its project_in / project_out
-// (word_embed_proj_dim != hidden_size), which are refused with that reason.
+// OPT (model_type "opt": facebook/opt-125m, 350m, 1.3b, 2.7b, 6.7b, ...): learned positions
+// read at an offset of 2, LayerNorm with biases, separate q/k/v/out_proj and fc1/fc2 Linears
+// with biases, ReLU, a tied head. Two block forms: pre-norm with a final LayerNorm (most),
+// and opt-350m's post-norm blocks (do_layer_norm_before false, no final norm) with its
+// 512-wide embeddings taken to the 1024-wide blocks and back by project_in / project_out
+// (word_embed_proj_dim != hidden_size).
 #include "base/error.h"
 #include "formats/config_reader.h"
 #include "formats/model_family.h"
@@ -18,6 +19,8 @@ constexpr HfRename kOptRenames[] = {
     {"model.decoder.embed_tokens.", "model.embed_tokens."},
     {"model.decoder.embed_positions.", "model.embed_positions."},
     {"model.decoder.final_layer_norm.", "model.norm."},
+    {"model.decoder.project_in.", "model.project_in."},
+    {"model.decoder.project_out.", "model.project_out."},
     {"model.decoder.layers.", "model.layers."},
     {".self_attn_layer_norm.", ".input_layernorm."},
     {".final_layer_norm.", ".post_attention_layernorm."},
@@ -48,15 +51,16 @@ void opt_read(const json& j, const std::string& where, ModelSpec& s) {
   else
     fail(where, "activation_function " + (a ? config::shown(*a) : std::string("?")) +
                     " is not supported for opt (relu, gelu, gelu_new)");
-  if (!config::get_bool(j, "do_layer_norm_before", where, true))
-    fail(where, "do_layer_norm_before false (post-norm blocks, opt-350m) is not supported yet");
-  if (const json* p = config::find_key(j, "word_embed_proj_dim"); p && p->is_number_integer() && p->get<int64_t>() != s.hidden)
-    fail(where, "word_embed_proj_dim " + config::shown(*p) +
-                    " differs from hidden_size (project_in / project_out, opt-350m) and is not supported yet");
+  // opt-350m: post-norm blocks, and then no final norm (transformers' OPTDecoder).
+  s.post_norm = !config::get_bool(j, "do_layer_norm_before", where, true);
+  s.final_norm = !s.post_norm && !config::get_bool(j, "_remove_final_layer_norm", where, false);
+  if (const json* p = config::find_key(j, "word_embed_proj_dim"); p && !p->is_null()) {
+    if (!p->is_number_integer() || p->get<int64_t>() <= 0)
+      fail(where, "word_embed_proj_dim " + config::shown(*p) + " is not a positive integer");
+    if (p->get<int64_t>() != s.hidden) s.embed_dim = p->get<int64_t>();
+  }
   if (!config::get_bool(j, "layer_norm_elementwise_affine", where, true))
     fail(where, "layer_norm_elementwise_affine false (norms without weights) is not supported");
-  if (config::get_bool(j, "_remove_final_layer_norm", where, false))
-    fail(where, "_remove_final_layer_norm (no final norm) is not supported");
 }
 
 void opt_write(const ModelSpec& s, ordered_json& j) {
@@ -66,8 +70,9 @@ void opt_write(const ModelSpec& s, ordered_json& j) {
   if (!(s.qkv_bias && s.o_bias && s.mlp_bias) && (s.qkv_bias || s.o_bias || s.mlp_bias))
     fail("config.json", "opt has biases on every Linear or on none");
   j["ffn_dim"] = s.ffn;
-  j["word_embed_proj_dim"] = s.hidden;
-  j["do_layer_norm_before"] = true;
+  j["word_embed_proj_dim"] = s.embed_width();
+  j["do_layer_norm_before"] = !s.post_norm;
+  if (!s.post_norm && !s.final_norm) j["_remove_final_layer_norm"] = true;
   j["enable_bias"] = s.qkv_bias;
   j["activation_function"] = s.act == Activation::Relu ? "relu" : s.act == Activation::Gelu ? "gelu" : "gelu_new";
 }

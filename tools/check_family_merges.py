@@ -35,6 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "families"
 
 
+def attn(family: str) -> str:
+    """transformers 5.23's eager Falcon attention adds the ALiBi bias twice; SDPA (its
+    default) adds it once, as the original falcon-rw code does (make_family_fixtures.py)."""
+    cfg = json.loads((FIX / family / "config.json").read_text())
+    return "sdpa" if cfg.get("alibi") else "eager"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--qlora", default=str(ROOT / "build" / "qlora"))
@@ -48,7 +55,7 @@ def main():
             out = Path(tmp) / f
             subprocess.run([a.qlora, "merge", "--model", str(FIX / f), "--adapter", str(FIX / f / "initial_adapter"),
                             "--quant", "none", "--dtype", "fp32", "--out", str(out), "-q"], check=True)
-            m = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation="eager")
+            m = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation=attn(f))
             ref = json.loads((FIX / f / "reference.json").read_text())
             want = load_file(str(FIX / f / "logits.safetensors"))["peft_logits"]
             with torch.no_grad():
@@ -63,7 +70,7 @@ def main():
         subprocess.run([a.test_families, "--gtest_filter=*OurAdapterSavesUnderPeftNames*"], check=True,
                        env={**os.environ, "QLORA_PEFT_EXPORT_DIR": str(exp)}, stdout=subprocess.DEVNULL)
         for f in fams:
-            base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation="eager")
+            base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation=attn(f))
             pm = PeftModel.from_pretrained(base, str(exp / f)).eval()
             ref = json.loads((FIX / f / "reference.json").read_text())
             want = load_file(str(exp / f / "ours_logits.safetensors"))["logits"]

@@ -155,6 +155,16 @@ FAMILIES = {
     "falcon_mq": ("FalconConfig", dict(_drop=_FALCON_DROP, ffn_hidden_size=96, new_decoder_architecture=False,
                                        multi_query=True, parallel_attn=True, bias=False, hidden_dropout=0.0,
                                        attention_dropout=0.0, initializer_range=0.3)),
+    # falcon-rw's layout: ALiBi (Falcon's bf16 form, added before the 1/sqrt(head_dim)
+    # scaling), per-head q/k/v, the sequential block, biases. Run with SDPA: transformers
+    # 5.23's eager Falcon attention adds the ALiBi bias twice (once in its scores, once more
+    # through the mask it folded the bias into), where SDPA and the original falcon-rw code
+    # add it once. A 300-token prompt's last logits check positions past 256, which the bf16
+    # bias rounds.
+    "falcon_alibi": ("FalconConfig", dict(_drop=_FALCON_DROP, _attn="sdpa", _long=300, ffn_hidden_size=96,
+                                          new_decoder_architecture=False, multi_query=False, parallel_attn=False,
+                                          alibi=True, bias=True, hidden_dropout=0.0, attention_dropout=0.0,
+                                          initializer_range=0.3, max_position_embeddings=512)),
     "falcon_seq": ("FalconConfig", dict(_drop=_FALCON_DROP, ffn_hidden_size=96, new_decoder_architecture=False,
                                         multi_query=False, parallel_attn=False, bias=True, hidden_dropout=0.0,
                                         attention_dropout=0.0, initializer_range=0.3)),
@@ -163,13 +173,18 @@ FAMILIES = {
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
 
 
+def attn_impl(family: str) -> str:
+    """eager, unless the family's entry says otherwise (_attn)."""
+    return FAMILIES[family][1].get("_attn", "eager")
+
+
 def make_model(family: str):
     import transformers
     cls_name, extra = FAMILIES[family]
     drop = extra.get("_drop", ())
-    kw = {k: v for k, v in {**COMMON, **extra}.items() if k not in drop and k != "_drop"}
+    kw = {k: v for k, v in {**COMMON, **extra}.items() if k not in drop and not k.startswith("_")}
     cfg = getattr(transformers, cls_name)(**kw)
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = attn_impl(family)
     torch.manual_seed(1234)
     model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
     g = torch.Generator().manual_seed(99)
@@ -459,10 +474,10 @@ def write_gguf(model, arch: str, path: Path):
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
-                "falcon_mq")
+                "falcon_mq", "falcon_alibi")
 
 
-def write_bnb_checkpoints(out: Path, prompt):
+def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
     """transformers loads the float32 directory with bitsandbytes (4-bit NF4 with double
     quantization and float32 compute; LLM.int8) on CPU and saves it with save_pretrained, as
     a user's pre-quantized checkpoint is made; returns the prompt logits of each quantized
@@ -483,7 +498,7 @@ def write_bnb_checkpoints(out: Path, prompt):
     try:
         for name, qc in cfgs.items():
             m = AutoModelForCausalLM.from_pretrained(out, quantization_config=qc, device_map="cpu", dtype=torch.float32,
-                                                     attn_implementation="eager").eval()
+                                                     attn_implementation=attn).eval()
             with torch.no_grad():
                 logits[f"{name}_logits"] = m(prompt).logits[0].float().contiguous()
             m.save_pretrained(out / name, safe_serialization=True)
@@ -562,7 +577,13 @@ def build(family: str):
     save_file(grads, str(out / "grads.safetensors"))
     all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
     if family in BNB_FAMILIES:
-        all_logits.update(write_bnb_checkpoints(out, prompt))
+        all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family)))
+    if "_long" in FAMILIES[family][1]:
+        n = FAMILIES[family][1]["_long"]
+        long_prompt = torch.randint(3, V, (1, n), generator=torch.Generator().manual_seed(23))
+        with torch.no_grad():
+            all_logits["long_last_logits"] = model(long_prompt).logits[0, -1].contiguous()
+        all_logits["long_prompt"] = long_prompt[0].to(torch.float32).contiguous()  # (token ids, exact in float32)
     save_file(all_logits, str(out / "logits.safetensors"))
     ref = {
         "family": family,

@@ -66,7 +66,7 @@ void BlockProgram::build_post_norm(BlockProgram& p, Norm norm, Linear linear, Re
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
-  if (s.positional == PositionalKind::Alibi) p.alibi_ = alibi_slopes(s.n_heads);
+  if (s.positional == PositionalKind::Alibi) p.alibi_ = alibi_bias_for(s);
   const int64_t C = s.hidden, HS = s.head_dim, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
   // Per-row statistics a norm keeps for its backward: rstd, or LayerNorm's mean and rstd.
   const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;

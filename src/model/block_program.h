@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "model/model_spec.h"
+#include "model/ops.h"
 
 namespace qlora {
 
@@ -71,8 +72,8 @@ class BlockProgram {
   int input() const { return input_; }    // the block input (bound by the caller)
   int output() const { return output_; }  // the block output (bound by the caller)
   const ModelSpec& spec() const { return spec_; }
-  // ALiBi models: each head's slope (alibi_slopes), else null.
-  const float* alibi() const { return alibi_.empty() ? nullptr : alibi_.data(); }
+  // ALiBi models: the attention bias (ops.h), else null.
+  const AlibiBias* alibi() const { return alibi_.slopes.empty() ? nullptr : &alibi_; }
 
   // Floats of buffer b for T tokens (probabilities: NH * T * Tk).
   int64_t floats(int b, int64_t T, int64_t Tk) const;
@@ -106,7 +107,7 @@ class BlockProgram {
   static void build_post_norm(BlockProgram& p, Norm norm, Linear linear, Residual residual);
 
   ModelSpec spec_;
-  std::vector<float> alibi_;
+  AlibiBias alibi_;
   std::vector<BlockOp> ops_;
   std::vector<BlockBuffer> buffers_;
   int input_ = -1, output_ = -1;

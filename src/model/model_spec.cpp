@@ -46,6 +46,7 @@ void ModelSpec::validate(const std::string& where) const {
                       " and " + std::to_string(sc->long_factor.size()));
   if (!(norm_eps >= 0.0f)) fail(where, "norm epsilon must be non-negative");
 
+  if (alibi_falcon && positional != PositionalKind::Alibi) fail(where, "Falcon's ALiBi form without ALiBi");
   if (positional == PositionalKind::Alibi && (attn_softcap > 0.0f || sliding_window > 0))
     fail(where, "ALiBi with soft-capped or sliding-window attention is not a known variant");
   if ((qkv_grouped && (!fused_qkv || qkv_per_head)) || (shared_branch_norm && !parallel_residual))

@@ -150,6 +150,9 @@ struct ModelSpec {
   // The blocks' output goes through model.norm before the head (false: straight to it;
   // post-norm OPT).
   bool final_norm = true;
+  // ALiBi in Falcon's form (falcon-rw: its bias is built in bf16 and added before the
+  // 1/sqrt(head_dim) scaling; ops.h AlibiBias), not BLOOM's.
+  bool alibi_falcon = false;
   // A LayerNorm (with bias) on the token embeddings, model.embed_norm (bloom's
   // word_embeddings_layernorm).
   bool embed_norm = false;

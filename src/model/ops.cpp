@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/float_formats.h"
 #include "base/parallel.h"
 #include "model/gemm.h"
 #include "model/linear_kernels.h"
@@ -170,7 +171,7 @@ namespace {
 // costs less than the per-key dot products of the loop below.
 void attention_forward_gemm(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                             int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                            const int32_t* key_start, float scale, float softcap, const float* alibi) {
+                            const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
   thread_local std::vector<float> scratch;
@@ -186,7 +187,7 @@ void attention_forward_gemm(float* out, float* att, const float* q, const float*
         const int64_t j0 = key_start ? key_start[t] : 0;
         for (int64_t j = j0; j < n; ++j) row[j] *= scale;
         if (alibi)
-          for (int64_t j = j0; j < n; ++j) row[j] += alibi[h] * static_cast<float>(j - j0);
+          for (int64_t j = j0; j < n; ++j) row[j] += (*alibi)(h, j - j0);
         if (softcap > 0.0f)
           for (int64_t j = j0; j < n; ++j) row[j] = std::tanh(row[j] / softcap) * softcap;
         softmax_inplace(row + j0, n - j0);
@@ -216,9 +217,22 @@ std::vector<float> alibi_slopes(int64_t NH) {
   return s;
 }
 
+float AlibiBias::round_to_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+AlibiBias alibi_bias_for(const ModelSpec& s) {
+  AlibiBias a;
+  a.slopes = alibi_slopes(s.n_heads);
+  if (s.alibi_falcon) {
+    a.bf16_product = true;
+    // (transformers divides by math.sqrt(hidden_size // num_heads) in float32)
+    a.divisor = static_cast<float>(std::sqrt(static_cast<double>(s.head_dim)));
+  }
+  return a;
+}
+
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start, float scale, float softcap, const float* alibi) {
+                       const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
     attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
@@ -240,7 +254,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       const int64_t j0 = key_start ? key_start[t] : 0;
       for (int64_t j = j0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
       if (alibi)
-        for (int64_t j = j0; j < n; ++j) scores[j] += alibi[h] * static_cast<float>(j - j0);
+        for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
       if (softcap > 0.0f)
         for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
       softmax_inplace(scores.data() + j0, n - j0);

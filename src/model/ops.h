@@ -66,16 +66,35 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 inline constexpr int64_t kAttentionGemmMinTokens = 16;
 // scale > 0 replaces 1/sqrt(HS); softcap > 0 caps each scaled score s as
 // softcap * tanh(s / softcap) before the softmax (Gemma 2).
-// alibi (NH), when not null: ALiBi (bloom) adds alibi[h] * (key position) to each scaled
-// score, the key position counted from key_start[t] (its example's first token) or 0.
+// ALiBi's additive attention bias of head h at key position k (counted from the example's
+// first token): BLOOM adds slope_h * k to the scaled scores; Falcon (falcon-rw) builds
+// bf16(bf16(slope_h) * bf16(k)) as its build_alibi_tensor does (so positions past 256 are
+// rounded as they were in training) and adds it before the 1/sqrt(head_dim) scaling, i.e.
+// adds that divided by sqrt(head_dim) to the scaled scores.
+struct AlibiBias {
+  std::vector<float> slopes;  // (NH) alibi_slopes
+  bool bf16_product = false;  // Falcon
+  float divisor = 1.0f;       // Falcon: sqrt(head_dim)
+  float operator()(int64_t h, int64_t k) const {
+    if (!bf16_product) return slopes[static_cast<size_t>(h)] * static_cast<float>(k);
+    const float b = round_to_bf16(round_to_bf16(slopes[static_cast<size_t>(h)]) * round_to_bf16(static_cast<float>(k)));
+    return b / divisor;
+  }
+  static float round_to_bf16(float x);
+};
+// alibi, when not null: adds (*alibi)(h, key position) to each scaled score, the key
+// position counted from key_start[t] (its example's first token) or 0.
 // (The backward needs nothing more: the bias does not depend on q or k.)
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f,
-                       const float* alibi = nullptr);
-// BLOOM's ALiBi slopes for NH heads (transformers' build_alibi_tensor, float32): the
-// geometric sequence of the closest power of two, then the odd powers of the next one.
+                       const AlibiBias* alibi = nullptr);
+// The ALiBi slopes for NH heads (transformers' build_alibi_tensor of BLOOM and Falcon,
+// float32): the geometric sequence of the closest power of two, then the odd powers of the
+// next one.
 std::vector<float> alibi_slopes(int64_t NH);
+// The model's ALiBi bias (spec.alibi_falcon picks Falcon's form). REQUIRES positional Alibi.
+AlibiBias alibi_bias_for(const ModelSpec& spec);
 
 // In place on logits (n): cap * tanh(x / cap), each step rounded to `dtype` as a bf16/fp16
 // torch model computes it (gemma2's final_logit_softcapping).

@@ -46,7 +46,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi",
                                             "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -116,6 +116,20 @@ TEST_P(Families, LogitsMatchTransformers) {
   }
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " float32");
+}
+
+// Where the fixture has one (falcon_alibi): the last logits of a prompt longer than 256
+// tokens, past which Falcon's bf16 ALiBi bias rounds the key positions.
+TEST_P(Families, LongPromptLastLogitsMatchTransformers) {
+  const Fixture x = read_fixture(GetParam());
+  if (!x.logits->find("long_prompt")) GTEST_SKIP() << "no long prompt in this fixture";
+  const auto m = load(GetParam(), false);
+  const std::vector<float> ids = x.logits->to_float(x.logits->at("long_prompt"));
+  const std::vector<int> prompt(ids.begin(), ids.end());
+  InferenceState st(m->spec(), static_cast<int64_t>(prompt.size()));
+  std::vector<float> last(static_cast<size_t>(m->spec().vocab));
+  forward(*m, st, prompt, last.data());
+  expect_logits(last, x.logits->to_float(x.logits->at("long_last_logits")), GetParam() + " long prompt");
 }
 
 TEST_P(Families, GreedyTokensMatchTransformers) {
@@ -211,7 +225,7 @@ TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                          ::testing::Values("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "opt_350m",
-                                           "bloom", "falcon", "falcon_mq"),
+                                           "bloom", "falcon", "falcon_mq", "falcon_alibi"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and

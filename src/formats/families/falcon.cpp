@@ -4,7 +4,8 @@
 // multi-query (q heads, then one k, then one v: 7B), or per head (plain multi-head) --,
 // the parallel residual with one shared norm (7B) or two (ln_attn / ln_mlp, the new
 // architecture), or the sequential block (parallel_attn false). Biases only where the
-// config says (bias). ALiBi Falcons (falcon-rw) are refused.
+// config says (bias). falcon-rw-1b/7b (alibi true) use ALiBi in Falcon's own form (bf16
+// bias added before the score scaling; ops.h AlibiBias) instead of rotary.
 #include "base/error.h"
 #include "formats/config_reader.h"
 #include "formats/model_family.h"
@@ -56,7 +57,11 @@ void falcon_normalize(json& j) {
 }
 
 void falcon_read(const json& j, const std::string& where, ModelSpec& s) {
-  if (config::get_bool(j, "alibi", where, false)) fail(where, "ALiBi Falcon models (alibi true) are not supported yet");
+  // falcon-rw-1b / 7b: ALiBi in Falcon's form instead of rotary.
+  if (config::get_bool(j, "alibi", where, false)) {
+    s.positional = PositionalKind::Alibi;
+    s.alibi_falcon = true;
+  }
   s.norm = NormKind::LayerNorm;
   s.norm_eps = config::get_float(j, "layer_norm_epsilon", where, 1e-5f);
   s.mlp = MlpKind::Plain;
@@ -91,7 +96,7 @@ void falcon_write(const ModelSpec& s, ordered_json& j) {
   j.erase("head_dim");  // (a read-only property of FalconConfig: hidden_size / num_attention_heads)
   j["layer_norm_epsilon"] = s.norm_eps;
   j["bias"] = s.qkv_bias;
-  j["alibi"] = false;
+  j["alibi"] = s.positional == PositionalKind::Alibi;
   j["ffn_hidden_size"] = s.ffn;
   j["activation"] = "gelu";
   if (s.qkv_grouped) {

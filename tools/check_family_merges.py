@@ -87,7 +87,11 @@ def main():
             # llama.cpp's gptneox GGUF holds query_key_value reordered, and qlora refuses an adapter
             # on that Linear of such a GGUF: export the adapter and the merge from the Hugging Face
             # checkpoint instead (qlora reorders them for llama.cpp as its converter does).
-            src = FIX / f if json.loads((FIX / f / "config.json").read_text())["model_type"] in ("gpt_neox", "bloom") else gg
+            # (falcon's new architecture likewise: llama.cpp's converter regroups its query_key_value)
+            fc = json.loads((FIX / f / "config.json").read_text())
+            regrouped = fc["model_type"] in ("gpt_neox", "bloom") or (fc["model_type"] == "falcon" and
+                                                                       fc.get("new_decoder_architecture"))
+            src = FIX / f if regrouped else gg
             from llama_cpp import Llama
             import numpy as np
             ref = json.loads((FIX / f / "reference.json").read_text())

@@ -222,7 +222,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
-             "bloom": "bloom"}
+             "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -300,6 +300,52 @@ def write_gguf_neox(model, path: Path):
             mod, suffix = rest.rsplit(".", 1)
             if mod == "attention.query_key_value":
                 t = _qkv_per_head_to_contiguous(t, n_head)
+            out = f"blk.{layer}.{names[mod]}.{suffix}"
+        w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    _finish(w)
+
+
+def write_gguf_falcon(model, path: Path):
+    """As convert_hf_to_gguf.py's FalconModel: query_key_value regrouped from per key/value
+    group (its query heads, its k, its v) to all q, all k, all v (n_head_kv from num_kv_heads,
+    1 without it: falcon-7b's multi-query layout is one group), the new architecture's
+    ln_attn as attn_norm_2 and ln_mlp as attn_norm, falcon-7b's one norm as attn_norm. (The
+    converter writes feed_forward_length as 4 x hidden, which real Falcons have; this one
+    writes the model's own, which llama.cpp checks against the tensors.)"""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "falcon")
+    n_head = c.num_attention_heads
+    n_kv = c.num_kv_heads if c.new_decoder_architecture else 1
+    hd = c.hidden_size // n_head
+    w.add_context_length(2048)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.ffn_hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_eps(c.layer_norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"input_layernorm": "attn_norm", "ln_mlp": "attn_norm", "ln_attn": "attn_norm_2",
+             "self_attention.query_key_value": "attn_qkv", "self_attention.dense": "attn_output",
+             "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
+    glob = {"transformer.word_embeddings.weight": "token_embd.weight", "transformer.ln_f.weight": "output_norm.weight",
+            "transformer.ln_f.bias": "output_norm.bias"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32)
+        if name == "lm_head.weight":
+            continue  # tied: llama.cpp falls back to token_embd
+        if name in glob:
+            out = glob[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            mod, suffix = rest.rsplit(".", 1)
+            if mod == "self_attention.query_key_value":
+                qkv = t.view(n_kv, n_head // n_kv + 2, hd, t.shape[1])
+                t = torch.cat((qkv[:, :-2].reshape(n_head * hd, -1), qkv[:, [-2]].reshape(n_kv * hd, -1),
+                               qkv[:, [-1]].reshape(n_kv * hd, -1)))
             out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
     _finish(w)
@@ -606,6 +652,8 @@ def build(family: str):
             write_gguf_neox(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "bloom":
             write_gguf_bloom(model, out / "model.gguf")
+        elif GGUF_ARCH[family] == "falcon":
+            write_gguf_falcon(model, out / "model.gguf")
         else:
             write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
         ll = llama_cpp_logits(out / "model.gguf", prompt[0].tolist())
@@ -623,7 +671,7 @@ def build(family: str):
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
         # (gpt2's tanh GELU goes through the same fp16 table in llama.cpp)
-        if diff > (1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom")) else 1e-3):
+        if diff > (1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom", "falcon")) else 1e-3):
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff
     if family == "gpt2":

@@ -99,8 +99,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (!fam || fam->export_arch().empty())
     fail(out_path, "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
   const std::string arch(fam->export_arch());
-  if (s.qkv_per_head && arch != "gptneox" && arch != "bloom")
+  if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")
     fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");
+  if (arch == "falcon") {  // what llama.cpp's falcon graph runs
+    if (s.positional != PositionalKind::Rotary)
+      fail(out_path, "llama.cpp has no architecture for ALiBi Falcons (falcon-rw): no GGUF export");
+    if (!s.parallel_residual)
+      fail(out_path, "llama.cpp's falcon runs the parallel block only; this falcon is sequential (parallel_attn false)");
+    if (s.qkv_bias || s.o_bias || s.mlp_bias) fail(out_path, "llama.cpp's falcon has no biases; this model has them");
+  }
+  const bool falcon_two_norms = arch == "falcon" && !s.shared_branch_norm;
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
       s.n_layers != (arch == "gemma2" ? 46 : 62))
@@ -205,7 +213,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     }
   }
   for (const TensorSpec& t : specs) {
-    const auto gname = hf_to_gguf_tensor_name(t.name, arch);
+    const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
     GgmlType type = t.shape.size() == 1 ? GgmlType::F32 : opt.type;
     if (opt.q4_k_m) {
@@ -224,17 +232,25 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (permute_qk && t.name.ends_with("self_attn.q_proj.bias")) permute_heads = s.n_heads;
     if (permute_qk && t.name.ends_with("self_attn.k_proj.bias")) permute_heads = s.n_kv_heads;
     // gptneox: the per-head query_key_value as llama.cpp's converter reorders it (all q, k, v).
-    const int64_t qkv_heads = s.qkv_per_head && t.name.find("self_attn.qkv_proj.") != std::string::npos ? s.n_heads : 0;
+    const bool is_qkv = t.name.find("self_attn.qkv_proj.") != std::string::npos;
+    const int64_t qkv_heads = s.qkv_per_head && is_qkv ? s.n_heads : 0;
+    // falcon's new architecture: per key/value group, as llama.cpp's falcon converter regroups it.
+    const int64_t qkv_groups = s.qkv_grouped && is_qkv ? s.n_kv_heads : 0, q_per_kv = s.n_heads / s.n_kv_heads;
     const int64_t head_dim = s.head_dim;
     const std::string hf = t.name;
     const std::vector<int64_t> shape = t.shape;
     const bool plus_one = norm_plus_one && hf.ends_with("norm.weight");
     w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname, plus_one,
-                                         qkv_heads, head_dim] {
+                                         qkv_heads, qkv_groups, q_per_kv, head_dim] {
       std::vector<float> v = merged_tensor_values(model, hf, adapters);
       if (qkv_heads > 0) {
         std::vector<float> p(v.size());
         qkv_per_head_to_contiguous(v, p, qkv_heads, head_dim, shape.size() > 1 ? shape[1] : 1);
+        v.swap(p);
+      }
+      if (qkv_groups > 0) {
+        std::vector<float> p(v.size());
+        qkv_grouped_to_contiguous(v, p, qkv_groups, q_per_kv, head_dim, shape.size() > 1 ? shape[1] : 1);
         v.swap(p);
       }
       if (plus_one)

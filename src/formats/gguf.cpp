@@ -624,6 +624,9 @@ constexpr NamePair kPhi3Names[] = {{"attn_qkv", "self_attn.qkv_proj"}, {"ffn_up"
 // GPT-2's fused c_attn (convert_hf_to_gguf.py's GPT2Model transposes the Conv1D weights to
 // the usual (out, in)).
 constexpr NamePair kGpt2Names[] = {{"attn_qkv", "self_attn.qkv_proj"}};
+// Falcon's new architecture (two norms per block): llama.cpp's converter writes ln_attn as
+// attn_norm_2 and ln_mlp as attn_norm.
+constexpr NamePair kFalconTwoNorms[] = {{"attn_norm_2", "input_layernorm"}, {"attn_norm", "post_attention_layernorm"}};
 // Whole-model tensors (full names without the .weight/.bias suffix).
 constexpr NamePair kGlobalNames[] = {
     {"token_embd", "model.embed_tokens"},
@@ -656,9 +659,12 @@ std::optional<std::string_view> strip_layer(std::string_view name, std::string_v
 
 }  // namespace
 
-std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch) {
+std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch, bool falcon_two_norms) {
   std::string_view stem, suffix, num;
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "falcon" && falcon_two_norms)
+    for (const auto& p : kFalconTwoNorms)
+      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gemma2" || arch == "gemma3")) {
@@ -667,7 +673,7 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
   }
   if (stem == "position_embd") return "model.embed_positions" + std::string(suffix);
   if (stem == "token_embd_norm") return "model.embed_norm" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom"))
+  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "falcon"))
     for (const auto& p : kGpt2Names)
       if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "phi3")
@@ -679,9 +685,12 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
   return std::nullopt;
 }
 
-std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::string_view arch) {
+std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::string_view arch, bool falcon_two_norms) {
   std::string_view stem, suffix, num;
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "falcon" && falcon_two_norms)
+    for (const auto& p : kFalconTwoNorms)
+      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gemma2" || arch == "gemma3"))
@@ -689,7 +698,7 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (stem == "model.embed_positions") return "position_embd" + std::string(suffix);
   if (stem == "model.embed_norm") return "token_embd_norm" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom"))
+  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "falcon"))
     for (const auto& p : kGpt2Names)
       if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "phi3")
@@ -809,6 +818,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
                          std::to_string(hp.hidden_size) + " and vocabulary " + std::to_string(hp.vocab_size));
   }
   hp.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
+  hp.falcon_two_norms = hp.architecture == "falcon" && f.find_tensor("blk.0.attn_norm_2.weight") != nullptr;
   hp.qk_rope_permuted = hp.architecture == "llama";
   return hp;
 }
@@ -832,6 +842,23 @@ inline int64_t hf_row_of_gguf_row(int64_t r, int64_t d) {
 }
 
 }  // namespace
+
+void qkv_grouped_to_contiguous(std::span<const float> in, std::span<float> out, int64_t kv_heads, int64_t q_per_kv,
+                               int64_t head_dim, int64_t cols) {
+  const int64_t per_group = q_per_kv + 2;
+  if (kv_heads <= 0 || q_per_kv <= 0 || head_dim <= 0 || cols <= 0 ||
+      in.size() != static_cast<size_t>(kv_heads * per_group * head_dim * cols) || out.size() != in.size())
+    fail("query_key_value reorder", "buffer sizes do not match " + std::to_string(kv_heads) + " groups of " +
+                                        std::to_string(per_group) + " heads x " + std::to_string(head_dim));
+  const int64_t heads = kv_heads * q_per_kv;
+  for (int64_t g = 0; g < kv_heads; ++g)
+    for (int64_t p = 0; p < per_group; ++p) {
+      // destination head row: query head g*q_per_kv + p, or key head g, or value head g
+      const int64_t dst = p < q_per_kv ? g * q_per_kv + p : p == q_per_kv ? heads + g : heads + kv_heads + g;
+      std::memcpy(out.data() + dst * head_dim * cols, in.data() + (g * per_group + p) * head_dim * cols,
+                  static_cast<size_t>(head_dim * cols) * 4);
+    }
+}
 
 void qkv_per_head_to_contiguous(std::span<const float> in, std::span<float> out, int64_t heads, int64_t head_dim,
                                 int64_t cols) {

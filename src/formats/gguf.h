@@ -186,9 +186,15 @@ class GgufFile {
 // nullopt for names without a Hugging Face counterpart (e.g. rope_freqs.weight).
 // `arch` (general.architecture) matters for Gemma 2's norms: its ffn_norm is the MLP's
 // pre_feedforward_layernorm, post_attention_norm / post_ffw_norm the branch-output norms.
-std::optional<std::string> gguf_to_hf_tensor_name(std::string_view gguf_name, std::string_view arch = {});
+// Falcon: attn_qkv is the fused query_key_value; with `falcon_two_norms` (the new
+// architecture: a blk.N.attn_norm_2 tensor) attn_norm_2 is the attention's norm
+// (input_layernorm, HF ln_attn) and attn_norm the MLP's (post_attention_layernorm, ln_mlp),
+// else falcon-7b's one attn_norm is input_layernorm.
+std::optional<std::string> gguf_to_hf_tensor_name(std::string_view gguf_name, std::string_view arch = {},
+                                                  bool falcon_two_norms = false);
 // The inverse; nullopt for names outside the table.
-std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name, std::string_view arch = {});
+std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name, std::string_view arch = {},
+                                                  bool falcon_two_norms = false);
 
 // Hyper-parameters of a llama-family GGUF, keys prefixed by general.architecture.
 struct GgufLlamaHParams {
@@ -205,6 +211,8 @@ struct GgufLlamaHParams {
   int64_t context_length = 0;     // {arch}.context_length
   int64_t vocab_size = 0;         // length of tokenizer.ggml.tokens
   bool tie_word_embeddings = false;  // true when there is no output.weight tensor
+  // falcon: blk.0.attn_norm_2.weight exists (the new architecture's two norms per block).
+  bool falcon_two_norms = false;
   // {arch}.rope.scaling.type ("none", "linear", "yarn"), .factor, .original_context_length;
   // llama3-style scaling arrives as the tensor rope_freqs.weight instead (model_loader).
   std::string rope_scaling_type = "none";
@@ -233,6 +241,13 @@ bool gguf_architecture_supported(std::string_view arch);
 // with token_embd.weight's shape). Throws Error naming the file and the key, or the
 // architecture when it is not one of gguf_supported_architectures() (formats/model_family.h).
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
+
+// Falcon's fused query_key_value (weight rows, or LoRA B rows, of `cols` columns), laid
+// out per key/value group -- its q_per_kv query heads, then its key head, then its value
+// head -- reordered to all q, then all k, then all v, as llama.cpp's falcon converter does
+// (falcon-7b's multi-query layout is one group, unchanged). Throws Error on size mismatch.
+void qkv_grouped_to_contiguous(std::span<const float> in, std::span<float> out, int64_t kv_heads, int64_t q_per_kv,
+                               int64_t head_dim, int64_t cols);
 
 // llama.cpp's gptneox / bloom converters reorder a per-head fused query_key_value's rows
 // (head h's q, k, v, then head h+1's ...) into all q rows, then all k, then all v: in

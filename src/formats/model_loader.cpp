@@ -242,7 +242,7 @@ class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
-      if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture)) index_.emplace(*hf, &t);
+      if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture, hp_.falcon_two_norms)) index_.emplace(*hf, &t);
       else if (!is_rope_tensor(t.name)) unmapped_.push_back(t.name);  // read by spec_from_gguf
     }
   }

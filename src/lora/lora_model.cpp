@@ -49,7 +49,11 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
       // rows follow the Hugging Face per-head order: refuse rather than mix the two.
       const std::string& fam = model.spec().family;
-      if (w == 0 && (fam == "gpt_neox" || fam == "bloom") && model.spec().fused_qkv && !model.spec().qkv_per_head)
+      const ModelSpec& ms = model.spec();
+      const bool regrouped = (fam == "gpt_neox" || fam == "bloom" ||
+                              (fam == "falcon" && !ms.qkv_grouped && ms.n_kv_heads > 1)) &&
+                             ms.fused_qkv && !ms.qkv_per_head;
+      if (w == 0 && regrouped)
         fail("LoRA config", "LoRA on query_key_value of a " + fam + " GGUF is not supported yet (llama.cpp reorders "
                             "its rows); load the Hugging Face checkpoint, or target the other modules");
       const QuantLinear& q = block_linear(L, static_cast<BlockLinear>(w));

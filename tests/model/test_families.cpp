@@ -371,6 +371,47 @@ TEST(FamiliesPeft, GptNeoXGgufRefusesLoraOnItsReorderedQkv) {
   expect_logits(prompt_logits(back, prompt), x.logits->to_float(x.logits->at("logits")), "gpt_neox hf -> gguf");
 }
 
+// llama.cpp's falcon GGUF regroups the new architecture's query_key_value (all q, k, v):
+// read back as that layout with its two norms, a LoRA on it refused as for gpt_neox (PEFT's
+// B rows are per group), while falcon-7b's multi-query layout is one group, unchanged, and
+// takes one. Falcons llama.cpp cannot run are not exported.
+TEST(FamiliesPeft, FalconGgufLayoutsAndWhatTheyRefuse) {
+  const Model m = load_path(family_dir("falcon") + "/model.gguf");
+  EXPECT_FALSE(m.spec().qkv_grouped);
+  EXPECT_FALSE(m.spec().shared_branch_norm);
+  LoraConfig c;
+  c.r = 2;
+  c.all_linear = true;
+  try {
+    LoraModel lm(m, c);
+    ADD_FAILURE() << "LoRA on a regrouped query_key_value was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("query_key_value"), std::string::npos) << e.what();
+  }
+  const Model mq = load_path(family_dir("falcon_mq") + "/model.gguf");
+  EXPECT_TRUE(mq.spec().shared_branch_norm);
+  EXPECT_EQ(LoraModel(mq, c).layers().size(), 8u);
+  // (the GGUF-read new architecture does not go back to a Hugging Face directory)
+  ModelFiles files = open_model_files(family_dir("falcon") + "/model.gguf");
+  TempDir tmp("falcon_gguf_refusals");
+  HfExportOptions ho;
+  ho.log = false;
+  EXPECT_THROW(write_merged_hf_dir(m, files, {}, tmp.path("hf"), ho, false), Error);
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  for (const char* f : {"falcon_seq", "falcon_alibi"}) {
+    ModelFiles hf = open_model_files(family_dir(f), family_dir("falcon") + "/model.gguf");
+    const Model x = load_path(family_dir(f));
+    try {
+      write_merged_gguf(x, hf, {}, tmp.path(std::string(f) + ".gguf"), eo, false);
+      ADD_FAILURE() << f << " went to a GGUF llama.cpp cannot run";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("llama.cpp"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_P(Families, LoraGradientsMatchPeft) {
   const Fixture x = read_fixture(GetParam());
   const auto m = load(GetParam(), false);
@@ -509,7 +550,8 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
-                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom"),
+                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon",
+                                           "falcon_mq"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -5,9 +5,11 @@
 // the parallel residual with one shared norm (7B) or two (ln_attn / ln_mlp, the new
 // architecture), or the sequential block (parallel_attn false). Biases only where the
 // config says (bias). falcon-rw-1b/7b (alibi true) use ALiBi in Falcon's own form (bf16
-// bias added before the score scaling; ops.h AlibiBias) instead of rotary.
+// bias added before the score scaling; ops.h AlibiBias) instead of rotary. GGUF both ways
+// (llama.cpp's falcon: the parallel block without biases, rotary).
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -41,7 +43,8 @@ constexpr HfRename kFalconRenames[] = {
 };
 
 std::span<const HfRename> falcon_renames(const ModelSpec& s) {
-  if (s.qkv_grouped && !s.shared_branch_norm) return kFalconNewArchRenames;
+  // (two norms in a parallel block: the new architecture, or its GGUF)
+  if (s.parallel_residual && !s.shared_branch_norm) return kFalconNewArchRenames;
   return kFalconRenames;
 }
 
@@ -92,6 +95,9 @@ void falcon_read(const json& j, const std::string& where, ModelSpec& s) {
 void falcon_write(const ModelSpec& s, ordered_json& j) {
   if (s.norm != NormKind::LayerNorm || s.mlp != MlpKind::Plain || !s.fused_qkv || s.act != Activation::Gelu)
     fail("config.json", "not a falcon block");
+  if (!s.qkv_grouped && !s.qkv_per_head && s.n_kv_heads > 1)
+    fail("config.json", "this falcon model came from a GGUF, whose query_key_value is regrouped (all q, k, v); merging "
+                        "it to a Hugging Face directory is not supported: merge to GGUF instead");
   if (s.qkv_bias != s.o_bias || s.qkv_bias != s.mlp_bias) fail("config.json", "falcon has biases on every Linear or none");
   j.erase("head_dim");  // (a read-only property of FalconConfig: hidden_size / num_attention_heads)
   j["layer_norm_epsilon"] = s.norm_eps;
@@ -111,10 +117,23 @@ void falcon_write(const ModelSpec& s, ordered_json& j) {
   }
 }
 
+// llama.cpp's falcon GGUF (falcon-7b, the new architecture's 40B/180B): its converter
+// regroups query_key_value to all q, all k, all v; a parallel block without biases, with
+// one norm (attn_norm) or two (attn_norm_2 for the attention, attn_norm for the MLP).
+void falcon_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.norm = NormKind::LayerNorm;
+  s.mlp = MlpKind::Plain;
+  s.act = Activation::Gelu;
+  s.fused_qkv = true;
+  s.qkv_grouped = s.qkv_per_head = false;
+  s.parallel_residual = true;
+  s.shared_branch_norm = !hp.falcon_two_norms;
+}
+
 }  // namespace
 
-const ModelFamily kFalcon{"falcon",     "FalconForCausalLM", "", 0,     2048, 10000.0f, true, false, falcon_read,
-                          falcon_write, nullptr,             {}, false, kFalconRenames, true, falcon_normalize,
+const ModelFamily kFalcon{"falcon",     "FalconForCausalLM", "falcon", 0,     2048, 10000.0f, true, false, falcon_read,
+                          falcon_write, falcon_gguf,         {},       false, kFalconRenames, true, falcon_normalize,
                           false,        falcon_renames};
 
 }  // namespace qlora::families

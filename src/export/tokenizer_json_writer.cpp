@@ -63,6 +63,7 @@ ojson pre_tokenizer_json(const PreTokenizerStep& s) {
     case K::kDigits: return {{"type", "Digits"}, {"individual_digits", s.individual_digits}};
     case K::kWhitespace: return {{"type", "Whitespace"}};
     case K::kWhitespaceSplit: return {{"type", "WhitespaceSplit"}};
+    case K::kPunctuation: return {{"type", "Punctuation"}, {"behavior", behavior_name(s.behavior)}};
   }
   return nullptr;
 }

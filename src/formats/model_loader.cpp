@@ -460,7 +460,9 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
         m.tensors = std::make_unique<RenamedSource>(std::move(m.tensors), *fam, m.spec);
       const std::string gen = (dir / "generation_config.json").string();
       if (fs::exists(gen)) m.generation = read_generation_config(gen);
-      if (tok_path.empty() && fs::exists(dir / "tokenizer.json")) tok_path = dir.string();
+      if (tok_path.empty() && (fs::exists(dir / "tokenizer.json") ||
+                               (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt"))))
+        tok_path = dir.string();  // (GPT-2's original vocab.json + merges.txt: formats/tokenizer_json.h)
       break;
     }
     case ModelFormat::Gguf: {

@@ -1,6 +1,7 @@
 #include "formats/tokenizer.h"
 
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <unordered_map>
 
@@ -12,6 +13,7 @@
 #include "formats/tokenizer_gguf.h"
 #include "formats/tokenizer_json.h"
 #include "formats/unicode.h"
+#include "formats/unicode_nfc.h"
 #include "formats/unicode_regex.h"
 
 namespace qlora {
@@ -248,6 +250,7 @@ struct Tokenizer::Impl {
           break;
         }
         case NormalizerStep::Kind::kNfc:
+          s = unicode::nfc(s);
           break;
       }
     }
@@ -391,6 +394,17 @@ struct Tokenizer::Impl {
           case PreTokenizerStep::Kind::kWhitespace:
             apply_split(p, pre_regex[k]->find_all(p.text), true, SplitBehavior::kRemoved, next);
             break;
+          case PreTokenizerStep::Kind::kPunctuation: {
+            auto m = char_runs(
+                p.text,
+                [](uint32_t cp) {
+                  const bool ascii = cp < 0x80 && std::ispunct(static_cast<int>(cp)) != 0;
+                  return ascii || (unicode::mask_of(unicode::category(cp)) & unicode::kMaskP) != 0;
+                },
+                /*individual=*/true);
+            apply_split(p, m, false, st.behavior, next);
+            break;
+          }
           case PreTokenizerStep::Kind::kWhitespaceSplit: {
             auto m = char_runs(p.text, unicode::is_whitespace, false);
             apply_split(p, m, false, SplitBehavior::kRemoved, next);

@@ -38,7 +38,7 @@ struct NormalizerStep {
     kReplace,       // replace every occurrence of the literal `pattern` with `content`
     kReplaceRegex,  // same, with `pattern` a regex (unicode_regex.h)
     kStrip,         // remove whitespace at the left (strip_left) / right (strip_right)
-    kNfc,           // Unicode NFC: accepted, applied as the identity (text is assumed NFC)
+    kNfc,           // Unicode NFC (unicode_nfc.h): GPT-NeoX / Pythia
   };
   Kind kind = Kind::kReplace;
   std::string pattern;
@@ -54,6 +54,9 @@ struct PreTokenizerStep {
     kDigits,           // digit runs (or each digit when individual_digits) become pieces
     kWhitespace,       // \w+|[^\w\s]+ kept, the rest dropped
     kWhitespaceSplit,  // split on whitespace, whitespace dropped
+    kPunctuation,      // each punctuation character (ASCII punctuation or a Unicode P* category,
+                       // as tokenizers' is_punc) is a delimiter, kept per `behavior` (Falcon:
+                       // Contiguous)
   };
   Kind kind = Kind::kSplit;
   std::string pattern;

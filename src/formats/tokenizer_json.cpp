@@ -166,6 +166,16 @@ void parse_pre_tokenizer(const Reader& r, const json& n, std::vector<PreTokenize
     st.kind = PreTokenizerStep::Kind::kWhitespace;
   } else if (type == "WhitespaceSplit") {
     st.kind = PreTokenizerStep::Kind::kWhitespaceSplit;
+  } else if (type == "Punctuation") {
+    st.kind = PreTokenizerStep::Kind::kPunctuation;
+    const json* b = r.find(n, "behavior");
+    const std::string beh = b && b->is_string() ? b->get<std::string>() : "Isolated";  // tokenizers' default
+    if (beh == "Isolated") st.behavior = SplitBehavior::kIsolated;
+    else if (beh == "Removed") st.behavior = SplitBehavior::kRemoved;
+    else if (beh == "MergedWithPrevious") st.behavior = SplitBehavior::kMergedWithPrevious;
+    else if (beh == "MergedWithNext") st.behavior = SplitBehavior::kMergedWithNext;
+    else if (beh == "Contiguous") st.behavior = SplitBehavior::kContiguous;
+    else r.error(ctx + ": unknown behavior \"" + beh + "\"");
   } else {
     r.error("unsupported pre_tokenizer type \"" + type + "\"");
   }
@@ -488,6 +498,86 @@ TokenizerSpec tokenizer_spec_from_json(std::string_view tokenizer_json, std::str
   return spec;
 }
 
+namespace {
+
+// The tokenizer.json that transformers builds from GPT-2's original files (GPT2Tokenizer:
+// vocab.json + merges.txt, as facebook/opt-* and other older checkpoints ship them): a
+// byte-level BPE, ByteLevel pre-tokenizer with the config's add_prefix_space (default
+// false) and decoder, and the config's special tokens (default <|endoftext|>) matched in
+// text as added tokens. tokenizer_config.json's add_bos_token / add_eos_token are applied
+// afterwards like for any tokenizer.json (OPT prepends </s>).
+std::string gpt2_files_as_tokenizer_json(const std::string& dir, const std::string& cfg_text) {
+  const std::string vocab_path = dir + "/vocab.json", merges_path = dir + "/merges.txt";
+  const std::string vocab_text = read_text_file(vocab_path);
+  json vocab;
+  try {
+    vocab = json::parse(vocab_text);
+  } catch (const json::exception& e) {
+    fail(vocab_path, "invalid JSON" + json_error_at(e, vocab_text));
+  }
+  if (!vocab.is_object()) fail(vocab_path, "must be a JSON object of token -> id");
+  json merges = json::array();
+  {
+    const std::string m = read_text_file(merges_path);
+    size_t pos = 0, line_no = 0;
+    while (pos < m.size()) {
+      size_t e = m.find('\n', pos);
+      if (e == std::string::npos) e = m.size();
+      std::string line = m.substr(pos, e - pos);
+      pos = e + 1;
+      ++line_no;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
+      const size_t sp = line.find(' ');
+      if (sp == std::string::npos || sp == 0 || sp + 1 >= line.size() || line.find(' ', sp + 1) != std::string::npos)
+        fail(merges_path, "line " + std::to_string(line_no) + " is not two tokens separated by one space");
+      merges.push_back(line);
+    }
+  }
+  json cfg = json::object();
+  if (!cfg_text.empty()) {
+    try {
+      cfg = json::parse(cfg_text);
+    } catch (const json::exception& e) {
+      fail(dir + "/tokenizer_config.json", "invalid JSON" + json_error_at(e, cfg_text));
+    }
+  }
+  bool add_prefix_space = false;
+  if (cfg.is_object() && cfg.contains("add_prefix_space") && cfg["add_prefix_space"].is_boolean())
+    add_prefix_space = cfg["add_prefix_space"].get<bool>();
+  json added = json::array();
+  std::vector<std::string> seen;
+  for (const char* key : {"unk_token", "bos_token", "eos_token", "pad_token"}) {
+    std::string content = std::string(key) == "pad_token" ? "" : "<|endoftext|>";  // GPT2Tokenizer's defaults
+    if (cfg.is_object() && cfg.contains(key)) {
+      const json& v = cfg[key];
+      if (v.is_string()) content = v.get<std::string>();
+      else if (v.is_object() && v.contains("content") && v["content"].is_string()) content = v["content"].get<std::string>();
+      else if (v.is_null()) content.clear();
+    }
+    if (content.empty() || !vocab.contains(content) || !vocab[content].is_number_integer()) continue;
+    if (std::find(seen.begin(), seen.end(), content) != seen.end()) continue;
+    seen.push_back(content);
+    added.push_back({{"id", vocab[content]}, {"content", content}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  }
+  json t = {
+      {"version", "1.0"},
+      {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", add_prefix_space}, {"trim_offsets", true},
+                         {"use_regex", true}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", ""},
+                 {"end_of_word_suffix", ""}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
+                 {"vocab", vocab}, {"merges", merges}}},
+  };
+  return t.dump();
+}
+
+}  // namespace
+
 TokenizerSpec load_hf_tokenizer(const std::string& path) {
   std::string dir = path, file = path;
   const bool is_json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
@@ -497,10 +587,17 @@ TokenizerSpec load_hf_tokenizer(const std::string& path) {
   } else {
     file = path + "/tokenizer.json";
   }
-  if (!file_exists(file)) fail(path, "no tokenizer.json found");
-  const std::string tok = read_text_file(file);
   const std::string cfg_path = dir + "/tokenizer_config.json";
   const std::string cfg = file_exists(cfg_path) ? read_text_file(cfg_path) : std::string();
+  std::string tok;
+  if (file_exists(file)) {
+    tok = read_text_file(file);
+  } else if (!is_json && file_exists(dir + "/vocab.json") && file_exists(dir + "/merges.txt")) {
+    tok = gpt2_files_as_tokenizer_json(dir, cfg);
+    file = dir + "/vocab.json";
+  } else {
+    fail(path, "no tokenizer.json found (nor GPT-2's vocab.json and merges.txt)");
+  }
   TokenizerSpec spec = tokenizer_spec_from_json(tok, cfg, file);
   if (!spec.chat_template.empty()) spec.chat_template_source = cfg_path + ":chat_template";
   if (spec.chat_template.empty() && file_exists(dir + "/chat_template.jinja")) {

@@ -31,7 +31,9 @@ TokenizerSpec tokenizer_spec_from_json(std::string_view tokenizer_json, std::str
 
 // `path` is a directory holding tokenizer.json (and maybe tokenizer_config.json,
 // chat_template.jinja, generation_config.json) or a tokenizer.json file (its directory
-// is searched for the others). Throws Error.
+// is searched for the others). A directory without tokenizer.json but with GPT-2's original
+// vocab.json + merges.txt (facebook/opt-*) gives the tokenizer transformers' GPT2Tokenizer
+// builds from them. Throws Error.
 TokenizerSpec load_hf_tokenizer(const std::string& path);
 
 }  // namespace qlora

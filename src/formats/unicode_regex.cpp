@@ -348,6 +348,15 @@ class Parser {
       cls.negated = true;
       ++i_;
     }
+    parse_class_items(cls.items, 0);
+    return class_node(std::move(cls));
+  }
+
+  // The items of a class up to and including its ']'. A nested class (Oniguruma: "[a[bc]]"
+  // is the union a|b|c; BLOOM's pre-tokenizer regex has one) adds its items to the outer
+  // class; a negated nested class, a POSIX bracket ("[:alpha:]") and "&&" are refused.
+  void parse_class_items(std::vector<ClassItem>& items, int depth) {
+    if (depth > 8) error("classes nested too deep");
     bool first = true;
     while (true) {
       if (eof()) error("missing ']'");
@@ -357,7 +366,13 @@ class Parser {
         break;
       }
       first = false;
-      if (c == '[') error("nested or POSIX classes are not supported");
+      if (c == '[') {
+        if (i_ + 1 < p_.size() && p_[i_ + 1] == ':') error("POSIX bracket classes are not supported");
+        if (i_ + 1 < p_.size() && p_[i_ + 1] == '^') error("negated nested classes are not supported");
+        ++i_;
+        parse_class_items(items, depth + 1);
+        continue;
+      }
       if (c == '&' && i_ + 1 < p_.size() && p_[i_ + 1] == '&') error("class intersection is not supported");
       uint32_t lo;
       ClassItem item{};
@@ -369,7 +384,7 @@ class Parser {
         lo = next_cp();
       }
       if (!single) {
-        cls.items.push_back(item);
+        items.push_back(item);
         continue;
       }
       // A range?
@@ -384,12 +399,11 @@ class Parser {
           hi = next_cp();
         }
         if (hi < lo) error("class range out of order");
-        cls.items.push_back({ClassItem::kRange, lo, hi});
+        items.push_back({ClassItem::kRange, lo, hi});
       } else {
-        cls.items.push_back({ClassItem::kRange, lo, lo});
+        items.push_back({ClassItem::kRange, lo, lo});
       }
     }
-    return class_node(std::move(cls));
   }
 
   Node assert_node(uint8_t k, int cls = -1) {

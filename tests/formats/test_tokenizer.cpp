@@ -107,11 +107,14 @@ TEST(Regex, Features) {
   EXPECT_EQ(first(R"(\u0041+)", "zAAz"), "AA");
   EXPECT_EQ(first("$", "ab"), "");
   EXPECT_EQ(first("q", "ab"), "<none>");
+  // A nested class is a union (Oniguruma), as in BLOOM's split regex.
+  EXPECT_EQ(first(R"(x[a[bc]]+)", "xcbad"), "xcba");
+  EXPECT_EQ(first(R"( ?[^(\s|[.,!?])]+)", "(hi there!"), "hi");
 }
 
 TEST(Regex, RejectsBadPatterns) {
   for (const char* bad : {"(", "a)", "[a", "a{3,2}", "(?<=a)b", R"(\1)", R"(\p{Foo})", "(?!ab)", "*a",
-                          "a*+", "[[:alpha:]]", R"(\q)", "a{2000}", R"(\x{110000})"}) {
+                          "a*+", "[[:alpha:]]", "[a[^b]]", R"(\q)", "a{2000}", R"(\x{110000})"}) {
     EXPECT_THROW(unicode::Regex re(bad), Error) << bad;
   }
 }

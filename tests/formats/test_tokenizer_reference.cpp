@@ -16,6 +16,7 @@
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_gguf.h"
 #include "formats/tokenizer_json.h"
+#include "formats/unicode_nfc.h"
 
 namespace qlora {
 namespace {
@@ -99,6 +100,34 @@ void check_reference(const std::string& name) {
 
 TEST(TokenizerReference, ByteLevelLlama3Layout) { check_reference("bpe_llama3"); }
 TEST(TokenizerReference, ByteLevelGpt2Layout) { check_reference("bpe_gpt2"); }
+// The announcement's families' tokenizer.json pipelines (tools/make_tokenizer_fixtures.py):
+// NFC + ByteLevel (GPT-NeoX/Pythia), BLOOM's split regex + ByteLevel without its regex,
+// Falcon's Punctuation(Contiguous) + ByteLevel + Digits + 3-digit split.
+TEST(TokenizerReference, ByteLevelGptNeoXLayout) { check_reference("bpe_neox"); }
+TEST(TokenizerReference, ByteLevelBloomLayout) { check_reference("bpe_bloom"); }
+TEST(TokenizerReference, ByteLevelFalconLayout) { check_reference("bpe_falcon"); }
+// OPT ships GPT-2's original vocab.json + merges.txt (no tokenizer.json) and prepends </s>:
+// the ids transformers' AutoTokenizer gives for that directory.
+TEST(TokenizerReference, Gpt2OriginalFilesOptLayout) {
+  check_reference("gpt2_files_opt");
+  const Tokenizer tok = Tokenizer::from_file(fixture("gpt2_files_opt"));
+  EXPECT_EQ(tok.token_text(tok.bos_id()), "</s>");
+  EXPECT_EQ(tok.encode("hi").front(), tok.bos_id());
+}
+// NFC (the GPT-NeoX normalizer) against Python's unicodedata: every canonical singleton
+// and composition exclusion, and random mixes of marks, decomposable letters and Hangul.
+TEST(TokenizerReference, NfcMatchesPythonUnicodedata) {
+  const json ref = load_json(fixture("nfc_reference.json"));
+  size_t n = 0;
+  for (const json& c : ref["cases"]) {
+    const std::string in = c[0], want = c[1];
+    EXPECT_EQ(unicode::nfc(in), want) << "input: " << in;
+    ++n;
+  }
+  EXPECT_GT(n, 1000u);
+  EXPECT_EQ(unicode::nfc("plain ascii"), "plain ascii");
+  EXPECT_EQ(unicode::nfc("a\xFF\xCC\x81"), "a\xFF\xCC\x81");  // a malformed byte stays, and blocks
+}
 TEST(TokenizerReference, SentencePieceLlama2Layout) { check_reference("sp_llama2"); }
 TEST(TokenizerReference, SentencePieceMetaspaceLayout) { check_reference("sp_metaspace"); }
 

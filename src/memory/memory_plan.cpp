@@ -78,6 +78,7 @@ struct LoraShape {
   uint64_t sum_in = 0;        // Σ in over adapted Linears of one block
   uint64_t sum_out = 0;
   uint64_t max_in_out = 0;    // max(in + out) over adapted Linears
+  uint64_t max_in = 0, max_out = 0;  // over adapted Linears
   int modules_per_block = 0;
 };
 
@@ -117,6 +118,8 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     l.sum_in += u(li.in);
     l.sum_out += u(li.out);
     l.max_in_out = std::max(l.max_in_out, u(li.in + li.out));
+    l.max_in = std::max(l.max_in, u(li.in));
+    l.max_out = std::max(l.max_out, u(li.out));
   }
   return l;
 }
@@ -329,12 +332,14 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t scratch = 4 * (u(prog.transient_floats(Ti, Bi)) + u(prog.gradient_floats(Ti, Bi)) + NH * T * T +
                                   2 * BT * C + BT * HS * (s.rope_local ? 2 : 1) + 5 * BT + tile +
                                   (o.checkpointing ? BT * C : 0));
-    // The largest transient on top: lora_forward's (B*T, out) product and dropout copy, or the
-    // lm_head input-gradient panels (64 x V + B*T x 64 floats per thread).
+    // lora.cpp's grow-only scratch (the calling thread's): the dropped input (B*T, in) and the
+    // (B*T, out) product in the forward, and the backward's dropped input again -- each at
+    // its largest over the adapted Linears, all three kept. On top, the largest transient:
+    // the lm_head input-gradient panels (64 x V + B*T x 64 floats per thread).
     const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + BT * 64) : 0);
-    const uint64_t lora_tmp = 4 * BT * ls.max_in_out;
-    add(r, "workspace (backward scratch, tiles, transients)", scratch + std::max(lm_panels, lora_tmp) + int8_ws(BT),
-        "dx/dh/d-MLP/d-attention buffers, dequantized weight tile, per-thread lm_head panels");
+    const uint64_t lora_scratch = 4 * BT * (ls.max_in + ls.max_out + (drop ? ls.max_in : 0));
+    add(r, "workspace (backward scratch, tiles, transients)", scratch + lora_scratch + lm_panels + int8_ws(BT),
+        "dx/dh/d-MLP/d-attention buffers, dequantized weight tile, LoRA scratch, per-thread lm_head panels");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));

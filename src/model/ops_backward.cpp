@@ -69,6 +69,9 @@ void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const
   const int64_t qs = NH * HS, kvs = NKV * HS;
   thread_local std::vector<float> raw;  // softcap: the unscaled scores Q Kᵀ of one head
   if (softcap > 0.0f) raw.resize(static_cast<size_t>(T * Tk));
+  // The workers below must read the calling thread's scores: a thread_local named inside
+  // the parallel lambda is each worker's own (empty) vector.
+  const float* rawp = raw.data();
   for (int64_t h = 0; h < NH; ++h) {
     const int64_t kh = h / group;
     const float* P = att + h * T * Tk;
@@ -86,7 +89,7 @@ void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const
         const float sf = static_cast<float>(s);
         for (int64_t j = 0; j < j0; ++j) d[j] = 0.0f;
         if (softcap > 0.0f) {  // through cap * tanh(s / cap): times 1 - tanh^2
-          const float* rr = raw.data() + t * Tk;
+          const float* rr = rawp + t * Tk;
           for (int64_t j = j0; j < n; ++j) {
             const float th = std::tanh(rr[j] * scale / softcap);
             d[j] = p[j] * (d[j] - sf) * (1.0f - th * th) * scale;

@@ -110,7 +110,7 @@ VecD rope_d(VecD x, const VecF& cos, const VecF& sin, int64_t T, int64_t NH, int
 }
 
 VecD attention_d(const VecD& q, const VecD& k, const VecD& v, int64_t T, int64_t Tk, int64_t q_pos0, int64_t NH,
-                 int64_t NKV, int64_t HS) {
+                 int64_t NKV, int64_t HS, double softcap = 0.0) {
   const int64_t group = NH / NKV, qs = NH * HS, kvs = NKV * HS;
   const double scale = 1.0 / std::sqrt(static_cast<double>(HS));
   VecD out(T * qs, 0.0);
@@ -124,6 +124,7 @@ VecD attention_d(const VecD& q, const VecD& k, const VecD& v, int64_t T, int64_t
         double d = 0.0;
         for (int64_t i = 0; i < HS; ++i) d += q[t * qs + h * HS + i] * k[j * kvs + kh * HS + i];
         s[j] = d * scale;
+        if (softcap > 0.0) s[j] = softcap * std::tanh(s[j] / softcap);
         mx = std::max(mx, s[j]);
       }
       double sum = 0.0;
@@ -374,6 +375,28 @@ TEST(OpsBackward, AttentionPackedGemmEqualsSeparateLoops) {
       EXPECT_NEAR(dv[t0 * kvs + i], gv[i], 2e-5) << "dv " << t0 << " " << i;
     }
   }
+}
+
+// Gemma 2's soft-capped scores on the GEMM path with enough queries that the softmax rows
+// are split across threads (the backward's per-head raw scores must be the calling
+// thread's; a worker reading its own thread_local copy crashed here): finite differences.
+TEST(OpsBackward, AttentionSoftcapGemmAcrossThreads) {
+  const int64_t T = 48, NH = 2, NKV = 1, HS = 4, qs = NH * HS, kvs = NKV * HS;
+  const double cap = 1.5;
+  std::mt19937 rng(21);
+  const VecF q = randn(T * qs, rng), k = randn(T * kvs, rng), v = randn(T * kvs, rng), R = randn(T * qs, rng);
+  VecF out(T * qs), att(NH * T * T), datt(NH * T * T), dq(T * qs, 0.f), dk(T * kvs, 0.f), dv(T * kvs, 0.f);
+  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), T, T, 0, NH, NKV, HS, nullptr, 0.0f,
+                    static_cast<float>(cap));
+  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), R.data(), q.data(), k.data(), v.data(), att.data(),
+                     T, T, 0, NH, NKV, HS, nullptr, 0.0f, static_cast<float>(cap));
+  const VecD qd = to_d(q), kd = to_d(k), vd = to_d(v);
+  const VecD od = attention_d(qd, kd, vd, T, T, 0, NH, NKV, HS, cap);
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], od[i], 1e-5);
+  expect_grad(dq, finite_diff([&](const VecD& x) { return dot_d(attention_d(x, kd, vd, T, T, 0, NH, NKV, HS, cap), R); }, qd),
+              "softcap dq");
+  expect_grad(dk, finite_diff([&](const VecD& x) { return dot_d(attention_d(qd, x, vd, T, T, 0, NH, NKV, HS, cap), R); }, kd),
+              "softcap dk");
 }
 
 TEST(OpsBackward, AttentionRejectsBadShapes) {

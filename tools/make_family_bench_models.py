@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Medium-sized random models of each family, for measuring memory and speed where the tiny
+test fixtures are all process baseline (bench/memory_validate_families.sh). Not committed:
+they are written under models/ (git-ignored), ~100-150 MB each in float32.
+
+    .refenv/bin/python tools/make_family_bench_models.py [FAMILY ...]
+
+Each is transformers' own random init of that architecture (so every checkpoint and config
+detail is the family's), with hidden 512, 8 layers, vocab 8192, and a byte-level BPE
+tokenizer.json of exactly 8192 tokens trained on Tiny Shakespeare (so that generated ids
+decode). Random weights: for memory and speed only, never for quality.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "models"
+
+COMMON = dict(vocab_size=8192, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+FAMILIES = {
+    "llama": ("LlamaConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                                  num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                                  num_key_value_heads=4, head_dim=128, max_position_embeddings=2048,
+                                  tie_word_embeddings=True)),
+    "gemma2": ("Gemma2Config", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                                    num_key_value_heads=4, head_dim=64, max_position_embeddings=2048,
+                                    sliding_window=256)),
+    "phi3": ("Phi3Config", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                                num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)),
+    "gpt2": ("GPT2Config", dict(n_embd=512, n_layer=8, n_head=8, n_positions=2048)),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
+                                       num_attention_heads=8, max_position_embeddings=2048)),
+    "opt_350m": ("OPTConfig", dict(hidden_size=512, ffn_dim=2048, num_hidden_layers=8, num_attention_heads=8,
+                                   word_embed_proj_dim=256, do_layer_norm_before=False,
+                                   max_position_embeddings=2048)),
+    "bloom": ("BloomConfig", dict(hidden_size=512, n_layer=8, n_head=8)),
+    "falcon": ("FalconConfig", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_kv_heads=2,
+                                    new_decoder_architecture=True, ffn_hidden_size=2048, bias=False)),
+}
+
+
+def tokenizer():
+    import os
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    data = Path(os.environ.get("QLORA_DATA_DIR", ROOT.parent / "shared" / "data")) / "text" / "tinyshakespeare.txt"
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    V = COMMON["vocab_size"]
+    tr = trainers.BpeTrainer(vocab_size=V, special_tokens=["<pad>", "<s>", "</s>"],
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    t.train_from_iterator([data.read_text()], tr)
+    n = t.get_vocab_size()
+    t.add_tokens([f"<unused{i}>" for i in range(V - n)])  # (exactly the model's vocabulary)
+    assert t.get_vocab_size() == V, t.get_vocab_size()
+    return t
+
+
+def build(family: str, tok):
+    import transformers
+    cls, kw = FAMILIES[family]
+    cfg = getattr(transformers, cls)(**{**COMMON, **kw})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    out = OUT / f"bench-{family}"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save(str(out / "tokenizer.json"))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{family}: {n / 1e6:.1f} M parameters -> {out}")
+
+
+def main():
+    fams = sys.argv[1:] or list(FAMILIES)
+    tok = tokenizer()
+    for f in fams:
+        if f not in FAMILIES:
+            sys.exit(f"unknown family {f!r} (known: {', '.join(FAMILIES)})")
+        build(f, tok)
+
+
+if __name__ == "__main__":
+    main()

@@ -66,6 +66,10 @@ FAMILIES = {
                                        tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
+    # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
+    # with a window shorter than the prompt).
+    "qwen2_swa": ("Qwen2Config", dict(rope_theta=10000.0, use_sliding_window=True, sliding_window=8,
+                                      max_window_layers=1, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", dict(rope_theta=1000000.0, head_dim=32, tie_word_embeddings=True)),
     # Rotary scalings (transformers' modeling_rope_utils): the original context is 32 so
     # that the prompt's positions and every frequency band are in play.

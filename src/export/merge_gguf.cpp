@@ -109,6 +109,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (s.qkv_bias || s.o_bias || s.mlp_bias) fail(out_path, "llama.cpp's falcon has no biases; this model has them");
   }
   const bool falcon_two_norms = arch == "falcon" && !s.shared_branch_norm;
+  if ((arch == "qwen2" || arch == "qwen3") && s.sliding_window > 0)
+    fail(out_path, "llama.cpp's " + arch + " has no sliding window, which this model uses on some layers: no GGUF export");
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
       s.n_layers != (arch == "gemma2" ? 46 : 62))

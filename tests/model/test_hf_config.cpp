@@ -176,12 +176,32 @@ TEST(HfConfig, Gemma3Text1B) {
   EXPECT_EQ(s.eos_ids, (std::vector<int>{1, 106}));
 }
 
+// Qwen's sliding windows as transformers' Qwen2Config reads them: only with
+// use_sliding_window, on the layers from max_window_layers on (default 28) or those
+// layer_types names; Qwen2.5's configs (use_sliding_window false, a sliding_window value
+// all the same) have none.
+TEST(HfConfig, QwenSlidingWindowLayers) {
+  const std::string base = R"({"model_type":"qwen2","hidden_size":64,"intermediate_size":100,"num_hidden_layers":4,
+                       "num_attention_heads":4,"vocab_size":10,)";
+  auto spec = [&](const std::string& rest) { return spec_from_hf_config(json::parse(base + rest), "config.json"); };
+  EXPECT_EQ(spec(R"("use_sliding_window":false,"sliding_window":4096,"max_window_layers":2})").sliding_window, 0);
+  const ModelSpec a = spec(R"("use_sliding_window":true,"sliding_window":16,"max_window_layers":2})");
+  EXPECT_EQ(a.sliding_window, 16);
+  EXPECT_EQ(a.sliding_layers, (std::vector<bool>{false, false, true, true}));
+  const ModelSpec b = spec(R"("use_sliding_window":true,"sliding_window":16,"max_window_layers":2,
+      "layer_types":["sliding_attention","full_attention","sliding_attention","full_attention"]})");
+  EXPECT_EQ(b.sliding_layers, (std::vector<bool>{true, false, true, false}));
+  EXPECT_EQ(spec(R"("use_sliding_window":true,"sliding_window":16})").sliding_window, 0);  // 28 >= 4 layers
+  EXPECT_EQ(spec(R"("use_sliding_window":true,"sliding_window":null,"max_window_layers":0})").sliding_window, 0);
+}
+
 TEST(HfConfig, NewFamilyOptionsThatAreNotSupportedSaySo) {
   const std::string base = R"({"hidden_size":64,"intermediate_size":100,"num_hidden_layers":2,
                        "num_attention_heads":4,"vocab_size":10,)";
   EXPECT_NE(error_of(base + R"("model_type":"gemma2","layer_types":["full_attention"]})").find("layer_types"),
             std::string::npos);
-  EXPECT_NE(error_of(base + R"("model_type":"qwen2","use_sliding_window":true})").find("sliding-window"),
+  EXPECT_NE(error_of(base + R"("model_type":"qwen2","use_sliding_window":true,"layer_types":["full_attention"]})")
+                .find("layer_types"),
             std::string::npos);
   EXPECT_NE(error_of(base + R"("model_type":"llama","rope_parameters":{"rope_type":"dynamic","factor":2.0}})")
                 .find("rope_type 'dynamic' is not supported"),

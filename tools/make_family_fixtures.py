@@ -76,6 +76,10 @@ FAMILIES = {
     "llama_rope_llama3": ("LlamaConfig", dict(rope_parameters=dict(
         rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
         original_max_position_embeddings=32), tie_word_embeddings=False)),
+    # Dynamic NTK: a trained context of 16 that the prompt (20) and the greedy run (36)
+    # pass, so the base grows per forward (factor 4: runs to 64).
+    "llama_rope_dynamic": ("LlamaConfig", dict(max_position_embeddings=16, rope_parameters=dict(
+        rope_type="dynamic", rope_theta=10000.0, factor=4.0), tie_word_embeddings=False)),
     "llama_rope_linear": ("LlamaConfig", dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
                                               tie_word_embeddings=False)),
     "qwen2_rope_yarn": ("Qwen2Config", dict(rope_parameters=dict(
@@ -200,6 +204,16 @@ def make_model(family: str):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
     model.eval()
     return model
+
+
+def reset_rope_state(model):
+    """transformers' dynamic rotary embedding keeps the longest sequence it has seen across
+    calls (generate leaves it at 36 here); every reference below is a fresh model's, as a
+    user's first forward is (and as ours is, per forward)."""
+    for mod in model.modules():
+        if hasattr(mod, "original_inv_freq") and hasattr(mod, "max_seq_len_cached"):
+            mod.register_buffer("inv_freq", mod.original_inv_freq.clone(), persistent=False)
+            mod.max_seq_len_cached = mod.original_max_seq_len
 
 
 def nf4_roundtrip(model):
@@ -587,6 +601,7 @@ def build(family: str):
         gen = model.generate(prompt[:, :4], max_new_tokens=GREEDY, do_sample=False, use_cache=True,
                              eos_token_id=None, pad_token_id=0)
     greedy = gen[0, 4:].tolist()
+    reset_rope_state(model)
 
     nf4 = copy.deepcopy(model)
     nf4_roundtrip(nf4)

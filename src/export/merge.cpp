@@ -237,6 +237,11 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
                            {"attention_factor", rs.attention_factor},
                            {"original_max_position_embeddings", rs.original_max_positions}};
       break;
+    case RopeScaling::Type::Dynamic:
+      // (the context the model runs to is factor x the one config.json names)
+      j["max_position_embeddings"] = rs.original_max_positions;
+      j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", rs.factor}};
+      break;
     case RopeScaling::Type::Factors:
       fail("config.json", "this model's rotary frequencies come from a GGUF rope_freqs tensor, which config.json "
                           "cannot express; merge it to GGUF instead");

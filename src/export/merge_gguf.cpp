@@ -149,6 +149,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
   }
   const RopeScaling& rs = s.rope_scaling;
+  if (rs.type == RopeScaling::Type::Dynamic)
+    fail(out_path, "llama.cpp has no dynamic NTK rope scaling (its rope.scaling types are linear and yarn): no GGUF "
+                   "export of this model");
   if (rs.type == RopeScaling::Type::Linear) {
     w.set_string(a + "rope.scaling.type", "linear");
     w.set_f32(a + "rope.scaling.factor", rs.factor);

@@ -101,6 +101,12 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
     sc.high_freq_factor = positive("high_freq_factor", num("high_freq_factor", std::nullopt));
     sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
     if (sc.high_freq_factor <= sc.low_freq_factor) fail(where, in + ": high_freq_factor must exceed low_freq_factor");
+  } else if (type == "dynamic") {
+    sc.type = RopeScaling::Type::Dynamic;
+    sc.factor = positive("factor", num("factor", std::nullopt));
+    if (sc.factor < 1.0f) fail(where, in + ": a dynamic factor below 1 shrinks the context");
+    sc.original_max_positions = max_positions;  // (transformers: config.max_position_embeddings)
+    if (sc.original_max_positions <= 0) fail(where, in + ": dynamic scaling needs max_position_embeddings");
   } else if (type == "yarn") {
     sc.type = RopeScaling::Type::Yarn;
     sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
@@ -126,7 +132,7 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
       sc.truncate = tr->get<bool>();
     }
   } else {
-    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, llama3, yarn, longrope)");
+    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, dynamic, llama3, yarn, longrope)");
   }
   return sc;
 }

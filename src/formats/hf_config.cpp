@@ -74,6 +74,10 @@ ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
   s.norm_eps = get_float(j, "rms_norm_eps", where, 1e-6f);
   s.tied_embeddings = get_bool(j, "tie_word_embeddings", where, fam.default_tied);
   if (fam.read_config) fam.read_config(j, where, s);
+  // Dynamic NTK scaling exists to run past the trained context: up to factor times it.
+  if (s.rope_scaling.type == RopeScaling::Type::Dynamic)
+    s.max_positions = static_cast<int64_t>(static_cast<double>(s.rope_scaling.original_max_positions) *
+                                           static_cast<double>(s.rope_scaling.factor));
   if (s.n_heads > 0 && s.hidden % s.n_heads != 0 && !find_key(j, "head_dim"))
     fail(where, "hidden_size " + std::to_string(s.hidden) + " is not a multiple of num_attention_heads " +
                     std::to_string(s.n_heads));

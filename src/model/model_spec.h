@@ -59,7 +59,12 @@ struct RopeScaling {
   // LongRope (phi3): per-frequency divisors, short_factor while the sequence fits the
   // original context, long_factor beyond it (chosen per forward by its length, as
   // transformers' longrope_frequency_update does), and cos/sin times attention_factor.
-  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors, LongRope };
+  // Dynamic (NTK-aware, transformers' "dynamic"): the base grows with the sequence once it
+  // passes the original context, theta * (factor * seq_len / original - (factor - 1))^(d / (d - 2)),
+  // chosen per forward by its length (transformers recomputes at each forward that grows
+  // past the longest so far; cached keys keep their rotation). The model runs up to
+  // factor x the original context (max_positions).
+  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors, LongRope, Dynamic };
   Type type = Type::None;
   float factor = 1.0f;
   int64_t original_max_positions = 0;             // llama3, yarn
@@ -77,6 +82,7 @@ struct RopeScaling {
       case Type::Yarn: return "yarn";
       case Type::Factors: return "frequency factors";
       case Type::LongRope: return "longrope";
+      case Type::Dynamic: return "dynamic";
     }
     return "?";
   }

@@ -64,6 +64,15 @@ std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc,
             std::to_string(sc.freq_factors.size()) + " values for a head of " + std::to_string(HS));
       for (int64_t i = 0; i < half; ++i) inv[i] /= sc.freq_factors[static_cast<size_t>(i)];
       break;
+    case RopeScaling::Type::Dynamic: {
+      // transformers' _compute_dynamic_ntk_parameters, in float32 as its tensors are.
+      if (seq_len <= sc.original_max_positions) break;
+      const float grown = sc.factor * static_cast<float>(seq_len) / static_cast<float>(sc.original_max_positions) -
+                          (sc.factor - 1.0f);
+      const float base = theta * std::pow(grown, static_cast<float>(static_cast<double>(HS) / static_cast<double>(HS - 2)));
+      for (int64_t i = 0; i < half; ++i) inv[i] = 1.0f / std::pow(base, static_cast<float>(2 * i) / static_cast<float>(HS));
+      break;
+    }
     case RopeScaling::Type::LongRope: {
       // 1 / (ext * theta^(2i/d)), ext the long factors once the sequence passes the original context.
       const std::vector<float>& ext = seq_len > sc.original_max_positions ? sc.long_factor : sc.short_factor;

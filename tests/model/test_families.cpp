@@ -47,7 +47,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
 const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi",
-                                            "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn"};
+                                            "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,

@@ -203,9 +203,16 @@ TEST(HfConfig, NewFamilyOptionsThatAreNotSupportedSaySo) {
   EXPECT_NE(error_of(base + R"("model_type":"qwen2","use_sliding_window":true,"layer_types":["full_attention"]})")
                 .find("layer_types"),
             std::string::npos);
-  EXPECT_NE(error_of(base + R"("model_type":"llama","rope_parameters":{"rope_type":"dynamic","factor":2.0}})")
-                .find("rope_type 'dynamic' is not supported"),
+  EXPECT_NE(error_of(base + R"("model_type":"llama","rope_parameters":{"rope_type":"axial","factor":2.0}})")
+                .find("rope_type 'axial' is not supported"),
             std::string::npos);
+  // dynamic NTK runs to factor x the trained context, which stays the original in rope_scaling
+  const ModelSpec dyn = spec_from_hf_config(
+      json::parse(base + R"("model_type":"llama","max_position_embeddings":2048,"rope_scaling":{"type":"dynamic","factor":2.0}})"),
+      "config.json");
+  EXPECT_EQ(dyn.rope_scaling.type, RopeScaling::Type::Dynamic);
+  EXPECT_EQ(dyn.rope_scaling.original_max_positions, 2048);
+  EXPECT_EQ(dyn.max_positions, 4096);
   EXPECT_NE(error_of(base + R"("model_type":"gemma3"})").find("text-only"), std::string::npos);
   EXPECT_NE(error_of(base + R"("model_type":"llama","rope_scaling":{"rope_type":"yarn","factor":4.0}})")
                 .find("original_max_position_embeddings"),

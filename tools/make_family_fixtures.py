@@ -25,7 +25,8 @@ bytes. Writes tests/fixtures/families/<family>/:
                                    LLM.int8; logits.safetensors gains "bnb4_logits" and
                                    "bnb8_logits", what those quantized models compute
   grads.safetensors                d loss / d (A, B) of that adapter on the batch, float32,
-                                   keyed by PEFT's names
+                                   keyed by PEFT's names; reference.json's "curve" is the loss
+                                   before each of 10 torch AdamW steps (lr 1e-3) on it
   model.gguf                       (llama, qwen2, qwen3, gemma) the same weights as llama.cpp's
                                    converter lays them out for that architecture (F32; q/k
                                    rows permuted for "llama"), with a 160-token
@@ -179,6 +180,7 @@ FAMILIES = {
 }
 
 PROMPT_LEN, GREEDY, BATCH, SEQ = 20, 32, 2, 24
+CURVE_STEPS, CURVE_LR = 10, 1e-3
 
 
 def attn_impl(family: str) -> str:
@@ -640,6 +642,17 @@ def build(family: str):
             key = name.replace(".default", "")
             grads[key] = p.grad.detach().contiguous().clone()
     save_file(grads, str(out / "grads.safetensors"))
+    # A 10-step loss curve: torch.optim.AdamW (lr 1e-3, no weight decay) on the same batch,
+    # from the initial adapter, the loss before each step.
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=CURVE_LR, betas=(0.9, 0.999),
+                            eps=1e-8, weight_decay=0.0)
+    curve = []
+    for _ in range(CURVE_STEPS):
+        opt.zero_grad()
+        step_loss = pm(input_ids=ids, labels=labels).loss
+        curve.append(float(step_loss.item()))
+        step_loss.backward()
+        opt.step()
     all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
     if family in BNB_FAMILIES:
         all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family)))
@@ -661,6 +674,8 @@ def build(family: str):
         "loss": float(loss.item()),
         "r": 4,
         "lora_alpha": 8,
+        "curve": curve,
+        "curve_adamw": {"lr": CURVE_LR, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
         "transformers": __import__("transformers").__version__,
         "peft": __import__("peft").__version__,
     }

@@ -612,18 +612,6 @@ constexpr NamePair kLayerNames[] = {
     {"attn_norm", "input_layernorm"},
     {"ffn_norm", "post_attention_layernorm"},
 };
-// Gemma 2's norms, where its names differ from the table above (its ffn_norm is the MLP's
-// input norm, pre_feedforward_layernorm; post_attention_layernorm normalizes the attention
-// output).
-constexpr NamePair kGemma2Norms[] = {{"ffn_norm", "pre_feedforward_layernorm"},
-                                     {"post_attention_norm", "post_attention_layernorm"},
-                                     {"post_ffw_norm", "post_feedforward_layernorm"}};
-// Phi-3's fused Linears (convert_hf_to_gguf.py's Phi3MiniModel keeps them fused; its ffn_up
-// is gate_up_proj, gate rows then up rows).
-constexpr NamePair kPhi3Names[] = {{"attn_qkv", "self_attn.qkv_proj"}, {"ffn_up", "mlp.gate_up_proj"}};
-// GPT-2's fused c_attn (convert_hf_to_gguf.py's GPT2Model transposes the Conv1D weights to
-// the usual (out, in)).
-constexpr NamePair kGpt2Names[] = {{"attn_qkv", "self_attn.qkv_proj"}};
 // Falcon's new architecture (two norms per block): llama.cpp's converter writes ln_attn as
 // attn_norm_2 and ln_mlp as attn_norm.
 constexpr NamePair kFalconTwoNorms[] = {{"attn_norm_2", "input_layernorm"}, {"attn_norm", "post_attention_layernorm"}};
@@ -662,51 +650,45 @@ std::optional<std::string_view> strip_layer(std::string_view name, std::string_v
 std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch, bool falcon_two_norms) {
   std::string_view stem, suffix, num;
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "falcon" && falcon_two_norms)
-    for (const auto& p : kFalconTwoNorms)
-      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gemma2" || arch == "gemma3")) {
-    for (const auto& p : kGemma2Norms)
-      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
-  }
   if (stem == "position_embd") return "model.embed_positions" + std::string(suffix);
   if (stem == "token_embd_norm") return "model.embed_norm" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "falcon"))
-    for (const auto& p : kGpt2Names)
-      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num); rest && arch == "phi3")
-    for (const auto& p : kPhi3Names)
-      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "blk.", &num))
-    for (const auto& p : kLayerNames)
-      if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf) + std::string(suffix);
+  auto rest = strip_layer(stem, "blk.", &num);
+  if (!rest) return std::nullopt;
+  auto layer = [&](std::string_view canonical) {
+    return "model.layers." + std::string(num) + "." + std::string(canonical) + std::string(suffix);
+  };
+  if (arch == "falcon" && falcon_two_norms)
+    for (const auto& p : kFalconTwoNorms)
+      if (*rest == p.gguf) return layer(p.hf);
+  // The family's own names first (formats/families/: fused q/k/v, gemma2's norms, ...).
+  if (const ModelFamily* fam = find_family_by_gguf_arch(arch))
+    for (const GgufLayerName& p : fam->gguf_layer_names)
+      if (*rest == p.gguf) return layer(p.canonical);
+  for (const auto& p : kLayerNames)
+    if (*rest == p.gguf) return layer(p.hf);
   return std::nullopt;
 }
 
 std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::string_view arch, bool falcon_two_norms) {
   std::string_view stem, suffix, num;
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "falcon" && falcon_two_norms)
-    for (const auto& p : kFalconTwoNorms)
-      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gemma2" || arch == "gemma3"))
-    for (const auto& p : kGemma2Norms)
-      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
   if (stem == "model.embed_positions") return "position_embd" + std::string(suffix);
   if (stem == "model.embed_norm") return "token_embd_norm" + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && (arch == "gpt2" || arch == "gptneox" || arch == "bloom" || arch == "falcon"))
-    for (const auto& p : kGpt2Names)
-      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num); rest && arch == "phi3")
-    for (const auto& p : kPhi3Names)
-      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
-  if (auto rest = strip_layer(stem, "model.layers.", &num))
-    for (const auto& p : kLayerNames)
-      if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf) + std::string(suffix);
+  auto rest = strip_layer(stem, "model.layers.", &num);
+  if (!rest) return std::nullopt;
+  auto layer = [&](std::string_view gguf) { return "blk." + std::string(num) + "." + std::string(gguf) + std::string(suffix); };
+  if (arch == "falcon" && falcon_two_norms)
+    for (const auto& p : kFalconTwoNorms)
+      if (*rest == p.hf) return layer(p.gguf);
+  if (const ModelFamily* fam = find_family_by_gguf_arch(arch))
+    for (const GgufLayerName& p : fam->gguf_layer_names)
+      if (*rest == p.canonical) return layer(p.gguf);
+  for (const auto& p : kLayerNames)
+    if (*rest == p.hf) return layer(p.gguf);
   return std::nullopt;
 }
 

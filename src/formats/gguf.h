@@ -184,8 +184,9 @@ class GgufFile {
 //   blk.N.attn_norm.weight -> model.layers.N.input_layernorm.weight
 //   blk.N.ffn_norm.weight  -> model.layers.N.post_attention_layernorm.weight
 // nullopt for names without a Hugging Face counterpart (e.g. rope_freqs.weight).
-// `arch` (general.architecture) matters for Gemma 2's norms: its ffn_norm is the MLP's
-// pre_feedforward_layernorm, post_attention_norm / post_ffw_norm the branch-output norms.
+// `arch` (general.architecture) picks the family whose own names come first
+// (ModelFamily::gguf_layer_names: the fused attn_qkv, phi3's fused ffn_up, Gemma 2/3's
+// norms, whose ffn_norm is the MLP's pre_feedforward_layernorm).
 // Falcon: attn_qkv is the fused query_key_value; with `falcon_two_norms` (the new
 // architecture: a blk.N.attn_norm_2 tensor) attn_norm_2 is the attention's norm
 // (input_layernorm, HF ln_attn) and attn_norm the MLP's (post_attention_layernorm, ln_mlp),

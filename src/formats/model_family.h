@@ -28,6 +28,14 @@ struct HfRename {
   std::string_view hf, canonical;
 };
 
+// A per-layer tensor name of llama.cpp's GGUF for the family where it differs from the shared
+// table (formats/gguf.cpp): blk.N.<gguf> <-> model.layers.N.<canonical>.
+struct GgufLayerName {
+  std::string_view gguf, canonical;
+};
+// The fused q/k/v Linear, as llama.cpp's gpt2, gptneox, bloom, falcon and phi3 name it.
+inline constexpr GgufLayerName kFusedQkvGgufName{"attn_qkv", "self_attn.qkv_proj"};
+
 struct ModelFamily {
   std::string_view model_type;      // config.json model_type, and ModelSpec::family
   std::string_view hf_class;        // config.json "architectures" of a merged export
@@ -67,6 +75,8 @@ struct ModelFamily {
   // transformers' base_model_prefix ("transformer." for gpt2): checkpoints saved from the
   // base model (the original gpt2 files) leave it out of every name but the head's.
   std::string_view base_prefix = {};
+  // Its GGUF's per-layer names that differ from the shared table, looked up first.
+  std::span<const GgufLayerName> gguf_layer_names = {};
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
 };

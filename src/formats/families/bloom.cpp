@@ -75,7 +75,12 @@ void bloom_gguf(const GgufLlamaHParams&, ModelSpec& s) {
 
 }  // namespace
 
-const ModelFamily kBloom{"bloom",     "BloomForCausalLM", "bloom", 0,     2048, 10000.0f, true, false, bloom_read,
-                         bloom_write, bloom_gguf,         {},      false, kBloomRenames, true, bloom_normalize, false};
+constexpr GgufLayerName kBloomGgufNames[] = {kFusedQkvGgufName};
+const ModelFamily kBloom = [] {
+  ModelFamily f{"bloom", "BloomForCausalLM", "bloom", 0, 2048, 10000.0f, true, false, bloom_read,
+                bloom_write, bloom_gguf, {}, false, kBloomRenames, true, bloom_normalize, false};
+  f.gguf_layer_names = kBloomGgufNames;
+  return f;
+}();
 
 }  // namespace qlora::families

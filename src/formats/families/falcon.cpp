@@ -132,8 +132,9 @@ void falcon_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
 
 }  // namespace
 
+constexpr GgufLayerName kFalconGgufNames[] = {kFusedQkvGgufName};
 const ModelFamily kFalcon{"falcon",     "FalconForCausalLM", "falcon", 0,     2048, 10000.0f, true, false, falcon_read,
                           falcon_write, falcon_gguf,         {},       false, kFalconRenames, true, falcon_normalize,
-                          false,        falcon_renames};
+                          false,        falcon_renames,      {},       kFalconGgufNames};
 
 }  // namespace qlora::families

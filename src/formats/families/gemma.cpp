@@ -158,9 +158,24 @@ void gemma3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
 
 const ModelFamily kGemma{"gemma", "GemmaForCausalLM", "gemma", 256, 8192, 10000.0f, true, true,
                          gemma_read, gemma_write, gemma_gguf};
-const ModelFamily kGemma2{"gemma2", "Gemma2ForCausalLM", "gemma2", 256, 8192, 10000.0f, true, true,
-                          gemma2_read, gemma23_write, gemma2_gguf};
-const ModelFamily kGemma3Text{"gemma3_text", "Gemma3ForCausalLM", "gemma3", 256, 8192, 1000000.0f, true, true,
-                              gemma3_read, gemma3_write, gemma3_gguf};
+// llama.cpp's Gemma 2/3 norms, where they differ from the shared names: its ffn_norm is the
+// MLP's input norm (pre_feedforward_layernorm), post_attention_norm and post_ffw_norm the
+// branch-output norms.
+constexpr GgufLayerName kGemma23GgufNames[] = {{"ffn_norm", "pre_feedforward_layernorm"},
+                                               {"post_attention_norm", "post_attention_layernorm"},
+                                               {"post_ffw_norm", "post_feedforward_layernorm"}};
+// (built in a lambda: the names come after fields these families leave at their defaults)
+const ModelFamily kGemma2 = [] {
+  ModelFamily f{"gemma2", "Gemma2ForCausalLM", "gemma2", 256, 8192, 10000.0f, true, true,
+                gemma2_read, gemma23_write, gemma2_gguf};
+  f.gguf_layer_names = kGemma23GgufNames;
+  return f;
+}();
+const ModelFamily kGemma3Text = [] {
+  ModelFamily f{"gemma3_text", "Gemma3ForCausalLM", "gemma3", 256, 8192, 1000000.0f, true, true,
+                gemma3_read, gemma3_write, gemma3_gguf};
+  f.gguf_layer_names = kGemma23GgufNames;
+  return f;
+}();
 
 }  // namespace qlora::families

@@ -97,8 +97,9 @@ void gpt2_gguf(const GgufLlamaHParams&, ModelSpec& s) {
 
 }  // namespace
 
+constexpr GgufLayerName kGpt2GgufNames[] = {kFusedQkvGgufName};  // (converter: Conv1D transposed to (out, in))
 const ModelFamily kGpt2{"gpt2",     "GPT2LMHeadModel", "gpt2",      0,     1024, 10000.0f, true, false, gpt2_read,
                         gpt2_write, gpt2_gguf,         {},          false, kGpt2Renames, true, gpt2_normalize,
-                        true,       nullptr,           "transformer."};
+                        true,       nullptr,           "transformer.", kGpt2GgufNames};
 
 }  // namespace qlora::families

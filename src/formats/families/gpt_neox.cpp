@@ -106,7 +106,12 @@ void neox_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
 
 }  // namespace
 
-const ModelFamily kGptNeoX{"gpt_neox", "GPTNeoXForCausalLM", "gptneox", 0, 2048, 10000.0f, false, false, neox_read,
-                           neox_write, neox_gguf, {}, true, kNeoXRenames, true};
+constexpr GgufLayerName kNeoXGgufNames[] = {kFusedQkvGgufName};
+const ModelFamily kGptNeoX = [] {
+  ModelFamily f{"gpt_neox", "GPTNeoXForCausalLM", "gptneox", 0, 2048, 10000.0f, false, false, neox_read,
+                neox_write, neox_gguf, {}, true, kNeoXRenames, true};
+  f.gguf_layer_names = kNeoXGgufNames;
+  return f;
+}();
 
 }  // namespace qlora::families

@@ -50,7 +50,14 @@ void phi3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
 
 }  // namespace
 
-const ModelFamily kPhi3{"phi3",    "Phi3ForCausalLM", "phi3", 0, 4096, 10000.0f, false, false, phi3_read,
-                        phi3_write, phi3_gguf,         {},     true};
+// llama.cpp's phi3 keeps the fused Linears (convert_hf_to_gguf.py's Phi3MiniModel): its
+// ffn_up is gate_up_proj, gate rows then up rows.
+constexpr GgufLayerName kPhi3GgufNames[] = {kFusedQkvGgufName, {"ffn_up", "mlp.gate_up_proj"}};
+const ModelFamily kPhi3 = [] {
+  ModelFamily f{"phi3", "Phi3ForCausalLM", "phi3", 0, 4096, 10000.0f, false, false, phi3_read, phi3_write, phi3_gguf,
+                {}, true};
+  f.gguf_layer_names = kPhi3GgufNames;
+  return f;
+}();
 
 }  // namespace qlora::families

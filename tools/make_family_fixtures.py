@@ -20,6 +20,8 @@ bytes. Writes tests/fixtures/families/<family>/:
                                    float32 base
   initial_adapter/                 PEFT save_pretrained: r 4, alpha 8, all-linear, B filled
                                    with seeded N(0, 0.05^2) so A gets gradients too
+  default_adapter/                 (DEFAULT_TARGET_FAMILIES) the same on PEFT's default target
+                                   modules for the model type; "peft_default_logits" its logits
   bnb4/, bnb8/                     (BNB_FAMILIES) the model as transformers + bitsandbytes save
                                    it pre-quantized: NF4 with double quantization, and
                                    LLM.int8; logits.safetensors gains "bnb4_logits" and
@@ -537,6 +539,9 @@ def write_gguf(model, arch: str, path: Path):
     _finish(w)
 
 
+# The families with an adapter on PEFT's default target modules too (default_adapter/).
+DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq")
+
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
@@ -629,6 +634,25 @@ def build(family: str):
     with torch.no_grad():
         peft_logits = pm(prompt).logits[0].contiguous()
 
+    # PEFT's own default target modules for the model type (LoraConfig without
+    # target_modules: gpt2's c_attn, query_key_value for gpt_neox/bloom/falcon, q/v for opt).
+    default_logits = None
+    if family in DEFAULT_TARGET_FAMILIES:
+        dm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"))
+        gd = torch.Generator().manual_seed(13)
+        with torch.no_grad():
+            for name, p in dm.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gd))
+        dm.save_pretrained(out / "default_adapter")
+        dc = out / "default_adapter" / "adapter_config.json"
+        dcj = json.loads(dc.read_text())
+        dcj["target_modules"] = sorted(dcj["target_modules"])
+        dc.write_text(json.dumps(dcj, indent=2, sort_keys=True) + "\n")
+        dm.eval()
+        with torch.no_grad():
+            default_logits = dm(prompt).logits[0].contiguous()
+
     ids = torch.randint(3, V, (BATCH, SEQ), generator=g)
     labels = ids.clone()
     labels[0, :3] = -100
@@ -654,6 +678,8 @@ def build(family: str):
         step_loss.backward()
         opt.step()
     all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
+    if default_logits is not None:
+        all_logits["peft_default_logits"] = default_logits
     if family in BNB_FAMILIES:
         all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family)))
     if "_long" in FAMILIES[family][1]:

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -265,7 +266,39 @@ TEST_P(Families, OurAdapterSavesUnderPeftNames) {
     SafeTensorsWriter w;
     w.add_vector("logits", DType::F32, {static_cast<int64_t>(prompt.size()), m->spec().vocab}, want);
     w.write(dir + "/ours_logits.safetensors");
+    // and on PEFT's default target modules for the family, where the fixture has them
+    if (std::filesystem::exists(family_dir(GetParam()) + "/default_adapter")) {
+      LoraModel dl(*m, load_peft_adapter(family_dir(GetParam()) + "/default_adapter").config);
+      for (LoraLayer& l : dl.layers())
+        for (float& b : l.B) b = 0.1f * (rng.next_float() - 0.5f);
+      save_peft_adapter(dir + "_default", dl.config(), "base", dl.layers());
+      m->set_adapter(&dl);
+      const std::vector<float> dwant = prompt_logits(*m, prompt);
+      m->set_adapter(nullptr);
+      SafeTensorsWriter dw;
+      dw.add_vector("logits", DType::F32, {static_cast<int64_t>(prompt.size()), m->spec().vocab}, dwant);
+      dw.write(dir + "_default/ours_logits.safetensors");
+    }
   }
+}
+
+// An adapter on PEFT's default target modules for the model type (what LoraConfig without
+// target_modules picks: gpt2's c_attn, query_key_value for gpt_neox/bloom/falcon, q_proj and
+// v_proj for llama/opt) gives PeftModel's logits here too.
+TEST_P(Families, PeftDefaultTargetsAdapterGivesPeftLogits) {
+  const std::string dir = family_dir(GetParam()) + "/default_adapter";
+  if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no default-target adapter in this fixture";
+  const Fixture x = read_fixture(GetParam());
+  const auto m = load(GetParam(), false);
+  const PeftAdapter a = load_peft_adapter(dir);
+  LoraModel lm(*m, a.config);
+  a.apply_to(lm.layers());
+  EXPECT_LT(lm.layers().size(), static_cast<size_t>(m->spec().n_layers * 4)) << "not PEFT's short default list?";
+  m->set_adapter(&lm);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("peft_default_logits")),
+                GetParam() + " peft default targets");
+  m->set_adapter(nullptr);
 }
 
 // fan_in_fan_out is what PEFT writes for Conv1D (gpt2) targets, where it changes nothing

@@ -128,6 +128,16 @@ void parse_normalizer(const Reader& r, const json& n, std::vector<NormalizerStep
   out.push_back(std::move(st));
 }
 
+// A Split or Punctuation pre-tokenizer's "behavior".
+SplitBehavior split_behavior_of(const Reader& r, const std::string& b, const std::string& ctx) {
+  if (b == "Isolated") return SplitBehavior::kIsolated;
+  if (b == "Removed") return SplitBehavior::kRemoved;
+  if (b == "MergedWithPrevious") return SplitBehavior::kMergedWithPrevious;
+  if (b == "MergedWithNext") return SplitBehavior::kMergedWithNext;
+  if (b == "Contiguous") return SplitBehavior::kContiguous;
+  r.error(ctx + ": unknown behavior \"" + b + "\"");
+}
+
 void parse_pre_tokenizer(const Reader& r, const json& n, std::vector<PreTokenizerStep>& out, int depth) {
   if (depth > 16) r.error("pre_tokenizer: nested too deep");
   if (!n.is_object()) r.error("pre_tokenizer must be an object");
@@ -147,13 +157,7 @@ void parse_pre_tokenizer(const Reader& r, const json& n, std::vector<PreTokenize
     st.kind = PreTokenizerStep::Kind::kSplit;
     st.pattern = pattern_of(r, n, ctx, &st.pattern_is_regex);
     st.invert = r.boolean(n, "invert", ctx, false);
-    const std::string b = r.str(n, "behavior", ctx);
-    if (b == "Isolated") st.behavior = SplitBehavior::kIsolated;
-    else if (b == "Removed") st.behavior = SplitBehavior::kRemoved;
-    else if (b == "MergedWithPrevious") st.behavior = SplitBehavior::kMergedWithPrevious;
-    else if (b == "MergedWithNext") st.behavior = SplitBehavior::kMergedWithNext;
-    else if (b == "Contiguous") st.behavior = SplitBehavior::kContiguous;
-    else r.error(ctx + ": unknown behavior \"" + b + "\"");
+    st.behavior = split_behavior_of(r, r.str(n, "behavior", ctx), ctx);
   } else if (type == "Metaspace") {
     st.kind = PreTokenizerStep::Kind::kMetaspace;
     st.replacement = metaspace_replacement(r, n, ctx);
@@ -169,13 +173,7 @@ void parse_pre_tokenizer(const Reader& r, const json& n, std::vector<PreTokenize
   } else if (type == "Punctuation") {
     st.kind = PreTokenizerStep::Kind::kPunctuation;
     const json* b = r.find(n, "behavior");
-    const std::string beh = b && b->is_string() ? b->get<std::string>() : "Isolated";  // tokenizers' default
-    if (beh == "Isolated") st.behavior = SplitBehavior::kIsolated;
-    else if (beh == "Removed") st.behavior = SplitBehavior::kRemoved;
-    else if (beh == "MergedWithPrevious") st.behavior = SplitBehavior::kMergedWithPrevious;
-    else if (beh == "MergedWithNext") st.behavior = SplitBehavior::kMergedWithNext;
-    else if (beh == "Contiguous") st.behavior = SplitBehavior::kContiguous;
-    else r.error(ctx + ": unknown behavior \"" + beh + "\"");
+    st.behavior = split_behavior_of(r, b && b->is_string() ? b->get<std::string>() : "Isolated", ctx);  // (its default)
   } else {
     r.error("unsupported pre_tokenizer type \"" + type + "\"");
   }

@@ -251,7 +251,6 @@ def write_gguf_bloom(model, path: Path):
     """As convert_hf_to_gguf.py's BloomModel: query_key_value reordered to all q, k, v; the
     context length is seq_length or, without it, n_embed; the tied head written out as output."""
     import gguf
-    import numpy as np
     c = model.config
     w = gguf.GGUFWriter(str(path), "bloom")
     n_embd, n_head = c.hidden_size, c.n_head
@@ -271,21 +270,9 @@ def write_gguf_bloom(model, path: Path):
             "transformer.word_embeddings_layernorm.weight": "token_embd_norm.weight",
             "transformer.word_embeddings_layernorm.bias": "token_embd_norm.bias",
             "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias"}
-    for name, t in model.state_dict().items():
-        t = t.detach().to(torch.float32)
-        if name == "lm_head.weight":
-            continue
-        if name in glob:
-            out = glob[name]
-            if out == "token_embd.weight":
-                w.add_tensor("output.weight", np.ascontiguousarray(t.numpy()))
-        else:
-            _, _, layer, rest = name.split(".", 3)
-            mod, suffix = rest.rsplit(".", 1)
-            if mod == "self_attention.query_key_value":
-                t = _qkv_per_head_to_contiguous(t, n_head)
-            out = f"blk.{layer}.{names[mod]}.{suffix}"
-        w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    _add_block_tensors(w, model, glob, names, "self_attention.query_key_value",
+                       lambda t: _qkv_per_head_to_contiguous(t, n_head), skip=("lm_head.weight",),
+                       also_output="token_embd.weight")
     _finish(w)
 
 
@@ -293,7 +280,6 @@ def write_gguf_neox(model, path: Path):
     """As convert_hf_to_gguf.py's GPTNeoXModel: query_key_value reordered from per head
     (q k v of each head) to all q, all k, all v."""
     import gguf
-    import numpy as np
     c = model.config
     w = gguf.GGUFWriter(str(path), "gptneox")
     w.add_context_length(c.max_position_embeddings)
@@ -313,17 +299,8 @@ def write_gguf_neox(model, path: Path):
     glob = {"gpt_neox.embed_in.weight": "token_embd.weight", "gpt_neox.final_layer_norm.weight": "output_norm.weight",
             "gpt_neox.final_layer_norm.bias": "output_norm.bias", "embed_out.weight": "output.weight",
             "lm_head.weight": "output.weight"}
-    for name, t in model.state_dict().items():
-        t = t.detach().to(torch.float32)
-        if name in glob:
-            out = glob[name]
-        else:
-            _, _, layer, rest = name.split(".", 3)
-            mod, suffix = rest.rsplit(".", 1)
-            if mod == "attention.query_key_value":
-                t = _qkv_per_head_to_contiguous(t, n_head)
-            out = f"blk.{layer}.{names[mod]}.{suffix}"
-        w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    _add_block_tensors(w, model, glob, names, "attention.query_key_value",
+                       lambda t: _qkv_per_head_to_contiguous(t, n_head))
     _finish(w)
 
 
@@ -335,7 +312,6 @@ def write_gguf_falcon(model, path: Path):
     converter writes feed_forward_length as 4 x hidden, which real Falcons have; this one
     writes the model's own, which llama.cpp checks against the tensors.)"""
     import gguf
-    import numpy as np
     c = model.config
     w = gguf.GGUFWriter(str(path), "falcon")
     n_head = c.num_attention_heads
@@ -355,22 +331,36 @@ def write_gguf_falcon(model, path: Path):
              "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
     glob = {"transformer.word_embeddings.weight": "token_embd.weight", "transformer.ln_f.weight": "output_norm.weight",
             "transformer.ln_f.bias": "output_norm.bias"}
+    def regroup(t):
+        qkv = t.view(n_kv, n_head // n_kv + 2, hd, t.shape[1])
+        return torch.cat((qkv[:, :-2].reshape(n_head * hd, -1), qkv[:, [-2]].reshape(n_kv * hd, -1),
+                          qkv[:, [-1]].reshape(n_kv * hd, -1)))
+    # (lm_head is tied: llama.cpp falls back to token_embd)
+    _add_block_tensors(w, model, glob, names, "self_attention.query_key_value", regroup, skip=("lm_head.weight",))
+    _finish(w)
+
+
+def _add_block_tensors(w, model, glob, names, qkv_module, qkv_fn, skip=(), also_output=None):
+    """The model's tensors under llama.cpp's names, float32, in state-dict order: `glob` maps
+    whole-model names, `names` maps a block's module (after "<prefix>.h.N.") to its GGUF name;
+    the fused q/k/v goes through qkv_fn (the converter's reorder). `also_output`: a global
+    tensor written a second time as output.weight (the tied head llama.cpp's bloom expects)."""
+    import numpy as np
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32)
-        if name == "lm_head.weight":
-            continue  # tied: llama.cpp falls back to token_embd
+        if name in skip:
+            continue
         if name in glob:
             out = glob[name]
+            if out == also_output:
+                w.add_tensor("output.weight", np.ascontiguousarray(t.numpy()))
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
-            if mod == "self_attention.query_key_value":
-                qkv = t.view(n_kv, n_head // n_kv + 2, hd, t.shape[1])
-                t = torch.cat((qkv[:, :-2].reshape(n_head * hd, -1), qkv[:, [-2]].reshape(n_kv * hd, -1),
-                               qkv[:, [-1]].reshape(n_kv * hd, -1)))
+            if mod == qkv_module:
+                t = qkv_fn(t)
             out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
-    _finish(w)
 
 
 def _add_test_vocab(w, V: int):

@@ -17,50 +17,107 @@ int BlockProgram::buffer(std::string name, int64_t width, bool training_only, bo
   return static_cast<int>(buffers_.size()) - 1;
 }
 
+// The op builders: each appends one op (rounding its output where the compute dtype asks).
+void BlockProgram::add_norm(int out, int in, NormRole role, int64_t rows, int64_t width, int rstd) {
+  BlockOp o{BlockOpKind::Norm};
+  o.out = out;
+  o.in0 = in;
+  o.aux = rstd;
+  o.norm = role;
+  o.rows_per_token = rows;
+  o.width = width;
+  op(o);  // rmsnorm_forward rounds its own output
+}
+
+void BlockProgram::add_linear(int out, int in, int which) {
+  BlockOp o{BlockOpKind::Linear};
+  o.out = out;
+  o.in0 = in;
+  o.linear = which;
+  o.round = true;  // the LoRA sum, as PEFT adds it to the bf16/fp16 base output
+  op(o);
+}
+
+void BlockProgram::add_rope(int buf, int64_t heads) {
+  BlockOp o{BlockOpKind::Rope};
+  o.out = o.in0 = buf;
+  o.heads = heads;
+  o.width = spec_.rope_dims();
+  o.round = true;
+  op(o);
+}
+
+void BlockProgram::add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups, int64_t stride) {
+  BlockOp o{BlockOpKind::Slice};
+  o.out = out;
+  o.in0 = in;
+  o.offset = offset;
+  o.width = width;
+  o.groups = groups;
+  o.group_stride = stride;
+  op(o);
+}
+
+void BlockProgram::add_residual(int out, int a, int b) {
+  BlockOp o{BlockOpKind::Residual};
+  o.out = out;
+  o.in0 = a;
+  o.in1 = b;
+  o.round = true;
+  op(o);
+}
+
+void BlockProgram::add_attention(int out, int q, int k, int v) {
+  BlockOp o{BlockOpKind::Attention};
+  o.out = out;
+  o.in0 = q;
+  o.in1 = k;
+  o.in2 = v;
+  o.aux = buffer("probabilities", 0, true, true);
+  o.round = true;
+  op(o);
+}
+
+void BlockProgram::add_act(int out, int in) {
+  BlockOp o{BlockOpKind::Act};
+  o.out = out;
+  o.in0 = in;
+  o.round = true;
+  op(o);
+}
+
 // OPT's post-norm block (do_layer_norm_before false: opt-350m): the branches read the
 // stream itself and the norms follow the residual adds,
 //   x_mid = norm_in(x_in + o_proj(attention(q, k, v of x_in)))
 //   x_out = norm_post(x_mid + down(act(up(x_mid)))).
 // (separate q/k/v, a plain MLP, no rotary: the only post-norm family there is)
-template <class Norm, class Linear, class Residual>
-void BlockProgram::build_post_norm(BlockProgram& p, Norm norm, Linear linear, Residual residual) {
-  const ModelSpec& s = p.spec_;
+void BlockProgram::build_post_norm() {
+  const ModelSpec& s = spec_;
   if (s.fused_qkv || s.mlp != MlpKind::Plain || s.positional == PositionalKind::Rotary)
     fail("BlockProgram", "post-norm blocks are built for separate q/k/v, a plain MLP and no rotary (OPT)");
   const int64_t C = s.hidden, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
   const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;
-  const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
-  linear(q, p.input_, 0);
-  linear(k, p.input_, 1);
-  linear(v, p.input_, 2);
-  const int att = p.buffer("attention", QD);
-  BlockOp a{BlockOpKind::Attention};
-  a.out = att;
-  a.in0 = q;
-  a.in1 = k;
-  a.in2 = v;
-  a.aux = p.buffer("probabilities", 0, true, true);
-  a.round = true;
-  p.op(a);
-  const int attn_out = p.buffer("o_proj", C);
-  linear(attn_out, att, 3);
-  const int sum1 = p.buffer("x_attn_sum", C);
-  residual(sum1, p.input_, attn_out);
-  const int xmid = p.buffer("x_mid", C);
-  norm(xmid, sum1, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
-  const int up = p.buffer("up", F), act = p.buffer("act", F);
-  linear(up, xmid, 5);
-  BlockOp o{BlockOpKind::Act};
-  o.out = act;
-  o.in0 = up;
-  o.round = true;
-  p.op(o);
-  const int mlp_out = p.buffer("down_proj", C);
-  linear(mlp_out, act, 6);
-  const int sum2 = p.buffer("x_mlp_sum", C);
-  residual(sum2, xmid, mlp_out);
-  p.output_ = p.buffer("x_out", C);
-  norm(p.output_, sum2, NormRole::PostAttention, 1, C, p.buffer("rstd_mlp", stat, true));
+  const int q = buffer("q", QD), k = buffer("k", KVD), v = buffer("v", KVD);
+  add_linear(q, input_, 0);
+  add_linear(k, input_, 1);
+  add_linear(v, input_, 2);
+  const int att = buffer("attention", QD);
+  add_attention(att, q, k, v);
+  const int attn_out = buffer("o_proj", C);
+  add_linear(attn_out, att, 3);
+  const int sum1 = buffer("x_attn_sum", C);
+  add_residual(sum1, input_, attn_out);
+  const int xmid = buffer("x_mid", C);
+  add_norm(xmid, sum1, NormRole::Input, 1, C, buffer("rstd_attn", stat, true));
+  const int up = buffer("up", F), act = buffer("act", F);
+  add_linear(up, xmid, 5);
+  add_act(act, up);
+  const int mlp_out = buffer("down_proj", C);
+  add_linear(mlp_out, act, 6);
+  const int sum2 = buffer("x_mlp_sum", C);
+  add_residual(sum2, xmid, mlp_out);
+  output_ = buffer("x_out", C);
+  add_norm(output_, sum2, NormRole::PostAttention, 1, C, buffer("rstd_mlp", stat, true));
 }
 
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
@@ -70,60 +127,15 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   const int64_t C = s.hidden, HS = s.head_dim, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
   // Per-row statistics a norm keeps for its backward: rstd, or LayerNorm's mean and rstd.
   const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;
-  auto norm = [&](int out, int in, NormRole role, int64_t rows, int64_t width, int rstd) {
-    BlockOp o{BlockOpKind::Norm};
-    o.out = out;
-    o.in0 = in;
-    o.aux = rstd;
-    o.norm = role;
-    o.rows_per_token = rows;
-    o.width = width;
-    p.op(o);  // rmsnorm_forward rounds its own output
-  };
-  auto linear = [&](int out, int in, int which) {
-    BlockOp o{BlockOpKind::Linear};
-    o.out = out;
-    o.in0 = in;
-    o.linear = which;
-    o.round = true;  // the LoRA sum, as PEFT adds it to the bf16/fp16 base output
-    p.op(o);
-  };
-  auto rope = [&](int buf, int64_t heads) {
-    BlockOp o{BlockOpKind::Rope};
-    o.out = o.in0 = buf;
-    o.heads = heads;
-    o.width = s.rope_dims();
-    o.round = true;
-    p.op(o);
-  };
-  auto slice = [&](int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0) {
-    BlockOp o{BlockOpKind::Slice};
-    o.out = out;
-    o.in0 = in;
-    o.offset = offset;
-    o.width = width;
-    o.groups = groups;
-    o.group_stride = stride;
-    p.op(o);
-  };
-  auto residual = [&](int out, int a, int b) {
-    BlockOp o{BlockOpKind::Residual};
-    o.out = out;
-    o.in0 = a;
-    o.in1 = b;
-    o.round = true;
-    p.op(o);
-  };
-
   p.input_ = p.buffer("x_in", C);
   if (s.post_norm) {
-    build_post_norm(p, norm, linear, residual);
+    p.build_post_norm();
     p.finish();
     return p;
   }
   // --- attention: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) of norm(x_in)
   const int h1 = p.buffer("h_attn", C);
-  norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
+  p.add_norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
   const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
   // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
   // norms that sit between the projections and rotary.
@@ -131,84 +143,71 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
     const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
     const int64_t group = s.n_heads / s.n_kv_heads, stride = (group + 2) * HS;
-    linear(qkv, h1, 0);
-    slice(qproj, qkv, 0, group * HS, s.n_kv_heads, stride);
-    slice(kproj, qkv, group * HS, HS, s.n_kv_heads, stride);
-    slice(v, qkv, (group + 1) * HS, HS, s.n_kv_heads, stride);
+    p.add_linear(qkv, h1, 0);
+    p.add_slice(qproj, qkv, 0, group * HS, s.n_kv_heads, stride);
+    p.add_slice(kproj, qkv, group * HS, HS, s.n_kv_heads, stride);
+    p.add_slice(v, qkv, (group + 1) * HS, HS, s.n_kv_heads, stride);
   } else if (s.fused_qkv && s.qkv_per_head) {  // gpt_neox: one Linear, per head its q | k | v
     const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
-    linear(qkv, h1, 0);
-    slice(qproj, qkv, 0, HS, s.n_heads, 3 * HS);
-    slice(kproj, qkv, HS, HS, s.n_heads, 3 * HS);
-    slice(v, qkv, 2 * HS, HS, s.n_heads, 3 * HS);
+    p.add_linear(qkv, h1, 0);
+    p.add_slice(qproj, qkv, 0, HS, s.n_heads, 3 * HS);
+    p.add_slice(kproj, qkv, HS, HS, s.n_heads, 3 * HS);
+    p.add_slice(v, qkv, 2 * HS, HS, s.n_heads, 3 * HS);
   } else if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
     const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
-    linear(qkv, h1, 0);
-    slice(qproj, qkv, 0, QD);
-    slice(kproj, qkv, QD, KVD);
-    slice(v, qkv, QD + KVD, KVD);
+    p.add_linear(qkv, h1, 0);
+    p.add_slice(qproj, qkv, 0, QD);
+    p.add_slice(kproj, qkv, QD, KVD);
+    p.add_slice(v, qkv, QD + KVD, KVD);
   } else {
-    linear(qproj, h1, 0);
-    linear(kproj, h1, 1);
-    linear(v, h1, 2);
+    p.add_linear(qproj, h1, 0);
+    p.add_linear(kproj, h1, 1);
+    p.add_linear(v, h1, 2);
   }
   if (s.qk_norm) {
-    norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
-    norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
+    p.add_norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
+    p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   }
   if (s.positional == PositionalKind::Rotary) {
-    rope(q, s.n_heads);
-    rope(k, s.n_kv_heads);
+    p.add_rope(q, s.n_heads);
+    p.add_rope(k, s.n_kv_heads);
   }
   const int att = p.buffer("attention", QD);
-  {
-    BlockOp o{BlockOpKind::Attention};
-    o.out = att;
-    o.in0 = q;
-    o.in1 = k;
-    o.in2 = v;
-    o.aux = p.buffer("probabilities", 0, true, true);
-    o.round = true;
-    p.op(o);
-  }
+  p.add_attention(att, q, k, v);
   int attn_out = p.buffer("o_proj", C);
-  linear(attn_out, att, 3);
+  p.add_linear(attn_out, att, 3);
   if (s.sandwich_norms) {  // gemma2/3: the branch output is normalized before the residual add
     const int normed = p.buffer("o_normed", C);
-    norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", stat, true));
+    p.add_norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", stat, true));
     attn_out = normed;
   }
   // The MLP reads x_mid = x_in + attention (sequential), or x_in itself (parallel residual).
   int xmid = p.input_;
   if (!s.parallel_residual) {
     xmid = p.buffer("x_mid", C);
-    residual(xmid, p.input_, attn_out);
+    p.add_residual(xmid, p.input_, attn_out);
   }
   // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), or down(act(up(h))), h = norm(x_mid)
   int h2 = h1;  // (falcon-7b: the MLP reads the attention's normed input)
   if (!s.shared_branch_norm) {
     h2 = p.buffer("h_mlp", C);
-    norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
-         p.buffer("rstd_mlp", stat, true));
+    p.add_norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
+               p.buffer("rstd_mlp", stat, true));
   }
   const int up = p.buffer("up", F), act = p.buffer("act", F);
   if (s.mlp == MlpKind::Plain) {
-    linear(up, h2, 5);
-    BlockOp o{BlockOpKind::Act};
-    o.out = act;
-    o.in0 = up;
-    o.round = true;
-    p.op(o);
+    p.add_linear(up, h2, 5);
+    p.add_act(act, up);
   } else {
     const int gate = p.buffer("gate", F);
     if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
       const int gate_up = p.buffer("gate_up_proj", 2 * F);
-      linear(gate_up, h2, 4);
-      slice(gate, gate_up, 0, F);
-      slice(up, gate_up, F, F);
+      p.add_linear(gate_up, h2, 4);
+      p.add_slice(gate, gate_up, 0, F);
+      p.add_slice(up, gate_up, F, F);
     } else {
-      linear(gate, h2, 4);
-      linear(up, h2, 5);
+      p.add_linear(gate, h2, 4);
+      p.add_linear(up, h2, 5);
     }
     BlockOp o{BlockOpKind::GatedAct};
     o.out = act;
@@ -218,19 +217,19 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.op(o);
   }
   int mlp_out = p.buffer("down_proj", C);
-  linear(mlp_out, act, 6);
+  p.add_linear(mlp_out, act, 6);
   if (s.sandwich_norms) {
     const int normed = p.buffer("down_normed", C);
-    norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", stat, true));
+    p.add_norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", stat, true));
     mlp_out = normed;
   }
   p.output_ = p.buffer("x_out", C);
   if (s.parallel_residual) {  // gpt_neox: (mlp + attention) + x, in that order
     const int branches = p.buffer("branches", C);
-    residual(branches, mlp_out, attn_out);
-    residual(p.output_, branches, p.input_);
+    p.add_residual(branches, mlp_out, attn_out);
+    p.add_residual(p.output_, branches, p.input_);
   } else {
-    residual(p.output_, xmid, mlp_out);
+    p.add_residual(p.output_, xmid, mlp_out);
   }
   p.finish();
   return p;

@@ -102,9 +102,16 @@ class BlockProgram {
   int buffer(std::string name, int64_t width, bool training_only = false, bool probs = false);
   void op(BlockOp o) { ops_.push_back(o); }
   void finish();
-  // The post-norm block (spec.post_norm), from for_spec's op builders.
-  template <class Norm, class Linear, class Residual>
-  static void build_post_norm(BlockProgram& p, Norm norm, Linear linear, Residual residual);
+  // Op builders (block_program.cpp): each appends one op over declared buffers.
+  void add_norm(int out, int in, NormRole role, int64_t rows, int64_t width, int rstd);
+  void add_linear(int out, int in, int which);
+  void add_rope(int buf, int64_t heads);
+  void add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0);
+  void add_residual(int out, int a, int b);
+  void add_attention(int out, int q, int k, int v);  // (declares its probabilities buffer)
+  void add_act(int out, int in);
+  // The post-norm block (spec.post_norm), after x_in is declared.
+  void build_post_norm();
 
   ModelSpec spec_;
   AlibiBias alibi_;

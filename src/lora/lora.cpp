@@ -105,23 +105,27 @@ void LoraLayer::zero_grad() {
   std::fill(dB.begin(), dB.end(), 0.f);
 }
 
-// --- forward / backward -------------------------------------------------------------
-namespace {
+// --- scratch -------------------------------------------------------------------------
 
-// Per-thread scratch that only grows: the (T, in) and (T, out) temporaries of every LoRA
-// layer would otherwise be fresh megabyte allocations (zero-filled, page-faulted) 400 times
-// a training step. Each slot is one distinct temporary (they are live at the same time).
-float* scratch(int slot, int64_t n) {
-  thread_local std::vector<float> buf[3];
-  std::vector<float>& v = buf[slot];
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
+void LoraScratchFloats::cover(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward) {
+  x = std::max({x, dropout ? T * in : 0, backward ? T * r : 0});
+  y = std::max({y, T * out, backward ? out * r : 0});
+  if (backward && dropout) drop = std::max(drop, T * in);
 }
 
-}  // namespace
+LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward) {
+  LoraScratchFloats f;
+  f.cover(T, in, out, r, dropout, backward);
+  return f;
+}
+
+LoraScratchStorage::LoraScratchStorage(const LoraScratchFloats& f)
+    : x(static_cast<size_t>(f.x)), y(static_cast<size_t>(f.y)), drop(static_cast<size_t>(f.drop)) {}
+
+// --- forward / backward -------------------------------------------------------------
 
 void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x, int64_t T, bool training,
-                  LoraRng* rng) {
+                  LoraRng* rng, const LoraScratch& scratch) {
   const int64_t in = L.in, out = L.out, r = L.r;
   const bool drop = training && L.dropout > 0.f;
   std::vector<float> mask_local;
@@ -159,7 +163,7 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   // xd (T, in) = dropout(x), materialized only when dropout is on.
   const float* xin = x;
   if (drop) {
-    float* xd = scratch(0, T * in);
+    float* xd = scratch.x;
     const float* mk = mask.data();
     parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) xd[k] = x[k] * mk[k];
@@ -168,7 +172,7 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   }
   // h (T, r) = xd Aᵀ;  tmp (T, out) = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling).
   // Two GEMM calls (model/gemm.h, multi-threaded inside), not a loop over token ranges.
-  float* tmp = scratch(1, T * out);
+  float* tmp = scratch.y;
   sgemm_nt(T, r, in, xin, in, L.A.data(), in, h.data(), r, /*accumulate=*/false);
   sgemm_nt(T, out, r, h.data(), r, L.B.data(), r, tmp, out, /*accumulate=*/false);
   const float s = L.scaling;
@@ -177,7 +181,8 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   });
 }
 
-void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, const LoraCache& cache, int64_t T) {
+void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, const LoraCache& cache, int64_t T,
+                   const LoraScratch& scratch) {
   const int64_t in = L.in, out = L.out, r = L.r;
   const bool drop = !cache.mask.empty();
   check(static_cast<int64_t>(cache.h.size()) == T * r, L.module_path, "lora_backward: cache does not match T");
@@ -185,15 +190,15 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
   // Every product is one GEMM (model/gemm.h); the scaling is applied to the small (T, r) and
   // (out, r) results rather than to dy, which equals scaling · dy up to float rounding.
   // dh (T, r) = scaling · dy B
-  float* dh = scratch(0, T * r);
+  float* dh = scratch.x;
   sgemm_nn(T, r, out, dy, out, L.B.data(), r, dh, r, /*accumulate=*/false);
   for (int64_t k = 0; k < T * r; ++k) dh[k] *= s;
   // dB (out, r) += scaling · dyᵀ h
-  float* db = scratch(1, out * r);
+  float* db = scratch.y;
   sgemm_tn(out, r, T, dy, out, cache.h.data(), r, db, r, /*accumulate=*/false);
   for (int64_t k = 0; k < out * r; ++k) L.dB[static_cast<size_t>(k)] += db[k] * s;
   // dA (r, in) += dhᵀ dropout(x)
-  float* xd = drop ? scratch(2, T * in) : nullptr;  // dropout(x), then reused as dh A
+  float* xd = drop ? scratch.drop : nullptr;  // dropout(x), then reused as dh A
   const float* xin = x;
   if (drop) {
     const float* mk = cache.mask.data();

@@ -92,16 +92,41 @@ struct LoraCache {
   std::vector<float> h;     // (T, r)  A · dropout(x)
 };
 
+// The temporaries of lora_forward and lora_backward, owned by the caller: nothing here
+// allocates behind its back, so the caller (a block's declared scratch, model/block_scratch.h)
+// can place them and the memory planner can count them. Sizes, in floats, for a layer
+// (in, out, r) over T tokens: lora_scratch_floats().
+struct LoraScratch {
+  float* x = nullptr;     // forward: dropout(x) (T, in) when dropout is on; backward: dh (T, r)
+  float* y = nullptr;     // forward: B A x (T, out); backward: dB's product (out, r)
+  float* drop = nullptr;  // backward with dropout: dropout(x), then dh A (T, in)
+};
+struct LoraScratchFloats {
+  int64_t x = 0, y = 0, drop = 0;
+  int64_t total() const { return x + y + drop; }
+  // Grows each size to cover one layer's forward (and its backward when `backward`).
+  void cover(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward);
+};
+LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward);
+// Vectors sized for `f`, for callers without a declared arena (tools, tests).
+struct LoraScratchStorage {
+  std::vector<float> x, y, drop;
+  explicit LoraScratchStorage(const LoraScratchFloats& f);
+  LoraScratch view() { return {x.data(), y.data(), drop.data()}; }
+};
+
 // y (T, out) += scaling · B (A dropout(x)), x (T, in). When `training` and the layer's
 // dropout > 0, a fresh mask is drawn from `rng` (REQUIRES rng then) and kept in `cache`.
-// `cache` may be null at inference. y and x must not overlap.
+// `cache` may be null at inference. y and x must not overlap. `scratch` REQUIRES the sizes
+// of lora_scratch_floats(T, in, out, r, training && dropout > 0, false).
 void lora_forward(float* y, LoraCache* cache, const LoraLayer& layer, const float* x, int64_t T,
-                  bool training, LoraRng* rng);
+                  bool training, LoraRng* rng, const LoraScratch& scratch);
 
 // Given dy (T, out) for the forward that filled `cache`: accumulates
 //   dB += scaling · dyᵀ h,  dA += (scaling · dy B)ᵀ dropout(x),
 //   dx (T, in) += mask ⊙ ((scaling · dy B) A)   (dx may be null: no input gradient).
+// `scratch` REQUIRES the sizes of lora_scratch_floats(T, in, out, r, dropout, true).
 void lora_backward(float* dx, LoraLayer& layer, const float* dy, const float* x, const LoraCache& cache,
-                   int64_t T);
+                   int64_t T, const LoraScratch& scratch);
 
 }  // namespace qlora

@@ -107,4 +107,12 @@ int64_t LoraModel::num_trainable() const {
   return n;
 }
 
+void add_lora_to_scratch_query(BlockScratchQuery& q, const LoraModel* adapter) {
+  if (!adapter) return;
+  for (const LoraLayer& l : adapter->layers()) {
+    q.lora.push_back({l.in, l.out, l.r});
+    q.lora_dropout = q.lora_dropout || l.dropout > 0.f;
+  }
+}
+
 }  // namespace qlora

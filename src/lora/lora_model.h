@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "lora/lora.h"
+#include "model/block_scratch.h"
 #include "model/model.h"
 
 namespace qlora {
@@ -51,5 +52,9 @@ class LoraModel {
   std::vector<std::array<int, kBlockLinears>> index_;  // per block: index into layers_ or -1
   std::array<int, kModelLinearCount> model_index_{-1, -1};
 };
+
+// Adds the adapter's Linears (their shapes and whether any has dropout) to a block scratch
+// query, so that the LoRA part of the scratch covers every adapted Linear. Null: nothing.
+void add_lora_to_scratch_query(BlockScratchQuery& q, const LoraModel* adapter);
 
 }  // namespace qlora

@@ -1,15 +1,18 @@
 #pragma once
-// Running a BlockProgram (model/block_program.h) on the CPU: its forward (inference and
-// training) and, for training, its backward, the ops replayed in reverse through their
-// hand-written backwards (model/ops_backward.h, lora/lora.h). The caller owns every
-// buffer; nothing here allocates except the dequantized weight tile of a Linear backward.
+// Running a BlockProgram (model/block_program.h) on a backend (model/backend.h): its
+// forward (inference and training) and, for training, its backward, the ops replayed in
+// reverse through their hand-written backwards. Every op goes through the backend; the
+// caller owns every buffer and the declared scratch (model/block_scratch.h), all of it the
+// backend's memory; nothing here allocates.
 #include <cstdint>
 #include <span>
 #include <vector>
 
 #include "base/dtype.h"
 #include "lora/lora.h"
+#include "model/backend.h"
 #include "model/block_program.h"
+#include "model/block_scratch.h"
 
 namespace qlora {
 
@@ -21,6 +24,7 @@ class LoraModel;
 // sequences laid end to end, which go through every Linear as one product and through
 // attention one by one.
 struct BlockRun {
+  Backend* backend = &cpu_backend();
   const BlockProgram* program = nullptr;
   const LayerWeights* weights = nullptr;
   ComputeDType dtype = ComputeDType::F32;
@@ -46,21 +50,9 @@ struct BlockRun {
   LoraCache* lora_caches = nullptr;
   bool training = false;
   LoraRng* rng = nullptr;
+  // The declared scratch (block_scratch_floats of this run's query).
+  BlockScratch scratch;
 };
-
-// The spec's norm over `rows` rows of C: RMSNorm (stats: rstd per row) or LayerNorm with
-// `bias` (stats: mean and rstd per row); stats may be null (inference). Rounded to dtype.
-void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
-                  const float* bias, int64_t rows, int64_t C, ComputeDType dtype);
-// Its backward w.r.t. the input (accumulating into din), weights frozen.
-// dx (T, in) += dy (T, out) · W, through the frozen weight a tile of rows at a time
-// (dequantized into `tile`), and the LoRA path when `lora` is set (its A/B gradients
-// accumulate; cache from its forward).
-void linear_backward(float* dx, std::vector<float>& tile, const QuantLinear& W, LoraLayer* lora,
-                     const LoraCache* cache, const float* dy, const float* x, int64_t T);
-
-void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
-                   const float* stats, int64_t rows, int64_t C);
 
 // Runs the ops in order, writing every buffer the program's ops write.
 void block_forward(const BlockRun& r);
@@ -69,9 +61,7 @@ void block_forward(const BlockRun& r);
 // gradient storage of buffer b (same sizes as r.buf; every non-null one is zeroed here
 // first, except the output's, which holds d loss / d output on entry). On return
 // grad[program->input()] holds d loss / d input. LoRA gradients of `adapter` accumulate.
-// tile: scratch for dequantized weight rows; datt: (NH, T_i, T_i) scratch for the longest
-// sequence.
-void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<float*>& grad, std::vector<float>& tile,
-                    float* datt);
+// Scratch: r.scratch's dprobs, raw_scores, weight_tile and LoRA parts (a backward query).
+void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<float*>& grad);
 
 }  // namespace qlora

@@ -250,22 +250,24 @@ namespace {
 // y (T, out) = W x (+ the adapter's LoRA), rounded to the compute dtype: a block Linear op's
 // arithmetic, for the Linears outside the blocks.
 void model_linear_forward(float* y, const float* x, int64_t T, const Model& model, ModelLinear which,
-                          const LoraModel* adapter, LoraCache* cache, bool training, LoraRng* rng) {
+                          const LoraModel* adapter, LoraCache* cache, bool training, LoraRng* rng,
+                          const LoraScratch& lora_scratch) {
   const QuantLinear& W = model.model_linear(which);
   W.forward(y, x, T);
   if (adapter)
-    if (const LoraLayer* lo = adapter->find(which)) lora_forward(y, cache, *lo, x, T, training, rng);
+    if (const LoraLayer* lo = adapter->find(which)) lora_forward(y, cache, *lo, x, T, training, rng, lora_scratch);
   round_activations(y, T * W.out_features(), model.compute_dtype());
 }
 
 }  // namespace
 
 void embed_forward(float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
-                   const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng) {
+                   const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
+                   const LoraScratch& lora_scratch) {
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (model.spec().projects_embeddings()) {
     embedding_forward(emb, tokens.data(), T, model.embed_tokens());
-    model_linear_forward(x, emb, T, model, ModelLinear::ProjectIn, adapter, lora_cache, training, rng);
+    model_linear_forward(x, emb, T, model, ModelLinear::ProjectIn, adapter, lora_cache, training, rng, lora_scratch);
   } else {
     embedding_forward(x, tokens.data(), T, model.embed_tokens());
   }
@@ -273,15 +275,16 @@ void embed_forward(float* x, float* emb, float* scratch, std::span<const int> to
 }
 
 const float* head_input_forward(float* e, float* h, float* stats, const float* x, int64_t n, const Model& model,
-                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng) {
+                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
+                                const LoraScratch& lora_scratch) {
   const ModelSpec& s = model.spec();
   if (s.final_norm)
-    norm_forward(s, h, stats, x, model.final_norm().data(), model.final_norm_bias().data(), n, s.hidden,
-                 model.compute_dtype());
+    cpu_backend().norm_forward(s, h, stats, x, model.final_norm().data(), model.final_norm_bias().data(), n, s.hidden,
+                               model.compute_dtype());
   else
     std::copy_n(x, n * s.hidden, h);
   if (!s.projects_embeddings()) return h;
-  model_linear_forward(e, h, n, model, ModelLinear::ProjectOut, adapter, lora_cache, training, rng);
+  model_linear_forward(e, h, n, model, ModelLinear::ProjectOut, adapter, lora_cache, training, rng, lora_scratch);
   return e;
 }
 
@@ -359,7 +362,7 @@ void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   if (s.projects_embeddings()) emb_.resize(n(s.embed_width()));
   const std::vector<int64_t>& widths = p.inference_slots().slot_width;
   slots_.resize(widths.size());
-  for (size_t i = 0; i < widths.size(); ++i) slots_[i].resize(n(widths[i]));
+  for (size_t i = 0; i < widths.size(); ++i) slots_[i].ensure(cpu_backend(), T * widths[i]);
   cos_.resize(n(s.head_dim / 2));
   sin_.resize(n(s.head_dim / 2));
   if (s.rope_local) {
@@ -413,13 +416,23 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   st.cache_.allocate();
   const BlockProgram& prog = model.block();
   st.ensure_scratch(prog, T);
+  // The block's declared scratch, for keys up to the cache's capacity (so that decoding one
+  // token after another does not grow it every step) and the adapter's Linears.
+  BlockScratchQuery sq;
+  sq.tokens = T;
+  sq.keys = st.cache_.capacity();
+  add_lora_to_scratch_query(sq, model.adapter());
+  const BlockScratchFloats sf = block_scratch_floats(prog, sq);
+  st.scratch_.ensure(cpu_backend(), sf.total());
+  const BlockScratch scratch = BlockScratch::carve(st.scratch_.data(), sf);
 
   const int64_t C = s.hidden, HS = s.rope_dims();
   float* x = st.x_.data();  // (T, C) residual stream
   float* h = st.h_.data();  // (T, C) final norm output
 
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
-  embed_forward(x, st.emb_.data(), h, tokens, st.pos_.data(), model, model.adapter(), nullptr, false, nullptr);
+  embed_forward(x, st.emb_.data(), h, tokens, st.pos_.data(), model, model.adapter(), nullptr, false, nullptr,
+                scratch.lora);
   rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   if (s.rope_local)
     rope_tables(st.cos_local_.data(), st.sin_local_.data(), st.pos_.data(), T, HS, s.rope_theta_local,
@@ -445,6 +458,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     const int slot = prog.inference_slots().slot_of[b];
     if (slot >= 0) run.buf[b] = st.slots_[static_cast<size_t>(slot)].data();
   }
+  run.scratch = scratch;
   run.buf[static_cast<size_t>(prog.input())] = x;
   run.buf[static_cast<size_t>(prog.output())] = x;
   for (int64_t l = 0; l < s.n_layers; ++l) {
@@ -462,7 +476,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   const int64_t first = all_logits ? 0 : T - 1;
   const int64_t n = T - first;
   const float* e =
-      head_input_forward(st.emb_.data(), h, nullptr, x + first * C, n, model, model.adapter(), nullptr, false, nullptr);
+      head_input_forward(st.emb_.data(), h, nullptr, x + first * C, n, model, model.adapter(), nullptr, false, nullptr,
+                         scratch.lora);
   model.lm_head().matmul(logits, e, n);
   round_activations(logits, n * s.vocab, dt);
   if (s.final_softcap > 0.0f) softcap_forward(logits, n * s.vocab, s.final_softcap, dt);

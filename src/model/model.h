@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "base/dtype.h"
+#include "lora/lora.h"
+#include "model/backend.h"
 #include "model/block_program.h"
 #include "model/device_runner.h"
 #include "model/kv_cache.h"
@@ -139,14 +141,16 @@ void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const
 // input: training keeps it for the adapter's gradient), else is unused; scratch (T, C).
 // lora_cache, training and rng as lora_forward's (null/false at inference).
 void embed_forward(float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
-                   const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng);
+                   const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
+                   const LoraScratch& lora_scratch);
 
 // What the head reads, e (n, embed_width), from the last block's output x (n, C): the final
 // norm (when the model has one; stats (n, 2) kept for its backward when not null) into h
 // (n, C), then project_out (+ its adapter) into e when the model has one (else e == h is
 // allowed and h is the result). Returns the pointer the head should read (h or e).
 const float* head_input_forward(float* e, float* h, float* stats, const float* x, int64_t n, const Model& model,
-                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng);
+                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
+                                const LoraScratch& lora_scratch);
 
 // x (T, C) += the learned position embeddings of positions pos (T), rounded to the model's
 // compute dtype (gpt2: inputs_embeds + position_embeds); scratch (T, C). Throws Error when a
@@ -173,7 +177,8 @@ class InferenceState {
   // Scratch, (T, ...) each: the residual stream, the block's buffers (sharing slots where
   // their lives do not overlap: BlockProgram::inference_slots) and the rotary tables.
   std::vector<float> x_, h_, emb_, cos_, sin_;  // emb_: (T, embed_width), models that project embeddings
-  std::vector<std::vector<float>> slots_;
+  std::vector<BackendBuffer> slots_;  // the block's buffers, the CPU backend's memory
+  BackendBuffer scratch_;             // the block's declared scratch (model/block_scratch.h)
   std::vector<float> cos_local_, sin_local_;  // rope_local models: the sliding layers' tables
   std::vector<int32_t> pos_;
   std::vector<int32_t> key_start_;  // (T) sliding-window models: each query's first key

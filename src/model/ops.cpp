@@ -178,16 +178,14 @@ namespace {
 // P V are two GEMMs on the library (bench/bench_gemm.cpp); only the masked softmax runs
 // row by row. Scores outside each query's window are computed and then discarded, which
 // costs less than the per-key dot products of the loop below.
-void attention_forward_gemm(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+void attention_forward_gemm(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
                             int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                             const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
-  thread_local std::vector<float> scratch;
-  if (!att) scratch.resize(static_cast<size_t>(T * Tk));
   for (int64_t h = 0; h < NH; ++h) {
     const int64_t kh = h / group;
-    float* S = att ? att + h * T * Tk : scratch.data();
+    float* S = att ? att + h * T * Tk : scratch;
     sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, S, Tk, /*accumulate=*/false);
     parallel_for_range(T, 16, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -239,12 +237,21 @@ AlibiBias alibi_bias_for(const ModelSpec& s) {
   return a;
 }
 
-void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+namespace {
+bool attention_uses_gemm(int64_t T) { return T >= kAttentionGemmMinTokens && sgemm_has_library(); }
+}  // namespace
+
+int64_t attention_scratch_floats(int64_t T, int64_t Tk, int64_t NH) {
+  return attention_uses_gemm(T) ? T * Tk : NH * T * Tk;
+}
+
+void attention_forward(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
-    attention_forward_gemm(out, att, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
+  check(att != nullptr || scratch != nullptr, "attention_forward", "needs the probabilities or a scratch buffer");
+  if (attention_uses_gemm(T)) {
+    attention_forward_gemm(out, att, scratch, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
     return;
   }
   const int64_t group = NH / NKV;
@@ -253,11 +260,13 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
   // One (token, head) pair per work item; each needs Tk floats of scratch.
   const int64_t items = T * NH;
   const int64_t min_items = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Tk * HS));
+  // Each (token, head) pair's scores go in its own row of the (NH, T, Tk) probabilities, or
+  // of the scratch laid out the same way.
+  float* rows = att ? att : scratch;
   parallel_for_range(items, min_items, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores;
-    scores.resize(static_cast<size_t>(Tk));
     for (int64_t it = b; it < e; ++it) {
       const int64_t t = it / NH, h = it % NH, kh = h / group;
+      float* scores = rows + (h * T + t) * Tk;
       const float* qv = q + t * qs + h * HS;
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
@@ -266,15 +275,13 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
         for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
       if (softcap > 0.0f)
         for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
-      softmax_inplace(scores.data() + j0, n - j0);
+      softmax_inplace(scores + j0, n - j0);
       float* o = out + t * qs + h * HS;
       for (int64_t i = 0; i < HS; ++i) o[i] = 0.0f;
       for (int64_t j = j0; j < n; ++j) kern.axpy(scores[j], v + j * kvs + kh * HS, o, HS);
-      if (att) {
-        float* a = att + (h * T + t) * Tk;
-        for (int64_t j = 0; j < j0; ++j) a[j] = 0.0f;
-        for (int64_t j = j0; j < n; ++j) a[j] = scores[j];
-        for (int64_t j = n; j < Tk; ++j) a[j] = 0.0f;
+      if (att) {  // masked entries are 0 in the kept probabilities
+        for (int64_t j = 0; j < j0; ++j) scores[j] = 0.0f;
+        for (int64_t j = n; j < Tk; ++j) scores[j] = 0.0f;
       }
     }
   });

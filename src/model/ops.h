@@ -85,7 +85,10 @@ struct AlibiBias {
 // alibi, when not null: adds (*alibi)(h, key position) to each scaled score, the key
 // position counted from key_start[t] (its example's first token) or 0.
 // (The backward needs nothing more: the bias does not depend on q or k.)
-void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+// scratch: attention_scratch_floats(T, Tk, NH) floats the scores are computed in when att is
+// null (inference); ignored (may be null) when att is given, which holds them instead.
+int64_t attention_scratch_floats(int64_t T, int64_t Tk, int64_t NH);
+void attention_forward(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f,
                        const AlibiBias* alibi = nullptr);

@@ -61,22 +61,18 @@ namespace {
 
 // attention_backward for many queries, per head on the GEMM library:
 //   dP = dO Vᵀ;  dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale;  dQ += dS K;  dK += dSᵀ Q;  dV += Pᵀ dO.
-void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
+void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, float* raw, const float* dout, const float* q,
                              const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
                              int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
                              float softcap) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
-  thread_local std::vector<float> raw;  // softcap: the unscaled scores Q Kᵀ of one head
-  if (softcap > 0.0f) raw.resize(static_cast<size_t>(T * Tk));
-  // The workers below must read the calling thread's scores: a thread_local named inside
-  // the parallel lambda is each worker's own (empty) vector.
-  const float* rawp = raw.data();
+  const float* rawp = raw;  // softcap: the unscaled scores Q Kᵀ of one head (T, Tk)
   for (int64_t h = 0; h < NH; ++h) {
     const int64_t kh = h / group;
     const float* P = att + h * T * Tk;
     float* dS = datt + h * T * Tk;
-    if (softcap > 0.0f) sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, raw.data(), Tk, /*accumulate=*/false);
+    if (softcap > 0.0f) sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, raw, Tk, /*accumulate=*/false);
     sgemm_nt(T, Tk, HS, dout + h * HS, qs, v + kh * HS, kvs, dS, Tk, /*accumulate=*/false);
     parallel_for_range(T, 16, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -108,16 +104,26 @@ void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, const
 
 }  // namespace
 
-void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, const float* dout, const float* q,
-                        const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
-                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
+namespace {
+bool attention_backward_uses_gemm(int64_t T) { return T >= kAttentionGemmMinTokens && sgemm_has_library(); }
+}  // namespace
+
+int64_t attention_backward_scratch_floats(int64_t T, int64_t Tk, float softcap) {
+  return softcap > 0.0f && attention_backward_uses_gemm(T) ? T * Tk : 0;
+}
+
+void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, float* raw_scratch, const float* dout,
+                        const float* q, const float* k, const float* v, const float* att, int64_t T, int64_t Tk,
+                        int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
                         float softcap) {
   check(NKV > 0 && NH % NKV == 0, "attention_backward", "NH must be a multiple of NKV");
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   check(q_pos0 >= 0 && q_pos0 + T <= Tk, "attention_backward", "queries extend past the keys (q_pos0 + T > Tk)");
   check(att != nullptr, "attention_backward", "needs the probabilities cached by attention_forward");
-  if (T >= kAttentionGemmMinTokens && sgemm_has_library()) {
-    attention_backward_gemm(dq, dk, dv, datt_scratch, dout, q, k, v, att, T, Tk, q_pos0, NH, NKV, HS, key_start, scale,
+  check(attention_backward_scratch_floats(T, Tk, softcap) == 0 || raw_scratch != nullptr, "attention_backward",
+        "a softcap needs the raw-score scratch");
+  if (attention_backward_uses_gemm(T)) {
+    attention_backward_gemm(dq, dk, dv, datt_scratch, raw_scratch, dout, q, k, v, att, T, Tk, q_pos0, NH, NKV, HS, key_start, scale,
                             softcap);
     return;
   }

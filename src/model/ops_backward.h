@@ -44,7 +44,11 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
 // key_start, scale, softcap: as attention_forward's (the same values the forward used; with a
 // softcap the raw scores are recomputed from q and k for the tanh's derivative).
 // REQUIRES q_pos0 + T <= Tk, NH % NKV == 0. Gradient buffers must not alias the inputs.
-void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, const float* dout, const float* q,
+// raw_scratch: attention_backward_scratch_floats(T, Tk, softcap) floats (null when that is 0),
+// the softcap's recomputed scores of one head.
+int64_t attention_backward_scratch_floats(int64_t T, int64_t Tk, float softcap);
+void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, float* raw_scratch, const float* dout,
+                        const float* q,
                         const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
                         int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start = nullptr, float scale = 0.0f,
                         float softcap = 0.0f);

@@ -12,7 +12,7 @@ namespace qlora {
 
 // What the backward of one block reads (the program's saved buffers), for T tokens.
 struct TrainWorkspace::Block {
-  std::vector<std::vector<float>> saved;  // per program buffer; empty unless saved
+  std::vector<BackendBuffer> saved;  // per program buffer; empty unless saved
   std::array<LoraCache, kBlockLinears> lc;
 
   // For T tokens in all whose attention probabilities take NH * probs_per_head floats.
@@ -20,7 +20,7 @@ struct TrainWorkspace::Block {
     saved.resize(p.buffers().size());
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
       if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output())
-        saved[static_cast<size_t>(b)].resize(static_cast<size_t>(p.batch_floats(b, T, probs_per_head)));
+        saved[static_cast<size_t>(b)].ensure(cpu_backend(), p.batch_floats(b, T, probs_per_head));
   }
 };
 
@@ -48,27 +48,39 @@ struct TrainWorkspace::Impl {
   std::vector<int64_t> sel;              // (M) positions with a target
   std::vector<int> sel_targets;          // (M) their targets
   std::vector<float> hsel, dhsel;        // (M, C) gathered head inputs and their gradient
-  std::vector<float> tile;               // dequantized rows of a weight
+  std::vector<float> head_tile;          // dequantized rows of the output head
   // The block's transient buffers (written and read within its forward only), and the
   // gradients of its buffers, per program buffer.
-  std::vector<std::vector<float>> transient, grad;
+  std::vector<BackendBuffer> transient, grad;
+  // The block's declared scratch (model/block_scratch.h), shared by every block.
+  BackendBuffer scratch_arena;
+  BlockScratch scratch;
   // backward scratch
-  std::vector<float> dx, datt, dhf;
+  std::vector<float> dx, dhf;
 
-  void resize_block_scratch(const BlockProgram& p, int64_t T, int64_t longest, bool backward) {
+  void resize_block_scratch(const BlockProgram& p, const LoraModel& lm, int64_t T, int64_t longest, bool training,
+                            bool backward) {
+    Backend& be = cpu_backend();
     const size_t nb = p.buffers().size();
     transient.resize(nb);
     grad.resize(nb);
     for (int b = 0; b < static_cast<int>(nb); ++b) {
-      const size_t n = static_cast<size_t>(p.batch_floats(b, T, 0));  // (probabilities are saved, never here)
+      const int64_t n = p.batch_floats(b, T, 0);  // (probabilities are saved, never here)
       if (b == p.input() || b == p.output()) continue;
-      if (!p.buffers()[static_cast<size_t>(b)].saved) transient[static_cast<size_t>(b)].resize(n);
-      if (backward && p.has_grad(b)) grad[static_cast<size_t>(b)].resize(n);
+      if (!p.buffers()[static_cast<size_t>(b)].saved) transient[static_cast<size_t>(b)].ensure(be, n);
+      if (backward && p.has_grad(b)) grad[static_cast<size_t>(b)].ensure(be, n);
     }
-    if (backward) {
-      grad[static_cast<size_t>(p.input())].resize(static_cast<size_t>(T * p.spec().hidden));
-      datt.resize(static_cast<size_t>(p.spec().n_heads * longest * longest));
-    }
+    if (backward) grad[static_cast<size_t>(p.input())].ensure(be, T * p.spec().hidden);
+    BlockScratchQuery q;
+    q.tokens = T;
+    q.longest = longest;
+    q.training = true;  // (the probabilities are kept, even by forward_loss)
+    q.backward = backward;
+    add_lora_to_scratch_query(q, &lm);
+    q.lora_dropout = q.lora_dropout && training;
+    const BlockScratchFloats f = block_scratch_floats(p, q);
+    scratch_arena.ensure(be, f.total());
+    scratch = BlockScratch::carve(scratch_arena.data(), f);
   }
 };
 
@@ -126,7 +138,7 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   if (w.seg.size() > 1) r.segments = w.seg;
   r.buf.assign(p.buffers().size(), nullptr);
   for (size_t i = 0; i < r.buf.size(); ++i) {
-    std::vector<float>& v = p.buffers()[i].saved ? b.saved[i] : w.transient[i];
+    BackendBuffer& v = p.buffers()[i].saved ? b.saved[i] : w.transient[i];
     if (!v.empty()) r.buf[i] = v.data();
   }
   r.buf[static_cast<size_t>(p.input())] = const_cast<float*>(xin);  // only read
@@ -137,6 +149,7 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   r.key_start = layer_key_start(w, s, l);
   r.adapter = &lm;
   r.lora_caches = b.lc.data();
+  r.scratch = w.scratch;
   return r;
 }
 
@@ -158,7 +171,7 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
   for (size_t i = 0; i < grad.size(); ++i)
     if (!w.grad[i].empty()) grad[i] = w.grad[i].data();
   grad[static_cast<size_t>(p.output())] = const_cast<float*>(dxout);  // only read
-  qlora::block_backward(r, lm, grad, w.tile, w.datt.data());
+  qlora::block_backward(r, lm, grad);
   std::copy_n(grad[static_cast<size_t>(p.input())], T * p.spec().hidden, dxin);
 }
 
@@ -189,7 +202,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.xs.resize(static_cast<size_t>((NL + 1) * T * C));
   w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
   for (Block& b : w.blocks) b.resize(m.block(), T, probs_per_head);
-  w.resize_block_scratch(m.block(), T, longest, backward);
+  w.resize_block_scratch(m.block(), lm, T, longest, training, backward);
   w.key_start.clear();
   w.key_start_win.clear();
   // Each query's first key, relative to its sequence's start: its own example's start when
@@ -227,7 +240,8 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.hf.resize(static_cast<size_t>(T * C));
   const int64_t E = s.embed_width();
   if (s.projects_embeddings()) w.emb.resize(static_cast<size_t>(T * E));
-  embed_forward(w.xs.data(), w.emb.data(), w.hf.data(), w.tokens, w.pos.data(), m, &lm, &w.lc_in, training, rng);
+  embed_forward(w.xs.data(), w.emb.data(), w.hf.data(), w.tokens, w.pos.data(), m, &lm, &w.lc_in, training, rng,
+                w.scratch.lora);
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
@@ -236,7 +250,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.rstdf.resize(static_cast<size_t>(2 * T));  // (rstd, or LayerNorm's mean and rstd)
   if (s.projects_embeddings()) w.he.resize(static_cast<size_t>(T * E));
   const float* head_in = head_input_forward(w.he.data(), w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, T, m,
-                                            &lm, &w.lc_out, training, rng);
+                                            &lm, &w.lc_out, training, rng, w.scratch.lora);
   w.sel.clear();
   w.sel_targets.clear();
   for (int64_t t = 0; t < T; ++t)
@@ -334,11 +348,11 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
     matmul_backward_input(w.dhsel.data(), dlogits, head.f32_data(), M, E, V);
   } else {
     const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / E, 16, V);
-    if (static_cast<int64_t>(w.tile.size()) < rows * E) w.tile.resize(static_cast<size_t>(rows * E));
+    if (static_cast<int64_t>(w.head_tile.size()) < rows * E) w.head_tile.resize(static_cast<size_t>(rows * E));
     for (int64_t v0 = 0; v0 < V; v0 += rows) {
       const int64_t v1 = std::min(V, v0 + rows);
-      head.rows_to_f32(v0, v1, w.tile.data());
-      matmul_backward_input(w.dhsel.data(), dlogits + v0, w.tile.data(), M, E, v1 - v0, V);
+      head.rows_to_f32(v0, v1, w.head_tile.data());
+      matmul_backward_input(w.dhsel.data(), dlogits + v0, w.head_tile.data(), M, E, v1 - v0, V);
     }
   }
   // project_out (models that project their embeddings): its input gradient, and its adapter's.
@@ -349,12 +363,13 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   if (s.projects_embeddings()) {
     w.dhf.assign(static_cast<size_t>(T * C), 0.f);
     LoraLayer* lo = lm.find(ModelLinear::ProjectOut);
-    linear_backward(w.dhf.data(), w.tile, m.model_linear(ModelLinear::ProjectOut), lo, &w.lc_out, w.dhe.data(),
-                    w.hf.data(), T);
+    cpu_backend().linear_backward(w.dhf.data(), w.dhe.data(), w.hf.data(), T, m.model_linear(ModelLinear::ProjectOut), lo,
+                                  lo ? &w.lc_out : nullptr, w.scratch.weight_tile, w.scratch.lora);
   }
   w.dx.assign(static_cast<size_t>(T * C), 0.f);
   if (s.final_norm)
-    norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), w.rstdf.data(), T, C);
+    cpu_backend().norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
+                                w.rstdf.data(), T, C);
   else
     std::copy_n(w.dhf.data(), T * C, w.dx.data());
 
@@ -375,7 +390,8 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   }
   // project_in's adapter: the first block's input gradient is its output's (positions are
   // added after it and take no gradient); nothing below it learns.
-  if (LoraLayer* lo = lm.find(ModelLinear::ProjectIn)) lora_backward(nullptr, *lo, w.dx.data(), w.emb.data(), w.lc_in, T);
+  if (LoraLayer* lo = lm.find(ModelLinear::ProjectIn))
+    lora_backward(nullptr, *lo, w.dx.data(), w.emb.data(), w.lc_in, T, w.scratch.lora);
   return loss;
 }
 

@@ -307,7 +307,8 @@ void check_attention(int64_t T, int64_t pos0, int64_t NH, int64_t NKV, int64_t H
   if (windowed)
     for (int64_t t = 0; t < T; ++t) ks.push_back(static_cast<int32_t>(std::min<int64_t>(pos0 + t, (t / 3) * 3)));
   std::vector<float> want(q.size());
-  qlora::attention_forward(want.data(), nullptr, q.data(), k.data(), v.data(), T, Tk, pos0, NH, NKV, HS,
+  std::vector<float> scores(static_cast<size_t>(qlora::attention_scratch_floats(T, Tk, NH)));
+  qlora::attention_forward(want.data(), nullptr, scores.data(), q.data(), k.data(), v.data(), T, Tk, pos0, NH, NKV, HS,
                            windowed ? ks.data() : nullptr);
   DeviceBuffer<float> dq(q), dk(k), dv(v), out(q.size());
   DeviceBuffer<int32_t> dks;

@@ -26,6 +26,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The scratch a forward and backward of L over T tokens declare (lora_scratch_floats), sized
+// exactly: the kernels get no more than the declaration promises.
+LoraScratchStorage scratch_for(const LoraLayer& L, int64_t T) {
+  return LoraScratchStorage(lora_scratch_floats(T, L.in, L.out, L.r, L.dropout > 0, true));
+}
+
 std::string fixture(const std::string& name) { return std::string(QLORA_FIXTURE_DIR) + "/peft/" + name; }
 
 json read_json(const std::string& path) {
@@ -192,7 +198,7 @@ void check_gradients(float dropout, bool rslora) {
   std::vector<float> y(T * out, 0.f);
   LoraCache cache;
   LoraRng rng(7);
-  lora_forward(y.data(), &cache, L, x.data(), T, /*training=*/true, &rng);
+  lora_forward(y.data(), &cache, L, x.data(), T, /*training=*/true, &rng, scratch_for(L, T).view());
   if (dropout > 0) {
     ASSERT_EQ(cache.mask.size(), static_cast<size_t>(T * in));
   } else {
@@ -203,7 +209,7 @@ void check_gradients(float dropout, bool rslora) {
   for (size_t k = 0; k < y.size(); ++k) EXPECT_NEAR(y[k], yref[k], 1e-5 * (1 + std::fabs(yref[k])));
 
   std::vector<float> dx(T * in, 0.f);
-  lora_backward(dx.data(), L, w.data(), x.data(), cache, T);
+  lora_backward(dx.data(), L, w.data(), x.data(), cache, T, scratch_for(L, T).view());
 
   auto loss = [&](const std::vector<double>& A, const std::vector<double>& B, const std::vector<double>& xx) {
     auto yy = ref_forward(A, B, xx, cache.mask, T, in, out, r, s);
@@ -236,7 +242,7 @@ void check_gradients(float dropout, bool rslora) {
   }
   // Gradients accumulate: a second backward doubles them.
   std::vector<float> dA1 = L.dA;
-  lora_backward(nullptr, L, w.data(), x.data(), cache, T);
+  lora_backward(nullptr, L, w.data(), x.data(), cache, T, scratch_for(L, T).view());
   for (size_t k = 0; k < dA1.size(); ++k) EXPECT_NEAR(L.dA[k], 2 * dA1[k], 1e-5 * (1 + std::fabs(dA1[k])));
 }
 
@@ -259,7 +265,7 @@ TEST(LoraKernels, ForwardMatchesDoubleReferenceAtSize) {
   std::vector<float> x(T * in), y(T * out, 0.f);
   fill_random(x, 7);
   LoraCache cache;
-  lora_forward(y.data(), &cache, L, x.data(), T, false, nullptr);
+  lora_forward(y.data(), &cache, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
   auto yref = ref_forward(to_d(L.A), to_d(L.B), to_d(x), {}, T, in, out, r, c.scaling());
   for (size_t k = 0; k < y.size(); ++k) ASSERT_NEAR(y[k], yref[k], 1e-5 * (1 + std::fabs(yref[k]))) << k;
 }
@@ -278,7 +284,7 @@ TEST(LoraKernels, DropoutTrainingAndEval) {
   LoraCache cache;
   LoraRng rng(9);
   std::vector<float> y(T * out, 0.f);
-  lora_forward(y.data(), &cache, L, x.data(), T, true, &rng);
+  lora_forward(y.data(), &cache, L, x.data(), T, true, &rng, scratch_for(L, T).view());
   size_t zeros = 0;
   for (float m : cache.mask) {
     if (m == 0.f) ++zeros;
@@ -293,16 +299,16 @@ TEST(LoraKernels, DropoutTrainingAndEval) {
   // Eval: dropout is the identity, no mask, no RNG needed.
   std::vector<float> ye(T * out, 0.f), yn(T * out, 0.f);
   LoraCache ce;
-  lora_forward(ye.data(), &ce, L, x.data(), T, false, nullptr);
+  lora_forward(ye.data(), &ce, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
   EXPECT_TRUE(ce.mask.empty());
   LoraLayer nodrop = L;
   nodrop.dropout = 0.f;
   LoraRng rng2(1);
-  lora_forward(yn.data(), nullptr, nodrop, x.data(), T, true, &rng2);
+  lora_forward(yn.data(), nullptr, nodrop, x.data(), T, true, &rng2, scratch_for(nodrop, T).view());
   EXPECT_EQ(ye, yn);
   EXPECT_NE(ye, y);
   // Training with dropout and no generator is a usage error.
-  EXPECT_THROW(lora_forward(y.data(), nullptr, L, x.data(), T, true, nullptr), Error);
+  EXPECT_THROW(lora_forward(y.data(), nullptr, L, x.data(), T, true, nullptr, scratch_for(L, T).view()), Error);
 }
 
 TEST(LoraKernels, FreshAdapterIsNoOp) {
@@ -313,7 +319,7 @@ TEST(LoraKernels, FreshAdapterIsNoOp) {
   L.init(3);
   std::vector<float> x(4 * 32), y(4 * 16, 1.5f);
   fill_random(x, 1);
-  lora_forward(y.data(), nullptr, L, x.data(), 4, false, nullptr);
+  lora_forward(y.data(), nullptr, L, x.data(), 4, false, nullptr, scratch_for(L, 4).view());
   for (float v : y) EXPECT_EQ(v, 1.5f);
 }
 
@@ -561,7 +567,7 @@ TEST(PeftAdapter, ForwardMatchesPeftLayer) {
     ASSERT_EQ(static_cast<int64_t>(x.size()), T * m.in);
     ASSERT_EQ(static_cast<int64_t>(want.size()), T * m.out);
     std::vector<float> y(want.size(), 0.f);
-    lora_forward(y.data(), nullptr, one[0], x.data(), T, /*training=*/false, nullptr);
+    lora_forward(y.data(), nullptr, one[0], x.data(), T, /*training=*/false, nullptr, scratch_for(one[0], T).view());
     for (size_t k = 0; k < y.size(); ++k) EXPECT_NEAR(y[k], want[k], 2e-6 + 1e-5 * std::fabs(want[k])) << name << " " << k;
   }
 }

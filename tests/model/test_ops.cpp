@@ -113,12 +113,37 @@ TEST(Ops, RopeRotatesHalvesAndMatchesLlama2cAfterPermutation) {
   expect_close(q_hf, q_perm, 1e-6f, "rope");
 }
 
+// Inference keeps no probabilities: the scores go in the scratch the op declares
+// (attention_scratch_floats), sized exactly, on the per-(token, head) path (few queries)
+// and the per-head GEMM path (many), with a KV cache longer than the step and a window.
+// The output equals the training path's, which keeps the probabilities.
+TEST(Ops, AttentionScratchPathMatchesKeptProbabilities) {
+  std::mt19937 rng(41);
+  const int64_t NH = 6, NKV = 2, HS = 5;
+  for (int64_t T : {1, 3, 15, 16, 37}) {
+    for (bool window : {false, true}) {
+      const int64_t pos0 = 11, Tk = pos0 + T;
+      auto q = randn(T * NH * HS, rng), k = randn(Tk * NKV * HS, rng), v = randn(Tk * NKV * HS, rng);
+      std::vector<int32_t> ks(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) ks[static_cast<size_t>(t)] = static_cast<int32_t>(std::max<int64_t>(0, pos0 + t - 7));
+      const int32_t* kp = window ? ks.data() : nullptr;
+      std::vector<float> want(T * NH * HS), got(T * NH * HS), att(NH * T * Tk);
+      attention_forward(want.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, Tk, pos0, NH, NKV, HS, kp);
+      std::vector<float> scratch(static_cast<size_t>(attention_scratch_floats(T, Tk, NH)));
+      attention_forward(got.data(), nullptr, scratch.data(), q.data(), k.data(), v.data(), T, Tk, pos0, NH, NKV, HS, kp);
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "T " << T << " window " << window << " " << i;
+    }
+  }
+  std::vector<float> o(5), q(5), k(5), v(5);
+  EXPECT_THROW(attention_forward(o.data(), nullptr, nullptr, q.data(), k.data(), v.data(), 1, 1, 0, 1, 1, 5), Error);
+}
+
 TEST(Ops, AttentionMatchesNaiveCausalGqa) {
   std::mt19937 rng(4);
   const int64_t NH = 4, NKV = 2, HS = 6, Tk = 9, T = 3, pos0 = Tk - T;
   auto q = randn(T * NH * HS, rng), k = randn(Tk * NKV * HS, rng), v = randn(Tk * NKV * HS, rng);
   std::vector<float> out(T * NH * HS), att(NH * T * Tk), ref(T * NH * HS, 0.0f);
-  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), T, Tk, pos0, NH, NKV, HS);
+  attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, Tk, pos0, NH, NKV, HS);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < NH; ++h) {
       const int64_t kh = h / (NH / NKV), n = pos0 + t + 1;

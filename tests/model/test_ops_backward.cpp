@@ -308,7 +308,7 @@ void check_attention(int64_t T, int64_t Tk, int64_t q_pos0, int64_t NH, int64_t 
   const int64_t qs = NH * HS, kvs = NKV * HS;
   const VecF q = randn(T * qs, rng), k = randn(Tk * kvs, rng), v = randn(Tk * kvs, rng), R = randn(T * qs, rng);
   VecF out(T * qs), att(NH * T * Tk), datt(NH * T * Tk);
-  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), T, Tk, q_pos0, NH, NKV, HS);
+  attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, Tk, q_pos0, NH, NKV, HS);
   const VecD qd = to_d(q), kd = to_d(k), vd = to_d(v);
   {  // the float forward matches the double reference used for the finite differences
     const VecD od = attention_d(qd, kd, vd, T, Tk, q_pos0, NH, NKV, HS);
@@ -316,7 +316,7 @@ void check_attention(int64_t T, int64_t Tk, int64_t q_pos0, int64_t NH, int64_t 
   }
   const VecF dq0 = randn(q.size(), rng), dk0 = randn(k.size(), rng), dv0 = randn(v.size(), rng);
   VecF dq = dq0, dk = dk0, dv = dv0;
-  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), R.data(), q.data(), k.data(), v.data(),
+  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), nullptr, R.data(), q.data(), k.data(), v.data(),
                      att.data(), T, Tk, q_pos0, NH, NKV, HS);
   const VecD gq =
       finite_diff([&](const VecD& x) { return dot_d(attention_d(x, kd, vd, T, Tk, q_pos0, NH, NKV, HS), R); }, qd);
@@ -357,14 +357,14 @@ TEST(OpsBackward, AttentionPackedGemmEqualsSeparateLoops) {
   std::vector<int32_t> ks(T);
   for (int64_t t = 0; t < T; ++t) ks[t] = t < A ? 0 : static_cast<int32_t>(A);
   VecF out(T * qs), att(NH * T * T), datt(NH * T * T), dq(T * qs, 0.f), dk(T * kvs, 0.f), dv(T * kvs, 0.f);
-  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), T, T, 0, NH, NKV, HS, ks.data());
-  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), R.data(), q.data(), k.data(), v.data(), att.data(),
+  attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, T, 0, NH, NKV, HS, ks.data());
+  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), nullptr, R.data(), q.data(), k.data(), v.data(), att.data(),
                      T, T, 0, NH, NKV, HS, ks.data());
   for (auto [t0, n] : {std::pair<int64_t, int64_t>{0, A}, {A, B}}) {
     VecF o(n * qs), a(NH * n * n), da(NH * n * n), gq(n * qs, 0.f), gk(n * kvs, 0.f), gv(n * kvs, 0.f);
-    attention_forward(o.data(), a.data(), q.data() + t0 * qs, k.data() + t0 * kvs, v.data() + t0 * kvs, n, n, 0, NH,
+    attention_forward(o.data(), a.data(), nullptr, q.data() + t0 * qs, k.data() + t0 * kvs, v.data() + t0 * kvs, n, n, 0, NH,
                       NKV, HS);
-    attention_backward(gq.data(), gk.data(), gv.data(), da.data(), R.data() + t0 * qs, q.data() + t0 * qs,
+    attention_backward(gq.data(), gk.data(), gv.data(), da.data(), nullptr, R.data() + t0 * qs, q.data() + t0 * qs,
                        k.data() + t0 * kvs, v.data() + t0 * kvs, a.data(), n, n, 0, NH, NKV, HS);
     for (int64_t i = 0; i < n * qs; ++i) {
       EXPECT_NEAR(out[t0 * qs + i], o[i], 2e-6) << "out " << t0 << " " << i;
@@ -378,18 +378,21 @@ TEST(OpsBackward, AttentionPackedGemmEqualsSeparateLoops) {
 }
 
 // Gemma 2's soft-capped scores on the GEMM path with enough queries that the softmax rows
-// are split across threads (the backward's per-head raw scores must be the calling
-// thread's; a worker reading its own thread_local copy crashed here): finite differences.
+// are split across threads (every worker reads the head's raw scores from the one declared
+// scratch; when they were a thread_local, a worker read its own empty copy and crashed):
+// finite differences.
 TEST(OpsBackward, AttentionSoftcapGemmAcrossThreads) {
   const int64_t T = 48, NH = 2, NKV = 1, HS = 4, qs = NH * HS, kvs = NKV * HS;
   const double cap = 1.5;
   std::mt19937 rng(21);
   const VecF q = randn(T * qs, rng), k = randn(T * kvs, rng), v = randn(T * kvs, rng), R = randn(T * qs, rng);
   VecF out(T * qs), att(NH * T * T), datt(NH * T * T), dq(T * qs, 0.f), dk(T * kvs, 0.f), dv(T * kvs, 0.f);
-  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), T, T, 0, NH, NKV, HS, nullptr, 0.0f,
+  attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, T, 0, NH, NKV, HS, nullptr, 0.0f,
                     static_cast<float>(cap));
-  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), R.data(), q.data(), k.data(), v.data(), att.data(),
-                     T, T, 0, NH, NKV, HS, nullptr, 0.0f, static_cast<float>(cap));
+  // The softcap's raw scores, in exactly the scratch the op declares.
+  VecF raw(static_cast<size_t>(attention_backward_scratch_floats(T, T, static_cast<float>(cap))));
+  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), raw.data(), R.data(), q.data(), k.data(), v.data(),
+                     att.data(), T, T, 0, NH, NKV, HS, nullptr, 0.0f, static_cast<float>(cap));
   const VecD qd = to_d(q), kd = to_d(k), vd = to_d(v);
   const VecD od = attention_d(qd, kd, vd, T, T, 0, NH, NKV, HS, cap);
   for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], od[i], 1e-5);
@@ -401,10 +404,10 @@ TEST(OpsBackward, AttentionSoftcapGemmAcrossThreads) {
 
 TEST(OpsBackward, AttentionRejectsBadShapes) {
   VecF buf(1024);
-  EXPECT_THROW(attention_backward(buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(),
+  EXPECT_THROW(attention_backward(buf.data(), buf.data(), buf.data(), buf.data(), nullptr, buf.data(), buf.data(), buf.data(),
                                   buf.data(), buf.data(), 3, 4, 2, 4, 2, 6),
                Error);
-  EXPECT_THROW(attention_backward(buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(),
+  EXPECT_THROW(attention_backward(buf.data(), buf.data(), buf.data(), buf.data(), nullptr, buf.data(), buf.data(), buf.data(),
                                   buf.data(), buf.data(), 3, 4, 0, 4, 3, 6),
                Error);
 }
@@ -604,7 +607,7 @@ TEST(OpsBackward, WholeLlamaBlock) {
   const VecF v = linear_f(h1, w.Wv, T, C, KD);
   rope_forward(q.data(), w.cos.data(), w.sin.data(), T, d.NH, d.HS);
   rope_forward(k.data(), w.cos.data(), w.sin.data(), T, d.NKV, d.HS);
-  attention_forward(a.data(), att.data(), q.data(), k.data(), v.data(), T, T, 0, d.NH, d.NKV, d.HS);
+  attention_forward(a.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, T, 0, d.NH, d.NKV, d.HS);
   const VecF o = linear_f(a, w.Wo, T, QD, C);
   residual_forward(x2.data(), x.data(), o.data(), T * C);
   rmsnorm_forward(h2.data(), rstd2.data(), x2.data(), w.ln2.data(), T, C, d.eps);
@@ -631,7 +634,7 @@ TEST(OpsBackward, WholeLlamaBlock) {
   const VecF& dout_o = dx2;
   matmul_backward_input(da.data(), dout_o.data(), w.Wo.data(), T, QD, C);   // o = a Woᵀ
   matmul_backward_weight(dWo.data(), dout_o.data(), a.data(), T, QD, C);
-  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), da.data(), q.data(), k.data(), v.data(),
+  attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), nullptr, da.data(), q.data(), k.data(), v.data(),
                      att.data(), T, T, 0, d.NH, d.NKV, d.HS);
   rope_backward(dq.data(), w.cos.data(), w.sin.data(), T, d.NH, d.HS);
   rope_backward(dk.data(), w.cos.data(), w.sin.data(), T, d.NKV, d.HS);

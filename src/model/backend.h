@@ -1,0 +1,167 @@
+#pragma once
+// The backend seam: where a model's activations live and where a block's ops run.
+//
+// Memory (allocate, copy in and out, synchronise) is kept apart from compute (one call per
+// op of a BlockProgram, forward and backward). The block interpreters (model/block_run.h)
+// only ever call through this interface, with pointers the caller allocated from the same
+// backend: the program's buffers, their gradients and the declared scratch
+// (model/block_scratch.h). Nothing an op needs is allocated behind the caller's back, so a
+// device backend can place it all in device memory and the planner counts the same bytes.
+//
+// Weights are named by their host objects (a QuantLinear, a norm's vector): the CPU backend
+// reads them in place; a device backend keeps its own copies, made once when the model is
+// loaded onto it, and looks them up by the host object. Every op is asynchronous with
+// respect to the host on a device backend; synchronize() waits for them, and download()
+// returns after its copy is done.
+//
+// The CPU backend (cpu_backend()) is the first implementation: today's ops (model/ops.h,
+// model/ops_backward.h, lora/lora.h) with their scalar references and SIMD kernels. A CUDA
+// backend is the second (issue 12): the same interface over cudaMalloc and the kernels of
+// src/cuda.
+#include <cstdint>
+#include <utility>
+
+#include "base/dtype.h"
+#include "lora/lora.h"
+#include "model/model_spec.h"
+
+namespace qlora {
+
+class QuantLinear;
+struct AlibiBias;
+
+// One attention call's shape: q (T, NH*HS) against keys and values (Tk, NKV*HS), query t at
+// position q_pos0 + t (ops.h attention_forward has the full contract).
+struct AttentionShape {
+  int64_t T = 0, Tk = 0, q_pos0 = 0;
+  int64_t NH = 0, NKV = 0, HS = 0;
+  const int32_t* key_start = nullptr;  // (T) first visible key of each query, or null (causal)
+  float scale = 0.0f;                   // 0: 1/sqrt(HS)
+  float softcap = 0.0f;                 // 0: none
+  const AlibiBias* alibi = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // "cpu", "cuda:0", ... (shown in messages).
+  virtual const char* name() const = 0;
+
+  // ---- memory ----
+  // n floats, uninitialised. Throws Error naming the size when the memory is not there.
+  virtual float* allocate(int64_t n) = 0;
+  // Returns memory from allocate() (null is allowed).
+  virtual void release(float* p) noexcept = 0;
+  // Host -> backend and backend -> host copies of n floats (download waits for the ops
+  // before it). On the CPU both are plain copies.
+  virtual void upload(float* dst, const float* host, int64_t n) = 0;
+  virtual void download(float* host, const float* src, int64_t n) = 0;
+  // Within the backend's memory: dst = src, and dst = 0.
+  virtual void copy(float* dst, const float* src, int64_t n) = 0;
+  virtual void zero(float* dst, int64_t n) = 0;
+  // Waits until every op issued so far has finished.
+  virtual void synchronize() = 0;
+
+  // ---- compute: a BlockProgram's ops (model/block_program.h) ----
+  // The spec's norm (RMSNorm, Gemma's 1 + w, or LayerNorm + bias) over rows of C, rounded to
+  // dtype; stats (rstd, or mean and rstd, per row) kept when not null. Backward accumulates
+  // into din (the weights are frozen).
+  virtual void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
+                            const float* bias, int64_t rows, int64_t C, ComputeDType dtype) = 0;
+  virtual void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
+                             const float* stats, int64_t rows, int64_t C) = 0;
+  // y (T, out) = W x (+ bias) (+ the LoRA path when `lora` is set: lora_forward's contract).
+  virtual void linear_forward(float* y, const float* x, int64_t T, const QuantLinear& W, const LoraLayer* lora,
+                              LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) = 0;
+  // dx (T, in) += dy (T, out) W through the frozen weight (dequantized a tile of rows at a
+  // time into `tile`, linear_backward_tile_floats), plus the LoRA path when `lora` is set,
+  // whose A/B gradients accumulate (cache from its forward).
+  virtual void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W,
+                               LoraLayer* lora, const LoraCache* cache, float* tile, const LoraScratch& scratch) = 0;
+  // Rotary in place on x (T, NH, HS), the first `rot` dims of each head; backward rotates back.
+  virtual void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
+                            int64_t rot) = 0;
+  virtual void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
+                             int64_t rot) = 0;
+  // Attention (ops.h attention_forward / ops_backward.h attention_backward): probabilities in
+  // att when not null, else scores in scratch (attention_scratch_floats). Backward: dq, dk,
+  // dv accumulate; dprobs (NH, T, Tk) and raw (attention_backward_scratch_floats) are scratch.
+  virtual void attention_forward(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
+                                 const float* k, const float* v) = 0;
+  virtual void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
+                                  const float* dout, const float* q, const float* k, const float* v,
+                                  const float* att) = 0;
+  // out (N) = act(gate) * up (SwiGLU or GeGLU by mlp); backward accumulates dgate, dup.
+  virtual void gated_act_forward(MlpKind mlp, float* out, const float* gate, const float* up, int64_t N) = 0;
+  virtual void gated_act_backward(MlpKind mlp, float* dgate, float* dup, const float* dout, const float* gate,
+                                  const float* up, int64_t N) = 0;
+  // out (N) = act(x); backward accumulates dx.
+  virtual void act_forward(Activation act, float* out, const float* x, int64_t N) = 0;
+  virtual void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N) = 0;
+  // out (N) = a + b; backward accumulates dout into da and db.
+  virtual void residual_forward(float* out, const float* a, const float* b, int64_t N) = 0;
+  virtual void residual_backward(float* da, float* db, const float* dout, int64_t N) = 0;
+  // out (T, groups*width) = columns [offset, offset + width) of each of `groups` groups of
+  // `stride` columns of in (T, in_width); backward accumulates into din.
+  virtual void slice_forward(float* out, const float* in, int64_t T, int64_t in_width, int64_t offset, int64_t width,
+                             int64_t groups, int64_t stride) = 0;
+  virtual void slice_backward(float* din, const float* dout, int64_t T, int64_t in_width, int64_t offset,
+                              int64_t width, int64_t groups, int64_t stride) = 0;
+  // x (n) rounded to dtype in place (identity for F32).
+  virtual void round(float* x, int64_t n, ComputeDType dtype) = 0;
+};
+
+// The process's CPU backend (stateless; safe to use from several threads).
+Backend& cpu_backend();
+
+// Floats of the dequantized-row tile linear_backward uses for a (out, in) weight: a tile of
+// about 1 MiB of rows (at least 16, at most all of them).
+int64_t linear_backward_tile_floats(int64_t in, int64_t out);
+
+// Memory from a backend, released when this goes. Grow-only: ensure(n) reallocates (without
+// keeping the contents) only when n is larger than what it holds.
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend& b, int64_t n) { ensure(b, n); }
+  ~BackendBuffer() { reset(); }
+  BackendBuffer(BackendBuffer&& o) noexcept
+      : backend_(std::exchange(o.backend_, nullptr)), p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  BackendBuffer& operator=(BackendBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = std::exchange(o.backend_, nullptr);
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+
+  // Holds at least n floats of `b` afterwards (n <= 0 keeps what it has).
+  void ensure(Backend& b, int64_t n) {
+    if (n <= n_ && backend_ == &b) return;
+    reset();
+    if (n <= 0) return;
+    p_ = b.allocate(n);
+    backend_ = &b;
+    n_ = n;
+  }
+  void reset() noexcept {
+    if (backend_) backend_->release(p_);
+    backend_ = nullptr;
+    p_ = nullptr;
+    n_ = 0;
+  }
+  float* data() const { return p_; }
+  int64_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+
+ private:
+  Backend* backend_ = nullptr;
+  float* p_ = nullptr;
+  int64_t n_ = 0;
+};
+
+}  // namespace qlora

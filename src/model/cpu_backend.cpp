@@ -1,0 +1,156 @@
+// The CPU backend: host memory and the ops of model/ops.h, model/ops_backward.h and
+// lora/lora.h (each with its scalar reference and SIMD kernels behind it).
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "base/error.h"
+#include "model/backend.h"
+#include "model/ops.h"
+#include "model/ops_backward.h"
+#include "model/quant_linear.h"
+
+namespace qlora {
+
+int64_t linear_backward_tile_floats(int64_t in, int64_t out) {
+  const int64_t rows = std::min(std::max<int64_t>((int64_t{1} << 18) / std::max<int64_t>(in, 1), 16), out);
+  return std::max<int64_t>(rows, 0) * in;
+}
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+
+  float* allocate(int64_t n) override {
+    if (n <= 0) return nullptr;
+    // 64-byte aligned for the SIMD kernels; uninitialised, as the contract says.
+    void* p = ::operator new[](static_cast<size_t>(n) * sizeof(float), std::align_val_t{64}, std::nothrow);
+    if (!p)
+      fail("cpu backend", "out of memory allocating " + std::to_string(n * 4 / (1 << 20)) +
+                              " MiB (lower --batch-size or --seq-len, or see `qlora memory`)");
+    return static_cast<float*>(p);
+  }
+  void release(float* p) noexcept override {
+    if (p) ::operator delete[](p, std::align_val_t{64});
+  }
+  void upload(float* dst, const float* host, int64_t n) override { copy(dst, host, n); }
+  void download(float* host, const float* src, int64_t n) override { copy(host, src, n); }
+  void copy(float* dst, const float* src, int64_t n) override {
+    if (n > 0 && dst != src) std::memmove(dst, src, static_cast<size_t>(n) * sizeof(float));
+  }
+  void zero(float* dst, int64_t n) override {
+    if (n > 0) std::fill_n(dst, n, 0.0f);
+  }
+  void synchronize() override {}
+
+  void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
+                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
+    if (s.norm == NormKind::LayerNorm)
+      layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype);
+    else
+      rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset());
+  }
+  void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
+                     const float* stats, int64_t rows, int64_t C) override {
+    if (s.norm == NormKind::LayerNorm)
+      layernorm_backward(din, dout, in, weight, stats, rows, C);
+    else
+      rmsnorm_backward(din, nullptr, dout, in, weight, stats, rows, C, s.norm_offset());
+  }
+
+  void linear_forward(float* y, const float* x, int64_t T, const QuantLinear& W, const LoraLayer* lora,
+                      LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) override {
+    W.forward(y, x, T);
+    if (lora) lora_forward(y, cache, *lora, x, T, training, rng, scratch);
+  }
+  void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W, LoraLayer* lora,
+                       const LoraCache* cache, float* tile, const LoraScratch& scratch) override {
+    const int64_t in = W.in_features(), out = W.out_features();
+    const int64_t rows = linear_backward_tile_floats(in, out) / in;
+    for (int64_t o0 = 0; o0 < out; o0 += rows) {
+      const int64_t o1 = std::min(out, o0 + rows);
+      W.dequantize_rows(o0, o1, tile);
+      matmul_backward_input(dx, dy + o0, tile, T, in, o1 - o0, out);
+    }
+    if (lora) lora_backward(dx, *lora, dy, x, *cache, T, scratch);
+  }
+
+  void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
+                    int64_t rot) override {
+    qlora::rope_forward(x, cos, sin, T, NH, HS, rot);
+  }
+  void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
+                     int64_t rot) override {
+    qlora::rope_backward(dx, cos, sin, T, NH, HS, rot);
+  }
+
+  void attention_forward(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
+                         const float* k, const float* v) override {
+    qlora::attention_forward(out, att, scratch, q, k, v, a.T, a.Tk, a.q_pos0, a.NH, a.NKV, a.HS, a.key_start, a.scale,
+                             a.softcap, a.alibi);
+  }
+  void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
+                          const float* dout, const float* q, const float* k, const float* v,
+                          const float* att) override {
+    qlora::attention_backward(dq, dk, dv, dprobs, raw, dout, q, k, v, att, a.T, a.Tk, a.q_pos0, a.NH, a.NKV, a.HS,
+                              a.key_start, a.scale, a.softcap);
+  }
+
+  void gated_act_forward(MlpKind mlp, float* out, const float* gate, const float* up, int64_t N) override {
+    if (mlp == MlpKind::GeGLU)
+      geglu_forward(out, gate, up, N);
+    else
+      swiglu_forward(out, gate, up, N);
+  }
+  void gated_act_backward(MlpKind mlp, float* dgate, float* dup, const float* dout, const float* gate,
+                          const float* up, int64_t N) override {
+    if (mlp == MlpKind::GeGLU)
+      geglu_backward(dgate, dup, dout, gate, up, N);
+    else
+      swiglu_backward(dgate, dup, dout, gate, up, N);
+  }
+  void act_forward(Activation act, float* out, const float* x, int64_t N) override {
+    activation_forward(out, x, N, act);
+  }
+  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N) override {
+    activation_backward(dx, dout, x, N, act);
+  }
+  void residual_forward(float* out, const float* a, const float* b, int64_t N) override {
+    qlora::residual_forward(out, a, b, N);
+  }
+  void residual_backward(float* da, float* db, const float* dout, int64_t N) override {
+    qlora::residual_backward(da, db, dout, N);
+  }
+
+  void slice_forward(float* out, const float* in, int64_t T, int64_t in_width, int64_t offset, int64_t width,
+                     int64_t groups, int64_t stride) override {
+    const int64_t out_w = groups * width;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t g = 0; g < groups; ++g)
+        std::copy_n(in + t * in_width + g * stride + offset, width, out + t * out_w + g * width);
+  }
+  void slice_backward(float* din, const float* dout, int64_t T, int64_t in_width, int64_t offset, int64_t width,
+                      int64_t groups, int64_t stride) override {
+    const int64_t out_w = groups * width;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t g = 0; g < groups; ++g) {
+        float* d = din + t * in_width + g * stride + offset;
+        const float* y = dout + t * out_w + g * width;
+        for (int64_t i = 0; i < width; ++i) d[i] += y[i];
+      }
+  }
+
+  void round(float* x, int64_t n, ComputeDType dtype) override { round_activations(x, n, dtype); }
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend b;
+  return b;
+}
+
+}  // namespace qlora

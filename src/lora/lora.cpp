@@ -111,6 +111,7 @@ void LoraScratchFloats::cover(int64_t T, int64_t in, int64_t out, int64_t r, boo
   x = std::max({x, dropout ? T * in : 0, backward ? T * r : 0});
   y = std::max({y, T * out, backward ? out * r : 0});
   if (backward && dropout) drop = std::max(drop, T * in);
+  h = std::max(h, T * r);
 }
 
 LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward) {
@@ -120,7 +121,8 @@ LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_
 }
 
 LoraScratchStorage::LoraScratchStorage(const LoraScratchFloats& f)
-    : x(static_cast<size_t>(f.x)), y(static_cast<size_t>(f.y)), drop(static_cast<size_t>(f.drop)) {}
+    : x(static_cast<size_t>(f.x)), y(static_cast<size_t>(f.y)), drop(static_cast<size_t>(f.drop)),
+      h(static_cast<size_t>(f.h)) {}
 
 // --- forward / backward -------------------------------------------------------------
 
@@ -128,11 +130,11 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
                   LoraRng* rng, const LoraScratch& scratch) {
   const int64_t in = L.in, out = L.out, r = L.r;
   const bool drop = training && L.dropout > 0.f;
-  std::vector<float> mask_local;
-  std::vector<float>& mask = cache ? cache->mask : mask_local;
-  if (!drop) mask.clear();  // empty = no dropout
+  if (cache && !drop) cache->mask.clear();  // empty = no dropout
   if (drop) {
     check(rng != nullptr, L.module_path, "LoRA dropout in training needs a random generator");
+    check(cache != nullptr, L.module_path, "LoRA dropout in training needs a cache for its mask");
+    std::vector<float>& mask = cache->mask;
     mask.resize(static_cast<size_t>(T * in));  // every element is drawn below
     const float p = L.dropout, keep_scale = 1.f / (1.f - p);
     // One draw from the caller's generator seeds this call; each row (token) then has its
@@ -157,14 +159,16 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
       }
     });
   }
-  std::vector<float> h_local;
-  std::vector<float>& h = cache ? cache->h : h_local;
-  h.resize(static_cast<size_t>(T * r));  // overwritten by the first product
+  float* h = scratch.h;  // (T, r), overwritten by the first product; kept in the cache when training
+  if (cache) {
+    cache->h.resize(static_cast<size_t>(T * r));
+    h = cache->h.data();
+  }
   // xd (T, in) = dropout(x), materialized only when dropout is on.
   const float* xin = x;
   if (drop) {
     float* xd = scratch.x;
-    const float* mk = mask.data();
+    const float* mk = cache->mask.data();
     parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) xd[k] = x[k] * mk[k];
     });
@@ -173,8 +177,8 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   // h (T, r) = xd Aᵀ;  tmp (T, out) = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling).
   // Two GEMM calls (model/gemm.h, multi-threaded inside), not a loop over token ranges.
   float* tmp = scratch.y;
-  sgemm_nt(T, r, in, xin, in, L.A.data(), in, h.data(), r, /*accumulate=*/false);
-  sgemm_nt(T, out, r, h.data(), r, L.B.data(), r, tmp, out, /*accumulate=*/false);
+  sgemm_nt(T, r, in, xin, in, L.A.data(), in, h, r, /*accumulate=*/false);
+  sgemm_nt(T, out, r, h, r, L.B.data(), r, tmp, out, /*accumulate=*/false);
   const float s = L.scaling;
   parallel_for_range(T * out, 32768, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) y[k] += tmp[k] * s;

@@ -100,24 +100,26 @@ struct LoraScratch {
   float* x = nullptr;     // forward: dropout(x) (T, in) when dropout is on; backward: dh (T, r)
   float* y = nullptr;     // forward: B A x (T, out); backward: dB's product (out, r)
   float* drop = nullptr;  // backward with dropout: dropout(x), then dh A (T, in)
+  float* h = nullptr;     // forward without a cache (inference): A x (T, r)
 };
 struct LoraScratchFloats {
-  int64_t x = 0, y = 0, drop = 0;
-  int64_t total() const { return x + y + drop; }
+  int64_t x = 0, y = 0, drop = 0, h = 0;
+  int64_t total() const { return x + y + drop + h; }
   // Grows each size to cover one layer's forward (and its backward when `backward`).
   void cover(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward);
 };
 LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_t r, bool dropout, bool backward);
 // Vectors sized for `f`, for callers without a declared arena (tools, tests).
 struct LoraScratchStorage {
-  std::vector<float> x, y, drop;
+  std::vector<float> x, y, drop, h;
   explicit LoraScratchStorage(const LoraScratchFloats& f);
-  LoraScratch view() { return {x.data(), y.data(), drop.data()}; }
+  LoraScratch view() { return {x.data(), y.data(), drop.data(), h.data()}; }
 };
 
 // y (T, out) += scaling · B (A dropout(x)), x (T, in). When `training` and the layer's
 // dropout > 0, a fresh mask is drawn from `rng` (REQUIRES rng then) and kept in `cache`.
-// `cache` may be null at inference. y and x must not overlap. `scratch` REQUIRES the sizes
+// `cache` may be null at inference (not with dropout: the mask lives there). y and x must
+// not overlap. `scratch` REQUIRES the sizes
 // of lora_scratch_floats(T, in, out, r, training && dropout > 0, false).
 void lora_forward(float* y, LoraCache* cache, const LoraLayer& layer, const float* x, int64_t T,
                   bool training, LoraRng* rng, const LoraScratch& scratch);

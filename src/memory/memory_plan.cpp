@@ -11,7 +11,9 @@
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
 #include "formats/model_family.h"
+#include "model/backend.h"
 #include "model/block_program.h"
+#include "model/block_scratch.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
 
@@ -98,6 +100,15 @@ std::vector<LinearShape> model_linears(const ModelSpec& s, const MemoryOptions* 
     }
     v.push_back(w == 0 ? LinearShape{"project_in", C, E, false} : LinearShape{"project_out", E, C, false});
   }
+  return v;
+}
+
+// The adapted Linears (of the blocks and outside them), for the block's declared scratch.
+std::vector<BlockScratchQuery::Lora> lora_scratch_shapes(const ModelSpec& s, const MemoryOptions& o) {
+  std::vector<BlockScratchQuery::Lora> v;
+  for (const LinearShape& li : block_linears(s))
+    if (lora_targets(s, o, li.module)) v.push_back({li.in, li.out, o.lora_r});
+  for (const LinearShape& li : model_linears(s, &o)) v.push_back({li.in, li.out, o.lora_r});
   return v;
 }
 
@@ -208,7 +219,7 @@ std::string options_title(const ModelSpec& s, const MemoryOptions& o) {
 
 MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   MemoryPlan p;
-  const uint64_t C = u(s.hidden), L = u(s.n_layers), NH = u(s.n_heads), F = u(s.ffn), V = u(s.vocab);
+  const uint64_t C = u(s.hidden), L = u(s.n_layers), F = u(s.ffn), V = u(s.vocab);
   const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
   const uint64_t threads = u(std::max(1, o.threads));
   const uint64_t db = dtype_bytes(o.compute_dtype);
@@ -318,28 +329,30 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       add(r, "logits and dlogits (B*T x V fp32 each: soft-capped logits are kept for the backward)", 8 * BT * V, "");
     else
       add(r, "logits (B*T x V fp32, dlogits in place)", 4 * BT * V, "");
-    // Backward scratch of TrainWorkspace::Impl, rope tables, final norm, the dequantized tile.
-    uint64_t tile = 0;
-    for (const LinearShape& li : block_linears(s)) {
-      const uint64_t in = u(li.in);
-      const uint64_t rows = std::clamp<uint64_t>((uint64_t{1} << 18) / std::max<uint64_t>(in, 1), 16, u(li.out));
-      tile = std::max(tile, rows * in);
-    }
-    if (db != 4) tile = std::max(tile, std::min<uint64_t>(std::max<uint64_t>((1u << 18) / C, 16), V) * C);
-    // The program's transient buffers and its gradients, the (NH, T, T) attention-gradient
-    // scratch of one sequence, dx and the final norm's gradient, rope tables, the batch's
-    // tokens, targets, positions and key windows.
-    const uint64_t scratch = 4 * (u(prog.transient_floats(Ti, Bi)) + u(prog.gradient_floats(Ti, Bi)) + NH * T * T +
-                                  2 * BT * C + BT * HS * (s.rope_local ? 2 : 1) + 5 * BT + tile +
+    // The block's declared scratch (model/block_scratch.h: the attention-gradient scratch of
+    // one sequence, the dequantized weight tile, LoRA's temporaries), read from the same
+    // declaration the training workspace allocates from.
+    BlockScratchQuery sq;
+    sq.tokens = static_cast<int64_t>(BT);
+    sq.longest = Ti;
+    sq.training = sq.backward = true;
+    sq.lora = lora_scratch_shapes(s, o);
+    sq.lora_dropout = drop;
+    const uint64_t block_scratch = 4 * u(block_scratch_floats(prog, sq).total());
+    // The output head's dequantized tile (a bf16/fp16 head; a float32 one is read in place).
+    const uint64_t head_tile = db == 4 ? 0 : u(linear_backward_tile_floats(s.embed_width(), s.vocab));
+    // TrainWorkspace::Impl besides: the program's transient buffers and its gradients, dx and
+    // the final norm's gradient, rope tables (+ their host staging), the batch's tokens,
+    // targets, positions and key windows (+ staging), the recomputed block output.
+    const uint64_t scratch = 4 * (u(prog.transient_floats(Ti, Bi)) + u(prog.gradient_floats(Ti, Bi)) + 2 * BT * C +
+                                  BT * HS * (s.rope_local ? 2 : 1) + BT * HS + 6 * BT + head_tile +
                                   (o.checkpointing ? BT * C : 0));
-    // lora.cpp's grow-only scratch (the calling thread's): the dropped input (B*T, in) and the
-    // (B*T, out) product in the forward, and the backward's dropped input again -- each at
-    // its largest over the adapted Linears, all three kept. On top, the largest transient:
-    // the lm_head input-gradient panels (64 x V + B*T x 64 floats per thread).
+    // On top, the largest transient: the lm_head input-gradient panels (64 x V + B*T x 64
+    // floats per thread).
     const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + BT * 64) : 0);
-    const uint64_t lora_scratch = 4 * BT * (ls.max_in + ls.max_out + (drop ? ls.max_in : 0));
-    add(r, "workspace (backward scratch, tiles, transients)", scratch + lora_scratch + lm_panels + int8_ws(BT),
-        "dx/dh/d-MLP/d-attention buffers, dequantized weight tile, LoRA scratch, per-thread lm_head panels");
+    add(r, "workspace (backward scratch, tiles, transients)", scratch + block_scratch + lm_panels + int8_ws(BT),
+        "dx/dh/d-MLP/d-attention buffers, the block's declared scratch (dequantized weight tile, attention "
+        "gradients, LoRA temporaries), per-thread lm_head panels");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
@@ -347,14 +360,20 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
     const BlockProgram prog = BlockProgram::for_spec(s);
     add(r, "forward scratch (prompt prefill)",
-        4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + 2),
+        4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3),
         "residual stream, final norm, the block's buffers (sharing slots), rope tables for the prompt's tokens");
+    // The block's declared scratch for the prompt against the cache's keys: the attention
+    // scores (no probabilities are kept at inference) and the adapter's temporaries.
+    BlockScratchQuery sq;
+    sq.tokens = static_cast<int64_t>(P);
+    sq.keys = static_cast<int64_t>(cap);
+    if (o.with_adapter) sq.lora = lora_scratch_shapes(s, o);
+    add(r, "workspace (block scratch: attention scores, LoRA temporaries)",
+        4 * u(block_scratch_floats(prog, sq).total()), "model/block_scratch.h, the same declaration forward() allocates");
     add(r, "logits and sampler", V * 4 + V * 13, "(V) logits + sampler index/probability/seen arrays");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
-    if (o.with_adapter && ls.modules_per_block > 0) {
+    if (o.with_adapter && ls.modules_per_block > 0)
       add(r, "LoRA adapter (A, B fp32 + zeroed gradients)", ls.params * 16, std::to_string(ls.params) + " parameters");
-      add(r, "workspace (LoRA transients)", 4 * P * (u(o.lora_r) + ls.max_in_out), "");
-    }
   }
   uint64_t run_peak = 0, evict = 0;
   for (const MemoryItem& it : r.items) (it.evictable ? evict : run_peak) += it.bytes;

@@ -18,7 +18,9 @@
 // model/ops_backward.h, lora/lora.h) with their scalar references and SIMD kernels. A CUDA
 // backend is the second (issue 12): the same interface over cudaMalloc and the kernels of
 // src/cuda.
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <utility>
 
 #include "base/dtype.h"
@@ -28,6 +30,7 @@
 namespace qlora {
 
 class QuantLinear;
+class DenseWeight;
 struct AlibiBias;
 
 // One attention call's shape: q (T, NH*HS) against keys and values (Tk, NKV*HS), query t at
@@ -48,19 +51,39 @@ class Backend {
   virtual const char* name() const = 0;
 
   // ---- memory ----
-  // n floats, uninitialised. Throws Error naming the size when the memory is not there.
-  virtual float* allocate(int64_t n) = 0;
-  // Returns memory from allocate() (null is allowed).
-  virtual void release(float* p) noexcept = 0;
-  // Host -> backend and backend -> host copies of n floats (download waits for the ops
-  // before it). On the CPU both are plain copies.
-  virtual void upload(float* dst, const float* host, int64_t n) = 0;
-  virtual void download(float* host, const float* src, int64_t n) = 0;
-  // Within the backend's memory: dst = src, and dst = 0.
-  virtual void copy(float* dst, const float* src, int64_t n) = 0;
-  virtual void zero(float* dst, int64_t n) = 0;
+  // Whether this backend's memory is the host's (the CPU backend): callers may then hand
+  // host memory to its ops and skip staging copies.
+  virtual bool host_addressable() const = 0;
+  // `bytes` of memory, uninitialised, aligned to 64 bytes. Throws Error naming the size when
+  // the memory is not there.
+  virtual void* allocate_bytes(size_t bytes) = 0;
+  // Returns memory from allocate_bytes() (null is allowed).
+  virtual void release(void* p) noexcept = 0;
+  // Host -> backend and backend -> host copies (download waits for the ops before it; upload
+  // may return before the copy is done only when the host memory stays untouched until the
+  // next synchronize()). On the CPU all three are plain copies.
+  virtual void upload_bytes(void* dst, const void* host, size_t bytes) = 0;
+  virtual void download_bytes(void* host, const void* src, size_t bytes) = 0;
+  // Within the backend's memory: dst = src (the ranges may overlap), and dst = 0.
+  virtual void copy_bytes(void* dst, const void* src, size_t bytes) = 0;
+  virtual void zero_bytes(void* dst, size_t bytes) = 0;
   // Waits until every op issued so far has finished.
   virtual void synchronize() = 0;
+  // Typed forms of the copies above, n elements.
+  template <class T>
+  void upload(T* dst, const T* host, int64_t n) {
+    if (n > 0) upload_bytes(dst, host, static_cast<size_t>(n) * sizeof(T));
+  }
+  template <class T>
+  void download(T* host, const T* src, int64_t n) {
+    if (n > 0) download_bytes(host, src, static_cast<size_t>(n) * sizeof(T));
+  }
+  void copy(float* dst, const float* src, int64_t n) {
+    if (n > 0 && dst != src) copy_bytes(dst, src, static_cast<size_t>(n) * sizeof(float));
+  }
+  void zero(float* dst, int64_t n) {
+    if (n > 0) zero_bytes(dst, static_cast<size_t>(n) * sizeof(float));
+  }
 
   // ---- compute: a BlockProgram's ops (model/block_program.h) ----
   // The spec's norm (RMSNorm, Gemma's 1 + w, or LayerNorm + bias) over rows of C, rounded to
@@ -75,7 +98,8 @@ class Backend {
                               LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) = 0;
   // dx (T, in) += dy (T, out) W through the frozen weight (dequantized a tile of rows at a
   // time into `tile`, linear_backward_tile_floats), plus the LoRA path when `lora` is set,
-  // whose A/B gradients accumulate (cache from its forward).
+  // whose A/B gradients accumulate (cache from its forward). dx null: the LoRA gradients
+  // only (nothing below needs the input gradient; tile unused).
   virtual void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W,
                                LoraLayer* lora, const LoraCache* cache, float* tile, const LoraScratch& scratch) = 0;
   // Rotary in place on x (T, NH, HS), the first `rot` dims of each head; backward rotates back.
@@ -109,25 +133,57 @@ class Backend {
                               int64_t width, int64_t groups, int64_t stride) = 0;
   // x (n) rounded to dtype in place (identity for F32).
   virtual void round(float* x, int64_t n, ComputeDType dtype) = 0;
+
+  // ---- compute: the model around its blocks ----
+  // out (n, cols) = rows ids[i] of the table (ids on the host). Throws Error naming an id
+  // outside the table.
+  virtual void embedding_forward(float* out, std::span<const int> ids, const DenseWeight& table) = 0;
+  // x (n) = round(x * round(sqrt(hidden))) in dtype (Gemma's embedding scale).
+  virtual void embed_scale(float* x, int64_t n, int64_t hidden, ComputeDType dtype) = 0;
+  // LayerNorm with bias over rows of C (in place allowed), rounded once to dtype.
+  virtual void layernorm_forward(float* out, const float* in, const float* weight, const float* bias, int64_t rows,
+                                 int64_t C, float eps, ComputeDType dtype) = 0;
+  // y (n, W.rows) = x (n, W.cols) Wᵀ through a dense weight (the output head).
+  virtual void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) = 0;
+  // dx (n, W.cols) += dy (n, W.rows) W; a weight not stored in float32 is widened a tile of
+  // rows at a time into `tile` (dense_backward_tile_floats).
+  virtual void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) = 0;
+  // x (n) = cap * tanh(x / cap), each step rounded to dtype; its backward multiplies d (n) by
+  // 1 - (capped / cap)^2, capped being the forward's output.
+  virtual void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) = 0;
+  virtual void softcap_backward(float* d, const float* capped, int64_t n, float cap) = 0;
+  // The mean softmax cross-entropy of logits (M, V) against targets (host, M, all in
+  // [0, V)), and its gradient written to dlogits (which may be logits). Returns the loss
+  // (so it waits for the result).
+  virtual float cross_entropy(float* dlogits, const float* logits, std::span<const int> targets, int64_t V) = 0;
+  // x (n) *= s.
+  virtual void scale(float* x, int64_t n, float s) = 0;
+  // dst row i = src row idx[i] (gather), and dst row idx[i] = src row i (scatter, the other
+  // rows untouched); rows of `width` floats, idx on the host.
+  virtual void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) = 0;
+  virtual void scatter_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) = 0;
 };
 
 // The process's CPU backend (stateless; safe to use from several threads).
 Backend& cpu_backend();
 
 // Floats of the dequantized-row tile linear_backward uses for a (out, in) weight: a tile of
-// about 1 MiB of rows (at least 16, at most all of them).
+// about 1 MiB of rows (at least 16, at most all of them); the same for dense_backward of a
+// (rows, cols) weight (0 when it is stored in float32 and read in place).
 int64_t linear_backward_tile_floats(int64_t in, int64_t out);
+int64_t dense_backward_tile_floats(const DenseWeight& W);
 
-// Memory from a backend, released when this goes. Grow-only: ensure(n) reallocates (without
-// keeping the contents) only when n is larger than what it holds.
-class BackendBuffer {
+// n elements of T in a backend's memory, released when this goes. Grow-only: ensure(b, n)
+// reallocates (without keeping the contents) only when n is larger than what it holds.
+template <class T>
+class BackendArray {
  public:
-  BackendBuffer() = default;
-  BackendBuffer(Backend& b, int64_t n) { ensure(b, n); }
-  ~BackendBuffer() { reset(); }
-  BackendBuffer(BackendBuffer&& o) noexcept
+  BackendArray() = default;
+  BackendArray(Backend& b, int64_t n) { ensure(b, n); }
+  ~BackendArray() { reset(); }
+  BackendArray(BackendArray&& o) noexcept
       : backend_(std::exchange(o.backend_, nullptr)), p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  BackendBuffer& operator=(BackendBuffer&& o) noexcept {
+  BackendArray& operator=(BackendArray&& o) noexcept {
     if (this != &o) {
       reset();
       backend_ = std::exchange(o.backend_, nullptr);
@@ -136,15 +192,14 @@ class BackendBuffer {
     }
     return *this;
   }
-  BackendBuffer(const BackendBuffer&) = delete;
-  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
 
-  // Holds at least n floats of `b` afterwards (n <= 0 keeps what it has).
+  // Holds at least n elements of `b` afterwards (n <= 0 keeps what it has).
   void ensure(Backend& b, int64_t n) {
-    if (n <= n_ && backend_ == &b) return;
+    if (n <= n_ && (backend_ == &b || n <= 0)) return;
     reset();
-    if (n <= 0) return;
-    p_ = b.allocate(n);
+    p_ = static_cast<T*>(b.allocate_bytes(static_cast<size_t>(n) * sizeof(T)));
     backend_ = &b;
     n_ = n;
   }
@@ -154,14 +209,15 @@ class BackendBuffer {
     p_ = nullptr;
     n_ = 0;
   }
-  float* data() const { return p_; }
+  T* data() const { return p_; }
   int64_t size() const { return n_; }
   bool empty() const { return n_ == 0; }
 
  private:
   Backend* backend_ = nullptr;
-  float* p_ = nullptr;
+  T* p_ = nullptr;
   int64_t n_ = 0;
 };
+using BackendBuffer = BackendArray<float>;
 
 }  // namespace qlora

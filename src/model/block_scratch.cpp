@@ -14,7 +14,7 @@ int64_t padded(int64_t n) { return (n + 15) / 16 * 16; }  // 64 bytes
 
 int64_t BlockScratchFloats::total() const {
   return padded(scores) + padded(raw_scores) + padded(dprobs) + padded(weight_tile) + padded(lora.x) +
-         padded(lora.y) + padded(lora.drop);
+         padded(lora.y) + padded(lora.drop) + padded(lora.h);
 }
 
 BlockScratchFloats block_scratch_floats(const BlockProgram& p, const BlockScratchQuery& q) {
@@ -51,6 +51,7 @@ BlockScratch BlockScratch::carve(float* arena, const BlockScratchFloats& f) {
   s.lora.x = take(f.lora.x);
   s.lora.y = take(f.lora.y);
   s.lora.drop = take(f.lora.drop);
+  s.lora.h = take(f.lora.h);
   return s;
 }
 

@@ -18,38 +18,44 @@ int64_t linear_backward_tile_floats(int64_t in, int64_t out) {
   return std::max<int64_t>(rows, 0) * in;
 }
 
+int64_t dense_backward_tile_floats(const DenseWeight& W) {
+  if (W.dtype() == ComputeDType::F32) return 0;
+  return linear_backward_tile_floats(W.cols(), W.rows());
+}
+
 namespace {
 
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
+  bool host_addressable() const override { return true; }
 
-  float* allocate(int64_t n) override {
-    if (n <= 0) return nullptr;
+  void* allocate_bytes(size_t bytes) override {
+    if (bytes == 0) return nullptr;
     // 64-byte aligned for the SIMD kernels; uninitialised, as the contract says.
-    void* p = ::operator new[](static_cast<size_t>(n) * sizeof(float), std::align_val_t{64}, std::nothrow);
+    void* p = ::operator new[](bytes, std::align_val_t{64}, std::nothrow);
     if (!p)
-      fail("cpu backend", "out of memory allocating " + std::to_string(n * 4 / (1 << 20)) +
+      fail("cpu backend", "out of memory allocating " + std::to_string(bytes >> 20) +
                               " MiB (lower --batch-size or --seq-len, or see `qlora memory`)");
-    return static_cast<float*>(p);
+    return p;
   }
-  void release(float* p) noexcept override {
+  void release(void* p) noexcept override {
     if (p) ::operator delete[](p, std::align_val_t{64});
   }
-  void upload(float* dst, const float* host, int64_t n) override { copy(dst, host, n); }
-  void download(float* host, const float* src, int64_t n) override { copy(host, src, n); }
-  void copy(float* dst, const float* src, int64_t n) override {
-    if (n > 0 && dst != src) std::memmove(dst, src, static_cast<size_t>(n) * sizeof(float));
+  void upload_bytes(void* dst, const void* host, size_t bytes) override { copy_bytes(dst, host, bytes); }
+  void download_bytes(void* host, const void* src, size_t bytes) override { copy_bytes(host, src, bytes); }
+  void copy_bytes(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
   }
-  void zero(float* dst, int64_t n) override {
-    if (n > 0) std::fill_n(dst, n, 0.0f);
+  void zero_bytes(void* dst, size_t bytes) override {
+    if (bytes > 0) std::memset(dst, 0, bytes);
   }
   void synchronize() override {}
 
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
                     const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
     if (s.norm == NormKind::LayerNorm)
-      layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype);
+      qlora::layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype);
     else
       rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset());
   }
@@ -70,7 +76,7 @@ class CpuBackend final : public Backend {
                        const LoraCache* cache, float* tile, const LoraScratch& scratch) override {
     const int64_t in = W.in_features(), out = W.out_features();
     const int64_t rows = linear_backward_tile_floats(in, out) / in;
-    for (int64_t o0 = 0; o0 < out; o0 += rows) {
+    for (int64_t o0 = 0; dx && o0 < out; o0 += rows) {
       const int64_t o1 = std::min(out, o0 + rows);
       W.dequantize_rows(o0, o1, tile);
       matmul_backward_input(dx, dy + o0, tile, T, in, o1 - o0, out);
@@ -144,6 +150,53 @@ class CpuBackend final : public Backend {
   }
 
   void round(float* x, int64_t n, ComputeDType dtype) override { round_activations(x, n, dtype); }
+
+  void embedding_forward(float* out, std::span<const int> ids, const DenseWeight& table) override {
+    qlora::embedding_forward(out, ids.data(), static_cast<int64_t>(ids.size()), table);
+  }
+  void embed_scale(float* x, int64_t n, int64_t hidden, ComputeDType dtype) override {
+    embed_scale_forward(x, n, hidden, dtype);
+  }
+  void layernorm_forward(float* out, const float* in, const float* weight, const float* bias, int64_t rows, int64_t C,
+                         float eps, ComputeDType dtype) override {
+    qlora::layernorm_forward(out, nullptr, in, weight, bias, rows, C, eps, dtype);
+  }
+  void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) override { W.matmul(y, x, n); }
+  void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) override {
+    const int64_t V = W.rows(), E = W.cols();
+    if (W.dtype() == ComputeDType::F32) {
+      matmul_backward_input(dx, dy, W.f32_data(), n, E, V);
+      return;
+    }
+    const int64_t rows = dense_backward_tile_floats(W) / E;
+    for (int64_t v0 = 0; v0 < V; v0 += rows) {
+      const int64_t v1 = std::min(V, v0 + rows);
+      W.rows_to_f32(v0, v1, tile);
+      matmul_backward_input(dx, dy + v0, tile, n, E, v1 - v0, V);
+    }
+  }
+  void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) override {
+    qlora::softcap_forward(x, n, cap, dtype);
+  }
+  void softcap_backward(float* d, const float* capped, int64_t n, float cap) override {
+    for (int64_t i = 0; i < n; ++i) {
+      const float t = capped[i] / cap;
+      d[i] *= 1.0f - t * t;
+    }
+  }
+  float cross_entropy(float* dlogits, const float* logits, std::span<const int> targets, int64_t V) override {
+    return cross_entropy_forward_backward(nullptr, dlogits, logits, targets.data(), static_cast<int64_t>(targets.size()),
+                                          V);
+  }
+  void scale(float* x, int64_t n, float s) override {
+    for (int64_t i = 0; i < n; ++i) x[i] *= s;
+  }
+  void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
+    for (size_t i = 0; i < idx.size(); ++i) std::copy_n(src + idx[i] * width, width, dst + static_cast<int64_t>(i) * width);
+  }
+  void scatter_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
+    for (size_t i = 0; i < idx.size(); ++i) std::copy_n(src + static_cast<int64_t>(i) * width, width, dst + idx[i] * width);
+  }
 };
 
 }  // namespace

@@ -2,21 +2,24 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "base/error.h"
 
 namespace qlora {
 
-KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate_now)
-    : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity) {
+KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate_now, Backend& backend)
+    : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity), backend_(&backend) {
   if (allocate_now) allocate();
 }
 
 void KVCache::allocate() {
   if (allocated_) return;
-  const size_t n = static_cast<size_t>(n_layers_ * kv_dim_ * capacity_);
-  k_.assign(n, 0.0f);
-  v_.assign(n, 0.0f);
+  const int64_t n = n_layers_ * kv_dim_ * capacity_;
+  k_.ensure(*backend_, n);
+  v_.ensure(*backend_, n);
+  backend_->zero(k_.data(), n);
+  backend_->zero(v_.data(), n);
   allocated_ = true;
 }
 
@@ -32,15 +35,18 @@ void KVCache::reserve(int64_t capacity) {
     capacity_ = capacity;
     return;
   }
-  const size_t n = static_cast<size_t>(n_layers_ * kv_dim_ * capacity);
-  std::vector<float> k(n, 0.0f), v(n, 0.0f);
+  const int64_t n = n_layers_ * kv_dim_ * capacity;
+  Backend& be = *backend_;
+  BackendBuffer k(be, n), v(be, n);
+  be.zero(k.data(), n);
+  be.zero(v.data(), n);
   for (int64_t l = 0; l < n_layers_; ++l) {
-    const size_t rows = static_cast<size_t>(length_ * kv_dim_);
-    std::copy_n(k_.data() + l * capacity_ * kv_dim_, rows, k.data() + l * capacity * kv_dim_);
-    std::copy_n(v_.data() + l * capacity_ * kv_dim_, rows, v.data() + l * capacity * kv_dim_);
+    const int64_t rows = length_ * kv_dim_;
+    be.copy(k.data() + l * capacity * kv_dim_, k_.data() + l * capacity_ * kv_dim_, rows);
+    be.copy(v.data() + l * capacity * kv_dim_, v_.data() + l * capacity_ * kv_dim_, rows);
   }
-  k_.swap(k);
-  v_.swap(v);
+  k_ = std::move(k);
+  v_ = std::move(v);
   capacity_ = capacity;
 }
 

@@ -3,7 +3,8 @@
 // only computes that token. Keys are stored after the rotary embedding.
 #include <cstddef>
 #include <cstdint>
-#include <vector>
+
+#include "model/backend.h"
 
 namespace qlora {
 
@@ -12,8 +13,9 @@ class KVCache {
   KVCache() = default;
   // Room for `capacity` positions of `n_layers` layers of `kv_dim` floats each. With
   // allocate false the storage is only reserved in name until allocate() (a sequence whose
-  // keys and values live on a GPU keeps just its length here).
-  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate = true);
+  // keys and values live on a GPU keeps just its length here). The storage is `backend`'s
+  // memory (zeroed when allocated).
+  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate = true, Backend& backend = cpu_backend());
   bool allocated() const { return allocated_; }
   void allocate();  // no-op when allocated
 
@@ -32,12 +34,13 @@ class KVCache {
   float* values(int64_t layer) { return v_.data() + layer * capacity_ * kv_dim_; }
   const float* keys(int64_t layer) const { return k_.data() + layer * capacity_ * kv_dim_; }
   const float* values(int64_t layer) const { return v_.data() + layer * capacity_ * kv_dim_; }
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  size_t bytes() const { return static_cast<size_t>(k_.size() + v_.size()) * sizeof(float); }
 
  private:
   int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
   bool allocated_ = false;
-  std::vector<float> k_, v_;  // (L, capacity, kv_dim)
+  Backend* backend_ = nullptr;
+  BackendBuffer k_, v_;  // (L, capacity, kv_dim)
 };
 
 }  // namespace qlora

@@ -249,55 +249,54 @@ namespace {
 
 // y (T, out) = W x (+ the adapter's LoRA), rounded to the compute dtype: a block Linear op's
 // arithmetic, for the Linears outside the blocks.
-void model_linear_forward(float* y, const float* x, int64_t T, const Model& model, ModelLinear which,
+void model_linear_forward(Backend& be, float* y, const float* x, int64_t T, const Model& model, ModelLinear which,
                           const LoraModel* adapter, LoraCache* cache, bool training, LoraRng* rng,
                           const LoraScratch& lora_scratch) {
   const QuantLinear& W = model.model_linear(which);
-  W.forward(y, x, T);
-  if (adapter)
-    if (const LoraLayer* lo = adapter->find(which)) lora_forward(y, cache, *lo, x, T, training, rng, lora_scratch);
-  round_activations(y, T * W.out_features(), model.compute_dtype());
+  const LoraLayer* lo = adapter ? adapter->find(which) : nullptr;
+  be.linear_forward(y, x, T, W, lo, cache, training, rng, lora_scratch);
+  be.round(y, T * W.out_features(), model.compute_dtype());
 }
 
 }  // namespace
 
-void embed_forward(float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
+void embed_forward(Backend& be, float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
                    const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
                    const LoraScratch& lora_scratch) {
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (model.spec().projects_embeddings()) {
-    embedding_forward(emb, tokens.data(), T, model.embed_tokens());
-    model_linear_forward(x, emb, T, model, ModelLinear::ProjectIn, adapter, lora_cache, training, rng, lora_scratch);
+    be.embedding_forward(emb, tokens, model.embed_tokens());
+    model_linear_forward(be, x, emb, T, model, ModelLinear::ProjectIn, adapter, lora_cache, training, rng, lora_scratch);
   } else {
-    embedding_forward(x, tokens.data(), T, model.embed_tokens());
+    be.embedding_forward(x, tokens, model.embed_tokens());
   }
-  embed_extras(x, scratch, pos, T, model);
+  embed_extras(be, x, scratch, pos, T, model);
 }
 
-const float* head_input_forward(float* e, float* h, float* stats, const float* x, int64_t n, const Model& model,
-                                const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
-                                const LoraScratch& lora_scratch) {
+const float* head_input_forward(Backend& be, float* e, float* h, float* stats, const float* x, int64_t n,
+                                const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training,
+                                LoraRng* rng, const LoraScratch& lora_scratch) {
   const ModelSpec& s = model.spec();
   if (s.final_norm)
-    cpu_backend().norm_forward(s, h, stats, x, model.final_norm().data(), model.final_norm_bias().data(), n, s.hidden,
-                               model.compute_dtype());
+    be.norm_forward(s, h, stats, x, model.final_norm().data(), model.final_norm_bias().data(), n, s.hidden,
+                    model.compute_dtype());
   else
-    std::copy_n(x, n * s.hidden, h);
+    be.copy(h, x, n * s.hidden);
   if (!s.projects_embeddings()) return h;
-  model_linear_forward(e, h, n, model, ModelLinear::ProjectOut, adapter, lora_cache, training, rng, lora_scratch);
+  model_linear_forward(be, e, h, n, model, ModelLinear::ProjectOut, adapter, lora_cache, training, rng, lora_scratch);
   return e;
 }
 
-void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
+void embed_extras(Backend& be, float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
   const ModelSpec& s = model.spec();
-  if (s.embed_scale) embed_scale_forward(x, T * s.hidden, s.hidden, model.compute_dtype());
-  if (s.positional == PositionalKind::Learned) add_position_embeddings(x, scratch, pos, T, model);
+  if (s.embed_scale) be.embed_scale(x, T * s.hidden, s.hidden, model.compute_dtype());
+  if (s.positional == PositionalKind::Learned) add_position_embeddings(be, x, scratch, pos, T, model);
   if (s.embed_norm)  // (in place: each row is read whole before it is written)
-    layernorm_forward(x, nullptr, x, model.embed_norm().data(), model.embed_norm_bias().data(), T, s.hidden, s.norm_eps,
-                      model.compute_dtype());
+    be.layernorm_forward(x, x, model.embed_norm().data(), model.embed_norm_bias().data(), T, s.hidden, s.norm_eps,
+                         model.compute_dtype());
 }
 
-void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
+void add_position_embeddings(Backend& be, float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
   const ModelSpec& s = model.spec();
   for (int64_t t = 0; t < T; ++t)
     if (pos[t] < 0 || pos[t] >= s.max_positions)
@@ -305,9 +304,9 @@ void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64
                                      std::to_string(s.max_positions) + " learned positions");
   std::vector<int> rows(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) rows[static_cast<size_t>(t)] = pos[t] + static_cast<int>(s.position_offset);
-  embedding_forward(scratch, rows.data(), T, model.embed_positions());
-  residual_forward(x, x, scratch, T * s.hidden);
-  round_activations(x, T * s.hidden, model.compute_dtype());
+  be.embedding_forward(scratch, rows, model.embed_positions());
+  be.residual_forward(x, x, scratch, T * s.hidden);
+  be.round(x, T * s.hidden, model.compute_dtype());
 }
 
 void Model::set_adapter(const LoraModel* a) {
@@ -349,28 +348,33 @@ void Model::set_adapter(const LoraModel* a) {
 
 // ---- inference -------------------------------------------------------------------------
 
-InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity)
-    : cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
-             /*allocate=*/false) {}
+InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend)
+    : backend_(&backend),
+      cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
+             /*allocate=*/false, backend) {}
 
 void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   if (T <= scratch_T_) return;
   const ModelSpec& s = p.spec();
-  const auto n = [T](int64_t per_token) { return static_cast<size_t>(T * per_token); };
-  x_.resize(n(s.hidden));
-  h_.resize(n(s.hidden));
-  if (s.projects_embeddings()) emb_.resize(n(s.embed_width()));
+  Backend& be = *backend_;
+  const int64_t half = s.head_dim / 2;
+  x_.ensure(be, T * s.hidden);
+  h_.ensure(be, T * s.hidden);
+  if (s.projects_embeddings()) emb_.ensure(be, T * s.embed_width());
   const std::vector<int64_t>& widths = p.inference_slots().slot_width;
   slots_.resize(widths.size());
-  for (size_t i = 0; i < widths.size(); ++i) slots_[i].ensure(cpu_backend(), T * widths[i]);
-  cos_.resize(n(s.head_dim / 2));
-  sin_.resize(n(s.head_dim / 2));
+  for (size_t i = 0; i < widths.size(); ++i) slots_[i].ensure(be, T * widths[i]);
+  cos_.ensure(be, T * half);
+  sin_.ensure(be, T * half);
   if (s.rope_local) {
-    cos_local_.resize(n(s.head_dim / 2));
-    sin_local_.resize(n(s.head_dim / 2));
+    cos_local_.ensure(be, T * half);
+    sin_local_.ensure(be, T * half);
   }
-  pos_.resize(n(1));
-  key_start_.resize(n(1));
+  key_start_.ensure(be, T);
+  pos_.resize(static_cast<size_t>(T));
+  key_start_host_.resize(static_cast<size_t>(T));
+  cos_host_.resize(static_cast<size_t>(T * half));
+  sin_host_.resize(static_cast<size_t>(T * half));
   scratch_T_ = T;
 }
 
@@ -416,6 +420,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   st.cache_.allocate();
   const BlockProgram& prog = model.block();
   st.ensure_scratch(prog, T);
+  Backend& be = *st.backend_;
   // The block's declared scratch, for keys up to the cache's capacity (so that decoding one
   // token after another does not grow it every step) and the adapter's Linears.
   BlockScratchQuery sq;
@@ -423,30 +428,39 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   sq.keys = st.cache_.capacity();
   add_lora_to_scratch_query(sq, model.adapter());
   const BlockScratchFloats sf = block_scratch_floats(prog, sq);
-  st.scratch_.ensure(cpu_backend(), sf.total());
+  st.scratch_.ensure(be, sf.total());
   const BlockScratch scratch = BlockScratch::carve(st.scratch_.data(), sf);
 
-  const int64_t C = s.hidden, HS = s.rope_dims();
+  const int64_t C = s.hidden, HS = s.rope_dims(), half = s.head_dim / 2;
   float* x = st.x_.data();  // (T, C) residual stream
   float* h = st.h_.data();  // (T, C) final norm output
 
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
-  embed_forward(x, st.emb_.data(), h, tokens, st.pos_.data(), model, model.adapter(), nullptr, false, nullptr,
+  embed_forward(be, x, st.emb_.data(), h, tokens, st.pos_.data(), model, model.adapter(), nullptr, false, nullptr,
                 scratch.lora);
-  rope_tables(st.cos_.data(), st.sin_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
-  if (s.rope_local)
-    rope_tables(st.cos_local_.data(), st.sin_local_.data(), st.pos_.data(), T, HS, s.rope_theta_local,
+  // Rotary tables (and windows) are computed on the host and copied to the backend.
+  rope_tables(st.cos_host_.data(), st.sin_host_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
+  be.upload(st.cos_.data(), st.cos_host_.data(), T * half);
+  be.upload(st.sin_.data(), st.sin_host_.data(), T * half);
+  if (s.rope_local) {
+    be.synchronize();  // (the staging vectors are reused)
+    rope_tables(st.cos_host_.data(), st.sin_host_.data(), st.pos_.data(), T, HS, s.rope_theta_local,
                 s.rope_scaling_local);
+    be.upload(st.cos_local_.data(), st.cos_host_.data(), T * half);
+    be.upload(st.sin_local_.data(), st.sin_host_.data(), T * half);
+  }
   // A sliding window narrows each query's keys once the sequence is longer than it.
   // (on the layers that slide: all of them for mistral, every other one for gemma2)
   const int32_t* window_start = nullptr;
   if (s.sliding_window > 0 && pos0 + T > s.sliding_window) {
-    for (int64_t t = 0; t < T; ++t) st.key_start_[t] = static_cast<int32_t>(first_visible_key(s, pos0 + t));
+    for (int64_t t = 0; t < T; ++t) st.key_start_host_[t] = static_cast<int32_t>(first_visible_key(s, pos0 + t));
+    be.upload(st.key_start_.data(), st.key_start_host_.data(), T);
     window_start = st.key_start_.data();
   }
 
   // The block's buffers: the residual stream in and out (in place), the rest in slots.
   BlockRun run;
+  run.backend = &be;
   run.program = &prog;
   run.dtype = dt;
   run.T = T;
@@ -472,15 +486,24 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   }
   st.cache_.set_length(pos0 + T);
 
-  if (!logits) return;
+  if (!logits) {
+    be.synchronize();
+    return;
+  }
   const int64_t first = all_logits ? 0 : T - 1;
   const int64_t n = T - first;
-  const float* e =
-      head_input_forward(st.emb_.data(), h, nullptr, x + first * C, n, model, model.adapter(), nullptr, false, nullptr,
-                         scratch.lora);
-  model.lm_head().matmul(logits, e, n);
-  round_activations(logits, n * s.vocab, dt);
-  if (s.final_softcap > 0.0f) softcap_forward(logits, n * s.vocab, s.final_softcap, dt);
+  const float* e = head_input_forward(be, st.emb_.data(), h, nullptr, x + first * C, n, model, model.adapter(), nullptr,
+                                      false, nullptr, scratch.lora);
+  // The logits go straight to the caller's memory when the backend's is the host's.
+  float* lg = logits;
+  if (!be.host_addressable()) {
+    st.logits_.ensure(be, n * s.vocab);
+    lg = st.logits_.data();
+  }
+  be.dense_forward(lg, e, n, model.lm_head());
+  be.round(lg, n * s.vocab, dt);
+  if (s.final_softcap > 0.0f) be.softcap_forward(lg, n * s.vocab, s.final_softcap, dt);
+  if (lg != logits) be.download(logits, lg, n * s.vocab);
 }
 
 }  // namespace qlora

@@ -131,16 +131,19 @@ class Model {
   std::shared_ptr<const DeviceRunner> runner_;
 };
 
+// These run on `be` (model/backend.h): x, emb, h, e, stats and scratch are its memory; tokens
+// and positions are on the host.
+
 // What every forward does between the token embeddings x (T, C) of positions pos and the
 // first block: gemma's scale, learned positions, bloom's embedding LayerNorm. scratch (T, C).
-void embed_extras(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
+void embed_extras(Backend& be, float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
 
 // x (T, C) = the first block's input for `tokens` at positions pos: the embedding rows,
 // through project_in (+ its adapter) when the model has one, then embed_extras. emb
 // (T, embed_width) receives the embedding rows when the model projects them (project_in's
 // input: training keeps it for the adapter's gradient), else is unused; scratch (T, C).
 // lora_cache, training and rng as lora_forward's (null/false at inference).
-void embed_forward(float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
+void embed_forward(Backend& be, float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
                    const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
                    const LoraScratch& lora_scratch);
 
@@ -148,20 +151,23 @@ void embed_forward(float* x, float* emb, float* scratch, std::span<const int> to
 // norm (when the model has one; stats (n, 2) kept for its backward when not null) into h
 // (n, C), then project_out (+ its adapter) into e when the model has one (else e == h is
 // allowed and h is the result). Returns the pointer the head should read (h or e).
-const float* head_input_forward(float* e, float* h, float* stats, const float* x, int64_t n, const Model& model,
+const float* head_input_forward(Backend& be, float* e, float* h, float* stats, const float* x, int64_t n,
+                                const Model& model,
                                 const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
                                 const LoraScratch& lora_scratch);
 
 // x (T, C) += the learned position embeddings of positions pos (T), rounded to the model's
 // compute dtype (gpt2: inputs_embeds + position_embeds); scratch (T, C). Throws Error when a
 // position is past the table.
-void add_position_embeddings(float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
+void add_position_embeddings(Backend& be, float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
 
 // Per-sequence state: the KV cache and the scratch buffers of forward().
 class InferenceState {
  public:
-  // Room for `capacity` positions (grown on demand up to spec.max_positions).
-  InferenceState(const ModelSpec& spec, int64_t capacity);
+  // Room for `capacity` positions (grown on demand up to spec.max_positions); the cache and
+  // every buffer of forward() are `backend`'s memory, and forward() runs on it.
+  InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend = cpu_backend());
+  Backend& backend() const { return *backend_; }
   KVCache& cache() { return cache_; }
   const KVCache& cache() const { return cache_; }
   // Position of the next token.
@@ -171,17 +177,22 @@ class InferenceState {
  private:
   friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
   void ensure_scratch(const BlockProgram& program, int64_t T);
+  Backend* backend_;
   KVCache cache_;  // on the CPU: the keys and values; with a device runner: the length only
   std::unique_ptr<DeviceSequence> device_;  // the device's keys and values (runner models)
   int64_t scratch_T_ = 0;
-  // Scratch, (T, ...) each: the residual stream, the block's buffers (sharing slots where
-  // their lives do not overlap: BlockProgram::inference_slots) and the rotary tables.
-  std::vector<float> x_, h_, emb_, cos_, sin_;  // emb_: (T, embed_width), models that project embeddings
-  std::vector<BackendBuffer> slots_;  // the block's buffers, the CPU backend's memory
-  BackendBuffer scratch_;             // the block's declared scratch (model/block_scratch.h)
-  std::vector<float> cos_local_, sin_local_;  // rope_local models: the sliding layers' tables
-  std::vector<int32_t> pos_;
-  std::vector<int32_t> key_start_;  // (T) sliding-window models: each query's first key
+  // The backend's memory, (T, ...) each: the residual stream, the final norm, the embedding
+  // rows (models that project them), the block's buffers (sharing slots where their lives do
+  // not overlap: BlockProgram::inference_slots), the rotary tables (of the sliding layers too,
+  // rope_local models), each query's first key (sliding windows), the logits, and the block's
+  // declared scratch (model/block_scratch.h).
+  BackendBuffer x_, h_, emb_, cos_, sin_, cos_local_, sin_local_, logits_;
+  std::vector<BackendBuffer> slots_;
+  BackendArray<int32_t> key_start_;
+  BackendBuffer scratch_;
+  // Host staging: positions, and the tables and windows computed on the host.
+  std::vector<int32_t> pos_, key_start_host_;
+  std::vector<float> cos_host_, sin_host_;
   // LongRope models: the tokens in the cache, to recompute it when the sequence crosses the
   // original context (its keys were rotated with the short factors).
   std::vector<int> tokens_;

@@ -6,7 +6,6 @@
 #include "base/error.h"
 #include "model/block_run.h"
 #include "model/ops.h"
-#include "model/ops_backward.h"
 
 namespace qlora {
 
@@ -16,61 +15,70 @@ struct TrainWorkspace::Block {
   std::array<LoraCache, kBlockLinears> lc;
 
   // For T tokens in all whose attention probabilities take NH * probs_per_head floats.
-  void resize(const BlockProgram& p, int64_t T, int64_t probs_per_head) {
+  void resize(Backend& be, const BlockProgram& p, int64_t T, int64_t probs_per_head) {
     saved.resize(p.buffers().size());
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
       if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output())
-        saved[static_cast<size_t>(b)].ensure(cpu_backend(), p.batch_floats(b, T, probs_per_head));
+        saved[static_cast<size_t>(b)].ensure(be, p.batch_floats(b, T, probs_per_head));
   }
 };
 
+// Every activation, gradient and scratch buffer is the backend's memory (model/backend.h);
+// the host keeps the batch's token ids, targets, positions and the tables it computes
+// before copying them over. Buffers only grow (BackendArray::ensure).
 struct TrainWorkspace::Impl {
+  Backend* be = &cpu_backend();
   int64_t T = 0;                         // tokens of the batch, its sequences laid end to end
+  // --- host
   std::vector<int64_t> seg;              // the sequences' lengths
   std::vector<int> tokens, targets;      // (T) the batch's inputs and targets
-  std::vector<float> xs;                 // (NL + 1, T, C) block inputs, then the last output
-  std::vector<Block> blocks;             // NL without checkpointing, 1 with
+  std::vector<int32_t> pos;              // (T) positions
   std::vector<LoraRng> rng_at_block;     // generator state at each block's forward
-  std::vector<float> cos, sin;           // (T, HS/2)
-  std::vector<float> cos_l, sin_l;       // (T, HS/2) rope_local models: the sliding layers' tables
-  std::vector<int32_t> pos;
-  std::vector<int32_t> key_start;        // (T) first key of each query's example; empty = causal
-  std::vector<int32_t> key_start_win;    // (T) the same, narrowed by the sliding window; empty = none
-  std::vector<float> hf, rstdf, logits;  // (T, C), (T), (M, V)
-  // Models that project their embeddings (OPT's project_in / project_out): the embedding
-  // rows (project_in's input) and project_out's output, (T, E) each, and the adapters' caches.
-  std::vector<float> emb, he, dhe;
-  LoraCache lc_in, lc_out;
-  std::vector<float> dlogits;            // (M, V) final_softcap models (logits keep the capped values)
+  std::vector<float> cos_host, sin_host; // (T, HS/2) staging for the rotary tables
+  std::vector<int32_t> key_start_host;   // (T) staging for the key windows
   // The output head runs only on the M positions that have a target: with prompt masking
   // most positions of an instruction example have none, and the (vocab x hidden) head is
   // the largest single product of the model.
   std::vector<int64_t> sel;              // (M) positions with a target
   std::vector<int> sel_targets;          // (M) their targets
-  std::vector<float> hsel, dhsel;        // (M, C) gathered head inputs and their gradient
-  std::vector<float> head_tile;          // dequantized rows of the output head
+  // --- backend
+  BackendBuffer xs;                      // (NL + 1, T, C) block inputs, then the last output
+  std::vector<Block> blocks;             // NL without checkpointing, 1 with
+  BackendBuffer cos, sin;                // (T, HS/2)
+  BackendBuffer cos_l, sin_l;            // (T, HS/2) rope_local models: the sliding layers' tables
+  BackendArray<int32_t> key_start;       // (T) first key of each query's example (packed batches)
+  BackendArray<int32_t> key_start_win;   // (T) the same, narrowed by the sliding window
+  bool packed = false, windowed = false; // whether key_start / key_start_win are in use
+  BackendBuffer hf, rstdf, logits;       // (T, C), (T, 2), (M, V)
+  // Models that project their embeddings (OPT's project_in / project_out): the embedding
+  // rows (project_in's input) and project_out's output, (T, E) each, and the adapters' caches.
+  BackendBuffer emb, he, dhe;
+  LoraCache lc_in, lc_out;
+  BackendBuffer dlogits;                 // (M, V) final_softcap models (logits keep the capped values)
+  BackendBuffer hsel, dhsel;             // (M, E) gathered head inputs and their gradient
+  BackendBuffer head_tile;               // dequantized rows of the output head
   // The block's transient buffers (written and read within its forward only), and the
   // gradients of its buffers, per program buffer.
   std::vector<BackendBuffer> transient, grad;
   // The block's declared scratch (model/block_scratch.h), shared by every block.
   BackendBuffer scratch_arena;
   BlockScratch scratch;
-  // backward scratch
-  std::vector<float> dx, dhf;
+  // backward: the gradient flowing down the residual stream, the final norm's input
+  // gradient, and (checkpointing) the recomputed block's output
+  BackendBuffer dx, dhf, recompute_out;
 
   void resize_block_scratch(const BlockProgram& p, const LoraModel& lm, int64_t T, int64_t longest, bool training,
                             bool backward) {
-    Backend& be = cpu_backend();
     const size_t nb = p.buffers().size();
     transient.resize(nb);
     grad.resize(nb);
     for (int b = 0; b < static_cast<int>(nb); ++b) {
       const int64_t n = p.batch_floats(b, T, 0);  // (probabilities are saved, never here)
       if (b == p.input() || b == p.output()) continue;
-      if (!p.buffers()[static_cast<size_t>(b)].saved) transient[static_cast<size_t>(b)].ensure(be, n);
-      if (backward && p.has_grad(b)) grad[static_cast<size_t>(b)].ensure(be, n);
+      if (!p.buffers()[static_cast<size_t>(b)].saved) transient[static_cast<size_t>(b)].ensure(*be, n);
+      if (backward && p.has_grad(b)) grad[static_cast<size_t>(b)].ensure(*be, n);
     }
-    if (backward) grad[static_cast<size_t>(p.input())].ensure(be, T * p.spec().hidden);
+    if (backward) grad[static_cast<size_t>(p.input())].ensure(*be, T * p.spec().hidden);
     BlockScratchQuery q;
     q.tokens = T;
     q.longest = longest;
@@ -79,12 +87,12 @@ struct TrainWorkspace::Impl {
     add_lora_to_scratch_query(q, &lm);
     q.lora_dropout = q.lora_dropout && training;
     const BlockScratchFloats f = block_scratch_floats(p, q);
-    scratch_arena.ensure(be, f.total());
+    scratch_arena.ensure(*be, f.total());
     scratch = BlockScratch::carve(scratch_arena.data(), f);
   }
 };
 
-TrainWorkspace::TrainWorkspace() : impl_(std::make_unique<Impl>()) {}
+TrainWorkspace::TrainWorkspace(Backend& backend) : impl_(std::make_unique<Impl>()) { impl_->be = &backend; }
 TrainWorkspace::~TrainWorkspace() = default;
 TrainWorkspace::TrainWorkspace(TrainWorkspace&&) noexcept = default;
 TrainWorkspace& TrainWorkspace::operator=(TrainWorkspace&&) noexcept = default;
@@ -118,8 +126,8 @@ void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<c
 
 // The key window of layer l's queries: packing and, on the layers that slide, the window.
 const int32_t* layer_key_start(const TrainWorkspace::Impl& w, const ModelSpec& s, int64_t l) {
-  if (s.layer_slides(l) && !w.key_start_win.empty()) return w.key_start_win.data();
-  return w.key_start.empty() ? nullptr : w.key_start.data();
+  if (s.layer_slides(l) && w.windowed) return w.key_start_win.data();
+  return w.packed ? w.key_start.data() : nullptr;
 }
 
 // A run of the model's block program for layer l over the block's buffers: the saved ones
@@ -130,6 +138,7 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   const ModelSpec& s = m.spec();
   const BlockProgram& p = m.block();
   BlockRun r;
+  r.backend = w.be;
   r.program = &p;
   r.weights = &m.layers()[static_cast<size_t>(l)];
   r.dtype = m.compute_dtype();
@@ -172,7 +181,21 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
     if (!w.grad[i].empty()) grad[i] = w.grad[i].data();
   grad[static_cast<size_t>(p.output())] = const_cast<float*>(dxout);  // only read
   qlora::block_backward(r, lm, grad);
-  std::copy_n(grad[static_cast<size_t>(p.input())], T * p.spec().hidden, dxin);
+  w.be->copy(dxin, grad[static_cast<size_t>(p.input())], T * p.spec().hidden);
+}
+
+// Rotary tables for the batch's positions, computed on the host, into (cos, sin).
+void upload_rope_tables(TrainWorkspace::Impl& w, BackendBuffer& cos, BackendBuffer& sin, const ModelSpec& s, float theta,
+                        const RopeScaling& scaling) {
+  const int64_t T = w.T, n = T * (s.head_dim / 2);
+  w.cos_host.resize(static_cast<size_t>(n));
+  w.sin_host.resize(static_cast<size_t>(n));
+  rope_tables(w.cos_host.data(), w.sin_host.data(), w.pos.data(), T, s.rope_dims(), theta, scaling);
+  cos.ensure(*w.be, n);
+  sin.ensure(*w.be, n);
+  w.be->upload(cos.data(), w.cos_host.data(), n);
+  w.be->upload(sin.data(), w.sin_host.data(), n);
+  w.be->synchronize();  // (the staging vectors are reused)
 }
 
 // Embedding, all blocks (caching per `keep_all`), final norm and the logits of the
@@ -181,6 +204,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
                    bool keep_all, bool training, LoraRng* rng, bool backward) {
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
+  Backend& be = *w.be;
   w.seg.clear();
   w.tokens.clear();
   w.targets.clear();
@@ -199,58 +223,55 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   const int64_t T = static_cast<int64_t>(w.tokens.size());
   const int64_t C = s.hidden, NL = s.n_layers, V = s.vocab;
   w.T = T;
-  w.xs.resize(static_cast<size_t>((NL + 1) * T * C));
+  w.xs.ensure(be, (NL + 1) * T * C);
   w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
-  for (Block& b : w.blocks) b.resize(m.block(), T, probs_per_head);
+  for (Block& b : w.blocks) b.resize(be, m.block(), T, probs_per_head);
   w.resize_block_scratch(m.block(), lm, T, longest, training, backward);
-  w.key_start.clear();
-  w.key_start_win.clear();
   // Each query's first key, relative to its sequence's start: its own example's start when
   // packed, and on sliding layers no further back than the window.
-  bool packed = false;
   std::vector<int32_t> rel(static_cast<size_t>(T));  // index within its sequence
+  w.packed = false;
   for (int64_t t = 0, i = 0; i < static_cast<int64_t>(w.seg.size()); ++i)
     for (int64_t k = 0; k < w.seg[static_cast<size_t>(i)]; ++k, ++t) {
       rel[static_cast<size_t>(t)] = static_cast<int32_t>(k);
-      packed = packed || w.pos[static_cast<size_t>(t)] != k;
+      w.packed = w.packed || w.pos[static_cast<size_t>(t)] != k;
     }
-  if (packed) {
-    w.key_start.resize(static_cast<size_t>(T));
+  w.key_start_host.resize(static_cast<size_t>(T));
+  if (w.packed) {
     for (int64_t t = 0; t < T; ++t)
-      w.key_start[static_cast<size_t>(t)] = rel[static_cast<size_t>(t)] - w.pos[static_cast<size_t>(t)];
+      w.key_start_host[static_cast<size_t>(t)] = rel[static_cast<size_t>(t)] - w.pos[static_cast<size_t>(t)];
+    w.key_start.ensure(be, T);
+    be.upload(w.key_start.data(), w.key_start_host.data(), T);
+    be.synchronize();
   }
-  if (s.sliding_window > 0 && longest > s.sliding_window) {
-    w.key_start_win.resize(static_cast<size_t>(T));
+  w.windowed = s.sliding_window > 0 && longest > s.sliding_window;
+  if (w.windowed) {
     for (int64_t t = 0; t < T; ++t) {
       const int32_t p = w.pos[static_cast<size_t>(t)];
-      w.key_start_win[static_cast<size_t>(t)] =
+      w.key_start_host[static_cast<size_t>(t)] =
           static_cast<int32_t>(rel[static_cast<size_t>(t)] - p + first_visible_key(s, p));
     }
+    w.key_start_win.ensure(be, T);
+    be.upload(w.key_start_win.data(), w.key_start_host.data(), T);
+    be.synchronize();
   }
-  w.cos.resize(static_cast<size_t>(T * s.head_dim / 2));
-  w.sin.resize(w.cos.size());
-  rope_tables(w.cos.data(), w.sin.data(), w.pos.data(), T, s.rope_dims(), s.rope_theta, s.rope_scaling);
-  if (s.rope_local) {
-    w.cos_l.resize(w.cos.size());
-    w.sin_l.resize(w.cos.size());
-    rope_tables(w.cos_l.data(), w.sin_l.data(), w.pos.data(), T, s.rope_dims(), s.rope_theta_local,
-                s.rope_scaling_local);
-  }
+  upload_rope_tables(w, w.cos, w.sin, s, s.rope_theta, s.rope_scaling);
+  if (s.rope_local) upload_rope_tables(w, w.cos_l, w.sin_l, s, s.rope_theta_local, s.rope_scaling_local);
   w.rng_at_block.clear();
-  w.hf.resize(static_cast<size_t>(T * C));
+  w.hf.ensure(be, T * C);
   const int64_t E = s.embed_width();
-  if (s.projects_embeddings()) w.emb.resize(static_cast<size_t>(T * E));
-  embed_forward(w.xs.data(), w.emb.data(), w.hf.data(), w.tokens, w.pos.data(), m, &lm, &w.lc_in, training, rng,
+  if (s.projects_embeddings()) w.emb.ensure(be, T * E);
+  embed_forward(be, w.xs.data(), w.emb.data(), w.hf.data(), w.tokens, w.pos.data(), m, &lm, &w.lc_in, training, rng,
                 w.scratch.lora);
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
     block_forward(w.xs.data() + (l + 1) * T * C, w, b, lm, l, w.xs.data() + l * T * C, T, training, rng);
   }
-  w.rstdf.resize(static_cast<size_t>(2 * T));  // (rstd, or LayerNorm's mean and rstd)
-  if (s.projects_embeddings()) w.he.resize(static_cast<size_t>(T * E));
-  const float* head_in = head_input_forward(w.he.data(), w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, T, m,
-                                            &lm, &w.lc_out, training, rng, w.scratch.lora);
+  w.rstdf.ensure(be, 2 * T);  // (rstd, or LayerNorm's mean and rstd)
+  if (s.projects_embeddings()) w.he.ensure(be, T * E);
+  const float* head_in = head_input_forward(be, w.he.data(), w.hf.data(), w.rstdf.data(), w.xs.data() + NL * T * C, T,
+                                            m, &lm, &w.lc_out, training, rng, w.scratch.lora);
   w.sel.clear();
   w.sel_targets.clear();
   for (int64_t t = 0; t < T; ++t)
@@ -261,14 +282,15 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   const int64_t M = static_cast<int64_t>(w.sel.size());
   const float* hin = head_in;
   if (M < T) {
-    w.hsel.resize(static_cast<size_t>(M * E));
-    for (int64_t i = 0; i < M; ++i) std::copy_n(head_in + w.sel[static_cast<size_t>(i)] * E, E, w.hsel.data() + i * E);
+    w.hsel.ensure(be, M * E);
+    be.gather_rows(w.hsel.data(), head_in, w.sel, E);
     hin = w.hsel.data();
   }
-  w.logits.resize(static_cast<size_t>(M * V));
-  if (M > 0) m.lm_head().matmul(w.logits.data(), hin, M);
-  round_activations(w.logits.data(), M * V, m.compute_dtype());
-  if (s.final_softcap > 0.0f) softcap_forward(w.logits.data(), M * V, s.final_softcap, m.compute_dtype());
+  w.logits.ensure(be, M * V);
+  if (M == 0) return;
+  be.dense_forward(w.logits.data(), hin, M, m.lm_head());
+  be.round(w.logits.data(), M * V, m.compute_dtype());
+  if (s.final_softcap > 0.0f) be.softcap_forward(w.logits.data(), M * V, s.final_softcap, m.compute_dtype());
 }
 
 }  // namespace
@@ -280,10 +302,8 @@ float forward_loss(const LoraModel& lm, TrainWorkspace& ws, std::span<const int>
   TrainWorkspace::Impl& w = *ws.impl_;
   const TrainSequenceRef one{inputs, targets, positions};
   model_forward(w, lm, std::span(&one, 1), /*keep_all=*/false, /*training=*/false, nullptr, /*backward=*/false);
-  const int64_t M = static_cast<int64_t>(w.sel.size());
-  if (M == 0) return 0.f;
-  return cross_entropy_forward_backward(nullptr, w.logits.data(), w.logits.data(), w.sel_targets.data(), M,
-                                        lm.model().spec().vocab);
+  if (w.sel.empty()) return 0.f;
+  return w.be->cross_entropy(w.logits.data(), w.logits.data(), w.sel_targets, lm.model().spec().vocab);
 }
 
 float forward_backward(LoraModel& lm, TrainWorkspace& ws, std::span<const int> inputs, std::span<const int> targets,
@@ -320,6 +340,7 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
     return static_cast<float>(loss);
   }
   TrainWorkspace::Impl& w = *ws.impl_;
+  Backend& be = *w.be;
   model_forward(w, lm, batch, !opt.checkpointing, training, frng, /*backward=*/true);
   const int64_t T = w.T, C = s.hidden, V = s.vocab, NL = s.n_layers, E = s.embed_width();
   const int64_t M = static_cast<int64_t>(w.sel.size());
@@ -328,70 +349,60 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   // loss and dlogits (in place), over the M positions with a target
   float* dlogits = w.logits.data();
   if (s.final_softcap > 0.0f) {  // the capped logits stay for the tanh's derivative
-    w.dlogits.resize(static_cast<size_t>(M * V));
+    w.dlogits.ensure(be, M * V);
     dlogits = w.dlogits.data();
   }
-  const float loss = cross_entropy_forward_backward(nullptr, dlogits, w.logits.data(), w.sel_targets.data(), M, V);
-  if (s.final_softcap > 0.0f)
-    for (int64_t i = 0; i < M * V; ++i) {
-      const float t = w.logits[static_cast<size_t>(i)] / s.final_softcap;
-      dlogits[i] *= 1.0f - t * t;
-    }
-  if (opt.grad_scale != 1.f)
-    for (int64_t i = 0; i < M * V; ++i) dlogits[i] *= opt.grad_scale;
+  const float loss = be.cross_entropy(dlogits, w.logits.data(), w.sel_targets, V);
+  if (s.final_softcap > 0.0f) be.softcap_backward(dlogits, w.logits.data(), M * V, s.final_softcap);
+  if (opt.grad_scale != 1.f) be.scale(dlogits, M * V, opt.grad_scale);
 
   // lm_head (frozen, dense): dh (M, E) = dlogits · W, a tile of vocabulary rows at a time;
   // then scattered back to the T positions (the others get no gradient from the head).
-  w.dhsel.assign(static_cast<size_t>(M * E), 0.f);
+  w.dhsel.ensure(be, M * E);
+  be.zero(w.dhsel.data(), M * E);
   const DenseWeight& head = m.lm_head();
-  if (head.dtype() == ComputeDType::F32) {
-    matmul_backward_input(w.dhsel.data(), dlogits, head.f32_data(), M, E, V);
-  } else {
-    const int64_t rows = std::clamp<int64_t>((int64_t{1} << 18) / E, 16, V);
-    if (static_cast<int64_t>(w.head_tile.size()) < rows * E) w.head_tile.resize(static_cast<size_t>(rows * E));
-    for (int64_t v0 = 0; v0 < V; v0 += rows) {
-      const int64_t v1 = std::min(V, v0 + rows);
-      head.rows_to_f32(v0, v1, w.head_tile.data());
-      matmul_backward_input(w.dhsel.data(), dlogits + v0, w.head_tile.data(), M, E, v1 - v0, V);
-    }
-  }
+  w.head_tile.ensure(be, dense_backward_tile_floats(head));
+  be.dense_backward(w.dhsel.data(), dlogits, M, head, w.head_tile.data());
   // project_out (models that project their embeddings): its input gradient, and its adapter's.
-  std::vector<float>& dhead = s.projects_embeddings() ? w.dhe : w.dhf;
-  dhead.assign(static_cast<size_t>(T * E), 0.f);
-  for (int64_t i = 0; i < M; ++i)
-    std::copy_n(w.dhsel.data() + i * E, E, dhead.data() + w.sel[static_cast<size_t>(i)] * E);
+  BackendBuffer& dhead = s.projects_embeddings() ? w.dhe : w.dhf;
+  dhead.ensure(be, T * E);
+  be.zero(dhead.data(), T * E);
+  be.scatter_rows(dhead.data(), w.dhsel.data(), w.sel, E);
   if (s.projects_embeddings()) {
-    w.dhf.assign(static_cast<size_t>(T * C), 0.f);
+    w.dhf.ensure(be, T * C);
+    be.zero(w.dhf.data(), T * C);
     LoraLayer* lo = lm.find(ModelLinear::ProjectOut);
-    cpu_backend().linear_backward(w.dhf.data(), w.dhe.data(), w.hf.data(), T, m.model_linear(ModelLinear::ProjectOut), lo,
-                                  lo ? &w.lc_out : nullptr, w.scratch.weight_tile, w.scratch.lora);
+    be.linear_backward(w.dhf.data(), w.dhe.data(), w.hf.data(), T, m.model_linear(ModelLinear::ProjectOut), lo,
+                       lo ? &w.lc_out : nullptr, w.scratch.weight_tile, w.scratch.lora);
   }
-  w.dx.assign(static_cast<size_t>(T * C), 0.f);
+  w.dx.ensure(be, T * C);
+  be.zero(w.dx.data(), T * C);
   if (s.final_norm)
-    cpu_backend().norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(),
-                                w.rstdf.data(), T, C);
+    be.norm_backward(s, w.dx.data(), w.dhf.data(), w.xs.data() + NL * T * C, m.final_norm().data(), w.rstdf.data(), T,
+                     C);
   else
-    std::copy_n(w.dhf.data(), T * C, w.dx.data());
+    be.copy(w.dx.data(), w.dhf.data(), T * C);
 
   // blocks, last to first
-  std::vector<float> recompute_out;
-  if (opt.checkpointing) recompute_out.resize(static_cast<size_t>(T * C));
+  if (opt.checkpointing) w.recompute_out.ensure(be, T * C);
   for (int64_t l = NL - 1; l >= 0; --l) {
     const float* xin = w.xs.data() + l * T * C;
     Block* b;
     if (opt.checkpointing) {
       b = &w.blocks[0];
       LoraRng r = frng ? w.rng_at_block[static_cast<size_t>(l)] : LoraRng(0);
-      block_forward(recompute_out.data(), w, *b, lm, l, xin, T, training, frng ? &r : nullptr);
+      block_forward(w.recompute_out.data(), w, *b, lm, l, xin, T, training, frng ? &r : nullptr);
     } else {
       b = &w.blocks[static_cast<size_t>(l)];
     }
     block_backward(w.dx.data(), w, *b, lm, l, w.dx.data(), xin, T);
   }
   // project_in's adapter: the first block's input gradient is its output's (positions are
-  // added after it and take no gradient); nothing below it learns.
+  // added after it and take no gradient); nothing below it learns (no input gradient).
   if (LoraLayer* lo = lm.find(ModelLinear::ProjectIn))
-    lora_backward(nullptr, *lo, w.dx.data(), w.emb.data(), w.lc_in, T, w.scratch.lora);
+    be.linear_backward(nullptr, w.dx.data(), w.emb.data(), T, m.model_linear(ModelLinear::ProjectIn), lo, &w.lc_in,
+                       nullptr, w.scratch.lora);
+  be.synchronize();
   return loss;
 }
 

@@ -40,12 +40,13 @@ struct TrainSequenceRef {
   std::span<const int32_t> positions;  // empty: 0..T-1
 };
 
-// Scratch and caches of forward_backward, reusable across calls (grown on demand).
+// Scratch and caches of forward_backward, reusable across calls (grown on demand). Every
+// activation, gradient and scratch buffer is `backend`'s memory, and the steps run there.
 class TrainWorkspace {
  public:
   struct Block;  // opaque: caches of one block
   struct Impl;   // opaque: all buffers
-  TrainWorkspace();
+  explicit TrainWorkspace(Backend& backend = cpu_backend());
   ~TrainWorkspace();
   TrainWorkspace(TrainWorkspace&&) noexcept;
   TrainWorkspace& operator=(TrainWorkspace&&) noexcept;

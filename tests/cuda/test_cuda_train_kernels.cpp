@@ -88,7 +88,7 @@ void check_attention_train(int64_t T, int64_t NH, int64_t NKV, int64_t HS, bool 
   std::vector<float> out(T * NH * HS), att(NH * T * Tk);
   qlora::attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, Tk, 0, NH, NKV, HS, ksp);
   std::vector<float> dq(q.size(), 0.5f), dk(k.size(), -0.25f), dv(v.size(), 0.125f), datt(att.size());
-  qlora::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), dout.data(), q.data(), k.data(), v.data(),
+  qlora::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), nullptr, dout.data(), q.data(), k.data(), v.data(),
                             att.data(), T, Tk, 0, NH, NKV, HS, ksp);
 
   DeviceBuffer<float> gq(q), gk(k), gv(v), gout(out.size()), gatt(att.size()), gdout(dout);

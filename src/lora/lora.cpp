@@ -120,6 +120,18 @@ LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_
   return f;
 }
 
+LoraCacheFloats lora_cache_floats(int64_t T, int64_t in, int64_t r, bool dropout) {
+  return {T * r, dropout ? T * in : 0};
+}
+
+LoraCacheStorage::LoraCacheStorage(int64_t T, int64_t in, int64_t r, bool dropout) {
+  const LoraCacheFloats f = lora_cache_floats(T, in, r, dropout);
+  h.resize(static_cast<size_t>(f.h));
+  mask.resize(static_cast<size_t>(f.mask));
+  cache.h = h.data();
+  cache.mask = dropout ? mask.data() : nullptr;
+}
+
 LoraScratchStorage::LoraScratchStorage(const LoraScratchFloats& f)
     : x(static_cast<size_t>(f.x)), y(static_cast<size_t>(f.y)), drop(static_cast<size_t>(f.drop)),
       h(static_cast<size_t>(f.h)) {}
@@ -130,19 +142,18 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
                   LoraRng* rng, const LoraScratch& scratch) {
   const int64_t in = L.in, out = L.out, r = L.r;
   const bool drop = training && L.dropout > 0.f;
-  if (cache && !drop) cache->mask.clear();  // empty = no dropout
+  if (cache) cache->masked = drop;
   if (drop) {
     check(rng != nullptr, L.module_path, "LoRA dropout in training needs a random generator");
-    check(cache != nullptr, L.module_path, "LoRA dropout in training needs a cache for its mask");
-    std::vector<float>& mask = cache->mask;
-    mask.resize(static_cast<size_t>(T * in));  // every element is drawn below
+    check(cache != nullptr && cache->mask != nullptr, L.module_path,
+          "LoRA dropout in training needs a cache with room for its mask");
     const float p = L.dropout, keep_scale = 1.f / (1.f - p);
     // One draw from the caller's generator seeds this call; each row (token) then has its
     // own generator seeded from (that draw, row), so rows fill in parallel and the masks
     // depend only on the generator state (the checkpoint recompute restores it and gets
     // the same masks). Two masks per 64-bit draw, 24 bits each (next_float()'s resolution).
     const uint64_t call_seed = rng->next_u64();
-    float* mk = mask.data();
+    float* mk = cache->mask;  // every element is drawn below
     parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         LoraRng row(call_seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(t + 1)));
@@ -159,16 +170,13 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
       }
     });
   }
-  float* h = scratch.h;  // (T, r), overwritten by the first product; kept in the cache when training
-  if (cache) {
-    cache->h.resize(static_cast<size_t>(T * r));
-    h = cache->h.data();
-  }
+  // h (T, r), overwritten by the first product; kept in the cache when training.
+  float* h = cache ? cache->h : scratch.h;
   // xd (T, in) = dropout(x), materialized only when dropout is on.
   const float* xin = x;
   if (drop) {
     float* xd = scratch.x;
-    const float* mk = cache->mask.data();
+    const float* mk = cache->mask;
     parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) xd[k] = x[k] * mk[k];
     });
@@ -188,8 +196,8 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
 void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, const LoraCache& cache, int64_t T,
                    const LoraScratch& scratch) {
   const int64_t in = L.in, out = L.out, r = L.r;
-  const bool drop = !cache.mask.empty();
-  check(static_cast<int64_t>(cache.h.size()) == T * r, L.module_path, "lora_backward: cache does not match T");
+  const bool drop = cache.masked;
+  check(cache.h != nullptr, L.module_path, "lora_backward: no cache from the forward");
   const float s = L.scaling;
   // Every product is one GEMM (model/gemm.h); the scaling is applied to the small (T, r) and
   // (out, r) results rather than to dy, which equals scaling · dy up to float rounding.
@@ -199,13 +207,13 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
   for (int64_t k = 0; k < T * r; ++k) dh[k] *= s;
   // dB (out, r) += scaling · dyᵀ h
   float* db = scratch.y;
-  sgemm_tn(out, r, T, dy, out, cache.h.data(), r, db, r, /*accumulate=*/false);
+  sgemm_tn(out, r, T, dy, out, cache.h, r, db, r, /*accumulate=*/false);
   for (int64_t k = 0; k < out * r; ++k) L.dB[static_cast<size_t>(k)] += db[k] * s;
   // dA (r, in) += dhᵀ dropout(x)
   float* xd = drop ? scratch.drop : nullptr;  // dropout(x), then reused as dh A
   const float* xin = x;
   if (drop) {
-    const float* mk = cache.mask.data();
+    const float* mk = cache.mask;
     for (int64_t k = 0; k < T * in; ++k) xd[k] = x[k] * mk[k];
     xin = xd;
   }

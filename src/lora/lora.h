@@ -86,10 +86,24 @@ struct LoraLayer {
   void zero_grad();
 };
 
-// What lora_backward needs from the forward of the same input.
+// What lora_backward needs from the forward of the same input, in memory the caller owns
+// (training: its backend's, sized by lora_cache_floats and counted by the planner).
 struct LoraCache {
-  std::vector<float> mask;  // (T, in) dropout multipliers 0 or 1/(1-p); empty = no dropout
-  std::vector<float> h;     // (T, r)  A · dropout(x)
+  float* h = nullptr;     // (T, r)  A · dropout(x)
+  float* mask = nullptr;  // (T, in) dropout multipliers 0 or 1/(1-p); REQUIRED when dropout acts
+  bool masked = false;    // set by lora_forward: whether the mask was drawn (dropout acted)
+};
+// Floats of a cache's h and mask for T tokens of a layer (in, r); the mask only when dropout
+// may act (training with dropout > 0).
+struct LoraCacheFloats {
+  int64_t h = 0, mask = 0;
+};
+LoraCacheFloats lora_cache_floats(int64_t T, int64_t in, int64_t r, bool dropout);
+// A cache over vectors, for callers without backend memory (tools, tests).
+struct LoraCacheStorage {
+  std::vector<float> h, mask;
+  LoraCache cache;
+  LoraCacheStorage(int64_t T, int64_t in, int64_t r, bool dropout);
 };
 
 // The temporaries of lora_forward and lora_backward, owned by the caller: nothing here

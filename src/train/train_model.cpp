@@ -9,17 +9,50 @@
 
 namespace qlora {
 
-// What the backward of one block reads (the program's saved buffers), for T tokens.
+namespace {
+
+// A LoRA cache (lora/lora.h) in `be`'s memory, room for the largest of `layers` over T tokens
+// (the mask only when dropout acts).
+void size_lora_cache(Backend& be, LoraCache& c, BackendBuffer& h, BackendBuffer& mask,
+                     std::span<const LoraLayer* const> layers, int64_t T, bool training) {
+  LoraCacheFloats n;
+  for (const LoraLayer* lo : layers) {
+    if (!lo) continue;
+    const LoraCacheFloats f = lora_cache_floats(T, lo->in, lo->r, training && lo->dropout > 0.f);
+    n.h = std::max(n.h, f.h);
+    n.mask = std::max(n.mask, f.mask);
+  }
+  h.ensure(be, n.h);
+  mask.ensure(be, n.mask);
+  c.h = n.h > 0 ? h.data() : nullptr;
+  c.mask = n.mask > 0 ? mask.data() : nullptr;
+  c.masked = false;
+}
+
+}  // namespace
+
+// What the backward of one block reads (the program's saved buffers and the LoRA caches),
+// for T tokens.
 struct TrainWorkspace::Block {
   std::vector<BackendBuffer> saved;  // per program buffer; empty unless saved
   std::array<LoraCache, kBlockLinears> lc;
+  std::array<BackendBuffer, kBlockLinears> lc_h, lc_mask;  // their storage
 
-  // For T tokens in all whose attention probabilities take NH * probs_per_head floats.
-  void resize(Backend& be, const BlockProgram& p, int64_t T, int64_t probs_per_head) {
+  // For T tokens in all whose attention probabilities take NH * probs_per_head floats; the
+  // caches fit the Linear of any layer (a checkpointed run reuses one Block for all).
+  void resize(Backend& be, const BlockProgram& p, const LoraModel& lm, int64_t T, int64_t probs_per_head,
+              bool training) {
     saved.resize(p.buffers().size());
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
       if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output())
         saved[static_cast<size_t>(b)].ensure(be, p.batch_floats(b, T, probs_per_head));
+    std::vector<const LoraLayer*> layers;
+    for (int w = 0; w < kBlockLinears; ++w) {
+      layers.clear();
+      for (int64_t l = 0; l < p.spec().n_layers; ++l) layers.push_back(lm.find(l, static_cast<BlockLinear>(w)));
+      size_lora_cache(be, lc[static_cast<size_t>(w)], lc_h[static_cast<size_t>(w)], lc_mask[static_cast<size_t>(w)],
+                      layers, T, training);
+    }
   }
 };
 
@@ -54,6 +87,7 @@ struct TrainWorkspace::Impl {
   // rows (project_in's input) and project_out's output, (T, E) each, and the adapters' caches.
   BackendBuffer emb, he, dhe;
   LoraCache lc_in, lc_out;
+  BackendBuffer lc_in_h, lc_in_mask, lc_out_h, lc_out_mask;  // their storage
   BackendBuffer dlogits;                 // (M, V) final_softcap models (logits keep the capped values)
   BackendBuffer hsel, dhsel;             // (M, E) gathered head inputs and their gradient
   BackendBuffer head_tile;               // dequantized rows of the output head
@@ -225,7 +259,11 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.T = T;
   w.xs.ensure(be, (NL + 1) * T * C);
   w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
-  for (Block& b : w.blocks) b.resize(be, m.block(), T, probs_per_head);
+  for (Block& b : w.blocks) b.resize(be, m.block(), lm, T, probs_per_head, training);
+  const LoraLayer* in_layer = lm.find(ModelLinear::ProjectIn);
+  const LoraLayer* out_layer = lm.find(ModelLinear::ProjectOut);
+  size_lora_cache(be, w.lc_in, w.lc_in_h, w.lc_in_mask, std::span(&in_layer, 1), T, training);
+  size_lora_cache(be, w.lc_out, w.lc_out_h, w.lc_out_mask, std::span(&out_layer, 1), T, training);
   w.resize_block_scratch(m.block(), lm, T, longest, training, backward);
   // Each query's first key, relative to its sequence's start: its own example's start when
   // packed, and on sliding layers no further back than the window.

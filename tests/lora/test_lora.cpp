@@ -196,23 +196,21 @@ void check_gradients(float dropout, bool rslora) {
   fill_random(w, 4);  // loss = Σ y ⊙ w, so dy = w
 
   std::vector<float> y(T * out, 0.f);
-  LoraCache cache;
+  LoraCacheStorage cs(T, in, r, dropout > 0);
+  LoraCache& cache = cs.cache;
   LoraRng rng(7);
   lora_forward(y.data(), &cache, L, x.data(), T, /*training=*/true, &rng, scratch_for(L, T).view());
-  if (dropout > 0) {
-    ASSERT_EQ(cache.mask.size(), static_cast<size_t>(T * in));
-  } else {
-    ASSERT_TRUE(cache.mask.empty());
-  }
+  ASSERT_EQ(cache.masked, dropout > 0);
+  const std::vector<float> mask = cache.masked ? cs.mask : std::vector<float>{};
   const double s = c.scaling();
-  auto yref = ref_forward(to_d(L.A), to_d(L.B), to_d(x), cache.mask, T, in, out, r, s);
+  auto yref = ref_forward(to_d(L.A), to_d(L.B), to_d(x), mask, T, in, out, r, s);
   for (size_t k = 0; k < y.size(); ++k) EXPECT_NEAR(y[k], yref[k], 1e-5 * (1 + std::fabs(yref[k])));
 
   std::vector<float> dx(T * in, 0.f);
   lora_backward(dx.data(), L, w.data(), x.data(), cache, T, scratch_for(L, T).view());
 
   auto loss = [&](const std::vector<double>& A, const std::vector<double>& B, const std::vector<double>& xx) {
-    auto yy = ref_forward(A, B, xx, cache.mask, T, in, out, r, s);
+    auto yy = ref_forward(A, B, xx, mask, T, in, out, r, s);
     double l = 0;
     for (size_t k = 0; k < yy.size(); ++k) l += yy[k] * w[k];
     return l;
@@ -264,8 +262,8 @@ TEST(LoraKernels, ForwardMatchesDoubleReferenceAtSize) {
   fill_random(L.B, 6, 0.1f);
   std::vector<float> x(T * in), y(T * out, 0.f);
   fill_random(x, 7);
-  LoraCache cache;
-  lora_forward(y.data(), &cache, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
+  LoraCacheStorage cs(T, in, r, false);
+  lora_forward(y.data(), &cs.cache, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
   auto yref = ref_forward(to_d(L.A), to_d(L.B), to_d(x), {}, T, in, out, r, c.scaling());
   for (size_t k = 0; k < y.size(); ++k) ASSERT_NEAR(y[k], yref[k], 1e-5 * (1 + std::fabs(yref[k]))) << k;
 }
@@ -281,34 +279,37 @@ TEST(LoraKernels, DropoutTrainingAndEval) {
   fill_random(L.B, 5);
   std::vector<float> x(T * in);
   fill_random(x, 6);
-  LoraCache cache;
+  LoraCacheStorage cs(T, in, c.r, true);
   LoraRng rng(9);
   std::vector<float> y(T * out, 0.f);
-  lora_forward(y.data(), &cache, L, x.data(), T, true, &rng, scratch_for(L, T).view());
+  lora_forward(y.data(), &cs.cache, L, x.data(), T, true, &rng, scratch_for(L, T).view());
+  ASSERT_TRUE(cs.cache.masked);
+  const std::vector<float>& mask = cs.mask;
   size_t zeros = 0;
-  for (float m : cache.mask) {
+  for (float m : mask) {
     if (m == 0.f) ++zeros;
     else ASSERT_EQ(m, 1.f / 0.75f);
   }
-  EXPECT_NEAR(static_cast<double>(zeros) / cache.mask.size(), 0.25, 0.02);
+  EXPECT_NEAR(static_cast<double>(zeros) / mask.size(), 0.25, 0.02);
   // Two masks come from one 64-bit draw: they must still be independent (both dropped with
   // probability p² = 0.0625).
   size_t both = 0;
-  for (size_t i = 0; i + 1 < cache.mask.size(); i += 2) both += cache.mask[i] == 0.f && cache.mask[i + 1] == 0.f;
-  EXPECT_NEAR(static_cast<double>(both) / static_cast<double>(cache.mask.size() / 2), 0.0625, 0.012);
+  for (size_t i = 0; i + 1 < mask.size(); i += 2) both += mask[i] == 0.f && mask[i + 1] == 0.f;
+  EXPECT_NEAR(static_cast<double>(both) / static_cast<double>(mask.size() / 2), 0.0625, 0.012);
   // Eval: dropout is the identity, no mask, no RNG needed.
   std::vector<float> ye(T * out, 0.f), yn(T * out, 0.f);
-  LoraCache ce;
-  lora_forward(ye.data(), &ce, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
-  EXPECT_TRUE(ce.mask.empty());
+  LoraCacheStorage ce(T, in, c.r, true);
+  lora_forward(ye.data(), &ce.cache, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
+  EXPECT_FALSE(ce.cache.masked);
   LoraLayer nodrop = L;
   nodrop.dropout = 0.f;
   LoraRng rng2(1);
   lora_forward(yn.data(), nullptr, nodrop, x.data(), T, true, &rng2, scratch_for(nodrop, T).view());
   EXPECT_EQ(ye, yn);
   EXPECT_NE(ye, y);
-  // Training with dropout and no generator is a usage error.
-  EXPECT_THROW(lora_forward(y.data(), nullptr, L, x.data(), T, true, nullptr, scratch_for(L, T).view()), Error);
+  // Training with dropout and no generator, or no room for the mask, is a usage error.
+  EXPECT_THROW(lora_forward(y.data(), &cs.cache, L, x.data(), T, true, nullptr, scratch_for(L, T).view()), Error);
+  EXPECT_THROW(lora_forward(y.data(), nullptr, L, x.data(), T, true, &rng, scratch_for(L, T).view()), Error);
 }
 
 TEST(LoraKernels, FreshAdapterIsNoOp) {

@@ -86,7 +86,12 @@ class CheckingBackend final : public Backend {
                       LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) override {
     f(y, T * W.out_features(), "linear y");
     f(x, T * W.in_features(), "linear x");
-    if (lora) lora_scratch(scratch, T, *lora, training && lora->dropout > 0, false, cache == nullptr);
+    if (lora) {
+      const bool drop = training && lora->dropout > 0;
+      lora_scratch(scratch, T, *lora, drop, false, cache == nullptr);
+      if (cache) f(cache->h, T * lora->r, "lora cache h");
+      if (cache && drop) f(cache->mask, T * lora->in, "lora cache mask");
+    }
     ++ops["linear"];
     cpu().linear_forward(y, x, T, W, lora, cache, training, rng, scratch);
   }
@@ -99,7 +104,9 @@ class CheckingBackend final : public Backend {
     f(dy, T * W.out_features(), "linear dy");
     if (lora) {
       f(x, T * W.in_features(), "linear x");
-      lora_scratch(scratch, T, *lora, cache && !cache->mask.empty(), true, false);
+      lora_scratch(scratch, T, *lora, cache->masked, true, false);
+      f(cache->h, T * lora->r, "lora cache h");
+      if (cache->masked) f(cache->mask, T * lora->in, "lora cache mask");
     }
     ++ops["linear_backward"];
     cpu().linear_backward(dx, dy, x, T, W, lora, cache, tile, scratch);

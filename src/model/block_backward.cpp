@@ -41,12 +41,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       case BlockOpKind::Attention: {
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
-        AttentionShape a;
-        a.NH = s.n_heads;
-        a.NKV = s.n_kv_heads;
-        a.HS = s.head_dim;
-        a.scale = s.attn_scale;
-        a.softcap = s.attn_softcap;
+        AttentionShape a = attention_heads(p);
         int64_t t0 = 0, p0 = 0;
         const std::span<const int64_t> segs = r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments;
         for (int64_t n : segs) {

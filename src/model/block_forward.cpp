@@ -10,6 +10,18 @@
 
 namespace qlora {
 
+AttentionShape attention_heads(const BlockProgram& p) {
+  const ModelSpec& s = p.spec();
+  AttentionShape a;
+  a.NH = s.n_heads;
+  a.NKV = s.n_kv_heads;
+  a.HS = s.head_dim;
+  a.scale = s.attn_scale;
+  a.softcap = s.attn_softcap;
+  a.alibi = p.alibi();
+  return a;
+}
+
 void block_forward(const BlockRun& r) {
   const BlockProgram& p = *r.program;
   const ModelSpec& s = p.spec();
@@ -42,13 +54,7 @@ void block_forward(const BlockRun& r) {
         const float* v = r.buf[static_cast<size_t>(o.in2)];
         float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
-        AttentionShape a;
-        a.NH = s.n_heads;
-        a.NKV = s.n_kv_heads;
-        a.HS = s.head_dim;
-        a.scale = s.attn_scale;
-        a.softcap = s.attn_softcap;
-        a.alibi = p.alibi();
+        AttentionShape a = attention_heads(p);
         if (r.cache) {  // append this step's keys and values, attend over everything cached
           float* kc = r.cache->keys(r.layer);
           float* vc = r.cache->values(r.layer);

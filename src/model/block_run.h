@@ -54,6 +54,10 @@ struct BlockRun {
   BlockScratch scratch;
 };
 
+// The program's attention heads, scale, softcap and ALiBi bias (the per-call sizes, key
+// window and positions left for the caller to fill).
+AttentionShape attention_heads(const BlockProgram& p);
+
 // Runs the ops in order, writing every buffer the program's ops write.
 void block_forward(const BlockRun& r);
 

@@ -8,6 +8,13 @@
 // (model/block_scratch.h). Nothing an op needs is allocated behind the caller's back, so a
 // device backend can place it all in device memory and the planner counts the same bytes.
 //
+// A backend's kernels may keep small workspaces of their own below this interface: the
+// CPU's per-thread dequantization slab (at most 2 MiB, model/quant_linear.cpp), its int8
+// activation codes and, without a GEMM library, 64-column transposed panels
+// (model/ops_backward.cpp), counted by the planner in its process baseline, int8 and
+// lm_head-panel lines; cuBLAS's workspace on CUDA, a line of its own. Every buffer of a
+// block or of the model around it, and every scratch an op is given, is declared.
+//
 // Weights are named by their host objects (a QuantLinear, a norm's vector): the CPU backend
 // reads them in place; a device backend keeps its own copies, made once when the model is
 // loaded onto it, and looks them up by the host object. Every op is asynchronous with

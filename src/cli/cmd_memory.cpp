@@ -59,6 +59,7 @@ struct Options {
   int gpus = 1;
   bool json = false;
   bool table = false;
+  bool dense_head = false;  // --dense-head, as train/generate's
 };
 
 uint64_t file_size_or_zero(const fs::path& p) {
@@ -163,6 +164,11 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   mo.model_file_bytes = m.file_bytes;
   mo.source_permutes_qk = m.permutes_qk;
+  if (mo.compute_dtype == qlora::ComputeDType::F32 && !o.dense_head && !m.generated) {
+    const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model);
+    mo.embed_q8_0 = q8.embed;
+    mo.head_q8_0 = q8.head;
+  }
   mo.generated_weights = m.generated;
   if (o.gpus < 1) qlora::fail("--gpus", "must be >= 1");
   mo.gpus = o.gpus;
@@ -229,6 +235,8 @@ const bool kRegistered = qlora::cli::register_command(
           ->capture_default_str();
       qlora::cli::add_bool_flag(app, "--double-quant", o->double_quant,
                                 "Quantize the absmax constants too (8-bit, blocks of 256)");
+      qlora::cli::add_bool_flag(app, "--dense-head", o->dense_head,
+                                "As train/generate: a GGUF's Q8_0 embedding / output head widened to the compute dtype");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype, "fp32, bf16 or fp16")->capture_default_str();
       app.add_option("--threads,-t", o->threads, "Threads the run will use (default: all cores)");

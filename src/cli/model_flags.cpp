@@ -32,6 +32,9 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   app.add_option("--threads,-t", f.threads, "Threads (default: all cores)");
   add_bool_flag(app, "--allow-unused-tensors", f.allow_unused_tensors,
                 "Load a model file holding tensors the model does not use (a warning instead of an error)");
+  add_bool_flag(app, "--dense-head", f.dense_head,
+                "Widen a GGUF's Q8_0 token embedding / output head to the compute dtype (by default it stays "
+                "8-bit with fp32 compute: the same values, a quarter of the bytes per token)");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {
@@ -42,6 +45,7 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
   load.allow_unused_tensors = f.allow_unused_tensors;
+  load.keep_q8_0_head = !f.dense_head;
   if (!(f.int8_threshold >= 0.0f)) fail("--int8-threshold", "must be >= 0");
   load.quant.int8_threshold = f.int8_threshold;
   if (f.quant == "none") {

@@ -21,11 +21,12 @@ struct ModelFlags {
   std::string compute_dtype = "fp32";
   int threads = 0;
   bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
+  bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
 };
 
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
-// --compute-dtype (described by `compute_help`), --threads/-t and --allow-unused-tensors.
+// --compute-dtype (described by `compute_help`), --threads/-t, --allow-unused-tensors and --dense-head.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
 
 // "q_proj,v_proj" -> {"q_proj", "v_proj"} (empty items dropped): --target and friends.

@@ -45,7 +45,12 @@ DeviceDense upload_dense(const DenseWeight& w) {
   d.rows = w.rows();
   d.cols = w.cols();
   const size_t n = static_cast<size_t>(w.rows() * w.cols());
-  if (d.type == DenseType::F32) {
+  if (d.type == DenseType::F32 && w.q8()) {  // (a GGUF's Q8_0 head: widened to float32 here)
+    std::vector<float> rows(n);
+    w.rows_to_f32(0, w.rows(), rows.data());
+    d.f32.resize(n);
+    d.f32.upload(rows.data(), n);
+  } else if (d.type == DenseType::F32) {
     d.f32.resize(n);
     d.f32.upload(w.f32_data(), n);
   } else {

@@ -264,6 +264,11 @@ class GgufSource : public TensorSource {
       for (float& x : v) x -= 1.0f;
     return v;
   }
+  std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {
+    const GgufTensorInfo& t = info(name);
+    if (t.type != GgmlType::Q8_0) return std::nullopt;
+    return file_.tensor_data(t);
+  }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
     auto it = index_.find(name);

@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 #include "model/backend.h"
 #include "model/block_program.h"
@@ -160,8 +161,11 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
     if (li.bias) w.bias += L * u(li.out) * norm_bytes;
   }
   const uint64_t vc = u(s.vocab) * u(s.embed_width());
-  w.embed = vc * dense_bytes;
-  w.head = s.tied_embeddings ? 0 : vc * dense_bytes;
+  const uint64_t q8_bytes = vc + vc / 32 * 4;  // int8 codes + a float32 scale per 32 (DenseWeight::from_q8_0)
+  // (the CUDA runner widens a Q8_0 head to float32 on the device)
+  const bool cpu = o.engine == MemoryEngine::Qlora;
+  w.embed = cpu && o.embed_q8_0 ? q8_bytes : vc * dense_bytes;
+  w.head = s.tied_embeddings ? 0 : cpu && o.head_q8_0 ? q8_bytes : vc * dense_bytes;
   w.norms = (2 * L + (s.final_norm ? 1 : 0)) * u(s.hidden) * norm_bytes;
   return w;
 }
@@ -182,8 +186,11 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
                                   " + fp32 per 256 blocks"
                             : "fp32 absmax per block of " + std::to_string(o.blocksize)));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
-  add(p, "embeddings (" + dense_name + ")", w.embed, "vocab x embedding width");
-  add(p, "lm_head (" + dense_name + ")", w.head, "untied output head");
+  const bool cpu = o.engine == MemoryEngine::Qlora;
+  add(p, "embeddings (" + std::string(cpu && o.embed_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.embed,
+      "vocab x embedding width");
+  add(p, "lm_head (" + std::string(cpu && o.head_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.head,
+      "untied output head");
   add(p, "norms and biases", w.norms + w.bias, "");
 }
 
@@ -643,7 +650,24 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.generated_weights = is_random_model(model_path);
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);
   o.source_permutes_qk = !o.generated_weights && model_source_permutes_qk(model_path);
+  if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
+    const Q8HeadTensors q8 = model_source_q8_0_head(model_path);
+    o.embed_q8_0 = q8.embed;
+    o.head_q8_0 = q8.head;
+  }
   return o;
+}
+
+Q8HeadTensors model_source_q8_0_head(const std::string& model_path) {
+  Q8HeadTensors r;
+  if (std::filesystem::path(model_path).extension() != ".gguf" || !std::filesystem::is_regular_file(model_path))
+    return r;
+  const GgufFile f(model_path);
+  const GgufTensorInfo* e = f.find_tensor("token_embd.weight");
+  const GgufTensorInfo* h = f.find_tensor("output.weight");
+  r.embed = e && e->type == GgmlType::Q8_0;
+  r.head = h && h->type == GgmlType::Q8_0;
+  return r;
 }
 
 uint64_t parse_memory_size(std::string_view s, std::string_view where) {

@@ -110,6 +110,9 @@ struct MemoryOptions {
   // A random: model (model/random_model.h): no file is mapped, and 4-bit Linears are
   // generated in 4-bit (only their float32 absmax is transient), not from a float32 copy.
   bool generated_weights = false;
+  // The source's token embedding / output head are GGUF Q8_0 and stay 8-bit
+  // (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34 bytes per 32 values held as 36.
+  bool embed_q8_0 = false, head_q8_0 = false;
 
   // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).
   int gpus = 1;
@@ -162,6 +165,11 @@ MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt);
 // size; 0 when unknown), and whether its q/k rows come permuted (GGUF, llama2.c).
 uint64_t model_source_bytes(const std::string& model_path);
 bool model_source_permutes_qk(const std::string& model_path);
+// Whether a GGUF at model_path stores token_embd / output as Q8_0 (false for other sources).
+struct Q8HeadTensors {
+  bool embed = false, head = false;
+};
+Q8HeadTensors model_source_q8_0_head(const std::string& model_path);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
 // `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:

@@ -19,7 +19,7 @@ int64_t linear_backward_tile_floats(int64_t in, int64_t out) {
 }
 
 int64_t dense_backward_tile_floats(const DenseWeight& W) {
-  if (W.dtype() == ComputeDType::F32) return 0;
+  if (W.dtype() == ComputeDType::F32 && !W.q8()) return 0;
   return linear_backward_tile_floats(W.cols(), W.rows());
 }
 
@@ -164,7 +164,7 @@ class CpuBackend final : public Backend {
   void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) override { W.matmul(y, x, n); }
   void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) override {
     const int64_t V = W.rows(), E = W.cols();
-    if (W.dtype() == ComputeDType::F32) {
+    if (W.dtype() == ComputeDType::F32 && !W.q8()) {
       matmul_backward_input(dx, dy, W.f32_data(), n, E, V);
       return;
     }

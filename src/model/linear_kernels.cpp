@@ -48,6 +48,22 @@ void gemv_f32_scalar(const float* w, int64_t cols, const float* x, float* y, int
   }
 }
 
+void gemv_q8_scalar(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
+                    int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* qb = q + r * cols + b * kQ8Block;
+      const float* xb = x + b * kQ8Block;
+      float s = 0.0f;
+      for (int64_t i = 0; i < kQ8Block; ++i) s += static_cast<float>(qb[i]) * xb[i];
+      acc += scales[r * nb + b] * s;
+    }
+    y[r] = acc;
+  }
+}
+
 void gemv_bf16_scalar(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* row = w + r * cols;
@@ -98,7 +114,7 @@ void axpy_scalar(float alpha, const float* x, float* y, int64_t n) {
 const LinearKernels& scalar_linear_kernels() {
   static const LinearKernels k{gemv_q4_scalar,   gemv_q4_multi_scalar,   gemv_f32_scalar,  gemv_bf16_scalar,
                                gemv_f16_scalar,  dequant_rows_q4_scalar, gemm_rows_scalar,
-                               dot_scalar,       axpy_scalar};
+                               dot_scalar,       axpy_scalar,            gemv_q8_scalar};
   return k;
 }
 

@@ -6,6 +6,7 @@
 //    quantization on the fly); float weights are never written out. (The AVX-512 kernel
 //    has a faster path for rows of whole 32-weight chunks, see linear_kernels_avx512.cpp.)
 //  * gemv_f32 / gemv_bf16 / gemv_f16: the same for full-precision weights.
+//  * gemv_q8: the same for 8-bit rows with a float32 scale per 32 (a GGUF's Q8_0 head).
 //  * gemv_q4_multi: the fused GEMV for up to 8 tokens (prompts of a few tokens).
 //  * dequant_rows_q4: rows of a 4-bit matrix to float32 (for the GEMM path).
 //  * gemm_rows: Y (T, N) = X (T, K) · Wᵀ on float32 weight rows as they lie (dot-product
@@ -69,7 +70,14 @@ struct LinearKernels {
   // Attention's inner loops: sum_i a[i] * b[i], and y[i] += alpha * x[i], for i < n.
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float alpha, const float* x, float* y, int64_t n);
+  // y[r] = sum_b scales[r * cols/32 + b] * sum_{i<32} q[r * cols + 32 b + i] * x[32 b + i] for
+  // r in [r0, r1): 8-bit rows in blocks of 32 with one float32 scale each (GGUF's Q8_0,
+  // DenseWeight's Q8 storage). REQUIRES cols % 32 == 0.
+  void (*gemv_q8)(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
+                  int64_t r1);
 };
+// The block size of gemv_q8's rows.
+inline constexpr int64_t kQ8Block = 32;
 
 const LinearKernels& scalar_linear_kernels();
 const LinearKernels& avx2_linear_kernels();    // only when cpu_simd_level() >= AVX2

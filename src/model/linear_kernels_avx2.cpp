@@ -194,6 +194,27 @@ void gemv_f32_avx2(const float* w, int64_t cols, const float* x, float* y, int64
       cols, x, y, r0, r1, [w](int64_t i) { return _mm256_loadu_ps(w + i); }, [w](int64_t i) { return w[i]; });
 }
 
+void gemv_q8_avx2(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
+                  int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* qb = q + r * cols + b * kQ8Block;
+      const float* xb = x + b * kQ8Block;
+      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb));
+      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb + 16));
+      // The block's 32 products in 8 lanes, then its scale (one FMA per block).
+      __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(xb));
+      s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xb + 8), s);
+      s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(xb + 16), s);
+      s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xb + 24), s);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[r * nb + b]), s, acc);
+    }
+    y[r] = hsum(acc);
+  }
+}
+
 void gemv_bf16_avx2(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
   gemv_dense(
       cols, x, y, r0, r1,
@@ -284,7 +305,7 @@ void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
 const LinearKernels& avx2_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx2,   gemv_q4_multi_avx2,   gemv_f32_avx2, gemv_bf16_avx2,
                                gemv_f16_avx2,  dequant_rows_q4_avx2, gemm_rows_avx2,
-                               dot_avx2,       axpy_avx2};
+                               dot_avx2,       axpy_avx2,            gemv_q8_avx2};
   return k;
 }
 

@@ -284,6 +284,24 @@ void gemv_f32_avx512(const float* w, int64_t cols, const float* x, float* y, int
   gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w + i); });
 }
 
+void gemv_q8_avx512(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
+                    int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* qb = q + r * cols + b * kQ8Block;
+      const float* xb = x + b * kQ8Block;
+      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb));
+      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb + 16));
+      __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), _mm512_loadu_ps(xb));
+      s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), _mm512_loadu_ps(xb + 16), s);
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(scales[r * nb + b]), s, acc);
+    }
+    y[r] = hsum(acc);
+  }
+}
+
 void gemv_bf16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
   gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) {
     const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
@@ -374,7 +392,7 @@ void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
 const LinearKernels& avx512_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx512,   gemv_q4_multi_avx512,   gemv_f32_avx512,  gemv_bf16_avx512,
                                gemv_f16_avx512,  dequant_rows_q4_avx512, gemm_rows_avx512,
-                               dot_avx512,       axpy_avx512};
+                               dot_avx512,       axpy_avx512,            gemv_q8_avx512};
   return k;
 }
 

@@ -102,8 +102,14 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     if (opt.progress) opt.progress(done, total, name);
   };
 
+  // The embedding and output head: dense in the compute dtype, or a GGUF's Q8_0 as it is.
+  auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
+    if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0)
+      if (auto q8 = src.get_q8_0(name)) return DenseWeight::from_q8_0(*q8, rows, cols, src.describe() + ": " + src.stored_name(name));
+    return DenseWeight(src.get(name), rows, cols, opt.compute_dtype);
+  };
   {
-    m.embed_ = DenseWeight(src.get("model.embed_tokens.weight"), spec.vocab, spec.embed_width(), opt.compute_dtype);
+    m.embed_ = dense("model.embed_tokens.weight", spec.vocab, spec.embed_width());
     progress("model.embed_tokens.weight");
     if (spec.projects_embeddings()) {
       const std::string n = model_linear_name(spec, ModelLinear::ProjectIn) + ".weight";
@@ -181,7 +187,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     progress(n);
   }
   if (!spec.tied_embeddings) {
-    m.lm_head_ = DenseWeight(src.get("lm_head.weight"), spec.vocab, spec.embed_width(), opt.compute_dtype);
+    m.lm_head_ = dense("lm_head.weight", spec.vocab, spec.embed_width());
     progress("lm_head.weight");
   }
   return m;

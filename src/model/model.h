@@ -71,6 +71,10 @@ struct ModelLoadOptions {
   // disagree (e.g. block_count 29 over 30 stored blocks): an Error naming them, or with
   // this set, a warning on stderr.
   bool allow_unused_tensors = false;
+  // A GGUF's Q8_0 token embedding / output head stays 8-bit (DenseWeight::from_q8_0: the
+  // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
+  // float32; false widens it to float32 as before.
+  bool keep_q8_0_head = true;
 };
 
 class Model {

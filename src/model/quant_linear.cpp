@@ -58,8 +58,40 @@ DenseWeight::DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, Com
   }
 }
 
+DenseWeight DenseWeight::from_q8_0(std::span<const uint8_t> blocks, int64_t rows, int64_t cols,
+                                   const std::string& what) {
+  constexpr int64_t kBlockBytes = 2 + kernels::kQ8Block;
+  if (rows <= 0 || cols <= 0 || cols % kernels::kQ8Block != 0)
+    fail(what, "Q8_0 rows of " + std::to_string(cols) + " values are not whole blocks of 32");
+  const int64_t nb = rows * cols / kernels::kQ8Block;
+  if (static_cast<int64_t>(blocks.size()) != nb * kBlockBytes)
+    fail(what, "Q8_0 data of " + std::to_string(blocks.size()) + " bytes does not hold " + std::to_string(rows) + " x " +
+                   std::to_string(cols) + " values (" + std::to_string(nb * kBlockBytes) + " bytes)");
+  DenseWeight w;
+  w.rows_ = rows;
+  w.cols_ = cols;
+  w.dtype_ = ComputeDType::F32;
+  w.q8_.resize(static_cast<size_t>(rows * cols));
+  w.q8_scale_.resize(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = blocks.data() + b * kBlockBytes;
+    uint16_t d;
+    std::memcpy(&d, p, 2);
+    w.q8_scale_[static_cast<size_t>(b)] = fp16_to_f32(d);
+    std::memcpy(w.q8_.data() + b * kernels::kQ8Block, p + 2, kernels::kQ8Block);
+  }
+  return w;
+}
+
 void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out) const {
   const size_t n = static_cast<size_t>((r1 - r0) * cols_);
+  if (q8()) {
+    const int64_t i0 = r0 * cols_;
+    for (size_t i = 0; i < n; ++i)
+      out[i] = q8_scale_[static_cast<size_t>((i0 + static_cast<int64_t>(i)) / kernels::kQ8Block)] *
+               static_cast<float>(q8_[static_cast<size_t>(i0) + i]);
+    return;
+  }
   if (dtype_ == ComputeDType::F32)
     std::memcpy(out, f32_.data() + r0 * cols_, n * sizeof(float));
   else
@@ -120,6 +152,16 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
 
 void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
   const auto& kern = kernels::active_linear_kernels();
+  if (q8()) {
+    if (T == 1) {
+      parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
+        kern.gemv_q8(q8_.data(), q8_scale_.data(), cols_, x, y, r0, r1);
+      });
+    } else {
+      gemm_by_panels(y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); });
+    }
+    return;
+  }
   if (T == 1) {
     parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
       switch (dtype_) {

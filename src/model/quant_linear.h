@@ -17,6 +17,8 @@
 //
 // Thread-safety: forward() and dequantize_rows() are const and may run concurrently.
 #include <cstdint>
+#include <span>
+#include <string>
 #include <optional>
 #include <vector>
 
@@ -49,15 +51,25 @@ class DenseWeight {
   // Takes `w` (rows*cols floats) without a copy when dtype is F32.
   DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, ComputeDType dtype);
 
+  // From a GGUF Q8_0 tensor's blocks (34 bytes per 32 values: an fp16 scale d, then 32 int8
+  // q), kept in 8 bits: the values are exactly the file's (d * q, exact in float32), read as
+  // llama.cpp reads them, 1.125 bytes each instead of 4. Products run on them directly
+  // (one token: kernels' gemv_q8; more: rows widened to float32 a panel at a time). For the
+  // float32 compute dtype. Throws Error naming `what` when cols % 32 != 0 or the byte count
+  // does not match the shape.
+  static DenseWeight from_q8_0(std::span<const uint8_t> blocks, int64_t rows, int64_t cols, const std::string& what);
+
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   ComputeDType dtype() const { return dtype_; }
+  // Whether the values are held as 8-bit blocks (from_q8_0); f32_data() is null then.
+  bool q8() const { return !q8_.empty(); }
   // Rows [r0, r1) as float32 into out ((r1-r0) * cols floats).
   void rows_to_f32(int64_t r0, int64_t r1, float* out) const;
   // y (T, rows) = x (T, cols) · Wᵀ.
   void matmul(float* y, const float* x, int64_t T) const;
-  size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2; }
-  const float* f32_data() const { return f32_.data(); }       // when dtype() == F32
+  size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4; }
+  const float* f32_data() const { return f32_.data(); }       // when dtype() == F32 and !q8()
   const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
 
  private:
@@ -65,6 +77,8 @@ class DenseWeight {
   ComputeDType dtype_ = ComputeDType::F32;
   std::vector<float> f32_;
   std::vector<uint16_t> h16_;
+  std::vector<int8_t> q8_;        // (rows, cols) codes, from_q8_0
+  std::vector<float> q8_scale_;   // (rows, cols / 32) their scales
 };
 
 class QuantLinear {

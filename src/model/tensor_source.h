@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,11 @@ class TensorSource {
   // When the tensor is stored as a bitsandbytes / transformers 8-bit weight (int8 codes +
   // SCB), those; nullopt otherwise. get() still works (dequantizes, (CB * SCB) / 127).
   virtual std::optional<Quantized8bit> get_int8(const std::string& /*name*/) const { return std::nullopt; }
+  // When the tensor is stored as GGUF Q8_0 blocks (34 bytes per 32 values, llama.cpp's
+  // usual type for token_embd / output), those bytes, valid while the source lives; nullopt
+  // otherwise. Asked for the embedding and output head only (rows never permuted); get()
+  // still works (dequantizes).
+  virtual std::optional<std::span<const uint8_t>> get_q8_0(const std::string& /*name*/) const { return std::nullopt; }
   // When the source can make the tensor directly in the 4-bit format asked for, without a
   // float32 copy of the whole tensor (generated weights: model/random_model.h), that;
   // nullopt otherwise, and the loader quantizes get() as usual. Asked only for Linear

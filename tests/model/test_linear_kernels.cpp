@@ -214,6 +214,42 @@ TEST(LinearKernels, DenseGemvMatchesReference) {
   }
 }
 
+// 8-bit rows in blocks of 32 with a float32 scale each (a GGUF's Q8_0 head): every SIMD
+// level against a double-precision sum, on awkward row counts and ranges, codes at both
+// ends of int8.
+TEST(LinearKernels, Q8GemvMatchesReference) {
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> code(-128, 127);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (int64_t rows : {1, 3, 17, 37})
+      for (int64_t cols : {32, 64, 96, 576}) {
+        const int64_t nb = cols / kernels::kQ8Block;
+        std::vector<int8_t> q(static_cast<size_t>(rows * cols));
+        for (auto& c : q) c = static_cast<int8_t>(code(rng));
+        q[0] = -128;
+        q.back() = 127;
+        std::vector<float> sc = random_vec(rows * nb, rng);
+        const auto x = random_vec(cols, rng);
+        std::vector<float> y(static_cast<size_t>(rows), -7.0f);
+        const int64_t r0 = rows > 2 ? 1 : 0;  // (a range not starting at 0: y indexed by absolute row)
+        k.gemv_q8(q.data(), sc.data(), cols, x.data(), y.data(), r0, rows);
+        if (r0 == 1) {
+          ASSERT_EQ(y[0], -7.0f) << "wrote outside [r0, r1)";
+        }
+        for (int64_t r = r0; r < rows; ++r) {
+          double ref = 0, mag = 0;
+          for (int64_t c = 0; c < cols; ++c) {
+            const double v = static_cast<double>(sc[static_cast<size_t>(r * nb + c / 32)]) * q[static_cast<size_t>(r * cols + c)] * x[c];
+            ref += v;
+            mag += std::fabs(v);
+          }
+          ASSERT_NEAR(y[r], ref, 1e-5 * mag + 1e-6) << simd_level_name(lv) << " " << rows << "x" << cols << " row " << r;
+        }
+      }
+  }
+}
+
 TEST(LinearKernels, GemmRowsMatchesReference) {
   std::mt19937 rng(5);
   for (SimdLevel lv : levels()) {

@@ -6,7 +6,9 @@
 #   2. llama.cpp on the Q4_0 file (requantized from the Q4_1 one on first use) and on the
 #      original Q4_1 file, 1 and 2 threads (tools/bench_llamacpp.py); Q4_0 once more with
 #      llama.cpp's run-time weight repacking off
-#   3. qlora generate --quant nf4 --compute-dtype fp32, 1 and 2 threads, REPS runs each
+#   3. qlora generate --quant nf4 --compute-dtype fp32, 1 and 2 threads, REPS runs each, with
+#      the GGUF's Q8_0 token embedding / output head kept 8-bit (the default) and widened
+#      to fp32 (--dense-head, what qlora did before)
 # then prints a markdown table: prompt and decode tokens/s, and the bandwidth bound on
 # decoding = bandwidth / weight bytes read per decoded token (computed from the model's
 # shapes and tensor types; KV-cache reads not included), with two bandwidths: memcpy of
@@ -66,9 +68,12 @@ echo "# 2/3 llama.cpp" >&2
 echo "# 3/3 qlora generate" >&2
 for t in $THREADS; do
   for r in $(seq 0 "$REPS"); do  # run 0 is a warm-up, like the llama.cpp side
-    "$QLORA" generate --model "$MODEL_Q41" --quant nf4 --compute-dtype fp32 --threads "$t" \
-      --temperature 0 -n "$N_GEN" --prompt "$PROMPT" --no-echo \
-      >"$OUT/qlora_t${t}_r${r}.out" 2>"$OUT/qlora_t${t}_r${r}.err"
+    for head in q8 dense; do      # interleaved, so drift in the machine's speed falls on both
+      flag=(); [[ $head == dense ]] && flag=(--dense-head)
+      "$QLORA" generate --model "$MODEL_Q41" --quant nf4 --compute-dtype fp32 --threads "$t" "${flag[@]}" \
+        --temperature 0 -n "$N_GEN" --prompt "$PROMPT" --no-echo \
+        >"$OUT/qlora_${head}_t${t}_r${r}.out" 2>"$OUT/qlora_${head}_t${t}_r${r}.err"
+    done
   done
 done
 uptime >"$OUT/load_after.txt"
@@ -112,10 +117,15 @@ lin_params = NL * (C * QD + 2 * C * KVD + QD * C + 3 * C * F)
 blocksize, cbytes = 64, 4  # NF4 blocks of 64 with an fp32 absmax each; fp32 compute dtype
 qlora_bytes = {
     "linear NF4 (4 bit + fp32 absmax/64)": lin_params // 2 + lin_params // blocksize * 4,
-    "lm_head fp32 (tied embedding, whole)": V * C * cbytes,
+    "lm_head fp32 (tied embedding, whole; --dense-head)": V * C * cbytes,
+    "lm_head Q8_0 kept 8-bit (int8 + fp32 scale per 32; the default)": V * C + V * C // 32 * 4,
     "embedding row + norms fp32": C * cbytes + (2 * NL + 1) * C * 4,
 }
-qlora_bpt = sum(qlora_bytes.values())
+head_key = {"q8": "lm_head Q8_0 kept 8-bit (int8 + fp32 scale per 32; the default)",
+            "dense": "lm_head fp32 (tied embedding, whole; --dense-head)"}
+def qlora_bpt_of(head):
+    return sum(v for k, v in qlora_bytes.items() if not k.startswith("lm_head") or k == head_key[head])
+qlora_bpt = qlora_bpt_of("q8")
 kv_bytes_mid = NL * 2 * KVD * 4  # per cached position, fp32 K and V
 
 def load(name):
@@ -134,9 +144,9 @@ def parse(err):
             "decode_steps": int(g.group(2)), "decode_tps": float(g.group(4)), "stop": g.group(5).strip(),
             "weight_mib": float(w.group(1)) if w else None}
 qlora = {}
-for t in threads:
-    runs = [parse(f"{out}/qlora_t{t}_r{r}.err") for r in range(1, reps + 1)]
-    qlora[t] = {"prompt_tps": statistics.median(r["prompt_tps"] for r in runs),
+for head, t in [(h, t) for h in ("q8", "dense") for t in threads]:
+    runs = [parse(f"{out}/qlora_{head}_t{t}_r{r}.err") for r in range(1, reps + 1)]
+    qlora[(head, t)] = {"prompt_tps": statistics.median(r["prompt_tps"] for r in runs),
                 "decode_tps": statistics.median(r["decode_tps"] for r in runs),
                 "decode_all": [r["decode_tps"] for r in runs], "prompt_all": [r["prompt_tps"] for r in runs],
                 **{k: runs[0][k] for k in ("prompt_tokens", "gen_tokens", "decode_steps", "stop", "weight_mib")}}
@@ -156,18 +166,21 @@ print()
 print("Weight bytes read per decoded token:")
 for k, v in qlora_bytes.items():
     print(f"- qlora NF4: {k}: {v / MB:.1f} MB")
-wm = qlora[threads[0]]["weight_mib"]
-print(f"- qlora NF4 total: {qlora_bpt / MB:.1f} MB (qlora generate reports {wm} MiB = {wm * 1048576 / MB:.1f} MB of weights held)")
+for head in ("q8", "dense"):
+    wm = qlora[(head, threads[0])]["weight_mib"]
+    print(f"- qlora NF4 total, head {head}: {qlora_bpt_of(head) / MB:.1f} MB (qlora generate reports {wm} MiB = "
+          f"{wm * 1048576 / MB:.1f} MB of weights held)")
 for q in ("Q4_0", "Q4_1"):
     tt = llama[q]["tensor_types"]
     print(f"- llama.cpp {q}: {llama[q]['weight_bytes_per_token'] / MB:.1f} MB "
           f"(token_embd {tt['token_embd']}, output {tt['output']}, blocks {tt['blocks']})")
 print(f"- KV cache reads (not in the bound): qlora fp32 {kv_bytes_mid / MB * 1e3:.1f} kB per cached position, "
-      f"{kv_bytes_mid * (qlora[threads[0]]['prompt_tokens'] + n_gen // 2) / MB:.1f} MB at the mid-generation position")
+      f"{kv_bytes_mid * (qlora[('q8', threads[0])]['prompt_tokens'] + n_gen // 2) / MB:.1f} MB at the mid-generation position")
 print()
-pt = qlora[threads[0]]["prompt_tokens"]
+q0 = qlora[("q8", threads[0])]
+pt = q0["prompt_tokens"]
 print(f"Prompt {pt} tokens (llama.cpp tokenized {lres('Q4_0', threads[0])['prompt_tokens']}), {n_gen} generated "
-      f"({qlora[threads[0]]['decode_steps']} single-token decode steps; qlora stop: {qlora[threads[0]]['stop']}), "
+      f"({q0['decode_steps']} single-token decode steps; qlora stop: {q0['stop']}), "
       f"greedy, median of {reps} runs after a warm-up.")
 print()
 print("| engine | weights | threads | prompt tok/s | decode tok/s | weight MB/token | bound: memcpy 256 MiB | decode / bound | bound: read, weights-sized | decode / bound | decode vs llama.cpp Q4_0 |")
@@ -179,20 +192,31 @@ for t in threads:
         r = lres(q, t)
         b = llama[q]["weight_bytes_per_token"]
         rows.append(("llama.cpp", q, t, r["prompt_tps"], r["decode_tps"], b))
-    rows.append(("qlora.cpp", "NF4 + fp32 lm_head", t, qlora[t]["prompt_tps"], qlora[t]["decode_tps"], qlora_bpt))
-    for eng, w, tt, ptps, dtps, b in rows[-4:]:
+    rows.append(("qlora.cpp", "NF4 + Q8_0 lm_head (default)", t, qlora[("q8", t)]["prompt_tps"],
+                 qlora[("q8", t)]["decode_tps"], qlora_bpt_of("q8")))
+    rows.append(("qlora.cpp", "NF4 + fp32 lm_head (--dense-head)", t, qlora[("dense", t)]["prompt_tps"],
+                 qlora[("dense", t)]["decode_tps"], qlora_bpt_of("dense")))
+    for eng, w, tt, ptps, dtps, b in rows[-5:]:
         bound = bw[("Memcpy", tt)] * 1e9 / b
         rbw, rmib = read_bw(b, tt)
         rbound = rbw * 1e9 / b
         print(f"| {eng} | {w} | {tt} | {ptps:.0f} | {dtps:.1f} | {b / MB:.1f} | {bound:.1f} | {dtps / bound:.2f} | "
               f"{rbound:.1f} ({rmib} MiB) | {dtps / rbound:.2f} | {dtps / ref:.2f} |")
 print()
-print("qlora prompt tok/s vs llama.cpp Q4_0: " + ", ".join(
-    f"{t} thr {qlora[t]['prompt_tps'] / lres('Q4_0', t)['prompt_tps']:.2f}" for t in threads))
+print("qlora (Q8_0 head) prompt tok/s vs llama.cpp Q4_0: " + ", ".join(
+    f"{t} thr {qlora[('q8', t)]['prompt_tps'] / lres('Q4_0', t)['prompt_tps']:.2f}" for t in threads) +
+    "; vs Q4_1 (the same file): " + ", ".join(
+    f"{t} thr {qlora[('q8', t)]['prompt_tps'] / lres('Q4_1', t)['prompt_tps']:.2f}" for t in threads))
+print("qlora (Q8_0 head) decode vs llama.cpp: " + ", ".join(
+    f"{t} thr {qlora[('q8', t)]['decode_tps'] / lres('Q4_1', t)['decode_tps']:.2f} of Q4_1 (the same file), "
+    f"{qlora[('q8', t)]['decode_tps'] / lres('Q4_0', t)['decode_tps']:.2f} of Q4_0" for t in threads))
+print("qlora decode, Q8_0 head over --dense-head: " + ", ".join(
+    f"{t} thr {qlora[('q8', t)]['decode_tps'] / qlora[('dense', t)]['decode_tps']:.2f}" for t in threads))
 print()
 print("Per-run decode tok/s: " + "; ".join(
-    [f"qlora {t}t {qlora[t]['decode_all']}" for t in threads] +
+    [f"qlora {h} {t}t {qlora[(h, t)]['decode_all']}" for h in ("q8", "dense") for t in threads] +
     [f"llama {q} {r['threads']}t {r['decode_tps_all']}" for q in llama for r in llama[q]['results']]))
-json.dump({"bandwidth_GBps": {"/".join(map(str, k)): v for k, v in bw.items()}, "qlora": qlora,
+json.dump({"bandwidth_GBps": {"/".join(map(str, k)): v for k, v in bw.items()},
+           "qlora": {f"{h}/{t}": v for (h, t), v in qlora.items()},
            "qlora_bytes_per_token": qlora_bpt, "llama": llama}, open(f"{out}/summary.json", "w"), indent=1)
 EOF

@@ -39,7 +39,7 @@ class KVCache {
  private:
   int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
   bool allocated_ = false;
-  Backend* backend_ = nullptr;
+  Backend* backend_ = &cpu_backend();
   BackendBuffer k_, v_;  // (L, capacity, kv_dim)
 };
 

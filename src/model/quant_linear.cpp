@@ -85,11 +85,14 @@ DenseWeight DenseWeight::from_q8_0(std::span<const uint8_t> blocks, int64_t rows
 
 void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out) const {
   const size_t n = static_cast<size_t>((r1 - r0) * cols_);
-  if (q8()) {
-    const int64_t i0 = r0 * cols_;
-    for (size_t i = 0; i < n; ++i)
-      out[i] = q8_scale_[static_cast<size_t>((i0 + static_cast<int64_t>(i)) / kernels::kQ8Block)] *
-               static_cast<float>(q8_[static_cast<size_t>(i0) + i]);
+  if (q8()) {  // (rows are whole blocks: a block at a time, its scale once)
+    const int64_t b0 = r0 * cols_ / kernels::kQ8Block, nb = static_cast<int64_t>(n) / kernels::kQ8Block;
+    for (int64_t b = 0; b < nb; ++b) {
+      const float scale = q8_scale_[static_cast<size_t>(b0 + b)];
+      const int8_t* q = q8_.data() + (b0 + b) * kernels::kQ8Block;
+      float* o = out + b * kernels::kQ8Block;
+      for (int64_t i = 0; i < kernels::kQ8Block; ++i) o[i] = scale * static_cast<float>(q[i]);
+    }
     return;
   }
   if (dtype_ == ComputeDType::F32)

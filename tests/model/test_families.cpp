@@ -371,6 +371,17 @@ TEST(FamiliesPeft, Gpt2WithoutTheBaseModelPrefixLoads) {
   expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "gpt2 base names");
 }
 
+// An adapter on `m` with `c` is refused, naming query_key_value (a GGUF's fused q/k/v in
+// an order PEFT's B rows do not follow: `how`).
+void expect_qkv_lora_refused(const Model& m, const LoraConfig& c, const char* how) {
+  try {
+    LoraModel lm(m, c);
+    ADD_FAILURE() << "LoRA on a " << how << " query_key_value was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("query_key_value"), std::string::npos) << e.what();
+  }
+}
+
 // llama.cpp's gptneox GGUF reorders query_key_value (all q, all k, all v): it runs as the
 // same model (FamiliesGguf above), but a LoRA on that Linear would put PEFT's per-head B rows
 // in the wrong places, so it is refused; the other Linears are fine.
@@ -380,12 +391,7 @@ TEST(FamiliesPeft, GptNeoXGgufRefusesLoraOnItsReorderedQkv) {
   LoraConfig c;
   c.r = 2;
   c.all_linear = true;
-  try {
-    LoraModel lm(m, c);
-    ADD_FAILURE() << "LoRA on a reordered query_key_value was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("query_key_value"), std::string::npos) << e.what();
-  }
+  expect_qkv_lora_refused(m, c, "reordered");
   c.all_linear = false;
   c.target_modules = {"dense", "dense_h_to_4h", "dense_4h_to_h"};
   EXPECT_EQ(LoraModel(m, c).layers().size(), 6u);
@@ -417,12 +423,7 @@ TEST(FamiliesPeft, FalconGgufLayoutsAndWhatTheyRefuse) {
   LoraConfig c;
   c.r = 2;
   c.all_linear = true;
-  try {
-    LoraModel lm(m, c);
-    ADD_FAILURE() << "LoRA on a regrouped query_key_value was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("query_key_value"), std::string::npos) << e.what();
-  }
+  expect_qkv_lora_refused(m, c, "regrouped");
   const Model mq = load_path(family_dir("falcon_mq") + "/model.gguf");
   EXPECT_TRUE(mq.spec().shared_branch_norm);
   EXPECT_EQ(LoraModel(mq, c).layers().size(), 8u);

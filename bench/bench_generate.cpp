@@ -85,6 +85,45 @@ BENCHMARK(BM_GemvQ4)
     ->ArgsProduct({{1, 2}, {4096}, {4096}, {0}})
     ->Unit(benchmark::kMicrosecond);
 
+// The fused GEMV beyond the fast shape, single-threaded, active SIMD level, 1536 rows,
+// double-quantized: arg0 = compute dtype the weights are rounded to (0 fp32, 1 bf16, 2 fp16),
+// arg1 = cols (576: whole 32-weight chunks per row; 580: rows start mid-chunk).
+void BM_GemvQ4Rounded(benchmark::State& st) {
+  const ComputeDType dts[] = {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16};
+  const int64_t rows = 1536, cols = st.range(1);
+  auto q = make_q4(rows, cols, true);
+  q->m.round_to = dts[st.range(0)];
+  auto x = randn(cols, 2);
+  std::vector<float> y(rows);
+  const auto& k = kernels::active_linear_kernels();
+  for (auto _ : st) {
+    k.gemv_q4(q->m, x.data(), y.data(), 0, rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * rows * cols / 2);
+}
+BENCHMARK(BM_GemvQ4Rounded)->ArgsProduct({{0, 1, 2}, {576, 580}})->Unit(benchmark::kMicrosecond);
+
+// Dequantizing 16-row panels to float32 (what prompt processing and training feed their
+// GEMMs), single-threaded, active SIMD level, 1536 x 576 double-quantized; arg0 = compute dtype
+// as above. Bytes are the float32 written.
+void BM_DequantQ4(benchmark::State& st) {
+  const ComputeDType dts[] = {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16};
+  const int64_t rows = 1536, cols = 576;
+  auto q = make_q4(rows, cols, true);
+  q->m.round_to = dts[st.range(0)];
+  std::vector<float> buf(16 * cols);
+  const auto& k = kernels::active_linear_kernels();
+  for (auto _ : st) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+      k.dequant_rows_q4(q->m, r0, r0 + 16, buf.data());
+      benchmark::DoNotOptimize(buf.data());
+    }
+  }
+  st.SetBytesProcessed(st.iterations() * rows * cols * 4);
+}
+BENCHMARK(BM_DequantQ4)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
+
 // Multi-token strategies, single-threaded, active SIMD level, 1536x576 NF4:
 // arg0 = tokens, arg1 = 0: fused multi-token GEMV, 1: dequantize 16-row panels + GEMM.
 void BM_Strategy(benchmark::State& st) {

@@ -1,11 +1,12 @@
 // AVX2 + FMA + F16C linear kernels (used only when the CPU has them).
 //
-// Fused 4-bit GEMV as in the AVX-512 kernel, but AVX2 has no 16-entry float permute: the
-// 16 scaled code values live in two registers (codes 0-7 and 8-15); vpermps looks the low
-// three index bits up in both and bit 3 (shifted into the sign bit) blends the two.
+// The fused 4-bit GEMV as in the AVX-512 kernel, but AVX2 has no 16-entry float permute:
+// the code book lookup goes through byte planes and vpshufb (see "the 16-entry code book
+// lookup" below).
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "model/linear_kernels.h"
 #include "model/linear_kernels_inl.h"
@@ -37,102 +38,193 @@ inline __m256 round_vec(__m256 v, ComputeDType t) {
   return v;
 }
 
-struct ScaledCode {
-  __m256 lo, hi;
+// ---- the 16-entry code book lookup ------------------------------------------------------
+// vpshufb looks up 16 bytes per 128-bit lane: a 16-entry code book, but of bytes. So the 16
+// float code values are split into four byte planes, each plane looked up with a chunk's 32
+// nibbles, and the four results interleaved back into floats with in-lane unpacks. That is
+// 12 in-lane shuffles per 32 weights, where a float lookup needs two lane-crossing vpermps
+// and a blend per 8 (Zen 2 issues vpermps at half the rate of vpshufb): the lookup is what
+// bounds the GEMV on AVX2, so this made it 2.2x faster (bench/RESULTS.md, session 9).
+//
+// The unpacks put index byte j of lane L at register j / 4, lane L, dword j % 4. The nibbles
+// are arranged in the index register for one of two orders:
+//  * natural: the chunk's elements 0..31 come out in order (one extra vpshufb), for
+//    dequantization and rows that do not start on a 32-weight boundary of x;
+//  * permuted: lane 0 holds the 16 low nibbles, lane 1 the 16 high ones (no shuffle at all);
+//    the elements come out in the order plane_element, and the GEMV permutes x to match.
+// Each looked-up code is then multiplied by its block's absmax and rounded to the compute
+// dtype, exactly as q4_weight defines the weight.
+struct CodePlanes {
+  __m256i plane[4];  // byte p of code[k] at bytes k and 16 + k
 };
 
-inline ScaledCode scaled_code(const Q4Matrix& w, __m256 code_lo, __m256 code_hi, int64_t block) {
-  const __m256 a = _mm256_set1_ps(w.block_absmax(block));
-  return {round_vec(_mm256_mul_ps(code_lo, a), w.round_to), round_vec(_mm256_mul_ps(code_hi, a), w.round_to)};
+CodePlanes code_planes(const float* code) {
+  alignas(32) uint8_t b[4][32];
+  for (int k = 0; k < 16; ++k) {
+    uint32_t u;
+    __builtin_memcpy(&u, &code[k], 4);
+    for (int p = 0; p < 4; ++p) b[p][k] = b[p][16 + k] = static_cast<uint8_t>(u >> (8 * p));
+  }
+  CodePlanes cp;
+  for (int p = 0; p < 4; ++p) cp.plane[p] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b[p]));
+  return cp;
 }
 
-inline __m256 lookup(const ScaledCode& cb, __m256i idx) {
-  const __m256 a = _mm256_permutevar8x32_ps(cb.lo, idx);
-  const __m256 b = _mm256_permutevar8x32_ps(cb.hi, idx);
-  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+// The code values of the 32 nibbles in idx (one per byte, < 16) in the unpack order above.
+inline void lookup_planes(const CodePlanes& cp, __m256i idx, __m256 v[4]) {
+  const __m256i b0 = _mm256_shuffle_epi8(cp.plane[0], idx), b1 = _mm256_shuffle_epi8(cp.plane[1], idx);
+  const __m256i b2 = _mm256_shuffle_epi8(cp.plane[2], idx), b3 = _mm256_shuffle_epi8(cp.plane[3], idx);
+  const __m256i w01lo = _mm256_unpacklo_epi8(b0, b1), w01hi = _mm256_unpackhi_epi8(b0, b1);
+  const __m256i w23lo = _mm256_unpacklo_epi8(b2, b3), w23hi = _mm256_unpackhi_epi8(b2, b3);
+  v[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(w01lo, w23lo));
+  v[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(w01lo, w23lo));
+  v[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(w01hi, w23hi));
+  v[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(w01hi, w23hi));
 }
 
-// Indices of 32 weights starting at packed byte p, 8 per register, in element order.
-inline void decode32(const uint8_t* p, __m256i idx[4]) {
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-  const __m128i lo = _mm_and_si128(bytes, mask);
-  const __m128i e0 = _mm_unpacklo_epi8(hi, lo), e1 = _mm_unpackhi_epi8(hi, lo);
-  idx[0] = _mm256_cvtepu8_epi32(e0);
-  idx[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(e0, 8));
-  idx[2] = _mm256_cvtepu8_epi32(e1);
-  idx[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(e1, 8));
+// Permuted order: the 16 packed bytes at p in both lanes (a load, no shuffle), the high lane
+// shifted to its high nibbles.
+inline __m256i nibbles_permuted(const uint8_t* p) {
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                          _mm256_set1_epi8(0x0F));
+}
+
+// The chunk element that the permuted order puts at position pos (0..31): index byte
+// j = 4 * (pos / 8) + pos % 4 of lane (pos % 8) / 4; lane 0 holds the low nibble of packed
+// byte j (element 2j + 1), lane 1 the high one (element 2j).
+constexpr int plane_element(int pos) { return 2 * (4 * (pos / 8) + pos % 4) + ((pos % 8) / 4 == 0 ? 1 : 0); }
+
+// Natural order: index byte j of lane L must hold element 8 * (j / 4) + 4L + j % 4, whose
+// nibble is in packed byte 4 * (j / 4) + 2L + (j % 4) / 2, the high nibble for even j.
+inline __m256i nibbles_natural(const uint8_t* p) {
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i gather = _mm256_setr_epi8(0, 0, 1, 1, 4, 4, 5, 5, 8, 8, 9, 9, 12, 12, 13, 13,  //
+                                          2, 2, 3, 3, 6, 6, 7, 7, 10, 10, 11, 11, 14, 14, 15, 15);
+  const __m256i t = _mm256_shuffle_epi8(both, gather);
+  // Even bytes take the high nibble (the word shifted right by 4), odd bytes the low one.
+  return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(t, 4), _mm256_set1_epi16(0x000F)),
+                         _mm256_and_si256(t, _mm256_set1_epi16(0x0F00)));
+}
+
+template <ComputeDType RT>
+inline __m256 scaled(__m256 code, __m256 absmax) {
+  return round_vec(_mm256_mul_ps(code, absmax), RT);
+}
+
+// x permuted chunk by chunk into the permuted order (kernel-internal, grows to cols).
+const float* permute_x(const float* x, int64_t cols) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < cols) buf.resize(cols);
+  for (int64_t c = 0; c < cols; c += 32)
+    for (int pos = 0; pos < 32; ++pos) buf[c + pos] = x[c + plane_element(pos)];
+  return buf.data();
+}
+
+// The absmax of the blocks of flat range [s, e) (kernel-internal, grows to the block count);
+// entry k belongs to block (s >> shift) + k.
+const float* absmax_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift) {
+  thread_local std::vector<float> buf;
+  const int64_t b0 = s >> shift, n = e > s ? ((e - 1) >> shift) - b0 + 1 : 0;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  w.block_absmax_range(b0, n, buf.data());
+  return buf.data();
+}
+
+// q4_weight with the block's absmax from an absmax_of_range table (the same value) and the
+// rounding inlined (rows that start or end mid-chunk take this for up to 62 weights a row).
+template <ComputeDType RT>
+inline float weight_at(const Q4Matrix& w, const float* amax, int shift, int64_t i) {
+  const float v = w.code[detail::nibble_at(w.packed, i)] * amax[i >> shift];
+  if constexpr (RT == ComputeDType::F32) return v;
+  return _mm256_cvtss_f32(round_vec(_mm256_set1_ps(v), RT));
+}
+
+// Rows of whole chunks (cols % 32 == 0): every row starts a chunk, so x can be permuted
+// once for all rows.
+template <ComputeDType RT>
+void gemv_q4_permuted(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  const CodePlanes cp = code_planes(w.code);
+  const int64_t cols = w.cols;
+  const float* xp = permute_x(x, cols);
+  const int shift = detail::log2_int(w.blocksize);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * cols, e = s + cols;
+    const float* amax = absmax_of_range(w, s, e, shift) - (s >> shift);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t i = s; i < e; i += 32) {
+      __m256 v[4];
+      lookup_planes(cp, nibbles_permuted(w.packed + (i >> 1)), v);
+      const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
+      const float* xc = xp + (i - s);
+      a0 = _mm256_fmadd_ps(scaled<RT>(v[0], a), _mm256_loadu_ps(xc), a0);
+      a1 = _mm256_fmadd_ps(scaled<RT>(v[1], a), _mm256_loadu_ps(xc + 8), a1);
+      a2 = _mm256_fmadd_ps(scaled<RT>(v[2], a), _mm256_loadu_ps(xc + 16), a2);
+      a3 = _mm256_fmadd_ps(scaled<RT>(v[3], a), _mm256_loadu_ps(xc + 24), a3);
+    }
+    y[r] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  }
+}
+
+// Any shape, up to T tokens: a row's weights before the first 32-aligned flat index and after
+// the last are scalar; the chunks between are looked up in natural order.
+template <ComputeDType RT, int T>
+void gemv_q4_natural(const Q4Matrix& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const CodePlanes cp = code_planes(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  const int64_t cols = w.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * cols, e = s + cols;
+    const float* amax = absmax_of_range(w, s, e, shift) - (s >> shift);
+    float sacc[T] = {};
+    int64_t i = s;
+    const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
+    for (; i < head_end; ++i) {
+      const float wv = weight_at<RT>(w, amax, shift, i);
+      for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
+    }
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (; i + 32 <= e; i += 32) {
+      __m256 v[4];
+      lookup_planes(cp, nibbles_natural(w.packed + (i >> 1)), v);
+      const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
+      const float* xc = x + (i - s);
+      for (int q = 0; q < 4; ++q) {
+        const __m256 wq = scaled<RT>(v[q], a);
+        for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(wq, _mm256_loadu_ps(xc + t * cols + 8 * q), acc[t]);
+      }
+    }
+    for (; i < e; ++i) {
+      const float wv = weight_at<RT>(w, amax, shift, i);
+      for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]) + sacc[t];
+  }
+}
+
+template <ComputeDType RT>
+void gemv_q4_rt(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  if (w.cols % 32 == 0)
+    gemv_q4_permuted<RT>(w, x, y, r0, r1);
+  else
+    gemv_q4_natural<RT, 1>(w, x, y, 0, r0, r1);
 }
 
 void gemv_q4_avx2(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
-  const __m256 code_lo = _mm256_loadu_ps(w.code), code_hi = _mm256_loadu_ps(w.code + 8);
-  const int shift = detail::log2_int(w.blocksize);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t s = r * w.cols, e = s + w.cols;
-    float sacc = 0.0f;
-    int64_t i = s;
-    const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
-    for (; i < head_end; ++i) sacc += q4_weight(w, i) * x[i - s];
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t cur = -1;
-    ScaledCode cb{code_lo, code_hi};
-    for (; i + 32 <= e; i += 32) {
-      const int64_t b = i >> shift;
-      if (b != cur) {
-        cur = b;
-        cb = scaled_code(w, code_lo, code_hi, b);
-      }
-      __m256i idx[4];
-      decode32(w.packed + (i >> 1), idx);
-      const float* xp = x + (i - s);
-      acc0 = _mm256_fmadd_ps(lookup(cb, idx[0]), _mm256_loadu_ps(xp), acc0);
-      acc1 = _mm256_fmadd_ps(lookup(cb, idx[1]), _mm256_loadu_ps(xp + 8), acc1);
-      acc0 = _mm256_fmadd_ps(lookup(cb, idx[2]), _mm256_loadu_ps(xp + 16), acc0);
-      acc1 = _mm256_fmadd_ps(lookup(cb, idx[3]), _mm256_loadu_ps(xp + 24), acc1);
-    }
-    for (; i < e; ++i) sacc += q4_weight(w, i) * x[i - s];
-    y[r] = hsum(_mm256_add_ps(acc0, acc1)) + sacc;
+  switch (w.round_to) {
+    case ComputeDType::F32: gemv_q4_rt<ComputeDType::F32>(w, x, y, r0, r1); break;
+    case ComputeDType::BF16: gemv_q4_rt<ComputeDType::BF16>(w, x, y, r0, r1); break;
+    case ComputeDType::F16: gemv_q4_rt<ComputeDType::F16>(w, x, y, r0, r1); break;
   }
 }
 
 template <int T>
 void gemv_q4_multi_t(const Q4Matrix& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const __m256 code_lo = _mm256_loadu_ps(w.code), code_hi = _mm256_loadu_ps(w.code + 8);
-  const int shift = detail::log2_int(w.blocksize);
-  const int64_t cols = w.cols;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t s = r * cols, e = s + cols;
-    float sacc[T] = {};
-    int64_t i = s;
-    const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
-    for (; i < head_end; ++i) {
-      const float wv = q4_weight(w, i);
-      for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
-    }
-    __m256 acc[T];
-    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    int64_t cur = -1;
-    ScaledCode cb{code_lo, code_hi};
-    for (; i + 32 <= e; i += 32) {
-      const int64_t b = i >> shift;
-      if (b != cur) {
-        cur = b;
-        cb = scaled_code(w, code_lo, code_hi, b);
-      }
-      __m256i idx[4];
-      decode32(w.packed + (i >> 1), idx);
-      const float* xp = x + (i - s);
-      for (int q = 0; q < 4; ++q) {
-        const __m256 wq = lookup(cb, idx[q]);
-        for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(wq, _mm256_loadu_ps(xp + t * cols + 8 * q), acc[t]);
-      }
-    }
-    for (; i < e; ++i) {
-      const float wv = q4_weight(w, i);
-      for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
-    }
-    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]) + sacc[t];
+  switch (w.round_to) {
+    case ComputeDType::F32: gemv_q4_natural<ComputeDType::F32, T>(w, x, y, ldy, r0, r1); break;
+    case ComputeDType::BF16: gemv_q4_natural<ComputeDType::BF16, T>(w, x, y, ldy, r0, r1); break;
+    case ComputeDType::F16: gemv_q4_natural<ComputeDType::F16, T>(w, x, y, ldy, r0, r1); break;
   }
 }
 
@@ -151,26 +243,30 @@ void gemv_q4_multi_avx2(const Q4Matrix& w, const float* x, int64_t T, float* y, 
   }
 }
 
-void dequant_rows_q4_avx2(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
-  const __m256 code_lo = _mm256_loadu_ps(w.code), code_hi = _mm256_loadu_ps(w.code + 8);
+template <ComputeDType RT>
+void dequant_rows_rt(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
+  const CodePlanes cp = code_planes(w.code);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t s = r0 * w.cols, e = r1 * w.cols;
+  const float* amax = absmax_of_range(w, s, e, shift) - (s >> shift);
   int64_t i = s;
   const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
-  for (; i < head_end; ++i) out[i - s] = q4_weight(w, i);
-  int64_t cur = -1;
-  ScaledCode cb{code_lo, code_hi};
+  for (; i < head_end; ++i) out[i - s] = weight_at<RT>(w, amax, shift, i);
   for (; i + 32 <= e; i += 32) {
-    const int64_t b = i >> shift;
-    if (b != cur) {
-      cur = b;
-      cb = scaled_code(w, code_lo, code_hi, b);
-    }
-    __m256i idx[4];
-    decode32(w.packed + (i >> 1), idx);
-    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + (i - s) + 8 * q, lookup(cb, idx[q]));
+    __m256 v[4];
+    lookup_planes(cp, nibbles_natural(w.packed + (i >> 1)), v);
+    const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
+    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + (i - s) + 8 * q, scaled<RT>(v[q], a));
   }
-  for (; i < e; ++i) out[i - s] = q4_weight(w, i);
+  for (; i < e; ++i) out[i - s] = weight_at<RT>(w, amax, shift, i);
+}
+
+void dequant_rows_q4_avx2(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
+  switch (w.round_to) {
+    case ComputeDType::F32: dequant_rows_rt<ComputeDType::F32>(w, r0, r1, out); break;
+    case ComputeDType::BF16: dequant_rows_rt<ComputeDType::BF16>(w, r0, r1, out); break;
+    case ComputeDType::F16: dequant_rows_rt<ComputeDType::F16>(w, r0, r1, out); break;
+  }
 }
 
 template <class Load, class Scalar>

@@ -103,6 +103,21 @@ class Backend {
   // y (T, out) = W x (+ bias) (+ the LoRA path when `lora` is set: lora_forward's contract).
   virtual void linear_forward(float* y, const float* x, int64_t T, const QuantLinear& W, const LoraLayer* lora,
                               LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) = 0;
+  // Several linears that read the same input x (consecutive Linear ops of a block: q/k/v,
+  // gate/up), each exactly as linear_forward(item.y, x, T, *item.W, item.lora, item.cache,
+  // training, rng, scratch) in item order (LoRA dropout draws from rng in that order). A
+  // backend may run their products together; the CPU backend decodes one token's rows of all
+  // of them in one parallel region.
+  struct LinearForwardItem {
+    float* y;
+    const QuantLinear* W;
+    const LoraLayer* lora;
+    LoraCache* cache;
+  };
+  virtual void linear_forward_same_input(std::span<const LinearForwardItem> items, const float* x, int64_t T,
+                                         bool training, LoraRng* rng, const LoraScratch& scratch) {
+    for (const LinearForwardItem& it : items) linear_forward(it.y, x, T, *it.W, it.lora, it.cache, training, rng, scratch);
+  }
   // dx (T, in) += dy (T, out) W through the frozen weight (dequantized a tile of rows at a
   // time into `tile`, linear_backward_tile_floats), plus the LoRA path when `lora` is set,
   // whose A/B gradients accumulate (cache from its forward). dx null: the LoRA gradients

@@ -29,7 +29,9 @@ void block_forward(const BlockRun& r) {
   Backend& be = *r.backend;
   const int64_t T = r.T;
   auto n_of = [&](int b) { return p.floats(b, T, T); };
-  for (const BlockOp& o : p.ops()) {
+  const std::vector<BlockOp>& ops = p.ops();
+  for (size_t oi = 0; oi < ops.size(); ++oi) {
+    const BlockOp& o = ops[oi];
     float* out = r.buf[static_cast<size_t>(o.out)];
     const float* in0 = o.in0 >= 0 ? r.buf[static_cast<size_t>(o.in0)] : nullptr;
     const float* in1 = o.in1 >= 0 ? r.buf[static_cast<size_t>(o.in1)] : nullptr;
@@ -41,9 +43,22 @@ void block_forward(const BlockRun& r) {
         break;
       }
       case BlockOpKind::Linear: {
-        const LoraLayer* lo = r.adapter ? r.adapter->find(r.layer, static_cast<BlockLinear>(o.linear)) : nullptr;
-        be.linear_forward(out, in0, T, L.linear(o.linear), lo, lo && r.lora_caches ? &r.lora_caches[o.linear] : nullptr,
-                          r.training, r.rng, r.scratch.lora);
+        // This op and the Linear ops right after it that read the same buffer (q/k/v,
+        // gate/up) go to the backend as one group.
+        size_t end = oi + 1;
+        while (end < ops.size() && ops[end].kind == BlockOpKind::Linear && ops[end].in0 == o.in0) ++end;
+        Backend::LinearForwardItem items[kBlockLinearCount];
+        size_t n = 0;
+        for (size_t j = oi; j < end; ++j) {
+          const BlockOp& g = ops[j];
+          const LoraLayer* lo = r.adapter ? r.adapter->find(r.layer, static_cast<BlockLinear>(g.linear)) : nullptr;
+          items[n++] = {r.buf[static_cast<size_t>(g.out)], &L.linear(g.linear), lo,
+                        lo && r.lora_caches ? &r.lora_caches[g.linear] : nullptr};
+        }
+        be.linear_forward_same_input(std::span(items, n), in0, T, r.training, r.rng, r.scratch.lora);
+        for (size_t j = oi; j + 1 < end; ++j)
+          if (ops[j].round) be.round(r.buf[static_cast<size_t>(ops[j].out)], n_of(ops[j].out), r.dtype);
+        oi = end - 1;  // the last op of the group is rounded below, as every op
         break;
       }
       case BlockOpKind::Rope:
@@ -94,7 +109,8 @@ void block_forward(const BlockRun& r) {
                          o.group_stride);
         break;
     }
-    if (o.round) be.round(out, n_of(o.out), r.dtype);
+    const BlockOp& last = ops[oi];
+    if (last.round) be.round(r.buf[static_cast<size_t>(last.out)], n_of(last.out), r.dtype);
   }
 }
 

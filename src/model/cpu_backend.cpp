@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "base/error.h"
 #include "model/backend.h"
@@ -71,6 +72,18 @@ class CpuBackend final : public Backend {
                       LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) override {
     W.forward(y, x, T);
     if (lora) lora_forward(y, cache, *lora, x, T, training, rng, scratch);
+  }
+  void linear_forward_same_input(std::span<const LinearForwardItem> items, const float* x, int64_t T, bool training,
+                                 LoraRng* rng, const LoraScratch& scratch) override {
+    std::vector<const QuantLinear*> ws;
+    std::vector<float*> ys;
+    for (const LinearForwardItem& it : items) {
+      ws.push_back(it.W);
+      ys.push_back(it.y);
+    }
+    forward_same_input(ws, ys, x, T);
+    for (const LinearForwardItem& it : items)
+      if (it.lora) lora_forward(it.y, it.cache, *it.lora, x, T, training, rng, scratch);
   }
   void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W, LoraLayer* lora,
                        const LoraCache* cache, float* tile, const LoraScratch& scratch) override {

@@ -326,6 +326,35 @@ void QuantLinear::forward_int8(float* y, const float* x, int64_t T) const {
   round_activations(y, T * N, dtype_);
 }
 
+void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float* const> ys, const float* x,
+                        int64_t T) {
+  const bool fused = T == 1 && ws.size() > 1 && std::all_of(ws.begin(), ws.end(), [&](const QuantLinear* w) {
+    return w->q4() != nullptr && w->in_features() == ws[0]->in_features();
+  });
+  if (!fused) {
+    for (size_t i = 0; i < ws.size(); ++i) ws[i]->forward(ys[i], x, T);
+    return;
+  }
+  std::vector<kernels::Q4Matrix> views;
+  std::vector<int64_t> first_row{0};  // of each linear in the concatenation
+  for (const QuantLinear* w : ws) {
+    views.push_back(w->q4_view());
+    first_row.push_back(first_row.back() + w->out_features());
+  }
+  const auto& kern = kernels::active_linear_kernels();
+  parallel_for_range(first_row.back(), gemv_min_rows(ws[0]->in_features()), [&](int64_t r0, int64_t r1) {
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const int64_t lo = std::max(r0, first_row[i]), hi = std::min(r1, first_row[i + 1]);
+      if (lo < hi) kern.gemv_q4(views[i], x, ys[i], lo - first_row[i], hi - first_row[i]);
+    }
+  });
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const QuantLinear& w = *ws[i];
+    for (int64_t o = 0; o < static_cast<int64_t>(w.bias().size()); ++o) ys[i][o] += w.bias()[o];
+    round_activations(ys[i], w.out_features(), w.dtype());
+  }
+}
+
 void QuantLinear::forward(float* y, const float* x, int64_t T) const {
   if (T <= 0) return;
   if (q8_) {

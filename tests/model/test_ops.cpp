@@ -2,6 +2,7 @@
 // QuantLinear against dequantize-then-matmul, and the whole forward pass: token-by-token
 // decoding with the KV cache must give the logits of processing the sequence at once.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstring>
@@ -217,6 +218,48 @@ TEST(QuantLinear, ForwardEqualsDequantizeThenMatmul) {
           const float tol = dt == ComputeDType::F32 ? 1e-4f : 1e-2f;
           expect_close(y, ref, tol, "QuantLinear");
         }
+}
+
+TEST(QuantLinear, SameInputGroupEqualsSeparateForwards) {
+  // forward_same_input (q/k/v or gate/up in one parallel region for one token) gives every
+  // linear exactly its own forward(): with biases, in each compute dtype, with 1 and 2
+  // threads (the rows split across the group's boundaries), and through the fallback for
+  // several tokens or a dense member.
+  std::mt19937 rng(61);
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2})
+    for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16})
+      for (int64_t T : {1, 3})
+        for (bool dense_member : {false, true}) {
+          omp_set_num_threads(threads);
+          const int64_t in = 96;
+          const int64_t outs[3] = {300, 131, 300};  // 2 threads split inside the second
+          std::vector<QuantLinear> lins;
+          for (int i = 0; i < 3; ++i) {
+            auto w = randn(outs[i] * in, rng, 0.1f);
+            QuantOptions q;
+            q.quantize = !(dense_member && i == 1);
+            q.double_quant = i == 0;
+            lins.emplace_back(w.data(), outs[i], in, q, dt);
+            if (i != 2) lins.back().set_bias(randn(outs[i], rng));
+          }
+          const auto x = randn(T * in, rng);
+          std::vector<std::vector<float>> ys(3), refs(3);
+          std::vector<float*> yp;
+          std::vector<const QuantLinear*> wp;
+          for (int i = 0; i < 3; ++i) {
+            ys[i].assign(T * outs[i], -7.0f);
+            refs[i].assign(T * outs[i], 0.0f);
+            lins[i].forward(refs[i].data(), x.data(), T);
+            yp.push_back(ys[i].data());
+            wp.push_back(&lins[i]);
+          }
+          forward_same_input(wp, yp, x.data(), T);
+          for (int i = 0; i < 3; ++i)
+            EXPECT_EQ(ys[i], refs[i]) << "linear " << i << " threads " << threads << " T " << T << " dense member "
+                                      << dense_member;
+        }
+  omp_set_num_threads(saved);
 }
 
 TEST(QuantLinear, PackedBytesAreBitsandbytesQuantization) {

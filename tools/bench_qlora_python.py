@@ -16,7 +16,11 @@ qlora:    NF4 + double quantization (bitsandbytes Params4bit, blocksize 64), bf1
 lora16:   the same LoRA on bf16 weights (no quantization), gradient checkpointing, AdamW.
 generate: HF generate, greedy, batch 1, KV cache, NF4 + dq bf16 (or --bf16-weights).
 Tokens/s counts batch x seq per optimizer step (median of --steps timed steps after
---warmup); peak is torch.cuda.max_memory_allocated (allocated, as the issue's table).
+--warmup); peak is torch.cuda.max_memory_allocated (allocated, as the issue's table), or on
+--device cpu the process's peak resident set.
+
+    python3 tools/bench_qlora_python.py --shape tinyllama-1.1b --device cpu --mode qlora --batch 1 --seq 256 \
+        --compute-dtype fp32      # issue 14's CPU comparison (fp32: no native bf16 on the CPU)
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ SHAPES = {  # hidden, layers, ffn, heads, kv_heads, vocab
 }
 
 
-def build(shape: str, device: str, quantize: bool):
+def build(shape: str, device: str, quantize: bool, dtype=torch.bfloat16):
     import transformers
     h, L, f, nh, nkv, v = SHAPES[shape]
     cfg = transformers.LlamaConfig(hidden_size=h, num_hidden_layers=L, intermediate_size=f, num_attention_heads=nh,
@@ -46,7 +50,7 @@ def build(shape: str, device: str, quantize: bool):
                                    tie_word_embeddings=shape == "smollm2-135m", rms_norm_eps=1e-5)
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+        model = transformers.LlamaForCausalLM(cfg).to(dtype)
     if quantize:
         import bitsandbytes as bnb
         # Each block Linear becomes bitsandbytes' Linear4bit holding the NF4 + double-quant
@@ -56,7 +60,7 @@ def build(shape: str, device: str, quantize: bool):
             for cname, child in list(mod.named_children()):
                 if isinstance(child, torch.nn.Linear) and cname != "lm_head":
                     q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                          compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4",
+                                          compute_dtype=dtype, compress_statistics=True, quant_type="nf4",
                                           device="meta")
                     q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
                                                  quant_type="nf4", blocksize=64)
@@ -71,7 +75,11 @@ def build(shape: str, device: str, quantize: bool):
 
 
 def peak_gib(device):
-    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if device == "cuda" else None
+    """CUDA: peak allocated by torch; CPU: the process's peak resident set (ru_maxrss)."""
+    if device == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30, 3)
 
 
 def sync(device):
@@ -81,7 +89,8 @@ def sync(device):
 
 def train(a):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    model = build(a.shape, a.device, quantize=a.mode == "qlora")
+    dtype = torch.float32 if a.compute_dtype == "fp32" else torch.bfloat16
+    model = build(a.shape, a.device, quantize=a.mode == "qlora", dtype=dtype)
     if a.mode == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     else:
@@ -115,6 +124,7 @@ def train(a):
             times.append(time.perf_counter() - t0)
     t = statistics.median(times)
     return {"bench": "python_train", "mode": a.mode, "shape": a.shape, "batch": a.batch, "seq": a.seq,
+            "compute_dtype": a.compute_dtype, "gradient_checkpointing": True,
             "tok_per_s": round(a.batch * a.seq / t, 1), "step_s": round(t, 4), "peak_gib": peak_gib(a.device),
             "loss": round(float(loss.item()), 4)}
 
@@ -147,6 +157,9 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--bf16-weights", action="store_true")
+    ap.add_argument("--compute-dtype", default="bf16", choices=["bf16", "fp32"],
+                    help="train: the weights' and bitsandbytes' compute dtype (bf16: the QLoRA recipe; fp32: the "
+                         "fastest on a CPU without native bf16)")
     a = ap.parse_args()
     r = generate(a) if a.mode == "generate" else train(a)
     import bitsandbytes, peft, transformers

@@ -167,6 +167,19 @@ def build_hf_dir(model_dir):
     os.rename(tmp, model_dir)
 
 
+def ensure_model_dir(model_dir):
+    """Builds the default model directory from the GGUF when it is missing (tokenizer and
+    weights are both read from it)."""
+    if os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        return
+    if os.path.abspath(model_dir) != os.path.abspath(DEFAULT_MODEL_DIR):
+        sys.exit(f"{model_dir}: no model.safetensors")
+    # Built in a child process so that its memory does not count in this one's peak RSS.
+    import subprocess
+    subprocess.run([sys.executable, os.path.abspath(__file__), "build-model-dir", "--model-dir", model_dir],
+                   check=True)
+
+
 def load_model(args):
     """Base model of the chosen stack + PEFT LoRA, ready to train. Returns (model, info)."""
     import torch
@@ -174,13 +187,7 @@ def load_model(args):
     from transformers import AutoModelForCausalLM
 
     model_dir = args.model_dir
-    if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
-        if os.path.abspath(model_dir) != os.path.abspath(DEFAULT_MODEL_DIR):
-            sys.exit(f"{model_dir}: no model.safetensors")
-        # Built in a child process so that its memory does not count in this one's peak RSS.
-        import subprocess
-        subprocess.run([sys.executable, os.path.abspath(__file__), "build-model-dir", "--model-dir", model_dir],
-                       check=True)
+    ensure_model_dir(model_dir)
 
     t0 = time.perf_counter()
     if args.stack == "fp32":
@@ -284,6 +291,7 @@ def train_step(model, params, opt, sched, micro_batches, pad_id, max_grad_norm):
 
 def load_tokenizer(args):
     from transformers import AutoTokenizer
+    ensure_model_dir(args.model_dir)
     if not os.path.exists(os.path.join(args.model_dir, "tokenizer.json")):
         sys.exit(f"{args.model_dir}: no tokenizer.json")
     tok = AutoTokenizer.from_pretrained(args.model_dir)

@@ -84,7 +84,7 @@ run_qlora() {  # name quant-args...
   local dir="$OUT/$name"
   rm -rf "$dir"
   local cmd=("$QLORA" train --model "$MODEL" "$@" --compute-dtype fp32 --data "$DATA" --data-format alpaca
-             --eval-split 0.1 --target all-linear "${HP[@]}" -t "$THREADS" --out "$dir")
+             --eval-split 0.1 --target all-linear --gradient-checkpointing "${HP[@]}" -t "$THREADS" --out "$dir")
   echo "+ ${cmd[*]}" >&2
   local t0=$SECONDS
   "${TIME[@]}" "${cmd[@]}" > "$OUT/$name.log" 2>&1 || { tail -n 30 "$OUT/$name.log" >&2; exit 1; }

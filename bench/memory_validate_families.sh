@@ -28,8 +28,8 @@ source "$ROOT/bench/memory_rows.sh"
 
 for f in "${FAMILIES[@]}"; do
   A="-m $ROOT/models/bench-$f"
-  row "$f" train "$A" "--seq-len 256 --batch-size 1 --lora-r 16" ""
+  row "$f" train "$A" "--seq-len 256 --batch-size 1 --lora-r 16 --gradient-checkpointing" ""
   row "$f" train "$A" "--seq-len 256 --batch-size 2 --lora-r 16 --no-gradient-checkpointing" ""
-  row "$f" train "$A" "--seq-len 128 --batch-size 1 --lora-r 16 --quant none" ""
+  row "$f" train "$A" "--seq-len 128 --batch-size 1 --lora-r 16 --quant none --gradient-checkpointing" ""
   row "$f" generate "$A" "-p Once -n 64" ""
 done

@@ -96,7 +96,7 @@ run_limited() {
 echo "memory cgroup $CG, limit $LIMIT_MB MB (swap on this machine: $(awk '/SwapTotal/ {print $2 / 1024 " MB"}' /proc/meminfo))"
 if [[ -f "$MODEL" && -x "$BUILD/qlora" ]]; then
   echo "workload: qlora train $MODEL, NF4 + double quant, LoRA r 64 all-linear, 5 steps of 1 x 32 tokens"
-  TRAIN=("$BUILD/qlora" train --model "$MODEL" --data "$DATA" --quant nf4 --double-quant --lora-r 64
+  TRAIN=("$BUILD/qlora" train --model "$MODEL" --data "$DATA" --quant nf4 --double-quant --lora-r 64 --gradient-checkpointing
          --lora-alpha 16 --target all-linear --max-steps 5 --batch-size 1 --seq-len 32)
   for optim in adamw_torch paged_adamw_32bit; do
     run_limited "$optim" "${TRAIN[@]}" --out "$WORK/out-$optim" --overwrite-output-dir --optim "$optim" --paged-dir "$WORK/paged"

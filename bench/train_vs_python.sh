@@ -65,7 +65,8 @@ read_time() {
 
 ROWS=()  # "threads|stack|tok/s|peak bytes|train rss bytes|cpu s|wall s"
 COMMON_LORA=(--lora-r 16 --lora-alpha 16 --lora-dropout 0.05)
-GC_ARGS=()
+# Explicit on both settings: qlora's own default is auto (off when the run fits without it).
+GC_ARGS=(--gradient-checkpointing)
 [[ "${GRADIENT_CHECKPOINTING:-1}" == 0 ]] && GC_ARGS=(--no-gradient-checkpointing)
 
 run_qlora() {

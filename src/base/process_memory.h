@@ -9,5 +9,8 @@ namespace qlora {
 int64_t current_rss_bytes();
 // High-water mark of the resident set size (getrusage ru_maxrss).
 int64_t peak_rss_bytes();
+// Memory the kernel says new allocations can get without swapping (MemAvailable in
+// /proc/meminfo); 0 when unknown.
+int64_t available_memory_bytes();
 
 }  // namespace qlora

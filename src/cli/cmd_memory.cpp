@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -50,7 +51,7 @@ struct Options {
   bool with_adapter = false;
   int64_t batch_size = 1;
   int64_t seq_len = 256;
-  bool grad_checkpointing = true;  // --gradient-checkpointing / --no-gradient-checkpointing
+  std::optional<bool> grad_checkpointing;  // unset: as train, auto_checkpointing decides
   std::string optim = "adamw_torch";
   std::string data;
   int64_t prompt_len = 16;
@@ -146,7 +147,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.with_adapter = o.with_adapter;
   mo.batch_size = o.batch_size;
   mo.seq_len = o.seq_len;
-  mo.checkpointing = o.grad_checkpointing;
+  mo.checkpointing = o.grad_checkpointing.value_or(true);
   mo.optim = qlora::optim_kind_from_string(o.optim);
   if (!o.data.empty()) {
     if (!fs::exists(o.data)) qlora::fail(o.data, "--data: no such file");
@@ -206,17 +207,28 @@ int run(const Options& o) {
     return 0;
   }
   const ResolvedModel m = resolve_model(o);
-  const qlora::MemoryOptions mo = memory_options(o, m);
+  qlora::MemoryOptions mo = memory_options(o, m);
+  // No checkpointing flag: what `qlora train` would choose here (this program on this
+  // machine's CPU; other engines keep it on, as their own recipes do).
+  std::string auto_why;
+  if (!o.grad_checkpointing && mo.mode == qlora::MemoryMode::Train) {
+    if (mo.engine == qlora::MemoryEngine::Qlora)
+      mo.checkpointing = qlora::cli::auto_checkpointing(m.spec, mo, false, o.gpu_memory, &auto_why);
+    else
+      auto_why = "on (the default for this engine)";
+  }
   const qlora::MemoryPlan plan = qlora::plan_memory(m.spec, mo);
   const uint64_t limit = o.gpu_memory.empty() ? 0 : qlora::parse_memory_size(o.gpu_memory, "--gpu-memory");
   if (o.json) {
     nlohmann::json j = plan.to_json(limit);
     j["model"] = m.name;
+    if (!auto_why.empty()) j["gradient_checkpointing_auto"] = auto_why;
     if (!m.notice.empty()) j["model_notice"] = m.notice;
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("model: %s\n", m.name.c_str());
     if (!m.notice.empty()) std::printf("warning: %s\n", m.notice.c_str());
+    if (!auto_why.empty()) std::printf("gradient checkpointing: %s\n", auto_why.c_str());
     std::fputs(plan.to_text(limit, o.gpu_memory).c_str(), stdout);
   }
   return 0;
@@ -257,8 +269,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--batch-size", o->batch_size, "Sequences per micro-batch")->capture_default_str();
       app.add_option("--seq-len", o->seq_len, "Tokens per training sequence")->capture_default_str();
       qlora::cli::add_bool_flag_pair(app, "--gradient-checkpointing,--grad-checkpointing",
-                                     "--no-gradient-checkpointing", o->grad_checkpointing,
-                                     "As `qlora train`: gradient checkpointing (default: on)",
+                                     "--no-gradient-checkpointing", [o](bool on) { o->grad_checkpointing = on; },
+                                     "As `qlora train`: gradient checkpointing (default: as train, auto for this "
+                                     "program on the CPU, on for the GPU engines)",
                                      "As `qlora train`: gradient checkpointing off");
       app.add_option("--optim", o->optim, "adamw_torch, adamw_8bit, paged_adamw_32bit, paged_adamw_8bit")
           ->capture_default_str();

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -60,7 +61,7 @@ struct Options {
   bool resume = false;
   bool overwrite_output_dir = false;
   std::string max_memory;  // refuse up front (with the planner's breakdown) when the run cannot fit
-  bool no_checkpointing = false;
+  std::optional<bool> checkpointing;  // unset: auto_checkpointing decides
   bool quiet = false;
 };
 
@@ -98,7 +99,7 @@ int run(const Options& o) {
   t.warmup_ratio = o.warmup_ratio;
   t.max_grad_norm = o.max_grad_norm;
   t.seed = o.seed;
-  t.checkpointing = !o.no_checkpointing;
+  t.checkpointing = o.checkpointing.value_or(true);  // settled below when unset
   t.eval_every = o.eval_every;
   t.save_every = o.save_every;
   t.save_total_limit = o.save_total_limit;
@@ -145,7 +146,7 @@ int run(const Options& o) {
     t.grad_accum = accum;
   }
 
-  if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
+  if (!o.checkpointing || qlora::cli::wants_memory_check(o.m, o.max_memory)) {
     // From the headers and the dataset only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Train, qlora::max_threads());
@@ -155,11 +156,18 @@ int run(const Options& o) {
     mo.lora_dropout = lc.dropout;
     mo.batch_size = t.batch_size;
     mo.seq_len = o.d.seq_len;
-    mo.checkpointing = t.checkpointing;
     mo.optim = t.optim;
     mo.data_tokens = static_cast<uint64_t>(qlora::dataset_stats(train_seqs).tokens +
                                            qlora::dataset_stats(eval_seqs).tokens);
-    qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora train");
+    if (!o.checkpointing) {
+      std::string why;
+      t.checkpointing = qlora::cli::auto_checkpointing(files.spec, mo, qlora::parse_device(o.m.device).cuda, o.max_memory,
+                                                      &why);
+      if (!o.quiet) std::fprintf(stderr, "gradient checkpointing: %s\n", why.c_str());
+    }
+    mo.checkpointing = t.checkpointing;
+    if (qlora::cli::wants_memory_check(o.m, o.max_memory))
+      qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora train");
   }
   qlora::cli::report_model(files, o.quiet);
   qlora::cli::add_load_progress(load, files, o.quiet);
@@ -253,8 +261,9 @@ const bool kRegistered = qlora::cli::register_command(
           "Replace an earlier run's adapter, metrics and checkpoints in --out (refused otherwise)");
       qlora::cli::add_bool_flag_pair(
           app, "--gradient-checkpointing,--grad-checkpointing", "--no-gradient-checkpointing",
-          [o](bool on) { o->no_checkpointing = !on; },
-          "Recompute each block's activations in backward instead of keeping them (default: on)",
+          [o](bool on) { o->checkpointing = on; },
+          "Recompute each block's activations in backward instead of keeping them (default: auto, "
+          "off when the run fits without it in --max-memory or half the available memory)",
           "Keep every block's activations instead of recomputing them in backward");
       qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
       return [o] { return run(*o); };

@@ -1,11 +1,13 @@
 #include "cli/model_flags.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
 #include <omp.h>
 
 #include "base/error.h"
+#include "base/process_memory.h"
 #include "base/progress.h"
 #include "base/text_excerpt.h"
 #include "cli/bool_flags.h"
@@ -78,6 +80,27 @@ void attach_device(Model& model, const ModelFlags& f, bool quiet) {
   if (!quiet)
     std::fprintf(stderr, "device: %s, %.1f MiB of weights on the GPU\n", model.runner()->describe().c_str(),
                  static_cast<double>(model.runner()->device_bytes()) / (1024.0 * 1024.0));
+}
+
+bool auto_checkpointing(const ModelSpec& spec, MemoryOptions mo, bool cuda, const std::string& max_memory,
+                        std::string* why) {
+  if (cuda) {
+    *why = "on (auto: --device cuda)";
+    return true;
+  }
+  const uint64_t limit = max_memory.empty() ? 0 : parse_memory_size(max_memory, "--max-memory");
+  const uint64_t budget = limit ? limit : static_cast<uint64_t>(std::max<int64_t>(available_memory_bytes(), 0)) / 2;
+  const std::string budget_text =
+      limit ? "--max-memory " + format_gb(limit) : "half of the " + format_gb(2 * budget) + " available";
+  mo.checkpointing = false;
+  const uint64_t without = plan_memory(spec, mo).required_bytes;
+  if (budget > 0 && without <= budget) {
+    *why = "off (auto: the run needs " + format_gb(without) + " without it, within " + budget_text +
+           "; --gradient-checkpointing turns it on)";
+    return false;
+  }
+  *why = "on (auto: " + format_gb(without) + " without it would exceed " + budget_text + ")";
+  return true;
 }
 
 bool wants_memory_check(const ModelFlags& f, const std::string& max_memory) {

@@ -55,6 +55,13 @@ void attach_device(Model& model, const ModelFlags& f, bool quiet);
 // Throws Error with the plan's breakdown when it does not fit. `what`: "qlora train".
 void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags& f, const std::string& max_memory,
                        const std::string& what);
+// Gradient checkpointing when the command line asked for none (`train` and `memory --mode
+// train`): off when the run fits without it — in --max-memory when given (`max_memory`),
+// else in half of the memory available now — since recomputing every block's forward costs
+// about a quarter of a step; on otherwise, and always on with --device cuda (the card's
+// memory is the scarce thing QLoRA is for). `why` gets the reason, for the user.
+bool auto_checkpointing(const ModelSpec& spec, MemoryOptions mo, bool cuda, const std::string& max_memory,
+                        std::string* why);
 // True when the run needs the planner: --max-memory given or a GPU device.
 bool wants_memory_check(const ModelFlags& f, const std::string& max_memory);
 

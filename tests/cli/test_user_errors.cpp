@@ -340,6 +340,54 @@ std::vector<Case> cases() {
                .command = train + "--data data.txt --no-gradient-checkpointing --grad-checkpointing=no",
                .exit_code = 105,
                .stderr_has = {"--no-gradient-checkpointing", "--gradient-checkpointing"}});
+  // ---- gradient checkpointing left to train: auto, said why, overridable ----
+  t.push_back({.name = "train_auto_checkpointing_off_when_it_fits",
+               .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
+               .command = train + "--data data.txt",
+               .exit_code = 0,
+               .stderr_has = {"gradient checkpointing: off (auto: the run needs", "available",
+                              "--gradient-checkpointing turns it on"}});
+  t.push_back({.name = "train_auto_checkpointing_on_under_max_memory",
+               .setup =
+                   [](const fs::path& d) {
+                     std::string text;
+                     for (int i = 0; i < 60; ++i) text += kStory;  // 8 full sequences of 256
+                     put(d, "data.txt", text);
+                   },
+               .command = train + "--data data.txt --seq-len 256 --batch-size 8 --max-memory 100MB",
+               .exit_code = 0,  // it fits with checkpointing
+               .stderr_has = {"gradient checkpointing: on (auto:", "would exceed --max-memory 0.10 GB"}});
+  t.push_back({.name = "train_explicit_checkpointing_is_not_auto",
+               .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
+               .command = train + "--data data.txt --gradient-checkpointing",
+               .exit_code = 0,
+               .stderr_lacks = {"(auto"}});
+  t.push_back({.name = "memory_auto_checkpointing_as_train",
+               .command = "{qlora} memory --model random:smollm2-135m --quant nf4 --json",
+               .exit_code = 0,
+               .needs_stories = false,
+               .check =
+                   [](const CliRun& r) {
+                     EXPECT_NE(r.out.find("\"gradient_checkpointing_auto\": \"off (auto"), std::string::npos) << r.out;
+                   }});
+  t.push_back({.name = "memory_auto_checkpointing_on_over_limit",
+               .command = "{qlora} memory --model random:smollm2-135m --quant nf4 --seq-len 2048 --max-memory 1GB",
+               .exit_code = 0,
+               .needs_stories = false,
+               .check =
+                   [](const CliRun& r) {
+                     EXPECT_NE(r.out.find("gradient checkpointing: on (auto:"), std::string::npos) << r.out;
+                     EXPECT_NE(r.out.find("checkpointing on"), std::string::npos) << r.out;
+                   }});
+  t.push_back({.name = "memory_other_engine_keeps_checkpointing",
+               .command = "{qlora} memory --params 7B --engine pytorch-cuda",
+               .exit_code = 0,
+               .needs_stories = false,
+               .check =
+                   [](const CliRun& r) {
+                     EXPECT_NE(r.out.find("gradient checkpointing: on (the default for this engine)"), std::string::npos)
+                         << r.out;
+                   }});
   t.push_back({.name = "generate_echo_false",
                .command = "{qlora} generate {M} -p Once -n 2 --temperature 0 --echo false -q",
                .exit_code = 0,

@@ -8,6 +8,8 @@
 # Every configuration runs, one after the other:
 #   qlora     `qlora train --quant nf4 --double-quant` (fp32 compute, gradient checkpointing on,
 #             AdamW) on Tiny Shakespeare cut into seq-len chunks, --max-steps STEPS
+#   qlora-default  the same without a checkpointing flag: qlora's default (auto: off when the
+#             run fits without it), the row says which it chose
 #   py-nf4    tools/bench_train_python.py speed --stack bnb-nf4: transformers + bitsandbytes NF4
 #             (double quant, fp32 compute) + PEFT, gradient checkpointing, AdamW: QLoRA in Python
 #   py-fp32   tools/bench_train_python.py speed --stack fp32: the same on float32 weights
@@ -24,7 +26,7 @@
 # check on how much of the 2 shared cores each side actually got.
 #
 # Environment: QLORA (binary, default build/qlora), PY (default .refenv/bin/python), MODEL (GGUF),
-# TEXT (training text), STEPS (6), SEQ (256), BATCH (2), THREADS ("2 1"), STACKS ("qlora py-nf4
+# TEXT (training text), STEPS (6), SEQ (256), BATCH (2), THREADS ("2 1"), STACKS ("qlora qlora-default py-nf4
 # py-fp32"), GRADIENT_CHECKPOINTING (1; 0 turns it off on every side), OUT (work directory,
 # default a fresh mktemp -d; logs and metrics stay there).
 # OMP_WAIT_POLICY=passive is set for every run (idle OpenMP threads must not spin on a shared box).
@@ -40,7 +42,7 @@ STEPS="${STEPS:-6}"
 SEQ="${SEQ:-256}"
 BATCH="${BATCH:-2}"
 THREADS="${THREADS:-2 1}"
-STACKS="${STACKS:-qlora py-nf4 py-fp32}"
+STACKS="${STACKS:-qlora qlora-default py-nf4 py-fp32}"
 OUT="${OUT:-$(mktemp -d /tmp/train_vs_python.XXXXXX)}"
 export OMP_WAIT_POLICY=passive
 
@@ -65,23 +67,29 @@ read_time() {
 
 ROWS=()  # "threads|stack|tok/s|peak bytes|train rss bytes|cpu s|wall s"
 COMMON_LORA=(--lora-r 16 --lora-alpha 16 --lora-dropout 0.05)
-# Explicit on both settings: qlora's own default is auto (off when the run fits without it).
-GC_ARGS=(--gradient-checkpointing)
-[[ "${GRADIENT_CHECKPOINTING:-1}" == 0 ]] && GC_ARGS=(--no-gradient-checkpointing)
+# qlora gets the setting explicitly (its own default is auto: off when the run fits without
+# it); the stack qlora-default passes neither flag. Python checkpoints unless told not to.
+QLORA_GC_ARGS=(--gradient-checkpointing)
+PY_GC_ARGS=()
+if [[ "${GRADIENT_CHECKPOINTING:-1}" == 0 ]]; then
+  QLORA_GC_ARGS=(--no-gradient-checkpointing)
+  PY_GC_ARGS=(--no-gradient-checkpointing)
+fi
 
-run_qlora() {
-  local t=$1 dir="$OUT/qlora-t$1"
+run_qlora() {  # threads, label, checkpointing flags...
+  local t=$1 label=$2; shift 2
+  local dir="$OUT/$label-t$t"
   rm -rf "$dir"
   local cmd=("$QLORA" train --model "$MODEL" --quant nf4 --double-quant --compute-dtype fp32 --data "$TEXT"
              --seq-len "$SEQ" --batch-size "$BATCH" --max-steps "$STEPS" "${COMMON_LORA[@]}" --target all-linear
              --lr 2e-4 --lr-scheduler constant_with_warmup --warmup-ratio 0.03 --max-grad-norm 0.3 --seed 42
-             "${GC_ARGS[@]}" -t "$t" --out "$dir")
+             "$@" -t "$t" --out "$dir")
   echo "+ ${cmd[*]}" >&2
-  "${TIME[@]}" "${cmd[@]}" > "$OUT/qlora-t$t.log" 2>&1 || { cat "$OUT/qlora-t$t.log" >&2; exit 1; }
+  "${TIME[@]}" "${cmd[@]}" > "$OUT/$label-t$t.log" 2>&1 || { cat "$OUT/$label-t$t.log" >&2; exit 1; }
   read_time
   # tokens/s without step 1; peak RSS from its own "peak memory (RSS)" line when /usr/bin/time is absent.
   local stats
-  stats=$("$PY" - "$dir/metrics.jsonl" "$OUT/qlora-t$t.log" <<'EOF'
+  stats=$("$PY" - "$dir/metrics.jsonl" "$OUT/$label-t$t.log" <<'EOF'
 import json, re, sys
 steps = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
 first, last = steps[0], steps[-1]
@@ -100,15 +108,17 @@ EOF
   read -r tps rss peak n <<< "$stats"
   [[ "$n" == "$STEPS" ]] || { echo "qlora: $n steps in metrics.jsonl, expected $STEPS" >&2; exit 1; }
   [[ -n "$MAXRSS_KB" ]] && peak=$((MAXRSS_KB * 1024))
-  ROWS+=("$t|qlora (nf4 + double quant)|$tps|$peak|$rss|${CPU:-?}|${WALL:-?}")
-  echo "  qlora, $t threads: $tps tokens/s, peak RSS $peak B" >&2
+  local name="qlora (nf4 + double quant)"
+  [[ $label == qlora-default ]] && name="qlora (nf4 + double quant), default checkpointing: $(grep -o 'gradient checkpointing: [a-z]*' "$OUT/$label-t$t.log" | head -1 | cut -d' ' -f3) (auto)"
+  ROWS+=("$t|$name|$tps|$peak|$rss|${CPU:-?}|${WALL:-?}")
+  echo "  $name, $t threads: $tps tokens/s, peak RSS $peak B" >&2
 }
 
 run_python() {
   local t=$1 stack=$2 name=$3
   local cmd=("$PY" tools/bench_train_python.py speed --stack "$stack" --batch-size "$BATCH" --seq-len "$SEQ"
              --steps "$STEPS" "${COMMON_LORA[@]}" --lr 2e-4 --lr-scheduler constant_with_warmup --warmup-ratio 0.03
-             --max-grad-norm 0.3 --seed 42 "${GC_ARGS[@]}" --threads "$t" --text "$TEXT")
+             --max-grad-norm 0.3 --seed 42 "${PY_GC_ARGS[@]}" --threads "$t" --text "$TEXT")
   echo "+ OMP_NUM_THREADS=$t ${cmd[*]}" >&2
   OMP_NUM_THREADS=$t "${TIME[@]}" "${cmd[@]}" > "$OUT/$stack-t$t.json" 2> "$OUT/$stack-t$t.log" \
     || { cat "$OUT/$stack-t$t.log" >&2; exit 1; }
@@ -126,10 +136,11 @@ print(j["tokens_per_s"], j["peak_rss_bytes"], j["step_rss_max_bytes"])' "$OUT/$s
 for t in $THREADS; do
   for s in $STACKS; do
     case "$s" in
-      qlora) run_qlora "$t" ;;
+      qlora) run_qlora "$t" qlora "${QLORA_GC_ARGS[@]}" ;;
+      qlora-default) run_qlora "$t" qlora-default ;;
       py-nf4) run_python "$t" bnb-nf4 "transformers + PEFT + bnb NF4 (QLoRA)" ;;
       py-fp32) run_python "$t" fp32 "transformers + PEFT, fp32 weights" ;;
-      *) echo "unknown stack $s (qlora, py-nf4, py-fp32)" >&2; exit 1 ;;
+      *) echo "unknown stack $s (qlora, qlora-default, py-nf4, py-fp32)" >&2; exit 1 ;;
     esac
   done
 done
@@ -153,4 +164,13 @@ for t, name, tps, peak, rss, cpu, wall in rows:
     else:
         speed = mem = ""
     print(f"| {t} | {name} | {float(tps):.1f} | {mib(peak)} | {mib(rss)} | {cpu} | {wall} | {speed} | {mem} |")
+# Every qlora row against every Python row of the same thread count.
+print()
+for t, name, tps, peak, rss, cpu, wall in rows:
+    if not name.startswith("qlora"):
+        continue
+    for t2, name2, tps2, peak2, *_ in rows:
+        if t2 == t and not name2.startswith("qlora"):
+            mem = f"{int(peak) / int(peak2):.2f}x" if peak and peak2 else "?"
+            print(f"- {t} threads: {name} / {name2}: {float(tps) / float(tps2):.2f}x tokens/s, {mem} peak RSS")
 '

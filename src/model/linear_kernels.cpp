@@ -21,24 +21,6 @@ float Q4Matrix::nested_block_absmax(int64_t b) const {
   return scaled + offset;
 }
 
-void Q4Matrix::block_absmax_range(int64_t b0, int64_t n, float* out) const {
-  if (absmax) {
-    for (int64_t k = 0; k < n; ++k) out[k] = absmax[b0 + k];
-    return;
-  }
-  // nested_block_absmax's arithmetic, with the nested block index stepped instead of divided.
-  int64_t nb = b0 / nested_blocksize, left = nested_blocksize - b0 % nested_blocksize;
-  for (int64_t k = 0; k < n; ++k) {
-    if (left == 0) {
-      ++nb;
-      left = nested_blocksize;
-    }
-    --left;
-    const float scaled = nested_code[absmax_q[b0 + k]] * nested_absmax[nb];
-    out[k] = scaled + offset;
-  }
-}
-
 namespace {
 
 using detail::q4_weight;

@@ -47,8 +47,6 @@ struct Q4Matrix {
   // code * scale + offset rounded twice, as bitsandbytes (never a fused multiply-add, so
   // it lives out of line in a file compiled without FMA).
   float nested_block_absmax(int64_t b) const;
-  // out[k] = block_absmax(b0 + k) for k < n: one out-of-line call for a row's blocks.
-  void block_absmax_range(int64_t b0, int64_t n, float* out) const;
 };
 
 inline constexpr int kMaxGemvTokens = 8;  // tokens one gemv_q4_multi call handles

@@ -121,14 +121,34 @@ const float* permute_x(const float* x, int64_t cols) {
   return buf.data();
 }
 
-// The absmax of the blocks of flat range [s, e) (kernel-internal, grows to the block count);
-// entry k belongs to block (s >> shift) + k.
+// The absmax of the blocks of flat range [s, e); entry k belongs to block (s >> shift) + k.
+// Plain absmax is the matrix's own array. Double-quantized absmax (nested_code[absmax_q[b]] *
+// nested_absmax[b / nested_blocksize] + offset, multiplied and added separately as in
+// nested_block_absmax: this file is built with -ffp-contract=off) is computed 8 blocks at a
+// time with a gather into a kernel-internal buffer that grows to the block count.
 const float* absmax_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift) {
-  thread_local std::vector<float> buf;
   const int64_t b0 = s >> shift, n = e > s ? ((e - 1) >> shift) - b0 + 1 : 0;
+  if (w.absmax) return w.absmax + b0;
+  thread_local std::vector<float> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  w.block_absmax_range(b0, n, buf.data());
-  return buf.data();
+  float* out = buf.data();
+  const __m256 offset = _mm256_set1_ps(w.offset);
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = b0 + k, nb = b / w.nested_blocksize;
+    const int64_t seg_end = std::min(n, (nb + 1) * w.nested_blocksize - b0);  // same nested block
+    const float scale = w.nested_absmax[nb];
+    const __m256 vscale = _mm256_set1_ps(scale);
+    for (; k + 8 <= seg_end; k += 8) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.absmax_q + b0 + k));
+      const __m256 code = _mm256_i32gather_ps(w.nested_code, _mm256_cvtepu8_epi32(q), 4);
+      _mm256_storeu_ps(out + k, _mm256_add_ps(_mm256_mul_ps(code, vscale), offset));
+    }
+    for (; k < seg_end; ++k) {
+      const float scaled = w.nested_code[w.absmax_q[b0 + k]] * scale;
+      out[k] = scaled + w.offset;
+    }
+  }
+  return out;
 }
 
 // q4_weight with the block's absmax from an absmax_of_range table (the same value) and the
@@ -148,9 +168,15 @@ void gemv_q4_permuted(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
   const int64_t cols = w.cols;
   const float* xp = permute_x(x, cols);
   const int shift = detail::log2_int(w.blocksize);
+  // The absmax of kRowsPerAbsmax rows at a time: one out-of-line call per group, not per row.
+  constexpr int64_t kRowsPerAbsmax = 16;
+  const float* amax = nullptr;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols, e = s + cols;
-    const float* amax = absmax_of_range(w, s, e, shift) - (s >> shift);
+    if ((r - r0) % kRowsPerAbsmax == 0) {
+      const int64_t g1 = std::min(r1, r + kRowsPerAbsmax);
+      amax = absmax_of_range(w, s, g1 * cols, shift) - (s >> shift);
+    }
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (int64_t i = s; i < e; i += 32) {
       __m256 v[4];

@@ -160,6 +160,9 @@ inline float weight_at(const Q4Matrix& w, const float* amax, int shift, int64_t 
   return _mm256_cvtss_f32(round_vec(_mm256_set1_ps(v), RT));
 }
 
+// The GEMVs take the absmax of this many rows at a time (one absmax_of_range per group).
+constexpr int64_t kRowsPerAbsmax = 16;
+
 // Rows of whole chunks (cols % 32 == 0): every row starts a chunk, so x can be permuted
 // once for all rows.
 template <ComputeDType RT>
@@ -168,8 +171,6 @@ void gemv_q4_permuted(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
   const int64_t cols = w.cols;
   const float* xp = permute_x(x, cols);
   const int shift = detail::log2_int(w.blocksize);
-  // The absmax of kRowsPerAbsmax rows at a time: one out-of-line call per group, not per row.
-  constexpr int64_t kRowsPerAbsmax = 16;
   const float* amax = nullptr;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols, e = s + cols;
@@ -199,9 +200,11 @@ void gemv_q4_natural(const Q4Matrix& w, const float* x, float* y, int64_t ldy, i
   const CodePlanes cp = code_planes(w.code);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t cols = w.cols;
+  const float* amax = nullptr;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols, e = s + cols;
-    const float* amax = absmax_of_range(w, s, e, shift) - (s >> shift);
+    if ((r - r0) % kRowsPerAbsmax == 0)
+      amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
     float sacc[T] = {};
     int64_t i = s;
     const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});

@@ -92,9 +92,13 @@ bool auto_checkpointing(const ModelSpec& spec, MemoryOptions mo, bool cuda, cons
   const uint64_t budget = limit ? limit : static_cast<uint64_t>(std::max<int64_t>(available_memory_bytes(), 0)) / 2;
   const std::string budget_text =
       limit ? "--max-memory " + format_gb(limit) : "half of the " + format_gb(2 * budget) + " available";
+  if (budget == 0) {
+    *why = "on (auto: how much memory is available is unknown; --no-gradient-checkpointing turns it off)";
+    return true;
+  }
   mo.checkpointing = false;
   const uint64_t without = plan_memory(spec, mo).required_bytes;
-  if (budget > 0 && without <= budget) {
+  if (without <= budget) {
     *why = "off (auto: the run needs " + format_gb(without) + " without it, within " + budget_text +
            "; --gradient-checkpointing turns it on)";
     return false;

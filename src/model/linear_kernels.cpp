@@ -109,12 +109,23 @@ void axpy_scalar(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+void attn_scores_scalar(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
+                        float* scores) {
+  for (int64_t j = 0; j < count; ++j) scores[j] = dot_scalar(q, k + j * ld, n) * scale;
+}
+
+void attn_weighted_sum_scalar(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
+  for (int64_t i = 0; i < n; ++i) o[i] = 0.0f;
+  for (int64_t j = 0; j < count; ++j) axpy_scalar(p[j], v + j * ld, o, n);
+}
+
 }  // namespace
 
 const LinearKernels& scalar_linear_kernels() {
   static const LinearKernels k{gemv_q4_scalar,   gemv_q4_multi_scalar,   gemv_f32_scalar,  gemv_bf16_scalar,
                                gemv_f16_scalar,  dequant_rows_q4_scalar, gemm_rows_scalar,
-                               dot_scalar,       axpy_scalar,            gemv_q8_scalar};
+                               dot_scalar,       axpy_scalar,            gemv_q8_scalar,
+                               attn_scores_scalar, attn_weighted_sum_scalar};
   return k;
 }
 

@@ -75,6 +75,13 @@ struct LinearKernels {
   // DenseWeight's Q8 storage). REQUIRES cols % 32 == 0.
   void (*gemv_q8)(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
                   int64_t r1);
+  // One query row of one head against `count` cached keys, then the values (rows `ld` floats
+  // apart, n floats each): scores[j] = scale * sum_i q[i] * k[j * ld + i], and
+  // o[i] = sum_j p[j] * v[j * ld + i] (o overwritten). The scalar ones are dot and axpy in a
+  // loop; the SIMD ones work on several keys / value rows per step (decode's attention).
+  void (*attn_scores)(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
+                      float* scores);
+  void (*attn_weighted_sum)(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o);
 };
 // The block size of gemv_q8's rows.
 inline constexpr int64_t kQ8Block = 32;

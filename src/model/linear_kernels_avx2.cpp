@@ -425,12 +425,76 @@ void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// 8 keys per step, one accumulator each (8 independent FMA chains), reduced together.
+void attn_scores_avx2(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
+                      float* scores) {
+  const int64_t main = n & ~int64_t{7};
+  int64_t j = 0;
+  for (; j + 8 <= count; j += 8) {
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < main; i += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + i);
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (j + u) * ld + i), a[u]);
+    }
+    // Transpose-and-add: lane u of the result is the sum of a[u].
+    const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+    __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+    alignas(32) float s[8];
+    _mm256_store_ps(s, sum);
+    for (int u = 0; u < 8; ++u) {
+      float t = s[u];
+      for (int64_t i = main; i < n; ++i) t += q[i] * k[(j + u) * ld + i];
+      scores[j + u] = t * scale;
+    }
+  }
+  for (; j < count; ++j) scores[j] = dot_avx2(q, k + j * ld, n) * scale;
+}
+
+// 32 output floats at a time in 8 accumulators: even and odd value rows in separate sets, so
+// 8 FMA chains are in flight.
+void attn_weighted_sum_avx2(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256 e[4], d[4];
+    for (int u = 0; u < 4; ++u) e[u] = d[u] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 2 <= count; j += 2) {
+      const __m256 pe = _mm256_set1_ps(p[j]), po = _mm256_set1_ps(p[j + 1]);
+      const float* ve = v + j * ld + i;
+      const float* vo = ve + ld;
+      for (int u = 0; u < 4; ++u) {
+        e[u] = _mm256_fmadd_ps(pe, _mm256_loadu_ps(ve + 8 * u), e[u]);
+        d[u] = _mm256_fmadd_ps(po, _mm256_loadu_ps(vo + 8 * u), d[u]);
+      }
+    }
+    if (j < count) {
+      const __m256 pe = _mm256_set1_ps(p[j]);
+      for (int u = 0; u < 4; ++u) e[u] = _mm256_fmadd_ps(pe, _mm256_loadu_ps(v + j * ld + i + 8 * u), e[u]);
+    }
+    for (int u = 0; u < 4; ++u) _mm256_storeu_ps(o + i + 8 * u, _mm256_add_ps(e[u], d[u]));
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < count; ++j) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(v + j * ld + i), a);
+    _mm256_storeu_ps(o + i, a);
+  }
+  for (; i < n; ++i) {
+    float a = 0.0f;
+    for (int64_t j = 0; j < count; ++j) a += p[j] * v[j * ld + i];
+    o[i] = a;
+  }
+}
+
 }  // namespace
 
 const LinearKernels& avx2_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx2,   gemv_q4_multi_avx2,   gemv_f32_avx2, gemv_bf16_avx2,
                                gemv_f16_avx2,  dequant_rows_q4_avx2, gemm_rows_avx2,
-                               dot_avx2,       axpy_avx2,            gemv_q8_avx2};
+                               dot_avx2,       axpy_avx2,            gemv_q8_avx2,
+                               attn_scores_avx2, attn_weighted_sum_avx2};
   return k;
 }
 

@@ -392,7 +392,9 @@ void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
 const LinearKernels& avx512_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx512,   gemv_q4_multi_avx512,   gemv_f32_avx512,  gemv_bf16_avx512,
                                gemv_f16_avx512,  dequant_rows_q4_avx512, gemm_rows_avx512,
-                               dot_avx512,       axpy_avx512,            gemv_q8_avx512};
+                               dot_avx512,       axpy_avx512,            gemv_q8_avx512,
+                               // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
+                               avx2_linear_kernels().attn_scores, avx2_linear_kernels().attn_weighted_sum};
   return k;
 }
 

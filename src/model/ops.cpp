@@ -270,15 +270,13 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
       const float* qv = q + t * qs + h * HS;
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
-      for (int64_t j = j0; j < n; ++j) scores[j] = kern.dot(qv, k + j * kvs + kh * HS, HS) * scale;
+      kern.attn_scores(qv, k + j0 * kvs + kh * HS, kvs, n - j0, HS, scale, scores + j0);
       if (alibi)
         for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
       if (softcap > 0.0f)
         for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
       softmax_inplace(scores + j0, n - j0);
-      float* o = out + t * qs + h * HS;
-      for (int64_t i = 0; i < HS; ++i) o[i] = 0.0f;
-      for (int64_t j = j0; j < n; ++j) kern.axpy(scores[j], v + j * kvs + kh * HS, o, HS);
+      kern.attn_weighted_sum(scores + j0, v + j0 * kvs + kh * HS, kvs, n - j0, HS, out + t * qs + h * HS);
       if (att) {  // masked entries are 0 in the kept probabilities
         for (int64_t j = 0; j < j0; ++j) scores[j] = 0.0f;
         for (int64_t j = n; j < Tk; ++j) scores[j] = 0.0f;

@@ -299,3 +299,37 @@ TEST(LinearKernels, DotAndAxpyMatchReference) {
     }
   }
 }
+
+TEST(LinearKernels, AttentionRowKernelsMatchScalar) {
+  // Scores of one query against `count` keys and the probability-weighted sum of values, with
+  // rows `ld` floats apart (a head's slice of the KV cache): every SIMD level against the
+  // scalar definitions (dot and axpy in a loop), on counts and head sizes around the 8-key
+  // and 8/32-float steps.
+  std::mt19937 rng(41);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (int64_t count : {0, 1, 7, 8, 9, 17, 33})
+      for (int64_t n : {1, 7, 8, 31, 32, 33, 64, 80, 100}) {
+        const int64_t ld = n + 5;
+        const auto q = random_vec(n, rng), kv = random_vec(std::max<int64_t>(count, 1) * ld, rng);
+        auto p = random_vec(std::max<int64_t>(count, 1), rng);
+        std::vector<float> s(count + 1, 9.0f), sref(count + 1, 9.0f), o(n, 9.0f), oref(n, 9.0f);
+        k.attn_scores(q.data(), kv.data(), ld, count, n, 0.125f, s.data());
+        kernels::scalar_linear_kernels().attn_scores(q.data(), kv.data(), ld, count, n, 0.125f, sref.data());
+        for (int64_t j = 0; j <= count; ++j) {
+          double mag = 0;
+          for (int64_t i = 0; j < count && i < n; ++i) mag += std::fabs(double(q[i]) * kv[j * ld + i]);
+          ASSERT_NEAR(s[j], sref[j], 1e-6 * mag * 0.125 + 1e-7)
+              << simd_level_name(lv) << " scores count " << count << " n " << n << " j " << j;
+        }
+        k.attn_weighted_sum(p.data(), kv.data(), ld, count, n, o.data());
+        kernels::scalar_linear_kernels().attn_weighted_sum(p.data(), kv.data(), ld, count, n, oref.data());
+        for (int64_t i = 0; i < n; ++i) {
+          double mag = 0;
+          for (int64_t j = 0; j < count; ++j) mag += std::fabs(double(p[j]) * kv[j * ld + i]);
+          ASSERT_NEAR(o[i], oref[i], 1e-6 * mag + 1e-7)
+              << simd_level_name(lv) << " weighted sum count " << count << " n " << n << " i " << i;
+        }
+      }
+  }
+}

@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "base/parallel.h"
+#include "lora/dropout_mask.h"
 #include "model/gemm.h"
 
 namespace qlora {
@@ -153,22 +154,8 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
     // depend only on the generator state (the checkpoint recompute restores it and gets
     // the same masks). Two masks per 64-bit draw, 24 bits each (next_float()'s resolution).
     const uint64_t call_seed = rng->next_u64();
-    float* mk = cache->mask;  // every element is drawn below
-    parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        LoraRng row(call_seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(t + 1)));
-        float* m = mk + t * in;
-        int64_t i = 0;
-        for (; i + 2 <= in; i += 2) {
-          const uint64_t r = row.next_u64();
-          const float u0 = static_cast<float>((r >> 8) & 0xFFFFFFu) * 0x1.0p-24f;
-          const float u1 = static_cast<float>(r >> 40) * 0x1.0p-24f;
-          m[i] = u0 < p ? 0.f : keep_scale;
-          m[i + 1] = u1 < p ? 0.f : keep_scale;
-        }
-        if (i < in) m[i] = row.next_float() < p ? 0.f : keep_scale;
-      }
-    });
+    float* mk = cache->mask;  // every element is drawn below (lora/dropout_mask.h)
+    parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) { fill_dropout_mask(mk, t0, t1, in, call_seed, p, keep_scale); });
   }
   // h (T, r), overwritten by the first product; kept in the cache when training.
   float* h = cache ? cache->h : scratch.h;

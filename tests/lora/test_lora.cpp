@@ -17,6 +17,7 @@
 
 #include "base/error.h"
 #include "formats/safetensors.h"
+#include "lora/dropout_mask.h"
 #include "lora/lora.h"
 #include "lora/peft_adapter.h"
 
@@ -571,4 +572,24 @@ TEST(PeftAdapter, ForwardMatchesPeftLayer) {
     lora_forward(y.data(), nullptr, one[0], x.data(), T, /*training=*/false, nullptr, scratch_for(one[0], T).view());
     for (size_t k = 0; k < y.size(); ++k) EXPECT_NEAR(y[k], want[k], 2e-6 + 1e-5 * std::fabs(want[k])) << name << " " << k;
   }
+}
+
+TEST(LoraDropout, MaskKernelsWriteTheScalarBits) {
+  // The dispatched mask fill (AVX2: four rows' generators side by side) writes exactly the
+  // scalar definition's masks: every row count around the groups of 4, odd and even widths,
+  // ranges that start mid-matrix (how threads split rows), and nothing outside its rows.
+  for (float p : {0.05f, 0.5f})
+    for (int64_t in : {1, 2, 3, 7, 8, 577, 1536})
+      for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 1}, {0, 4}, {0, 9}, {3, 12}, {5, 6}}) {
+        const int64_t T = 13;
+        std::vector<float> a(T * in, -1.f), b(T * in, -1.f);
+        fill_dropout_mask(a.data(), t0, t1, in, 0x1234567890ABCDEFull, p, 1.f / (1.f - p));
+        fill_dropout_mask_scalar(b.data(), t0, t1, in, 0x1234567890ABCDEFull, p, 1.f / (1.f - p));
+        ASSERT_EQ(a, b) << "p " << p << " in " << in << " rows " << t0 << ".." << t1;
+        int64_t dropped = 0;
+        for (int64_t k = t0 * in; k < t1 * in; ++k) dropped += b[k] == 0.f;
+        if ((t1 - t0) * in >= 1000) {
+          EXPECT_NEAR(double(dropped) / ((t1 - t0) * in), p, 0.05);
+        }
+      }
 }

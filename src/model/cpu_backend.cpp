@@ -1,10 +1,10 @@
 // The CPU backend: host memory and the ops of model/ops.h, model/ops_backward.h and
 // lora/lora.h (each with its scalar reference and SIMD kernels behind it).
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <new>
 #include <string>
-#include <vector>
 
 #include "base/error.h"
 #include "model/backend.h"
@@ -75,13 +75,17 @@ class CpuBackend final : public Backend {
   }
   void linear_forward_same_input(std::span<const LinearForwardItem> items, const float* x, int64_t T, bool training,
                                  LoraRng* rng, const LoraScratch& scratch) override {
-    std::vector<const QuantLinear*> ws;
-    std::vector<float*> ys;
-    for (const LinearForwardItem& it : items) {
-      ws.push_back(it.W);
-      ys.push_back(it.y);
+    if (items.size() > kBlockLinearCount) {  // not from a block program: one at a time
+      Backend::linear_forward_same_input(items, x, T, training, rng, scratch);
+      return;
     }
-    forward_same_input(ws, ys, x, T);
+    std::array<const QuantLinear*, kBlockLinearCount> ws{};
+    std::array<float*, kBlockLinearCount> ys{};
+    for (size_t i = 0; i < items.size(); ++i) {
+      ws[i] = items[i].W;
+      ys[i] = items[i].y;
+    }
+    forward_same_input(std::span(ws.data(), items.size()), std::span(ys.data(), items.size()), x, T);
     for (const LinearForwardItem& it : items)
       if (it.lora) lora_forward(it.y, it.cache, *it.lora, x, T, training, rng, scratch);
   }

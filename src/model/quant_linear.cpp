@@ -335,24 +335,21 @@ void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float*
     for (size_t i = 0; i < ws.size(); ++i) ws[i]->forward(ys[i], x, T);
     return;
   }
-  std::vector<kernels::Q4Matrix> views;
-  std::vector<int64_t> first_row{0};  // of each linear in the concatenation
-  for (const QuantLinear* w : ws) {
-    views.push_back(w->q4_view());
-    first_row.push_back(first_row.back() + w->out_features());
-  }
+  // Rows of the concatenation [W_0; W_1; ...] split across threads (no allocation: this runs
+  // for every layer of every decoded token).
+  int64_t rows = 0;
+  for (const QuantLinear* w : ws) rows += w->out_features();
   const auto& kern = kernels::active_linear_kernels();
-  parallel_for_range(first_row.back(), gemv_min_rows(ws[0]->in_features()), [&](int64_t r0, int64_t r1) {
+  parallel_for_range(rows, gemv_min_rows(ws[0]->in_features()), [&](int64_t r0, int64_t r1) {
+    int64_t first = 0;  // row of ws[i] in the concatenation
     for (size_t i = 0; i < ws.size(); ++i) {
-      const int64_t lo = std::max(r0, first_row[i]), hi = std::min(r1, first_row[i + 1]);
-      if (lo < hi) kern.gemv_q4(views[i], x, ys[i], lo - first_row[i], hi - first_row[i]);
+      const int64_t last = first + ws[i]->out_features();
+      const int64_t lo = std::max(r0, first), hi = std::min(r1, last);
+      if (lo < hi) kern.gemv_q4(ws[i]->q4_view(), x, ys[i], lo - first, hi - first);
+      first = last;
     }
   });
-  for (size_t i = 0; i < ws.size(); ++i) {
-    const QuantLinear& w = *ws[i];
-    for (int64_t o = 0; o < static_cast<int64_t>(w.bias().size()); ++o) ys[i][o] += w.bias()[o];
-    round_activations(ys[i], w.out_features(), w.dtype());
-  }
+  for (size_t i = 0; i < ws.size(); ++i) ws[i]->finish_output(ys[i], 1);
 }
 
 void QuantLinear::forward(float* y, const float* x, int64_t T) const {
@@ -382,6 +379,10 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
                      [&](int64_t r0, int64_t r1, float* out) { kern.dequant_rows_q4(m, r0, r1, out); });
     }
   }
+  finish_output(y, T);
+}
+
+void QuantLinear::finish_output(float* y, int64_t T) const {
   if (!bias_.empty())
     for (int64_t t = 0; t < T; ++t)
       for (int64_t o = 0; o < out_; ++o) y[t * out_ + o] += bias_[o];

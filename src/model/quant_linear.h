@@ -127,6 +127,9 @@ class QuantLinear {
   std::optional<Quantized8bit> q8_;
   float int8_threshold_ = kInt8DefaultThreshold;
   void forward_int8(float* y, const float* x, int64_t T) const;
+  // y (T, out) += bias, then rounded to the compute dtype: the end of every forward.
+  void finish_output(float* y, int64_t T) const;
+  friend void forward_same_input(std::span<const QuantLinear* const>, std::span<float* const>, const float*, int64_t);
   DenseWeight dense_;
   std::vector<float> bias_;
 };

@@ -3,7 +3,9 @@
 // model/gemm.h) against oneDNN (dnnl_sgemm and the matmul primitive) and OpenBLAS
 // (cblas_sgemm), at 1 and 2 threads; "qlora_sgemm" is model/gemm.h as built (oneDNN when
 // found) and "qlora_nf4" the 4-bit QuantLinear forward on it (dequantization included).
-// This measurement chose oneDNN for model/gemm.h. OpenBLAS is measured when
+// This measurement chose oneDNN for model/gemm.h. The "llama1b/" rows run Llama 1.1B's
+// block shapes at 256 tokens, where qlora_nf4 is the product as training runs it (forward:
+// dequantized slabs; backward: the CPU backend's dequantized tiles at a padded stride). OpenBLAS is measured when
 // libopenblas-dev is installed (it is not a dependency of the library).
 //
 //   fwd:  Y (T, N) = X (T, K) · Wᵀ, W (N, K) row-major   (Linear forward, lm_head logits)
@@ -34,7 +36,9 @@
 #include <vector>
 
 #include "model/gemm.h"
+#include "model/backend.h"
 #include "model/quant_linear.h"
+#include "lora/lora.h"
 
 #ifdef QLORA_BENCH_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
@@ -154,8 +158,14 @@ void run(Impl impl, Op op, const Weights& W, const float* x, float* y, int64_t T
       else
         sgemm_fallback::nn(T, K, N, x, N, w, K, y, K, true);
       return;
-    case Impl::OursNf4:  // the 4-bit forward as training runs it (dequantize + the GEMM above)
-      W.nf4.forward(y, x, T);
+    case Impl::OursNf4:  // the 4-bit product as training runs it (dequantize + the GEMM above)
+      if (op == Op::Fwd) {
+        W.nf4.forward(y, x, T);
+      } else {  // the backend's backward through the frozen weight, a tile of rows at a time
+        thread_local std::vector<float> tile;
+        tile.resize(static_cast<size_t>(linear_backward_tile_floats(K, N)));
+        cpu_backend().linear_backward(y, x, nullptr, T, W.nf4, nullptr, nullptr, tile.data(), LoraScratch{});
+      }
       return;
     case Impl::Sgemm:
       if (op == Op::Fwd)
@@ -205,9 +215,13 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
   // 1e-3 of the row's scale catches a wrong layout, not rounding).
   {
     std::vector<float> ref(y.size(), 0.f);
-    if (impl == Impl::OursNf4)  // its reference is the float32 product of its own 4-bit weight
+    if (impl == Impl::OursNf4 && op == Op::Fwd)  // its reference: the float32 product of its own 4-bit weight
       W.nf4.forward(ref.data(), x.data(), T);
-    else
+    else if (impl == Impl::OursNf4) {
+      std::vector<float> w(static_cast<size_t>(N * K));
+      W.nf4.dequantize_rows(0, N, w.data());
+      sgemm_fallback::nn(T, K, N, x.data(), N, w.data(), K, ref.data(), K, true);
+    } else
       run(Impl::Ours, op, W, x.data(), ref.data(), T, N, K);
     run(impl, op, W, x.data(), y.data(), T, N, K);
     double err = 0, scale = 0;
@@ -257,6 +271,20 @@ int register_all() {
 #ifdef QLORA_BENCH_OPENBLAS
   impls.push_back(Impl::OpenBlas);
 #endif
+  // Llama 1.1B's block shapes (hidden 2048, ffn 5632, kv 256) at one 256-token sequence.
+  const std::pair<int64_t, int64_t> shapes_1b[] = {{2048, 2048}, {256, 2048}, {5632, 2048}, {2048, 5632}};
+  for (int threads : {1, 2})
+    for (Op op : {Op::Fwd, Op::Bwd})
+      for (auto [N, K] : shapes_1b)
+        for (Impl impl : impls.size() > 2 ? std::vector<Impl>{Impl::OursNf4, Impl::Sgemm, impls[2]}
+                                          : std::vector<Impl>{Impl::OursNf4, Impl::Sgemm}) {
+          const std::string name = std::string("llama1b/") + (op == Op::Fwd ? "fwd" : "bwd") + "/T256/N" +
+                                   std::to_string(N) + "/K" + std::to_string(K) + "/th" + std::to_string(threads) +
+                                   "/" + impl_name(impl);
+          benchmark::RegisterBenchmark(name.c_str(), BM_Gemm, impl, op, 256, N, K, threads)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
   for (int threads : {1, 2})
     for (int64_t T : {256, 512})
       for (Op op : {Op::Fwd, Op::Bwd})

@@ -190,8 +190,9 @@ class Backend {
 Backend& cpu_backend();
 
 // Floats of the dequantized-row tile linear_backward uses for a (out, in) weight: a tile of
-// about 1 MiB of rows (at least 16, at most all of them); the same for dense_backward of a
-// (rows, cols) weight (0 when it is stored in float32 and read in place).
+// about 1 MiB of rows (at least 16, at most all of them), each row at a stride of
+// sgemm_padded_ld(in) floats (model/gemm.h); the same for dense_backward of a (rows, cols)
+// weight (0 when it is stored in float32 and read in place).
 int64_t linear_backward_tile_floats(int64_t in, int64_t out);
 int64_t dense_backward_tile_floats(const DenseWeight& W);
 

@@ -7,16 +7,36 @@
 #include <string>
 
 #include "base/error.h"
+#include "base/parallel.h"
 #include "model/backend.h"
+#include "model/gemm.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
 #include "model/quant_linear.h"
 
 namespace qlora {
 
+namespace {
+// Rows of W in one backward tile, and their stride (sgemm_padded_ld: see model/gemm.h).
+int64_t backward_tile_ld(int64_t in) { return sgemm_padded_ld(in); }
+int64_t backward_tile_rows(int64_t in, int64_t out) {
+  return std::max<int64_t>(std::min(std::max<int64_t>((int64_t{1} << 18) / backward_tile_ld(in), 16), out), 0);
+}
+
+// Rows [r0, r1) of a weight into a tile at stride ld, split over the threads (16-row
+// chunks: the 4-bit kernels compute absmax for 16 rows at a time).
+template <class Fill>
+void fill_tile(int64_t r0, int64_t r1, float* tile, int64_t ld, Fill fill) {
+  const int64_t chunks = (r1 - r0 + 15) / 16;
+  parallel_for_range(chunks, std::max<int64_t>(1, 16384 / std::max<int64_t>(ld, 1)), [&](int64_t c0, int64_t c1) {
+    const int64_t a = r0 + c0 * 16, b = std::min(r1, r0 + c1 * 16);
+    fill(a, b, tile + (a - r0) * ld);
+  });
+}
+}  // namespace
+
 int64_t linear_backward_tile_floats(int64_t in, int64_t out) {
-  const int64_t rows = std::min(std::max<int64_t>((int64_t{1} << 18) / std::max<int64_t>(in, 1), 16), out);
-  return std::max<int64_t>(rows, 0) * in;
+  return backward_tile_rows(in, out) * backward_tile_ld(in);
 }
 
 int64_t dense_backward_tile_floats(const DenseWeight& W) {
@@ -92,11 +112,11 @@ class CpuBackend final : public Backend {
   void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W, LoraLayer* lora,
                        const LoraCache* cache, float* tile, const LoraScratch& scratch) override {
     const int64_t in = W.in_features(), out = W.out_features();
-    const int64_t rows = linear_backward_tile_floats(in, out) / in;
+    const int64_t rows = backward_tile_rows(in, out), ld = backward_tile_ld(in);
     for (int64_t o0 = 0; dx && o0 < out; o0 += rows) {
       const int64_t o1 = std::min(out, o0 + rows);
-      W.dequantize_rows(o0, o1, tile);
-      matmul_backward_input(dx, dy + o0, tile, T, in, o1 - o0, out);
+      fill_tile(o0, o1, tile, ld, [&](int64_t a, int64_t b, float* t) { W.dequantize_rows(a, b, t, ld); });
+      matmul_backward_input(dx, dy + o0, tile, T, in, o1 - o0, out, ld);
     }
     if (lora) lora_backward(dx, *lora, dy, x, *cache, T, scratch);
   }
@@ -185,11 +205,11 @@ class CpuBackend final : public Backend {
       matmul_backward_input(dx, dy, W.f32_data(), n, E, V);
       return;
     }
-    const int64_t rows = dense_backward_tile_floats(W) / E;
+    const int64_t rows = backward_tile_rows(E, V), ld = backward_tile_ld(E);
     for (int64_t v0 = 0; v0 < V; v0 += rows) {
       const int64_t v1 = std::min(V, v0 + rows);
-      W.rows_to_f32(v0, v1, tile);
-      matmul_backward_input(dx, dy + v0, tile, n, E, v1 - v0, V);
+      fill_tile(v0, v1, tile, ld, [&](int64_t a, int64_t b, float* t) { W.rows_to_f32(a, b, t, ld); });
+      matmul_backward_input(dx, dy + v0, tile, n, E, v1 - v0, V, ld);
     }
   }
   void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) override {

@@ -158,6 +158,11 @@ void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, cons
 
 bool sgemm_has_library() { return use_library(); }
 
+int64_t sgemm_padded_ld(int64_t cols) {
+  const int64_t ld = (std::max<int64_t>(cols, 1) + 15) / 16 * 16;
+  return ld % 256 == 0 ? ld + 16 : ld;
+}
+
 const char* sgemm_backend_name() {
 #if defined(QLORA_HAVE_DNNL)
   if (use_library()) {

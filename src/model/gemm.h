@@ -24,6 +24,14 @@ void sgemm_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, cons
 void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
               int64_t ldy, bool accumulate);
 
+// The row stride (floats) to store a matrix of `cols` columns in when sgemm_nn will read it
+// as its W (K, N): `cols` rounded up to a cache line (16 floats), plus one more line when
+// that is a multiple of 1 KiB. Rows a multiple of 4 KiB apart all fall in the same L1 sets,
+// and the library's packing of W then thrashes: on Llama 1.1B's backward (W tiles of 2048
+// columns) oneDNN 2.6 ran at 68 GFLOP/s with the plain stride and 141 with this one
+// (2 threads, Zen 2; bench/RESULTS.md, session 10).
+int64_t sgemm_padded_ld(int64_t cols);
+
 // "oneDNN <version> dnnl_sgemm" or "qlora gemm_rows".
 const char* sgemm_backend_name();
 // True when the products above run on the library. Callers whose own loop fuses work into

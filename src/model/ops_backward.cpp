@@ -297,21 +297,22 @@ constexpr int64_t kMinTokensForGemm = 8;
 }  // namespace
 
 void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t T, int64_t in, int64_t out,
-                           int64_t dout_stride) {
+                           int64_t dout_stride, int64_t w_stride) {
   // dinp[t, i] += sum_o dout[t, o] W[o, i].
   const int64_t ld = dout_stride ? dout_stride : out;
+  const int64_t wld = w_stride ? w_stride : in;
   if (T <= 0 || in <= 0 || out <= 0) return;
   const auto& kern = kernels::active_linear_kernels();
   if (T < kMinTokensForGemm) {
     // Few tokens: each row of W is read once per token, straight into dinp.
     parallel_for_range(in, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t t = 0; t < T; ++t)
-        for (int64_t o = 0; o < out; ++o) kern.axpy(dout[t * ld + o], W + o * in + i0, dinp + t * in + i0, i1 - i0);
+        for (int64_t o = 0; o < out; ++o) kern.axpy(dout[t * ld + o], W + o * wld + i0, dinp + t * in + i0, i1 - i0);
     });
     return;
   }
   if (sgemm_has_library()) {
-    sgemm_nn(T, in, out, dout, ld, W, in, dinp, in, /*accumulate=*/true);
+    sgemm_nn(T, in, out, dout, ld, W, wld, dinp, in, /*accumulate=*/true);
     return;
   }
   const int64_t panels = (in + kPanel - 1) / kPanel;
@@ -320,7 +321,7 @@ void matmul_backward_input(float* dinp, const float* dout, const float* W, int64
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t i0 = p * kPanel, nb = std::min(kPanel, in - i0);
       for (int64_t o = 0; o < out; ++o)  // wt (nb, out) = W[:, i0:i0+nb]ᵀ
-        for (int64_t i = 0; i < nb; ++i) wt[i * out + o] = W[o * in + i0 + i];
+        for (int64_t i = 0; i < nb; ++i) wt[i * out + o] = W[o * wld + i0 + i];
       kern.gemm_rows(dout, ld, T, wt.data(), out, nb, out, y.data(), nb);
       add_panel(dinp, in, T, i0, nb, y.data());
     }

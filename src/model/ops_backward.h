@@ -80,9 +80,10 @@ void residual_backward(float* da, float* db, const float* dout, int64_t N);
 // Multi-threaded (OpenMP). From 8 tokens up it is one sgemm_nn (model/gemm.h: oneDNN when
 // built with it; else the SIMD gemm_rows kernel of linear_kernels.h on W transposed 64
 // columns at a time, thread-local scratch of 64 * (out + T) floats); fewer tokens use axpy
-// rows. dinp must not alias dout or W.
+// rows. w_stride: the distance between W's rows (0: in); a tile dequantized for this call
+// should use sgemm_padded_ld(in) (model/gemm.h says why). dinp must not alias dout or W.
 void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t T, int64_t in, int64_t out,
-                           int64_t dout_stride = 0);
+                           int64_t dout_stride = 0, int64_t w_stride = 0);
 
 // The same backward w.r.t. the weight (LoRA's A and B): dW (out, in) += dYᵀ · X,
 // i.e. dW[o, i] += sum_t dout[t, o] * inp[t, i]. dout (T, out), inp (T, in).

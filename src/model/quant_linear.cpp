@@ -83,7 +83,11 @@ DenseWeight DenseWeight::from_q8_0(std::span<const uint8_t> blocks, int64_t rows
   return w;
 }
 
-void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out) const {
+void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld) const {
+  if (ld && ld != cols_) {  // a strided tile: one row at a time
+    for (int64_t r = r0; r < r1; ++r) rows_to_f32(r, r + 1, out + (r - r0) * ld);
+    return;
+  }
   const size_t n = static_cast<size_t>((r1 - r0) * cols_);
   if (q8()) {  // (rows are whole blocks: a block at a time, its scale once)
     const int64_t b0 = r0 * cols_ / kernels::kQ8Block, nb = static_cast<int64_t>(n) / kernels::kQ8Block;
@@ -262,7 +266,11 @@ kernels::Q4Matrix QuantLinear::q4_view() const {
   return m;
 }
 
-void QuantLinear::dequantize_rows(int64_t r0, int64_t r1, float* out) const {
+void QuantLinear::dequantize_rows(int64_t r0, int64_t r1, float* out, int64_t ld) const {
+  if (ld && ld != in_) {  // a strided tile: one row at a time
+    for (int64_t r = r0; r < r1; ++r) dequantize_rows(r, r + 1, out + (r - r0) * ld);
+    return;
+  }
   if (q4_) {
     const auto m = q4_view();
     kernels::active_linear_kernels().dequant_rows_q4(m, r0, r1, out);

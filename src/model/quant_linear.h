@@ -64,8 +64,8 @@ class DenseWeight {
   ComputeDType dtype() const { return dtype_; }
   // Whether the values are held as 8-bit blocks (from_q8_0); f32_data() is null then.
   bool q8() const { return !q8_.empty(); }
-  // Rows [r0, r1) as float32 into out ((r1-r0) * cols floats).
-  void rows_to_f32(int64_t r0, int64_t r1, float* out) const;
+  // Rows [r0, r1) as float32 into out, row i at out + i * ld (ld 0: cols; else >= cols).
+  void rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld = 0) const;
   // y (T, rows) = x (T, cols) · Wᵀ.
   void matmul(float* y, const float* x, int64_t T) const;
   size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4; }
@@ -98,11 +98,12 @@ class QuantLinear {
 
   // y (T, out) = x (T, in) · Wᵀ + b.  y and x must not overlap.
   void forward(float* y, const float* x, int64_t T) const;
-  // Rows [r0, r1) of W as float32 (exactly what forward multiplies with): out (r1-r0, in).
+  // Rows [r0, r1) of W as float32 (exactly what forward multiplies with): out (r1-r0, in),
+  // row i at out + i * ld (ld 0: in; else >= in, e.g. sgemm_padded_ld(in) for a GEMM tile).
   // For int8 it is CB * (SCB / 127), the weight bitsandbytes' 8-bit backward multiplies
   // with (forward multiplies int8 codes, and the outlier columns with (CB * SCB) / 127,
   // which can differ from this in the last bit).
-  void dequantize_rows(int64_t r0, int64_t r1, float* out) const;
+  void dequantize_rows(int64_t r0, int64_t r1, float* out, int64_t ld = 0) const;
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

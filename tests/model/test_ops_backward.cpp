@@ -17,8 +17,12 @@
 #include <vector>
 
 #include "base/error.h"
+#include "lora/lora.h"
+#include "model/backend.h"
+#include "model/gemm.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
+#include "model/quant_linear.h"
 
 using namespace qlora;
 
@@ -485,6 +489,74 @@ TEST(OpsBackward, MatmulMatchesScalarReference) {
       matmul_backward_input(dx_slabs.data(), dY.data() + o0, W.data() + o0 * d.in, d.T, d.in, o1 - o0, d.out);
     }
     for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx_slabs[i], dx_ref[i], tol_x * (1 + std::fabs(dx_ref[i]))) << i;
+  }
+}
+
+TEST(OpsBackward, PaddedTileStrideAvoidsMultiplesOfOneKiB) {
+  // A cache line at least, never a multiple of 1 KiB (model/gemm.h says why).
+  for (int64_t cols : {1, 5, 16, 17, 64, 200, 256, 576, 1024, 1536, 2048, 5632, 8192}) {
+    const int64_t ld = sgemm_padded_ld(cols);
+    EXPECT_GE(ld, cols) << cols;
+    EXPECT_EQ(ld % 16, 0) << cols;
+    EXPECT_NE(ld % 256, 0) << cols;
+    EXPECT_LE(ld, (cols + 15) / 16 * 16 + 16) << cols;
+  }
+  EXPECT_EQ(sgemm_padded_ld(576), 576);
+  EXPECT_EQ(sgemm_padded_ld(2048), 2064);
+}
+
+TEST(OpsBackward, StridedDequantizeEqualsContiguous) {
+  std::mt19937 rng(13);
+  const int64_t out = 37, in = 256, ld = sgemm_padded_ld(in);
+  const VecF w = randn(out * in, rng, 0.02f);
+  QuantOptions q;
+  q.double_quant = true;
+  const QuantLinear W(w.data(), out, in, q, ComputeDType::F32);
+  const DenseWeight D(w.data(), out, in, ComputeDType::BF16);
+  VecF flat(out * in), strided(out * ld, -7.0f), dflat(out * in), dstrided(out * ld, -7.0f);
+  W.dequantize_rows(3, out, flat.data());
+  W.dequantize_rows(3, out, strided.data(), ld);
+  D.rows_to_f32(3, out, dflat.data());
+  D.rows_to_f32(3, out, dstrided.data(), ld);
+  for (int64_t r = 0; r < out - 3; ++r)
+    for (int64_t i = 0; i < ld; ++i) {
+      if (i < in) {
+        ASSERT_EQ(strided[r * ld + i], flat[r * in + i]) << r << "," << i;
+        ASSERT_EQ(dstrided[r * ld + i], dflat[r * in + i]) << r << "," << i;
+      } else {  // the padding is left alone
+        ASSERT_EQ(strided[r * ld + i], -7.0f);
+        ASSERT_EQ(dstrided[r * ld + i], -7.0f);
+      }
+    }
+}
+
+TEST(OpsBackward, BackendBackwardThroughPaddedTilesMatchesReference) {
+  // The CPU backend's backward through a frozen 4-bit weight (and a bf16 head) dequantizes
+  // tiles of rows at a padded stride: widths on and off 1 KiB multiples, several tiles.
+  std::mt19937 rng(14);
+  struct Dims { int64_t T, in, out; };
+  for (Dims d : {Dims{16, 1024, 300}, Dims{9, 200, 41}, Dims{33, 512, 1100}}) {
+    SCOPED_TRACE(::testing::Message() << d.T << "x" << d.in << "x" << d.out);
+    const VecF w = randn(d.out * d.in, rng, 0.02f), dY = randn(d.T * d.out, rng), dx0 = randn(d.T * d.in, rng);
+    QuantOptions q;
+    q.double_quant = true;
+    const QuantLinear W(w.data(), d.out, d.in, q, ComputeDType::F32);
+    VecF wq(d.out * d.in), tile(linear_backward_tile_floats(d.in, d.out));
+    W.dequantize_rows(0, d.out, wq.data());
+    VecF dx = dx0, dx_ref = dx0;
+    cpu_backend().linear_backward(dx.data(), dY.data(), nullptr, d.T, W, nullptr, nullptr, tile.data(), LoraScratch{});
+    matmul_backward_input_ref(dx_ref.data(), dY.data(), wq.data(), d.T, d.in, d.out);
+    const float tol = 1e-5f * std::sqrt(static_cast<float>(d.out));
+    for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], dx_ref[i], tol * (1 + std::fabs(dx_ref[i]))) << i;
+
+    // The head's backward (dense_backward) with the weight (vocab, hidden) = (out, in) in bf16.
+    const DenseWeight H(w.data(), d.out, d.in, ComputeDType::BF16);
+    VecF hq(d.out * d.in), htile(dense_backward_tile_floats(H));
+    H.rows_to_f32(0, d.out, hq.data());
+    VecF hx = dx0, hx_ref = dx0;
+    cpu_backend().dense_backward(hx.data(), dY.data(), d.T, H, htile.data());
+    matmul_backward_input_ref(hx_ref.data(), dY.data(), hq.data(), d.T, d.in, d.out);
+    for (size_t i = 0; i < hx.size(); ++i) ASSERT_NEAR(hx[i], hx_ref[i], tol * (1 + std::fabs(hx_ref[i]))) << i;
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_error.h"
+#include "cuda/kernel_common.cuh"
 #include "cuda/kernels.h"
 
 namespace qlora::cuda {
@@ -27,18 +28,6 @@ DenseType dense_type_of(ComputeDType t) {
 }
 
 namespace {
-
-constexpr int kRound32 = 0, kRoundBF16 = 1, kRoundF16 = 2;
-
-int round_code(ComputeDType t) {
-  return t == ComputeDType::BF16 ? kRoundBF16 : t == ComputeDType::F16 ? kRoundF16 : kRound32;
-}
-
-__device__ __forceinline__ float round_to(float x, int code) {
-  if (code == kRoundBF16) return __bfloat162float(__float2bfloat16_rn(x));
-  if (code == kRoundF16) return __half2float(__float2half_rn(x));
-  return x;
-}
 
 __device__ __forceinline__ uint16_t to_half_bits(float x, DenseType t) {
   if (t == DenseType::BF16) return __bfloat16_as_ushort(__float2bfloat16_rn(x));
@@ -592,8 +581,9 @@ __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const fl
   }
 }
 
-__global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_t NH, int64_t HS) {
-  const int64_t t = blockIdx.y, h = blockIdx.x, half = HS / 2;
+// half = rot / 2: the pairs (i, i + half) of the first rot dims of each head rotate.
+__global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_t NH, int64_t HS, int64_t half) {
+  const int64_t t = blockIdx.y, h = blockIdx.x;
   const float* c = cos + t * half;
   const float* s = sin + t * half;
   float* v = x + (t * NH + h) * HS;
@@ -754,8 +744,6 @@ __global__ void to_half_kernel(uint16_t* out, const float* x, int64_t n, DenseTy
     out[i] = to_half_bits(x[i], t);
 }
 
-// Element-wise kernels: a grid-stride loop over at most this many blocks.
-unsigned ew_grid(int64_t n) { return static_cast<unsigned>(std::min<int64_t>(grid_for(n, 256), 4096)); }
 
 }  // namespace
 
@@ -976,9 +964,16 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weigh
 }
 
 void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s) {
+  rope_forward(x, cos, sin, T, NH, HS, 0, s);
+}
+
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                  cudaStream_t s) {
   if (T == 0) return;
-  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, HS / 2)));
-  rope_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), threads, 0, s>>>(x, cos, sin, NH, HS);
+  check(rot >= 0 && rot <= HS && rot % 2 == 0, "cuda::rope_forward", "rot must be even and at most the head size");
+  const int64_t half = (rot > 0 ? rot : HS) / 2;
+  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, half)));
+  rope_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), threads, 0, s>>>(x, cos, sin, NH, HS, half);
   check_launch("rope_forward");
 }
 

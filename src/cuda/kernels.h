@@ -87,6 +87,10 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weigh
 
 // ops.h rope_forward in place on x (T, NH, HS) with cos/sin (T, HS/2) from rope_tables.
 void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s);
+// The same on the first rot dims of each head only (partial rotary; cos/sin (T, rot/2); rot 0
+// means HS), the other HS - rot passed through: ops.h rope_forward's rot.
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                  cudaStream_t s);
 
 // ops.h attention_forward without the probabilities: causal GQA, query t at position
 // q_pos0 + t sees keys [key_start ? key_start[t] : 0, q_pos0 + t]. k, v (>= q_pos0+T rows,

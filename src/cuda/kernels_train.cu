@@ -12,6 +12,7 @@
 
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_error.h"
+#include "cuda/kernel_common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/kernels_train.h"
 
@@ -19,13 +20,7 @@ namespace qlora::cuda {
 
 namespace {
 
-unsigned ew_grid(int64_t n) {
-  return static_cast<unsigned>(std::clamp<int64_t>((n + 255) / 256, 1, 4096));
-}
-
-#define GRID_STRIDE(i, n)                                                                   \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+#define GRID_STRIDE(i, n) QLORA_GRID_STRIDE(i, n)
 
 __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
                                         const float* rstd, int64_t C) {
@@ -42,8 +37,9 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
     dx[i] = __fadd_rn(dx[i], __fsub_rn(__fmul_rn(__fmul_rn(r, weight[i]), d[i]), __fmul_rn(k, x[i])));
 }
 
-__global__ void rope_backward_kernel(float* dx, const float* cos, const float* sin, int64_t NH, int64_t HS) {
-  const int64_t t = blockIdx.y, h = blockIdx.x, half = HS / 2;
+__global__ void rope_backward_kernel(float* dx, const float* cos, const float* sin, int64_t NH, int64_t HS,
+                                     int64_t half) {
+  const int64_t t = blockIdx.y, h = blockIdx.x;
   const float* c = cos + t * half;
   const float* s = sin + t * half;
   float* g = dx + (t * NH + h) * HS;
@@ -324,10 +320,17 @@ void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const fl
 }
 
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s) {
+  rope_backward(dx, cos, sin, T, NH, HS, 0, s);
+}
+
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                   cudaStream_t s) {
   if (T == 0) return;
-  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, HS / 2)));
+  check(rot >= 0 && rot <= HS && rot % 2 == 0, "cuda::rope_backward", "rot must be even and at most the head size");
+  const int64_t half = (rot > 0 ? rot : HS) / 2;
+  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, half)));
   rope_backward_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), threads, 0, s>>>(dx, cos, sin,
-                                                                                                      NH, HS);
+                                                                                                      NH, HS, half);
   check_launch("rope_backward");
 }
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <string>
 
+#include "cuda/attention_score.cuh"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_error.h"
 #include "cuda/kernel_common.cuh"
@@ -597,7 +598,7 @@ __global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_
 // One block per (head, query): scores in dynamic shared memory (one float per visible key)
 // after the query vector (HS floats).
 __global__ void attention_kernel(float* out, const float* q, const float* k, const float* v, int64_t q_pos0,
-                                 int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale) {
+                                 int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, AttentionOptions o) {
   extern __shared__ float smem[];
   const int64_t h = blockIdx.x, t = blockIdx.y;
   const int64_t kh = h / (NH / NKV);
@@ -614,7 +615,7 @@ __global__ void attention_kernel(float* out, const float* q, const float* k, con
     float dot = 0.0f;
     for (int64_t d = lane; d < HS; d += 32) dot += qv[d] * kr[d];
     dot = warp_sum(dot);
-    if (lane == 0) sc[j - j0] = dot * scale;
+    if (lane == 0) sc[j - j0] = attention_score(o, dot, h, j - j0);
   }
   __syncthreads();
   float mx = -INFINITY;
@@ -642,7 +643,7 @@ constexpr int kDecodeWarps = 8;
 constexpr int kMaxDecodeHS = 256;
 
 __global__ void attention_decode_kernel(float* out, const float* q, const float* k, const float* v,
-                                        const int32_t* pos, int64_t NH, int64_t NKV, int64_t HS, float scale) {
+                                        const int32_t* pos, int64_t NH, int64_t NKV, int64_t HS, AttentionOptions o) {
   constexpr int kPer = kMaxDecodeHS / 32;
   __shared__ float s_m[kDecodeWarps], s_l[kDecodeWarps];
   __shared__ float s_acc[kDecodeWarps][kMaxDecodeHS];
@@ -665,7 +666,7 @@ __global__ void attention_decode_kernel(float* out, const float* q, const float*
       const int64_t d = lane + 32 * i;
       if (d < HS) dot += qv[i] * kr[d];
     }
-    const float sc = warp_sum(dot) * scale;
+    const float sc = attention_score(o, warp_sum(dot), h, j);
     const float m_new = fmaxf(m, sc);
     const float corr = expf(m - m_new), p = expf(sc - m_new);
     l = l * corr + p;
@@ -979,6 +980,12 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s) {
+  attention_forward(out, q, k, v, T, q_pos0, NH, NKV, HS, key_start, AttentionOptions{}, s);
+}
+
+void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
+                       int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, const AttentionOptions& opts,
+                       cudaStream_t s) {
   if (T == 0) return;
   check(NKV > 0 && NH % NKV == 0, "cuda::attention_forward", "NH must be a multiple of NKV");
   const size_t smem = static_cast<size_t>(HS + q_pos0 + T) * sizeof(float);
@@ -986,19 +993,23 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
   check(fits_shared<attention_kernel>(smem), "cuda::attention_forward",
         "a context of " + std::to_string(q_pos0 + T) + " positions needs " + std::to_string(smem) +
             " bytes of shared memory per block, more than this GPU gives one block");
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
   attention_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(
-      out, q, k, v, q_pos0, NH, NKV, HS, key_start, scale);
+      out, q, k, v, q_pos0, NH, NKV, HS, key_start, resolved(opts, HS));
   check_launch("attention_forward");
 }
 
 void attention_decode(float* out, const float* q, const float* k, const float* v, const int32_t* pos, int64_t NH,
                       int64_t NKV, int64_t HS, cudaStream_t s) {
+  attention_decode(out, q, k, v, pos, NH, NKV, HS, AttentionOptions{}, s);
+}
+
+void attention_decode(float* out, const float* q, const float* k, const float* v, const int32_t* pos, int64_t NH,
+                      int64_t NKV, int64_t HS, const AttentionOptions& opts, cudaStream_t s) {
   check(NKV > 0 && NH % NKV == 0, "cuda::attention_decode", "NH must be a multiple of NKV");
   check(HS <= kMaxDecodeHS, "cuda::attention_decode",
         "head size " + std::to_string(HS) + " above " + std::to_string(kMaxDecodeHS));
   attention_decode_kernel<<<static_cast<unsigned>(NH), kDecodeWarps * 32, 0, s>>>(
-      out, q, k, v, pos, NH, NKV, HS, 1.0f / std::sqrt(static_cast<float>(HS)));
+      out, q, k, v, pos, NH, NKV, HS, resolved(opts, HS));
   check_launch("attention_decode");
 }
 

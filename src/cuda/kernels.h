@@ -92,11 +92,27 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
                   cudaStream_t s);
 
+// What the families change in attention (ops.h attention_forward's scale, softcap and
+// alibi): a scale other than 1/sqrt(HS), Gemma 2's softcap of the scaled scores, and ALiBi's
+// per-head bias of the key's position in its example (BLOOM: slope * pos; Falcon:
+// bf16(bf16(slope) * bf16(pos)) / divisor). Defaults: none of them.
+struct AttentionOptions {
+  float scale = 0.0f;                   // 0: 1/sqrt(HS)
+  float softcap = 0.0f;                 // 0: none
+  const float* alibi_slopes = nullptr;  // (NH) on the device, or null: no ALiBi
+  bool alibi_bf16_product = false;
+  float alibi_divisor = 1.0f;
+};
+
 // ops.h attention_forward without the probabilities: causal GQA, query t at position
 // q_pos0 + t sees keys [key_start ? key_start[t] : 0, q_pos0 + t]. k, v (>= q_pos0+T rows,
 // NKV*HS). Scale 1/sqrt(HS), softmax in float32.
 void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
                        int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s);
+// The same with a family's scale, softcap or ALiBi.
+void attention_forward(float* out, const float* q, const float* k, const float* v, int64_t T, int64_t q_pos0,
+                       int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, const AttentionOptions& o,
+                       cudaStream_t s);
 
 // Decoding one token at position *pos (read on the device, so a captured CUDA graph
 // replays for any position): attention of q (NH*HS) over keys/values 0..*pos, one block
@@ -104,6 +120,9 @@ void attention_forward(float* out, const float* q, const float* k, const float* 
 // attention_forward up to float32 summation order.
 void attention_decode(float* out, const float* q, const float* k, const float* v, const int32_t* pos, int64_t NH,
                       int64_t NKV, int64_t HS, cudaStream_t s);
+// The same with a family's scale, softcap or ALiBi (key positions counted from 0).
+void attention_decode(float* out, const float* q, const float* k, const float* v, const int32_t* pos, int64_t NH,
+                      int64_t NKV, int64_t HS, const AttentionOptions& o, cudaStream_t s);
 // kc/vc rows *pos = k/v (one row of kvd floats each).
 void kv_store(float* kc, float* vc, const float* k, const float* v, const int32_t* pos, int64_t kvd, cudaStream_t s);
 

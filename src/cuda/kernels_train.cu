@@ -10,6 +10,7 @@
 #include <cmath>
 #include <string>
 
+#include "cuda/attention_score.cuh"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_error.h"
 #include "cuda/kernel_common.cuh"
@@ -66,7 +67,7 @@ __global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* do
 // written to att's row (zeros outside the window) and used for the output.
 __global__ void attention_train_kernel(float* out, float* att, const float* q, const float* k, const float* v,
                                        int64_t T, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                                       const int32_t* key_start, float scale) {
+                                       const int32_t* key_start, AttentionOptions o) {
   extern __shared__ float smem[];
   const int64_t h = blockIdx.x, t = blockIdx.y, Tk = q_pos0 + T;
   const int64_t kh = h / (NH / NKV), qs = NH * HS, kvs = NKV * HS;
@@ -81,7 +82,7 @@ __global__ void attention_train_kernel(float* out, float* att, const float* q, c
     float dot = 0.0f;
     for (int64_t d = lane; d < HS; d += 32) dot += qv[d] * kr[d];
     dot = warp_sum(dot);
-    if (lane == 0) sc[j - j0] = dot * scale;
+    if (lane == 0) sc[j - j0] = attention_score(o, dot, h, j - j0);
   }
   __syncthreads();
   float mx = -INFINITY;
@@ -112,17 +113,25 @@ __global__ void attention_train_kernel(float* out, float* att, const float* q, c
 }
 
 // Pass 1, one block per (head, query): datt row and dq row.
-__global__ void attention_backward_q_kernel(float* dq, float* datt, const float* dout, const float* k, const float* v,
-                                            const float* att, int64_t T, int64_t q_pos0, int64_t NH, int64_t NKV,
-                                            int64_t HS, const int32_t* key_start, float scale) {
+// With a softcap, the chain rule goes through cap * tanh(s / cap): each key's factor is
+// scale * (1 - tanh^2) of the recomputed raw score (as ops_backward.h does; kept in `fac`).
+__global__ void attention_backward_q_kernel(float* dq, float* datt, const float* dout, const float* q, const float* k,
+                                            const float* v, const float* att, int64_t T, int64_t q_pos0, int64_t NH,
+                                            int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
+                                            float softcap) {
   extern __shared__ float smem[];
   const int64_t h = blockIdx.x, t = blockIdx.y, Tk = q_pos0 + T;
   const int64_t kh = h / (NH / NKV), qs = NH * HS, kvs = NKV * HS;
   const int64_t n = q_pos0 + t + 1, j0 = key_start ? key_start[t] : 0;
-  float* go = smem;  // dout row (HS)
+  float* go = smem;       // dout row (HS)
+  float* qv = smem + HS;  // q row (HS), softcap only
+  float* fac = smem + 2 * HS;  // per visible key (n - j0), softcap only
   const float* p = att + (h * T + t) * Tk;
   float* da = datt + (h * T + t) * Tk;
-  for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) go[d] = dout[t * qs + h * HS + d];
+  for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) {
+    go[d] = dout[t * qs + h * HS + d];
+    if (softcap > 0.0f) qv[d] = q[t * qs + h * HS + d];
+  }
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   for (int64_t j = j0 + warp; j < n; j += nw) {
@@ -131,13 +140,25 @@ __global__ void attention_backward_q_kernel(float* dq, float* datt, const float*
     for (int64_t d = lane; d < HS; d += 32) dot += go[d] * vr[d];
     dot = warp_sum(dot);
     if (lane == 0) da[j] = dot;
+    if (softcap > 0.0f) {
+      const float* kr = k + j * kvs + kh * HS;
+      float raw = 0.0f;
+      for (int64_t d = lane; d < HS; d += 32) raw += qv[d] * kr[d];
+      raw = warp_sum(raw);
+      if (lane == 0) {
+        const float th = tanhf(__fdiv_rn(__fmul_rn(raw, scale), softcap));
+        fac[j - j0] = __fmul_rn(scale, __fsub_rn(1.0f, __fmul_rn(th, th)));
+      }
+    }
   }
   __syncthreads();
   double s = 0.0;
   for (int64_t j = j0 + threadIdx.x; j < n; j += blockDim.x) s += static_cast<double>(p[j]) * da[j];
   const float sf = static_cast<float>(block_sum(s));
-  for (int64_t j = threadIdx.x; j < Tk; j += blockDim.x)
-    da[j] = (j >= j0 && j < n) ? __fmul_rn(__fmul_rn(p[j], __fsub_rn(da[j], sf)), scale) : 0.0f;
+  for (int64_t j = threadIdx.x; j < Tk; j += blockDim.x) {
+    const float f = softcap > 0.0f && j >= j0 && j < n ? fac[j - j0] : scale;
+    da[j] = (j >= j0 && j < n) ? __fmul_rn(__fmul_rn(p[j], __fsub_rn(da[j], sf)), f) : 0.0f;
+  }
   __syncthreads();
   for (int64_t d = threadIdx.x; d < HS; d += blockDim.x) {
     float acc = 0.0f;
@@ -344,25 +365,40 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 void attention_forward_train(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                              int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start,
                              cudaStream_t s) {
+  attention_forward_train(out, att, q, k, v, T, q_pos0, NH, NKV, HS, key_start, AttentionOptions{}, s);
+}
+
+void attention_forward_train(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+                             int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start,
+                             const AttentionOptions& opts, cudaStream_t s) {
   if (T == 0) return;
   check(NKV > 0 && NH % NKV == 0, "cuda::attention_forward_train", "NH must be a multiple of NKV");
   check(T <= 65535, "cuda::attention_forward_train", "more than 65535 tokens in one sequence");
   const size_t smem = static_cast<size_t>(HS + q_pos0 + T) * sizeof(float);
   allow_shared<attention_train_kernel>(smem, "cuda::attention_forward_train");
   attention_train_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(
-      out, att, q, k, v, T, q_pos0, NH, NKV, HS, key_start, 1.0f / std::sqrt(static_cast<float>(HS)));
+      out, att, q, k, v, T, q_pos0, NH, NKV, HS, key_start, resolved(opts, HS));
   check_launch("attention_forward_train");
 }
 
 void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, int64_t T, int64_t q_pos0, int64_t NH,
                         int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s) {
+  attention_backward(dq, dk, dv, datt, dout, q, k, v, att, T, q_pos0, NH, NKV, HS, key_start, 0.0f, 0.0f, s);
+}
+
+void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
+                        const float* k, const float* v, const float* att, int64_t T, int64_t q_pos0, int64_t NH,
+                        int64_t NKV, int64_t HS, const int32_t* key_start, float scale, float softcap,
+                        cudaStream_t s) {
   if (T == 0) return;
   check(NKV > 0 && NH % NKV == 0, "cuda::attention_backward", "NH must be a multiple of NKV");
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  const size_t smem = static_cast<size_t>(HS) * sizeof(float);
+  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  // dout and q rows, and with a softcap one factor per visible key (at most q_pos0 + T).
+  const size_t smem = static_cast<size_t>(2 * HS + (softcap > 0.0f ? q_pos0 + T : 0)) * sizeof(float);
+  allow_shared<attention_backward_q_kernel>(smem, "cuda::attention_backward");
   attention_backward_q_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(T)), 128, smem, s>>>(
-      dq, datt, dout, k, v, att, T, q_pos0, NH, NKV, HS, key_start, scale);
+      dq, datt, dout, q, k, v, att, T, q_pos0, NH, NKV, HS, key_start, scale, softcap);
   check_launch("attention_backward (queries)");
   const int threads = static_cast<int>(std::min<int64_t>(256, ((HS + 31) / 32) * 32));
   attention_backward_kv_kernel<<<dim3(static_cast<unsigned>(q_pos0 + T), static_cast<unsigned>(NKV)), threads, 0, s>>>(

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "cuda/kernels.h"
+
 namespace qlora {
 struct AdamWConfig;
 }
@@ -43,6 +45,10 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 void attention_forward_train(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
                              int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start,
                              cudaStream_t s);
+// The same with a family's scale, softcap or ALiBi (cuda/kernels.h AttentionOptions).
+void attention_forward_train(float* out, float* att, const float* q, const float* k, const float* v, int64_t T,
+                             int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start,
+                             const AttentionOptions& o, cudaStream_t s);
 
 // ops_backward.h attention_backward: dq (T, NH*HS) +=, dk, dv (Tk, NKV*HS) +=; datt (NH, T,
 // Tk) scratch, written with d loss / d(q·k) (masked entries 0). Deterministic (no atomics):
@@ -50,6 +56,13 @@ void attention_forward_train(float* out, float* att, const float* q, const float
 void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, int64_t T, int64_t q_pos0, int64_t NH,
                         int64_t NKV, int64_t HS, const int32_t* key_start, cudaStream_t s);
+// The same with the forward's scale (0: 1/sqrt(HS)) and softcap (0: none; the raw scores are
+// recomputed from q and k for tanh's derivative). ALiBi needs nothing more: its bias does not
+// depend on q or k.
+void attention_backward(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
+                        const float* k, const float* v, const float* att, int64_t T, int64_t q_pos0, int64_t NH,
+                        int64_t NKV, int64_t HS, const int32_t* key_start, float scale, float softcap,
+                        cudaStream_t s);
 
 // ops_backward.h cross_entropy_forward_backward, targets already validated: row_loss (T)
 // gets each row's loss (0 where ignored), dlogits (T, V) is WRITTEN with

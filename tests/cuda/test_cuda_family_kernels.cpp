@@ -199,4 +199,93 @@ TEST(CudaFamilyKernels, PartialRotaryIsExact) {
   EXPECT_THROW(cuda::rope_forward(dx.data(), dc.data(), ds.data(), T, NH, HS, 81, nullptr), Error);
 }
 
+// The families' attention (a scale, Gemma 2's softcap, BLOOM's and Falcon's ALiBi) on the
+// GPU's training forward and backward, prefill forward and one-token decode, against the
+// CPU's attention_forward / attention_backward with the same options. Tolerances as the
+// plain attention's (tests/cuda/test_cuda_train_kernels.cpp): dot products in another order.
+struct FamilyAttention {
+  const char* what;
+  float scale, softcap;
+  int alibi;  // 0 none, 1 BLOOM, 2 Falcon
+  bool windowed;
+};
+
+void check_family_attention(const FamilyAttention& c, int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
+  SCOPED_TRACE(std::string(c.what) + " T " + std::to_string(T));
+  const int64_t Tk = T;
+  const auto q = randn(T * NH * HS, 21), k = randn(Tk * NKV * HS, 22), v = randn(Tk * NKV * HS, 23),
+             dout = randn(T * NH * HS, 24);
+  std::vector<int32_t> ks;
+  if (c.windowed)
+    for (int64_t t = 0; t < T; ++t) ks.push_back(static_cast<int32_t>((t / 7) * 7));
+  const int32_t* ksp = c.windowed ? ks.data() : nullptr;
+  AlibiBias alibi;
+  if (c.alibi) {
+    alibi.slopes = alibi_slopes(NH);
+    alibi.bf16_product = c.alibi == 2;
+    alibi.divisor = c.alibi == 2 ? std::sqrt(static_cast<float>(HS)) : 1.0f;
+  }
+  const AlibiBias* ap = c.alibi ? &alibi : nullptr;
+
+  std::vector<float> out(T * NH * HS), att(NH * T * Tk);
+  qlora::attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), T, Tk, 0, NH, NKV, HS, ksp,
+                           c.scale, c.softcap, ap);
+  std::vector<float> dq(q.size(), 0.5f), dk(k.size(), -0.25f), dv(v.size(), 0.125f), datt(att.size());
+  std::vector<float> raw(static_cast<size_t>(std::max<int64_t>(1, attention_backward_scratch_floats(T, Tk, c.softcap))));
+  qlora::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), raw.data(), dout.data(), q.data(), k.data(),
+                            v.data(), att.data(), T, Tk, 0, NH, NKV, HS, ksp, c.scale, c.softcap);
+
+  DeviceBuffer<float> gq(q), gk(k), gv(v), gout(out.size()), gatt(att.size()), gdout(dout);
+  DeviceBuffer<int32_t> gks;
+  if (c.windowed) gks = DeviceBuffer<int32_t>(ks);
+  DeviceBuffer<float> gslopes;
+  if (c.alibi) gslopes = DeviceBuffer<float>(alibi.slopes);
+  AttentionOptions o;
+  o.scale = c.scale;
+  o.softcap = c.softcap;
+  o.alibi_slopes = c.alibi ? gslopes.data() : nullptr;
+  o.alibi_bf16_product = alibi.bf16_product;
+  o.alibi_divisor = alibi.divisor;
+  const int32_t* gksp = c.windowed ? gks.data() : nullptr;
+
+  cuda::attention_forward_train(gout.data(), gatt.data(), gq.data(), gk.data(), gv.data(), T, 0, NH, NKV, HS, gksp, o,
+                                nullptr);
+  expect_rel(gout.to_host(), out, 2e-5, 1.0, "train forward out");
+  expect_rel(gatt.to_host(), att, 2e-5, 1e-3, "probabilities");
+  DeviceBuffer<float> gdq(std::vector<float>(q.size(), 0.5f)), gdk(std::vector<float>(k.size(), -0.25f)),
+      gdv(std::vector<float>(v.size(), 0.125f)), gdatt(att.size());
+  cuda::attention_backward(gdq.data(), gdk.data(), gdv.data(), gdatt.data(), gdout.data(), gq.data(), gk.data(),
+                           gv.data(), gatt.data(), T, 0, NH, NKV, HS, gksp, c.scale, c.softcap, nullptr);
+  expect_rel(gdatt.to_host(), datt, 1e-4, 1e-2, "datt");
+  expect_rel(gdq.to_host(), dq, 1e-4, 1.0, "dq");
+  expect_rel(gdk.to_host(), dk, 1e-4, 1.0, "dk");
+  expect_rel(gdv.to_host(), dv, 1e-4, 1.0, "dv");
+
+  // Inference: the prefill kernel, and decoding the last position from the cache.
+  DeviceBuffer<float> pout(out.size());
+  cuda::attention_forward(pout.data(), gq.data(), gk.data(), gv.data(), T, 0, NH, NKV, HS, gksp, o, nullptr);
+  expect_rel(pout.to_host(), out, 2e-5, 1.0, "prefill out");
+  if (!c.windowed) {
+    const std::vector<float> last(out.end() - NH * HS, out.end());
+    DeviceBuffer<float> dout1(NH * HS), q1(std::vector<float>(q.end() - NH * HS, q.end()));
+    DeviceBuffer<int32_t> pos(std::vector<int32_t>{static_cast<int32_t>(T - 1)});
+    cuda::attention_decode(dout1.data(), q1.data(), gk.data(), gv.data(), pos.data(), NH, NKV, HS, o, nullptr);
+    expect_rel(dout1.to_host(), last, 2e-5, 1.0, "decode out");
+  }
+}
+
+TEST(CudaFamilyKernels, FamilyAttentionMatchesCpu) {
+  REQUIRE_GPU();
+  const FamilyAttention cases[] = {
+      {"gemma2 scale + softcap", 0.0625f, 50.0f, 0, false},
+      {"gemma2 softcap, packed", 0.0625f, 5.0f, 0, true},
+      {"bloom alibi", 0.0f, 0.0f, 1, false},
+      {"falcon alibi (bf16), packed", 0.0f, 0.0f, 2, true},
+  };
+  for (const FamilyAttention& c : cases) {
+    check_family_attention(c, 5, 4, 2, 16);   // the CPU's per-row path
+    check_family_attention(c, 37, 6, 3, 40);  // the CPU's GEMM path
+  }
+}
+
 }  // namespace

@@ -4,7 +4,12 @@
 // a fixed text, plus the perplexity of that text under each model.
 //
 //   build/report_quant_quality [--smollm PATH.gguf] [--stories PATH.bin]
-//                              [--smollm-tokens N] [--window W] [--blocksize B]
+//                              [--smollm-tokens N] [--window W] [--blocksize B] [--only TEXT]
+//
+// --only TEXT runs just the variants whose label contains TEXT (the reference always runs).
+// The "decoded token by token" variants feed each window one token at a time through the
+// KV cache, as generation does (the others run each window as one prompt); with
+// --int8-activations' path they measure what its 8-bit activations cost.
 //
 // SmolLM2: the first N (default 2048) tokens of tinyshakespeare.txt, cut into windows of
 // W (default 512) tokens, each evaluated from an empty KV cache. stories260K: the six
@@ -110,6 +115,8 @@ struct Variant {
   ComputeDType dtype;
   bool int8 = false;           // LLM.int8 (then type/dq are unused)
   float int8_threshold = 6.0f;  // its outlier threshold (0: every column int8)
+  bool decode = false;          // one token at a time through the KV cache
+  bool int8_activations = false;  // ModelLoadOptions::int8_activations (decode only)
 };
 
 struct Stats {
@@ -148,7 +155,7 @@ struct Corpus {
 };
 
 void report_model(const std::string& title, const std::string& path, const Corpus& corpus, ModelFiles& files,
-                  int blocksize) {
+                  int blocksize, const std::string& only) {
   const ModelSpec& spec = files.spec;
   const int64_t V = spec.vocab;
   const int64_t P = corpus.positions();
@@ -158,11 +165,19 @@ void report_model(const std::string& title, const std::string& path, const Corpu
                corpus.windows.size(), static_cast<long long>(P));
 
   // Runs every window through `model`, calling row(position index, window, t, logits row).
-  auto run_all = [&](const Model& model, auto&& row) {
+  // decode: one token per forward, as generation runs.
+  auto run_all = [&](const Model& model, auto&& row, bool decode = false) {
     std::vector<float> logits(static_cast<size_t>(maxT * V));
     int64_t p = 0;
     for (const auto& w : corpus.windows) {
       InferenceState st(spec, static_cast<int64_t>(w.size()));
+      if (decode) {
+        for (size_t t = 0; t < w.size(); ++t) {
+          forward(model, st, std::span<const int>(w).subspan(t, 1), logits.data());
+          row(p++, w, t, logits.data());
+        }
+        continue;
+      }
       forward(model, st, std::span<const int>(w), logits.data(), /*all_logits=*/true);
       for (size_t t = 0; t < w.size(); ++t) row(p++, w, t, logits.data() + static_cast<int64_t>(t) * V);
     }
@@ -177,6 +192,7 @@ void report_model(const std::string& title, const std::string& path, const Corpu
     o.quant.double_quant = v.dq;
     o.quant.int8 = v.int8;
     o.quant.int8_threshold = v.int8_threshold;
+    o.int8_activations = v.int8_activations;
     return Model::load(spec, *files.tensors, o);
   };
 
@@ -212,9 +228,16 @@ void report_model(const std::string& title, const std::string& path, const Corpu
       {"int8 (LLM.int8, threshold 6)", true, QuantType::NF4, false, ComputeDType::F32, true, 6.0f},
       {"int8, no outlier decomposition (threshold 0)", true, QuantType::NF4, false, ComputeDType::F32, true, 0.0f},
       {"int8 (threshold 6), bf16 compute", true, QuantType::NF4, false, ComputeDType::BF16, true, 6.0f},
+      {"NF4 + double quant, decoded token by token", true, QuantType::NF4, true, ComputeDType::F32, false, 6.0f,
+       true, false},
+      {"NF4 + double quant, decoded on int8 activations (--int8-activations)", true, QuantType::NF4, true,
+       ComputeDType::F32, false, 6.0f, true, true},
   };
   std::vector<Stats> stats;
+  std::vector<const Variant*> ran;
   for (const Variant& v : variants) {
+    if (!only.empty() && std::string(v.label).find(only) == std::string::npos) continue;
+    ran.push_back(&v);
     const auto t0 = Clock::now();
     const Model model = load(v);
     Stats s;
@@ -230,7 +253,7 @@ void report_model(const std::string& title, const std::string& path, const Corpu
       kls[static_cast<size_t>(p)] = std::max(0.0, kl);  // rounding can leave a tiny negative
       agree += arg == ref_arg[static_cast<size_t>(p)];
       if (t + 1 < w.size()) nll -= row[w[t + 1]], ++n_nll;
-    });
+    }, v.decode);
     double sum = 0;
     for (double k : kls) sum += k;
     s.kl_mean = sum / static_cast<double>(P);
@@ -254,7 +277,7 @@ void report_model(const std::string& title, const std::string& path, const Corpu
   std::printf("| %s | %.2f | 0 | 0 | 0 | 100.00%% | %.4f |\n", ref.label, ref_stats.mib, ref_stats.ppl);
   for (size_t i = 0; i < stats.size(); ++i) {
     const Stats& s = stats[i];
-    std::printf("| %s | %.2f | %.5f | %.5f | %.5f | %.2f%% | %.4f |\n", variants[i].label, s.mib, s.kl_mean, s.kl_p99,
+    std::printf("| %s | %.2f | %.5f | %.5f | %.5f | %.2f%% | %.4f |\n", ran[i]->label, s.mib, s.kl_mean, s.kl_p99,
                 s.kl_max, s.top1, s.ppl);
   }
   std::fflush(stdout);
@@ -270,6 +293,7 @@ int main(int argc, char** argv) {
   std::string text_path = data_dir + "/text/tinyshakespeare.txt";
   int64_t smol_tokens = 2048, window = 512;
   int blocksize = 64;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -285,10 +309,11 @@ int main(int argc, char** argv) {
     else if (a == "--smollm-tokens") smol_tokens = std::stoll(next());
     else if (a == "--window") window = std::stoll(next());
     else if (a == "--blocksize") blocksize = std::stoi(next());
+    else if (a == "--only") only = next();
     else {
       std::fprintf(stderr,
                    "usage: %s [--smollm PATH] [--stories PATH] [--text PATH] [--smollm-tokens N] [--window W] "
-                   "[--blocksize B]\n",
+                   "[--blocksize B] [--only TEXT]\n",
                    argv[0]);
       return 2;
     }
@@ -319,7 +344,7 @@ int main(int argc, char** argv) {
                                 std::to_string(c.windows.size()) + " windows of " + std::to_string(w) +
                                 ", blocksize " + std::to_string(blocksize) + ", " + std::to_string(c.positions()) +
                                 " positions";
-      report_model(title, smollm, c, files, blocksize);
+      report_model(title, smollm, c, files, blocksize, only);
     }
     if (!stories.empty() && stories != "-") {
       ModelFiles files = open_model_files(stories);
@@ -334,7 +359,7 @@ int main(int argc, char** argv) {
                                 " TinyStories-style stories written for this report (one window each, BOS + story), "
                                 "blocksize " +
                                 std::to_string(blocksize) + ", " + std::to_string(c.positions()) + " positions";
-      report_model(title, stories, c, files, blocksize);
+      report_model(title, stories, c, files, blocksize, only);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

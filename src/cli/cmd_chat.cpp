@@ -438,6 +438,7 @@ const bool kRegistered = qlora::cli::register_command(
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
       qlora::cli::add_device_flag(app, o->m);
+      qlora::cli::add_decode_flags(app, o->m);
       qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--system", o->system, "The system message (/system changes it during the chat)");
       app.add_option("--chat-template", o->chat_template_file, "Jinja file to use instead of the model's chat template");

@@ -148,6 +148,7 @@ const bool kRegistered = qlora::cli::register_command(
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "fp32, bf16 or fp16");
       qlora::cli::add_device_flag(app, o->m);
+      qlora::cli::add_decode_flags(app, o->m);
       qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();

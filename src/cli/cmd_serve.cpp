@@ -127,6 +127,7 @@ const bool kRegistered = qlora::cli::register_command(
       auto o = std::make_shared<Options>();
       qlora::cli::add_model_flags(app, o->m, "Compute dtype: fp32, bf16 or fp16");
       qlora::cli::add_device_flag(app, o->m);
+      qlora::cli::add_decode_flags(app, o->m);
       app.add_option("--adapter,-a", o->adapters,
                      "NAME=DIR: a PEFT adapter served as model NAME (repeatable: multi-LoRA serving)");
       app.add_option("--host", o->host, "Address to listen on")->capture_default_str();

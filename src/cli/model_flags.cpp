@@ -48,6 +48,9 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
+  load.int8_activations = f.int8_activations;
+  if (f.int8_activations && parse_device(f.device).cuda)
+    fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
   if (!(f.int8_threshold >= 0.0f)) fail("--int8-threshold", "must be >= 0");
   load.quant.int8_threshold = f.int8_threshold;
   if (f.quant == "none") {
@@ -65,6 +68,12 @@ ModelLoadOptions load_options(const ModelFlags& f) {
     load.quant.double_quant = f.double_quant;
   }
   return load;
+}
+
+void add_decode_flags(CLI::App& app, ModelFlags& f) {
+  add_bool_flag(app, "--int8-activations", f.int8_activations,
+                "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
+                "bitsandbytes' exact numbers: codes and activations rounded to 1/127 of their block's largest)");
 }
 
 void add_device_flag(CLI::App& app, ModelFlags& f) {

@@ -23,11 +23,16 @@ struct ModelFlags {
   bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
   bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
+  bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
 };
 
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
 // --compute-dtype (described by `compute_help`), --threads/-t, --allow-unused-tensors and --dense-head.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
+
+// Adds --int8-activations (ModelLoadOptions::int8_activations) for the commands that decode:
+// generate, chat, serve.
+void add_decode_flags(CLI::App& app, ModelFlags& f);
 
 // "q_proj,v_proj" -> {"q_proj", "v_proj"} (empty items dropped): --target and friends.
 std::vector<std::string> split_commas(const std::string& s);

@@ -1,6 +1,8 @@
 // Scalar definitions of the linear kernels, and the run-time choice among instruction sets.
 #include "model/linear_kernels.h"
 
+#include <algorithm>
+#include <cmath>
 
 #include "base/float_formats.h"
 #include "model/linear_kernels_inl.h"
@@ -14,6 +16,16 @@ float round_to_dtype(float x, ComputeDType t) {
     case ComputeDType::F16: return fp16_to_f32(f32_to_fp16(x));
   }
   return x;
+}
+
+Q8Codes q8_codes(const float* code) {
+  float cmax = 0.0f;
+  for (int k = 0; k < 16; ++k) cmax = std::max(cmax, std::fabs(code[k]));
+  Q8Codes c{};
+  c.unscale = cmax / 127.0f;
+  for (int k = 0; k < 16; ++k)
+    c.q[k] = cmax > 0.0f ? static_cast<int8_t>(std::nearbyint(code[k] * 127.0f / cmax)) : int8_t{0};
+  return c;
 }
 
 float Q4Matrix::nested_block_absmax(int64_t b) const {
@@ -119,13 +131,56 @@ void attn_weighted_sum_scalar(const float* p, const float* v, int64_t ld, int64_
   for (int64_t j = 0; j < count; ++j) axpy_scalar(p[j], v + j * ld, o, n);
 }
 
+void quantize_x_q8_scalar(const float* x, int64_t n, int8_t* q, float* d) {
+  for (int64_t b = 0; b < n / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+    d[b] = db;
+    for (int64_t i = 0; i < kQ8Block; ++i)
+      q[b * kQ8Block + i] = static_cast<int8_t>(std::clamp(std::nearbyint(xb[i] * id), -127.0f, 127.0f));
+  }
+}
+
+void gemv_q4_i8_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1) {
+  const Q8Codes c = q8_codes(w.code);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * w.cols;
+    float acc = 0.0f;
+    for (int64_t c0 = 0; c0 < w.cols; c0 += kQ8Block) {
+      int32_t dot = 0;
+      for (int64_t i = 0; i < kQ8Block; ++i)
+        dot += int32_t{c.q[detail::nibble_at(w.packed, s + c0 + i)]} * xq[c0 + i];
+      const float scale = w.block_absmax((s + c0) / w.blocksize) * (xd[c0 / kQ8Block] * c.unscale);
+      acc += scale * static_cast<float>(dot);
+    }
+    y[r] = acc;
+  }
+}
+
+void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
+                       float* y, int64_t r0, int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t dot = 0;
+      for (int64_t i = 0; i < kQ8Block; ++i) dot += int32_t{q[r * cols + b * kQ8Block + i]} * xq[b * kQ8Block + i];
+      acc += (scales[r * nb + b] * xd[b]) * static_cast<float>(dot);
+    }
+    y[r] = acc;
+  }
+}
+
 }  // namespace
 
 const LinearKernels& scalar_linear_kernels() {
-  static const LinearKernels k{gemv_q4_scalar,   gemv_q4_multi_scalar,   gemv_f32_scalar,  gemv_bf16_scalar,
-                               gemv_f16_scalar,  dequant_rows_q4_scalar, gemm_rows_scalar,
-                               dot_scalar,       axpy_scalar,            gemv_q8_scalar,
-                               attn_scores_scalar, attn_weighted_sum_scalar};
+  static const LinearKernels k{gemv_q4_scalar,      gemv_q4_multi_scalar,     gemv_f32_scalar,  gemv_bf16_scalar,
+                               gemv_f16_scalar,     dequant_rows_q4_scalar,   gemm_rows_scalar,
+                               dot_scalar,          axpy_scalar,              gemv_q8_scalar,
+                               attn_scores_scalar,  attn_weighted_sum_scalar, quantize_x_q8_scalar,
+                               gemv_q4_i8_scalar,   gemv_q8_i8_scalar};
   return k;
 }
 

@@ -82,7 +82,31 @@ struct LinearKernels {
   void (*attn_scores)(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
                       float* scores);
   void (*attn_weighted_sum)(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o);
+
+  // ---- decoding on 8-bit activations (opt-in: ModelLoadOptions::int8_activations) ----
+  // Not the bitsandbytes product: llama.cpp's. The activation vector is quantized per 32
+  // values (quantize_x_q8, GGUF's Q8_0: d = max|x| / 127, q = nearest-even(x / d)), a 4-bit
+  // weight's code is taken as the int8 q8_code = nearest-even(code * 127 / max|code|), and
+  // each 32-weight chunk's product is an exact integer dot product scaled once:
+  //   y[r] = sum_chunks absmax[block] * (d_chunk * max|code| / 127) * sum_i q8_code[nib_i] * q_i.
+  // Integer dot products are what llama.cpp decodes with; on AVX2 this is ~10 instructions
+  // per 32 weights against ~22 for the float lookup. The extra error (codes to 1/127 of the
+  // block's absmax, activations to 1/127 of their chunk's maximum) is measured in
+  // bench/RESULTS.md. REQUIRES n % 32 == 0 / cols % 32 == 0.
+  void (*quantize_x_q8)(const float* x, int64_t n, int8_t* q, float* d);
+  void (*gemv_q4_i8)(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1);
+  // gemv_q8 on quantized activations: y[r] = sum_b (scales[r, b] * d_b) * sum_i q[r, b, i] * xq[b, i].
+  void (*gemv_q8_i8)(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd, float* y,
+                     int64_t r0, int64_t r1);
 };
+
+// The int8 code book of gemv_q4_i8 for a 16-value code book, and the factor that undoes it
+// (max|code| / 127; 0 for an all-zero code book).
+struct Q8Codes {
+  int8_t q[16];
+  float unscale;
+};
+Q8Codes q8_codes(const float* code);
 // The block size of gemv_q8's rows.
 inline constexpr int64_t kQ8Block = 32;
 

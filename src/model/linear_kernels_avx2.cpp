@@ -488,13 +488,122 @@ void attn_weighted_sum_avx2(const float* p, const float* v, int64_t ld, int64_t 
   }
 }
 
+
+// ---- 8-bit activations (opt-in decoding; linear_kernels.h says what it computes) ----------
+
+void quantize_x_q8_avx2(const float* x, int64_t n, int8_t* q, float* d) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < n / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    __m256 v[4];
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(xb + 8 * k);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                                   _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+    d[b] = db;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i i[4];  // nearest-even, as the scalar kernel's nearbyint (default rounding mode)
+    for (int k = 0; k < 4; ++k)
+      i[k] = _mm256_max_epi32(nlim, _mm256_min_epi32(lim, _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid))));
+    // packs interleave the 128-bit lanes; the dword permutation puts the 32 bytes in order.
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQ8Block), _mm256_permutevar8x32_epi32(p, order));
+  }
+}
+
+// The int8 weights of a chunk come out of one vpshufb of nibbles_permuted's index: lane 0
+// byte j is element 2j + 1 (a low nibble), lane 1 byte j element 2j. The activations are
+// put in that order once per call (kernel-internal, grows to cols).
+const int8_t* permute_xq(const int8_t* xq, int64_t cols) {
+  thread_local std::vector<int8_t> buf;
+  if (static_cast<int64_t>(buf.size()) < cols) buf.resize(cols);
+  for (int64_t c = 0; c < cols; c += 32)
+    for (int pos = 0; pos < 32; ++pos) buf[c + pos] = xq[c + (pos < 16 ? 2 * pos + 1 : 2 * (pos - 16))];
+  return buf.data();
+}
+
+// sum over a chunk of w_i * x_i as 8 int32 lanes: |w| unsigned times x with w's sign (w and
+// x within [-128, 127] and [-127, 127]: each 16-bit pair sum stays below 2^15).
+inline __m256i dot_i8(__m256i w, __m256i x) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
+                           _mm256_set1_epi16(1));
+}
+
+void gemv_q4_i8_avx2(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1) {
+  const Q8Codes codes = q8_codes(w.code);
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes.q)));
+  const int64_t cols = w.cols, chunks = cols / 32;
+  const int8_t* xp = permute_xq(xq, cols);
+  thread_local std::vector<float> xs_buf;  // d * unscale per chunk
+  if (static_cast<int64_t>(xs_buf.size()) < chunks) xs_buf.resize(chunks);
+  float* xs = xs_buf.data();
+  for (int64_t c = 0; c < chunks; ++c) xs[c] = xd[c] * codes.unscale;
+  const int shift = detail::log2_int(w.blocksize);
+  const float* amax = nullptr;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = r * cols;
+    if ((r - r0) % kRowsPerAbsmax == 0)
+      amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      const int64_t i = s + 32 * c;
+      const __m256i w0 = _mm256_shuffle_epi8(table, nibbles_permuted(w.packed + (i >> 1)));
+      const __m256i w1 = _mm256_shuffle_epi8(table, nibbles_permuted(w.packed + (i >> 1) + 16));
+      const __m256i d0 = dot_i8(w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32 * c)));
+      const __m256i d1 = dot_i8(w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32 * c + 32)));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(amax[i >> shift] * xs[c]), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_set1_ps(amax[(i + 32) >> shift] * xs[c + 1]), acc1);
+    }
+    if (c < chunks) {
+      const int64_t i = s + 32 * c;
+      const __m256i w0 = _mm256_shuffle_epi8(table, nibbles_permuted(w.packed + (i >> 1)));
+      const __m256i d0 = dot_i8(w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32 * c)));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(amax[i >> shift] * xs[c]), acc0);
+    }
+    y[r] = hsum(_mm256_add_ps(acc0, acc1));
+  }
+}
+
+void gemv_q8_i8_avx2(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
+                     float* y, int64_t r0, int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* row = q + r * cols;
+    const float* sc = scales + r * nb;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      const __m256i d0 = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * b)),
+                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * b)));
+      const __m256i d1 = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * b + 32)),
+                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * b + 32)));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(sc[b] * xd[b]), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_set1_ps(sc[b + 1] * xd[b + 1]), acc1);
+    }
+    if (b < nb) {
+      const __m256i d0 = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * b)),
+                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * b)));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(sc[b] * xd[b]), acc0);
+    }
+    y[r] = hsum(_mm256_add_ps(acc0, acc1));
+  }
+}
+
 }  // namespace
 
 const LinearKernels& avx2_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx2,   gemv_q4_multi_avx2,   gemv_f32_avx2, gemv_bf16_avx2,
                                gemv_f16_avx2,  dequant_rows_q4_avx2, gemm_rows_avx2,
                                dot_avx2,       axpy_avx2,            gemv_q8_avx2,
-                               attn_scores_avx2, attn_weighted_sum_avx2};
+                               attn_scores_avx2, attn_weighted_sum_avx2, quantize_x_q8_avx2,
+                               gemv_q4_i8_avx2,  gemv_q8_i8_avx2};
   return k;
 }
 

@@ -394,7 +394,9 @@ const LinearKernels& avx512_linear_kernels() {
                                gemv_f16_avx512,  dequant_rows_q4_avx512, gemm_rows_avx512,
                                dot_avx512,       axpy_avx512,            gemv_q8_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
-                               avx2_linear_kernels().attn_scores, avx2_linear_kernels().attn_weighted_sum};
+                               avx2_linear_kernels().attn_scores, avx2_linear_kernels().attn_weighted_sum,
+                               avx2_linear_kernels().quantize_x_q8, avx2_linear_kernels().gemv_q4_i8,
+                               avx2_linear_kernels().gemv_q8_i8};
   return k;
 }
 

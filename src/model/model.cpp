@@ -190,6 +190,13 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     m.lm_head_ = dense("lm_head.weight", spec.vocab, spec.embed_width());
     progress("lm_head.weight");
   }
+  if (opt.int8_activations) {
+    for (LayerWeights& l : m.layers_)
+      for (int w = 0; w < kBlockLinearCount; ++w) l.linear(w).set_int8_activations(true);
+    for (QuantLinear& l : m.model_linears_) l.set_int8_activations(true);
+    m.embed_.set_int8_activations(true);  // (the head when tied; a lookup table otherwise)
+    m.lm_head_.set_int8_activations(true);
+  }
   return m;
 }
 

@@ -75,6 +75,14 @@ struct ModelLoadOptions {
   // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
   // float32; false widens it to float32 as before.
   bool keep_q8_0_head = true;
+  // Opt-in (--int8-activations): decoding multiplies the 4-bit block Linears and an 8-bit
+  // head on activations quantized to 8 bits per 32 values, with integer dot products, as
+  // llama.cpp does (kernels::LinearKernels::gemv_q4_i8 / gemv_q8_i8). Faster on CPUs whose
+  // float lookups of the 4-bit code book are the bottleneck, and no longer bitsandbytes'
+  // numbers: the codes are taken to 1/127 of their largest and the activations to 1/127 of
+  // their chunk's largest (bench/RESULTS.md measures what that costs). Prompts (more than
+  // one token), training and the default leave it off.
+  bool int8_activations = false;
 };
 
 class Model {

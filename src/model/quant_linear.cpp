@@ -107,6 +107,22 @@ void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld) co
 
 namespace {
 
+// One token's activations quantized for the int8 kernels (kernels::LinearKernels::
+// quantize_x_q8), in the calling thread's buffers: the worker threads of the parallel
+// region that follows read them through these pointers. REQUIRES n % 32 == 0.
+struct QuantizedX {
+  const int8_t* q;
+  const float* d;
+};
+QuantizedX quantize_activations(const float* x, int64_t n) {
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d;
+  if (static_cast<int64_t>(q.size()) < n) q.resize(static_cast<size_t>(n));
+  if (static_cast<int64_t>(d.size()) < n / 32) d.resize(static_cast<size_t>(n / 32));
+  kernels::active_linear_kernels().quantize_x_q8(x, n, q.data(), d.data());
+  return {q.data(), d.data()};
+}
+
 // Rows per thread below which a GEMV stays on one thread (~32K weights per thread).
 int64_t gemv_min_rows(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cols)); }
 
@@ -160,6 +176,13 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
 void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
   const auto& kern = kernels::active_linear_kernels();
   if (q8()) {
+    if (T == 1 && int8_act_) {
+      const QuantizedX qx = quantize_activations(x, cols_);
+      parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
+        kern.gemv_q8_i8(q8_.data(), q8_scale_.data(), cols_, qx.q, qx.d, y, r0, r1);
+      });
+      return;
+    }
     if (T == 1) {
       parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
         kern.gemv_q8(q8_.data(), q8_scale_.data(), cols_, x, y, r0, r1);
@@ -336,8 +359,9 @@ void QuantLinear::forward_int8(float* y, const float* x, int64_t T) const {
 
 void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float* const> ys, const float* x,
                         int64_t T) {
+  const bool int8 = ws[0]->uses_int8_activations();
   const bool fused = T == 1 && ws.size() > 1 && std::all_of(ws.begin(), ws.end(), [&](const QuantLinear* w) {
-    return w->q4() != nullptr && w->in_features() == ws[0]->in_features();
+    return w->q4() != nullptr && w->in_features() == ws[0]->in_features() && w->uses_int8_activations() == int8;
   });
   if (!fused) {
     for (size_t i = 0; i < ws.size(); ++i) ws[i]->forward(ys[i], x, T);
@@ -348,12 +372,18 @@ void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float*
   int64_t rows = 0;
   for (const QuantLinear* w : ws) rows += w->out_features();
   const auto& kern = kernels::active_linear_kernels();
+  const QuantizedX qx = int8 ? quantize_activations(x, ws[0]->in_features()) : QuantizedX{nullptr, nullptr};
   parallel_for_range(rows, gemv_min_rows(ws[0]->in_features()), [&](int64_t r0, int64_t r1) {
     int64_t first = 0;  // row of ws[i] in the concatenation
     for (size_t i = 0; i < ws.size(); ++i) {
       const int64_t last = first + ws[i]->out_features();
       const int64_t lo = std::max(r0, first), hi = std::min(r1, last);
-      if (lo < hi) kern.gemv_q4(ws[i]->q4_view(), x, ys[i], lo - first, hi - first);
+      if (lo < hi) {
+        if (int8)
+          kern.gemv_q4_i8(ws[i]->q4_view(), qx.q, qx.d, ys[i], lo - first, hi - first);
+        else
+          kern.gemv_q4(ws[i]->q4_view(), x, ys[i], lo - first, hi - first);
+      }
       first = last;
     }
   });
@@ -371,7 +401,11 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
   } else {
     const auto m = q4_view();
     const auto& kern = kernels::active_linear_kernels();
-    if (T == 1) {
+    if (T == 1 && uses_int8_activations()) {
+      const QuantizedX qx = quantize_activations(x, in_);
+      parallel_for_range(out_, gemv_min_rows(in_),
+                         [&](int64_t r0, int64_t r1) { kern.gemv_q4_i8(m, qx.q, qx.d, y, r0, r1); });
+    } else if (T == 1) {
       parallel_for_range(out_, gemv_min_rows(in_),
                          [&](int64_t r0, int64_t r1) { kern.gemv_q4(m, x, y, r0, r1); });
     } else if (T <= kFusedMaxTokens) {

@@ -68,6 +68,10 @@ class DenseWeight {
   void rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld = 0) const;
   // y (T, rows) = x (T, cols) · Wᵀ.
   void matmul(float* y, const float* x, int64_t T) const;
+  // Opt-in: a one-token product of Q8 storage runs on 8-bit activations
+  // (kernels::LinearKernels::gemv_q8_i8, llama.cpp's Q8_0 x Q8_0 dot product) instead of
+  // float32 ones. Not bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
+  void set_int8_activations(bool on) { int8_act_ = on; }
   size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4; }
   const float* f32_data() const { return f32_.data(); }       // when dtype() == F32 and !q8()
   const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
@@ -79,6 +83,7 @@ class DenseWeight {
   std::vector<uint16_t> h16_;
   std::vector<int8_t> q8_;        // (rows, cols) codes, from_q8_0
   std::vector<float> q8_scale_;   // (rows, cols / 32) their scales
+  bool int8_act_ = false;
 };
 
 class QuantLinear {
@@ -95,6 +100,12 @@ class QuantLinear {
 
   // REQUIRES bias.size() == out_features(); stored rounded to the compute dtype.
   void set_bias(std::vector<float> bias);
+  // Opt-in: one-token products of a 4-bit weight whose rows are whole 32-weight chunks run
+  // on 8-bit activations (kernels::LinearKernels::gemv_q4_i8) instead of float32 ones. Not
+  // bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
+  void set_int8_activations(bool on) { int8_act_ = on; }
+  // Whether forward() of one token takes that path.
+  bool uses_int8_activations() const { return int8_act_ && q4_ && in_ % 32 == 0; }
 
   // y (T, out) = x (T, in) · Wᵀ + b.  y and x must not overlap.
   void forward(float* y, const float* x, int64_t T) const;
@@ -127,6 +138,7 @@ class QuantLinear {
   std::optional<Quantized4bit> q4_;
   std::optional<Quantized8bit> q8_;
   float int8_threshold_ = kInt8DefaultThreshold;
+  bool int8_act_ = false;
   void forward_int8(float* y, const float* x, int64_t T) const;
   // y (T, out) += bias, then rounded to the compute dtype: the end of every forward.
   void finish_output(float* y, int64_t T) const;

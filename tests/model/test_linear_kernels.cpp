@@ -12,6 +12,7 @@
 #include "base/cpu_features.h"
 #include "base/float_formats.h"
 #include "model/linear_kernels.h"
+#include "model/linear_kernels_inl.h"
 #include "quant/blockwise.h"
 #include "quant/codebook.h"
 
@@ -332,4 +333,120 @@ TEST(LinearKernels, AttentionRowKernelsMatchScalar) {
         }
       }
   }
+}
+
+// ---- 8-bit activations (opt-in decoding) ------------------------------------------------
+
+TEST(LinearKernels, QuantizeXQ8IsBitExactOnEveryLevel) {
+  std::mt19937 rng(21);
+  for (int64_t n : {32, 64, 576, 1536}) {
+    auto x = random_vec(n, rng);
+    for (int64_t i = 32; i < std::min<int64_t>(n, 64); ++i) x[i] = 0.0f;  // an all-zero block: d = 0, q = 0
+    x[0] = 3.5f;                                                            // the block's max, exactly 127
+    std::vector<int8_t> q_ref(n);
+    std::vector<float> d_ref(n / 32);
+    kernels::scalar_linear_kernels().quantize_x_q8(x.data(), n, q_ref.data(), d_ref.data());
+    EXPECT_EQ(q_ref[0], 127);
+    if (n > 32) {
+      EXPECT_EQ(d_ref[1], 0.0f);
+      EXPECT_EQ(q_ref[40], 0);
+    }
+    // The definition: q = nearest-even(x / d) with d = max|x| / 127, within one step of x.
+    for (int64_t i = 0; i < n; ++i) {
+      const float d = d_ref[i / 32];
+      ASSERT_LE(std::fabs(q_ref[i] * d - x[i]), 0.5f * d * 1.0001f + 1e-30f) << i;
+    }
+    for (SimdLevel lv : levels()) {
+      std::vector<int8_t> q(n, 99);
+      std::vector<float> d(n / 32, -1.0f);
+      kernels::linear_kernels_for(lv).quantize_x_q8(x.data(), n, q.data(), d.data());
+      EXPECT_EQ(q, q_ref) << simd_level_name(lv) << " n " << n;
+      EXPECT_EQ(d, d_ref) << simd_level_name(lv) << " n " << n;
+    }
+  }
+}
+
+TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
+  // gemv_q4_i8 on every level against the scalar definition (the same integer dot products,
+  // float sums in another order), and the scalar definition against the exact float GEMV
+  // within the error the two roundings allow: per weight |w| <= absmax, the code rounded to
+  // 1/127 of the code book's max (x absmax) and x to 1/127 of its chunk's max.
+  std::mt19937 rng(22);
+  const auto& scalar = kernels::scalar_linear_kernels();
+  for (QuantType t : {QuantType::NF4, QuantType::FP4})
+    for (int bs : {32, 64, 256})
+      for (bool nested : {false, true})
+        for (Size s : {Size{1, 32}, Size{5, 96}, Size{17, 576}, Size{3, 1056}}) {
+          auto d = random_q4(s.rows, s.cols, bs, t, nested, ComputeDType::F32, rng);
+          const auto x = random_vec(s.cols, rng);
+          std::vector<int8_t> xq(s.cols);
+          std::vector<float> xd(s.cols / 32);
+          scalar.quantize_x_q8(x.data(), s.cols, xq.data(), xd.data());
+          std::vector<float> ref(s.rows), exact(s.rows);
+          const int64_t r0 = s.rows > 2 ? 1 : 0;
+          scalar.gemv_q4_i8(d.m, xq.data(), xd.data(), ref.data(), r0, s.rows);
+          scalar.gemv_q4(d.m, x.data(), exact.data(), r0, s.rows);
+          float cmax = 0.0f;
+          for (int k = 0; k < 16; ++k) cmax = std::max(cmax, std::fabs(d.m.code[k]));
+          for (int64_t r = r0; r < s.rows; ++r) {
+            double bound = 0.0, mag = 0.0;
+            for (int64_t c = 0; c < s.cols; ++c) {
+              const double a = d.m.block_absmax((r * s.cols + c) / bs);
+              const double w = kernels::detail::q4_weight(d.m, r * s.cols + c);
+              bound += (0.5 / 127.0) * (cmax * a * std::fabs(x[c]) + std::fabs(w) * 127.0 * xd[c / 32] * 1.0001);
+              mag += std::fabs(w * x[c]);
+            }
+            ASSERT_NEAR(ref[r], exact[r], bound + 1e-5 * mag + 1e-6) << "row " << r << " " << s.rows << "x" << s.cols;
+          }
+          for (SimdLevel lv : levels()) {
+            std::vector<float> y(s.rows, -7.0f);
+            kernels::linear_kernels_for(lv).gemv_q4_i8(d.m, xq.data(), xd.data(), y.data(), r0, s.rows);
+            if (r0 == 1) {
+              ASSERT_EQ(y[0], -7.0f) << "wrote outside [r0, r1)";
+            }
+            for (int64_t r = r0; r < s.rows; ++r) {
+              double mag = 0.0;
+              for (int64_t c = 0; c < s.cols; ++c)
+                mag += std::fabs(d.m.block_absmax((r * s.cols + c) / bs) * cmax * 127.0 * xd[c / 32]);
+              ASSERT_NEAR(y[r], ref[r], 1e-6 * mag + 1e-6) << simd_level_name(lv) << " row " << r;
+            }
+          }
+        }
+}
+
+TEST(LinearKernels, Int8ActivationQ8GemvMatchesScalar) {
+  std::mt19937 rng(23);
+  std::uniform_int_distribution<int> code(-128, 127);
+  const auto& scalar = kernels::scalar_linear_kernels();
+  for (int64_t rows : {1, 3, 37})
+    for (int64_t cols : {32, 64, 96, 576}) {
+      const int64_t nb = cols / 32;
+      std::vector<int8_t> q(rows * cols);
+      for (auto& c : q) c = static_cast<int8_t>(code(rng));
+      q[0] = -128;
+      const auto sc = random_vec(rows * nb, rng), x = random_vec(cols, rng);
+      std::vector<int8_t> xq(cols);
+      std::vector<float> xd(nb);
+      scalar.quantize_x_q8(x.data(), cols, xq.data(), xd.data());
+      std::vector<float> ref(rows);
+      scalar.gemv_q8_i8(q.data(), sc.data(), cols, xq.data(), xd.data(), ref.data(), 0, rows);
+      for (int64_t r = 0; r < rows; ++r) {  // the definition, in float64
+        double want = 0.0, mag = 0.0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double v = static_cast<double>(sc[r * nb + c / 32]) * xd[c / 32] * q[r * cols + c] * xq[c];
+          want += v;
+          mag += std::fabs(v);
+        }
+        ASSERT_NEAR(ref[r], want, 1e-6 * mag + 1e-6);
+      }
+      for (SimdLevel lv : levels()) {
+        std::vector<float> y(rows);
+        kernels::linear_kernels_for(lv).gemv_q8_i8(q.data(), sc.data(), cols, xq.data(), xd.data(), y.data(), 0, rows);
+        for (int64_t r = 0; r < rows; ++r) {
+          double mag = 0.0;
+          for (int64_t c = 0; c < cols; ++c) mag += std::fabs(static_cast<double>(sc[r * nb + c / 32]) * xd[c / 32] * 128 * 127);
+          ASSERT_NEAR(y[r], ref[r], 1e-6 * mag + 1e-6) << simd_level_name(lv);
+        }
+      }
+    }
 }

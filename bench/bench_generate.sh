@@ -7,8 +7,9 @@
 #      original Q4_1 file, 1 and 2 threads (tools/bench_llamacpp.py); Q4_0 once more with
 #      llama.cpp's run-time weight repacking off
 #   3. qlora generate --quant nf4 --compute-dtype fp32, 1 and 2 threads, REPS runs each, with
-#      the GGUF's Q8_0 token embedding / output head kept 8-bit (the default) and widened
-#      to fp32 (--dense-head, what qlora did before)
+#      the GGUF's Q8_0 token embedding / output head kept 8-bit (the default), widened
+#      to fp32 (--dense-head, what qlora did before), and decoding on 8-bit activations
+#      (--int8-activations, opt-in: llama.cpp's integer dot products, not bitsandbytes' numbers)
 # then prints a markdown table: prompt and decode tokens/s, and the bandwidth bound on
 # decoding = bandwidth / weight bytes read per decoded token (computed from the model's
 # shapes and tensor types; KV-cache reads not included), with two bandwidths: memcpy of
@@ -68,8 +69,8 @@ echo "# 2/3 llama.cpp" >&2
 echo "# 3/3 qlora generate" >&2
 for t in $THREADS; do
   for r in $(seq 0 "$REPS"); do  # run 0 is a warm-up, like the llama.cpp side
-    for head in q8 dense; do      # interleaved, so drift in the machine's speed falls on both
-      flag=(); [[ $head == dense ]] && flag=(--dense-head)
+    for head in q8 dense i8; do   # interleaved, so drift in the machine's speed falls on all
+      flag=(); [[ $head == dense ]] && flag=(--dense-head); [[ $head == i8 ]] && flag=(--int8-activations)
       "$QLORA" generate --model "$MODEL_Q41" --quant nf4 --compute-dtype fp32 --threads "$t" "${flag[@]}" \
         --temperature 0 -n "$N_GEN" --prompt "$PROMPT" --no-echo \
         >"$OUT/qlora_${head}_t${t}_r${r}.out" 2>"$OUT/qlora_${head}_t${t}_r${r}.err"
@@ -122,6 +123,7 @@ qlora_bytes = {
     "embedding row + norms fp32": C * cbytes + (2 * NL + 1) * C * 4,
 }
 head_key = {"q8": "lm_head Q8_0 kept 8-bit (int8 + fp32 scale per 32; the default)",
+            "i8": "lm_head Q8_0 kept 8-bit (int8 + fp32 scale per 32; the default)",
             "dense": "lm_head fp32 (tied embedding, whole; --dense-head)"}
 def qlora_bpt_of(head):
     return sum(v for k, v in qlora_bytes.items() if not k.startswith("lm_head") or k == head_key[head])
@@ -144,7 +146,7 @@ def parse(err):
             "decode_steps": int(g.group(2)), "decode_tps": float(g.group(4)), "stop": g.group(5).strip(),
             "weight_mib": float(w.group(1)) if w else None}
 qlora = {}
-for head, t in [(h, t) for h in ("q8", "dense") for t in threads]:
+for head, t in [(h, t) for h in ("q8", "dense", "i8") for t in threads]:
     runs = [parse(f"{out}/qlora_{head}_t{t}_r{r}.err") for r in range(1, reps + 1)]
     qlora[(head, t)] = {"prompt_tps": statistics.median(r["prompt_tps"] for r in runs),
                 "decode_tps": statistics.median(r["decode_tps"] for r in runs),
@@ -196,7 +198,9 @@ for t in threads:
                  qlora[("q8", t)]["decode_tps"], qlora_bpt_of("q8")))
     rows.append(("qlora.cpp", "NF4 + fp32 lm_head (--dense-head)", t, qlora[("dense", t)]["prompt_tps"],
                  qlora[("dense", t)]["decode_tps"], qlora_bpt_of("dense")))
-    for eng, w, tt, ptps, dtps, b in rows[-5:]:
+    rows.append(("qlora.cpp", "NF4 + Q8_0 lm_head, int8 activations (--int8-activations)", t,
+                 qlora[("i8", t)]["prompt_tps"], qlora[("i8", t)]["decode_tps"], qlora_bpt_of("i8")))
+    for eng, w, tt, ptps, dtps, b in rows[-6:]:
         bound = bw[("Memcpy", tt)] * 1e9 / b
         rbw, rmib = read_bw(b, tt)
         rbound = rbw * 1e9 / b
@@ -210,11 +214,14 @@ print("qlora (Q8_0 head) prompt tok/s vs llama.cpp Q4_0: " + ", ".join(
 print("qlora (Q8_0 head) decode vs llama.cpp: " + ", ".join(
     f"{t} thr {qlora[('q8', t)]['decode_tps'] / lres('Q4_1', t)['decode_tps']:.2f} of Q4_1 (the same file), "
     f"{qlora[('q8', t)]['decode_tps'] / lres('Q4_0', t)['decode_tps']:.2f} of Q4_0" for t in threads))
+print("qlora --int8-activations decode vs llama.cpp: " + ", ".join(
+    f"{t} thr {qlora[('i8', t)]['decode_tps'] / lres('Q4_1', t)['decode_tps']:.2f} of Q4_1 (the same file), "
+    f"{qlora[('i8', t)]['decode_tps'] / lres('Q4_0', t)['decode_tps']:.2f} of Q4_0" for t in threads))
 print("qlora decode, Q8_0 head over --dense-head: " + ", ".join(
     f"{t} thr {qlora[('q8', t)]['decode_tps'] / qlora[('dense', t)]['decode_tps']:.2f}" for t in threads))
 print()
 print("Per-run decode tok/s: " + "; ".join(
-    [f"qlora {h} {t}t {qlora[(h, t)]['decode_all']}" for h in ("q8", "dense") for t in threads] +
+    [f"qlora {h} {t}t {qlora[(h, t)]['decode_all']}" for h in ("q8", "dense", "i8") for t in threads] +
     [f"llama {q} {r['threads']}t {r['decode_tps_all']}" for q in llama for r in llama[q]['results']]))
 json.dump({"bandwidth_GBps": {"/".join(map(str, k)): v for k, v in bw.items()},
            "qlora": {f"{h}/{t}": v for (h, t), v in qlora.items()},

@@ -43,14 +43,16 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   if (f.threads < 0) fail("--threads", "must be >= 0");
   if (f.threads > 0) omp_set_num_threads(f.threads);
   // --device is checked before anything is loaded (the runner is made after loading).
+  if (f.int8_activations && parse_device(f.device).cuda)
+    fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
   check_device_available(parse_device(f.device));
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
   load.int8_activations = f.int8_activations;
-  if (f.int8_activations && parse_device(f.device).cuda)
-    fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
+  if (f.int8_activations && (f.quant == "none" || f.quant == "int8"))
+    fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + f.quant);
   if (!(f.int8_threshold >= 0.0f)) fail("--int8-threshold", "must be >= 0");
   load.quant.int8_threshold = f.int8_threshold;
   if (f.quant == "none") {

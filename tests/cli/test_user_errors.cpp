@@ -388,6 +388,18 @@ std::vector<Case> cases() {
                      EXPECT_NE(r.out.find("gradient checkpointing: on (the default for this engine)"), std::string::npos)
                          << r.out;
                    }});
+  t.push_back({.name = "generate_int8_activations",
+               .command = "{qlora} generate {M} -p Once -n 8 --temperature 0 --int8-activations",
+               .exit_code = 0,
+               .check = [](const CliRun& r) { EXPECT_NE(r.out.find("Once"), std::string::npos) << r.out; }});
+  t.push_back({.name = "generate_int8_activations_needs_4bit",
+               .command = "{qlora} generate {M} -p Once -n 2 --quant none --int8-activations",
+               .exit_code = 1,
+               .stderr_has = {"--int8-activations", "--quant none"}});
+  t.push_back({.name = "generate_int8_activations_not_on_cuda",
+               .command = "{qlora} generate {M} -p Once -n 2 --device cuda --int8-activations",
+               .exit_code = 1,
+               .stderr_has = {"--int8-activations"}});
   t.push_back({.name = "generate_echo_false",
                .command = "{qlora} generate {M} -p Once -n 2 --temperature 0 --echo false -q",
                .exit_code = 0,

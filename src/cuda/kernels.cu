@@ -564,8 +564,9 @@ __global__ void embedding_kernel(float* out, const int32_t* tokens, const void* 
   }
 }
 
+// offset != 0: Gemma's (x r) (offset + w) in float32, rounded once.
 __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t C, float eps,
-                               int rnd) {
+                               float offset, int rnd) {
   const int64_t t = blockIdx.x;
   const float* xr = x + t * C;
   float* o = out + t * C;
@@ -575,7 +576,9 @@ __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const fl
   const float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(C)), eps)));
   if (rstd && threadIdx.x == 0) rstd[t] = r;
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
-    if (rnd == kRound32)
+    if (offset != 0.0f)
+      o[i] = round_to(__fmul_rn(__fmul_rn(r, xr[i]), __fadd_rn(offset, weight[i])), rnd);
+    else if (rnd == kRound32)
       o[i] = __fmul_rn(weight[i], __fmul_rn(r, xr[i]));
     else
       o[i] = round_to(__fmul_rn(weight[i], round_to(__fmul_rn(r, xr[i]), rnd)), rnd);
@@ -959,8 +962,14 @@ void embedding_forward(float* out, const int32_t* tokens, int64_t T, const void*
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
                      ComputeDType dtype, cudaStream_t s) {
+  rmsnorm_forward(out, rstd, x, weight, T, C, eps, dtype, 0.0f, s);
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
+                     ComputeDType dtype, float weight_offset, cudaStream_t s) {
   if (T == 0) return;
-  rmsnorm_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(out, rstd, x, weight, C, eps, round_code(dtype));
+  rmsnorm_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(out, rstd, x, weight, C, eps, weight_offset,
+                                                          round_code(dtype));
   check_launch("rmsnorm_forward");
 }
 

@@ -23,38 +23,6 @@ constexpr float kGeluKappa = 0.044715f;
 
 // ---- norms -----------------------------------------------------------------------------
 
-// One block per row.
-__global__ void rmsnorm_offset_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t C,
-                                      float eps, float offset, int rnd) {
-  const int64_t t = blockIdx.x;
-  const float* xr = x + t * C;
-  float* o = out + t * C;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < C; i += blockDim.x) ss += xr[i] * xr[i];
-  ss = block_sum(ss);
-  const float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(C)), eps)));
-  if (rstd && threadIdx.x == 0) rstd[t] = r;
-  for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-    o[i] = round_to(__fmul_rn(__fmul_rn(r, xr[i]), __fadd_rn(offset, weight[i])), rnd);
-}
-
-__global__ void rmsnorm_offset_backward_kernel(float* dinp, const float* dout, const float* x, const float* weight,
-                                               const float* rstd, int64_t C, float offset) {
-  const int64_t t = blockIdx.x;
-  const float* xr = x + t * C;
-  const float* d = dout + t * C;
-  float* dx = dinp + t * C;
-  const float r = rstd[t];
-  double dot = 0.0;
-  for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-    dot += static_cast<double>(__fmul_rn(__fadd_rn(offset, weight[i]), d[i])) * xr[i];
-  dot = block_sum(dot);
-  const float k = static_cast<float>(dot * r * r * r / static_cast<double>(C));
-  for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-    dx[i] = __fadd_rn(dx[i],
-                      __fsub_rn(__fmul_rn(__fmul_rn(r, __fadd_rn(offset, weight[i])), d[i]), __fmul_rn(k, xr[i])));
-}
-
 // One block per row: the mean from a float64 sum, then the variance of (x - mean) in float64,
 // as layernorm_forward on the CPU.
 __global__ void layernorm_kernel(float* out, float* stats, const float* x, const float* weight, const float* bias,
@@ -226,22 +194,6 @@ unsigned rows_grid(int64_t T, const char* what) {
 }
 
 }  // namespace
-
-void rmsnorm_offset_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C,
-                            float eps, float weight_offset, ComputeDType dtype, cudaStream_t s) {
-  if (T == 0) return;
-  rmsnorm_offset_kernel<<<rows_grid(T, "cuda::rmsnorm_offset_forward"), 256, 0, s>>>(out, rstd, x, weight, C, eps,
-                                                                                     weight_offset, round_code(dtype));
-  check_launch("rmsnorm_offset_forward");
-}
-
-void rmsnorm_offset_backward(float* dinp, const float* dout, const float* x, const float* weight, const float* rstd,
-                             int64_t T, int64_t C, float weight_offset, cudaStream_t s) {
-  if (T == 0) return;
-  rmsnorm_offset_backward_kernel<<<rows_grid(T, "cuda::rmsnorm_offset_backward"), 256, 0, s>>>(
-      dinp, dout, x, weight, rstd, C, weight_offset);
-  check_launch("rmsnorm_offset_backward");
-}
 
 void layernorm_forward(float* out, float* stats, const float* x, const float* weight, const float* bias, int64_t T,
                        int64_t C, float eps, ComputeDType dtype, cudaStream_t s) {

@@ -1,7 +1,8 @@
 #pragma once
 // The CUDA kernels the model families beyond Llama need (Gemma, GPT-2, GPT-NeoX, OPT, Phi,
 // Falcon, BLOOM): the ops of model/backend.h that cuda/kernels.h and cuda/kernels_train.h
-// do not cover yet, forward and backward, as host functions that launch them on a stream.
+// do not cover (Gemma's (1 + w) RMSNorm, partial rotary and the attention options are
+// overloads there), forward and backward, as host functions that launch them on a stream.
 // Each has the contract of its CPU reference (named per function), which
 // tests/cuda/test_cuda_family_kernels.cpp compares it with: bit for bit where the CPU's
 // result is a fixed sequence of float32 operations (slices, scaling, rotary, LayerNorm's
@@ -21,15 +22,6 @@ namespace qlora::cuda {
 
 // model_spec.h Activation, value for value.
 enum class ActKind : uint8_t { Gelu, GeluTanh, Relu };
-
-// ops.h rmsnorm_forward with weight_offset != 0 (Gemma): out = (x r) (offset + w) in float32,
-// rounded once to dtype; rstd (T) written when not null.
-void rmsnorm_offset_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C,
-                            float eps, float weight_offset, ComputeDType dtype, cudaStream_t s);
-// ops_backward.h rmsnorm_backward with weight_offset (the weight gradient is not computed):
-// dinp (T, C) += r (offset + w) dout - (r^3 / C) x Σ_j (offset + w_j) dout_j x_j (float64 sum).
-void rmsnorm_offset_backward(float* dinp, const float* dout, const float* x, const float* weight, const float* rstd,
-                             int64_t T, int64_t C, float weight_offset, cudaStream_t s);
 
 // ops.h layernorm_forward: out = (x - mean) rstd w + b per row of C, float64 sums for mean and
 // variance as the CPU takes them, rounded once to dtype; stats (T, 2) = (mean, rstd) when not

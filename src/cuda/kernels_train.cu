@@ -23,19 +23,22 @@ namespace {
 
 #define GRID_STRIDE(i, n) QLORA_GRID_STRIDE(i, n)
 
+// The scale is (offset + w); offset 0 leaves w as it is (no +0 added: -0 stays -0).
+__device__ __forceinline__ float norm_scale(float offset, float w) { return offset != 0.0f ? __fadd_rn(offset, w) : w; }
+
 __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
-                                        const float* rstd, int64_t C) {
+                                        const float* rstd, int64_t C, float offset) {
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;
   const float* d = dout + t * C;
   float* dx = dinp + t * C;
   const float r = rstd[t];
   double dot = 0.0;
-  for (int64_t i = threadIdx.x; i < C; i += blockDim.x) dot += static_cast<double>(__fmul_rn(weight[i], d[i])) * x[i];
+  for (int64_t i = threadIdx.x; i < C; i += blockDim.x) dot += static_cast<double>(__fmul_rn(norm_scale(offset, weight[i]), d[i])) * x[i];
   dot = block_sum(dot);
   const float k = static_cast<float>(dot * r * r * r / static_cast<double>(C));
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-    dx[i] = __fadd_rn(dx[i], __fsub_rn(__fmul_rn(__fmul_rn(r, weight[i]), d[i]), __fmul_rn(k, x[i])));
+    dx[i] = __fadd_rn(dx[i], __fsub_rn(__fmul_rn(__fmul_rn(r, norm_scale(offset, weight[i])), d[i]), __fmul_rn(k, x[i])));
 }
 
 __global__ void rope_backward_kernel(float* dx, const float* cos, const float* sin, int64_t NH, int64_t HS,
@@ -336,7 +339,14 @@ void allow_shared(size_t bytes, const char* what) {
 void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
                       int64_t T, int64_t C, cudaStream_t s) {
   if (T == 0) return;
-  rmsnorm_backward_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(dinp, dout, inp, weight, rstd, C);
+  rmsnorm_backward_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(dinp, dout, inp, weight, rstd, C, 0.0f);
+  check_launch("rmsnorm_backward");
+}
+
+void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                      int64_t T, int64_t C, float weight_offset, cudaStream_t s) {
+  if (T == 0) return;
+  rmsnorm_backward_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(dinp, dout, inp, weight, rstd, C, weight_offset);
   check_launch("rmsnorm_backward");
 }
 

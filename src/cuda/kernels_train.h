@@ -29,6 +29,9 @@ AdamWStepScalars adamw_step_scalars(const AdamWConfig& cfg, double lr, int64_t s
 // dinp (T, C) += r w dout - (r^3 / C) x Σ_j w_j dout_j x_j (the sum in float64).
 void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
                       int64_t T, int64_t C, cudaStream_t s);
+// The same with ops_backward.h's weight_offset (Gemma: the scale is 1 + w).
+void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                      int64_t T, int64_t C, float weight_offset, cudaStream_t s);
 
 // In place on dx (T, NH, HS): the rotation by the opposite angle (ops_backward.h).
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s);

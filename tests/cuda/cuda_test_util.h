@@ -3,8 +3,10 @@
 // stories260K loaded the way the GPU-vs-CPU comparisons need it.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cuda/cuda_error.h"
@@ -27,6 +29,19 @@ inline std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
   std::vector<float> v(n);
   for (float& x : v) x = d(g);
   return v;
+}
+
+// Every element within tol * (|want| + floor) of want (the first five misses named).
+inline void expect_rel(const std::vector<float>& got, const std::vector<float>& want, double tol, double floor,
+                       const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(err <= tol * (std::fabs(want[i]) + floor)) && ++bad <= 5)
+      ADD_FAILURE() << what << " [" << i << "] got " << got[i] << " want " << want[i];
+  }
+  EXPECT_EQ(bad, 0) << what;
 }
 
 // stories260K, NF4 + double quant when `nf4` (else dense), in compute dtype `dt`.

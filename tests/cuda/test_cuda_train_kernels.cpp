@@ -25,19 +25,6 @@ using namespace qlora::test;
 
 namespace {
 
-// max |got - want| / (tol * (|want| + floor)) must be <= 1.
-void expect_rel(const std::vector<float>& got, const std::vector<float>& want, double tol, double floor,
-                const std::string& what) {
-  ASSERT_EQ(got.size(), want.size());
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= tol * (std::fabs(want[i]) + floor)) && ++bad <= 5)
-      ADD_FAILURE() << what << " [" << i << "] got " << got[i] << " want " << want[i];
-  }
-  EXPECT_EQ(bad, 0) << what;
-}
-
 TEST(CudaTrainKernels, RmsnormBackwardMatchesCpu) {
   REQUIRE_GPU();
   const int64_t T = 9, C = 1001;

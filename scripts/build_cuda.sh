@@ -18,6 +18,6 @@ rm -f build-cuda-configure.log
 if [ "${QLORA_CUDA_ALL:-0}" = 1 ]; then
   cmake --build build-cuda -j"$(nproc)"
 else
-  cmake --build build-cuda -j"$(nproc)" --target qlora test_cuda_kernels test_cuda_train_kernels test_cuda_family_kernels \
-    test_cuda_runner test_cuda_train test_device_flag bench_cuda_kernels
+  cmake --build build-cuda -j"$(nproc)" --target qlora test_cuda_kernels test_cuda_train_kernels \
+    test_cuda_family_kernels test_cuda_backend test_cuda_runner test_cuda_train test_device_flag bench_cuda_kernels
 fi

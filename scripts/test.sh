@@ -20,8 +20,8 @@ cd ..
 # and skip, saying so, where no GPU is present (scripts/device_check.sh runs them on one).
 if command -v nvcc >/dev/null 2>&1 || ls /usr/local/cuda*/bin/nvcc >/dev/null 2>&1; then
   bash scripts/build_cuda.sh
-  for t in test_cuda_kernels test_cuda_train_kernels test_cuda_family_kernels test_cuda_runner test_cuda_train \
-    test_device_flag; do
+  for t in test_cuda_kernels test_cuda_train_kernels test_cuda_family_kernels test_cuda_backend test_cuda_runner \
+    test_cuda_train test_device_flag; do
     ./build-cuda/"$t" --gtest_brief=1
   done
 else

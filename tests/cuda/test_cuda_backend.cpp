@@ -1,0 +1,158 @@
+// The CUDA backend (cuda/cuda_backend.h) against the CPU backend through the same block
+// interpreter, on the families whose blocks exercise every op kind (the families of
+// tests/model/test_backend.cpp): a prompt and token-by-token decoding with and without an
+// adapter, and a packed training step with dropout, with and without checkpointing. The GPU
+// sums in other orders (cuBLAS, block reductions) and uses CUDA's exp/tanh/erf, so the
+// comparisons are within named tolerances, not bit for bit. Without a GPU every test skips.
+#include <gtest/gtest.h>
+#include "cuda_test_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_backend.h"
+#include "formats/model_loader.h"
+#include "lora/lora_model.h"
+#include "model/model.h"
+#include "train/train_model.h"
+
+using namespace qlora;
+using namespace qlora::test;
+
+namespace {
+
+Model load_family(const std::string& f) {
+  ModelFiles files = open_model_files(std::string(QLORA_FIXTURE_DIR) + "/families/" + f);
+  ModelLoadOptions o;
+  o.quant.type = QuantType::NF4;
+  o.quant.blocksize = 64;
+  o.quant.double_quant = true;
+  return Model::load(files.spec, *files.tensors, o);
+}
+
+const std::vector<std::string> kFamilies = {"llama", "gemma2", "phi3", "opt_350m", "bloom", "gpt_neox"};
+
+std::vector<int> some_tokens(const ModelSpec& s, int n, int salt) {
+  std::vector<int> t;
+  for (int i = 0; i < n; ++i) t.push_back(static_cast<int>((i * 7 + salt * 13 + 3) % s.vocab));
+  return t;
+}
+
+// |a - b| <= tol * max|a| element-wise (logits: one scale per row set).
+void expect_close_scaled(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                         const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double scale = 1e-6;
+  for (float w : want) scale = std::max(scale, static_cast<double>(std::fabs(w)));
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (e > worst) worst = e, at = i;
+  }
+  EXPECT_LE(worst, tol * scale) << what << ": worst at " << at << " got " << got[at] << " want " << want[at]
+                                << " (scale " << scale << ")";
+}
+
+class CudaBackendFamilies : public testing::TestWithParam<std::string> {};
+
+TEST_P(CudaBackendFamilies, InferenceMatchesCpu) {
+  REQUIRE_GPU();
+  Model m = load_family(GetParam());
+  const ModelSpec& s = m.spec();
+  LoraConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.all_linear = true;
+  c.seed = 3;
+  LoraModel lm(m, c);
+  for (LoraLayer& l : lm.layers())
+    for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 37) % 11) - 0.05f;
+  const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
+  for (bool adapter : {false, true}) {
+    m.set_adapter(adapter ? &lm : nullptr);
+    InferenceState on_cpu(s, 4), on_gpu(s, 4, *gpu);
+    const std::vector<int> prompt = some_tokens(s, 19, 1);
+    std::vector<float> a(prompt.size() * static_cast<size_t>(s.vocab)), b(a.size());
+    forward(m, on_cpu, prompt, a.data(), /*all_logits=*/true);
+    forward(m, on_gpu, prompt, b.data(), /*all_logits=*/true);
+    expect_close_scaled(b, a, 2e-4, GetParam() + " prefill, adapter " + std::to_string(adapter));
+    std::vector<float> la(static_cast<size_t>(s.vocab)), lb(la.size());
+    for (int tok : some_tokens(s, 5, 2)) {
+      forward(m, on_cpu, std::vector<int>{tok}, la.data());
+      forward(m, on_gpu, std::vector<int>{tok}, lb.data());
+      expect_close_scaled(lb, la, 2e-4, GetParam() + " decode, adapter " + std::to_string(adapter));
+    }
+  }
+  m.set_adapter(nullptr);
+}
+
+TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
+  REQUIRE_GPU();
+  const Model m = load_family(GetParam());
+  const ModelSpec& s = m.spec();
+  LoraConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.dropout = 0.1;
+  c.all_linear = true;
+  c.seed = 5;
+  const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
+  for (bool checkpointing : {true, false}) {
+    LoraModel cpu_lm(m, c), gpu_lm(m, c);
+    for (LoraModel* lm : {&cpu_lm, &gpu_lm})
+      for (LoraLayer& l : lm->layers())
+        for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 29) % 13) - 0.06f;
+    const std::vector<int> in1 = some_tokens(s, 13, 4), in2 = some_tokens(s, 9, 5);
+    std::vector<int> t1(in1.begin() + 1, in1.end()), t2(in2.begin() + 1, in2.end());
+    t1.push_back(1);
+    t2.push_back(-100);
+    t1[2] = -100;
+    std::vector<int32_t> p1;  // the first sequence packs two examples
+    for (int i = 0; i < 13; ++i) p1.push_back(i < 6 ? i : i - 6);
+    const TrainSequenceRef batch[2] = {{in1, t1, p1}, {in2, t2, {}}};
+    TrainStepOptions opt;
+    opt.checkpointing = checkpointing;
+    opt.grad_scale = 0.5f;
+    TrainWorkspace wc, wg(*gpu);
+    LoraRng rc(11), rg(11);  // the same dropout masks: one draw per LoRA call on both
+    const float lc = forward_backward_batch(cpu_lm, wc, batch, opt, &rc);
+    const float lg = forward_backward_batch(gpu_lm, wg, batch, opt, &rg);
+    const std::string what = GetParam() + (checkpointing ? " (checkpointing)" : "");
+    EXPECT_NEAR(lg, lc, 1e-4 * std::fabs(lc)) << what;
+    for (size_t i = 0; i < cpu_lm.layers().size(); ++i) {
+      const LoraLayer &a = cpu_lm.layers()[i], &b = gpu_lm.layers()[i];
+      expect_close_scaled(b.dA, a.dA, 2e-3, what + " dA " + a.module_path);
+      expect_close_scaled(b.dB, a.dB, 2e-3, what + " dB " + a.module_path);
+    }
+    EXPECT_NEAR(forward_loss(gpu_lm, wg, in1, t1, p1), forward_loss(cpu_lm, wc, in1, t1, p1), 1e-4 * std::fabs(lc))
+        << what;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, CudaBackendFamilies, testing::ValuesIn(kFamilies),
+                         [](const testing::TestParamInfo<std::string>& i) { return i.param; });
+
+TEST(CudaBackend, MemoryIsTheDevicesAndCopiesRoundTrip) {
+  REQUIRE_GPU();
+  const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
+  EXPECT_FALSE(gpu->host_addressable());
+  EXPECT_EQ(std::string(gpu->name()), "cuda:0");
+  std::vector<float> h(1000);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<float>(i) * 0.5f;
+  BackendBuffer b(*gpu, 1000);
+  gpu->upload(b.data(), h.data(), 1000);
+  gpu->copy(b.data() + 10, b.data(), 500);  // overlapping ranges
+  std::vector<float> back(1000);
+  gpu->download(back.data(), b.data(), 1000);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(back[i], h[i]);
+  for (int i = 0; i < 500; ++i) ASSERT_EQ(back[10 + i], h[i]) << i;
+  gpu->zero(b.data(), 1000);
+  gpu->download(back.data(), b.data(), 1000);
+  EXPECT_EQ(back, std::vector<float>(1000, 0.0f));
+}
+
+}  // namespace

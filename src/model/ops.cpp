@@ -1,5 +1,6 @@
 #include "model/ops.h"
 
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -8,6 +9,7 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "base/parallel.h"
+#include "model/activation_kernels.h"
 #include "model/gemm.h"
 #include "model/linear_kernels.h"
 #include "model/quant_linear.h"
@@ -164,11 +166,10 @@ void softmax_inplace(float* x, int64_t N) {
   if (N <= 0) return;
   float mx = x[0];
   for (int64_t i = 1; i < N; ++i) mx = std::max(mx, x[i]);
+  for (int64_t i = 0; i < N; ++i) x[i] -= mx;
+  kernels::active_activation_kernels().exp(x, x, N);  // expf, vectorized (activation_kernels.h)
   float sum = 0.0f;
-  for (int64_t i = 0; i < N; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
+  for (int64_t i = 0; i < N; ++i) sum += x[i];  // in order, as always
   for (int64_t i = 0; i < N; ++i) x[i] /= sum;
 }
 
@@ -286,10 +287,8 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N) {
-  for (int64_t i = 0; i < N; ++i) {
-    const float g = gate[i];
-    out[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
-  }
+  const auto& k = kernels::active_activation_kernels();
+  parallel_for_range(N, 16384, [&](int64_t b, int64_t e) { k.swiglu_forward(out + b, gate + b, up + b, e - b); });
 }
 
 void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype) {

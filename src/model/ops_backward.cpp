@@ -1,5 +1,6 @@
 #include "model/ops_backward.h"
 
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -7,6 +8,7 @@
 
 #include "base/error.h"
 #include "base/parallel.h"
+#include "model/activation_kernels.h"
 #include "model/gemm.h"
 #include "model/ops.h"
 #include "model/linear_kernels.h"
@@ -191,14 +193,9 @@ void attention_backward(float* dq, float* dk, float* dv, float* datt_scratch, fl
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N) {
+  const auto& k = kernels::active_activation_kernels();
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const float g = gate[i];
-      const float sg = 1.0f / (1.0f + std::exp(-g));
-      const float silu = g * sg;
-      dgate[i] += dout[i] * up[i] * (sg * (1.0f + g * (1.0f - sg)));
-      dup[i] += dout[i] * silu;
-    }
+    k.swiglu_backward(dgate + b, dup + b, dout + b, gate + b, up + b, e - b);
   });
 }
 
@@ -385,6 +382,7 @@ float cross_entropy_forward_backward(float* losses, float* dlogits, const float*
   }
   const float inv_n = valid ? 1.0f / static_cast<float>(valid) : 0.0f;
   std::vector<double> row_loss(static_cast<size_t>(std::max<int64_t>(T, 0)), 0.0);
+  const auto& kexp = kernels::active_activation_kernels();
   parallel_for_range(T, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, V)), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* x = logits + t * V;
@@ -398,12 +396,11 @@ float cross_entropy_forward_backward(float* losses, float* dlogits, const float*
       for (int64_t j = 1; j < V; ++j) mx = std::max(mx, x[j]);
       // Read what the loss needs from the row before writing it (dlogits may alias logits).
       const float xt = x[tgt];
+      // g = exp(x - mx) (expf, vectorized: activation_kernels.h), then summed in order.
+      for (int64_t j = 0; j < V; ++j) g[j] = x[j] - mx;
+      kexp.exp(g, g, V);
       double sum = 0.0;
-      for (int64_t j = 0; j < V; ++j) {
-        const float ex = std::exp(x[j] - mx);
-        g[j] = ex;
-        sum += ex;
-      }
+      for (int64_t j = 0; j < V; ++j) sum += g[j];
       row_loss[t] = std::log(sum) + static_cast<double>(mx) - static_cast<double>(xt);
       const float f = static_cast<float>(1.0 / sum) * inv_n;
       for (int64_t j = 0; j < V; ++j) g[j] *= f;

@@ -1,0 +1,49 @@
+// Scalar definitions of the activation kernels, and the run-time choice among instruction sets.
+#include "model/activation_kernels.h"
+
+#include <cmath>
+
+namespace qlora::kernels {
+
+namespace {
+
+void swiglu_forward_scalar(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void swiglu_backward_scalar(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                            int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    const float sg = 1.0f / (1.0f + std::exp(-g));
+    const float silu = g * sg;
+    dgate[i] += dout[i] * up[i] * (sg * (1.0f + g * (1.0f - sg)));
+    dup[i] += dout[i] * silu;
+  }
+}
+
+void exp_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
+}
+
+}  // namespace
+
+const ActivationKernels& scalar_activation_kernels() {
+  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar};
+  return k;
+}
+
+const ActivationKernels& activation_kernels_for(SimdLevel level) {
+  if (level >= SimdLevel::AVX2) return avx2_activation_kernels();  // (AVX-512 CPUs use the AVX2 ones)
+  return scalar_activation_kernels();
+}
+
+const ActivationKernels& active_activation_kernels() {
+  static const ActivationKernels& k = activation_kernels_for(simd_level());
+  return k;
+}
+
+}  // namespace qlora::kernels

@@ -1,0 +1,33 @@
+#pragma once
+// Element-wise kernels of the activations, one set per instruction set, chosen at run time
+// like linear_kernels.h: SwiGLU forward and backward, and exp over a vector (softmax).
+//
+// The scalar kernels are the definitions (std::exp, i.e. glibc's expf, in the order the ops
+// have always run). The AVX2 kernels are bit-identical to them: their exp reproduces
+// glibc's expf step for step (its 32-entry table of 2^(i/32), the reduction and the cubic in
+// double precision, fused exactly where glibc's FMA build fuses), which an exhaustive run
+// over every float in (-87, 87) matched (session 10); lanes outside that range (and NaN)
+// take the scalar path. tests/model/test_activation_kernels.cpp checks them against the
+// scalar ones.
+#include <cstdint>
+
+#include "base/cpu_features.h"
+
+namespace qlora::kernels {
+
+struct ActivationKernels {
+  // out (n) = silu(gate) * up, silu(g) = g * (1 / (1 + exp(-g))). out may alias gate or up.
+  void (*swiglu_forward)(float* out, const float* gate, const float* up, int64_t n);
+  // dgate (n) += dout * up * (s * (1 + g * (1 - s))), dup (n) += dout * g * s, s = 1 / (1 + exp(-g)).
+  void (*swiglu_backward)(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+  // y (n) = exp(x) (y may alias x).
+  void (*exp)(const float* x, float* y, int64_t n);
+};
+
+const ActivationKernels& scalar_activation_kernels();
+const ActivationKernels& avx2_activation_kernels();  // only when cpu_simd_level() >= AVX2
+const ActivationKernels& activation_kernels_for(SimdLevel level);
+// activation_kernels_for(simd_level()), chosen once.
+const ActivationKernels& active_activation_kernels();
+
+}  // namespace qlora::kernels

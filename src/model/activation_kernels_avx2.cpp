@@ -1,0 +1,128 @@
+// AVX2 activation kernels, bit-identical to the scalar ones (activation_kernels.h).
+//
+// exp is glibc's expf (the Arm optimized-routines algorithm glibc ships since 2.28), four
+// lanes of double at a time: with N = 32,
+//   z = x * N/ln2;  k = round(z) (through the 1.5 * 2^52 shift);  r = z - k (one fused
+//   operation, as glibc's FMA build contracts it);  s = 2^(k/N) from a table of 2^(i/N) with
+//   k's high bits added to the exponent;  exp(x) ~ s * (C2 r + 1 + (C0 r + C1) r^2).
+// The constants are glibc's (__exp2f_data: tab, invln2_scaled, shift, poly_scaled). Over
+// every float x with |x| < 87 this gives exactly glibc's results (an exhaustive check,
+// session 10); other lanes (large |x|, inf, NaN) go through std::exp.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "model/activation_kernels.h"
+
+namespace qlora::kernels {
+
+namespace {
+
+alignas(32) constexpr uint64_t kExpTab[32] = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51, 0x3fef72b83c7d517b,
+    0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1, 0x3fef06fe0a31b715, 0x3feef1a7373aa9cb,
+    0x3feedea64c123422, 0x3feece086061892d, 0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429,
+    0x3feea47eb03a5585, 0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d, 0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069, 0x3fef5818dcfba487, 0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+};
+constexpr double kInvLn2N = 0x1.71547652b82fep+0 * 32;
+constexpr double kShift = 0x1.8p+52;
+constexpr double kC0 = 0x1.c6af84b912394p-5 / 32 / 32 / 32;
+constexpr double kC1 = 0x1.ebfce50fac4f3p-3 / 32 / 32;
+constexpr double kC2 = 0x1.62e42ff0c52d6p-1 / 32;
+
+// exp of four floats, as double before the final rounding to float.
+inline __m128 exp4(__m128 xf) {
+  const __m256d xd = _mm256_cvtps_pd(xf);
+  const __m256d inv = _mm256_set1_pd(kInvLn2N), shift = _mm256_set1_pd(kShift);
+  const __m256d z = _mm256_mul_pd(inv, xd);
+  __m256d kd = _mm256_add_pd(z, shift);
+  const __m256i ki = _mm256_castpd_si256(kd);
+  kd = _mm256_sub_pd(kd, shift);
+  const __m256d r = _mm256_fmsub_pd(inv, xd, kd);  // glibc's FMA build: fma(InvLn2N, x, -kd)
+  const __m256i idx = _mm256_and_si256(ki, _mm256_set1_epi64x(31));
+  __m256i t = _mm256_i64gather_epi64(reinterpret_cast<const long long*>(kExpTab), idx, 8);
+  t = _mm256_add_epi64(t, _mm256_slli_epi64(ki, 52 - 5));
+  const __m256d s = _mm256_castsi256_pd(t);
+  const __m256d zz = _mm256_fmadd_pd(_mm256_set1_pd(kC0), r, _mm256_set1_pd(kC1));
+  const __m256d r2 = _mm256_mul_pd(r, r);
+  __m256d y = _mm256_fmadd_pd(_mm256_set1_pd(kC2), r, _mm256_set1_pd(1.0));
+  y = _mm256_fmadd_pd(zz, r2, y);
+  return _mm256_cvtpd_ps(_mm256_mul_pd(y, s));
+}
+
+// exp of eight floats; false (nothing computed) when a lane needs glibc's special cases.
+inline bool exp8(__m256 x, __m256* out) {
+  const __m256 ax = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+  // Ordered compare: NaN lanes fail it too.
+  if (_mm256_movemask_ps(_mm256_cmp_ps(ax, _mm256_set1_ps(87.0f), _CMP_LT_OQ)) != 0xff) return false;
+  *out = _mm256_setr_m128(exp4(_mm256_castps256_ps128(x)), exp4(_mm256_extractf128_ps(x, 1)));
+  return true;
+}
+
+// (-x: flips the sign bit. A function, not a namespace-scope constant: that would run AVX
+// code while the program loads, on CPUs without it too.)
+inline __m256 negate(__m256 x) { return _mm256_xor_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN))); }
+
+void swiglu_forward_avx2(float* out, const float* gate, const float* up, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 e;
+    if (!exp8(negate(g), &e)) {
+      scalar_activation_kernels().swiglu_forward(out + i, gate + i, up + i, 8);
+      continue;
+    }
+    const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sg), _mm256_loadu_ps(up + i)));
+  }
+  if (i < n) scalar_activation_kernels().swiglu_forward(out + i, gate + i, up + i, n - i);
+}
+
+void swiglu_backward_avx2(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                          int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 e;
+    if (!exp8(negate(g), &e)) {
+      scalar_activation_kernels().swiglu_backward(dgate + i, dup + i, dout + i, gate + i, up + i, 8);
+      continue;
+    }
+    const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    const __m256 silu = _mm256_mul_ps(g, sg);
+    const __m256 d = _mm256_loadu_ps(dout + i);
+    // dout * up * (sg * (1 + g * (1 - sg))), left to right as the scalar kernel
+    const __m256 f = _mm256_mul_ps(sg, _mm256_add_ps(one, _mm256_mul_ps(g, _mm256_sub_ps(one, sg))));
+    const __m256 dg = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), f);
+    _mm256_storeu_ps(dgate + i, _mm256_add_ps(_mm256_loadu_ps(dgate + i), dg));
+    _mm256_storeu_ps(dup + i, _mm256_add_ps(_mm256_loadu_ps(dup + i), _mm256_mul_ps(d, silu)));
+  }
+  if (i < n) scalar_activation_kernels().swiglu_backward(dgate + i, dup + i, dout + i, gate + i, up + i, n - i);
+}
+
+void exp_avx2(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 e;
+    if (exp8(_mm256_loadu_ps(x + i), &e))
+      _mm256_storeu_ps(y + i, e);
+    else
+      for (int64_t k = i; k < i + 8; ++k) y[k] = std::exp(x[k]);
+  }
+  for (; i < n; ++i) y[i] = std::exp(x[i]);
+}
+
+}  // namespace
+
+const ActivationKernels& avx2_activation_kernels() {
+  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2};
+  return k;
+}
+
+}  // namespace qlora::kernels

@@ -57,10 +57,9 @@ class CudaBackend final : public Backend {
     blas_->set_stream(stream_);
   }
   ~CudaBackend() override {
-    if (stream_) {
-      cudaStreamSynchronize(stream_);
-      cudaStreamDestroy(stream_);
-    }
+    if (stream_) cudaStreamSynchronize(stream_);
+    blas_.reset();  // its handle is bound to the stream
+    if (stream_) cudaStreamDestroy(stream_);
   }
 
   const char* name() const override { return name_.c_str(); }
@@ -136,6 +135,7 @@ class CudaBackend final : public Backend {
 
   void linear_forward(float* y, const float* x, int64_t T, const QuantLinear& W, const LoraLayer* lora,
                       LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) override {
+    if (T <= 0) return;
     const DeviceLinearWeight& L = linear(W);
     const ComputeDType dt = W.dtype();
     if (!L.q4) {
@@ -163,6 +163,7 @@ class CudaBackend final : public Backend {
 
   void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W, LoraLayer* lora,
                        const LoraCache* cache, float* /*tile*/, const LoraScratch& scratch) override {
+    if (T <= 0) return;
     const DeviceLinearWeight& L = linear(W);
     if (dx) {
       // dx (T, in) += dy (T, out) · W, W dequantized whole in float32 and rounded to the
@@ -263,9 +264,10 @@ class CudaBackend final : public Backend {
     cuda::layernorm_forward(out, nullptr, in, vec(weight, C), vec(bias, C), rows, C, eps, dtype, stream_);
   }
   void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) override {
-    dense_matmul(y, dense(W), x, n);
+    if (n > 0) dense_matmul(y, dense(W), x, n);
   }
   void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* /*tile*/) override {
+    if (n <= 0) return;
     const DeviceDense& d = dense(W);
     blas_->sgemm_nn(n, d.cols, d.rows, 1.0f, dy, d.rows, dense_f32(d), d.cols, 1.0f, dx, d.cols);
   }
@@ -307,6 +309,8 @@ class CudaBackend final : public Backend {
     if (it != linears_.end()) return it->second;
     if (W.is_int8())
       fail(name_, "LLM.int8 weights (--quant int8) do not run on the CUDA backend yet; use nf4/fp4 or --device cpu");
+    if (W.uses_int8_activations())
+      fail(name_, "8-bit activations (--int8-activations) are a CPU decoding mode; load the model without them");
     DeviceLinearWeight L;
     L.in = W.in_features();
     L.out = W.out_features();

@@ -19,7 +19,14 @@
 //    read once), more through the weight dequantized whole into a workspace and cuBLAS; the
 //    backward multiplies by the weight dequantized in float32 (rounded to the compute dtype,
 //    as the CPU's dequantize_rows).
-//  - Not yet: LLM.int8 weights (an Error naming them).
+//  - The 16-bit products (bf16/fp16 compute) convert a Linear's float32 input to the compute
+//    dtype, which is exact because the block programs round every Linear input to it first
+//    (the CPU multiplies the same values in float32).
+//  - One thread at a time, on the device the constructor made current (its maps and
+//    workspaces are not locked). Workspaces grow to the largest weight and stay until the
+//    backend goes; LoRA A/B are uploaded at every call, and each LoRA backward waits for its
+//    gradients (two synchronisations per adapted layer): correctness first.
+//  - Not yet: LLM.int8 weights and --int8-activations (an Error naming them).
 //
 // Written and compiled without a GPU (session 10): tests/cuda/test_cuda_backend.cpp holds it
 // against the CPU backend, family by family, and skips where there is no GPU.

@@ -24,9 +24,10 @@ using namespace qlora::test;
 
 namespace {
 
-Model load_family(const std::string& f) {
+Model load_family(const std::string& f, ComputeDType dt = ComputeDType::F32) {
   ModelFiles files = open_model_files(std::string(QLORA_FIXTURE_DIR) + "/families/" + f);
   ModelLoadOptions o;
+  o.compute_dtype = dt;
   o.quant.type = QuantType::NF4;
   o.quant.blocksize = 64;
   o.quant.double_quant = true;
@@ -130,6 +131,23 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
     }
     EXPECT_NEAR(forward_loss(gpu_lm, wg, in1, t1, p1), forward_loss(cpu_lm, wc, in1, t1, p1), 1e-4 * std::fabs(lc))
         << what;
+  }
+}
+
+// bf16 compute: the 16-bit cuBLAS products, the dequantization to bf16, and prompts of 2 to 8
+// tokens (the multi-token fused GEMV). bf16 rounding of every activation: 1e-2 of the scale.
+TEST_P(CudaBackendFamilies, Bf16InferenceMatchesCpu) {
+  REQUIRE_GPU();
+  const Model m = load_family(GetParam(), ComputeDType::BF16);
+  const ModelSpec& s = m.spec();
+  const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
+  for (int n : {5, 19}) {
+    InferenceState on_cpu(s, 4), on_gpu(s, 4, *gpu);
+    const std::vector<int> prompt = some_tokens(s, n, 6);
+    std::vector<float> a(prompt.size() * static_cast<size_t>(s.vocab)), b(a.size());
+    forward(m, on_cpu, prompt, a.data(), /*all_logits=*/true);
+    forward(m, on_gpu, prompt, b.data(), /*all_logits=*/true);
+    expect_close_scaled(b, a, 1e-2, GetParam() + " bf16 prompt of " + std::to_string(n));
   }
 }
 

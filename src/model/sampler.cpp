@@ -59,10 +59,15 @@ void apply_repetition_penalty(std::span<float> logits, std::span<const int> cont
 }
 
 int argmax(std::span<const float> logits) {
-  int best = 0;
-  for (size_t i = 1; i < logits.size(); ++i)
-    if (logits[i] > logits[best]) best = static_cast<int>(i);
-  return best;
+  // The first index of the largest value, NaN never winning (a NaN at 0 wins: nothing
+  // compares greater). Two passes (the maximum, then its first index), each a simple loop
+  // the compiler vectorizes: it runs once per decoded token over the whole vocabulary.
+  if (logits.empty() || std::isnan(logits[0])) return 0;
+  float m = logits[0];
+  for (const float v : logits) m = v > m ? v : m;
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (logits[i] == m) return static_cast<int>(i);
+  return 0;
 }
 
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { validate(p); }

@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
+#include <random>
+#include <span>
+#include <vector>
 
 #include "base/error.h"
 #include "model/generate.h"
@@ -127,4 +131,27 @@ TEST(StopStringFilter, HoldsBackPossiblePrefixesAndCutsAtTheStop) {
   StopStringFilter whole({"stop"});
   EXPECT_EQ(whole.push("stop now"), "");
   EXPECT_TRUE(whole.stopped());
+}
+
+TEST(Sampler, ArgmaxIsTheFirstLargestAndNaNNeverWins) {
+  // The definition greedy decoding has always used: scan, keep the first strictly larger.
+  auto reference = [](std::span<const float> l) {
+    int best = 0;
+    for (size_t i = 1; i < l.size(); ++i)
+      if (l[i] > l[static_cast<size_t>(best)]) best = static_cast<int>(i);
+    return best;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<std::vector<float>> cases = {
+      {1.0f},           {2.0f, 5.0f, 5.0f, 1.0f},    {-0.0f, 0.0f},       {-1.0f, -0.0f, 0.0f},
+      {nan, 3.0f, 4.0f}, {1.0f, nan, 4.0f, nan, 4.0f}, {-5.0f, -2.0f, -2.0f}, {3.0f, 3.0f, 3.0f}};
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-3, 3);
+  for (int k = 0; k < 200; ++k) {  // many ties, a NaN now and then, odd lengths
+    std::vector<float> v(1 + static_cast<size_t>(k) * 7);
+    for (float& x : v) x = static_cast<float>(small(rng));
+    if (k % 5 == 0) v[static_cast<size_t>(k) % v.size()] = nan;
+    cases.push_back(v);
+  }
+  for (const auto& c : cases) EXPECT_EQ(argmax(c), reference(c)) << c.size();
 }

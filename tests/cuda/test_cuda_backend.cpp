@@ -15,6 +15,7 @@
 
 #include "cuda/cuda_backend.h"
 #include "formats/model_loader.h"
+#include "model/backend_test_families.h"
 #include "lora/lora_model.h"
 #include "model/model.h"
 #include "train/train_model.h"
@@ -25,21 +26,13 @@ using namespace qlora::test;
 namespace {
 
 Model load_family(const std::string& f, ComputeDType dt = ComputeDType::F32) {
-  ModelFiles files = open_model_files(std::string(QLORA_FIXTURE_DIR) + "/families/" + f);
+  ModelFiles files = open_model_files(family_fixture_dir(f));
   ModelLoadOptions o;
   o.compute_dtype = dt;
   o.quant.type = QuantType::NF4;
   o.quant.blocksize = 64;
   o.quant.double_quant = true;
   return Model::load(files.spec, *files.tensors, o);
-}
-
-const std::vector<std::string> kFamilies = {"llama", "gemma2", "phi3", "opt_350m", "bloom", "gpt_neox"};
-
-std::vector<int> some_tokens(const ModelSpec& s, int n, int salt) {
-  std::vector<int> t;
-  for (int i = 0; i < n; ++i) t.push_back(static_cast<int>((i * 7 + salt * 13 + 3) % s.vocab));
-  return t;
 }
 
 // |a - b| <= tol * max|a| element-wise (logits: one scale per row set).
@@ -70,8 +63,7 @@ TEST_P(CudaBackendFamilies, InferenceMatchesCpu) {
   c.all_linear = true;
   c.seed = 3;
   LoraModel lm(m, c);
-  for (LoraLayer& l : lm.layers())
-    for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 37) % 11) - 0.05f;
+  set_test_adapter_b(lm, 37, 11, 0.05f);
   const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
   for (bool adapter : {false, true}) {
     m.set_adapter(adapter ? &lm : nullptr);
@@ -104,17 +96,9 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
   const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
   for (bool checkpointing : {true, false}) {
     LoraModel cpu_lm(m, c), gpu_lm(m, c);
-    for (LoraModel* lm : {&cpu_lm, &gpu_lm})
-      for (LoraLayer& l : lm->layers())
-        for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 29) % 13) - 0.06f;
-    const std::vector<int> in1 = some_tokens(s, 13, 4), in2 = some_tokens(s, 9, 5);
-    std::vector<int> t1(in1.begin() + 1, in1.end()), t2(in2.begin() + 1, in2.end());
-    t1.push_back(1);
-    t2.push_back(-100);
-    t1[2] = -100;
-    std::vector<int32_t> p1;  // the first sequence packs two examples
-    for (int i = 0; i < 13; ++i) p1.push_back(i < 6 ? i : i - 6);
-    const TrainSequenceRef batch[2] = {{in1, t1, p1}, {in2, t2, {}}};
+    for (LoraModel* lm : {&cpu_lm, &gpu_lm}) set_test_adapter_b(*lm, 29, 13, 0.06f);
+    const PackedTestBatch pb(s);
+    const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
     TrainStepOptions opt;
     opt.checkpointing = checkpointing;
     opt.grad_scale = 0.5f;
@@ -129,7 +113,8 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
       expect_close_scaled(b.dA, a.dA, 2e-3, what + " dA " + a.module_path);
       expect_close_scaled(b.dB, a.dB, 2e-3, what + " dB " + a.module_path);
     }
-    EXPECT_NEAR(forward_loss(gpu_lm, wg, in1, t1, p1), forward_loss(cpu_lm, wc, in1, t1, p1), 1e-4 * std::fabs(lc))
+    EXPECT_NEAR(forward_loss(gpu_lm, wg, pb.in1, pb.t1, pb.p1), forward_loss(cpu_lm, wc, pb.in1, pb.t1, pb.p1),
+                1e-4 * std::fabs(lc))
         << what;
   }
 }
@@ -151,7 +136,7 @@ TEST_P(CudaBackendFamilies, Bf16InferenceMatchesCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, CudaBackendFamilies, testing::ValuesIn(kFamilies),
+INSTANTIATE_TEST_SUITE_P(Families, CudaBackendFamilies, testing::ValuesIn(kBackendFamilies),
                          [](const testing::TestParamInfo<std::string>& i) { return i.param; });
 
 TEST(CudaBackend, MemoryIsTheDevicesAndCopiesRoundTrip) {

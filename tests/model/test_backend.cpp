@@ -17,6 +17,7 @@
 #include "lora/lora_model.h"
 #include "memory/memory_plan.h"
 #include "model/backend.h"
+#include "model/backend_test_families.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
@@ -289,10 +290,8 @@ class CheckingBackend final : public Backend {
   std::map<uintptr_t, size_t> live_;
 };
 
-std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_DIR) + "/families/" + f; }
-
 Model load_family(const std::string& f) {
-  ModelFiles files = open_model_files(family_dir(f));
+  ModelFiles files = open_model_files(test::family_fixture_dir(f));
   ModelLoadOptions o;
   o.quant.quantize = true;
   o.quant.type = QuantType::NF4;
@@ -300,17 +299,7 @@ Model load_family(const std::string& f) {
   return Model::load(files.spec, *files.tensors, o);
 }
 
-// Families whose blocks exercise every op kind: plain llama, gemma2 (softcaps, sandwich
-// norms, alternating windows), phi3 (fused q/k/v and gate/up: slices, partial rotary),
-// opt_350m (post-norm, project_in/out, learned positions), bloom (ALiBi, embedding norm),
-// gpt_neox (parallel residual, per-head fused q/k/v).
-const std::vector<std::string> kFamilies = {"llama", "gemma2", "phi3", "opt_350m", "bloom", "gpt_neox"};
-
-std::vector<int> some_tokens(const ModelSpec& s, int n, int salt) {
-  std::vector<int> t;
-  for (int i = 0; i < n; ++i) t.push_back(static_cast<int>((i * 7 + salt * 13 + 3) % s.vocab));
-  return t;
-}
+using test::some_tokens;
 
 class BackendSeam : public testing::TestWithParam<std::string> {};
 
@@ -325,8 +314,7 @@ TEST_P(BackendSeam, InferenceRunsOnlyOnBackendMemory) {
   c.all_linear = true;
   c.seed = 3;
   LoraModel lm(m, c);
-  for (LoraLayer& l : lm.layers())
-    for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 37) % 11) - 0.05f;
+  test::set_test_adapter_b(lm, 37, 11, 0.05f);
   for (bool adapter : {false, true}) {
     m.set_adapter(adapter ? &lm : nullptr);
     CheckingBackend chk;
@@ -365,18 +353,9 @@ TEST_P(BackendSeam, TrainingRunsOnlyOnBackendMemory) {
   c.seed = 5;
   for (bool checkpointing : {true, false}) {
     LoraModel cpu_lm(m, c), chk_lm(m, c);
-    for (LoraModel* lm : {&cpu_lm, &chk_lm})
-      for (LoraLayer& l : lm->layers())
-        for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 29) % 13) - 0.06f;
-    const std::vector<int> in1 = some_tokens(s, 13, 4), in2 = some_tokens(s, 9, 5);
-    std::vector<int> t1(in1.begin() + 1, in1.end()), t2(in2.begin() + 1, in2.end());
-    t1.push_back(1);
-    t2.push_back(-100);
-    t1[2] = -100;
-    // The first sequence packs two examples (positions restart at 0).
-    std::vector<int32_t> p1;
-    for (int i = 0; i < 13; ++i) p1.push_back(i < 6 ? i : i - 6);
-    const TrainSequenceRef batch[2] = {{in1, t1, p1}, {in2, t2, {}}};
+    for (LoraModel* lm : {&cpu_lm, &chk_lm}) test::set_test_adapter_b(*lm, 29, 13, 0.06f);
+    const test::PackedTestBatch pb(s);
+    const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
     TrainStepOptions opt;
     opt.checkpointing = checkpointing;
     opt.grad_scale = 0.5f;
@@ -393,7 +372,7 @@ TEST_P(BackendSeam, TrainingRunsOnlyOnBackendMemory) {
     const int64_t allocations = chk.allocations;
     forward_backward_batch(chk_lm, wk, batch, opt, &rk);
     EXPECT_EQ(chk.allocations, allocations) << GetParam() << ": the second step allocated";
-    EXPECT_EQ(forward_loss(chk_lm, wk, in1, t1, p1), forward_loss(cpu_lm, wc, in1, t1, p1)) << GetParam();
+    EXPECT_EQ(forward_loss(chk_lm, wk, pb.in1, pb.t1, pb.p1), forward_loss(cpu_lm, wc, pb.in1, pb.t1, pb.p1)) << GetParam();
     EXPECT_TRUE(chk.foreign.empty()) << GetParam() << ": an op was handed memory the backend did not allocate: "
                                      << chk.foreign.front();
     EXPECT_GT(chk.ops["attention_backward"], 0);
@@ -401,7 +380,7 @@ TEST_P(BackendSeam, TrainingRunsOnlyOnBackendMemory) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, BackendSeam, testing::ValuesIn(kFamilies),
+INSTANTIATE_TEST_SUITE_P(Families, BackendSeam, testing::ValuesIn(test::kBackendFamilies),
                          [](const testing::TestParamInfo<std::string>& i) { return i.param; });
 
 // Backend memory: aligned, released when its owner goes, grown only when asked for more.

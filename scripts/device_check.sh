@@ -48,6 +48,9 @@ if [ -d .devcarry/smol ]; then
   python3 bench/cuda/hf_random_model.py .devcarry/smol $TL --hidden 2048 --layers 22 --ffn 5632 --heads 32 --kv-heads 4 2>&1 | tail -1 | tee -a "$OUT/hf.log"
   timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'tokens/s|device|loaded|error' | tee -a "$OUT/hf.log"
   QLORA_CUDA_GRAPHS=0 timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/no graphs: /' | tee -a "$OUT/hf.log"
+  # The same model through the block interpreter on the CUDA backend (every family's engine).
+  QLORA_CUDA_ENGINE=backend timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'generation|GPU memory|error' | sed 's/^/backend engine: /' | tee -a "$OUT/hf.log"
+  [ "${HF_PARTS:-all}" = all ] && QLORA_CUDA_ENGINE=backend timeout 300 qlora "${train[@]}" --out /tmp/ad-be --max-steps 10 --device cuda 2>&1 | grep -E 'trained|GPU memory|error' | sed 's/^/backend engine train 135M: /' | tee -a "$OUT/hf.log"
   timeout 300 qlora "${gen[@]/bf16/fp32}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/fp32: /' | tee -a "$OUT/hf.log"
   [ "${HF_PARTS:-all}" = all ] && timeout 300 python3 bench/cuda/hf_compare.py $TL - 128 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/hf.log"
   # The memory planner's GPU engine against the measured peak (CUDA context + buffers).

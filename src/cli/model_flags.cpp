@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include <omp.h>
@@ -87,10 +88,20 @@ void add_device_flag(CLI::App& app, ModelFlags& f) {
 void attach_device(Model& model, const ModelFlags& f, bool quiet) {
   const DeviceChoice d = parse_device(f.device);
   if (!d.cuda) return;
-  model.set_runner(make_cuda_runner(model, d.index));
+  const char* env = std::getenv("QLORA_CUDA_ENGINE");
+  const CudaEngine engine = choose_cuda_engine(model.spec(), env ? env : "");
+  if (engine == CudaEngine::Runner) {
+    model.set_runner(make_cuda_runner(model, d.index));
+    if (!quiet)
+      std::fprintf(stderr, "device: %s (%s), %.1f MiB of weights on the GPU\n", model.runner()->describe().c_str(),
+                   cuda_engine_name(engine), static_cast<double>(model.runner()->device_bytes()) / (1024.0 * 1024.0));
+    return;
+  }
+  // The backend copies each weight to the GPU the first time an op names it.
+  model.set_backend(make_cuda_backend(d.index));
   if (!quiet)
-    std::fprintf(stderr, "device: %s, %.1f MiB of weights on the GPU\n", model.runner()->describe().c_str(),
-                 static_cast<double>(model.runner()->device_bytes()) / (1024.0 * 1024.0));
+    std::fprintf(stderr, "device: %s (%s; weights go to the GPU as the first forward uses them)\n",
+                 model.backend().describe().c_str(), cuda_engine_name(engine));
 }
 
 bool auto_checkpointing(const ModelSpec& spec, MemoryOptions mo, bool cuda, const std::string& max_memory,
@@ -146,12 +157,23 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
 }
 
 void report_device_memory(const Model& model, bool quiet) {
-  if (quiet || !model.runner()) return;
-  const DeviceRunner::Memory m = model.runner()->device_memory();
+  if (quiet) return;
+  uint64_t context = 0, buffers = 0;
+  if (const DeviceRunner* dev = model.runner()) {
+    const DeviceRunner::Memory m = dev->device_memory();
+    context = m.context;
+    buffers = m.buffers_peak;
+  } else if (!model.backend().host_addressable()) {
+    const Backend::Memory m = model.backend().memory();
+    context = m.context;
+    buffers = m.peak;
+  } else {
+    return;
+  }
   constexpr double kMiB = 1024.0 * 1024.0;
   std::fprintf(stderr, "GPU memory: peak %.1f MiB (CUDA context %.1f MiB + buffers %.1f MiB)\n",
-               static_cast<double>(m.peak()) / kMiB, static_cast<double>(m.context) / kMiB,
-               static_cast<double>(m.buffers_peak) / kMiB);
+               static_cast<double>(context + buffers) / kMiB, static_cast<double>(context) / kMiB,
+               static_cast<double>(buffers) / kMiB);
 }
 
 void add_adapter_flag(CLI::App& app, std::string& dir) {

@@ -23,6 +23,7 @@
 #include "lora/lora.h"
 #include "model/model_spec.h"
 #include "model/ops.h"
+#include "model/device_runner.h"
 #include "model/quant_linear.h"
 
 namespace qlora::cuda {
@@ -50,11 +51,18 @@ struct DeviceLinearWeight {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device), name_("cuda:" + std::to_string(device)) {
-    describe_device(device);  // Error naming the device when it does not exist
+    describe_ = describe_device(device);  // Error naming the device when it does not exist
     QLORA_CUDA_CHECK(cudaSetDevice(device));
+    QLORA_CUDA_CHECK(cudaFree(nullptr));  // creates the context now, so it can be measured
     QLORA_CUDA_CHECK(cudaStreamCreate(&stream_));  // blocking: waits for the default stream's copies
     blas_ = std::make_unique<Blas>();
     blas_->set_stream(stream_);
+    // The device memory in use that is not our buffers: the CUDA context, kernels and
+    // cuBLAS's own (other processes' too, on a shared GPU), as the CudaRunner measures it.
+    size_t free_b = 0, total_b = 0;
+    memory_info(&free_b, &total_b);
+    const uint64_t used = total_b - free_b, ours = device_bytes_in_use();
+    context_bytes_ = used > ours ? used - ours : 0;
   }
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
@@ -63,6 +71,16 @@ class CudaBackend final : public Backend {
   }
 
   const char* name() const override { return name_.c_str(); }
+  std::string describe() const override { return describe_; }
+  // The buffers' counts are the process's device allocations (device_buffer.h), shared with
+  // anything else of ours on the GPU: one model's engine per process.
+  Memory memory() const override {
+    Memory m;
+    m.context = context_bytes_;
+    m.in_use = device_bytes_in_use();
+    m.peak = device_bytes_peak();
+    return m;
+  }
 
   // ---- memory ----
   bool host_addressable() const override { return false; }
@@ -461,7 +479,8 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
-  std::string name_;
+  std::string name_, describe_;
+  uint64_t context_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Blas> blas_;
   std::unordered_map<void*, size_t> sizes_;
@@ -481,3 +500,9 @@ class CudaBackend final : public Backend {
 std::unique_ptr<Backend> make_backend(int device) { return std::make_unique<CudaBackend>(device); }
 
 }  // namespace qlora::cuda
+
+namespace qlora {
+
+std::shared_ptr<Backend> make_cuda_backend(int index) { return cuda::make_backend(index); }
+
+}  // namespace qlora

@@ -436,18 +436,9 @@ void CudaRunner::decode(CudaSequence& seq, int64_t pos, int token, float* logits
 }
 
 std::shared_ptr<const DeviceRunner> make_runner(const Model& model, int device) {
-  const ModelSpec& s = model.spec();
-  if (s.qk_norm || s.mlp != MlpKind::SwiGLU || s.norm_unit_offset || s.embed_scale)
-    fail("--device cuda", s.family + ": this architecture (" +
-                              std::string(s.qk_norm ? "per-head q/k norms" : "GeGLU MLP, (1 + w) norms, scaled embeddings") +
-                              ") does not run on CUDA yet; use --device cpu");
-  if (s.norm == NormKind::LayerNorm || s.mlp == MlpKind::Plain || s.parallel_residual ||
-      s.positional != PositionalKind::Rotary)
-    fail("--device cuda", s.family + ": LayerNorm, plain-MLP and parallel-residual blocks do not run on CUDA yet; "
-                                     "use --device cpu");
-  if (s.fused_qkv || s.fused_gate_up || s.rotary_dim > 0 || s.rope_scaling.type == RopeScaling::Type::LongRope)
-    fail("--device cuda", s.family + ": fused qkv/gate_up Linears, partial rotary and longrope do not run on CUDA "
-                                     "yet; use --device cpu");
+  if (const std::string why = cuda_runner_unsupported(model.spec()); !why.empty())
+    fail("--device cuda", "the llama CUDA runner does not run " + why +
+                              " (the CUDA backend does: QLORA_CUDA_ENGINE=backend or auto)");
   return std::make_shared<CudaRunner>(model, device);
 }
 

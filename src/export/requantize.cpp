@@ -15,7 +15,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::vector<float> all_logits(const Model& m, const std::vector<int>& ids) {
-  InferenceState st(m.spec(), static_cast<int64_t>(ids.size()));
+  InferenceState st(m, static_cast<int64_t>(ids.size()));
   std::vector<float> out(ids.size() * static_cast<size_t>(m.spec().vocab));
   forward(m, st, ids, out.data(), /*all_logits=*/true);
   return out;

@@ -27,7 +27,9 @@
 // src/cuda.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <string>
 #include <utility>
 
 #include "base/dtype.h"
@@ -76,6 +78,15 @@ class Backend {
   virtual void zero_bytes(void* dst, size_t bytes) = 0;
   // Waits until every op issued so far has finished.
   virtual void synchronize() = 0;
+  // What this backend's memory holds, measured: a device's context (its runtime, kernels and
+  // libraries: 0 on the CPU) and the bytes of allocate_bytes() blocks held now and at most so
+  // far. The memory planner predicts context + peak; log lines and metrics report it.
+  struct Memory {
+    uint64_t context = 0, in_use = 0, peak = 0;
+  };
+  virtual Memory memory() const = 0;
+  // "cpu", or the device with its name and size ("cuda:0 NVIDIA H200 (sm_90, 139.8 GiB)").
+  virtual std::string describe() const { return name(); }
   // Typed forms of the copies above, n elements.
   template <class T>
   void upload(T* dst, const T* host, int64_t n) {
@@ -186,8 +197,12 @@ class Backend {
   virtual void scatter_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) = 0;
 };
 
-// The process's CPU backend (stateless; safe to use from several threads).
+// The process's CPU backend (safe to use from several threads: its only state is the
+// memory() counters, which are atomic).
 Backend& cpu_backend();
+// A CPU backend of its own (the same ops; its own memory() counters): for a Model whose
+// activations should be counted apart (Model::set_backend) and for tests of the seam.
+std::unique_ptr<Backend> make_cpu_backend();
 
 // Floats of the dequantized-row tile linear_backward uses for a (out, in) weight: a tile of
 // about 1 MiB of rows (at least 16, at most all of them), each row at a stride of

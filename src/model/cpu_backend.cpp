@@ -2,6 +2,7 @@
 // lora/lora.h (each with its scalar reference and SIMD kernels behind it).
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <new>
 #include <string>
@@ -53,15 +54,32 @@ class CpuBackend final : public Backend {
 
   void* allocate_bytes(size_t bytes) override {
     if (bytes == 0) return nullptr;
-    // 64-byte aligned for the SIMD kernels; uninitialised, as the contract says.
-    void* p = ::operator new[](bytes, std::align_val_t{64}, std::nothrow);
+    // 64-byte aligned for the SIMD kernels; uninitialised, as the contract says. The block's
+    // size sits in the 64 bytes before it, for release() to count.
+    char* p = static_cast<char*>(::operator new[](bytes + kHeader, std::align_val_t{64}, std::nothrow));
     if (!p)
       fail("cpu backend", "out of memory allocating " + std::to_string(bytes >> 20) +
                               " MiB (lower --batch-size or --seq-len, or see `qlora memory`)");
-    return p;
+    std::memcpy(p, &bytes, sizeof bytes);
+    const uint64_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    uint64_t peak = peak_.load(std::memory_order_relaxed);
+    while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+    }
+    return p + kHeader;
   }
   void release(void* p) noexcept override {
-    if (p) ::operator delete[](p, std::align_val_t{64});
+    if (!p) return;
+    char* base = static_cast<char*>(p) - kHeader;
+    size_t bytes = 0;
+    std::memcpy(&bytes, base, sizeof bytes);
+    in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+    ::operator delete[](base, std::align_val_t{64});
+  }
+  Memory memory() const override {
+    Memory m;
+    m.in_use = in_use_.load(std::memory_order_relaxed);
+    m.peak = peak_.load(std::memory_order_relaxed);
+    return m;
   }
   void upload_bytes(void* dst, const void* host, size_t bytes) override { copy_bytes(dst, host, bytes); }
   void download_bytes(void* host, const void* src, size_t bytes) override { copy_bytes(host, src, bytes); }
@@ -234,6 +252,10 @@ class CpuBackend final : public Backend {
   void scatter_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
     for (size_t i = 0; i < idx.size(); ++i) std::copy_n(src + static_cast<int64_t>(i) * width, width, dst + idx[i] * width);
   }
+
+ private:
+  static constexpr size_t kHeader = 64;  // keeps the 64-byte alignment
+  std::atomic<uint64_t> in_use_{0}, peak_{0};
 };
 
 }  // namespace
@@ -242,5 +264,7 @@ Backend& cpu_backend() {
   static CpuBackend b;
   return b;
 }
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
 
 }  // namespace qlora

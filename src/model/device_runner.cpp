@@ -3,6 +3,8 @@
 #include <charconv>
 
 #include "base/error.h"
+#include "model/backend.h"
+#include "model/model_spec.h"
 
 namespace qlora {
 
@@ -41,6 +43,52 @@ DeviceChoice parse_device(std::string_view s) {
   fail("--device", msg);
 }
 
+std::string cuda_runner_unsupported(const ModelSpec& s) {
+  if (s.qk_norm) return s.family + ": per-head q/k norms";
+  if (s.mlp == MlpKind::GeGLU) return s.family + ": a GeGLU MLP";
+  if (s.mlp == MlpKind::Plain) return s.family + ": a plain (non-gated) MLP";
+  if (s.norm == NormKind::LayerNorm) return s.family + ": LayerNorm";
+  if (s.norm_unit_offset) return s.family + ": (1 + w) norms";
+  if (s.embed_scale) return s.family + ": scaled embeddings";
+  if (s.parallel_residual) return s.family + ": parallel-residual blocks";
+  if (s.positional != PositionalKind::Rotary) return s.family + ": positions other than rotary";
+  if (s.fused_qkv || s.fused_gate_up) return s.family + ": fused qkv/gate_up Linears";
+  if (s.rotary_dim > 0) return s.family + ": partial rotary";
+  if (s.rope_scaling.type == RopeScaling::Type::LongRope) return s.family + ": longrope";
+  if (s.sliding_window > 0) return s.family + ": a sliding attention window";
+  if (s.rope_local) return s.family + ": local rotary layers";
+  if (s.sandwich_norms || s.post_norm || s.shared_branch_norm || s.embed_norm || !s.final_norm)
+    return s.family + ": its norm placement";
+  if (s.attn_scale > 0.0f || s.attn_softcap > 0.0f || s.final_softcap > 0.0f)
+    return s.family + ": a custom attention scale or softcaps";
+  if (s.projects_embeddings()) return s.family + ": projected embeddings";
+  if (s.qkv_per_head || s.qkv_grouped) return s.family + ": per-head q/k/v layouts";
+  return "";
+}
+
+CudaEngine choose_cuda_engine(const ModelSpec& spec, std::string_view request) {
+  if (request == "backend") return CudaEngine::Backend;
+  const std::string why = cuda_runner_unsupported(spec);
+  if (request == "runner") {
+    if (!why.empty())
+      fail("QLORA_CUDA_ENGINE=runner", "the llama CUDA runner does not run " + why +
+                                           "; unset QLORA_CUDA_ENGINE (or set it to backend) to run it on the "
+                                           "CUDA backend");
+    return CudaEngine::Runner;
+  }
+  if (!request.empty() && request != "auto") {
+    std::string msg(1, '\'');
+    msg.append(request);
+    msg.append("' is not an engine: use auto, runner or backend");
+    fail("QLORA_CUDA_ENGINE", msg);
+  }
+  return why.empty() ? CudaEngine::Runner : CudaEngine::Backend;
+}
+
+const char* cuda_engine_name(CudaEngine e) {
+  return e == CudaEngine::Runner ? "llama runner (CUDA graphs)" : "block interpreter on the CUDA backend";
+}
+
 #ifndef QLORA_HAVE_CUDA
 namespace {
 [[noreturn]] void no_cuda() {
@@ -58,6 +106,8 @@ void check_device_available(const DeviceChoice& d) {
 }
 
 std::shared_ptr<const DeviceRunner> make_cuda_runner(const Model&, int) { no_cuda(); }
+
+std::shared_ptr<Backend> make_cuda_backend(int) { no_cuda(); }
 #endif
 
 }  // namespace qlora

@@ -13,6 +13,8 @@
 
 namespace qlora {
 
+class Backend;           // model/backend.h
+struct ModelSpec;        // model/model_spec.h
 class Model;
 class LoraModel;         // train/train_model.h
 class LoraRng;           // lora/lora.h
@@ -79,6 +81,26 @@ bool device_free_memory(const DeviceChoice& d, uint64_t* free_bytes, uint64_t* t
 
 // True when this build has the CUDA backend (-DQLORA_CUDA=ON).
 bool cuda_backend_built();
+
+// The CUDA backend (cuda/cuda_backend.h) on device `index`, for Model::set_backend: the
+// block interpreter then runs every family there. Throws Error when this build has no CUDA
+// backend or the device does not exist.
+std::shared_ptr<Backend> make_cuda_backend(int index);
+
+// Which of the two CUDA engines runs a model with --device cuda:
+//  - Runner: the hand-written llama forward and training step (CudaRunner), decoding one
+//    token as a replayed CUDA graph; llama-shaped models only.
+//  - Backend: the block interpreter on the CUDA backend (make_cuda_backend), every family
+//    the CPU runs; each op launched as it comes.
+enum class CudaEngine { Runner, Backend };
+// Why the CudaRunner does not run models of `spec` (its family, norm, MLP, fused Linears,
+// rotary variant or sliding window), or "" when it does.
+std::string cuda_runner_unsupported(const ModelSpec& spec);
+// The engine for `spec`. `request` is the QLORA_CUDA_ENGINE environment variable: "" or
+// "auto" (the runner where it runs the model, else the backend), "runner" (Error saying why
+// when it does not run the model) or "backend". Error naming QLORA_CUDA_ENGINE otherwise.
+CudaEngine choose_cuda_engine(const ModelSpec& spec, std::string_view request);
+const char* cuda_engine_name(CudaEngine e);
 
 // The CUDA runner for `model` on device `index`: uploads the weights (and the model's
 // LoRA adapter, when one is attached: attach it before) to the GPU. Throws Error when this

@@ -113,7 +113,7 @@ GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const s
   std::unique_ptr<InferenceState> own;
   int64_t reused = 0;
   if (cache) {
-    if (!cache->state) cache->state = std::make_unique<InferenceState>(spec, capacity);
+    if (!cache->state) cache->state = std::make_unique<InferenceState>(model, capacity);
     // The shared prefix, but never the whole prompt: its last token must run to give logits.
     while (reused < static_cast<int64_t>(cache->ids.size()) && reused + 1 < P &&
            cache->ids[static_cast<size_t>(reused)] == prompt_ids[static_cast<size_t>(reused)])
@@ -121,7 +121,7 @@ GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const s
     cache->state->cache().set_length(reused);
     cache->ids.resize(static_cast<size_t>(reused));
   } else {
-    own = std::make_unique<InferenceState>(spec, capacity);
+    own = std::make_unique<InferenceState>(model, capacity);
   }
   InferenceState& state = cache ? *cache->state : *own;
   res.prompt_tokens_reused = reused;

@@ -130,6 +130,14 @@ class Model {
   void set_runner(std::shared_ptr<const DeviceRunner> runner) { runner_ = std::move(runner); }
   const DeviceRunner* runner() const { return runner_.get(); }
 
+  // The backend this model's work runs on (model/backend.h): the InferenceStates made for it
+  // (InferenceState(model, ...)) and the trainer's workspace take it, so generate, chat, eval
+  // and train run there without knowing it. Default: the process's CPU backend. The weights
+  // stay the host's objects (a device backend copies them on first use). nullptr restores
+  // the CPU. States made on the previous backend must not be used with this model after.
+  void set_backend(std::shared_ptr<Backend> backend) { backend_ = std::move(backend); }
+  Backend& backend() const { return backend_ ? *backend_ : cpu_backend(); }
+
  private:
   ModelSpec spec_;
   ComputeDType dtype_ = ComputeDType::F32;
@@ -141,6 +149,7 @@ class Model {
   std::shared_ptr<const BlockProgram> block_;
   const LoraModel* adapter_ = nullptr;
   std::shared_ptr<const DeviceRunner> runner_;
+  std::shared_ptr<Backend> backend_;
 };
 
 // These run on `be` (model/backend.h): x, emb, h, e, stats and scratch are its memory; tokens
@@ -179,6 +188,8 @@ class InferenceState {
   // Room for `capacity` positions (grown on demand up to spec.max_positions); the cache and
   // every buffer of forward() are `backend`'s memory, and forward() runs on it.
   InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend = cpu_backend());
+  // The same for `model`, on its backend (Model::backend()).
+  InferenceState(const Model& model, int64_t capacity) : InferenceState(model.spec(), capacity, model.backend()) {}
   Backend& backend() const { return *backend_; }
   KVCache& cache() { return cache_; }
   const KVCache& cache() const { return cache_; }

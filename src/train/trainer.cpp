@@ -136,7 +136,7 @@ int64_t planned_steps(const TrainerOptions& opt, int64_t n_sequences) {
 }
 
 EvalResult evaluate(const LoraModel& lora, const std::vector<TrainSequence>& data, bool progress) {
-  TrainWorkspace ws;
+  TrainWorkspace ws(lora.model().backend());
   return evaluate(lora, data, ws, progress);
 }
 
@@ -242,7 +242,7 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   TrainResult res;
   res.first_step = st.step + 1;
   res.total_steps = total_steps;
-  TrainWorkspace ws;  // shared by the training steps and the evals
+  TrainWorkspace ws(lora.model().backend());  // shared by the training steps and the evals
   auto run_eval = [&](int64_t step, bool show_progress) {
     if (eval.empty()) return;
     const EvalResult e = evaluate(lora, eval, ws, show_progress);
@@ -312,8 +312,12 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     log.elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
     log.tokens_per_s = log.elapsed_s > 0 ? static_cast<double>(res.tokens) / log.elapsed_s : 0;
     log.rss_bytes = current_rss_bytes();
-    if (const DeviceRunner* dev = lora.model().runner())
+    if (const DeviceRunner* dev = lora.model().runner()) {
       log.gpu_bytes = static_cast<int64_t>(dev->device_memory().peak());
+    } else if (const Backend& be = lora.model().backend(); !be.host_addressable()) {
+      const Backend::Memory bm = be.memory();
+      log.gpu_bytes = static_cast<int64_t>(bm.context + bm.peak);
+    }
     res.steps.push_back(log);
     nlohmann::json line = {{"step", log.step},           {"epoch", log.epoch},       {"loss", log.loss},
                            {"lr", log.lr},               {"grad_norm", log.grad_norm}, {"tokens", log.tokens},

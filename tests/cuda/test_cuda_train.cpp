@@ -265,3 +265,84 @@ TEST(CudaTrain, KilledRunResumesBitExactOnTheGpu) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string family_fixture(const std::string& f) { return std::string(QLORA_FIXTURE_DIR) + "/families/" + f; }
+
+// --device cuda on families the llama runner does not run goes through the block
+// interpreter on the CUDA backend (model/device_runner.h choose_cuda_engine); llama itself
+// too when QLORA_CUDA_ENGINE=backend. For each: `qlora train` (5 steps, dropout, 8-bit
+// paged AdamW) with the loss curve of the CPU within 2e-3, the GPU's memory in the
+// metrics, then `qlora eval` of the adapter it wrote and `qlora generate` with it.
+TEST(CudaTrain, EveryFamilyRunsOnTheBackendEngine) {
+  REQUIRE_GPU();
+  TempDir dir("cuda_backend_engine");
+  {  // the first 6000 characters of Tiny Shakespeare: enough for 5 steps and a short eval
+    const std::string text = read_file(data_dir() + "/text/tinyshakespeare.txt");
+    write_file(dir.path("text.txt"), text.substr(0, 6000));
+  }
+  const std::string data = dir.path("text.txt");
+  for (const std::string f : {"llama", "gemma2", "phi3", "opt_350m", "bloom", "gpt_neox", "qwen3", "mistral"}) {
+    if (!std::filesystem::exists(family_fixture(f))) continue;
+    if (f == "llama") setenv("QLORA_CUDA_ENGINE", "backend", 1);
+    const std::vector<std::string> model = {"--model", family_fixture(f), "--tokenizer",
+                                            family_fixture("gpt2") + "/model.gguf"};
+    std::vector<double> curves[2];
+    std::string eval_out[2];
+    for (int gpu = 0; gpu < 2; ++gpu) {
+      const std::string out = dir.path(f + (gpu ? "_gpu" : "_cpu"));
+      std::vector<std::string> args = {"train"};
+      args.insert(args.end(), model.begin(), model.end());
+      for (const std::string& a : {std::string("--data"), data, std::string("--out"), out, std::string("--max-steps"), std::string("5"), std::string("--seq-len"),
+                                   std::string("48"), std::string("--batch-size"), std::string("2"),
+                                   std::string("--lora-r"), std::string("4"), std::string("--lora-dropout"),
+                                   std::string("0.1"), std::string("--optim"), std::string("paged_adamw_8bit"),
+                                   std::string("--double-quant"), std::string("-q")})
+        args.push_back(a);
+      if (gpu) args.insert(args.end(), {"--device", "cuda"});
+      const CliResult r = run_cli(args);
+      ASSERT_EQ(r.exit_code, 0) << f << ": " << r.err;
+      curves[gpu] = losses(out + "/metrics.jsonl");
+      ASSERT_EQ(curves[gpu].size(), 5u) << f;
+      if (gpu) {
+        const std::string metrics = read_file(out + "/metrics.jsonl");
+        EXPECT_NE(metrics.find("gpu_peak_bytes"), std::string::npos) << f;
+      }
+      std::vector<std::string> ev = {"eval"};
+      ev.insert(ev.end(), model.begin(), model.end());
+      for (const std::string& a : {std::string("--data"), data, std::string("--adapter"), out, std::string("--seq-len"),
+                                   std::string("48"), std::string("--double-quant"), std::string("--json"),
+                                   std::string("-q")})
+        ev.push_back(a);
+      if (gpu) ev.insert(ev.end(), {"--device", "cuda"});
+      const CliResult e = run_cli(ev);
+      ASSERT_EQ(e.exit_code, 0) << f << ": " << e.err;
+      eval_out[gpu] = e.out;
+      if (gpu) {
+        std::vector<std::string> g = {"generate"};
+        g.insert(g.end(), model.begin(), model.end());
+        for (const std::string& a : {std::string("--adapter"), out, std::string("--prompt"), std::string("To be"),
+                                     std::string("-n"), std::string("8"), std::string("--temperature"),
+                                     std::string("0"), std::string("--double-quant"), std::string("--device"),
+                                     std::string("cuda")})
+          g.push_back(a);
+        const CliResult gr = run_cli(g);
+        ASSERT_EQ(gr.exit_code, 0) << f << ": " << gr.err;
+        EXPECT_NE(gr.err.find("block interpreter on the CUDA backend"), std::string::npos) << f << ": " << gr.err;
+      }
+    }
+    unsetenv("QLORA_CUDA_ENGINE");
+    for (size_t i = 0; i < 5; ++i) {
+      std::printf("[ cuda train ] %s (backend engine) step %zu loss cpu %.5f gpu %.5f\n", f.c_str(), i + 1,
+                  curves[0][i], curves[1][i]);
+      EXPECT_NEAR(curves[1][i], curves[0][i], 2e-3 * curves[0][i]) << f << " step " << i + 1;
+    }
+    const double le[2] = {nlohmann::json::parse(eval_out[0])["loss"].get<double>(),
+                          nlohmann::json::parse(eval_out[1])["loss"].get<double>()};
+    std::printf("[ cuda train ] %s eval loss cpu %.5f gpu %.5f\n", f.c_str(), le[0], le[1]);
+    EXPECT_NEAR(le[1], le[0], 2e-3 * le[0]) << f;
+  }
+}
+
+}  // namespace

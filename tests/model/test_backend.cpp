@@ -12,16 +12,20 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
 #include "formats/model_loader.h"
 #include "lora/lora.h"
 #include "lora/lora_model.h"
 #include "memory/memory_plan.h"
 #include "model/backend.h"
 #include "model/backend_test_families.h"
+#include "model/device_runner.h"
+#include "model/generate.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
 #include "train/train_model.h"
+#include "train/trainer.h"
 
 using namespace qlora;
 
@@ -66,6 +70,12 @@ class CheckingBackend final : public Backend {
     cpu().zero_bytes(dst, bytes);
   }
   void synchronize() override {}
+  Memory memory() const override {
+    Memory m;
+    m.in_use = bytes_live;
+    m.peak = peak;
+    return m;
+  }
 
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
                     const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
@@ -380,6 +390,78 @@ TEST_P(BackendSeam, TrainingRunsOnlyOnBackendMemory) {
   }
 }
 
+// The Model's own backend (Model::set_backend, what --device cuda sets for the block
+// interpreter) carries the library's entry points: generate() with a prompt cache (a chat's
+// second turn reuses the first's keys), train() with dropout, evaluation and an optimizer,
+// and the metrics' device-memory field. The same tokens, losses and adapter as the CPU
+// backend, bit for bit, with every op on the backend's memory.
+TEST_P(BackendSeam, ModelBackendCarriesGenerateTrainAndEval) {
+  Model m = load_family(GetParam());
+  const ModelSpec& s = m.spec();
+  GenerationOptions g;
+  g.max_new_tokens = 6;
+  g.ignore_eos = true;
+  const std::vector<int> p1 = some_tokens(s, 9, 3);
+  std::vector<int> p2 = p1;
+  for (int t : some_tokens(s, 4, 6)) p2.push_back(t);
+  auto chat = [&](const Model& model) {
+    PromptCache cache;
+    std::vector<int> out = generate(model, nullptr, p1, g, {}, &cache).output_ids;
+    const GenerationResult second = generate(model, nullptr, p2, g, {}, &cache);
+    EXPECT_EQ(second.prompt_tokens_reused, 9);  // the first prompt, kept with its output
+    out.insert(out.end(), second.output_ids.begin(), second.output_ids.end());
+    return out;
+  };
+  const std::vector<int> on_cpu = chat(m);
+  auto chk = std::make_shared<CheckingBackend>();
+  m.set_backend(chk);
+  EXPECT_EQ(&m.backend(), chk.get());
+  EXPECT_EQ(chat(m), on_cpu) << GetParam();
+  EXPECT_GT(chk->ops["attention"], 0);
+  EXPECT_TRUE(chk->foreign.empty()) << chk->foreign.front();
+  EXPECT_EQ(chk->memory().in_use, 0u) << "the generation states went back to the backend";
+  EXPECT_GT(chk->memory().peak, 0u);
+
+  std::vector<TrainSequence> data(4), eval(1);
+  for (size_t i = 0; i < data.size() + eval.size(); ++i) {
+    TrainSequence& q = i < data.size() ? data[i] : eval[0];
+    q.inputs = some_tokens(s, 11 + static_cast<int>(i), 20 + static_cast<int>(i));
+    q.targets.assign(q.inputs.begin() + 1, q.inputs.end());
+    q.targets.push_back(-100);
+  }
+  TrainerOptions t;
+  t.max_steps = 3;
+  t.batch_size = 2;
+  t.adamw.lr = 1e-3;
+  t.progress = false;
+  LoraConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.dropout = 0.1;
+  c.all_linear = true;
+  auto run = [&](Model& model) {
+    LoraModel lm(model, c);
+    const TrainResult r = train(lm, data, eval, t);
+    std::vector<float> out = {static_cast<float>(r.steps.back().gpu_bytes)};
+    for (const TrainStepLog& l : r.steps) out.push_back(l.loss);
+    for (const auto& e : r.evals) out.push_back(static_cast<float>(e.second.loss));
+    for (const LoraLayer& l : lm.layers()) out.insert(out.end(), l.B.begin(), l.B.end());
+    return out;
+  };
+  const int64_t ops_before = chk->ops["linear_backward"];
+  std::vector<float> on_chk = run(m);
+  EXPECT_GT(chk->ops["linear_backward"], ops_before);
+  EXPECT_TRUE(chk->foreign.empty()) << chk->foreign.front();
+  // The device-memory field reports the model's backend (a device one: not host-addressable).
+  EXPECT_EQ(on_chk[0], static_cast<float>(chk->memory().peak));
+  m.set_backend(nullptr);
+  EXPECT_EQ(&m.backend(), &cpu_backend());
+  std::vector<float> cpu = run(m);
+  EXPECT_EQ(cpu[0], 0.f);
+  on_chk[0] = cpu[0] = 0.f;
+  EXPECT_EQ(on_chk, cpu) << GetParam() << ": losses, eval losses and the trained B";
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, BackendSeam, testing::ValuesIn(test::kBackendFamilies),
                          [](const testing::TestParamInfo<std::string>& i) { return i.param; });
 
@@ -471,6 +553,55 @@ TEST(BackendMemory, TrainingStepAllocatesWhatThePlannerCounts) {
     // panels and the host staging, 23.5 KiB on this tiny model)
     EXPECT_GE(ratio, 0.95) << "checkpointing " << checkpointing << ": allocated " << chk.peak << " counted " << counted;
   }
+}
+
+}  // namespace
+
+namespace {
+
+// --device cuda's choice of engine (model/device_runner.h), host logic only: the llama
+// runner for the shapes it runs, the CUDA backend for every other family, and
+// QLORA_CUDA_ENGINE's overrides with an Error that names the variable.
+TEST(CudaEngine, RunnerForLlamaShapesBackendForTheRest) {
+  for (const std::string& f : test::kBackendFamilies) {
+    const ModelSpec s = open_model_files(test::family_fixture_dir(f)).spec;
+    const bool llama = f == "llama";
+    EXPECT_EQ(cuda_runner_unsupported(s).empty(), llama) << f << ": " << cuda_runner_unsupported(s);
+    EXPECT_EQ(choose_cuda_engine(s, ""), llama ? CudaEngine::Runner : CudaEngine::Backend) << f;
+    EXPECT_EQ(choose_cuda_engine(s, "auto"), choose_cuda_engine(s, "")) << f;
+    EXPECT_EQ(choose_cuda_engine(s, "backend"), CudaEngine::Backend) << f;
+    if (llama) {
+      EXPECT_EQ(choose_cuda_engine(s, "runner"), CudaEngine::Runner);
+    } else {
+      try {
+        choose_cuda_engine(s, "runner");
+        ADD_FAILURE() << f << ": the runner was forced on a model it does not run";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("QLORA_CUDA_ENGINE"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(s.family), std::string::npos) << e.what();
+      }
+    }
+  }
+  ModelSpec mistral = open_model_files(test::family_fixture_dir("llama")).spec;
+  mistral.sliding_window = 16;  // the runner's attention has no window
+  EXPECT_EQ(choose_cuda_engine(mistral, ""), CudaEngine::Backend);
+  EXPECT_THROW(choose_cuda_engine(mistral, "gpu"), Error);
+}
+
+// The CPU backend counts what it holds (Backend::memory), per instance.
+TEST(BackendMemory, CpuBackendCountsItsBlocks) {
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  {
+    BackendBuffer a(*be, 1000), b(*be, 24);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 64, 0u);
+    EXPECT_EQ(be->memory().in_use, 4096u);
+    a.ensure(*be, 2000);
+    EXPECT_EQ(be->memory().in_use, 8096u);
+    EXPECT_EQ(be->memory().peak, 8096u);  // (ensure releases the old block first)
+  }
+  EXPECT_EQ(be->memory().in_use, 0u);
+  EXPECT_EQ(be->memory().context, 0u);
+  EXPECT_EQ(be->describe(), "cpu");
 }
 
 }  // namespace

@@ -50,7 +50,9 @@ if [ -d .devcarry/smol ]; then
   QLORA_CUDA_GRAPHS=0 timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/no graphs: /' | tee -a "$OUT/hf.log"
   # The same model through the block interpreter on the CUDA backend (every family's engine).
   QLORA_CUDA_ENGINE=backend timeout 300 qlora "${gen[@]}" --model $TL 2>&1 >/dev/null | grep -E 'generation|GPU memory|error' | sed 's/^/backend engine: /' | tee -a "$OUT/hf.log"
+  QLORA_CUDA_ENGINE=backend qlora memory --model $TL --device cuda --mode generate --prompt-len 5 -n 128 --double-quant --compute-dtype bf16 2>&1 | tail -1 | sed 's/^/backend engine plan generate 1.1B: /' | tee -a "$OUT/hf.log"
   [ "${HF_PARTS:-all}" = all ] && QLORA_CUDA_ENGINE=backend timeout 300 qlora "${train[@]}" --out /tmp/ad-be --max-steps 10 --device cuda 2>&1 | grep -E 'trained|GPU memory|error' | sed 's/^/backend engine train 135M: /' | tee -a "$OUT/hf.log"
+  QLORA_CUDA_ENGINE=backend qlora memory --model $S --device cuda --mode train --seq-len 256 --batch-size 4 --lora-r 16 --double-quant --compute-dtype bf16 2>&1 | tail -1 | sed 's/^/backend engine plan train 135M: /' | tee -a "$OUT/hf.log"
   timeout 300 qlora "${gen[@]/bf16/fp32}" --model $TL 2>&1 >/dev/null | grep -E 'generation|error' | sed 's/^/fp32: /' | tee -a "$OUT/hf.log"
   [ "${HF_PARTS:-all}" = all ] && timeout 300 python3 bench/cuda/hf_compare.py $TL - 128 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/hf.log"
   # The memory planner's GPU engine against the measured peak (CUDA context + buffers).

@@ -118,12 +118,13 @@ ResolvedModel resolve_model(const Options& o) {
 qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   qlora::MemoryOptions mo;
   mo.engine = qlora::memory_engine_from_string(o.engine);
-  // --device cuda: this program's GPU memory (the qlora-cuda engine).
+  // --device cuda: this program's GPU memory, for the engine a run would take
+  // (model/device_runner.h choose_cuda_engine: the llama runner or the CUDA backend).
   if (!o.device.empty()) {
     const qlora::DeviceChoice d = qlora::parse_device(o.device);
     if (d.cuda) {
       if (o.engine != "qlora") qlora::fail("--device", "plans this program on a GPU; leave --engine out");
-      mo.engine = qlora::MemoryEngine::QloraCuda;
+      mo.engine = qlora::cli::cuda_memory_engine(m.spec);
     }
   }
   if (o.mode == "train") mo.mode = qlora::MemoryMode::Train;

@@ -85,6 +85,12 @@ void add_device_flag(CLI::App& app, ModelFlags& f) {
       ->capture_default_str();
 }
 
+MemoryEngine cuda_memory_engine(const ModelSpec& spec) {
+  const char* env = std::getenv("QLORA_CUDA_ENGINE");
+  return choose_cuda_engine(spec, env ? env : "") == CudaEngine::Runner ? MemoryEngine::QloraCuda
+                                                                         : MemoryEngine::QloraCudaBackend;
+}
+
 void attach_device(Model& model, const ModelFlags& f, bool quiet) {
   const DeviceChoice d = parse_device(f.device);
   if (!d.cuda) return;
@@ -141,7 +147,7 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
     if (limit) check_fits(plan_memory(spec, mo), limit, what);
     return;
   }
-  mo.engine = MemoryEngine::QloraCuda;
+  mo.engine = cuda_memory_engine(spec);
   const MemoryPlan plan = plan_memory(spec, mo);
   if (limit) check_fits(plan, limit, what + " --device " + d.name());
   // Asking for the free memory creates this process's CUDA context, so what is free now

@@ -49,10 +49,15 @@ void add_load_progress(ModelLoadOptions& load, const ModelFiles& files, bool qui
 // --device cpu|cuda|cuda:N: where the forward pass runs (generate, chat).
 void add_device_flag(CLI::App& app, ModelFlags& f);
 
-// Moves the model's forward pass to --device when it is not the CPU (the weights, and the
-// adapter attached now, are copied to the GPU) and, unless `quiet`, says where it runs.
-// Attach the adapter first. Throws Error for an unknown device or one the build lacks.
+// Moves the model's forward pass to --device when it is not the CPU and, unless `quiet`,
+// says where it runs: the llama CUDA runner (the weights, and the adapter attached now, are
+// copied to the GPU: attach the adapter first) or the block interpreter on the CUDA backend
+// (model/device_runner.h choose_cuda_engine, QLORA_CUDA_ENGINE). Throws Error for an unknown
+// device or one the build lacks.
 void attach_device(Model& model, const ModelFlags& f, bool quiet);
+
+// The memory planner's engine for --device cuda runs of `spec`: the one attach_device takes.
+MemoryEngine cuda_memory_engine(const ModelSpec& spec);
 
 // Before loading: does the run described by `mo` fit? On the CPU only when --max-memory
 // (`max_memory`) is given (the qlora engine); with --device cuda always, on the GPU (the

@@ -535,13 +535,15 @@ MemoryEngine memory_engine_from_string(std::string_view s) {
   if (s == "qlora" || s == "cpu") return MemoryEngine::Qlora;
   if (s == "pytorch-cuda" || s == "pytorch" || s == "torch") return MemoryEngine::PytorchCuda;
   if (s == "qlora-cuda" || s == "cuda") return MemoryEngine::QloraCuda;
-  fail("--engine", "unknown engine " + excerpt(s) + "; use qlora, qlora-cuda or pytorch-cuda");
+  if (s == "qlora-cuda-backend") return MemoryEngine::QloraCudaBackend;
+  fail("--engine", "unknown engine " + excerpt(s) + "; use qlora, qlora-cuda, qlora-cuda-backend or pytorch-cuda");
 }
 
 const char* memory_engine_name(MemoryEngine e) {
   switch (e) {
     case MemoryEngine::Qlora: return "qlora";
     case MemoryEngine::QloraCuda: return "qlora-cuda";
+    case MemoryEngine::QloraCudaBackend: return "qlora-cuda-backend";
     case MemoryEngine::PytorchCuda: return "pytorch-cuda";
   }
   return "?";
@@ -597,6 +599,66 @@ ModelSpec llama1_spec(std::string_view params) {
   fail("--params", "unknown size " + excerpt(params) + "; use 7B, 13B, 33B or 65B (LLaMA-1 shapes)");
 }
 
+// ---- engine "qlora-cuda-backend" ----------------------------------------------------------
+
+// --device cuda through the block interpreter on the CUDA backend (cuda/cuda_backend.cpp):
+// the context and cuBLAS workspace as the runner's; the weights as the CPU holds them (each
+// copied once, the first time an op names it); every buffer the block interpreter allocates
+// through its backend, which are the CPU plan's own items (the KV cache, activations, logits,
+// the declared scratch: tests/model/test_backend.cpp holds the interpreter's allocations to
+// them); and the backend's workspaces below the seam.
+MemoryPlan plan_qlora_cuda_backend(const ModelSpec& s, const MemoryOptions& o) {
+  MemoryPlan p;
+  const uint64_t V = u(s.vocab), E = u(s.embed_width());
+  const uint64_t db = dtype_bytes(o.compute_dtype);
+  if (o.weights == WeightFormat::Int8) fail("--quant", "int8 (LLM.int8) does not run on CUDA yet");
+  const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
+  add(p, "CUDA context, kernels, cuBLAS handle", kQloraCudaContextBytes, "measured constant (595 MiB on an H200, CUDA 13)");
+  add(p, "cuBLAS workspace", kQloraCudaBlasWorkspaceBytes, "cuda/blas.cpp");
+  const WeightBytes w = weight_bytes(s, o, db, 4);
+  add_weight_items(p, w, o, dense_name);
+  MemoryOptions co = o;
+  co.engine = MemoryEngine::Qlora;
+  co.embed_q8_0 = co.head_q8_0 = false;
+  const MemoryPlan cpu = plan_qlora(s, co);
+  const auto on_backend = [](const std::string& n) {
+    for (const char* prefix : {"activations", "logits", "workspace", "KV cache", "forward scratch"})
+      if (n.rfind(prefix, 0) == 0) return true;
+    return false;
+  };
+  for (const MemoryItem& it : cpu.items)
+    if (on_backend(it.name)) add(p, it.name, it.bytes, it.note.empty() ? "as the CPU plan" : it.note);
+  if (o.mode == MemoryMode::Train) {
+    p.activations_checkpointed = cpu.activations_checkpointed;
+    p.activations_full = cpu.activations_full;
+  }
+  // The backend's own workspaces (cuda_backend.cpp), for the largest product they serve.
+  const bool q4 = o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4;
+  const bool train = o.mode == MemoryMode::Train;
+  const uint64_t T = train ? u(o.seq_len) * u(std::max<int64_t>(1, o.batch_size)) : u(std::max<int64_t>(1, o.prompt_len));
+  uint64_t max_in = E;
+  for (const LinearShape& li : block_linears(s)) max_in = std::max(max_in, u(li.in));
+  // float32: a 4-bit Linear dequantized whole (the forward beyond 8 tokens in float32, every
+  // input gradient), or a 16-bit dense weight (the head) widened for its input gradient.
+  uint64_t f32 = 0;
+  if (q4 && (train || (T > 8 && db == 4))) f32 = w.largest_linear;
+  if (train && db != 4) f32 = std::max(f32, V * E);
+  if (f32) add(p, "workspace (a weight in float32)", 4 * f32, "the largest 4-bit Linear dequantized, or a 16-bit head widened");
+  if (db != 4 && T > 8) {
+    if (q4) add(p, "workspace (a 4-bit Linear in 16 bits)", 2 * w.largest_linear, "dequantized for cuBLAS");
+    add(p, "workspace (16-bit activations)", 2 * T * std::max(max_in, E), "a product's input for cuBLAS");
+  }
+  const LoraShape ls = lora_shape(s, o);
+  if ((train || o.with_adapter) && ls.modules_per_block > 0) {
+    add(p, "LoRA A and B (device copies)", ls.params * 4, "uploaded at every call, kept per layer");
+    if (train) add(p, "workspace (LoRA dA, per-row losses)", 4 * (u(o.lora_r) * max_in + T), "");
+  }
+  for (const MemoryItem& it : p.items) p.peak_bytes += it.bytes;
+  p.run_peak_bytes = p.peak_bytes;
+  p.required_bytes = p.peak_bytes;
+  return p;
+}
+
 MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt) {
   spec.validate(kWhere);
   if (opt.lora_r < 1) fail("--lora-r", "must be >= 1");
@@ -606,9 +668,10 @@ MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt) {
   if (opt.mode == MemoryMode::Train && opt.seq_len > spec.max_positions)
     fail("--seq-len", std::to_string(opt.seq_len) + " exceeds the model's context of " +
                           std::to_string(spec.max_positions));
-  MemoryPlan p = opt.engine == MemoryEngine::Qlora       ? plan_qlora(spec, opt)
-                 : opt.engine == MemoryEngine::QloraCuda ? plan_qlora_cuda(spec, opt)
-                                                         : plan_pytorch(spec, opt);
+  MemoryPlan p = opt.engine == MemoryEngine::Qlora              ? plan_qlora(spec, opt)
+                 : opt.engine == MemoryEngine::QloraCuda        ? plan_qlora_cuda(spec, opt)
+                 : opt.engine == MemoryEngine::QloraCudaBackend ? plan_qlora_cuda_backend(spec, opt)
+                                                                : plan_pytorch(spec, opt);
   p.title = options_title(spec, opt);
   return p;
 }

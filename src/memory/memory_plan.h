@@ -15,6 +15,11 @@
 //     mirrors a device allocation of src/cuda (cuda_runner.cpp, cuda_train.cpp), plus the
 //     measured CUDA context (kQloraCudaContextBytes). The host keeps the model's CPU copy,
 //     the LoRA parameters and the optimizer (the qlora engine's plan covers those).
+//   * Engine::QloraCudaBackend: --device cuda through the block interpreter on the CUDA
+//     backend (the engine of every family the llama runner does not run;
+//     model/device_runner.h choose_cuda_engine): the context and weights as above, the
+//     buffers the interpreter allocates (the qlora engine's activation, logits, KV-cache
+//     and scratch items, the same declarations) and the backend's own workspaces.
 //   * Engine::PytorchCuda: transformers + PEFT + bitsandbytes on one CUDA GPU (the stack
 //     of Hugging Face's QLoRA announcement table): 16-bit activations of a Llama forward
 //     as autograd keeps them for backward, LoRA in fp32, AdamW state, and ONE constant
@@ -37,12 +42,12 @@
 
 namespace qlora {
 
-enum class MemoryEngine { Qlora, PytorchCuda, QloraCuda };
+enum class MemoryEngine { Qlora, PytorchCuda, QloraCuda, QloraCudaBackend };
 enum class MemoryMode { Train, Generate };
 // How the Linear layers inside the blocks are stored (--quant none|nf4|fp4|int8).
 enum class WeightFormat { Dense, NF4, FP4, Int8 };
 
-MemoryEngine memory_engine_from_string(std::string_view s);  // "qlora", "qlora-cuda", "pytorch-cuda"
+MemoryEngine memory_engine_from_string(std::string_view s);  // "qlora", "qlora-cuda", "qlora-cuda-backend", "pytorch-cuda"
 const char* memory_engine_name(MemoryEngine e);
 // "nf4", "fp4", "none" (dense), "int8"; throws Error naming --quant otherwise.
 WeightFormat weight_format_from_string(std::string_view s);

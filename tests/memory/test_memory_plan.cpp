@@ -40,7 +40,8 @@ uint64_t sum_items(const MemoryPlan& p) {
 }
 
 TEST(MemoryPlan, ItemsSumToPeakForEveryEngineAndMode) {
-  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda, MemoryEngine::QloraCuda})
+  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda, MemoryEngine::QloraCuda,
+                         MemoryEngine::QloraCudaBackend})
     for (MemoryMode m : {MemoryMode::Train, MemoryMode::Generate})
       for (OptimKind k : {OptimKind::AdamW32, OptimKind::PagedAdamW8bit}) {
         MemoryOptions o;
@@ -149,7 +150,8 @@ TEST(MemoryPlan, LoraAndOptimizerState) {
 }
 
 TEST(MemoryPlan, ActivationsGrowWithSequenceAndCheckpointingLowersThem) {
-  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda, MemoryEngine::QloraCuda}) {
+  for (MemoryEngine e : {MemoryEngine::Qlora, MemoryEngine::PytorchCuda, MemoryEngine::QloraCuda,
+                         MemoryEngine::QloraCudaBackend}) {
     const ModelSpec s = llama1_spec("7B");
     MemoryOptions o;
     o.engine = e;
@@ -238,6 +240,55 @@ TEST(MemoryPlan, QloraCudaEngine) {
   EXPECT_THROW(plan_memory(s, o), Error);
   EXPECT_EQ(memory_engine_from_string("qlora-cuda"), MemoryEngine::QloraCuda);
   EXPECT_STREQ(memory_engine_name(MemoryEngine::QloraCuda), "qlora-cuda");
+}
+
+// The CUDA backend engine: the runner's context and weights, every buffer the block
+// interpreter allocates through its backend as the CPU plan counts it (the same
+// declarations), and the backend's workspaces: a 4-bit Linear widened to float32 for the
+// input gradient, a 16-bit head widened for its own, the 16-bit operands of cuBLAS.
+TEST(MemoryPlan, QloraCudaBackendEngine) {
+  const ModelSpec s = llama1_spec("7B");
+  for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16})
+    for (MemoryMode m : {MemoryMode::Train, MemoryMode::Generate}) {
+      MemoryOptions o;
+      o.engine = MemoryEngine::QloraCudaBackend;
+      o.mode = m;
+      o.compute_dtype = dt;
+      o.double_quant = true;
+      o.seq_len = 512;
+      o.batch_size = 2;
+      o.prompt_len = 100;
+      o.lora_r = 16;
+      const MemoryPlan gpu = plan_memory(s, o);
+      MemoryOptions c = o;
+      c.engine = MemoryEngine::Qlora;
+      const MemoryPlan cpu = plan_memory(s, c);
+      MemoryOptions r = o;
+      r.engine = MemoryEngine::QloraCuda;
+      const MemoryPlan runner = plan_memory(s, r);
+      EXPECT_EQ(item(gpu, "CUDA context"), kQloraCudaContextBytes);
+      EXPECT_EQ(item(gpu, "4-bit weights"), item(runner, "4-bit weights"));
+      EXPECT_EQ(item(gpu, "quantization constants"), item(runner, "quantization constants"));
+      EXPECT_EQ(item(gpu, "process baseline"), 0u);  // host-only lines stay out
+      EXPECT_EQ(item(gpu, "optimizer state"), 0u);
+      for (const char* k : {"activations", "logits", "workspace (backward", "KV cache", "forward scratch",
+                            "workspace (block scratch"})
+        EXPECT_EQ(item(gpu, k), item(cpu, k)) << k;
+      const uint64_t f32 = item(gpu, "workspace (a weight in float32)");
+      if (m == MemoryMode::Train) {
+        EXPECT_GT(item(gpu, "activations"), 0u);
+        const uint64_t largest = 4ull * 11008 * 4096, head = 4ull * 32000 * 4096;
+        EXPECT_EQ(f32, dt == ComputeDType::F32 ? largest : head);
+        EXPECT_EQ(item(gpu, "LoRA A and B"), item(cpu, "LoRA parameters"));
+      } else {
+        EXPECT_GT(item(gpu, "KV cache"), 0u);
+        EXPECT_EQ(item(gpu, "LoRA A and B"), 0u);  // no adapter asked for
+      }
+      EXPECT_EQ(item(gpu, "workspace (16-bit activations)") > 0, dt != ComputeDType::F32);
+      EXPECT_EQ(sum_items(gpu), gpu.peak_bytes);
+    }
+  EXPECT_EQ(memory_engine_from_string("qlora-cuda-backend"), MemoryEngine::QloraCudaBackend);
+  EXPECT_STREQ(memory_engine_name(MemoryEngine::QloraCudaBackend), "qlora-cuda-backend");
 }
 
 TEST(MemoryPlan, Llama1Shapes) {

@@ -64,14 +64,17 @@ int run(const Options& o) {
       qlora::fail("--adapter", "the name " + qlora::excerpt(named.back().first) + " is the base model's (--alias)");
   }
 
-  const bool on_gpu = o.m.device != "cpu";
-  // The CUDA runner holds one adapter, fixed when the model moves to the GPU, while serve
-  // switches adapters per request: on a GPU it serves the base model only, for now.
-  if (on_gpu && !o.adapters.empty())
-    qlora::fail("--adapter", "serving LoRA adapters by name is CPU-only for now (--device " + o.m.device +
-                                 " serves the base model; merge an adapter with `qlora merge` to serve it there)");
-  qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
+  const bool on_gpu = qlora::parse_device(o.m.device).cuda;
+  qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);  // (checks --device first)
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
+  // The llama CUDA runner holds one adapter, fixed when the model moves to the GPU, while
+  // serve switches adapters per request; the CUDA backend engine reads the adapter of each
+  // call, so it serves them.
+  if (on_gpu && !o.adapters.empty() &&
+      qlora::cli::cuda_memory_engine(files.spec) == qlora::MemoryEngine::QloraCuda)
+    qlora::fail("--adapter", "the llama CUDA engine serves the base model only (--device " + o.m.device +
+                                 "); set QLORA_CUDA_ENGINE=backend to serve adapters by name on the GPU, or " +
+                                 "merge an adapter with `qlora merge`");
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (!files.notice.empty()) std::fprintf(stderr, "warning: %s\n", files.notice.c_str());
   if (qlora::cli::wants_memory_check(o.m, "")) {

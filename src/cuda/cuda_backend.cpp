@@ -72,6 +72,7 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return name_.c_str(); }
   std::string describe() const override { return describe_; }
+  void bind_thread() override { QLORA_CUDA_CHECK(cudaSetDevice(device_)); }
   // The buffers' counts are the process's device allocations (device_buffer.h), shared with
   // anything else of ours on the GPU: one model's engine per process.
   Memory memory() const override {
@@ -86,6 +87,7 @@ class CudaBackend final : public Backend {
   bool host_addressable() const override { return false; }
   void* allocate_bytes(size_t bytes) override {
     if (bytes == 0) return nullptr;
+    bind_thread();  // (states may be made on a thread that has not run a forward yet)
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e != cudaSuccess) {

@@ -22,8 +22,8 @@
 //  - The 16-bit products (bf16/fp16 compute) convert a Linear's float32 input to the compute
 //    dtype, which is exact because the block programs round every Linear input to it first
 //    (the CPU multiplies the same values in float32).
-//  - One thread at a time, on the device the constructor made current (its maps and
-//    workspaces are not locked). Workspaces grow to the largest weight and stay until the
+//  - One thread at a time (its maps and workspaces are not locked); bind_thread(), which the
+//    block interpreters call at every pass, makes its device the calling thread's current one. Workspaces grow to the largest weight and stay until the
 //    backend goes; LoRA A/B are uploaded at every call, and each LoRA backward waits for its
 //    gradients (two synchronisations per adapted layer): correctness first.
 //  - Not yet: LLM.int8 weights and --int8-activations (an Error naming them).

@@ -78,6 +78,11 @@ class Backend {
   virtual void zero_bytes(void* dst, size_t bytes) = 0;
   // Waits until every op issued so far has finished.
   virtual void synchronize() = 0;
+  // Makes the calling thread ready to issue this backend's work (a CUDA backend makes its
+  // device the thread's current one: a server's worker thread starts on device 0). The block
+  // interpreters call it at the start of every forward and training pass; other callers
+  // from a new thread call it first. A no-op on the CPU.
+  virtual void bind_thread() {}
   // What this backend's memory holds, measured: a device's context (its runtime, kernels and
   // libraries: 0 on the CPU) and the bytes of allocate_bytes() blocks held now and at most so
   // far. The memory planner predicts context + peak; log lines and metrics report it.

@@ -430,10 +430,11 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     }
     st.tokens_.insert(st.tokens_.end(), tokens.begin(), tokens.end());
   }
+  Backend& be = *st.backend_;
+  be.bind_thread();
   st.cache_.allocate();
   const BlockProgram& prog = model.block();
   st.ensure_scratch(prog, T);
-  Backend& be = *st.backend_;
   // The block's declared scratch, for keys up to the cache's capacity (so that decoding one
   // token after another does not grow it every step) and the adapter's Linears.
   BlockScratchQuery sq;

@@ -239,6 +239,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   const Model& m = lm.model();
   const ModelSpec& s = m.spec();
   Backend& be = *w.be;
+  be.bind_thread();
   w.seg.clear();
   w.tokens.clear();
   w.targets.clear();

@@ -111,6 +111,30 @@ TEST(CudaRunner, CliGenerateOnCuda) {
   EXPECT_NE(r.err.find("cuda:0"), std::string::npos) << r.err;
 }
 
+// The same through the block interpreter on the CUDA backend (QLORA_CUDA_ENGINE=backend):
+// llama2.c's text again, and the engine named on stderr.
+TEST(CudaRunner, CliGenerateOnTheBackendEngine) {
+  REQUIRE_GPU();
+  setenv("QLORA_CUDA_ENGINE", "backend", 1);
+  const CliResult r = run_cli({"generate", "--model", stories_bin(), "--tokenizer", stories_tok(), "--prompt",
+                               "Once upon a time", "-n", std::to_string(kStoriesNewTokens), "--temperature", "0",
+                               "--quant", "none", "--device", "cuda"});
+  unsetenv("QLORA_CUDA_ENGINE");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, std::string(kStoriesGreedy) + "\n");
+  EXPECT_NE(r.err.find("block interpreter on the CUDA backend"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GPU memory"), std::string::npos) << r.err;
+}
+
+// serve with named adapters: the llama runner (one fixed adapter) refuses, naming the way out.
+TEST(CudaRunner, ServeRefusesNamedAdaptersOnTheRunner) {
+  REQUIRE_GPU();
+  const CliResult r = run_cli({"serve", "--model", stories_bin(), "--tokenizer", stories_tok(), "--port", "0",
+                               "--device", "cuda", "--adapter", "tuned=/nonexistent/adapter"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("QLORA_CUDA_ENGINE=backend"), std::string::npos) << r.err;
+}
+
 TEST(CudaRunner, Nf4Fp32LogitsMatchCpu) {
   REQUIRE_GPU();
   compare_backends(true, ComputeDType::F32, false, 1e-4);

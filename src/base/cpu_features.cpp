@@ -1,6 +1,8 @@
 #include "base/cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -45,7 +47,29 @@ SimdLevel simd_level() {
   if (!std::strcmp(env, "scalar")) cap = SimdLevel::Scalar;
   else if (!std::strcmp(env, "avx2")) cap = SimdLevel::AVX2;
   else if (!std::strcmp(env, "avx512")) cap = SimdLevel::AVX512;
+  else if (!std::strcmp(env, "amx")) cap = SimdLevel::AVX512;
   return static_cast<int>(cap) < static_cast<int>(cpu) ? cap : cpu;
+}
+
+bool cpu_has_amx_bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return ((d >> 24) & 1u) && ((d >> 22) & 1u);
+}
+
+bool amx_tiles_enabled() {
+  static const bool granted = [] {
+    if (!cpu_has_amx_bf16()) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    // The tile data (8 KiB of state) is off for every process until it asks for it.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  const char* env = std::getenv("QLORA_SIMD");
+  return granted && (!env || !std::strcmp(env, "amx"));
 }
 
 const char* simd_level_name(SimdLevel l) {

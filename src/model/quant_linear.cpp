@@ -7,6 +7,7 @@
 #include "base/float_formats.h"
 #include "base/parallel.h"
 #include "model/gemm.h"
+#include "model/gemm_bf16.h"
 
 namespace qlora {
 
@@ -138,9 +139,13 @@ constexpr int64_t kRowsPerPanel = 16;
 // product reads W. A slab (2 MB) bounds the scratch for any model size.
 constexpr int64_t kSlabFloats = int64_t{1} << 19;
 
+//
+// `bf16_operands`: x and the rows fill() writes hold bf16 values (bf16 compute), so the slabs
+// may go to the bf16 GEMM (model/gemm_bf16.h: AMX tiles where the CPU has them).
 template <class Fill>
-void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, Fill fill) {
-  if (sgemm_has_library()) {
+void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, Fill fill, bool bf16_operands) {
+  const bool tiles = bf16_operands && gemm_bf16_on_tiles();
+  if (tiles || sgemm_has_library()) {
     const int64_t fit = kSlabFloats / std::max<int64_t>(1, K) / kRowsPerPanel * kRowsPerPanel;
     const int64_t slab_rows = std::min(N, std::max(kRowsPerPanel, fit));
     thread_local std::vector<float> slab;  // forward() may run on several threads at once
@@ -153,7 +158,10 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
         const int64_t r0 = s0 + p0 * kRowsPerPanel, r1 = std::min(s1, s0 + p1 * kRowsPerPanel);
         fill(r0, r1, buf + (r0 - s0) * K);
       });
-      sgemm_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
+      if (tiles)
+        gemm_bf16_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
+      else
+        sgemm_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
     }
     return;
   }
@@ -188,7 +196,9 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
         kern.gemv_q8(q8_.data(), q8_scale_.data(), cols_, x, y, r0, r1);
       });
     } else {
-      gemm_by_panels(y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); });
+      gemm_by_panels(
+          y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); },
+          /*bf16_operands=*/false);
     }
     return;
   }
@@ -219,7 +229,9 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
     });
     return;
   }
-  gemm_by_panels(y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); });
+  gemm_by_panels(
+      y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); },
+      /*bf16_operands=*/dtype_ == ComputeDType::BF16);
 }
 
 // ---- QuantLinear ----------------------------------------------------------------------
@@ -417,8 +429,11 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
         }
       });
     } else {
-      gemm_by_panels(y, x, T, out_, in_,
-                     [&](int64_t r0, int64_t r1, float* out) { kern.dequant_rows_q4(m, r0, r1, out); });
+      // (bf16 compute: x is rounded and the dequantized rows are rounded to bf16, as bitsandbytes
+      // dequantizes to its compute dtype: the bf16 GEMM's operands.)
+      gemm_by_panels(
+          y, x, T, out_, in_, [&](int64_t r0, int64_t r1, float* out) { kern.dequant_rows_q4(m, r0, r1, out); },
+          /*bf16_operands=*/dtype_ == ComputeDType::BF16);
     }
   }
   finish_output(y, T);

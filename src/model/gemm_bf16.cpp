@@ -1,0 +1,235 @@
+// model/gemm_bf16.h: the packing of the tile GEMM (gemm_bf16_tiles.h), its scalar emulation
+// of the tile instructions, and the choice between AMX and the float32 GEMM.
+#include "model/gemm_bf16.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "base/cpu_features.h"
+#include "base/float_formats.h"
+#include "base/parallel.h"
+#include "model/gemm.h"
+#include "model/gemm_bf16_tiles.h"
+
+namespace qlora {
+
+namespace gemm_bf16_detail {
+
+void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a) {
+  parallel_for_range(Mp, std::max<int64_t>(1, 16384 / std::max<int64_t>(Kp, 1)), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      uint16_t* row = a + m * Kp;
+      int64_t k = 0;
+      if (m < M)
+        for (; k < K; ++k) row[k] = f32_to_bf16(x[m * ldx + k]);
+      for (; k < Kp; ++k) row[k] = 0;
+    }
+  });
+}
+
+void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b) {
+  std::memset(b, 0, static_cast<size_t>(Kp / kK * kBPanelPerK) * sizeof(uint16_t));
+  const int64_t nn = std::min(kBlock, N - n0);
+  // Element (k, column c of the panel) goes to step k / 32, tile c / 16, pair row (k % 32) / 2,
+  // position 2 (c % 16) + k % 2.
+  auto at = [&](int64_t k, int64_t c) -> uint16_t& {
+    return b[(k / kK) * kBPanelPerK + (c / 16) * (16 * 32) + ((k % kK) / 2) * 32 + 2 * (c % 16) + (k % 2)];
+  };
+  if (nt) {
+    for (int64_t c = 0; c < nn; ++c) {  // W row n0 + c holds K contiguous values
+      const float* wr = w + (n0 + c) * ldw;
+      for (int64_t k = 0; k < K; ++k) at(k, c) = f32_to_bf16(wr[k]);
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {  // W row k holds the N outputs
+      const float* wr = w + k * ldw + n0;
+      for (int64_t c = 0; c < nn; ++c) at(k, c) = f32_to_bf16(wr[c]);
+    }
+  }
+}
+
+namespace {
+
+// The eight tile registers and their operations in plain C++, one set per thread (the driver
+// runs on every OpenMP thread at once). TDPBF16PS as Intel's manual defines it: for each row
+// m of A, each pair row p of B and each output column n, C[m][n] += A[m][2p] · B[p][2n], then
+// += A[m][2p+1] · B[p][2n+1], each a float32 operation (the products of bf16 values are exact).
+struct EmuTiles {
+  struct State {
+    alignas(64) unsigned char tile[8][16 * 64];
+  };
+  static State& state() {
+    thread_local State s;
+    return s;
+  }
+  static void configure() {}
+  template <int T>
+  static void zero() {
+    std::memset(state().tile[T], 0, sizeof(state().tile[T]));
+  }
+  template <int T>
+  static void load(const void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r)
+      std::memcpy(state().tile[T] + r * 64, static_cast<const unsigned char*>(p) + r * stride, 64);
+  }
+  template <int T>
+  static void store(void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<unsigned char*>(p) + r * stride, state().tile[T] + r * 64, 64);
+  }
+  template <int C, int A, int B>
+  static void dp() {
+    State& s = state();
+    float c[16][16];
+    uint16_t a[16][32], b[16][32];
+    std::memcpy(c, s.tile[C], sizeof c);
+    std::memcpy(a, s.tile[A], sizeof a);
+    std::memcpy(b, s.tile[B], sizeof b);
+    for (int m = 0; m < 16; ++m)
+      for (int p = 0; p < 16; ++p) {
+        const float a0 = bf16_to_f32(a[m][2 * p]), a1 = bf16_to_f32(a[m][2 * p + 1]);
+        for (int n = 0; n < 16; ++n) {
+          c[m][n] += a0 * bf16_to_f32(b[p][2 * n]);
+          c[m][n] += a1 * bf16_to_f32(b[p][2 * n + 1]);
+        }
+      }
+    std::memcpy(s.tile[C], c, sizeof c);
+  }
+  static void release() {}
+};
+
+}  // namespace
+}  // namespace gemm_bf16_detail
+
+namespace gemm_bf16_tiles {
+
+namespace {
+void run(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
+         float* y, int64_t ldy, bool accumulate) {
+  if (impl == Impl::Hardware)
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate);
+  else
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate);
+}
+}  // namespace
+
+void nt(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+        int64_t ldy, bool accumulate) {
+  run(impl, M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate);
+}
+
+void nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+        int64_t ldy, bool accumulate) {
+  run(impl, M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate);
+}
+
+namespace {
+std::atomic<bool> g_forced{false};
+std::atomic<uint64_t> g_inexact{0}, g_calls{0};
+
+// Operand values that are not bf16, for the tests' promise check (forced mode only).
+uint64_t count_inexact(const float* a, int64_t rows, int64_t cols, int64_t ld) {
+  uint64_t n = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = a[r * ld + c];
+      n += !(bf16_to_f32(f32_to_bf16(v)) == v) && !std::isnan(v);
+    }
+  return n;
+}
+}  // namespace
+
+void force_emulation_for_tests(bool on) {
+  g_forced = on;
+  g_inexact = 0;
+  g_calls = 0;
+}
+ForcedStats forced_stats() {
+  ForcedStats s;
+  s.calls = g_calls;
+  s.inexact_operands = g_inexact;
+  return s;
+}
+
+}  // namespace gemm_bf16_tiles
+
+namespace {
+
+// Forced emulation (tests): count what the tiles would round, then run on the emulation.
+bool run_forced(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
+                float* y, int64_t ldy, bool accumulate) {
+  if (!gemm_bf16_tiles::g_forced) return false;
+  ++gemm_bf16_tiles::g_calls;
+  gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(x, M, K, ldx) +
+                                (nt ? gemm_bf16_tiles::count_inexact(w, N, K, ldw)
+                                    : gemm_bf16_tiles::count_inexact(w, K, N, ldw));
+  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate);
+  return true;
+}
+
+// The AMX kernel against its emulation on an awkward shape (no dimension a multiple of a
+// tile, both layouts, accumulation): true when they agree to float32 summation order.
+bool hardware_agrees_with_emulation() {
+  using gemm_bf16_tiles::Impl;
+  const int64_t M = 37, N = 45, K = 77;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> x(M * K), wt(N * K), wn(K * N);
+  for (float& v : x) v = bf16_to_f32(f32_to_bf16(d(rng)));
+  for (float& v : wt) v = bf16_to_f32(f32_to_bf16(d(rng)));
+  for (float& v : wn) v = bf16_to_f32(f32_to_bf16(d(rng)));
+  for (bool nt_layout : {true, false}) {
+    std::vector<float> hw(M * N, 0.5f), emu(M * N, 0.5f);
+    auto call = nt_layout ? gemm_bf16_tiles::nt : gemm_bf16_tiles::nn;
+    const float* w = nt_layout ? wt.data() : wn.data();
+    const int64_t ldw = nt_layout ? K : N;
+    call(Impl::Hardware, M, N, K, x.data(), K, w, ldw, hw.data(), N, /*accumulate=*/true);
+    call(Impl::Emulated, M, N, K, x.data(), K, w, ldw, emu.data(), N, /*accumulate=*/true);
+    for (int64_t i = 0; i < M * N; ++i)
+      if (!(std::fabs(hw[i] - emu[i]) <= 1e-4f * static_cast<float>(K))) {
+        std::fprintf(stderr,
+                     "warning: the AMX bf16 GEMM disagreed with its emulation (%s layout, element %lld: %g vs %g); "
+                     "bf16 products run on %s instead\n",
+                     nt_layout ? "nt" : "nn", static_cast<long long>(i), static_cast<double>(hw[i]),
+                     static_cast<double>(emu[i]), sgemm_backend_name());
+        return false;
+      }
+  }
+  return true;
+}
+
+}  // namespace
+
+bool gemm_bf16_on_tiles() {
+  if (gemm_bf16_tiles::g_forced) return true;
+  static const bool ok = amx_tiles_enabled() && hardware_agrees_with_emulation();
+  // (QLORA_SIMD is read at every call, as the other kernel choices do.)
+  return ok && amx_tiles_enabled();
+}
+
+const char* gemm_bf16_backend_name() {
+  if (gemm_bf16_tiles::g_forced) return "emulated bf16 tiles (tests)";
+  return gemm_bf16_on_tiles() ? "AMX bf16 tiles" : sgemm_backend_name();
+}
+
+void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+                  int64_t ldy, bool accumulate) {
+  if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate)) return;
+  if (gemm_bf16_on_tiles())
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate);
+  else
+    sgemm_nt(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+}
+
+void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+                  int64_t ldy, bool accumulate) {
+  if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate)) return;
+  if (gemm_bf16_on_tiles())
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate);
+  else
+    sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+}
+
+}  // namespace qlora

@@ -1,0 +1,54 @@
+#pragma once
+// bf16 GEMM with float32 accumulation, on AMX tiles where the CPU has them (issue 14): the
+// products of the bf16 compute path, whose operands already hold bf16 values (it rounds every
+// Linear input and every dequantized weight to bf16 before the product, as bitsandbytes'
+// bf16 compute does). Each product of two bf16 values is exact in float32 and the sums are
+// float32, so the result equals model/gemm.h's float32 product of the same values up to
+// summation order.
+//
+//   gemm_bf16_nt: Y = X (M, K) · Wᵀ,  W (N, K)   a Linear's forward through its weight
+//   gemm_bf16_nn: Y = X (M, K) · W,   W (K, N)   an input gradient through the weight
+//
+// (or Y += it when `accumulate`), leading dimensions ldx, ldw, ldy. On AMX the operands are
+// converted to bf16 (round to nearest even: a no-op for bf16 values) and packed into tiles;
+// without AMX, or when the tiles failed their first-use check, the same call runs on
+// model/gemm.h's float32 GEMM, which reads the values as they are. Multi-threaded over
+// qlora::max_threads(); not from inside a parallel region.
+#include <cstdint>
+
+namespace qlora {
+
+void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+                  int64_t ldy, bool accumulate);
+void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+                  int64_t ldy, bool accumulate);
+
+// True when gemm_bf16_* run on AMX tiles: the CPU has AMX-BF16, the OS granted the tile
+// state, QLORA_SIMD allows it (base/cpu_features.h amx_tiles_enabled), and on the first call
+// the hardware kernel agreed with its emulation on an awkward shape (else a warning on
+// stderr, once, and the float32 GEMM from then on: never silently wrong numbers).
+bool gemm_bf16_on_tiles();
+// "AMX bf16 tiles", or the float32 GEMM's name (model/gemm.h sgemm_backend_name).
+const char* gemm_bf16_backend_name();
+
+// The tile kernel itself, for tests and benchmarks: the same blocking, packing and edges
+// over either the AMX instructions (Hardware: requires amx_tiles_enabled()) or a scalar
+// emulation of them that follows Intel's definition of TDPBF16PS (Emulated: any CPU, slow).
+namespace gemm_bf16_tiles {
+enum class Impl { Emulated, Hardware };
+void nt(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+        int64_t ldy, bool accumulate);
+void nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
+        int64_t ldy, bool accumulate);
+// For tests on CPUs without AMX: while on, gemm_bf16_nt/nn run on the emulated tiles (so
+// the callers' use of them is exercised anywhere), counting the calls and the operand values
+// that were not bf16 (which the tiles round: the callers promise there are none). Turning it
+// on or off resets the counts.
+void force_emulation_for_tests(bool on);
+struct ForcedStats {
+  uint64_t calls = 0, inexact_operands = 0;
+};
+ForcedStats forced_stats();
+}  // namespace gemm_bf16_tiles
+
+}  // namespace qlora

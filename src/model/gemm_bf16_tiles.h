@@ -1,0 +1,118 @@
+#pragma once
+// The tile GEMM behind model/gemm_bf16.h, written once over a `Tiles` policy: the AMX
+// instructions (gemm_bf16_amx.cpp) or a scalar emulation of them (gemm_bf16.cpp), so the
+// blocking, the packing and every edge are tested on any CPU. Internal to those two files.
+//
+// Shapes: every tile is 16 rows of 64 bytes. C tiles hold 16 x 16 float32; an A tile holds
+// 16 rows of X with 32 bf16 values of K each; a B tile holds 16 "pair rows", each 16 output
+// columns x 2 consecutive K values (the VNNI layout TDPBF16PS reads). A block of 32 x 32
+// outputs uses tiles 0-3 (C), 4-5 (A) and 6-7 (B): per 32 values of K, four TDPBF16PS on two
+// A and two B loads.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "base/parallel.h"
+
+namespace qlora::gemm_bf16_detail {
+
+constexpr int64_t kK = 32;      // K values per A tile row and per B tile
+constexpr int64_t kBlock = 32;  // outputs per block side (2 tiles)
+constexpr int64_t kBPanelPerK = 2 * 16 * 32;  // bf16 values of one K step of a 32-column B panel
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The tile configuration (palette 1: 8 tiles, each 16 rows x 64 bytes), as LDTILECFG reads it.
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+inline TileConfig full_tiles() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  return c;
+}
+
+// X (M, K) float32 → bf16 rows of Kp = round_up(K, 32) values, Mp = round_up(M, 32) rows;
+// the padding is zero. (gemm_bf16.cpp)
+void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a);
+// The B panel of output columns [n0, n0 + 32) over all Kp: Kp / 32 steps of two tiles, each
+// element [step][tile][pair row r][2 * column + j] = W's value at k = 32 step + 2 r + j and
+// n = n0 + 16 tile + column, zero past N or K. `nt`: W is (N, K) (element n * ldw + k); else
+// W is (K, N) (element k * ldw + n). (gemm_bf16.cpp)
+void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b);
+
+// tile_gemm on the AMX instructions (gemm_bf16_amx.cpp, compiled with -mamx-tile -mamx-bf16).
+// Only where amx_tiles_enabled().
+void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
+              float* y, int64_t ldy, bool accumulate);
+
+// Y (M, N) (+)= X · op(W) on Tiles; see model/gemm_bf16.h for the contract.
+template <class Tiles>
+void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
+               float* y, int64_t ldy, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::memset(y + m * ldy, 0, static_cast<size_t>(N) * sizeof(float));
+    return;
+  }
+  const int64_t Kp = round_up(K, kK), Mp = round_up(M, kBlock), steps = Kp / kK;
+  thread_local std::vector<uint16_t> a_buf;  // the calling thread's: the workers read it
+  a_buf.resize(static_cast<size_t>(Mp * Kp));
+  uint16_t* a = a_buf.data();
+  pack_a(x, ldx, M, K, Mp, Kp, a);
+  const int64_t nblocks = (N + kBlock - 1) / kBlock;
+  parallel_for_range(nblocks, 1, [&](int64_t nb0, int64_t nb1) {
+    thread_local std::vector<uint16_t> b_buf;
+    b_buf.resize(static_cast<size_t>(steps * kBPanelPerK));
+    uint16_t* b = b_buf.data();
+    alignas(64) float c[kBlock * kBlock];
+    Tiles::configure();
+    for (int64_t nb = nb0; nb < nb1; ++nb) {
+      const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
+      pack_b(w, ldw, nt, N, K, n0, Kp, b);
+      for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
+        Tiles::template zero<0>();
+        Tiles::template zero<1>();
+        Tiles::template zero<2>();
+        Tiles::template zero<3>();
+        const uint16_t* a0 = a + m0 * Kp;
+        const uint16_t* a1 = a0 + 16 * Kp;
+        for (int64_t s = 0; s < steps; ++s) {
+          Tiles::template load<4>(a0 + s * kK, Kp * 2);
+          Tiles::template load<5>(a1 + s * kK, Kp * 2);
+          Tiles::template load<6>(b + s * kBPanelPerK, 64);
+          Tiles::template load<7>(b + s * kBPanelPerK + 16 * 32, 64);
+          Tiles::template dp<0, 4, 6>();
+          Tiles::template dp<1, 4, 7>();
+          Tiles::template dp<2, 5, 6>();
+          Tiles::template dp<3, 5, 7>();
+        }
+        Tiles::template store<0>(c, kBlock * 4);
+        Tiles::template store<1>(c + 16, kBlock * 4);
+        Tiles::template store<2>(c + 16 * kBlock, kBlock * 4);
+        Tiles::template store<3>(c + 16 * kBlock + 16, kBlock * 4);
+        const int64_t mm = std::min(kBlock, M - m0);
+        for (int64_t i = 0; i < mm; ++i) {
+          float* yr = y + (m0 + i) * ldy + n0;
+          const float* cr = c + i * kBlock;
+          if (accumulate)
+            for (int64_t j = 0; j < nn; ++j) yr[j] += cr[j];
+          else
+            std::memcpy(yr, cr, static_cast<size_t>(nn) * sizeof(float));
+        }
+      }
+    }
+    Tiles::release();
+  });
+}
+
+}  // namespace qlora::gemm_bf16_detail

@@ -1,0 +1,211 @@
+// The bf16 tile GEMM (model/gemm_bf16.h): the tile driver over the emulated tile
+// instructions against a float64 reference of the same bf16 products, on shapes that are no
+// multiple of a tile in any dimension, both layouts, with and without accumulation and with
+// leading dimensions wider than the rows; the AMX instructions against the emulation where
+// the CPU has them (skipped, saying so, elsewhere); and the public calls' fallback.
+#include "model/gemm_bf16.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "base/cpu_features.h"
+#include "base/float_formats.h"
+#include "model/gemm.h"
+
+using namespace qlora;
+using gemm_bf16_tiles::Impl;
+
+namespace {
+
+float to_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+std::vector<float> random_bf16(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = to_bf16(d(g));
+  return v;
+}
+
+struct Case {
+  int64_t M, N, K;
+};
+
+// Y (M, N) as double sums of the bf16-rounded operands' products, plus y0 when accumulating.
+std::vector<double> reference(const Case& c, const std::vector<float>& x, int64_t ldx, const std::vector<float>& w,
+                              int64_t ldw, bool nt, const std::vector<float>& y0, int64_t ldy, bool accumulate,
+                              std::vector<double>* abs_sum) {
+  std::vector<double> y(static_cast<size_t>(c.M * c.N));
+  abs_sum->assign(y.size(), 0.0);
+  for (int64_t m = 0; m < c.M; ++m)
+    for (int64_t n = 0; n < c.N; ++n) {
+      double s = 0, a = 0;
+      for (int64_t k = 0; k < c.K; ++k) {
+        const double p = static_cast<double>(to_bf16(x[m * ldx + k])) *
+                         static_cast<double>(to_bf16(nt ? w[n * ldw + k] : w[k * ldw + n]));
+        s += p;
+        a += std::fabs(p);
+      }
+      const size_t i = static_cast<size_t>(m * c.N + n);
+      if (accumulate) s += y0[m * ldy + n];
+      y[i] = s;
+      (*abs_sum)[i] = a + (accumulate ? std::fabs(y0[m * ldy + n]) : 0.0);
+    }
+  return y;
+}
+
+// One call of the tile kernel (`impl`) against the reference: every output within float32
+// summation error (K additions, each off by at most an ulp of the running sum).
+void check(Impl impl, const Case& c, bool nt, bool accumulate, uint32_t seed) {
+  const int64_t ldx = c.K + 3, ldy = c.N + 5;
+  const int64_t ldw = nt ? c.K + 1 : c.N + 2;
+  const std::vector<float> x = random_bf16(static_cast<size_t>(c.M * ldx), seed);
+  const std::vector<float> w = random_bf16(static_cast<size_t>((nt ? c.N : c.K) * ldw), seed + 1);
+  std::vector<float> y = random_bf16(static_cast<size_t>(c.M * ldy), seed + 2);
+  const std::vector<float> y0 = y;
+  std::vector<double> abs_sum;
+  const std::vector<double> want = reference(c, x, ldx, w, ldw, nt, y0, ldy, accumulate, &abs_sum);
+  (nt ? gemm_bf16_tiles::nt : gemm_bf16_tiles::nn)(impl, c.M, c.N, c.K, x.data(), ldx, w.data(), ldw, y.data(), ldy,
+                                                     accumulate);
+  const double eps = std::ldexp(1.0, -23) * static_cast<double>(c.K + 2);
+  for (int64_t m = 0; m < c.M; ++m) {
+    for (int64_t n = 0; n < c.N; ++n) {
+      const size_t i = static_cast<size_t>(m * c.N + n);
+      ASSERT_NEAR(y[m * ldy + n], want[i], eps * abs_sum[i] + 1e-30)
+          << (nt ? "nt" : "nn") << " M " << c.M << " N " << c.N << " K " << c.K << " accumulate " << accumulate
+          << " at (" << m << ", " << n << ")";
+    }
+    // Columns past N (inside the leading dimension) are never written.
+    for (int64_t n = c.N; n < ldy; ++n) ASSERT_EQ(y[m * ldy + n], y0[m * ldy + n]) << "wrote past N";
+  }
+}
+
+const Case kCases[] = {{1, 1, 1},   {1, 33, 70},  {15, 17, 31}, {16, 16, 32}, {17, 31, 33},
+                       {32, 32, 64}, {33, 65, 97}, {40, 7, 300},  {70, 100, 5}};
+
+TEST(GemmBf16Tiles, EmulatedMatchesReference) {
+  uint32_t seed = 1;
+  for (const Case& c : kCases)
+    for (bool nt : {true, false})
+      for (bool acc : {false, true}) check(Impl::Emulated, c, nt, acc, seed += 3);
+}
+
+TEST(GemmBf16Tiles, HardwareMatchesReference) {
+  if (!amx_tiles_enabled()) GTEST_SKIP() << "this CPU (or QLORA_SIMD) has no AMX bf16 tiles: hardware kernel not run";
+  uint32_t seed = 101;
+  for (const Case& c : kCases)
+    for (bool nt : {true, false})
+      for (bool acc : {false, true}) check(Impl::Hardware, c, nt, acc, seed += 3);
+  EXPECT_TRUE(gemm_bf16_on_tiles()) << "the first-use check refused the AMX kernel";
+}
+
+// Operands that are not bf16 values are rounded to nearest even on the way into the tiles.
+TEST(GemmBf16Tiles, NonBf16OperandsAreRoundedToNearestEven) {
+  // bf16's ulp at 1 is 2^-7: 1 + 2^-8 is a tie (to even: 1), 1 + 3·2^-8 too (to 1 + 2^-6),
+  // 1 + 3·2^-9 is past half an ulp (to 1 + 2^-7).
+  const float x[3] = {1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -9)};
+  const float w[3] = {1.0f, 1.0f, 1.0f};
+  float y = 0;
+  gemm_bf16_tiles::nt(Impl::Emulated, 1, 1, 3, x, 3, w, 3, &y, 1, false);
+  EXPECT_EQ(y, 1.0f + (1.0f + std::ldexp(1.0f, -6)) + (1.0f + std::ldexp(1.0f, -7)));
+}
+
+// K = 0: Y = 0, or Y untouched when accumulating; empty M or N: nothing written.
+TEST(GemmBf16Tiles, EmptyReductionAndEmptyOutputs) {
+  std::vector<float> y(6, 3.0f);
+  gemm_bf16_tiles::nt(Impl::Emulated, 2, 3, 0, nullptr, 1, nullptr, 1, y.data(), 3, true);
+  EXPECT_EQ(y, std::vector<float>(6, 3.0f));
+  gemm_bf16_tiles::nn(Impl::Emulated, 2, 3, 0, nullptr, 1, nullptr, 3, y.data(), 3, false);
+  EXPECT_EQ(y, std::vector<float>(6, 0.0f));
+  gemm_bf16_tiles::nt(Impl::Emulated, 0, 3, 4, nullptr, 4, nullptr, 4, y.data(), 3, false);
+}
+
+// The public calls: on tiles where AMX is there, else the float32 GEMM of the same values;
+// either way within float32 summation error of the reference.
+TEST(GemmBf16, PublicCallsMatchTheFloat32Product) {
+  const Case c{45, 70, 130};
+  for (bool nt : {true, false}) {
+    const int64_t ldw = nt ? c.K : c.N;
+    const std::vector<float> x = random_bf16(static_cast<size_t>(c.M * c.K), 9);
+    const std::vector<float> w = random_bf16(static_cast<size_t>((nt ? c.N : c.K) * ldw), 10);
+    std::vector<float> got(static_cast<size_t>(c.M * c.N)), want(got.size());
+    (nt ? gemm_bf16_nt : gemm_bf16_nn)(c.M, c.N, c.K, x.data(), c.K, w.data(), ldw, got.data(), c.N, false);
+    (nt ? sgemm_fallback::nt : sgemm_fallback::nn)(c.M, c.N, c.K, x.data(), c.K, w.data(), ldw, want.data(), c.N,
+                                                   false);
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4) << (nt ? "nt " : "nn ") << i;
+  }
+  if (!amx_tiles_enabled()) {
+    EXPECT_FALSE(gemm_bf16_on_tiles());
+    EXPECT_STREQ(gemm_bf16_backend_name(), sgemm_backend_name());
+  }
+}
+
+}  // namespace
+
+// The bf16 compute path's use of the tile GEMM, exercised on any CPU by forcing the emulated
+// tiles: a prompt's forward and a training step of every backend family in bf16, whose
+// 4-bit and 16-bit Linears hand the GEMM bf16 operands only (the promise the AMX packing
+// relies on), with logits and loss within bf16 rounding of the float32 GEMM's.
+#include "formats/model_loader.h"
+#include "lora/lora_model.h"
+#include "model/backend_test_families.h"
+#include "model/model.h"
+#include "train/train_model.h"
+
+namespace {
+
+TEST(GemmBf16, Bf16ForwardAndTrainingGiveTheTilesBf16OperandsOnly) {
+  for (const std::string& f : test::kBackendFamilies) {
+    ModelFiles files = open_model_files(test::family_fixture_dir(f));
+    ModelLoadOptions o;
+    o.quant.quantize = true;
+    o.quant.type = QuantType::NF4;
+    o.quant.blocksize = 64;
+    o.compute_dtype = ComputeDType::BF16;
+    const Model m = Model::load(files.spec, *files.tensors, o);
+    const ModelSpec& s = m.spec();
+    const std::vector<int> prompt = test::some_tokens(s, 24, 2);
+    auto logits = [&] {
+      InferenceState st(m, 32);
+      std::vector<float> out(prompt.size() * static_cast<size_t>(s.vocab));
+      forward(m, st, prompt, out.data(), /*all_logits=*/true);
+      return out;
+    };
+    LoraConfig c;
+    c.r = 4;
+    c.alpha = 8;
+    c.all_linear = true;
+    auto loss = [&] {
+      LoraModel lm(m, c);
+      test::set_test_adapter_b(lm, 31, 7, 0.03f);
+      TrainWorkspace ws;
+      const test::PackedTestBatch pb(s);
+      const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
+      TrainStepOptions opt;
+      LoraRng rng(3);
+      return forward_backward_batch(lm, ws, batch, opt, &rng);
+    };
+    const std::vector<float> want = logits();
+    const float want_loss = loss();
+    gemm_bf16_tiles::force_emulation_for_tests(true);
+    const std::vector<float> got = logits();
+    const float got_loss = loss();
+    const gemm_bf16_tiles::ForcedStats st = gemm_bf16_tiles::forced_stats();
+    gemm_bf16_tiles::force_emulation_for_tests(false);
+    EXPECT_GT(st.calls, 0u) << f << ": the bf16 forward never reached the tile GEMM";
+    EXPECT_EQ(st.inexact_operands, 0u) << f << ": an operand was not a bf16 value";
+    float scale = 0, worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      scale = std::max(scale, std::fabs(want[i]));
+      worst = std::max(worst, std::fabs(got[i] - want[i]));
+    }
+    EXPECT_LE(worst, 0.03f * scale) << f << ": logits";
+    EXPECT_NEAR(got_loss, want_loss, 0.01f * want_loss) << f << ": training loss";
+  }
+}
+
+}  // namespace

@@ -63,12 +63,18 @@ struct Options {
   std::string max_memory;  // refuse up front (with the planner's breakdown) when the run cannot fit
   std::optional<bool> checkpointing;  // unset: auto_checkpointing decides
   bool quiet = false;
+  bool compute_dtype_given = false;  // else auto (model_flags.h auto_train_compute_dtype)
 };
 
-int run(const Options& o) {
+int run(Options o) {
   // An empty --out would train for nothing (no adapter, no metrics): refuse it.
   if (o.out.find_first_not_of(" \t") == std::string::npos)
     qlora::fail("--out", "is empty: give the directory for the adapter, metrics.jsonl and checkpoints");
+  if (!o.compute_dtype_given && !qlora::parse_device(o.m.device).cuda) {
+    std::string why;
+    o.m.compute_dtype = qlora::cli::auto_train_compute_dtype(&why);
+    if (!o.quiet) std::fprintf(stderr, "compute dtype: %s\n", why.c_str());
+  }
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   const qlora::DatasetOptions dopt = qlora::cli::dataset_options(o.d);
   if (o.eval_split < 0 || o.eval_split >= 1) qlora::fail("--eval-split", "must be in [0, 1)");
@@ -211,7 +217,9 @@ const bool kRegistered = qlora::cli::register_command(
     "train", "QLoRA fine-tune: train LoRA adapters on a frozen (4-bit) model, save a PEFT adapter",
     [](CLI::App& app) -> qlora::cli::Action {
       auto o = std::make_shared<Options>();
-      qlora::cli::add_model_flags(app, o->m, "Compute dtype: fp32, bf16 or fp16 (activations rounded as torch does)");
+      qlora::cli::add_model_flags(app, o->m,
+                                  "Compute dtype: fp32, bf16 or fp16 (activations rounded as torch does); default: "
+                                  "bf16 on CPUs that multiply it on AMX tiles, else fp32");
       qlora::cli::add_device_flag(app, o->m);
       qlora::cli::add_data_flags(app, o->d);
       app.add_option("--data", o->data,
@@ -266,7 +274,11 @@ const bool kRegistered = qlora::cli::register_command(
           "off when the run fits without it in --max-memory or half the available memory)",
           "Keep every block's activations instead of recomputing them in backward");
       qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
-      return [o] { return run(*o); };
+      CLI::Option* compute = app.get_option("--compute-dtype");
+      return [o, compute] {
+        o->compute_dtype_given = compute->count() > 0;
+        return run(*o);
+      };
     });
 
 }  // namespace

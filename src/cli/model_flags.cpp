@@ -12,6 +12,7 @@
 #include "base/progress.h"
 #include "base/text_excerpt.h"
 #include "cli/bool_flags.h"
+#include "model/gemm_bf16.h"
 #include "quant/blockwise.h"
 
 namespace qlora::cli {
@@ -83,6 +84,16 @@ void add_device_flag(CLI::App& app, ModelFlags& f) {
   app.add_option("--device", f.device,
                  "Where the forward pass runs: cpu, or cuda / cuda:N (NVIDIA GPU; builds with -DQLORA_CUDA=ON)")
       ->capture_default_str();
+}
+
+std::string auto_train_compute_dtype(std::string* why) {
+  if (gemm_bf16_on_tiles()) {
+    *why = std::string("bf16 (auto: this CPU multiplies bf16 on ") + gemm_bf16_backend_name() +
+           "; --compute-dtype fp32 for float32)";
+    return "bf16";
+  }
+  *why = "fp32 (auto: no AMX bf16 tiles on this CPU; --compute-dtype bf16 rounds as bitsandbytes' bf16 compute does)";
+  return "fp32";
 }
 
 MemoryEngine cuda_memory_engine(const ModelSpec& spec) {

@@ -56,6 +56,11 @@ void add_device_flag(CLI::App& app, ModelFlags& f);
 // device or one the build lacks.
 void attach_device(Model& model, const ModelFlags& f, bool quiet);
 
+// `qlora train`'s compute dtype when --compute-dtype is not given (on the CPU): "bf16" where
+// the bf16 products run on AMX tiles (model/gemm_bf16.h gemm_bf16_on_tiles), else "fp32";
+// `why` gets the line the command prints ("bf16 (auto: ...)").
+std::string auto_train_compute_dtype(std::string* why);
+
 // The memory planner's engine for --device cuda runs of `spec`: the one attach_device takes.
 MemoryEngine cuda_memory_engine(const ModelSpec& spec);
 

@@ -5,7 +5,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "base/cpu_features.h"
@@ -103,6 +105,18 @@ struct EmuTiles {
 }  // namespace
 }  // namespace gemm_bf16_detail
 
+namespace {
+// QLORA_BF16_TILES=emulate: the forced emulation for a whole process (end-to-end tests of
+// the AMX path on any CPU; slow).
+bool env_forced() {
+  static const bool on = [] {
+    const char* e = std::getenv("QLORA_BF16_TILES");
+    return e && std::string(e) == "emulate";
+  }();
+  return on;
+}
+}  // namespace
+
 namespace gemm_bf16_tiles {
 
 namespace {
@@ -160,7 +174,7 @@ namespace {
 // Forced emulation (tests): count what the tiles would round, then run on the emulation.
 bool run_forced(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
                 float* y, int64_t ldy, bool accumulate) {
-  if (!gemm_bf16_tiles::g_forced) return false;
+  if (!gemm_bf16_tiles::g_forced && !env_forced()) return false;
   ++gemm_bf16_tiles::g_calls;
   gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(x, M, K, ldx) +
                                 (nt ? gemm_bf16_tiles::count_inexact(w, N, K, ldw)
@@ -203,14 +217,14 @@ bool hardware_agrees_with_emulation() {
 }  // namespace
 
 bool gemm_bf16_on_tiles() {
-  if (gemm_bf16_tiles::g_forced) return true;
+  if (gemm_bf16_tiles::g_forced || env_forced()) return true;
   static const bool ok = amx_tiles_enabled() && hardware_agrees_with_emulation();
   // (QLORA_SIMD is read at every call, as the other kernel choices do.)
   return ok && amx_tiles_enabled();
 }
 
 const char* gemm_bf16_backend_name() {
-  if (gemm_bf16_tiles::g_forced) return "emulated bf16 tiles (tests)";
+  if (gemm_bf16_tiles::g_forced || env_forced()) return "emulated bf16 tiles (tests)";
   return gemm_bf16_on_tiles() ? "AMX bf16 tiles" : sgemm_backend_name();
 }
 

@@ -43,7 +43,8 @@ void nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
 // For tests on CPUs without AMX: while on, gemm_bf16_nt/nn run on the emulated tiles (so
 // the callers' use of them is exercised anywhere), counting the calls and the operand values
 // that were not bf16 (which the tiles round: the callers promise there are none). Turning it
-// on or off resets the counts.
+// on or off resets the counts. QLORA_BF16_TILES=emulate in the environment does the same for
+// a whole process (end-to-end tests of the AMX path on any CPU; slow).
 void force_emulation_for_tests(bool on);
 struct ForcedStats {
   uint64_t calls = 0, inexact_operands = 0;

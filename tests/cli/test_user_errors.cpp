@@ -361,7 +361,7 @@ std::vector<Case> cases() {
                .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
                .command = train + "--data data.txt --gradient-checkpointing",
                .exit_code = 0,
-               .stderr_lacks = {"(auto"}});
+               .stderr_lacks = {"checkpointing: on (auto", "checkpointing: off (auto"}});
   t.push_back({.name = "memory_auto_checkpointing_as_train",
                .command = "{qlora} memory --model random:smollm2-135m --quant nf4 --json",
                .exit_code = 0,

@@ -209,3 +209,64 @@ TEST(GemmBf16, Bf16ForwardAndTrainingGiveTheTilesBf16OperandsOnly) {
 }
 
 }  // namespace
+
+#include <cstdlib>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model_test_util.h"
+
+namespace {
+
+std::vector<double> metric_losses(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<double> out;
+  for (std::string line; std::getline(f, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+// `qlora train` without --compute-dtype picks bf16 where the bf16 products run on tiles and
+// says so; fp32 elsewhere. Run here both ways: as this CPU decides, and with the tiles
+// emulated (QLORA_BF16_TILES=emulate), where it must train as an explicit --compute-dtype
+// bf16 run does (the same numbers up to the GEMM's summation order).
+TEST(GemmBf16, TrainPicksBf16WhereTheTilesAreAndSaysSo) {
+  test::TempDir tmp("train_auto_dtype");
+  const std::string data = tmp.path("text.txt");
+  {
+    std::ifstream in(test::data_dir() + "/text/tinyshakespeare.txt");
+    std::string text(4000, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    test::write_file(data, text);
+  }
+  auto train = [&](const std::string& out, std::vector<std::string> extra) {
+    std::vector<std::string> a = {"train",      "--model",   test::stories_bin(), "--tokenizer", test::stories_tok(),
+                                  "--data",     data,        "--out",             out,           "--max-steps",
+                                  "4",          "--seq-len", "64",                "--lora-r",    "4"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const test::CliResult r = test::run_cli(a);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r;
+  };
+  const test::CliResult here = train(tmp.path("here"), {});
+  EXPECT_NE(here.err.find(gemm_bf16_on_tiles() ? "compute dtype: bf16 (auto" : "compute dtype: fp32 (auto"),
+            std::string::npos)
+      << here.err;
+  const test::CliResult explicit_bf16 = train(tmp.path("bf16"), {"--compute-dtype", "bf16"});
+  EXPECT_EQ(explicit_bf16.err.find("compute dtype:"), std::string::npos) << "an explicit choice is not announced";
+  setenv("QLORA_BF16_TILES", "emulate", 1);
+  const test::CliResult emulated = train(tmp.path("emulated"), {});
+  unsetenv("QLORA_BF16_TILES");
+  EXPECT_NE(emulated.err.find("compute dtype: bf16 (auto: this CPU multiplies bf16 on emulated"), std::string::npos)
+      << emulated.err;
+  const std::vector<double> a = metric_losses(tmp.path("bf16/metrics.jsonl")),
+                            b = metric_losses(tmp.path("emulated/metrics.jsonl"));
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 5e-3 * a[i]) << "step " << i + 1;
+}
+
+}  // namespace

@@ -6,7 +6,7 @@
 // This measurement chose oneDNN for model/gemm.h. The "llama1b/" rows run Llama 1.1B's
 // block shapes at 256 tokens, where qlora_nf4 is the product as training runs it (forward:
 // dequantized slabs; backward: the CPU backend's dequantized tiles at a padded stride), and
-// qlora_nf4_bf16 the same forward in bf16 compute (on AMX tiles where the CPU has them, whose
+// qlora_nf4_bf16 the same products in bf16 compute (on AMX tiles where the CPU has them, whose
 // GEMM alone is "bf16_tiles", registered only there). OpenBLAS is measured when
 // libopenblas-dev is installed (it is not a dependency of the library).
 //
@@ -174,9 +174,14 @@ void run(Impl impl, Op op, const Weights& W, const float* x, float* y, int64_t T
         cpu_backend().linear_backward(y, x, nullptr, T, W.nf4, nullptr, nullptr, tile.data(), LoraScratch{});
       }
       return;
-    case Impl::OursNf4Bf16:  // the bf16 compute path's forward (its input rounded as the model rounds it)
-      if (op != Op::Fwd) throw std::runtime_error("forward only");
-      W.nf4_bf16.forward(y, x, T);
+    case Impl::OursNf4Bf16:  // the bf16 compute path (its forward input rounded as the model rounds it)
+      if (op == Op::Fwd) {
+        W.nf4_bf16.forward(y, x, T);
+      } else {
+        thread_local std::vector<float> tile;
+        tile.resize(static_cast<size_t>(linear_backward_tile_floats(K, N)));
+        cpu_backend().linear_backward(y, x, nullptr, T, W.nf4_bf16, nullptr, nullptr, tile.data(), LoraScratch{});
+      }
       return;
     case Impl::Bf16Tiles:  // model/gemm_bf16.h (operands rounded to bf16 on the way in)
       if (op == Op::Fwd)
@@ -228,7 +233,7 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
   const int64_t in = op == Op::Fwd ? K : N, out = op == Op::Fwd ? N : K;
   auto x = randn(static_cast<size_t>(T * in), 2, 1.0f);
   const bool bf16 = impl == Impl::OursNf4Bf16 || impl == Impl::Bf16Tiles;
-  if (impl == Impl::OursNf4Bf16)  // the model rounds a bf16 Linear's input
+  if (impl == Impl::OursNf4Bf16 && op == Op::Fwd)  // the model rounds a bf16 Linear's input (not its gradient)
     for (float& v : x) v = bf16_to_f32(f32_to_bf16(v));
   std::vector<float> y(static_cast<size_t>(T * out), 0.f);
   // Check once against ours (float32 sums in another order: relative error ~ sqrt(K) ulp;
@@ -237,7 +242,7 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
     std::vector<float> ref(y.size(), 0.f);
     if ((impl == Impl::OursNf4 || impl == Impl::OursNf4Bf16) && op == Op::Fwd)
       W.nf4.forward(ref.data(), x.data(), T);  // the float32 product of the 4-bit weight
-    else if (impl == Impl::OursNf4) {
+    else if (impl == Impl::OursNf4 || impl == Impl::OursNf4Bf16) {
       std::vector<float> w(static_cast<size_t>(N * K));
       W.nf4.dequantize_rows(0, N, w.data());
       sgemm_fallback::nn(T, K, N, x.data(), N, w.data(), K, ref.data(), K, true);
@@ -303,7 +308,7 @@ int register_all() {
                if (impls.size() > 2) l.push_back(impls[2]);
                // The bf16 path: the forward as the bf16 model runs it, and the tile GEMM alone
                // where the CPU has AMX (bench/RESULTS.md: issue 14).
-               if (op == Op::Fwd) l.push_back(Impl::OursNf4Bf16);
+               l.push_back(Impl::OursNf4Bf16);
                if (gemm_bf16_on_tiles()) l.push_back(Impl::Bf16Tiles);
                return l;
              }()) {

@@ -11,6 +11,7 @@
 #include "base/parallel.h"
 #include "model/backend.h"
 #include "model/gemm.h"
+#include "model/gemm_bf16.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
 #include "model/quant_linear.h"
@@ -33,6 +34,19 @@ void fill_tile(int64_t r0, int64_t r1, float* tile, int64_t ld, Fill fill) {
     const int64_t a = r0 + c0 * 16, b = std::min(r1, r0 + c1 * 16);
     fill(a, b, tile + (a - r0) * ld);
   });
+}
+// dx (T, in) += dy (T, rows; row stride ld_dy) · tile (rows, in; row stride ld): the input
+// gradient through a tile of dequantized weight rows. A bf16 tile (bf16 compute rounds the
+// dequantized weight, as bitsandbytes does) goes to the bf16 GEMM on AMX tiles, with the
+// float32 gradient split in two bf16 parts (model/gemm_bf16.h); everything else, and a few
+// tokens, to matmul_backward_input.
+void backward_through_tile(float* dx, const float* dy, const float* tile, int64_t T, int64_t in, int64_t rows,
+                           int64_t ld_dy, int64_t ld, ComputeDType tile_dtype) {
+  if (tile_dtype == ComputeDType::BF16 && T >= 8 && gemm_bf16_on_tiles()) {
+    gemm_bf16_split_x_nn(T, in, rows, dy, ld_dy, tile, ld, dx, in, /*accumulate=*/true);
+    return;
+  }
+  matmul_backward_input(dx, dy, tile, T, in, rows, ld_dy, ld);
 }
 }  // namespace
 
@@ -134,7 +148,7 @@ class CpuBackend final : public Backend {
     for (int64_t o0 = 0; dx && o0 < out; o0 += rows) {
       const int64_t o1 = std::min(out, o0 + rows);
       fill_tile(o0, o1, tile, ld, [&](int64_t a, int64_t b, float* t) { W.dequantize_rows(a, b, t, ld); });
-      matmul_backward_input(dx, dy + o0, tile, T, in, o1 - o0, out, ld);
+      backward_through_tile(dx, dy + o0, tile, T, in, o1 - o0, out, ld, W.dtype());
     }
     if (lora) lora_backward(dx, *lora, dy, x, *cache, T, scratch);
   }
@@ -227,7 +241,7 @@ class CpuBackend final : public Backend {
     for (int64_t v0 = 0; v0 < V; v0 += rows) {
       const int64_t v1 = std::min(V, v0 + rows);
       fill_tile(v0, v1, tile, ld, [&](int64_t a, int64_t b, float* t) { W.rows_to_f32(a, b, t, ld); });
-      matmul_backward_input(dx, dy + v0, tile, n, E, v1 - v0, V, ld);
+      backward_through_tile(dx, dy + v0, tile, n, E, v1 - v0, V, ld, W.q8() ? ComputeDType::F32 : W.dtype());
     }
   }
   void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) override {

@@ -20,14 +20,23 @@ namespace qlora {
 
 namespace gemm_bf16_detail {
 
-void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a) {
+void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a, uint16_t* lo) {
   parallel_for_range(Mp, std::max<int64_t>(1, 16384 / std::max<int64_t>(Kp, 1)), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       uint16_t* row = a + m * Kp;
+      uint16_t* lrow = lo ? lo + m * Kp : nullptr;
       int64_t k = 0;
       if (m < M)
-        for (; k < K; ++k) row[k] = f32_to_bf16(x[m * ldx + k]);
-      for (; k < Kp; ++k) row[k] = 0;
+        for (; k < K; ++k) {
+          const float v = x[m * ldx + k];
+          row[k] = f32_to_bf16(v);
+          // (v - hi is exact in float32: hi holds v's top 8 significant bits, rounded)
+          if (lrow) lrow[k] = std::isfinite(v) ? f32_to_bf16(v - bf16_to_f32(row[k])) : 0;
+        }
+      for (; k < Kp; ++k) {
+        row[k] = 0;
+        if (lrow) lrow[k] = 0;
+      }
     }
   });
 }
@@ -121,13 +130,19 @@ namespace gemm_bf16_tiles {
 
 namespace {
 void run(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-         float* y, int64_t ldy, bool accumulate) {
+         float* y, int64_t ldy, bool accumulate, bool split_x = false) {
   if (impl == Impl::Hardware)
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate, split_x);
   else
-    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate);
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate,
+                                                            split_x);
 }
 }  // namespace
+
+void split_x_nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
+                float* y, int64_t ldy, bool accumulate) {
+  run(impl, M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true);
+}
 
 void nt(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
         int64_t ldy, bool accumulate) {
@@ -173,13 +188,13 @@ namespace {
 
 // Forced emulation (tests): count what the tiles would round, then run on the emulation.
 bool run_forced(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-                float* y, int64_t ldy, bool accumulate) {
+                float* y, int64_t ldy, bool accumulate, bool split_x = false) {
   if (!gemm_bf16_tiles::g_forced && !env_forced()) return false;
   ++gemm_bf16_tiles::g_calls;
-  gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(x, M, K, ldx) +
+  gemm_bf16_tiles::g_inexact += (split_x ? 0 : gemm_bf16_tiles::count_inexact(x, M, K, ldx)) +
                                 (nt ? gemm_bf16_tiles::count_inexact(w, N, K, ldw)
                                     : gemm_bf16_tiles::count_inexact(w, K, N, ldw));
-  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate);
+  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate, split_x);
   return true;
 }
 
@@ -194,19 +209,23 @@ bool hardware_agrees_with_emulation() {
   for (float& v : x) v = bf16_to_f32(f32_to_bf16(d(rng)));
   for (float& v : wt) v = bf16_to_f32(f32_to_bf16(d(rng)));
   for (float& v : wn) v = bf16_to_f32(f32_to_bf16(d(rng)));
-  for (bool nt_layout : {true, false}) {
+  std::vector<float> xs(x);  // for the split product: float32 values, not bf16 ones
+  for (float& v : xs) v = d(rng);
+  for (int layout = 0; layout < 3; ++layout) {  // nt, nn, nn with X split
+    const bool nt_layout = layout == 0;
     std::vector<float> hw(M * N, 0.5f), emu(M * N, 0.5f);
-    auto call = nt_layout ? gemm_bf16_tiles::nt : gemm_bf16_tiles::nn;
+    auto call = layout == 0 ? gemm_bf16_tiles::nt : layout == 1 ? gemm_bf16_tiles::nn : gemm_bf16_tiles::split_x_nn;
     const float* w = nt_layout ? wt.data() : wn.data();
     const int64_t ldw = nt_layout ? K : N;
-    call(Impl::Hardware, M, N, K, x.data(), K, w, ldw, hw.data(), N, /*accumulate=*/true);
-    call(Impl::Emulated, M, N, K, x.data(), K, w, ldw, emu.data(), N, /*accumulate=*/true);
+    const float* xp = layout == 2 ? xs.data() : x.data();
+    call(Impl::Hardware, M, N, K, xp, K, w, ldw, hw.data(), N, /*accumulate=*/true);
+    call(Impl::Emulated, M, N, K, xp, K, w, ldw, emu.data(), N, /*accumulate=*/true);
     for (int64_t i = 0; i < M * N; ++i)
       if (!(std::fabs(hw[i] - emu[i]) <= 1e-4f * static_cast<float>(K))) {
         std::fprintf(stderr,
                      "warning: the AMX bf16 GEMM disagreed with its emulation (%s layout, element %lld: %g vs %g); "
                      "bf16 products run on %s instead\n",
-                     nt_layout ? "nt" : "nn", static_cast<long long>(i), static_cast<double>(hw[i]),
+                     layout == 0 ? "nt" : layout == 1 ? "nn" : "split nn", static_cast<long long>(i), static_cast<double>(hw[i]),
                      static_cast<double>(emu[i]), sgemm_backend_name());
         return false;
       }
@@ -232,7 +251,7 @@ void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, 
                   int64_t ldy, bool accumulate) {
   if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate)) return;
   if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate, false);
   else
     sgemm_nt(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
 }
@@ -241,7 +260,20 @@ void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, 
                   int64_t ldy, bool accumulate) {
   if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate)) return;
   if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, false);
+  else
+    sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+}
+
+}  // namespace qlora
+
+namespace qlora {
+
+void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
+                          float* y, int64_t ldy, bool accumulate) {
+  if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true)) return;
+  if (gemm_bf16_on_tiles())
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true);
   else
     sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
 }

@@ -23,6 +23,14 @@ void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, 
 void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
                   int64_t ldy, bool accumulate);
 
+// Y (M, N) (+)= X (M, K) · W (K, N) where W holds bf16 values and X any float32 (an input
+// gradient through a bf16-rounded weight: the gradient stays float32 in bf16 compute). On
+// tiles X is split in two bf16 parts, hi = bf16(X) and lo = bf16(X - hi), each multiplied by
+// W: X is carried to 2^-17 of its magnitude (float32: 2^-24), at twice the tile work. Else
+// sgemm_nn.
+void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
+                          float* y, int64_t ldy, bool accumulate);
+
 // True when gemm_bf16_* run on AMX tiles: the CPU has AMX-BF16, the OS granted the tile
 // state, QLORA_SIMD allows it (base/cpu_features.h amx_tiles_enabled), and on the first call
 // the hardware kernel agreed with its emulation on an awkward shape (else a warning on
@@ -40,6 +48,8 @@ void nt(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
         int64_t ldy, bool accumulate);
 void nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
         int64_t ldy, bool accumulate);
+void split_x_nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
+                float* y, int64_t ldy, bool accumulate);
 // For tests on CPUs without AMX: while on, gemm_bf16_nt/nn run on the emulated tiles (so
 // the callers' use of them is exercised anywhere), counting the calls and the operand values
 // that were not bf16 (which the tiles round: the callers promise there are none). Turning it

@@ -41,8 +41,9 @@ inline TileConfig full_tiles() {
 }
 
 // X (M, K) float32 → bf16 rows of Kp = round_up(K, 32) values, Mp = round_up(M, 32) rows;
-// the padding is zero. (gemm_bf16.cpp)
-void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a);
+// the padding is zero. With `lo`, X is split in two: a = bf16(X) and lo = bf16(X - a), so
+// a + lo holds X to 2^-17 of its magnitude. (gemm_bf16.cpp)
+void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a, uint16_t* lo);
 // The B panel of output columns [n0, n0 + 32) over all Kp: Kp / 32 steps of two tiles, each
 // element [step][tile][pair row r][2 * column + j] = W's value at k = 32 step + 2 r + j and
 // n = n0 + 16 tile + column, zero past N or K. `nt`: W is (N, K) (element n * ldw + k); else
@@ -52,12 +53,13 @@ void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t 
 // tile_gemm on the AMX instructions (gemm_bf16_amx.cpp, compiled with -mamx-tile -mamx-bf16).
 // Only where amx_tiles_enabled().
 void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-              float* y, int64_t ldy, bool accumulate);
+              float* y, int64_t ldy, bool accumulate, bool split_x);
 
-// Y (M, N) (+)= X · op(W) on Tiles; see model/gemm_bf16.h for the contract.
+// Y (M, N) (+)= X · op(W) on Tiles; see model/gemm_bf16.h for the contract. `split_x`: X in
+// two bf16 parts (pack_a's lo), each multiplied by the same B tiles (gemm_bf16_split_x_nn).
 template <class Tiles>
 void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-               float* y, int64_t ldy, bool accumulate) {
+               float* y, int64_t ldy, bool accumulate, bool split_x = false) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -65,10 +67,12 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
     return;
   }
   const int64_t Kp = round_up(K, kK), Mp = round_up(M, kBlock), steps = Kp / kK;
-  thread_local std::vector<uint16_t> a_buf;  // the calling thread's: the workers read it
+  thread_local std::vector<uint16_t> a_buf, lo_buf;  // the calling thread's: the workers read them
   a_buf.resize(static_cast<size_t>(Mp * Kp));
+  if (split_x) lo_buf.resize(static_cast<size_t>(Mp * Kp));
   uint16_t* a = a_buf.data();
-  pack_a(x, ldx, M, K, Mp, Kp, a);
+  uint16_t* lo = split_x ? lo_buf.data() : nullptr;
+  pack_a(x, ldx, M, K, Mp, Kp, a, lo);
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
   parallel_for_range(nblocks, 1, [&](int64_t nb0, int64_t nb1) {
     thread_local std::vector<uint16_t> b_buf;
@@ -95,6 +99,14 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
           Tiles::template dp<1, 4, 7>();
           Tiles::template dp<2, 5, 6>();
           Tiles::template dp<3, 5, 7>();
+          if (lo) {  // the low halves of X against the same B tiles
+            Tiles::template load<4>(lo + m0 * Kp + s * kK, Kp * 2);
+            Tiles::template load<5>(lo + (m0 + 16) * Kp + s * kK, Kp * 2);
+            Tiles::template dp<0, 4, 6>();
+            Tiles::template dp<1, 4, 7>();
+            Tiles::template dp<2, 5, 6>();
+            Tiles::template dp<3, 5, 7>();
+          }
         }
         Tiles::template store<0>(c, kBlock * 4);
         Tiles::template store<1>(c + 16, kBlock * 4);

@@ -40,6 +40,8 @@
 #include "base/float_formats.h"
 #include "model/gemm.h"
 #include "model/gemm_bf16.h"
+#include "model/gemm_bf16_tiles.h"
+#include "base/cpu_features.h"
 #include "model/backend.h"
 #include "model/quant_linear.h"
 #include "lora/lora.h"
@@ -280,7 +282,55 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
   set_threads(Impl::Ours, 1);
 }
 
+// The bf16 tile GEMM's packing (model/gemm_bf16_tiles.h) of a Llama 1.1B weight (2048 x 2048,
+// every 32-column panel) or of 256 tokens' activations, scalar reference against AVX2: on an
+// AMX CPU every weight element is packed once per product, so ns per element here is to be
+// set against the tiles' ~0.15 ns of work per element at 256 tokens.
+const QuantLinear& weights_nf4_bf16(int64_t N, int64_t K);
+
+// "nf4_panels" is what the tiles' forward does per 32 output columns of a bf16 4-bit Linear:
+// dequantize the 32 rows (rounded to bf16) into a cache-sized buffer, then pack them.
+void BM_PackBf16(benchmark::State& state, bool weights, bool nt, bool avx2, bool nf4 = false) {
+  using namespace gemm_bf16_detail;
+  omp_set_num_threads(1);
+  const int64_t N = 2048, K = 2048, M = 256, Kp = round_up(K, kK);
+  const auto src = randn(static_cast<size_t>(std::max(N, M) * K), 3, 1.0f);
+  std::vector<uint16_t> out(static_cast<size_t>(std::max(Kp / kK * kBPanelPerK, M * Kp)));
+  const QuantLinear& q = weights_nf4_bf16(N, K);
+  std::vector<float> panel(static_cast<size_t>(kBlock * K));
+  for (auto _ : state) {
+    if (nf4) {
+      for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+        q.dequantize_rows(n0, n0 + kBlock, panel.data());
+        (avx2 ? pack_b_avx2 : pack_b_scalar)(panel.data(), K, true, kBlock, K, 0, Kp, out.data());
+      }
+    } else if (weights) {
+      for (int64_t n0 = 0; n0 < N; n0 += kBlock)
+        (avx2 ? pack_b_avx2 : pack_b_scalar)(src.data(), nt ? K : N, nt, N, K, n0, Kp, out.data());
+    } else {
+      (avx2 ? pack_a_rows_avx2 : pack_a_rows_scalar)(src.data(), K, M, K, Kp, 0, M, out.data(), nullptr);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * (weights ? N * K : M * K));  // (items/s: elements per second)
+}
+
+// The bf16 4-bit weight of a Llama 1.1B shape, made once.
+const QuantLinear& weights_nf4_bf16(int64_t N, int64_t K) { return weights(N, K).nf4_bf16; }
+
 int register_all() {
+  for (bool avx2 : {false, true}) {
+    if (avx2 && cpu_simd_level() < SimdLevel::AVX2) continue;
+    const char* isa = avx2 ? "avx2" : "scalar";
+    benchmark::RegisterBenchmark((std::string("bf16_pack/weights_nt/2048x2048/") + isa).c_str(), BM_PackBf16, true,
+                                 true, avx2, false)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("bf16_pack/weights_nn/2048x2048/") + isa).c_str(), BM_PackBf16, true,
+                                 false, avx2, false)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("bf16_pack/activations/256x2048/") + isa).c_str(), BM_PackBf16, false,
+                                 true, avx2, false)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark((std::string("bf16_pack/nf4_panels/2048x2048/") + isa).c_str(), BM_PackBf16, true,
+                                 true, avx2, true)->Unit(benchmark::kMillisecond);
+  }
 #ifdef QLORA_BENCH_OPENBLAS
   benchmark::AddCustomContext("openblas_core", openblas_get_corename());
   benchmark::AddCustomContext("openblas_config", openblas_get_config());

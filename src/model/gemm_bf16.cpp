@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -20,28 +21,27 @@ namespace qlora {
 
 namespace gemm_bf16_detail {
 
-void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a, uint16_t* lo) {
-  parallel_for_range(Mp, std::max<int64_t>(1, 16384 / std::max<int64_t>(Kp, 1)), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      uint16_t* row = a + m * Kp;
-      uint16_t* lrow = lo ? lo + m * Kp : nullptr;
-      int64_t k = 0;
-      if (m < M)
-        for (; k < K; ++k) {
-          const float v = x[m * ldx + k];
-          row[k] = f32_to_bf16(v);
-          // (v - hi is exact in float32: hi holds v's top 8 significant bits, rounded)
-          if (lrow) lrow[k] = std::isfinite(v) ? f32_to_bf16(v - bf16_to_f32(row[k])) : 0;
-        }
-      for (; k < Kp; ++k) {
-        row[k] = 0;
-        if (lrow) lrow[k] = 0;
+void pack_a_rows_scalar(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t m0, int64_t m1,
+                        uint16_t* a, uint16_t* lo) {
+  for (int64_t m = m0; m < m1; ++m) {
+    uint16_t* row = a + m * Kp;
+    uint16_t* lrow = lo ? lo + m * Kp : nullptr;
+    int64_t k = 0;
+    if (m < M)
+      for (; k < K; ++k) {
+        const float v = x[m * ldx + k];
+        row[k] = f32_to_bf16(v);
+        // (v - hi is exact in float32: hi holds v's top 8 significant bits, rounded)
+        if (lrow) lrow[k] = std::isfinite(v) ? f32_to_bf16(v - bf16_to_f32(row[k])) : 0;
       }
+    for (; k < Kp; ++k) {
+      row[k] = 0;
+      if (lrow) lrow[k] = 0;
     }
-  });
+  }
 }
 
-void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b) {
+void pack_b_scalar(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b) {
   std::memset(b, 0, static_cast<size_t>(Kp / kK * kBPanelPerK) * sizeof(uint16_t));
   const int64_t nn = std::min(kBlock, N - n0);
   // Element (k, column c of the panel) goes to step k / 32, tile c / 16, pair row (k % 32) / 2,
@@ -60,6 +60,26 @@ void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t 
       for (int64_t c = 0; c < nn; ++c) at(k, c) = f32_to_bf16(wr[c]);
     }
   }
+}
+
+void pack_a_rows(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t m0, int64_t m1, uint16_t* a,
+                 uint16_t* lo) {
+  if (simd_level() >= SimdLevel::AVX2)
+    pack_a_rows_avx2(x, ldx, M, K, Kp, m0, m1, a, lo);
+  else
+    pack_a_rows_scalar(x, ldx, M, K, Kp, m0, m1, a, lo);
+}
+
+void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a, uint16_t* lo) {
+  parallel_for_range(Mp, std::max<int64_t>(1, 16384 / std::max<int64_t>(Kp, 1)),
+                     [&](int64_t m0, int64_t m1) { pack_a_rows(x, ldx, M, K, Kp, m0, m1, a, lo); });
+}
+
+void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b) {
+  if (simd_level() >= SimdLevel::AVX2)
+    pack_b_avx2(w, ldw, nt, N, K, n0, Kp, b);
+  else
+    pack_b_scalar(w, ldw, nt, N, K, n0, Kp, b);
 }
 
 namespace {
@@ -129,29 +149,45 @@ bool env_forced() {
 namespace gemm_bf16_tiles {
 
 namespace {
-void run(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-         float* y, int64_t ldy, bool accumulate, bool split_x = false) {
+using gemm_bf16_detail::BSource;
+
+void run(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
+         int64_t ldy, bool accumulate, bool split_x = false) {
   if (impl == Impl::Hardware)
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate, split_x);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
   else
-    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate,
-                                                            split_x);
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
+}
+
+BSource matrix(const float* w, int64_t ldw, bool nt) {
+  BSource b;
+  b.w = w;
+  b.ldw = ldw;
+  b.nt = nt;
+  return b;
 }
 }  // namespace
 
-void split_x_nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
-                float* y, int64_t ldy, bool accumulate) {
-  run(impl, M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true);
-}
-
 void nt(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
         int64_t ldy, bool accumulate) {
-  run(impl, M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate);
+  run(impl, M, N, K, x, ldx, matrix(w, ldw, true), y, ldy, accumulate);
 }
 
 void nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
         int64_t ldy, bool accumulate) {
-  run(impl, M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate);
+  run(impl, M, N, K, x, ldx, matrix(w, ldw, false), y, ldy, accumulate);
+}
+
+void split_x_nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
+                float* y, int64_t ldy, bool accumulate) {
+  run(impl, M, N, K, x, ldx, matrix(w, ldw, false), y, ldy, accumulate, /*split_x=*/true);
+}
+
+void nt_rows(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const gemm_bf16_detail::RowFill& fill, float* y,
+             int64_t ldy, bool accumulate) {
+  BSource b;
+  b.fill = &fill;
+  run(impl, M, N, K, x, ldx, b, y, ldy, accumulate);
 }
 
 namespace {
@@ -186,20 +222,34 @@ ForcedStats forced_stats() {
 
 namespace {
 
-// Forced emulation (tests): count what the tiles would round, then run on the emulation.
-bool run_forced(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-                float* y, int64_t ldy, bool accumulate, bool split_x = false) {
+using gemm_bf16_detail::BSource;
+
+// Forced emulation (tests): count what the tiles would round (the row source's rows as it
+// produces them), then run on the emulation.
+bool run_forced(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
+                int64_t ldy, bool accumulate, bool split_x = false) {
   if (!gemm_bf16_tiles::g_forced && !env_forced()) return false;
   ++gemm_bf16_tiles::g_calls;
-  gemm_bf16_tiles::g_inexact += (split_x ? 0 : gemm_bf16_tiles::count_inexact(x, M, K, ldx)) +
-                                (nt ? gemm_bf16_tiles::count_inexact(w, N, K, ldw)
-                                    : gemm_bf16_tiles::count_inexact(w, K, N, ldw));
-  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate, split_x);
+  if (!split_x) gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(x, M, K, ldx);
+  BSource counted = src;
+  gemm_bf16_detail::RowFill counting;
+  if (src.fill) {
+    counting = [&src, K](int64_t r0, int64_t r1, float* out) {
+      (*src.fill)(r0, r1, out);
+      gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(out, r1 - r0, K, K);
+    };
+    counted.fill = &counting;
+  } else {
+    gemm_bf16_tiles::g_inexact += src.nt ? gemm_bf16_tiles::count_inexact(src.w, N, K, src.ldw)
+                                         : gemm_bf16_tiles::count_inexact(src.w, K, N, src.ldw);
+  }
+  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, counted, y, ldy, accumulate, split_x);
   return true;
 }
 
 // The AMX kernel against its emulation on an awkward shape (no dimension a multiple of a
-// tile, both layouts, accumulation): true when they agree to float32 summation order.
+// tile, each layout and B source, accumulation): true when they agree to float32 summation
+// order.
 bool hardware_agrees_with_emulation() {
   using gemm_bf16_tiles::Impl;
   const int64_t M = 37, N = 45, K = 77;
@@ -211,22 +261,28 @@ bool hardware_agrees_with_emulation() {
   for (float& v : wn) v = bf16_to_f32(f32_to_bf16(d(rng)));
   std::vector<float> xs(x);  // for the split product: float32 values, not bf16 ones
   for (float& v : xs) v = d(rng);
-  for (int layout = 0; layout < 3; ++layout) {  // nt, nn, nn with X split
-    const bool nt_layout = layout == 0;
+  const gemm_bf16_detail::RowFill fill = [&](int64_t r0, int64_t r1, float* out) {
+    std::copy(wt.begin() + r0 * K, wt.begin() + r1 * K, out);
+  };
+  const char* names[4] = {"nt", "nn", "split nn", "nt from rows"};
+  for (int layout = 0; layout < 4; ++layout) {
     std::vector<float> hw(M * N, 0.5f), emu(M * N, 0.5f);
-    auto call = layout == 0 ? gemm_bf16_tiles::nt : layout == 1 ? gemm_bf16_tiles::nn : gemm_bf16_tiles::split_x_nn;
-    const float* w = nt_layout ? wt.data() : wn.data();
-    const int64_t ldw = nt_layout ? K : N;
-    const float* xp = layout == 2 ? xs.data() : x.data();
-    call(Impl::Hardware, M, N, K, xp, K, w, ldw, hw.data(), N, /*accumulate=*/true);
-    call(Impl::Emulated, M, N, K, xp, K, w, ldw, emu.data(), N, /*accumulate=*/true);
+    for (Impl impl : {Impl::Hardware, Impl::Emulated}) {
+      float* y = impl == Impl::Hardware ? hw.data() : emu.data();
+      switch (layout) {
+        case 0: gemm_bf16_tiles::nt(impl, M, N, K, x.data(), K, wt.data(), K, y, N, true); break;
+        case 1: gemm_bf16_tiles::nn(impl, M, N, K, x.data(), K, wn.data(), N, y, N, true); break;
+        case 2: gemm_bf16_tiles::split_x_nn(impl, M, N, K, xs.data(), K, wn.data(), N, y, N, true); break;
+        default: gemm_bf16_tiles::nt_rows(impl, M, N, K, x.data(), K, fill, y, N, true); break;
+      }
+    }
     for (int64_t i = 0; i < M * N; ++i)
       if (!(std::fabs(hw[i] - emu[i]) <= 1e-4f * static_cast<float>(K))) {
         std::fprintf(stderr,
-                     "warning: the AMX bf16 GEMM disagreed with its emulation (%s layout, element %lld: %g vs %g); "
+                     "warning: the AMX bf16 GEMM disagreed with its emulation (%s, element %lld: %g vs %g); "
                      "bf16 products run on %s instead\n",
-                     layout == 0 ? "nt" : layout == 1 ? "nn" : "split nn", static_cast<long long>(i), static_cast<double>(hw[i]),
-                     static_cast<double>(emu[i]), sgemm_backend_name());
+                     names[layout], static_cast<long long>(i), static_cast<double>(hw[i]), static_cast<double>(emu[i]),
+                     sgemm_backend_name());
         return false;
       }
   }
@@ -249,33 +305,52 @@ const char* gemm_bf16_backend_name() {
 
 void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
                   int64_t ldy, bool accumulate) {
-  if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate)) return;
+  const BSource src = gemm_bf16_tiles::matrix(w, ldw, true);
+  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
   if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate, false);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
   else
     sgemm_nt(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
 }
 
 void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
                   int64_t ldy, bool accumulate) {
-  if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate)) return;
+  const BSource src = gemm_bf16_tiles::matrix(w, ldw, false);
+  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
   if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, false);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
   else
     sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
 }
 
-}  // namespace qlora
-
-namespace qlora {
-
 void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
                           float* y, int64_t ldy, bool accumulate) {
-  if (run_forced(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true)) return;
+  const BSource src = gemm_bf16_tiles::matrix(w, ldw, false);
+  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate, /*split_x=*/true)) return;
   if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true);
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, /*split_x=*/true);
   else
     sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+}
+
+void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+                       const std::function<void(int64_t, int64_t, float*)>& fill, float* y, int64_t ldy,
+                       bool accumulate) {
+  BSource src;
+  src.fill = &fill;
+  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
+  if (gemm_bf16_on_tiles()) {
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
+    return;
+  }
+  // Without tiles: slabs of rows (at most 2 MiB) through the float32 GEMM.
+  const int64_t slab = std::clamp<int64_t>((int64_t{1} << 19) / std::max<int64_t>(K, 1), 1, std::max<int64_t>(N, 1));
+  std::vector<float> buf(static_cast<size_t>(slab * K));
+  for (int64_t r0 = 0; r0 < N; r0 += slab) {
+    const int64_t r1 = std::min(N, r0 + slab);
+    fill(r0, r1, buf.data());
+    sgemm_nt(M, r1 - r0, K, x, ldx, buf.data(), K, y + r0, ldy, accumulate);
+  }
 }
 
 }  // namespace qlora

@@ -15,6 +15,7 @@
 // model/gemm.h's float32 GEMM, which reads the values as they are. Multi-threaded over
 // qlora::max_threads(); not from inside a parallel region.
 #include <cstdint>
+#include <functional>
 
 namespace qlora {
 
@@ -30,6 +31,15 @@ void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, 
 // sgemm_nn.
 void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
                           float* y, int64_t ldy, bool accumulate);
+
+// gemm_bf16_nt with W (N, K) given by `fill`, which writes rows [r0, r1) of it as float32
+// (bf16 values) at a stride of K: on tiles each thread fills its own panel of 32 rows into its
+// cache and packs it (a 4-bit weight dequantized on the fly, never whole); without tiles,
+// slabs of at most 2 MiB through sgemm_nt. fill is called from several threads at once, for
+// disjoint rows.
+void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+                       const std::function<void(int64_t r0, int64_t r1, float* out)>& fill, float* y, int64_t ldy,
+                       bool accumulate);
 
 // True when gemm_bf16_* run on AMX tiles: the CPU has AMX-BF16, the OS granted the tile
 // state, QLORA_SIMD allows it (base/cpu_features.h amx_tiles_enabled), and on the first call
@@ -50,6 +60,9 @@ void nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
         int64_t ldy, bool accumulate);
 void split_x_nn(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
                 float* y, int64_t ldy, bool accumulate);
+void nt_rows(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+             const std::function<void(int64_t r0, int64_t r1, float* out)>& fill, float* y, int64_t ldy,
+             bool accumulate);
 // For tests on CPUs without AMX: while on, gemm_bf16_nt/nn run on the emulated tiles (so
 // the callers' use of them is exercised anywhere), counting the calls and the operand values
 // that were not bf16 (which the tiles round: the callers promise there are none). Turning it

@@ -57,9 +57,9 @@ struct AmxTiles {
 
 }  // namespace
 
-void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-              float* y, int64_t ldy, bool accumulate, bool split_x) {
-  tile_gemm<AmxTiles>(M, N, K, x, ldx, w, ldw, nt, y, ldy, accumulate, split_x);
+void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y, int64_t ldy,
+              bool accumulate, bool split_x) {
+  tile_gemm<AmxTiles>(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
 }
 
 }  // namespace qlora::gemm_bf16_detail

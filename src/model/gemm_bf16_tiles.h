@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "base/parallel.h"
@@ -42,7 +43,11 @@ inline TileConfig full_tiles() {
 
 // X (M, K) float32 → bf16 rows of Kp = round_up(K, 32) values, Mp = round_up(M, 32) rows;
 // the padding is zero. With `lo`, X is split in two: a = bf16(X) and lo = bf16(X - a), so
-// a + lo holds X to 2^-17 of its magnitude. (gemm_bf16.cpp)
+// a + lo holds X to 2^-17 of its magnitude (lo = 0 where X is not finite). Rows [m0, m1) only
+// (the callers split rows over threads). bf16 as base/float_formats.h f32_to_bf16 rounds.
+void pack_a_rows(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t m0, int64_t m1, uint16_t* a,
+                 uint16_t* lo);
+// All Mp rows, over the threads. (gemm_bf16.cpp)
 void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64_t Kp, uint16_t* a, uint16_t* lo);
 // The B panel of output columns [n0, n0 + 32) over all Kp: Kp / 32 steps of two tiles, each
 // element [step][tile][pair row r][2 * column + j] = W's value at k = 32 step + 2 r + j and
@@ -50,16 +55,37 @@ void pack_a(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Mp, int64
 // W is (K, N) (element k * ldw + n). (gemm_bf16.cpp)
 void pack_b(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b);
 
+// The packings' implementations: the scalar reference and AVX2 (gemm_bf16_pack_avx2.cpp;
+// bit-identical, tests/model/test_gemm_bf16.cpp). pack_a_rows and pack_b pick by simd_level().
+void pack_a_rows_scalar(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t m0, int64_t m1,
+                        uint16_t* a, uint16_t* lo);
+void pack_b_scalar(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b);
+void pack_a_rows_avx2(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t m0, int64_t m1,
+                      uint16_t* a, uint16_t* lo);
+void pack_b_avx2(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b);
+
+// Where the B operand comes from: a float32 matrix W (nt: (N, K), else (K, N)), or `fill`,
+// which writes rows [r0, r1) of an (N, K) W as float32 at a stride of K (a 4-bit weight
+// dequantized a panel at a time, by each thread into its own cache: no copy of the whole
+// weight). fill is called from every thread at once, for disjoint rows.
+using RowFill = std::function<void(int64_t r0, int64_t r1, float* out)>;
+struct BSource {
+  const float* w = nullptr;
+  int64_t ldw = 0;
+  bool nt = true;
+  const RowFill* fill = nullptr;  // (nt only)
+};
+
 // tile_gemm on the AMX instructions (gemm_bf16_amx.cpp, compiled with -mamx-tile -mamx-bf16).
 // Only where amx_tiles_enabled().
-void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-              float* y, int64_t ldy, bool accumulate, bool split_x);
+void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y, int64_t ldy,
+              bool accumulate, bool split_x);
 
 // Y (M, N) (+)= X · op(W) on Tiles; see model/gemm_bf16.h for the contract. `split_x`: X in
 // two bf16 parts (pack_a's lo), each multiplied by the same B tiles (gemm_bf16_split_x_nn).
 template <class Tiles>
-void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
-               float* y, int64_t ldy, bool accumulate, bool split_x = false) {
+void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
+               int64_t ldy, bool accumulate, bool split_x = false) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -76,13 +102,20 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
   parallel_for_range(nblocks, 1, [&](int64_t nb0, int64_t nb1) {
     thread_local std::vector<uint16_t> b_buf;
+    thread_local std::vector<float> rows_buf;  // fill's panel of rows
     b_buf.resize(static_cast<size_t>(steps * kBPanelPerK));
+    if (src.fill) rows_buf.resize(static_cast<size_t>(kBlock * K));
     uint16_t* b = b_buf.data();
     alignas(64) float c[kBlock * kBlock];
     Tiles::configure();
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
-      pack_b(w, ldw, nt, N, K, n0, Kp, b);
+      if (src.fill) {
+        (*src.fill)(n0, n0 + nn, rows_buf.data());
+        pack_b(rows_buf.data(), K, /*nt=*/true, nn, K, 0, Kp, b);
+      } else {
+        pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
+      }
       for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
         Tiles::template zero<0>();
         Tiles::template zero<1>();

@@ -140,12 +140,18 @@ constexpr int64_t kRowsPerPanel = 16;
 constexpr int64_t kSlabFloats = int64_t{1} << 19;
 
 //
-// `bf16_operands`: x and the rows fill() writes hold bf16 values (bf16 compute), so the slabs
-// may go to the bf16 GEMM (model/gemm_bf16.h: AMX tiles where the CPU has them).
+// `bf16_operands`: x and the rows fill() writes hold bf16 values (bf16 compute), so the
+// product may run on the bf16 GEMM (model/gemm_bf16.h: AMX tiles where the CPU has them),
+// with fill() called by each thread for its own panels.
 template <class Fill>
 void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, Fill fill, bool bf16_operands) {
-  const bool tiles = bf16_operands && gemm_bf16_on_tiles();
-  if (tiles || sgemm_has_library()) {
+  if (bf16_operands && gemm_bf16_on_tiles()) {
+    // Each thread dequantizes its own 32-row panels into its cache, straight before the tiles
+    // read them (model/gemm_bf16.h): no shared slab.
+    gemm_bf16_nt_rows(T, N, K, x, K, fill, y, N, /*accumulate=*/false);
+    return;
+  }
+  if (sgemm_has_library()) {
     const int64_t fit = kSlabFloats / std::max<int64_t>(1, K) / kRowsPerPanel * kRowsPerPanel;
     const int64_t slab_rows = std::min(N, std::max(kRowsPerPanel, fit));
     thread_local std::vector<float> slab;  // forward() may run on several threads at once
@@ -158,10 +164,7 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
         const int64_t r0 = s0 + p0 * kRowsPerPanel, r1 = std::min(s1, s0 + p1 * kRowsPerPanel);
         fill(r0, r1, buf + (r0 - s0) * K);
       });
-      if (tiles)
-        gemm_bf16_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
-      else
-        sgemm_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
+      sgemm_nt(T, s1 - s0, K, x, K, buf, K, y + s0, N, /*accumulate=*/false);
     }
     return;
   }

@@ -7,7 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <functional>
 #include <cstdio>
 #include <random>
 #include <tuple>
@@ -95,6 +97,34 @@ TEST(GemmBf16Tiles, EmulatedMatchesReference) {
       for (bool acc : {false, true}) check(Impl::Emulated, c, nt, acc, seed += 3);
 }
 
+// W given a panel of rows at a time (fill, called from the threads for their own panels)
+// packs to the same tiles as W given whole: the same result, bit for bit.
+void check_rows(Impl impl) {
+  for (const Case& c : kCases) {
+    const int64_t ldw = c.K + 1;
+    const std::vector<float> x = random_bf16(static_cast<size_t>(c.M * c.K), 70);
+    const std::vector<float> w = random_bf16(static_cast<size_t>(c.N * ldw), 71);
+    std::vector<float> whole(static_cast<size_t>(c.M * c.N), 1.0f), rows(whole);
+    std::atomic<int64_t> filled{0};
+    const std::function<void(int64_t, int64_t, float*)> fill = [&](int64_t r0, int64_t r1, float* out) {
+      ASSERT_LE(r1 - r0, 32) << "a panel is 32 rows";
+      for (int64_t r = r0; r < r1; ++r) std::copy_n(w.data() + r * ldw, c.K, out + (r - r0) * c.K);
+      filled += r1 - r0;
+    };
+    gemm_bf16_tiles::nt(impl, c.M, c.N, c.K, x.data(), c.K, w.data(), ldw, whole.data(), c.N, true);
+    gemm_bf16_tiles::nt_rows(impl, c.M, c.N, c.K, x.data(), c.K, fill, rows.data(), c.N, true);
+    EXPECT_EQ(rows, whole) << "M " << c.M << " N " << c.N << " K " << c.K;
+    EXPECT_EQ(filled.load(), c.N) << "every row filled once";
+  }
+}
+
+TEST(GemmBf16Tiles, EmulatedRowSourceEqualsMatrix) { check_rows(Impl::Emulated); }
+
+TEST(GemmBf16Tiles, HardwareRowSourceEqualsMatrix) {
+  if (!amx_tiles_enabled()) GTEST_SKIP() << "no AMX bf16 tiles: hardware kernel not run";
+  check_rows(Impl::Hardware);
+}
+
 TEST(GemmBf16Tiles, HardwareMatchesReference) {
   if (!amx_tiles_enabled()) GTEST_SKIP() << "this CPU (or QLORA_SIMD) has no AMX bf16 tiles: hardware kernel not run";
   uint32_t seed = 101;
@@ -177,6 +207,17 @@ TEST(GemmBf16, PublicCallsMatchTheFloat32Product) {
     (nt ? sgemm_fallback::nt : sgemm_fallback::nn)(c.M, c.N, c.K, x.data(), c.K, w.data(), ldw, want.data(), c.N,
                                                    false);
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4) << (nt ? "nt " : "nn ") << i;
+  }
+  {  // W from a row source (without tiles: slabs through the float32 GEMM)
+    const std::vector<float> x = random_bf16(static_cast<size_t>(c.M * c.K), 11);
+    const std::vector<float> w = random_bf16(static_cast<size_t>(c.N * c.K), 12);
+    std::vector<float> got(static_cast<size_t>(c.M * c.N), 2.0f), want(got);
+    gemm_bf16_nt_rows(
+        c.M, c.N, c.K, x.data(), c.K,
+        [&](int64_t r0, int64_t r1, float* out) { std::copy(w.begin() + r0 * c.K, w.begin() + r1 * c.K, out); },
+        got.data(), c.N, true);
+    sgemm_fallback::nt(c.M, c.N, c.K, x.data(), c.K, w.data(), c.K, want.data(), c.N, true);
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4) << "rows " << i;
   }
   if (!amx_tiles_enabled()) {
     EXPECT_FALSE(gemm_bf16_on_tiles());
@@ -330,6 +371,62 @@ TEST(GemmBf16, TrainPicksBf16WhereTheTilesAreAndSaysSo) {
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 5e-3 * a[i]) << "step " << i + 1;
+}
+
+}  // namespace
+
+// The AVX2 packings against the scalar reference, bit for bit: operands with NaN (quiet and
+// signalling, payload in the low bits only), ±inf, ±0, subnormals, values that round up to
+// inf, on panels with edges in N and K and both layouts, and the split X.
+#include "base/cpu_features.h"
+#include "model/gemm_bf16_tiles.h"
+
+namespace {
+
+std::vector<float> awkward_values(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  const uint32_t specials[] = {0x7FC00000u, 0x7F800001u, 0xFF800003u, 0x7F800000u, 0xFF800000u, 0x00000000u,
+                               0x80000000u, 0x00000001u, 0x807FFFFFu, 0x7F7FFFFFu, 0x3F808000u, 0x3F818000u};
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i % 7 == 3) {
+      const uint32_t u = specials[(i / 7) % (sizeof specials / sizeof specials[0])];
+      std::memcpy(&v[i], &u, 4);
+    } else {
+      v[i] = d(g);
+    }
+  }
+  return v;
+}
+
+TEST(GemmBf16Pack, Avx2MatchesScalarBitForBit) {
+  if (cpu_simd_level() < SimdLevel::AVX2) GTEST_SKIP() << "no AVX2 here";
+  using namespace gemm_bf16_detail;
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{1, 1}, {5, 33}, {32, 32}, {40, 70}, {64, 100}, {33, 31}}) {
+    const int64_t Kp = round_up(K, kK);
+    for (bool nt : {true, false}) {
+      const int64_t ldw = nt ? K + 3 : N + 5;
+      const std::vector<float> w = awkward_values(static_cast<size_t>((nt ? N : K) * ldw), 11);
+      for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+        std::vector<uint16_t> a(static_cast<size_t>(Kp / kK * kBPanelPerK), 0xAAAA), b(a.size(), 0x5555);
+        pack_b_scalar(w.data(), ldw, nt, N, K, n0, Kp, a.data());
+        pack_b_avx2(w.data(), ldw, nt, N, K, n0, Kp, b.data());
+        ASSERT_EQ(a, b) << (nt ? "nt" : "nn") << " N " << N << " K " << K << " n0 " << n0;
+      }
+    }
+    const int64_t M = N, Mp = round_up(M, kBlock), ldx = K + 2;
+    const std::vector<float> x = awkward_values(static_cast<size_t>(M * ldx), 12);
+    for (bool split : {false, true}) {
+      std::vector<uint16_t> a(static_cast<size_t>(Mp * Kp), 0xAAAA), b(a.size(), 0x5555), la(a), lb(b);
+      pack_a_rows_scalar(x.data(), ldx, M, K, Kp, 0, Mp, a.data(), split ? la.data() : nullptr);
+      pack_a_rows_avx2(x.data(), ldx, M, K, Kp, 0, Mp, b.data(), split ? lb.data() : nullptr);
+      ASSERT_EQ(a, b) << "A, M " << M << " K " << K;
+      if (split) {
+        ASSERT_EQ(la, lb) << "A's low part, M " << M << " K " << K;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -39,7 +39,7 @@ struct Options {
   std::string quant = "nf4";
   bool double_quant = false;
   int blocksize = 64;
-  std::string compute_dtype = "fp32";
+  std::string compute_dtype;  // "": as the planned command would choose (train: auto)
   int threads = 0;
   std::string mode = "train";
   std::string engine = "qlora";
@@ -135,7 +135,14 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     qlora::check_blocksize(o.blocksize, "--blocksize");
   mo.blocksize = o.blocksize;
   mo.double_quant = o.double_quant;
-  mo.compute_dtype = qlora::compute_dtype_from_string(o.compute_dtype);
+  std::string dtype = o.compute_dtype;
+  if (dtype.empty()) {  // as `qlora train` on this CPU would pick it; fp32 elsewhere
+    std::string why;
+    dtype = mo.mode == qlora::MemoryMode::Train && mo.engine == qlora::MemoryEngine::Qlora
+                ? qlora::cli::auto_train_compute_dtype(&why)
+                : "fp32";
+  }
+  mo.compute_dtype = qlora::compute_dtype_from_string(dtype);
   mo.lora_r = o.lora_r;
   if (o.target == "all-linear") {
     mo.all_linear = true;
@@ -251,7 +258,9 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--dense-head", o->dense_head,
                                 "As train/generate: a GGUF's Q8_0 embedding / output head widened to the compute dtype");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
-      app.add_option("--compute-dtype", o->compute_dtype, "fp32, bf16 or fp16")->capture_default_str();
+      app.add_option("--compute-dtype", o->compute_dtype,
+                     "fp32, bf16 or fp16 (default: what the command would use: fp32, or for train on the CPU bf16 "
+                     "where AMX tiles multiply it)");
       app.add_option("--threads,-t", o->threads, "Threads the run will use (default: all cores)");
       app.add_option("--mode", o->mode, "train or generate")->capture_default_str();
       app.add_option("--engine", o->engine,

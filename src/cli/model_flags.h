@@ -66,7 +66,8 @@ MemoryEngine cuda_memory_engine(const ModelSpec& spec);
 
 // Before loading: does the run described by `mo` fit? On the CPU only when --max-memory
 // (`max_memory`) is given (the qlora engine); with --device cuda always, on the GPU (the
-// qlora-cuda engine) against the card's free memory and --max-memory, whichever is less.
+// engine the run takes: cuda_memory_engine) against the card's free memory and --max-memory,
+// whichever is less.
 // Throws Error with the plan's breakdown when it does not fit. `what`: "qlora train".
 void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags& f, const std::string& max_memory,
                        const std::string& what);

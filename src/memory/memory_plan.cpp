@@ -226,7 +226,7 @@ std::string options_title(const ModelSpec& s, const MemoryOptions& o) {
 
 MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   MemoryPlan p;
-  const uint64_t C = u(s.hidden), L = u(s.n_layers), F = u(s.ffn), V = u(s.vocab);
+  const uint64_t C = u(s.hidden), L = u(s.n_layers), F = u(s.ffn), V = u(s.vocab), E = u(s.embed_width());
   const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
   const uint64_t threads = u(std::max(1, o.threads));
   const uint64_t db = dtype_bytes(o.compute_dtype);
@@ -350,16 +350,18 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t head_tile = db == 4 ? 0 : u(linear_backward_tile_floats(s.embed_width(), s.vocab));
     // TrainWorkspace::Impl besides: the program's transient buffers and its gradients, dx and
     // the final norm's gradient, rope tables (+ their host staging), the batch's tokens,
-    // targets, positions and key windows (+ staging), the recomputed block output.
+    // targets, positions and key windows (+ staging), the head's gathered inputs and their
+    // gradient (hsel, dhsel: up to B*T x E each), the recomputed block output.
     const uint64_t scratch = 4 * (u(prog.transient_floats(Ti, Bi)) + u(prog.gradient_floats(Ti, Bi)) + 2 * BT * C +
-                                  BT * HS * (s.rope_local ? 2 : 1) + BT * HS + 6 * BT + head_tile +
+                                  BT * HS * (s.rope_local ? 2 : 1) + BT * HS + 6 * BT + head_tile + 2 * BT * E +
                                   (o.checkpointing ? BT * C : 0));
     // On top, the largest transient: the lm_head input-gradient panels (64 x V + B*T x 64
     // floats per thread).
     const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + BT * 64) : 0);
-    add(r, "workspace (backward scratch, tiles, transients)", scratch + block_scratch + lm_panels + int8_ws(BT),
+    add(r, "workspace (backward scratch, tiles, transients)", scratch + block_scratch + int8_ws(BT),
         "dx/dh/d-MLP/d-attention buffers, the block's declared scratch (dequantized weight tile, attention "
-        "gradients, LoRA temporaries), per-thread lm_head panels");
+        "gradients, LoRA temporaries)");
+    if (lm_panels) add(r, "lm_head gradient panels (per thread, CPU)", lm_panels, "64 x V + B*T x 64 floats per thread");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
@@ -377,7 +379,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     if (o.with_adapter) sq.lora = lora_scratch_shapes(s, o);
     add(r, "workspace (block scratch: attention scores, LoRA temporaries)",
         4 * u(block_scratch_floats(prog, sq).total()), "model/block_scratch.h, the same declaration forward() allocates");
-    add(r, "logits and sampler", V * 4 + V * 13, "(V) logits + sampler index/probability/seen arrays");
+    add(r, "logits", V * 4, "(V) float32");
+    add(r, "sampler arrays", V * 13, "(V) index, probability and seen arrays on the host");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
     if (o.with_adapter && ls.modules_per_block > 0)
       add(r, "LoRA adapter (A, B fp32 + zeroed gradients)", ls.params * 16, std::to_string(ls.params) + " parameters");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <string>
@@ -70,7 +71,9 @@ class CpuBackend final : public Backend {
     if (bytes == 0) return nullptr;
     // 64-byte aligned for the SIMD kernels; uninitialised, as the contract says. The block's
     // size sits in the 64 bytes before it, for release() to count.
-    char* p = static_cast<char*>(::operator new[](bytes + kHeader, std::align_val_t{64}, std::nothrow));
+    char* p = bytes <= SIZE_MAX - kHeader
+                  ? static_cast<char*>(::operator new[](bytes + kHeader, std::align_val_t{64}, std::nothrow))
+                  : nullptr;
     if (!p)
       fail("cpu backend", "out of memory allocating " + std::to_string(bytes >> 20) +
                               " MiB (lower --batch-size or --seq-len, or see `qlora memory`)");

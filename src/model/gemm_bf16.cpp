@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <algorithm>
 #include <cstdlib>
 #include <random>
@@ -31,8 +32,12 @@ void pack_a_rows_scalar(const float* x, int64_t ldx, int64_t M, int64_t K, int64
       for (; k < K; ++k) {
         const float v = x[m * ldx + k];
         row[k] = f32_to_bf16(v);
-        // (v - hi is exact in float32: hi holds v's top 8 significant bits, rounded)
-        if (lrow) lrow[k] = std::isfinite(v) ? f32_to_bf16(v - bf16_to_f32(row[k])) : 0;
+        if (lrow) {
+          // A finite value past bf16's largest rounds to inf: split it at the largest instead.
+          if (std::isfinite(v) && !std::isfinite(bf16_to_f32(row[k]))) row[k] = (row[k] & 0x8000u) | 0x7F7Fu;
+          // (v - hi is exact in float32: hi holds v's top 8 significant bits, rounded)
+          lrow[k] = std::isfinite(v) ? f32_to_bf16(v - bf16_to_f32(row[k])) : 0;
+        }
       }
     for (; k < Kp; ++k) {
       row[k] = 0;
@@ -110,6 +115,10 @@ struct EmuTiles {
   static void store(void* p, int64_t stride) {
     for (int r = 0; r < 16; ++r) std::memcpy(static_cast<unsigned char*>(p) + r * stride, state().tile[T] + r * 64, 64);
   }
+  // TDPBF16PS ignores MXCSR: subnormal bf16 inputs count as zero and subnormal results are
+  // flushed to zero (round to nearest even otherwise, as float32 arithmetic here).
+  static float daz(uint16_t h) { return (h & 0x7F80u) == 0 ? std::copysign(0.0f, bf16_to_f32(h)) : bf16_to_f32(h); }
+  static float ftz(float v) { return std::fabs(v) < std::numeric_limits<float>::min() ? std::copysign(0.0f, v) : v; }
   template <int C, int A, int B>
   static void dp() {
     State& s = state();
@@ -120,10 +129,10 @@ struct EmuTiles {
     std::memcpy(b, s.tile[B], sizeof b);
     for (int m = 0; m < 16; ++m)
       for (int p = 0; p < 16; ++p) {
-        const float a0 = bf16_to_f32(a[m][2 * p]), a1 = bf16_to_f32(a[m][2 * p + 1]);
+        const float a0 = daz(a[m][2 * p]), a1 = daz(a[m][2 * p + 1]);
         for (int n = 0; n < 16; ++n) {
-          c[m][n] += a0 * bf16_to_f32(b[p][2 * n]);
-          c[m][n] += a1 * bf16_to_f32(b[p][2 * n + 1]);
+          c[m][n] = ftz(c[m][n] + a0 * daz(b[p][2 * n]));
+          c[m][n] = ftz(c[m][n] + a1 * daz(b[p][2 * n + 1]));
         }
       }
     std::memcpy(s.tile[C], c, sizeof c);
@@ -293,9 +302,11 @@ bool hardware_agrees_with_emulation() {
 
 bool gemm_bf16_on_tiles() {
   if (gemm_bf16_tiles::g_forced || env_forced()) return true;
-  static const bool ok = amx_tiles_enabled() && hardware_agrees_with_emulation();
-  // (QLORA_SIMD is read at every call, as the other kernel choices do.)
-  return ok && amx_tiles_enabled();
+  // (QLORA_SIMD is read at every call, as the other kernel choices do; the check runs on the
+  // first call that may use the tiles.)
+  if (!amx_tiles_enabled()) return false;
+  static const bool ok = hardware_agrees_with_emulation();
+  return ok;
 }
 
 const char* gemm_bf16_backend_name() {

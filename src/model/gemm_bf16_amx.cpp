@@ -10,12 +10,17 @@ namespace qlora::gemm_bf16_detail {
 namespace {
 
 // GCC's tile intrinsics paste their tile number into the instruction text, so it must be a
-// literal: each template dispatches to the literal it names.
+// literal: each template dispatches to the literal it names. They are asm statements that do
+// not tell the compiler which memory they read or write, so every load is preceded and every
+// store followed by a compiler barrier: the packing's stores (and the driver's reads of the
+// stored C tiles) cannot move across them, whatever gets inlined (LTO included).
+#define QLORA_COMPILER_BARRIER() asm volatile("" ::: "memory")
 #define QLORA_TILE_CASE(op, t, ...) \
   if constexpr (T == t) op(t, __VA_ARGS__)
 struct AmxTiles {
   static void configure() {
     static const TileConfig cfg = full_tiles();
+    QLORA_COMPILER_BARRIER();
     _tile_loadconfig(&cfg);
   }
   template <int T>
@@ -29,6 +34,7 @@ struct AmxTiles {
   template <int T>
   static void load(const void* p, int64_t stride) {
     static_assert(T >= 4 && T < 8);
+    QLORA_COMPILER_BARRIER();
     QLORA_TILE_CASE(_tile_loadd, 4, p, stride);
     QLORA_TILE_CASE(_tile_loadd, 5, p, stride);
     QLORA_TILE_CASE(_tile_loadd, 6, p, stride);
@@ -41,6 +47,7 @@ struct AmxTiles {
     QLORA_TILE_CASE(_tile_stored, 1, p, stride);
     QLORA_TILE_CASE(_tile_stored, 2, p, stride);
     QLORA_TILE_CASE(_tile_stored, 3, p, stride);
+    QLORA_COMPILER_BARRIER();
   }
   // The four products of a 32 x 32 block: C0 = A4·B6, C1 = A4·B7, C2 = A5·B6, C3 = A5·B7.
   template <int C, int A, int B>
@@ -54,6 +61,7 @@ struct AmxTiles {
   static void release() { _tile_release(); }
 };
 #undef QLORA_TILE_CASE
+#undef QLORA_COMPILER_BARRIER
 
 }  // namespace
 

@@ -43,6 +43,17 @@ inline __m256i bf16_lo_bits(__m256 v, __m256i hi) {
   return _mm256_and_si256(lo, finite);
 }
 
+// The high part of the split: a finite value past bf16's largest, which rounds to inf, is
+// split at the largest (sign | 0x7F7F) instead (the scalar reference's rule).
+inline __m256i split_hi(__m256 v, __m256i hi) {
+  const __m256i abs_v = _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i finite = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7F800000), abs_v);
+  const __m256i hi_inf =
+      _mm256_cmpeq_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(0x7FFF)), _mm256_set1_epi32(0x7F80));
+  const __m256i clamped = _mm256_or_si256(_mm256_and_si256(hi, _mm256_set1_epi32(0x8000)), _mm256_set1_epi32(0x7F7F));
+  return _mm256_blendv_epi8(hi, clamped, _mm256_and_si256(finite, hi_inf));
+}
+
 inline void store_bf16x16(uint16_t* dst, __m256i lo8, __m256i hi8) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permute4x64_epi64(_mm256_packus_epi32(lo8, hi8), 0xD8));
 }
@@ -87,7 +98,11 @@ void pack_a_rows_avx2(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
       const __m256 v0 = _mm256_loadu_ps(xr + k), v1 = _mm256_loadu_ps(xr + k + 8);
-      const __m256i h0 = bf16_bits(v0), h1 = bf16_bits(v1);
+      __m256i h0 = bf16_bits(v0), h1 = bf16_bits(v1);
+      if (lrow) {
+        h0 = split_hi(v0, h0);
+        h1 = split_hi(v1, h1);
+      }
       store_bf16x16(row + k, h0, h1);
       if (lrow) store_bf16x16(lrow + k, bf16_lo_bits(v0, h0), bf16_lo_bits(v1, h1));
     }
@@ -95,7 +110,11 @@ void pack_a_rows_avx2(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t
       alignas(32) float tail[16] = {};
       std::copy(xr + k, xr + K, tail);
       const __m256 v0 = _mm256_load_ps(tail), v1 = _mm256_load_ps(tail + 8);
-      const __m256i h0 = bf16_bits(v0), h1 = bf16_bits(v1);
+      __m256i h0 = bf16_bits(v0), h1 = bf16_bits(v1);
+      if (lrow) {
+        h0 = split_hi(v0, h0);
+        h1 = split_hi(v1, h1);
+      }
       alignas(32) uint16_t out[16], lout[16];
       store_bf16x16(out, h0, h1);
       std::copy(out, out + (K - k), row + k);

@@ -9,6 +9,7 @@
 // outputs uses tiles 0-3 (C), 4-5 (A) and 6-7 (B): per 32 values of K, four TDPBF16PS on two
 // A and two B loads.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -32,6 +33,8 @@ struct alignas(64) TileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
+static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads 64 bytes");
+static_assert(offsetof(TileConfig, colsb) == 16 && offsetof(TileConfig, rows) == 48, "LDTILECFG's layout");
 inline TileConfig full_tiles() {
   TileConfig c;
   for (int t = 0; t < 8; ++t) {

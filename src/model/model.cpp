@@ -397,6 +397,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (T == 0) return;
   const int64_t pos0 = st.cache_.length();
+  st.backend_->bind_thread();  // (before the cache may grow below)
   if (pos0 + T > s.max_positions)
     fail("forward", "sequence of " + std::to_string(pos0 + T) + " tokens exceeds the model's context of " +
                         std::to_string(s.max_positions) + " positions");
@@ -431,7 +432,6 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     st.tokens_.insert(st.tokens_.end(), tokens.begin(), tokens.end());
   }
   Backend& be = *st.backend_;
-  be.bind_thread();
   st.cache_.allocate();
   const BlockProgram& prog = model.block();
   st.ensure_scratch(prog, T);

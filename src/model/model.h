@@ -137,6 +137,9 @@ class Model {
   // the CPU. States made on the previous backend must not be used with this model after.
   void set_backend(std::shared_ptr<Backend> backend) { backend_ = std::move(backend); }
   Backend& backend() const { return backend_ ? *backend_ : cpu_backend(); }
+  // The same, shared (null for the process's CPU backend): what a state made for this model
+  // keeps alive.
+  const std::shared_ptr<Backend>& backend_shared() const { return backend_; }
 
  private:
   ModelSpec spec_;
@@ -188,8 +191,12 @@ class InferenceState {
   // Room for `capacity` positions (grown on demand up to spec.max_positions); the cache and
   // every buffer of forward() are `backend`'s memory, and forward() runs on it.
   InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend = cpu_backend());
-  // The same for `model`, on its backend (Model::backend()).
-  InferenceState(const Model& model, int64_t capacity) : InferenceState(model.spec(), capacity, model.backend()) {}
+  // The same for `model`, on its backend (Model::backend()), which the state keeps alive
+  // (a PromptCache may outlive a later Model::set_backend).
+  InferenceState(const Model& model, int64_t capacity)
+      : InferenceState(model.spec(), capacity, model.backend()) {
+    keep_ = model.backend_shared();
+  }
   Backend& backend() const { return *backend_; }
   KVCache& cache() { return cache_; }
   const KVCache& cache() const { return cache_; }
@@ -201,6 +208,7 @@ class InferenceState {
   friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
   void ensure_scratch(const BlockProgram& program, int64_t T);
   Backend* backend_;
+  std::shared_ptr<Backend> keep_;  // (declared before the buffers: released after them)
   KVCache cache_;  // on the CPU: the keys and values; with a device runner: the length only
   std::unique_ptr<DeviceSequence> device_;  // the device's keys and values (runner models)
   int64_t scratch_T_ = 0;

@@ -119,7 +119,7 @@ TEST(CudaRunner, CliGenerateOnTheBackendEngine) {
   const CliResult r = run_cli({"generate", "--model", stories_bin(), "--tokenizer", stories_tok(), "--prompt",
                                "Once upon a time", "-n", std::to_string(kStoriesNewTokens), "--temperature", "0",
                                "--quant", "none", "--device", "cuda"});
-  unsetenv("QLORA_CUDA_ENGINE");
+  unsetenv("QLORA_CUDA_ENGINE");  // (run_cli does not throw: nothing returns before this)
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, std::string(kStoriesGreedy) + "\n");
   EXPECT_NE(r.err.find("block interpreter on the CUDA backend"), std::string::npos) << r.err;

@@ -204,7 +204,8 @@ TEST(CudaTrain, CliTwentyStepsOverlapTheCpuCurve) {
     std::vector<std::string> args = {"train", "--model", stories_bin(), "--data",
                                      data_dir() + "/text/tinyshakespeare.txt", "--out", out, "--max-steps", "20",
                                      "--seq-len", "128", "--batch-size", "2", "--lr", "1e-3", "--lora-r", "8",
-                                     "--double-quant", "-q"};
+                                     "--double-quant", "--compute-dtype", "fp32", "-q"};  // (train's CPU default
+                                     // is bf16 on AMX hosts)
     if (gpu) args.insert(args.end(), {"--device", "cuda"});
     const CliResult r = run_cli(args);
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -283,9 +284,18 @@ TEST(CudaTrain, EveryFamilyRunsOnTheBackendEngine) {
     write_file(dir.path("text.txt"), text.substr(0, 6000));
   }
   const std::string data = dir.path("text.txt");
+  // Sets QLORA_CUDA_ENGINE=backend for one family, unset again however the iteration ends.
+  struct EngineEnv {
+    explicit EngineEnv(bool on) {
+      if (on) setenv("QLORA_CUDA_ENGINE", "backend", 1);
+    }
+    ~EngineEnv() { unsetenv("QLORA_CUDA_ENGINE"); }
+  };
+  int ran = 0;
   for (const std::string f : {"llama", "gemma2", "phi3", "opt_350m", "bloom", "gpt_neox", "qwen3", "mistral"}) {
-    if (!std::filesystem::exists(family_fixture(f))) continue;
-    if (f == "llama") setenv("QLORA_CUDA_ENGINE", "backend", 1);
+    ASSERT_TRUE(std::filesystem::exists(family_fixture(f))) << family_fixture(f);
+    const EngineEnv env(f == "llama");
+    ++ran;
     const std::vector<std::string> model = {"--model", family_fixture(f), "--tokenizer",
                                             family_fixture("gpt2") + "/model.gguf"};
     std::vector<double> curves[2];
@@ -298,7 +308,8 @@ TEST(CudaTrain, EveryFamilyRunsOnTheBackendEngine) {
                                    std::string("48"), std::string("--batch-size"), std::string("2"),
                                    std::string("--lora-r"), std::string("4"), std::string("--lora-dropout"),
                                    std::string("0.1"), std::string("--optim"), std::string("paged_adamw_8bit"),
-                                   std::string("--double-quant"), std::string("-q")})
+                                   std::string("--double-quant"), std::string("--compute-dtype"), std::string("fp32"),
+                                   std::string("-q")})
         args.push_back(a);
       if (gpu) args.insert(args.end(), {"--device", "cuda"});
       const CliResult r = run_cli(args);
@@ -332,7 +343,6 @@ TEST(CudaTrain, EveryFamilyRunsOnTheBackendEngine) {
         EXPECT_NE(gr.err.find("block interpreter on the CUDA backend"), std::string::npos) << f << ": " << gr.err;
       }
     }
-    unsetenv("QLORA_CUDA_ENGINE");
     for (size_t i = 0; i < 5; ++i) {
       std::printf("[ cuda train ] %s (backend engine) step %zu loss cpu %.5f gpu %.5f\n", f.c_str(), i + 1,
                   curves[0][i], curves[1][i]);
@@ -343,6 +353,7 @@ TEST(CudaTrain, EveryFamilyRunsOnTheBackendEngine) {
     std::printf("[ cuda train ] %s eval loss cpu %.5f gpu %.5f\n", f.c_str(), le[0], le[1]);
     EXPECT_NEAR(le[1], le[0], 2e-3 * le[0]) << f;
   }
+  EXPECT_EQ(ran, 8);
 }
 
 }  // namespace

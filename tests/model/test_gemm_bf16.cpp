@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <cstdio>
 #include <random>
 #include <tuple>
@@ -166,6 +167,26 @@ TEST(GemmBf16Tiles, EmulatedSplitXCarriesFloat32Operands) {
     for (bool acc : {false, true}) check_split(Impl::Emulated, c, acc, seed += 3);
 }
 
+// A finite X past bf16's largest value (which rounds to inf) is split at the largest rather
+// than into inf - inf = NaN: 3e38 stays finite and close; FLT_MAX itself may end as ±inf
+// (its low part rounds up by 2^-16 of it), never NaN. NaN passes through.
+TEST(GemmBf16Tiles, SplitXKeepsHugeFiniteValuesFinite) {
+  const float big = std::numeric_limits<float>::max();
+  const float x[3] = {big, -big, 3.0e38f};
+  const float w[1] = {1.0f};
+  float y[3] = {};
+  gemm_bf16_tiles::split_x_nn(Impl::Emulated, 3, 1, 1, x, 1, w, 1, y, 1, false);  // y_m = x_m · 1
+  EXPECT_FALSE(std::isnan(y[0]));
+  EXPECT_GE(y[0], 0.999f * big);
+  EXPECT_LE(y[1], -0.999f * big);
+  EXPECT_NEAR(y[2], 3.0e38f, 3.0e38f * 1e-5f);
+  const float inf_nan[2] = {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  const float one[2] = {1.0f, 0.0f};
+  float r[2] = {};
+  gemm_bf16_tiles::split_x_nn(Impl::Emulated, 1, 1, 2, inf_nan, 2, one, 1, r, 1, false);
+  EXPECT_TRUE(std::isnan(r[0])) << "inf times 1 plus NaN times 0";
+}
+
 TEST(GemmBf16Tiles, HardwareSplitXCarriesFloat32Operands) {
   if (!amx_tiles_enabled()) GTEST_SKIP() << "no AMX bf16 tiles: the hardware split product not run";
   uint32_t seed = 400;
@@ -192,6 +213,8 @@ TEST(GemmBf16Tiles, EmptyReductionAndEmptyOutputs) {
   gemm_bf16_tiles::nn(Impl::Emulated, 2, 3, 0, nullptr, 1, nullptr, 3, y.data(), 3, false);
   EXPECT_EQ(y, std::vector<float>(6, 0.0f));
   gemm_bf16_tiles::nt(Impl::Emulated, 0, 3, 4, nullptr, 4, nullptr, 4, y.data(), 3, false);
+  gemm_bf16_tiles::nt(Impl::Emulated, 2, 0, 4, nullptr, 4, nullptr, 4, y.data(), 3, false);
+  EXPECT_EQ(y, std::vector<float>(6, 0.0f)) << "an empty M or N writes nothing";
 }
 
 // The public calls: on tiles where AMX is there, else the float32 GEMM of the same values;
@@ -228,9 +251,10 @@ TEST(GemmBf16, PublicCallsMatchTheFloat32Product) {
 }  // namespace
 
 // The bf16 compute path's use of the tile GEMM, exercised on any CPU by forcing the emulated
-// tiles: a prompt's forward and a training step of every backend family in bf16, whose
-// 4-bit and 16-bit Linears hand the GEMM bf16 operands only (the promise the AMX packing
-// relies on), with logits and loss within bf16 rounding of the float32 GEMM's.
+// tiles: a prompt's forward and a training step of every backend family in bf16 (and llama
+// with dense bf16 Linears), whose Linears hand the GEMM bf16 operands only (the promise the
+// AMX packing relies on), with logits and loss within bf16 rounding of the unforced run's
+// (the float32 GEMM here; the AMX tiles on AMX hosts) and LoRA gradients within 1e-4.
 #include "formats/model_loader.h"
 #include "lora/lora_model.h"
 #include "model/backend_test_families.h"
@@ -240,10 +264,14 @@ TEST(GemmBf16, PublicCallsMatchTheFloat32Product) {
 namespace {
 
 TEST(GemmBf16, Bf16ForwardAndTrainingGiveTheTilesBf16OperandsOnly) {
-  for (const std::string& f : test::kBackendFamilies) {
+  std::vector<std::string> runs = test::kBackendFamilies;
+  runs.push_back("llama dense");  // --quant none: the bf16 DenseWeight Linears
+  for (const std::string& run : runs) {
+    const bool dense = run == "llama dense";
+    const std::string f = dense ? "llama" : run;
     ModelFiles files = open_model_files(test::family_fixture_dir(f));
     ModelLoadOptions o;
-    o.quant.quantize = true;
+    o.quant.quantize = !dense;
     o.quant.type = QuantType::NF4;
     o.quant.blocksize = 64;
     o.compute_dtype = ComputeDType::BF16;
@@ -288,15 +316,15 @@ TEST(GemmBf16, Bf16ForwardAndTrainingGiveTheTilesBf16OperandsOnly) {
     const float got_loss = loss(&got_grads);
     const gemm_bf16_tiles::ForcedStats st = gemm_bf16_tiles::forced_stats();
     gemm_bf16_tiles::force_emulation_for_tests(false);
-    EXPECT_GT(st.calls, 0u) << f << ": the bf16 forward never reached the tile GEMM";
-    EXPECT_EQ(st.inexact_operands, 0u) << f << ": an operand was not a bf16 value";
+    EXPECT_GT(st.calls, 0u) << run << ": the bf16 products never reached the tile GEMM";
+    EXPECT_EQ(st.inexact_operands, 0u) << run << ": an operand was not a bf16 value";
     float scale = 0, worst = 0;
     for (size_t i = 0; i < want.size(); ++i) {
       scale = std::max(scale, std::fabs(want[i]));
       worst = std::max(worst, std::fabs(got[i] - want[i]));
     }
-    EXPECT_LE(worst, 0.03f * scale) << f << ": logits";
-    EXPECT_NEAR(got_loss, want_loss, 0.01f * want_loss) << f << ": training loss";
+    EXPECT_LE(worst, 0.03f * scale) << run << ": logits";
+    EXPECT_NEAR(got_loss, want_loss, 0.01f * want_loss) << run << ": training loss";
     // The gradients through the tiles (the split product) against the float32 GEMM's: the
     // split carries the float32 gradient to 2^-17 (measured 4e-6 .. 6e-6 of the norm here).
     ASSERT_EQ(got_grads.size(), want_grads.size());
@@ -305,10 +333,10 @@ TEST(GemmBf16, Bf16ForwardAndTrainingGiveTheTilesBf16OperandsOnly) {
       diff += (static_cast<double>(got_grads[i]) - want_grads[i]) * (static_cast<double>(got_grads[i]) - want_grads[i]);
       norm += static_cast<double>(want_grads[i]) * want_grads[i];
     }
-    std::printf("[ bf16 tiles ] %s: logits %.2g of scale, loss %.6f vs %.6f, gradients %.2g relative\n", f.c_str(),
+    std::printf("[ bf16 tiles ] %s: logits %.2g of scale, loss %.6f vs %.6f, gradients %.2g relative\n", run.c_str(),
                 static_cast<double>(worst / scale), static_cast<double>(got_loss), static_cast<double>(want_loss),
                 std::sqrt(diff / norm));
-    EXPECT_LE(std::sqrt(diff), 1e-4 * std::sqrt(norm)) << f << ": LoRA gradients";
+    EXPECT_LE(std::sqrt(diff), 1e-4 * std::sqrt(norm)) << run << ": LoRA gradients";
   }
 }
 

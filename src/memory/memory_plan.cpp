@@ -402,19 +402,27 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
 
 // ---- engine "qlora-cuda" -------------------------------------------------------------------
 
+// What both CUDA engines hold first: the context, our cuBLAS workspace, and the weights as
+// the CPU holds them (4-bit packed + constants, dense in the compute dtype, norms and biases
+// fp32), each copied once. Refuses LLM.int8 weights.
+WeightBytes add_cuda_context_and_weights(MemoryPlan& p, const ModelSpec& s, const MemoryOptions& o) {
+  const uint64_t db = dtype_bytes(o.compute_dtype);
+  if (o.weights == WeightFormat::Int8) fail("--quant", "int8 (LLM.int8) does not run on CUDA yet");
+  const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
+  add(p, "CUDA context, kernels, cuBLAS handle", kQloraCudaContextBytes, "measured constant (595 MiB on an H200, CUDA 13)");
+  add(p, "cuBLAS workspace", kQloraCudaBlasWorkspaceBytes, "cuda/blas.cpp (lets the runner's decode be a CUDA graph)");
+  const WeightBytes w = weight_bytes(s, o, db, 4);
+  add_weight_items(p, w, o, dense_name);
+  return w;
+}
+
 MemoryPlan plan_qlora_cuda(const ModelSpec& s, const MemoryOptions& o) {
   MemoryPlan p;
   const uint64_t C = u(s.hidden), L = u(s.n_layers), NH = u(s.n_heads), F = u(s.ffn), V = u(s.vocab);
   const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
   const uint64_t db = dtype_bytes(o.compute_dtype);
-  if (o.weights == WeightFormat::Int8) fail("--quant", "int8 (LLM.int8) does not run on CUDA yet");
-  const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
-  add(p, "CUDA context, kernels, cuBLAS handle", kQloraCudaContextBytes, "measured constant (595 MiB on an H200, CUDA 13)");
-  add(p, "cuBLAS workspace", kQloraCudaBlasWorkspaceBytes, "cuda/blas.cpp (lets the decode step be a CUDA graph)");
-  // cuda_runner.cpp: the weights as the CPU holds them (4-bit packed + constants, dense in the
-  // compute dtype, norms and biases fp32), plus a 16-float code table per 4-bit Linear.
-  const WeightBytes w = weight_bytes(s, o, db, 4);
-  add_weight_items(p, w, o, dense_name);
+  // cuda_runner.cpp: the weights as the CPU holds them.
+  const WeightBytes w = add_cuda_context_and_weights(p, s, o);
   const bool q4 = o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4;
   const LoraShape ls = lora_shape(s, o);
   uint64_t max_out = 0, max_in = 0;
@@ -614,12 +622,7 @@ MemoryPlan plan_qlora_cuda_backend(const ModelSpec& s, const MemoryOptions& o) {
   MemoryPlan p;
   const uint64_t V = u(s.vocab), E = u(s.embed_width());
   const uint64_t db = dtype_bytes(o.compute_dtype);
-  if (o.weights == WeightFormat::Int8) fail("--quant", "int8 (LLM.int8) does not run on CUDA yet");
-  const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
-  add(p, "CUDA context, kernels, cuBLAS handle", kQloraCudaContextBytes, "measured constant (595 MiB on an H200, CUDA 13)");
-  add(p, "cuBLAS workspace", kQloraCudaBlasWorkspaceBytes, "cuda/blas.cpp");
-  const WeightBytes w = weight_bytes(s, o, db, 4);
-  add_weight_items(p, w, o, dense_name);
+  const WeightBytes w = add_cuda_context_and_weights(p, s, o);
   MemoryOptions co = o;
   co.engine = MemoryEngine::Qlora;
   co.embed_q8_0 = co.head_q8_0 = false;

@@ -314,34 +314,32 @@ const char* gemm_bf16_backend_name() {
   return gemm_bf16_on_tiles() ? "AMX bf16 tiles" : sgemm_backend_name();
 }
 
+namespace {
+// A product of a float32 matrix W: forced emulation, else the tiles, else the float32 GEMM.
+void matrix_product(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
+                    float* y, int64_t ldy, bool accumulate, bool split_x) {
+  const BSource src = gemm_bf16_tiles::matrix(w, ldw, nt);
+  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate, split_x)) return;
+  if (gemm_bf16_on_tiles())
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
+  else
+    (nt ? sgemm_nt : sgemm_nn)(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+}
+}  // namespace
+
 void gemm_bf16_nt(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
                   int64_t ldy, bool accumulate) {
-  const BSource src = gemm_bf16_tiles::matrix(w, ldw, true);
-  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
-  if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-  else
-    sgemm_nt(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+  matrix_product(M, N, K, x, ldx, w, ldw, /*nt=*/true, y, ldy, accumulate, /*split_x=*/false);
 }
 
 void gemm_bf16_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, float* y,
                   int64_t ldy, bool accumulate) {
-  const BSource src = gemm_bf16_tiles::matrix(w, ldw, false);
-  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
-  if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-  else
-    sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+  matrix_product(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/false);
 }
 
 void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
                           float* y, int64_t ldy, bool accumulate) {
-  const BSource src = gemm_bf16_tiles::matrix(w, ldw, false);
-  if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate, /*split_x=*/true)) return;
-  if (gemm_bf16_on_tiles())
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, /*split_x=*/true);
-  else
-    sgemm_nn(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
+  matrix_product(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true);
 }
 
 void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,

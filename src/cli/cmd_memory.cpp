@@ -21,6 +21,7 @@
 #include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
+#include "model/gemm_bf16.h"
 #include "formats/hf_config.h"
 #include "base/mapped_file.h"
 #include "formats/model_loader.h"
@@ -143,6 +144,9 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
                 : "fp32";
   }
   mo.compute_dtype = qlora::compute_dtype_from_string(dtype);
+  // (this host's AMX tiles: their packing buffers are part of a bf16 run here)
+  mo.bf16_tiles = mo.engine == qlora::MemoryEngine::Qlora && mo.compute_dtype == qlora::ComputeDType::BF16 &&
+                  qlora::gemm_bf16_on_tiles();
   mo.lora_r = o.lora_r;
   if (o.target == "all-linear") {
     mo.all_linear = true;

@@ -15,6 +15,7 @@
 #include "model/backend.h"
 #include "model/block_program.h"
 #include "model/block_scratch.h"
+#include "model/gemm_bf16.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
 
@@ -235,6 +236,15 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   const WeightBytes w = weight_bytes(s, o, db, 4);
   // LLM.int8 forward (QuantLinear::forward_int8): the calling thread keeps its int8
   // activation codes (T, in), row scales and int32 accumulators (T, out) thread_local.
+  // model/gemm_bf16_tiles.h's buffers for T tokens (thread-local, grown to the largest
+  // product and kept): the calling thread's packed X (bf16, rows and K rounded up to 32) and
+  // its split low half, and per thread a panel of 32 float32 rows and its bf16 tiles.
+  const auto bf16_tile_bytes = [&](uint64_t T) -> uint64_t {
+    uint64_t max_in = u(s.embed_width());
+    for (const LinearShape& li : block_linears(s)) max_in = std::max(max_in, u(li.in));
+    const uint64_t Tp = (T + 31) / 32 * 32, Kp = (max_in + 31) / 32 * 32;
+    return 2 * 2 * Tp * Kp + threads * (32 * max_in * 4 + 32 * Kp * 2);
+  };
   const auto int8_ws = [&](uint64_t T) -> uint64_t {
     if (o.weights != WeightFormat::Int8) return 0;
     return T * std::max(C, F) + 4 * T + 4 * T * std::max(C, F);
@@ -362,6 +372,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         "dx/dh/d-MLP/d-attention buffers, the block's declared scratch (dequantized weight tile, attention "
         "gradients, LoRA temporaries)");
     if (lm_panels) add(r, "lm_head gradient panels (per thread, CPU)", lm_panels, "64 x V + B*T x 64 floats per thread");
+    if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16)
+      add(r, "bf16 tile packing (AMX)", bf16_tile_bytes(BT), "kept by the threads at their largest");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
@@ -382,6 +394,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     add(r, "logits", V * 4, "(V) float32");
     add(r, "sampler arrays", V * 13, "(V) index, probability and seen arrays on the host");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
+    if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16 && P > 8)
+      add(r, "bf16 tile packing (AMX)", bf16_tile_bytes(P), "kept by the threads at their largest");
     if (o.with_adapter && ls.modules_per_block > 0)
       add(r, "LoRA adapter (A, B fp32 + zeroed gradients)", ls.params * 16, std::to_string(ls.params) + " parameters");
   }
@@ -715,6 +729,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.blocksize = load.quant.blocksize;
   o.double_quant = load.quant.double_quant;
   o.compute_dtype = load.compute_dtype;
+  o.bf16_tiles = load.compute_dtype == ComputeDType::BF16 && gemm_bf16_on_tiles();
   o.threads = std::max(1, threads);
   o.generated_weights = is_random_model(model_path);
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);

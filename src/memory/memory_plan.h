@@ -115,6 +115,9 @@ struct MemoryOptions {
   // A random: model (model/random_model.h): no file is mapped, and 4-bit Linears are
   // generated in 4-bit (only their float32 absmax is transient), not from a float32 copy.
   bool generated_weights = false;
+  // bf16 compute multiplies on AMX tiles (model/gemm_bf16.h gemm_bf16_on_tiles(): the CLI
+  // sets it for this host): their packing buffers are counted.
+  bool bf16_tiles = false;
   // The source's token embedding / output head are GGUF Q8_0 and stay 8-bit
   // (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34 bytes per 32 values held as 36.
   bool embed_q8_0 = false, head_q8_0 = false;

@@ -291,6 +291,26 @@ TEST(MemoryPlan, QloraCudaBackendEngine) {
   EXPECT_STREQ(memory_engine_name(MemoryEngine::QloraCudaBackend), "qlora-cuda-backend");
 }
 
+// bf16 compute on AMX tiles: the tile GEMM's packing buffers (thread-local, kept at their
+// largest) are a line of their own, in closed form; nothing is added without the tiles or in
+// float32.
+TEST(MemoryPlan, Bf16TilePackingOnAmxHosts) {
+  const ModelSpec s = small_spec();
+  MemoryOptions o;
+  o.seq_len = 100;
+  o.batch_size = 2;
+  o.threads = 3;
+  o.compute_dtype = ComputeDType::BF16;
+  EXPECT_EQ(item(plan_memory(s, o), "bf16 tile packing"), 0u);
+  o.bf16_tiles = true;
+  const MemoryPlan p = plan_memory(s, o);
+  const uint64_t Tp = 224, Kp = 192, max_in = 172;  // B*T = 200 -> 224; the down projection reads ffn = 172
+  EXPECT_EQ(item(p, "bf16 tile packing"), 2 * 2 * Tp * Kp + 3 * (32 * max_in * 4 + 32 * Kp * 2));
+  EXPECT_EQ(sum_items(p), p.peak_bytes);
+  o.compute_dtype = ComputeDType::F32;
+  EXPECT_EQ(item(plan_memory(s, o), "bf16 tile packing"), 0u);
+}
+
 TEST(MemoryPlan, Llama1Shapes) {
   EXPECT_NEAR(static_cast<double>(llama1_spec("7B").num_params()), 6.74e9, 0.01e9);
   EXPECT_NEAR(static_cast<double>(llama1_spec("13B").num_params()), 13.02e9, 0.01e9);

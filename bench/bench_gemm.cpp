@@ -283,7 +283,8 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
 }
 
 // The bf16 tile GEMM's packing (model/gemm_bf16_tiles.h) of a Llama 1.1B weight (2048 x 2048,
-// every 32-column panel) or of 256 tokens' activations, scalar reference against AVX2: on an
+// every 32-column panel; the nn layout at the backward tiles' padded stride, sgemm_padded_ld)
+// or of 256 tokens' activations, scalar reference against AVX2: on an
 // AMX CPU every weight element is packed once per product, so ns per element here is to be
 // set against the tiles' ~0.15 ns of work per element at 256 tokens.
 const QuantLinear& weights_nf4_bf16(int64_t N, int64_t K);
@@ -294,7 +295,7 @@ void BM_PackBf16(benchmark::State& state, bool weights, bool nt, bool avx2, bool
   using namespace gemm_bf16_detail;
   omp_set_num_threads(1);
   const int64_t N = 2048, K = 2048, M = 256, Kp = round_up(K, kK);
-  const auto src = randn(static_cast<size_t>(std::max(N, M) * K), 3, 1.0f);
+  const auto src = randn(static_cast<size_t>(std::max(N, M) * (K + 16)), 3, 1.0f);  // (room for a padded stride)
   std::vector<uint16_t> out(static_cast<size_t>(std::max(Kp / kK * kBPanelPerK, M * Kp)));
   const QuantLinear& q = weights_nf4_bf16(N, K);
   std::vector<float> panel(static_cast<size_t>(kBlock * K));
@@ -306,7 +307,7 @@ void BM_PackBf16(benchmark::State& state, bool weights, bool nt, bool avx2, bool
       }
     } else if (weights) {
       for (int64_t n0 = 0; n0 < N; n0 += kBlock)
-        (avx2 ? pack_b_avx2 : pack_b_scalar)(src.data(), nt ? K : N, nt, N, K, n0, Kp, out.data());
+        (avx2 ? pack_b_avx2 : pack_b_scalar)(src.data(), nt ? K : sgemm_padded_ld(N), nt, N, K, n0, Kp, out.data());
     } else {
       (avx2 ? pack_a_rows_avx2 : pack_a_rows_scalar)(src.data(), K, M, K, Kp, 0, M, out.data(), nullptr);
     }

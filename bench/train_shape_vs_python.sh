@@ -20,6 +20,8 @@
 # report; Python: ru_maxrss, which includes building the random model in DTYPE).
 # OMP_WAIT_POLICY=passive on every run.
 set -euo pipefail
+# qlora's compute dtype (fp32; QLORA_COMPUTE=bf16 on CPUs with AMX tiles, where train picks it)
+QLORA_COMPUTE=${QLORA_COMPUTE:-fp32}
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 QLORA="${QLORA:-$ROOT/build/qlora}"
@@ -43,7 +45,7 @@ run_qlora() {  # label, flags...
   local label=$1; shift
   local dir="$OUT/$label"
   rm -rf "$dir"
-  local cmd=("$QLORA" train --model "random:$SHAPE" --quant nf4 --double-quant --compute-dtype fp32 --data "$TEXT"
+  local cmd=("$QLORA" train --model "random:$SHAPE" --quant nf4 --double-quant --compute-dtype "$QLORA_COMPUTE" --data "$TEXT"
              --seq-len "$SEQ" --batch-size "$BATCH" --max-steps "$STEPS" --lora-r 16 --lora-alpha 32
              --lora-dropout 0.05 --target all-linear --lr 2e-4 -t "$THREADS" --out "$dir" "$@")
   echo "+ ${cmd[*]}" >&2

@@ -31,6 +31,8 @@
 # default a fresh mktemp -d; logs and metrics stay there).
 # OMP_WAIT_POLICY=passive is set for every run (idle OpenMP threads must not spin on a shared box).
 set -euo pipefail
+# qlora's compute dtype (fp32; QLORA_COMPUTE=bf16 on CPUs with AMX tiles, where train picks it)
+QLORA_COMPUTE=${QLORA_COMPUTE:-fp32}
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -80,7 +82,7 @@ run_qlora() {  # threads, label, checkpointing flags...
   local t=$1 label=$2; shift 2
   local dir="$OUT/$label-t$t"
   rm -rf "$dir"
-  local cmd=("$QLORA" train --model "$MODEL" --quant nf4 --double-quant --compute-dtype fp32 --data "$TEXT"
+  local cmd=("$QLORA" train --model "$MODEL" --quant nf4 --double-quant --compute-dtype "$QLORA_COMPUTE" --data "$TEXT"
              --seq-len "$SEQ" --batch-size "$BATCH" --max-steps "$STEPS" "${COMMON_LORA[@]}" --target all-linear
              --lr 2e-4 --lr-scheduler constant_with_warmup --warmup-ratio 0.03 --max-grad-norm 0.3 --seed 42
              "$@" -t "$t" --out "$dir")

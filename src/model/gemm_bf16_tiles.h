@@ -46,7 +46,8 @@ inline TileConfig full_tiles() {
 
 // X (M, K) float32 → bf16 rows of Kp = round_up(K, 32) values, Mp = round_up(M, 32) rows;
 // the padding is zero. With `lo`, X is split in two: a = bf16(X) and lo = bf16(X - a), so
-// a + lo holds X to 2^-17 of its magnitude (lo = 0 where X is not finite). Rows [m0, m1) only
+// a + lo holds X to 2^-17 of its magnitude (lo = 0 where X is not finite; a finite X past
+// bf16's largest value, which would round to inf, is split at the largest). Rows [m0, m1) only
 // (the callers split rows over threads). bf16 as base/float_formats.h f32_to_bf16 rounds.
 void pack_a_rows(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp, int64_t m0, int64_t m1, uint16_t* a,
                  uint16_t* lo);

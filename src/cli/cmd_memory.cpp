@@ -125,7 +125,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     const qlora::DeviceChoice d = qlora::parse_device(o.device);
     if (d.cuda) {
       if (o.engine != "qlora") qlora::fail("--device", "plans this program on a GPU; leave --engine out");
-      mo.engine = qlora::cli::cuda_memory_engine(m.spec);
+      mo.engine = qlora::cli::cuda_memory_engine(m.spec, o.quant == "int8");
     }
   }
   if (o.mode == "train") mo.mode = qlora::MemoryMode::Train;

@@ -71,7 +71,7 @@ int run(const Options& o) {
   // serve switches adapters per request; the CUDA backend engine reads the adapter of each
   // call, so it serves them.
   if (on_gpu && !o.adapters.empty() &&
-      qlora::cli::cuda_memory_engine(files.spec) == qlora::MemoryEngine::QloraCuda)
+      qlora::cli::cuda_memory_engine(files.spec, load.quant.int8) == qlora::MemoryEngine::QloraCuda)
     qlora::fail("--adapter", "the llama CUDA engine serves the base model only (--device " + o.m.device +
                                  "); set QLORA_CUDA_ENGINE=backend to serve adapters by name on the GPU, or " +
                                  "merge an adapter with `qlora merge`");

@@ -96,17 +96,17 @@ std::string auto_train_compute_dtype(std::string* why) {
   return "fp32";
 }
 
-MemoryEngine cuda_memory_engine(const ModelSpec& spec) {
+MemoryEngine cuda_memory_engine(const ModelSpec& spec, bool int8_weights) {
   const char* env = std::getenv("QLORA_CUDA_ENGINE");
-  return choose_cuda_engine(spec, env ? env : "") == CudaEngine::Runner ? MemoryEngine::QloraCuda
-                                                                         : MemoryEngine::QloraCudaBackend;
+  return choose_cuda_engine(spec, env ? env : "", int8_weights) == CudaEngine::Runner ? MemoryEngine::QloraCuda
+                                                                                       : MemoryEngine::QloraCudaBackend;
 }
 
 void attach_device(Model& model, const ModelFlags& f, bool quiet) {
   const DeviceChoice d = parse_device(f.device);
   if (!d.cuda) return;
   const char* env = std::getenv("QLORA_CUDA_ENGINE");
-  const CudaEngine engine = choose_cuda_engine(model.spec(), env ? env : "");
+  const CudaEngine engine = choose_cuda_engine(model.spec(), env ? env : "", model.quant().int8);
   if (engine == CudaEngine::Runner) {
     model.set_runner(make_cuda_runner(model, d.index));
     if (!quiet)
@@ -158,7 +158,7 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
     if (limit) check_fits(plan_memory(spec, mo), limit, what);
     return;
   }
-  mo.engine = cuda_memory_engine(spec);
+  mo.engine = cuda_memory_engine(spec, mo.weights == WeightFormat::Int8);
   const MemoryPlan plan = plan_memory(spec, mo);
   if (limit) check_fits(plan, limit, what + " --device " + d.name());
   // Asking for the free memory creates this process's CUDA context, so what is free now

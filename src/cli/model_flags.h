@@ -61,8 +61,9 @@ void attach_device(Model& model, const ModelFlags& f, bool quiet);
 // `why` gets the line the command prints ("bf16 (auto: ...)").
 std::string auto_train_compute_dtype(std::string* why);
 
-// The memory planner's engine for --device cuda runs of `spec`: the one attach_device takes.
-MemoryEngine cuda_memory_engine(const ModelSpec& spec);
+// The memory planner's engine for --device cuda runs of `spec` (with LLM.int8 weights or not):
+// the one attach_device takes.
+MemoryEngine cuda_memory_engine(const ModelSpec& spec, bool int8_weights = false);
 
 // Before loading: does the run described by `mo` fit? On the CPU only when --max-memory
 // (`max_memory`) is given (the qlora engine); with --device cuda always, on the GPU (the

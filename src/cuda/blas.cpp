@@ -39,7 +39,11 @@ Blas::~Blas() {
   }
 }
 
-void Blas::set_stream(cudaStream_t s) { QLORA_CUBLAS_CHECK(cublasSetStream(h_, s)); }
+void Blas::set_stream(cudaStream_t s) {
+  QLORA_CUBLAS_CHECK(cublasSetStream(h_, s));
+  // cublasSetStream resets the handle to cuBLAS's default workspace pool: ours again.
+  QLORA_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace_, size_t{32} << 20));
+}
 
 // Row-major y (M, N) = x (M, K) · wᵀ is column-major yᵀ (N, M) = w_cm(K, N)ᵀ · x_cm(K, M):
 // cuBLAS's C = op(A) op(B) with A = w (transposed), B = x (as is), m = N, n = M.

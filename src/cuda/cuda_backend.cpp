@@ -19,12 +19,14 @@
 #include "cuda/device_weights.h"
 #include "cuda/kernels.h"
 #include "cuda/kernels_family.h"
+#include "cuda/kernels_int8.h"
 #include "cuda/kernels_train.h"
 #include "lora/lora.h"
 #include "model/model_spec.h"
 #include "model/ops.h"
 #include "model/device_runner.h"
 #include "model/quant_linear.h"
+#include "quant/int8.h"
 
 namespace qlora::cuda {
 
@@ -41,9 +43,12 @@ ActKind act_kind(Activation a) {
 
 // A block Linear's frozen weight on the device: 4-bit as the CPU packs it, or dense.
 struct DeviceLinearWeight {
-  bool q4 = false;
+  bool q4 = false, int8 = false;
   DeviceQ4 w4;
   DeviceDense dense;
+  DeviceBuffer<int8_t> cb;   // LLM.int8: (out, in) codes
+  DeviceBuffer<float> scb;   // (out) row absmax
+  float int8_threshold = 0;  // the outlier threshold of its activations
   DeviceBuffer<float> bias;
   int64_t in = 0, out = 0;
 };
@@ -158,6 +163,26 @@ class CudaBackend final : public Backend {
     if (T <= 0) return;
     const DeviceLinearWeight& L = linear(W);
     const ComputeDType dt = W.dtype();
+    if (L.int8) {
+      // The activation side on the host, by the CPU's own function (bitsandbytes' rules: float16
+      // rounding, outlier columns, per-token absmax); the product, its epilogue, the bias, the
+      // outlier columns and the rounding in one kernel (cuda/kernels_int8.h).
+      const int64_t K = L.in;
+      int8_x_.resize(static_cast<size_t>(T * K));
+      download_bytes(int8_x_.data(), x, int8_x_.size() * sizeof(float));  // (waits: int8_act_ is free again)
+      quantize_int8_activations(int8_x_.data(), T, K, L.int8_threshold, int8_act_);
+      const int64_t n_out = static_cast<int64_t>(int8_act_.outlier_cols.size());
+      int8_ca_.reserve(static_cast<size_t>(T * K));
+      int8_ca_.upload_async(int8_act_.ca.data(), static_cast<size_t>(T * K), stream_);
+      int8_sca_.reserve(static_cast<size_t>(T));
+      int8_sca_.upload_async(int8_act_.sca.data(), static_cast<size_t>(T), stream_);
+      int8_oc_.reserve(static_cast<size_t>(std::max<int64_t>(n_out, 1)));
+      if (n_out) int8_oc_.upload_async(int8_act_.outlier_cols.data(), static_cast<size_t>(n_out), stream_);
+      int8_linear_forward(y, int8_ca_.data(), int8_sca_.data(), L.cb.data(), L.scb.data(),
+                          L.bias.size() ? L.bias.data() : nullptr, x, int8_oc_.data(), n_out, T, L.out, K, dt, stream_);
+      if (lora) lora_forward(y, cache, *lora, x, T, training, rng, scratch);
+      return;
+    }
     if (!L.q4) {
       dense_matmul(y, L.dense, x, T);
     } else if (T <= 8) {
@@ -193,6 +218,10 @@ class CudaBackend final : public Backend {
         wf32_.reserve(static_cast<size_t>(L.in * L.out));
         dequantize_q4(L.w4.view, DenseType::F32, wf32_.data(), stream_);
         round_activations(wf32_.data(), L.in * L.out, W.dtype(), stream_);
+        w = wf32_.data();
+      } else if (L.int8) {  // CB * (SCB / 127), rounded: QuantLinear::dequantize_rows
+        wf32_.reserve(static_cast<size_t>(L.in * L.out));
+        int8_dequantize_rows(wf32_.data(), L.cb.data(), L.scb.data(), L.out, L.in, W.dtype(), stream_);
         w = wf32_.data();
       } else {
         w = dense_f32(L.dense);
@@ -327,8 +356,6 @@ class CudaBackend final : public Backend {
   const DeviceLinearWeight& linear(const QuantLinear& W) {
     auto it = linears_.find(&W);
     if (it != linears_.end()) return it->second;
-    if (W.is_int8())
-      fail(name_, "LLM.int8 weights (--quant int8) do not run on the CUDA backend yet; use nf4/fp4 or --device cpu");
     if (W.uses_int8_activations())
       fail(name_, "8-bit activations (--int8-activations) are a CPU decoding mode; load the model without them");
     DeviceLinearWeight L;
@@ -337,6 +364,11 @@ class CudaBackend final : public Backend {
     if (const Quantized4bit* q = W.q4()) {
       L.q4 = true;
       L.w4 = upload_q4(*q, L.out, L.in, W.dtype());
+    } else if (const Quantized8bit* q8 = W.q8()) {
+      L.int8 = true;
+      L.cb = DeviceBuffer<int8_t>(q8->codes);
+      L.scb = DeviceBuffer<float>(q8->scb);
+      L.int8_threshold = W.int8_threshold();
     } else {
       L.dense = upload_dense(*W.dense());
     }
@@ -495,6 +527,12 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint16_t> wh16_, x16_;
   DeviceBuffer<int32_t> ints_;
   DeviceBuffer<char> stage_;
+  // LLM.int8's activation side: the input on the host, its codes, and their device copies.
+  std::vector<float> int8_x_;
+  Int8Activations int8_act_;
+  DeviceBuffer<int8_t> int8_ca_;
+  DeviceBuffer<float> int8_sca_;
+  DeviceBuffer<int32_t> int8_oc_;
 };
 
 }  // namespace

@@ -26,7 +26,10 @@
 //    block interpreters call at every pass, makes its device the calling thread's current one. Workspaces grow to the largest weight and stay until the
 //    backend goes; LoRA A/B are uploaded at every call, and each LoRA backward waits for its
 //    gradients (two synchronisations per adapted layer): correctness first.
-//  - Not yet: LLM.int8 weights and --int8-activations (an Error naming them).
+//  - LLM.int8 weights: the activation side (bitsandbytes' float16 rounding, outlier columns,
+//    per-token codes) on the host by the CPU's own function, the product and its epilogue on
+//    the GPU (cuda/kernels_int8.h): the CPU's numbers, at a download per product.
+//  - Not yet: --int8-activations (an Error naming it).
 //
 // Written and compiled without a GPU (session 10): tests/cuda/test_cuda_backend.cpp holds it
 // against the CPU backend, family by family, and skips where there is no GPU.

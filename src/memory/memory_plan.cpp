@@ -418,10 +418,12 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
 
 // What both CUDA engines hold first: the context, our cuBLAS workspace, and the weights as
 // the CPU holds them (4-bit packed + constants, dense in the compute dtype, norms and biases
-// fp32), each copied once. Refuses LLM.int8 weights.
-WeightBytes add_cuda_context_and_weights(MemoryPlan& p, const ModelSpec& s, const MemoryOptions& o) {
+// fp32), each copied once. Refuses LLM.int8 weights unless `int8_ok` (the backend engine).
+WeightBytes add_cuda_context_and_weights(MemoryPlan& p, const ModelSpec& s, const MemoryOptions& o, bool int8_ok) {
   const uint64_t db = dtype_bytes(o.compute_dtype);
-  if (o.weights == WeightFormat::Int8) fail("--quant", "int8 (LLM.int8) does not run on CUDA yet");
+  if (o.weights == WeightFormat::Int8 && !int8_ok)
+    fail("--quant", "int8 (LLM.int8) runs on the CUDA backend engine only (QLORA_CUDA_ENGINE=backend, the default "
+                    "for such weights)");
   const std::string dense_name = db == 4 ? "fp32" : (o.compute_dtype == ComputeDType::BF16 ? "bf16" : "fp16");
   add(p, "CUDA context, kernels, cuBLAS handle", kQloraCudaContextBytes, "measured constant (595 MiB on an H200, CUDA 13)");
   add(p, "cuBLAS workspace", kQloraCudaBlasWorkspaceBytes, "cuda/blas.cpp (lets the runner's decode be a CUDA graph)");
@@ -436,7 +438,7 @@ MemoryPlan plan_qlora_cuda(const ModelSpec& s, const MemoryOptions& o) {
   const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
   const uint64_t db = dtype_bytes(o.compute_dtype);
   // cuda_runner.cpp: the weights as the CPU holds them.
-  const WeightBytes w = add_cuda_context_and_weights(p, s, o);
+  const WeightBytes w = add_cuda_context_and_weights(p, s, o, /*int8_ok=*/false);
   const bool q4 = o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4;
   const LoraShape ls = lora_shape(s, o);
   uint64_t max_out = 0, max_in = 0;
@@ -636,7 +638,7 @@ MemoryPlan plan_qlora_cuda_backend(const ModelSpec& s, const MemoryOptions& o) {
   MemoryPlan p;
   const uint64_t V = u(s.vocab), E = u(s.embed_width());
   const uint64_t db = dtype_bytes(o.compute_dtype);
-  const WeightBytes w = add_cuda_context_and_weights(p, s, o);
+  const WeightBytes w = add_cuda_context_and_weights(p, s, o, /*int8_ok=*/true);
   MemoryOptions co = o;
   co.engine = MemoryEngine::Qlora;
   co.embed_q8_0 = co.head_q8_0 = false;
@@ -662,6 +664,7 @@ MemoryPlan plan_qlora_cuda_backend(const ModelSpec& s, const MemoryOptions& o) {
   // input gradient), or a 16-bit dense weight (the head) widened for its input gradient.
   uint64_t f32 = 0;
   if (q4 && (train || (T > 8 && db == 4))) f32 = w.largest_linear;
+  if (o.weights == WeightFormat::Int8 && train) f32 = w.largest_linear;  // (the int8 backward's dequantized weight)
   if (train && db != 4) f32 = std::max(f32, V * E);
   if (f32) add(p, "workspace (a weight in float32)", 4 * f32, "the largest 4-bit Linear dequantized, or a 16-bit head widened");
   if (db != 4 && T > 8) {

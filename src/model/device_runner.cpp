@@ -43,7 +43,8 @@ DeviceChoice parse_device(std::string_view s) {
   fail("--device", msg);
 }
 
-std::string cuda_runner_unsupported(const ModelSpec& s) {
+std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
+  if (int8_weights) return s.family + " with LLM.int8 weights";
   if (s.qk_norm) return s.family + ": per-head q/k norms";
   if (s.mlp == MlpKind::GeGLU) return s.family + ": a GeGLU MLP";
   if (s.mlp == MlpKind::Plain) return s.family + ": a plain (non-gated) MLP";
@@ -66,9 +67,9 @@ std::string cuda_runner_unsupported(const ModelSpec& s) {
   return "";
 }
 
-CudaEngine choose_cuda_engine(const ModelSpec& spec, std::string_view request) {
+CudaEngine choose_cuda_engine(const ModelSpec& spec, std::string_view request, bool int8_weights) {
   if (request == "backend") return CudaEngine::Backend;
-  const std::string why = cuda_runner_unsupported(spec);
+  const std::string why = cuda_runner_unsupported(spec, int8_weights);
   if (request == "runner") {
     if (!why.empty())
       fail("QLORA_CUDA_ENGINE=runner", "the llama CUDA runner does not run " + why +

@@ -94,12 +94,14 @@ std::shared_ptr<Backend> make_cuda_backend(int index);
 //    the CPU runs; each op launched as it comes.
 enum class CudaEngine { Runner, Backend };
 // Why the CudaRunner does not run models of `spec` (its family, norm, MLP, fused Linears,
-// rotary variant or sliding window), or "" when it does.
-std::string cuda_runner_unsupported(const ModelSpec& spec);
-// The engine for `spec`. `request` is the QLORA_CUDA_ENGINE environment variable: "" or
-// "auto" (the runner where it runs the model, else the backend), "runner" (Error saying why
-// when it does not run the model) or "backend". Error naming QLORA_CUDA_ENGINE otherwise.
-CudaEngine choose_cuda_engine(const ModelSpec& spec, std::string_view request);
+// rotary variant or sliding window), or with LLM.int8 weights (`int8_weights`), or "" when
+// it does.
+std::string cuda_runner_unsupported(const ModelSpec& spec, bool int8_weights = false);
+// The engine for `spec` (and LLM.int8 weights or not). `request` is the QLORA_CUDA_ENGINE
+// environment variable: "" or "auto" (the runner where it runs the model, else the backend),
+// "runner" (Error saying why when it does not run the model) or "backend". Error naming
+// QLORA_CUDA_ENGINE otherwise.
+CudaEngine choose_cuda_engine(const ModelSpec& spec, std::string_view request, bool int8_weights = false);
 const char* cuda_engine_name(CudaEngine e);
 
 // The CUDA runner for `model` on device `index`: uploads the weights (and the model's

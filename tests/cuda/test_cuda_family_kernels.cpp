@@ -48,7 +48,7 @@ TEST(CudaFamilyKernels, GemmaRmsnormMatchesCpu) {
     cuda::rmsnorm_forward(out.data(), r.data(), dx.data(), dw.data(), T, C, 1e-6f, dt, 1.0f, nullptr);
     // The sum of squares runs in another float32 order: rstd within a few ulp, and the
     // outputs within that plus one rounding to the dtype.
-    expect_rel(r.to_host(), rstd, 4e-7, 0.0, "rstd");
+    expect_rel(r.to_host(), rstd, 2e-6, 0.0, "rstd");  // (1031 squares in another order)
     const double tol = dt == ComputeDType::F32 ? 1e-6 : dt == ComputeDType::BF16 ? 8e-3 : 1e-3;
     expect_rel(out.to_host(), want, tol, 1e-6, "rmsnorm (1 + w)");
   }
@@ -89,19 +89,21 @@ TEST(CudaFamilyKernels, GegluAndActivationsMatchCpu) {
   REQUIRE_GPU();
   const int64_t N = 10007;
   const auto g = randn(N, 10, 2.0f), u = randn(N, 11), d = randn(N, 12), b1 = randn(N, 13), b2 = randn(N, 14);
-  // tanh / erf / exp from CUDA's library: within 2 ulp, then a few products: 1e-6 relative.
+  // tanh / erf / exp from CUDA's library: within 2 ulp of glibc's. Where 1 + tanh or 1 + erf
+  // cancels (gate < -2) an ulp of it is a large relative error of a small result, so the bound
+  // is absolute on these O(1) values: 2e-6 forward, 1e-5 backward (where terms cancel too).
   {
     std::vector<float> want(N);
     qlora::geglu_forward(want.data(), g.data(), u.data(), N);
     DeviceBuffer<float> out(N), dg(g), du(u);
     cuda::geglu_forward(out.data(), dg.data(), du.data(), N, nullptr);
-    expect_rel(out.to_host(), want, 1e-6, 1e-6, "geglu");
+    expect_rel(out.to_host(), want, 2e-6, 1.0, "geglu");
     std::vector<float> wg = b1, wu = b2;
     qlora::geglu_backward(wg.data(), wu.data(), d.data(), g.data(), u.data(), N);
     DeviceBuffer<float> gg(b1), gu(b2), dd(d);
     cuda::geglu_backward(gg.data(), gu.data(), dd.data(), dg.data(), du.data(), N, nullptr);
-    expect_rel(gg.to_host(), wg, 1e-6, 1e-3, "geglu backward (gate)");
-    expect_rel(gu.to_host(), wu, 1e-6, 1e-3, "geglu backward (up)");
+    expect_rel(gg.to_host(), wg, 1e-5, 1.0, "geglu backward (gate)");
+    expect_rel(gu.to_host(), wu, 1e-5, 1.0, "geglu backward (up)");
   }
   const std::pair<Activation, ActKind> acts[] = {
       {Activation::Gelu, ActKind::Gelu}, {Activation::GeluTanh, ActKind::GeluTanh}, {Activation::Relu, ActKind::Relu}};
@@ -111,12 +113,12 @@ TEST(CudaFamilyKernels, GegluAndActivationsMatchCpu) {
     qlora::activation_forward(want.data(), g.data(), N, a);
     DeviceBuffer<float> out(N), dg(g);
     cuda::activation_forward(out.data(), dg.data(), N, k, nullptr);
-    expect_rel(out.to_host(), want, 1e-6, 1e-6, "activation");
+    expect_rel(out.to_host(), want, 2e-6, 1.0, "activation");
     std::vector<float> wdx = b1;
     qlora::activation_backward(wdx.data(), d.data(), g.data(), N, a);
     DeviceBuffer<float> gdx(b1), dd(d);
     cuda::activation_backward(gdx.data(), dd.data(), dg.data(), N, k, nullptr);
-    expect_rel(gdx.to_host(), wdx, 1e-6, 1e-3, "activation backward");
+    expect_rel(gdx.to_host(), wdx, 1e-5, 1.0, "activation backward");
   }
 }
 
@@ -272,6 +274,50 @@ TEST(CudaFamilyKernels, FamilyAttentionMatchesCpu) {
   for (const FamilyAttention& c : cases) {
     check_family_attention(c, 5, 4, 2, 16);   // the CPU's per-row path
     check_family_attention(c, 37, 6, 3, 40);  // the CPU's GEMM path
+  }
+}
+
+}  // namespace
+
+#include "cuda/kernels_int8.h"
+#include "model/quant_linear.h"
+#include "quant/int8.h"
+
+namespace {
+
+// LLM.int8: the GPU's product with its epilogue, bias and outlier columns against the CPU's
+// QuantLinear (the host quantizes the activations, as the CUDA backend does), bit for bit, in
+// float32 and bf16; and the weight dequantized for the backward, bit for bit.
+TEST(CudaFamilyKernels, Int8LinearMatchesCpuBitForBit) {
+  REQUIRE_GPU();
+  const int64_t T = 7, K = 333, N = 77;
+  std::vector<float> w = randn(N * K, 40, 0.05f), x = randn(T * K, 41), bias = randn(N, 42, 0.1f);
+  for (int64_t t = 0; t < T; ++t) x[t * K + 5] = 9.0f + t;  // an outlier column (|x| >= 6)
+  x[3 * K + 200] = -7.5f;                                     // and one more, from one token
+  for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16}) {
+    SCOPED_TRACE(dt == ComputeDType::F32 ? "fp32" : "bf16");
+    QuantOptions q;
+    q.quantize = true;
+    q.int8 = true;
+    QuantLinear lin(w.data(), N, K, q, dt);
+    lin.set_bias(bias);
+    std::vector<float> want(T * N);
+    lin.forward(want.data(), x.data(), T);
+    const Quantized8bit& q8 = *lin.q8();
+    Int8Activations act;
+    quantize_int8_activations(x.data(), T, K, lin.int8_threshold(), act);
+    ASSERT_EQ(act.outlier_cols.size(), 2u);
+    DeviceBuffer<int8_t> dca(act.ca), dcb(q8.codes);
+    DeviceBuffer<float> dsca(act.sca), dscb(q8.scb), db(lin.bias()), dx(x), dy(T * N);
+    DeviceBuffer<int32_t> doc(act.outlier_cols);
+    int8_linear_forward(dy.data(), dca.data(), dsca.data(), dcb.data(), dscb.data(), db.data(), dx.data(),
+                        doc.data(), 2, T, N, K, dt, nullptr);
+    expect_equal(dy.to_host(), want, "int8 forward");
+    std::vector<float> rows(N * K);
+    lin.dequantize_rows(0, N, rows.data());
+    DeviceBuffer<float> drows(N * K);
+    int8_dequantize_rows(drows.data(), dcb.data(), dscb.data(), N, K, dt, nullptr);
+    expect_equal(drows.to_host(), rows, "int8 dequantized rows");
   }
 }
 

@@ -287,6 +287,17 @@ TEST(MemoryPlan, QloraCudaBackendEngine) {
       EXPECT_EQ(item(gpu, "workspace (16-bit activations)") > 0, dt != ComputeDType::F32);
       EXPECT_EQ(sum_items(gpu), gpu.peak_bytes);
     }
+  // LLM.int8: the backend engine plans it (its int8 weights, the backward's float32 weight);
+  // the runner refuses it.
+  MemoryOptions i8;
+  i8.engine = MemoryEngine::QloraCudaBackend;
+  i8.weights = WeightFormat::Int8;
+  i8.seq_len = 256;
+  const MemoryPlan p8 = plan_memory(s, i8);
+  EXPECT_GT(item(p8, "8-bit weights"), 0u);
+  EXPECT_EQ(item(p8, "workspace (a weight in float32)"), 4ull * 11008 * 4096);
+  i8.engine = MemoryEngine::QloraCuda;
+  EXPECT_THROW(plan_memory(s, i8), Error);
   EXPECT_EQ(memory_engine_from_string("qlora-cuda-backend"), MemoryEngine::QloraCudaBackend);
   EXPECT_STREQ(memory_engine_name(MemoryEngine::QloraCudaBackend), "qlora-cuda-backend");
 }

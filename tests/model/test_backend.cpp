@@ -583,6 +583,11 @@ TEST(CudaEngine, RunnerForLlamaShapesBackendForTheRest) {
       }
     }
   }
+  // LLM.int8 weights run on the backend only.
+  const ModelSpec llama = open_model_files(test::family_fixture_dir("llama")).spec;
+  EXPECT_EQ(choose_cuda_engine(llama, "", /*int8_weights=*/true), CudaEngine::Backend);
+  EXPECT_NE(cuda_runner_unsupported(llama, true).find("LLM.int8"), std::string::npos);
+  EXPECT_THROW(choose_cuda_engine(llama, "runner", true), Error);
   ModelSpec mistral = open_model_files(test::family_fixture_dir("llama")).spec;
   mistral.sliding_window = 16;  // the runner's attention has no window
   EXPECT_EQ(choose_cuda_engine(mistral, ""), CudaEngine::Backend);

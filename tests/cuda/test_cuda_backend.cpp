@@ -119,6 +119,34 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
   }
 }
 
+// A bf16 training step: the dequantized weight rounded for the backward, the 16-bit head
+// widened, LoRA around 16-bit products. bf16 rounding cascades: loss within 1e-2, gradients
+// within 5e-2 of their scale.
+TEST_P(CudaBackendFamilies, Bf16TrainingStepMatchesCpu) {
+  REQUIRE_GPU();
+  const Model m = load_family(GetParam(), ComputeDType::BF16);
+  const ModelSpec& s = m.spec();
+  LoraConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.all_linear = true;
+  const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
+  LoraModel cpu_lm(m, c), gpu_lm(m, c);
+  for (LoraModel* lm : {&cpu_lm, &gpu_lm}) set_test_adapter_b(*lm, 29, 13, 0.06f);
+  const PackedTestBatch pb(s);
+  const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
+  TrainStepOptions opt;
+  TrainWorkspace wc, wg(*gpu);
+  LoraRng rc(11), rg(11);
+  const float lc = forward_backward_batch(cpu_lm, wc, batch, opt, &rc);
+  const float lg = forward_backward_batch(gpu_lm, wg, batch, opt, &rg);
+  EXPECT_NEAR(lg, lc, 1e-2 * std::fabs(lc)) << GetParam();
+  for (size_t i = 0; i < cpu_lm.layers().size(); ++i) {
+    expect_close_scaled(gpu_lm.layers()[i].dA, cpu_lm.layers()[i].dA, 5e-2, GetParam() + " bf16 dA");
+    expect_close_scaled(gpu_lm.layers()[i].dB, cpu_lm.layers()[i].dB, 5e-2, GetParam() + " bf16 dB");
+  }
+}
+
 // bf16 compute: the 16-bit cuBLAS products, the dequantization to bf16, and prompts of 2 to 8
 // tokens (the multi-token fused GEMV). bf16 rounding of every activation: 1e-2 of the scale.
 TEST_P(CudaBackendFamilies, Bf16InferenceMatchesCpu) {
@@ -126,7 +154,7 @@ TEST_P(CudaBackendFamilies, Bf16InferenceMatchesCpu) {
   const Model m = load_family(GetParam(), ComputeDType::BF16);
   const ModelSpec& s = m.spec();
   const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
-  for (int n : {5, 19}) {
+  for (int n : {5, 12, 19}) {  // (12: the CPU's fused GEMV, the GPU's 16-bit cuBLAS)
     InferenceState on_cpu(s, 4), on_gpu(s, 4, *gpu);
     const std::vector<int> prompt = some_tokens(s, n, 6);
     std::vector<float> a(prompt.size() * static_cast<size_t>(s.vocab)), b(a.size());

@@ -315,10 +315,24 @@ class CudaBackend final : public Backend {
   void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) override {
     if (n > 0) dense_matmul(y, dense(W), x, n);
   }
+  // dx (n, cols) += dy (n, rows) · W. A 16-bit W (the head in bf16/fp16 compute) is widened
+  // to float32 at most kHeadChunkFloats at a time (64 MiB: a 256k-vocabulary head would be
+  // 2.4 GB whole), each chunk of rows one cuBLAS product.
+  static constexpr int64_t kHeadChunkFloats = int64_t{1} << 24;
   void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* /*tile*/) override {
     if (n <= 0) return;
     const DeviceDense& d = dense(W);
-    blas_->sgemm_nn(n, d.cols, d.rows, 1.0f, dy, d.rows, dense_f32(d), d.cols, 1.0f, dx, d.cols);
+    if (d.type == DenseType::F32) {
+      blas_->sgemm_nn(n, d.cols, d.rows, 1.0f, dy, d.rows, d.f32.data(), d.cols, 1.0f, dx, d.cols);
+      return;
+    }
+    const int64_t chunk = std::clamp<int64_t>(kHeadChunkFloats / std::max<int64_t>(d.cols, 1), 1, d.rows);
+    wf32_.reserve(static_cast<size_t>(chunk * d.cols));
+    for (int64_t r0 = 0; r0 < d.rows; r0 += chunk) {
+      const int64_t nr = std::min(chunk, d.rows - r0);
+      half_to_f32(wf32_.data(), d.h16.data() + r0 * d.cols, nr * d.cols, d.type == DenseType::BF16, stream_);
+      blas_->sgemm_nn(n, d.cols, nr, 1.0f, dy + r0, d.rows, wf32_.data(), d.cols, 1.0f, dx, d.cols);
+    }
   }
   void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) override {
     cuda::softcap_forward(x, n, cap, dtype, stream_);

@@ -664,9 +664,12 @@ MemoryPlan plan_qlora_cuda_backend(const ModelSpec& s, const MemoryOptions& o) {
   // input gradient), or a 16-bit dense weight (the head) widened for its input gradient.
   uint64_t f32 = 0;
   if (q4 && (train || (T > 8 && db == 4))) f32 = w.largest_linear;
-  if (o.weights == WeightFormat::Int8 && train) f32 = w.largest_linear;  // (the int8 backward's dequantized weight)
-  if (train && db != 4) f32 = std::max(f32, V * E);
-  if (f32) add(p, "workspace (a weight in float32)", 4 * f32, "the largest 4-bit Linear dequantized, or a 16-bit head widened");
+  // (int8 and 16-bit dense Linears are widened whole for the backward too)
+  if (train && (o.weights == WeightFormat::Int8 || db != 4)) f32 = std::max(f32, w.largest_linear);
+  if (train && db != 4) f32 = std::max(f32, std::min(V * E, (uint64_t{1} << 24) / E * E));  // (64 MiB chunks)
+  if (f32)
+    add(p, "workspace (a weight in float32)", 4 * f32,
+        "the largest 4-bit Linear dequantized, or a 16-bit head widened (64 MiB of rows at a time)");
   if (db != 4 && T > 8) {
     if (q4) add(p, "workspace (a 4-bit Linear in 16 bits)", 2 * w.largest_linear, "dequantized for cuBLAS");
     add(p, "workspace (16-bit activations)", 2 * T * std::max(max_in, E), "a product's input for cuBLAS");

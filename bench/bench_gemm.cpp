@@ -282,16 +282,21 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
   set_threads(Impl::Ours, 1);
 }
 
-// The bf16 tile GEMM's packing (model/gemm_bf16_tiles.h) of a Llama 1.1B weight (2048 x 2048,
-// every 32-column panel; the nn layout at the backward tiles' padded stride, sgemm_padded_ld)
-// or of 256 tokens' activations, scalar reference against AVX2: on an
-// AMX CPU every weight element is packed once per product, so ns per element here is to be
-// set against the tiles' ~0.15 ns of work per element at 256 tokens.
+// The bf16 tile GEMM's packing (model/gemm_bf16_tiles.h) on Llama 1.1B's shapes, one thread,
+// scalar reference against AVX2 (items/s: elements per second). On an AMX CPU every weight
+// element is packed once per product, so its cost is to be set against the tiles' ~0.15 ns of
+// work per element at 256 tokens:
+//   weights_nt / weights_nn  a float32 2048 x 2048 W as B panels (nn at the backward tiles'
+//                            padded stride, sgemm_padded_ld): the matrix products
+//   nf4_panels               what the forward does per 32 rows of a bf16 4-bit W: dequantize
+//                            them (rounded to bf16) into a cache-sized buffer, then convert
+//                            them into the A operand (tile_gemm_w_rows: no transpose)
+//   activations              256 tokens x 2048 as A rows (the matrix products' X)
+//   activations_vnni         the same as B panels: the forward's X, packed once per product
+enum class PackBench { WeightsNt, WeightsNn, Nf4Panels, Activations, ActivationsVnni };
 const QuantLinear& weights_nf4_bf16(int64_t N, int64_t K);
 
-// "nf4_panels" is what the tiles' forward does per 32 output columns of a bf16 4-bit Linear:
-// dequantize the 32 rows (rounded to bf16) into a cache-sized buffer, then pack them.
-void BM_PackBf16(benchmark::State& state, bool weights, bool nt, bool avx2, bool nf4 = false) {
+void BM_PackBf16(benchmark::State& state, PackBench what, bool avx2) {
   using namespace gemm_bf16_detail;
   omp_set_num_threads(1);
   const int64_t N = 2048, K = 2048, M = 256, Kp = round_up(K, kK);
@@ -299,21 +304,32 @@ void BM_PackBf16(benchmark::State& state, bool weights, bool nt, bool avx2, bool
   std::vector<uint16_t> out(static_cast<size_t>(std::max(Kp / kK * kBPanelPerK, M * Kp)));
   const QuantLinear& q = weights_nf4_bf16(N, K);
   std::vector<float> panel(static_cast<size_t>(kBlock * K));
+  const auto pack_b = avx2 ? pack_b_avx2 : pack_b_scalar;
+  const auto pack_a = avx2 ? pack_a_rows_avx2 : pack_a_rows_scalar;
   for (auto _ : state) {
-    if (nf4) {
-      for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
-        q.dequantize_rows(n0, n0 + kBlock, panel.data());
-        (avx2 ? pack_b_avx2 : pack_b_scalar)(panel.data(), K, true, kBlock, K, 0, Kp, out.data());
-      }
-    } else if (weights) {
-      for (int64_t n0 = 0; n0 < N; n0 += kBlock)
-        (avx2 ? pack_b_avx2 : pack_b_scalar)(src.data(), nt ? K : sgemm_padded_ld(N), nt, N, K, n0, Kp, out.data());
-    } else {
-      (avx2 ? pack_a_rows_avx2 : pack_a_rows_scalar)(src.data(), K, M, K, Kp, 0, M, out.data(), nullptr);
+    switch (what) {
+      case PackBench::WeightsNt:
+        for (int64_t n0 = 0; n0 < N; n0 += kBlock) pack_b(src.data(), K, true, N, K, n0, Kp, out.data());
+        break;
+      case PackBench::WeightsNn:
+        for (int64_t n0 = 0; n0 < N; n0 += kBlock)
+          pack_b(src.data(), sgemm_padded_ld(N), false, N, K, n0, Kp, out.data());
+        break;
+      case PackBench::Nf4Panels:
+        for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+          q.dequantize_rows(n0, n0 + kBlock, panel.data());
+          pack_a(panel.data(), K, kBlock, K, Kp, 0, kBlock, out.data(), nullptr);
+        }
+        break;
+      case PackBench::Activations: pack_a(src.data(), K, M, K, Kp, 0, M, out.data(), nullptr); break;
+      case PackBench::ActivationsVnni:
+        for (int64_t m0 = 0; m0 < M; m0 += kBlock) pack_b(src.data(), K, true, M, K, m0, Kp, out.data());
+        break;
     }
     benchmark::DoNotOptimize(out.data());
   }
-  state.SetItemsProcessed(state.iterations() * (weights ? N * K : M * K));  // (items/s: elements per second)
+  const bool weights = what == PackBench::WeightsNt || what == PackBench::WeightsNn || what == PackBench::Nf4Panels;
+  state.SetItemsProcessed(state.iterations() * (weights ? N * K : M * K));
 }
 
 // The bf16 4-bit weight of a Llama 1.1B shape, made once.
@@ -322,20 +338,16 @@ const QuantLinear& weights_nf4_bf16(int64_t N, int64_t K) { return weights(N, K)
 int register_all() {
   for (bool avx2 : {false, true}) {
     if (avx2 && cpu_simd_level() < SimdLevel::AVX2) continue;
-    const char* isa = avx2 ? "avx2" : "scalar";
-    benchmark::RegisterBenchmark((std::string("bf16_pack/weights_nt/2048x2048/") + isa).c_str(), BM_PackBf16, true,
-                                 true, avx2, false)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark((std::string("bf16_pack/weights_nn/2048x2048/") + isa).c_str(), BM_PackBf16, true,
-                                 false, avx2, false)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark((std::string("bf16_pack/activations/256x2048/") + isa).c_str(), BM_PackBf16, false,
-                                 true, avx2, false)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark((std::string("bf16_pack/nf4_panels/2048x2048/") + isa).c_str(), BM_PackBf16, true,
-                                 true, avx2, true)->Unit(benchmark::kMillisecond);
+    const std::pair<PackBench, const char*> packs[] = {{PackBench::WeightsNt, "weights_nt/2048x2048"},
+                                                       {PackBench::WeightsNn, "weights_nn/2048x2048"},
+                                                       {PackBench::Nf4Panels, "nf4_panels/2048x2048"},
+                                                       {PackBench::Activations, "activations/256x2048"},
+                                                       {PackBench::ActivationsVnni, "activations_vnni/256x2048"}};
+    for (auto [what, name] : packs)
+      benchmark::RegisterBenchmark((std::string("bf16_pack/") + name + (avx2 ? "/avx2" : "/scalar")).c_str(),
+                                   BM_PackBf16, what, avx2)
+          ->Unit(benchmark::kMillisecond);
   }
-#ifdef QLORA_BENCH_OPENBLAS
-  benchmark::AddCustomContext("openblas_core", openblas_get_corename());
-  benchmark::AddCustomContext("openblas_config", openblas_get_config());
-#endif
   benchmark::AddCustomContext("qlora_sgemm", sgemm_backend_name());
   benchmark::AddCustomContext("qlora_bf16_gemm", gemm_bf16_backend_name());
   // The block Linears and the lm_head, then LoRA's factors at r = 16 (A (16, in), B (out, 16)).

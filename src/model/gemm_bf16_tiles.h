@@ -85,8 +85,74 @@ struct BSource {
 void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y, int64_t ldy,
               bool accumulate, bool split_x);
 
+// Y (M, N) (+)= X · Wᵀ for W (N, K) given by rows (`fill`), with the roles swapped: the
+// tiles compute Yᵀ = W · Xᵀ, W's rows as the A operand (bf16 rows as they come: a conversion,
+// no transpose) and X as the B operand, packed into VNNI panels once per call. Each thread
+// fills and converts its own 32-row panels of W and runs them against every 32-token panel of
+// X; C blocks (32 W rows x 32 tokens) are written back transposed. The products and the order
+// of their sums are tile_gemm's, so the result is the same, bit for bit; what changes is that
+// the transposing packing falls on X (T x K, once) instead of on W (N x K), N/T times more.
+template <class Tiles>
+void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const RowFill& fill, float* y,
+                      int64_t ldy, bool accumulate) {
+  const int64_t Kp = round_up(K, kK), steps = Kp / kK, mblocks = (M + kBlock - 1) / kBlock;
+  thread_local std::vector<uint16_t> xb_buf;  // the calling thread's: the workers read it
+  xb_buf.resize(static_cast<size_t>(mblocks * steps * kBPanelPerK));
+  uint16_t* xb = xb_buf.data();
+  parallel_for_range(mblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) pack_b(x, ldx, /*nt=*/true, M, K, b * kBlock, Kp, xb + b * steps * kBPanelPerK);
+  });
+  const int64_t nblocks = (N + kBlock - 1) / kBlock;
+  parallel_for_range(nblocks, 1, [&](int64_t nb0, int64_t nb1) {
+    thread_local std::vector<float> rows_buf;
+    thread_local std::vector<uint16_t> wa_buf;
+    rows_buf.resize(static_cast<size_t>(kBlock * K));
+    wa_buf.resize(static_cast<size_t>(kBlock * Kp));
+    uint16_t* wa = wa_buf.data();
+    alignas(64) float c[kBlock * kBlock];
+    Tiles::configure();
+    for (int64_t nb = nb0; nb < nb1; ++nb) {
+      const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
+      fill(n0, n0 + nn, rows_buf.data());
+      pack_a_rows(rows_buf.data(), K, nn, K, Kp, 0, kBlock, wa, nullptr);  // (rows past nn: zero)
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        const uint16_t* xp = xb + mb * steps * kBPanelPerK;
+        Tiles::template zero<0>();
+        Tiles::template zero<1>();
+        Tiles::template zero<2>();
+        Tiles::template zero<3>();
+        for (int64_t s = 0; s < steps; ++s) {
+          Tiles::template load<4>(wa + s * kK, Kp * 2);
+          Tiles::template load<5>(wa + 16 * Kp + s * kK, Kp * 2);
+          Tiles::template load<6>(xp + s * kBPanelPerK, 64);
+          Tiles::template load<7>(xp + s * kBPanelPerK + 16 * 32, 64);
+          Tiles::template dp<0, 4, 6>();
+          Tiles::template dp<1, 4, 7>();
+          Tiles::template dp<2, 5, 6>();
+          Tiles::template dp<3, 5, 7>();
+        }
+        Tiles::template store<0>(c, kBlock * 4);
+        Tiles::template store<1>(c + 16, kBlock * 4);
+        Tiles::template store<2>(c + 16 * kBlock, kBlock * 4);
+        Tiles::template store<3>(c + 16 * kBlock + 16, kBlock * 4);
+        // c[i][j]: W row n0 + i against token m0 + j.
+        const int64_t m0 = mb * kBlock, mm = std::min(kBlock, M - m0);
+        for (int64_t j = 0; j < mm; ++j) {
+          float* yr = y + (m0 + j) * ldy + n0;
+          if (accumulate)
+            for (int64_t i = 0; i < nn; ++i) yr[i] += c[i * kBlock + j];
+          else
+            for (int64_t i = 0; i < nn; ++i) yr[i] = c[i * kBlock + j];
+        }
+      }
+    }
+    Tiles::release();
+  });
+}
+
 // Y (M, N) (+)= X · op(W) on Tiles; see model/gemm_bf16.h for the contract. `split_x`: X in
 // two bf16 parts (pack_a's lo), each multiplied by the same B tiles (gemm_bf16_split_x_nn).
+// A W given by rows runs tile_gemm_w_rows.
 template <class Tiles>
 void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
                int64_t ldy, bool accumulate, bool split_x = false) {
@@ -94,6 +160,10 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
   if (K <= 0) {
     if (!accumulate)
       for (int64_t m = 0; m < M; ++m) std::memset(y + m * ldy, 0, static_cast<size_t>(N) * sizeof(float));
+    return;
+  }
+  if (src.fill && !split_x) {
+    tile_gemm_w_rows<Tiles>(M, N, K, x, ldx, *src.fill, y, ldy, accumulate);
     return;
   }
   const int64_t Kp = round_up(K, kK), Mp = round_up(M, kBlock), steps = Kp / kK;

@@ -98,24 +98,27 @@ TEST(GemmBf16Tiles, EmulatedMatchesReference) {
       for (bool acc : {false, true}) check(Impl::Emulated, c, nt, acc, seed += 3);
 }
 
-// W given a panel of rows at a time (fill, called from the threads for their own panels)
-// packs to the same tiles as W given whole: the same result, bit for bit.
+// W given a panel of rows at a time (fill, called from the threads for their own panels; the
+// tiles then run with W's rows as the A operand, tile_gemm_w_rows) gives the same result as W
+// given whole, bit for bit: the same products summed in the same order.
 void check_rows(Impl impl) {
   for (const Case& c : kCases) {
     const int64_t ldw = c.K + 1;
     const std::vector<float> x = random_bf16(static_cast<size_t>(c.M * c.K), 70);
     const std::vector<float> w = random_bf16(static_cast<size_t>(c.N * ldw), 71);
-    std::vector<float> whole(static_cast<size_t>(c.M * c.N), 1.0f), rows(whole);
-    std::atomic<int64_t> filled{0};
-    const std::function<void(int64_t, int64_t, float*)> fill = [&](int64_t r0, int64_t r1, float* out) {
-      ASSERT_LE(r1 - r0, 32) << "a panel is 32 rows";
-      for (int64_t r = r0; r < r1; ++r) std::copy_n(w.data() + r * ldw, c.K, out + (r - r0) * c.K);
-      filled += r1 - r0;
-    };
-    gemm_bf16_tiles::nt(impl, c.M, c.N, c.K, x.data(), c.K, w.data(), ldw, whole.data(), c.N, true);
-    gemm_bf16_tiles::nt_rows(impl, c.M, c.N, c.K, x.data(), c.K, fill, rows.data(), c.N, true);
-    EXPECT_EQ(rows, whole) << "M " << c.M << " N " << c.N << " K " << c.K;
-    EXPECT_EQ(filled.load(), c.N) << "every row filled once";
+    for (bool acc : {true, false}) {
+      std::vector<float> whole(static_cast<size_t>(c.M * c.N), 1.0f), rows(whole);
+      std::atomic<int64_t> filled{0};
+      const std::function<void(int64_t, int64_t, float*)> fill = [&](int64_t r0, int64_t r1, float* out) {
+        ASSERT_LE(r1 - r0, 32) << "a panel is 32 rows";
+        for (int64_t r = r0; r < r1; ++r) std::copy_n(w.data() + r * ldw, c.K, out + (r - r0) * c.K);
+        filled += r1 - r0;
+      };
+      gemm_bf16_tiles::nt(impl, c.M, c.N, c.K, x.data(), c.K, w.data(), ldw, whole.data(), c.N, acc);
+      gemm_bf16_tiles::nt_rows(impl, c.M, c.N, c.K, x.data(), c.K, fill, rows.data(), c.N, acc);
+      EXPECT_EQ(rows, whole) << "M " << c.M << " N " << c.N << " K " << c.K << " accumulate " << acc;
+      EXPECT_EQ(filled.load(), c.N) << "every row filled once";
+    }
   }
 }
 

@@ -237,13 +237,14 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   // LLM.int8 forward (QuantLinear::forward_int8): the calling thread keeps its int8
   // activation codes (T, in), row scales and int32 accumulators (T, out) thread_local.
   // model/gemm_bf16_tiles.h's buffers for T tokens (thread-local, grown to the largest
-  // product and kept): the calling thread's packed X (bf16, rows and K rounded up to 32) and
-  // its split low half, and per thread a panel of 32 float32 rows and its bf16 tiles.
+  // product and kept): the calling thread's packed X (bf16, rows and K rounded up to 32) as A
+  // rows, its split low half and as B panels; per thread a panel of 32 float32 rows, its bf16
+  // A rows and a B panel.
   const auto bf16_tile_bytes = [&](uint64_t T) -> uint64_t {
     uint64_t max_in = u(s.embed_width());
     for (const LinearShape& li : block_linears(s)) max_in = std::max(max_in, u(li.in));
     const uint64_t Tp = (T + 31) / 32 * 32, Kp = (max_in + 31) / 32 * 32;
-    return 2 * 2 * Tp * Kp + threads * (32 * max_in * 4 + 32 * Kp * 2);
+    return 3 * 2 * Tp * Kp + threads * (32 * max_in * 4 + 2 * 32 * Kp * 2);
   };
   const auto int8_ws = [&](uint64_t T) -> uint64_t {
     if (o.weights != WeightFormat::Int8) return 0;

@@ -318,7 +318,7 @@ TEST(MemoryPlan, Bf16TilePackingOnAmxHosts) {
   o.bf16_tiles = true;
   const MemoryPlan p = plan_memory(s, o);
   const uint64_t Tp = 224, Kp = 192, max_in = 172;  // B*T = 200 -> 224; the down projection reads ffn = 172
-  EXPECT_EQ(item(p, "bf16 tile packing"), 2 * 2 * Tp * Kp + 3 * (32 * max_in * 4 + 32 * Kp * 2));
+  EXPECT_EQ(item(p, "bf16 tile packing"), 3 * 2 * Tp * Kp + 3 * (32 * max_in * 4 + 2 * 32 * Kp * 2));
   EXPECT_EQ(sum_items(p), p.peak_bytes);
   o.compute_dtype = ComputeDType::F32;
   EXPECT_EQ(item(plan_memory(s, o), "bf16 tile packing"), 0u);

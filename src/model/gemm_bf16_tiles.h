@@ -162,7 +162,7 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
       for (int64_t m = 0; m < M; ++m) std::memset(y + m * ldy, 0, static_cast<size_t>(N) * sizeof(float));
     return;
   }
-  if (src.fill && !split_x) {
+  if (src.fill) {  // (a row source is never split: it is a forward, whose X is bf16 already)
     tile_gemm_w_rows<Tiles>(M, N, K, x, ldx, *src.fill, y, ldy, accumulate);
     return;
   }
@@ -176,20 +176,13 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
   parallel_for_range(nblocks, 1, [&](int64_t nb0, int64_t nb1) {
     thread_local std::vector<uint16_t> b_buf;
-    thread_local std::vector<float> rows_buf;  // fill's panel of rows
     b_buf.resize(static_cast<size_t>(steps * kBPanelPerK));
-    if (src.fill) rows_buf.resize(static_cast<size_t>(kBlock * K));
     uint16_t* b = b_buf.data();
     alignas(64) float c[kBlock * kBlock];
     Tiles::configure();
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
-      if (src.fill) {
-        (*src.fill)(n0, n0 + nn, rows_buf.data());
-        pack_b(rows_buf.data(), K, /*nt=*/true, nn, K, 0, Kp, b);
-      } else {
-        pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
-      }
+      pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
       for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
         Tiles::template zero<0>();
         Tiles::template zero<1>();

@@ -62,12 +62,7 @@ class CudaBackend final : public Backend {
     QLORA_CUDA_CHECK(cudaStreamCreate(&stream_));  // blocking: waits for the default stream's copies
     blas_ = std::make_unique<Blas>();
     blas_->set_stream(stream_);
-    // The device memory in use that is not our buffers: the CUDA context, kernels and
-    // cuBLAS's own (other processes' too, on a shared GPU), as the CudaRunner measures it.
-    size_t free_b = 0, total_b = 0;
-    memory_info(&free_b, &total_b);
-    const uint64_t used = total_b - free_b, ours = device_bytes_in_use();
-    context_bytes_ = used > ours ? used - ours : 0;
+    context_bytes_ = device_context_bytes();  // (as the CudaRunner measures it)
   }
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);

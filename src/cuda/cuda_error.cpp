@@ -59,6 +59,13 @@ void note_device_alloc(size_t bytes) {
 
 void note_device_free(size_t bytes) { g_in_use.fetch_sub(bytes); }
 uint64_t device_bytes_in_use() { return g_in_use.load(); }
+
+uint64_t device_context_bytes() {
+  size_t free_b = 0, total_b = 0;
+  memory_info(&free_b, &total_b);
+  const uint64_t used = total_b - free_b, ours = device_bytes_in_use();
+  return used > ours ? used - ours : 0;
+}
 uint64_t device_bytes_peak() { return g_peak.load(); }
 
 }  // namespace qlora::cuda

@@ -85,14 +85,7 @@ void CudaRunner::init(const Model& model) {
   QLORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   blas_ = std::make_unique<Blas>();
   blas_->set_stream(stream_);
-  {
-    // The device memory in use that is not our buffers: the CUDA context, kernels and
-    // cuBLAS's own (other processes' too, on a shared GPU).
-    size_t free_b = 0, total_b = 0;
-    memory_info(&free_b, &total_b);
-    const uint64_t used = total_b - free_b, ours = device_bytes_in_use();
-    context_bytes_ = used > ours ? used - ours : 0;
-  }
+  context_bytes_ = device_context_bytes();
   const LoraModel* ad = model.adapter();
   embed_ = upload_dense(model.embed_tokens());
   tied_ = spec_.tied_embeddings;

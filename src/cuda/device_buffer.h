@@ -21,6 +21,9 @@ void note_device_alloc(size_t bytes);
 void note_device_free(size_t bytes);
 uint64_t device_bytes_in_use();
 uint64_t device_bytes_peak();
+// The current device's memory in use that is not ours (total - free - device_bytes_in_use()):
+// the CUDA context, kernel images and cuBLAS's own (other processes' too, on a shared GPU).
+uint64_t device_context_bytes();
 
 template <class T>
 class DeviceBuffer {

@@ -26,6 +26,10 @@ __device__ __forceinline__ float round_to(float x, int code) {
   return x;
 }
 
+// The most blocks a launch may have in the grid's y dimension: kernels with one token per y
+// index launch in pieces of this many tokens.
+constexpr int64_t kMaxGridY = 65535;
+
 // Blocks for an element-wise kernel over n elements (at least 1, at most 4096).
 inline unsigned ew_grid(int64_t n) { return static_cast<unsigned>(std::clamp<int64_t>((n + 255) / 256, 1, 4096)); }
 

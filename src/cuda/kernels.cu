@@ -956,8 +956,8 @@ void embedding_forward(float* out, const int32_t* tokens, int64_t T, const void*
                        cudaStream_t s) {
   if (T == 0) return;
   // (tokens on the grid's y dimension, at most 65535 per launch)
-  for (int64_t t0 = 0; t0 < T; t0 += 65535) {
-    const int64_t nt = std::min<int64_t>(65535, T - t0);
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {
+    const int64_t nt = std::min(kMaxGridY, T - t0);
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(grid_for(C, 256), 64)), static_cast<unsigned>(nt));
     embedding_kernel<<<grid, 256, 0, s>>>(out + t0 * C, tokens + t0, table, type, C);
     check_launch("embedding_forward");
@@ -987,8 +987,8 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
   check(rot >= 0 && rot <= HS && rot % 2 == 0, "cuda::rope_forward", "rot must be even and at most the head size");
   const int64_t half = (rot > 0 ? rot : HS) / 2;
   const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, half)));
-  for (int64_t t0 = 0; t0 < T; t0 += 65535) {  // (tokens on the grid's y dimension)
-    const int64_t nt = std::min<int64_t>(65535, T - t0);
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {  // (tokens on the grid's y dimension)
+    const int64_t nt = std::min(kMaxGridY, T - t0);
     rope_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(nt)), threads, 0, s>>>(
         x + t0 * NH * HS, cos + t0 * half, sin + t0 * half, NH, HS, half);
     check_launch("rope_forward");

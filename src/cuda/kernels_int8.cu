@@ -56,8 +56,8 @@ void int8_linear_forward(float* y, const int8_t* ca, const float* sca, const int
                          int64_t K, ComputeDType dtype, cudaStream_t s) {
   if (T <= 0 || N <= 0) return;
   // (the grid's y dimension holds at most 65535 tokens: longer inputs go in pieces)
-  for (int64_t t0 = 0; t0 < T; t0 += 65535) {
-    const int64_t nt = std::min<int64_t>(65535, T - t0);
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {
+    const int64_t nt = std::min(kMaxGridY, T - t0);
     const dim3 grid(static_cast<unsigned>((N + kWarpsPerBlock - 1) / kWarpsPerBlock), static_cast<unsigned>(nt));
     int8_linear_kernel<<<grid, kWarpsPerBlock * 32, 0, s>>>(y + t0 * N, ca + t0 * K, sca + t0, cb, scb, bias,
                                                             x + t0 * K, oc, n_out, nt, N, K, round_code(dtype));

@@ -360,8 +360,8 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
   check(rot >= 0 && rot <= HS && rot % 2 == 0, "cuda::rope_backward", "rot must be even and at most the head size");
   const int64_t half = (rot > 0 ? rot : HS) / 2;
   const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, half)));
-  for (int64_t t0 = 0; t0 < T; t0 += 65535) {  // (tokens on the grid's y dimension)
-    const int64_t nt = std::min<int64_t>(65535, T - t0);
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {  // (tokens on the grid's y dimension)
+    const int64_t nt = std::min(kMaxGridY, T - t0);
     rope_backward_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(nt)), threads, 0, s>>>(
         dx + t0 * NH * HS, cos + t0 * half, sin + t0 * half, NH, HS, half);
     check_launch("rope_backward");

@@ -85,6 +85,41 @@ struct BSource {
 void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y, int64_t ldy,
               bool accumulate, bool split_x);
 
+// One 32 x 32 block on the tiles: c (32 x 32 float32, row stride 32) = A · B over `steps` steps
+// of 32 K values, A rows 0-15 at a0 and 16-31 at a0 + 16 * lda (bf16, row stride lda values,
+// step s at column 32 s), B panels at b (kBPanelPerK values per step); with `lo`, A's low
+// halves (the split X, same layout as a0) times the same B tiles are added as well.
+template <class Tiles>
+inline void block_product(const uint16_t* a0, const uint16_t* lo, int64_t lda, const uint16_t* b, int64_t steps,
+                          float* c) {
+  Tiles::template zero<0>();
+  Tiles::template zero<1>();
+  Tiles::template zero<2>();
+  Tiles::template zero<3>();
+  for (int64_t s = 0; s < steps; ++s) {
+    Tiles::template load<4>(a0 + s * kK, lda * 2);
+    Tiles::template load<5>(a0 + 16 * lda + s * kK, lda * 2);
+    Tiles::template load<6>(b + s * kBPanelPerK, 64);
+    Tiles::template load<7>(b + s * kBPanelPerK + 16 * 32, 64);
+    Tiles::template dp<0, 4, 6>();
+    Tiles::template dp<1, 4, 7>();
+    Tiles::template dp<2, 5, 6>();
+    Tiles::template dp<3, 5, 7>();
+    if (lo) {
+      Tiles::template load<4>(lo + s * kK, lda * 2);
+      Tiles::template load<5>(lo + 16 * lda + s * kK, lda * 2);
+      Tiles::template dp<0, 4, 6>();
+      Tiles::template dp<1, 4, 7>();
+      Tiles::template dp<2, 5, 6>();
+      Tiles::template dp<3, 5, 7>();
+    }
+  }
+  Tiles::template store<0>(c, kBlock * 4);
+  Tiles::template store<1>(c + 16, kBlock * 4);
+  Tiles::template store<2>(c + 16 * kBlock, kBlock * 4);
+  Tiles::template store<3>(c + 16 * kBlock + 16, kBlock * 4);
+}
+
 // Y (M, N) (+)= X · Wᵀ for W (N, K) given by rows (`fill`), with the roles swapped: the
 // tiles compute Yᵀ = W · Xᵀ, W's rows as the A operand (bf16 rows as they come: a conversion,
 // no transpose) and X as the B operand, packed into VNNI panels once per call. Each thread
@@ -116,25 +151,7 @@ void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t l
       fill(n0, n0 + nn, rows_buf.data());
       pack_a_rows(rows_buf.data(), K, nn, K, Kp, 0, kBlock, wa, nullptr);  // (rows past nn: zero)
       for (int64_t mb = 0; mb < mblocks; ++mb) {
-        const uint16_t* xp = xb + mb * steps * kBPanelPerK;
-        Tiles::template zero<0>();
-        Tiles::template zero<1>();
-        Tiles::template zero<2>();
-        Tiles::template zero<3>();
-        for (int64_t s = 0; s < steps; ++s) {
-          Tiles::template load<4>(wa + s * kK, Kp * 2);
-          Tiles::template load<5>(wa + 16 * Kp + s * kK, Kp * 2);
-          Tiles::template load<6>(xp + s * kBPanelPerK, 64);
-          Tiles::template load<7>(xp + s * kBPanelPerK + 16 * 32, 64);
-          Tiles::template dp<0, 4, 6>();
-          Tiles::template dp<1, 4, 7>();
-          Tiles::template dp<2, 5, 6>();
-          Tiles::template dp<3, 5, 7>();
-        }
-        Tiles::template store<0>(c, kBlock * 4);
-        Tiles::template store<1>(c + 16, kBlock * 4);
-        Tiles::template store<2>(c + 16 * kBlock, kBlock * 4);
-        Tiles::template store<3>(c + 16 * kBlock + 16, kBlock * 4);
+        block_product<Tiles>(wa, nullptr, Kp, xb + mb * steps * kBPanelPerK, steps, c);
         // c[i][j]: W row n0 + i against token m0 + j.
         const int64_t m0 = mb * kBlock, mm = std::min(kBlock, M - m0);
         for (int64_t j = 0; j < mm; ++j) {
@@ -184,34 +201,7 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
       pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
       for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
-        Tiles::template zero<0>();
-        Tiles::template zero<1>();
-        Tiles::template zero<2>();
-        Tiles::template zero<3>();
-        const uint16_t* a0 = a + m0 * Kp;
-        const uint16_t* a1 = a0 + 16 * Kp;
-        for (int64_t s = 0; s < steps; ++s) {
-          Tiles::template load<4>(a0 + s * kK, Kp * 2);
-          Tiles::template load<5>(a1 + s * kK, Kp * 2);
-          Tiles::template load<6>(b + s * kBPanelPerK, 64);
-          Tiles::template load<7>(b + s * kBPanelPerK + 16 * 32, 64);
-          Tiles::template dp<0, 4, 6>();
-          Tiles::template dp<1, 4, 7>();
-          Tiles::template dp<2, 5, 6>();
-          Tiles::template dp<3, 5, 7>();
-          if (lo) {  // the low halves of X against the same B tiles
-            Tiles::template load<4>(lo + m0 * Kp + s * kK, Kp * 2);
-            Tiles::template load<5>(lo + (m0 + 16) * Kp + s * kK, Kp * 2);
-            Tiles::template dp<0, 4, 6>();
-            Tiles::template dp<1, 4, 7>();
-            Tiles::template dp<2, 5, 6>();
-            Tiles::template dp<3, 5, 7>();
-          }
-        }
-        Tiles::template store<0>(c, kBlock * 4);
-        Tiles::template store<1>(c + 16, kBlock * 4);
-        Tiles::template store<2>(c + 16 * kBlock, kBlock * 4);
-        Tiles::template store<3>(c + 16 * kBlock + 16, kBlock * 4);
+        block_product<Tiles>(a + m0 * Kp, lo ? lo + m0 * Kp : nullptr, Kp, b, steps, c);
         const int64_t mm = std::min(kBlock, M - m0);
         for (int64_t i = 0; i < mm; ++i) {
           float* yr = y + (m0 + i) * ldy + n0;

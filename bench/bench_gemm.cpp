@@ -58,13 +58,15 @@ namespace {
 using namespace qlora;
 
 enum class Op { Fwd, Bwd };
-enum class Impl { Ours, OursNf4, OursNf4Bf16, Bf16Tiles, Sgemm, DnnlSgemm, DnnlMatmul, OpenBlas };
+enum class Impl { Ours, OursNf4, OursNf4Bf16, Bf16Tiles, Bf16Dot, Bf16DotSplit, Sgemm, DnnlSgemm, DnnlMatmul, OpenBlas };
 const char* impl_name(Impl i) {
   switch (i) {
     case Impl::Ours: return "ours";
     case Impl::OursNf4: return "qlora_nf4";
     case Impl::OursNf4Bf16: return "qlora_nf4_bf16";
     case Impl::Bf16Tiles: return "bf16_tiles";
+    case Impl::Bf16Dot: return "bf16_avx512dot";
+    case Impl::Bf16DotSplit: return "bf16_avx512dot_split";
     case Impl::Sgemm: return "qlora_sgemm";
     case Impl::DnnlSgemm: return "dnnl_sgemm";
     case Impl::DnnlMatmul: return "dnnl_matmul";
@@ -191,6 +193,15 @@ void run(Impl impl, Op op, const Weights& W, const float* x, float* y, int64_t T
       else
         gemm_bf16_nn(T, K, N, x, N, w, K, y, K, true);
       return;
+    case Impl::Bf16Dot:  // the tile driver on AVX-512 BF16 dot products (operands rounded to bf16)
+      if (op == Op::Fwd)
+        gemm_bf16_tiles::nt(gemm_bf16_tiles::Impl::Avx512Bf16, T, N, K, x, K, w, K, y, N, false);
+      else
+        gemm_bf16_tiles::nn(gemm_bf16_tiles::Impl::Avx512Bf16, T, K, N, x, N, w, K, y, K, true);
+      return;
+    case Impl::Bf16DotSplit:  // the input gradient with X split in two bf16 parts (float32 X kept)
+      gemm_bf16_tiles::split_x_nn(gemm_bf16_tiles::Impl::Avx512Bf16, T, K, N, x, N, w, K, y, K, true);
+      return;
     case Impl::Sgemm:
       if (op == Op::Fwd)
         sgemm_nt(T, N, K, x, K, w, K, y, N, false);
@@ -234,7 +245,8 @@ void BM_Gemm(benchmark::State& state, Impl impl, Op op, int64_t T, int64_t N, in
   const Weights& W = weights(N, K);
   const int64_t in = op == Op::Fwd ? K : N, out = op == Op::Fwd ? N : K;
   auto x = randn(static_cast<size_t>(T * in), 2, 1.0f);
-  const bool bf16 = impl == Impl::OursNf4Bf16 || impl == Impl::Bf16Tiles;
+  const bool bf16 = impl == Impl::OursNf4Bf16 || impl == Impl::Bf16Tiles || impl == Impl::Bf16Dot ||
+                    impl == Impl::Bf16DotSplit;
   if (impl == Impl::OursNf4Bf16 && op == Op::Fwd)  // the model rounds a bf16 Linear's input (not its gradient)
     for (float& v : x) v = bf16_to_f32(f32_to_bf16(v));
   std::vector<float> y(static_cast<size_t>(T * out), 0.f);
@@ -372,7 +384,12 @@ int register_all() {
                // The bf16 path: the forward as the bf16 model runs it, and the tile GEMM alone
                // where the CPU has AMX (bench/RESULTS.md: issue 14).
                l.push_back(Impl::OursNf4Bf16);
-               if (gemm_bf16_on_tiles()) l.push_back(Impl::Bf16Tiles);
+               if (gemm_bf16_fast()) l.push_back(Impl::Bf16Tiles);
+               // The same driver on AVX-512 BF16 dot products, where the CPU has them.
+               if (simd_level() >= SimdLevel::AVX512) {
+                 l.push_back(Impl::Bf16Dot);
+                 if (op == Op::Bwd) l.push_back(Impl::Bf16DotSplit);
+               }
                return l;
              }()) {
           const std::string name = std::string("llama1b/") + (op == Op::Fwd ? "fwd" : "bwd") + "/T256/N" +

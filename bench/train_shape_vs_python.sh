@@ -20,7 +20,7 @@
 # report; Python: ru_maxrss, which includes building the random model in DTYPE).
 # OMP_WAIT_POLICY=passive on every run.
 set -euo pipefail
-# qlora's compute dtype (fp32; QLORA_COMPUTE=bf16 on CPUs with AMX tiles, where train picks it)
+# qlora's compute dtypes, each run in turn (QLORA_COMPUTE="fp32 bf16": both, side by side)
 QLORA_COMPUTE=${QLORA_COMPUTE:-fp32}
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -41,11 +41,12 @@ mkdir -p "$OUT"
 echo "# results in $OUT; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 ROWS=()  # label|tok/s|peak bytes
-run_qlora() {  # label, flags...
+run_qlora() {  # label, compute dtype, flags...
   local label=$1; shift
   local dir="$OUT/$label"
   rm -rf "$dir"
-  local cmd=("$QLORA" train --model "random:$SHAPE" --quant nf4 --double-quant --compute-dtype "$QLORA_COMPUTE" --data "$TEXT"
+  local qc=$1; shift
+  local cmd=("$QLORA" train --model "random:$SHAPE" --quant nf4 --double-quant --compute-dtype "$qc" --data "$TEXT"
              --seq-len "$SEQ" --batch-size "$BATCH" --max-steps "$STEPS" --lora-r 16 --lora-alpha 32
              --lora-dropout 0.05 --target all-linear --lr 2e-4 -t "$THREADS" --out "$dir" "$@")
   echo "+ ${cmd[*]}" >&2
@@ -81,8 +82,10 @@ run_python() {  # dtype
   echo "  python $dt: $row" >&2
 }
 
-run_qlora ckpt --gradient-checkpointing
-run_qlora default
+for qc in $QLORA_COMPUTE; do
+  run_qlora "ckpt-$qc" "$qc" --gradient-checkpointing
+  run_qlora "default-$qc" "$qc"
+done
 for dt in $PY_DTYPES; do run_python "$dt"; done
 
 echo

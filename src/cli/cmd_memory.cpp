@@ -146,7 +146,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.compute_dtype = qlora::compute_dtype_from_string(dtype);
   // (this host's AMX tiles: their packing buffers are part of a bf16 run here)
   mo.bf16_tiles = mo.engine == qlora::MemoryEngine::Qlora && mo.compute_dtype == qlora::ComputeDType::BF16 &&
-                  qlora::gemm_bf16_on_tiles();
+                  qlora::gemm_bf16_fast();
   mo.lora_r = o.lora_r;
   if (o.target == "all-linear") {
     mo.all_linear = true;

@@ -87,12 +87,14 @@ void add_device_flag(CLI::App& app, ModelFlags& f) {
 }
 
 std::string auto_train_compute_dtype(std::string* why) {
-  if (gemm_bf16_on_tiles()) {
+  if (gemm_bf16_fast()) {
     *why = std::string("bf16 (auto: this CPU multiplies bf16 on ") + gemm_bf16_backend_name() +
+           (gemm_bf16_split_x_fast() ? "" : ", the input gradients on the gradient rounded to bf16 as bitsandbytes does") +
            "; --compute-dtype fp32 for float32)";
     return "bf16";
   }
-  *why = "fp32 (auto: no AMX bf16 tiles on this CPU; --compute-dtype bf16 rounds as bitsandbytes' bf16 compute does)";
+  *why = "fp32 (auto: no AMX tiles or AVX-512 BF16 on this CPU; --compute-dtype bf16 rounds as bitsandbytes' bf16 "
+         "compute does)";
   return "fp32";
 }
 

@@ -57,7 +57,8 @@ void add_device_flag(CLI::App& app, ModelFlags& f);
 void attach_device(Model& model, const ModelFlags& f, bool quiet);
 
 // `qlora train`'s compute dtype when --compute-dtype is not given (on the CPU): "bf16" where
-// the bf16 products run on AMX tiles (model/gemm_bf16.h gemm_bf16_on_tiles), else "fp32";
+// the bf16 products run on a bf16 unit, AMX tiles or AVX-512 BF16 dot products (model/gemm_bf16.h
+// gemm_bf16_fast), else "fp32";
 // `why` gets the line the command prints ("bf16 (auto: ...)").
 std::string auto_train_compute_dtype(std::string* why);
 

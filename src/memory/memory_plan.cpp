@@ -374,7 +374,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         "gradients, LoRA temporaries)");
     if (lm_panels) add(r, "lm_head gradient panels (per thread, CPU)", lm_panels, "64 x V + B*T x 64 floats per thread");
     if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16)
-      add(r, "bf16 tile packing (AMX)", bf16_tile_bytes(BT), "kept by the threads at their largest");
+      add(r, "bf16 GEMM packing (AMX tiles or AVX-512 BF16)", bf16_tile_bytes(BT), "kept by the threads at their largest");
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
@@ -396,7 +396,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     add(r, "sampler arrays", V * 13, "(V) index, probability and seen arrays on the host");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
     if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16 && P > 8)
-      add(r, "bf16 tile packing (AMX)", bf16_tile_bytes(P), "kept by the threads at their largest");
+      add(r, "bf16 GEMM packing (AMX tiles or AVX-512 BF16)", bf16_tile_bytes(P), "kept by the threads at their largest");
     if (o.with_adapter && ls.modules_per_block > 0)
       add(r, "LoRA adapter (A, B fp32 + zeroed gradients)", ls.params * 16, std::to_string(ls.params) + " parameters");
   }
@@ -736,7 +736,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.blocksize = load.quant.blocksize;
   o.double_quant = load.quant.double_quant;
   o.compute_dtype = load.compute_dtype;
-  o.bf16_tiles = load.compute_dtype == ComputeDType::BF16 && gemm_bf16_on_tiles();
+  o.bf16_tiles = load.compute_dtype == ComputeDType::BF16 && gemm_bf16_fast();
   o.threads = std::max(1, threads);
   o.generated_weights = is_random_model(model_path);
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);

@@ -115,7 +115,7 @@ struct MemoryOptions {
   // A random: model (model/random_model.h): no file is mapped, and 4-bit Linears are
   // generated in 4-bit (only their float32 absmax is transient), not from a float32 copy.
   bool generated_weights = false;
-  // bf16 compute multiplies on AMX tiles (model/gemm_bf16.h gemm_bf16_on_tiles(): the CLI
+  // bf16 compute multiplies on a bf16 unit (model/gemm_bf16.h gemm_bf16_fast(): the CLI
   // sets it for this host): their packing buffers are counted.
   bool bf16_tiles = false;
   // The source's token embedding / output head are GGUF Q8_0 and stay 8-bit

@@ -20,10 +20,14 @@
 namespace qlora {
 
 namespace {
-// Rows of W in one backward tile, and their stride (sgemm_padded_ld: see model/gemm.h).
+// Rows of W in one backward tile, and their stride (sgemm_padded_ld: see model/gemm.h). A tile
+// of 4 MiB (2^20 floats): each tile is one product that re-reads and re-writes all of dx, so
+// fewer, deeper tiles pay on the bf16 dot-product GEMM (Llama 1.1B's shapes: 132-156 → 127-179
+// GFLOP/s a core against 1 MiB tiles; 8-16 MiB tiles fall out of cache), and cost the float32
+// GEMM nothing (bench/RESULTS.md session 12).
 int64_t backward_tile_ld(int64_t in) { return sgemm_padded_ld(in); }
 int64_t backward_tile_rows(int64_t in, int64_t out) {
-  return std::max<int64_t>(std::min(std::max<int64_t>((int64_t{1} << 18) / backward_tile_ld(in), 16), out), 0);
+  return std::max<int64_t>(std::min(std::max<int64_t>((int64_t{1} << 20) / backward_tile_ld(in), 16), out), 0);
 }
 
 // Rows [r0, r1) of a weight into a tile at stride ld, split over the threads (16-row
@@ -38,13 +42,20 @@ void fill_tile(int64_t r0, int64_t r1, float* tile, int64_t ld, Fill fill) {
 }
 // dx (T, in) += dy (T, rows; row stride ld_dy) · tile (rows, in; row stride ld): the input
 // gradient through a tile of dequantized weight rows. A bf16 tile (bf16 compute rounds the
-// dequantized weight, as bitsandbytes does) goes to the bf16 GEMM on AMX tiles, with the
-// float32 gradient split in two bf16 parts (model/gemm_bf16.h); everything else, and a few
-// tokens, to matmul_backward_input.
+// dequantized weight, as bitsandbytes does) goes to the bf16 GEMM (model/gemm_bf16.h):
+//  - on AMX tiles with the float32 gradient split in two bf16 parts (float32 to 2^-17);
+//  - on AVX-512 BF16 dot products, where the split's doubled work is slower than the float32
+//    GEMM, with the gradient rounded to bf16, as bitsandbytes' bf16 backward rounds it
+//    (1.6x the float32 GEMM's speed; bench/RESULTS.md session 12 measures the loss curves).
+// Everything else, and a few tokens, to matmul_backward_input.
 void backward_through_tile(float* dx, const float* dy, const float* tile, int64_t T, int64_t in, int64_t rows,
                            int64_t ld_dy, int64_t ld, ComputeDType tile_dtype) {
-  if (tile_dtype == ComputeDType::BF16 && T >= 8 && gemm_bf16_on_tiles()) {
+  if (tile_dtype == ComputeDType::BF16 && T >= 8 && gemm_bf16_split_x_fast()) {
     gemm_bf16_split_x_nn(T, in, rows, dy, ld_dy, tile, ld, dx, in, /*accumulate=*/true);
+    return;
+  }
+  if (tile_dtype == ComputeDType::BF16 && T >= 8 && gemm_bf16_fast()) {
+    gemm_bf16_rounded_x_nn(T, in, rows, dy, ld_dy, tile, ld, dx, in, /*accumulate=*/true);
     return;
   }
   matmul_backward_input(dx, dy, tile, T, in, rows, ld_dy, ld);

@@ -1,5 +1,6 @@
 // model/gemm_bf16.h: the packing of the tile GEMM (gemm_bf16_tiles.h), its scalar emulation
-// of the tile instructions, and the choice between AMX and the float32 GEMM.
+// of the tile instructions, and the choice between AMX tiles, AVX-512 BF16 dot products and
+// the float32 GEMM.
 #include "model/gemm_bf16.h"
 
 #include <atomic>
@@ -164,8 +165,10 @@ void run(Impl impl, int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx
          int64_t ldy, bool accumulate, bool split_x = false) {
   if (impl == Impl::Hardware)
     gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
+  else if (impl == Impl::Avx512Bf16)
+    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
   else
-    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::TileBlocks<gemm_bf16_detail::EmuTiles>>(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
 }
 
 BSource matrix(const float* w, int64_t ldw, bool nt) {
@@ -252,7 +255,7 @@ bool run_forced(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, co
     gemm_bf16_tiles::g_inexact += src.nt ? gemm_bf16_tiles::count_inexact(src.w, N, K, src.ldw)
                                          : gemm_bf16_tiles::count_inexact(src.w, K, N, src.ldw);
   }
-  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::EmuTiles>(M, N, K, x, ldx, counted, y, ldy, accumulate, split_x);
+  gemm_bf16_detail::tile_gemm<gemm_bf16_detail::TileBlocks<gemm_bf16_detail::EmuTiles>>(M, N, K, x, ldx, counted, y, ldy, accumulate, split_x);
   return true;
 }
 
@@ -300,28 +303,49 @@ bool hardware_agrees_with_emulation() {
 
 }  // namespace
 
-bool gemm_bf16_on_tiles() {
-  if (gemm_bf16_tiles::g_forced || env_forced()) return true;
-  // (QLORA_SIMD is read at every call, as the other kernel choices do; the check runs on the
-  // first call that may use the tiles.)
-  if (!amx_tiles_enabled()) return false;
-  static const bool ok = hardware_agrees_with_emulation();
-  return ok;
+namespace {
+// Where the bf16 products run (forced emulation aside).
+enum class Engine { Float32, Amx, Avx512Bf16 };
+Engine engine() {
+  // (QLORA_SIMD is read at every call, as the other kernel choices do; the AMX check runs on
+  // the first call that may use the tiles.)
+  if (amx_tiles_enabled()) {
+    static const bool ok = hardware_agrees_with_emulation();
+    if (ok) return Engine::Amx;
+  }
+  if (simd_level() >= SimdLevel::AVX512) return Engine::Avx512Bf16;  // (AVX512 includes AVX512_BF16)
+  return Engine::Float32;
 }
+bool forced() { return gemm_bf16_tiles::g_forced || env_forced(); }
+}  // namespace
+
+bool gemm_bf16_fast() { return forced() || engine() != Engine::Float32; }
+
+bool gemm_bf16_split_x_fast() { return forced() || engine() == Engine::Amx; }
 
 const char* gemm_bf16_backend_name() {
-  if (gemm_bf16_tiles::g_forced || env_forced()) return "emulated bf16 tiles (tests)";
-  return gemm_bf16_on_tiles() ? "AMX bf16 tiles" : sgemm_backend_name();
+  if (forced()) return "emulated bf16 tiles (tests)";
+  switch (engine()) {
+    case Engine::Amx: return "AMX bf16 tiles";
+    case Engine::Avx512Bf16: return "AVX-512 BF16 dot products";
+    case Engine::Float32: break;
+  }
+  return sgemm_backend_name();
 }
 
 namespace {
-// A product of a float32 matrix W: forced emulation, else the tiles, else the float32 GEMM.
+// A product of a float32 matrix W: forced emulation, else the bf16 engine (the split product
+// only on AMX: on AVX-512 dot products its doubled work is slower than the float32 GEMM,
+// bench/RESULTS.md session 12), else the float32 GEMM.
 void matrix_product(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw, bool nt,
                     float* y, int64_t ldy, bool accumulate, bool split_x) {
   const BSource src = gemm_bf16_tiles::matrix(w, ldw, nt);
   if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate, split_x)) return;
-  if (gemm_bf16_on_tiles())
+  const Engine e = engine();
+  if (e == Engine::Amx)
     gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
+  else if (e == Engine::Avx512Bf16 && !split_x)
+    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
   else
     (nt ? sgemm_nt : sgemm_nn)(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
 }
@@ -342,17 +366,47 @@ void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64
   matrix_product(M, N, K, x, ldx, w, ldw, /*nt=*/false, y, ldy, accumulate, /*split_x=*/true);
 }
 
+void gemm_bf16_rounded_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
+                            float* y, int64_t ldy, bool accumulate) {
+  const BSource src = gemm_bf16_tiles::matrix(w, ldw, /*nt=*/false);
+  if (forced()) {  // (the emulated tiles round X as they pack it; only W is promised bf16)
+    ++gemm_bf16_tiles::g_calls;
+    gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(w, K, N, ldw);
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::TileBlocks<gemm_bf16_detail::EmuTiles>>(M, N, K, x, ldx, src, y,
+                                                                                          ldy, accumulate);
+    return;
+  }
+  const Engine e = engine();
+  if (e == Engine::Amx) {
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
+    return;
+  }
+  if (e == Engine::Avx512Bf16) {
+    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
+    return;
+  }
+  std::vector<float> xr(static_cast<size_t>(M * K));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xr[static_cast<size_t>(m * K + k)] = bf16_to_f32(f32_to_bf16(x[m * ldx + k]));
+  sgemm_nn(M, N, K, xr.data(), K, w, ldw, y, ldy, accumulate);
+}
+
 void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
                        const std::function<void(int64_t, int64_t, float*)>& fill, float* y, int64_t ldy,
                        bool accumulate) {
   BSource src;
   src.fill = &fill;
   if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
-  if (gemm_bf16_on_tiles()) {
+  const Engine e = engine();
+  if (e == Engine::Amx) {
     gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
     return;
   }
-  // Without tiles: slabs of rows (at most 2 MiB) through the float32 GEMM.
+  if (e == Engine::Avx512Bf16) {
+    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
+    return;
+  }
+  // Without a bf16 engine: slabs of rows (at most 2 MiB) through the float32 GEMM.
   const int64_t slab = std::clamp<int64_t>((int64_t{1} << 19) / std::max<int64_t>(K, 1), 1, std::max<int64_t>(N, 1));
   std::vector<float> buf(static_cast<size_t>(slab * K));
   for (int64_t r0 = 0; r0 < N; r0 += slab) {

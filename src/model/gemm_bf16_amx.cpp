@@ -67,7 +67,7 @@ struct AmxTiles {
 
 void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y, int64_t ldy,
               bool accumulate, bool split_x) {
-  tile_gemm<AmxTiles>(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
+  tile_gemm<TileBlocks<AmxTiles>>(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
 }
 
 }  // namespace qlora::gemm_bf16_detail

@@ -84,6 +84,10 @@ struct BSource {
 // Only where amx_tiles_enabled().
 void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y, int64_t ldy,
               bool accumulate, bool split_x);
+// tile_gemm with each block on AVX-512 BF16 dot products (gemm_bf16_dpbf16_avx512.cpp): for
+// CPUs with AVX512_BF16 and no AMX. Only where base/cpu_features.h simd_level() is AVX512.
+void dpbf16_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
+                 int64_t ldy, bool accumulate, bool split_x);
 
 // One 32 x 32 block on the tiles: c (32 x 32 float32, row stride 32) = A · B over `steps` steps
 // of 32 K values, A rows 0-15 at a0 and 16-31 at a0 + 16 * lda (bf16, row stride lda values,
@@ -120,6 +124,18 @@ inline void block_product(const uint16_t* a0, const uint16_t* lo, int64_t lda, c
   Tiles::template store<3>(c + 16 * kBlock + 16, kBlock * 4);
 }
 
+// The drivers below run over a `Blocks` policy: configure() and release() around a thread's
+// work, and block(a0, lo, lda, b, steps, c), block_product's contract. TileBlocks puts it on a
+// Tiles policy; gemm_bf16_dpbf16_avx512.cpp has one on AVX-512 dot products.
+template <class Tiles>
+struct TileBlocks {
+  static void configure() { Tiles::configure(); }
+  static void release() { Tiles::release(); }
+  static void block(const uint16_t* a0, const uint16_t* lo, int64_t lda, const uint16_t* b, int64_t steps, float* c) {
+    block_product<Tiles>(a0, lo, lda, b, steps, c);
+  }
+};
+
 // Y (M, N) (+)= X · Wᵀ for W (N, K) given by rows (`fill`), with the roles swapped: the
 // tiles compute Yᵀ = W · Xᵀ, W's rows as the A operand (bf16 rows as they come: a conversion,
 // no transpose) and X as the B operand, packed into VNNI panels once per call. Each thread
@@ -127,7 +143,7 @@ inline void block_product(const uint16_t* a0, const uint16_t* lo, int64_t lda, c
 // X; C blocks (32 W rows x 32 tokens) are written back transposed. The products and the order
 // of their sums are tile_gemm's, so the result is the same, bit for bit; what changes is that
 // the transposing packing falls on X (T x K, once) instead of on W (N x K), N/T times more.
-template <class Tiles>
+template <class Blocks>
 void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const RowFill& fill, float* y,
                       int64_t ldy, bool accumulate) {
   const int64_t Kp = round_up(K, kK), steps = Kp / kK, mblocks = (M + kBlock - 1) / kBlock;
@@ -145,13 +161,13 @@ void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t l
     wa_buf.resize(static_cast<size_t>(kBlock * Kp));
     uint16_t* wa = wa_buf.data();
     alignas(64) float c[kBlock * kBlock];
-    Tiles::configure();
+    Blocks::configure();
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
       fill(n0, n0 + nn, rows_buf.data());
       pack_a_rows(rows_buf.data(), K, nn, K, Kp, 0, kBlock, wa, nullptr);  // (rows past nn: zero)
       for (int64_t mb = 0; mb < mblocks; ++mb) {
-        block_product<Tiles>(wa, nullptr, Kp, xb + mb * steps * kBPanelPerK, steps, c);
+        Blocks::block(wa, nullptr, Kp, xb + mb * steps * kBPanelPerK, steps, c);
         // c[i][j]: W row n0 + i against token m0 + j.
         const int64_t m0 = mb * kBlock, mm = std::min(kBlock, M - m0);
         for (int64_t j = 0; j < mm; ++j) {
@@ -163,14 +179,14 @@ void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t l
         }
       }
     }
-    Tiles::release();
+    Blocks::release();
   });
 }
 
-// Y (M, N) (+)= X · op(W) on Tiles; see model/gemm_bf16.h for the contract. `split_x`: X in
+// Y (M, N) (+)= X · op(W) on Blocks; see model/gemm_bf16.h for the contract. `split_x`: X in
 // two bf16 parts (pack_a's lo), each multiplied by the same B tiles (gemm_bf16_split_x_nn).
 // A W given by rows runs tile_gemm_w_rows.
-template <class Tiles>
+template <class Blocks>
 void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
                int64_t ldy, bool accumulate, bool split_x = false) {
   if (M <= 0 || N <= 0) return;
@@ -180,7 +196,7 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
     return;
   }
   if (src.fill) {  // (a row source is never split: it is a forward, whose X is bf16 already)
-    tile_gemm_w_rows<Tiles>(M, N, K, x, ldx, *src.fill, y, ldy, accumulate);
+    tile_gemm_w_rows<Blocks>(M, N, K, x, ldx, *src.fill, y, ldy, accumulate);
     return;
   }
   const int64_t Kp = round_up(K, kK), Mp = round_up(M, kBlock), steps = Kp / kK;
@@ -196,12 +212,12 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
     b_buf.resize(static_cast<size_t>(steps * kBPanelPerK));
     uint16_t* b = b_buf.data();
     alignas(64) float c[kBlock * kBlock];
-    Tiles::configure();
+    Blocks::configure();
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
       pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
       for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
-        block_product<Tiles>(a + m0 * Kp, lo ? lo + m0 * Kp : nullptr, Kp, b, steps, c);
+        Blocks::block(a + m0 * Kp, lo ? lo + m0 * Kp : nullptr, Kp, b, steps, c);
         const int64_t mm = std::min(kBlock, M - m0);
         for (int64_t i = 0; i < mm; ++i) {
           float* yr = y + (m0 + i) * ldy + n0;
@@ -213,7 +229,7 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
         }
       }
     }
-    Tiles::release();
+    Blocks::release();
   });
 }
 

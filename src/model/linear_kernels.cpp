@@ -9,15 +9,6 @@
 
 namespace qlora::kernels {
 
-float round_to_dtype(float x, ComputeDType t) {
-  switch (t) {
-    case ComputeDType::F32: return x;
-    case ComputeDType::BF16: return bf16_to_f32(f32_to_bf16(x));
-    case ComputeDType::F16: return fp16_to_f32(f32_to_fp16(x));
-  }
-  return x;
-}
-
 Q8Codes q8_codes(const float* code) {
   float cmax = 0.0f;
   for (int k = 0; k < 16; ++k) cmax = std::max(cmax, std::fabs(code[k]));

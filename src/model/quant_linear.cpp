@@ -18,20 +18,7 @@ constexpr int64_t kFusedMaxTokens = 2 * kernels::kMaxGemvTokens;
 
 void round_activations(float* x, int64_t n, ComputeDType t) {
   if (t == ComputeDType::F32) return;
-  if (t == ComputeDType::BF16) {
-    // Round to nearest even on the upper 16 bits, inline so the loop vectorizes; NaN stays
-    // NaN (made quiet) and is never rounded into infinity.
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t u;
-      std::memcpy(&u, &x[i], 4);
-      const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-      const uint32_t r = nan ? (u | 0x00400000u) : u + 0x7FFFu + ((u >> 16) & 1u);
-      u = r & 0xFFFF0000u;
-      std::memcpy(&x[i], &u, 4);
-    }
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) x[i] = kernels::round_to_dtype(x[i], t);
+  for (int64_t i = 0; i < n; ++i) x[i] = kernels::round_to_dtype(x[i], t);  // (inline: vectorizes for bf16)
 }
 
 // ---- DenseWeight ----------------------------------------------------------------------
@@ -145,7 +132,7 @@ constexpr int64_t kSlabFloats = int64_t{1} << 19;
 // with fill() called by each thread for its own panels.
 template <class Fill>
 void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, Fill fill, bool bf16_operands) {
-  if (bf16_operands && gemm_bf16_on_tiles()) {
+  if (bf16_operands && gemm_bf16_fast()) {
     // Each thread dequantizes its own 32-row panels into its cache, straight before the tiles
     // read them (model/gemm_bf16.h): no shared slab.
     gemm_bf16_nt_rows(T, N, K, x, K, fill, y, N, /*accumulate=*/false);

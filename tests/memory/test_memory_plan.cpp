@@ -314,14 +314,14 @@ TEST(MemoryPlan, Bf16TilePackingOnAmxHosts) {
   o.batch_size = 2;
   o.threads = 3;
   o.compute_dtype = ComputeDType::BF16;
-  EXPECT_EQ(item(plan_memory(s, o), "bf16 tile packing"), 0u);
+  EXPECT_EQ(item(plan_memory(s, o), "bf16 GEMM packing"), 0u);
   o.bf16_tiles = true;
   const MemoryPlan p = plan_memory(s, o);
   const uint64_t Tp = 224, Kp = 192, max_in = 172;  // B*T = 200 -> 224; the down projection reads ffn = 172
-  EXPECT_EQ(item(p, "bf16 tile packing"), 3 * 2 * Tp * Kp + 3 * (32 * max_in * 4 + 2 * 32 * Kp * 2));
+  EXPECT_EQ(item(p, "bf16 GEMM packing"), 3 * 2 * Tp * Kp + 3 * (32 * max_in * 4 + 2 * 32 * Kp * 2));
   EXPECT_EQ(sum_items(p), p.peak_bytes);
   o.compute_dtype = ComputeDType::F32;
-  EXPECT_EQ(item(plan_memory(s, o), "bf16 tile packing"), 0u);
+  EXPECT_EQ(item(plan_memory(s, o), "bf16 GEMM packing"), 0u);
 }
 
 TEST(MemoryPlan, Llama1Shapes) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/float_formats.h"
 #include "formats/gguf.h"
 #include "model/model.h"
 #include "model/ops.h"
@@ -68,12 +69,20 @@ TEST(Ops, RoundActivationsMatchesScalarConversions) {
   x.push_back(3.3895314e38f);  // rounds up to infinity in bf16
   x.push_back(1e-40f);         // subnormal
   x.push_back(-0.0f);
+  for (uint32_t bits : {0x7F800001u, 0xFF800003u, 0x7FC00000u, 0x3F808000u, 0x3F818000u}) {
+    float v;  // NaNs with payload in the low bits only, quiet NaN, ties to even either way
+    std::memcpy(&v, &bits, 4);
+    x.push_back(v);
+  }
   for (ComputeDType dt : {ComputeDType::BF16, ComputeDType::F16}) {
     std::vector<float> y = x;
     round_activations(y.data(), static_cast<int64_t>(y.size()), dt);
     for (size_t i = 0; i < x.size(); ++i) {
-      const float want = kernels::round_to_dtype(x[i], dt);
+      // The inline bit arithmetic against the out-of-line conversions (base/float_formats.h).
+      const float want = dt == ComputeDType::BF16 ? bf16_to_f32(f32_to_bf16(x[i])) : fp16_to_f32(f32_to_fp16(x[i]));
       EXPECT_EQ(std::memcmp(&y[i], &want, 4), 0) << x[i];
+      const float single = kernels::round_to_dtype(x[i], dt);
+      EXPECT_EQ(std::memcmp(&single, &want, 4), 0) << x[i];
     }
   }
   std::vector<float> nan = {std::numeric_limits<float>::quiet_NaN()};

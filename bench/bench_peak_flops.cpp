@@ -77,8 +77,11 @@ __attribute__((target("avx512f,avx512bf16"))) double dpbf16_loop(int64_t n) {
 void BM_Peak(benchmark::State& state, double (*loop)(int64_t), double flop_per_instruction) {
   constexpr int64_t kIters = 1 << 16;
   for (auto _ : state) benchmark::DoNotOptimize(loop(kIters));
-  state.counters["FLOP/s"] = benchmark::Counter(flop_per_instruction * kChains * kIters,
-                                                benchmark::Counter::kIsIterationInvariantRate);
+  // (Iterations count over all threads and each thread reports the counter: averaged over
+  // them, the rate is the whole process's.)
+  state.counters["FLOP/s"] = benchmark::Counter(
+      flop_per_instruction * kChains * kIters,
+      benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kAvgThreads);
 }
 
 const int registered = [] {

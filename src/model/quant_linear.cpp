@@ -125,6 +125,8 @@ constexpr int64_t kRowsPerPanel = 16;
 // library packs x once per call, so 16-row calls would repack x 16x more often than the
 // product reads W. A slab (2 MB) bounds the scratch for any model size.
 constexpr int64_t kSlabFloats = int64_t{1} << 19;
+// Fewer rows than twice this stay on the shared-slab path (a thread's share would be too thin).
+constexpr int64_t kThreadPanelMinRows = 64;
 
 //
 // `bf16_operands`: x and the rows fill() writes hold bf16 values (bf16 compute), so the
@@ -136,6 +138,33 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
     // Each thread dequantizes its own 32-row panels into its cache, straight before the tiles
     // read them (model/gemm_bf16.h): no shared slab.
     gemm_bf16_nt_rows(T, N, K, x, K, fill, y, N, /*accumulate=*/false);
+    return;
+  }
+  if (sgemm_has_library() && max_threads() > 1 && N >= 2 * kThreadPanelMinRows) {
+    // Each thread a contiguous share of W's rows, filled a slab at a time (kSlabFloats split
+    // between the threads) into its own buffer and multiplied by a single-threaded library
+    // call (inside the parallel region the library does not fork): one parallel region per
+    // product, and every thread busy in both the filling and the product. One library call
+    // per slab, all threads at once, ran the NF4 forward at 2 threads no faster than at 1
+    // (bench/RESULTS.md session 12).
+    const int nth = max_threads();
+    const int64_t slab_rows = std::max<int64_t>(
+        kRowsPerPanel, kSlabFloats / nth / std::max<int64_t>(1, K) / kRowsPerPanel * kRowsPerPanel);
+    parallel_for_range(nth, 1, [&](int64_t t0, int64_t t1) {
+      thread_local std::vector<float> buf;
+      buf.resize(static_cast<size_t>(slab_rows * K));
+      for (int64_t t = t0; t < t1; ++t) {
+        // (shares in whole 16-row panels, so every thread's rows start a panel)
+        const int64_t panels = (N + kRowsPerPanel - 1) / kRowsPerPanel;
+        const int64_t a = std::min(N, panels * t / nth * kRowsPerPanel),
+                      b = std::min(N, panels * (t + 1) / nth * kRowsPerPanel);
+        for (int64_t s0 = a; s0 < b; s0 += slab_rows) {
+          const int64_t s1 = std::min(b, s0 + slab_rows);
+          fill(s0, s1, buf.data());
+          sgemm_nt(T, s1 - s0, K, x, K, buf.data(), K, y + s0, N, /*accumulate=*/false);
+        }
+      }
+    });
     return;
   }
   if (sgemm_has_library()) {

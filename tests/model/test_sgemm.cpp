@@ -16,7 +16,11 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
+#include "base/float_formats.h"
 #include "model/gemm.h"
+#include "model/quant_linear.h"
 
 namespace qlora {
 namespace {
@@ -124,6 +128,47 @@ TEST(Sgemm, NamesItsBackend) {
   const std::string name = sgemm_backend_name();
   EXPECT_FALSE(name.empty());
   EXPECT_EQ(sgemm_has_library(), name.rfind("oneDNN", 0) == 0) << name;
+}
+
+// A 4-bit Linear's forward for several tokens (model/quant_linear.cpp gemm_by_panels: on the
+// library, each thread fills its own share of W's rows a slab at a time and multiplies them
+// single-threaded) against the float64 product of the dequantized weight, at 1, 2 and 3
+// threads, on row counts that split unevenly (not a multiple of the 16-row panels) and one too
+// thin to split; the same Linear in bf16 compute too.
+TEST(Sgemm, QuantLinearForwardOnThreadSharesMatchesReference) {
+  const int saved = omp_get_max_threads();
+  for (int64_t N : {203, 64, 129})
+    for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16}) {
+      const int64_t T = 37, K = 300;
+      const std::vector<float> w = random_vec(static_cast<size_t>(N * K), 91), x0 = random_vec(T * K, 92);
+      QuantOptions q;
+      q.double_quant = true;
+      const QuantLinear W(w.data(), N, K, q, dt);
+      std::vector<float> wq(static_cast<size_t>(N * K));
+      W.dequantize_rows(0, N, wq.data());
+      std::vector<float> x = x0;
+      if (dt == ComputeDType::BF16)  // (the model hands a bf16 Linear bf16 inputs)
+        for (float& v : x) v = bf16_to_f32(f32_to_bf16(v));
+      for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        std::vector<float> y(static_cast<size_t>(T * N), -1.0f);
+        W.forward(y.data(), x.data(), T);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = 0; n < N; ++n) {
+            double s = 0, a = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              s += static_cast<double>(x[t * K + k]) * wq[n * K + k];
+              a += std::fabs(static_cast<double>(x[t * K + k]) * wq[n * K + k]);
+            }
+            // bf16 compute rounds the output to bf16 (2^-9 relative) after float32 sums.
+            const double tol = (K + 2) * std::ldexp(1.0, -24) * a + (dt == ComputeDType::BF16 ? std::ldexp(std::fabs(s), -8) : 0.0);
+            ASSERT_NEAR(y[t * N + n], s, tol + 1e-30)
+                << "N " << N << " " << (dt == ComputeDType::BF16 ? "bf16" : "fp32") << " threads " << threads
+                << " at (" << t << ", " << n << ")";
+          }
+      }
+    }
+  omp_set_num_threads(saved);
 }
 
 }  // namespace

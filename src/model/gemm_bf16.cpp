@@ -334,6 +334,19 @@ const char* gemm_bf16_backend_name() {
 }
 
 namespace {
+// The product on the bf16 unit, when there is one (true: done).
+bool run_on_engine(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
+                   int64_t ldy, bool accumulate) {
+  switch (engine()) {
+    case Engine::Amx: gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false); return true;
+    case Engine::Avx512Bf16:
+      gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
+      return true;
+    case Engine::Float32: break;
+  }
+  return false;
+}
+
 // A product of a float32 matrix W: forced emulation, else the bf16 engine (the split product
 // only on AMX: on AVX-512 dot products its doubled work is slower than the float32 GEMM,
 // bench/RESULTS.md session 12), else the float32 GEMM.
@@ -341,12 +354,9 @@ void matrix_product(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx
                     float* y, int64_t ldy, bool accumulate, bool split_x) {
   const BSource src = gemm_bf16_tiles::matrix(w, ldw, nt);
   if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate, split_x)) return;
-  const Engine e = engine();
-  if (e == Engine::Amx)
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split_x);
-  else if (e == Engine::Avx512Bf16 && !split_x)
-    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-  else
+  if (split_x && engine() == Engine::Amx)
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, true);
+  else if (split_x || !run_on_engine(M, N, K, x, ldx, src, y, ldy, accumulate))
     (nt ? sgemm_nt : sgemm_nn)(M, N, K, x, ldx, w, ldw, y, ldy, accumulate);
 }
 }  // namespace
@@ -376,15 +386,7 @@ void gemm_bf16_rounded_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int
                                                                                           ldy, accumulate);
     return;
   }
-  const Engine e = engine();
-  if (e == Engine::Amx) {
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-    return;
-  }
-  if (e == Engine::Avx512Bf16) {
-    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-    return;
-  }
+  if (run_on_engine(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
   std::vector<float> xr(static_cast<size_t>(M * K));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) xr[static_cast<size_t>(m * K + k)] = bf16_to_f32(f32_to_bf16(x[m * ldx + k]));
@@ -397,15 +399,7 @@ void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
   BSource src;
   src.fill = &fill;
   if (run_forced(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
-  const Engine e = engine();
-  if (e == Engine::Amx) {
-    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-    return;
-  }
-  if (e == Engine::Avx512Bf16) {
-    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, false);
-    return;
-  }
+  if (run_on_engine(M, N, K, x, ldx, src, y, ldy, accumulate)) return;
   // Without a bf16 engine: slabs of rows (at most 2 MiB) through the float32 GEMM.
   const int64_t slab = std::clamp<int64_t>((int64_t{1} << 19) / std::max<int64_t>(K, 1), 1, std::max<int64_t>(N, 1));
   std::vector<float> buf(static_cast<size_t>(slab * K));

@@ -6,12 +6,12 @@
 #
 #   bench/train_shape_vs_python.sh                               # tinyllama-1.1b, batch 1 x 256, 2 threads
 #   SHAPE=smollm2-135m BATCH=2 SEQ=256 bench/train_shape_vs_python.sh
-#   PY_DTYPES="fp32 bf16" bench/train_shape_vs_python.sh         # also the bf16 QLoRA recipe (slow without native bf16)
+#   QLORA_COMPUTE="fp32 bf16" PY_DTYPES=bf16 bench/train_shape_vs_python.sh   # both qlora dtypes vs the bf16 QLoRA recipe
 #
 # Rows, one after the other:
-#   qlora ckpt     qlora train --model random:SHAPE --quant nf4 --double-quant --compute-dtype fp32
+#   qlora ckpt-DT  qlora train --model random:SHAPE --quant nf4 --double-quant --compute-dtype DT (each of QLORA_COMPUTE)
 #                  --gradient-checkpointing, LoRA r 16 alpha 32 dropout 0.05 all-linear, AdamW
-#   qlora default  the same with no checkpointing flag (auto: off when the run fits without it)
+#   qlora default-DT  the same with no checkpointing flag (auto: off when the run fits without it)
 #   python DTYPE   tools/bench_qlora_python.py --device cpu --mode qlora --compute-dtype DTYPE: the
 #                  QLoRA recipe (NF4 + double quant, prepare_model_for_kbit_training, gradient
 #                  checkpointing, the same LoRA), random weights built in that dtype

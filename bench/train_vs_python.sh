@@ -31,7 +31,7 @@
 # default a fresh mktemp -d; logs and metrics stay there).
 # OMP_WAIT_POLICY=passive is set for every run (idle OpenMP threads must not spin on a shared box).
 set -euo pipefail
-# qlora's compute dtype (fp32; QLORA_COMPUTE=bf16 on CPUs with AMX tiles, where train picks it)
+# qlora's compute dtype (fp32; QLORA_COMPUTE=bf16 on CPUs with AMX tiles or AVX-512 BF16, where train picks it)
 QLORA_COMPUTE=${QLORA_COMPUTE:-fp32}
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -23,7 +23,13 @@ constexpr int64_t kK = 32;      // K values per A tile row and per B tile
 constexpr int64_t kBlock = 32;  // outputs per block side (2 tiles)
 constexpr int64_t kBPanelPerK = 2 * 16 * 32;  // bf16 values of one K step of a 32-column B panel
 
+// Everything defined in this header (inline functions, templates) has internal linkage: it is
+// compiled into files built for different instruction sets (baseline, *_amx.cpp,
+// *_avx512.cpp), and one file's out-of-line copy must never be linked into another's callers
+// (an AVX-512 copy called on an AVX2-only CPU would stop the process).
+namespace {
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+}  // namespace
 
 // The tile configuration (palette 1: 8 tiles, each 16 rows x 64 bytes), as LDTILECFG reads it.
 struct alignas(64) TileConfig {
@@ -35,6 +41,7 @@ struct alignas(64) TileConfig {
 };
 static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads 64 bytes");
 static_assert(offsetof(TileConfig, colsb) == 16 && offsetof(TileConfig, rows) == 48, "LDTILECFG's layout");
+namespace {
 inline TileConfig full_tiles() {
   TileConfig c;
   for (int t = 0; t < 8; ++t) {
@@ -43,6 +50,7 @@ inline TileConfig full_tiles() {
   }
   return c;
 }
+}  // namespace
 
 // X (M, K) float32 → bf16 rows of Kp = round_up(K, 32) values, Mp = round_up(M, 32) rows;
 // the padding is zero. With `lo`, X is split in two: a = bf16(X) and lo = bf16(X - a), so
@@ -88,6 +96,8 @@ void amx_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, cons
 // CPUs with AVX512_BF16 and no AMX. Only where base/cpu_features.h simd_level() is AVX512.
 void dpbf16_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const BSource& src, float* y,
                  int64_t ldy, bool accumulate, bool split_x);
+
+namespace {  // (internal linkage: see round_up)
 
 // One 32 x 32 block on the tiles: c (32 x 32 float32, row stride 32) = A · B over `steps` steps
 // of 32 K values, A rows 0-15 at a0 and 16-31 at a0 + 16 * lda (bf16, row stride lda values,
@@ -245,5 +255,7 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
     Blocks::release();
   });
 }
+
+}  // namespace
 
 }  // namespace qlora::gemm_bf16_detail

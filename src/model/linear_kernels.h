@@ -122,7 +122,10 @@ const LinearKernels& active_linear_kernels();
 // Rounds x to the nearest value representable in `t` (ties to even); F32 is the identity.
 // Inline, with bf16 as bit arithmetic (bf16_to_f32(f32_to_bf16(x)) bit for bit: NaN stays NaN,
 // made quiet, never rounded into infinity), so the per-element loops of the bf16 compute path
-// (norms, scales, softcaps) vectorize instead of making two calls per element.
+// (norms, scales, softcaps) vectorize instead of making two calls per element. Internal
+// linkage: the SIMD kernel files include it with their own instruction sets, and an AVX-512
+// out-of-line copy must never serve the other files' callers.
+namespace {
 inline float round_to_dtype(float x, ComputeDType t) {
   if (t == ComputeDType::BF16) {
     uint32_t u;
@@ -135,5 +138,6 @@ inline float round_to_dtype(float x, ComputeDType t) {
   if (t == ComputeDType::F16) return fp16_to_f32(f32_to_fp16(x));
   return x;
 }
+}  // namespace
 
 }  // namespace qlora::kernels

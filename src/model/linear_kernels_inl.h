@@ -5,6 +5,10 @@
 #include "model/linear_kernels.h"
 
 namespace qlora::kernels::detail {
+// Internal linkage: these are compiled into the scalar, AVX2 and AVX-512 kernel files, each
+// with its own instruction set, and one file's out-of-line copy must never serve another's
+// callers (an AVX-512 copy called on an AVX2-only CPU would stop the process).
+namespace {
 
 inline int nibble_at(const uint8_t* packed, int64_t i) {
   const uint8_t b = packed[i >> 1];
@@ -22,4 +26,5 @@ inline int log2_int(int v) {
   return s;
 }
 
+}  // namespace
 }  // namespace qlora::kernels::detail

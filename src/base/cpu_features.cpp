@@ -51,6 +51,12 @@ SimdLevel simd_level() {
   return static_cast<int>(cap) < static_cast<int>(cpu) ? cap : cpu;
 }
 
+bool cpu_has_avx512_vnni() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return (c >> 11) & 1u;
+}
+
 bool cpu_has_amx_bf16() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;

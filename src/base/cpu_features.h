@@ -12,6 +12,8 @@ SimdLevel simd_level();
 SimdLevel cpu_simd_level();
 const char* simd_level_name(SimdLevel l);
 
+// The CPU has AVX512-VNNI (CPUID.(7,0):ECX bit 11: VPDPBUSD), whatever QLORA_SIMD says.
+bool cpu_has_avx512_vnni();
 // The CPU has AMX tiles with bf16 dot products (CPUID.(7,0):EDX bits 24 AMX-TILE and 22
 // AMX-BF16), whatever the OS allows.
 bool cpu_has_amx_bf16();

@@ -89,8 +89,7 @@ struct Int8Kernels {
 const Int8Kernels& scalar_int8_kernels();
 const Int8Kernels& avx2_int8_kernels();    // only when the CPU has AVX2
 const Int8Kernels& avx512_int8_kernels();  // only when the CPU has AVX-512 (F + BW)
-bool cpu_has_avx512_vnni();
-const Int8Kernels& avx512vnni_int8_kernels();  // only when cpu_has_avx512_vnni()
+const Int8Kernels& avx512vnni_int8_kernels();  // only when cpu_has_avx512_vnni() (base/cpu_features.h)
 // The best kernels allowed by simd_level() (QLORA_SIMD caps it; VNNI counts as AVX-512), chosen once.
 const Int8Kernels& active_int8_kernels();
 

@@ -129,11 +129,6 @@ const Int8Kernels& avx512_int8_kernels() {
   return k;
 }
 
-bool cpu_has_avx512_vnni() {
-  static const bool has = __builtin_cpu_supports("avx512vnni");
-  return has;
-}
-
 const Int8Kernels& avx512vnni_int8_kernels() {
   static const Int8Kernels k{gemm_i8_avx512_vnni, round_fp16_avx512, quantize_row_avx512};
   return k;

@@ -53,6 +53,24 @@ void expect_close_scaled(const std::vector<float>& got, const std::vector<float>
 
 class CudaBackendFamilies : public testing::TestWithParam<std::string> {};
 
+// One training step of the packed test batch on the CPU backend and on `gpu`: two adapters
+// made alike (B set to the same pattern), the same dropout stream on both. The workspaces and
+// the batch stay, for further passes.
+struct StepOnBoth {
+  StepOnBoth(const Model& m, const LoraConfig& c, Backend& gpu, const TrainStepOptions& opt)
+      : cpu_lm(m, c), gpu_lm(m, c), pb(m.spec()), wg(gpu) {
+    for (LoraModel* lm : {&cpu_lm, &gpu_lm}) set_test_adapter_b(*lm, 29, 13, 0.06f);
+    const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
+    LoraRng rc(11), rg(11);  // the same dropout masks: one draw per LoRA call on both
+    cpu_loss = forward_backward_batch(cpu_lm, wc, batch, opt, &rc);
+    gpu_loss = forward_backward_batch(gpu_lm, wg, batch, opt, &rg);
+  }
+  LoraModel cpu_lm, gpu_lm;
+  PackedTestBatch pb;
+  TrainWorkspace wc, wg;
+  float cpu_loss = 0, gpu_loss = 0;
+};
+
 TEST_P(CudaBackendFamilies, InferenceMatchesCpu) {
   REQUIRE_GPU();
   Model m = load_family(GetParam());
@@ -86,7 +104,6 @@ TEST_P(CudaBackendFamilies, InferenceMatchesCpu) {
 TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
   REQUIRE_GPU();
   const Model m = load_family(GetParam());
-  const ModelSpec& s = m.spec();
   LoraConfig c;
   c.r = 4;
   c.alpha = 8;
@@ -95,17 +112,13 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
   c.seed = 5;
   const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
   for (bool checkpointing : {true, false}) {
-    LoraModel cpu_lm(m, c), gpu_lm(m, c);
-    for (LoraModel* lm : {&cpu_lm, &gpu_lm}) set_test_adapter_b(*lm, 29, 13, 0.06f);
-    const PackedTestBatch pb(s);
-    const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
     TrainStepOptions opt;
     opt.checkpointing = checkpointing;
     opt.grad_scale = 0.5f;
-    TrainWorkspace wc, wg(*gpu);
-    LoraRng rc(11), rg(11);  // the same dropout masks: one draw per LoRA call on both
-    const float lc = forward_backward_batch(cpu_lm, wc, batch, opt, &rc);
-    const float lg = forward_backward_batch(gpu_lm, wg, batch, opt, &rg);
+    StepOnBoth st(m, c, *gpu, opt);
+    const LoraModel &cpu_lm = st.cpu_lm, &gpu_lm = st.gpu_lm;
+    const PackedTestBatch& pb = st.pb;
+    const float lc = st.cpu_loss, lg = st.gpu_loss;
     const std::string what = GetParam() + (checkpointing ? " (checkpointing)" : "");
     EXPECT_NEAR(lg, lc, 1e-4 * std::fabs(lc)) << what;
     for (size_t i = 0; i < cpu_lm.layers().size(); ++i) {
@@ -113,7 +126,7 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
       expect_close_scaled(b.dA, a.dA, 2e-3, what + " dA " + a.module_path);
       expect_close_scaled(b.dB, a.dB, 2e-3, what + " dB " + a.module_path);
     }
-    EXPECT_NEAR(forward_loss(gpu_lm, wg, pb.in1, pb.t1, pb.p1), forward_loss(cpu_lm, wc, pb.in1, pb.t1, pb.p1),
+    EXPECT_NEAR(forward_loss(gpu_lm, st.wg, pb.in1, pb.t1, pb.p1), forward_loss(cpu_lm, st.wc, pb.in1, pb.t1, pb.p1),
                 1e-4 * std::fabs(lc))
         << what;
   }
@@ -125,21 +138,14 @@ TEST_P(CudaBackendFamilies, TrainingStepMatchesCpu) {
 TEST_P(CudaBackendFamilies, Bf16TrainingStepMatchesCpu) {
   REQUIRE_GPU();
   const Model m = load_family(GetParam(), ComputeDType::BF16);
-  const ModelSpec& s = m.spec();
   LoraConfig c;
   c.r = 4;
   c.alpha = 8;
   c.all_linear = true;
   const std::unique_ptr<Backend> gpu = cuda::make_backend(0);
-  LoraModel cpu_lm(m, c), gpu_lm(m, c);
-  for (LoraModel* lm : {&cpu_lm, &gpu_lm}) set_test_adapter_b(*lm, 29, 13, 0.06f);
-  const PackedTestBatch pb(s);
-  const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
-  TrainStepOptions opt;
-  TrainWorkspace wc, wg(*gpu);
-  LoraRng rc(11), rg(11);
-  const float lc = forward_backward_batch(cpu_lm, wc, batch, opt, &rc);
-  const float lg = forward_backward_batch(gpu_lm, wg, batch, opt, &rg);
+  const StepOnBoth st(m, c, *gpu, TrainStepOptions{});
+  const LoraModel &cpu_lm = st.cpu_lm, &gpu_lm = st.gpu_lm;
+  const float lc = st.cpu_loss, lg = st.gpu_loss;
   EXPECT_NEAR(lg, lc, 1e-2 * std::fabs(lc)) << GetParam();
   for (size_t i = 0; i < cpu_lm.layers().size(); ++i) {
     expect_close_scaled(gpu_lm.layers()[i].dA, cpu_lm.layers()[i].dA, 5e-2, GetParam() + " bf16 dA");
@@ -218,15 +224,9 @@ TEST(CudaBackend, Int8WeightsMatchCpu) {
   c.r = 4;
   c.alpha = 8;
   c.all_linear = true;
-  LoraModel cpu_lm(m, c), gpu_lm(m, c);
-  for (LoraModel* lm : {&cpu_lm, &gpu_lm}) set_test_adapter_b(*lm, 29, 13, 0.06f);
-  const PackedTestBatch pb(s);
-  const TrainSequenceRef batch[2] = {{pb.in1, pb.t1, pb.p1}, {pb.in2, pb.t2, {}}};
-  TrainStepOptions opt;
-  TrainWorkspace wc, wg(*gpu);
-  LoraRng rc(11), rg(11);
-  const float lc = forward_backward_batch(cpu_lm, wc, batch, opt, &rc);
-  const float lg = forward_backward_batch(gpu_lm, wg, batch, opt, &rg);
+  const StepOnBoth st(m, c, *gpu, TrainStepOptions{});
+  const LoraModel &cpu_lm = st.cpu_lm, &gpu_lm = st.gpu_lm;
+  const float lc = st.cpu_loss, lg = st.gpu_loss;
   EXPECT_NEAR(lg, lc, 1e-4 * std::fabs(lc));
   for (size_t i = 0; i < cpu_lm.layers().size(); ++i) {
     expect_close_scaled(gpu_lm.layers()[i].dA, cpu_lm.layers()[i].dA, 2e-3, "int8 dA");

@@ -1,6 +1,5 @@
 #include "model/ops.h"
 
-
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -10,6 +9,7 @@
 #include "base/float_formats.h"
 #include "base/parallel.h"
 #include "model/activation_kernels.h"
+#include "model/attention_gemm.h"
 #include "model/gemm.h"
 #include "model/linear_kernels.h"
 #include "model/quant_linear.h"
@@ -173,41 +173,6 @@ void softmax_inplace(float* x, int64_t N) {
   for (int64_t i = 0; i < N; ++i) x[i] /= sum;
 }
 
-namespace {
-
-// Many queries at once (prefill, training): per head, the scores S = Q Kᵀ and the output
-// P V are two GEMMs on the library (bench/bench_gemm.cpp); only the masked softmax runs
-// row by row. Scores outside each query's window are computed and then discarded, which
-// costs less than the per-key dot products of the loop below.
-void attention_forward_gemm(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
-                            int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                            const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
-  const int64_t group = NH / NKV;
-  const int64_t qs = NH * HS, kvs = NKV * HS;
-  for (int64_t h = 0; h < NH; ++h) {
-    const int64_t kh = h / group;
-    float* S = att ? att + h * T * Tk : scratch;
-    sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, S, Tk, /*accumulate=*/false);
-    parallel_for_range(T, 16, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* row = S + t * Tk;
-        const int64_t n = q_pos0 + t + 1;
-        const int64_t j0 = key_start ? key_start[t] : 0;
-        for (int64_t j = j0; j < n; ++j) row[j] *= scale;
-        if (alibi)
-          for (int64_t j = j0; j < n; ++j) row[j] += (*alibi)(h, j - j0);
-        if (softcap > 0.0f)
-          for (int64_t j = j0; j < n; ++j) row[j] = std::tanh(row[j] / softcap) * softcap;
-        softmax_inplace(row + j0, n - j0);
-        for (int64_t j = 0; j < j0; ++j) row[j] = 0.0f;
-        for (int64_t j = n; j < Tk; ++j) row[j] = 0.0f;
-      }
-    });
-    sgemm_nn(T, HS, Tk, S, Tk, v + kh * HS, kvs, out + h * HS, qs, /*accumulate=*/false);
-  }
-}
-
-}  // namespace
 
 std::vector<float> alibi_slopes(int64_t NH) {
   const int64_t closest = int64_t{1} << static_cast<int>(std::floor(std::log2(static_cast<double>(NH))));

@@ -8,6 +8,7 @@
 
 #include "base/error.h"
 #include "base/parallel.h"
+#include "model/attention_gemm.h"
 #include "model/activation_kernels.h"
 #include "model/gemm.h"
 #include "model/ops.h"
@@ -59,52 +60,6 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
   }
 }
 
-namespace {
-
-// attention_backward for many queries, per head on the GEMM library:
-//   dP = dO Vᵀ;  dS = P ⊙ (dP - rowsum(P ⊙ dP)) · scale;  dQ += dS K;  dK += dSᵀ Q;  dV += Pᵀ dO.
-void attention_backward_gemm(float* dq, float* dk, float* dv, float* datt, float* raw, const float* dout, const float* q,
-                             const float* k, const float* v, const float* att, int64_t T, int64_t Tk, int64_t q_pos0,
-                             int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
-                             float softcap) {
-  const int64_t group = NH / NKV;
-  const int64_t qs = NH * HS, kvs = NKV * HS;
-  const float* rawp = raw;  // softcap: the unscaled scores Q Kᵀ of one head (T, Tk)
-  for (int64_t h = 0; h < NH; ++h) {
-    const int64_t kh = h / group;
-    const float* P = att + h * T * Tk;
-    float* dS = datt + h * T * Tk;
-    if (softcap > 0.0f) sgemm_nt(T, Tk, HS, q + h * HS, qs, k + kh * HS, kvs, raw, Tk, /*accumulate=*/false);
-    sgemm_nt(T, Tk, HS, dout + h * HS, qs, v + kh * HS, kvs, dS, Tk, /*accumulate=*/false);
-    parallel_for_range(T, 16, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const float* p = P + t * Tk;
-        float* d = dS + t * Tk;
-        const int64_t n = q_pos0 + t + 1;
-        const int64_t j0 = key_start ? key_start[t] : 0;
-        double s = 0.0;
-        for (int64_t j = j0; j < n; ++j) s += static_cast<double>(p[j]) * d[j];
-        const float sf = static_cast<float>(s);
-        for (int64_t j = 0; j < j0; ++j) d[j] = 0.0f;
-        if (softcap > 0.0f) {  // through cap * tanh(s / cap): times 1 - tanh^2
-          const float* rr = rawp + t * Tk;
-          for (int64_t j = j0; j < n; ++j) {
-            const float th = std::tanh(rr[j] * scale / softcap);
-            d[j] = p[j] * (d[j] - sf) * (1.0f - th * th) * scale;
-          }
-        } else {
-          for (int64_t j = j0; j < n; ++j) d[j] = p[j] * (d[j] - sf) * scale;
-        }
-        for (int64_t j = n; j < Tk; ++j) d[j] = 0.0f;
-      }
-    });
-    sgemm_nn(T, HS, Tk, dS, Tk, k + kh * HS, kvs, dq + h * HS, qs, /*accumulate=*/true);
-    sgemm_tn(Tk, HS, T, dS, Tk, q + h * HS, qs, dk + kh * HS, kvs, /*accumulate=*/true);
-    sgemm_tn(Tk, HS, T, P, Tk, dout + h * HS, qs, dv + kh * HS, kvs, /*accumulate=*/true);
-  }
-}
-
-}  // namespace
 
 namespace {
 bool attention_backward_uses_gemm(int64_t T) { return T >= kAttentionGemmMinTokens && sgemm_has_library(); }

@@ -7,6 +7,7 @@
 // llama block (norm, q/k/v, rope, attention, o, residual, norm, gate/up, swiglu, down,
 // residual) backpropagated op by op against finite differences of the whole block.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -379,6 +380,73 @@ TEST(OpsBackward, AttentionPackedGemmEqualsSeparateLoops) {
     for (int64_t i = 0; i < n * kvs; ++i) {
       EXPECT_NEAR(dk[t0 * kvs + i], gk[i], 2e-5) << "dk " << t0 << " " << i;
       EXPECT_NEAR(dv[t0 * kvs + i], gv[i], 2e-5) << "dv " << t0 << " " << i;
+    }
+  }
+}
+
+// Enough queries and keys for several causal row blocks and key blocks of the GEMM path
+// (model/attention_gemm.cpp: 64 each), with a cache prefix (q_pos0 > 0), packed windows,
+// grouped and multi-query heads: the path equals the per-query loop run on chunks of fewer
+// than kAttentionGemmMinTokens queries (each query's output and dq depend on its own row;
+// dk and dv are the chunks' sum), and its results do not depend on the thread count.
+TEST(OpsBackward, AttentionGemmBlocksEqualLoopChunks) {
+  struct Case {
+    int64_t T, Tk, q_pos0, NH, NKV, HS;
+    bool packed;
+  };
+  for (const Case c : {Case{150, 170, 20, 6, 2, 8, false}, Case{130, 130, 0, 3, 1, 4, true},
+                       Case{65, 200, 135, 4, 4, 8, false}}) {
+    SCOPED_TRACE(::testing::Message() << "T=" << c.T << " Tk=" << c.Tk << " NKV=" << c.NKV);
+    const int64_t qs = c.NH * c.HS, kvs = c.NKV * c.HS;
+    std::mt19937 rng(31);
+    const VecF q = randn(c.T * qs, rng), k = randn(c.Tk * kvs, rng), v = randn(c.Tk * kvs, rng),
+               R = randn(c.T * qs, rng);
+    std::vector<int32_t> ks(static_cast<size_t>(c.T));  // packed: examples of 70 tokens
+    for (int64_t t = 0; t < c.T; ++t) ks[t] = c.packed ? static_cast<int32_t>((c.q_pos0 + t) / 70 * 70) : 0;
+    const int32_t* key_start = c.packed ? ks.data() : nullptr;
+    auto run_gemm = [&](int threads, VecF& out, VecF& dq, VecF& dk, VecF& dv) {
+      const int before = omp_get_max_threads();
+      omp_set_num_threads(threads);
+      VecF att(c.NH * c.T * c.Tk), datt(att.size());
+      out.assign(c.T * qs, 0.f);
+      dq.assign(c.T * qs, 0.f);
+      dk.assign(c.Tk * kvs, 0.f);
+      dv.assign(c.Tk * kvs, 0.f);
+      attention_forward(out.data(), att.data(), nullptr, q.data(), k.data(), v.data(), c.T, c.Tk, c.q_pos0, c.NH,
+                        c.NKV, c.HS, key_start);
+      attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), nullptr, R.data(), q.data(), k.data(),
+                         v.data(), att.data(), c.T, c.Tk, c.q_pos0, c.NH, c.NKV, c.HS, key_start);
+      omp_set_num_threads(before);
+    };
+    VecF out, dq, dk, dv;
+    run_gemm(2, out, dq, dk, dv);
+    // The loop, 10 queries at a time; each chunk sees the keys up to its last query.
+    VecF gk(c.Tk * kvs, 0.f), gv(c.Tk * kvs, 0.f);
+    for (int64_t t0 = 0; t0 < c.T; t0 += 10) {
+      const int64_t n = std::min<int64_t>(10, c.T - t0), tk = c.q_pos0 + t0 + n;
+      static_assert(10 < kAttentionGemmMinTokens);
+      VecF o(n * qs), a(c.NH * n * tk), da(a.size()), gq(n * qs, 0.f);
+      attention_forward(o.data(), a.data(), nullptr, q.data() + t0 * qs, k.data(), v.data(), n, tk, c.q_pos0 + t0,
+                        c.NH, c.NKV, c.HS, key_start ? key_start + t0 : nullptr);
+      attention_backward(gq.data(), gk.data(), gv.data(), da.data(), nullptr, R.data() + t0 * qs, q.data() + t0 * qs,
+                         k.data(), v.data(), a.data(), n, tk, c.q_pos0 + t0, c.NH, c.NKV, c.HS,
+                         key_start ? key_start + t0 : nullptr);
+      for (int64_t i = 0; i < n * qs; ++i) {
+        ASSERT_NEAR(out[t0 * qs + i], o[i], 2e-6) << "out " << t0 << " " << i;
+        ASSERT_NEAR(dq[t0 * qs + i], gq[i], 2e-5) << "dq " << t0 << " " << i;
+      }
+    }
+    for (int64_t i = 0; i < c.Tk * kvs; ++i) {
+      ASSERT_NEAR(dk[i], gk[i], 5e-5) << "dk " << i;
+      ASSERT_NEAR(dv[i], gv[i], 5e-5) << "dv " << i;
+    }
+    for (int threads : {1, 3}) {  // (3: an odd split of the heads and of the snake of key blocks)
+      VecF out2, dq2, dk2, dv2;
+      run_gemm(threads, out2, dq2, dk2, dv2);
+      EXPECT_EQ(out2, out) << threads << " threads";
+      EXPECT_EQ(dq2, dq) << threads << " threads";
+      EXPECT_EQ(dk2, dk) << threads << " threads";
+      EXPECT_EQ(dv2, dv) << threads << " threads";
     }
   }
 }

@@ -13,6 +13,7 @@
 #include "model/backend.h"
 #include "model/gemm.h"
 #include "model/gemm_bf16.h"
+#include "model/linear_kernels.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
 #include "model/quant_linear.h"
@@ -158,6 +159,18 @@ class CpuBackend final : public Backend {
   void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W, LoraLayer* lora,
                        const LoraCache* cache, float* tile, const LoraScratch& scratch) override {
     const int64_t in = W.in_features(), out = W.out_features();
+    if (dx && W.q4() && W.dtype() == ComputeDType::BF16 && T >= 8 && gemm_bf16_fast()) {
+      // A 4-bit weight on the bf16 unit: one product over all of W, each thread packing its own
+      // column panels straight from the codes (no tile, no float32 copy). On Llama 1.1B's
+      // shapes this ran the input gradient at the forward's speed (bench/RESULTS.md session 13).
+      const kernels::Q4Matrix m = W.q4_view();
+      const kernels::LinearKernels& kern = kernels::active_linear_kernels();
+      gemm_bf16_nn_panels(
+          T, in, out, dy, out, [&](int64_t n0, int64_t Kp, uint16_t* b) { kern.pack_q4_bf16_panel(m, n0, Kp, b); }, dx,
+          in, /*accumulate=*/true);
+      if (lora) lora_backward(dx, *lora, dy, x, *cache, T, scratch);
+      return;
+    }
     const int64_t rows = backward_tile_rows(in, out), ld = backward_tile_ld(in);
     for (int64_t o0 = 0; dx && o0 < out; o0 += rows) {
       const int64_t o1 = std::min(out, o0 + rows);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "base/cpu_features.h"
+#include "base/error.h"
 #include "base/float_formats.h"
 #include "base/parallel.h"
 #include "model/gemm.h"
@@ -391,6 +392,25 @@ void gemm_bf16_rounded_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) xr[static_cast<size_t>(m * K + k)] = bf16_to_f32(f32_to_bf16(x[m * ldx + k]));
   sgemm_nn(M, N, K, xr.data(), K, w, ldw, y, ldy, accumulate);
+}
+
+void gemm_bf16_nn_panels(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+                         const std::function<void(int64_t, int64_t, uint16_t*)>& panel, float* y, int64_t ldy,
+                         bool accumulate) {
+  check(gemm_bf16_fast(), "gemm_bf16_nn_panels", "needs a bf16 unit (gemm_bf16_fast)");
+  BSource src;
+  src.nt = false;
+  src.panel = &panel;
+  const bool split = gemm_bf16_split_x_fast();
+  if (forced()) {  // (the panels are bf16 by type: nothing to count)
+    ++gemm_bf16_tiles::g_calls;
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::TileBlocks<gemm_bf16_detail::EmuTiles>>(M, N, K, x, ldx, src, y,
+                                                                                          ldy, accumulate, split);
+  } else if (engine() == Engine::Amx) {
+    gemm_bf16_detail::amx_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, split);
+  } else {
+    gemm_bf16_detail::dpbf16_gemm(M, N, K, x, ldx, src, y, ldy, accumulate, /*split_x=*/false);
+  }
 }
 
 void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,

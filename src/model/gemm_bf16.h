@@ -39,6 +39,19 @@ void gemm_bf16_split_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64
 void gemm_bf16_rounded_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const float* w, int64_t ldw,
                             float* y, int64_t ldy, bool accumulate);
 
+// Y (M, N) (+)= X (M, K) · W (K, N) with W given by `panel`: panel(n0, Kp, b) writes the bf16
+// B panel of output columns [n0, n0 + 32) over Kp = K rounded up to 32, in the tiles' packed
+// layout (kernels::LinearKernels::pack_q4_bf16_panel documents it and writes it from a 4-bit
+// weight's codes: no float32 copy of the weight, no separate packing pass); it is called from
+// several threads at once, for disjoint panels. X (a float32 gradient) is rounded to bf16 as
+// gemm_bf16_rounded_x_nn rounds it, or split in two where gemm_bf16_split_x_fast() (AMX), as
+// gemm_bf16_split_x_nn. The whole of K in one product: each output block is written once (a
+// product per tile of W rows re-reads and re-writes all of Y per tile). REQUIRES
+// gemm_bf16_fast() (throws otherwise).
+void gemm_bf16_nn_panels(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+                         const std::function<void(int64_t n0, int64_t Kp, uint16_t* b)>& panel, float* y, int64_t ldy,
+                         bool accumulate);
+
 // gemm_bf16_nt with W (N, K) given by `fill`, which writes rows [r0, r1) of it as float32
 // (bf16 values) at a stride of K: on tiles each thread fills its own panel of 32 rows into its
 // cache and packs it (a 4-bit weight dequantized on the fly, never whole); without a bf16 unit,

@@ -81,11 +81,16 @@ void pack_b_avx2(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int
 // dequantized a panel at a time, by each thread into its own cache: no copy of the whole
 // weight). fill is called from every thread at once, for disjoint rows.
 using RowFill = std::function<void(int64_t r0, int64_t r1, float* out)>;
+// Or `panel`, which writes the packed B panel of output columns [n0, n0 + 32) itself (pack_b's
+// layout over Kp; a 4-bit weight packed straight from its codes), from every thread at once
+// for disjoint panels.
+using PanelFill = std::function<void(int64_t n0, int64_t Kp, uint16_t* b)>;
 struct BSource {
   const float* w = nullptr;
   int64_t ldw = 0;
   bool nt = true;
-  const RowFill* fill = nullptr;  // (nt only)
+  const RowFill* fill = nullptr;     // (nt only)
+  const PanelFill* panel = nullptr;  // (nn)
 };
 
 // tile_gemm on the AMX instructions (gemm_bf16_amx.cpp, compiled with -mamx-tile -mamx-bf16).
@@ -237,7 +242,10 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
     Blocks::configure();
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
-      pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
+      if (src.panel)
+        (*src.panel)(n0, Kp, b);
+      else
+        pack_b(src.w, src.ldw, src.nt, N, K, n0, Kp, b);
       for (int64_t m0 = 0; m0 < M; m0 += kBlock) {
         const int64_t mm = std::min(kBlock, M - m0);
         prefetch_block(y, ldy, m0, mm, n0, nn);

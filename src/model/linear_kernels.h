@@ -9,6 +9,8 @@
 //  * gemv_q8: the same for 8-bit rows with a float32 scale per 32 (a GGUF's Q8_0 head).
 //  * gemv_q4_multi: the fused GEMV for up to 8 tokens (prompts of a few tokens).
 //  * dequant_rows_q4: rows of a 4-bit matrix to float32 (for the GEMM path).
+//  * pack_q4_bf16_panel: columns of a 4-bit matrix straight into the bf16 GEMM's packed layout
+//    (bf16 compute's input gradient).
 //  * gemm_rows: Y (T, N) = X (T, K) · Wᵀ on float32 weight rows as they lie (dot-product
 //    register tiles, no packing); the driver dequantizes 4-bit weights a few rows at a time.
 //
@@ -65,6 +67,14 @@ struct LinearKernels {
   void (*gemv_f16)(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
   // out (r1-r0, cols) = dequantized rows [r0, r1), rounded to w.round_to.
   void (*dequant_rows_q4)(const Q4Matrix& w, int64_t r0, int64_t r1, float* out);
+  // The bf16 GEMM's B panel (model/gemm_bf16_tiles.h pack_b's VNNI layout) of W (rows, cols)
+  // taken as the (K = rows, N = cols) right operand of an input gradient dX = dY · W: output
+  // columns [n0, n0 + 32) over K values 0..Kp (Kp a multiple of 32, >= rows), element (k, c) at
+  //   b[(k / 32) * 1024 + (c / 16) * 512 + ((k % 32) / 2) * 32 + 2 * (c % 16) + k % 2]
+  // = bf16 (nearest even) of the dequantized W[k][n0 + c] (itself rounded to w.round_to), zero
+  // past cols or rows. Straight from the 4-bit codes: no float32 copy of the weight (bf16
+  // compute's backward through a frozen 4-bit weight, model/cpu_backend.cpp).
+  void (*pack_q4_bf16_panel)(const Q4Matrix& w, int64_t n0, int64_t Kp, uint16_t* b);
   // y[t * ldy + n] = sum_k x[t * ldx + k] * w[n * ldw + k], t < T, n < N: the GEMM on weight
   // rows as they are (row-major, no packing), dot-product register tiles.
   void (*gemm_rows)(const float* x, int64_t ldx, int64_t T, const float* w, int64_t ldw, int64_t N, int64_t K,

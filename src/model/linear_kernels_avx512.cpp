@@ -258,6 +258,57 @@ void dequant_rows_q4_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, float* ou
   for (; i < e; ++i) out[i - s] = q4_weight(w, i);
 }
 
+// LinearKernels::pack_q4_bf16_panel: per pair of weight rows (k, k + 1), each row's 32 columns
+// are decoded as dequant_rows_q4 decodes them (vpermps on the block's scaled code), both rows
+// converted to bf16 in one VCVTNE2PS2BF16 (row k the low 16 lanes of each 16-column half, row
+// k + 1 the high ones) and interleaved into the VNNI pairs with one VPERMW per 16 columns.
+// Whole 32-column chunks of rows of whole chunks (cols % 32 == 0, blocksize >= 32: a chunk lies
+// in one block); anything else on the scalar definition.
+void pack_q4_bf16_panel_avx512(const Q4Matrix& w, int64_t n0, int64_t Kp, uint16_t* b) {
+  if (w.cols % 32 != 0 || n0 % 32 != 0 || n0 + 32 > w.cols || w.blocksize < 32) {
+    scalar_linear_kernels().pack_q4_bf16_panel(w, n0, Kp, b);
+    return;
+  }
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  alignas(64) uint16_t pairs[32];  // output 2c <- row k's column c (lane c), 2c + 1 <- row k + 1's (lane 16 + c)
+  for (int j = 0; j < 32; ++j) pairs[j] = static_cast<uint16_t>((j % 2) * 16 + j / 2);
+  const __m512i pair_idx = _mm512_load_si512(pairs);
+  int64_t cur = -1;
+  __m512 cb = code;
+  // Row k's 32 columns as float32 (zero past the rows).
+  auto row = [&](int64_t k, __m512& lo, __m512& hi) {
+    if (k >= w.rows) {
+      lo = hi = _mm512_setzero_ps();
+      return;
+    }
+    const int64_t i = k * w.cols + n0, blk = i >> shift;
+    if (blk != cur) {
+      cur = blk;
+      cb = scaled_code(w, code, blk);
+    }
+    __m512i i0, i1;
+    decode32(w.packed + (i >> 1), i0, i1);
+    lo = _mm512_permutexvar_ps(i0, cb);
+    hi = _mm512_permutexvar_ps(i1, cb);
+  };
+  const int64_t k_end = w.rows + (w.rows & 1);
+  for (int64_t k = 0; k < k_end; k += 2) {
+    __m512 a_lo, a_hi, b_lo, b_hi;
+    row(k, a_lo, a_hi);
+    row(k + 1, b_lo, b_hi);
+    uint16_t* dst = b + (k / 32) * 1024 + ((k % 32) / 2) * 32;
+    const __m512i t0 = (__m512i)_mm512_cvtne2ps_pbh(b_lo, a_lo), t1 = (__m512i)_mm512_cvtne2ps_pbh(b_hi, a_hi);
+    _mm512_storeu_si512(dst, _mm512_permutexvar_epi16(pair_idx, t0));
+    _mm512_storeu_si512(dst + 512, _mm512_permutexvar_epi16(pair_idx, t1));
+  }
+  for (int64_t k = k_end; k < Kp; k += 2) {  // the padding rows
+    uint16_t* dst = b + (k / 32) * 1024 + ((k % 32) / 2) * 32;
+    _mm512_storeu_si512(dst, _mm512_setzero_si512());
+    _mm512_storeu_si512(dst + 512, _mm512_setzero_si512());
+  }
+}
+
 // Dense rows: Load(ptr, mask) returns 16 floats (masked-off lanes zero).
 template <class Load>
 inline void gemv_dense(int64_t cols, const float* x, float* y, int64_t r0, int64_t r1, Load load) {
@@ -391,7 +442,7 @@ void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
 
 const LinearKernels& avx512_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx512,   gemv_q4_multi_avx512,   gemv_f32_avx512,  gemv_bf16_avx512,
-                               gemv_f16_avx512,  dequant_rows_q4_avx512, gemm_rows_avx512,
+                               gemv_f16_avx512,  dequant_rows_q4_avx512, pack_q4_bf16_panel_avx512, gemm_rows_avx512,
                                dot_avx512,       axpy_avx512,            gemv_q8_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
                                avx2_linear_kernels().attn_scores, avx2_linear_kernels().attn_weighted_sum,

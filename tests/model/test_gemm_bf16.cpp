@@ -20,6 +20,7 @@
 #include "base/cpu_features.h"
 #include "base/float_formats.h"
 #include "model/gemm.h"
+#include "model/linear_kernels.h"
 
 using namespace qlora;
 using gemm_bf16_tiles::Impl;
@@ -296,6 +297,75 @@ TEST(GemmBf16, PublicCallsMatchTheFloat32Product) {
     EXPECT_TRUE(gemm_bf16_fast());
     EXPECT_FALSE(gemm_bf16_split_x_fast()) << "the split product does not pay on dot products";
     EXPECT_STREQ(gemm_bf16_backend_name(), "AVX-512 BF16 dot products");
+  }
+}
+
+// A 4-bit weight's panels packed straight from its codes (gemm_bf16_nn_panels with
+// kernels::pack_q4_bf16_panel) give bit for bit the product of the dequantized float32 weight
+// through the matrix path (gemm_bf16_rounded_x_nn on the engine; the split on the forced
+// emulation, as on AMX): the same B panels, the same blocks. Columns that are whole 32-column
+// chunks (the AVX-512 packing) and columns that are not (the scalar one), odd rows, blocks of
+// 32 and 64, plain and double-quantized absmax.
+TEST(GemmBf16, NnPanelsFromQ4EqualTheDequantizedWeightsProduct) {
+  struct Shape {
+    int64_t M, K, N;  // dX (M, N) += dY (M, K) · W (K rows, N columns)
+    int blocksize;
+    bool nested;
+  };
+  for (const Shape sh : {Shape{37, 77, 96, 64, false}, Shape{20, 64, 45, 32, false}, Shape{64, 130, 64, 64, true},
+                         Shape{9, 33, 128, 32, true}}) {
+    SCOPED_TRACE(::testing::Message() << sh.M << "x" << sh.K << "x" << sh.N << " bs " << sh.blocksize << " nested "
+                                      << sh.nested);
+    std::mt19937 g(5);
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> pos(0.01f, 3.0f);
+    const int64_t n = sh.K * sh.N, blocks = (n + sh.blocksize - 1) / sh.blocksize;
+    std::vector<uint8_t> packed(static_cast<size_t>((n + 1) / 2)), absmax_q(static_cast<size_t>(blocks));
+    for (auto& b : packed) b = static_cast<uint8_t>(byte(g));
+    for (auto& b : absmax_q) b = static_cast<uint8_t>(byte(g));
+    std::vector<float> absmax(static_cast<size_t>(blocks)), nested_absmax(static_cast<size_t>((blocks + 255) / 256)),
+        nested_code(256);
+    for (float& a : absmax) a = pos(g);
+    for (float& a : nested_absmax) a = pos(g);
+    for (int i = 0; i < 256; ++i) nested_code[static_cast<size_t>(i)] = (i - 127.5f) / 128.0f;
+    const float nf4[16] = {-1.0f, -0.6961928f, -0.5250731f, -0.3949175f, -0.2844414f, -0.1848077f, -0.0910500f, 0.0f,
+                           0.0795803f, 0.1609302f, 0.2461123f, 0.3379152f, 0.4407098f, 0.5626170f, 0.7229568f, 1.0f};
+    kernels::Q4Matrix m;
+    m.packed = packed.data();
+    m.rows = sh.K;
+    m.cols = sh.N;
+    m.blocksize = sh.blocksize;
+    m.code = nf4;
+    if (sh.nested) {
+      m.absmax_q = absmax_q.data();
+      m.nested_absmax = nested_absmax.data();
+      m.nested_code = nested_code.data();
+      m.offset = 0.125f;
+    } else {
+      m.absmax = absmax.data();
+    }
+    m.round_to = ComputeDType::BF16;
+    std::vector<float> w(static_cast<size_t>(n));
+    kernels::scalar_linear_kernels().dequant_rows_q4(m, 0, sh.K, w.data());
+    std::vector<float> x(static_cast<size_t>(sh.M * sh.K));
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (float& v : x) v = d(g);  // a float32 gradient: rounded (or split) on the way in
+    const kernels::LinearKernels& kern = kernels::active_linear_kernels();
+    auto panels = [&](float* y) {
+      gemm_bf16_nn_panels(
+          sh.M, sh.N, sh.K, x.data(), sh.K, [&](int64_t n0, int64_t Kp, uint16_t* b) { kern.pack_q4_bf16_panel(m, n0, Kp, b); },
+          y, sh.N, /*accumulate=*/true);
+    };
+    for (bool force : {true, false}) {
+      if (!force && !gemm_bf16_fast()) continue;  // (no bf16 unit: the forced emulation only)
+      gemm_bf16_tiles::force_emulation_for_tests(force);
+      std::vector<float> got(static_cast<size_t>(sh.M * sh.N), 0.5f), want(got);
+      panels(got.data());
+      (gemm_bf16_split_x_fast() ? gemm_bf16_split_x_nn : gemm_bf16_rounded_x_nn)(sh.M, sh.N, sh.K, x.data(), sh.K,
+                                                                              w.data(), sh.N, want.data(), sh.N, true);
+      gemm_bf16_tiles::force_emulation_for_tests(false);
+      EXPECT_EQ(got, want) << (force ? "forced emulation" : gemm_bf16_backend_name());
+    }
   }
 }
 

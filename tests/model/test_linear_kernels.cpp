@@ -126,6 +126,39 @@ TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
   }
 }
 
+// The bf16 GEMM's panels packed from 4-bit codes: every level bit for bit the scalar
+// definition, which holds bf16 of the dequantized rows at the documented positions; every
+// panel of awkward shapes (odd rows, columns that are not whole chunks, a last partial panel,
+// blocks spanning rows), padding past the rows included.
+TEST(LinearKernels, PackQ4Bf16PanelIsBitExactOnEveryLevel) {
+  std::mt19937 rng(12);
+  for (const Size& s : kSizes)
+    for (int bs : {32, 64, 4096})
+      for (bool nested : {false, true})
+        for (ComputeDType rt : {ComputeDType::BF16, ComputeDType::F32}) {
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
+          std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
+          kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
+          const int64_t Kp = (s.rows + 31) / 32 * 32 + 32;  // (one step of padding past the rows too)
+          for (int64_t n0 = 0; n0 < s.cols; n0 += 32) {
+            std::vector<uint16_t> ref(static_cast<size_t>(Kp / 32 * 1024), 0xAAAA);
+            kernels::scalar_linear_kernels().pack_q4_bf16_panel(d.m, n0, Kp, ref.data());
+            for (int64_t k = 0; k < Kp; ++k)
+              for (int64_t c = 0; c < 32; ++c) {
+                const uint16_t want = k < s.rows && n0 + c < s.cols ? f32_to_bf16(w[k * s.cols + n0 + c]) : 0;
+                ASSERT_EQ(ref[(k / 32) * 1024 + (c / 16) * 512 + ((k % 32) / 2) * 32 + 2 * (c % 16) + k % 2], want)
+                    << s.rows << "x" << s.cols << " n0 " << n0 << " k " << k << " c " << c;
+              }
+            for (SimdLevel lv : levels()) {
+              std::vector<uint16_t> got(ref.size(), 0x5555);
+              kernels::linear_kernels_for(lv).pack_q4_bf16_panel(d.m, n0, Kp, got.data());
+              ASSERT_EQ(got, ref) << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " bs " << bs << " n0 "
+                                  << n0 << " nested " << nested;
+            }
+          }
+        }
+}
+
 TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
   std::mt19937 rng(3);
   for (SimdLevel lv : levels()) {

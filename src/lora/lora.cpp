@@ -1,5 +1,7 @@
 #include "lora/lora.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -139,45 +141,66 @@ LoraScratchStorage::LoraScratchStorage(const LoraScratchFloats& f)
 
 // --- forward / backward -------------------------------------------------------------
 
+namespace {
+// Threads for a LoRA product over T tokens of width `in`: one for a few kilobytes of work
+// (decode), else all of them.
+int lora_threads(int64_t T, int64_t in) {
+  return static_cast<int>(std::clamp<int64_t>(T * in / 16384, 1, max_threads()));
+}
+// This thread's share [b, e) of n items, out of the region's threads.
+void share(int64_t n, int64_t& b, int64_t& e) {
+  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  b = n * t / nt;
+  e = n * (t + 1) / nt;
+}
+}  // namespace
+
+// Each call is ONE parallel region: the threads split the tokens (the forward, dh and dx) or
+// the outputs (dA's input columns, dB's rows), and every GEMM runs on its thread's share
+// (model/gemm.h: single-threaded inside a region). A region per product and per elementwise
+// pass cost ~10 passive-wait wake-ups per LoRA layer (bench/bench_lora, Llama 1.1B's shapes
+// with dropout: q_proj's forward + backward 1.82 -> 1.27 ms, a block's seven 16.0 -> 11.6 ms;
+// bench/RESULTS.md session 13).
 void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x, int64_t T, bool training,
                   LoraRng* rng, const LoraScratch& scratch) {
   const int64_t in = L.in, out = L.out, r = L.r;
   const bool drop = training && L.dropout > 0.f;
   if (cache) cache->masked = drop;
+  uint64_t call_seed = 0;
   if (drop) {
     check(rng != nullptr, L.module_path, "LoRA dropout in training needs a random generator");
     check(cache != nullptr && cache->mask != nullptr, L.module_path,
           "LoRA dropout in training needs a cache with room for its mask");
-    const float p = L.dropout, keep_scale = 1.f / (1.f - p);
     // One draw from the caller's generator seeds this call; each row (token) then has its
     // own generator seeded from (that draw, row), so rows fill in parallel and the masks
     // depend only on the generator state (the checkpoint recompute restores it and gets
     // the same masks). Two masks per 64-bit draw, 24 bits each (next_float()'s resolution).
-    const uint64_t call_seed = rng->next_u64();
-    float* mk = cache->mask;  // every element is drawn below (lora/dropout_mask.h)
-    parallel_for_range(T, 4, [&](int64_t t0, int64_t t1) { fill_dropout_mask(mk, t0, t1, in, call_seed, p, keep_scale); });
+    call_seed = rng->next_u64();
   }
+  const float p = L.dropout, keep_scale = 1.f / (1.f - p);
   // h (T, r), overwritten by the first product; kept in the cache when training.
   float* h = cache ? cache->h : scratch.h;
-  // xd (T, in) = dropout(x), materialized only when dropout is on.
-  const float* xin = x;
-  if (drop) {
-    float* xd = scratch.x;
-    const float* mk = cache->mask;
-    parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) xd[k] = x[k] * mk[k];
-    });
-    xin = xd;
-  }
-  // h (T, r) = xd Aᵀ;  tmp (T, out) = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling).
-  // Two GEMM calls (model/gemm.h, multi-threaded inside), not a loop over token ranges.
+  float* mk = drop ? cache->mask : nullptr;  // every element is drawn below (lora/dropout_mask.h)
+  float* xd = scratch.x;                     // dropout(x) (T, in), only when dropout is on
   float* tmp = scratch.y;
-  sgemm_nt(T, r, in, xin, in, L.A.data(), in, h, r, /*accumulate=*/false);
-  sgemm_nt(T, out, r, h, r, L.B.data(), r, tmp, out, /*accumulate=*/false);
   const float s = L.scaling;
-  parallel_for_range(T * out, 32768, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) y[k] += tmp[k] * s;
-  });
+#pragma omp parallel num_threads(lora_threads(T, in))
+  {
+    int64_t t0, t1;
+    share(T, t0, t1);
+    if (t0 < t1) {
+      const float* xin = x;
+      if (drop) {
+        fill_dropout_mask(mk, t0, t1, in, call_seed, p, keep_scale);
+        for (int64_t k = t0 * in; k < t1 * in; ++k) xd[k] = x[k] * mk[k];
+        xin = xd;
+      }
+      // h = xd Aᵀ;  tmp = h Bᵀ;  y += tmp · scaling  (PEFT: B(A(x)) * scaling), these rows.
+      sgemm_nt(t1 - t0, r, in, xin + t0 * in, in, L.A.data(), in, h + t0 * r, r, /*accumulate=*/false);
+      sgemm_nt(t1 - t0, out, r, h + t0 * r, r, L.B.data(), r, tmp + t0 * out, out, /*accumulate=*/false);
+      for (int64_t k = t0 * out; k < t1 * out; ++k) y[k] += tmp[k] * s;
+    }
+  }
 }
 
 void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, const LoraCache& cache, int64_t T,
@@ -186,34 +209,45 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
   const bool drop = cache.masked;
   check(cache.h != nullptr, L.module_path, "lora_backward: no cache from the forward");
   const float s = L.scaling;
-  // Every product is one GEMM (model/gemm.h); the scaling is applied to the small (T, r) and
-  // (out, r) results rather than to dy, which equals scaling · dy up to float rounding.
-  // dh (T, r) = scaling · dy B
-  float* dh = scratch.x;
-  sgemm_nn(T, r, out, dy, out, L.B.data(), r, dh, r, /*accumulate=*/false);
-  for (int64_t k = 0; k < T * r; ++k) dh[k] *= s;
-  // dB (out, r) += scaling · dyᵀ h
-  float* db = scratch.y;
-  sgemm_tn(out, r, T, dy, out, cache.h, r, db, r, /*accumulate=*/false);
-  for (int64_t k = 0; k < out * r; ++k) L.dB[static_cast<size_t>(k)] += db[k] * s;
-  // dA (r, in) += dhᵀ dropout(x)
-  float* xd = drop ? scratch.drop : nullptr;  // dropout(x), then reused as dh A
-  const float* xin = x;
-  if (drop) {
-    const float* mk = cache.mask;
-    for (int64_t k = 0; k < T * in; ++k) xd[k] = x[k] * mk[k];
-    xin = xd;
-  }
-  sgemm_tn(r, in, T, dh, r, xin, in, L.dA.data(), in, /*accumulate=*/true);
-  // dx (T, in) += mask ⊙ (dh A)
-  if (dx) {
-    if (!drop) {
-      sgemm_nn(T, in, r, dh, r, L.A.data(), in, dx, in, /*accumulate=*/true);
-    } else {
-      sgemm_nn(T, in, r, dh, r, L.A.data(), in, xd, in, /*accumulate=*/false);
-      parallel_for_range(T * in, 32768, [&](int64_t b, int64_t e) {
-        for (int64_t k = b; k < e; ++k) dx[k] += xd[k] * cache.mask[k];
-      });
+  // The scaling is applied to the small (T, r) and (out, r) results rather than to dy, which
+  // equals scaling · dy up to float rounding.
+  float* dh = scratch.x;                     // (T, r)
+  float* db = scratch.y;                     // (out, r)
+  float* xd = drop ? scratch.drop : nullptr;  // dropout(x), then dh A
+  const float* xin = drop ? xd : x;
+  const float* mk = cache.mask;
+#pragma omp parallel num_threads(lora_threads(T, std::max(in, out)))
+  {
+    int64_t t0, t1;
+    share(T, t0, t1);
+    // dh = scaling · dy B and dropout(x), these tokens.
+    if (t0 < t1) {
+      sgemm_nn(t1 - t0, r, out, dy + t0 * out, out, L.B.data(), r, dh + t0 * r, r, /*accumulate=*/false);
+      for (int64_t k = t0 * r; k < t1 * r; ++k) dh[k] *= s;
+      if (drop)
+        for (int64_t k = t0 * in; k < t1 * in; ++k) xd[k] = x[k] * mk[k];
+    }
+#pragma omp barrier
+    // dB (out, r) += scaling · dyᵀ h, these output rows; dA (r, in) += dhᵀ dropout(x), these
+    // input columns (sums over all tokens: each element by one thread).
+    int64_t o0, o1, c0, c1;
+    share(out, o0, o1);
+    share(in, c0, c1);
+    if (o0 < o1) {
+      sgemm_tn(o1 - o0, r, T, dy + o0, out, cache.h, r, db + o0 * r, r, /*accumulate=*/false);
+      for (int64_t k = o0 * r; k < o1 * r; ++k) L.dB[static_cast<size_t>(k)] += db[k] * s;
+    }
+    if (c0 < c1) sgemm_tn(r, c1 - c0, T, dh, r, xin + c0, in, L.dA.data() + c0, in, /*accumulate=*/true);
+#pragma omp barrier
+    // dx (T, in) += mask ⊙ (dh A), these tokens (dropout(x) is no longer needed: its rows
+    // take dh A).
+    if (dx && t0 < t1) {
+      if (!drop) {
+        sgemm_nn(t1 - t0, in, r, dh + t0 * r, r, L.A.data(), in, dx + t0 * in, in, /*accumulate=*/true);
+      } else {
+        sgemm_nn(t1 - t0, in, r, dh + t0 * r, r, L.A.data(), in, xd + t0 * in, in, /*accumulate=*/false);
+        for (int64_t k = t0 * in; k < t1 * in; ++k) dx[k] += xd[k] * mk[k];
+      }
     }
   }
 }

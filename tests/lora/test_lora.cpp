@@ -1,6 +1,7 @@
 // LoRA layers and PEFT adapter files. PEFT-written references live in
 // tests/fixtures/peft/ (made by tools/make_peft_fixtures.py with peft 0.21.2).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <bit>
 #include <cmath>
@@ -267,6 +268,65 @@ TEST(LoraKernels, ForwardMatchesDoubleReferenceAtSize) {
   lora_forward(y.data(), &cs.cache, L, x.data(), T, false, nullptr, scratch_for(L, T).view());
   auto yref = ref_forward(to_d(L.A), to_d(L.B), to_d(x), {}, T, in, out, r, c.scaling());
   for (size_t k = 0; k < y.size(); ++k) ASSERT_NEAR(y[k], yref[k], 1e-5 * (1 + std::fabs(yref[k]))) << k;
+}
+
+// Shapes large enough that lora_forward and lora_backward split the tokens and the outputs
+// over the threads (one parallel region each): the forward and every gradient against a
+// double-precision reference with dropout acting, at 1, 2 and 3 threads (3: uneven shares).
+TEST(LoraKernels, ThreadSharesMatchTheDoubleReference) {
+  const int64_t T = 97, in = 700, out = 450, r = 16;
+  LoraConfig c;
+  c.r = r;
+  c.alpha = 32;
+  c.dropout = 0.1;
+  c.target_modules = {"x"};
+  std::vector<float> x(T * in), w(T * out);
+  fill_random(x, 11);
+  fill_random(w, 12);  // dy
+  const int before = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(::testing::Message() << threads << " threads");
+    omp_set_num_threads(threads);
+    LoraLayer L("x", in, out, c);
+    L.init(5);
+    fill_random(L.B, 6, 0.1f);
+    std::vector<float> y(T * out, 0.f), dx(T * in, 0.f);
+    LoraCacheStorage cs(T, in, r, true);
+    LoraRng rng(9);
+    lora_forward(y.data(), &cs.cache, L, x.data(), T, /*training=*/true, &rng, scratch_for(L, T).view());
+    lora_backward(dx.data(), L, w.data(), x.data(), cs.cache, T, scratch_for(L, T).view());
+    omp_set_num_threads(before);
+    ASSERT_TRUE(cs.cache.masked);
+    const std::vector<float>& m = cs.mask;
+    const double s = c.scaling();
+    const auto yref = ref_forward(to_d(L.A), to_d(L.B), to_d(x), m, T, in, out, r, s);
+    for (size_t k = 0; k < y.size(); ++k) ASSERT_NEAR(y[k], yref[k], 1e-5 * (1 + std::fabs(yref[k]))) << "y " << k;
+    std::vector<double> h(T * r, 0.0), dh(T * r, 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < r; ++j) {
+        for (int64_t i = 0; i < in; ++i) h[t * r + j] += double{L.A[j * in + i]} * x[t * in + i] * m[t * in + i];
+        for (int64_t o = 0; o < out; ++o) dh[t * r + j] += s * w[t * out + o] * L.B[o * r + j];
+      }
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t j = 0; j < r; ++j) {
+        double g = 0;
+        for (int64_t t = 0; t < T; ++t) g += s * w[t * out + o] * h[t * r + j];
+        ASSERT_NEAR(L.dB[o * r + j], g, 1e-4 * (1 + std::fabs(g))) << "dB " << o << " " << j;
+      }
+    for (int64_t j = 0; j < r; ++j)
+      for (int64_t i = 0; i < in; ++i) {
+        double g = 0;
+        for (int64_t t = 0; t < T; ++t) g += dh[t * r + j] * x[t * in + i] * m[t * in + i];
+        ASSERT_NEAR(L.dA[j * in + i], g, 1e-4 * (1 + std::fabs(g))) << "dA " << j << " " << i;
+      }
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < in; ++i) {
+        double g = 0;
+        for (int64_t j = 0; j < r; ++j) g += dh[t * r + j] * L.A[j * in + i];
+        g *= m[t * in + i];
+        ASSERT_NEAR(dx[t * in + i], g, 1e-4 * (1 + std::fabs(g))) << "dx " << t << " " << i;
+      }
+  }
 }
 
 TEST(LoraKernels, DropoutTrainingAndEval) {

@@ -413,6 +413,22 @@ void gemm_bf16_nn_panels(int64_t M, int64_t N, int64_t K, const float* x, int64_
   }
 }
 
+void gemm_bf16_nt_rows_bf16(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+                            const std::function<void(int64_t, int64_t, uint16_t*, int64_t)>& fill_bf16, float* y,
+                            int64_t ldy, bool accumulate) {
+  check(gemm_bf16_fast(), "gemm_bf16_nt_rows_bf16", "needs a bf16 unit (gemm_bf16_fast)");
+  BSource src;
+  src.fill_bf16 = &fill_bf16;
+  if (forced()) {  // (the rows are bf16 by type: only X is counted)
+    ++gemm_bf16_tiles::g_calls;
+    gemm_bf16_tiles::g_inexact += gemm_bf16_tiles::count_inexact(x, M, K, ldx);
+    gemm_bf16_detail::tile_gemm<gemm_bf16_detail::TileBlocks<gemm_bf16_detail::EmuTiles>>(M, N, K, x, ldx, src, y,
+                                                                                          ldy, accumulate);
+    return;
+  }
+  run_on_engine(M, N, K, x, ldx, src, y, ldy, accumulate);
+}
+
 void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
                        const std::function<void(int64_t, int64_t, float*)>& fill, float* y, int64_t ldy,
                        bool accumulate) {

@@ -61,6 +61,14 @@ void gemm_bf16_nt_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t 
                        const std::function<void(int64_t r0, int64_t r1, float* out)>& fill, float* y, int64_t ldy,
                        bool accumulate);
 
+// gemm_bf16_nt_rows with the rows written as bf16: fill_bf16(r0, r1, out, ld) writes rows
+// [r0, r1) of W (N, K) at a stride of ld >= K values (kernels::LinearKernels::dequant_rows_q4_bf16
+// for a 4-bit weight), straight into the tiles' operand: no float32 rows and no conversion pass.
+// X must hold bf16 values. REQUIRES gemm_bf16_fast() (throws otherwise).
+void gemm_bf16_nt_rows_bf16(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
+                            const std::function<void(int64_t r0, int64_t r1, uint16_t* out, int64_t ld)>& fill_bf16,
+                            float* y, int64_t ldy, bool accumulate);
+
 // True when gemm_bf16_nt/nn/nt_rows run on a bf16 unit, faster than the float32 GEMM:
 //  - AMX tiles: the CPU has AMX-BF16, the OS granted the tile state, QLORA_SIMD allows it
 //    (base/cpu_features.h amx_tiles_enabled), and on the first call the hardware kernel agreed

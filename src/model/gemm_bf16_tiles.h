@@ -85,12 +85,16 @@ using RowFill = std::function<void(int64_t r0, int64_t r1, float* out)>;
 // layout over Kp; a 4-bit weight packed straight from its codes), from every thread at once
 // for disjoint panels.
 using PanelFill = std::function<void(int64_t n0, int64_t Kp, uint16_t* b)>;
+// Or `fill_bf16`, which writes rows [r0, r1) of an (N, K) W as bf16 at a stride of ld values
+// (the tiles' A rows as they are: no float32 rows, no conversion pass).
+using RowFillBf16 = std::function<void(int64_t r0, int64_t r1, uint16_t* out, int64_t ld)>;
 struct BSource {
   const float* w = nullptr;
   int64_t ldw = 0;
   bool nt = true;
-  const RowFill* fill = nullptr;     // (nt only)
-  const PanelFill* panel = nullptr;  // (nn)
+  const RowFill* fill = nullptr;           // (nt only)
+  const PanelFill* panel = nullptr;        // (nn)
+  const RowFillBf16* fill_bf16 = nullptr;  // (nt only)
 };
 
 // tile_gemm on the AMX instructions (gemm_bf16_amx.cpp, compiled with -mamx-tile -mamx-bf16).
@@ -170,8 +174,8 @@ struct TileBlocks {
 // of their sums are tile_gemm's, so the result is the same, bit for bit; what changes is that
 // the transposing packing falls on X (T x K, once) instead of on W (N x K), N/T times more.
 template <class Blocks>
-void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const RowFill& fill, float* y,
-                      int64_t ldy, bool accumulate) {
+void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, const RowFill* fill,
+                      const RowFillBf16* fill_bf16, float* y, int64_t ldy, bool accumulate) {
   const int64_t Kp = round_up(K, kK), steps = Kp / kK, mblocks = (M + kBlock - 1) / kBlock;
   thread_local std::vector<uint16_t> xb_buf;  // the calling thread's: the workers read it
   xb_buf.resize(static_cast<size_t>(mblocks * steps * kBPanelPerK));
@@ -183,15 +187,21 @@ void tile_gemm_w_rows(int64_t M, int64_t N, int64_t K, const float* x, int64_t l
   parallel_for_range(nblocks, 1, [&](int64_t nb0, int64_t nb1) {
     thread_local std::vector<float> rows_buf;
     thread_local std::vector<uint16_t> wa_buf;
-    rows_buf.resize(static_cast<size_t>(kBlock * K));
+    if (!fill_bf16) rows_buf.resize(static_cast<size_t>(kBlock * K));
     wa_buf.resize(static_cast<size_t>(kBlock * Kp));
     uint16_t* wa = wa_buf.data();
     alignas(64) float c[kBlock * kBlock];
     Blocks::configure();
     for (int64_t nb = nb0; nb < nb1; ++nb) {
       const int64_t n0 = nb * kBlock, nn = std::min(kBlock, N - n0);
-      fill(n0, n0 + nn, rows_buf.data());
-      pack_a_rows(rows_buf.data(), K, nn, K, Kp, 0, kBlock, wa, nullptr);  // (rows past nn: zero)
+      if (fill_bf16) {
+        (*fill_bf16)(n0, n0 + nn, wa, Kp);
+        for (int64_t i = 0; i < nn && K < Kp; ++i) std::memset(wa + i * Kp + K, 0, static_cast<size_t>(Kp - K) * 2);
+        if (nn < kBlock) std::memset(wa + nn * Kp, 0, static_cast<size_t>((kBlock - nn) * Kp) * 2);
+      } else {
+        (*fill)(n0, n0 + nn, rows_buf.data());
+        pack_a_rows(rows_buf.data(), K, nn, K, Kp, 0, kBlock, wa, nullptr);  // (rows past nn: zero)
+      }
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         // c[i][j]: W row n0 + i against token m0 + j.
         const int64_t m0 = mb * kBlock, mm = std::min(kBlock, M - m0);
@@ -222,8 +232,8 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx, con
       for (int64_t m = 0; m < M; ++m) std::memset(y + m * ldy, 0, static_cast<size_t>(N) * sizeof(float));
     return;
   }
-  if (src.fill) {  // (a row source is never split: it is a forward, whose X is bf16 already)
-    tile_gemm_w_rows<Blocks>(M, N, K, x, ldx, *src.fill, y, ldy, accumulate);
+  if (src.fill || src.fill_bf16) {  // (a row source is never split: it is a forward, whose X is bf16 already)
+    tile_gemm_w_rows<Blocks>(M, N, K, x, ldx, src.fill, src.fill_bf16, y, ldy, accumulate);
     return;
   }
   const int64_t Kp = round_up(K, kK), Mp = round_up(M, kBlock), steps = Kp / kK;

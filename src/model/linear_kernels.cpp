@@ -90,6 +90,11 @@ void dequant_rows_q4_scalar(const Q4Matrix& w, int64_t r0, int64_t r1, float* ou
   for (int64_t i = s; i < e; ++i) out[i - s] = q4_weight(w, i);
 }
 
+void dequant_rows_q4_bf16_scalar(const Q4Matrix& w, int64_t r0, int64_t r1, uint16_t* out, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < w.cols; ++c) out[(r - r0) * ld + c] = f32_to_bf16(q4_weight(w, r * w.cols + c));
+}
+
 void pack_q4_bf16_panel_scalar(const Q4Matrix& w, int64_t n0, int64_t Kp, uint16_t* b) {
   std::memset(b, 0, static_cast<size_t>(Kp / 32 * 1024) * sizeof(uint16_t));
   const int64_t nn = std::min<int64_t>(32, w.cols - n0);
@@ -177,7 +182,7 @@ void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const
 
 const LinearKernels& scalar_linear_kernels() {
   static const LinearKernels k{gemv_q4_scalar,      gemv_q4_multi_scalar,     gemv_f32_scalar,  gemv_bf16_scalar,
-                               gemv_f16_scalar,     dequant_rows_q4_scalar,   pack_q4_bf16_panel_scalar, gemm_rows_scalar,
+                               gemv_f16_scalar,     dequant_rows_q4_scalar,   dequant_rows_q4_bf16_scalar, pack_q4_bf16_panel_scalar, gemm_rows_scalar,
                                dot_scalar,          axpy_scalar,              gemv_q8_scalar,
                                attn_scores_scalar,  attn_weighted_sum_scalar, quantize_x_q8_scalar,
                                gemv_q4_i8_scalar,   gemv_q8_i8_scalar};

@@ -67,6 +67,10 @@ struct LinearKernels {
   void (*gemv_f16)(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1);
   // out (r1-r0, cols) = dequantized rows [r0, r1), rounded to w.round_to.
   void (*dequant_rows_q4)(const Q4Matrix& w, int64_t r0, int64_t r1, float* out);
+  // out[(r - r0) * ld + c] = bf16 (nearest even) of the dequantized W[r][c] (itself rounded to
+  // w.round_to) for r in [r0, r1), c < cols (ld >= cols; nothing past cols is written): the
+  // bf16 GEMM's A rows straight from the codes (bf16 compute's forward, model/quant_linear.cpp).
+  void (*dequant_rows_q4_bf16)(const Q4Matrix& w, int64_t r0, int64_t r1, uint16_t* out, int64_t ld);
   // The bf16 GEMM's B panel (model/gemm_bf16_tiles.h pack_b's VNNI layout) of W (rows, cols)
   // taken as the (K = rows, N = cols) right operand of an input gradient dX = dY · W: output
   // columns [n0, n0 + 32) over K values 0..Kp (Kp a multiple of 32, >= rows), element (k, c) at

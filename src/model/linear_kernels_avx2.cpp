@@ -614,7 +614,8 @@ const LinearKernels& avx2_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx2,   gemv_q4_multi_avx2,   gemv_f32_avx2, gemv_bf16_avx2,
                                gemv_f16_avx2,  dequant_rows_q4_avx2,
                                // (the bf16 GEMM's panels are for CPUs with AVX-512 BF16 or AMX)
-                               scalar_linear_kernels().pack_q4_bf16_panel, gemm_rows_avx2,
+                               scalar_linear_kernels().dequant_rows_q4_bf16, scalar_linear_kernels().pack_q4_bf16_panel,
+                               gemm_rows_avx2,
                                dot_avx2,       axpy_avx2,            gemv_q8_avx2,
                                attn_scores_avx2, attn_weighted_sum_avx2, quantize_x_q8_avx2,
                                gemv_q4_i8_avx2,  gemv_q8_i8_avx2};

@@ -258,6 +258,34 @@ void dequant_rows_q4_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, float* ou
   for (; i < e; ++i) out[i - s] = q4_weight(w, i);
 }
 
+// LinearKernels::dequant_rows_q4_bf16: each 32-weight chunk decoded as dequant_rows_q4 does,
+// converted to bf16 in one VCVTNE2PS2BF16 and stored as 64 bytes. Rows of whole chunks
+// (cols % 32 == 0, blocksize >= 32); anything else on the scalar definition.
+void dequant_rows_q4_bf16_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, uint16_t* out, int64_t ld) {
+  if (w.cols % 32 != 0 || w.blocksize < 32) {
+    scalar_linear_kernels().dequant_rows_q4_bf16(w, r0, r1, out, ld);
+    return;
+  }
+  const __m512 code = _mm512_loadu_ps(w.code);
+  const int shift = detail::log2_int(w.blocksize);
+  int64_t cur = -1;
+  __m512 cb = code;
+  for (int64_t r = r0; r < r1; ++r) {
+    uint16_t* o = out + (r - r0) * ld;
+    for (int64_t c = 0; c < w.cols; c += 32) {
+      const int64_t i = r * w.cols + c, b = i >> shift;
+      if (b != cur) {
+        cur = b;
+        cb = scaled_code(w, code, b);
+      }
+      __m512i i0, i1;
+      decode32(w.packed + (i >> 1), i0, i1);
+      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_permutexvar_ps(i1, cb), _mm512_permutexvar_ps(i0, cb));
+      _mm512_storeu_si512(o + c, (__m512i)v);
+    }
+  }
+}
+
 // LinearKernels::pack_q4_bf16_panel: per pair of weight rows (k, k + 1), each row's 32 columns
 // are decoded as dequant_rows_q4 decodes them (vpermps on the block's scaled code), both rows
 // converted to bf16 in one VCVTNE2PS2BF16 (row k the low 16 lanes of each 16-column half, row
@@ -442,7 +470,8 @@ void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
 
 const LinearKernels& avx512_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx512,   gemv_q4_multi_avx512,   gemv_f32_avx512,  gemv_bf16_avx512,
-                               gemv_f16_avx512,  dequant_rows_q4_avx512, pack_q4_bf16_panel_avx512, gemm_rows_avx512,
+                               gemv_f16_avx512,  dequant_rows_q4_avx512, dequant_rows_q4_bf16_avx512,
+                               pack_q4_bf16_panel_avx512, gemm_rows_avx512,
                                dot_avx512,       axpy_avx512,            gemv_q8_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
                                avx2_linear_kernels().attn_scores, avx2_linear_kernels().attn_weighted_sum,

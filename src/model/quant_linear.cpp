@@ -449,7 +449,16 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
       });
     } else {
       // (bf16 compute: x is rounded and the dequantized rows are rounded to bf16, as bitsandbytes
-      // dequantizes to its compute dtype: the bf16 GEMM's operands.)
+      // dequantizes to its compute dtype: the bf16 GEMM's operands; on a bf16 unit each thread
+      // decodes its 32-row panels straight into bf16.)
+      if (dtype_ == ComputeDType::BF16 && gemm_bf16_fast()) {
+        gemm_bf16_nt_rows_bf16(
+            T, out_, in_, x, in_,
+            [&](int64_t r0, int64_t r1, uint16_t* o, int64_t ld) { kern.dequant_rows_q4_bf16(m, r0, r1, o, ld); }, y,
+            out_, /*accumulate=*/false);
+        finish_output(y, T);
+        return;
+      }
       gemm_by_panels(
           y, x, T, out_, in_, [&](int64_t r0, int64_t r1, float* out) { kern.dequant_rows_q4(m, r0, r1, out); },
           /*bf16_operands=*/dtype_ == ComputeDType::BF16);

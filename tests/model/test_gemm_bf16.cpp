@@ -301,12 +301,13 @@ TEST(GemmBf16, PublicCallsMatchTheFloat32Product) {
 }
 
 // A 4-bit weight's panels packed straight from its codes (gemm_bf16_nn_panels with
-// kernels::pack_q4_bf16_panel) give bit for bit the product of the dequantized float32 weight
+// kernels::pack_q4_bf16_panel), and its rows decoded straight to bf16 for the forward
+// (gemm_bf16_nt_rows_bf16), give bit for bit the product of the dequantized float32 weight
 // through the matrix path (gemm_bf16_rounded_x_nn on the engine; the split on the forced
 // emulation, as on AMX): the same B panels, the same blocks. Columns that are whole 32-column
 // chunks (the AVX-512 packing) and columns that are not (the scalar one), odd rows, blocks of
 // 32 and 64, plain and double-quantized absmax.
-TEST(GemmBf16, NnPanelsFromQ4EqualTheDequantizedWeightsProduct) {
+TEST(GemmBf16, Q4PanelsAndRowsEqualTheDequantizedWeightsProducts) {
   struct Shape {
     int64_t M, K, N;  // dX (M, N) += dY (M, K) · W (K rows, N columns)
     int blocksize;
@@ -356,6 +357,11 @@ TEST(GemmBf16, NnPanelsFromQ4EqualTheDequantizedWeightsProduct) {
           sh.M, sh.N, sh.K, x.data(), sh.K, [&](int64_t n0, int64_t Kp, uint16_t* b) { kern.pack_q4_bf16_panel(m, n0, Kp, b); },
           y, sh.N, /*accumulate=*/true);
     };
+    // The forward's rows decoded straight to bf16 (gemm_bf16_nt_rows_bf16 with
+    // kernels::dequant_rows_q4_bf16) against the float32 rows' product: W as (K rows of N) is
+    // the nt operand of a product over N, with a bf16 X (M, N).
+    std::vector<float> xf(static_cast<size_t>(sh.M * sh.N));
+    for (float& v : xf) v = to_bf16(d(g));
     for (bool force : {true, false}) {
       if (!force && !gemm_bf16_fast()) continue;  // (no bf16 unit: the forced emulation only)
       gemm_bf16_tiles::force_emulation_for_tests(force);
@@ -363,8 +369,22 @@ TEST(GemmBf16, NnPanelsFromQ4EqualTheDequantizedWeightsProduct) {
       panels(got.data());
       (gemm_bf16_split_x_fast() ? gemm_bf16_split_x_nn : gemm_bf16_rounded_x_nn)(sh.M, sh.N, sh.K, x.data(), sh.K,
                                                                               w.data(), sh.N, want.data(), sh.N, true);
+      std::vector<float> fwd(static_cast<size_t>(sh.M * sh.K), 0.25f), fwd_want(fwd);
+      gemm_bf16_nt_rows_bf16(
+          sh.M, sh.K, sh.N, xf.data(), sh.N,
+          [&](int64_t r0, int64_t r1, uint16_t* o, int64_t ld) { kern.dequant_rows_q4_bf16(m, r0, r1, o, ld); },
+          fwd.data(), sh.K, /*accumulate=*/true);
+      gemm_bf16_nt_rows(
+          sh.M, sh.K, sh.N, xf.data(), sh.N,
+          [&](int64_t r0, int64_t r1, float* o) { std::copy(w.begin() + r0 * sh.N, w.begin() + r1 * sh.N, o); },
+          fwd_want.data(), sh.K, /*accumulate=*/true);
+      const auto stats = gemm_bf16_tiles::forced_stats();
       gemm_bf16_tiles::force_emulation_for_tests(false);
       EXPECT_EQ(got, want) << (force ? "forced emulation" : gemm_bf16_backend_name());
+      EXPECT_EQ(fwd, fwd_want) << "rows in bf16, " << (force ? "forced emulation" : gemm_bf16_backend_name());
+      if (force) {
+        EXPECT_EQ(stats.inexact_operands, 0u);
+      }
     }
   }
 }

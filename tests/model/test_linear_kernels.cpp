@@ -126,6 +126,33 @@ TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
   }
 }
 
+// The bf16 GEMM's A rows decoded from 4-bit codes: every level bit for bit bf16 of the float32
+// dequantized rows, at a stride wider than the rows (nothing past cols written), on every
+// sub-range of rows.
+TEST(LinearKernels, DequantRowsBf16IsBitExactOnEveryLevel) {
+  std::mt19937 rng(13);
+  for (const Size& s : kSizes)
+    for (int bs : {32, 64, 4096})
+      for (bool nested : {false, true})
+        for (ComputeDType rt : {ComputeDType::BF16, ComputeDType::F32}) {
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
+          std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
+          kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
+          const int64_t ld = s.cols + 40;
+          for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1})
+            for (SimdLevel lv : levels()) {
+              std::vector<uint16_t> got(static_cast<size_t>((s.rows - r0) * ld), 0x5555);
+              kernels::linear_kernels_for(lv).dequant_rows_q4_bf16(d.m, r0, s.rows, got.data(), ld);
+              for (int64_t r = r0; r < s.rows; ++r)
+                for (int64_t c = 0; c < ld; ++c) {
+                  const uint16_t want = c < s.cols ? f32_to_bf16(w[r * s.cols + c]) : 0x5555;
+                  ASSERT_EQ(got[(r - r0) * ld + c], want) << simd_level_name(lv) << " " << s.rows << "x" << s.cols
+                                                          << " bs " << bs << " r " << r << " c " << c;
+                }
+            }
+        }
+}
+
 // The bf16 GEMM's panels packed from 4-bit codes: every level bit for bit the scalar
 // definition, which holds bf16 of the dequantized rows at the documented positions; every
 // panel of awkward shapes (odd rows, columns that are not whole chunks, a last partial panel,

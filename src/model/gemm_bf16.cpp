@@ -394,6 +394,22 @@ void gemm_bf16_rounded_x_nn(int64_t M, int64_t N, int64_t K, const float* x, int
   sgemm_nn(M, N, K, xr.data(), K, w, ldw, y, ldy, accumulate);
 }
 
+void pack_bf16_panel_scalar(const uint16_t* w, int64_t ldw, int64_t K, int64_t N, int64_t n0, int64_t Kp,
+                            uint16_t* b) {
+  std::memset(b, 0, static_cast<size_t>(Kp / gemm_bf16_detail::kK * gemm_bf16_detail::kBPanelPerK) * sizeof(uint16_t));
+  const int64_t nn = std::min<int64_t>(32, N - n0);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < nn; ++c)
+      b[(k / 32) * 1024 + (c / 16) * 512 + ((k % 32) / 2) * 32 + 2 * (c % 16) + k % 2] = w[k * ldw + n0 + c];
+}
+
+void pack_bf16_panel(const uint16_t* w, int64_t ldw, int64_t K, int64_t N, int64_t n0, int64_t Kp, uint16_t* b) {
+  if (simd_level() >= SimdLevel::AVX512)
+    gemm_bf16_detail::pack_bf16_panel_avx512(w, ldw, K, N, n0, Kp, b);
+  else
+    pack_bf16_panel_scalar(w, ldw, K, N, n0, Kp, b);
+}
+
 void gemm_bf16_nn_panels(int64_t M, int64_t N, int64_t K, const float* x, int64_t ldx,
                          const std::function<void(int64_t, int64_t, uint16_t*)>& panel, float* y, int64_t ldy,
                          bool accumulate) {

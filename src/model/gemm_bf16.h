@@ -52,6 +52,14 @@ void gemm_bf16_nn_panels(int64_t M, int64_t N, int64_t K, const float* x, int64_
                          const std::function<void(int64_t n0, int64_t Kp, uint16_t* b)>& panel, float* y, int64_t ldy,
                          bool accumulate);
 
+// The panel of gemm_bf16_nn_panels for a bf16 matrix W (K, N) (row k at w + k * ldw): output
+// columns [n0, n0 + 32) over Kp values of K, zero past N or K (a bf16 output head's input
+// gradient, without a float32 copy). Scalar, or AVX-512 where simd_level() has it: the same
+// bits.
+void pack_bf16_panel(const uint16_t* w, int64_t ldw, int64_t K, int64_t N, int64_t n0, int64_t Kp, uint16_t* b);
+void pack_bf16_panel_scalar(const uint16_t* w, int64_t ldw, int64_t K, int64_t N, int64_t n0, int64_t Kp,
+                            uint16_t* b);
+
 // gemm_bf16_nt with W (N, K) given by `fill`, which writes rows [r0, r1) of it as float32
 // (bf16 values) at a stride of K: on tiles each thread fills its own panel of 32 rows into its
 // cache and packs it (a 4-bit weight dequantized on the fly, never whole); without a bf16 unit,

@@ -76,6 +76,10 @@ void pack_a_rows_avx2(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t
                       uint16_t* a, uint16_t* lo);
 void pack_b_avx2(const float* w, int64_t ldw, bool nt, int64_t N, int64_t K, int64_t n0, int64_t Kp, uint16_t* b);
 
+// pack_bf16_panel on AVX-512 (gemm_bf16_pack_avx512.cpp). Only where simd_level() is AVX512.
+void pack_bf16_panel_avx512(const uint16_t* w, int64_t ldw, int64_t K, int64_t N, int64_t n0, int64_t Kp,
+                            uint16_t* b);
+
 // Where the B operand comes from: a float32 matrix W (nt: (N, K), else (K, N)), or `fill`,
 // which writes rows [r0, r1) of an (N, K) W as float32 at a stride of K (a 4-bit weight
 // dequantized a panel at a time, by each thread into its own cache: no copy of the whole

@@ -248,6 +248,16 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
     });
     return;
   }
+  if (dtype_ == ComputeDType::BF16 && gemm_bf16_fast()) {  // the bf16 rows are the tiles' operand as they are
+    gemm_bf16_nt_rows_bf16(
+        T, rows_, cols_, x, cols_,
+        [&](int64_t r0, int64_t r1, uint16_t* out, int64_t ld) {
+          for (int64_t r = r0; r < r1; ++r)
+            std::memcpy(out + (r - r0) * ld, h16_.data() + r * cols_, static_cast<size_t>(cols_) * sizeof(uint16_t));
+        },
+        y, rows_, /*accumulate=*/false);
+    return;
+  }
   gemm_by_panels(
       y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); },
       /*bf16_operands=*/dtype_ == ComputeDType::BF16);

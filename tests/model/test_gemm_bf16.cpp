@@ -389,6 +389,29 @@ TEST(GemmBf16, Q4PanelsAndRowsEqualTheDequantizedWeightsProducts) {
   }
 }
 
+// pack_bf16_panel (a bf16 head's input gradient): the dispatched packing bit for bit the
+// scalar one, which puts W's values at the documented positions, on awkward shapes (K odd, a
+// last partial panel, a row stride wider than N, padding past K).
+TEST(GemmBf16, Bf16PanelPackingIsBitExact) {
+  for (const auto& [K, N] : {std::pair<int64_t, int64_t>{77, 45}, {64, 96}, {1, 3}, {130, 576}}) {
+    const int64_t ldw = N + 7, Kp = (K + 31) / 32 * 32 + 32;
+    std::vector<uint16_t> w(static_cast<size_t>(K * ldw));
+    std::mt19937 g(3);
+    for (uint16_t& v : w) v = static_cast<uint16_t>(g());
+    for (int64_t n0 = 0; n0 < N; n0 += 32) {
+      std::vector<uint16_t> ref(static_cast<size_t>(Kp / 32 * 1024), 0xAAAA), got(ref.size(), 0x5555);
+      pack_bf16_panel_scalar(w.data(), ldw, K, N, n0, Kp, ref.data());
+      pack_bf16_panel(w.data(), ldw, K, N, n0, Kp, got.data());
+      ASSERT_EQ(got, ref) << K << "x" << N << " n0 " << n0;
+      for (int64_t k = 0; k < Kp; ++k)
+        for (int64_t c = 0; c < 32; ++c)
+          ASSERT_EQ(ref[(k / 32) * 1024 + (c / 16) * 512 + ((k % 32) / 2) * 32 + 2 * (c % 16) + k % 2],
+                    k < K && n0 + c < N ? w[k * ldw + n0 + c] : 0)
+              << K << "x" << N << " n0 " << n0 << " k " << k << " c " << c;
+    }
+  }
+}
+
 }  // namespace
 
 // The bf16 compute path's use of the tile GEMM, exercised on any CPU by forcing the emulated

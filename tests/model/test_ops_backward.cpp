@@ -605,7 +605,7 @@ TEST(OpsBackward, BackendBackwardThroughPaddedTilesMatchesReference) {
   // tiles of rows at a padded stride: widths on and off 1 KiB multiples, several tiles.
   std::mt19937 rng(14);
   struct Dims { int64_t T, in, out; };
-  for (Dims d : {Dims{16, 1024, 300}, Dims{9, 200, 41}, Dims{33, 512, 1100}}) {
+  for (Dims d : {Dims{16, 1024, 300}, Dims{9, 200, 41}, Dims{33, 512, 1100}, Dims{9, 64, 4500}}) {  // (4500: the bf16 head in two chunks)
     SCOPED_TRACE(::testing::Message() << d.T << "x" << d.in << "x" << d.out);
     const VecF w = randn(d.out * d.in, rng, 0.02f), dY = randn(d.T * d.out, rng), dx0 = randn(d.T * d.in, rng);
     QuantOptions q;
@@ -633,6 +633,17 @@ TEST(OpsBackward, BackendBackwardThroughPaddedTilesMatchesReference) {
       for (float& v : dYh) v = bf16_to_f32(f32_to_bf16(v));
     matmul_backward_input_ref(hx_ref.data(), dYh.data(), hq.data(), d.T, d.in, d.out);
     for (size_t i = 0; i < hx.size(); ++i) ASSERT_NEAR(hx[i], hx_ref[i], tol * (1 + std::fabs(hx_ref[i]))) << i;
+
+    // The 4-bit weight in bf16 compute (on a bf16 unit: one product, its panels packed from
+    // the codes) against the same reference on its bf16 dequantized rows.
+    const QuantLinear W16(w.data(), d.out, d.in, q, ComputeDType::BF16);
+    VecF wq16(d.out * d.in);
+    W16.dequantize_rows(0, d.out, wq16.data());
+    VecF bx = dx0, bx_ref = dx0;
+    cpu_backend().linear_backward(bx.data(), dY.data(), nullptr, d.T, W16, nullptr, nullptr, tile.data(),
+                                  LoraScratch{});
+    matmul_backward_input_ref(bx_ref.data(), dYh.data(), wq16.data(), d.T, d.in, d.out);
+    for (size_t i = 0; i < bx.size(); ++i) ASSERT_NEAR(bx[i], bx_ref[i], tol * (1 + std::fabs(bx_ref[i]))) << i;
   }
 }
 

@@ -258,6 +258,31 @@ void dequant_rows_q4_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, float* ou
   for (; i < e; ++i) out[i - s] = q4_weight(w, i);
 }
 
+// The 32 weights of a chunk at flat index i (a multiple of 32, inside one block) as float32,
+// two registers of 16: the block's scaled code is computed once per block and kept.
+class ScaledChunks {
+ public:
+  explicit ScaledChunks(const Q4Matrix& w)
+      : w_(w), code_(_mm512_loadu_ps(w.code)), cb_(code_), shift_(detail::log2_int(w.blocksize)) {}
+  void operator()(int64_t i, __m512& lo, __m512& hi) {
+    const int64_t b = i >> shift_;
+    if (b != cur_) {
+      cur_ = b;
+      cb_ = scaled_code(w_, code_, b);
+    }
+    __m512i i0, i1;
+    decode32(w_.packed + (i >> 1), i0, i1);
+    lo = _mm512_permutexvar_ps(i0, cb_);
+    hi = _mm512_permutexvar_ps(i1, cb_);
+  }
+
+ private:
+  const Q4Matrix& w_;
+  __m512 code_, cb_;
+  int shift_;
+  int64_t cur_ = -1;
+};
+
 // LinearKernels::dequant_rows_q4_bf16: each 32-weight chunk decoded as dequant_rows_q4 does,
 // converted to bf16 in one VCVTNE2PS2BF16 and stored as 64 bytes. Rows of whole chunks
 // (cols % 32 == 0, blocksize >= 32); anything else on the scalar definition.
@@ -266,22 +291,13 @@ void dequant_rows_q4_bf16_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, uint
     scalar_linear_kernels().dequant_rows_q4_bf16(w, r0, r1, out, ld);
     return;
   }
-  const __m512 code = _mm512_loadu_ps(w.code);
-  const int shift = detail::log2_int(w.blocksize);
-  int64_t cur = -1;
-  __m512 cb = code;
+  ScaledChunks chunk(w);
   for (int64_t r = r0; r < r1; ++r) {
     uint16_t* o = out + (r - r0) * ld;
     for (int64_t c = 0; c < w.cols; c += 32) {
-      const int64_t i = r * w.cols + c, b = i >> shift;
-      if (b != cur) {
-        cur = b;
-        cb = scaled_code(w, code, b);
-      }
-      __m512i i0, i1;
-      decode32(w.packed + (i >> 1), i0, i1);
-      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_permutexvar_ps(i1, cb), _mm512_permutexvar_ps(i0, cb));
-      _mm512_storeu_si512(o + c, (__m512i)v);
+      __m512 lo, hi;
+      chunk(r * w.cols + c, lo, hi);
+      _mm512_storeu_si512(o + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   }
 }
@@ -297,28 +313,16 @@ void pack_q4_bf16_panel_avx512(const Q4Matrix& w, int64_t n0, int64_t Kp, uint16
     scalar_linear_kernels().pack_q4_bf16_panel(w, n0, Kp, b);
     return;
   }
-  const __m512 code = _mm512_loadu_ps(w.code);
-  const int shift = detail::log2_int(w.blocksize);
   alignas(64) uint16_t pairs[32];  // output 2c <- row k's column c (lane c), 2c + 1 <- row k + 1's (lane 16 + c)
   for (int j = 0; j < 32; ++j) pairs[j] = static_cast<uint16_t>((j % 2) * 16 + j / 2);
   const __m512i pair_idx = _mm512_load_si512(pairs);
-  int64_t cur = -1;
-  __m512 cb = code;
+  ScaledChunks chunk(w);
   // Row k's 32 columns as float32 (zero past the rows).
   auto row = [&](int64_t k, __m512& lo, __m512& hi) {
-    if (k >= w.rows) {
+    if (k >= w.rows)
       lo = hi = _mm512_setzero_ps();
-      return;
-    }
-    const int64_t i = k * w.cols + n0, blk = i >> shift;
-    if (blk != cur) {
-      cur = blk;
-      cb = scaled_code(w, code, blk);
-    }
-    __m512i i0, i1;
-    decode32(w.packed + (i >> 1), i0, i1);
-    lo = _mm512_permutexvar_ps(i0, cb);
-    hi = _mm512_permutexvar_ps(i1, cb);
+    else
+      chunk(k * w.cols + n0, lo, hi);
   };
   const int64_t k_end = w.rows + (w.rows & 1);
   for (int64_t k = 0; k < k_end; k += 2) {

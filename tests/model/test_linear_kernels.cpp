@@ -129,8 +129,11 @@ TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
 // The bf16 GEMM's A rows decoded from 4-bit codes: every level bit for bit bf16 of the float32
 // dequantized rows, at a stride wider than the rows (nothing past cols written), on every
 // sub-range of rows.
-TEST(LinearKernels, DequantRowsBf16IsBitExactOnEveryLevel) {
-  std::mt19937 rng(13);
+// Each case of the bf16 kernels' tests: every size, block size class, plain and double-quantized
+// absmax, rounded to bf16 or not; fn(size, blocksize, matrix, its float32 dequantized rows).
+template <class Fn>
+void for_each_bf16_case(unsigned seed, Fn&& fn) {
+  std::mt19937 rng(seed);
   for (const Size& s : kSizes)
     for (int bs : {32, 64, 4096})
       for (bool nested : {false, true})
@@ -138,19 +141,26 @@ TEST(LinearKernels, DequantRowsBf16IsBitExactOnEveryLevel) {
           auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
           std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
           kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
-          const int64_t ld = s.cols + 40;
-          for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1})
-            for (SimdLevel lv : levels()) {
-              std::vector<uint16_t> got(static_cast<size_t>((s.rows - r0) * ld), 0x5555);
-              kernels::linear_kernels_for(lv).dequant_rows_q4_bf16(d.m, r0, s.rows, got.data(), ld);
-              for (int64_t r = r0; r < s.rows; ++r)
-                for (int64_t c = 0; c < ld; ++c) {
-                  const uint16_t want = c < s.cols ? f32_to_bf16(w[r * s.cols + c]) : 0x5555;
-                  ASSERT_EQ(got[(r - r0) * ld + c], want) << simd_level_name(lv) << " " << s.rows << "x" << s.cols
-                                                          << " bs " << bs << " r " << r << " c " << c;
-                }
-            }
+          SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " bs " << bs << " nested " << nested);
+          fn(s, bs, d, w);
         }
+}
+
+TEST(LinearKernels, DequantRowsBf16IsBitExactOnEveryLevel) {
+  for_each_bf16_case(13, [](const Size& s, int bs, const Q4Data& d, const std::vector<float>& w) {
+    const int64_t ld = s.cols + 40;
+    for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1})
+      for (SimdLevel lv : levels()) {
+        std::vector<uint16_t> got(static_cast<size_t>((s.rows - r0) * ld), 0x5555);
+        kernels::linear_kernels_for(lv).dequant_rows_q4_bf16(d.m, r0, s.rows, got.data(), ld);
+        for (int64_t r = r0; r < s.rows; ++r)
+          for (int64_t c = 0; c < ld; ++c) {
+            const uint16_t want = c < s.cols ? f32_to_bf16(w[r * s.cols + c]) : 0x5555;
+            ASSERT_EQ(got[(r - r0) * ld + c], want) << simd_level_name(lv) << " bs " << bs << " r " << r
+                                                    << " c " << c;
+          }
+      }
+  });
 }
 
 // The bf16 GEMM's panels packed from 4-bit codes: every level bit for bit the scalar
@@ -158,32 +168,24 @@ TEST(LinearKernels, DequantRowsBf16IsBitExactOnEveryLevel) {
 // panel of awkward shapes (odd rows, columns that are not whole chunks, a last partial panel,
 // blocks spanning rows), padding past the rows included.
 TEST(LinearKernels, PackQ4Bf16PanelIsBitExactOnEveryLevel) {
-  std::mt19937 rng(12);
-  for (const Size& s : kSizes)
-    for (int bs : {32, 64, 4096})
-      for (bool nested : {false, true})
-        for (ComputeDType rt : {ComputeDType::BF16, ComputeDType::F32}) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
-          std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
-          kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
-          const int64_t Kp = (s.rows + 31) / 32 * 32 + 32;  // (one step of padding past the rows too)
-          for (int64_t n0 = 0; n0 < s.cols; n0 += 32) {
-            std::vector<uint16_t> ref(static_cast<size_t>(Kp / 32 * 1024), 0xAAAA);
-            kernels::scalar_linear_kernels().pack_q4_bf16_panel(d.m, n0, Kp, ref.data());
-            for (int64_t k = 0; k < Kp; ++k)
-              for (int64_t c = 0; c < 32; ++c) {
-                const uint16_t want = k < s.rows && n0 + c < s.cols ? f32_to_bf16(w[k * s.cols + n0 + c]) : 0;
-                ASSERT_EQ(ref[(k / 32) * 1024 + (c / 16) * 512 + ((k % 32) / 2) * 32 + 2 * (c % 16) + k % 2], want)
-                    << s.rows << "x" << s.cols << " n0 " << n0 << " k " << k << " c " << c;
-              }
-            for (SimdLevel lv : levels()) {
-              std::vector<uint16_t> got(ref.size(), 0x5555);
-              kernels::linear_kernels_for(lv).pack_q4_bf16_panel(d.m, n0, Kp, got.data());
-              ASSERT_EQ(got, ref) << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " bs " << bs << " n0 "
-                                  << n0 << " nested " << nested;
-            }
-          }
+  for_each_bf16_case(12, [](const Size& s, int bs, const Q4Data& d, const std::vector<float>& w) {
+    const int64_t Kp = (s.rows + 31) / 32 * 32 + 32;  // (one step of padding past the rows too)
+    for (int64_t n0 = 0; n0 < s.cols; n0 += 32) {
+      std::vector<uint16_t> ref(static_cast<size_t>(Kp / 32 * 1024), 0xAAAA);
+      kernels::scalar_linear_kernels().pack_q4_bf16_panel(d.m, n0, Kp, ref.data());
+      for (int64_t k = 0; k < Kp; ++k)
+        for (int64_t c = 0; c < 32; ++c) {
+          const uint16_t want = k < s.rows && n0 + c < s.cols ? f32_to_bf16(w[k * s.cols + n0 + c]) : 0;
+          ASSERT_EQ(ref[(k / 32) * 1024 + (c / 16) * 512 + ((k % 32) / 2) * 32 + 2 * (c % 16) + k % 2], want)
+              << s.rows << "x" << s.cols << " n0 " << n0 << " k " << k << " c " << c;
         }
+      for (SimdLevel lv : levels()) {
+        std::vector<uint16_t> got(ref.size(), 0x5555);
+        kernels::linear_kernels_for(lv).pack_q4_bf16_panel(d.m, n0, Kp, got.data());
+        ASSERT_EQ(got, ref) << simd_level_name(lv) << " bs " << bs << " n0 " << n0;
+      }
+    }
+  });
 }
 
 TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {

@@ -2,6 +2,7 @@
 // (see command.h); this file only parses, dispatches and turns errors into messages.
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -9,7 +10,10 @@
 #include <string_view>
 #include <vector>
 
+#include <unistd.h>
+
 #include "base/error.h"
+#include "base/openmp_wait.h"
 #include "base/text_excerpt.h"
 #include "cli/command.h"
 
@@ -61,9 +65,20 @@ std::string failure_message(const CLI::App* app, const CLI::Error& e) {
   return "error: " + qlora::safe_message(msg) + "\nRun `" + help + "` for the options.\n";
 }
 
+// The decoding commands run with a short OpenMP spin (base/openmp_wait.h). libgomp read its
+// environment before main(), so the variable is set and the program starts itself again, once
+// (the variable is then set). If the exec fails, the run goes on with libgomp's own waiting.
+void set_decode_spin(int argc, char** argv) {
+  if (argc < 2) return;
+  const auto spin = qlora::decode_spin_count(argv[1], std::getenv("GOMP_SPINCOUNT"), std::getenv("OMP_WAIT_POLICY"));
+  if (!spin || setenv("GOMP_SPINCOUNT", spin->c_str(), 1) != 0) return;
+  execv("/proc/self/exe", argv);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  set_decode_spin(argc, argv);
   using namespace qlora::cli;
   // A file-size limit (ulimit -f) would kill the process with SIGXFSZ in the middle of a
   // write; ignored, the write fails with EFBIG and is reported like a full disk: the file,

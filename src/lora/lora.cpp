@@ -124,15 +124,20 @@ LoraScratchFloats lora_scratch_floats(int64_t T, int64_t in, int64_t out, int64_
 }
 
 LoraCacheFloats lora_cache_floats(int64_t T, int64_t in, int64_t r, bool dropout) {
-  return {T * r, dropout ? T * in : 0};
+  return {T * r, dropout ? T * in : 0, dropout ? T * lora_mask_words(in) : 0};
 }
 
-LoraCacheStorage::LoraCacheStorage(int64_t T, int64_t in, int64_t r, bool dropout) {
+LoraCacheStorage::LoraCacheStorage(int64_t T, int64_t in, int64_t r, bool dropout, bool packed) {
   const LoraCacheFloats f = lora_cache_floats(T, in, r, dropout);
   h.resize(static_cast<size_t>(f.h));
-  mask.resize(static_cast<size_t>(f.mask));
   cache.h = h.data();
-  cache.mask = dropout ? mask.data() : nullptr;
+  if (dropout && packed) {
+    mask_bits.resize(static_cast<size_t>(f.mask_words));
+    cache.mask_bits = mask_bits.data();
+  } else if (dropout) {
+    mask.resize(static_cast<size_t>(f.mask));
+    cache.mask = mask.data();
+  }
 }
 
 LoraScratchStorage::LoraScratchStorage(const LoraScratchFloats& f)
@@ -169,7 +174,7 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   uint64_t call_seed = 0;
   if (drop) {
     check(rng != nullptr, L.module_path, "LoRA dropout in training needs a random generator");
-    check(cache != nullptr && cache->mask != nullptr, L.module_path,
+    check(cache != nullptr && (cache->mask != nullptr || cache->mask_bits != nullptr), L.module_path,
           "LoRA dropout in training needs a cache with room for its mask");
     // One draw from the caller's generator seeds this call; each row (token) then has its
     // own generator seeded from (that draw, row), so rows fill in parallel and the masks
@@ -180,8 +185,10 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
   const float p = L.dropout, keep_scale = 1.f / (1.f - p);
   // h (T, r), overwritten by the first product; kept in the cache when training.
   float* h = cache ? cache->h : scratch.h;
-  float* mk = drop ? cache->mask : nullptr;  // every element is drawn below (lora/dropout_mask.h)
-  float* xd = scratch.x;                     // dropout(x) (T, in), only when dropout is on
+  uint32_t* bits = drop ? cache->mask_bits : nullptr;      // every element is drawn below
+  float* mk = drop && !bits ? cache->mask : nullptr;       // (lora/dropout_mask.h)
+  float* xd = scratch.x;  // dropout(x) (T, in), only when dropout is on
+  const int64_t words = lora_mask_words(in);
   float* tmp = scratch.y;
   const float s = L.scaling;
 #pragma omp parallel num_threads(lora_threads(T, in))
@@ -190,7 +197,20 @@ void lora_forward(float* y, LoraCache* cache, const LoraLayer& L, const float* x
     share(T, t0, t1);
     if (t0 < t1) {
       const float* xin = x;
-      if (drop) {
+      if (drop && bits) {  // the multipliers drawn into xd's rows, kept as bits, then applied
+        fill_dropout_mask(xd, t0, t1, in, call_seed, p, keep_scale);
+        for (int64_t t = t0; t < t1; ++t) {
+          float* row = xd + t * in;
+          const float* xr = x + t * in;
+          uint32_t* w = bits + t * words;
+          for (int64_t j = 0; j < words; ++j) w[j] = 0;
+          for (int64_t i = 0; i < in; ++i) {
+            w[i / 32] |= static_cast<uint32_t>(row[i] != 0.0f) << (i % 32);
+            row[i] = xr[i] * row[i];
+          }
+        }
+        xin = xd;
+      } else if (drop) {
         fill_dropout_mask(mk, t0, t1, in, call_seed, p, keep_scale);
         for (int64_t k = t0 * in; k < t1 * in; ++k) xd[k] = x[k] * mk[k];
         xin = xd;
@@ -216,6 +236,25 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
   float* xd = drop ? scratch.drop : nullptr;  // dropout(x), then dh A
   const float* xin = drop ? xd : x;
   const float* mk = cache.mask;
+  const uint32_t* bits = cache.mask_bits;  // (when set: the multipliers, a bit each)
+  check(!drop || mk || bits, L.module_path, "lora_backward: the forward's dropout mask is missing");
+  const float keep_scale = 1.f / (1.f - L.dropout);  // (as lora_forward draws it)
+  const int64_t words = lora_mask_words(in);
+  // y[k] (+)= v[k] * multiplier(k) over rows [t0, t1), v and y (T, in).
+  auto apply_mask = [&](float* y, const float* v, int64_t t0, int64_t t1, bool add) {
+    if (bits) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const uint32_t* w = bits + t * words;
+        for (int64_t i = 0; i < in; ++i) {
+          const float m = (w[i / 32] >> (i % 32)) & 1u ? keep_scale : 0.0f;
+          const int64_t k = t * in + i;
+          y[k] = add ? y[k] + v[k] * m : v[k] * m;
+        }
+      }
+    } else {
+      for (int64_t k = t0 * in; k < t1 * in; ++k) y[k] = add ? y[k] + v[k] * mk[k] : v[k] * mk[k];
+    }
+  };
 #pragma omp parallel num_threads(lora_threads(T, std::max(in, out)))
   {
     int64_t t0, t1;
@@ -224,8 +263,7 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
     if (t0 < t1) {
       sgemm_nn(t1 - t0, r, out, dy + t0 * out, out, L.B.data(), r, dh + t0 * r, r, /*accumulate=*/false);
       for (int64_t k = t0 * r; k < t1 * r; ++k) dh[k] *= s;
-      if (drop)
-        for (int64_t k = t0 * in; k < t1 * in; ++k) xd[k] = x[k] * mk[k];
+      if (drop) apply_mask(xd, x, t0, t1, /*add=*/false);
     }
 #pragma omp barrier
     // dB (out, r) += scaling · dyᵀ h, these output rows; dA (r, in) += dhᵀ dropout(x), these
@@ -246,7 +284,7 @@ void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, con
         sgemm_nn(t1 - t0, in, r, dh + t0 * r, r, L.A.data(), in, dx + t0 * in, in, /*accumulate=*/true);
       } else {
         sgemm_nn(t1 - t0, in, r, dh + t0 * r, r, L.A.data(), in, xd + t0 * in, in, /*accumulate=*/false);
-        for (int64_t k = t0 * in; k < t1 * in; ++k) dx[k] += xd[k] * mk[k];
+        apply_mask(dx, xd, t0, t1, /*add=*/true);
       }
     }
   }

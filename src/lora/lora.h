@@ -88,22 +88,34 @@ struct LoraLayer {
 
 // What lora_backward needs from the forward of the same input, in memory the caller owns
 // (training: its backend's, sized by lora_cache_floats and counted by the planner).
+// The dropout mask is kept in one of two forms; one of them is REQUIRED when dropout acts:
+//  - mask: (T, in) float32 multipliers, 0 or 1/(1-p) (the GPU backend's form);
+//  - mask_bits: one bit per element, 1 = kept, row t in lora_mask_words(in) 32-bit words
+//    from mask_bits + t * lora_mask_words(in), element i at bit i % 32 of word i / 32: a
+//    32nd of the memory (the CPU backend's form, Backend::lora_mask_packed). Used when set.
+// Both give the same multipliers, so the same numbers.
 struct LoraCache {
-  float* h = nullptr;     // (T, r)  A · dropout(x)
-  float* mask = nullptr;  // (T, in) dropout multipliers 0 or 1/(1-p); REQUIRED when dropout acts
-  bool masked = false;    // set by lora_forward: whether the mask was drawn (dropout acted)
+  float* h = nullptr;           // (T, r)  A · dropout(x)
+  float* mask = nullptr;        // (T, in) dropout multipliers
+  uint32_t* mask_bits = nullptr;  // (T, lora_mask_words(in)) the same, a bit each
+  bool masked = false;          // set by lora_forward: whether the mask was drawn (dropout acted)
 };
-// Floats of a cache's h and mask for T tokens of a layer (in, r); the mask only when dropout
-// may act (training with dropout > 0).
+// 32-bit words of one token's row of a bit mask over `in` inputs.
+inline int64_t lora_mask_words(int64_t in) { return (in + 31) / 32; }
+// Floats of a cache's h and mask for T tokens of a layer (in, r), the mask in either form
+// (mask_words: its bits, in 32-bit words); the mask only when dropout may act (training with
+// dropout > 0).
 struct LoraCacheFloats {
-  int64_t h = 0, mask = 0;
+  int64_t h = 0, mask = 0, mask_words = 0;
 };
 LoraCacheFloats lora_cache_floats(int64_t T, int64_t in, int64_t r, bool dropout);
-// A cache over vectors, for callers without backend memory (tools, tests).
+// A cache over vectors, for callers without backend memory (tools, tests): the mask as float32
+// multipliers, or (`packed`) as bits.
 struct LoraCacheStorage {
   std::vector<float> h, mask;
+  std::vector<uint32_t> mask_bits;
   LoraCache cache;
-  LoraCacheStorage(int64_t T, int64_t in, int64_t r, bool dropout);
+  LoraCacheStorage(int64_t T, int64_t in, int64_t r, bool dropout, bool packed = false);
 };
 
 // The temporaries of lora_forward and lora_backward, owned by the caller: nothing here

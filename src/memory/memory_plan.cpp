@@ -80,6 +80,7 @@ struct LoraShape {
   uint64_t params = 0;        // A + B elements
   uint64_t optim_state = 0;   // for the chosen optimizer
   uint64_t sum_in = 0;        // Σ in over adapted Linears of one block
+  uint64_t sum_mask_words = 0;  // Σ lora_mask_words(in): a token's dropout bits, in 32-bit words
   uint64_t sum_out = 0;
   uint64_t max_in_out = 0;    // max(in + out) over adapted Linears
   uint64_t max_in = 0, max_out = 0;  // over adapted Linears
@@ -129,6 +130,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     l.params += u(s.n_layers) * (a + b);
     l.optim_state += u(s.n_layers) * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
     l.sum_in += u(li.in);
+    l.sum_mask_words += u(lora_mask_words(li.in));
     l.sum_out += u(li.out);
     l.max_in_out = std::max(l.max_in_out, u(li.in + li.out));
     l.max_in = std::max(l.max_in, u(li.in));
@@ -332,8 +334,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // block program's backward reads (model/block_program.h), plus the LoRA caches.
     const BlockProgram prog = BlockProgram::for_spec(s);
     const int64_t Ti = static_cast<int64_t>(T), Bi = static_cast<int64_t>(B);
+    // (the CPU backend keeps each LoRA dropout mask as bits: lora/lora.h LoraCache mask_bits)
     const uint64_t block = 4 * u(prog.saved_floats(Ti, Bi)) +
-                           4 * (static_cast<uint64_t>(ls.modules_per_block) * BT * r_ + (drop ? BT * ls.sum_in : 0));
+                           4 * (static_cast<uint64_t>(ls.modules_per_block) * BT * r_ + (drop ? BT * ls.sum_mask_words : 0));
     const uint64_t xs = 4 * (L + 1) * BT * C;
     r.activations_checkpointed = xs + block;
     r.activations_full = xs + L * block;

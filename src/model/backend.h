@@ -116,6 +116,9 @@ class Backend {
                             const float* bias, int64_t rows, int64_t C, ComputeDType dtype) = 0;
   virtual void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                              const float* stats, int64_t rows, int64_t C) = 0;
+  // Whether this backend's LoRA caches keep the dropout mask as bits (lora/lora.h LoraCache
+  // mask_bits, a 32nd of the float32 multipliers' memory) rather than float32 multipliers.
+  virtual bool lora_mask_packed() const { return false; }
   // y (T, out) = W x (+ bias) (+ the LoRA path when `lora` is set: lora_forward's contract).
   virtual void linear_forward(float* y, const float* x, int64_t T, const QuantLinear& W, const LoraLayer* lora,
                               LoraCache* cache, bool training, LoraRng* rng, const LoraScratch& scratch) = 0;

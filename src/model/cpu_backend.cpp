@@ -77,6 +77,7 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
+  bool lora_mask_packed() const override { return true; }
   bool host_addressable() const override { return true; }
 
   void* allocate_bytes(size_t bytes) override {

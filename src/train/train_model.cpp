@@ -16,16 +16,18 @@ namespace {
 void size_lora_cache(Backend& be, LoraCache& c, BackendBuffer& h, BackendBuffer& mask,
                      std::span<const LoraLayer* const> layers, int64_t T, bool training) {
   LoraCacheFloats n;
+  const bool packed = be.lora_mask_packed();  // (the bits as 32-bit words, in a float buffer)
   for (const LoraLayer* lo : layers) {
     if (!lo) continue;
     const LoraCacheFloats f = lora_cache_floats(T, lo->in, lo->r, training && lo->dropout > 0.f);
     n.h = std::max(n.h, f.h);
-    n.mask = std::max(n.mask, f.mask);
+    n.mask = std::max(n.mask, packed ? f.mask_words : f.mask);
   }
   h.ensure(be, n.h);
   mask.ensure(be, n.mask);
   c.h = n.h > 0 ? h.data() : nullptr;
-  c.mask = n.mask > 0 ? mask.data() : nullptr;
+  c.mask = n.mask > 0 && !packed ? mask.data() : nullptr;
+  c.mask_bits = n.mask > 0 && packed ? reinterpret_cast<uint32_t*>(mask.data()) : nullptr;
   c.masked = false;
 }
 

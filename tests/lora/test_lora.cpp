@@ -329,6 +329,53 @@ TEST(LoraKernels, ThreadSharesMatchTheDoubleReference) {
   }
 }
 
+// The dropout mask kept as bits (the CPU backend's form) gives the same numbers, bit for bit,
+// as the float32 multipliers: the forward, every gradient, and the multipliers themselves (a
+// kept element's bit set exactly where the multiplier is 1/(1-p)); rows of an awkward width.
+TEST(LoraKernels, PackedDropoutMaskGivesTheSameNumbers) {
+  const int64_t T = 70, in = 517, out = 300, r = 8;
+  LoraConfig c;
+  c.r = r;
+  c.alpha = 16;
+  c.dropout = 0.2;
+  c.target_modules = {"x"};
+  std::vector<float> x(T * in), w(T * out);
+  fill_random(x, 21);
+  fill_random(w, 22);
+  struct Run {
+    std::vector<float> y, dx, dA, dB;
+  };
+  auto run = [&](LoraCacheStorage& cs) {
+    LoraLayer L("x", in, out, c);
+    L.init(3);
+    fill_random(L.B, 4, 0.1f);
+    Run res{std::vector<float>(T * out, 0.f), std::vector<float>(T * in, 0.f), {}, {}};
+    LoraRng rng(5);
+    lora_forward(res.y.data(), &cs.cache, L, x.data(), T, /*training=*/true, &rng, scratch_for(L, T).view());
+    lora_backward(res.dx.data(), L, w.data(), x.data(), cs.cache, T, scratch_for(L, T).view());
+    res.dA = L.dA;
+    res.dB = L.dB;
+    return res;
+  };
+  LoraCacheStorage floats(T, in, r, true), bits(T, in, r, true, /*packed=*/true);
+  ASSERT_EQ(bits.mask_bits.size(), static_cast<size_t>(T * lora_mask_words(in)));
+  ASSERT_TRUE(bits.mask.empty());
+  const Run a = run(floats), b = run(bits);
+  EXPECT_EQ(a.y, b.y);
+  EXPECT_EQ(a.dx, b.dx);
+  EXPECT_EQ(a.dA, b.dA);
+  EXPECT_EQ(a.dB, b.dB);
+  const float keep = 1.f / (1.f - static_cast<float>(c.dropout));
+  int64_t kept = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < in; ++i) {
+      const bool bit = (bits.mask_bits[t * lora_mask_words(in) + i / 32] >> (i % 32)) & 1u;
+      ASSERT_EQ(floats.mask[t * in + i], bit ? keep : 0.0f) << t << " " << i;
+      kept += bit;
+    }
+  EXPECT_NEAR(static_cast<double>(kept) / (T * in), 0.8, 0.02);
+}
+
 TEST(LoraKernels, DropoutTrainingAndEval) {
   const int64_t T = 64, in = 256, out = 8;
   LoraConfig c;

@@ -182,7 +182,7 @@ TEST(MemoryPlan, QloraTrainActivationsInClosedForm) {
   o.target_modules = {"q_proj"};
   const uint64_t T = 16, C = 64, QD = 64, KVD = 32, NH = 8, F = 172, L = 5;
   const uint64_t block = 4 * (3 * T * C + 2 * T + 2 * T * QD + 2 * T * KVD + NH * T * T + 3 * T * F) +
-                         4 * (T * 4 + T * C);  // LoRA cache: h (T, r) and the dropout mask (T, in)
+                         4 * (T * 4 + T * ((C + 31) / 32));  // LoRA cache: h (T, r), the dropout mask's bits (T, in)
   const MemoryPlan p = plan_memory(s, o);
   EXPECT_EQ(p.activations_checkpointed, 4 * (L + 1) * T * C + block);
   EXPECT_EQ(p.activations_full, 4 * (L + 1) * T * C + L * block);

@@ -35,6 +35,7 @@ class CheckingBackend final : public Backend {
  public:
   const char* name() const override { return "checking"; }
   bool host_addressable() const override { return false; }
+  bool lora_mask_packed() const override { return cpu().lora_mask_packed(); }  // (the caches' form)
 
   void* allocate_bytes(size_t bytes) override {
     void* p = cpu().allocate_bytes(bytes);
@@ -102,7 +103,7 @@ class CheckingBackend final : public Backend {
       const bool drop = training && lora->dropout > 0;
       lora_scratch(scratch, T, *lora, drop, false, cache == nullptr);
       if (cache) f(cache->h, T * lora->r, "lora cache h");
-      if (cache && drop) f(cache->mask, T * lora->in, "lora cache mask");
+      if (cache && drop) lora_mask(*cache, T, lora->in);
     }
     ++ops["linear"];
     cpu().linear_forward(y, x, T, W, lora, cache, training, rng, scratch);
@@ -118,7 +119,7 @@ class CheckingBackend final : public Backend {
       f(x, T * W.in_features(), "linear x");
       lora_scratch(scratch, T, *lora, cache->masked, true, false);
       f(cache->h, T * lora->r, "lora cache h");
-      if (cache->masked) f(cache->mask, T * lora->in, "lora cache mask");
+      if (cache->masked) lora_mask(*cache, T, lora->in);
     }
     ++ops["linear_backward"];
     cpu().linear_backward(dx, dy, x, T, W, lora, cache, tile, scratch);
@@ -274,6 +275,13 @@ class CheckingBackend final : public Backend {
   }
   void f(const float* p, int64_t n, const char* what) {
     if (n > 0) mine(p, static_cast<size_t>(n) * sizeof(float), what);
+  }
+  // A LoRA cache's dropout mask, in the form this backend keeps (lora/lora.h LoraCache).
+  void lora_mask(const LoraCache& c, int64_t T, int64_t in) {
+    if (lora_mask_packed())
+      mine(c.mask_bits, static_cast<size_t>(T * lora_mask_words(in)) * sizeof(uint32_t), "lora cache mask bits");
+    else
+      f(c.mask, T * in, "lora cache mask");
   }
   void i32(const int32_t* p, int64_t n, const char* what) {
     if (n > 0) mine(p, static_cast<size_t>(n) * sizeof(int32_t), what);

@@ -65,6 +65,31 @@ inline void decode32(const uint8_t* p, __m512i& i0, __m512i& i1) {
   i1 = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo));
 }
 
+// The 32 weights of a chunk at flat index i (a multiple of 32, inside one block) as float32,
+// two registers of 16: the block's scaled code is computed once per block and kept.
+class ScaledChunks {
+ public:
+  explicit ScaledChunks(const Q4Matrix& w)
+      : w_(w), code_(_mm512_loadu_ps(w.code)), cb_(code_), shift_(detail::log2_int(w.blocksize)) {}
+  void operator()(int64_t i, __m512& lo, __m512& hi) {
+    const int64_t b = i >> shift_;
+    if (b != cur_) {
+      cur_ = b;
+      cb_ = scaled_code(w_, code_, b);
+    }
+    __m512i i0, i1;
+    decode32(w_.packed + (i >> 1), i0, i1);
+    lo = _mm512_permutexvar_ps(i0, cb_);
+    hi = _mm512_permutexvar_ps(i1, cb_);
+  }
+
+ private:
+  const Q4Matrix& w_;
+  __m512 code_, cb_;
+  int shift_;
+  int64_t cur_ = -1;
+};
+
 // ---- fast path for rows that are whole 32-weight chunks (cols % 32 == 0) -------------------
 // The 16 packed bytes of a chunk are broadcast to all four 128-bit lanes of a register with
 // one load; a per-lane variable shift (8k or 8k + 4 in 128-bit block k) brings byte 4j + k
@@ -137,8 +162,7 @@ void gemv_q4_avx512(const Q4Matrix& w, const float* x, float* y, int64_t r0, int
     gemv_q4_aligned<1>(w, permuted_x(x, 1, w.cols), y, 0, r0, r1);
     return;
   }
-  const __m512 code = _mm512_loadu_ps(w.code);
-  const int shift = detail::log2_int(w.blocksize);
+  ScaledChunks chunk(w);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * w.cols, e = s + w.cols;
     float sacc = 0.0f;
@@ -146,19 +170,12 @@ void gemv_q4_avx512(const Q4Matrix& w, const float* x, float* y, int64_t r0, int
     const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
     for (; i < head_end; ++i) sacc += q4_weight(w, i) * x[i - s];
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t cur = -1;
-    __m512 cb = code;
     for (; i + 32 <= e; i += 32) {
-      const int64_t b = i >> shift;
-      if (b != cur) {
-        cur = b;
-        cb = scaled_code(w, code, b);
-      }
-      __m512i i0, i1;
-      decode32(w.packed + (i >> 1), i0, i1);
+      __m512 w0, w1;
+      chunk(i, w0, w1);
       const float* xp = x + (i - s);
-      acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, cb), _mm512_loadu_ps(xp), acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, cb), _mm512_loadu_ps(xp + 16), acc1);
+      acc0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp), acc0);
+      acc1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp + 16), acc1);
     }
     for (; i < e; ++i) sacc += q4_weight(w, i) * x[i - s];
     y[r] = hsum(_mm512_add_ps(acc0, acc1)) + sacc;
@@ -167,8 +184,7 @@ void gemv_q4_avx512(const Q4Matrix& w, const float* x, float* y, int64_t r0, int
 
 template <int T>
 void gemv_q4_multi_t(const Q4Matrix& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const __m512 code = _mm512_loadu_ps(w.code);
-  const int shift = detail::log2_int(w.blocksize);
+  ScaledChunks chunk(w);
   const int64_t cols = w.cols;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols, e = s + cols;
@@ -181,17 +197,9 @@ void gemv_q4_multi_t(const Q4Matrix& w, const float* x, float* y, int64_t ldy, i
     }
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-    int64_t cur = -1;
-    __m512 cb = code;
     for (; i + 32 <= e; i += 32) {
-      const int64_t b = i >> shift;
-      if (b != cur) {
-        cur = b;
-        cb = scaled_code(w, code, b);
-      }
-      __m512i i0, i1;
-      decode32(w.packed + (i >> 1), i0, i1);
-      const __m512 w0 = _mm512_permutexvar_ps(i0, cb), w1 = _mm512_permutexvar_ps(i1, cb);
+      __m512 w0, w1;
+      chunk(i, w0, w1);
       const float* xp = x + (i - s);
       for (int t = 0; t < T; ++t) {
         acc[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp + t * cols), acc[t]);
@@ -236,52 +244,19 @@ void gemv_q4_multi_avx512(const Q4Matrix& w, const float* x, int64_t T, float* y
 }
 
 void dequant_rows_q4_avx512(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
-  const __m512 code = _mm512_loadu_ps(w.code);
-  const int shift = detail::log2_int(w.blocksize);
   const int64_t s = r0 * w.cols, e = r1 * w.cols;
   int64_t i = s;
   const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
   for (; i < head_end; ++i) out[i - s] = q4_weight(w, i);
-  int64_t cur = -1;
-  __m512 cb = code;
+  ScaledChunks chunk(w);
   for (; i + 32 <= e; i += 32) {
-    const int64_t b = i >> shift;
-    if (b != cur) {
-      cur = b;
-      cb = scaled_code(w, code, b);
-    }
-    __m512i i0, i1;
-    decode32(w.packed + (i >> 1), i0, i1);
-    _mm512_storeu_ps(out + (i - s), _mm512_permutexvar_ps(i0, cb));
-    _mm512_storeu_ps(out + (i - s) + 16, _mm512_permutexvar_ps(i1, cb));
+    __m512 w0, w1;
+    chunk(i, w0, w1);
+    _mm512_storeu_ps(out + (i - s), w0);
+    _mm512_storeu_ps(out + (i - s) + 16, w1);
   }
   for (; i < e; ++i) out[i - s] = q4_weight(w, i);
 }
-
-// The 32 weights of a chunk at flat index i (a multiple of 32, inside one block) as float32,
-// two registers of 16: the block's scaled code is computed once per block and kept.
-class ScaledChunks {
- public:
-  explicit ScaledChunks(const Q4Matrix& w)
-      : w_(w), code_(_mm512_loadu_ps(w.code)), cb_(code_), shift_(detail::log2_int(w.blocksize)) {}
-  void operator()(int64_t i, __m512& lo, __m512& hi) {
-    const int64_t b = i >> shift_;
-    if (b != cur_) {
-      cur_ = b;
-      cb_ = scaled_code(w_, code_, b);
-    }
-    __m512i i0, i1;
-    decode32(w_.packed + (i >> 1), i0, i1);
-    lo = _mm512_permutexvar_ps(i0, cb_);
-    hi = _mm512_permutexvar_ps(i1, cb_);
-  }
-
- private:
-  const Q4Matrix& w_;
-  __m512 code_, cb_;
-  int shift_;
-  int64_t cur_ = -1;
-};
 
 // LinearKernels::dequant_rows_q4_bf16: each 32-weight chunk decoded as dequant_rows_q4 does,
 // converted to bf16 in one VCVTNE2PS2BF16 and stored as 64 bytes. Rows of whole chunks

@@ -85,6 +85,70 @@ BENCHMARK(BM_GemvQ4)
     ->ArgsProduct({{1, 2}, {4096}, {4096}, {0}})
     ->Unit(benchmark::kMicrosecond);
 
+// The 8-bit-activation GEMVs (--int8-activations), single-threaded: arg0 = SIMD level (on
+// AVX-512 the VNNI kernels where the CPU has them), arg1/2 = rows/cols, arg3 = double quant,
+// arg4 = copies of the weights cycled through. One copy of 1536 x 576 stays in L2; 200 copies of
+// it (SmolLM2's MLP shape, 84 MiB) and 12 of 4096 x 4096 (96 MiB of packed weights) and 3 of the SmolLM2 head (49152 x 576, 85 MiB) stream
+// from memory, as decoding does (a 32 MiB L3 would hold one copy).
+void BM_GemvQ4I8(benchmark::State& st) {
+  const SimdLevel lv = kLevels[st.range(0)];
+  if (static_cast<int>(lv) > static_cast<int>(cpu_simd_level())) {
+    st.SkipWithError("level not supported by this CPU");
+    return;
+  }
+  const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(4);
+  auto q = make_q4(rows, cols, st.range(3) != 0);
+  std::vector<std::vector<uint8_t>> packed(copies, q->q.packed);
+  auto x = randn(cols, 2);
+  std::vector<int8_t> xq(cols);
+  std::vector<float> xd(cols / 32), y(rows);
+  const auto& k = kernels::linear_kernels_for(lv);
+  k.quantize_x_q8(x.data(), cols, xq.data(), xd.data());
+  int64_t c = 0;
+  for (auto _ : st) {
+    kernels::Q4Matrix m = q->m;
+    m.packed = packed[c].data();
+    c = (c + 1) % copies;
+    k.gemv_q4_i8(m, xq.data(), xd.data(), y.data(), 0, rows);
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * rows * cols / 2);
+  st.SetLabel(simd_level_name(lv));
+}
+BENCHMARK(BM_GemvQ4I8)
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {0, 1}, {1}})
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1}, {200}})
+    ->ArgsProduct({{1, 2}, {4096}, {4096}, {1}, {12}})
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_GemvQ8I8(benchmark::State& st) {
+  const SimdLevel lv = kLevels[st.range(0)];
+  if (static_cast<int>(lv) > static_cast<int>(cpu_simd_level())) {
+    st.SkipWithError("level not supported by this CPU");
+    return;
+  }
+  const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(3);
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::vector<int8_t> w(rows * cols);
+  for (auto& v : w) v = static_cast<int8_t>(code(rng));
+  const std::vector<std::vector<int8_t>> ws(copies, w);
+  const auto scales = randn(rows * cols / 32, 6, 0.01f), x = randn(cols, 7);
+  std::vector<int8_t> xq(cols);
+  std::vector<float> xd(cols / 32), y(rows);
+  const auto& k = kernels::linear_kernels_for(lv);
+  k.quantize_x_q8(x.data(), cols, xq.data(), xd.data());
+  int64_t c = 0;
+  for (auto _ : st) {
+    k.gemv_q8_i8(ws[c].data(), scales.data(), cols, xq.data(), xd.data(), y.data(), 0, rows);
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * (rows * cols + rows * cols / 32 * 4));
+  st.SetLabel(simd_level_name(lv));
+}
+BENCHMARK(BM_GemvQ8I8)->ArgsProduct({{1, 2}, {1536}, {576}, {1}})->ArgsProduct({{1, 2}, {49152}, {576}, {3}})->Unit(benchmark::kMicrosecond);
+
 // The fused GEMV beyond the fast shape, single-threaded, active SIMD level, 1536 rows,
 // double-quantized: arg0 = compute dtype the weights are rounded to (0 fp32, 1 bf16, 2 fp16),
 // arg1 = cols (576: whole 32-weight chunks per row; 580: rows start mid-chunk).

@@ -126,6 +126,14 @@ Q8Codes q8_codes(const float* code);
 // The block size of gemv_q8's rows.
 inline constexpr int64_t kQ8Block = 32;
 
+// The AVX-512 VNNI (vpdpbusd) versions of gemv_q4_i8 and gemv_q8_i8 (linear_kernels_i8_avx512.cpp).
+// avx512_linear_kernels() hands them out when cpu_has_avx512_vnni(); call them only then.
+struct Int8GemvKernels {
+  decltype(LinearKernels::gemv_q4_i8) gemv_q4_i8;
+  decltype(LinearKernels::gemv_q8_i8) gemv_q8_i8;
+};
+const Int8GemvKernels& avx512_vnni_int8_gemv_kernels();
+
 const LinearKernels& scalar_linear_kernels();
 const LinearKernels& avx2_linear_kernels();    // only when cpu_simd_level() >= AVX2
 const LinearKernels& avx512_linear_kernels();  // only when cpu_simd_level() >= AVX512

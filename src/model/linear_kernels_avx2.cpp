@@ -332,6 +332,7 @@ void gemv_q8_avx2(const int8_t* q, const float* scales, int64_t cols, const floa
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const int8_t* qb = q + r * cols + b * kQ8Block;
+      detail::prefetch_l2(qb + detail::kGemvPrefetchBytes);
       const float* xb = x + b * kQ8Block;
       const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb));
       const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb + 16));
@@ -592,6 +593,7 @@ void gemv_q8_i8_avx2(const int8_t* q, const float* scales, int64_t cols, const i
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
+      detail::prefetch_l2(row + 32 * b + detail::kGemvPrefetchBytes);
       const __m256i d0 = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * b)),
                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * b)));
       const __m256i d1 = dot_i8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * b + 32)),

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "base/cpu_features.h"
 #include "model/linear_kernels.h"
 #include "model/linear_kernels_inl.h"
 
@@ -138,6 +139,7 @@ void gemv_q4_aligned(const Q4Matrix& w, const float* xp, float* y, int64_t ldy, 
         cb = scaled_code(w, code, b);
       }
       __m512i hi, lo;
+      detail::prefetch_l2(w.packed + ((s + c) >> 1) + detail::kGemvPrefetchBytes);
       decode(w.packed + ((s + c) >> 1), hi, lo);
       const __m512 wh = _mm512_permutexvar_ps(hi, cb), wl = _mm512_permutexvar_ps(lo, cb);
       for (int t = 0; t < T; ++t) {
@@ -350,6 +352,7 @@ void gemv_q8_avx512(const int8_t* q, const float* scales, int64_t cols, const fl
     for (int64_t b = 0; b < nb; ++b) {
       const int8_t* qb = q + r * cols + b * kQ8Block;
       const float* xb = x + b * kQ8Block;
+      detail::prefetch_l2(qb + detail::kGemvPrefetchBytes);
       const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb));
       const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb + 16));
       __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), _mm512_loadu_ps(xb));
@@ -454,8 +457,12 @@ const LinearKernels& avx512_linear_kernels() {
                                dot_avx512,       axpy_avx512,            gemv_q8_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
                                avx2_linear_kernels().attn_scores, avx2_linear_kernels().attn_weighted_sum,
-                               avx2_linear_kernels().quantize_x_q8, avx2_linear_kernels().gemv_q4_i8,
-                               avx2_linear_kernels().gemv_q8_i8};
+                               avx2_linear_kernels().quantize_x_q8,
+                               // vpdpbusd where the CPU has it (most AVX-512 CPUs since Cascade Lake / Zen 4)
+                               cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q4_i8
+                                                     : avx2_linear_kernels().gemv_q4_i8,
+                               cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q8_i8
+                                                     : avx2_linear_kernels().gemv_q8_i8};
   return k;
 }
 

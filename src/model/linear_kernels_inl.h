@@ -20,6 +20,14 @@ inline float q4_weight(const Q4Matrix& w, int64_t i) {
   return round_to_dtype(w.code[nibble_at(w.packed, i)] * w.block_absmax(i / w.blocksize), w.round_to);
 }
 
+// The one-token GEMVs prefetch each row's weights into L2 this many bytes ahead of their reads.
+// Decoding streams every weight from DRAM once per token, and on one thread the hardware
+// prefetchers alone left these kernels well short of the read bandwidth (bench_generate's
+// BM_GemvQ4I8 / BM_GemvQ8I8 with more copies than L3 holds, Zen 4: prefetching 4 KiB ahead
+// into L1, or not at all, was 25-45% slower than 16 KiB ahead into L2).
+inline constexpr int64_t kGemvPrefetchBytes = 16384;
+inline void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
+
 inline int log2_int(int v) {
   int s = 0;
   while ((1 << s) < v) ++s;

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Every GPU check in one run, for the device machine (one call of the device tool):
-#   bash ../shared/device/pack.sh build-cuda qlora test_cuda_kernels test_cuda_train_kernels test_cuda_family_kernels test_cuda_backend test_cuda_runner test_cuda_train bench_cuda_kernels
-#   strip .devcarry/bin/*; xz .devcarry/lib/libdnnl.so.2     (to fit the 64 MiB the tree may carry)
-#   mkdir -p .devcarry/data/text; cp ../shared/data/text/tinyshakespeare.txt .devcarry/data/text/
+#   bash scripts/device_pack.sh       (here: builds, packs, strips and compresses into .devcarry/)
 #   then, there, from the project root with carry [".devcarry"]:  bash scripts/device_check.sh
 # Logs go to $OUT (the device tool brings them back): nvidia-smi, each test's output, the
 # benchmark's JSON lines. Exits non-zero when a test failed.
 set -uo pipefail
 OUT=${OUT:-/tmp/qlora-device-out}
 mkdir -p "$OUT"
-# Big libraries travel xz-compressed (the carried tree is at most 64 MiB): unpack them.
-for f in .devcarry/lib/*.xz; do
+# Programs and big libraries travel xz-compressed (the carried tree is at most 64 MiB): unpack
+# them (Python's lzma: the image may lack the xz tool).
+for f in .devcarry/lib/*.xz .devcarry/bin/*.xz; do
   [ -e "$f" ] && python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3],'wb'))" "$f" && rm -f "$f"
 done
+chmod +x .devcarry/bin/* 2>/dev/null || true
 source .devcarry/env.sh
 export QLORA_CLI=$PWD/.devcarry/bin/qlora OMP_WAIT_POLICY=passive
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/nvidia-smi.csv" 2>&1

@@ -61,13 +61,18 @@ std::unique_ptr<Q4> make_q4(int64_t rows, int64_t cols, bool dq) {
 
 const SimdLevel kLevels[] = {SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512};
 
+// The SIMD level named by arg0; false (the benchmark skipped, saying why) when the CPU lacks it.
+bool level_arg(benchmark::State& st, SimdLevel& lv) {
+  lv = kLevels[st.range(0)];
+  if (static_cast<int>(lv) <= static_cast<int>(cpu_simd_level())) return true;
+  st.SkipWithError("level not supported by this CPU");
+  return false;
+}
+
 // Single-threaded fused GEMV: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = double quant.
 void BM_GemvQ4(benchmark::State& st) {
-  const SimdLevel lv = kLevels[st.range(0)];
-  if (static_cast<int>(lv) > static_cast<int>(cpu_simd_level())) {
-    st.SkipWithError("level not supported by this CPU");
-    return;
-  }
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
   const int64_t rows = st.range(1), cols = st.range(2);
   auto q = make_q4(rows, cols, st.range(3) != 0);
   auto x = randn(cols, 2);
@@ -91,11 +96,8 @@ BENCHMARK(BM_GemvQ4)
 // it (SmolLM2's MLP shape, 84 MiB) and 12 of 4096 x 4096 (96 MiB of packed weights) and 3 of the SmolLM2 head (49152 x 576, 85 MiB) stream
 // from memory, as decoding does (a 32 MiB L3 would hold one copy).
 void BM_GemvQ4I8(benchmark::State& st) {
-  const SimdLevel lv = kLevels[st.range(0)];
-  if (static_cast<int>(lv) > static_cast<int>(cpu_simd_level())) {
-    st.SkipWithError("level not supported by this CPU");
-    return;
-  }
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
   const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(4);
   auto q = make_q4(rows, cols, st.range(3) != 0);
   std::vector<std::vector<uint8_t>> packed(copies, q->q.packed);
@@ -122,11 +124,8 @@ BENCHMARK(BM_GemvQ4I8)
     ->Unit(benchmark::kMicrosecond);
 
 void BM_GemvQ8I8(benchmark::State& st) {
-  const SimdLevel lv = kLevels[st.range(0)];
-  if (static_cast<int>(lv) > static_cast<int>(cpu_simd_level())) {
-    st.SkipWithError("level not supported by this CPU");
-    return;
-  }
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
   const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(3);
   std::mt19937 rng(5);
   std::uniform_int_distribution<int> code(-127, 127);

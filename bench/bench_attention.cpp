@@ -56,6 +56,45 @@ BENCHMARK(BM_llama1b_fwd_bwd)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond
 BENCHMARK(BM_llama1b_fwd)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_smollm2_fwd_bwd)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Decoding: one query token against `ctx` cached positions, in each of SmolLM2's 30 layers
+// (separate caches: 30 x ctx x 2 x 192 floats, 53 MiB at 1152 positions, past a 32 MiB L3, as a
+// decoded token sweeps them). arg0 = ctx; arg1 = the cache layout: 0 = position-major rows of all
+// key/value heads (kv_dim floats a position), 1 = each key/value head's positions contiguous;
+// arg2 = layers (1: the cache stays in L1/L2, the kernels' own speed).
+void BM_smollm2_decode(benchmark::State& state) {
+  const int64_t ctx = state.range(0), layers = state.range(2);
+  const bool head_major = state.range(1) != 0;
+  const Heads h = kSmol;
+  const int64_t QD = h.NH * h.HS, KVD = h.NKV * h.HS, group = h.NH / h.NKV;
+  std::mt19937 rng(2);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> q(static_cast<size_t>(QD)), out(q.size()), scores(static_cast<size_t>(h.NH * ctx));
+  for (float& x : q) x = d(rng);
+  std::vector<std::vector<float>> k(layers), v(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    k[l].resize(static_cast<size_t>(ctx * KVD));
+    v[l].resize(k[l].size());
+    for (float& x : k[l]) x = d(rng);
+    for (float& x : v[l]) x = d(rng);
+  }
+  for (auto _ : state) {
+    for (int64_t l = 0; l < layers; ++l) {
+      if (!head_major) {
+        qlora::attention_forward(out.data(), nullptr, scores.data(), q.data(), k[l].data(), v[l].data(), 1, ctx,
+                                 ctx - 1, h.NH, h.NKV, h.HS, nullptr, 0.0f, 0.0f, nullptr);
+      } else {
+        for (int64_t kh = 0; kh < h.NKV; ++kh)
+          qlora::attention_forward(out.data() + kh * group * h.HS, nullptr, scores.data(), q.data() + kh * group * h.HS,
+                                   k[l].data() + kh * ctx * h.HS, v[l].data() + kh * ctx * h.HS, 1, ctx, ctx - 1,
+                                   group, 1, h.HS, nullptr, 0.0f, 0.0f, nullptr);
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * layers * ctx * KVD * 2 * 4);
+}
+BENCHMARK(BM_smollm2_decode)->ArgsProduct({{128, 1152}, {0, 1}, {30}})->Args({32, 0, 1})->Args({128, 0, 1})->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -126,14 +126,19 @@ void axpy_scalar(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-void attn_scores_scalar(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
-                        float* scores) {
-  for (int64_t j = 0; j < count; ++j) scores[j] = dot_scalar(q, k + j * ld, n) * scale;
+void attn_scores_scalar(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
+                        float scale, float* scores, int64_t lds) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < count; ++j) scores[h * lds + j] = dot_scalar(q + h * n, k + j * ld, n) * scale;
 }
 
-void attn_weighted_sum_scalar(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
-  for (int64_t i = 0; i < n; ++i) o[i] = 0.0f;
-  for (int64_t j = 0; j < count; ++j) axpy_scalar(p[j], v + j * ld, o, n);
+void attn_weighted_sum_scalar(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
+                              int64_t n, float* o) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* oh = o + h * n;
+    for (int64_t i = 0; i < n; ++i) oh[i] = 0.0f;
+    for (int64_t j = 0; j < count; ++j) axpy_scalar(p[h * ldp + j], v + j * ld, oh, n);
+  }
 }
 
 void quantize_x_q8_scalar(const float* x, int64_t n, int8_t* q, float* d) {

@@ -91,13 +91,17 @@ struct LinearKernels {
   // DenseWeight's Q8 storage). REQUIRES cols % 32 == 0.
   void (*gemv_q8)(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
                   int64_t r1);
-  // One query row of one head against `count` cached keys, then the values (rows `ld` floats
-  // apart, n floats each): scores[j] = scale * sum_i q[i] * k[j * ld + i], and
-  // o[i] = sum_j p[j] * v[j * ld + i] (o overwritten). The scalar ones are dot and axpy in a
-  // loop; the SIMD ones work on several keys / value rows per step (decode's attention).
-  void (*attn_scores)(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
-                      float* scores);
-  void (*attn_weighted_sum)(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o);
+  // Decode's attention rows for `heads` query heads that share one key/value head (a GQA
+  // group; heads = 1 without grouping): query h is q + h * n (n floats), the cached keys and
+  // values rows `ld` floats apart (n floats each). scores[h * lds + j] = scale * sum_i
+  // q[h * n + i] * k[j * ld + i], and o[h * n + i] = sum_j p[h * ldp + j] * v[j * ld + i] (o
+  // overwritten), for j < count. The scalar ones are dot and axpy in a loop, head by head; the
+  // SIMD ones work on several keys / value rows per step, and the AVX-512 ones load each key
+  // and value row once for up to 3 heads (every query head of a group re-read it before).
+  void (*attn_scores)(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
+                      float scale, float* scores, int64_t lds);
+  void (*attn_weighted_sum)(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
+                            int64_t n, float* o);
 
   // ---- decoding on 8-bit activations (opt-in: ModelLoadOptions::int8_activations) ----
   // Not the bitsandbytes product: llama.cpp's. The activation vector is quantized per 32

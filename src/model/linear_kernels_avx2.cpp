@@ -433,8 +433,8 @@ void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
 }
 
 // 8 keys per step, one accumulator each (8 independent FMA chains), reduced together.
-void attn_scores_avx2(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
-                      float* scores) {
+void attn_scores_head_avx2(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
+                           float* scores) {
   const int64_t main = n & ~int64_t{7};
   int64_t j = 0;
   for (; j + 8 <= count; j += 8) {
@@ -462,7 +462,7 @@ void attn_scores_avx2(const float* q, const float* k, int64_t ld, int64_t count,
 
 // 32 output floats at a time in 8 accumulators: even and odd value rows in separate sets, so
 // 8 FMA chains are in flight.
-void attn_weighted_sum_avx2(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
+void attn_weighted_sum_head_avx2(const float* p, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     __m256 e[4], d[4];
@@ -493,6 +493,17 @@ void attn_weighted_sum_avx2(const float* p, const float* v, int64_t ld, int64_t 
     for (int64_t j = 0; j < count; ++j) a += p[j] * v[j * ld + i];
     o[i] = a;
   }
+}
+
+// Head by head (each head's numbers as a single-head call gives them).
+void attn_scores_avx2(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
+                      float scale, float* scores, int64_t lds) {
+  for (int64_t h = 0; h < heads; ++h) attn_scores_head_avx2(q + h * n, k, ld, count, n, scale, scores + h * lds);
+}
+
+void attn_weighted_sum_avx2(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
+                            int64_t n, float* o) {
+  for (int64_t h = 0; h < heads; ++h) attn_weighted_sum_head_avx2(p + h * ldp, v, ld, count, n, o + h * n);
 }
 
 

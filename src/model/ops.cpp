@@ -223,29 +223,42 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
   const auto& kern = kernels::active_linear_kernels();
-  // One (token, head) pair per work item; each needs Tk floats of scratch.
-  const int64_t items = T * NH;
-  const int64_t min_items = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Tk * HS));
+  // One work item per (token, key/value head, run of that head's query heads): the kernels read
+  // each cached key and value row once for the whole run. A group is split into runs only when
+  // there would otherwise be fewer than two items per thread (one decoded token of a model with
+  // few key/value heads).
+  const int64_t nt = max_threads();
+  const int64_t splits = std::min(group, std::max<int64_t>(1, (2 * nt + T * NKV - 1) / (T * NKV)));
+  const int64_t run = (group + splits - 1) / splits, runs = (group + run - 1) / run;
+  const int64_t items = T * NKV * runs;
+  const int64_t min_items = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Tk * HS * run));
   // Each (token, head) pair's scores go in its own row of the (NH, T, Tk) probabilities, or
   // of the scratch laid out the same way.
   float* rows = att ? att : scratch;
   parallel_for_range(items, min_items, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
-      const int64_t t = it / NH, h = it % NH, kh = h / group;
-      float* scores = rows + (h * T + t) * Tk;
-      const float* qv = q + t * qs + h * HS;
+      const int64_t t = it / (NKV * runs), kh = (it / runs) % NKV, r = it % runs;
+      const int64_t h0 = kh * group + r * run, nh = std::min(run, group - r * run);
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
-      kern.attn_scores(qv, k + j0 * kvs + kh * HS, kvs, n - j0, HS, scale, scores + j0);
-      if (alibi)
-        for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
-      if (softcap > 0.0f)
-        for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
-      softmax_inplace(scores + j0, n - j0);
-      kern.attn_weighted_sum(scores + j0, v + j0 * kvs + kh * HS, kvs, n - j0, HS, out + t * qs + h * HS);
+      float* s0 = rows + (h0 * T + t) * Tk;  // head h0 + i's row: s0 + i * T * Tk
+      kern.attn_scores(q + t * qs + h0 * HS, nh, k + j0 * kvs + kh * HS, kvs, n - j0, HS, scale, s0 + j0, T * Tk);
+      for (int64_t i = 0; i < nh; ++i) {
+        const int64_t h = h0 + i;
+        float* scores = s0 + i * T * Tk;
+        if (alibi)
+          for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
+        if (softcap > 0.0f)
+          for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
+        softmax_inplace(scores + j0, n - j0);
+      }
+      kern.attn_weighted_sum(s0 + j0, T * Tk, nh, v + j0 * kvs + kh * HS, kvs, n - j0, HS, out + t * qs + h0 * HS);
       if (att) {  // masked entries are 0 in the kept probabilities
-        for (int64_t j = 0; j < j0; ++j) scores[j] = 0.0f;
-        for (int64_t j = n; j < Tk; ++j) scores[j] = 0.0f;
+        for (int64_t i = 0; i < nh; ++i) {
+          float* scores = s0 + i * T * Tk;
+          for (int64_t j = 0; j < j0; ++j) scores[j] = 0.0f;
+          for (int64_t j = n; j < Tk; ++j) scores[j] = 0.0f;
+        }
       }
     }
   });

@@ -364,36 +364,44 @@ TEST(LinearKernels, DotAndAxpyMatchReference) {
 }
 
 TEST(LinearKernels, AttentionRowKernelsMatchScalar) {
-  // Scores of one query against `count` keys and the probability-weighted sum of values, with
-  // rows `ld` floats apart (a head's slice of the KV cache): every SIMD level against the
-  // scalar definitions (dot and axpy in a loop), on counts and head sizes around the 8-key
-  // and 8/32-float steps.
+  // Scores of `heads` queries against `count` keys and the probability-weighted sums of values,
+  // with rows `ld` floats apart (a key/value head's slice of the KV cache) and the scores and
+  // probabilities in rows `lds` apart: every SIMD level against the scalar definitions (dot and
+  // axpy in a loop), on counts, head sizes and head counts around the kernels' steps (8 keys,
+  // 8/16/32/64 floats, 3 and 6 heads per pass).
   std::mt19937 rng(41);
   for (SimdLevel lv : levels()) {
     const LinearKernels& k = kernels::linear_kernels_for(lv);
-    for (int64_t count : {0, 1, 7, 8, 9, 17, 33})
-      for (int64_t n : {1, 7, 8, 31, 32, 33, 64, 80, 100}) {
-        const int64_t ld = n + 5;
-        const auto q = random_vec(n, rng), kv = random_vec(std::max<int64_t>(count, 1) * ld, rng);
-        auto p = random_vec(std::max<int64_t>(count, 1), rng);
-        std::vector<float> s(count + 1, 9.0f), sref(count + 1, 9.0f), o(n, 9.0f), oref(n, 9.0f);
-        k.attn_scores(q.data(), kv.data(), ld, count, n, 0.125f, s.data());
-        kernels::scalar_linear_kernels().attn_scores(q.data(), kv.data(), ld, count, n, 0.125f, sref.data());
-        for (int64_t j = 0; j <= count; ++j) {
-          double mag = 0;
-          for (int64_t i = 0; j < count && i < n; ++i) mag += std::fabs(double(q[i]) * kv[j * ld + i]);
-          ASSERT_NEAR(s[j], sref[j], 1e-6 * mag * 0.125 + 1e-7)
-              << simd_level_name(lv) << " scores count " << count << " n " << n << " j " << j;
+    for (int64_t heads : {1, 3, 7})
+      for (int64_t count : {0, 1, 7, 8, 9, 17, 33})
+        for (int64_t n : {1, 7, 8, 31, 32, 33, 64, 80, 100}) {
+          const int64_t ld = n + 5, lds = count + 3;
+          const auto q = random_vec(heads * n, rng), kv = random_vec(std::max<int64_t>(count, 1) * ld, rng);
+          const auto p = random_vec(heads * lds, rng);
+          std::vector<float> s(heads * lds, 9.0f), sref(s), o(heads * n, 9.0f), oref(o);
+          k.attn_scores(q.data(), heads, kv.data(), ld, count, n, 0.125f, s.data(), lds);
+          kernels::scalar_linear_kernels().attn_scores(q.data(), heads, kv.data(), ld, count, n, 0.125f, sref.data(),
+                                                       lds);
+          for (int64_t h = 0; h < heads; ++h)
+            for (int64_t j = 0; j < lds; ++j) {  // j >= count: untouched
+              double mag = 0;
+              for (int64_t i = 0; j < count && i < n; ++i) mag += std::fabs(double(q[h * n + i]) * kv[j * ld + i]);
+              ASSERT_NEAR(s[h * lds + j], sref[h * lds + j], 1e-6 * mag * 0.125 + 1e-7)
+                  << simd_level_name(lv) << " scores heads " << heads << " count " << count << " n " << n << " h "
+                  << h << " j " << j;
+            }
+          k.attn_weighted_sum(p.data(), lds, heads, kv.data(), ld, count, n, o.data());
+          kernels::scalar_linear_kernels().attn_weighted_sum(p.data(), lds, heads, kv.data(), ld, count, n,
+                                                             oref.data());
+          for (int64_t h = 0; h < heads; ++h)
+            for (int64_t i = 0; i < n; ++i) {
+              double mag = 0;
+              for (int64_t j = 0; j < count; ++j) mag += std::fabs(double(p[h * lds + j]) * kv[j * ld + i]);
+              ASSERT_NEAR(o[h * n + i], oref[h * n + i], 1e-6 * mag + 1e-7)
+                  << simd_level_name(lv) << " weighted sum heads " << heads << " count " << count << " n " << n
+                  << " h " << h << " i " << i;
+            }
         }
-        k.attn_weighted_sum(p.data(), kv.data(), ld, count, n, o.data());
-        kernels::scalar_linear_kernels().attn_weighted_sum(p.data(), kv.data(), ld, count, n, oref.data());
-        for (int64_t i = 0; i < n; ++i) {
-          double mag = 0;
-          for (int64_t j = 0; j < count; ++j) mag += std::fabs(double(p[j]) * kv[j * ld + i]);
-          ASSERT_NEAR(o[i], oref[i], 1e-6 * mag + 1e-7)
-              << simd_level_name(lv) << " weighted sum count " << count << " n " << n << " i " << i;
-        }
-      }
   }
 }
 

@@ -47,8 +47,20 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   // --device is checked before anything is loaded (the runner is made after loading).
   if (f.int8_activations && parse_device(f.device).cuda)
     fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
+  ComputeDType kv_dtype = ComputeDType::F32;
+  if (f.kv_cache == "f32" || f.kv_cache == "fp32")
+    kv_dtype = ComputeDType::F32;
+  else if (f.kv_cache == "bf16")
+    kv_dtype = ComputeDType::BF16;
+  else if (f.kv_cache == "f16" || f.kv_cache == "fp16")
+    kv_dtype = ComputeDType::F16;
+  else
+    fail("--kv-cache", "unknown value " + excerpt(f.kv_cache) + " (expected f32, bf16 or f16)");
+  if (kv_dtype != ComputeDType::F32 && parse_device(f.device).cuda)
+    fail("--kv-cache", "16-bit caches are a CPU option; --device cuda keeps its keys and values in float32");
   check_device_available(parse_device(f.device));
   ModelLoadOptions load;
+  load.kv_cache_dtype = kv_dtype;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
@@ -78,6 +90,11 @@ void add_decode_flags(CLI::App& app, ModelFlags& f) {
   add_bool_flag(app, "--int8-activations", f.int8_activations,
                 "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
                 "bitsandbytes' exact numbers: codes and activations rounded to 1/127 of their block's largest)");
+  app.add_option("--kv-cache", f.kv_cache,
+                 "Keys and values kept for the tokens so far: f32 (as computed), or bf16 / f16, each value rounded "
+                 "to 16 bits (half the memory; llama.cpp keeps f16; with --compute-dtype bf16 a bf16 cache holds "
+                 "the same values)")
+      ->capture_default_str();
 }
 
 void add_device_flag(CLI::App& app, ModelFlags& f) {

@@ -24,14 +24,15 @@ struct ModelFlags {
   bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
   bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
+  std::string kv_cache = "f32";       // --kv-cache (decoding commands: add_decode_flags)
 };
 
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
 // --compute-dtype (described by `compute_help`), --threads/-t, --allow-unused-tensors and --dense-head.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
 
-// Adds --int8-activations (ModelLoadOptions::int8_activations) for the commands that decode:
-// generate, chat, serve.
+// Adds --int8-activations (ModelLoadOptions::int8_activations) and --kv-cache
+// (ModelLoadOptions::kv_cache_dtype) for the commands that decode: generate, chat, serve.
 void add_decode_flags(CLI::App& app, ModelFlags& f);
 
 // "q_proj,v_proj" -> {"q_proj", "v_proj"} (empty items dropped): --target and friends.

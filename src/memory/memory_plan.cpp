@@ -381,8 +381,15 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
-    add(r, "KV cache (fp32 keys + values)", 2 * L * KVD * cap * 4,
-        std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+    if (o.kv_cache_dtype == ComputeDType::F32) {
+      add(r, "KV cache (fp32 keys + values)", 2 * L * KVD * cap * 4,
+          std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+    } else {
+      add(r, std::string("KV cache (") + (o.kv_cache_dtype == ComputeDType::BF16 ? "bf16" : "f16") +
+                 " keys + values)",
+          2 * L * KVD * cap * 2, std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+      add(r, "KV cache widened for attention (one layer, fp32)", 2 * KVD * cap * 4, "");
+    }
     const BlockProgram prog = BlockProgram::for_spec(s);
     add(r, "forward scratch (prompt prefill)",
         4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3),
@@ -739,6 +746,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.blocksize = load.quant.blocksize;
   o.double_quant = load.quant.double_quant;
   o.compute_dtype = load.compute_dtype;
+  o.kv_cache_dtype = load.kv_cache_dtype;
   o.bf16_tiles = load.compute_dtype == ComputeDType::BF16 && gemm_bf16_fast();
   o.threads = std::max(1, threads);
   o.generated_weights = is_random_model(model_path);

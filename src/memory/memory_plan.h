@@ -105,6 +105,10 @@ struct MemoryOptions {
   // Generate.
   int64_t prompt_len = 16;
   int64_t new_tokens = 128;
+  // The KV cache's storage (ModelLoadOptions::kv_cache_dtype; the qlora CPU engine): F32, or
+  // BF16 / F16 (2 bytes a value, plus one layer's keys and values widened to float32 while
+  // attention reads them).
+  ComputeDType kv_cache_dtype = ComputeDType::F32;
 
   // Process (qlora engine).
   int threads = 1;              // OpenMP threads: per-thread scratch scales with them

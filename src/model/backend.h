@@ -153,6 +153,12 @@ class Backend {
   // dv accumulate; dprobs (NH, T, Tk) and raw (attention_backward_scratch_floats) are scratch.
   virtual void attention_forward(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
                                  const float* k, const float* v) = 0;
+  // attention_forward over a KV cache held in 16 bits (KVCache dtype BF16 or F16, k and v its
+  // keys16 / values16 of one layer, positions [0, a.Tk)): the same contract, the keys and
+  // values widened to float32 (exactly). The CPU backend runs it; the default refuses (the
+  // other backends keep float32 caches).
+  virtual void attention_forward_kv16(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
+                                      const uint16_t* k, const uint16_t* v, ComputeDType kv_dtype);
   virtual void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
                                   const float* dout, const float* q, const float* k, const float* v,
                                   const float* att) = 0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "base/error.h"
+#include "base/float_formats.h"
 #include "lora/lora_model.h"
 #include "model/block_run.h"
 #include "model/kv_cache.h"
@@ -71,14 +72,23 @@ void block_forward(const BlockRun& r) {
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
         AttentionShape a = attention_heads(p);
         if (r.cache) {  // append this step's keys and values, attend over everything cached
-          float* kc = r.cache->keys(r.layer);
-          float* vc = r.cache->values(r.layer);
-          be.copy(kc + r.pos0 * KVD, k, T * KVD);
-          be.copy(vc + r.pos0 * KVD, v, T * KVD);
           a.T = T;
           a.Tk = r.pos0 + T;
           a.q_pos0 = r.pos0;
           a.key_start = r.key_start;
+          const ComputeDType kvt = r.cache->dtype();
+          if (kvt != ComputeDType::F32) {  // a 16-bit cache (host memory: KVCache checks)
+            uint16_t* kc = r.cache->keys16(r.layer);
+            uint16_t* vc = r.cache->values16(r.layer);
+            convert_from_f32(to_dtype(kvt), k, kc + r.pos0 * KVD, static_cast<size_t>(T * KVD));
+            convert_from_f32(to_dtype(kvt), v, vc + r.pos0 * KVD, static_cast<size_t>(T * KVD));
+            be.attention_forward_kv16(a, out, probs, r.scratch.scores, in0, kc, vc, kvt);
+            break;
+          }
+          float* kc = r.cache->keys(r.layer);
+          float* vc = r.cache->values(r.layer);
+          be.copy(kc + r.pos0 * KVD, k, T * KVD);
+          be.copy(vc + r.pos0 * KVD, v, T * KVD);
           be.attention_forward(a, out, probs, r.scratch.scores, in0, kc, vc);
           break;
         }

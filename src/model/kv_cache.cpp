@@ -1,6 +1,7 @@
 #include "model/kv_cache.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -8,14 +9,22 @@
 
 namespace qlora {
 
-KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate_now, Backend& backend)
-    : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity), backend_(&backend) {
+namespace {
+// Floats of storage for n values of `dtype` (16-bit values two to a float).
+int64_t storage_floats(int64_t n, ComputeDType dtype) { return dtype == ComputeDType::F32 ? n : (n + 1) / 2; }
+}  // namespace
+
+KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate_now, Backend& backend,
+                 ComputeDType dtype)
+    : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity), dtype_(dtype), backend_(&backend) {
+  check(dtype == ComputeDType::F32 || backend.host_addressable(), "KV cache",
+        std::string("16-bit keys and values are kept on the CPU only, not on ") + backend.name());
   if (allocate_now) allocate();
 }
 
 void KVCache::allocate() {
   if (allocated_) return;
-  const int64_t n = n_layers_ * kv_dim_ * capacity_;
+  const int64_t n = storage_floats(n_layers_ * kv_dim_ * capacity_, dtype_);
   k_.ensure(*backend_, n);
   v_.ensure(*backend_, n);
   backend_->zero(k_.data(), n);
@@ -35,11 +44,22 @@ void KVCache::reserve(int64_t capacity) {
     capacity_ = capacity;
     return;
   }
-  const int64_t n = n_layers_ * kv_dim_ * capacity;
+  const int64_t n = storage_floats(n_layers_ * kv_dim_ * capacity, dtype_);
   Backend& be = *backend_;
   BackendBuffer k(be, n), v(be, n);
   be.zero(k.data(), n);
   be.zero(v.data(), n);
+  if (dtype_ != ComputeDType::F32) {  // (CPU memory: see the constructor)
+    const size_t bytes = static_cast<size_t>(length_ * kv_dim_) * 2;
+    for (int64_t l = 0; l < n_layers_; ++l) {
+      std::memcpy(reinterpret_cast<uint16_t*>(k.data()) + l * capacity * kv_dim_, keys16(l), bytes);
+      std::memcpy(reinterpret_cast<uint16_t*>(v.data()) + l * capacity * kv_dim_, values16(l), bytes);
+    }
+    k_ = std::move(k);
+    v_ = std::move(v);
+    capacity_ = capacity;
+    return;
+  }
   for (int64_t l = 0; l < n_layers_; ++l) {
     const int64_t rows = length_ * kv_dim_;
     be.copy(k.data() + l * capacity * kv_dim_, k_.data() + l * capacity_ * kv_dim_, rows);

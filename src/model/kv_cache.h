@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "base/dtype.h"
 #include "model/backend.h"
 
 namespace qlora {
@@ -15,7 +16,10 @@ class KVCache {
   // allocate false the storage is only reserved in name until allocate() (a sequence whose
   // keys and values live on a GPU keeps just its length here). The storage is `backend`'s
   // memory (zeroed when allocated).
-  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate = true, Backend& backend = cpu_backend());
+  // `dtype`: how the values are stored. F32 keeps them as computed; BF16 / F16 round each one
+  // to 16 bits (nearest even) on the way in and take half the memory (on the CPU backend only).
+  KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate = true, Backend& backend = cpu_backend(),
+          ComputeDType dtype = ComputeDType::F32);
   bool allocated() const { return allocated_; }
   void allocate();  // no-op when allocated
 
@@ -29,16 +33,21 @@ class KVCache {
   // Grows to at least `capacity` positions, keeping the contents (if allocated).
   void reserve(int64_t capacity);
 
-  // (capacity, kv_dim) rows of layer l; row p holds position p.
+  ComputeDType dtype() const { return dtype_; }
+  // (capacity, kv_dim) rows of layer l; row p holds position p. keys/values: dtype() F32;
+  // keys16/values16: BF16 or F16, the 16-bit patterns.
   float* keys(int64_t layer) { return k_.data() + layer * capacity_ * kv_dim_; }
   float* values(int64_t layer) { return v_.data() + layer * capacity_ * kv_dim_; }
   const float* keys(int64_t layer) const { return k_.data() + layer * capacity_ * kv_dim_; }
   const float* values(int64_t layer) const { return v_.data() + layer * capacity_ * kv_dim_; }
+  uint16_t* keys16(int64_t layer) { return reinterpret_cast<uint16_t*>(k_.data()) + layer * capacity_ * kv_dim_; }
+  uint16_t* values16(int64_t layer) { return reinterpret_cast<uint16_t*>(v_.data()) + layer * capacity_ * kv_dim_; }
   size_t bytes() const { return static_cast<size_t>(k_.size() + v_.size()) * sizeof(float); }
 
  private:
   int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
   bool allocated_ = false;
+  ComputeDType dtype_ = ComputeDType::F32;
   Backend* backend_ = &cpu_backend();
   BackendBuffer k_, v_;  // (L, capacity, kv_dim)
 };

@@ -141,6 +141,10 @@ void attn_weighted_sum_scalar(const float* p, int64_t ldp, int64_t heads, const 
   }
 }
 
+void widen16_scalar(ComputeDType t, const uint16_t* in, float* out, int64_t n) {
+  convert_to_f32(to_dtype(t), in, out, static_cast<size_t>(n));
+}
+
 void quantize_x_q8_scalar(const float* x, int64_t n, int8_t* q, float* d) {
   for (int64_t b = 0; b < n / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
@@ -189,7 +193,7 @@ const LinearKernels& scalar_linear_kernels() {
   static const LinearKernels k{gemv_q4_scalar,      gemv_q4_multi_scalar,     gemv_f32_scalar,  gemv_bf16_scalar,
                                gemv_f16_scalar,     dequant_rows_q4_scalar,   dequant_rows_q4_bf16_scalar, pack_q4_bf16_panel_scalar, gemm_rows_scalar,
                                dot_scalar,          axpy_scalar,              gemv_q8_scalar,
-                               attn_scores_scalar,  attn_weighted_sum_scalar, quantize_x_q8_scalar,
+                               attn_scores_scalar,  attn_weighted_sum_scalar, widen16_scalar, quantize_x_q8_scalar,
                                gemv_q4_i8_scalar,   gemv_q8_i8_scalar};
   return k;
 }

@@ -539,6 +539,20 @@ void attn_weighted_sum_avx2(const float* p, int64_t ldp, int64_t heads, const fl
   }
 }
 
+void widen16_avx2(ComputeDType t, const uint16_t* in, float* out, int64_t n) {
+  int64_t i = 0;
+  if (t == ComputeDType::F16) {
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  } else {
+    for (; i + 8 <= n; i += 8) {
+      const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+      _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+  }
+  if (i < n) scalar_linear_kernels().widen16(t, in + i, out + i, n - i);
+}
+
 // ---- 8-bit activations (opt-in decoding; linear_kernels.h says what it computes) ----------
 
 void quantize_x_q8_avx2(const float* x, int64_t n, int8_t* q, float* d) {
@@ -662,7 +676,7 @@ const LinearKernels& avx2_linear_kernels() {
                                scalar_linear_kernels().dequant_rows_q4_bf16, scalar_linear_kernels().pack_q4_bf16_panel,
                                gemm_rows_avx2,
                                dot_avx2,       axpy_avx2,            gemv_q8_avx2,
-                               attn_scores_avx2, attn_weighted_sum_avx2, quantize_x_q8_avx2,
+                               attn_scores_avx2, attn_weighted_sum_avx2, widen16_avx2, quantize_x_q8_avx2,
                                gemv_q4_i8_avx2,  gemv_q8_i8_avx2};
   return k;
 }

@@ -571,7 +571,7 @@ const LinearKernels& avx512_linear_kernels() {
                                dot_avx512,       axpy_avx512,            gemv_q8_avx512,
                                attn_scores_avx512, attn_weighted_sum_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
-                               avx2_linear_kernels().quantize_x_q8,
+                               avx2_linear_kernels().widen16, avx2_linear_kernels().quantize_x_q8,
                                // vpdpbusd where the CPU has it (most AVX-512 CPUs since Cascade Lake / Zen 4)
                                cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q4_i8
                                                      : avx2_linear_kernels().gemv_q4_i8,

@@ -94,6 +94,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
   m.spec_ = spec;
   m.block_ = std::make_shared<const BlockProgram>(BlockProgram::for_spec(spec));
   m.dtype_ = opt.compute_dtype;
+  m.kv_dtype_ = opt.kv_cache_dtype;
   m.quant_ = opt.quant;
   const int64_t total = static_cast<int64_t>(expected.size());
   int64_t done = 0;
@@ -361,10 +362,10 @@ void Model::set_adapter(const LoraModel* a) {
 
 // ---- inference -------------------------------------------------------------------------
 
-InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend)
+InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend, ComputeDType kv_dtype)
     : backend_(&backend),
       cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
-             /*allocate=*/false, backend) {}
+             /*allocate=*/false, backend, kv_dtype) {}
 
 void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   if (T <= scratch_T_) return;

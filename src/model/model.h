@@ -83,6 +83,11 @@ struct ModelLoadOptions {
   // their chunk's largest (bench/RESULTS.md measures what that costs). Prompts (more than
   // one token), training and the default leave it off.
   bool int8_activations = false;
+  // How inference keeps the keys and values it has computed (InferenceState's KV cache): F32
+  // as computed, or BF16 / F16, each value rounded to 16 bits (nearest even) on the way in:
+  // half the cache's memory, llama.cpp's f16 cache. With bf16 compute the keys and values are
+  // bf16 values already, so a BF16 cache holds them exactly. CPU backend only.
+  ComputeDType kv_cache_dtype = ComputeDType::F32;
 };
 
 class Model {
@@ -96,6 +101,8 @@ class Model {
 
   const ModelSpec& spec() const { return spec_; }
   ComputeDType compute_dtype() const { return dtype_; }
+  // ModelLoadOptions::kv_cache_dtype: what InferenceState(model, ...) keeps its keys and values in.
+  ComputeDType kv_cache_dtype() const { return kv_dtype_; }
   const QuantOptions& quant() const { return quant_; }
   const DenseWeight& embed_tokens() const { return embed_; }   // (V, C)
   const DenseWeight& embed_positions() const { return embed_pos_; }  // (max_positions, C), learned-position models
@@ -144,6 +151,7 @@ class Model {
  private:
   ModelSpec spec_;
   ComputeDType dtype_ = ComputeDType::F32;
+  ComputeDType kv_dtype_ = ComputeDType::F32;
   QuantOptions quant_;
   DenseWeight embed_, lm_head_, embed_pos_;
   std::vector<float> final_norm_, final_norm_bias_, embed_norm_, embed_norm_bias_;
@@ -190,11 +198,12 @@ class InferenceState {
  public:
   // Room for `capacity` positions (grown on demand up to spec.max_positions); the cache and
   // every buffer of forward() are `backend`'s memory, and forward() runs on it.
-  InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend = cpu_backend());
+  InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend = cpu_backend(),
+                 ComputeDType kv_dtype = ComputeDType::F32);
   // The same for `model`, on its backend (Model::backend()), which the state keeps alive
   // (a PromptCache may outlive a later Model::set_backend).
   InferenceState(const Model& model, int64_t capacity)
-      : InferenceState(model.spec(), capacity, model.backend()) {
+      : InferenceState(model.spec(), capacity, model.backend(), model.kv_cache_dtype()) {
     keep_ = model.backend_shared();
   }
   Backend& backend() const { return *backend_; }

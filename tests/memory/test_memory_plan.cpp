@@ -198,6 +198,16 @@ TEST(MemoryPlan, GenerateKvCache) {
   EXPECT_EQ(item(p, "KV cache"), 2u * 5 * 32 * 100 * 4);
   o.new_tokens = 10000;  // capped at the context
   EXPECT_EQ(item(plan_memory(small_spec(), o), "KV cache"), 2u * 5 * 32 * 512 * 4);
+  // A 16-bit cache (--kv-cache bf16 / f16): 2 bytes a value, plus one layer widened to fp32
+  // while attention reads it.
+  o.new_tokens = 90;
+  for (ComputeDType t : {ComputeDType::BF16, ComputeDType::F16}) {
+    o.kv_cache_dtype = t;
+    const MemoryPlan p16 = plan_memory(small_spec(), o);
+    EXPECT_EQ(item(p16, std::string("KV cache (") + (t == ComputeDType::BF16 ? "bf16" : "f16")), 2u * 5 * 32 * 100 * 2);
+    EXPECT_EQ(item(p16, "KV cache widened"), 2u * 32 * 100 * 4);
+    EXPECT_LT(p16.run_peak_bytes, plan_memory(small_spec(), [&] { MemoryOptions f = o; f.kv_cache_dtype = ComputeDType::F32; return f; }()).run_peak_bytes);
+  }
 }
 
 // The GPU engine (--device cuda): the measured context, the weights as the CPU holds them,

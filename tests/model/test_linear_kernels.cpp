@@ -2,6 +2,7 @@
 // the fused 4-bit GEMV against dequantize-then-matvec, on awkward sizes (rows and columns
 // that are not multiples of anything, blocks spanning rows, odd element counts), every
 // block size class, NF4 and FP4, plain and double-quantized absmax, and every compute dtype.
+#include <bit>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -402,6 +403,32 @@ TEST(LinearKernels, AttentionRowKernelsMatchScalar) {
                   << " h " << h << " i " << i;
             }
         }
+  }
+}
+
+TEST(LinearKernels, Widen16IsExactOnEveryLevel) {
+  // Every 16-bit pattern, bf16 and f16, against the scalar definition (float_formats'
+  // decoders): bit for bit, except that a NaN only has to stay a NaN. An odd count and an
+  // offset start exercise the tails.
+  std::vector<uint16_t> all(65536 + 3);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i * 7919u);
+  for (ComputeDType t : {ComputeDType::BF16, ComputeDType::F16}) {
+    std::vector<float> ref(all.size());
+    kernels::scalar_linear_kernels().widen16(t, all.data(), ref.data(), static_cast<int64_t>(all.size()));
+    EXPECT_EQ(ref[0], 0.0f);
+    for (SimdLevel lv : levels()) {
+      std::vector<float> out(all.size(), -1.0f);
+      kernels::linear_kernels_for(lv).widen16(t, all.data() + 1, out.data() + 1, static_cast<int64_t>(all.size()) - 1);
+      EXPECT_EQ(out[0], -1.0f);
+      for (size_t i = 1; i < all.size(); ++i) {
+        if (std::isnan(ref[i])) {
+          ASSERT_TRUE(std::isnan(out[i])) << simd_level_name(lv) << " pattern " << all[i];
+        } else {
+          ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(ref[i]))
+              << simd_level_name(lv) << (t == ComputeDType::F16 ? " f16" : " bf16") << " pattern " << all[i];
+        }
+      }
+    }
   }
 }
 

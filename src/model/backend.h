@@ -51,6 +51,7 @@ struct AttentionShape {
   float scale = 0.0f;                   // 0: 1/sqrt(HS)
   float softcap = 0.0f;                 // 0: none
   const AlibiBias* alibi = nullptr;
+  int64_t kv_capacity = 0;              // positions the KV cache has room for (0: Tk); sizes buffers
 };
 
 class Backend {

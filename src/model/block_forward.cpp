@@ -76,6 +76,7 @@ void block_forward(const BlockRun& r) {
           a.Tk = r.pos0 + T;
           a.q_pos0 = r.pos0;
           a.key_start = r.key_start;
+          a.kv_capacity = r.cache->capacity();
           const ComputeDType kvt = r.cache->dtype();
           if (kvt != ComputeDType::F32) {  // a 16-bit cache (host memory: KVCache checks)
             uint16_t* kc = r.cache->keys16(r.layer);

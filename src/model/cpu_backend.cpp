@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "base/error.h"
-#include "base/float_formats.h"
 #include "base/parallel.h"
 #include "model/backend.h"
 #include "model/gemm.h"
@@ -24,12 +23,6 @@ namespace qlora {
 
 namespace {
 
-// n 16-bit values (bf16 or f16 bit patterns) widened to float32, exactly, across the threads.
-void widen_16(ComputeDType t, const uint16_t* in, float* out, size_t n) {
-  parallel_for_range(static_cast<int64_t>(n), 1 << 16, [&](int64_t b, int64_t e) {
-    kernels::active_linear_kernels().widen16(t, in + b, out + b, e - b);
-  });
-}
 // Rows of W in one backward tile, and their stride (sgemm_padded_ld: see model/gemm.h). A tile
 // of 4 MiB (2^20 floats): each tile is one product that re-reads and re-writes all of dx, so
 // fewer, deeper tiles pay on the bf16 dot-product GEMM (Llama 1.1B's shapes: 132-156 → 127-179
@@ -204,20 +197,10 @@ class CpuBackend final : public Backend {
     qlora::attention_forward(out, att, scratch, q, k, v, a.T, a.Tk, a.q_pos0, a.NH, a.NKV, a.HS, a.key_start, a.scale,
                              a.softcap, a.alibi);
   }
-  // The cached keys and values widened to float32 (exact) into this thread's buffers, then the
-  // float32 attention: a 16-bit cache halves what is held and read from memory, and the
-  // widened copy of one layer is what the planner counts as the cache's conversion buffer.
   void attention_forward_kv16(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
                               const uint16_t* k, const uint16_t* v, ComputeDType kv_dtype) override {
-    thread_local std::vector<float> kf, vf;
-    const size_t n = static_cast<size_t>(a.Tk * a.NKV * a.HS);
-    if (kf.size() < n) {
-      kf.resize(n);
-      vf.resize(n);
-    }
-    widen_16(kv_dtype, k, kf.data(), n);
-    widen_16(kv_dtype, v, vf.data(), n);
-    attention_forward(a, out, att, scratch, q, kf.data(), vf.data());
+    qlora::attention_forward_kv16(out, att, scratch, q, k, v, kv_dtype, a.T, a.Tk, a.kv_capacity, a.q_pos0, a.NH, a.NKV,
+                                  a.HS, a.key_start, a.scale, a.softcap, a.alibi);
   }
   void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
                           const float* dout, const float* q, const float* k, const float* v,

@@ -2,6 +2,7 @@
 #include "model/linear_kernels.h"
 
 #include <algorithm>
+#include <vector>
 #include <cmath>
 
 #include "base/float_formats.h"
@@ -145,6 +146,26 @@ void widen16_scalar(ComputeDType t, const uint16_t* in, float* out, int64_t n) {
   convert_to_f32(to_dtype(t), in, out, static_cast<size_t>(n));
 }
 
+// Each row widened (widen16_scalar), then the float32 definitions above.
+void attn_scores16_scalar(ComputeDType t, const float* q, int64_t heads, const uint16_t* k, int64_t ld, int64_t count,
+                          int64_t n, float scale, float* scores, int64_t lds) {
+  std::vector<float> row(static_cast<size_t>(n));
+  for (int64_t j = 0; j < count; ++j) {
+    widen16_scalar(t, k + j * ld, row.data(), n);
+    for (int64_t h = 0; h < heads; ++h) scores[h * lds + j] = dot_scalar(q + h * n, row.data(), n) * scale;
+  }
+}
+
+void attn_weighted_sum16_scalar(ComputeDType t, const float* p, int64_t ldp, int64_t heads, const uint16_t* v,
+                                int64_t ld, int64_t count, int64_t n, float* o) {
+  std::vector<float> row(static_cast<size_t>(n));
+  for (int64_t i = 0; i < heads * n; ++i) o[i] = 0.0f;
+  for (int64_t j = 0; j < count; ++j) {
+    widen16_scalar(t, v + j * ld, row.data(), n);
+    for (int64_t h = 0; h < heads; ++h) axpy_scalar(p[h * ldp + j], row.data(), o + h * n, n);
+  }
+}
+
 void quantize_x_q8_scalar(const float* x, int64_t n, int8_t* q, float* d) {
   for (int64_t b = 0; b < n / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
@@ -193,7 +214,8 @@ const LinearKernels& scalar_linear_kernels() {
   static const LinearKernels k{gemv_q4_scalar,      gemv_q4_multi_scalar,     gemv_f32_scalar,  gemv_bf16_scalar,
                                gemv_f16_scalar,     dequant_rows_q4_scalar,   dequant_rows_q4_bf16_scalar, pack_q4_bf16_panel_scalar, gemm_rows_scalar,
                                dot_scalar,          axpy_scalar,              gemv_q8_scalar,
-                               attn_scores_scalar,  attn_weighted_sum_scalar, widen16_scalar, quantize_x_q8_scalar,
+                               attn_scores_scalar,  attn_weighted_sum_scalar, attn_scores16_scalar, attn_weighted_sum16_scalar,
+                               widen16_scalar, quantize_x_q8_scalar,
                                gemv_q4_i8_scalar,   gemv_q8_i8_scalar};
   return k;
 }

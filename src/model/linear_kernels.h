@@ -102,6 +102,12 @@ struct LinearKernels {
                       float scale, float* scores, int64_t lds);
   void (*attn_weighted_sum)(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
                             int64_t n, float* o);
+  // attn_scores / attn_weighted_sum on a 16-bit cache (t: BF16 or F16 bit patterns, rows `ld`
+  // values apart), each value widened to float32 (exactly) as it is read.
+  void (*attn_scores16)(ComputeDType t, const float* q, int64_t heads, const uint16_t* k, int64_t ld, int64_t count,
+                        int64_t n, float scale, float* scores, int64_t lds);
+  void (*attn_weighted_sum16)(ComputeDType t, const float* p, int64_t ldp, int64_t heads, const uint16_t* v,
+                              int64_t ld, int64_t count, int64_t n, float* o);
   // out (n) = the 16-bit values `in` (t: BF16 or F16 bit patterns) as float32, exactly (a
   // 16-bit KV cache widened for attention). NaN stays NaN (the SIMD ones quiet a signaling one).
   void (*widen16)(ComputeDType t, const uint16_t* in, float* out, int64_t n);

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "model/linear_kernels.h"
@@ -439,23 +440,49 @@ void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
 // query head (bench_attention decode with QLORA_SIMD=avx2: 1152 positions x 30 layers 8.0-8.2 ms
 // before).
 constexpr int64_t kAttnHeads = 3, kAttnPrefetchRows = 128;
-inline void prefetch_row_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+inline void prefetch_row_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 
-template <int G>
-void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
+// How the kernels read a cache row: float32 as it is, or 16-bit (a --kv-cache bf16 / f16 cache)
+// widened to float32 on the way into the registers (exactly).
+struct RowsF32 {
+  using T = float;
+  static __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
+  static float at(const float* p) { return *p; }
+};
+struct RowsBF16 {
+  using T = uint16_t;
+  static __m256 ld8(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(*p) << 16))); }
+};
+struct RowsF16 {
+  using T = uint16_t;
+  static __m256 ld8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*p))); }
+};
+
+// Head sizes up to this many values take the last keys (count % 8) through the float32 path's
+// dot product on a widened copy, so a 16-bit cache gives float32 attention's numbers bit for bit.
+constexpr int64_t kWidenedRow = 1024;
+
+template <int G, class L>
+void attn_scores_group(const float* q, const typename L::T* k, int64_t ld, int64_t count, int64_t n, float scale,
                        float* scores, int64_t lds) {
+  constexpr int64_t kLine = 64 / sizeof(typename L::T);  // values per cache line
   const int64_t main = n & ~int64_t{7};
   const __m128 vscale = _mm_set1_ps(scale);
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
     for (int u = 0; u < 4; ++u)
-      for (int64_t i = 0; i < n; i += 16) prefetch_row_l2(k + (j + kAttnPrefetchRows + u) * ld + i);
+      for (int64_t i = 0; i < n; i += kLine) prefetch_row_l2(k + (j + kAttnPrefetchRows + u) * ld + i);
     __m256 a[G][4];
     for (int h = 0; h < G; ++h)
       for (int u = 0; u < 4; ++u) a[h][u] = _mm256_setzero_ps();
     for (int64_t i = 0; i < main; i += 8) {
       for (int u = 0; u < 4; ++u) {
-        const __m256 kv = _mm256_loadu_ps(k + (j + u) * ld + i);
+        const __m256 kv = L::ld8(k + (j + u) * ld + i);
         for (int h = 0; h < G; ++h) a[h][u] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * n + i), kv, a[h][u]);
       }
     }
@@ -467,7 +494,7 @@ void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count
         alignas(16) float t[4];
         for (int u = 0; u < 4; ++u) {
           float acc = 0.0f;
-          for (int64_t i = main; i < n; ++i) acc += q[h * n + i] * k[(j + u) * ld + i];
+          for (int64_t i = main; i < n; ++i) acc += q[h * n + i] * L::at(k + (j + u) * ld + i);
           t[u] = acc;
         }
         sum = _mm_add_ps(sum, _mm_load_ps(t));
@@ -476,23 +503,45 @@ void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count
     }
   }
   for (; j < count; ++j)
-    for (int h = 0; h < G; ++h) scores[h * lds + j] = dot_avx2(q + h * n, k + j * ld, n) * scale;
+    for (int h = 0; h < G; ++h) {
+      if constexpr (std::is_same_v<L, RowsF32>) {
+        scores[h * lds + j] = dot_avx2(q + h * n, k + j * ld, n) * scale;
+      } else if (n <= kWidenedRow) {  // the row widened, then the float32 path's own dot product
+        alignas(64) float row[kWidenedRow];
+        for (int64_t i = 0; i < n; ++i) row[i] = L::at(k + j * ld + i);
+        scores[h * lds + j] = dot_avx2(q + h * n, row, n) * scale;
+      } else {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < n; ++i) acc += q[h * n + i] * L::at(k + j * ld + i);
+        scores[h * lds + j] = acc * scale;
+      }
+    }
 }
 
-template <int G>
-void attn_sum_group(const float* p, int64_t ldp, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
+template <int G, class L>
+void attn_sum_group(const float* p, int64_t ldp, const typename L::T* v, int64_t ld, int64_t count, int64_t n,
+                    float* o) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     __m256 acc[G][4];
     for (int h = 0; h < G; ++h)
       for (int u = 0; u < 4; ++u) acc[h][u] = _mm256_setzero_ps();
     for (int64_t j = 0; j < count; ++j) {
-      const float* vj = v + j * ld + i;
+      const typename L::T* vj = v + j * ld + i;
       prefetch_row_l2(vj + kAttnPrefetchRows * ld);
       prefetch_row_l2(vj + kAttnPrefetchRows * ld + 16);
-      for (int h = 0; h < G; ++h) {
-        const __m256 pb = _mm256_set1_ps(p[h * ldp + j]);
-        for (int u = 0; u < 4; ++u) acc[h][u] = _mm256_fmadd_ps(pb, _mm256_loadu_ps(vj + 8 * u), acc[h][u]);
+      if constexpr (std::is_same_v<L, RowsF32>) {
+        for (int h = 0; h < G; ++h) {
+          const __m256 pb = _mm256_set1_ps(p[h * ldp + j]);
+          for (int u = 0; u < 4; ++u) acc[h][u] = _mm256_fmadd_ps(pb, _mm256_loadu_ps(vj + 8 * u), acc[h][u]);
+        }
+      } else {  // widen the row once for every head
+        __m256 vv[4];
+        for (int u = 0; u < 4; ++u) vv[u] = L::ld8(vj + 8 * u);
+        for (int h = 0; h < G; ++h) {
+          const __m256 pb = _mm256_set1_ps(p[h * ldp + j]);
+          for (int u = 0; u < 4; ++u) acc[h][u] = _mm256_fmadd_ps(pb, vv[u], acc[h][u]);
+        }
       }
     }
     for (int h = 0; h < G; ++h)
@@ -502,41 +551,69 @@ void attn_sum_group(const float* p, int64_t ldp, const float* v, int64_t ld, int
     for (int h = 0; h < G; ++h) {
       __m256 a = _mm256_setzero_ps();
       for (int64_t j = 0; j < count; ++j)
-        a = _mm256_fmadd_ps(_mm256_set1_ps(p[h * ldp + j]), _mm256_loadu_ps(v + j * ld + i), a);
+        a = _mm256_fmadd_ps(_mm256_set1_ps(p[h * ldp + j]), L::ld8(v + j * ld + i), a);
       _mm256_storeu_ps(o + h * n + i, a);
     }
   for (; i < n; ++i)
     for (int h = 0; h < G; ++h) {
       float a = 0.0f;
-      for (int64_t j = 0; j < count; ++j) a += p[h * ldp + j] * v[j * ld + i];
+      for (int64_t j = 0; j < count; ++j) a += p[h * ldp + j] * L::at(v + j * ld + i);
       o[h * n + i] = a;
     }
 }
 
-void attn_scores_avx2(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
-                      float scale, float* scores, int64_t lds) {
+template <class L>
+void attn_scores_heads(const float* q, int64_t heads, const typename L::T* k, int64_t ld, int64_t count, int64_t n,
+                       float scale, float* scores, int64_t lds) {
   for (int64_t h = 0; h < heads; h += kAttnHeads) {
     const float* qh = q + h * n;
     float* sh = scores + h * lds;
     switch (std::min(kAttnHeads, heads - h)) {
-      case 3: attn_scores_group<3>(qh, k, ld, count, n, scale, sh, lds); break;
-      case 2: attn_scores_group<2>(qh, k, ld, count, n, scale, sh, lds); break;
-      default: attn_scores_group<1>(qh, k, ld, count, n, scale, sh, lds); break;
+      case 3: attn_scores_group<3, L>(qh, k, ld, count, n, scale, sh, lds); break;
+      case 2: attn_scores_group<2, L>(qh, k, ld, count, n, scale, sh, lds); break;
+      default: attn_scores_group<1, L>(qh, k, ld, count, n, scale, sh, lds); break;
     }
   }
 }
 
-void attn_weighted_sum_avx2(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
-                            int64_t n, float* o) {
+template <class L>
+void attn_sum_heads(const float* p, int64_t ldp, int64_t heads, const typename L::T* v, int64_t ld, int64_t count,
+                    int64_t n, float* o) {
   for (int64_t h = 0; h < heads; h += kAttnHeads) {
     const float* ph = p + h * ldp;
     float* oh = o + h * n;
     switch (std::min(kAttnHeads, heads - h)) {
-      case 3: attn_sum_group<3>(ph, ldp, v, ld, count, n, oh); break;
-      case 2: attn_sum_group<2>(ph, ldp, v, ld, count, n, oh); break;
-      default: attn_sum_group<1>(ph, ldp, v, ld, count, n, oh); break;
+      case 3: attn_sum_group<3, L>(ph, ldp, v, ld, count, n, oh); break;
+      case 2: attn_sum_group<2, L>(ph, ldp, v, ld, count, n, oh); break;
+      default: attn_sum_group<1, L>(ph, ldp, v, ld, count, n, oh); break;
     }
   }
+}
+
+void attn_scores_avx2(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
+                      float scale, float* scores, int64_t lds) {
+  attn_scores_heads<RowsF32>(q, heads, k, ld, count, n, scale, scores, lds);
+}
+
+void attn_weighted_sum_avx2(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
+                            int64_t n, float* o) {
+  attn_sum_heads<RowsF32>(p, ldp, heads, v, ld, count, n, o);
+}
+
+void attn_scores16_avx2(ComputeDType t, const float* q, int64_t heads, const uint16_t* k, int64_t ld, int64_t count,
+                        int64_t n, float scale, float* scores, int64_t lds) {
+  if (t == ComputeDType::BF16)
+    attn_scores_heads<RowsBF16>(q, heads, k, ld, count, n, scale, scores, lds);
+  else
+    attn_scores_heads<RowsF16>(q, heads, k, ld, count, n, scale, scores, lds);
+}
+
+void attn_weighted_sum16_avx2(ComputeDType t, const float* p, int64_t ldp, int64_t heads, const uint16_t* v,
+                              int64_t ld, int64_t count, int64_t n, float* o) {
+  if (t == ComputeDType::BF16)
+    attn_sum_heads<RowsBF16>(p, ldp, heads, v, ld, count, n, o);
+  else
+    attn_sum_heads<RowsF16>(p, ldp, heads, v, ld, count, n, o);
 }
 
 void widen16_avx2(ComputeDType t, const uint16_t* in, float* out, int64_t n) {
@@ -676,7 +753,8 @@ const LinearKernels& avx2_linear_kernels() {
                                scalar_linear_kernels().dequant_rows_q4_bf16, scalar_linear_kernels().pack_q4_bf16_panel,
                                gemm_rows_avx2,
                                dot_avx2,       axpy_avx2,            gemv_q8_avx2,
-                               attn_scores_avx2, attn_weighted_sum_avx2, widen16_avx2, quantize_x_q8_avx2,
+                               attn_scores_avx2, attn_weighted_sum_avx2, attn_scores16_avx2, attn_weighted_sum16_avx2,
+                               widen16_avx2, quantize_x_q8_avx2,
                                gemv_q4_i8_avx2,  gemv_q8_i8_avx2};
   return k;
 }

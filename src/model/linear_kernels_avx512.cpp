@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "base/cpu_features.h"
@@ -459,7 +460,37 @@ constexpr int64_t kScoreHeads = 3, kSumHeads = 6;
 // 1152 cached positions (30 layers, past L3) took 7.8 ms, with it 5.2-5.4 (bench_attention
 // decode; 16-32 rows ahead into L1: 6.6-6.9).
 constexpr int64_t kAttnPrefetchRows = 128;
-inline void prefetch_row_l2(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1); }
+inline void prefetch_row_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+
+// How the kernels read a cache row: float32 as it is, or 16-bit (a --kv-cache bf16 / f16 cache)
+// widened to float32 on the way into the registers (exactly).
+struct RowsF32 {
+  using T = float;
+  static __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
+  static __m512 ld16(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static float at(const float* p) { return *p; }
+};
+struct RowsBF16 {
+  using T = uint16_t;
+  static __m256 ld8(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static __m512 ld16(__mmask16 m, const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  }
+  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(*p) << 16))); }
+};
+struct RowsF16 {
+  using T = uint16_t;
+  static __m256 ld8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static __m512 ld16(__mmask16 m, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*p))); }
+};
+
+// Head sizes up to this many values take the last keys (count % 8) through the float32 path's
+// dot product on a widened copy, so a 16-bit cache gives float32 attention's numbers bit for bit.
+constexpr int64_t kWidenedRow = 1024;
 
 // Lane u: the sum of the 8 lanes of a[u] (transpose-and-add).
 inline __m256 sum8x8(const __m256* a) {
@@ -469,9 +500,10 @@ inline __m256 sum8x8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
 
-template <int G>
-void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count, int64_t n, float scale,
+template <int G, class L>
+void attn_scores_group(const float* q, const typename L::T* k, int64_t ld, int64_t count, int64_t n, float scale,
                        float* scores, int64_t lds) {
+  constexpr int64_t kLine = 64 / sizeof(typename L::T);  // values per cache line
   const int64_t main = n & ~int64_t{7};
   const __m256 vscale = _mm256_set1_ps(scale);
   int64_t j = 0;
@@ -480,12 +512,12 @@ void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count
     for (int h = 0; h < G; ++h)
       for (int u = 0; u < 8; ++u) a[h][u] = _mm256_setzero_ps();
     for (int u = 0; u < 8; ++u)
-      for (int64_t i = 0; i < n; i += 16) prefetch_row_l2(k + (j + kAttnPrefetchRows + u) * ld + i);
+      for (int64_t i = 0; i < n; i += kLine) prefetch_row_l2(k + (j + kAttnPrefetchRows + u) * ld + i);
     for (int64_t i = 0; i < main; i += 8) {
       __m256 qv[G];
       for (int h = 0; h < G; ++h) qv[h] = _mm256_loadu_ps(q + h * n + i);
       for (int u = 0; u < 8; ++u) {
-        const __m256 kv = _mm256_loadu_ps(k + (j + u) * ld + i);
+        const __m256 kv = L::ld8(k + (j + u) * ld + i);
         for (int h = 0; h < G; ++h) a[h][u] = _mm256_fmadd_ps(qv[h], kv, a[h][u]);
       }
     }
@@ -495,7 +527,7 @@ void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count
         alignas(32) float t[8];
         for (int u = 0; u < 8; ++u) {
           float acc = 0.0f;
-          for (int64_t i = main; i < n; ++i) acc += q[h * n + i] * k[(j + u) * ld + i];
+          for (int64_t i = main; i < n; ++i) acc += q[h * n + i] * L::at(k + (j + u) * ld + i);
           t[u] = acc;
         }
         sum = _mm256_add_ps(sum, _mm256_load_ps(t));
@@ -504,11 +536,24 @@ void attn_scores_group(const float* q, const float* k, int64_t ld, int64_t count
     }
   }
   for (; j < count; ++j)
-    for (int h = 0; h < G; ++h) scores[h * lds + j] = dot_avx512(q + h * n, k + j * ld, n) * scale;
+    for (int h = 0; h < G; ++h) {
+      if constexpr (std::is_same_v<L, RowsF32>) {
+        scores[h * lds + j] = dot_avx512(q + h * n, k + j * ld, n) * scale;
+      } else if (n <= kWidenedRow) {  // the row widened, then the float32 path's own dot product
+        alignas(64) float row[kWidenedRow];
+        for (int64_t i = 0; i < n; ++i) row[i] = L::at(k + j * ld + i);
+        scores[h * lds + j] = dot_avx512(q + h * n, row, n) * scale;
+      } else {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < n; ++i) acc += q[h * n + i] * L::at(k + j * ld + i);
+        scores[h * lds + j] = acc * scale;
+      }
+    }
 }
 
-template <int G>
-void attn_sum_group(const float* p, int64_t ldp, const float* v, int64_t ld, int64_t count, int64_t n, float* o) {
+template <int G, class L>
+void attn_sum_group(const float* p, int64_t ldp, const typename L::T* v, int64_t ld, int64_t count, int64_t n,
+                    float* o) {
   for (int64_t i = 0; i < n; i += 64) {  // 64 output floats (4 registers) per pass
     __mmask16 m[4];
     for (int u = 0; u < 4; ++u) {
@@ -519,10 +564,10 @@ void attn_sum_group(const float* p, int64_t ldp, const float* v, int64_t ld, int
     for (int h = 0; h < G; ++h)
       for (int u = 0; u < 4; ++u) acc[h][u] = _mm512_setzero_ps();
     for (int64_t j = 0; j < count; ++j) {
-      const float* vj = v + j * ld + i;
+      const typename L::T* vj = v + j * ld + i;
       for (int u = 0; u < 4; ++u) prefetch_row_l2(vj + kAttnPrefetchRows * ld + 16 * u);
       __m512 vv[4];
-      for (int u = 0; u < 4; ++u) vv[u] = _mm512_maskz_loadu_ps(m[u], vj + 16 * u);
+      for (int u = 0; u < 4; ++u) vv[u] = L::ld16(m[u], vj + 16 * u);
       for (int h = 0; h < G; ++h) {
         const __m512 pb = _mm512_set1_ps(p[h * ldp + j]);
         for (int u = 0; u < 4; ++u) acc[h][u] = _mm512_fmadd_ps(pb, vv[u], acc[h][u]);
@@ -533,33 +578,61 @@ void attn_sum_group(const float* p, int64_t ldp, const float* v, int64_t ld, int
   }
 }
 
-void attn_scores_avx512(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
-                        float scale, float* scores, int64_t lds) {
+template <class L>
+void attn_scores_heads(const float* q, int64_t heads, const typename L::T* k, int64_t ld, int64_t count, int64_t n,
+                       float scale, float* scores, int64_t lds) {
   for (int64_t h = 0; h < heads; h += kScoreHeads) {
     const float* qh = q + h * n;
     float* sh = scores + h * lds;
     switch (std::min(kScoreHeads, heads - h)) {
-      case 3: attn_scores_group<3>(qh, k, ld, count, n, scale, sh, lds); break;
-      case 2: attn_scores_group<2>(qh, k, ld, count, n, scale, sh, lds); break;
-      default: attn_scores_group<1>(qh, k, ld, count, n, scale, sh, lds); break;
+      case 3: attn_scores_group<3, L>(qh, k, ld, count, n, scale, sh, lds); break;
+      case 2: attn_scores_group<2, L>(qh, k, ld, count, n, scale, sh, lds); break;
+      default: attn_scores_group<1, L>(qh, k, ld, count, n, scale, sh, lds); break;
     }
   }
 }
 
-void attn_weighted_sum_avx512(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
-                              int64_t n, float* o) {
+template <class L>
+void attn_sum_heads(const float* p, int64_t ldp, int64_t heads, const typename L::T* v, int64_t ld, int64_t count,
+                    int64_t n, float* o) {
   for (int64_t h = 0; h < heads; h += kSumHeads) {
     const float* ph = p + h * ldp;
     float* oh = o + h * n;
     switch (std::min(kSumHeads, heads - h)) {
-      case 6: attn_sum_group<6>(ph, ldp, v, ld, count, n, oh); break;
-      case 5: attn_sum_group<5>(ph, ldp, v, ld, count, n, oh); break;
-      case 4: attn_sum_group<4>(ph, ldp, v, ld, count, n, oh); break;
-      case 3: attn_sum_group<3>(ph, ldp, v, ld, count, n, oh); break;
-      case 2: attn_sum_group<2>(ph, ldp, v, ld, count, n, oh); break;
-      default: attn_sum_group<1>(ph, ldp, v, ld, count, n, oh); break;
+      case 6: attn_sum_group<6, L>(ph, ldp, v, ld, count, n, oh); break;
+      case 5: attn_sum_group<5, L>(ph, ldp, v, ld, count, n, oh); break;
+      case 4: attn_sum_group<4, L>(ph, ldp, v, ld, count, n, oh); break;
+      case 3: attn_sum_group<3, L>(ph, ldp, v, ld, count, n, oh); break;
+      case 2: attn_sum_group<2, L>(ph, ldp, v, ld, count, n, oh); break;
+      default: attn_sum_group<1, L>(ph, ldp, v, ld, count, n, oh); break;
     }
   }
+}
+
+void attn_scores_avx512(const float* q, int64_t heads, const float* k, int64_t ld, int64_t count, int64_t n,
+                        float scale, float* scores, int64_t lds) {
+  attn_scores_heads<RowsF32>(q, heads, k, ld, count, n, scale, scores, lds);
+}
+
+void attn_weighted_sum_avx512(const float* p, int64_t ldp, int64_t heads, const float* v, int64_t ld, int64_t count,
+                              int64_t n, float* o) {
+  attn_sum_heads<RowsF32>(p, ldp, heads, v, ld, count, n, o);
+}
+
+void attn_scores16_avx512(ComputeDType t, const float* q, int64_t heads, const uint16_t* k, int64_t ld, int64_t count,
+                          int64_t n, float scale, float* scores, int64_t lds) {
+  if (t == ComputeDType::BF16)
+    attn_scores_heads<RowsBF16>(q, heads, k, ld, count, n, scale, scores, lds);
+  else
+    attn_scores_heads<RowsF16>(q, heads, k, ld, count, n, scale, scores, lds);
+}
+
+void attn_weighted_sum16_avx512(ComputeDType t, const float* p, int64_t ldp, int64_t heads, const uint16_t* v,
+                                int64_t ld, int64_t count, int64_t n, float* o) {
+  if (t == ComputeDType::BF16)
+    attn_sum_heads<RowsBF16>(p, ldp, heads, v, ld, count, n, o);
+  else
+    attn_sum_heads<RowsF16>(p, ldp, heads, v, ld, count, n, o);
 }
 
 }  // namespace
@@ -570,6 +643,7 @@ const LinearKernels& avx512_linear_kernels() {
                                pack_q4_bf16_panel_avx512, gemm_rows_avx512,
                                dot_avx512,       axpy_avx512,            gemv_q8_avx512,
                                attn_scores_avx512, attn_weighted_sum_avx512,
+                               attn_scores16_avx512, attn_weighted_sum16_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).
                                avx2_linear_kernels().widen16, avx2_linear_kernels().quantize_x_q8,
                                // vpdpbusd where the CPU has it (most AVX-512 CPUs since Cascade Lake / Zen 4)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -211,18 +212,18 @@ int64_t attention_scratch_floats(int64_t T, int64_t Tk, int64_t NH) {
   return attention_uses_gemm(T) ? T * Tk : NH * T * Tk;
 }
 
-void attention_forward(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
-                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
-  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  check(att != nullptr || scratch != nullptr, "attention_forward", "needs the probabilities or a scratch buffer");
-  if (attention_uses_gemm(T)) {
-    attention_forward_gemm(out, att, scratch, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
-    return;
-  }
+namespace {
+// attention_forward for a few query tokens (decoding), given how to read the cached rows:
+// scores_fn(q, heads, offset, count, scores, lds) scores `heads` consecutive query heads against
+// the `count` key rows starting at value `offset` of the keys (rows NKV * HS apart), and
+// sums_fn(p, ldp, heads, offset, count, o) does the values' weighted sums (linear_kernels.h
+// attn_scores / attn_weighted_sum and their 16-bit forms).
+template <class ScoresFn, class SumsFn>
+void attention_rows(float* out, float* att, float* scratch, const float* q, int64_t T, int64_t Tk, int64_t q_pos0,
+                    int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float softcap,
+                    const AlibiBias* alibi, ScoresFn&& scores_fn, SumsFn&& sums_fn) {
   const int64_t group = NH / NKV;
-  const int64_t qs = NH * HS, kvs = NKV * HS;
-  const auto& kern = kernels::active_linear_kernels();
+  const int64_t qs = NH * HS;
   // One work item per (token, key/value head, run of that head's query heads): the kernels read
   // each cached key and value row once for the whole run. A group is split into runs only when
   // there would otherwise be fewer than two items per thread (one decoded token of a model with
@@ -242,7 +243,7 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
       float* s0 = rows + (h0 * T + t) * Tk;  // head h0 + i's row: s0 + i * T * Tk
-      kern.attn_scores(q + t * qs + h0 * HS, nh, k + j0 * kvs + kh * HS, kvs, n - j0, HS, scale, s0 + j0, T * Tk);
+      scores_fn(q + t * qs + h0 * HS, nh, (j0 * NKV + kh) * HS, n - j0, s0 + j0, T * Tk);
       for (int64_t i = 0; i < nh; ++i) {
         const int64_t h = h0 + i;
         float* scores = s0 + i * T * Tk;
@@ -252,7 +253,7 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
           for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
         softmax_inplace(scores + j0, n - j0);
       }
-      kern.attn_weighted_sum(s0 + j0, T * Tk, nh, v + j0 * kvs + kh * HS, kvs, n - j0, HS, out + t * qs + h0 * HS);
+      sums_fn(s0 + j0, T * Tk, nh, (j0 * NKV + kh) * HS, n - j0, out + t * qs + h0 * HS);
       if (att) {  // masked entries are 0 in the kept probabilities
         for (int64_t i = 0; i < nh; ++i) {
           float* scores = s0 + i * T * Tk;
@@ -262,6 +263,70 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
       }
     }
   });
+}
+}  // namespace
+
+void attention_forward(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
+                       int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
+                       const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
+  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  check(att != nullptr || scratch != nullptr, "attention_forward", "needs the probabilities or a scratch buffer");
+  if (attention_uses_gemm(T)) {
+    attention_forward_gemm(out, att, scratch, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
+    return;
+  }
+  const auto& kern = kernels::active_linear_kernels();
+  const int64_t kvs = NKV * HS;
+  attention_rows(
+      out, att, scratch, q, T, Tk, q_pos0, NH, NKV, HS, key_start, softcap, alibi,
+      [&](const float* qh, int64_t heads, int64_t off, int64_t count, float* s, int64_t lds) {
+        kern.attn_scores(qh, heads, k + off, kvs, count, HS, scale, s, lds);
+      },
+      [&](const float* p, int64_t ldp, int64_t heads, int64_t off, int64_t count, float* o) {
+        kern.attn_weighted_sum(p, ldp, heads, v + off, kvs, count, HS, o);
+      });
+}
+
+void attention_forward_kv16(float* out, float* att, float* scratch, const float* q, const uint16_t* k,
+                            const uint16_t* v, ComputeDType kv_dtype, int64_t T, int64_t Tk, int64_t kv_capacity,
+                            int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
+                            float softcap, const AlibiBias* alibi) {
+  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  check(att != nullptr || scratch != nullptr, "attention_forward", "needs the probabilities or a scratch buffer");
+  const auto& kern = kernels::active_linear_kernels();
+  const int64_t kvs = NKV * HS;
+  if (attention_uses_gemm(T)) {
+    // A block of prompt tokens: the per-head GEMMs on the rows widened to float32, in this
+    // thread's buffers sized for the cache's capacity (it grows by doubling: no reallocation
+    // for every token).
+    thread_local std::unique_ptr<float[]> kf, vf;
+    thread_local size_t have = 0;
+    const size_t n = static_cast<size_t>(Tk * kvs);
+    if (have < n) {
+      kf.reset();  // (the old pair first: the peak holds one pair)
+      vf.reset();
+      have = static_cast<size_t>(std::max(Tk, kv_capacity) * kvs);
+      kf.reset(new float[have]);
+      vf.reset(new float[have]);
+    }
+    float* const kw = kf.get();  // (the calling thread's buffers: a worker's thread_local is its own)
+    float* const vw = vf.get();
+    parallel_for_range(static_cast<int64_t>(n), 1 << 16, [&](int64_t b, int64_t e) {
+      kern.widen16(kv_dtype, k + b, kw + b, e - b);
+      kern.widen16(kv_dtype, v + b, vw + b, e - b);
+    });
+    attention_forward_gemm(out, att, scratch, q, kw, vw, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
+    return;
+  }
+  // Decoding: the row kernels read the 16-bit rows directly (half the bytes of a float32 cache).
+  attention_rows(
+      out, att, scratch, q, T, Tk, q_pos0, NH, NKV, HS, key_start, softcap, alibi,
+      [&](const float* qh, int64_t heads, int64_t off, int64_t count, float* s, int64_t lds) {
+        kern.attn_scores16(kv_dtype, qh, heads, k + off, kvs, count, HS, scale, s, lds);
+      },
+      [&](const float* p, int64_t ldp, int64_t heads, int64_t off, int64_t count, float* o) {
+        kern.attn_weighted_sum16(kv_dtype, p, ldp, heads, v + off, kvs, count, HS, o);
+      });
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N) {

@@ -92,6 +92,17 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f,
                        const AlibiBias* alibi = nullptr);
+// attention_forward over a KV cache held in 16 bits (k, v: (Tk, NKV * HS) BF16 or F16 bit
+// patterns, kv_dtype says which), the same contract and, bit for bit, the same result as
+// attention_forward over the values widened to float32. Decoding reads the 16-bit rows
+// directly; a block of prompt tokens widens them into this thread's buffers, sized for
+// kv_capacity positions (>= Tk; the KV cache's capacity) so that a growing cache does not
+// reallocate them every token: 2 * kv_capacity * NKV * HS floats (the memory planner's "KV
+// cache widened" item).
+void attention_forward_kv16(float* out, float* att, float* scratch, const float* q, const uint16_t* k,
+                            const uint16_t* v, ComputeDType kv_dtype, int64_t T, int64_t Tk, int64_t kv_capacity,
+                            int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start = nullptr,
+                            float scale = 0.0f, float softcap = 0.0f, const AlibiBias* alibi = nullptr);
 // The ALiBi slopes for NH heads (transformers' build_alibi_tensor of BLOOM and Falcon,
 // float32): the geometric sequence of the closest power of two, then the odd powers of the
 // next one.

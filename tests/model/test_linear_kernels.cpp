@@ -406,6 +406,47 @@ TEST(LinearKernels, AttentionRowKernelsMatchScalar) {
   }
 }
 
+TEST(LinearKernels, AttentionRowKernelsOn16BitRowsMatchScalar) {
+  // attn_scores16 / attn_weighted_sum16 (a 16-bit KV cache) on every level against the scalar
+  // float32 kernels run on the rows widened: the same sums up to their order.
+  std::mt19937 rng(43);
+  const auto& sk = kernels::scalar_linear_kernels();
+  for (ComputeDType t : {ComputeDType::BF16, ComputeDType::F16})
+    for (SimdLevel lv : levels()) {
+      const LinearKernels& k = kernels::linear_kernels_for(lv);
+      for (int64_t heads : {1, 3, 7})
+        for (int64_t count : {0, 1, 9, 33})
+          for (int64_t n : {7, 32, 64, 80}) {
+            const int64_t ld = n + 6, lds = count + 3;
+            const auto q = random_vec(heads * n, rng), kvf = random_vec(std::max<int64_t>(count, 1) * ld, rng);
+            const auto p = random_vec(heads * lds, rng);
+            std::vector<uint16_t> kv(kvf.size());
+            convert_from_f32(to_dtype(t), kvf.data(), kv.data(), kv.size());
+            std::vector<float> wide(kv.size());
+            sk.widen16(t, kv.data(), wide.data(), static_cast<int64_t>(kv.size()));
+            std::vector<float> s(heads * lds, 9.0f), sref(s), o(heads * n, 9.0f), oref(o);
+            k.attn_scores16(t, q.data(), heads, kv.data(), ld, count, n, 0.125f, s.data(), lds);
+            sk.attn_scores(q.data(), heads, wide.data(), ld, count, n, 0.125f, sref.data(), lds);
+            for (int64_t h = 0; h < heads; ++h)
+              for (int64_t j = 0; j < lds; ++j) {
+                double mag = 0;
+                for (int64_t i = 0; j < count && i < n; ++i) mag += std::fabs(double(q[h * n + i]) * wide[j * ld + i]);
+                ASSERT_NEAR(s[h * lds + j], sref[h * lds + j], 1e-6 * mag * 0.125 + 1e-7)
+                    << simd_level_name(lv) << " scores16 heads " << heads << " count " << count << " n " << n;
+              }
+            k.attn_weighted_sum16(t, p.data(), lds, heads, kv.data(), ld, count, n, o.data());
+            sk.attn_weighted_sum(p.data(), lds, heads, wide.data(), ld, count, n, oref.data());
+            for (int64_t h = 0; h < heads; ++h)
+              for (int64_t i = 0; i < n; ++i) {
+                double mag = 0;
+                for (int64_t j = 0; j < count; ++j) mag += std::fabs(double(p[h * lds + j]) * wide[j * ld + i]);
+                ASSERT_NEAR(o[h * n + i], oref[h * n + i], 1e-6 * mag + 1e-7)
+                    << simd_level_name(lv) << " weighted sum16 heads " << heads << " count " << count << " n " << n;
+              }
+          }
+    }
+}
+
 TEST(LinearKernels, Widen16IsExactOnEveryLevel) {
   // Every 16-bit pattern, bf16 and f16, against the scalar definition (float_formats'
   // decoders): bit for bit, except that a NaN only has to stay a NaN. An odd count and an

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/linear_kernels.h"
+#include "model/attention_rows_inl.h"
 #include "model/linear_kernels_inl.h"
 
 namespace qlora::kernels {
@@ -439,33 +440,13 @@ void axpy_avx2(float alpha, const float* x, float* y, int64_t n) {
 // kAttnPrefetchRows ahead are prefetched into L2. One head at a time re-read every row per
 // query head (bench_attention decode with QLORA_SIMD=avx2: 1152 positions x 30 layers 8.0-8.2 ms
 // before).
-constexpr int64_t kAttnHeads = 3, kAttnPrefetchRows = 128;
-inline void prefetch_row_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
-
-// How the kernels read a cache row: float32 as it is, or 16-bit (a --kv-cache bf16 / f16 cache)
-// widened to float32 on the way into the registers (exactly).
-struct RowsF32 {
-  using T = float;
-  static __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
-  static float at(const float* p) { return *p; }
-};
-struct RowsBF16 {
-  using T = uint16_t;
-  static __m256 ld8(const uint16_t* p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  }
-  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(*p) << 16))); }
-};
-struct RowsF16 {
-  using T = uint16_t;
-  static __m256 ld8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*p))); }
-};
-
-// Head sizes up to this many values take the last keys (count % 8) through the float32 path's
-// dot product on a widened copy, so a 16-bit cache gives float32 attention's numbers bit for bit.
-constexpr int64_t kWidenedRow = 1024;
+constexpr int64_t kAttnHeads = 3;
+using detail::kAttnPrefetchRows;
+using detail::kWidenedRow;
+using detail::prefetch_row_l2;
+using detail::RowsBF16;
+using detail::RowsF16;
+using detail::RowsF32;
 
 template <int G, class L>
 void attn_scores_group(const float* q, const typename L::T* k, int64_t ld, int64_t count, int64_t n, float scale,

@@ -16,6 +16,7 @@
 
 #include "base/cpu_features.h"
 #include "model/linear_kernels.h"
+#include "model/attention_rows_inl.h"
 #include "model/linear_kernels_inl.h"
 
 namespace qlora::kernels {
@@ -456,41 +457,19 @@ void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
 // vector registers: 8 keys x 3 heads of 8-float partial dot products, or 6 heads x 64 floats of
 // weighted sums).
 constexpr int64_t kScoreHeads = 3, kSumHeads = 6;
-// The rows this far ahead are prefetched into L2: without it a decoded token's attention over
-// 1152 cached positions (30 layers, past L3) took 7.8 ms, with it 5.2-5.4 (bench_attention
-// decode; 16-32 rows ahead into L1: 6.6-6.9).
-constexpr int64_t kAttnPrefetchRows = 128;
-inline void prefetch_row_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+using detail::kAttnPrefetchRows;
+using detail::kWidenedRow;
+using detail::prefetch_row_l2;
+using detail::RowsBF16;
+using detail::RowsF16;
+using detail::RowsF32;
 
-// How the kernels read a cache row: float32 as it is, or 16-bit (a --kv-cache bf16 / f16 cache)
-// widened to float32 on the way into the registers (exactly).
-struct RowsF32 {
-  using T = float;
-  static __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
-  static __m512 ld16(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static float at(const float* p) { return *p; }
-};
-struct RowsBF16 {
-  using T = uint16_t;
-  static __m256 ld8(const uint16_t* p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  }
-  static __m512 ld16(__mmask16 m, const uint16_t* p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-  }
-  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int(*p) << 16))); }
-};
-struct RowsF16 {
-  using T = uint16_t;
-  static __m256 ld8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static __m512 ld16(__mmask16 m, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
-  static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*p))); }
-};
-
-// Head sizes up to this many values take the last keys (count % 8) through the float32 path's
-// dot product on a widened copy, so a 16-bit cache gives float32 attention's numbers bit for bit.
-constexpr int64_t kWidenedRow = 1024;
+// The 16-float masked loads of the weighted sums (the row readers' 512-bit form).
+inline __m512 ld16(RowsF32, __mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 ld16(RowsBF16, __mmask16 m, const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+inline __m512 ld16(RowsF16, __mmask16 m, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
 // Lane u: the sum of the 8 lanes of a[u] (transpose-and-add).
 inline __m256 sum8x8(const __m256* a) {
@@ -567,7 +546,7 @@ void attn_sum_group(const float* p, int64_t ldp, const typename L::T* v, int64_t
       const typename L::T* vj = v + j * ld + i;
       for (int u = 0; u < 4; ++u) prefetch_row_l2(vj + kAttnPrefetchRows * ld + 16 * u);
       __m512 vv[4];
-      for (int u = 0; u < 4; ++u) vv[u] = L::ld16(m[u], vj + 16 * u);
+      for (int u = 0; u < 4; ++u) vv[u] = ld16(L{}, m[u], vj + 16 * u);
       for (int h = 0; h < G; ++h) {
         const __m512 pb = _mm512_set1_ps(p[h * ldp + j]);
         for (int u = 0; u < 4; ++u) acc[h][u] = _mm512_fmadd_ps(pb, vv[u], acc[h][u]);

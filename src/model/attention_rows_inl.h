@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace qlora::kernels::detail {
 namespace {
@@ -39,6 +40,23 @@ struct RowsF16 {
   static __m256 ld8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static float at(const uint16_t* p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*p))); }
 };
+
+// q (n floats) · one cache row, by `dot` (the file's float32 dot product) on the row or, for a
+// 16-bit row, on a widened copy of it (so the numbers are float32 attention's).
+template <class L, class Dot>
+float dot_row(const float* q, const typename L::T* row, int64_t n, Dot dot) {
+  if constexpr (std::is_same_v<L, RowsF32>) {
+    return dot(q, row, n);
+  } else if (n <= kWidenedRow) {
+    alignas(64) float w[kWidenedRow];
+    for (int64_t i = 0; i < n; ++i) w[i] = L::at(row + i);
+    return dot(q, w, n);
+  } else {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; ++i) acc += q[i] * L::at(row + i);
+    return acc;
+  }
+}
 
 }  // namespace
 }  // namespace qlora::kernels::detail

@@ -458,7 +458,6 @@ void axpy_avx512(float alpha, const float* x, float* y, int64_t n) {
 // weighted sums).
 constexpr int64_t kScoreHeads = 3, kSumHeads = 6;
 using detail::kAttnPrefetchRows;
-using detail::kWidenedRow;
 using detail::prefetch_row_l2;
 using detail::RowsBF16;
 using detail::RowsF16;
@@ -515,19 +514,7 @@ void attn_scores_group(const float* q, const typename L::T* k, int64_t ld, int64
     }
   }
   for (; j < count; ++j)
-    for (int h = 0; h < G; ++h) {
-      if constexpr (std::is_same_v<L, RowsF32>) {
-        scores[h * lds + j] = dot_avx512(q + h * n, k + j * ld, n) * scale;
-      } else if (n <= kWidenedRow) {  // the row widened, then the float32 path's own dot product
-        alignas(64) float row[kWidenedRow];
-        for (int64_t i = 0; i < n; ++i) row[i] = L::at(k + j * ld + i);
-        scores[h * lds + j] = dot_avx512(q + h * n, row, n) * scale;
-      } else {
-        float acc = 0.0f;
-        for (int64_t i = 0; i < n; ++i) acc += q[h * n + i] * L::at(k + j * ld + i);
-        scores[h * lds + j] = acc * scale;
-      }
-    }
+    for (int h = 0; h < G; ++h) scores[h * lds + j] = detail::dot_row<L>(q + h * n, k + j * ld, n, dot_avx512) * scale;
 }
 
 template <int G, class L>

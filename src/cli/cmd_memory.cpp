@@ -62,7 +62,7 @@ struct Options {
   bool json = false;
   bool table = false;
   bool dense_head = false;  // --dense-head, as train/generate's
-  std::string kv_cache = "f32";  // --kv-cache, as generate's
+  std::string kv_cache = "auto";  // --kv-cache, as generate's
 };
 
 uint64_t file_size_or_zero(const fs::path& p) {
@@ -174,10 +174,8 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   if (o.n < 0) qlora::fail("-n/--n-predict", "must be >= 0 (got " + std::to_string(o.n) + ")");
   mo.prompt_len = o.prompt_len;
   mo.new_tokens = o.n;
-  if (o.kv_cache == "f32" || o.kv_cache == "fp32") mo.kv_cache_dtype = qlora::ComputeDType::F32;
-  else if (o.kv_cache == "bf16") mo.kv_cache_dtype = qlora::ComputeDType::BF16;
-  else if (o.kv_cache == "f16" || o.kv_cache == "fp16") mo.kv_cache_dtype = qlora::ComputeDType::F16;
-  else qlora::fail("--kv-cache", "unknown value " + qlora::excerpt(o.kv_cache) + " (expected f32, bf16 or f16)");
+  mo.kv_cache_dtype = qlora::cli::kv_cache_dtype_from_flag(o.kv_cache, mo.compute_dtype,
+                                                           mo.engine != qlora::MemoryEngine::Qlora);
   if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
   mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   mo.model_file_bytes = m.file_bytes;
@@ -296,7 +294,7 @@ const bool kRegistered = qlora::cli::register_command(
           ->capture_default_str();
       app.add_option("--data", o->data, "Training data file (its size bounds the token buffer)");
       app.add_option("--prompt-len", o->prompt_len, "generate: prompt tokens")->capture_default_str();
-      app.add_option("--kv-cache", o->kv_cache, "generate: the KV cache's storage, f32, bf16 or f16 (as generate's)")
+      app.add_option("--kv-cache", o->kv_cache, "generate: the KV cache's storage, auto, f32, bf16 or f16 (as generate's)")
           ->capture_default_str();
       app.add_option("-n,--n-predict", o->n, "generate: new tokens")->capture_default_str();
       app.add_option("--gpu-memory,--max-memory", o->gpu_memory,

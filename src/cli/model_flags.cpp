@@ -47,21 +47,11 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   // --device is checked before anything is loaded (the runner is made after loading).
   if (f.int8_activations && parse_device(f.device).cuda)
     fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
-  ComputeDType kv_dtype = ComputeDType::F32;
-  if (f.kv_cache == "f32" || f.kv_cache == "fp32")
-    kv_dtype = ComputeDType::F32;
-  else if (f.kv_cache == "bf16")
-    kv_dtype = ComputeDType::BF16;
-  else if (f.kv_cache == "f16" || f.kv_cache == "fp16")
-    kv_dtype = ComputeDType::F16;
-  else
-    fail("--kv-cache", "unknown value " + excerpt(f.kv_cache) + " (expected f32, bf16 or f16)");
-  if (kv_dtype != ComputeDType::F32 && parse_device(f.device).cuda)
-    fail("--kv-cache", "16-bit caches are a CPU option; --device cuda keeps its keys and values in float32");
+  kv_cache_dtype_from_flag(f.kv_cache, ComputeDType::F32, parse_device(f.device).cuda);  // (its errors first)
   check_device_available(parse_device(f.device));
   ModelLoadOptions load;
-  load.kv_cache_dtype = kv_dtype;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
+  load.kv_cache_dtype = kv_cache_dtype_from_flag(f.kv_cache, load.compute_dtype, parse_device(f.device).cuda);
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
   load.int8_activations = f.int8_activations;
@@ -91,9 +81,9 @@ void add_decode_flags(CLI::App& app, ModelFlags& f) {
                 "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
                 "bitsandbytes' exact numbers: codes and activations rounded to 1/127 of their block's largest)");
   app.add_option("--kv-cache", f.kv_cache,
-                 "Keys and values kept for the tokens so far: f32 (as computed), or bf16 / f16, each value rounded "
-                 "to 16 bits (half the memory; llama.cpp keeps f16; with --compute-dtype bf16 a bf16 cache holds "
-                 "the same values)")
+                 "Keys and values kept for the tokens so far: auto (the compute dtype, which the cache then holds "
+                 "exactly: fp32, or bf16 / f16 at half the memory), f32, or bf16 / f16 with float32 compute, each "
+                 "value rounded to 16 bits (half the memory; llama.cpp keeps f16)")
       ->capture_default_str();
 }
 
@@ -101,6 +91,23 @@ void add_device_flag(CLI::App& app, ModelFlags& f) {
   app.add_option("--device", f.device,
                  "Where the forward pass runs: cpu, or cuda / cuda:N (NVIDIA GPU; builds with -DQLORA_CUDA=ON)")
       ->capture_default_str();
+}
+
+ComputeDType kv_cache_dtype_from_flag(const std::string& value, ComputeDType compute, bool cuda) {
+  ComputeDType t;
+  if (value == "auto")
+    return cuda ? ComputeDType::F32 : compute;
+  else if (value == "f32" || value == "fp32")
+    t = ComputeDType::F32;
+  else if (value == "bf16")
+    t = ComputeDType::BF16;
+  else if (value == "f16" || value == "fp16")
+    t = ComputeDType::F16;
+  else
+    fail("--kv-cache", "unknown value " + excerpt(value) + " (expected auto, f32, bf16 or f16)");
+  if (t != ComputeDType::F32 && cuda)
+    fail("--kv-cache", "16-bit caches are a CPU option; --device cuda keeps its keys and values in float32");
+  return t;
 }
 
 std::string auto_train_compute_dtype(std::string* why) {

@@ -24,7 +24,7 @@ struct ModelFlags {
   bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
   bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
-  std::string kv_cache = "f32";       // --kv-cache (decoding commands: add_decode_flags)
+  std::string kv_cache = "auto";      // --kv-cache (decoding commands: add_decode_flags)
 };
 
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
@@ -34,6 +34,12 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
 // Adds --int8-activations (ModelLoadOptions::int8_activations) and --kv-cache
 // (ModelLoadOptions::kv_cache_dtype) for the commands that decode: generate, chat, serve.
 void add_decode_flags(CLI::App& app, ModelFlags& f);
+
+// --kv-cache's value: f32/fp32, bf16, f16/fp16, or auto (the default): the compute dtype, whose
+// keys and values the cache then holds exactly (a bf16 or f16 cache at half the memory), and
+// float32 on a GPU (`cuda`), which keeps no other. Error naming --kv-cache for anything else,
+// or for a 16-bit cache asked for on a GPU.
+ComputeDType kv_cache_dtype_from_flag(const std::string& value, ComputeDType compute, bool cuda);
 
 // "q_proj,v_proj" -> {"q_proj", "v_proj"} (empty items dropped): --target and friends.
 std::vector<std::string> split_commas(const std::string& s);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <random>
 #include <span>
@@ -121,14 +122,17 @@ TEST(KVCache16, GrowingKeepsTheValues) {
     }
 }
 
-TEST(KVCache16, Bf16CacheChangesNothingUnderBf16Compute) {
-  // With bf16 compute the keys and values are bf16 values already: a bf16 cache holds them
-  // exactly, and decoding gives the float32 cache's logits bit for bit.
-  const Model a = load_stories(ComputeDType::BF16, ComputeDType::F32);
-  const Model b = load_stories(ComputeDType::BF16, ComputeDType::BF16);
-  EXPECT_EQ(InferenceState(b, 8).cache().dtype(), ComputeDType::BF16);
-  const std::vector<int> prompt = stories_prompt();
-  EXPECT_EQ(decode_logits(a, prompt, 40), decode_logits(b, prompt, 40));
+TEST(KVCache16, CacheInTheComputeDtypeChangesNothing) {
+  // With bf16 (f16) compute the keys and values are bf16 (f16) values already: a cache in the
+  // compute dtype (--kv-cache auto, the default) holds them exactly, and decoding gives the
+  // float32 cache's logits bit for bit.
+  for (ComputeDType t : {ComputeDType::BF16, ComputeDType::F16}) {
+    const Model a = load_stories(t, ComputeDType::F32);
+    const Model b = load_stories(t, t);
+    EXPECT_EQ(InferenceState(b, 8).cache().dtype(), t);
+    const std::vector<int> prompt = stories_prompt();
+    EXPECT_EQ(decode_logits(a, prompt, 40), decode_logits(b, prompt, 40)) << (t == ComputeDType::F16 ? "f16" : "bf16");
+  }
 }
 
 TEST(KVCache16, F16CacheStaysCloseUnderFloat32Compute) {
@@ -153,4 +157,24 @@ TEST(KVCache16, F16CacheStaysCloseUnderFloat32Compute) {
   EXPECT_NE(la, lb) << "the f16 cache did not round anything";
   EXPECT_LT(max_diff, 0.05);
   EXPECT_EQ(same_top, 40);
+}
+
+TEST(KVCache16, CacheInTheComputeDtypeChangesNothingInAnyFamily) {
+  // The same for every family fixture (their q/k norms, biases, rotary variants, ALiBi, sliding
+  // windows and fused projections all end in keys and values of the compute dtype): a bf16
+  // cache under bf16 compute gives the float32 cache's decoded logits bit for bit.
+  int families = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(QLORA_FIXTURE_DIR) + "/families")) {
+    if (!std::filesystem::exists(e.path() / "model.safetensors")) continue;
+    ModelFiles f = open_model_files(e.path().string());
+    ModelLoadOptions o;
+    o.compute_dtype = ComputeDType::BF16;
+    const Model a = Model::load(f.spec, *f.tensors, o);
+    o.kv_cache_dtype = ComputeDType::BF16;
+    const Model b = Model::load(f.spec, *f.tensors, o);
+    const std::vector<int> prompt = {1, 2, 3, 5, 8};
+    EXPECT_EQ(decode_logits(a, prompt, 12), decode_logits(b, prompt, 12)) << e.path().filename();
+    ++families;
+  }
+  EXPECT_GE(families, 20);
 }

@@ -174,8 +174,12 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   if (o.n < 0) qlora::fail("-n/--n-predict", "must be >= 0 (got " + std::to_string(o.n) + ")");
   mo.prompt_len = o.prompt_len;
   mo.new_tokens = o.n;
-  mo.kv_cache_dtype = qlora::cli::kv_cache_dtype_from_flag(o.kv_cache, mo.compute_dtype,
-                                                           mo.engine != qlora::MemoryEngine::Qlora);
+  if (mo.engine == qlora::MemoryEngine::Qlora)
+    mo.kv_cache_dtype = qlora::cli::kv_cache_dtype_from_flag(o.kv_cache, mo.compute_dtype, false);
+  else if (o.kv_cache != "auto" && o.kv_cache != "f32" && o.kv_cache != "fp32")
+    qlora::fail("--kv-cache", "plans the qlora CPU engine's cache; the " + o.engine +
+                                  (o.device.empty() ? "" : " (--device " + o.device + ")") +
+                                  " engine keeps its keys and values in its own dtype");
   if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
   mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   mo.model_file_bytes = m.file_bytes;

@@ -47,11 +47,10 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   // --device is checked before anything is loaded (the runner is made after loading).
   if (f.int8_activations && parse_device(f.device).cuda)
     fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
-  kv_cache_dtype_from_flag(f.kv_cache, ComputeDType::F32, parse_device(f.device).cuda);  // (its errors first)
-  check_device_available(parse_device(f.device));
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
   load.kv_cache_dtype = kv_cache_dtype_from_flag(f.kv_cache, load.compute_dtype, parse_device(f.device).cuda);
+  check_device_available(parse_device(f.device));
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
   load.int8_activations = f.int8_activations;

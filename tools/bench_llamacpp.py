@@ -14,6 +14,7 @@ t_eval_ms, the time inside llama_decode and the logits sync); the wall clock of 
 loop (argmax included) is reported too. The median over repetitions is printed as JSON.
 
   .refenv/bin/python tools/bench_llamacpp.py --model models/X.gguf --threads 1 2
+  .refenv/bin/python tools/bench_llamacpp.py --model models/X.gguf --threads 1 2 --parallel 1 4 8
   .refenv/bin/python tools/bench_llamacpp.py --requantize-q4_0 IN.gguf OUT.gguf
   .refenv/bin/python tools/bench_llamacpp.py --tensor-types models/X.gguf
 """
@@ -213,6 +214,98 @@ def bench(model_path, threads_list, prompt, n_gen, reps, warmup, repack=True):
     }
 
 
+def run_parallel_once(ctx, vocab_n, prompt_ids, n_gen, n_par):
+    """n_par sequences (seq ids 0..n_par-1), each prefilled with the prompt on its own, then
+    n_gen - 1 steps that decode one token of every sequence in one llama_decode (llama.cpp's
+    batched decoding, as its server's parallel slots and llama-batched do), each sequence
+    greedy on its own logits. Returns the wall-clock decode rate over all sequences."""
+    clear_memory(ctx)
+    P = len(prompt_ids)
+    batch = L.llama_batch_init(max(P, n_par), 0, 1)
+    try:
+        def fill(items):  # items: (token, pos, seq, want_logits)
+            batch.n_tokens = len(items)
+            for i, (tok, pos, seq, lg) in enumerate(items):
+                batch.token[i] = tok
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = 1 if lg else 0
+
+        def argmax_ith(i):
+            ptr = L.llama_get_logits_ith(ctx, i)
+            return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(vocab_n,))))
+
+        t0 = time.perf_counter()
+        last = []
+        for s in range(n_par):
+            fill([(t, p, s, p == P - 1) for p, t in enumerate(prompt_ids)])
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode (prompt) failed")
+            last.append(argmax_ith(P - 1))
+        outs = [[t] for t in last]
+        t1 = time.perf_counter()
+        for step in range(n_gen - 1):
+            fill([(outs[s][-1], P + step, s, True) for s in range(n_par)])
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode (batched) failed")
+            for s in range(n_par):
+                outs[s].append(argmax_ith(s))
+        t2 = time.perf_counter()
+    finally:
+        L.llama_batch_free(batch)
+    return {"prompt_s": t1 - t0, "decode_s": t2 - t1,
+            "decode_tps": n_par * (n_gen - 1) / (t2 - t1), "output_ids": outs}
+
+
+def bench_parallel(model_path, threads_list, prompt, n_gen, reps, warmup, parallels, repack=True):
+    L.llama_backend_init()
+    mp = L.llama_model_default_params()
+    mp.use_mmap = True
+    mp.use_extra_bufts = repack
+    model = L.llama_model_load_from_file(model_path.encode(), mp)
+    if not model:
+        raise SystemExit(f"cannot load {model_path}")
+    vocab = L.llama_model_get_vocab(model)
+    vocab_n = L.llama_vocab_n_tokens(vocab)
+    prompt_ids = tokenize(vocab, prompt)
+    results = []
+    for nt in threads_list:
+        for n_par in parallels:
+            cp = L.llama_context_default_params()
+            per_seq = len(prompt_ids) + n_gen + 16
+            cp.n_ctx = n_par * per_seq
+            cp.n_seq_max = n_par
+            cp.kv_unified = True  # one cache for all sequences, as llama-server's default
+            cp.n_batch = cp.n_ubatch = max(512, len(prompt_ids))
+            cp.n_threads = cp.n_threads_batch = nt
+            cp.no_perf = False
+            ctx = L.llama_init_from_model(model, cp)
+            if not ctx:
+                raise SystemExit("cannot create context")
+            runs = []
+            for i in range(warmup + reps):
+                r = run_parallel_once(ctx, vocab_n, prompt_ids, n_gen, n_par)
+                if i >= warmup:
+                    runs.append(r)
+            L.llama_free(ctx)
+            results.append({
+                "threads": nt,
+                "parallel": n_par,
+                "prompt_tokens": len(prompt_ids),
+                "decode_steps": n_gen - 1,
+                "reps": reps,
+                "decode_tps": statistics.median(r["decode_tps"] for r in runs),
+                "decode_tps_all": [round(r["decode_tps"], 2) for r in runs],
+                "sequences_identical": all(o == runs[0]["output_ids"][0] for o in runs[0]["output_ids"]),
+                "first_output_ids": runs[0]["output_ids"][0][:16],
+            })
+    L.llama_model_free(model)
+    return {"llama_cpp_python": L.__version__, "model": model_path, "repack": repack, "n_gen": n_gen,
+            "timing": "wall clock of the batched decode loop, greedy argmax per sequence included",
+            "results": results}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model")
@@ -225,6 +318,8 @@ def main():
     ap.add_argument("--no-repack", action="store_true", help="llama_model_params.use_extra_bufts = false")
     ap.add_argument("--requantize-q4_0", nargs=2, metavar=("IN", "OUT"))
     ap.add_argument("--tensor-types", metavar="GGUF")
+    ap.add_argument("--parallel", type=int, nargs="+", metavar="N",
+                    help="batched decoding of N sequences at once (llama_batch with N seq ids)")
     a = ap.parse_args()
 
     if a.print_prompt:
@@ -241,6 +336,10 @@ def main():
         return
     if not a.model:
         ap.error("--model is required")
+    if a.parallel:
+        print(json.dumps(bench_parallel(a.model, a.threads, a.prompt, a.n_gen, a.reps, a.warmup, a.parallel,
+                                        repack=not a.no_repack), indent=1))
+        return
     print(json.dumps(bench(a.model, a.threads, a.prompt, a.n_gen, a.reps, a.warmup, repack=not a.no_repack), indent=1))
     del cb
 

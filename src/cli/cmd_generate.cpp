@@ -38,6 +38,7 @@ struct Options {
   qlora::cli::ModelFlags m;
   std::string prompt, adapter;
   int64_t n = 128;
+  int64_t parallel = 1;  // --parallel: continuations generated at once
   qlora::cli::SamplingFlags s;
   bool no_echo = false;
   bool ignore_eos = false;  // --ignore-eos (always on for a random model)
@@ -54,12 +55,44 @@ double peak_rss_mib() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
+// --parallel N: N continuations of the prompt decoded together (seeds seed, seed + 1, ...),
+// printed one after another once all have finished.
+int run_parallel(const Options& o, const qlora::Model& model, const qlora::Tokenizer& tok, const std::string& prompt,
+                 const std::vector<int>& prompt_ids, qlora::GenerationOptions gen) {
+  gen.echo_prompt = false;
+  std::vector<std::vector<int>> prompts(static_cast<size_t>(o.parallel), prompt_ids);
+  std::vector<qlora::GenerationOptions> opts;
+  for (int64_t i = 0; i < o.parallel; ++i) {
+    opts.push_back(gen);
+    opts.back().sampling.seed = gen.sampling.seed + static_cast<uint64_t>(i);
+  }
+  const qlora::BatchGenerationResult b = qlora::generate_batch(model, &tok, prompts, opts);
+  for (size_t i = 0; i < b.results.size(); ++i) {
+    const qlora::GenerationResult& r = b.results[i];
+    std::printf("%s=== %zu/%zu: %zu tokens, stop: %s ===\n%s%s\n", i ? "\n" : "", i + 1, b.results.size(),
+                r.output_ids.size(), qlora::stop_reason_name(r.stop), o.no_echo ? "" : prompt.c_str(), r.text.c_str());
+  }
+  std::fflush(stdout);
+  if (!o.quiet) {
+    std::fprintf(stderr, "\nprompts: %lld x %zu tokens in %.3f s\n", static_cast<long long>(o.parallel),
+                 prompt_ids.size(), b.prompt_seconds);
+    std::fprintf(stderr,
+                 "generation: %lld tokens in %lld batched passes, %.3f s (%.1f tokens/s over all %lld sequences)\n",
+                 static_cast<long long>(b.decoded_tokens), static_cast<long long>(b.decode_passes), b.decode_seconds,
+                 b.decode_tokens_per_second(), static_cast<long long>(o.parallel));
+    std::fprintf(stderr, "threads: %d, peak memory: %.1f MiB\n", qlora::max_threads(), peak_rss_mib());
+    qlora::cli::report_device_memory(model, o.quiet);
+  }
+  return 0;
+}
+
 int run(const Options& o, CLI::App& app) {
   using Clock = std::chrono::steady_clock;
 
   // Checked here rather than with CLI::NonNegativeNumber, whose message prints the range's
   // upper end, DBL_MAX, as 309 digits.
   if (o.n < 0) qlora::fail("-n/--n-predict", "must be >= 0 (got " + std::to_string(o.n) + ")");
+  if (o.parallel < 1 || o.parallel > 64) qlora::fail("--parallel", "must be in 1..64");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
 
   const auto t_load = Clock::now();
@@ -74,6 +107,7 @@ int run(const Options& o, CLI::App& app) {
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
     mo.prompt_len = static_cast<int64_t>(files.tokenizer->encode(o.escape ? qlora::cli::unescape(o.prompt) : o.prompt).size());
     mo.new_tokens = o.n;
+    mo.batch_size = o.parallel;
     qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora generate");
   }
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
@@ -122,6 +156,8 @@ int run(const Options& o, CLI::App& app) {
   const std::vector<int32_t> ids32 = files.tokenizer->encode(prompt, enc);
   const std::vector<int> prompt_ids(ids32.begin(), ids32.end());
 
+  if (o.parallel > 1) return run_parallel(o, model, *files.tokenizer, prompt, prompt_ids, gen);
+
   const qlora::GenerationResult r =
       qlora::generate(model, files.tokenizer.get(), prompt_ids, gen, [](std::string_view s) {
         std::fwrite(s.data(), 1, s.size(), stdout);
@@ -152,6 +188,11 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_adapter_flag(app, o->adapter);
       app.add_option("--prompt,-p", o->prompt, "Text to continue");
       app.add_option("-n,--n-predict", o->n, "Number of new tokens")->capture_default_str();
+      app.add_option("--parallel", o->parallel,
+                     "Generate this many continuations at once, decoded together in one batched pass per token "
+                     "(sampling seeds --seed, --seed + 1, ...; as transformers' num_return_sequences); printed "
+                     "when all have finished")
+          ->capture_default_str();
       qlora::cli::add_sampling_flags(app, o->s, "Random seed", "Stop before this string (repeatable)");
       qlora::cli::add_bool_flag(app, "--ignore-eos", o->ignore_eos,
                                 "Generate exactly -n tokens, past any end-of-generation token (always on for "

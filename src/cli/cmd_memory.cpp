@@ -287,7 +287,7 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--lora-dtype", o->lora_dtype, "pytorch-cuda: LoRA parameter dtype, fp32 (PEFT) or bf16");
       qlora::cli::add_bool_flag(app, "--with-adapter", o->with_adapter,
                                 "generate: count a LoRA adapter of --lora-r/--target");
-      app.add_option("--batch-size", o->batch_size, "Sequences per micro-batch")->capture_default_str();
+      app.add_option("--batch-size", o->batch_size, "Sequences per micro-batch (train); sequences decoded at once (--mode generate: serve --parallel)")->capture_default_str();
       app.add_option("--seq-len", o->seq_len, "Tokens per training sequence")->capture_default_str();
       qlora::cli::add_bool_flag_pair(app, "--gradient-checkpointing,--grad-checkpointing",
                                      "--no-gradient-checkpointing", [o](bool on) { o->grad_checkpointing = on; },

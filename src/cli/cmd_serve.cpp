@@ -35,19 +35,21 @@ struct Options {
   std::vector<std::string> adapters;  // NAME=DIR
   std::string host = "127.0.0.1", alias, max_body = "1MB";
   int port = 8080;
-  int64_t max_queue = 16, max_tokens = 4096, http_threads = 8;
+  int64_t max_queue = 16, max_tokens = 4096, http_threads = 8, parallel = 4;
   bool quiet = false;
 };
 
 int run(const Options& o) {
   if (o.port < 0 || o.port > 65535) qlora::fail("--port", "must be in 0..65535 (0: any free port)");
   if (o.max_queue < 0) qlora::fail("--max-queue", "must be >= 0");
+  if (o.parallel < 1 || o.parallel > 64) qlora::fail("--parallel", "must be in 1..64");
   if (o.max_tokens < 1) qlora::fail("--max-tokens", "must be >= 1");
   if (o.http_threads < 1 || o.http_threads > 256) qlora::fail("--http-threads", "must be in 1..256");
   qlora::serve::ServeOptions so;
   so.host = o.host;
   so.port = o.port;
   so.max_queue = static_cast<size_t>(o.max_queue);
+  so.parallel = static_cast<size_t>(o.parallel);
   so.max_body_bytes = qlora::parse_memory_size(o.max_body, "--max-body");
   so.limits.max_tokens = o.max_tokens;
   so.limits.default_max_tokens = std::min<int64_t>(256, o.max_tokens);
@@ -78,11 +80,13 @@ int run(const Options& o) {
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (!files.notice.empty()) std::fprintf(stderr, "warning: %s\n", files.notice.c_str());
   if (qlora::cli::wants_memory_check(o.m, "")) {
-    // From the headers only: one sequence at a time, up to --max-tokens past a short prompt.
+    // From the headers only: --parallel sequences at once, each up to --max-tokens past a
+    // short prompt.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());
     mo.prompt_len = 256;
     mo.new_tokens = o.max_tokens;
+    mo.batch_size = on_gpu ? 1 : o.parallel;
     qlora::cli::check_memory_fits(files.spec, mo, o.m, "", "qlora serve");
   }
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
@@ -136,6 +140,10 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--host", o->host, "Address to listen on")->capture_default_str();
       app.add_option("--port", o->port, "Port (0: any free port)")->capture_default_str();
       app.add_option("--alias", o->alias, "The base model's name in requests (default: the model file's stem)");
+      app.add_option("--parallel", o->parallel,
+                     "Requests generated at once, their tokens decoded together in one batched pass (as "
+                     "llama.cpp's server --parallel); 1 on the llama CUDA engine")
+          ->capture_default_str();
       app.add_option("--max-queue", o->max_queue, "Requests that may wait; more are answered 503")
           ->capture_default_str();
       app.add_option("--max-tokens", o->max_tokens, "Largest max_tokens a request may ask for")->capture_default_str();

@@ -381,18 +381,22 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   } else {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
+    // batch_size sequences decoded at once (`serve --parallel`): each keeps its own cache, its
+    // prompt's scratch and its logits (the batched pass's scratch, B rows, fits in one of those).
+    const uint64_t B = u(std::max<int64_t>(1, o.batch_size));
+    const std::string each = B > 1 ? " x " + std::to_string(B) + " sequences" : "";
     if (o.kv_cache_dtype == ComputeDType::F32) {
-      add(r, "KV cache (fp32 keys + values)", 2 * L * KVD * cap * 4,
+      add(r, "KV cache (fp32 keys + values)" + each, B * 2 * L * KVD * cap * 4,
           std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
     } else {
       add(r, std::string("KV cache (") + (o.kv_cache_dtype == ComputeDType::BF16 ? "bf16" : "f16") +
-                 " keys + values)",
-          2 * L * KVD * cap * 2, std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+                 " keys + values)" + each,
+          B * 2 * L * KVD * cap * 2, std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
       add(r, "KV cache widened for attention (one layer, fp32)", 2 * KVD * cap * 4, "");
     }
     const BlockProgram prog = BlockProgram::for_spec(s);
-    add(r, "forward scratch (prompt prefill)",
-        4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3),
+    add(r, "forward scratch (prompt prefill)" + each,
+        B * 4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3),
         "residual stream, final norm, the block's buffers (sharing slots), rope tables for the prompt's tokens");
     // The block's declared scratch for the prompt against the cache's keys: the attention
     // scores (no probabilities are kept at inference) and the adapter's temporaries.
@@ -400,10 +404,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     sq.tokens = static_cast<int64_t>(P);
     sq.keys = static_cast<int64_t>(cap);
     if (o.with_adapter) sq.lora = lora_scratch_shapes(s, o);
-    add(r, "workspace (block scratch: attention scores, LoRA temporaries)",
-        4 * u(block_scratch_floats(prog, sq).total()), "model/block_scratch.h, the same declaration forward() allocates");
-    add(r, "logits", V * 4, "(V) float32");
-    add(r, "sampler arrays", V * 13, "(V) index, probability and seen arrays on the host");
+    add(r, "workspace (block scratch: attention scores, LoRA temporaries)" + each,
+        B * 4 * u(block_scratch_floats(prog, sq).total()), "model/block_scratch.h, the same declaration forward() allocates");
+    add(r, "logits" + each, B * V * 4, "(V) float32");
+    add(r, "sampler arrays" + each, B * V * 13, "(V) index, probability and seen arrays on the host");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");
     if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16 && P > 8)
       add(r, "bf16 GEMM packing (AMX tiles or AVX-512 BF16)", bf16_tile_bytes(P), "kept by the threads at their largest");

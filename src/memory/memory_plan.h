@@ -94,7 +94,7 @@ struct MemoryOptions {
   double lora_dropout = 0.05;
   bool with_adapter = false;               // generate: an adapter of this shape is applied
 
-  // Train.
+  // Train (batch_size also generate: sequences decoded at once, each with its own cache).
   int64_t batch_size = 1;
   int64_t seq_len = 256;
   bool checkpointing = true;

@@ -71,26 +71,41 @@ void block_forward(const BlockRun& r) {
         float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
         AttentionShape a = attention_heads(p);
-        if (r.cache) {  // append this step's keys and values, attend over everything cached
-          a.T = T;
-          a.Tk = r.pos0 + T;
-          a.q_pos0 = r.pos0;
-          a.key_start = r.key_start;
-          a.kv_capacity = r.cache->capacity();
-          const ComputeDType kvt = r.cache->dtype();
+        // Appends n rows of keys and values (positions pos..) to `cache` and attends the n
+        // queries over everything cached.
+        auto attend_cached = [&](KVCache& cache, int64_t pos, int64_t n, const int32_t* key_start, float* o,
+                                 float* pr, const float* q, const float* kr, const float* vr) {
+          a.T = n;
+          a.Tk = pos + n;
+          a.q_pos0 = pos;
+          a.key_start = key_start;
+          a.kv_capacity = cache.capacity();
+          const ComputeDType kvt = cache.dtype();
           if (kvt != ComputeDType::F32) {  // a 16-bit cache (host memory: KVCache checks)
-            uint16_t* kc = r.cache->keys16(r.layer);
-            uint16_t* vc = r.cache->values16(r.layer);
-            convert_from_f32(to_dtype(kvt), k, kc + r.pos0 * KVD, static_cast<size_t>(T * KVD));
-            convert_from_f32(to_dtype(kvt), v, vc + r.pos0 * KVD, static_cast<size_t>(T * KVD));
-            be.attention_forward_kv16(a, out, probs, r.scratch.scores, in0, kc, vc, kvt);
-            break;
+            uint16_t* kc = cache.keys16(r.layer);
+            uint16_t* vc = cache.values16(r.layer);
+            convert_from_f32(to_dtype(kvt), kr, kc + pos * KVD, static_cast<size_t>(n * KVD));
+            convert_from_f32(to_dtype(kvt), vr, vc + pos * KVD, static_cast<size_t>(n * KVD));
+            be.attention_forward_kv16(a, o, pr, r.scratch.scores, q, kc, vc, kvt);
+            return;
           }
-          float* kc = r.cache->keys(r.layer);
-          float* vc = r.cache->values(r.layer);
-          be.copy(kc + r.pos0 * KVD, k, T * KVD);
-          be.copy(vc + r.pos0 * KVD, v, T * KVD);
-          be.attention_forward(a, out, probs, r.scratch.scores, in0, kc, vc);
+          float* kc = cache.keys(r.layer);
+          float* vc = cache.values(r.layer);
+          be.copy(kc + pos * KVD, kr, n * KVD);
+          be.copy(vc + pos * KVD, vr, n * KVD);
+          be.attention_forward(a, o, pr, r.scratch.scores, q, kc, vc);
+        };
+        if (r.cache) {  // append this step's keys and values, attend over everything cached
+          attend_cached(*r.cache, r.pos0, T, r.key_start, out, probs, in0, k, v);
+          break;
+        }
+        if (!r.caches.empty()) {  // one token of each sequence, each over its own cache
+          check(static_cast<int64_t>(r.caches.size()) == T && !probs, "batched decoding",
+                "needs one cache per row and no stored probabilities");
+          for (int64_t t = 0; t < T; ++t)
+            attend_cached(*r.caches[static_cast<size_t>(t)], r.caches[static_cast<size_t>(t)]->length(), 1,
+                          r.key_start ? r.key_start + t : nullptr, out + t * QD, nullptr, in0 + t * QD, k + t * KVD,
+                          v + t * KVD);
           break;
         }
         // Each sequence of the batch attends to itself only.

@@ -44,6 +44,11 @@ struct BlockRun {
   // the cache's pos0 + T positions. Null when training (the block's own T keys).
   KVCache* cache = nullptr;
   int64_t pos0 = 0;
+  // Batched decoding (instead of cache): row t of the T rows is the next token of the
+  // sequence whose keys and values are caches[t], at position caches[t]->length() (each
+  // cache's length is advanced by the caller after the last layer); key_start then holds
+  // each row's absolute first visible key, or is null (causal).
+  std::span<KVCache* const> caches;
   // The adapter (may be null) and, when training, one LoraCache per block Linear
   // (kBlockLinearCount of them) and whether dropout is active (then rng is REQUIRED).
   const LoraModel* adapter = nullptr;

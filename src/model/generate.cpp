@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <span>
+#include <memory>
 #include <optional>
 
 #include "base/error.h"
@@ -67,11 +68,9 @@ std::string StopStringFilter::flush() {
 
 // ---- the loop ----------------------------------------------------------------------------
 
-namespace {
-
-GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
-                               const GenerationOptions& opt, const TextCallback& on_text, PromptCache* cache) {
-  using Clock = std::chrono::steady_clock;
+Generation::Generation(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
+                       const GenerationOptions& opt, TextCallback on_text, PromptCache* cache)
+    : model_(model), tok_(tok), opt_(opt), on_text_(std::move(on_text)), cache_(cache) {
   const ModelSpec& spec = model.spec();
   validate(opt.sampling);
   if (prompt_ids.empty()) fail("generate", "the prompt has no tokens");
@@ -81,36 +80,28 @@ GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const s
   if (!tok && !opt.stop_strings.empty()) fail("generate", "stop strings need a tokenizer");
   if (opt.max_new_tokens < 0) fail("generate", "the number of new tokens must be >= 0");
 
-  std::vector<int> stop_ids = opt.stop_ids;
+  stop_ids_ = opt.stop_ids;
   if (opt.ignore_eos) {
-    stop_ids.clear();
-  } else if (stop_ids.empty()) {
-    stop_ids = spec.eos_ids;
+    stop_ids_.clear();
+  } else if (stop_ids_.empty()) {
+    stop_ids_ = spec.eos_ids;
     if (tok)
       for (int32_t id = 0; id < tok->vocab_size(); ++id)
-        if (tok->is_end_of_generation(id)) stop_ids.push_back(id);
+        if (tok->is_end_of_generation(id)) stop_ids_.push_back(id);
   }
-  auto is_stop = [&](int id) { return std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end(); };
 
-  GenerationResult res;
-  res.prompt_ids = prompt_ids;
-  auto emit = [&](const std::string& s) {
-    if (!s.empty() && on_text) on_text(s);
-  };
-
-  std::optional<StreamDecoder> stream;
+  res_.prompt_ids = prompt_ids;
   if (tok) {
-    stream.emplace(*tok);
+    stream_ = std::make_unique<StreamDecoder>(*tok);
     for (int id : prompt_ids) {
-      std::string s = stream->push(id);
-      if (opt.echo_prompt) emit(s);
+      std::string s = stream_->push(id);
+      if (opt.echo_prompt && !s.empty() && on_text_) on_text_(s);
     }
   }
-  StopStringFilter filter(opt.stop_strings);
+  filter_ = std::make_unique<StopStringFilter>(opt.stop_strings);
 
   const int64_t P = static_cast<int64_t>(prompt_ids.size());
   const int64_t capacity = std::min(spec.max_positions, P + std::max<int64_t>(opt.max_new_tokens, 1));
-  std::unique_ptr<InferenceState> own;
   int64_t reused = 0;
   if (cache) {
     if (!cache->state) cache->state = std::make_unique<InferenceState>(model, capacity);
@@ -120,83 +111,118 @@ GenerationResult generate_impl(const Model& model, const Tokenizer* tok, const s
       ++reused;
     cache->state->cache().set_length(reused);
     cache->ids.resize(static_cast<size_t>(reused));
+    state_ = cache->state.get();
   } else {
-    own = std::make_unique<InferenceState>(model, capacity);
+    own_ = std::make_unique<InferenceState>(model, capacity);
+    state_ = own_.get();
   }
-  InferenceState& state = cache ? *cache->state : *own;
-  res.prompt_tokens_reused = reused;
-  std::vector<float> logits(static_cast<size_t>(spec.vocab));
-  Sampler sampler(opt.sampling);
-  std::vector<int> context = prompt_ids;
+  res_.prompt_tokens_reused = reused;
+  sampler_ = std::make_unique<Sampler>(opt.sampling);
+  context_ = prompt_ids;
 
-  auto t0 = Clock::now();
-  if (opt.max_new_tokens > 0)
-    forward(model, state, std::span<const int>(prompt_ids).subspan(static_cast<size_t>(reused)), logits.data());
-  bool finished_text = false;
-  for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
-    if (opt.cancelled && opt.cancelled()) {
-      res.stop = StopReason::Cancelled;
-      break;
-    }
-    if (i > 0) {
-      if (state.position() >= spec.max_positions) {
-        res.stop = StopReason::Context;
-        break;
-      }
-      const int last = res.output_ids.back();
-      forward(model, state, std::span<const int>(&last, 1), logits.data());
-      ++res.decode_steps;
-    }
-    const int next = sampler.sample(logits, context);
-    auto t1 = Clock::now();
-    if (i == 0)
-      res.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
-    else
-      res.decode_seconds += std::chrono::duration<double>(t1 - t0).count();
-    t0 = t1;
-    if (is_stop(next)) {
-      res.stop = StopReason::EndOfGeneration;
-      break;
-    }
-    res.output_ids.push_back(next);
-    context.push_back(next);
-    if (stream) {
-      const std::string out = filter.push(stream->push(next));
-      res.text += out;
-      emit(out);
-      if (filter.stopped()) {
-        res.stop = StopReason::StopString;
-        finished_text = true;
-        break;
-      }
-    }
-    t0 = Clock::now();  // exclude the text callback from the timings
+  t0_ = Clock::now();
+  if (opt.max_new_tokens == 0) return;
+  std::vector<float> logits(static_cast<size_t>(spec.vocab));
+  forward(model, *state_, std::span<const int>(prompt_ids).subspan(static_cast<size_t>(reused)), logits.data());
+  if (opt.cancelled && opt.cancelled()) {
+    res_.stop = StopReason::Cancelled;
+    return;
   }
-  if (stream && !finished_text) {
-    std::string out = filter.push(stream->flush());
-    out += filter.flush();
-    if (filter.stopped()) res.stop = StopReason::StopString;
-    res.text += out;
-    emit(out);
-  }
-  if (cache) {
-    // The cache holds the prompt (when it ran) and every output token fed back in.
-    cache->ids = opt.max_new_tokens > 0 ? prompt_ids : std::vector<int>(prompt_ids.begin(), prompt_ids.begin() + reused);
-    cache->ids.insert(cache->ids.end(), res.output_ids.begin(), res.output_ids.begin() + res.decode_steps);
-    if (static_cast<int64_t>(cache->ids.size()) != state.position()) {  // never trust a cache that disagrees
-      cache->ids.clear();
-      state.reset();
-    }
-  }
-  return res;
+  sample(logits.data(), /*prompt=*/true);
 }
 
-}  // namespace
+Generation::~Generation() = default;
+
+int Generation::next_token() const {
+  check(running_, "generate", "next_token() after generation ended");
+  return res_.output_ids.back();
+}
+
+void Generation::advance(float* logits) {
+  check(running_, "generate", "advance() after generation ended");
+  ++res_.decode_steps;
+  sample(logits, /*prompt=*/false);
+}
+
+void Generation::sample(float* logits, bool prompt) {
+  running_ = false;
+  const int next = sampler_->sample(std::span<float>(logits, static_cast<size_t>(model_.spec().vocab)), context_);
+  ++produced_;
+  const auto t1 = Clock::now();
+  (prompt ? res_.prompt_seconds : res_.decode_seconds) += std::chrono::duration<double>(t1 - t0_).count();
+  t0_ = t1;
+  if (std::find(stop_ids_.begin(), stop_ids_.end(), next) != stop_ids_.end()) {
+    res_.stop = StopReason::EndOfGeneration;
+    return;
+  }
+  res_.output_ids.push_back(next);
+  context_.push_back(next);
+  if (stream_) {
+    const std::string out = filter_->push(stream_->push(next));
+    res_.text += out;
+    if (!out.empty() && on_text_) on_text_(out);
+    if (filter_->stopped()) {
+      res_.stop = StopReason::StopString;
+      finished_text_ = true;
+      return;
+    }
+  }
+  t0_ = Clock::now();  // exclude the text callback from the timings
+  check_continue();
+}
+
+void Generation::check_continue() {
+  // Before the next token: the length, a cancellation, the end of the context.
+  if (produced_ >= opt_.max_new_tokens) {
+    res_.stop = StopReason::Length;
+    return;
+  }
+  if (opt_.cancelled && opt_.cancelled()) {
+    res_.stop = StopReason::Cancelled;
+    return;
+  }
+  if (state_->position() >= model_.spec().max_positions) {
+    res_.stop = StopReason::Context;
+    return;
+  }
+  running_ = true;
+}
+
+GenerationResult Generation::finish() {
+  if (stream_ && !finished_text_) {
+    std::string out = filter_->push(stream_->flush());
+    out += filter_->flush();
+    if (filter_->stopped()) res_.stop = StopReason::StopString;
+    res_.text += out;
+    if (!out.empty() && on_text_) on_text_(out);
+    finished_text_ = true;
+  }
+  if (cache_) {
+    // The cache holds the prompt (when it ran) and every output token fed back in.
+    const std::vector<int>& prompt = res_.prompt_ids;
+    cache_->ids = opt_.max_new_tokens > 0
+                      ? prompt
+                      : std::vector<int>(prompt.begin(), prompt.begin() + res_.prompt_tokens_reused);
+    cache_->ids.insert(cache_->ids.end(), res_.output_ids.begin(), res_.output_ids.begin() + res_.decode_steps);
+    if (static_cast<int64_t>(cache_->ids.size()) != state_->position()) {  // never trust a cache that disagrees
+      cache_->ids.clear();
+      state_->reset();
+    }
+  }
+  return std::move(res_);
+}
 
 GenerationResult generate(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
                           const GenerationOptions& opt, const TextCallback& on_text, PromptCache* cache) {
   try {
-    return generate_impl(model, tok, prompt_ids, opt, on_text, cache);
+    Generation g(model, tok, prompt_ids, opt, on_text, cache);
+    std::vector<float> logits(static_cast<size_t>(model.spec().vocab));
+    while (g.running()) {
+      const int last = g.next_token();
+      forward(model, g.state(), std::span<const int>(&last, 1), logits.data());
+      g.advance(logits.data());
+    }
+    return g.finish();
   } catch (...) {
     if (cache) {
       cache->ids.clear();
@@ -204,6 +230,54 @@ GenerationResult generate(const Model& model, const Tokenizer* tok, const std::v
     }
     throw;
   }
+}
+
+BatchGenerationResult generate_batch(const Model& model, const Tokenizer* tok,
+                                     const std::vector<std::vector<int>>& prompts,
+                                     const std::vector<GenerationOptions>& opts, const BatchTextCallback& on_text) {
+  using Clock = std::chrono::steady_clock;
+  check(prompts.size() == opts.size(), "generate", "one set of options per prompt");
+  BatchGenerationResult out;
+  std::vector<std::unique_ptr<Generation>> gens;
+  auto t0 = Clock::now();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    TextCallback cb;
+    if (on_text) cb = [&on_text, i](std::string_view s) { on_text(i, s); };
+    gens.push_back(std::make_unique<Generation>(model, tok, prompts[i], opts[i], cb));
+  }
+  auto t1 = Clock::now();
+  out.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+  const int64_t V = model.spec().vocab;
+  const bool batched = can_forward_batch(model);
+  InferenceState work(model, 1);
+  std::vector<float> logits;
+  for (;;) {
+    std::vector<Generation*> run;
+    for (auto& g : gens)
+      if (g->running()) run.push_back(g.get());
+    if (run.empty()) break;
+    logits.resize(run.size() * static_cast<size_t>(V));
+    std::vector<InferenceState*> states;
+    std::vector<int> tokens;
+    for (Generation* g : run) {
+      states.push_back(&g->state());
+      tokens.push_back(g->next_token());
+    }
+    if (run.size() == 1 || !batched) {
+      for (size_t i = 0; i < run.size(); ++i) {
+        forward(model, *states[i], std::span<const int>(&tokens[i], 1), logits.data() + i * static_cast<size_t>(V));
+        ++out.decode_passes;
+      }
+    } else {
+      forward_batch(model, work, states, tokens, logits.data());
+      ++out.decode_passes;
+    }
+    for (size_t i = 0; i < run.size(); ++i) run[i]->advance(logits.data() + i * static_cast<size_t>(V));
+    out.decoded_tokens += static_cast<int64_t>(run.size());
+  }
+  out.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  for (auto& g : gens) out.results.push_back(g->finish());
+  return out;
 }
 
 }  // namespace qlora

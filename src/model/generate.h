@@ -3,6 +3,7 @@
 // until max_new_tokens, an end-of-generation token, a stop string, or the end of the
 // context. Text is streamed as it is produced, only ever in complete UTF-8 characters, and
 // never showing (any part of) a stop string.
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -16,6 +17,8 @@
 namespace qlora {
 
 class Tokenizer;
+class StreamDecoder;
+class StopStringFilter;
 
 struct GenerationOptions {
   int64_t max_new_tokens = 128;
@@ -72,6 +75,75 @@ struct PromptCache {
 // this call's prompt and output (emptied if the call throws).
 GenerationResult generate(const Model& model, const Tokenizer* tokenizer, const std::vector<int>& prompt_ids,
                           const GenerationOptions& opt, const TextCallback& on_text = {}, PromptCache* cache = nullptr);
+
+// One generation, step by step: generate() runs one to the end; `qlora serve` runs several
+// at once, their next tokens through forward_batch together (model/model.h). The same
+// checks, stops, streaming and result as generate(), which is built on it.
+class Generation {
+ public:
+  // Validates the request (throws Error as generate()), runs the prompt (its shared prefix
+  // from `cache`, as generate()) and samples the first token. `model`, `tokenizer` and
+  // `cache` are borrowed for the object's life.
+  Generation(const Model& model, const Tokenizer* tokenizer, const std::vector<int>& prompt_ids,
+             const GenerationOptions& opt, TextCallback on_text = {}, PromptCache* cache = nullptr);
+  ~Generation();
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
+
+  // True while another token is wanted: then run next_token() at state().position() (one
+  // forward of one token) and pass its logits to advance(). False once a stop (length, eos,
+  // stop string, context, cancelled) ended it.
+  bool running() const { return running_; }
+  int next_token() const;  // REQUIRES running()
+  InferenceState& state() { return *state_; }
+  // Samples from the logits (V) of next_token()'s forward (used as scratch: penalties and
+  // temperature are applied in place), streams the text, and checks whether generation goes
+  // on. REQUIRES running().
+  void advance(float* logits);
+  // The result (the held-back text flushed; with a cache, the cache updated). Call once,
+  // when running() is false.
+  GenerationResult finish();
+
+ private:
+  void sample(float* logits, bool prompt);
+  void check_continue();
+
+  using Clock = std::chrono::steady_clock;
+  const Model& model_;
+  const Tokenizer* tok_;
+  GenerationOptions opt_;
+  TextCallback on_text_;
+  PromptCache* cache_;
+  std::vector<int> stop_ids_, context_;
+  std::unique_ptr<InferenceState> own_;
+  InferenceState* state_ = nullptr;
+  std::unique_ptr<Sampler> sampler_;
+  std::unique_ptr<StreamDecoder> stream_;
+  std::unique_ptr<StopStringFilter> filter_;
+  GenerationResult res_;
+  Clock::time_point t0_;
+  int64_t produced_ = 0;  // sampling steps done (tokens sampled, the stop token included)
+  bool running_ = false, finished_text_ = false;
+};
+
+// Several generations at once (`qlora generate --parallel N`, HF's num_return_sequences,
+// llama.cpp's batched example): each prompt runs alone, then every step decodes one token of
+// each generation still running through one forward_batch pass (one at a time with
+// forward() where can_forward_batch(model) is false). results[i] is what generate(model,
+// tokenizer, prompts[i], opts[i], on_text(i, ...)) gives, up to the products' summation order
+// over several rows (model/model.h forward_batch). Throws Error as generate().
+struct BatchGenerationResult {
+  std::vector<GenerationResult> results;
+  double prompt_seconds = 0;  // every prompt's forward (and first sample), wall clock
+  double decode_seconds = 0;  // the batched decoding steps, wall clock
+  int64_t decode_passes = 0;  // forward passes (of up to N tokens each)
+  int64_t decoded_tokens = 0;
+  double decode_tokens_per_second() const { return decode_seconds > 0 ? decoded_tokens / decode_seconds : 0.0; }
+};
+using BatchTextCallback = std::function<void(size_t, std::string_view)>;
+BatchGenerationResult generate_batch(const Model& model, const Tokenizer* tokenizer,
+                                     const std::vector<std::vector<int>>& prompts,
+                                     const std::vector<GenerationOptions>& opts, const BatchTextCallback& on_text = {});
 
 // Incremental stop-string filter (exposed for tests): push() text pieces in, get back what
 // can be shown now; stopped() once a stop string appeared (everything from it on is

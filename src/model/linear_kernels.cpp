@@ -194,6 +194,16 @@ void gemv_q4_i8_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, flo
   }
 }
 
+void gemv_q8_multi_scalar(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
+                          int64_t ldy, int64_t r0, int64_t r1) {
+  // (the definition: gemv_q8 token by token)
+  std::vector<float> row(static_cast<size_t>(r1));
+  for (int64_t t = 0; t < T; ++t) {
+    gemv_q8_scalar(q, scales, cols, x + t * cols, row.data(), r0, r1);
+    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = row[static_cast<size_t>(r)];
+  }
+}
+
 void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
                        float* y, int64_t r0, int64_t r1) {
   const int64_t nb = cols / kQ8Block;
@@ -213,7 +223,7 @@ void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const
 const LinearKernels& scalar_linear_kernels() {
   static const LinearKernels k{gemv_q4_scalar,      gemv_q4_multi_scalar,     gemv_f32_scalar,  gemv_bf16_scalar,
                                gemv_f16_scalar,     dequant_rows_q4_scalar,   dequant_rows_q4_bf16_scalar, pack_q4_bf16_panel_scalar, gemm_rows_scalar,
-                               dot_scalar,          axpy_scalar,              gemv_q8_scalar,
+                               dot_scalar,          axpy_scalar,              gemv_q8_scalar, gemv_q8_multi_scalar,
                                attn_scores_scalar,  attn_weighted_sum_scalar, attn_scores16_scalar, attn_weighted_sum16_scalar,
                                widen16_scalar, quantize_x_q8_scalar,
                                gemv_q4_i8_scalar,   gemv_q8_i8_scalar};

@@ -6,7 +6,8 @@
 //    quantization on the fly); float weights are never written out. (The AVX-512 kernel
 //    has a faster path for rows of whole 32-weight chunks, see linear_kernels_avx512.cpp.)
 //  * gemv_f32 / gemv_bf16 / gemv_f16: the same for full-precision weights.
-//  * gemv_q8: the same for 8-bit rows with a float32 scale per 32 (a GGUF's Q8_0 head).
+//  * gemv_q8: the same for 8-bit rows with a float32 scale per 32 (a GGUF's Q8_0 head);
+//    gemv_q8_multi: for a few tokens at once (batched decoding).
 //  * gemv_q4_multi: the fused GEMV for up to 8 tokens (prompts of a few tokens).
 //  * dequant_rows_q4: rows of a 4-bit matrix to float32 (for the GEMM path).
 //  * pack_q4_bf16_panel: columns of a 4-bit matrix straight into the bf16 GEMM's packed layout
@@ -91,6 +92,11 @@ struct LinearKernels {
   // DenseWeight's Q8 storage). REQUIRES cols % 32 == 0.
   void (*gemv_q8)(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t r0,
                   int64_t r1);
+  // gemv_q8 for T <= kMaxGemvTokens tokens at once, each block of 8-bit weights read once for
+  // all of them (batched decoding's output head): y[t * ldy + r] = gemv_q8 of x + t * cols,
+  // bit for bit the single-token kernel's value at the same level.
+  void (*gemv_q8_multi)(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
+                        int64_t ldy, int64_t r0, int64_t r1);
   // Decode's attention rows for `heads` query heads that share one key/value head (a GQA
   // group; heads = 1 without grouping): query h is q + h * n (n floats), the cached keys and
   // values rows `ld` floats apart (n floats each). scores[h * lds + j] = scale * sum_i

@@ -349,6 +349,51 @@ void gemv_q8_avx2(const int8_t* q, const float* scales, int64_t cols, const floa
   }
 }
 
+// gemv_q8_avx2's instructions for each of T tokens, the block's weights widened once.
+template <int T>
+void gemv_q8_tokens_avx2(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y, int64_t ldy,
+                         int64_t r0, int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    __m256 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* qb = q + r * cols + b * kQ8Block;
+      detail::prefetch_l2(qb + detail::kGemvPrefetchBytes);
+      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb));
+      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qb + 16));
+      const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+      const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+      const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+      const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+      const __m256 sc = _mm256_set1_ps(scales[r * nb + b]);
+      for (int t = 0; t < T; ++t) {
+        const float* xb = x + t * cols + b * kQ8Block;
+        __m256 s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
+        s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), s);
+        s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), s);
+        s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), s);
+        acc[t] = _mm256_fmadd_ps(sc, s, acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]);
+  }
+}
+
+void gemv_q8_multi_avx2(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  switch (T) {
+    case 1: return gemv_q8_tokens_avx2<1>(q, scales, cols, x, y, ldy, r0, r1);
+    case 2: return gemv_q8_tokens_avx2<2>(q, scales, cols, x, y, ldy, r0, r1);
+    case 3: return gemv_q8_tokens_avx2<3>(q, scales, cols, x, y, ldy, r0, r1);
+    case 4: return gemv_q8_tokens_avx2<4>(q, scales, cols, x, y, ldy, r0, r1);
+    case 5: return gemv_q8_tokens_avx2<5>(q, scales, cols, x, y, ldy, r0, r1);
+    case 6: return gemv_q8_tokens_avx2<6>(q, scales, cols, x, y, ldy, r0, r1);
+    case 7: return gemv_q8_tokens_avx2<7>(q, scales, cols, x, y, ldy, r0, r1);
+    default: return gemv_q8_tokens_avx2<8>(q, scales, cols, x, y, ldy, r0, r1);
+  }
+}
+
 void gemv_bf16_avx2(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
   gemv_dense(
       cols, x, y, r0, r1,
@@ -720,7 +765,7 @@ const LinearKernels& avx2_linear_kernels() {
                                // (the bf16 GEMM's panels are for CPUs with AVX-512 BF16 or AMX)
                                scalar_linear_kernels().dequant_rows_q4_bf16, scalar_linear_kernels().pack_q4_bf16_panel,
                                gemm_rows_avx2,
-                               dot_avx2,       axpy_avx2,            gemv_q8_avx2,
+                               dot_avx2,       axpy_avx2,            gemv_q8_avx2, gemv_q8_multi_avx2,
                                attn_scores_avx2, attn_weighted_sum_avx2, attn_scores16_avx2, attn_weighted_sum16_avx2,
                                widen16_avx2, quantize_x_q8_avx2,
                                gemv_q4_i8_avx2,  gemv_q8_i8_avx2};

@@ -365,6 +365,46 @@ void gemv_q8_avx512(const int8_t* q, const float* scales, int64_t cols, const fl
   }
 }
 
+// gemv_q8_avx512's instructions for each of T tokens, the block's weights widened once.
+template <int T>
+void gemv_q8_tokens_avx512(const int8_t* q, const float* scales, int64_t cols, const float* x, float* y,
+                           int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int8_t* qb = q + r * cols + b * kQ8Block;
+      detail::prefetch_l2(qb + detail::kGemvPrefetchBytes);
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qb))));
+      const __m512 w1 =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qb + 16))));
+      const __m512 sc = _mm512_set1_ps(scales[r * nb + b]);
+      for (int t = 0; t < T; ++t) {
+        const float* xb = x + t * cols + b * kQ8Block;
+        __m512 s = _mm512_mul_ps(w0, _mm512_loadu_ps(xb));
+        s = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), s);
+        acc[t] = _mm512_fmadd_ps(sc, s, acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]);
+  }
+}
+
+void gemv_q8_multi_avx512(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
+                          int64_t ldy, int64_t r0, int64_t r1) {
+  switch (T) {
+    case 1: return gemv_q8_tokens_avx512<1>(q, scales, cols, x, y, ldy, r0, r1);
+    case 2: return gemv_q8_tokens_avx512<2>(q, scales, cols, x, y, ldy, r0, r1);
+    case 3: return gemv_q8_tokens_avx512<3>(q, scales, cols, x, y, ldy, r0, r1);
+    case 4: return gemv_q8_tokens_avx512<4>(q, scales, cols, x, y, ldy, r0, r1);
+    case 5: return gemv_q8_tokens_avx512<5>(q, scales, cols, x, y, ldy, r0, r1);
+    case 6: return gemv_q8_tokens_avx512<6>(q, scales, cols, x, y, ldy, r0, r1);
+    case 7: return gemv_q8_tokens_avx512<7>(q, scales, cols, x, y, ldy, r0, r1);
+    default: return gemv_q8_tokens_avx512<8>(q, scales, cols, x, y, ldy, r0, r1);
+  }
+}
+
 void gemv_bf16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
   gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) {
     const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
@@ -607,7 +647,7 @@ const LinearKernels& avx512_linear_kernels() {
   static const LinearKernels k{gemv_q4_avx512,   gemv_q4_multi_avx512,   gemv_f32_avx512,  gemv_bf16_avx512,
                                gemv_f16_avx512,  dequant_rows_q4_avx512, dequant_rows_q4_bf16_avx512,
                                pack_q4_bf16_panel_avx512, gemm_rows_avx512,
-                               dot_avx512,       axpy_avx512,            gemv_q8_avx512,
+                               dot_avx512,       axpy_avx512,            gemv_q8_avx512, gemv_q8_multi_avx512,
                                attn_scores_avx512, attn_weighted_sum_avx512,
                                attn_scores16_avx512, attn_weighted_sum16_avx512,
                                // 256-bit kernels serve here too (every AVX-512 CPU has AVX2).

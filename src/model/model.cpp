@@ -521,4 +521,119 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   if (lg != logits) be.download(logits, lg, n * s.vocab);
 }
 
+// ---- batched decoding ----------------------------------------------------------------
+
+bool can_forward_batch(const Model& model) {
+  return !model.runner() && model.backend().host_addressable() &&
+         model.spec().rope_scaling.type != RopeScaling::Type::LongRope;
+}
+
+void forward_batch(const Model& model, InferenceState& work, std::span<InferenceState* const> seqs,
+                   std::span<const int> tokens, float* logits) {
+  const ModelSpec& s = model.spec();
+  const ComputeDType dt = model.compute_dtype();
+  const int64_t N = static_cast<int64_t>(seqs.size());
+  check(static_cast<int64_t>(tokens.size()) == N, "batched decoding", "needs one token per sequence");
+  if (N == 0) return;
+  check(can_forward_batch(model), "batched decoding",
+        "runs on the host backend without a device runner, and not for LongRope models (decode one at a time)");
+  Backend& be = *work.backend_;
+  be.bind_thread();
+  // Every check before any cache changes.
+  for (int64_t i = 0; i < N; ++i) {
+    const InferenceState& st = *seqs[static_cast<size_t>(i)];
+    check(&st.backend() == &be && &st != &work, "batched decoding", "every sequence must be on the work state's backend");
+    for (int64_t j = 0; j < i; ++j)
+      check(seqs[static_cast<size_t>(j)] != &st, "batched decoding", "a sequence appears twice in one batch");
+    if (st.position() + 1 > s.max_positions)
+      fail("forward", "sequence of " + std::to_string(st.position() + 1) + " tokens exceeds the model's context of " +
+                          std::to_string(s.max_positions) + " positions");
+    const int tok = tokens[static_cast<size_t>(i)];
+    if (tok < 0 || tok >= s.vocab)
+      fail("embedding", "token id " + std::to_string(tok) + " is outside the vocabulary of " + std::to_string(s.vocab));
+  }
+  std::vector<KVCache*> caches(static_cast<size_t>(N));
+  int64_t max_capacity = 1;
+  for (int64_t i = 0; i < N; ++i) {
+    InferenceState& st = *seqs[static_cast<size_t>(i)];
+    const int64_t pos = st.cache_.length();
+    if (pos + 1 > st.cache_.capacity())
+      st.cache_.reserve(std::min(s.max_positions, std::max(pos + 1, 2 * st.cache_.capacity())));
+    st.cache_.allocate();
+    caches[static_cast<size_t>(i)] = &st.cache_;
+    max_capacity = std::max(max_capacity, st.cache_.capacity());
+  }
+  const BlockProgram& prog = model.block();
+  work.ensure_scratch(prog, N);
+  BlockScratchQuery sq;
+  sq.tokens = N;
+  sq.keys = max_capacity;
+  add_lora_to_scratch_query(sq, model.adapter());
+  const BlockScratchFloats sf = block_scratch_floats(prog, sq);
+  work.scratch_.ensure(be, sf.total());
+  const BlockScratch scratch = BlockScratch::carve(work.scratch_.data(), sf);
+
+  // (the tables' rows are rope_dims() / 2 wide: partial rotary rotates fewer dims than head_dim)
+  const int64_t HS = s.rope_dims(), half = HS / 2;
+  float* x = work.x_.data();
+  float* h = work.h_.data();
+  for (int64_t i = 0; i < N; ++i) work.pos_[static_cast<size_t>(i)] = static_cast<int32_t>(caches[static_cast<size_t>(i)]->length());
+  embed_forward(be, x, work.emb_.data(), h, tokens, work.pos_.data(), model, model.adapter(), nullptr, false, nullptr,
+                scratch.lora);
+  // Each row's rotary table on its own, as forward() computes it for that one token (dynamic
+  // NTK scaling depends on the forward's longest sequence).
+  auto tables = [&](float* cos_dev, float* sin_dev, float theta, const RopeScaling& scaling) {
+    for (int64_t i = 0; i < N; ++i)
+      rope_tables(work.cos_host_.data() + i * half, work.sin_host_.data() + i * half, work.pos_.data() + i, 1, HS,
+                  theta, scaling);
+    be.upload(cos_dev, work.cos_host_.data(), N * half);
+    be.upload(sin_dev, work.sin_host_.data(), N * half);
+  };
+  tables(work.cos_.data(), work.sin_.data(), s.rope_theta, s.rope_scaling);
+  if (s.rope_local) {
+    be.synchronize();  // (the staging vectors are reused)
+    tables(work.cos_local_.data(), work.sin_local_.data(), s.rope_theta_local, s.rope_scaling_local);
+  }
+  const int32_t* window_start = nullptr;
+  if (s.sliding_window > 0) {
+    for (int64_t i = 0; i < N; ++i)
+      work.key_start_host_[static_cast<size_t>(i)] = static_cast<int32_t>(first_visible_key(s, work.pos_[static_cast<size_t>(i)]));
+    be.upload(work.key_start_.data(), work.key_start_host_.data(), N);
+    window_start = work.key_start_.data();
+  }
+
+  BlockRun run;
+  run.backend = &be;
+  run.program = &prog;
+  run.dtype = dt;
+  run.T = N;
+  run.caches = caches;
+  run.adapter = model.adapter();
+  run.buf.assign(prog.buffers().size(), nullptr);
+  for (size_t b = 0; b < run.buf.size(); ++b) {
+    const int slot = prog.inference_slots().slot_of[b];
+    if (slot >= 0) run.buf[b] = work.slots_[static_cast<size_t>(slot)].data();
+  }
+  run.scratch = scratch;
+  run.buf[static_cast<size_t>(prog.input())] = x;
+  run.buf[static_cast<size_t>(prog.output())] = x;
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    run.layer = l;
+    run.weights = &model.layers()[static_cast<size_t>(l)];
+    const bool local = s.layer_uses_local_rope(l);
+    run.cos = local ? work.cos_local_.data() : work.cos_.data();
+    run.sin = local ? work.sin_local_.data() : work.sin_.data();
+    run.key_start = s.layer_slides(l) ? window_start : nullptr;
+    block_forward(run);
+  }
+  for (KVCache* c : caches) c->set_length(c->length() + 1);
+
+  const float* e = head_input_forward(be, work.emb_.data(), h, nullptr, x, N, model, model.adapter(), nullptr, false,
+                                      nullptr, scratch.lora);
+  be.dense_forward(logits, e, N, model.lm_head());
+  be.round(logits, N * s.vocab, dt);
+  if (s.final_softcap > 0.0f) be.softcap_forward(logits, N * s.vocab, s.final_softcap, dt);
+  be.synchronize();
+}
+
 }  // namespace qlora

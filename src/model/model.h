@@ -215,6 +215,8 @@ class InferenceState {
 
  private:
   friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
+  friend void forward_batch(const Model&, InferenceState&, std::span<InferenceState* const>, std::span<const int>,
+                            float*);
   void ensure_scratch(const BlockProgram& program, int64_t T);
   Backend* backend_;
   std::shared_ptr<Backend> keep_;  // (declared before the buffers: released after them)
@@ -248,5 +250,22 @@ class InferenceState {
 // the vocabulary.
 void forward(const Model& model, InferenceState& state, std::span<const int> tokens, float* logits,
              bool all_logits = false);
+
+// Whether forward_batch can run `model`: on a backend of host memory, not a device runner,
+// and not a LongRope model (whose cache may need recomputing mid-sequence). When false,
+// decode the sequences one at a time with forward().
+bool can_forward_batch(const Model& model);
+
+// Batched decoding: one more token for each of several sequences in one pass, so that every
+// weight is read once for all of them (the serving throughput of llama.cpp's parallel
+// slots). tokens[i] runs at position seqs[i]->position() and is appended to seqs[i]'s cache;
+// logits (N, V) row i is seqs[i]'s next-token logits. `work` only lends its scratch buffers
+// (its cache is untouched). The same numbers as forward() one sequence at a time, up to the
+// summation order of the products over several rows (model/quant_linear.h: a few tokens
+// share each decoded weight; --int8-activations rows then run the exact product, as a
+// prompt's do). REQUIRES can_forward_batch(model), distinct states of this model's backend.
+// Throws Error as forward() (context, token ids), before any cache is changed.
+void forward_batch(const Model& model, InferenceState& work, std::span<InferenceState* const> seqs,
+                   std::span<const int> tokens, float* logits);
 
 }  // namespace qlora

@@ -154,6 +154,12 @@ std::variant<CompletionRequest, ApiError> parse_request(Endpoint endpoint, const
     for (const std::string& s2 : r.gen.stop_strings)
       if (s2.empty()) return bad("stop", "a stop string is empty");
   }
+  // llama.cpp's server extension: generate exactly max_tokens, never stopping at an
+  // end-of-generation token (benchmarks; stop strings still apply).
+  if (j.contains("ignore_eos") && !j["ignore_eos"].is_null()) {
+    if (!j["ignore_eos"].is_boolean()) return bad("ignore_eos", "'ignore_eos' must be true or false");
+    r.gen.ignore_eos = j["ignore_eos"].get<bool>();
+  }
   if (j.contains("stream")) {
     if (!j["stream"].is_boolean()) return bad("stream", "'stream' must be true or false");
     r.stream = j["stream"].get<bool>();

@@ -99,11 +99,14 @@ struct Server::Impl {
   bool stopping = false;
   std::atomic<bool> cancel_running{false};
   std::atomic<bool> worker_done{false};
-  bool busy = false;  // the worker is generating (guarded by qm)
+  size_t running = 0;  // generations in the worker's slots (guarded by qm)
+  size_t slot_count = 1;  // opt.parallel, or 1 where the model cannot decode a batch
+  Server::Stats stats;    // (guarded by qm)
   std::thread worker, grace;
 
   Impl(Model& m, const Tokenizer& t, std::map<std::string, const LoraModel*> a, ServeOptions o)
       : model(m), tok(t), adapters(std::move(a)), opt(std::move(o)) {
+    slot_count = can_forward_batch(model) ? std::max<size_t>(1, opt.parallel) : 1;
     if (!tok.chat_template().empty()) {
       const std::string& where = tok.spec().chat_template_source;
       chat_tpl = std::make_unique<train::ChatTemplate>(tok.chat_template(),
@@ -115,44 +118,122 @@ struct Server::Impl {
     if (opt.log) std::fprintf(stderr, "%s\n", what.c_str());
   }
 
-  // The worker: one generation at a time, in queue order.
+  // Ends a job: its result, or the error that stopped it.
+  static void finish_job(Job& job, GenerationResult* result, const std::string* error) {
+    std::lock_guard<std::mutex> lk(job.m);
+    if (result) job.result = std::move(*result);
+    if (error) {
+      job.failed = true;
+      job.error = *error;
+    }
+    job.done = true;
+    job.cv.notify_all();
+  }
+
+  // The worker: up to opt.parallel generations at once (the slots), started in queue order;
+  // each step decodes one token of every running one through forward_batch, so the weights
+  // are read once for all of them. The slots share one adapter (the model applies one): a
+  // request for another waits until the running ones have finished, and nothing behind it
+  // starts before it.
   void work() {
-    for (;;) {
+    struct Slot {
       std::shared_ptr<Job> job;
+      std::unique_ptr<Generation> gen;
+    };
+    std::vector<Slot> slots;
+    InferenceState work_state(model, 1);
+    std::vector<float> logits;
+    for (;;) {
+      std::vector<std::shared_ptr<Job>> starting;
       {
         std::unique_lock<std::mutex> lk(qm);
-        qcv.wait(lk, [&] { return stopping || !queue.empty(); });
-        if (queue.empty()) {  // stopping, nothing left
+        if (slots.empty()) qcv.wait(lk, [&] { return stopping || !queue.empty(); });
+        if (slots.empty() && queue.empty()) {  // stopping, nothing left
           worker_done = true;
           return;
         }
-        job = queue.front();
-        queue.pop_front();
-        busy = true;
+        const LoraModel* adapter = slots.empty() ? (queue.empty() ? nullptr : queue.front()->adapter) : model.adapter();
+        while (slots.size() + starting.size() < slot_count && !queue.empty() && queue.front()->adapter == adapter) {
+          starting.push_back(queue.front());
+          queue.pop_front();
+        }
+        running = slots.size() + starting.size();
       }
-      GenerationOptions gen = job->req.gen;
-      gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
-      try {
-        model.set_adapter(job->adapter);
-        job->result = generate(model, &tok, job->prompt_ids, gen, [job](std::string_view piece) {
-          if (piece.empty()) return;
-          std::lock_guard<std::mutex> lk(job->m);
-          job->pieces.emplace_back(piece);
-          job->cv.notify_all();
-        });
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lk(job->m);
-        job->failed = true;
-        job->error = e.what();
+      for (const std::shared_ptr<Job>& job : starting) {
+        GenerationOptions gen = job->req.gen;
+        gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
+        try {
+          model.set_adapter(job->adapter);  // (the same for every slot)
+          auto g = std::make_unique<Generation>(model, &tok, job->prompt_ids, gen, [job](std::string_view piece) {
+            if (piece.empty()) return;
+            std::lock_guard<std::mutex> lk(job->m);
+            job->pieces.emplace_back(piece);
+            job->cv.notify_all();
+          });
+          if (g->running()) {
+            slots.push_back({job, std::move(g)});
+          } else {
+            GenerationResult r = g->finish();
+            finish_job(*job, &r, nullptr);
+          }
+        } catch (const std::exception& e) {
+          const std::string msg = e.what();
+          finish_job(*job, nullptr, &msg);
+        }
       }
-      model.set_adapter(nullptr);
+      const size_t stepped = slots.size();
+      if (!slots.empty()) {
+        // One token of every running generation: alone through forward(), together through
+        // forward_batch. An error fails the requests of this step, not the server.
+        const int64_t V = model.spec().vocab;
+        logits.resize(slots.size() * static_cast<size_t>(V));
+        std::vector<InferenceState*> states;
+        std::vector<int> tokens;
+        for (Slot& sl : slots) {
+          states.push_back(&sl.gen->state());
+          tokens.push_back(sl.gen->next_token());
+        }
+        std::string error;
+        try {
+          if (slots.size() == 1)
+            forward(model, *states[0], std::span<const int>(tokens.data(), 1), logits.data());
+          else
+            forward_batch(model, work_state, states, tokens, logits.data());
+        } catch (const std::exception& e) {
+          error = e.what();
+        }
+        std::vector<Slot> still;
+        for (size_t i = 0; i < slots.size(); ++i) {
+          Slot& sl = slots[i];
+          if (!error.empty()) {
+            finish_job(*sl.job, nullptr, &error);
+            continue;
+          }
+          try {
+            sl.gen->advance(logits.data() + i * static_cast<size_t>(V));
+            if (sl.gen->running()) {
+              still.push_back(std::move(sl));
+              continue;
+            }
+            GenerationResult r = sl.gen->finish();
+            finish_job(*sl.job, &r, nullptr);
+          } catch (const std::exception& e) {
+            const std::string msg = e.what();
+            finish_job(*sl.job, nullptr, &msg);
+          }
+        }
+        slots.swap(still);
+      }
+      if (slots.empty()) model.set_adapter(nullptr);
       {
         std::lock_guard<std::mutex> lk(qm);
-        busy = false;
+        running = slots.size();
+        if (stepped) {
+          ++stats.decode_steps;
+          stats.decoded_tokens += stepped;
+          stats.largest_batch = std::max(stats.largest_batch, stepped);
+        }
       }
-      std::lock_guard<std::mutex> lk(job->m);
-      job->done = true;
-      job->cv.notify_all();
     }
   }
 
@@ -224,8 +305,9 @@ struct Server::Impl {
         e.message = "the server is shutting down";
         return e;
       }
-      // Waiting requests beyond the running one; an idle worker takes the next at once.
-      if (queue.size() >= opt.max_queue + (busy ? 0 : 1)) {
+      // Waiting requests beyond the running ones; a free slot takes the next at once.
+      const size_t free_slots = slot_count - std::min(running, slot_count);
+      if (queue.size() >= opt.max_queue + free_slots) {
         ApiError e;
         e.status = 503;
         e.type = "server_error";
@@ -378,6 +460,11 @@ void Server::bind() {
 }
 
 int Server::port() const { return impl_->bound_port; }
+
+Server::Stats Server::stats() const {
+  std::lock_guard<std::mutex> lk(impl_->qm);
+  return impl_->stats;
+}
 
 void Server::run() {
   Impl& s = *impl_;

@@ -5,9 +5,12 @@
 // POST /v1/completions (both with "stream": true as server-sent events), GET /v1/models,
 // GET /health.
 //
-// Requests are generated one at a time by a single worker (the model uses every core for
-// one sequence); up to max_queue more wait, and a request beyond that is answered 503 at
-// once. Bodies over max_body_bytes are answered 413, malformed requests 400 (naming the
+// One worker generates up to `parallel` requests at once (slots, as llama.cpp's server
+// --parallel): every step decodes one token of each through one batched forward pass
+// (forward_batch), so the weights are read once per step for all of them; each new request's
+// prompt runs alone when it takes a slot. The slots share one adapter at a time: a request
+// for another model waits for the running ones to finish. Up to max_queue more wait, and a
+// request beyond that is answered 503 at once. Bodies over max_body_bytes are answered 413, malformed requests 400 (naming the
 // field), unknown models 404. A streamed request whose client goes away is cancelled at
 // the next token. stop() is graceful: no new connections, waiting requests answered 503,
 // the running one finishes (cancelled after shutdown_grace_s). Each request logs one line.
@@ -29,7 +32,8 @@ struct ServeOptions {
   std::string host = "127.0.0.1";  // as llama.cpp's server: loopback unless told otherwise
   int port = 8080;                 // 0: any free port (see Server::port())
   std::string base_name = "base";  // the "model" id of the base model
-  size_t max_queue = 16;           // requests waiting beyond the running one
+  size_t parallel = 4;             // requests generated at once (1 on a device runner)
+  size_t max_queue = 16;           // requests waiting beyond the running ones
   size_t max_body_bytes = 1 << 20;
   Limits limits;
   int http_threads = 8;
@@ -51,6 +55,13 @@ class Server {
   // Binds host:port. Throws Error naming the address when it cannot.
   void bind();
   int port() const;  // the bound port (after bind())
+  // What the worker has done so far: decoding steps (one batched pass each), the tokens they
+  // decoded, and the most requests decoded in one step.
+  struct Stats {
+    uint64_t decode_steps = 0, decoded_tokens = 0;
+    size_t largest_batch = 0;
+  };
+  Stats stats() const;
   // Serves until stop(); returns when every request has been answered.
   void run();
   // Graceful shutdown; may be called from any thread (not from a signal handler).

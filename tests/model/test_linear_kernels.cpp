@@ -314,6 +314,41 @@ TEST(LinearKernels, Q8GemvMatchesReference) {
   }
 }
 
+// The few-token 8-bit product (batched decoding's head): at every level, each token's row
+// equals that level's one-token gemv_q8 bit for bit, for 1..8 tokens, on awkward row counts
+// and a range not starting at 0, writing nothing outside it.
+TEST(LinearKernels, Q8GemvMultiEqualsOneTokenAtATime) {
+  std::mt19937 rng(21);
+  std::uniform_int_distribution<int> code(-128, 127);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (int64_t rows : {1, 5, 37})
+      for (int64_t cols : {32, 96, 576}) {
+        const int64_t nb = cols / kernels::kQ8Block;
+        std::vector<int8_t> q(static_cast<size_t>(rows * cols));
+        for (auto& c : q) c = static_cast<int8_t>(code(rng));
+        const std::vector<float> sc = random_vec(rows * nb, rng);
+        for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
+          const auto x = random_vec(T * cols, rng);
+          const int64_t ldy = rows + 3, r0 = rows > 2 ? 2 : 0;
+          std::vector<float> y(static_cast<size_t>(T * ldy), -7.0f), one(static_cast<size_t>(rows));
+          k.gemv_q8_multi(q.data(), sc.data(), cols, x.data(), T, y.data(), ldy, r0, rows);
+          for (int64_t t = 0; t < T; ++t) {
+            k.gemv_q8(q.data(), sc.data(), cols, x.data() + t * cols, one.data(), r0, rows);
+            for (int64_t r = 0; r < ldy; ++r) {
+              const float got = y[static_cast<size_t>(t * ldy + r)];
+              if (r < r0 || r >= rows)
+                ASSERT_EQ(got, -7.0f) << simd_level_name(lv) << " wrote outside [r0, r1) at token " << t << " row " << r;
+              else
+                ASSERT_EQ(got, one[static_cast<size_t>(r)])
+                    << simd_level_name(lv) << " T " << T << " " << rows << "x" << cols << " token " << t << " row " << r;
+            }
+          }
+        }
+      }
+  }
+}
+
 TEST(LinearKernels, GemmRowsMatchesReference) {
   std::mt19937 rng(5);
   for (SimdLevel lv : levels()) {

@@ -215,6 +215,7 @@ TEST(Serve, QueueFullIs503) {
   Smol s;
   serve::ServeOptions opt;
   opt.max_queue = 0;  // only the running request
+  opt.parallel = 1;
   std::thread th;
   auto srv = smol_server(s, opt, th);
   const int port = srv->port();
@@ -236,6 +237,90 @@ TEST(Serve, QueueFullIs503) {
   EXPECT_EQ(long_status, 200);
   srv->stop();
   th.join();
+}
+
+TEST(Serve, ParallelSlotsAnswerEachRequestAsAlone) {
+  // Requests for the base model and both adapters, sent at once to 4 slots: each answer is
+  // the one it gets alone (1 slot, one request after the other), and the worker did decode
+  // several requests in one step. A long request goes first so that the others join it.
+  Fixture fx;
+  struct Req {
+    std::string model, prompt;
+    int max_tokens;
+  };
+  const std::vector<Req> reqs = {{"stories", "Once upon a time", 400}, {"stories", "The cat", 40},
+                                 {"stories", "Lily went to", 60},       {"peft", "Once upon a time", 40},
+                                 {"stories", "A big dog", 50},          {"ours", "The sun", 30},
+                                 {"stories", "Tom", 30}};
+  auto post = [](int port, const Req& r) {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    const json body = {{"model", r.model},    {"prompt", r.prompt},  {"max_tokens", r.max_tokens},
+                       {"temperature", 0},    {"ignore_eos", true}};
+    auto res = c.Post("/v1/completions", body.dump(), "application/json");
+    if (!res || res->status != 200) {
+      ADD_FAILURE() << r.model << " " << r.prompt << ": " << (res ? res->body : "no response");
+      return std::string();
+    }
+    const json j = json::parse(res->body);
+    EXPECT_EQ(j["usage"]["completion_tokens"], r.max_tokens) << "ignore_eos";
+    return j["choices"][0]["text"].get<std::string>();
+  };
+  std::vector<std::string> alone;
+  {
+    serve::ServeOptions opt;
+    opt.parallel = 1;
+    Running srv(fx, opt);
+    for (const Req& r : reqs) alone.push_back(post(srv.port, r));
+    EXPECT_EQ(srv.server->stats().largest_batch, 1u);
+  }
+  serve::ServeOptions opt;
+  opt.parallel = 4;
+  Running srv(fx, opt);
+  std::vector<std::string> got(reqs.size());
+  std::vector<std::thread> th;
+  th.emplace_back([&] { got[0] = post(srv.port, reqs[0]); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  for (size_t i = 1; i < reqs.size(); ++i) th.emplace_back([&, i] { got[i] = post(srv.port, reqs[i]); });
+  for (auto& t : th) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i)
+    EXPECT_EQ(got[i], alone[i]) << reqs[i].model << " " << reqs[i].prompt;
+  const serve::Server::Stats st = srv.server->stats();
+  std::printf("[ serve ] %llu decode steps for %llu tokens, largest batch %zu\n",
+              static_cast<unsigned long long>(st.decode_steps), static_cast<unsigned long long>(st.decoded_tokens),
+              st.largest_batch);
+  EXPECT_GE(st.largest_batch, 2u);
+  EXPECT_LE(st.largest_batch, 4u);
+  EXPECT_LT(st.decode_steps, st.decoded_tokens);
+}
+
+TEST(Serve, SlotsFullThenQueueFullIs503) {
+  // Two slots and no queue: two long requests run, a third is answered 503 at once.
+  Fixture fx;
+  serve::ServeOptions opt;
+  opt.parallel = 2;
+  opt.max_queue = 0;
+  Running srv(fx, opt);
+  std::vector<std::thread> th;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 2; ++i)
+    th.emplace_back([&] {
+      httplib::Client c = srv.client();
+      auto r = c.Post("/v1/completions",
+                      R"({"model": "stories", "prompt": "Once", "max_tokens": 480, "temperature": 0, "ignore_eos": true})",
+                      "application/json");
+      if (r && r->status == 200) ++ok;
+    });
+  // Wait until both run (the worker has taken them: a third request finds no free slot).
+  for (int i = 0; i < 400 && srv.server->stats().largest_batch < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(srv.server->stats().largest_batch, 2u);
+  httplib::Client c = srv.client();
+  auto r = c.Post("/v1/completions", R"({"model": "stories", "prompt": "Hi", "max_tokens": 4})", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503) << r->body;
+  for (auto& t : th) t.join();
+  EXPECT_EQ(ok, 2);
 }
 
 TEST(Serve, GracefulShutdownMidRequest) {

@@ -78,7 +78,9 @@ ModelLoadOptions load_options(const ModelFlags& f) {
 void add_decode_flags(CLI::App& app, ModelFlags& f) {
   add_bool_flag(app, "--int8-activations", f.int8_activations,
                 "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
-                "bitsandbytes' exact numbers: codes and activations rounded to 1/127 of their block's largest)");
+                "bitsandbytes' exact numbers: codes and activations rounded to 1/127 of their block's largest). "
+                "Products of up to 8 tokens (decoding, batched decoding, short prompts) use it; longer prompts "
+                "run the exact product");
   app.add_option("--kv-cache", f.kv_cache,
                  "Keys and values kept for the tokens so far: auto (the compute dtype, which the cache then holds "
                  "exactly: fp32, or bf16 / f16 at half the memory), f32, or bf16 / f16 with float32 compute, each "

@@ -218,6 +218,17 @@ void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const
   }
 }
 
+// The few-token int8 products, token by token through the one-token kernel.
+void gemv_q4_i8_multi_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < T; ++t) gemv_q4_i8_scalar(w, xq + t * w.cols, xd + t * (w.cols / kQ8Block), y + t * ldy, r0, r1);
+}
+void gemv_q8_i8_multi_scalar(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
+                        int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < T; ++t)
+    gemv_q8_i8_scalar(q, scales, cols, xq + t * cols, xd + t * (cols / kQ8Block), y + t * ldy, r0, r1);
+}
+
 }  // namespace
 
 const LinearKernels& scalar_linear_kernels() {
@@ -226,7 +237,8 @@ const LinearKernels& scalar_linear_kernels() {
                                dot_scalar,          axpy_scalar,              gemv_q8_scalar, gemv_q8_multi_scalar,
                                attn_scores_scalar,  attn_weighted_sum_scalar, attn_scores16_scalar, attn_weighted_sum16_scalar,
                                widen16_scalar, quantize_x_q8_scalar,
-                               gemv_q4_i8_scalar,   gemv_q8_i8_scalar};
+                               gemv_q4_i8_scalar,   gemv_q8_i8_scalar,
+                               gemv_q4_i8_multi_scalar, gemv_q8_i8_multi_scalar};
   return k;
 }
 

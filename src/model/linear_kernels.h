@@ -133,6 +133,14 @@ struct LinearKernels {
   // gemv_q8 on quantized activations: y[r] = sum_b (scales[r, b] * d_b) * sum_i q[r, b, i] * xq[b, i].
   void (*gemv_q8_i8)(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd, float* y,
                      int64_t r0, int64_t r1);
+  // Both for T <= kMaxGemvTokens tokens at once (batched decoding): xq (T, cols), xd (T,
+  // cols / 32), each token quantized by quantize_x_q8; y[t * ldy + r] = the one-token kernel's
+  // value for token t at the same level, bit for bit (the VNNI ones decode each weight step
+  // once for all the tokens; the others run the one-token kernel token by token).
+  void (*gemv_q4_i8_multi)(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                           int64_t r0, int64_t r1);
+  void (*gemv_q8_i8_multi)(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
+                           int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1);
 };
 
 // The int8 code book of gemv_q4_i8 for a 16-value code book, and the factor that undoes it
@@ -150,6 +158,8 @@ inline constexpr int64_t kQ8Block = 32;
 struct Int8GemvKernels {
   decltype(LinearKernels::gemv_q4_i8) gemv_q4_i8;
   decltype(LinearKernels::gemv_q8_i8) gemv_q8_i8;
+  decltype(LinearKernels::gemv_q4_i8_multi) gemv_q4_i8_multi;
+  decltype(LinearKernels::gemv_q8_i8_multi) gemv_q8_i8_multi;
 };
 const Int8GemvKernels& avx512_vnni_int8_gemv_kernels();
 

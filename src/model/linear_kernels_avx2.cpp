@@ -757,6 +757,17 @@ void gemv_q8_i8_avx2(const int8_t* q, const float* scales, int64_t cols, const i
   }
 }
 
+// The few-token int8 products, token by token through the one-token kernel.
+void gemv_q4_i8_multi_avx2(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < T; ++t) gemv_q4_i8_avx2(w, xq + t * w.cols, xd + t * (w.cols / kQ8Block), y + t * ldy, r0, r1);
+}
+void gemv_q8_i8_multi_avx2(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
+                        int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < T; ++t)
+    gemv_q8_i8_avx2(q, scales, cols, xq + t * cols, xd + t * (cols / kQ8Block), y + t * ldy, r0, r1);
+}
+
 }  // namespace
 
 const LinearKernels& avx2_linear_kernels() {
@@ -768,7 +779,8 @@ const LinearKernels& avx2_linear_kernels() {
                                dot_avx2,       axpy_avx2,            gemv_q8_avx2, gemv_q8_multi_avx2,
                                attn_scores_avx2, attn_weighted_sum_avx2, attn_scores16_avx2, attn_weighted_sum16_avx2,
                                widen16_avx2, quantize_x_q8_avx2,
-                               gemv_q4_i8_avx2,  gemv_q8_i8_avx2};
+                               gemv_q4_i8_avx2,  gemv_q8_i8_avx2,
+                               gemv_q4_i8_multi_avx2, gemv_q8_i8_multi_avx2};
   return k;
 }
 

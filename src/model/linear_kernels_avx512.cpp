@@ -660,7 +660,11 @@ const LinearKernels& avx512_linear_kernels() {
                                cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q4_i8
                                                      : avx2_linear_kernels().gemv_q4_i8,
                                cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q8_i8
-                                                     : avx2_linear_kernels().gemv_q8_i8};
+                                                     : avx2_linear_kernels().gemv_q8_i8,
+                               cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q4_i8_multi
+                                                     : avx2_linear_kernels().gemv_q4_i8_multi,
+                               cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q8_i8_multi
+                                                     : avx2_linear_kernels().gemv_q8_i8_multi};
   return k;
 }
 

@@ -48,16 +48,9 @@ struct StepX {
   const float* scale;    // each lane's chunk scale: d * unscale
 };
 
-StepX prepare_step_x(const int8_t* xq, const float* xd, float unscale, int64_t cols) {
-  thread_local std::vector<int8_t> xb;
-  thread_local std::vector<int32_t> sb;
-  thread_local std::vector<float> cb;
+// x of one token in the step form, into xb (cols), sb and cb (cols / 64 * 16 each).
+void fill_step_x(const int8_t* xq, const float* xd, float unscale, int64_t cols, int8_t* xb, int32_t* sb, float* cb) {
   const int64_t steps = cols / kStep;
-  if (static_cast<int64_t>(xb.size()) < cols) {
-    xb.resize(cols);
-    sb.resize(steps * 16);
-    cb.resize(steps * 16);
-  }
   // Byte j < 32 takes element 2j + 1, byte 32 + j element 2j.
   alignas(64) int8_t order[64];
   for (int j = 0; j < 32; ++j) {
@@ -68,14 +61,31 @@ StepX prepare_step_x(const int8_t* xq, const float* xd, float unscale, int64_t c
   const __m512i u128 = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t g = 0; g < steps; ++g) {
     const __m512i v = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(xq + g * kStep));
-    _mm512_storeu_si512(xb.data() + g * kStep, v);
+    _mm512_storeu_si512(xb + g * kStep, v);
     const __m512i surplus = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u128, v);
-    _mm512_storeu_si512(sb.data() + g * 16, _mm512_sub_epi32(_mm512_setzero_si512(), surplus));
+    _mm512_storeu_si512(sb + g * 16, _mm512_sub_epi32(_mm512_setzero_si512(), surplus));
     // Lanes 4-7 and 12-15 hold the second chunk of the step.
     const __m512 s = _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(xd[2 * g] * unscale),
                                           _mm512_set1_ps(xd[2 * g + 1] * unscale));
-    _mm512_storeu_ps(cb.data() + g * 16, s);
+    _mm512_storeu_ps(cb + g * 16, s);
   }
+}
+
+// T tokens' x in the step form, one after another (token t: x + t * cols, start and scale +
+// t * cols / 4), in the calling thread's buffers.
+StepX prepare_step_x(const int8_t* xq, const float* xd, float unscale, int64_t cols, int64_t T = 1) {
+  thread_local std::vector<int8_t> xb;
+  thread_local std::vector<int32_t> sb;
+  thread_local std::vector<float> cb;
+  const int64_t lanes = cols / kStep * 16;
+  if (static_cast<int64_t>(xb.size()) < T * cols) {
+    xb.resize(T * cols);
+    sb.resize(T * lanes);
+    cb.resize(T * lanes);
+  }
+  for (int64_t t = 0; t < T; ++t)
+    fill_step_x(xq + t * cols, xd + t * (cols / 32), unscale, cols, xb.data() + t * cols, sb.data() + t * lanes,
+                cb.data() + t * lanes);
   return {xb.data(), sb.data(), cb.data()};
 }
 
@@ -162,6 +172,75 @@ void gemv_q4_i8_avx512_vnni(const Q4Matrix& w, const int8_t* xq, const float* xd
   }
 }
 
+// q4_rows for T tokens: each row's step decoded once, then every token's product with the
+// same instructions as one token's (so each value is the one-token kernel's, bit for bit).
+template <int R, int T>
+inline void q4_rows_multi(const Q4Matrix& w, const StepX& sx, __m512i table, const float* amax, int64_t b_first,
+                          int shift, int64_t r, float* y, int64_t ldy) {
+  const int64_t cols = w.cols, steps = cols / kStep, lanes = steps * 16;
+  __m512 acc[R][T];
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) acc[k][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < steps; ++g) {
+    __m512i wts[R];
+    __m512 am[R];
+    for (int k = 0; k < R; ++k) {
+      const int64_t i = (r + k) * cols + g * kStep;
+      prefetch_l2(w.packed + (i >> 1) + kGemvPrefetchBytes);
+      wts[k] = step_weights(w.packed + (i >> 1), table);
+      am[k] = _mm512_set1_ps(amax[(i >> shift) - b_first]);
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512i x = _mm512_loadu_si512(sx.x + t * cols + g * kStep);
+      const __m512i start = _mm512_loadu_si512(sx.start + t * lanes + g * 16);
+      const __m512 scale = _mm512_loadu_ps(sx.scale + t * lanes + g * 16);
+      for (int k = 0; k < R; ++k) {
+        const __m512i d = _mm512_dpbusd_epi32(start, wts[k], x);
+        const __m512 s = _mm512_mul_ps(scale, am[k]);
+        acc[k][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[k][t]);
+      }
+    }
+  }
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) y[t * ldy + r + k] = _mm512_reduce_add_ps(acc[k][t]);
+}
+
+template <int T>
+void q4_i8_tokens(const Q4Matrix& w, const StepX& sx, __m512i table, int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  const int shift = detail::log2_int(w.blocksize);
+  for (int64_t g0 = r0; g0 < r1; g0 += kRowsPerAbsmax) {
+    const int64_t g1 = std::min(r1, g0 + kRowsPerAbsmax);
+    const int64_t b_first = (g0 * w.cols) >> shift, b_last = (g1 * w.cols - 1) >> shift;
+    const float* amax = block_absmax(w, b_first, b_last - b_first + 1);
+    int64_t r = g0;
+    for (; r + 2 <= g1; r += 2) q4_rows_multi<2, T>(w, sx, table, amax, b_first, shift, r, y, ldy);
+    for (; r < g1; ++r) q4_rows_multi<1, T>(w, sx, table, amax, b_first, shift, r, y, ldy);
+  }
+}
+
+void gemv_q4_i8_multi_avx512_vnni(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y,
+                                  int64_t ldy, int64_t r0, int64_t r1) {
+  if (w.blocksize < kStep || w.cols % kStep != 0 || T < 1 || T > kMaxGemvTokens) {
+    avx2_linear_kernels().gemv_q4_i8_multi(w, xq, xd, T, y, ldy, r0, r1);
+    return;
+  }
+  const Q8Codes codes = q8_codes(w.code);
+  alignas(16) uint8_t offset_codes[16];
+  for (int k = 0; k < 16; ++k) offset_codes[k] = static_cast<uint8_t>(codes.q[k] + 128);
+  const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(offset_codes)));
+  const StepX sx = prepare_step_x(xq, xd, codes.unscale, w.cols, T);
+  switch (T) {
+    case 1: return q4_i8_tokens<1>(w, sx, table, r0, r1, y, ldy);
+    case 2: return q4_i8_tokens<2>(w, sx, table, r0, r1, y, ldy);
+    case 3: return q4_i8_tokens<3>(w, sx, table, r0, r1, y, ldy);
+    case 4: return q4_i8_tokens<4>(w, sx, table, r0, r1, y, ldy);
+    case 5: return q4_i8_tokens<5>(w, sx, table, r0, r1, y, ldy);
+    case 6: return q4_i8_tokens<6>(w, sx, table, r0, r1, y, ldy);
+    case 7: return q4_i8_tokens<7>(w, sx, table, r0, r1, y, ldy);
+    default: return q4_i8_tokens<8>(w, sx, table, r0, r1, y, ldy);
+  }
+}
+
 // ---- Q8_0 rows ------------------------------------------------------------------------------
 
 // Lanes 0-7 hold the first 32-value block of a step, lanes 8-15 the second.
@@ -216,10 +295,78 @@ void gemv_q8_i8_avx512_vnni(const int8_t* q, const float* scales, int64_t cols, 
   for (; r < r1; ++r) q8_rows<1>(q, scales, cols, xq, xd, y, r);
 }
 
+// q8_rows for T tokens: each row's 64 weights loaded once for every token, each token's
+// product with one token's instructions.
+template <int R, int T>
+inline void q8_rows_multi(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
+                          float* y, int64_t ldy, int64_t r) {
+  const int64_t nb = cols / 32, steps = cols / kStep;
+  __m512 acc[R][T];
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) acc[k][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < steps; ++g) {
+    __m512i wv[R];
+    __m512 ws[R];
+    for (int k = 0; k < R; ++k) {
+      prefetch_l2(q + (r + k) * cols + g * kStep + kGemvPrefetchBytes);
+      wv[k] = _mm512_loadu_si512(q + (r + k) * cols + g * kStep);
+      ws[k] = two_block_scales(scales + (r + k) * nb + 2 * g);
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512i x = _mm512_loadu_si512(xq + t * cols + g * kStep);
+      const __m512 xs = two_block_scales(xd + t * nb + 2 * g);
+      for (int k = 0; k < R; ++k) {
+        const __m512i d = dot_q8(wv[k], x);
+        const __m512 s = _mm512_mul_ps(ws[k], xs);
+        acc[k][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[k][t]);
+      }
+    }
+  }
+  if (nb % 2 != 0) {  // a last block of 32, as q8_rows
+    const int64_t b = nb - 1;
+    for (int t = 0; t < T; ++t) {
+      const __m512i x =
+          _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * cols + 32 * b)));
+      for (int k = 0; k < R; ++k) {
+        const __m512i wv =
+            _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + (r + k) * cols + 32 * b)));
+        const __m512i d = dot_q8(wv, x);
+        const __m512 s = _mm512_set1_ps(scales[(r + k) * nb + b] * xd[t * nb + b]);
+        acc[k][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[k][t]);
+      }
+    }
+  }
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) y[t * ldy + r + k] = _mm512_reduce_add_ps(acc[k][t]);
+}
+
+template <int T>
+void q8_i8_tokens(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd, float* y,
+                  int64_t ldy, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) q8_rows_multi<2, T>(q, scales, cols, xq, xd, y, ldy, r);
+  for (; r < r1; ++r) q8_rows_multi<1, T>(q, scales, cols, xq, xd, y, ldy, r);
+}
+
+void gemv_q8_i8_multi_avx512_vnni(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq,
+                                  const float* xd, int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  switch (T) {
+    case 1: return q8_i8_tokens<1>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    case 2: return q8_i8_tokens<2>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    case 3: return q8_i8_tokens<3>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    case 4: return q8_i8_tokens<4>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    case 5: return q8_i8_tokens<5>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    case 6: return q8_i8_tokens<6>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    case 7: return q8_i8_tokens<7>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+    default: return q8_i8_tokens<8>(q, scales, cols, xq, xd, y, ldy, r0, r1);
+  }
+}
+
 }  // namespace
 
 const Int8GemvKernels& avx512_vnni_int8_gemv_kernels() {
-  static const Int8GemvKernels k{gemv_q4_i8_avx512_vnni, gemv_q8_i8_avx512_vnni};
+  static const Int8GemvKernels k{gemv_q4_i8_avx512_vnni, gemv_q8_i8_avx512_vnni, gemv_q4_i8_multi_avx512_vnni,
+                                 gemv_q8_i8_multi_avx512_vnni};
   return k;
 }
 

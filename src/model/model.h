@@ -262,8 +262,10 @@ bool can_forward_batch(const Model& model);
 // logits (N, V) row i is seqs[i]'s next-token logits. `work` only lends its scratch buffers
 // (its cache is untouched). The same numbers as forward() one sequence at a time, up to the
 // summation order of the products over several rows (model/quant_linear.h: a few tokens
-// share each decoded weight; --int8-activations rows then run the exact product, as a
-// prompt's do). REQUIRES can_forward_batch(model), distinct states of this model's backend.
+// share each decoded weight; the 4-bit and 8-bit few-token kernels keep the one-token
+// kernels' order, so with the default NF4 + Q8_0-head model and with --int8-activations the
+// logits are those of decoding alone, bit for bit; tested).
+// REQUIRES can_forward_batch(model), distinct states of this model's backend.
 // Throws Error as forward() (context, token ids), before any cache is changed.
 void forward_batch(const Model& model, InferenceState& work, std::span<InferenceState* const> seqs,
                    std::span<const int> tokens, float* logits);

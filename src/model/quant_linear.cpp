@@ -95,19 +95,20 @@ void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld) co
 
 namespace {
 
-// One token's activations quantized for the int8 kernels (kernels::LinearKernels::
-// quantize_x_q8), in the calling thread's buffers: the worker threads of the parallel
-// region that follows read them through these pointers. REQUIRES n % 32 == 0.
+// T tokens' activations (T, n) quantized for the int8 kernels (kernels::LinearKernels::
+// quantize_x_q8, token by token), in the calling thread's buffers: the worker threads of the
+// parallel region that follows read them through these pointers. REQUIRES n % 32 == 0.
 struct QuantizedX {
   const int8_t* q;
   const float* d;
 };
-QuantizedX quantize_activations(const float* x, int64_t n) {
+QuantizedX quantize_activations(const float* x, int64_t n, int64_t T = 1) {
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> d;
-  if (static_cast<int64_t>(q.size()) < n) q.resize(static_cast<size_t>(n));
-  if (static_cast<int64_t>(d.size()) < n / 32) d.resize(static_cast<size_t>(n / 32));
-  kernels::active_linear_kernels().quantize_x_q8(x, n, q.data(), d.data());
+  if (static_cast<int64_t>(q.size()) < T * n) q.resize(static_cast<size_t>(T * n));
+  if (static_cast<int64_t>(d.size()) < T * n / 32) d.resize(static_cast<size_t>(T * n / 32));
+  for (int64_t t = 0; t < T; ++t)
+    kernels::active_linear_kernels().quantize_x_q8(x + t * n, n, q.data() + t * n, d.data() + t * (n / 32));
   return {q.data(), d.data()};
 }
 
@@ -207,6 +208,14 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
       const QuantizedX qx = quantize_activations(x, cols_);
       parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
         kern.gemv_q8_i8(q8_.data(), q8_scale_.data(), cols_, qx.q, qx.d, y, r0, r1);
+      });
+      return;
+    }
+    if (T <= kernels::kMaxGemvTokens && int8_act_) {
+      // A few tokens on 8-bit activations (batched decoding): each block read once for all.
+      const QuantizedX qx = quantize_activations(x, cols_, T);
+      parallel_for_range(rows_, std::max<int64_t>(1, gemv_min_rows(cols_) / T), [&](int64_t r0, int64_t r1) {
+        kern.gemv_q8_i8_multi(q8_.data(), q8_scale_.data(), cols_, qx.q, qx.d, T, y, rows_, r0, r1);
       });
       return;
     }
@@ -455,6 +464,13 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
     } else if (T == 1) {
       parallel_for_range(out_, gemv_min_rows(in_),
                          [&](int64_t r0, int64_t r1) { kern.gemv_q4(m, x, y, r0, r1); });
+    } else if (T <= kernels::kMaxGemvTokens && uses_int8_activations()) {
+      // A few tokens on 8-bit activations (batched decoding, a short prompt): each weight step
+      // decoded once for all of them, each token's values the one-token product's.
+      const QuantizedX qx = quantize_activations(x, in_, T);
+      parallel_for_range(out_, std::max<int64_t>(1, gemv_min_rows(in_) / T), [&](int64_t r0, int64_t r1) {
+        kern.gemv_q4_i8_multi(m, qx.q, qx.d, T, y, out_, r0, r1);
+      });
     } else if (T <= kFusedMaxTokens) {
       // A few tokens: decode each weight once per group of up to 8 tokens, in registers.
       parallel_for_range(out_, std::max<int64_t>(1, gemv_min_rows(in_) / T), [&](int64_t r0, int64_t r1) {

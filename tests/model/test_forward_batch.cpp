@@ -222,6 +222,22 @@ TEST(ForwardBatch, SmolLM2WithItsQ8Head) {
   EXPECT_LT(d, 1e-4);
 }
 
+TEST(ForwardBatch, Int8ActivationsBitForBit) {
+  // --int8-activations: the few-token int8 kernels keep the one-token kernels' instructions
+  // per token, so a batched row's logits are those of the sequence decoded alone, exactly.
+  if (!std::filesystem::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent";
+  ModelFiles f = open_model_files(smollm2_gguf());
+  ModelLoadOptions o;
+  o.quant.double_quant = true;
+  o.int8_activations = true;
+  const Model m = Model::load(f.spec, *f.tensors, o);
+  const std::vector<Plan> plans = {{{1, 504, 3459, 282, 4649, 314}, 0, 10},
+                                   {{1, 1782, 2114, 253, 655, 28}, 0, 14},
+                                   {{1, 563, 28}, 1, 9}, {{1, 44, 48, 52}, 0, 12}};
+  const auto alone = decode_alone(m, plans);
+  EXPECT_EQ(alone, decode_batched(m, plans, &alone));
+}
+
 TEST(ForwardBatch, BadInputChangesNoCache) {
   const Model m = load_stories(ComputeDType::F32);
   InferenceState a(m, 8), b(m, 8), work(m, 1);

@@ -624,3 +624,57 @@ TEST(LinearKernels, Int8ActivationQ8GemvMatchesScalar) {
       }
     }
 }
+
+// The few-token int8 products (batched decoding with --int8-activations): at every level, for
+// 1..8 tokens, each token's row equals that level's one-token kernel bit for bit (the VNNI ones
+// decode each weight step once for all tokens), on shapes the VNNI kernel takes (blocks >= 64,
+// rows of whole 64-weight steps) and ones it hands to the AVX2 kernel, plain and nested
+// absmax, a range not starting at 0, nothing written outside it.
+TEST(LinearKernels, Int8GemvMultiEqualsOneTokenAtATime) {
+  std::mt19937 rng(31);
+  const auto& scalar = kernels::scalar_linear_kernels();
+  std::uniform_int_distribution<int> code(-128, 127);
+  for (int bs : {32, 64, 256})
+    for (bool nested : {false, true})
+      for (Size s : {Size{5, 96}, Size{17, 576}, Size{6, 1536}}) {
+        auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, ComputeDType::F32, rng);
+        std::vector<int8_t> q8(static_cast<size_t>(s.rows * s.cols));
+        for (auto& c : q8) c = static_cast<int8_t>(code(rng));
+        const std::vector<float> q8s = random_vec(s.rows * s.cols / 32, rng);
+        for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
+          const auto x = random_vec(T * s.cols, rng);
+          std::vector<int8_t> xq(static_cast<size_t>(T * s.cols));
+          std::vector<float> xd(static_cast<size_t>(T * s.cols / 32));
+          for (int64_t t = 0; t < T; ++t)
+            scalar.quantize_x_q8(x.data() + t * s.cols, s.cols, xq.data() + t * s.cols, xd.data() + t * (s.cols / 32));
+          const int64_t ldy = s.rows + 2, r0 = s.rows > 2 ? 1 : 0;
+          for (SimdLevel lv : levels()) {
+            const LinearKernels& k = kernels::linear_kernels_for(lv);
+            for (bool head : {false, true}) {
+              std::vector<float> y(static_cast<size_t>(T * ldy), -7.0f), one(static_cast<size_t>(s.rows));
+              if (head)
+                k.gemv_q8_i8_multi(q8.data(), q8s.data(), s.cols, xq.data(), xd.data(), T, y.data(), ldy, r0, s.rows);
+              else
+                k.gemv_q4_i8_multi(d.m, xq.data(), xd.data(), T, y.data(), ldy, r0, s.rows);
+              for (int64_t t = 0; t < T; ++t) {
+                const int8_t* xt = xq.data() + t * s.cols;
+                const float* dt = xd.data() + t * (s.cols / 32);
+                if (head)
+                  k.gemv_q8_i8(q8.data(), q8s.data(), s.cols, xt, dt, one.data(), r0, s.rows);
+                else
+                  k.gemv_q4_i8(d.m, xt, dt, one.data(), r0, s.rows);
+                for (int64_t r = 0; r < ldy; ++r) {
+                  const float got = y[static_cast<size_t>(t * ldy + r)];
+                  if (r < r0 || r >= s.rows)
+                    ASSERT_EQ(got, -7.0f) << simd_level_name(lv) << " wrote outside [r0, r1)";
+                  else
+                    ASSERT_EQ(got, one[static_cast<size_t>(r)])
+                        << simd_level_name(lv) << (head ? " q8" : " q4") << " bs " << bs << " nested " << nested << " "
+                        << s.rows << "x" << s.cols << " T " << T << " token " << t << " row " << r;
+                }
+              }
+            }
+          }
+        }
+      }
+}

@@ -102,7 +102,7 @@ struct Server::Impl {
   size_t running = 0;  // generations in the worker's slots (guarded by qm)
   size_t slot_count = 1;  // opt.parallel, or 1 where the model cannot decode a batch
   Server::Stats stats;    // (guarded by qm)
-  std::thread worker, grace;
+  std::thread listener, grace;  // (the model runs on run()'s thread)
 
   Impl(Model& m, const Tokenizer& t, std::map<std::string, const LoraModel*> a, ServeOptions o)
       : model(m), tok(t), adapters(std::move(a)), opt(std::move(o)) {
@@ -442,7 +442,7 @@ Server::Server(Model& model, const Tokenizer& tokenizer, std::map<std::string, c
 
 Server::~Server() {
   stop();
-  if (impl_->worker.joinable()) impl_->worker.join();
+  if (impl_->listener.joinable()) impl_->listener.join();
   impl_->worker_done = true;
   if (impl_->grace.joinable()) impl_->grace.join();
 }
@@ -469,15 +469,23 @@ Server::Stats Server::stats() const {
 void Server::run() {
   Impl& s = *impl_;
   if (s.bound_port < 0) bind();
-  s.worker = std::thread([&s] { s.work(); });
-  s.http.listen_after_bind();
-  // No new requests now: let the worker drain what is running, then end.
-  {
-    std::lock_guard<std::mutex> lk(s.qm);
-    s.stopping = true;
-  }
-  s.qcv.notify_all();
-  if (s.worker.joinable()) s.worker.join();
+  // The model runs on this thread, the HTTP listener on another. This thread loaded the
+  // model, so its OpenMP team already exists; a second thread running the model would start
+  // a second team, and with more OpenMP threads than cores libgomp stops spinning between
+  // parallel regions altogether (its throttled spin count is 0 under OMP_WAIT_POLICY=passive,
+  // whatever GOMP_SPINCOUNT says): a request decoded at 80 tok/s instead of 180 (SmolLM2, 2
+  // threads), its time in futex wake-ups.
+  s.listener = std::thread([&s] {
+    s.http.listen_after_bind();
+    // No new requests now: let the worker drain what is running, then end.
+    {
+      std::lock_guard<std::mutex> lk(s.qm);
+      s.stopping = true;
+    }
+    s.qcv.notify_all();
+  });
+  s.work();
+  if (s.listener.joinable()) s.listener.join();
 }
 
 void Server::stop() {

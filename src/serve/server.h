@@ -62,7 +62,8 @@ class Server {
     size_t largest_batch = 0;
   };
   Stats stats() const;
-  // Serves until stop(); returns when every request has been answered.
+  // Serves until stop(); returns when every request has been answered. The model runs on
+  // the calling thread (call it from the thread that loaded the model: see server.cpp).
   void run();
   // Graceful shutdown; may be called from any thread (not from a signal handler).
   void stop();

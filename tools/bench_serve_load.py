@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Concurrent clients against an OpenAI-compatible server (`qlora serve`, llama.cpp's server):
+C clients, each sending R completions one after another (greedy, ignore_eos, max_tokens N,
+prompts that differ per request), all clients at once. Prints JSON: the completion tokens
+per second over the whole run (every client's tokens / wall clock), requests per second,
+and the median and worst request latency. Standard library only.
+
+  python3 tools/bench_serve_load.py --url http://127.0.0.1:8080 --clients 4 --requests 4 --max-tokens 64
+"""
+import argparse
+import json
+import statistics
+import threading
+import time
+import urllib.request
+
+TOPICS = ["the sea", "a lighthouse", "winter in the mountains", "a small bakery", "the first train",
+          "an old library", "a garden at night", "the city market", "a long bridge", "a letter from home"]
+
+
+def post(url, body, timeout):
+    req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--model", default="")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=4, help="per client, one after another")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--timeout", type=float, default=600)
+    a = ap.parse_args()
+
+    latencies, tokens, errors = [], [], []
+    lock = threading.Lock()
+
+    def client(c):
+        for i in range(a.requests):
+            topic = TOPICS[(c * a.requests + i) % len(TOPICS)]
+            body = {"prompt": f"Write a short story about {topic}. Once upon a time,", "max_tokens": a.max_tokens,
+                    "temperature": 0, "ignore_eos": True}
+            if a.model:
+                body["model"] = a.model
+            t0 = time.perf_counter()
+            try:
+                r = post(a.url, body, a.timeout)
+                n = r["usage"]["completion_tokens"]
+            except Exception as e:  # noqa: BLE001 - reported, not raised
+                with lock:
+                    errors.append(str(e))
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                tokens.append(n)
+
+    t0 = time.perf_counter()
+    th = [threading.Thread(target=client, args=(c,)) for c in range(a.clients)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    wall = time.perf_counter() - t0
+    print(json.dumps({
+        "clients": a.clients, "requests_per_client": a.requests, "max_tokens": a.max_tokens,
+        "wall_s": round(wall, 3), "completion_tokens": sum(tokens),
+        "tokens_per_s": round(sum(tokens) / wall, 1), "requests_per_s": round(len(tokens) / wall, 3),
+        "latency_median_s": round(statistics.median(latencies), 3) if latencies else None,
+        "latency_max_s": round(max(latencies), 3) if latencies else None, "errors": errors[:5],
+        "n_errors": len(errors)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -220,7 +220,10 @@ std::string options_title(const ModelSpec& s, const MemoryOptions& o) {
     t += "; batch " + std::to_string(o.batch_size) + " x seq " + std::to_string(o.seq_len) + ", checkpointing " +
          (o.checkpointing ? "on" : "off") + ", optim " + optim_kind_name(o.optim);
   else
-    t += "; prompt " + std::to_string(o.prompt_len) + " + " + std::to_string(o.new_tokens) + " new tokens";
+    t += "; prompt " + std::to_string(o.prompt_len) + " + " + std::to_string(o.new_tokens) + " new tokens" +
+         (o.batch_size > 1 && o.engine == MemoryEngine::Qlora
+              ? ", " + std::to_string(o.batch_size) + " sequences at once"
+              : "");
   if (o.engine == MemoryEngine::PytorchCuda && o.gpus > 1) t += "; " + std::to_string(o.gpus) + " GPUs";
   return t;
 }

@@ -111,6 +111,22 @@ TEST(MemoryPlan, NF4WeightsOfLlama7BMatchBitsPerParameter) {
               1e-3);
 }
 
+TEST(MemoryPlan, GenerateBatchPlansEverySequencesCache) {
+  // batch_size sequences decoded at once (serve --parallel, generate --parallel): each keeps
+  // its own KV cache, prompt scratch and logits; the weights are shared.
+  MemoryOptions o;
+  o.mode = MemoryMode::Generate;
+  o.prompt_len = 100;
+  o.new_tokens = 900;
+  const MemoryPlan one = plan_memory(small_spec(), o);
+  o.batch_size = 4;
+  const MemoryPlan four = plan_memory(small_spec(), o);
+  EXPECT_EQ(item(four, "KV cache"), 4 * item(one, "KV cache"));
+  EXPECT_EQ(item(four, "logits"), 4 * item(one, "logits"));
+  EXPECT_EQ(item(four, "4-bit weights"), item(one, "4-bit weights"));
+  EXPECT_NE(four.title.find("4 sequences at once"), std::string::npos) << four.title;
+}
+
 TEST(MemoryPlan, Int8WeightsAreOneBytePerParameterPlusRowScales) {
   MemoryOptions o;
   o.mode = MemoryMode::Generate;

@@ -11,4 +11,25 @@ void Backend::attention_forward_kv16(const AttentionShape&, float*, float*, floa
   fail("attention", std::string("the ") + name() + " backend keeps its KV cache in float32 (16-bit caches: CPU only)");
 }
 
+void Backend::attention_decode_batch(const AttentionShape& heads, std::span<const DecodeRow> rows,
+                                     const int32_t* key_start, float* out, float* scratch, const float* q) {
+  const int64_t QD = heads.NH * heads.HS;
+  for (size_t t = 0; t < rows.size(); ++t) {
+    const DecodeRow& r = rows[t];
+    AttentionShape a = heads;
+    a.T = 1;
+    a.Tk = r.pos + 1;
+    a.q_pos0 = r.pos;
+    a.key_start = key_start ? key_start + t : nullptr;
+    a.kv_capacity = r.capacity;
+    const int64_t o = static_cast<int64_t>(t) * QD;
+    if (r.dtype == ComputeDType::F32)
+      attention_forward(a, out + o, nullptr, scratch, q + o, static_cast<const float*>(r.k),
+                        static_cast<const float*>(r.v));
+    else
+      attention_forward_kv16(a, out + o, nullptr, scratch, q + o, static_cast<const uint16_t*>(r.k),
+                             static_cast<const uint16_t*>(r.v), r.dtype);
+  }
+}
+
 }  // namespace qlora

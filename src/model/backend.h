@@ -160,6 +160,22 @@ class Backend {
   // other backends keep float32 caches).
   virtual void attention_forward_kv16(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
                                       const uint16_t* k, const uint16_t* v, ComputeDType kv_dtype);
+  // Batched decoding (forward_batch): one query token per sequence, each over its own KV
+  // cache. Row t: query q + t * NH * HS at position rows[t].pos, attending keys
+  // [key_start ? key_start[t] : 0, pos] of rows[t]'s cache layer (k, v: float32 rows, or
+  // 16-bit bit patterns when dtype is BF16 / F16; capacity positions), written to
+  // out + t * NH * HS; a's T, Tk, q_pos0, key_start and kv_capacity are ignored. The same
+  // values as attention_forward(_kv16) of each row on its own, bit for bit. The default does
+  // exactly that, row by row (scratch: attention_scratch_floats(1, the largest pos + 1, NH));
+  // the CPU backend runs every row's heads in one parallel region (scratch unused).
+  struct DecodeRow {
+    const void* k = nullptr;
+    const void* v = nullptr;
+    int64_t pos = 0, capacity = 0;
+    ComputeDType dtype = ComputeDType::F32;
+  };
+  virtual void attention_decode_batch(const AttentionShape& a, std::span<const DecodeRow> rows,
+                                      const int32_t* key_start, float* out, float* scratch, const float* q);
   virtual void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
                                   const float* dout, const float* q, const float* k, const float* v,
                                   const float* att) = 0;

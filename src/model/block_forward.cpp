@@ -102,10 +102,31 @@ void block_forward(const BlockRun& r) {
         if (!r.caches.empty()) {  // one token of each sequence, each over its own cache
           check(static_cast<int64_t>(r.caches.size()) == T && !probs, "batched decoding",
                 "needs one cache per row and no stored probabilities");
-          for (int64_t t = 0; t < T; ++t)
-            attend_cached(*r.caches[static_cast<size_t>(t)], r.caches[static_cast<size_t>(t)]->length(), 1,
-                          r.key_start ? r.key_start + t : nullptr, out + t * QD, nullptr, in0 + t * QD, k + t * KVD,
-                          v + t * KVD);
+          std::vector<Backend::DecodeRow> rows(static_cast<size_t>(T));
+          for (int64_t t = 0; t < T; ++t) {  // append each row's key and value to its cache
+            KVCache& c = *r.caches[static_cast<size_t>(t)];
+            const int64_t pos = c.length();
+            Backend::DecodeRow& d = rows[static_cast<size_t>(t)];
+            d.pos = pos;
+            d.capacity = c.capacity();
+            d.dtype = c.dtype();
+            if (d.dtype != ComputeDType::F32) {
+              uint16_t* kc = c.keys16(r.layer);
+              uint16_t* vc = c.values16(r.layer);
+              convert_from_f32(to_dtype(d.dtype), k + t * KVD, kc + pos * KVD, static_cast<size_t>(KVD));
+              convert_from_f32(to_dtype(d.dtype), v + t * KVD, vc + pos * KVD, static_cast<size_t>(KVD));
+              d.k = kc;
+              d.v = vc;
+            } else {
+              float* kc = c.keys(r.layer);
+              float* vc = c.values(r.layer);
+              be.copy(kc + pos * KVD, k + t * KVD, KVD);
+              be.copy(vc + pos * KVD, v + t * KVD, KVD);
+              d.k = kc;
+              d.v = vc;
+            }
+          }
+          be.attention_decode_batch(a, rows, r.key_start, out, r.scratch.scores, in0);
           break;
         }
         // Each sequence of the batch attends to itself only.

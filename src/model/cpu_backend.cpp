@@ -202,6 +202,21 @@ class CpuBackend final : public Backend {
     qlora::attention_forward_kv16(out, att, scratch, q, k, v, kv_dtype, a.T, a.Tk, a.kv_capacity, a.q_pos0, a.NH, a.NKV,
                                   a.HS, a.key_start, a.scale, a.softcap, a.alibi);
   }
+  void attention_decode_batch(const AttentionShape& a, std::span<const DecodeRow> rows, const int32_t* key_start,
+                              float* out, float*, const float* q) override {
+    const size_t n = rows.size();
+    std::vector<const void*> k(n), v(n);
+    std::vector<ComputeDType> dt(n);
+    std::vector<int64_t> pos(n);
+    for (size_t t = 0; t < n; ++t) {
+      k[t] = rows[t].k;
+      v[t] = rows[t].v;
+      dt[t] = rows[t].dtype;
+      pos[t] = rows[t].pos;
+    }
+    qlora::attention_decode_rows(out, q, static_cast<int64_t>(n), k.data(), v.data(), dt.data(), pos.data(),
+                                 key_start, a.NH, a.NKV, a.HS, a.scale, a.softcap, a.alibi);
+  }
   void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
                           const float* dout, const float* q, const float* k, const float* v,
                           const float* att) override {

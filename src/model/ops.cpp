@@ -213,6 +213,27 @@ int64_t attention_scratch_floats(int64_t T, int64_t Tk, int64_t NH) {
 }
 
 namespace {
+// One decoded query's run of heads h0 .. h0 + nh - 1 (all sharing key/value head kh) over keys
+// j0 .. n - 1: scores into s0 (head h0 + i's row at s0 + i * lds, indexed by key position),
+// ALiBi and softcap, softmax, then the weighted sums of the values into o (the token's output
+// row). scores_fn / sums_fn as attention_rows'.
+template <class ScoresFn, class SumsFn>
+inline void attention_item(const float* qt, float* ot, int64_t h0, int64_t nh, int64_t kh, int64_t NKV, int64_t HS,
+                           int64_t j0, int64_t n, float* s0, int64_t lds, float softcap, const AlibiBias* alibi,
+                           ScoresFn& scores_fn, SumsFn& sums_fn) {
+  scores_fn(qt + h0 * HS, nh, (j0 * NKV + kh) * HS, n - j0, s0 + j0, lds);
+  for (int64_t i = 0; i < nh; ++i) {
+    const int64_t h = h0 + i;
+    float* scores = s0 + i * lds;
+    if (alibi)
+      for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
+    if (softcap > 0.0f)
+      for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
+    softmax_inplace(scores + j0, n - j0);
+  }
+  sums_fn(s0 + j0, lds, nh, (j0 * NKV + kh) * HS, n - j0, ot + h0 * HS);
+}
+
 // attention_forward for a few query tokens (decoding), given how to read the cached rows:
 // scores_fn(q, heads, offset, count, scores, lds) scores `heads` consecutive query heads against
 // the `count` key rows starting at value `offset` of the keys (rows NKV * HS apart), and
@@ -243,17 +264,8 @@ void attention_rows(float* out, float* att, float* scratch, const float* q, int6
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
       float* s0 = rows + (h0 * T + t) * Tk;  // head h0 + i's row: s0 + i * T * Tk
-      scores_fn(q + t * qs + h0 * HS, nh, (j0 * NKV + kh) * HS, n - j0, s0 + j0, T * Tk);
-      for (int64_t i = 0; i < nh; ++i) {
-        const int64_t h = h0 + i;
-        float* scores = s0 + i * T * Tk;
-        if (alibi)
-          for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
-        if (softcap > 0.0f)
-          for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
-        softmax_inplace(scores + j0, n - j0);
-      }
-      sums_fn(s0 + j0, T * Tk, nh, (j0 * NKV + kh) * HS, n - j0, out + t * qs + h0 * HS);
+      attention_item(q + t * qs, out + t * qs, h0, nh, kh, NKV, HS, j0, n, s0, T * Tk, softcap, alibi, scores_fn,
+                     sums_fn);
       if (att) {  // masked entries are 0 in the kept probabilities
         for (int64_t i = 0; i < nh; ++i) {
           float* scores = s0 + i * T * Tk;
@@ -327,6 +339,46 @@ void attention_forward_kv16(float* out, float* att, float* scratch, const float*
       [&](const float* p, int64_t ldp, int64_t heads, int64_t off, int64_t count, float* o) {
         kern.attn_weighted_sum16(kv_dtype, p, ldp, heads, v + off, kvs, count, HS, o);
       });
+}
+
+void attention_decode_rows(float* out, const float* q, int64_t N, const void* const* k, const void* const* v,
+                           const ComputeDType* dtype, const int64_t* pos, const int32_t* key_start, int64_t NH,
+                           int64_t NKV, int64_t HS, float scale, float softcap, const AlibiBias* alibi) {
+  if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const auto& kern = kernels::active_linear_kernels();
+  const int64_t kvs = NKV * HS, qs = NH * HS, group = NH / NKV;
+  // Items as attention_rows' for one token per row: (row, key/value head, run of its query
+  // heads), a group split into runs only when there would be fewer than two items per thread.
+  const int64_t nt = max_threads();
+  const int64_t splits = std::min(group, std::max<int64_t>(1, (2 * nt + N * NKV - 1) / (N * NKV)));
+  const int64_t run = (group + splits - 1) / splits, runs = (group + run - 1) / run;
+  int64_t longest = 1;
+  for (int64_t t = 0; t < N; ++t) longest = std::max(longest, pos[t] + 1);
+  const int64_t min_items = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, longest * HS * run));
+  parallel_for_range(N * NKV * runs, min_items, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> buf;  // this worker's scores (each item's own, then discarded)
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t t = it / (NKV * runs), kh = (it / runs) % NKV, r = it % runs;
+      const int64_t h0 = kh * group + r * run, nh = std::min(run, group - r * run);
+      const int64_t n = pos[t] + 1, j0 = key_start ? key_start[t] : 0;
+      if (static_cast<int64_t>(buf.size()) < nh * n) buf.resize(static_cast<size_t>(nh * n));
+      float* s0 = buf.data();
+      const ComputeDType dt = dtype[t];
+      auto scores_fn = [&](const float* qh, int64_t heads, int64_t off, int64_t count, float* sc, int64_t lds) {
+        if (dt == ComputeDType::F32)
+          kern.attn_scores(qh, heads, static_cast<const float*>(k[t]) + off, kvs, count, HS, scale, sc, lds);
+        else
+          kern.attn_scores16(dt, qh, heads, static_cast<const uint16_t*>(k[t]) + off, kvs, count, HS, scale, sc, lds);
+      };
+      auto sums_fn = [&](const float* p, int64_t ldp, int64_t heads, int64_t off, int64_t count, float* o) {
+        if (dt == ComputeDType::F32)
+          kern.attn_weighted_sum(p, ldp, heads, static_cast<const float*>(v[t]) + off, kvs, count, HS, o);
+        else
+          kern.attn_weighted_sum16(dt, p, ldp, heads, static_cast<const uint16_t*>(v[t]) + off, kvs, count, HS, o);
+      };
+      attention_item(q + t * qs, out + t * qs, h0, nh, kh, NKV, HS, j0, n, s0, n, softcap, alibi, scores_fn, sums_fn);
+    }
+  });
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t N) {

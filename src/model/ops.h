@@ -103,6 +103,15 @@ void attention_forward_kv16(float* out, float* att, float* scratch, const float*
                             const uint16_t* v, ComputeDType kv_dtype, int64_t T, int64_t Tk, int64_t kv_capacity,
                             int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start = nullptr,
                             float scale = 0.0f, float softcap = 0.0f, const AlibiBias* alibi = nullptr);
+// Batched decoding's attention (Backend::attention_decode_batch's contract): N query tokens,
+// row t over its own cache k[t], v[t] (float32 rows, or 16-bit patterns when dtype[t] is BF16 /
+// F16) at position pos[t], keys from key_start[t] (or 0). One parallel region over every
+// (row, key/value head); each row's values are attention_forward's (_kv16's) for it alone,
+// bit for bit.
+void attention_decode_rows(float* out, const float* q, int64_t N, const void* const* k, const void* const* v,
+                           const ComputeDType* dtype, const int64_t* pos, const int32_t* key_start, int64_t NH,
+                           int64_t NKV, int64_t HS, float scale = 0.0f, float softcap = 0.0f,
+                           const AlibiBias* alibi = nullptr);
 // The ALiBi slopes for NH heads (transformers' build_alibi_tensor of BLOOM and Falcon,
 // float32): the geometric sequence of the closest power of two, then the odd powers of the
 // next one.

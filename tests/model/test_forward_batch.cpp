@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,9 @@
 #include "lora/lora.h"
 #include "lora/lora_model.h"
 #include "model/model.h"
+#include "model/ops.h"
+#include "base/float_formats.h"
+#include "model/backend.h"
 #include "model_test_util.h"
 
 using namespace qlora;
@@ -236,6 +240,63 @@ TEST(ForwardBatch, Int8ActivationsBitForBit) {
                                    {{1, 563, 28}, 1, 9}, {{1, 44, 48, 52}, 0, 12}};
   const auto alone = decode_alone(m, plans);
   EXPECT_EQ(alone, decode_batched(m, plans, &alone));
+}
+
+TEST(ForwardBatch, AttentionOverSeveralCachesEqualsRowByRow) {
+  // The CPU backend's one-region attention over several caches (attention_decode_batch) against
+  // the default, each row through attention_forward(_kv16) alone: bit for bit, with rows at
+  // different positions, float32 and f16 / bf16 caches in one batch, a key window, ALiBi and a
+  // softcap, GQA 9/3.
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t NH = 9, NKV = 3, HS = 64, KVD = NKV * HS, N = 5;
+  const std::vector<int64_t> pos = {0, 7, 130, 64, 300};
+  const std::vector<ComputeDType> dts = {ComputeDType::F32, ComputeDType::F16, ComputeDType::F32, ComputeDType::BF16,
+                                         ComputeDType::F32};
+  std::vector<std::vector<float>> kf(N), vf(N);
+  std::vector<std::vector<uint16_t>> k16(N), v16(N);
+  std::vector<Backend::DecodeRow> rows(N);
+  for (int64_t t = 0; t < N; ++t) {
+    const size_t n = static_cast<size_t>((pos[t] + 1) * KVD);
+    kf[t].resize(n);
+    vf[t].resize(n);
+    for (auto& x : kf[t]) x = nd(rng);
+    for (auto& x : vf[t]) x = nd(rng);
+    rows[t].pos = pos[t];
+    rows[t].capacity = pos[t] + 1;
+    rows[t].dtype = dts[t];
+    if (dts[t] == ComputeDType::F32) {
+      rows[t].k = kf[t].data();
+      rows[t].v = vf[t].data();
+    } else {
+      k16[t].resize(n);
+      v16[t].resize(n);
+      convert_from_f32(to_dtype(dts[t]), kf[t].data(), k16[t].data(), n);
+      convert_from_f32(to_dtype(dts[t]), vf[t].data(), v16[t].data(), n);
+      rows[t].k = k16[t].data();
+      rows[t].v = v16[t].data();
+    }
+  }
+  std::vector<float> q(static_cast<size_t>(N * NH * HS));
+  for (auto& x : q) x = nd(rng);
+  const std::vector<int32_t> starts = {0, 3, 0, 40, 250};
+  AlibiBias alibi;
+  alibi.slopes = alibi_slopes(NH);
+  Backend& be = cpu_backend();
+  std::vector<float> scratch(static_cast<size_t>(attention_scratch_floats(1, 301, NH)));
+  for (int variant = 0; variant < 3; ++variant) {
+    AttentionShape a;
+    a.NH = NH;
+    a.NKV = NKV;
+    a.HS = HS;
+    if (variant == 1) a.alibi = &alibi;
+    if (variant == 2) a.softcap = 30.0f;
+    const int32_t* ks = variant == 0 ? starts.data() : nullptr;
+    std::vector<float> want(q.size(), 1.0f), got(q.size(), 2.0f);
+    be.Backend::attention_decode_batch(a, rows, ks, want.data(), scratch.data(), q.data());
+    be.attention_decode_batch(a, rows, ks, got.data(), scratch.data(), q.data());
+    ASSERT_EQ(got, want) << "variant " << variant;
+  }
 }
 
 TEST(ForwardBatch, BadInputChangesNoCache) {

@@ -74,8 +74,10 @@ int run_parallel(const Options& o, const qlora::Model& model, const qlora::Token
   }
   std::fflush(stdout);
   if (!o.quiet) {
-    std::fprintf(stderr, "\nprompts: %lld x %zu tokens in %.3f s\n", static_cast<long long>(o.parallel),
-                 prompt_ids.size(), b.prompt_seconds);
+    int64_t forked = 0;
+    for (const qlora::GenerationResult& r : b.results) forked += r.prompt_tokens_reused > 0;
+    std::fprintf(stderr, "\nprompt: %zu tokens in %.3f s (run once; %lld continuations forked from it)\n",
+                 prompt_ids.size(), b.prompt_seconds, static_cast<long long>(forked));
     std::fprintf(stderr,
                  "generation: %lld tokens in %lld batched passes, %.3f s (%.1f tokens/s over all %lld sequences)\n",
                  static_cast<long long>(b.decoded_tokens), static_cast<long long>(b.decode_passes), b.decode_seconds,

@@ -71,35 +71,8 @@ std::string StopStringFilter::flush() {
 Generation::Generation(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
                        const GenerationOptions& opt, TextCallback on_text, PromptCache* cache)
     : model_(model), tok_(tok), opt_(opt), on_text_(std::move(on_text)), cache_(cache) {
+  setup(prompt_ids);
   const ModelSpec& spec = model.spec();
-  validate(opt.sampling);
-  if (prompt_ids.empty()) fail("generate", "the prompt has no tokens");
-  if (static_cast<int64_t>(prompt_ids.size()) > spec.max_positions)
-    fail("generate", "the prompt has " + std::to_string(prompt_ids.size()) +
-                         " tokens, more than the model's context of " + std::to_string(spec.max_positions));
-  if (!tok && !opt.stop_strings.empty()) fail("generate", "stop strings need a tokenizer");
-  if (opt.max_new_tokens < 0) fail("generate", "the number of new tokens must be >= 0");
-
-  stop_ids_ = opt.stop_ids;
-  if (opt.ignore_eos) {
-    stop_ids_.clear();
-  } else if (stop_ids_.empty()) {
-    stop_ids_ = spec.eos_ids;
-    if (tok)
-      for (int32_t id = 0; id < tok->vocab_size(); ++id)
-        if (tok->is_end_of_generation(id)) stop_ids_.push_back(id);
-  }
-
-  res_.prompt_ids = prompt_ids;
-  if (tok) {
-    stream_ = std::make_unique<StreamDecoder>(*tok);
-    for (int id : prompt_ids) {
-      std::string s = stream_->push(id);
-      if (opt.echo_prompt && !s.empty() && on_text_) on_text_(s);
-    }
-  }
-  filter_ = std::make_unique<StopStringFilter>(opt.stop_strings);
-
   const int64_t P = static_cast<int64_t>(prompt_ids.size());
   const int64_t capacity = std::min(spec.max_positions, P + std::max<int64_t>(opt.max_new_tokens, 1));
   int64_t reused = 0;
@@ -117,8 +90,6 @@ Generation::Generation(const Model& model, const Tokenizer* tok, const std::vect
     state_ = own_.get();
   }
   res_.prompt_tokens_reused = reused;
-  sampler_ = std::make_unique<Sampler>(opt.sampling);
-  context_ = prompt_ids;
 
   t0_ = Clock::now();
   if (opt.max_new_tokens == 0) return;
@@ -128,7 +99,74 @@ Generation::Generation(const Model& model, const Tokenizer* tok, const std::vect
     res_.stop = StopReason::Cancelled;
     return;
   }
+  if (!cache) prompt_logits_ = logits;  // (for fork(); a chat's cached turns never fork)
   sample(logits.data(), /*prompt=*/true);
+}
+
+// Checks the request and sets up everything but the state and the prompt pass.
+void Generation::setup(const std::vector<int>& prompt_ids) {
+  const ModelSpec& spec = model_.spec();
+  const GenerationOptions& opt = opt_;
+  validate(opt.sampling);
+  if (prompt_ids.empty()) fail("generate", "the prompt has no tokens");
+  if (static_cast<int64_t>(prompt_ids.size()) > spec.max_positions)
+    fail("generate", "the prompt has " + std::to_string(prompt_ids.size()) +
+                         " tokens, more than the model's context of " + std::to_string(spec.max_positions));
+  if (!tok_ && !opt.stop_strings.empty()) fail("generate", "stop strings need a tokenizer");
+  if (opt.max_new_tokens < 0) fail("generate", "the number of new tokens must be >= 0");
+
+  stop_ids_ = opt.stop_ids;
+  if (opt.ignore_eos) {
+    stop_ids_.clear();
+  } else if (stop_ids_.empty()) {
+    stop_ids_ = spec.eos_ids;
+    if (tok_)
+      for (int32_t id = 0; id < tok_->vocab_size(); ++id)
+        if (tok_->is_end_of_generation(id)) stop_ids_.push_back(id);
+  }
+
+  res_.prompt_ids = prompt_ids;
+  if (tok_) {
+    stream_ = std::make_unique<StreamDecoder>(*tok_);
+    for (int id : prompt_ids) {
+      std::string s = stream_->push(id);
+      if (opt.echo_prompt && !s.empty() && on_text_) on_text_(s);
+    }
+  }
+  filter_ = std::make_unique<StopStringFilter>(opt.stop_strings);
+  sampler_ = std::make_unique<Sampler>(opt.sampling);
+  context_ = prompt_ids;
+}
+
+Generation::Generation(const Generation& from, const GenerationOptions& opt, TextCallback on_text)
+    : model_(from.model_), tok_(from.tok_), opt_(opt), on_text_(std::move(on_text)), cache_(nullptr) {
+  setup(from.res_.prompt_ids);
+  const ModelSpec& spec = model_.spec();
+  const int64_t P = static_cast<int64_t>(from.res_.prompt_ids.size());
+  own_ = std::make_unique<InferenceState>(model_, std::min(spec.max_positions, P + std::max<int64_t>(opt.max_new_tokens, 1)));
+  state_ = own_.get();
+  state_->cache().copy_from(from.state_->cache(), P);
+  res_.prompt_tokens_reused = P;
+  t0_ = Clock::now();
+  if (opt.max_new_tokens == 0) return;
+  if (opt.cancelled && opt.cancelled()) {
+    res_.stop = StopReason::Cancelled;
+    return;
+  }
+  prompt_logits_ = from.prompt_logits_;
+  std::vector<float> logits = prompt_logits_;
+  sample(logits.data(), /*prompt=*/true);
+}
+
+bool Generation::can_fork() const {
+  return !cache_ && own_ && produced_ == 1 && res_.decode_steps == 0 && !prompt_logits_.empty() &&
+         can_forward_batch(model_);
+}
+
+std::unique_ptr<Generation> Generation::fork(const GenerationOptions& opt, TextCallback on_text) const {
+  check(can_fork(), "generate",
+        "fork() takes a generation right after its prompt pass, without a prompt cache, on the host");
+  return std::unique_ptr<Generation>(new Generation(*this, opt, std::move(on_text)));
 }
 
 Generation::~Generation() = default;
@@ -243,7 +281,11 @@ BatchGenerationResult generate_batch(const Model& model, const Tokenizer* tok,
   for (size_t i = 0; i < prompts.size(); ++i) {
     TextCallback cb;
     if (on_text) cb = [&on_text, i](std::string_view s) { on_text(i, s); };
-    gens.push_back(std::make_unique<Generation>(model, tok, prompts[i], opts[i], cb));
+    // The same prompt again: fork the first generation of it (its prompt pass shared).
+    Generation* same = nullptr;
+    for (size_t j = 0; j < i && !same; ++j)
+      if (prompts[j] == prompts[i] && gens[j]->can_fork()) same = gens[j].get();
+    gens.push_back(same ? same->fork(opts[i], cb) : std::make_unique<Generation>(model, tok, prompts[i], opts[i], cb));
   }
   auto t1 = Clock::now();
   out.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();

@@ -48,7 +48,7 @@ struct GenerationResult {
   std::vector<int> output_ids;  // generated ids, excluding a final end-of-generation id
   std::string text;             // text of output_ids, cut before a stop string
   StopReason stop = StopReason::Length;
-  int64_t prompt_tokens_reused = 0;  // prompt tokens whose keys/values came from a PromptCache
+  int64_t prompt_tokens_reused = 0;  // prompt tokens whose keys/values came from a PromptCache (or a fork())
   double prompt_seconds = 0;    // the prompt's forward pass (and the first sample)
   double decode_seconds = 0;    // every later forward + sample
   int64_t decode_steps = 0;     // forward passes of one token
@@ -104,7 +104,18 @@ class Generation {
   // when running() is false.
   GenerationResult finish();
 
+  // Another generation of the same prompt that starts from this one's prompt pass: its keys
+  // and values copied, its first token sampled (with opt's sampling) from the same prompt
+  // logits, so that N continuations of one prompt run the prompt once. Everything else as a
+  // Generation(model, tokenizer, prompt, opt, on_text) would do; with the same sampling its
+  // tokens are this one's exactly. REQUIRES nothing advanced yet, no PromptCache, and
+  // can_forward_batch(model) (a host cache). Throws Error otherwise.
+  std::unique_ptr<Generation> fork(const GenerationOptions& opt, TextCallback on_text = {}) const;
+  bool can_fork() const;
+
  private:
+  Generation(const Generation& from, const GenerationOptions& opt, TextCallback on_text);  // fork()
+  void setup(const std::vector<int>& prompt_ids);
   void sample(float* logits, bool prompt);
   void check_continue();
 
@@ -123,11 +134,13 @@ class Generation {
   GenerationResult res_;
   Clock::time_point t0_;
   int64_t produced_ = 0;  // sampling steps done (tokens sampled, the stop token included)
+  std::vector<float> prompt_logits_;  // the prompt pass's logits, before sampling (fork())
   bool running_ = false, finished_text_ = false;
 };
 
 // Several generations at once (`qlora generate --parallel N`, HF's num_return_sequences,
-// llama.cpp's batched example): each prompt runs alone, then every step decodes one token of
+// llama.cpp's batched example): each prompt runs alone (one prompt given N times runs once, the
+// others fork()ed from it), then every step decodes one token of
 // each generation still running through one forward_batch pass (one at a time with
 // forward() where can_forward_batch(model) is false). results[i] is what generate(model,
 // tokenizer, prompts[i], opts[i], on_text(i, ...)) gives, up to the products' summation order

@@ -70,4 +70,25 @@ void KVCache::reserve(int64_t capacity) {
   capacity_ = capacity;
 }
 
+void KVCache::copy_from(const KVCache& src, int64_t positions) {
+  check(src.n_layers_ == n_layers_ && src.kv_dim_ == kv_dim_ && src.dtype_ == dtype_ && src.backend_ == backend_,
+        "KV cache", "copying between caches of different shapes, dtypes or backends");
+  check(positions >= 0 && positions <= src.length_ && src.allocated_, "KV cache",
+        "copying " + std::to_string(positions) + " positions from a cache holding " + std::to_string(src.length_));
+  reserve(positions);
+  allocate();
+  Backend& be = *backend_;
+  for (int64_t l = 0; l < n_layers_; ++l) {
+    if (dtype_ != ComputeDType::F32) {  // (CPU memory: see the constructor)
+      const size_t bytes = static_cast<size_t>(positions * kv_dim_) * 2;
+      std::memcpy(keys16(l), src.keys16c(l), bytes);
+      std::memcpy(values16(l), src.values16c(l), bytes);
+    } else {
+      be.copy(keys(l), src.keys(l), positions * kv_dim_);
+      be.copy(values(l), src.values(l), positions * kv_dim_);
+    }
+  }
+  length_ = positions;
+}
+
 }  // namespace qlora

@@ -33,6 +33,11 @@ class KVCache {
   // Grows to at least `capacity` positions, keeping the contents (if allocated).
   void reserve(int64_t capacity);
 
+  // This cache holds `src`'s first `positions` positions (every layer's keys and values) and
+  // that length, growing (and allocating) as needed. REQUIRES the same layers, kv_dim, dtype
+  // and backend, positions <= src.length(). Throws Error otherwise.
+  void copy_from(const KVCache& src, int64_t positions);
+
   ComputeDType dtype() const { return dtype_; }
   // (capacity, kv_dim) rows of layer l; row p holds position p. keys/values: dtype() F32;
   // keys16/values16: BF16 or F16, the 16-bit patterns.
@@ -42,6 +47,12 @@ class KVCache {
   const float* values(int64_t layer) const { return v_.data() + layer * capacity_ * kv_dim_; }
   uint16_t* keys16(int64_t layer) { return reinterpret_cast<uint16_t*>(k_.data()) + layer * capacity_ * kv_dim_; }
   uint16_t* values16(int64_t layer) { return reinterpret_cast<uint16_t*>(v_.data()) + layer * capacity_ * kv_dim_; }
+  const uint16_t* keys16c(int64_t layer) const {
+    return reinterpret_cast<const uint16_t*>(k_.data()) + layer * capacity_ * kv_dim_;
+  }
+  const uint16_t* values16c(int64_t layer) const {
+    return reinterpret_cast<const uint16_t*>(v_.data()) + layer * capacity_ * kv_dim_;
+  }
   size_t bytes() const { return static_cast<size_t>(k_.size() + v_.size()) * sizeof(float); }
 
  private:

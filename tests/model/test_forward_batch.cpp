@@ -20,6 +20,7 @@
 #include "formats/tokenizer.h"
 #include "lora/lora.h"
 #include "lora/lora_model.h"
+#include "model/generate.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "base/float_formats.h"
@@ -297,6 +298,50 @@ TEST(ForwardBatch, AttentionOverSeveralCachesEqualsRowByRow) {
     be.attention_decode_batch(a, rows, ks, got.data(), scratch.data(), q.data());
     ASSERT_EQ(got, want) << "variant " << variant;
   }
+}
+
+TEST(GenerateBatch, ForkedContinuationsReproduceLlama2c) {
+  // generate_batch (`qlora generate --parallel`): the same prompt three times runs its prompt
+  // pass once (the others fork()ed from it) and decodes the three together, each streaming
+  // llama2.c's known greedy text; a different prompt in the same batch runs its own prompt.
+  // With sampling, each sequence gives what generate() gives alone with its seed.
+  ModelFiles f = open_model_files(stories_bin());
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model m = Model::load(f.spec, *f.tensors, o);
+  const auto enc = f.tokenizer->encode("Once upon a time");
+  const std::vector<int> prompt(enc.begin(), enc.end()), other = {1, 403, 407};
+  GenerationOptions g;
+  g.max_new_tokens = kStoriesNewTokens;
+  g.sampling.temperature = 0;
+  g.echo_prompt = true;
+  std::vector<std::string> streamed(4);
+  const BatchGenerationResult b =
+      generate_batch(m, f.tokenizer.get(), {prompt, other, prompt, prompt}, {g, g, g, g},
+                     [&](size_t i, std::string_view s) { streamed[i] += s; });
+  ASSERT_EQ(b.results.size(), 4u);
+  for (size_t i : {0, 2, 3}) {
+    EXPECT_EQ(streamed[i], kStoriesGreedy) << "sequence " << i;
+    EXPECT_EQ(b.results[i].stop, StopReason::Length);
+  }
+  EXPECT_EQ(b.results[0].prompt_tokens_reused, 0);
+  EXPECT_EQ(b.results[1].prompt_tokens_reused, 0);
+  EXPECT_EQ(b.results[2].prompt_tokens_reused, 5);  // forked from sequence 0
+  EXPECT_EQ(b.results[3].prompt_tokens_reused, 5);
+  const GenerationResult alone = generate(m, f.tokenizer.get(), other, g);
+  EXPECT_EQ(b.results[1].output_ids, alone.output_ids);
+  EXPECT_EQ(b.decode_passes, kStoriesNewTokens - 1);  // every step one pass for all four
+
+  std::vector<GenerationOptions> sampled(3, g);
+  for (int i = 0; i < 3; ++i) {
+    sampled[i].sampling.temperature = 0.9f;
+    sampled[i].sampling.seed = 100 + i;
+    sampled[i].echo_prompt = false;
+  }
+  const BatchGenerationResult s = generate_batch(m, f.tokenizer.get(), {prompt, prompt, prompt}, sampled);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(s.results[i].text, generate(m, f.tokenizer.get(), prompt, sampled[i]).text) << "seed " << 100 + i;
+  EXPECT_NE(s.results[0].text, s.results[1].text);
 }
 
 TEST(ForwardBatch, BadInputChangesNoCache) {

@@ -385,7 +385,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t P = u(std::max<int64_t>(1, o.prompt_len));
     const uint64_t cap = u(std::min<int64_t>(s.max_positions, o.prompt_len + std::max<int64_t>(o.new_tokens, 1)));
     // batch_size sequences decoded at once (`serve --parallel`): each keeps its own cache, its
-    // prompt's scratch and its logits (the batched pass's scratch, B rows, fits in one of those).
+    // prompt's scratch and its logits, and the batched pass has its own buffers.
     const uint64_t B = u(std::max<int64_t>(1, o.batch_size));
     const std::string each = B > 1 ? " x " + std::to_string(B) + " sequences" : "";
     if (o.kv_cache_dtype == ComputeDType::F32) {
@@ -409,6 +409,19 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     if (o.with_adapter) sq.lora = lora_scratch_shapes(s, o);
     add(r, "workspace (block scratch: attention scores, LoRA temporaries)" + each,
         B * 4 * u(block_scratch_floats(prog, sq).total()), "model/block_scratch.h, the same declaration forward() allocates");
+    if (B > 1) {
+      // The batched pass's own buffers (forward_batch's work state, up to 8 rows a pass): the
+      // rows' residual stream and block buffers, and the block's scratch for them.
+      const uint64_t rows = std::min<uint64_t>(B, 8);
+      BlockScratchQuery bq;
+      bq.tokens = static_cast<int64_t>(rows);
+      bq.keys = static_cast<int64_t>(cap);
+      if (o.with_adapter) bq.lora = lora_scratch_shapes(s, o);
+      add(r, "workspace (the batched pass over the sequences)",
+          4 * (u(block_scratch_floats(prog, bq).total()) +
+               rows * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3)),
+          "forward_batch's rows (up to 8 a pass) and their block scratch");
+    }
     add(r, "logits" + each, B * V * 4, "(V) float32");
     add(r, "sampler arrays" + each, B * V * 13, "(V) index, probability and seen arrays on the host");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");

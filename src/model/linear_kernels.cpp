@@ -196,12 +196,8 @@ void gemv_q4_i8_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, flo
 
 void gemv_q8_multi_scalar(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
                           int64_t ldy, int64_t r0, int64_t r1) {
-  // (the definition: gemv_q8 token by token)
-  std::vector<float> row(static_cast<size_t>(r1));
-  for (int64_t t = 0; t < T; ++t) {
-    gemv_q8_scalar(q, scales, cols, x + t * cols, row.data(), r0, r1);
-    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = row[static_cast<size_t>(r)];
-  }
+  // (the definition: gemv_q8 token by token; y is indexed by absolute row)
+  for (int64_t t = 0; t < T; ++t) gemv_q8_scalar(q, scales, cols, x + t * cols, y + t * ldy, r0, r1);
 }
 
 void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,

@@ -9,6 +9,7 @@
 #include "lora/lora.h"
 #include "lora/lora_model.h"
 #include "model/block_run.h"
+#include "model/linear_kernels.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -523,6 +524,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
 
 // ---- batched decoding ----------------------------------------------------------------
 
+static_assert(kMaxBatchRows == kernels::kMaxGemvTokens, "a batched pass is what the few-token kernels take");
+
 bool can_forward_batch(const Model& model) {
   return !model.runner() && model.backend().host_addressable() &&
          model.spec().rope_scaling.type != RopeScaling::Type::LongRope;
@@ -551,6 +554,18 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
     const int tok = tokens[static_cast<size_t>(i)];
     if (tok < 0 || tok >= s.vocab)
       fail("embedding", "token id " + std::to_string(tok) + " is outside the vocabulary of " + std::to_string(s.vocab));
+  }
+  // At most kMaxBatchRows rows a pass: the few-token kernels, whose values are the one-token
+  // kernels' bit for bit, take up to that many tokens (model/linear_kernels.h kMaxGemvTokens;
+  // beyond it the products would switch to other kernels, and a sequence's tokens would depend
+  // on how many others share its step).
+  if (N > kMaxBatchRows) {
+    for (int64_t i = 0; i < N; i += kMaxBatchRows) {
+      const int64_t n = std::min(kMaxBatchRows, N - i);
+      forward_batch(model, work, seqs.subspan(static_cast<size_t>(i), static_cast<size_t>(n)),
+                    tokens.subspan(static_cast<size_t>(i), static_cast<size_t>(n)), logits + i * s.vocab);
+    }
+    return;
   }
   std::vector<KVCache*> caches(static_cast<size_t>(N));
   int64_t max_capacity = 1;

@@ -267,7 +267,9 @@ bool can_forward_batch(const Model& model);
 // logits are those of decoding alone, bit for bit; tested).
 // REQUIRES can_forward_batch(model), distinct states of this model's backend.
 // Throws Error as forward() (context, token ids), before any cache is changed.
+// More than kMaxBatchRows sequences run kMaxBatchRows at a time (the few-token kernels' limit).
 void forward_batch(const Model& model, InferenceState& work, std::span<InferenceState* const> seqs,
                    std::span<const int> tokens, float* logits);
+inline constexpr int64_t kMaxBatchRows = 8;  // = kernels::kMaxGemvTokens (model.cpp checks)
 
 }  // namespace qlora

@@ -99,6 +99,7 @@ struct Server::Impl {
   bool stopping = false;
   std::atomic<bool> cancel_running{false};
   std::atomic<bool> worker_done{false};
+  std::atomic<bool> listening{false}, listener_done{false};
   size_t running = 0;  // generations in the worker's slots (guarded by qm)
   size_t slot_count = 1;  // opt.parallel, or 1 where the model cannot decode a batch
   Server::Stats stats;    // (guarded by qm)
@@ -121,6 +122,7 @@ struct Server::Impl {
   // Ends a job: its result, or the error that stopped it.
   static void finish_job(Job& job, GenerationResult* result, const std::string* error) {
     std::lock_guard<std::mutex> lk(job.m);
+    if (job.done) return;  // (answered already)
     if (result) job.result = std::move(*result);
     if (error) {
       job.failed = true;
@@ -143,8 +145,9 @@ struct Server::Impl {
     std::vector<Slot> slots;
     InferenceState work_state(model, 1);
     std::vector<float> logits;
-    for (;;) {
-      std::vector<std::shared_ptr<Job>> starting;
+    std::vector<std::shared_ptr<Job>> starting;
+    for (;;) try {
+      starting.clear();
       {
         std::unique_lock<std::mutex> lk(qm);
         if (slots.empty()) qcv.wait(lk, [&] { return stopping || !queue.empty(); });
@@ -182,6 +185,7 @@ struct Server::Impl {
         }
       }
       const size_t stepped = slots.size();
+      bool stepped_ok = false;
       if (!slots.empty()) {
         // One token of every running generation: alone through forward(), together through
         // forward_batch. An error fails the requests of this step, not the server.
@@ -194,11 +198,13 @@ struct Server::Impl {
           tokens.push_back(sl.gen->next_token());
         }
         std::string error;
+        stepped_ok = false;
         try {
           if (slots.size() == 1)
             forward(model, *states[0], std::span<const int>(tokens.data(), 1), logits.data());
           else
             forward_batch(model, work_state, states, tokens, logits.data());
+          stepped_ok = true;
         } catch (const std::exception& e) {
           error = e.what();
         }
@@ -228,12 +234,31 @@ struct Server::Impl {
       {
         std::lock_guard<std::mutex> lk(qm);
         running = slots.size();
-        if (stepped) {
+        if (stepped && stepped_ok) {
           ++stats.decode_steps;
           stats.decoded_tokens += stepped;
           stats.largest_batch = std::max(stats.largest_batch, stepped);
         }
       }
+    } catch (...) {
+      // Something no request's own error handling caught (out of memory outside a
+      // generation, say): fail every request in hand or waiting, and stop serving, rather than
+      // leave their handlers waiting for an answer that never comes.
+      const std::string msg = "the generation worker failed; the server is stopping";
+      for (Slot& sl : slots) finish_job(*sl.job, nullptr, &msg);
+      for (const std::shared_ptr<Job>& j : starting) finish_job(*j, nullptr, &msg);
+      std::deque<std::shared_ptr<Job>> waiting;
+      {
+        std::lock_guard<std::mutex> lk(qm);
+        stopping = true;
+        waiting.swap(queue);
+        running = 0;
+      }
+      for (const std::shared_ptr<Job>& j : waiting) finish_job(*j, nullptr, &msg);
+      log_line(msg);
+      worker_done = true;
+      http.stop();
+      return;
     }
   }
 
@@ -476,15 +501,26 @@ void Server::run() {
   // whatever GOMP_SPINCOUNT says): a request decoded at 80 tok/s instead of 180 (SmolLM2, 2
   // threads), its time in futex wake-ups.
   s.listener = std::thread([&s] {
-    s.http.listen_after_bind();
+    {
+      std::lock_guard<std::mutex> lk(s.qm);
+      if (!s.stopping) s.listening = true;
+    }
+    if (s.listening) s.http.listen_after_bind();
     // No new requests now: let the worker drain what is running, then end.
     {
       std::lock_guard<std::mutex> lk(s.qm);
       s.stopping = true;
     }
     s.qcv.notify_all();
+    s.listener_done = true;
   });
   s.work();
+  // cpp-httplib's stop() does nothing until the listener is running: a stop() that came
+  // between this thread's start and the listener's is repeated until the listener ends.
+  while (s.listening && !s.listener_done) {
+    s.http.stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   if (s.listener.joinable()) s.listener.join();
 }
 

@@ -236,9 +236,11 @@ TEST(ForwardBatch, Int8ActivationsBitForBit) {
   o.quant.double_quant = true;
   o.int8_activations = true;
   const Model m = Model::load(f.spec, *f.tensors, o);
-  const std::vector<Plan> plans = {{{1, 504, 3459, 282, 4649, 314}, 0, 10},
-                                   {{1, 1782, 2114, 253, 655, 28}, 0, 14},
-                                   {{1, 563, 28}, 1, 9}, {{1, 44, 48, 52}, 0, 12}};
+  std::vector<Plan> plans = {{{1, 504, 3459, 282, 4649, 314}, 0, 10},
+                             {{1, 1782, 2114, 253, 655, 28}, 0, 14},
+                             {{1, 563, 28}, 1, 9}, {{1, 44, 48, 52}, 0, 12}};
+  // and more sequences than one pass takes (kMaxBatchRows): passes of up to 8 rows
+  for (int i = 0; i < 7; ++i) plans.push_back({{1, 100 + 37 * i, 2000 + 11 * i}, 0, 6});
   const auto alone = decode_alone(m, plans);
   EXPECT_EQ(alone, decode_batched(m, plans, &alone));
 }

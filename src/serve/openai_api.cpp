@@ -22,10 +22,11 @@ ojson envelope(const std::string& id, const char* object, int64_t created, const
   return r;
 }
 
-ojson usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+ojson usage_json(int64_t prompt_tokens, int64_t completion_tokens, int64_t cached_tokens) {
   return {{"prompt_tokens", prompt_tokens},
           {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
 }
 
 const char* chunk_object(const CompletionRequest& req) {
@@ -182,7 +183,7 @@ const char* finish_reason(StopReason r) {
 
 ojson completion_response(const CompletionRequest& req, const std::string& id, const std::string& model_name,
                           int64_t created, const std::string& text, StopReason stop, int64_t prompt_tokens,
-                          int64_t completion_tokens) {
+                          int64_t completion_tokens, int64_t cached_tokens) {
   ojson choice;
   choice["index"] = 0;
   if (req.endpoint == Endpoint::ChatCompletions) choice["message"] = {{"role", "assistant"}, {"content", text}};
@@ -192,7 +193,7 @@ ojson completion_response(const CompletionRequest& req, const std::string& id, c
   ojson r = envelope(id, req.endpoint == Endpoint::ChatCompletions ? "chat.completion" : "text_completion", created,
                      model_name);
   r["choices"] = ojson::array({choice});
-  r["usage"] = usage_json(prompt_tokens, completion_tokens);
+  r["usage"] = usage_json(prompt_tokens, completion_tokens, cached_tokens);
   return r;
 }
 
@@ -216,10 +217,11 @@ std::string stream_chunk(const CompletionRequest& req, const std::string& id, co
 }
 
 std::string stream_usage_chunk(const CompletionRequest& req, const std::string& id, const std::string& model_name,
-                               int64_t created, int64_t prompt_tokens, int64_t completion_tokens) {
+                               int64_t created, int64_t prompt_tokens, int64_t completion_tokens,
+                               int64_t cached_tokens) {
   ojson r = envelope(id, chunk_object(req), created, model_name);
   r["choices"] = ojson::array();
-  r["usage"] = usage_json(prompt_tokens, completion_tokens);
+  r["usage"] = usage_json(prompt_tokens, completion_tokens, cached_tokens);
   return "data: " + r.dump() + "\n\n";
 }
 

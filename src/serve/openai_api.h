@@ -60,7 +60,7 @@ const char* finish_reason(StopReason r);
 nlohmann::ordered_json completion_response(const CompletionRequest& req, const std::string& id,
                                            const std::string& model_name, int64_t created,
                                            const std::string& text, StopReason stop, int64_t prompt_tokens,
-                                           int64_t completion_tokens);
+                                           int64_t completion_tokens, int64_t cached_tokens = 0);
 
 // One server-sent event of a streamed response ("data: {...}\n\n"): a text delta, or the
 // final chunk with finish_reason (text empty) when `stop` is set.
@@ -69,7 +69,10 @@ std::string stream_chunk(const CompletionRequest& req, const std::string& id, co
                          bool first);
 // The usage chunk (stream_options.include_usage) and the closing "data: [DONE]\n\n".
 std::string stream_usage_chunk(const CompletionRequest& req, const std::string& id, const std::string& model_name,
-                               int64_t created, int64_t prompt_tokens, int64_t completion_tokens);
+                               int64_t created, int64_t prompt_tokens, int64_t completion_tokens,
+                               int64_t cached_tokens = 0);
+// (usage.prompt_tokens_details.cached_tokens, as OpenAI's: prompt tokens whose keys and values
+// came from a slot's earlier request instead of being computed again)
 inline constexpr const char* kStreamDone = "data: [DONE]\n\n";
 
 }  // namespace qlora::serve

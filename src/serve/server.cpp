@@ -141,8 +141,53 @@ struct Server::Impl {
     struct Slot {
       std::shared_ptr<Job> job;
       std::unique_ptr<Generation> gen;
+      bool* cache_in_use = nullptr;  // its prompt cache's flag, cleared when the request ends
     };
     std::vector<Slot> slots;
+    // Each slot's keys and values outlive its request (llama.cpp's cache_prompt): a new request
+    // takes the free cache sharing the longest prefix with its prompt under the same adapter (a
+    // chat resending its history runs only the new turn), else the least recently used one.
+    struct Cached {
+      PromptCache cache;
+      const LoraModel* adapter = nullptr;
+      bool in_use = false;
+      uint64_t last_used = 0;
+    };
+    std::vector<Cached> caches(slot_count);
+    uint64_t uses = 0;
+    auto take_cache = [&](const Job& job) -> Cached* {
+      Cached* best = nullptr;
+      size_t best_len = 0;
+      for (Cached& c : caches) {
+        if (c.in_use) continue;
+        size_t n = 0;
+        if (c.adapter == job.adapter)
+          while (n < c.cache.ids.size() && n < job.prompt_ids.size() && c.cache.ids[n] == job.prompt_ids[n]) ++n;
+        if (!best || n > best_len || (n == best_len && c.last_used < best->last_used)) {
+          best = &c;
+          best_len = n;
+        }
+      }
+      best->in_use = true;
+      best->last_used = ++uses;
+      if (best->adapter != job.adapter) best->cache.ids.clear();  // (keys and values of another adapter)
+      best->adapter = job.adapter;
+      return best;
+    };
+    // A request ends: its answer, its prompt cache free again (emptied after an error: its
+    // keys and values may be half written).
+    auto end_slot = [&](Slot& sl, GenerationResult* r, const std::string* error) {
+      if (sl.cache_in_use) {
+        *sl.cache_in_use = false;
+        if (error)
+          for (Cached& c : caches)
+            if (&c.in_use == sl.cache_in_use) {
+              c.cache.ids.clear();
+              if (c.cache.state) c.cache.state->reset();
+            }
+      }
+      finish_job(*sl.job, r, error);
+    };
     InferenceState work_state(model, 1);
     std::vector<float> logits;
     std::vector<std::shared_ptr<Job>> starting;
@@ -165,21 +210,29 @@ struct Server::Impl {
       for (const std::shared_ptr<Job>& job : starting) {
         GenerationOptions gen = job->req.gen;
         gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
+        Cached* pc = take_cache(*job);
         try {
           model.set_adapter(job->adapter);  // (the same for every slot)
-          auto g = std::make_unique<Generation>(model, &tok, job->prompt_ids, gen, [job](std::string_view piece) {
-            if (piece.empty()) return;
-            std::lock_guard<std::mutex> lk(job->m);
-            job->pieces.emplace_back(piece);
-            job->cv.notify_all();
-          });
+          auto g = std::make_unique<Generation>(
+              model, &tok, job->prompt_ids, gen,
+              [job](std::string_view piece) {
+                if (piece.empty()) return;
+                std::lock_guard<std::mutex> lk(job->m);
+                job->pieces.emplace_back(piece);
+                job->cv.notify_all();
+              },
+              can_forward_batch(model) ? &pc->cache : nullptr);
           if (g->running()) {
-            slots.push_back({job, std::move(g)});
+            slots.push_back({job, std::move(g), &pc->in_use});
           } else {
             GenerationResult r = g->finish();
+            pc->in_use = false;
             finish_job(*job, &r, nullptr);
           }
         } catch (const std::exception& e) {
+          pc->in_use = false;
+          pc->cache.ids.clear();  // (its keys and values may be half written)
+          if (pc->cache.state) pc->cache.state->reset();
           const std::string msg = e.what();
           finish_job(*job, nullptr, &msg);
         }
@@ -212,7 +265,7 @@ struct Server::Impl {
         for (size_t i = 0; i < slots.size(); ++i) {
           Slot& sl = slots[i];
           if (!error.empty()) {
-            finish_job(*sl.job, nullptr, &error);
+            end_slot(sl, nullptr, &error);
             continue;
           }
           try {
@@ -222,10 +275,10 @@ struct Server::Impl {
               continue;
             }
             GenerationResult r = sl.gen->finish();
-            finish_job(*sl.job, &r, nullptr);
+            end_slot(sl, &r, nullptr);
           } catch (const std::exception& e) {
             const std::string msg = e.what();
-            finish_job(*sl.job, nullptr, &msg);
+            end_slot(sl, nullptr, &msg);
           }
         }
         slots.swap(still);
@@ -377,7 +430,8 @@ struct Server::Impl {
       }
       const auto body = completion_response(job->req, job->id, job->model_name, job->created, job->result.text,
                                             job->result.stop, static_cast<int64_t>(job->prompt_ids.size()),
-                                            static_cast<int64_t>(job->result.output_ids.size()));
+                                            static_cast<int64_t>(job->result.output_ids.size()),
+                                            job->result.prompt_tokens_reused);
       res.set_content(body.dump(), "application/json");
       finish_log(200);
       return;
@@ -414,7 +468,8 @@ struct Server::Impl {
               if (job->req.include_usage)
                 tail += stream_usage_chunk(job->req, job->id, job->model_name, job->created,
                                            static_cast<int64_t>(job->prompt_ids.size()),
-                                           static_cast<int64_t>(job->result.output_ids.size()));
+                                           static_cast<int64_t>(job->result.output_ids.size()),
+                                           job->result.prompt_tokens_reused);
             }
             tail += kStreamDone;
             sink.write(tail.data(), tail.size());

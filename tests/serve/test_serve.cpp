@@ -294,6 +294,40 @@ TEST(Serve, ParallelSlotsAnswerEachRequestAsAlone) {
   EXPECT_LT(st.decode_steps, st.decoded_tokens);
 }
 
+TEST(Serve, SlotsKeepTheirPromptsKeysAndValues) {
+  // A request extending an earlier prompt + answer (a chat resending its history) reuses that
+  // slot's keys and values: usage.prompt_tokens_details.cached_tokens says how many, and the
+  // answer is the one a fresh server gives. Another adapter's request reuses nothing.
+  Fixture fx;
+  auto post = [](int port, const std::string& model, const std::string& prompt) {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(60, 0);
+    const json body = {{"model", model}, {"prompt", prompt}, {"max_tokens", 20}, {"temperature", 0}};
+    auto r = c.Post("/v1/completions", body.dump(), "application/json");
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+    return r && r->status == 200 ? json::parse(r->body) : json::object();
+  };
+  serve::ServeOptions opt;
+  Running srv(fx, opt);
+  const json a = post(srv.port, "stories", "Once upon a time");
+  ASSERT_TRUE(a.contains("usage"));
+  EXPECT_EQ(a["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  const std::string second = "Once upon a time" + a["choices"][0]["text"].get<std::string>() + " Then";
+  const json b = post(srv.port, "stories", second);
+  const int64_t cached = b["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>();
+  std::printf("[ serve ] second prompt %lld tokens, %lld of them cached\n",
+              static_cast<long long>(b["usage"]["prompt_tokens"].get<int64_t>()), static_cast<long long>(cached));
+  EXPECT_GE(cached, 20);
+  EXPECT_LT(cached, b["usage"]["prompt_tokens"].get<int64_t>());
+  const json other = post(srv.port, "peft", second);
+  EXPECT_EQ(other["usage"]["prompt_tokens_details"]["cached_tokens"], 0);  // another adapter's keys
+
+  serve::ServeOptions fresh_opt;
+  Running fresh(fx, fresh_opt);
+  EXPECT_EQ(post(fresh.port, "stories", second)["choices"][0]["text"], b["choices"][0]["text"]);
+  EXPECT_EQ(post(fresh.port, "peft", second)["choices"][0]["text"], other["choices"][0]["text"]);
+}
+
 TEST(Serve, SlotsFullThenQueueFullIs503) {
   // Two slots and no queue: two long requests run, a third is answered 503 at once.
   Fixture fx;

@@ -6,6 +6,7 @@ per second over the whole run (every client's tokens / wall clock), requests per
 and the median and worst request latency. Standard library only.
 
   python3 tools/bench_serve_load.py --url http://127.0.0.1:8080 --clients 4 --requests 4 --max-tokens 64
+  python3 tools/bench_serve_load.py --url http://127.0.0.1:8080 --two-turn-chat TEXT_FILE
 """
 import argparse
 import json
@@ -25,6 +26,24 @@ def post(url, body, timeout):
         return json.loads(r.read())
 
 
+def two_turn_chat(url, long_text, timeout):
+    """A chat of two turns, the second resending the first (as chat clients do): wall time and
+    usage of each (usage.prompt_tokens_details.cached_tokens: the slot's reused keys/values)."""
+    def chat(messages):
+        body = {"messages": messages, "max_tokens": 16, "temperature": 0}
+        req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            j = json.loads(r.read())
+        return j, time.perf_counter() - t0
+    msgs = [{"role": "user", "content": "Summarize this text: " + long_text}]
+    j1, t1 = chat(msgs)
+    msgs += [j1["choices"][0]["message"], {"role": "user", "content": "Now in one sentence."}]
+    j2, t2 = chat(msgs)
+    return {"turn1_s": round(t1, 3), "turn1_usage": j1["usage"], "turn2_s": round(t2, 3), "turn2_usage": j2["usage"]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", required=True)
@@ -33,7 +52,12 @@ def main():
     ap.add_argument("--requests", type=int, default=4, help="per client, one after another")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--two-turn-chat", metavar="TEXT_FILE",
+                    help="instead: one two-turn chat about the file's text (prompt caching across turns)")
     a = ap.parse_args()
+    if a.two_turn_chat:
+        print(json.dumps(two_turn_chat(a.url, open(a.two_turn_chat).read(), a.timeout)))
+        return
 
     latencies, tokens, errors = [], [], []
     lock = threading.Lock()

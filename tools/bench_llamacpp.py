@@ -157,7 +157,8 @@ def run_once(ctx, vocab_n, prompt_ids, n_gen):
     }
 
 
-def bench(model_path, threads_list, prompt, n_gen, reps, warmup, repack=True):
+def load_model(model_path, prompt, repack):
+    """(model, vocab size, prompt ids) of a GGUF through llama.cpp."""
     L.llama_backend_init()
     mp = L.llama_model_default_params()
     mp.use_mmap = True
@@ -168,8 +169,11 @@ def bench(model_path, threads_list, prompt, n_gen, reps, warmup, repack=True):
     if not model:
         raise SystemExit(f"cannot load {model_path}")
     vocab = L.llama_model_get_vocab(model)
-    vocab_n = L.llama_vocab_n_tokens(vocab)
-    prompt_ids = tokenize(vocab, prompt)
+    return model, L.llama_vocab_n_tokens(vocab), tokenize(vocab, prompt)
+
+
+def bench(model_path, threads_list, prompt, n_gen, reps, warmup, repack=True):
+    model, vocab_n, prompt_ids = load_model(model_path, prompt, repack)
     results = []
     for nt in threads_list:
         cp = L.llama_context_default_params()
@@ -259,16 +263,7 @@ def run_parallel_once(ctx, vocab_n, prompt_ids, n_gen, n_par):
 
 
 def bench_parallel(model_path, threads_list, prompt, n_gen, reps, warmup, parallels, repack=True):
-    L.llama_backend_init()
-    mp = L.llama_model_default_params()
-    mp.use_mmap = True
-    mp.use_extra_bufts = repack
-    model = L.llama_model_load_from_file(model_path.encode(), mp)
-    if not model:
-        raise SystemExit(f"cannot load {model_path}")
-    vocab = L.llama_model_get_vocab(model)
-    vocab_n = L.llama_vocab_n_tokens(vocab)
-    prompt_ids = tokenize(vocab, prompt)
+    model, vocab_n, prompt_ids = load_model(model_path, prompt, repack)
     results = []
     for nt in threads_list:
         for n_par in parallels:

@@ -393,6 +393,27 @@ void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   scratch_T_ = T;
 }
 
+void InferenceState::run_blocks(const Model& model, BlockRun& run, const int32_t* window_start) {
+  const ModelSpec& s = model.spec();
+  const BlockProgram& prog = model.block();
+  run.buf.assign(prog.buffers().size(), nullptr);
+  for (size_t b = 0; b < run.buf.size(); ++b) {
+    const int slot = prog.inference_slots().slot_of[b];
+    if (slot >= 0) run.buf[b] = slots_[static_cast<size_t>(slot)].data();
+  }
+  run.buf[static_cast<size_t>(prog.input())] = x_.data();
+  run.buf[static_cast<size_t>(prog.output())] = x_.data();
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    run.layer = l;
+    run.weights = &model.layers()[static_cast<size_t>(l)];
+    const bool local = s.layer_uses_local_rope(l);
+    run.cos = local ? cos_local_.data() : cos_.data();
+    run.sin = local ? sin_local_.data() : sin_.data();
+    run.key_start = s.layer_slides(l) ? window_start : nullptr;
+    block_forward(run);
+  }
+}
+
 void forward(const Model& model, InferenceState& st, std::span<const int> tokens, float* logits, bool all_logits) {
   const ModelSpec& s = model.spec();
   const ComputeDType dt = model.compute_dtype();
@@ -483,23 +504,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   run.cache = &st.cache_;
   run.pos0 = pos0;
   run.adapter = model.adapter();
-  run.buf.assign(prog.buffers().size(), nullptr);
-  for (size_t b = 0; b < run.buf.size(); ++b) {
-    const int slot = prog.inference_slots().slot_of[b];
-    if (slot >= 0) run.buf[b] = st.slots_[static_cast<size_t>(slot)].data();
-  }
   run.scratch = scratch;
-  run.buf[static_cast<size_t>(prog.input())] = x;
-  run.buf[static_cast<size_t>(prog.output())] = x;
-  for (int64_t l = 0; l < s.n_layers; ++l) {
-    run.layer = l;
-    run.weights = &model.layers()[static_cast<size_t>(l)];
-    const bool local = s.layer_uses_local_rope(l);
-    run.cos = local ? st.cos_local_.data() : st.cos_.data();
-    run.sin = local ? st.sin_local_.data() : st.sin_.data();
-    run.key_start = s.layer_slides(l) ? window_start : nullptr;
-    block_forward(run);
-  }
+  st.run_blocks(model, run, window_start);
   st.cache_.set_length(pos0 + T);
 
   if (!logits) {
@@ -624,23 +630,8 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   run.T = N;
   run.caches = caches;
   run.adapter = model.adapter();
-  run.buf.assign(prog.buffers().size(), nullptr);
-  for (size_t b = 0; b < run.buf.size(); ++b) {
-    const int slot = prog.inference_slots().slot_of[b];
-    if (slot >= 0) run.buf[b] = work.slots_[static_cast<size_t>(slot)].data();
-  }
   run.scratch = scratch;
-  run.buf[static_cast<size_t>(prog.input())] = x;
-  run.buf[static_cast<size_t>(prog.output())] = x;
-  for (int64_t l = 0; l < s.n_layers; ++l) {
-    run.layer = l;
-    run.weights = &model.layers()[static_cast<size_t>(l)];
-    const bool local = s.layer_uses_local_rope(l);
-    run.cos = local ? work.cos_local_.data() : work.cos_.data();
-    run.sin = local ? work.sin_local_.data() : work.sin_.data();
-    run.key_start = s.layer_slides(l) ? window_start : nullptr;
-    block_forward(run);
-  }
+  work.run_blocks(model, run, window_start);
   for (KVCache* c : caches) c->set_length(c->length() + 1);
 
   const float* e = head_input_forward(be, work.emb_.data(), h, nullptr, x, N, model, model.adapter(), nullptr, false,

@@ -53,6 +53,7 @@ struct LayerWeights {
 class LoraModel;  // lora/lora_model.h
 struct LoraCache;  // lora/lora.h
 class LoraRng;
+struct BlockRun;  // model/block_run.h
 
 // The Linears outside the blocks: OPT's project_in (embeddings to the blocks' width) and
 // project_out (back to the embeddings' width, before the head). Present when
@@ -218,6 +219,10 @@ class InferenceState {
   friend void forward_batch(const Model&, InferenceState&, std::span<InferenceState* const>, std::span<const int>,
                             float*);
   void ensure_scratch(const BlockProgram& program, int64_t T);
+  // Every layer's block over this state's buffers (x_ in and out, the slots, the rotary
+  // tables; window_start as the sliding layers' key windows): run's backend, program, dtype,
+  // T, cache or caches, adapter and scratch are the caller's.
+  void run_blocks(const Model& model, BlockRun& run, const int32_t* window_start);
   Backend* backend_;
   std::shared_ptr<Backend> keep_;  // (declared before the buffers: released after them)
   KVCache cache_;  // on the CPU: the keys and values; with a device runner: the length only

@@ -99,7 +99,7 @@ Generation::Generation(const Model& model, const Tokenizer* tok, const std::vect
     res_.stop = StopReason::Cancelled;
     return;
   }
-  if (!cache) prompt_logits_ = logits;  // (for fork(); a chat's cached turns never fork)
+  prompt_logits_ = logits;  // (for fork())
   sample(logits.data(), /*prompt=*/true);
 }
 
@@ -159,13 +159,13 @@ Generation::Generation(const Generation& from, const GenerationOptions& opt, Tex
 }
 
 bool Generation::can_fork() const {
-  return !cache_ && own_ && produced_ == 1 && res_.decode_steps == 0 && !prompt_logits_.empty() &&
-         can_forward_batch(model_);
+  return state_ && produced_ == 1 && res_.decode_steps == 0 && !prompt_logits_.empty() &&
+         state_->position() == static_cast<int64_t>(res_.prompt_ids.size()) && can_forward_batch(model_);
 }
 
 std::unique_ptr<Generation> Generation::fork(const GenerationOptions& opt, TextCallback on_text) const {
   check(can_fork(), "generate",
-        "fork() takes a generation right after its prompt pass, without a prompt cache, on the host");
+        "fork() takes a generation right after its prompt pass, on the host");
   return std::unique_ptr<Generation>(new Generation(*this, opt, std::move(on_text)));
 }
 

@@ -108,8 +108,8 @@ class Generation {
   // and values copied, its first token sampled (with opt's sampling) from the same prompt
   // logits, so that N continuations of one prompt run the prompt once. Everything else as a
   // Generation(model, tokenizer, prompt, opt, on_text) would do; with the same sampling its
-  // tokens are this one's exactly. REQUIRES nothing advanced yet, no PromptCache, and
-  // can_forward_batch(model) (a host cache). Throws Error otherwise.
+  // tokens are this one's exactly. REQUIRES can_fork(): right after the prompt pass (nothing
+  // advanced yet) and can_forward_batch(model) (a host cache). Throws Error otherwise.
   std::unique_ptr<Generation> fork(const GenerationOptions& opt, TextCallback on_text = {}) const;
   bool can_fork() const;
 

@@ -137,8 +137,11 @@ std::variant<CompletionRequest, ApiError> parse_request(Endpoint endpoint, const
   r.gen.sampling.seed = static_cast<uint64_t>(static_cast<int64_t>(v));
   for (const char* ignored : {"frequency_penalty", "presence_penalty"})
     if (auto e = number(ignored, -2, 2, 0, &v)) return *e;
-  if (j.contains("n") && !(j["n"].is_number_integer() && j["n"].get<int64_t>() == 1))
-    return bad("n", "only n = 1 is supported");
+  if (j.contains("n") && !j["n"].is_null()) {
+    if (!j["n"].is_number_integer() || j["n"].get<int64_t>() < 1 || j["n"].get<int64_t>() > limits.max_n)
+      return bad("n", "'n' must be an integer in [1, " + std::to_string(limits.max_n) + "]");
+    r.n = static_cast<int>(j["n"].get<int64_t>());
+  }
   if (j.contains("stop") && !j["stop"].is_null()) {
     const json& s = j["stop"];
     if (s.is_string()) r.gen.stop_strings = {s.get<std::string>()};
@@ -182,25 +185,32 @@ const char* finish_reason(StopReason r) {
 }
 
 ojson completion_response(const CompletionRequest& req, const std::string& id, const std::string& model_name,
-                          int64_t created, const std::string& text, StopReason stop, int64_t prompt_tokens,
-                          int64_t completion_tokens, int64_t cached_tokens) {
-  ojson choice;
-  choice["index"] = 0;
-  if (req.endpoint == Endpoint::ChatCompletions) choice["message"] = {{"role", "assistant"}, {"content", text}};
-  else choice["text"] = text;
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = finish_reason(stop);
+                          int64_t created, const std::vector<GenerationResult>& results, int64_t prompt_tokens) {
+  ojson choices = ojson::array();
+  int64_t completion_tokens = 0;
+  for (size_t i = 0; i < results.size(); ++i) {
+    const GenerationResult& g = results[i];
+    ojson choice;
+    choice["index"] = static_cast<int64_t>(i);
+    if (req.endpoint == Endpoint::ChatCompletions) choice["message"] = {{"role", "assistant"}, {"content", g.text}};
+    else choice["text"] = g.text;
+    choice["logprobs"] = nullptr;
+    choice["finish_reason"] = finish_reason(g.stop);
+    choices.push_back(std::move(choice));
+    completion_tokens += static_cast<int64_t>(g.output_ids.size());
+  }
   ojson r = envelope(id, req.endpoint == Endpoint::ChatCompletions ? "chat.completion" : "text_completion", created,
                      model_name);
-  r["choices"] = ojson::array({choice});
-  r["usage"] = usage_json(prompt_tokens, completion_tokens, cached_tokens);
+  r["choices"] = std::move(choices);
+  r["usage"] = usage_json(prompt_tokens, completion_tokens, results.empty() ? 0 : results[0].prompt_tokens_reused);
   return r;
 }
 
 std::string stream_chunk(const CompletionRequest& req, const std::string& id, const std::string& model_name,
-                         int64_t created, const std::string& text, std::optional<StopReason> stop, bool first) {
+                         int64_t created, const std::string& text, std::optional<StopReason> stop, bool first,
+                         int index) {
   ojson choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   if (req.endpoint == Endpoint::ChatCompletions) {
     ojson delta = ojson::object();
     if (first) delta["role"] = "assistant";

@@ -29,6 +29,7 @@ struct CompletionRequest {
   GenerationOptions gen;                   // max_new_tokens, sampling, stop strings
   bool stream = false;
   bool include_usage = false;              // stream_options.include_usage
+  int n = 1;                               // choices to generate (sampling seeds seed, seed + 1, ...)
 };
 
 // An HTTP error with OpenAI's error body.
@@ -45,6 +46,7 @@ struct Limits {
   int64_t max_tokens = 4096;      // a request asking for more is refused (400)
   int64_t default_max_tokens = 256;
   size_t max_stop_strings = 4;
+  int max_n = 8;                  // most choices ("n") one request may ask for
 };
 
 // Parses and checks a request body for `endpoint`. Returns an ApiError (400) naming the
@@ -57,16 +59,17 @@ std::variant<CompletionRequest, ApiError> parse_request(Endpoint endpoint, const
 const char* finish_reason(StopReason r);
 
 // The response body of a finished request.
+// The response of a finished request: one choice per result (index i: results[i]), usage
+// counting the prompt once and every choice's tokens.
 nlohmann::ordered_json completion_response(const CompletionRequest& req, const std::string& id,
                                            const std::string& model_name, int64_t created,
-                                           const std::string& text, StopReason stop, int64_t prompt_tokens,
-                                           int64_t completion_tokens, int64_t cached_tokens = 0);
+                                           const std::vector<GenerationResult>& results, int64_t prompt_tokens);
 
 // One server-sent event of a streamed response ("data: {...}\n\n"): a text delta, or the
 // final chunk with finish_reason (text empty) when `stop` is set.
 std::string stream_chunk(const CompletionRequest& req, const std::string& id, const std::string& model_name,
                          int64_t created, const std::string& text, std::optional<StopReason> stop,
-                         bool first);
+                         bool first, int index = 0);
 // The usage chunk (stream_options.include_usage) and the closing "data: [DONE]\n\n".
 std::string stream_usage_chunk(const CompletionRequest& req, const std::string& id, const std::string& model_name,
                                int64_t created, int64_t prompt_tokens, int64_t completion_tokens,

@@ -37,11 +37,17 @@ struct Job {
   std::atomic<bool> cancelled{false};
   std::mutex m;
   std::condition_variable cv;
-  std::deque<std::string> pieces;  // text not yet sent (streaming)
+  std::deque<std::pair<int, std::string>> pieces;  // (choice, text) not yet sent (streaming)
   bool done = false;
   bool failed = false;  // the server shut down before it ran, or generation threw
   std::string error;
-  GenerationResult result;
+  std::vector<GenerationResult> results;  // one per choice (req.n), filled as each ends
+  int remaining = 0;                      // choices still generating
+  int64_t completion_tokens() const {
+    int64_t n = 0;
+    for (const GenerationResult& r : results) n += static_cast<int64_t>(r.output_ids.size());
+    return n;
+  }
 };
 
 std::string random_id(const char* prefix) {
@@ -119,15 +125,23 @@ struct Server::Impl {
     if (opt.log) std::fprintf(stderr, "%s\n", what.c_str());
   }
 
-  // Ends a job: its result, or the error that stopped it.
-  static void finish_job(Job& job, GenerationResult* result, const std::string* error) {
+  // Ends a job with the error that stopped it (or, error null, as it stands).
+  static void finish_job(Job& job, GenerationResult* /*unused*/, const std::string* error) {
     std::lock_guard<std::mutex> lk(job.m);
     if (job.done) return;  // (answered already)
-    if (result) job.result = std::move(*result);
     if (error) {
       job.failed = true;
       job.error = *error;
     }
+    job.done = true;
+    job.cv.notify_all();
+  }
+  // One choice of a job ended; the job is answered when its last choice has.
+  static void finish_choice(Job& job, int index, GenerationResult&& r) {
+    std::lock_guard<std::mutex> lk(job.m);
+    if (job.done) return;
+    job.results[static_cast<size_t>(index)] = std::move(r);
+    if (--job.remaining > 0) return;
     job.done = true;
     job.cv.notify_all();
   }
@@ -141,6 +155,7 @@ struct Server::Impl {
     struct Slot {
       std::shared_ptr<Job> job;
       std::unique_ptr<Generation> gen;
+      int index = 0;                 // the job's choice this slot generates
       bool* cache_in_use = nullptr;  // its prompt cache's flag, cleared when the request ends
     };
     std::vector<Slot> slots;
@@ -186,7 +201,12 @@ struct Server::Impl {
               if (c.cache.state) c.cache.state->reset();
             }
       }
-      finish_job(*sl.job, r, error);
+      if (error) {
+        sl.job->cancelled = true;  // (its other choices stop at their next token)
+        finish_job(*sl.job, nullptr, error);
+      } else if (r) {
+        finish_choice(*sl.job, sl.index, std::move(*r));
+      }
     };
     InferenceState work_state(model, 1);
     std::vector<float> logits;
@@ -201,40 +221,71 @@ struct Server::Impl {
           return;
         }
         const LoraModel* adapter = slots.empty() ? (queue.empty() ? nullptr : queue.front()->adapter) : model.adapter();
-        while (slots.size() + starting.size() < slot_count && !queue.empty() && queue.front()->adapter == adapter) {
+        // A job takes one slot per choice; one asking for more choices than there are slots
+        // runs when nothing else does.
+        size_t taken = slots.size();
+        while (!queue.empty() && queue.front()->adapter == adapter) {
+          const size_t n = static_cast<size_t>(queue.front()->req.n);
+          if (taken + n > slot_count && taken > 0) break;
           starting.push_back(queue.front());
           queue.pop_front();
+          taken += n;
         }
-        running = slots.size() + starting.size();
+        running = taken;
       }
       for (const std::shared_ptr<Job>& job : starting) {
-        GenerationOptions gen = job->req.gen;
-        gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
+        const int n = job->req.n;
+        {
+          std::lock_guard<std::mutex> lk(job->m);
+          job->results.assign(static_cast<size_t>(n), GenerationResult{});
+          job->remaining = n;
+        }
+        // Choice i samples with seed + i; choices after the first fork its prompt pass.
+        auto options = [&](int i) {
+          GenerationOptions gen = job->req.gen;
+          gen.sampling.seed += static_cast<uint64_t>(i);
+          gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
+          return gen;
+        };
+        auto stream_to = [job](int i) {
+          return [job, i](std::string_view piece) {
+            if (piece.empty()) return;
+            std::lock_guard<std::mutex> lk(job->m);
+            job->pieces.emplace_back(i, std::string(piece));
+            job->cv.notify_all();
+          };
+        };
         Cached* pc = take_cache(*job);
+        std::vector<std::unique_ptr<Generation>> gens;
         try {
           model.set_adapter(job->adapter);  // (the same for every slot)
-          auto g = std::make_unique<Generation>(
-              model, &tok, job->prompt_ids, gen,
-              [job](std::string_view piece) {
-                if (piece.empty()) return;
-                std::lock_guard<std::mutex> lk(job->m);
-                job->pieces.emplace_back(piece);
-                job->cv.notify_all();
-              },
-              can_forward_batch(model) ? &pc->cache : nullptr);
-          if (g->running()) {
-            slots.push_back({job, std::move(g), &pc->in_use});
-          } else {
-            GenerationResult r = g->finish();
-            pc->in_use = false;
-            finish_job(*job, &r, nullptr);
-          }
+          gens.push_back(std::make_unique<Generation>(model, &tok, job->prompt_ids, options(0), stream_to(0),
+                                                      can_forward_batch(model) ? &pc->cache : nullptr));
+          for (int i = 1; i < n; ++i)
+            gens.push_back(gens[0]->can_fork()
+                               ? gens[0]->fork(options(i), stream_to(i))
+                               : std::make_unique<Generation>(model, &tok, job->prompt_ids, options(i), stream_to(i)));
         } catch (const std::exception& e) {
           pc->in_use = false;
           pc->cache.ids.clear();  // (its keys and values may be half written)
           if (pc->cache.state) pc->cache.state->reset();
           const std::string msg = e.what();
           finish_job(*job, nullptr, &msg);
+          continue;
+        }
+        for (int i = 0; i < n; ++i) {
+          Slot sl{job, std::move(gens[static_cast<size_t>(i)]), i, i == 0 ? &pc->in_use : nullptr};
+          if (sl.gen->running()) {
+            slots.push_back(std::move(sl));
+            continue;
+          }
+          try {
+            GenerationResult r = sl.gen->finish();
+            end_slot(sl, &r, nullptr);
+          } catch (const std::exception& e) {
+            const std::string msg = e.what();
+            end_slot(sl, nullptr, &msg);
+          }
         }
       }
       const size_t stepped = slots.size();
@@ -411,9 +462,9 @@ struct Server::Impl {
     auto finish_log = [this, &req, job, t0](int status) {
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       char buf[256];
-      std::snprintf(buf, sizeof buf, " %d model=%s prompt=%zu completion=%zu %s %.2fs", status, job->model_name.c_str(),
-                    job->prompt_ids.size(), job->result.output_ids.size(),
-                    job->failed ? "failed" : stop_reason_name(job->result.stop), s);
+      std::snprintf(buf, sizeof buf, " %d model=%s prompt=%zu completion=%lld %s %.2fs", status,
+                    job->model_name.c_str(), job->prompt_ids.size(), static_cast<long long>(job->completion_tokens()),
+                    job->failed || job->results.empty() ? "failed" : stop_reason_name(job->results[0].stop), s);
       log_line(req.method + " " + req.path + (job->req.stream ? " (stream)" : "") + buf);
     };
     if (!job->req.stream) {
@@ -428,19 +479,19 @@ struct Server::Impl {
         finish_log(e.status);
         return;
       }
-      const auto body = completion_response(job->req, job->id, job->model_name, job->created, job->result.text,
-                                            job->result.stop, static_cast<int64_t>(job->prompt_ids.size()),
-                                            static_cast<int64_t>(job->result.output_ids.size()),
-                                            job->result.prompt_tokens_reused);
+      const auto body = completion_response(job->req, job->id, job->model_name, job->created, job->results,
+                                            static_cast<int64_t>(job->prompt_ids.size()));
       res.set_content(body.dump(), "application/json");
       finish_log(200);
       return;
     }
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
-        "text/event-stream", [this, job, finish_log, first = true](size_t, httplib::DataSink& sink) mutable {
+        "text/event-stream",
+        [this, job, finish_log, first = std::vector<bool>(static_cast<size_t>(job->req.n), true)](
+            size_t, httplib::DataSink& sink) mutable {
           for (;;) {
-            std::deque<std::string> out;
+            std::deque<std::pair<int, std::string>> out;
             bool done;
             {
               std::unique_lock<std::mutex> lk(job->m);
@@ -448,9 +499,10 @@ struct Server::Impl {
               out.swap(job->pieces);
               done = job->done;
             }
-            for (const std::string& p : out) {
-              const std::string ev = stream_chunk(job->req, job->id, job->model_name, job->created, p, std::nullopt, first);
-              first = false;
+            for (const auto& [i, p] : out) {
+              const std::string ev = stream_chunk(job->req, job->id, job->model_name, job->created, p, std::nullopt,
+                                                  first[static_cast<size_t>(i)], i);
+              first[static_cast<size_t>(i)] = false;
               if (!sink.write(ev.data(), ev.size())) {
                 job->cancelled = true;  // the client went away: stop generating for it
                 return false;
@@ -464,12 +516,13 @@ struct Server::Impl {
               e.message = job->error.empty() ? "the server shut down" : safe_message(job->error, 300);
               tail = "data: " + e.body() + "\n\n";
             } else {
-              tail = stream_chunk(job->req, job->id, job->model_name, job->created, "", job->result.stop, first);
+              for (size_t i = 0; i < job->results.size(); ++i)
+                tail += stream_chunk(job->req, job->id, job->model_name, job->created, "", job->results[i].stop,
+                                     first[i], static_cast<int>(i));
               if (job->req.include_usage)
                 tail += stream_usage_chunk(job->req, job->id, job->model_name, job->created,
-                                           static_cast<int64_t>(job->prompt_ids.size()),
-                                           static_cast<int64_t>(job->result.output_ids.size()),
-                                           job->result.prompt_tokens_reused);
+                                           static_cast<int64_t>(job->prompt_ids.size()), job->completion_tokens(),
+                                           job->results.empty() ? 0 : job->results[0].prompt_tokens_reused);
             }
             tail += kStreamDone;
             sink.write(tail.data(), tail.size());

@@ -9,8 +9,10 @@
 // --parallel): every step decodes one token of each through one batched forward pass
 // (forward_batch), so the weights are read once per step for all of them; each new request's
 // prompt runs alone when it takes a slot. The slots share one adapter at a time: a request
-// for another model waits for the running ones to finish. Up to max_queue more wait, and a
-// request beyond that is answered 503 at once. Bodies over max_body_bytes are answered 413, malformed requests 400 (naming the
+// for another model waits for the running ones to finish. A request asking for "n" choices
+// takes n slots (its prompt pass run once, the choices fork()ed from it). Each slot keeps its
+// last prompt's keys and values for a later request that shares the prefix. Up to max_queue
+// more wait, and a request beyond that is answered 503 at once. Bodies over max_body_bytes are answered 413, malformed requests 400 (naming the
 // field), unknown models 404. A streamed request whose client goes away is cancelled at
 // the next token. stop() is graceful: no new connections, waiting requests answered 503,
 // the running one finishes (cancelled after shutdown_grace_s). Each request logs one line.

@@ -95,6 +95,11 @@ def main():
         texts[name] = r.choices[0].text
         check(r.usage.completion_tokens == 24 and r.choices[0].finish_reason == "length", f"completion from {name}")
     check(len(set(texts.values())) == 3, "the base and the two adapters give three different answers")
+    r = c.completions.create(model="peft", prompt="Once upon a time", max_tokens=24, temperature=0.9, seed=7, n=3)
+    check(len(r.choices) == 3 and [ch.index for ch in r.choices] == [0, 1, 2]
+          and 0 < r.usage.completion_tokens <= 3 * 24 and len({ch.text for ch in r.choices}) > 1,
+          f"n=3 gives three sampled choices: {[ch.text[:20] for ch in r.choices]}")
+    check(r.usage.prompt_tokens_details is not None, "usage.prompt_tokens_details.cached_tokens is reported")
     try:
         c.completions.create(model="nope", prompt="x", max_tokens=4)
         check(False, "unknown model is an error")

@@ -328,6 +328,72 @@ TEST(Serve, SlotsKeepTheirPromptsKeysAndValues) {
   EXPECT_EQ(post(fresh.port, "peft", second)["choices"][0]["text"], other["choices"][0]["text"]);
 }
 
+TEST(Serve, SeveralChoicesPerRequest) {
+  // "n": 3 choices of one prompt, decoded together (the prompt run once): greedy, all three
+  // are the single answer; sampled, choice i is what a request with seed + i gives alone;
+  // streamed, each choice's deltas add up to its text and each ends with its finish_reason;
+  // usage counts the prompt once and every choice's tokens.
+  Fixture fx;
+  serve::ServeOptions opt;
+  Running srv(fx, opt);
+  httplib::Client c = srv.client();
+  auto post = [&](const json& body) {
+    auto r = c.Post("/v1/completions", body.dump(), "application/json");
+    EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
+    return r && r->status == 200 ? json::parse(r->body) : json::object();
+  };
+  const json greedy = post({{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 24},
+                            {"temperature", 0}, {"n", 3}});
+  ASSERT_EQ(greedy["choices"].size(), 3u);
+  const json one = post({{"model", "stories"}, {"prompt", "Once upon a time"}, {"max_tokens", 24}, {"temperature", 0}});
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(greedy["choices"][i]["index"], i);
+    EXPECT_EQ(greedy["choices"][i]["text"], one["choices"][0]["text"]) << "choice " << i;
+  }
+  EXPECT_EQ(greedy["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+  int64_t sum = 0;
+  for (const json& ch : greedy["choices"]) sum += static_cast<int64_t>(ch["text"].get<std::string>().size() > 0);
+  EXPECT_EQ(sum, 3);
+
+  const json sampled = post({{"model", "peft"}, {"prompt", "Lily"}, {"max_tokens", 24}, {"temperature", 0.9},
+                             {"seed", 40}, {"n", 3}});
+  ASSERT_EQ(sampled["choices"].size(), 3u);
+  int64_t tokens = 0;
+  for (int i = 0; i < 3; ++i) {
+    const json alone = post({{"model", "peft"}, {"prompt", "Lily"}, {"max_tokens", 24}, {"temperature", 0.9},
+                             {"seed", 40 + i}});
+    EXPECT_EQ(sampled["choices"][i]["text"], alone["choices"][0]["text"]) << "choice " << i;
+    tokens += alone["usage"]["completion_tokens"].get<int64_t>();
+  }
+  EXPECT_EQ(sampled["usage"]["completion_tokens"], tokens);
+  EXPECT_NE(sampled["choices"][0]["text"], sampled["choices"][1]["text"]);
+
+  // Streamed: deltas per choice index.
+  const json sbody = {{"model", "peft"}, {"prompt", "Lily"}, {"max_tokens", 24}, {"temperature", 0.9},
+                      {"seed", 40},      {"n", 3},         {"stream", true}};
+  auto r = c.Post("/v1/completions", sbody.dump(), "application/json");
+  ASSERT_TRUE(r && r->status == 200);
+  std::vector<std::string> text(3);
+  std::vector<int> finished(3, 0);
+  size_t pos = 0;
+  while ((pos = r->body.find("data: ", pos)) != std::string::npos) {
+    const size_t end = r->body.find("\n\n", pos);
+    const std::string ev = r->body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (ev == "[DONE]") break;
+    const json j = json::parse(ev);
+    for (const json& ch : j["choices"]) {
+      const int i = ch["index"].get<int>();
+      text[static_cast<size_t>(i)] += ch["text"].get<std::string>();
+      if (!ch["finish_reason"].is_null()) ++finished[static_cast<size_t>(i)];
+    }
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(text[static_cast<size_t>(i)], sampled["choices"][i]["text"]) << "streamed choice " << i;
+    EXPECT_EQ(finished[static_cast<size_t>(i)], 1) << "choice " << i;
+  }
+}
+
 TEST(Serve, SlotsFullThenQueueFullIs503) {
   // Two slots and no queue: two long requests run, a third is answered 503 at once.
   Fixture fx;
@@ -442,7 +508,9 @@ TEST(OpenAiApi, RequestRules) {
   EXPECT_TRUE(r.stream && r.include_usage);
   EXPECT_EQ(r.gen.sampling.temperature, 1.0f);  // OpenAI's default
   for (const char* body : {R"({"messages": [{"role": "robot", "content": "x"}]})",
-                           R"({"messages": [{"role": "user", "content": "x"}], "n": 2})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "n": 0})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "n": 9})",
+                           R"({"messages": [{"role": "user", "content": "x"}], "n": 1.5})",
                            R"({"messages": [{"role": "user", "content": "x"}], "stop": [""]})",
                            R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5})",
                            R"({"messages": [{"role": "user", "content": "x"}], "top_p": 0})", R"([1, 2])"}) {

@@ -107,6 +107,7 @@ struct Server::Impl {
   std::atomic<bool> worker_done{false};
   std::atomic<bool> listening{false}, listener_done{false};
   size_t running = 0;  // generations in the worker's slots (guarded by qm)
+  const LoraModel* running_adapter = nullptr;  // the adapter they share (guarded by qm)
   size_t slot_count = 1;  // opt.parallel, or 1 where the model cannot decode a batch
   Server::Stats stats;    // (guarded by qm)
   std::thread listener, grace;  // (the model runs on run()'s thread)
@@ -232,6 +233,7 @@ struct Server::Impl {
           taken += n;
         }
         running = taken;
+        running_adapter = adapter;
       }
       for (const std::shared_ptr<Job>& job : starting) {
         const int n = job->req.n;
@@ -434,8 +436,10 @@ struct Server::Impl {
         e.message = "the server is shutting down";
         return e;
       }
-      // Waiting requests beyond the running ones; a free slot takes the next at once.
-      const size_t free_slots = slot_count - std::min(running, slot_count);
+      // Waiting requests beyond the running ones; a free slot takes the next at once (not one
+      // of another adapter's: the slots share one).
+      const size_t free_slots =
+          running > 0 && job->adapter != running_adapter ? 0 : slot_count - std::min(running, slot_count);
       if (queue.size() >= opt.max_queue + free_slots) {
         ApiError e;
         e.status = 503;

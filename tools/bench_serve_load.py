@@ -44,6 +44,34 @@ def two_turn_chat(url, long_text, timeout):
     return {"turn1_s": round(t1, 3), "turn1_usage": j1["usage"], "turn2_s": round(t2, 3), "turn2_usage": j2["usage"]}
 
 
+def stall(url, long_text, timeout):
+    """One client streams 200 tokens; 0.3 s in, another sends a long prompt (the file's text).
+    The streaming client's largest gap between two tokens says how long the new prompt held
+    the running request up (`qlora serve --prefill-chunk`)."""
+    times = []
+
+    def streamer():
+        body = {"prompt": "Once upon a time", "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True}
+        req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            for line in r:
+                if line.startswith(b"data: {"):
+                    times.append(time.perf_counter())
+
+    th = threading.Thread(target=streamer)
+    th.start()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    r = post(url, {"prompt": long_text, "max_tokens": 8, "temperature": 0}, timeout)
+    long_s = time.perf_counter() - t0
+    th.join()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return {"stream_tokens": len(times), "max_gap_s": round(max(gaps), 3) if gaps else None,
+            "median_gap_s": round(statistics.median(gaps), 4) if gaps else None,
+            "long_prompt_tokens": r["usage"]["prompt_tokens"], "long_request_s": round(long_s, 3)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", required=True)
@@ -54,7 +82,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--two-turn-chat", metavar="TEXT_FILE",
                     help="instead: one two-turn chat about the file's text (prompt caching across turns)")
+    ap.add_argument("--stall", metavar="TEXT_FILE",
+                    help="instead: how long a long prompt (the file's text) holds up a streaming request")
     a = ap.parse_args()
+    if a.stall:
+        print(json.dumps(stall(a.url, open(a.stall).read(), a.timeout)))
+        return
     if a.two_turn_chat:
         print(json.dumps(two_turn_chat(a.url, open(a.two_turn_chat).read(), a.timeout)))
         return

@@ -35,7 +35,7 @@ struct Options {
   std::vector<std::string> adapters;  // NAME=DIR
   std::string host = "127.0.0.1", alias, max_body = "1MB";
   int port = 8080;
-  int64_t max_queue = 16, max_tokens = 4096, http_threads = 8, parallel = 4;
+  int64_t max_queue = 16, max_tokens = 4096, http_threads = 8, parallel = 4, prefill_chunk = 256;
   bool quiet = false;
 };
 
@@ -43,6 +43,7 @@ int run(const Options& o) {
   if (o.port < 0 || o.port > 65535) qlora::fail("--port", "must be in 0..65535 (0: any free port)");
   if (o.max_queue < 0) qlora::fail("--max-queue", "must be >= 0");
   if (o.parallel < 1 || o.parallel > 64) qlora::fail("--parallel", "must be in 1..64");
+  if (o.prefill_chunk < 1) qlora::fail("--prefill-chunk", "must be >= 1");
   if (o.max_tokens < 1) qlora::fail("--max-tokens", "must be >= 1");
   if (o.http_threads < 1 || o.http_threads > 256) qlora::fail("--http-threads", "must be in 1..256");
   qlora::serve::ServeOptions so;
@@ -50,6 +51,7 @@ int run(const Options& o) {
   so.port = o.port;
   so.max_queue = static_cast<size_t>(o.max_queue);
   so.parallel = static_cast<size_t>(o.parallel);
+  so.prefill_chunk = static_cast<size_t>(o.prefill_chunk);
   so.max_body_bytes = qlora::parse_memory_size(o.max_body, "--max-body");
   so.limits.max_tokens = o.max_tokens;
   so.limits.default_max_tokens = std::min<int64_t>(256, o.max_tokens);
@@ -143,6 +145,10 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--parallel", o->parallel,
                      "Requests generated at once, their tokens decoded together in one batched pass (as "
                      "llama.cpp's server --parallel); 1 on the llama CUDA engine")
+          ->capture_default_str();
+      app.add_option("--prefill-chunk", o->prefill_chunk,
+                     "A new request's prompt runs this many tokens at a time between the other requests' "
+                     "decoding steps, so that they stall at most one chunk per step")
           ->capture_default_str();
       app.add_option("--max-queue", o->max_queue, "Requests that may wait; more are answered 503")
           ->capture_default_str();

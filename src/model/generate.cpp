@@ -69,8 +69,8 @@ std::string StopStringFilter::flush() {
 // ---- the loop ----------------------------------------------------------------------------
 
 Generation::Generation(const Model& model, const Tokenizer* tok, const std::vector<int>& prompt_ids,
-                       const GenerationOptions& opt, TextCallback on_text, PromptCache* cache)
-    : model_(model), tok_(tok), opt_(opt), on_text_(std::move(on_text)), cache_(cache) {
+                       const GenerationOptions& opt, TextCallback on_text, PromptCache* cache, int64_t prefill_chunk)
+    : model_(model), tok_(tok), opt_(opt), on_text_(std::move(on_text)), cache_(cache), prefill_chunk_(prefill_chunk) {
   setup(prompt_ids);
   const ModelSpec& spec = model.spec();
   const int64_t P = static_cast<int64_t>(prompt_ids.size());
@@ -93,12 +93,31 @@ Generation::Generation(const Model& model, const Tokenizer* tok, const std::vect
 
   t0_ = Clock::now();
   if (opt.max_new_tokens == 0) return;
-  std::vector<float> logits(static_cast<size_t>(spec.vocab));
-  forward(model, *state_, std::span<const int>(prompt_ids).subspan(static_cast<size_t>(reused)), logits.data());
-  if (opt.cancelled && opt.cancelled()) {
+  prefilled_ = reused;
+  prefilling_ = true;
+  if (prefill_chunk_ <= 0) {  // the whole prompt now
+    prefill_chunk_ = P;
+    prefill_step();
+  }
+}
+
+void Generation::prefill_step() {
+  check(prefilling_, "generate", "prefill_step() after the prompt ran");
+  const std::vector<int>& prompt = res_.prompt_ids;
+  const int64_t P = static_cast<int64_t>(prompt.size());
+  const int64_t n = std::min(prefill_chunk_, P - prefilled_);
+  const bool last = prefilled_ + n == P;
+  std::vector<float> logits(last ? static_cast<size_t>(model_.spec().vocab) : 0);
+  forward(model_, *state_, std::span<const int>(prompt).subspan(static_cast<size_t>(prefilled_), static_cast<size_t>(n)),
+          last ? logits.data() : nullptr);
+  prefilled_ += n;
+  if (opt_.cancelled && opt_.cancelled()) {
+    prefilling_ = false;
     res_.stop = StopReason::Cancelled;
     return;
   }
+  if (!last) return;
+  prefilling_ = false;
   prompt_logits_ = logits;  // (for fork())
   sample(logits.data(), /*prompt=*/true);
 }
@@ -159,7 +178,7 @@ Generation::Generation(const Generation& from, const GenerationOptions& opt, Tex
 }
 
 bool Generation::can_fork() const {
-  return state_ && produced_ == 1 && res_.decode_steps == 0 && !prompt_logits_.empty() &&
+  return state_ && !prefilling_ && produced_ == 1 && res_.decode_steps == 0 && !prompt_logits_.empty() &&
          state_->position() == static_cast<int64_t>(res_.prompt_ids.size()) && can_forward_batch(model_);
 }
 

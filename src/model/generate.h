@@ -84,8 +84,11 @@ class Generation {
   // Validates the request (throws Error as generate()), runs the prompt (its shared prefix
   // from `cache`, as generate()) and samples the first token. `model`, `tokenizer` and
   // `cache` are borrowed for the object's life.
+  // prefill_chunk > 0: the prompt is not run here but prefill_step() by prefill_step(), at most
+  // that many tokens each (a server interleaves them with other requests' decoding steps).
   Generation(const Model& model, const Tokenizer* tokenizer, const std::vector<int>& prompt_ids,
-             const GenerationOptions& opt, TextCallback on_text = {}, PromptCache* cache = nullptr);
+             const GenerationOptions& opt, TextCallback on_text = {}, PromptCache* cache = nullptr,
+             int64_t prefill_chunk = 0);
   ~Generation();
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;
@@ -94,6 +97,10 @@ class Generation {
   // forward of one token) and pass its logits to advance(). False once a stop (length, eos,
   // stop string, context, cancelled) ended it.
   bool running() const { return running_; }
+  // True while the prompt is still to be run (prefill_chunk > 0): call prefill_step() until it
+  // is false; the first token is sampled by the last step.
+  bool prefilling() const { return prefilling_; }
+  void prefill_step();  // REQUIRES prefilling()
   int next_token() const;  // REQUIRES running()
   InferenceState& state() { return *state_; }
   // Samples from the logits (V) of next_token()'s forward (used as scratch: penalties and
@@ -134,6 +141,8 @@ class Generation {
   GenerationResult res_;
   Clock::time_point t0_;
   int64_t produced_ = 0;  // sampling steps done (tokens sampled, the stop token included)
+  int64_t prefill_chunk_ = 0, prefilled_ = 0;  // prompt tokens in the cache so far (prefilling)
+  bool prefilling_ = false;
   std::vector<float> prompt_logits_;  // the prompt pass's logits, before sampling (fork())
   bool running_ = false, finished_text_ = false;
 };

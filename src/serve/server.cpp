@@ -158,6 +158,8 @@ struct Server::Impl {
       std::unique_ptr<Generation> gen;
       int index = 0;                 // the job's choice this slot generates
       bool* cache_in_use = nullptr;  // its prompt cache's flag, cleared when the request ends
+      int forks_pending = 0;         // (choice 0) the job's other choices, forked once its prompt ran
+      bool ended = false;            // answered (or failed): dropped from the slots
     };
     std::vector<Slot> slots;
     // Each slot's keys and values outlive its request (llama.cpp's cache_prompt): a new request
@@ -193,6 +195,7 @@ struct Server::Impl {
     // A request ends: its answer, its prompt cache free again (emptied after an error: its
     // keys and values may be half written).
     auto end_slot = [&](Slot& sl, GenerationResult* r, const std::string* error) {
+      sl.ended = true;
       if (sl.cache_in_use) {
         *sl.cache_in_use = false;
         if (error)
@@ -208,6 +211,59 @@ struct Server::Impl {
       } else if (r) {
         finish_choice(*sl.job, sl.index, std::move(*r));
       }
+    };
+    // Choice i of a job samples with seed + i and streams under index i.
+    auto options_for = [this](const std::shared_ptr<Job>& job, int i) {
+      GenerationOptions gen = job->req.gen;
+      gen.sampling.seed += static_cast<uint64_t>(i);
+      gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
+      return gen;
+    };
+    auto stream_for = [](const std::shared_ptr<Job>& job, int i) -> TextCallback {
+      return [job, i](std::string_view piece) {
+        if (piece.empty()) return;
+        std::lock_guard<std::mutex> lk(job->m);
+        job->pieces.emplace_back(i, std::string(piece));
+        job->cv.notify_all();
+      };
+    };
+    // After a prompt chunk or a decoding step: a job whose prompt has run forks its other
+    // choices (before its first choice decodes anything), and every generation that has
+    // stopped is answered and leaves the slots.
+    auto settle = [&](std::vector<Slot>& all) {
+      std::vector<Slot> added;
+      for (Slot& sl : all) {
+        if (sl.ended || sl.gen->prefilling() || sl.forks_pending == 0) continue;
+        const int n = sl.job->req.n;
+        try {
+          for (int i = n - sl.forks_pending; i < n; ++i)
+            added.push_back({sl.job,
+                             sl.gen->can_fork() ? sl.gen->fork(options_for(sl.job, i), stream_for(sl.job, i))
+                                                : std::make_unique<Generation>(model, &tok, sl.job->prompt_ids,
+                                                                               options_for(sl.job, i),
+                                                                               stream_for(sl.job, i)),
+                             i, nullptr, 0, false});
+        } catch (const std::exception& e) {
+          const std::string msg = e.what();
+          end_slot(sl, nullptr, &msg);
+        }
+        sl.forks_pending = 0;
+      }
+      for (Slot& a : added) all.push_back(std::move(a));
+      std::vector<Slot> keep;
+      for (Slot& sl : all) {
+        if (!sl.ended && !sl.gen->prefilling() && !sl.gen->running()) {
+          try {
+            GenerationResult r = sl.gen->finish();
+            end_slot(sl, &r, nullptr);
+          } catch (const std::exception& e) {
+            const std::string msg = e.what();
+            end_slot(sl, nullptr, &msg);
+          }
+        }
+        if (!sl.ended) keep.push_back(std::move(sl));
+      }
+      all.swap(keep);
     };
     InferenceState work_state(model, 1);
     std::vector<float> logits;
@@ -242,71 +298,57 @@ struct Server::Impl {
           job->results.assign(static_cast<size_t>(n), GenerationResult{});
           job->remaining = n;
         }
-        // Choice i samples with seed + i; choices after the first fork its prompt pass.
-        auto options = [&](int i) {
-          GenerationOptions gen = job->req.gen;
-          gen.sampling.seed += static_cast<uint64_t>(i);
-          gen.cancelled = [this, job] { return job->cancelled.load() || cancel_running.load(); };
-          return gen;
-        };
-        auto stream_to = [job](int i) {
-          return [job, i](std::string_view piece) {
-            if (piece.empty()) return;
-            std::lock_guard<std::mutex> lk(job->m);
-            job->pieces.emplace_back(i, std::string(piece));
-            job->cv.notify_all();
-          };
-        };
         Cached* pc = take_cache(*job);
-        std::vector<std::unique_ptr<Generation>> gens;
         try {
           model.set_adapter(job->adapter);  // (the same for every slot)
-          gens.push_back(std::make_unique<Generation>(model, &tok, job->prompt_ids, options(0), stream_to(0),
-                                                      can_forward_batch(model) ? &pc->cache : nullptr));
-          for (int i = 1; i < n; ++i)
-            gens.push_back(gens[0]->can_fork()
-                               ? gens[0]->fork(options(i), stream_to(i))
-                               : std::make_unique<Generation>(model, &tok, job->prompt_ids, options(i), stream_to(i)));
+          // The prompt runs in chunks between the other slots' decoding steps (below).
+          auto g = std::make_unique<Generation>(model, &tok, job->prompt_ids, options_for(job, 0), stream_for(job, 0),
+                                                can_forward_batch(model) ? &pc->cache : nullptr,
+                                                static_cast<int64_t>(opt.prefill_chunk));
+          slots.push_back({job, std::move(g), 0, &pc->in_use, n - 1, false});
         } catch (const std::exception& e) {
           pc->in_use = false;
           pc->cache.ids.clear();  // (its keys and values may be half written)
           if (pc->cache.state) pc->cache.state->reset();
           const std::string msg = e.what();
           finish_job(*job, nullptr, &msg);
-          continue;
-        }
-        for (int i = 0; i < n; ++i) {
-          Slot sl{job, std::move(gens[static_cast<size_t>(i)]), i, i == 0 ? &pc->in_use : nullptr};
-          if (sl.gen->running()) {
-            slots.push_back(std::move(sl));
-            continue;
-          }
-          try {
-            GenerationResult r = sl.gen->finish();
-            end_slot(sl, &r, nullptr);
-          } catch (const std::exception& e) {
-            const std::string msg = e.what();
-            end_slot(sl, nullptr, &msg);
-          }
         }
       }
-      const size_t stepped = slots.size();
+      settle(slots);
+      uint64_t chunks_run = 0;
+      // One chunk of one prompt (the oldest still running its prompt): the decoding slots wait
+      // at most one chunk per step for a new request's prompt.
+      for (Slot& sl : slots) {
+        if (!sl.gen->prefilling()) continue;
+        try {
+          ++chunks_run;
+          sl.gen->prefill_step();
+        } catch (const std::exception& e) {
+          const std::string msg = e.what();
+          end_slot(sl, nullptr, &msg);
+        }
+        break;
+      }
+      settle(slots);
+      std::vector<Slot*> decoding;
+      for (Slot& sl : slots)
+        if (sl.gen->running()) decoding.push_back(&sl);
+      const size_t stepped = decoding.size();
       bool stepped_ok = false;
-      if (!slots.empty()) {
-        // One token of every running generation: alone through forward(), together through
+      if (!decoding.empty()) {
+        // One token of every decoding generation: alone through forward(), together through
         // forward_batch. An error fails the requests of this step, not the server.
         const int64_t V = model.spec().vocab;
-        logits.resize(slots.size() * static_cast<size_t>(V));
+        logits.resize(decoding.size() * static_cast<size_t>(V));
         std::vector<InferenceState*> states;
         std::vector<int> tokens;
-        for (Slot& sl : slots) {
-          states.push_back(&sl.gen->state());
-          tokens.push_back(sl.gen->next_token());
+        for (Slot* sl : decoding) {
+          states.push_back(&sl->gen->state());
+          tokens.push_back(sl->gen->next_token());
         }
         std::string error;
-        stepped_ok = false;
         try {
-          if (slots.size() == 1)
+          if (decoding.size() == 1)
             forward(model, *states[0], std::span<const int>(tokens.data(), 1), logits.data());
           else
             forward_batch(model, work_state, states, tokens, logits.data());
@@ -314,32 +356,27 @@ struct Server::Impl {
         } catch (const std::exception& e) {
           error = e.what();
         }
-        std::vector<Slot> still;
-        for (size_t i = 0; i < slots.size(); ++i) {
-          Slot& sl = slots[i];
+        for (size_t i = 0; i < decoding.size(); ++i) {
+          Slot& sl = *decoding[i];
           if (!error.empty()) {
             end_slot(sl, nullptr, &error);
             continue;
           }
           try {
             sl.gen->advance(logits.data() + i * static_cast<size_t>(V));
-            if (sl.gen->running()) {
-              still.push_back(std::move(sl));
-              continue;
-            }
-            GenerationResult r = sl.gen->finish();
-            end_slot(sl, &r, nullptr);
           } catch (const std::exception& e) {
             const std::string msg = e.what();
             end_slot(sl, nullptr, &msg);
           }
         }
-        slots.swap(still);
+        settle(slots);
       }
       if (slots.empty()) model.set_adapter(nullptr);
       {
         std::lock_guard<std::mutex> lk(qm);
-        running = slots.size();
+        running = 0;
+        for (const Slot& sl : slots) running += 1 + static_cast<size_t>(sl.forks_pending);
+        stats.prompt_chunks += chunks_run;
         if (stepped && stepped_ok) {
           ++stats.decode_steps;
           stats.decoded_tokens += stepped;

@@ -8,7 +8,7 @@
 // One worker generates up to `parallel` requests at once (slots, as llama.cpp's server
 // --parallel): every step decodes one token of each through one batched forward pass
 // (forward_batch), so the weights are read once per step for all of them; each new request's
-// prompt runs alone when it takes a slot. The slots share one adapter at a time: a request
+// prompt runs alone, prefill_chunk tokens between two decoding steps. The slots share one adapter at a time: a request
 // for another model waits for the running ones to finish. A request asking for "n" choices
 // takes n slots (its prompt pass run once, the choices fork()ed from it). Each slot keeps its
 // last prompt's keys and values for a later request that shares the prefix. Up to max_queue
@@ -35,6 +35,7 @@ struct ServeOptions {
   int port = 8080;                 // 0: any free port (see Server::port())
   std::string base_name = "base";  // the "model" id of the base model
   size_t parallel = 4;             // requests generated at once (1 on a device runner)
+  size_t prefill_chunk = 256;      // a new request's prompt runs this many tokens between decoding steps
   size_t max_queue = 16;           // requests waiting beyond the running ones
   size_t max_body_bytes = 1 << 20;
   Limits limits;
@@ -58,9 +59,9 @@ class Server {
   void bind();
   int port() const;  // the bound port (after bind())
   // What the worker has done so far: decoding steps (one batched pass each), the tokens they
-  // decoded, and the most requests decoded in one step.
+  // decoded, the most requests decoded in one step, and the prompt chunks run.
   struct Stats {
-    uint64_t decode_steps = 0, decoded_tokens = 0;
+    uint64_t decode_steps = 0, decoded_tokens = 0, prompt_chunks = 0;
     size_t largest_batch = 0;
   };
   Stats stats() const;

@@ -243,14 +243,19 @@ TEST(Serve, ParallelSlotsAnswerEachRequestAsAlone) {
   // Requests for the base model and both adapters, sent at once to 4 slots: each answer is
   // the one it gets alone (1 slot, one request after the other), and the worker did decode
   // several requests in one step. A long request goes first so that the others join it.
+  // Twice: with prompts run whole, and in chunks of 3 tokens between the decoding steps (each
+  // compared with the same chunking alone: the chunk size, not the traffic, fixes the numbers).
   Fixture fx;
   struct Req {
     std::string model, prompt;
     int max_tokens;
   };
-  const std::vector<Req> reqs = {{"stories", "Once upon a time", 400}, {"stories", "The cat", 40},
-                                 {"stories", "Lily went to", 60},       {"peft", "Once upon a time", 40},
-                                 {"stories", "A big dog", 50},          {"ours", "The sun", 30},
+  const std::vector<Req> reqs = {{"stories", "Once upon a time", 400},
+                                 {"stories", "The cat sat on the mat and looked at the big red ball", 40},
+                                 {"stories", "Lily went to", 60},
+                                 {"peft", "Once upon a time", 40},
+                                 {"stories", "A big dog ran to the park with his friend Tom and they played", 50},
+                                 {"ours", "The sun", 30},
                                  {"stories", "Tom", 30}};
   auto post = [](int port, const Req& r) {
     httplib::Client c("127.0.0.1", port);
@@ -266,32 +271,39 @@ TEST(Serve, ParallelSlotsAnswerEachRequestAsAlone) {
     EXPECT_EQ(j["usage"]["completion_tokens"], r.max_tokens) << "ignore_eos";
     return j["choices"][0]["text"].get<std::string>();
   };
-  std::vector<std::string> alone;
-  {
+  for (size_t chunk : {size_t{256}, size_t{3}}) {
+    std::vector<std::string> alone;
+    {
+      serve::ServeOptions opt;
+      opt.parallel = 1;
+      opt.prefill_chunk = chunk;
+      Running srv(fx, opt);
+      for (const Req& r : reqs) alone.push_back(post(srv.port, r));
+      EXPECT_EQ(srv.server->stats().largest_batch, 1u);
+    }
     serve::ServeOptions opt;
-    opt.parallel = 1;
+    opt.parallel = 4;
+    opt.prefill_chunk = chunk;
     Running srv(fx, opt);
-    for (const Req& r : reqs) alone.push_back(post(srv.port, r));
-    EXPECT_EQ(srv.server->stats().largest_batch, 1u);
+    std::vector<std::string> got(reqs.size());
+    std::vector<std::thread> th;
+    th.emplace_back([&] { got[0] = post(srv.port, reqs[0]); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    for (size_t i = 1; i < reqs.size(); ++i) th.emplace_back([&, i] { got[i] = post(srv.port, reqs[i]); });
+    for (auto& t : th) t.join();
+    for (size_t i = 0; i < reqs.size(); ++i)
+      EXPECT_EQ(got[i], alone[i]) << reqs[i].model << " " << reqs[i].prompt << " chunk " << chunk;
+    const serve::Server::Stats st = srv.server->stats();
+    std::printf("[ serve ] chunk %zu: %llu decode steps for %llu tokens, largest batch %zu, %llu prompt chunks\n", chunk,
+                static_cast<unsigned long long>(st.decode_steps), static_cast<unsigned long long>(st.decoded_tokens),
+                st.largest_batch, static_cast<unsigned long long>(st.prompt_chunks));
+    EXPECT_GE(st.largest_batch, 2u);
+    EXPECT_LE(st.largest_batch, 4u);
+    EXPECT_LT(st.decode_steps, st.decoded_tokens);
+    if (chunk == 3) {
+      EXPECT_GE(st.prompt_chunks, 20u);  // the long prompts ran in pieces
+    }
   }
-  serve::ServeOptions opt;
-  opt.parallel = 4;
-  Running srv(fx, opt);
-  std::vector<std::string> got(reqs.size());
-  std::vector<std::thread> th;
-  th.emplace_back([&] { got[0] = post(srv.port, reqs[0]); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  for (size_t i = 1; i < reqs.size(); ++i) th.emplace_back([&, i] { got[i] = post(srv.port, reqs[i]); });
-  for (auto& t : th) t.join();
-  for (size_t i = 0; i < reqs.size(); ++i)
-    EXPECT_EQ(got[i], alone[i]) << reqs[i].model << " " << reqs[i].prompt;
-  const serve::Server::Stats st = srv.server->stats();
-  std::printf("[ serve ] %llu decode steps for %llu tokens, largest batch %zu\n",
-              static_cast<unsigned long long>(st.decode_steps), static_cast<unsigned long long>(st.decoded_tokens),
-              st.largest_batch);
-  EXPECT_GE(st.largest_batch, 2u);
-  EXPECT_LE(st.largest_batch, 4u);
-  EXPECT_LT(st.decode_steps, st.decoded_tokens);
 }
 
 TEST(Serve, SlotsKeepTheirPromptsKeysAndValues) {

@@ -289,6 +289,25 @@ GenerationResult generate(const Model& model, const Tokenizer* tok, const std::v
   }
 }
 
+int64_t forward_next_tokens(const Model& model, InferenceState& work, std::span<Generation* const> gens,
+                            std::vector<float>& logits) {
+  const int64_t V = model.spec().vocab;
+  logits.resize(gens.size() * static_cast<size_t>(V));
+  std::vector<InferenceState*> states;
+  std::vector<int> tokens;
+  for (Generation* g : gens) {
+    states.push_back(&g->state());
+    tokens.push_back(g->next_token());
+  }
+  if (gens.size() > 1 && can_forward_batch(model)) {
+    forward_batch(model, work, states, tokens, logits.data());
+    return 1;
+  }
+  for (size_t i = 0; i < gens.size(); ++i)
+    forward(model, *states[i], std::span<const int>(&tokens[i], 1), logits.data() + i * static_cast<size_t>(V));
+  return static_cast<int64_t>(gens.size());
+}
+
 BatchGenerationResult generate_batch(const Model& model, const Tokenizer* tok,
                                      const std::vector<std::vector<int>>& prompts,
                                      const std::vector<GenerationOptions>& opts, const BatchTextCallback& on_text) {
@@ -309,7 +328,6 @@ BatchGenerationResult generate_batch(const Model& model, const Tokenizer* tok,
   auto t1 = Clock::now();
   out.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
   const int64_t V = model.spec().vocab;
-  const bool batched = can_forward_batch(model);
   InferenceState work(model, 1);
   std::vector<float> logits;
   for (;;) {
@@ -317,22 +335,7 @@ BatchGenerationResult generate_batch(const Model& model, const Tokenizer* tok,
     for (auto& g : gens)
       if (g->running()) run.push_back(g.get());
     if (run.empty()) break;
-    logits.resize(run.size() * static_cast<size_t>(V));
-    std::vector<InferenceState*> states;
-    std::vector<int> tokens;
-    for (Generation* g : run) {
-      states.push_back(&g->state());
-      tokens.push_back(g->next_token());
-    }
-    if (run.size() == 1 || !batched) {
-      for (size_t i = 0; i < run.size(); ++i) {
-        forward(model, *states[i], std::span<const int>(&tokens[i], 1), logits.data() + i * static_cast<size_t>(V));
-        ++out.decode_passes;
-      }
-    } else {
-      forward_batch(model, work, states, tokens, logits.data());
-      ++out.decode_passes;
-    }
+    out.decode_passes += forward_next_tokens(model, work, run, logits);
     for (size_t i = 0; i < run.size(); ++i) run[i]->advance(logits.data() + i * static_cast<size_t>(V));
     out.decoded_tokens += static_cast<int64_t>(run.size());
   }

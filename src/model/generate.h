@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -154,6 +155,13 @@ class Generation {
 // forward() where can_forward_batch(model) is false). results[i] is what generate(model,
 // tokenizer, prompts[i], opts[i], on_text(i, ...)) gives, up to the products' summation order
 // over several rows (model/model.h forward_batch). Throws Error as generate().
+// One decoding step of several running generations: runs each one's next_token() (together
+// through forward_batch when the model can, else one by one) and leaves their logits in
+// `logits` (N, V), row i for gens[i], for advance(). Returns the forward passes it took.
+// Throws Error as forward_batch / forward.
+int64_t forward_next_tokens(const Model& model, InferenceState& work, std::span<Generation* const> gens,
+                            std::vector<float>& logits);
+
 struct BatchGenerationResult {
   std::vector<GenerationResult> results;
   double prompt_seconds = 0;  // every prompt's forward (and first sample), wall clock

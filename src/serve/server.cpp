@@ -339,19 +339,11 @@ struct Server::Impl {
         // One token of every decoding generation: alone through forward(), together through
         // forward_batch. An error fails the requests of this step, not the server.
         const int64_t V = model.spec().vocab;
-        logits.resize(decoding.size() * static_cast<size_t>(V));
-        std::vector<InferenceState*> states;
-        std::vector<int> tokens;
-        for (Slot* sl : decoding) {
-          states.push_back(&sl->gen->state());
-          tokens.push_back(sl->gen->next_token());
-        }
+        std::vector<Generation*> gens;
+        for (Slot* sl : decoding) gens.push_back(sl->gen.get());
         std::string error;
         try {
-          if (decoding.size() == 1)
-            forward(model, *states[0], std::span<const int>(tokens.data(), 1), logits.data());
-          else
-            forward_batch(model, work_state, states, tokens, logits.data());
+          forward_next_tokens(model, work_state, gens, logits);
           stepped_ok = true;
         } catch (const std::exception& e) {
           error = e.what();

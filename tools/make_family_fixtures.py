@@ -122,6 +122,13 @@ FAMILIES = {
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.75,
                              short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
                              long_factor=[1.0, 1.5, 2.5, 4.0, 6.0, 9.0]))),
+    # Phi-1/1.5/2: one LayerNorm feeding attention and the MLP in parallel, separate q/k/v
+    # and "dense" with biases, Phi-2's partial rotary 0.4 (6 of 16 dims: a count that is not a
+    # power of two), fc1 / gelu_new / fc2, final_layernorm, an untied head with a bias.
+    "phi": ("PhiConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps"), layer_norm_eps=1e-5,
+                              rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                   partial_rotary_factor=0.4),
+                              resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
     # GPT-NeoX (Pythia): LayerNorm with biases, GELU MLP, per-head fused query_key_value,
     # partial rotary (GPTNeoXConfig's default 0.25 of each head), the parallel residual;
     # and the sequential form with the tanh GELU and half the head rotated.
@@ -220,8 +227,36 @@ def reset_rope_state(model):
             mod.max_seq_len_cached = mod.original_max_seq_len
 
 
+_GENERIC_DEQUANT = False
+
+
+def use_generic_cpu_dequantize():
+    """bitsandbytes 0.50.2's AVX-512 CPU dequantize_4bit (its native kernel, taken on CPUs with
+    AVX-512) looks each block's absmax up per row: for a weight whose rows are not a whole
+    number of blocks (here the MLP's down projection, 64 x 96 with blocksize 64) it dequantizes
+    with the wrong scales, while quantize_4bit, the CUDA kernels, the scalar CPU path and the
+    PyTorch reference all index blocks over the flattened tensor (measured on an AMD Zen 4:
+    0.24 max error on such a weight, 0 on 96 x 64). The fixtures are what bitsandbytes computes
+    on a GPU or on any other CPU, so its PyTorch reference dequantization is put in the
+    native kernel's place."""
+    global _GENERIC_DEQUANT
+    if _GENERIC_DEQUANT:
+        return
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    @torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu")
+    def _(A, absmax, blocksize, quant_type, shape, dtype):
+        if A.dtype != torch.uint8:
+            A = A.view(torch.uint8)
+        return _dequantize_4bit_compute(A.reshape(-1), absmax, _get_4bit_code(quant_type, A.device), blocksize, shape,
+                                        dtype)
+    _GENERIC_DEQUANT = True
+
+
 def nf4_roundtrip(model):
     import bitsandbytes.functional as F
+    use_generic_cpu_dequantize()
     with torch.no_grad():
         from transformers.pytorch_utils import Conv1D
         for name, mod in model.named_modules():
@@ -244,7 +279,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
-             "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon"}
+             "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -337,6 +372,54 @@ def write_gguf_falcon(model, path: Path):
                           qkv[:, [-1]].reshape(n_kv * hd, -1)))
     # (lm_head is tied: llama.cpp falls back to token_embd)
     _add_block_tensors(w, model, glob, names, "self_attention.query_key_value", regroup, skip=("lm_head.weight",))
+    _finish(w)
+
+
+def write_gguf_phi2(model, path: Path, fused_qkv: bool = False):
+    """As convert_hf_to_gguf.py's Phi2Model: the tensors as they are (q, k, v separate), the
+    head's bias as output.bias, rope.dimension_count int(factor * hidden) // heads, head_count_kv
+    = head_count, no BOS added. (The converter writes feed_forward_length as 4 x hidden, which
+    real Phis have; this one writes the model's own, which llama.cpp checks against the
+    tensors.) fused_qkv: q, k and v concatenated into attn_qkv, as GGUFs made from the original
+    microsoft/phi-2 checkpoint (its Wqkv) hold them."""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "phi2")
+    n_embd, n_head = c.hidden_size, c.num_attention_heads
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head)
+    w.add_layer_norm_eps(c.layer_norm_eps)
+    w.add_rope_dimension_count(int(c.rope_parameters["partial_rotary_factor"] * n_embd) // n_head)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.dense": "attn_output", "mlp.fc1": "ffn_up",
+             "mlp.fc2": "ffn_down"}
+    glob = {"model.embed_tokens.weight": "token_embd.weight", "model.final_layernorm.weight": "output_norm.weight",
+            "model.final_layernorm.bias": "output_norm.bias", "lm_head.weight": "output.weight",
+            "lm_head.bias": "output.bias"}
+    sd = model.state_dict()
+    for name, t in sd.items():
+        t = t.detach().to(torch.float32)
+        if name in glob:
+            out = glob[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            mod, suffix = rest.rsplit(".", 1)
+            if fused_qkv and mod in ("self_attn.k_proj", "self_attn.v_proj"):
+                continue
+            if fused_qkv and mod == "self_attn.q_proj":
+                p = f"model.layers.{layer}.self_attn."
+                t = torch.cat([sd[p + m + "." + suffix].to(torch.float32) for m in ("q_proj", "k_proj", "v_proj")])
+                out = f"blk.{layer}.attn_qkv.{suffix}"
+            else:
+                out = f"blk.{layer}.{names[mod]}.{suffix}"
+        w.add_tensor(out, np.ascontiguousarray(t.numpy()))
     _finish(w)
 
 
@@ -530,11 +613,11 @@ def write_gguf(model, arch: str, path: Path):
 
 
 # The families with an adapter on PEFT's default target modules too (default_adapter/).
-DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq")
+DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq", "phi")
 
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
-BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
+BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi")
 
 
@@ -544,6 +627,7 @@ def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
     a user's pre-quantized checkpoint is made; returns the prompt logits of each quantized
     model (the 8-bit one in eval mode: threshold 6 with outlier columns)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    use_generic_cpu_dequantize()
     cfgs = {"bnb4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                        bnb_4bit_compute_dtype=torch.float32),
             "bnb8": BitsAndBytesConfig(load_in_8bit=True)}
@@ -560,6 +644,14 @@ def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
         for name, qc in cfgs.items():
             m = AutoModelForCausalLM.from_pretrained(out, quantization_config=qc, device_map="cpu", dtype=torch.float32,
                                                      attn_implementation=attn).eval()
+            # bitsandbytes >= 0.48 on a CPU with AVX512-BF16 repacks each Linear4bit on its first
+            # forward and multiplies in bfloat16 whatever the compute dtype (and fails on rows
+            # that are not whole 64-blocks); off, it takes the canonical path it takes on a GPU
+            # or any other CPU (dequantize to the compute dtype + linear), the fixtures' numbers.
+            import bitsandbytes as bnb
+            for mod in m.modules():
+                if isinstance(mod, bnb.nn.Linear4bit):
+                    mod.support_avx512bf16_for_cpu = False
             with torch.no_grad():
                 logits[f"{name}_logits"] = m(prompt).logits[0].float().contiguous()
             m.save_pretrained(out / name, safe_serialization=True)
@@ -704,6 +796,8 @@ def build(family: str):
             write_gguf_bloom(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "falcon":
             write_gguf_falcon(model, out / "model.gguf")
+        elif GGUF_ARCH[family] == "phi2":
+            write_gguf_phi2(model, out / "model.gguf")
         else:
             write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
         ll = llama_cpp_logits(out / "model.gguf", prompt[0].tolist())
@@ -721,9 +815,17 @@ def build(family: str):
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
         # (gpt2's tanh GELU goes through the same fp16 table in llama.cpp)
-        if diff > (1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom", "falcon")) else 1e-3):
+        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom", "falcon", "phi")) else 1e-3
+        if diff > tol:
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff
+        if GGUF_ARCH[family] == "phi2":  # the fused-Wqkv layout too
+            write_gguf_phi2(model, out / "model_fused_qkv.gguf", fused_qkv=True)
+            fd = float(abs(llama_cpp_logits(out / "model_fused_qkv.gguf", prompt[0].tolist()) - want.numpy()).max())
+            print(f"{family}: llama.cpp on model_fused_qkv.gguf vs transformers: max |dlogit| {fd:.2e}")
+            if fd > tol:
+                sys.exit(f"{family}: llama.cpp disagrees with transformers on the fused-qkv GGUF ({fd})")
+            ref["gguf_fused_qkv_llama_cpp_max_abs_diff"] = fd
     if family == "gpt2":
         # The original hub checkpoints were saved from GPT2Model: no "transformer." prefix.
         import shutil

@@ -310,6 +310,9 @@ class CudaBackend final : public Backend {
   void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) override {
     if (n > 0) dense_matmul(y, dense(W), x, n);
   }
+  void add_bias(float* y, const float* bias, int64_t n, int64_t width) override {
+    if (n > 0) cuda::add_bias(y, vec(bias, width), n, width, stream_);
+  }
   // dx (n, cols) += dy (n, rows) · W. A 16-bit W (the head in bf16/fp16 compute) is widened
   // to float32 at most kHeadChunkFloats at a time (64 MiB: a 256k-vocabulary head would be
   // 2.4 GB whole), each chunk of rows one cuBLAS product.

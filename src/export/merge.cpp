@@ -106,6 +106,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                                         const std::vector<WeightedAdapter>& adapters) {
   if (name == "model.embed_tokens.weight") return dense_rows(model.embed_tokens());
   if (name == "lm_head.weight") return dense_rows(model.lm_head());
+  if (name == "lm_head.bias" && !model.lm_head_bias().empty()) return model.lm_head_bias();
   if (name == "model.norm.weight") return model.final_norm();
   if (name == "model.embed_positions.weight") return dense_rows(model.embed_positions());
   if (name == "model.embed_norm.weight") return model.embed_norm();

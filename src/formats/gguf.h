@@ -214,6 +214,9 @@ struct GgufLlamaHParams {
   bool tie_word_embeddings = false;  // true when there is no output.weight tensor
   // falcon: blk.0.attn_norm_2.weight exists (the new architecture's two norms per block).
   bool falcon_two_norms = false;
+  // blk.0.attn_qkv.weight exists: q, k and v in one tensor (phi2 GGUFs made from the original
+  // microsoft/phi-2 checkpoint's Wqkv; those converted from transformers' layout keep three).
+  bool fused_qkv = false;
   // {arch}.rope.scaling.type ("none", "linear", "yarn"), .factor, .original_context_length;
   // llama3-style scaling arrives as the tensor rope_freqs.weight instead (model_loader).
   std::string rope_scaling_type = "none";

@@ -2,7 +2,8 @@
 // The model families qlora.cpp runs, as data: what each one's config.json, GGUF and export
 // look like and what sets its ModelSpec apart from the shared parts. One file per lineage
 // (formats/families/llama.cpp: llama, mistral; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
-// gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use;
+// gemma2, gemma3_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use; phi.cpp:
+// phi, Phi-1 / 1.5 / 2's;
 // gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2;
 // opt.cpp: opt; bloom.cpp: bloom; falcon.cpp: falcon) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
@@ -102,7 +103,7 @@ std::string gguf_supported_architectures();
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
 
 namespace families {  // formats/families/*.cpp
-extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon;
+extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon;
 }
 
 }  // namespace qlora

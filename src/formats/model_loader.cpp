@@ -317,6 +317,7 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias") || src.has("model.layers.0.self_attn.qkv_proj.bias");
   s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
   s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias") || src.has("model.layers.0.mlp.up_proj.bias");
+  s.head_bias = src.has("lm_head.bias");  // (llama.cpp's output.bias: phi2)
   if (hp.rope_scaling_type == "linear") {
     s.rope_scaling.type = RopeScaling::Type::Linear;
     s.rope_scaling.factor = hp.rope_scaling_factor;

@@ -170,6 +170,7 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   w.embed = cpu && o.embed_q8_0 ? q8_bytes : vc * dense_bytes;
   w.head = s.tied_embeddings ? 0 : cpu && o.head_q8_0 ? q8_bytes : vc * dense_bytes;
   w.norms = (2 * L + (s.final_norm ? 1 : 0)) * u(s.hidden) * norm_bytes;
+  if (s.head_bias) w.bias += u(s.vocab) * norm_bytes;
   return w;
 }
 

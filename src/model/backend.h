@@ -209,6 +209,9 @@ class Backend {
                                  int64_t C, float eps, ComputeDType dtype) = 0;
   // y (n, W.rows) = x (n, W.cols) Wᵀ through a dense weight (the output head).
   virtual void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) = 0;
+  // y (n, width) += bias (width) on every row (the head's bias: phi), unrounded. `bias` is the
+  // model's host vector (a device backend keeps its own copy, keyed by the pointer).
+  virtual void add_bias(float* y, const float* bias, int64_t n, int64_t width) = 0;
   // dx (n, W.cols) += dy (n, W.rows) W; a weight not stored in float32 is widened a tile of
   // rows at a time into `tile` (dense_backward_tile_floats).
   virtual void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) = 0;

@@ -281,6 +281,13 @@ class CpuBackend final : public Backend {
     qlora::layernorm_forward(out, nullptr, in, weight, bias, rows, C, eps, dtype);
   }
   void dense_forward(float* y, const float* x, int64_t n, const DenseWeight& W) override { W.matmul(y, x, n); }
+  void add_bias(float* y, const float* bias, int64_t n, int64_t width) override {
+    for (int64_t r = 0; r < n; ++r) {
+      float* __restrict yr = y + r * width;
+#pragma omp simd
+      for (int64_t i = 0; i < width; ++i) yr[i] += bias[i];
+    }
+  }
   void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) override {
     const int64_t V = W.rows(), E = W.cols();
     if (W.dtype() == ComputeDType::F32 && !W.q8()) {

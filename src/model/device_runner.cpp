@@ -63,6 +63,7 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (s.attn_scale > 0.0f || s.attn_softcap > 0.0f || s.final_softcap > 0.0f)
     return s.family + ": a custom attention scale or softcaps";
   if (s.projects_embeddings()) return s.family + ": projected embeddings";
+  if (s.head_bias) return s.family + ": a bias on the output head";
   if (s.qkv_per_head || s.qkv_grouped) return s.family + ": per-head q/k/v layouts";
   return "";
 }

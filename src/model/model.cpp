@@ -192,6 +192,10 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     m.lm_head_ = dense("lm_head.weight", spec.vocab, spec.embed_width());
     progress("lm_head.weight");
   }
+  if (spec.head_bias) {
+    m.lm_head_bias_ = load_vector(src, "lm_head.bias", opt.compute_dtype);
+    progress("lm_head.bias");
+  }
   if (opt.int8_activations) {
     for (LayerWeights& l : m.layers_)
       for (int w = 0; w < kBlockLinearCount; ++w) l.linear(w).set_int8_activations(true);
@@ -204,7 +208,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
 
 size_t Model::weight_bytes() const {
   size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() +
-             (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size()) * sizeof(float);
+             (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
           L.post_ffn_norm.size()) *
@@ -523,6 +527,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     lg = st.logits_.data();
   }
   be.dense_forward(lg, e, n, model.lm_head());
+  if (s.head_bias) be.add_bias(lg, model.lm_head_bias().data(), n, s.vocab);
   be.round(lg, n * s.vocab, dt);
   if (s.final_softcap > 0.0f) be.softcap_forward(lg, n * s.vocab, s.final_softcap, dt);
   if (lg != logits) be.download(logits, lg, n * s.vocab);
@@ -637,6 +642,7 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   const float* e = head_input_forward(be, work.emb_.data(), h, nullptr, x, N, model, model.adapter(), nullptr, false,
                                       nullptr, scratch.lora);
   be.dense_forward(logits, e, N, model.lm_head());
+  if (s.head_bias) be.add_bias(logits, model.lm_head_bias().data(), N, s.vocab);
   be.round(logits, N * s.vocab, dt);
   if (s.final_softcap > 0.0f) be.softcap_forward(logits, N * s.vocab, s.final_softcap, dt);
   be.synchronize();

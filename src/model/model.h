@@ -110,6 +110,8 @@ class Model {
   const DenseWeight& lm_head() const { return spec_.tied_embeddings ? embed_ : lm_head_; }  // (V, C)
   const std::vector<float>& final_norm() const { return final_norm_; }  // (C)
   const std::vector<float>& final_norm_bias() const { return final_norm_bias_; }  // (C) LayerNorm models
+  // (V) added to the logits, in the compute dtype; empty unless spec().head_bias.
+  const std::vector<float>& lm_head_bias() const { return lm_head_bias_; }
   const std::vector<float>& embed_norm() const { return embed_norm_; }            // (C) embed_norm models
   const std::vector<float>& embed_norm_bias() const { return embed_norm_bias_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
@@ -155,7 +157,7 @@ class Model {
   ComputeDType kv_dtype_ = ComputeDType::F32;
   QuantOptions quant_;
   DenseWeight embed_, lm_head_, embed_pos_;
-  std::vector<float> final_norm_, final_norm_bias_, embed_norm_, embed_norm_bias_;
+  std::vector<float> final_norm_, final_norm_bias_, embed_norm_, embed_norm_bias_, lm_head_bias_;
   std::vector<LayerWeights> layers_;
   std::array<QuantLinear, kModelLinearCount> model_linears_;
   std::shared_ptr<const BlockProgram> block_;

@@ -138,6 +138,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   }
   if (projects_embeddings()) t.push_back({"model.project_out.weight", {E, hidden}});
   if (!tied_embeddings) t.push_back({"lm_head.weight", {vocab, E}});
+  if (head_bias) t.push_back({"lm_head.bias", {vocab}});
   return t;
 }
 

@@ -116,6 +116,9 @@ struct ModelSpec {
   }
   float norm_eps = 1e-5f;
   bool tied_embeddings = false;  // lm_head shares model.embed_tokens.weight
+  // lm_head has a bias (lm_head.bias, vocab values) added to the logits (phi's PhiForCausalLM,
+  // llama.cpp's output.bias).
+  bool head_bias = false;
   bool qkv_bias = false;         // q/k/v projections have a bias (qwen2; llama attention_bias)
   bool o_bias = false;           // o_proj has a bias (llama attention_bias)
   bool mlp_bias = false;         // gate/up/down have a bias (llama mlp_bias)

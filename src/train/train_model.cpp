@@ -330,6 +330,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.logits.ensure(be, M * V);
   if (M == 0) return;
   be.dense_forward(w.logits.data(), hin, M, m.lm_head());
+  if (s.head_bias) be.add_bias(w.logits.data(), m.lm_head_bias().data(), M, V);  // (frozen: no gradient)
   be.round(w.logits.data(), M * V, m.compute_dtype());
   if (s.final_softcap > 0.0f) be.softcap_forward(w.logits.data(), M * V, s.final_softcap, m.compute_dtype());
 }

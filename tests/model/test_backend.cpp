@@ -223,6 +223,11 @@ class CheckingBackend final : public Backend {
     ++ops["head"];
     cpu().dense_forward(y, x, n, W);
   }
+  void add_bias(float* y, const float* bias, int64_t n, int64_t width) override {
+    f(y, n * width, "head bias y");
+    ++ops["head bias"];
+    cpu().add_bias(y, bias, n, width);
+  }
   void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) override {
     f(dx, n * W.cols(), "head dx");
     f(dy, n * W.rows(), "head dy");

@@ -49,7 +49,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi",
                                             "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -227,7 +227,7 @@ TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
-                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "gpt2", "gpt_neox", "opt", "opt_350m",
+                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m",
                                            "bloom", "falcon", "falcon_mq", "falcon_alibi"),
                          [](const auto& info) { return std::string(info.param); });
 
@@ -293,7 +293,9 @@ TEST_P(Families, PeftDefaultTargetsAdapterGivesPeftLogits) {
   const PeftAdapter a = load_peft_adapter(dir);
   LoraModel lm(*m, a.config);
   a.apply_to(lm.layers());
-  EXPECT_LT(lm.layers().size(), static_cast<size_t>(m->spec().n_layers * 4)) << "not PEFT's short default list?";
+  size_t all_linear = 0;  // (what all-linear would adapt)
+  for (const BlockLinearSpec& b : m->spec().block_linears()) all_linear += b.module ? 1 : 0;
+  EXPECT_LT(lm.layers().size(), static_cast<size_t>(m->spec().n_layers) * all_linear) << "not PEFT's short default list?";
   m->set_adapter(&lm);
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("peft_default_logits")),
@@ -360,6 +362,53 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   refused(neox, "hidden_act");
   neox["hidden_act"] = "gelu";
   EXPECT_EQ(spec_from_hf_config(neox, "config.json").rotary_dim, 4);  // rotary_pct's default 0.25 of 16
+  // phi: PhiConfig's default partial_rotary_factor is 0.5; an explicit one wins; qk_layernorm
+  // and other activations are refused by name.
+  nlohmann::json phi = {{"model_type", "phi"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                        {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
+  const ModelSpec sphi = spec_from_hf_config(phi, "config.json");
+  EXPECT_EQ(sphi.rotary_dim, 8);
+  EXPECT_TRUE(sphi.head_bias && sphi.parallel_residual && sphi.shared_branch_norm && sphi.qkv_bias);
+  EXPECT_EQ(sphi.act, Activation::GeluTanh);
+  EXPECT_EQ(sphi.max_positions, 2048);
+  phi["partial_rotary_factor"] = 0.25;
+  EXPECT_EQ(spec_from_hf_config(phi, "config.json").rotary_dim, 4);
+  nlohmann::json qkln = phi;
+  qkln["qk_layernorm"] = true;
+  refused(qkln, "qk_layernorm");
+  phi["hidden_act"] = "relu";
+  refused(phi, "hidden_act");
+}
+
+// Phi-2 GGUFs made from the original checkpoint hold one attn_qkv (its Wqkv); the fixture
+// script checked llama.cpp reads this file as it reads the three-tensor one. It loads as a
+// fused Linear with the same logits, takes an adapter on the fused module, and refuses a
+// Hugging Face merge (PhiForCausalLM has no fused form) while a GGUF merge works.
+TEST(FamiliesGgufPhi, FusedQkvGgufGivesTheSameLogits) {
+  const Fixture x = read_fixture("phi");
+  const std::string path = family_dir("phi") + "/model_fused_qkv.gguf";
+  const Model m = load_path(path);
+  EXPECT_TRUE(m.spec().fused_qkv);
+  EXPECT_TRUE(m.spec().head_bias);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "phi fused-qkv gguf");
+  ModelFiles files = open_model_files(path);
+  TempDir tmp("phi_fused");
+  HfExportOptions eo;
+  eo.dtype = DType::F32;
+  eo.log = false;
+  try {
+    write_merged_hf_dir(m, files, {}, tmp.path("hf"), eo, false);
+    ADD_FAILURE() << "a fused-qkv phi merged to a Hugging Face directory";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fused attn_qkv"), std::string::npos) << e.what();
+  }
+  GgufExportOptions go;
+  go.type = GgmlType::F32;
+  go.log = false;
+  write_merged_gguf(m, files, {}, tmp.path("m.gguf"), go, false);
+  expect_logits(prompt_logits(load_path(tmp.path("m.gguf")), prompt), x.logits->to_float(x.logits->at("logits")),
+                "phi fused-qkv merged gguf");
 }
 
 // GPT-2's original checkpoints were saved from the base model: "h.0.attn.c_attn.weight",
@@ -644,7 +693,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
                                            "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon",
-                                           "falcon_mq"),
+                                           "falcon_mq", "phi"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

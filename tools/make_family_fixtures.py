@@ -129,6 +129,26 @@ FAMILIES = {
                               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                    partial_rotary_factor=0.4),
                               resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    # StableLM: Llama's SwiGLU MLP and GQA with LayerNorms (biases), q/k/v biases
+    # (use_qkv_bias, StableLM 2 1.6B), partial rotary (StableLmConfig's default 0.25: 4 of 16
+    # dims), the sequential block; and the parallel block with one norm, without q/k/v biases,
+    # half of each head rotated, untied head in both.
+    "stablelm": ("StableLmConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, use_qkv_bias=True,
+                                        hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    "stablelm_par": ("StableLmConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, use_qkv_bias=False,
+                                            use_parallel_residual=True,
+                                            rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                 partial_rotary_factor=0.5),
+                                            hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    # StarCoder2: GQA, LayerNorms (biases), c_fc / tanh GELU / c_proj, biases everywhere, tied
+    # head; without a window (llama.cpp's starcoder2 has none: the GGUF fixture), and with a
+    # sliding window shorter than the prompt.
+    "starcoder2": ("Starcoder2Config", dict(_drop=("rms_norm_eps",), norm_epsilon=1e-5, use_bias=True,
+                                            residual_dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0,
+                                            tie_word_embeddings=True)),
+    "starcoder2_swa": ("Starcoder2Config", dict(_drop=("rms_norm_eps",), norm_epsilon=1e-5, use_bias=True,
+                                                sliding_window=8, residual_dropout=0.0, embedding_dropout=0.0,
+                                                attention_dropout=0.0, tie_word_embeddings=True)),
     # GPT-NeoX (Pythia): LayerNorm with biases, GELU MLP, per-head fused query_key_value,
     # partial rotary (GPTNeoXConfig's default 0.25 of each head), the parallel residual;
     # and the sequential form with the tanh GELU and half the head rotated.
@@ -279,7 +299,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
-             "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2"}
+             "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
+             "stablelm_par": "stablelm", "starcoder2": "starcoder2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -420,6 +441,41 @@ def write_gguf_phi2(model, path: Path, fused_qkv: bool = False):
             else:
                 out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    _finish(w)
+
+
+def write_gguf_layernorm_llama(model, arch: str, path: Path):
+    """As convert_hf_to_gguf.py writes stablelm (StableLMModel: rope.dimension_count
+    int(factor * head_dim), use_parallel_residual, layer_norm_epsilon; the parallel block has
+    no ffn_norm) and starcoder2 (the base TextModel's keys: no sliding window, the tied head
+    left out): the tensors under the shared names, biases included, rotary rows unpermuted."""
+    import gguf
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    hd = c.hidden_size // c.num_attention_heads
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    if arch == "stablelm":
+        w.add_rope_dimension_count(int(c.rope_parameters["partial_rotary_factor"] * hd))
+        w.add_parallel_residual(c.use_parallel_residual)
+        w.add_layer_norm_eps(c.layer_norm_eps)
+    else:
+        w.add_layer_norm_eps(c.norm_epsilon)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    glob = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+            "model.norm.bias": "output_norm.bias", "lm_head.weight": "output.weight"}
+    skip = ("lm_head.weight",) if c.tie_word_embeddings else ()
+    _add_block_tensors(w, model, glob, names, None, None, skip=skip)
     _finish(w)
 
 
@@ -613,12 +669,13 @@ def write_gguf(model, arch: str, path: Path):
 
 
 # The families with an adapter on PEFT's default target modules too (default_adapter/).
-DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq", "phi")
+# (PEFT 0.21 has no default target modules for starcoder2.)
+DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq", "phi", "stablelm")
 
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
-                "falcon_mq", "falcon_alibi")
+                "falcon_mq", "falcon_alibi", "stablelm", "starcoder2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
@@ -798,6 +855,8 @@ def build(family: str):
             write_gguf_falcon(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "phi2":
             write_gguf_phi2(model, out / "model.gguf")
+        elif GGUF_ARCH[family] in ("stablelm", "starcoder2"):
+            write_gguf_layernorm_llama(model, GGUF_ARCH[family], out / "model.gguf")
         else:
             write_gguf(model, GGUF_ARCH[family], out / "model.gguf")
         ll = llama_cpp_logits(out / "model.gguf", prompt[0].tolist())
@@ -815,7 +874,7 @@ def build(family: str):
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
         # (gpt2's tanh GELU goes through the same fp16 table in llama.cpp)
-        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom", "falcon", "phi")) else 1e-3
+        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom", "falcon", "phi", "starcoder2")) else 1e-3
         if diff > tol:
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff

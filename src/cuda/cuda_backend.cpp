@@ -196,7 +196,7 @@ class CudaBackend final : public Backend {
       f32_to_half(x16_.data(), x, T * L.in, t, stream_);
       blas_->gemm16_nt(t, T, L.out, L.in, 1.0f, x16_.data(), L.in, wh16_.data(), L.in, 0.0f, y, L.out);
     }
-    if (L.bias.size()) add_bias(y, L.bias.data(), T, L.out, stream_);
+    if (L.bias.size()) cuda::add_bias(y, L.bias.data(), T, L.out, stream_);
     round_activations(y, T * L.out, dt, stream_);
     if (lora) lora_forward(y, cache, *lora, x, T, training, rng, scratch);
   }

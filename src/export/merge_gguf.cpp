@@ -162,7 +162,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);
-  if (arch == "gptneox") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
+  if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));
   if (arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel: 0 means no window (Phi-4)
     w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -272,6 +272,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.write(out_path);
   if (bar) bar->finish("");
+  if (opt.log && arch == "starcoder2" && s.sliding_window > 0 && s.sliding_window < s.max_positions)
+    std::fprintf(stderr,
+                 "note: llama.cpp's starcoder2 has no sliding window (nor a GGUF key for one, as its converter "
+                 "writes it): it attends to the whole context, which is the model's own attention up to %lld "
+                 "tokens and differs past them\n",
+                 static_cast<long long>(s.sliding_window));
   if (opt.log && !fell_back.empty()) {
     if (opt.q4_k_m)
       std::fprintf(stderr,

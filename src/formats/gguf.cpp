@@ -802,6 +802,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.tie_word_embeddings = f.find_tensor("output.weight") == nullptr;
   hp.falcon_two_norms = hp.architecture == "falcon" && f.find_tensor("blk.0.attn_norm_2.weight") != nullptr;
   hp.fused_qkv = f.find_tensor("blk.0.attn_qkv.weight") != nullptr;
+  hp.ffn_norm = f.find_tensor("blk.0.ffn_norm.weight") != nullptr;
   hp.qk_rope_permuted = hp.architecture == "llama";
   return hp;
 }

@@ -217,6 +217,9 @@ struct GgufLlamaHParams {
   // blk.0.attn_qkv.weight exists: q, k and v in one tensor (phi2 GGUFs made from the original
   // microsoft/phi-2 checkpoint's Wqkv; those converted from transformers' layout keep three).
   bool fused_qkv = false;
+  // blk.0.ffn_norm.weight exists: a second norm before the MLP (stablelm's sequential block;
+  // llama.cpp's stablelm graph runs the parallel one without it).
+  bool ffn_norm = false;
   // {arch}.rope.scaling.type ("none", "linear", "yarn"), .factor, .original_context_length;
   // llama3-style scaling arrives as the tensor rope_freqs.weight instead (model_loader).
   std::string rope_scaling_type = "none";

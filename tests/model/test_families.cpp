@@ -49,7 +49,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi", "stablelm", "stablelm_par", "starcoder2", "starcoder2_swa",
                                             "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -95,7 +95,8 @@ std::vector<float> prompt_logits(const Model& m, const std::vector<int>& prompt)
   return out;
 }
 
-void expect_logits(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+void expect_logits(const std::vector<float>& got, const std::vector<float>& want, const std::string& what,
+                   double rel = kLogitRel) {
   ASSERT_EQ(got.size(), want.size()) << what;
   double worst = 0, peak = 0;
   size_t at = 0;
@@ -104,7 +105,7 @@ void expect_logits(const std::vector<float>& got, const std::vector<float>& want
     peak = std::max(peak, std::fabs(double(want[i])));
     if (!(d <= worst)) worst = d, at = i;
   }
-  EXPECT_LE(worst, kLogitRel * peak) << what << ": max |Δlogit| at " << at << " (ours " << got[at]
+  EXPECT_LE(worst, rel * peak) << what << ": max |Δlogit| at " << at << " (ours " << got[at]
                                      << ", reference " << want[at] << "; largest logit " << peak << ")";
 }
 
@@ -206,7 +207,15 @@ TEST_P(FamiliesBnb, EightBitCheckpointGivesBitsandbytesLogits) {
       ASSERT_TRUE(m.block_linear(l, w).is_int8()) << GetParam() << " layer " << l << " " << lins[w].module;
     }
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
-  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb8_logits")), GetParam() + " bnb8");
+  // LLM.int8 rounds each activation to a code: a value within float32 rounding of a code
+  // boundary flips with the last bit of the input. starcoder2's fixture has one: measured,
+  // bitsandbytes' own layer-1 c_fc output changes by 0.018 in its sum under 2e-7 relative
+  // noise on its input (one trial in five), and ours differs from it by that flip (0.018 of
+  // logits up to 6.1); our int8 products equal bitsandbytes' on the same input bit for bit
+  // (tests/quant). One flipped code moves the logits by ~3e-3 of the largest; a wrong
+  // block moves them by O(1).
+  const double rel = GetParam() == "starcoder2" ? 5e-3 : kLogitRel;
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb8_logits")), GetParam() + " bnb8", rel);
 }
 
 // Merging a pre-quantized checkpoint writes its dequantized weights in the family's own
@@ -227,7 +236,8 @@ TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
-                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m",
+                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "gpt2",
+                                           "gpt_neox", "opt", "opt_350m",
                                            "bloom", "falcon", "falcon_mq", "falcon_alibi"),
                          [](const auto& info) { return std::string(info.param); });
 
@@ -378,6 +388,24 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   refused(qkln, "qk_layernorm");
   phi["hidden_act"] = "relu";
   refused(phi, "hidden_act");
+  // stablelm: StableLmConfig's default partial_rotary_factor 0.25, the sequential block
+  // unless use_parallel_residual; StableLM 2 12B's qk_layernorm refused.
+  nlohmann::json slm = {{"model_type", "stablelm"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                        {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
+  const ModelSpec sslm = spec_from_hf_config(slm, "config.json");
+  EXPECT_EQ(sslm.rotary_dim, 4);
+  EXPECT_EQ(sslm.norm, NormKind::LayerNorm);
+  EXPECT_EQ(sslm.mlp, MlpKind::SwiGLU);
+  EXPECT_FALSE(sslm.parallel_residual || sslm.qkv_bias || sslm.o_bias || sslm.head_bias);
+  slm["qk_layernorm"] = true;
+  refused(slm, "qk_layernorm");
+  // starcoder2: a tied head, the tanh GELU and biases by default.
+  const nlohmann::json sc2 = {{"model_type", "starcoder2"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                              {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
+  const ModelSpec ssc2 = spec_from_hf_config(sc2, "config.json");
+  EXPECT_TRUE(ssc2.tied_embeddings && ssc2.qkv_bias && ssc2.o_bias && ssc2.mlp_bias);
+  EXPECT_EQ(ssc2.act, Activation::GeluTanh);
+  EXPECT_EQ(ssc2.sliding_window, 0);
 }
 
 // Phi-2 GGUFs made from the original checkpoint hold one attn_qkv (its Wqkv); the fixture
@@ -693,7 +721,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
                                            "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon",
-                                           "falcon_mq", "phi"),
+                                           "falcon_mq", "phi", "stablelm", "stablelm_par", "starcoder2"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -129,6 +129,11 @@ FAMILIES = {
                               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                    partial_rotary_factor=0.4),
                               resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
+    # misplaced one shows (embeddings x 3, scores x 0.2 instead of 1/sqrt(16), branches x 0.4,
+    # logits / 2.5); untied head.
+    "granite": ("GraniteConfig", dict(rope_theta=10000.0, embedding_multiplier=3.0, attention_multiplier=0.2,
+                                      residual_multiplier=0.4, logits_scaling=2.5, tie_word_embeddings=False)),
     # StableLM: Llama's SwiGLU MLP and GQA with LayerNorms (biases), q/k/v biases
     # (use_qkv_bias, StableLM 2 1.6B), partial rotary (StableLmConfig's default 0.25: 4 of 16
     # dims), the sequential block; and the parallel block with one norm, without q/k/v biases,
@@ -300,7 +305,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
              "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
-             "stablelm_par": "stablelm", "starcoder2": "starcoder2"}
+             "stablelm_par": "stablelm", "starcoder2": "starcoder2",
+             "granite": "granite"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -611,6 +617,11 @@ def write_gguf(model, arch: str, path: Path):
         rope_freqs = np.array(out, dtype=np.float32)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if arch == "granite":  # as convert_hf_to_gguf.py's GraniteModel
+        w.add_attention_scale(c.attention_multiplier)
+        w.add_embedding_scale(c.embedding_multiplier)
+        w.add_residual_scale(c.residual_multiplier)
+        w.add_logit_scale(c.logits_scaling)
     rope_factors = None
     if arch == "phi3":  # as Phi3MiniModel: window 0 = none, the original context, longrope as tensors
         import math
@@ -653,9 +664,9 @@ def write_gguf(model, arch: str, path: Path):
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
-            if arch == "llama" and mod == "self_attn.q_proj":
+            if arch in ("llama", "granite") and mod == "self_attn.q_proj":
                 t = permute(t, c.num_attention_heads)
-            if arch == "llama" and mod == "self_attn.k_proj":
+            if arch in ("llama", "granite") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
             if arch in ("gemma2", "gemma3"):  # convert_hf_to_gguf.py's Gemma2/3 norm names
@@ -675,7 +686,8 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
-                "falcon_mq", "falcon_alibi", "stablelm", "starcoder2")
+                "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
+                "granite")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):

@@ -277,8 +277,8 @@ class CudaBackend final : public Backend {
     cuda::residual_forward(out, a, b, N, stream_);
   }
   void residual_backward(float* da, float* db, const float* dout, int64_t N) override {
-    if (da) axpy(da, 1.0f, dout, N, stream_);  // da + dout * 1: exactly da + dout
-    if (db) axpy(db, 1.0f, dout, N, stream_);
+    if (da) cuda::axpy(da, 1.0f, dout, N, stream_);  // da + dout * 1: exactly da + dout
+    if (db) cuda::axpy(db, 1.0f, dout, N, stream_);
   }
   void slice_forward(float* out, const float* in, int64_t T, int64_t in_width, int64_t offset, int64_t width,
                      int64_t groups, int64_t stride) override {
@@ -354,6 +354,7 @@ class CudaBackend final : public Backend {
     return static_cast<float>(sum / static_cast<double>(M));
   }
   void scale(float* x, int64_t n, float s) override { cuda::scale(x, s, n, stream_); }
+  void axpy(float* y, float alpha, const float* x, int64_t n) override { cuda::axpy(y, alpha, x, n, stream_); }
   void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
     const int32_t* dev = upload_indices(idx);
     cuda::gather_rows(dst, src, dev, static_cast<int64_t>(idx.size()), width, stream_);
@@ -484,7 +485,7 @@ class CudaBackend final : public Backend {
     float* h = cache ? cache->h : scratch.h;
     blas_->sgemm_nt(T, r, in, 1.0f, xin, in, d.A.data(), in, 0.0f, h, r);
     blas_->sgemm_nt(T, out, r, 1.0f, h, r, d.B.data(), r, 0.0f, scratch.y, out);
-    axpy(y, L.scaling, scratch.y, T * out, stream_);  // y += tmp * scaling, as the CPU
+    cuda::axpy(y, L.scaling, scratch.y, T * out, stream_);  // y += tmp * scaling, as the CPU
   }
   void lora_backward(float* dx, LoraLayer& L, const float* dy, const float* x, const LoraCache& cache, int64_t T,
                      const LoraScratch& scratch) {

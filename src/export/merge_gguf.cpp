@@ -120,7 +120,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "a GGUF cannot carry rope scaling on gemma3's sliding layers");
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
-  const bool permute_qk = arch == "llama";  // llama.cpp's llama graph expects its rotary row order
+  // llama.cpp's llama and granite graphs expect their converter's rotary row order.
+  const bool permute_qk = arch == "llama" || arch == "granite";
 
   GgufWriter w;
   w.set_string("general.architecture", arch);
@@ -162,6 +163,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);
+  if (arch == "granite") {  // as convert_hf_to_gguf.py's GraniteModel
+    w.set_f32(a + "attention.scale", s.attn_scale > 0.0f ? s.attn_scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim)));
+    w.set_f32(a + "embedding_scale", s.embed_multiplier);
+    w.set_f32(a + "residual_scale", s.residual_multiplier);
+    w.set_f32(a + "logit_scale", s.logit_divisor);
+  } else if (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f) {
+    fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
+  }
   if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));
   if (arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel: 0 means no window (Phi-4)

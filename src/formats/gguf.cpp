@@ -803,7 +803,16 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.falcon_two_norms = hp.architecture == "falcon" && f.find_tensor("blk.0.attn_norm_2.weight") != nullptr;
   hp.fused_qkv = f.find_tensor("blk.0.attn_qkv.weight") != nullptr;
   hp.ffn_norm = f.find_tensor("blk.0.ffn_norm.weight") != nullptr;
-  hp.qk_rope_permuted = hp.architecture == "llama";
+  hp.attention_scale = f.get_f32_or(a + "attention.scale", 0.0f);
+  hp.embedding_scale = f.get_f32_or(a + "embedding_scale", 1.0f);
+  hp.residual_scale = f.get_f32_or(a + "residual_scale", 1.0f);
+  hp.logit_scale = f.get_f32_or(a + "logit_scale", 1.0f);
+  for (const float* v : {&hp.attention_scale, &hp.embedding_scale, &hp.residual_scale, &hp.logit_scale})
+    if (!(*v >= 0.0f) || !std::isfinite(*v) || (v != &hp.attention_scale && *v == 0.0f))
+      fail(f.path(), "metadata keys " + quote(a + "attention.scale") + ", embedding_scale, residual_scale and "
+                         "logit_scale must be positive");
+  // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
+  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite";
   return hp;
 }
 

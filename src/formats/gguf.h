@@ -235,6 +235,9 @@ struct GgufLlamaHParams {
   std::vector<bool> swa_layers;
   float rope_theta_swa = 0.0f;  // {arch}.rope.freq_base_swa (0: absent)
   bool parallel_residual = true;  // {arch}.use_parallel_residual (gptneox)
+  // granite: {arch}.attention.scale (0: absent), .embedding_scale, .residual_scale,
+  // .logit_scale (1: absent).
+  float attention_scale = 0.0f, embedding_scale = 1.0f, residual_scale = 1.0f, logit_scale = 1.0f;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

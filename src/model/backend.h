@@ -225,6 +225,8 @@ class Backend {
   virtual float cross_entropy(float* dlogits, const float* logits, std::span<const int> targets, int64_t V) = 0;
   // x (n) *= s.
   virtual void scale(float* x, int64_t n, float s) = 0;
+  // y (n) += alpha * x (n) (a scaled branch's backward).
+  virtual void axpy(float* y, float alpha, const float* x, int64_t n) = 0;
   // dst row i = src row idx[i] (gather), and dst row idx[i] = src row i (scatter, the other
   // rows untouched); rows of `width` floats, idx on the host.
   virtual void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) = 0;

@@ -64,6 +64,9 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Act:
         be.act_backward(s.act, g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T));
         break;
+      case BlockOpKind::Scale:
+        be.axpy(g(o.in0), o.factor, dy, p.floats(o.out, T, T));
+        break;
       case BlockOpKind::Slice:
         be.slice_backward(g(o.in0), dy, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,
                           o.group_stride);

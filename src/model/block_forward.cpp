@@ -151,6 +151,10 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::Act:
         be.act_forward(s.act, out, in0, n_of(o.out));
         break;
+      case BlockOpKind::Scale:
+        be.copy(out, in0, n_of(o.out));
+        be.scale(out, n_of(o.out), o.factor);
+        break;
       case BlockOpKind::Slice:
         be.slice_forward(out, in0, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,
                          o.group_stride);

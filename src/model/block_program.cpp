@@ -67,6 +67,15 @@ void BlockProgram::add_residual(int out, int a, int b) {
   op(o);
 }
 
+void BlockProgram::add_scale(int out, int in, float factor) {
+  BlockOp o{BlockOpKind::Scale};
+  o.out = out;
+  o.in0 = in;
+  o.factor = factor;
+  o.round = true;
+  op(o);
+}
+
 void BlockProgram::add_attention(int out, int q, int k, int v) {
   BlockOp o{BlockOpKind::Attention};
   o.out = out;
@@ -181,6 +190,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", stat, true));
     attn_out = normed;
   }
+  if (s.residual_multiplier != 1.0f) {  // granite: residual + attention * m
+    const int scaled = p.buffer("o_scaled", C);
+    p.add_scale(scaled, attn_out, s.residual_multiplier);
+    attn_out = scaled;
+  }
   // The MLP reads x_mid = x_in + attention (sequential), or x_in itself (parallel residual).
   int xmid = p.input_;
   if (!s.parallel_residual) {
@@ -223,6 +237,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", stat, true));
     mlp_out = normed;
   }
+  if (s.residual_multiplier != 1.0f) {  // granite: residual + mlp * m
+    const int scaled = p.buffer("down_scaled", C);
+    p.add_scale(scaled, mlp_out, s.residual_multiplier);
+    mlp_out = scaled;
+  }
   p.output_ = p.buffer("x_out", C);
   if (s.parallel_residual) {  // gpt_neox: (mlp + attention) + x, in that order
     const int branches = p.buffer("branches", C);
@@ -251,7 +270,8 @@ void BlockProgram::finish() {
       case BlockOpKind::Act: keep(o.in0); break;
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
-      case BlockOpKind::Slice: break;
+      case BlockOpKind::Slice:
+      case BlockOpKind::Scale: break;
     }
   }
   // Inference slots: a buffer's life runs from the op that first writes it to the last op

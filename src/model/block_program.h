@@ -36,6 +36,7 @@ enum class BlockOpKind : uint8_t {
   Residual,   // out = in0 + in1
   Slice,      // out = columns [offset, offset + width) of in0 (a fused Linear's part), or of each
               // of `groups` groups of group_stride columns (per-head fused q/k/v)
+  Scale,      // out = in0 * factor (Granite's residual_multiplier on a branch output)
 };
 
 struct BlockOp {
@@ -51,6 +52,7 @@ struct BlockOp {
   int64_t heads = 0;             // Rope: heads in the buffer (and width: the rotated dims)
   int64_t offset = 0;            // Slice: first column
   int64_t groups = 1, group_stride = 0;
+  float factor = 1.0f;           // Scale
 };
 
 struct BlockBuffer {
@@ -107,6 +109,7 @@ class BlockProgram {
   void add_linear(int out, int in, int which);
   void add_rope(int buf, int64_t heads);
   void add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0);
+  void add_scale(int out, int in, float factor);  // (rounded)
   void add_residual(int out, int a, int b);
   void add_attention(int out, int q, int k, int v);  // (declares its probabilities buffer)
   void add_act(int out, int in);

@@ -334,6 +334,10 @@ class CpuBackend final : public Backend {
   void scale(float* x, int64_t n, float s) override {
     for (int64_t i = 0; i < n; ++i) x[i] *= s;
   }
+  void axpy(float* y, float alpha, const float* x, int64_t n) override {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+  }
   void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
     for (size_t i = 0; i < idx.size(); ++i) std::copy_n(src + idx[i] * width, width, dst + static_cast<int64_t>(i) * width);
   }

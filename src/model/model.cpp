@@ -306,9 +306,18 @@ const float* head_input_forward(Backend& be, float* e, float* h, float* stats, c
   return e;
 }
 
+void logit_divide(Backend& be, float* logits, int64_t n, float divisor, ComputeDType dtype) {
+  be.scale(logits, n, 1.0f / divisor);
+  be.round(logits, n, dtype);
+}
+
 void embed_extras(Backend& be, float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model) {
   const ModelSpec& s = model.spec();
   if (s.embed_scale) be.embed_scale(x, T * s.hidden, s.hidden, model.compute_dtype());
+  if (s.embed_multiplier != 1.0f) {  // granite: inputs_embeds * embedding_multiplier
+    be.scale(x, T * s.hidden, s.embed_multiplier);
+    be.round(x, T * s.hidden, model.compute_dtype());
+  }
   if (s.positional == PositionalKind::Learned) add_position_embeddings(be, x, scratch, pos, T, model);
   if (s.embed_norm)  // (in place: each row is read whole before it is written)
     be.layernorm_forward(x, x, model.embed_norm().data(), model.embed_norm_bias().data(), T, s.hidden, s.norm_eps,
@@ -529,6 +538,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   be.dense_forward(lg, e, n, model.lm_head());
   if (s.head_bias) be.add_bias(lg, model.lm_head_bias().data(), n, s.vocab);
   be.round(lg, n * s.vocab, dt);
+  if (s.logit_divisor != 1.0f) logit_divide(be, lg, n * s.vocab, s.logit_divisor, dt);
   if (s.final_softcap > 0.0f) be.softcap_forward(lg, n * s.vocab, s.final_softcap, dt);
   if (lg != logits) be.download(logits, lg, n * s.vocab);
 }
@@ -644,6 +654,7 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   be.dense_forward(logits, e, N, model.lm_head());
   if (s.head_bias) be.add_bias(logits, model.lm_head_bias().data(), N, s.vocab);
   be.round(logits, N * s.vocab, dt);
+  if (s.logit_divisor != 1.0f) logit_divide(be, logits, N * s.vocab, s.logit_divisor, dt);
   if (s.final_softcap > 0.0f) be.softcap_forward(logits, N * s.vocab, s.final_softcap, dt);
   be.synchronize();
 }

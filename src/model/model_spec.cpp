@@ -66,6 +66,9 @@ void ModelSpec::validate(const std::string& where) const {
   if (attn_scale < 0.0f || attn_softcap < 0.0f || final_softcap < 0.0f || !std::isfinite(attn_scale) ||
       !std::isfinite(attn_softcap) || !std::isfinite(final_softcap))
     fail(where, "attention scale and soft caps must be finite and non-negative");
+  for (float m : {embed_multiplier, residual_multiplier, logit_divisor})
+    if (!(m > 0.0f) || !std::isfinite(m))
+      fail(where, "embedding, residual and logit multipliers must be positive and finite, got " + std::to_string(m));
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");

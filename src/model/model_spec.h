@@ -191,6 +191,13 @@ struct ModelSpec {
   // rmsnorm_forward's weight_offset 1), and the embeddings are multiplied by sqrt(hidden).
   bool norm_unit_offset = false;
   bool embed_scale = false;
+  // Granite's multipliers (1: none): the embeddings are multiplied by embed_multiplier, each
+  // branch output (attention, MLP) by residual_multiplier before its residual add, and the
+  // logits divided by logit_divisor (logits_scaling); its attention scale is attn_scale.
+  // Each product is rounded to the compute dtype, as transformers' bf16 tensors are.
+  float embed_multiplier = 1.0f;
+  float residual_multiplier = 1.0f;
+  float logit_divisor = 1.0f;
   float norm_offset() const { return norm_unit_offset ? 1.0f : 0.0f; }
 
   int bos_id = -1;               // -1: none

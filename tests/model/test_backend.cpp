@@ -250,6 +250,10 @@ class CheckingBackend final : public Backend {
     f(x, n, "scale");
     cpu().scale(x, n, s);
   }
+  void axpy(float* y, float alpha, const float* x, int64_t n) override {
+    f3(y, x, x, n, "axpy");
+    cpu().axpy(y, alpha, x, n);
+  }
   void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
     f(dst, static_cast<int64_t>(idx.size()) * width, "gather dst");
     for (int64_t i : idx) f(src + i * width, width, "gather src row");

@@ -49,7 +49,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi", "stablelm", "stablelm_par", "starcoder2", "starcoder2_swa",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi", "stablelm", "stablelm_par", "starcoder2", "starcoder2_swa", "granite",
                                             "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -236,7 +236,7 @@ TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
-                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "gpt2",
+                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "granite", "gpt2",
                                            "gpt_neox", "opt", "opt_350m",
                                            "bloom", "falcon", "falcon_mq", "falcon_alibi"),
                          [](const auto& info) { return std::string(info.param); });
@@ -406,6 +406,15 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   EXPECT_TRUE(ssc2.tied_embeddings && ssc2.qkv_bias && ssc2.o_bias && ssc2.mlp_bias);
   EXPECT_EQ(ssc2.act, Activation::GeluTanh);
   EXPECT_EQ(ssc2.sliding_window, 0);
+  // granite: the four multipliers default to 1 (a plain llama block); a non-positive one is refused.
+  nlohmann::json gr = {{"model_type", "granite"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                       {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
+  const ModelSpec sgr = spec_from_hf_config(gr, "config.json");
+  EXPECT_EQ(sgr.embed_multiplier, 1.0f);
+  EXPECT_EQ(sgr.residual_multiplier, 1.0f);
+  EXPECT_EQ(sgr.logit_divisor, 1.0f);
+  gr["logits_scaling"] = 0.0;
+  refused(gr, "logits_scaling");
 }
 
 // Phi-2 GGUFs made from the original checkpoint hold one attn_qkv (its Wqkv); the fixture
@@ -721,7 +730,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
                                            "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon",
-                                           "falcon_mq", "phi", "stablelm", "stablelm_par", "starcoder2"),
+                                           "falcon_mq", "phi", "stablelm", "stablelm_par", "starcoder2", "granite"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -129,6 +129,8 @@ FAMILIES = {
                               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                    partial_rotary_factor=0.4),
                               resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
+    "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
     # misplaced one shows (embeddings x 3, scores x 0.2 instead of 1/sqrt(16), branches x 0.4,
     # logits / 2.5); untied head.
@@ -306,7 +308,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
              "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
-             "granite": "granite"}
+             "granite": "granite", "olmo2": "olmo2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -669,6 +671,9 @@ def write_gguf(model, arch: str, path: Path):
             if arch in ("llama", "granite") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
+            if arch == "olmo2":  # llama.cpp's olmo2 names its two norms these
+                gname = {"post_attention_layernorm": "post_attention_norm",
+                         "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
             if arch in ("gemma2", "gemma3"):  # convert_hf_to_gguf.py's Gemma2/3 norm names
                 gname = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
                          "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
@@ -687,7 +692,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite")
+                "granite", "olmo2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):

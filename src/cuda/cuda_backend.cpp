@@ -143,7 +143,8 @@ class CudaBackend final : public Backend {
     if (s.norm == NormKind::LayerNorm)
       cuda::layernorm_forward(out, stats, in, vec(weight, C), vec(bias, C), rows, C, s.norm_eps, dtype, stream_);
     else
-      rmsnorm_forward(out, stats, in, vec(weight, C), rows, C, s.norm_eps, dtype, s.norm_offset(), stream_);
+      rmsnorm_forward(out, stats, in, vec(weight, C), rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once,
+                      stream_);
   }
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {

@@ -566,7 +566,7 @@ __global__ void embedding_kernel(float* out, const int32_t* tokens, const void* 
 
 // offset != 0: Gemma's (x r) (offset + w) in float32, rounded once.
 __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const float* weight, int64_t C, float eps,
-                               float offset, int rnd) {
+                               float offset, int rnd, int once) {
   const int64_t t = blockIdx.x;
   const float* xr = x + t * C;
   float* o = out + t * C;
@@ -576,7 +576,7 @@ __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const fl
   const float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(C)), eps)));
   if (rstd && threadIdx.x == 0) rstd[t] = r;
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
-    if (offset != 0.0f)
+    if (offset != 0.0f || once)
       o[i] = round_to(__fmul_rn(__fmul_rn(r, xr[i]), __fadd_rn(offset, weight[i])), rnd);
     else if (rnd == kRound32)
       o[i] = __fmul_rn(weight[i], __fmul_rn(r, xr[i]));
@@ -971,9 +971,14 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weigh
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
                      ComputeDType dtype, float weight_offset, cudaStream_t s) {
+  rmsnorm_forward(out, rstd, x, weight, T, C, eps, dtype, weight_offset, false, s);
+}
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
+                     ComputeDType dtype, float weight_offset, bool round_once, cudaStream_t s) {
   if (T == 0) return;
   rmsnorm_kernel<<<static_cast<unsigned>(T), 256, 0, s>>>(out, rstd, x, weight, C, eps, weight_offset,
-                                                          round_code(dtype));
+                                                          round_code(dtype), round_once ? 1 : 0);
   check_launch("rmsnorm_forward");
 }
 

@@ -87,6 +87,9 @@ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weigh
 // The same with ops.h's weight_offset (Gemma: offset 1, out = (x r) (1 + w) rounded once).
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
                      ComputeDType dtype, float weight_offset, cudaStream_t s);
+// The same with ops.h's round_once (OLMo 2: out = (x r) w rounded once).
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t T, int64_t C, float eps,
+                     ComputeDType dtype, float weight_offset, bool round_once, cudaStream_t s);
 
 // ops.h rope_forward in place on x (T, NH, HS) with cos/sin (T, HS/2) from rope_tables.
 void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s);

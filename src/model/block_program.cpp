@@ -143,8 +143,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     return p;
   }
   // --- attention: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) of norm(x_in)
-  const int h1 = p.buffer("h_attn", C);
-  p.add_norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
+  int h1 = p.input_;  // (OLMo 2: the branches read the stream itself)
+  if (s.pre_norms) {
+    h1 = p.buffer("h_attn", C);
+    p.add_norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
+  }
   const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
   // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
   // norms that sit between the projections and rotary.
@@ -173,7 +176,10 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_linear(kproj, h1, 1);
     p.add_linear(v, h1, 2);
   }
-  if (s.qk_norm) {
+  if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
+    p.add_norm(q, qproj, NormRole::QHead, 1, QD, p.buffer("rstd_q", 1, true));
+    p.add_norm(k, kproj, NormRole::KHead, 1, KVD, p.buffer("rstd_k", 1, true));
+  } else if (s.qk_norm) {
     p.add_norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
     p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   }
@@ -203,7 +209,9 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   }
   // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), or down(act(up(h))), h = norm(x_mid)
   int h2 = h1;  // (falcon-7b: the MLP reads the attention's normed input)
-  if (!s.shared_branch_norm) {
+  if (!s.pre_norms) {
+    h2 = xmid;
+  } else if (!s.shared_branch_norm) {
     h2 = p.buffer("h_mlp", C);
     p.add_norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
                p.buffer("rstd_mlp", stat, true));

@@ -128,7 +128,7 @@ class CpuBackend final : public Backend {
     if (s.norm == NormKind::LayerNorm)
       qlora::layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype);
     else
-      rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset());
+      rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once);
   }
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {

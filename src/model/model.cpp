@@ -146,16 +146,20 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       }
     };
     const bool ln = spec.norm == NormKind::LayerNorm;
-    L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
-    progress(name("input_layernorm"));
+    if (spec.pre_norms) {
+      L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
+      progress(name("input_layernorm"));
+    }
     if (ln) {
       L.input_norm_bias = load_vector(src, name("input_layernorm", "bias"), opt.compute_dtype);
       progress(name("input_layernorm", "bias"));
     }
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
     if (spec.sandwich_norms) {
-      L.pre_ffn_norm = load_vector(src, name("pre_feedforward_layernorm"), opt.compute_dtype);
-      progress(name("pre_feedforward_layernorm"));
+      if (spec.pre_norms) {
+        L.pre_ffn_norm = load_vector(src, name("pre_feedforward_layernorm"), opt.compute_dtype);
+        progress(name("pre_feedforward_layernorm"));
+      }
       L.post_ffn_norm = load_vector(src, name("post_feedforward_layernorm"), opt.compute_dtype);
       progress(name("post_feedforward_layernorm"));
     }

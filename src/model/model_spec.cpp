@@ -56,6 +56,9 @@ void ModelSpec::validate(const std::string& where) const {
   if (embed_dim < 0 || embed_dim > kMax) fail(where, "implausible embedding width " + std::to_string(embed_dim));
   if (post_norm && (parallel_residual || sandwich_norms || shared_branch_norm || qk_norm))
     fail(where, "post-norm blocks with a parallel residual, sandwich, shared or q/k norms are not a known variant");
+  if (!pre_norms && (!sandwich_norms || parallel_residual || post_norm || norm != NormKind::RMSNorm))
+    fail(where, "blocks without pre-norms are built with post-branch RMSNorms on a sequential block (OLMo 2) only");
+  if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
   if (projects_embeddings() && (embed_scale || embed_norm))
     fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
   if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
@@ -117,17 +120,17 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     t.push_back({"model.embed_norm.bias", {hidden}});
   }
   for (int64_t l = 0; l < n_layers; ++l) {
-    t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
+    if (pre_norms) t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
     if (sandwich_norms) {
-      t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
+      if (pre_norms) t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
     }
     if (qk_norm) {
-      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {head_dim}});
-      t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {head_dim}});
+      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {qk_norm_full ? q_dim() : head_dim}});
+      t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {qk_norm_full ? kv_dim() : head_dim}});
     }
     if (!shared_branch_norm) {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});

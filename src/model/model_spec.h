@@ -181,6 +181,16 @@ struct ModelSpec {
   // (post_attention_layernorm, post_feedforward_layernorm) before their residual adds, and
   // the MLP input has its own norm (pre_feedforward_layernorm).
   bool sandwich_norms = false;
+  // false (OLMo 2): no norm before the branches -- attention and the MLP read the stream
+  // itself, and only sandwich_norms' post norms (post_attention_layernorm,
+  // post_feedforward_layernorm) sit before the residual adds.
+  bool pre_norms = true;
+  // qk_norm over all heads of q (and of k) at once, weights of q_dim / kv_dim values (OLMo 2)
+  // instead of one head_dim weight shared by the heads.
+  bool qk_norm_full = false;
+  // RMSNorm computes weight * (x rstd) in float32 and rounds once (OLMo 2's), where Llama's
+  // rounds x rstd to the compute dtype first.
+  bool norm_round_once = false;
   // Attention scores are scaled by attn_scale (0: 1/sqrt(head_dim); gemma2:
   // query_pre_attn_scalar^-0.5) and, when > 0, soft-capped: cap * tanh(score / cap).
   float attn_scale = 0.0f;

@@ -28,7 +28,7 @@ void embedding_forward(float* out, const int* tokens, int64_t T, const DenseWeig
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C,
-                     float eps, ComputeDType dtype, float weight_offset) {
+                     float eps, ComputeDType dtype, float weight_offset, bool round_once) {
   for (int64_t t = 0; t < T; ++t) {
     const float* x = inp + t * C;
     float* o = out + t * C;
@@ -36,7 +36,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
     for (int64_t i = 0; i < C; ++i) ss += x[i] * x[i];
     const float r = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
     if (rstd) rstd[t] = r;
-    if (weight_offset != 0.0f) {  // Gemma: (x r) (offset + w) in float32, rounded once
+    if (weight_offset != 0.0f || round_once) {  // Gemma, OLMo 2: (x r) (offset + w) in float32, rounded once
       for (int64_t i = 0; i < C; ++i) {
         const float v = (r * x[i]) * (weight_offset + weight[i]);
         o[i] = dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype);

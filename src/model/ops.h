@@ -26,9 +26,11 @@ void embedding_forward(float* out, const int* tokens, int64_t T, const DenseWeig
 // The normalized value is rounded to `dtype` before the weight multiply, as Hugging Face
 // LlamaRMSNorm does (`weight * hidden.to(input_dtype)`); the result is rounded too.
 // weight_offset 1 is Gemma's RMSNorm instead: the scale is (1 + weight) in float32 and only
-// the product is rounded (`(x * (1 + w.float())).type_as(x)`).
+// the product is rounded (`(x * (1 + w.float())).type_as(x)`). round_once: the same single
+// rounding with the weight as it is (OLMo 2's `(self.weight * hidden_states).to(input_dtype)`).
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C,
-                     float eps, ComputeDType dtype = ComputeDType::F32, float weight_offset = 0.0f);
+                     float eps, ComputeDType dtype = ComputeDType::F32, float weight_offset = 0.0f,
+                     bool round_once = false);
 
 // Gemma's embedding scale, in place on x (n): x = round(x * round(sqrt(hidden))) in `dtype`
 // (transformers multiplies by sqrt(hidden) cast to the embedding's dtype).

@@ -129,6 +129,14 @@ FAMILIES = {
                               rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                    partial_rotary_factor=0.4),
                               resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    # GPT-J: one LayerNorm feeding parallel attention and MLP, rotary on 6 of each head's 16
+    # dims in adjacent pairs (rotate_every_two), no attention biases, fc_in / gelu_new / fc_out
+    # with biases, an untied head with a bias; gpt2's key names.
+    "gptj": ("GPTJConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "hidden_size", "intermediate_size",
+                                       "num_hidden_layers", "num_attention_heads", "max_position_embeddings"),
+                                n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=128, rotary_dim=6,
+                                layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                initializer_range=0.3, tie_word_embeddings=False)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -686,13 +694,14 @@ def write_gguf(model, arch: str, path: Path):
 
 # The families with an adapter on PEFT's default target modules too (default_adapter/).
 # (PEFT 0.21 has no default target modules for starcoder2.)
-DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq", "phi", "stablelm")
+DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq", "phi", "stablelm",
+                           "gptj")
 
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2")
+                "granite", "olmo2", "gptj")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):

@@ -586,15 +586,17 @@ __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const fl
 }
 
 // half = rot / 2: the pairs (i, i + half) of the first rot dims of each head rotate.
-__global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_t NH, int64_t HS, int64_t half) {
+__global__ void rope_kernel(float* x, const float* cos, const float* sin, int64_t NH, int64_t HS, int64_t half,
+                            int64_t step, int64_t partner) {
   const int64_t t = blockIdx.y, h = blockIdx.x;
   const float* c = cos + t * half;
   const float* s = sin + t * half;
   float* v = x + (t * NH + h) * HS;
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float x0 = v[i], x1 = v[i + half];
-    v[i] = __fsub_rn(__fmul_rn(x0, c[i]), __fmul_rn(x1, s[i]));
-    v[i + half] = __fadd_rn(__fmul_rn(x1, c[i]), __fmul_rn(x0, s[i]));
+    float* a = v + i * step;  // the pair (i, i + half), or (2i, 2i + 1) interleaved
+    const float x0 = a[0], x1 = a[partner];
+    a[0] = __fsub_rn(__fmul_rn(x0, c[i]), __fmul_rn(x1, s[i]));
+    a[partner] = __fadd_rn(__fmul_rn(x1, c[i]), __fmul_rn(x0, s[i]));
   }
 }
 
@@ -988,6 +990,11 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 
 void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
                   cudaStream_t s) {
+  rope_forward(x, cos, sin, T, NH, HS, rot, false, s);
+}
+
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                  bool interleaved, cudaStream_t s) {
   if (T == 0) return;
   check(rot >= 0 && rot <= HS && rot % 2 == 0, "cuda::rope_forward", "rot must be even and at most the head size");
   const int64_t half = (rot > 0 ? rot : HS) / 2;
@@ -995,7 +1002,8 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
   for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {  // (tokens on the grid's y dimension)
     const int64_t nt = std::min(kMaxGridY, T - t0);
     rope_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(nt)), threads, 0, s>>>(
-        x + t0 * NH * HS, cos + t0 * half, sin + t0 * half, NH, HS, half);
+        x + t0 * NH * HS, cos + t0 * half, sin + t0 * half, NH, HS, half, interleaved ? 2 : 1,
+        interleaved ? 1 : half);
     check_launch("rope_forward");
   }
 }

@@ -96,6 +96,8 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
 // The same on the first rot dims of each head only (partial rotary; cos/sin (T, rot/2); rot 0
 // means HS), the other HS - rot passed through: ops.h rope_forward's rot.
 void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                  bool interleaved, cudaStream_t s);
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
                   cudaStream_t s);
 
 // What the families change in attention (ops.h attention_forward's scale, softcap and

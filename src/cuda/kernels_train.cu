@@ -42,15 +42,16 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
 }
 
 __global__ void rope_backward_kernel(float* dx, const float* cos, const float* sin, int64_t NH, int64_t HS,
-                                     int64_t half) {
+                                     int64_t half, int64_t step, int64_t partner) {
   const int64_t t = blockIdx.y, h = blockIdx.x;
   const float* c = cos + t * half;
   const float* s = sin + t * half;
   float* g = dx + (t * NH + h) * HS;
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    const float g0 = g[i], g1 = g[i + half];
-    g[i] = __fadd_rn(__fmul_rn(g0, c[i]), __fmul_rn(g1, s[i]));
-    g[i + half] = __fsub_rn(__fmul_rn(g1, c[i]), __fmul_rn(g0, s[i]));
+    float* a = g + i * step;  // the pair (i, i + half), or (2i, 2i + 1) interleaved
+    const float g0 = a[0], g1 = a[partner];
+    a[0] = __fadd_rn(__fmul_rn(g0, c[i]), __fmul_rn(g1, s[i]));
+    a[partner] = __fsub_rn(__fmul_rn(g1, c[i]), __fmul_rn(g0, s[i]));
   }
 }
 
@@ -356,6 +357,11 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
 
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
                    cudaStream_t s) {
+  rope_backward(dx, cos, sin, T, NH, HS, rot, false, s);
+}
+
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                   bool interleaved, cudaStream_t s) {
   if (T == 0) return;
   check(rot >= 0 && rot <= HS && rot % 2 == 0, "cuda::rope_backward", "rot must be even and at most the head size");
   const int64_t half = (rot > 0 ? rot : HS) / 2;
@@ -363,7 +369,8 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int
   for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {  // (tokens on the grid's y dimension)
     const int64_t nt = std::min(kMaxGridY, T - t0);
     rope_backward_kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(nt)), threads, 0, s>>>(
-        dx + t0 * NH * HS, cos + t0 * half, sin + t0 * half, NH, HS, half);
+        dx + t0 * NH * HS, cos + t0 * half, sin + t0 * half, NH, HS, half, interleaved ? 2 : 1,
+        interleaved ? 1 : half);
     check_launch("rope_backward");
   }
 }

@@ -37,6 +37,8 @@ void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const fl
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, cudaStream_t s);
 // The same on the first rot dims of each head (partial rotary; rot 0 means HS).
 void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                   bool interleaved, cudaStream_t s);
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
                    cudaStream_t s);
 
 // dgate (N) += dout · up · σ(g) (1 + g (1 - σ(g)));  dup (N) += dout · silu(g).

@@ -144,11 +144,12 @@ class Backend {
   // only (nothing below needs the input gradient; tile unused).
   virtual void linear_backward(float* dx, const float* dy, const float* x, int64_t T, const QuantLinear& W,
                                LoraLayer* lora, const LoraCache* cache, float* tile, const LoraScratch& scratch) = 0;
-  // Rotary in place on x (T, NH, HS), the first `rot` dims of each head; backward rotates back.
+  // Rotary in place on x (T, NH, HS), the first `rot` dims of each head, pairs (i, i + rot/2)
+  // or, interleaved, (2i, 2i + 1) (ops.h rope_forward); backward rotates back.
   virtual void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
-                            int64_t rot) = 0;
+                            int64_t rot, bool interleaved) = 0;
   virtual void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
-                             int64_t rot) = 0;
+                             int64_t rot, bool interleaved) = 0;
   // Attention (ops.h attention_forward / ops_backward.h attention_backward): probabilities in
   // att when not null, else scores in scratch (attention_scratch_floats). Backward: dq, dk,
   // dv accumulate; dprobs (NH, T, Tk) and raw (attention_backward_scratch_floats) are scratch.

@@ -37,7 +37,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       }
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
-        be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width);
+        be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();

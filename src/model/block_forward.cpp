@@ -63,7 +63,7 @@ void block_forward(const BlockRun& r) {
         break;
       }
       case BlockOpKind::Rope:
-        be.rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim, o.width);
+        be.rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {
         const float* k = in1;

@@ -183,13 +183,13 @@ class CpuBackend final : public Backend {
     if (lora) lora_backward(dx, *lora, dy, x, *cache, T, scratch);
   }
 
-  void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
-                    int64_t rot) override {
-    qlora::rope_forward(x, cos, sin, T, NH, HS, rot);
+  void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                    bool interleaved) override {
+    qlora::rope_forward(x, cos, sin, T, NH, HS, rot, interleaved);
   }
-  void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
-                     int64_t rot) override {
-    qlora::rope_backward(dx, cos, sin, T, NH, HS, rot);
+  void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                     bool interleaved) override {
+    qlora::rope_backward(dx, cos, sin, T, NH, HS, rot, interleaved);
   }
 
   void attention_forward(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,

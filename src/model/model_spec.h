@@ -130,6 +130,9 @@ struct ModelSpec {
   // (partial_rotary_factor < 1: phi-4-mini); 0 = the whole head.
   int64_t rotary_dim = 0;
   int64_t rope_dims() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
+  // Rotary pairs are adjacent dims (2i, 2i + 1) (GPT-J's and Cohere's rotate_every_two)
+  // rather than (i, i + dims / 2) (rotate_half).
+  bool rope_interleaved = false;
   // The fused qkv Linear's rows are per head, q k v within each ((heads, 3, head_dim):
   // gpt_neox's query_key_value) rather than all q, then k, then v (phi3). REQUIRES fused_qkv
   // and n_kv_heads == n_heads.

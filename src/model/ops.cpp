@@ -147,17 +147,21 @@ void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, 
     }
 }
 
-void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot) {
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                  bool interleaved) {
   const int64_t half = (rot > 0 ? rot : HS) / 2;
+  // The pair of frequency i: (i, i + half), or (2i, 2i + 1) interleaved.
+  const int64_t step = interleaved ? 2 : 1, partner = interleaved ? 1 : half;
   for (int64_t t = 0; t < T; ++t) {
     const float* c = cos + t * half;
     const float* s = sin + t * half;
     for (int64_t h = 0; h < NH; ++h) {
       float* v = x + (t * NH + h) * HS;
       for (int64_t i = 0; i < half; ++i) {
-        const float x0 = v[i], x1 = v[i + half];
-        v[i] = x0 * c[i] - x1 * s[i];
-        v[i + half] = x1 * c[i] + x0 * s[i];
+        float* a = v + i * step;
+        const float x0 = a[0], x1 = a[partner];
+        a[0] = x0 * c[i] - x1 * s[i];
+        a[partner] = x1 * c[i] + x0 * s[i];
       }
     }
   }

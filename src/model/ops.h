@@ -54,7 +54,10 @@ void rope_tables(float* cos_out, float* sin_out, const int32_t* pos, int64_t T, 
 // cos/sin (T, HS/2) from rope_tables. The backward is the same with -sin.
 // rot > 0 rotates only the first rot dims of each head (partial rotary: the halves are
 // rot / 2 apart, cos/sin (T, rot/2)), the other HS - rot pass through; 0 means rot = HS.
-void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot = 0);
+// interleaved: the pairs are (2i, 2i + 1) instead of (i, i + rot / 2) (GPT-J's and Cohere's
+// rotate_every_two, llama.cpp's "normal" rope on unpermuted weights).
+void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot = 0,
+                  bool interleaved = false);
 
 // Causal grouped-query attention.
 // out (T, NH*HS); att (NH, T, Tk) receives the softmax probabilities when not null

@@ -42,19 +42,22 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
   }
 }
 
-void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot) {
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                   bool interleaved) {
   // Forward: (y0, y1) = (x0 c - x1 s, x1 c + x0 s); its transpose is the rotation by -angle:
   // (dx0, dx1) = (dy0 c + dy1 s, dy1 c - dy0 s).
   const int64_t half = (rot > 0 ? rot : HS) / 2;
+  const int64_t step = interleaved ? 2 : 1, partner = interleaved ? 1 : half;
   for (int64_t t = 0; t < T; ++t) {
     const float* c = cos + t * half;
     const float* s = sin + t * half;
     for (int64_t h = 0; h < NH; ++h) {
       float* g = dx + (t * NH + h) * HS;
       for (int64_t i = 0; i < half; ++i) {
-        const float g0 = g[i], g1 = g[i + half];
-        g[i] = g0 * c[i] + g1 * s[i];
-        g[i + half] = g1 * c[i] - g0 * s[i];
+        float* a = g + i * step;
+        const float g0 = a[0], g1 = a[partner];
+        a[0] = g0 * c[i] + g1 * s[i];
+        a[partner] = g1 * c[i] - g0 * s[i];
       }
     }
   }

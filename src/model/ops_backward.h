@@ -32,7 +32,8 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
 // cos/sin (T, HS/2) are the tables the forward used. (Not accumulating: it transforms the
 // gradient of q or k in place, like the forward transforms q or k.)
 // rot as rope_forward's (the pass-through dims' gradient is unchanged).
-void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot = 0);
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot = 0,
+                   bool interleaved = false);
 
 // Causal grouped-query attention, the backward of attention_forward with the same layout:
 // dq (T, NH*HS) += ...; dk, dv (Tk, NKV*HS) += ... (each kv head sums the contributions

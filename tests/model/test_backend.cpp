@@ -124,15 +124,15 @@ class CheckingBackend final : public Backend {
     ++ops["linear_backward"];
     cpu().linear_backward(dx, dy, x, T, W, lora, cache, tile, scratch);
   }
-  void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
-                    int64_t rot) override {
+  void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                    bool interleaved) override {
     rope_args(x, cos, sin, T, NH, HS, rot);
-    cpu().rope_forward(x, cos, sin, T, NH, HS, rot);
+    cpu().rope_forward(x, cos, sin, T, NH, HS, rot, interleaved);
   }
-  void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS,
-                     int64_t rot) override {
+  void rope_backward(float* dx, const float* cos, const float* sin, int64_t T, int64_t NH, int64_t HS, int64_t rot,
+                     bool interleaved) override {
     rope_args(dx, cos, sin, T, NH, HS, rot);
-    cpu().rope_backward(dx, cos, sin, T, NH, HS, rot);
+    cpu().rope_backward(dx, cos, sin, T, NH, HS, rot, interleaved);
   }
   void attention_forward(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
                          const float* k, const float* v) override {

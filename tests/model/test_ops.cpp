@@ -121,6 +121,33 @@ TEST(Ops, RopeRotatesHalvesAndMatchesLlama2cAfterPermutation) {
   std::vector<float> q_perm(D);
   unpermute_rope_rows(q, q_perm, D, 1, NH);
   expect_close(q_hf, q_perm, 1e-6f, "rope");
+  // The interleaved form (GPT-J, Cohere) is llama2.c's loop itself, on the unpermuted q.
+  std::vector<float> q_il = matvec(wq);
+  rope_forward(q_il.data(), cos.data(), sin.data(), 1, NH, HS, 0, /*interleaved=*/true);
+  expect_close(q_il, q, 1e-6f, "interleaved rope");
+}
+
+TEST(Ops, InterleavedPartialRopeRotatesAdjacentPairsOfTheFirstDims) {
+  // GPT-J's rotate_every_two on the first rot dims of each head: pair (2i, 2i + 1) turns by
+  // pos * theta^(-2i / rot); the other dims pass through.
+  std::mt19937 rng(5);
+  const int64_t T = 2, NH = 3, HS = 10, rot = 6;
+  const std::vector<int32_t> pos = {4, 11};
+  auto x = randn(T * NH * HS, rng);
+  std::vector<float> cos(T * rot / 2), sin(T * rot / 2), y = x;
+  rope_tables(cos.data(), sin.data(), pos.data(), T, rot, 10000.0f);
+  rope_forward(y.data(), cos.data(), sin.data(), T, NH, HS, rot, /*interleaved=*/true);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < NH; ++h) {
+      const float* a = x.data() + (t * NH + h) * HS;
+      const float* b = y.data() + (t * NH + h) * HS;
+      for (int64_t i = 0; i < rot / 2; ++i) {
+        const double ang = pos[static_cast<size_t>(t)] * std::pow(10000.0, -2.0 * i / rot);
+        EXPECT_NEAR(b[2 * i], a[2 * i] * std::cos(ang) - a[2 * i + 1] * std::sin(ang), 1e-5);
+        EXPECT_NEAR(b[2 * i + 1], a[2 * i + 1] * std::cos(ang) + a[2 * i] * std::sin(ang), 1e-5);
+      }
+      for (int64_t i = rot; i < HS; ++i) EXPECT_EQ(b[i], a[i]);
+    }
 }
 
 // Inference keeps no probabilities: the scores go in the scratch the op declares

@@ -306,6 +306,24 @@ TEST(OpsBackward, Rope) {
   for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], yd[i], 1e-5);
 }
 
+// The interleaved, partial form's backward is its forward's transpose: <rope(x), r> = <x, rope^T(r)>.
+TEST(OpsBackward, InterleavedPartialRopeIsTheTransposeOfItsForward) {
+  std::mt19937 rng(4);
+  const int64_t T = 3, NH = 2, HS = 10, rot = 6;
+  const std::vector<int32_t> pos = {1, 7, 30};
+  VecF cos(T * rot / 2), sin(T * rot / 2);
+  rope_tables(cos.data(), sin.data(), pos.data(), T, rot, 10000.0f);
+  const VecF x = randn(T * NH * HS, rng), R = randn(T * NH * HS, rng);
+  VecF y = x, dx = R;
+  rope_forward(y.data(), cos.data(), sin.data(), T, NH, HS, rot, true);
+  rope_backward(dx.data(), cos.data(), sin.data(), T, NH, HS, rot, true);
+  double a = 0, b = 0;
+  for (size_t i = 0; i < x.size(); ++i) a += double(y[i]) * R[i], b += double(x[i]) * dx[i];
+  EXPECT_NEAR(a, b, 1e-4 * std::max(1.0, std::fabs(a)));
+  for (int64_t t = 0; t < T; ++t)  // (the pass-through dims' gradient is the incoming one)
+    for (int64_t i = rot; i < HS; ++i) EXPECT_EQ(dx[t * NH * HS + i], R[t * NH * HS + i]);
+}
+
 namespace {
 
 void check_attention(int64_t T, int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, unsigned seed) {

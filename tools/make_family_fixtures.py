@@ -137,6 +137,10 @@ FAMILIES = {
                                 n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=128, rotary_dim=6,
                                 layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                 initializer_range=0.3, tie_word_embeddings=False)),
+    # Cohere (Command R, Aya): one bias-free LayerNorm feeding parallel attention and SwiGLU,
+    # rotary in adjacent pairs, logits x logit_scale (0.3: not a power of two), tied head, GQA.
+    "cohere": ("CohereConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, logit_scale=0.3,
+                                    use_qk_norm=False, rope_theta=10000.0, tie_word_embeddings=True)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -316,7 +320,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
              "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
-             "granite": "granite", "olmo2": "olmo2"}
+             "granite": "granite", "olmo2": "olmo2", "cohere": "command-r"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -461,7 +465,8 @@ def write_gguf_phi2(model, path: Path, fused_qkv: bool = False):
 
 
 def write_gguf_layernorm_llama(model, arch: str, path: Path):
-    """As convert_hf_to_gguf.py writes stablelm (StableLMModel: rope.dimension_count
+    """As convert_hf_to_gguf.py writes command-r (CommandR2Model: logit_scale, the weights as
+    they are: llama.cpp's command-r rotates adjacent pairs, as Cohere does), stablelm (StableLMModel: rope.dimension_count
     int(factor * head_dim), use_parallel_residual, layer_norm_epsilon; the parallel block has
     no ffn_norm) and starcoder2 (the base TextModel's keys: no sliding window, the tied head
     left out): the tensors under the shared names, biases included, rotary rows unpermuted."""
@@ -479,6 +484,9 @@ def write_gguf_layernorm_llama(model, arch: str, path: Path):
     if arch == "stablelm":
         w.add_rope_dimension_count(int(c.rope_parameters["partial_rotary_factor"] * hd))
         w.add_parallel_residual(c.use_parallel_residual)
+        w.add_layer_norm_eps(c.layer_norm_eps)
+    elif arch == "command-r":  # as CommandR2Model: the logit scale, no rope scaling
+        w.add_logit_scale(c.logit_scale)
         w.add_layer_norm_eps(c.layer_norm_eps)
     else:
         w.add_layer_norm_eps(c.norm_epsilon)
@@ -701,7 +709,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2", "gptj")
+                "granite", "olmo2", "gptj", "cohere")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
@@ -881,7 +889,7 @@ def build(family: str):
             write_gguf_falcon(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "phi2":
             write_gguf_phi2(model, out / "model.gguf")
-        elif GGUF_ARCH[family] in ("stablelm", "starcoder2"):
+        elif GGUF_ARCH[family] in ("stablelm", "starcoder2", "command-r"):
             write_gguf_layernorm_llama(model, GGUF_ARCH[family], out / "model.gguf")
         else:
             write_gguf(model, GGUF_ARCH[family], out / "model.gguf")

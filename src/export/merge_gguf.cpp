@@ -168,7 +168,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_f32(a + "embedding_scale", s.embed_multiplier);
     w.set_f32(a + "residual_scale", s.residual_multiplier);
     w.set_f32(a + "logit_scale", s.logit_divisor);
-  } else if (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f) {
+  } else if (arch == "command-r") {  // as convert_hf_to_gguf.py's CommandR2Model
+    w.set_f32(a + "logit_scale", s.logit_multiplier);
+  }
+  if (arch != "granite" && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
+                            (arch != "command-r" && s.logit_multiplier != 1.0f))) {
     fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
   }
   if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);

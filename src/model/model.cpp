@@ -146,14 +146,19 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       }
     };
     const bool ln = spec.norm == NormKind::LayerNorm;
+    // (LayerNorms without biases, Cohere's, run with zero biases)
+    auto norm_bias = [&](const std::string& n) {
+      if (spec.norm_bias) {
+        progress(n);
+        return load_vector(src, n, opt.compute_dtype);
+      }
+      return std::vector<float>(static_cast<size_t>(spec.hidden), 0.0f);
+    };
     if (spec.pre_norms) {
       L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
       progress(name("input_layernorm"));
     }
-    if (ln) {
-      L.input_norm_bias = load_vector(src, name("input_layernorm", "bias"), opt.compute_dtype);
-      progress(name("input_layernorm", "bias"));
-    }
+    if (ln) L.input_norm_bias = norm_bias(name("input_layernorm", "bias"));
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
     if (spec.sandwich_norms) {
       if (spec.pre_norms) {
@@ -173,18 +178,17 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
       progress(name("post_attention_layernorm"));
     }
-    if (ln && !spec.shared_branch_norm) {
-      L.post_norm_bias = load_vector(src, name("post_attention_layernorm", "bias"), opt.compute_dtype);
-      progress(name("post_attention_layernorm", "bias"));
-    }
+    if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
   }
   if (spec.final_norm) {
     m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
     progress("model.norm.weight");
-    if (spec.norm == NormKind::LayerNorm) {
+    if (spec.norm == NormKind::LayerNorm && spec.norm_bias) {
       m.final_norm_bias_ = load_vector(src, "model.norm.bias", opt.compute_dtype);
       progress("model.norm.bias");
+    } else if (spec.norm == NormKind::LayerNorm) {
+      m.final_norm_bias_.assign(static_cast<size_t>(spec.hidden), 0.0f);
     }
   }
   if (spec.projects_embeddings()) {
@@ -310,8 +314,8 @@ const float* head_input_forward(Backend& be, float* e, float* h, float* stats, c
   return e;
 }
 
-void logit_divide(Backend& be, float* logits, int64_t n, float divisor, ComputeDType dtype) {
-  be.scale(logits, n, 1.0f / divisor);
+void logit_scale(Backend& be, float* logits, int64_t n, float factor, ComputeDType dtype) {
+  be.scale(logits, n, factor);
   be.round(logits, n, dtype);
 }
 
@@ -542,7 +546,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   be.dense_forward(lg, e, n, model.lm_head());
   if (s.head_bias) be.add_bias(lg, model.lm_head_bias().data(), n, s.vocab);
   be.round(lg, n * s.vocab, dt);
-  if (s.logit_divisor != 1.0f) logit_divide(be, lg, n * s.vocab, s.logit_divisor, dt);
+  if (s.logit_factor() != 1.0f) logit_scale(be, lg, n * s.vocab, s.logit_factor(), dt);
   if (s.final_softcap > 0.0f) be.softcap_forward(lg, n * s.vocab, s.final_softcap, dt);
   if (lg != logits) be.download(logits, lg, n * s.vocab);
 }
@@ -658,7 +662,7 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   be.dense_forward(logits, e, N, model.lm_head());
   if (s.head_bias) be.add_bias(logits, model.lm_head_bias().data(), N, s.vocab);
   be.round(logits, N * s.vocab, dt);
-  if (s.logit_divisor != 1.0f) logit_divide(be, logits, N * s.vocab, s.logit_divisor, dt);
+  if (s.logit_factor() != 1.0f) logit_scale(be, logits, N * s.vocab, s.logit_factor(), dt);
   if (s.final_softcap > 0.0f) be.softcap_forward(logits, N * s.vocab, s.final_softcap, dt);
   be.synchronize();
 }

@@ -172,9 +172,9 @@ class Model {
 // What every forward does between the token embeddings x (T, C) of positions pos and the
 // first block: gemma's scale, learned positions, bloom's embedding LayerNorm. scratch (T, C).
 void embed_extras(Backend& be, float* x, float* scratch, const int32_t* pos, int64_t T, const Model& model);
-// logits (n) = round(logits * (1 / divisor)) in dtype (granite's logits / logits_scaling; the
-// reciprocal's product is within an ulp of the quotient).
-void logit_divide(Backend& be, float* logits, int64_t n, float divisor, ComputeDType dtype);
+// logits (n) = round(logits * factor) in dtype: ModelSpec::logit_factor(), Cohere's logit_scale
+// or the reciprocal of granite's logits_scaling (within an ulp of its quotient).
+void logit_scale(Backend& be, float* logits, int64_t n, float factor, ComputeDType dtype);
 
 // x (T, C) = the first block's input for `tokens` at positions pos: the embedding rows,
 // through project_in (+ its adapter) when the model has one, then embed_extras. emb

@@ -69,7 +69,7 @@ void ModelSpec::validate(const std::string& where) const {
   if (attn_scale < 0.0f || attn_softcap < 0.0f || final_softcap < 0.0f || !std::isfinite(attn_scale) ||
       !std::isfinite(attn_softcap) || !std::isfinite(final_softcap))
     fail(where, "attention scale and soft caps must be finite and non-negative");
-  for (float m : {embed_multiplier, residual_multiplier, logit_divisor})
+  for (float m : {embed_multiplier, residual_multiplier, logit_divisor, logit_multiplier})
     if (!(m > 0.0f) || !std::isfinite(m))
       fail(where, "embedding, residual and logit multipliers must be positive and finite, got " + std::to_string(m));
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
@@ -109,7 +109,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     for (int i = b; i < e; ++i)
       if (lin[i].module && lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
   };
-  const bool ln = norm == NormKind::LayerNorm;  // (each norm has a bias)
+  const bool ln = norm == NormKind::LayerNorm && norm_bias;  // (each norm has a bias)
   const int64_t E = embed_width();
   t.push_back({"model.embed_tokens.weight", {vocab, E}});
   if (projects_embeddings()) t.push_back({"model.project_in.weight", {hidden, E}});

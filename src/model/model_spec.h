@@ -91,6 +91,8 @@ struct RopeScaling {
 struct ModelSpec {
   std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, qwen3, ...
   NormKind norm = NormKind::RMSNorm;  // LayerNorm: with a bias beside every norm weight
+  // false: LayerNorms without biases (Cohere's), run with zero biases (no tensors to load or write).
+  bool norm_bias = true;
   MlpKind mlp = MlpKind::SwiGLU;
   Activation act = Activation::Gelu;  // the Plain MLP's activation
   PositionalKind positional = PositionalKind::Rotary;
@@ -211,6 +213,10 @@ struct ModelSpec {
   float embed_multiplier = 1.0f;
   float residual_multiplier = 1.0f;
   float logit_divisor = 1.0f;
+  // Cohere's logit_scale: the logits are multiplied by it (1: none).
+  float logit_multiplier = 1.0f;
+  // What the logits are multiplied by (1: nothing to do).
+  float logit_factor() const { return logit_multiplier / logit_divisor; }
   float norm_offset() const { return norm_unit_offset ? 1.0f : 0.0f; }
 
   int bos_id = -1;               // -1: none

@@ -332,7 +332,7 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   be.dense_forward(w.logits.data(), hin, M, m.lm_head());
   if (s.head_bias) be.add_bias(w.logits.data(), m.lm_head_bias().data(), M, V);  // (frozen: no gradient)
   be.round(w.logits.data(), M * V, m.compute_dtype());
-  if (s.logit_divisor != 1.0f) logit_divide(be, w.logits.data(), M * V, s.logit_divisor, m.compute_dtype());
+  if (s.logit_factor() != 1.0f) logit_scale(be, w.logits.data(), M * V, s.logit_factor(), m.compute_dtype());
   if (s.final_softcap > 0.0f) be.softcap_forward(w.logits.data(), M * V, s.final_softcap, m.compute_dtype());
 }
 
@@ -397,7 +397,7 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
   }
   const float loss = be.cross_entropy(dlogits, w.logits.data(), w.sel_targets, V);
   if (s.final_softcap > 0.0f) be.softcap_backward(dlogits, w.logits.data(), M * V, s.final_softcap);
-  if (s.logit_divisor != 1.0f) be.scale(dlogits, M * V, 1.0f / s.logit_divisor);  // (granite's logits / s)
+  if (s.logit_factor() != 1.0f) be.scale(dlogits, M * V, s.logit_factor());  // (granite, cohere)
   if (opt.grad_scale != 1.f) be.scale(dlogits, M * V, opt.grad_scale);
 
   // lm_head (frozen, dense): dh (M, E) = dlogits · W, a tile of vocabulary rows at a time;

@@ -49,7 +49,7 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi", "stablelm", "stablelm_par", "starcoder2", "starcoder2_swa", "granite", "olmo2", "gptj",
+const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi", "stablelm", "stablelm_par", "starcoder2", "starcoder2_swa", "granite", "olmo2", "gptj", "cohere",
                                             "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
@@ -236,7 +236,7 @@ TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
-                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "granite", "olmo2", "gptj", "gpt2",
+                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "granite", "olmo2", "gptj", "cohere", "gpt2",
                                            "gpt_neox", "opt", "opt_350m",
                                            "bloom", "falcon", "falcon_mq", "falcon_alibi"),
                          [](const auto& info) { return std::string(info.param); });
@@ -415,6 +415,16 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   EXPECT_EQ(sgr.logit_divisor, 1.0f);
   gr["logits_scaling"] = 0.0;
   refused(gr, "logits_scaling");
+  // cohere: CohereConfig's logit_scale 0.0625 and tied head by default, LayerNorms without
+  // biases (none expected in the checkpoint); Command R+'s use_qk_norm refused.
+  nlohmann::json co = {{"model_type", "cohere"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                       {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
+  const ModelSpec sco = spec_from_hf_config(co, "config.json");
+  EXPECT_EQ(sco.logit_factor(), 0.0625f);
+  EXPECT_TRUE(sco.tied_embeddings && sco.rope_interleaved && !sco.norm_bias);
+  for (const TensorSpec& t : sco.tensors()) EXPECT_FALSE(t.name.ends_with("norm.bias")) << t.name;
+  co["use_qk_norm"] = true;
+  refused(co, "use_qk_norm");
 }
 
 // Phi-2 GGUFs made from the original checkpoint hold one attn_qkv (its Wqkv); the fixture
@@ -730,7 +740,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
                                            "llama_rope_linear",
                                            "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon",
-                                           "falcon_mq", "phi", "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2"),
+                                           "falcon_mq", "phi", "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

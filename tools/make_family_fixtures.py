@@ -141,6 +141,11 @@ FAMILIES = {
     # rotary in adjacent pairs, logits x logit_scale (0.3: not a power of two), tied head, GQA.
     "cohere": ("CohereConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, logit_scale=0.3,
                                     use_qk_norm=False, rope_theta=10000.0, tie_word_embeddings=True)),
+    # SmolLM3: Llama with every fourth layer NoPE (4 layers: the last one skips rotary), tied;
+    # and explicit no_rope_layers with a sliding window on the NoPE layer (layer_types derived).
+    "smollm3": ("SmolLM3Config", dict(num_hidden_layers=4, rope_theta=10000.0, tie_word_embeddings=True)),
+    "smollm3_swa": ("SmolLM3Config", dict(rope_theta=10000.0, no_rope_layers=[0, 1], use_sliding_window=True,
+                                          sliding_window=8, tie_word_embeddings=True)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -320,7 +325,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "phi3": "phi3", "phi4_mini": "phi3", "gpt2": "gpt2", "gpt_neox": "gptneox", "gpt_neox_seq": "gptneox",
              "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
-             "granite": "granite", "olmo2": "olmo2", "cohere": "command-r"}
+             "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
+             "smollm3": "smollm3"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -682,9 +688,9 @@ def write_gguf(model, arch: str, path: Path):
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
-            if arch in ("llama", "granite") and mod == "self_attn.q_proj":
+            if arch in ("llama", "granite", "smollm3") and mod == "self_attn.q_proj":
                 t = permute(t, c.num_attention_heads)
-            if arch in ("llama", "granite") and mod == "self_attn.k_proj":
+            if arch in ("llama", "granite", "smollm3") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
             if arch == "olmo2":  # llama.cpp's olmo2 names its two norms these
@@ -709,7 +715,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2", "gptj", "cohere")
+                "granite", "olmo2", "gptj", "cohere", "smollm3")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):

@@ -108,6 +108,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       fail(out_path, "llama.cpp's falcon runs the parallel block only; this falcon is sequential (parallel_attn false)");
     if (s.qkv_bias || s.o_bias || s.mlp_bias) fail(out_path, "llama.cpp's falcon has no biases; this model has them");
   }
+  if (!s.nope_layers.empty() || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
+    bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
+    for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
+    if (!every_fourth)
+      fail(out_path, "llama.cpp runs rotary on every layer but every fourth (smollm3, without windows) and no other "
+                     "pattern; this model's layers without rotary or its windows have no GGUF form");
+  }
   const bool falcon_two_norms = arch == "falcon" && !s.shared_branch_norm;
   if ((arch == "qwen2" || arch == "qwen3") && s.sliding_window > 0)
     fail(out_path, "llama.cpp's " + arch + " has no sliding window, which this model uses on some layers: no GGUF export");
@@ -121,7 +128,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
-  const bool permute_qk = arch == "llama" || arch == "granite";
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3";
 
   GgufWriter w;
   w.set_string("general.architecture", arch);

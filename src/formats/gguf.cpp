@@ -812,7 +812,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
       fail(f.path(), "metadata keys " + quote(a + "attention.scale") + ", embedding_scale, residual_scale and "
                          "logit_scale must be positive");
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
-  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite";
+  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3";
   return hp;
 }
 

@@ -37,6 +37,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       }
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
+        if (!s.layer_rotates(r.layer)) break;
         be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {

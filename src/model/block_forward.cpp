@@ -63,6 +63,7 @@ void block_forward(const BlockRun& r) {
         break;
       }
       case BlockOpKind::Rope:
+        if (!s.layer_rotates(r.layer)) break;  // (a NoPE layer: q and k as projected)
         be.rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {

@@ -63,6 +63,9 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
   if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
   if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));
+  if (!nope_layers.empty() && static_cast<int64_t>(nope_layers.size()) != n_layers)
+    fail(where, "no_rope_layers names " + std::to_string(nope_layers.size()) + " layers, the model has " +
+                    std::to_string(n_layers));
   if (!sliding_layers.empty() && static_cast<int64_t>(sliding_layers.size()) != n_layers)
     fail(where, "layer_types names " + std::to_string(sliding_layers.size()) + " layers, the model has " +
                     std::to_string(n_layers));

@@ -135,6 +135,10 @@ struct ModelSpec {
   // Rotary pairs are adjacent dims (2i, 2i + 1) (GPT-J's and Cohere's rotate_every_two)
   // rather than (i, i + dims / 2) (rotate_half).
   bool rope_interleaved = false;
+  // Layers that skip rotary (NoPE: SmolLM3's every fourth, no_rope_layers); empty = every
+  // layer rotates.
+  std::vector<bool> nope_layers;
+  bool layer_rotates(int64_t l) const { return nope_layers.empty() || !nope_layers[static_cast<size_t>(l)]; }
   // The fused qkv Linear's rows are per head, q k v within each ((heads, 3, head_dim):
   // gpt_neox's query_key_value) rather than all q, then k, then v (phi3). REQUIRES fused_qkv
   // and n_kv_heads == n_heads.

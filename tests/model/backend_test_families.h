@@ -16,9 +16,10 @@ namespace qlora::test {
 // gate/up: slices, partial rotary), opt_350m (post-norm, project_in/out, learned positions),
 // bloom (ALiBi, embedding norm), gpt_neox (parallel residual, per-head fused q/k/v), phi (one
 // norm for both parallel branches, the head's bias), granite (scaled branches and logits),
-// olmo2 (no pre-norms, q/k norms over all heads), gptj (interleaved partial rotary).
-inline const std::vector<std::string> kBackendFamilies = {"llama", "gemma2", "phi3", "opt_350m", "bloom",
-                                                           "gpt_neox", "phi", "granite", "olmo2", "gptj"};
+// olmo2 (no pre-norms, q/k norms over all heads), gptj (interleaved partial rotary), smollm3
+// (a layer without rotary).
+inline const std::vector<std::string> kBackendFamilies = {"llama", "gemma2", "phi3",    "opt_350m", "bloom", "gpt_neox",
+                                                           "phi",   "granite", "olmo2", "gptj",     "smollm3"};
 
 inline std::string family_fixture_dir(const std::string& f) {
   return std::string(QLORA_FIXTURE_DIR) + "/families/" + f;

@@ -1,0 +1,99 @@
+// SmolLM3 (model_type "smollm3", SmolLM3ForCausalLM: SmolLM3-3B): Llama's block with rotary
+// left out on some layers (no_rope_layers, 1 = rotates; by default every fourth layer,
+// no_rope_layer_interval 4, is NoPE), optional sliding windows (use_sliding_window, on the
+// layer_types "sliding_attention" layers) and a tied head. GGUF both ways as llama.cpp's
+// "smollm3", which permutes q/k as its llama converter does and makes every fourth layer NoPE.
+#include <algorithm>
+#include <vector>
+
+#include "base/error.h"
+#include "formats/config_reader.h"
+#include "formats/gguf.h"
+#include "formats/model_family.h"
+
+namespace qlora::families {
+
+namespace {
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+// llama.cpp's smollm3 graph: every fourth layer without rotary (no GGUF key says otherwise).
+std::vector<bool> every_nth_nope(int64_t layers, int64_t interval) {
+  std::vector<bool> nope(static_cast<size_t>(std::max<int64_t>(layers, 0)), false);
+  for (int64_t l = 0; l < layers; ++l) nope[static_cast<size_t>(l)] = (l + 1) % interval == 0;
+  return nope;
+}
+
+void smollm3_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  s.mlp_bias = config::get_bool(j, "mlp_bias", where, false);
+  if (const json* nr = config::find_key(j, "no_rope_layers"); nr && !nr->is_null()) {
+    if (!nr->is_array() || static_cast<int64_t>(nr->size()) != s.n_layers)
+      fail(where, "no_rope_layers must list one 0/1 per layer (" + std::to_string(s.n_layers) + ")");
+    s.nope_layers.assign(static_cast<size_t>(s.n_layers), false);
+    for (int64_t l = 0; l < s.n_layers; ++l) {
+      const json& e = (*nr)[static_cast<size_t>(l)];
+      if (!e.is_number_integer() || (e.get<int64_t>() != 0 && e.get<int64_t>() != 1))
+        fail(where, "no_rope_layers[" + std::to_string(l) + "] " + config::shown(e) + " must be 0 or 1");
+      s.nope_layers[static_cast<size_t>(l)] = e.get<int64_t>() == 0;
+    }
+  } else {
+    const int64_t interval = config::get_int(j, "no_rope_layer_interval", where, 4);
+    if (interval <= 0) fail(where, "no_rope_layer_interval must be positive");
+    s.nope_layers = every_nth_nope(s.n_layers, interval);
+  }
+  if (std::find(s.nope_layers.begin(), s.nope_layers.end(), true) == s.nope_layers.end()) s.nope_layers.clear();
+  // Windows only with use_sliding_window and a sliding_window, on layer_types' sliding layers
+  // (SmolLM3Config derives those from the NoPE layers when layer_types is absent).
+  s.sliding_window = 0;
+  if (!config::get_bool(j, "use_sliding_window", where, false)) return;
+  const json* w = config::find_key(j, "sliding_window");
+  if (!w || w->is_null()) return;
+  const int64_t window = config::get_int(j, "sliding_window", where, 0);
+  if (window <= 0) fail(where, "sliding_window must be positive or null, got " + std::to_string(window));
+  std::vector<bool> slides(static_cast<size_t>(s.n_layers), false);
+  if (const json* lt = config::find_key(j, "layer_types"); lt && !lt->is_null()) {
+    if (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers)
+      fail(where, "layer_types must list one entry per layer (" + std::to_string(s.n_layers) + ")");
+    for (int64_t l = 0; l < s.n_layers; ++l) {
+      const json& e = (*lt)[static_cast<size_t>(l)];
+      const std::string t = e.is_string() ? e.get<std::string>() : "";
+      if (t != "sliding_attention" && t != "full_attention")
+        fail(where, "layer_types[" + std::to_string(l) + "] " + config::shown(e) + " is not supported");
+      slides[static_cast<size_t>(l)] = t == "sliding_attention";
+    }
+  } else {
+    for (int64_t l = 0; l < s.n_layers; ++l) slides[static_cast<size_t>(l)] = !s.layer_rotates(l);
+  }
+  if (std::find(slides.begin(), slides.end(), true) == slides.end()) return;
+  s.sliding_window = window;
+  s.sliding_layers = std::move(slides);
+}
+
+void smollm3_write(const ModelSpec& s, ordered_json& j) {
+  if (s.qkv_bias != s.o_bias) fail("config.json", "smollm3 has biases on all attention Linears or none");
+  j["attention_bias"] = s.qkv_bias;
+  j["mlp_bias"] = s.mlp_bias;
+  ordered_json rope = ordered_json::array(), types = ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    rope.push_back(s.layer_rotates(l) ? 1 : 0);
+    types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
+  }
+  j["no_rope_layers"] = rope;
+  j["use_sliding_window"] = s.sliding_window > 0;
+  j["sliding_window"] = s.sliding_window > 0 ? ordered_json(s.sliding_window) : ordered_json();
+  j["layer_types"] = types;
+}
+
+void smollm3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.nope_layers = every_nth_nope(hp.num_layers, 4);
+  if (std::find(s.nope_layers.begin(), s.nope_layers.end(), true) == s.nope_layers.end()) s.nope_layers.clear();
+}
+
+}  // namespace
+
+const ModelFamily kSmolLm3{"smollm3", "SmolLM3ForCausalLM", "smollm3", 0, 32768, 2000000.0f, true, false,
+                           smollm3_read, smollm3_write, smollm3_gguf};
+
+}  // namespace qlora::families

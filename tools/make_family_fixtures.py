@@ -146,6 +146,11 @@ FAMILIES = {
     "smollm3": ("SmolLM3Config", dict(num_hidden_layers=4, rope_theta=10000.0, tie_word_embeddings=True)),
     "smollm3_swa": ("SmolLM3Config", dict(rope_theta=10000.0, no_rope_layers=[0, 1], use_sliding_window=True,
                                           sliding_window=8, tie_word_embeddings=True)),
+    # Cohere 2 (Command R7B): the cohere block with windows (8, shorter than the prompt) on
+    # three layers of four and rotary on those only (4 layers: the last is full and NoPE).
+    "cohere2": ("Cohere2Config", dict(_drop=("rms_norm_eps",), num_hidden_layers=4, layer_norm_eps=1e-5,
+                                      logit_scale=0.3, sliding_window=8, rope_theta=10000.0,
+                                      tie_word_embeddings=True)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -326,7 +331,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
              "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
-             "smollm3": "smollm3"}
+             "smollm3": "smollm3", "cohere2": "cohere2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -491,9 +496,11 @@ def write_gguf_layernorm_llama(model, arch: str, path: Path):
         w.add_rope_dimension_count(int(c.rope_parameters["partial_rotary_factor"] * hd))
         w.add_parallel_residual(c.use_parallel_residual)
         w.add_layer_norm_eps(c.layer_norm_eps)
-    elif arch == "command-r":  # as CommandR2Model: the logit scale, no rope scaling
+    elif arch in ("command-r", "cohere2"):  # as CommandR2Model / Cohere2Model: the logit scale (and window)
         w.add_logit_scale(c.logit_scale)
         w.add_layer_norm_eps(c.layer_norm_eps)
+        if arch == "cohere2":
+            w.add_sliding_window(c.sliding_window)
     else:
         w.add_layer_norm_eps(c.norm_epsilon)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
@@ -715,7 +722,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2", "gptj", "cohere", "smollm3")
+                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
@@ -895,7 +902,7 @@ def build(family: str):
             write_gguf_falcon(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "phi2":
             write_gguf_phi2(model, out / "model.gguf")
-        elif GGUF_ARCH[family] in ("stablelm", "starcoder2", "command-r"):
+        elif GGUF_ARCH[family] in ("stablelm", "starcoder2", "command-r", "cohere2"):
             write_gguf_layernorm_llama(model, GGUF_ARCH[family], out / "model.gguf")
         else:
             write_gguf(model, GGUF_ARCH[family], out / "model.gguf")

@@ -108,7 +108,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       fail(out_path, "llama.cpp's falcon runs the parallel block only; this falcon is sequential (parallel_attn false)");
     if (s.qkv_bias || s.o_bias || s.mlp_bias) fail(out_path, "llama.cpp's falcon has no biases; this model has them");
   }
-  if (!s.nope_layers.empty() || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
+  if ((!s.nope_layers.empty() && arch != "cohere2") || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
     bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
     for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
     if (!every_fourth)
@@ -175,11 +175,18 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_f32(a + "embedding_scale", s.embed_multiplier);
     w.set_f32(a + "residual_scale", s.residual_multiplier);
     w.set_f32(a + "logit_scale", s.logit_divisor);
-  } else if (arch == "command-r") {  // as convert_hf_to_gguf.py's CommandR2Model
+  } else if (arch == "command-r" || arch == "cohere2") {  // as convert_hf_to_gguf.py's CommandR2Model / Cohere2Model
     w.set_f32(a + "logit_scale", s.logit_multiplier);
   }
+  if (arch == "cohere2") {  // llama.cpp: three sliding layers of four, rotary on those only
+    bool fixed = s.sliding_window > 0;
+    for (int64_t l = 0; l < s.n_layers && fixed; ++l)
+      fixed = s.layer_slides(l) == ((l + 1) % 4 != 0) && s.layer_rotates(l) == s.layer_slides(l);
+    if (!fixed) fail(out_path, "llama.cpp's cohere2 slides (and rotates) three layers of four; this model's layers differ");
+    w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+  }
   if (arch != "granite" && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
-                            (arch != "command-r" && s.logit_multiplier != 1.0f))) {
+                            (arch != "command-r" && arch != "cohere2" && s.logit_multiplier != 1.0f))) {
     fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
   }
   if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);

@@ -11,15 +11,16 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 21>& all_families() {
-  static const std::array<const ModelFamily*, 21> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 22>& all_families() {
+  static const std::array<const ModelFamily*, 22> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
                                                         &families::kGemma3Text, &families::kPhi3, &families::kPhi, &families::kGptNeoX,
                                                         &families::kGpt2, &families::kOpt,
                                                         &families::kBloom, &families::kFalcon,
                                                         &families::kStableLm, &families::kStarcoder2, &families::kGranite,
                                                         &families::kOlmo2, &families::kGptj,
-                                                        &families::kCohere, &families::kSmolLm3};
+                                                        &families::kCohere, &families::kSmolLm3,
+                                                        &families::kCohere2};
   return all;
 }
 

@@ -356,6 +356,10 @@ class CudaBackend final : public Backend {
   }
   void scale(float* x, int64_t n, float s) override { cuda::scale(x, s, n, stream_); }
   void axpy(float* y, float alpha, const float* x, int64_t n) override { cuda::axpy(y, alpha, x, n, stream_); }
+  void clamp(float* out, const float* in, int64_t n, float limit) override { cuda::clamp(out, in, n, limit, stream_); }
+  void clamp_backward(float* din, const float* dout, const float* in, int64_t n, float limit) override {
+    cuda::clamp_backward(din, dout, in, n, limit, stream_);
+  }
   void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) override {
     const int32_t* dev = upload_indices(idx);
     cuda::gather_rows(dst, src, dev, static_cast<int64_t>(idx.size()), width, stream_);

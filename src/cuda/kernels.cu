@@ -1067,6 +1067,30 @@ void add_bias(float* y, const float* bias, int64_t T, int64_t N, cudaStream_t s)
   check_launch("add_bias");
 }
 
+__global__ void clamp_kernel(float* out, const float* in, int64_t N, float limit) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = fminf(fmaxf(in[i], -limit), limit);
+}
+
+__global__ void clamp_backward_kernel(float* din, const float* dout, const float* in, int64_t N, float limit) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    if (in[i] >= -limit && in[i] <= limit) din[i] = __fadd_rn(din[i], dout[i]);
+}
+
+void clamp(float* out, const float* in, int64_t N, float limit, cudaStream_t s) {
+  if (N == 0) return;
+  clamp_kernel<<<ew_grid(N), 256, 0, s>>>(out, in, N, limit);
+  check_launch("clamp");
+}
+
+void clamp_backward(float* din, const float* dout, const float* in, int64_t N, float limit, cudaStream_t s) {
+  if (N == 0) return;
+  clamp_backward_kernel<<<ew_grid(N), 256, 0, s>>>(din, dout, in, N, limit);
+  check_launch("clamp_backward");
+}
+
 void axpy(float* y, float alpha, const float* x, int64_t N, cudaStream_t s) {
   if (N == 0) return;
   axpy_kernel<<<ew_grid(N), 256, 0, s>>>(y, alpha, x, N);

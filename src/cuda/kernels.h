@@ -142,6 +142,9 @@ void residual_forward(float* out, const float* a, const float* b, int64_t N, cud
 void add_bias(float* y, const float* bias, int64_t T, int64_t N, cudaStream_t s);
 // y (N) += alpha * x (N).
 void axpy(float* y, float alpha, const float* x, int64_t N, cudaStream_t s);
+// out (N) = in clamped to [-limit, limit]; din (N) += dout where -limit <= in <= limit (OLMo's clip_qkv).
+void clamp(float* out, const float* in, int64_t N, float limit, cudaStream_t s);
+void clamp_backward(float* din, const float* dout, const float* in, int64_t N, float limit, cudaStream_t s);
 // Rounds x (n) in place to `t` (nearest-even; no-op for F32), as round_activations.
 void round_activations(float* x, int64_t n, ComputeDType t, cudaStream_t s);
 // out (n) = x (n) converted to bf16 (`type` BF16) or fp16 (F16) bit patterns, nearest-even.

@@ -128,7 +128,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3";
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo";
 
   GgufWriter w;
   w.set_string("general.architecture", arch);
@@ -188,6 +188,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (arch != "granite" && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
                             (arch != "command-r" && arch != "cohere2" && s.logit_multiplier != 1.0f))) {
     fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
+  }
+  if (s.clip_qkv > 0.0f) {
+    if (arch != "olmo") fail(out_path, "a " + arch + " GGUF cannot carry clip_qkv");
+    w.set_f32(a + "attention.clamp_kqv", s.clip_qkv);
   }
   if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
   w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));

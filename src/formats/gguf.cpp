@@ -807,12 +807,16 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.embedding_scale = f.get_f32_or(a + "embedding_scale", 1.0f);
   hp.residual_scale = f.get_f32_or(a + "residual_scale", 1.0f);
   hp.logit_scale = f.get_f32_or(a + "logit_scale", 1.0f);
+  hp.clamp_kqv = f.get_f32_or(a + "attention.clamp_kqv", 0.0f);
+  if (!(hp.clamp_kqv >= 0.0f) || !std::isfinite(hp.clamp_kqv))
+    fail(f.path(), "metadata key " + quote(a + "attention.clamp_kqv") + " must be positive");
   for (const float* v : {&hp.attention_scale, &hp.embedding_scale, &hp.residual_scale, &hp.logit_scale})
     if (!(*v >= 0.0f) || !std::isfinite(*v) || (v != &hp.attention_scale && *v == 0.0f))
       fail(f.path(), "metadata keys " + quote(a + "attention.scale") + ", embedding_scale, residual_scale and "
                          "logit_scale must be positive");
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
-  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3";
+  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3" ||
+                        hp.architecture == "olmo";
   return hp;
 }
 

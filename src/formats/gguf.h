@@ -238,6 +238,7 @@ struct GgufLlamaHParams {
   // granite: {arch}.attention.scale (0: absent), .embedding_scale, .residual_scale,
   // .logit_scale (1: absent).
   float attention_scale = 0.0f, embedding_scale = 1.0f, residual_scale = 1.0f, logit_scale = 1.0f;
+  float clamp_kqv = 0.0f;  // {arch}.attention.clamp_kqv (olmo; 0: absent)
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

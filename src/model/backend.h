@@ -228,6 +228,10 @@ class Backend {
   virtual void scale(float* x, int64_t n, float s) = 0;
   // y (n) += alpha * x (n) (a scaled branch's backward).
   virtual void axpy(float* y, float alpha, const float* x, int64_t n) = 0;
+  // out (n) = in clamped to [-limit, limit]; the backward adds dout into din where
+  // -limit <= in <= limit (torch's clamp gradient).
+  virtual void clamp(float* out, const float* in, int64_t n, float limit) = 0;
+  virtual void clamp_backward(float* din, const float* dout, const float* in, int64_t n, float limit) = 0;
   // dst row i = src row idx[i] (gather), and dst row idx[i] = src row i (scatter, the other
   // rows untouched); rows of `width` floats, idx on the host.
   virtual void gather_rows(float* dst, const float* src, std::span<const int64_t> idx, int64_t width) = 0;

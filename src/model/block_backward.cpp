@@ -65,6 +65,9 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Act:
         be.act_backward(s.act, g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T));
         break;
+      case BlockOpKind::Clamp:
+        be.clamp_backward(g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T), o.factor);
+        break;
       case BlockOpKind::Scale:
         be.axpy(g(o.in0), o.factor, dy, p.floats(o.out, T, T));
         break;

@@ -152,6 +152,9 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::Act:
         be.act_forward(s.act, out, in0, n_of(o.out));
         break;
+      case BlockOpKind::Clamp:
+        be.clamp(out, in0, n_of(o.out), o.factor);
+        break;
       case BlockOpKind::Scale:
         be.copy(out, in0, n_of(o.out));
         be.scale(out, n_of(o.out), o.factor);

@@ -76,6 +76,15 @@ void BlockProgram::add_scale(int out, int in, float factor) {
   op(o);
 }
 
+void BlockProgram::add_clamp(int out, int in, float limit) {
+  BlockOp o{BlockOpKind::Clamp};
+  o.out = out;
+  o.in0 = in;
+  o.factor = limit;
+  o.round = true;
+  op(o);
+}
+
 void BlockProgram::add_attention(int out, int q, int k, int v) {
   BlockOp o{BlockOpKind::Attention};
   o.out = out;
@@ -171,6 +180,14 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_slice(qproj, qkv, 0, QD);
     p.add_slice(kproj, qkv, QD, KVD);
     p.add_slice(v, qkv, QD + KVD, KVD);
+  } else if (s.clip_qkv > 0.0f) {  // OLMo: each projection clamped to [-clip, clip]
+    const int qr = p.buffer("q_raw", QD), kr = p.buffer("k_raw", KVD), vr = p.buffer("v_raw", KVD);
+    p.add_linear(qr, h1, 0);
+    p.add_linear(kr, h1, 1);
+    p.add_linear(vr, h1, 2);
+    p.add_clamp(qproj, qr, s.clip_qkv);
+    p.add_clamp(kproj, kr, s.clip_qkv);
+    p.add_clamp(v, vr, s.clip_qkv);
   } else {
     p.add_linear(qproj, h1, 0);
     p.add_linear(kproj, h1, 1);
@@ -276,6 +293,7 @@ void BlockProgram::finish() {
       case BlockOpKind::Attention: keep(o.in0); keep(o.in1); keep(o.in2); keep(o.aux); break;
       case BlockOpKind::GatedAct: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Act: keep(o.in0); break;
+      case BlockOpKind::Clamp: keep(o.in0); break;
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
       case BlockOpKind::Slice:

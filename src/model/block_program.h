@@ -37,6 +37,7 @@ enum class BlockOpKind : uint8_t {
   Slice,      // out = columns [offset, offset + width) of in0 (a fused Linear's part), or of each
               // of `groups` groups of group_stride columns (per-head fused q/k/v)
   Scale,      // out = in0 * factor (Granite's residual_multiplier on a branch output)
+  Clamp,      // out = clamp(in0, -factor, factor) (OLMo's clip_qkv)
 };
 
 struct BlockOp {
@@ -109,6 +110,7 @@ class BlockProgram {
   void add_linear(int out, int in, int which);
   void add_rope(int buf, int64_t heads);
   void add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0);
+  void add_clamp(int out, int in, float limit);  // (rounded)
   void add_scale(int out, int in, float factor);  // (rounded)
   void add_residual(int out, int a, int b);
   void add_attention(int out, int q, int k, int v);  // (declares its probabilities buffer)

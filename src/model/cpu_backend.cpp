@@ -334,6 +334,13 @@ class CpuBackend final : public Backend {
   void scale(float* x, int64_t n, float s) override {
     for (int64_t i = 0; i < n; ++i) x[i] *= s;
   }
+  void clamp(float* out, const float* in, int64_t n, float limit) override {
+    for (int64_t i = 0; i < n; ++i) out[i] = std::min(std::max(in[i], -limit), limit);
+  }
+  void clamp_backward(float* din, const float* dout, const float* in, int64_t n, float limit) override {
+    for (int64_t i = 0; i < n; ++i)
+      if (in[i] >= -limit && in[i] <= limit) din[i] += dout[i];
+  }
   void axpy(float* y, float alpha, const float* x, int64_t n) override {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];

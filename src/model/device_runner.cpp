@@ -57,6 +57,7 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (s.rotary_dim > 0) return s.family + ": partial rotary";
   if (s.rope_interleaved) return s.family + ": interleaved rotary pairs";
   if (!s.nope_layers.empty()) return s.family + ": layers without rotary";
+  if (s.clip_qkv > 0.0f) return s.family + ": clamped q/k/v";
   if (s.rope_scaling.type == RopeScaling::Type::LongRope) return s.family + ": longrope";
   if (s.sliding_window > 0) return s.family + ": a sliding attention window";
   if (s.rope_local) return s.family + ": local rotary layers";

@@ -154,10 +154,15 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       }
       return std::vector<float>(static_cast<size_t>(spec.hidden), 0.0f);
     };
-    if (spec.pre_norms) {
-      L.input_norm = load_vector(src, name("input_layernorm"), opt.compute_dtype);
-      progress(name("input_layernorm"));
-    }
+    // (OLMo's LayerNorms have no weights: unit ones)
+    auto norm_weight = [&](const std::string& n) {
+      if (spec.norm_weights) {
+        progress(n);
+        return load_vector(src, n, opt.compute_dtype);
+      }
+      return std::vector<float>(static_cast<size_t>(spec.hidden), 1.0f);
+    };
+    if (spec.pre_norms) L.input_norm = norm_weight(name("input_layernorm"));
     if (ln) L.input_norm_bias = norm_bias(name("input_layernorm", "bias"));
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
     if (spec.sandwich_norms) {
@@ -174,16 +179,17 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
       progress(name("self_attn.k_norm"));
     }
-    if (!spec.shared_branch_norm) {
-      L.post_norm = load_vector(src, name("post_attention_layernorm"), opt.compute_dtype);
-      progress(name("post_attention_layernorm"));
-    }
+    if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
   }
   if (spec.final_norm) {
-    m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
-    progress("model.norm.weight");
+    if (spec.norm_weights) {
+      m.final_norm_ = load_vector(src, "model.norm.weight", opt.compute_dtype);
+      progress("model.norm.weight");
+    } else {
+      m.final_norm_.assign(static_cast<size_t>(spec.hidden), 1.0f);
+    }
     if (spec.norm == NormKind::LayerNorm && spec.norm_bias) {
       m.final_norm_bias_ = load_vector(src, "model.norm.bias", opt.compute_dtype);
       progress("model.norm.bias");

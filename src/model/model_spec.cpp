@@ -58,6 +58,10 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "post-norm blocks with a parallel residual, sandwich, shared or q/k norms are not a known variant");
   if (!pre_norms && (!sandwich_norms || parallel_residual || post_norm || norm != NormKind::RMSNorm))
     fail(where, "blocks without pre-norms are built with post-branch RMSNorms on a sequential block (OLMo 2) only");
+  if (!norm_weights && (norm != NormKind::LayerNorm || norm_bias))
+    fail(where, "norms without weights are LayerNorms without biases (OLMo's)");
+  if (!(clip_qkv >= 0.0f) || !std::isfinite(clip_qkv) || (clip_qkv > 0.0f && (fused_qkv || qk_norm)))
+    fail(where, "clip_qkv must be non-negative, and is built for separate q/k/v projections without q/k norms");
   if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
   if (projects_embeddings() && (embed_scale || embed_norm))
     fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
@@ -123,7 +127,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     t.push_back({"model.embed_norm.bias", {hidden}});
   }
   for (int64_t l = 0; l < n_layers; ++l) {
-    if (pre_norms) t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
+    if (pre_norms && norm_weights) t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
@@ -135,13 +139,13 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {qk_norm_full ? q_dim() : head_dim}});
       t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {qk_norm_full ? kv_dim() : head_dim}});
     }
-    if (!shared_branch_norm) {
+    if (!shared_branch_norm && norm_weights) {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
       if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     }
     linears(l, 4, 7);  // gate, up, down
   }
-  if (final_norm) {
+  if (final_norm && norm_weights) {
     t.push_back({"model.norm.weight", {hidden}});
     if (ln) t.push_back({"model.norm.bias", {hidden}});
   }

@@ -93,6 +93,12 @@ struct ModelSpec {
   NormKind norm = NormKind::RMSNorm;  // LayerNorm: with a bias beside every norm weight
   // false: LayerNorms without biases (Cohere's), run with zero biases (no tensors to load or write).
   bool norm_bias = true;
+  // false: LayerNorms without weights either (OLMo's non-parametric ones), run with unit
+  // weights and zero biases.
+  bool norm_weights = true;
+  // > 0: q, k and v are clamped to [-clip_qkv, clip_qkv] after their projections (OLMo's
+  // clip_qkv, llama.cpp's clamp_kqv).
+  float clip_qkv = 0.0f;
   MlpKind mlp = MlpKind::SwiGLU;
   Activation act = Activation::Gelu;  // the Plain MLP's activation
   PositionalKind positional = PositionalKind::Rotary;

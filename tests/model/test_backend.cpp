@@ -250,6 +250,14 @@ class CheckingBackend final : public Backend {
     f(x, n, "scale");
     cpu().scale(x, n, s);
   }
+  void clamp(float* out, const float* in, int64_t n, float limit) override {
+    f3(out, in, in, n, "clamp");
+    cpu().clamp(out, in, n, limit);
+  }
+  void clamp_backward(float* din, const float* dout, const float* in, int64_t n, float limit) override {
+    f3(din, dout, in, n, "clamp backward");
+    cpu().clamp_backward(din, dout, in, n, limit);
+  }
   void axpy(float* y, float alpha, const float* x, int64_t n) override {
     f3(y, x, x, n, "axpy");
     cpu().axpy(y, alpha, x, n);

@@ -151,6 +151,8 @@ FAMILIES = {
     "cohere2": ("Cohere2Config", dict(_drop=("rms_norm_eps",), num_hidden_layers=4, layer_norm_eps=1e-5,
                                       logit_scale=0.3, sliding_window=8, rope_theta=10000.0,
                                       tie_word_embeddings=True)),
+    # Arcee (AFM-4.5B): Llama's attention with an up / relu^2 / down MLP (no gate).
+    "arcee": ("ArceeConfig", dict(hidden_act="relu2", rope_theta=10000.0, tie_word_embeddings=False)),
     # OLMo: LayerNorms without weights or biases, and q/k/v clamped (clip_qkv 1: it binds here).
     "olmo": ("OlmoConfig", dict(_drop=("rms_norm_eps",), clip_qkv=1.0, rope_theta=10000.0, tie_word_embeddings=False)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
@@ -333,7 +335,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "bloom": "bloom", "falcon": "falcon", "falcon_mq": "falcon", "phi": "phi2", "stablelm": "stablelm",
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
              "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
-             "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo"}
+             "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
+             "arcee": "arcee"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -702,9 +705,9 @@ def write_gguf(model, arch: str, path: Path):
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
-            if arch in ("llama", "granite", "smollm3", "olmo") and mod == "self_attn.q_proj":
+            if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.q_proj":
                 t = permute(t, c.num_attention_heads)
-            if arch in ("llama", "granite", "smollm3", "olmo") and mod == "self_attn.k_proj":
+            if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
             if arch == "olmo2":  # llama.cpp's olmo2 names its two norms these
@@ -729,7 +732,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo")
+                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):

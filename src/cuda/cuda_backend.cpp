@@ -37,6 +37,7 @@ ActKind act_kind(Activation a) {
     case Activation::Gelu: return ActKind::Gelu;
     case Activation::GeluTanh: return ActKind::GeluTanh;
     case Activation::Relu: return ActKind::Relu;
+    case Activation::Relu2: return ActKind::Relu2;
   }
   return ActKind::Relu;
 }

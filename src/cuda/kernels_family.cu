@@ -120,6 +120,7 @@ __global__ void activation_kernel(float* out, const float* x, int64_t N, ActKind
         v = gelu_tanh_of(g, &th);
         break;
       }
+      case ActKind::Relu2: v = g > 0.0f ? __fmul_rn(g, g) : 0.0f; break;
       default: v = g > 0.0f ? g : 0.0f; break;
     }
     out[i] = v;
@@ -143,6 +144,7 @@ __global__ void activation_backward_kernel(float* dx, const float* dout, const f
         dg = gelu_tanh_grad(g, th);
         break;
       }
+      case ActKind::Relu2: dg = g > 0.0f ? __fmul_rn(2.0f, g) : 0.0f; break;
       default: dg = g > 0.0f ? 1.0f : 0.0f; break;
     }
     dx[i] = __fadd_rn(dx[i], __fmul_rn(dout[i], dg));

@@ -21,7 +21,7 @@
 namespace qlora::cuda {
 
 // model_spec.h Activation, value for value.
-enum class ActKind : uint8_t { Gelu, GeluTanh, Relu };
+enum class ActKind : uint8_t { Gelu, GeluTanh, Relu, Relu2 };
 
 // ops.h layernorm_forward: out = (x - mean) rstd w + b per row of C, float64 sums for mean and
 // variance as the CPU takes them, rounded once to dtype; stats (T, 2) = (mean, rstd) when not

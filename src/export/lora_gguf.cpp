@@ -34,7 +34,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_string("general.name", std::filesystem::path(out_path).stem().string());
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo";
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
+                          arch == "arcee";
   size_t n = 0;
   for (const LoraLayer& L : adapter.lora->layers()) {
     // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones)

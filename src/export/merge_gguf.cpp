@@ -128,7 +128,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo";
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
+                          arch == "arcee";
 
   GgufWriter w;
   w.set_string("general.architecture", arch);

@@ -816,7 +816,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
                          "logit_scale must be positive");
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3" ||
-                        hp.architecture == "olmo";
+                        hp.architecture == "olmo" || hp.architecture == "arcee";
   return hp;
 }
 

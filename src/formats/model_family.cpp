@@ -11,8 +11,8 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 23>& all_families() {
-  static const std::array<const ModelFamily*, 23> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 24>& all_families() {
+  static const std::array<const ModelFamily*, 24> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
                                                         &families::kGemma3Text, &families::kPhi3, &families::kPhi, &families::kGptNeoX,
                                                         &families::kGpt2, &families::kOpt,
@@ -20,7 +20,8 @@ const std::array<const ModelFamily*, 23>& all_families() {
                                                         &families::kStableLm, &families::kStarcoder2, &families::kGranite,
                                                         &families::kOlmo2, &families::kGptj,
                                                         &families::kCohere, &families::kSmolLm3,
-                                                        &families::kCohere2, &families::kOlmo};
+                                                        &families::kCohere2, &families::kOlmo,
+                                                        &families::kArcee};
   return all;
 }
 

@@ -19,8 +19,9 @@ enum class NormKind { RMSNorm, LayerNorm };
 // Plain: down(act(up(x))) with ModelSpec::act (gpt_neox, gpt2, opt, ...; no gate Linear).
 enum class MlpKind { SwiGLU, GeGLU, Plain };
 // The activation of a plain (ungated) MLP: Gelu = torch's exact erf GELU ("gelu"),
-// GeluTanh = its tanh approximation ("gelu_new", "gelu_pytorch_tanh"), Relu.
-enum class Activation : uint8_t { Gelu, GeluTanh, Relu };
+// GeluTanh = its tanh approximation ("gelu_new", "gelu_pytorch_tanh"), Relu, Relu2 = relu(x)^2
+// ("relu2": Arcee, Nemotron).
+enum class Activation : uint8_t { Gelu, GeluTanh, Relu, Relu2 };
 // Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
 // (Learned: model.embed_positions.weight (max_positions, hidden) added to the token
 // embeddings, gpt2; no rotary then.)

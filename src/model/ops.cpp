@@ -445,6 +445,9 @@ void activation_forward(float* out, const float* x, int64_t N, Activation act) {
     case Activation::Relu:
       for (int64_t i = 0; i < N; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
       break;
+    case Activation::Relu2:  // torch.square(relu(x))
+      for (int64_t i = 0; i < N; ++i) out[i] = x[i] > 0.0f ? x[i] * x[i] : 0.0f;
+      break;
   }
 }
 

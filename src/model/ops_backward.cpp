@@ -193,6 +193,7 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
           break;
         }
         case Activation::Relu: dg = g > 0.0f ? 1.0f : 0.0f; break;
+        case Activation::Relu2: dg = g > 0.0f ? 2.0f * g : 0.0f; break;
       }
       dx[i] += dout[i] * dg;
     }

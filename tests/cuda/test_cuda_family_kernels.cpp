@@ -106,7 +106,10 @@ TEST(CudaFamilyKernels, GegluAndActivationsMatchCpu) {
     expect_rel(gu.to_host(), wu, 1e-5, 1.0, "geglu backward (up)");
   }
   const std::pair<Activation, ActKind> acts[] = {
-      {Activation::Gelu, ActKind::Gelu}, {Activation::GeluTanh, ActKind::GeluTanh}, {Activation::Relu, ActKind::Relu}};
+      {Activation::Gelu, ActKind::Gelu},
+      {Activation::GeluTanh, ActKind::GeluTanh},
+      {Activation::Relu, ActKind::Relu},
+      {Activation::Relu2, ActKind::Relu2}};
   for (auto [a, k] : acts) {
     SCOPED_TRACE(static_cast<int>(a));
     std::vector<float> want(N);

@@ -265,6 +265,7 @@ TEST(OpsBackward, Activations) {
       {Activation::GeluTanh, "gelu_tanh dx",
        [](double v) { return 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))); }},
       {Activation::Relu, "relu dx", [](double v) { return v > 0 ? v : 0.0; }},
+      {Activation::Relu2, "relu2 dx", [](double v) { return v > 0 ? v * v : 0.0; }},
   };
   for (const Case& c : cases) {
     VecF out(N);
@@ -274,8 +275,9 @@ TEST(OpsBackward, Activations) {
     VecF dx = dx0;
     activation_backward(dx.data(), R.data(), x.data(), N, c.a);
     VecF xs = x;
-    if (c.a == Activation::Relu) xs[0] = 0.5f;  // (no derivative at the kink)
-    if (c.a == Activation::Relu) {
+    const bool kink = c.a == Activation::Relu || c.a == Activation::Relu2;
+    if (kink) xs[0] = 0.5f;  // (no derivative at the kink)
+    if (kink) {
       dx = dx0;
       activation_backward(dx.data(), R.data(), xs.data(), N, c.a);
     }

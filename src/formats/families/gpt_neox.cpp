@@ -41,6 +41,7 @@ const char* activation_name(Activation a) {
     case Activation::Gelu: return "gelu";
     case Activation::GeluTanh: return "gelu_new";
     case Activation::Relu: return "relu";
+    case Activation::Relu2: break;  // (not a gpt_neox activation: its reader refuses it)
   }
   return "gelu";
 }

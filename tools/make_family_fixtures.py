@@ -153,6 +153,10 @@ FAMILIES = {
                                       tie_word_embeddings=True)),
     # Arcee (AFM-4.5B): Llama's attention with an up / relu^2 / down MLP (no gate).
     "arcee": ("ArceeConfig", dict(hidden_act="relu2", rope_theta=10000.0, tie_word_embeddings=False)),
+    # Nemotron (Minitron): LayerNorm1P ((1 + w) with biases), up / relu^2 / down, partial rotary
+    # (NemotronConfig's default 0.5), untied head.
+    "nemotron": ("NemotronConfig", dict(_drop=("rms_norm_eps",), norm_eps=1e-5, rope_theta=10000.0,
+                                        tie_word_embeddings=False)),
     # OLMo: LayerNorms without weights or biases, and q/k/v clamped (clip_qkv 1: it binds here).
     "olmo": ("OlmoConfig", dict(_drop=("rms_norm_eps",), clip_qkv=1.0, rope_theta=10000.0, tie_word_embeddings=False)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
@@ -336,7 +340,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
              "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
              "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
-             "arcee": "arcee"}
+             "arcee": "arcee", "nemotron": "nemotron"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -501,6 +505,10 @@ def write_gguf_layernorm_llama(model, arch: str, path: Path):
         w.add_rope_dimension_count(int(c.rope_parameters["partial_rotary_factor"] * hd))
         w.add_parallel_residual(c.use_parallel_residual)
         w.add_layer_norm_eps(c.layer_norm_eps)
+    elif arch == "nemotron":  # as NemotronModel: LayerNorm eps, partial rotary; its norms stored as 1 + w
+        w.add_layer_norm_eps(c.norm_eps)
+        w.add_rope_dimension_count(int(c.rope_parameters["partial_rotary_factor"] * c.hidden_size) //
+                                   c.num_attention_heads)
     elif arch in ("command-r", "cohere2"):  # as CommandR2Model / Cohere2Model: the logit scale (and window)
         w.add_logit_scale(c.logit_scale)
         w.add_layer_norm_eps(c.layer_norm_eps)
@@ -517,6 +525,13 @@ def write_gguf_layernorm_llama(model, arch: str, path: Path):
     glob = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
             "model.norm.bias": "output_norm.bias", "lm_head.weight": "output.weight"}
     skip = ("lm_head.weight",) if c.tie_word_embeddings else ()
+    if arch == "nemotron":  # (NemotronModel.modify_tensors: the LayerNorm1P weights as 1 + w)
+        import copy
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.add_(1.0)
     _add_block_tensors(w, model, glob, names, None, None, skip=skip)
     _finish(w)
 
@@ -732,7 +747,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee")
+                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
@@ -912,7 +927,7 @@ def build(family: str):
             write_gguf_falcon(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "phi2":
             write_gguf_phi2(model, out / "model.gguf")
-        elif GGUF_ARCH[family] in ("stablelm", "starcoder2", "command-r", "cohere2"):
+        elif GGUF_ARCH[family] in ("stablelm", "starcoder2", "command-r", "cohere2", "nemotron"):
             write_gguf_layernorm_llama(model, GGUF_ARCH[family], out / "model.gguf")
         else:
             write_gguf(model, GGUF_ARCH[family], out / "model.gguf")

@@ -142,7 +142,8 @@ class CudaBackend final : public Backend {
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
                     const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
     if (s.norm == NormKind::LayerNorm)
-      cuda::layernorm_forward(out, stats, in, vec(weight, C), vec(bias, C), rows, C, s.norm_eps, dtype, stream_);
+      cuda::layernorm_forward(out, stats, in, vec(weight, C), vec(bias, C), rows, C, s.norm_eps, dtype, stream_,
+                              s.norm_offset());
     else
       rmsnorm_forward(out, stats, in, vec(weight, C), rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once,
                       stream_);
@@ -150,7 +151,7 @@ class CudaBackend final : public Backend {
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {
     if (s.norm == NormKind::LayerNorm)
-      layernorm_backward(din, dout, in, vec(weight, C), stats, rows, C, stream_);
+      layernorm_backward(din, dout, in, vec(weight, C), stats, rows, C, stream_, s.norm_offset());
     else
       rmsnorm_backward(din, dout, in, vec(weight, C), stats, rows, C, s.norm_offset(), stream_);
   }

@@ -26,7 +26,7 @@ constexpr float kGeluKappa = 0.044715f;
 // One block per row: the mean from a float64 sum, then the variance of (x - mean) in float64,
 // as layernorm_forward on the CPU.
 __global__ void layernorm_kernel(float* out, float* stats, const float* x, const float* weight, const float* bias,
-                                 int64_t C, float eps, int rnd) {
+                                 int64_t C, float eps, int rnd, float offset) {
   const int64_t t = blockIdx.x;
   const float* xr = x + t * C;
   float* o = out + t * C;
@@ -45,12 +45,14 @@ __global__ void layernorm_kernel(float* out, float* stats, const float* x, const
     stats[2 * t] = mean;
     stats[2 * t + 1] = r;
   }
-  for (int64_t i = threadIdx.x; i < C; i += blockDim.x)
-    o[i] = round_to(__fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xr[i], mean), r), weight[i]), bias[i]), rnd);
+  for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
+    const float w = offset == 0.0f ? weight[i] : round_to(__fadd_rn(offset, weight[i]), rnd);  // (LayerNorm1P)
+    o[i] = round_to(__fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xr[i], mean), r), w), bias[i]), rnd);
+  }
 }
 
 __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const float* x, const float* weight,
-                                          const float* stats, int64_t C) {
+                                          const float* stats, int64_t C, float offset) {
   const int64_t t = blockIdx.x;
   const float* xr = x + t * C;
   const float* d = dout + t * C;
@@ -58,7 +60,7 @@ __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const 
   const float mean = stats[2 * t], r = stats[2 * t + 1];
   double s1 = 0.0, s2 = 0.0;  // sums of w dout and of w dout xhat
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
-    const double wd = static_cast<double>(weight[i]) * d[i];
+    const double wd = static_cast<double>(__fadd_rn(offset, weight[i])) * d[i];
     s1 += wd;
     s2 += wd * __fmul_rn(__fsub_rn(xr[i], mean), r);
   }
@@ -68,7 +70,8 @@ __global__ void layernorm_backward_kernel(float* dinp, const float* dout, const 
   const float m2 = static_cast<float>(s2 / static_cast<double>(C));
   for (int64_t i = threadIdx.x; i < C; i += blockDim.x) {
     const float xhat_m2 = __fmul_rn(__fmul_rn(__fsub_rn(xr[i], mean), r), m2);
-    dx[i] = __fadd_rn(dx[i], __fmul_rn(r, __fsub_rn(__fsub_rn(__fmul_rn(weight[i], d[i]), m1), xhat_m2)));
+    dx[i] = __fadd_rn(dx[i],
+                      __fmul_rn(r, __fsub_rn(__fsub_rn(__fmul_rn(__fadd_rn(offset, weight[i]), d[i]), m1), xhat_m2)));
   }
 }
 
@@ -198,17 +201,18 @@ unsigned rows_grid(int64_t T, const char* what) {
 }  // namespace
 
 void layernorm_forward(float* out, float* stats, const float* x, const float* weight, const float* bias, int64_t T,
-                       int64_t C, float eps, ComputeDType dtype, cudaStream_t s) {
+                       int64_t C, float eps, ComputeDType dtype, cudaStream_t s, float weight_offset) {
   if (T == 0) return;
   layernorm_kernel<<<rows_grid(T, "cuda::layernorm_forward"), 256, 0, s>>>(out, stats, x, weight, bias, C, eps,
-                                                                           round_code(dtype));
+                                                                           round_code(dtype), weight_offset);
   check_launch("layernorm_forward");
 }
 
 void layernorm_backward(float* dinp, const float* dout, const float* x, const float* weight, const float* stats,
-                        int64_t T, int64_t C, cudaStream_t s) {
+                        int64_t T, int64_t C, cudaStream_t s, float weight_offset) {
   if (T == 0) return;
-  layernorm_backward_kernel<<<rows_grid(T, "cuda::layernorm_backward"), 256, 0, s>>>(dinp, dout, x, weight, stats, C);
+  layernorm_backward_kernel<<<rows_grid(T, "cuda::layernorm_backward"), 256, 0, s>>>(dinp, dout, x, weight, stats, C,
+                                                                                     weight_offset);
   check_launch("layernorm_backward");
 }
 

@@ -26,11 +26,12 @@ enum class ActKind : uint8_t { Gelu, GeluTanh, Relu, Relu2 };
 // ops.h layernorm_forward: out = (x - mean) rstd w + b per row of C, float64 sums for mean and
 // variance as the CPU takes them, rounded once to dtype; stats (T, 2) = (mean, rstd) when not
 // null.
+// weight_offset 1: Nemotron's LayerNorm1P ((1 + w) rounded to dtype).
 void layernorm_forward(float* out, float* stats, const float* x, const float* weight, const float* bias, int64_t T,
-                       int64_t C, float eps, ComputeDType dtype, cudaStream_t s);
+                       int64_t C, float eps, ComputeDType dtype, cudaStream_t s, float weight_offset = 0.0f);
 // ops_backward.h layernorm_backward (input gradient only; the sums in float64).
 void layernorm_backward(float* dinp, const float* dout, const float* x, const float* weight, const float* stats,
-                        int64_t T, int64_t C, cudaStream_t s);
+                        int64_t T, int64_t C, cudaStream_t s, float weight_offset = 0.0f);
 
 // ops.h geglu_forward: out (N) = gelu_tanh(gate) * up (may alias); ops_backward.h
 // geglu_backward: dgate += dout up gelu_tanh'(gate), dup += dout gelu_tanh(gate).

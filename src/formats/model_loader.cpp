@@ -259,7 +259,9 @@ class GgufSource : public TensorSource {
   std::vector<float> get(const std::string& name) const override {
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
-    if ((hp_.architecture == "gemma" || hp_.architecture == "gemma2" || hp_.architecture == "gemma3") &&
+    // (and Nemotron's LayerNorm1P weights)
+    if ((hp_.architecture == "gemma" || hp_.architecture == "gemma2" || hp_.architecture == "gemma3" ||
+         hp_.architecture == "nemotron") &&
         name.ends_with("norm.weight"))
       for (float& x : v) x -= 1.0f;
     return v;

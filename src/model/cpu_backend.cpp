@@ -126,14 +126,14 @@ class CpuBackend final : public Backend {
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
                     const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
     if (s.norm == NormKind::LayerNorm)
-      qlora::layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype);
+      qlora::layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype, s.norm_offset());
     else
       rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once);
   }
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {
     if (s.norm == NormKind::LayerNorm)
-      layernorm_backward(din, dout, in, weight, stats, rows, C);
+      layernorm_backward(din, dout, in, weight, stats, rows, C, s.norm_offset());
     else
       rmsnorm_backward(din, nullptr, dout, in, weight, stats, rows, C, s.norm_offset());
   }

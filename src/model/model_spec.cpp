@@ -65,7 +65,8 @@ void ModelSpec::validate(const std::string& where) const {
   if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
   if (projects_embeddings() && (embed_scale || embed_norm))
     fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
-  if (norm == NormKind::LayerNorm && norm_unit_offset) fail(where, "a (1 + w) LayerNorm is not a known variant");
+  if (norm == NormKind::LayerNorm && norm_unit_offset && (!norm_bias || !norm_weights))
+    fail(where, "a (1 + w) LayerNorm (Nemotron's) has weights and biases");
   if (sliding_window < 0) fail(where, "sliding window must be non-negative, got " + std::to_string(sliding_window));
   if (!nope_layers.empty() && static_cast<int64_t>(nope_layers.size()) != n_layers)
     fail(where, "no_rope_layers names " + std::to_string(nope_layers.size()) + " layers, the model has " +

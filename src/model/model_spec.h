@@ -213,6 +213,7 @@ struct ModelSpec {
   float attn_softcap = 0.0f;
   // > 0: the output logits are soft-capped the same way (gemma2 final_logit_softcapping).
   float final_softcap = 0.0f;
+  // Nemotron: every LayerNorm scales by (1 + weight), rounded to the compute dtype (LayerNorm1P).
   // Gemma: every RMSNorm scales by (1 + weight) in float32 and rounds once (ops.h
   // rmsnorm_forward's weight_offset 1), and the embeddings are multiplied by sqrt(hidden).
   bool norm_unit_offset = false;

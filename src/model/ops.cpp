@@ -405,7 +405,7 @@ void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) {
 }
 
 void layernorm_forward(float* out, float* stats, const float* inp, const float* weight, const float* bias, int64_t T,
-                       int64_t C, float eps, ComputeDType dtype) {
+                       int64_t C, float eps, ComputeDType dtype, float weight_offset) {
   for (int64_t t = 0; t < T; ++t) {
     const float* x = inp + t * C;
     float* o = out + t * C;
@@ -420,7 +420,9 @@ void layernorm_forward(float* out, float* stats, const float* inp, const float* 
       stats[2 * t + 1] = r;
     }
     for (int64_t i = 0; i < C; ++i) {
-      const float v = (x[i] - mean) * r * weight[i] + bias[i];
+      // (Nemotron's LayerNorm1P: the weight + 1, added in the weight's dtype)
+      const float w = weight_offset == 0.0f ? weight[i] : kernels::round_to_dtype(weight_offset + weight[i], dtype);
+      const float v = (x[i] - mean) * r * w + bias[i];
       o[i] = dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype);
     }
   }

@@ -138,8 +138,9 @@ void geglu_forward(float* out, const float* gate, const float* up, int64_t N);
 // LayerNorm with bias, per row of C: out = (x - mean) / sqrt(var + eps) * weight + bias
 // (var the biased variance), in float32 and rounded once to `dtype` (torch's LayerNorm on
 // bf16/fp16 computes in float32). stats (T, 2) receives (mean, rstd) per row when not null.
+// weight_offset 1: Nemotron's LayerNorm1P, the weight is (1 + w) rounded to dtype.
 void layernorm_forward(float* out, float* stats, const float* inp, const float* weight, const float* bias, int64_t T,
-                       int64_t C, float eps, ComputeDType dtype = ComputeDType::F32);
+                       int64_t C, float eps, ComputeDType dtype = ComputeDType::F32, float weight_offset = 0.0f);
 // out (N) = act(x): the plain MLP's activation (model_spec.h Activation). out may alias x.
 void activation_forward(float* out, const float* x, int64_t N, Activation act);
 // out (N) = a + b (out may alias a or b).

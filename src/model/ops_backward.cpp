@@ -158,7 +158,7 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 }
 
 void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* stats,
-                        int64_t T, int64_t C) {
+                        int64_t T, int64_t C, float weight_offset) {
   parallel_for_range(T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* x = inp + t * C;
@@ -167,12 +167,12 @@ void layernorm_backward(float* dinp, const float* dout, const float* inp, const 
       const float mean = stats[2 * t], r = stats[2 * t + 1];
       double s1 = 0.0, s2 = 0.0;  // sums of w dout and of w dout xhat
       for (int64_t i = 0; i < C; ++i) {
-        const double wd = static_cast<double>(weight[i]) * d[i];
+        const double wd = static_cast<double>(weight_offset + weight[i]) * d[i];
         s1 += wd;
         s2 += wd * ((x[i] - mean) * r);
       }
       const float m1 = static_cast<float>(s1 / static_cast<double>(C)), m2 = static_cast<float>(s2 / static_cast<double>(C));
-      for (int64_t i = 0; i < C; ++i) dx[i] += r * (weight[i] * d[i] - m1 - (x[i] - mean) * r * m2);
+      for (int64_t i = 0; i < C; ++i) dx[i] += r * ((weight_offset + weight[i]) * d[i] - m1 - (x[i] - mean) * r * m2);
     }
   });
 }

@@ -67,7 +67,7 @@ void geglu_backward(float* dgate, float* dup, const float* dout, const float* ga
 // dinp (T, C) += rstd (w dout - mean(w dout) - xhat mean(w dout xhat)), xhat = (x - mean) rstd.
 // stats (T, 2) are the forward's (mean, rstd). dinp must not alias dout or inp.
 void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* stats,
-                        int64_t T, int64_t C);
+                        int64_t T, int64_t C, float weight_offset = 0.0f);
 // out = act(x): dx (N) += dout * act'(x).
 void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act);
 // out = a + b: da (N) += dout, db (N) += dout (either may be null).

@@ -17,9 +17,11 @@ namespace qlora::test {
 // bloom (ALiBi, embedding norm), gpt_neox (parallel residual, per-head fused q/k/v), phi (one
 // norm for both parallel branches, the head's bias), granite (scaled branches and logits),
 // olmo2 (no pre-norms, q/k norms over all heads), gptj (interleaved partial rotary), smollm3
-// (a layer without rotary), olmo (weightless norms, clamped q/k/v).
-inline const std::vector<std::string> kBackendFamilies = {"llama", "gemma2", "phi3",    "opt_350m", "bloom", "gpt_neox",
-                                                           "phi",   "granite", "olmo2", "gptj",     "smollm3", "olmo"};
+// (a layer without rotary), olmo (weightless norms, clamped q/k/v), nemotron ((1 + w) LayerNorms,
+// relu^2).
+inline const std::vector<std::string> kBackendFamilies = {"llama", "gemma2",  "phi3",  "opt_350m", "bloom",
+                                                           "gpt_neox", "phi", "granite", "olmo2", "gptj",
+                                                           "smollm3",  "olmo", "nemotron"};
 
 inline std::string family_fixture_dir(const std::string& f) {
   return std::string(QLORA_FIXTURE_DIR) + "/families/" + f;

@@ -42,6 +42,22 @@ bool get_bool(const json& j, const char* key, const std::string& where, bool dfl
 }
 
 // An id or a list of ids (eos_token_id may be either).
+std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where) {
+  const json* lt = find_key(j, "layer_types");
+  if (!lt) return std::nullopt;
+  if (!lt->is_array() || static_cast<int64_t>(lt->size()) != n_layers)
+    fail(where, "layer_types must list one entry per layer (" + std::to_string(n_layers) + ")");
+  std::vector<bool> slides(static_cast<size_t>(n_layers), false);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const json& e = (*lt)[static_cast<size_t>(l)];
+    const std::string t = e.is_string() ? e.get<std::string>() : "";
+    if (t != "sliding_attention" && t != "full_attention")
+      fail(where, "layer_types[" + std::to_string(l) + "] " + shown(e) + " is not supported");
+    slides[static_cast<size_t>(l)] = t == "sliding_attention";
+  }
+  return slides;
+}
+
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where) {
   const json* v = find_key(j, key);
   std::vector<int> ids;

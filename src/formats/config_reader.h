@@ -26,6 +26,10 @@ float get_float(const json& j, const char* key, const std::string& where, float 
 bool get_bool(const json& j, const char* key, const std::string& where, bool dflt);
 // An id or a list of ids (eos_token_id may be either).
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where);
+// layer_types as one flag per layer, true for "sliding_attention" (the other value allowed is
+// "full_attention"); nullopt when the key is absent or null. An Error when it does not list
+// n_layers entries or holds another type.
+std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where);
 // max_position_embeddings before the spec has it (yarn's default factor needs it), 0 if absent.
 int64_t max_positions_hint(const json& j);
 // j[shared] = j[own] when j has `own` and not `shared`: a family's own spelling of a shared

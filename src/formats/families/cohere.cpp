@@ -52,16 +52,8 @@ void cohere2_read(const json& j, const std::string& where, ModelSpec& s) {
   const int64_t window = config::get_int(j, "sliding_window", where, 4096);
   if (window <= 0) fail(where, "sliding_window must be positive, got " + std::to_string(window));
   std::vector<bool> slides(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
-  if (const json* lt = config::find_key(j, "layer_types"); lt && !lt->is_null()) {
-    if (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers)
-      fail(where, "layer_types must list one entry per layer (" + std::to_string(s.n_layers) + ")");
-    for (int64_t l = 0; l < s.n_layers; ++l) {
-      const json& e = (*lt)[static_cast<size_t>(l)];
-      const std::string t = e.is_string() ? e.get<std::string>() : "";
-      if (t != "sliding_attention" && t != "full_attention")
-        fail(where, "layer_types[" + std::to_string(l) + "] " + config::shown(e) + " is not supported");
-      slides[static_cast<size_t>(l)] = t == "sliding_attention";
-    }
+  if (auto lt = config::sliding_layer_types(j, s.n_layers, where)) {
+    slides = std::move(*lt);
   } else {
     const int64_t pattern = config::get_int(j, "sliding_window_pattern", where, 4);
     if (pattern <= 0) fail(where, "sliding_window_pattern must be positive");

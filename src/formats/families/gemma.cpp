@@ -43,19 +43,10 @@ void gemma23_read(const json& j, const std::string& where, ModelSpec& s, float c
                          : config::get_int(j, "sliding_window", where, 4096);
   if (pattern <= 0) fail(where, "sliding_window_pattern must be positive");
   s.sliding_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
-  const json* lt = config::find_key(j, "layer_types");
-  if (lt && (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers))
-    fail(where, "layer_types must list one entry per layer (" + std::to_string(s.n_layers) + ")");
-  for (int64_t l = 0; l < s.n_layers; ++l) {
-    if (!lt) {
-      s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % pattern != 0;
-      continue;
-    }
-    const json& e = (*lt)[static_cast<size_t>(l)];
-    const std::string t = e.is_string() ? e.get<std::string>() : "";
-    if (t != "sliding_attention" && t != "full_attention")
-      fail(where, "layer_types[" + std::to_string(l) + "] " + config::shown(e) + " is not supported");
-    s.sliding_layers[static_cast<size_t>(l)] = t == "sliding_attention";
+  if (auto lt = config::sliding_layer_types(j, s.n_layers, where)) {
+    s.sliding_layers = std::move(*lt);
+  } else {
+    for (int64_t l = 0; l < s.n_layers; ++l) s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % pattern != 0;
   }
 }
 

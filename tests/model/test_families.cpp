@@ -49,8 +49,14 @@ std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_
 
 // The families with fixtures. A new family adds its fixture (tools/make_family_fixtures.py)
 // and its name here.
-const std::vector<std::string> kFamilies = {"llama", "llama_bias", "mistral", "qwen2", "qwen2_swa", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3_text_gguf", "phi3", "phi4_mini", "phi", "gpt_neox", "gpt_neox_seq", "gpt2", "opt", "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_seq", "falcon_alibi", "stablelm", "stablelm_par", "starcoder2", "starcoder2_swa", "granite", "olmo2", "gptj", "cohere", "cohere2", "smollm3", "smollm3_swa", "olmo", "arcee", "nemotron",
-                                            "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
+const std::vector<std::string> kFamilies = {
+    "llama",        "llama_bias",        "mistral",          "qwen2",           "qwen2_swa",    "qwen3",
+    "gemma",        "gemma2",            "gemma3_text",      "gemma3_text_gguf", "phi3",        "phi4_mini",
+    "phi",          "gpt_neox",          "gpt_neox_seq",     "gpt2",            "opt",          "opt_350m",
+    "bloom",        "falcon",            "falcon_mq",        "falcon_seq",      "falcon_alibi", "stablelm",
+    "stablelm_par", "starcoder2",        "starcoder2_swa",   "granite",         "olmo2",        "gptj",
+    "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
+    "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -236,9 +242,10 @@ TEST_P(FamiliesBnb, MergedFourBitCheckpointGivesItsLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
-                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "granite", "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron", "gpt2",
-                                           "gpt_neox", "opt", "opt_350m",
-                                           "bloom", "falcon", "falcon_mq", "falcon_alibi"),
+                         ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "granite",
+                                           "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron",
+                                           "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
+                                           "falcon_alibi"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -737,10 +744,11 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
-                         ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf", "llama_rope_llama3",
-                                           "llama_rope_linear",
-                                           "qwen2_rope_yarn", "phi3", "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon",
-                                           "falcon_mq", "phi", "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron"),
+                         ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf",
+                                           "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn", "phi3",
+                                           "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon", "falcon_mq", "phi",
+                                           "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere",
+                                           "cohere2", "smollm3", "olmo", "arcee", "nemotron"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -438,6 +438,25 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
 // script checked llama.cpp reads this file as it reads the three-tensor one. It loads as a
 // fused Linear with the same logits, takes an adapter on the fused module, and refuses a
 // Hugging Face merge (PhiForCausalLM has no fused form) while a GGUF merge works.
+// A family llama.cpp cannot run (GPT-J) merges to a Hugging Face directory; a GGUF is refused
+// by name, before anything is written.
+TEST(FamiliesGguf, GptjMergeToGgufSaysLlamaCppHasNoGraph) {
+  ModelFiles files = open_model_files(family_dir("gptj"));
+  const Model m = load_path(family_dir("gptj"));
+  TempDir tmp("gptj_gguf");
+  GgufExportOptions go;
+  go.type = GgmlType::F32;
+  go.log = false;
+  try {
+    write_merged_gguf(m, files, {}, tmp.path("m.gguf"), go, false);
+    ADD_FAILURE() << "a gptj GGUF was written";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("llama.cpp has no architecture for model_type 'gptj'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("m.gguf")));
+}
+
 TEST(FamiliesGgufPhi, FusedQkvGgufGivesTheSameLogits) {
   const Fixture x = read_fixture("phi");
   const std::string path = family_dir("phi") + "/model_fused_qkv.gguf";

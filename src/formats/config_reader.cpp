@@ -42,6 +42,17 @@ bool get_bool(const json& j, const char* key, const std::string& where, bool dfl
 }
 
 // An id or a list of ids (eos_token_id may be either).
+Activation gelu_family_activation(const json& j, const char* key, const std::string& where, const std::string& family,
+                                  const char* dflt, bool relu_ok) {
+  const json* a = find_key(j, key);
+  const std::string act = a && a->is_string() ? a->get<std::string>() : (a ? "" : dflt);
+  if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") return Activation::GeluTanh;
+  if (act == "gelu") return Activation::Gelu;
+  if (act == "relu" && relu_ok) return Activation::Relu;
+  fail(where, std::string(key) + " " + (a ? shown(*a) : std::string("?")) + " is not supported for " + family +
+                  " (gelu_new, gelu_pytorch_tanh, gelu_fast, gelu" + (relu_ok ? ", relu)" : ")"));
+}
+
 std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where) {
   const json* lt = find_key(j, "layer_types");
   if (!lt) return std::nullopt;

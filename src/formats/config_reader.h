@@ -30,6 +30,11 @@ std::vector<int> get_ids(const json& j, const char* key, const std::string& wher
 // "full_attention"); nullopt when the key is absent or null. An Error when it does not list
 // n_layers entries or holds another type.
 std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where);
+// A plain MLP's GELU-family activation under `key` (`dflt` when absent): gelu_new,
+// gelu_pytorch_tanh and gelu_fast are the tanh GELU, gelu the erf one, relu ReLU when
+// `relu_ok`. Anything else is an Error naming `family` and what it accepts.
+Activation gelu_family_activation(const json& j, const char* key, const std::string& where, const std::string& family,
+                                  const char* dflt, bool relu_ok);
 // max_position_embeddings before the spec has it (yarn's default factor needs it), 0 if absent.
 int64_t max_positions_hint(const json& j);
 // j[shared] = j[own] when j has `own` and not `shared`: a family's own spelling of a shared

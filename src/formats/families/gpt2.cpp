@@ -53,17 +53,7 @@ void gpt2_read(const json& j, const std::string& where, ModelSpec& s) {
   s.norm_eps = config::get_float(j, "layer_norm_epsilon", where, 1e-5f);
   if (config::find_key(j, "num_key_value_heads") && s.n_kv_heads != s.n_heads)
     fail(where, "gpt2 has no grouped key/value heads");
-  const json* a = config::find_key(j, "activation_function");
-  const std::string act = a && a->is_string() ? a->get<std::string>() : (a ? "" : "gelu_new");
-  if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast")
-    s.act = Activation::GeluTanh;
-  else if (act == "gelu")
-    s.act = Activation::Gelu;
-  else if (act == "relu")
-    s.act = Activation::Relu;
-  else
-    fail(where, "activation_function " + (a ? config::shown(*a) : std::string("?")) +
-                    " is not supported for gpt2 (gelu_new, gelu, relu)");
+  s.act = config::gelu_family_activation(j, "activation_function", where, "gpt2", "gelu_new", /*relu_ok=*/true);
   if (!config::get_bool(j, "scale_attn_weights", where, true))
     fail(where, "scale_attn_weights false (unscaled attention scores) is not supported");
   if (config::get_bool(j, "scale_attn_by_inverse_layer_idx", where, false))

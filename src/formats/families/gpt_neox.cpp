@@ -26,16 +26,6 @@ constexpr HfRename kNeoXRenames[] = {
     {".mlp.dense_4h_to_h.", ".mlp.down_proj."},
 };
 
-Activation activation_of(const json& j, const std::string& where) {
-  const json* a = config::find_key(j, "hidden_act");
-  const std::string act = a && a->is_string() ? a->get<std::string>() : (a ? "" : "gelu");
-  if (act == "gelu") return Activation::Gelu;
-  if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") return Activation::GeluTanh;
-  if (act == "relu") return Activation::Relu;
-  fail(where, "hidden_act " + (a ? config::shown(*a) : std::string("?")) +
-                  " is not supported for gpt_neox (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu)");
-}
-
 const char* activation_name(Activation a) {
   switch (a) {
     case Activation::Gelu: return "gelu";
@@ -49,7 +39,7 @@ const char* activation_name(Activation a) {
 void neox_read(const json& j, const std::string& where, ModelSpec& s) {
   s.norm = NormKind::LayerNorm;
   s.mlp = MlpKind::Plain;
-  s.act = activation_of(j, where);
+  s.act = config::gelu_family_activation(j, "hidden_act", where, "gpt_neox", "gelu", /*relu_ok=*/true);
   s.fused_qkv = s.qkv_per_head = true;
   s.parallel_residual = config::get_bool(j, "use_parallel_residual", where, true);
   s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, true);

@@ -51,15 +51,7 @@ void gptj_read(const json& j, const std::string& where, ModelSpec& s) {
   s.norm_eps = config::get_float(j, "layer_norm_epsilon", where, 1e-5f);
   if (config::find_key(j, "num_key_value_heads") && s.n_kv_heads != s.n_heads)
     fail(where, "gptj has no grouped key/value heads");
-  const json* a = config::find_key(j, "activation_function");
-  const std::string act = a && a->is_string() ? a->get<std::string>() : (a ? "" : "gelu_new");
-  if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast")
-    s.act = Activation::GeluTanh;
-  else if (act == "gelu")
-    s.act = Activation::Gelu;
-  else
-    fail(where, "activation_function " + (a ? config::shown(*a) : std::string("?")) +
-                    " is not supported for gptj (gelu_new, gelu)");
+  s.act = config::gelu_family_activation(j, "activation_function", where, "gptj", "gelu_new", /*relu_ok=*/false);
   const int64_t rot = config::get_int(j, "rotary_dim", where, 64);
   if (rot <= 0 || rot > s.head_dim || rot % 2 != 0)
     fail(where, "rotary_dim " + std::to_string(rot) + " must be even and at most the head size " +

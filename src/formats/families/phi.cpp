@@ -37,15 +37,7 @@ void phi_block(ModelSpec& s) {
 
 void phi_read(const json& j, const std::string& where, ModelSpec& s) {
   phi_block(s);
-  const json* a = config::find_key(j, "hidden_act");
-  const std::string act = a && a->is_string() ? a->get<std::string>() : (a ? "" : "gelu_new");
-  if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast")
-    s.act = Activation::GeluTanh;
-  else if (act == "gelu")
-    s.act = Activation::Gelu;
-  else
-    fail(where, "hidden_act " + (a ? config::shown(*a) : std::string("?")) +
-                    " is not supported for phi (gelu_new, gelu_pytorch_tanh, gelu_fast, gelu)");
+  s.act = config::gelu_family_activation(j, "hidden_act", where, "phi", "gelu_new", /*relu_ok=*/false);
   s.norm_eps = config::get_float(j, "layer_norm_eps", where, 1e-5f);
   if (config::get_bool(j, "qk_layernorm", where, false))
     fail(where, "qk_layernorm true (per-head LayerNorms on q and k) is not supported for phi; no released Phi "

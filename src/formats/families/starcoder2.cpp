@@ -23,15 +23,7 @@ constexpr HfRename kStarcoder2Renames[] = {
 void starcoder2_read(const json& j, const std::string& where, ModelSpec& s) {
   s.norm = NormKind::LayerNorm;
   s.mlp = MlpKind::Plain;
-  const json* a = config::find_key(j, "hidden_act");
-  const std::string act = a && a->is_string() ? a->get<std::string>() : (a ? "" : "gelu_pytorch_tanh");
-  if (act == "gelu_pytorch_tanh" || act == "gelu_new" || act == "gelu_fast")
-    s.act = Activation::GeluTanh;
-  else if (act == "gelu")
-    s.act = Activation::Gelu;
-  else
-    fail(where, "hidden_act " + (a ? config::shown(*a) : std::string("?")) +
-                    " is not supported for starcoder2 (gelu_pytorch_tanh, gelu_new, gelu_fast, gelu)");
+  s.act = config::gelu_family_activation(j, "hidden_act", where, "starcoder2", "gelu_pytorch_tanh", /*relu_ok=*/false);
   s.norm_eps = config::get_float(j, "norm_epsilon", where, 1e-5f);
   s.qkv_bias = s.o_bias = s.mlp_bias = config::get_bool(j, "use_bias", where, true);
   s.sliding_window = config::get_int(j, "sliding_window", where, 0);

@@ -63,7 +63,29 @@ COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_att
 _FALCON_DROP = ("num_key_value_heads", "rms_norm_eps", "intermediate_size")
 
 # family -> (config class name, extra config); each a shape that exercises what is particular to it
+# Mixture-of-experts shapes: 4 experts, 2 per token, experts narrower than the dense
+# intermediate_size would be (moe_intermediate_size 32) where the family has its own key.
+# PEFT 0.21's all-linear on transformers 5's MoE also wraps the router and the fused 3-D
+# expert parameters (target_parameters); qlora adapts the attention (and Qwen2-MoE's shared
+# expert) only, so these fixtures' adapters name those modules (_targets).
+_MOE_ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 FAMILIES = {
+    # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
+                                      router_jitter_noise=0.0, tie_word_embeddings=False, _targets=_MOE_ATTN)),
+    # Qwen2-MoE: q/k/v biases, 4 experts of 32, top 2 not renormalized, a shared expert of 48
+    # behind its sigmoid gate.
+    "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                         shared_expert_intermediate_size=48, norm_topk_prob=False,
+                                         rope_theta=10000.0, tie_word_embeddings=False,
+                                         _targets=_MOE_ATTN + ["gate_proj", "up_proj", "down_proj"])),
+    # Qwen3-MoE: per-head q/k norms, head_dim 16 of hidden 64, renormalized top 2.
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                         norm_topk_prob=True, rope_theta=10000.0, tie_word_embeddings=False,
+                                         _targets=_MOE_ATTN)),
+    # OLMoE: q/k RMSNorms over all heads, top 2 of 4 not renormalized.
+    "olmoe": ("OlmoeConfig", dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, rope_theta=10000.0,
+                                  tie_word_embeddings=False, _targets=_MOE_ATTN)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     "llama_bias": ("LlamaConfig", dict(rope_theta=10000.0, attention_bias=True, mlp_bias=True,
                                        tie_word_embeddings=True)),
@@ -311,9 +333,32 @@ def use_generic_cpu_dequantize():
     _GENERIC_DEQUANT = True
 
 
+def is_moe(family: str) -> bool:
+    return "_targets" in FAMILIES[family][1]
+
+
+def experts_roundtrip(model, double_quant: bool):
+    """Each expert's fused gate_up_proj[e] (2F, C) and down_proj[e] (C, F) through bitsandbytes'
+    NF4 (blocksize 64): transformers 5 keeps these 3-D parameters dense under bitsandbytes
+    (only nn.Linear is replaced), while qlora quantizes them as QLoRA on transformers 4 did;
+    this is what bitsandbytes makes of them."""
+    import bitsandbytes.functional as F
+    use_generic_cpu_dequantize()
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if not name.endswith(".experts") or not hasattr(mod, "gate_up_proj"):
+                continue
+            for p in (mod.gate_up_proj, mod.down_proj):
+                for e in range(p.shape[0]):
+                    w = p.data[e].to(torch.float32).contiguous()
+                    q, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+                    p.data[e].copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(p.dtype))
+
+
 def nf4_roundtrip(model):
     import bitsandbytes.functional as F
     use_generic_cpu_dequantize()
+    experts_roundtrip(model, False)
     with torch.no_grad():
         from transformers.pytorch_utils import Conv1D
         for name, mod in model.named_modules():
@@ -747,10 +792,11 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 # block form of the announcement's families.
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
-                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron")
+                "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
-def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
+def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):
     """transformers loads the float32 directory with bitsandbytes (4-bit NF4 with double
     quantization and float32 compute; LLM.int8) on CPU and saves it with save_pretrained, as
     a user's pre-quantized checkpoint is made; returns the prompt logits of each quantized
@@ -781,9 +827,13 @@ def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager"):
             for mod in m.modules():
                 if isinstance(mod, bnb.nn.Linear4bit):
                     mod.support_avx512bf16_for_cpu = False
+            if moe and name == "bnb8":
+                continue  # (LLM.int8 of the experts has no bitsandbytes reference here)
+            m.save_pretrained(out / name, safe_serialization=True)
+            if moe:  # the experts as qlora quantizes them (experts_roundtrip), after the save
+                experts_roundtrip(m, True)
             with torch.no_grad():
                 logits[f"{name}_logits"] = m(prompt).logits[0].float().contiguous()
-            m.save_pretrained(out / name, safe_serialization=True)
             (out / name / "generation_config.json").unlink(missing_ok=True)
     finally:
         modeling_falcon.FalconLinear = falcon_linear
@@ -826,7 +876,8 @@ def build(family: str):
     with torch.no_grad():
         nf4_logits = nf4(prompt).logits[0].contiguous()
 
-    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=FAMILIES[family][1].get("_targets", "all-linear"),
+                      task_type="CAUSAL_LM")
     torch.manual_seed(5)
     pm = get_peft_model(copy.deepcopy(model), lcfg)
     gb = torch.Generator().manual_seed(11)
@@ -892,7 +943,7 @@ def build(family: str):
     if default_logits is not None:
         all_logits["peft_default_logits"] = default_logits
     if family in BNB_FAMILIES:
-        all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family)))
+        all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family)))
     if "_long" in FAMILIES[family][1]:
         n = FAMILIES[family][1]["_long"]
         long_prompt = torch.randint(3, V, (1, n), generator=torch.Generator().manual_seed(23))

@@ -188,6 +188,11 @@ int run(Options o) {
   if (!o.quiet) {
     std::fprintf(stderr, "LoRA: r %d, alpha %g, dropout %g, %zu modules, %lld trainable parameters\n", lc.r,
                  lc.alpha, lc.dropout, lora.layers().size(), static_cast<long long>(lora.num_trainable()));
+    if (model.spec().moe())
+      std::fprintf(stderr,
+                   "LoRA: %s is a mixture-of-experts model: its router and its %lld experts per layer stay frozen "
+                   "(adapting them, PEFT's target_parameters, is not supported yet)\n",
+                   model.spec().family.c_str(), static_cast<long long>(model.spec().n_experts));
     std::fprintf(stderr, "plan: %lld steps of %lld x %lld sequences (%.2f epochs), %s, lr %g (%s)\n",
                  static_cast<long long>(steps), static_cast<long long>(t.batch_size),
                  static_cast<long long>(t.grad_accum),

@@ -132,6 +132,9 @@ MemoryEngine cuda_memory_engine(const ModelSpec& spec, bool int8_weights) {
 void attach_device(Model& model, const ModelFlags& f, bool quiet) {
   const DeviceChoice d = parse_device(f.device);
   if (!d.cuda) return;
+  if (model.spec().moe())  // (model/moe_block.h routes on the host)
+    fail("--device " + f.device, model.spec().family +
+                                     " is a mixture-of-experts model, which runs on the CPU only for now: use --device cpu");
   const char* env = std::getenv("QLORA_CUDA_ENGINE");
   const CudaEngine engine = choose_cuda_engine(model.spec(), env ? env : "", model.quant().int8);
   if (engine == CudaEngine::Runner) {

@@ -132,6 +132,22 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
         if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
         if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
+        if (model.spec().moe()) {  // (no adapter reaches the router or the experts)
+          auto rows = [](const QuantLinear& q, int64_t r0, int64_t r1) {
+            std::vector<float> w(static_cast<size_t>((r1 - r0) * q.in_features()));
+            q.dequantize_rows(r0, r1, w.data());
+            return w;
+          };
+          if (rest == std::string(kMoeRouterModule) + ".weight") return rows(L.router, 0, L.router.out_features());
+          if (rest == std::string(kMoeSharedGateModule) + ".weight" && model.spec().shared_expert)
+            return rows(L.shared_gate, 0, 1);
+          const int64_t F = model.spec().expert_ffn;
+          for (int64_t e = 0; e < model.spec().n_experts; ++e)
+            for (int part = 0; part < 3; ++part)
+              if (rest == expert_module(e, part) + ".weight")
+                return part == 2 ? rows(L.expert_down[static_cast<size_t>(e)], 0, model.spec().hidden)
+                                 : rows(L.expert_gate_up[static_cast<size_t>(e)], part * F, (part + 1) * F);
+        }
         const auto lin = model.spec().block_linears();
         for (int w = 0; w < kBlockLinearCount; ++w) {
           if (!lin[w].module) continue;  // absent in this family (fused into another)

@@ -145,6 +145,13 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   std::vector<std::pair<LinearShape, uint64_t>> linears;  // (shape, how many)
   for (const LinearShape& li : block_linears(s)) linears.emplace_back(li, L);
   for (const LinearShape& li : model_linears(s)) linears.emplace_back(li, 1);
+  if (s.moe()) {  // each expert's fused gate/up and down, and the shared expert's gate
+    const uint64_t experts = L * u(s.n_experts);
+    linears.emplace_back(LinearShape{"experts.gate_up_proj", 2 * s.expert_ffn, s.hidden, false}, experts);
+    linears.emplace_back(LinearShape{"experts.down_proj", s.hidden, s.expert_ffn, false}, experts);
+    if (s.shared_expert) linears.emplace_back(LinearShape{"shared_expert_gate", 1, s.hidden, false}, L);
+    w.dense_linear += L * u(s.n_experts) * u(s.hidden) * dense_bytes;  // the router, kept dense
+  }
   for (const auto& [li, count] : linears) {
     const uint64_t L = count;  // (shadows the layer count: this Linear's copies)
     const uint64_t n = u(li.out) * u(li.in);
@@ -380,6 +387,14 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         "dx/dh/d-MLP/d-attention buffers, the block's declared scratch (dequantized weight tile, attention "
         "gradients, LoRA temporaries)");
     if (lm_panels) add(r, "lm_head gradient panels (per thread, CPU)", lm_panels, "64 x V + B*T x 64 floats per thread");
+    if (s.moe()) {  // model/moe_block.cpp's backward: one expert's rows at a time (at most all B*T)
+      const uint64_t Fe = u(s.expert_ffn), NE = u(s.n_experts);
+      const uint64_t tile = u(std::max({linear_backward_tile_floats(s.hidden, 2 * s.expert_ffn),
+                                        linear_backward_tile_floats(s.expert_ffn, s.hidden),
+                                        linear_backward_tile_floats(s.hidden, s.n_experts)}));
+      add(r, "mixture-of-experts buffers (backward)", 4 * (BT * (4 * C + 10 * Fe + 3 * NE + 2 * u(s.experts_per_token)) + tile),
+          "one expert's gathered rows, its recomputed products and their gradients, the router's probabilities");
+    }
     if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16)
       add(r, "bf16 GEMM packing (AMX tiles or AVX-512 BF16)", bf16_tile_bytes(BT), "kept by the threads at their largest");
   } else {
@@ -423,6 +438,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
                rows * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3)),
           "forward_batch's rows (up to 8 a pass) and their block scratch");
     }
+    if (s.moe())  // model/moe_block.cpp: one expert's rows of the prompt at a time
+      add(r, "mixture-of-experts buffers" + each,
+          B * 4 * P * (2 * C + 5 * u(s.expert_ffn) + 2 * u(s.n_experts) + 2 * u(s.experts_per_token)),
+          "one expert's gathered rows and products, the router's logits and probabilities");
     add(r, "logits" + each, B * V * 4, "(V) float32");
     add(r, "sampler arrays" + each, B * V * 13, "(V) index, probability and seen arrays on the host");
     add(r, "workspace (int8 activation codes + int32 accumulators)", int8_ws(P), "");

@@ -7,6 +7,7 @@
 #include "lora/lora_model.h"
 #include "model/block_run.h"
 #include "model/model.h"
+#include "model/moe_block.h"
 
 namespace qlora {
 
@@ -70,6 +71,9 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       case BlockOpKind::Scale:
         be.axpy(g(o.in0), o.factor, dy, p.floats(o.out, T, T));
+        break;
+      case BlockOpKind::Moe:
+        moe_backward(r, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr);
         break;
       case BlockOpKind::Slice:
         be.slice_backward(g(o.in0), dy, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,

@@ -8,6 +8,7 @@
 #include "model/block_run.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
+#include "model/moe_block.h"
 
 namespace qlora {
 
@@ -158,6 +159,9 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::Scale:
         be.copy(out, in0, n_of(o.out));
         be.scale(out, n_of(o.out), o.factor);
+        break;
+      case BlockOpKind::Moe:
+        moe_forward(r, out, in0, in1);
         break;
       case BlockOpKind::Slice:
         be.slice_forward(out, in0, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,

@@ -233,6 +233,8 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_norm(h2, xmid, s.sandwich_norms ? NormRole::PreFfn : NormRole::PostAttention, 1, C,
                p.buffer("rstd_mlp", stat, true));
   }
+  // The dense MLP of h2 (gate/up/down; MoE: the shared expert), its output's buffer.
+  auto dense_mlp = [&](const char* out_name) {
   const int up = p.buffer("up", F), act = p.buffer("act", F);
   if (s.mlp == MlpKind::Plain) {
     p.add_linear(up, h2, 5);
@@ -255,8 +257,23 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     o.round = true;
     p.op(o);
   }
-  int mlp_out = p.buffer("down_proj", C);
-  p.add_linear(mlp_out, act, 6);
+  const int down = p.buffer(out_name, C);
+  p.add_linear(down, act, 6);
+  return down;
+  };
+  int mlp_out = -1;
+  if (s.moe()) {  // the routed experts (+ the shared expert's output, scaled by its gate)
+    const int shared = s.shared_expert ? dense_mlp("shared_expert") : -1;
+    mlp_out = p.buffer("moe_out", C);
+    BlockOp o{BlockOpKind::Moe};
+    o.out = mlp_out;
+    o.in0 = h2;
+    o.in1 = shared;
+    o.round = true;
+    p.op(o);
+  } else {
+    mlp_out = dense_mlp("down_proj");
+  }
   if (s.sandwich_norms) {
     const int normed = p.buffer("down_normed", C);
     p.add_norm(normed, mlp_out, NormRole::PostFfn, 1, C, p.buffer("rstd_down", stat, true));
@@ -294,6 +311,7 @@ void BlockProgram::finish() {
       case BlockOpKind::GatedAct: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Act: keep(o.in0); break;
       case BlockOpKind::Clamp: keep(o.in0); break;
+      case BlockOpKind::Moe: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
       case BlockOpKind::Slice:

@@ -38,6 +38,8 @@ enum class BlockOpKind : uint8_t {
               // of `groups` groups of group_stride columns (per-head fused q/k/v)
   Scale,      // out = in0 * factor (Granite's residual_multiplier on a branch output)
   Clamp,      // out = clamp(in0, -factor, factor) (OLMo's clip_qkv)
+  Moe,        // out = the routed experts of in0 (+ sigmoid(shared_gate in0) * in1 when in1 is
+              // the shared expert's output); model/moe_block.h
 };
 
 struct BlockOp {

@@ -45,6 +45,7 @@ DeviceChoice parse_device(std::string_view s) {
 
 std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (int8_weights) return s.family + " with LLM.int8 weights";
+  if (s.moe()) return s.family + ": mixture-of-experts layers";
   if (s.qk_norm) return s.family + ": per-head q/k norms";
   if (s.mlp == MlpKind::GeGLU) return s.family + ": a GeGLU MLP";
   if (s.mlp == MlpKind::Plain) return s.family + ": a plain (non-gated) MLP";

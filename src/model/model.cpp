@@ -74,6 +74,48 @@ void check_unused_tensors(const ModelSpec& spec, const TensorSource& src, const 
   std::fprintf(stderr, "warning: %s: %s\n", src.describe().c_str(), what.c_str());
 }
 
+// An MoE layer's router, experts and shared-expert gate (LayerWeights has the layout).
+template <class Progress>
+void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const TensorSource& src,
+                    const ModelLoadOptions& opt, Progress& progress) {
+  QuantOptions dense = opt.quant;
+  dense.quantize = false;
+  auto dense_linear = [&](const char* module, int64_t rows) {
+    const std::string n = layer_tensor_name(l, module);
+    QuantLinear q(src.get(n), rows, spec.hidden, dense, opt.compute_dtype);
+    progress(n);
+    return q;
+  };
+  L.router = dense_linear(kMoeRouterModule, spec.n_experts);
+  const int64_t F = spec.expert_ffn, C = spec.hidden;
+  L.expert_gate_up.resize(static_cast<size_t>(spec.n_experts));
+  L.expert_down.resize(static_cast<size_t>(spec.n_experts));
+  for (int64_t e = 0; e < spec.n_experts; ++e) {
+    // Gate rows then up rows, quantized as one tensor (what bitsandbytes' quantize_4bit of
+    // transformers 5's gate_up_proj[e] gives).
+    const std::string g = layer_tensor_name(l, expert_module(e, 0)), u = layer_tensor_name(l, expert_module(e, 1));
+    if (opt.quant.quantize && (src.get_4bit(g) || src.get_int8(g)))
+      std::fprintf(stderr,
+                   "warning: %s: expert %lld of layer %lld is stored quantized per projection; it is dequantized "
+                   "and quantized again with its gate and up rows together (expect quantization-level differences)\n",
+                   src.describe().c_str(), static_cast<long long>(e), static_cast<long long>(l));
+    std::vector<float> gu = src.get(g);
+    progress(g);
+    const std::vector<float> up = src.get(u);
+    progress(u);
+    gu.insert(gu.end(), up.begin(), up.end());
+    L.expert_gate_up[static_cast<size_t>(e)] = QuantLinear(std::move(gu), 2 * F, C, opt.quant, opt.compute_dtype);
+    const std::string d = layer_tensor_name(l, expert_module(e, 2));
+    L.expert_down[static_cast<size_t>(e)] = load_linear(src, d, opt);
+    progress(d);
+  }
+  if (spec.shared_expert) {  // (an nn.Linear: bitsandbytes quantizes it, one row or not)
+    const std::string n = layer_tensor_name(l, kMoeSharedGateModule);
+    L.shared_gate = load_linear(src, n, opt);
+    progress(n);
+  }
+}
+
 }  // namespace
 
 Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoadOptions& opt) {
@@ -181,7 +223,8 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     }
     if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
-    for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down
+    if (spec.moe()) load_moe_layer(L, spec, l, src, opt, progress);
+    for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
   }
   if (spec.final_norm) {
     if (spec.norm_weights) {
@@ -213,6 +256,9 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
   if (opt.int8_activations) {
     for (LayerWeights& l : m.layers_)
       for (int w = 0; w < kBlockLinearCount; ++w) l.linear(w).set_int8_activations(true);
+    for (LayerWeights& l : m.layers_)
+      for (auto* experts : {&l.expert_gate_up, &l.expert_down})
+        for (QuantLinear& q : *experts) q.set_int8_activations(true);
     for (QuantLinear& l : m.model_linears_) l.set_int8_activations(true);
     m.embed_.set_int8_activations(true);  // (the head when tied; a lookup table otherwise)
     m.lm_head_.set_int8_activations(true);
@@ -228,6 +274,9 @@ size_t Model::weight_bytes() const {
           L.post_ffn_norm.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
+    b += L.router.bytes() + L.shared_gate.bytes();
+    for (const QuantLinear& q : L.expert_gate_up) b += q.bytes();
+    for (const QuantLinear& q : L.expert_down) b += q.bytes();
   }
   for (const QuantLinear& q : model_linears_) b += q.bytes();
   return b;

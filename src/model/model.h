@@ -40,6 +40,13 @@ struct LayerWeights {
   std::vector<float> pre_ffn_norm, post_ffn_norm;
   QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
   QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
+  // Mixture-of-experts layers (spec.moe()): the router (n_experts, C), kept dense in the
+  // compute dtype (transformers 5's router is no nn.Linear: bitsandbytes leaves it so too),
+  // Qwen2-MoE's shared_expert_gate (1, C), an nn.Linear quantized like the others, and each expert's gate and up rows as one Linear ((2 expert_ffn, C): gate
+  // rows, then up rows; transformers 5's gate_up_proj[e], the parameter PEFT adapts) and
+  // its down projection (C, expert_ffn), quantized like the block Linears.
+  QuantLinear router, shared_gate;
+  std::vector<QuantLinear> expert_gate_up, expert_down;
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down).
   // REQUIRES 0 <= which < kBlockLinearCount.
   QuantLinear& linear(int which);

@@ -11,6 +11,11 @@ std::string layer_tensor_name(int64_t layer, const std::string& module, const ch
   return "model.layers." + std::to_string(layer) + "." + module + "." + suffix;
 }
 
+std::string expert_module(int64_t expert, int part) {
+  static constexpr const char* kParts[3] = {"gate_proj", "up_proj", "down_proj"};
+  return "mlp.experts." + std::to_string(expert) + "." + kParts[part];
+}
+
 void ModelSpec::validate(const std::string& where) const {
   auto positive = [&](int64_t v, const char* what) {
     if (v <= 0) fail(where, std::string(what) + " must be positive, got " + std::to_string(v));
@@ -80,6 +85,18 @@ void ModelSpec::validate(const std::string& where) const {
   for (float m : {embed_multiplier, residual_multiplier, logit_divisor, logit_multiplier})
     if (!(m > 0.0f) || !std::isfinite(m))
       fail(where, "embedding, residual and logit multipliers must be positive and finite, got " + std::to_string(m));
+  if (n_experts < 0 || n_experts > 4096) fail(where, "implausible number of experts " + std::to_string(n_experts));
+  if (moe()) {
+    if (experts_per_token < 1 || experts_per_token > n_experts)
+      fail(where, "experts per token must be between 1 and the number of experts (" + std::to_string(n_experts) +
+                      "), got " + std::to_string(experts_per_token));
+    if (expert_ffn <= 0 || expert_ffn > kMax)
+      fail(where, "expert MLP size must be positive, got " + std::to_string(expert_ffn));
+    if (mlp != MlpKind::SwiGLU || fused_gate_up || parallel_residual || post_norm || mlp_bias)
+      fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts on a sequential pre-norm block");
+  } else if (shared_expert) {
+    fail(where, "a shared expert without experts");
+  }
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
@@ -104,6 +121,15 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
     l[5] = absent;
   }
   if (mlp == MlpKind::Plain) l[4] = absent;  // up, act, down: no gate
+  if (moe()) {  // the experts are not among the seven; the shared expert is
+    if (shared_expert) {
+      l[4].module = "mlp.shared_expert.gate_proj";
+      l[5].module = "mlp.shared_expert.up_proj";
+      l[6].module = "mlp.shared_expert.down_proj";
+    } else {
+      l[4] = l[5] = l[6] = absent;
+    }
+  }
   return l;
 }
 
@@ -144,7 +170,15 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
       if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     }
-    linears(l, 4, 7);  // gate, up, down
+    if (moe()) {  // (the Hub's order: router, experts, then the shared expert)
+      t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
+      for (int64_t e = 0; e < n_experts; ++e)
+        for (int part = 0; part < 3; ++part)
+          t.push_back({layer_tensor_name(l, expert_module(e, part)),
+                       part == 2 ? std::vector<int64_t>{hidden, expert_ffn} : std::vector<int64_t>{expert_ffn, hidden}});
+      if (shared_expert) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
+    }
+    linears(l, 4, 7);  // gate, up, down (MoE: the shared expert's)
   }
   if (final_norm && norm_weights) {
     t.push_back({"model.norm.weight", {hidden}});
@@ -169,7 +203,10 @@ int64_t ModelSpec::num_params() const {
 std::string ModelSpec::summary() const {
   return family + ": " + std::to_string(n_layers) + " layers, hidden " + std::to_string(hidden) + ", heads " +
          std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " x " + std::to_string(head_dim) + ", ffn " +
-         std::to_string(ffn) + ", vocab " + std::to_string(vocab) + (tied_embeddings ? ", tied embeddings" : "");
+         std::to_string(ffn) + ", vocab " + std::to_string(vocab) + (tied_embeddings ? ", tied embeddings" : "") +
+         (moe() ? ", " + std::to_string(n_experts) + " experts (" + std::to_string(experts_per_token) +
+                      " per token) of ffn " + std::to_string(expert_ffn) + (shared_expert ? " + a shared expert" : "")
+                : "");
 }
 
 }  // namespace qlora

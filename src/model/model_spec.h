@@ -231,6 +231,22 @@ struct ModelSpec {
   float logit_factor() const { return logit_multiplier / logit_divisor; }
   float norm_offset() const { return norm_unit_offset ? 1.0f : 0.0f; }
 
+  // Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): n_experts > 0 replaces the
+  // MLP by a router (mlp.gate, (n_experts, hidden), no bias; softmax over its logits in
+  // float32, the experts_per_token largest kept and, with norm_topk, divided by their sum)
+  // and n_experts SwiGLU experts of expert_ffn each (mlp.experts.<e>.gate_proj / up_proj /
+  // down_proj); the block's output is the experts' outputs weighted by those probabilities.
+  // The gate/up/down slots then hold the shared expert (shared_expert: Qwen2-MoE's
+  // mlp.shared_expert.*, ffn wide, its output scaled by sigmoid(mlp.shared_expert_gate x),
+  // a (1, hidden) Linear) or are absent.
+  int64_t n_experts = 0, experts_per_token = 0, expert_ffn = 0;
+  bool norm_topk = true;
+  // The routing weights are rounded to the compute dtype before they scale the experts'
+  // outputs (Qwen-MoE, OLMoE: .to(router_logits.dtype)); Mixtral multiplies in float32.
+  bool moe_round_weights = false;
+  bool shared_expert = false;
+  bool moe() const { return n_experts > 0; }
+
   int bos_id = -1;               // -1: none
   std::vector<int> eos_ids;      // generation stops at any of these
   int pad_id = -1;
@@ -263,5 +279,11 @@ inline int64_t first_visible_key(const ModelSpec& s, int64_t pos) {
 // Hugging Face names of the per-layer tensors, e.g. layer_tensor_name(3, "self_attn.q_proj")
 // = "model.layers.3.self_attn.q_proj.weight".
 std::string layer_tensor_name(int64_t layer, const std::string& module, const char* suffix = "weight");
+// The canonical module paths of an MoE layer's parts: "mlp.gate" (the router),
+// "mlp.experts.<e>.gate_proj" / "up_proj" / "down_proj" (part 0, 1, 2) and
+// "mlp.shared_expert_gate".
+inline constexpr const char* kMoeRouterModule = "mlp.gate";
+inline constexpr const char* kMoeSharedGateModule = "mlp.shared_expert_gate";
+std::string expert_module(int64_t expert, int part);
 
 }  // namespace qlora

@@ -1,0 +1,162 @@
+// Mixture-of-experts families (ModelSpec::n_experts; the block's op: model/moe_block.h):
+//   mixtral (Mixtral 8x7B / 8x22B): Mistral's attention, a router over num_local_experts
+//     SwiGLU experts, the top num_experts_per_tok renormalized, weights in float32; its
+//     checkpoints name the MLP block_sparse_moe and the experts' Linears w1 / w3 / w2;
+//   qwen2_moe (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B): Qwen2's attention (q/k/v biases), 60-64
+//     experts of moe_intermediate_size plus a shared expert gated by
+//     sigmoid(shared_expert_gate x); norm_topk_prob off by default;
+//   qwen3_moe (Qwen3-30B-A3B, Qwen3-235B-A22B): Qwen3's attention (per-head q/k norms), no
+//     shared expert;
+//   olmoe (OLMoE-1B-7B): q/k RMSNorms over all heads, 64 experts, top 8 not renormalized.
+// Every layer is an MoE layer (decoder_sparse_step 1, no mlp_only_layers: every released
+// model); the others are refused by name.
+#include "base/error.h"
+#include "formats/config_reader.h"
+#include "formats/model_family.h"
+
+namespace qlora::families {
+
+namespace {
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+// The expert count under either spelling (transformers 5 maps num_experts and
+// num_local_experts onto each other per family; configs on the Hub use the family's own).
+int64_t expert_count(const json& j, const std::string& where, const char* own) {
+  for (const char* k : {own, "num_experts", "num_local_experts"})
+    if (config::find_key(j, k)) return config::get_int(j, k, where);
+  fail(where, std::string("missing key '") + own + "' (the number of experts)");
+}
+
+void read_router(const json& j, const std::string& where, ModelSpec& s, const char* count_key, bool norm_default) {
+  s.n_experts = expert_count(j, where, count_key);
+  s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 2);
+  s.norm_topk = config::get_bool(j, "norm_topk_prob", where, norm_default);
+  if (s.n_experts <= 0) fail(where, "the number of experts must be positive, got " + std::to_string(s.n_experts));
+  if (config::find_key(j, "router_jitter_noise") && config::get_float(j, "router_jitter_noise", where, 0.0f) != 0.0f)
+    fail(where, "router_jitter_noise (random noise on the router in training) is not supported; set it to 0");
+}
+
+// Qwen2-MoE / Qwen3-MoE / OLMoE: moe_intermediate_size (OLMoE: intermediate_size) per
+// expert, every layer sparse.
+void read_sparse_layers(const json& j, const std::string& where, ModelSpec& s, const char* ffn_key) {
+  s.expert_ffn = config::get_int(j, ffn_key, where, s.ffn);
+  if (config::get_int(j, "decoder_sparse_step", where, 1) != 1)
+    fail(where, "decoder_sparse_step other than 1 (dense MLP layers between the MoE ones) is not supported");
+  if (const json* m = config::find_key(j, "mlp_only_layers"); m && !(m->is_array() && m->empty()))
+    fail(where, "mlp_only_layers " + config::shown(*m) + " (dense MLP layers) is not supported");
+}
+
+void write_sparse_layers(const ModelSpec& s, ordered_json& j, const char* count_key) {
+  j[count_key] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["norm_topk_prob"] = s.norm_topk;
+  j["moe_intermediate_size"] = s.expert_ffn;
+  j["decoder_sparse_step"] = 1;
+  j["mlp_only_layers"] = ordered_json::array();
+}
+
+void mixtral_read(const json& j, const std::string& where, ModelSpec& s) {
+  read_router(j, where, s, "num_local_experts", true);
+  if (!s.norm_topk) fail(where, "mixtral always renormalizes its top experts (norm_topk_prob false)");
+  s.expert_ffn = s.ffn;
+  s.sliding_window = config::get_int(j, "sliding_window", where, 0);
+  if (s.sliding_window < 0)
+    fail(where, "sliding_window must be positive or null, got " + std::to_string(s.sliding_window));
+}
+
+void mixtral_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || s.shared_expert || !s.norm_topk || s.moe_round_weights || s.qkv_bias || s.o_bias || s.qk_norm ||
+      s.expert_ffn != s.ffn)
+    fail("config.json", "not a mixtral block");
+  j["num_local_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["sliding_window"] = s.sliding_window > 0 ? ordered_json(s.sliding_window) : ordered_json();
+}
+
+void qwen2_moe_read(const json& j, const std::string& where, ModelSpec& s) {
+  read_router(j, where, s, "num_experts", false);
+  read_sparse_layers(j, where, s, "moe_intermediate_size");
+  s.moe_round_weights = true;
+  s.qkv_bias = config::get_bool(j, "qkv_bias", where, true);
+  const int64_t shared = config::get_int(j, "shared_expert_intermediate_size", where, 5632);
+  if (shared > 0) {
+    s.shared_expert = true;
+    s.ffn = shared;
+  } else {
+    s.ffn = s.expert_ffn;
+  }
+  if (config::get_bool(j, "use_sliding_window", where, false))
+    fail(where, "use_sliding_window is not supported for qwen2_moe");
+}
+
+void qwen2_moe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.shared_expert || s.o_bias || s.qk_norm || s.sliding_window > 0)
+    fail("config.json", "not a qwen2_moe block");
+  write_sparse_layers(s, j, "num_experts");
+  j["shared_expert_intermediate_size"] = s.ffn;
+  j["qkv_bias"] = s.qkv_bias;
+  j["use_sliding_window"] = false;
+}
+
+void qwen3_moe_read(const json& j, const std::string& where, ModelSpec& s) {
+  read_router(j, where, s, "num_experts", false);
+  read_sparse_layers(j, where, s, "moe_intermediate_size");
+  s.ffn = s.expert_ffn;
+  s.moe_round_weights = true;
+  s.qk_norm = true;
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  if (config::get_bool(j, "use_sliding_window", where, false))
+    fail(where, "use_sliding_window is not supported for qwen3_moe");
+}
+
+void qwen3_moe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || s.shared_expert || !s.qk_norm || s.qk_norm_full || s.qkv_bias != s.o_bias || s.sliding_window > 0)
+    fail("config.json", "not a qwen3_moe block");
+  write_sparse_layers(s, j, "num_experts");
+  j["attention_bias"] = s.qkv_bias;
+  j["use_sliding_window"] = false;
+}
+
+void olmoe_read(const json& j, const std::string& where, ModelSpec& s) {
+  read_router(j, where, s, "num_experts", false);
+  s.expert_ffn = s.ffn;
+  s.moe_round_weights = true;
+  s.qk_norm = s.qk_norm_full = true;
+  s.norm_eps = config::get_float(j, "rms_norm_eps", where, 1e-5f);
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  if (const json* c = config::find_key(j, "clip_qkv"); c && !c->is_null())
+    fail(where, "clip_qkv is not supported for olmoe (no released OLMoE sets it)");
+}
+
+void olmoe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || s.shared_expert || !s.qk_norm_full || s.qkv_bias != s.o_bias || s.expert_ffn != s.ffn)
+    fail("config.json", "not an olmoe block");
+  j["num_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["norm_topk_prob"] = s.norm_topk;
+  j["attention_bias"] = s.qkv_bias;
+}
+
+}  // namespace
+
+// Mixtral's checkpoints: model.layers.N.block_sparse_moe.{gate, experts.E.w1 / w3 / w2}.
+constexpr HfRename kMixtralRenames[] = {
+    {".block_sparse_moe.", ".mlp."}, {".w1.", ".gate_proj."}, {".w3.", ".up_proj."}, {".w2.", ".down_proj."}};
+
+const ModelFamily kMixtral = [] {
+  ModelFamily f{"mixtral", "MixtralForCausalLM", "", 0, 4096 * 32, 1e6f, false, false, mixtral_read, mixtral_write,
+                nullptr};
+  f.hf_renames = kMixtralRenames;
+  return f;
+}();
+const ModelFamily kQwen2Moe{"qwen2_moe", "Qwen2MoeForCausalLM", "", 0, 32768, 10000.0f, false, false,
+                            qwen2_moe_read, qwen2_moe_write, nullptr};
+// (Qwen3MoeConfig leaves head_dim unset: hidden / heads, unlike Qwen3Config's 128.)
+const ModelFamily kQwen3Moe{"qwen3_moe", "Qwen3MoeForCausalLM", "", 0, 32768, 10000.0f, false, false,
+                            qwen3_moe_read, qwen3_moe_write, nullptr};
+const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "", 0, 4096, 10000.0f, false, false, olmoe_read, olmoe_write,
+                         nullptr};
+
+}  // namespace qlora::families

@@ -1,0 +1,251 @@
+#include "model/moe_block.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "base/error.h"
+#include "model/model.h"
+#include "model/ops.h"
+
+namespace qlora {
+
+namespace {
+
+// Each token's chosen experts, in torch.topk's order (largest probability first).
+struct Routing {
+  int64_t T = 0, E = 0, K = 0;
+  std::vector<float> probs;   // (T, E) softmax of the router logits, float32
+  std::vector<int32_t> idx;   // (T, K) chosen experts
+  std::vector<float> top;     // (T, K) their probabilities
+  std::vector<float> sum;     // (T) the sum of top (norm_topk)
+  std::vector<float> weight;  // (T, K) what scales each expert's output
+  // Per expert: the (token, k) pairs it serves, tokens in increasing order.
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> rows;
+};
+
+float rounded(float v, ComputeDType dtype) {
+  round_activations(&v, 1, dtype);
+  return v;
+}
+
+Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch) {
+  const ModelSpec& s = r.program->spec();
+  const LayerWeights& L = *r.weights;
+  Routing g;
+  g.T = r.T;
+  g.E = s.n_experts;
+  g.K = s.experts_per_token;
+  const int64_t T = g.T, E = g.E, K = g.K;
+  std::vector<float> logits(static_cast<size_t>(T * E));
+  // (F.linear in the compute dtype, then softmax(float32))
+  r.backend->linear_forward(logits.data(), x, T, L.router, nullptr, nullptr, false, nullptr, lora_scratch);
+  round_activations(logits.data(), T * E, r.dtype);
+  g.probs.resize(static_cast<size_t>(T * E));
+  g.idx.resize(static_cast<size_t>(T * K));
+  g.top.resize(static_cast<size_t>(T * K));
+  g.weight.resize(static_cast<size_t>(T * K));
+  g.sum.assign(static_cast<size_t>(T), 1.0f);
+  g.rows.assign(static_cast<size_t>(E), {});
+  std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* lg = logits.data() + t * E;
+    float* p = g.probs.data() + t * E;
+    const float mx = *std::max_element(lg, lg + E);
+    float z = 0.0f;
+    for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(lg[e] - mx));
+    for (int64_t e = 0; e < E; ++e) p[e] /= z;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
+      return p[a] > p[b] || (p[a] == p[b] && a < b);
+    });
+    float sum = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      g.idx[static_cast<size_t>(t * K + k)] = order[static_cast<size_t>(k)];
+      sum += g.top[static_cast<size_t>(t * K + k)] = p[order[static_cast<size_t>(k)]];
+    }
+    if (s.norm_topk) g.sum[static_cast<size_t>(t)] = sum;
+    for (int64_t k = 0; k < K; ++k) {
+      float w = g.top[static_cast<size_t>(t * K + k)];
+      if (s.norm_topk) w /= sum;
+      if (s.moe_round_weights) w = rounded(w, r.dtype);
+      g.weight[static_cast<size_t>(t * K + k)] = w;
+    }
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
+                                                                                    static_cast<int32_t>(k));
+  return g;
+}
+
+// One expert's forward over its n gathered rows, keeping what its backward reads.
+struct ExpertPass {
+  std::vector<float> x, gu, gate, up, h, y;  // (n, C) (n, 2F) (n, F) (n, F) (n, F) (n, C)
+};
+
+void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<int32_t, int32_t>>& rows,
+                    const float* x, ExpertPass& a, const LoraScratch& lora_scratch) {
+  const ModelSpec& s = r.program->spec();
+  const LayerWeights& L = *r.weights;
+  Backend& be = *r.backend;
+  const int64_t n = static_cast<int64_t>(rows.size()), C = s.hidden, F = s.expert_ffn;
+  a.x.resize(static_cast<size_t>(n * C));
+  for (int64_t i = 0; i < n; ++i)
+    std::copy_n(x + rows[static_cast<size_t>(i)].first * C, C, a.x.data() + i * C);
+  a.gu.resize(static_cast<size_t>(n * 2 * F));
+  be.linear_forward(a.gu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], nullptr, nullptr, false,
+                    nullptr, lora_scratch);
+  be.round(a.gu.data(), n * 2 * F, r.dtype);
+  a.gate.resize(static_cast<size_t>(n * F));
+  a.up.resize(static_cast<size_t>(n * F));
+  be.slice_forward(a.gate.data(), a.gu.data(), n, 2 * F, 0, F, 1, 0);
+  be.slice_forward(a.up.data(), a.gu.data(), n, 2 * F, F, F, 1, 0);
+  a.h.resize(static_cast<size_t>(n * F));
+  be.gated_act_forward(MlpKind::SwiGLU, a.h.data(), a.gate.data(), a.up.data(), n * F);
+  be.round(a.h.data(), n * F, r.dtype);
+  a.y.resize(static_cast<size_t>(n * C));
+  be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], nullptr, nullptr, false, nullptr,
+                    lora_scratch);
+  be.round(a.y.data(), n * C, r.dtype);
+}
+
+void require_host(const BlockRun& r) {
+  if (!r.backend->host_addressable())
+    fail(r.backend->name(), "mixture-of-experts layers run on the CPU backend only for now (use --device cpu)");
+}
+
+// The shared expert's gate, sigmoid(round(shared_gate x)) rounded, per token.
+std::vector<float> shared_gate(const BlockRun& r, const float* x, const LoraScratch& lora_scratch) {
+  std::vector<float> sg(static_cast<size_t>(r.T));
+  r.backend->linear_forward(sg.data(), x, r.T, r.weights->shared_gate, nullptr, nullptr, false, nullptr, lora_scratch);
+  round_activations(sg.data(), r.T, r.dtype);
+  for (float& v : sg) v = rounded(1.0f / (1.0f + std::exp(-v)), r.dtype);
+  return sg;
+}
+
+}  // namespace
+
+void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared) {
+  require_host(r);
+  const ModelSpec& s = r.program->spec();
+  const int64_t T = r.T, C = s.hidden;
+  const LoraScratch& ls = r.scratch.lora;
+  const Routing g = route(r, x, ls);
+  std::fill(out, out + T * C, 0.0f);
+  ExpertPass a;
+  for (int64_t e = 0; e < g.E; ++e) {
+    const auto& rows = g.rows[static_cast<size_t>(e)];
+    if (rows.empty()) continue;
+    expert_forward(r, e, rows, x, a, ls);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const auto [t, k] = rows[i];
+      const float w = g.weight[static_cast<size_t>(t * g.K + k)];
+      float* o = out + t * C;
+      const float* y = a.y.data() + static_cast<int64_t>(i) * C;
+      for (int64_t c = 0; c < C; ++c) o[c] += rounded(w * y[c], r.dtype);
+      round_activations(o, C, r.dtype);
+    }
+  }
+  if (shared) {
+    const std::vector<float> sg = shared_gate(r, x, ls);
+    for (int64_t t = 0; t < T; ++t) {
+      float* o = out + t * C;
+      const float* sh = shared + t * C;
+      for (int64_t c = 0; c < C; ++c) o[c] += rounded(sg[static_cast<size_t>(t)] * sh[c], r.dtype);
+      round_activations(o, C, r.dtype);
+    }
+  }
+}
+
+void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dout, const float* x,
+                  const float* shared) {
+  require_host(r);
+  const ModelSpec& s = r.program->spec();
+  const LayerWeights& L = *r.weights;
+  Backend& be = *r.backend;
+  const int64_t T = r.T, C = s.hidden, F = s.expert_ffn, K = s.experts_per_token, E = s.n_experts;
+  const LoraScratch& ls = r.scratch.lora;
+  const Routing g = route(r, x, ls);
+  // The frozen weights' dequantized tiles (the block scratch's is sized for the seven Linears).
+  std::vector<float> tile(static_cast<size_t>(std::max({linear_backward_tile_floats(C, 2 * F),
+                                                         linear_backward_tile_floats(F, C),
+                                                         linear_backward_tile_floats(C, E),
+                                                         linear_backward_tile_floats(C, 1)})));
+  std::vector<float> dweight(static_cast<size_t>(T * K), 0.0f);  // d loss / d (routing weight)
+  ExpertPass a;
+  std::vector<float> dy, dh, dgate, dup, dgu, dxe;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& rows = g.rows[static_cast<size_t>(e)];
+    if (rows.empty()) continue;
+    const int64_t n = static_cast<int64_t>(rows.size());
+    expert_forward(r, e, rows, x, a, ls);
+    dy.assign(static_cast<size_t>(n * C), 0.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto [t, k] = rows[static_cast<size_t>(i)];
+      const float w = g.weight[static_cast<size_t>(t * K + k)];
+      const float* d = dout + t * C;
+      const float* y = a.y.data() + i * C;
+      float dw = 0.0f;
+      for (int64_t c = 0; c < C; ++c) {
+        dy[static_cast<size_t>(i * C + c)] = w * d[c];
+        dw += d[c] * y[c];
+      }
+      dweight[static_cast<size_t>(t * K + k)] = dw;
+    }
+    dh.assign(static_cast<size_t>(n * F), 0.0f);
+    be.linear_backward(dh.data(), dy.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], nullptr, nullptr,
+                       tile.data(), ls);
+    dgate.assign(static_cast<size_t>(n * F), 0.0f);
+    dup.assign(static_cast<size_t>(n * F), 0.0f);
+    be.gated_act_backward(MlpKind::SwiGLU, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
+    dgu.assign(static_cast<size_t>(n * 2 * F), 0.0f);
+    be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
+    be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);
+    dxe.assign(static_cast<size_t>(n * C), 0.0f);
+    be.linear_backward(dxe.data(), dgu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], nullptr,
+                       nullptr, tile.data(), ls);
+    for (int64_t i = 0; i < n; ++i) {
+      float* d = dx + rows[static_cast<size_t>(i)].first * C;
+      const float* src = dxe.data() + i * C;
+      for (int64_t c = 0; c < C; ++c) d[c] += src[c];
+    }
+  }
+  // Through the routing weights: w_k = top_k / sum (norm_topk) of p = softmax(logits).
+  std::vector<float> dlogits(static_cast<size_t>(T * E), 0.0f), dp(static_cast<size_t>(E));
+  for (int64_t t = 0; t < T; ++t) {
+    std::fill(dp.begin(), dp.end(), 0.0f);
+    const float* dw = dweight.data() + t * K;
+    float dot = 0.0f;  // sum_k dw_k w_k (of the unrounded weights)
+    const float sum = g.sum[static_cast<size_t>(t)];
+    if (s.norm_topk)
+      for (int64_t k = 0; k < K; ++k) dot += dw[k] * (g.top[static_cast<size_t>(t * K + k)] / sum);
+    for (int64_t k = 0; k < K; ++k) dp[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])] =
+        s.norm_topk ? (dw[k] - dot) / sum : dw[k];
+    const float* p = g.probs.data() + t * E;
+    float pd = 0.0f;
+    for (int64_t e = 0; e < E; ++e) pd += p[e] * dp[static_cast<size_t>(e)];
+    for (int64_t e = 0; e < E; ++e) dlogits[static_cast<size_t>(t * E + e)] = p[e] * (dp[static_cast<size_t>(e)] - pd);
+  }
+  be.linear_backward(dx, dlogits.data(), x, T, L.router, nullptr, nullptr, tile.data(), ls);
+  if (shared) {  // out += sg * shared, sg = sigmoid(shared_gate x)
+    const std::vector<float> sg = shared_gate(r, x, ls);
+    std::vector<float> dsg(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) {
+      const float gt = sg[static_cast<size_t>(t)];
+      const float* d = dout + t * C;
+      const float* sh = shared + t * C;
+      float* ds = dshared + t * C;
+      float acc = 0.0f;
+      for (int64_t c = 0; c < C; ++c) {
+        ds[c] += gt * d[c];
+        acc += d[c] * sh[c];
+      }
+      dsg[static_cast<size_t>(t)] = acc * gt * (1.0f - gt);
+    }
+    be.linear_backward(dx, dsg.data(), x, T, L.shared_gate, nullptr, nullptr, tile.data(), ls);
+  }
+}
+
+}  // namespace qlora

@@ -1,0 +1,32 @@
+#pragma once
+// The mixture-of-experts op of a BlockProgram (BlockOpKind::Moe): a router picks each
+// token's experts and the block's MLP output is their weighted sum, as transformers 5's
+// MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock / OlmoeSparseMoeBlock compute it:
+//   p = softmax(float32(router x)); the experts_per_token largest of p (ties: the lower
+//   expert first, as torch.topk), divided by their sum when spec.norm_topk, rounded to the
+//   compute dtype when spec.moe_round_weights (Qwen, OLMoE; Mixtral keeps float32);
+//   out = sum over the chosen experts e, in increasing e, of round(w_e * expert_e(x)), each
+//   add rounded to the compute dtype (index_add_ into a compute-dtype tensor), where
+//   expert_e(x) = down_e(act(gate_e x) * up_e x) with every product rounded;
+//   Qwen2-MoE adds round(round(sigmoid(shared_gate x)) * shared), rounded.
+// Routing is decided on the host, so the op needs a host-addressable backend (the CPU's);
+// the experts' products go through the backend's linear_forward / linear_backward, so they
+// run on its 4-bit, int8 and bf16 kernels.
+#include <cstdint>
+
+#include "model/block_run.h"
+
+namespace qlora {
+
+// out (T, C) = the op above of x (T, C); shared: the shared expert's output (T, C), or null.
+// Throws Error when r.backend is not host-addressable.
+void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared);
+
+// Given dout (T, C) for the forward above of the same x (recomputed here, nothing is kept
+// between the passes): accumulates dx (T, C) += d loss / dx (through the experts and through
+// the routing weights' dependence on x) and, when shared is set, dshared (T, C). The router
+// and experts are frozen (no LoRA reaches them).
+void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dout, const float* x,
+                  const float* shared);
+
+}  // namespace qlora

@@ -83,8 +83,10 @@ FAMILIES = {
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                          norm_topk_prob=True, rope_theta=10000.0, tie_word_embeddings=False,
                                          _targets=_MOE_ATTN)),
-    # OLMoE: q/k RMSNorms over all heads, top 2 of 4 not renormalized.
+    # OLMoE: q/k RMSNorms over all heads, top 2 of 4 not renormalized; as many key/value heads
+    # as query heads, as OLMoE-1B-7B has (llama.cpp's olmoe graph knows no other).
     "olmoe": ("OlmoeConfig", dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, rope_theta=10000.0,
+                                  num_key_value_heads=4,
                                   tie_word_embeddings=False, _targets=_MOE_ATTN)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     "llama_bias": ("LlamaConfig", dict(rope_theta=10000.0, attention_bias=True, mlp_bias=True,
@@ -385,7 +387,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "stablelm_par": "stablelm", "starcoder2": "starcoder2",
              "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
              "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
-             "arcee": "arcee", "nemotron": "nemotron"}
+             "arcee": "arcee", "nemotron": "nemotron",
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -733,6 +736,14 @@ def write_gguf(model, arch: str, path: Path):
             scale = c.max_position_embeddings / orig
             w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0)
             rope_factors = (np.array(rp["long_factor"], dtype=np.float32), np.array(rp["short_factor"], dtype=np.float32))
+    moe = hasattr(c, "num_experts_per_tok")
+    if moe:  # as convert_hf_to_gguf.py's TextModel / Qwen2MoeModel
+        w.add_expert_count(getattr(c, "num_local_experts", None) or c.num_experts)
+        w.add_expert_used_count(c.num_experts_per_tok)
+        if getattr(c, "moe_intermediate_size", None):
+            w.add_expert_feed_forward_length(c.moe_intermediate_size)
+        if getattr(c, "shared_expert_intermediate_size", None):
+            w.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
     if arch == "gemma2":
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
@@ -746,7 +757,11 @@ def write_gguf(model, arch: str, path: Path):
              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
              "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-             "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
+             "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",
+             # mixture of experts (llama.cpp's names; the 3-D experts are split below)
+             "mlp.gate": "ffn_gate_inp", "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+             "mlp.shared_expert.up_proj": "ffn_up_shexp", "mlp.shared_expert.down_proj": "ffn_down_shexp",
+             "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
     if rope_factors is not None:
@@ -762,9 +777,20 @@ def write_gguf(model, arch: str, path: Path):
             out = "token_embd.weight"
         elif name == "model.norm.weight":
             out = "output_norm.weight"
+        elif name.endswith(".mlp.experts.gate_up_proj"):  # (E, 2F, C): gate rows, then up rows
+            layer = name.split(".")[2]
+            F = t.shape[1] // 2
+            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
+            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
+            continue
+        elif name.endswith(".mlp.experts.down_proj"):  # (E, C, F)
+            w.add_tensor(f"blk.{name.split('.')[2]}.ffn_down_exps.weight", np.ascontiguousarray(t))
+            continue
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
+            if mod == "mlp.shared_expert_gate":  # (1, C): llama.cpp's is one row of n_embd
+                t = t.reshape(-1)
             if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.q_proj":
                 t = permute(t, c.num_attention_heads)
             if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.k_proj":

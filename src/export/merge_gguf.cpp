@@ -76,7 +76,7 @@ GgmlType gguf_q4_k_m_type(const std::string& name, size_t dims, int64_t cols, in
     t = use_more_bits(block_index(name), n_layers) ? GgmlType::Q6_K : GgmlType::Q4_K;
     if (seventy_b && t == GgmlType::Q4_K)
       fail("--gguf-type q4_k_m", "llama.cpp gives an 80-layer 70B model's attn_v Q5_K, which qlora does not write yet");
-  } else if (name.ends_with("ffn_down.weight")) {
+  } else if (name.ends_with("ffn_down.weight") || name.ends_with("ffn_down_exps.weight")) {
     if (use_more_bits(block_index(name), n_layers)) t = GgmlType::Q6_K;
   }
   // Rows that are not a multiple of the super-block: llama.cpp's fallbacks.
@@ -132,6 +132,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee";
+  if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+    const bool norm = arch == "llama" || arch == "qwen3moe";
+    if (s.norm_topk != norm)
+      fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
+                         " the chosen experts' weights, and this model " + (s.norm_topk ? "does" : "does not") +
+                         " (norm_topk_prob): no GGUF form");
+    if (arch == "olmoe" && s.n_kv_heads != s.n_heads)
+      fail(out_path, "llama.cpp's olmoe has as many key/value heads as query heads; this model has " +
+                         std::to_string(s.n_kv_heads) + " of " + std::to_string(s.n_heads));
+  }
 
   GgufWriter w;
   w.set_string("general.architecture", arch);
@@ -146,6 +156,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(s.ffn));
   w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
   w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
+  if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
+    w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
+    w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
+    if (arch == "qwen2moe" || arch == "qwen3moe")
+      w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
+    if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
+  }
   w.set_f32(a + "rope.freq_base", s.rope_theta);
   if (arch == "gemma3") {
     if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -251,11 +268,62 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       w.add_tensor(name, GgmlType::F32, {n}, [f] { return encode(f, GgmlType::F32); });
     }
   }
-  for (const TensorSpec& t : specs) {
+  // An MoE layer's experts go out as llama.cpp's three 3-D tensors (experts, rows, cols),
+  // written when the loop meets expert 0's gate; the other per-expert names are skipped.
+  // ("model.layers.<l>.mlp.experts.<e>.<part>.weight": its expert, layer and part)
+  auto expert_of = [&](const std::string& name, int64_t* layer, int* part) {
+    long long l = -1, e = -1;
+    char proj[16] = {0};
+    if (std::sscanf(name.c_str(), "model.layers.%lld.mlp.experts.%lld.%15[a-z_].weight", &l, &e, proj) != 3)
+      return int64_t{-1};
+    const std::string pr(proj);
+    *part = pr == "gate_proj" ? 0 : pr == "up_proj" ? 1 : pr == "down_proj" ? 2 : -1;
+    *layer = l;
+    return *part < 0 || name != layer_tensor_name(l, expert_module(e, *part)) ? int64_t{-1} : int64_t{e};
+  };
+  for (const TensorSpec& spec_t : specs) {
+    int64_t el = 0;
+    int ep = 0;
+    const int64_t expert = s.moe() && spec_t.name.find(".mlp.experts.") != std::string::npos
+                               ? expert_of(spec_t.name, &el, &ep) : -1;
+    if (expert > 0 || (expert == 0 && ep != 0)) continue;
+    if (expert == 0) {
+      for (int p = 0; p < 3; ++p) {
+        static constexpr const char* kExps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+        const std::string gname = "blk." + std::to_string(el) + "." + kExps[p] + ".weight";
+        const int64_t rows = p == 2 ? s.hidden : s.expert_ffn, cols = p == 2 ? s.expert_ffn : s.hidden;
+        GgmlType type = opt.type;
+        if (opt.q4_k_m) {
+          type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
+          if (cols % kQK_K != 0) fell_back.push_back(gname);
+        } else if (ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
+          fell_back.push_back(gname);
+          type = GgmlType::F16;
+        }
+        std::vector<std::string> names;
+        for (int64_t e = 0; e < s.n_experts; ++e) names.push_back(layer_tensor_name(el, expert_module(e, p)));
+        w.add_tensor(gname, type, {s.n_experts, rows, cols}, [&model, &adapters, &bar, done, names, type, gname] {
+          std::vector<float> v;
+          for (const std::string& n : names) {
+            const std::vector<float> x = merged_tensor_values(model, n, adapters);
+            v.insert(v.end(), x.begin(), x.end());
+          }
+          *done += static_cast<int64_t>(names.size());
+          if (bar) bar->update(*done, gname);
+          return encode(v, type);
+        });
+      }
+      continue;
+    }
+    TensorSpec t = spec_t;
+    // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
+    if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};
     const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
     GgmlType type = t.shape.size() == 1 ? GgmlType::F32 : opt.type;
-    if (opt.q4_k_m) {
+    // (the router stays float32, as convert_hf_to_gguf.py keeps ffn_gate_inp)
+    if (s.moe() && t.name.ends_with(std::string(kMoeRouterModule) + ".weight")) type = GgmlType::F32;
+    if (opt.q4_k_m && type != GgmlType::F32) {
       // llama.cpp's type for an 80-layer llama with grouped KV heads is LLM_TYPE_70B.
       const bool seventy_b = s.n_layers == 80 && s.n_kv_heads != s.n_heads;
       type = gguf_q4_k_m_type(*gname, t.shape.size(), t.shape.back(), s.n_layers, s.tied_embeddings, seventy_b);

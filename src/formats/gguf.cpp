@@ -580,6 +580,20 @@ void GgufFile::tensor_to_f32(const GgufTensorInfo& t, std::span<float> out) cons
   dequantize(t.type, tensor_data(t), out, w);
 }
 
+std::vector<float> GgufFile::tensor_slice_to_f32(const GgufTensorInfo& t, int64_t index) const {
+  const std::string w = where_ + ": tensor " + quote(t.name);
+  if (t.dims.size() < 2 || index < 0 || index >= t.dims.back())
+    fail(w, "has no slice " + std::to_string(index) + " along its outermost dimension");
+  const auto& tr = ggml_traits(t.type);
+  if (!tr.can_dequantize)
+    fail(w, "dequantization of type " + std::string(tr.name) + " is not supported");
+  const uint64_t n = static_cast<uint64_t>(t.numel() / t.dims.back());
+  const uint64_t bytes = t.nbytes / static_cast<uint64_t>(t.dims.back());  // (whole rows: whole blocks)
+  std::vector<float> out(n);
+  dequantize(t.type, tensor_data(t).subspan(static_cast<uint64_t>(index) * bytes, bytes), out, w);
+  return out;
+}
+
 std::vector<float> GgufFile::tensor_to_f32(const GgufTensorInfo& t) const {
   const auto& tr = ggml_traits(t.type);
   if (!tr.can_dequantize)
@@ -611,6 +625,13 @@ constexpr NamePair kLayerNames[] = {
     {"ffn_down", "mlp.down_proj"},
     {"attn_norm", "input_layernorm"},
     {"ffn_norm", "post_attention_layernorm"},
+    // mixture of experts: the router, and Qwen2-MoE's shared expert and its gate (the experts
+    // themselves, 3-D ffn_{gate,up,down}_exps, are sliced per expert by the model loader)
+    {"ffn_gate_inp", "mlp.gate"},
+    {"ffn_gate_shexp", "mlp.shared_expert.gate_proj"},
+    {"ffn_up_shexp", "mlp.shared_expert.up_proj"},
+    {"ffn_down_shexp", "mlp.shared_expert.down_proj"},
+    {"ffn_gate_inp_shexp", "mlp.shared_expert_gate"},
 };
 // Falcon's new architecture (two norms per block): llama.cpp's converter writes ln_attn as
 // attn_norm_2 and ln_mlp as attn_norm.
@@ -814,6 +835,17 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     if (!(*v >= 0.0f) || !std::isfinite(*v) || (v != &hp.attention_scale && *v == 0.0f))
       fail(f.path(), "metadata keys " + quote(a + "attention.scale") + ", embedding_scale, residual_scale and "
                          "logit_scale must be positive");
+  if (f.has(a + "expert_count") && f.get_u64(a + "expert_count") != 0) {
+    hp.expert_count = size_key(a + "expert_count", std::nullopt);
+    hp.expert_used_count = size_key(a + "expert_used_count", std::nullopt);
+    if (hp.expert_used_count > hp.expert_count)
+      fail(f.path(), "expert_used_count " + std::to_string(hp.expert_used_count) + " exceeds expert_count " +
+                         std::to_string(hp.expert_count));
+    if (f.has(a + "expert_feed_forward_length")) hp.expert_ffn = size_key(a + "expert_feed_forward_length", std::nullopt);
+    if (f.has(a + "expert_shared_feed_forward_length"))
+      hp.expert_shared_ffn = size_key(a + "expert_shared_feed_forward_length", std::nullopt);
+    if (f.has(a + "expert_weights_norm")) hp.expert_weights_norm = f.get_bool(a + "expert_weights_norm") ? 1 : 0;
+  }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee";

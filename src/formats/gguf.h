@@ -159,6 +159,10 @@ class GgufFile {
   std::vector<float> tensor_to_f32(std::string_view name) const;
   std::vector<float> tensor_to_f32(const GgufTensorInfo& t) const;
   void tensor_to_f32(const GgufTensorInfo& t, std::span<float> out) const;
+  // Slice `index` of a tensor along its outermost dimension (dims.back(): one expert of
+  // llama.cpp's 3-D ffn_*_exps), dequantized: numel / dims.back() floats. Throws Error when
+  // the tensor has fewer than 2 dimensions or index is out of range.
+  std::vector<float> tensor_slice_to_f32(const GgufTensorInfo& t, int64_t index) const;
 
  private:
   GgufFile() = default;
@@ -239,6 +243,11 @@ struct GgufLlamaHParams {
   // .logit_scale (1: absent).
   float attention_scale = 0.0f, embedding_scale = 1.0f, residual_scale = 1.0f, logit_scale = 1.0f;
   float clamp_kqv = 0.0f;  // {arch}.attention.clamp_kqv (olmo; 0: absent)
+  // Mixture of experts: {arch}.expert_count and .expert_used_count (0: a dense model),
+  // .expert_feed_forward_length and .expert_shared_feed_forward_length (0: absent), and
+  // .expert_weights_norm (-1: absent, else 0 / 1).
+  int64_t expert_count = 0, expert_used_count = 0, expert_ffn = 0, expert_shared_ffn = 0;
+  int expert_weights_norm = -1;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

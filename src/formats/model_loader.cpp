@@ -243,7 +243,7 @@ class GgufSource : public TensorSource {
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
       if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture, hp_.falcon_two_norms)) index_.emplace(*hf, &t);
-      else if (!is_rope_tensor(t.name)) unmapped_.push_back(t.name);  // read by spec_from_gguf
+      else if (!index_experts(t) && !is_rope_tensor(t.name)) unmapped_.push_back(t.name);  // read by spec_from_gguf
     }
   }
   const GgufFile& file() const { return file_; }
@@ -252,11 +252,23 @@ class GgufSource : public TensorSource {
   std::vector<std::string> names() const override {
     std::vector<std::string> n;
     for (const auto& [k, t] : index_) n.push_back(k);
+    for (const auto& [k, t] : experts_) n.push_back(k);
     return n;
   }
-  bool has(const std::string& name) const override { return index_.count(name) != 0; }
-  std::vector<int64_t> shape(const std::string& name) const override { return info(name).shape(); }
+  bool has(const std::string& name) const override { return index_.count(name) != 0 || experts_.count(name) != 0; }
+  std::vector<int64_t> shape(const std::string& name) const override {
+    if (auto e = experts_.find(name); e != experts_.end()) {
+      std::vector<int64_t> s = e->second.first->shape();  // (experts, rows, cols)
+      return {s[1], s[2]};
+    }
+    std::vector<int64_t> s = info(name).shape();
+    // (Qwen2-MoE's shared_expert_gate, (1, hidden) in transformers, is one row in llama.cpp)
+    if (s.size() == 1 && name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) s.insert(s.begin(), 1);
+    return s;
+  }
   std::vector<float> get(const std::string& name) const override {
+    if (auto e = experts_.find(name); e != experts_.end())
+      return file_.tensor_slice_to_f32(*e->second.first, e->second.second);
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
@@ -273,6 +285,8 @@ class GgufSource : public TensorSource {
   }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
+    if (auto e = experts_.find(name); e != experts_.end())
+      return e->second.first->name + " [expert " + std::to_string(e->second.second) + "]";
     auto it = index_.find(name);
     return it == index_.end() ? name : it->second->name;
   }
@@ -284,9 +298,29 @@ class GgufSource : public TensorSource {
     if (it == index_.end()) fail(file_.path(), "no tensor named '" + name + "'");
     return *it->second;
   }
+  // llama.cpp's 3-D expert tensors, blk.N.ffn_{gate,up,down}_exps.weight ((experts, rows,
+  // cols)): each expert's slice under model.layers.N.mlp.experts.E.<part>_proj.weight.
+  bool index_experts(const GgufTensorInfo& t) {
+    constexpr std::string_view kBlk = "blk.";
+    if (!t.name.starts_with(kBlk) || t.dims.size() != 3) return false;
+    const size_t dot = t.name.find('.', kBlk.size());
+    if (dot == std::string::npos) return false;
+    const std::string layer = t.name.substr(kBlk.size(), dot - kBlk.size());
+    const std::string rest = t.name.substr(dot + 1);
+    if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos) return false;
+    for (int part = 0; part < 3; ++part) {
+      static constexpr const char* kGguf[3] = {"ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"};
+      if (rest != kGguf[part]) continue;
+      const int64_t l = std::stoll(layer);
+      for (int64_t e = 0; e < t.dims[2]; ++e) experts_.emplace(layer_tensor_name(l, expert_module(e, part)), std::pair{&t, e});
+      return true;
+    }
+    return false;
+  }
   GgufFile file_;
   GgufLlamaHParams hp_;
   std::map<std::string, const GgufTensorInfo*> index_;
+  std::map<std::string, std::pair<const GgufTensorInfo*, int64_t>> experts_;
   std::vector<std::string> unmapped_;  // GGUF names with no Hugging Face counterpart
 };
 
@@ -368,8 +402,24 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
                         : static_cast<float>(std::sqrt(1.0 + std::log(factor) /
                                                                  std::log(static_cast<double>(rs.original_max_positions))));
   }
+  if (hp.expert_count > 0) {  // mixture of experts: the experts' width from their tensors
+    s.n_experts = hp.expert_count;
+    s.experts_per_token = hp.expert_used_count;
+    const std::string g0 = layer_tensor_name(0, expert_module(0, 0));
+    if (!src.has(g0))
+      fail(where, "expert_count is " + std::to_string(hp.expert_count) +
+                      " but there are no expert tensors (blk.0.ffn_gate_exps.weight; GGUFs of early 2024 kept "
+                      "one tensor per expert, blk.N.ffn_gate.E, which llama.cpp no longer reads either: convert "
+                      "the model again with its current convert_hf_to_gguf.py)");
+    s.expert_ffn = src.shape(g0)[0];
+    s.shared_expert = src.has(layer_tensor_name(0, "mlp.shared_expert.gate_proj"));
+    if (s.shared_expert && hp.expert_shared_ffn > 0) s.ffn = hp.expert_shared_ffn;
+    if (!s.shared_expert) s.ffn = s.expert_ffn;
+    if (hp.architecture == "llama") s.family = "mixtral";  // (llama.cpp's llama graph with experts)
+  }
   if (fam && fam->read_gguf)
     fam->read_gguf(hp, s);  // the family's own metadata (formats/families/)
+  if (s.moe() && hp.expert_weights_norm >= 0) s.norm_topk = hp.expert_weights_norm == 1;
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);
   if (tk.eos_id) s.eos_ids = {static_cast<int>(*tk.eos_id)};

@@ -28,6 +28,7 @@
 #include "base/error.h"
 #include "export/merge.h"
 #include "export/merge_gguf.h"
+#include "formats/gguf.h"
 #include "formats/hf_config.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
@@ -449,6 +450,45 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
 // Hugging Face merge (PhiForCausalLM has no fused form) while a GGUF merge works.
 // A family llama.cpp cannot run (GPT-J) merges to a Hugging Face directory; a GGUF is refused
 // by name, before anything is written.
+// A quantized MoE GGUF: each expert is read as its slice of llama.cpp's 3-D tensor, the same
+// values as that part of the whole tensor dequantized, and lands in that expert's Linear
+// (gate and up rows of ffn_gate_exps / ffn_up_exps, down of ffn_down_exps). (Logits are not
+// compared: on these random tiny models Q8_0's rounding flips the routing of a few tokens.)
+TEST(FamiliesGguf, QuantizedExpertTensorsReadPerExpert) {
+  const Model m = load_path(family_dir("mixtral") + "/model.gguf");
+  ModelFiles files = open_model_files(family_dir("mixtral") + "/model.gguf");
+  TempDir tmp("moe_q8_gguf");
+  GgufExportOptions eo;
+  eo.type = GgmlType::Q8_0;
+  eo.log = false;
+  write_merged_gguf(m, files, {}, tmp.path("q8.gguf"), eo, false);
+  const GgufFile g(tmp.path("q8.gguf"));
+  const GgufTensorInfo& t = g.tensor("blk.1.ffn_down_exps.weight");
+  ASSERT_EQ(t.type, GgmlType::Q8_0);
+  ASSERT_EQ(t.shape(), (std::vector<int64_t>{m.spec().n_experts, m.spec().hidden, m.spec().expert_ffn}));
+  const std::vector<float> all = g.tensor_to_f32(t);
+  const size_t per = all.size() / static_cast<size_t>(m.spec().n_experts);
+  for (int64_t e = 0; e < m.spec().n_experts; ++e) {
+    const std::vector<float> one = g.tensor_slice_to_f32(t, e);
+    ASSERT_EQ(one.size(), per);
+    EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + static_cast<std::ptrdiff_t>(e * per))) << e;
+  }
+  EXPECT_THROW(g.tensor_slice_to_f32(t, m.spec().n_experts), Error);
+  const Model q = load_path(tmp.path("q8.gguf"));  // (dense float32: the values as read)
+  const int64_t F = q.spec().expert_ffn, C = q.spec().hidden;
+  const std::vector<float> gate = g.tensor_to_f32(g.tensor("blk.1.ffn_gate_exps.weight"));
+  const std::vector<float> up = g.tensor_to_f32(g.tensor("blk.1.ffn_up_exps.weight"));
+  for (int64_t e = 0; e < q.spec().n_experts; ++e) {
+    const LayerWeights& L = q.layers()[1];
+    std::vector<float> gu(static_cast<size_t>(2 * F * C)), d(static_cast<size_t>(C * F));
+    L.expert_gate_up[static_cast<size_t>(e)].dequantize_rows(0, 2 * F, gu.data());
+    L.expert_down[static_cast<size_t>(e)].dequantize_rows(0, C, d.data());
+    EXPECT_TRUE(std::equal(gu.begin(), gu.begin() + F * C, gate.begin() + e * F * C)) << "gate of expert " << e;
+    EXPECT_TRUE(std::equal(gu.begin() + F * C, gu.end(), up.begin() + e * F * C)) << "up of expert " << e;
+    EXPECT_TRUE(std::equal(d.begin(), d.end(), all.begin() + static_cast<std::ptrdiff_t>(e * per))) << "down of " << e;
+  }
+}
+
 TEST(FamiliesGguf, GptjMergeToGgufSaysLlamaCppHasNoGraph) {
   ModelFiles files = open_model_files(family_dir("gptj"));
   const Model m = load_path(family_dir("gptj"));
@@ -776,7 +816,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn", "phi3",
                                            "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon", "falcon_mq", "phi",
                                            "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere",
-                                           "cohere2", "smollm3", "olmo", "arcee", "nemotron"),
+                                           "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe",
+                                           "qwen3_moe", "olmoe"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

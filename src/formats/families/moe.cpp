@@ -12,6 +12,7 @@
 // model); the others are refused by name.
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -139,6 +140,25 @@ void olmoe_write(const ModelSpec& s, ordered_json& j) {
   j["attention_bias"] = s.qkv_bias;
 }
 
+// llama.cpp's graphs of these architectures (its build_moe_ffn): the top experts
+// renormalized for qwen3moe (and llama's, Mixtral), not for qwen2moe and olmoe.
+void qwen2_moe_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
+  s.norm_topk = false;
+  s.moe_round_weights = true;
+}
+
+void qwen3_moe_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+  s.qk_norm = true;
+}
+
+void olmoe_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
+  s.norm_topk = false;
+  s.moe_round_weights = true;
+  s.qk_norm = s.qk_norm_full = true;
+}
+
 }  // namespace
 
 // Mixtral's checkpoints: model.layers.N.block_sparse_moe.{gate, experts.E.w1 / w3 / w2}.
@@ -146,17 +166,18 @@ constexpr HfRename kMixtralRenames[] = {
     {".block_sparse_moe.", ".mlp."}, {".w1.", ".gate_proj."}, {".w3.", ".up_proj."}, {".w2.", ".down_proj."}};
 
 const ModelFamily kMixtral = [] {
+  // (its GGUFs are llama.cpp's "llama" with experts: read by the llama entry, written as "llama")
   ModelFamily f{"mixtral", "MixtralForCausalLM", "", 0, 4096 * 32, 1e6f, false, false, mixtral_read, mixtral_write,
-                nullptr};
+                nullptr, "llama"};
   f.hf_renames = kMixtralRenames;
   return f;
 }();
-const ModelFamily kQwen2Moe{"qwen2_moe", "Qwen2MoeForCausalLM", "", 0, 32768, 10000.0f, false, false,
-                            qwen2_moe_read, qwen2_moe_write, nullptr};
+const ModelFamily kQwen2Moe{"qwen2_moe", "Qwen2MoeForCausalLM", "qwen2moe", 0, 32768, 10000.0f, false, false,
+                            qwen2_moe_read, qwen2_moe_write, qwen2_moe_gguf};
 // (Qwen3MoeConfig leaves head_dim unset: hidden / heads, unlike Qwen3Config's 128.)
-const ModelFamily kQwen3Moe{"qwen3_moe", "Qwen3MoeForCausalLM", "", 0, 32768, 10000.0f, false, false,
-                            qwen3_moe_read, qwen3_moe_write, nullptr};
-const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "", 0, 4096, 10000.0f, false, false, olmoe_read, olmoe_write,
-                         nullptr};
+const ModelFamily kQwen3Moe{"qwen3_moe", "Qwen3MoeForCausalLM", "qwen3moe", 0, 32768, 10000.0f, false, false,
+                            qwen3_moe_read, qwen3_moe_write, qwen3_moe_gguf};
+const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "olmoe", 0, 4096, 10000.0f, false, false, olmoe_read,
+                         olmoe_write, olmoe_gguf};
 
 }  // namespace qlora::families

@@ -66,28 +66,28 @@ _FALCON_DROP = ("num_key_value_heads", "rms_norm_eps", "intermediate_size")
 # Mixture-of-experts shapes: 4 experts, 2 per token, experts narrower than the dense
 # intermediate_size would be (moe_intermediate_size 32) where the family has its own key.
 # PEFT 0.21's all-linear on transformers 5's MoE also wraps the router and the fused 3-D
-# expert parameters (target_parameters); qlora adapts the attention (and Qwen2-MoE's shared
-# expert) only, so these fixtures' adapters name those modules (_targets).
+# expert parameters (target_parameters, gate_up_proj at twice the rank) and refuses dropout
+# on them: the fixtures' adapters are all-linear with dropout 0, but qwen3_moe's, which
+# names the attention only (_targets).
 _MOE_ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 FAMILIES = {
     # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
-                                      router_jitter_noise=0.0, tie_word_embeddings=False, _targets=_MOE_ATTN)),
+                                      router_jitter_noise=0.0, tie_word_embeddings=False, _moe=True)),
     # Qwen2-MoE: q/k/v biases, 4 experts of 32, top 2 not renormalized, a shared expert of 48
     # behind its sigmoid gate.
     "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                          shared_expert_intermediate_size=48, norm_topk_prob=False,
-                                         rope_theta=10000.0, tie_word_embeddings=False,
-                                         _targets=_MOE_ATTN + ["gate_proj", "up_proj", "down_proj"])),
+                                         rope_theta=10000.0, tie_word_embeddings=False, _moe=True)),
     # Qwen3-MoE: per-head q/k norms, head_dim 16 of hidden 64, renormalized top 2.
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                          norm_topk_prob=True, rope_theta=10000.0, tie_word_embeddings=False,
-                                         _targets=_MOE_ATTN)),
+                                         _moe=True, _targets=_MOE_ATTN)),
     # OLMoE: q/k RMSNorms over all heads, top 2 of 4 not renormalized; as many key/value heads
     # as query heads, as OLMoE-1B-7B has (llama.cpp's olmoe graph knows no other).
     "olmoe": ("OlmoeConfig", dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, rope_theta=10000.0,
                                   num_key_value_heads=4,
-                                  tie_word_embeddings=False, _targets=_MOE_ATTN)),
+                                  tie_word_embeddings=False, _moe=True)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     "llama_bias": ("LlamaConfig", dict(rope_theta=10000.0, attention_bias=True, mlp_bias=True,
                                        tie_word_embeddings=True)),
@@ -336,7 +336,7 @@ def use_generic_cpu_dequantize():
 
 
 def is_moe(family: str) -> bool:
-    return "_targets" in FAMILIES[family][1]
+    return FAMILIES[family][1].get("_moe", False)
 
 
 def experts_roundtrip(model, double_quant: bool):
@@ -915,8 +915,9 @@ def build(family: str):
     # PEFT writes target_modules from a set (hash order): sort it so reruns write the same bytes.
     ac = out / "initial_adapter" / "adapter_config.json"
     acj = json.loads(ac.read_text())
-    if isinstance(acj.get("target_modules"), list):
-        acj["target_modules"] = sorted(acj["target_modules"])
+    for key in ("target_modules", "target_parameters"):
+        if isinstance(acj.get(key), list):
+            acj[key] = sorted(acj[key])
     ac.write_text(json.dumps(acj, indent=2, sort_keys=True) + "\n")
     pm.eval()
     with torch.no_grad():

@@ -43,6 +43,8 @@ struct Options {
   double lora_dropout = 0.05;
   bool rslora = false;
   std::string target = "all-linear";
+  std::string target_parameters;  // PEFT's target_parameters (MoE experts / router), comma-separated
+  bool lora_dropout_given = false;
   double lr = 2e-4;
   double weight_decay = 0.0;
   std::string schedule = "constant_with_warmup";
@@ -87,7 +89,11 @@ int run(Options o) {
   lc.use_rslora = o.rslora;
   lc.seed = o.seed;
   if (o.target == "all-linear") lc.all_linear = true;
-  else lc.target_modules = qlora::cli::split_commas(o.target);
+  else if (!o.target.empty()) lc.target_modules = qlora::cli::split_commas(o.target);
+  if (!o.target_parameters.empty()) {
+    lc.target_parameters = qlora::cli::split_commas(o.target_parameters);
+    if (!o.lora_dropout_given) lc.dropout = 0.0;  // (PEFT refuses dropout on them; below for all-linear)
+  }
   lc.validate("--target/--lora-*");
 
   qlora::TrainerOptions t;
@@ -121,6 +127,15 @@ int run(Options o) {
 
   // Data first: a bad dataset should fail before minutes of model loading.
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
+  // PEFT refuses dropout on adapted parameters, which its all-linear adds on mixture-of-experts
+  // models (the experts and the router): without an explicit --lora-dropout, use none.
+  if (files.spec.moe() && lc.all_linear && !files.spec.shared_expert && lc.target_parameters.empty() &&
+      lc.dropout > 0 && !o.lora_dropout_given) {
+    lc.dropout = 0.0;
+    if (!o.quiet)
+      std::fprintf(stderr, "LoRA: dropout 0 (the experts' and router's adapters cannot have dropout, as in PEFT; "
+                           "--lora-dropout is the flag)\n");
+  }
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (files.format == qlora::ModelFormat::Random) {
     // The adapter, checkpoints, loss plot and every metrics line name the random model, in
@@ -189,10 +204,10 @@ int run(Options o) {
     std::fprintf(stderr, "LoRA: r %d, alpha %g, dropout %g, %zu modules, %lld trainable parameters\n", lc.r,
                  lc.alpha, lc.dropout, lora.layers().size(), static_cast<long long>(lora.num_trainable()));
     if (model.spec().moe())
-      std::fprintf(stderr,
-                   "LoRA: %s is a mixture-of-experts model: its router and its %lld experts per layer stay frozen "
-                   "(adapting them, PEFT's target_parameters, is not supported yet)\n",
-                   model.spec().family.c_str(), static_cast<long long>(model.spec().n_experts));
+      std::fprintf(stderr, "LoRA: %s is a mixture-of-experts model: %s\n", model.spec().family.c_str(),
+                   lora.find_expert(0, 0, 0) || lora.find_expert(0, 0, 1)
+                       ? "its experts are adapted too, one LoRA per expert (PEFT's target_parameters)"
+                       : "its experts are not adapted (--target-parameters gate_up_proj,down_proj adds them)");
     std::fprintf(stderr, "plan: %lld steps of %lld x %lld sequences (%.2f epochs), %s, lr %g (%s)\n",
                  static_cast<long long>(steps), static_cast<long long>(t.batch_size),
                  static_cast<long long>(t.grad_accum),
@@ -242,6 +257,10 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--rslora", o->rslora, "Scale by alpha / sqrt(r)");
       app.add_option("--target", o->target, "all-linear, or comma-separated module names (q_proj,v_proj)")
           ->capture_default_str();
+      app.add_option("--target-parameters", o->target_parameters,
+                     "Mixture-of-experts models: parameters to adapt directly, as PEFT's target_parameters "
+                     "(gate_up_proj,down_proj: the experts; gate.weight: the router); all-linear includes them "
+                     "where PEFT's does");
       app.add_option("--lr", o->lr, "Peak learning rate")->capture_default_str();
       app.add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
       app.add_option("--optim", o->optim, "adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit")
@@ -280,8 +299,10 @@ const bool kRegistered = qlora::cli::register_command(
           "Keep every block's activations instead of recomputing them in backward");
       qlora::cli::add_bool_flag(app, "--quiet,-q", o->quiet, "No progress or statistics on stderr");
       CLI::Option* compute = app.get_option("--compute-dtype");
-      return [o, compute] {
+      CLI::Option* dropout = app.get_option("--lora-dropout");
+      return [o, compute, dropout] {
         o->compute_dtype_given = compute->count() > 0;
+        o->lora_dropout_given = dropout->count() > 0;
         return run(*o);
       };
     });

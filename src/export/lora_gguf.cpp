@@ -8,6 +8,7 @@
 #include "formats/gguf_writer.h"
 #include "formats/model_family.h"
 #include "lora/lora.h"
+#include "lora/lora_model.h"
 
 namespace qlora {
 
@@ -36,8 +37,47 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee";
+  // llama.cpp scales every adapted tensor by alpha / (its lora_a's rank): a layer of another
+  // rank or alpha (the experts' gate_up_proj under PEFT's all-linear: 2r, 2 alpha) gets the
+  // difference folded into its B.
+  auto b_factor = [&](const LoraLayer& L) { return L.scaling / static_cast<float>(alpha / static_cast<double>(L.r)); };
   size_t n = 0;
+  // MoE experts: llama.cpp's 3-D ffn_{gate,up,down}_exps take 3-D LoRA pairs, lora_a
+  // (experts, r, in) and lora_b (experts, out, r); the fused gate_up's A serves gate and up,
+  // its B's rows split between them.
+  if (spec.moe()) {
+    const LoraModel& lm = *adapter.lora;
+    const int64_t E = spec.n_experts, F = spec.expert_ffn, C = spec.hidden;
+    for (int64_t l = 0; l < spec.n_layers; ++l)
+      for (int part = 0; part < 2; ++part) {
+        if (!lm.find_expert(l, 0, part)) continue;
+        std::vector<const LoraLayer*> ex;
+        for (int64_t e = 0; e < E; ++e) ex.push_back(lm.find_expert(l, e, part));
+        const int64_t r = ex[0]->r, in = ex[0]->in;
+        const float factor = b_factor(*ex[0]);
+        // gate_up: the gate rows [0, F) and the up rows [F, 2F) of each B
+        for (int out_part = part == 0 ? 0 : 2; out_part < (part == 0 ? 2 : 3); ++out_part) {
+          static constexpr const char* kExps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+          const std::string g = "blk." + std::to_string(l) + "." + kExps[out_part] + ".weight";
+          const int64_t rows = out_part == 2 ? C : F, row0 = out_part == 1 ? F : 0;
+          w.add_tensor(g + ".lora_a", type, {E, r, in}, [ex, type] {
+            std::vector<float> a;
+            for (const LoraLayer* x : ex) a.insert(a.end(), x->A.begin(), x->A.end());
+            return encode_float_tensor(a, type);
+          });
+          w.add_tensor(g + ".lora_b", type, {E, rows, r}, [ex, type, rows, row0, r, factor] {
+            std::vector<float> b;
+            for (const LoraLayer* x : ex)
+              for (int64_t o = row0; o < row0 + rows; ++o)
+                for (int64_t k = 0; k < r; ++k) b.push_back(x->B[static_cast<size_t>(o * r + k)] * factor);
+            return encode_float_tensor(b, type);
+          });
+        }
+        n += static_cast<size_t>(E);
+      }
+  }
   for (const LoraLayer& L : adapter.lora->layers()) {
+    if (L.module_path.find(".mlp.experts.") != std::string::npos) continue;  // (above)
     // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones)
     const ModelFamily* fam = find_family(spec.family);
     const std::string canonical = fam ? hf_to_canonical(fam->renames(spec), L.module_path) : L.module_path;
@@ -54,20 +94,27 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     // (falcon's new architecture: regrouped per key/value group as its weight is)
     const int64_t qkv_groups = spec.qkv_grouped && is_qkv ? spec.n_kv_heads : 0, q_per_kv = spec.n_heads / spec.n_kv_heads;
     const int64_t head_dim = spec.head_dim;
-    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads, qkv_heads, qkv_groups, q_per_kv, head_dim] {
+    const float f = b_factor(L);  // (1 but for a layer of its own rank / alpha)
+    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads, qkv_heads, qkv_groups, q_per_kv, head_dim, f] {
+      std::vector<float> scaled;
+      if (std::fabs(f - 1.0f) > 1e-6f) {
+        scaled = lp->B;
+        for (float& v : scaled) v *= f;
+      }
+      const std::vector<float>& B = scaled.empty() ? lp->B : scaled;
       if (qkv_heads > 0) {
-        std::vector<float> p(lp->B.size());
-        qkv_per_head_to_contiguous(lp->B, p, qkv_heads, head_dim, lp->r);
+        std::vector<float> p(B.size());
+        qkv_per_head_to_contiguous(B, p, qkv_heads, head_dim, lp->r);
         return encode_float_tensor(p, type);
       }
       if (qkv_groups > 0) {
-        std::vector<float> p(lp->B.size());
-        qkv_grouped_to_contiguous(lp->B, p, qkv_groups, q_per_kv, head_dim, lp->r);
+        std::vector<float> p(B.size());
+        qkv_grouped_to_contiguous(B, p, qkv_groups, q_per_kv, head_dim, lp->r);
         return encode_float_tensor(p, type);
       }
-      if (heads == 0) return encode_float_tensor(lp->B, type);
-      std::vector<float> p(lp->B.size());
-      permute_rope_rows(lp->B, p, lp->out, lp->r, heads);  // B's rows are the weight's rows
+      if (heads == 0) return encode_float_tensor(B, type);
+      std::vector<float> p(B.size());
+      permute_rope_rows(B, p, lp->out, lp->r, heads);  // B's rows are the weight's rows
       return encode_float_tensor(p, type);
     });
     ++n;

@@ -102,64 +102,6 @@ constexpr const char* kTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config
 
 }  // namespace
 
-std::vector<float> merged_tensor_values(const Model& model, const std::string& name,
-                                        const std::vector<WeightedAdapter>& adapters) {
-  if (name == "model.embed_tokens.weight") return dense_rows(model.embed_tokens());
-  if (name == "lm_head.weight") return dense_rows(model.lm_head());
-  if (name == "lm_head.bias" && !model.lm_head_bias().empty()) return model.lm_head_bias();
-  if (name == "model.norm.weight") return model.final_norm();
-  if (name == "model.embed_positions.weight") return dense_rows(model.embed_positions());
-  if (name == "model.embed_norm.weight") return model.embed_norm();
-  if (name == "model.embed_norm.bias") return model.embed_norm_bias();
-  if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
-  for (int w = 0; w < kModelLinearCount; ++w)
-    if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty() && name == n + ".weight")
-      return merged_model_linear_weight(model, static_cast<ModelLinear>(w), adapters);
-  constexpr std::string_view prefix = "model.layers.";
-  if (name.rfind(prefix, 0) == 0) {
-    const size_t dot = name.find('.', prefix.size());
-    const std::string num = name.substr(prefix.size(), dot == std::string::npos ? 0 : dot - prefix.size());
-    if (!num.empty() && num.size() < 8 && num.find_first_not_of("0123456789") == std::string::npos) {
-      const int64_t l = std::stoll(num);
-      const std::string rest = name.substr(dot + 1);
-      if (l < model.spec().n_layers) {
-        const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
-        if (rest == "input_layernorm.weight") return L.input_norm;
-        if (rest == "post_attention_layernorm.weight") return L.post_norm;
-        if (rest == "input_layernorm.bias" && !L.input_norm_bias.empty()) return L.input_norm_bias;
-        if (rest == "post_attention_layernorm.bias" && !L.post_norm_bias.empty()) return L.post_norm_bias;
-        if (rest == "self_attn.q_norm.weight" && !L.q_norm.empty()) return L.q_norm;
-        if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
-        if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
-        if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
-        if (model.spec().moe()) {  // (no adapter reaches the router or the experts)
-          auto rows = [](const QuantLinear& q, int64_t r0, int64_t r1) {
-            std::vector<float> w(static_cast<size_t>((r1 - r0) * q.in_features()));
-            q.dequantize_rows(r0, r1, w.data());
-            return w;
-          };
-          if (rest == std::string(kMoeRouterModule) + ".weight") return rows(L.router, 0, L.router.out_features());
-          if (rest == std::string(kMoeSharedGateModule) + ".weight" && model.spec().shared_expert)
-            return rows(L.shared_gate, 0, 1);
-          const int64_t F = model.spec().expert_ffn;
-          for (int64_t e = 0; e < model.spec().n_experts; ++e)
-            for (int part = 0; part < 3; ++part)
-              if (rest == expert_module(e, part) + ".weight")
-                return part == 2 ? rows(L.expert_down[static_cast<size_t>(e)], 0, model.spec().hidden)
-                                 : rows(L.expert_gate_up[static_cast<size_t>(e)], part * F, (part + 1) * F);
-        }
-        const auto lin = model.spec().block_linears();
-        for (int w = 0; w < kBlockLinearCount; ++w) {
-          if (!lin[w].module) continue;  // absent in this family (fused into another)
-          if (rest == std::string(lin[w].module) + ".weight") return merged_linear_weight(model, l, w, adapters);
-          if (rest == std::string(lin[w].module) + ".bias") return model.block_linear(l, w).bias();
-        }
-      }
-    }
-  }
-  fail(name, "not a tensor of this model");
-}
-
 namespace {
 
 // W (out, in) of q dequantized, plus each adapter's weighted ΔW for the Linear `find` picks.
@@ -196,6 +138,67 @@ std::vector<float> merged_weight(const QuantLinear& q, const std::vector<Weighte
 }
 
 }  // namespace
+
+std::vector<float> merged_tensor_values(const Model& model, const std::string& name,
+                                        const std::vector<WeightedAdapter>& adapters) {
+  if (name == "model.embed_tokens.weight") return dense_rows(model.embed_tokens());
+  if (name == "lm_head.weight") return dense_rows(model.lm_head());
+  if (name == "lm_head.bias" && !model.lm_head_bias().empty()) return model.lm_head_bias();
+  if (name == "model.norm.weight") return model.final_norm();
+  if (name == "model.embed_positions.weight") return dense_rows(model.embed_positions());
+  if (name == "model.embed_norm.weight") return model.embed_norm();
+  if (name == "model.embed_norm.bias") return model.embed_norm_bias();
+  if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
+  for (int w = 0; w < kModelLinearCount; ++w)
+    if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty() && name == n + ".weight")
+      return merged_model_linear_weight(model, static_cast<ModelLinear>(w), adapters);
+  constexpr std::string_view prefix = "model.layers.";
+  if (name.rfind(prefix, 0) == 0) {
+    const size_t dot = name.find('.', prefix.size());
+    const std::string num = name.substr(prefix.size(), dot == std::string::npos ? 0 : dot - prefix.size());
+    if (!num.empty() && num.size() < 8 && num.find_first_not_of("0123456789") == std::string::npos) {
+      const int64_t l = std::stoll(num);
+      const std::string rest = name.substr(dot + 1);
+      if (l < model.spec().n_layers) {
+        const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+        if (rest == "input_layernorm.weight") return L.input_norm;
+        if (rest == "post_attention_layernorm.weight") return L.post_norm;
+        if (rest == "input_layernorm.bias" && !L.input_norm_bias.empty()) return L.input_norm_bias;
+        if (rest == "post_attention_layernorm.bias" && !L.post_norm_bias.empty()) return L.post_norm_bias;
+        if (rest == "self_attn.q_norm.weight" && !L.q_norm.empty()) return L.q_norm;
+        if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
+        if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
+        if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
+        if (model.spec().moe()) {  // the router, shared-expert gate and experts, with their adapters
+          if (rest == std::string(kMoeRouterModule) + ".weight")
+            return merged_weight(L.router, adapters, [&](const LoraModel& a) { return a.find_router(l); });
+          if (rest == std::string(kMoeSharedGateModule) + ".weight" && model.spec().shared_expert)
+            return merged_weight(L.shared_gate, adapters, [&](const LoraModel& a) { return a.find_shared_gate(l); });
+          const int64_t F = model.spec().expert_ffn, C = model.spec().hidden;
+          for (int64_t e = 0; e < model.spec().n_experts; ++e)
+            for (int part = 0; part < 3; ++part)
+              if (rest == expert_module(e, part) + ".weight") {
+                if (part == 2)
+                  return merged_weight(L.expert_down[static_cast<size_t>(e)], adapters,
+                                           [&](const LoraModel& a) { return a.find_expert(l, e, 1); });
+                // gate rows, or up rows, of the expert's fused gate_up (and its adapter's ΔW)
+                std::vector<float> gu = merged_weight(L.expert_gate_up[static_cast<size_t>(e)], adapters,
+                                                          [&](const LoraModel& a) { return a.find_expert(l, e, 0); });
+                return std::vector<float>(gu.begin() + part * F * C, gu.begin() + (part + 1) * F * C);
+              }
+        }
+        const auto lin = model.spec().block_linears();
+        for (int w = 0; w < kBlockLinearCount; ++w) {
+          if (!lin[w].module) continue;  // absent in this family (fused into another)
+          if (rest == std::string(lin[w].module) + ".weight") return merged_linear_weight(model, l, w, adapters);
+          if (rest == std::string(lin[w].module) + ".bias") return model.block_linear(l, w).bias();
+        }
+      }
+    }
+  }
+  fail(name, "not a tensor of this model");
+}
+
 
 std::vector<float> merged_linear_weight(const Model& model, int64_t layer, int which,
                                         const std::vector<WeightedAdapter>& adapters) {

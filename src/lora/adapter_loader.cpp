@@ -28,6 +28,16 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   for (int w = 0; w < kModelLinearCount; ++w)
     if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty())
       linears[canonical_to_hf(model.spec(), n)] = &model.model_linear(static_cast<ModelLinear>(w));
+  if (model.spec().moe())  // the router, the shared-expert gate, each expert's gate_up and down
+    for (int64_t l = 0; l < NL; ++l) {
+      const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+      linears[moe_router_path(l)] = &L.router;
+      if (model.spec().shared_expert) linears[moe_shared_gate_path(model.spec(), l)] = &L.shared_gate;
+      for (int64_t e = 0; e < model.spec().n_experts; ++e) {
+        linears[moe_expert_path(l, e, 0)] = &L.expert_gate_up[static_cast<size_t>(e)];
+        linears[moe_expert_path(l, e, 1)] = &L.expert_down[static_cast<size_t>(e)];
+      }
+    }
   for (const auto& [path, m] : a.modules) {
     auto it = linears.find(path);
     check(it != linears.end(), wpath,

@@ -30,11 +30,22 @@ bool LoraConfig::targets(std::string_view module_path, bool is_output_head) cons
   return false;
 }
 
+bool LoraConfig::targets_parameter(std::string_view param_path) const {
+  for (const auto& t : target_parameters)
+    if (lora_module_matches(param_path, t)) return true;
+  return false;
+}
+
 void LoraConfig::validate(std::string_view where) const {
   check(r >= 1, where, "LoRA rank r must be >= 1, got " + std::to_string(r));
   check(std::isfinite(alpha), where, "lora_alpha must be a finite number");
   check(dropout >= 0.0 && dropout < 1.0, where, "lora_dropout must be in [0, 1), got " + std::to_string(dropout));
-  check(all_linear || !target_modules.empty(), where, "no target modules (give names or \"all-linear\")");
+  check(all_linear || !target_modules.empty() || !target_parameters.empty(), where,
+        "no target modules (give names or \"all-linear\")");
+  check(target_parameters.empty() || dropout == 0.0, where,
+        "LoRA on parameters (target_parameters: a mixture-of-experts model's experts and router) cannot use "
+        "dropout, as in PEFT (lora.ParamWrapper): set lora_dropout to 0 (--lora-dropout 0)");
+  check(gate_up_r >= 0 && std::isfinite(gate_up_alpha), where, "the gate_up_proj rank / alpha pattern is invalid");
 }
 
 // --- RNG -------------------------------------------------------------------------

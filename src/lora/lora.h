@@ -22,8 +22,20 @@ struct LoraConfig {
   // Module names matched by suffix of the module path (PEFT list semantics:
   // "q_proj" matches "model.layers.0.self_attn.q_proj"). Ignored when all_linear.
   std::vector<std::string> target_modules;
-  // PEFT's "all-linear": every Linear except the output head (lm_head).
+  // PEFT's "all-linear": every Linear except the output head (lm_head); on a
+  // mixture-of-experts model also, as PEFT 0.21 does, the router and the experts
+  // (target_parameters below, gate_up_proj at twice the rank and alpha), except on
+  // Qwen2-MoE (LoraModel::add_moe_layers says why).
   bool all_linear = false;
+  // PEFT's target_parameters: parameters adapted directly rather than through their
+  // module, matched by suffix of "<module path>.<parameter>": transformers 5's fused MoE
+  // experts ("gate_up_proj", "down_proj": one LoRA per expert, stored stacked) and the
+  // router ("gate.weight"). PEFT refuses dropout on them (lora.ParamWrapper), and so do we.
+  std::vector<std::string> target_parameters;
+  // The rank and alpha of the experts' gate_up_proj (PEFT's rank_pattern / alpha_pattern
+  // {".*\\.gate_up_proj": ...}, what all-linear writes); 0: r and alpha.
+  int gate_up_r = 0;
+  double gate_up_alpha = 0.0;
   // PEFT's fan_in_fan_out: the base weights are stored (in, out) (transformers' Conv1D,
   // gpt2). A and B keep their shapes; only a merge transposes. Set by LoraModel from the
   // model's family (PEFT sets it itself for Conv1D targets, with a warning).
@@ -34,6 +46,9 @@ struct LoraConfig {
   double scaling() const;
   // True when a Linear at `module_path` gets a LoRA. `is_output_head` marks lm_head.
   bool targets(std::string_view module_path, bool is_output_head = false) const;
+  // True when the parameter at `param_path` ("model.layers.0.mlp.experts.gate_up_proj")
+  // is among target_parameters.
+  bool targets_parameter(std::string_view param_path) const;
   // Throws Error naming `where` when r < 1, alpha not finite, dropout outside [0, 1),
   // or no target modules.
   void validate(std::string_view where) const;

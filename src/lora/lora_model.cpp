@@ -29,6 +29,15 @@ std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear 
 
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }
 
+std::string moe_router_path(int64_t layer) { return "model.layers." + std::to_string(layer) + "." + kMoeRouterModule; }
+std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
+  return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
+}
+std::string moe_experts_module(int64_t layer) { return "model.layers." + std::to_string(layer) + ".mlp.experts"; }
+std::string moe_expert_path(int64_t layer, int64_t expert, int part) {
+  return moe_experts_module(layer) + "." + std::to_string(expert) + (part == 0 ? ".gate_up_proj" : ".down_proj");
+}
+
 LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
   cfg_.validate("LoRA config");
   // Conv1D families (gpt2) store Linears (in, out): PEFT marks their adapters fan_in_fan_out.
@@ -63,6 +72,7 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       layers_.push_back(std::move(layer));
     }
   }
+  if (model.spec().moe()) add_moe_layers(model);
   // The Linears outside the blocks: PEFT's all-linear adapts them too (only the output head
   // is left out).
   for (int w = 0; w < kModelLinearCount; ++w) {
@@ -77,6 +87,61 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
     layers_.push_back(std::move(layer));
   }
   if (layers_.empty()) fail("LoRA config", "target modules match no Linear layer of the model");
+}
+
+void LoraModel::add_moe_layers(const Model& model) {
+  const ModelSpec& s = model.spec();
+  // PEFT 0.21's all-linear on transformers 5's MoE (its transformers_weight_conversion maps
+  // the v4 expert Linears onto the fused parameters): the router and both expert parameters,
+  // gate_up_proj at twice the rank and alpha (rank_pattern / alpha_pattern), for mixtral,
+  // qwen3_moe and olmoe. For qwen2_moe it adapts the shared expert and its gate only (measured:
+  // the expansion there lists full module paths, which its conversion leaves alone), and so
+  // do we; --target-parameters adds the experts.
+  if (cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
+    cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
+    if (cfg_.gate_up_r == 0) {
+      cfg_.gate_up_r = 2 * cfg_.r;
+      cfg_.gate_up_alpha = 2 * cfg_.alpha;
+    }
+    cfg_.validate("LoRA config (all-linear on a mixture-of-experts model)");
+  }
+  LoraConfig gu = cfg_;
+  if (cfg_.gate_up_r > 0) {
+    gu.r = cfg_.gate_up_r;
+    gu.alpha = cfg_.gate_up_alpha;
+  }
+  moe_index_.assign(static_cast<size_t>(s.n_layers), {});
+  auto add = [&](std::string path, const QuantLinear& q, const LoraConfig& c) {
+    LoraLayer layer(std::move(path), q.in_features(), q.out_features(), c);
+    layer.init(derive_seed(cfg_.seed, layers_.size()));
+    layers_.push_back(std::move(layer));
+    return static_cast<int>(layers_.size() - 1);
+  };
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
+    MoeIndex& m = moe_index_[static_cast<size_t>(l)];
+    if (cfg_.targets_parameter(moe_router_path(l) + ".weight")) m.router = add(moe_router_path(l), L.router, cfg_);
+    if (s.shared_expert && cfg_.targets(moe_shared_gate_path(s, l)))
+      m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
+    const bool gate_up = cfg_.targets_parameter(moe_experts_module(l) + ".gate_up_proj");
+    const bool down = cfg_.targets_parameter(moe_experts_module(l) + ".down_proj");
+    for (int64_t e = 0; e < s.n_experts && (gate_up || down); ++e) {
+      if (gate_up) m.gate_up.push_back(add(moe_expert_path(l, e, 0), L.expert_gate_up[static_cast<size_t>(e)], gu));
+      if (down) m.down.push_back(add(moe_expert_path(l, e, 1), L.expert_down[static_cast<size_t>(e)], cfg_));
+    }
+  }
+}
+
+const LoraLayer* LoraModel::find_router(int64_t l) const {
+  return moe_index_.empty() ? nullptr : at(moe_index_[static_cast<size_t>(l)].router);
+}
+const LoraLayer* LoraModel::find_shared_gate(int64_t l) const {
+  return moe_index_.empty() ? nullptr : at(moe_index_[static_cast<size_t>(l)].shared_gate);
+}
+const LoraLayer* LoraModel::find_expert(int64_t l, int64_t e, int part) const {
+  if (moe_index_.empty()) return nullptr;
+  const std::vector<int>& v = part == 0 ? moe_index_[static_cast<size_t>(l)].gate_up : moe_index_[static_cast<size_t>(l)].down;
+  return v.empty() ? nullptr : at(v[static_cast<size_t>(e)]);
 }
 
 LoraLayer* LoraModel::find(int64_t l, BlockLinear which) {

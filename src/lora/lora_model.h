@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lora/lora.h"
@@ -23,6 +24,18 @@ inline constexpr int kBlockLinears = kBlockLinearCount;
 // query_key_value"); "" for a Linear the family does not have (k, v of a fused model).
 std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear which);
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which);
+
+// The other adaptable parts of a mixture-of-experts layer, by module path (transformers 5's,
+// the same for every MoE family):
+//   "model.layers.<l>.mlp.gate": the router (PEFT's target_parameters "gate.weight");
+//   "model.layers.<l>.mlp.shared_expert_gate": Qwen2-MoE's shared-expert gate (an nn.Linear);
+//   "model.layers.<l>.mlp.experts.<e>.gate_up_proj" / ".down_proj": one expert's part (ours:
+//     PEFT keeps all experts of a layer in one stacked pair, peft_adapter.h converts).
+std::string moe_router_path(int64_t layer);
+std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer);
+std::string moe_expert_path(int64_t layer, int64_t expert, int part /* 0 gate_up, 1 down */);
+// "model.layers.<l>.mlp.experts", the module whose parameters PEFT adapts.
+std::string moe_experts_module(int64_t layer);
 
 // The LoRA adapters attached to a Model (which is borrowed, never modified).
 class LoraModel {
@@ -42,15 +55,32 @@ class LoraModel {
   // The adapter of a Linear outside the blocks (project_in / project_out), or null.
   LoraLayer* find(ModelLinear which);
   const LoraLayer* find(ModelLinear which) const;
+  // Mixture-of-experts layers: the adapter of layer l's router, of its shared-expert gate,
+  // and of expert e's gate_up (part 0: (2 expert_ffn, hidden)) or down (part 1), or null.
+  const LoraLayer* find_router(int64_t l) const;
+  const LoraLayer* find_shared_gate(int64_t l) const;
+  const LoraLayer* find_expert(int64_t l, int64_t e, int part) const;
+  LoraLayer* find_router(int64_t l) { return const_cast<LoraLayer*>(std::as_const(*this).find_router(l)); }
+  LoraLayer* find_shared_gate(int64_t l) { return const_cast<LoraLayer*>(std::as_const(*this).find_shared_gate(l)); }
+  LoraLayer* find_expert(int64_t l, int64_t e, int part) {
+    return const_cast<LoraLayer*>(std::as_const(*this).find_expert(l, e, part));
+  }
   void zero_grad();
   int64_t num_trainable() const;
 
  private:
+  void add_moe_layers(const Model& model);  // the router, shared-expert gate and experts
   const Model* model_;
   LoraConfig cfg_;
   std::vector<LoraLayer> layers_;
   std::vector<std::array<int, kBlockLinears>> index_;  // per block: index into layers_ or -1
   std::array<int, kModelLinearCount> model_index_{-1, -1};
+  struct MoeIndex {
+    int router = -1, shared_gate = -1;
+    std::vector<int> gate_up, down;  // per expert, or empty
+  };
+  std::vector<MoeIndex> moe_index_;  // per block (MoE models)
+  const LoraLayer* at(int i) const { return i < 0 ? nullptr : &layers_[static_cast<size_t>(i)]; }
 };
 
 // Adds the adapter's Linears (their shapes and whether any has dropout) to a block scratch

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -16,6 +17,38 @@ namespace qlora {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+namespace {
+
+// PEFT's rank_pattern / alpha_pattern key for the MoE experts' gate_up_proj (all-linear).
+constexpr const char* kGateUpPattern = ".*\\.gate_up_proj";
+
+// "model.layers.<l>.mlp.experts.<e>.gate_up_proj" / ".down_proj" (lora_model.h
+// moe_expert_path): the experts module, expert and part (0 gate_up, 1 down); false otherwise.
+bool parse_expert_path(std::string_view path, std::string* module, int64_t* expert, int* part) {
+  constexpr std::string_view kExperts = ".mlp.experts.";
+  const size_t at = path.find(kExperts);
+  if (at == std::string_view::npos) return false;
+  std::string_view rest = path.substr(at + kExperts.size());
+  const size_t dot = rest.find('.');
+  if (dot == std::string_view::npos || dot == 0) return false;
+  const std::string_view num = rest.substr(0, dot), name = rest.substr(dot + 1);
+  if (num.find_first_not_of("0123456789") != std::string_view::npos || num.size() > 9) return false;
+  if (name != "gate_up_proj" && name != "down_proj") return false;
+  *module = std::string(path.substr(0, at + kExperts.size() - 1));
+  *expert = std::stoll(std::string(num));
+  *part = name == "gate_up_proj" ? 0 : 1;
+  return true;
+}
+
+// PEFT nests a ParamWrapper per targeted parameter of the experts module, the first of the
+// module's parameters (gate_up_proj) innermost: with both targeted, gate_up's weights are
+// under "<module>.base_layer", down's under "<module>"; with one, under "<module>".
+std::string stacked_expert_path(const std::string& module, int part, bool both) {
+  return part == 0 && both ? module + ".base_layer" : module;
+}
+
+}  // namespace
 
 std::string peft_lora_key(std::string_view module_path, char which) {
   std::string k(kPeftKeyPrefix);
@@ -34,7 +67,14 @@ json peft_adapter_config_json(const LoraConfig& cfg, std::string_view base_model
   json targets = json::array();
   if (cfg.all_linear) {
     std::vector<std::string> paths;
-    for (const auto& l : layers) paths.push_back(l.module_path);
+    for (const auto& l : layers) {
+      std::string m;
+      int64_t e = 0;
+      int part = 0;
+      // (the experts and the router are target_parameters, not modules)
+      if (parse_expert_path(l.module_path, &m, &e, &part) || cfg.targets_parameter(l.module_path + ".weight")) continue;
+      paths.push_back(l.module_path);
+    }
     std::sort(paths.begin(), paths.end());
     paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
     for (auto& p : paths) targets.push_back(p);
@@ -77,9 +117,15 @@ json peft_adapter_config_json(const LoraConfig& cfg, std::string_view base_model
   j["qalora_group_size"] = 16;
   j["r"] = cfg.r;
   j["rank_pattern"] = json::object();
+  if (cfg.gate_up_r > 0 && (cfg.gate_up_r != cfg.r || cfg.gate_up_alpha != cfg.alpha)) {
+    j["rank_pattern"][kGateUpPattern] = cfg.gate_up_r;
+    j["alpha_pattern"] = json::object();
+    j["alpha_pattern"][kGateUpPattern] = number_like_python(cfg.gate_up_alpha);
+  }
   j["revision"] = nullptr;
   j["target_modules"] = std::move(targets);
   j["target_parameters"] = nullptr;
+  if (!cfg.target_parameters.empty()) j["target_parameters"] = cfg.target_parameters;
   j["task_type"] = "CAUSAL_LM";
   j["trainable_token_indices"] = nullptr;
   j["use_bdlora"] = nullptr;
@@ -153,8 +199,31 @@ LoraConfig parse_peft_adapter_config(const json& j, std::string_view where) {
   check(is_false_or_absent(j, "lora_bias"), where, "lora_bias is not supported");
   // fan_in_fan_out: whether it fits the model's Linears is checked when the adapter is attached.
   if (auto it = j.find("fan_in_fan_out"); it != j.end() && it->is_boolean()) c.fan_in_fan_out = it->get<bool>();
-  check(is_null_or_empty(j, "rank_pattern"), where, "per-module rank_pattern is not supported");
-  check(is_null_or_empty(j, "alpha_pattern"), where, "per-module alpha_pattern is not supported");
+  if (auto it = j.find("target_parameters"); it != j.end() && !it->is_null()) {
+    check(it->is_array(), where, "'target_parameters' must be a list of parameter names");
+    for (const auto& t : *it) {
+      check(t.is_string() && !t.get<std::string>().empty(), where, "'target_parameters' entries must be non-empty strings");
+      c.target_parameters.push_back(t.get<std::string>());
+    }
+  }
+  // The one rank / alpha pattern supported: PEFT's all-linear on MoE experts' gate_up_proj.
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (is_null_or_empty(j, key)) continue;
+    const json& p = j.at(key);
+    check(p.is_object() && p.size() == 1 && p.contains(kGateUpPattern) && p.at(kGateUpPattern).is_number(), where,
+          std::string("per-module ") + key + " is not supported (only {\"" + kGateUpPattern +
+              "\": ...}, which PEFT's all-linear writes for mixture-of-experts models)");
+    if (std::string(key) == "rank_pattern") {
+      check(p.at(kGateUpPattern).is_number_integer() && p.at(kGateUpPattern).get<int64_t>() >= 1 &&
+                p.at(kGateUpPattern).get<int64_t>() <= (1 << 20),
+            where, "rank_pattern's gate_up_proj rank must be a positive integer");
+      c.gate_up_r = p.at(kGateUpPattern).get<int>();
+    } else {
+      c.gate_up_alpha = p.at(kGateUpPattern).get<double>();
+    }
+  }
+  if (c.gate_up_r > 0 && c.gate_up_alpha == 0.0) c.gate_up_alpha = c.alpha;
+  if (c.gate_up_r == 0 && c.gate_up_alpha != 0.0) c.gate_up_r = c.r;
   check(is_null_or_empty(j, "modules_to_save"), where, "modules_to_save (fully trained modules) is not supported");
   check(is_null_or_empty(j, "layers_to_transform"), where, "layers_to_transform is not supported");
   check(is_null_or_empty(j, "layer_replication"), where, "layer_replication is not supported");
@@ -191,8 +260,21 @@ void save_peft_adapter(const std::string& dir, const LoraConfig& cfg, std::strin
     check_finite_weights(l.A, wpath, peft_lora_key(l.module_path, 'A'));
     check_finite_weights(l.B, wpath, peft_lora_key(l.module_path, 'B'));
   }
+  // MoE experts: one LoRA per expert here, one stacked pair per (layer, parameter) in PEFT's
+  // file: A (r E, in) with expert e's rows at e r .. e r + r - 1, B (out, r E) with expert
+  // e's column k at k E + e (ParamWrapper's reshape to (E, r, in) and (out, r, E)).
+  std::map<std::pair<std::string, int>, std::vector<const LoraLayer*>> experts;
   for (const auto& l : layers) {
     check(seen.insert(l.module_path).second, wpath, "two LoRA layers for module '" + l.module_path + "'");
+    std::string module;
+    int64_t e = 0;
+    int part = 0;
+    if (parse_expert_path(l.module_path, &module, &e, &part)) {
+      auto& v = experts[{module, part}];
+      if (static_cast<int64_t>(v.size()) <= e) v.resize(static_cast<size_t>(e + 1), nullptr);
+      v[static_cast<size_t>(e)] = &l;
+      continue;
+    }
     check(l.r == cfg.r, wpath, "layer '" + l.module_path + "' has r " + std::to_string(l.r) + ", config r " + std::to_string(cfg.r));
     check(static_cast<int64_t>(l.A.size()) == l.r * l.in && static_cast<int64_t>(l.B.size()) == l.out * l.r, wpath,
           "layer '" + l.module_path + "' A/B sizes do not match its shape");
@@ -200,6 +282,32 @@ void save_peft_adapter(const std::string& dir, const LoraConfig& cfg, std::strin
           std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(l.A.data()), l.A.size() * sizeof(float)));
     w.add(peft_lora_key(l.module_path, 'B'), DType::F32, {l.out, l.r},
           std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(l.B.data()), l.B.size() * sizeof(float)));
+  }
+  std::vector<std::vector<float>> stacked;  // (kept alive until the file is written)
+  for (const auto& [key, v] : experts) {
+    const auto& [module, part] = key;
+    const int64_t E = static_cast<int64_t>(v.size());
+    const LoraLayer* l0 = v[0];
+    for (int64_t e = 0; e < E; ++e)
+      check(v[static_cast<size_t>(e)] && v[static_cast<size_t>(e)]->r == l0->r && v[static_cast<size_t>(e)]->in == l0->in &&
+                v[static_cast<size_t>(e)]->out == l0->out,
+            wpath, "the experts of '" + module + "' do not all have LoRA layers of one shape (expert " +
+                       std::to_string(e) + ")");
+    const int64_t r = l0->r, in = l0->in, out = l0->out;
+    std::vector<float> A(static_cast<size_t>(r * E * in)), B(static_cast<size_t>(out * r * E));
+    for (int64_t e = 0; e < E; ++e) {
+      const LoraLayer& l = *v[static_cast<size_t>(e)];
+      std::copy(l.A.begin(), l.A.end(), A.begin() + e * r * in);
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t k = 0; k < r; ++k) B[static_cast<size_t>(o * r * E + k * E + e)] = l.B[static_cast<size_t>(o * r + k)];
+    }
+    const std::string path = stacked_expert_path(module, part, experts.count({module, 1 - part}) != 0);
+    stacked.push_back(std::move(A));
+    w.add(peft_lora_key(path, 'A'), DType::F32, {r * E, in},
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(stacked.back().data()), stacked.back().size() * 4));
+    stacked.push_back(std::move(B));
+    w.add(peft_lora_key(path, 'B'), DType::F32, {out, r * E},
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(stacked.back().data()), stacked.back().size() * 4));
   }
   // Each file is replaced atomically; the pair is not (a crash in between leaves new
   // weights beside the old config, which the reader's shape checks then catch).
@@ -278,12 +386,45 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
   for (const auto& [path, h] : pairs) {
     check(h.A != nullptr, wpath, "missing key '" + peft_lora_key(path, 'A') + "'");
     check(h.B != nullptr, wpath, "missing key '" + peft_lora_key(path, 'B') + "'");
+    // MoE experts, stacked (save_peft_adapter has the layout): one LoRA per expert here.
+    const bool inner = path.ends_with(".mlp.experts.base_layer");
+    if (inner || path.ends_with(".mlp.experts")) {
+      const std::string module = inner ? path.substr(0, path.size() - std::string_view(".base_layer").size()) : path;
+      const bool gate_up = a.config.targets_parameter(module + ".gate_up_proj");
+      const bool down = a.config.targets_parameter(module + ".down_proj");
+      check(gate_up || down, wpath, "key '" + h.A->name + "': the config's target_parameters name neither of '" +
+                                        module + "''s gate_up_proj and down_proj");
+      const int part = inner || !down ? 0 : 1;
+      check(!inner || (gate_up && down), wpath,
+            "key '" + h.A->name + "': a nested (base_layer) experts adapter needs both gate_up_proj and down_proj targeted");
+      const int64_t rp = part == 0 && a.config.gate_up_r > 0 ? a.config.gate_up_r : r;
+      const int64_t rows = h.A->shape[0], in = h.A->shape[1], out = h.B->shape[0];
+      check(rows % rp == 0 && rows > 0 && h.B->shape[1] == rows, wpath,
+            "key '" + h.A->name + "' has " + std::to_string(rows) + " rows, not rank " + std::to_string(rp) +
+                " times the number of experts, or its lora_B's columns differ");
+      const int64_t E = rows / rp;
+      const std::vector<float> A = f.to_float(*h.A), B = f.to_float(*h.B);
+      check_finite_weights(A, wpath, h.A->name);
+      check_finite_weights(B, wpath, h.B->name);
+      for (int64_t e = 0; e < E; ++e) {
+        PeftLoraWeights m;
+        m.r = static_cast<int>(rp);
+        m.in = in;
+        m.out = out;
+        m.A.assign(A.begin() + e * rp * in, A.begin() + (e + 1) * rp * in);
+        m.B.resize(static_cast<size_t>(out * rp));
+        for (int64_t o = 0; o < out; ++o)
+          for (int64_t k = 0; k < rp; ++k) m.B[static_cast<size_t>(o * rp + k)] = B[static_cast<size_t>(o * rows + k * E + e)];
+        a.modules.emplace(module + "." + std::to_string(e) + (part == 0 ? ".gate_up_proj" : ".down_proj"), std::move(m));
+      }
+      continue;
+    }
     check(h.A->shape[0] == r, wpath, "key '" + h.A->name + "' has rank " + std::to_string(h.A->shape[0]) +
                                          ", adapter_config.json says r = " + std::to_string(r));
     check(h.B->shape[1] == r, wpath, "key '" + h.B->name + "' has rank " + std::to_string(h.B->shape[1]) +
                                          ", adapter_config.json says r = " + std::to_string(r));
     check(h.A->shape[1] > 0 && h.B->shape[0] > 0, wpath, "key '" + h.A->name + "' has an empty dimension");
-    check(a.config.targets(path), wpath,
+    check(a.config.targets(path) || a.config.targets_parameter(path + ".weight"), wpath,
           "key '" + h.A->name + "': module '" + path + "' is not among the config's target_modules");
     PeftLoraWeights m;
     m.r = static_cast<int>(r);

@@ -136,6 +136,24 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     l.max_in = std::max(l.max_in, u(li.in));
     l.max_out = std::max(l.max_out, u(li.out));
   }
+  // MoE (lora/lora_model.cpp add_moe_layers): all-linear also adapts the shared-expert gate,
+  // or, where PEFT's does, the router and each expert (gate_up at twice the rank).
+  if (s.moe() && o.all_linear) {
+    std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
+    if (s.shared_expert) {
+      ab.emplace_back(r * u(s.hidden), r);
+    } else {
+      ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+      for (int64_t e = 0; e < s.n_experts; ++e) {
+        ab.emplace_back(2 * r * u(s.hidden), u(2 * s.expert_ffn) * 2 * r);
+        ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
+      }
+    }
+    for (const auto& [a, b] : ab) {
+      l.params += u(s.n_layers) * (a + b);
+      l.optim_state += u(s.n_layers) * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
+    }
+  }
   return l;
 }
 

@@ -73,7 +73,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         be.axpy(g(o.in0), o.factor, dy, p.floats(o.out, T, T));
         break;
       case BlockOpKind::Moe:
-        moe_backward(r, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr);
+        moe_backward(r, adapter, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr);
         break;
       case BlockOpKind::Slice:
         be.slice_backward(g(o.in0), dy, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <vector>
 
 #include "base/error.h"
+#include "lora/lora_model.h"
 #include "model/model.h"
 #include "model/ops.h"
 
@@ -30,7 +32,29 @@ float rounded(float v, ComputeDType dtype) {
   return v;
 }
 
-Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch) {
+// A LoRA'd product's cache for the backward (no dropout: h = A x only), or none.
+struct Cache {
+  std::unique_ptr<LoraCacheStorage> store;
+  LoraCache* get(const LoraLayer* lo, int64_t T) {
+    if (!lo) return nullptr;
+    store = std::make_unique<LoraCacheStorage>(T, lo->in, lo->r, false);
+    return &store->cache;
+  }
+};
+
+// The LoRA temporaries of the op's products over T rows (the block's declared scratch is
+// sized for the seven Linears).
+LoraScratchStorage moe_lora_scratch(const BlockRun& r, const LoraModel* ad, int64_t T, bool backward) {
+  LoraScratchFloats f;
+  if (ad)
+    for (const LoraLayer* lo : {ad->find_router(r.layer), ad->find_shared_gate(r.layer), ad->find_expert(r.layer, 0, 0),
+                                ad->find_expert(r.layer, 0, 1)})
+      if (lo) f.cover(T, lo->in, lo->out, lo->r, false, backward);
+  return LoraScratchStorage(f);
+}
+
+Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch, const LoraLayer* router_lora,
+              LoraCache* router_cache) {
   const ModelSpec& s = r.program->spec();
   const LayerWeights& L = *r.weights;
   Routing g;
@@ -40,7 +64,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
   const int64_t T = g.T, E = g.E, K = g.K;
   std::vector<float> logits(static_cast<size_t>(T * E));
   // (F.linear in the compute dtype, then softmax(float32))
-  r.backend->linear_forward(logits.data(), x, T, L.router, nullptr, nullptr, false, nullptr, lora_scratch);
+  r.backend->linear_forward(logits.data(), x, T, L.router, router_lora, router_cache, false, nullptr, lora_scratch);
   round_activations(logits.data(), T * E, r.dtype);
   g.probs.resize(static_cast<size_t>(T * E));
   g.idx.resize(static_cast<size_t>(T * K));
@@ -86,7 +110,8 @@ struct ExpertPass {
 };
 
 void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<int32_t, int32_t>>& rows,
-                    const float* x, ExpertPass& a, const LoraScratch& lora_scratch) {
+                    const float* x, ExpertPass& a, const LoraScratch& lora_scratch, const LoraLayer* gu_lora,
+                    LoraCache* gu_cache, const LoraLayer* down_lora, LoraCache* down_cache) {
   const ModelSpec& s = r.program->spec();
   const LayerWeights& L = *r.weights;
   Backend& be = *r.backend;
@@ -95,7 +120,7 @@ void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<in
   for (int64_t i = 0; i < n; ++i)
     std::copy_n(x + rows[static_cast<size_t>(i)].first * C, C, a.x.data() + i * C);
   a.gu.resize(static_cast<size_t>(n * 2 * F));
-  be.linear_forward(a.gu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], nullptr, nullptr, false,
+  be.linear_forward(a.gu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora, gu_cache, false,
                     nullptr, lora_scratch);
   be.round(a.gu.data(), n * 2 * F, r.dtype);
   a.gate.resize(static_cast<size_t>(n * F));
@@ -106,8 +131,8 @@ void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<in
   be.gated_act_forward(MlpKind::SwiGLU, a.h.data(), a.gate.data(), a.up.data(), n * F);
   be.round(a.h.data(), n * F, r.dtype);
   a.y.resize(static_cast<size_t>(n * C));
-  be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], nullptr, nullptr, false, nullptr,
-                    lora_scratch);
+  be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, down_cache, false,
+                    nullptr, lora_scratch);
   be.round(a.y.data(), n * C, r.dtype);
 }
 
@@ -117,9 +142,10 @@ void require_host(const BlockRun& r) {
 }
 
 // The shared expert's gate, sigmoid(round(shared_gate x)) rounded, per token.
-std::vector<float> shared_gate(const BlockRun& r, const float* x, const LoraScratch& lora_scratch) {
+std::vector<float> shared_gate(const BlockRun& r, const float* x, const LoraScratch& lora_scratch,
+                               const LoraLayer* lora, LoraCache* cache) {
   std::vector<float> sg(static_cast<size_t>(r.T));
-  r.backend->linear_forward(sg.data(), x, r.T, r.weights->shared_gate, nullptr, nullptr, false, nullptr, lora_scratch);
+  r.backend->linear_forward(sg.data(), x, r.T, r.weights->shared_gate, lora, cache, false, nullptr, lora_scratch);
   round_activations(sg.data(), r.T, r.dtype);
   for (float& v : sg) v = rounded(1.0f / (1.0f + std::exp(-v)), r.dtype);
   return sg;
@@ -131,14 +157,17 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
   require_host(r);
   const ModelSpec& s = r.program->spec();
   const int64_t T = r.T, C = s.hidden;
-  const LoraScratch& ls = r.scratch.lora;
-  const Routing g = route(r, x, ls);
+  const LoraModel* ad = r.adapter;
+  LoraScratchStorage scratch = moe_lora_scratch(r, ad, T, false);
+  const LoraScratch ls = scratch.view();
+  const Routing g = route(r, x, ls, ad ? ad->find_router(r.layer) : nullptr, nullptr);
   std::fill(out, out + T * C, 0.0f);
   ExpertPass a;
   for (int64_t e = 0; e < g.E; ++e) {
     const auto& rows = g.rows[static_cast<size_t>(e)];
     if (rows.empty()) continue;
-    expert_forward(r, e, rows, x, a, ls);
+    expert_forward(r, e, rows, x, a, ls, ad ? ad->find_expert(r.layer, e, 0) : nullptr, nullptr,
+                   ad ? ad->find_expert(r.layer, e, 1) : nullptr, nullptr);
     for (size_t i = 0; i < rows.size(); ++i) {
       const auto [t, k] = rows[i];
       const float w = g.weight[static_cast<size_t>(t * g.K + k)];
@@ -149,7 +178,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
     }
   }
   if (shared) {
-    const std::vector<float> sg = shared_gate(r, x, ls);
+    const std::vector<float> sg = shared_gate(r, x, ls, ad ? ad->find_shared_gate(r.layer) : nullptr, nullptr);
     for (int64_t t = 0; t < T; ++t) {
       float* o = out + t * C;
       const float* sh = shared + t * C;
@@ -159,15 +188,19 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
   }
 }
 
-void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dout, const float* x,
-                  const float* shared) {
+void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshared, const float* dout,
+                  const float* x, const float* shared) {
   require_host(r);
   const ModelSpec& s = r.program->spec();
   const LayerWeights& L = *r.weights;
   Backend& be = *r.backend;
   const int64_t T = r.T, C = s.hidden, F = s.expert_ffn, K = s.experts_per_token, E = s.n_experts;
-  const LoraScratch& ls = r.scratch.lora;
-  const Routing g = route(r, x, ls);
+  LoraScratchStorage scratch = moe_lora_scratch(r, &adapter, T, true);
+  const LoraScratch ls = scratch.view();
+  LoraLayer* router_lora = adapter.find_router(r.layer);
+  Cache router_cache;
+  LoraCache* rc = router_cache.get(router_lora, T);
+  const Routing g = route(r, x, ls, router_lora, rc);
   // The frozen weights' dequantized tiles (the block scratch's is sized for the seven Linears).
   std::vector<float> tile(static_cast<size_t>(std::max({linear_backward_tile_floats(C, 2 * F),
                                                          linear_backward_tile_floats(F, C),
@@ -180,7 +213,12 @@ void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dou
     const auto& rows = g.rows[static_cast<size_t>(e)];
     if (rows.empty()) continue;
     const int64_t n = static_cast<int64_t>(rows.size());
-    expert_forward(r, e, rows, x, a, ls);
+    LoraLayer* gu_lora = adapter.find_expert(r.layer, e, 0);
+    LoraLayer* down_lora = adapter.find_expert(r.layer, e, 1);
+    Cache gu_cache, down_cache;
+    LoraCache* guc = gu_cache.get(gu_lora, n);
+    LoraCache* dc = down_cache.get(down_lora, n);
+    expert_forward(r, e, rows, x, a, ls, gu_lora, guc, down_lora, dc);
     dy.assign(static_cast<size_t>(n * C), 0.0f);
     for (int64_t i = 0; i < n; ++i) {
       const auto [t, k] = rows[static_cast<size_t>(i)];
@@ -195,7 +233,7 @@ void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dou
       dweight[static_cast<size_t>(t * K + k)] = dw;
     }
     dh.assign(static_cast<size_t>(n * F), 0.0f);
-    be.linear_backward(dh.data(), dy.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], nullptr, nullptr,
+    be.linear_backward(dh.data(), dy.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, dc,
                        tile.data(), ls);
     dgate.assign(static_cast<size_t>(n * F), 0.0f);
     dup.assign(static_cast<size_t>(n * F), 0.0f);
@@ -204,8 +242,8 @@ void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dou
     be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
     be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);
     dxe.assign(static_cast<size_t>(n * C), 0.0f);
-    be.linear_backward(dxe.data(), dgu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], nullptr,
-                       nullptr, tile.data(), ls);
+    be.linear_backward(dxe.data(), dgu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora,
+                       guc, tile.data(), ls);
     for (int64_t i = 0; i < n; ++i) {
       float* d = dx + rows[static_cast<size_t>(i)].first * C;
       const float* src = dxe.data() + i * C;
@@ -228,9 +266,12 @@ void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dou
     for (int64_t e = 0; e < E; ++e) pd += p[e] * dp[static_cast<size_t>(e)];
     for (int64_t e = 0; e < E; ++e) dlogits[static_cast<size_t>(t * E + e)] = p[e] * (dp[static_cast<size_t>(e)] - pd);
   }
-  be.linear_backward(dx, dlogits.data(), x, T, L.router, nullptr, nullptr, tile.data(), ls);
+  be.linear_backward(dx, dlogits.data(), x, T, L.router, router_lora, rc, tile.data(), ls);
   if (shared) {  // out += sg * shared, sg = sigmoid(shared_gate x)
-    const std::vector<float> sg = shared_gate(r, x, ls);
+    LoraLayer* sg_lora = adapter.find_shared_gate(r.layer);
+    Cache sg_cache;
+    LoraCache* sgc = sg_cache.get(sg_lora, T);
+    const std::vector<float> sg = shared_gate(r, x, ls, sg_lora, sgc);
     std::vector<float> dsg(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) {
       const float gt = sg[static_cast<size_t>(t)];
@@ -244,7 +285,7 @@ void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dou
       }
       dsg[static_cast<size_t>(t)] = acc * gt * (1.0f - gt);
     }
-    be.linear_backward(dx, dsg.data(), x, T, L.shared_gate, nullptr, nullptr, tile.data(), ls);
+    be.linear_backward(dx, dsg.data(), x, T, L.shared_gate, sg_lora, sgc, tile.data(), ls);
   }
 }
 

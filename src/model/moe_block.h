@@ -22,11 +22,14 @@ namespace qlora {
 // Throws Error when r.backend is not host-addressable.
 void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared);
 
+// LoRA: r.adapter's router, shared-gate and expert adapters (LoraModel::find_router, ...)
+// are applied unmerged, as PEFT's ParamWrapper computes W + scaling B A (no dropout).
+//
 // Given dout (T, C) for the forward above of the same x (recomputed here, nothing is kept
 // between the passes): accumulates dx (T, C) += d loss / dx (through the experts and through
-// the routing weights' dependence on x) and, when shared is set, dshared (T, C). The router
-// and experts are frozen (no LoRA reaches them).
-void moe_backward(const BlockRun& r, float* dx, float* dshared, const float* dout, const float* x,
-                  const float* shared);
+// the routing weights' dependence on x), when shared is set dshared (T, C), and the
+// gradients of `adapter`'s router, shared-gate and expert adapters.
+void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshared, const float* dout,
+                  const float* x, const float* shared);
 
 }  // namespace qlora

@@ -4,6 +4,8 @@
 #
 #   bench/train_vs_python.sh                 # SmolLM2-135M, batch 2, seq 256, r 16 all-linear, 6 steps, 2 and 1 threads
 #   STEPS=3 SEQ=64 BATCH=1 THREADS="1" bench/train_vs_python.sh   # a quick smoke run
+#   MODEL=models/bench-olmoe PY_MODEL_DIR=models/bench-olmoe LORA_DROPOUT=0 QLORA_COMPUTE=bf16 PY_COMPUTE=bf16 \
+#     STACKS="qlora py-nf4" THREADS=2 STEPS=4 bench/train_vs_python.sh   # an MoE model (tools/make_family_bench_models.py)
 #
 # Every configuration runs, one after the other:
 #   qlora     `qlora train --quant nf4 --double-quant` (fp32 compute, gradient checkpointing on,
@@ -50,7 +52,7 @@ export OMP_WAIT_POLICY=passive
 
 [[ -x "$QLORA" ]] || { echo "$QLORA: not built (cmake --build build --target qlora)" >&2; exit 1; }
 [[ -x "$PY" ]] || { echo "$PY: no reference environment (tools/setup_refenv.sh)" >&2; exit 1; }
-[[ -f "$MODEL" ]] || { echo "$MODEL: missing (scripts/fetch_model.sh)" >&2; exit 1; }
+[[ -e "$MODEL" ]] || { echo "$MODEL: missing (scripts/fetch_model.sh)" >&2; exit 1; }
 [[ -f "$TEXT" ]] || { echo "$TEXT: missing" >&2; exit 1; }
 (( STEPS >= 2 )) || { echo "STEPS must be >= 2 (step 1 is excluded as warm-up)" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -68,7 +70,11 @@ read_time() {
 }
 
 ROWS=()  # "threads|stack|tok/s|peak bytes|train rss bytes|cpu s|wall s"
-COMMON_LORA=(--lora-r 16 --lora-alpha 16 --lora-dropout 0.05)
+COMMON_LORA=(--lora-r 16 --lora-alpha 16 --lora-dropout "${LORA_DROPOUT:-0.05}")
+# PY_MODEL_DIR: the Python side's Hugging Face directory when MODEL is not the SmolLM2 GGUF
+# (MODEL itself, for a directory); PY_COMPUTE: bitsandbytes' compute dtype for py-nf4.
+PY_MODEL_ARGS=()
+[[ -n "${PY_MODEL_DIR:-}" ]] && PY_MODEL_ARGS=(--model-dir "$PY_MODEL_DIR")
 # qlora gets the setting explicitly (its own default is auto: off when the run fits without
 # it); the stack qlora-default passes neither flag. Python checkpoints unless told not to.
 QLORA_GC_ARGS=(--gradient-checkpointing)
@@ -118,9 +124,10 @@ EOF
 
 run_python() {
   local t=$1 stack=$2 name=$3
-  local cmd=("$PY" tools/bench_train_python.py speed --stack "$stack" --batch-size "$BATCH" --seq-len "$SEQ"
+  local cmd=("$PY" tools/bench_train_python.py speed --stack "$stack" "${PY_MODEL_ARGS[@]}" --batch-size "$BATCH" --seq-len "$SEQ"
              --steps "$STEPS" "${COMMON_LORA[@]}" --lr 2e-4 --lr-scheduler constant_with_warmup --warmup-ratio 0.03
              --max-grad-norm 0.3 --seed 42 "${PY_GC_ARGS[@]}" --threads "$t" --text "$TEXT")
+  [[ $stack == bnb-nf4 ]] && cmd+=(--compute-dtype "${PY_COMPUTE:-fp32}")
   echo "+ OMP_NUM_THREADS=$t ${cmd[*]}" >&2
   OMP_NUM_THREADS=$t "${TIME[@]}" "${cmd[@]}" > "$OUT/$stack-t$t.json" 2> "$OUT/$stack-t$t.log" \
     || { cat "$OUT/$stack-t$t.log" >&2; exit 1; }
@@ -148,8 +155,8 @@ for t in $THREADS; do
 done
 
 echo
-echo "SmolLM2-135M-Instruct, batch $BATCH x seq $SEQ ($((BATCH * SEQ)) tokens/step), LoRA r 16 all-linear," \
-     "$STEPS steps (tokens/s over steps 2..$STEPS), gradient checkpointing ${GRADIENT_CHECKPOINTING:-1}, fp32 compute; $(date -u +%Y-%m-%dT%H:%MZ)," \
+echo "$(basename "$MODEL"), batch $BATCH x seq $SEQ ($((BATCH * SEQ)) tokens/step), LoRA r 16 all-linear, dropout ${LORA_DROPOUT:-0.05}," \
+     "$STEPS steps (tokens/s over steps 2..$STEPS), gradient checkpointing ${GRADIENT_CHECKPOINTING:-1}, compute: qlora $QLORA_COMPUTE, bnb ${PY_COMPUTE:-fp32}; $(date -u +%Y-%m-%dT%H:%MZ)," \
      "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); logs in $OUT"
 echo
 printf '%s\n' "${ROWS[@]}" | "$PY" -c '

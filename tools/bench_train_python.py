@@ -198,9 +198,13 @@ def load_model(args):
     else:
         from transformers import BitsAndBytesConfig
         import bitsandbytes as bnb
+        # --compute-dtype bf16: the QLoRA recipe's bf16 compute (weights loaded in bf16 too,
+        # as the QLoRA repository's torch_dtype=bfloat16; prepare_model_for_kbit_training then
+        # upcasts what is not 4-bit to float32).
+        cdt = torch.bfloat16 if args.compute_dtype == "bf16" else torch.float32
         qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.float32)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu",
+                                bnb_4bit_compute_dtype=cdt)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=cdt, device_map="cpu",
                                                      quantization_config=qc)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=not args.no_gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": True})
@@ -561,6 +565,8 @@ def main():
 
     def common(sp):
         sp.add_argument("--stack", choices=["fp32", "bnb-nf4"], default="fp32")
+        sp.add_argument("--compute-dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="bnb-nf4: bitsandbytes' compute dtype (bf16: the QLoRA recipe, weights loaded in bf16)")
         sp.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,
                         help="float32 HF checkpoint (default models/smollm2-hf, built from the GGUF if missing)")
         sp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")

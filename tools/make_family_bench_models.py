@@ -41,6 +41,13 @@ FAMILIES = {
     "bloom": ("BloomConfig", dict(hidden_size=512, n_layer=8, n_head=8)),
     "falcon": ("FalconConfig", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_kv_heads=2,
                                     new_decoder_architecture=True, ffn_hidden_size=2048, bias=False)),
+    # Mixture of experts: 8 experts of 704, 2 per token (OLMoE's and Mixtral's routing).
+    "mixtral": ("MixtralConfig", dict(hidden_size=512, intermediate_size=704, num_hidden_layers=8,
+                                      num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
+                                      num_experts_per_tok=2, max_position_embeddings=2048, tie_word_embeddings=False)),
+    "olmoe": ("OlmoeConfig", dict(hidden_size=512, intermediate_size=704, num_hidden_layers=8, num_attention_heads=8,
+                                  num_key_value_heads=8, num_experts=8, num_experts_per_tok=2,
+                                  max_position_embeddings=2048, tie_word_embeddings=False)),
 }
 
 

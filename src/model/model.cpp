@@ -127,8 +127,8 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       fail(src.describe(), "missing tensor '" + t.name + "' (expected shape " + shape_to_string(t.shape) + ")");
     const std::vector<int64_t> got = src.shape(t.name);
     if (got != t.shape)
-      fail(src.describe(), "tensor '" + t.name + "' has shape " + shape_to_string(got) + " but the config needs " +
-                               shape_to_string(t.shape));
+      fail(src.describe(), "tensor '" + src.stored_name(t.name) + "' has shape " + shape_to_string(got) +
+                               " but the config needs " + shape_to_string(t.shape));
   }
 
   check_unused_tensors(spec, src, expected, opt.allow_unused_tensors);

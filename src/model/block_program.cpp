@@ -235,31 +235,31 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   }
   // The dense MLP of h2 (gate/up/down; MoE: the shared expert), its output's buffer.
   auto dense_mlp = [&](const char* out_name) {
-  const int up = p.buffer("up", F), act = p.buffer("act", F);
-  if (s.mlp == MlpKind::Plain) {
-    p.add_linear(up, h2, 5);
-    p.add_act(act, up);
-  } else {
-    const int gate = p.buffer("gate", F);
-    if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
-      const int gate_up = p.buffer("gate_up_proj", 2 * F);
-      p.add_linear(gate_up, h2, 4);
-      p.add_slice(gate, gate_up, 0, F);
-      p.add_slice(up, gate_up, F, F);
-    } else {
-      p.add_linear(gate, h2, 4);
+    const int up = p.buffer("up", F), act = p.buffer("act", F);
+    if (s.mlp == MlpKind::Plain) {
       p.add_linear(up, h2, 5);
+      p.add_act(act, up);
+    } else {
+      const int gate = p.buffer("gate", F);
+      if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
+        const int gate_up = p.buffer("gate_up_proj", 2 * F);
+        p.add_linear(gate_up, h2, 4);
+        p.add_slice(gate, gate_up, 0, F);
+        p.add_slice(up, gate_up, F, F);
+      } else {
+        p.add_linear(gate, h2, 4);
+        p.add_linear(up, h2, 5);
+      }
+      BlockOp o{BlockOpKind::GatedAct};
+      o.out = act;
+      o.in0 = gate;
+      o.in1 = up;
+      o.round = true;
+      p.op(o);
     }
-    BlockOp o{BlockOpKind::GatedAct};
-    o.out = act;
-    o.in0 = gate;
-    o.in1 = up;
-    o.round = true;
-    p.op(o);
-  }
-  const int down = p.buffer(out_name, C);
-  p.add_linear(down, act, 6);
-  return down;
+    const int down = p.buffer(out_name, C);
+    p.add_linear(down, act, 6);
+    return down;
   };
   int mlp_out = -1;
   if (s.moe()) {  // the routed experts (+ the shared expert's output, scaled by its gate)

@@ -183,6 +183,15 @@ FAMILIES = {
                                         tie_word_embeddings=False)),
     # OLMo: LayerNorms without weights or biases, and q/k/v clamped (clip_qkv 1: it binds here).
     "olmo": ("OlmoConfig", dict(_drop=("rms_norm_eps",), clip_qkv=1.0, rope_theta=10000.0, tie_word_embeddings=False)),
+    # OLMo 3: OLMo 2's block with windows on three layers of four (window 8 < the prompt) and
+    # a rotary per layer type: yarn on the full-attention layer, none on the sliding ones (one
+    # base for both, as the releases have: llama.cpp's olmo2 graph ignores rope.freq_base_swa).
+    "olmo3": ("Olmo3Config", dict(num_hidden_layers=4, sliding_window=8, tie_word_embeddings=False,
+                                  rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 10000.0,
+                                                                      "factor": 2.0,
+                                                                      "original_max_position_embeddings": 64},
+                                                   "sliding_attention": {"rope_type": "default",
+                                                                         "rope_theta": 10000.0}})),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -388,7 +397,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
              "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
              "arcee": "arcee", "nemotron": "nemotron",
-             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -684,6 +693,10 @@ def write_gguf(model, arch: str, path: Path):
     # convert_hf_to_gguf.py's Phi3MiniModel: int(partial_rotary_factor * hidden) // heads
     w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // c.num_attention_heads
                                if arch == "phi3" else hd)
+    if arch == "olmo2" and isinstance(rp, dict) and "full_attention" in rp:  # OLMo 3, as Olmo2Model converts it
+        w.add_sliding_window(c.sliding_window)
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
+        rp = rp["full_attention"]
     if arch == "gemma3":  # one rotary per layer type: the global one is the main one
         w.add_sliding_window(c.sliding_window)
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
@@ -819,7 +832,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
-                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):

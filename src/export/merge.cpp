@@ -1,4 +1,5 @@
 #include "export/merge.h"
+#include "formats/config_reader.h"
 
 #include <algorithm>
 #include <cmath>
@@ -230,42 +231,9 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   j["rope_theta"] = s.rope_theta;
   // Rotary scaling in the rope_scaling form both transformers 4 and 5 read.
   const RopeScaling& rs = s.rope_scaling;
-  switch (rs.type) {
-    case RopeScaling::Type::None: break;
-    case RopeScaling::Type::Linear: j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}}; break;
-    case RopeScaling::Type::Llama3:
-      j["rope_scaling"] = {{"rope_type", "llama3"},
-                           {"factor", rs.factor},
-                           {"low_freq_factor", rs.low_freq_factor},
-                           {"high_freq_factor", rs.high_freq_factor},
-                           {"original_max_position_embeddings", rs.original_max_positions}};
-      break;
-    case RopeScaling::Type::Yarn:
-      j["rope_scaling"] = {{"rope_type", "yarn"},
-                           {"factor", rs.factor},
-                           {"original_max_position_embeddings", rs.original_max_positions},
-                           {"attention_factor", rs.attention_factor},
-                           {"beta_fast", rs.beta_fast},
-                           {"beta_slow", rs.beta_slow},
-                           {"truncate", rs.truncate}};
-      break;
-    case RopeScaling::Type::LongRope:
-      j["rope_scaling"] = {{"rope_type", "longrope"},
-                           {"short_factor", rs.short_factor},
-                           {"long_factor", rs.long_factor},
-                           {"factor", rs.factor},
-                           {"attention_factor", rs.attention_factor},
-                           {"original_max_position_embeddings", rs.original_max_positions}};
-      break;
-    case RopeScaling::Type::Dynamic:
-      // (the context the model runs to is factor x the one config.json names)
-      j["max_position_embeddings"] = rs.original_max_positions;
-      j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", rs.factor}};
-      break;
-    case RopeScaling::Type::Factors:
-      fail("config.json", "this model's rotary frequencies come from a GGUF rope_freqs tensor, which config.json "
-                          "cannot express; merge it to GGUF instead");
-  }
+  if (rs.type != RopeScaling::Type::None) j["rope_scaling"] = config::rope_scaling_json(rs);
+  // (dynamic: the context the model runs to is factor x the one config.json names)
+  if (rs.type == RopeScaling::Type::Dynamic) j["max_position_embeddings"] = rs.original_max_positions;
   j["vocab_size"] = s.vocab;
   j["tie_word_embeddings"] = s.tied_embeddings;
   if (fam->write_config) fam->write_config(s, j);  // the family's own keys (and its refusals)

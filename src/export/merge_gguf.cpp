@@ -171,6 +171,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_bool_array(a + "attention.sliding_window_pattern", swa);
     w.set_f32(a + "rope.freq_base_swa", s.rope_theta_local);
   }
+  if (arch == "olmo2" && s.sliding_window > 0) {  // OLMo 3, as llama.cpp's olmo2 graph runs it
+    if (s.rope_local && (s.rope_scaling_local.type != RopeScaling::Type::None || s.rope_theta_local != s.rope_theta))
+      fail(out_path, "llama.cpp's olmo2 rotates the sliding layers unscaled with the full layers' base; this model's "
+                     "sliding layers rotate otherwise: no GGUF form");
+    w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+    std::vector<bool> swa;
+    for (int64_t l = 0; l < s.n_layers; ++l) swa.push_back(s.layer_slides(l));
+    w.set_bool_array(a + "attention.sliding_window_pattern", swa);
+  }
   if (arch == "gemma2") {
     if (s.attn_softcap > 0) w.set_f32(a + "attn_logit_softcapping", s.attn_softcap);
     if (s.final_softcap > 0) w.set_f32(a + "final_logit_softcapping", s.final_softcap);

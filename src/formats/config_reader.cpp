@@ -89,6 +89,63 @@ void alias_key(json& j, const char* shared, const char* own) {
   if (!j.contains(shared) && j.contains(own)) j[shared] = j[own];
 }
 
+bool layer_type_rope(const json& j, const std::string& where, ModelSpec& s, float full_theta, float sliding_theta) {
+  const json* rp = find_key(j, "rope_parameters");
+  if (!rp || !rp->is_object() || !find_key(*rp, "full_attention")) return false;
+  for (const char* lt : {"full_attention", "sliding_attention"}) {
+    const json* p = find_key(*rp, lt);
+    if (!p || !p->is_object()) fail(where, std::string("rope_parameters needs an object for '") + lt + "'");
+    const bool full = std::string(lt) == "full_attention";
+    (full ? s.rope_theta : s.rope_theta_local) = get_float(*p, "rope_theta", where, full ? full_theta : sliding_theta);
+    (full ? s.rope_scaling : s.rope_scaling_local) = parse_rope_scaling(*p, "rope_parameters", max_positions_hint(j), where);
+  }
+  s.rope_local = true;
+  return true;
+}
+
+nlohmann::ordered_json rope_scaling_json(const RopeScaling& rs) {
+  using oj = nlohmann::ordered_json;
+  switch (rs.type) {
+    case RopeScaling::Type::None: return oj();
+    case RopeScaling::Type::Linear: return {{"rope_type", "linear"}, {"factor", rs.factor}};
+    case RopeScaling::Type::Llama3:
+      return {{"rope_type", "llama3"},
+              {"factor", rs.factor},
+              {"low_freq_factor", rs.low_freq_factor},
+              {"high_freq_factor", rs.high_freq_factor},
+              {"original_max_position_embeddings", rs.original_max_positions}};
+    case RopeScaling::Type::Yarn:
+      return {{"rope_type", "yarn"},
+              {"factor", rs.factor},
+              {"original_max_position_embeddings", rs.original_max_positions},
+              {"attention_factor", rs.attention_factor},
+              {"beta_fast", rs.beta_fast},
+              {"beta_slow", rs.beta_slow},
+              {"truncate", rs.truncate}};
+    case RopeScaling::Type::LongRope:
+      return {{"rope_type", "longrope"},
+              {"short_factor", rs.short_factor},
+              {"long_factor", rs.long_factor},
+              {"factor", rs.factor},
+              {"attention_factor", rs.attention_factor},
+              {"original_max_position_embeddings", rs.original_max_positions}};
+    case RopeScaling::Type::Dynamic: return {{"rope_type", "dynamic"}, {"factor", rs.factor}};
+    case RopeScaling::Type::Factors: break;
+  }
+  fail("config.json", "this model's rotary frequencies come from a GGUF rope_freqs tensor, which config.json "
+                      "cannot express; merge it to GGUF instead");
+}
+
+nlohmann::ordered_json rope_parameters_json(float theta, const RopeScaling& rs) {
+  nlohmann::ordered_json o = {{"rope_type", rs.type == RopeScaling::Type::None ? "default" : rs.name()},
+                              {"rope_theta", theta}};
+  const nlohmann::ordered_json sc = rope_scaling_json(rs);
+  if (sc.is_object())
+    for (auto it = sc.begin(); it != sc.end(); ++it)
+      if (it.key() != "rope_type") o[it.key()] = it.value();
+  return o;
+}
+
 // max_position_embeddings before the spec has it (yarn's default factor needs it).
 int64_t max_positions_hint(const json& j) {
   const json* v = find_key(j, "max_position_embeddings");

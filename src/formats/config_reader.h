@@ -49,5 +49,17 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
 // attention_factor as transformers' _compute_longrope_parameters derives them.
 RopeScaling parse_longrope(const json& rp, const char* key, int64_t max_positions, int64_t original_max,
                            const std::string& where);
+// transformers 5's rope_parameters keyed by layer type ({"full_attention": {...},
+// "sliding_attention": {...}}): the full layers' rope_theta (default `full_theta`) and scaling
+// into s.rope_theta / s.rope_scaling, the sliding layers' into s.rope_theta_local /
+// s.rope_scaling_local, and s.rope_local set. False (s untouched) when rope_parameters is
+// absent or not in that form; an Error when one of the two objects is missing.
+bool layer_type_rope(const json& j, const std::string& where, ModelSpec& s, float full_theta, float sliding_theta);
+// The inverse of parse_rope_scaling: the rope_scaling object of `rs` (null for none), in the
+// form transformers 4 and 5 both read. An Error for what config.json cannot express (a GGUF's
+// rope_freqs tensor).
+nlohmann::ordered_json rope_scaling_json(const RopeScaling& rs);
+// One rope_parameters entry: {"rope_type", "rope_theta", and rope_scaling_json's fields}.
+nlohmann::ordered_json rope_parameters_json(float theta, const RopeScaling& rs);
 
 }  // namespace qlora::config

@@ -60,17 +60,7 @@ void gemma3_read(const json& j, const std::string& where, ModelSpec& s) {
   s.qk_norm = true;
   s.rope_local = true;
   s.rope_theta_local = config::get_float(j, "rope_local_base_freq", where, 10000.0f);
-  const json* rp = config::find_key(j, "rope_parameters");
-  if (rp && rp->is_object() && config::find_key(*rp, "full_attention")) {
-    for (const char* lt : {"full_attention", "sliding_attention"}) {
-      const json* p = config::find_key(*rp, lt);
-      if (!p || !p->is_object()) fail(where, std::string("rope_parameters needs an object for '") + lt + "'");
-      const bool full = std::string(lt) == "full_attention";
-      (full ? s.rope_theta : s.rope_theta_local) = config::get_float(*p, "rope_theta", where, full ? 1e6f : 1e4f);
-      (full ? s.rope_scaling : s.rope_scaling_local) =
-          config::parse_rope_scaling(*p, "rope_parameters", config::max_positions_hint(j), where);
-    }
-  }
+  config::layer_type_rope(j, where, s, 1e6f, 1e4f);
 }
 
 void gemma_write(const ModelSpec& s, ordered_json& j) {
@@ -96,18 +86,10 @@ void gemma23_write(const ModelSpec& s, ordered_json& j) {
 void gemma3_write(const ModelSpec& s, ordered_json& j) {
   gemma23_write(s, j);
   // transformers 5's form: one rotary per layer type.
-  auto rope_obj = [](float theta, const RopeScaling& r) {
-    ordered_json o = {{"rope_type", r.name()}, {"rope_theta", theta}};
-    if (r.type == RopeScaling::Type::Linear)
-      o["factor"] = r.factor;
-    else if (r.type != RopeScaling::Type::None)
-      fail("config.json", std::string("gemma3 export of rope type ") + r.name() + " is not supported yet");
-    return o;
-  };
   j.erase("rope_theta");
   j.erase("rope_scaling");
-  j["rope_parameters"] = {{"full_attention", rope_obj(s.rope_theta, s.rope_scaling)},
-                          {"sliding_attention", rope_obj(s.rope_theta_local, s.rope_scaling_local)}};
+  j["rope_parameters"] = {{"full_attention", config::rope_parameters_json(s.rope_theta, s.rope_scaling)},
+                          {"sliding_attention", config::rope_parameters_json(s.rope_theta_local, s.rope_scaling_local)}};
 }
 
 void gemma_gguf(const GgufLlamaHParams&, ModelSpec& s) {

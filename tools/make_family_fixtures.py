@@ -192,6 +192,15 @@ FAMILIES = {
                                                                       "original_max_position_embeddings": 64},
                                                    "sliding_attention": {"rope_type": "default",
                                                                          "rope_theta": 10000.0}})),
+    # EXAONE 4.0: OLMo 2's post-norm block with per-head q/k norms (head_dim 32 of hidden 64), windows
+    # on three layers of four (window 8 < the prompt) with rotary on those only (the full layer is NoPE).
+    "exaone4": ("Exaone4Config", dict(num_hidden_layers=4, head_dim=32, sliding_window=8, sliding_window_pattern=4,
+                                      rope_theta=10000.0, tie_word_embeddings=False)),
+    # ... and without a window (EXAONE 4.0 1.2B's form): every layer full and rotating, what
+    # llama.cpp's exaone4 runs for any size but the 64-layer one (the GGUF fixture).
+    "exaone4_nowin": ("Exaone4Config", dict(sliding_window=None,
+                                            layer_types=["full_attention", "full_attention"],
+                                            rope_theta=10000.0, tie_word_embeddings=False)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -397,7 +406,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "granite": "granite", "olmo2": "olmo2", "cohere": "command-r",
              "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
              "arcee": "arcee", "nemotron": "nemotron",
-             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2"}
+             "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
+             "exaone4_nowin": "exaone4"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -809,7 +819,7 @@ def write_gguf(model, arch: str, path: Path):
             if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
-            if arch == "olmo2":  # llama.cpp's olmo2 names its two norms these
+            if arch in ("olmo2", "exaone4"):  # llama.cpp's olmo2 / exaone4 name their two norms these
                 gname = {"post_attention_layernorm": "post_attention_norm",
                          "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
             if arch in ("gemma2", "gemma3"):  # convert_hf_to_gguf.py's Gemma2/3 norm names
@@ -832,7 +842,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
-                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3")
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):

@@ -110,7 +110,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       fail(out_path, "llama.cpp's falcon runs the parallel block only; this falcon is sequential (parallel_attn false)");
     if (s.qkv_bias || s.o_bias || s.mlp_bias) fail(out_path, "llama.cpp's falcon has no biases; this model has them");
   }
-  if ((!s.nope_layers.empty() && arch != "cohere2") || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
+  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4") || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
     bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
     for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
     if (!every_fourth)
@@ -170,6 +170,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     for (int64_t l = 0; l < s.n_layers; ++l) swa.push_back(s.layer_slides(l));
     w.set_bool_array(a + "attention.sliding_window_pattern", swa);
     w.set_f32(a + "rope.freq_base_swa", s.rope_theta_local);
+  }
+  if (arch == "exaone4") {  // llama.cpp: windows on the 64-layer model only, three of four, rotary on those
+    bool as_llama_cpp = s.sliding_window == 0 ? s.n_layers != 64 : s.n_layers == 64;
+    for (int64_t l = 0; l < s.n_layers && as_llama_cpp && s.sliding_window > 0; ++l)
+      as_llama_cpp = s.layer_slides(l) == ((l + 1) % 4 != 0) && s.layer_rotates(l) == s.layer_slides(l);
+    if (!as_llama_cpp)
+      fail(out_path, "llama.cpp's exaone4 slides three layers of four on the 64-layer model and no layer on the "
+                     "others; this model's windows differ: no GGUF form");
+    if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
   }
   if (arch == "olmo2" && s.sliding_window > 0) {  // OLMo 3, as llama.cpp's olmo2 graph runs it
     if (s.rope_local && (s.rope_scaling_local.type != RopeScaling::Type::None || s.rope_theta_local != s.rope_theta))

@@ -58,7 +58,8 @@ const std::vector<std::string> kFamilies = {
     "stablelm_par", "starcoder2",        "starcoder2_swa",   "granite",         "olmo2",        "gptj",
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
-    "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3"};
+    "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
+    "exaone4_nowin"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -257,7 +258,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                          ::testing::Values("llama", "qwen3", "gemma2", "phi3", "phi", "stablelm", "starcoder2", "granite",
                                            "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron",
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
-                                           "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3"),
+                                           "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
+                                           "exaone4"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -488,6 +490,23 @@ TEST(FamiliesGguf, QuantizedExpertTensorsReadPerExpert) {
     EXPECT_TRUE(std::equal(gu.begin(), gu.begin() + F * C, gate.begin() + e * F * C)) << "gate of expert " << e;
     EXPECT_TRUE(std::equal(gu.begin() + F * C, gu.end(), up.begin() + e * F * C)) << "up of expert " << e;
     EXPECT_TRUE(std::equal(d.begin(), d.end(), all.begin() + static_cast<std::ptrdiff_t>(e * per))) << "down of " << e;
+  }
+}
+
+// llama.cpp's exaone4 puts windows on the 64-layer model only: a smaller model with windows
+// (the exaone4 fixture: 4 layers, three sliding) has no GGUF form and is refused, saying so.
+TEST(FamiliesGguf, Exaone4WithWindowsLlamaCppCannotRunIsRefused) {
+  const Model m = load_path(family_dir("exaone4"));
+  ModelFiles files = open_model_files(family_dir("exaone4"), family_dir("exaone4_nowin") + "/model.gguf");
+  TempDir tmp("exaone4_gguf");
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  try {
+    write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
+    ADD_FAILURE() << "wrote a GGUF llama.cpp would run without the windows";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("64-layer"), std::string::npos) << e.what();
   }
 }
 
@@ -826,7 +845,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn", "phi3",
                                            "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon", "falcon_mq", "phi",
                                            "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere",
-                                           "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe", "olmo3",
+                                           "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe", "olmo3", "exaone4_nowin",
                                            "qwen3_moe", "olmoe"),
                          [](const auto& info) { return std::string(info.param); });
 

@@ -201,6 +201,9 @@ FAMILIES = {
     "exaone4_nowin": ("Exaone4Config", dict(sliding_window=None,
                                             layer_types=["full_attention", "full_attention"],
                                             rope_theta=10000.0, tie_word_embeddings=False)),
+    # GLM-4: sandwich norms under GLM's names, q/k/v biases, fused gate_up_proj, rotary on half of
+    # each head (the config's default) in adjacent pairs, GQA.
+    "glm4": ("Glm4Config", dict(head_dim=16, rope_theta=10000.0, tie_word_embeddings=False)),
     # OLMo 2: no pre-norms, post-branch RMSNorms, RMSNorms over all of q and of k, GQA.
     "olmo2": ("Olmo2Config", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Granite: Llama's block with its four multipliers, each far from 1 so that a missing or
@@ -407,7 +410,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
              "arcee": "arcee", "nemotron": "nemotron",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
-             "exaone4_nowin": "exaone4"}
+             "exaone4_nowin": "exaone4", "glm4": "glm4"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -702,7 +705,8 @@ def write_gguf(model, arch: str, path: Path):
     rp = c.rope_parameters
     # convert_hf_to_gguf.py's Phi3MiniModel: int(partial_rotary_factor * hidden) // heads
     w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // c.num_attention_heads
-                               if arch == "phi3" else hd)
+                               if arch == "phi3" else int(hd * rp.get("partial_rotary_factor", 1.0))
+                               if arch == "glm4" else hd)
     if arch == "olmo2" and isinstance(rp, dict) and "full_attention" in rp:  # OLMo 3, as Olmo2Model converts it
         w.add_sliding_window(c.sliding_window)
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
@@ -819,6 +823,9 @@ def write_gguf(model, arch: str, path: Path):
             if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
+            if arch == "glm4":  # convert_hf_to_gguf.py's Glm4Model names
+                gname = {"post_self_attn_layernorm": "post_attention_norm",
+                         "post_mlp_layernorm": "post_ffw_norm"}.get(mod, gname)
             if arch in ("olmo2", "exaone4"):  # llama.cpp's olmo2 / exaone4 name their two norms these
                 gname = {"post_attention_layernorm": "post_attention_norm",
                          "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
@@ -842,7 +849,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
-                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4")
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):

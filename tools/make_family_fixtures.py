@@ -165,6 +165,11 @@ FAMILIES = {
     # rotary in adjacent pairs, logits x logit_scale (0.3: not a power of two), tied head, GQA.
     "cohere": ("CohereConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, logit_scale=0.3,
                                     use_qk_norm=False, rope_theta=10000.0, tie_word_embeddings=True)),
+    # Command R+: the same with a LayerNorm per head of q and of k, each head its own weights
+    # (drawn at random below, as every norm weight is). No GGUF: llama.cpp's command-r reads q/k
+    # norms on 64-layer models only.
+    "cohere_qk": ("CohereConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, logit_scale=0.3,
+                                       use_qk_norm=True, rope_theta=10000.0, tie_word_embeddings=True)),
     # SmolLM3: Llama with every fourth layer NoPE (4 layers: the last one skips rotary), tied;
     # and explicit no_rope_layers with a sliding window on the NoPE layer (layer_types derived).
     "smollm3": ("SmolLM3Config", dict(num_hidden_layers=4, rope_theta=10000.0, tie_word_embeddings=True)),
@@ -589,6 +594,7 @@ def write_gguf_layernorm_llama(model, arch: str, path: Path):
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     _add_test_vocab(w, c.vocab_size)
     names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
              "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
@@ -849,7 +855,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
-                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4")
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):

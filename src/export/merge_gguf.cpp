@@ -171,6 +171,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_bool_array(a + "attention.sliding_window_pattern", swa);
     w.set_f32(a + "rope.freq_base_swa", s.rope_theta_local);
   }
+  if (arch == "command-r" && s.qk_norm != (s.n_layers >= 64))  // (llama.cpp keys Command R+ on its layer count)
+    fail(out_path, "llama.cpp's command-r has per-head q/k norms exactly on 64-layer models (Command R+); this " +
+                       std::to_string(s.n_layers) + "-layer model " + (s.qk_norm ? "has" : "has none") + ": no GGUF form");
   if (arch == "exaone4") {  // llama.cpp: windows on the 64-layer model only, three of four, rotary on those
     bool as_llama_cpp = s.sliding_window == 0 ? s.n_layers != 64 : s.n_layers == 64;
     for (int64_t l = 0; l < s.n_layers && as_llama_cpp && s.sliding_window > 0; ++l)
@@ -338,7 +341,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};
     const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
-    GgmlType type = t.shape.size() == 1 ? GgmlType::F32 : opt.type;
+    // (norm weights stay float32 whatever their rank: Command R+'s (heads, head_dim) q/k norms)
+    GgmlType type = t.shape.size() == 1 || t.name.ends_with("norm.weight") ? GgmlType::F32 : opt.type;
     // (the router stays float32, as convert_hf_to_gguf.py keeps ffn_gate_inp)
     if (s.moe() && t.name.ends_with(std::string(kMoeRouterModule) + ".weight")) type = GgmlType::F32;
     if (opt.q4_k_m && type != GgmlType::F32) {

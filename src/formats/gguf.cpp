@@ -824,6 +824,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.falcon_two_norms = hp.architecture == "falcon" && f.find_tensor("blk.0.attn_norm_2.weight") != nullptr;
   hp.fused_qkv = f.find_tensor("blk.0.attn_qkv.weight") != nullptr;
   hp.ffn_norm = f.find_tensor("blk.0.ffn_norm.weight") != nullptr;
+  hp.qk_norm_tensors = f.find_tensor("blk.0.attn_q_norm.weight") != nullptr;
   hp.attention_scale = f.get_f32_or(a + "attention.scale", 0.0f);
   hp.embedding_scale = f.get_f32_or(a + "embedding_scale", 1.0f);
   hp.residual_scale = f.get_f32_or(a + "residual_scale", 1.0f);

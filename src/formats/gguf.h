@@ -224,6 +224,8 @@ struct GgufLlamaHParams {
   // blk.0.ffn_norm.weight exists: a second norm before the MLP (stablelm's sequential block;
   // llama.cpp's stablelm graph runs the parallel one without it).
   bool ffn_norm = false;
+  // blk.0.attn_q_norm.weight exists (per-head q/k norms: command-r's are Command R+'s).
+  bool qk_norm_tensors = false;
   // {arch}.rope.scaling.type ("none", "linear", "yarn"), .factor, .original_context_length;
   // llama3-style scaling arrives as the tensor rope_freqs.weight instead (model_loader).
   std::string rope_scaling_type = "none";

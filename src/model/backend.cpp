@@ -32,4 +32,18 @@ void Backend::attention_decode_batch(const AttentionShape& heads, std::span<cons
   }
 }
 
+void Backend::scale_columns(float* out, const float* in, const float* w, int64_t rows, int64_t cols) {
+  if (!host_addressable())
+    fail(name(), "per-head q/k norm weights (Command R+'s) run on the CPU backend only for now (use --device cpu)");
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = in[r * cols + c] * w[c];
+}
+
+void Backend::scale_columns_backward(float* din, const float* dout, const float* w, int64_t rows, int64_t cols) {
+  if (!host_addressable())
+    fail(name(), "per-head q/k norm weights (Command R+'s) run on the CPU backend only for now (use --device cpu)");
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) din[r * cols + c] += dout[r * cols + c] * w[c];
+}
+
 }  // namespace qlora

@@ -198,6 +198,11 @@ class Backend {
                               int64_t width, int64_t groups, int64_t stride) = 0;
   // x (n) rounded to dtype in place (identity for F32).
   virtual void round(float* x, int64_t n, ComputeDType dtype) = 0;
+  // out (rows, cols) = in * w[column] (ModelSpec::qk_norm_head_weights' per-head weights);
+  // backward accumulates din += dout * w[column]. The defaults run on host memory (the CPU
+  // backend) and refuse elsewhere, naming the op.
+  virtual void scale_columns(float* out, const float* in, const float* w, int64_t rows, int64_t cols);
+  virtual void scale_columns_backward(float* din, const float* dout, const float* w, int64_t rows, int64_t cols);
 
   // ---- compute: the model around its blocks ----
   // out (n, cols) = rows ids[i] of the table (ids on the host). Throws Error naming an id

@@ -72,6 +72,11 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Scale:
         be.axpy(g(o.in0), o.factor, dy, p.floats(o.out, T, T));
         break;
+      case BlockOpKind::ScaleColumns: {
+        const std::vector<float>& w = L.norm(o.norm);
+        be.scale_columns_backward(g(o.in0), dy, w.data(), T, static_cast<int64_t>(w.size()));
+        break;
+      }
       case BlockOpKind::Moe:
         moe_backward(r, adapter, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr);
         break;

@@ -40,8 +40,14 @@ void block_forward(const BlockRun& r) {
     switch (o.kind) {
       case BlockOpKind::Norm: {
         float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        // (a Unit norm stays unrounded: the ScaleColumns after it rounds once)
         be.norm_forward(s, out, stats, in0, L.norm(o.norm).data(), L.norm_bias(o.norm).data(), T * o.rows_per_token,
-                        o.width, r.dtype);
+                        o.width, o.norm == NormRole::Unit ? ComputeDType::F32 : r.dtype);
+        break;
+      }
+      case BlockOpKind::ScaleColumns: {
+        const std::vector<float>& w = L.norm(o.norm);
+        be.scale_columns(out, in0, w.data(), T, static_cast<int64_t>(w.size()));
         break;
       }
       case BlockOpKind::Linear: {

@@ -193,7 +193,20 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_linear(kproj, h1, 1);
     p.add_linear(v, h1, 2);
   }
-  if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
+  if (s.qk_norm && s.qk_norm_head_weights) {  // Command R+: per head, each head's own weights
+    const int qu = p.buffer("q_unit", QD), ku = p.buffer("k_unit", KVD);
+    p.add_norm(qu, qproj, NormRole::Unit, s.n_heads, HS, p.buffer("rstd_q", stat * s.n_heads, true));
+    p.add_norm(ku, kproj, NormRole::Unit, s.n_kv_heads, HS, p.buffer("rstd_k", stat * s.n_kv_heads, true));
+    const std::pair<int, int> scaled[2] = {{q, qu}, {k, ku}};
+    for (int i = 0; i < 2; ++i) {
+      BlockOp o{BlockOpKind::ScaleColumns};
+      o.out = scaled[i].first;
+      o.in0 = scaled[i].second;
+      o.norm = i == 0 ? NormRole::QHead : NormRole::KHead;
+      o.round = true;
+      p.op(o);
+    }
+  } else if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
     p.add_norm(q, qproj, NormRole::QHead, 1, QD, p.buffer("rstd_q", 1, true));
     p.add_norm(k, kproj, NormRole::KHead, 1, KVD, p.buffer("rstd_k", 1, true));
   } else if (s.qk_norm) {
@@ -312,6 +325,7 @@ void BlockProgram::finish() {
       case BlockOpKind::Act: keep(o.in0); break;
       case BlockOpKind::Clamp: keep(o.in0); break;
       case BlockOpKind::Moe: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::ScaleColumns: break;  // (its backward reads the weights only)
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
       case BlockOpKind::Slice:

@@ -23,7 +23,9 @@
 namespace qlora {
 
 // The norm weights of a block, by what they normalize (LayerWeights::norm).
-enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead };
+// Unit: a head_dim-wide norm with unit weight and zero bias, unrounded (the first half of
+// ModelSpec::qk_norm_head_weights' norms; a ScaleColumns op applies the weights).
+enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit };
 
 enum class BlockOpKind : uint8_t {
   Norm,       // out = norm(in0) with a weight (and rstd, or LayerNorm's mean and rstd, kept in
@@ -38,6 +40,7 @@ enum class BlockOpKind : uint8_t {
               // of `groups` groups of group_stride columns (per-head fused q/k/v)
   Scale,      // out = in0 * factor (Granite's residual_multiplier on a branch output)
   Clamp,      // out = clamp(in0, -factor, factor) (OLMo's clip_qkv)
+  ScaleColumns,  // out = in0 * w[column], w the norm weight of `norm` (per-head q/k norm weights)
   Moe,        // out = the routed experts of in0 (+ sigmoid(shared_gate in0) * in1 when in1 is
               // the shared expert's output); model/moe_block.h
 };

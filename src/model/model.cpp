@@ -220,6 +220,10 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       progress(name("self_attn.q_norm"));
       L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
       progress(name("self_attn.k_norm"));
+      if (spec.qk_norm_head_weights) {
+        L.unit_norm.assign(static_cast<size_t>(spec.head_dim), 1.0f);
+        L.unit_norm_bias.assign(static_cast<size_t>(spec.head_dim), 0.0f);
+      }
     }
     if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
@@ -305,6 +309,7 @@ const std::vector<float>& LayerWeights::norm(NormRole role) const {
     case NormRole::PostFfn: return post_ffn_norm;
     case NormRole::QHead: return q_norm;
     case NormRole::KHead: return k_norm;
+    case NormRole::Unit: return unit_norm;
   }
   fail("LayerWeights::norm", "no such norm");
 }
@@ -314,6 +319,7 @@ const std::vector<float>& LayerWeights::norm_bias(NormRole role) const {
   switch (role) {
     case NormRole::Input: return input_norm_bias;
     case NormRole::PostAttention: return post_norm_bias;
+    case NormRole::Unit: return unit_norm_bias;
     default: return none;
   }
 }

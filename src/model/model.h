@@ -35,6 +35,9 @@ struct LayerWeights {
   std::vector<float> post_norm;   // (C) post_attention_layernorm
   std::vector<float> input_norm_bias, post_norm_bias;  // (C) each, LayerNorm models only
   std::vector<float> q_norm, k_norm;  // (HS) each, qk_norm models only (else empty)
+  // qk_norm_head_weights models: q_norm / k_norm hold (heads, HS) weights, and these the unit
+  // weight and zero bias (HS) of the per-head norm before them (NormRole::Unit).
+  std::vector<float> unit_norm, unit_norm_bias;
   // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
   // MLP input and output (else empty).
   std::vector<float> pre_ffn_norm, post_ffn_norm;

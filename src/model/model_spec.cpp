@@ -68,6 +68,8 @@ void ModelSpec::validate(const std::string& where) const {
   if (!(clip_qkv >= 0.0f) || !std::isfinite(clip_qkv) || (clip_qkv > 0.0f && (fused_qkv || qk_norm)))
     fail(where, "clip_qkv must be non-negative, and is built for separate q/k/v projections without q/k norms");
   if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
+  if (qk_norm_head_weights && (!qk_norm || qk_norm_full))
+    fail(where, "per-head q/k norm weights need per-head q/k norms");
   if (projects_embeddings() && (embed_scale || embed_norm))
     fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
   if (norm == NormKind::LayerNorm && norm_unit_offset && (!norm_bias || !norm_weights))
@@ -163,8 +165,13 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
     }
     if (qk_norm) {
-      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {qk_norm_full ? q_dim() : head_dim}});
-      t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {qk_norm_full ? kv_dim() : head_dim}});
+      if (qk_norm_head_weights) {
+        t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {n_heads, head_dim}});
+        t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {n_kv_heads, head_dim}});
+      } else {
+        t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {qk_norm_full ? q_dim() : head_dim}});
+        t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {qk_norm_full ? kv_dim() : head_dim}});
+      }
     }
     if (!shared_branch_norm && norm_weights) {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});

@@ -204,6 +204,10 @@ struct ModelSpec {
   // qk_norm over all heads of q (and of k) at once, weights of q_dim / kv_dim values (OLMo 2)
   // instead of one head_dim weight shared by the heads.
   bool qk_norm_full = false;
+  // Per-head q/k norms with a weight of their own per head ((heads, head_dim) tensors: Command
+  // R+'s use_qk_norm LayerNorms): each head normalized with unit weight, then scaled by its
+  // weights, rounded once (CohereLayerNorm multiplies in float32).
+  bool qk_norm_head_weights = false;
   // RMSNorm computes weight * (x rstd) in float32 and rounds once (OLMo 2's), where Llama's
   // rounds x rstd to the compute dtype first.
   bool norm_round_once = false;

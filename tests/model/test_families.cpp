@@ -59,7 +59,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4"};
+    "exaone4_nowin", "glm4", "cohere_qk"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -259,7 +259,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron",
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
                                            "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
-                                           "exaone4", "glm4"),
+                                           "exaone4", "glm4", "cohere_qk"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -437,7 +437,8 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   gr["logits_scaling"] = 0.0;
   refused(gr, "logits_scaling");
   // cohere: CohereConfig's logit_scale 0.0625 and tied head by default, LayerNorms without
-  // biases (none expected in the checkpoint); Command R+'s use_qk_norm refused.
+  // biases (none expected in the checkpoint); Command R+'s use_qk_norm: per-head q/k norms with
+  // (heads, head_dim) weights (the cohere_qk fixture runs them).
   nlohmann::json co = {{"model_type", "cohere"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
                        {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
   const ModelSpec sco = spec_from_hf_config(co, "config.json");
@@ -445,7 +446,15 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   EXPECT_TRUE(sco.tied_embeddings && sco.rope_interleaved && !sco.norm_bias);
   for (const TensorSpec& t : sco.tensors()) EXPECT_FALSE(t.name.ends_with("norm.bias")) << t.name;
   co["use_qk_norm"] = true;
-  refused(co, "use_qk_norm");
+  const ModelSpec sqk = spec_from_hf_config(co, "config.json");
+  EXPECT_TRUE(sqk.qk_norm && sqk.qk_norm_head_weights);
+  bool has_q_norm = false;
+  for (const TensorSpec& t : sqk.tensors())
+    if (t.name == "model.layers.0.self_attn.q_norm.weight") {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{4, 16}));
+      has_q_norm = true;
+    }
+  EXPECT_TRUE(has_q_norm);
 }
 
 // Phi-2 GGUFs made from the original checkpoint hold one attn_qkv (its Wqkv); the fixture
@@ -505,6 +514,23 @@ TEST(FamiliesGguf, Exaone4WithWindowsLlamaCppCannotRunIsRefused) {
   try {
     write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
     ADD_FAILURE() << "wrote a GGUF llama.cpp would run without the windows";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("64-layer"), std::string::npos) << e.what();
+  }
+}
+
+// llama.cpp's command-r has per-head q/k norms exactly on 64-layer models (Command R+): a
+// smaller model with them has no GGUF form, and says so.
+TEST(FamiliesGguf, CommandRQkNormOffTheLayerCountIsRefused) {
+  const Model m = load_path(family_dir("cohere_qk"));
+  ModelFiles files = open_model_files(family_dir("cohere_qk"), family_dir("cohere") + "/model.gguf");
+  TempDir tmp("cohere_qk_gguf");
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  try {
+    write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
+    ADD_FAILURE() << "wrote a command-r GGUF llama.cpp cannot load";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("64-layer"), std::string::npos) << e.what();
   }

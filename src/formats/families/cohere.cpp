@@ -1,8 +1,8 @@
 // Cohere (model_type "cohere", CohereForCausalLM: Command R 35B / 104B (plus), Aya 23 and
 // Aya Expanse): one LayerNorm without bias feeding attention and the SwiGLU MLP in parallel
 // (x + attn(ln(x)) + mlp(ln(x))), rotary in adjacent pairs (Cohere's rotate_half interleaves),
-// the logits multiplied by logit_scale, a tied head. use_qk_norm (Command R+'s per-head
-// LayerNorms on q and k) is refused. GGUF both ways as llama.cpp's "command-r".
+// the logits multiplied by logit_scale, a tied head; with use_qk_norm (Command R+) a LayerNorm
+// per head of q and of k with each head's own weights. GGUF both ways as llama.cpp's "command-r".
 // Cohere 2 (model_type "cohere2": Command R7B, Command A): the same block with sliding windows
 // on three layers of four (layer_types, or sliding_window_pattern 4) and rotary on those
 // only -- the full-attention layers are NoPE; llama.cpp's "cohere2".
@@ -34,8 +34,8 @@ void cohere_read(const json& j, const std::string& where, ModelSpec& s) {
   s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
   s.logit_multiplier = config::get_float(j, "logit_scale", where, 0.0625f);
   if (!(s.logit_multiplier > 0.0f)) fail(where, "logit_scale must be positive");
-  if (config::get_bool(j, "use_qk_norm", where, false))
-    fail(where, "use_qk_norm true (Command R+'s per-head LayerNorms on q and k) is not supported yet");
+  // Command R+: a LayerNorm per head of q and of k, each head with its own weights (no bias).
+  s.qk_norm = s.qk_norm_head_weights = config::get_bool(j, "use_qk_norm", where, false);
 }
 
 // Cohere 2's layers: sliding (with rotary) or full (without), from layer_types or every
@@ -69,7 +69,8 @@ void cohere_write(const ModelSpec& s, ordered_json& j) {
   j["layer_norm_eps"] = s.norm_eps;
   j["attention_bias"] = s.qkv_bias;
   j["logit_scale"] = s.logit_multiplier;
-  j["use_qk_norm"] = false;
+  j["use_qk_norm"] = s.qk_norm_head_weights;
+  if (s.qk_norm && !s.qk_norm_head_weights) fail("config.json", "cohere's q/k norms have a weight per head");
 }
 
 void cohere2_write(const ModelSpec& s, ordered_json& j) {
@@ -88,6 +89,7 @@ void cohere2_write(const ModelSpec& s, ordered_json& j) {
 void cohere_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   cohere_block(s);
   s.logit_multiplier = hp.logit_scale;
+  s.qk_norm = s.qk_norm_head_weights = hp.qk_norm_tensors;  // (Command R+: attn_q_norm (head_dim, heads))
 }
 
 // llama.cpp's cohere2: the window from attention.sliding_window, three sliding layers of four

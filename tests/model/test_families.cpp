@@ -502,38 +502,29 @@ TEST(FamiliesGguf, QuantizedExpertTensorsReadPerExpert) {
   }
 }
 
-// llama.cpp's exaone4 puts windows on the 64-layer model only: a smaller model with windows
-// (the exaone4 fixture: 4 layers, three sliding) has no GGUF form and is refused, saying so.
-TEST(FamiliesGguf, Exaone4WithWindowsLlamaCppCannotRunIsRefused) {
-  const Model m = load_path(family_dir("exaone4"));
-  ModelFiles files = open_model_files(family_dir("exaone4"), family_dir("exaone4_nowin") + "/model.gguf");
-  TempDir tmp("exaone4_gguf");
+// The fixture `f` (with `tokenizer_from`'s tokenizer) merged to GGUF is refused with a message
+// containing `what`: llama.cpp would load it as another model, or not at all.
+void expect_gguf_merge_refused(const std::string& f, const std::string& tokenizer_from, const std::string& what) {
+  const Model m = load_path(family_dir(f));
+  ModelFiles files = open_model_files(family_dir(f), family_dir(tokenizer_from) + "/model.gguf");
+  TempDir tmp(f + "_refused_gguf");
   GgufExportOptions eo;
   eo.type = GgmlType::F32;
   eo.log = false;
   try {
     write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
-    ADD_FAILURE() << "wrote a GGUF llama.cpp would run without the windows";
+    ADD_FAILURE() << f << ": wrote a GGUF llama.cpp would not run as this model";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("64-layer"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
   }
 }
 
-// llama.cpp's command-r has per-head q/k norms exactly on 64-layer models (Command R+): a
-// smaller model with them has no GGUF form, and says so.
-TEST(FamiliesGguf, CommandRQkNormOffTheLayerCountIsRefused) {
-  const Model m = load_path(family_dir("cohere_qk"));
-  ModelFiles files = open_model_files(family_dir("cohere_qk"), family_dir("cohere") + "/model.gguf");
-  TempDir tmp("cohere_qk_gguf");
-  GgufExportOptions eo;
-  eo.type = GgmlType::F32;
-  eo.log = false;
-  try {
-    write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
-    ADD_FAILURE() << "wrote a command-r GGUF llama.cpp cannot load";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("64-layer"), std::string::npos) << e.what();
-  }
+// llama.cpp decides some variants by the layer count: exaone4's windows (the 64-layer 32B
+// only; the exaone4 fixture has 4 layers, three sliding) and command-r's per-head q/k norms
+// (Command R+'s 64 layers only). Other sizes have no GGUF form, and say so.
+TEST(FamiliesGguf, VariantsLlamaCppKeysOnTheLayerCountAreRefusedElsewhere) {
+  expect_gguf_merge_refused("exaone4", "exaone4_nowin", "64-layer");
+  expect_gguf_merge_refused("cohere_qk", "cohere", "64-layer");
 }
 
 TEST(FamiliesGguf, GptjMergeToGgufSaysLlamaCppHasNoGraph) {

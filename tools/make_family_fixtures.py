@@ -222,6 +222,10 @@ FAMILIES = {
     # half of each head rotated, untied head in both.
     "stablelm": ("StableLmConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, use_qkv_bias=True,
                                         hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
+    # StableLM 2 12B's form: the parallel block with a bias-free LayerNorm per head of q and k.
+    "stablelm_qk": ("StableLmConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, use_qkv_bias=False,
+                                           use_parallel_residual=True, qk_layernorm=True,
+                                           hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)),
     "stablelm_par": ("StableLmConfig", dict(_drop=("rms_norm_eps",), layer_norm_eps=1e-5, use_qkv_bias=False,
                                             use_parallel_residual=True,
                                             rope_parameters=dict(rope_type="default", rope_theta=10000.0,
@@ -415,7 +419,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "smollm3": "smollm3", "cohere2": "cohere2", "olmo": "olmo",
              "arcee": "arcee", "nemotron": "nemotron",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
-             "exaone4_nowin": "exaone4", "glm4": "glm4"}
+             "exaone4_nowin": "exaone4", "glm4": "glm4",
+             "stablelm_qk": "stablelm"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -608,6 +613,16 @@ def write_gguf_layernorm_llama(model, arch: str, path: Path):
             for n, p in model.named_parameters():
                 if n.endswith("norm.weight"):
                     p.add_(1.0)
+    if getattr(c, "qk_layernorm", False):  # StableLMModel stacks the per-head norms into attn_q_norm / attn_k_norm
+        import numpy as np
+        sd = model.state_dict()
+        per_head = [n for n in sd if ".q_layernorm.norms." in n or ".k_layernorm.norms." in n]
+        skip = tuple(skip) + tuple(per_head)
+        for layer in range(c.num_hidden_layers):
+            for which, heads in (("q", c.num_attention_heads), ("k", c.num_key_value_heads)):
+                stacked = torch.stack([sd[f"model.layers.{layer}.self_attn.{which}_layernorm.norms.{h}.weight"]
+                                       for h in range(heads)]).to(torch.float32)
+                w.add_tensor(f"blk.{layer}.attn_{which}_norm.weight", np.ascontiguousarray(stacked.numpy()))
     _add_block_tensors(w, model, glob, names, None, None, skip=skip)
     _finish(w)
 
@@ -855,7 +870,7 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
-                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk")
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):

@@ -170,6 +170,14 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
         if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
         if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
+        if (model.spec().qk_norm_tensor_per_head)  // (one head's slice of the (heads, head_dim) weights)
+          for (bool key : {false, true})
+            for (int64_t h = 0; h < (key ? model.spec().n_kv_heads : model.spec().n_heads); ++h)
+              if (rest == qk_head_norm_module(key, h) + ".weight") {
+                const std::vector<float>& w = key ? L.k_norm : L.q_norm;
+                const int64_t HS = model.spec().head_dim;
+                return std::vector<float>(w.begin() + h * HS, w.begin() + (h + 1) * HS);
+              }
         if (model.spec().moe()) {  // the router, shared-expert gate and experts, with their adapters
           if (rest == std::string(kMoeRouterModule) + ".weight")
             return merged_weight(L.router, adapters, [&](const LoraModel& a) { return a.find_router(l); });

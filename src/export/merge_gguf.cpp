@@ -89,7 +89,10 @@ GgmlType gguf_q4_k_m_type(const std::string& name, size_t dims, int64_t cols, in
 
 void write_merged_gguf(const Model& model, const ModelFiles& source, const std::vector<WeightedAdapter>& adapters,
                        const std::string& out_path, const GgufExportOptions& opt, bool overwrite) {
-  const ModelSpec& s = model.spec();
+  // (StableLM 2 12B's per-head q/k norm tensors go out stacked, as llama.cpp's converter writes them)
+  ModelSpec stacked = model.spec();
+  stacked.qk_norm_tensor_per_head = false;
+  const ModelSpec& s = stacked;
   std::error_code ec;
   if (fs::exists(out_path, ec) && fs::exists(source.path, ec) && fs::equivalent(out_path, source.path, ec))
     fail(out_path, "is the base model's own file: write the merged model somewhere else");

@@ -215,7 +215,18 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
       L.post_ffn_norm = load_vector(src, name("post_feedforward_layernorm"), opt.compute_dtype);
       progress(name("post_feedforward_layernorm"));
     }
-    if (spec.qk_norm) {
+    if (spec.qk_norm_tensor_per_head) {  // (StableLM 2 12B: one tensor per head, read as (heads, head_dim))
+      for (bool key : {false, true})
+        for (int64_t h = 0; h < (key ? spec.n_kv_heads : spec.n_heads); ++h) {
+          const std::string n = layer_tensor_name(l, qk_head_norm_module(key, h));
+          const std::vector<float> v = load_vector(src, n, opt.compute_dtype);
+          std::vector<float>& dst = key ? L.k_norm : L.q_norm;
+          dst.insert(dst.end(), v.begin(), v.end());
+          progress(n);
+        }
+      L.unit_norm.assign(static_cast<size_t>(spec.head_dim), 1.0f);
+      L.unit_norm_bias.assign(static_cast<size_t>(spec.head_dim), 0.0f);
+    } else if (spec.qk_norm) {
       L.q_norm = load_vector(src, name("self_attn.q_norm"), opt.compute_dtype);
       progress(name("self_attn.q_norm"));
       L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);

@@ -11,6 +11,10 @@ std::string layer_tensor_name(int64_t layer, const std::string& module, const ch
   return "model.layers." + std::to_string(layer) + "." + module + "." + suffix;
 }
 
+std::string qk_head_norm_module(bool key, int64_t head) {
+  return std::string(key ? "self_attn.k_layernorm.norms." : "self_attn.q_layernorm.norms.") + std::to_string(head);
+}
+
 std::string expert_module(int64_t expert, int part) {
   static constexpr const char* kParts[3] = {"gate_proj", "up_proj", "down_proj"};
   return "mlp.experts." + std::to_string(expert) + "." + kParts[part];
@@ -68,7 +72,7 @@ void ModelSpec::validate(const std::string& where) const {
   if (!(clip_qkv >= 0.0f) || !std::isfinite(clip_qkv) || (clip_qkv > 0.0f && (fused_qkv || qk_norm)))
     fail(where, "clip_qkv must be non-negative, and is built for separate q/k/v projections without q/k norms");
   if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
-  if (qk_norm_head_weights && (!qk_norm || qk_norm_full))
+  if ((qk_norm_head_weights && (!qk_norm || qk_norm_full)) || (qk_norm_tensor_per_head && !qk_norm_head_weights))
     fail(where, "per-head q/k norm weights need per-head q/k norms");
   if (projects_embeddings() && (embed_scale || embed_norm))
     fail(where, "projected embeddings with scaled or normalized embeddings are not a known variant");
@@ -165,7 +169,12 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
     }
     if (qk_norm) {
-      if (qk_norm_head_weights) {
+      if (qk_norm_tensor_per_head) {
+        for (int64_t h = 0; h < n_heads; ++h)
+          t.push_back({layer_tensor_name(l, qk_head_norm_module(false, h)), {head_dim}});
+        for (int64_t h = 0; h < n_kv_heads; ++h)
+          t.push_back({layer_tensor_name(l, qk_head_norm_module(true, h)), {head_dim}});
+      } else if (qk_norm_head_weights) {
         t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {n_heads, head_dim}});
         t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {n_kv_heads, head_dim}});
       } else {

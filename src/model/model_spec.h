@@ -208,6 +208,9 @@ struct ModelSpec {
   // R+'s use_qk_norm LayerNorms): each head normalized with unit weight, then scaled by its
   // weights, rounded once (CohereLayerNorm multiplies in float32).
   bool qk_norm_head_weights = false;
+  // ... stored one tensor per head, self_attn.q_layernorm.norms.<h>.weight / k_layernorm
+  // (head_dim each: StableLM 2 12B's StableLmLayerNormPerHead) instead of (heads, head_dim).
+  bool qk_norm_tensor_per_head = false;
   // RMSNorm computes weight * (x rstd) in float32 and rounds once (OLMo 2's), where Llama's
   // rounds x rstd to the compute dtype first.
   bool norm_round_once = false;
@@ -289,5 +292,7 @@ std::string layer_tensor_name(int64_t layer, const std::string& module, const ch
 inline constexpr const char* kMoeRouterModule = "mlp.gate";
 inline constexpr const char* kMoeSharedGateModule = "mlp.shared_expert_gate";
 std::string expert_module(int64_t expert, int part);
+// StableLM 2 12B's per-head q/k norm modules: "self_attn.q_layernorm.norms.<h>" (key: k_layernorm).
+std::string qk_head_norm_module(bool key, int64_t head);
 
 }  // namespace qlora

@@ -59,7 +59,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -259,7 +259,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron",
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
                                            "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
-                                           "exaone4", "glm4", "cohere_qk"),
+                                           "exaone4", "glm4", "cohere_qk", "stablelm_qk"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -410,7 +410,8 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   phi["hidden_act"] = "relu";
   refused(phi, "hidden_act");
   // stablelm: StableLmConfig's default partial_rotary_factor 0.25, the sequential block
-  // unless use_parallel_residual; StableLM 2 12B's qk_layernorm refused.
+  // unless use_parallel_residual; StableLM 2 12B's qk_layernorm: per-head norms, one tensor
+  // per head (the stablelm_qk fixture runs them).
   nlohmann::json slm = {{"model_type", "stablelm"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
                         {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
   const ModelSpec sslm = spec_from_hf_config(slm, "config.json");
@@ -419,7 +420,11 @@ TEST(FamiliesConfig, UnsupportedVariantsSayWhy) {
   EXPECT_EQ(sslm.mlp, MlpKind::SwiGLU);
   EXPECT_FALSE(sslm.parallel_residual || sslm.qkv_bias || sslm.o_bias || sslm.head_bias);
   slm["qk_layernorm"] = true;
-  refused(slm, "qk_layernorm");
+  const ModelSpec sslm_qk = spec_from_hf_config(slm, "config.json");
+  EXPECT_TRUE(sslm_qk.qk_norm_head_weights && sslm_qk.qk_norm_tensor_per_head);
+  size_t per_head = 0;
+  for (const TensorSpec& t : sslm_qk.tensors()) per_head += t.name.find("_layernorm.norms.") != std::string::npos;
+  EXPECT_EQ(per_head, 2u * (4 + 4));  // (2 layers x (q heads + k heads))
   // starcoder2: a tied head, the tanh GELU and biases by default.
   const nlohmann::json sc2 = {{"model_type", "starcoder2"}, {"hidden_size", 64}, {"num_hidden_layers", 2},
                               {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 160}};
@@ -863,6 +868,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "phi4_mini", "gpt2", "gpt_neox", "bloom", "falcon", "falcon_mq", "phi",
                                            "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere",
                                            "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe", "olmo3", "exaone4_nowin", "glm4",
+                                           "stablelm_qk",
                                            "qwen3_moe", "olmoe"),
                          [](const auto& info) { return std::string(info.param); });
 

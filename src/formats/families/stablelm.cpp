@@ -2,8 +2,9 @@
 // stablelm-zephyr-3b, ...): Llama's SwiGLU MLP and grouped-query attention with LayerNorms
 // (with biases), partial rotary (partial_rotary_factor, 0.25 when the config leaves it out),
 // optional q/k/v biases (use_qkv_bias), and either the sequential block or the parallel one
-// with a single norm (use_parallel_residual). qk_layernorm (StableLM 2 12B's per-head
-// LayerNorms on q and k) is refused. GGUF both ways as llama.cpp's "stablelm".
+// with a single norm (use_parallel_residual); with qk_layernorm (StableLM 2 12B) a bias-free
+// LayerNorm per head of q and of k, one module per head. GGUF both ways as llama.cpp's
+// "stablelm" (which holds those norms stacked, attn_q_norm (head_dim, heads)).
 #include "base/error.h"
 #include "formats/config_reader.h"
 #include "formats/gguf.h"
@@ -20,8 +21,8 @@ void stablelm_read(const json& j, const std::string& where, ModelSpec& s) {
   s.norm = NormKind::LayerNorm;
   s.norm_eps = config::get_float(j, "layer_norm_eps", where, 1e-5f);
   s.qkv_bias = config::get_bool(j, "use_qkv_bias", where, false);
-  if (config::get_bool(j, "qk_layernorm", where, false))
-    fail(where, "qk_layernorm true (StableLM 2 12B's per-head LayerNorms on q and k) is not supported yet");
+  // StableLM 2 12B: a bias-free LayerNorm per head of q and of k, each its own module
+  s.qk_norm = s.qk_norm_head_weights = s.qk_norm_tensor_per_head = config::get_bool(j, "qk_layernorm", where, false);
   s.parallel_residual = s.shared_branch_norm = config::get_bool(j, "use_parallel_residual", where, false);
   if (s.q_dim() != s.hidden)
     fail(where, "stablelm's o_proj is hidden x hidden: num_attention_heads x head_dim must equal hidden_size");
@@ -44,7 +45,8 @@ void stablelm_write(const ModelSpec& s, ordered_json& j) {
   j["layer_norm_eps"] = s.norm_eps;
   j["use_qkv_bias"] = s.qkv_bias;
   j["use_parallel_residual"] = s.parallel_residual;
-  j["qk_layernorm"] = false;
+  j["qk_layernorm"] = s.qk_norm;
+  if (s.qk_norm && !s.qk_norm_tensor_per_head) fail("config.json", "stablelm keeps its q/k norms one module per head");
   j["partial_rotary_factor"] = static_cast<double>(s.rope_dims()) / static_cast<double>(s.head_dim);
   j["hidden_dropout"] = 0.0;
 }
@@ -54,6 +56,7 @@ void stablelm_write(const ModelSpec& s, ordered_json& j) {
 void stablelm_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   s.norm = NormKind::LayerNorm;
   s.parallel_residual = s.shared_branch_norm = !hp.ffn_norm;
+  s.qk_norm = s.qk_norm_head_weights = hp.qk_norm_tensors;
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "model/backend.h"
 #include "model/block_program.h"
 #include "model/block_scratch.h"
+#include "model/moe_block.h"
 #include "model/gemm_bf16.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
@@ -367,7 +368,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t block = 4 * u(prog.saved_floats(Ti, Bi)) +
                            4 * (static_cast<uint64_t>(ls.modules_per_block) * BT * r_ + (drop ? BT * ls.sum_mask_words : 0));
     const uint64_t xs = 4 * (L + 1) * BT * C;
-    r.activations_checkpointed = xs + block;
+    // (with checkpointing an MoE layer also keeps its routing, expert products and their
+    // LoRA caches for its backward: model/moe_block.h, train/train_model.cpp block_run)
+    r.activations_checkpointed = xs + block + 4 * u(moe_saved_floats(s, static_cast<int64_t>(BT), 2 * o.lora_r));
     r.activations_full = xs + L * block;
     const uint64_t act = o.checkpointing ? r.activations_checkpointed : r.activations_full;
     add(r, std::string("activations (checkpointing ") + (o.checkpointing ? "on" : "off") + ")", act,

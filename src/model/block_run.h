@@ -57,6 +57,9 @@ struct BlockRun {
   LoraRng* rng = nullptr;
   // The declared scratch (block_scratch_floats of this run's query).
   BlockScratch scratch;
+  // Mixture-of-experts layers in training: where the op's forward keeps what its backward
+  // reads (model/moe_block.h); null: the backward recomputes it.
+  struct MoeSaved* moe_saved = nullptr;
 };
 
 // The program's attention heads, scale, softcap and ALiBi bias (the per-call sizes, key

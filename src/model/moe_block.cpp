@@ -153,6 +153,26 @@ std::vector<float> shared_gate(const BlockRun& r, const float* x, const LoraScra
 
 }  // namespace
 
+// (Cache's storage is kept in the Caches below: one per LoRA'd product)
+struct MoeSaved {
+  int64_t layer = -1, T = -1;  // what the kept state is for (-1: nothing)
+  Routing routing;
+  std::vector<ExpertPass> experts;          // per expert, x left out (gathered again)
+  std::vector<Cache> gu_cache, down_cache;  // per expert
+  Cache router_cache, sg_cache;
+};
+
+void MoeSavedDeleter::operator()(MoeSaved* p) const { delete p; }
+MoeSavedPtr make_moe_saved() { return MoeSavedPtr(new MoeSaved); }
+
+int64_t moe_saved_floats(const ModelSpec& s, int64_t T, int64_t max_lora_r) {
+  if (!s.moe()) return 0;
+  const int64_t TK = T * s.experts_per_token, F = s.expert_ffn;
+  // gate_up, gate, up, act (2F + F + F + F) and the output (C) per routed row, the routing,
+  // and the LoRA caches (A x) of the router, shared gate and both expert products
+  return TK * (5 * F + s.hidden) + T * (s.n_experts + 1) + 3 * TK + (2 * TK + 2 * T) * max_lora_r;
+}
+
 void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared) {
   require_host(r);
   const ModelSpec& s = r.program->spec();
@@ -160,14 +180,28 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
   const LoraModel* ad = r.adapter;
   LoraScratchStorage scratch = moe_lora_scratch(r, ad, T, false);
   const LoraScratch ls = scratch.view();
-  const Routing g = route(r, x, ls, ad ? ad->find_router(r.layer) : nullptr, nullptr);
+  MoeSaved* st = r.training ? r.moe_saved : nullptr;
+  if (st) {
+    st->layer = -1;  // (valid once complete)
+    st->experts.resize(static_cast<size_t>(s.n_experts));
+    st->gu_cache.resize(static_cast<size_t>(s.n_experts));
+    st->down_cache.resize(static_cast<size_t>(s.n_experts));
+  }
+  const LoraLayer* router_lora = ad ? ad->find_router(r.layer) : nullptr;
+  Routing local = route(r, x, ls, router_lora, st ? st->router_cache.get(router_lora, T) : nullptr);
+  const Routing& g = st ? (st->routing = std::move(local)) : local;
   std::fill(out, out + T * C, 0.0f);
-  ExpertPass a;
+  ExpertPass scratch_pass;
   for (int64_t e = 0; e < g.E; ++e) {
     const auto& rows = g.rows[static_cast<size_t>(e)];
     if (rows.empty()) continue;
-    expert_forward(r, e, rows, x, a, ls, ad ? ad->find_expert(r.layer, e, 0) : nullptr, nullptr,
-                   ad ? ad->find_expert(r.layer, e, 1) : nullptr, nullptr);
+    ExpertPass& a = st ? st->experts[static_cast<size_t>(e)] : scratch_pass;
+    const LoraLayer* gu_lora = ad ? ad->find_expert(r.layer, e, 0) : nullptr;
+    const LoraLayer* down_lora = ad ? ad->find_expert(r.layer, e, 1) : nullptr;
+    const int64_t n = static_cast<int64_t>(rows.size());
+    expert_forward(r, e, rows, x, a, ls, gu_lora, st ? st->gu_cache[static_cast<size_t>(e)].get(gu_lora, n) : nullptr,
+                   down_lora, st ? st->down_cache[static_cast<size_t>(e)].get(down_lora, n) : nullptr);
+    if (st) a.x = {};  // (gathered again from the op's input, which the block keeps)
     for (size_t i = 0; i < rows.size(); ++i) {
       const auto [t, k] = rows[i];
       const float w = g.weight[static_cast<size_t>(t * g.K + k)];
@@ -178,13 +212,18 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
     }
   }
   if (shared) {
-    const std::vector<float> sg = shared_gate(r, x, ls, ad ? ad->find_shared_gate(r.layer) : nullptr, nullptr);
+    const LoraLayer* sg_lora = ad ? ad->find_shared_gate(r.layer) : nullptr;
+    const std::vector<float> sg = shared_gate(r, x, ls, sg_lora, st ? st->sg_cache.get(sg_lora, T) : nullptr);
     for (int64_t t = 0; t < T; ++t) {
       float* o = out + t * C;
       const float* sh = shared + t * C;
       for (int64_t c = 0; c < C; ++c) o[c] += rounded(sg[static_cast<size_t>(t)] * sh[c], r.dtype);
       round_activations(o, C, r.dtype);
     }
+  }
+  if (st) {
+    st->layer = r.layer;
+    st->T = T;
   }
 }
 
@@ -197,10 +236,19 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   const int64_t T = r.T, C = s.hidden, F = s.expert_ffn, K = s.experts_per_token, E = s.n_experts;
   LoraScratchStorage scratch = moe_lora_scratch(r, &adapter, T, true);
   const LoraScratch ls = scratch.view();
+  // The forward's kept state, when it kept it for this layer and these tokens.
+  MoeSaved* st = r.moe_saved && r.moe_saved->layer == r.layer && r.moe_saved->T == T ? r.moe_saved : nullptr;
   LoraLayer* router_lora = adapter.find_router(r.layer);
   Cache router_cache;
-  LoraCache* rc = router_cache.get(router_lora, T);
-  const Routing g = route(r, x, ls, router_lora, rc);
+  LoraCache* rc = nullptr;
+  Routing recomputed;
+  if (st) {
+    rc = router_lora ? &st->router_cache.store->cache : nullptr;
+  } else {
+    rc = router_cache.get(router_lora, T);
+    recomputed = route(r, x, ls, router_lora, rc);
+  }
+  const Routing& g = st ? st->routing : recomputed;
   // The frozen weights' dequantized tiles (the block scratch's is sized for the seven Linears).
   std::vector<float> tile(static_cast<size_t>(std::max({linear_backward_tile_floats(C, 2 * F),
                                                          linear_backward_tile_floats(F, C),
@@ -216,9 +264,20 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     LoraLayer* gu_lora = adapter.find_expert(r.layer, e, 0);
     LoraLayer* down_lora = adapter.find_expert(r.layer, e, 1);
     Cache gu_cache, down_cache;
-    LoraCache* guc = gu_cache.get(gu_lora, n);
-    LoraCache* dc = down_cache.get(down_lora, n);
-    expert_forward(r, e, rows, x, a, ls, gu_lora, guc, down_lora, dc);
+    LoraCache* guc = nullptr;
+    LoraCache* dc = nullptr;
+    if (st) {  // the kept products; the rows gathered again
+      ExpertPass& kept = st->experts[static_cast<size_t>(e)];
+      std::swap(a, kept);
+      a.x.resize(static_cast<size_t>(n * C));
+      for (int64_t i = 0; i < n; ++i) std::copy_n(x + rows[static_cast<size_t>(i)].first * C, C, a.x.data() + i * C);
+      guc = gu_lora ? &st->gu_cache[static_cast<size_t>(e)].store->cache : nullptr;
+      dc = down_lora ? &st->down_cache[static_cast<size_t>(e)].store->cache : nullptr;
+    } else {
+      guc = gu_cache.get(gu_lora, n);
+      dc = down_cache.get(down_lora, n);
+      expert_forward(r, e, rows, x, a, ls, gu_lora, guc, down_lora, dc);
+    }
     dy.assign(static_cast<size_t>(n * C), 0.0f);
     for (int64_t i = 0; i < n; ++i) {
       const auto [t, k] = rows[static_cast<size_t>(i)];
@@ -270,7 +329,8 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   if (shared) {  // out += sg * shared, sg = sigmoid(shared_gate x)
     LoraLayer* sg_lora = adapter.find_shared_gate(r.layer);
     Cache sg_cache;
-    LoraCache* sgc = sg_cache.get(sg_lora, T);
+    // (the gate's product is one value per token: computed again, its LoRA cache kept or not)
+    LoraCache* sgc = st && sg_lora ? &st->sg_cache.store->cache : sg_cache.get(sg_lora, T);
     const std::vector<float> sg = shared_gate(r, x, ls, sg_lora, sgc);
     std::vector<float> dsg(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) {
@@ -287,6 +347,7 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     }
     be.linear_backward(dx, dsg.data(), x, T, L.shared_gate, sg_lora, sgc, tile.data(), ls);
   }
+  if (st) st->layer = -1;  // (used: its experts' products were moved out)
 }
 
 }  // namespace qlora

@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "model/block_run.h"
+#include "model/moe_block.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -37,6 +38,7 @@ void size_lora_cache(Backend& be, LoraCache& c, BackendBuffer& h, BackendBuffer&
 // for T tokens.
 struct TrainWorkspace::Block {
   std::vector<BackendBuffer> saved;  // per program buffer; empty unless saved
+  MoeSavedPtr moe;                   // mixture-of-experts layers: the op's kept state
   std::array<LoraCache, kBlockLinears> lc;
   std::array<BackendBuffer, kBlockLinears> lc_h, lc_mask;  // their storage
 
@@ -45,6 +47,7 @@ struct TrainWorkspace::Block {
   void resize(Backend& be, const BlockProgram& p, const LoraModel& lm, int64_t T, int64_t probs_per_head,
               bool training) {
     saved.resize(p.buffers().size());
+    if (p.spec().moe() && !moe) moe = make_moe_saved();
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
       if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output())
         saved[static_cast<size_t>(b)].ensure(be, p.batch_floats(b, T, probs_per_head));
@@ -195,6 +198,10 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   r.adapter = &lm;
   r.lora_caches = b.lc.data();
   r.scratch = w.scratch;
+  // (MoE: the op keeps its forward for the backward only when one Block serves every layer,
+  // i.e. with checkpointing, where the layer's backward follows its recomputed forward; without
+  // it the kept state would be held for every layer at once, and the backward recomputes)
+  r.moe_saved = w.blocks.size() == 1 ? b.moe.get() : nullptr;
   return r;
 }
 

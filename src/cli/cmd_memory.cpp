@@ -48,6 +48,7 @@ struct Options {
   int lora_r = 64;
   std::string target = "all-linear";
   double lora_dropout = 0.05;
+  bool lora_dropout_given = false;
   std::string lora_dtype;  // pytorch-cuda: fp32 (PEFT) or bf16
   bool with_adapter = false;
   int64_t batch_size = 1;
@@ -157,6 +158,9 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     if (mo.target_modules.empty()) qlora::fail("--target", "names no module");
   }
   mo.lora_dropout = o.lora_dropout;
+  // (as `qlora train`: all-linear on an MoE model whose experts it adapts runs without dropout
+  // unless --lora-dropout is given, which train then refuses, as PEFT does)
+  if (m.spec.moe() && mo.all_linear && !m.spec.shared_expert && !o.lora_dropout_given) mo.lora_dropout = 0.0;
   mo.with_adapter = o.with_adapter;
   mo.batch_size = o.batch_size;
   mo.seq_len = o.seq_len;
@@ -307,7 +311,11 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--json", o->json, "Machine-readable output");
       qlora::cli::add_bool_flag(app, "--table", o->table,
                                 "Print Hugging Face's published QLoRA memory table with the planner's verdict per row");
-      return [o] { return run(*o); };
+      CLI::Option* dropout = app.get_option("--lora-dropout");
+      return [o, dropout] {
+        o->lora_dropout_given = dropout->count() > 0;
+        return run(*o);
+      };
     });
 
 }  // namespace

@@ -32,12 +32,14 @@ float rounded(float v, ComputeDType dtype) {
   return v;
 }
 
-// A LoRA'd product's cache for the backward (no dropout: h = A x only), or none.
+// A LoRA'd product's cache for the backward (no dropout: h = A x only), or none. The storage
+// is kept and reused while it is large enough (a training step asks for one per expert per layer).
 struct Cache {
   std::unique_ptr<LoraCacheStorage> store;
   LoraCache* get(const LoraLayer* lo, int64_t T) {
     if (!lo) return nullptr;
-    store = std::make_unique<LoraCacheStorage>(T, lo->in, lo->r, false);
+    if (!store || store->h.size() < static_cast<size_t>(T * lo->r))
+      store = std::make_unique<LoraCacheStorage>(T, lo->in, lo->r, false);
     return &store->cache;
   }
 };

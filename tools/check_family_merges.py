@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "families"
@@ -40,6 +40,13 @@ def attn(family: str) -> str:
     default) adds it once, as the original falcon-rw code does (make_family_fixtures.py)."""
     cfg = json.loads((FIX / family / "config.json").read_text())
     return "sdpa" if cfg.get("alibi") else "eager"
+
+
+def auto(family: str):
+    """A vision-language checkpoint (gemma3, mistral3, llava) loads as users load it,
+    AutoModelForImageTextToText; a language model as AutoModelForCausalLM."""
+    cfg = json.loads((FIX / family / "config.json").read_text())
+    return AutoModelForImageTextToText if "text_config" in cfg else AutoModelForCausalLM
 
 
 def main():
@@ -55,14 +62,24 @@ def main():
             out = Path(tmp) / f
             subprocess.run([a.qlora, "merge", "--model", str(FIX / f), "--adapter", str(FIX / f / "initial_adapter"),
                             "--quant", "none", "--dtype", "fp32", "--out", str(out), "-q"], check=True)
-            m = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, attn_implementation=attn(f))
+            m = auto(f).from_pretrained(str(out), dtype=torch.float32, attn_implementation=attn(f))
             ref = json.loads((FIX / f / "reference.json").read_text())
             want = load_file(str(FIX / f / "logits.safetensors"))["peft_logits"]
             with torch.no_grad():
                 got = m(torch.tensor([ref["prompt"]])).logits[0]
             rel = float((got - want).abs().max() / want.abs().max())
             worst = max(worst, rel)
-            print(json.dumps({"family": f, "max_abs_dlogit_rel_to_max_logit": rel}))
+            row = {"family": f, "max_abs_dlogit_rel_to_max_logit": rel}
+            if auto(f) is AutoModelForImageTextToText:
+                # the vision tower and projector come back as they were, bit for bit
+                base = auto(f).from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation=attn(f))
+                theirs, ours = base.state_dict(), m.state_dict()
+                other = [k for k in theirs if ".language_model." not in k and not k.startswith("lm_head")]
+                row["other_part_tensors"] = len(other)
+                row["other_part_tensors_differing"] = sum(not torch.equal(theirs[k], ours[k]) for k in other)
+                if not other or row["other_part_tensors_differing"]:
+                    worst = float("inf")
+            print(json.dumps(row))
         # Our adapters, loaded by PEFT.
         import os
         from peft import PeftModel
@@ -73,8 +90,7 @@ def main():
             for sub, what in ((f, "our_adapter_in_peft"), (f + "_default", "our_default_targets_adapter_in_peft")):
                 if not (exp / sub).exists():
                     continue  # (default targets: only where the fixture has PEFT's default adapter)
-                base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32,
-                                                            attn_implementation=attn(f))
+                base = auto(f).from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation=attn(f))
                 pm = PeftModel.from_pretrained(base, str(exp / sub)).eval()
                 ref = json.loads((FIX / f / "reference.json").read_text())
                 want = load_file(str(exp / sub / "ours_logits.safetensors"))["logits"]

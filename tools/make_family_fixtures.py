@@ -89,6 +89,35 @@ FAMILIES = {
                                   num_key_value_heads=4,
                                   tie_word_embeddings=False, _moe=True)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
+    # Vision-language checkpoints, whose language model qlora runs (text only): the config
+    # class is the outer one, the keys here its text_config's; _wrapper has the outer keys
+    # (a tiny vision tower) and _text_type text_config's model_type. Their adapters name the
+    # language model by a regular expression (PEFT's list or all-linear would also adapt
+    # the vision tower, which text-only inputs never reach); vision_adapter/ is all-linear.
+    "gemma3": ("Gemma3Config", dict(
+        head_dim=32, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True, initializer_range=0.1,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}},
+        _text_type="gemma3_text", _targets=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        _wrapper=dict(vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
+                      mm_tokens_per_image=4, image_token_index=159, boi_token_index=157, eoi_token_index=158))),
+    # Mistral Small 3.1's form: the head stored and no tie_word_embeddings in the outer config
+    # (whose class default is true: transformers unties a head the file holds).
+    "mistral3": ("Mistral3Config", dict(
+        rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False, _text_type="mistral", _outer_untied_by_file=True,
+        _targets=r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)",
+        _wrapper=dict(vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=2, head_dim=16, image_size=28, patch_size=14),
+                      image_token_index=159, tie_word_embeddings=False))),
+    "llava": ("LlavaConfig", dict(
+        rope_theta=10000.0, tie_word_embeddings=False, _text_type="llama",
+        _targets=r".*language_model.*\.(q_proj|v_proj|down_proj)",
+        _wrapper=dict(vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14,
+                                         projection_dim=16),
+                      image_token_index=159, tie_word_embeddings=False))),
     "llama_bias": ("LlamaConfig", dict(rope_theta=10000.0, attention_bias=True, mlp_bias=True,
                                        tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
@@ -308,15 +337,31 @@ def attn_impl(family: str) -> str:
     return FAMILIES[family][1].get("_attn", "eager")
 
 
+def is_wrapper(family: str) -> bool:
+    return "_wrapper" in FAMILIES[family][1]
+
+
+def auto_class(family: str):
+    """The Auto class a user loads the family with: a vision-language model's is
+    AutoModelForImageTextToText (AutoModelForCausalLM takes gemma3 but not mistral3 / llava)."""
+    import transformers
+    return transformers.AutoModelForImageTextToText if is_wrapper(family) else transformers.AutoModelForCausalLM
+
+
 def make_model(family: str):
     import transformers
     cls_name, extra = FAMILIES[family]
     drop = extra.get("_drop", ())
     kw = {k: v for k, v in {**COMMON, **extra}.items() if k not in drop and not k.startswith("_")}
-    cfg = getattr(transformers, cls_name)(**kw)
+    if is_wrapper(family):
+        kw["model_type"] = extra["_text_type"]
+        cfg = getattr(transformers, cls_name)(text_config=kw, **extra["_wrapper"])
+        cfg.text_config._attn_implementation = attn_impl(family)
+    else:
+        cfg = getattr(transformers, cls_name)(**kw)
     cfg._attn_implementation = attn_impl(family)
     torch.manual_seed(1234)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    model = auto_class(family).from_config(cfg, torch_dtype=torch.float32)
     g = torch.Generator().manual_seed(99)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -870,15 +915,17 @@ DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon"
 BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon",
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
-                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk")
+                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
+                "gemma3")
 
 
-def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False):
+def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):
     """transformers loads the float32 directory with bitsandbytes (4-bit NF4 with double
     quantization and float32 compute; LLM.int8) on CPU and saves it with save_pretrained, as
     a user's pre-quantized checkpoint is made; returns the prompt logits of each quantized
     model (the 8-bit one in eval mode: threshold 6 with outlier columns)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    auto = auto or AutoModelForCausalLM
     use_generic_cpu_dequantize()
     cfgs = {"bnb4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                        bnb_4bit_compute_dtype=torch.float32),
@@ -894,7 +941,7 @@ def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = Fa
     modeling_falcon.FalconLinear = torch.nn.Linear
     try:
         for name, qc in cfgs.items():
-            m = AutoModelForCausalLM.from_pretrained(out, quantization_config=qc, device_map="cpu", dtype=torch.float32,
+            m = auto.from_pretrained(out, quantization_config=qc, device_map="cpu", dtype=torch.float32,
                                                      attn_implementation=attn).eval()
             # bitsandbytes >= 0.48 on a CPU with AVX512-BF16 repacks each Linear4bit on its first
             # forward and multiplies in bfloat16 whatever the compute dtype (and fails on rows
@@ -937,6 +984,10 @@ def build(family: str):
     model.save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         (out / extra).unlink(missing_ok=True)
+    if FAMILIES[family][1].get("_outer_untied_by_file"):
+        cj = json.loads((out / "config.json").read_text())
+        del cj["tie_word_embeddings"]
+        (out / "config.json").write_text(json.dumps(cj, indent=2, sort_keys=True) + "\n")
 
     g = torch.Generator().manual_seed(7)
     V = COMMON["vocab_size"]
@@ -947,6 +998,13 @@ def build(family: str):
                              eos_token_id=None, pad_token_id=0)
     greedy = gen[0, 4:].tolist()
     reset_rope_state(model)
+    if is_wrapper(family):
+        # The saved files, as a user's, load back to the same model (file-form names, tying).
+        back = auto_class(family).from_pretrained(out, dtype=torch.float32, attn_implementation=attn_impl(family)).eval()
+        with torch.no_grad():
+            d = float((back(prompt).logits[0] - logits).abs().max())
+        if d > 1e-6:
+            sys.exit(f"{family}: transformers reloading the saved directory disagrees ({d})")
 
     nf4 = copy.deepcopy(model)
     nf4_roundtrip(nf4)
@@ -993,6 +1051,26 @@ def build(family: str):
         with torch.no_grad():
             default_logits = dm(prompt).logits[0].contiguous()
 
+    # A vision-language model's adapter from PEFT's all-linear, which adapts the vision tower
+    # too: text-only runs leave those modules out (qlora loads it, and refuses to merge it).
+    vision_logits = None
+    if is_wrapper(family):
+        vm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+        gv = torch.Generator().manual_seed(17)
+        with torch.no_grad():
+            for name, p in vm.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gv))
+        vm.save_pretrained(out / "vision_adapter")
+        vc = out / "vision_adapter" / "adapter_config.json"
+        vcj = json.loads(vc.read_text())
+        vcj["target_modules"] = sorted(vcj["target_modules"])
+        vc.write_text(json.dumps(vcj, indent=2, sort_keys=True) + "\n")
+        vm.eval()
+        with torch.no_grad():
+            vision_logits = vm(prompt).logits[0].contiguous()
+
     ids = torch.randint(3, V, (BATCH, SEQ), generator=g)
     labels = ids.clone()
     labels[0, :3] = -100
@@ -1020,8 +1098,10 @@ def build(family: str):
     all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
     if default_logits is not None:
         all_logits["peft_default_logits"] = default_logits
+    if vision_logits is not None:
+        all_logits["vision_peft_logits"] = vision_logits
     if family in BNB_FAMILIES:
-        all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family)))
+        all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family), auto_class(family)))
     if "_long" in FAMILIES[family][1]:
         n = FAMILIES[family][1]["_long"]
         long_prompt = torch.randint(3, V, (1, n), generator=torch.Generator().manual_seed(23))

@@ -87,6 +87,11 @@ int run(const Options& o) {
   std::vector<qlora::WeightedAdapter> weighted;
   for (const auto& [dir, w] : specs) {
     loaded.push_back(qlora::load_adapter(dir, model));
+    if (const auto& other = loaded.back().other_part_modules; !other.empty())
+      qlora::fail(dir, "adapts " + std::to_string(other.size()) + " module(s) outside the language model (" + other[0] +
+                           (other.size() > 1 ? ", ..." : "") +
+                           "); qlora merges language-model adapters only, and a merge without them would lose "
+                           "them: merge this adapter with PEFT (merge_and_unload)");
     const qlora::LoraConfig& lc = loaded.back().lora->config();
     if (!o.quiet)
       std::fprintf(stderr, "adapter: %s: LoRA r %d, alpha %g (scaling %g), %zu modules, weight %g\n", dir.c_str(),

@@ -79,8 +79,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   for (const LoraLayer& L : adapter.lora->layers()) {
     if (L.module_path.find(".mlp.experts.") != std::string::npos) continue;  // (above)
     // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones)
-    const ModelFamily* fam = find_family(spec.family);
-    const std::string canonical = fam ? hf_to_canonical(fam->renames(spec), L.module_path) : L.module_path;
+    const std::string canonical = hf_to_canonical(spec, L.module_path);
     const auto gname = hf_to_gguf_tensor_name(canonical + ".weight", arch, arch == "falcon" && !spec.shared_branch_norm);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;

@@ -14,6 +14,8 @@
 #include "base/error.h"
 #include "base/float_formats.h"
 #include "base/progress.h"
+#include "base/mapped_file.h"
+#include "formats/hf_wrapper.h"
 #include "formats/model_family.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
@@ -49,12 +51,22 @@ std::vector<float> dense_rows(const DenseWeight& w) {
 // Every tensor of the merged model, in the order ModelSpec::tensors() lists them, under the
 // family's Hugging Face names.
 // (Conv1D families, gpt2, get their block Linears back in their (in, out) layout.)
+// The name a merged file gives a canonical tensor: the family's Hugging Face name, and for a
+// vision-language model's language model the form its files use ("language_model.model.",
+// what transformers' save_pretrained writes and every version reads).
+std::string output_name(const ModelSpec& s, const std::string& canonical) {
+  const std::string h = canonical_to_hf(s, canonical);
+  if (s.hf_wrapper.empty()) return h;
+  const auto text = wrapped_path_to_text(h);
+  return text ? text_to_wrapped_file_name(*text) : h;
+}
+
 std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters) {
   std::vector<OutTensor> t;
   const ModelFamily* fam = find_family(model.spec().family);
   for (const TensorSpec& ts : model.spec().tensors()) {
     if (fam && fam->conv1d_linears && ts.shape.size() == 2 && is_block_linear_weight(ts.name)) {
-      t.push_back({canonical_to_hf(model.spec(), ts.name), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
+      t.push_back({output_name(model.spec(), ts.name), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
                                                                                  shape = ts.shape] {
                      const std::vector<float> v = merged_tensor_values(model, name, adapters);
                      std::vector<float> tr(v.size());
@@ -65,7 +77,7 @@ std::vector<OutTensor> output_tensors(const Model& model, const std::vector<Weig
                    }});
       continue;
     }
-    t.push_back({canonical_to_hf(model.spec(), ts.name), ts.shape, [&model, &adapters, name = ts.name] {
+    t.push_back({output_name(model.spec(), ts.name), ts.shape, [&model, &adapters, name = ts.name] {
                    return merged_tensor_values(model, name, adapters);
                  }});
   }
@@ -98,8 +110,29 @@ const char* torch_dtype_name(DType d) {
 }
 
 // Files of a Hugging Face tokenizer, copied as they are.
-constexpr const char* kTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
-                                           "chat_template.jinja", "tokenizer.model",    "generation_config.json"};
+// (and a vision-language model's processor settings, which its users load beside it)
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json",      "tokenizer_config.json",   "special_tokens_map.json",
+                                           "chat_template.jinja", "tokenizer.model",         "generation_config.json",
+                                           "chat_template.json",  "preprocessor_config.json", "processor_config.json"};
+
+// A vision-language model's config.json: the source's, with text_config replaced by the
+// merged language model's and the dtype and tying updated.
+std::string wrapped_config_json(const ModelSpec& s, const std::string& text_json, const fs::path& source_config,
+                                DType dtype) {
+  nlohmann::ordered_json outer;
+  try {
+    outer = nlohmann::ordered_json::parse(read_text_file(source_config.string()));
+  } catch (const nlohmann::json::exception& e) {
+    fail(source_config.string(), std::string("not valid JSON: ") + e.what());
+  }
+  nlohmann::ordered_json text = nlohmann::ordered_json::parse(text_json);
+  for (const char* k : {"architectures", "torch_dtype", "use_cache"}) text.erase(k);
+  outer["text_config"] = text;
+  outer["tie_word_embeddings"] = s.tied_embeddings;
+  outer.erase("torch_dtype");
+  outer["dtype"] = torch_dtype_name(dtype);
+  return outer.dump(2) + "\n";
+}
 
 }  // namespace
 
@@ -276,8 +309,20 @@ std::vector<std::string> write_merged_hf_dir(const Model& model, const ModelFile
   fs::create_directories(out_dir, ec);
   if (ec) fail(out_dir, "cannot create the output directory: " + ec.message());
 
-  const std::string config = hf_config_json(model.spec(), opt.dtype);  // refuses unsupported forms first
+  std::string config = hf_config_json(model.spec(), opt.dtype);  // refuses unsupported forms first
   std::vector<OutTensor> tensors = output_tensors(model, adapters);
+  // A vision-language model: its vision tower and projector as they were (converted to the
+  // output dtype), read from the source again (the model holds its language model only).
+  std::unique_ptr<ModelFiles> wrapped_source;
+  if (!model.spec().hf_wrapper.empty()) {
+    check(source.format == ModelFormat::HfDirectory || source.format == ModelFormat::SafeTensors, source.path,
+          "a vision-language model merges from its Hugging Face files");
+    config = wrapped_config_json(model.spec(), config, src_dir / "config.json", opt.dtype);
+    wrapped_source = std::make_unique<ModelFiles>(open_model_files(source.path));
+    const TensorSource& ws = *wrapped_source->tensors;
+    for (const std::string& n : ws.other_part_names())
+      tensors.push_back({n, ws.shape(n), [&ws, n] { return ws.get(n); }});
+  }
 
   // Shards: consecutive tensors up to max_shard_bytes each (a bigger tensor gets its own).
   std::vector<std::vector<size_t>> shards(1);

@@ -1,6 +1,7 @@
 #include "formats/hf_config.h"
 
 #include "formats/config_reader.h"
+#include "formats/hf_wrapper.h"
 #include "formats/model_family.h"
 
 #include <cmath>
@@ -34,10 +35,42 @@ json parse_file(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// A vision-language config (formats/hf_wrapper.h): its text_config, with the outer keys
+// transformers takes from the outer config (tie_word_embeddings: the wrapper model ties its
+// lm_head by its own flag) or that configs often keep only there (token ids).
+json text_config_of(const json& outer, const HfWrapper& w, const std::string& where) {
+  const json* tc = find_key(outer, "text_config");
+  if (!tc || !tc->is_object())
+    fail(where, "model_type '" + std::string(w.model_type) +
+                    "' (a vision-language model) needs a \"text_config\" object describing its language model");
+  json t = *tc;
+  if (!find_key(t, "model_type")) t["model_type"] = std::string(w.default_text_type);
+  const json* inner_type = find_key(t, "model_type");
+  if (!inner_type->is_string() || find_hf_wrapper(inner_type->get<std::string>()))
+    fail(where, "text_config's model_type " + shown(*inner_type) + " is not a language model's");
+  const json* tie = find_key(outer, "tie_word_embeddings");
+  t["tie_word_embeddings"] = tie && tie->is_boolean() ? tie->get<bool>() : w.default_tied;
+  for (const char* k : {"bos_token_id", "eos_token_id", "pad_token_id"})
+    if (const json* v = find_key(outer, k); v && !find_key(t, k)) t[k] = *v;
+  return t;
+}
+
+}  // namespace
+
 ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
   if (!original.is_object()) fail(where, "expected a JSON object");
   const json* mt = find_key(original, "model_type");
   if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
+  if (const HfWrapper* w = find_hf_wrapper(mt->get<std::string>())) {
+    ModelSpec s = spec_from_hf_config(text_config_of(original, *w, where), where + " (text_config)");
+    s.hf_wrapper = std::string(w->model_type);
+    if (s.moe())
+      fail(where, "a vision-language model whose language model is a mixture of experts (" + s.family +
+                      ") is not supported");
+    return s;
+  }
   const ModelFamily& fam = family_or_fail(mt->get<std::string>(), where);
   json normalized;
   if (fam.normalize_config) {  // the family's own spelling of the shared keys

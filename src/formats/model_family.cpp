@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "base/text_excerpt.h"
+#include "formats/hf_wrapper.h"
 
 namespace qlora {
 
@@ -57,7 +58,16 @@ std::string canonical_to_hf(std::span<const HfRename> renames, const std::string
 
 std::string canonical_to_hf(const ModelSpec& spec, const std::string& name) {
   const ModelFamily* f = find_family(spec.family);
-  return f ? canonical_to_hf(f->renames(spec), name) : name;
+  const std::string h = f ? canonical_to_hf(f->renames(spec), name) : name;
+  return spec.hf_wrapper.empty() ? h : text_to_wrapped_path(h);
+}
+
+std::string hf_to_canonical(const ModelSpec& spec, const std::string& name) {
+  std::string h = name;
+  if (!spec.hf_wrapper.empty())
+    if (auto t = wrapped_path_to_text(name)) h = *t;
+  const ModelFamily* f = find_family(spec.family);
+  return f ? hf_to_canonical(f->renames(spec), h) : h;
 }
 
 bool is_block_linear_weight(const std::string& n) {
@@ -94,11 +104,8 @@ std::string gguf_supported_architectures() {
 
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where) {
   if (const ModelFamily* f = find_family(model_type)) return *f;
-  const char* hint = model_type == "gemma3" ? " (a Gemma 3 with vision: only the text-only gemma3_text models, e.g. "
-                                              "gemma-3-1b / 270m, load for now)"
-                                            : "";
   fail(where, "model_type " + excerpt(std::string(model_type)) + " is not supported (supported: " +
-                  supported_model_types() + ")" + hint);
+                  supported_model_types() + "; and the language models of " + hf_wrapper_types() + ")");
 }
 
 }  // namespace qlora

@@ -88,8 +88,12 @@ struct ModelFamily {
 // Hugging Face form to the canonical one, and back. Identity for families without renames.
 std::string hf_to_canonical(std::span<const HfRename> renames, const std::string& name);
 std::string canonical_to_hf(std::span<const HfRename> renames, const std::string& name);
-// The same with the renames of the spec's family for that spec (identity for an unknown one).
+// The same with the renames of the spec's family for that spec (identity for an unknown one),
+// and for a vision-language checkpoint's language model, as the wrapper model's module path
+// ("model.language_model.layers.0...": formats/hf_wrapper.h).
 std::string canonical_to_hf(const ModelSpec& spec, const std::string& name);
+// The reverse, accepting either of a wrapper's two prefixes.
+std::string hf_to_canonical(const ModelSpec& spec, const std::string& name);
 // Whether a canonical tensor name is a block Linear's weight (model.layers.N.<self_attn|mlp>.X.weight).
 bool is_block_linear_weight(const std::string& canonical);
 

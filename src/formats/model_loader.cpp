@@ -12,6 +12,7 @@
 #include "formats/gguf.h"
 #include "formats/llama2c_model.h"
 #include "formats/llama2c_tokenizer.h"
+#include "formats/hf_wrapper.h"
 #include "formats/model_family.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -207,6 +208,7 @@ class RenamedSource : public TensorSource {
   std::string describe() const override { return inner_->describe(); }
   std::string stored_name(const std::string& name) const override { return inner_->stored_name(hf(name)); }
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
+  std::vector<std::string> other_part_names() const override { return inner_->other_part_names(); }
 
  private:
   // The stored name of a canonical one: the family's name, or the same without the base
@@ -513,6 +515,12 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
         files = {path};
       }
       m.tensors = std::make_unique<SafeTensorsSource>(files, path);
+      if (!m.spec.hf_wrapper.empty()) {
+        m.tensors = make_wrapped_source(std::move(m.tensors));
+        // transformers ties the wrapper model's lm_head by the outer flag, unless the file
+        // holds a head of its own (Mistral Small 3.1: the flag defaults to true, the head is stored).
+        if (m.spec.tied_embeddings && m.tensors->has("lm_head.weight")) m.spec.tied_embeddings = false;
+      }
       if (const ModelFamily* fam = find_family(m.spec.family);
           fam && (!fam->renames(m.spec).empty() || fam->conv1d_linears))
         m.tensors = std::make_unique<RenamedSource>(std::move(m.tensors), *fam, m.spec);

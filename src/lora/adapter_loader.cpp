@@ -1,10 +1,12 @@
 #include "lora/adapter_loader.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <utility>
 
 #include "base/error.h"
+#include "formats/hf_wrapper.h"
 #include "formats/model_family.h"
 #include "lora/peft_adapter.h"
 
@@ -15,7 +17,28 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   const std::string cpath = (fs::path(dir) / kPeftConfigFile).string();
   const std::string wpath = (fs::path(dir) / kPeftWeightsFile).string();
   check(fs::is_directory(dir), dir, "--adapter: not a directory");
-  const PeftAdapter a = load_peft_adapter(dir);
+  PeftAdapter a = load_peft_adapter(dir);
+  LoadedAdapter out;
+  if (!model.spec().hf_wrapper.empty()) {
+    // A vision-language model's adapter: modules under either of the wrapper's prefixes
+    // ("language_model.model." from transformers < 4.52) are the language model's; the
+    // vision tower's and projector's are kept aside (text-only runs never reach them).
+    std::map<std::string, PeftLoraWeights> text;
+    for (auto& [path, m] : a.modules) {
+      if (auto t = wrapped_path_to_text(path)) text.emplace(canonical_to_hf(model.spec(), hf_to_canonical(model.spec(), path)), std::move(m));
+      else out.other_part_modules.push_back(path);
+    }
+    a.modules = std::move(text);
+    if (!out.other_part_modules.empty())
+      std::fprintf(stderr,
+                   "note: %s: %zu of the adapter's modules are outside the language model (%s%s): text-only "
+                   "generation and training do not run them\n",
+                   wpath.c_str(), out.other_part_modules.size(), out.other_part_modules[0].c_str(),
+                   out.other_part_modules.size() > 1 ? ", ..." : "");
+    if (a.modules.empty())
+      fail(wpath, "holds no LoRA weights for the language model (only for " + out.other_part_modules[0] +
+                      (out.other_part_modules.size() > 1 ? ", ...)" : ")"));
+  }
 
   // module path -> the Linear, for every Linear the model has: the blocks', then those
   // outside them (project_in / project_out).
@@ -54,7 +77,6 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
                      std::to_string(q.out_features()) + " (an adapter for a different model?)");
   }
 
-  LoadedAdapter out;
   try {
     out.lora = std::make_unique<LoraModel>(model, a.config);
   } catch (const Error& e) {

@@ -4,6 +4,7 @@
 // `qlora eval --adapter` use it.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "lora/lora_model.h"
@@ -12,6 +13,10 @@ namespace qlora {
 
 struct LoadedAdapter {
   std::unique_ptr<LoraModel> lora;  // what Model::set_adapter takes (lora.get())
+  // A vision-language model's adapter (formats/hf_wrapper.h): the module paths it adapts
+  // outside the language model (its vision tower, projector), which text-only runs leave
+  // out; a merge refuses them rather than drop them.
+  std::vector<std::string> other_part_modules;
 };
 
 // Reads the adapter in `dir` and checks it against the model: every module it holds must

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <regex>
 
 #include "base/error.h"
 #include "base/parallel.h"
@@ -25,6 +26,11 @@ bool lora_module_matches(std::string_view path, std::string_view target) {
 
 bool LoraConfig::targets(std::string_view module_path, bool is_output_head) const {
   if (all_linear) return !is_output_head;
+  if (!target_regex.empty()) {
+    // (compiled per call: asked once per module when an adapter is built)
+    const std::regex re(target_regex, std::regex::ECMAScript);
+    return std::regex_match(module_path.begin(), module_path.end(), re);
+  }
   for (const auto& t : target_modules)
     if (lora_module_matches(module_path, t)) return true;
   return false;
@@ -40,7 +46,15 @@ void LoraConfig::validate(std::string_view where) const {
   check(r >= 1, where, "LoRA rank r must be >= 1, got " + std::to_string(r));
   check(std::isfinite(alpha), where, "lora_alpha must be a finite number");
   check(dropout >= 0.0 && dropout < 1.0, where, "lora_dropout must be in [0, 1), got " + std::to_string(dropout));
-  check(all_linear || !target_modules.empty() || !target_parameters.empty(), where,
+  if (!target_regex.empty()) {
+    try {
+      const std::regex re(target_regex, std::regex::ECMAScript);
+    } catch (const std::regex_error& e) {
+      fail(where, "target_modules '" + target_regex + "' is not a regular expression qlora can read (" + e.what() +
+                      "; Python-only syntax such as (?P<name>...) or inline flags is not supported)");
+    }
+  }
+  check(all_linear || !target_modules.empty() || !target_regex.empty() || !target_parameters.empty(), where,
         "no target modules (give names or \"all-linear\")");
   check(target_parameters.empty() || dropout == 0.0, where,
         "LoRA on parameters (target_parameters: a mixture-of-experts model's experts and router) cannot use "

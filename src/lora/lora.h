@@ -22,6 +22,12 @@ struct LoraConfig {
   // Module names matched by suffix of the module path (PEFT list semantics:
   // "q_proj" matches "model.layers.0.self_attn.q_proj"). Ignored when all_linear.
   std::vector<std::string> target_modules;
+  // PEFT's target_modules given as one string other than "all-linear": a regular expression
+  // that must match a module's whole path (re.fullmatch), e.g.
+  // ".*language_model.*\\.(q_proj|v_proj)". Read as ECMAScript (std::regex), which agrees
+  // with Python's re on the patterns adapters use; Python-only syntax ((?P<name>...), inline
+  // flags) is refused when the config is read. Replaces target_modules when non-empty.
+  std::string target_regex;
   // PEFT's "all-linear": every Linear except the output head (lm_head); on a
   // mixture-of-experts model also, as PEFT 0.21 does, the router and the experts
   // (target_parameters below, gate_up_proj at twice the rank and alpha), except on

@@ -65,7 +65,12 @@ static json number_like_python(double v) {
 
 json peft_adapter_config_json(const LoraConfig& cfg, std::string_view base_model, std::span<const LoraLayer> layers) {
   json targets = json::array();
-  if (cfg.all_linear) {
+  // A vision-language model's language model (formats/hf_wrapper.h): module names such as
+  // q_proj would also match the vision tower's in PEFT, so the adapted modules are listed
+  // by their full paths, as all-linear's are.
+  const bool wrapped = std::any_of(layers.begin(), layers.end(),
+                                   [](const LoraLayer& l) { return l.module_path.starts_with("model.language_model."); });
+  if (cfg.all_linear || (wrapped && cfg.target_regex.empty())) {
     std::vector<std::string> paths;
     for (const auto& l : layers) {
       std::string m;
@@ -78,6 +83,8 @@ json peft_adapter_config_json(const LoraConfig& cfg, std::string_view base_model
     std::sort(paths.begin(), paths.end());
     paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
     for (auto& p : paths) targets.push_back(p);
+  } else if (!cfg.target_regex.empty()) {
+    targets = cfg.target_regex;
   } else {
     std::vector<std::string> t = cfg.target_modules;
     std::sort(t.begin(), t.end());
@@ -183,9 +190,11 @@ LoraConfig parse_peft_adapter_config(const json& j, std::string_view where) {
   }
   const json& tm = get("target_modules");
   if (tm.is_string()) {
-    check(tm.get<std::string>() == "all-linear", where,
-          "regular-expression target_modules '" + tm.get<std::string>() + "' is not supported (use a list or \"all-linear\")");
-    c.all_linear = true;
+    // "all-linear", or a regular expression matched against whole module paths (PEFT's
+    // re.fullmatch)
+    check(!tm.get<std::string>().empty(), where, "'target_modules' is an empty string");
+    if (tm.get<std::string>() == "all-linear") c.all_linear = true;
+    else c.target_regex = tm.get<std::string>();
   } else {
     check(tm.is_array(), where, "'target_modules' must be a list of module names or \"all-linear\"");
     for (const auto& t : tm) {

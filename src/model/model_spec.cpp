@@ -217,7 +217,9 @@ int64_t ModelSpec::num_params() const {
 }
 
 std::string ModelSpec::summary() const {
-  return family + ": " + std::to_string(n_layers) + " layers, hidden " + std::to_string(hidden) + ", heads " +
+  // (a vision-language checkpoint: its language model, which is what runs)
+  return (hf_wrapper.empty() ? "" : "the language model of a " + hf_wrapper + " (vision tower not loaded; text only), ") +
+         family + ": " + std::to_string(n_layers) + " layers, hidden " + std::to_string(hidden) + ", heads " +
          std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " x " + std::to_string(head_dim) + ", ffn " +
          std::to_string(ffn) + ", vocab " + std::to_string(vocab) + (tied_embeddings ? ", tied embeddings" : "") +
          (moe() ? ", " + std::to_string(n_experts) + " experts (" + std::to_string(experts_per_token) +

@@ -91,6 +91,10 @@ struct RopeScaling {
 
 struct ModelSpec {
   std::string family = "llama";  // config.json model_type: llama, mistral, qwen2, qwen3, ...
+  // Non-empty for the language model of a vision-language checkpoint (formats/hf_wrapper.h):
+  // the outer model_type ("gemma3", "mistral3", "llava"); family is then text_config's.
+  // Module paths (PEFT's keys) and a merged export's names take the wrapper's prefixes.
+  std::string hf_wrapper;
   NormKind norm = NormKind::RMSNorm;  // LayerNorm: with a bias beside every norm weight
   // false: LayerNorms without biases (Cohere's), run with zero biases (no tensors to load or write).
   bool norm_bias = true;

@@ -59,6 +59,10 @@ class TensorSource {
   // Tensors in the file that have no Hugging Face name, so no model can use them, under
   // their stored names (GGUF tensors of a kind we do not map). Empty by default.
   virtual std::vector<std::string> unmapped_names() const { return {}; }
+  // A vision-language checkpoint's tensors outside the language model (vision tower,
+  // projector: formats/hf_wrapper.h), under their stored names, which get / shape / has
+  // accept; a merged export writes them back. Empty for every other source.
+  virtual std::vector<std::string> other_part_names() const { return {}; }
 };
 
 // A source over tensors held in memory (tests, converted models).

@@ -105,10 +105,27 @@ TEST_P(CliFamilies, TrainEvalGenerateMerge) {
   EXPECT_TRUE(std::filesystem::exists(tmp.path("merged/config.json")));
 }
 
+// A vision-language model's adapter from PEFT's all-linear (tools/make_family_fixtures.py's
+// vision_adapter: its vision tower adapted too) generates on text, saying what it leaves
+// out, and a merge refuses it rather than write a model without those modules.
+TEST(CliVisionLanguage, AdapterOnTheVisionTowerGeneratesAndIsNotMerged) {
+  TempDir tmp("cli_vl");
+  const std::string f = family_dir("gemma3");
+  const CliResult g = run_cli({"generate", "--model", f, "--tokenizer", test_tokenizer(), "--adapter",
+                               f + "/vision_adapter", "--prompt", "Add 1 and 2.", "-n", "4", "--temperature", "0"});
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  EXPECT_HAS(g.err, "outside the language model");
+  const CliResult m = run_cli({"merge", "--model", f, "--adapter", f + "/vision_adapter", "--out", tmp.path("m"), "-q"});
+  EXPECT_NE(m.exit_code, 0);
+  EXPECT_HAS(m.err, "outside the language model");
+  EXPECT_HAS(m.err, "vision_adapter");
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("m/config.json")));
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, CliFamilies,
                          ::testing::Values("llama", "qwen3", "gemma2", "gemma3_text", "phi3", "phi", "stablelm", "starcoder2_swa", "granite", "olmo2", "gptj", "cohere2", "smollm3_swa", "olmo", "arcee", "nemotron",
                                            "mixtral", "qwen2_moe", "olmo3", "exaone4", "glm4", "gpt2", "gpt_neox", "opt",
-                                           "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_alibi"),
+                                           "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_alibi", "gemma3", "llava"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

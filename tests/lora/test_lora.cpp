@@ -650,7 +650,17 @@ TEST(PeftAdapter, ParsesAllLinearString) {
   j["target_modules"] = "all-linear";
   LoraConfig c = parse_peft_adapter_config(j, "cfg");
   EXPECT_TRUE(c.all_linear);
+  // any other string is PEFT's regular expression over whole module paths
   j["target_modules"] = ".*q_proj";
+  c = parse_peft_adapter_config(j, "cfg");
+  EXPECT_FALSE(c.all_linear);
+  EXPECT_EQ(c.target_regex, ".*q_proj");
+  EXPECT_TRUE(c.targets("model.layers.0.self_attn.q_proj"));
+  EXPECT_FALSE(c.targets("model.layers.0.self_attn.q_proj.x"));
+  EXPECT_FALSE(c.targets("model.layers.0.self_attn.k_proj"));
+  j["target_modules"] = "(?i)q_proj";  // (Python's inline flags)
+  EXPECT_THROW(parse_peft_adapter_config(j, "cfg"), Error);
+  j["target_modules"] = "";
   EXPECT_THROW(parse_peft_adapter_config(j, "cfg"), Error);
 }
 

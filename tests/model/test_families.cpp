@@ -59,7 +59,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -123,7 +123,9 @@ class Families : public ::testing::TestWithParam<std::string> {};
 TEST_P(Families, LogitsMatchTransformers) {
   const Fixture x = read_fixture(GetParam());
   const auto m = load(GetParam(), false);
-  EXPECT_EQ(m->spec().family, x.ref.at("model_type").get<std::string>());
+  // (a vision-language model's: the outer model_type, its language model's family inside)
+  EXPECT_EQ(m->spec().hf_wrapper.empty() ? m->spec().family : m->spec().hf_wrapper,
+            x.ref.at("model_type").get<std::string>());
   if (GetParam().find("_rope_") != std::string::npos) {
     EXPECT_EQ(std::string(m->spec().rope_scaling.name()), GetParam().substr(GetParam().rfind('_') + 1));
   }
@@ -259,7 +261,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron",
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
                                            "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
-                                           "exaone4", "glm4", "cohere_qk", "stablelm_qk"),
+                                           "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and

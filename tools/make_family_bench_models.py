@@ -48,6 +48,11 @@ FAMILIES = {
     "olmoe": ("OlmoeConfig", dict(hidden_size=512, intermediate_size=704, num_hidden_layers=8, num_attention_heads=8,
                                   num_key_value_heads=8, num_experts=8, num_experts_per_tok=2,
                                   max_position_embeddings=2048, tie_word_embeddings=False)),
+    # gpt-oss's block at that size: 8 experts of 704, 2 per token, sinks, windows of 128 on
+    # alternate layers, yarn (GptOssConfig's default rotary, original context 4096).
+    "gpt_oss": ("GptOssConfig", dict(hidden_size=512, intermediate_size=704, num_hidden_layers=8, num_attention_heads=8,
+                                     num_key_value_heads=4, head_dim=64, num_local_experts=8, num_experts_per_tok=2,
+                                     max_position_embeddings=131072, tie_word_embeddings=False)),
 }
 
 

@@ -88,6 +88,17 @@ FAMILIES = {
     "olmoe": ("OlmoeConfig", dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, rope_theta=10000.0,
                                   num_key_value_heads=4,
                                   tie_word_embeddings=False, _moe=True)),
+    # gpt-oss: q/k/v/o biases, attention sinks, windows on alternate layers, yarn; a router
+    # with a bias, softmax over the top 2 of 4, experts fused (gate and up interleaved) with
+    # biases and a clamped SwiGLU (limit 1.5 here so that the clamps bite). PEFT's all-linear
+    # adapts the attention only. mxfp4/ holds the same model with its experts in MXFP4, as
+    # OpenAI's checkpoints are (loaded by transformers for its reference).
+    "gpt_oss": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16,
+                                     sliding_window=8, swiglu_limit=1.5, tie_word_embeddings=False,
+                                     rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                                      "beta_slow": 1.0, "truncate": False,
+                                                      "original_max_position_embeddings": 32, "rope_theta": 150000.0},
+                                     _moe=True)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Vision-language checkpoints, whose language model qlora runs (text only): the config
     # class is the outer one, the keys here its text_config's; _wrapper has the outer keys
@@ -425,11 +436,21 @@ def experts_roundtrip(model, double_quant: bool):
         for name, mod in model.named_modules():
             if not name.endswith(".experts") or not hasattr(mod, "gate_up_proj"):
                 continue
+            gpt_oss = hasattr(mod, "gate_up_proj_bias")
             for p in (mod.gate_up_proj, mod.down_proj):
                 for e in range(p.shape[0]):
-                    w = p.data[e].to(torch.float32).contiguous()
-                    q, st = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
-                    p.data[e].copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(p.dtype))
+                    w = p.data[e].to(torch.float32)
+                    if gpt_oss:  # (in, out), gate/up interleaved: qlora's (out, in) Linear, gate rows then up rows
+                        w = w.t()
+                        if p is mod.gate_up_proj:
+                            w = torch.cat([w[0::2], w[1::2]])
+                    q, st = F.quantize_4bit(w.contiguous(), blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+                    d = F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32)
+                    if gpt_oss:
+                        if p is mod.gate_up_proj:
+                            d = torch.stack([d[: d.shape[0] // 2], d[d.shape[0] // 2:]], dim=1).reshape(d.shape)
+                        d = d.t()
+                    p.data[e].copy_(d.to(p.dtype))
 
 
 def nf4_roundtrip(model):
@@ -916,7 +937,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3")
+                "gemma3", "gpt_oss")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):
@@ -962,6 +983,63 @@ def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = Fa
     finally:
         modeling_falcon.FalconLinear = falcon_linear
     return logits
+
+
+def mxfp4_pack(w):
+    """(E, R, C) float -> MXFP4 blocks (E, R, C/32, 16) uint8 and scales (E, R, C/32) uint8:
+    each group of 32 gets the power of two 2^e that brings its largest magnitude within 6, and
+    each value the nearest FP4 (E2M1) code."""
+    vals = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    E, R, C = w.shape
+    g = w.reshape(E, R, C // 32, 32).to(torch.float32)
+    amax = g.abs().amax(-1).clamp(min=1e-30)
+    e = torch.ceil(torch.log2(amax / 6.0)).clamp(-127, 127)
+    x = g / torch.exp2(e)[..., None]
+    idx = (x.abs()[..., None] - vals).abs().argmin(-1)
+    codes = (idx + 8 * (x < 0)).to(torch.uint8)
+    blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
+    return blocks, (e + 127).to(torch.uint8).contiguous()
+
+
+def write_mxfp4(out: Path, model, prompt):
+    """The model with its experts in MXFP4 (gpt-oss's checkpoint form): the files written by
+    hand (mxfp4_pack), the reference computed by transformers loading them (it dequantizes
+    MXFP4 on a CPU), checked against the same model with the experts dequantized by
+    transformers' own convert_moe_packed_tensors."""
+    import copy
+    import shutil
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+    d = out / "mxfp4"
+    d.mkdir(exist_ok=True)
+    sd = load_file(str(out / "model.safetensors"))
+    ref = copy.deepcopy(model)
+    new = {}
+    for k, v in sd.items():
+        if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            blocks, scales = mxfp4_pack(v.transpose(1, 2).contiguous())  # (E, out, in) rows, as OpenAI stores them
+            new[k + "_blocks"], new[k + "_scales"] = blocks, scales
+            deq = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+            with torch.no_grad():
+                ref.get_parameter(k).copy_(deq)
+        else:
+            new[k] = v
+    save_file(new, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn",
+                                  "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    with torch.no_grad():
+        want = ref(prompt).logits[0].contiguous()
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        got = m(prompt).logits[0].float().contiguous()
+    diff = float((got - want).abs().max())
+    print(f"gpt_oss: transformers on the MXFP4 files vs convert_moe_packed_tensors: max |dlogit| {diff:.2e}")
+    if diff > 1e-5:
+        sys.exit(f"gpt_oss: transformers' MXFP4 load disagrees with its own dequantizer ({diff})")
+    return want
 
 
 def llama_cpp_logits(path: Path, prompt):
@@ -1100,6 +1178,8 @@ def build(family: str):
         all_logits["peft_default_logits"] = default_logits
     if vision_logits is not None:
         all_logits["vision_peft_logits"] = vision_logits
+    if family == "gpt_oss":
+        all_logits["mxfp4_logits"] = write_mxfp4(out, model, prompt)
     if family in BNB_FAMILIES:
         all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family), auto_class(family)))
     if "_long" in FAMILIES[family][1]:

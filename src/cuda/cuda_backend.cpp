@@ -434,6 +434,8 @@ class CudaBackend final : public Backend {
     return ints_.data();
   }
   AttentionOptions options(const AttentionShape& a) {
+    // (gpt-oss's sinks: no kernel takes them yet; gpt-oss's MoE layers are refused before this)
+    check(a.sinks == nullptr, name_, "attention sinks (gpt-oss) run on the CPU backend only for now (use --device cpu)");
     AttentionOptions o;
     o.scale = a.scale;
     o.softcap = a.softcap;

@@ -21,7 +21,9 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   const ModelFamily* fam = find_family(spec.family);
   if (!fam || fam->export_arch().empty())
     fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (" +
-                       supported_model_types() + ")");
+                       (fam && !fam->no_gguf_reason.empty() ? std::string(fam->no_gguf_reason)
+                                                            : "llama.cpp has no architecture for it") +
+                       "; use the PEFT adapter directory)");
   const std::string arch(fam->export_arch());
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).

@@ -211,6 +211,43 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                 const int64_t HS = model.spec().head_dim;
                 return std::vector<float>(w.begin() + h * HS, w.begin() + (h + 1) * HS);
               }
+        if (rest == "self_attn.sinks" && !L.attn_sinks.empty()) return L.attn_sinks;
+        if (model.spec().moe() && model.spec().moe_gpt_oss) {  // router bias; experts fused again
+          const ModelSpec& s = model.spec();
+          const int64_t E = s.n_experts, F = s.expert_ffn, C = s.hidden;
+          if (rest == std::string(kMoeRouterModule) + ".weight")
+            return merged_weight(L.router, adapters, [&](const LoraModel& a) { return a.find_router(l); });
+          if (rest == std::string(kMoeRouterModule) + ".bias") return L.router.bias();
+          for (int part = 0; part < 4; ++part) {
+            if (rest != fused_expert_tensor(part)) continue;
+            const int64_t per = part == 0 ? C * 2 * F : part == 1 ? 2 * F : part == 2 ? F * C : C;
+            std::vector<float> out(static_cast<size_t>(E * per));
+            for (int64_t e = 0; e < E; ++e) {
+              float* o = out.data() + e * per;
+              const QuantLinear& gu = L.expert_gate_up[static_cast<size_t>(e)];
+              const QuantLinear& dn = L.expert_down[static_cast<size_t>(e)];
+              if (part == 0 || part == 1) {  // (2F, C) gate rows then up rows -> (C, 2F) interleaved
+                const std::vector<float> w =
+                    part == 0 ? merged_weight(gu, adapters, [&](const LoraModel& a) { return a.find_expert(l, e, 0); })
+                              : std::vector<float>();
+                for (int64_t j = 0; j < 2 * F; ++j) {
+                  const int64_t row = (j % 2) * F + j / 2;
+                  if (part == 1) o[j] = gu.bias()[static_cast<size_t>(row)];
+                  else
+                    for (int64_t c = 0; c < C; ++c) o[c * 2 * F + j] = w[static_cast<size_t>(row * C + c)];
+                }
+              } else if (part == 2) {  // (C, F) -> (F, C)
+                const std::vector<float> w =
+                    merged_weight(dn, adapters, [&](const LoraModel& a) { return a.find_expert(l, e, 1); });
+                for (int64_t f = 0; f < F; ++f)
+                  for (int64_t c = 0; c < C; ++c) o[f * C + c] = w[static_cast<size_t>(c * F + f)];
+              } else {
+                std::copy(dn.bias().begin(), dn.bias().end(), o);
+              }
+            }
+            return out;
+          }
+        }
         if (model.spec().moe()) {  // the router, shared-expert gate and experts, with their adapters
           if (rest == std::string(kMoeRouterModule) + ".weight")
             return merged_weight(L.router, adapters, [&](const LoraModel& a) { return a.find_router(l); });

@@ -100,8 +100,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "already exists; pass --overwrite to replace it, or choose another --out");
   const ModelFamily* fam = find_family(s.family);
   if (!fam || fam->export_arch().empty())
-    fail(out_path, fam ? "llama.cpp has no architecture for model_type '" + s.family +
-                             "' (no GGUF form: merge to a Hugging Face directory instead)"
+    fail(out_path, fam ? (fam->no_gguf_reason.empty() ? "llama.cpp has no architecture for model_type '" + s.family + "'"
+                                                      : std::string(fam->no_gguf_reason)) +
+                             " (no GGUF form: merge to a Hugging Face directory instead)"
                        : "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
   const std::string arch(fam->export_arch());
   if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")

@@ -91,6 +91,8 @@ class WrappedSource : public TensorSource {
   std::string stored_name(const std::string& name) const override { return stored(name); }
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
   std::vector<std::string> other_part_names() const override { return other_; }
+  std::vector<float> get_slice(const std::string& name, int64_t i) const override { return inner_->get_slice(stored(name), i); }
+  bool is_mxfp4(const std::string& name) const override { return inner_->is_mxfp4(stored(name)); }
 
  private:
   bool is_other(const std::string& name) const {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
@@ -13,6 +14,8 @@
 #include "formats/llama2c_model.h"
 #include "formats/llama2c_tokenizer.h"
 #include "formats/hf_wrapper.h"
+#include "quant/mxfp4.h"
+#include "base/float_formats.h"
 #include "formats/model_family.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
@@ -75,12 +78,19 @@ class SafeTensorsSource : public TensorSource {
           fail(p, "tensor '" + t.name + "' also appears in " + files_[it->second]->path());
       }
     }
+    // MXFP4 pairs (quant/mxfp4.h): <name>_blocks beside <name>_scales.
+    constexpr std::string_view kBlocks = "_blocks";
+    for (const auto& [name, f] : index_)
+      if (name.ends_with(kBlocks) && index_.count(name.substr(0, name.size() - kBlocks.size()) + "_scales"))
+        mxfp4_.insert(name.substr(0, name.size() - kBlocks.size()));
   }
 
   std::vector<std::string> names() const override {
-    std::vector<std::string> n;
+    std::vector<std::string> n(mxfp4_.begin(), mxfp4_.end());
     for (const auto& [name, f] : index_) {
       bool aux = false;
+      for (const char* s : {"_blocks", "_scales"})
+        if (name.ends_with(s) && mxfp4_.count(name.substr(0, name.size() - std::strlen(s)))) aux = true;
       for (const char* s : kQuantSuffixes) {
         const auto pos = name.rfind(s);
         if (pos != std::string::npos && pos + std::strlen(s) == name.size() && index_.count(name.substr(0, pos)))
@@ -95,9 +105,14 @@ class SafeTensorsSource : public TensorSource {
     }
     return n;
   }
-  bool has(const std::string& name) const override { return index_.count(name) != 0; }
+  bool has(const std::string& name) const override { return index_.count(name) != 0 || mxfp4_.count(name) != 0; }
+  bool is_mxfp4(const std::string& name) const override { return mxfp4_.count(name) != 0; }
 
   std::vector<int64_t> shape(const std::string& name) const override {
+    if (mxfp4_.count(name)) {  // (experts, in, out), as transformers dequantizes it
+      const Mxfp4 m = mxfp4(name);
+      return {m.experts, m.groups * 32, m.rows};
+    }
     const SafeTensorsFile& f = file_of(name);
     if (const SafeTensorInfo* qs = quant_state_tensor(f, name)) {
       const auto bytes = f.data(*qs);
@@ -115,6 +130,16 @@ class SafeTensorsSource : public TensorSource {
   }
 
   std::vector<float> get(const std::string& name) const override {
+    if (mxfp4_.count(name)) {
+      const Mxfp4 m = mxfp4(name);
+      std::vector<float> out;
+      out.reserve(static_cast<size_t>(m.experts * m.rows * m.groups * 32));
+      for (int64_t e = 0; e < m.experts; ++e) {
+        const std::vector<float> s = get_slice(name, e);
+        out.insert(out.end(), s.begin(), s.end());
+      }
+      return out;
+    }
     const SafeTensorsFile& f = file_of(name);
     if (quant_state_tensor(f, name)) {
       const Quantized4bit q = read_4bit_from_safetensors(f, name);
@@ -148,9 +173,62 @@ class SafeTensorsSource : public TensorSource {
     return read_int8_from_safetensors(f, name, sf);
   }
 
+  std::vector<float> get_slice(const std::string& name, int64_t i) const override {
+    if (mxfp4_.count(name)) {  // expert i's (rows, in) codes, decoded and turned to (in, rows)
+      const Mxfp4 m = mxfp4(name);
+      check(i >= 0 && i < m.experts, m.blocks_file->path(), "tensor '" + name + "' has no expert " + std::to_string(i));
+      const int64_t cols = m.groups * 32, per = m.rows * m.groups;
+      std::vector<float> rows(static_cast<size_t>(m.rows * cols));
+      const int64_t bad = mxfp4_decode_rows(m.blocks_file->data(*m.blocks).data() + i * per * 16,
+                                            m.scales_file->data(*m.scales).data() + i * per, m.rows, m.groups, rows.data());
+      check(bad == 0, m.scales_file->path(),
+            "'" + name + "_scales' of expert " + std::to_string(i) + " holds scales past 2^125: " + std::to_string(bad) +
+                " values overflow float32 (a damaged file?)");
+      std::vector<float> out(rows.size());
+      for (int64_t r = 0; r < m.rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) out[static_cast<size_t>(c * m.rows + r)] = rows[static_cast<size_t>(r * cols + c)];
+      return out;
+    }
+    const SafeTensorsFile& f = file_of(name);
+    const SafeTensorInfo& t = f.at(name);
+    if (quant_state_tensor(f, name) || int8_scb_file(f, name) || t.shape.empty()) return TensorSource::get_slice(name, i);
+    check(dtype_is_float(t.dtype), f.path(), "tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) +
+                                                 ", expected a floating-point type");
+    check(i >= 0 && i < t.shape[0], f.path(), "tensor '" + name + "' has no slice " + std::to_string(i));
+    const size_t n = static_cast<size_t>(t.numel() / t.shape[0]);
+    std::vector<float> out(n);
+    convert_to_f32(t.dtype, f.data(t).data() + static_cast<size_t>(i) * n * dtype_size(t.dtype), out.data(), n);
+    return out;
+  }
+
   std::string describe() const override { return where_; }
 
  private:
+  // An MXFP4 pair's tensors and shape: blocks (experts, rows, groups, 16), scales
+  // (experts, rows, groups), both uint8.
+  struct Mxfp4 {
+    const SafeTensorsFile *blocks_file, *scales_file;
+    const SafeTensorInfo *blocks, *scales;
+    int64_t experts, rows, groups;
+  };
+  Mxfp4 mxfp4(const std::string& name) const {
+    Mxfp4 m{};
+    m.blocks_file = &file_of(name + "_blocks");
+    m.scales_file = &file_of(name + "_scales");
+    m.blocks = &m.blocks_file->at(name + "_blocks");
+    m.scales = &m.scales_file->at(name + "_scales");
+    const auto& b = m.blocks->shape;
+    const auto& s = m.scales->shape;
+    check(m.blocks->dtype == DType::U8 && m.scales->dtype == DType::U8 && b.size() == 4 && b[3] == 16 &&
+              s.size() == 3 && s[0] == b[0] && s[1] == b[1] && s[2] == b[2],
+          m.blocks_file->path(),
+          "'" + name + "_blocks' / '_scales' are not an MXFP4 pair (uint8 (experts, rows, groups, 16) and "
+          "(experts, rows, groups)): " + shape_to_string(b) + ", " + shape_to_string(s));
+    m.experts = b[0];
+    m.rows = b[1];
+    m.groups = b[2];
+    return m;
+  }
   // The file holding the SCB of `name` when `name` is an int8 weight with an SCB (a sharded
   // checkpoint may put it in another shard); null otherwise.
   const SafeTensorsFile* int8_scb_file(const SafeTensorsFile& f, const std::string& name) const {
@@ -174,6 +252,7 @@ class SafeTensorsSource : public TensorSource {
   std::string where_;
   std::vector<std::unique_ptr<SafeTensorsFile>> files_;
   std::map<std::string, size_t> index_;
+  std::set<std::string> mxfp4_;  // names of MXFP4 pairs (without _blocks / _scales)
 };
 
 // A family's Hugging Face names (gpt_neox.layers.0.attention.query_key_value.weight) seen
@@ -209,6 +288,8 @@ class RenamedSource : public TensorSource {
   std::string stored_name(const std::string& name) const override { return inner_->stored_name(hf(name)); }
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
   std::vector<std::string> other_part_names() const override { return inner_->other_part_names(); }
+  std::vector<float> get_slice(const std::string& name, int64_t i) const override { return inner_->get_slice(hf(name), i); }
+  bool is_mxfp4(const std::string& name) const override { return inner_->is_mxfp4(hf(name)); }
 
  private:
   // The stored name of a canonical one: the family's name, or the same without the base

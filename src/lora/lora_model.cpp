@@ -97,6 +97,15 @@ void LoraModel::add_moe_layers(const Model& model) {
   // qwen3_moe and olmoe. For qwen2_moe it adapts the shared expert and its gate only (measured:
   // the expansion there lists full module paths, which its conversion leaves alone), and so
   // do we; --target-parameters adds the experts.
+  // gpt-oss: PEFT 0.21's all-linear adapts the attention only (its router and fused experts
+  // are no Linears, and its expansion leaves them out); LoRA on them is not supported here yet.
+  if (s.moe_gpt_oss) {
+    if (!cfg_.target_parameters.empty())
+      fail("LoRA config", "target_parameters on gpt-oss's router or fused experts are not supported yet (all-linear "
+                          "adapts its attention, as PEFT's does)");
+    moe_index_.assign(static_cast<size_t>(s.n_layers), {});
+    return;
+  }
   if (cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {

@@ -42,7 +42,8 @@ int64_t keys_seen(int64_t t1, int64_t q_pos0, int64_t Tk) { return std::min(Tk, 
 
 void attention_forward_gemm(float* out, float* att, float* scratch, const float* q, const float* k, const float* v,
                             int64_t T, int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                            const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
+                            const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi,
+                            const float* sinks) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS, kvs = NKV * HS;
   auto head = [&](int64_t h) {
@@ -62,7 +63,8 @@ void attention_forward_gemm(float* out, float* att, float* scratch, const float*
             for (int64_t j = j0; j < n; ++j) row[j] += (*alibi)(h, j - j0);
           if (softcap > 0.0f)
             for (int64_t j = j0; j < n; ++j) row[j] = std::tanh(row[j] / softcap) * softcap;
-          softmax_inplace(row + j0, n - j0);
+          if (sinks) softmax_with_sink(row + j0, n - j0, sinks[h]);
+          else softmax_inplace(row + j0, n - j0);
           for (int64_t j = 0; j < j0; ++j) row[j] = 0.0f;
           for (int64_t j = n; j < Tk; ++j) row[j] = 0.0f;  // (past kend: never computed)
         }

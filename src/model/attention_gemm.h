@@ -27,7 +27,8 @@ struct AlibiBias;
 // run one after another, each product threaded).
 void attention_forward_gemm(float* out, float* att, float* scratch, const float* q, const float* k, const float* v,
                             int64_t T, int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                            const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi);
+                            const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi,
+                            const float* sinks = nullptr);
 
 // The backward: dq, dk, dv accumulate; datt (NH, T, Tk) scratch for the score gradients; raw
 // (T, Tk) the softcap's recomputed scores of one head (softcap > 0 only: the heads then run

@@ -51,6 +51,7 @@ struct AttentionShape {
   float scale = 0.0f;                   // 0: 1/sqrt(HS)
   float softcap = 0.0f;                 // 0: none
   const AlibiBias* alibi = nullptr;
+  const float* sinks = nullptr;         // (NH) per-head sink logits (gpt-oss), host memory; null: none
   int64_t kv_capacity = 0;              // positions the KV cache has room for (0: Tk); sizes buffers
 };
 

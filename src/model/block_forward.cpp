@@ -79,6 +79,7 @@ void block_forward(const BlockRun& r) {
         float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
         AttentionShape a = attention_heads(p);
+        if (!L.attn_sinks.empty()) a.sinks = L.attn_sinks.data();
         // Appends n rows of keys and values (positions pos..) to `cache` and attends the n
         // queries over everything cached.
         auto attend_cached = [&](KVCache& cache, int64_t pos, int64_t n, const int32_t* key_start, float* o,

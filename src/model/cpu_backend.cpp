@@ -195,12 +195,12 @@ class CpuBackend final : public Backend {
   void attention_forward(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
                          const float* k, const float* v) override {
     qlora::attention_forward(out, att, scratch, q, k, v, a.T, a.Tk, a.q_pos0, a.NH, a.NKV, a.HS, a.key_start, a.scale,
-                             a.softcap, a.alibi);
+                             a.softcap, a.alibi, a.sinks);
   }
   void attention_forward_kv16(const AttentionShape& a, float* out, float* att, float* scratch, const float* q,
                               const uint16_t* k, const uint16_t* v, ComputeDType kv_dtype) override {
     qlora::attention_forward_kv16(out, att, scratch, q, k, v, kv_dtype, a.T, a.Tk, a.kv_capacity, a.q_pos0, a.NH, a.NKV,
-                                  a.HS, a.key_start, a.scale, a.softcap, a.alibi);
+                                  a.HS, a.key_start, a.scale, a.softcap, a.alibi, a.sinks);
   }
   void attention_decode_batch(const AttentionShape& a, std::span<const DecodeRow> rows, const int32_t* key_start,
                               float* out, float*, const float* q) override {
@@ -215,7 +215,7 @@ class CpuBackend final : public Backend {
       pos[t] = rows[t].pos;
     }
     qlora::attention_decode_rows(out, q, static_cast<int64_t>(n), k.data(), v.data(), dt.data(), pos.data(),
-                                 key_start, a.NH, a.NKV, a.HS, a.scale, a.softcap, a.alibi);
+                                 key_start, a.NH, a.NKV, a.HS, a.scale, a.softcap, a.alibi, a.sinks);
   }
   void attention_backward(const AttentionShape& a, float* dq, float* dk, float* dv, float* dprobs, float* raw,
                           const float* dout, const float* q, const float* k, const float* v,

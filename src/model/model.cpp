@@ -90,6 +90,37 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
   const int64_t F = spec.expert_ffn, C = spec.hidden;
   L.expert_gate_up.resize(static_cast<size_t>(spec.n_experts));
   L.expert_down.resize(static_cast<size_t>(spec.n_experts));
+  if (spec.moe_gpt_oss) {
+    // The router's bias; each expert's slice of the fused tensors: gate_up (C, 2F), columns
+    // interleaved gate, up, gate, ... -> our (2F, C) Linear of gate rows then up rows; down
+    // (F, C) -> (C, F). Biases the same way. (An MXFP4 file is read expert by expert.)
+    const std::string rb = layer_tensor_name(l, kMoeRouterModule, "bias");
+    L.router.set_bias(src.get(rb));
+    progress(rb);
+    const std::string gun = fused_expert_name(l, 0), gubn = fused_expert_name(l, 1), dn = fused_expert_name(l, 2),
+                      dbn = fused_expert_name(l, 3);
+    for (int64_t e = 0; e < spec.n_experts; ++e) {
+      const std::vector<float> gu = src.get_slice(gun, e), gub = src.get_slice(gubn, e);
+      std::vector<float> w(static_cast<size_t>(2 * F * C)), b(static_cast<size_t>(2 * F));
+      for (int64_t j = 0; j < 2 * F; ++j) {
+        const int64_t row = (j % 2) * F + j / 2;  // column j: gate j/2 (even j) or up j/2 (odd j)
+        b[static_cast<size_t>(row)] = gub[static_cast<size_t>(j)];
+        for (int64_t c = 0; c < C; ++c) w[static_cast<size_t>(row * C + c)] = gu[static_cast<size_t>(c * 2 * F + j)];
+      }
+      QuantLinear& q = L.expert_gate_up[static_cast<size_t>(e)];
+      q = QuantLinear(std::move(w), 2 * F, C, opt.quant, opt.compute_dtype);
+      q.set_bias(std::move(b));
+      const std::vector<float> d = src.get_slice(dn, e);
+      std::vector<float> dt(static_cast<size_t>(C * F));
+      for (int64_t f = 0; f < F; ++f)
+        for (int64_t c = 0; c < C; ++c) dt[static_cast<size_t>(c * F + f)] = d[static_cast<size_t>(f * C + c)];
+      QuantLinear& qd = L.expert_down[static_cast<size_t>(e)];
+      qd = QuantLinear(std::move(dt), C, F, opt.quant, opt.compute_dtype);
+      qd.set_bias(src.get_slice(dbn, e));
+    }
+    for (const std::string& n : {gun, gubn, dn, dbn}) progress(n);
+    return;
+  }
   for (int64_t e = 0; e < spec.n_experts; ++e) {
     // Gate rows then up rows, quantized as one tensor (what bitsandbytes' quantize_4bit of
     // transformers 5's gate_up_proj[e] gives).
@@ -235,6 +266,11 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
         L.unit_norm.assign(static_cast<size_t>(spec.head_dim), 1.0f);
         L.unit_norm_bias.assign(static_cast<size_t>(spec.head_dim), 0.0f);
       }
+    }
+    if (spec.attn_sinks) {
+      const std::string n = "model.layers." + std::to_string(l) + ".self_attn.sinks";
+      L.attn_sinks = load_vector(src, n, opt.compute_dtype);
+      progress(n);
     }
     if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));

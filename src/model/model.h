@@ -49,6 +49,8 @@ struct LayerWeights {
   // rows, then up rows; transformers 5's gate_up_proj[e], the parameter PEFT adapts) and
   // its down projection (C, expert_ffn), quantized like the block Linears.
   QuantLinear router, shared_gate;
+  // (n_heads) attention sink logits (spec.attn_sinks: gpt-oss), else empty.
+  std::vector<float> attn_sinks;
   std::vector<QuantLinear> expert_gate_up, expert_down;
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down).
   // REQUIRES 0 <= which < kBlockLinearCount.

@@ -15,6 +15,15 @@ std::string qk_head_norm_module(bool key, int64_t head) {
   return std::string(key ? "self_attn.k_layernorm.norms." : "self_attn.q_layernorm.norms.") + std::to_string(head);
 }
 
+std::string fused_expert_tensor(int part) {
+  static constexpr const char* kNames[4] = {"gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"};
+  return std::string("mlp.experts.") + kNames[part];
+}
+
+std::string fused_expert_name(int64_t layer, int part) {
+  return "model.layers." + std::to_string(layer) + "." + fused_expert_tensor(part);
+}
+
 std::string expert_module(int64_t expert, int part) {
   static constexpr const char* kParts[3] = {"gate_proj", "up_proj", "down_proj"};
   return "mlp.experts." + std::to_string(expert) + "." + kParts[part];
@@ -100,6 +109,9 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "expert MLP size must be positive, got " + std::to_string(expert_ffn));
     if (mlp != MlpKind::SwiGLU || fused_gate_up || parallel_residual || post_norm || mlp_bias)
       fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts on a sequential pre-norm block");
+    if (moe_gpt_oss && (shared_expert || !(swiglu_limit > 0.0f) || !std::isfinite(swiglu_limit) ||
+                        !std::isfinite(swiglu_alpha)))
+      fail(where, "gpt-oss experts need a positive, finite swiglu_limit and a finite swiglu_alpha, and no shared expert");
   } else if (shared_expert) {
     fail(where, "a shared expert without experts");
   }
@@ -182,11 +194,19 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
         t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {qk_norm_full ? kv_dim() : head_dim}});
       }
     }
+    if (attn_sinks) t.push_back({"model.layers." + std::to_string(l) + ".self_attn.sinks", {n_heads}});
     if (!shared_branch_norm && norm_weights) {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
       if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     }
-    if (moe()) {  // (the Hub's order: router, experts, then the shared expert)
+    if (moe() && moe_gpt_oss) {  // router with a bias, experts fused
+      t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
+      t.push_back({layer_tensor_name(l, kMoeRouterModule, "bias"), {n_experts}});
+      t.push_back({fused_expert_name(l, 0), {n_experts, hidden, 2 * expert_ffn}});
+      t.push_back({fused_expert_name(l, 1), {n_experts, 2 * expert_ffn}});
+      t.push_back({fused_expert_name(l, 2), {n_experts, expert_ffn, hidden}});
+      t.push_back({fused_expert_name(l, 3), {n_experts, hidden}});
+    } else if (moe()) {  // (the Hub's order: router, experts, then the shared expert)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
       for (int64_t e = 0; e < n_experts; ++e)
         for (int part = 0; part < 3; ++part)

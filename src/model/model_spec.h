@@ -256,7 +256,19 @@ struct ModelSpec {
   // outputs (Qwen-MoE, OLMoE: .to(router_logits.dtype)); Mixtral multiplies in float32.
   bool moe_round_weights = false;
   bool shared_expert = false;
+  // gpt-oss's experts (transformers' GptOssMLP): the router has a bias and its softmax runs
+  // over the experts_per_token largest logits; the experts are stored fused,
+  // mlp.experts.gate_up_proj (n_experts, hidden, 2 expert_ffn) with gate and up columns
+  // interleaved and mlp.experts.down_proj (n_experts, expert_ffn, hidden), each with a bias
+  // (gate_up_proj_bias, down_proj_bias); the activation is
+  //   (clamp(up, -limit, limit) + 1) * g * sigmoid(swiglu_alpha * g),  g = min(gate, limit).
+  // (Loaded per expert as the others are: gate and up rows de-interleaved into one Linear.)
+  bool moe_gpt_oss = false;
+  float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
   bool moe() const { return n_experts > 0; }
+  // Per-head attention sinks (gpt-oss: self_attn.sinks, (n_heads)): a learned logit per head
+  // that joins each softmax's denominator (the max taken over it too) and is then dropped.
+  bool attn_sinks = false;
 
   int bos_id = -1;               // -1: none
   std::vector<int> eos_ids;      // generation stops at any of these
@@ -296,6 +308,10 @@ std::string layer_tensor_name(int64_t layer, const std::string& module, const ch
 inline constexpr const char* kMoeRouterModule = "mlp.gate";
 inline constexpr const char* kMoeSharedGateModule = "mlp.shared_expert_gate";
 std::string expert_module(int64_t expert, int part);
+// gpt-oss's fused expert tensors (ModelSpec::moe_gpt_oss), under mlp.experts.: part 0
+// gate_up_proj, 1 gate_up_proj_bias, 2 down_proj, 3 down_proj_bias.
+std::string fused_expert_tensor(int part);
+std::string fused_expert_name(int64_t layer, int part);  // "model.layers.<layer>." + the above
 // StableLM 2 12B's per-head q/k norm modules: "self_attn.q_layernorm.norms.<h>" (key: k_layernorm).
 std::string qk_head_norm_module(bool key, int64_t head);
 

@@ -92,6 +92,17 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       sum += g.top[static_cast<size_t>(t * K + k)] = p[order[static_cast<size_t>(k)]];
     }
     if (s.norm_topk) g.sum[static_cast<size_t>(t)] = sum;
+    if (s.moe_gpt_oss) {
+      // softmax over the top logits (the same weights as top / sum, rounded as transformers'
+      // GptOssTopKRouter computes them: in the logits' dtype); the backward's probs / top /
+      // sum above describe the same function
+      const float top0 = lg[order[0]];
+      float z2 = 0.0f;
+      for (int64_t k = 0; k < K; ++k) z2 += std::exp(lg[order[static_cast<size_t>(k)]] - top0);
+      for (int64_t k = 0; k < K; ++k)
+        g.weight[static_cast<size_t>(t * K + k)] = rounded(std::exp(lg[order[static_cast<size_t>(k)]] - top0) / z2, r.dtype);
+      continue;
+    }
     for (int64_t k = 0; k < K; ++k) {
       float w = g.top[static_cast<size_t>(t * K + k)];
       if (s.norm_topk) w /= sum;
@@ -104,6 +115,28 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
                                                                                     static_cast<int32_t>(k));
   return g;
+}
+
+// gpt-oss's expert activation (ModelSpec::moe_gpt_oss), each step rounded to the compute
+// dtype as transformers' GptOssExperts._apply_gate computes it in that dtype.
+void clamped_swiglu_forward(float* h, const float* gate, const float* up, int64_t N, float alpha, float limit,
+                            ComputeDType dt) {
+  for (int64_t i = 0; i < N; ++i) {
+    const float g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
+    const float sg = rounded(1.0f / (1.0f + std::exp(-rounded(g * alpha, dt))), dt);
+    h[i] = rounded(rounded(u + 1.0f, dt) * rounded(g * sg, dt), dt);
+  }
+}
+
+// Its gradient (torch.clamp passes the gradient where the bound holds, equality included).
+void clamped_swiglu_backward(float* dgate, float* dup, const float* dh, const float* gate, const float* up, int64_t N,
+                             float alpha, float limit) {
+  for (int64_t i = 0; i < N; ++i) {
+    const float g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
+    const float sg = 1.0f / (1.0f + std::exp(-g * alpha));
+    if (gate[i] <= limit) dgate[i] += dh[i] * (u + 1.0f) * (sg + g * alpha * sg * (1.0f - sg));
+    if (up[i] >= -limit && up[i] <= limit) dup[i] += dh[i] * g * sg;
+  }
 }
 
 // One expert's forward over its n gathered rows, keeping what its backward reads.
@@ -130,7 +163,10 @@ void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<in
   be.slice_forward(a.gate.data(), a.gu.data(), n, 2 * F, 0, F, 1, 0);
   be.slice_forward(a.up.data(), a.gu.data(), n, 2 * F, F, F, 1, 0);
   a.h.resize(static_cast<size_t>(n * F));
-  be.gated_act_forward(MlpKind::SwiGLU, a.h.data(), a.gate.data(), a.up.data(), n * F);
+  if (s.moe_gpt_oss)
+    clamped_swiglu_forward(a.h.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha, s.swiglu_limit, r.dtype);
+  else
+    be.gated_act_forward(MlpKind::SwiGLU, a.h.data(), a.gate.data(), a.up.data(), n * F);
   be.round(a.h.data(), n * F, r.dtype);
   a.y.resize(static_cast<size_t>(n * C));
   be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, down_cache, false,
@@ -298,7 +334,11 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
                        tile.data(), ls);
     dgate.assign(static_cast<size_t>(n * F), 0.0f);
     dup.assign(static_cast<size_t>(n * F), 0.0f);
-    be.gated_act_backward(MlpKind::SwiGLU, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
+    if (s.moe_gpt_oss)
+      clamped_swiglu_backward(dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha,
+                              s.swiglu_limit);
+    else
+      be.gated_act_backward(MlpKind::SwiGLU, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
     dgu.assign(static_cast<size_t>(n * 2 * F), 0.0f);
     be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
     be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);

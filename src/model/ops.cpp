@@ -167,6 +167,19 @@ void rope_forward(float* x, const float* cos, const float* sin, int64_t T, int64
   }
 }
 
+void softmax_with_sink(float* x, int64_t N, float sink) {
+  // (transformers' gpt-oss: softmax over [scores, sink] after subtracting their max; the
+  // sink's share is dropped)
+  float mx = sink;
+  for (int64_t i = 0; i < N; ++i) mx = std::max(mx, x[i]);
+  for (int64_t i = 0; i < N; ++i) x[i] -= mx;
+  kernels::active_activation_kernels().exp(x, x, N);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < N; ++i) sum += x[i];
+  sum += std::exp(sink - mx);
+  for (int64_t i = 0; i < N; ++i) x[i] /= sum;
+}
+
 void softmax_inplace(float* x, int64_t N) {
   if (N <= 0) return;
   float mx = x[0];
@@ -224,7 +237,7 @@ namespace {
 template <class ScoresFn, class SumsFn>
 inline void attention_item(const float* qt, float* ot, int64_t h0, int64_t nh, int64_t kh, int64_t NKV, int64_t HS,
                            int64_t j0, int64_t n, float* s0, int64_t lds, float softcap, const AlibiBias* alibi,
-                           ScoresFn& scores_fn, SumsFn& sums_fn) {
+                           const float* sinks, ScoresFn& scores_fn, SumsFn& sums_fn) {
   scores_fn(qt + h0 * HS, nh, (j0 * NKV + kh) * HS, n - j0, s0 + j0, lds);
   for (int64_t i = 0; i < nh; ++i) {
     const int64_t h = h0 + i;
@@ -233,7 +246,8 @@ inline void attention_item(const float* qt, float* ot, int64_t h0, int64_t nh, i
       for (int64_t j = j0; j < n; ++j) scores[j] += (*alibi)(h, j - j0);
     if (softcap > 0.0f)
       for (int64_t j = j0; j < n; ++j) scores[j] = std::tanh(scores[j] / softcap) * softcap;
-    softmax_inplace(scores + j0, n - j0);
+    if (sinks) softmax_with_sink(scores + j0, n - j0, sinks[h]);
+    else softmax_inplace(scores + j0, n - j0);
   }
   sums_fn(s0 + j0, lds, nh, (j0 * NKV + kh) * HS, n - j0, ot + h0 * HS);
 }
@@ -246,7 +260,7 @@ inline void attention_item(const float* qt, float* ot, int64_t h0, int64_t nh, i
 template <class ScoresFn, class SumsFn>
 void attention_rows(float* out, float* att, float* scratch, const float* q, int64_t T, int64_t Tk, int64_t q_pos0,
                     int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float softcap,
-                    const AlibiBias* alibi, ScoresFn&& scores_fn, SumsFn&& sums_fn) {
+                    const AlibiBias* alibi, const float* sinks, ScoresFn&& scores_fn, SumsFn&& sums_fn) {
   const int64_t group = NH / NKV;
   const int64_t qs = NH * HS;
   // One work item per (token, key/value head, run of that head's query heads): the kernels read
@@ -268,8 +282,8 @@ void attention_rows(float* out, float* att, float* scratch, const float* q, int6
       const int64_t n = q_pos0 + t + 1;  // keys j0..q_pos0+t
       const int64_t j0 = key_start ? key_start[t] : 0;
       float* s0 = rows + (h0 * T + t) * Tk;  // head h0 + i's row: s0 + i * T * Tk
-      attention_item(q + t * qs, out + t * qs, h0, nh, kh, NKV, HS, j0, n, s0, T * Tk, softcap, alibi, scores_fn,
-                     sums_fn);
+      attention_item(q + t * qs, out + t * qs, h0, nh, kh, NKV, HS, j0, n, s0, T * Tk, softcap, alibi, sinks,
+                     scores_fn, sums_fn);
       if (att) {  // masked entries are 0 in the kept probabilities
         for (int64_t i = 0; i < nh; ++i) {
           float* scores = s0 + i * T * Tk;
@@ -284,17 +298,18 @@ void attention_rows(float* out, float* att, float* scratch, const float* q, int6
 
 void attention_forward(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
-                       const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi) {
+                       const int32_t* key_start, float scale, float softcap, const AlibiBias* alibi,
+                       const float* sinks) {
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   check(att != nullptr || scratch != nullptr, "attention_forward", "needs the probabilities or a scratch buffer");
   if (attention_uses_gemm(T)) {
-    attention_forward_gemm(out, att, scratch, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
+    attention_forward_gemm(out, att, scratch, q, k, v, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi, sinks);
     return;
   }
   const auto& kern = kernels::active_linear_kernels();
   const int64_t kvs = NKV * HS;
   attention_rows(
-      out, att, scratch, q, T, Tk, q_pos0, NH, NKV, HS, key_start, softcap, alibi,
+      out, att, scratch, q, T, Tk, q_pos0, NH, NKV, HS, key_start, softcap, alibi, sinks,
       [&](const float* qh, int64_t heads, int64_t off, int64_t count, float* s, int64_t lds) {
         kern.attn_scores(qh, heads, k + off, kvs, count, HS, scale, s, lds);
       },
@@ -306,7 +321,7 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
 void attention_forward_kv16(float* out, float* att, float* scratch, const float* q, const uint16_t* k,
                             const uint16_t* v, ComputeDType kv_dtype, int64_t T, int64_t Tk, int64_t kv_capacity,
                             int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start, float scale,
-                            float softcap, const AlibiBias* alibi) {
+                            float softcap, const AlibiBias* alibi, const float* sinks) {
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   check(att != nullptr || scratch != nullptr, "attention_forward", "needs the probabilities or a scratch buffer");
   const auto& kern = kernels::active_linear_kernels();
@@ -331,12 +346,12 @@ void attention_forward_kv16(float* out, float* att, float* scratch, const float*
       kern.widen16(kv_dtype, k + b, kw + b, e - b);
       kern.widen16(kv_dtype, v + b, vw + b, e - b);
     });
-    attention_forward_gemm(out, att, scratch, q, kw, vw, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi);
+    attention_forward_gemm(out, att, scratch, q, kw, vw, T, Tk, q_pos0, NH, NKV, HS, key_start, scale, softcap, alibi, sinks);
     return;
   }
   // Decoding: the row kernels read the 16-bit rows directly (half the bytes of a float32 cache).
   attention_rows(
-      out, att, scratch, q, T, Tk, q_pos0, NH, NKV, HS, key_start, softcap, alibi,
+      out, att, scratch, q, T, Tk, q_pos0, NH, NKV, HS, key_start, softcap, alibi, sinks,
       [&](const float* qh, int64_t heads, int64_t off, int64_t count, float* s, int64_t lds) {
         kern.attn_scores16(kv_dtype, qh, heads, k + off, kvs, count, HS, scale, s, lds);
       },
@@ -347,7 +362,8 @@ void attention_forward_kv16(float* out, float* att, float* scratch, const float*
 
 void attention_decode_rows(float* out, const float* q, int64_t N, const void* const* k, const void* const* v,
                            const ComputeDType* dtype, const int64_t* pos, const int32_t* key_start, int64_t NH,
-                           int64_t NKV, int64_t HS, float scale, float softcap, const AlibiBias* alibi) {
+                           int64_t NKV, int64_t HS, float scale, float softcap, const AlibiBias* alibi,
+                           const float* sinks) {
   if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(HS));
   const auto& kern = kernels::active_linear_kernels();
   const int64_t kvs = NKV * HS, qs = NH * HS, group = NH / NKV;
@@ -380,7 +396,8 @@ void attention_decode_rows(float* out, const float* q, int64_t N, const void* co
         else
           kern.attn_weighted_sum16(dt, p, ldp, heads, static_cast<const uint16_t*>(v[t]) + off, kvs, count, HS, o);
       };
-      attention_item(q + t * qs, out + t * qs, h0, nh, kh, NKV, HS, j0, n, s0, n, softcap, alibi, scores_fn, sums_fn);
+      attention_item(q + t * qs, out + t * qs, h0, nh, kh, NKV, HS, j0, n, s0, n, softcap, alibi, sinks, scores_fn,
+                     sums_fn);
     }
   });
 }

@@ -90,13 +90,16 @@ struct AlibiBias {
 // alibi, when not null: adds (*alibi)(h, key position) to each scaled score, the key
 // position counted from key_start[t] (its example's first token) or 0.
 // (The backward needs nothing more: the bias does not depend on q or k.)
+// sinks, when not null: (NH) gpt-oss's per-head sink logits, each joining its head's softmax
+// denominators as softmax_with_sink's (the backward, given the probabilities, needs nothing
+// more either).
 // scratch: attention_scratch_floats(T, Tk, NH) floats the scores are computed in when att is
 // null (inference); ignored (may be null) when att is given, which holds them instead.
 int64_t attention_scratch_floats(int64_t T, int64_t Tk, int64_t NH);
 void attention_forward(float* out, float* att, float* scratch, const float* q, const float* k, const float* v, int64_t T,
                        int64_t Tk, int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS,
                        const int32_t* key_start = nullptr, float scale = 0.0f, float softcap = 0.0f,
-                       const AlibiBias* alibi = nullptr);
+                       const AlibiBias* alibi = nullptr, const float* sinks = nullptr);
 // attention_forward over a KV cache held in 16 bits (k, v: (Tk, NKV * HS) BF16 or F16 bit
 // patterns, kv_dtype says which), the same contract and, bit for bit, the same result as
 // attention_forward over the values widened to float32. Decoding reads the 16-bit rows
@@ -107,7 +110,8 @@ void attention_forward(float* out, float* att, float* scratch, const float* q, c
 void attention_forward_kv16(float* out, float* att, float* scratch, const float* q, const uint16_t* k,
                             const uint16_t* v, ComputeDType kv_dtype, int64_t T, int64_t Tk, int64_t kv_capacity,
                             int64_t q_pos0, int64_t NH, int64_t NKV, int64_t HS, const int32_t* key_start = nullptr,
-                            float scale = 0.0f, float softcap = 0.0f, const AlibiBias* alibi = nullptr);
+                            float scale = 0.0f, float softcap = 0.0f, const AlibiBias* alibi = nullptr,
+                            const float* sinks = nullptr);
 // Batched decoding's attention (Backend::attention_decode_batch's contract): N query tokens,
 // row t over its own cache k[t], v[t] (float32 rows, or 16-bit patterns when dtype[t] is BF16 /
 // F16) at position pos[t], keys from key_start[t] (or 0). One parallel region over every
@@ -116,7 +120,7 @@ void attention_forward_kv16(float* out, float* att, float* scratch, const float*
 void attention_decode_rows(float* out, const float* q, int64_t N, const void* const* k, const void* const* v,
                            const ComputeDType* dtype, const int64_t* pos, const int32_t* key_start, int64_t NH,
                            int64_t NKV, int64_t HS, float scale = 0.0f, float softcap = 0.0f,
-                           const AlibiBias* alibi = nullptr);
+                           const AlibiBias* alibi = nullptr, const float* sinks = nullptr);
 // The ALiBi slopes for NH heads (transformers' build_alibi_tensor of BLOOM and Falcon,
 // float32): the geometric sequence of the closest power of two, then the odd powers of the
 // next one.
@@ -148,5 +152,8 @@ void residual_forward(float* out, const float* a, const float* b, int64_t N);
 
 // In place softmax over x (N) in float32.
 void softmax_inplace(float* x, int64_t N);
+// softmax over x and one more logit `sink` whose probability is dropped: the max is taken
+// over both, exp(sink - max) joins the sum after x's terms (gpt-oss's attention sinks).
+void softmax_with_sink(float* x, int64_t N, float sink);
 
 }  // namespace qlora

@@ -10,6 +10,16 @@ std::string shape_to_string(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+std::vector<float> TensorSource::get_slice(const std::string& name, int64_t i) const {
+  const std::vector<int64_t> s = shape(name);
+  check(!s.empty() && i >= 0 && i < s[0], describe(),
+        "tensor '" + name + "' " + shape_to_string(s) + " has no slice " + std::to_string(i));
+  const std::vector<float> all = get(name);
+  const size_t n = all.size() / static_cast<size_t>(s[0]);
+  return std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(i)),
+                            all.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(i + 1)));
+}
+
 void MemoryTensorSource::add(std::string name, std::vector<int64_t> shape, std::vector<float> data) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;

@@ -51,6 +51,15 @@ class TensorSource {
                                                      ComputeDType /*dtype*/) const {
     return std::nullopt;
   }
+  // The i-th slice of a tensor along its first dimension (an expert of gpt-oss's fused
+  // (experts, ...) tensors) as float32; the default reads the whole tensor. A source may read
+  // only that slice (safetensors: its bytes; MXFP4: its blocks). Throws Error when absent or
+  // i is out of range.
+  virtual std::vector<float> get_slice(const std::string& name, int64_t i) const;
+  // Whether the tensor is stored in MXFP4 (gpt-oss's <name>_blocks / <name>_scales pairs).
+  // Such a tensor is seen as transformers dequantizes it: (experts, in, out), float32 values
+  // FP4 x 2^(scale - 127), exactly.
+  virtual bool is_mxfp4(const std::string& /*name*/) const { return false; }
   // The file or directory, for error messages.
   virtual std::string describe() const = 0;
   // The name a tensor has in the file, for messages (GGUF: "blk.0.attn_q.weight" for

@@ -7,7 +7,11 @@
 //     sigmoid(shared_expert_gate x); norm_topk_prob off by default;
 //   qwen3_moe (Qwen3-30B-A3B, Qwen3-235B-A22B): Qwen3's attention (per-head q/k norms), no
 //     shared expert;
-//   olmoe (OLMoE-1B-7B): q/k RMSNorms over all heads, 64 experts, top 8 not renormalized.
+//   olmoe (OLMoE-1B-7B): q/k RMSNorms over all heads, 64 experts, top 8 not renormalized;
+//   gpt_oss (gpt-oss-20b / 120b): q/k/v/o biases, per-head attention sinks, windows of 128 on
+//     alternate layers, yarn rotary; a router with a bias whose softmax runs over the top 4
+//     logits, and experts stored fused with biases and a clamped SwiGLU
+//     (ModelSpec::moe_gpt_oss), in MXFP4 in OpenAI's checkpoints.
 // Every layer is an MoE layer (decoder_sparse_step 1, no mlp_only_layers: every released
 // model); the others are refused by name.
 #include "base/error.h"
@@ -140,6 +144,44 @@ void olmoe_write(const ModelSpec& s, ordered_json& j) {
   j["attention_bias"] = s.qkv_bias;
 }
 
+void gpt_oss_read(const json& j, const std::string& where, ModelSpec& s) {
+  read_router(j, where, s, "num_local_experts", true);
+  s.norm_topk = true;  // (softmax over the top logits: the top probabilities renormalized)
+  s.moe_gpt_oss = true;
+  s.expert_ffn = s.ffn;
+  s.swiglu_alpha = config::get_float(j, "swiglu_alpha", where, 1.702f);
+  s.swiglu_limit = config::get_float(j, "swiglu_limit", where, 7.0f);
+  s.attn_sinks = true;
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, true);
+  s.norm_round_once = true;  // (self.weight * hidden_states).to(input_dtype)
+  s.norm_eps = config::get_float(j, "rms_norm_eps", where, 1e-5f);
+  s.sliding_window = config::get_int(j, "sliding_window", where, 128);
+  if (s.sliding_window < 0) fail(where, "sliding_window must be positive or null");
+  if (auto lt = config::sliding_layer_types(j, s.n_layers, where)) {
+    s.sliding_layers = std::move(*lt);
+  } else {  // GptOssConfig's default: sliding on even layers
+    s.sliding_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
+    for (int64_t l = 0; l < s.n_layers; ++l) s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % 2 != 0;
+  }
+}
+
+void gpt_oss_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.moe_gpt_oss || !s.attn_sinks || s.qkv_bias != s.o_bias || s.qk_norm)
+    fail("config.json", "not a gpt_oss block");
+  j["num_local_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["intermediate_size"] = s.expert_ffn;
+  j["swiglu_alpha"] = s.swiglu_alpha;
+  j["swiglu_limit"] = s.swiglu_limit;
+  j["attention_bias"] = s.qkv_bias;
+  j["sliding_window"] = s.sliding_window;
+  ordered_json lt = ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l) lt.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
+  j["layer_types"] = lt;
+  j["router_aux_loss_coef"] = 0.9;
+  j["output_router_logits"] = false;
+}
+
 // llama.cpp's graphs of these architectures (its build_moe_ffn): the top experts
 // renormalized for qwen3moe (and llama's, Mixtral), not for qwen2moe and olmoe.
 void qwen2_moe_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
@@ -177,6 +219,16 @@ const ModelFamily kQwen2Moe{"qwen2_moe", "Qwen2MoeForCausalLM", "qwen2moe", 0, 3
 // (Qwen3MoeConfig leaves head_dim unset: hidden / heads, unlike Qwen3Config's 128.)
 const ModelFamily kQwen3Moe{"qwen3_moe", "Qwen3MoeForCausalLM", "qwen3moe", 0, 32768, 10000.0f, false, false,
                             qwen3_moe_read, qwen3_moe_write, qwen3_moe_gguf};
+// gpt-oss's router module is mlp.router (the canonical MoE router is mlp.gate).
+constexpr HfRename kGptOssRenames[] = {{".mlp.router.", ".mlp.gate."}};
+
+const ModelFamily kGptOss = [] {
+  // (llama.cpp's gpt-oss GGUFs (MXFP4 experts) are not read or written yet)
+  ModelFamily f{"gpt_oss", "GptOssForCausalLM", "", 64, 131072, 150000.0f, false, false, gpt_oss_read, gpt_oss_write};
+  f.hf_renames = kGptOssRenames;
+  f.no_gguf_reason = "llama.cpp's gpt-oss GGUF (MXFP4 experts, attention sinks) is not read or written by qlora yet";
+  return f;
+}();
 const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "olmoe", 0, 4096, 10000.0f, false, false, olmoe_read,
                          olmoe_write, olmoe_gguf};
 

@@ -9,6 +9,7 @@
 #include "base/error.h"
 #include "lora/lora_model.h"
 #include "model/model.h"
+#include "model/activation_kernels.h"
 #include "model/ops.h"
 
 namespace qlora {
@@ -119,13 +120,22 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
 
 // gpt-oss's expert activation (ModelSpec::moe_gpt_oss), each step rounded to the compute
 // dtype as transformers' GptOssExperts._apply_gate computes it in that dtype.
+// (Whole arrays per step: rounding and exp are vectorized over them.)
 void clamped_swiglu_forward(float* h, const float* gate, const float* up, int64_t N, float alpha, float limit,
                             ComputeDType dt) {
-  for (int64_t i = 0; i < N; ++i) {
-    const float g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
-    const float sg = rounded(1.0f / (1.0f + std::exp(-rounded(g * alpha, dt))), dt);
-    h[i] = rounded(rounded(u + 1.0f, dt) * rounded(g * sg, dt), dt);
-  }
+  std::vector<float> sg(static_cast<size_t>(N)), u1(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) sg[static_cast<size_t>(i)] = std::min(gate[i], limit) * alpha;
+  round_activations(sg.data(), N, dt);
+  for (float& v : sg) v = -v;
+  kernels::active_activation_kernels().exp(sg.data(), sg.data(), N);
+  for (float& v : sg) v = 1.0f / (1.0f + v);
+  round_activations(sg.data(), N, dt);  // sigmoid(alpha g)
+  for (int64_t i = 0; i < N; ++i) h[i] = std::min(gate[i], limit) * sg[static_cast<size_t>(i)];
+  round_activations(h, N, dt);  // g * sigmoid(alpha g)
+  for (int64_t i = 0; i < N; ++i) u1[static_cast<size_t>(i)] = std::clamp(up[i], -limit, limit) + 1.0f;
+  round_activations(u1.data(), N, dt);
+  for (int64_t i = 0; i < N; ++i) h[i] *= u1[static_cast<size_t>(i)];
+  round_activations(h, N, dt);
 }
 
 // Its gradient (torch.clamp passes the gradient where the bound holds, equality included).
@@ -230,6 +240,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
   const Routing& g = st ? (st->routing = std::move(local)) : local;
   std::fill(out, out + T * C, 0.0f);
   ExpertPass scratch_pass;
+  std::vector<float> wy(static_cast<size_t>(C));  // one routed row's weighted output
   for (int64_t e = 0; e < g.E; ++e) {
     const auto& rows = g.rows[static_cast<size_t>(e)];
     if (rows.empty()) continue;
@@ -245,7 +256,9 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
       const float w = g.weight[static_cast<size_t>(t * g.K + k)];
       float* o = out + t * C;
       const float* y = a.y.data() + static_cast<int64_t>(i) * C;
-      for (int64_t c = 0; c < C; ++c) o[c] += rounded(w * y[c], r.dtype);
+      for (int64_t c = 0; c < C; ++c) wy[static_cast<size_t>(c)] = w * y[c];
+      round_activations(wy.data(), C, r.dtype);
+      for (int64_t c = 0; c < C; ++c) o[c] += wy[static_cast<size_t>(c)];
       round_activations(o, C, r.dtype);
     }
   }

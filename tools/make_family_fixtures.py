@@ -99,6 +99,18 @@ FAMILIES = {
                                                       "beta_slow": 1.0, "truncate": False,
                                                       "original_max_position_embeddings": 32, "rope_theta": 150000.0},
                                      _moe=True)),
+    # The same at gpt-oss's own swiglu_limit 7, which llama.cpp's graph hard-codes, and with yarn's
+    # truncate on (ggml's rope always rounds yarn's correction range outwards; gpt-oss's config
+    # says false, so llama.cpp runs gpt-oss GGUFs with slightly other frequencies than
+    # transformers: measured 4.4 on these logits): for the GGUFs (model.gguf with float experts,
+    # model_mxfp4.gguf with llama.cpp's MXFP4 ones).
+    "gpt_oss_gguf": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16,
+                                          sliding_window=8, tie_word_embeddings=False,
+                                          rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                                           "beta_slow": 1.0, "truncate": True,
+                                                           "original_max_position_embeddings": 32,
+                                                           "rope_theta": 150000.0},
+                                          _moe=True)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Vision-language checkpoints, whose language model qlora runs (text only): the config
     # class is the outer one, the keys here its text_config's; _wrapper has the outer keys
@@ -486,7 +498,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "arcee": "arcee", "nemotron": "nemotron",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
-             "stablelm_qk": "stablelm"}
+             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -775,10 +787,20 @@ def write_gguf_gpt2(model, path: Path):
     _finish(w)
 
 
-def write_gguf(model, arch: str, path: Path):
+def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
     import gguf
     import numpy as np
     c = model.config
+
+    def add_expert(name, t):
+        """A 3-D expert tensor as stored: float32, or (mxfp4_experts) llama.cpp's MXFP4 blocks
+        made by gguf-py's own quantizer."""
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        if not mxfp4_experts:
+            w.add_tensor(name, t)
+        else:
+            q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.MXFP4)
+            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.MXFP4)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
@@ -858,6 +880,9 @@ def write_gguf(model, arch: str, path: Path):
             w.add_expert_feed_forward_length(c.moe_intermediate_size)
         if getattr(c, "shared_expert_intermediate_size", None):
             w.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
+    if arch == "gpt-oss":  # as convert_hf_to_gguf.py's GptOssModel (llama.cpp slides on even layers)
+        w.add_sliding_window(c.sliding_window)
+        w.add_expert_feed_forward_length(c.intermediate_size)
     if arch == "gemma2":
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
@@ -891,6 +916,22 @@ def write_gguf(model, arch: str, path: Path):
             out = "token_embd.weight"
         elif name == "model.norm.weight":
             out = "output_norm.weight"
+        elif arch == "gpt-oss" and ".mlp.experts." in name:
+            # (E, C, 2F) gate/up interleaved and (E, F, C), with biases: llama.cpp's 3-D (E, out, in)
+            # gate / up / down exps and their (E, out) biases, as GptOssModel splits them
+            layer = name.split(".")[2]
+            if name.endswith("gate_up_proj"):
+                t = t.transpose(0, 2, 1)
+                add_expert(f"blk.{layer}.ffn_gate_exps.weight", t[:, 0::2])
+                add_expert(f"blk.{layer}.ffn_up_exps.weight", t[:, 1::2])
+            elif name.endswith("gate_up_proj_bias"):
+                w.add_tensor(f"blk.{layer}.ffn_gate_exps.bias", np.ascontiguousarray(t[:, 0::2]))
+                w.add_tensor(f"blk.{layer}.ffn_up_exps.bias", np.ascontiguousarray(t[:, 1::2]))
+            elif name.endswith("down_proj"):
+                add_expert(f"blk.{layer}.ffn_down_exps.weight", t.transpose(0, 2, 1))
+            else:
+                w.add_tensor(f"blk.{layer}.ffn_down_exps.bias", np.ascontiguousarray(t))
+            continue
         elif name.endswith(".mlp.experts.gate_up_proj"):  # (E, 2F, C): gate rows, then up rows
             layer = name.split(".")[2]
             F = t.shape[1] // 2
@@ -913,6 +954,11 @@ def write_gguf(model, arch: str, path: Path):
             if arch == "glm4":  # convert_hf_to_gguf.py's Glm4Model names
                 gname = {"post_self_attn_layernorm": "post_attention_norm",
                          "post_mlp_layernorm": "post_ffw_norm"}.get(mod, gname)
+            if arch == "gpt-oss":  # GptOssModel's names
+                gname = {"post_attention_layernorm": "post_attention_norm", "mlp.router": "ffn_gate_inp",
+                         "self_attn.sinks": "attn_sinks"}.get(mod, gname)
+                if mod == "self_attn.sinks" or (mod == "self_attn" and suffix == "sinks"):
+                    gname, suffix = "attn_sinks", "weight"
             if arch in ("olmo2", "exaone4"):  # llama.cpp's olmo2 / exaone4 name their two norms these
                 gname = {"post_attention_layernorm": "post_attention_norm",
                          "post_feedforward_layernorm": "post_ffw_norm"}.get(mod, gname)
@@ -1239,6 +1285,33 @@ def build(family: str):
         if diff > tol:
             sys.exit(f"{family}: llama.cpp disagrees with transformers on the GGUF ({diff})")
         ref["gguf_llama_cpp_max_abs_diff"] = diff
+        if family == "gpt_oss_gguf":  # its experts in llama.cpp's MXFP4 (gguf-py's quantizer), and llama.cpp's logits on it
+            write_gguf(model, "gpt-oss", out / "model_mxfp4.gguf", mxfp4_experts=True)
+            lm = llama_cpp_logits(out / "model_mxfp4.gguf", prompt[0].tolist())
+            # and transformers with the experts gguf-py's own dequantize makes of that file
+            import gguf
+            import numpy as np
+            rd = gguf.GGUFReader(str(out / "model_mxfp4.gguf"))
+            tens = {t.name: t for t in rd.tensors}
+            deq = copy.deepcopy(model)
+            with torch.no_grad():
+                for i, layer in enumerate(deq.model.layers):
+                    ex = layer.mlp.experts
+                    def dq(n):
+                        t = tens[f"blk.{i}.{n}.weight"]
+                        return torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+                    g, u, dn = dq("ffn_gate_exps"), dq("ffn_up_exps"), dq("ffn_down_exps")  # (E, F, C) (E, F, C) (E, C, F)
+                    gu = torch.empty(g.shape[0], 2 * g.shape[1], g.shape[2])
+                    gu[:, 0::2], gu[:, 1::2] = g, u
+                    ex.gate_up_proj.copy_(gu.transpose(1, 2))
+                    ex.down_proj.copy_(dn.transpose(1, 2))
+                deq_logits = deq(prompt).logits[0].contiguous()
+            save_file({"logits": torch.from_numpy(lm).contiguous(), "transformers_gguf_dequantized_logits": deq_logits},
+                      str(out / "gguf_mxfp4_llama_cpp_logits.safetensors"))
+            print(f"{family}: llama.cpp on model_mxfp4.gguf vs transformers on gguf-py's dequantization of it: "
+                  f"max |dlogit| {float(abs(lm - deq_logits.numpy()).max()):.2e}")
+            print(f"{family}: llama.cpp on model_mxfp4.gguf vs transformers (float experts): "
+                  f"max |dlogit| {float(abs(lm - want.numpy()).max()):.2e}")
         if GGUF_ARCH[family] == "phi2":  # the fused-Wqkv layout too
             write_gguf_phi2(model, out / "model_fused_qkv.gguf", fused_qkv=True)
             fd = float(abs(llama_cpp_logits(out / "model_fused_qkv.gguf", prompt[0].tolist()) - want.numpy()).max())

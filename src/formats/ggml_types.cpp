@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
 
 #include "base/error.h"
 #include "base/float_formats.h"
+#include "quant/mxfp4.h"
 #include "base/parallel.h"
 
 // Bit-exactness with the references (ggml's scalar code, gguf-py's numpy) needs every
@@ -63,7 +65,7 @@ constexpr std::array<TypeRow, 32> kTypes{{
     {30, {"BF16", 1, 2, true}},
     {34, {"TQ1_0", 256, 54, false}},
     {35, {"TQ2_0", 256, 66, false}},
-    {39, {"MXFP4", 32, 17, false}},
+    {39, {"MXFP4", 32, 17, true}},
 }};
 
 const TypeRow* find_row(uint32_t id) {
@@ -287,6 +289,19 @@ void deq_i16(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int
 void deq_i32(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int32_t>(p)); }
 void deq_i64(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int64_t>(p)); }
 
+// MXFP4 (gpt-oss's experts): one E8M0 byte e, then 16 bytes of E2M1 codes, the low nibbles
+// the block's first 16 values and the high nibbles its last 16 (ggml's usual split, unlike
+// the Hugging Face files' interleaved pairs: quant/mxfp4.h). ggml keeps the codes doubled
+// ({0, 1, 2, 3, 4, 6, 8, 12} and negatives) and the scale halved, 2^(e - 128): the value is
+// the same E2M1 number times 2^(e - 127), exactly.
+void deq_mxfp4(const uint8_t* p, float* y) {
+  const int e = static_cast<int>(p[0]) - 127;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = std::ldexp(kFp4Values[p[1 + j] & 0x0F], e);
+    y[j + 16] = std::ldexp(kFp4Values[p[1 + j] >> 4], e);
+  }
+}
+
 using BlockFn = void (*)(const uint8_t*, float*);
 
 BlockFn block_fn(GgmlType t) {
@@ -309,6 +324,7 @@ BlockFn block_fn(GgmlType t) {
     case GgmlType::Q4_K: return deq_q4_k;
     case GgmlType::Q5_K: return deq_q5_k;
     case GgmlType::Q6_K: return deq_q6_k;
+    case GgmlType::MXFP4: return deq_mxfp4;
     default: return nullptr;
   }
 }

@@ -1,5 +1,6 @@
 #include "formats/model_loader.h"
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -325,9 +326,12 @@ class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
+      if (hp_.architecture == "gpt-oss" && index_gpt_oss(t)) continue;
       if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture, hp_.falcon_two_norms)) index_.emplace(*hf, &t);
       else if (!index_experts(t) && !is_rope_tensor(t.name)) unmapped_.push_back(t.name);  // read by spec_from_gguf
     }
+    for (const auto& [layer, parts] : gpt_oss_)
+      for (int p = 0; p < 4; ++p) fused_.emplace(fused_expert_name(layer, p), std::pair{layer, p});
   }
   const GgufFile& file() const { return file_; }
   const GgufLlamaHParams& hparams() const { return hp_; }
@@ -336,10 +340,26 @@ class GgufSource : public TensorSource {
     std::vector<std::string> n;
     for (const auto& [k, t] : index_) n.push_back(k);
     for (const auto& [k, t] : experts_) n.push_back(k);
+    for (const auto& [k, t] : fused_) n.push_back(k);
     return n;
   }
-  bool has(const std::string& name) const override { return index_.count(name) != 0 || experts_.count(name) != 0; }
+  bool has(const std::string& name) const override {
+    return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0;
+  }
   std::vector<int64_t> shape(const std::string& name) const override {
+    if (auto f = fused_.find(name); f != fused_.end()) {  // transformers' fused shapes
+      const GgufTensorInfo& g = gpt_oss_part(f->second.first, 0, false);
+      const GgufTensorInfo& d = gpt_oss_part(f->second.first, 2, false);
+      const int64_t E = g.dims[2], C = g.dims[0], F = g.dims[1];
+      check(d.dims.size() == 3 && d.dims[2] == E && d.dims[1] == C && d.dims[0] == F, file_.path(),
+            "tensor '" + d.name + "' does not fit '" + g.name + "' (experts, rows, columns)");
+      switch (f->second.second) {
+        case 0: return {E, C, 2 * F};
+        case 1: return {E, 2 * F};
+        case 2: return {E, F, C};
+        default: return {E, C};
+      }
+    }
     if (auto e = experts_.find(name); e != experts_.end()) {
       std::vector<int64_t> s = e->second.first->shape();  // (experts, rows, cols)
       return {s[1], s[2]};
@@ -352,6 +372,14 @@ class GgufSource : public TensorSource {
   std::vector<float> get(const std::string& name) const override {
     if (auto e = experts_.find(name); e != experts_.end())
       return file_.tensor_slice_to_f32(*e->second.first, e->second.second);
+    if (fused_.count(name)) {
+      std::vector<float> all;
+      for (int64_t e = 0; e < shape(name)[0]; ++e) {
+        const std::vector<float> s = get_slice(name, e);
+        all.insert(all.end(), s.begin(), s.end());
+      }
+      return all;
+    }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
@@ -361,6 +389,48 @@ class GgufSource : public TensorSource {
       for (float& x : v) x -= 1.0f;
     return v;
   }
+  // gpt-oss: expert e of transformers' fused tensors, made from llama.cpp's separate gate, up
+  // and down exps (rows (experts, out, in)) and their (experts, out) biases: gate and up
+  // interleaved by column, as GptOssExperts keeps them.
+  std::vector<float> get_slice(const std::string& name, int64_t e) const override {
+    auto f = fused_.find(name);
+    if (f == fused_.end()) return TensorSource::get_slice(name, e);
+    const int64_t layer = f->second.first;
+    const std::vector<int64_t> s = shape(name);
+    check(e >= 0 && e < s[0], file_.path(), "tensor '" + name + "' has no expert " + std::to_string(e));
+    const int64_t C = shape(fused_expert_name(layer, 3))[1], F = shape(fused_expert_name(layer, 2))[1];
+    switch (f->second.second) {
+      case 0: {
+        const std::vector<float> g = file_.tensor_slice_to_f32(gpt_oss_part(layer, 0, false), e),
+                                 u = file_.tensor_slice_to_f32(gpt_oss_part(layer, 1, false), e);
+        std::vector<float> out(static_cast<size_t>(C * 2 * F));
+        for (int64_t r = 0; r < F; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            out[static_cast<size_t>(c * 2 * F + 2 * r)] = g[static_cast<size_t>(r * C + c)];
+            out[static_cast<size_t>(c * 2 * F + 2 * r + 1)] = u[static_cast<size_t>(r * C + c)];
+          }
+        return out;
+      }
+      case 1: {
+        const std::vector<float> g = file_.tensor_slice_to_f32(gpt_oss_part(layer, 0, true), e),
+                                 u = file_.tensor_slice_to_f32(gpt_oss_part(layer, 1, true), e);
+        std::vector<float> out(static_cast<size_t>(2 * F));
+        for (int64_t r = 0; r < F; ++r) {
+          out[static_cast<size_t>(2 * r)] = g[static_cast<size_t>(r)];
+          out[static_cast<size_t>(2 * r + 1)] = u[static_cast<size_t>(r)];
+        }
+        return out;
+      }
+      case 2: {
+        const std::vector<float> d = file_.tensor_slice_to_f32(gpt_oss_part(layer, 2, false), e);  // (C, F)
+        std::vector<float> out(static_cast<size_t>(F * C));
+        for (int64_t r = 0; r < C; ++r)
+          for (int64_t c = 0; c < F; ++c) out[static_cast<size_t>(c * C + r)] = d[static_cast<size_t>(r * F + c)];
+        return out;
+      }
+      default: return file_.tensor_slice_to_f32(gpt_oss_part(layer, 2, true), e);
+    }
+  }
   std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {
     const GgufTensorInfo& t = info(name);
     if (t.type != GgmlType::Q8_0) return std::nullopt;
@@ -368,6 +438,8 @@ class GgufSource : public TensorSource {
   }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
+    if (auto f = fused_.find(name); f != fused_.end())
+      return "blk." + std::to_string(f->second.first) + ".ffn_{gate,up,down}_exps (" + name + ")";
     if (auto e = experts_.find(name); e != experts_.end())
       return e->second.first->name + " [expert " + std::to_string(e->second.second) + "]";
     auto it = index_.find(name);
@@ -400,8 +472,43 @@ class GgufSource : public TensorSource {
     }
     return false;
   }
+  // gpt-oss: blk.N.attn_sinks.weight (transformers' self_attn.sinks, no suffix) and the
+  // 3-D ffn_{gate,up,down}_exps with their biases, kept per layer for get_slice.
+  bool index_gpt_oss(const GgufTensorInfo& t) {
+    constexpr std::string_view kBlk = "blk.";
+    if (!t.name.starts_with(kBlk)) return false;
+    const size_t dot = t.name.find('.', kBlk.size());
+    if (dot == std::string::npos) return false;
+    const std::string layer = t.name.substr(kBlk.size(), dot - kBlk.size()), rest = t.name.substr(dot + 1);
+    if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos || layer.size() > 6) return false;
+    const int64_t l = std::stoll(layer);
+    if (rest == "attn_sinks.weight") {
+      index_.emplace("model.layers." + layer + ".self_attn.sinks", &t);
+      return true;
+    }
+    static constexpr const char* kParts[3] = {"ffn_gate_exps.", "ffn_up_exps.", "ffn_down_exps."};
+    for (int p = 0; p < 3; ++p)
+      for (int bias = 0; bias < 2; ++bias)
+        if (rest == std::string(kParts[p]) + (bias ? "bias" : "weight")) {
+          check(t.dims.size() == (bias ? 2u : 3u), file_.path(), "tensor '" + t.name + "' has an unexpected rank");
+          gpt_oss_[l][static_cast<size_t>(p * 2 + bias)] = &t;
+          return true;
+        }
+    return false;
+  }
+  const GgufTensorInfo& gpt_oss_part(int64_t layer, int part, bool bias) const {
+    auto it = gpt_oss_.find(layer);
+    const GgufTensorInfo* t = it == gpt_oss_.end() ? nullptr : it->second[static_cast<size_t>(part * 2 + bias)];
+    static constexpr const char* kParts[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+    if (!t)
+      fail(file_.path(), "missing tensor 'blk." + std::to_string(layer) + "." + kParts[part] + (bias ? ".bias'" : ".weight'") +
+                             " (a gpt-oss layer's experts)");
+    return *t;
+  }
   GgufFile file_;
   GgufLlamaHParams hp_;
+  std::map<int64_t, std::array<const GgufTensorInfo*, 6>> gpt_oss_;  // layer -> gate, up, down (weight, bias)
+  std::map<std::string, std::pair<int64_t, int>> fused_;              // fused name -> (layer, part)
   std::map<std::string, const GgufTensorInfo*> index_;
   std::map<std::string, std::pair<const GgufTensorInfo*, int64_t>> experts_;
   std::vector<std::string> unmapped_;  // GGUF names with no Hugging Face counterpart
@@ -489,15 +596,20 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     s.n_experts = hp.expert_count;
     s.experts_per_token = hp.expert_used_count;
     const std::string g0 = layer_tensor_name(0, expert_module(0, 0));
-    if (!src.has(g0))
-      fail(where, "expert_count is " + std::to_string(hp.expert_count) +
-                      " but there are no expert tensors (blk.0.ffn_gate_exps.weight; GGUFs of early 2024 kept "
-                      "one tensor per expert, blk.N.ffn_gate.E, which llama.cpp no longer reads either: convert "
-                      "the model again with its current convert_hf_to_gguf.py)");
-    s.expert_ffn = src.shape(g0)[0];
-    s.shared_expert = src.has(layer_tensor_name(0, "mlp.shared_expert.gate_proj"));
-    if (s.shared_expert && hp.expert_shared_ffn > 0) s.ffn = hp.expert_shared_ffn;
-    if (!s.shared_expert) s.ffn = s.expert_ffn;
+    if (hp.architecture == "gpt-oss" && src.has(fused_expert_name(0, 0))) {  // (presented fused: GgufSource)
+      s.expert_ffn = src.shape(fused_expert_name(0, 0))[2] / 2;
+      s.ffn = s.expert_ffn;
+    } else {
+      if (!src.has(g0))
+        fail(where, "expert_count is " + std::to_string(hp.expert_count) +
+                        " but there are no expert tensors (blk.0.ffn_gate_exps.weight; GGUFs of early 2024 kept "
+                        "one tensor per expert, blk.N.ffn_gate.E, which llama.cpp no longer reads either: convert "
+                        "the model again with its current convert_hf_to_gguf.py)");
+      s.expert_ffn = src.shape(g0)[0];
+      s.shared_expert = src.has(layer_tensor_name(0, "mlp.shared_expert.gate_proj"));
+      if (s.shared_expert && hp.expert_shared_ffn > 0) s.ffn = hp.expert_shared_ffn;
+      if (!s.shared_expert) s.ffn = s.expert_ffn;
+    }
     if (hp.architecture == "llama") s.family = "mixtral";  // (llama.cpp's llama graph with experts)
   }
   if (fam && fam->read_gguf)

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "formats/ggml_types.h"
 #include "quant/mxfp4.h"
 
 using namespace qlora;
@@ -51,4 +52,23 @@ TEST(Mxfp4, OverflowingScalesAreCounted) {
   const uint8_t scale = 254;
   std::vector<float> out(32);
   EXPECT_EQ(mxfp4_decode_rows(blocks.data(), &scale, 1, 1, out.data()), 32);
+}
+
+// llama.cpp's MXFP4 blocks (ggml type 39, 17 bytes): the E8M0 byte first, then the codes with
+// the low nibbles the first 16 values and the high nibbles the last 16 (not interleaved as in
+// the Hugging Face files); the same numbers. (Whole GGUFs against gguf-py's dequantizer and
+// llama.cpp: test_gpt_oss.cpp.)
+TEST(Mxfp4, GgmlBlocksSplitTheNibbles) {
+  std::vector<uint8_t> block(17, 0);
+  block[0] = 128;   // x 2
+  block[1] = 0x21;  // value 0: code 1 (0.5); value 16: code 2 (1.0)
+  block[16] = 0xF9;  // value 15: code 9 (-0.5); value 31: code 15 (-6.0)
+  std::vector<float> out(32, 7.0f);
+  dequantize_row_ref(GgmlType::MXFP4, block.data(), out.data(), 32);
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[16], 2.0f);
+  EXPECT_EQ(out[15], -1.0f);
+  EXPECT_EQ(out[31], -12.0f);
+  for (int i : {1, 5, 14, 17, 30}) EXPECT_EQ(out[i], 0.0f) << i;
+  EXPECT_TRUE(ggml_traits(GgmlType::MXFP4).can_dequantize);
 }

@@ -14,6 +14,8 @@
 //     (ModelSpec::moe_gpt_oss), in MXFP4 in OpenAI's checkpoints.
 // Every layer is an MoE layer (decoder_sparse_step 1, no mlp_only_layers: every released
 // model); the others are refused by name.
+#include <algorithm>
+
 #include "base/error.h"
 #include "formats/config_reader.h"
 #include "formats/gguf.h"
@@ -182,6 +184,27 @@ void gpt_oss_write(const ModelSpec& s, ordered_json& j) {
   j["output_router_logits"] = false;
 }
 
+// llama.cpp's gpt-oss graph: alpha 1.702 and limit 7 are constants there, the top logits'
+// softmax weights the experts, windows on even layers (its swa pattern 2) unless the file says
+// otherwise, and yarn's correction range always rounded outwards (ggml's rope; gpt-oss's
+// config.json has truncate false, so llama.cpp's gpt-oss differs from transformers' there).
+void gpt_oss_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.moe_gpt_oss = true;
+  s.attn_sinks = true;
+  s.norm_topk = true;
+  s.norm_round_once = true;
+  s.swiglu_alpha = 1.702f;
+  s.swiglu_limit = 7.0f;
+  s.sliding_window = hp.sliding_window;
+  if (!hp.swa_layers.empty()) {
+    s.sliding_layers = hp.swa_layers;
+  } else {
+    s.sliding_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
+    for (int64_t l = 0; l < s.n_layers; ++l) s.sliding_layers[static_cast<size_t>(l)] = l % 2 == 0;
+  }
+  s.rope_scaling.truncate = true;
+}
+
 // llama.cpp's graphs of these architectures (its build_moe_ffn): the top experts
 // renormalized for qwen3moe (and llama's, Mixtral), not for qwen2moe and olmoe.
 void qwen2_moe_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
@@ -221,12 +244,17 @@ const ModelFamily kQwen3Moe{"qwen3_moe", "Qwen3MoeForCausalLM", "qwen3moe", 0, 3
                             qwen3_moe_read, qwen3_moe_write, qwen3_moe_gguf};
 // gpt-oss's router module is mlp.router (the canonical MoE router is mlp.gate).
 constexpr HfRename kGptOssRenames[] = {{".mlp.router.", ".mlp.gate."}};
+// (its sinks, attn_sinks.weight, and its 3-D experts with their biases are read by
+// model_loader's GGUF source, which presents them in transformers' fused form)
+constexpr GgufLayerName kGptOssGgufNames[] = {{"post_attention_norm", "post_attention_layernorm"}};
 
 const ModelFamily kGptOss = [] {
   // (llama.cpp's gpt-oss GGUFs (MXFP4 experts) are not read or written yet)
-  ModelFamily f{"gpt_oss", "GptOssForCausalLM", "", 64, 131072, 150000.0f, false, false, gpt_oss_read, gpt_oss_write};
+  ModelFamily f{"gpt_oss", "GptOssForCausalLM", "gpt-oss", 64, 131072, 150000.0f, false, false, gpt_oss_read,
+                gpt_oss_write, gpt_oss_gguf};
   f.hf_renames = kGptOssRenames;
-  f.no_gguf_reason = "llama.cpp's gpt-oss GGUF (MXFP4 experts, attention sinks) is not read or written by qlora yet";
+  f.gguf_layer_names = kGptOssGgufNames;
+  f.no_gguf_reason = "qlora reads llama.cpp's gpt-oss GGUFs but does not write them yet";
   return f;
 }();
 const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "olmoe", 0, 4096, 10000.0f, false, false, olmoe_read,

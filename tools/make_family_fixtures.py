@@ -91,10 +91,12 @@ FAMILIES = {
     # gpt-oss: q/k/v/o biases, attention sinks, windows on alternate layers, yarn; a router
     # with a bias, softmax over the top 2 of 4, experts fused (gate and up interleaved) with
     # biases and a clamped SwiGLU (limit 1.5 here so that the clamps bite). PEFT's all-linear
-    # adapts the attention only. mxfp4/ holds the same model with its experts in MXFP4, as
+    # adapts the attention only; the adapter here adds the experts (target_parameters). mxfp4/ holds the same model with its experts in MXFP4, as
     # OpenAI's checkpoints are (loaded by transformers for its reference).
     "gpt_oss": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16,
                                      sliding_window=8, swiglu_limit=1.5, tie_word_embeddings=False,
+                                     # (OpenAI's recipe names the experts: target_parameters)
+                                     _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                                      rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                       "beta_slow": 1.0, "truncate": False,
                                                       "original_max_position_embeddings": 32, "rope_theta": 150000.0},
@@ -452,15 +454,11 @@ def experts_roundtrip(model, double_quant: bool):
             for p in (mod.gate_up_proj, mod.down_proj):
                 for e in range(p.shape[0]):
                     w = p.data[e].to(torch.float32)
-                    if gpt_oss:  # (in, out), gate/up interleaved: qlora's (out, in) Linear, gate rows then up rows
+                    if gpt_oss:  # (in, out): qlora's (out, in) Linear (gate and up rows stay interleaved)
                         w = w.t()
-                        if p is mod.gate_up_proj:
-                            w = torch.cat([w[0::2], w[1::2]])
                     q, st = F.quantize_4bit(w.contiguous(), blocksize=64, quant_type="nf4", compress_statistics=double_quant)
                     d = F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32)
                     if gpt_oss:
-                        if p is mod.gate_up_proj:
-                            d = torch.stack([d[: d.shape[0] // 2], d[d.shape[0] // 2:]], dim=1).reshape(d.shape)
                         d = d.t()
                     p.data[e].copy_(d.to(p.dtype))
 
@@ -1136,7 +1134,7 @@ def build(family: str):
         nf4_logits = nf4(prompt).logits[0].contiguous()
 
     lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=FAMILIES[family][1].get("_targets", "all-linear"),
-                      task_type="CAUSAL_LM")
+                      target_parameters=FAMILIES[family][1].get("_target_parameters"), task_type="CAUSAL_LM")
     torch.manual_seed(5)
     pm = get_peft_model(copy.deepcopy(model), lcfg)
     gb = torch.Generator().manual_seed(11)

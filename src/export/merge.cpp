@@ -226,15 +226,14 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
               float* o = out.data() + e * per;
               const QuantLinear& gu = L.expert_gate_up[static_cast<size_t>(e)];
               const QuantLinear& dn = L.expert_down[static_cast<size_t>(e)];
-              if (part == 0 || part == 1) {  // (2F, C) gate rows then up rows -> (C, 2F) interleaved
+              if (part == 0 || part == 1) {  // (2F, C), rows interleaved as stored -> (C, 2F)
                 const std::vector<float> w =
                     part == 0 ? merged_weight(gu, adapters, [&](const LoraModel& a) { return a.find_expert(l, e, 0); })
                               : std::vector<float>();
                 for (int64_t j = 0; j < 2 * F; ++j) {
-                  const int64_t row = (j % 2) * F + j / 2;
-                  if (part == 1) o[j] = gu.bias()[static_cast<size_t>(row)];
+                  if (part == 1) o[j] = gu.bias()[static_cast<size_t>(j)];
                   else
-                    for (int64_t c = 0; c < C; ++c) o[c * 2 * F + j] = w[static_cast<size_t>(row * C + c)];
+                    for (int64_t c = 0; c < C; ++c) o[c * 2 * F + j] = w[static_cast<size_t>(j * C + c)];
                 }
               } else if (part == 2) {  // (C, F) -> (F, C)
                 const std::vector<float> w =

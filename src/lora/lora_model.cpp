@@ -98,15 +98,15 @@ void LoraModel::add_moe_layers(const Model& model) {
   // the expansion there lists full module paths, which its conversion leaves alone), and so
   // do we; --target-parameters adds the experts.
   // gpt-oss: PEFT 0.21's all-linear adapts the attention only (its router and fused experts
-  // are no Linears, and its expansion leaves them out); LoRA on them is not supported here yet.
+  // are no Linears, and its expansion leaves them out); its experts take LoRA when named
+  // (target_parameters gate_up_proj / down_proj, OpenAI's recipe), its router not here.
   if (s.moe_gpt_oss) {
-    if (!cfg_.target_parameters.empty())
-      fail("LoRA config", "target_parameters on gpt-oss's router or fused experts are not supported yet (all-linear "
-                          "adapts its attention, as PEFT's does)");
-    moe_index_.assign(static_cast<size_t>(s.n_layers), {});
-    return;
-  }
-  if (cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
+    for (int64_t l = 0; l < s.n_layers; ++l)
+      if (cfg_.targets_parameter(moe_router_path(l) + ".weight") ||
+          cfg_.targets_parameter(canonical_to_hf(s, moe_router_path(l)) + ".weight"))
+        fail("LoRA config", "LoRA on gpt-oss's router (target_parameters " + canonical_to_hf(s, moe_router_path(l)) +
+                                ".weight) is not supported yet; its experts (gate_up_proj, down_proj) are");
+  } else if (cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {
       cfg_.gate_up_r = 2 * cfg_.r;

@@ -92,8 +92,9 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
   L.expert_down.resize(static_cast<size_t>(spec.n_experts));
   if (spec.moe_gpt_oss) {
     // The router's bias; each expert's slice of the fused tensors: gate_up (C, 2F), columns
-    // interleaved gate, up, gate, ... -> our (2F, C) Linear of gate rows then up rows; down
-    // (F, C) -> (C, F). Biases the same way. (An MXFP4 file is read expert by expert.)
+    // interleaved gate, up, gate, ... -> our (2F, C) Linear with its rows in that order (the
+    // op takes gate and up with a stride of 2, and PEFT's LoRA rows on gate_up_proj are in
+    // that order too); down (F, C) -> (C, F). (An MXFP4 file is read expert by expert.)
     const std::string rb = layer_tensor_name(l, kMoeRouterModule, "bias");
     L.router.set_bias(src.get(rb));
     progress(rb);
@@ -103,9 +104,8 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
       const std::vector<float> gu = src.get_slice(gun, e), gub = src.get_slice(gubn, e);
       std::vector<float> w(static_cast<size_t>(2 * F * C)), b(static_cast<size_t>(2 * F));
       for (int64_t j = 0; j < 2 * F; ++j) {
-        const int64_t row = (j % 2) * F + j / 2;  // column j: gate j/2 (even j) or up j/2 (odd j)
-        b[static_cast<size_t>(row)] = gub[static_cast<size_t>(j)];
-        for (int64_t c = 0; c < C; ++c) w[static_cast<size_t>(row * C + c)] = gu[static_cast<size_t>(c * 2 * F + j)];
+        b[static_cast<size_t>(j)] = gub[static_cast<size_t>(j)];
+        for (int64_t c = 0; c < C; ++c) w[static_cast<size_t>(j * C + c)] = gu[static_cast<size_t>(c * 2 * F + j)];
       }
       QuantLinear& q = L.expert_gate_up[static_cast<size_t>(e)];
       q = QuantLinear(std::move(w), 2 * F, C, opt.quant, opt.compute_dtype);

@@ -49,6 +49,7 @@ struct LayerWeights {
   // rows, then up rows; transformers 5's gate_up_proj[e], the parameter PEFT adapts) and
   // its down projection (C, expert_ffn), quantized like the block Linears.
   QuantLinear router, shared_gate;
+  // (gpt-oss's expert_gate_up rows are gate and up interleaved, as its checkpoints' columns.)
   // (n_heads) attention sink logits (spec.attn_sinks: gpt-oss), else empty.
   std::vector<float> attn_sinks;
   std::vector<QuantLinear> expert_gate_up, expert_down;

@@ -170,8 +170,13 @@ void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<in
   be.round(a.gu.data(), n * 2 * F, r.dtype);
   a.gate.resize(static_cast<size_t>(n * F));
   a.up.resize(static_cast<size_t>(n * F));
-  be.slice_forward(a.gate.data(), a.gu.data(), n, 2 * F, 0, F, 1, 0);
-  be.slice_forward(a.up.data(), a.gu.data(), n, 2 * F, F, F, 1, 0);
+  if (s.moe_gpt_oss) {  // (gate and up rows interleaved: LayerWeights)
+    be.slice_forward(a.gate.data(), a.gu.data(), n, 2 * F, 0, 1, F, 2);
+    be.slice_forward(a.up.data(), a.gu.data(), n, 2 * F, 1, 1, F, 2);
+  } else {
+    be.slice_forward(a.gate.data(), a.gu.data(), n, 2 * F, 0, F, 1, 0);
+    be.slice_forward(a.up.data(), a.gu.data(), n, 2 * F, F, F, 1, 0);
+  }
   a.h.resize(static_cast<size_t>(n * F));
   if (s.moe_gpt_oss)
     clamped_swiglu_forward(a.h.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha, s.swiglu_limit, r.dtype);
@@ -353,8 +358,13 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     else
       be.gated_act_backward(MlpKind::SwiGLU, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
     dgu.assign(static_cast<size_t>(n * 2 * F), 0.0f);
-    be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
-    be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);
+    if (s.moe_gpt_oss) {
+      be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, 1, F, 2);
+      be.slice_backward(dgu.data(), dup.data(), n, 2 * F, 1, 1, F, 2);
+    } else {
+      be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
+      be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);
+    }
     dxe.assign(static_cast<size_t>(n * C), 0.0f);
     be.linear_backward(dxe.data(), dgu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora,
                        guc, tile.data(), ls);

@@ -196,9 +196,10 @@ TEST(GptOss, LlamaCppGgufsGiveItsLogits) {
   }
 }
 
-// PEFT's all-linear on gpt-oss adapts the attention only; LoRA on its fused experts or
-// router (target_parameters) is refused, saying so.
-TEST(GptOss, LoraIsTheAttentionsAndExpertTargetsAreRefused) {
+// PEFT's all-linear on gpt-oss adapts the attention only; its experts take LoRA when named
+// (target_parameters, OpenAI's recipe: the fixture's adapter, run through test_families.cpp),
+// its router is refused, saying so.
+TEST(GptOss, AllLinearIsTheAttentionExpertsWhenNamedRouterRefused) {
   const Model m = load(dir());
   LoraConfig c;
   c.r = 4;
@@ -207,12 +208,18 @@ TEST(GptOss, LoraIsTheAttentionsAndExpertTargetsAreRefused) {
   const LoraModel lm(m, c);
   EXPECT_EQ(lm.layers().size(), 4u * static_cast<size_t>(m.spec().n_layers));
   for (const LoraLayer& l : lm.layers()) EXPECT_NE(l.module_path.find(".self_attn."), std::string::npos) << l.module_path;
-  c.target_parameters = {"gate_up_proj"};
+  c.target_parameters = {"1.mlp.experts.gate_up_proj"};  // (one layer, as OpenAI's recipe names them)
+  const LoraModel ex(m, c);
+  EXPECT_EQ(ex.layers().size(), 4u * static_cast<size_t>(m.spec().n_layers) + static_cast<size_t>(m.spec().n_experts));
+  EXPECT_EQ(ex.find_expert(0, 0, 0), nullptr);
+  ASSERT_NE(ex.find_expert(1, 2, 0), nullptr);
+  EXPECT_EQ(ex.find_expert(1, 2, 0)->out, 2 * m.spec().expert_ffn);
+  c.target_parameters = {"router.weight"};
   try {
     LoraModel bad(m, c);
-    ADD_FAILURE() << "LoRA on gpt-oss's experts was accepted";
+    ADD_FAILURE() << "LoRA on gpt-oss's router was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("gpt-oss"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("router"), std::string::npos) << e.what();
   }
 }
 

@@ -146,6 +146,16 @@ FAMILIES = {
     "llama_bias": ("LlamaConfig", dict(rope_theta=10000.0, attention_bias=True, mlp_bias=True,
                                        tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
+    # Ministral-8B-2410: a window on chosen layers (layer_types).
+    "ministral": ("MinistralConfig", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False, head_dim=16,
+                                          layer_types=["sliding_attention", "full_attention"])),
+    # Ministral 3's language model: yarn, and llama 4's attention temperature, here with a period
+    # of 8 positions so that the prompt crosses two (the released models' is 16384).
+    "ministral3": ("Ministral3Config", dict(head_dim=16, tie_word_embeddings=False,
+                                            rope_parameters={"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0,
+                                                             "original_max_position_embeddings": 8, "beta_fast": 32.0,
+                                                             "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                                             "llama_4_scaling_beta": 0.5})),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -981,7 +991,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss")
+                "gemma3", "gpt_oss", "ministral3")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

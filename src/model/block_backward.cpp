@@ -39,6 +39,12 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       }
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
         if (!s.layer_rotates(r.layer)) break;
+        if (o.query && r.q_scale) {  // through q * scale(position)
+          const int64_t W = o.heads * s.head_dim;
+          for (int64_t t = 0; t < T; ++t)
+            if (r.q_scale[t] != 1.0f)
+              for (int64_t i = 0; i < W; ++i) g(o.out)[t * W + i] *= r.q_scale[t];
+        }
         be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {

@@ -72,6 +72,15 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::Rope:
         if (!s.layer_rotates(r.layer)) break;  // (a NoPE layer: q and k as projected)
         be.rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
+        if (o.query && r.q_scale) {  // (Ministral 3: q * scale(position), rounded)
+          const int64_t W = o.heads * s.head_dim;
+          for (int64_t t = 0; t < T; ++t)
+            if (r.q_scale[t] != 1.0f) {
+              float* row = out + t * W;
+              for (int64_t i = 0; i < W; ++i) row[i] *= r.q_scale[t];
+              be.round(row, W, r.dtype);
+            }
+        }
         break;
       case BlockOpKind::Attention: {
         const float* k = in1;

@@ -38,10 +38,11 @@ void BlockProgram::add_linear(int out, int in, int which) {
   op(o);
 }
 
-void BlockProgram::add_rope(int buf, int64_t heads) {
+void BlockProgram::add_rope(int buf, int64_t heads, bool query) {
   BlockOp o{BlockOpKind::Rope};
   o.out = o.in0 = buf;
   o.heads = heads;
+  o.query = query;
   o.width = spec_.rope_dims();
   o.round = true;
   op(o);
@@ -214,7 +215,7 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   }
   if (s.positional == PositionalKind::Rotary) {
-    p.add_rope(q, s.n_heads);
+    p.add_rope(q, s.n_heads, /*query=*/true);
     p.add_rope(k, s.n_kv_heads);
   }
   const int att = p.buffer("attention", QD);

@@ -56,6 +56,7 @@ struct BlockOp {
   int64_t rows_per_token = 1, width = 0;
   int linear = -1;               // Linear: index in kBlockLinearModules order
   int64_t heads = 0;             // Rope: heads in the buffer (and width: the rotated dims)
+  bool query = false;            // Rope: the queries' (BlockRun::q_scale applies after it)
   int64_t offset = 0;            // Slice: first column
   int64_t groups = 1, group_stride = 0;
   float factor = 1.0f;           // Scale
@@ -113,7 +114,7 @@ class BlockProgram {
   // Op builders (block_program.cpp): each appends one op over declared buffers.
   void add_norm(int out, int in, NormRole role, int64_t rows, int64_t width, int rstd);
   void add_linear(int out, int in, int which);
-  void add_rope(int buf, int64_t heads);
+  void add_rope(int buf, int64_t heads, bool query = false);
   void add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0);
   void add_clamp(int out, int in, float limit);  // (rounded)
   void add_scale(int out, int in, float factor);  // (rounded)

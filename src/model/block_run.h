@@ -30,6 +30,9 @@ struct BlockRun {
   ComputeDType dtype = ComputeDType::F32;
   int64_t layer = 0;
   int64_t T = 0;
+  // (T) each query token's ModelSpec::q_pos_scale, host memory, or null (none: every model
+  // but Ministral 3's; the CPU backend only).
+  const float* q_scale = nullptr;
   // Training: the lengths of the batch's sequences (summing to T); empty = one sequence.
   std::span<const int64_t> segments;
   // Storage of each buffer (program->buffers() order), T tokens each (probabilities:

@@ -634,6 +634,11 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   run.pos0 = pos0;
   run.adapter = model.adapter();
   run.scratch = scratch;
+  std::vector<float> q_scale;  // (Ministral 3's per-position query scale)
+  if (s.q_pos_scale_beta != 0.0f) {
+    for (int64_t t = 0; t < T; ++t) q_scale.push_back(s.q_pos_scale(st.pos_[t]));
+    run.q_scale = q_scale.data();
+  }
   st.run_blocks(model, run, window_start);
   st.cache_.set_length(pos0 + T);
 
@@ -762,6 +767,11 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   run.caches = caches;
   run.adapter = model.adapter();
   run.scratch = scratch;
+  std::vector<float> q_scale;
+  if (s.q_pos_scale_beta != 0.0f) {
+    for (int64_t i = 0; i < N; ++i) q_scale.push_back(s.q_pos_scale(work.pos_[static_cast<size_t>(i)]));
+    run.q_scale = q_scale.data();
+  }
   work.run_blocks(model, run, window_start);
   for (KVCache* c : caches) c->set_length(c->length() + 1);
 

@@ -115,6 +115,8 @@ void ModelSpec::validate(const std::string& where) const {
   } else if (shared_expert) {
     fail(where, "a shared expert without experts");
   }
+  if (q_pos_scale_beta != 0.0f && (!std::isfinite(q_pos_scale_beta) || q_pos_scale_period <= 0))
+    fail(where, "llama_4_scaling_beta needs a finite beta and a positive original_max_position_embeddings");
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");

@@ -7,6 +7,7 @@
 // attention (with qwen3's per-head q/k norms and mistral's sliding window), SwiGLU MLP. The enums below name the block variants other families need
 // (gpt2: LayerNorm + learned positions + GELU MLP; gpt_neox: partial rotary, parallel
 // residual; opt: ReLU MLP) so that adding one is adding a spec and a few block variants.
+#include <cmath>
 #include <cstdint>
 #include <array>
 #include <string>
@@ -266,6 +267,15 @@ struct ModelSpec {
   bool moe_gpt_oss = false;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
   bool moe() const { return n_experts > 0; }
+  // Ministral 3's (llama 4's) attention temperature: rotated queries at position p are
+  // multiplied by 1 + q_pos_scale_beta * ln(1 + floor(p / q_pos_scale_period)) (rounded to the
+  // compute dtype), which is exactly 1 before the first period. 0: none.
+  float q_pos_scale_beta = 0.0f;
+  int64_t q_pos_scale_period = 0;
+  float q_pos_scale(int64_t pos) const {
+    return 1.0f + q_pos_scale_beta *
+                      std::log(1.0f + std::floor(static_cast<float>(pos) / static_cast<float>(q_pos_scale_period)));
+  }
   // Per-head attention sinks (gpt-oss: self_attn.sinks, (n_heads)): a learned logit per head
   // that joins each softmax's denominator (the max taken over it too) and is then dropped.
   bool attn_sinks = false;

@@ -71,6 +71,7 @@ struct TrainWorkspace::Impl {
   std::vector<int64_t> seg;              // the sequences' lengths
   std::vector<int> tokens, targets;      // (T) the batch's inputs and targets
   std::vector<int32_t> pos;              // (T) positions
+  std::vector<float> q_scale;            // (T) ModelSpec::q_pos_scale of each position, or empty
   std::vector<LoraRng> rng_at_block;     // generator state at each block's forward
   std::vector<float> cos_host, sin_host; // (T, HS/2) staging for the rotary tables
   std::vector<int32_t> key_start_host;   // (T) staging for the key windows
@@ -195,6 +196,7 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   r.cos = (local ? w.cos_l : w.cos).data();
   r.sin = (local ? w.sin_l : w.sin).data();
   r.key_start = layer_key_start(w, s, l);
+  if (!w.q_scale.empty()) r.q_scale = w.q_scale.data();
   r.adapter = &lm;
   r.lora_caches = b.lc.data();
   r.scratch = w.scratch;
@@ -304,6 +306,9 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
     be.synchronize();
   }
   upload_rope_tables(w, w.cos, w.sin, s, s.rope_theta, s.rope_scaling);
+  w.q_scale.clear();  // (Ministral 3's per-position query scale, host memory)
+  if (s.q_pos_scale_beta != 0.0f)
+    for (int32_t p : w.pos) w.q_scale.push_back(s.q_pos_scale(p));
   if (s.rope_local) upload_rope_tables(w, w.cos_l, w.sin_l, s, s.rope_theta_local, s.rope_scaling_local);
   w.rng_at_block.clear();
   w.hf.ensure(be, T * C);

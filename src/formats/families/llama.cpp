@@ -36,7 +36,66 @@ void mistral_write(const ModelSpec& s, ordered_json& j) {
   j["sliding_window"] = s.sliding_window > 0 ? ordered_json(s.sliding_window) : ordered_json();
 }
 
+// ministral (Ministral-8B-Instruct-2410): Mistral's block with a window per layer (layer_types;
+// MinistralConfig slides every layer when sliding_window is set and layer_types is not).
+void ministral_read(const json& j, const std::string& where, ModelSpec& s) {
+  mistral_read(j, where, s);
+  if (auto lt = config::sliding_layer_types(j, s.n_layers, where)) s.sliding_layers = std::move(*lt);
+}
+
+void write_layer_types(const ModelSpec& s, ordered_json& j) {
+  if (s.sliding_layers.empty()) return;
+  ordered_json lt = ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l) lt.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
+  j["layer_types"] = lt;
+}
+
+void ministral_write(const ModelSpec& s, ordered_json& j) {
+  mistral_write(s, j);
+  write_layer_types(s, j);
+}
+
+// ministral3 (the language model of Ministral 3 3B / 8B / 14B): Mistral's block, yarn, and
+// llama 4's attention temperature (rope_parameters.llama_4_scaling_beta over
+// original_max_position_embeddings: ModelSpec::q_pos_scale_beta).
+void ministral3_read(const json& j, const std::string& where, ModelSpec& s) {
+  ministral_read(j, where, s);
+  const json* rp = config::find_key(j, "rope_parameters");
+  if (!rp) rp = config::find_key(j, "rope_scaling");
+  if (rp && rp->is_object() && config::find_key(*rp, "llama_4_scaling_beta")) {
+    s.q_pos_scale_beta = config::get_float(*rp, "llama_4_scaling_beta", where, 0.0f);
+    s.q_pos_scale_period = config::get_int(*rp, "original_max_position_embeddings", where, 0);
+    if (s.q_pos_scale_beta != 0.0f && s.q_pos_scale_period <= 0)
+      fail(where, "llama_4_scaling_beta needs rope_parameters.original_max_position_embeddings");
+  }
+}
+
+void ministral3_write(const ModelSpec& s, ordered_json& j) {
+  ministral_write(s, j);
+  if (s.q_pos_scale_beta == 0.0f) return;
+  // (transformers 5's form: rope_parameters, which keeps the beta beside the rotary's keys)
+  ordered_json rp = config::rope_parameters_json(s.rope_theta, s.rope_scaling);
+  rp["llama_4_scaling_beta"] = s.q_pos_scale_beta;
+  rp["original_max_position_embeddings"] = s.q_pos_scale_period;
+  j["rope_parameters"] = rp;
+  j.erase("rope_scaling");
+  j.erase("rope_theta");
+}
+
 }  // namespace
+
+const ModelFamily kMinistral = [] {
+  ModelFamily f{"ministral", "MinistralForCausalLM", "", 0, 32768, 10000.0f, false, false, ministral_read,
+                ministral_write};
+  f.no_gguf_reason = "qlora does not write ministral GGUFs yet (llama.cpp runs them as its llama architecture)";
+  return f;
+}();
+const ModelFamily kMinistral3 = [] {
+  ModelFamily f{"ministral3", "Ministral3ForCausalLM", "", 128, 262144, 1000000.0f, false, false, ministral3_read,
+                ministral3_write};
+  f.no_gguf_reason = "qlora does not read or write Ministral 3 GGUFs yet (llama.cpp's mistral3 architecture)";
+  return f;
+}();
 
 const ModelFamily kLlama{"llama", "LlamaForCausalLM", "llama", 0, 2048, 10000.0f, false, false,
                          llama_read, llama_write, nullptr};

@@ -71,6 +71,8 @@ read_time() {
 
 ROWS=()  # "threads|stack|tok/s|peak bytes|train rss bytes|cpu s|wall s"
 COMMON_LORA=(--lora-r 16 --lora-alpha 16 --lora-dropout "${LORA_DROPOUT:-0.05}")
+# TARGET_PARAMETERS=gate_up_proj,down_proj: LoRA on MoE experts too, on both sides (PEFT's target_parameters)
+[[ -n "${TARGET_PARAMETERS:-}" ]] && COMMON_LORA+=(--target-parameters "$TARGET_PARAMETERS")
 # PY_MODEL_DIR: the Python side's Hugging Face directory when MODEL is not the SmolLM2 GGUF
 # (MODEL itself, for a directory); PY_COMPUTE: bitsandbytes' compute dtype for py-nf4.
 PY_MODEL_ARGS=()

@@ -506,7 +506,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "arcee": "arcee", "nemotron": "nemotron",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
-             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss"}
+             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -888,6 +888,11 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             w.add_expert_feed_forward_length(c.moe_intermediate_size)
         if getattr(c, "shared_expert_intermediate_size", None):
             w.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
+    if arch == "mistral3":  # as convert_hf_to_gguf.py's Ministral3Model (a LlamaModel)
+        w.add_rope_scaling_yarn_beta_fast(rp["beta_fast"])
+        w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
+        w.add_rope_scaling_yarn_log_mul(rp["mscale_all_dim"])
+        w.add_attn_temperature_scale(rp["llama_4_scaling_beta"])
     if arch == "gpt-oss":  # as convert_hf_to_gguf.py's GptOssModel (llama.cpp slides on even layers)
         w.add_sliding_window(c.sliding_window)
         w.add_expert_feed_forward_length(c.intermediate_size)
@@ -954,9 +959,9 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             mod, suffix = rest.rsplit(".", 1)
             if mod == "mlp.shared_expert_gate":  # (1, C): llama.cpp's is one row of n_embd
                 t = t.reshape(-1)
-            if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.q_proj":
+            if arch in ("llama", "granite", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.q_proj":
                 t = permute(t, c.num_attention_heads)
-            if arch in ("llama", "granite", "smollm3", "olmo", "arcee") and mod == "self_attn.k_proj":
+            if arch in ("llama", "granite", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
             if arch == "glm4":  # convert_hf_to_gguf.py's Glm4Model names

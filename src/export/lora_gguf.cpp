@@ -24,9 +24,9 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
                        (fam && !fam->no_gguf_reason.empty() ? std::string(fam->no_gguf_reason)
                                                             : "llama.cpp has no architecture for it") +
                        "; use the PEFT adapter directory)");
-  if (spec.moe_gpt_oss)
-    fail(out_path, "llama.cpp LoRA export of model_type 'gpt_oss' is not supported (" + std::string(fam->no_gguf_reason) +
-                       "; use the PEFT adapter directory)");
+  if (!fam->no_gguf_reason.empty())  // (read, not written: gpt_oss, ministral3)
+    fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (" +
+                       std::string(fam->no_gguf_reason) + "; use the PEFT adapter directory)");
   const std::string arch(fam->export_arch());
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).

@@ -104,7 +104,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                                                       : std::string(fam->no_gguf_reason)) +
                              " (no GGUF form: merge to a Hugging Face directory instead)"
                        : "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
-  if (s.moe_gpt_oss) fail(out_path, std::string(fam->no_gguf_reason) + " (merge to a Hugging Face directory instead)");
+  if (!fam->no_gguf_reason.empty())  // (read, not written: gpt_oss, ministral3)
+    fail(out_path, std::string(fam->no_gguf_reason) + " (merge to a Hugging Face directory instead)");
   const std::string arch(fam->export_arch());
   if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")
     fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");

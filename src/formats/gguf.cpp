@@ -798,6 +798,14 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.rope_scaling_attn_factor = f.get_f32_or(a + "rope.scaling.attn_factor", 0.0f);
   if (!(hp.rope_scaling_attn_factor >= 0) || !std::isfinite(hp.rope_scaling_attn_factor))
     fail(f.path(), "metadata key " + quote(a + "rope.scaling.attn_factor") + " must be positive");
+  hp.yarn_beta_fast = f.get_f32_or(a + "rope.scaling.yarn_beta_fast", 0.0f);
+  hp.yarn_beta_slow = f.get_f32_or(a + "rope.scaling.yarn_beta_slow", 0.0f);
+  hp.yarn_log_mul = f.get_f32_or(a + "rope.scaling.yarn_log_multiplier", -1.0f);
+  hp.attn_temperature_scale = f.get_f32_or(a + "attention.temperature_scale", 0.0f);
+  if (f.has(a + "attention.temperature_length"))
+    hp.attn_temperature_length = size_key(a + "attention.temperature_length", std::nullopt);
+  for (float v : {hp.yarn_beta_fast, hp.yarn_beta_slow, hp.attn_temperature_scale})
+    if (!std::isfinite(v) || v < 0.0f) fail(f.path(), "a yarn beta or the attention temperature scale is not a finite non-negative number");
   if (hp.rope_scaling_type == "yarn" && hp.rope_scaling_original_context <= 0)
     fail(f.path(), "yarn rope scaling needs " + quote(a + "rope.scaling.original_context_length"));
   // (LayerNorm architectures, gpt2, store their epsilon under layer_norm_epsilon.)
@@ -849,7 +857,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3" ||
-                        hp.architecture == "olmo" || hp.architecture == "arcee";
+                        hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
   return hp;
 }
 

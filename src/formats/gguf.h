@@ -232,6 +232,12 @@ struct GgufLlamaHParams {
   float rope_scaling_factor = 1.0f;
   int64_t rope_scaling_original_context = 0;
   float rope_scaling_attn_factor = 0.0f;  // {arch}.rope.scaling.attn_factor (phi3 longrope; 0: absent)
+  // yarn's .rope.scaling.yarn_beta_fast / _slow (0: absent) and .yarn_log_multiplier
+  // (transformers' mscale_all_dim; -1: absent); llama 4's .attention.temperature_scale /
+  // _length (Ministral 3's llama_4_scaling_beta and its period; 0: absent).
+  float yarn_beta_fast = 0.0f, yarn_beta_slow = 0.0f, yarn_log_mul = -1.0f;
+  float attn_temperature_scale = 0.0f;
+  int64_t attn_temperature_length = 0;
   // gemma2: {arch}.attn_logit_softcapping, .final_logit_softcapping (0: absent),
   // .attention.sliding_window (0: none).
   float attn_softcap = 0.0f, final_softcap = 0.0f;

@@ -553,6 +553,8 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     s.rope_scaling.original_max_positions = hp.rope_scaling_original_context;
     s.rope_scaling.attention_factor =
         hp.rope_scaling_factor <= 1.0f ? 1.0f : static_cast<float>(0.1 * std::log(hp.rope_scaling_factor) + 1.0);
+    if (hp.yarn_beta_fast > 0.0f) s.rope_scaling.beta_fast = hp.yarn_beta_fast;
+    if (hp.yarn_beta_slow > 0.0f) s.rope_scaling.beta_slow = hp.yarn_beta_slow;
   }
   // llama.cpp's llama3 scaling: per-frequency divisors in a tensor.
   if (const GgufTensorInfo* rf = src.file().find_tensor("rope_freqs.weight")) {

@@ -534,6 +534,30 @@ TEST(FamiliesGguf, VariantsLlamaCppKeysOnTheLayerCountAreRefusedElsewhere) {
   expect_gguf_merge_refused("cohere_qk", "cohere", "64-layer");
 }
 
+// llama.cpp's mistral3 GGUF of Ministral 3 (the fixture's, written as convert_hf_to_gguf.py's
+// Ministral3Model does: llama's q/k rows, yarn with its log multiplier, the attention
+// temperature; llama.cpp ran it within 1.6e-5 of transformers) gives transformers' logits,
+// the temperature's periods crossed; writing one is refused by name.
+TEST(FamiliesGguf, Ministral3GgufGivesTransformersLogits) {
+  const Fixture x = read_fixture("ministral3");
+  const Model m = load_path(family_dir("ministral3") + "/model.gguf");
+  EXPECT_EQ(m.spec().family, "ministral3");
+  EXPECT_EQ(m.spec().q_pos_scale_beta, 0.5f);
+  EXPECT_EQ(m.spec().q_pos_scale_period, 8);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "ministral3 gguf");
+  ModelFiles f = open_model_files(family_dir("ministral3") + "/model.gguf");
+  TempDir tmp("ministral3_gguf");
+  GgufExportOptions o;
+  o.log = false;
+  try {
+    write_merged_gguf(m, f, {}, tmp.path("m.gguf"), o, false);
+    ADD_FAILURE() << "a Ministral 3 GGUF was written";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not write"), std::string::npos) << e.what();
+  }
+}
+
 TEST(FamiliesGguf, GptjMergeToGgufSaysLlamaCppHasNoGraph) {
   ModelFiles files = open_model_files(family_dir("gptj"));
   const Model m = load_path(family_dir("gptj"));

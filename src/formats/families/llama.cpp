@@ -1,6 +1,9 @@
 // The llama family proper (LLaMA 1/2/3, SmolLM, TinyLlama, ...) and Mistral.
+#include <cmath>
+
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -82,6 +85,22 @@ void ministral3_write(const ModelSpec& s, ordered_json& j) {
   j.erase("rope_theta");
 }
 
+// llama.cpp's mistral3 (Ministral 3): llama's rows, yarn whose attention factor is
+// mscale(s, 1) / mscale(s, yarn_log_multiplier) (transformers' mscale / mscale_all_dim, 1 on the
+// released models), and the attention temperature over temperature_length, else yarn's
+// original context.
+void ministral3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  if (s.rope_scaling.type == RopeScaling::Type::Yarn && hp.yarn_log_mul >= 0.0f) {
+    const double sc = s.rope_scaling.factor;
+    auto mscale = [&](double m) { return sc <= 1.0 ? 1.0 : 0.1 * m * std::log(sc) + 1.0; };
+    s.rope_scaling.attention_factor = static_cast<float>(mscale(1.0) / mscale(hp.yarn_log_mul));
+  }
+  if (hp.attn_temperature_scale > 0.0f) {
+    s.q_pos_scale_beta = hp.attn_temperature_scale;
+    s.q_pos_scale_period = hp.attn_temperature_length > 0 ? hp.attn_temperature_length : hp.rope_scaling_original_context;
+  }
+}
+
 }  // namespace
 
 const ModelFamily kMinistral = [] {
@@ -91,9 +110,9 @@ const ModelFamily kMinistral = [] {
   return f;
 }();
 const ModelFamily kMinistral3 = [] {
-  ModelFamily f{"ministral3", "Ministral3ForCausalLM", "", 128, 262144, 1000000.0f, false, false, ministral3_read,
-                ministral3_write};
-  f.no_gguf_reason = "qlora does not read or write Ministral 3 GGUFs yet (llama.cpp's mistral3 architecture)";
+  ModelFamily f{"ministral3", "Ministral3ForCausalLM", "mistral3", 128, 262144, 1000000.0f, false, false,
+                ministral3_read, ministral3_write, ministral3_gguf};
+  f.no_gguf_reason = "qlora reads llama.cpp's mistral3 (Ministral 3) GGUFs but does not write them yet";
   return f;
 }();
 

@@ -121,8 +121,8 @@ def main():
             # vocabularies do not have.)
             lora, merged = Path(tmp) / f"g{fams.index(f)}-lora.gguf", Path(tmp) / f"g{fams.index(f)}-merged.gguf"
             cfg = json.loads((FIX / f / "config.json").read_text())
-            if cfg["model_type"] == "gpt_oss":
-                print(json.dumps({"family": f, "llama_cpp": "skipped: qlora reads gpt-oss GGUFs but does not write them"}))
+            if cfg["model_type"] == "gpt_oss" and cfg.get("swiglu_limit", 7.0) != 7.0:
+                print(json.dumps({"family": f, "llama_cpp": "skipped: llama.cpp's gpt-oss hard-codes swiglu_limit 7"}))
                 continue
             if cfg["model_type"] == "phi3" and cfg.get("sliding_window"):
                 # llama.cpp switches phi3's sliding window off ("Phi SWA is currently disabled"):

@@ -24,9 +24,14 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
                        (fam && !fam->no_gguf_reason.empty() ? std::string(fam->no_gguf_reason)
                                                             : "llama.cpp has no architecture for it") +
                        "; use the PEFT adapter directory)");
-  if (!fam->no_gguf_reason.empty())  // (read, not written: gpt_oss, ministral3)
+  if (!fam->no_gguf_reason.empty())  // (read, not written: ministral3)
     fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (" +
                        std::string(fam->no_gguf_reason) + "; use the PEFT adapter directory)");
+  if (spec.moe_gpt_oss)  // (its attention's LoRA goes out as any llama.cpp LoRA; the experts' not yet)
+    for (const LoraLayer& L : adapter.lora->layers())
+      if (L.module_path.find(".mlp.") != std::string::npos)
+        fail(out_path, "a llama.cpp LoRA GGUF of gpt-oss's expert LoRA ('" + L.module_path +
+                           "') is not written yet: merge the adapter (qlora merge --out x.gguf), or use the PEFT directory");
   const std::string arch(fam->export_arch());
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).

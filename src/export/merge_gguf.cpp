@@ -104,8 +104,21 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                                                       : std::string(fam->no_gguf_reason)) +
                              " (no GGUF form: merge to a Hugging Face directory instead)"
                        : "GGUF export of model_type '" + s.family + "' is not supported (" + supported_model_types() + ")");
-  if (!fam->no_gguf_reason.empty())  // (read, not written: gpt_oss, ministral3)
+  if (!fam->no_gguf_reason.empty())  // (read, not written: ministral3)
     fail(out_path, std::string(fam->no_gguf_reason) + " (merge to a Hugging Face directory instead)");
+  if (s.moe_gpt_oss) {  // llama.cpp's gpt-oss graph: its constants, its window pattern
+    if (s.swiglu_limit != 7.0f || s.swiglu_alpha != 1.702f)
+      fail(out_path, "llama.cpp's gpt-oss graph clamps its experts at 7 with alpha 1.702; this model's swiglu_limit " +
+                         std::to_string(s.swiglu_limit) + " / alpha " + std::to_string(s.swiglu_alpha) + ": no GGUF form");
+    for (int64_t l = 0; l < s.n_layers; ++l)
+      if (s.layer_slides(l) != (s.sliding_window > 0 && l % 2 == 0))
+        fail(out_path, "llama.cpp's gpt-oss slides the even layers; this model's windows differ: no GGUF form");
+    if (s.rope_scaling.type == RopeScaling::Type::Yarn && !s.rope_scaling.truncate && opt.log)
+      std::fprintf(stderr,
+                   "note: %s: llama.cpp rounds yarn's correction range (truncate) where this model's config does not, "
+                   "as llama.cpp's own converter leaves it: the GGUF runs llama.cpp's gpt-oss\n",
+                   out_path.c_str());
+  }
   const std::string arch(fam->export_arch());
   if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")
     fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");
@@ -139,7 +152,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee";
   if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
-    const bool norm = arch == "llama" || arch == "qwen3moe";
+    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
                          " the chosen experts' weights, and this model " + (s.norm_topk ? "does" : "does not") +
@@ -165,8 +178,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
-    if (arch == "qwen2moe" || arch == "qwen3moe")
+    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss")
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
+    if (arch == "gpt-oss" && s.sliding_window > 0)
+      w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
     if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
   }
   w.set_f32(a + "rope.freq_base", s.rope_theta);
@@ -309,6 +324,65 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     return *part < 0 || name != layer_tensor_name(l, expert_module(e, *part)) ? int64_t{-1} : int64_t{e};
   };
   for (const TensorSpec& spec_t : specs) {
+    if (s.moe_gpt_oss && spec_t.name.find(".mlp.experts.") != std::string::npos) {
+      // gpt-oss's fused experts as llama.cpp's separate 3-D gate / up / down exps and their
+      // (experts, rows) biases, as convert_hf_to_gguf.py's GptOssModel splits them.
+      int64_t l = 0;
+      int part = -1;
+      for (int p = 0; p < 4 && part < 0; ++p)
+        for (int64_t ll = 0; ll < s.n_layers && part < 0; ++ll)
+          if (spec_t.name == fused_expert_name(ll, p)) part = p, l = ll;
+      if (part < 0) fail(out_path, "no GGUF name for tensor '" + spec_t.name + "'");
+      const int64_t E = s.n_experts, F = s.expert_ffn, C = s.hidden;
+      const std::string hf = spec_t.name, blk = "blk." + std::to_string(l) + ".";
+      for (int half = 0; half < (part < 2 ? 2 : 1); ++half) {  // gate_up: gate then up
+        const bool bias = part == 1 || part == 3;
+        const std::string gname = blk + (part < 2 ? (half ? "ffn_up_exps" : "ffn_gate_exps") : "ffn_down_exps") +
+                                  (bias ? ".bias" : ".weight");
+        const int64_t rows = part < 2 ? F : C, cols = part < 2 ? C : F;
+        GgmlType type = bias ? GgmlType::F32 : opt.type;
+        if (!bias && opt.q4_k_m) {
+          type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
+          if (cols % kQK_K != 0) fell_back.push_back(gname);
+        } else if (!bias && ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
+          fell_back.push_back(gname);
+          type = GgmlType::F16;
+        }
+        const std::vector<int64_t> shape = bias ? std::vector<int64_t>{E, rows} : std::vector<int64_t>{E, rows, cols};
+        w.add_tensor(gname, type, shape, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname] {
+          const std::vector<float> v = merged_tensor_values(model, hf, adapters);  // transformers' fused form
+          std::vector<float> out;
+          for (int64_t e = 0; e < E; ++e)
+            if (part == 0) {  // (C, 2F) interleaved -> (F, C) rows of gate or up
+              const float* x = v.data() + e * C * 2 * F;
+              for (int64_t f = 0; f < F; ++f)
+                for (int64_t c = 0; c < C; ++c) out.push_back(x[c * 2 * F + 2 * f + half]);
+            } else if (part == 1) {
+              for (int64_t f = 0; f < F; ++f) out.push_back(v[static_cast<size_t>(e * 2 * F + 2 * f + half)]);
+            } else if (part == 2) {  // (F, C) -> (C, F)
+              const float* x = v.data() + e * F * C;
+              for (int64_t c = 0; c < C; ++c)
+                for (int64_t f = 0; f < F; ++f) out.push_back(x[f * C + c]);
+            } else {
+              out.insert(out.end(), v.begin() + e * C, v.begin() + (e + 1) * C);
+            }
+          if (bar) bar->update(++*done, gname);
+          return encode(out, type);
+        });
+      }
+      continue;
+    }
+    if (s.attn_sinks && spec_t.name.ends_with(".self_attn.sinks")) {
+      const std::string hf = spec_t.name;
+      const std::string gname = "blk." + hf.substr(std::string("model.layers.").size(),
+                                                   hf.find(".self_attn.") - std::string("model.layers.").size()) +
+                                ".attn_sinks.weight";
+      w.add_tensor(gname, GgmlType::F32, spec_t.shape, [&model, &adapters, &bar, done, hf, gname] {
+        if (bar) bar->update(++*done, gname);
+        return encode(merged_tensor_values(model, hf, adapters), GgmlType::F32);
+      });
+      continue;
+    }
     int64_t el = 0;
     int ep = 0;
     const int64_t expert = s.moe() && spec_t.name.find(".mlp.experts.") != std::string::npos

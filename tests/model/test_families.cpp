@@ -895,7 +895,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere",
                                            "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe", "olmo3", "exaone4_nowin", "glm4",
                                            "stablelm_qk",
-                                           "qwen3_moe", "olmoe"),
+                                           "qwen3_moe", "olmoe", "gpt_oss_gguf"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

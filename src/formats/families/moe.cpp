@@ -249,12 +249,11 @@ constexpr HfRename kGptOssRenames[] = {{".mlp.router.", ".mlp.gate."}};
 constexpr GgufLayerName kGptOssGgufNames[] = {{"post_attention_norm", "post_attention_layernorm"}};
 
 const ModelFamily kGptOss = [] {
-  // (llama.cpp's gpt-oss GGUFs (MXFP4 experts) are not read or written yet)
+  // (llama.cpp's gpt-oss GGUFs: read with MXFP4 or float experts, written with ggml's usual types)
   ModelFamily f{"gpt_oss", "GptOssForCausalLM", "gpt-oss", 64, 131072, 150000.0f, false, false, gpt_oss_read,
                 gpt_oss_write, gpt_oss_gguf};
   f.hf_renames = kGptOssRenames;
   f.gguf_layer_names = kGptOssGgufNames;
-  f.no_gguf_reason = "qlora reads llama.cpp's gpt-oss GGUFs but does not write them yet";
   return f;
 }();
 const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "olmoe", 0, 4096, 10000.0f, false, false, olmoe_read,

@@ -46,7 +46,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
-                          arch == "arcee";
+                          arch == "arcee" || arch == "mistral3";
   // llama.cpp scales every adapted tensor by alpha / (its lora_a's rank): a layer of another
   // rank or alpha (the experts' gate_up_proj under PEFT's all-linear: 2r, 2 alpha) gets the
   // difference folded into its B.

@@ -150,7 +150,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
-                          arch == "arcee";
+                          arch == "arcee" || arch == "mistral3";
   if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss";
     if (s.norm_topk != norm)
@@ -229,6 +229,25 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_string(a + "rope.scaling.type", "yarn");
     w.set_f32(a + "rope.scaling.factor", rs.factor);
     w.set_u32(a + "rope.scaling.original_context_length", static_cast<uint32_t>(rs.original_max_positions));
+    if (arch == "mistral3") {  // as convert_hf_to_gguf.py's Ministral3Model
+      w.set_f32(a + "rope.scaling.yarn_beta_fast", rs.beta_fast);
+      w.set_f32(a + "rope.scaling.yarn_beta_slow", rs.beta_slow);
+      // (llama.cpp's factor is mscale(s, 1) / mscale(s, log_mul): 1 when log_mul is 1)
+      const double sc = rs.factor, m1 = sc <= 1.0 ? 1.0 : 0.1 * std::log(sc) + 1.0;
+      const double want = rs.attention_factor;
+      if (sc > 1.0 && !(want > 0.0)) fail(out_path, "the yarn attention factor is not positive: no GGUF form");
+      // m1 / (0.1 m ln s + 1) = want  ->  m = (m1 / want - 1) / (0.1 ln s)
+      w.set_f32(a + "rope.scaling.yarn_log_multiplier",
+                sc <= 1.0 ? 1.0f : static_cast<float>((m1 / want - 1.0) / (0.1 * std::log(sc))));
+    }
+  }
+  if (arch == "mistral3" && s.sliding_window > 0)
+    fail(out_path, "llama.cpp's mistral3 has no sliding window; this model has one: no GGUF form");
+  if (arch == "mistral3" && s.q_pos_scale_beta != 0.0f) {
+    if (rs.type != RopeScaling::Type::Yarn || s.q_pos_scale_period != rs.original_max_positions)
+      fail(out_path, "llama.cpp's mistral3 counts the attention temperature's periods in yarn's original context; "
+                     "this model's differ: no GGUF form");
+    w.set_f32(a + "attention.temperature_scale", s.q_pos_scale_beta);
   }
   w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);

@@ -112,7 +112,6 @@ const ModelFamily kMinistral = [] {
 const ModelFamily kMinistral3 = [] {
   ModelFamily f{"ministral3", "Ministral3ForCausalLM", "mistral3", 128, 262144, 1000000.0f, false, false,
                 ministral3_read, ministral3_write, ministral3_gguf};
-  f.no_gguf_reason = "qlora reads llama.cpp's mistral3 (Ministral 3) GGUFs but does not write them yet";
   return f;
 }();
 

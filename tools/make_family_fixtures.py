@@ -112,6 +112,7 @@ FAMILIES = {
                                                            "beta_slow": 1.0, "truncate": True,
                                                            "original_max_position_embeddings": 32,
                                                            "rope_theta": 150000.0},
+                                          _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
                                           _moe=True)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Vision-language checkpoints, whose language model qlora runs (text only): the config

@@ -27,11 +27,6 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   if (!fam->no_gguf_reason.empty())  // (read, not written: ministral3)
     fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (" +
                        std::string(fam->no_gguf_reason) + "; use the PEFT adapter directory)");
-  if (spec.moe_gpt_oss)  // (its attention's LoRA goes out as any llama.cpp LoRA; the experts' not yet)
-    for (const LoraLayer& L : adapter.lora->layers())
-      if (L.module_path.find(".mlp.") != std::string::npos)
-        fail(out_path, "a llama.cpp LoRA GGUF of gpt-oss's expert LoRA ('" + L.module_path +
-                           "') is not written yet: merge the adapter (qlora merge --out x.gguf), or use the PEFT directory");
   const std::string arch(fam->export_arch());
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
@@ -75,11 +70,15 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
             for (const LoraLayer* x : ex) a.insert(a.end(), x->A.begin(), x->A.end());
             return encode_float_tensor(a, type);
           });
-          w.add_tensor(g + ".lora_b", type, {E, rows, r}, [ex, type, rows, row0, r, factor] {
+          // (gpt-oss keeps gate and up rows interleaved, as its checkpoints: gate 2f, up 2f + 1)
+          const bool interleaved = spec.moe_gpt_oss && part == 0;
+          w.add_tensor(g + ".lora_b", type, {E, rows, r}, [ex, type, rows, row0, r, factor, interleaved, out_part] {
             std::vector<float> b;
             for (const LoraLayer* x : ex)
-              for (int64_t o = row0; o < row0 + rows; ++o)
+              for (int64_t i = 0; i < rows; ++i) {
+                const int64_t o = interleaved ? 2 * i + out_part : row0 + i;
                 for (int64_t k = 0; k < r; ++k) b.push_back(x->B[static_cast<size_t>(o * r + k)] * factor);
+              }
             return encode_float_tensor(b, type);
           });
         }

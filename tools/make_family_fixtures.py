@@ -137,6 +137,24 @@ FAMILIES = {
         _wrapper=dict(vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                          num_attention_heads=2, head_dim=16, image_size=28, patch_size=14),
                       image_token_index=159, tie_word_embeddings=False))),
+    # Qwen2.5-VL / Qwen3-VL: Qwen2's / Qwen3's language model with the multimodal rotary, which
+    # on text is the plain one; Qwen2.5-VL's files name it plain "model.", Qwen3-VL's
+    # "model.language_model.".
+    "qwen2_5_vl": ("Qwen2_5_VLConfig", dict(
+        rope_theta=1000000.0, tie_word_embeddings=False, _text_type="qwen2_5_vl_text",
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        _targets=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                                         patch_size=14, fullatt_block_indexes=[0]),
+                      tie_word_embeddings=False))),
+    "qwen3_vl": ("Qwen3VLConfig", dict(
+        head_dim=16, tie_word_embeddings=False, _text_type="qwen3_vl_text",
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 3, 3],
+                         "mrope_interleaved": True},
+        _targets=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                                         deepstack_visual_indexes=[0]),
+                      tie_word_embeddings=False))),
     "llava": ("LlavaConfig", dict(
         rope_theta=10000.0, tie_word_embeddings=False, _text_type="llama",
         _targets=r".*language_model.*\.(q_proj|v_proj|down_proj)",

@@ -52,21 +52,22 @@ std::vector<float> dense_rows(const DenseWeight& w) {
 // family's Hugging Face names.
 // (Conv1D families, gpt2, get their block Linears back in their (in, out) layout.)
 // The name a merged file gives a canonical tensor: the family's Hugging Face name, and for a
-// vision-language model's language model the form its files use ("language_model.model.",
-// what transformers' save_pretrained writes and every version reads).
-std::string output_name(const ModelSpec& s, const std::string& canonical) {
+// vision-language model's language model the form the source's files use (`stored_embed`:
+// how they name model.embed_tokens.weight).
+std::string output_name(const ModelSpec& s, const std::string& canonical, const std::string& stored_embed) {
   const std::string h = canonical_to_hf(s, canonical);
   if (s.hf_wrapper.empty()) return h;
   const auto text = wrapped_path_to_text(h);
-  return text ? text_to_wrapped_file_name(*text) : h;
+  return text ? text_to_wrapped_file_name(*text, stored_embed) : h;
 }
 
-std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters) {
+std::vector<OutTensor> output_tensors(const Model& model, const std::vector<WeightedAdapter>& adapters,
+                                      const std::string& stored_embed) {
   std::vector<OutTensor> t;
   const ModelFamily* fam = find_family(model.spec().family);
   for (const TensorSpec& ts : model.spec().tensors()) {
     if (fam && fam->conv1d_linears && ts.shape.size() == 2 && is_block_linear_weight(ts.name)) {
-      t.push_back({output_name(model.spec(), ts.name), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
+      t.push_back({output_name(model.spec(), ts.name, stored_embed), {ts.shape[1], ts.shape[0]}, [&model, &adapters, name = ts.name,
                                                                                  shape = ts.shape] {
                      const std::vector<float> v = merged_tensor_values(model, name, adapters);
                      std::vector<float> tr(v.size());
@@ -77,7 +78,7 @@ std::vector<OutTensor> output_tensors(const Model& model, const std::vector<Weig
                    }});
       continue;
     }
-    t.push_back({output_name(model.spec(), ts.name), ts.shape, [&model, &adapters, name = ts.name] {
+    t.push_back({output_name(model.spec(), ts.name, stored_embed), ts.shape, [&model, &adapters, name = ts.name] {
                    return merged_tensor_values(model, name, adapters);
                  }});
   }
@@ -115,22 +116,18 @@ constexpr const char* kTokenizerFiles[] = {"tokenizer.json",      "tokenizer_con
                                            "chat_template.jinja", "tokenizer.model",         "generation_config.json",
                                            "chat_template.json",  "preprocessor_config.json", "processor_config.json"};
 
-// A vision-language model's config.json: the source's, with text_config replaced by the
-// merged language model's and the dtype and tying updated.
-std::string wrapped_config_json(const ModelSpec& s, const std::string& text_json, const fs::path& source_config,
-                                DType dtype) {
+// A vision-language model's config.json: the source's as it was (a merge changes weights,
+// not the architecture, and the wrapper's keys -- its text_config's own model_type, Qwen's
+// multimodal rotary -- stay as transformers wants them), the dtype updated.
+std::string wrapped_config_json(const fs::path& source_config, DType dtype) {
   nlohmann::ordered_json outer;
   try {
     outer = nlohmann::ordered_json::parse(read_text_file(source_config.string()));
   } catch (const nlohmann::json::exception& e) {
     fail(source_config.string(), std::string("not valid JSON: ") + e.what());
   }
-  nlohmann::ordered_json text = nlohmann::ordered_json::parse(text_json);
-  for (const char* k : {"architectures", "torch_dtype", "use_cache"}) text.erase(k);
-  outer["text_config"] = text;
-  outer["tie_word_embeddings"] = s.tied_embeddings;
-  outer.erase("torch_dtype");
-  outer["dtype"] = torch_dtype_name(dtype);
+  const bool old_key = outer.contains("torch_dtype") && !outer.contains("dtype");
+  outer[old_key ? "torch_dtype" : "dtype"] = torch_dtype_name(dtype);
   return outer.dump(2) + "\n";
 }
 
@@ -346,15 +343,20 @@ std::vector<std::string> write_merged_hf_dir(const Model& model, const ModelFile
   if (ec) fail(out_dir, "cannot create the output directory: " + ec.message());
 
   std::string config = hf_config_json(model.spec(), opt.dtype);  // refuses unsupported forms first
-  std::vector<OutTensor> tensors = output_tensors(model, adapters);
   // A vision-language model: its vision tower and projector as they were (converted to the
-  // output dtype), read from the source again (the model holds its language model only).
+  // output dtype), read from the source again (the model holds its language model only),
+  // the language model under the source's names, the source's config.json.
   std::unique_ptr<ModelFiles> wrapped_source;
+  std::string stored_embed;
   if (!model.spec().hf_wrapper.empty()) {
     check(source.format == ModelFormat::HfDirectory || source.format == ModelFormat::SafeTensors, source.path,
           "a vision-language model merges from its Hugging Face files");
-    config = wrapped_config_json(model.spec(), config, src_dir / "config.json", opt.dtype);
+    config = wrapped_config_json(src_dir / "config.json", opt.dtype);
     wrapped_source = std::make_unique<ModelFiles>(open_model_files(source.path));
+    stored_embed = wrapped_source->tensors->stored_name("model.embed_tokens.weight");
+  }
+  std::vector<OutTensor> tensors = output_tensors(model, adapters, stored_embed);
+  if (wrapped_source) {
     const TensorSource& ws = *wrapped_source->tensors;
     for (const std::string& n : ws.other_part_names())
       tensors.push_back({n, ws.shape(n), [&ws, n] { return ws.get(n); }});

@@ -42,11 +42,27 @@ namespace {
 // lm_head by its own flag) or that configs often keep only there (token ids).
 json text_config_of(const json& outer, const HfWrapper& w, const std::string& where) {
   const json* tc = find_key(outer, "text_config");
-  if (!tc || !tc->is_object())
+  json t;
+  if (tc && tc->is_object()) {
+    t = *tc;
+  } else if (w.flat_config && find_key(outer, "hidden_size")) {  // (Qwen2.5-VL's older files)
+    t = outer;
+    for (const char* k : {"vision_config", "model_type", "architectures"}) t.erase(k);
+  } else {
     fail(where, "model_type '" + std::string(w.model_type) +
                     "' (a vision-language model) needs a \"text_config\" object describing its language model");
-  json t = *tc;
+  }
   if (!find_key(t, "model_type")) t["model_type"] = std::string(w.default_text_type);
+  if (!w.text_type_alias.empty() && t["model_type"] == std::string(w.text_type_alias))
+    t["model_type"] = std::string(w.text_family);
+  // Qwen's multimodal rotary (mrope_section, interleaved or not) gives every section the same
+  // position on text: the plain rotary. (rope_type "default" beside it, or "type": "mrope")
+  for (const char* k : {"rope_scaling", "rope_parameters"})
+    if (json* rp = t.contains(k) ? &t[k] : nullptr; rp && rp->is_object() && rp->contains("mrope_section")) {
+      for (const char* m : {"mrope_section", "mrope_interleaved"}) rp->erase(m);
+      if (rp->value("type", "") == "mrope") rp->erase("type");
+      if (!rp->contains("rope_type")) (*rp)["rope_type"] = "default";
+    }
   const json* inner_type = find_key(t, "model_type");
   if (!inner_type->is_string() || find_hf_wrapper(inner_type->get<std::string>()))
     fail(where, "text_config's model_type " + shown(*inner_type) + " is not a language model's");

@@ -12,11 +12,18 @@ namespace {
 
 // transformers' classes: Gemma3Config (tie_word_embeddings True), Mistral3Config (True),
 // LlavaConfig (False, text_config a LlamaConfig by default).
-constexpr std::array<HfWrapper, 3> kWrappers = {{
+constexpr std::array<HfWrapper, 5> kWrappers = {{
     {"gemma3", "gemma3_text", true},
     {"mistral3", "mistral", true},
     {"llava", "llama", false},
+    // Qwen2_5_VLConfig / Qwen3VLConfig (tie_word_embeddings false)
+    {"qwen2_5_vl", "qwen2_5_vl_text", false, "qwen2_5_vl_text", "qwen2", true},
+    {"qwen3_vl", "qwen3_vl_text", false, "qwen3_vl_text", "qwen3", false},
 }};
+
+// The other parts' prefixes (with or without "model."): never the language model's.
+constexpr std::string_view kOtherParts[] = {"visual.", "vision_tower.", "multi_modal_projector.", "vision_model.",
+                                            "image_newline"};
 
 constexpr std::string_view kHubModel = "language_model.model.";  // the files' form
 constexpr std::string_view kModuleModel = "model.language_model.";  // transformers' module paths
@@ -48,6 +55,13 @@ std::optional<std::string> wrapped_path_to_text(std::string_view p) {
   if (p.starts_with(kModuleModel)) return "model." + std::string(p.substr(kModuleModel.size()));
   if (p == kHubHead || p.starts_with(std::string(kHubHead) + ".")) return std::string(p.substr(std::string_view("language_model.").size()));
   if (p == "lm_head" || p.starts_with("lm_head.")) return std::string(p);
+  // Qwen2.5-VL's files: the language model under plain "model.", the vision tower beside it
+  if (p.starts_with("model.")) {
+    const std::string_view rest = p.substr(6);
+    for (std::string_view o : kOtherParts)
+      if (rest.starts_with(o)) return std::nullopt;
+    return std::string(p);
+  }
   return std::nullopt;
 }
 
@@ -58,10 +72,14 @@ std::string text_to_wrapped_path(const std::string& text_name) {
   return text_name;
 }
 
-std::string text_to_wrapped_file_name(const std::string& text_name) {
-  if (auto rest = after_model(text_name)) return std::string(kHubModel) + std::string(*rest);
-  if (text_name.starts_with("lm_head")) return "language_model." + text_name;
-  return text_name;
+std::string text_to_wrapped_file_name(const std::string& text_name, const std::string& stored_embed) {
+  if (stored_embed.starts_with(kHubModel)) {  // gemma3 / mistral3 / llava as saved
+    if (auto rest = after_model(text_name)) return std::string(kHubModel) + std::string(*rest);
+    if (text_name.starts_with("lm_head")) return "language_model." + text_name;
+    return text_name;
+  }
+  if (stored_embed.starts_with(kModuleModel)) return text_to_wrapped_path(text_name);  // (lm_head stays)
+  return text_name;  // Qwen2.5-VL's plain names
 }
 
 namespace {
@@ -105,7 +123,7 @@ class WrappedSource : public TensorSource {
     auto it = text_.find(name);
     if (it != text_.end()) return it->second;
     // (absent: the inner source's error names the file form of the tensor asked for)
-    return is_other(name) ? name : text_to_wrapped_file_name(name);
+    return is_other(name) ? name : text_to_wrapped_file_name(name, std::string(kHubModel));
   }
   std::unique_ptr<TensorSource> inner_;
   std::map<std::string, std::string> text_;  // language-model name -> stored name

@@ -1,11 +1,16 @@
 #pragma once
 // Vision-language checkpoints whose language model qlora runs: Gemma 3 4B/12B/27B
-// (model_type gemma3), Mistral Small 3.1/3.2 (mistral3) and LLaVA-style models (llava).
-// Their config.json nests the language model's config under "text_config"; their files
-// hold it under "language_model.model." (what transformers' save_pretrained writes, and the
-// Hub's files) or "model.language_model." (transformers >= 4.52's module paths), beside a
-// vision tower and a projector that qlora keeps but does not run. Generation, training and
-// evaluation are text-only; a merged export writes the vision part back unchanged.
+// (model_type gemma3), Mistral Small 3.1/3.2 (mistral3), LLaVA-style models (llava),
+// Qwen2.5-VL (qwen2_5_vl) and Qwen3-VL (qwen3_vl). Their config.json nests the language
+// model's config under "text_config" (Qwen2.5-VL's older files keep it flat beside
+// vision_config); their files hold it under "language_model.model." (gemma3 / mistral3 /
+// llava as save_pretrained writes them, and the Hub's), "model.language_model." (transformers
+// >= 4.52's module paths, Qwen3-VL's files) or plain "model." (Qwen2.5-VL's), beside a vision
+// tower and a projector ("visual.", "vision_tower.", "multi_modal_projector.", with or
+// without "model.") that qlora keeps but does not run. Generation, training and evaluation
+// are text-only (Qwen's multimodal rotary is the plain one on text: every section gets the
+// same position); a merged export writes the vision part back unchanged, the source's
+// config.json and file names as they were.
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +25,10 @@ struct HfWrapper {
   std::string_view model_type;         // the outer config.json model_type
   std::string_view default_text_type;  // text_config's model_type when it names none
   bool default_tied = true;            // the outer config class's tie_word_embeddings
+  // The family that runs text_config when it names its own type (qwen2_5_vl_text -> qwen2),
+  // "" = text_config's model_type is a family's.
+  std::string_view text_type_alias = {}, text_family = {};
+  bool flat_config = false;  // the language model's keys may sit at the top level (no text_config)
 };
 
 // The wrapper of an outer model_type, or null.
@@ -28,7 +37,7 @@ const HfWrapper* find_hf_wrapper(std::string_view model_type);
 std::string hf_wrapper_types();
 
 // A stored tensor name of a wrapped checkpoint in the language model's own form
-// ("language_model.model.layers.0.x" or "model.language_model.layers.0.x" ->
+// ("language_model.model.layers.0.x", "model.language_model.layers.0.x" or "model.layers.0.x" ->
 // "model.layers.0.x"; "language_model.lm_head.weight" or "lm_head.weight" -> "lm_head.weight");
 // nullopt for the tensors of the other parts (vision tower, projector).
 std::optional<std::string> wrapped_to_text_name(std::string_view stored);
@@ -36,9 +45,9 @@ std::optional<std::string> wrapped_to_text_name(std::string_view stored);
 // wrapper model's module path (transformers >= 4.52 and PEFT's keys):
 // "model.language_model.layers.0.self_attn.q_proj"; lm_head stays lm_head.
 std::string text_to_wrapped_path(const std::string& text_name);
-// The same as the checkpoint files store it: "language_model.model.layers.0...",
-// "language_model.lm_head.weight".
-std::string text_to_wrapped_file_name(const std::string& text_name);
+// The same as a checkpoint whose "model.embed_tokens.weight" is stored as
+// `stored_embed` stores it (the three forms above).
+std::string text_to_wrapped_file_name(const std::string& text_name, const std::string& stored_embed);
 // A wrapper model's module path in either form ("model.language_model.X",
 // "language_model.model.X", "language_model.lm_head", "lm_head") as the language model's
 // ("model.X", "lm_head"); nullopt when it is not inside the language model.

@@ -79,7 +79,7 @@ void write_renamed(const std::string& from, const std::string& to, std::string (
   w.write(to);
 }
 
-const char* const kWrapped[] = {"gemma3", "mistral3", "llava"};
+const char* const kWrapped[] = {"gemma3", "mistral3", "llava", "qwen2_5_vl", "qwen3_vl"};
 
 TEST(VisionLanguage, TheSpecIsTheLanguageModelsWithTheWrapperNamed) {
   const struct {
@@ -90,7 +90,11 @@ TEST(VisionLanguage, TheSpecIsTheLanguageModelsWithTheWrapperNamed) {
                // (Mistral Small 3.1's form: no tie_word_embeddings in config.json, whose class
                // default ties, but the file holds lm_head: transformers unties it, and so do we)
                {"mistral3", "mistral", false},
-               {"llava", "llama", false}};
+               {"llava", "llama", false},
+               // (text_config's own model_types, qwen2_5_vl_text / qwen3_vl_text, run as qwen2 / qwen3;
+               // their multimodal rotary is the plain one on text)
+               {"qwen2_5_vl", "qwen2", false},
+               {"qwen3_vl", "qwen3", false}};
   for (const auto& c : cases) {
     const ModelFiles files = open_model_files(family_dir(c.fixture));
     EXPECT_EQ(files.spec.hf_wrapper, c.fixture);
@@ -176,6 +180,29 @@ TEST(VisionLanguage, ModulePathFormFilesLoadAndMergeKeepsTheVisionPart) {
   EXPECT_TRUE(cfg.contains("vision_config"));
   expect_logits(prompt_logits(load_path(tmp.path("merged")), fixture_prompt(f)), fixture_logits(f, "logits"),
                 "llava merged");
+}
+
+// Qwen2.5-VL's older config.json keeps the language model's keys at the top level, beside
+// vision_config, its rotary as rope_scaling {"type": "mrope"}: the same model.
+TEST(VisionLanguage, Qwen25VlFlatConfigLoads) {
+  const std::string f = "qwen2_5_vl";
+  json cfg = json::parse(read_file(family_dir(f) + "/config.json"));
+  json flat = cfg.at("text_config");
+  flat.erase("model_type");
+  flat.erase("rope_parameters");
+  flat["rope_theta"] = cfg.at("text_config").at("rope_parameters").at("rope_theta");
+  flat["rope_scaling"] = {{"type", "mrope"}, {"mrope_section", {2, 3, 3}}};
+  flat["model_type"] = "qwen2_5_vl";
+  flat["vision_config"] = cfg.at("vision_config");
+  flat["architectures"] = cfg.at("architectures");
+  TempDir tmp("vl_flat");
+  const std::string dir = tmp.path("model");
+  std::filesystem::create_directories(dir);
+  write_file(dir + "/config.json", flat.dump(2));
+  std::filesystem::create_symlink(family_dir(f) + "/model.safetensors", dir + "/model.safetensors");
+  const Model m = load_path(dir);
+  EXPECT_EQ(m.spec().family, "qwen2");
+  expect_logits(prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "logits"), "qwen2_5_vl flat config");
 }
 
 TEST(VisionLanguage, ConfigsThatDoNotDescribeALanguageModelAreRefused) {

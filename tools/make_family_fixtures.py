@@ -1188,44 +1188,36 @@ def build(family: str):
     with torch.no_grad():
         peft_logits = pm(prompt).logits[0].contiguous()
 
+    def extra_adapter(cfg, seed, name):
+        """PEFT's adapter `cfg` on a copy of the model, every B drawn 0.05 N(0, 1) (seed), saved
+        under out/name with target_modules sorted (PEFT writes a set): its prompt logits."""
+        am = get_peft_model(copy.deepcopy(model), cfg)
+        gs = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for pname, p in am.named_parameters():
+                if "lora_B" in pname:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gs))
+        am.save_pretrained(out / name)
+        cpath = out / name / "adapter_config.json"
+        cj = json.loads(cpath.read_text())
+        cj["target_modules"] = sorted(cj["target_modules"])
+        cpath.write_text(json.dumps(cj, indent=2, sort_keys=True) + "\n")
+        am.eval()
+        with torch.no_grad():
+            return am(prompt).logits[0].contiguous()
+
     # PEFT's own default target modules for the model type (LoraConfig without
     # target_modules: gpt2's c_attn, query_key_value for gpt_neox/bloom/falcon, q/v for opt).
     default_logits = None
     if family in DEFAULT_TARGET_FAMILIES:
-        dm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"))
-        gd = torch.Generator().manual_seed(13)
-        with torch.no_grad():
-            for name, p in dm.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(0.05 * torch.randn(p.shape, generator=gd))
-        dm.save_pretrained(out / "default_adapter")
-        dc = out / "default_adapter" / "adapter_config.json"
-        dcj = json.loads(dc.read_text())
-        dcj["target_modules"] = sorted(dcj["target_modules"])
-        dc.write_text(json.dumps(dcj, indent=2, sort_keys=True) + "\n")
-        dm.eval()
-        with torch.no_grad():
-            default_logits = dm(prompt).logits[0].contiguous()
-
+        default_logits = extra_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM"), 13,
+                                       "default_adapter")
     # A vision-language model's adapter from PEFT's all-linear, which adapts the vision tower
     # too: text-only runs leave those modules out (qlora loads it, and refuses to merge it).
     vision_logits = None
     if is_wrapper(family):
-        vm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                             target_modules="all-linear", task_type="CAUSAL_LM"))
-        gv = torch.Generator().manual_seed(17)
-        with torch.no_grad():
-            for name, p in vm.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(0.05 * torch.randn(p.shape, generator=gv))
-        vm.save_pretrained(out / "vision_adapter")
-        vc = out / "vision_adapter" / "adapter_config.json"
-        vcj = json.loads(vc.read_text())
-        vcj["target_modules"] = sorted(vcj["target_modules"])
-        vc.write_text(json.dumps(vcj, indent=2, sort_keys=True) + "\n")
-        vm.eval()
-        with torch.no_grad():
-            vision_logits = vm(prompt).logits[0].contiguous()
+        vision_logits = extra_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"), 17, "vision_adapter")
 
     ids = torch.randint(3, V, (BATCH, SEQ), generator=g)
     labels = ids.clone()

@@ -136,6 +136,12 @@ nlohmann::ordered_json rope_scaling_json(const RopeScaling& rs) {
                       "cannot express; merge it to GGUF instead");
 }
 
+nlohmann::ordered_json layer_types_json(const ModelSpec& s) {
+  nlohmann::ordered_json types = nlohmann::ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
+  return types;
+}
+
 nlohmann::ordered_json rope_parameters_json(float theta, const RopeScaling& rs) {
   nlohmann::ordered_json o = {{"rope_type", rs.type == RopeScaling::Type::None ? "default" : rs.name()},
                               {"rope_theta", theta}};

@@ -61,5 +61,7 @@ bool layer_type_rope(const json& j, const std::string& where, ModelSpec& s, floa
 nlohmann::ordered_json rope_scaling_json(const RopeScaling& rs);
 // One rope_parameters entry: {"rope_type", "rope_theta", and rope_scaling_json's fields}.
 nlohmann::ordered_json rope_parameters_json(float theta, const RopeScaling& rs);
+// config.json's layer_types of the spec's windows: "sliding_attention" / "full_attention" per layer.
+nlohmann::ordered_json layer_types_json(const ModelSpec& s);
 
 }  // namespace qlora::config

@@ -75,9 +75,7 @@ void exaone4_write(const ModelSpec& s, ordered_json& j) {
     if (s.layer_rotates(l) != (s.sliding_window == 0 || s.layer_slides(l)))
       fail("config.json", "exaone4 rotates exactly its sliding layers (or, without a window, every layer)");
   j["sliding_window"] = s.sliding_window > 0 ? ordered_json(s.sliding_window) : ordered_json();
-  ordered_json types = ordered_json::array();
-  for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
-  j["layer_types"] = types;
+  j["layer_types"] = config::layer_types_json(s);
 }
 
 }  // namespace

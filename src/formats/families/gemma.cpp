@@ -78,9 +78,7 @@ void gemma23_write(const ModelSpec& s, ordered_json& j) {
   j["attn_logit_softcapping"] = s.attn_softcap > 0 ? ordered_json(s.attn_softcap) : ordered_json();
   j["final_logit_softcapping"] = s.final_softcap > 0 ? ordered_json(s.final_softcap) : ordered_json();
   j["sliding_window"] = s.sliding_window > 0 ? ordered_json(s.sliding_window) : ordered_json();
-  ordered_json types = ordered_json::array();
-  for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
-  j["layer_types"] = types;
+  j["layer_types"] = config::layer_types_json(s);
 }
 
 void gemma3_write(const ModelSpec& s, ordered_json& j) {

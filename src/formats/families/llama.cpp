@@ -46,16 +46,9 @@ void ministral_read(const json& j, const std::string& where, ModelSpec& s) {
   if (auto lt = config::sliding_layer_types(j, s.n_layers, where)) s.sliding_layers = std::move(*lt);
 }
 
-void write_layer_types(const ModelSpec& s, ordered_json& j) {
-  if (s.sliding_layers.empty()) return;
-  ordered_json lt = ordered_json::array();
-  for (int64_t l = 0; l < s.n_layers; ++l) lt.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
-  j["layer_types"] = lt;
-}
-
 void ministral_write(const ModelSpec& s, ordered_json& j) {
   mistral_write(s, j);
-  write_layer_types(s, j);
+  if (!s.sliding_layers.empty()) j["layer_types"] = config::layer_types_json(s);
 }
 
 // ministral3 (the language model of Ministral 3 3B / 8B / 14B): Mistral's block, yarn, and

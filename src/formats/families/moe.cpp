@@ -177,9 +177,7 @@ void gpt_oss_write(const ModelSpec& s, ordered_json& j) {
   j["swiglu_limit"] = s.swiglu_limit;
   j["attention_bias"] = s.qkv_bias;
   j["sliding_window"] = s.sliding_window;
-  ordered_json lt = ordered_json::array();
-  for (int64_t l = 0; l < s.n_layers; ++l) lt.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
-  j["layer_types"] = lt;
+  j["layer_types"] = config::layer_types_json(s);
   j["router_aux_loss_coef"] = 0.9;
   j["output_router_logits"] = false;
 }

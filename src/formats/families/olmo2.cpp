@@ -88,9 +88,7 @@ void olmo3_read(const json& j, const std::string& where, ModelSpec& s) {
 void olmo3_write(const ModelSpec& s, ordered_json& j) {
   olmo2_write(s, j);
   j["sliding_window"] = s.sliding_window > 0 ? ordered_json(s.sliding_window) : ordered_json();
-  ordered_json types = ordered_json::array();
-  for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_slides(l) ? "sliding_attention" : "full_attention");
-  j["layer_types"] = types;
+  j["layer_types"] = config::layer_types_json(s);
   j.erase("rope_theta");
   j.erase("rope_scaling");
   j["rope_parameters"] = {

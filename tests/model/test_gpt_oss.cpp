@@ -18,6 +18,7 @@
 #include "lora/lora.h"
 #include "lora/lora_model.h"
 #include "model/model.h"
+#include "model/model_fixture_logits.h"
 #include "model/model_test_util.h"
 #include "model/ops.h"
 
@@ -29,19 +30,7 @@ namespace {
 
 std::string dir() { return std::string(QLORA_FIXTURE_DIR) + "/families/gpt_oss"; }
 
-Model load(const std::string& path) {
-  ModelFiles files = open_model_files(path);
-  ModelLoadOptions o;
-  o.quant.quantize = false;
-  return Model::load(files.spec, *files.tensors, o);
-}
 
-std::vector<float> prompt_logits(const Model& m, const std::vector<int>& prompt) {
-  InferenceState st(m.spec(), static_cast<int64_t>(prompt.size()));
-  std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
-  forward(m, st, prompt, out.data(), /*all_logits=*/true);
-  return out;
-}
 
 // OpenAI's checkpoints keep the experts in MXFP4: the fixture's mxfp4/ (packed by the fixture
 // script; transformers loading those files gave mxfp4_logits, equal to its own dequantizer's).
@@ -58,10 +47,10 @@ TEST(GptOss, Mxfp4FilesGiveTransformersLogits) {
   EXPECT_EQ(e2, std::vector<float>(all.begin() + 2 * static_cast<std::ptrdiff_t>(per), all.begin() + 3 * static_cast<std::ptrdiff_t>(per)));
   EXPECT_THROW(files.tensors->get_slice(gu, shape[0]), Error);
 
-  const Model m = load(dir() + "/mxfp4");
+  const Model m = load_unquantized(dir() + "/mxfp4");
   const auto prompt = json::parse(read_file(dir() + "/reference.json")).at("prompt").get<std::vector<int>>();
   const SafeTensorsFile ref(dir() + "/logits.safetensors");
-  const std::vector<float> want = ref.to_float(ref.at("mxfp4_logits")), got = prompt_logits(m, prompt);
+  const std::vector<float> want = ref.to_float(ref.at("mxfp4_logits")), got = all_prompt_logits(m, prompt);
   ASSERT_EQ(got.size(), want.size());
   double worst = 0, peak = 0;
   for (size_t i = 0; i < want.size(); ++i) {
@@ -175,10 +164,10 @@ TEST(GptOss, LlamaCppGgufsGiveItsLogits) {
   EXPECT_TRUE(files.spec.attn_sinks && files.spec.moe_gpt_oss);
   EXPECT_EQ(files.spec.swiglu_limit, 7.0f);
   const SafeTensorsFile ref(d + "/logits.safetensors");
-  expect_close(prompt_logits(load(d + "/model.gguf"), prompt), ref.to_float(ref.at("logits")), 4e-6, "model.gguf");
-  const Model mx = load(d + "/model_mxfp4.gguf");
+  expect_close(all_prompt_logits(load_unquantized(d + "/model.gguf"), prompt), ref.to_float(ref.at("logits")), 4e-6, "model.gguf");
+  const Model mx = load_unquantized(d + "/model_mxfp4.gguf");
   const SafeTensorsFile ll(d + "/gguf_mxfp4_llama_cpp_logits.safetensors");
-  const std::vector<float> got = prompt_logits(mx, prompt);
+  const std::vector<float> got = all_prompt_logits(mx, prompt);
   // Exactly what gguf-py's own dequantization of the file gives in transformers...
   expect_close(got, ll.to_float(ll.at("transformers_gguf_dequantized_logits")), 4e-6, "model_mxfp4.gguf");
   // ...and llama.cpp's logits on it within what its CPU MXFP4 products cost: they quantize the
@@ -192,13 +181,13 @@ TEST(GptOss, LlamaCppGgufsGiveItsLogits) {
   TempDir tmp("gptoss_gguf");
   {
     ModelFiles f = open_model_files(d + "/model.gguf");
-    const Model m = load(d + "/model.gguf");
+    const Model m = load_unquantized(d + "/model.gguf");
     write_merged_gguf(m, f, {}, tmp.path("m.gguf"), o, false);
-    expect_close(prompt_logits(load(tmp.path("m.gguf")), prompt), ref.to_float(ref.at("logits")), 4e-6, "written back");
+    expect_close(all_prompt_logits(load_unquantized(tmp.path("m.gguf")), prompt), ref.to_float(ref.at("logits")), 4e-6, "written back");
   }
   try {
     ModelFiles f = open_model_files(dir());
-    write_merged_gguf(load(dir()), f, {}, tmp.path("limit.gguf"), o, false);
+    write_merged_gguf(load_unquantized(dir()), f, {}, tmp.path("limit.gguf"), o, false);
     ADD_FAILURE() << "a gpt-oss GGUF with swiglu_limit 1.5 was written";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("clamps its experts at 7"), std::string::npos) << e.what();
@@ -209,7 +198,7 @@ TEST(GptOss, LlamaCppGgufsGiveItsLogits) {
 // (target_parameters, OpenAI's recipe: the fixture's adapter, run through test_families.cpp),
 // its router is refused, saying so.
 TEST(GptOss, AllLinearIsTheAttentionExpertsWhenNamedRouterRefused) {
-  const Model m = load(dir());
+  const Model m = load_unquantized(dir());
   LoraConfig c;
   c.r = 4;
   c.dropout = 0.0;

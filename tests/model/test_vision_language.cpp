@@ -24,6 +24,7 @@
 #include "lora/lora_model.h"
 #include "lora/peft_adapter.h"
 #include "model/model.h"
+#include "model/model_fixture_logits.h"
 #include "model/model_test_util.h"
 
 using namespace qlora;
@@ -34,19 +35,7 @@ namespace {
 
 std::string family_dir(const std::string& f) { return std::string(QLORA_FIXTURE_DIR) + "/families/" + f; }
 
-Model load_path(const std::string& path) {
-  ModelFiles files = open_model_files(path);
-  ModelLoadOptions o;
-  o.quant.quantize = false;
-  return Model::load(files.spec, *files.tensors, o);
-}
 
-std::vector<float> prompt_logits(const Model& m, const std::vector<int>& prompt) {
-  InferenceState st(m.spec(), static_cast<int64_t>(prompt.size()));
-  std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
-  forward(m, st, prompt, out.data(), /*all_logits=*/true);
-  return out;
-}
 
 std::vector<int> fixture_prompt(const std::string& f) {
   return json::parse(read_file(family_dir(f) + "/reference.json")).at("prompt").get<std::vector<int>>();
@@ -110,13 +99,13 @@ TEST(VisionLanguage, TheSpecIsTheLanguageModelsWithTheWrapperNamed) {
 // reach it: the adapter loads with those modules set aside and gives PeftModel's logits.
 TEST(VisionLanguage, AllLinearAdapterRunsItsLanguageModelPart) {
   for (const char* f : kWrapped) {
-    Model m = load_path(family_dir(f));
+    Model m = load_unquantized(family_dir(f));
     const LoadedAdapter a = load_adapter(family_dir(f) + "/vision_adapter", m);
     EXPECT_FALSE(a.other_part_modules.empty()) << f;
     for (const std::string& p : a.other_part_modules) EXPECT_EQ(p.find("language_model"), std::string::npos) << p;
     for (const LoraLayer& l : a.lora->layers()) EXPECT_TRUE(l.module_path.starts_with("model.language_model.")) << l.module_path;
     m.set_adapter(a.lora.get());
-    expect_logits(prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "vision_peft_logits"), std::string(f) + " vision adapter");
+    expect_logits(all_prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "vision_peft_logits"), std::string(f) + " vision adapter");
     m.set_adapter(nullptr);
   }
 }
@@ -136,11 +125,11 @@ TEST(VisionLanguage, OlderTransformersAdapterKeysLoad) {
                   if (s.starts_with(from)) s = to + s.substr(from.size());
                   return s;
                 });
-  Model m = load_path(family_dir(f));
+  Model m = load_unquantized(family_dir(f));
   const LoadedAdapter a = load_adapter(dir, m);
   EXPECT_TRUE(a.other_part_modules.empty());
   m.set_adapter(a.lora.get());
-  expect_logits(prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "peft_logits"), "gemma3 old adapter keys");
+  expect_logits(all_prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "peft_logits"), "gemma3 old adapter keys");
   m.set_adapter(nullptr);
 }
 
@@ -157,8 +146,8 @@ TEST(VisionLanguage, ModulePathFormFilesLoadAndMergeKeepsTheVisionPart) {
     if (k.starts_with("language_model.lm_head.")) return k.substr(15);
     return "model." + k;
   });
-  const Model m = load_path(dir);
-  expect_logits(prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "logits"), "llava module-path names");
+  const Model m = load_unquantized(dir);
+  expect_logits(all_prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "logits"), "llava module-path names");
 
   ModelFiles files = open_model_files(dir);
   HfExportOptions eo;
@@ -178,7 +167,7 @@ TEST(VisionLanguage, ModulePathFormFilesLoadAndMergeKeepsTheVisionPart) {
   EXPECT_EQ(cfg.at("model_type"), "llava");
   EXPECT_EQ(cfg.at("text_config").at("model_type"), "llama");
   EXPECT_TRUE(cfg.contains("vision_config"));
-  expect_logits(prompt_logits(load_path(tmp.path("merged")), fixture_prompt(f)), fixture_logits(f, "logits"),
+  expect_logits(all_prompt_logits(load_unquantized(tmp.path("merged")), fixture_prompt(f)), fixture_logits(f, "logits"),
                 "llava merged");
 }
 
@@ -200,9 +189,9 @@ TEST(VisionLanguage, Qwen25VlFlatConfigLoads) {
   std::filesystem::create_directories(dir);
   write_file(dir + "/config.json", flat.dump(2));
   std::filesystem::create_symlink(family_dir(f) + "/model.safetensors", dir + "/model.safetensors");
-  const Model m = load_path(dir);
+  const Model m = load_unquantized(dir);
   EXPECT_EQ(m.spec().family, "qwen2");
-  expect_logits(prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "logits"), "qwen2_5_vl flat config");
+  expect_logits(all_prompt_logits(m, fixture_prompt(f)), fixture_logits(f, "logits"), "qwen2_5_vl flat config");
 }
 
 TEST(VisionLanguage, ConfigsThatDoNotDescribeALanguageModelAreRefused) {
@@ -229,7 +218,7 @@ TEST(VisionLanguage, ConfigsThatDoNotDescribeALanguageModelAreRefused) {
 // PEFT's target_modules as one string is a regular expression over whole module paths
 // (re.fullmatch); "q_proj" alone matches none, and Python-only syntax is refused by name.
 TEST(VisionLanguage, RegexTargetModulesFullMatchModulePaths) {
-  const Model m = load_path(family_dir("gemma3"));
+  const Model m = load_unquantized(family_dir("gemma3"));
   LoraConfig c;
   c.r = 4;
   c.dropout = 0.0;
@@ -253,7 +242,7 @@ TEST(VisionLanguage, RegexTargetModulesFullMatchModulePaths) {
 // Module names such as q_proj would also adapt the vision tower in PEFT: an adapter trained
 // on the language model lists its modules by full path.
 TEST(VisionLanguage, SavedAdapterNamesOnlyTheLanguageModel) {
-  const Model m = load_path(family_dir("mistral3"));
+  const Model m = load_unquantized(family_dir("mistral3"));
   LoraConfig c;
   c.r = 4;
   c.dropout = 0.0;

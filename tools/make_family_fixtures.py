@@ -175,6 +175,9 @@ FAMILIES = {
                                                              "original_max_position_embeddings": 8, "beta_fast": 32.0,
                                                              "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
                                                              "llama_4_scaling_beta": 0.5})),
+    # ERNIE 4.5: GLM's adjacent-pair rotary, tied head (use_bias off, as released: llama.cpp's ernie4_5 has no MLP biases).
+    "ernie4_5": ("Ernie4_5Config", dict(head_dim=16, use_bias=False, tie_word_embeddings=True,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -525,7 +528,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "arcee": "arcee", "nemotron": "nemotron",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
-             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3"}
+             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5"}
 
 
 def write_gguf_bloom(model, path: Path):

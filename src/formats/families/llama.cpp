@@ -94,7 +94,29 @@ void ministral3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   }
 }
 
+// ernie4_5 (ERNIE-4.5-0.3B and the dense ERNIE 4.5s): Llama's block with GLM's rotary (adjacent
+// pairs, computed in float32) and one use_bias switch for every Linear but the head.
+void ernie4_5_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.rope_interleaved = true;
+  s.qkv_bias = s.o_bias = s.mlp_bias = config::get_bool(j, "use_bias", where, false);
+  s.norm_eps = config::get_float(j, "rms_norm_eps", where, 1e-5f);
+}
+
+// llama.cpp's ernie4_5: the checkpoint's rows as they are, rotary on adjacent pairs.
+void ernie4_5_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) { s.rope_interleaved = true; }
+
+void ernie4_5_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.rope_interleaved || s.qkv_bias != s.o_bias || s.qkv_bias != s.mlp_bias || s.sliding_window > 0)
+    fail("config.json", "not an ernie4_5 block");
+  j["use_bias"] = s.qkv_bias;
+}
+
 }  // namespace
+
+const ModelFamily kErnie45 = [] {
+  return ModelFamily{"ernie4_5", "Ernie4_5ForCausalLM", "ernie4_5", 128, 131072, 500000.0f, true, false,
+                     ernie4_5_read, ernie4_5_write, ernie4_5_gguf};
+}();
 
 const ModelFamily kMinistral = [] {
   ModelFamily f{"ministral", "MinistralForCausalLM", "", 0, 32768, 10000.0f, false, false, ministral_read,

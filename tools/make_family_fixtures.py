@@ -178,6 +178,11 @@ FAMILIES = {
     # ERNIE 4.5: GLM's adjacent-pair rotary, tied head (use_bias off, as released: llama.cpp's ernie4_5 has no MLP biases).
     "ernie4_5": ("Ernie4_5Config", dict(head_dim=16, use_bias=False, tie_word_embeddings=True,
                                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+    # Hunyuan dense: per-head q/k norms after the rotary; "dynamic" rope with a fixed alpha (a
+    # stretched base), attention biases.
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", dict(head_dim=16, attention_bias=True, tie_word_embeddings=False,
+                                                      rope_parameters={"rope_type": "dynamic", "alpha": 1000.0,
+                                                                       "factor": 1.0, "rope_theta": 10000.0})),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).

@@ -210,11 +210,16 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   } else if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
     p.add_norm(q, qproj, NormRole::QHead, 1, QD, p.buffer("rstd_q", 1, true));
     p.add_norm(k, kproj, NormRole::KHead, 1, KVD, p.buffer("rstd_k", 1, true));
+  } else if (s.qk_norm && s.qk_norm_after_rope) {  // Hunyuan: rotary on the projections, then the norms
+    p.add_rope(qproj, s.n_heads, /*query=*/true);
+    p.add_rope(kproj, s.n_kv_heads);
+    p.add_norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
+    p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   } else if (s.qk_norm) {
     p.add_norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
     p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
   }
-  if (s.positional == PositionalKind::Rotary) {
+  if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope) {
     p.add_rope(q, s.n_heads, /*query=*/true);
     p.add_rope(k, s.n_kv_heads);
   }

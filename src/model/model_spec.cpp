@@ -81,6 +81,8 @@ void ModelSpec::validate(const std::string& where) const {
   if (!(clip_qkv >= 0.0f) || !std::isfinite(clip_qkv) || (clip_qkv > 0.0f && (fused_qkv || qk_norm)))
     fail(where, "clip_qkv must be non-negative, and is built for separate q/k/v projections without q/k norms");
   if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
+  if (qk_norm_after_rope && (!qk_norm || qk_norm_full || qk_norm_head_weights || positional != PositionalKind::Rotary))
+    fail(where, "q/k norms after the rotary are built for per-head norms with one shared weight on a rotary model");
   if ((qk_norm_head_weights && (!qk_norm || qk_norm_full)) || (qk_norm_tensor_per_head && !qk_norm_head_weights))
     fail(where, "per-head q/k norm weights need per-head q/k norms");
   if (projects_embeddings() && (embed_scale || embed_norm))

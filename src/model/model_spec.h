@@ -209,6 +209,8 @@ struct ModelSpec {
   // qk_norm over all heads of q (and of k) at once, weights of q_dim / kv_dim values (OLMo 2)
   // instead of one head_dim weight shared by the heads.
   bool qk_norm_full = false;
+  // The per-head q/k norms come after the rotary instead of before it (Hunyuan's dense models).
+  bool qk_norm_after_rope = false;
   // Per-head q/k norms with a weight of their own per head ((heads, head_dim) tensors: Command
   // R+'s use_qk_norm LayerNorms): each head normalized with unit weight, then scaled by its
   // weights, rounded once (CohereLayerNorm multiplies in float32).

@@ -94,6 +94,9 @@ void ministral3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   }
 }
 
+constexpr HfRename kHunyuanRenames[] = {{".self_attn.query_layernorm.", ".self_attn.q_norm."},
+                                        {".self_attn.key_layernorm.", ".self_attn.k_norm."}};
+
 // ernie4_5 (ERNIE-4.5-0.3B and the dense ERNIE 4.5s): Llama's block with GLM's rotary (adjacent
 // pairs, computed in float32) and one use_bias switch for every Linear but the head.
 void ernie4_5_read(const json& j, const std::string& where, ModelSpec& s) {
@@ -111,7 +114,51 @@ void ernie4_5_write(const ModelSpec& s, ordered_json& j) {
   j["use_bias"] = s.qkv_bias;
 }
 
+// hunyuan_v1_dense (Hunyuan 0.5B-7B dense): Llama's block with per-head q/k RMSNorms after the
+// rotary, and its "dynamic" rope with a fixed alpha, which only stretches the base:
+// theta * alpha^(head_dim / (head_dim - 2)) (HunYuanDenseV1RotaryEmbedding's ntk_alpha).
+void hunyuan_normalize(json& j) {
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!j.contains(key) || !j[key].is_object()) continue;
+    json& rp = j[key];
+    const std::string type = rp.value("rope_type", rp.value("type", std::string()));
+    if (type != "dynamic" || !rp.contains("alpha") || !rp["alpha"].is_number()) continue;
+    const double heads = j.value("num_attention_heads", 0.0), hidden = j.value("hidden_size", 0.0);
+    const double dim = j.contains("head_dim") && j["head_dim"].is_number() ? j["head_dim"].get<double>()
+                       : heads > 0 ? hidden / heads : 0.0;
+    const double theta = rp.contains("rope_theta") ? rp["rope_theta"].get<double>() : j.value("rope_theta", 10000.0);
+    if (dim > 2) {
+      rp["rope_theta"] = theta * std::pow(rp["alpha"].get<double>(), dim / (dim - 2));
+      j["rope_theta"] = rp["rope_theta"];
+    }
+    rp = json{{"rope_type", "default"}, {"rope_theta", j["rope_theta"]}};
+  }
+}
+
+void hunyuan_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.qk_norm = true;
+  s.qk_norm_after_rope = true;
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  if (config::get_bool(j, "mlp_bias", where, false)) fail(where, "mlp_bias is not part of hunyuan_v1_dense");
+}
+
+void hunyuan_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.qk_norm_after_rope || s.qkv_bias != s.o_bias || s.mlp_bias || s.sliding_window > 0)
+    fail("config.json", "not a hunyuan_v1_dense block");
+  j["attention_bias"] = s.qkv_bias;
+}
+
 }  // namespace
+
+const ModelFamily kHunyuanDense = [] {
+  ModelFamily f{"hunyuan_v1_dense", "HunYuanDenseV1ForCausalLM", "", 0, 2048, 10000.0f, false, false, hunyuan_read,
+                hunyuan_write};
+  f.normalize_config = hunyuan_normalize;
+  // q/k norms renamed: the checkpoints call them query_layernorm / key_layernorm
+  f.hf_renames = kHunyuanRenames;
+  f.no_gguf_reason = "qlora does not read or write llama.cpp's hunyuan-dense GGUFs yet";
+  return f;
+}();
 
 const ModelFamily kErnie45 = [] {
   return ModelFamily{"ernie4_5", "Ernie4_5ForCausalLM", "ernie4_5", 128, 131072, 500000.0f, true, false,

@@ -179,8 +179,8 @@ FAMILIES = {
     "ernie4_5": ("Ernie4_5Config", dict(head_dim=16, use_bias=False, tie_word_embeddings=True,
                                         rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
     # Hunyuan dense: per-head q/k norms after the rotary; "dynamic" rope with a fixed alpha (a
-    # stretched base), attention biases.
-    "hunyuan_v1_dense": ("HunYuanDenseV1Config", dict(head_dim=16, attention_bias=True, tie_word_embeddings=False,
+    # stretched base); no attention biases, as released (llama.cpp's hunyuan-dense has none).
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", dict(head_dim=16, attention_bias=False, tie_word_embeddings=False,
                                                       rope_parameters={"rope_type": "dynamic", "alpha": 1000.0,
                                                                        "factor": 1.0, "rope_theta": 10000.0})),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
@@ -533,7 +533,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "arcee": "arcee", "nemotron": "nemotron",
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
-             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5"}
+             "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
+             "hunyuan_v1_dense": "hunyuan-dense"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -860,6 +861,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
         w.add_rope_freq_base_swa(rp["sliding_attention"]["rope_theta"])
         rp = rp["full_attention"]
+    if arch == "hunyuan-dense" and rp.get("alpha"):  # as convert_hf_to_gguf.py: the stretched base
+        rp = {"rope_type": "default", "rope_theta": rp["rope_theta"] * rp["alpha"] ** (hd / (hd - 2))}
     w.add_rope_freq_base(rp["rope_theta"])
     rope_freqs = None
     if rp.get("rope_type") == "linear":
@@ -994,6 +997,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             if arch == "glm4":  # convert_hf_to_gguf.py's Glm4Model names
                 gname = {"post_self_attn_layernorm": "post_attention_norm",
                          "post_mlp_layernorm": "post_ffw_norm"}.get(mod, gname)
+            if arch == "hunyuan-dense":
+                gname = {"self_attn.query_layernorm": "attn_q_norm", "self_attn.key_layernorm": "attn_k_norm"}.get(mod, gname)
             if arch == "gpt-oss":  # GptOssModel's names
                 gname = {"post_attention_layernorm": "post_attention_norm", "mlp.router": "ffn_gate_inp",
                          "self_attn.sinks": "attn_sinks"}.get(mod, gname)

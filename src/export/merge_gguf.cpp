@@ -241,6 +241,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                 sc <= 1.0 ? 1.0f : static_cast<float>((m1 / want - 1.0) / (0.1 * std::log(sc))));
     }
   }
+  if (arch == "hunyuan-dense" && (s.qkv_bias || s.o_bias))
+    fail(out_path, "llama.cpp's hunyuan-dense has no attention biases; this model (attention_bias) has: no GGUF form");
   if (arch == "ernie4_5" && s.mlp_bias)
     fail(out_path, "llama.cpp's ernie4_5 has no MLP biases; this model (use_bias) has: no GGUF form");
   if (arch == "mistral3" && s.sliding_window > 0)

@@ -886,7 +886,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "stablelm", "stablelm_par", "starcoder2", "granite", "olmo2", "cohere",
                                            "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe", "olmo3", "exaone4_nowin", "glm4",
                                            "stablelm_qk",
-                                           "qwen3_moe", "olmoe", "gpt_oss_gguf", "ministral3", "ernie4_5"),
+                                           "qwen3_moe", "olmoe", "gpt_oss_gguf", "ministral3", "ernie4_5",
+                                           "hunyuan_v1_dense"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -142,6 +142,13 @@ void hunyuan_read(const json& j, const std::string& where, ModelSpec& s) {
   if (config::get_bool(j, "mlp_bias", where, false)) fail(where, "mlp_bias is not part of hunyuan_v1_dense");
 }
 
+// llama.cpp's hunyuan-dense: the checkpoint's rows, its per-head q/k norms after the rotary,
+// the stretched base already in rope.freq_base (convert_hf_to_gguf.py computes it).
+void hunyuan_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
+  s.qk_norm = true;
+  s.qk_norm_after_rope = true;
+}
+
 void hunyuan_write(const ModelSpec& s, ordered_json& j) {
   if (!s.qk_norm_after_rope || s.qkv_bias != s.o_bias || s.mlp_bias || s.sliding_window > 0)
     fail("config.json", "not a hunyuan_v1_dense block");
@@ -151,12 +158,11 @@ void hunyuan_write(const ModelSpec& s, ordered_json& j) {
 }  // namespace
 
 const ModelFamily kHunyuanDense = [] {
-  ModelFamily f{"hunyuan_v1_dense", "HunYuanDenseV1ForCausalLM", "", 0, 2048, 10000.0f, false, false, hunyuan_read,
-                hunyuan_write};
+  ModelFamily f{"hunyuan_v1_dense", "HunYuanDenseV1ForCausalLM", "hunyuan-dense", 0, 2048, 10000.0f, false, false,
+                hunyuan_read, hunyuan_write, hunyuan_gguf};
   f.normalize_config = hunyuan_normalize;
   // q/k norms renamed: the checkpoints call them query_layernorm / key_layernorm
   f.hf_renames = kHunyuanRenames;
-  f.no_gguf_reason = "qlora does not read or write llama.cpp's hunyuan-dense GGUFs yet";
   return f;
 }();
 

@@ -96,7 +96,8 @@ FAMILIES = {
     "gpt_oss": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, head_dim=16,
                                      sliding_window=8, swiglu_limit=1.5, tie_word_embeddings=False,
                                      # (OpenAI's recipe names the experts: target_parameters)
-                                     _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                     _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj",
+                                                         "mlp.router.weight"],
                                      rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
                                                       "beta_slow": 1.0, "truncate": False,
                                                       "original_max_position_embeddings": 32, "rope_theta": 150000.0},
@@ -112,7 +113,8 @@ FAMILIES = {
                                                            "beta_slow": 1.0, "truncate": True,
                                                            "original_max_position_embeddings": 32,
                                                            "rope_theta": 150000.0},
-                                          _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                                          _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj",
+                                                              "mlp.router.weight"],
                                           _moe=True)),
     "llama": ("LlamaConfig", dict(rope_theta=10000.0, tie_word_embeddings=False)),
     # Vision-language checkpoints, whose language model qlora runs (text only): the config

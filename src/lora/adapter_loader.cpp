@@ -54,7 +54,7 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   if (model.spec().moe())  // the router, the shared-expert gate, each expert's gate_up and down
     for (int64_t l = 0; l < NL; ++l) {
       const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
-      linears[moe_router_path(l)] = &L.router;
+      linears[moe_router_module_path(model.spec(), l)] = &L.router;
       if (model.spec().shared_expert) linears[moe_shared_gate_path(model.spec(), l)] = &L.shared_gate;
       for (int64_t e = 0; e < model.spec().n_experts; ++e) {
         linears[moe_expert_path(l, e, 0)] = &L.expert_gate_up[static_cast<size_t>(e)];

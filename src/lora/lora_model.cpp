@@ -30,6 +30,9 @@ std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear 
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }
 
 std::string moe_router_path(int64_t layer) { return "model.layers." + std::to_string(layer) + "." + kMoeRouterModule; }
+std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
+  return spec.moe_gpt_oss ? canonical_to_hf(spec, moe_router_path(layer)) : moe_router_path(layer);
+}
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
 }
@@ -98,15 +101,9 @@ void LoraModel::add_moe_layers(const Model& model) {
   // the expansion there lists full module paths, which its conversion leaves alone), and so
   // do we; --target-parameters adds the experts.
   // gpt-oss: PEFT 0.21's all-linear adapts the attention only (its router and fused experts
-  // are no Linears, and its expansion leaves them out); its experts take LoRA when named
-  // (target_parameters gate_up_proj / down_proj, OpenAI's recipe), its router not here.
-  if (s.moe_gpt_oss) {
-    for (int64_t l = 0; l < s.n_layers; ++l)
-      if (cfg_.targets_parameter(moe_router_path(l) + ".weight") ||
-          cfg_.targets_parameter(canonical_to_hf(s, moe_router_path(l)) + ".weight"))
-        fail("LoRA config", "LoRA on gpt-oss's router (target_parameters " + canonical_to_hf(s, moe_router_path(l)) +
-                                ".weight) is not supported yet; its experts (gate_up_proj, down_proj) are");
-  } else if (cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
+  // are no Linears, and its expansion leaves them out); its experts and its router take LoRA
+  // when named (target_parameters gate_up_proj / down_proj / router.weight, OpenAI's recipe).
+  if (!s.moe_gpt_oss && cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {
       cfg_.gate_up_r = 2 * cfg_.r;
@@ -129,7 +126,9 @@ void LoraModel::add_moe_layers(const Model& model) {
   for (int64_t l = 0; l < s.n_layers; ++l) {
     const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
     MoeIndex& m = moe_index_[static_cast<size_t>(l)];
-    if (cfg_.targets_parameter(moe_router_path(l) + ".weight")) m.router = add(moe_router_path(l), L.router, cfg_);
+    // (the router's module path as PEFT names it: mlp.gate, gpt-oss's mlp.router)
+    const std::string rp = moe_router_module_path(s, l);
+    if (cfg_.targets_parameter(rp + ".weight")) m.router = add(rp, L.router, cfg_);
     if (s.shared_expert && cfg_.targets(moe_shared_gate_path(s, l)))
       m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
     const bool gate_up = cfg_.targets_parameter(moe_experts_module(l) + ".gate_up_proj");

@@ -32,6 +32,8 @@ const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which);
 //   "model.layers.<l>.mlp.experts.<e>.gate_up_proj" / ".down_proj": one expert's part (ours:
 //     PEFT keeps all experts of a layer in one stacked pair, peft_adapter.h converts).
 std::string moe_router_path(int64_t layer);
+// The same as PEFT names the module for this model (gpt-oss's router is mlp.router).
+std::string moe_router_module_path(const ModelSpec& spec, int64_t layer);
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer);
 std::string moe_expert_path(int64_t layer, int64_t expert, int part /* 0 gate_up, 1 down */);
 // "model.layers.<l>.mlp.experts", the module whose parameters PEFT adapts.

@@ -155,7 +155,7 @@ FAMILIES = {
                          "mrope_interleaved": True},
         _targets=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
         _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
-                                         deepstack_visual_indexes=[0]),
+                                         deepstack_visual_indexes=[0], num_position_embeddings=16, patch_size=4),
                       tie_word_embeddings=False))),
     "llava": ("LlavaConfig", dict(
         rope_theta=10000.0, tie_word_embeddings=False, _text_type="llama",

@@ -3,6 +3,7 @@
 #include "export/gguf_tokenizer_writer.h"
 
 #include <cmath>
+#include <memory>
 #include <cstdio>
 #include <filesystem>
 
@@ -358,6 +359,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       if (part < 0) fail(out_path, "no GGUF name for tensor '" + spec_t.name + "'");
       const int64_t E = s.n_experts, F = s.expert_ffn, C = s.hidden;
       const std::string hf = spec_t.name, blk = "blk." + std::to_string(l) + ".";
+      // (gate and up come from one fused tensor: merged once, kept until both are written)
+      auto fused = std::make_shared<std::vector<float>>();
+      auto uses = std::make_shared<int>(part < 2 ? 2 : 1);
       for (int half = 0; half < (part < 2 ? 2 : 1); ++half) {  // gate_up: gate then up
         const bool bias = part == 1 || part == 3;
         const std::string gname = blk + (part < 2 ? (half ? "ffn_up_exps" : "ffn_gate_exps") : "ffn_down_exps") +
@@ -372,8 +376,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
           type = GgmlType::F16;
         }
         const std::vector<int64_t> shape = bias ? std::vector<int64_t>{E, rows} : std::vector<int64_t>{E, rows, cols};
-        w.add_tensor(gname, type, shape, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname] {
-          const std::vector<float> v = merged_tensor_values(model, hf, adapters);  // transformers' fused form
+        w.add_tensor(gname, type, shape, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname, fused,
+                                          uses] {
+          if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);  // transformers' fused form
+          const std::vector<float>& v = *fused;
           std::vector<float> out;
           for (int64_t e = 0; e < E; ++e)
             if (part == 0) {  // (C, 2F) interleaved -> (F, C) rows of gate or up
@@ -389,6 +395,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
             } else {
               out.insert(out.end(), v.begin() + e * C, v.begin() + (e + 1) * C);
             }
+          if (--*uses == 0) std::vector<float>().swap(*fused);
           if (bar) bar->update(++*done, gname);
           return encode(out, type);
         });

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <map>
+#include <set>
 
 #include "model/tensor_source.h"
 
@@ -89,7 +90,7 @@ class WrappedSource : public TensorSource {
   explicit WrappedSource(std::unique_ptr<TensorSource> inner) : inner_(std::move(inner)) {
     for (const std::string& n : inner_->names()) {
       if (auto t = wrapped_to_text_name(n)) text_[*t] = n;
-      else other_.push_back(n);
+      else other_.insert(n);
     }
   }
   std::vector<std::string> names() const override {
@@ -108,16 +109,12 @@ class WrappedSource : public TensorSource {
   std::string describe() const override { return inner_->describe(); }
   std::string stored_name(const std::string& name) const override { return stored(name); }
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
-  std::vector<std::string> other_part_names() const override { return other_; }
+  std::vector<std::string> other_part_names() const override { return {other_.begin(), other_.end()}; }
   std::vector<float> get_slice(const std::string& name, int64_t i) const override { return inner_->get_slice(stored(name), i); }
   bool is_mxfp4(const std::string& name) const override { return inner_->is_mxfp4(stored(name)); }
 
  private:
-  bool is_other(const std::string& name) const {
-    for (const std::string& o : other_)
-      if (o == name) return true;
-    return false;
-  }
+  bool is_other(const std::string& name) const { return other_.count(name) != 0; }
   // The stored name of a language-model name (or of another part's tensor, as it is).
   std::string stored(const std::string& name) const {
     auto it = text_.find(name);
@@ -127,7 +124,7 @@ class WrappedSource : public TensorSource {
   }
   std::unique_ptr<TensorSource> inner_;
   std::map<std::string, std::string> text_;  // language-model name -> stored name
-  std::vector<std::string> other_;
+  std::set<std::string> other_;  // the other parts' stored names
 };
 
 }  // namespace

@@ -191,6 +191,15 @@ FAMILIES = {
     "qwen2_swa": ("Qwen2Config", dict(rope_theta=10000.0, use_sliding_window=True, sliding_window=8,
                                       max_window_layers=1, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", dict(rope_theta=1000000.0, head_dim=32, tie_word_embeddings=True)),
+    # Qwen3.5's language model: gated DeltaNet layers around a gated-attention layer; key and
+    # value heads of different sizes, two value heads per key head, the default quarter of
+    # each attention head rotated.
+    "qwen3_5_text": ("Qwen3_5TextConfig", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
+        linear_conv_kernel_dim=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
     # Rotary scalings (transformers' modeling_rope_utils): the original context is 32 so
     # that the prompt's positions and every frequency band are in play.
     "llama_rope_llama3": ("LlamaConfig", dict(rope_parameters=dict(
@@ -1030,7 +1039,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss", "ministral3")
+                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -97,7 +97,7 @@ void CudaRunner::init(const Model& model) {
     DeviceLayer& D = layers_[static_cast<size_t>(l)];
     D.input_norm = DeviceBuffer<float>(L.input_norm);
     D.post_norm = DeviceBuffer<float>(L.post_norm);
-    for (int w = 0; w < kBlockLinearCount; ++w) {
+    for (int w = 0; w < kAttentionLinears; ++w) {
       const LoraLayer* lo = ad ? ad->find(l, static_cast<BlockLinear>(w)) : nullptr;
       D.lin[w] = upload_linear(model.block_linear(l, w), lo, "--device cuda: layer " + std::to_string(l));
       if (D.lin[w].q4) max_linear_numel_ = std::max(max_linear_numel_, D.lin[w].out * D.lin[w].in);

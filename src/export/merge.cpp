@@ -209,6 +209,12 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                 return std::vector<float>(w.begin() + h * HS, w.begin() + (h + 1) * HS);
               }
         if (rest == "self_attn.sinks" && !L.attn_sinks.empty()) return L.attn_sinks;
+        if (model.spec().layer_is_linear_attn(l)) {  // the gated DeltaNet's own parameters
+          if (rest == "linear_attn.dt_bias") return L.la_dt_bias;
+          if (rest == "linear_attn.A_log") return L.la_A_log;
+          if (rest == "linear_attn.conv1d.weight") return L.la_conv;
+          if (rest == "linear_attn.norm.weight") return L.la_norm;
+        }
         if (model.spec().moe() && model.spec().moe_gpt_oss) {  // router bias; experts fused again
           const ModelSpec& s = model.spec();
           const int64_t E = s.n_experts, F = s.expert_ffn, C = s.hidden;
@@ -264,7 +270,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         }
         const auto lin = model.spec().block_linears();
         for (int w = 0; w < kBlockLinearCount; ++w) {
-          if (!lin[w].module) continue;  // absent in this family (fused into another)
+          if (!lin[w].module || !model.spec().layer_has_linear(l, w)) continue;  // absent (fused, or not this layer's kind)
           if (rest == std::string(lin[w].module) + ".weight") return merged_linear_weight(model, l, w, adapters);
           if (rest == std::string(lin[w].module) + ".bias") return model.block_linear(l, w).bias();
         }

@@ -13,13 +13,15 @@ namespace {
 
 // transformers' classes: Gemma3Config (tie_word_embeddings True), Mistral3Config (True),
 // LlavaConfig (False, text_config a LlamaConfig by default).
-constexpr std::array<HfWrapper, 5> kWrappers = {{
+constexpr std::array<HfWrapper, 6> kWrappers = {{
     {"gemma3", "gemma3_text", true},
     {"mistral3", "mistral", true},
     {"llava", "llama", false},
     // Qwen2_5_VLConfig / Qwen3VLConfig (tie_word_embeddings false)
     {"qwen2_5_vl", "qwen2_5_vl_text", false, "qwen2_5_vl_text", "qwen2", true},
     {"qwen3_vl", "qwen3_vl_text", false, "qwen3_vl_text", "qwen3", false},
+    // Qwen3_5Config (tie_word_embeddings false; the small ones' files say true)
+    {"qwen3_5", "qwen3_5_text", false},
 }};
 
 // The other parts' prefixes (with or without "model."): never the language model's.

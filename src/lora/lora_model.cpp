@@ -22,7 +22,7 @@ uint64_t derive_seed(uint64_t seed, uint64_t i) {
 
 std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear which) {
   const char* module = spec.block_linears()[static_cast<size_t>(which)].module;
-  if (!module) return std::string();
+  if (!module || !spec.layer_has_linear(layer, static_cast<int>(which))) return std::string();
   // (the family's own name: PEFT's module paths and target_modules are Hugging Face's)
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + module);
 }

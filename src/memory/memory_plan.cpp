@@ -45,6 +45,19 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
   return v;
 }
 
+// How many layers hold block Linear `li` (a hybrid model's attention and linear-attention
+// layers hold different ones).
+uint64_t linear_copies(const ModelSpec& s, const LinearShape& li) {
+  const auto all = s.block_linears();
+  for (int w = 0; w < kBlockLinearCount; ++w)
+    if (all[static_cast<size_t>(w)].module == li.module) {
+      uint64_t n = 0;
+      for (int64_t l = 0; l < s.n_layers; ++l) n += s.layer_has_linear(l, w) ? 1 : 0;
+      return n;
+    }
+  return u(s.n_layers);
+}
+
 bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
@@ -128,8 +141,9 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     if (!lora_targets(s, o, li.module)) continue;
     ++l.modules_per_block;
     const uint64_t a = r * u(li.in), b = u(li.out) * r;
-    l.params += u(s.n_layers) * (a + b);
-    l.optim_state += u(s.n_layers) * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
+    const uint64_t copies = linear_copies(s, li);
+    l.params += copies * (a + b);
+    l.optim_state += copies * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
     l.sum_in += u(li.in);
     l.sum_mask_words += u(lora_mask_words(li.in));
     l.sum_out += u(li.out);
@@ -162,7 +176,7 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   WeightBytes w;
   const uint64_t L = u(s.n_layers);
   std::vector<std::pair<LinearShape, uint64_t>> linears;  // (shape, how many)
-  for (const LinearShape& li : block_linears(s)) linears.emplace_back(li, L);
+  for (const LinearShape& li : block_linears(s)) linears.emplace_back(li, linear_copies(s, li));
   for (const LinearShape& li : model_linears(s)) linears.emplace_back(li, 1);
   if (s.moe()) {  // each expert's fused gate/up and down, and the shared expert's gate
     const uint64_t experts = L * u(s.n_experts);
@@ -425,13 +439,17 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // prompt's scratch and its logits, and the batched pass has its own buffers.
     const uint64_t B = u(std::max<int64_t>(1, o.batch_size));
     const std::string each = B > 1 ? " x " + std::to_string(B) + " sequences" : "";
+    const uint64_t KL = u(s.kv_layers());  // (a hybrid model's attention layers only)
+    if (s.hybrid())
+      add(r, "linear-attention states (fp32)" + each, B * u(s.state_layers()) * u(s.la_state_floats()) * 4,
+          std::to_string(s.state_layers()) + " gated DeltaNet layers: conv tail + (heads, dk, dv) state");
     if (o.kv_cache_dtype == ComputeDType::F32) {
-      add(r, "KV cache (fp32 keys + values)" + each, B * 2 * L * KVD * cap * 4,
-          std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+      add(r, "KV cache (fp32 keys + values)" + each, B * 2 * KL * KVD * cap * 4,
+          std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");
     } else {
       add(r, std::string("KV cache (") + (o.kv_cache_dtype == ComputeDType::BF16 ? "bf16" : "f16") +
                  " keys + values)" + each,
-          B * 2 * L * KVD * cap * 2, std::to_string(cap) + " positions x " + std::to_string(L) + " layers");
+          B * 2 * KL * KVD * cap * 2, std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");
       add(r, "KV cache widened for attention (one layer, fp32)", 2 * KVD * cap * 4, "");
     }
     const BlockProgram prog = BlockProgram::for_spec(s);

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "lora/lora_model.h"
 #include "model/block_run.h"
+#include "model/delta_net.h"
 #include "model/model.h"
 #include "model/moe_block.h"
 
@@ -25,6 +26,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
   const auto& ops = p.ops();
   for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
     const BlockOp& o = *it;
+    if (!o.runs_on(s, r.layer)) continue;
     const float* dy = g(o.out);
     switch (o.kind) {
       case BlockOpKind::Norm:
@@ -85,6 +87,30 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       }
       case BlockOpKind::Moe:
         moe_backward(r, adapter, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr);
+        break;
+      case BlockOpKind::CausalConv:
+      case BlockOpKind::DeltaRule: {
+        const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;
+        const DeltaRuleShape sh = delta_rule_shape(s);
+        int64_t t0 = 0;
+        for (int64_t n : r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments) {
+          if (o.kind == BlockOpKind::CausalConv)
+            causal_conv_backward(g(o.in0) + t0 * CD, dy + t0 * CD, buf(o.in0) + t0 * CD, n, CD, L.la_conv.data(), K,
+                                 r.dtype);
+          else
+            delta_rule_backward(sh, g(o.in0) + t0 * CD, g(o.in1) + t0 * H, g(o.in2) + t0 * H, dy + t0 * VD,
+                                buf(o.in0) + t0 * CD, buf(o.in1) + t0 * H, buf(o.in2) + t0 * H, L.la_A_log.data(),
+                                L.la_dt_bias.data(), n, r.dtype);
+          t0 += n;
+        }
+        break;
+      }
+      case BlockOpKind::GatedNorm:
+        gated_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux),
+                            T * o.rows_per_token, o.width, r.dtype);
+        break;
+      case BlockOpKind::OutputGate:
+        output_gate_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T), r.dtype);
         break;
       case BlockOpKind::Slice:
         be.slice_backward(g(o.in0), dy, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,

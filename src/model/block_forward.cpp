@@ -6,11 +6,21 @@
 #include "base/float_formats.h"
 #include "lora/lora_model.h"
 #include "model/block_run.h"
+#include "model/delta_net.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/moe_block.h"
 
 namespace qlora {
+
+DeltaRuleShape delta_rule_shape(const ModelSpec& s) {
+  DeltaRuleShape d;
+  d.Hk = s.la_k_heads;
+  d.Hv = s.la_v_heads;
+  d.dk = s.la_k_dim;
+  d.dv = s.la_v_dim;
+  return d;
+}
 
 AttentionShape attention_heads(const BlockProgram& p) {
   const ModelSpec& s = p.spec();
@@ -34,6 +44,7 @@ void block_forward(const BlockRun& r) {
   const std::vector<BlockOp>& ops = p.ops();
   for (size_t oi = 0; oi < ops.size(); ++oi) {
     const BlockOp& o = ops[oi];
+    if (!o.runs_on(s, r.layer)) continue;  // (a hybrid model's other kind of layer)
     float* out = r.buf[static_cast<size_t>(o.out)];
     const float* in0 = o.in0 >= 0 ? r.buf[static_cast<size_t>(o.in0)] : nullptr;
     const float* in1 = o.in1 >= 0 ? r.buf[static_cast<size_t>(o.in1)] : nullptr;
@@ -54,7 +65,9 @@ void block_forward(const BlockRun& r) {
         // This op and the Linear ops right after it that read the same buffer (q/k/v,
         // gate/up) go to the backend as one group.
         size_t end = oi + 1;
-        while (end < ops.size() && ops[end].kind == BlockOpKind::Linear && ops[end].in0 == o.in0) ++end;
+        while (end < ops.size() && ops[end].kind == BlockOpKind::Linear && ops[end].in0 == o.in0 &&
+               ops[end].mixer == o.mixer)
+          ++end;
         Backend::LinearForwardItem items[kBlockLinearCount];
         size_t n = 0;
         for (size_t j = oi; j < end; ++j) {
@@ -87,6 +100,7 @@ void block_forward(const BlockRun& r) {
         const float* v = r.buf[static_cast<size_t>(o.in2)];
         float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         const int64_t QD = s.q_dim(), KVD = s.kv_dim();
+        const int64_t kv_layer = s.kv_layer(r.layer);  // (hybrid models cache their attention layers only)
         AttentionShape a = attention_heads(p);
         if (!L.attn_sinks.empty()) a.sinks = L.attn_sinks.data();
         // Appends n rows of keys and values (positions pos..) to `cache` and attends the n
@@ -100,15 +114,15 @@ void block_forward(const BlockRun& r) {
           a.kv_capacity = cache.capacity();
           const ComputeDType kvt = cache.dtype();
           if (kvt != ComputeDType::F32) {  // a 16-bit cache (host memory: KVCache checks)
-            uint16_t* kc = cache.keys16(r.layer);
-            uint16_t* vc = cache.values16(r.layer);
+            uint16_t* kc = cache.keys16(kv_layer);
+            uint16_t* vc = cache.values16(kv_layer);
             convert_from_f32(to_dtype(kvt), kr, kc + pos * KVD, static_cast<size_t>(n * KVD));
             convert_from_f32(to_dtype(kvt), vr, vc + pos * KVD, static_cast<size_t>(n * KVD));
             be.attention_forward_kv16(a, o, pr, r.scratch.scores, q, kc, vc, kvt);
             return;
           }
-          float* kc = cache.keys(r.layer);
-          float* vc = cache.values(r.layer);
+          float* kc = cache.keys(kv_layer);
+          float* vc = cache.values(kv_layer);
           be.copy(kc + pos * KVD, kr, n * KVD);
           be.copy(vc + pos * KVD, vr, n * KVD);
           be.attention_forward(a, o, pr, r.scratch.scores, q, kc, vc);
@@ -129,15 +143,15 @@ void block_forward(const BlockRun& r) {
             d.capacity = c.capacity();
             d.dtype = c.dtype();
             if (d.dtype != ComputeDType::F32) {
-              uint16_t* kc = c.keys16(r.layer);
-              uint16_t* vc = c.values16(r.layer);
+              uint16_t* kc = c.keys16(kv_layer);
+              uint16_t* vc = c.values16(kv_layer);
               convert_from_f32(to_dtype(d.dtype), k + t * KVD, kc + pos * KVD, static_cast<size_t>(KVD));
               convert_from_f32(to_dtype(d.dtype), v + t * KVD, vc + pos * KVD, static_cast<size_t>(KVD));
               d.k = kc;
               d.v = vc;
             } else {
-              float* kc = c.keys(r.layer);
-              float* vc = c.values(r.layer);
+              float* kc = c.keys(kv_layer);
+              float* vc = c.values(kv_layer);
               be.copy(kc + pos * KVD, k + t * KVD, KVD);
               be.copy(vc + pos * KVD, v + t * KVD, KVD);
               d.k = kc;
@@ -178,6 +192,45 @@ void block_forward(const BlockRun& r) {
         break;
       case BlockOpKind::Moe:
         moe_forward(r, out, in0, in1);
+        break;
+      case BlockOpKind::CausalConv:
+      case BlockOpKind::DeltaRule: {
+        check(be.host_addressable(), "gated DeltaNet", std::string("runs on the CPU backend only, not on ") + be.name());
+        const bool conv = o.kind == BlockOpKind::CausalConv;
+        const DeltaRuleShape sh = delta_rule_shape(s);
+        const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;
+        const float* in2 = o.in2 >= 0 ? r.buf[static_cast<size_t>(o.in2)] : nullptr;
+        // n tokens from row t0 of the buffers, continuing `state` (a cache's; null: from zeros).
+        auto run = [&](int64_t t0, int64_t n, float* state) {
+          if (conv)
+            causal_conv_forward(out + t0 * CD, in0 + t0 * CD, n, CD, L.la_conv.data(), K, state, state != nullptr,
+                                r.dtype);
+          else
+            delta_rule_forward(sh, out + t0 * VD, in0 + t0 * CD, in1 + t0 * H, in2 + t0 * H, L.la_A_log.data(),
+                               L.la_dt_bias.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
+        };
+        const int64_t sl = s.state_layer(r.layer);
+        if (r.cache) {
+          run(0, T, r.cache->state(sl));
+        } else if (!r.caches.empty()) {  // batched decoding: each row continues its own sequence
+          for (int64_t t = 0; t < T; ++t) run(t, 1, r.caches[static_cast<size_t>(t)]->state(sl));
+        } else {  // training: each sequence of the batch from zeros
+          int64_t t0 = 0;
+          for (int64_t n : r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments) {
+            run(t0, n, nullptr);
+            t0 += n;
+          }
+        }
+        break;
+      }
+      case BlockOpKind::GatedNorm: {
+        float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        gated_norm_forward(out, stats, in0, in1, L.la_norm.data(), T * o.rows_per_token, o.width, s.norm_eps, r.dtype);
+        break;
+      }
+      case BlockOpKind::OutputGate:
+        check(be.host_addressable(), "gated attention", std::string("runs on the CPU backend only, not on ") + be.name());
+        output_gate_forward(out, in0, in1, n_of(o.out), r.dtype);
         break;
       case BlockOpKind::Slice:
         be.slice_forward(out, in0, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,

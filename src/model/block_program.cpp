@@ -139,6 +139,43 @@ void BlockProgram::build_post_norm() {
   add_norm(output_, sum2, NormRole::PostAttention, 1, C, buffer("rstd_mlp", stat, true));
 }
 
+// The gated DeltaNet (Qwen3.5's linear_attn), from the normed input h to `out`:
+//   qkv = silu(conv1d(in_proj_qkv h)), z = in_proj_z h, b = in_proj_b h, a = in_proj_a h,
+//   core = delta_rule(qkv, b, a), out = out_proj(norm(core) * silu(z)).
+void BlockProgram::build_delta_net(int out, int h) {
+  const ModelSpec& s = spec_;
+  const int qkv = buffer("la_qkv_proj", s.la_conv_dim()), z = buffer("la_z", s.la_value_dim()),
+            b = buffer("la_b", s.la_v_heads), a = buffer("la_a", s.la_v_heads);
+  add_linear(qkv, h, 7);
+  add_linear(z, h, 8);
+  add_linear(b, h, 9);
+  add_linear(a, h, 10);
+  const int conv = buffer("la_conv", s.la_conv_dim());
+  BlockOp c{BlockOpKind::CausalConv};
+  c.out = conv;
+  c.in0 = qkv;
+  c.round = true;
+  op(c);
+  const int core = buffer("la_core", s.la_value_dim());
+  BlockOp d{BlockOpKind::DeltaRule};
+  d.out = core;
+  d.in0 = conv;
+  d.in1 = b;
+  d.in2 = a;
+  d.round = true;
+  op(d);
+  const int normed = buffer("la_normed", s.la_value_dim());
+  BlockOp n{BlockOpKind::GatedNorm};
+  n.out = normed;
+  n.in0 = core;
+  n.in1 = z;
+  n.aux = buffer("rstd_la", s.la_v_heads, true);
+  n.rows_per_token = s.la_v_heads;
+  n.width = s.la_v_dim;
+  op(n);  // (rounds its own output)
+  add_linear(out, normed, 11);
+}
+
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
@@ -158,10 +195,12 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     h1 = p.buffer("h_attn", C);
     p.add_norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
   }
+  if (s.hybrid()) p.mixer_ = LayerMixer::Attention;  // (until the branch output)
   const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
   // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
   // norms that sit between the projections and rotary.
   const int qproj = s.qk_norm ? p.buffer("q_proj", QD) : q, kproj = s.qk_norm ? p.buffer("k_proj", KVD) : k;
+  int gate = -1;  // (attn_output_gate: the attention output's gate)
   if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
     const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
     const int64_t group = s.n_heads / s.n_kv_heads, stride = (group + 2) * HS;
@@ -189,6 +228,14 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_clamp(qproj, qr, s.clip_qkv);
     p.add_clamp(kproj, kr, s.clip_qkv);
     p.add_clamp(v, vr, s.clip_qkv);
+  } else if (s.attn_output_gate) {  // Qwen3.5: q_proj's rows per head, the query then its gate
+    const int qg = p.buffer("q_gate_proj", 2 * QD);
+    gate = p.buffer("attn_gate", QD);
+    p.add_linear(qg, h1, 0);
+    p.add_linear(kproj, h1, 1);
+    p.add_linear(v, h1, 2);
+    p.add_slice(qproj, qg, 0, HS, s.n_heads, 2 * HS);
+    p.add_slice(gate, qg, HS, HS, s.n_heads, 2 * HS);
   } else {
     p.add_linear(qproj, h1, 0);
     p.add_linear(kproj, h1, 1);
@@ -223,10 +270,25 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_rope(q, s.n_heads, /*query=*/true);
     p.add_rope(k, s.n_kv_heads);
   }
-  const int att = p.buffer("attention", QD);
+  int att = p.buffer("attention", QD);
   p.add_attention(att, q, k, v);
+  if (gate >= 0) {  // attention * sigmoid(gate)
+    const int gated = p.buffer("attention_gated", QD);
+    BlockOp o{BlockOpKind::OutputGate};
+    o.out = gated;
+    o.in0 = att;
+    o.in1 = gate;
+    o.round = true;
+    p.op(o);
+    att = gated;
+  }
   int attn_out = p.buffer("o_proj", C);
   p.add_linear(attn_out, att, 3);
+  if (s.hybrid()) {  // the linear-attention layers' branch writes the same output
+    p.mixer_ = LayerMixer::Linear;
+    p.build_delta_net(attn_out, h1);
+    p.mixer_ = LayerMixer::All;
+  }
   if (s.sandwich_norms) {  // gemma2/3: the branch output is normalized before the residual add
     const int normed = p.buffer("o_normed", C);
     p.add_norm(normed, attn_out, NormRole::PostAttention, 1, C, p.buffer("rstd_o", stat, true));
@@ -331,6 +393,10 @@ void BlockProgram::finish() {
       case BlockOpKind::Act: keep(o.in0); break;
       case BlockOpKind::Clamp: keep(o.in0); break;
       case BlockOpKind::Moe: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::CausalConv: keep(o.in0); break;
+      case BlockOpKind::DeltaRule: keep(o.in0); keep(o.in1); keep(o.in2); break;
+      case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
+      case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::ScaleColumns: break;  // (its backward reads the weights only)
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:

@@ -43,7 +43,16 @@ enum class BlockOpKind : uint8_t {
   ScaleColumns,  // out = in0 * w[column], w the norm weight of `norm` (per-head q/k norm weights)
   Moe,        // out = the routed experts of in0 (+ sigmoid(shared_gate in0) * in1 when in1 is
               // the shared expert's output); model/moe_block.h
+  // The gated DeltaNet of a hybrid model's linear-attention layers (model/delta_net.h):
+  CausalConv,  // out = silu(causal depthwise conv1d of in0) (the conv's state: the cache's)
+  DeltaRule,   // out = the gated delta rule over q|k|v = in0, rate logits in1, decay inputs in2
+  GatedNorm,   // out = RMSNorm(in0, per value head) * silu(in1) (aux: rstd)
+  OutputGate,  // out = in0 * sigmoid(in1) (gated attention's output gate)
 };
+
+// Which layers an op runs on: every layer, or (hybrid models) the attention layers only or
+// the linear-attention layers only.
+enum class LayerMixer : uint8_t { All, Attention, Linear };
 
 struct BlockOp {
   BlockOpKind kind;
@@ -60,6 +69,11 @@ struct BlockOp {
   int64_t offset = 0;            // Slice: first column
   int64_t groups = 1, group_stride = 0;
   float factor = 1.0f;           // Scale
+  LayerMixer mixer = LayerMixer::All;
+  // Whether this op runs on layer l of spec s.
+  bool runs_on(const ModelSpec& s, int64_t l) const {
+    return mixer == LayerMixer::All || (mixer == LayerMixer::Linear) == s.layer_is_linear_attn(l);
+  }
 };
 
 struct BlockBuffer {
@@ -109,7 +123,12 @@ class BlockProgram {
 
  private:
   int buffer(std::string name, int64_t width, bool training_only = false, bool probs = false);
-  void op(BlockOp o) { ops_.push_back(o); }
+  void op(BlockOp o) {
+    o.mixer = mixer_;
+    ops_.push_back(o);
+  }
+  // The hybrid model's gated DeltaNet, writing `out` (the branch output, C wide) from h.
+  void build_delta_net(int out, int h);
   void finish();
   // Op builders (block_program.cpp): each appends one op over declared buffers.
   void add_norm(int out, int in, NormRole role, int64_t rows, int64_t width, int rstd);
@@ -130,6 +149,7 @@ class BlockProgram {
   std::vector<BlockBuffer> buffers_;
   int input_ = -1, output_ = -1;
   Slots slots_;
+  LayerMixer mixer_ = LayerMixer::All;  // stamped on the ops being added
 };
 
 }  // namespace qlora

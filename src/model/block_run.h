@@ -65,6 +65,9 @@ struct BlockRun {
   struct MoeSaved* moe_saved = nullptr;
 };
 
+// A hybrid model's gated delta rule heads (model/delta_net.h).
+struct DeltaRuleShape delta_rule_shape(const ModelSpec& s);
+
 // The program's attention heads, scale, softcap and ALiBi bias (the per-call sizes, key
 // window and positions left for the caller to fill).
 AttentionShape attention_heads(const BlockProgram& p);

@@ -29,13 +29,29 @@ void KVCache::allocate() {
   v_.ensure(*backend_, n);
   backend_->zero(k_.data(), n);
   backend_->zero(v_.data(), n);
+  if (has_state()) {
+    state_.ensure(*backend_, state_layers_ * state_floats_);
+    backend_->zero(state_.data(), state_layers_ * state_floats_);
+  }
   allocated_ = true;
+}
+
+void KVCache::set_state_layers(int64_t layers, int64_t floats) {
+  check(!allocated_ && layers >= 0 && floats > 0, "KV cache", "recurrent states are declared before allocation");
+  state_layers_ = layers;
+  state_floats_ = floats;
+}
+
+void KVCache::zero_states() {
+  if (has_state() && allocated_) backend_->zero(state_.data(), state_layers_ * state_floats_);
 }
 
 void KVCache::set_length(int64_t n) {
   check(n >= 0 && n <= capacity_, "KV cache",
         "length " + std::to_string(n) + " outside capacity " + std::to_string(capacity_));
   length_ = n;
+  if (has_state() && n != state_pos_) state_pos_ = -1;
+  if (static_cast<int64_t>(tokens_.size()) > n) tokens_.resize(static_cast<size_t>(n));
 }
 
 void KVCache::reserve(int64_t capacity) {
@@ -71,7 +87,8 @@ void KVCache::reserve(int64_t capacity) {
 }
 
 void KVCache::copy_from(const KVCache& src, int64_t positions) {
-  check(src.n_layers_ == n_layers_ && src.kv_dim_ == kv_dim_ && src.dtype_ == dtype_ && src.backend_ == backend_,
+  check(src.n_layers_ == n_layers_ && src.kv_dim_ == kv_dim_ && src.dtype_ == dtype_ && src.backend_ == backend_ &&
+            src.state_layers_ == state_layers_ && src.state_floats_ == state_floats_,
         "KV cache", "copying between caches of different shapes, dtypes or backends");
   check(positions >= 0 && positions <= src.length_ && src.allocated_, "KV cache",
         "copying " + std::to_string(positions) + " positions from a cache holding " + std::to_string(src.length_));
@@ -89,6 +106,15 @@ void KVCache::copy_from(const KVCache& src, int64_t positions) {
     }
   }
   length_ = positions;
+  tokens_.assign(src.tokens_.begin(), src.tokens_.begin() + std::min<int64_t>(positions, static_cast<int64_t>(src.tokens_.size())));
+  if (has_state()) {  // (a state holds all of src's positions or nothing usable)
+    if (positions == src.state_pos_) {
+      be.copy(state_.data(), src.state_.data(), state_layers_ * state_floats_);
+      state_pos_ = positions;
+    } else {
+      state_pos_ = -1;
+    }
+  }
 }
 
 }  // namespace qlora

@@ -28,8 +28,30 @@ class KVCache {
   int64_t capacity() const { return capacity_; }
   // Positions filled so far (the position of the next token).
   int64_t length() const { return length_; }
-  void set_length(int64_t n);  // REQUIRES 0 <= n <= capacity(); shrinking forgets tokens
-  void clear() { length_ = 0; }
+  // REQUIRES 0 <= n <= capacity(); shrinking forgets tokens (and a recurrent state, which
+  // cannot be rewound: state_position() becomes -1 unless it is n).
+  void set_length(int64_t n);
+  void clear() {
+    length_ = 0;
+    state_pos_ = 0;
+    tokens_.clear();
+  }
+
+  // Hybrid models' linear-attention layers keep a recurrent state per sequence instead of
+  // keys and values: `layers` states of `floats` each (ModelSpec::la_state_floats), in the
+  // backend's memory, allocated (zeroed) with the cache. Call before allocate().
+  void set_state_layers(int64_t layers, int64_t floats);
+  bool has_state() const { return state_layers_ > 0; }
+  float* state(int64_t i) { return state_.data() + i * state_floats_; }
+  // The positions the states summarize: length() when they are current, -1 when the cache was
+  // cut back or copied short of them (the forward then runs the cached tokens again).
+  int64_t state_position() const { return state_pos_; }
+  void set_state_position(int64_t n) { state_pos_ = n; }
+  // Zeroes every state (a sequence starting at position 0).
+  void zero_states();
+  // State models: the token of every cached position (what rebuilding the states runs again).
+  std::vector<int>& tokens() { return tokens_; }
+  const std::vector<int>& tokens() const { return tokens_; }
   // Grows to at least `capacity` positions, keeping the contents (if allocated).
   void reserve(int64_t capacity);
 
@@ -53,7 +75,7 @@ class KVCache {
   const uint16_t* values16c(int64_t layer) const {
     return reinterpret_cast<const uint16_t*>(v_.data()) + layer * capacity_ * kv_dim_;
   }
-  size_t bytes() const { return static_cast<size_t>(k_.size() + v_.size()) * sizeof(float); }
+  size_t bytes() const { return static_cast<size_t>(k_.size() + v_.size() + state_.size()) * sizeof(float); }
 
  private:
   int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
@@ -61,6 +83,9 @@ class KVCache {
   ComputeDType dtype_ = ComputeDType::F32;
   Backend* backend_ = &cpu_backend();
   BackendBuffer k_, v_;  // (L, capacity, kv_dim)
+  int64_t state_layers_ = 0, state_floats_ = 0, state_pos_ = 0;
+  BackendBuffer state_;  // (state layers, state floats)
+  std::vector<int> tokens_;
 };
 
 }  // namespace qlora

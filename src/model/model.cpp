@@ -209,7 +209,8 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     auto name = [l](const char* module, const char* suffix = "weight") { return layer_tensor_name(l, module, suffix); };
     const auto lin = spec.block_linears();
     auto linear = [&](int w) {
-      if (!lin[w].module) return;  // fused into another Linear of this family
+      // (fused into another Linear of this family, or not of this layer's kind)
+      if (!lin[w].module || !spec.layer_has_linear(l, w)) return;
       QuantLinear& dst = L.linear(w);
       dst = load_linear(src, name(lin[w].module), opt);
       progress(name(lin[w].module));
@@ -237,6 +238,18 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     };
     if (spec.pre_norms) L.input_norm = norm_weight(name("input_layernorm"));
     if (ln) L.input_norm_bias = norm_bias(name("input_layernorm", "bias"));
+    if (spec.layer_is_linear_attn(l)) {  // the gated DeltaNet's parameters, then its Linears
+      const std::string prefix = "model.layers." + std::to_string(l) + ".linear_attn.";
+      L.la_dt_bias = load_vector(src, prefix + "dt_bias", opt.compute_dtype);
+      progress(prefix + "dt_bias");
+      L.la_A_log = load_vector(src, prefix + "A_log", opt.compute_dtype);
+      progress(prefix + "A_log");
+      L.la_conv = load_vector(src, prefix + "conv1d.weight", opt.compute_dtype);  // (conv_dim, 1, K) = (conv_dim, K)
+      progress(prefix + "conv1d.weight");
+      L.la_norm = load_vector(src, prefix + "norm.weight", opt.compute_dtype);
+      progress(prefix + "norm.weight");
+      for (int w = 7; w < kBlockLinearCount; ++w) linear(w);
+    }
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
     if (spec.sandwich_norms) {
       if (spec.pre_norms) {
@@ -257,7 +270,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
         }
       L.unit_norm.assign(static_cast<size_t>(spec.head_dim), 1.0f);
       L.unit_norm_bias.assign(static_cast<size_t>(spec.head_dim), 0.0f);
-    } else if (spec.qk_norm) {
+    } else if (spec.qk_norm && !spec.layer_is_linear_attn(l)) {
       L.q_norm = load_vector(src, name("self_attn.q_norm"), opt.compute_dtype);
       progress(name("self_attn.q_norm"));
       L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
@@ -275,7 +288,7 @@ Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoa
     if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     if (spec.moe()) load_moe_layer(L, spec, l, src, opt, progress);
-    for (int w = 4; w < kBlockLinearCount; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
+    for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
   }
   if (spec.final_norm) {
     if (spec.norm_weights) {
@@ -322,7 +335,7 @@ size_t Model::weight_bytes() const {
              (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
-          L.post_ffn_norm.size()) *
+          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_dt_bias.size() + L.la_norm.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
     b += L.router.bytes() + L.shared_gate.bytes();
@@ -342,6 +355,11 @@ QuantLinear& LayerWeights::linear(int which) {
     case 4: return gate_proj;
     case 5: return up_proj;
     case 6: return down_proj;
+    case 7: return la_in_qkv;
+    case 8: return la_in_z;
+    case 9: return la_in_b;
+    case 10: return la_in_a;
+    case 11: return la_out;
   }
   fail("LayerWeights::linear", "no Linear " + std::to_string(which) + " in a block");
 }
@@ -494,8 +512,10 @@ void Model::set_adapter(const LoraModel* a) {
 
 InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend, ComputeDType kv_dtype)
     : backend_(&backend),
-      cache_(spec.n_layers, spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
-             /*allocate=*/false, backend, kv_dtype) {}
+      cache_(spec.kv_layers(), spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
+             /*allocate=*/false, backend, kv_dtype) {
+  if (spec.hybrid()) cache_.set_state_layers(spec.state_layers(), spec.la_state_floats());
+}
 
 void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   if (T <= scratch_T_) return;
@@ -585,6 +605,19 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   }
   Backend& be = *st.backend_;
   st.cache_.allocate();
+  if (s.hybrid()) {
+    KVCache& c = st.cache_;
+    if (pos0 == 0) {
+      c.zero_states();
+    } else if (c.state_position() != pos0) {
+      // The recurrent states hold more (or other) positions than the cache now does, and
+      // cannot be rewound: run the cached tokens again (a prompt cut back to a shared prefix).
+      check(static_cast<int64_t>(c.tokens().size()) >= pos0, "forward", "the cache holds tokens it has no record of");
+      const std::vector<int> prefix(c.tokens().begin(), c.tokens().begin() + pos0);
+      c.clear();
+      forward(model, st, prefix, nullptr);
+    }
+  }
   const BlockProgram& prog = model.block();
   st.ensure_scratch(prog, T);
   // The block's declared scratch, for keys up to the cache's capacity (so that decoding one
@@ -641,6 +674,10 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   }
   st.run_blocks(model, run, window_start);
   st.cache_.set_length(pos0 + T);
+  if (s.hybrid()) {
+    st.cache_.set_state_position(pos0 + T);
+    st.cache_.tokens().insert(st.cache_.tokens().end(), tokens.begin(), tokens.end());
+  }
 
   if (!logits) {
     be.synchronize();
@@ -713,10 +750,19 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   int64_t max_capacity = 1;
   for (int64_t i = 0; i < N; ++i) {
     InferenceState& st = *seqs[static_cast<size_t>(i)];
+    if (s.hybrid() && st.cache_.length() > 0 && st.cache_.state_position() != st.cache_.length()) {
+      // (states that cannot be rewound: run the sequence's cached tokens again first)
+      const std::vector<int> prefix = st.cache_.tokens();
+      check(static_cast<int64_t>(prefix.size()) >= st.cache_.length(), "batched decoding",
+            "the cache holds tokens it has no record of");
+      st.cache_.clear();
+      forward(model, st, std::span<const int>(prefix.data(), static_cast<size_t>(prefix.size())), nullptr);
+    }
     const int64_t pos = st.cache_.length();
     if (pos + 1 > st.cache_.capacity())
       st.cache_.reserve(std::min(s.max_positions, std::max(pos + 1, 2 * st.cache_.capacity())));
     st.cache_.allocate();
+    if (s.hybrid() && pos == 0) st.cache_.zero_states();
     caches[static_cast<size_t>(i)] = &st.cache_;
     max_capacity = std::max(max_capacity, st.cache_.capacity());
   }
@@ -773,7 +819,14 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
     run.q_scale = q_scale.data();
   }
   work.run_blocks(model, run, window_start);
-  for (KVCache* c : caches) c->set_length(c->length() + 1);
+  for (int64_t i = 0; i < N; ++i) {
+    KVCache* c = caches[static_cast<size_t>(i)];
+    c->set_length(c->length() + 1);
+    if (s.hybrid()) {
+      c->set_state_position(c->length());
+      c->tokens().push_back(tokens[static_cast<size_t>(i)]);
+    }
+  }
 
   const float* e = head_input_forward(be, work.emb_.data(), h, nullptr, x, N, model, model.adapter(), nullptr, false,
                                       nullptr, scratch.lora);

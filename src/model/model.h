@@ -53,7 +53,14 @@ struct LayerWeights {
   // (n_heads) attention sink logits (spec.attn_sinks: gpt-oss), else empty.
   std::vector<float> attn_sinks;
   std::vector<QuantLinear> expert_gate_up, expert_down;
-  // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down).
+  // A hybrid model's linear-attention layer (spec.layer_is_linear_attn; model/delta_net.h):
+  // its Linears (in_proj_qkv (conv_dim, C), in_proj_z (value_dim, C), in_proj_b and
+  // in_proj_a (v_heads, C), out_proj (C, value_dim)), the conv1d taps (conv_dim, kernel),
+  // A_log and dt_bias (v_heads) and the gated norm's weight (v_head_dim), in the compute dtype.
+  QuantLinear la_in_qkv, la_in_z, la_in_b, la_in_a, la_out;
+  std::vector<float> la_conv, la_A_log, la_dt_bias, la_norm;
+  // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down; 7..11 the
+  // DeltaNet's).
   // REQUIRES 0 <= which < kBlockLinearCount.
   QuantLinear& linear(int which);
   const QuantLinear& linear(int which) const;

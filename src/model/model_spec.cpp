@@ -117,6 +117,20 @@ void ModelSpec::validate(const std::string& where) const {
   } else if (shared_expert) {
     fail(where, "a shared expert without experts");
   }
+  if (hybrid()) {
+    if (static_cast<int64_t>(linear_attn_layers.size()) != n_layers)
+      fail(where, "layer_types names " + std::to_string(linear_attn_layers.size()) + " layers, the model has " +
+                      std::to_string(n_layers));
+    for (int64_t v : {la_k_heads, la_v_heads, la_k_dim, la_v_dim})
+      if (v <= 0 || v > 65536) fail(where, "linear attention head counts and sizes must be positive, got " + std::to_string(v));
+    if (la_v_heads % la_k_heads != 0)
+      fail(where, "linear_num_value_heads (" + std::to_string(la_v_heads) + ") is not a multiple of linear_num_key_heads (" +
+                      std::to_string(la_k_heads) + ")");
+    if (la_conv_kernel < 1 || la_conv_kernel > 64)
+      fail(where, "linear_conv_kernel_dim must be between 1 and 64, got " + std::to_string(la_conv_kernel));
+    if (fused_qkv || post_norm || parallel_residual || !pre_norms || sandwich_norms || norm != NormKind::RMSNorm)
+      fail(where, "linear-attention layers are built on a sequential pre-RMSNorm block with separate q/k/v (Qwen3.5's)");
+  }
   if (q_pos_scale_beta != 0.0f && (!std::isfinite(q_pos_scale_beta) || q_pos_scale_period <= 0))
     fail(where, "llama_4_scaling_beta needs a finite beta and a positive original_max_position_embeddings");
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
@@ -133,7 +147,16 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
                                                        {m[3], hidden, q_dim(), o_bias},
                                                        {m[4], ffn, hidden, mlp_bias},
                                                        {m[5], ffn, hidden, mlp_bias},
-                                                       {m[6], hidden, ffn, mlp_bias}}};
+                                                       {m[6], hidden, ffn, mlp_bias},
+                                                       absent, absent, absent, absent, absent}};
+  if (attn_output_gate) l[0].out = 2 * q_dim();  // (per head: the query, then its gate)
+  if (hybrid()) {
+    l[7] = {m[7], la_conv_dim(), hidden, false};
+    l[8] = {m[8], la_value_dim(), hidden, false};
+    l[9] = {m[9], la_v_heads, hidden, false};
+    l[10] = {m[10], la_v_heads, hidden, false};
+    l[11] = {m[11], hidden, la_value_dim(), false};
+  }
   if (fused_qkv) {
     l[0] = {"self_attn.qkv_proj", q_dim() + 2 * kv_dim(), hidden, qkv_bias};
     l[1] = l[2] = absent;
@@ -161,9 +184,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   // Weights of Linears [b, e), then their biases (the order Hugging Face checkpoints list).
   auto linears = [&](int64_t l, int b, int e) {
     for (int i = b; i < e; ++i)
-      if (lin[i].module) t.push_back({layer_tensor_name(l, lin[i].module), {lin[i].out, lin[i].in}});
+      if (lin[i].module && layer_has_linear(l, i)) t.push_back({layer_tensor_name(l, lin[i].module), {lin[i].out, lin[i].in}});
     for (int i = b; i < e; ++i)
-      if (lin[i].module && lin[i].bias) t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
+      if (lin[i].module && layer_has_linear(l, i) && lin[i].bias)
+        t.push_back({layer_tensor_name(l, lin[i].module, "bias"), {lin[i].out}});
   };
   const bool ln = norm == NormKind::LayerNorm && norm_bias;  // (each norm has a bias)
   const int64_t E = embed_width();
@@ -178,13 +202,21 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   for (int64_t l = 0; l < n_layers; ++l) {
     if (pre_norms && norm_weights) t.push_back({layer_tensor_name(l, "input_layernorm"), {hidden}});
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});
+    if (layer_is_linear_attn(l)) {  // the gated DeltaNet's (transformers' module order)
+      const std::string prefix = "model.layers." + std::to_string(l) + ".linear_attn.";
+      t.push_back({prefix + "dt_bias", {la_v_heads}});
+      t.push_back({prefix + "A_log", {la_v_heads}});
+      t.push_back({layer_tensor_name(l, "linear_attn.conv1d"), {la_conv_dim(), 1, la_conv_kernel}});
+      t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_v_dim}});
+      linears(l, 7, 12);
+    }
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
     if (sandwich_norms) {
       if (pre_norms) t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
     }
-    if (qk_norm) {
+    if (qk_norm && !layer_is_linear_attn(l)) {
       if (qk_norm_tensor_per_head) {
         for (int64_t h = 0; h < n_heads; ++h)
           t.push_back({layer_tensor_name(l, qk_head_norm_module(false, h)), {head_dim}});

@@ -36,13 +36,17 @@ struct TensorSpec {
   std::vector<int64_t> shape;
 };
 
-// The seven Linear layers of a llama-family block, in module order: q, k, v, o, gate, up,
-// down. This is the one list every part of the program indexes by (Model::set_adapter,
-// Model::block_linear, train's BlockLinear, LoRA files, the merge, the memory planner).
-inline constexpr int kBlockLinearCount = 7;
+// The Linear layers of a block, in module order: q, k, v, o, gate, up, down, then the gated
+// DeltaNet's (hybrid models' linear-attention layers: in_proj_qkv, in_proj_z, in_proj_b,
+// in_proj_a, out_proj). This is the one list every part of the program indexes by
+// (Model::set_adapter, Model::block_linear, train's BlockLinear, LoRA files, the merge, the
+// memory planner). A layer holds those of its kind only (ModelSpec::layer_has_linear).
+inline constexpr int kBlockLinearCount = 12;
+inline constexpr int kAttentionLinears = 7;  // q .. down: every family's
 inline constexpr std::array<const char*, kBlockLinearCount> kBlockLinearModules = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    "self_attn.q_proj",        "self_attn.k_proj",       "self_attn.v_proj",       "self_attn.o_proj",
+    "mlp.gate_proj",           "mlp.up_proj",            "mlp.down_proj",          "linear_attn.in_proj_qkv",
+    "linear_attn.in_proj_z",   "linear_attn.in_proj_b",  "linear_attn.in_proj_a",  "linear_attn.out_proj"};
 
 // One of them in a given model: its module path inside the layer, shape and bias. A family
 // that fuses Linears (phi3's qkv_proj, gate_up_proj) holds the fused one in the first slot
@@ -281,6 +285,50 @@ struct ModelSpec {
   // Per-head attention sinks (gpt-oss: self_attn.sinks, (n_heads)): a learned logit per head
   // that joins each softmax's denominator (the max taken over it too) and is then dropped.
   bool attn_sinks = false;
+  // Gated attention (Qwen3-Next, Qwen3.5): q_proj yields per head the query then an output
+  // gate ((heads, 2, head_dim) rows); the attention output is multiplied by sigmoid(gate)
+  // before o_proj.
+  bool attn_output_gate = false;
+  // Hybrid models (Qwen3.5, Qwen3-Next; config.json layer_types "linear_attention"): those
+  // layers replace attention by a gated DeltaNet (model/delta_net.h): linear_attn.in_proj_qkv
+  // (q, k of la_k_heads x la_k_dim, v of la_v_heads x la_v_dim) through a causal depthwise
+  // conv1d of la_conv_kernel taps and SiLU, the gated delta rule with per-head decay
+  // (A_log, dt_bias, in_proj_a) and rate (sigmoid(in_proj_b)), an RMSNorm gated by
+  // silu(in_proj_z), out_proj. Empty: no such layers.
+  std::vector<bool> linear_attn_layers;
+  int64_t la_k_heads = 0, la_v_heads = 0, la_k_dim = 0, la_v_dim = 0, la_conv_kernel = 4;
+  bool hybrid() const { return !linear_attn_layers.empty(); }
+  bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }
+  int64_t la_key_dim() const { return la_k_heads * la_k_dim; }
+  int64_t la_value_dim() const { return la_v_heads * la_v_dim; }
+  int64_t la_conv_dim() const { return 2 * la_key_dim() + la_value_dim(); }
+  // Floats of one linear-attention layer's state per sequence: the conv's last
+  // la_conv_kernel - 1 inputs, then the (la_v_heads, la_k_dim, la_v_dim) recurrent state.
+  int64_t la_state_floats() const {
+    return (la_conv_kernel - 1) * la_conv_dim() + la_v_heads * la_k_dim * la_v_dim;
+  }
+  // Whether layer l holds block Linear `which` (kBlockLinearModules order): a hybrid model's
+  // attention layers have no DeltaNet Linears and its linear-attention layers no q, k, v, o.
+  // (The family may still lack it: block_linears()' module null.)
+  bool layer_has_linear(int64_t l, int which) const {
+    if (!hybrid()) return which < kAttentionLinears;
+    return layer_is_linear_attn(l) ? which >= 4 : which < kAttentionLinears;
+  }
+  // The layers with keys and values (all but the linear-attention ones), and layer l's index
+  // among them (the KV cache holds those only). REQUIRES !layer_is_linear_attn(l).
+  int64_t kv_layers() const {
+    int64_t n = 0;
+    for (int64_t l = 0; l < n_layers; ++l) n += layer_is_linear_attn(l) ? 0 : 1;
+    return n;
+  }
+  int64_t kv_layer(int64_t l) const {
+    int64_t n = 0;
+    for (int64_t i = 0; i < l; ++i) n += layer_is_linear_attn(i) ? 0 : 1;
+    return n;
+  }
+  // The same for the linear-attention layers (their recurrent states).
+  int64_t state_layers() const { return n_layers - kv_layers(); }
+  int64_t state_layer(int64_t l) const { return l - kv_layer(l); }
 
   int bos_id = -1;               // -1: none
   std::vector<int> eos_ids;      // generation stops at any of these
@@ -293,7 +341,8 @@ struct ModelSpec {
   // (non-positive sizes, heads not divisible by kv heads, odd head_dim for rotary, ...).
   void validate(const std::string& where) const;
 
-  // The seven block Linears of this model, in kBlockLinearModules order.
+  // The block Linears of this model, in kBlockLinearModules order (module null where the
+  // family has none; layer_has_linear says which of them a given layer holds).
   std::array<BlockLinearSpec, kBlockLinearCount> block_linears() const;
 
   // Every tensor the model reads, in load order, with its shape ([out, in] for Linear).

@@ -59,7 +59,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -67,6 +67,16 @@ const std::vector<std::string> kFamilies = {
 // logit leaves room, while a wrong scale, norm, mask or rotary moves logits by 1e-2 of it
 // or more.
 constexpr double kLogitRel = 4e-6;
+// Gated DeltaNet hybrids (qwen3_5*): the fixture's model is much more sensitive to float32
+// rounding (its NF4 round trip moves the logits by more than their largest, where the other
+// fixtures' move by half of it), and transformers computes the rule chunked while we run it
+// token by token. Measured against the same model in float64: transformers' float32 logits
+// 1.1-1.5e-5 away (2.6e-6 of the largest), ours 2.3-2.6e-5 (4.5e-6), so the two float32
+// results differ by up to 6.4e-6 of the largest logit. Twice that; a wrong conv tap, decay,
+// norm or gate moves them by 1e-2 or more.
+constexpr double kHybridLogitRel = 1.2e-5;
+// The tolerance for a comparison named `what` ("<fixture> ..."): kLogitRel, or the hybrids'.
+double logit_rel_for(const std::string& what) { return what.rfind("qwen3_5", 0) == 0 ? kHybridLogitRel : kLogitRel; }
 // LoRA gradients: max |Δ| / max |ref| per tensor; measured up to 2.5e-5 (gemma), 1e-5
 // (the others). A wrong backward is off by O(1).
 constexpr double kGradRel = 5e-5;
@@ -107,6 +117,7 @@ std::vector<float> prompt_logits(const Model& m, const std::vector<int>& prompt)
 void expect_logits(const std::vector<float>& got, const std::vector<float>& want, const std::string& what,
                    double rel = kLogitRel) {
   ASSERT_EQ(got.size(), want.size()) << what;
+  if (rel == kLogitRel) rel = logit_rel_for(what);
   double worst = 0, peak = 0;
   size_t at = 0;
   for (size_t i = 0; i < want.size(); ++i) {
@@ -201,7 +212,7 @@ TEST_P(FamiliesBnb, FourBitCheckpointGivesBitsandbytesLogits) {
   const auto lins = m.spec().block_linears();
   for (int64_t l = 0; l < m.spec().n_layers; ++l) {
     for (int w = 0; w < kBlockLinearCount; ++w) {
-      if (!lins[w].module) continue;  // fused into another Linear
+      if (!lins[w].module || !m.spec().layer_has_linear(l, w)) continue;  // fused, or another kind of layer's
       const QuantLinear& q = m.block_linear(l, w);
       ASSERT_NE(q.q4(), nullptr) << GetParam() << " layer " << l << " " << lins[w].module << " was not kept 4-bit";
       EXPECT_TRUE(q.q4()->state.nested) << GetParam() << " layer " << l;
@@ -220,7 +231,7 @@ TEST_P(FamiliesBnb, EightBitCheckpointGivesBitsandbytesLogits) {
   const auto lins = m.spec().block_linears();
   for (int64_t l = 0; l < m.spec().n_layers; ++l)
     for (int w = 0; w < kBlockLinearCount; ++w) {
-      if (!lins[w].module) continue;
+      if (!lins[w].module || !m.spec().layer_has_linear(l, w)) continue;
       ASSERT_TRUE(m.block_linear(l, w).is_int8()) << GetParam() << " layer " << l << " " << lins[w].module;
     }
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
@@ -261,7 +272,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "olmo2", "gptj", "cohere", "cohere2", "smollm3", "olmo", "arcee", "nemotron",
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
                                            "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
-                                           "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3"),
+                                           "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3",
+                                           "qwen3_5_text"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and

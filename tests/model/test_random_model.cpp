@@ -229,7 +229,7 @@ TEST(RandomModel, WeightsHaveTheShapesAndAreDeterministic) {
   EXPECT_EQ(a.lm_head().rows(), 300);
   const auto lin = s.block_linears();
   for (int64_t l = 0; l < 2; ++l)
-    for (int w = 0; w < kBlockLinearCount; ++w) {
+    for (int w = 0; w < kAttentionLinears; ++w) {  // (a random model has no DeltaNet layers)
       const QuantLinear& qa = a.block_linear(l, w);
       ASSERT_NE(qa.q4(), nullptr);
       EXPECT_EQ(qa.out_features(), lin[w].out);
@@ -337,7 +337,7 @@ TEST(RandomModel, DoubleQuantAndThreadCountsGiveTheSameWeights) {
   omp_set_num_threads(1);
   const Model single = load_random(m, nf4(true));
   omp_set_num_threads(threads);
-  for (int w = 0; w < kBlockLinearCount; ++w)
+  for (int w = 0; w < kAttentionLinears; ++w)
     EXPECT_EQ(single.block_linear(0, w).q4()->packed, dq.block_linear(0, w).q4()->packed);
 }
 

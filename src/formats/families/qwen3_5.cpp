@@ -1,0 +1,84 @@
+// Qwen3.5 (model_type "qwen3_5_text", Qwen3_5ForCausalLM; the Qwen3.5 checkpoints on the Hub
+// are vision-language "qwen3_5" ones whose text_config is this, formats/hf_wrapper.h): a
+// hybrid of gated DeltaNet layers (layer_types "linear_attention", model/delta_net.h) and
+// gated attention layers ("full_attention": q_proj yields the query and an output gate per
+// head, per-head q/k norms, rotary on the first quarter of each head), every RMSNorm scaling
+// by (1 + w) in float32 (Qwen3_5RMSNorm) except the DeltaNet's gated norm, a SwiGLU MLP.
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "formats/config_reader.h"
+#include "formats/model_family.h"
+
+namespace qlora::families {
+
+namespace {
+
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+void qwen3_5_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.qk_norm = true;
+  s.norm_unit_offset = true;
+  s.attn_output_gate = true;
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  s.la_k_heads = config::get_int(j, "linear_num_key_heads", where, 16);
+  s.la_v_heads = config::get_int(j, "linear_num_value_heads", where, 32);
+  s.la_k_dim = config::get_int(j, "linear_key_head_dim", where, 128);
+  s.la_v_dim = config::get_int(j, "linear_value_head_dim", where, 128);
+  s.la_conv_kernel = config::get_int(j, "linear_conv_kernel_dim", where, 4);
+  // layer_types, or (Qwen3_5TextConfig's default) every full_attention_interval-th layer full.
+  std::vector<bool> linear(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
+  if (const json* lt = config::find_key(j, "layer_types"); lt && !lt->is_null()) {
+    if (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers)
+      fail(where, "layer_types must list one type per layer (" + std::to_string(s.n_layers) + ")");
+    for (size_t l = 0; l < lt->size(); ++l) {
+      const json& t = (*lt)[l];
+      const std::string v = t.is_string() ? t.get<std::string>() : std::string();
+      if (v != "linear_attention" && v != "full_attention")
+        fail(where, "layer_types[" + std::to_string(l) + "] is " + t.dump() +
+                        "; Qwen3.5 layers are \"linear_attention\" or \"full_attention\"");
+      linear[l] = v == "linear_attention";
+    }
+  } else {
+    const int64_t every = config::get_int(j, "full_attention_interval", where, 4);
+    if (every <= 0) fail(where, "full_attention_interval must be positive, got " + std::to_string(every));
+    for (int64_t l = 0; l < s.n_layers; ++l) linear[static_cast<size_t>(l)] = (l + 1) % every != 0;
+  }
+  s.linear_attn_layers = std::move(linear);
+  // partial_rotary_factor defaults to 0.25 (the shared reader takes it when the config has it).
+  const json* rp = config::find_key(j, "rope_parameters");
+  if (!config::find_key(j, "partial_rotary_factor") && !(rp && rp->is_object() && config::find_key(*rp, "partial_rotary_factor")))
+    s.rotary_dim = s.head_dim / 4;
+}
+
+void qwen3_5_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.hybrid() || !s.attn_output_gate || !s.qk_norm || !s.norm_unit_offset || s.qkv_bias != s.o_bias ||
+      s.mlp_bias || s.sliding_window > 0)
+    fail("config.json", "not a qwen3_5_text block");
+  j["attention_bias"] = s.qkv_bias;
+  j["linear_num_key_heads"] = s.la_k_heads;
+  j["linear_num_value_heads"] = s.la_v_heads;
+  j["linear_key_head_dim"] = s.la_k_dim;
+  j["linear_value_head_dim"] = s.la_v_dim;
+  j["linear_conv_kernel_dim"] = s.la_conv_kernel;
+  ordered_json types = ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_is_linear_attn(l) ? "linear_attention" : "full_attention");
+  j["layer_types"] = types;
+  j["partial_rotary_factor"] = static_cast<double>(s.rope_dims()) / static_cast<double>(s.head_dim);
+}
+
+}  // namespace
+
+const ModelFamily kQwen3_5Text = [] {
+  ModelFamily f{"qwen3_5_text", "Qwen3_5ForCausalLM", "", 256, 32768, 10000.0f, false, false, qwen3_5_read,
+                qwen3_5_write, nullptr};
+  f.partial_rotary = true;
+  f.no_gguf_reason =
+      "llama.cpp's qwen35 GGUFs (gated DeltaNet layers) are not read or written by qlora yet; use the Hugging Face "
+      "checkpoint";
+  return f;
+}();
+
+}  // namespace qlora::families

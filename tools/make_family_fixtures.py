@@ -157,6 +157,20 @@ FAMILIES = {
         _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
                                          deepstack_visual_indexes=[0], num_position_embeddings=16, patch_size=4),
                       tie_word_embeddings=False))),
+    # Qwen3.5 as the Hub has it (Qwen3_5ForConditionalGeneration): the language model of
+    # qwen3_5_text's shape under model.language_model., a tiny vision tower under model.visual.
+    "qwen3_5": ("Qwen3_5Config", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _text_type="qwen3_5_text",
+        _curve_f64=True,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25,
+                         "mrope_section": [1, 1, 2], "mrope_interleaved": True},
+        _targets=(r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|in_proj_qkv|in_proj_z"
+                  r"|in_proj_b|in_proj_a|out_proj)"),
+        _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                                         num_position_embeddings=16, patch_size=4),
+                      tie_word_embeddings=False))),
     "llava": ("LlavaConfig", dict(
         rope_theta=10000.0, tie_word_embeddings=False, _text_type="llama",
         _targets=r".*language_model.*\.(q_proj|v_proj|down_proj)",
@@ -195,7 +209,7 @@ FAMILIES = {
     # value heads of different sizes, two value heads per key head, the default quarter of
     # each attention head rotated.
     "qwen3_5_text": ("Qwen3_5TextConfig", dict(
-        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1,
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True,
         layer_types=["linear_attention", "full_attention", "linear_attention"],
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
         linear_conv_kernel_dim=4,
@@ -1153,6 +1167,27 @@ def llama_cpp_logits(path: Path, prompt):
     return np.array(llm.scores[: len(prompt)], dtype=np.float32)
 
 
+def curve_float64(family: str, out: Path, ids, labels):
+    """The same 10 AdamW steps with the saved model and initial adapter in float64: where the
+    float32 curve itself drifts with rounding (the gated DeltaNet fixtures: transformers'
+    float32 and float64 curves part by 1.5e-3 at step 10), the truth both float32
+    implementations are held to."""
+    from peft import PeftModel
+    m = auto_class(family).from_pretrained(out, dtype=torch.float64, attn_implementation=attn_impl(family))
+    pm = PeftModel.from_pretrained(m, out / "initial_adapter", is_trainable=True)
+    pm.train()
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=CURVE_LR, betas=(0.9, 0.999),
+                            eps=1e-8, weight_decay=0.0)
+    curve = []
+    for _ in range(CURVE_STEPS):
+        opt.zero_grad()
+        step_loss = pm(input_ids=ids, labels=labels).loss
+        curve.append(float(step_loss.item()))
+        step_loss.backward()
+        opt.step()
+    return curve
+
+
 def build(family: str):
     import copy
 
@@ -1267,6 +1302,7 @@ def build(family: str):
         curve.append(float(step_loss.item()))
         step_loss.backward()
         opt.step()
+    curve64 = curve_float64(family, out, ids, labels) if FAMILIES[family][1].get("_curve_f64") else None
     all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
     if default_logits is not None:
         all_logits["peft_default_logits"] = default_logits
@@ -1296,6 +1332,7 @@ def build(family: str):
         "lora_alpha": 8,
         "curve": curve,
         "curve_adamw": {"lr": CURVE_LR, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+        **({"curve_float64": curve64} if curve64 is not None else {}),
         "transformers": __import__("transformers").__version__,
         "peft": __import__("peft").__version__,
     }

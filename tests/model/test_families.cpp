@@ -59,7 +59,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -782,7 +782,14 @@ TEST_P(Families, TenStepLossCurveMatchesPeft) {
     params.push_back({peft_lora_key(l.module_path, 'B'), l.B, l.dB});
   }
   AdamW opt(std::move(params), ac);
-  const auto want = x.ref.at("curve").get<std::vector<double>>();
+  // The gated DeltaNet fixtures' curves drift with float32 rounding: transformers' own float32
+  // curve parts from its float64 one (curve_float64) by up to 1.5e-3 at step 10, and ours (which
+  // computes the rule token by token, not chunked) drifts as much, in its own direction. There
+  // the float64 curve is the target, within twice transformers' float32 drift so far.
+  const bool f64 = x.ref.contains("curve_float64");
+  const auto want = x.ref.at(f64 ? "curve_float64" : "curve").get<std::vector<double>>();
+  const auto f32_curve = x.ref.at("curve").get<std::vector<double>>();
+  double drift = 0;  // transformers' float32 |curve - curve_float64| up to this step
   TrainWorkspace ws;
   double worst = 0;
   for (size_t step = 0; step < want.size(); ++step) {
@@ -796,7 +803,8 @@ TEST_P(Families, TenStepLossCurveMatchesPeft) {
     }
     opt.step();
     worst = std::max(worst, std::fabs(loss - want[step]) / want[step]);
-    EXPECT_NEAR(loss, want[step], 1e-4 * want[step]) << GetParam() << " step " << step + 1;
+    if (f64) drift = std::max(drift, std::fabs(f32_curve[step] - want[step]));
+    EXPECT_NEAR(loss, want[step], std::max(1e-4 * want[step], 2 * drift)) << GetParam() << " step " << step + 1;
   }
   EXPECT_LT(want.back(), want.front()) << "the reference curve should fall";
   char buf[32];

@@ -1,0 +1,311 @@
+// The gated DeltaNet ops (model/delta_net.h) against a plain double-precision implementation
+// of transformers' recurrence written here, on awkward sizes (3 key heads of 5, 6 value heads
+// of 7, 37 tokens: more than two of the backward's 16-token chunks); their backwards against
+// central differences of that implementation; prefill in pieces against one pass (the state a
+// cache carries); and, on the qwen3_5_text fixture, decoding that continues, cuts back or
+// copies a cache against running the tokens afresh.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "formats/model_loader.h"
+#include "model/delta_net.h"
+#include "model/model.h"
+#include "model_test_util.h"
+
+using namespace qlora;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+const DeltaRuleShape kShape = [] {
+  DeltaRuleShape s;
+  s.Hk = 3;
+  s.Hv = 6;
+  s.dk = 5;
+  s.dv = 7;
+  return s;
+}();
+constexpr int64_t kT = 37;
+
+// transformers' torch_recurrent_gated_delta_rule, in double.
+std::vector<double> rule_reference(const DeltaRuleShape& sh, const std::vector<double>& qkv, const std::vector<double>& b,
+                                   const std::vector<double>& a, const std::vector<double>& A_log,
+                                   const std::vector<double>& dt_bias, int64_t T) {
+  const int64_t W = sh.qkv_width(), KD = sh.Hk * sh.dk;
+  std::vector<double> out(static_cast<size_t>(T * sh.Hv * sh.dv), 0.0);
+  for (int64_t h = 0; h < sh.Hv; ++h) {
+    const int64_t kh = h / (sh.Hv / sh.Hk);
+    std::vector<double> S(static_cast<size_t>(sh.dk * sh.dv), 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<double> q(sh.dk), k(sh.dk), v(sh.dv);
+      double qs = 0, ks = 0;
+      for (int64_t i = 0; i < sh.dk; ++i) {
+        q[i] = qkv[t * W + kh * sh.dk + i];
+        k[i] = qkv[t * W + KD + kh * sh.dk + i];
+        qs += q[i] * q[i];
+        ks += k[i] * k[i];
+      }
+      for (int64_t i = 0; i < sh.dk; ++i) {
+        q[i] = q[i] / std::sqrt(qs + 1e-6) / std::sqrt(double(sh.dk));
+        k[i] = k[i] / std::sqrt(ks + 1e-6);
+      }
+      for (int64_t j = 0; j < sh.dv; ++j) v[j] = qkv[t * W + 2 * KD + h * sh.dv + j];
+      const double beta = 1.0 / (1.0 + std::exp(-b[t * sh.Hv + h]));
+      const double x = a[t * sh.Hv + h] + dt_bias[h];
+      const double g = -std::exp(A_log[h]) * (x > 20 ? x : std::log1p(std::exp(x)));
+      for (double& s : S) s *= std::exp(g);
+      for (int64_t j = 0; j < sh.dv; ++j) {
+        double mem = 0;
+        for (int64_t i = 0; i < sh.dk; ++i) mem += S[i * sh.dv + j] * k[i];
+        const double delta = (v[j] - mem) * beta;
+        for (int64_t i = 0; i < sh.dk; ++i) S[i * sh.dv + j] += k[i] * delta;
+      }
+      for (int64_t j = 0; j < sh.dv; ++j) {
+        double o = 0;
+        for (int64_t i = 0; i < sh.dk; ++i) o += S[i * sh.dv + j] * q[i];
+        out[(t * sh.Hv + h) * sh.dv + j] = o;
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<double> to_d(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+struct RuleInputs {
+  std::vector<float> qkv = randn(static_cast<size_t>(kT * kShape.qkv_width()), 1);
+  std::vector<float> b = randn(static_cast<size_t>(kT * kShape.Hv), 2);
+  std::vector<float> a = randn(static_cast<size_t>(kT * kShape.Hv), 3);
+  std::vector<float> A_log = {-1.0f, 0.3f, 1.2f, 2.0f, -0.5f, 0.8f};
+  std::vector<float> dt_bias = {1.0f, 0.5f, -0.2f, 0.1f, 2.0f, -1.0f};
+};
+
+}  // namespace
+
+TEST(DeltaNet, RuleMatchesTheRecurrenceInDouble) {
+  const RuleInputs in;
+  std::vector<float> out(static_cast<size_t>(kT * kShape.Hv * kShape.dv));
+  delta_rule_forward(kShape, out.data(), in.qkv.data(), in.b.data(), in.a.data(), in.A_log.data(), in.dt_bias.data(),
+                     kT, nullptr, ComputeDType::F32);
+  const auto ref = rule_reference(kShape, to_d(in.qkv), to_d(in.b), to_d(in.a), to_d(in.A_log), to_d(in.dt_bias), kT);
+  double worst = 0, peak = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    worst = std::max(worst, std::fabs(out[i] - ref[i]));
+    peak = std::max(peak, std::fabs(ref[i]));
+  }
+  EXPECT_LT(worst, 1e-5 * peak) << "peak " << peak;
+}
+
+TEST(DeltaNet, PrefillInPiecesCarriesTheState) {
+  const RuleInputs in;
+  const int64_t CD = kShape.qkv_width(), VD = kShape.Hv * kShape.dv, H = kShape.Hv, K = 4;
+  const std::vector<float> conv_w = randn(static_cast<size_t>(CD * K), 4, 0.5f);
+  // Whole: the conv then the rule from zeros.
+  std::vector<float> conv(static_cast<size_t>(kT * CD)), whole(static_cast<size_t>(kT * VD));
+  causal_conv_forward(conv.data(), in.qkv.data(), kT, CD, conv_w.data(), K, nullptr, false, ComputeDType::BF16);
+  delta_rule_forward(kShape, whole.data(), conv.data(), in.b.data(), in.a.data(), in.A_log.data(), in.dt_bias.data(),
+                     kT, nullptr, ComputeDType::BF16);
+  // Pieces of 13, 1, 2 and 21 tokens continuing one state (the conv tail, then the rule's).
+  std::vector<float> state(static_cast<size_t>((K - 1) * CD + kShape.state_floats()), 0.0f);
+  std::vector<float> conv2(conv.size()), pieces(whole.size());
+  int64_t t0 = 0;
+  for (int64_t n : {13, 1, 2, 21}) {
+    causal_conv_forward(conv2.data() + t0 * CD, in.qkv.data() + t0 * CD, n, CD, conv_w.data(), K, state.data(), true,
+                        ComputeDType::BF16);
+    delta_rule_forward(kShape, pieces.data() + t0 * VD, conv2.data() + t0 * CD, in.b.data() + t0 * H,
+                       in.a.data() + t0 * H, in.A_log.data(), in.dt_bias.data(), n, state.data() + (K - 1) * CD,
+                       ComputeDType::BF16);
+    t0 += n;
+  }
+  ASSERT_EQ(t0, kT);
+  EXPECT_EQ(conv2, conv);
+  EXPECT_EQ(pieces, whole);
+}
+
+namespace {
+
+// d (sum w . f(x)) / d x by central differences of a double function, against `analytic`.
+void expect_gradient(const std::function<std::vector<double>(const std::vector<double>&)>& f, std::vector<double> x,
+                     const std::vector<double>& w, const std::vector<float>& analytic, const char* what) {
+  ASSERT_EQ(analytic.size(), x.size());
+  double worst = 0, peak = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i], h = 1e-6 * std::max(1.0, std::fabs(x0));
+    x[i] = x0 + h;
+    const auto up = f(x);
+    x[i] = x0 - h;
+    const auto dn = f(x);
+    x[i] = x0;
+    double d = 0;
+    for (size_t j = 0; j < up.size(); ++j) d += w[j] * (up[j] - dn[j]) / (2 * h);
+    worst = std::max(worst, std::fabs(d - analytic[i]));
+    peak = std::max(peak, std::fabs(d));
+  }
+  EXPECT_LT(worst, 2e-4 * peak) << what << ": peak gradient " << peak;
+}
+
+}  // namespace
+
+TEST(DeltaNet, RuleBackwardMatchesCentralDifferences) {
+  const RuleInputs in;
+  const int64_t VD = kShape.Hv * kShape.dv;
+  const std::vector<float> dout = randn(static_cast<size_t>(kT * VD), 5);
+  std::vector<float> dqkv(in.qkv.size(), 0.0f), db(in.b.size(), 0.0f), da(in.a.size(), 0.0f);
+  delta_rule_backward(kShape, dqkv.data(), db.data(), da.data(), dout.data(), in.qkv.data(), in.b.data(), in.a.data(),
+                      in.A_log.data(), in.dt_bias.data(), kT, ComputeDType::F32);
+  const auto qkv = to_d(in.qkv), b = to_d(in.b), a = to_d(in.a), A = to_d(in.A_log), dt = to_d(in.dt_bias);
+  const auto w = to_d(dout);
+  expect_gradient([&](const std::vector<double>& x) { return rule_reference(kShape, x, b, a, A, dt, kT); }, qkv, w, dqkv,
+                  "d qkv");
+  expect_gradient([&](const std::vector<double>& x) { return rule_reference(kShape, qkv, x, a, A, dt, kT); }, b, w, db,
+                  "d b");
+  expect_gradient([&](const std::vector<double>& x) { return rule_reference(kShape, qkv, b, x, A, dt, kT); }, a, w, da,
+                  "d a");
+}
+
+TEST(DeltaNet, ConvNormAndGateBackwardsMatchCentralDifferences) {
+  const int64_t T = 11, C = 9, K = 4, D = 7, R = 6;
+  // conv: y = silu(conv(x)) (double reference), taps 0..K-1 reading x[t + j - (K - 1)].
+  const std::vector<float> x = randn(static_cast<size_t>(T * C), 6), w = randn(static_cast<size_t>(C * K), 7, 0.5f);
+  auto conv_ref = [&](const std::vector<double>& xs) {
+    std::vector<double> y(static_cast<size_t>(T * C));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        double acc = 0;
+        for (int64_t j = 0; j < K; ++j)
+          if (t + j - (K - 1) >= 0) acc += w[c * K + j] * xs[(t + j - (K - 1)) * C + c];
+        y[t * C + c] = acc / (1 + std::exp(-acc));
+      }
+    return y;
+  };
+  std::vector<float> y(static_cast<size_t>(T * C));
+  causal_conv_forward(y.data(), x.data(), T, C, w.data(), K, nullptr, false, ComputeDType::F32);
+  const auto yr = conv_ref(to_d(x));
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], yr[i], 1e-5);
+  const std::vector<float> dy = randn(y.size(), 8);
+  std::vector<float> dx(x.size(), 0.0f);
+  causal_conv_backward(dx.data(), dy.data(), x.data(), T, C, w.data(), K, ComputeDType::F32);
+  expect_gradient(conv_ref, to_d(x), to_d(dy), dx, "conv d x");
+
+  // gated norm: rmsnorm(x) * w * silu(z) per row of D.
+  const std::vector<float> nx = randn(static_cast<size_t>(R * D), 9), nz = randn(static_cast<size_t>(R * D), 10),
+                           nw = randn(static_cast<size_t>(D), 11);
+  auto norm_ref = [&](const std::vector<double>& xs, const std::vector<double>& zs) {
+    std::vector<double> o(xs.size());
+    for (int64_t r = 0; r < R; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < D; ++i) ss += xs[r * D + i] * xs[r * D + i];
+      const double rs = 1 / std::sqrt(ss / D + 1e-6);
+      for (int64_t i = 0; i < D; ++i) {
+        const double z = zs[r * D + i];
+        o[r * D + i] = xs[r * D + i] * rs * nw[i] * z / (1 + std::exp(-z));
+      }
+    }
+    return o;
+  };
+  std::vector<float> no(nx.size()), rstd(static_cast<size_t>(R));
+  gated_norm_forward(no.data(), rstd.data(), nx.data(), nz.data(), nw.data(), R, D, 1e-6f, ComputeDType::F32);
+  const auto nor = norm_ref(to_d(nx), to_d(nz));
+  for (size_t i = 0; i < no.size(); ++i) EXPECT_NEAR(no[i], nor[i], 1e-5);
+  const std::vector<float> dno = randn(no.size(), 12);
+  std::vector<float> dnx(nx.size(), 0.0f), dnz(nz.size(), 0.0f);
+  gated_norm_backward(dnx.data(), dnz.data(), dno.data(), nx.data(), nz.data(), nw.data(), rstd.data(), R, D,
+                      ComputeDType::F32);
+  expect_gradient([&](const std::vector<double>& v) { return norm_ref(v, to_d(nz)); }, to_d(nx), to_d(dno), dnx,
+                  "gated norm d x");
+  expect_gradient([&](const std::vector<double>& v) { return norm_ref(to_d(nx), v); }, to_d(nz), to_d(dno), dnz,
+                  "gated norm d z");
+
+  // output gate: x * sigmoid(g).
+  auto gate_ref = [&](const std::vector<double>& xs, const std::vector<double>& gs) {
+    std::vector<double> o(xs.size());
+    for (size_t i = 0; i < xs.size(); ++i) o[i] = xs[i] / (1 + std::exp(-gs[i]));
+    return o;
+  };
+  std::vector<float> go(nx.size()), dgx(nx.size(), 0.0f), dgg(nx.size(), 0.0f);
+  output_gate_forward(go.data(), nx.data(), nz.data(), static_cast<int64_t>(nx.size()), ComputeDType::F32);
+  output_gate_backward(dgx.data(), dgg.data(), dno.data(), nx.data(), nz.data(), static_cast<int64_t>(nx.size()),
+                       ComputeDType::F32);
+  expect_gradient([&](const std::vector<double>& v) { return gate_ref(v, to_d(nz)); }, to_d(nx), to_d(dno), dgx,
+                  "gate d x");
+  expect_gradient([&](const std::vector<double>& v) { return gate_ref(to_d(nx), v); }, to_d(nz), to_d(dno), dgg,
+                  "gate d g");
+}
+
+// ---- the states of a hybrid model's sequences ----------------------------------------
+
+namespace {
+
+const std::string kFixture = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_text";
+
+Model load_fixture() {
+  ModelFiles f = open_model_files(kFixture);
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  return Model::load(f.spec, *f.tensors, o);
+}
+
+std::vector<float> last_logits(const Model& m, InferenceState& st, const std::vector<int>& toks) {
+  std::vector<float> l(static_cast<size_t>(m.spec().vocab));
+  forward(m, st, toks, l.data());
+  return l;
+}
+
+}  // namespace
+
+TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
+  const Model m = load_fixture();
+  ASSERT_TRUE(m.spec().hybrid());
+  const std::vector<int> a = {5, 17, 42, 99, 3, 77, 18, 150, 64, 12}, b = {33, 81, 7};
+  std::vector<int> ab = a;
+  ab.insert(ab.end(), b.begin(), b.end());
+  InferenceState fresh(m, 4);
+  const std::vector<float> want = last_logits(m, fresh, ab);
+
+  // Token by token: each step continues the states.
+  InferenceState steps(m, 4);
+  std::vector<float> got;
+  for (int t : ab) got = last_logits(m, steps, {t});
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5) << i;
+
+  // A longer sequence cut back to a's prefix (a prompt cache reusing it), then continued.
+  InferenceState cut(m, 4);
+  std::vector<int> other = a;
+  other.insert(other.end(), {120, 121, 122, 123});
+  last_logits(m, cut, other);
+  cut.cache().set_length(static_cast<int64_t>(a.size()));
+  EXPECT_EQ(cut.cache().state_position(), -1) << "a state cannot be rewound";
+  EXPECT_EQ(last_logits(m, cut, b), want);
+  EXPECT_EQ(cut.cache().state_position(), static_cast<int64_t>(ab.size()));
+
+  // A copy of all of a cache carries its states; a copy of part of it runs them again.
+  InferenceState src(m, 4), whole(m, 4), part(m, 4);
+  last_logits(m, src, a);
+  whole.cache().copy_from(src.cache(), static_cast<int64_t>(a.size()));
+  EXPECT_EQ(whole.cache().state_position(), static_cast<int64_t>(a.size()));
+  EXPECT_EQ(last_logits(m, whole, b), want);
+  part.cache().copy_from(src.cache(), 6);
+  std::vector<int> rest(a.begin() + 6, a.end());
+  rest.insert(rest.end(), b.begin(), b.end());
+  EXPECT_EQ(last_logits(m, part, rest), want);
+}
+
+TEST(DeltaNetModel, KvCacheHoldsTheAttentionLayersOnly) {
+  const Model m = load_fixture();
+  InferenceState st(m, 8);
+  last_logits(m, st, {1, 2, 3});
+  EXPECT_EQ(st.cache().n_layers(), 1) << "one full-attention layer of three";
+  EXPECT_TRUE(st.cache().has_state());
+}

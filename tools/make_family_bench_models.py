@@ -53,6 +53,14 @@ FAMILIES = {
     "gpt_oss": ("GptOssConfig", dict(hidden_size=512, intermediate_size=704, num_hidden_layers=8, num_attention_heads=8,
                                      num_key_value_heads=4, head_dim=64, num_local_experts=8, num_experts_per_tok=2,
                                      max_position_embeddings=131072, tie_word_embeddings=False)),
+    # Qwen3.5's language model at that size: 6 gated DeltaNet layers (4 key and 4 value heads of
+    # 128, Qwen3.5-0.8B's per-head sizes) and 2 gated-attention layers (8 heads of 128, 2
+    # key/value heads, a quarter of each head rotated), every fourth layer full.
+    "qwen3_5_text": ("Qwen3_5TextConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                               num_attention_heads=8, num_key_value_heads=2, head_dim=128,
+                                               linear_num_key_heads=4, linear_num_value_heads=4,
+                                               linear_key_head_dim=128, linear_value_head_dim=128,
+                                               max_position_embeddings=2048, tie_word_embeddings=True)),
 }
 
 

@@ -385,7 +385,21 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // (with checkpointing an MoE layer also keeps its routing, expert products and their
     // LoRA caches for its backward: model/moe_block.h, train/train_model.cpp block_run)
     r.activations_checkpointed = xs + block + 4 * u(moe_saved_floats(s, static_cast<int64_t>(BT), 2 * o.lora_r));
-    r.activations_full = xs + L * block;
+    // Without checkpointing each layer keeps its own buffers and LoRA caches (a hybrid model's
+    // layers only those of their kind).
+    uint64_t per_layer = 0;
+    const auto lins = s.block_linears();
+    for (int64_t l = 0; l < s.n_layers; ++l) {
+      uint64_t mods = 0, mask_words = 0;
+      for (int w = 0; w < kBlockLinearCount; ++w) {
+        const BlockLinearSpec& li = lins[static_cast<size_t>(w)];
+        if (!li.module || !s.layer_has_linear(l, w) || !lora_targets(s, o, li.module)) continue;
+        ++mods;
+        mask_words += u(lora_mask_words(li.in));
+      }
+      per_layer += 4 * u(prog.saved_floats_on(l, Ti, Bi)) + 4 * (mods * BT * r_ + (drop ? BT * mask_words : 0));
+    }
+    r.activations_full = xs + per_layer;
     const uint64_t act = o.checkpointing ? r.activations_checkpointed : r.activations_full;
     add(r, std::string("activations (checkpointing ") + (o.checkpointing ? "on" : "off") + ")", act,
         "block inputs (L+1)*B*T*C fp32 + " + std::string(o.checkpointing ? "1" : "L") +

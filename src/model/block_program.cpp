@@ -465,6 +465,20 @@ int64_t BlockProgram::saved_floats(int64_t T, int64_t B) const {
   return n;
 }
 
+bool BlockProgram::used_on(int b, int64_t l) const {
+  for (const BlockOp& o : ops_)
+    if (o.runs_on(spec_, l) && (o.out == b || o.in0 == b || o.in1 == b || o.in2 == b || o.aux == b)) return true;
+  return false;
+}
+
+int64_t BlockProgram::saved_floats_on(int64_t l, int64_t T, int64_t B) const {
+  int64_t n = 0;
+  for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
+    if (buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_ && used_on(b, l))
+      n += batch_floats(b, B * T, B * T * T);
+  return n;
+}
+
 int64_t BlockProgram::transient_floats(int64_t T, int64_t B) const {
   int64_t n = 0;
   for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)

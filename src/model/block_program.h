@@ -106,6 +106,11 @@ class BlockProgram {
   // Floats training keeps per block for its backward (saved buffers other than the input
   // and output), and the floats of the other (transient) buffers, for B sequences of T tokens.
   int64_t saved_floats(int64_t T, int64_t B = 1) const;
+  // Whether some op that runs on layer l reads or writes buffer b (a hybrid model's layers
+  // use their own kind's buffers only; every buffer for other models), and the saved floats
+  // of layer l's buffers alone.
+  bool used_on(int b, int64_t l) const;
+  int64_t saved_floats_on(int64_t l, int64_t T, int64_t B = 1) const;
   int64_t transient_floats(int64_t T, int64_t B = 1) const;
   // Whether the backward keeps a gradient for buffer b (all but rstd and probabilities),
   // and the floats of those gradients for B x T tokens (the output's comes from the caller).

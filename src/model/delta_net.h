@@ -5,12 +5,17 @@
 // plain reference and the fast path at once: loops the compiler vectorizes, OpenMP over
 // channels or heads.
 //
+// The conv and the rule, the hot loops, come in two builds of one source
+// (delta_net_kernels_inl.h): the baseline instruction set's (the reference) and AVX-512's,
+// chosen at run time by simd_level() (QLORA_SIMD caps it).
+//
 // Rounding follows transformers in bf16/fp16 (dtype F32: none): the conv's output is rounded
 // before and after its SiLU; the decay and the rule itself run in float32 (transformers casts
 // q, k, v, beta and g to float32 inside the rule) with beta = sigmoid(b) rounded first; the
 // rule's output is rounded once. Backwards treat rounding as the identity (autograd's .to).
 #include <cstdint>
 
+#include "base/cpu_features.h"
 #include "base/dtype.h"
 
 namespace qlora {
@@ -64,5 +69,15 @@ void gated_norm_backward(float* dx, float* dz, const float* dout, const float* x
 void output_gate_forward(float* out, const float* x, const float* g, int64_t n, ComputeDType dtype);
 void output_gate_backward(float* dx, float* dg, const float* dout, const float* x, const float* g, int64_t n,
                           ComputeDType dtype);
+
+struct DeltaNetKernels {
+  decltype(&causal_conv_forward) conv_forward;
+  decltype(&causal_conv_backward) conv_backward;
+  decltype(&delta_rule_forward) rule_forward;
+  decltype(&delta_rule_backward) rule_backward;
+};
+const DeltaNetKernels& scalar_delta_net_kernels();
+const DeltaNetKernels& avx512_delta_net_kernels();  // only when cpu_simd_level() >= AVX512
+const DeltaNetKernels& delta_net_kernels_for(SimdLevel level);
 
 }  // namespace qlora

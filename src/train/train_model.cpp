@@ -42,19 +42,22 @@ struct TrainWorkspace::Block {
   std::array<LoraCache, kBlockLinears> lc;
   std::array<BackendBuffer, kBlockLinears> lc_h, lc_mask;  // their storage
 
-  // For T tokens in all whose attention probabilities take NH * probs_per_head floats; the
-  // caches fit the Linear of any layer (a checkpointed run reuses one Block for all).
+  // For T tokens in all whose attention probabilities take NH * probs_per_head floats: layer
+  // `layer`'s buffers and caches (a hybrid model's layers use their own kind's), or with -1
+  // those of any layer (a checkpointed run reuses one Block for all).
   void resize(Backend& be, const BlockProgram& p, const LoraModel& lm, int64_t T, int64_t probs_per_head,
-              bool training) {
+              bool training, int64_t layer) {
     saved.resize(p.buffers().size());
     if (p.spec().moe() && !moe) moe = make_moe_saved();
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
-      if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output())
+      if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output() &&
+          (layer < 0 || p.used_on(b, layer)))
         saved[static_cast<size_t>(b)].ensure(be, p.batch_floats(b, T, probs_per_head));
     std::vector<const LoraLayer*> layers;
     for (int w = 0; w < kBlockLinears; ++w) {
       layers.clear();
-      for (int64_t l = 0; l < p.spec().n_layers; ++l) layers.push_back(lm.find(l, static_cast<BlockLinear>(w)));
+      for (int64_t l = 0; l < p.spec().n_layers; ++l)
+        if (layer < 0 || l == layer) layers.push_back(lm.find(l, static_cast<BlockLinear>(w)));
       size_lora_cache(be, lc[static_cast<size_t>(w)], lc_h[static_cast<size_t>(w)], lc_mask[static_cast<size_t>(w)],
                       layers, T, training);
     }
@@ -271,7 +274,8 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   w.T = T;
   w.xs.ensure(be, (NL + 1) * T * C);
   w.blocks.resize(keep_all ? static_cast<size_t>(NL) : 1);
-  for (Block& b : w.blocks) b.resize(be, m.block(), lm, T, probs_per_head, training);
+  for (size_t i = 0; i < w.blocks.size(); ++i)
+    w.blocks[i].resize(be, m.block(), lm, T, probs_per_head, training, keep_all ? static_cast<int64_t>(i) : -1);
   const LoraLayer* in_layer = lm.find(ModelLinear::ProjectIn);
   const LoraLayer* out_layer = lm.find(ModelLinear::ProjectOut);
   size_lora_cache(be, w.lc_in, w.lc_in_h, w.lc_in_mask, std::span(&in_layer, 1), T, training);

@@ -2,7 +2,7 @@
 // of transformers' recurrence written here, on awkward sizes (3 key heads of 5, 6 value heads
 // of 7, 37 tokens: more than two of the backward's 16-token chunks); their backwards against
 // central differences of that implementation; prefill in pieces against one pass (the state a
-// cache carries); and, on the qwen3_5_text fixture, decoding that continues, cuts back or
+// cache carries); the AVX-512 build of the kernels against the baseline one; and, on the qwen3_5_text fixture, decoding that continues, cuts back or
 // copies a cache against running the tokens afresh.
 #include <gtest/gtest.h>
 
@@ -242,6 +242,49 @@ TEST(DeltaNet, ConvNormAndGateBackwardsMatchCentralDifferences) {
                   "gate d x");
   expect_gradient([&](const std::vector<double>& v) { return gate_ref(to_d(nx), v); }, to_d(nz), to_d(dno), dgg,
                   "gate d g");
+}
+
+TEST(DeltaNet, Avx512KernelsMatchTheBaseline) {
+  if (cpu_simd_level() < SimdLevel::AVX512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const DeltaNetKernels& s = scalar_delta_net_kernels();
+  const DeltaNetKernels& v = avx512_delta_net_kernels();
+  const RuleInputs in;
+  const int64_t CD = kShape.qkv_width(), VD = kShape.Hv * kShape.dv, K = 4;
+  const std::vector<float> w = randn(static_cast<size_t>(CD * K), 4, 0.5f), dout = randn(static_cast<size_t>(kT * VD), 5),
+                           dconv = randn(static_cast<size_t>(kT * CD), 6);
+  auto close = [](const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+    double worst = 0, peak = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+      peak = std::max(peak, double(std::fabs(a[i])));
+    }
+    EXPECT_LE(worst, 1e-5 * peak) << what;  // (the compilers contract and order differently)
+  };
+  for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16}) {
+    std::vector<float> c1(static_cast<size_t>(kT * CD)), c2(c1.size()), st1((K - 1) * CD, 0.5f), st2 = st1;
+    s.conv_forward(c1.data(), in.qkv.data(), kT, CD, w.data(), K, st1.data(), true, dt);
+    v.conv_forward(c2.data(), in.qkv.data(), kT, CD, w.data(), K, st2.data(), true, dt);
+    close(c1, c2, "conv forward");
+    EXPECT_EQ(st1, st2);
+    std::vector<float> dx1(c1.size(), 0.0f), dx2(c1.size(), 0.0f);
+    s.conv_backward(dx1.data(), dconv.data(), in.qkv.data(), kT, CD, w.data(), K, dt);
+    v.conv_backward(dx2.data(), dconv.data(), in.qkv.data(), kT, CD, w.data(), K, dt);
+    close(dx1, dx2, "conv backward");
+    std::vector<float> o1(static_cast<size_t>(kT * VD)), o2(o1.size());
+    s.rule_forward(kShape, o1.data(), in.qkv.data(), in.b.data(), in.a.data(), in.A_log.data(), in.dt_bias.data(), kT,
+                   nullptr, dt);
+    v.rule_forward(kShape, o2.data(), in.qkv.data(), in.b.data(), in.a.data(), in.A_log.data(), in.dt_bias.data(), kT,
+                   nullptr, dt);
+    if (dt == ComputeDType::F32) close(o1, o2, "rule forward");  // (bf16: an ulp of a rounded output may flip)
+    std::vector<float> q1(in.qkv.size(), 0.0f), q2 = q1, b1(in.b.size(), 0.0f), b2 = b1, a1 = b1, a2 = b1;
+    s.rule_backward(kShape, q1.data(), b1.data(), a1.data(), dout.data(), in.qkv.data(), in.b.data(), in.a.data(),
+                    in.A_log.data(), in.dt_bias.data(), kT, dt);
+    v.rule_backward(kShape, q2.data(), b2.data(), a2.data(), dout.data(), in.qkv.data(), in.b.data(), in.a.data(),
+                    in.A_log.data(), in.dt_bias.data(), kT, dt);
+    close(q1, q2, "rule backward d qkv");
+    close(b1, b2, "rule backward d b");
+    close(a1, a2, "rule backward d a");
+  }
 }
 
 // ---- the states of a hybrid model's sequences ----------------------------------------

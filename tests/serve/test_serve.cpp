@@ -223,11 +223,16 @@ TEST(Serve, QueueFullIs503) {
   std::thread busy([&] {
     httplib::Client c("127.0.0.1", port);
     c.set_read_timeout(60, 0);
-    auto r = c.Post("/v1/completions", R"({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0})",
+    auto r = c.Post("/v1/completions",
+                    R"({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0, "ignore_eos": true})",
                     "application/json");
     long_status = r ? r->status : -1;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Until the long request decodes (a fixed sleep raced a loaded machine's start-up: under
+  // ctest -j2 the second request sometimes came first).
+  for (int i = 0; i < 20000 && srv->stats().decoded_tokens == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_GT(srv->stats().decoded_tokens, 0u);
   httplib::Client c("127.0.0.1", port);
   auto r = c.Post("/v1/completions", R"({"prompt": "Once", "max_tokens": 4})", "application/json");
   ASSERT_TRUE(r);

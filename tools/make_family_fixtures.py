@@ -214,6 +214,14 @@ FAMILIES = {
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
         linear_conv_kernel_dim=4,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    # The same as llama.cpp's qwen35 GGUF can hold it (key and value heads of one size; every
+    # second layer attending: full_attention_interval 2); model.gguf as its converter writes it.
+    "qwen3_5_gguf": ("Qwen3_5TextConfig", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
     # Rotary scalings (transformers' modeling_rope_utils): the original context is 32 so
     # that the prompt's positions and every frequency band are in play.
     "llama_rope_llama3": ("LlamaConfig", dict(rope_parameters=dict(
@@ -559,7 +567,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
-             "hunyuan_v1_dense": "hunyuan-dense"}
+             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -848,7 +856,98 @@ def write_gguf_gpt2(model, path: Path):
     _finish(w)
 
 
+def write_gguf_qwen35(model, path: Path):
+    """As llama.cpp's converter writes Qwen3.5 (conversion/qwen.py: Qwen3NextModel,
+    _LinearAttentionVReorderBase, Qwen3_5TextModel): the (1 + w) RMSNorms' weights as 1 + w
+    (not the DeltaNet's gated norm), A_log as ssm_a = -exp(A_log), dt_bias as ssm_dt.bias, the
+    conv taps squeezed to (channels, kernel), the DeltaNet's value heads reordered from grouped
+    by key head to tiled, every full_attention_interval-th layer attending."""
+    import gguf
+    import numpy as np
+    c = model.config
+    hd = c.head_dim
+    Hk, Hv, dk, dv = c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim
+    assert dk == dv, "llama.cpp's qwen35 graph takes key and value heads of one size"
+    kinds = c.layer_types
+    interval = kinds.index("full_attention") + 1
+    assert all((t == "full_attention") == ((i + 1) % interval == 0) for i, t in enumerate(kinds)), kinds
+    w = gguf.GGUFWriter(str(path), "qwen35")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    rp = c.rope_parameters
+    w.add_rope_dimension_count(int(hd * rp.get("partial_rotary_factor", 0.25)))
+    w.add_rope_dimension_sections(list(rp.get("mrope_section", [11, 11, 10])) + [0])
+    w.add_rope_freq_base(rp["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_ssm_conv_kernel(c.linear_conv_kernel_dim)
+    w.add_ssm_state_size(dk)
+    w.add_ssm_group_count(Hk)
+    w.add_ssm_time_step_rank(Hv)
+    w.add_ssm_inner_size(dv * Hv)
+    w.add_full_attention_interval(interval)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    R = Hv // Hk
+
+    def tiled(t, dim, block):  # value heads grouped by key head -> tiled over the key heads
+        shape = list(t.shape)
+        t = t.reshape(shape[:dim] + [Hk, R, block] + shape[dim + 1:])
+        return np.ascontiguousarray(np.swapaxes(t, dim, dim + 1)).reshape(shape)
+
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+             "linear_attn.in_proj_qkv": "attn_qkv", "linear_attn.in_proj_z": "attn_gate",
+             "linear_attn.in_proj_b": "ssm_beta", "linear_attn.in_proj_a": "ssm_alpha",
+             "linear_attn.norm": "ssm_norm", "linear_attn.out_proj": "ssm_out", "linear_attn.conv1d": "ssm_conv1d"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
+            t = t + 1.0
+        if name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            w.add_tensor("output.weight", np.ascontiguousarray(t))
+            continue
+        if name == "model.embed_tokens.weight":
+            w.add_tensor("token_embd.weight", np.ascontiguousarray(t))
+            continue
+        if name == "model.norm.weight":
+            w.add_tensor("output_norm.weight", np.ascontiguousarray(t))
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if rest == "linear_attn.A_log":
+            w.add_tensor(f"blk.{layer}.ssm_a", tiled(-np.exp(t), 0, 1))
+            continue
+        if rest == "linear_attn.dt_bias":
+            w.add_tensor(f"blk.{layer}.ssm_dt.bias", tiled(t, 0, 1))
+            continue
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == "linear_attn.conv1d":
+            t = t.reshape(t.shape[0], t.shape[2])
+            t = np.concatenate([t[:2 * Hk * dk], tiled(t[2 * Hk * dk:], 0, dv)], axis=0)
+        elif mod == "linear_attn.in_proj_qkv":
+            t = np.concatenate([t[:2 * Hk * dk], tiled(t[2 * Hk * dk:], 0, dv)], axis=0)
+        elif mod == "linear_attn.in_proj_z":
+            t = tiled(t, 0, dv)
+        elif mod in ("linear_attn.in_proj_b", "linear_attn.in_proj_a"):
+            t = tiled(t, 0, 1)
+        elif mod == "linear_attn.out_proj":
+            t = tiled(t, 1, dv)
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
 def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
+    if arch == "qwen35":
+        return write_gguf_qwen35(model, path)
     import gguf
     import numpy as np
     c = model.config

@@ -95,7 +95,29 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     if (permute_qk && L.module_path.ends_with("self_attn.q_proj")) heads = spec.n_heads;
     if (permute_qk && L.module_path.ends_with("self_attn.k_proj")) heads = spec.n_kv_heads;
     const LoraLayer* lp = &L;
-    w.add_tensor(*gname + ".lora_a", type, {L.r, L.in}, [lp, type] { return encode_float_tensor(lp->A, type); });
+    // qwen35: the gated DeltaNet's value heads tiled over its key heads, as the weights are
+    // (merge_gguf.cpp): B's rows of in_proj_qkv's values, z, b and a; A's columns of out_proj.
+    int64_t tile_offset = -1, tile_block = 0;  // (in B; for out_proj: in each row of A)
+    const bool tile_a = arch == "qwen35" && canonical.ends_with(".linear_attn.out_proj");
+    if (arch == "qwen35" && spec.la_k_heads != spec.la_v_heads) {
+      if (canonical.ends_with(".linear_attn.in_proj_qkv")) tile_offset = 2 * spec.la_key_dim() * L.r, tile_block = spec.la_v_dim * L.r;
+      if (canonical.ends_with(".linear_attn.in_proj_z")) tile_offset = 0, tile_block = spec.la_v_dim * L.r;
+      if (canonical.ends_with(".linear_attn.in_proj_b") || canonical.ends_with(".linear_attn.in_proj_a"))
+        tile_offset = 0, tile_block = L.r;
+    }
+    const int64_t Hk = spec.la_k_heads, Hv = spec.la_v_heads, dv = spec.la_v_dim;
+    auto tile = [Hk, Hv](std::vector<float>& v, int64_t offset, int64_t block) {
+      const std::span<const float> in(v.data() + offset, static_cast<size_t>(Hv * block));
+      std::vector<float> out(in.size());
+      delta_net_heads_to_tiled(in, out, Hk, Hv, block);
+      std::copy(out.begin(), out.end(), v.begin() + offset);
+    };
+    w.add_tensor(*gname + ".lora_a", type, {L.r, L.in}, [lp, type, tile_a, tile, Hk, Hv, dv] {
+      if (!tile_a || Hk == Hv) return encode_float_tensor(lp->A, type);
+      std::vector<float> a = lp->A;
+      for (int64_t k = 0; k < lp->r; ++k) tile(a, k * Hv * dv, dv);
+      return encode_float_tensor(a, type);
+    });
     // gptneox: B's rows follow the weight's, which llama.cpp holds reordered (all q, k, v).
     const bool is_qkv = canonical.ends_with("self_attn.qkv_proj");
     const int64_t qkv_heads = spec.qkv_per_head && is_qkv ? spec.n_heads : 0;
@@ -103,11 +125,13 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     const int64_t qkv_groups = spec.qkv_grouped && is_qkv ? spec.n_kv_heads : 0, q_per_kv = spec.n_heads / spec.n_kv_heads;
     const int64_t head_dim = spec.head_dim;
     const float f = b_factor(L);  // (1 but for a layer of its own rank / alpha)
-    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads, qkv_heads, qkv_groups, q_per_kv, head_dim, f] {
+    w.add_tensor(*gname + ".lora_b", type, {L.out, L.r}, [lp, type, heads, qkv_heads, qkv_groups, q_per_kv, head_dim, f,
+                                                          tile, tile_offset, tile_block] {
       std::vector<float> scaled;
-      if (std::fabs(f - 1.0f) > 1e-6f) {
+      if (std::fabs(f - 1.0f) > 1e-6f || tile_offset >= 0) {
         scaled = lp->B;
         for (float& v : scaled) v *= f;
+        if (tile_offset >= 0) tile(scaled, tile_offset, tile_block);
       }
       const std::vector<float>& B = scaled.empty() ? lp->B : scaled;
       if (qkv_heads > 0) {

@@ -41,6 +41,31 @@ std::vector<uint8_t> encode(const std::vector<float>& v, GgmlType t) {
   return quantize_ggml(t, v.data(), static_cast<int64_t>(v.size()));
 }
 
+// convert_hf_to_gguf.py's qwen35 forms of a gated DeltaNet's tensors (Qwen3NextModel,
+// _LinearAttentionVReorderBase): A_log as -exp(A_log), the value heads tiled over the key heads.
+// (The (1 + w) norms' 1 is added by the caller; the conv taps' (channels, 1, kernel) is already
+// (channels, kernel) in memory.)
+void delta_net_to_llama_cpp(const ModelSpec& s, const std::string& hf, std::vector<float>& v) {
+  if (hf.ends_with(".linear_attn.A_log"))
+    for (float& x : v) x = -std::exp(x);
+  const int64_t Hk = s.la_k_heads, Hv = s.la_v_heads, dv = s.la_v_dim, KD = s.la_key_dim(), C = s.hidden,
+                K = s.la_conv_kernel;
+  if (Hk == Hv) return;
+  auto tile = [&](int64_t offset, int64_t block) {
+    const std::span<const float> in(v.data() + offset, static_cast<size_t>(Hv * block));
+    std::vector<float> out(in.size());
+    delta_net_heads_to_tiled(in, out, Hk, Hv, block);
+    std::copy(out.begin(), out.end(), v.begin() + offset);
+  };
+  if (hf.ends_with(".linear_attn.in_proj_qkv.weight")) tile(2 * KD * C, dv * C);
+  else if (hf.ends_with(".linear_attn.in_proj_z.weight")) tile(0, dv * C);
+  else if (hf.ends_with(".linear_attn.in_proj_b.weight") || hf.ends_with(".linear_attn.in_proj_a.weight")) tile(0, C);
+  else if (hf.ends_with(".linear_attn.A_log") || hf.ends_with(".linear_attn.dt_bias")) tile(0, 1);
+  else if (hf.ends_with(".linear_attn.conv1d.weight")) tile(2 * KD * K, dv * K);
+  else if (hf.ends_with(".linear_attn.out_proj.weight"))
+    for (int64_t r = 0; r < C; ++r) tile(r * Hv * dv, dv);
+}
+
 // llama-quant.cpp's use_more_bits: the first and last eighth of the layers and every third
 // one between get the larger type.
 bool use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
@@ -186,6 +211,27 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
   }
   w.set_f32(a + "rope.freq_base", s.rope_theta);
+  if (arch == "qwen35") {  // as convert_hf_to_gguf.py's Qwen3NextModel / Qwen3_5TextModel
+    if (s.la_k_dim != s.la_v_dim)
+      fail(out_path, "llama.cpp's qwen35 takes gated DeltaNet key and value heads of one size; this model's are " +
+                         std::to_string(s.la_k_dim) + " and " + std::to_string(s.la_v_dim) + ": no GGUF form");
+    int64_t interval = 0;
+    while (interval < s.n_layers && s.layer_is_linear_attn(interval)) ++interval;
+    ++interval;  // (the first attention layer's index + 1)
+    for (int64_t l = 0; l < s.n_layers; ++l)
+      if (s.layer_is_linear_attn(l) != ((l + 1) % interval != 0))
+        fail(out_path, "llama.cpp's qwen35 attends on every full_attention_interval-th layer; this model's "
+                       "layer_types follow no such interval: no GGUF form");
+    w.set_u32(a + "ssm.conv_kernel", static_cast<uint32_t>(s.la_conv_kernel));
+    w.set_u32(a + "ssm.state_size", static_cast<uint32_t>(s.la_k_dim));
+    w.set_u32(a + "ssm.group_count", static_cast<uint32_t>(s.la_k_heads));
+    w.set_u32(a + "ssm.time_step_rank", static_cast<uint32_t>(s.la_v_heads));
+    w.set_u32(a + "ssm.inner_size", static_cast<uint32_t>(s.la_value_dim()));
+    w.set_u32(a + "full_attention_interval", static_cast<uint32_t>(interval));
+    // (multimodal rotary sections: every one gets the same position on text; llama.cpp's
+    // loader requires the key, its converter writes transformers' default)
+    w.set_i32_array(a + "rope.dimension_sections", {11, 11, 10, 0});
+  }
   if (arch == "gemma3") {
     if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
     std::vector<bool> swa;
@@ -447,12 +493,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       continue;
     }
     TensorSpec t = spec_t;
+    const bool delta_net = arch == "qwen35" && t.name.find(".linear_attn.") != std::string::npos;
+    if (delta_net && t.name.ends_with(".conv1d.weight")) t.shape = {t.shape[0], t.shape.back()};  // (squeezed)
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};
     const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
     // (norm weights stay float32 whatever their rank: Command R+'s (heads, head_dim) q/k norms)
     GgmlType type = t.shape.size() == 1 || t.name.ends_with("norm.weight") ? GgmlType::F32 : opt.type;
+    if (delta_net && t.name.ends_with(".conv1d.weight")) type = GgmlType::F32;  // (as llama.cpp's converter keeps it)
     // (the router stays float32, as convert_hf_to_gguf.py keeps ffn_gate_inp)
     if (s.moe() && t.name.ends_with(std::string(kMoeRouterModule) + ".weight")) type = GgmlType::F32;
     if (opt.q4_k_m && type != GgmlType::F32) {
@@ -478,10 +527,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     const int64_t head_dim = s.head_dim;
     const std::string hf = t.name;
     const std::vector<int64_t> shape = t.shape;
-    const bool plus_one = norm_plus_one && hf.ends_with("norm.weight");
+    // (not the gated DeltaNet's own norm, which scales by w)
+    const bool plus_one = norm_plus_one && hf.ends_with("norm.weight") && !hf.ends_with(".linear_attn.norm.weight");
     w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname, plus_one,
-                                         qkv_heads, qkv_groups, q_per_kv, head_dim] {
+                                         qkv_heads, qkv_groups, q_per_kv, head_dim, delta_net, &s] {
       std::vector<float> v = merged_tensor_values(model, hf, adapters);
+      if (delta_net) delta_net_to_llama_cpp(s, hf, v);
       if (qkv_heads > 0) {
         std::vector<float> p(v.size());
         qkv_per_head_to_contiguous(v, p, qkv_heads, head_dim, shape.size() > 1 ? shape[1] : 1);

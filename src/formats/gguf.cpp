@@ -668,8 +668,20 @@ std::optional<std::string_view> strip_layer(std::string_view name, std::string_v
 
 }  // namespace
 
+// qwen35's gated DeltaNet parameters without a weight/bias suffix on one side: llama.cpp's
+// blk.N.ssm_a (-exp(A_log)) and blk.N.ssm_dt.bias are transformers' linear_attn.A_log and
+// linear_attn.dt_bias.
+namespace {
+constexpr NamePair kDeltaNetParams[] = {{"ssm_a", "linear_attn.A_log"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
+bool is_delta_net_arch(std::string_view arch) { return arch == "qwen35"; }
+}  // namespace
+
 std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch, bool falcon_two_norms) {
   std::string_view stem, suffix, num;
+  if (is_delta_net_arch(arch))
+    if (auto rest = strip_layer(g, "blk.", &num))
+      for (const auto& p : kDeltaNetParams)
+        if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf);
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
@@ -694,6 +706,10 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
 
 std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::string_view arch, bool falcon_two_norms) {
   std::string_view stem, suffix, num;
+  if (is_delta_net_arch(arch))
+    if (auto rest = strip_layer(h, "model.layers.", &num))
+      for (const auto& p : kDeltaNetParams)
+        if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf);
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
@@ -855,6 +871,18 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
       hp.expert_shared_ffn = size_key(a + "expert_shared_feed_forward_length", std::nullopt);
     if (f.has(a + "expert_weights_norm")) hp.expert_weights_norm = f.get_bool(a + "expert_weights_norm") ? 1 : 0;
   }
+  if (f.has(a + "ssm.conv_kernel")) {  // gated DeltaNet hybrids (qwen35)
+    hp.ssm_conv_kernel = size_key(a + "ssm.conv_kernel", std::nullopt);
+    hp.ssm_state_size = size_key(a + "ssm.state_size", std::nullopt);
+    hp.ssm_group_count = size_key(a + "ssm.group_count", std::nullopt);
+    hp.ssm_time_step_rank = size_key(a + "ssm.time_step_rank", std::nullopt);
+    hp.ssm_inner_size = size_key(a + "ssm.inner_size", std::nullopt);
+    hp.full_attention_interval = size_key(a + "full_attention_interval", 4);  // (llama.cpp's default)
+    if (hp.ssm_time_step_rank % hp.ssm_group_count != 0 || hp.ssm_inner_size % hp.ssm_time_step_rank != 0)
+      fail(f.path(), "ssm.time_step_rank " + std::to_string(hp.ssm_time_step_rank) + " is not a multiple of "
+                     "ssm.group_count " + std::to_string(hp.ssm_group_count) + ", or ssm.inner_size " +
+                     std::to_string(hp.ssm_inner_size) + " not one of it");
+  }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
@@ -909,6 +937,31 @@ void qkv_per_head_to_contiguous(std::span<const float> in, std::span<float> out,
       for (int64_t i = 0; i < head_dim; ++i)
         std::memcpy(out.data() + ((p * heads + h) * head_dim + i) * cols, in.data() + ((h * 3 + p) * head_dim + i) * cols,
                     static_cast<size_t>(cols) * 4);
+}
+
+namespace {
+void delta_net_heads(std::span<const float> in, std::span<float> out, int64_t Hk, int64_t Hv, int64_t block,
+                     bool to_tiled) {
+  if (Hk <= 0 || Hv <= 0 || Hv % Hk != 0 || block <= 0 || in.size() != static_cast<size_t>(Hv * block) ||
+      out.size() != in.size())
+    fail("value head reorder", "buffer sizes do not match " + std::to_string(Hv) + " value heads over " +
+                                   std::to_string(Hk) + " key heads");
+  const int64_t R = Hv / Hk;
+  for (int64_t g = 0; g < Hv; ++g) {  // grouped position g = k R + r; tiled t = r Hk + k
+    const int64_t t = (g % R) * Hk + g / R;
+    const int64_t src = to_tiled ? g : t, dst = to_tiled ? t : g;
+    std::memcpy(out.data() + dst * block, in.data() + src * block, static_cast<size_t>(block) * 4);
+  }
+}
+}  // namespace
+
+void delta_net_heads_to_tiled(std::span<const float> in, std::span<float> out, int64_t key_heads, int64_t value_heads,
+                              int64_t block) {
+  delta_net_heads(in, out, key_heads, value_heads, block, true);
+}
+void delta_net_heads_to_grouped(std::span<const float> in, std::span<float> out, int64_t key_heads,
+                                int64_t value_heads, int64_t block) {
+  delta_net_heads(in, out, key_heads, value_heads, block, false);
 }
 
 void unpermute_rope_rows(std::span<const float> in, std::span<float> out, int64_t rows, int64_t cols, int64_t n_head) {

@@ -256,10 +256,26 @@ struct GgufLlamaHParams {
   // .expert_weights_norm (-1: absent, else 0 / 1).
   int64_t expert_count = 0, expert_used_count = 0, expert_ffn = 0, expert_shared_ffn = 0;
   int expert_weights_norm = -1;
+  // Gated DeltaNet hybrids (qwen35): {arch}.ssm.conv_kernel, .ssm.state_size (the key heads'
+  // size), .ssm.group_count (key heads), .ssm.time_step_rank (value heads), .ssm.inner_size
+  // (value heads x their size) and .full_attention_interval (every n-th layer attends; 0:
+  // absent). 0 where absent.
+  int64_t ssm_conv_kernel = 0, ssm_state_size = 0, ssm_group_count = 0, ssm_time_step_rank = 0, ssm_inner_size = 0;
+  int64_t full_attention_interval = 0;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;
 };
+
+// llama.cpp's qwen35 keeps a gated DeltaNet's value heads tiled over the key heads (value head
+// r of key head k at position r * Hk + k) where transformers groups them (at k * (Hv / Hk) + r),
+// so that ggml_repeat serves them (convert_hf_to_gguf.py's _LinearAttentionVReorderBase).
+// Reorders `n_heads` = Hv blocks of `block` consecutive values (a head's rows x columns, or
+// one value per head) from one order to the other, in place of `out`.
+void delta_net_heads_to_tiled(std::span<const float> in, std::span<float> out, int64_t key_heads, int64_t value_heads,
+                              int64_t block);
+void delta_net_heads_to_grouped(std::span<const float> in, std::span<float> out, int64_t key_heads,
+                                int64_t value_heads, int64_t block);
 
 // Whether we read GGUFs of this general.architecture: the model family registry's list
 // (formats/model_family.h, gguf_supported_architectures()).

@@ -336,6 +336,41 @@ class GgufSource : public TensorSource {
   const GgufFile& file() const { return file_; }
   const GgufLlamaHParams& hparams() const { return hp_; }
 
+ private:
+  // qwen35 (convert_hf_to_gguf.py's Qwen3_5TextModel) stores the (1 + w) RMSNorms' weights as
+  // 1 + w (not the gated DeltaNet's own norm), A_log as -exp(A_log), and the DeltaNet's value
+  // heads tiled over the key heads: back to transformers' form.
+  void delta_net_from_llama_cpp(const std::string& name, std::vector<float>& v) const {
+    if (name.ends_with("norm.weight") && !name.ends_with(".linear_attn.norm.weight"))
+      for (float& x : v) x -= 1.0f;
+    if (name.ends_with(".linear_attn.A_log"))
+      for (float& x : v) {
+        if (!(x < 0.0f)) fail(file_.path(), "tensor '" + name + "' (ssm_a, -exp(A_log)) holds a value that is not negative");
+        x = std::log(-x);
+      }
+    const int64_t Hk = hp_.ssm_group_count, Hv = hp_.ssm_time_step_rank;
+    if (Hk == Hv || Hk <= 0) return;
+    const int64_t dv = hp_.ssm_inner_size / Hv, KD = Hk * hp_.ssm_state_size;
+    const int64_t cols = static_cast<int64_t>(v.size()) / std::max<int64_t>(1, shape(name)[0]);
+    // [offset, offset + Hv * block) of v holds the value heads, `block` values each.
+    auto regroup = [&](int64_t offset, int64_t block) {
+      const std::span<const float> in(v.data() + offset, static_cast<size_t>(Hv * block));
+      std::vector<float> out(in.size());
+      delta_net_heads_to_grouped(in, out, Hk, Hv, block);
+      std::copy(out.begin(), out.end(), v.begin() + offset);
+    };
+    if (name.ends_with(".linear_attn.in_proj_qkv.weight")) regroup(2 * KD * cols, dv * cols);
+    else if (name.ends_with(".linear_attn.in_proj_z.weight")) regroup(0, dv * cols);
+    else if (name.ends_with(".linear_attn.in_proj_b.weight") || name.ends_with(".linear_attn.in_proj_a.weight"))
+      regroup(0, cols);
+    else if (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.dt_bias")) regroup(0, 1);
+    else if (name.ends_with(".linear_attn.conv1d.weight")) regroup(2 * KD * hp_.ssm_conv_kernel, dv * hp_.ssm_conv_kernel);
+    else if (name.ends_with(".linear_attn.out_proj.weight"))  // (columns: each row's blocks of dv)
+      for (int64_t r = 0; r < static_cast<int64_t>(v.size()) / (Hv * dv); ++r) regroup(r * Hv * dv, dv);
+  }
+
+ public:
+
   std::vector<std::string> names() const override {
     std::vector<std::string> n;
     for (const auto& [k, t] : index_) n.push_back(k);
@@ -365,6 +400,8 @@ class GgufSource : public TensorSource {
       return {s[1], s[2]};
     }
     std::vector<int64_t> s = info(name).shape();
+    // (qwen35's conv taps, (channels, kernel) in llama.cpp, are transformers' (channels, 1, kernel))
+    if (s.size() == 2 && name.ends_with(".linear_attn.conv1d.weight")) s.insert(s.begin() + 1, 1);
     // (Qwen2-MoE's shared_expert_gate, (1, hidden) in transformers, is one row in llama.cpp)
     if (s.size() == 1 && name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) s.insert(s.begin(), 1);
     return s;
@@ -387,6 +424,7 @@ class GgufSource : public TensorSource {
          hp_.architecture == "nemotron") &&
         name.ends_with("norm.weight"))
       for (float& x : v) x -= 1.0f;
+    if (hp_.architecture == "qwen35") delta_net_from_llama_cpp(name, v);
     return v;
   }
   // gpt-oss: expert e of transformers' fused tensors, made from llama.cpp's separate gate, up

@@ -51,6 +51,10 @@ bool ignorable_tensor(const std::string& name, const ModelSpec& spec) {
   // GPT-2 checkpoints written by older transformers keep the causal mask as a buffer.
   for (std::string_view buf : {".attn.bias", ".attn.masked_bias"})
     if (name.size() >= buf.size() && name.compare(name.size() - buf.size(), buf.size(), buf) == 0) return true;
+  // Qwen3.5's multi-token-prediction head (mtp.*: speculative decoding's draft layer), which
+  // transformers does not load either. (Under a vision-language wrapper it is an other part,
+  // kept by merges: formats/hf_wrapper.h.)
+  if (spec.hybrid() && name.rfind("mtp.", 0) == 0) return true;
   return spec.tied_embeddings && name == "lm_head.weight";
 }
 

@@ -89,6 +89,17 @@ TEST(Regex, Gpt2Split) {
             (std::vector<std::string>{"caf\xC3\xA9", " \xE4\xB8\xAD\xE6\x96\x87", "  "}));
 }
 
+TEST(Regex, Qwen35KeepsCombiningMarksInWords) {
+  // tokenizer.ggml.pre "qwen35" (llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN35): "cafe" + U+0301
+  // COMBINING ACUTE is one word, where qwen2's pattern leaves the mark to start the next piece
+  // (as the optional non-letter before "s"); digits one by one.
+  const unicode::Regex q35(gguf_pre_tokenizer_regexes("qwen35", "test").at(0));
+  const unicode::Regex q2(gguf_pre_tokenizer_regexes("qwen2", "test").at(0));
+  const std::string text = "cafe\xCC\x81s 42";
+  EXPECT_EQ(pieces(q35, text), (std::vector<std::string>{"cafe\xCC\x81s", " ", "4", "2"}));
+  EXPECT_EQ(pieces(q2, text), (std::vector<std::string>{"cafe", "\xCC\x81s", " ", "4", "2"}));
+}
+
 TEST(Regex, Features) {
   auto first = [](const char* pat, const std::string& text) {
     const unicode::Regex re(pat);

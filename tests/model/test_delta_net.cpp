@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "base/error.h"
+#include "formats/gguf.h"
 #include "formats/model_loader.h"
 #include "model/delta_net.h"
 #include "model/model.h"
@@ -242,6 +244,17 @@ TEST(DeltaNet, ConvNormAndGateBackwardsMatchCentralDifferences) {
                   "gate d x");
   expect_gradient([&](const std::vector<double>& v) { return gate_ref(to_d(nx), v); }, to_d(nz), to_d(dno), dgg,
                   "gate d g");
+}
+
+TEST(DeltaNet, LlamaCppTilesValueHeadsOverKeyHeads) {
+  // 2 key heads, 4 value heads of 3 values: grouped k0r0 k0r1 k1r0 k1r1 -> tiled k0r0 k1r0 k0r1 k1r1.
+  std::vector<float> grouped(12), tiled(12), back(12);
+  for (int i = 0; i < 12; ++i) grouped[static_cast<size_t>(i)] = static_cast<float>(i);
+  delta_net_heads_to_tiled(grouped, tiled, 2, 4, 3);
+  EXPECT_EQ(tiled, (std::vector<float>{0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11}));
+  delta_net_heads_to_grouped(tiled, back, 2, 4, 3);
+  EXPECT_EQ(back, grouped);
+  EXPECT_THROW(delta_net_heads_to_tiled(grouped, tiled, 3, 4, 3), Error);
 }
 
 TEST(DeltaNet, Avx512KernelsMatchTheBaseline) {

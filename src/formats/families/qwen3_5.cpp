@@ -9,6 +9,7 @@
 
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -69,15 +70,37 @@ void qwen3_5_write(const ModelSpec& s, ordered_json& j) {
   j["partial_rotary_factor"] = static_cast<double>(s.rope_dims()) / static_cast<double>(s.head_dim);
 }
 
+// llama.cpp's qwen35: the DeltaNet's sizes from its ssm.* keys, every full_attention_interval-th
+// layer attending (as its loader, and its converter, which writes only the interval).
+void qwen3_5_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.qk_norm = true;
+  s.norm_unit_offset = true;
+  s.attn_output_gate = true;
+  if (hp.ssm_conv_kernel <= 0)
+    fail("qwen35 GGUF", "the ssm.* metadata keys of its gated DeltaNet layers are missing");
+  s.la_k_heads = hp.ssm_group_count;
+  s.la_v_heads = hp.ssm_time_step_rank;
+  s.la_k_dim = hp.ssm_state_size;
+  s.la_v_dim = hp.ssm_inner_size / hp.ssm_time_step_rank;
+  s.la_conv_kernel = hp.ssm_conv_kernel;
+  s.linear_attn_layers.assign(static_cast<size_t>(s.n_layers), false);
+  for (int64_t l = 0; l < s.n_layers; ++l)
+    s.linear_attn_layers[static_cast<size_t>(l)] = (l + 1) % hp.full_attention_interval != 0;
+}
+
 }  // namespace
 
+// llama.cpp's qwen35 names (its converter's tensor map).
+constexpr GgufLayerName kQwen35GgufNames[] = {{"attn_qkv", "linear_attn.in_proj_qkv"}, {"attn_gate", "linear_attn.in_proj_z"},
+                                             {"ssm_beta", "linear_attn.in_proj_b"},   {"ssm_alpha", "linear_attn.in_proj_a"},
+                                             {"ssm_norm", "linear_attn.norm"},        {"ssm_out", "linear_attn.out_proj"},
+                                             {"ssm_conv1d", "linear_attn.conv1d"},
+                                             {"post_attention_norm", "post_attention_layernorm"}};
 const ModelFamily kQwen3_5Text = [] {
-  ModelFamily f{"qwen3_5_text", "Qwen3_5ForCausalLM", "", 256, 32768, 10000.0f, false, false, qwen3_5_read,
-                qwen3_5_write, nullptr};
+  ModelFamily f{"qwen3_5_text", "Qwen3_5ForCausalLM", "qwen35", 256, 32768, 10000.0f, false, false, qwen3_5_read,
+                qwen3_5_write, qwen3_5_gguf};
   f.partial_rotary = true;
-  f.no_gguf_reason =
-      "llama.cpp's qwen35 GGUFs (gated DeltaNet layers) are not read or written by qlora yet; use the Hugging Face "
-      "checkpoint";
+  f.gguf_layer_names = kQwen35GgufNames;
   return f;
 }();
 

@@ -171,6 +171,25 @@ FAMILIES = {
         _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
                                          num_position_embeddings=16, patch_size=4),
                       tie_word_embeddings=False))),
+    # Qwen3.5-MoE as the Hub has it (Qwen3_5MoeForConditionalGeneration): qwen3_5's hybrid with
+    # every MLP 4 experts of 32 (top 2, renormalized) and a shared expert of 48 behind its gate,
+    # the experts stored fused. The adapter names the language model's Linears (shared expert
+    # and its gate included) and, as target_parameters, the experts and the router.
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1,
+        _text_type="qwen3_5_moe_text", _curve_f64=True, _moe=True,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25,
+                         "mrope_section": [1, 1, 2], "mrope_interleaved": True},
+        _drop=("intermediate_size",),
+        _targets=(r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|in_proj_qkv|in_proj_z"
+                  r"|in_proj_b|in_proj_a|out_proj|shared_expert_gate)"),
+        _target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight"],
+        _wrapper=dict(vision_config=dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                                         num_position_embeddings=16, patch_size=4),
+                      tie_word_embeddings=False))),
     "llava": ("LlavaConfig", dict(
         rope_theta=10000.0, tie_word_embeddings=False, _text_type="llama",
         _targets=r".*language_model.*\.(q_proj|v_proj|down_proj)",
@@ -1216,6 +1235,31 @@ def mxfp4_pack(w):
     return blocks, (e + 127).to(torch.uint8).contiguous()
 
 
+def write_fused_experts(out: Path, model, prompt):
+    """fused/: the same model with each layer's experts stored as transformers 5 holds them
+    (mlp.experts.gate_up_proj (E, 2F, C), down_proj (E, C, F): its state_dict as it is, the form
+    of Qwen's own Qwen3.5-MoE files), which save_pretrained splits per expert. transformers
+    loads it back to the same logits (checked), the reference being the model's own."""
+    import shutil
+    d = out / "fused"
+    d.mkdir(exist_ok=True)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    assert any(k.endswith("mlp.experts.gate_up_proj") for k in sd), "no fused experts in the state_dict"
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(out / "config.json", d / "config.json")
+    back = auto_class_for_dir(d).from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        diff = float((back(prompt).logits[0] - model(prompt).logits[0]).abs().max())
+    if diff > 1e-6:
+        sys.exit(f"transformers on fused/ disagrees with the model ({diff})")
+
+
+def auto_class_for_dir(d: Path):
+    import transformers
+    cfg = json.loads((d / "config.json").read_text())
+    return transformers.AutoModelForImageTextToText if "text_config" in cfg else transformers.AutoModelForCausalLM
+
+
 def write_mxfp4(out: Path, model, prompt):
     """The model with its experts in MXFP4 (gpt-oss's checkpoint form): the files written by
     hand (mxfp4_pack), the reference computed by transformers loading them (it dequantizes
@@ -1272,7 +1316,9 @@ def curve_float64(family: str, out: Path, ids, labels):
     float32 and float64 curves part by 1.5e-3 at step 10), the truth both float32
     implementations are held to."""
     from peft import PeftModel
-    m = auto_class(family).from_pretrained(out, dtype=torch.float64, attn_implementation=attn_impl(family))
+    # (the experts' grouped_mm takes no float64: their plain loop)
+    extra = {"experts_implementation": "eager"} if is_moe(family) else {}
+    m = auto_class(family).from_pretrained(out, dtype=torch.float64, attn_implementation=attn_impl(family), **extra)
     pm = PeftModel.from_pretrained(m, out / "initial_adapter", is_trainable=True)
     pm.train()
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=CURVE_LR, betas=(0.9, 0.999),
@@ -1409,6 +1455,8 @@ def build(family: str):
         all_logits["vision_peft_logits"] = vision_logits
     if family == "gpt_oss":
         all_logits["mxfp4_logits"] = write_mxfp4(out, model, prompt)
+    if family == "qwen3_5_moe":
+        write_fused_experts(out, model, prompt)
     if family in BNB_FAMILIES:
         all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family), auto_class(family)))
     if "_long" in FAMILIES[family][1]:

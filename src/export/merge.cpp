@@ -250,6 +250,20 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
             return out;
           }
         }
+        if (model.spec().moe() && model.spec().moe_fused_experts)  // (E, 2F, C) and (E, C, F) again
+          for (int part : {0, 2}) {
+            if (rest != fused_expert_tensor(part)) continue;
+            std::vector<float> out;
+            for (int64_t e = 0; e < model.spec().n_experts; ++e) {
+              const std::vector<float> w =
+                  part == 0 ? merged_weight(L.expert_gate_up[static_cast<size_t>(e)], adapters,
+                                            [&](const LoraModel& a) { return a.find_expert(l, e, 0); })
+                            : merged_weight(L.expert_down[static_cast<size_t>(e)], adapters,
+                                            [&](const LoraModel& a) { return a.find_expert(l, e, 1); });
+              out.insert(out.end(), w.begin(), w.end());
+            }
+            return out;
+          }
         if (model.spec().moe()) {  // the router, shared-expert gate and experts, with their adapters
           if (rest == std::string(kMoeRouterModule) + ".weight")
             return merged_weight(L.router, adapters, [&](const LoraModel& a) { return a.find_router(l); });

@@ -82,9 +82,6 @@ ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
   if (const HfWrapper* w = find_hf_wrapper(mt->get<std::string>())) {
     ModelSpec s = spec_from_hf_config(text_config_of(original, *w, where), where + " (text_config)");
     s.hf_wrapper = std::string(w->model_type);
-    if (s.moe())
-      fail(where, "a vision-language model whose language model is a mixture of experts (" + s.family +
-                      ") is not supported");
     return s;
   }
   const ModelFamily& fam = family_or_fail(mt->get<std::string>(), where);

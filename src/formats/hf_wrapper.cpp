@@ -13,7 +13,7 @@ namespace {
 
 // transformers' classes: Gemma3Config (tie_word_embeddings True), Mistral3Config (True),
 // LlavaConfig (False, text_config a LlamaConfig by default).
-constexpr std::array<HfWrapper, 6> kWrappers = {{
+constexpr std::array<HfWrapper, 7> kWrappers = {{
     {"gemma3", "gemma3_text", true},
     {"mistral3", "mistral", true},
     {"llava", "llama", false},
@@ -22,6 +22,7 @@ constexpr std::array<HfWrapper, 6> kWrappers = {{
     {"qwen3_vl", "qwen3_vl_text", false, "qwen3_vl_text", "qwen3", false},
     // Qwen3_5Config (tie_word_embeddings false; the small ones' files say true)
     {"qwen3_5", "qwen3_5_text", false},
+    {"qwen3_5_moe", "qwen3_5_moe_text", false},
 }};
 
 // The other parts' prefixes (with or without "model."): never the language model's.

@@ -57,8 +57,8 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
       linears[moe_router_module_path(model.spec(), l)] = &L.router;
       if (model.spec().shared_expert) linears[moe_shared_gate_path(model.spec(), l)] = &L.shared_gate;
       for (int64_t e = 0; e < model.spec().n_experts; ++e) {
-        linears[moe_expert_path(l, e, 0)] = &L.expert_gate_up[static_cast<size_t>(e)];
-        linears[moe_expert_path(l, e, 1)] = &L.expert_down[static_cast<size_t>(e)];
+        linears[moe_expert_path(model.spec(), l, e, 0)] = &L.expert_gate_up[static_cast<size_t>(e)];
+        linears[moe_expert_path(model.spec(), l, e, 1)] = &L.expert_down[static_cast<size_t>(e)];
       }
     }
   for (const auto& [path, m] : a.modules) {

@@ -1,5 +1,6 @@
 #include "lora/lora_model.h"
 
+#include "formats/hf_wrapper.h"
 #include "formats/model_family.h"
 
 #include <string>
@@ -30,15 +31,27 @@ std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear 
 const QuantLinear& block_linear(const LayerWeights& L, BlockLinear which) { return L.linear(static_cast<int>(which)); }
 
 std::string moe_router_path(int64_t layer) { return "model.layers." + std::to_string(layer) + "." + kMoeRouterModule; }
+namespace {
+// transformers 5's module path of an MoE part: the canonical one (its module tree names the
+// block mlp whatever the files call it: Mixtral's block_sparse_moe), under a vision-language
+// wrapper's prefix.
+std::string moe_module_path(const ModelSpec& spec, const std::string& canonical) {
+  return spec.hf_wrapper.empty() ? canonical : text_to_wrapped_path(canonical);
+}
+}  // namespace
+
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
-  return spec.moe_gpt_oss ? canonical_to_hf(spec, moe_router_path(layer)) : moe_router_path(layer);
+  // (gpt-oss's router is mlp.router, in its files and its modules alike)
+  return spec.moe_gpt_oss ? canonical_to_hf(spec, moe_router_path(layer)) : moe_module_path(spec, moe_router_path(layer));
 }
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
 }
-std::string moe_experts_module(int64_t layer) { return "model.layers." + std::to_string(layer) + ".mlp.experts"; }
-std::string moe_expert_path(int64_t layer, int64_t expert, int part) {
-  return moe_experts_module(layer) + "." + std::to_string(expert) + (part == 0 ? ".gate_up_proj" : ".down_proj");
+std::string moe_experts_module(const ModelSpec& spec, int64_t layer) {
+  return moe_module_path(spec, "model.layers." + std::to_string(layer) + ".mlp.experts");
+}
+std::string moe_expert_path(const ModelSpec& spec, int64_t layer, int64_t expert, int part) {
+  return moe_experts_module(spec, layer) + "." + std::to_string(expert) + (part == 0 ? ".gate_up_proj" : ".down_proj");
 }
 
 LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
@@ -131,11 +144,11 @@ void LoraModel::add_moe_layers(const Model& model) {
     if (cfg_.targets_parameter(rp + ".weight")) m.router = add(rp, L.router, cfg_);
     if (s.shared_expert && cfg_.targets(moe_shared_gate_path(s, l)))
       m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
-    const bool gate_up = cfg_.targets_parameter(moe_experts_module(l) + ".gate_up_proj");
-    const bool down = cfg_.targets_parameter(moe_experts_module(l) + ".down_proj");
+    const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + ".gate_up_proj");
+    const bool down = cfg_.targets_parameter(moe_experts_module(s, l) + ".down_proj");
     for (int64_t e = 0; e < s.n_experts && (gate_up || down); ++e) {
-      if (gate_up) m.gate_up.push_back(add(moe_expert_path(l, e, 0), L.expert_gate_up[static_cast<size_t>(e)], gu));
-      if (down) m.down.push_back(add(moe_expert_path(l, e, 1), L.expert_down[static_cast<size_t>(e)], cfg_));
+      if (gate_up) m.gate_up.push_back(add(moe_expert_path(s, l, e, 0), L.expert_gate_up[static_cast<size_t>(e)], gu));
+      if (down) m.down.push_back(add(moe_expert_path(s, l, e, 1), L.expert_down[static_cast<size_t>(e)], cfg_));
     }
   }
 }

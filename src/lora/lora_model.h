@@ -35,9 +35,10 @@ std::string moe_router_path(int64_t layer);
 // The same as PEFT names the module for this model (gpt-oss's router is mlp.router).
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer);
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer);
-std::string moe_expert_path(int64_t layer, int64_t expert, int part /* 0 gate_up, 1 down */);
-// "model.layers.<l>.mlp.experts", the module whose parameters PEFT adapts.
-std::string moe_experts_module(int64_t layer);
+// (as the model names it: under a vision-language wrapper, model.language_model.layers.<l>...)
+std::string moe_expert_path(const ModelSpec& spec, int64_t layer, int64_t expert, int part /* 0 gate_up, 1 down */);
+// "model.layers.<l>.mlp.experts", the module whose parameters PEFT adapts (as the model names it).
+std::string moe_experts_module(const ModelSpec& spec, int64_t layer);
 
 // The LoRA adapters attached to a Model (which is borrowed, never modified).
 class LoraModel {

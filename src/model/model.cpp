@@ -125,6 +125,21 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     for (const std::string& n : {gun, gubn, dn, dbn}) progress(n);
     return;
   }
+  if (spec.moe_fused_experts) {  // (E, 2F, C) and (E, C, F): each expert's slice is our Linear
+    const std::string gun = fused_expert_name(l, 0), dn = fused_expert_name(l, 2);
+    for (int64_t e = 0; e < spec.n_experts; ++e) {
+      L.expert_gate_up[static_cast<size_t>(e)] = QuantLinear(src.get_slice(gun, e), 2 * F, C, opt.quant, opt.compute_dtype);
+      L.expert_down[static_cast<size_t>(e)] = QuantLinear(src.get_slice(dn, e), C, F, opt.quant, opt.compute_dtype);
+    }
+    progress(gun);
+    progress(dn);
+    if (spec.shared_expert) {
+      const std::string n = layer_tensor_name(l, kMoeSharedGateModule);
+      L.shared_gate = load_linear(src, n, opt);
+      progress(n);
+    }
+    return;
+  }
   for (int64_t e = 0; e < spec.n_experts; ++e) {
     // Gate rows then up rows, quantized as one tensor (what bitsandbytes' quantize_4bit of
     // transformers 5's gate_up_proj[e] gives).
@@ -153,7 +168,12 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
 
 }  // namespace
 
-Model Model::load(const ModelSpec& spec, const TensorSource& src, const ModelLoadOptions& opt) {
+Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const ModelLoadOptions& opt) {
+  // A family whose files hold fused experts (Qwen3.5-MoE) may come with one tensor per expert
+  // (transformers converts either way): read what the file has.
+  ModelSpec spec = spec_in;
+  if (spec.moe_fused_experts && !src.has(fused_expert_name(0, 0)) && src.has(layer_tensor_name(0, expert_module(0, 0))))
+    spec.moe_fused_experts = false;
   spec.validate(src.describe());
   // Check every tensor's presence and shape before the (slow) quantization starts.
   const std::vector<TensorSpec> expected = spec.tensors();

@@ -111,6 +111,7 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "expert MLP size must be positive, got " + std::to_string(expert_ffn));
     if (mlp != MlpKind::SwiGLU || fused_gate_up || parallel_residual || post_norm || mlp_bias)
       fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts on a sequential pre-norm block");
+    if (moe_fused_experts && moe_gpt_oss) fail(where, "gpt-oss's experts have their own fused layout");
     if (moe_gpt_oss && (shared_expert || !(swiglu_limit > 0.0f) || !std::isfinite(swiglu_limit) ||
                         !std::isfinite(swiglu_alpha)))
       fail(where, "gpt-oss experts need a positive, finite swiglu_limit and a finite swiglu_alpha, and no shared expert");
@@ -242,6 +243,11 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({fused_expert_name(l, 1), {n_experts, 2 * expert_ffn}});
       t.push_back({fused_expert_name(l, 2), {n_experts, expert_ffn, hidden}});
       t.push_back({fused_expert_name(l, 3), {n_experts, hidden}});
+    } else if (moe() && moe_fused_experts) {  // (transformers 5's fused experts)
+      t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
+      t.push_back({fused_expert_name(l, 0), {n_experts, 2 * expert_ffn, hidden}});
+      t.push_back({fused_expert_name(l, 2), {n_experts, hidden, expert_ffn}});
+      if (shared_expert) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     } else if (moe()) {  // (the Hub's order: router, experts, then the shared expert)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
       for (int64_t e = 0; e < n_experts; ++e)

@@ -271,6 +271,11 @@ struct ModelSpec {
   //   (clamp(up, -limit, limit) + 1) * g * sigmoid(swiglu_alpha * g),  g = min(gate, limit).
   // (Loaded per expert as the others are: gate and up rows de-interleaved into one Linear.)
   bool moe_gpt_oss = false;
+  // The experts stored fused as transformers 5 holds them (Qwen3.5-MoE's files):
+  // mlp.experts.gate_up_proj (n_experts, 2 expert_ffn, hidden), gate rows then up rows, and
+  // mlp.experts.down_proj (n_experts, hidden, expert_ffn), no biases (else one tensor per
+  // expert and part, mlp.experts.<e>.gate_proj, ...).
+  bool moe_fused_experts = false;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
   bool moe() const { return n_experts > 0; }
   // Ministral 3's (llama 4's) attention temperature: rotated queries at position p are

@@ -14,7 +14,9 @@
 
 #include "base/error.h"
 #include "formats/gguf.h"
+#include "export/merge.h"
 #include "formats/model_loader.h"
+#include "formats/safetensors.h"
 #include "model/delta_net.h"
 #include "model/model.h"
 #include "model_test_util.h"
@@ -364,4 +366,39 @@ TEST(DeltaNetModel, KvCacheHoldsTheAttentionLayersOnly) {
   last_logits(m, st, {1, 2, 3});
   EXPECT_EQ(st.cache().n_layers(), 1) << "one full-attention layer of three";
   EXPECT_TRUE(st.cache().has_state());
+}
+
+// Qwen3.5-MoE's own files keep each layer's experts fused (mlp.experts.gate_up_proj (E, 2F, C),
+// down_proj (E, C, F)), where transformers' save_pretrained splits them per expert: the
+// fixture's fused/ copy loads to the same model, and a merge writes the fused form back.
+TEST(DeltaNetModel, FusedExpertFilesLoadAndMergeAsStored) {
+  const std::string dir = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_moe";
+  auto load = [](const std::string& path) {
+    ModelFiles f = open_model_files(path);
+    ModelLoadOptions o;
+    o.quant.quantize = false;
+    return Model::load(f.spec, *f.tensors, o);
+  };
+  const Model split = load(dir), fused = load(dir + "/fused");
+  EXPECT_FALSE(split.spec().moe_fused_experts);
+  ASSERT_TRUE(fused.spec().moe_fused_experts);
+  ASSERT_EQ(fused.spec().hf_wrapper, "qwen3_5_moe");
+  const std::vector<int> prompt = {5, 17, 42, 99, 3, 77, 18, 150};
+  auto logits = [&](const Model& m) {
+    InferenceState st(m, 16);
+    std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
+    forward(m, st, prompt, out.data(), true);
+    return out;
+  };
+  const std::vector<float> want = logits(split);
+  EXPECT_EQ(logits(fused), want);
+  qlora::test::TempDir tmp("fused_moe_merge");
+  HfExportOptions eo;
+  eo.dtype = DType::F32;
+  eo.log = false;
+  write_merged_hf_dir(fused, open_model_files(dir + "/fused"), {}, tmp.path("hf"), eo, false);
+  const SafeTensorsFile out(tmp.path("hf") + "/model.safetensors");
+  EXPECT_NE(out.find("model.language_model.layers.0.mlp.experts.gate_up_proj"), nullptr);
+  EXPECT_EQ(out.find("model.language_model.layers.0.mlp.experts.0.gate_proj.weight"), nullptr);
+  EXPECT_EQ(logits(load(tmp.path("hf"))), want);
 }

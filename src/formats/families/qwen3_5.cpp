@@ -70,6 +70,41 @@ void qwen3_5_write(const ModelSpec& s, ordered_json& j) {
   j["partial_rotary_factor"] = static_cast<double>(s.rope_dims()) / static_cast<double>(s.head_dim);
 }
 
+// Qwen3.5-MoE (qwen3_5_moe_text: Qwen3.5-35B-A3B, 122B-A10B, 397B-A17B): the same hybrid
+// block with every MLP a router over experts of moe_intermediate_size (softmax, top
+// num_experts_per_tok renormalized, weights in the compute dtype) plus a shared expert behind a
+// sigmoid gate (Qwen2-MoE's), the experts stored fused (mlp.experts.gate_up_proj / down_proj).
+void qwen3_5_moe_read(const json& j, const std::string& where, ModelSpec& s) {
+  qwen3_5_read(j, where, s);
+  s.n_experts = config::get_int(j, "num_experts", where, 256);
+  s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 8);
+  s.expert_ffn = config::get_int(j, "moe_intermediate_size", where, 512);
+  s.norm_topk = true;  // (Qwen3_5MoeTopKRouter always renormalizes)
+  s.moe_round_weights = true;
+  s.moe_fused_experts = true;
+  s.shared_expert = true;
+  s.ffn = config::get_int(j, "shared_expert_intermediate_size", where, 512);
+}
+
+void qwen3_5_moe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.shared_expert || !s.norm_topk) fail("config.json", "not a qwen3_5_moe_text block");
+  ModelSpec dense = s;
+  dense.n_experts = 0;
+  dense.shared_expert = false;
+  qwen3_5_write(dense, j);
+  j.erase("intermediate_size");
+  j["num_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["moe_intermediate_size"] = s.expert_ffn;
+  j["shared_expert_intermediate_size"] = s.ffn;
+}
+
+// (Qwen3_5MoeTextConfig has no intermediate_size: the shared expert's is the dense MLP width.)
+void qwen3_5_moe_normalize(json& j) {
+  if (!j.contains("intermediate_size"))
+    j["intermediate_size"] = j.value("shared_expert_intermediate_size", 512);
+}
+
 // llama.cpp's qwen35: the DeltaNet's sizes from its ssm.* keys, every full_attention_interval-th
 // layer attending (as its loader, and its converter, which writes only the interval).
 void qwen3_5_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
@@ -96,6 +131,15 @@ constexpr GgufLayerName kQwen35GgufNames[] = {{"attn_qkv", "linear_attn.in_proj_
                                              {"ssm_norm", "linear_attn.norm"},        {"ssm_out", "linear_attn.out_proj"},
                                              {"ssm_conv1d", "linear_attn.conv1d"},
                                              {"post_attention_norm", "post_attention_layernorm"}};
+const ModelFamily kQwen3_5MoeText = [] {
+  ModelFamily f{"qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", "", 256, 32768, 10000.0f, false, false,
+                qwen3_5_moe_read, qwen3_5_moe_write, nullptr};
+  f.partial_rotary = true;
+  f.normalize_config = qwen3_5_moe_normalize;
+  f.no_gguf_reason = "llama.cpp's qwen35moe GGUFs are not read or written by qlora yet; use the Hugging Face checkpoint";
+  return f;
+}();
+
 const ModelFamily kQwen3_5Text = [] {
   ModelFamily f{"qwen3_5_text", "Qwen3_5ForCausalLM", "qwen35", 256, 32768, 10000.0f, false, false, qwen3_5_read,
                 qwen3_5_write, qwen3_5_gguf};

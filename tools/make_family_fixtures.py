@@ -233,6 +233,15 @@ FAMILIES = {
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
         linear_conv_kernel_dim=4,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    # Qwen3.5-MoE's language model as llama.cpp's qwen35moe GGUF can hold it (heads of one size,
+    # every second layer attending); model.gguf as its converter writes it.
+    "qwen3_5_moe_gguf": ("Qwen3_5MoeTextConfig", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True, _moe=True,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        _drop=("intermediate_size",),
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
     # The same as llama.cpp's qwen35 GGUF can hold it (key and value heads of one size; every
     # second layer attending: full_attention_interval 2); model.gguf as its converter writes it.
     "qwen3_5_gguf": ("Qwen3_5TextConfig", dict(
@@ -586,7 +595,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
-             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35"}
+             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -875,7 +884,7 @@ def write_gguf_gpt2(model, path: Path):
     _finish(w)
 
 
-def write_gguf_qwen35(model, path: Path):
+def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     """As llama.cpp's converter writes Qwen3.5 (conversion/qwen.py: Qwen3NextModel,
     _LinearAttentionVReorderBase, Qwen3_5TextModel): the (1 + w) RMSNorms' weights as 1 + w
     (not the DeltaNet's gated norm), A_log as ssm_a = -exp(A_log), dt_bias as ssm_dt.bias, the
@@ -890,11 +899,17 @@ def write_gguf_qwen35(model, path: Path):
     kinds = c.layer_types
     interval = kinds.index("full_attention") + 1
     assert all((t == "full_attention") == ((i + 1) % interval == 0) for i, t in enumerate(kinds)), kinds
-    w = gguf.GGUFWriter(str(path), "qwen35")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
+    if getattr(c, "intermediate_size", None):  # (Qwen3.5-MoE's config has none: the key is left out)
+        w.add_feed_forward_length(c.intermediate_size)
+    if arch == "qwen35moe":  # as Qwen2MoeModel writes them
+        w.add_expert_count(c.num_experts)
+        w.add_expert_used_count(c.num_experts_per_tok)
+        w.add_expert_feed_forward_length(c.moe_intermediate_size)
+        w.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_key_length(hd)
@@ -925,7 +940,10 @@ def write_gguf_qwen35(model, path: Path):
              "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
              "linear_attn.in_proj_qkv": "attn_qkv", "linear_attn.in_proj_z": "attn_gate",
              "linear_attn.in_proj_b": "ssm_beta", "linear_attn.in_proj_a": "ssm_alpha",
-             "linear_attn.norm": "ssm_norm", "linear_attn.out_proj": "ssm_out", "linear_attn.conv1d": "ssm_conv1d"}
+             "linear_attn.norm": "ssm_norm", "linear_attn.out_proj": "ssm_out", "linear_attn.conv1d": "ssm_conv1d",
+             "mlp.gate": "ffn_gate_inp", "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+             "mlp.shared_expert.up_proj": "ffn_up_shexp", "mlp.shared_expert.down_proj": "ffn_down_shexp",
+             "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
         if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
@@ -942,6 +960,16 @@ def write_gguf_qwen35(model, path: Path):
             w.add_tensor("output_norm.weight", np.ascontiguousarray(t))
             continue
         _, _, layer, rest = name.split(".", 3)
+        if rest == "mlp.experts.gate_up_proj":  # (E, 2F, C): gate rows, then up rows
+            F = t.shape[1] // 2
+            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
+            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
+            continue
+        if rest == "mlp.experts.down_proj":  # (E, C, F)
+            w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t))
+            continue
+        if rest == "mlp.shared_expert_gate.weight":  # (1, C): one row of n_embd
+            t = t.reshape(-1)
         if rest == "linear_attn.A_log":
             w.add_tensor(f"blk.{layer}.ssm_a", tiled(-np.exp(t), 0, 1))
             continue
@@ -965,8 +993,8 @@ def write_gguf_qwen35(model, path: Path):
 
 
 def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
-    if arch == "qwen35":
-        return write_gguf_qwen35(model, path)
+    if arch in ("qwen35", "qwen35moe"):
+        return write_gguf_qwen35(model, path, arch)
     import gguf
     import numpy as np
     c = model.config
@@ -1455,7 +1483,7 @@ def build(family: str):
         all_logits["vision_peft_logits"] = vision_logits
     if family == "gpt_oss":
         all_logits["mxfp4_logits"] = write_mxfp4(out, model, prompt)
-    if family == "qwen3_5_moe":
+    if family in ("qwen3_5_moe", "qwen3_5_moe_gguf"):
         write_fused_experts(out, model, prompt)
     if family in BNB_FAMILIES:
         all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family), auto_class(family)))

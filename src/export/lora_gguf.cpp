@@ -98,8 +98,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     // qwen35: the gated DeltaNet's value heads tiled over its key heads, as the weights are
     // (merge_gguf.cpp): B's rows of in_proj_qkv's values, z, b and a; A's columns of out_proj.
     int64_t tile_offset = -1, tile_block = 0;  // (in B; for out_proj: in each row of A)
-    const bool tile_a = arch == "qwen35" && canonical.ends_with(".linear_attn.out_proj");
-    if (arch == "qwen35" && spec.la_k_heads != spec.la_v_heads) {
+    const bool tile_a = (arch == "qwen35" || arch == "qwen35moe") && canonical.ends_with(".linear_attn.out_proj");
+    if ((arch == "qwen35" || arch == "qwen35moe") && spec.la_k_heads != spec.la_v_heads) {
       if (canonical.ends_with(".linear_attn.in_proj_qkv")) tile_offset = 2 * spec.la_key_dim() * L.r, tile_block = spec.la_v_dim * L.r;
       if (canonical.ends_with(".linear_attn.in_proj_z")) tile_offset = 0, tile_block = spec.la_v_dim * L.r;
       if (canonical.ends_with(".linear_attn.in_proj_b") || canonical.ends_with(".linear_attn.in_proj_a"))

@@ -178,7 +178,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
-    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss";
+    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
                          " the chosen experts' weights, and this model " + (s.norm_topk ? "does" : "does not") +
@@ -204,14 +204,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
-    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss")
+    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe")
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
     if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
   }
   w.set_f32(a + "rope.freq_base", s.rope_theta);
-  if (arch == "qwen35") {  // as convert_hf_to_gguf.py's Qwen3NextModel / Qwen3_5TextModel
+  const bool delta_net_arch = arch == "qwen35" || arch == "qwen35moe";
+  if (delta_net_arch) {  // as convert_hf_to_gguf.py's Qwen3NextModel / Qwen3_5TextModel
     if (s.la_k_dim != s.la_v_dim)
       fail(out_path, "llama.cpp's qwen35 takes gated DeltaNet key and value heads of one size; this model's are " +
                          std::to_string(s.la_k_dim) + " and " + std::to_string(s.la_v_dim) + ": no GGUF form");
@@ -448,6 +449,49 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       }
       continue;
     }
+    if (s.moe_fused_experts && spec_t.name.find(".mlp.experts.") != std::string::npos) {
+      // transformers 5's fused experts (E, 2F, C) / (E, C, F) as llama.cpp's gate / up / down
+      // exps (E, F, C) / (E, F, C) / (E, C, F).
+      int64_t l = -1;
+      int part = -1;
+      for (int64_t ll = 0; ll < s.n_layers && part < 0; ++ll)
+        for (int p : {0, 2})
+          if (spec_t.name == fused_expert_name(ll, p)) part = p, l = ll;
+      if (part < 0) fail(out_path, "no GGUF name for tensor '" + spec_t.name + "'");
+      const int64_t E = s.n_experts, F = s.expert_ffn, C = s.hidden;
+      const std::string hf = spec_t.name, blk = "blk." + std::to_string(l) + ".";
+      auto fused = std::make_shared<std::vector<float>>();
+      auto uses = std::make_shared<int>(part == 0 ? 2 : 1);
+      for (int half = 0; half < (part == 0 ? 2 : 1); ++half) {
+        const std::string gname = blk + (part == 0 ? (half ? "ffn_up_exps" : "ffn_gate_exps") : "ffn_down_exps") + ".weight";
+        const int64_t rows = part == 0 ? F : C, cols = part == 0 ? C : F;
+        GgmlType type = opt.type;
+        if (opt.q4_k_m) {
+          type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
+          if (cols % kQK_K != 0) fell_back.push_back(gname);
+        } else if (ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
+          fell_back.push_back(gname);
+          type = GgmlType::F16;
+        }
+        w.add_tensor(gname, type, {E, rows, cols}, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname,
+                                                     fused, uses] {
+          if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
+          const std::vector<float>& v = *fused;
+          std::vector<float> out;
+          for (int64_t e = 0; e < E; ++e)
+            if (part == 0) {  // expert e's rows [half F, (half + 1) F) of its (2F, C)
+              const float* x = v.data() + (e * 2 * F + half * F) * C;
+              out.insert(out.end(), x, x + F * C);
+            } else {
+              out.insert(out.end(), v.begin() + e * C * F, v.begin() + (e + 1) * C * F);
+            }
+          if (--*uses == 0) std::vector<float>().swap(*fused);
+          if (bar) bar->update(++*done, gname);
+          return encode(out, type);
+        });
+      }
+      continue;
+    }
     if (s.attn_sinks && spec_t.name.ends_with(".self_attn.sinks")) {
       const std::string hf = spec_t.name;
       const std::string gname = "blk." + hf.substr(std::string("model.layers.").size(),
@@ -493,7 +537,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       continue;
     }
     TensorSpec t = spec_t;
-    const bool delta_net = arch == "qwen35" && t.name.find(".linear_attn.") != std::string::npos;
+    const bool delta_net = delta_net_arch && t.name.find(".linear_attn.") != std::string::npos;
     if (delta_net && t.name.ends_with(".conv1d.weight")) t.shape = {t.shape[0], t.shape.back()};  // (squeezed)
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};

@@ -673,7 +673,7 @@ std::optional<std::string_view> strip_layer(std::string_view name, std::string_v
 // linear_attn.dt_bias.
 namespace {
 constexpr NamePair kDeltaNetParams[] = {{"ssm_a", "linear_attn.A_log"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
-bool is_delta_net_arch(std::string_view arch) { return arch == "qwen35"; }
+bool is_delta_net_arch(std::string_view arch) { return arch == "qwen35" || arch == "qwen35moe"; }
 }  // namespace
 
 std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch, bool falcon_two_norms) {
@@ -760,7 +760,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   };
   hp.hidden_size = size_key(a + "embedding_length", std::nullopt);
   hp.num_layers = size_key(a + "block_count", std::nullopt);
-  hp.intermediate_size = size_key(a + "feed_forward_length", std::nullopt);
+  // (an MoE whose config has no dense MLP width -- Qwen3.5-MoE's -- has no feed_forward_length:
+  // the shared expert's, else the experts', as llama.cpp falls back)
+  std::optional<int64_t> ffn_default;
+  for (const char* k : {"expert_shared_feed_forward_length", "expert_feed_forward_length"})
+    if (!ffn_default && f.has(a + k)) ffn_default = size_key(a + k, std::nullopt);
+  hp.intermediate_size = size_key(a + "feed_forward_length", ffn_default);
   hp.num_heads = size_key(a + "attention.head_count", std::nullopt);
   hp.num_kv_heads = size_key(a + "attention.head_count_kv", hp.num_heads);
   hp.context_length = size_key(a + "context_length", std::nullopt);

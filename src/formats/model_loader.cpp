@@ -424,7 +424,7 @@ class GgufSource : public TensorSource {
          hp_.architecture == "nemotron") &&
         name.ends_with("norm.weight"))
       for (float& x : v) x -= 1.0f;
-    if (hp_.architecture == "qwen35") delta_net_from_llama_cpp(name, v);
+    if (hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") delta_net_from_llama_cpp(name, v);
     return v;
   }
   // gpt-oss: expert e of transformers' fused tensors, made from llama.cpp's separate gate, up

@@ -15,8 +15,10 @@
 #include "base/error.h"
 #include "formats/gguf.h"
 #include "export/merge.h"
+#include "export/merge_gguf.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
+#include "formats/tokenizer.h"
 #include "model/delta_net.h"
 #include "model/model.h"
 #include "model_test_util.h"
@@ -401,4 +403,40 @@ TEST(DeltaNetModel, FusedExpertFilesLoadAndMergeAsStored) {
   EXPECT_NE(out.find("model.language_model.layers.0.mlp.experts.gate_up_proj"), nullptr);
   EXPECT_EQ(out.find("model.language_model.layers.0.mlp.experts.0.gate_proj.weight"), nullptr);
   EXPECT_EQ(logits(load(tmp.path("hf"))), want);
+}
+
+// The same fused experts go to llama.cpp's qwen35moe as its gate / up / down exps.
+TEST(DeltaNetModel, FusedExpertFilesMergeToGguf) {
+  const std::string dir = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_moe_gguf";
+  auto load = [](const std::string& path) {
+    ModelFiles f = open_model_files(path);
+    ModelLoadOptions o;
+    o.quant.quantize = false;
+    return Model::load(f.spec, *f.tensors, o);
+  };
+  const Model fused = load(dir + "/fused");
+  ASSERT_TRUE(fused.spec().moe_fused_experts);
+  qlora::test::TempDir tmp("fused_moe_gguf");
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  ModelFiles source = open_model_files(dir + "/fused");
+  source.tokenizer = std::move(open_model_files(dir + "/model.gguf").tokenizer);  // (the fixture's stand-in vocabulary)
+  write_merged_gguf(fused, source, {}, tmp.path("m.gguf"), eo, false);
+  const Model back = load(tmp.path("m.gguf")), direct = load(dir + "/model.gguf");
+  const std::vector<int> prompt = {5, 17, 42, 99, 3, 77, 18, 150};
+  auto logits = [&](const Model& m) {
+    InferenceState st(m, 16);
+    std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
+    forward(m, st, prompt, out.data(), true);
+    return out;
+  };
+  // (the same weights but for -exp(A_log)'s rounding: numpy's expf here, the C library's there)
+  const std::vector<float> a = logits(back), b = logits(direct);
+  double worst = 0, peak = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    peak = std::max(peak, double(std::fabs(b[i])));
+  }
+  EXPECT_LT(worst, 1e-5 * peak);
 }

@@ -123,6 +123,14 @@ void qwen3_5_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
     s.linear_attn_layers[static_cast<size_t>(l)] = (l + 1) % hp.full_attention_interval != 0;
 }
 
+// llama.cpp's qwen35moe: qwen35 with the experts (spec_from_gguf reads their sizes and counts,
+// presented one tensor per expert) and the always renormalized top-k.
+void qwen3_5_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  qwen3_5_gguf(hp, s);
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+}
+
 }  // namespace
 
 // llama.cpp's qwen35 names (its converter's tensor map).
@@ -132,11 +140,11 @@ constexpr GgufLayerName kQwen35GgufNames[] = {{"attn_qkv", "linear_attn.in_proj_
                                              {"ssm_conv1d", "linear_attn.conv1d"},
                                              {"post_attention_norm", "post_attention_layernorm"}};
 const ModelFamily kQwen3_5MoeText = [] {
-  ModelFamily f{"qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", "", 256, 32768, 10000.0f, false, false,
-                qwen3_5_moe_read, qwen3_5_moe_write, nullptr};
+  ModelFamily f{"qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", "qwen35moe", 256, 32768, 10000.0f, false, false,
+                qwen3_5_moe_read, qwen3_5_moe_write, qwen3_5_moe_gguf};
   f.partial_rotary = true;
   f.normalize_config = qwen3_5_moe_normalize;
-  f.no_gguf_reason = "llama.cpp's qwen35moe GGUFs are not read or written by qlora yet; use the Hugging Face checkpoint";
+  f.gguf_layer_names = kQwen35GgufNames;
   return f;
 }();
 

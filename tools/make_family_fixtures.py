@@ -242,6 +242,15 @@ FAMILIES = {
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
         _drop=("intermediate_size",),
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    # Qwen3-Next: the hybrid with its DeltaNet projections fused per key head (in_proj_qkvz,
+    # in_proj_ba), 4 experts of 32 (top 2, norm_topk_prob) and a shared expert of 48.
+    "qwen3_next": ("Qwen3NextConfig", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True, _moe=True,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        norm_topk_prob=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
     # The same as llama.cpp's qwen35 GGUF can hold it (key and value heads of one size; every
     # second layer attending: full_attention_interval 2); model.gguf as its converter writes it.
     "qwen3_5_gguf": ("Qwen3_5TextConfig", dict(

@@ -112,6 +112,14 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::OutputGate:
         output_gate_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T), r.dtype);
         break;
+      case BlockOpKind::Gather: {
+        const std::vector<int32_t>& cols = p.gather_columns(o.gather);
+        const int64_t W = static_cast<int64_t>(cols.size()), Win = p.buffers()[static_cast<size_t>(o.in0)].width;
+        float* din = g(o.in0);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t j = 0; j < W; ++j) din[t * Win + cols[static_cast<size_t>(j)]] += dy[t * W + j];
+        break;
+      }
       case BlockOpKind::Slice:
         be.slice_backward(g(o.in0), dy, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,
                           o.group_stride);

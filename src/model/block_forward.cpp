@@ -232,6 +232,14 @@ void block_forward(const BlockRun& r) {
         check(be.host_addressable(), "gated attention", std::string("runs on the CPU backend only, not on ") + be.name());
         output_gate_forward(out, in0, in1, n_of(o.out), r.dtype);
         break;
+      case BlockOpKind::Gather: {
+        check(be.host_addressable(), "column gather", std::string("runs on the CPU backend only, not on ") + be.name());
+        const std::vector<int32_t>& cols = p.gather_columns(o.gather);
+        const int64_t W = static_cast<int64_t>(cols.size()), Win = p.buffers()[static_cast<size_t>(o.in0)].width;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t j = 0; j < W; ++j) out[t * W + j] = in0[t * Win + cols[static_cast<size_t>(j)]];
+        break;
+      }
       case BlockOpKind::Slice:
         be.slice_forward(out, in0, T, p.buffers()[static_cast<size_t>(o.in0)].width, o.offset, o.width, o.groups,
                          o.group_stride);

@@ -142,14 +142,48 @@ void BlockProgram::build_post_norm() {
 // The gated DeltaNet (Qwen3.5's linear_attn), from the normed input h to `out`:
 //   qkv = silu(conv1d(in_proj_qkv h)), z = in_proj_z h, b = in_proj_b h, a = in_proj_a h,
 //   core = delta_rule(qkv, b, a), out = out_proj(norm(core) * silu(z)).
+void BlockProgram::add_gather(int out, int in, std::vector<int32_t> columns) {
+  BlockOp o{BlockOpKind::Gather};
+  o.out = out;
+  o.in0 = in;
+  o.gather = static_cast<int>(gathers_.size());
+  gathers_.push_back(std::move(columns));
+  op(o);
+}
+
 void BlockProgram::build_delta_net(int out, int h) {
   const ModelSpec& s = spec_;
   const int qkv = buffer("la_qkv_proj", s.la_conv_dim()), z = buffer("la_z", s.la_value_dim()),
             b = buffer("la_b", s.la_v_heads), a = buffer("la_a", s.la_v_heads);
-  add_linear(qkv, h, 7);
-  add_linear(z, h, 8);
-  add_linear(b, h, 9);
-  add_linear(a, h, 10);
+  if (s.la_fused_qkvz) {  // Qwen3-Next: per key head [q | k | its values' v | z] and [b | a]
+    const int64_t dk = s.la_k_dim, dv = s.la_v_dim, Hk = s.la_k_heads, R = s.la_v_heads / Hk;
+    const int64_t G = 2 * dk + 2 * R * dv;  // one key head's columns of in_proj_qkvz
+    const int qkvz = buffer("la_qkvz_proj", Hk * G), ba = buffer("la_ba_proj", 2 * s.la_v_heads);
+    add_linear(qkvz, h, 7);
+    add_linear(ba, h, 9);
+    std::vector<int32_t> cq, cz, cb, ca;
+    for (int part = 0; part < 3; ++part)  // all q, then all k, then all v (value heads grouped)
+      for (int64_t k = 0; k < Hk; ++k) {
+        const int64_t off = part == 0 ? 0 : part == 1 ? dk : 2 * dk, n = part < 2 ? dk : R * dv;
+        for (int64_t i = 0; i < n; ++i) cq.push_back(static_cast<int32_t>(k * G + off + i));
+      }
+    for (int64_t k = 0; k < Hk; ++k) {
+      for (int64_t i = 0; i < R * dv; ++i) cz.push_back(static_cast<int32_t>(k * G + 2 * dk + R * dv + i));
+      for (int64_t r = 0; r < R; ++r) {
+        cb.push_back(static_cast<int32_t>(k * 2 * R + r));
+        ca.push_back(static_cast<int32_t>(k * 2 * R + R + r));
+      }
+    }
+    add_gather(qkv, qkvz, std::move(cq));
+    add_gather(z, qkvz, std::move(cz));
+    add_gather(b, ba, std::move(cb));
+    add_gather(a, ba, std::move(ca));
+  } else {
+    add_linear(qkv, h, 7);
+    add_linear(z, h, 8);
+    add_linear(b, h, 9);
+    add_linear(a, h, 10);
+  }
   const int conv = buffer("la_conv", s.la_conv_dim());
   BlockOp c{BlockOpKind::CausalConv};
   c.out = conv;
@@ -397,6 +431,7 @@ void BlockProgram::finish() {
       case BlockOpKind::DeltaRule: keep(o.in0); keep(o.in1); keep(o.in2); break;
       case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
       case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::Gather: break;  // (its backward reads the column list only)
       case BlockOpKind::ScaleColumns: break;  // (its backward reads the weights only)
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:

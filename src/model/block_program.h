@@ -48,6 +48,8 @@ enum class BlockOpKind : uint8_t {
   DeltaRule,   // out = the gated delta rule over q|k|v = in0, rate logits in1, decay inputs in2
   GatedNorm,   // out = RMSNorm(in0, per value head) * silu(in1) (aux: rstd)
   OutputGate,  // out = in0 * sigmoid(in1) (gated attention's output gate)
+  Gather,      // out = columns gather_columns(gather) of in0, in that order (Qwen3-Next's fused
+               // in_proj_qkvz / in_proj_ba rearranged into q|k|v, z, b and a)
 };
 
 // Which layers an op runs on: every layer, or (hybrid models) the attention layers only or
@@ -69,6 +71,7 @@ struct BlockOp {
   int64_t offset = 0;            // Slice: first column
   int64_t groups = 1, group_stride = 0;
   float factor = 1.0f;           // Scale
+  int gather = -1;               // Gather: index of its column list (BlockProgram::gather_columns)
   LayerMixer mixer = LayerMixer::All;
   // Whether this op runs on layer l of spec s.
   bool runs_on(const ModelSpec& s, int64_t l) const {
@@ -95,6 +98,8 @@ class BlockProgram {
   int input() const { return input_; }    // the block input (bound by the caller)
   int output() const { return output_; }  // the block output (bound by the caller)
   const ModelSpec& spec() const { return spec_; }
+  // A Gather op's columns of its input, one per output column.
+  const std::vector<int32_t>& gather_columns(int gather) const { return gathers_.at(static_cast<size_t>(gather)); }
   // ALiBi models: the attention bias (ops.h), else null.
   const AlibiBias* alibi() const { return alibi_.slopes.empty() ? nullptr : &alibi_; }
 
@@ -134,6 +139,7 @@ class BlockProgram {
   }
   // The hybrid model's gated DeltaNet, writing `out` (the branch output, C wide) from h.
   void build_delta_net(int out, int h);
+  void add_gather(int out, int in, std::vector<int32_t> columns);
   void finish();
   // Op builders (block_program.cpp): each appends one op over declared buffers.
   void add_norm(int out, int in, NormRole role, int64_t rows, int64_t width, int rstd);
@@ -155,6 +161,7 @@ class BlockProgram {
   int input_ = -1, output_ = -1;
   Slots slots_;
   LayerMixer mixer_ = LayerMixer::All;  // stamped on the ops being added
+  std::vector<std::vector<int32_t>> gathers_;  // Gather ops' column lists
 };
 
 }  // namespace qlora

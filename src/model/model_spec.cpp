@@ -157,6 +157,11 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
     l[9] = {m[9], la_v_heads, hidden, false};
     l[10] = {m[10], la_v_heads, hidden, false};
     l[11] = {m[11], hidden, la_value_dim(), false};
+    if (la_fused_qkvz) {
+      l[7] = {"linear_attn.in_proj_qkvz", 2 * la_key_dim() + 2 * la_value_dim(), hidden, false};
+      l[9] = {"linear_attn.in_proj_ba", 2 * la_v_heads, hidden, false};
+      l[8] = l[10] = absent;
+    }
   }
   if (fused_qkv) {
     l[0] = {"self_attn.qkv_proj", q_dim() + 2 * kv_dim(), hidden, qkv_bias};

@@ -302,6 +302,10 @@ struct ModelSpec {
   // silu(in_proj_z), out_proj. Empty: no such layers.
   std::vector<bool> linear_attn_layers;
   int64_t la_k_heads = 0, la_v_heads = 0, la_k_dim = 0, la_v_dim = 0, la_conv_kernel = 4;
+  // Qwen3-Next's form: q, k, v and z from one Linear (linear_attn.in_proj_qkvz, per key head
+  // its q, k, then its value heads' v and z) and b, a from one (in_proj_ba, per key head its
+  // value heads' b then a), in the in_proj_qkv and in_proj_b slots.
+  bool la_fused_qkvz = false;
   bool hybrid() const { return !linear_attn_layers.empty(); }
   bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }
   int64_t la_key_dim() const { return la_k_heads * la_k_dim; }

@@ -105,6 +105,42 @@ void qwen3_5_moe_normalize(json& j) {
     j["intermediate_size"] = j.value("shared_expert_intermediate_size", 512);
 }
 
+// Qwen3-Next (model_type "qwen3_next", Qwen3NextForCausalLM: Qwen3-Next-80B-A3B): Qwen3.5-MoE's
+// hybrid before it, its DeltaNet's projections fused per key head (in_proj_qkvz, in_proj_ba:
+// ModelSpec::la_fused_qkvz), its top-k renormalized by norm_topk_prob, the experts one tensor
+// per expert in its files. Dense MLP layers (mlp_only_layers, decoder_sparse_step) are refused.
+void qwen3_next_read(const json& j, const std::string& where, ModelSpec& s) {
+  qwen3_5_read(j, where, s);
+  s.la_fused_qkvz = true;
+  s.n_experts = config::get_int(j, "num_experts", where, 512);
+  s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 10);
+  s.expert_ffn = config::get_int(j, "moe_intermediate_size", where, 512);
+  s.norm_topk = config::get_bool(j, "norm_topk_prob", where, true);
+  s.moe_round_weights = true;
+  if (config::get_int(j, "decoder_sparse_step", where, 1) != 1)
+    fail(where, "decoder_sparse_step other than 1 (dense MLP layers between the MoE ones) is not supported");
+  if (const json* m = config::find_key(j, "mlp_only_layers"); m && !m->is_null() && !(m->is_array() && m->empty()))
+    fail(where, "mlp_only_layers " + config::shown(*m) + " (dense MLP layers) is not supported");
+  const int64_t shared = config::get_int(j, "shared_expert_intermediate_size", where, 512);
+  s.shared_expert = shared > 0;
+  s.ffn = shared > 0 ? shared : s.expert_ffn;
+}
+
+void qwen3_next_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.la_fused_qkvz) fail("config.json", "not a qwen3_next block");
+  ModelSpec dense = s;
+  dense.n_experts = 0;
+  dense.shared_expert = false;
+  qwen3_5_write(dense, j);
+  j["num_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["moe_intermediate_size"] = s.expert_ffn;
+  j["norm_topk_prob"] = s.norm_topk;
+  j["shared_expert_intermediate_size"] = s.shared_expert ? s.ffn : 0;
+  j["decoder_sparse_step"] = 1;
+  j["mlp_only_layers"] = ordered_json::array();
+}
+
 // llama.cpp's qwen35: the DeltaNet's sizes from its ssm.* keys, every full_attention_interval-th
 // layer attending (as its loader, and its converter, which writes only the interval).
 void qwen3_5_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
@@ -139,6 +175,14 @@ constexpr GgufLayerName kQwen35GgufNames[] = {{"attn_qkv", "linear_attn.in_proj_
                                              {"ssm_norm", "linear_attn.norm"},        {"ssm_out", "linear_attn.out_proj"},
                                              {"ssm_conv1d", "linear_attn.conv1d"},
                                              {"post_attention_norm", "post_attention_layernorm"}};
+const ModelFamily kQwen3Next = [] {
+  ModelFamily f{"qwen3_next", "Qwen3NextForCausalLM", "", 256, 32768, 10000.0f, false, false, qwen3_next_read,
+                qwen3_next_write, nullptr};
+  f.partial_rotary = true;
+  f.no_gguf_reason = "llama.cpp's qwen3next GGUFs are not read or written by qlora yet; use the Hugging Face checkpoint";
+  return f;
+}();
+
 const ModelFamily kQwen3_5MoeText = [] {
   ModelFamily f{"qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", "qwen35moe", 256, 32768, 10000.0f, false, false,
                 qwen3_5_moe_read, qwen3_5_moe_write, qwen3_5_moe_gguf};

@@ -1358,6 +1358,12 @@ def curve_float64(family: str, out: Path, ids, labels):
     m = auto_class(family).from_pretrained(out, dtype=torch.float64, attn_implementation=attn_impl(family), **extra)
     pm = PeftModel.from_pretrained(m, out / "initial_adapter", is_trainable=True)
     pm.train()
+    return adamw_curve(pm, ids, labels)
+
+
+def adamw_curve(pm, ids, labels):
+    """The loss before each of CURVE_STEPS torch AdamW steps (lr CURVE_LR, no weight decay) on the
+    adapter's parameters, on one batch."""
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=CURVE_LR, betas=(0.9, 0.999),
                             eps=1e-8, weight_decay=0.0)
     curve = []
@@ -1475,15 +1481,7 @@ def build(family: str):
     save_file(grads, str(out / "grads.safetensors"))
     # A 10-step loss curve: torch.optim.AdamW (lr 1e-3, no weight decay) on the same batch,
     # from the initial adapter, the loss before each step.
-    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=CURVE_LR, betas=(0.9, 0.999),
-                            eps=1e-8, weight_decay=0.0)
-    curve = []
-    for _ in range(CURVE_STEPS):
-        opt.zero_grad()
-        step_loss = pm(input_ids=ids, labels=labels).loss
-        curve.append(float(step_loss.item()))
-        step_loss.backward()
-        opt.step()
+    curve = adamw_curve(pm, ids, labels)
     curve64 = curve_float64(family, out, ids, labels) if FAMILIES[family][1].get("_curve_f64") else None
     all_logits = {"logits": logits, "nf4_logits": nf4_logits, "peft_logits": peft_logits}
     if default_logits is not None:

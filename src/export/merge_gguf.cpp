@@ -48,22 +48,14 @@ std::vector<uint8_t> encode(const std::vector<float>& v, GgmlType t) {
 void delta_net_to_llama_cpp(const ModelSpec& s, const std::string& hf, std::vector<float>& v) {
   if (hf.ends_with(".linear_attn.A_log"))
     for (float& x : v) x = -std::exp(x);
-  const int64_t Hk = s.la_k_heads, Hv = s.la_v_heads, dv = s.la_v_dim, KD = s.la_key_dim(), C = s.hidden,
-                K = s.la_conv_kernel;
-  if (Hk == Hv) return;
-  auto tile = [&](int64_t offset, int64_t block) {
-    const std::span<const float> in(v.data() + offset, static_cast<size_t>(Hv * block));
-    std::vector<float> out(in.size());
-    delta_net_heads_to_tiled(in, out, Hk, Hv, block);
-    std::copy(out.begin(), out.end(), v.begin() + offset);
-  };
-  if (hf.ends_with(".linear_attn.in_proj_qkv.weight")) tile(2 * KD * C, dv * C);
-  else if (hf.ends_with(".linear_attn.in_proj_z.weight")) tile(0, dv * C);
-  else if (hf.ends_with(".linear_attn.in_proj_b.weight") || hf.ends_with(".linear_attn.in_proj_a.weight")) tile(0, C);
-  else if (hf.ends_with(".linear_attn.A_log") || hf.ends_with(".linear_attn.dt_bias")) tile(0, 1);
-  else if (hf.ends_with(".linear_attn.conv1d.weight")) tile(2 * KD * K, dv * K);
-  else if (hf.ends_with(".linear_attn.out_proj.weight"))
-    for (int64_t r = 0; r < C; ++r) tile(r * Hv * dv, dv);
+  DeltaNetHeads h;
+  h.key_heads = s.la_k_heads;
+  h.value_heads = s.la_v_heads;
+  h.key_dim = s.la_k_dim;
+  h.value_dim = s.la_v_dim;
+  h.hidden = s.hidden;
+  h.conv_kernel = s.la_conv_kernel;
+  delta_net_tensor_heads(hf, v, h, /*to_tiled=*/true);
 }
 
 // llama-quant.cpp's use_more_bits: the first and last eighth of the layers and every third
@@ -394,6 +386,19 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     *layer = l;
     return *part < 0 || name != layer_tensor_name(l, expert_module(e, *part)) ? int64_t{-1} : int64_t{e};
   };
+  // A 3-D expert tensor's type: --gguf-type's, Q4_K_M's choice for it, or F16 where its rows
+  // do not fill the type's blocks (listed in the note at the end).
+  auto expert_type = [&](const std::string& gname, int64_t cols) {
+    GgmlType type = opt.type;
+    if (opt.q4_k_m) {
+      type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
+      if (cols % kQK_K != 0) fell_back.push_back(gname);
+    } else if (ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
+      fell_back.push_back(gname);
+      type = GgmlType::F16;
+    }
+    return type;
+  };
   for (const TensorSpec& spec_t : specs) {
     if (s.moe_gpt_oss && spec_t.name.find(".mlp.experts.") != std::string::npos) {
       // gpt-oss's fused experts as llama.cpp's separate 3-D gate / up / down exps and their
@@ -414,14 +419,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         const std::string gname = blk + (part < 2 ? (half ? "ffn_up_exps" : "ffn_gate_exps") : "ffn_down_exps") +
                                   (bias ? ".bias" : ".weight");
         const int64_t rows = part < 2 ? F : C, cols = part < 2 ? C : F;
-        GgmlType type = bias ? GgmlType::F32 : opt.type;
-        if (!bias && opt.q4_k_m) {
-          type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
-          if (cols % kQK_K != 0) fell_back.push_back(gname);
-        } else if (!bias && ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
-          fell_back.push_back(gname);
-          type = GgmlType::F16;
-        }
+        const GgmlType type = bias ? GgmlType::F32 : expert_type(gname, cols);
         const std::vector<int64_t> shape = bias ? std::vector<int64_t>{E, rows} : std::vector<int64_t>{E, rows, cols};
         w.add_tensor(gname, type, shape, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname, fused,
                                           uses] {
@@ -465,14 +463,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       for (int half = 0; half < (part == 0 ? 2 : 1); ++half) {
         const std::string gname = blk + (part == 0 ? (half ? "ffn_up_exps" : "ffn_gate_exps") : "ffn_down_exps") + ".weight";
         const int64_t rows = part == 0 ? F : C, cols = part == 0 ? C : F;
-        GgmlType type = opt.type;
-        if (opt.q4_k_m) {
-          type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
-          if (cols % kQK_K != 0) fell_back.push_back(gname);
-        } else if (ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
-          fell_back.push_back(gname);
-          type = GgmlType::F16;
-        }
+        const GgmlType type = expert_type(gname, cols);
         w.add_tensor(gname, type, {E, rows, cols}, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname,
                                                      fused, uses] {
           if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
@@ -513,14 +504,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         static constexpr const char* kExps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
         const std::string gname = "blk." + std::to_string(el) + "." + kExps[p] + ".weight";
         const int64_t rows = p == 2 ? s.hidden : s.expert_ffn, cols = p == 2 ? s.expert_ffn : s.hidden;
-        GgmlType type = opt.type;
-        if (opt.q4_k_m) {
-          type = gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false);
-          if (cols % kQK_K != 0) fell_back.push_back(gname);
-        } else if (ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
-          fell_back.push_back(gname);
-          type = GgmlType::F16;
-        }
+        const GgmlType type = expert_type(gname, cols);
         std::vector<std::string> names;
         for (int64_t e = 0; e < s.n_experts; ++e) names.push_back(layer_tensor_name(el, expert_module(e, p)));
         w.add_tensor(gname, type, {s.n_experts, rows, cols}, [&model, &adapters, &bar, done, names, type, gname] {

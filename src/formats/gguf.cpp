@@ -969,6 +969,29 @@ void delta_net_heads_to_grouped(std::span<const float> in, std::span<float> out,
   delta_net_heads(in, out, key_heads, value_heads, block, false);
 }
 
+void delta_net_tensor_heads(const std::string& name, std::vector<float>& v, const DeltaNetHeads& h, bool to_tiled) {
+  const int64_t Hk = h.key_heads, Hv = h.value_heads, dv = h.value_dim, C = h.hidden, K = h.conv_kernel;
+  const int64_t KD = Hk * h.key_dim;
+  if (Hk == Hv) return;
+  // [offset, offset + Hv * block) of v holds the value heads, `block` values each.
+  auto reorder = [&](int64_t offset, int64_t block) {
+    if (offset + Hv * block > static_cast<int64_t>(v.size()))
+      fail(name, "holds " + std::to_string(v.size()) + " values, too few for " + std::to_string(Hv) + " value heads");
+    const std::span<const float> in(v.data() + offset, static_cast<size_t>(Hv * block));
+    std::vector<float> out(in.size());
+    delta_net_heads(in, out, Hk, Hv, block, to_tiled);
+    std::copy(out.begin(), out.end(), v.begin() + offset);
+  };
+  if (name.ends_with(".linear_attn.in_proj_qkv.weight")) reorder(2 * KD * C, dv * C);
+  else if (name.ends_with(".linear_attn.in_proj_z.weight")) reorder(0, dv * C);
+  else if (name.ends_with(".linear_attn.in_proj_b.weight") || name.ends_with(".linear_attn.in_proj_a.weight"))
+    reorder(0, C);
+  else if (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.dt_bias")) reorder(0, 1);
+  else if (name.ends_with(".linear_attn.conv1d.weight")) reorder(2 * KD * K, dv * K);
+  else if (name.ends_with(".linear_attn.out_proj.weight"))
+    for (int64_t r = 0; r < C; ++r) reorder(r * Hv * dv, dv);
+}
+
 void unpermute_rope_rows(std::span<const float> in, std::span<float> out, int64_t rows, int64_t cols, int64_t n_head) {
   check_rope_perm(in, out, rows, cols, n_head);
   const int64_t d = rows / n_head;

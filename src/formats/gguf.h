@@ -276,6 +276,14 @@ void delta_net_heads_to_tiled(std::span<const float> in, std::span<float> out, i
                               int64_t block);
 void delta_net_heads_to_grouped(std::span<const float> in, std::span<float> out, int64_t key_heads,
                                 int64_t value_heads, int64_t block);
+// The same over one of a gated DeltaNet's tensors, by its transformers name (canonical,
+// "model.layers.N.linear_attn.X"): in_proj_qkv's value rows, in_proj_z's rows, in_proj_b's and
+// in_proj_a's rows, A_log, dt_bias, the conv taps' value channels ((channels, kernel) rows) and
+// out_proj's columns (each of its `hidden` rows); other tensors are left as they are.
+struct DeltaNetHeads {
+  int64_t key_heads = 0, value_heads = 0, key_dim = 0, value_dim = 0, hidden = 0, conv_kernel = 0;
+};
+void delta_net_tensor_heads(const std::string& name, std::vector<float>& v, const DeltaNetHeads& h, bool to_tiled);
 
 // Whether we read GGUFs of this general.architecture: the model family registry's list
 // (formats/model_family.h, gguf_supported_architectures()).

@@ -348,25 +348,19 @@ class GgufSource : public TensorSource {
         if (!(x < 0.0f)) fail(file_.path(), "tensor '" + name + "' (ssm_a, -exp(A_log)) holds a value that is not negative");
         x = std::log(-x);
       }
-    const int64_t Hk = hp_.ssm_group_count, Hv = hp_.ssm_time_step_rank;
-    if (Hk == Hv || Hk <= 0) return;
-    const int64_t dv = hp_.ssm_inner_size / Hv, KD = Hk * hp_.ssm_state_size;
-    const int64_t cols = static_cast<int64_t>(v.size()) / std::max<int64_t>(1, shape(name)[0]);
-    // [offset, offset + Hv * block) of v holds the value heads, `block` values each.
-    auto regroup = [&](int64_t offset, int64_t block) {
-      const std::span<const float> in(v.data() + offset, static_cast<size_t>(Hv * block));
-      std::vector<float> out(in.size());
-      delta_net_heads_to_grouped(in, out, Hk, Hv, block);
-      std::copy(out.begin(), out.end(), v.begin() + offset);
-    };
-    if (name.ends_with(".linear_attn.in_proj_qkv.weight")) regroup(2 * KD * cols, dv * cols);
-    else if (name.ends_with(".linear_attn.in_proj_z.weight")) regroup(0, dv * cols);
-    else if (name.ends_with(".linear_attn.in_proj_b.weight") || name.ends_with(".linear_attn.in_proj_a.weight"))
-      regroup(0, cols);
-    else if (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.dt_bias")) regroup(0, 1);
-    else if (name.ends_with(".linear_attn.conv1d.weight")) regroup(2 * KD * hp_.ssm_conv_kernel, dv * hp_.ssm_conv_kernel);
-    else if (name.ends_with(".linear_attn.out_proj.weight"))  // (columns: each row's blocks of dv)
-      for (int64_t r = 0; r < static_cast<int64_t>(v.size()) / (Hv * dv); ++r) regroup(r * Hv * dv, dv);
+    if (hp_.ssm_group_count <= 0 || hp_.ssm_time_step_rank <= 0) return;
+    DeltaNetHeads h;
+    h.key_heads = hp_.ssm_group_count;
+    h.value_heads = hp_.ssm_time_step_rank;
+    h.key_dim = hp_.ssm_state_size;
+    h.value_dim = hp_.ssm_inner_size / hp_.ssm_time_step_rank;
+    h.hidden = hp_.hidden_size;
+    h.conv_kernel = hp_.ssm_conv_kernel;
+    try {
+      delta_net_tensor_heads(name, v, h, /*to_tiled=*/false);
+    } catch (const Error& e) {
+      fail(file_.path(), std::string("tensor '") + name + "': " + e.what());
+    }
   }
 
  public:

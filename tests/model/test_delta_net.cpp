@@ -310,11 +310,22 @@ namespace {
 
 const std::string kFixture = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_text";
 
-Model load_fixture() {
-  ModelFiles f = open_model_files(kFixture);
+// The model at `path` in float32 (no quantization).
+Model load_f32(const std::string& path) {
+  ModelFiles f = open_model_files(path);
   ModelLoadOptions o;
   o.quant.quantize = false;
   return Model::load(f.spec, *f.tensors, o);
+}
+
+Model load_fixture() { return load_f32(kFixture); }
+
+// Every position's logits of `prompt`, from a fresh state.
+std::vector<float> all_logits(const Model& m, const std::vector<int>& prompt) {
+  InferenceState st(m, 16);
+  std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
+  forward(m, st, prompt, out.data(), true);
+  return out;
 }
 
 std::vector<float> last_logits(const Model& m, InferenceState& st, const std::vector<int>& toks) {
@@ -375,23 +386,12 @@ TEST(DeltaNetModel, KvCacheHoldsTheAttentionLayersOnly) {
 // fixture's fused/ copy loads to the same model, and a merge writes the fused form back.
 TEST(DeltaNetModel, FusedExpertFilesLoadAndMergeAsStored) {
   const std::string dir = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_moe";
-  auto load = [](const std::string& path) {
-    ModelFiles f = open_model_files(path);
-    ModelLoadOptions o;
-    o.quant.quantize = false;
-    return Model::load(f.spec, *f.tensors, o);
-  };
-  const Model split = load(dir), fused = load(dir + "/fused");
+  const Model split = load_f32(dir), fused = load_f32(dir + "/fused");
   EXPECT_FALSE(split.spec().moe_fused_experts);
   ASSERT_TRUE(fused.spec().moe_fused_experts);
   ASSERT_EQ(fused.spec().hf_wrapper, "qwen3_5_moe");
   const std::vector<int> prompt = {5, 17, 42, 99, 3, 77, 18, 150};
-  auto logits = [&](const Model& m) {
-    InferenceState st(m, 16);
-    std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
-    forward(m, st, prompt, out.data(), true);
-    return out;
-  };
+  auto logits = [&](const Model& m) { return all_logits(m, prompt); };
   const std::vector<float> want = logits(split);
   EXPECT_EQ(logits(fused), want);
   qlora::test::TempDir tmp("fused_moe_merge");
@@ -402,19 +402,13 @@ TEST(DeltaNetModel, FusedExpertFilesLoadAndMergeAsStored) {
   const SafeTensorsFile out(tmp.path("hf") + "/model.safetensors");
   EXPECT_NE(out.find("model.language_model.layers.0.mlp.experts.gate_up_proj"), nullptr);
   EXPECT_EQ(out.find("model.language_model.layers.0.mlp.experts.0.gate_proj.weight"), nullptr);
-  EXPECT_EQ(logits(load(tmp.path("hf"))), want);
+  EXPECT_EQ(logits(load_f32(tmp.path("hf"))), want);
 }
 
 // The same fused experts go to llama.cpp's qwen35moe as its gate / up / down exps.
 TEST(DeltaNetModel, FusedExpertFilesMergeToGguf) {
   const std::string dir = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_moe_gguf";
-  auto load = [](const std::string& path) {
-    ModelFiles f = open_model_files(path);
-    ModelLoadOptions o;
-    o.quant.quantize = false;
-    return Model::load(f.spec, *f.tensors, o);
-  };
-  const Model fused = load(dir + "/fused");
+  const Model fused = load_f32(dir + "/fused");
   ASSERT_TRUE(fused.spec().moe_fused_experts);
   qlora::test::TempDir tmp("fused_moe_gguf");
   GgufExportOptions eo;
@@ -423,14 +417,9 @@ TEST(DeltaNetModel, FusedExpertFilesMergeToGguf) {
   ModelFiles source = open_model_files(dir + "/fused");
   source.tokenizer = std::move(open_model_files(dir + "/model.gguf").tokenizer);  // (the fixture's stand-in vocabulary)
   write_merged_gguf(fused, source, {}, tmp.path("m.gguf"), eo, false);
-  const Model back = load(tmp.path("m.gguf")), direct = load(dir + "/model.gguf");
+  const Model back = load_f32(tmp.path("m.gguf")), direct = load_f32(dir + "/model.gguf");
   const std::vector<int> prompt = {5, 17, 42, 99, 3, 77, 18, 150};
-  auto logits = [&](const Model& m) {
-    InferenceState st(m, 16);
-    std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
-    forward(m, st, prompt, out.data(), true);
-    return out;
-  };
+  auto logits = [&](const Model& m) { return all_logits(m, prompt); };
   // (the same weights but for -exp(A_log)'s rounding: numpy's expf here, the C library's there)
   const std::vector<float> a = logits(back), b = logits(direct);
   double worst = 0, peak = 0;

@@ -251,6 +251,16 @@ FAMILIES = {
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
         norm_topk_prob=True,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    # Qwen3-Next as llama.cpp's qwen3next GGUF can hold it (heads of one size, every second layer
+    # attending); model.gguf as its converter writes it (in_proj_qkvz split into attn_qkv and
+    # attn_gate, in_proj_ba as ssm_ba, the value heads left grouped).
+    "qwen3_next_gguf": ("Qwen3NextConfig", dict(
+        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True, _moe=True,
+        layer_types=["linear_attention", "full_attention", "linear_attention"],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        norm_topk_prob=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
     # The same as llama.cpp's qwen35 GGUF can hold it (key and value heads of one size; every
     # second layer attending: full_attention_interval 2); model.gguf as its converter writes it.
     "qwen3_5_gguf": ("Qwen3_5TextConfig", dict(
@@ -604,7 +614,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
-             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe"}
+             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
+             "qwen3_next_gguf": "qwen3next"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -914,7 +925,7 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     w.add_block_count(c.num_hidden_layers)
     if getattr(c, "intermediate_size", None):  # (Qwen3.5-MoE's config has none: the key is left out)
         w.add_feed_forward_length(c.intermediate_size)
-    if arch == "qwen35moe":  # as Qwen2MoeModel writes them
+    if arch in ("qwen35moe", "qwen3next"):  # as Qwen2MoeModel writes them
         w.add_expert_count(c.num_experts)
         w.add_expert_used_count(c.num_experts_per_tok)
         w.add_expert_feed_forward_length(c.moe_intermediate_size)
@@ -925,7 +936,8 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     w.add_value_length(hd)
     rp = c.rope_parameters
     w.add_rope_dimension_count(int(hd * rp.get("partial_rotary_factor", 0.25)))
-    w.add_rope_dimension_sections(list(rp.get("mrope_section", [11, 11, 10])) + [0])
+    if arch != "qwen3next":  # (Qwen3-Next's rotary is the plain one)
+        w.add_rope_dimension_sections(list(rp.get("mrope_section", [11, 11, 10])) + [0])
     w.add_rope_freq_base(rp["rope_theta"])
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_ssm_conv_kernel(c.linear_conv_kernel_dim)
@@ -939,6 +951,8 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     R = Hv // Hk
 
     def tiled(t, dim, block):  # value heads grouped by key head -> tiled over the key heads
+        if arch == "qwen3next":  # (Qwen3NextModel keeps them grouped)
+            return np.ascontiguousarray(t)
         shape = list(t.shape)
         t = t.reshape(shape[:dim] + [Hk, R, block] + shape[dim + 1:])
         return np.ascontiguousarray(np.swapaxes(t, dim, dim + 1)).reshape(shape)
@@ -986,6 +1000,17 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
             w.add_tensor(f"blk.{layer}.ssm_dt.bias", tiled(t, 0, 1))
             continue
         mod, suffix = rest.rsplit(".", 1)
+        if mod == "linear_attn.in_proj_qkvz":  # per key head (q, k, v, z) rows -> attn_qkv (all q, k, v), attn_gate
+            G = 2 * dk + 2 * R * dv
+            g = t.reshape(Hk, G, -1)
+            q, k, v, z = g[:, :dk], g[:, dk:2 * dk], g[:, 2 * dk:2 * dk + R * dv], g[:, 2 * dk + R * dv:]
+            w.add_tensor(f"blk.{layer}.attn_qkv.weight",
+                         np.ascontiguousarray(np.concatenate([x.reshape(-1, t.shape[1]) for x in (q, k, v)], axis=0)))
+            w.add_tensor(f"blk.{layer}.attn_gate.weight", np.ascontiguousarray(z.reshape(-1, t.shape[1])))
+            continue
+        if mod == "linear_attn.in_proj_ba":  # (unchanged: per key head its b then its a)
+            w.add_tensor(f"blk.{layer}.ssm_ba.weight", np.ascontiguousarray(t))
+            continue
         if mod == "linear_attn.conv1d":
             t = t.reshape(t.shape[0], t.shape[2])
             t = np.concatenate([t[:2 * Hk * dk], tiled(t[2 * Hk * dk:], 0, dv)], axis=0)
@@ -1002,7 +1027,7 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
 
 
 def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
-    if arch in ("qwen35", "qwen35moe"):
+    if arch in ("qwen35", "qwen35moe", "qwen3next"):
         return write_gguf_qwen35(model, path, arch)
     import gguf
     import numpy as np

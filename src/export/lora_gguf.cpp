@@ -89,6 +89,37 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     if (L.module_path.find(".mlp.experts.") != std::string::npos) continue;  // (above)
     // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones)
     const std::string canonical = hf_to_canonical(spec, L.module_path);
+    if (arch == "qwen3next" && canonical.ends_with(".linear_attn.in_proj_qkvz")) {
+      // Qwen3-Next's fused projection goes to llama.cpp as attn_qkv and attn_gate (merge_gguf.cpp):
+      // the same A for both, B's per-key-head rows split between them.
+      const std::string blk = "blk." + canonical.substr(std::string("model.layers.").size(),
+                                                        canonical.find(".linear_attn.") - std::string("model.layers.").size());
+      const int64_t Hk = spec.la_k_heads, dk = spec.la_k_dim, R = spec.la_v_heads / Hk, dv = spec.la_v_dim;
+      const int64_t G = 2 * dk + 2 * R * dv;
+      const LoraLayer* lp = &L;
+      const float f = b_factor(L);
+      for (int gate = 0; gate < 2; ++gate) {
+        const std::string g = blk + (gate ? ".attn_gate.weight" : ".attn_qkv.weight");
+        w.add_tensor(g + ".lora_a", type, {L.r, L.in}, [lp, type] { return encode_float_tensor(lp->A, type); });
+        const int64_t rows = gate ? spec.la_value_dim() : spec.la_conv_dim();
+        w.add_tensor(g + ".lora_b", type, {rows, L.r}, [lp, type, gate, Hk, dk, R, dv, G, f] {
+          std::vector<float> b;
+          auto rows_of = [&](int64_t k, int64_t off, int64_t n) {
+            for (int64_t i = (k * G + off) * lp->r; i < (k * G + off + n) * lp->r; ++i) b.push_back(lp->B[static_cast<size_t>(i)] * f);
+          };
+          if (gate) {
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk + R * dv, R * dv);
+          } else {
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 0, dk);
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, dk, dk);
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk, R * dv);
+          }
+          return encode_float_tensor(b, type);
+        });
+      }
+      ++n;
+      continue;
+    }
     const auto gname = hf_to_gguf_tensor_name(canonical + ".weight", arch, arch == "falcon" && !spec.shared_branch_norm);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;

@@ -48,6 +48,7 @@ std::vector<uint8_t> encode(const std::vector<float>& v, GgmlType t) {
 void delta_net_to_llama_cpp(const ModelSpec& s, const std::string& hf, std::vector<float>& v) {
   if (hf.ends_with(".linear_attn.A_log"))
     for (float& x : v) x = -std::exp(x);
+  if (s.la_fused_qkvz) return;  // (qwen3next keeps transformers' grouped value heads)
   DeltaNetHeads h;
   h.key_heads = s.la_k_heads;
   h.value_heads = s.la_v_heads;
@@ -170,7 +171,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
-    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe";
+    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" ||
+                      arch == "qwen3next";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
                          " the chosen experts' weights, and this model " + (s.norm_topk ? "does" : "does not") +
@@ -196,14 +198,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
-    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe")
+    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next")
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
     if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
   }
   w.set_f32(a + "rope.freq_base", s.rope_theta);
-  const bool delta_net_arch = arch == "qwen35" || arch == "qwen35moe";
+  const bool delta_net_arch = arch == "qwen35" || arch == "qwen35moe" || arch == "qwen3next";
   if (delta_net_arch) {  // as convert_hf_to_gguf.py's Qwen3NextModel / Qwen3_5TextModel
     if (s.la_k_dim != s.la_v_dim)
       fail(out_path, "llama.cpp's qwen35 takes gated DeltaNet key and value heads of one size; this model's are " +
@@ -221,9 +223,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "ssm.time_step_rank", static_cast<uint32_t>(s.la_v_heads));
     w.set_u32(a + "ssm.inner_size", static_cast<uint32_t>(s.la_value_dim()));
     w.set_u32(a + "full_attention_interval", static_cast<uint32_t>(interval));
-    // (multimodal rotary sections: every one gets the same position on text; llama.cpp's
-    // loader requires the key, its converter writes transformers' default)
-    w.set_i32_array(a + "rope.dimension_sections", {11, 11, 10, 0});
+    // (multimodal rotary sections: every one gets the same position on text; llama.cpp's qwen35
+    // loaders require the key, its converter writes transformers' default)
+    if (arch != "qwen3next") w.set_i32_array(a + "rope.dimension_sections", {11, 11, 10, 0});
   }
   if (arch == "gemma3") {
     if (s.sliding_window > 0) w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -476,6 +478,45 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
             } else {
               out.insert(out.end(), v.begin() + e * C * F, v.begin() + (e + 1) * C * F);
             }
+          if (--*uses == 0) std::vector<float>().swap(*fused);
+          if (bar) bar->update(++*done, gname);
+          return encode(out, type);
+        });
+      }
+      continue;
+    }
+    if (s.la_fused_qkvz && spec_t.name.ends_with(".linear_attn.in_proj_qkvz.weight")) {
+      // Qwen3-Next's per-key-head (q, k, v, z) rows as its converter splits them: attn_qkv (all q,
+      // all k, all v) and attn_gate (z).
+      const std::string hf = spec_t.name, blk = "blk." + hf.substr(std::string("model.layers.").size(),
+                                                                   hf.find(".linear_attn.") - std::string("model.layers.").size());
+      const int64_t Hk = s.la_k_heads, dk = s.la_k_dim, R = s.la_v_heads / Hk, dv = s.la_v_dim, C = s.hidden;
+      const int64_t G = 2 * dk + 2 * R * dv;
+      auto fused = std::make_shared<std::vector<float>>();
+      auto uses = std::make_shared<int>(2);
+      for (int gate = 0; gate < 2; ++gate) {
+        const std::string gname = blk + (gate ? ".attn_gate.weight" : ".attn_qkv.weight");
+        const int64_t rows = gate ? s.la_value_dim() : s.la_conv_dim();
+        GgmlType type = opt.q4_k_m ? gguf_q4_k_m_type(gname, 2, C, s.n_layers, s.tied_embeddings, false) : opt.type;
+        if (ggml_traits(type).block_size > 1 && C % ggml_traits(type).block_size != 0) {
+          fell_back.push_back(gname);
+          type = GgmlType::F16;
+        }
+        w.add_tensor(gname, type, {rows, C}, [&model, &adapters, &bar, done, hf, gate, Hk, dk, R, dv, C, G, type, gname,
+                                               fused, uses] {
+          if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
+          const std::vector<float>& v = *fused;
+          std::vector<float> out;
+          auto rows_of = [&](int64_t k, int64_t off, int64_t n) {
+            out.insert(out.end(), v.begin() + (k * G + off) * C, v.begin() + (k * G + off + n) * C);
+          };
+          if (gate) {
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk + R * dv, R * dv);
+          } else {
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 0, dk);
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, dk, dk);
+            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk, R * dv);
+          }
           if (--*uses == 0) std::vector<float>().swap(*fused);
           if (bar) bar->update(++*done, gname);
           return encode(out, type);

@@ -673,7 +673,7 @@ std::optional<std::string_view> strip_layer(std::string_view name, std::string_v
 // linear_attn.dt_bias.
 namespace {
 constexpr NamePair kDeltaNetParams[] = {{"ssm_a", "linear_attn.A_log"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
-bool is_delta_net_arch(std::string_view arch) { return arch == "qwen35" || arch == "qwen35moe"; }
+bool is_delta_net_arch(std::string_view arch) { return arch == "qwen35" || arch == "qwen35moe" || arch == "qwen3next"; }
 }  // namespace
 
 std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::string_view arch, bool falcon_two_norms) {

@@ -332,11 +332,46 @@ class GgufSource : public TensorSource {
     }
     for (const auto& [layer, parts] : gpt_oss_)
       for (int p = 0; p < 4; ++p) fused_.emplace(fused_expert_name(layer, p), std::pair{layer, p});
+    if (hp_.architecture == "qwen3next") index_qwen3next_qkvz();
   }
   const GgufFile& file() const { return file_; }
   const GgufLlamaHParams& hparams() const { return hp_; }
 
  private:
+  // Qwen3-Next: its converter splits in_proj_qkvz ((per key head q, k, v, z) rows) into attn_qkv
+  // (all q, all k, all v) and attn_gate (z): presented as the one Linear again (PEFT's module),
+  // under model.layers.N.linear_attn.in_proj_qkvz.weight.
+  void index_qwen3next_qkvz() {
+    for (int64_t l = 0; l < hp_.num_layers; ++l) {
+      const std::string q = layer_tensor_name(l, "linear_attn.in_proj_qkv"), z = layer_tensor_name(l, "linear_attn.in_proj_z");
+      auto qi = index_.find(q), zi = index_.find(z);
+      if (qi == index_.end() || zi == index_.end()) continue;
+      qkvz_.emplace(layer_tensor_name(l, "linear_attn.in_proj_qkvz"), std::pair{qi->second, zi->second});
+      index_.erase(qi);
+      index_.erase(zi);
+    }
+  }
+  std::vector<float> qwen3next_qkvz(const GgufTensorInfo& qkv_t, const GgufTensorInfo& z_t) const {
+    const std::vector<float> qkv = file_.tensor_to_f32(qkv_t), z = file_.tensor_to_f32(z_t);
+    const int64_t Hk = hp_.ssm_group_count, Hv = hp_.ssm_time_step_rank, dk = hp_.ssm_state_size;
+    const int64_t dv = hp_.ssm_inner_size / Hv, R = Hv / Hk, C = hp_.hidden_size, KD = Hk * dk;
+    check(static_cast<int64_t>(qkv.size()) == (2 * KD + Hv * dv) * C && static_cast<int64_t>(z.size()) == Hv * dv * C,
+          file_.path(), "tensors '" + qkv_t.name + "' / '" + z_t.name + "' do not fit the ssm.* sizes");
+    std::vector<float> out;
+    out.reserve(qkv.size() + z.size());
+    auto rows = [&](const std::vector<float>& src, int64_t row, int64_t n) {
+      out.insert(out.end(), src.begin() + row * C, src.begin() + (row + n) * C);
+    };
+    for (int64_t k = 0; k < Hk; ++k) {
+      rows(qkv, k * dk, dk);                 // q of key head k
+      rows(qkv, KD + k * dk, dk);            // its k
+      rows(qkv, 2 * KD + k * R * dv, R * dv);  // its value heads' v
+      rows(z, k * R * dv, R * dv);           // and z
+    }
+    return out;
+  }
+  std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> qkvz_;
+
   // qwen35 (convert_hf_to_gguf.py's Qwen3_5TextModel) stores the (1 + w) RMSNorms' weights as
   // 1 + w (not the gated DeltaNet's own norm), A_log as -exp(A_log), and the DeltaNet's value
   // heads tiled over the key heads: back to transformers' form.
@@ -348,7 +383,8 @@ class GgufSource : public TensorSource {
         if (!(x < 0.0f)) fail(file_.path(), "tensor '" + name + "' (ssm_a, -exp(A_log)) holds a value that is not negative");
         x = std::log(-x);
       }
-    if (hp_.ssm_group_count <= 0 || hp_.ssm_time_step_rank <= 0) return;
+    // (qwen3next keeps transformers' grouped value heads: llama.cpp repeats its keys interleaved)
+    if (hp_.ssm_group_count <= 0 || hp_.ssm_time_step_rank <= 0 || hp_.architecture == "qwen3next") return;
     DeltaNetHeads h;
     h.key_heads = hp_.ssm_group_count;
     h.value_heads = hp_.ssm_time_step_rank;
@@ -370,10 +406,11 @@ class GgufSource : public TensorSource {
     for (const auto& [k, t] : index_) n.push_back(k);
     for (const auto& [k, t] : experts_) n.push_back(k);
     for (const auto& [k, t] : fused_) n.push_back(k);
+    for (const auto& [k, t] : qkvz_) n.push_back(k);
     return n;
   }
   bool has(const std::string& name) const override {
-    return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0;
+    return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0 || qkvz_.count(name) != 0;
   }
   std::vector<int64_t> shape(const std::string& name) const override {
     if (auto f = fused_.find(name); f != fused_.end()) {  // transformers' fused shapes
@@ -393,6 +430,10 @@ class GgufSource : public TensorSource {
       std::vector<int64_t> s = e->second.first->shape();  // (experts, rows, cols)
       return {s[1], s[2]};
     }
+    if (auto z = qkvz_.find(name); z != qkvz_.end()) {  // (Qwen3-Next's in_proj_qkvz: q, k, v rows then z rows)
+      const std::vector<int64_t> a = z->second.first->shape(), b = z->second.second->shape();
+      return {a[0] + b[0], a[1]};
+    }
     std::vector<int64_t> s = info(name).shape();
     // (qwen35's conv taps, (channels, kernel) in llama.cpp, are transformers' (channels, 1, kernel))
     if (s.size() == 2 && name.ends_with(".linear_attn.conv1d.weight")) s.insert(s.begin() + 1, 1);
@@ -411,6 +452,7 @@ class GgufSource : public TensorSource {
       }
       return all;
     }
+    if (auto z = qkvz_.find(name); z != qkvz_.end()) return qwen3next_qkvz(*z->second.first, *z->second.second);
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
@@ -418,7 +460,8 @@ class GgufSource : public TensorSource {
          hp_.architecture == "nemotron") &&
         name.ends_with("norm.weight"))
       for (float& x : v) x -= 1.0f;
-    if (hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") delta_net_from_llama_cpp(name, v);
+    if (hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe" || hp_.architecture == "qwen3next")
+      delta_net_from_llama_cpp(name, v);
     return v;
   }
   // gpt-oss: expert e of transformers' fused tensors, made from llama.cpp's separate gate, up

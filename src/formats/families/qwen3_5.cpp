@@ -167,7 +167,24 @@ void qwen3_5_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   s.moe_round_weights = true;
 }
 
+// llama.cpp's qwen3next: qwen35's keys, its projections presented fused again (GgufSource), top-k
+// renormalized (its graph always does).
+void qwen3_next_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  qwen3_5_gguf(hp, s);
+  s.la_fused_qkvz = true;
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+}
+
 }  // namespace
+
+// llama.cpp's qwen3next names: qwen35's, with b and a in one tensor as transformers has them,
+// in_proj_qkvz split in two by its converter (rejoined by the reader), or whole in older files.
+constexpr GgufLayerName kQwen3NextGgufNames[] = {{"attn_qkv", "linear_attn.in_proj_qkv"}, {"attn_gate", "linear_attn.in_proj_z"},
+                                                {"ssm_in", "linear_attn.in_proj_qkvz"},   {"ssm_ba", "linear_attn.in_proj_ba"},
+                                                {"ssm_norm", "linear_attn.norm"},         {"ssm_out", "linear_attn.out_proj"},
+                                                {"ssm_conv1d", "linear_attn.conv1d"},
+                                                {"post_attention_norm", "post_attention_layernorm"}};
 
 // llama.cpp's qwen35 names (its converter's tensor map).
 constexpr GgufLayerName kQwen35GgufNames[] = {{"attn_qkv", "linear_attn.in_proj_qkv"}, {"attn_gate", "linear_attn.in_proj_z"},
@@ -176,10 +193,10 @@ constexpr GgufLayerName kQwen35GgufNames[] = {{"attn_qkv", "linear_attn.in_proj_
                                              {"ssm_conv1d", "linear_attn.conv1d"},
                                              {"post_attention_norm", "post_attention_layernorm"}};
 const ModelFamily kQwen3Next = [] {
-  ModelFamily f{"qwen3_next", "Qwen3NextForCausalLM", "", 256, 32768, 10000.0f, false, false, qwen3_next_read,
-                qwen3_next_write, nullptr};
+  ModelFamily f{"qwen3_next", "Qwen3NextForCausalLM", "qwen3next", 256, 32768, 10000.0f, false, false, qwen3_next_read,
+                qwen3_next_write, qwen3_next_gguf};
   f.partial_rotary = true;
-  f.no_gguf_reason = "llama.cpp's qwen3next GGUFs are not read or written by qlora yet; use the Hugging Face checkpoint";
+  f.gguf_layer_names = kQwen3NextGgufNames;
   return f;
 }();
 

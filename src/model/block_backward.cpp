@@ -93,7 +93,9 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;
         const DeltaRuleShape sh = delta_rule_shape(s);
         int64_t t0 = 0;
-        for (int64_t n : r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments) {
+        for (int64_t n : !r.recurrent_segments.empty() ? r.recurrent_segments
+                         : r.segments.empty()          ? std::span<const int64_t>(&T, 1)
+                                                       : r.segments) {
           if (o.kind == BlockOpKind::CausalConv)
             causal_conv_backward(g(o.in0) + t0 * CD, dy + t0 * CD, buf(o.in0) + t0 * CD, n, CD, L.la_conv.data(), K,
                                  r.dtype);

@@ -214,9 +214,11 @@ void block_forward(const BlockRun& r) {
           run(0, T, r.cache->state(sl));
         } else if (!r.caches.empty()) {  // batched decoding: each row continues its own sequence
           for (int64_t t = 0; t < T; ++t) run(t, 1, r.caches[static_cast<size_t>(t)]->state(sl));
-        } else {  // training: each sequence of the batch from zeros
+        } else {  // training: each sequence of the batch (each packed example) from zeros
           int64_t t0 = 0;
-          for (int64_t n : r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments) {
+          for (int64_t n : !r.recurrent_segments.empty() ? r.recurrent_segments
+                           : r.segments.empty()          ? std::span<const int64_t>(&T, 1)
+                                                         : r.segments) {
             run(t0, n, nullptr);
             t0 += n;
           }

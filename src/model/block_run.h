@@ -35,6 +35,10 @@ struct BlockRun {
   const float* q_scale = nullptr;
   // Training: the lengths of the batch's sequences (summing to T); empty = one sequence.
   std::span<const int64_t> segments;
+  // Training with packed examples (positions restarting at 0): the examples' lengths, where a
+  // hybrid model's DeltaNet starts again from a zero state, as attention starts each example's
+  // keys afresh; empty = segments.
+  std::span<const int64_t> recurrent_segments;
   // Storage of each buffer (program->buffers() order), T tokens each (probabilities:
   // NH * T * Tk, or for a batch NH * T_i * T_i per sequence, one after the other).
   // Training-only buffers may be null at inference.

@@ -91,6 +91,7 @@ struct TrainWorkspace::Impl {
   BackendArray<int32_t> key_start;       // (T) first key of each query's example (packed batches)
   BackendArray<int32_t> key_start_win;   // (T) the same, narrowed by the sliding window
   bool packed = false, windowed = false; // whether key_start / key_start_win are in use
+  std::vector<int64_t> rec_seg;          // packed: the examples' lengths (hybrid models' DeltaNet restarts)
   BackendBuffer hf, rstdf, logits;       // (T, C), (T, 2), (M, V)
   // Models that project their embeddings (OPT's project_in / project_out): the embedding
   // rows (project_in's input) and project_out's output, (T, E) each, and the adapters' caches.
@@ -188,6 +189,7 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   r.layer = l;
   r.T = T;
   if (w.seg.size() > 1) r.segments = w.seg;
+  if (w.packed && s.hybrid()) r.recurrent_segments = w.rec_seg;
   r.buf.assign(p.buffers().size(), nullptr);
   for (size_t i = 0; i < r.buf.size(); ++i) {
     BackendBuffer& v = p.buffers()[i].saved ? b.saved[i] : w.transient[i];
@@ -291,7 +293,12 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
       w.packed = w.packed || w.pos[static_cast<size_t>(t)] != k;
     }
   w.key_start_host.resize(static_cast<size_t>(T));
+  w.rec_seg.clear();
   if (w.packed) {
+    for (int64_t t = 0; t < T; ++t) {  // (an example starts where its position is 0)
+      if (w.pos[static_cast<size_t>(t)] == 0 || rel[static_cast<size_t>(t)] == 0) w.rec_seg.push_back(0);
+      ++w.rec_seg.back();
+    }
     for (int64_t t = 0; t < T; ++t)
       w.key_start_host[static_cast<size_t>(t)] = rel[static_cast<size_t>(t)] - w.pos[static_cast<size_t>(t)];
     w.key_start.ensure(be, T);

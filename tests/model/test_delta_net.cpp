@@ -19,6 +19,8 @@
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
+#include "lora/lora_model.h"
+#include "train/train_model.h"
 #include "model/delta_net.h"
 #include "model/model.h"
 #include "model_test_util.h"
@@ -428,4 +430,53 @@ TEST(DeltaNetModel, FusedExpertFilesMergeToGguf) {
     peak = std::max(peak, double(std::fabs(b[i])));
   }
   EXPECT_LT(worst, 1e-5 * peak);
+}
+
+// Packed examples (positions restarting at 0) are computed as they would be alone: attention
+// starts each example's keys afresh, and so must the DeltaNet's state (and its conv's tail).
+TEST(DeltaNetModel, PackedExamplesTrainAsAlone) {
+  const Model m = load_fixture();
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.alpha = 8;
+  cfg.dropout = 0;
+  cfg.all_linear = true;
+  LoraModel lm(m, cfg);
+  for (LoraLayer& l : lm.layers())
+    for (size_t i = 0; i < l.B.size(); ++i) l.B[i] = 0.01f * static_cast<float>((i * 7 + 3) % 11) - 0.05f;
+  const std::vector<int> a = {5, 17, 42, 99, 3, 77, 18, 150, 64}, b = {12, 33, 81, 7, 120, 9};
+  auto targets = [](const std::vector<int>& x) { return std::vector<int>(x.begin() + 1, x.end()); };
+  const std::vector<int> ai(a.begin(), a.end() - 1), bi(b.begin(), b.end() - 1), at = targets(a), bt = targets(b);
+  std::vector<int> pi = ai, pt = at;
+  pi.insert(pi.end(), bi.begin(), bi.end());
+  pt.insert(pt.end(), bt.begin(), bt.end());
+  std::vector<int32_t> pos;
+  for (size_t i = 0; i < ai.size(); ++i) pos.push_back(static_cast<int32_t>(i));
+  for (size_t i = 0; i < bi.size(); ++i) pos.push_back(static_cast<int32_t>(i));
+  TrainWorkspace ws;
+  const double na = static_cast<double>(at.size()), nb = static_cast<double>(bt.size());
+  // Losses: the packed mean is the alone ones weighted by their targets.
+  const double alone = (na * forward_loss(lm, ws, ai, at) + nb * forward_loss(lm, ws, bi, bt)) / (na + nb);
+  EXPECT_NEAR(forward_loss(lm, ws, pi, pt, pos), alone, 1e-6 * std::fabs(alone));
+  // Gradients: the same.
+  TrainStepOptions o;
+  o.training = true;
+  lm.zero_grad();
+  forward_backward(lm, ws, pi, pt, o, nullptr, pos);
+  std::vector<std::vector<float>> packed;
+  for (const LoraLayer& l : lm.layers()) packed.push_back(l.dA);
+  lm.zero_grad();
+  o.grad_scale = static_cast<float>(na / (na + nb));
+  forward_backward(lm, ws, ai, at, o, nullptr);
+  o.grad_scale = static_cast<float>(nb / (na + nb));
+  forward_backward(lm, ws, bi, bt, o, nullptr);
+  for (size_t i = 0; i < packed.size(); ++i) {
+    const std::vector<float>& want = lm.layers()[i].dA;
+    double worst = 0, peak = 0;
+    for (size_t j = 0; j < want.size(); ++j) {
+      worst = std::max(worst, double(std::fabs(packed[i][j] - want[j])));
+      peak = std::max(peak, double(std::fabs(want[j])));
+    }
+    EXPECT_LE(worst, 1e-5 * peak + 1e-12) << lm.layers()[i].module_path;
+  }
 }

@@ -61,6 +61,14 @@ FAMILIES = {
                                                linear_num_key_heads=4, linear_num_value_heads=4,
                                                linear_key_head_dim=128, linear_value_head_dim=128,
                                                max_position_embeddings=2048, tie_word_embeddings=True)),
+    # Qwen3.5-0.8B's own block shapes (hidden 1024, 24 layers: 18 DeltaNet with 16 key and 16 value
+    # heads of 128, 6 gated-attention with 8 heads of 256 / 2 KV heads, ffn 3584) with the bench
+    # vocabulary of 8192 instead of its 248320: ~0.5B parameters, ~2 GB in float32.
+    "qwen3_5_0_8b": ("Qwen3_5TextConfig", dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=24,
+                                               num_attention_heads=8, num_key_value_heads=2, head_dim=256,
+                                               linear_num_key_heads=16, linear_num_value_heads=16,
+                                               linear_key_head_dim=128, linear_value_head_dim=128,
+                                               max_position_embeddings=4096, tie_word_embeddings=True)),
 }
 
 

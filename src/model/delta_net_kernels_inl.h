@@ -202,7 +202,7 @@ void rule_backward(const DeltaRuleShape& sh, float* dqkv, float* db, float* da, 
   {
     HeadInputs in;
     std::vector<float> checkpoints, states, S(static_cast<size_t>(SS)), dS(static_cast<size_t>(SS)),
-        u(static_cast<size_t>(dv)), delta(static_cast<size_t>(dv)),
+        dal(static_cast<size_t>(dv)), u(static_cast<size_t>(dv)), delta(static_cast<size_t>(dv)),
         ddelta(static_cast<size_t>(dv)), du(static_cast<size_t>(dv)), dqn, dkn;
 #pragma omp for schedule(static)
     for (int64_t kh = 0; kh < sh.Hk; ++kh) {
@@ -280,21 +280,25 @@ void rule_backward(const DeltaRuleShape& sh, float* dqkv, float* db, float* da, 
               du[j] = -beta * ddelta[j];
             }
             // dS' = dS + k du^T; dk += S' du; dalpha = <dS', S_prev>; dS_{t-1} = alpha dS'.
-            float dalpha = 0.0f;
+            // (dalpha's products summed per column across the rows, then once over the columns:
+            // one horizontal sum per token instead of one per row)
+            std::fill(dal.begin(), dal.end(), 0.0f);
             for (int64_t i = 0; i < dk; ++i) {
               const float* Pi = Sprev + i * dv;
               float* dSi = dS.data() + i * dv;
-              float acc = 0.0f, acc2 = 0.0f;
-#pragma omp simd reduction(+ : acc, acc2)
+              const float ki = k[i];
+              float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
               for (int64_t j = 0; j < dv; ++j) {
-                acc += alpha * Pi[j] * du[j];
-                const float ds = dSi[j] + k[i] * du[j];
-                acc2 += ds * Pi[j];
+                acc += Pi[j] * du[j];
+                const float ds = dSi[j] + ki * du[j];
+                dal[j] += ds * Pi[j];
                 dSi[j] = alpha * ds;
               }
-              dkt[i] += acc;
-              dalpha += acc2;
+              dkt[i] += alpha * acc;
             }
+            float dalpha = 0.0f;
+            for (int64_t j = 0; j < dv; ++j) dalpha += dal[j];
             // beta = sigmoid(b) (rounded: straight through); alpha = exp(g), g(a).
             db[t * sh.Hv + h] += dbeta * beta * (1.0f - beta);
             da[t * sh.Hv + h] += dalpha * alpha * in.g_grad[static_cast<size_t>(t)];

@@ -42,6 +42,37 @@ void KVCache::set_state_layers(int64_t layers, int64_t floats) {
   state_floats_ = floats;
 }
 
+void KVCache::snapshot_states() {
+  if (!has_state() || !allocated_ || state_pos_ < 0) return;
+  for (const Snapshot& s : snapshots_)
+    if (s.pos == state_pos_) return;  // (already held)
+  Snapshot s;
+  if (snapshots_.size() >= kMaxStateSnapshots) {  // (reuse the oldest one's storage)
+    s = std::move(snapshots_.front());
+    snapshots_.erase(snapshots_.begin());
+  }
+  s.pos = state_pos_;
+  s.states.ensure(*backend_, state_layers_ * state_floats_);
+  backend_->copy(s.states.data(), state_.data(), state_layers_ * state_floats_);
+  snapshots_.push_back(std::move(s));
+}
+
+int64_t KVCache::restore_states(int64_t pos) {
+  const Snapshot* best = nullptr;
+  for (const Snapshot& s : snapshots_)
+    if (s.pos <= pos && (!best || s.pos > best->pos)) best = &s;
+  if (!best) return -1;
+  backend_->copy(state_.data(), best->states.data(), state_layers_ * state_floats_);
+  state_pos_ = best->pos;
+  return best->pos;
+}
+
+std::vector<int64_t> KVCache::snapshot_positions() const {
+  std::vector<int64_t> p;
+  for (const Snapshot& s : snapshots_) p.push_back(s.pos);
+  return p;
+}
+
 void KVCache::zero_states() {
   if (has_state() && allocated_) backend_->zero(state_.data(), state_layers_ * state_floats_);
 }
@@ -51,6 +82,8 @@ void KVCache::set_length(int64_t n) {
         "length " + std::to_string(n) + " outside capacity " + std::to_string(capacity_));
   length_ = n;
   if (has_state() && n != state_pos_) state_pos_ = -1;
+  // (snapshots past the new end summarize tokens that are no longer the cache's)
+  std::erase_if(snapshots_, [n](const Snapshot& s) { return s.pos > n; });
   if (static_cast<int64_t>(tokens_.size()) > n) tokens_.resize(static_cast<size_t>(n));
 }
 
@@ -113,6 +146,15 @@ void KVCache::copy_from(const KVCache& src, int64_t positions) {
       state_pos_ = positions;
     } else {
       state_pos_ = -1;
+    }
+    snapshots_.clear();  // (src's snapshots within the copied prefix come along)
+    for (const Snapshot& s : src.snapshots_) {
+      if (s.pos > positions) continue;
+      Snapshot c;
+      c.pos = s.pos;
+      c.states.ensure(be, state_layers_ * state_floats_);
+      be.copy(c.states.data(), s.states.data(), state_layers_ * state_floats_);
+      snapshots_.push_back(std::move(c));
     }
   }
 }

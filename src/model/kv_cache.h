@@ -35,6 +35,7 @@ class KVCache {
     length_ = 0;
     state_pos_ = 0;
     tokens_.clear();
+    snapshots_.clear();
   }
 
   // Hybrid models' linear-attention layers keep a recurrent state per sequence instead of
@@ -52,6 +53,19 @@ class KVCache {
   // State models: the token of every cached position (what rebuilding the states runs again).
   std::vector<int>& tokens() { return tokens_; }
   const std::vector<int>& tokens() const { return tokens_; }
+  // Copies of the states at earlier positions, so that a cache cut back to a prefix (a chat's
+  // next turn re-rendering the last answer) runs again only the tokens after the latest copy
+  // within it: taken by the forward after each multi-token call (a prompt), the last
+  // kMaxStateSnapshots kept; cutting the cache back drops those beyond it.
+  static constexpr size_t kMaxStateSnapshots = 4;
+  void snapshot_states();
+  // Restores the latest snapshot at or before `pos` (state_position() becomes its position) and
+  // returns that position, or -1 when there is none.
+  int64_t restore_states(int64_t pos);
+  std::vector<int64_t> snapshot_positions() const;
+  // Tokens the last rebuild of the states ran again (forward's count; tests read it).
+  int64_t replayed_tokens() const { return replayed_; }
+  void set_replayed_tokens(int64_t n) { replayed_ = n; }
   // Grows to at least `capacity` positions, keeping the contents (if allocated).
   void reserve(int64_t capacity);
 
@@ -86,6 +100,12 @@ class KVCache {
   int64_t state_layers_ = 0, state_floats_ = 0, state_pos_ = 0;
   BackendBuffer state_;  // (state layers, state floats)
   std::vector<int> tokens_;
+  struct Snapshot {
+    int64_t pos = 0;
+    BackendBuffer states;
+  };
+  std::vector<Snapshot> snapshots_;  // oldest first
+  int64_t replayed_ = 0;
 };
 
 }  // namespace qlora

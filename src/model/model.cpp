@@ -587,6 +587,24 @@ void InferenceState::run_blocks(const Model& model, BlockRun& run, const int32_t
   }
 }
 
+// A hybrid model's recurrent states for the cache's positions when they hold others (the cache
+// was cut back to a prefix, or copied short of its end): from the latest snapshot within the
+// prefix, running the tokens after it again; without one, from the start.
+void rebuild_states(const Model& model, InferenceState& st) {
+  KVCache& c = st.cache_;
+  const int64_t n = c.length();
+  check(static_cast<int64_t>(c.tokens().size()) >= n, "forward", "the cache holds tokens it has no record of");
+  const int64_t from = c.restore_states(n);
+  const std::vector<int> rest(c.tokens().begin() + std::max<int64_t>(from, 0), c.tokens().begin() + n);
+  if (from >= 0) {
+    c.set_length(from);  // (the states' position: they hold exactly that prefix)
+  } else {
+    c.clear();
+  }
+  if (!rest.empty()) forward(model, st, rest, nullptr);
+  c.set_replayed_tokens(static_cast<int64_t>(rest.size()));
+}
+
 void forward(const Model& model, InferenceState& st, std::span<const int> tokens, float* logits, bool all_logits) {
   const ModelSpec& s = model.spec();
   const ComputeDType dt = model.compute_dtype();
@@ -634,12 +652,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
     if (pos0 == 0) {
       c.zero_states();
     } else if (c.state_position() != pos0) {
-      // The recurrent states hold more (or other) positions than the cache now does, and
-      // cannot be rewound: run the cached tokens again (a prompt cut back to a shared prefix).
-      check(static_cast<int64_t>(c.tokens().size()) >= pos0, "forward", "the cache holds tokens it has no record of");
-      const std::vector<int> prefix(c.tokens().begin(), c.tokens().begin() + pos0);
-      c.clear();
-      forward(model, st, prefix, nullptr);
+      rebuild_states(model, st);
     }
   }
   const BlockProgram& prog = model.block();
@@ -701,6 +714,7 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   if (s.hybrid()) {
     st.cache_.set_state_position(pos0 + T);
     st.cache_.tokens().insert(st.cache_.tokens().end(), tokens.begin(), tokens.end());
+    if (T > 1) st.cache_.snapshot_states();  // (after a prompt: where a later turn may cut back to)
   }
 
   if (!logits) {
@@ -774,14 +788,8 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   int64_t max_capacity = 1;
   for (int64_t i = 0; i < N; ++i) {
     InferenceState& st = *seqs[static_cast<size_t>(i)];
-    if (s.hybrid() && st.cache_.length() > 0 && st.cache_.state_position() != st.cache_.length()) {
-      // (states that cannot be rewound: run the sequence's cached tokens again first)
-      const std::vector<int> prefix = st.cache_.tokens();
-      check(static_cast<int64_t>(prefix.size()) >= st.cache_.length(), "batched decoding",
-            "the cache holds tokens it has no record of");
-      st.cache_.clear();
-      forward(model, st, std::span<const int>(prefix.data(), static_cast<size_t>(prefix.size())), nullptr);
-    }
+    if (s.hybrid() && st.cache_.length() > 0 && st.cache_.state_position() != st.cache_.length())
+      rebuild_states(model, st);  // (states that cannot be rewound)
     const int64_t pos = st.cache_.length();
     if (pos + 1 > st.cache_.capacity())
       st.cache_.reserve(std::min(s.max_positions, std::max(pos + 1, 2 * st.cache_.capacity())));

@@ -241,6 +241,7 @@ class InferenceState {
 
  private:
   friend void forward(const Model&, InferenceState&, std::span<const int>, float*, bool);
+  friend void rebuild_states(const Model&, InferenceState&);
   friend void forward_batch(const Model&, InferenceState&, std::span<InferenceState* const>, std::span<const int>,
                             float*);
   void ensure_scratch(const BlockProgram& program, int64_t T);

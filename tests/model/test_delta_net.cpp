@@ -361,7 +361,30 @@ TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
   cut.cache().set_length(static_cast<int64_t>(a.size()));
   EXPECT_EQ(cut.cache().state_position(), -1) << "a state cannot be rewound";
   EXPECT_EQ(last_logits(m, cut, b), want);
+  EXPECT_EQ(cut.cache().replayed_tokens(), static_cast<int64_t>(a.size())) << "no snapshot within the prefix";
   EXPECT_EQ(cut.cache().state_position(), static_cast<int64_t>(ab.size()));
+
+  // A chat's next turn: the prompt (a snapshot of the states after it), an answer decoded token
+  // by token, then the cache cut back to the prompt (the template re-renders the answer): the
+  // states come from the snapshot, no token runs again.
+  InferenceState chat(m, 4);
+  last_logits(m, chat, a);
+  EXPECT_EQ(chat.cache().snapshot_positions(), (std::vector<int64_t>{static_cast<int64_t>(a.size())}));
+  for (int t : {120, 121, 122}) last_logits(m, chat, {t});
+  chat.cache().set_length(static_cast<int64_t>(a.size()));
+  EXPECT_EQ(last_logits(m, chat, b), want);
+  EXPECT_EQ(chat.cache().replayed_tokens(), 0);
+  // Cut inside a prompt: from the latest snapshot before the cut, the tokens after it again.
+  InferenceState parts(m, 4);
+  last_logits(m, parts, std::vector<int>(a.begin(), a.begin() + 4));
+  last_logits(m, parts, std::vector<int>(a.begin() + 4, a.end()));
+  EXPECT_EQ(parts.cache().snapshot_positions(), (std::vector<int64_t>{4, static_cast<int64_t>(a.size())}));
+  parts.cache().set_length(7);
+  EXPECT_EQ(parts.cache().snapshot_positions(), (std::vector<int64_t>{4}));
+  std::vector<int> tail(a.begin() + 7, a.end());
+  tail.insert(tail.end(), b.begin(), b.end());
+  EXPECT_EQ(last_logits(m, parts, tail), want);
+  EXPECT_EQ(parts.cache().replayed_tokens(), 3);
 
   // A copy of all of a cache carries its states; a copy of part of it runs them again.
   InferenceState src(m, 4), whole(m, 4), part(m, 4);

@@ -15,6 +15,7 @@
 #include "model/backend.h"
 #include "model/block_program.h"
 #include "model/block_scratch.h"
+#include "model/kv_cache.h"
 #include "model/moe_block.h"
 #include "model/gemm_bf16.h"
 #include "model/random_model.h"
@@ -454,9 +455,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t B = u(std::max<int64_t>(1, o.batch_size));
     const std::string each = B > 1 ? " x " + std::to_string(B) + " sequences" : "";
     const uint64_t KL = u(s.kv_layers());  // (a hybrid model's attention layers only)
-    if (s.hybrid())
-      add(r, "linear-attention states (fp32)" + each, B * u(s.state_layers()) * u(s.la_state_floats()) * 4,
-          std::to_string(s.state_layers()) + " gated DeltaNet layers: conv tail + (heads, dk, dv) state");
+    if (s.hybrid())  // (the states, and the snapshot the prompt leaves: KVCache::snapshot_states)
+      add(r, "linear-attention states (fp32)" + each, B * 2 * u(s.state_layers()) * u(s.la_state_floats()) * 4,
+          std::to_string(s.state_layers()) + " gated DeltaNet layers: conv tail + (heads, dk, dv) state, and its "
+          "snapshot after the prompt (chat and serve keep up to " + std::to_string(KVCache::kMaxStateSnapshots) + ")");
     if (o.kv_cache_dtype == ComputeDType::F32) {
       add(r, "KV cache (fp32 keys + values)" + each, B * 2 * KL * KVD * cap * 4,
           std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");

@@ -271,7 +271,7 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--double-quant", o->double_quant,
                                 "Quantize the absmax constants too (8-bit, blocks of 256)");
       qlora::cli::add_bool_flag(app, "--dense-head", o->dense_head,
-                                "As train/generate: a GGUF's Q8_0 embedding / output head widened to the compute dtype");
+                                "As train/generate: a GGUF's quantized embedding / output head widened to the compute dtype");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype,
                      "fp32, bf16 or fp16 (default: what the command would use: fp32, or for train on the CPU bf16 "

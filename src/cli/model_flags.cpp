@@ -37,8 +37,9 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   add_bool_flag(app, "--allow-unused-tensors", f.allow_unused_tensors,
                 "Load a model file holding tensors the model does not use (a warning instead of an error)");
   add_bool_flag(app, "--dense-head", f.dense_head,
-                "Widen a GGUF's Q8_0 token embedding / output head to the compute dtype (by default it stays "
-                "8-bit with fp32 compute: the same values, a quarter of the bytes per token)");
+                "Widen a GGUF's quantized token embedding / output head to the compute dtype (by default it stays "
+                "8-bit with fp32 compute: Q8_0 as stored, other types re-quantized to Q8_0; a quarter of the bytes "
+                "per token)");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {

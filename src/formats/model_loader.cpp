@@ -511,6 +511,11 @@ class GgufSource : public TensorSource {
     if (t.type != GgmlType::Q8_0) return std::nullopt;
     return file_.tensor_data(t);
   }
+  bool stored_quantized(const std::string& name) const override {
+    if (index_.find(name) == index_.end()) return false;
+    const GgmlType t = info(name).type;
+    return t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16 && t != GgmlType::Q8_0;
+  }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
     if (auto f = fused_.find(name); f != fused_.end())

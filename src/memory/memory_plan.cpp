@@ -862,8 +862,12 @@ Q8HeadTensors model_source_q8_0_head(const std::string& model_path) {
   const GgufFile f(model_path);
   const GgufTensorInfo* e = f.find_tensor("token_embd.weight");
   const GgufTensorInfo* h = f.find_tensor("output.weight");
-  r.embed = e && e->type == GgmlType::Q8_0;
-  r.head = h && h->type == GgmlType::Q8_0;
+  // (Q8_0 as stored; other quantized types re-quantized to it on load)
+  auto eight_bit = [](const GgufTensorInfo* t) {
+    return t && t->type != GgmlType::F32 && t->type != GgmlType::F16 && t->type != GgmlType::BF16;
+  };
+  r.embed = eight_bit(e);
+  r.head = eight_bit(h);
   return r;
 }
 

@@ -122,8 +122,9 @@ struct MemoryOptions {
   // bf16 compute multiplies on a bf16 unit (model/gemm_bf16.h gemm_bf16_fast(): the CLI
   // sets it for this host): their packing buffers are counted.
   bool bf16_tiles = false;
-  // The source's token embedding / output head are GGUF Q8_0 and stay 8-bit
-  // (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34 bytes per 32 values held as 36.
+  // The source's token embedding / output head are GGUF Q8_0 (or another quantized type,
+  // re-quantized to it) and stay 8-bit (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34
+  // bytes per 32 values held as 36.
   bool embed_q8_0 = false, head_q8_0 = false;
 
   // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).

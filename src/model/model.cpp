@@ -203,8 +203,14 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
 
   // The embedding and output head: dense in the compute dtype, or a GGUF's Q8_0 as it is.
   auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
-    if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0)
+    if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0) {
       if (auto q8 = src.get_q8_0(name)) return DenseWeight::from_q8_0(*q8, rows, cols, src.describe() + ": " + src.stored_name(name));
+      // (Q4_0, Q4_K, Q6_K, ...: 8 bits rather than float32, as llama.cpp keeps them quantized)
+      if (src.stored_quantized(name)) {
+        const std::vector<float> v = src.get(name);
+        return DenseWeight::to_q8_0(v, rows, cols, src.describe() + ": " + src.stored_name(name));
+      }
+    }
     return DenseWeight(src.get(name), rows, cols, opt.compute_dtype);
   };
   {

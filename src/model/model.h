@@ -94,7 +94,8 @@ struct ModelLoadOptions {
   bool allow_unused_tensors = false;
   // A GGUF's Q8_0 token embedding / output head stays 8-bit (DenseWeight::from_q8_0: the
   // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
-  // float32; false widens it to float32 as before.
+  // float32; one stored in another quantized type (Q4_0, Q4_K, Q6_K, ...) is re-quantized to
+  // Q8_0 (DenseWeight::to_q8_0: within half a step of its block); false widens them to float32.
   bool keep_q8_0_head = true;
   // Opt-in (--int8-activations): decoding multiplies the 4-bit block Linears and an 8-bit
   // head on activations quantized to 8 bits per 32 values, with integer dot products, as

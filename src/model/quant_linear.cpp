@@ -1,6 +1,7 @@
 #include "model/quant_linear.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "base/error.h"
@@ -69,6 +70,31 @@ DenseWeight DenseWeight::from_q8_0(std::span<const uint8_t> blocks, int64_t rows
     std::memcpy(w.q8_.data() + b * kernels::kQ8Block, p + 2, kernels::kQ8Block);
   }
   return w;
+}
+
+DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what) {
+  constexpr int64_t B = kernels::kQ8Block;
+  if (rows <= 0 || cols <= 0 || cols % B != 0 || static_cast<int64_t>(w.size()) != rows * cols)
+    fail(what, std::to_string(w.size()) + " values are not " + std::to_string(rows) + " rows of whole Q8_0 blocks of " +
+                   std::to_string(cols));
+  DenseWeight d;
+  d.rows_ = rows;
+  d.cols_ = cols;
+  d.dtype_ = ComputeDType::F32;
+  const int64_t nb = rows * cols / B;
+  d.q8_.resize(static_cast<size_t>(rows * cols));
+  d.q8_scale_.resize(static_cast<size_t>(nb));
+  parallel_for_range(nb, 4096, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* x = w.data() + b * B;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < B; ++i) amax = std::max(amax, std::fabs(x[i]));
+      const float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+      for (int64_t i = 0; i < B; ++i) d.q8_[static_cast<size_t>(b * B + i)] = static_cast<int8_t>(std::lround(x[i] * id));
+      d.q8_scale_[static_cast<size_t>(b)] = fp16_to_f32(f32_to_fp16(dd));  // (the scale as a Q8_0 file holds it)
+    }
+  });
+  return d;
 }
 
 void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld) const {

@@ -58,6 +58,12 @@ class DenseWeight {
   // float32 compute dtype. Throws Error naming `what` when cols % 32 != 0 or the byte count
   // does not match the shape.
   static DenseWeight from_q8_0(std::span<const uint8_t> blocks, int64_t rows, int64_t cols, const std::string& what);
+  // float32 values `w` (rows*cols) quantized to Q8_0 as ggml's reference quantizer does it (per
+  // block of 32: d = max|x| / 127, q = round(x / d), d stored as fp16): within half a step of
+  // each value's block (0.4% of its largest). For a GGUF embedding / head stored in another
+  // quantized type (Q4_0, Q4_K, Q6_K, ...): a quarter of float32's bytes per token. Same
+  // requirements as from_q8_0.
+  static DenseWeight to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }

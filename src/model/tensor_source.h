@@ -42,6 +42,10 @@ class TensorSource {
   // otherwise. Asked for the embedding and output head only (rows never permuted); get()
   // still works (dequantizes).
   virtual std::optional<std::span<const uint8_t>> get_q8_0(const std::string& /*name*/) const { return std::nullopt; }
+  // Whether the tensor is stored in a quantized GGUF type other than Q8_0 (Q4_0, Q4_K, Q6_K,
+  // ...): an embedding or head of that kind is re-quantized to Q8_0 on load rather than
+  // widened to float32 (ModelLoadOptions::keep_q8_0_head).
+  virtual bool stored_quantized(const std::string& /*name*/) const { return false; }
   // When the source can make the tensor directly in the 4-bit format asked for, without a
   // float32 copy of the whole tensor (generated weights: model/random_model.h), that;
   // nullopt otherwise, and the loader quantizes get() as usual. Asked only for Linear

@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "base/float_formats.h"
+#include "export/merge_gguf.h"
 #include "formats/ggml_quantize.h"
 #include "formats/model_loader.h"
 #include "lora/lora_model.h"
@@ -154,3 +155,63 @@ TEST(SmolLM2Q8Head, KeptHeadMatchesTheWidenedOne) {
 }
 
 }  // namespace
+
+// Floats quantized to Q8_0 here are ggml's reference quantizer's bytes (llama.cpp's
+// quantize_ggml, formats/ggml_quantize.h): the same codes and fp16 scales.
+TEST(DenseWeightQ8, ToQ8MatchesGgmlsQuantizer) {
+  const int64_t rows = 7, cols = 96;
+  std::vector<float> w = randn(rows * cols, 11);
+  w[5] = 0.0f;
+  for (int i = 0; i < 32; ++i) w[static_cast<size_t>(64 + i)] = 0.0f;  // (an all-zero block)
+  const DenseWeight d = DenseWeight::to_q8_0(w, rows, cols, "test");
+  const std::vector<uint8_t> ref = quantize_ggml(GgmlType::Q8_0, w.data(), rows * cols);
+  const DenseWeight r = DenseWeight::from_q8_0(ref, rows, cols, "ggml");
+  std::vector<float> a(static_cast<size_t>(rows * cols)), b(a.size());
+  d.rows_to_f32(0, rows, a.data());
+  r.rows_to_f32(0, rows, b.data());
+  EXPECT_EQ(a, b);
+  EXPECT_THROW(DenseWeight::to_q8_0(w, rows, 95, "test"), Error);
+}
+
+// A GGUF whose embedding and head are stored in another quantized type (here Q4_0, as a
+// --gguf-type q4_0 merge writes them) keeps them in 8 bits too (re-quantized to Q8_0): a
+// quarter of float32's bytes, logits within Q8_0's step of --dense-head's.
+TEST(DenseWeightQ8, OtherQuantizedHeadsStayEightBit) {
+  const std::string dir = std::string(QLORA_FIXTURE_DIR) + "/families/llama";
+  ModelFiles src = open_model_files(dir + "/model.gguf");
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model base = Model::load(src.spec, *src.tensors, o);
+  char tmpl[] = "/tmp/qlora_q4head_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string path = std::string(tmpl) + "/m.gguf";
+  GgufExportOptions eo;
+  eo.type = GgmlType::Q4_0;
+  eo.log = false;
+  write_merged_gguf(base, src, {}, path, eo, false);
+  ModelFiles f = open_model_files(path);
+  const Model q8 = Model::load(f.spec, *f.tensors, o);
+  ModelLoadOptions wide = o;
+  wide.keep_q8_0_head = false;
+  const Model f32 = Model::load(f.spec, *f.tensors, wide);
+  EXPECT_TRUE(q8.embed_tokens().q8());
+  EXPECT_TRUE(q8.lm_head().q8());
+  EXPECT_FALSE(f32.embed_tokens().q8());
+  EXPECT_LT(q8.embed_tokens().bytes() * 3, f32.embed_tokens().bytes());
+  const std::vector<int> prompt = {1, 17, 42, 99, 3, 77, 18};
+  auto logits = [&](const Model& m) {
+    InferenceState st(m, 16);
+    std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
+    forward(m, st, prompt, out.data(), true);
+    return out;
+  };
+  const std::vector<float> a = logits(q8), b = logits(f32);
+  double worst = 0, peak = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    peak = std::max(peak, double(std::fabs(b[i])));
+  }
+  EXPECT_LT(worst, 2e-2 * peak) << "Q8_0 of the Q4_0 values moves the logits by about its step";
+  EXPECT_GT(worst, 0.0) << "the head was not re-quantized";
+  std::filesystem::remove_all(tmpl);
+}

@@ -70,6 +70,17 @@ _FALCON_DROP = ("num_key_value_heads", "rms_norm_eps", "intermediate_size")
 # on them: the fixtures' adapters are all-linear with dropout 0, but qwen3_moe's, which
 # names the attention only (_targets).
 _MOE_ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# The gated DeltaNet hybrids' fixtures: 3 layers (linear, full, linear), 2 key heads of 16 and
+# 4 value heads (two per key head) of 24, a quarter of each attention head rotated, a less
+# peaked init (these models amplify rounding far more than the others: test_families.cpp).
+_HYBRID = dict(num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True,
+               layer_types=["linear_attention", "full_attention", "linear_attention"],
+               linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
+               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})
+# (as llama.cpp's GGUFs take them: key and value heads of one size)
+_HYBRID_GGUF = {**_HYBRID, "linear_value_head_dim": 16}
+_HYBRID_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                   _moe=True)
 FAMILIES = {
     # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
@@ -227,48 +238,20 @@ FAMILIES = {
     # Qwen3.5's language model: gated DeltaNet layers around a gated-attention layer; key and
     # value heads of different sizes, two value heads per key head, the default quarter of
     # each attention head rotated.
-    "qwen3_5_text": ("Qwen3_5TextConfig", dict(
-        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True,
-        layer_types=["linear_attention", "full_attention", "linear_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
-        linear_conv_kernel_dim=4,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    "qwen3_5_text": ("Qwen3_5TextConfig", dict(**_HYBRID, linear_conv_kernel_dim=4)),
     # Qwen3.5-MoE's language model as llama.cpp's qwen35moe GGUF can hold it (heads of one size,
     # every second layer attending); model.gguf as its converter writes it.
-    "qwen3_5_moe_gguf": ("Qwen3_5MoeTextConfig", dict(
-        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True, _moe=True,
-        layer_types=["linear_attention", "full_attention", "linear_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
-        _drop=("intermediate_size",),
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    "qwen3_5_moe_gguf": ("Qwen3_5MoeTextConfig", dict(**_HYBRID_GGUF, **_HYBRID_MOE, _drop=("intermediate_size",))),
     # Qwen3-Next: the hybrid with its DeltaNet projections fused per key head (in_proj_qkvz,
     # in_proj_ba), 4 experts of 32 (top 2, norm_topk_prob) and a shared expert of 48.
-    "qwen3_next": ("Qwen3NextConfig", dict(
-        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True, _moe=True,
-        layer_types=["linear_attention", "full_attention", "linear_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=24,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
-        norm_topk_prob=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    "qwen3_next": ("Qwen3NextConfig", dict(**_HYBRID, **_HYBRID_MOE, norm_topk_prob=True)),
     # Qwen3-Next as llama.cpp's qwen3next GGUF can hold it (heads of one size, every second layer
     # attending); model.gguf as its converter writes it (in_proj_qkvz split into attn_qkv and
     # attn_gate, in_proj_ba as ssm_ba, the value heads left grouped).
-    "qwen3_next_gguf": ("Qwen3NextConfig", dict(
-        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True, _moe=True,
-        layer_types=["linear_attention", "full_attention", "linear_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
-        norm_topk_prob=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    "qwen3_next_gguf": ("Qwen3NextConfig", dict(**_HYBRID_GGUF, **_HYBRID_MOE, norm_topk_prob=True)),
     # The same as llama.cpp's qwen35 GGUF can hold it (key and value heads of one size; every
     # second layer attending: full_attention_interval 2); model.gguf as its converter writes it.
-    "qwen3_5_gguf": ("Qwen3_5TextConfig", dict(
-        num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, initializer_range=0.1, _curve_f64=True,
-        layer_types=["linear_attention", "full_attention", "linear_attention"],
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-        linear_conv_kernel_dim=4,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25})),
+    "qwen3_5_gguf": ("Qwen3_5TextConfig", dict(**_HYBRID_GGUF, linear_conv_kernel_dim=4)),
     # Rotary scalings (transformers' modeling_rope_utils): the original context is 32 so
     # that the prompt's positions and every frequency band are in play.
     "llama_rope_llama3": ("LlamaConfig", dict(rope_parameters=dict(

@@ -94,26 +94,22 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
       // the same A for both, B's per-key-head rows split between them.
       const std::string blk = "blk." + canonical.substr(std::string("model.layers.").size(),
                                                         canonical.find(".linear_attn.") - std::string("model.layers.").size());
-      const int64_t Hk = spec.la_k_heads, dk = spec.la_k_dim, R = spec.la_v_heads / Hk, dv = spec.la_v_dim;
-      const int64_t G = 2 * dk + 2 * R * dv;
+      DeltaNetHeads dh;
+      dh.key_heads = spec.la_k_heads;
+      dh.value_heads = spec.la_v_heads;
+      dh.key_dim = spec.la_k_dim;
+      dh.value_dim = spec.la_v_dim;
       const LoraLayer* lp = &L;
       const float f = b_factor(L);
       for (int gate = 0; gate < 2; ++gate) {
         const std::string g = blk + (gate ? ".attn_gate.weight" : ".attn_qkv.weight");
         w.add_tensor(g + ".lora_a", type, {L.r, L.in}, [lp, type] { return encode_float_tensor(lp->A, type); });
         const int64_t rows = gate ? spec.la_value_dim() : spec.la_conv_dim();
-        w.add_tensor(g + ".lora_b", type, {rows, L.r}, [lp, type, gate, Hk, dk, R, dv, G, f] {
+        const std::vector<int64_t> pick = qwen3next_split_rows(dh, gate);
+        w.add_tensor(g + ".lora_b", type, {rows, L.r}, [lp, type, pick, f] {
           std::vector<float> b;
-          auto rows_of = [&](int64_t k, int64_t off, int64_t n) {
-            for (int64_t i = (k * G + off) * lp->r; i < (k * G + off + n) * lp->r; ++i) b.push_back(lp->B[static_cast<size_t>(i)] * f);
-          };
-          if (gate) {
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk + R * dv, R * dv);
-          } else {
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 0, dk);
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, dk, dk);
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk, R * dv);
-          }
+          for (int64_t r : pick)
+            for (int64_t i = r * lp->r; i < (r + 1) * lp->r; ++i) b.push_back(lp->B[static_cast<size_t>(i)] * f);
           return encode_float_tensor(b, type);
         });
       }

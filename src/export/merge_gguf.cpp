@@ -490,8 +490,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       // all k, all v) and attn_gate (z).
       const std::string hf = spec_t.name, blk = "blk." + hf.substr(std::string("model.layers.").size(),
                                                                    hf.find(".linear_attn.") - std::string("model.layers.").size());
-      const int64_t Hk = s.la_k_heads, dk = s.la_k_dim, R = s.la_v_heads / Hk, dv = s.la_v_dim, C = s.hidden;
-      const int64_t G = 2 * dk + 2 * R * dv;
+      const int64_t C = s.hidden;
+      DeltaNetHeads dh;
+      dh.key_heads = s.la_k_heads;
+      dh.value_heads = s.la_v_heads;
+      dh.key_dim = s.la_k_dim;
+      dh.value_dim = s.la_v_dim;
       auto fused = std::make_shared<std::vector<float>>();
       auto uses = std::make_shared<int>(2);
       for (int gate = 0; gate < 2; ++gate) {
@@ -502,21 +506,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
           fell_back.push_back(gname);
           type = GgmlType::F16;
         }
-        w.add_tensor(gname, type, {rows, C}, [&model, &adapters, &bar, done, hf, gate, Hk, dk, R, dv, C, G, type, gname,
-                                               fused, uses] {
+        const std::vector<int64_t> pick = qwen3next_split_rows(dh, gate);
+        w.add_tensor(gname, type, {rows, C}, [&model, &adapters, &bar, done, hf, pick, C, type, gname, fused, uses] {
           if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
           const std::vector<float>& v = *fused;
           std::vector<float> out;
-          auto rows_of = [&](int64_t k, int64_t off, int64_t n) {
-            out.insert(out.end(), v.begin() + (k * G + off) * C, v.begin() + (k * G + off + n) * C);
-          };
-          if (gate) {
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk + R * dv, R * dv);
-          } else {
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 0, dk);
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, dk, dk);
-            for (int64_t k = 0; k < Hk; ++k) rows_of(k, 2 * dk, R * dv);
-          }
+          out.reserve(pick.size() * static_cast<size_t>(C));
+          for (int64_t r : pick) out.insert(out.end(), v.begin() + r * C, v.begin() + (r + 1) * C);
           if (--*uses == 0) std::vector<float>().swap(*fused);
           if (bar) bar->update(++*done, gname);
           return encode(out, type);

@@ -992,6 +992,24 @@ void delta_net_tensor_heads(const std::string& name, std::vector<float>& v, cons
     for (int64_t r = 0; r < C; ++r) reorder(r * Hv * dv, dv);
 }
 
+std::vector<int64_t> qwen3next_split_rows(const DeltaNetHeads& h, bool gate) {
+  const int64_t Hk = h.key_heads, dk = h.key_dim, dv = h.value_dim, R = h.value_heads / h.key_heads;
+  const int64_t G = 2 * dk + 2 * R * dv;  // one key head's rows
+  std::vector<int64_t> rows;
+  auto take = [&](int64_t off, int64_t n) {
+    for (int64_t k = 0; k < Hk; ++k)
+      for (int64_t i = 0; i < n; ++i) rows.push_back(k * G + off + i);
+  };
+  if (gate) {
+    take(2 * dk + R * dv, R * dv);
+  } else {
+    take(0, dk);
+    take(dk, dk);
+    take(2 * dk, R * dv);
+  }
+  return rows;
+}
+
 void unpermute_rope_rows(std::span<const float> in, std::span<float> out, int64_t rows, int64_t cols, int64_t n_head) {
   check_rope_perm(in, out, rows, cols, n_head);
   const int64_t d = rows / n_head;

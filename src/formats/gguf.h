@@ -284,6 +284,10 @@ struct DeltaNetHeads {
   int64_t key_heads = 0, value_heads = 0, key_dim = 0, value_dim = 0, hidden = 0, conv_kernel = 0;
 };
 void delta_net_tensor_heads(const std::string& name, std::vector<float>& v, const DeltaNetHeads& h, bool to_tiled);
+// Qwen3-Next's in_proj_qkvz rows (per key head: its q, its k, its value heads' v, their z) in
+// the order llama.cpp's converter gives them: attn_qkv (all q, all k, all v; gate false) or
+// attn_gate (all z; gate true).
+std::vector<int64_t> qwen3next_split_rows(const DeltaNetHeads& h, bool gate);
 
 // Whether we read GGUFs of this general.architecture: the model family registry's list
 // (formats/model_family.h, gguf_supported_architectures()).

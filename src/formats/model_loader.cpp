@@ -353,21 +353,20 @@ class GgufSource : public TensorSource {
   }
   std::vector<float> qwen3next_qkvz(const GgufTensorInfo& qkv_t, const GgufTensorInfo& z_t) const {
     const std::vector<float> qkv = file_.tensor_to_f32(qkv_t), z = file_.tensor_to_f32(z_t);
-    const int64_t Hk = hp_.ssm_group_count, Hv = hp_.ssm_time_step_rank, dk = hp_.ssm_state_size;
-    const int64_t dv = hp_.ssm_inner_size / Hv, R = Hv / Hk, C = hp_.hidden_size, KD = Hk * dk;
-    check(static_cast<int64_t>(qkv.size()) == (2 * KD + Hv * dv) * C && static_cast<int64_t>(z.size()) == Hv * dv * C,
+    DeltaNetHeads h;
+    h.key_heads = hp_.ssm_group_count;
+    h.value_heads = hp_.ssm_time_step_rank;
+    h.key_dim = hp_.ssm_state_size;
+    h.value_dim = hp_.ssm_inner_size / hp_.ssm_time_step_rank;
+    const int64_t C = hp_.hidden_size;
+    const std::vector<int64_t> qkv_rows = qwen3next_split_rows(h, false), z_rows = qwen3next_split_rows(h, true);
+    check(qkv.size() == qkv_rows.size() * static_cast<size_t>(C) && z.size() == z_rows.size() * static_cast<size_t>(C),
           file_.path(), "tensors '" + qkv_t.name + "' / '" + z_t.name + "' do not fit the ssm.* sizes");
-    std::vector<float> out;
-    out.reserve(qkv.size() + z.size());
-    auto rows = [&](const std::vector<float>& src, int64_t row, int64_t n) {
-      out.insert(out.end(), src.begin() + row * C, src.begin() + (row + n) * C);
-    };
-    for (int64_t k = 0; k < Hk; ++k) {
-      rows(qkv, k * dk, dk);                 // q of key head k
-      rows(qkv, KD + k * dk, dk);            // its k
-      rows(qkv, 2 * KD + k * R * dv, R * dv);  // its value heads' v
-      rows(z, k * R * dv, R * dv);           // and z
-    }
+    std::vector<float> out(qkv.size() + z.size());  // (each split row back in its place)
+    for (size_t i = 0; i < qkv_rows.size(); ++i)
+      std::copy(qkv.begin() + static_cast<int64_t>(i) * C, qkv.begin() + static_cast<int64_t>(i + 1) * C, out.begin() + qkv_rows[i] * C);
+    for (size_t i = 0; i < z_rows.size(); ++i)
+      std::copy(z.begin() + static_cast<int64_t>(i) * C, z.begin() + static_cast<int64_t>(i + 1) * C, out.begin() + z_rows[i] * C);
     return out;
   }
   std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> qkvz_;

@@ -221,3 +221,32 @@ TEST(HfConfig, NewFamilyOptionsThatAreNotSupportedSaySo) {
   EXPECT_NE(error_of(base + R"("model_type":"gemma","hidden_act":"silu"})").find("gelu_pytorch_tanh"),
             std::string::npos);
 }
+
+// Qwen3.5's config.json (the real 0.8B's shape, inside Qwen3_5ForConditionalGeneration) and the
+// ways a hybrid config can be wrong, each a message naming the key.
+TEST(HfConfig, Qwen35HybridConfigsAndTheirErrors) {
+  const std::string text = R"({"hidden_size":1024,"num_hidden_layers":24,"num_attention_heads":8,
+    "num_key_value_heads":2,"head_dim":256,"intermediate_size":3584,"vocab_size":248320,
+    "linear_num_key_heads":16,"linear_num_value_heads":16,"linear_key_head_dim":128,"linear_value_head_dim":128,
+    "rope_parameters":{"rope_type":"default","rope_theta":10000000,"partial_rotary_factor":0.25,
+                       "mrope_interleaved":true,"mrope_section":[11,11,10]},"model_type":"qwen3_5_text")";
+  const ModelSpec s = spec_from_hf_config(
+      json::parse(R"({"model_type":"qwen3_5","tie_word_embeddings":true,"text_config":)" + text + "}}"),
+      "config.json");
+  EXPECT_EQ(s.hf_wrapper, "qwen3_5");
+  EXPECT_EQ(s.family, "qwen3_5_text");
+  ASSERT_TRUE(s.hybrid());
+  EXPECT_EQ(s.kv_layers(), 6) << "every fourth layer attends (full_attention_interval's default)";
+  EXPECT_TRUE(s.layer_is_linear_attn(0));
+  EXPECT_FALSE(s.layer_is_linear_attn(3));
+  EXPECT_EQ(s.rope_dims(), 64);
+  EXPECT_TRUE(s.tied_embeddings) << "the outer config's flag";
+  EXPECT_EQ(s.la_conv_dim(), 2 * 16 * 128 + 16 * 128);
+  auto err = [&](const std::string& extra) { return error_of(text + "," + extra + "}"); };
+  EXPECT_EQ(err(R"("full_attention_interval":4)"), "");
+  EXPECT_NE(err(R"("layer_types":["linear_attention"])").find("one type per layer"), std::string::npos);
+  EXPECT_NE(err(R"("linear_num_value_heads":24)").find("not a multiple of linear_num_key_heads"), std::string::npos);
+  EXPECT_NE(err(R"("linear_key_head_dim":0)").find("linear attention head"), std::string::npos);
+  EXPECT_NE(err(R"("full_attention_interval":0)").find("full_attention_interval"), std::string::npos);
+  EXPECT_NE(err(R"("linear_conv_kernel_dim":0)").find("linear_conv_kernel_dim"), std::string::npos);
+}

@@ -56,8 +56,9 @@ class KVCache {
   // Copies of the states at earlier positions, so that a cache cut back to a prefix (a chat's
   // next turn re-rendering the last answer) runs again only the tokens after the latest copy
   // within it: taken by the forward after each multi-token call (a prompt), the last
-  // kMaxStateSnapshots kept; cutting the cache back drops those beyond it.
-  static constexpr size_t kMaxStateSnapshots = 4;
+  // kMaxStateSnapshots kept (each a full copy of the states, 20 MB for Qwen3.5-0.8B: a chat's
+  // next turn needs the latest one); cutting the cache back drops those beyond it.
+  static constexpr size_t kMaxStateSnapshots = 2;
   void snapshot_states();
   // Restores the latest snapshot at or before `pos` (state_position() becomes its position) and
   // returns that position, or -1 when there is none.

@@ -130,6 +130,8 @@ nlohmann::ordered_json rope_scaling_json(const RopeScaling& rs) {
               {"attention_factor", rs.attention_factor},
               {"original_max_position_embeddings", rs.original_max_positions}};
     case RopeScaling::Type::Dynamic: return {{"rope_type", "dynamic"}, {"factor", rs.factor}};
+    case RopeScaling::Type::Proportional:
+      return {{"rope_type", "proportional"}, {"partial_rotary_factor", rs.rotated_fraction}, {"factor", rs.factor}};
     case RopeScaling::Type::Factors: break;
   }
   fail("config.json", "this model's rotary frequencies come from a GGUF rope_freqs tensor, which config.json "
@@ -191,6 +193,12 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
     sc.high_freq_factor = positive("high_freq_factor", num("high_freq_factor", std::nullopt));
     sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
     if (sc.high_freq_factor <= sc.low_freq_factor) fail(where, in + ": high_freq_factor must exceed low_freq_factor");
+  } else if (type == "proportional") {  // (Gemma 4's full-attention layers)
+    sc.type = RopeScaling::Type::Proportional;
+    sc.factor = positive("factor", num("factor", 1.0f));
+    sc.rotated_fraction = num("partial_rotary_factor", 1.0f);
+    if (!(sc.rotated_fraction > 0.0f) || sc.rotated_fraction > 1.0f)
+      fail(where, in + ": 'partial_rotary_factor' must be in (0, 1]");
   } else if (type == "dynamic") {
     sc.type = RopeScaling::Type::Dynamic;
     sc.factor = positive("factor", num("factor", std::nullopt));
@@ -222,7 +230,7 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
       sc.truncate = tr->get<bool>();
     }
   } else {
-    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, dynamic, llama3, yarn, longrope)");
+    fail(where, in + ": rope_type " + excerpt(type) + " is not supported yet (default, linear, dynamic, llama3, yarn, longrope, proportional)");
   }
   return sc;
 }

@@ -39,21 +39,30 @@ uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 // The block Linears the model has (model_spec.h's one list, without the slots a fused
 // family leaves empty): module name (for LoRA matching), out, in.
 using LinearShape = BlockLinearSpec;
+// (Gemma 4's full-attention layers: their q/k/v/o shapes are listed too.)
 std::vector<LinearShape> block_linears(const ModelSpec& s) {
   std::vector<LinearShape> v;
   for (const LinearShape& li : s.block_linears())
     if (li.module) v.push_back(li);
+  if (s.has_global_geometry())
+    for (const LinearShape& li : s.block_linears(s.first_global_layer())) {
+      bool seen = !li.module;
+      for (const LinearShape& x : v) seen = seen || (x.module == li.module && x.out == li.out && x.in == li.in);
+      if (!seen) v.push_back(li);
+    }
   return v;
 }
 
-// How many layers hold block Linear `li` (a hybrid model's attention and linear-attention
-// layers hold different ones).
+// How many layers hold block Linear `li` in that shape (a hybrid model's attention and
+// linear-attention layers hold different ones; Gemma 4's full-attention layers other shapes).
 uint64_t linear_copies(const ModelSpec& s, const LinearShape& li) {
-  const auto all = s.block_linears();
   for (int w = 0; w < kBlockLinearCount; ++w)
-    if (all[static_cast<size_t>(w)].module == li.module) {
+    if (s.block_linears()[static_cast<size_t>(w)].module == li.module) {
       uint64_t n = 0;
-      for (int64_t l = 0; l < s.n_layers; ++l) n += s.layer_has_linear(l, w) ? 1 : 0;
+      for (int64_t l = 0; l < s.n_layers; ++l) {
+        const BlockLinearSpec x = s.block_linears(l)[static_cast<size_t>(w)];
+        n += s.layer_has_linear(l, w) && x.out == li.out && x.in == li.in ? 1 : 0;
+      }
       return n;
     }
   return u(s.n_layers);
@@ -140,17 +149,30 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   }
   for (const LinearShape& li : block_linears(s)) {
     if (!lora_targets(s, o, li.module)) continue;
-    ++l.modules_per_block;
     const uint64_t a = r * u(li.in), b = u(li.out) * r;
     const uint64_t copies = linear_copies(s, li);
     l.params += copies * (a + b);
     l.optim_state += copies * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
-    l.sum_in += u(li.in);
-    l.sum_mask_words += u(lora_mask_words(li.in));
-    l.sum_out += u(li.out);
     l.max_in_out = std::max(l.max_in_out, u(li.in + li.out));
     l.max_in = std::max(l.max_in, u(li.in));
     l.max_out = std::max(l.max_out, u(li.out));
+  }
+  // (per block: the largest of any layer's, layers of different kinds or shapes holding others)
+  for (int64_t layer = 0; layer < s.n_layers; ++layer) {
+    const auto lins = s.block_linears(layer);
+    uint64_t mods = 0, sum_in = 0, words = 0, sum_out = 0;
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      const BlockLinearSpec& li = lins[static_cast<size_t>(w)];
+      if (!li.module || !s.layer_has_linear(layer, w) || !lora_targets(s, o, li.module)) continue;
+      ++mods;
+      sum_in += u(li.in);
+      words += u(lora_mask_words(li.in));
+      sum_out += u(li.out);
+    }
+    l.modules_per_block = std::max(l.modules_per_block, static_cast<int>(mods));
+    l.sum_in = std::max(l.sum_in, sum_in);
+    l.sum_mask_words = std::max(l.sum_mask_words, words);
+    l.sum_out = std::max(l.sum_out, sum_out);
   }
   // MoE (lora/lora_model.cpp add_moe_layers): all-linear also adapts the shared-expert gate,
   // or, where PEFT's does, the router and each expert (gate_up at twice the rank).
@@ -275,7 +297,16 @@ std::string options_title(const ModelSpec& s, const MemoryOptions& o) {
 MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
   MemoryPlan p;
   const uint64_t C = u(s.hidden), L = u(s.n_layers), F = u(s.ffn), V = u(s.vocab), E = u(s.embed_width());
-  const uint64_t QD = u(s.q_dim()), KVD = u(s.kv_dim()), HS = u(s.head_dim);
+  const uint64_t QD = u(s.q_dim());
+  // Floats per token of the rotary tables (the local rope's too) and the KV cache's widths.
+  // (cos and sin: 2 x (the tables' halves); the host stages one table's cos and sin at a time)
+  const uint64_t rope_tables = 2 * (u(s.rope_table_dims(false)) / 2 + (s.rope_local ? u(s.rope_table_dims(true)) / 2 : 0));
+  const uint64_t rope_staging = 2 * (std::max(u(s.rope_table_dims(false)), u(s.rope_table_dims(true))) / 2);
+  uint64_t kv_total = 0, kv_max = 0;
+  for (int64_t d : s.kv_dims()) {
+    kv_total += u(d);
+    kv_max = std::max(kv_max, u(d));
+  }
   const uint64_t threads = u(std::max(1, o.threads));
   const uint64_t db = dtype_bytes(o.compute_dtype);
   // Model::load: Linear weights 4-bit or dense in the compute dtype; embeddings and head in
@@ -389,8 +420,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // Without checkpointing each layer keeps its own buffers and LoRA caches (a hybrid model's
     // layers only those of their kind).
     uint64_t per_layer = 0;
-    const auto lins = s.block_linears();
     for (int64_t l = 0; l < s.n_layers; ++l) {
+      const auto lins = s.block_linears(l);
       uint64_t mods = 0, mask_words = 0;
       for (int w = 0; w < kBlockLinearCount; ++w) {
         const BlockLinearSpec& li = lins[static_cast<size_t>(w)];
@@ -428,7 +459,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // targets, positions and key windows (+ staging), the head's gathered inputs and their
     // gradient (hsel, dhsel: up to B*T x E each), the recomputed block output.
     const uint64_t scratch = 4 * (u(prog.transient_floats(Ti, Bi)) + u(prog.gradient_floats(Ti, Bi)) + 2 * BT * C +
-                                  BT * HS * (s.rope_local ? 2 : 1) + BT * HS + 6 * BT + head_tile + 2 * BT * E +
+                                  BT * (rope_tables + rope_staging) + 6 * BT + head_tile + 2 * BT * E +
                                   (o.checkpointing ? BT * C : 0));
     // On top, the largest transient: the lm_head input-gradient panels (64 x V + B*T x 64
     // floats per thread).
@@ -460,17 +491,17 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
           std::to_string(s.state_layers()) + " gated DeltaNet layers: conv tail + (heads, dk, dv) state, and its "
           "snapshot after the prompt (chat and serve keep up to " + std::to_string(KVCache::kMaxStateSnapshots) + ")");
     if (o.kv_cache_dtype == ComputeDType::F32) {
-      add(r, "KV cache (fp32 keys + values)" + each, B * 2 * KL * KVD * cap * 4,
+      add(r, "KV cache (fp32 keys + values)" + each, B * 2 * kv_total * cap * 4,
           std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");
     } else {
       add(r, std::string("KV cache (") + (o.kv_cache_dtype == ComputeDType::BF16 ? "bf16" : "f16") +
                  " keys + values)" + each,
-          B * 2 * KL * KVD * cap * 2, std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");
-      add(r, "KV cache widened for attention (one layer, fp32)", 2 * KVD * cap * 4, "");
+          B * 2 * kv_total * cap * 2, std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");
+      add(r, "KV cache widened for attention (one layer, fp32)", 2 * kv_max * cap * 4, "");
     }
     const BlockProgram prog = BlockProgram::for_spec(s);
     add(r, "forward scratch (prompt prefill)" + each,
-        B * 4 * P * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3),
+        B * 4 * P * (2 * C + u(prog.inference_floats(1)) + rope_tables + rope_staging + 3),
         "residual stream, final norm, the block's buffers (sharing slots), rope tables for the prompt's tokens");
     // The block's declared scratch for the prompt against the cache's keys: the attention
     // scores (no probabilities are kept at inference) and the adapter's temporaries.
@@ -490,7 +521,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       if (o.with_adapter) bq.lora = lora_scratch_shapes(s, o);
       add(r, "workspace (the batched pass over the sequences)",
           4 * (u(block_scratch_floats(prog, bq).total()) +
-               rows * (2 * C + u(prog.inference_floats(1)) + HS * (s.rope_local ? 2 : 1) + HS + 3)),
+               rows * (2 * C + u(prog.inference_floats(1)) + rope_tables + rope_staging + 3)),
           "forward_batch's rows (up to 8 a pass) and their block scratch");
     }
     if (s.moe())  // model/moe_block.cpp: one expert's rows of the prompt at a time

@@ -42,16 +42,16 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
         if (!s.layer_rotates(r.layer)) break;
         if (o.query && r.q_scale) {  // through q * scale(position)
-          const int64_t W = o.heads * s.head_dim;
+          const int64_t W = o.heads * o.head_dim;
           for (int64_t t = 0; t < T; ++t)
             if (r.q_scale[t] != 1.0f)
               for (int64_t i = 0; i < W; ++i) g(o.out)[t * W + i] *= r.q_scale[t];
         }
-        be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
+        be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {
-        const int64_t QD = s.q_dim(), KVD = s.kv_dim();
-        AttentionShape a = attention_heads(p);
+        AttentionShape a = attention_heads(p, o);
+        const int64_t QD = a.NH * a.HS, KVD = a.NKV * a.HS;
         int64_t t0 = 0, p0 = 0;
         const std::span<const int64_t> segs = r.segments.empty() ? std::span<const int64_t>(&T, 1) : r.segments;
         for (int64_t n : segs) {
@@ -61,7 +61,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
                                 r.scratch.raw_scores, dy + t0 * QD, buf(o.in0) + t0 * QD, buf(o.in1) + t0 * KVD,
                                 buf(o.in2) + t0 * KVD, buf(o.aux) + p0);
           t0 += n;
-          p0 += s.n_heads * n * n;
+          p0 += a.NH * n * n;
         }
         break;
       }
@@ -78,7 +78,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         be.clamp_backward(g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T), o.factor);
         break;
       case BlockOpKind::Scale:
-        be.axpy(g(o.in0), o.factor, dy, p.floats(o.out, T, T));
+        be.axpy(g(o.in0), o.layer_factor ? L.layer_scalar : o.factor, dy, p.floats(o.out, T, T));
         break;
       case BlockOpKind::ScaleColumns: {
         const std::vector<float>& w = L.norm(o.norm);

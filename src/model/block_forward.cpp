@@ -22,12 +22,12 @@ DeltaRuleShape delta_rule_shape(const ModelSpec& s) {
   return d;
 }
 
-AttentionShape attention_heads(const BlockProgram& p) {
+AttentionShape attention_heads(const BlockProgram& p, const BlockOp& o) {
   const ModelSpec& s = p.spec();
   AttentionShape a;
-  a.NH = s.n_heads;
-  a.NKV = s.n_kv_heads;
-  a.HS = s.head_dim;
+  a.NH = o.heads > 0 ? o.heads : s.n_heads;
+  a.NKV = o.kv_heads > 0 ? o.kv_heads : s.n_kv_heads;
+  a.HS = o.head_dim > 0 ? o.head_dim : s.head_dim;
   a.scale = s.attn_scale;
   a.softcap = s.attn_softcap;
   a.alibi = p.alibi();
@@ -53,7 +53,7 @@ void block_forward(const BlockRun& r) {
         float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         // (a Unit norm stays unrounded: the ScaleColumns after it rounds once)
         be.norm_forward(s, out, stats, in0, L.norm(o.norm).data(), L.norm_bias(o.norm).data(), T * o.rows_per_token,
-                        o.width, o.norm == NormRole::Unit ? ComputeDType::F32 : r.dtype);
+                        o.width, o.norm == NormRole::Unit ? ComputeDType::F32 : r.dtype);  // (VHead: rounded)
         break;
       }
       case BlockOpKind::ScaleColumns: {
@@ -84,9 +84,9 @@ void block_forward(const BlockRun& r) {
       }
       case BlockOpKind::Rope:
         if (!s.layer_rotates(r.layer)) break;  // (a NoPE layer: q and k as projected)
-        be.rope_forward(out, r.cos, r.sin, T, o.heads, s.head_dim, o.width, s.rope_interleaved);
+        be.rope_forward(out, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
         if (o.query && r.q_scale) {  // (Ministral 3: q * scale(position), rounded)
-          const int64_t W = o.heads * s.head_dim;
+          const int64_t W = o.heads * o.head_dim;
           for (int64_t t = 0; t < T; ++t)
             if (r.q_scale[t] != 1.0f) {
               float* row = out + t * W;
@@ -99,9 +99,9 @@ void block_forward(const BlockRun& r) {
         const float* k = in1;
         const float* v = r.buf[static_cast<size_t>(o.in2)];
         float* probs = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
-        const int64_t QD = s.q_dim(), KVD = s.kv_dim();
+        AttentionShape a = attention_heads(p, o);
+        const int64_t QD = a.NH * a.HS, KVD = a.NKV * a.HS;
         const int64_t kv_layer = s.kv_layer(r.layer);  // (hybrid models cache their attention layers only)
-        AttentionShape a = attention_heads(p);
         if (!L.attn_sinks.empty()) a.sinks = L.attn_sinks.data();
         // Appends n rows of keys and values (positions pos..) to `cache` and attends the n
         // queries over everything cached.
@@ -170,7 +170,7 @@ void block_forward(const BlockRun& r) {
           be.attention_forward(a, out + t0 * QD, probs ? probs + p0 : nullptr, r.scratch.scores, in0 + t0 * QD,
                                k + t0 * KVD, v + t0 * KVD);
           t0 += n;
-          p0 += s.n_heads * n * n;
+          p0 += a.NH * n * n;
         }
         break;
       }
@@ -188,7 +188,7 @@ void block_forward(const BlockRun& r) {
         break;
       case BlockOpKind::Scale:
         be.copy(out, in0, n_of(o.out));
-        be.scale(out, n_of(o.out), o.factor);
+        be.scale(out, n_of(o.out), o.layer_factor ? L.layer_scalar : o.factor);
         break;
       case BlockOpKind::Moe:
         moe_forward(r, out, in0, in1);

@@ -42,8 +42,9 @@ void BlockProgram::add_rope(int buf, int64_t heads, bool query) {
   BlockOp o{BlockOpKind::Rope};
   o.out = o.in0 = buf;
   o.heads = heads;
+  o.head_dim = geometry_.head_dim;
   o.query = query;
-  o.width = spec_.rope_dims();
+  o.width = geometry_.rope_dims;
   o.round = true;
   op(o);
 }
@@ -92,6 +93,9 @@ void BlockProgram::add_attention(int out, int q, int k, int v) {
   o.in0 = q;
   o.in1 = k;
   o.in2 = v;
+  o.heads = geometry_.heads;
+  o.kv_heads = geometry_.kv_heads;
+  o.head_dim = geometry_.head_dim;
   o.aux = buffer("probabilities", 0, true, true);
   o.round = true;
   op(o);
@@ -214,7 +218,8 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
   if (s.positional == PositionalKind::Alibi) p.alibi_ = alibi_bias_for(s);
-  const int64_t C = s.hidden, HS = s.head_dim, F = s.ffn, QD = s.q_dim(), KVD = s.kv_dim();
+  const int64_t C = s.hidden, F = s.ffn;
+  p.geometry_ = s.attention_geometry(false);
   // Per-row statistics a norm keeps for its backward: rstd, or LayerNorm's mean and rstd.
   const int64_t stat = s.norm == NormKind::LayerNorm ? 2 : 1;
   p.input_ = p.buffer("x_in", C);
@@ -229,95 +234,121 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     h1 = p.buffer("h_attn", C);
     p.add_norm(h1, p.input_, NormRole::Input, 1, C, p.buffer("rstd_attn", stat, true));
   }
-  if (s.hybrid()) p.mixer_ = LayerMixer::Attention;  // (until the branch output)
-  const int q = p.buffer("q", QD), k = p.buffer("k", KVD), v = p.buffer("v", KVD);
-  // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
-  // norms that sit between the projections and rotary.
-  const int qproj = s.qk_norm ? p.buffer("q_proj", QD) : q, kproj = s.qk_norm ? p.buffer("k_proj", KVD) : k;
-  int gate = -1;  // (attn_output_gate: the attention output's gate)
-  if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
-    const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
-    const int64_t group = s.n_heads / s.n_kv_heads, stride = (group + 2) * HS;
-    p.add_linear(qkv, h1, 0);
-    p.add_slice(qproj, qkv, 0, group * HS, s.n_kv_heads, stride);
-    p.add_slice(kproj, qkv, group * HS, HS, s.n_kv_heads, stride);
-    p.add_slice(v, qkv, (group + 1) * HS, HS, s.n_kv_heads, stride);
-  } else if (s.fused_qkv && s.qkv_per_head) {  // gpt_neox: one Linear, per head its q | k | v
-    const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
-    p.add_linear(qkv, h1, 0);
-    p.add_slice(qproj, qkv, 0, HS, s.n_heads, 3 * HS);
-    p.add_slice(kproj, qkv, HS, HS, s.n_heads, 3 * HS);
-    p.add_slice(v, qkv, 2 * HS, HS, s.n_heads, 3 * HS);
-  } else if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
-    const int qkv = p.buffer("qkv_proj", QD + 2 * KVD);
-    p.add_linear(qkv, h1, 0);
-    p.add_slice(qproj, qkv, 0, QD);
-    p.add_slice(kproj, qkv, QD, KVD);
-    p.add_slice(v, qkv, QD + KVD, KVD);
-  } else if (s.clip_qkv > 0.0f) {  // OLMo: each projection clamped to [-clip, clip]
-    const int qr = p.buffer("q_raw", QD), kr = p.buffer("k_raw", KVD), vr = p.buffer("v_raw", KVD);
-    p.add_linear(qr, h1, 0);
-    p.add_linear(kr, h1, 1);
-    p.add_linear(vr, h1, 2);
-    p.add_clamp(qproj, qr, s.clip_qkv);
-    p.add_clamp(kproj, kr, s.clip_qkv);
-    p.add_clamp(v, vr, s.clip_qkv);
-  } else if (s.attn_output_gate) {  // Qwen3.5: q_proj's rows per head, the query then its gate
-    const int qg = p.buffer("q_gate_proj", 2 * QD);
-    gate = p.buffer("attn_gate", QD);
-    p.add_linear(qg, h1, 0);
-    p.add_linear(kproj, h1, 1);
-    p.add_linear(v, h1, 2);
-    p.add_slice(qproj, qg, 0, HS, s.n_heads, 2 * HS);
-    p.add_slice(gate, qg, HS, HS, s.n_heads, 2 * HS);
-  } else {
-    p.add_linear(qproj, h1, 0);
-    p.add_linear(kproj, h1, 1);
-    p.add_linear(v, h1, 2);
-  }
-  if (s.qk_norm && s.qk_norm_head_weights) {  // Command R+: per head, each head's own weights
-    const int qu = p.buffer("q_unit", QD), ku = p.buffer("k_unit", KVD);
-    p.add_norm(qu, qproj, NormRole::Unit, s.n_heads, HS, p.buffer("rstd_q", stat * s.n_heads, true));
-    p.add_norm(ku, kproj, NormRole::Unit, s.n_kv_heads, HS, p.buffer("rstd_k", stat * s.n_kv_heads, true));
-    const std::pair<int, int> scaled[2] = {{q, qu}, {k, ku}};
-    for (int i = 0; i < 2; ++i) {
-      BlockOp o{BlockOpKind::ScaleColumns};
-      o.out = scaled[i].first;
-      o.in0 = scaled[i].second;
-      o.norm = i == 0 ? NormRole::QHead : NormRole::KHead;
+  // The attention section: once, or (Gemma 4) once per geometry, its ops marked with the
+  // layers they run on, each writing the same branch output.
+  struct Section {
+    LayerMixer mixer;
+    bool global;
+  };
+  std::vector<Section> sections = {{s.hybrid() ? LayerMixer::Attention : LayerMixer::All, false}};
+  if (s.has_global_geometry()) sections = {{LayerMixer::SlidingAttention, false}, {LayerMixer::GlobalAttention, true}};
+  int attn_out = -1;
+  for (const Section& sec : sections) {
+    p.mixer_ = sec.mixer;
+    const ModelSpec::AttentionGeometry geo = s.attention_geometry(sec.global);
+    p.geometry_ = geo;
+    const std::string sfx = sec.global ? "_global" : "";
+    auto buf = [&](const char* name, int64_t width, bool training_only = false) {
+      return p.buffer(name + sfx, width, training_only);
+    };
+    const int64_t HS = geo.head_dim, QD = geo.q_dim(), KVD = geo.kv_dim(), NH = geo.heads, NKV = geo.kv_heads;
+    const int q = buf("q", QD), k = buf("k", KVD), v = buf("v", KVD);
+    // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
+    // norms that sit between the projections and rotary.
+    const int qproj = s.qk_norm ? buf("q_proj", QD) : q, kproj = s.qk_norm ? buf("k_proj", KVD) : k;
+    int gate = -1;  // (attn_output_gate: the attention output's gate)
+    if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
+      const int qkv = buf("qkv_proj", QD + 2 * KVD);
+      const int64_t group = NH / NKV, stride = (group + 2) * HS;
+      p.add_linear(qkv, h1, 0);
+      p.add_slice(qproj, qkv, 0, group * HS, NKV, stride);
+      p.add_slice(kproj, qkv, group * HS, HS, NKV, stride);
+      p.add_slice(v, qkv, (group + 1) * HS, HS, NKV, stride);
+    } else if (s.fused_qkv && s.qkv_per_head) {  // gpt_neox: one Linear, per head its q | k | v
+      const int qkv = buf("qkv_proj", QD + 2 * KVD);
+      p.add_linear(qkv, h1, 0);
+      p.add_slice(qproj, qkv, 0, HS, NH, 3 * HS);
+      p.add_slice(kproj, qkv, HS, HS, NH, 3 * HS);
+      p.add_slice(v, qkv, 2 * HS, HS, NH, 3 * HS);
+    } else if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
+      const int qkv = buf("qkv_proj", QD + 2 * KVD);
+      p.add_linear(qkv, h1, 0);
+      p.add_slice(qproj, qkv, 0, QD);
+      p.add_slice(kproj, qkv, QD, KVD);
+      p.add_slice(v, qkv, QD + KVD, KVD);
+    } else if (s.clip_qkv > 0.0f) {  // OLMo: each projection clamped to [-clip, clip]
+      const int qr = buf("q_raw", QD), kr = buf("k_raw", KVD), vr = buf("v_raw", KVD);
+      p.add_linear(qr, h1, 0);
+      p.add_linear(kr, h1, 1);
+      p.add_linear(vr, h1, 2);
+      p.add_clamp(qproj, qr, s.clip_qkv);
+      p.add_clamp(kproj, kr, s.clip_qkv);
+      p.add_clamp(v, vr, s.clip_qkv);
+    } else if (s.attn_output_gate) {  // Qwen3.5: q_proj's rows per head, the query then its gate
+      const int qg = buf("q_gate_proj", 2 * QD);
+      gate = buf("attn_gate", QD);
+      p.add_linear(qg, h1, 0);
+      p.add_linear(kproj, h1, 1);
+      p.add_linear(v, h1, 2);
+      p.add_slice(qproj, qg, 0, HS, NH, 2 * HS);
+      p.add_slice(gate, qg, HS, HS, NH, 2 * HS);
+    } else if (s.v_norm) {  // Gemma 4: the values through an RMSNorm without weight, per head
+      const int vproj = geo.k_eq_v ? kproj : buf("v_proj", KVD);  // (k_eq_v: the keys' projection)
+      p.add_linear(qproj, h1, 0);
+      p.add_linear(kproj, h1, 1);
+      if (!geo.k_eq_v) p.add_linear(vproj, h1, 2);
+      p.add_norm(v, vproj, NormRole::VHead, NKV, HS, buf("rstd_v", NKV, true));
+    } else {
+      p.add_linear(qproj, h1, 0);
+      p.add_linear(kproj, h1, 1);
+      p.add_linear(v, h1, 2);
+    }
+    if (s.qk_norm && s.qk_norm_head_weights) {  // Command R+: per head, each head's own weights
+      const int qu = buf("q_unit", QD), ku = buf("k_unit", KVD);
+      p.add_norm(qu, qproj, NormRole::Unit, NH, HS, buf("rstd_q", stat * NH, true));
+      p.add_norm(ku, kproj, NormRole::Unit, NKV, HS, buf("rstd_k", stat * NKV, true));
+      const std::pair<int, int> scaled[2] = {{q, qu}, {k, ku}};
+      for (int i = 0; i < 2; ++i) {
+        BlockOp o{BlockOpKind::ScaleColumns};
+        o.out = scaled[i].first;
+        o.in0 = scaled[i].second;
+        o.norm = i == 0 ? NormRole::QHead : NormRole::KHead;
+        o.round = true;
+        p.op(o);
+      }
+    } else if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
+      p.add_norm(q, qproj, NormRole::QHead, 1, QD, buf("rstd_q", 1, true));
+      p.add_norm(k, kproj, NormRole::KHead, 1, KVD, buf("rstd_k", 1, true));
+    } else if (s.qk_norm && s.qk_norm_after_rope) {  // Hunyuan: rotary on the projections, then the norms
+      p.add_rope(qproj, NH, /*query=*/true);
+      p.add_rope(kproj, NKV);
+      p.add_norm(q, qproj, NormRole::QHead, NH, HS, buf("rstd_q", NH, true));
+      p.add_norm(k, kproj, NormRole::KHead, NKV, HS, buf("rstd_k", NKV, true));
+    } else if (s.qk_norm) {
+      p.add_norm(q, qproj, NormRole::QHead, NH, HS, buf("rstd_q", NH, true));
+      p.add_norm(k, kproj, NormRole::KHead, NKV, HS, buf("rstd_k", NKV, true));
+    }
+    if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope) {
+      p.add_rope(q, NH, /*query=*/true);
+      p.add_rope(k, NKV);
+    }
+    int att = buf("attention", QD);
+    p.add_attention(att, q, k, v);
+    if (gate >= 0) {  // attention * sigmoid(gate)
+      const int gated = buf("attention_gated", QD);
+      BlockOp o{BlockOpKind::OutputGate};
+      o.out = gated;
+      o.in0 = att;
+      o.in1 = gate;
       o.round = true;
       p.op(o);
+      att = gated;
     }
-  } else if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
-    p.add_norm(q, qproj, NormRole::QHead, 1, QD, p.buffer("rstd_q", 1, true));
-    p.add_norm(k, kproj, NormRole::KHead, 1, KVD, p.buffer("rstd_k", 1, true));
-  } else if (s.qk_norm && s.qk_norm_after_rope) {  // Hunyuan: rotary on the projections, then the norms
-    p.add_rope(qproj, s.n_heads, /*query=*/true);
-    p.add_rope(kproj, s.n_kv_heads);
-    p.add_norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
-    p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
-  } else if (s.qk_norm) {
-    p.add_norm(q, qproj, NormRole::QHead, s.n_heads, HS, p.buffer("rstd_q", s.n_heads, true));
-    p.add_norm(k, kproj, NormRole::KHead, s.n_kv_heads, HS, p.buffer("rstd_k", s.n_kv_heads, true));
+    if (attn_out < 0) attn_out = p.buffer("o_proj", C);
+    p.add_linear(attn_out, att, 3);
   }
-  if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope) {
-    p.add_rope(q, s.n_heads, /*query=*/true);
-    p.add_rope(k, s.n_kv_heads);
-  }
-  int att = p.buffer("attention", QD);
-  p.add_attention(att, q, k, v);
-  if (gate >= 0) {  // attention * sigmoid(gate)
-    const int gated = p.buffer("attention_gated", QD);
-    BlockOp o{BlockOpKind::OutputGate};
-    o.out = gated;
-    o.in0 = att;
-    o.in1 = gate;
-    o.round = true;
-    p.op(o);
-    att = gated;
-  }
-  int attn_out = p.buffer("o_proj", C);
-  p.add_linear(attn_out, att, 3);
+  p.mixer_ = LayerMixer::All;
+  p.geometry_ = s.attention_geometry(false);
   if (s.hybrid()) {  // the linear-attention layers' branch writes the same output
     p.mixer_ = LayerMixer::Linear;
     p.build_delta_net(attn_out, h1);
@@ -399,13 +430,24 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_scale(scaled, mlp_out, s.residual_multiplier);
     mlp_out = scaled;
   }
+  // (Gemma 4: the block's sum, then times the layer's scalar)
+  const int sum = s.layer_scalar ? p.buffer("x_sum", C) : -1;
   p.output_ = p.buffer("x_out", C);
+  const int last = s.layer_scalar ? sum : p.output_;
   if (s.parallel_residual) {  // gpt_neox: (mlp + attention) + x, in that order
     const int branches = p.buffer("branches", C);
     p.add_residual(branches, mlp_out, attn_out);
-    p.add_residual(p.output_, branches, p.input_);
+    p.add_residual(last, branches, p.input_);
   } else {
-    p.add_residual(p.output_, xmid, mlp_out);
+    p.add_residual(last, xmid, mlp_out);
+  }
+  if (s.layer_scalar) {
+    BlockOp o{BlockOpKind::Scale};
+    o.out = p.output_;
+    o.in0 = sum;
+    o.layer_factor = true;
+    o.round = true;
+    p.op(o);
   }
   p.finish();
   return p;

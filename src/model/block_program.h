@@ -25,7 +25,8 @@ namespace qlora {
 // The norm weights of a block, by what they normalize (LayerWeights::norm).
 // Unit: a head_dim-wide norm with unit weight and zero bias, unrounded (the first half of
 // ModelSpec::qk_norm_head_weights' norms; a ScaleColumns op applies the weights).
-enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit };
+// VHead: Gemma 4's v_norm, a head_dim-wide RMSNorm with unit weight, rounded.
+enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead };
 
 enum class BlockOpKind : uint8_t {
   Norm,       // out = norm(in0) with a weight (and rstd, or LayerNorm's mean and rstd, kept in
@@ -38,7 +39,8 @@ enum class BlockOpKind : uint8_t {
   Residual,   // out = in0 + in1
   Slice,      // out = columns [offset, offset + width) of in0 (a fused Linear's part), or of each
               // of `groups` groups of group_stride columns (per-head fused q/k/v)
-  Scale,      // out = in0 * factor (Granite's residual_multiplier on a branch output)
+  Scale,      // out = in0 * factor (Granite's residual_multiplier on a branch output), or with
+              // layer_factor the layer's scalar (Gemma 4's layer_scalar on the block output)
   Clamp,      // out = clamp(in0, -factor, factor) (OLMo's clip_qkv)
   ScaleColumns,  // out = in0 * w[column], w the norm weight of `norm` (per-head q/k norm weights)
   Moe,        // out = the routed experts of in0 (+ sigmoid(shared_gate in0) * in1 when in1 is
@@ -53,8 +55,9 @@ enum class BlockOpKind : uint8_t {
 };
 
 // Which layers an op runs on: every layer, or (hybrid models) the attention layers only or
-// the linear-attention layers only.
-enum class LayerMixer : uint8_t { All, Attention, Linear };
+// the linear-attention layers only, or (Gemma 4, ModelSpec::has_global_geometry) the sliding
+// layers' attention or the full-attention layers' (each of its own geometry).
+enum class LayerMixer : uint8_t { All, Attention, Linear, SlidingAttention, GlobalAttention };
 
 struct BlockOp {
   BlockOpKind kind;
@@ -66,7 +69,10 @@ struct BlockOp {
   NormRole norm = NormRole::Input;
   int64_t rows_per_token = 1, width = 0;
   int linear = -1;               // Linear: index in kBlockLinearModules order
-  int64_t heads = 0;             // Rope: heads in the buffer (and width: the rotated dims)
+  int64_t heads = 0;             // Rope: heads in the buffer (and width: the rotated dims); Attention: query heads
+  int64_t kv_heads = 0;          // Attention: key/value heads
+  int64_t head_dim = 0;          // Rope, Attention: the head size
+  bool layer_factor = false;     // Scale: by the layer's scalar (LayerWeights::layer_scalar)
   bool query = false;            // Rope: the queries' (BlockRun::q_scale applies after it)
   int64_t offset = 0;            // Slice: first column
   int64_t groups = 1, group_stride = 0;
@@ -75,7 +81,14 @@ struct BlockOp {
   LayerMixer mixer = LayerMixer::All;
   // Whether this op runs on layer l of spec s.
   bool runs_on(const ModelSpec& s, int64_t l) const {
-    return mixer == LayerMixer::All || (mixer == LayerMixer::Linear) == s.layer_is_linear_attn(l);
+    switch (mixer) {
+      case LayerMixer::All: return true;
+      case LayerMixer::Attention: return !s.layer_is_linear_attn(l);
+      case LayerMixer::Linear: return s.layer_is_linear_attn(l);
+      case LayerMixer::SlidingAttention: return !s.layer_global(l);
+      case LayerMixer::GlobalAttention: return s.layer_global(l);
+    }
+    return false;
   }
 };
 
@@ -161,6 +174,7 @@ class BlockProgram {
   int input_ = -1, output_ = -1;
   Slots slots_;
   LayerMixer mixer_ = LayerMixer::All;  // stamped on the ops being added
+  ModelSpec::AttentionGeometry geometry_;  // the attention ops' being added
   std::vector<std::vector<int32_t>> gathers_;  // Gather ops' column lists
 };
 

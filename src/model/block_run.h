@@ -74,7 +74,7 @@ struct DeltaRuleShape delta_rule_shape(const ModelSpec& s);
 
 // The program's attention heads, scale, softcap and ALiBi bias (the per-call sizes, key
 // window and positions left for the caller to fill).
-AttentionShape attention_heads(const BlockProgram& p);
+AttentionShape attention_heads(const BlockProgram& p, const BlockOp& attention);
 
 // Runs the ops in order, writing every buffer the program's ops write.
 void block_forward(const BlockRun& r);

@@ -14,9 +14,13 @@ namespace {
 int64_t storage_floats(int64_t n, ComputeDType dtype) { return dtype == ComputeDType::F32 ? n : (n + 1) / 2; }
 }  // namespace
 
-KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate_now, Backend& backend,
-                 ComputeDType dtype)
-    : n_layers_(n_layers), kv_dim_(kv_dim), capacity_(capacity), dtype_(dtype), backend_(&backend) {
+KVCache::KVCache(std::vector<int64_t> kv_dims, int64_t capacity, bool allocate_now, Backend& backend, ComputeDType dtype)
+    : n_layers_(static_cast<int64_t>(kv_dims.size())), capacity_(capacity), kv_dims_(std::move(kv_dims)),
+      dtype_(dtype), backend_(&backend) {
+  for (int64_t d : kv_dims_) {
+    offset_.push_back(total_dim_);
+    total_dim_ += d;
+  }
   check(dtype == ComputeDType::F32 || backend.host_addressable(), "KV cache",
         std::string("16-bit keys and values are kept on the CPU only, not on ") + backend.name());
   if (allocate_now) allocate();
@@ -24,7 +28,7 @@ KVCache::KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool alloca
 
 void KVCache::allocate() {
   if (allocated_) return;
-  const int64_t n = storage_floats(n_layers_ * kv_dim_ * capacity_, dtype_);
+  const int64_t n = storage_floats(total_dim_ * capacity_, dtype_);
   k_.ensure(*backend_, n);
   v_.ensure(*backend_, n);
   backend_->zero(k_.data(), n);
@@ -93,16 +97,17 @@ void KVCache::reserve(int64_t capacity) {
     capacity_ = capacity;
     return;
   }
-  const int64_t n = storage_floats(n_layers_ * kv_dim_ * capacity, dtype_);
+  const int64_t n = storage_floats(total_dim_ * capacity, dtype_);
   Backend& be = *backend_;
   BackendBuffer k(be, n), v(be, n);
   be.zero(k.data(), n);
   be.zero(v.data(), n);
   if (dtype_ != ComputeDType::F32) {  // (CPU memory: see the constructor)
-    const size_t bytes = static_cast<size_t>(length_ * kv_dim_) * 2;
     for (int64_t l = 0; l < n_layers_; ++l) {
-      std::memcpy(reinterpret_cast<uint16_t*>(k.data()) + l * capacity * kv_dim_, keys16(l), bytes);
-      std::memcpy(reinterpret_cast<uint16_t*>(v.data()) + l * capacity * kv_dim_, values16(l), bytes);
+      const size_t bytes = static_cast<size_t>(length_ * kv_dim(l)) * 2;
+      const int64_t dst = capacity * offset_[static_cast<size_t>(l)];
+      std::memcpy(reinterpret_cast<uint16_t*>(k.data()) + dst, keys16(l), bytes);
+      std::memcpy(reinterpret_cast<uint16_t*>(v.data()) + dst, values16(l), bytes);
     }
     k_ = std::move(k);
     v_ = std::move(v);
@@ -110,9 +115,9 @@ void KVCache::reserve(int64_t capacity) {
     return;
   }
   for (int64_t l = 0; l < n_layers_; ++l) {
-    const int64_t rows = length_ * kv_dim_;
-    be.copy(k.data() + l * capacity * kv_dim_, k_.data() + l * capacity_ * kv_dim_, rows);
-    be.copy(v.data() + l * capacity * kv_dim_, v_.data() + l * capacity_ * kv_dim_, rows);
+    const int64_t rows = length_ * kv_dim(l), dst = capacity * offset_[static_cast<size_t>(l)];
+    be.copy(k.data() + dst, keys(l), rows);
+    be.copy(v.data() + dst, values(l), rows);
   }
   k_ = std::move(k);
   v_ = std::move(v);
@@ -120,7 +125,7 @@ void KVCache::reserve(int64_t capacity) {
 }
 
 void KVCache::copy_from(const KVCache& src, int64_t positions) {
-  check(src.n_layers_ == n_layers_ && src.kv_dim_ == kv_dim_ && src.dtype_ == dtype_ && src.backend_ == backend_ &&
+  check(src.kv_dims_ == kv_dims_ && src.dtype_ == dtype_ && src.backend_ == backend_ &&
             src.state_layers_ == state_layers_ && src.state_floats_ == state_floats_,
         "KV cache", "copying between caches of different shapes, dtypes or backends");
   check(positions >= 0 && positions <= src.length_ && src.allocated_, "KV cache",
@@ -130,12 +135,12 @@ void KVCache::copy_from(const KVCache& src, int64_t positions) {
   Backend& be = *backend_;
   for (int64_t l = 0; l < n_layers_; ++l) {
     if (dtype_ != ComputeDType::F32) {  // (CPU memory: see the constructor)
-      const size_t bytes = static_cast<size_t>(positions * kv_dim_) * 2;
+      const size_t bytes = static_cast<size_t>(positions * kv_dim(l)) * 2;
       std::memcpy(keys16(l), src.keys16c(l), bytes);
       std::memcpy(values16(l), src.values16c(l), bytes);
     } else {
-      be.copy(keys(l), src.keys(l), positions * kv_dim_);
-      be.copy(values(l), src.values(l), positions * kv_dim_);
+      be.copy(keys(l), src.keys(l), positions * kv_dim(l));
+      be.copy(values(l), src.values(l), positions * kv_dim(l));
     }
   }
   length_ = positions;

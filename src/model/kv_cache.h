@@ -3,6 +3,7 @@
 // only computes that token. Keys are stored after the rotary embedding.
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "base/dtype.h"
 #include "model/backend.h"
@@ -19,12 +20,17 @@ class KVCache {
   // `dtype`: how the values are stored. F32 keeps them as computed; BF16 / F16 round each one
   // to 16 bits (nearest even) on the way in and take half the memory (on the CPU backend only).
   KVCache(int64_t n_layers, int64_t kv_dim, int64_t capacity, bool allocate = true, Backend& backend = cpu_backend(),
+          ComputeDType dtype = ComputeDType::F32)
+      : KVCache(std::vector<int64_t>(static_cast<size_t>(n_layers), kv_dim), capacity, allocate, backend, dtype) {}
+  // The same with a width per layer (Gemma 4's full-attention layers are wider: ModelSpec::kv_dims).
+  KVCache(std::vector<int64_t> kv_dims, int64_t capacity, bool allocate = true, Backend& backend = cpu_backend(),
           ComputeDType dtype = ComputeDType::F32);
   bool allocated() const { return allocated_; }
   void allocate();  // no-op when allocated
 
   int64_t n_layers() const { return n_layers_; }
-  int64_t kv_dim() const { return kv_dim_; }
+  // Layer l's floats per position (kv_dim(): layer 0's, the same for every layer of most models).
+  int64_t kv_dim(int64_t layer = 0) const { return kv_dims_.at(static_cast<size_t>(layer)); }
   int64_t capacity() const { return capacity_; }
   // Positions filled so far (the position of the next token).
   int64_t length() const { return length_; }
@@ -78,26 +84,26 @@ class KVCache {
   ComputeDType dtype() const { return dtype_; }
   // (capacity, kv_dim) rows of layer l; row p holds position p. keys/values: dtype() F32;
   // keys16/values16: BF16 or F16, the 16-bit patterns.
-  float* keys(int64_t layer) { return k_.data() + layer * capacity_ * kv_dim_; }
-  float* values(int64_t layer) { return v_.data() + layer * capacity_ * kv_dim_; }
-  const float* keys(int64_t layer) const { return k_.data() + layer * capacity_ * kv_dim_; }
-  const float* values(int64_t layer) const { return v_.data() + layer * capacity_ * kv_dim_; }
-  uint16_t* keys16(int64_t layer) { return reinterpret_cast<uint16_t*>(k_.data()) + layer * capacity_ * kv_dim_; }
-  uint16_t* values16(int64_t layer) { return reinterpret_cast<uint16_t*>(v_.data()) + layer * capacity_ * kv_dim_; }
-  const uint16_t* keys16c(int64_t layer) const {
-    return reinterpret_cast<const uint16_t*>(k_.data()) + layer * capacity_ * kv_dim_;
-  }
-  const uint16_t* values16c(int64_t layer) const {
-    return reinterpret_cast<const uint16_t*>(v_.data()) + layer * capacity_ * kv_dim_;
-  }
+  float* keys(int64_t layer) { return k_.data() + at(layer); }
+  float* values(int64_t layer) { return v_.data() + at(layer); }
+  const float* keys(int64_t layer) const { return k_.data() + at(layer); }
+  const float* values(int64_t layer) const { return v_.data() + at(layer); }
+  uint16_t* keys16(int64_t layer) { return reinterpret_cast<uint16_t*>(k_.data()) + at(layer); }
+  uint16_t* values16(int64_t layer) { return reinterpret_cast<uint16_t*>(v_.data()) + at(layer); }
+  const uint16_t* keys16c(int64_t layer) const { return reinterpret_cast<const uint16_t*>(k_.data()) + at(layer); }
+  const uint16_t* values16c(int64_t layer) const { return reinterpret_cast<const uint16_t*>(v_.data()) + at(layer); }
   size_t bytes() const { return static_cast<size_t>(k_.size() + v_.size() + state_.size()) * sizeof(float); }
 
  private:
-  int64_t n_layers_ = 0, kv_dim_ = 0, capacity_ = 0, length_ = 0;
+  // Values before layer l's rows (capacity x the widths of the layers before it).
+  int64_t at(int64_t layer) const { return capacity_ * offset_[static_cast<size_t>(layer)]; }
+  int64_t n_layers_ = 0, capacity_ = 0, length_ = 0;
+  std::vector<int64_t> kv_dims_, offset_;  // per layer: width, and the widths before it
+  int64_t total_dim_ = 0;                  // sum of the widths
   bool allocated_ = false;
   ComputeDType dtype_ = ComputeDType::F32;
   Backend* backend_ = &cpu_backend();
-  BackendBuffer k_, v_;  // (L, capacity, kv_dim)
+  BackendBuffer k_, v_;  // per layer (capacity, kv_dim(l)), one after the other
   int64_t state_layers_ = 0, state_floats_ = 0, state_pos_ = 0;
   BackendBuffer state_;  // (state layers, state floats)
   std::vector<int> tokens_;

@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <set>
 #include <string>
@@ -237,7 +238,7 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
   for (int64_t l = 0; l < spec.n_layers; ++l) {
     LayerWeights& L = m.layers_[static_cast<size_t>(l)];
     auto name = [l](const char* module, const char* suffix = "weight") { return layer_tensor_name(l, module, suffix); };
-    const auto lin = spec.block_linears();
+    const auto lin = spec.block_linears(l);
     auto linear = [&](int w) {
       // (fused into another Linear of this family, or not of this layer's kind)
       if (!lin[w].module || !spec.layer_has_linear(l, w)) return;
@@ -319,6 +320,14 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     if (spec.moe()) load_moe_layer(L, spec, l, src, opt, progress);
     for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
+    if (spec.v_norm) L.unit_norm.assign(static_cast<size_t>(spec.max_head_dim()), 1.0f);  // (VHead)
+    if (spec.layer_scalar) {
+      const std::string n = "model.layers." + std::to_string(l) + ".layer_scalar";
+      const std::vector<float> v = load_vector(src, n, opt.compute_dtype);
+      check(v.size() == 1 && std::isfinite(v[0]), n, "must hold one finite value");
+      L.layer_scalar = v[0];
+      progress(n);
+    }
   }
   if (spec.final_norm) {
     if (spec.norm_weights) {
@@ -404,7 +413,8 @@ const std::vector<float>& LayerWeights::norm(NormRole role) const {
     case NormRole::PostFfn: return post_ffn_norm;
     case NormRole::QHead: return q_norm;
     case NormRole::KHead: return k_norm;
-    case NormRole::Unit: return unit_norm;
+    case NormRole::Unit:
+    case NormRole::VHead: return unit_norm;
   }
   fail("LayerWeights::norm", "no such norm");
 }
@@ -542,7 +552,7 @@ void Model::set_adapter(const LoraModel* a) {
 
 InferenceState::InferenceState(const ModelSpec& spec, int64_t capacity, Backend& backend, ComputeDType kv_dtype)
     : backend_(&backend),
-      cache_(spec.kv_layers(), spec.kv_dim(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
+      cache_(spec.kv_dims(), std::clamp<int64_t>(capacity, 1, spec.max_positions),
              /*allocate=*/false, backend, kv_dtype) {
   if (spec.hybrid()) cache_.set_state_layers(spec.state_layers(), spec.la_state_floats());
 }
@@ -551,7 +561,7 @@ void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   if (T <= scratch_T_) return;
   const ModelSpec& s = p.spec();
   Backend& be = *backend_;
-  const int64_t half = s.head_dim / 2;
+  const int64_t half = s.rope_table_dims(false) / 2, half_local = s.rope_table_dims(true) / 2;
   x_.ensure(be, T * s.hidden);
   h_.ensure(be, T * s.hidden);
   if (s.projects_embeddings()) emb_.ensure(be, T * s.embed_width());
@@ -561,14 +571,14 @@ void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
   cos_.ensure(be, T * half);
   sin_.ensure(be, T * half);
   if (s.rope_local) {
-    cos_local_.ensure(be, T * half);
-    sin_local_.ensure(be, T * half);
+    cos_local_.ensure(be, T * half_local);
+    sin_local_.ensure(be, T * half_local);
   }
   key_start_.ensure(be, T);
   pos_.resize(static_cast<size_t>(T));
   key_start_host_.resize(static_cast<size_t>(T));
-  cos_host_.resize(static_cast<size_t>(T * half));
-  sin_host_.resize(static_cast<size_t>(T * half));
+  cos_host_.resize(static_cast<size_t>(T * std::max(half, half_local)));
+  sin_host_.resize(static_cast<size_t>(T * std::max(half, half_local)));
   scratch_T_ = T;
 }
 
@@ -673,7 +683,8 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   st.scratch_.ensure(be, sf.total());
   const BlockScratch scratch = BlockScratch::carve(st.scratch_.data(), sf);
 
-  const int64_t C = s.hidden, HS = s.rope_dims(), half = s.head_dim / 2;
+  const int64_t C = s.hidden, HS = s.rope_table_dims(false), half = HS / 2;
+  const int64_t HS_local = s.rope_table_dims(true), half_local = HS_local / 2;
   float* x = st.x_.data();  // (T, C) residual stream
   float* h = st.h_.data();  // (T, C) final norm output
 
@@ -686,10 +697,10 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   be.upload(st.sin_.data(), st.sin_host_.data(), T * half);
   if (s.rope_local) {
     be.synchronize();  // (the staging vectors are reused)
-    rope_tables(st.cos_host_.data(), st.sin_host_.data(), st.pos_.data(), T, HS, s.rope_theta_local,
+    rope_tables(st.cos_host_.data(), st.sin_host_.data(), st.pos_.data(), T, HS_local, s.rope_theta_local,
                 s.rope_scaling_local);
-    be.upload(st.cos_local_.data(), st.cos_host_.data(), T * half);
-    be.upload(st.sin_local_.data(), st.sin_host_.data(), T * half);
+    be.upload(st.cos_local_.data(), st.cos_host_.data(), T * half_local);
+    be.upload(st.sin_local_.data(), st.sin_host_.data(), T * half_local);
   }
   // A sliding window narrows each query's keys once the sequence is longer than it.
   // (on the layers that slide: all of them for mistral, every other one for gemma2)
@@ -815,7 +826,6 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   const BlockScratch scratch = BlockScratch::carve(work.scratch_.data(), sf);
 
   // (the tables' rows are rope_dims() / 2 wide: partial rotary rotates fewer dims than head_dim)
-  const int64_t HS = s.rope_dims(), half = HS / 2;
   float* x = work.x_.data();
   float* h = work.h_.data();
   for (int64_t i = 0; i < N; ++i) work.pos_[static_cast<size_t>(i)] = static_cast<int32_t>(caches[static_cast<size_t>(i)]->length());
@@ -823,17 +833,18 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
                 scratch.lora);
   // Each row's rotary table on its own, as forward() computes it for that one token (dynamic
   // NTK scaling depends on the forward's longest sequence).
-  auto tables = [&](float* cos_dev, float* sin_dev, float theta, const RopeScaling& scaling) {
+  auto tables = [&](float* cos_dev, float* sin_dev, float theta, const RopeScaling& scaling, bool local) {
+    const int64_t HS = s.rope_table_dims(local), half = HS / 2;
     for (int64_t i = 0; i < N; ++i)
       rope_tables(work.cos_host_.data() + i * half, work.sin_host_.data() + i * half, work.pos_.data() + i, 1, HS,
                   theta, scaling);
     be.upload(cos_dev, work.cos_host_.data(), N * half);
     be.upload(sin_dev, work.sin_host_.data(), N * half);
   };
-  tables(work.cos_.data(), work.sin_.data(), s.rope_theta, s.rope_scaling);
+  tables(work.cos_.data(), work.sin_.data(), s.rope_theta, s.rope_scaling, false);
   if (s.rope_local) {
     be.synchronize();  // (the staging vectors are reused)
-    tables(work.cos_local_.data(), work.sin_local_.data(), s.rope_theta_local, s.rope_scaling_local);
+    tables(work.cos_local_.data(), work.sin_local_.data(), s.rope_theta_local, s.rope_scaling_local, true);
   }
   const int32_t* window_start = nullptr;
   if (s.sliding_window > 0) {

@@ -37,7 +37,10 @@ struct LayerWeights {
   std::vector<float> q_norm, k_norm;  // (HS) each, qk_norm models only (else empty)
   // qk_norm_head_weights models: q_norm / k_norm hold (heads, HS) weights, and these the unit
   // weight and zero bias (HS) of the per-head norm before them (NormRole::Unit).
+  // (v_norm models: unit_norm is also the values' unit weight, NormRole::VHead, max_head_dim wide.)
   std::vector<float> unit_norm, unit_norm_bias;
+  // layer_scalar models (Gemma 4): the block output's factor, in the compute dtype.
+  float layer_scalar = 1.0f;
   // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
   // MLP input and output (else empty).
   std::vector<float> pre_ffn_norm, post_ffn_norm;

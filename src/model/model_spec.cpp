@@ -132,11 +132,35 @@ void ModelSpec::validate(const std::string& where) const {
     if (fused_qkv || post_norm || parallel_residual || !pre_norms || sandwich_norms || norm != NormKind::RMSNorm)
       fail(where, "linear-attention layers are built on a sequential pre-RMSNorm block with separate q/k/v (Qwen3.5's)");
   }
+  if (has_global_geometry() || global_kv_heads != 0 || global_k_eq_v) {
+    if (global_head_dim <= 0 || global_head_dim > 65536 || global_head_dim % 2 != 0)
+      fail(where, "global_head_dim must be positive and even, got " + std::to_string(global_head_dim));
+    if (global_kv_heads < 0 || (global_kv_heads > 0 && n_heads % global_kv_heads != 0))
+      fail(where, "number of attention heads (" + std::to_string(n_heads) +
+                      ") is not a multiple of num_global_key_value_heads (" + std::to_string(global_kv_heads) + ")");
+    if (sliding_layers.empty() || hybrid() || !rope_local)
+      fail(where, "full-attention layers of their own geometry need layer_types naming them, a rope of their own "
+                  "(rope_parameters per layer type) and no linear attention");
+    if (fused_qkv || clip_qkv > 0.0f || attn_output_gate || qk_norm_full || qk_norm_head_weights ||
+        qk_norm_after_rope || positional != PositionalKind::Rotary || rotary_dim != 0 || rope_interleaved)
+      fail(where, "full-attention layers of their own geometry are built for separate q/k/v projections with "
+                  "per-head q/k norms before a whole-head rotary (Gemma 4's)");
+  }
   if (q_pos_scale_beta != 0.0f && (!std::isfinite(q_pos_scale_beta) || q_pos_scale_period <= 0))
     fail(where, "llama_4_scaling_beta needs a finite beta and a positive original_max_position_embeddings");
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
+}
+
+std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears(int64_t layer) const {
+  auto l = block_linears();
+  if (!layer_global(layer)) return l;
+  const AttentionGeometry g = attention_geometry(true);
+  l[0].out = g.q_dim();
+  l[1].out = l[2].out = g.kv_dim();
+  l[3].in = g.q_dim();
+  return l;
 }
 
 std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const {
@@ -186,9 +210,9 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
 
 std::vector<TensorSpec> ModelSpec::tensors() const {
   std::vector<TensorSpec> t;
-  const auto lin = block_linears();
   // Weights of Linears [b, e), then their biases (the order Hugging Face checkpoints list).
   auto linears = [&](int64_t l, int b, int e) {
+    const auto lin = block_linears(l);
     for (int i = b; i < e; ++i)
       if (lin[i].module && layer_has_linear(l, i)) t.push_back({layer_tensor_name(l, lin[i].module), {lin[i].out, lin[i].in}});
     for (int i = b; i < e; ++i)
@@ -222,7 +246,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (pre_norms) t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
     }
-    if (qk_norm && !layer_is_linear_attn(l)) {
+    if (qk_norm && layer_global(l)) {  // (Gemma 4's full-attention layers: their own head size)
+      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {global_head_dim}});
+      t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {global_head_dim}});
+    } else if (qk_norm && !layer_is_linear_attn(l)) {
       if (qk_norm_tensor_per_head) {
         for (int64_t h = 0; h < n_heads; ++h)
           t.push_back({layer_tensor_name(l, qk_head_norm_module(false, h)), {head_dim}});
@@ -262,6 +289,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (shared_expert) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     }
     linears(l, 4, 7);  // gate, up, down (MoE: the shared expert's)
+    if (layer_scalar) t.push_back({"model.layers." + std::to_string(l) + ".layer_scalar", {1}});
   }
   if (final_norm && norm_weights) {
     t.push_back({"model.norm.weight", {hidden}});
@@ -287,7 +315,12 @@ std::string ModelSpec::summary() const {
   // (a vision-language checkpoint: its language model, which is what runs)
   return (hf_wrapper.empty() ? "" : "the language model of a " + hf_wrapper + " (vision tower not loaded; text only), ") +
          family + ": " + std::to_string(n_layers) + " layers, hidden " + std::to_string(hidden) + ", heads " +
-         std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " x " + std::to_string(head_dim) + ", ffn " +
+         std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " x " + std::to_string(head_dim) +
+         (has_global_geometry() ? " (full-attention layers " + std::to_string(n_heads) + "/" +
+                                      std::to_string(attention_geometry(true).kv_heads) + " x " +
+                                      std::to_string(global_head_dim) + (global_k_eq_v ? ", values = keys" : "") + ")"
+                                : "") +
+         ", ffn " +
          std::to_string(ffn) + ", vocab " + std::to_string(vocab) + (tied_embeddings ? ", tied embeddings" : "") +
          (moe() ? ", " + std::to_string(n_experts) + " experts (" + std::to_string(experts_per_token) +
                       " per token) of ffn " + std::to_string(expert_ffn) + (shared_expert ? " + a shared expert" : "")

@@ -7,6 +7,7 @@
 // attention (with qwen3's per-head q/k norms and mistral's sliding window), SwiGLU MLP. The enums below name the block variants other families need
 // (gpt2: LayerNorm + learned positions + GELU MLP; gpt_neox: partial rotary, parallel
 // residual; opt: ReLU MLP) so that adding one is adding a spec and a few block variants.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <array>
@@ -70,7 +71,10 @@ struct RopeScaling {
   // chosen per forward by its length (transformers recomputes at each forward that grows
   // past the longest so far; cached keys keep their rotation). The model runs up to
   // factor x the original context (max_positions).
-  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors, LongRope, Dynamic };
+  // Proportional (Gemma 4's full-attention layers): the default frequencies of the first
+  // int(rotated_fraction * dims / 2) pairs, zero (no rotation) for the others, all divided
+  // by factor -- rotate_half pairs that span the whole head, unlike partial rotary.
+  enum class Type : uint8_t { None, Linear, Llama3, Yarn, Factors, LongRope, Dynamic, Proportional };
   Type type = Type::None;
   float factor = 1.0f;
   int64_t original_max_positions = 0;             // llama3, yarn
@@ -80,6 +84,7 @@ struct RopeScaling {
   float attention_factor = 1.0f;                  // yarn: cos and sin are multiplied by it
   std::vector<float> freq_factors;                // Factors: head_dim / 2 values
   std::vector<float> short_factor, long_factor;   // LongRope: rotary dims / 2 values each
+  float rotated_fraction = 1.0f;                  // Proportional: partial_rotary_factor
   const char* name() const {
     switch (type) {
       case Type::None: return "default";
@@ -89,6 +94,7 @@ struct RopeScaling {
       case Type::Factors: return "frequency factors";
       case Type::LongRope: return "longrope";
       case Type::Dynamic: return "dynamic";
+      case Type::Proportional: return "proportional";
     }
     return "?";
   }
@@ -320,6 +326,7 @@ struct ModelSpec {
   // attention layers have no DeltaNet Linears and its linear-attention layers no q, k, v, o.
   // (The family may still lack it: block_linears()' module null.)
   bool layer_has_linear(int64_t l, int which) const {
+    if (which == 2 && global_k_eq_v && layer_global(l)) return false;  // (Gemma 4: values = keys' projection)
     if (!hybrid()) return which < kAttentionLinears;
     return layer_is_linear_attn(l) ? which >= 4 : which < kAttentionLinears;
   }
@@ -339,6 +346,64 @@ struct ModelSpec {
   int64_t state_layers() const { return n_layers - kv_layers(); }
   int64_t state_layer(int64_t l) const { return l - kv_layer(l); }
 
+  // Gemma 4: the full-attention (non-sliding) layers have their own geometry, global_head_dim
+  // wide heads and global_kv_heads key/value heads (0: head_dim / n_kv_heads), rotating with
+  // rope_theta / rope_scaling over the whole head (the sliding layers with the local rope);
+  // with global_k_eq_v their values are the key projection's output (no v_proj: the keys are
+  // then normed and rotated, the values only v-normed). REQUIRES sliding_layers.
+  int64_t global_head_dim = 0, global_kv_heads = 0;
+  bool global_k_eq_v = false;
+  // Gemma 4: an RMSNorm without weight over each value head (v_norm), and attention scores
+  // not scaled (attn_scale 1).
+  bool v_norm = false;
+  // Gemma 4: each block's output is multiplied by its layer's scalar (model.layers.<l>.layer_scalar,
+  // one value), rounded to the compute dtype.
+  bool layer_scalar = false;
+  bool has_global_geometry() const { return global_head_dim > 0; }
+  // Whether layer l is one of those full-attention layers.
+  bool layer_global(int64_t l) const {
+    return has_global_geometry() && !layer_is_linear_attn(l) && !sliding_layers.empty() &&
+           !sliding_layers[static_cast<size_t>(l)];
+  }
+  // Layer l's attention geometry: its heads, key/value heads, head size, rotary dims and
+  // whether its values are its keys' projection.
+  struct AttentionGeometry {
+    int64_t heads = 0, kv_heads = 0, head_dim = 0, rope_dims = 0;
+    bool k_eq_v = false;
+    int64_t q_dim() const { return heads * head_dim; }
+    int64_t kv_dim() const { return kv_heads * head_dim; }
+  };
+  AttentionGeometry attention_geometry(bool global) const {
+    AttentionGeometry g{n_heads, n_kv_heads, head_dim, rope_dims(), false};
+    if (global && has_global_geometry()) {
+      g.head_dim = g.rope_dims = global_head_dim;
+      if (global_kv_heads > 0) g.kv_heads = global_kv_heads;
+      g.k_eq_v = global_k_eq_v;
+    }
+    return g;
+  }
+  AttentionGeometry layer_geometry(int64_t l) const { return attention_geometry(layer_global(l)); }
+  // The first full-attention layer of its own geometry, or 0 when none (its Linears' shapes
+  // are then every layer's).
+  int64_t first_global_layer() const {
+    for (int64_t l = 0; l < n_layers; ++l)
+      if (layer_global(l)) return l;
+    return 0;
+  }
+  int64_t layer_kv_dim(int64_t l) const { return layer_geometry(l).kv_dim(); }
+  // The rotary dims of the tables the layers read: the local rope's (rope_local models'
+  // sliding layers) or the other layers'.
+  int64_t rope_table_dims(bool local) const { return attention_geometry(!local).rope_dims; }
+  // The widest head of any layer (rotary tables and per-head scratch are sized by it).
+  int64_t max_head_dim() const { return std::max(head_dim, global_head_dim); }
+  // The key/value widths of the layers with keys and values (the KV cache's, kv_layers() of them).
+  std::vector<int64_t> kv_dims() const {
+    std::vector<int64_t> d;
+    for (int64_t l = 0; l < n_layers; ++l)
+      if (!layer_is_linear_attn(l)) d.push_back(layer_kv_dim(l));
+    return d;
+  }
+
   int bos_id = -1;               // -1: none
   std::vector<int> eos_ids;      // generation stops at any of these
   int pad_id = -1;
@@ -351,8 +416,11 @@ struct ModelSpec {
   void validate(const std::string& where) const;
 
   // The block Linears of this model, in kBlockLinearModules order (module null where the
-  // family has none; layer_has_linear says which of them a given layer holds).
+  // family has none; layer_has_linear says which of them a given layer holds). Models whose
+  // layers differ in shape (has_global_geometry) give each layer's with block_linears(l);
+  // block_linears() is then the sliding layers'.
   std::array<BlockLinearSpec, kBlockLinearCount> block_linears() const;
+  std::array<BlockLinearSpec, kBlockLinearCount> block_linears(int64_t layer) const;
 
   // Every tensor the model reads, in load order, with its shape ([out, in] for Linear).
   // lm_head.weight is listed only when embeddings are not tied.

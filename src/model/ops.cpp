@@ -62,6 +62,13 @@ std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc,
     case RopeScaling::Type::Linear:
       for (float& f : inv) f /= sc.factor;
       break;
+    case RopeScaling::Type::Proportional: {
+      // transformers' _compute_proportional_rope_parameters: int(fraction * HS // 2) pairs rotate.
+      const int64_t rotated =
+          static_cast<int64_t>(std::floor(static_cast<double>(sc.rotated_fraction) * static_cast<double>(HS) / 2.0));
+      for (int64_t i = 0; i < half; ++i) inv[i] = i < rotated ? inv[i] / sc.factor : 0.0f;
+      break;
+    }
     case RopeScaling::Type::Factors:
       check(static_cast<int64_t>(sc.freq_factors.size()) == half, "rotary frequency factors",
             std::to_string(sc.freq_factors.size()) + " values for a head of " + std::to_string(HS));

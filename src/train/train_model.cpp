@@ -236,11 +236,11 @@ void block_backward(float* dxin, TrainWorkspace::Impl& w, Block& b, LoraModel& l
 
 // Rotary tables for the batch's positions, computed on the host, into (cos, sin).
 void upload_rope_tables(TrainWorkspace::Impl& w, BackendBuffer& cos, BackendBuffer& sin, const ModelSpec& s, float theta,
-                        const RopeScaling& scaling) {
-  const int64_t T = w.T, n = T * (s.head_dim / 2);
+                        const RopeScaling& scaling, bool local) {
+  const int64_t T = w.T, HS = s.rope_table_dims(local), n = T * (HS / 2);
   w.cos_host.resize(static_cast<size_t>(n));
   w.sin_host.resize(static_cast<size_t>(n));
-  rope_tables(w.cos_host.data(), w.sin_host.data(), w.pos.data(), T, s.rope_dims(), theta, scaling);
+  rope_tables(w.cos_host.data(), w.sin_host.data(), w.pos.data(), T, HS, theta, scaling);
   cos.ensure(*w.be, n);
   sin.ensure(*w.be, n);
   w.be->upload(cos.data(), w.cos_host.data(), n);
@@ -316,11 +316,11 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
     be.upload(w.key_start_win.data(), w.key_start_host.data(), T);
     be.synchronize();
   }
-  upload_rope_tables(w, w.cos, w.sin, s, s.rope_theta, s.rope_scaling);
+  upload_rope_tables(w, w.cos, w.sin, s, s.rope_theta, s.rope_scaling, false);
   w.q_scale.clear();  // (Ministral 3's per-position query scale, host memory)
   if (s.q_pos_scale_beta != 0.0f)
     for (int32_t p : w.pos) w.q_scale.push_back(s.q_pos_scale(p));
-  if (s.rope_local) upload_rope_tables(w, w.cos_l, w.sin_l, s, s.rope_theta_local, s.rope_scaling_local);
+  if (s.rope_local) upload_rope_tables(w, w.cos_l, w.sin_l, s, s.rope_theta_local, s.rope_scaling_local, true);
   w.rng_at_block.clear();
   w.hf.ensure(be, T * C);
   const int64_t E = s.embed_width();

@@ -81,6 +81,14 @@ _HYBRID = dict(num_hidden_layers=3, head_dim=32, tie_word_embeddings=False, init
 _HYBRID_GGUF = {**_HYBRID, "linear_value_head_dim": 16}
 _HYBRID_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
                    _moe=True)
+# Gemma 4's dense shape (see "gemma4_text").
+_GEMMA4 = dict(num_hidden_layers=4, head_dim=16, global_head_dim=32, hidden_activation="gelu_pytorch_tanh",
+               sliding_window=8, final_logit_softcapping=30.0, tie_word_embeddings=True, initializer_range=0.1,
+               hidden_size_per_layer_input=0, num_kv_shared_layers=0, enable_moe_block=False,
+               layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+               rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                                   "rope_theta": 1000000.0}})
 FAMILIES = {
     # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
@@ -289,6 +297,21 @@ FAMILIES = {
                          "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}})),
     "gemma": ("GemmaConfig", dict(rope_theta=10000.0, head_dim=32, hidden_act="gelu_pytorch_tanh",
                                   tie_word_embeddings=True)),
+    # Gemma 4's dense text model: layers sliding (head 16, window 8) and full (head 32, one
+    # key/value head whose values are the key projection: attention_k_eq_v), the full layers'
+    # proportional rotary over a quarter of the head, v_norm, unscaled scores, layer_scalar
+    # (drawn at random below), a final soft cap. No per-layer embeddings, shared KV or MoE.
+    "gemma4_text": ("Gemma4TextConfig", dict(_GEMMA4, attention_k_eq_v=True, num_global_key_value_heads=1)),
+    # Gemma 4 as the Hub has it (Gemma4ForConditionalGeneration): the language model under
+    # model.language_model. (here without k_eq_v: the full layers keep v_proj and the sliding
+    # layers' key/value heads), a tiny vision tower under model.vision_tower / embed_vision.
+    "gemma4": ("Gemma4Config", dict(
+        _GEMMA4, attention_k_eq_v=False, _text_type="gemma4_text",
+        _targets=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        _wrapper=dict(vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, head_dim=16, position_embedding_size=64, patch_size=4,
+                                         pooling_kernel_size=2),
+                      audio_config=None, tie_word_embeddings=True))),
     # Phi-3: fused qkv_proj and gate_up_proj (PEFT adapts the fused modules), a sliding
     # window shorter than the prompt, untied head.
     "phi3": ("Phi3Config", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
@@ -494,6 +517,10 @@ def make_model(family: str):
                 p.copy_(0.5 + torch.rand(p.shape, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
+        gl = torch.Generator().manual_seed(98)  # (Gemma 4's per-layer output scalars, a buffer)
+        for name, b in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gl))
     model.eval()
     return model
 
@@ -1216,7 +1243,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text")
+                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -209,6 +209,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                 return std::vector<float>(w.begin() + h * HS, w.begin() + (h + 1) * HS);
               }
         if (rest == "self_attn.sinks" && !L.attn_sinks.empty()) return L.attn_sinks;
+        if (rest == "layer_scalar" && model.spec().layer_scalar) return {L.layer_scalar};
         if (model.spec().layer_is_linear_attn(l)) {  // the gated DeltaNet's own parameters
           if (rest == "linear_attn.dt_bias") return L.la_dt_bias;
           if (rest == "linear_attn.A_log") return L.la_A_log;

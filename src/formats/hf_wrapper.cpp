@@ -13,7 +13,7 @@ namespace {
 
 // transformers' classes: Gemma3Config (tie_word_embeddings True), Mistral3Config (True),
 // LlavaConfig (False, text_config a LlamaConfig by default).
-constexpr std::array<HfWrapper, 7> kWrappers = {{
+constexpr std::array<HfWrapper, 8> kWrappers = {{
     {"gemma3", "gemma3_text", true},
     {"mistral3", "mistral", true},
     {"llava", "llama", false},
@@ -23,11 +23,13 @@ constexpr std::array<HfWrapper, 7> kWrappers = {{
     // Qwen3_5Config (tie_word_embeddings false; the small ones' files say true)
     {"qwen3_5", "qwen3_5_text", false},
     {"qwen3_5_moe", "qwen3_5_moe_text", false},
+    // Gemma4Config (tie_word_embeddings True)
+    {"gemma4", "gemma4_text", true},
 }};
 
 // The other parts' prefixes (with or without "model."): never the language model's.
-constexpr std::string_view kOtherParts[] = {"visual.", "vision_tower.", "multi_modal_projector.", "vision_model.",
-                                            "image_newline"};
+constexpr std::string_view kOtherParts[] = {"visual.",       "vision_tower.", "multi_modal_projector.", "vision_model.",
+                                            "image_newline", "embed_vision.", "audio_tower.",           "embed_audio."};
 
 constexpr std::string_view kHubModel = "language_model.model.";  // the files' form
 constexpr std::string_view kModuleModel = "model.language_model.";  // transformers' module paths

@@ -250,3 +250,74 @@ TEST(HfConfig, Qwen35HybridConfigsAndTheirErrors) {
   EXPECT_NE(err(R"("full_attention_interval":0)").find("full_attention_interval"), std::string::npos);
   EXPECT_NE(err(R"("linear_conv_kernel_dim":0)").find("linear_conv_kernel_dim"), std::string::npos);
 }
+
+// Gemma 4's dense text model as its config.json is published (global_head_dim, the key/value
+// heads the full-attention layers share with attention_k_eq_v) and as transformers 5 saves it
+// (per_layer_config): the same spec. The forms that are not run yet are refused by name.
+TEST(HfConfig, Gemma4DenseConfigsAndTheirErrors) {
+  const std::string text = R"({"model_type":"gemma4_text","hidden_size":3840,"intermediate_size":15360,
+    "num_hidden_layers":12,"num_attention_heads":16,"num_key_value_heads":8,"head_dim":256,"global_head_dim":512,
+    "num_global_key_value_heads":2,"attention_k_eq_v":true,"vocab_size":262144,"sliding_window":1024,
+    "hidden_size_per_layer_input":0,"num_kv_shared_layers":0,"enable_moe_block":false,"final_logit_softcapping":30.0,
+    "rope_parameters":{"full_attention":{"rope_type":"proportional","partial_rotary_factor":0.25,"rope_theta":1000000.0},
+                       "sliding_attention":{"rope_type":"default","rope_theta":10000.0}})";
+  const ModelSpec s = spec_from_hf_config(json::parse(text + "}"), "config.json");
+  EXPECT_EQ(s.family, "gemma4_text");
+  ASSERT_TRUE(s.has_global_geometry());
+  for (int64_t l = 0; l < 12; ++l) EXPECT_EQ(s.layer_global(l), l == 5 || l == 11) << "every sixth layer, the last one full";
+  const ModelSpec::AttentionGeometry g = s.layer_geometry(5), local = s.layer_geometry(0);
+  EXPECT_EQ(g.head_dim, 512);
+  EXPECT_EQ(g.kv_heads, 2);
+  EXPECT_TRUE(g.k_eq_v);
+  EXPECT_EQ(local.head_dim, 256);
+  EXPECT_EQ(local.kv_heads, 8);
+  EXPECT_FALSE(s.layer_has_linear(5, 2)) << "no v_proj where the values are the key projection";
+  EXPECT_TRUE(s.layer_has_linear(4, 2));
+  EXPECT_EQ(s.block_linears(5)[0].out, 16 * 512);
+  EXPECT_EQ(s.block_linears(5)[3].in, 16 * 512);
+  EXPECT_EQ(s.block_linears(4)[1].out, 8 * 256);
+  EXPECT_EQ(s.kv_dims()[5], 2 * 512);
+  EXPECT_EQ(s.rope_scaling.type, RopeScaling::Type::Proportional);
+  EXPECT_EQ(s.attn_scale, 1.0f);
+  EXPECT_TRUE(s.tied_embeddings);
+  EXPECT_NE(s.summary().find("full-attention layers 16/2 x 512"), std::string::npos) << s.summary();
+
+  // transformers 5's saved form of the same geometry
+  json saved = json::parse(text + "}");
+  saved.erase("global_head_dim");
+  saved.erase("num_global_key_value_heads");
+  saved["per_layer_config"] = {{"5", {{"head_dim", 512}, {"num_key_value_heads", 2}}},
+                               {"11", {{"head_dim", 512}, {"num_key_value_heads", 2}}}};
+  const ModelSpec t = spec_from_hf_config(saved, "config.json");
+  EXPECT_EQ(t.global_head_dim, 512);
+  EXPECT_EQ(t.global_kv_heads, 2);
+  EXPECT_EQ(t.tensors().size(), s.tensors().size());
+
+  // (without attention_k_eq_v the full-attention layers keep num_key_value_heads, as transformers does)
+  const ModelSpec u = spec_from_hf_config(json::parse(text + R"(,"attention_k_eq_v":false})"), "config.json");
+  EXPECT_EQ(u.layer_geometry(5).kv_heads, 8);
+  EXPECT_TRUE(u.layer_has_linear(5, 2));
+
+  auto err = [&](const std::string& extra) { return error_of(text + "," + extra + "}"); };
+  EXPECT_EQ(err(R"("sliding_window":512)"), "");
+  EXPECT_NE(err(R"("hidden_size_per_layer_input":256)").find("per-layer embeddings"), std::string::npos);
+  EXPECT_NE(error_of(R"({"model_type":"gemma4_text","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+                         "intermediate_size":96,"vocab_size":160})")
+                .find("hidden_size_per_layer_input"),
+            std::string::npos)
+      << "the class default (256) has per-layer embeddings";
+  EXPECT_NE(err(R"("num_kv_shared_layers":4)").find("num_kv_shared_layers"), std::string::npos);
+  EXPECT_NE(err(R"("enable_moe_block":true)").find("mixture-of-experts"), std::string::npos);
+  EXPECT_NE(err(R"("use_bidirectional_attention":"all")").find("use_bidirectional_attention"), std::string::npos);
+  EXPECT_EQ(err(R"("use_bidirectional_attention":"vision")"), "");
+  EXPECT_NE(err(R"("attn_logit_softcapping":50.0)").find("attn_logit_softcapping"), std::string::npos);
+  EXPECT_NE(err(R"("per_layer_config":{"4":{"head_dim":512}})").find("sliding layer"), std::string::npos);
+  EXPECT_NE(err(R"("per_layer_config":{"5":{"head_dim":512},"11":{"head_dim":256}})").find("one geometry"),
+            std::string::npos);
+  EXPECT_NE(err(R"("per_layer_config":{"5":{"head_dim":512}})").find("overrides 1 layers"), std::string::npos);
+  EXPECT_NE(err(R"("per_layer_config":{"5":{"intermediate_size":1},"11":{"intermediate_size":1}})").find("intermediate_size"),
+            std::string::npos);
+  EXPECT_NE(err(R"("per_layer_config":{"x":{}})").find("not a layer index"), std::string::npos);
+  EXPECT_NE(err(R"("global_head_dim":511)").find("global_head_dim"), std::string::npos);
+  EXPECT_NE(err(R"("num_global_key_value_heads":3)").find("num_global_key_value_heads"), std::string::npos);
+}

@@ -3,6 +3,8 @@
 // query_pre_attn_scalar and alternating sliding windows; Gemma 3 per-head q/k norms and a
 // local rotary on its sliding layers.
 #include <cmath>
+#include <optional>
+#include <utility>
 
 #include "base/error.h"
 #include "formats/config_reader.h"
@@ -63,6 +65,107 @@ void gemma3_read(const json& j, const std::string& where, ModelSpec& s) {
   config::layer_type_rope(j, where, s, 1e6f, 1e4f);
 }
 
+// Gemma 4 (gemma4_text; transformers' Gemma4TextConfig / Gemma4TextModel): plain-weight RMSNorms
+// computed in float32 and rounded once, per-head q/k norms and a weightless v norm, scores
+// unscaled, and full-attention layers of their own geometry (global_head_dim, with
+// attention_k_eq_v num_global_key_value_heads and values taken from the key projection)
+// rotating with the proportional rope over the whole head; each block's output times its
+// layer_scalar. The dense models (Gemma 4 31B's form) run here; the per-layer embeddings, the
+// shared KV layers (E2B / E4B) and the MoE block (26B-A4B) are refused by name.
+void gemma4_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.mlp = MlpKind::GeGLU;
+  s.embed_scale = true;
+  s.norm_round_once = true;
+  s.sandwich_norms = true;
+  s.qk_norm = true;
+  s.v_norm = true;
+  s.layer_scalar = true;
+  s.attn_scale = 1.0f;
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  s.final_softcap = nullable_float(j, "final_logit_softcapping", where, 0.0f);
+  if (config::find_key(j, "attn_logit_softcapping") && nullable_float(j, "attn_logit_softcapping", where, 0.0f) > 0.0f)
+    fail(where, "attn_logit_softcapping is not part of Gemma 4's attention (transformers' Gemma4TextAttention has none)");
+  auto refuse = [&](bool on, const std::string& what) {
+    if (on) fail(where, what + " (Gemma 4 E2B / E4B / 26B-A4B) is not supported yet: the dense Gemma 4 models run");
+  };
+  refuse(config::get_int(j, "hidden_size_per_layer_input", where, 256) != 0,
+         "hidden_size_per_layer_input (per-layer embeddings)");
+  refuse(config::get_int(j, "num_kv_shared_layers", where, 0) != 0, "num_kv_shared_layers (layers sharing keys and values)");
+  refuse(config::get_bool(j, "enable_moe_block", where, false), "enable_moe_block (the mixture-of-experts block)");
+  if (const json* b = config::find_key(j, "use_bidirectional_attention"); b && !b->is_null())
+    if (!b->is_string() || b->get<std::string>() != "vision")
+      fail(where, "use_bidirectional_attention " + b->dump() + ": only causal text attention (null or \"vision\") runs");
+  s.sliding_window = config::get_int(j, "sliding_window", where, 512);
+  s.sliding_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
+  if (auto lt = config::sliding_layer_types(j, s.n_layers, where)) {
+    s.sliding_layers = std::move(*lt);
+  } else {
+    for (int64_t l = 0; l < s.n_layers; ++l) s.sliding_layers[static_cast<size_t>(l)] = (l + 1) % 6 != 0;
+  }
+  if (s.n_layers > 0) s.sliding_layers.back() = false;  // (transformers forces the last layer to full attention)
+  // Rotary: per layer type (transformers 5's rope_parameters), else the class defaults --
+  // sliding layers theta 1e4, full-attention ones proportional over a quarter of the head at 1e6.
+  s.rope_local = true;
+  s.rope_theta_local = 10000.0f;
+  if (!config::layer_type_rope(j, where, s, 1e6f, 1e4f)) {
+    if (config::find_key(j, "rope_parameters") || config::find_key(j, "rope_scaling") || config::find_key(j, "rope_theta"))
+      fail(where, "Gemma 4's rotary is given per layer type: rope_parameters {\"full_attention\": ..., "
+                  "\"sliding_attention\": ...}");
+    s.rope_theta = 1e6f;
+    s.rope_scaling = RopeScaling{};
+    s.rope_scaling.type = RopeScaling::Type::Proportional;
+    s.rope_scaling.rotated_fraction = 0.25f;
+    s.rope_scaling_local = RopeScaling{};
+  }
+  s.rope_local = true;
+  // The full-attention layers' geometry: per_layer_config as transformers 5 saves it (layer
+  // index -> head_dim / num_key_value_heads), else Gemma4TextConfig.__post_init__'s from
+  // global_head_dim (class default 512) and, for attention_k_eq_v models only,
+  // num_global_key_value_heads.
+  s.global_k_eq_v = config::get_bool(j, "attention_k_eq_v", where, false);
+  s.global_kv_heads = 0;
+  const json* plc = config::find_key(j, "per_layer_config");
+  if (plc && !plc->is_null()) {
+    if (!plc->is_object()) fail(where, "per_layer_config must map layer indices to their overrides");
+    std::optional<std::pair<int64_t, int64_t>> geo;  // (head_dim, kv heads) of every entry
+    int64_t entries = 0;
+    for (auto it = plc->begin(); it != plc->end(); ++it) {
+      const std::string in = "per_layer_config[\"" + it.key() + "\"]";
+      int64_t l = -1;
+      try {
+        size_t used = 0;
+        l = std::stoll(it.key(), &used);
+        if (used != it.key().size()) l = -1;
+      } catch (const std::exception&) {
+      }
+      if (l < 0 || l >= s.n_layers) fail(where, in + ": not a layer index of the model's " + std::to_string(s.n_layers));
+      if (s.sliding_layers[static_cast<size_t>(l)])
+        fail(where, in + ": overrides on a sliding layer are not supported (Gemma 4's are on its full-attention layers)");
+      if (!it.value().is_object()) fail(where, in + " must be an object");
+      for (auto kv = it.value().begin(); kv != it.value().end(); ++kv)
+        if (kv.key() != "head_dim" && kv.key() != "num_key_value_heads")
+          fail(where, in + ": override of '" + kv.key() + "' is not supported (head_dim, num_key_value_heads)");
+      const std::pair<int64_t, int64_t> g = {config::get_int(it.value(), "head_dim", where, s.head_dim),
+                                             config::get_int(it.value(), "num_key_value_heads", where, s.n_kv_heads)};
+      if (geo && *geo != g) fail(where, in + ": the full-attention layers must share one geometry");
+      geo = g;
+      ++entries;
+    }
+    int64_t full = 0;
+    for (int64_t l = 0; l < s.n_layers; ++l) full += s.sliding_layers[static_cast<size_t>(l)] ? 0 : 1;
+    if (entries != full)
+      fail(where, "per_layer_config overrides " + std::to_string(entries) + " layers; the model has " +
+                      std::to_string(full) + " full-attention layers, which must share one geometry");
+    s.global_head_dim = geo ? geo->first : s.head_dim;
+    s.global_kv_heads = geo ? geo->second : 0;
+  } else {
+    s.global_head_dim = config::get_int(j, "global_head_dim", where, 512);
+    if (s.global_k_eq_v)  // (the key/value head override applies to the models that share them only)
+      if (const json* g = config::find_key(j, "num_global_key_value_heads"); g && !g->is_null())
+        s.global_kv_heads = config::get_int(j, "num_global_key_value_heads", where, 0);
+  }
+}
+
 void gemma_write(const ModelSpec& s, ordered_json& j) {
   if (s.qkv_bias != s.o_bias)
     fail("config.json", "a " + s.family + " model with biases on q/k/v but not o (or the reverse) has no config.json form");
@@ -88,6 +191,30 @@ void gemma3_write(const ModelSpec& s, ordered_json& j) {
   j.erase("rope_scaling");
   j["rope_parameters"] = {{"full_attention", config::rope_parameters_json(s.rope_theta, s.rope_scaling)},
                           {"sliding_attention", config::rope_parameters_json(s.rope_theta_local, s.rope_scaling_local)}};
+}
+
+void gemma4_write(const ModelSpec& s, ordered_json& j) {
+  gemma_write(s, j);
+  j.erase("rope_theta");
+  j.erase("rope_scaling");
+  j.erase("hidden_act");
+  j["hidden_activation"] = "gelu_pytorch_tanh";
+  j["final_logit_softcapping"] = s.final_softcap > 0 ? ordered_json(s.final_softcap) : ordered_json();
+  j["sliding_window"] = s.sliding_window;
+  j["layer_types"] = config::layer_types_json(s);
+  j["rope_parameters"] = {{"full_attention", config::rope_parameters_json(s.rope_theta, s.rope_scaling)},
+                          {"sliding_attention", config::rope_parameters_json(s.rope_theta_local, s.rope_scaling_local)}};
+  // (the full-attention layers' geometry as transformers 5 saves it)
+  j["attention_k_eq_v"] = s.global_k_eq_v;
+  ordered_json plc = ordered_json::object();
+  for (int64_t l = 0; l < s.n_layers; ++l)
+    if (s.layer_global(l))
+      plc[std::to_string(l)] = {{"head_dim", s.global_head_dim}, {"num_key_value_heads", s.attention_geometry(true).kv_heads}};
+  j["per_layer_config"] = plc;
+  j["hidden_size_per_layer_input"] = 0;
+  j["num_kv_shared_layers"] = 0;
+  j["enable_moe_block"] = false;
+  j["use_double_wide_mlp"] = false;
 }
 
 void gemma_gguf(const GgufLlamaHParams&, ModelSpec& s) {
@@ -148,5 +275,8 @@ const ModelFamily kGemma3Text = [] {
   f.gguf_layer_names = kGemma23GgufNames;
   return f;
 }();
+
+const ModelFamily kGemma4Text{"gemma4_text", "Gemma4ForCausalLM", "", 256, 131072, 1000000.0f, true, true,
+                              gemma4_read, gemma4_write, nullptr};
 
 }  // namespace qlora::families

@@ -69,6 +69,15 @@ FAMILIES = {
                                                linear_num_key_heads=16, linear_num_value_heads=16,
                                                linear_key_head_dim=128, linear_value_head_dim=128,
                                                max_position_embeddings=4096, tie_word_embeddings=True)),
+    # Gemma 4's dense block at that size: 8 layers, the 6th and the last full attention with heads
+    # of 128 (two key/value heads whose values are the key projection), the others sliding (128
+    # positions) with heads of 64; GeGLU MLP of 1408, tied head.
+    "gemma4_text": ("Gemma4TextConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                             num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                                             global_head_dim=128, num_global_key_value_heads=2, attention_k_eq_v=True,
+                                             hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                                             enable_moe_block=False, sliding_window=128, final_logit_softcapping=30.0,
+                                             max_position_embeddings=2048, tie_word_embeddings=True)),
 }
 
 

@@ -302,6 +302,12 @@ FAMILIES = {
     # proportional rotary over a quarter of the head, v_norm, unscaled scores, layer_scalar
     # (drawn at random below), a final soft cap. No per-layer embeddings, shared KV or MoE.
     "gemma4_text": ("Gemma4TextConfig", dict(_GEMMA4, attention_k_eq_v=True, num_global_key_value_heads=1)),
+    # Gemma 4's MoE block (26B-A4B's form): beside each layer's dense MLP, 4 experts of 32 (top 2)
+    # behind a router with its own norm and scales (router.scale and per_expert_scale drawn at
+    # random below). PEFT's all-linear adapts the router (an nn.Linear), not the experts.
+    "gemma4_moe": ("Gemma4TextConfig", dict(_GEMMA4, attention_k_eq_v=True, num_global_key_value_heads=1,
+                                            enable_moe_block=True, num_experts=4, top_k_experts=2,
+                                            moe_intermediate_size=32, _moe=True)),
     # Gemma 4 as the Hub has it (Gemma4ForConditionalGeneration): the language model under
     # model.language_model. (here without k_eq_v: the full layers keep v_proj and the sliding
     # layers' key/value heads), a tiny vision tower under model.vision_tower / embed_vision.
@@ -521,6 +527,9 @@ def make_model(family: str):
         for name, b in model.named_buffers():
             if name.endswith("layer_scalar"):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gl))
+        for name, p in model.named_parameters():  # (Gemma 4's router scales)
+            if name.endswith(("router.scale", "router.per_expert_scale")):
+                p.copy_(0.5 + torch.rand(p.shape, generator=gl))
     model.eval()
     return model
 
@@ -1243,7 +1252,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text")
+                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -210,6 +210,13 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
               }
         if (rest == "self_attn.sinks" && !L.attn_sinks.empty()) return L.attn_sinks;
         if (rest == "layer_scalar" && model.spec().layer_scalar) return {L.layer_scalar};
+        if (model.spec().moe_gemma4) {  // (its router's scales and the experts' norms)
+          if (rest == "router.scale") return L.router_scale;
+          if (rest == "router.per_expert_scale") return L.per_expert_scale;
+          if (rest == "post_feedforward_layernorm_1.weight") return L.post_ffn_norm1;
+          if (rest == "pre_feedforward_layernorm_2.weight") return L.pre_ffn_norm2;
+          if (rest == "post_feedforward_layernorm_2.weight") return L.post_ffn_norm2;
+        }
         if (model.spec().layer_is_linear_attn(l)) {  // the gated DeltaNet's own parameters
           if (rest == "linear_attn.dt_bias") return L.la_dt_bias;
           if (rest == "linear_attn.A_log") return L.la_A_log;

@@ -42,7 +42,9 @@ std::string moe_module_path(const ModelSpec& spec, const std::string& canonical)
 
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
   // (gpt-oss's router is mlp.router, in its files and its modules alike)
-  return spec.moe_gpt_oss ? canonical_to_hf(spec, moe_router_path(layer)) : moe_module_path(spec, moe_router_path(layer));
+  // (Gemma 4's is router.proj, an nn.Linear: its files' name)
+  return spec.moe_gpt_oss || spec.moe_gemma4 ? canonical_to_hf(spec, moe_router_path(layer))
+                                             : moe_module_path(spec, moe_router_path(layer));
 }
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
@@ -116,7 +118,9 @@ void LoraModel::add_moe_layers(const Model& model) {
   // gpt-oss: PEFT 0.21's all-linear adapts the attention only (its router and fused experts
   // are no Linears, and its expansion leaves them out); its experts and its router take LoRA
   // when named (target_parameters gate_up_proj / down_proj / router.weight, OpenAI's recipe).
-  if (!s.moe_gpt_oss && cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
+  // Gemma 4: PEFT 0.21's all-linear adapts its router (router.proj, an nn.Linear) and not its
+  // fused experts (measured); the experts take LoRA when named (target_parameters).
+  if (!s.moe_gpt_oss && !s.moe_gemma4 && cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {
       cfg_.gate_up_r = 2 * cfg_.r;
@@ -141,7 +145,7 @@ void LoraModel::add_moe_layers(const Model& model) {
     MoeIndex& m = moe_index_[static_cast<size_t>(l)];
     // (the router's module path as PEFT names it: mlp.gate, gpt-oss's mlp.router)
     const std::string rp = moe_router_module_path(s, l);
-    if (cfg_.targets_parameter(rp + ".weight")) m.router = add(rp, L.router, cfg_);
+    if (s.moe_gemma4 ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) m.router = add(rp, L.router, cfg_);
     if (s.shared_expert && cfg_.targets(moe_shared_gate_path(s, l)))
       m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
     const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + ".gate_up_proj");

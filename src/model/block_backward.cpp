@@ -86,7 +86,8 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       }
       case BlockOpKind::Moe:
-        moe_backward(r, adapter, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr);
+        moe_backward(r, adapter, g(o.in0), o.in1 >= 0 ? g(o.in1) : nullptr, dy, buf(o.in0), o.in1 >= 0 ? buf(o.in1) : nullptr,
+                     o.in2 >= 0 ? g(o.in2) : nullptr, o.in2 >= 0 ? buf(o.in2) : nullptr);
         break;
       case BlockOpKind::CausalConv:
       case BlockOpKind::DeltaRule: {

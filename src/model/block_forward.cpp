@@ -191,7 +191,7 @@ void block_forward(const BlockRun& r) {
         be.scale(out, n_of(o.out), o.layer_factor ? L.layer_scalar : o.factor);
         break;
       case BlockOpKind::Moe:
-        moe_forward(r, out, in0, in1);
+        moe_forward(r, out, in0, in1, o.in2 >= 0 ? r.buf[static_cast<size_t>(o.in2)] : nullptr);
         break;
       case BlockOpKind::CausalConv:
       case BlockOpKind::DeltaRule: {

@@ -408,7 +408,24 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     return down;
   };
   int mlp_out = -1;
-  if (s.moe()) {  // the routed experts (+ the shared expert's output, scaled by its gate)
+  if (s.moe_gemma4) {  // Gemma 4: norm1(dense MLP) + norm2(experts of norm(x_mid), routed by x_mid)
+    const int dense = dense_mlp("down_proj");
+    const int d1 = p.buffer("down_normed_1", C);
+    p.add_norm(d1, dense, NormRole::PostFfn1, 1, C, p.buffer("rstd_down_1", stat, true));
+    const int h3 = p.buffer("h_experts", C);
+    p.add_norm(h3, xmid, NormRole::PreFfn2, 1, C, p.buffer("rstd_experts_in", stat, true));
+    const int experts = p.buffer("moe_out", C);
+    BlockOp o{BlockOpKind::Moe};
+    o.out = experts;
+    o.in0 = h3;
+    o.in2 = xmid;
+    o.round = true;
+    p.op(o);
+    const int d2 = p.buffer("moe_normed", C);
+    p.add_norm(d2, experts, NormRole::PostFfn2, 1, C, p.buffer("rstd_moe", stat, true));
+    mlp_out = p.buffer("mlp_moe_sum", C);
+    p.add_residual(mlp_out, d1, d2);
+  } else if (s.moe()) {  // the routed experts (+ the shared expert's output, scaled by its gate)
     const int shared = s.shared_expert ? dense_mlp("shared_expert") : -1;
     mlp_out = p.buffer("moe_out", C);
     BlockOp o{BlockOpKind::Moe};
@@ -468,7 +485,7 @@ void BlockProgram::finish() {
       case BlockOpKind::GatedAct: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Act: keep(o.in0); break;
       case BlockOpKind::Clamp: keep(o.in0); break;
-      case BlockOpKind::Moe: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::Moe: keep(o.in0); keep(o.in1); keep(o.in2); break;
       case BlockOpKind::CausalConv: keep(o.in0); break;
       case BlockOpKind::DeltaRule: keep(o.in0); keep(o.in1); keep(o.in2); break;
       case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;

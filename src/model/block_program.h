@@ -26,7 +26,9 @@ namespace qlora {
 // Unit: a head_dim-wide norm with unit weight and zero bias, unrounded (the first half of
 // ModelSpec::qk_norm_head_weights' norms; a ScaleColumns op applies the weights).
 // VHead: Gemma 4's v_norm, a head_dim-wide RMSNorm with unit weight, rounded.
-enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead };
+// PostFfn1, PreFfn2, PostFfn2: Gemma 4's MoE block (the dense MLP's output norm, the experts'
+// input and output norms).
+enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead, PostFfn1, PreFfn2, PostFfn2 };
 
 enum class BlockOpKind : uint8_t {
   Norm,       // out = norm(in0) with a weight (and rstd, or LayerNorm's mean and rstd, kept in
@@ -44,7 +46,7 @@ enum class BlockOpKind : uint8_t {
   Clamp,      // out = clamp(in0, -factor, factor) (OLMo's clip_qkv)
   ScaleColumns,  // out = in0 * w[column], w the norm weight of `norm` (per-head q/k norm weights)
   Moe,        // out = the routed experts of in0 (+ sigmoid(shared_gate in0) * in1 when in1 is
-              // the shared expert's output); model/moe_block.h
+              // the shared expert's output; Gemma 4: routed by in2); model/moe_block.h
   // The gated DeltaNet of a hybrid model's linear-attention layers (model/delta_net.h):
   CausalConv,  // out = silu(causal depthwise conv1d of in0) (the conv's state: the cache's)
   DeltaRule,   // out = the gated delta rule over q|k|v = in0, rate logits in1, decay inputs in2

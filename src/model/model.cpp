@@ -91,7 +91,24 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     progress(n);
     return q;
   };
-  L.router = dense_linear(kMoeRouterModule, spec.n_experts);
+  if (spec.moe_gemma4) {  // (its router is an nn.Linear, which bitsandbytes quantizes like the others)
+    const std::string n = layer_tensor_name(l, kMoeRouterModule);
+    L.router = load_linear(src, n, opt);
+    progress(n);
+    const std::string pre = "model.layers." + std::to_string(l) + ".";
+    L.router_scale = load_vector(src, pre + "router.scale", opt.compute_dtype);
+    progress(pre + "router.scale");
+    L.per_expert_scale = load_vector(src, pre + "router.per_expert_scale", opt.compute_dtype);
+    progress(pre + "router.per_expert_scale");
+    for (auto [name, dst] : {std::pair{"post_feedforward_layernorm_1", &L.post_ffn_norm1},
+                             std::pair{"pre_feedforward_layernorm_2", &L.pre_ffn_norm2},
+                             std::pair{"post_feedforward_layernorm_2", &L.post_ffn_norm2}}) {
+      *dst = load_vector(src, layer_tensor_name(l, name), opt.compute_dtype);
+      progress(layer_tensor_name(l, name));
+    }
+  } else {
+    L.router = dense_linear(kMoeRouterModule, spec.n_experts);
+  }
   const int64_t F = spec.expert_ffn, C = spec.hidden;
   L.expert_gate_up.resize(static_cast<size_t>(spec.n_experts));
   L.expert_down.resize(static_cast<size_t>(spec.n_experts));
@@ -415,6 +432,9 @@ const std::vector<float>& LayerWeights::norm(NormRole role) const {
     case NormRole::KHead: return k_norm;
     case NormRole::Unit:
     case NormRole::VHead: return unit_norm;
+    case NormRole::PostFfn1: return post_ffn_norm1;
+    case NormRole::PreFfn2: return pre_ffn_norm2;
+    case NormRole::PostFfn2: return post_ffn_norm2;
   }
   fail("LayerWeights::norm", "no such norm");
 }

@@ -44,6 +44,9 @@ struct LayerWeights {
   // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
   // MLP input and output (else empty).
   std::vector<float> pre_ffn_norm, post_ffn_norm;
+  // Gemma 4's MoE block (spec.moe_gemma4): the dense MLP's output norm, the experts' input and
+  // output norms (C each), the router's input scale (C) and per-expert output scales (n_experts).
+  std::vector<float> post_ffn_norm1, pre_ffn_norm2, post_ffn_norm2, router_scale, per_expert_scale;
   QuantLinear q_proj, k_proj, v_proj, o_proj;  // (NH*HS, C) (NKV*HS, C) (NKV*HS, C) (C, NH*HS)
   QuantLinear gate_proj, up_proj, down_proj;   // (F, C) (F, C) (C, F)
   // Mixture-of-experts layers (spec.moe()): the router (n_experts, C), kept dense in the

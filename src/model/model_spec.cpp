@@ -109,8 +109,12 @@ void ModelSpec::validate(const std::string& where) const {
                       "), got " + std::to_string(experts_per_token));
     if (expert_ffn <= 0 || expert_ffn > kMax)
       fail(where, "expert MLP size must be positive, got " + std::to_string(expert_ffn));
-    if (mlp != MlpKind::SwiGLU || fused_gate_up || parallel_residual || post_norm || mlp_bias)
-      fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts on a sequential pre-norm block");
+    if ((mlp != MlpKind::SwiGLU && !(moe_gemma4 && mlp == MlpKind::GeGLU)) || fused_gate_up || parallel_residual ||
+        post_norm || mlp_bias)
+      fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts (GeGLU: Gemma 4's) on a "
+                  "sequential pre-norm block");
+    if (moe_gemma4 && (!moe_fused_experts || shared_expert || !sandwich_norms || moe_gpt_oss))
+      fail(where, "Gemma 4's MoE block has fused experts beside a dense MLP, between sandwich norms");
     if (moe_fused_experts && moe_gpt_oss) fail(where, "gpt-oss's experts have their own fused layout");
     if (moe_gpt_oss && (shared_expert || !(swiglu_limit > 0.0f) || !std::isfinite(swiglu_limit) ||
                         !std::isfinite(swiglu_alpha)))
@@ -196,7 +200,7 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
     l[5] = absent;
   }
   if (mlp == MlpKind::Plain) l[4] = absent;  // up, act, down: no gate
-  if (moe()) {  // the experts are not among the seven; the shared expert is
+  if (moe() && !moe_gemma4) {  // the experts are not among the seven; the shared expert is (Gemma 4: its dense MLP)
     if (shared_expert) {
       l[4].module = "mlp.shared_expert.gate_proj";
       l[5].module = "mlp.shared_expert.up_proj";
@@ -275,6 +279,14 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({fused_expert_name(l, 1), {n_experts, 2 * expert_ffn}});
       t.push_back({fused_expert_name(l, 2), {n_experts, expert_ffn, hidden}});
       t.push_back({fused_expert_name(l, 3), {n_experts, hidden}});
+    } else if (moe() && moe_gemma4) {  // (Gemma 4: the router's own scales and the experts' norms)
+      t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
+      t.push_back({"model.layers." + std::to_string(l) + ".router.scale", {hidden}});
+      t.push_back({"model.layers." + std::to_string(l) + ".router.per_expert_scale", {n_experts}});
+      t.push_back({fused_expert_name(l, 0), {n_experts, 2 * expert_ffn, hidden}});
+      t.push_back({fused_expert_name(l, 2), {n_experts, hidden, expert_ffn}});
+      for (const char* n : {"post_feedforward_layernorm_1", "pre_feedforward_layernorm_2", "post_feedforward_layernorm_2"})
+        t.push_back({layer_tensor_name(l, n), {hidden}});
     } else if (moe() && moe_fused_experts) {  // (transformers 5's fused experts)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
       t.push_back({fused_expert_name(l, 0), {n_experts, 2 * expert_ffn, hidden}});

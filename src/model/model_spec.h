@@ -283,6 +283,14 @@ struct ModelSpec {
   // expert and part, mlp.experts.<e>.gate_proj, ...).
   bool moe_fused_experts = false;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
+  // Gemma 4's MoE block (26B-A4B; transformers' Gemma4TextRouter / Gemma4TextExperts): beside
+  // the dense MLP, whose output goes through post_feedforward_layernorm_1, the experts (fused as
+  // moe_fused_experts, GeGLU as the MLP) read pre_feedforward_layernorm_2 of the block's stream
+  // and their sum goes through post_feedforward_layernorm_2; the two are added before
+  // post_feedforward_layernorm. The router (router.proj, an nn.Linear: quantized like the block
+  // Linears) reads the stream itself through a weightless RMSNorm, times router.scale and
+  // hidden^-0.5; its top-k probabilities, renormalized, are multiplied by router.per_expert_scale.
+  bool moe_gemma4 = false;
   bool moe() const { return n_experts > 0; }
   // Ministral 3's (llama 4's) attention temperature: rotated queries at position p are
   // multiplied by 1 + q_pos_scale_beta * ln(1 + floor(p / q_pos_scale_period)) (rounded to the

@@ -11,6 +11,7 @@
 #include "model/model.h"
 #include "model/activation_kernels.h"
 #include "model/ops.h"
+#include "model/ops_backward.h"
 
 namespace qlora {
 
@@ -26,6 +27,9 @@ struct Routing {
   std::vector<float> weight;  // (T, K) what scales each expert's output
   // Per expert: the (token, k) pairs it serves, tokens in increasing order.
   std::vector<std::vector<std::pair<int32_t, int32_t>>> rows;
+  // Gemma 4: the router's input, round(round(norm(x_r) * scale) / sqrt(C)) (T, C), and the
+  // weightless norm's rstd (T).
+  std::vector<float> rin, rstd;
 };
 
 float rounded(float v, ComputeDType dtype) {
@@ -56,8 +60,28 @@ LoraScratchStorage moe_lora_scratch(const BlockRun& r, const LoraModel* ad, int6
   return LoraScratchStorage(f);
 }
 
+// Gemma 4's router input (Gemma4TextRouter): a weightless RMSNorm of x_r (float32, rounded
+// once), times router.scale (rounded), times hidden^-0.5 (rounded).
+void gemma4_router_input(const BlockRun& r, const float* xr, Routing& g) {
+  const ModelSpec& s = r.program->spec();
+  const int64_t T = r.T, C = s.hidden;
+  const std::vector<float>& scale = r.weights->router_scale;
+  const float root = static_cast<float>(std::pow(static_cast<double>(C), -0.5));
+  g.rin.resize(static_cast<size_t>(T * C));
+  g.rstd.resize(static_cast<size_t>(T));
+  const std::vector<float> ones(static_cast<size_t>(C), 1.0f);
+  rmsnorm_forward(g.rin.data(), g.rstd.data(), xr, ones.data(), T, C, s.norm_eps, r.dtype, 0.0f, /*round_once=*/true);
+  for (int64_t t = 0; t < T; ++t) {
+    float* y = g.rin.data() + t * C;
+    for (int64_t c = 0; c < C; ++c) y[c] *= scale[static_cast<size_t>(c)];
+    round_activations(y, C, r.dtype);
+    for (int64_t c = 0; c < C; ++c) y[c] *= root;
+    round_activations(y, C, r.dtype);
+  }
+}
+
 Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch, const LoraLayer* router_lora,
-              LoraCache* router_cache) {
+              LoraCache* router_cache, const float* router_in = nullptr) {
   const ModelSpec& s = r.program->spec();
   const LayerWeights& L = *r.weights;
   Routing g;
@@ -65,6 +89,11 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
   g.E = s.n_experts;
   g.K = s.experts_per_token;
   const int64_t T = g.T, E = g.E, K = g.K;
+  if (s.moe_gemma4) {
+    check(router_in != nullptr, "MoE", "Gemma 4's router reads the block's stream");
+    gemma4_router_input(r, router_in, g);
+    x = g.rin.data();
+  }
   std::vector<float> logits(static_cast<size_t>(T * E));
   // (F.linear in the compute dtype, then softmax(float32))
   r.backend->linear_forward(logits.data(), x, T, L.router, router_lora, router_cache, false, nullptr, lora_scratch);
@@ -108,6 +137,8 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       float w = g.top[static_cast<size_t>(t * K + k)];
       if (s.norm_topk) w /= sum;
       if (s.moe_round_weights) w = rounded(w, r.dtype);
+      // (Gemma 4: times the expert's scale, in float32)
+      if (s.moe_gemma4) w *= L.per_expert_scale[static_cast<size_t>(order[static_cast<size_t>(k)])];
       g.weight[static_cast<size_t>(t * K + k)] = w;
     }
   }
@@ -181,7 +212,7 @@ void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<in
   if (s.moe_gpt_oss)
     clamped_swiglu_forward(a.h.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha, s.swiglu_limit, r.dtype);
   else
-    be.gated_act_forward(MlpKind::SwiGLU, a.h.data(), a.gate.data(), a.up.data(), n * F);
+    be.gated_act_forward(s.mlp, a.h.data(), a.gate.data(), a.up.data(), n * F);  // (SwiGLU; Gemma 4's GeGLU)
   be.round(a.h.data(), n * F, r.dtype);
   a.y.resize(static_cast<size_t>(n * C));
   be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, down_cache, false,
@@ -223,10 +254,11 @@ int64_t moe_saved_floats(const ModelSpec& s, int64_t T, int64_t max_lora_r) {
   const int64_t TK = T * s.experts_per_token, F = s.expert_ffn;
   // gate_up, gate, up, act (2F + F + F + F) and the output (C) per routed row, the routing,
   // and the LoRA caches (A x) of the router, shared gate and both expert products
-  return TK * (5 * F + s.hidden) + T * (s.n_experts + 1) + 3 * TK + (2 * TK + 2 * T) * max_lora_r;
+  return TK * (5 * F + s.hidden) + T * (s.n_experts + 1) + 3 * TK + (2 * TK + 2 * T) * max_lora_r +
+         (s.moe_gemma4 ? T * (s.hidden + 1) : 0);  // (Gemma 4: the router's input and its norm's rstd)
 }
 
-void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared) {
+void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared, const float* router_in) {
   require_host(r);
   const ModelSpec& s = r.program->spec();
   const int64_t T = r.T, C = s.hidden;
@@ -241,7 +273,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
     st->down_cache.resize(static_cast<size_t>(s.n_experts));
   }
   const LoraLayer* router_lora = ad ? ad->find_router(r.layer) : nullptr;
-  Routing local = route(r, x, ls, router_lora, st ? st->router_cache.get(router_lora, T) : nullptr);
+  Routing local = route(r, x, ls, router_lora, st ? st->router_cache.get(router_lora, T) : nullptr, router_in);
   const Routing& g = st ? (st->routing = std::move(local)) : local;
   std::fill(out, out + T * C, 0.0f);
   ExpertPass scratch_pass;
@@ -284,7 +316,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
 }
 
 void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshared, const float* dout,
-                  const float* x, const float* shared) {
+                  const float* x, const float* shared, float* drouter_in, const float* router_in) {
   require_host(r);
   const ModelSpec& s = r.program->spec();
   const LayerWeights& L = *r.weights;
@@ -302,7 +334,7 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     rc = router_lora ? &st->router_cache.store->cache : nullptr;
   } else {
     rc = router_cache.get(router_lora, T);
-    recomputed = route(r, x, ls, router_lora, rc);
+    recomputed = route(r, x, ls, router_lora, rc, router_in);
   }
   const Routing& g = st ? st->routing : recomputed;
   // The frozen weights' dequantized tiles (the block scratch's is sized for the seven Linears).
@@ -356,7 +388,7 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
       clamped_swiglu_backward(dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha,
                               s.swiglu_limit);
     else
-      be.gated_act_backward(MlpKind::SwiGLU, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
+      be.gated_act_backward(s.mlp, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
     dgu.assign(static_cast<size_t>(n * 2 * F), 0.0f);
     if (s.moe_gpt_oss) {
       be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, 1, F, 2);
@@ -378,7 +410,10 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   std::vector<float> dlogits(static_cast<size_t>(T * E), 0.0f), dp(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
     std::fill(dp.begin(), dp.end(), 0.0f);
-    const float* dw = dweight.data() + t * K;
+    float* dw = dweight.data() + t * K;
+    if (s.moe_gemma4)  // (w = top / sum * per_expert_scale: the scale is frozen)
+      for (int64_t k = 0; k < K; ++k)
+        dw[k] *= L.per_expert_scale[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])];
     float dot = 0.0f;  // sum_k dw_k w_k (of the unrounded weights)
     const float sum = g.sum[static_cast<size_t>(t)];
     if (s.norm_topk)
@@ -390,7 +425,17 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     for (int64_t e = 0; e < E; ++e) pd += p[e] * dp[static_cast<size_t>(e)];
     for (int64_t e = 0; e < E; ++e) dlogits[static_cast<size_t>(t * E + e)] = p[e] * (dp[static_cast<size_t>(e)] - pd);
   }
-  be.linear_backward(dx, dlogits.data(), x, T, L.router, router_lora, rc, tile.data(), ls);
+  if (s.moe_gemma4) {  // into the router's input, then back through its scales and norm to x_r
+    std::vector<float> dy(static_cast<size_t>(T * C), 0.0f);
+    be.linear_backward(dy.data(), dlogits.data(), g.rin.data(), T, L.router, router_lora, rc, tile.data(), ls);
+    const float root = static_cast<float>(std::pow(static_cast<double>(C), -0.5));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < C; ++c) dy[static_cast<size_t>(t * C + c)] *= root * L.router_scale[static_cast<size_t>(c)];
+    const std::vector<float> ones(static_cast<size_t>(C), 1.0f);
+    rmsnorm_backward(drouter_in, nullptr, dy.data(), router_in, ones.data(), g.rstd.data(), T, C, 0.0f);
+  } else {
+    be.linear_backward(dx, dlogits.data(), x, T, L.router, router_lora, rc, tile.data(), ls);
+  }
   if (shared) {  // out += sg * shared, sg = sigmoid(shared_gate x)
     LoraLayer* sg_lora = adapter.find_shared_gate(r.layer);
     Cache sg_cache;

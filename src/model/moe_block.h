@@ -35,7 +35,8 @@ int64_t moe_saved_floats(const ModelSpec& s, int64_t T, int64_t max_lora_r);
 // out (T, C) = the op above of x (T, C); shared: the shared expert's output (T, C), or null.
 // When r.training and r.moe_saved are set, keeps what moe_backward reads there.
 // Throws Error when r.backend is not host-addressable.
-void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared);
+// router_in: what the router reads when it is not x (Gemma 4's: the block's stream), else null.
+void moe_forward(const BlockRun& r, float* out, const float* x, const float* shared, const float* router_in = nullptr);
 
 // LoRA: r.adapter's router, shared-gate and expert adapters (LoraModel::find_router, ...)
 // are applied unmerged, as PEFT's ParamWrapper computes W + scaling B A (no dropout).
@@ -44,7 +45,8 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
 // kept its state there for this layer and T, else recomputed here): accumulates dx (T, C) += d loss / dx (through the experts and through
 // the routing weights' dependence on x), when shared is set dshared (T, C), and the
 // gradients of `adapter`'s router, shared-gate and expert adapters.
+// (Gemma 4: the routing's gradient goes to drouter_in (T, C), accumulated, for router_in.)
 void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshared, const float* dout,
-                  const float* x, const float* shared);
+                  const float* x, const float* shared, float* drouter_in = nullptr, const float* router_in = nullptr);
 
 }  // namespace qlora

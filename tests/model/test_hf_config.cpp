@@ -307,7 +307,17 @@ TEST(HfConfig, Gemma4DenseConfigsAndTheirErrors) {
             std::string::npos)
       << "the class default (256) has per-layer embeddings";
   EXPECT_NE(err(R"("num_kv_shared_layers":4)").find("num_kv_shared_layers"), std::string::npos);
-  EXPECT_NE(err(R"("enable_moe_block":true)").find("mixture-of-experts"), std::string::npos);
+  EXPECT_NE(err(R"("enable_moe_block":true)").find("num_experts, top_k_experts and moe_intermediate_size"),
+            std::string::npos);
+  // 26B-A4B's block: 128 experts of 704, 8 per token, beside the dense MLP
+  const ModelSpec moe = spec_from_hf_config(
+      json::parse(text + R"(,"enable_moe_block":true,"num_experts":128,"top_k_experts":8,"moe_intermediate_size":704})"),
+      "config.json");
+  EXPECT_TRUE(moe.moe_gemma4);
+  EXPECT_EQ(moe.n_experts, 128);
+  EXPECT_EQ(moe.experts_per_token, 8);
+  EXPECT_TRUE(moe.norm_topk);
+  EXPECT_NE(moe.block_linears()[4].module, nullptr) << "the dense MLP stays beside the experts";
   EXPECT_NE(err(R"("use_bidirectional_attention":"all")").find("use_bidirectional_attention"), std::string::npos);
   EXPECT_EQ(err(R"("use_bidirectional_attention":"vision")"), "");
   EXPECT_NE(err(R"("attn_logit_softcapping":50.0)").find("attn_logit_softcapping"), std::string::npos);

@@ -91,7 +91,16 @@ void gemma4_read(const json& j, const std::string& where, ModelSpec& s) {
   refuse(config::get_int(j, "hidden_size_per_layer_input", where, 256) != 0,
          "hidden_size_per_layer_input (per-layer embeddings)");
   refuse(config::get_int(j, "num_kv_shared_layers", where, 0) != 0, "num_kv_shared_layers (layers sharing keys and values)");
-  refuse(config::get_bool(j, "enable_moe_block", where, false), "enable_moe_block (the mixture-of-experts block)");
+  if (config::get_bool(j, "enable_moe_block", where, false)) {  // (26B-A4B)
+    s.n_experts = config::get_int(j, "num_experts", where, 0);
+    s.experts_per_token = config::get_int(j, "top_k_experts", where, 0);
+    s.expert_ffn = config::get_int(j, "moe_intermediate_size", where, 0);
+    if (s.n_experts <= 0 || s.experts_per_token <= 0 || s.expert_ffn <= 0)
+      fail(where, "enable_moe_block needs num_experts, top_k_experts and moe_intermediate_size");
+    s.norm_topk = true;
+    s.moe_fused_experts = true;
+    s.moe_gemma4 = true;
+  }
   if (const json* b = config::find_key(j, "use_bidirectional_attention"); b && !b->is_null())
     if (!b->is_string() || b->get<std::string>() != "vision")
       fail(where, "use_bidirectional_attention " + b->dump() + ": only causal text attention (null or \"vision\") runs");
@@ -195,6 +204,7 @@ void gemma3_write(const ModelSpec& s, ordered_json& j) {
 
 void gemma4_write(const ModelSpec& s, ordered_json& j) {
   gemma_write(s, j);
+  j.erase("num_experts_per_tok");
   j.erase("rope_theta");
   j.erase("rope_scaling");
   j.erase("hidden_act");
@@ -213,7 +223,10 @@ void gemma4_write(const ModelSpec& s, ordered_json& j) {
   j["per_layer_config"] = plc;
   j["hidden_size_per_layer_input"] = 0;
   j["num_kv_shared_layers"] = 0;
-  j["enable_moe_block"] = false;
+  j["enable_moe_block"] = s.moe();
+  j["num_experts"] = s.moe() ? ordered_json(s.n_experts) : ordered_json();
+  j["top_k_experts"] = s.moe() ? ordered_json(s.experts_per_token) : ordered_json();
+  j["moe_intermediate_size"] = s.moe() ? ordered_json(s.expert_ffn) : ordered_json();
   j["use_double_wide_mlp"] = false;
 }
 
@@ -276,7 +289,14 @@ const ModelFamily kGemma3Text = [] {
   return f;
 }();
 
-const ModelFamily kGemma4Text{"gemma4_text", "Gemma4ForCausalLM", "", 256, 131072, 1000000.0f, true, true,
-                              gemma4_read, gemma4_write, nullptr};
+// Gemma 4's MoE parts as the canonical MoE names (its files': layers.N.router.proj, layers.N.experts.*).
+constexpr HfRename kGemma4Renames[] = {{".router.proj.", ".mlp.gate."}, {".experts.", ".mlp.experts."}};
+const ModelFamily kGemma4Text = [] {
+  ModelFamily f{"gemma4_text", "Gemma4ForCausalLM", "", 256, 131072, 1000000.0f, true, true,
+                gemma4_read, gemma4_write, nullptr};
+  f.hf_renames = kGemma4Renames;
+  f.no_gguf_reason = "llama.cpp has gemma4 GGUFs; qlora does not read or write them yet";
+  return f;
+}();
 
 }  // namespace qlora::families

@@ -308,6 +308,13 @@ FAMILIES = {
     "gemma4_moe": ("Gemma4TextConfig", dict(_GEMMA4, attention_k_eq_v=True, num_global_key_value_heads=1,
                                             enable_moe_block=True, num_experts=4, top_k_experts=2,
                                             moe_intermediate_size=32, _moe=True)),
+    # Gemma 4 E2B / E4B's form: per-layer inputs (8 values per layer per token), the last 2 of 6
+    # layers attending over the keys and values of the last earlier layer of their type (layers 2
+    # and 3) with MLPs twice as wide; no k_eq_v (the full layers keep v_proj).
+    "gemma4_e": ("Gemma4TextConfig", dict(
+        _GEMMA4, num_hidden_layers=6, attention_k_eq_v=False, hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=160, num_kv_shared_layers=2, use_double_wide_mlp=True,
+        layer_types=["sliding_attention", "full_attention"] * 3, _curve_f64=True)),
     # Gemma 4 as the Hub has it (Gemma4ForConditionalGeneration): the language model under
     # model.language_model. (here without k_eq_v: the full layers keep v_proj and the sliding
     # layers' key/value heads), a tiny vision tower under model.vision_tower / embed_vision.
@@ -608,7 +615,8 @@ def nf4_roundtrip(model):
         for name, mod in model.named_modules():
             # (bitsandbytes quantizes every Linear but the head: OPT's project_in/out too)
             if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name or
-                                                     name.endswith(("project_in", "project_out"))):
+                                                     name.endswith(("project_in", "project_out",
+                                                                    "per_layer_model_projection"))):
                 q, st = F.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, quant_type="nf4")
                 mod.weight.copy_(F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32))
             elif isinstance(mod, Conv1D) and ".h." in name:
@@ -1252,7 +1260,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe")
+                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -180,6 +180,10 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
   if (name == "model.embed_norm.weight") return model.embed_norm();
   if (name == "model.embed_norm.bias") return model.embed_norm_bias();
   if (name == "model.norm.bias" && !model.final_norm_bias().empty()) return model.final_norm_bias();
+  if (model.spec().ple()) {  // (Gemma 4's per-layer inputs)
+    if (name == "model.embed_tokens_per_layer.weight") return dense_rows(model.embed_per_layer());
+    if (name == "model.per_layer_projection_norm.weight") return model.ple_projection_norm();
+  }
   for (int w = 0; w < kModelLinearCount; ++w)
     if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty() && name == n + ".weight")
       return merged_model_linear_weight(model, static_cast<ModelLinear>(w), adapters);
@@ -210,6 +214,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
               }
         if (rest == "self_attn.sinks" && !L.attn_sinks.empty()) return L.attn_sinks;
         if (rest == "layer_scalar" && model.spec().layer_scalar) return {L.layer_scalar};
+        if (rest == "post_per_layer_input_norm.weight" && model.spec().ple()) return L.ple_norm;
         if (model.spec().moe_gemma4) {  // (its router's scales and the experts' norms)
           if (rest == "router.scale") return L.router_scale;
           if (rest == "router.per_expert_scale") return L.per_expert_scale;

@@ -77,7 +77,7 @@ class LoraModel {
   LoraConfig cfg_;
   std::vector<LoraLayer> layers_;
   std::vector<std::array<int, kBlockLinears>> index_;  // per block: index into layers_ or -1
-  std::array<int, kModelLinearCount> model_index_{-1, -1};
+  std::array<int, kModelLinearCount> model_index_{-1, -1, -1};
   struct MoeIndex {
     int router = -1, shared_gate = -1;
     std::vector<int> gate_up, down;  // per expert, or empty

@@ -63,26 +63,37 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
           t0 += n;
           p0 += a.NH * n * n;
         }
+        // (Gemma 4: what the shared-KV layers' attention sent back to this producer's keys and values)
+        if (r.shared_dk) be.axpy(g(o.in1), 1.0f, r.shared_dk, T * KVD);
+        if (r.shared_dv) be.axpy(g(o.in2), 1.0f, r.shared_dv, T * KVD);
         break;
       }
       case BlockOpKind::GatedAct:
-        be.gated_act_backward(s.mlp, g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T));
+        be.gated_act_backward(s.mlp, g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats_on(o.out, r.layer, T, T));
         break;
       case BlockOpKind::Residual:
-        be.residual_backward(g(o.in0), g(o.in1), dy, p.floats(o.out, T, T));
+        be.residual_backward(g(o.in0), g(o.in1), dy, p.floats_on(o.out, r.layer, T, T));
         break;
       case BlockOpKind::Act:
-        be.act_backward(s.act, g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T));
+        be.act_backward(s.act, g(o.in0), dy, buf(o.in0), p.floats_on(o.out, r.layer, T, T));
         break;
       case BlockOpKind::Clamp:
-        be.clamp_backward(g(o.in0), dy, buf(o.in0), p.floats(o.out, T, T), o.factor);
+        be.clamp_backward(g(o.in0), dy, buf(o.in0), p.floats_on(o.out, r.layer, T, T), o.factor);
         break;
       case BlockOpKind::Scale:
-        be.axpy(g(o.in0), o.layer_factor ? L.layer_scalar : o.factor, dy, p.floats(o.out, T, T));
+        be.axpy(g(o.in0), o.layer_factor ? L.layer_scalar : o.factor, dy, p.floats_on(o.out, r.layer, T, T));
         break;
       case BlockOpKind::ScaleColumns: {
         const std::vector<float>& w = L.norm(o.norm);
         be.scale_columns_backward(g(o.in0), dy, w.data(), T, static_cast<int64_t>(w.size()));
+        break;
+      }
+      case BlockOpKind::PleMul: {  // out = in0 * ple
+        const int64_t n = p.floats_on(o.out, r.layer, T, T);
+        float* din = g(o.in0);
+        for (int64_t i = 0; i < n; ++i) din[i] += dy[i] * r.ple[i];
+        if (r.dple)
+          for (int64_t i = 0; i < n; ++i) r.dple[i] += dy[i] * buf(o.in0)[i];
         break;
       }
       case BlockOpKind::Moe:
@@ -113,7 +124,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
                             T * o.rows_per_token, o.width, r.dtype);
         break;
       case BlockOpKind::OutputGate:
-        output_gate_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats(o.out, T, T), r.dtype);
+        output_gate_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats_on(o.out, r.layer, T, T), r.dtype);
         break;
       case BlockOpKind::Gather: {
         const std::vector<int32_t>& cols = p.gather_columns(o.gather);

@@ -40,7 +40,7 @@ void block_forward(const BlockRun& r) {
   const LayerWeights& L = *r.weights;
   Backend& be = *r.backend;
   const int64_t T = r.T;
-  auto n_of = [&](int b) { return p.floats(b, T, T); };
+  auto n_of = [&](int b) { return p.floats_on(b, r.layer, T, T); };
   const std::vector<BlockOp>& ops = p.ops();
   for (size_t oi = 0; oi < ops.size(); ++oi) {
     const BlockOp& o = ops[oi];
@@ -66,7 +66,7 @@ void block_forward(const BlockRun& r) {
         // gate/up) go to the backend as one group.
         size_t end = oi + 1;
         while (end < ops.size() && ops[end].kind == BlockOpKind::Linear && ops[end].in0 == o.in0 &&
-               ops[end].mixer == o.mixer)
+               ops[end].mixer == o.mixer && ops[end].runs_on(s, r.layer))  // (Gemma 4's shared-KV layers skip k, v)
           ++end;
         Backend::LinearForwardItem items[kBlockLinearCount];
         size_t n = 0;
@@ -102,6 +102,8 @@ void block_forward(const BlockRun& r) {
         AttentionShape a = attention_heads(p, o);
         const int64_t QD = a.NH * a.HS, KVD = a.NKV * a.HS;
         const int64_t kv_layer = s.kv_layer(r.layer);  // (hybrid models cache their attention layers only)
+        // (Gemma 4's shared-KV layers: the producer layer, earlier in this pass, cached them)
+        const bool append = !s.layer_kv_shared(r.layer);
         if (!L.attn_sinks.empty()) a.sinks = L.attn_sinks.data();
         // Appends n rows of keys and values (positions pos..) to `cache` and attends the n
         // queries over everything cached.
@@ -116,15 +118,19 @@ void block_forward(const BlockRun& r) {
           if (kvt != ComputeDType::F32) {  // a 16-bit cache (host memory: KVCache checks)
             uint16_t* kc = cache.keys16(kv_layer);
             uint16_t* vc = cache.values16(kv_layer);
-            convert_from_f32(to_dtype(kvt), kr, kc + pos * KVD, static_cast<size_t>(n * KVD));
-            convert_from_f32(to_dtype(kvt), vr, vc + pos * KVD, static_cast<size_t>(n * KVD));
+            if (append) {
+              convert_from_f32(to_dtype(kvt), kr, kc + pos * KVD, static_cast<size_t>(n * KVD));
+              convert_from_f32(to_dtype(kvt), vr, vc + pos * KVD, static_cast<size_t>(n * KVD));
+            }
             be.attention_forward_kv16(a, o, pr, r.scratch.scores, q, kc, vc, kvt);
             return;
           }
           float* kc = cache.keys(kv_layer);
           float* vc = cache.values(kv_layer);
-          be.copy(kc + pos * KVD, kr, n * KVD);
-          be.copy(vc + pos * KVD, vr, n * KVD);
+          if (append) {
+            be.copy(kc + pos * KVD, kr, n * KVD);
+            be.copy(vc + pos * KVD, vr, n * KVD);
+          }
           be.attention_forward(a, o, pr, r.scratch.scores, q, kc, vc);
         };
         if (r.cache) {  // append this step's keys and values, attend over everything cached
@@ -145,15 +151,19 @@ void block_forward(const BlockRun& r) {
             if (d.dtype != ComputeDType::F32) {
               uint16_t* kc = c.keys16(kv_layer);
               uint16_t* vc = c.values16(kv_layer);
-              convert_from_f32(to_dtype(d.dtype), k + t * KVD, kc + pos * KVD, static_cast<size_t>(KVD));
-              convert_from_f32(to_dtype(d.dtype), v + t * KVD, vc + pos * KVD, static_cast<size_t>(KVD));
+              if (append) {
+                convert_from_f32(to_dtype(d.dtype), k + t * KVD, kc + pos * KVD, static_cast<size_t>(KVD));
+                convert_from_f32(to_dtype(d.dtype), v + t * KVD, vc + pos * KVD, static_cast<size_t>(KVD));
+              }
               d.k = kc;
               d.v = vc;
             } else {
               float* kc = c.keys(kv_layer);
               float* vc = c.values(kv_layer);
-              be.copy(kc + pos * KVD, k + t * KVD, KVD);
-              be.copy(vc + pos * KVD, v + t * KVD, KVD);
+              if (append) {
+                be.copy(kc + pos * KVD, k + t * KVD, KVD);
+                be.copy(vc + pos * KVD, v + t * KVD, KVD);
+              }
               d.k = kc;
               d.v = vc;
             }
@@ -190,6 +200,13 @@ void block_forward(const BlockRun& r) {
         be.copy(out, in0, n_of(o.out));
         be.scale(out, n_of(o.out), o.layer_factor ? L.layer_scalar : o.factor);
         break;
+      case BlockOpKind::PleMul: {
+        check(r.ple != nullptr, "per-layer inputs", "the layer's per-layer inputs were not given");
+        check(be.host_addressable(), "per-layer inputs", std::string("run on the CPU backend only, not on ") + be.name());
+        const int64_t n = n_of(o.out);
+        for (int64_t i = 0; i < n; ++i) out[i] = in0[i] * r.ple[i];
+        break;
+      }
       case BlockOpKind::Moe:
         moe_forward(r, out, in0, in1, o.in2 >= 0 ? r.buf[static_cast<size_t>(o.in2)] : nullptr);
         break;

@@ -295,9 +295,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     } else if (s.v_norm) {  // Gemma 4: the values through an RMSNorm without weight, per head
       const int vproj = geo.k_eq_v ? kproj : buf("v_proj", KVD);  // (k_eq_v: the keys' projection)
       p.add_linear(qproj, h1, 0);
+      p.kv_only_ = true;  // (not on the shared-KV layers)
       p.add_linear(kproj, h1, 1);
       if (!geo.k_eq_v) p.add_linear(vproj, h1, 2);
       p.add_norm(v, vproj, NormRole::VHead, NKV, HS, buf("rstd_v", NKV, true));
+      p.kv_only_ = false;
     } else {
       p.add_linear(qproj, h1, 0);
       p.add_linear(kproj, h1, 1);
@@ -326,11 +328,15 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
       p.add_norm(k, kproj, NormRole::KHead, NKV, HS, buf("rstd_k", NKV, true));
     } else if (s.qk_norm) {
       p.add_norm(q, qproj, NormRole::QHead, NH, HS, buf("rstd_q", NH, true));
+      p.kv_only_ = s.v_norm;
       p.add_norm(k, kproj, NormRole::KHead, NKV, HS, buf("rstd_k", NKV, true));
+      p.kv_only_ = false;
     }
     if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope) {
       p.add_rope(q, NH, /*query=*/true);
+      p.kv_only_ = s.v_norm;
       p.add_rope(k, NKV);
+      p.kv_only_ = false;
     }
     int att = buf("attention", QD);
     p.add_attention(att, q, k, v);
@@ -380,13 +386,20 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
                p.buffer("rstd_mlp", stat, true));
   }
   // The dense MLP of h2 (gate/up/down; MoE: the shared expert), its output's buffer.
+  // (Gemma 4's double-wide MLPs: the buffers take the widest layer's width)
+  const int64_t Fmax = s.double_wide_shared_mlp && s.kv_shared_layers > 0 ? 2 * F : F;
+  auto mlp_buffer = [&](const char* name) {
+    const int b = p.buffer(name, Fmax);
+    if (Fmax != F) p.buffers_[static_cast<size_t>(b)].narrow_width = F;
+    return b;
+  };
   auto dense_mlp = [&](const char* out_name) {
-    const int up = p.buffer("up", F), act = p.buffer("act", F);
+    const int up = mlp_buffer("up"), act = mlp_buffer("act");
     if (s.mlp == MlpKind::Plain) {
       p.add_linear(up, h2, 5);
       p.add_act(act, up);
     } else {
-      const int gate = p.buffer("gate", F);
+      const int gate = mlp_buffer("gate");
       if (s.fused_gate_up) {  // phi3: one Linear, its rows gate | up
         const int gate_up = p.buffer("gate_up_proj", 2 * F);
         p.add_linear(gate_up, h2, 4);
@@ -447,8 +460,9 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_scale(scaled, mlp_out, s.residual_multiplier);
     mlp_out = scaled;
   }
-  // (Gemma 4: the block's sum, then times the layer's scalar)
+  // (Gemma 4: the block's sum, then its per-layer input branch, then times the layer's scalar)
   const int sum = s.layer_scalar ? p.buffer("x_sum", C) : -1;
+  const int sum_ple = s.ple() ? p.buffer("x_sum_ple", C) : -1;
   p.output_ = p.buffer("x_out", C);
   const int last = s.layer_scalar ? sum : p.output_;
   if (s.parallel_residual) {  // gpt_neox: (mlp + attention) + x, in that order
@@ -458,10 +472,25 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   } else {
     p.add_residual(last, xmid, mlp_out);
   }
+  if (s.ple()) {  // x + norm(proj(gelu_tanh(gate(x)) * per-layer inputs))
+    const int64_t P = s.ple_dim;
+    const int g = p.buffer("ple_gate", P), a = p.buffer("ple_act", P), m = p.buffer("ple_mul", P),
+              pr = p.buffer("ple_proj", C), n = p.buffer("ple_normed", C);
+    p.add_linear(g, sum, kPleGateLinear);
+    p.add_act(a, g);
+    BlockOp o{BlockOpKind::PleMul};
+    o.out = m;
+    o.in0 = a;
+    o.round = true;
+    p.op(o);
+    p.add_linear(pr, m, kPleProjLinear);
+    p.add_norm(n, pr, NormRole::PostPle, 1, C, p.buffer("rstd_ple", stat, true));
+    p.add_residual(sum_ple, sum, n);
+  }
   if (s.layer_scalar) {
     BlockOp o{BlockOpKind::Scale};
     o.out = p.output_;
-    o.in0 = sum;
+    o.in0 = s.ple() ? sum_ple : sum;
     o.layer_factor = true;
     o.round = true;
     p.op(o);
@@ -491,6 +520,7 @@ void BlockProgram::finish() {
       case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
       case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Gather: break;  // (its backward reads the column list only)
+      case BlockOpKind::PleMul: keep(o.in0); break;
       case BlockOpKind::ScaleColumns: break;  // (its backward reads the weights only)
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
@@ -545,6 +575,12 @@ void BlockProgram::finish() {
 int64_t BlockProgram::floats(int b, int64_t T, int64_t Tk) const {
   const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
   return buf.probs ? spec_.n_heads * T * Tk : buf.width * T;
+}
+
+int64_t BlockProgram::floats_on(int b, int64_t l, int64_t T, int64_t Tk) const {
+  const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
+  if (buf.narrow_width > 0 && spec_.layer_ffn(l) == spec_.ffn) return buf.narrow_width * T;
+  return floats(b, T, Tk);
 }
 
 int64_t BlockProgram::batch_floats(int b, int64_t tokens, int64_t probs_per_head) const {

@@ -28,7 +28,10 @@ namespace qlora {
 // VHead: Gemma 4's v_norm, a head_dim-wide RMSNorm with unit weight, rounded.
 // PostFfn1, PreFfn2, PostFfn2: Gemma 4's MoE block (the dense MLP's output norm, the experts'
 // input and output norms).
-enum class NormRole : uint8_t { Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead, PostFfn1, PreFfn2, PostFfn2 };
+// PostPle: Gemma 4's post_per_layer_input_norm.
+enum class NormRole : uint8_t {
+  Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead, PostFfn1, PreFfn2, PostFfn2, PostPle
+};
 
 enum class BlockOpKind : uint8_t {
   Norm,       // out = norm(in0) with a weight (and rstd, or LayerNorm's mean and rstd, kept in
@@ -54,6 +57,7 @@ enum class BlockOpKind : uint8_t {
   OutputGate,  // out = in0 * sigmoid(in1) (gated attention's output gate)
   Gather,      // out = columns gather_columns(gather) of in0, in that order (Qwen3-Next's fused
                // in_proj_qkvz / in_proj_ba rearranged into q|k|v, z, b and a)
+  PleMul,      // out = in0 * the layer's per-layer inputs (BlockRun::ple; Gemma 4 E2B / E4B)
 };
 
 // Which layers an op runs on: every layer, or (hybrid models) the attention layers only or
@@ -81,8 +85,12 @@ struct BlockOp {
   float factor = 1.0f;           // Scale
   int gather = -1;               // Gather: index of its column list (BlockProgram::gather_columns)
   LayerMixer mixer = LayerMixer::All;
+  // Computes keys or values: skipped on layers that attend over another layer's (Gemma 4's
+  // shared-KV layers: ModelSpec::layer_kv_shared).
+  bool kv_only = false;
   // Whether this op runs on layer l of spec s.
   bool runs_on(const ModelSpec& s, int64_t l) const {
+    if (kv_only && s.layer_kv_shared(l)) return false;
     switch (mixer) {
       case LayerMixer::All: return true;
       case LayerMixer::Attention: return !s.layer_is_linear_attn(l);
@@ -100,6 +108,9 @@ struct BlockBuffer {
   bool probs = false;      // (NH, T, Tk) attention probabilities
   bool training_only = false;  // rstd and probabilities: only the backward reads them
   bool saved = false;      // read by some op's backward: kept per block when training
+  // Gemma 4's double-wide MLPs: the MLP's buffers are `width` wide (2 ffn) on those layers and
+  // narrow_width (ffn) on the others (0: width everywhere).
+  int64_t narrow_width = 0;
 };
 
 class BlockProgram {
@@ -118,8 +129,10 @@ class BlockProgram {
   // ALiBi models: the attention bias (ops.h), else null.
   const AlibiBias* alibi() const { return alibi_.slopes.empty() ? nullptr : &alibi_; }
 
-  // Floats of buffer b for T tokens (probabilities: NH * T * Tk).
+  // Floats of buffer b for T tokens (probabilities: NH * T * Tk): the most of any layer, and
+  // on layer l (what its ops read and write).
   int64_t floats(int b, int64_t T, int64_t Tk) const;
+  int64_t floats_on(int b, int64_t l, int64_t T, int64_t Tk) const;
   // The same for a batch: `tokens` in all, and probabilities of NH * probs_per_head floats
   // (the sum over the batch's sequences of T_i * T_i).
   int64_t batch_floats(int b, int64_t tokens, int64_t probs_per_head) const;
@@ -148,8 +161,10 @@ class BlockProgram {
 
  private:
   int buffer(std::string name, int64_t width, bool training_only = false, bool probs = false);
+  bool kv_only_ = false;  // stamped on the ops being added
   void op(BlockOp o) {
     o.mixer = mixer_;
+    o.kv_only = kv_only_;
     ops_.push_back(o);
   }
   // The hybrid model's gated DeltaNet, writing `out` (the branch output, C wide) from h.

@@ -67,6 +67,16 @@ struct BlockRun {
   // Mixture-of-experts layers in training: where the op's forward keeps what its backward
   // reads (model/moe_block.h); null: the backward recomputes it.
   struct MoeSaved* moe_saved = nullptr;
+  // Training a model with shared-KV layers (Gemma 4 E2B / E4B): on a producer layer's backward,
+  // the gradients (T, its kv dim) the shared layers' attention left for its keys (after the
+  // rotary) and values, added to its attention's (null: none). A shared layer's own keys and
+  // values are the producer's, bound by the caller to its attention op's k and v buffers.
+  const float* shared_dk = nullptr;
+  const float* shared_dv = nullptr;
+  // Gemma 4's per-layer inputs of this layer (T, ple_dim) (ModelSpec::ple), and when training
+  // where their gradient accumulates (null: not wanted).
+  const float* ple = nullptr;
+  float* dple = nullptr;
 };
 
 // A hybrid model's gated delta rule heads (model/delta_net.h).

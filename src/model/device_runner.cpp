@@ -47,8 +47,9 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (int8_weights) return s.family + " with LLM.int8 weights";
   if (s.moe()) return s.family + ": mixture-of-experts layers";
   if (s.attn_sinks) return s.family + ": attention sinks";
-  if (s.has_global_geometry() || s.v_norm || s.layer_scalar)
-    return s.family + ": full-attention layers of their own head size, value norms and layer scalars";
+  if (s.has_global_geometry() || s.v_norm || s.layer_scalar || s.ple() || s.kv_shared_layers > 0)
+    return s.family + ": full-attention layers of their own head size, value norms, layer scalars, per-layer inputs "
+                      "and shared keys and values";
   if (s.hybrid()) return s.family + ": gated DeltaNet (linear attention) layers";
   if (s.attn_output_gate) return s.family + ": gated attention outputs";
   if (s.q_pos_scale_beta != 0.0f) return s.family + ": a per-position query scale (llama_4_scaling_beta)";

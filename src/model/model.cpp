@@ -12,6 +12,7 @@
 #include "model/block_run.h"
 #include "model/linear_kernels.h"
 #include "model/ops.h"
+#include "model/ops_backward.h"
 
 namespace qlora {
 
@@ -56,6 +57,12 @@ bool ignorable_tensor(const std::string& name, const ModelSpec& spec) {
   // transformers does not load either. (Under a vision-language wrapper it is an other part,
   // kept by merges: formats/hf_wrapper.h.)
   if (spec.hybrid() && name.rfind("mtp.", 0) == 0) return true;
+  // Gemma 4's shared-KV layers compute no keys or values: checkpoints may still hold those
+  // projections and norms, which transformers does not load either.
+  if (spec.kv_shared_layers > 0)
+    for (int64_t l = spec.n_layers - spec.kv_shared_layers; l < spec.n_layers; ++l)
+      for (const char* m : {"self_attn.k_proj", "self_attn.v_proj", "self_attn.k_norm", "self_attn.v_norm"})
+        if (name == layer_tensor_name(l, m)) return true;
   return spec.tied_embeddings && name == "lm_head.weight";
 }
 
@@ -234,6 +241,16 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
   {
     m.embed_ = dense("model.embed_tokens.weight", spec.vocab, spec.embed_width());
     progress("model.embed_tokens.weight");
+    if (spec.ple()) {  // (Gemma 4's per-layer inputs: a second embedding, its projection and norm)
+      m.embed_ple_ = DenseWeight(src.get("model.embed_tokens_per_layer.weight"), spec.ple_vocab,
+                                 spec.n_layers * spec.ple_dim, opt.compute_dtype);
+      progress("model.embed_tokens_per_layer.weight");
+      const std::string n = model_linear_name(spec, ModelLinear::PleProjection) + ".weight";
+      m.model_linears_[2] = load_linear(src, n, opt);
+      progress(n);
+      m.ple_norm_ = load_vector(src, "model.per_layer_projection_norm.weight", opt.compute_dtype);
+      progress("model.per_layer_projection_norm.weight");
+    }
     if (spec.projects_embeddings()) {
       const std::string n = model_linear_name(spec, ModelLinear::ProjectIn) + ".weight";
       m.model_linears_[0] = load_linear(src, n, opt);
@@ -321,8 +338,10 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     } else if (spec.qk_norm && !spec.layer_is_linear_attn(l)) {
       L.q_norm = load_vector(src, name("self_attn.q_norm"), opt.compute_dtype);
       progress(name("self_attn.q_norm"));
-      L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
-      progress(name("self_attn.k_norm"));
+      if (!spec.layer_kv_shared(l)) {  // (Gemma 4's shared-KV layers have no keys of their own)
+        L.k_norm = load_vector(src, name("self_attn.k_norm"), opt.compute_dtype);
+        progress(name("self_attn.k_norm"));
+      }
       if (spec.qk_norm_head_weights) {
         L.unit_norm.assign(static_cast<size_t>(spec.head_dim), 1.0f);
         L.unit_norm_bias.assign(static_cast<size_t>(spec.head_dim), 0.0f);
@@ -338,6 +357,11 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (spec.moe()) load_moe_layer(L, spec, l, src, opt, progress);
     for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
     if (spec.v_norm) L.unit_norm.assign(static_cast<size_t>(spec.max_head_dim()), 1.0f);  // (VHead)
+    if (spec.ple()) {
+      for (int w : {kPleGateLinear, kPleProjLinear}) linear(w);
+      L.ple_norm = load_vector(src, name("post_per_layer_input_norm"), opt.compute_dtype);
+      progress(name("post_per_layer_input_norm"));
+    }
     if (spec.layer_scalar) {
       const std::string n = "model.layers." + std::to_string(l) + ".layer_scalar";
       const std::vector<float> v = load_vector(src, n, opt.compute_dtype);
@@ -416,6 +440,8 @@ QuantLinear& LayerWeights::linear(int which) {
     case 9: return la_in_b;
     case 10: return la_in_a;
     case 11: return la_out;
+    case kPleGateLinear: return ple_gate;
+    case kPleProjLinear: return ple_proj;
   }
   fail("LayerWeights::linear", "no Linear " + std::to_string(which) + " in a block");
 }
@@ -435,6 +461,7 @@ const std::vector<float>& LayerWeights::norm(NormRole role) const {
     case NormRole::PostFfn1: return post_ffn_norm1;
     case NormRole::PreFfn2: return pre_ffn_norm2;
     case NormRole::PostFfn2: return post_ffn_norm2;
+    case NormRole::PostPle: return ple_norm;
   }
   fail("LayerWeights::norm", "no such norm");
 }
@@ -454,6 +481,7 @@ const QuantLinear& Model::block_linear(int64_t layer, int which) const {
 }
 
 std::string model_linear_name(const ModelSpec& spec, ModelLinear which) {
+  if (which == ModelLinear::PleProjection) return spec.ple() ? "model.per_layer_model_projection" : std::string();
   if (!spec.projects_embeddings()) return std::string();
   return which == ModelLinear::ProjectIn ? "model.project_in" : "model.project_out";
 }
@@ -484,6 +512,58 @@ void embed_forward(Backend& be, float* x, float* emb, float* scratch, std::span<
     be.embedding_forward(x, tokens, model.embed_tokens());
   }
   embed_extras(be, x, scratch, pos, T, model);
+}
+
+void ple_inputs_forward(Backend& be, float* out, float* pre, float* rstd, std::span<const int> tokens, const float* emb,
+                        const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
+                        const LoraScratch& lora_scratch) {
+  const ModelSpec& s = model.spec();
+  const ComputeDType dt = model.compute_dtype();
+  check(be.host_addressable(), "per-layer inputs", std::string("run on the CPU backend only, not on ") + be.name());
+  const int64_t T = static_cast<int64_t>(tokens.size()), L = s.n_layers, P = s.ple_dim, LP = L * P;
+  // (T, L*P): per_layer_model_projection(emb) / sqrt(hidden), each step rounded
+  model_linear_forward(be, pre, emb, T, model, ModelLinear::PleProjection, adapter, lora_cache, training, rng,
+                       lora_scratch);
+  be.scale(pre, T * LP, static_cast<float>(std::pow(static_cast<double>(s.hidden), -0.5)));
+  be.round(pre, T * LP, dt);
+  // its RMSNorm over each layer's P values (float32, rounded once), into the (L, T, P) output
+  std::vector<float> normed(static_cast<size_t>(T * LP)), tok(static_cast<size_t>(LP));
+  rmsnorm_forward(normed.data(), rstd, pre, model.ple_projection_norm().data(), T * L, P, s.norm_eps, dt, 0.0f,
+                  /*round_once=*/true);
+  const float inv_sqrt2 = static_cast<float>(std::pow(2.0, -0.5));
+  for (int64_t t = 0; t < T; ++t) {
+    const int id = tokens[static_cast<size_t>(t)];
+    if (id < 0 || id >= s.ple_vocab)
+      fail("per-layer inputs", "token id " + std::to_string(id) + " is outside vocab_size_per_layer_input " +
+                                   std::to_string(s.ple_vocab));
+    model.embed_per_layer().rows_to_f32(id, id + 1, tok.data());
+    embed_scale_forward(tok.data(), LP, P, dt);  // (times sqrt(P) in the compute dtype, as the embedding's scale)
+    const float* nr = normed.data() + t * LP;
+    for (int64_t i = 0; i < LP; ++i) tok[static_cast<size_t>(i)] += nr[i];
+    round_activations(tok.data(), LP, dt);
+    for (float& v : tok) v *= inv_sqrt2;
+    round_activations(tok.data(), LP, dt);
+    for (int64_t l = 0; l < L; ++l) std::copy_n(tok.data() + l * P, P, out + (l * T + t) * P);
+  }
+}
+
+void ple_inputs_backward(Backend& be, const float* dple, const float* pre, const float* rstd, const float* emb, int64_t T,
+                         const Model& model, LoraModel& adapter, LoraCache* lora_cache, float* tile,
+                         const LoraScratch& lora_scratch) {
+  const ModelSpec& s = model.spec();
+  LoraLayer* lo = adapter.find(ModelLinear::PleProjection);
+  if (!lo) return;  // (nothing below learns)
+  const int64_t L = s.n_layers, P = s.ple_dim, LP = L * P;
+  const float inv_sqrt2 = static_cast<float>(std::pow(2.0, -0.5));
+  std::vector<float> dnormed(static_cast<size_t>(T * LP)), dpre(static_cast<size_t>(T * LP), 0.0f);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < P; ++i)
+        dnormed[static_cast<size_t>(t * LP + l * P + i)] = dple[(l * T + t) * P + i] * inv_sqrt2;
+  rmsnorm_backward(dpre.data(), nullptr, dnormed.data(), pre, model.ple_projection_norm().data(), rstd, T * L, P, 0.0f);
+  be.scale(dpre.data(), T * LP, static_cast<float>(std::pow(static_cast<double>(s.hidden), -0.5)));
+  be.linear_backward(nullptr, dpre.data(), emb, T, model.model_linear(ModelLinear::PleProjection), lo, lora_cache,
+                     tile, lora_scratch);
 }
 
 const float* head_input_forward(Backend& be, float* e, float* h, float* stats, const float* x, int64_t n,
@@ -558,7 +638,8 @@ void Model::set_adapter(const LoraModel* a) {
     for (int w = 0; w < kModelLinearCount; ++w) {
       const LoraLayer* lo = a->find(static_cast<ModelLinear>(w));
       if (!lo) continue;
-      check(spec_.projects_embeddings(), "LoRA adapter module '" + lo->module_path + "'", "the model has no such Linear");
+      check(!model_linear_name(spec_, static_cast<ModelLinear>(w)).empty(), "LoRA adapter module '" + lo->module_path + "'",
+            "the model has no such Linear");
       const QuantLinear& q = model_linear(static_cast<ModelLinear>(w));
       check(lo->in == q.in_features() && lo->out == q.out_features() &&
                 lo->A.size() == static_cast<size_t>(lo->r * lo->in) && lo->B.size() == static_cast<size_t>(lo->out * lo->r),
@@ -595,6 +676,11 @@ void InferenceState::ensure_scratch(const BlockProgram& p, int64_t T) {
     sin_local_.ensure(be, T * half_local);
   }
   key_start_.ensure(be, T);
+  if (s.ple()) {
+    ple_.ensure(be, T * s.n_layers * s.ple_dim);
+    ple_pre_.ensure(be, T * s.n_layers * s.ple_dim);
+    ple_rstd_.ensure(be, T * s.n_layers);
+  }
   pos_.resize(static_cast<size_t>(T));
   key_start_host_.resize(static_cast<size_t>(T));
   cos_host_.resize(static_cast<size_t>(T * std::max(half, half_local)));
@@ -619,6 +705,7 @@ void InferenceState::run_blocks(const Model& model, BlockRun& run, const int32_t
     run.cos = local ? cos_local_.data() : cos_.data();
     run.sin = local ? sin_local_.data() : sin_.data();
     run.key_start = s.layer_slides(l) ? window_start : nullptr;
+    if (s.ple()) run.ple = ple_.data() + l * run.T * s.ple_dim;
     block_forward(run);
   }
 }
@@ -711,6 +798,9 @@ void forward(const Model& model, InferenceState& st, std::span<const int> tokens
   for (int64_t t = 0; t < T; ++t) st.pos_[t] = static_cast<int32_t>(pos0 + t);
   embed_forward(be, x, st.emb_.data(), h, tokens, st.pos_.data(), model, model.adapter(), nullptr, false, nullptr,
                 scratch.lora);
+  if (s.ple())
+    ple_inputs_forward(be, st.ple_.data(), st.ple_pre_.data(), st.ple_rstd_.data(), tokens, x, model, model.adapter(),
+                       nullptr, false, nullptr, scratch.lora);
   // Rotary tables (and windows) are computed on the host and copied to the backend.
   rope_tables(st.cos_host_.data(), st.sin_host_.data(), st.pos_.data(), T, HS, s.rope_theta, s.rope_scaling);
   be.upload(st.cos_.data(), st.cos_host_.data(), T * half);
@@ -851,6 +941,9 @@ void forward_batch(const Model& model, InferenceState& work, std::span<Inference
   for (int64_t i = 0; i < N; ++i) work.pos_[static_cast<size_t>(i)] = static_cast<int32_t>(caches[static_cast<size_t>(i)]->length());
   embed_forward(be, x, work.emb_.data(), h, tokens, work.pos_.data(), model, model.adapter(), nullptr, false, nullptr,
                 scratch.lora);
+  if (s.ple())
+    ple_inputs_forward(be, work.ple_.data(), work.ple_pre_.data(), work.ple_rstd_.data(), tokens, x, model,
+                       model.adapter(), nullptr, false, nullptr, scratch.lora);
   // Each row's rotary table on its own, as forward() computes it for that one token (dynamic
   // NTK scaling depends on the forward's longest sequence).
   auto tables = [&](float* cos_dev, float* sin_dev, float theta, const RopeScaling& scaling, bool local) {

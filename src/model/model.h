@@ -41,6 +41,10 @@ struct LayerWeights {
   std::vector<float> unit_norm, unit_norm_bias;
   // layer_scalar models (Gemma 4): the block output's factor, in the compute dtype.
   float layer_scalar = 1.0f;
+  // ple models (Gemma 4 E2B / E4B): per_layer_input_gate (P, C), per_layer_projection (C, P),
+  // post_per_layer_input_norm (C).
+  QuantLinear ple_gate, ple_proj;
+  std::vector<float> ple_norm;
   // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
   // MLP input and output (else empty).
   std::vector<float> pre_ffn_norm, post_ffn_norm;
@@ -84,9 +88,12 @@ struct BlockRun;  // model/block_run.h
 // The Linears outside the blocks: OPT's project_in (embeddings to the blocks' width) and
 // project_out (back to the embeddings' width, before the head). Present when
 // spec.projects_embeddings(); quantized on load like the block Linears (bitsandbytes does).
-enum class ModelLinear : int { ProjectIn = 0, ProjectOut = 1 };
-inline constexpr int kModelLinearCount = 2;
-// "model.project_in" / "model.project_out" (canonical names), or "" when the spec has none.
+// PleProjection: Gemma 4's per_layer_model_projection (spec.ple()), which makes part of each
+// token's per-layer inputs from its embedding.
+enum class ModelLinear : int { ProjectIn = 0, ProjectOut = 1, PleProjection = 2 };
+inline constexpr int kModelLinearCount = 3;
+// "model.project_in" / "model.project_out" / "model.per_layer_model_projection" (canonical
+// names), or "" when the spec has none.
 std::string model_linear_name(const ModelSpec& spec, ModelLinear which);
 
 struct ModelLoadOptions {
@@ -149,7 +156,12 @@ class Model {
   size_t weight_bytes() const;
   // The block Linear `which` (0..6: q, k, v, o, gate, up, down) of layer l.
   const QuantLinear& block_linear(int64_t layer, int which) const;
-  // project_in / project_out. REQUIRES spec().projects_embeddings().
+  // ple models: embed_tokens_per_layer (ple_vocab, n_layers * ple_dim) in the compute dtype,
+  // and per_layer_projection_norm's weight (ple_dim).
+  const DenseWeight& embed_per_layer() const { return embed_ple_; }
+  const std::vector<float>& ple_projection_norm() const { return ple_norm_; }
+  // project_in / project_out (REQUIRES spec().projects_embeddings()); per_layer_model_projection
+  // (REQUIRES spec().ple()).
   const QuantLinear& model_linear(ModelLinear which) const { return model_linears_[static_cast<size_t>(which)]; }
 
   // Attaches (or with nullptr detaches) a LoRA adapter (lora/lora_model.h) that every later
@@ -183,7 +195,8 @@ class Model {
   ComputeDType dtype_ = ComputeDType::F32;
   ComputeDType kv_dtype_ = ComputeDType::F32;
   QuantOptions quant_;
-  DenseWeight embed_, lm_head_, embed_pos_;
+  DenseWeight embed_, lm_head_, embed_pos_, embed_ple_;
+  std::vector<float> ple_norm_;
   std::vector<float> final_norm_, final_norm_bias_, embed_norm_, embed_norm_bias_, lm_head_bias_;
   std::vector<LayerWeights> layers_;
   std::array<QuantLinear, kModelLinearCount> model_linears_;
@@ -211,6 +224,20 @@ void logit_scale(Backend& be, float* logits, int64_t n, float factor, ComputeDTy
 void embed_forward(Backend& be, float* x, float* emb, float* scratch, std::span<const int> tokens, const int32_t* pos,
                    const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
                    const LoraScratch& lora_scratch);
+
+// Gemma 4's per-layer inputs (spec.ple(); the CPU backend) of `tokens`, whose scaled
+// embeddings (the first block's input) are emb (T, C): out (L, T, ple_dim), one (T, ple_dim)
+// slice per layer. pre (T, L * ple_dim) and rstd (T * L) receive what the backward reads (the
+// norm's input and statistics). lora_cache, training and rng as lora_forward's.
+void ple_inputs_forward(Backend& be, float* out, float* pre, float* rstd, std::span<const int> tokens, const float* emb,
+                        const Model& model, const LoraModel* adapter, LoraCache* lora_cache, bool training, LoraRng* rng,
+                        const LoraScratch& lora_scratch);
+// Given d loss / d out (L, T, ple_dim) of that forward: accumulates the gradients of the adapter
+// on per_layer_model_projection (if any; nothing else below it learns). tile: a dequantization
+// tile (linear_backward_tile_floats of the projection).
+void ple_inputs_backward(Backend& be, const float* dple, const float* pre, const float* rstd, const float* emb, int64_t T,
+                         const Model& model, LoraModel& adapter, LoraCache* lora_cache, float* tile,
+                         const LoraScratch& lora_scratch);
 
 // What the head reads, e (n, embed_width), from the last block's output x (n, C): the final
 // norm (when the model has one; stats (n, 2) kept for its backward when not null) into h
@@ -267,6 +294,7 @@ class InferenceState {
   // rope_local models), each query's first key (sliding windows), the logits, and the block's
   // declared scratch (model/block_scratch.h).
   BackendBuffer x_, h_, emb_, cos_, sin_, cos_local_, sin_local_, logits_;
+  BackendBuffer ple_, ple_pre_, ple_rstd_;  // Gemma 4's per-layer inputs (L, T, P) and their scratch
   std::vector<BackendBuffer> slots_;
   BackendArray<int32_t> key_start_;
   BackendBuffer scratch_;

@@ -150,6 +150,18 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "full-attention layers of their own geometry are built for separate q/k/v projections with "
                   "per-head q/k norms before a whole-head rotary (Gemma 4's)");
   }
+  if (ple_dim < 0 || ple_dim > kMax || (ple() && (ple_vocab <= 0 || ple_vocab > vocab || !layer_scalar)))
+    fail(where, "hidden_size_per_layer_input / vocab_size_per_layer_input must be positive and at most the vocabulary "
+                "(Gemma 4's per-layer inputs)");
+  if (kv_shared_layers != 0 || double_wide_shared_mlp) {
+    if (kv_shared_layers < 0 || kv_shared_layers >= n_layers || !v_norm || sliding_layers.empty())
+      fail(where, "num_kv_shared_layers must leave some layers with keys and values (Gemma 4's), got " +
+                      std::to_string(kv_shared_layers));
+    for (int64_t l = n_layers - kv_shared_layers; l < n_layers; ++l)
+      if (kv_source(l) == l)
+        fail(where, "shared layer " + std::to_string(l) + " has no earlier " +
+                        (layer_global(l) ? "full-attention" : "sliding") + " layer whose keys and values it can use");
+  }
   if (q_pos_scale_beta != 0.0f && (!std::isfinite(q_pos_scale_beta) || q_pos_scale_period <= 0))
     fail(where, "llama_4_scaling_beta needs a finite beta and a positive original_max_position_embeddings");
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
@@ -159,6 +171,10 @@ void ModelSpec::validate(const std::string& where) const {
 
 std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears(int64_t layer) const {
   auto l = block_linears();
+  if (layer_ffn(layer) != ffn) {  // (Gemma 4's double-wide MLPs)
+    l[4].out = l[5].out = layer_ffn(layer);
+    l[6].in = layer_ffn(layer);
+  }
   if (!layer_global(layer)) return l;
   const AttentionGeometry g = attention_geometry(true);
   l[0].out = g.q_dim();
@@ -177,7 +193,11 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
                                                        {m[4], ffn, hidden, mlp_bias},
                                                        {m[5], ffn, hidden, mlp_bias},
                                                        {m[6], hidden, ffn, mlp_bias},
-                                                       absent, absent, absent, absent, absent}};
+                                                       absent, absent, absent, absent, absent, absent, absent}};
+  if (ple()) {
+    l[kPleGateLinear] = {m[kPleGateLinear], ple_dim, hidden, false};
+    l[kPleProjLinear] = {m[kPleProjLinear], hidden, ple_dim, false};
+  }
   if (attn_output_gate) l[0].out = 2 * q_dim();  // (per head: the query, then its gate)
   if (hybrid()) {
     l[7] = {m[7], la_conv_dim(), hidden, false};
@@ -226,6 +246,11 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
   const bool ln = norm == NormKind::LayerNorm && norm_bias;  // (each norm has a bias)
   const int64_t E = embed_width();
   t.push_back({"model.embed_tokens.weight", {vocab, E}});
+  if (ple()) {  // (Gemma 4's per-layer inputs)
+    t.push_back({"model.embed_tokens_per_layer.weight", {ple_vocab, n_layers * ple_dim}});
+    t.push_back({"model.per_layer_model_projection.weight", {n_layers * ple_dim, hidden}});
+    t.push_back({"model.per_layer_projection_norm.weight", {ple_dim}});
+  }
   if (projects_embeddings()) t.push_back({"model.project_in.weight", {hidden, E}});
   if (positional == PositionalKind::Learned)
     t.push_back({"model.embed_positions.weight", {max_positions + position_offset, hidden}});
@@ -250,9 +275,9 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (pre_norms) t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
     }
-    if (qk_norm && layer_global(l)) {  // (Gemma 4's full-attention layers: their own head size)
-      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {global_head_dim}});
-      t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {global_head_dim}});
+    if (qk_norm && (layer_global(l) || layer_kv_shared(l))) {  // (Gemma 4: each layer its own head size)
+      t.push_back({layer_tensor_name(l, "self_attn.q_norm"), {layer_geometry(l).head_dim}});
+      if (!layer_kv_shared(l)) t.push_back({layer_tensor_name(l, "self_attn.k_norm"), {layer_geometry(l).head_dim}});
     } else if (qk_norm && !layer_is_linear_attn(l)) {
       if (qk_norm_tensor_per_head) {
         for (int64_t h = 0; h < n_heads; ++h)
@@ -301,6 +326,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (shared_expert) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     }
     linears(l, 4, 7);  // gate, up, down (MoE: the shared expert's)
+    if (ple()) {
+      linears(l, kPleGateLinear, kPleProjLinear + 1);
+      t.push_back({layer_tensor_name(l, "post_per_layer_input_norm"), {hidden}});
+    }
     if (layer_scalar) t.push_back({"model.layers." + std::to_string(l) + ".layer_scalar", {1}});
   }
   if (final_norm && norm_weights) {

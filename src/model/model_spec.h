@@ -39,15 +39,17 @@ struct TensorSpec {
 
 // The Linear layers of a block, in module order: q, k, v, o, gate, up, down, then the gated
 // DeltaNet's (hybrid models' linear-attention layers: in_proj_qkv, in_proj_z, in_proj_b,
-// in_proj_a, out_proj). This is the one list every part of the program indexes by
+// in_proj_a, out_proj), then Gemma 4's per-layer-input gate and projection (E2B / E4B). This is the one list every part of the program indexes by
 // (Model::set_adapter, Model::block_linear, train's BlockLinear, LoRA files, the merge, the
 // memory planner). A layer holds those of its kind only (ModelSpec::layer_has_linear).
-inline constexpr int kBlockLinearCount = 12;
+inline constexpr int kBlockLinearCount = 14;
 inline constexpr int kAttentionLinears = 7;  // q .. down: every family's
 inline constexpr std::array<const char*, kBlockLinearCount> kBlockLinearModules = {
     "self_attn.q_proj",        "self_attn.k_proj",       "self_attn.v_proj",       "self_attn.o_proj",
     "mlp.gate_proj",           "mlp.up_proj",            "mlp.down_proj",          "linear_attn.in_proj_qkv",
-    "linear_attn.in_proj_z",   "linear_attn.in_proj_b",  "linear_attn.in_proj_a",  "linear_attn.out_proj"};
+    "linear_attn.in_proj_z",   "linear_attn.in_proj_b",  "linear_attn.in_proj_a",  "linear_attn.out_proj",
+    "per_layer_input_gate",    "per_layer_projection"};
+inline constexpr int kPleGateLinear = 12, kPleProjLinear = 13;
 
 // One of them in a given model: its module path inside the layer, shape and bias. A family
 // that fuses Linears (phi3's qkv_proj, gate_up_proj) holds the fused one in the first slot
@@ -335,19 +337,52 @@ struct ModelSpec {
   // (The family may still lack it: block_linears()' module null.)
   bool layer_has_linear(int64_t l, int which) const {
     if (which == 2 && global_k_eq_v && layer_global(l)) return false;  // (Gemma 4: values = keys' projection)
+    if ((which == 1 || which == 2) && layer_kv_shared(l)) return false;  // (Gemma 4: another layer's keys and values)
+    if (which >= kPleGateLinear) return ple();
     if (!hybrid()) return which < kAttentionLinears;
     return layer_is_linear_attn(l) ? which >= 4 : which < kAttentionLinears;
   }
-  // The layers with keys and values (all but the linear-attention ones), and layer l's index
-  // among them (the KV cache holds those only). REQUIRES !layer_is_linear_attn(l).
+  // Gemma 4 E2B / E4B (num_kv_shared_layers): the last kv_shared_layers layers compute no keys
+  // or values; each attends over those of the last earlier layer of its type (sliding or
+  // full attention), its producer. With double_wide_shared_mlp their MLP is 2 ffn wide.
+  int64_t kv_shared_layers = 0;
+  bool double_wide_shared_mlp = false;
+  // Gemma 4 E2B / E4B's per-layer inputs (hidden_size_per_layer_input > 0): each token gets
+  // ple_dim values per layer, (embed_tokens_per_layer[token] * sqrt(ple_dim) + the RMSNorm
+  // (per_layer_projection_norm) of per_layer_model_projection(its scaled embedding) / sqrt(hidden))
+  // / sqrt(2); each block then adds post_per_layer_input_norm(per_layer_projection(
+  // gelu_tanh(per_layer_input_gate(x)) * its layer's inputs)) to its output before layer_scalar.
+  int64_t ple_dim = 0, ple_vocab = 0;
+  bool ple() const { return ple_dim > 0; }
+  bool layer_kv_shared(int64_t l) const { return kv_shared_layers > 0 && l >= n_layers - kv_shared_layers; }
+  // The layer whose keys and values layer l attends over: l itself, or a shared layer's producer.
+  int64_t kv_source(int64_t l) const {
+    if (!layer_kv_shared(l)) return l;
+    for (int64_t i = n_layers - kv_shared_layers - 1; i >= 0; --i)
+      if (layer_global(i) == layer_global(l)) return i;
+    return l;  // (validate() refuses a type without a producer)
+  }
+  // Whether some shared layer attends over layer l's keys and values.
+  bool layer_kv_producer(int64_t l) const {
+    for (int64_t i = n_layers - kv_shared_layers; i < n_layers && kv_shared_layers > 0; ++i)
+      if (kv_source(i) == l) return true;
+    return false;
+  }
+  // Layer l's MLP width.
+  int64_t layer_ffn(int64_t l) const { return double_wide_shared_mlp && layer_kv_shared(l) ? 2 * ffn : ffn; }
+  // The layers with keys and values of their own (all but the linear-attention and the shared
+  // ones), and the index in the KV cache of those layer l attends over (its producer's for a
+  // shared layer). REQUIRES !layer_is_linear_attn(l).
+  bool layer_has_kv(int64_t l) const { return !layer_is_linear_attn(l) && !layer_kv_shared(l); }
   int64_t kv_layers() const {
     int64_t n = 0;
-    for (int64_t l = 0; l < n_layers; ++l) n += layer_is_linear_attn(l) ? 0 : 1;
+    for (int64_t l = 0; l < n_layers; ++l) n += layer_has_kv(l) ? 1 : 0;
     return n;
   }
   int64_t kv_layer(int64_t l) const {
+    const int64_t src = kv_source(l);
     int64_t n = 0;
-    for (int64_t i = 0; i < l; ++i) n += layer_is_linear_attn(i) ? 0 : 1;
+    for (int64_t i = 0; i < src; ++i) n += layer_has_kv(i) ? 1 : 0;
     return n;
   }
   // The same for the linear-attention layers (their recurrent states).
@@ -408,7 +443,7 @@ struct ModelSpec {
   std::vector<int64_t> kv_dims() const {
     std::vector<int64_t> d;
     for (int64_t l = 0; l < n_layers; ++l)
-      if (!layer_is_linear_attn(l)) d.push_back(layer_kv_dim(l));
+      if (layer_has_kv(l)) d.push_back(layer_kv_dim(l));
     return d;
   }
 

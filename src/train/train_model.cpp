@@ -1,6 +1,7 @@
 #include "train/train_model.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "base/error.h"
@@ -110,6 +111,15 @@ struct TrainWorkspace::Impl {
   // backward: the gradient flowing down the residual stream, the final norm's input
   // gradient, and (checkpointing) the recomputed block's output
   BackendBuffer dx, dhf, recompute_out;
+  // Shared-KV layers (Gemma 4 E2B / E4B), per layer type (0 sliding, 1 full attention): the
+  // producer's keys (after the rotary) and values, kept from its forward for the shared layers'
+  // forward and backward, and the gradients the shared layers send back to them.
+  std::array<BackendBuffer, 2> shared_k, shared_v, shared_dk, shared_dv;
+  // Gemma 4's per-layer inputs (L, T, P), what their backward reads, their gradient, and the
+  // adapter cache of per_layer_model_projection.
+  BackendBuffer ple, ple_pre, ple_rstd, dple, ple_tile;
+  LoraCache lc_ple;
+  BackendBuffer lc_ple_h, lc_ple_mask;
 
   void resize_block_scratch(const BlockProgram& p, const LoraModel& lm, int64_t T, int64_t longest, bool training,
                             bool backward) {
@@ -144,6 +154,13 @@ TrainWorkspace& TrainWorkspace::operator=(TrainWorkspace&&) noexcept = default;
 namespace {
 
 using Block = TrainWorkspace::Block;
+
+// The attention op that runs on layer l (a Gemma 4 program has one per layer type), or null.
+const BlockOp* attention_op(const BlockProgram& p, int64_t l) {
+  for (const BlockOp& o : p.ops())
+    if (o.kind == BlockOpKind::Attention && o.runs_on(p.spec(), l)) return &o;
+  return nullptr;
+}
 
 void check_sequence(const ModelSpec& s, std::span<const int> inputs, std::span<const int> targets,
                     std::span<const int32_t> positions) {
@@ -197,11 +214,26 @@ BlockRun block_run(TrainWorkspace::Impl& w, Block& b, const LoraModel& lm, int64
   }
   r.buf[static_cast<size_t>(p.input())] = const_cast<float*>(xin);  // only read
   r.buf[static_cast<size_t>(p.output())] = xout;
+  if (s.kv_shared_layers > 0) {
+    const int type = s.layer_global(l) ? 1 : 0;
+    if (s.layer_kv_shared(l)) {  // (its attention reads its producer's keys and values)
+      const BlockOp* a = attention_op(p, l);
+      r.buf[static_cast<size_t>(a->in1)] = w.shared_k[static_cast<size_t>(type)].data();
+      r.buf[static_cast<size_t>(a->in2)] = w.shared_v[static_cast<size_t>(type)].data();
+    } else if (s.layer_kv_producer(l)) {
+      r.shared_dk = w.shared_dk[static_cast<size_t>(type)].data();
+      r.shared_dv = w.shared_dv[static_cast<size_t>(type)].data();
+    }
+  }
   const bool local = s.layer_uses_local_rope(l);
   r.cos = (local ? w.cos_l : w.cos).data();
   r.sin = (local ? w.sin_l : w.sin).data();
   r.key_start = layer_key_start(w, s, l);
   if (!w.q_scale.empty()) r.q_scale = w.q_scale.data();
+  if (s.ple()) {
+    r.ple = w.ple.data() + l * T * s.ple_dim;
+    if (!w.dple.empty() && lm.find(ModelLinear::PleProjection)) r.dple = w.dple.data() + l * T * s.ple_dim;
+  }
   r.adapter = &lm;
   r.lora_caches = b.lc.data();
   r.scratch = w.scratch;
@@ -327,10 +359,36 @@ void model_forward(TrainWorkspace::Impl& w, const LoraModel& lm, std::span<const
   if (s.projects_embeddings()) w.emb.ensure(be, T * E);
   embed_forward(be, w.xs.data(), w.emb.data(), w.hf.data(), w.tokens, w.pos.data(), m, &lm, &w.lc_in, training, rng,
                 w.scratch.lora);
+  if (s.ple()) {  // (Gemma 4: each layer's per-layer inputs, from the tokens and their embeddings)
+    const int64_t n = T * NL * s.ple_dim;
+    w.ple.ensure(be, n);
+    w.ple_pre.ensure(be, n);
+    w.ple_rstd.ensure(be, T * NL);
+    if (backward) w.dple.ensure(be, n);
+    const LoraLayer* ple_layer = lm.find(ModelLinear::PleProjection);
+    size_lora_cache(be, w.lc_ple, w.lc_ple_h, w.lc_ple_mask, std::span(&ple_layer, 1), T, training);
+    ple_inputs_forward(be, w.ple.data(), w.ple_pre.data(), w.ple_rstd.data(), w.tokens, w.xs.data(), m, &lm,
+                       ple_layer ? &w.lc_ple : nullptr, training, rng, w.scratch.lora);
+  }
+  if (s.kv_shared_layers > 0)
+    for (int type = 0; type < 2; ++type) {  // (the widest layer's keys and values)
+      const int64_t kvd = s.attention_geometry(type == 1).kv_dim();
+      for (BackendBuffer* sb : {&w.shared_k[static_cast<size_t>(type)], &w.shared_v[static_cast<size_t>(type)],
+                                &w.shared_dk[static_cast<size_t>(type)], &w.shared_dv[static_cast<size_t>(type)]})
+        sb->ensure(be, T * kvd);
+    }
   for (int64_t l = 0; l < NL; ++l) {
     if (rng) w.rng_at_block.push_back(*rng);
     Block& b = w.blocks[keep_all ? static_cast<size_t>(l) : 0];
     block_forward(w.xs.data() + (l + 1) * T * C, w, b, lm, l, w.xs.data() + l * T * C, T, training, rng);
+    if (s.layer_kv_producer(l)) {  // (its keys and values, for the shared layers after it)
+      const BlockProgram& p = m.block();
+      const BlockOp* a = attention_op(p, l);
+      const int type = s.layer_global(l) ? 1 : 0;
+      const int64_t n = T * s.layer_kv_dim(l);
+      be.copy(w.shared_k[static_cast<size_t>(type)].data(), b.saved[static_cast<size_t>(a->in1)].data(), n);
+      be.copy(w.shared_v[static_cast<size_t>(type)].data(), b.saved[static_cast<size_t>(a->in2)].data(), n);
+    }
   }
   w.rstdf.ensure(be, 2 * T);  // (rstd, or LayerNorm's mean and rstd)
   if (s.projects_embeddings()) w.he.ensure(be, T * E);
@@ -452,6 +510,13 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
 
   // blocks, last to first
   if (opt.checkpointing) w.recompute_out.ensure(be, T * C);
+  if (s.kv_shared_layers > 0)
+    for (int type = 0; type < 2; ++type) {
+      const int64_t kvd = s.attention_geometry(type == 1).kv_dim();
+      be.zero(w.shared_dk[static_cast<size_t>(type)].data(), T * kvd);
+      be.zero(w.shared_dv[static_cast<size_t>(type)].data(), T * kvd);
+    }
+  if (s.ple()) be.zero(w.dple.data(), T * NL * s.ple_dim);
   for (int64_t l = NL - 1; l >= 0; --l) {
     const float* xin = w.xs.data() + l * T * C;
     Block* b;
@@ -463,6 +528,18 @@ float forward_backward_batch(LoraModel& lm, TrainWorkspace& ws, std::span<const 
       b = &w.blocks[static_cast<size_t>(l)];
     }
     block_backward(w.dx.data(), w, *b, lm, l, w.dx.data(), xin, T);
+    if (s.layer_kv_shared(l)) {  // (what its attention sends back to the producer's keys and values)
+      const BlockOp* a = attention_op(m.block(), l);
+      const int type = s.layer_global(l) ? 1 : 0;
+      const int64_t n = T * s.layer_kv_dim(l);
+      be.axpy(w.shared_dk[static_cast<size_t>(type)].data(), 1.0f, w.grad[static_cast<size_t>(a->in1)].data(), n);
+      be.axpy(w.shared_dv[static_cast<size_t>(type)].data(), 1.0f, w.grad[static_cast<size_t>(a->in2)].data(), n);
+    }
+  }
+  if (s.ple() && lm.find(ModelLinear::PleProjection)) {  // (Gemma 4: per_layer_model_projection's adapter)
+    w.ple_tile.ensure(be, linear_backward_tile_floats(C, NL * s.ple_dim));
+    ple_inputs_backward(be, w.dple.data(), w.ple_pre.data(), w.ple_rstd.data(), w.xs.data(), T, m, lm, &w.lc_ple,
+                        w.ple_tile.data(), w.scratch.lora);
   }
   // project_in's adapter: the first block's input gradient is its output's (positions are
   // added after it and take no gradient); nothing below it learns (no input gradient).

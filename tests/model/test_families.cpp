@@ -59,7 +59,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -84,8 +84,16 @@ bool hybrid_fixture(const std::string& what) { return what.rfind("qwen3_5", 0) =
 // float32 logits 1.23e-5 away, ours 1.25e-5 (3.9e-6 of the largest logit, 3.17) -- and 1.6e-5
 // (5.1e-6) from each other. They take the hybrids' tolerance.
 bool gemma4_fixture(const std::string& what) { return what.rfind("gemma4", 0) == 0; }
+// Gemma 4 E2B / E4B's form (gemma4_e: per-layer inputs, shared keys and values over 6 layers) is
+// more sensitive still. Against the same model in float64: transformers' float32 logits are
+// 2.7e-5 of the largest away (ours 2.4e-5), with PEFT's adapter 8.3e-5 (ours 3.4e-5), its
+// float32 LoRA gradients 2.7e-4. Twice the largest of those; its loss curve is held to the
+// float64 one (curve_float64).
+bool gemma4_e_fixture(const std::string& what) { return what.rfind("gemma4_e", 0) == 0; }
+constexpr double kGemma4ELogitRel = 1.7e-4, kGemma4EGradRel = 5.4e-4;
 // The tolerance for a comparison named `what`: kLogitRel, or the hybrids' (and Gemma 4's).
 double logit_rel_for(const std::string& what) {
+  if (gemma4_e_fixture(what)) return kGemma4ELogitRel;
   return hybrid_fixture(what) || gemma4_fixture(what) ? kHybridLogitRel : kLogitRel;
 }
 // LoRA gradients: max |Δ| / max |ref| per tensor; measured up to 2.5e-5 (gemma), 1e-5
@@ -289,7 +297,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
                                            "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
                                            "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3",
-                                           "qwen3_5_text", "gemma4_text", "gemma4_moe"),
+                                           "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -758,7 +766,7 @@ TEST_P(Families, LoraGradientsMatchPeft) {
         num = std::max(num, std::fabs(double(got[i]) - want[i]));
         den = std::max(den, std::fabs(double(want[i])));
       }
-      EXPECT_LE(num / den, hybrid_fixture(GetParam()) ? kHybridGradRel : kGradRel) << GetParam() << " " << key;
+      EXPECT_LE(num / den, gemma4_e_fixture(GetParam()) ? kGemma4EGradRel : hybrid_fixture(GetParam()) ? kHybridGradRel : kGradRel) << GetParam() << " " << key;
     }
   }
 }
@@ -820,7 +828,12 @@ TEST_P(Families, TenStepLossCurveMatchesPeft) {
     opt.step();
     worst = std::max(worst, std::fabs(loss - want[step]) / want[step]);
     if (f64) drift = std::max(drift, std::fabs(f32_curve[step] - want[step]));
-    EXPECT_NEAR(loss, want[step], std::max(1e-4 * want[step], 2 * drift)) << GetParam() << " step " << step + 1;
+    // (gemma4_e: its float32 curves wander furthest -- transformers' parts from float64 by 1.6e-4
+    // at step 5 and 1.7e-2 at step 10, AdamW's per-parameter normalization magnifying the rounding
+    // of near-zero gradients -- and ours, a third rounding path, by 7.5e-4 at step 5: five times
+    // transformers' drift there)
+    const double drift_factor = gemma4_e_fixture(GetParam()) ? 5 : 2;
+    EXPECT_NEAR(loss, want[step], std::max(1e-4 * want[step], drift_factor * drift)) << GetParam() << " step " << step + 1;
   }
   EXPECT_LT(want.back(), want.front()) << "the reference curve should fall";
   char buf[32];

@@ -300,13 +300,28 @@ TEST(HfConfig, Gemma4DenseConfigsAndTheirErrors) {
 
   auto err = [&](const std::string& extra) { return error_of(text + "," + extra + "}"); };
   EXPECT_EQ(err(R"("sliding_window":512)"), "");
-  EXPECT_NE(err(R"("hidden_size_per_layer_input":256)").find("per-layer embeddings"), std::string::npos);
-  EXPECT_NE(error_of(R"({"model_type":"gemma4_text","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
-                         "intermediate_size":96,"vocab_size":160})")
-                .find("hidden_size_per_layer_input"),
-            std::string::npos)
-      << "the class default (256) has per-layer embeddings";
-  EXPECT_NE(err(R"("num_kv_shared_layers":4)").find("num_kv_shared_layers"), std::string::npos);
+  // E2B / E4B's form: per-layer inputs (the class default: 256 values per layer), the last
+  // layers reusing earlier layers' keys and values, their MLPs twice as wide
+  const ModelSpec e = spec_from_hf_config(
+      json::parse(text + R"(,"hidden_size_per_layer_input":256,"num_kv_shared_layers":4,"use_double_wide_mlp":true})"),
+      "config.json");
+  EXPECT_EQ(e.ple_dim, 256);
+  EXPECT_EQ(e.ple_vocab, 262144) << "vocab_size_per_layer_input's class default";
+  EXPECT_TRUE(e.layer_kv_shared(8));
+  EXPECT_FALSE(e.layer_kv_shared(7));
+  EXPECT_EQ(e.kv_source(11), 5) << "the last full-attention layer before the shared ones";
+  EXPECT_EQ(e.kv_source(9), 7) << "the last sliding one";
+  EXPECT_EQ(e.kv_layers(), 8);
+  EXPECT_EQ(e.kv_layer(11), e.kv_layer(5));
+  EXPECT_EQ(e.layer_ffn(8), 2 * 15360);
+  EXPECT_EQ(e.layer_ffn(7), 15360);
+  EXPECT_FALSE(e.layer_has_linear(8, 1));
+  EXPECT_TRUE(e.layer_has_linear(8, kPleGateLinear));
+  EXPECT_NE(err(R"("num_kv_shared_layers":12)").find("num_kv_shared_layers"), std::string::npos);
+  EXPECT_NE(err(R"("num_kv_shared_layers":7)").find("no earlier full-attention layer"), std::string::npos)
+      << "layer 5 (full) is shared: no full-attention layer before the shared ones";
+  EXPECT_NE(err(R"("hidden_size_per_layer_input":8,"vocab_size_per_layer_input":0)").find("vocab_size_per_layer_input"),
+            std::string::npos);
   EXPECT_NE(err(R"("enable_moe_block":true)").find("num_experts, top_k_experts and moe_intermediate_size"),
             std::string::npos);
   // 26B-A4B's block: 128 experts of 704, 8 per token, beside the dense MLP

@@ -85,12 +85,14 @@ void gemma4_read(const json& j, const std::string& where, ModelSpec& s) {
   s.final_softcap = nullable_float(j, "final_logit_softcapping", where, 0.0f);
   if (config::find_key(j, "attn_logit_softcapping") && nullable_float(j, "attn_logit_softcapping", where, 0.0f) > 0.0f)
     fail(where, "attn_logit_softcapping is not part of Gemma 4's attention (transformers' Gemma4TextAttention has none)");
-  auto refuse = [&](bool on, const std::string& what) {
-    if (on) fail(where, what + " (Gemma 4 E2B / E4B / 26B-A4B) is not supported yet: the dense Gemma 4 models run");
-  };
-  refuse(config::get_int(j, "hidden_size_per_layer_input", where, 256) != 0,
-         "hidden_size_per_layer_input (per-layer embeddings)");
-  refuse(config::get_int(j, "num_kv_shared_layers", where, 0) != 0, "num_kv_shared_layers (layers sharing keys and values)");
+  // E2B / E4B: per-layer inputs (the class default: 256 values per layer), layers attending over
+  // an earlier layer's keys and values, their MLPs twice as wide.
+  s.act = Activation::GeluTanh;  // (the per-layer inputs' gate)
+  s.ple_dim = config::get_int(j, "hidden_size_per_layer_input", where, 256);
+  if (s.ple_dim < 0) fail(where, "hidden_size_per_layer_input must be non-negative");
+  if (s.ple()) s.ple_vocab = config::get_int(j, "vocab_size_per_layer_input", where, 262144);
+  s.kv_shared_layers = config::get_int(j, "num_kv_shared_layers", where, 0);
+  s.double_wide_shared_mlp = config::get_bool(j, "use_double_wide_mlp", where, false) && s.kv_shared_layers > 0;
   if (config::get_bool(j, "enable_moe_block", where, false)) {  // (26B-A4B)
     s.n_experts = config::get_int(j, "num_experts", where, 0);
     s.experts_per_token = config::get_int(j, "top_k_experts", where, 0);
@@ -221,13 +223,14 @@ void gemma4_write(const ModelSpec& s, ordered_json& j) {
     if (s.layer_global(l))
       plc[std::to_string(l)] = {{"head_dim", s.global_head_dim}, {"num_key_value_heads", s.attention_geometry(true).kv_heads}};
   j["per_layer_config"] = plc;
-  j["hidden_size_per_layer_input"] = 0;
-  j["num_kv_shared_layers"] = 0;
+  j["hidden_size_per_layer_input"] = s.ple_dim;
+  j["vocab_size_per_layer_input"] = s.ple() ? s.ple_vocab : s.vocab;
+  j["num_kv_shared_layers"] = s.kv_shared_layers;
   j["enable_moe_block"] = s.moe();
   j["num_experts"] = s.moe() ? ordered_json(s.n_experts) : ordered_json();
   j["top_k_experts"] = s.moe() ? ordered_json(s.experts_per_token) : ordered_json();
   j["moe_intermediate_size"] = s.moe() ? ordered_json(s.expert_ffn) : ordered_json();
-  j["use_double_wide_mlp"] = false;
+  j["use_double_wide_mlp"] = s.double_wide_shared_mlp;
 }
 
 void gemma_gguf(const GgufLlamaHParams&, ModelSpec& s) {

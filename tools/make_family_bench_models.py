@@ -78,6 +78,18 @@ FAMILIES = {
                                              hidden_size_per_layer_input=0, num_kv_shared_layers=0,
                                              enable_moe_block=False, sliding_window=128, final_logit_softcapping=30.0,
                                              max_position_embeddings=2048, tie_word_embeddings=True)),
+    # Gemma 4 E2B's block shapes at the bench size: 8 layers (the 5th and the last full attention),
+    # per-layer inputs of 64 per layer, the last 3 layers attending over layers 4's / 5's keys and
+    # values with MLPs twice as wide (E2B: hidden 1536, 35 layers, 20 shared, 256 per layer).
+    "gemma4_e": ("Gemma4TextConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                          num_attention_heads=8, num_key_value_heads=1, head_dim=64,
+                                          global_head_dim=128, hidden_size_per_layer_input=64,
+                                          vocab_size_per_layer_input=8192, num_kv_shared_layers=3,
+                                          use_double_wide_mlp=True, enable_moe_block=False, sliding_window=128,
+                                          final_logit_softcapping=30.0, max_position_embeddings=2048,
+                                          layer_types=["sliding_attention"] * 4 + ["full_attention"] +
+                                                      ["sliding_attention"] * 2 + ["full_attention"],
+                                          tie_word_embeddings=True)),
 }
 
 

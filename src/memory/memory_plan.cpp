@@ -39,17 +39,18 @@ uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 // The block Linears the model has (model_spec.h's one list, without the slots a fused
 // family leaves empty): module name (for LoRA matching), out, in.
 using LinearShape = BlockLinearSpec;
-// (Gemma 4's full-attention layers: their q/k/v/o shapes are listed too.)
+// (Gemma 4's layers differ: full-attention layers' q/k/v/o and double-wide MLPs are listed too.)
 std::vector<LinearShape> block_linears(const ModelSpec& s) {
   std::vector<LinearShape> v;
   for (const LinearShape& li : s.block_linears())
     if (li.module) v.push_back(li);
-  if (s.has_global_geometry())
-    for (const LinearShape& li : s.block_linears(s.first_global_layer())) {
-      bool seen = !li.module;
-      for (const LinearShape& x : v) seen = seen || (x.module == li.module && x.out == li.out && x.in == li.in);
-      if (!seen) v.push_back(li);
-    }
+  if (s.has_global_geometry() || s.kv_shared_layers > 0)
+    for (int64_t l = 0; l < s.n_layers; ++l)
+      for (const LinearShape& li : s.block_linears(l)) {
+        bool seen = !li.module;
+        for (const LinearShape& x : v) seen = seen || (x.module == li.module && x.out == li.out && x.in == li.in);
+        if (!seen) v.push_back(li);
+      }
   return v;
 }
 
@@ -115,17 +116,20 @@ struct LoraShape {
 // each once; those PEFT's names in `o` adapt when `lora` is set.
 std::vector<LinearShape> model_linears(const ModelSpec& s, const MemoryOptions* lora = nullptr) {
   std::vector<LinearShape> v;
-  if (!s.projects_embeddings()) return v;
   const int64_t C = s.hidden, E = s.embed_width();
   for (int w = 0; w < kModelLinearCount; ++w) {
     const std::string name = model_linear_name(s, static_cast<ModelLinear>(w));
+    if (name.empty()) continue;
     if (lora && !lora->all_linear) {
       const std::string path = canonical_to_hf(s, name);
       bool hit = false;
       for (const std::string& t : lora->target_modules) hit = hit || lora_module_matches(path, t);
       if (!hit) continue;
     }
-    v.push_back(w == 0 ? LinearShape{"project_in", C, E, false} : LinearShape{"project_out", E, C, false});
+    if (w == 2)  // (Gemma 4's per_layer_model_projection)
+      v.push_back(LinearShape{"per_layer_model_projection", s.n_layers * s.ple_dim, C, false});
+    else
+      v.push_back(w == 0 ? LinearShape{"project_in", C, E, false} : LinearShape{"project_out", E, C, false});
   }
   return v;
 }
@@ -231,6 +235,8 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   // (the CUDA runner widens a Q8_0 head to float32 on the device)
   const bool cpu = o.engine == MemoryEngine::Qlora;
   w.embed = cpu && o.embed_q8_0 ? q8_bytes : vc * dense_bytes;
+  // (Gemma 4's per-layer embeddings, in the compute dtype)
+  if (s.ple()) w.embed += u(s.ple_vocab) * u(s.n_layers) * u(s.ple_dim) * dense_bytes;
   w.head = s.tied_embeddings ? 0 : cpu && o.head_q8_0 ? q8_bytes : vc * dense_bytes;
   w.norms = (2 * L + (s.final_norm ? 1 : 0)) * u(s.hidden) * norm_bytes;
   if (s.head_bias) w.bias += u(s.vocab) * norm_bytes;
@@ -413,7 +419,13 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // (the CPU backend keeps each LoRA dropout mask as bits: lora/lora.h LoraCache mask_bits)
     const uint64_t block = 4 * u(prog.saved_floats(Ti, Bi)) +
                            4 * (static_cast<uint64_t>(ls.modules_per_block) * BT * r_ + (drop ? BT * ls.sum_mask_words : 0));
-    const uint64_t xs = 4 * (L + 1) * BT * C;
+    // (Gemma 4: the per-layer inputs, their norm's input and their gradient, (L, B*T, P) each, and
+    // the shared-KV producers' keys and values and their gradients; train/train_model.cpp)
+    uint64_t shared_kv = 0;
+    if (s.kv_shared_layers > 0)
+      for (bool global : {false, true}) shared_kv += 4 * BT * u(s.attention_geometry(global).kv_dim());
+    const uint64_t xs = 4 * (L + 1) * BT * C + 4 * (3 * L * BT * u(s.ple_dim) + L * BT) * (s.ple() ? 1 : 0) +
+                        4 * shared_kv;
     // (with checkpointing an MoE layer also keeps its routing, expert products and their
     // LoRA caches for its backward: model/moe_block.h, train/train_model.cpp block_run)
     r.activations_checkpointed = xs + block + 4 * u(moe_saved_floats(s, static_cast<int64_t>(BT), 2 * o.lora_r));
@@ -501,8 +513,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     }
     const BlockProgram prog = BlockProgram::for_spec(s);
     add(r, "forward scratch (prompt prefill)" + each,
-        B * 4 * P * (2 * C + u(prog.inference_floats(1)) + rope_tables + rope_staging + 3),
-        "residual stream, final norm, the block's buffers (sharing slots), rope tables for the prompt's tokens");
+        B * 4 * P * (2 * C + u(prog.inference_floats(1)) + rope_tables + rope_staging + 3 +
+                     (s.ple() ? L * (2 * u(s.ple_dim) + 1) : 0)),
+        "residual stream, final norm, the block's buffers (sharing slots), rope tables for the prompt's tokens"
+        " (Gemma 4: and its per-layer inputs)");
     // The block's declared scratch for the prompt against the cache's keys: the attention
     // scores (no probabilities are kept at inference) and the adapter's temporaries.
     BlockScratchQuery sq;

@@ -588,6 +588,12 @@ int64_t BlockProgram::batch_floats(int b, int64_t tokens, int64_t probs_per_head
   return buf.probs ? spec_.n_heads * probs_per_head : buf.width * tokens;
 }
 
+int64_t BlockProgram::batch_floats_on(int b, int64_t l, int64_t tokens, int64_t probs_per_head) const {
+  const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
+  if (buf.narrow_width > 0 && spec_.layer_ffn(l) == spec_.ffn) return buf.narrow_width * tokens;
+  return batch_floats(b, tokens, probs_per_head);
+}
+
 int64_t BlockProgram::saved_floats(int64_t T, int64_t B) const {
   int64_t n = 0;
   for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
@@ -605,7 +611,7 @@ int64_t BlockProgram::saved_floats_on(int64_t l, int64_t T, int64_t B) const {
   int64_t n = 0;
   for (int b = 0; b < static_cast<int>(buffers_.size()); ++b)
     if (buffers_[static_cast<size_t>(b)].saved && b != input_ && b != output_ && used_on(b, l))
-      n += batch_floats(b, B * T, B * T * T);
+      n += batch_floats_on(b, l, B * T, B * T * T);
   return n;
 }
 

@@ -136,6 +136,8 @@ class BlockProgram {
   // The same for a batch: `tokens` in all, and probabilities of NH * probs_per_head floats
   // (the sum over the batch's sequences of T_i * T_i).
   int64_t batch_floats(int b, int64_t tokens, int64_t probs_per_head) const;
+  // ... on layer l (Gemma 4's narrower MLPs).
+  int64_t batch_floats_on(int b, int64_t l, int64_t tokens, int64_t probs_per_head) const;
   // Floats training keeps per block for its backward (saved buffers other than the input
   // and output), and the floats of the other (transient) buffers, for B sequences of T tokens.
   int64_t saved_floats(int64_t T, int64_t B = 1) const;

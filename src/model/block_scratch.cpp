@@ -24,8 +24,8 @@ BlockScratchFloats block_scratch_floats(const BlockProgram& p, const BlockScratc
   if (q.backward) {
     f.raw_scores = attention_backward_scratch_floats(q.longest, q.longest, s.attn_softcap);
     f.dprobs = s.n_heads * q.longest * q.longest;
-    for (bool global : {false, true})  // (Gemma 4: the full-attention layers' shapes too)
-      for (const BlockLinearSpec& li : global ? s.block_linears(s.first_global_layer()) : s.block_linears())
+    for (int64_t l = 0; l < s.n_layers; ++l)  // (Gemma 4's layers differ in shape)
+      for (const BlockLinearSpec& li : s.block_linears(l))
         if (li.module) f.weight_tile = std::max(f.weight_tile, linear_backward_tile_floats(li.in, li.out));
     // (project_out's input gradient goes through the same tile: (E, C))
     if (s.projects_embeddings())

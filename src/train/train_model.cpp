@@ -53,7 +53,8 @@ struct TrainWorkspace::Block {
     for (int b = 0; b < static_cast<int>(p.buffers().size()); ++b)
       if (p.buffers()[static_cast<size_t>(b)].saved && b != p.input() && b != p.output() &&
           (layer < 0 || p.used_on(b, layer)))
-        saved[static_cast<size_t>(b)].ensure(be, p.batch_floats(b, T, probs_per_head));
+        saved[static_cast<size_t>(b)].ensure(
+            be, layer < 0 ? p.batch_floats(b, T, probs_per_head) : p.batch_floats_on(b, layer, T, probs_per_head));
     std::vector<const LoraLayer*> layers;
     for (int w = 0; w < kBlockLinears; ++w) {
       layers.clear();

@@ -1,7 +1,7 @@
 // Gemma, Gemma 2 and Gemma 3 (text): (1 + w) RMSNorms rounded once, embeddings scaled by
 // sqrt(hidden), a tanh-GELU GeGLU MLP, tied heads; Gemma 2 adds sandwich norms, soft caps,
 // query_pre_attn_scalar and alternating sliding windows; Gemma 3 per-head q/k norms and a
-// local rotary on its sliding layers.
+// local rotary on its sliding layers. Gemma 4 (gemma4_text) below.
 #include <cmath>
 #include <optional>
 #include <utility>
@@ -70,8 +70,9 @@ void gemma3_read(const json& j, const std::string& where, ModelSpec& s) {
 // unscaled, and full-attention layers of their own geometry (global_head_dim, with
 // attention_k_eq_v num_global_key_value_heads and values taken from the key projection)
 // rotating with the proportional rope over the whole head; each block's output times its
-// layer_scalar. The dense models (Gemma 4 31B's form) run here; the per-layer embeddings, the
-// shared KV layers (E2B / E4B) and the MoE block (26B-A4B) are refused by name.
+// layer_scalar. E2B / E4B add per-layer inputs, shared keys and values and double-wide MLPs,
+// 26B-A4B an MoE block beside the dense MLP (model/model_spec.h). Bidirectional attention
+// (use_bidirectional_attention "all") is refused by name.
 void gemma4_read(const json& j, const std::string& where, ModelSpec& s) {
   s.mlp = MlpKind::GeGLU;
   s.embed_scale = true;

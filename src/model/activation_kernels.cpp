@@ -29,10 +29,14 @@ void exp_scalar(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
 }
 
+void tanh_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+}
+
 }  // namespace
 
 const ActivationKernels& scalar_activation_kernels() {
-  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar};
+  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar};
   return k;
 }
 

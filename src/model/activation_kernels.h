@@ -1,6 +1,7 @@
 #pragma once
 // Element-wise kernels of the activations, one set per instruction set, chosen at run time
-// like linear_kernels.h: SwiGLU forward and backward, and exp over a vector (softmax).
+// like linear_kernels.h: SwiGLU forward and backward, exp over a vector (softmax) and tanh (the
+// tanh-GELU and soft caps).
 //
 // The scalar kernels are the definitions (std::exp, i.e. glibc's expf, in the order the ops
 // have always run). The AVX2 kernels are bit-identical to them: their exp reproduces
@@ -22,6 +23,11 @@ struct ActivationKernels {
   void (*swiglu_backward)(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
   // y (n) = exp(x) (y may alias x).
   void (*exp)(const float* x, float* y, int64_t n);
+  // y (n) = tanh(x) (y may alias x): the tanh-GELU (gelu_pytorch_tanh, GeGLU) and the soft caps.
+  // The scalar kernel is glibc's tanhf; the AVX2 one is (1 - e) / (1 + e) in double, e = exp(-2|x|)
+  // from the exp above's double-precision steps, and an odd polynomial below |x| 2^-5 (tanh's own
+  // series to x^9): within 3 float ulps of tanhf or 2e-8 absolute (tested), not bit-identical.
+  void (*tanh)(const float* x, float* y, int64_t n);
 };
 
 const ActivationKernels& scalar_activation_kernels();

@@ -34,8 +34,8 @@ constexpr double kC0 = 0x1.c6af84b912394p-5 / 32 / 32 / 32;
 constexpr double kC1 = 0x1.ebfce50fac4f3p-3 / 32 / 32;
 constexpr double kC2 = 0x1.62e42ff0c52d6p-1 / 32;
 
-// exp of four floats, as double before the final rounding to float.
-inline __m128 exp4(__m128 xf) {
+// exp of four floats in double precision (glibc's steps), before the rounding to float.
+inline __m256d exp4d(__m128 xf) {
   const __m256d xd = _mm256_cvtps_pd(xf);
   const __m256d inv = _mm256_set1_pd(kInvLn2N), shift = _mm256_set1_pd(kShift);
   const __m256d z = _mm256_mul_pd(inv, xd);
@@ -51,7 +51,18 @@ inline __m128 exp4(__m128 xf) {
   const __m256d r2 = _mm256_mul_pd(r, r);
   __m256d y = _mm256_fmadd_pd(_mm256_set1_pd(kC2), r, _mm256_set1_pd(1.0));
   y = _mm256_fmadd_pd(zz, r2, y);
-  return _mm256_cvtpd_ps(_mm256_mul_pd(y, s));
+  return _mm256_mul_pd(y, s);
+}
+
+// exp of four floats, as double before the final rounding to float.
+inline __m128 exp4(__m128 xf) { return _mm256_cvtpd_ps(exp4d(xf)); }
+
+// tanh of four floats' absolute values (each in [0, 9]), (1 - e) / (1 + e) with e = exp(-2a)
+// kept in double: no cancellation in 1 - e at float precision.
+inline __m128 tanh4_abs(__m128 a) {
+  const __m256d e = exp4d(_mm_mul_ps(_mm_set1_ps(-2.0f), a));
+  const __m256d one = _mm256_set1_pd(1.0);
+  return _mm256_cvtpd_ps(_mm256_div_pd(_mm256_sub_pd(one, e), _mm256_add_pd(one, e)));
 }
 
 // exp of eight floats; false (nothing computed) when a lane needs glibc's special cases.
@@ -118,10 +129,38 @@ void exp_avx2(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::exp(x[i]);
 }
 
+void tanh_avx2(const float* x, float* y, int64_t n) {
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
+  const __m256 small = _mm256_set1_ps(0.03125f), big = _mm256_set1_ps(9.0f);
+  // tanh x = x - x^3/3 + 2x^5/15 - 17x^7/315 + 62x^9/2835 (|x| < 2^-5: the next term is < 1e-16 |x|)
+  const __m256 c3 = _mm256_set1_ps(-1.0f / 3.0f), c5 = _mm256_set1_ps(2.0f / 15.0f), c7 = _mm256_set1_ps(-17.0f / 315.0f),
+               c9 = _mm256_set1_ps(62.0f / 2835.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 a = _mm256_andnot_ps(sign, v);
+    // (beyond 9, tanh is 1 in float; NaN lanes go to the scalar path through exp8)
+    if (_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) != 0) {  // (NaN lanes: glibc's)
+      for (int64_t k = i; k < i + 8; ++k) y[k] = std::tanh(x[k]);
+      continue;
+    }
+    const __m256 ac = _mm256_min_ps(a, big);
+    __m256 t = _mm256_setr_m128(tanh4_abs(_mm256_castps256_ps128(ac)), tanh4_abs(_mm256_extractf128_ps(ac, 1)));
+    const __m256 v2 = _mm256_mul_ps(v, v);
+    __m256 p = _mm256_fmadd_ps(c9, v2, c7);
+    p = _mm256_fmadd_ps(p, v2, c5);
+    p = _mm256_fmadd_ps(p, v2, c3);
+    const __m256 poly = _mm256_fmadd_ps(_mm256_mul_ps(p, v2), v, v);
+    t = _mm256_or_ps(t, _mm256_and_ps(v, sign));  // (t >= 0: the sign of x)
+    _mm256_storeu_ps(y + i, _mm256_blendv_ps(t, poly, _mm256_cmp_ps(a, small, _CMP_LT_OQ)));
+  }
+  for (; i < n; ++i) y[i] = std::tanh(x[i]);
+}
+
 }  // namespace
 
 const ActivationKernels& avx2_activation_kernels() {
-  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2};
+  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2, tanh_avx2};
   return k;
 }
 

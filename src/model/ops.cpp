@@ -425,7 +425,17 @@ void embed_scale_forward(float* x, int64_t n, int64_t hidden, ComputeDType dtype
 
 void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) {
   auto r = [dtype](float v) { return dtype == ComputeDType::F32 ? v : kernels::round_to_dtype(v, dtype); };
-  for (int64_t i = 0; i < n; ++i) x[i] = r(r(std::tanh(r(x[i] / cap))) * cap);
+  // (tanh over blocks of the array: the vectorized kernel, activation_kernels.h)
+  const auto& k = kernels::active_activation_kernels();
+  parallel_for_range(n, 16384, [&](int64_t b, int64_t e) {
+    float t[1024];
+    for (int64_t i0 = b; i0 < e; i0 += 1024) {
+      const int64_t m = std::min<int64_t>(1024, e - i0);
+      for (int64_t i = 0; i < m; ++i) t[i] = r(x[i0 + i] / cap);
+      k.tanh(t, t, m);
+      for (int64_t i = 0; i < m; ++i) x[i0 + i] = r(r(t[i]) * cap);
+    }
+  });
 }
 
 void layernorm_forward(float* out, float* stats, const float* inp, const float* weight, const float* bias, int64_t T,
@@ -462,12 +472,20 @@ void activation_forward(float* out, const float* x, int64_t N, Activation act) {
     case Activation::Gelu:  // torch: x * 0.5 * (1 + erf(x / sqrt 2))
       for (int64_t i = 0; i < N; ++i) out[i] = x[i] * 0.5f * (1.0f + std::erf(x[i] * 0.7071067811865476f));
       break;
-    case Activation::GeluTanh:
-      for (int64_t i = 0; i < N; ++i) {
-        const float g = x[i];
-        out[i] = 0.5f * g * (1.0f + std::tanh(kGeluBeta * (g + kGeluKappa * g * g * g)));
+    case Activation::GeluTanh: {
+      const auto& k = kernels::active_activation_kernels();
+      float t[1024];
+      for (int64_t i0 = 0; i0 < N; i0 += 1024) {
+        const int64_t m = std::min<int64_t>(1024, N - i0);
+        for (int64_t i = 0; i < m; ++i) {
+          const float g = x[i0 + i];
+          t[i] = kGeluBeta * (g + kGeluKappa * g * g * g);
+        }
+        k.tanh(t, t, m);
+        for (int64_t i = 0; i < m; ++i) out[i0 + i] = 0.5f * x[i0 + i] * (1.0f + t[i]);
       }
       break;
+    }
     case Activation::Relu:
       for (int64_t i = 0; i < N; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
       break;
@@ -480,11 +498,19 @@ void activation_forward(float* out, const float* x, int64_t N, Activation act) {
 void geglu_forward(float* out, const float* gate, const float* up, int64_t N) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;
-  for (int64_t i = 0; i < N; ++i) {
-    const float g = gate[i];
-    const float inner = kBeta * (g + kKappa * g * g * g);
-    out[i] = 0.5f * g * (1.0f + std::tanh(inner)) * up[i];
-  }
+  const auto& k = kernels::active_activation_kernels();
+  parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+    float t[1024];
+    for (int64_t i0 = b; i0 < e; i0 += 1024) {
+      const int64_t m = std::min<int64_t>(1024, e - i0);
+      for (int64_t i = 0; i < m; ++i) {
+        const float g = gate[i0 + i];
+        t[i] = kBeta * (g + kKappa * g * g * g);
+      }
+      k.tanh(t, t, m);  // (vectorized: activation_kernels.h)
+      for (int64_t i = 0; i < m; ++i) out[i0 + i] = 0.5f * gate[i0 + i] * (1.0f + t[i]) * up[i0 + i];
+    }
+  });
 }
 
 void residual_forward(float* out, const float* a, const float* b, int64_t N) {

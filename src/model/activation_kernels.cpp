@@ -35,6 +35,13 @@ void tanh_scalar(const float* x, float* y, int64_t n) {
 
 }  // namespace
 
+void gelu_tanh_inner(const float* g, float* t, int64_t n) {
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  for (int64_t i = 0; i < n; ++i) t[i] = kBeta * (g[i] + kKappa * g[i] * g[i] * g[i]);
+  active_activation_kernels().tanh(t, t, n);
+}
+
 const ActivationKernels& scalar_activation_kernels() {
   static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar};
   return k;

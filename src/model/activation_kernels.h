@@ -30,6 +30,10 @@ struct ActivationKernels {
   void (*tanh)(const float* x, float* y, int64_t n);
 };
 
+// t (n) = tanh(sqrt(2 / pi) (g + 0.044715 g^3)), the tanh-GELU's inner tanh (gelu_pytorch_tanh =
+// 0.5 g (1 + t)), on the active kernels; at most 1024 values a call (the callers' blocks).
+void gelu_tanh_inner(const float* g, float* t, int64_t n);
+
 const ActivationKernels& scalar_activation_kernels();
 const ActivationKernels& avx2_activation_kernels();  // only when cpu_simd_level() >= AVX2
 const ActivationKernels& activation_kernels_for(SimdLevel level);

@@ -462,26 +462,16 @@ void layernorm_forward(float* out, float* stats, const float* inp, const float* 
   }
 }
 
-namespace {
-constexpr float kGeluBeta = 0.7978845608028654f;  // sqrt(2 / pi)
-constexpr float kGeluKappa = 0.044715f;
-}  // namespace
-
 void activation_forward(float* out, const float* x, int64_t N, Activation act) {
   switch (act) {
     case Activation::Gelu:  // torch: x * 0.5 * (1 + erf(x / sqrt 2))
       for (int64_t i = 0; i < N; ++i) out[i] = x[i] * 0.5f * (1.0f + std::erf(x[i] * 0.7071067811865476f));
       break;
     case Activation::GeluTanh: {
-      const auto& k = kernels::active_activation_kernels();
       float t[1024];
       for (int64_t i0 = 0; i0 < N; i0 += 1024) {
         const int64_t m = std::min<int64_t>(1024, N - i0);
-        for (int64_t i = 0; i < m; ++i) {
-          const float g = x[i0 + i];
-          t[i] = kGeluBeta * (g + kGeluKappa * g * g * g);
-        }
-        k.tanh(t, t, m);
+        kernels::gelu_tanh_inner(x + i0, t, m);  // (vectorized: activation_kernels.h)
         for (int64_t i = 0; i < m; ++i) out[i0 + i] = 0.5f * x[i0 + i] * (1.0f + t[i]);
       }
       break;
@@ -496,18 +486,11 @@ void activation_forward(float* out, const float* x, int64_t N, Activation act) {
 }
 
 void geglu_forward(float* out, const float* gate, const float* up, int64_t N) {
-  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
-  constexpr float kKappa = 0.044715f;
-  const auto& k = kernels::active_activation_kernels();
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     float t[1024];
     for (int64_t i0 = b; i0 < e; i0 += 1024) {
       const int64_t m = std::min<int64_t>(1024, e - i0);
-      for (int64_t i = 0; i < m; ++i) {
-        const float g = gate[i0 + i];
-        t[i] = kBeta * (g + kKappa * g * g * g);
-      }
-      k.tanh(t, t, m);  // (vectorized: activation_kernels.h)
+      kernels::gelu_tanh_inner(gate + i0, t, m);  // (vectorized: activation_kernels.h)
       for (int64_t i = 0; i < m; ++i) out[i0 + i] = 0.5f * gate[i0 + i] * (1.0f + t[i]) * up[i0 + i];
     }
   });

@@ -179,6 +179,20 @@ void layernorm_backward(float* dinp, const float* dout, const float* inp, const 
 
 void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act) {
   constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
+  if (act == Activation::GeluTanh) {  // (its tanh vectorized, a block at a time: activation_kernels.h)
+    parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+      float t[1024];
+      for (int64_t i0 = b; i0 < e; i0 += 1024) {
+        const int64_t m = std::min<int64_t>(1024, e - i0);
+        kernels::gelu_tanh_inner(x + i0, t, m);
+        for (int64_t j = 0; j < m; ++j) {
+          const float g = x[i0 + j], th = t[j];
+          dx[i0 + j] += dout[i0 + j] * (0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * kBeta * (1.0f + 3.0f * kKappa * g * g));
+        }
+      }
+    });
+    return;
+  }
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float g = x[i];
@@ -203,16 +217,11 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
 void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t N) {
   constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
   constexpr float kKappa = 0.044715f;
-  const auto& k = kernels::active_activation_kernels();
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     float t[1024];
     for (int64_t i0 = b; i0 < e; i0 += 1024) {
       const int64_t m = std::min<int64_t>(1024, e - i0);
-      for (int64_t j = 0; j < m; ++j) {
-        const float g = gate[i0 + j];
-        t[j] = kBeta * (g + kKappa * g * g * g);
-      }
-      k.tanh(t, t, m);  // (vectorized: activation_kernels.h)
+      kernels::gelu_tanh_inner(gate + i0, t, m);  // (vectorized: activation_kernels.h)
       for (int64_t j = 0; j < m; ++j) {
         const int64_t i = i0 + j;
         const float g = gate[i], th = t[j];

@@ -136,7 +136,9 @@ TEST(ActivationKernels, TanhIsWithinThreeUlpsOfTanhf) {
       std::vector<float> alias(xs.end() - n, xs.end());  // y may alias x
       k.tanh(alias.data(), alias.data(), n);
       for (int64_t i = 0; i < n; ++i) {
-        if (!std::isnan(alias[i])) EXPECT_EQ(alias[i], got[i]);
+        if (!std::isnan(alias[i])) {
+          EXPECT_EQ(alias[i], got[i]);
+        }
       }
       if (n == static_cast<int64_t>(xs.size())) RecordProperty("worst_ulps", std::to_string(worst_ulps));
     }

@@ -16,7 +16,9 @@ logits within float32 rounding.
 For the fixtures with a model.gguf it also runs llama.cpp (llama-cpp-python, float32 KV
 cache) on that GGUF with our `qlora export-adapter` LoRA GGUF (--lora) and on our merged
 GGUF: PeftModel's logits within 1e-3 (1.5e-3 of the largest logit for the gemma families:
-ggml's CPU GELU reads an fp16 table).
+ggml's CPU GELU reads an fp16 table; for Gemma 4 the reference is PeftModel with that GELU,
+tools/ggml_gelu.py). A gemma4 adapter on per_layer_model_projection has no LoRA GGUF (llama.cpp
+multiplies that projection without adapters): its refusal is checked, the merge still runs.
 """
 from __future__ import annotations
 
@@ -49,6 +51,13 @@ def auto(family: str):
     return AutoModelForImageTextToText if "text_config" in cfg else AutoModelForCausalLM
 
 
+def merge_limit(family: str) -> float:
+    """float32 rounding: 1e-5 of the largest logit, but twice transformers' own float32 distance
+    from float64 where that is larger: gemma4_e 8.3e-5 with the fixture's adapter, gemma4_moe
+    9.1e-6 (bench/RESULTS.md, session 20)."""
+    return {"gemma4_e": 2e-4, "gemma4_moe": 2e-5}.get(family, 1e-5)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--qlora", default=str(ROOT / "build" / "qlora"))
@@ -68,7 +77,7 @@ def main():
             with torch.no_grad():
                 got = m(torch.tensor([ref["prompt"]])).logits[0]
             rel = float((got - want).abs().max() / want.abs().max())
-            worst = max(worst, rel)
+            worst = max(worst, rel / merge_limit(f))
             row = {"family": f, "max_abs_dlogit_rel_to_max_logit": rel}
             if auto(f) is AutoModelForImageTextToText:
                 # the vision tower and projector come back as they were, bit for bit
@@ -97,7 +106,7 @@ def main():
                 with torch.no_grad():
                     got = pm(torch.tensor([ref["prompt"]])).logits[0]
                 rel = float((got - want).abs().max() / want.abs().max())
-                worst = max(worst, rel)
+                worst = max(worst, rel / merge_limit(f))
                 print(json.dumps({"family": f, f"{what}_max_abs_dlogit_rel_to_max_logit": rel}))
         worst_cpp = 0.0
         for f in fams:
@@ -134,22 +143,40 @@ def main():
                 pm = PeftModel.from_pretrained(base, str(FIX / f / "initial_adapter")).eval()
                 with torch.no_grad():
                     want = pm(torch.tensor([ref["prompt"]])).logits[0].numpy()
-            subprocess.run([a.qlora, "export-adapter", str(FIX / f / "initial_adapter"), "--model", str(src), "--quant",
-                            "none", "--type", "f32", "--out", str(lora), "-q"], check=True)
+            if cfg["model_type"] == "gemma4_text":
+                # llama.cpp's float16 GELU table moves gemma4_e's logits by 4e-2 on its own: the reference
+                # is PeftModel with that GELU (tools/ggml_gelu.py), as the fixture's own GGUF check.
+                from peft import PeftModel
+                from ggml_gelu import with_ggml_gelu
+                base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation="eager")
+                pm = with_ggml_gelu(PeftModel.from_pretrained(base, str(FIX / f / "initial_adapter")).eval())
+                with torch.no_grad():
+                    want = pm(torch.tensor([ref["prompt"]])).logits[0].numpy()
+            ex = subprocess.run([a.qlora, "export-adapter", str(FIX / f / "initial_adapter"), "--model", str(src),
+                                 "--quant", "none", "--type", "f32", "--out", str(lora), "-q"], capture_output=True, text=True)
+            runs = [("merged_gguf", {"model_path": str(merged)})]
+            if ex.returncode == 0:
+                runs.insert(0, ("lora_gguf", {"model_path": str(gg), "lora_path": str(lora)}))
+            elif cfg["model_type"] == "gemma4_text" and "per_layer_model_projection" in ex.stderr:
+                # (llama.cpp's gemma4 multiplies per_layer_model_proj without adapters: refused by name)
+                print(json.dumps({"family": f, "llama_cpp": "lora_gguf refused as expected: " + ex.stderr.strip()}))
+            else:
+                sys.exit(f"{f}: qlora export-adapter failed: {ex.stderr}")
             tok = ["--tokenizer", str(gg)] if src != gg else []  # (the HF fixtures have no tokenizer)
             subprocess.run([a.qlora, "merge", "--model", str(src), "--adapter", str(FIX / f / "initial_adapter"),
                             "--quant", "none", "--gguf-type", "f32", "--out", str(merged), "-q", *tok], check=True)
-            for what, kw in (("lora_gguf", {"model_path": str(gg), "lora_path": str(lora)}),
-                             ("merged_gguf", {"model_path": str(merged)})):
+            for what, kw in runs:
                 llm = Llama(n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0, flash_attn=False, **kw)
                 llm.eval(ref["prompt"])
                 got = np.array(llm.scores[: len(ref["prompt"])], dtype=np.float32)
                 rel = float(abs(got - want).max() / abs(want).max())
-                limit = 1.5e-3 if f.startswith("gemma") else 1e-3
+                # (gemma4_e amplifies rounding: float16 GELUs alone move PeftModel's logits by 1.8e-2 of
+                # the largest, and its most sensitive tokens part most -- bench/RESULTS.md, session 21)
+                limit = 3e-2 if f == "gemma4_e" else 1.5e-3 if f.startswith("gemma") else 1e-3
                 worst_cpp = max(worst_cpp, rel / limit)
                 print(json.dumps({"family": f, "llama_cpp": what, "max_abs_dlogit_rel_to_max_logit": rel}))
-    if worst > 1e-5:
-        sys.exit(f"a merge or one of our adapters disagrees with PeftModel (worst {worst:.2e})")
+    if worst > 1:
+        sys.exit(f"a merge or one of our adapters disagrees with PeftModel (worst {worst:.2f} of its limit)")
     if worst_cpp > 1:
         sys.exit("llama.cpp disagrees with PeftModel on one of our GGUFs")
 

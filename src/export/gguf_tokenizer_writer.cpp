@@ -202,11 +202,58 @@ void write_sentencepiece(GgufWriter& w, const TokenizerSpec& s, int64_t model_vo
   w.set_bool("tokenizer.ggml.add_space_prefix", sp.add_dummy_prefix);
 }
 
+// Gemma 4's kind of tokenizer: BPE by merge rank with byte fallback over UTF-8 characters.
+bool gemma4_kind(const TokenizerSpec& s) {
+  return s.merge_mode == MergeMode::kRank && s.byte_fallback && !is_byte_level(s);
+}
+
+// Gemma 4's: tokenizer.ggml.model "gemma4" (convert_hf_to_gguf.py's Gemma4Model: LlamaHfVocab's
+// tokens with score -1000, <0xXX> BYTE, specials CONTROL, other added tokens USER_DEFINED; the
+// merges). Refused unless llama.cpp's reading of them encodes the probe text as `tok` does.
+void write_gemma4(GgufWriter& w, const Tokenizer& tok, int64_t model_vocab, const std::string& where) {
+  const TokenizerSpec& s = tok.spec();
+  GgufTokenizerMetadata md;
+  md.source = where;
+  md.model = "gemma4";
+  md.tokens = s.vocab;
+  md.token_types.assign(s.vocab.size(), kGgufTokenNormal);
+  for (size_t i = 0; i < s.vocab.size(); ++i) {
+    const std::string& v = s.vocab[i];
+    if (v.size() == 6 && v.rfind("<0x", 0) == 0 && v.back() == '>') md.token_types[i] = kGgufTokenByte;
+  }
+  for (const AddedToken& a : s.added_tokens)
+    if (a.id >= 0 && static_cast<size_t>(a.id) < md.token_types.size())
+      md.token_types[static_cast<size_t>(a.id)] = a.special ? kGgufTokenControl : kGgufTokenUserDefined;
+  for (const auto& [a, b] : s.merges) md.merges.push_back(a + " " + b);
+  if (s.bos_id >= 0) md.bos_token_id = s.bos_id;
+  if (s.eos_id >= 0) md.eos_token_id = s.eos_id;
+  if (s.unk_id >= 0) md.unknown_token_id = s.unk_id;
+  if (s.pad_id >= 0) md.padding_token_id = s.pad_id;
+  md.add_bos_token = s.prefix_ids.size() == 1 && s.prefix_ids[0] == s.bos_id;
+  const Tokenizer back(tokenizer_spec_from_gguf_metadata(md));
+  if (back.encode(kProbe, EncodeOptions{false, true}) != tok.encode(kProbe, EncodeOptions{false, true}))
+    fail(where, "llama.cpp's gemma4 tokenizer would split text differently from the tokenizer of " + s.source +
+                    " (its normalizer or pre-tokenizer is not Gemma 4's): no GGUF form");
+  std::vector<float> scores(md.tokens.size(), -1000.0f);
+  pad_vocab(md.tokens, &scores, md.token_types, model_vocab);
+  w.set_string("tokenizer.ggml.model", "gemma4");
+  w.set_string_array("tokenizer.ggml.tokens", md.tokens);
+  w.set_f32_array("tokenizer.ggml.scores", scores);
+  w.set_i32_array("tokenizer.ggml.token_type", md.token_types);
+  w.set_string_array("tokenizer.ggml.merges", md.merges);
+  write_specials(w, s, s.bos_id, s.eos_id, s.unk_id, s.pad_id);
+  w.set_bool("tokenizer.ggml.add_space_prefix", false);
+}
+
 }  // namespace
 
 void write_gguf_tokenizer(GgufWriter& w, const Tokenizer& tok, int64_t model_vocab, const std::string& spm_model,
-                          const std::string& where) {
+                          const std::string& where, std::string_view arch) {
   const TokenizerSpec& s = tok.spec();
+  if (arch == "gemma4" && gemma4_kind(s)) {  // (another kind -- a byte-level BPE -- goes out as below)
+    write_gemma4(w, tok, model_vocab, where);
+    return;
+  }
   if (s.merge_mode != MergeMode::kRank || s.byte_fallback || !is_byte_level(s)) {
     write_sentencepiece(w, s, model_vocab, spm_model, where);
     return;

@@ -8,6 +8,8 @@
 // pre-tokenizer does, not by its name): the first of llama.cpp's pre-tokenizers
 // (formats/tokenizer_gguf.h) under which a GGUF reading of these tokens encodes a varied
 // test text exactly as this tokenizer does.
+#include <string_view>
+
 #include "formats/gguf_writer.h"
 #include "formats/tokenizer.h"
 
@@ -22,11 +24,14 @@ namespace qlora {
 //    vocabulary with its own scores, as llama2.c's, needs none), the
 //    tokenizer's added tokens as CONTROL / USER_DEFINED, add_space_prefix from its
 //    normalizer spec.
+//  - for the architecture "gemma4", a tokenizer of Gemma 4's kind (BPE by merge rank with byte
+//    fallback over UTF-8 characters): tokenizer.ggml.model "gemma4", as llama.cpp's converter
+//    writes Gemma 4.
 // Throws Error naming `where` when it cannot: a SentencePiece-style tokenizer with neither
-// scores nor a tokenizer.model, or a byte-level BPE whose pre-tokenizer matches none of
-// llama.cpp's.
+// scores nor a tokenizer.model, a byte-level BPE whose pre-tokenizer matches none of
+// llama.cpp's, or a gemma4 tokenizer that llama.cpp's reading would split differently.
 void write_gguf_tokenizer(GgufWriter& w, const Tokenizer& tok, int64_t model_vocab, const std::string& spm_model,
-                          const std::string& where);
+                          const std::string& where, std::string_view arch = {});
 
 // The llama.cpp pre-tokenizer name for `spec` (see above), or "" when none matches.
 std::string detect_gguf_pre_tokenizer(const TokenizerSpec& spec);

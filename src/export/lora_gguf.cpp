@@ -56,6 +56,10 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     for (int64_t l = 0; l < spec.n_layers; ++l)
       for (int part = 0; part < 2; ++part) {
         if (!lm.find_expert(l, 0, part)) continue;
+        if (spec.moe_gemma4)  // (its experts are one fused ffn_gate_up_exps, which llama.cpp adapts no other way)
+          fail(out_path, "the adapter has LoRA on Gemma 4's experts (layer " + std::to_string(l) +
+                             "), which a llama.cpp gemma4 LoRA GGUF cannot carry: merge it into a GGUF instead "
+                             "(qlora merge --out FILE.gguf)");
         std::vector<const LoraLayer*> ex;
         for (int64_t e = 0; e < E; ++e) ex.push_back(lm.find_expert(l, e, part));
         const int64_t r = ex[0]->r, in = ex[0]->in;
@@ -116,6 +120,9 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
       ++n;
       continue;
     }
+    if (arch == "gemma4" && canonical == "model.per_layer_model_projection")
+      fail(out_path, "the adapter has LoRA on per_layer_model_projection, which llama.cpp's gemma4 multiplies without "
+                     "adapters: merge it into a GGUF instead (qlora merge --out FILE.gguf), or train without that module");
     const auto gname = hf_to_gguf_tensor_name(canonical + ".weight", arch, arch == "falcon" && !spec.shared_branch_norm);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;

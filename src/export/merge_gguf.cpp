@@ -2,6 +2,7 @@
 
 #include "export/gguf_tokenizer_writer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <cstdio>
@@ -172,7 +173,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                           arch == "arcee" || arch == "mistral3";
   if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" ||
-                      arch == "qwen3next";
+                      arch == "qwen3next" || arch == "gemma4";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
                          " the chosen experts' weights, and this model " + (s.norm_topk ? "does" : "does not") +
@@ -180,6 +181,27 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (arch == "olmoe" && s.n_kv_heads != s.n_heads)
       fail(out_path, "llama.cpp's olmoe has as many key/value heads as query heads; this model has " +
                          std::to_string(s.n_kv_heads) + " of " + std::to_string(s.n_heads));
+  }
+
+  const bool gemma4 = arch == "gemma4";
+  if (gemma4) {  // what llama.cpp's gemma4 graph runs (src/models/gemma4-iswa.cpp)
+    if (s.attn_scale != 1.0f)
+      fail(out_path, "llama.cpp's gemma4 leaves attention scores unscaled; this model scales them: no GGUF form");
+    if (s.norm_unit_offset || s.attn_softcap > 0.0f)
+      fail(out_path, "llama.cpp's gemma4 has plain-weight norms and no attention soft cap; this model differs");
+    if (s.rope_scaling_local.type != RopeScaling::Type::None ||
+        (s.rope_scaling.type != RopeScaling::Type::None && s.rope_scaling.type != RopeScaling::Type::Proportional))
+      fail(out_path, "a gemma4 GGUF carries the full layers' proportional rope only (rope_freqs.weight); this model's "
+                     "rotary is scaled otherwise");
+    if (s.ple() && s.ple_vocab != s.vocab)
+      fail(out_path, "llama.cpp reads per_layer_token_embd over the whole vocabulary; this model's per-layer "
+                     "vocabulary (" + std::to_string(s.ple_vocab) + ") differs from its " + std::to_string(s.vocab));
+    if (s.kv_shared_layers > 0) {
+      const int64_t n = s.n_layers - s.kv_shared_layers;
+      if (n < 2 || !s.layer_slides(n - 2) || s.layer_slides(n - 1))
+        fail(out_path, "llama.cpp's gemma4 shares the keys and values of the last sliding and full layers before "
+                       "the shared ones only when those are a sliding then a full layer; this model's are not");
+    }
   }
 
   GgufWriter w;
@@ -192,13 +214,26 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   w.set_u32(a + "context_length", static_cast<uint32_t>(s.max_positions));
   w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
   w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
-  w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(s.ffn));
+  if (gemma4 && s.double_wide_shared_mlp) {  // (per layer, as convert_hf_to_gguf.py's Gemma4Model)
+    std::vector<int32_t> ffn;
+    for (int64_t l = 0; l < s.n_layers; ++l) ffn.push_back(static_cast<int32_t>(s.layer_ffn(l)));
+    w.set_i32_array(a + "feed_forward_length", ffn);
+  } else {
+    w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(s.ffn));
+  }
   w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
-  w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
+  if (gemma4 && s.attention_geometry(true).kv_heads != s.n_kv_heads) {
+    std::vector<int32_t> kv;
+    for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
+    w.set_i32_array(a + "attention.head_count_kv", kv);
+  } else {
+    w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
+  }
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
-    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next")
+    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" ||
+        gemma4)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -233,6 +268,19 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     for (int64_t l = 0; l < s.n_layers; ++l) swa.push_back(s.layer_slides(l));
     w.set_bool_array(a + "attention.sliding_window_pattern", swa);
     w.set_f32(a + "rope.freq_base_swa", s.rope_theta_local);
+  }
+  if (gemma4) {  // as convert_hf_to_gguf.py's Gemma4Model
+    w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
+    std::vector<bool> swa;
+    for (int64_t l = 0; l < s.n_layers; ++l) swa.push_back(s.layer_slides(l));
+    w.set_bool_array(a + "attention.sliding_window_pattern", swa);
+    w.set_f32(a + "rope.freq_base_swa", s.rope_theta_local);
+    w.set_u32(a + "attention.key_length_swa", static_cast<uint32_t>(s.head_dim));
+    w.set_u32(a + "attention.value_length_swa", static_cast<uint32_t>(s.head_dim));
+    w.set_u32(a + "rope.dimension_count_swa", static_cast<uint32_t>(s.head_dim));
+    w.set_u32(a + "attention.shared_kv_layers", static_cast<uint32_t>(s.kv_shared_layers));
+    w.set_u32(a + "embedding_length_per_layer_input", static_cast<uint32_t>(s.ple_dim));
+    if (s.final_softcap > 0) w.set_f32(a + "final_logit_softcapping", s.final_softcap);
   }
   if (arch == "command-r" && s.qk_norm != (s.n_layers >= 64))  // (llama.cpp keys Command R+ on its layer count)
     fail(out_path, "llama.cpp's command-r has per-head q/k norms exactly on 64-layer models (Command R+); this " +
@@ -321,7 +369,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_f32(a + "attention.clamp_kqv", s.clip_qkv);
   }
   if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
-  w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(s.rope_dims()));
+  // (gemma4: the full layers' heads, whose partial rotary is rope_freqs.weight)
+  const int64_t global_head = gemma4 ? s.attention_geometry(true).head_dim : 0;
+  w.set_u32(a + "rope.dimension_count", static_cast<uint32_t>(gemma4 ? global_head : s.rope_dims()));
   if (arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel: 0 means no window (Phi-4)
     w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
     w.set_u32(a + "rope.scaling.original_context_length",
@@ -331,9 +381,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (arch != "phi3") fail(out_path, "a " + arch + " GGUF cannot carry longrope scaling");
     w.set_f32(a + "rope.scaling.attn_factor", rs.attention_factor);
   }
-  if (s.head_dim * s.n_heads != s.hidden) {
-    w.set_u32(a + "attention.key_length", static_cast<uint32_t>(s.head_dim));
-    w.set_u32(a + "attention.value_length", static_cast<uint32_t>(s.head_dim));
+  if (s.head_dim * s.n_heads != s.hidden || gemma4) {
+    w.set_u32(a + "attention.key_length", static_cast<uint32_t>(gemma4 ? global_head : s.head_dim));
+    w.set_u32(a + "attention.value_length", static_cast<uint32_t>(gemma4 ? global_head : s.head_dim));
   }
   w.set_u32(a + "vocab_size", static_cast<uint32_t>(s.vocab));
   if (source.format == ModelFormat::Gguf) {
@@ -347,7 +397,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                          " (pass --tokenizer)");
     // A SentencePiece-style tokenizer's scores come from the tokenizer.model beside it.
     const fs::path dir = fs::is_directory(source.path) ? fs::path(source.path) : fs::path(source.path).parent_path();
-    write_gguf_tokenizer(w, *source.tokenizer, s.vocab, (dir / "tokenizer.model").string(), out_path);
+    write_gguf_tokenizer(w, *source.tokenizer, s.vocab, (dir / "tokenizer.model").string(), out_path, arch);
   }
 
   // The tensors, in the order of the merged Hugging Face export, under GGUF names.
@@ -367,6 +417,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     }
     const int64_t n = static_cast<int64_t>(f.size());
     w.add_tensor("rope_freqs.weight", GgmlType::F32, {n}, [f] { return encode(f, GgmlType::F32); });
+  }
+  // gemma4: 1 for each rotated pair, 1e30 (none) for the others (llama.cpp requires the tensor)
+  if (rs.type == RopeScaling::Type::Proportional || gemma4) {
+    if (!gemma4) fail(out_path, "a " + arch + " GGUF cannot carry a proportional rope");
+    const int64_t half = global_head / 2;
+    const auto n_rot = rs.type != RopeScaling::Type::Proportional ? half
+        : static_cast<int64_t>(std::floor(static_cast<double>(rs.rotated_fraction) * static_cast<double>(global_head) / 2.0));
+    std::vector<float> f(static_cast<size_t>(half), 1e30f);
+    std::fill(f.begin(), f.begin() + std::min(n_rot, half), 1.0f);
+    w.add_tensor("rope_freqs.weight", GgmlType::F32, {half}, [f] { return encode(f, GgmlType::F32); });
   }
   if (rs.type == RopeScaling::Type::LongRope) {
     for (const auto& [name, f] : {std::pair{"rope_factors_long.weight", rs.long_factor},
@@ -449,7 +509,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       }
       continue;
     }
-    if (s.moe_fused_experts && spec_t.name.find(".mlp.experts.") != std::string::npos) {
+    // (gemma4 keeps them fused as transformers does, ffn_gate_up_exps: the plain path below)
+    if (s.moe_fused_experts && !gemma4 && spec_t.name.find(".mlp.experts.") != std::string::npos) {
       // transformers 5's fused experts (E, 2F, C) / (E, C, F) as llama.cpp's gate / up / down
       // exps (E, F, C) / (E, F, C) / (E, C, F).
       int64_t l = -1;

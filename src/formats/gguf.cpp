@@ -641,6 +641,10 @@ constexpr NamePair kGlobalNames[] = {
     {"token_embd", "model.embed_tokens"},
     {"output_norm", "model.norm"},
     {"output", "lm_head"},
+    // Gemma 4 E2B / E4B's per-layer inputs
+    {"per_layer_token_embd", "model.embed_tokens_per_layer"},
+    {"per_layer_model_proj", "model.per_layer_model_projection"},
+    {"per_layer_proj_norm", "model.per_layer_projection_norm"},
 };
 
 // Splits "<stem>.weight" / "<stem>.bias"; false otherwise.
@@ -682,6 +686,10 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
     if (auto rest = strip_layer(g, "blk.", &num))
       for (const auto& p : kDeltaNetParams)
         if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.hf);
+  if (const ModelFamily* fam = find_family_by_gguf_arch(arch); fam && !fam->gguf_layer_params.empty())
+    if (auto rest = strip_layer(g, "blk.", &num))
+      for (const GgufLayerName& p : fam->gguf_layer_params)
+        if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.canonical);
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
@@ -710,6 +718,10 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
     if (auto rest = strip_layer(h, "model.layers.", &num))
       for (const auto& p : kDeltaNetParams)
         if (*rest == p.hf) return "blk." + std::string(num) + "." + std::string(p.gguf);
+  if (const ModelFamily* fam = find_family_by_gguf_arch(arch); fam && !fam->gguf_layer_params.empty())
+    if (auto rest = strip_layer(h, "model.layers.", &num))
+      for (const GgufLayerName& p : fam->gguf_layer_params)
+        if (*rest == p.canonical) return "blk." + std::string(num) + "." + std::string(p.gguf);
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
@@ -738,6 +750,7 @@ bool gguf_architecture_supported(std::string_view arch) {
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   GgufLlamaHParams hp;
   hp.architecture = std::string(f.architecture());
+  hp.path = f.path();
   // The keys below are named after the architecture: for one we do not implement they would
   // all be "missing", which hides the real problem.
   if (!gguf_architecture_supported(hp.architecture))
@@ -760,14 +773,51 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   };
   hp.hidden_size = size_key(a + "embedding_length", std::nullopt);
   hp.num_layers = size_key(a + "block_count", std::nullopt);
+  // A key llama.cpp reads with get_key_or_arr: one value, or one per layer (gemma4's double-wide
+  // MLPs and full-attention key/value heads). Returns layer 0's; fills per_layer for an array
+  // whose values differ.
+  auto size_key_or_array = [&](const std::string& key, std::optional<int64_t> dflt, std::vector<int64_t>& per_layer) {
+    const GgufValue* v = f.find(key);
+    if (!v || v->type != GgufValueType::ARRAY) return size_key(key, dflt);
+    const std::vector<int64_t> vals = f.get_int_array(key);
+    if (static_cast<int64_t>(vals.size()) != hp.num_layers)
+      fail(f.path(), "metadata key " + quote(key) + " holds " + std::to_string(vals.size()) + " values; block_count is " +
+                         std::to_string(hp.num_layers));
+    for (int64_t x : vals)
+      if (x <= 0 || x > kMax) fail(f.path(), "metadata key " + quote(key) + " holds the value " + std::to_string(x) + ", out of range");
+    for (int64_t x : vals)
+      if (x != vals[0]) per_layer = vals;
+    return vals[0];
+  };
   // (an MoE whose config has no dense MLP width -- Qwen3.5-MoE's -- has no feed_forward_length:
   // the shared expert's, else the experts', as llama.cpp falls back)
   std::optional<int64_t> ffn_default;
   for (const char* k : {"expert_shared_feed_forward_length", "expert_feed_forward_length"})
     if (!ffn_default && f.has(a + k)) ffn_default = size_key(a + k, std::nullopt);
-  hp.intermediate_size = size_key(a + "feed_forward_length", ffn_default);
+  hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
   hp.num_heads = size_key(a + "attention.head_count", std::nullopt);
-  hp.num_kv_heads = size_key(a + "attention.head_count_kv", hp.num_heads);
+  hp.num_kv_heads = size_key_or_array(a + "attention.head_count_kv", hp.num_heads, hp.kv_heads_per_layer);
+  for (int64_t kv : hp.kv_heads_per_layer)
+    if (hp.num_heads % kv != 0)
+      fail(f.path(), "head_count " + std::to_string(hp.num_heads) + " is not a multiple of a layer's head_count_kv " +
+                         std::to_string(kv));
+  if (f.has(a + "attention.key_length_swa")) {
+    hp.head_dim_swa = size_key(a + "attention.key_length_swa", std::nullopt);
+    if (size_key(a + "attention.value_length_swa", hp.head_dim_swa) != hp.head_dim_swa)
+      fail(f.path(), "attention.key_length_swa and value_length_swa differ (llama.cpp requires them equal)");
+    hp.rope_dim_swa = size_key(a + "rope.dimension_count_swa", hp.head_dim_swa);
+    if (hp.head_dim_swa % 2 != 0 || hp.rope_dim_swa % 2 != 0 || hp.rope_dim_swa > hp.head_dim_swa)
+      fail(f.path(), "sliding layers' head size " + std::to_string(hp.head_dim_swa) + " / rope dimension " +
+                         std::to_string(hp.rope_dim_swa) + " are not even, or the rope dimension exceeds the head size");
+  }
+  if (f.has(a + "attention.shared_kv_layers") && f.get_u64(a + "attention.shared_kv_layers") != 0) {
+    hp.shared_kv_layers = size_key(a + "attention.shared_kv_layers", std::nullopt);
+    if (hp.shared_kv_layers >= hp.num_layers)
+      fail(f.path(), "attention.shared_kv_layers " + std::to_string(hp.shared_kv_layers) + " leaves no layer of "
+                     "block_count " + std::to_string(hp.num_layers) + " with keys and values of its own");
+  }
+  if (f.has(a + "embedding_length_per_layer_input") && f.get_u64(a + "embedding_length_per_layer_input") != 0)
+    hp.per_layer_input_dim = size_key(a + "embedding_length_per_layer_input", std::nullopt);
   hp.context_length = size_key(a + "context_length", std::nullopt);
   if (!f.has(a + "attention.key_length") && hp.hidden_size % hp.num_heads != 0)
     fail(f.path(), "embedding_length " + std::to_string(hp.hidden_size) + " is not a multiple of head_count " +
@@ -854,6 +904,11 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.fused_qkv = f.find_tensor("blk.0.attn_qkv.weight") != nullptr;
   hp.ffn_norm = f.find_tensor("blk.0.ffn_norm.weight") != nullptr;
   hp.qk_norm_tensors = f.find_tensor("blk.0.attn_q_norm.weight") != nullptr;
+  hp.layer_output_scale = f.find_tensor("blk.0.layer_output_scale.weight") != nullptr;
+  for (int64_t l = 0; l < hp.num_layers; ++l) {
+    const std::string blk = "blk." + std::to_string(l) + ".";
+    hp.attn_v_absent.push_back(f.find_tensor(blk + "attn_k.weight") && !f.find_tensor(blk + "attn_v.weight"));
+  }
   hp.attention_scale = f.get_f32_or(a + "attention.scale", 0.0f);
   hp.embedding_scale = f.get_f32_or(a + "embedding_scale", 1.0f);
   hp.residual_scale = f.get_f32_or(a + "residual_scale", 1.0f);

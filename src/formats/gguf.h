@@ -204,6 +204,7 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name, std:
 // Hyper-parameters of a llama-family GGUF, keys prefixed by general.architecture.
 struct GgufLlamaHParams {
   std::string architecture;       // general.architecture
+  std::string path;               // the file, for errors
   int64_t hidden_size = 0;        // {arch}.embedding_length
   int64_t num_layers = 0;         // {arch}.block_count
   int64_t intermediate_size = 0;  // {arch}.feed_forward_length
@@ -262,6 +263,19 @@ struct GgufLlamaHParams {
   // absent). 0 where absent.
   int64_t ssm_conv_kernel = 0, ssm_state_size = 0, ssm_group_count = 0, ssm_time_step_rank = 0, ssm_inner_size = 0;
   int64_t full_attention_interval = 0;
+  // Per-layer forms (gemma4): {arch}.attention.head_count_kv and .feed_forward_length given as
+  // one value per layer (empty when a single value: num_kv_heads / intermediate_size hold it;
+  // otherwise those hold layer 0's); .attention.key_length_swa / .value_length_swa and
+  // .rope.dimension_count_swa (0: absent); .attention.shared_kv_layers (the last n layers
+  // attend over earlier layers' keys and values; 0: absent); .embedding_length_per_layer_input
+  // (0: absent).
+  std::vector<int64_t> kv_heads_per_layer, ffn_per_layer;
+  int64_t head_dim_swa = 0, rope_dim_swa = 0, shared_kv_layers = 0, per_layer_input_dim = 0;
+  // Tensor facts: blk.N.attn_k exists and blk.N.attn_v does not (gemma4's attention_k_eq_v
+  // layers, and its layers without keys of their own), one flag per layer; blk.0.layer_output_scale
+  // exists.
+  std::vector<bool> attn_v_absent;
+  bool layer_output_scale = false;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

@@ -80,6 +80,9 @@ struct ModelFamily {
   std::string_view base_prefix = {};
   // Its GGUF's per-layer names that differ from the shared table, looked up first.
   std::span<const GgufLayerName> gguf_layer_names = {};
+  // Its GGUF's per-layer tensors whose names do not pair .weight with .weight, whole names after
+  // "blk.N." / "model.layers.N." (gemma4: layer_output_scale.weight <-> layer_scalar).
+  std::span<const GgufLayerName> gguf_layer_params = {};
   // Why a family with no gguf_arch has no GGUF here, when it is not that llama.cpp lacks it
   // (gpt_oss: llama.cpp has it; qlora does not read or write it yet).
   std::string_view no_gguf_reason = {};

@@ -605,6 +605,9 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   if (hp.rope_dim != hp.head_dim && !(fam && fam->partial_rotary))
     fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
                     std::to_string(hp.head_dim) + ") are not supported for " + hp.architecture);
+  if ((!hp.kv_heads_per_layer.empty() || !hp.ffn_per_layer.empty()) && hp.architecture != "gemma4")
+    fail(where, hp.architecture + ".attention.head_count_kv / feed_forward_length differ per layer, which only gemma4 "
+                "GGUFs do here");
   ModelSpec s;
   if (hp.rope_dim != hp.head_dim) s.rotary_dim = hp.rope_dim;
   s.family = fam ? std::string(fam->model_type) : hp.architecture;
@@ -680,6 +683,10 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     if (hp.architecture == "gpt-oss" && src.has(fused_expert_name(0, 0))) {  // (presented fused: GgufSource)
       s.expert_ffn = src.shape(fused_expert_name(0, 0))[2] / 2;
       s.ffn = s.expert_ffn;
+    } else if (hp.architecture == "gemma4") {  // (ffn_gate_up_exps as transformers' (E, 2F, C); the dense MLP beside)
+      if (!src.has(fused_expert_name(0, 0)))
+        fail(where, "expert_count is " + std::to_string(hp.expert_count) + " but there is no blk.0.ffn_gate_up_exps.weight");
+      s.expert_ffn = src.shape(fused_expert_name(0, 0))[1] / 2;
     } else {
       if (!src.has(g0))
         fail(where, "expert_count is " + std::to_string(hp.expert_count) +

@@ -124,14 +124,14 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
   }
   // Stop tokens by name, as llama.cpp guesses them.
   static const char* const kEogNames[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                                          "<|endoftext|>", "<|eom_id|>", "<|end_of_text|>"};
+                                          "<|endoftext|>", "<|eom_id|>", "<|end_of_text|>", "<turn|>"};
   for (const AddedToken& a : spec.added_tokens) {
     if (!a.special || a.id == spec.eos_id) continue;
     for (const char* name : kEogNames)
       if (a.content == name) spec.eog_ids.push_back(a.id);
   }
 
-  if (md.model == "gpt2") {
+  auto read_merges = [&] {
     spec.merge_mode = MergeMode::kRank;
     spec.merges.reserve(md.merges.size());
     for (size_t i = 0; i < md.merges.size(); ++i) {
@@ -141,6 +141,9 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
         fail(where, "tokenizer.ggml.merges[" + std::to_string(i) + "] is not \"a b\"");
       spec.merges.emplace_back(m.substr(0, sp), m.substr(sp + 1));
     }
+  };
+  if (md.model == "gpt2") {
+    read_merges();
     for (const std::string& re : gguf_pre_tokenizer_regexes(md.pre, where)) {
       PreTokenizerStep st;
       st.kind = PreTokenizerStep::Kind::kSplit;
@@ -158,6 +161,33 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
     spec.decoder = {dec};
     spec.unk_id = unk;
     if (md.add_bos_token.value_or(false)) {
+      if (spec.bos_id < 0) fail(where, "add_bos_token is set but there is no bos_token_id");
+      spec.prefix_ids = {spec.bos_id};
+    }
+  } else if (md.model == "gemma4") {
+    // Gemma 4's (llama.cpp's "gemma4" vocabulary, whatever tokenizer.ggml.pre says): BPE by merge
+    // rank over UTF-8 characters -- no byte-level mapping -- of the text with spaces as "▁",
+    // split into lines and runs of newlines; pieces with no token fall back to <0xXX> bytes.
+    if (md.merges.empty()) fail(where, "tokenizer.ggml.merges is required for a \"gemma4\" tokenizer");
+    read_merges();
+    spec.byte_fallback = true;
+    spec.unk_id = unk;
+    spec.normalizer.push_back({NormalizerStep::Kind::kReplace, " ", "\xE2\x96\x81"});
+    PreTokenizerStep st;
+    st.kind = PreTokenizerStep::Kind::kSplit;
+    st.pattern = "[^\\n]+|[\\n]+";
+    st.behavior = SplitBehavior::kIsolated;
+    spec.pre_tokenizer.push_back(std::move(st));
+    DecoderStep rep;
+    rep.kind = DecoderStep::Kind::kReplace;
+    rep.pattern = "\xE2\x96\x81";
+    rep.content = " ";
+    DecoderStep bf;
+    bf.kind = DecoderStep::Kind::kByteFallback;
+    DecoderStep fuse;
+    fuse.kind = DecoderStep::Kind::kFuse;
+    spec.decoder = {rep, bf, fuse};
+    if (md.add_bos_token.value_or(true)) {
       if (spec.bos_id < 0) fail(where, "add_bos_token is set but there is no bos_token_id");
       spec.prefix_ids = {spec.bos_id};
     }
@@ -191,7 +221,7 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
       spec.prefix_ids = {spec.bos_id};
     }
   } else {
-    fail(where, "unsupported tokenizer.ggml.model \"" + md.model + "\" (supported: gpt2, llama)");
+    fail(where, "unsupported tokenizer.ggml.model \"" + md.model + "\" (supported: gpt2, llama, gemma4)");
   }
   if (md.add_eos_token.value_or(false)) {
     if (spec.eos_id < 0) fail(where, "add_eos_token is set but there is no eos_token_id");

@@ -5,9 +5,16 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
 
 #include "base/error.h"
 #include "base/mapped_file.h"
+#include "export/gguf_tokenizer_writer.h"
+#include "formats/gguf.h"
+#include "formats/gguf_writer.h"
 #include "formats/llama2c_tokenizer.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_gguf.h"
@@ -379,6 +386,57 @@ TEST(Llama2cTokenizer, ParsesAndRejects) {
 }
 
 // ---- GGUF metadata -------------------------------------------------------------------------
+
+// llama.cpp's "gemma4" vocabulary (tools/make_gemma4_tokenizer_fixture.py): its token ids from
+// llama.cpp itself for lines, newline runs, repeated spaces, merges by rank, byte fallback
+// (characters and an emoji outside the vocabulary) and Gemma 4's turn markers.
+TEST(GgufTokenizer, Gemma4VocabularyMatchesLlamaCpp) {
+  const std::string dir = fixture("gemma4_gguf");
+  const Tokenizer tok(load_gguf_tokenizer(dir + "/vocab.gguf"));
+  std::ifstream in(dir + "/expected.json");
+  const nlohmann::json ref = nlohmann::json::parse(in);
+  ASSERT_GE(ref.at("cases").size(), 10u);
+  for (const auto& c : ref.at("cases")) {
+    const std::string text = c.at("text").get<std::string>();
+    EXPECT_EQ(tok.encode(text), c.at("ids").get<std::vector<int32_t>>()) << text;
+    const auto no_bos = c.at("ids_no_bos").get<std::vector<int32_t>>();
+    EXPECT_EQ(tok.encode(text, {.add_special_tokens = false}), no_bos) << text;
+    EXPECT_EQ(tok.decode(no_bos, {.skip_special_tokens = false}), c.at("decoded").get<std::string>()) << text;
+  }
+  // <turn|> ends a turn (as llama.cpp guesses end-of-generation tokens by name).
+  EXPECT_TRUE(tok.is_end_of_generation(6));
+}
+
+// A gemma4 GGUF written from a Gemma 4 tokenizer (a merge, from a Hugging Face directory) holds
+// it as llama.cpp's "gemma4" vocabulary again; one of that kind that splits text otherwise (here
+// an extra pre-tokenizer split) has no such form.
+TEST(GgufTokenizer, Gemma4VocabularyIsWrittenAsGemma4) {
+  const std::string dir = fixture("gemma4_gguf");
+  const Tokenizer tok(load_gguf_tokenizer(dir + "/vocab.gguf"));
+  GgufWriter w;
+  write_gguf_tokenizer(w, tok, tok.vocab_size() + 3, "", "out.gguf", "gemma4");
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("qlora_gemma4_tok_" + std::to_string(::getpid()) + ".gguf")).string();
+  w.write(path);
+  const GgufFile f(path);
+  EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "gemma4");
+  EXPECT_EQ(f.array_size("tokenizer.ggml.tokens"), static_cast<uint64_t>(tok.vocab_size() + 3));  // (padded)
+  const Tokenizer back(tokenizer_spec_from_gguf_metadata(gguf_tokenizer_metadata(f)));
+  std::filesystem::remove(path);
+  std::ifstream in(dir + "/expected.json");
+  for (const auto& c : nlohmann::json::parse(in).at("cases")) {
+    const std::string text = c.at("text").get<std::string>();
+    EXPECT_EQ(back.encode(text), tok.encode(text)) << text;
+  }
+  TokenizerSpec other = tok.spec();
+  PreTokenizerStep split;
+  split.kind = PreTokenizerStep::Kind::kSplit;
+  split.pattern = "a";
+  split.behavior = SplitBehavior::kIsolated;
+  other.pre_tokenizer.push_back(split);
+  GgufWriter w2;
+  EXPECT_THROW(write_gguf_tokenizer(w2, Tokenizer(std::move(other)), tok.vocab_size(), "", "out.gguf", "gemma4"), Error);
+}
 
 TEST(GgufTokenizer, BuildsAndRejects) {
   GgufTokenizerMetadata md;

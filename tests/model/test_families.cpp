@@ -19,6 +19,8 @@
 #include <filesystem>
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,8 +29,10 @@
 
 #include "base/error.h"
 #include "export/merge.h"
+#include "export/lora_gguf.h"
 #include "export/merge_gguf.h"
 #include "formats/gguf.h"
+#include "formats/gguf_writer.h"
 #include "formats/hf_config.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
@@ -938,6 +942,107 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
   expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged gguf");
 }
 
+// A copy of `src` with metadata keys replaced (`keys`: key -> writer of its new value; a null
+// writer drops the key) and tensors' float32 values changed by `tensor` (name, values).
+void rewrite_gguf(const std::string& src, const std::string& dst,
+                  const std::map<std::string, std::function<void(GgufWriter&, const std::string&)>>& keys,
+                  const std::function<void(const std::string&, std::vector<float>&)>& tensor = {}) {
+  auto f = std::make_shared<GgufFile>(src);
+  GgufWriter w;
+  for (const auto& [k, v] : f->metadata()) {
+    auto it = keys.find(k);
+    if (it == keys.end()) w.copy_value(k, v);
+    else if (it->second) it->second(w, k);
+  }
+  for (const auto& [k, fn] : keys)
+    if (fn && !f->find(k)) fn(w, k);
+  for (const GgufTensorInfo& t : f->tensors()) {
+    const GgufTensorInfo* tp = &t;
+    w.add_tensor(t.name, t.type, t.shape(), [f, tp, tensor] {
+      if (tp->type != GgmlType::F32 || !tensor) {
+        const auto d = f->tensor_data(*tp);
+        return std::vector<uint8_t>(d.begin(), d.end());
+      }
+      std::vector<float> v = f->tensor_to_f32(*tp);
+      tensor(tp->name, v);
+      return encode_float_tensor(v, GgmlType::F32);
+    });
+  }
+  w.write(dst);
+}
+
+void expect_load_error(const std::string& path, const std::string& says) {
+  try {
+    load_path(path);
+    ADD_FAILURE() << path << " loaded; expected an error saying " << says;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+}
+
+// A gemma4 GGUF's per-layer forms that llama.cpp's graph and Gemma 4 do not have are refused
+// with the key or tensor named, never read into another model.
+TEST(Gemma4Gguf, MalformedFilesAreRefusedByName) {
+  const std::string src = family_dir("gemma4_e") + "/model.gguf";  // 6 layers, sliding / full, 2 shared
+  TempDir tmp("gemma4_gguf_bad");
+  auto arr = [](std::vector<int32_t> v) { return [v](GgufWriter& w, const std::string& k) { w.set_i32_array(k, v); }; };
+  rewrite_gguf(src, tmp.path("kv.gguf"), {{"gemma4.attention.head_count_kv", arr({2, 2, 1, 2, 2, 2})}});
+  expect_load_error(tmp.path("kv.gguf"), "head_count_kv");
+  rewrite_gguf(src, tmp.path("ffn.gguf"), {{"gemma4.feed_forward_length", arr({96, 192, 96, 96, 192, 192})}});
+  expect_load_error(tmp.path("ffn.gguf"), "feed_forward_length");
+  rewrite_gguf(src, tmp.path("ffn_len.gguf"), {{"gemma4.feed_forward_length", arr({96, 96, 96, 96, 192})}});
+  expect_load_error(tmp.path("ffn_len.gguf"), "feed_forward_length");
+  rewrite_gguf(src, tmp.path("shared.gguf"),
+               {{"gemma4.attention.shared_kv_layers", [](GgufWriter& w, const std::string& k) { w.set_u32(k, 3); }}});
+  expect_load_error(tmp.path("shared.gguf"), "shared_kv_layers");
+  rewrite_gguf(src, tmp.path("swa.gguf"), {{"gemma4.attention.key_length_swa", nullptr}});
+  expect_load_error(tmp.path("swa.gguf"), "key_length_swa");
+  rewrite_gguf(src, tmp.path("rope.gguf"), {}, [](const std::string& name, std::vector<float>& v) {
+    if (name == "rope_freqs.weight") v.back() = 2.0f;
+  });
+  expect_load_error(tmp.path("rope.gguf"), "rope_freqs");
+}
+
+// The full layers' rope_freqs: all ones is a whole-head rotary (and goes back out as all ones);
+// the converter's 1 / 1e30 pattern is the proportional rope over that many pairs.
+TEST(Gemma4Gguf, RopeFreqsAreTheProportionalRope) {
+  const Model m = load_path(family_dir("gemma4_text") + "/model.gguf");
+  EXPECT_EQ(m.spec().rope_scaling.type, RopeScaling::Type::Proportional);
+  EXPECT_EQ(m.spec().rope_scaling.rotated_fraction, 0.25f);
+  EXPECT_TRUE(m.spec().global_k_eq_v);
+  EXPECT_EQ(m.spec().attention_geometry(true).kv_heads, 1);
+  TempDir tmp("gemma4_gguf_rope");
+  rewrite_gguf(family_dir("gemma4_text") + "/model.gguf", tmp.path("full.gguf"), {},
+               [](const std::string& name, std::vector<float>& v) {
+                 if (name == "rope_freqs.weight") std::fill(v.begin(), v.end(), 1.0f);
+               });
+  const Model full = load_path(tmp.path("full.gguf"));
+  EXPECT_EQ(full.spec().rope_scaling.type, RopeScaling::Type::None);
+  ModelFiles files = open_model_files(tmp.path("full.gguf"));
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  write_merged_gguf(full, files, {}, tmp.path("back.gguf"), eo, false);
+  const GgufFile back(tmp.path("back.gguf"));
+  for (float x : back.tensor_to_f32("rope_freqs.weight")) EXPECT_EQ(x, 1.0f);
+}
+
+// llama.cpp's gemma4 multiplies per_layer_model_proj without adapters: a LoRA GGUF of an adapter
+// on it would be silently ignored there, so it is refused by name (merging carries it).
+TEST(Gemma4Gguf, LoraGgufRefusesThePerLayerProjection) {
+  const Model m = load_path(family_dir("gemma4_e") + "/model.gguf");
+  const LoadedAdapter a = load_adapter(family_dir("gemma4_e") + "/initial_adapter", m);
+  TempDir tmp("gemma4_lora_gguf");
+  try {
+    write_lora_gguf(a, m.spec(), tmp.path("a.gguf"), GgmlType::F32, false);
+    ADD_FAILURE() << "an adapter on per_layer_model_projection was written to a LoRA GGUF";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("per_layer_model_projection"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("a.gguf")));
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf",
                                            "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn", "phi3",
@@ -946,7 +1051,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "cohere2", "smollm3", "olmo", "arcee", "nemotron", "mixtral", "qwen2_moe", "olmo3", "exaone4_nowin", "glm4",
                                            "stablelm_qk",
                                            "qwen3_moe", "olmoe", "gpt_oss_gguf", "ministral3", "ernie4_5",
-                                           "hunyuan_v1_dense", "qwen3_5_gguf", "qwen3_5_moe_gguf", "qwen3_next_gguf"),
+                                           "hunyuan_v1_dense", "qwen3_5_gguf", "qwen3_5_moe_gguf", "qwen3_next_gguf",
+                                           "gemma4_text", "gemma4_moe", "gemma4_e"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

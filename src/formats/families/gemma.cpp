@@ -269,6 +269,118 @@ void gemma3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   if (hp.num_layers == 62) s.attn_scale = 1.0f / std::sqrt(static_cast<float>(hp.hidden_size / hp.num_heads));
 }
 
+// As llama.cpp runs a gemma4 GGUF (its converter: convert_hf_to_gguf.py's Gemma4Model): plain
+// norms, unscaled scores, the sliding layers' geometry under the _swa keys and the full ones' under
+// the plain keys, per-layer key/value heads and MLP widths as arrays, values = keys where a full
+// layer has no attn_v, the proportional rope as rope_freqs (1 for each rotated pair, 1e30 for the
+// others), the last shared_kv_layers layers over the keys and values of layer
+// n_layer - shared - (sliding ? 2 : 1).
+void gemma4_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  const std::string& where = hp.path;
+  s.mlp = MlpKind::GeGLU;
+  s.act = Activation::GeluTanh;
+  s.embed_scale = true;
+  s.norm_unit_offset = false;
+  s.norm_round_once = true;
+  s.sandwich_norms = true;
+  s.qk_norm = true;
+  s.v_norm = true;
+  s.layer_scalar = hp.layer_output_scale;
+  s.attn_scale = 1.0f;  // (llama.cpp's gemma4 fixes it: no metadata key)
+  s.final_softcap = hp.final_softcap;
+  if (hp.attn_softcap > 0.0f) fail(where, "gemma4.attn_logit_softcapping: Gemma 4's attention has no soft cap");
+  if (hp.head_dim_swa <= 0) fail(where, "metadata key 'gemma4.attention.key_length_swa' missing (the sliding layers' head size)");
+  if (hp.swa_layers.empty()) fail(where, "metadata key 'gemma4.attention.sliding_window_pattern' missing");
+  if (hp.rope_dim != hp.head_dim || hp.rope_dim_swa != hp.head_dim_swa)
+    fail(where, "gemma4.rope.dimension_count / _swa differ from the head sizes: Gemma 4 rotates whole heads (a "
+                "partial rotary is rope_freqs.weight)");
+  s.head_dim = hp.head_dim_swa;
+  s.global_head_dim = hp.head_dim;
+  s.rotary_dim = 0;
+  s.sliding_window = hp.sliding_window;
+  s.sliding_layers = hp.swa_layers;
+  s.rope_local = true;
+  s.rope_theta_local = hp.rope_theta_swa > 0.0f ? hp.rope_theta_swa : hp.rope_theta;  // (llama.cpp's fallback)
+  s.rope_scaling_local = RopeScaling{};
+  // Key/value heads: one value, or one per layer that must be one value per layer type.
+  const int64_t L = hp.num_layers;
+  std::optional<int64_t> kv_slide, kv_full;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t kv = hp.kv_heads_per_layer.empty() ? hp.num_kv_heads : hp.kv_heads_per_layer[static_cast<size_t>(l)];
+    std::optional<int64_t>& t = hp.swa_layers[static_cast<size_t>(l)] ? kv_slide : kv_full;
+    if (t && *t != kv)
+      fail(where, "gemma4.attention.head_count_kv gives layers of one type different key/value heads (layer " +
+                      std::to_string(l) + "): not a Gemma 4 form");
+    t = kv;
+  }
+  s.n_kv_heads = kv_slide.value_or(hp.num_kv_heads);
+  s.global_kv_heads = kv_full && *kv_full != s.n_kv_heads ? *kv_full : 0;
+  // Values = keys: the full layers with keys of their own and no attn_v.
+  s.kv_shared_layers = hp.shared_kv_layers;
+  std::optional<bool> k_eq_v;
+  for (int64_t l = 0; l < L - s.kv_shared_layers; ++l) {
+    const bool absent = l < static_cast<int64_t>(hp.attn_v_absent.size()) && hp.attn_v_absent[static_cast<size_t>(l)];
+    if (hp.swa_layers[static_cast<size_t>(l)]) {
+      if (absent) fail(where, "sliding layer " + std::to_string(l) + " has attn_k but no attn_v (only Gemma 4's full "
+                              "layers take their values from the keys)");
+    } else {
+      if (k_eq_v && *k_eq_v != absent)
+        fail(where, "some full-attention layers have attn_v and others not (layer " + std::to_string(l) + ")");
+      k_eq_v = absent;
+    }
+  }
+  s.global_k_eq_v = k_eq_v.value_or(false);
+  // llama.cpp's shared layers read layer n_kv_from_start - 2 (sliding) or - 1 (full): the last
+  // two layers with their own keys and values must be a sliding one then a full one, which makes
+  // that the last earlier layer of each type (transformers' rule, ModelSpec::kv_source).
+  if (s.kv_shared_layers > 0) {
+    const int64_t n = L - s.kv_shared_layers;
+    if (n < 2 || !hp.swa_layers[static_cast<size_t>(n - 2)] || hp.swa_layers[static_cast<size_t>(n - 1)])
+      fail(where, "gemma4.attention.shared_kv_layers: the last two layers with their own keys and values are not a "
+                  "sliding then a full-attention layer, which llama.cpp's layer sharing assumes");
+  }
+  // MLP widths: one, or the double-wide MLPs of the shared layers.
+  if (!hp.ffn_per_layer.empty()) {
+    const int64_t base = hp.ffn_per_layer[0];
+    for (int64_t l = 0; l < L; ++l)
+      if (hp.ffn_per_layer[static_cast<size_t>(l)] != (l >= L - s.kv_shared_layers ? 2 * base : base))
+        fail(where, "gemma4.feed_forward_length per layer is not one width with the shared layers' twice as wide "
+                    "(layer " + std::to_string(l) + ")");
+    s.ffn = base;
+    s.double_wide_shared_mlp = true;
+  }
+  s.ple_dim = hp.per_layer_input_dim;
+  s.ple_vocab = s.ple() ? hp.vocab_size : 0;  // (llama.cpp reads per_layer_token_embd over the vocabulary)
+  // The full layers' rotary: rope_freqs.weight (read as factors) is the proportional rope's
+  // rotated pairs (1) and the others (1e30, no rotation).
+  RopeScaling& rs = s.rope_scaling;
+  if (rs.type == RopeScaling::Type::Factors) {
+    int64_t n_rot = 0;
+    const std::vector<float> f = rs.freq_factors;  // (a copy: rs is reset below)
+    while (n_rot < static_cast<int64_t>(f.size()) && f[static_cast<size_t>(n_rot)] == 1.0f) ++n_rot;
+    for (size_t i = static_cast<size_t>(n_rot); i < f.size(); ++i)
+      if (!(f[i] >= 1e20f))
+        fail(where, "rope_freqs.weight is not Gemma 4's proportional rope (1 for each rotated pair, then 1e30): value " +
+                        std::to_string(f[i]) + " at " + std::to_string(i));
+    rs = RopeScaling{};
+    if (n_rot < static_cast<int64_t>(f.size())) {
+      rs.type = RopeScaling::Type::Proportional;
+      // (the fraction whose int(fraction * dims / 2) is n_rot, as ops.cpp rounds it)
+      float frac = static_cast<float>(2.0 * static_cast<double>(n_rot) / static_cast<double>(hp.head_dim));
+      while (std::floor(static_cast<double>(frac) * static_cast<double>(hp.head_dim) / 2.0) < static_cast<double>(n_rot))
+        frac = std::nextafter(frac, 1.0f);
+      rs.rotated_fraction = frac;
+    }
+  } else if (rs.type != RopeScaling::Type::None) {
+    fail(where, "gemma4 with rope scaling metadata: Gemma 4's full layers rotate by rope_freqs.weight only");
+  }
+  if (s.moe()) {
+    s.norm_topk = true;
+    s.moe_fused_experts = true;
+    s.moe_gemma4 = true;
+  }
+}
+
 }  // namespace
 
 const ModelFamily kGemma{"gemma", "GemmaForCausalLM", "gemma", 256, 8192, 10000.0f, true, true,
@@ -295,11 +407,30 @@ const ModelFamily kGemma3Text = [] {
 
 // Gemma 4's MoE parts as the canonical MoE names (its files': layers.N.router.proj, layers.N.experts.*).
 constexpr HfRename kGemma4Renames[] = {{".router.proj.", ".mlp.gate."}, {".experts.", ".mlp.experts."}};
+// llama.cpp's gemma4 names (convert_hf_to_gguf.py's Gemma4Model; gguf-py 0.19's tensor_mapping):
+// Gemma 2/3's norms, the MoE block's, the per-layer input branch's.
+constexpr GgufLayerName kGemma4GgufNames[] = {{"ffn_norm", "pre_feedforward_layernorm"},
+                                              {"post_attention_norm", "post_attention_layernorm"},
+                                              {"post_ffw_norm", "post_feedforward_layernorm"},
+                                              {"pre_ffw_norm_2", "pre_feedforward_layernorm_2"},
+                                              {"post_ffw_norm_1", "post_feedforward_layernorm_1"},
+                                              {"post_ffw_norm_2", "post_feedforward_layernorm_2"},
+                                              {"inp_gate", "per_layer_input_gate"},
+                                              {"proj", "per_layer_projection"},
+                                              {"post_norm", "post_per_layer_input_norm"}};
+// ... and those without a .weight on both sides: layer_scalar (one value), the router's scales,
+// the fused experts as transformers holds them ((E, 2F, C) gate rows first; (E, C, F)).
+constexpr GgufLayerName kGemma4GgufParams[] = {{"layer_output_scale.weight", "layer_scalar"},
+                                               {"ffn_gate_inp.scale", "router.scale"},
+                                               {"ffn_down_exps.scale", "router.per_expert_scale"},
+                                               {"ffn_gate_up_exps.weight", "mlp.experts.gate_up_proj"},
+                                               {"ffn_down_exps.weight", "mlp.experts.down_proj"}};
 const ModelFamily kGemma4Text = [] {
-  ModelFamily f{"gemma4_text", "Gemma4ForCausalLM", "", 256, 131072, 1000000.0f, true, true,
-                gemma4_read, gemma4_write, nullptr};
+  ModelFamily f{"gemma4_text", "Gemma4ForCausalLM", "gemma4", 256, 131072, 1000000.0f, true, true,
+                gemma4_read, gemma4_write, gemma4_gguf};
   f.hf_renames = kGemma4Renames;
-  f.no_gguf_reason = "llama.cpp has gemma4 GGUFs; qlora does not read or write them yet";
+  f.gguf_layer_names = kGemma4GgufNames;
+  f.gguf_layer_params = kGemma4GgufParams;
   return f;
 }();
 

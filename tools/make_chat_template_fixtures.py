@@ -21,6 +21,8 @@ Where the templates come from (no hub access while this was written):
   llama2, qwen2, qwen2_5, gemma, phi3 : written out from memory of the public
               tokenizer_config.json files (may differ from the hub in details; the reference
               output is still transformers' rendering of exactly this string).
+  gemma4    : tools/chat_templates/gemma4.jinja, Gemma 4's template as llama.cpp keeps it
+              (ggml-org/llama.cpp models/templates/gemma4.jinja)
   features  : a synthetic template exercising the rest of the supported Jinja subset.
 
 Usage: .refenv/bin/python tools/make_chat_template_fixtures.py [--out DIR]
@@ -370,6 +372,19 @@ SINGLE_TOOL_CONVERSATION = [
     {"role": "assistant", "content": "It is -3C and snowing in Oslo."},
 ]
 
+# Gemma 4's own tool turns: calls on the model's turn, results as the next message's
+# tool_responses (its template's form), a thought channel in the model's answer that the
+# template strips from history.
+GEMMA4_TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}}]},
+    {"role": "tool", "content": "", "tool_responses": [{"name": "get_weather", "response": {"temp": 18, "sky": "sunny"}},
+                                                       {"name": "get_weather", "response": "no wind"}]},
+    {"role": "assistant", "content": "<|channel>thought\nIt is warm.<channel|>It is 18C and sunny in Paris."},
+]
+GEMMA4_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "gemma4.jinja")
+
 BUILTIN_TOOL_CONVERSATION = [
     {"role": "user", "content": "Search the news about qlora"},
     {"role": "assistant", "tool_calls": [
@@ -447,6 +462,9 @@ SNIPPETS = [
     ("{{ 'abc' | indent(2) }}|{{ 'a\nb\n\nc' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}", {}),
     ("{{ x | tojson(indent=2) }}", {"x": {"a": [1, {"b": []}], "c": {}}}),
     ("{% generation %}gen{{ 1 }}{% endgeneration %}", {}),
+    ("{{ d | dictsort }} {{ d | dictsort(true) }} {{ d | dictsort(by='value', reverse=true) }}{% for k, v in d | dictsort %}|{{ k }}={{ v }}{% endfor %}",
+     {"d": {"b": 1, "A": 3, "a": 0, "C": 2}}),
+    ("{{ d | dictsort(by='nope') }}", {"d": {"a": 1}}),
 ]
 
 
@@ -492,6 +510,9 @@ def main():
         ("phi3", PHI3, "from memory (microsoft/Phi-3-mini-4k-instruct)", "<s>", "<|endoftext|>"),
         ("qwen3", QWEN3, "Qwen/Qwen3-0.6B tokenizer_config.json", None, "<|im_end|>"),
         ("gemma3", GEMMA3, "google/gemma-3 tokenizer_config.json", "<bos>", "<eos>"),
+        ("gemma4", open(GEMMA4_TEMPLATE, encoding="utf-8").read(),
+         "Gemma 4's chat template as llama.cpp keeps it (models/templates/gemma4.jinja): tools/chat_templates/gemma4.jinja",
+         "<bos>", "<eos>"),
         ("features", FEATURES, "synthetic", "<s>", "</s>"),
     ]
     for name, tmpl, source, bos, eos in templates:
@@ -503,6 +524,10 @@ def main():
             convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
         if name == "gemma3":
             convs["content_parts"] = (PARTS_CONVERSATION, {})
+        if name == "gemma4":
+            convs["content_parts"] = (PARTS_CONVERSATION, {})
+            convs["tools"] = (GEMMA4_TOOL_CONVERSATION, {"tools": TOOLS})
+            convs["thinking"] = (CONVERSATIONS[next(iter(CONVERSATIONS))], {"enable_thinking": True})
         if name == "qwen3":
             convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
             convs["thinking"] = (THINKING_CONVERSATION, {})

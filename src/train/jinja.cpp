@@ -745,6 +745,27 @@ struct Interp {
       }
       return Value::make_list(std::move(l));
     }
+    if (n == "dictsort") {  // jinja2: the (key, value) pairs sorted by key (by='value': by value), case-insensitive
+      const Value* cs = a.get(0, "case_sensitive");
+      const Value* by = a.get(1, "by");
+      const Value* rev = a.get(2, "reverse");
+      if (v.t != Value::T::Dict && v.t != Value::T::Ns) error("dictsort filter needs a mapping");
+      const std::string by_s = by ? str_arg(*by) : "key";
+      if (by_s != "key" && by_s != "value") error("You can only sort by either 'key' or 'value'");
+      const size_t pos = by_s == "value" ? 1 : 0;
+      const bool case_sensitive = cs && truthy(*cs);
+      List l;
+      for (auto& kv : v.dict->items) {
+        l.push_back(Value::make_list({Value::str(kv.first), kv.second}));
+        l.back().tuple = true;
+      }
+      auto less = [&](const Value& x, const Value& y) {
+        return compare_order(sort_key((*x.list)[pos], case_sensitive), sort_key((*y.list)[pos], case_sensitive), "<") < 0;
+      };
+      std::stable_sort(l.begin(), l.end(), less);
+      if (rev && truthy(*rev)) std::stable_sort(l.begin(), l.end(), [&](const Value& x, const Value& y) { return less(y, x); });
+      return Value::make_list(std::move(l));
+    }
     if (n == "string") return Value::str(to_str(v));
     if (n == "safe" || n == "list" || n == "unique") {
       if (n == "safe") return v;

@@ -325,6 +325,17 @@ FAMILIES = {
                                          num_key_value_heads=2, head_dim=16, position_embedding_size=64, patch_size=4,
                                          pooling_kernel_size=2),
                       audio_config=None, tie_word_embeddings=True))),
+    # GLM-4.5's block (glm4_moe): q/k/v biases, per-head q/k norms, rotate_half rotary on half of
+    # each head; layer 0 a dense SwiGLU MLP, layers 1-2 8 experts of 32 in 2 groups (the best
+    # group's top 2, DeepSeek-V3's sigmoid router with its score bias drawn at random below,
+    # renormalized, times 2.5) plus one shared expert, ungated.
+    "glm4_moe": ("Glm4MoeConfig", dict(num_hidden_layers=3, head_dim=16, attention_bias=True, use_qk_norm=True,
+                                       n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+                                       moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+                                       routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                        "partial_rotary_factor": 0.5},
+                                       _moe=True)),
     # Phi-3: fused qkv_proj and gate_up_proj (PEFT adapts the fused modules), a sliding
     # window shorter than the prompt, untied head.
     "phi3": ("Phi3Config", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
@@ -534,6 +545,8 @@ def make_model(family: str):
         for name, b in model.named_buffers():
             if name.endswith("layer_scalar"):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gl))
+            if name.endswith("e_score_correction_bias"):  # (GLM-4.5 / DeepSeek-V3's router: zeros at init)
+                b.copy_(0.1 * torch.randn(b.shape, generator=gl))
         for name, p in model.named_parameters():  # (Gemma 4's router scales)
             if name.endswith(("router.scale", "router.per_expert_scale")):
                 p.copy_(0.5 + torch.rand(p.shape, generator=gl))
@@ -1360,7 +1373,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e")
+                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -135,12 +135,10 @@ std::string wrapped_config_json(const fs::path& source_config, DType dtype) {
 
 namespace {
 
-// W (out, in) of q dequantized, plus each adapter's weighted ΔW for the Linear `find` picks.
+// W (out, in) plus each adapter's weighted ΔW for the Linear `find` picks (below: of a QuantLinear, dequantized).
 template <class Find>
-std::vector<float> merged_weight(const QuantLinear& q, const std::vector<WeightedAdapter>& adapters, Find find) {
-  const int64_t out = q.out_features(), in = q.in_features();
-  std::vector<float> w(static_cast<size_t>(out * in));
-  q.dequantize_rows(0, out, w.data());
+std::vector<float> merged_weight(std::vector<float> w, int64_t out, int64_t in, const std::vector<WeightedAdapter>& adapters,
+                                 Find find) {
   for (const WeightedAdapter& wa : adapters) {
     if (!wa.adapter) continue;
     const LoraLayer* L = find(*wa.adapter);
@@ -166,6 +164,14 @@ std::vector<float> merged_weight(const QuantLinear& q, const std::vector<Weighte
     }
   }
   return w;
+}
+
+template <class Find>
+std::vector<float> merged_weight(const QuantLinear& q, const std::vector<WeightedAdapter>& adapters, Find find) {
+  const int64_t out = q.out_features(), in = q.in_features();
+  std::vector<float> w(static_cast<size_t>(out * in));
+  q.dequantize_rows(0, out, w.data());
+  return merged_weight(std::move(w), out, in, adapters, find);
 }
 
 }  // namespace
@@ -228,7 +234,13 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
           if (rest == "linear_attn.conv1d.weight") return L.la_conv;
           if (rest == "linear_attn.norm.weight") return L.la_norm;
         }
-        if (model.spec().moe() && model.spec().moe_gpt_oss) {  // router bias; experts fused again
+        if (model.spec().layer_moe(l) && model.spec().moe_sigmoid_router) {  // (float32, with its score bias)
+          if (rest == std::string(kMoeRouterModule) + ".weight")  // (with its adapters: PEFT's ParamWrapper)
+            return merged_weight(L.router_f32, model.spec().n_experts, model.spec().hidden, adapters,
+                                 [&](const LoraModel& a) { return a.find_router(l); });
+          if (rest == std::string(kMoeRouterModule) + ".e_score_correction_bias") return L.router_score_bias;
+        }
+        if (model.spec().layer_moe(l) && model.spec().moe_gpt_oss) {  // router bias; experts fused again
           const ModelSpec& s = model.spec();
           const int64_t E = s.n_experts, F = s.expert_ffn, C = s.hidden;
           if (rest == std::string(kMoeRouterModule) + ".weight")
@@ -263,7 +275,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
             return out;
           }
         }
-        if (model.spec().moe() && model.spec().moe_fused_experts)  // (E, 2F, C) and (E, C, F) again
+        if (model.spec().layer_moe(l) && model.spec().moe_fused_experts)  // (E, 2F, C) and (E, C, F) again
           for (int part : {0, 2}) {
             if (rest != fused_expert_tensor(part)) continue;
             std::vector<float> out;
@@ -277,7 +289,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
             }
             return out;
           }
-        if (model.spec().moe()) {  // the router, shared-expert gate and experts, with their adapters
+        if (model.spec().layer_moe(l)) {  // the router, shared-expert gate and experts, with their adapters
           if (rest == std::string(kMoeRouterModule) + ".weight")
             return merged_weight(L.router, adapters, [&](const LoraModel& a) { return a.find_router(l); });
           if (rest == std::string(kMoeSharedGateModule) + ".weight" && model.spec().shared_expert)
@@ -295,7 +307,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                 return std::vector<float>(gu.begin() + part * F * C, gu.begin() + (part + 1) * F * C);
               }
         }
-        const auto lin = model.spec().block_linears();
+        const auto lin = model.spec().block_linears(l);
         for (int w = 0; w < kBlockLinearCount; ++w) {
           if (!lin[w].module || !model.spec().layer_has_linear(l, w)) continue;  // absent (fused, or not this layer's kind)
           if (rest == std::string(lin[w].module) + ".weight") return merged_linear_weight(model, l, w, adapters);

@@ -43,22 +43,30 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   // module path -> the Linear, for every Linear the model has: the blocks', then those
   // outside them (project_in / project_out).
   const int64_t NL = model.spec().n_layers;
-  std::map<std::string, const QuantLinear*> linears;
+  std::map<std::string, std::pair<int64_t, int64_t>> linears;  // path -> (in, out)
   for (int64_t l = 0; l < NL; ++l)
     for (int w = 0; w < kBlockLinears; ++w)
       if (std::string p = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w)); !p.empty())
-        linears[p] = &model.block_linear(l, w);
+        linears[p] = {model.block_linear(l, w).in_features(), model.block_linear(l, w).out_features()};
   for (int w = 0; w < kModelLinearCount; ++w)
     if (const std::string n = model_linear_name(model.spec(), static_cast<ModelLinear>(w)); !n.empty())
-      linears[canonical_to_hf(model.spec(), n)] = &model.model_linear(static_cast<ModelLinear>(w));
+      linears[canonical_to_hf(model.spec(), n)] = {model.model_linear(static_cast<ModelLinear>(w)).in_features(),
+                                                    model.model_linear(static_cast<ModelLinear>(w)).out_features()};
   if (model.spec().moe())  // the router, the shared-expert gate, each expert's gate_up and down
     for (int64_t l = 0; l < NL; ++l) {
+      if (!model.spec().layer_moe(l)) continue;
       const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
-      linears[moe_router_module_path(model.spec(), l)] = &L.router;
-      if (model.spec().shared_expert) linears[moe_shared_gate_path(model.spec(), l)] = &L.shared_gate;
+      // (the float32 sigmoid router of GLM-4.5 / DeepSeek-V3 is no QuantLinear: its shape)
+      linears[moe_router_module_path(model.spec(), l)] =
+          model.spec().moe_sigmoid_router ? std::pair{model.spec().hidden, model.spec().n_experts}
+                                          : std::pair{L.router.in_features(), L.router.out_features()};
+      if (model.spec().shared_expert && model.spec().shared_expert_gate)
+        linears[moe_shared_gate_path(model.spec(), l)] = {L.shared_gate.in_features(), L.shared_gate.out_features()};
       for (int64_t e = 0; e < model.spec().n_experts; ++e) {
-        linears[moe_expert_path(model.spec(), l, e, 0)] = &L.expert_gate_up[static_cast<size_t>(e)];
-        linears[moe_expert_path(model.spec(), l, e, 1)] = &L.expert_down[static_cast<size_t>(e)];
+        const QuantLinear& gu = L.expert_gate_up[static_cast<size_t>(e)];
+        const QuantLinear& dn = L.expert_down[static_cast<size_t>(e)];
+        linears[moe_expert_path(model.spec(), l, e, 0)] = {gu.in_features(), gu.out_features()};
+        linears[moe_expert_path(model.spec(), l, e, 1)] = {dn.in_features(), dn.out_features()};
       }
     }
   for (const auto& [path, m] : a.modules) {
@@ -66,15 +74,15 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
     check(it != linears.end(), wpath,
                  "key '" + peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
                      std::to_string(NL) + " layers; LoRA is supported on the block's Linear projections)");
-    const QuantLinear& q = *it->second;
-    check(m.in == q.in_features(), wpath,
+    const auto [q_in, q_out] = it->second;
+    check(m.in == q_in, wpath,
                  "key '" + peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +
                      std::to_string(m.in) + ") but the model's '" + path + "' has in_features " +
-                     std::to_string(q.in_features()) + " (an adapter for a different model?)");
-    check(m.out == q.out_features(), wpath,
+                     std::to_string(q_in) + " (an adapter for a different model?)");
+    check(m.out == q_out, wpath,
                  "key '" + peft_lora_key(path, 'B') + "' has shape (" + std::to_string(m.out) + ", " +
                      std::to_string(m.r) + ") but the model's '" + path + "' has out_features " +
-                     std::to_string(q.out_features()) + " (an adapter for a different model?)");
+                     std::to_string(q_out) + " (an adapter for a different model?)");
   }
 
   try {

@@ -22,7 +22,7 @@ uint64_t derive_seed(uint64_t seed, uint64_t i) {
 }  // namespace
 
 std::string block_linear_path(const ModelSpec& spec, int64_t layer, BlockLinear which) {
-  const char* module = spec.block_linears()[static_cast<size_t>(which)].module;
+  const char* module = spec.block_linears(layer)[static_cast<size_t>(which)].module;
   if (!module || !spec.layer_has_linear(layer, static_cast<int>(which))) return std::string();
   // (the family's own name: PEFT's module paths and target_modules are Hugging Face's)
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + module);
@@ -73,6 +73,9 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       const std::string path = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w));
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
       if (path.empty() || !cfg_.targets(path)) continue;
+      // (PEFT 0.21's all-linear on GLM-4.5 adapts no MLP Linear -- neither the dense layers' nor the
+      // shared experts' -- and the experts and router instead: add_moe_layers)
+      if (cfg_.all_linear && model.spec().moe_sigmoid_router && w >= 4 && w <= 6) continue;
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
       // rows follow the Hugging Face per-head order: refuse rather than mix the two.
       const std::string& fam = model.spec().family;
@@ -120,7 +123,11 @@ void LoraModel::add_moe_layers(const Model& model) {
   // when named (target_parameters gate_up_proj / down_proj / router.weight, OpenAI's recipe).
   // Gemma 4: PEFT 0.21's all-linear adapts its router (router.proj, an nn.Linear) and not its
   // fused experts (measured); the experts take LoRA when named (target_parameters).
-  if (!s.moe_gpt_oss && !s.moe_gemma4 && cfg_.all_linear && cfg_.target_parameters.empty() && !s.shared_expert) {
+  // GLM-4.5 (its shared experts notwithstanding): the same, the router included (its float32
+  // nn.Parameter, which PEFT's ParamWrapper adapts), and no MLP Linear (measured: all-linear's
+  // target_modules are q/k/v/o_proj only; the block constructor leaves the MLP slots out).
+  if (!s.moe_gpt_oss && !s.moe_gemma4 && cfg_.all_linear && cfg_.target_parameters.empty() &&
+      (!s.shared_expert || s.moe_sigmoid_router)) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {
       cfg_.gate_up_r = 2 * cfg_.r;
@@ -141,12 +148,22 @@ void LoraModel::add_moe_layers(const Model& model) {
     return static_cast<int>(layers_.size() - 1);
   };
   for (int64_t l = 0; l < s.n_layers; ++l) {
+    if (!s.layer_moe(l)) continue;  // (GLM-4.5's dense first layers)
     const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
     MoeIndex& m = moe_index_[static_cast<size_t>(l)];
     // (the router's module path as PEFT names it: mlp.gate, gpt-oss's mlp.router)
     const std::string rp = moe_router_module_path(s, l);
-    if (s.moe_gemma4 ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) m.router = add(rp, L.router, cfg_);
-    if (s.shared_expert && cfg_.targets(moe_shared_gate_path(s, l)))
+    if (s.moe_gemma4 ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) {
+      if (s.moe_sigmoid_router) {  // (a float32 weight, no QuantLinear: its shape)
+        LoraLayer layer(rp, s.hidden, s.n_experts, cfg_);
+        layer.init(derive_seed(cfg_.seed, layers_.size()));
+        layers_.push_back(std::move(layer));
+        m.router = static_cast<int>(layers_.size() - 1);
+      } else {
+        m.router = add(rp, L.router, cfg_);
+      }
+    }
+    if (s.shared_expert && s.shared_expert_gate && cfg_.targets(moe_shared_gate_path(s, l)))
       m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
     const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + ".gate_up_proj");
     const bool down = cfg_.targets_parameter(moe_experts_module(s, l) + ".down_proj");

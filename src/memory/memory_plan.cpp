@@ -44,7 +44,7 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
   std::vector<LinearShape> v;
   for (const LinearShape& li : s.block_linears())
     if (li.module) v.push_back(li);
-  if (s.has_global_geometry() || s.kv_shared_layers > 0)
+  if (s.has_global_geometry() || s.kv_shared_layers > 0 || s.moe_dense_layers > 0)
     for (int64_t l = 0; l < s.n_layers; ++l)
       for (const LinearShape& li : s.block_linears(l)) {
         bool seen = !li.module;
@@ -56,20 +56,23 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
 
 // How many layers hold block Linear `li` in that shape (a hybrid model's attention and
 // linear-attention layers hold different ones; Gemma 4's full-attention layers other shapes).
+// (GLM-4.5's dense layers hold mlp.gate_proj where the others hold the shared experts')
 uint64_t linear_copies(const ModelSpec& s, const LinearShape& li) {
-  for (int w = 0; w < kBlockLinearCount; ++w)
-    if (s.block_linears()[static_cast<size_t>(w)].module == li.module) {
-      uint64_t n = 0;
-      for (int64_t l = 0; l < s.n_layers; ++l) {
-        const BlockLinearSpec x = s.block_linears(l)[static_cast<size_t>(w)];
-        n += s.layer_has_linear(l, w) && x.out == li.out && x.in == li.in ? 1 : 0;
-      }
-      return n;
+  uint64_t n = 0;
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    const auto lin = s.block_linears(l);
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      const BlockLinearSpec& x = lin[static_cast<size_t>(w)];
+      n += x.module && std::string_view(x.module) == li.module && s.layer_has_linear(l, w) && x.out == li.out &&
+                   x.in == li.in ? 1 : 0;
     }
-  return u(s.n_layers);
+  }
+  return n;
 }
 
 bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
+  // (GLM-4.5: PEFT's all-linear leaves its MLP Linears out: lora/lora_model.cpp)
+  if (o.all_linear && s.moe_sigmoid_router && std::string_view(module).find("mlp.") == 0) return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
   for (const std::string& t : o.target_modules)
@@ -182,7 +185,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   // or, where PEFT's does, the router and each expert (gate_up at twice the rank).
   if (s.moe() && o.all_linear) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
-    if (s.shared_expert) {
+    if (s.shared_expert && !s.moe_sigmoid_router) {
       ab.emplace_back(r * u(s.hidden), r);
     } else {
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
@@ -191,9 +194,10 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
         ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
       }
     }
+    const uint64_t moe_layers = u(s.n_layers - s.moe_dense_layers);
     for (const auto& [a, b] : ab) {
-      l.params += u(s.n_layers) * (a + b);
-      l.optim_state += u(s.n_layers) * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
+      l.params += moe_layers * (a + b);
+      l.optim_state += moe_layers * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
     }
   }
   return l;
@@ -206,11 +210,14 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   for (const LinearShape& li : block_linears(s)) linears.emplace_back(li, linear_copies(s, li));
   for (const LinearShape& li : model_linears(s)) linears.emplace_back(li, 1);
   if (s.moe()) {  // each expert's fused gate/up and down, and the shared expert's gate
-    const uint64_t experts = L * u(s.n_experts);
+    const uint64_t ML = u(s.n_layers - s.moe_dense_layers);  // (the MoE layers)
+    const uint64_t experts = ML * u(s.n_experts);
     linears.emplace_back(LinearShape{"experts.gate_up_proj", 2 * s.expert_ffn, s.hidden, false}, experts);
     linears.emplace_back(LinearShape{"experts.down_proj", s.hidden, s.expert_ffn, false}, experts);
-    if (s.shared_expert) linears.emplace_back(LinearShape{"shared_expert_gate", 1, s.hidden, false}, L);
-    w.dense_linear += L * u(s.n_experts) * u(s.hidden) * dense_bytes;  // the router, kept dense
+    if (s.shared_expert && s.shared_expert_gate) linears.emplace_back(LinearShape{"shared_expert_gate", 1, s.hidden, false}, ML);
+    // the router, kept dense (GLM-4.5 / DeepSeek-V3's in float32, with its score bias)
+    w.dense_linear += ML * u(s.n_experts) * u(s.hidden) * (s.moe_sigmoid_router ? 4 : dense_bytes);
+    if (s.moe_sigmoid_router) w.dense_linear += ML * u(s.n_experts) * 4;
   }
   for (const auto& [li, count] : linears) {
     const uint64_t L = count;  // (shadows the layer count: this Linear's copies)

@@ -386,11 +386,14 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
                p.buffer("rstd_mlp", stat, true));
   }
   // The dense MLP of h2 (gate/up/down; MoE: the shared expert), its output's buffer.
-  // (Gemma 4's double-wide MLPs: the buffers take the widest layer's width)
-  const int64_t Fmax = s.double_wide_shared_mlp && s.kv_shared_layers > 0 ? 2 * F : F;
+  // (MLPs of different widths -- Gemma 4's double-wide ones, GLM-4.5's shared experts beside
+  // dense layers: the buffers take the widest layer's width, and each layer its own)
+  const int64_t Fmax = s.max_layer_ffn();
+  bool per_layer_mlp = false;
+  for (int64_t l = 0; l < s.n_layers; ++l) per_layer_mlp = per_layer_mlp || s.layer_ffn(l) != F;
   auto mlp_buffer = [&](const char* name) {
     const int b = p.buffer(name, Fmax);
-    if (Fmax != F) p.buffers_[static_cast<size_t>(b)].narrow_width = F;
+    p.buffers_[static_cast<size_t>(b)].per_layer_mlp = per_layer_mlp;
     return b;
   };
   auto dense_mlp = [&](const char* out_name) {
@@ -446,7 +449,17 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     o.in0 = h2;
     o.in1 = shared;
     o.round = true;
+    if (s.moe_dense_layers > 0) p.mixer_ = LayerMixer::MoeLayers;
     p.op(o);
+    if (s.moe_dense_layers > 0) {  // (GLM-4.5's dense layers: the same gate/up/down, their output as it is)
+      BlockOp c{BlockOpKind::Scale};
+      c.out = mlp_out;
+      c.in0 = shared;
+      c.factor = 1.0f;
+      p.mixer_ = LayerMixer::DenseMlpLayers;
+      p.op(c);
+    }
+    p.mixer_ = LayerMixer::All;
   } else {
     mlp_out = dense_mlp("down_proj");
   }
@@ -579,7 +592,7 @@ int64_t BlockProgram::floats(int b, int64_t T, int64_t Tk) const {
 
 int64_t BlockProgram::floats_on(int b, int64_t l, int64_t T, int64_t Tk) const {
   const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
-  if (buf.narrow_width > 0 && spec_.layer_ffn(l) == spec_.ffn) return buf.narrow_width * T;
+  if (buf.per_layer_mlp) return spec_.layer_ffn(l) * T;
   return floats(b, T, Tk);
 }
 
@@ -590,7 +603,7 @@ int64_t BlockProgram::batch_floats(int b, int64_t tokens, int64_t probs_per_head
 
 int64_t BlockProgram::batch_floats_on(int b, int64_t l, int64_t tokens, int64_t probs_per_head) const {
   const BlockBuffer& buf = buffers_.at(static_cast<size_t>(b));
-  if (buf.narrow_width > 0 && spec_.layer_ffn(l) == spec_.ffn) return buf.narrow_width * tokens;
+  if (buf.per_layer_mlp) return spec_.layer_ffn(l) * tokens;
   return batch_floats(b, tokens, probs_per_head);
 }
 

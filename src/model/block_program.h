@@ -63,7 +63,9 @@ enum class BlockOpKind : uint8_t {
 // Which layers an op runs on: every layer, or (hybrid models) the attention layers only or
 // the linear-attention layers only, or (Gemma 4, ModelSpec::has_global_geometry) the sliding
 // layers' attention or the full-attention layers' (each of its own geometry).
-enum class LayerMixer : uint8_t { All, Attention, Linear, SlidingAttention, GlobalAttention };
+// (GLM-4.5 / DeepSeek: MoeLayers and DenseMlpLayers, the layers whose MLP is the mixture of
+// experts or a dense one, ModelSpec::layer_moe.)
+enum class LayerMixer : uint8_t { All, Attention, Linear, SlidingAttention, GlobalAttention, MoeLayers, DenseMlpLayers };
 
 struct BlockOp {
   BlockOpKind kind;
@@ -97,6 +99,8 @@ struct BlockOp {
       case LayerMixer::Linear: return s.layer_is_linear_attn(l);
       case LayerMixer::SlidingAttention: return !s.layer_global(l);
       case LayerMixer::GlobalAttention: return s.layer_global(l);
+      case LayerMixer::MoeLayers: return s.layer_moe(l);
+      case LayerMixer::DenseMlpLayers: return !s.layer_moe(l);
     }
     return false;
   }
@@ -108,9 +112,10 @@ struct BlockBuffer {
   bool probs = false;      // (NH, T, Tk) attention probabilities
   bool training_only = false;  // rstd and probabilities: only the backward reads them
   bool saved = false;      // read by some op's backward: kept per block when training
-  // Gemma 4's double-wide MLPs: the MLP's buffers are `width` wide (2 ffn) on those layers and
-  // narrow_width (ffn) on the others (0: width everywhere).
-  int64_t narrow_width = 0;
+  // An MLP buffer of a model whose layers' MLPs differ in width (Gemma 4's double-wide MLPs;
+  // GLM-4.5's dense layers and shared experts): ModelSpec::layer_ffn(l) wide on layer l, `width`
+  // the widest (false: width everywhere).
+  bool per_layer_mlp = false;
 };
 
 class BlockProgram {

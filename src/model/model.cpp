@@ -57,6 +57,10 @@ bool ignorable_tensor(const std::string& name, const ModelSpec& spec) {
   // transformers does not load either. (Under a vision-language wrapper it is an other part,
   // kept by merges: formats/hf_wrapper.h.)
   if (spec.hybrid() && name.rfind("mtp.", 0) == 0) return true;
+  // GLM-4.5's multi-token-prediction layers (model.layers.<n_layers + i>.*), which transformers
+  // does not load either.
+  for (int64_t i = 0; i < spec.mtp_layers; ++i)
+    if (name.rfind("model.layers." + std::to_string(spec.n_layers + i) + ".", 0) == 0) return true;
   // Gemma 4's shared-KV layers compute no keys or values: checkpoints may still hold those
   // projections and norms, which transformers does not load either.
   if (spec.kv_shared_layers > 0)
@@ -113,6 +117,18 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
       *dst = load_vector(src, layer_tensor_name(l, name), opt.compute_dtype);
       progress(layer_tensor_name(l, name));
     }
+  } else if (spec.moe_sigmoid_router) {  // (GLM-4.5 / DeepSeek-V3: float32 logits of a float32 weight)
+    const std::string n = layer_tensor_name(l, kMoeRouterModule);
+    L.router_f32 = src.get(n);
+    check(static_cast<int64_t>(L.router_f32.size()) == spec.n_experts * spec.hidden, src.describe(),
+          "tensor '" + n + "' is not (" + std::to_string(spec.n_experts) + ", " + std::to_string(spec.hidden) + ")");
+    progress(n);
+    const std::string b = layer_tensor_name(l, kMoeRouterModule, "e_score_correction_bias");
+    L.router_score_bias = src.get(b);
+    check(static_cast<int64_t>(L.router_score_bias.size()) == spec.n_experts, src.describe(),
+          "tensor '" + b + "' has " + std::to_string(L.router_score_bias.size()) + " values for " +
+              std::to_string(spec.n_experts) + " experts");
+    progress(b);
   } else {
     L.router = dense_linear(kMoeRouterModule, spec.n_experts);
   }
@@ -158,7 +174,7 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     }
     progress(gun);
     progress(dn);
-    if (spec.shared_expert) {
+    if (spec.shared_expert && spec.shared_expert_gate) {
       const std::string n = layer_tensor_name(l, kMoeSharedGateModule);
       L.shared_gate = load_linear(src, n, opt);
       progress(n);
@@ -184,7 +200,7 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     L.expert_down[static_cast<size_t>(e)] = load_linear(src, d, opt);
     progress(d);
   }
-  if (spec.shared_expert) {  // (an nn.Linear: bitsandbytes quantizes it, one row or not)
+  if (spec.shared_expert && spec.shared_expert_gate) {  // (an nn.Linear: bitsandbytes quantizes it, one row or not)
     const std::string n = layer_tensor_name(l, kMoeSharedGateModule);
     L.shared_gate = load_linear(src, n, opt);
     progress(n);
@@ -197,7 +213,9 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
   // A family whose files hold fused experts (Qwen3.5-MoE) may come with one tensor per expert
   // (transformers converts either way): read what the file has.
   ModelSpec spec = spec_in;
-  if (spec.moe_fused_experts && !src.has(fused_expert_name(0, 0)) && src.has(layer_tensor_name(0, expert_module(0, 0))))
+  // (the first MoE layer: GLM-4.5's first layers are dense)
+  const int64_t l0 = spec.moe_dense_layers;
+  if (spec.moe_fused_experts && !src.has(fused_expert_name(l0, 0)) && src.has(layer_tensor_name(l0, expert_module(0, 0))))
     spec.moe_fused_experts = false;
   spec.validate(src.describe());
   // Check every tensor's presence and shape before the (slow) quantization starts.
@@ -354,7 +372,7 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     }
     if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
-    if (spec.moe()) load_moe_layer(L, spec, l, src, opt, progress);
+    if (spec.layer_moe(l)) load_moe_layer(L, spec, l, src, opt, progress);
     for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
     if (spec.v_norm) L.unit_norm.assign(static_cast<size_t>(spec.max_head_dim()), 1.0f);  // (VHead)
     if (spec.ple()) {
@@ -418,7 +436,7 @@ size_t Model::weight_bytes() const {
           L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_dt_bias.size() + L.la_norm.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
-    b += L.router.bytes() + L.shared_gate.bytes();
+    b += L.router.bytes() + L.shared_gate.bytes() + (L.router_f32.size() + L.router_score_bias.size()) * sizeof(float);
     for (const QuantLinear& q : L.expert_gate_up) b += q.bytes();
     for (const QuantLinear& q : L.expert_down) b += q.bytes();
   }

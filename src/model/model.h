@@ -59,6 +59,10 @@ struct LayerWeights {
   // rows, then up rows; transformers 5's gate_up_proj[e], the parameter PEFT adapts) and
   // its down projection (C, expert_ffn), quantized like the block Linears.
   QuantLinear router, shared_gate;
+  // GLM-4.5 / DeepSeek-V3 (spec.moe_sigmoid_router): the router is float32 (n_experts, C) (an
+  // nn.Parameter used in float32; `router` is then empty) and mlp.gate.e_score_correction_bias
+  // (n_experts) biases the choice of experts.
+  std::vector<float> router_f32, router_score_bias;
   // (gpt-oss's expert_gate_up rows are gate and up interleaved, as its checkpoints' columns.)
   // (n_heads) attention sink logits (spec.attn_sinks: gpt-oss), else empty.
   std::vector<float> attn_sinks;

@@ -119,6 +119,24 @@ void ModelSpec::validate(const std::string& where) const {
     if (moe_gpt_oss && (shared_expert || !(swiglu_limit > 0.0f) || !std::isfinite(swiglu_limit) ||
                         !std::isfinite(swiglu_alpha)))
       fail(where, "gpt-oss experts need a positive, finite swiglu_limit and a finite swiglu_alpha, and no shared expert");
+    if (moe_dense_layers < 0 || moe_dense_layers > n_layers)
+      fail(where, "first_k_dense_replace must be between 0 and the number of layers, got " + std::to_string(moe_dense_layers));
+    if (moe_dense_layers > 0 && (!shared_expert || moe_gemma4 || moe_gpt_oss))
+      fail(where, "dense layers before the MoE layers are built for models with shared experts (GLM-4.5, DeepSeek)");
+    if (shared_expert_ffn < 0 || shared_expert_ffn > kMax) fail(where, "implausible shared expert size");
+    if (!shared_expert_gate && !shared_expert) fail(where, "an ungated shared expert without a shared expert");
+    if (moe_sigmoid_router) {
+      if (moe_groups < 1 || n_experts % moe_groups != 0 || moe_topk_groups < 1 || moe_topk_groups > moe_groups)
+        fail(where, "n_group (" + std::to_string(moe_groups) + ") must divide the " + std::to_string(n_experts) +
+                        " experts and topk_group (" + std::to_string(moe_topk_groups) + ") be between 1 and it");
+      if (n_experts / moe_groups < 2)
+        fail(where, "each expert group scores its two best experts: groups need at least two");
+      if (experts_per_token > moe_topk_groups * (n_experts / moe_groups))
+        fail(where, "num_experts_per_tok exceeds the experts of the topk_group groups it may choose from");
+      if (!(moe_routed_scale > 0.0f) || !std::isfinite(moe_routed_scale))
+        fail(where, "routed_scaling_factor must be positive and finite");
+      if (moe_gemma4 || moe_gpt_oss) fail(where, "the sigmoid router is GLM-4.5's / DeepSeek-V3's");
+    }
   } else if (shared_expert) {
     fail(where, "a shared expert without experts");
   }
@@ -171,7 +189,13 @@ void ModelSpec::validate(const std::string& where) const {
 
 std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears(int64_t layer) const {
   auto l = block_linears();
-  if (layer_ffn(layer) != ffn) {  // (Gemma 4's double-wide MLPs)
+  if (moe() && !layer_moe(layer)) {  // (GLM-4.5, DeepSeek: the dense layers before the MoE ones)
+    const auto& m = kBlockLinearModules;
+    l[4] = {m[4], ffn, hidden, mlp_bias};
+    l[5] = {m[5], ffn, hidden, mlp_bias};
+    l[6] = {m[6], hidden, ffn, mlp_bias};
+  }
+  if (layer_ffn(layer) != ffn) {  // (Gemma 4's double-wide MLPs; the shared experts beside dense layers)
     l[4].out = l[5].out = layer_ffn(layer);
     l[6].in = layer_ffn(layer);
   }
@@ -297,14 +321,14 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
       if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     }
-    if (moe() && moe_gpt_oss) {  // router with a bias, experts fused
+    if (layer_moe(l) && moe_gpt_oss) {  // router with a bias, experts fused
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
       t.push_back({layer_tensor_name(l, kMoeRouterModule, "bias"), {n_experts}});
       t.push_back({fused_expert_name(l, 0), {n_experts, hidden, 2 * expert_ffn}});
       t.push_back({fused_expert_name(l, 1), {n_experts, 2 * expert_ffn}});
       t.push_back({fused_expert_name(l, 2), {n_experts, expert_ffn, hidden}});
       t.push_back({fused_expert_name(l, 3), {n_experts, hidden}});
-    } else if (moe() && moe_gemma4) {  // (Gemma 4: the router's own scales and the experts' norms)
+    } else if (layer_moe(l) && moe_gemma4) {  // (Gemma 4: the router's own scales and the experts' norms)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
       t.push_back({"model.layers." + std::to_string(l) + ".router.scale", {hidden}});
       t.push_back({"model.layers." + std::to_string(l) + ".router.per_expert_scale", {n_experts}});
@@ -312,18 +336,20 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({fused_expert_name(l, 2), {n_experts, hidden, expert_ffn}});
       for (const char* n : {"post_feedforward_layernorm_1", "pre_feedforward_layernorm_2", "post_feedforward_layernorm_2"})
         t.push_back({layer_tensor_name(l, n), {hidden}});
-    } else if (moe() && moe_fused_experts) {  // (transformers 5's fused experts)
+    } else if (layer_moe(l) && moe_fused_experts) {  // (transformers 5's fused experts)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
+      if (moe_sigmoid_router) t.push_back({layer_tensor_name(l, kMoeRouterModule, "e_score_correction_bias"), {n_experts}});
       t.push_back({fused_expert_name(l, 0), {n_experts, 2 * expert_ffn, hidden}});
       t.push_back({fused_expert_name(l, 2), {n_experts, hidden, expert_ffn}});
-      if (shared_expert) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
-    } else if (moe()) {  // (the Hub's order: router, experts, then the shared expert)
+      if (shared_expert && shared_expert_gate) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
+    } else if (layer_moe(l)) {  // (the Hub's order: router, experts, then the shared expert)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
+      if (moe_sigmoid_router) t.push_back({layer_tensor_name(l, kMoeRouterModule, "e_score_correction_bias"), {n_experts}});
       for (int64_t e = 0; e < n_experts; ++e)
         for (int part = 0; part < 3; ++part)
           t.push_back({layer_tensor_name(l, expert_module(e, part)),
                        part == 2 ? std::vector<int64_t>{hidden, expert_ffn} : std::vector<int64_t>{expert_ffn, hidden}});
-      if (shared_expert) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
+      if (shared_expert && shared_expert_gate) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     }
     linears(l, 4, 7);  // gate, up, down (MoE: the shared expert's)
     if (ple()) {

@@ -294,6 +294,25 @@ struct ModelSpec {
   // hidden^-0.5; its top-k probabilities, renormalized, are multiplied by router.per_expert_scale.
   bool moe_gemma4 = false;
   bool moe() const { return n_experts > 0; }
+  // GLM-4.5's and DeepSeek-V3's MoE (transformers' Glm4MoeTopkRouter / DeepseekV3TopkRouter):
+  // the first moe_dense_layers layers (first_k_dense_replace) have a dense MLP of ffn instead;
+  // the others the experts plus shared experts (mlp.shared_experts.*, shared_expert_ffn wide,
+  // added without a gate: shared_expert_gate false). The router's weight (mlp.gate.weight, an
+  // nn.Parameter: never quantized nor adapted) gives float32 logits; s = sigmoid(logits); the
+  // choice adds mlp.gate.e_score_correction_bias; the experts are moe_groups groups, each scored
+  // by the sum of its two best choices, and only the moe_topk_groups best groups compete; of
+  // those the experts_per_token best; their weights are s (without the bias), divided by their
+  // sum + 1e-20 when norm_topk, times moe_routed_scale (float32).
+  int64_t moe_dense_layers = 0, shared_expert_ffn = 0;
+  bool shared_expert_gate = true;
+  bool moe_sigmoid_router = false;
+  int64_t moe_groups = 1, moe_topk_groups = 1;
+  float moe_routed_scale = 1.0f;
+  // GLM-4.5's multi-token-prediction layers after the last (model.layers.<n_layers + i>.*): kept
+  // in its checkpoints, not run (as transformers), not written by merges.
+  int64_t mtp_layers = 0;
+  // Whether layer l's MLP is the mixture of experts.
+  bool layer_moe(int64_t l) const { return moe() && l >= moe_dense_layers; }
   // Ministral 3's (llama 4's) attention temperature: rotated queries at position p are
   // multiplied by 1 + q_pos_scale_beta * ln(1 + floor(p / q_pos_scale_period)) (rounded to the
   // compute dtype), which is exactly 1 before the first period. 0: none.
@@ -369,7 +388,18 @@ struct ModelSpec {
     return false;
   }
   // Layer l's MLP width.
-  int64_t layer_ffn(int64_t l) const { return double_wide_shared_mlp && layer_kv_shared(l) ? 2 * ffn : ffn; }
+  // (MoE layers beside dense ones: their shared experts' width.)
+  int64_t layer_ffn(int64_t l) const {
+    if (double_wide_shared_mlp && layer_kv_shared(l)) return 2 * ffn;
+    if (shared_expert_ffn > 0 && layer_moe(l)) return shared_expert_ffn;
+    return ffn;
+  }
+  // The widest layer's.
+  int64_t max_layer_ffn() const {
+    int64_t m = 0;
+    for (int64_t l = 0; l < n_layers; ++l) m = std::max(m, layer_ffn(l));
+    return std::max(m, ffn);
+  }
   // The layers with keys and values of their own (all but the linear-attention and the shared
   // ones), and the index in the KV cache of those layer l attends over (its producer's for a
   // shared layer). REQUIRES !layer_is_linear_attn(l).

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/parallel.h"
 #include "lora/lora_model.h"
 #include "model/model.h"
 #include "model/activation_kernels.h"
@@ -30,7 +31,43 @@ struct Routing {
   // Gemma 4: the router's input, round(round(norm(x_r) * scale) / sqrt(C)) (T, C), and the
   // weightless norm's rstd (T).
   std::vector<float> rin, rstd;
+  // The sigmoid router (GLM-4.5, DeepSeek-V3): probs holds s = sigmoid(logits), top the chosen s,
+  // and with a LoRA on the router (PEFT's ParamWrapper on mlp.gate.weight) h = A x (T, r).
+  std::vector<float> lora_h;
 };
+
+// GLM-4.5 / DeepSeek-V3's routing of one token (ModelSpec::moe_sigmoid_router) from s (E): the
+// chosen experts in idx (K), as transformers' Glm4MoeTopkRouter picks them: each group scored by
+// the sum of its two best s + bias, the topk_groups best groups (ties: the lower group), then the
+// K best of their experts (ties: the lower expert).
+void sigmoid_route(const ModelSpec& s, const float* sc, const float* bias, int32_t* idx) {
+  const int64_t E = s.n_experts, G = s.moe_groups, per = E / G, K = s.experts_per_token;
+  std::vector<float> choice(static_cast<size_t>(E)), gscore(static_cast<size_t>(G));
+  for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = sc[e] + bias[e];
+  for (int64_t g = 0; g < G; ++g) {
+    float b1 = -INFINITY, b2 = -INFINITY;
+    for (int64_t e = g * per; e < (g + 1) * per; ++e) {
+      const float v = choice[static_cast<size_t>(e)];
+      if (v > b1) b2 = b1, b1 = v;
+      else if (v > b2) b2 = v;
+    }
+    gscore[static_cast<size_t>(g)] = b1 + b2;
+  }
+  std::vector<int32_t> gorder(static_cast<size_t>(G));
+  std::iota(gorder.begin(), gorder.end(), 0);
+  std::partial_sort(gorder.begin(), gorder.begin() + s.moe_topk_groups, gorder.end(), [&](int32_t a, int32_t b) {
+    return gscore[static_cast<size_t>(a)] > gscore[static_cast<size_t>(b)] || (gscore[static_cast<size_t>(a)] == gscore[static_cast<size_t>(b)] && a < b);
+  });
+  std::vector<int32_t> cand;
+  for (int64_t i = 0; i < s.moe_topk_groups; ++i)
+    for (int64_t e = gorder[static_cast<size_t>(i)] * per; e < (gorder[static_cast<size_t>(i)] + 1) * per; ++e)
+      cand.push_back(static_cast<int32_t>(e));
+  std::partial_sort(cand.begin(), cand.begin() + K, cand.end(), [&](int32_t a, int32_t b) {
+    return choice[static_cast<size_t>(a)] > choice[static_cast<size_t>(b)] ||
+           (choice[static_cast<size_t>(a)] == choice[static_cast<size_t>(b)] && a < b);
+  });
+  std::copy_n(cand.begin(), K, idx);
+}
 
 float rounded(float v, ComputeDType dtype) {
   round_activations(&v, 1, dtype);
@@ -95,15 +132,64 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
     x = g.rin.data();
   }
   std::vector<float> logits(static_cast<size_t>(T * E));
-  // (F.linear in the compute dtype, then softmax(float32))
-  r.backend->linear_forward(logits.data(), x, T, L.router, router_lora, router_cache, false, nullptr, lora_scratch);
-  round_activations(logits.data(), T * E, r.dtype);
   g.probs.resize(static_cast<size_t>(T * E));
   g.idx.resize(static_cast<size_t>(T * K));
   g.top.resize(static_cast<size_t>(T * K));
   g.weight.resize(static_cast<size_t>(T * K));
   g.sum.assign(static_cast<size_t>(T), 1.0f);
   g.rows.assign(static_cast<size_t>(E), {});
+  if (s.moe_sigmoid_router) {
+    // (GLM-4.5, DeepSeek-V3: float32 throughout, x (W + scaling B A)^T with a LoRA on the router's
+    // weight, as PEFT's ParamWrapper adapts that nn.Parameter)
+    const int64_t C = s.hidden;
+    const int64_t R = router_lora ? router_lora->r : 0;
+    check(static_cast<int64_t>(L.router_f32.size()) == E * C && static_cast<int64_t>(L.router_score_bias.size()) == E,
+          "MoE", "layer " + std::to_string(r.layer) + " has no float32 router");
+    if (R > 0) {
+      g.lora_h.assign(static_cast<size_t>(T * R), 0.0f);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < R; ++k) {
+          float acc = 0.0f;
+          for (int64_t c = 0; c < C; ++c) acc += router_lora->A[static_cast<size_t>(k * C + c)] * x[t * C + c];
+          g.lora_h[static_cast<size_t>(t * R + k)] = acc;
+        }
+    }
+    parallel_for_range(T * E, 256, [&](int64_t b, int64_t e_) {
+      for (int64_t i = b; i < e_; ++i) {
+        const float* xr = x + (i / E) * C;
+        const float* w = L.router_f32.data() + (i % E) * C;
+        float acc = 0.0f;
+        for (int64_t c = 0; c < C; ++c) acc += xr[c] * w[c];
+        if (R > 0) {
+          float d = 0.0f;
+          for (int64_t k = 0; k < R; ++k)
+            d += router_lora->B[static_cast<size_t>((i % E) * R + k)] * g.lora_h[static_cast<size_t>((i / E) * R + k)];
+          acc += router_lora->scaling * d;
+        }
+        g.probs[static_cast<size_t>(i)] = 1.0f / (1.0f + std::exp(-acc));
+      }
+    });
+    for (int64_t t = 0; t < T; ++t) {
+      const float* sc = g.probs.data() + t * E;
+      int32_t* idx = g.idx.data() + t * K;
+      sigmoid_route(s, sc, L.router_score_bias.data(), idx);
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; ++k) sum += g.top[static_cast<size_t>(t * K + k)] = sc[idx[k]];
+      g.sum[static_cast<size_t>(t)] = s.norm_topk ? sum + 1e-20f : 1.0f;
+      for (int64_t k = 0; k < K; ++k)
+        g.weight[static_cast<size_t>(t * K + k)] =
+            (s.norm_topk ? g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)]
+                         : g.top[static_cast<size_t>(t * K + k)]) * s.moe_routed_scale;
+    }
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
+                                                                                      static_cast<int32_t>(k));
+    return g;
+  }
+  // (F.linear in the compute dtype, then softmax(float32))
+  r.backend->linear_forward(logits.data(), x, T, L.router, router_lora, router_cache, false, nullptr, lora_scratch);
+  round_activations(logits.data(), T * E, r.dtype);
   std::vector<int32_t> order(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
     const float* lg = logits.data() + t * E;
@@ -299,7 +385,14 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
       round_activations(o, C, r.dtype);
     }
   }
-  if (shared) {
+  if (shared && !s.shared_expert_gate) {  // (GLM-4.5, DeepSeek: added as it is)
+    for (int64_t t = 0; t < T; ++t) {
+      float* o = out + t * C;
+      const float* sh = shared + t * C;
+      for (int64_t c = 0; c < C; ++c) o[c] += sh[c];
+      round_activations(o, C, r.dtype);
+    }
+  } else if (shared) {
     const LoraLayer* sg_lora = ad ? ad->find_shared_gate(r.layer) : nullptr;
     const std::vector<float> sg = shared_gate(r, x, ls, sg_lora, st ? st->sg_cache.get(sg_lora, T) : nullptr);
     for (int64_t t = 0; t < T; ++t) {
@@ -408,7 +501,50 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   }
   // Through the routing weights: w_k = top_k / sum (norm_topk) of p = softmax(logits).
   std::vector<float> dlogits(static_cast<size_t>(T * E), 0.0f), dp(static_cast<size_t>(E));
-  for (int64_t t = 0; t < T; ++t) {
+  if (s.moe_sigmoid_router) {
+    // w_k = scale s_k / (sum_j s_j + 1e-20) (norm_topk) or scale s_k, s = sigmoid(logits): the
+    // choice is piecewise constant; into x through the float32 router (no LoRA on it).
+    for (int64_t t = 0; t < T; ++t) {
+      const float* dw = dweight.data() + t * K;
+      const float sum = g.sum[static_cast<size_t>(t)];
+      float dot = 0.0f;
+      if (s.norm_topk)
+        for (int64_t k = 0; k < K; ++k) dot += dw[k] * g.top[static_cast<size_t>(t * K + k)];
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = g.idx[static_cast<size_t>(t * K + k)];
+        const float sk = g.top[static_cast<size_t>(t * K + k)];
+        const float ds = s.moe_routed_scale * (s.norm_topk ? (dw[k] * sum - dot) / (sum * sum) : dw[k]);
+        dlogits[static_cast<size_t>(t * E + e)] += ds * sk * (1.0f - sk);
+      }
+    }
+    const int64_t R = router_lora ? router_lora->r : 0;
+    check(R == 0 || static_cast<int64_t>(g.lora_h.size()) == T * R, "MoE", "the router's LoRA input was not kept");
+    std::vector<float> dh(static_cast<size_t>(R));
+    for (int64_t t = 0; t < T; ++t) {
+      float* d = dx + t * C;
+      const float* dl = dlogits.data() + t * E;
+      std::fill(dh.begin(), dh.end(), 0.0f);
+      for (int64_t e = 0; e < E; ++e) {
+        if (dl[e] == 0.0f) continue;
+        const float* w = L.router_f32.data() + e * C;
+        for (int64_t c = 0; c < C; ++c) d[c] += dl[e] * w[c];
+        for (int64_t k = 0; k < R; ++k) {  // (dB = scaling dl h^T; dh = scaling B^T dl)
+          router_lora->dB[static_cast<size_t>(e * R + k)] += router_lora->scaling * dl[e] * g.lora_h[static_cast<size_t>(t * R + k)];
+          dh[static_cast<size_t>(k)] += router_lora->scaling * dl[e] * router_lora->B[static_cast<size_t>(e * R + k)];
+        }
+      }
+      for (int64_t k = 0; k < R; ++k) {  // (dA = dh x^T; dx += A^T dh)
+        const float* a = router_lora->A.data() + k * C;
+        float* da = router_lora->dA.data() + k * C;
+        const float* xr = x + t * C;
+        for (int64_t c = 0; c < C; ++c) {
+          da[c] += dh[static_cast<size_t>(k)] * xr[c];
+          d[c] += dh[static_cast<size_t>(k)] * a[c];
+        }
+      }
+    }
+  }
+  for (int64_t t = 0; t < T && !s.moe_sigmoid_router; ++t) {
     std::fill(dp.begin(), dp.end(), 0.0f);
     float* dw = dweight.data() + t * K;
     if (s.moe_gemma4)  // (w = top / sum * per_expert_scale: the scale is frozen)
@@ -425,7 +561,9 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     for (int64_t e = 0; e < E; ++e) pd += p[e] * dp[static_cast<size_t>(e)];
     for (int64_t e = 0; e < E; ++e) dlogits[static_cast<size_t>(t * E + e)] = p[e] * (dp[static_cast<size_t>(e)] - pd);
   }
-  if (s.moe_gemma4) {  // into the router's input, then back through its scales and norm to x_r
+  if (s.moe_sigmoid_router) {
+    // (done above)
+  } else if (s.moe_gemma4) {  // into the router's input, then back through its scales and norm to x_r
     std::vector<float> dy(static_cast<size_t>(T * C), 0.0f);
     be.linear_backward(dy.data(), dlogits.data(), g.rin.data(), T, L.router, router_lora, rc, tile.data(), ls);
     const float root = static_cast<float>(std::pow(static_cast<double>(C), -0.5));
@@ -436,7 +574,9 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   } else {
     be.linear_backward(dx, dlogits.data(), x, T, L.router, router_lora, rc, tile.data(), ls);
   }
-  if (shared) {  // out += sg * shared, sg = sigmoid(shared_gate x)
+  if (shared && !s.shared_expert_gate) {  // out += shared
+    for (int64_t i = 0; i < T * C; ++i) dshared[i] += dout[i];
+  } else if (shared) {  // out += sg * shared, sg = sigmoid(shared_gate x)
     LoraLayer* sg_lora = adapter.find_shared_gate(r.layer);
     Cache sg_cache;
     // (the gate's product is one value per token: computed again, its LoRA cache kept or not)

@@ -19,8 +19,10 @@
 #include <filesystem>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,7 +65,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -301,7 +303,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "gpt2", "gpt_neox", "opt", "opt_350m", "bloom", "falcon", "falcon_mq",
                                            "falcon_alibi", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3",
                                            "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3",
-                                           "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e"),
+                                           "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -928,6 +930,28 @@ TEST_P(Families, MergedHfDirectoryGivesTheSameLogits) {
   expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged hf");
 }
 
+// Merging PEFT's adapter into the weights (every adapted Linear and parameter: experts, routers)
+// gives PeftModel's logits when the merge is read back: within 3e-5 of the largest logit (W + ΔW
+// rounds otherwise than PEFT's unmerged W x + B A x: measured up to 1.9e-5, qwen3_5_moe), or the
+// fixture's own tolerance where larger (gemma4_e).
+TEST_P(Families, MergedWithPeftAdapterGivesPeftLogits) {
+  const Fixture x = read_fixture(GetParam());
+  ModelFiles files = open_model_files(family_dir(GetParam()));
+  const Model m = load_path(family_dir(GetParam()));
+  const PeftAdapter a = load_peft_adapter(family_dir(GetParam()) + "/initial_adapter");
+  LoraModel lm(m, a.config);
+  a.apply_to(lm.layers());
+  TempDir tmp("merge_peft_" + GetParam());
+  HfExportOptions eo;
+  eo.dtype = DType::F32;
+  eo.log = false;
+  write_merged_hf_dir(m, files, {{&lm, 1.0}}, tmp.path("hf"), eo, false);
+  const Model m2 = load_path(tmp.path("hf"));
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("peft_logits")), GetParam() + " merged peft",
+                std::max(3e-5, logit_rel_for(GetParam())));
+}
+
 TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
   const Fixture x = read_fixture(GetParam());
   ModelFiles files = open_model_files(family_dir(GetParam()) + "/model.gguf");
@@ -1026,6 +1050,49 @@ TEST(Gemma4Gguf, RopeFreqsAreTheProportionalRope) {
   write_merged_gguf(full, files, {}, tmp.path("back.gguf"), eo, false);
   const GgufFile back(tmp.path("back.gguf"));
   for (float x : back.tensor_to_f32("rope_freqs.weight")) EXPECT_EQ(x, 1.0f);
+}
+
+// GLM-4.5's checkpoints hold its multi-token-prediction layer after the last
+// (model.layers.<num_hidden_layers>.*: eh_proj, enorm, ...), which transformers does not load:
+// read past, while a layer beyond it is still an unused tensor named in an error; and configs
+// whose router cannot pick its experts are refused by name.
+TEST(Glm4Moe, MtpLayersAreSkippedAndBadRoutersRefused) {
+  TempDir tmp("glm4_moe_mtp");
+  const std::string src = family_dir("glm4_moe");
+  std::filesystem::create_directories(tmp.path("m"));
+  std::filesystem::copy_file(src + "/config.json", tmp.path("m") + "/config.json");
+  const SafeTensorsFile f(src + "/model.safetensors");
+  SafeTensorsWriter w;
+  for (const SafeTensorInfo& t : f.tensors()) w.add(t.name, t.dtype, t.shape, f.data(t));
+  w.add_vector("model.layers.3.eh_proj.weight", DType::F32, {64, 128}, std::vector<float>(64 * 128, 0.5f));
+  w.add_vector("model.layers.3.enorm.weight", DType::F32, {64}, std::vector<float>(64, 1.0f));
+  w.write(tmp.path("m") + "/model.safetensors");
+  const Fixture x = read_fixture("glm4_moe");
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(load_path(tmp.path("m")), prompt), x.logits->to_float(x.logits->at("logits")), "glm4_moe mtp");
+  // (num_nextn_predict_layers 0: the same tensors are not the model's)
+  nlohmann::json cfg = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+  cfg["num_nextn_predict_layers"] = 0;
+  std::ofstream(tmp.path("m") + "/config.json") << cfg.dump();
+  try {
+    load_path(tmp.path("m"));
+    ADD_FAILURE() << "the unused layer-3 tensors were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.3.eh_proj.weight"), std::string::npos) << e.what();
+  }
+  for (auto [key, value, says] : {std::tuple{"n_group", 3, "n_group"}, std::tuple{"topk_group", 4, "topk_group"},
+                                  std::tuple{"num_experts_per_tok", 5, "num_experts_per_tok"},
+                                  std::tuple{"n_shared_experts", 0, "shared experts"}}) {
+    nlohmann::json bad = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+    bad[key] = value;
+    std::ofstream(tmp.path("m") + "/config.json") << bad.dump();
+    try {
+      load_path(tmp.path("m"));
+      ADD_FAILURE() << key << " " << value << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  }
 }
 
 // llama.cpp's gemma4 multiplies per_layer_model_proj without adapters: a LoRA GGUF of an adapter

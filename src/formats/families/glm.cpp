@@ -42,6 +42,61 @@ void glm4_write(const ModelSpec& s, ordered_json& j) {
 
 void glm4_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) { glm4_block(s); }
 
+// GLM-4.5 / 4.6 / 4.7 (glm4_moe; transformers' Glm4MoeForCausalLM): Llama's pre-norm block with
+// q/k/v biases (attention_bias), optional per-head q/k norms (use_qk_norm), rotate_half rotary on
+// the first partial_rotary_factor (0.5) of each head; the first first_k_dense_replace layers a
+// SwiGLU MLP, the others n_routed_experts experts behind DeepSeek-V3's sigmoid router (groups,
+// score bias, routed_scaling_factor) plus n_shared_experts shared experts, ungated. Its
+// multi-token-prediction layers (model.layers.<num_hidden_layers + i>.*) are not run.
+void glm4_moe_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.qkv_bias = config::get_bool(j, "attention_bias", where, false);
+  s.qk_norm = config::get_bool(j, "use_qk_norm", where, false);
+  const json* rp = config::find_key(j, "rope_parameters");
+  if (!config::find_key(j, "partial_rotary_factor") && !(rp && rp->is_object() && config::find_key(*rp, "partial_rotary_factor")))
+    s.rotary_dim = s.head_dim / 2;  // (Glm4MoeConfig's default 0.5)
+  for (const char* k : {"n_routed_experts", "num_local_experts", "num_experts"})
+    if (config::find_key(j, k)) {
+      s.n_experts = config::get_int(j, k, where, 0);
+      break;
+    }
+  if (s.n_experts <= 0) fail(where, "n_routed_experts must be positive");
+  s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 8);
+  s.expert_ffn = config::get_int(j, "moe_intermediate_size", where, 1408);
+  const int64_t shared = config::get_int(j, "n_shared_experts", where, 1);
+  if (shared < 0) fail(where, "n_shared_experts must not be negative");
+  s.shared_expert = shared > 0;
+  s.shared_expert_ffn = shared * s.expert_ffn;
+  s.shared_expert_gate = false;
+  s.moe_dense_layers = config::get_int(j, "first_k_dense_replace", where, 1);
+  s.norm_topk = config::get_bool(j, "norm_topk_prob", where, true);
+  s.moe_sigmoid_router = true;
+  s.moe_groups = config::get_int(j, "n_group", where, 1);
+  s.moe_topk_groups = config::get_int(j, "topk_group", where, 1);
+  s.moe_routed_scale = config::get_float(j, "routed_scaling_factor", where, 1.0f);
+  s.moe_fused_experts = true;
+  s.mtp_layers = config::get_int(j, "num_nextn_predict_layers", where, 1);
+  if (s.mtp_layers < 0) fail(where, "num_nextn_predict_layers must not be negative");
+}
+
+void glm4_moe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.moe_sigmoid_router || s.shared_expert_gate || s.o_bias || s.mlp_bias || s.sliding_window > 0 ||
+      s.rope_interleaved || s.sandwich_norms)
+    fail("config.json", "not a glm4_moe block");
+  j["attention_bias"] = s.qkv_bias;
+  j["use_qk_norm"] = s.qk_norm;
+  j["partial_rotary_factor"] = static_cast<double>(s.rope_dims()) / static_cast<double>(s.head_dim);
+  j["n_routed_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["moe_intermediate_size"] = s.expert_ffn;
+  j["n_shared_experts"] = s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0;
+  j["first_k_dense_replace"] = s.moe_dense_layers;
+  j["norm_topk_prob"] = s.norm_topk;
+  j["n_group"] = s.moe_groups;
+  j["topk_group"] = s.moe_topk_groups;
+  j["routed_scaling_factor"] = s.moe_routed_scale;
+  j["num_nextn_predict_layers"] = s.mtp_layers;
+}
+
 }  // namespace
 
 // Its checkpoints' names for the sandwich norms, in the order to apply them (the MLP's
@@ -55,6 +110,18 @@ constexpr GgufLayerName kGlm4GgufNames[] = {{"post_attention_norm", "post_attent
                                             {"ffn_norm", "pre_feedforward_layernorm"},
                                             {"post_ffw_norm", "post_feedforward_layernorm"},
                                             {"ffn_up", "mlp.gate_up_proj"}};
+// transformers' module tree names GLM-4.5's shared experts mlp.shared_experts (Qwen2-MoE's
+// canonical mlp.shared_expert).
+constexpr HfRename kGlm4MoeRenames[] = {{".mlp.shared_experts.", ".mlp.shared_expert."}};
+const ModelFamily kGlm4Moe = [] {
+  ModelFamily f{"glm4_moe", "Glm4MoeForCausalLM", "", 0, 131072, 10000.0f, false, false, glm4_moe_read,
+                glm4_moe_write, nullptr};
+  f.partial_rotary = true;
+  f.hf_renames = kGlm4MoeRenames;
+  f.no_gguf_reason = "llama.cpp has glm4moe GGUFs; qlora does not read or write them yet";
+  return f;
+}();
+
 const ModelFamily kGlm4 = [] {
   ModelFamily f{"glm4", "Glm4ForCausalLM", "glm4", 128, 131072, 10000.0f, false, false, glm4_read, glm4_write,
                 glm4_gguf};

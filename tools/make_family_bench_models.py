@@ -69,6 +69,15 @@ FAMILIES = {
                                                linear_num_key_heads=16, linear_num_value_heads=16,
                                                linear_key_head_dim=128, linear_value_head_dim=128,
                                                max_position_embeddings=4096, tie_word_embeddings=True)),
+    # GLM-4.5's block at that size: the first layer dense (1408), the other 7 eight experts of 352 in
+    # 2 groups (top 2 of the best group, routed_scaling_factor 2.5) plus a shared expert; q/k/v
+    # biases, half-rotary heads of 64.
+    "glm4_moe": ("Glm4MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                       num_attention_heads=8, num_key_value_heads=4, head_dim=64, attention_bias=True,
+                                       n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+                                       moe_intermediate_size=352, n_shared_experts=1, first_k_dense_replace=1,
+                                       routed_scaling_factor=2.5, max_position_embeddings=2048,
+                                       tie_word_embeddings=False)),
     # Gemma 4's dense block at that size: 8 layers, the 6th and the last full attention with heads
     # of 128 (two key/value heads whose values are the key projection), the others sliding (128
     # positions) with heads of 64; GeGLU MLP of 1408, tied head.

@@ -129,7 +129,9 @@ int run(Options o) {
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);
   // PEFT refuses dropout on adapted parameters, which its all-linear adds on mixture-of-experts
   // models (the experts and the router): without an explicit --lora-dropout, use none.
-  if (files.spec.moe() && lc.all_linear && !files.spec.shared_expert && lc.target_parameters.empty() &&
+  // (GLM-4.5's shared experts notwithstanding: lora/lora_model.cpp add_moe_layers)
+  if (files.spec.moe() && lc.all_linear && (!files.spec.shared_expert || files.spec.moe_sigmoid_router) &&
+      lc.target_parameters.empty() &&
       lc.dropout > 0 && !o.lora_dropout_given) {
     lc.dropout = 0.0;
     if (!o.quiet)
@@ -203,11 +205,13 @@ int run(Options o) {
   if (!o.quiet) {
     std::fprintf(stderr, "LoRA: r %d, alpha %g, dropout %g, %zu modules, %lld trainable parameters\n", lc.r,
                  lc.alpha, lc.dropout, lora.layers().size(), static_cast<long long>(lora.num_trainable()));
-    if (model.spec().moe())
+    if (model.spec().moe()) {
+      const int64_t l0 = model.spec().moe_dense_layers;  // (the first MoE layer)
       std::fprintf(stderr, "LoRA: %s is a mixture-of-experts model: %s\n", model.spec().family.c_str(),
-                   lora.find_expert(0, 0, 0) || lora.find_expert(0, 0, 1)
+                   lora.find_expert(l0, 0, 0) || lora.find_expert(l0, 0, 1)
                        ? "its experts are adapted too, one LoRA per expert (PEFT's target_parameters)"
                        : "its experts are not adapted (--target-parameters gate_up_proj,down_proj adds them)");
+    }
     std::fprintf(stderr, "plan: %lld steps of %lld x %lld sequences (%.2f epochs), %s, lr %g (%s)\n",
                  static_cast<long long>(steps), static_cast<long long>(t.batch_size),
                  static_cast<long long>(t.grad_accum),

@@ -11,6 +11,7 @@
 #include "lora/lora_model.h"
 #include "model/model.h"
 #include "model/activation_kernels.h"
+#include "model/gemm.h"
 #include "model/ops.h"
 #include "model/ops_backward.h"
 
@@ -145,30 +146,15 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
     const int64_t R = router_lora ? router_lora->r : 0;
     check(static_cast<int64_t>(L.router_f32.size()) == E * C && static_cast<int64_t>(L.router_score_bias.size()) == E,
           "MoE", "layer " + std::to_string(r.layer) + " has no float32 router");
-    if (R > 0) {
+    sgemm_nt(T, E, C, x, C, L.router_f32.data(), C, logits.data(), E, false);  // x W^T
+    if (R > 0) {  // + scaling (x A^T) B^T
       g.lora_h.assign(static_cast<size_t>(T * R), 0.0f);
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t k = 0; k < R; ++k) {
-          float acc = 0.0f;
-          for (int64_t c = 0; c < C; ++c) acc += router_lora->A[static_cast<size_t>(k * C + c)] * x[t * C + c];
-          g.lora_h[static_cast<size_t>(t * R + k)] = acc;
-        }
+      sgemm_nt(T, R, C, x, C, router_lora->A.data(), C, g.lora_h.data(), R, false);
+      std::vector<float> d(static_cast<size_t>(T * E));
+      sgemm_nt(T, E, R, g.lora_h.data(), R, router_lora->B.data(), R, d.data(), E, false);
+      for (int64_t i = 0; i < T * E; ++i) logits[static_cast<size_t>(i)] += router_lora->scaling * d[static_cast<size_t>(i)];
     }
-    parallel_for_range(T * E, 256, [&](int64_t b, int64_t e_) {
-      for (int64_t i = b; i < e_; ++i) {
-        const float* xr = x + (i / E) * C;
-        const float* w = L.router_f32.data() + (i % E) * C;
-        float acc = 0.0f;
-        for (int64_t c = 0; c < C; ++c) acc += xr[c] * w[c];
-        if (R > 0) {
-          float d = 0.0f;
-          for (int64_t k = 0; k < R; ++k)
-            d += router_lora->B[static_cast<size_t>((i % E) * R + k)] * g.lora_h[static_cast<size_t>((i / E) * R + k)];
-          acc += router_lora->scaling * d;
-        }
-        g.probs[static_cast<size_t>(i)] = 1.0f / (1.0f + std::exp(-acc));
-      }
-    });
+    for (int64_t i = 0; i < T * E; ++i) g.probs[static_cast<size_t>(i)] = 1.0f / (1.0f + std::exp(-logits[static_cast<size_t>(i)]));
     for (int64_t t = 0; t < T; ++t) {
       const float* sc = g.probs.data() + t * E;
       int32_t* idx = g.idx.data() + t * K;
@@ -519,29 +505,17 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     }
     const int64_t R = router_lora ? router_lora->r : 0;
     check(R == 0 || static_cast<int64_t>(g.lora_h.size()) == T * R, "MoE", "the router's LoRA input was not kept");
-    std::vector<float> dh(static_cast<size_t>(R));
-    for (int64_t t = 0; t < T; ++t) {
-      float* d = dx + t * C;
-      const float* dl = dlogits.data() + t * E;
-      std::fill(dh.begin(), dh.end(), 0.0f);
-      for (int64_t e = 0; e < E; ++e) {
-        if (dl[e] == 0.0f) continue;
-        const float* w = L.router_f32.data() + e * C;
-        for (int64_t c = 0; c < C; ++c) d[c] += dl[e] * w[c];
-        for (int64_t k = 0; k < R; ++k) {  // (dB = scaling dl h^T; dh = scaling B^T dl)
-          router_lora->dB[static_cast<size_t>(e * R + k)] += router_lora->scaling * dl[e] * g.lora_h[static_cast<size_t>(t * R + k)];
-          dh[static_cast<size_t>(k)] += router_lora->scaling * dl[e] * router_lora->B[static_cast<size_t>(e * R + k)];
-        }
-      }
-      for (int64_t k = 0; k < R; ++k) {  // (dA = dh x^T; dx += A^T dh)
-        const float* a = router_lora->A.data() + k * C;
-        float* da = router_lora->dA.data() + k * C;
-        const float* xr = x + t * C;
-        for (int64_t c = 0; c < C; ++c) {
-          da[c] += dh[static_cast<size_t>(k)] * xr[c];
-          d[c] += dh[static_cast<size_t>(k)] * a[c];
-        }
-      }
+    sgemm_nn(T, C, E, dlogits.data(), E, L.router_f32.data(), C, dx, C, true);  // dx += dl W
+    if (R > 0) {
+      // dh = scaling dl B (T, R); dB += scaling dl^T h; dA += dh^T x; dx += dh A
+      const float sc = router_lora->scaling;
+      std::vector<float> dh(static_cast<size_t>(T * R)), dB(static_cast<size_t>(E * R));
+      sgemm_nn(T, R, E, dlogits.data(), E, router_lora->B.data(), R, dh.data(), R, false);
+      for (float& v : dh) v *= sc;
+      sgemm_tn(E, R, T, dlogits.data(), E, g.lora_h.data(), R, dB.data(), R, false);
+      for (int64_t i = 0; i < E * R; ++i) router_lora->dB[static_cast<size_t>(i)] += sc * dB[static_cast<size_t>(i)];
+      sgemm_tn(R, C, T, dh.data(), R, x, C, router_lora->dA.data(), C, true);
+      sgemm_nn(T, C, R, dh.data(), R, router_lora->A.data(), C, dx, C, true);
     }
   }
   for (int64_t t = 0; t < T && !s.moe_sigmoid_router; ++t) {

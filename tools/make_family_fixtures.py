@@ -655,7 +655,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1196,7 +1196,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
     # convert_hf_to_gguf.py's Phi3MiniModel: int(partial_rotary_factor * hidden) // heads
     w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // c.num_attention_heads
                                if arch == "phi3" else int(hd * rp.get("partial_rotary_factor", 1.0))
-                               if arch == "glm4" else hd)
+                               if arch in ("glm4", "glm4moe") else hd)
     if arch == "olmo2" and isinstance(rp, dict) and "full_attention" in rp:  # OLMo 3, as Olmo2Model converts it
         w.add_sliding_window(c.sliding_window)
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
@@ -1268,6 +1268,14 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
         w.add_rope_scaling_yarn_log_mul(rp["mscale_all_dim"])
         w.add_attn_temperature_scale(rp["llama_4_scaling_beta"])
+    if arch == "glm4moe":  # as convert_hf_to_gguf.py's Glm4MoeModel (no MTP block in these files)
+        w.add_expert_shared_count(c.n_shared_experts)
+        w.add_leading_dense_block_count(c.first_k_dense_replace)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        w.add_expert_weights_scale(c.routed_scaling_factor)
+        w.add_expert_weights_norm(c.norm_topk_prob)
+        w.add_expert_group_count(c.n_group)
+        w.add_expert_group_used_count(c.topk_group)
     if arch == "gpt-oss":  # as convert_hf_to_gguf.py's GptOssModel (llama.cpp slides on even layers)
         w.add_sliding_window(c.sliding_window)
         w.add_expert_feed_forward_length(c.intermediate_size)
@@ -1339,6 +1347,12 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             if arch in ("llama", "granite", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
+            if arch == "glm4moe":  # (Glm4MoeModel: the shared experts, the router's score bias)
+                gname = {"post_attention_layernorm": "post_attention_norm", "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
+                         "mlp.shared_experts.up_proj": "ffn_up_shexp",
+                         "mlp.shared_experts.down_proj": "ffn_down_shexp"}.get(mod, gname)
+                if mod == "mlp.gate" and suffix == "e_score_correction_bias":
+                    gname, suffix = "exp_probs_b", "bias"
             if arch == "glm4":  # convert_hf_to_gguf.py's Glm4Model names
                 gname = {"post_self_attn_layernorm": "post_attention_norm",
                          "post_mlp_layernorm": "post_ffw_norm"}.get(mod, gname)

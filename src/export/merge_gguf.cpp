@@ -171,7 +171,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
-  if (s.moe()) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+  if (s.moe_sigmoid_router && arch != "glm4moe")
+    fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
+  if (arch == "glm4moe" && (!s.moe_sigmoid_router || s.shared_expert_gate ||
+                            (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
+    fail(out_path, "llama.cpp's glm4moe runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
+                   "this model differs: no GGUF form");
+  if (s.moe() && arch != "glm4moe") {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" ||
                       arch == "qwen3next" || arch == "gemma4";
     if (s.norm_topk != norm)
@@ -233,11 +239,23 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" ||
-        gemma4)
+        gemma4 || arch == "glm4moe")
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
-    if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
+    if (arch == "glm4moe") {  // as convert_hf_to_gguf.py's Glm4MoeModel (no MTP block: nextn_predict_layers left out)
+      w.set_u32(a + "expert_shared_count", static_cast<uint32_t>(s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0));
+      w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
+      w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
+      w.set_f32(a + "expert_weights_scale", s.moe_routed_scale);
+      w.set_bool(a + "expert_weights_norm", s.norm_topk);
+      if (s.moe_groups > 1) {
+        w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
+        w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
+      }
+    } else if (s.shared_expert) {
+      w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
+    }
   }
   w.set_f32(a + "rope.freq_base", s.rope_theta);
   const bool delta_net_arch = arch == "qwen35" || arch == "qwen35moe" || arch == "qwen3next";
@@ -381,7 +399,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (arch != "phi3") fail(out_path, "a " + arch + " GGUF cannot carry longrope scaling");
     w.set_f32(a + "rope.scaling.attn_factor", rs.attention_factor);
   }
-  if (s.head_dim * s.n_heads != s.hidden || gemma4) {
+  if (s.head_dim * s.n_heads != s.hidden || gemma4 || arch == "glm4moe") {
     w.set_u32(a + "attention.key_length", static_cast<uint32_t>(gemma4 ? global_head : s.head_dim));
     w.set_u32(a + "attention.value_length", static_cast<uint32_t>(gemma4 ? global_head : s.head_dim));
   }

@@ -773,6 +773,14 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   };
   hp.hidden_size = size_key(a + "embedding_length", std::nullopt);
   hp.num_layers = size_key(a + "block_count", std::nullopt);
+  // (the multi-token-prediction blocks come after the model's: not among its layers)
+  if (f.has(a + "nextn_predict_layers") && f.get_u64(a + "nextn_predict_layers") != 0) {
+    hp.nextn_layers = size_key(a + "nextn_predict_layers", std::nullopt);
+    if (hp.nextn_layers >= hp.num_layers)
+      fail(f.path(), "nextn_predict_layers " + std::to_string(hp.nextn_layers) + " leaves no layer of block_count " +
+                         std::to_string(hp.num_layers));
+    hp.num_layers -= hp.nextn_layers;
+  }
   // A key llama.cpp reads with get_key_or_arr: one value, or one per layer (gemma4's double-wide
   // MLPs and full-attention key/value heads). Returns layer 0's; fills per_layer for an array
   // whose values differ.
@@ -930,6 +938,19 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     if (f.has(a + "expert_shared_feed_forward_length"))
       hp.expert_shared_ffn = size_key(a + "expert_shared_feed_forward_length", std::nullopt);
     if (f.has(a + "expert_weights_norm")) hp.expert_weights_norm = f.get_bool(a + "expert_weights_norm") ? 1 : 0;
+    if (f.has(a + "leading_dense_block_count")) hp.leading_dense_blocks = static_cast<int64_t>(f.get_u64(a + "leading_dense_block_count"));
+    if (hp.leading_dense_blocks > hp.num_layers)
+      fail(f.path(), "leading_dense_block_count " + std::to_string(hp.leading_dense_blocks) + " exceeds the " +
+                         std::to_string(hp.num_layers) + " layers");
+    if (f.has(a + "expert_shared_count")) hp.expert_shared_count = static_cast<int64_t>(f.get_u64(a + "expert_shared_count"));
+    if (hp.expert_shared_count > 64) fail(f.path(), "implausible expert_shared_count " + std::to_string(hp.expert_shared_count));
+    if (f.has(a + "expert_gating_func")) hp.expert_gating_func = static_cast<int64_t>(f.get_u64(a + "expert_gating_func"));
+    hp.expert_weights_scale = f.get_f32_or(a + "expert_weights_scale", 0.0f);
+    if (!(hp.expert_weights_scale >= 0.0f) || !std::isfinite(hp.expert_weights_scale))
+      fail(f.path(), "metadata key " + quote(a + "expert_weights_scale") + " must be a finite non-negative number");
+    if (f.has(a + "expert_group_count")) hp.expert_group_count = static_cast<int64_t>(f.get_u64(a + "expert_group_count"));
+    if (f.has(a + "expert_group_used_count"))
+      hp.expert_group_used_count = static_cast<int64_t>(f.get_u64(a + "expert_group_used_count"));
   }
   if (f.has(a + "ssm.conv_kernel")) {  // gated DeltaNet hybrids (qwen35)
     hp.ssm_conv_kernel = size_key(a + "ssm.conv_kernel", std::nullopt);

@@ -276,6 +276,14 @@ struct GgufLlamaHParams {
   // exists.
   std::vector<bool> attn_v_absent;
   bool layer_output_scale = false;
+  // GLM-4.5 (glm4moe) / DeepSeek-style MoE: {arch}.nextn_predict_layers (the multi-token-prediction
+  // blocks after the last, blk.<num_layers + i>: block_count counts them, num_layers does not;
+  // they are not read), .leading_dense_block_count, .expert_shared_count, .expert_weights_scale
+  // (0: absent), .expert_gating_func (0: absent; 1 softmax, 2 sigmoid), .expert_group_count and
+  // .expert_group_used_count (0: absent).
+  int64_t nextn_layers = 0, leading_dense_blocks = 0, expert_shared_count = 0, expert_gating_func = 0;
+  int64_t expert_group_count = 0, expert_group_used_count = 0;
+  float expert_weights_scale = 0.0f;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.
   bool qk_rope_permuted = false;

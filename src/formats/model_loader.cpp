@@ -326,6 +326,7 @@ class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
     for (const GgufTensorInfo& t : file_.tensors()) {
+      if (hp_.nextn_layers > 0 && mtp_block(t.name)) continue;  // (GLM-4.5's MTP block: not run)
       if (hp_.architecture == "gpt-oss" && index_gpt_oss(t)) continue;
       if (auto hf = gguf_to_hf_tensor_name(t.name, hp_.architecture, hp_.falcon_two_norms)) index_.emplace(*hf, &t);
       else if (!index_experts(t) && !is_rope_tensor(t.name)) unmapped_.push_back(t.name);  // read by spec_from_gguf
@@ -527,6 +528,14 @@ class GgufSource : public TensorSource {
   std::vector<std::string> unmapped_names() const override { return unmapped_; }
 
  private:
+  // blk.<n>.* with n past the model's layers (nextn_predict_layers' blocks).
+  bool mtp_block(const std::string& name) const {
+    if (!name.starts_with("blk.")) return false;
+    const size_t dot = name.find('.', 4);
+    const std::string n = name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
+    if (n.empty() || n.size() > 9 || n.find_first_not_of("0123456789") != std::string::npos) return false;
+    return std::stoll(n) >= hp_.num_layers;
+  }
   const GgufTensorInfo& info(const std::string& name) const {
     auto it = index_.find(name);
     if (it == index_.end()) fail(file_.path(), "no tensor named '" + name + "'");
@@ -679,7 +688,7 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   if (hp.expert_count > 0) {  // mixture of experts: the experts' width from their tensors
     s.n_experts = hp.expert_count;
     s.experts_per_token = hp.expert_used_count;
-    const std::string g0 = layer_tensor_name(0, expert_module(0, 0));
+    std::string g0 = layer_tensor_name(0, expert_module(0, 0));
     if (hp.architecture == "gpt-oss" && src.has(fused_expert_name(0, 0))) {  // (presented fused: GgufSource)
       s.expert_ffn = src.shape(fused_expert_name(0, 0))[2] / 2;
       s.ffn = s.expert_ffn;
@@ -688,13 +697,15 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
         fail(where, "expert_count is " + std::to_string(hp.expert_count) + " but there is no blk.0.ffn_gate_up_exps.weight");
       s.expert_ffn = src.shape(fused_expert_name(0, 0))[1] / 2;
     } else {
+      if (!src.has(g0) && hp.leading_dense_blocks > 0 && hp.leading_dense_blocks < hp.num_layers)  // (GLM-4.5)
+        g0 = layer_tensor_name(hp.leading_dense_blocks, expert_module(0, 0));
       if (!src.has(g0))
         fail(where, "expert_count is " + std::to_string(hp.expert_count) +
                         " but there are no expert tensors (blk.0.ffn_gate_exps.weight; GGUFs of early 2024 kept "
                         "one tensor per expert, blk.N.ffn_gate.E, which llama.cpp no longer reads either: convert "
                         "the model again with its current convert_hf_to_gguf.py)");
       s.expert_ffn = src.shape(g0)[0];
-      s.shared_expert = src.has(layer_tensor_name(0, "mlp.shared_expert.gate_proj"));
+      s.shared_expert = src.has(layer_tensor_name(hp.leading_dense_blocks, "mlp.shared_expert.gate_proj"));
       if (s.shared_expert && hp.expert_shared_ffn > 0) s.ffn = hp.expert_shared_ffn;
       if (!s.shared_expert) s.ffn = s.expert_ffn;
     }

@@ -97,6 +97,32 @@ void glm4_moe_write(const ModelSpec& s, ordered_json& j) {
   j["num_nextn_predict_layers"] = s.mtp_layers;
 }
 
+// As llama.cpp runs a glm4moe GGUF (convert_hf_to_gguf.py's Glm4MoeModel): the dense lead
+// (leading_dense_block_count), shared experts of expert_shared_count x the experts' width,
+// sigmoid gating (expert_gating_func 2, or absent) with exp_probs_b as the score bias,
+// expert_weights_scale (absent or 0: none, as llama.cpp reads it), groups only where
+// expert_group_count says, per-head q/k norms where their tensors are.
+void glm4_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  const std::string& where = hp.path;
+  if (hp.expert_count <= 0) fail(where, "a glm4moe GGUF without expert_count");
+  if (hp.expert_gating_func != 0 && hp.expert_gating_func != 2)
+    fail(where, "glm4moe.expert_gating_func " + std::to_string(hp.expert_gating_func) +
+                    ": GLM-4.5's router is a sigmoid (2)");
+  s.qk_norm = hp.qk_norm_tensors;
+  s.ffn = hp.intermediate_size;  // (the dense layers'; the shared experts' below)
+  s.moe_dense_layers = hp.leading_dense_blocks;
+  s.shared_expert = hp.expert_shared_count > 0;
+  s.shared_expert_ffn = hp.expert_shared_count * s.expert_ffn;
+  s.shared_expert_gate = false;
+  s.moe_sigmoid_router = true;
+  s.moe_routed_scale = hp.expert_weights_scale > 0.0f ? hp.expert_weights_scale : 1.0f;
+  s.moe_groups = hp.expert_group_count > 1 ? hp.expert_group_count : 1;
+  s.moe_topk_groups = hp.expert_group_count > 1 ? hp.expert_group_used_count : 1;
+  s.norm_topk = hp.expert_weights_norm == 1;
+  s.moe_fused_experts = true;  // (the loader reads the experts per expert, as the GGUF presents them)
+  s.mtp_layers = 0;  // (its blocks are not read: formats/model_loader.cpp)
+}
+
 }  // namespace
 
 // Its checkpoints' names for the sandwich norms, in the order to apply them (the MLP's
@@ -113,12 +139,17 @@ constexpr GgufLayerName kGlm4GgufNames[] = {{"post_attention_norm", "post_attent
 // transformers' module tree names GLM-4.5's shared experts mlp.shared_experts (Qwen2-MoE's
 // canonical mlp.shared_expert).
 constexpr HfRename kGlm4MoeRenames[] = {{".mlp.shared_experts.", ".mlp.shared_expert."}};
+// llama.cpp's glm4moe names its attention output norm post_attention_norm, the router's score
+// bias exp_probs_b.bias.
+constexpr GgufLayerName kGlm4MoeGgufNames[] = {{"post_attention_norm", "post_attention_layernorm"}};
+constexpr GgufLayerName kGlm4MoeGgufParams[] = {{"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"}};
 const ModelFamily kGlm4Moe = [] {
-  ModelFamily f{"glm4_moe", "Glm4MoeForCausalLM", "", 0, 131072, 10000.0f, false, false, glm4_moe_read,
-                glm4_moe_write, nullptr};
+  ModelFamily f{"glm4_moe", "Glm4MoeForCausalLM", "glm4moe", 0, 131072, 10000.0f, false, false, glm4_moe_read,
+                glm4_moe_write, glm4_moe_gguf};
   f.partial_rotary = true;
   f.hf_renames = kGlm4MoeRenames;
-  f.no_gguf_reason = "llama.cpp has glm4moe GGUFs; qlora does not read or write them yet";
+  f.gguf_layer_names = kGlm4MoeGgufNames;
+  f.gguf_layer_params = kGlm4MoeGgufParams;
   return f;
 }();
 

@@ -251,6 +251,36 @@ TEST(HfConfig, Qwen35HybridConfigsAndTheirErrors) {
   EXPECT_NE(err(R"("linear_conv_kernel_dim":0)").find("linear_conv_kernel_dim"), std::string::npos);
 }
 
+// GLM-4.5-Air's config.json as published (transformers 4.54's keys: top-level rope_theta and
+// partial_rotary_factor, n_routed_experts, the MTP layer counted apart): 106B parameters without
+// the MTP layer, half of each 128-wide head rotated, layer 0 dense.
+TEST(HfConfig, Glm45AirConfig) {
+  const std::string cfg = R"({"architectures":["Glm4MoeForCausalLM"],"attention_bias":true,"attention_dropout":0.0,
+    "pad_token_id":151329,"eos_token_id":[151329,151336,151338],"head_dim":128,"hidden_act":"silu","hidden_size":4096,
+    "partial_rotary_factor":0.5,"initializer_range":0.02,"intermediate_size":10944,"max_position_embeddings":131072,
+    "model_type":"glm4_moe","moe_intermediate_size":1408,"norm_topk_prob":true,"num_attention_heads":96,"n_group":1,
+    "topk_group":1,"n_routed_experts":128,"n_shared_experts":1,"routed_scaling_factor":1.0,"num_experts_per_tok":8,
+    "first_k_dense_replace":1,"num_hidden_layers":46,"num_key_value_heads":8,"rms_norm_eps":1e-05,"rope_scaling":null,
+    "rope_theta":1000000,"num_nextn_predict_layers":1,"tie_word_embeddings":false,"torch_dtype":"bfloat16",
+    "use_cache":true,"use_qk_norm":false,"vocab_size":151552})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "glm4_moe");
+  EXPECT_EQ(s.head_dim, 128);
+  EXPECT_EQ(s.rope_dims(), 64);
+  EXPECT_EQ(s.rope_theta, 1e6f);
+  EXPECT_TRUE(s.qkv_bias);
+  EXPECT_FALSE(s.o_bias);
+  EXPECT_FALSE(s.qk_norm);
+  EXPECT_FALSE(s.layer_moe(0));
+  EXPECT_TRUE(s.layer_moe(1));
+  EXPECT_EQ(s.layer_ffn(0), 10944);
+  EXPECT_EQ(s.layer_ffn(1), 1408);  // (the shared expert)
+  EXPECT_EQ(s.n_experts, 128);
+  EXPECT_EQ(s.experts_per_token, 8);
+  EXPECT_EQ(s.mtp_layers, 1);
+  EXPECT_NEAR(static_cast<double>(s.num_params()) / 1e9, 106.8, 0.5);
+}
+
 // Gemma 4's dense text model as its config.json is published (global_head_dim, the key/value
 // heads the full-attention layers share with attention_k_eq_v) and as transformers 5 saves it
 // (per_layer_config): the same spec. The forms that are not run yet are refused by name.

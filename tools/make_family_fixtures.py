@@ -336,6 +336,14 @@ FAMILIES = {
                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                         "partial_rotary_factor": 0.5},
                                        _moe=True)),
+    # ERNIE 4.5's MoE block (ernie4_5_moe, ERNIE-4.5-21B-A3B's form): adjacent-pair rotary, layer 0
+    # dense, layers 1-2 eight experts of 32 (top 2 of the softmax plus a score bias drawn at random
+    # below, renormalized) and a shared expert, ungated.
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(num_hidden_layers=3, head_dim=16, use_bias=False, tie_word_embeddings=True,
+                                               moe_num_experts=8, moe_k=2, moe_intermediate_size=32,
+                                               moe_num_shared_experts=1, moe_layer_start_index=1,
+                                               rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                                               _moe=True)),
     # Phi-3: fused qkv_proj and gate_up_proj (PEFT adapts the fused modules), a sliding
     # window shorter than the prompt, untied head.
     "phi3": ("Phi3Config", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
@@ -541,6 +549,8 @@ def make_model(family: str):
                 p.copy_(0.5 + torch.rand(p.shape, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("moe_statics.e_score_correction_bias"):  # (ERNIE 4.5's: a parameter, zeros at init)
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
         gl = torch.Generator().manual_seed(98)  # (Gemma 4's per-layer output scalars, a buffer)
         for name, b in model.named_buffers():
             if name.endswith("layer_scalar"):
@@ -1387,7 +1397,8 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mq", "falcon_alibi", "stablelm", "starcoder2",
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
-                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe")
+                "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
+                "ernie4_5_moe")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -234,11 +234,11 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
           if (rest == "linear_attn.conv1d.weight") return L.la_conv;
           if (rest == "linear_attn.norm.weight") return L.la_norm;
         }
-        if (model.spec().layer_moe(l) && model.spec().moe_sigmoid_router) {  // (float32, with its score bias)
+        if (model.spec().layer_moe(l) && model.spec().moe_f32_router()) {  // (float32, with its score bias)
           if (rest == std::string(kMoeRouterModule) + ".weight")  // (with its adapters: PEFT's ParamWrapper)
             return merged_weight(L.router_f32, model.spec().n_experts, model.spec().hidden, adapters,
                                  [&](const LoraModel& a) { return a.find_router(l); });
-          if (rest == std::string(kMoeRouterModule) + ".e_score_correction_bias") return L.router_score_bias;
+          if (rest == model.spec().moe_score_bias) return L.router_score_bias;
         }
         if (model.spec().layer_moe(l) && model.spec().moe_gpt_oss) {  // router bias; experts fused again
           const ModelSpec& s = model.spec();

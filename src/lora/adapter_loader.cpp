@@ -58,7 +58,7 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
       const LayerWeights& L = model.layers()[static_cast<size_t>(l)];
       // (the float32 sigmoid router of GLM-4.5 / DeepSeek-V3 is no QuantLinear: its shape)
       linears[moe_router_module_path(model.spec(), l)] =
-          model.spec().moe_sigmoid_router ? std::pair{model.spec().hidden, model.spec().n_experts}
+          model.spec().moe_f32_router() ? std::pair{model.spec().hidden, model.spec().n_experts}
                                           : std::pair{L.router.in_features(), L.router.out_features()};
       if (model.spec().shared_expert && model.spec().shared_expert_gate)
         linears[moe_shared_gate_path(model.spec(), l)] = {L.shared_gate.in_features(), L.shared_gate.out_features()};

@@ -73,9 +73,9 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       const std::string path = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w));
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
       if (path.empty() || !cfg_.targets(path)) continue;
-      // (PEFT 0.21's all-linear on GLM-4.5 adapts no MLP Linear -- neither the dense layers' nor the
-      // shared experts' -- and the experts and router instead: add_moe_layers)
-      if (cfg_.all_linear && model.spec().moe_sigmoid_router && w >= 4 && w <= 6) continue;
+      // (PEFT 0.21's all-linear on GLM-4.5 and ERNIE 4.5's MoE adapts no MLP Linear -- neither the
+      // dense layers' nor the shared experts' -- and the experts and router instead: add_moe_layers)
+      if (cfg_.all_linear && model.spec().moe_f32_router() && w >= 4 && w <= 6) continue;
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
       // rows follow the Hugging Face per-head order: refuse rather than mix the two.
       const std::string& fam = model.spec().family;
@@ -127,7 +127,7 @@ void LoraModel::add_moe_layers(const Model& model) {
   // nn.Parameter, which PEFT's ParamWrapper adapts), and no MLP Linear (measured: all-linear's
   // target_modules are q/k/v/o_proj only; the block constructor leaves the MLP slots out).
   if (!s.moe_gpt_oss && !s.moe_gemma4 && cfg_.all_linear && cfg_.target_parameters.empty() &&
-      (!s.shared_expert || s.moe_sigmoid_router)) {
+      (!s.shared_expert || s.moe_f32_router())) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {
       cfg_.gate_up_r = 2 * cfg_.r;
@@ -154,7 +154,7 @@ void LoraModel::add_moe_layers(const Model& model) {
     // (the router's module path as PEFT names it: mlp.gate, gpt-oss's mlp.router)
     const std::string rp = moe_router_module_path(s, l);
     if (s.moe_gemma4 ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) {
-      if (s.moe_sigmoid_router) {  // (a float32 weight, no QuantLinear: its shape)
+      if (s.moe_f32_router()) {  // (a float32 weight, no QuantLinear: its shape)
         LoraLayer layer(rp, s.hidden, s.n_experts, cfg_);
         layer.init(derive_seed(cfg_.seed, layers_.size()));
         layers_.push_back(std::move(layer));

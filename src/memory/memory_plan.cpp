@@ -72,7 +72,7 @@ uint64_t linear_copies(const ModelSpec& s, const LinearShape& li) {
 
 bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
   // (GLM-4.5: PEFT's all-linear leaves its MLP Linears out: lora/lora_model.cpp)
-  if (o.all_linear && s.moe_sigmoid_router && std::string_view(module).find("mlp.") == 0) return false;
+  if (o.all_linear && s.moe_f32_router() && std::string_view(module).find("mlp.") == 0) return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
   for (const std::string& t : o.target_modules)
@@ -185,7 +185,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   // or, where PEFT's does, the router and each expert (gate_up at twice the rank).
   if (s.moe() && o.all_linear) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
-    if (s.shared_expert && !s.moe_sigmoid_router) {
+    if (s.shared_expert && !s.moe_f32_router()) {
       ab.emplace_back(r * u(s.hidden), r);
     } else {
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
@@ -216,8 +216,8 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
     linears.emplace_back(LinearShape{"experts.down_proj", s.hidden, s.expert_ffn, false}, experts);
     if (s.shared_expert && s.shared_expert_gate) linears.emplace_back(LinearShape{"shared_expert_gate", 1, s.hidden, false}, ML);
     // the router, kept dense (GLM-4.5 / DeepSeek-V3's in float32, with its score bias)
-    w.dense_linear += ML * u(s.n_experts) * u(s.hidden) * (s.moe_sigmoid_router ? 4 : dense_bytes);
-    if (s.moe_sigmoid_router) w.dense_linear += ML * u(s.n_experts) * 4;
+    w.dense_linear += ML * u(s.n_experts) * u(s.hidden) * (s.moe_f32_router() ? 4 : dense_bytes);
+    if (s.moe_f32_router()) w.dense_linear += ML * u(s.n_experts) * 4;
   }
   for (const auto& [li, count] : linears) {
     const uint64_t L = count;  // (shadows the layer count: this Linear's copies)

@@ -117,13 +117,13 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
       *dst = load_vector(src, layer_tensor_name(l, name), opt.compute_dtype);
       progress(layer_tensor_name(l, name));
     }
-  } else if (spec.moe_sigmoid_router) {  // (GLM-4.5 / DeepSeek-V3: float32 logits of a float32 weight)
+  } else if (spec.moe_f32_router()) {  // (GLM-4.5 / DeepSeek-V3, ERNIE 4.5: float32 logits of a float32 weight)
     const std::string n = layer_tensor_name(l, kMoeRouterModule);
     L.router_f32 = src.get(n);
     check(static_cast<int64_t>(L.router_f32.size()) == spec.n_experts * spec.hidden, src.describe(),
           "tensor '" + n + "' is not (" + std::to_string(spec.n_experts) + ", " + std::to_string(spec.hidden) + ")");
     progress(n);
-    const std::string b = layer_tensor_name(l, kMoeRouterModule, "e_score_correction_bias");
+    const std::string b = "model.layers." + std::to_string(l) + "." + spec.moe_score_bias;
     L.router_score_bias = src.get(b);
     check(static_cast<int64_t>(L.router_score_bias.size()) == spec.n_experts, src.describe(),
           "tensor '" + b + "' has " + std::to_string(L.router_score_bias.size()) + " values for " +

@@ -137,6 +137,8 @@ void ModelSpec::validate(const std::string& where) const {
         fail(where, "routed_scaling_factor must be positive and finite");
       if (moe_gemma4 || moe_gpt_oss) fail(where, "the sigmoid router is GLM-4.5's / DeepSeek-V3's");
     }
+    if (moe_biased_softmax && (moe_sigmoid_router || moe_gemma4 || moe_gpt_oss || !(moe_norm_min >= 0.0f)))
+      fail(where, "ERNIE 4.5's router (a float32 softmax with a score bias) takes no other routing");
   } else if (shared_expert) {
     fail(where, "a shared expert without experts");
   }
@@ -338,13 +340,17 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
         t.push_back({layer_tensor_name(l, n), {hidden}});
     } else if (layer_moe(l) && moe_fused_experts) {  // (transformers 5's fused experts)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
-      if (moe_sigmoid_router) t.push_back({layer_tensor_name(l, kMoeRouterModule, "e_score_correction_bias"), {n_experts}});
+      if (moe_f32_router())
+        t.push_back({"model.layers." + std::to_string(l) + "." + moe_score_bias,
+                     moe_score_bias_rows ? std::vector<int64_t>{1, n_experts} : std::vector<int64_t>{n_experts}});
       t.push_back({fused_expert_name(l, 0), {n_experts, 2 * expert_ffn, hidden}});
       t.push_back({fused_expert_name(l, 2), {n_experts, hidden, expert_ffn}});
       if (shared_expert && shared_expert_gate) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     } else if (layer_moe(l)) {  // (the Hub's order: router, experts, then the shared expert)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
-      if (moe_sigmoid_router) t.push_back({layer_tensor_name(l, kMoeRouterModule, "e_score_correction_bias"), {n_experts}});
+      if (moe_f32_router())
+        t.push_back({"model.layers." + std::to_string(l) + "." + moe_score_bias,
+                     moe_score_bias_rows ? std::vector<int64_t>{1, n_experts} : std::vector<int64_t>{n_experts}});
       for (int64_t e = 0; e < n_experts; ++e)
         for (int part = 0; part < 3; ++part)
           t.push_back({layer_tensor_name(l, expert_module(e, part)),

@@ -308,6 +308,17 @@ struct ModelSpec {
   bool moe_sigmoid_router = false;
   int64_t moe_groups = 1, moe_topk_groups = 1;
   float moe_routed_scale = 1.0f;
+  // ERNIE 4.5's MoE (transformers' Ernie4_5_MoeTopKRouter): the same float32 router and score bias
+  // (mlp.moe_statics.e_score_correction_bias, (1, n_experts)), over softmax probabilities p:
+  // the choice is the top k of p + bias, the weights p / max(sum, moe_norm_min), rounded to the
+  // compute dtype (moe_round_weights), no groups, no scale.
+  bool moe_biased_softmax = false;
+  float moe_norm_min = 1e-12f;
+  // The router whose weight is float32 with a score bias (GLM-4.5 / DeepSeek-V3's, ERNIE 4.5's),
+  // and that bias's tensor name in a layer ((1, n_experts) when moe_score_bias_rows).
+  bool moe_f32_router() const { return moe_sigmoid_router || moe_biased_softmax; }
+  std::string moe_score_bias = "mlp.gate.e_score_correction_bias";
+  bool moe_score_bias_rows = false;
   // GLM-4.5's multi-token-prediction layers after the last (model.layers.<n_layers + i>.*): kept
   // in its checkpoints, not run (as transformers), not written by merges.
   int64_t mtp_layers = 0;

@@ -139,9 +139,9 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
   g.weight.resize(static_cast<size_t>(T * K));
   g.sum.assign(static_cast<size_t>(T), 1.0f);
   g.rows.assign(static_cast<size_t>(E), {});
-  if (s.moe_sigmoid_router) {
-    // (GLM-4.5, DeepSeek-V3: float32 throughout, x (W + scaling B A)^T with a LoRA on the router's
-    // weight, as PEFT's ParamWrapper adapts that nn.Parameter)
+  if (s.moe_f32_router()) {
+    // (GLM-4.5, DeepSeek-V3, ERNIE 4.5: float32 throughout, x (W + scaling B A)^T with a LoRA on
+    // the router's weight, as PEFT's ParamWrapper adapts that nn.Parameter)
     const int64_t C = s.hidden;
     const int64_t R = router_lora ? router_lora->r : 0;
     check(static_cast<int64_t>(L.router_f32.size()) == E * C && static_cast<int64_t>(L.router_score_bias.size()) == E,
@@ -153,6 +153,40 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       std::vector<float> d(static_cast<size_t>(T * E));
       sgemm_nt(T, E, R, g.lora_h.data(), R, router_lora->B.data(), R, d.data(), E, false);
       for (int64_t i = 0; i < T * E; ++i) logits[static_cast<size_t>(i)] += router_lora->scaling * d[static_cast<size_t>(i)];
+    }
+    if (s.moe_biased_softmax) {  // ERNIE 4.5: p = softmax; the top k of p + bias; p / max(sum, norm_min)
+      std::vector<int32_t> order(static_cast<size_t>(E));
+      std::vector<float> choice(static_cast<size_t>(E));
+      for (int64_t t = 0; t < T; ++t) {
+        const float* lg = logits.data() + t * E;
+        float* p = g.probs.data() + t * E;
+        const float mx = *std::max_element(lg, lg + E);
+        float z = 0.0f;
+        for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(lg[e] - mx));
+        for (int64_t e = 0; e < E; ++e) p[e] /= z;
+        for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = p[e] + L.router_score_bias[static_cast<size_t>(e)];
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
+          return choice[static_cast<size_t>(a)] > choice[static_cast<size_t>(b)] ||
+                 (choice[static_cast<size_t>(a)] == choice[static_cast<size_t>(b)] && a < b);
+        });
+        float sum = 0.0f;
+        for (int64_t k = 0; k < K; ++k) {
+          g.idx[static_cast<size_t>(t * K + k)] = order[static_cast<size_t>(k)];
+          sum += g.top[static_cast<size_t>(t * K + k)] = p[order[static_cast<size_t>(k)]];
+        }
+        g.sum[static_cast<size_t>(t)] = std::max(sum, s.moe_norm_min);
+        for (int64_t k = 0; k < K; ++k) {
+          float w = g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)];
+          if (s.moe_round_weights) w = rounded(w, r.dtype);
+          g.weight[static_cast<size_t>(t * K + k)] = w;
+        }
+      }
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t k = 0; k < K; ++k)
+          g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
+                                                                                        static_cast<int32_t>(k));
+      return g;
     }
     for (int64_t i = 0; i < T * E; ++i) g.probs[static_cast<size_t>(i)] = 1.0f / (1.0f + std::exp(-logits[static_cast<size_t>(i)]));
     for (int64_t t = 0; t < T; ++t) {
@@ -503,21 +537,9 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
         dlogits[static_cast<size_t>(t * E + e)] += ds * sk * (1.0f - sk);
       }
     }
-    const int64_t R = router_lora ? router_lora->r : 0;
-    check(R == 0 || static_cast<int64_t>(g.lora_h.size()) == T * R, "MoE", "the router's LoRA input was not kept");
-    sgemm_nn(T, C, E, dlogits.data(), E, L.router_f32.data(), C, dx, C, true);  // dx += dl W
-    if (R > 0) {
-      // dh = scaling dl B (T, R); dB += scaling dl^T h; dA += dh^T x; dx += dh A
-      const float sc = router_lora->scaling;
-      std::vector<float> dh(static_cast<size_t>(T * R)), dB(static_cast<size_t>(E * R));
-      sgemm_nn(T, R, E, dlogits.data(), E, router_lora->B.data(), R, dh.data(), R, false);
-      for (float& v : dh) v *= sc;
-      sgemm_tn(E, R, T, dlogits.data(), E, g.lora_h.data(), R, dB.data(), R, false);
-      for (int64_t i = 0; i < E * R; ++i) router_lora->dB[static_cast<size_t>(i)] += sc * dB[static_cast<size_t>(i)];
-      sgemm_tn(R, C, T, dh.data(), R, x, C, router_lora->dA.data(), C, true);
-      sgemm_nn(T, C, R, dh.data(), R, router_lora->A.data(), C, dx, C, true);
-    }
   }
+  // (ERNIE 4.5: w_k = p_k / sum over p = softmax(logits), the same as norm_topk below; its
+  // clamp at moe_norm_min (1e-12) never binds on a softmax's top k)
   for (int64_t t = 0; t < T && !s.moe_sigmoid_router; ++t) {
     std::fill(dp.begin(), dp.end(), 0.0f);
     float* dw = dweight.data() + t * K;
@@ -535,8 +557,21 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     for (int64_t e = 0; e < E; ++e) pd += p[e] * dp[static_cast<size_t>(e)];
     for (int64_t e = 0; e < E; ++e) dlogits[static_cast<size_t>(t * E + e)] = p[e] * (dp[static_cast<size_t>(e)] - pd);
   }
-  if (s.moe_sigmoid_router) {
-    // (done above)
+  if (s.moe_f32_router()) {  // into x through the float32 router (and its LoRA)
+    const int64_t R = router_lora ? router_lora->r : 0;
+    check(R == 0 || static_cast<int64_t>(g.lora_h.size()) == T * R, "MoE", "the router's LoRA input was not kept");
+    sgemm_nn(T, C, E, dlogits.data(), E, L.router_f32.data(), C, dx, C, true);  // dx += dl W
+    if (R > 0) {
+      // dh = scaling dl B (T, R); dB += scaling dl^T h; dA += dh^T x; dx += dh A
+      const float sc = router_lora->scaling;
+      std::vector<float> dh(static_cast<size_t>(T * R)), dB(static_cast<size_t>(E * R));
+      sgemm_nn(T, R, E, dlogits.data(), E, router_lora->B.data(), R, dh.data(), R, false);
+      for (float& v : dh) v *= sc;
+      sgemm_tn(E, R, T, dlogits.data(), E, g.lora_h.data(), R, dB.data(), R, false);
+      for (int64_t i = 0; i < E * R; ++i) router_lora->dB[static_cast<size_t>(i)] += sc * dB[static_cast<size_t>(i)];
+      sgemm_tn(R, C, T, dh.data(), R, x, C, router_lora->dA.data(), C, true);
+      sgemm_nn(T, C, R, dh.data(), R, router_lora->A.data(), C, dx, C, true);
+    }
   } else if (s.moe_gemma4) {  // into the router's input, then back through its scales and norm to x_r
     std::vector<float> dy(static_cast<size_t>(T * C), 0.0f);
     be.linear_backward(dy.data(), dlogits.data(), g.rin.data(), T, L.router, router_lora, rc, tile.data(), ls);

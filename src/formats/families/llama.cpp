@@ -114,6 +114,50 @@ void ernie4_5_write(const ModelSpec& s, ordered_json& j) {
   j["use_bias"] = s.qkv_bias;
 }
 
+// ernie4_5_moe (ERNIE-4.5-21B-A3B, 300B-A47B; transformers' Ernie4_5_MoeForCausalLM): ERNIE 4.5's
+// block with its MLPs from moe_layer_start_index on (every moe_layer_interval-th, up to
+// moe_layer_end_index) the experts behind a float32 softmax router whose choice adds a score bias
+// (mlp.moe_statics.e_score_correction_bias), weights renormalized and rounded, plus
+// moe_num_shared_experts shared experts, ungated.
+void ernie4_5_moe_read(const json& j, const std::string& where, ModelSpec& s) {
+  ernie4_5_read(j, where, s);
+  if (s.mlp_bias) fail(where, "use_bias with experts: ERNIE 4.5's MoE checkpoints have no biases (not supported)");
+  s.n_experts = config::get_int(j, config::find_key(j, "moe_num_experts") ? "moe_num_experts" : "num_experts", where, 64);
+  s.experts_per_token = config::get_int(j, config::find_key(j, "moe_k") ? "moe_k" : "num_experts_per_tok", where, 6);
+  s.expert_ffn = config::get_int(j, "moe_intermediate_size", where, 1536);
+  const int64_t shared = config::get_int(j, "moe_num_shared_experts", where, 2);
+  if (shared < 0) fail(where, "moe_num_shared_experts must not be negative");
+  s.shared_expert = shared > 0;
+  s.shared_expert_ffn = shared * s.expert_ffn;
+  s.shared_expert_gate = false;
+  s.moe_dense_layers = config::get_int(j, "moe_layer_start_index", where, 1);
+  int64_t end = config::get_int(j, "moe_layer_end_index", where, -1);
+  if (end == -1) end = s.n_layers - 1;
+  if (config::get_int(j, "moe_layer_interval", where, 1) != 1 || end != s.n_layers - 1)
+    fail(where, "moe_layer_interval other than 1, or MoE layers ending before the last (moe_layer_end_index), are "
+                "not supported: ERNIE 4.5's released MoE models run experts on every layer from moe_layer_start_index");
+  s.norm_topk = true;
+  s.moe_round_weights = true;  // (routing_weights.to(hidden_states.dtype))
+  s.moe_biased_softmax = true;
+  s.moe_norm_min = config::get_float(j, "moe_norm_min", where, 1e-12f);
+  s.moe_score_bias = "mlp.moe_statics.e_score_correction_bias";
+  s.moe_score_bias_rows = true;
+  s.moe_fused_experts = true;
+}
+
+void ernie4_5_moe_write(const ModelSpec& s, ordered_json& j) {
+  ernie4_5_write(s, j);
+  if (!s.moe_biased_softmax) fail("config.json", "not an ernie4_5_moe block");
+  j["moe_num_experts"] = s.n_experts;
+  j["moe_k"] = s.experts_per_token;
+  j["moe_intermediate_size"] = s.expert_ffn;
+  j["moe_num_shared_experts"] = s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0;
+  j["moe_layer_start_index"] = s.moe_dense_layers;
+  j["moe_layer_end_index"] = s.n_layers - 1;
+  j["moe_layer_interval"] = 1;
+  j["moe_norm_min"] = s.moe_norm_min;
+}
+
 // hunyuan_v1_dense (Hunyuan 0.5B-7B dense): Llama's block with per-head q/k RMSNorms after the
 // rotary, and its "dynamic" rope with a fixed alpha, which only stretches the base:
 // theta * alpha^(head_dim / (head_dim - 2)) (HunYuanDenseV1RotaryEmbedding's ntk_alpha).
@@ -169,6 +213,16 @@ const ModelFamily kHunyuanDense = [] {
 const ModelFamily kErnie45 = [] {
   return ModelFamily{"ernie4_5", "Ernie4_5ForCausalLM", "ernie4_5", 128, 131072, 500000.0f, true, false,
                      ernie4_5_read, ernie4_5_write, ernie4_5_gguf};
+}();
+
+// (transformers' module tree names ERNIE 4.5's shared experts mlp.shared_experts)
+constexpr HfRename kErnie45MoeRenames[] = {{".mlp.shared_experts.", ".mlp.shared_expert."}};
+const ModelFamily kErnie45Moe = [] {
+  ModelFamily f{"ernie4_5_moe", "Ernie4_5_MoeForCausalLM", "", 128, 131072, 500000.0f, true, false, ernie4_5_moe_read,
+                ernie4_5_moe_write, nullptr};
+  f.hf_renames = kErnie45MoeRenames;
+  f.no_gguf_reason = "llama.cpp has ernie4_5-moe GGUFs; qlora does not read or write them yet";
+  return f;
 }();
 
 const ModelFamily kMinistral = [] {

@@ -665,7 +665,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1278,6 +1278,11 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
         w.add_rope_scaling_yarn_log_mul(rp["mscale_all_dim"])
         w.add_attn_temperature_scale(rp["llama_4_scaling_beta"])
+    if arch == "ernie4_5-moe":  # as convert_hf_to_gguf.py's Ernie4_5MoeModel (the shared width as it is)
+        w.add_interleave_moe_layer_step(c.moe_layer_interval)
+        w.add_leading_dense_block_count(c.moe_layer_start_index)
+        w.add_expert_shared_count(c.moe_num_shared_experts)
+        w.add_expert_shared_feed_forward_length(c.moe_intermediate_size * c.moe_num_shared_experts)
     if arch == "glm4moe":  # as convert_hf_to_gguf.py's Glm4MoeModel (no MTP block in these files)
         w.add_expert_shared_count(c.n_shared_experts)
         w.add_leading_dense_block_count(c.first_k_dense_replace)
@@ -1357,6 +1362,11 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             if arch in ("llama", "granite", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
+            if arch == "ernie4_5-moe":  # (Ernie4_5MoeModel: the shared experts; the score bias (1, E) as it is)
+                gname = {"mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
+                         "mlp.shared_experts.down_proj": "ffn_down_shexp"}.get(mod, gname)
+                if suffix == "e_score_correction_bias":
+                    gname, suffix = "exp_probs_b", "bias"
             if arch == "glm4moe":  # (Glm4MoeModel: the shared experts, the router's score bias)
                 gname = {"post_attention_layernorm": "post_attention_norm", "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
                          "mlp.shared_experts.up_proj": "ffn_up_shexp",

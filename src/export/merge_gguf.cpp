@@ -173,13 +173,17 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                           arch == "arcee" || arch == "mistral3";
   if (s.moe_sigmoid_router && arch != "glm4moe")
     fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
+  if (s.moe_biased_softmax != (arch == "ernie4_5-moe") ||
+      (arch == "ernie4_5-moe" && (s.shared_expert_gate || s.mlp_bias || s.qkv_bias || s.o_bias)))
+    fail(out_path, "llama.cpp's ernie4_5-moe runs ERNIE 4.5's biased softmax router, ungated shared experts and no "
+                   "biases; this " + s.family + " model differs: no GGUF form");
   if (arch == "glm4moe" && (!s.moe_sigmoid_router || s.shared_expert_gate ||
                             (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
     fail(out_path, "llama.cpp's glm4moe runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
   if (s.moe() && arch != "glm4moe") {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" ||
-                      arch == "qwen3next" || arch == "gemma4";
+                      arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
                          " the chosen experts' weights, and this model " + (s.norm_topk ? "does" : "does not") +
@@ -239,7 +243,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" ||
-        gemma4 || arch == "glm4moe")
+        gemma4 || arch == "glm4moe" || arch == "ernie4_5-moe")
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -253,6 +257,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }
+    } else if (arch == "ernie4_5-moe") {  // as convert_hf_to_gguf.py's Ernie4_5MoeModel
+      w.set_u32(a + "interleave_moe_layer_step", 1);
+      w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
+      w.set_u32(a + "expert_shared_count", static_cast<uint32_t>(s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0));
+      // (the shared experts' width itself: the converter's intermediate_size / num_key_value_heads
+      // equals it only on the released models)
+      if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.shared_expert_ffn));
     } else if (s.shared_expert) {
       w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
     }
@@ -645,6 +656,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (!gname) fail(out_path, "no GGUF name for tensor '" + t.name + "'");
     // (norm weights stay float32 whatever their rank: Command R+'s (heads, head_dim) q/k norms)
     GgmlType type = t.shape.size() == 1 || t.name.ends_with("norm.weight") ? GgmlType::F32 : opt.type;
+    if (t.name.ends_with("e_score_correction_bias")) type = GgmlType::F32;  // (ERNIE's is (1, E))
     if (delta_net && t.name.ends_with(".conv1d.weight")) type = GgmlType::F32;  // (as llama.cpp's converter keeps it)
     // (the router stays float32, as convert_hf_to_gguf.py keeps ffn_gate_inp)
     if (s.moe() && t.name.ends_with(std::string(kMoeRouterModule) + ".weight")) type = GgmlType::F32;

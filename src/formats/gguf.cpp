@@ -948,6 +948,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     hp.expert_weights_scale = f.get_f32_or(a + "expert_weights_scale", 0.0f);
     if (!(hp.expert_weights_scale >= 0.0f) || !std::isfinite(hp.expert_weights_scale))
       fail(f.path(), "metadata key " + quote(a + "expert_weights_scale") + " must be a finite non-negative number");
+    if (f.has(a + "interleave_moe_layer_step")) hp.moe_layer_step = static_cast<int64_t>(f.get_u64(a + "interleave_moe_layer_step"));
     if (f.has(a + "expert_group_count")) hp.expert_group_count = static_cast<int64_t>(f.get_u64(a + "expert_group_count"));
     if (f.has(a + "expert_group_used_count"))
       hp.expert_group_used_count = static_cast<int64_t>(f.get_u64(a + "expert_group_used_count"));

@@ -283,6 +283,7 @@ struct GgufLlamaHParams {
   // .expert_group_used_count (0: absent).
   int64_t nextn_layers = 0, leading_dense_blocks = 0, expert_shared_count = 0, expert_gating_func = 0;
   int64_t expert_group_count = 0, expert_group_used_count = 0;
+  int64_t moe_layer_step = 0;  // {arch}.interleave_moe_layer_step (0: absent)
   float expert_weights_scale = 0.0f;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):
   // gguf_tensor_to_f32_hf undoes it. See unpermute_rope_rows.

@@ -145,6 +145,32 @@ void ernie4_5_moe_read(const json& j, const std::string& where, ModelSpec& s) {
   s.moe_fused_experts = true;
 }
 
+// As llama.cpp runs an ernie4_5-moe GGUF (convert_hf_to_gguf.py's Ernie4_5MoeModel): the dense lead
+// (leading_dense_block_count), experts on every layer after it (interleave_moe_layer_step 1), the
+// shared experts expert_shared_feed_forward_length wide, softmax gating with exp_probs_b as the
+// score bias, weights renormalized.
+void ernie4_5_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  const std::string& where = hp.path;
+  if (hp.expert_count <= 0) fail(where, "an ernie4_5-moe GGUF without expert_count");
+  if (hp.moe_layer_step > 1)
+    fail(where, "ernie4_5-moe.interleave_moe_layer_step " + std::to_string(hp.moe_layer_step) +
+                    ": only experts on every layer after the dense lead are supported (llama.cpp's loader and graph "
+                    "disagree on the others)");
+  s.rope_interleaved = true;
+  s.ffn = hp.intermediate_size;  // (the dense layers'; the shared experts' below)
+  s.moe_dense_layers = hp.leading_dense_blocks;
+  s.shared_expert_ffn = s.shared_expert ? hp.expert_shared_ffn : 0;
+  if (s.shared_expert && s.shared_expert_ffn <= 0)
+    fail(where, "shared expert tensors without ernie4_5-moe.expert_shared_feed_forward_length");
+  s.shared_expert_gate = false;
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+  s.moe_biased_softmax = true;
+  s.moe_score_bias = "mlp.moe_statics.e_score_correction_bias";
+  s.moe_score_bias_rows = true;
+  s.moe_fused_experts = true;  // (read per expert, as the GGUF presents them)
+}
+
 void ernie4_5_moe_write(const ModelSpec& s, ordered_json& j) {
   ernie4_5_write(s, j);
   if (!s.moe_biased_softmax) fail("config.json", "not an ernie4_5_moe block");
@@ -217,11 +243,13 @@ const ModelFamily kErnie45 = [] {
 
 // (transformers' module tree names ERNIE 4.5's shared experts mlp.shared_experts)
 constexpr HfRename kErnie45MoeRenames[] = {{".mlp.shared_experts.", ".mlp.shared_expert."}};
+// (llama.cpp's exp_probs_b.bias, (E, 1) in ggml's order: transformers' (1, E))
+constexpr GgufLayerName kErnie45MoeGgufParams[] = {{"exp_probs_b.bias", "mlp.moe_statics.e_score_correction_bias"}};
 const ModelFamily kErnie45Moe = [] {
-  ModelFamily f{"ernie4_5_moe", "Ernie4_5_MoeForCausalLM", "", 128, 131072, 500000.0f, true, false, ernie4_5_moe_read,
-                ernie4_5_moe_write, nullptr};
+  ModelFamily f{"ernie4_5_moe", "Ernie4_5_MoeForCausalLM", "ernie4_5-moe", 128, 131072, 500000.0f, true, false,
+                ernie4_5_moe_read, ernie4_5_moe_write, ernie4_5_moe_gguf};
   f.hf_renames = kErnie45MoeRenames;
-  f.no_gguf_reason = "llama.cpp has ernie4_5-moe GGUFs; qlora does not read or write them yet";
+  f.gguf_layer_params = kErnie45MoeGgufParams;
   return f;
 }();
 

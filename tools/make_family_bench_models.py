@@ -78,6 +78,13 @@ FAMILIES = {
                                        moe_intermediate_size=352, n_shared_experts=1, first_k_dense_replace=1,
                                        routed_scaling_factor=2.5, max_position_embeddings=2048,
                                        tie_word_embeddings=False)),
+    # ERNIE-4.5-21B-A3B's block at that size: layer 0 dense (1408), the other 7 eight experts of 352
+    # (top 2 of the biased softmax) plus two shared ones, adjacent-pair rotary, tied head.
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                               num_attention_heads=8, num_key_value_heads=4, head_dim=64, use_bias=False,
+                                               moe_num_experts=8, moe_k=2, moe_intermediate_size=352,
+                                               moe_num_shared_experts=2, moe_layer_start_index=1,
+                                               max_position_embeddings=2048, tie_word_embeddings=True)),
     # Gemma 4's dense block at that size: 8 layers, the 6th and the last full attention with heads
     # of 128 (two key/value heads whose values are the key projection), the others sliding (128
     # positions) with heads of 64; GeGLU MLP of 1408, tied head.

@@ -344,6 +344,11 @@ FAMILIES = {
                                                moe_num_shared_experts=1, moe_layer_start_index=1,
                                                rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
                                                _moe=True)),
+    # Seed-OSS: q/k/v biases without o's, heads of 16 (not hidden / heads), untied head; its
+    # attention and residual dropouts 0 (transformers applies them in training).
+    "seed_oss": ("SeedOssConfig", dict(head_dim=16, num_attention_heads=8, attention_bias=True, attention_out_bias=False,
+                                       attention_dropout=0.0, residual_dropout=0.0, tie_word_embeddings=False,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 10000000.0})),
     # Phi-3: fused qkv_proj and gate_up_proj (PEFT adapts the fused modules), a sliding
     # window shorter than the prompt, untied head.
     "phi3": ("Phi3Config", dict(rope_theta=10000.0, sliding_window=8, tie_word_embeddings=False)),
@@ -665,7 +670,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1367,6 +1372,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
                          "mlp.shared_experts.down_proj": "ffn_down_shexp"}.get(mod, gname)
                 if suffix == "e_score_correction_bias":
                     gname, suffix = "exp_probs_b", "bias"
+            if arch == "seed_oss":  # (llama.cpp's seed_oss: the MLP's input norm)
+                gname = {"post_attention_layernorm": "post_attention_norm"}.get(mod, gname)
             if arch == "glm4moe":  # (Glm4MoeModel: the shared experts, the router's score bias)
                 gname = {"post_attention_layernorm": "post_attention_norm", "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
                          "mlp.shared_experts.up_proj": "ffn_up_shexp",
@@ -1408,7 +1415,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe")
+                "ernie4_5_moe", "seed_oss")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -49,6 +49,20 @@ const std::vector<PreEntry>& pre_table() {
   return table;
 }
 
+// "\u2581" back to spaces, <0xXX> tokens back to their bytes, the pieces joined: the decoder of the
+// vocabularies that spell spaces "\u2581" with byte fallback (GGUF "llama" and "gemma4").
+std::vector<DecoderStep> metaspace_byte_fallback_decoder() {
+  DecoderStep rep;
+  rep.kind = DecoderStep::Kind::kReplace;
+  rep.pattern = "\xE2\x96\x81";
+  rep.content = " ";
+  DecoderStep bf;
+  bf.kind = DecoderStep::Kind::kByteFallback;
+  DecoderStep fuse;
+  fuse.kind = DecoderStep::Kind::kFuse;
+  return {rep, bf, fuse};
+}
+
 }  // namespace
 
 std::vector<std::string> gguf_pre_tokenizer_names() {
@@ -178,15 +192,7 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
     st.pattern = "[^\\n]+|[\\n]+";
     st.behavior = SplitBehavior::kIsolated;
     spec.pre_tokenizer.push_back(std::move(st));
-    DecoderStep rep;
-    rep.kind = DecoderStep::Kind::kReplace;
-    rep.pattern = "\xE2\x96\x81";
-    rep.content = " ";
-    DecoderStep bf;
-    bf.kind = DecoderStep::Kind::kByteFallback;
-    DecoderStep fuse;
-    fuse.kind = DecoderStep::Kind::kFuse;
-    spec.decoder = {rep, bf, fuse};
+    spec.decoder = metaspace_byte_fallback_decoder();
     if (md.add_bos_token.value_or(true)) {
       if (spec.bos_id < 0) fail(where, "add_bos_token is set but there is no bos_token_id");
       spec.prefix_ids = {spec.bos_id};
@@ -200,15 +206,7 @@ TokenizerSpec tokenizer_spec_from_gguf_metadata(const GgufTokenizerMetadata& md)
     const bool prefix = md.add_space_prefix.value_or(true);
     if (prefix) spec.normalizer.push_back({NormalizerStep::Kind::kPrepend, "", "\xE2\x96\x81"});
     spec.normalizer.push_back({NormalizerStep::Kind::kReplace, " ", "\xE2\x96\x81"});
-    DecoderStep rep;
-    rep.kind = DecoderStep::Kind::kReplace;
-    rep.pattern = "\xE2\x96\x81";
-    rep.content = " ";
-    DecoderStep bf;
-    bf.kind = DecoderStep::Kind::kByteFallback;
-    DecoderStep fuse;
-    fuse.kind = DecoderStep::Kind::kFuse;
-    spec.decoder = {rep, bf, fuse};
+    spec.decoder = metaspace_byte_fallback_decoder();
     if (prefix) {
       DecoderStep strip;
       strip.kind = DecoderStep::Kind::kStrip;

@@ -37,6 +37,14 @@ struct Routing {
   std::vector<float> lora_h;
 };
 
+// Each expert's (token, k) pairs from g.idx, tokens in increasing order.
+void index_rows(Routing& g) {
+  for (int64_t t = 0; t < g.T; ++t)
+    for (int64_t k = 0; k < g.K; ++k)
+      g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * g.K + k)])].emplace_back(static_cast<int32_t>(t),
+                                                                                      static_cast<int32_t>(k));
+}
+
 // GLM-4.5 / DeepSeek-V3's routing of one token (ModelSpec::moe_sigmoid_router) from s (E): the
 // chosen experts in idx (K), as transformers' Glm4MoeTopkRouter picks them: each group scored by
 // the sum of its two best s + bias, the topk_groups best groups (ties: the lower group), then the
@@ -182,10 +190,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
           g.weight[static_cast<size_t>(t * K + k)] = w;
         }
       }
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t k = 0; k < K; ++k)
-          g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
-                                                                                        static_cast<int32_t>(k));
+      index_rows(g);
       return g;
     }
     for (int64_t i = 0; i < T * E; ++i) g.probs[static_cast<size_t>(i)] = 1.0f / (1.0f + std::exp(-logits[static_cast<size_t>(i)]));
@@ -201,10 +206,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
             (s.norm_topk ? g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)]
                          : g.top[static_cast<size_t>(t * K + k)]) * s.moe_routed_scale;
     }
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t k = 0; k < K; ++k)
-        g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
-                                                                                      static_cast<int32_t>(k));
+    index_rows(g);
     return g;
   }
   // (F.linear in the compute dtype, then softmax(float32))
@@ -248,10 +250,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       g.weight[static_cast<size_t>(t * K + k)] = w;
     }
   }
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < K; ++k)
-      g.rows[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])].emplace_back(static_cast<int32_t>(t),
-                                                                                    static_cast<int32_t>(k));
+  index_rows(g);
   return g;
 }
 

@@ -344,6 +344,35 @@ FAMILIES = {
                                                moe_num_shared_experts=1, moe_layer_start_index=1,
                                                rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
                                                _moe=True)),
+    # DeepSeek-V3's block (deepseek_v3; Kimi K2's too): multi-head latent attention -- q through a
+    # rank-24 latent with its RMSNorm (q_a_proj, q_a_layernorm, q_b_proj), keys and values from a
+    # rank-16 latent (kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj) plus an 8-dim rotary key shared
+    # by the 4 heads, query/key heads of 12 + 8, value heads of 16, adjacent-pair rotary
+    # (rope_interleave), yarn whose mscale_all_dim scales the softmax; layer 0 dense, layers 1-2 the
+    # sigmoid router of GLM-4.5 (8 experts in 2 groups, score bias drawn below, x 2.5) plus a shared
+    # expert.
+    "deepseek_v3": ("DeepseekV3Config", dict(num_hidden_layers=3, num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=16,
+                                             qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=16,
+                                             n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+                                             moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+                                             routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False,
+                                             rope_interleave=True,
+                                             rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                              "original_max_position_embeddings": 32, "mscale": 1.0,
+                                                              "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0},
+                                             _moe=True)),
+    # DeepSeek-V2-Lite's form (deepseek_v2): the same latent attention without the query latent
+    # (q_lora_rank null: one q_proj), complex (adjacent-pair) rotary; layer 0 dense, layers 1-2
+    # eight experts behind a float32 softmax router limited to the best group by its best expert
+    # (group_limited_greedy, 2 groups, 1 kept), weights not renormalized, x 2.0, two shared experts.
+    "deepseek_v2": ("DeepseekV2Config", dict(num_hidden_layers=3, num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=16,
+                                             qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=16,
+                                             n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+                                             topk_method="group_limited_greedy", moe_intermediate_size=32,
+                                             n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=2.0,
+                                             tie_word_embeddings=False,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                             _moe=True)),
     # Seed-OSS: q/k/v biases without o's, heads of 16 (not hidden / heads), untied head; its
     # attention and residual dropouts 0 (transformers applies them in training).
     "seed_oss": ("SeedOssConfig", dict(head_dim=16, num_attention_heads=8, attention_bias=True, attention_out_bias=False,
@@ -1415,7 +1444,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -210,6 +210,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
         if (rest == "pre_feedforward_layernorm.weight" && !L.pre_ffn_norm.empty()) return L.pre_ffn_norm;
         if (rest == "post_feedforward_layernorm.weight" && !L.post_ffn_norm.empty()) return L.post_ffn_norm;
         if (rest == "self_attn.k_norm.weight" && !L.k_norm.empty()) return L.k_norm;
+        if (rest == "self_attn.q_a_layernorm.weight" && !L.q_a_norm.empty()) return L.q_a_norm;
+        if (rest == "self_attn.kv_a_layernorm.weight" && !L.kv_a_norm.empty()) return L.kv_a_norm;
         if (model.spec().qk_norm_tensor_per_head)  // (one head's slice of the (heads, head_dim) weights)
           for (bool key : {false, true})
             for (int64_t h = 0; h < (key ? model.spec().n_kv_heads : model.spec().n_heads); ++h)
@@ -238,7 +240,7 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
           if (rest == std::string(kMoeRouterModule) + ".weight")  // (with its adapters: PEFT's ParamWrapper)
             return merged_weight(L.router_f32, model.spec().n_experts, model.spec().hidden, adapters,
                                  [&](const LoraModel& a) { return a.find_router(l); });
-          if (rest == model.spec().moe_score_bias) return L.router_score_bias;
+          if (rest == model.spec().moe_score_bias && model.spec().moe_has_score_bias()) return L.router_score_bias;
         }
         if (model.spec().layer_moe(l) && model.spec().moe_gpt_oss) {  // router bias; experts fused again
           const ModelSpec& s = model.spec();

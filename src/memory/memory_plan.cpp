@@ -217,7 +217,7 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
     if (s.shared_expert && s.shared_expert_gate) linears.emplace_back(LinearShape{"shared_expert_gate", 1, s.hidden, false}, ML);
     // the router, kept dense (GLM-4.5 / DeepSeek-V3's in float32, with its score bias)
     w.dense_linear += ML * u(s.n_experts) * u(s.hidden) * (s.moe_f32_router() ? 4 : dense_bytes);
-    if (s.moe_f32_router()) w.dense_linear += ML * u(s.n_experts) * 4;
+    if (s.moe_has_score_bias()) w.dense_linear += ML * u(s.n_experts) * 4;
   }
   for (const auto& [li, count] : linears) {
     const uint64_t L = count;  // (shadows the layer count: this Linear's copies)

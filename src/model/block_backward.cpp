@@ -47,7 +47,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
             if (r.q_scale[t] != 1.0f)
               for (int64_t i = 0; i < W; ++i) g(o.out)[t * W + i] *= r.q_scale[t];
         }
-        be.rope_backward(g(o.out), r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
+        be.rope_backward(g(o.out) + o.offset, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {
         AttentionShape a = attention_heads(p, o);
@@ -132,6 +132,21 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         float* din = g(o.in0);
         for (int64_t t = 0; t < T; ++t)
           for (int64_t j = 0; j < W; ++j) din[t * Win + cols[static_cast<size_t>(j)]] += dy[t * W + j];
+        break;
+      }
+      case BlockOpKind::Concat: {  // each part's columns back to it (the broadcast one: summed over groups)
+        const int64_t G = o.groups, A = o.width, B = o.width1, W = G * (A + B);
+        float* d0 = g(o.in0);
+        float* d1 = o.in1 >= 0 ? g(o.in1) : nullptr;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t gi = 0; gi < G; ++gi) {
+            const float* src = dy + t * W + gi * (A + B);
+            float* a = d0 + (t * G + gi) * A;
+            for (int64_t i = 0; i < A; ++i) a[i] += src[i];
+            if (!d1) continue;
+            float* b = d1 + (o.broadcast ? t * B : (t * G + gi) * B);
+            for (int64_t i = 0; i < B; ++i) b[i] += src[A + i];
+          }
         break;
       }
       case BlockOpKind::Slice:

@@ -84,7 +84,7 @@ void block_forward(const BlockRun& r) {
       }
       case BlockOpKind::Rope:
         if (!s.layer_rotates(r.layer)) break;  // (a NoPE layer: q and k as projected)
-        be.rope_forward(out, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
+        be.rope_forward(out + o.offset, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
         if (o.query && r.q_scale) {  // (Ministral 3: q * scale(position), rounded)
           const int64_t W = o.heads * o.head_dim;
           for (int64_t t = 0; t < T; ++t)
@@ -257,6 +257,18 @@ void block_forward(const BlockRun& r) {
         const int64_t W = static_cast<int64_t>(cols.size()), Win = p.buffers()[static_cast<size_t>(o.in0)].width;
         for (int64_t t = 0; t < T; ++t)
           for (int64_t j = 0; j < W; ++j) out[t * W + j] = in0[t * Win + cols[static_cast<size_t>(j)]];
+        break;
+      }
+      case BlockOpKind::Concat: {
+        check(be.host_addressable(), "latent attention", std::string("runs on the CPU backend only, not on ") + be.name());
+        const int64_t G = o.groups, A = o.width, B = o.width1, W = G * (A + B);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t g = 0; g < G; ++g) {
+            float* dst = out + t * W + g * (A + B);
+            std::copy_n(in0 + (t * G + g) * A, A, dst);
+            if (!in1) std::fill_n(dst + A, B, 0.0f);
+            else std::copy_n(in1 + (o.broadcast ? t * B : (t * G + g) * B), B, dst + A);
+          }
         break;
       }
       case BlockOpKind::Slice:

@@ -49,6 +49,56 @@ void BlockProgram::add_rope(int buf, int64_t heads, bool query) {
   op(o);
 }
 
+void BlockProgram::add_concat(int out, int a, int b, int64_t groups, int64_t wa, int64_t wb, bool broadcast) {
+  BlockOp o{BlockOpKind::Concat};
+  o.out = out;
+  o.in0 = a;
+  o.in1 = b;
+  o.groups = groups;
+  o.width = wa;
+  o.width1 = wb;
+  o.broadcast = broadcast;
+  op(o);  // (copies of rounded values)
+}
+
+// DeepSeek-V2 / V3's multi-head latent attention (ModelSpec::mla), from the normed input h:
+//   q = q_b(norm(q_a(h))) (or q_proj(h)), its last rotary dims of each head rotated;
+//   c | k_rot = kv_a(h); k_rot rotated (one head); kv = kv_b(norm(c)), per head k_nope | v;
+//   k = per head k_nope | k_rot; v = per head v | zeros (to the query/key head size).
+void BlockProgram::build_latent_qkv(int q, int k, int v, int h) {
+  const ModelSpec& s = spec_;
+  const int64_t H = s.n_heads, HS = s.head_dim, dn = s.mla_nope_dim, dr = s.rope_dims(), dv = s.mla_v_dim,
+                RKV = s.mla_kv_rank, RQ = s.mla_q_rank;
+  const int kva = buffer("kv_a", RKV + dr);
+  if (RQ > 0) {
+    const int qa = buffer("q_a", RQ), qan = buffer("q_a_normed", RQ);
+    add_linear(qa, h, 0);  // (with kv_a: one group over h)
+    add_linear(kva, h, 1);
+    add_norm(qan, qa, NormRole::QLatent, 1, RQ, buffer("rstd_q_a", 1, true));
+    add_linear(q, qan, kMlaQbLinear);
+  } else {
+    add_linear(q, h, 0);
+    add_linear(kva, h, 1);
+  }
+  const int c = buffer("kv_latent", RKV), kr = buffer("k_rot", dr), cn = buffer("kv_latent_normed", RKV);
+  add_slice(c, kva, 0, RKV);
+  add_slice(kr, kva, RKV, dr);
+  add_norm(cn, c, NormRole::KvLatent, 1, RKV, buffer("rstd_kv_a", 1, true));
+  const int kvb = buffer("kv_b", H * (dn + dv)), kn = buffer("k_nope", H * dn), vh = buffer("v_heads", H * dv);
+  add_linear(kvb, cn, 2);
+  add_slice(kn, kvb, 0, dn, H, dn + dv);
+  add_slice(vh, kvb, dn, dv, H, dn + dv);
+  add_rope(q, H);  // (each head's last dr dims)
+  ops_.back().offset = dn;
+  ops_.back().head_dim = HS;
+  ops_.back().width = dr;
+  add_rope(kr, 1);
+  ops_.back().head_dim = dr;
+  ops_.back().width = dr;
+  add_concat(k, kn, kr, H, dn, dr, /*broadcast=*/true);
+  add_concat(v, vh, -1, H, dv, HS - dv, false);
+}
+
 void BlockProgram::add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups, int64_t stride) {
   BlockOp o{BlockOpKind::Slice};
   o.out = out;
@@ -257,7 +307,9 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     // norms that sit between the projections and rotary.
     const int qproj = s.qk_norm ? buf("q_proj", QD) : q, kproj = s.qk_norm ? buf("k_proj", KVD) : k;
     int gate = -1;  // (attn_output_gate: the attention output's gate)
-    if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
+    if (s.mla()) {  // DeepSeek: q, k, v through the latents
+      p.build_latent_qkv(q, k, v, h1);
+    } else if (s.fused_qkv && s.qkv_grouped) {  // falcon (new architecture): per kv group, q heads | k | v
       const int qkv = buf("qkv_proj", QD + 2 * KVD);
       const int64_t group = NH / NKV, stride = (group + 2) * HS;
       p.add_linear(qkv, h1, 0);
@@ -332,7 +384,7 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
       p.add_norm(k, kproj, NormRole::KHead, NKV, HS, buf("rstd_k", NKV, true));
       p.kv_only_ = false;
     }
-    if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope) {
+    if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope && !s.mla()) {
       p.add_rope(q, NH, /*query=*/true);
       p.kv_only_ = s.v_norm;
       p.add_rope(k, NKV);
@@ -349,6 +401,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
       o.round = true;
       p.op(o);
       att = gated;
+    }
+    if (s.mla() && s.mla_v_dim < HS) {  // (the values' padding cut off)
+      const int values = buf("attention_values", NH * s.mla_v_dim);
+      p.add_slice(values, att, 0, s.mla_v_dim, NH, HS);
+      att = values;
     }
     if (attn_out < 0) attn_out = p.buffer("o_proj", C);
     p.add_linear(attn_out, att, 3);
@@ -535,6 +592,7 @@ void BlockProgram::finish() {
       case BlockOpKind::Gather: break;  // (its backward reads the column list only)
       case BlockOpKind::PleMul: keep(o.in0); break;
       case BlockOpKind::ScaleColumns: break;  // (its backward reads the weights only)
+      case BlockOpKind::Concat: break;
       case BlockOpKind::Rope:
       case BlockOpKind::Residual:
       case BlockOpKind::Slice:

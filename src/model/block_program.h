@@ -29,15 +29,18 @@ namespace qlora {
 // PostFfn1, PreFfn2, PostFfn2: Gemma 4's MoE block (the dense MLP's output norm, the experts'
 // input and output norms).
 // PostPle: Gemma 4's post_per_layer_input_norm.
+// QLatent, KvLatent: DeepSeek's latent attention's q_a_layernorm and kv_a_layernorm.
 enum class NormRole : uint8_t {
-  Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead, PostFfn1, PreFfn2, PostFfn2, PostPle
+  Input, PostAttention, PreFfn, PostFfn, QHead, KHead, Unit, VHead, PostFfn1, PreFfn2, PostFfn2, PostPle, QLatent,
+  KvLatent
 };
 
 enum class BlockOpKind : uint8_t {
   Norm,       // out = norm(in0) with a weight (and rstd, or LayerNorm's mean and rstd, kept in
               // aux when training); RMSNorm or LayerNorm (+ bias) by the spec
   Linear,     // out = W in0 (+ bias) (+ LoRA)
-  Rope,       // in place on out (== in0): rotary on each head, the layer's tables
+  Rope,       // in place on out (== in0): rotary on each head, the layer's tables (from column
+              // `offset` of each head: DeepSeek's queries rotate their last dims)
   Attention,  // out = attention(q = in0, k = in1, v = in2); probabilities in aux
   GatedAct,   // out = act(in0) * in1: SwiGLU or GeGLU by the spec's mlp
   Act,        // out = act(in0): the plain MLP's activation (spec.act)
@@ -58,6 +61,9 @@ enum class BlockOpKind : uint8_t {
   Gather,      // out = columns gather_columns(gather) of in0, in that order (Qwen3-Next's fused
                // in_proj_qkvz / in_proj_ba rearranged into q|k|v, z, b and a)
   PleMul,      // out = in0 * the layer's per-layer inputs (BlockRun::ple; Gemma 4 E2B / E4B)
+  Concat,      // out = per group g of `groups`: in0's g-th `width` columns, then in1's g-th `width1`
+               // (broadcast: in1's only `width1`, the same for every group; in1 -1: zeros)
+               // (DeepSeek's keys: each head's own dims | the shared rotary key; values padded)
 };
 
 // Which layers an op runs on: every layer, or (hybrid models) the attention layers only or
@@ -85,6 +91,8 @@ struct BlockOp {
   int64_t offset = 0;            // Slice: first column
   int64_t groups = 1, group_stride = 0;
   float factor = 1.0f;           // Scale
+  int64_t width1 = 0;            // Concat: in1's columns per group
+  bool broadcast = false;        // Concat: in1 is one group for all
   int gather = -1;               // Gather: index of its column list (BlockProgram::gather_columns)
   LayerMixer mixer = LayerMixer::All;
   // Computes keys or values: skipped on layers that attend over another layer's (Gemma 4's
@@ -182,6 +190,9 @@ class BlockProgram {
   void add_norm(int out, int in, NormRole role, int64_t rows, int64_t width, int rstd);
   void add_linear(int out, int in, int which);
   void add_rope(int buf, int64_t heads, bool query = false);
+  void add_concat(int out, int a, int b, int64_t groups, int64_t wa, int64_t wb, bool broadcast);
+  // DeepSeek's latent attention: q, k and v (head_dim-wide heads, values zero-padded) from h.
+  void build_latent_qkv(int q, int k, int v, int h);
   void add_slice(int out, int in, int64_t offset, int64_t width, int64_t groups = 1, int64_t stride = 0);
   void add_clamp(int out, int in, float limit);  // (rounded)
   void add_scale(int out, int in, float factor);  // (rounded)

@@ -45,6 +45,7 @@ DeviceChoice parse_device(std::string_view s) {
 
 std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (int8_weights) return s.family + " with LLM.int8 weights";
+  if (s.mla()) return s.family + ": multi-head latent attention";
   if (s.moe()) return s.family + ": mixture-of-experts layers";
   if (s.attn_sinks) return s.family + ": attention sinks";
   if (s.has_global_geometry() || s.v_norm || s.layer_scalar || s.ple() || s.kv_shared_layers > 0)

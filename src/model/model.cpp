@@ -123,12 +123,16 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     check(static_cast<int64_t>(L.router_f32.size()) == spec.n_experts * spec.hidden, src.describe(),
           "tensor '" + n + "' is not (" + std::to_string(spec.n_experts) + ", " + std::to_string(spec.hidden) + ")");
     progress(n);
-    const std::string b = "model.layers." + std::to_string(l) + "." + spec.moe_score_bias;
-    L.router_score_bias = src.get(b);
-    check(static_cast<int64_t>(L.router_score_bias.size()) == spec.n_experts, src.describe(),
-          "tensor '" + b + "' has " + std::to_string(L.router_score_bias.size()) + " values for " +
-              std::to_string(spec.n_experts) + " experts");
-    progress(b);
+    if (spec.moe_has_score_bias()) {
+      const std::string b = "model.layers." + std::to_string(l) + "." + spec.moe_score_bias;
+      L.router_score_bias = src.get(b);
+      check(static_cast<int64_t>(L.router_score_bias.size()) == spec.n_experts, src.describe(),
+            "tensor '" + b + "' has " + std::to_string(L.router_score_bias.size()) + " values for " +
+                std::to_string(spec.n_experts) + " experts");
+      progress(b);
+    } else {  // (DeepSeek-V2's router has none: the routing reads zeros)
+      L.router_score_bias.assign(static_cast<size_t>(spec.n_experts), 0.0f);
+    }
   } else {
     L.router = dense_linear(kMoeRouterModule, spec.n_experts);
   }
@@ -334,6 +338,15 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
       for (int w = 7; w < kBlockLinearCount; ++w) linear(w);
     }
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o
+    if (spec.mla()) {  // (DeepSeek: the latents' norms and the query latent's up-projection)
+      if (spec.mla_q_rank > 0) {
+        L.q_a_norm = load_vector(src, name("self_attn.q_a_layernorm"), opt.compute_dtype);
+        progress(name("self_attn.q_a_layernorm"));
+      }
+      L.kv_a_norm = load_vector(src, name("self_attn.kv_a_layernorm"), opt.compute_dtype);
+      progress(name("self_attn.kv_a_layernorm"));
+      linear(kMlaQbLinear);
+    }
     if (spec.sandwich_norms) {
       if (spec.pre_norms) {
         L.pre_ffn_norm = load_vector(src, name("pre_feedforward_layernorm"), opt.compute_dtype);
@@ -432,7 +445,7 @@ size_t Model::weight_bytes() const {
   size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() +
              (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
-    b += (L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
+    b += (L.q_a_norm.size() + L.kv_a_norm.size() + L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
           L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_dt_bias.size() + L.la_norm.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
@@ -460,6 +473,7 @@ QuantLinear& LayerWeights::linear(int which) {
     case 11: return la_out;
     case kPleGateLinear: return ple_gate;
     case kPleProjLinear: return ple_proj;
+    case kMlaQbLinear: return mla_q_b;
   }
   fail("LayerWeights::linear", "no Linear " + std::to_string(which) + " in a block");
 }
@@ -480,6 +494,8 @@ const std::vector<float>& LayerWeights::norm(NormRole role) const {
     case NormRole::PreFfn2: return pre_ffn_norm2;
     case NormRole::PostFfn2: return post_ffn_norm2;
     case NormRole::PostPle: return ple_norm;
+    case NormRole::QLatent: return q_a_norm;
+    case NormRole::KvLatent: return kv_a_norm;
   }
   fail("LayerWeights::norm", "no such norm");
 }

@@ -45,6 +45,10 @@ struct LayerWeights {
   // post_per_layer_input_norm (C).
   QuantLinear ple_gate, ple_proj;
   std::vector<float> ple_norm;
+  // Latent attention (spec.mla()): q_b_proj (NH*HS, q rank) and the latents' norms, q_a_layernorm
+  // (q rank; empty without a query latent) and kv_a_layernorm (kv rank).
+  QuantLinear mla_q_b;
+  std::vector<float> q_a_norm, kv_a_norm;
   // sandwich_norms models (gemma2): post_norm normalizes the attention output, these the
   // MLP input and output (else empty).
   std::vector<float> pre_ffn_norm, post_ffn_norm;

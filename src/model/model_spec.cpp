@@ -71,6 +71,21 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "grouped fused q/k/v needs a fused qkv Linear; one norm per block needs the parallel residual");
   if (qkv_per_head && (!fused_qkv || n_kv_heads != n_heads))
     fail(where, "per-head fused q/k/v needs a fused qkv Linear and as many key/value heads as query heads");
+  if (mla()) {
+    if (mla_q_rank < 0 || mla_kv_rank > kMax || mla_q_rank > kMax || mla_nope_dim < 0 || mla_v_dim <= 0 ||
+        positional != PositionalKind::Rotary || rotary_dim <= 0 || head_dim != mla_nope_dim + rotary_dim)
+      fail(where, "latent attention needs positive kv_lora_rank, v_head_dim and qk_rope_head_dim and a head of "
+                  "qk_nope_head_dim + qk_rope_head_dim (got " + std::to_string(head_dim) + " = " +
+                  std::to_string(mla_nope_dim) + " + " + std::to_string(rotary_dim) + ")");
+    if (mla_v_dim > head_dim)
+      fail(where, "latent attention with value heads (v_head_dim " + std::to_string(mla_v_dim) +
+                      ") wider than the query/key heads (" + std::to_string(head_dim) +
+                      ") is not supported (every released DeepSeek model has them narrower)");
+    if (n_kv_heads != n_heads || fused_qkv || qk_norm || clip_qkv > 0.0f || attn_output_gate || hybrid() ||
+        has_global_geometry() || sandwich_norms || post_norm || parallel_residual || attn_sinks)
+      fail(where, "latent attention is built for DeepSeek's block (as many key/value heads as heads; no fused, "
+                  "normed, clamped or gated q/k/v)");
+  }
   if (embed_dim < 0 || embed_dim > kMax) fail(where, "implausible embedding width " + std::to_string(embed_dim));
   if (post_norm && (parallel_residual || sandwich_norms || shared_branch_norm || qk_norm))
     fail(where, "post-norm blocks with a parallel residual, sandwich, shared or q/k norms are not a known variant");
@@ -219,12 +234,20 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
                                                        {m[4], ffn, hidden, mlp_bias},
                                                        {m[5], ffn, hidden, mlp_bias},
                                                        {m[6], hidden, ffn, mlp_bias},
-                                                       absent, absent, absent, absent, absent, absent, absent}};
+                                                       absent, absent, absent, absent, absent, absent, absent, absent}};
   if (ple()) {
     l[kPleGateLinear] = {m[kPleGateLinear], ple_dim, hidden, false};
     l[kPleProjLinear] = {m[kPleProjLinear], hidden, ple_dim, false};
   }
   if (attn_output_gate) l[0].out = 2 * q_dim();  // (per head: the query, then its gate)
+  if (mla()) {  // (DeepSeek's latent attention: q_a / q_b or q_proj, kv_a, kv_b, o)
+    l[0] = mla_q_rank > 0 ? BlockLinearSpec{"self_attn.q_a_proj", mla_q_rank, hidden, qkv_bias}
+                          : BlockLinearSpec{"self_attn.q_proj", q_dim(), hidden, false};
+    l[1] = {"self_attn.kv_a_proj_with_mqa", mla_kv_rank + rope_dims(), hidden, qkv_bias};
+    l[2] = {"self_attn.kv_b_proj", n_heads * (mla_nope_dim + mla_v_dim), mla_kv_rank, false};
+    l[3] = {m[3], hidden, n_heads * mla_v_dim, o_bias};
+    if (mla_q_rank > 0) l[kMlaQbLinear] = {m[kMlaQbLinear], q_dim(), mla_q_rank, false};
+  }
   if (hybrid()) {
     l[7] = {m[7], la_conv_dim(), hidden, false};
     l[8] = {m[8], la_value_dim(), hidden, false};
@@ -297,6 +320,11 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     }
     linears(l, 0, 3);  // q, k, v
     linears(l, 3, 4);  // o
+    if (mla()) {  // (the latents' norms, the query latent's up-projection)
+      if (mla_q_rank > 0) t.push_back({layer_tensor_name(l, "self_attn.q_a_layernorm"), {mla_q_rank}});
+      t.push_back({layer_tensor_name(l, "self_attn.kv_a_layernorm"), {mla_kv_rank}});
+      linears(l, kMlaQbLinear, kMlaQbLinear + 1);
+    }
     if (sandwich_norms) {
       if (pre_norms) t.push_back({layer_tensor_name(l, "pre_feedforward_layernorm"), {hidden}});
       t.push_back({layer_tensor_name(l, "post_feedforward_layernorm"), {hidden}});
@@ -340,7 +368,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
         t.push_back({layer_tensor_name(l, n), {hidden}});
     } else if (layer_moe(l) && moe_fused_experts) {  // (transformers 5's fused experts)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
-      if (moe_f32_router())
+      if (moe_has_score_bias())
         t.push_back({"model.layers." + std::to_string(l) + "." + moe_score_bias,
                      moe_score_bias_rows ? std::vector<int64_t>{1, n_experts} : std::vector<int64_t>{n_experts}});
       t.push_back({fused_expert_name(l, 0), {n_experts, 2 * expert_ffn, hidden}});
@@ -348,7 +376,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (shared_expert && shared_expert_gate) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     } else if (layer_moe(l)) {  // (the Hub's order: router, experts, then the shared expert)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
-      if (moe_f32_router())
+      if (moe_has_score_bias())
         t.push_back({"model.layers." + std::to_string(l) + "." + moe_score_bias,
                      moe_score_bias_rows ? std::vector<int64_t>{1, n_experts} : std::vector<int64_t>{n_experts}});
       for (int64_t e = 0; e < n_experts; ++e)
@@ -389,6 +417,10 @@ std::string ModelSpec::summary() const {
   return (hf_wrapper.empty() ? "" : "the language model of a " + hf_wrapper + " (vision tower not loaded; text only), ") +
          family + ": " + std::to_string(n_layers) + " layers, hidden " + std::to_string(hidden) + ", heads " +
          std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " x " + std::to_string(head_dim) +
+         (mla() ? " (latent attention: kv rank " + std::to_string(mla_kv_rank) +
+                      (mla_q_rank > 0 ? ", q rank " + std::to_string(mla_q_rank) : "") + ", values " +
+                      std::to_string(mla_v_dim) + ")"
+                : "") +
          (has_global_geometry() ? " (full-attention layers " + std::to_string(n_heads) + "/" +
                                       std::to_string(attention_geometry(true).kv_heads) + " x " +
                                       std::to_string(global_head_dim) + (global_k_eq_v ? ", values = keys" : "") + ")"

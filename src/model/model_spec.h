@@ -39,17 +39,18 @@ struct TensorSpec {
 
 // The Linear layers of a block, in module order: q, k, v, o, gate, up, down, then the gated
 // DeltaNet's (hybrid models' linear-attention layers: in_proj_qkv, in_proj_z, in_proj_b,
-// in_proj_a, out_proj), then Gemma 4's per-layer-input gate and projection (E2B / E4B). This is the one list every part of the program indexes by
+// in_proj_a, out_proj), then Gemma 4's per-layer-input gate and projection (E2B / E4B), then
+// the query latent's up-projection of DeepSeek's latent attention (MLA). This is the one list every part of the program indexes by
 // (Model::set_adapter, Model::block_linear, train's BlockLinear, LoRA files, the merge, the
 // memory planner). A layer holds those of its kind only (ModelSpec::layer_has_linear).
-inline constexpr int kBlockLinearCount = 14;
+inline constexpr int kBlockLinearCount = 15;
 inline constexpr int kAttentionLinears = 7;  // q .. down: every family's
 inline constexpr std::array<const char*, kBlockLinearCount> kBlockLinearModules = {
     "self_attn.q_proj",        "self_attn.k_proj",       "self_attn.v_proj",       "self_attn.o_proj",
     "mlp.gate_proj",           "mlp.up_proj",            "mlp.down_proj",          "linear_attn.in_proj_qkv",
     "linear_attn.in_proj_z",   "linear_attn.in_proj_b",  "linear_attn.in_proj_a",  "linear_attn.out_proj",
-    "per_layer_input_gate",    "per_layer_projection"};
-inline constexpr int kPleGateLinear = 12, kPleProjLinear = 13;
+    "per_layer_input_gate",    "per_layer_projection",   "self_attn.q_b_proj"};
+inline constexpr int kPleGateLinear = 12, kPleProjLinear = 13, kMlaQbLinear = 14;
 
 // One of them in a given model: its module path inside the layer, shape and bias. A family
 // that fuses Linears (phi3's qkv_proj, gate_up_proj) holds the fused one in the first slot
@@ -316,7 +317,13 @@ struct ModelSpec {
   float moe_norm_min = 1e-12f;
   // The router whose weight is float32 with a score bias (GLM-4.5 / DeepSeek-V3's, ERNIE 4.5's),
   // and that bias's tensor name in a layer ((1, n_experts) when moe_score_bias_rows).
-  bool moe_f32_router() const { return moe_sigmoid_router || moe_biased_softmax; }
+  // DeepSeek-V2's (transformers' DeepseekV2TopkRouter): float32 softmax probabilities p, no score
+  // bias; with moe_groups > 1 only the moe_topk_groups groups of the best single p compete
+  // (group_limited_greedy); weights p (never renormalized) times moe_routed_scale.
+  bool moe_softmax_f32 = false;
+  bool moe_f32_router() const { return moe_sigmoid_router || moe_biased_softmax || moe_softmax_f32; }
+  // Whether that router has a score bias tensor (moe_score_bias).
+  bool moe_has_score_bias() const { return moe_sigmoid_router || moe_biased_softmax; }
   std::string moe_score_bias = "mlp.gate.e_score_correction_bias";
   bool moe_score_bias_rows = false;
   // GLM-4.5's multi-token-prediction layers after the last (model.layers.<n_layers + i>.*): kept
@@ -332,6 +339,33 @@ struct ModelSpec {
   float q_pos_scale(int64_t pos) const {
     return 1.0f + q_pos_scale_beta *
                       std::log(1.0f + std::floor(static_cast<float>(pos) / static_cast<float>(q_pos_scale_period)));
+  }
+  // DeepSeek-V2 / V3's multi-head latent attention (MLA: kv_lora_rank > 0; transformers'
+  // DeepseekV3Attention). Per token, with h the block's normed input:
+  //   q = q_b_proj(q_a_layernorm(q_a_proj(h))) (mla_q_rank > 0; else one q_proj): per head
+  //       mla_nope_dim unrotated dims, then rotary_dim rotated ones;
+  //   c | k_rot = kv_a_proj_with_mqa(h) (mla_kv_rank + rotary_dim), k_rot rotated, one for all heads;
+  //   kv_b_proj(kv_a_layernorm(c)) = per head its mla_nope_dim key dims, then mla_v_dim value dims;
+  //   keys per head = its nope dims | k_rot; softmax scaled by attn_scale (yarn's mscale_all_dim).
+  // head_dim = mla_nope_dim + rotary_dim (the query/key heads), n_kv_heads = n_heads. The values
+  // are padded with zeros to head_dim inside the block (the attention kernels and the KV cache
+  // take one head size) and the padding cut from its output before o_proj (n_heads x mla_v_dim).
+  // Linears: q_a_proj (or q_proj) in the q slot, kv_a_proj_with_mqa in k's, kv_b_proj in v's,
+  // q_b_proj in kMlaQbLinear's; norms NormRole::QLatent / KvLatent.
+  int64_t mla_q_rank = 0, mla_kv_rank = 0, mla_nope_dim = 0, mla_v_dim = 0;
+  bool mla() const { return mla_kv_rank > 0; }
+  // DeepSeek's softmax scale (transformers' yarn_apply_mscale): head_dim^-0.5 times
+  // mscale(factor, mscale_all_dim)^2 = (0.1 mscale_all_dim ln(factor) + 1)^2 when the rotary is
+  // scaled and rope_parameters names mscale_all_dim (0: absent), in float64 as Python computes it.
+  float attn_mscale_all_dim = 0.0f;
+  float mla_attention_scale() const {
+    double sc = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    const double f = rope_scaling.factor;
+    if (attn_mscale_all_dim != 0.0f && rope_scaling.type != RopeScaling::Type::None && f > 1.0) {
+      const double m = 0.1 * attn_mscale_all_dim * std::log(f) + 1.0;
+      sc *= m * m;
+    }
+    return static_cast<float>(sc);
   }
   // Per-head attention sinks (gpt-oss: self_attn.sinks, (n_heads)): a learned logit per head
   // that joins each softmax's denominator (the max taken over it too) and is then dropped.
@@ -366,6 +400,7 @@ struct ModelSpec {
   // attention layers have no DeltaNet Linears and its linear-attention layers no q, k, v, o.
   // (The family may still lack it: block_linears()' module null.)
   bool layer_has_linear(int64_t l, int which) const {
+    if (which == kMlaQbLinear) return mla() && mla_q_rank > 0;
     if (which == 2 && global_k_eq_v && layer_global(l)) return false;  // (Gemma 4: values = keys' projection)
     if ((which == 1 || which == 2) && layer_kv_shared(l)) return false;  // (Gemma 4: another layer's keys and values)
     if (which >= kPleGateLinear) return ple();

@@ -162,9 +162,13 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       sgemm_nt(T, E, R, g.lora_h.data(), R, router_lora->B.data(), R, d.data(), E, false);
       for (int64_t i = 0; i < T * E; ++i) logits[static_cast<size_t>(i)] += router_lora->scaling * d[static_cast<size_t>(i)];
     }
-    if (s.moe_biased_softmax) {  // ERNIE 4.5: p = softmax; the top k of p + bias; p / max(sum, norm_min)
-      std::vector<int32_t> order(static_cast<size_t>(E));
-      std::vector<float> choice(static_cast<size_t>(E));
+    if (s.moe_biased_softmax || s.moe_softmax_f32) {
+      // ERNIE 4.5: p = softmax; the top k of p + bias; p / max(sum, norm_min).
+      // DeepSeek-V2: the top k of p (group_limited_greedy: among the moe_topk_groups groups of the
+      // best single p, ties to the lower group), p x moe_routed_scale.
+      const int64_t G = s.moe_softmax_f32 ? s.moe_groups : 1, per = E / G;
+      std::vector<int32_t> order(static_cast<size_t>(E)), gorder(static_cast<size_t>(G));
+      std::vector<float> choice(static_cast<size_t>(E)), gscore(static_cast<size_t>(G));
       for (int64_t t = 0; t < T; ++t) {
         const float* lg = logits.data() + t * E;
         float* p = g.probs.data() + t * E;
@@ -173,7 +177,24 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
         for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(lg[e] - mx));
         for (int64_t e = 0; e < E; ++e) p[e] /= z;
         for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = p[e] + L.router_score_bias[static_cast<size_t>(e)];
-        std::iota(order.begin(), order.end(), 0);
+        order.clear();
+        if (G > 1) {  // (the experts of the best groups only)
+          for (int64_t gi = 0; gi < G; ++gi)
+            gscore[static_cast<size_t>(gi)] = *std::max_element(choice.begin() + gi * per, choice.begin() + (gi + 1) * per);
+          std::iota(gorder.begin(), gorder.end(), 0);
+          std::partial_sort(gorder.begin(), gorder.begin() + s.moe_topk_groups, gorder.end(), [&](int32_t a, int32_t b) {
+            return gscore[static_cast<size_t>(a)] > gscore[static_cast<size_t>(b)] ||
+                   (gscore[static_cast<size_t>(a)] == gscore[static_cast<size_t>(b)] && a < b);
+          });
+          std::sort(gorder.begin(), gorder.begin() + s.moe_topk_groups);
+          for (int64_t i = 0; i < s.moe_topk_groups; ++i)
+            for (int64_t e = gorder[static_cast<size_t>(i)] * per; e < (gorder[static_cast<size_t>(i)] + 1) * per; ++e)
+              order.push_back(static_cast<int32_t>(e));
+        } else {
+          order.resize(static_cast<size_t>(E));
+          std::iota(order.begin(), order.end(), 0);
+        }
+        check(static_cast<int64_t>(order.size()) >= K, "MoE", "fewer experts in the chosen groups than experts per token");
         std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
           return choice[static_cast<size_t>(a)] > choice[static_cast<size_t>(b)] ||
                  (choice[static_cast<size_t>(a)] == choice[static_cast<size_t>(b)] && a < b);
@@ -183,9 +204,9 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
           g.idx[static_cast<size_t>(t * K + k)] = order[static_cast<size_t>(k)];
           sum += g.top[static_cast<size_t>(t * K + k)] = p[order[static_cast<size_t>(k)]];
         }
-        g.sum[static_cast<size_t>(t)] = std::max(sum, s.moe_norm_min);
+        if (s.moe_biased_softmax) g.sum[static_cast<size_t>(t)] = std::max(sum, s.moe_norm_min);
         for (int64_t k = 0; k < K; ++k) {
-          float w = g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)];
+          float w = g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)] * s.moe_routed_scale;
           if (s.moe_round_weights) w = rounded(w, r.dtype);
           g.weight[static_cast<size_t>(t * K + k)] = w;
         }
@@ -542,6 +563,8 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   for (int64_t t = 0; t < T && !s.moe_sigmoid_router; ++t) {
     std::fill(dp.begin(), dp.end(), 0.0f);
     float* dw = dweight.data() + t * K;
+    if (s.moe_routed_scale != 1.0f)  // (DeepSeek-V2: w = p x scale)
+      for (int64_t k = 0; k < K; ++k) dw[k] *= s.moe_routed_scale;
     if (s.moe_gemma4)  // (w = top / sum * per_expert_scale: the scale is frozen)
       for (int64_t k = 0; k < K; ++k)
         dw[k] *= L.per_expert_scale[static_cast<size_t>(g.idx[static_cast<size_t>(t * K + k)])];

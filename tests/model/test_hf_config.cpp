@@ -281,6 +281,66 @@ TEST(HfConfig, Glm45AirConfig) {
   EXPECT_NEAR(static_cast<double>(s.num_params()) / 1e9, 106.8, 0.5);
 }
 
+// DeepSeek-V3's and DeepSeek-V2-Lite's config.json as published (their remote-code keys, the yarn
+// rope_scaling whose mscale_all_dim scales the softmax): the parameter counts transformers 5.23
+// gives these configs (AutoModelForCausalLM on the meta device: 671,026,404,352 and
+// 15,706,484,224; V3's counted here with its 58 x 256 score-bias values, a buffer there), and
+// transformers' softmax scales (0.1352337788608801, 0.1147213867929261).
+TEST(HfConfig, DeepseekV3AndV2LiteConfigs) {
+  const ModelSpec v3 = spec_from_hf_config(json::parse(R"({"architectures": ["DeepseekV3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3, "hidden_act": "silu", "hidden_size": 7168, "initializer_range": 0.02, "intermediate_size": 18432, "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v3", "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8, "n_routed_experts": 256, "n_shared_experts": 1, "norm_topk_prob": true, "num_attention_heads": 128, "num_experts_per_tok": 8, "num_hidden_layers": 61, "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"}, "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "seq_aux": true, "tie_word_embeddings": false, "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16", "transformers_version": "4.33.1", "use_cache": true, "v_head_dim": 128, "vocab_size": 129280})"), "config.json");
+  EXPECT_EQ(v3.family, "deepseek_v3");
+  ASSERT_TRUE(v3.mla());
+  EXPECT_EQ(v3.head_dim, 192);
+  EXPECT_EQ(v3.rope_dims(), 64);
+  EXPECT_EQ(v3.n_kv_heads, 128);
+  EXPECT_EQ(v3.mla_q_rank, 1536);
+  EXPECT_EQ(v3.mla_kv_rank, 512);
+  EXPECT_EQ(v3.mla_v_dim, 128);
+  EXPECT_TRUE(v3.rope_interleaved);
+  EXPECT_TRUE(v3.moe_sigmoid_router);
+  EXPECT_EQ(v3.moe_groups, 8);
+  EXPECT_EQ(v3.moe_topk_groups, 4);
+  EXPECT_EQ(v3.moe_dense_layers, 3);
+  EXPECT_EQ(v3.mtp_layers, 1);
+  EXPECT_FLOAT_EQ(v3.attn_scale, 0.1352337788608801f);
+  EXPECT_EQ(v3.num_params(), 671026404352 + 58 * 256);
+  const auto lin = v3.block_linears(3);
+  EXPECT_STREQ(lin[0].module, "self_attn.q_a_proj");
+  EXPECT_EQ(lin[kMlaQbLinear].out, 128 * 192);
+  EXPECT_EQ(lin[2].out, 128 * (128 + 128));
+  EXPECT_EQ(lin[3].in, 128 * 128);
+
+  const ModelSpec v2 = spec_from_hf_config(json::parse(R"({"architectures": ["DeepseekV2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "bos_token_id": 100000, "eos_token_id": 100001, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 10944, "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v2", "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 64, "n_shared_experts": 2, "norm_topk_prob": false, "num_attention_heads": 16, "num_experts_per_tok": 6, "num_hidden_layers": 27, "num_key_value_heads": 16, "pretraining_tp": 1, "q_lora_rank": null, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096, "type": "yarn"}, "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax", "seq_aux": true, "tie_word_embeddings": false, "topk_group": 1, "topk_method": "greedy", "torch_dtype": "bfloat16", "transformers_version": "4.39.3", "use_cache": true, "v_head_dim": 128, "vocab_size": 102400})"), "config.json");
+  EXPECT_EQ(v2.family, "deepseek_v2");
+  EXPECT_EQ(v2.mla_q_rank, 0);
+  EXPECT_FALSE(v2.layer_has_linear(0, kMlaQbLinear));
+  EXPECT_STREQ(v2.block_linears(0)[0].module, "self_attn.q_proj");
+  EXPECT_TRUE(v2.moe_softmax_f32);
+  EXPECT_FALSE(v2.moe_has_score_bias());
+  EXPECT_EQ(v2.moe_groups, 1);
+  EXPECT_EQ(v2.experts_per_token, 6);
+  EXPECT_EQ(v2.layer_ffn(1), 2 * 1408);
+  EXPECT_FLOAT_EQ(v2.attn_scale, 0.1147213867929261f);
+  EXPECT_EQ(v2.num_params(), 15706484224);
+
+  // Forms that are not DeepSeek's are refused by name.
+  auto err = [&](const std::string& patch) {
+    json c = json::parse(R"({"architectures": ["DeepseekV2ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "aux_loss_alpha": 0.001, "bos_token_id": 100000, "eos_token_id": 100001, "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 10944, "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v2", "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 64, "n_shared_experts": 2, "norm_topk_prob": false, "num_attention_heads": 16, "num_experts_per_tok": 6, "num_hidden_layers": 27, "num_key_value_heads": 16, "pretraining_tp": 1, "q_lora_rank": null, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096, "type": "yarn"}, "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax", "seq_aux": true, "tie_word_embeddings": false, "topk_group": 1, "topk_method": "greedy", "torch_dtype": "bfloat16", "transformers_version": "4.39.3", "use_cache": true, "v_head_dim": 128, "vocab_size": 102400})");
+    c.merge_patch(json::parse(patch));
+    try {
+      (void)spec_from_hf_config(c, "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err(R"({"topk_method":"noaux_tc"})").find("topk_method"), std::string::npos);
+  EXPECT_NE(err(R"({"v_head_dim":256})").find("v_head_dim"), std::string::npos);
+  EXPECT_NE(err(R"({"n_group":3,"topk_method":"group_limited_greedy"})").find("n_group"), std::string::npos);
+  EXPECT_NE(err(R"({"num_key_value_heads":4})").find("num_key_value_heads"), std::string::npos);
+  EXPECT_EQ(err(R"({"n_group":8,"topk_group":3,"topk_method":"group_limited_greedy"})"), "");
+}
+
 // Gemma 4's dense text model as its config.json is published (global_head_dim, the key/value
 // heads the full-attention layers share with attention_k_eq_v) and as transformers 5 saves it
 // (per_layer_config): the same spec. The forms that are not run yet are refused by name.

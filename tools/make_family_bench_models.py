@@ -78,6 +78,25 @@ FAMILIES = {
                                        moe_intermediate_size=352, n_shared_experts=1, first_k_dense_replace=1,
                                        routed_scaling_factor=2.5, max_position_embeddings=2048,
                                        tie_word_embeddings=False)),
+    # DeepSeek-V3's block at that size: latent attention (q rank 192, kv rank 128, 8 heads of 48 + 16
+    # rotary dims, values of 48, adjacent-pair rotary), layer 0 dense (1408), the other 7 eight
+    # experts of 352 in 2 groups behind the sigmoid router (top 2, x 2.5) plus a shared expert.
+    "deepseek_v3": ("DeepseekV3Config", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                             num_attention_heads=8, num_key_value_heads=8, q_lora_rank=192,
+                                             kv_lora_rank=128, qk_nope_head_dim=48, qk_rope_head_dim=16,
+                                             v_head_dim=48, n_routed_experts=8, num_experts_per_tok=2, n_group=2,
+                                             topk_group=1, moe_intermediate_size=352, n_shared_experts=1,
+                                             first_k_dense_replace=1, routed_scaling_factor=2.5,
+                                             max_position_embeddings=2048, tie_word_embeddings=False)),
+    # DeepSeek-V2-Lite's form at that size: no query latent (one q_proj), the same kv latent, the
+    # float32 softmax router (greedy, top 2 of 8, not renormalized) plus two shared experts.
+    "deepseek_v2": ("DeepseekV2Config", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                             num_attention_heads=8, num_key_value_heads=8, q_lora_rank=None,
+                                             kv_lora_rank=128, qk_nope_head_dim=48, qk_rope_head_dim=16,
+                                             v_head_dim=48, n_routed_experts=8, num_experts_per_tok=2,
+                                             topk_method="greedy", moe_intermediate_size=352, n_shared_experts=2,
+                                             first_k_dense_replace=1, routed_scaling_factor=1.0,
+                                             max_position_embeddings=2048, tie_word_embeddings=False)),
     # ERNIE-4.5-21B-A3B's block at that size: layer 0 dense (1408), the other 7 eight experts of 352
     # (top 2 of the biased softmax) plus two shared ones, adjacent-pair rotary, tied head.
     "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,

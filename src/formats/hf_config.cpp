@@ -168,6 +168,8 @@ ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
 
 ModelSpec read_hf_config(const std::string& path) { return spec_from_hf_config(parse_file(path), path); }
 
+json read_config_json(const std::string& path) { return parse_file(path); }
+
 GenerationConfig generation_config_from_json(const json& j, const std::string& where) {
   GenerationConfig g;
   if (!j.is_object()) fail(where, "expected a JSON object");

@@ -21,6 +21,8 @@ namespace qlora {
 ModelSpec spec_from_hf_config(const nlohmann::json& config, const std::string& where);
 // Reads and parses `path` (a config.json).
 ModelSpec read_hf_config(const std::string& path);
+// A config.json's JSON object; an Error naming the file when it is not valid JSON or not an object.
+nlohmann::json read_config_json(const std::string& path);
 
 // The parts of generation_config.json generation uses; absent keys stay empty.
 struct GenerationConfig {

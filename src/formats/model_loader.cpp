@@ -11,6 +11,8 @@
 #include "base/error.h"
 #include "base/mapped_file.h"
 #include "formats/byte_tokenizer.h"
+#include "formats/fp8_checkpoint.h"
+#include "formats/hf_config.h"
 #include "formats/gguf.h"
 #include "formats/llama2c_model.h"
 #include "formats/llama2c_tokenizer.h"
@@ -70,7 +72,10 @@ const char* const kQuantSuffixes[] = {".absmax", ".quant_map", ".nested_absmax",
 
 class SafeTensorsSource : public TensorSource {
  public:
-  SafeTensorsSource(const std::vector<std::string>& paths, std::string where) : where_(std::move(where)) {
+  // fp8: the checkpoint's FP8 block scheme (config.json's quantization_config), if any.
+  SafeTensorsSource(const std::vector<std::string>& paths, std::string where,
+                    std::optional<Fp8BlockScheme> fp8 = std::nullopt)
+      : where_(std::move(where)), fp8_(fp8) {
     for (const std::string& p : paths) {
       files_.push_back(std::make_unique<SafeTensorsFile>(p));
       for (const SafeTensorInfo& t : files_.back()->tensors()) {
@@ -84,6 +89,25 @@ class SafeTensorsSource : public TensorSource {
     for (const auto& [name, f] : index_)
       if (name.ends_with(kBlocks) && index_.count(name.substr(0, name.size() - kBlocks.size()) + "_scales"))
         mxfp4_.insert(name.substr(0, name.size() - kBlocks.size()));
+    // FP8 weights (formats/fp8_checkpoint.h): F8 codes beside <name>_scale_inv. Read only with the
+    // config's scheme; FP8 codes with scales of a kind not read here are refused, never taken as
+    // they are (that would be silently wrong weights).
+    for (const auto& [name, f] : index_) {
+      const SafeTensorInfo& t = files_[f]->at(name);
+      if (t.dtype != DType::F8_E4M3 && t.dtype != DType::F8_E5M2) continue;
+      if (index_.count(name + "_scale_inv")) {
+        if (!fp8_)
+          fail(files_[f]->path(), "tensor '" + name + "' is FP8 with block scales ('" + name +
+                                      "_scale_inv'), but config.json has no quantization_config with quant_method fp8");
+        check(t.dtype == DType::F8_E4M3, files_[f]->path(), "tensor '" + name + "': only e4m3 FP8 weights are read");
+        fp8_scaled_.insert(name);
+      } else if (name.ends_with(".weight") &&
+                 (index_.count(name.substr(0, name.size() - 7) + ".weight_scale") || fp8_)) {
+        fail(files_[f]->path(), "tensor '" + name + "' is FP8 without a '" + name +
+                                    "_scale_inv' block scale (per-tensor or per-channel 'weight_scale' checkpoints, "
+                                    "compressed-tensors' or modelopt's, are not read yet)");
+      }
+    }
   }
 
   std::vector<std::string> names() const override {
@@ -102,6 +126,10 @@ class SafeTensorsSource : public TensorSource {
         const std::string module = name.substr(0, name.rfind('.'));
         if (index_.count(module + ".weight")) aux = true;
       }
+      // An FP8 weight's block scales belong to it; a static activation scheme's input scales
+      // are not used (the weights are dequantized, as transformers does off a GPU).
+      if (name.ends_with("_scale_inv") && fp8_scaled_.count(name.substr(0, name.size() - 10))) aux = true;
+      if (fp8_ && name.ends_with(".input_scale") && index_.count(name.substr(0, name.size() - 12) + ".weight")) aux = true;
       if (!aux) n.push_back(name);
     }
     return n;
@@ -158,7 +186,18 @@ class SafeTensorsSource : public TensorSource {
     if (!dtype_is_float(t.dtype))
       fail(f.path(), "tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) +
                          ", expected a floating-point type");
-    return f.to_float(t);
+    std::vector<float> out = f.to_float(t);
+    if (fp8_scaled_.count(name)) {  // codes x their blocks' scales
+      const SafeTensorsFile& sf = file_of(name + "_scale_inv");
+      const SafeTensorInfo& st = sf.at(name + "_scale_inv");
+      check(dtype_is_float(st.dtype) && t.shape.size() == 2 && st.shape.size() <= 2, sf.path(),
+            "'" + name + "_scale_inv' must be a float grid of block scales for a 2-D weight");
+      const std::vector<float> scale = sf.to_float(st);
+      const int64_t sr = st.shape.size() == 2 ? st.shape[0] : 1, sc = st.shape.size() == 2 ? st.shape[1] : static_cast<int64_t>(scale.size());
+      check(static_cast<int64_t>(scale.size()) == sr * sc, sf.path(), "'" + name + "_scale_inv' is not a 2-D grid");
+      apply_fp8_block_scales(out.data(), t.shape[0], t.shape[1], scale.data(), sr, sc, *fp8_, f.path(), name);
+    }
+    return out;
   }
 
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override {
@@ -192,7 +231,8 @@ class SafeTensorsSource : public TensorSource {
     }
     const SafeTensorsFile& f = file_of(name);
     const SafeTensorInfo& t = f.at(name);
-    if (quant_state_tensor(f, name) || int8_scb_file(f, name) || t.shape.empty()) return TensorSource::get_slice(name, i);
+    if (quant_state_tensor(f, name) || int8_scb_file(f, name) || fp8_scaled_.count(name) || t.shape.empty())
+      return TensorSource::get_slice(name, i);
     check(dtype_is_float(t.dtype), f.path(), "tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) +
                                                  ", expected a floating-point type");
     check(i >= 0 && i < t.shape[0], f.path(), "tensor '" + name + "' has no slice " + std::to_string(i));
@@ -254,6 +294,8 @@ class SafeTensorsSource : public TensorSource {
   std::vector<std::unique_ptr<SafeTensorsFile>> files_;
   std::map<std::string, size_t> index_;
   std::set<std::string> mxfp4_;  // names of MXFP4 pairs (without _blocks / _scales)
+  std::optional<Fp8BlockScheme> fp8_;
+  std::set<std::string> fp8_scaled_;  // FP8 weights with their <name>_scale_inv
 };
 
 // A family's Hugging Face names (gpt_neox.layers.0.attention.query_key_value.weight) seen
@@ -795,6 +837,7 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
       const std::string config = (dir / "config.json").string();
       if (!fs::exists(config)) fail(path, "no config.json next to the weights (needed for the architecture)");
       m.spec = read_hf_config(config);
+      const std::optional<Fp8BlockScheme> fp8 = checkpoint_fp8_scheme(read_config_json(config), config);
       std::vector<std::string> files;
       if (m.format == ModelFormat::HfDirectory) {
         if (!fs::exists(dir / "model.safetensors") && !fs::exists(dir / "model.safetensors.index.json")) {
@@ -806,7 +849,7 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
       } else {
         files = {path};
       }
-      m.tensors = std::make_unique<SafeTensorsSource>(files, path);
+      m.tensors = std::make_unique<SafeTensorsSource>(files, path, fp8);
       if (!m.spec.hf_wrapper.empty()) {
         m.tensors = make_wrapped_source(std::move(m.tensors));
         // transformers ties the wrapper model's lm_head by the outer flag, unless the file

@@ -161,6 +161,36 @@ def main():
             elif cfg["model_type"] == "gemma4_text" and "per_layer_model_projection" in ex.stderr:
                 # (llama.cpp's gemma4 multiplies per_layer_model_proj without adapters: refused by name)
                 print(json.dumps({"family": f, "llama_cpp": "lora_gguf refused as expected: " + ex.stderr.strip()}))
+            elif cfg["model_type"] == "deepseek_v3" and "llama.cpp's deepseek2 multiplies" in ex.stderr:
+                # (llama.cpp's deepseek2 multiplies the latent projections without adapters: refused by name) The
+                # adapter without them (o_proj, experts, router), as a LoRA GGUF on llama.cpp, against PeftModel.
+                print(json.dumps({"family": f, "llama_cpp": "lora_gguf refused as expected: " + ex.stderr.strip()}))
+                import shutil
+                from peft import PeftModel
+                from safetensors.torch import save_file
+                latent = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")
+                part = Path(tmp) / f"{f}-no-latent"
+                shutil.copytree(FIX / f / "initial_adapter", part)
+                sd = load_file(str(part / "adapter_model.safetensors"))
+                save_file({k: v for k, v in sd.items() if not any(f".{m}." in k for m in latent)},
+                          str(part / "adapter_model.safetensors"))
+                acj = json.loads((part / "adapter_config.json").read_text())
+                acj["target_modules"] = [m for m in acj["target_modules"] if m not in latent]
+                (part / "adapter_config.json").write_text(json.dumps(acj))
+                base = AutoModelForCausalLM.from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation="eager")
+                pm = PeftModel.from_pretrained(base, str(part)).eval()
+                with torch.no_grad():
+                    want_part = pm(torch.tensor([ref["prompt"]])).logits[0].numpy()
+                lora_part = Path(tmp) / f"g{fams.index(f)}-lora-part.gguf"
+                subprocess.run([a.qlora, "export-adapter", str(part), "--model", str(src), "--quant", "none", "--type",
+                                "f32", "--out", str(lora_part), "-q"], check=True)
+                llm = Llama(model_path=str(gg), lora_path=str(lora_part), n_ctx=64, logits_all=True, verbose=False,
+                            type_k=0, type_v=0, flash_attn=False)
+                llm.eval(ref["prompt"])
+                got = np.array(llm.scores[: len(ref["prompt"])], dtype=np.float32)
+                rel = float(abs(got - want_part).max() / abs(want_part).max())
+                worst_cpp = max(worst_cpp, rel / 1e-3)
+                print(json.dumps({"family": f, "llama_cpp": "lora_gguf without the latent projections", "max_abs_dlogit_rel_to_max_logit": rel}))
             else:
                 sys.exit(f"{f}: qlora export-adapter failed: {ex.stderr}")
             tok = ["--tokenizer", str(gg)] if src != gg else []  # (the HF fixtures have no tokenizer)

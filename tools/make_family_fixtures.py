@@ -699,7 +699,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1208,9 +1208,107 @@ def write_gguf_gemma4(model, path: Path):
     _finish(w)
 
 
+def write_gguf_deepseek2(model, path: Path):
+    """As convert_hf_to_gguf.py's DeepseekV2Model writes DeepSeek-V2 / V3: llama.cpp's MLA form
+    (head_count_kv 1, key_length kv_lora_rank + rope dims, value_length kv_lora_rank, the per-head
+    sizes under key_length_mla / value_length_mla), kv_b_proj split per head into attn_k_b
+    (transposed: (heads, kv_lora_rank, nope)) and attn_v_b ((heads, v, kv_lora_rank)), no q/k row
+    permutation (llama.cpp's deepseek2 rotates adjacent pairs), experts stacked, the score bias as
+    exp_probs_b.bias, 0.1 x mscale_all_dim as yarn_log_multiplier."""
+    import gguf
+    import numpy as np
+    c = model.config
+    H, nope, rope, v, kvr = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                             c.kv_lora_rank)
+    w = gguf.GGUFWriter(str(path), "deepseek2")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(H)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    rp = c.rope_parameters
+    w.add_rope_freq_base(rp["rope_theta"])
+    w.add_expert_count(c.n_routed_experts)
+    w.add_expert_used_count(c.num_experts_per_tok)
+    if getattr(c, "n_group", None) is not None:
+        w.add_expert_group_count(c.n_group)
+        w.add_expert_group_used_count(c.topk_group)
+    sigmoid = c.model_type == "deepseek_v3"
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID if sigmoid else gguf.ExpertGatingFuncType.SOFTMAX)
+    if rp.get("rope_type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rp["factor"])
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+        if "beta_fast" in rp:
+            w.add_rope_scaling_yarn_beta_fast(rp["beta_fast"])
+        if "beta_slow" in rp:
+            w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_leading_dense_block_count(c.first_k_dense_replace)
+    w.add_vocab_size(c.vocab_size)
+    if c.q_lora_rank is not None:
+        w.add_q_lora_rank(c.q_lora_rank)
+    w.add_kv_lora_rank(kvr)
+    w.add_key_length(kvr + rope)
+    w.add_value_length(kvr)
+    w.add_key_length_mla(nope + rope)
+    w.add_value_length_mla(v)
+    w.add_expert_feed_forward_length(c.moe_intermediate_size)
+    w.add_expert_shared_count(c.n_shared_experts)
+    w.add_expert_weights_scale(c.routed_scaling_factor)
+    if getattr(c, "norm_topk_prob", False) and sigmoid:
+        w.add_expert_weights_norm(True)
+    w.add_rope_dimension_count(rope)
+    if rp.get("rope_type") == "yarn" and rp.get("mscale_all_dim"):
+        w.add_rope_scaling_yarn_log_mul(0.1 * rp["mscale_all_dim"])
+    _add_test_vocab(w, c.vocab_size)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.q_a_proj": "attn_q_a", "self_attn.q_a_layernorm": "attn_q_a_norm",
+             "self_attn.q_b_proj": "attn_q_b", "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa",
+             "self_attn.kv_a_layernorm": "attn_kv_a_norm", "self_attn.o_proj": "attn_output",
+             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down", "mlp.gate": "ffn_gate_inp",
+             "mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
+             "mlp.shared_experts.down_proj": "ffn_down_shexp"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        if name == "lm_head.weight":
+            w.add_tensor("output.weight", t)
+            continue
+        if name == "model.embed_tokens.weight":
+            w.add_tensor("token_embd.weight", t)
+            continue
+        if name == "model.norm.weight":
+            w.add_tensor("output_norm.weight", t)
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == "mlp.experts" and suffix == "gate_up_proj":  # (E, 2F, C): gate rows, then up rows
+            F = t.shape[1] // 2
+            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
+            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
+            continue
+        if mod == "mlp.experts" and suffix == "down_proj":
+            w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t))
+            continue
+        if mod == "mlp.gate" and suffix == "e_score_correction_bias":
+            w.add_tensor(f"blk.{layer}.exp_probs_b.bias", np.ascontiguousarray(t))
+            continue
+        if mod == "self_attn.kv_b_proj":  # per head [k_nope | v] rows -> attn_k_b (transposed), attn_v_b
+            kv = t.reshape(H, nope + v, kvr)
+            w.add_tensor(f"blk.{layer}.attn_k_b.weight", np.ascontiguousarray(kv[:, :nope].transpose(0, 2, 1)))
+            w.add_tensor(f"blk.{layer}.attn_v_b.weight", np.ascontiguousarray(kv[:, nope:]))
+            continue
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
 def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
     if arch in ("qwen35", "qwen35moe", "qwen3next"):
         return write_gguf_qwen35(model, path, arch)
+    if arch == "deepseek2":
+        return write_gguf_deepseek2(model, path)
     if arch == "gemma4":
         return write_gguf_gemma4(model, path)
     import gguf

@@ -123,6 +123,16 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     if (arch == "gemma4" && canonical == "model.per_layer_model_projection")
       fail(out_path, "the adapter has LoRA on per_layer_model_projection, which llama.cpp's gemma4 multiplies without "
                      "adapters: merge it into a GGUF instead (qlora merge --out FILE.gguf), or train without that module");
+    // llama.cpp's deepseek2 multiplies the latent attention's input projections with plain ggml_mul_mat (no
+    // adapters: measured, a LoRA GGUF on them leaves its logits those of the base model there), and splits
+    // kv_b_proj into attn_k_b / attn_v_b; only o_proj, the MLPs, the experts and the router take adapters.
+    if (arch == "deepseek2")
+      for (const char* m : {".self_attn.q_proj", ".self_attn.q_a_proj", ".self_attn.q_b_proj",
+                            ".self_attn.kv_a_proj_with_mqa", ".self_attn.kv_b_proj"})
+        if (canonical.ends_with(m))
+          fail(out_path, "the adapter has LoRA on " + std::string(m + 11) + ", which llama.cpp's deepseek2 multiplies "
+                         "without adapters (of the attention it adapts o_proj only): merge it into a GGUF instead (qlora "
+                         "merge --out FILE.gguf), or train with --target o_proj (and --target-parameters for the experts and router)");
     const auto gname = hf_to_gguf_tensor_name(canonical + ".weight", arch, arch == "falcon" && !spec.shared_branch_norm);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;

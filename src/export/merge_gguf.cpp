@@ -171,8 +171,30 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
-  if (s.moe_sigmoid_router && arch != "glm4moe")
+  const bool deepseek2 = arch == "deepseek2";
+  if (s.moe_sigmoid_router && arch != "glm4moe" && !deepseek2)
     fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
+  if (s.mla() != deepseek2)
+    fail(out_path, "a " + arch + " GGUF cannot carry " + (s.mla() ? "latent attention" : "this model's attention"));
+  if (deepseek2) {  // what llama.cpp's deepseek2 graph runs (src/models/deepseek2.cpp, llama-graph's build_moe_ffn)
+    if (s.qkv_bias || s.o_bias || s.shared_expert_gate || s.mlp_bias ||
+        (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0))
+      fail(out_path, "llama.cpp's deepseek2 has no attention or MLP biases and shared experts of whole expert widths; "
+                     "this model differs: no GGUF form");
+    if (s.moe_softmax_f32 && s.moe_groups > 1)
+      fail(out_path, "llama.cpp limits a deepseek2 softmax router's groups by the sum of their two best experts, where "
+                     "DeepSeek-V2's group_limited_greedy takes the best one: no GGUF form that runs this model");
+    if (s.rope_scaling.type == RopeScaling::Type::Yarn && s.attn_mscale_all_dim != 0.0f &&
+        s.rope_scaling.attention_factor != 1.0f)
+      fail(out_path, "llama.cpp takes a deepseek2 yarn's mscale equal to its mscale_all_dim (rotary attention factor 1); "
+                     "this model's is " + std::to_string(s.rope_scaling.attention_factor) + ": no GGUF form");
+    if (s.mla_q_rank == 0 && s.n_layers != 26 && s.n_layers != 27 && opt.log)
+      std::fprintf(stderr,
+                   "note: %s: llama.cpp reads a deepseek2 GGUF without a query latent (q_lora_rank) only for 26- or "
+                   "27-layer models (DeepSeek-V2-Lite's; its is_lite test): this %lld-layer one is written as the "
+                   "converter would, and qlora reads it\n",
+                   out_path.c_str(), static_cast<long long>(s.n_layers));
+  }
   if (s.moe_biased_softmax != (arch == "ernie4_5-moe") ||
       (arch == "ernie4_5-moe" && (s.shared_expert_gate || s.mlp_bias || s.qkv_bias || s.o_bias)))
     fail(out_path, "llama.cpp's ernie4_5-moe runs ERNIE 4.5's biased softmax router, ungated shared experts and no "
@@ -181,7 +203,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                             (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
     fail(out_path, "llama.cpp's glm4moe runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
-  if (s.moe() && arch != "glm4moe") {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+  if (s.moe() && arch != "glm4moe" && !deepseek2) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
@@ -236,14 +258,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
-  } else {
-    w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(s.n_kv_heads));
+  } else {  // (deepseek2: one, the latent's, as its converter writes it)
+    w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" ||
-        gemma4 || arch == "glm4moe" || arch == "ernie4_5-moe")
+        gemma4 || arch == "glm4moe" || arch == "ernie4_5-moe" || deepseek2)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -257,6 +279,22 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }
+    } else if (deepseek2) {  // as convert_hf_to_gguf.py's DeepseekV2Model
+      w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
+      w.set_u32(a + "expert_shared_count", static_cast<uint32_t>(s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0));
+      w.set_u32(a + "expert_gating_func", s.moe_sigmoid_router ? 2 : 1);
+      w.set_f32(a + "expert_weights_scale", s.moe_routed_scale);
+      w.set_bool(a + "expert_weights_norm", s.norm_topk);
+      if (s.moe_groups > 1) {
+        w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
+        w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
+      }
+      if (s.mla_q_rank > 0) w.set_u32(a + "attention.q_lora_rank", static_cast<uint32_t>(s.mla_q_rank));
+      w.set_u32(a + "attention.kv_lora_rank", static_cast<uint32_t>(s.mla_kv_rank));
+      w.set_u32(a + "attention.key_length_mla", static_cast<uint32_t>(s.head_dim));
+      w.set_u32(a + "attention.value_length_mla", static_cast<uint32_t>(s.mla_v_dim));
+      if (s.attn_mscale_all_dim != 0.0f)
+        w.set_f32(a + "rope.scaling.yarn_log_multiplier", 0.1f * s.attn_mscale_all_dim);
     } else if (arch == "ernie4_5-moe") {  // as convert_hf_to_gguf.py's Ernie4_5MoeModel
       w.set_u32(a + "interleave_moe_layer_step", 1);
       w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
@@ -410,7 +448,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (arch != "phi3") fail(out_path, "a " + arch + " GGUF cannot carry longrope scaling");
     w.set_f32(a + "rope.scaling.attn_factor", rs.attention_factor);
   }
-  if (s.head_dim * s.n_heads != s.hidden || gemma4 || arch == "glm4moe") {
+  if (deepseek2) {  // (the latent's sizes: MLA's per-head ones are key_length_mla / value_length_mla)
+    w.set_u32(a + "attention.key_length", static_cast<uint32_t>(s.mla_kv_rank + s.rope_dims()));
+    w.set_u32(a + "attention.value_length", static_cast<uint32_t>(s.mla_kv_rank));
+  } else if (s.head_dim * s.n_heads != s.hidden || gemma4 || arch == "glm4moe") {
     w.set_u32(a + "attention.key_length", static_cast<uint32_t>(gemma4 ? global_head : s.head_dim));
     w.set_u32(a + "attention.value_length", static_cast<uint32_t>(gemma4 ? global_head : s.head_dim));
   }
@@ -603,6 +644,44 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
           std::vector<float> out;
           out.reserve(pick.size() * static_cast<size_t>(C));
           for (int64_t r : pick) out.insert(out.end(), v.begin() + r * C, v.begin() + (r + 1) * C);
+          if (--*uses == 0) std::vector<float>().swap(*fused);
+          if (bar) bar->update(++*done, gname);
+          return encode(out, type);
+        });
+      }
+      continue;
+    }
+    if (deepseek2 && spec_t.name.ends_with(".self_attn.kv_b_proj.weight")) {
+      // kv_b_proj's per-head [key nope | value] rows as DeepseekV2Model splits them: attn_k_b, each
+      // head's key rows transposed ((heads, kv rank, nope)), and attn_v_b ((heads, v, kv rank)).
+      const std::string hf = spec_t.name, blk = "blk." + hf.substr(std::string("model.layers.").size(),
+                                                                   hf.find(".self_attn.") - std::string("model.layers.").size());
+      const int64_t H = s.n_heads, N = s.mla_nope_dim, V = s.mla_v_dim, R = s.mla_kv_rank;
+      auto fused = std::make_shared<std::vector<float>>();
+      auto uses = std::make_shared<int>(2);
+      for (int value = 0; value < 2; ++value) {
+        const std::string gname = blk + (value ? ".attn_v_b.weight" : ".attn_k_b.weight");
+        const int64_t cols = value ? R : N;  // (the rows each block quantizes along)
+        GgmlType type = opt.q4_k_m ? gguf_q4_k_m_type(gname, 3, cols, s.n_layers, s.tied_embeddings, false) : opt.type;
+        if (ggml_traits(type).block_size > 1 && cols % ggml_traits(type).block_size != 0) {
+          fell_back.push_back(gname);
+          type = GgmlType::F16;
+        }
+        const std::vector<int64_t> shape = value ? std::vector<int64_t>{H, V, R} : std::vector<int64_t>{H, R, N};
+        w.add_tensor(gname, type, shape, [&model, &adapters, &bar, done, hf, value, H, N, V, R, type, gname, fused, uses] {
+          if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
+          const std::vector<float>& kv = *fused;  // (H (N + V), R)
+          std::vector<float> out;
+          out.reserve(static_cast<size_t>(H * (value ? V : N) * R));
+          for (int64_t h = 0; h < H; ++h) {
+            const float* rows = kv.data() + h * (N + V) * R;
+            if (value) {
+              out.insert(out.end(), rows + N * R, rows + (N + V) * R);
+            } else {
+              for (int64_t c = 0; c < R; ++c)
+                for (int64_t i = 0; i < N; ++i) out.push_back(rows[i * R + c]);
+            }
+          }
           if (--*uses == 0) std::vector<float>().swap(*fused);
           if (bar) bar->update(++*done, gname);
           return encode(out, type);

@@ -831,6 +831,17 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     fail(f.path(), "embedding_length " + std::to_string(hp.hidden_size) + " is not a multiple of head_count " +
                        std::to_string(hp.num_heads));
   hp.head_dim = size_key(a + "attention.key_length", hp.hidden_size / hp.num_heads);
+  if (f.has(a + "attention.kv_lora_rank")) {  // (deepseek2: MLA's head sizes, not the latent's)
+    hp.kv_lora_rank = size_key(a + "attention.kv_lora_rank", std::nullopt);
+    if (f.has(a + "attention.q_lora_rank")) hp.q_lora_rank = size_key(a + "attention.q_lora_rank", std::nullopt);
+    hp.mla_split = f.has(a + "attention.key_length_mla");
+    if (hp.mla_split) {
+      hp.head_dim = size_key(a + "attention.key_length_mla", std::nullopt);
+      hp.mla_value_dim = size_key(a + "attention.value_length_mla", std::nullopt);
+    } else {
+      hp.mla_value_dim = size_key(a + "attention.value_length", hp.head_dim);
+    }
+  }
   hp.rope_dim = size_key(a + "rope.dimension_count", hp.head_dim);
   if (hp.num_heads % hp.num_kv_heads != 0)
     fail(f.path(), "head_count " + std::to_string(hp.num_heads) + " is not a multiple of head_count_kv " +

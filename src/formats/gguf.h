@@ -283,6 +283,13 @@ struct GgufLlamaHParams {
   // .expert_group_used_count (0: absent).
   int64_t nextn_layers = 0, leading_dense_blocks = 0, expert_shared_count = 0, expert_gating_func = 0;
   int64_t expert_group_count = 0, expert_group_used_count = 0;
+  // deepseek2's latent attention: {arch}.attention.q_lora_rank (0: none, one attn_q) and
+  // kv_lora_rank (0: not a latent-attention GGUF). head_dim is then the query/key heads' size
+  // and mla_value_dim the value heads' (llama.cpp's MLA form: key_length_mla / value_length_mla,
+  // key_length and value_length being the latent's; older GGUFs: key_length / value_length
+  // themselves). mla_split: the form whose kv_b is stored as attn_k_b / attn_v_b.
+  int64_t q_lora_rank = 0, kv_lora_rank = 0, mla_value_dim = 0;
+  bool mla_split = false;
   int64_t moe_layer_step = 0;  // {arch}.interleave_moe_layer_step (0: absent)
   float expert_weights_scale = 0.0f;
   // True when llama.cpp stored attn_q/attn_k rows permuted (architecture "llama"):

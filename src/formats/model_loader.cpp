@@ -376,6 +376,7 @@ class GgufSource : public TensorSource {
     for (const auto& [layer, parts] : gpt_oss_)
       for (int p = 0; p < 4; ++p) fused_.emplace(fused_expert_name(layer, p), std::pair{layer, p});
     if (hp_.architecture == "qwen3next") index_qwen3next_qkvz();
+    if (hp_.mla_split) index_deepseek_kv_b();
   }
   const GgufFile& file() const { return file_; }
   const GgufLlamaHParams& hparams() const { return hp_; }
@@ -414,6 +415,42 @@ class GgufSource : public TensorSource {
   }
   std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> qkvz_;
 
+  // deepseek2 (llama.cpp's MLA form): its converter splits kv_b_proj ((heads, nope + v, kv rank):
+  // per head the key's nope rows, then the value's) into attn_k_b, each head's key part
+  // transposed ((heads, kv rank, nope)), and attn_v_b ((heads, v, kv rank)): presented as the one
+  // Linear again (transformers' and PEFT's module), under model.layers.N.self_attn.kv_b_proj.weight.
+  void index_deepseek_kv_b() {
+    for (int64_t l = 0; l < hp_.num_layers; ++l) {
+      const std::string k = layer_tensor_name(l, "self_attn.k_b_proj"), v = layer_tensor_name(l, "self_attn.v_b_proj");
+      auto ki = index_.find(k), vi = index_.find(v);
+      if (ki == index_.end() && vi == index_.end()) continue;
+      if (ki == index_.end() || vi == index_.end())
+        fail(file_.path(), "layer " + std::to_string(l) + " has only one of attn_k_b and attn_v_b");
+      const GgufTensorInfo &kt = *ki->second, &vt = *vi->second;
+      const int64_t H = hp_.num_heads, R = hp_.kv_lora_rank, V = hp_.mla_value_dim, N = hp_.head_dim - hp_.rope_dim;
+      check(kt.dims == std::vector<int64_t>{N, R, H} && vt.dims == std::vector<int64_t>{R, V, H}, file_.path(),
+            "tensors '" + kt.name + "' / '" + vt.name + "' are not {" + std::to_string(N) + ", " + std::to_string(R) +
+                ", " + std::to_string(H) + "} and {" + std::to_string(R) + ", " + std::to_string(V) + ", " +
+                std::to_string(H) + "} (key_length_mla - rope dims, kv_lora_rank, heads; value_length_mla)");
+      kv_b_.emplace(layer_tensor_name(l, "self_attn.kv_b_proj"), std::pair{&kt, &vt});
+      index_.erase(ki);
+      index_.erase(vi);
+    }
+  }
+  std::vector<float> deepseek_kv_b(const GgufTensorInfo& kt, const GgufTensorInfo& vt) const {
+    const std::vector<float> kb = file_.tensor_to_f32(kt), vb = file_.tensor_to_f32(vt);
+    const int64_t H = hp_.num_heads, R = hp_.kv_lora_rank, V = hp_.mla_value_dim, N = hp_.head_dim - hp_.rope_dim;
+    std::vector<float> out(static_cast<size_t>(H * (N + V) * R));
+    for (int64_t h = 0; h < H; ++h) {
+      float* rows = out.data() + h * (N + V) * R;
+      for (int64_t c = 0; c < R; ++c)  // (k_b[h][c][i] is row i's column c)
+        for (int64_t i = 0; i < N; ++i) rows[i * R + c] = kb[static_cast<size_t>((h * R + c) * N + i)];
+      std::copy_n(vb.data() + h * V * R, V * R, rows + N * R);
+    }
+    return out;
+  }
+  std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> kv_b_;
+
   // qwen35 (convert_hf_to_gguf.py's Qwen3_5TextModel) stores the (1 + w) RMSNorms' weights as
   // 1 + w (not the gated DeltaNet's own norm), A_log as -exp(A_log), and the DeltaNet's value
   // heads tiled over the key heads: back to transformers' form.
@@ -449,10 +486,12 @@ class GgufSource : public TensorSource {
     for (const auto& [k, t] : experts_) n.push_back(k);
     for (const auto& [k, t] : fused_) n.push_back(k);
     for (const auto& [k, t] : qkvz_) n.push_back(k);
+    for (const auto& [k, t] : kv_b_) n.push_back(k);
     return n;
   }
   bool has(const std::string& name) const override {
-    return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0 || qkvz_.count(name) != 0;
+    return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0 || qkvz_.count(name) != 0 ||
+           kv_b_.count(name) != 0;
   }
   std::vector<int64_t> shape(const std::string& name) const override {
     if (auto f = fused_.find(name); f != fused_.end()) {  // transformers' fused shapes
@@ -476,6 +515,7 @@ class GgufSource : public TensorSource {
       const std::vector<int64_t> a = z->second.first->shape(), b = z->second.second->shape();
       return {a[0] + b[0], a[1]};
     }
+    if (kv_b_.count(name)) return {hp_.num_heads * (hp_.head_dim - hp_.rope_dim + hp_.mla_value_dim), hp_.kv_lora_rank};
     std::vector<int64_t> s = info(name).shape();
     // (qwen35's conv taps, (channels, kernel) in llama.cpp, are transformers' (channels, 1, kernel))
     if (s.size() == 2 && name.ends_with(".linear_attn.conv1d.weight")) s.insert(s.begin() + 1, 1);
@@ -495,6 +535,7 @@ class GgufSource : public TensorSource {
       return all;
     }
     if (auto z = qkvz_.find(name); z != qkvz_.end()) return qwen3next_qkvz(*z->second.first, *z->second.second);
+    if (auto kv = kv_b_.find(name); kv != kv_b_.end()) return deepseek_kv_b(*kv->second.first, *kv->second.second);
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
@@ -653,7 +694,7 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
                     gguf_supported_architectures() + ")");
   // The registry's family for this architecture (gguf_architecture_supported() said there is one).
   const ModelFamily* fam = find_family_by_gguf_arch(hp.architecture);
-  if (hp.rope_dim != hp.head_dim && !(fam && fam->partial_rotary))
+  if (hp.rope_dim != hp.head_dim && !(fam && fam->partial_rotary) && hp.kv_lora_rank == 0)
     fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
                     std::to_string(hp.head_dim) + ") are not supported for " + hp.architecture);
   if ((!hp.kv_heads_per_layer.empty() || !hp.ffn_per_layer.empty()) && hp.architecture != "gemma4")

@@ -1111,6 +1111,25 @@ TEST(Gemma4Gguf, LoraGgufRefusesThePerLayerProjection) {
   EXPECT_FALSE(std::filesystem::exists(tmp.path("a.gguf")));
 }
 
+// llama.cpp's deepseek2 multiplies the latent attention's projections (q_a, q_b, kv_a_mqa, and
+// kv_b split into attn_k_b / attn_v_b) without adapters: measured with tools/check_family_merges.py,
+// a LoRA GGUF on them leaves llama.cpp's logits 0.48-0.71 (relative) from PeftModel's. Refused by
+// name; merges carry them, and a LoRA GGUF of the other modules is written.
+TEST(DeepseekGguf, LoraGgufRefusesTheLatentProjections) {
+  const Model m = load_path(family_dir("deepseek_v3") + "/model.gguf");
+  const LoadedAdapter a = load_adapter(family_dir("deepseek_v3") + "/initial_adapter", m);
+  TempDir tmp("deepseek_lora_gguf");
+  try {
+    write_lora_gguf(a, m.spec(), tmp.path("a.gguf"), GgmlType::F32, false);
+    ADD_FAILURE() << "an adapter on the latent projections was written to a LoRA GGUF";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("llama.cpp's deepseek2 multiplies without adapters"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(tmp.path("a.gguf")));
+  EXPECT_EQ(m.spec().family, "deepseek_v3");  // (read back from the GGUF's sigmoid router)
+  EXPECT_TRUE(m.spec().mla());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                          ::testing::Values("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text_gguf",
                                            "llama_rope_llama3", "llama_rope_linear", "qwen2_rope_yarn", "phi3",
@@ -1121,7 +1140,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "qwen3_moe", "olmoe", "gpt_oss_gguf", "ministral3", "ernie4_5",
                                            "hunyuan_v1_dense", "qwen3_5_gguf", "qwen3_5_moe_gguf", "qwen3_next_gguf",
                                            "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
-                                           "seed_oss"),
+                                           "seed_oss", "deepseek_v3"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -174,17 +174,75 @@ void deepseek_v2_write(const ModelSpec& s, ordered_json& j) {
   j["norm_topk_prob"] = false;
 }
 
+// As llama.cpp runs a deepseek2 GGUF (convert_hf_to_gguf.py's DeepseekV2Model, both versions):
+// the latent ranks, MLA's head sizes (hparams: key_length_mla / value_length_mla, or the older
+// files' key_length / value_length), one key/value "head" in the metadata but keys and values
+// expanded to every head as transformers does, adjacent-pair rotary, yarn's softmax mscale from
+// yarn_log_multiplier (0.1 x mscale_all_dim; mscale taken equal to it, as llama.cpp does, so the
+// rotary's own attention factor is 1); the sigmoid router (expert_gating_func 2: V3's) or the
+// softmax one (1, or absent: V2's), the dense lead, shared experts of whole expert widths,
+// expert_weights_scale (absent or 0: 1) and expert_weights_norm.
+void deepseek2_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  const std::string& where = hp.path;
+  if (hp.kv_lora_rank <= 0) fail(where, "a deepseek2 GGUF without attention.kv_lora_rank");
+  if (hp.expert_count <= 0) fail(where, "a deepseek2 GGUF without expert_count");
+  s.mla_kv_rank = hp.kv_lora_rank;
+  s.mla_q_rank = hp.q_lora_rank;
+  s.head_dim = hp.head_dim;
+  s.rotary_dim = hp.rope_dim;
+  s.mla_nope_dim = hp.head_dim - hp.rope_dim;
+  s.mla_v_dim = hp.mla_value_dim;
+  s.n_kv_heads = s.n_heads;
+  s.rope_interleaved = true;
+  s.qkv_bias = s.o_bias = false;
+  if (s.rope_scaling.type == RopeScaling::Type::Yarn && hp.yarn_log_mul > 0.0f) {
+    s.attn_mscale_all_dim = hp.yarn_log_mul / 0.1f;
+    s.rope_scaling.attention_factor = 1.0f;
+  }
+  s.attn_scale = s.mla_attention_scale();
+  s.moe_dense_layers = hp.leading_dense_blocks;
+  s.shared_expert = hp.expert_shared_count > 0;
+  s.shared_expert_ffn = hp.expert_shared_count * s.expert_ffn;
+  s.shared_expert_gate = false;
+  s.moe_routed_scale = hp.expert_weights_scale > 0.0f ? hp.expert_weights_scale : 1.0f;
+  s.moe_groups = hp.expert_group_count > 1 ? hp.expert_group_count : 1;
+  s.moe_topk_groups = hp.expert_group_count > 1 ? hp.expert_group_used_count : 1;
+  s.norm_topk = hp.expert_weights_norm == 1;
+  s.moe_fused_experts = true;  // (the loader reads the experts per expert, as the GGUF presents them)
+  s.mtp_layers = 0;
+  if (hp.expert_gating_func == 2) {
+    s.family = "deepseek_v3";
+    s.moe_sigmoid_router = true;
+  } else if (hp.expert_gating_func == 0 || hp.expert_gating_func == 1) {
+    s.family = "deepseek_v2";
+    s.moe_softmax_f32 = true;
+  } else {
+    fail(where, "deepseek2.expert_gating_func " + std::to_string(hp.expert_gating_func) +
+                    ": DeepSeek's routers are softmax (1) or sigmoid (2)");
+  }
+}
+
 }  // namespace
+
+// llama.cpp's deepseek2 names for the latent attention's tensors (attn_k_b / attn_v_b: its MLA
+// form's split kv_b_proj, joined again by the GGUF reader), and the router's score bias.
+constexpr GgufLayerName kDeepseek2GgufNames[] = {
+    {"attn_q_a", "self_attn.q_a_proj"},          {"attn_q_a_norm", "self_attn.q_a_layernorm"},
+    {"attn_q_b", "self_attn.q_b_proj"},          {"attn_kv_a_mqa", "self_attn.kv_a_proj_with_mqa"},
+    {"attn_kv_a_norm", "self_attn.kv_a_layernorm"}, {"attn_kv_b", "self_attn.kv_b_proj"},
+    {"attn_k_b", "self_attn.k_b_proj"},          {"attn_v_b", "self_attn.v_b_proj"}};
+constexpr GgufLayerName kDeepseek2GgufParams[] = {{"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"}};
 
 // Their module tree names the shared experts mlp.shared_experts (Qwen2-MoE's canonical
 // mlp.shared_expert), as GLM-4.5's does.
 constexpr HfRename kDeepseekRenames[] = {{".mlp.shared_experts.", ".mlp.shared_expert."}};
 
 const ModelFamily kDeepseekV3 = [] {
-  ModelFamily f{"deepseek_v3", "DeepseekV3ForCausalLM", "", 0, 4096, 10000.0f, false, false, deepseek_v3_read,
-                deepseek_v3_write};
+  ModelFamily f{"deepseek_v3", "DeepseekV3ForCausalLM", "deepseek2", 0, 4096, 10000.0f, false, false, deepseek_v3_read,
+                deepseek_v3_write, deepseek2_gguf};
   f.hf_renames = kDeepseekRenames;
-  f.no_gguf_reason = "llama.cpp's deepseek2 GGUFs are not read or written here yet";
+  f.gguf_layer_names = kDeepseek2GgufNames;
+  f.gguf_layer_params = kDeepseek2GgufParams;
   return f;
 }();
 
@@ -192,7 +250,7 @@ const ModelFamily kDeepseekV2 = [] {
   ModelFamily f{"deepseek_v2", "DeepseekV2ForCausalLM", "", 0, 2048, 10000.0f, false, false, deepseek_v2_read,
                 deepseek_v2_write};
   f.hf_renames = kDeepseekRenames;
-  f.no_gguf_reason = "llama.cpp's deepseek2 GGUFs are not read or written here yet";
+  f.gguf_export_arch = "deepseek2";  // (read through deepseek_v3's entry, which picks the version by its router)
   return f;
 }();
 

@@ -1208,13 +1208,15 @@ def write_gguf_gemma4(model, path: Path):
     _finish(w)
 
 
-def write_gguf_deepseek2(model, path: Path):
+def write_gguf_deepseek2(model, path: Path, legacy: bool = False):
     """As convert_hf_to_gguf.py's DeepseekV2Model writes DeepSeek-V2 / V3: llama.cpp's MLA form
     (head_count_kv 1, key_length kv_lora_rank + rope dims, value_length kv_lora_rank, the per-head
     sizes under key_length_mla / value_length_mla), kv_b_proj split per head into attn_k_b
     (transposed: (heads, kv_lora_rank, nope)) and attn_v_b ((heads, v, kv_lora_rank)), no q/k row
     permutation (llama.cpp's deepseek2 rotates adjacent pairs), experts stacked, the score bias as
-    exp_probs_b.bias, 0.1 x mscale_all_dim as yarn_log_multiplier."""
+    exp_probs_b.bias, 0.1 x mscale_all_dim as yarn_log_multiplier.
+    legacy: the form of the converter before llama.cpp's MLA split (early 2025): head_count_kv the
+    heads, key_length / value_length the per-head sizes, no *_mla keys, kv_b_proj whole (attn_kv_b)."""
     import gguf
     import numpy as np
     c = model.config
@@ -1226,7 +1228,7 @@ def write_gguf_deepseek2(model, path: Path):
     w.add_block_count(c.num_hidden_layers)
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(H)
-    w.add_head_count_kv(1)
+    w.add_head_count_kv(H if legacy else 1)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     rp = c.rope_parameters
     w.add_rope_freq_base(rp["rope_theta"])
@@ -1251,10 +1253,14 @@ def write_gguf_deepseek2(model, path: Path):
     if c.q_lora_rank is not None:
         w.add_q_lora_rank(c.q_lora_rank)
     w.add_kv_lora_rank(kvr)
-    w.add_key_length(kvr + rope)
-    w.add_value_length(kvr)
-    w.add_key_length_mla(nope + rope)
-    w.add_value_length_mla(v)
+    if legacy:
+        w.add_key_length(nope + rope)
+        w.add_value_length(v)
+    else:
+        w.add_key_length(kvr + rope)
+        w.add_value_length(kvr)
+        w.add_key_length_mla(nope + rope)
+        w.add_value_length_mla(v)
     w.add_expert_feed_forward_length(c.moe_intermediate_size)
     w.add_expert_shared_count(c.n_shared_experts)
     w.add_expert_weights_scale(c.routed_scaling_factor)
@@ -1294,6 +1300,9 @@ def write_gguf_deepseek2(model, path: Path):
             continue
         if mod == "mlp.gate" and suffix == "e_score_correction_bias":
             w.add_tensor(f"blk.{layer}.exp_probs_b.bias", np.ascontiguousarray(t))
+            continue
+        if mod == "self_attn.kv_b_proj" and legacy:
+            w.add_tensor(f"blk.{layer}.attn_kv_b.weight", np.ascontiguousarray(t))
             continue
         if mod == "self_attn.kv_b_proj":  # per head [k_nope | v] rows -> attn_k_b (transposed), attn_v_b
             kv = t.reshape(H, nope + v, kvr)
@@ -1927,6 +1936,13 @@ def build(family: str):
                   f"max |dlogit| {float(abs(lm - deq_logits.numpy()).max()):.2e}")
             print(f"{family}: llama.cpp on model_mxfp4.gguf vs transformers (float experts): "
                   f"max |dlogit| {float(abs(lm - want.numpy()).max()):.2e}")
+        if GGUF_ARCH[family] == "deepseek2":  # the older form too (attn_kv_b whole, no MLA keys)
+            write_gguf_deepseek2(model, out / "model_legacy.gguf", legacy=True)
+            ld = float(abs(llama_cpp_logits(out / "model_legacy.gguf", prompt[0].tolist()) - want.numpy()).max())
+            print(f"{family}: llama.cpp on model_legacy.gguf vs transformers: max |dlogit| {ld:.2e}")
+            if ld > tol:
+                sys.exit(f"{family}: llama.cpp disagrees with transformers on the legacy deepseek2 GGUF ({ld})")
+            ref["gguf_legacy_llama_cpp_max_abs_diff"] = ld
         if GGUF_ARCH[family] == "phi2":  # the fused-Wqkv layout too
             write_gguf_phi2(model, out / "model_fused_qkv.gguf", fused_qkv=True)
             fd = float(abs(llama_cpp_logits(out / "model_fused_qkv.gguf", prompt[0].tolist()) - want.numpy()).max())

@@ -1115,6 +1115,18 @@ TEST(Gemma4Gguf, LoraGgufRefusesThePerLayerProjection) {
 // kv_b split into attn_k_b / attn_v_b) without adapters: measured with tools/check_family_merges.py,
 // a LoRA GGUF on them leaves llama.cpp's logits 0.48-0.71 (relative) from PeftModel's. Refused by
 // name; merges carry them, and a LoRA GGUF of the other modules is written.
+// The deepseek2 GGUFs written before llama.cpp's MLA split (early 2025): kv_b_proj whole
+// (attn_kv_b), head_count_kv the heads, key_length / value_length the per-head sizes. llama.cpp
+// still runs them (the fixture script checks: 8.9e-6 of transformers); so do we.
+TEST(DeepseekGguf, LegacyFormGivesTransformersLogits) {
+  const Fixture x = read_fixture("deepseek_v3");
+  const Model m = load_path(family_dir("deepseek_v3") + "/model_legacy.gguf");
+  EXPECT_EQ(m.spec().n_kv_heads, m.spec().n_heads);
+  EXPECT_EQ(m.spec().mla_v_dim, 16);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "deepseek_v3 legacy gguf");
+}
+
 TEST(DeepseekGguf, LoraGgufRefusesTheLatentProjections) {
   const Model m = load_path(family_dir("deepseek_v3") + "/model.gguf");
   const LoadedAdapter a = load_adapter(family_dir("deepseek_v3") + "/initial_adapter", m);

@@ -97,6 +97,14 @@ FAMILIES = {
                                              topk_method="greedy", moe_intermediate_size=352, n_shared_experts=2,
                                              first_k_dense_replace=1, routed_scaling_factor=1.0,
                                              max_position_embeddings=2048, tie_word_embeddings=False)),
+    # Granite MoE's block at that size (granite-3.0-1b-a400m's multipliers): every layer 8 experts of
+    # 352 (top 2), Granite's embedding / attention / residual / logit multipliers, tied head.
+    "granitemoe": ("GraniteMoeConfig", dict(hidden_size=512, intermediate_size=352, num_hidden_layers=8,
+                                            num_attention_heads=8, num_key_value_heads=4, num_local_experts=8,
+                                            num_experts_per_tok=2, embedding_multiplier=12.0,
+                                            attention_multiplier=0.015625, residual_multiplier=0.22,
+                                            logits_scaling=6.0, max_position_embeddings=2048,
+                                            tie_word_embeddings=True)),
     # ERNIE-4.5-21B-A3B's block at that size: layer 0 dense (1408), the other 7 eight experts of 352
     # (top 2 of the biased softmax) plus two shared ones, adjacent-pair rotary, tied head.
     "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,

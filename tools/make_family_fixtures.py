@@ -93,6 +93,18 @@ FAMILIES = {
     # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
                                       router_jitter_noise=0.0, tie_word_embeddings=False, _moe=True)),
+    # IBM Granite MoE (granitemoe: granite-3.0-1b-a400m / 3b-a800m): Granite's four multipliers on
+    # Mixtral's router (softmax over the top 2 logits) and experts stored fused (block_sparse_moe
+    # input_linear (E, 2F, C), output_linear (E, C, F), router.layer), 4 experts of 32. PEFT 0.21's
+    # all-linear adapts its attention only: the adapter names the experts and the router too
+    # (target_parameters under transformers' module tree, block_sparse_moe.experts / .router).
+    "granitemoe": ("GraniteMoeConfig", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=32,
+                                            rope_theta=10000.0, embedding_multiplier=3.0, attention_multiplier=0.2,
+                                            residual_multiplier=0.4, logits_scaling=2.5, tie_word_embeddings=False,
+                                            _target_parameters=["block_sparse_moe.experts.gate_up_proj",
+                                                                "block_sparse_moe.experts.down_proj",
+                                                                "block_sparse_moe.router.weight"],
+                                            _moe=True)),
     # Qwen2-MoE: q/k/v biases, 4 experts of 32, top 2 not renormalized, a shared expert of 48
     # behind its sigmoid gate.
     "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -699,7 +711,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1391,7 +1403,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
     else:
         w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    if arch == "granite":  # as convert_hf_to_gguf.py's GraniteModel
+    if arch in ("granite", "granitemoe"):  # as convert_hf_to_gguf.py's GraniteModel (GraniteMoeModel derives from it)
         w.add_attention_scale(c.attention_multiplier)
         w.add_embedding_scale(c.embedding_multiplier)
         w.add_residual_scale(c.residual_multiplier)
@@ -1452,7 +1464,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
              # mixture of experts (llama.cpp's names; the 3-D experts are split below)
              "mlp.gate": "ffn_gate_inp", "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
              "mlp.shared_expert.up_proj": "ffn_up_shexp", "mlp.shared_expert.down_proj": "ffn_down_shexp",
-             "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
+             "mlp.shared_expert_gate": "ffn_gate_inp_shexp", "block_sparse_moe.router": "ffn_gate_inp"}
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
     if rope_factors is not None:
@@ -1484,13 +1496,14 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             else:
                 w.add_tensor(f"blk.{layer}.ffn_down_exps.bias", np.ascontiguousarray(t))
             continue
-        elif name.endswith(".mlp.experts.gate_up_proj"):  # (E, 2F, C): gate rows, then up rows
+        elif name.endswith(".mlp.experts.gate_up_proj") or name.endswith(".block_sparse_moe.experts.gate_up_proj"):
+            # (E, 2F, C): gate rows, then up rows (Granite MoE's module tree: block_sparse_moe)
             layer = name.split(".")[2]
             F = t.shape[1] // 2
             w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
             w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
             continue
-        elif name.endswith(".mlp.experts.down_proj"):  # (E, C, F)
+        elif name.endswith(".mlp.experts.down_proj") or name.endswith(".block_sparse_moe.experts.down_proj"):  # (E, C, F)
             w.add_tensor(f"blk.{name.split('.')[2]}.ffn_down_exps.weight", np.ascontiguousarray(t))
             continue
         else:
@@ -1498,9 +1511,9 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             mod, suffix = rest.rsplit(".", 1)
             if mod == "mlp.shared_expert_gate":  # (1, C): llama.cpp's is one row of n_embd
                 t = t.reshape(-1)
-            if arch in ("llama", "granite", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.q_proj":
+            if arch in ("llama", "granite", "granitemoe", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.q_proj":
                 t = permute(t, c.num_attention_heads)
-            if arch in ("llama", "granite", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.k_proj":
+            if arch in ("llama", "granite", "granitemoe", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.k_proj":
                 t = permute(t, c.num_key_value_heads)
             gname = names.get(mod)
             if arch == "ernie4_5-moe":  # (Ernie4_5MoeModel: the shared experts; the score bias (1, E) as it is)
@@ -1551,7 +1564,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

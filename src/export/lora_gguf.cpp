@@ -40,7 +40,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_string("general.name", std::filesystem::path(out_path).stem().string());
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   // llama.cpp scales every adapted tensor by alpha / (its lora_a's rank): a layer of another
   // rank or alpha (the experts' gate_up_proj under PEFT's all-linear: 2r, 2 alpha) gets the
@@ -90,9 +90,14 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
       }
   }
   for (const LoraLayer& L : adapter.lora->layers()) {
-    if (L.module_path.find(".mlp.experts.") != std::string::npos) continue;  // (above)
-    // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones)
-    const std::string canonical = hf_to_canonical(spec, L.module_path);
+    if (L.module_path.find(".mlp.experts.") != std::string::npos ||
+        L.module_path.find(".block_sparse_moe.experts.") != std::string::npos)
+      continue;  // (above)
+    // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones;
+    // Granite MoE's router module, block_sparse_moe.router, is the canonical mlp.gate)
+    std::string canonical = hf_to_canonical(spec, L.module_path);
+    if (spec.moe_granite && canonical.ends_with(".block_sparse_moe.router"))
+      canonical = canonical.substr(0, canonical.size() - std::string_view(".block_sparse_moe.router").size()) + ".mlp.gate";
     if (arch == "qwen3next" && canonical.ends_with(".linear_attn.in_proj_qkvz")) {
       // Qwen3-Next's fused projection goes to llama.cpp as attn_qkv and attn_gate (merge_gguf.cpp):
       // the same A for both, B's per-key-head rows split between them.

@@ -169,7 +169,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "smollm3" || arch == "olmo" ||
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   const bool deepseek2 = arch == "deepseek2";
   if (s.moe_sigmoid_router && arch != "glm4moe" && !deepseek2)
@@ -204,7 +204,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "llama.cpp's glm4moe runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
   if (s.moe() && arch != "glm4moe" && !deepseek2) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
-    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" ||
+    const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
@@ -264,7 +264,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
-    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" ||
+    if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
         gemma4 || arch == "glm4moe" || arch == "ernie4_5-moe" || deepseek2)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
@@ -412,7 +412,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);
-  if (arch == "granite") {  // as convert_hf_to_gguf.py's GraniteModel
+  if (arch == "granite" || arch == "granitemoe") {  // as convert_hf_to_gguf.py's GraniteModel (and GraniteMoeModel)
     w.set_f32(a + "attention.scale", s.attn_scale > 0.0f ? s.attn_scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim)));
     w.set_f32(a + "embedding_scale", s.embed_multiplier);
     w.set_f32(a + "residual_scale", s.residual_multiplier);
@@ -427,7 +427,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (!fixed) fail(out_path, "llama.cpp's cohere2 slides (and rotates) three layers of four; this model's layers differ");
     w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
   }
-  if (arch != "granite" && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
+  if (arch != "granite" && arch != "granitemoe" && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
                             (arch != "command-r" && arch != "cohere2" && s.logit_multiplier != 1.0f))) {
     fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
   }

@@ -977,7 +977,8 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
                      std::to_string(hp.ssm_inner_size) + " not one of it");
   }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
-  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "smollm3" ||
+  hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "granitemoe" ||
+                        hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
   return hp;
 }

@@ -43,6 +43,8 @@ std::string moe_module_path(const ModelSpec& spec, const std::string& canonical)
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
   // (gpt-oss's router is mlp.router, in its files and its modules alike)
   // (Gemma 4's is router.proj, an nn.Linear: its files' name)
+  // (Granite MoE's module is block_sparse_moe.router, whatever its files call it)
+  if (spec.moe_granite) return moe_module_path(spec, "model.layers." + std::to_string(layer) + ".block_sparse_moe.router");
   return spec.moe_gpt_oss || spec.moe_gemma4 ? canonical_to_hf(spec, moe_router_path(layer))
                                              : moe_module_path(spec, moe_router_path(layer));
 }
@@ -50,7 +52,8 @@ std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
 }
 std::string moe_experts_module(const ModelSpec& spec, int64_t layer) {
-  return moe_module_path(spec, "model.layers." + std::to_string(layer) + ".mlp.experts");
+  return moe_module_path(spec, "model.layers." + std::to_string(layer) +
+                                   (spec.moe_granite ? ".block_sparse_moe.experts" : ".mlp.experts"));
 }
 std::string moe_expert_path(const ModelSpec& spec, int64_t layer, int64_t expert, int part) {
   return moe_experts_module(spec, layer) + "." + std::to_string(expert) + (part == 0 ? ".gate_up_proj" : ".down_proj");
@@ -126,7 +129,9 @@ void LoraModel::add_moe_layers(const Model& model) {
   // GLM-4.5 (its shared experts notwithstanding): the same, the router included (its float32
   // nn.Parameter, which PEFT's ParamWrapper adapts), and no MLP Linear (measured: all-linear's
   // target_modules are q/k/v/o_proj only; the block constructor leaves the MLP slots out).
-  if (!s.moe_gpt_oss && !s.moe_gemma4 && cfg_.all_linear && cfg_.target_parameters.empty() &&
+  // Granite MoE: the attention only (measured: PEFT's expansion lists the attention's full
+  // module paths, target_parameters none).
+  if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_granite && cfg_.all_linear && cfg_.target_parameters.empty() &&
       (!s.shared_expert || s.moe_f32_router())) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {

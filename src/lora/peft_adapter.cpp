@@ -25,9 +25,14 @@ constexpr const char* kGateUpPattern = ".*\\.gate_up_proj";
 
 // "model.layers.<l>.mlp.experts.<e>.gate_up_proj" / ".down_proj" (lora_model.h
 // moe_expert_path): the experts module, expert and part (0 gate_up, 1 down); false otherwise.
+// (Granite MoE's: ".block_sparse_moe.experts.<e>...")
 bool parse_expert_path(std::string_view path, std::string* module, int64_t* expert, int* part) {
-  constexpr std::string_view kExperts = ".mlp.experts.";
-  const size_t at = path.find(kExperts);
+  std::string_view kExperts = ".mlp.experts.";
+  size_t at = path.find(kExperts);
+  if (at == std::string_view::npos) {
+    kExperts = ".block_sparse_moe.experts.";
+    at = path.find(kExperts);
+  }
   if (at == std::string_view::npos) return false;
   std::string_view rest = path.substr(at + kExperts.size());
   const size_t dot = rest.find('.');
@@ -396,8 +401,9 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     check(h.A != nullptr, wpath, "missing key '" + peft_lora_key(path, 'A') + "'");
     check(h.B != nullptr, wpath, "missing key '" + peft_lora_key(path, 'B') + "'");
     // MoE experts, stacked (save_peft_adapter has the layout): one LoRA per expert here.
-    const bool inner = path.ends_with(".mlp.experts.base_layer");
-    if (inner || path.ends_with(".mlp.experts")) {
+    // (Granite MoE's module tree: block_sparse_moe.experts)
+    const bool inner = path.ends_with(".mlp.experts.base_layer") || path.ends_with(".block_sparse_moe.experts.base_layer");
+    if (inner || path.ends_with(".mlp.experts") || path.ends_with(".block_sparse_moe.experts")) {
       const std::string module = inner ? path.substr(0, path.size() - std::string_view(".base_layer").size()) : path;
       const bool gate_up = a.config.targets_parameter(module + ".gate_up_proj");
       const bool down = a.config.targets_parameter(module + ".down_proj");

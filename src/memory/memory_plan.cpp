@@ -182,8 +182,9 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     l.sum_out = std::max(l.sum_out, sum_out);
   }
   // MoE (lora/lora_model.cpp add_moe_layers): all-linear also adapts the shared-expert gate,
-  // or, where PEFT's does, the router and each expert (gate_up at twice the rank).
-  if (s.moe() && o.all_linear) {
+  // or, where PEFT's does, the router and each expert (gate_up at twice the rank); on gpt-oss
+  // and Granite MoE the attention only.
+  if (s.moe() && o.all_linear && !s.moe_gpt_oss && !s.moe_granite) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
     if (s.shared_expert && !s.moe_f32_router()) {
       ab.emplace_back(r * u(s.hidden), r);

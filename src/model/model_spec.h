@@ -272,6 +272,11 @@ struct ModelSpec {
   // outputs (Qwen-MoE, OLMoE: .to(router_logits.dtype)); Mixtral multiplies in float32.
   bool moe_round_weights = false;
   bool shared_expert = false;
+  // IBM Granite MoE (granitemoe): transformers' module tree keeps block_sparse_moe, its router
+  // module block_sparse_moe.router (its files: router.layer.weight) and its experts
+  // block_sparse_moe.experts (its files: input_linear / output_linear, fused as moe_fused_experts);
+  // PEFT 0.21's all-linear on it adapts the attention only (measured).
+  bool moe_granite = false;
   // gpt-oss's experts (transformers' GptOssMLP): the router has a bias and its softmax runs
   // over the experts_per_token largest logits; the experts are stored fused,
   // mlp.experts.gate_up_proj (n_experts, hidden, 2 expert_ffn) with gate and up columns

@@ -50,9 +50,69 @@ void granite_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   s.logit_divisor = hp.logit_scale;
 }
 
+// IBM Granite MoE (model_type "granitemoe", GraniteMoeForCausalLM: granite-3.0-1b-a400m,
+// granite-3.0-3b-a800m and their instruct models): Granite's block and multipliers with every
+// MLP a mixture of experts -- the router's logits in the compute dtype, a softmax over the top
+// num_experts_per_tok of them (the renormalized top probabilities) rounded to the compute
+// dtype, SwiGLU experts of intermediate_size stored fused (block_sparse_moe.input_linear
+// (E, 2F, C): gate rows then up rows; output_linear (E, C, F)).
+void granitemoe_block(ModelSpec& s) {
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+  s.moe_fused_experts = true;
+  s.moe_granite = true;
+  s.shared_expert = false;
+  s.expert_ffn = s.ffn;
+}
+
+void granitemoe_read(const json& j, const std::string& where, ModelSpec& s) {
+  granite_read(j, where, s);
+  if (s.mlp_bias) fail(where, "mlp_bias: Granite MoE's experts have no biases");
+  for (const char* k : {"num_local_experts", "num_experts"})
+    if (config::find_key(j, k)) {
+      s.n_experts = config::get_int(j, k, where);
+      break;
+    }
+  if (s.n_experts <= 0) fail(where, "num_local_experts must be positive");
+  s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 2);
+  if (s.experts_per_token <= 0 || s.experts_per_token > s.n_experts)
+    fail(where, "num_experts_per_tok must be between 1 and num_local_experts");
+  granitemoe_block(s);
+}
+
+void granitemoe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe_granite || s.shared_expert || s.expert_ffn != s.ffn || !s.norm_topk)
+    fail("config.json", "not a granitemoe block");
+  granite_write(s, j);
+  j["num_local_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+}
+
+// As llama.cpp runs a granitemoe GGUF (convert_hf_to_gguf.py's GraniteMoeModel: granite's
+// multipliers, input_linear split into ffn_gate_exps / ffn_up_exps).
+void granitemoe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  granite_gguf(hp, s);
+  if (hp.expert_count <= 0) fail(hp.path, "a granitemoe GGUF without expert_count");
+  s.ffn = s.expert_ffn;
+  granitemoe_block(s);
+}
+
 }  // namespace
 
 const ModelFamily kGranite{"granite", "GraniteForCausalLM", "granite", 0, 2048, 10000.0f, false, false,
                            granite_read, granite_write, granite_gguf};
+
+// Granite MoE's files: the experts fused under block_sparse_moe.input_linear / output_linear
+// (weight suffix and all: transformers 5's module tree calls them block_sparse_moe.experts.
+// gate_up_proj / down_proj), the router block_sparse_moe.router.layer.
+constexpr HfRename kGraniteMoeRenames[] = {{".block_sparse_moe.input_linear.weight.", ".mlp.experts.gate_up_proj."},
+                                           {".block_sparse_moe.output_linear.weight.", ".mlp.experts.down_proj."},
+                                           {".block_sparse_moe.router.layer.", ".mlp.gate."}};
+const ModelFamily kGraniteMoe = [] {
+  ModelFamily f{"granitemoe", "GraniteMoeForCausalLM", "granitemoe", 0, 4096, 10000.0f, false, false, granitemoe_read,
+                granitemoe_write, granitemoe_gguf};
+  f.hf_renames = kGraniteMoeRenames;
+  return f;
+}();
 
 }  // namespace qlora::families

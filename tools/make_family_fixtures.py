@@ -373,6 +373,15 @@ FAMILIES = {
                                                               "original_max_position_embeddings": 32, "mscale": 1.0,
                                                               "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0},
                                              _moe=True)),
+    # rednote's dots.llm1 (dots1): Qwen3's attention (per-head q/k norms; as many key/value heads as
+    # heads and no biases, as the released model and llama.cpp's dots1, which takes no other) with
+    # DeepSeek-V3's MoE: layer 0 dense, layers 1-2 eight experts behind the sigmoid router (score bias
+    # drawn below, top 2 of all, not renormalized, x 2.0) plus a shared expert.
+    "dots1": ("Dots1Config", dict(num_hidden_layers=3, head_dim=16, num_key_value_heads=4, attention_bias=False, n_routed_experts=8,
+                                  num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                                  first_k_dense_replace=1, routed_scaling_factor=2.0, norm_topk_prob=False,
+                                  sliding_window=None, tie_word_embeddings=False,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, _moe=True)),
     # DeepSeek-V2-Lite's form (deepseek_v2): the same latent attention without the query latent
     # (q_lora_rank null: one q_proj), complex (adjacent-pair) rotary; layer 0 dense, layers 1-2
     # eight experts behind a float32 softmax router limited to the best group by its best expert
@@ -711,7 +720,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1436,7 +1445,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_leading_dense_block_count(c.moe_layer_start_index)
         w.add_expert_shared_count(c.moe_num_shared_experts)
         w.add_expert_shared_feed_forward_length(c.moe_intermediate_size * c.moe_num_shared_experts)
-    if arch == "glm4moe":  # as convert_hf_to_gguf.py's Glm4MoeModel (no MTP block in these files)
+    if arch in ("glm4moe", "dots1"):  # as convert_hf_to_gguf.py's Glm4MoeModel / Dots1Model (no MTP block in these files)
         w.add_expert_shared_count(c.n_shared_experts)
         w.add_leading_dense_block_count(c.first_k_dense_replace)
         w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
@@ -1523,6 +1532,11 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
                     gname, suffix = "exp_probs_b", "bias"
             if arch == "seed_oss":  # (llama.cpp's seed_oss: the MLP's input norm)
                 gname = {"post_attention_layernorm": "post_attention_norm"}.get(mod, gname)
+            if arch == "dots1":  # (Dots1Model: the shared experts, the router's score bias)
+                gname = {"mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
+                         "mlp.shared_experts.down_proj": "ffn_down_shexp"}.get(mod, gname)
+                if mod == "mlp.gate" and suffix == "e_score_correction_bias":
+                    gname, suffix = "exp_probs_b", "bias"
             if arch == "glm4moe":  # (Glm4MoeModel: the shared experts, the router's score bias)
                 gname = {"post_attention_layernorm": "post_attention_norm", "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
                          "mlp.shared_experts.up_proj": "ffn_up_shexp",
@@ -1564,7 +1578,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

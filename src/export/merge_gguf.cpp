@@ -172,7 +172,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   const bool deepseek2 = arch == "deepseek2";
-  if (s.moe_sigmoid_router && arch != "glm4moe" && !deepseek2)
+  // (dots1: GLM-4.5's router and shared experts beside Qwen3's attention)
+  const bool glm_moe = arch == "glm4moe" || arch == "dots1";
+  if (s.moe_sigmoid_router && !glm_moe && !deepseek2)
     fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
   if (s.mla() != deepseek2)
     fail(out_path, "a " + arch + " GGUF cannot carry " + (s.mla() ? "latent attention" : "this model's attention"));
@@ -199,11 +201,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       (arch == "ernie4_5-moe" && (s.shared_expert_gate || s.mlp_bias || s.qkv_bias || s.o_bias)))
     fail(out_path, "llama.cpp's ernie4_5-moe runs ERNIE 4.5's biased softmax router, ungated shared experts and no "
                    "biases; this " + s.family + " model differs: no GGUF form");
-  if (arch == "glm4moe" && (!s.moe_sigmoid_router || s.shared_expert_gate ||
-                            (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
-    fail(out_path, "llama.cpp's glm4moe runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
+  if (arch == "dots1" && (s.n_kv_heads != s.n_heads || s.qkv_bias || s.o_bias))
+    fail(out_path, "llama.cpp's dots1 has as many key/value heads as query heads and no attention biases (measured: a "
+                   "GGUF with either does not load); this model differs: no GGUF form");
+  if (glm_moe && (!s.moe_sigmoid_router || s.shared_expert_gate ||
+                  (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
+    fail(out_path, "llama.cpp's " + arch + " runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
-  if (s.moe() && arch != "glm4moe" && !deepseek2) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+  if (s.moe() && !glm_moe && !deepseek2) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
@@ -265,11 +270,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
-        gemma4 || arch == "glm4moe" || arch == "ernie4_5-moe" || deepseek2)
+        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
-    if (arch == "glm4moe") {  // as convert_hf_to_gguf.py's Glm4MoeModel (no MTP block: nextn_predict_layers left out)
+    if (glm_moe) {  // as convert_hf_to_gguf.py's Glm4MoeModel / Dots1Model (no MTP block: nextn_predict_layers left out)
       w.set_u32(a + "expert_shared_count", static_cast<uint32_t>(s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0));
       w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
       w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)

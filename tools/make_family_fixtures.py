@@ -93,6 +93,15 @@ FAMILIES = {
     # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
                                       router_jitter_noise=0.0, tie_word_embeddings=False, _moe=True)),
+    # MiniMax-M2 (minimax_m2): q/k RMSNorms over all heads at once (OLMo 2's form), rotate_half rotary on
+    # half of each head (rotary_dim), every layer 8 experts (Mixtral's w1/w3/w2) behind a float32 sigmoid
+    # router whose choice adds block_sparse_moe.e_score_correction_bias (drawn at random below), top 2
+    # renormalized; no shared expert.
+    "minimax_m2": ("MiniMaxM2Config", dict(head_dim=16, num_local_experts=8, num_experts_per_tok=2, intermediate_size=32,
+                                           rotary_dim=8, tie_word_embeddings=False,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                            "partial_rotary_factor": 0.5},
+                                           _moe=True)),
     # IBM Granite MoE (granitemoe: granite-3.0-1b-a400m / 3b-a800m): Granite's four multipliers on
     # Mixtral's router (softmax over the top 2 logits) and experts stored fused (block_sparse_moe
     # input_linear (E, 2F, C), output_linear (E, C, F), router.layer), 4 experts of 32. PEFT 0.21's
@@ -720,7 +729,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1368,7 +1377,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
     # convert_hf_to_gguf.py's Phi3MiniModel: int(partial_rotary_factor * hidden) // heads
     w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // c.num_attention_heads
                                if arch == "phi3" else int(hd * rp.get("partial_rotary_factor", 1.0))
-                               if arch in ("glm4", "glm4moe") else hd)
+                               if arch in ("glm4", "glm4moe", "minimax-m2") else hd)
     if arch == "olmo2" and isinstance(rp, dict) and "full_attention" in rp:  # OLMo 3, as Olmo2Model converts it
         w.add_sliding_window(c.sliding_window)
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
@@ -1445,6 +1454,9 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_leading_dense_block_count(c.moe_layer_start_index)
         w.add_expert_shared_count(c.moe_num_shared_experts)
         w.add_expert_shared_feed_forward_length(c.moe_intermediate_size * c.moe_num_shared_experts)
+    if arch == "minimax-m2":  # as convert_hf_to_gguf.py's MiniMaxM2Model (TextModel: gating from scoring_func)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        w.add_expert_feed_forward_length(c.intermediate_size)
     if arch in ("glm4moe", "dots1"):  # as convert_hf_to_gguf.py's Glm4MoeModel / Dots1Model (no MTP block in these files)
         w.add_expert_shared_count(c.n_shared_experts)
         w.add_leading_dense_block_count(c.first_k_dense_replace)
@@ -1532,6 +1544,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
                     gname, suffix = "exp_probs_b", "bias"
             if arch == "seed_oss":  # (llama.cpp's seed_oss: the MLP's input norm)
                 gname = {"post_attention_layernorm": "post_attention_norm"}.get(mod, gname)
+            if arch == "minimax-m2" and suffix == "e_score_correction_bias":  # (on the MoE block: mlp.e_score_correction_bias)
+                gname, suffix = "exp_probs_b", "bias"
             if arch == "dots1":  # (Dots1Model: the shared experts, the router's score bias)
                 gname = {"mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts.up_proj": "ffn_up_shexp",
                          "mlp.shared_experts.down_proj": "ffn_down_shexp"}.get(mod, gname)
@@ -1578,7 +1592,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -140,13 +140,13 @@ class CudaBackend final : public Backend {
 
   // ---- a block's ops ----
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
-                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
+                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype, bool round_once) override {
     if (s.norm == NormKind::LayerNorm)
       cuda::layernorm_forward(out, stats, in, vec(weight, C), vec(bias, C), rows, C, s.norm_eps, dtype, stream_,
                               s.norm_offset());
     else
-      rmsnorm_forward(out, stats, in, vec(weight, C), rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once,
-                      stream_);
+      rmsnorm_forward(out, stats, in, vec(weight, C), rows, C, s.norm_eps, dtype, s.norm_offset(),
+                      s.norm_round_once || round_once, stream_);
   }
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {

@@ -174,7 +174,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool deepseek2 = arch == "deepseek2";
   // (dots1: GLM-4.5's router and shared experts beside Qwen3's attention)
   const bool glm_moe = arch == "glm4moe" || arch == "dots1";
-  if (s.moe_sigmoid_router && !glm_moe && !deepseek2)
+  const bool minimax = arch == "minimax-m2";
+  if (minimax && (!s.moe_sigmoid_router || !s.qk_norm_full || s.shared_expert || s.moe_groups != 1 ||
+                  s.moe_routed_scale != 1.0f || s.moe_dense_layers != 0 || !s.norm_topk))
+    fail(out_path, "llama.cpp's minimax-m2 runs MiniMax-M2's renormalized sigmoid router without groups, scale, dense "
+                   "layers or shared experts, and q/k norms over all heads; this model differs: no GGUF form");
+  if (s.moe_sigmoid_router && !glm_moe && !deepseek2 && !minimax)
     fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
   if (s.mla() != deepseek2)
     fail(out_path, "a " + arch + " GGUF cannot carry " + (s.mla() ? "latent attention" : "this model's attention"));
@@ -208,7 +213,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                   (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
     fail(out_path, "llama.cpp's " + arch + " runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
-  if (s.moe() && !glm_moe && !deepseek2) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+  if (s.moe() && !glm_moe && !deepseek2 && !minimax) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
@@ -270,7 +275,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
-        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2)
+        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -284,6 +289,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }
+    } else if (minimax) {  // as convert_hf_to_gguf.py's MiniMaxM2Model
+      w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
     } else if (deepseek2) {  // as convert_hf_to_gguf.py's DeepseekV2Model
       w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
       w.set_u32(a + "expert_shared_count", static_cast<uint32_t>(s.shared_expert ? s.shared_expert_ffn / s.expert_ffn : 0));

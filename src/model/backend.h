@@ -113,9 +113,10 @@ class Backend {
   // ---- compute: a BlockProgram's ops (model/block_program.h) ----
   // The spec's norm (RMSNorm, Gemma's 1 + w, or LayerNorm + bias) over rows of C, rounded to
   // dtype; stats (rstd, or mean and rstd, per row) kept when not null. Backward accumulates
-  // into din (the weights are frozen).
+  // into din (the weights are frozen). round_once: an RMSNorm rounds only its product (OLMo 2's
+  // form, as s.norm_round_once does for every norm; MiniMax-M2's q/k norms alone).
   virtual void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
-                            const float* bias, int64_t rows, int64_t C, ComputeDType dtype) = 0;
+                            const float* bias, int64_t rows, int64_t C, ComputeDType dtype, bool round_once = false) = 0;
   virtual void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                              const float* stats, int64_t rows, int64_t C) = 0;
   // Whether this backend's LoRA caches keep the dropout mask as bits (lora/lora.h LoraCache

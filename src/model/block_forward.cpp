@@ -53,7 +53,8 @@ void block_forward(const BlockRun& r) {
         float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         // (a Unit norm stays unrounded: the ScaleColumns after it rounds once)
         be.norm_forward(s, out, stats, in0, L.norm(o.norm).data(), L.norm_bias(o.norm).data(), T * o.rows_per_token,
-                        o.width, o.norm == NormRole::Unit ? ComputeDType::F32 : r.dtype);  // (VHead: rounded)
+                        o.width, o.norm == NormRole::Unit ? ComputeDType::F32 : r.dtype,  // (VHead: rounded)
+                        s.qk_norm_round_once && (o.norm == NormRole::QHead || o.norm == NormRole::KHead));
         break;
       }
       case BlockOpKind::ScaleColumns: {

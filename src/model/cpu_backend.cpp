@@ -124,11 +124,11 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
-                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
+                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype, bool round_once) override {
     if (s.norm == NormKind::LayerNorm)
       qlora::layernorm_forward(out, stats, in, weight, bias, rows, C, s.norm_eps, dtype, s.norm_offset());
     else
-      rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once);
+      rmsnorm_forward(out, stats, in, weight, rows, C, s.norm_eps, dtype, s.norm_offset(), s.norm_round_once || round_once);
   }
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {

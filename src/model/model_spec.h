@@ -234,6 +234,8 @@ struct ModelSpec {
   // RMSNorm computes weight * (x rstd) in float32 and rounds once (OLMo 2's), where Llama's
   // rounds x rstd to the compute dtype first.
   bool norm_round_once = false;
+  // ... the q/k norms only (MiniMax-M2's, FlexOlmo's form beside Mixtral's block norms).
+  bool qk_norm_round_once = false;
   // Attention scores are scaled by attn_scale (0: 1/sqrt(head_dim); gemma2:
   // query_pre_attn_scalar^-0.5) and, when > 0, soft-capped: cap * tanh(score / cap).
   float attn_scale = 0.0f;

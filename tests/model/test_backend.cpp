@@ -79,12 +79,12 @@ class CheckingBackend final : public Backend {
   }
 
   void norm_forward(const ModelSpec& s, float* out, float* stats, const float* in, const float* weight,
-                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype) override {
+                    const float* bias, int64_t rows, int64_t C, ComputeDType dtype, bool round_once) override {
     f(out, rows * C, "norm out");
     f(in, rows * C, "norm in");
     if (stats) f(stats, rows, "norm stats");
     ++ops["norm"];
-    cpu().norm_forward(s, out, stats, in, weight, bias, rows, C, dtype);
+    cpu().norm_forward(s, out, stats, in, weight, bias, rows, C, dtype, round_once);
   }
   void norm_backward(const ModelSpec& s, float* din, const float* dout, const float* in, const float* weight,
                      const float* stats, int64_t rows, int64_t C) override {

@@ -341,6 +341,32 @@ TEST(HfConfig, DeepseekV3AndV2LiteConfigs) {
   EXPECT_EQ(err(R"({"n_group":8,"topk_group":3,"topk_method":"group_limited_greedy"})"), "");
 }
 
+// MiniMax-M2's shape in its released config's keys (the legacy rotary_dim, no rope_theta: the
+// class default 5e6): transformers 5.23 reads rotary_dim as partial_rotary_factor 0.5 and counts
+// 228,689,748,992 parameters (AutoModel on the meta device; the score biases, 62 x 256, are a
+// buffer there and counted here).
+TEST(HfConfig, MiniMaxM2Config) {
+  const std::string cfg = R"({"architectures":["MiniMaxM2ForCausalLM"],"model_type":"minimax_m2","hidden_size":3072,
+    "intermediate_size":1536,"num_hidden_layers":62,"num_attention_heads":48,"num_key_value_heads":8,"head_dim":128,
+    "num_local_experts":256,"num_experts_per_tok":8,"vocab_size":200064,"rotary_dim":64,"max_position_embeddings":196608,
+    "rms_norm_eps":1e-06,"tie_word_embeddings":false,"scoring_func":"sigmoid","use_routing_bias":true,
+    "use_qk_norm":true,"qk_norm_type":"per_layer","shared_intermediate_size":0})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "minimax_m2");
+  EXPECT_EQ(s.rope_dims(), 64);
+  EXPECT_EQ(s.rope_theta, 5e6f);
+  EXPECT_TRUE(s.qk_norm_full);
+  EXPECT_TRUE(s.moe_sigmoid_router);
+  EXPECT_EQ(s.moe_score_bias, "mlp.e_score_correction_bias");
+  EXPECT_EQ(s.num_params(), 228689748992 + 62 * 256);
+  json bad = json::parse(cfg);
+  bad["shared_intermediate_size"] = 1024;
+  EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
+  bad = json::parse(cfg);
+  bad["qk_norm_type"] = "per_head";
+  EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
+}
+
 // Gemma 4's dense text model as its config.json is published (global_head_dim, the key/value
 // heads the full-attention layers share with attention_k_eq_v) and as transformers 5 saves it
 // (per_layer_config): the same spec. The forms that are not run yet are refused by name.

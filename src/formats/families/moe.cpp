@@ -222,6 +222,67 @@ void olmoe_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) {
   s.qk_norm = s.qk_norm_full = true;
 }
 
+// MiniMax-M2 / M2.1 (minimax_m2, MiniMaxM2ForCausalLM): Mixtral's experts (block_sparse_moe, w1 / w3 /
+// w2, every layer, no shared expert) behind a float32 sigmoid router whose choice adds
+// block_sparse_moe.e_score_correction_bias, the top k renormalized; q/k RMSNorms over all heads at
+// once (OLMo 2's form, product rounded once), rotate_half rotary on the first rotary_dim dims of
+// each head (its configs' legacy rotary_dim, or partial_rotary_factor).
+void minimax_m2_read(const json& j, const std::string& where, ModelSpec& s) {
+  read_router(j, where, s, "num_local_experts", true);
+  s.expert_ffn = s.ffn;
+  s.norm_topk = true;  // (MiniMaxM2TopKRouter always renormalizes)
+  s.moe_sigmoid_router = true;
+  s.moe_score_bias = "mlp.e_score_correction_bias";
+  s.moe_fused_experts = false;
+  if (const json* f = config::find_key(j, "scoring_func"); f && *f != "sigmoid")
+    fail(where, "scoring_func " + f->dump() + ": MiniMax-M2's router is a sigmoid");
+  if (!config::get_bool(j, "use_routing_bias", where, true))
+    fail(where, "use_routing_bias false: MiniMax-M2's router adds its score bias (transformers runs no other)");
+  if (config::get_int(j, "shared_intermediate_size", where, 0) != 0)
+    fail(where, "shared_intermediate_size: MiniMax-M2 has no shared expert (transformers runs none)");
+  if (!config::get_bool(j, "use_qk_norm", where, true))
+    fail(where, "use_qk_norm false: MiniMax-M2's attention always norms q and k");
+  if (const json* t = config::find_key(j, "qk_norm_type"); t && *t != "per_layer")
+    fail(where, "qk_norm_type " + t->dump() + ": MiniMax-M2's q/k norms span all heads (per_layer)");
+  s.qk_norm = s.qk_norm_full = s.qk_norm_round_once = true;
+  // (the released configs' legacy rotary_dim; the shared reader takes partial_rotary_factor over it)
+  if (const json* rd = config::find_key(j, "rotary_dim")) {
+    const int64_t r = config::get_int(j, "rotary_dim", where);
+    if (r <= 0 || r > s.head_dim || r % 2 != 0)
+      fail(where, "rotary_dim " + rd->dump() + " must be even and at most head_dim " + std::to_string(s.head_dim));
+    if (r != s.head_dim) s.rotary_dim = r;
+  }
+}
+
+// As llama.cpp runs a minimax-m2 GGUF (convert_hf_to_gguf.py's MiniMaxM2Model): the sigmoid router
+// (expert_gating_func 2) with exp_probs_b as its score bias, renormalized; q/k norms over all heads
+// (attn_q_norm / attn_k_norm of q / kv width); rotary on rope.dimension_count dims.
+void minimax_m2_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  if (hp.expert_count <= 0) fail(hp.path, "a minimax-m2 GGUF without expert_count");
+  if (hp.expert_gating_func != 2)
+    fail(hp.path, "minimax-m2.expert_gating_func " + std::to_string(hp.expert_gating_func) +
+                      ": MiniMax-M2's router is a sigmoid (2)");
+  s.ffn = s.expert_ffn;
+  s.norm_topk = true;
+  s.moe_sigmoid_router = true;
+  s.moe_score_bias = "mlp.e_score_correction_bias";
+  s.qk_norm = s.qk_norm_full = s.qk_norm_round_once = true;
+}
+
+void minimax_m2_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.moe_sigmoid_router || s.shared_expert || !s.qk_norm_full || s.moe_groups != 1 ||
+      s.moe_routed_scale != 1.0f || s.moe_dense_layers != 0 || s.qkv_bias || s.o_bias || s.rope_interleaved)
+    fail("config.json", "not a minimax_m2 block");
+  j["num_local_experts"] = s.n_experts;
+  j["num_experts_per_tok"] = s.experts_per_token;
+  j["scoring_func"] = "sigmoid";
+  j["use_routing_bias"] = true;
+  j["use_qk_norm"] = true;
+  j["qk_norm_type"] = "per_layer";
+  j["rotary_dim"] = s.rope_dims();
+  j["partial_rotary_factor"] = static_cast<double>(s.rope_dims()) / static_cast<double>(s.head_dim);
+}
+
 }  // namespace
 
 // Mixtral's checkpoints: model.layers.N.block_sparse_moe.{gate, experts.E.w1 / w3 / w2}.
@@ -256,5 +317,16 @@ const ModelFamily kGptOss = [] {
 }();
 const ModelFamily kOlmoe{"olmoe", "OlmoeForCausalLM", "olmoe", 0, 4096, 10000.0f, false, false, olmoe_read,
                          olmoe_write, olmoe_gguf};
+// llama.cpp's name for the score bias on MiniMax-M2's MoE block.
+constexpr GgufLayerName kMiniMaxM2GgufParams[] = {{"exp_probs_b.bias", "mlp.e_score_correction_bias"}};
+// (MiniMaxM2Config's defaults: head_dim 128, 196608 positions, rope_theta 5e6; its files name the block as Mixtral's)
+const ModelFamily kMiniMaxM2 = [] {
+  ModelFamily f{"minimax_m2", "MiniMaxM2ForCausalLM", "minimax-m2", 128, 196608, 5e6f, false, false,
+                minimax_m2_read, minimax_m2_write, minimax_m2_gguf};
+  f.partial_rotary = true;
+  f.hf_renames = kMixtralRenames;
+  f.gguf_layer_params = kMiniMaxM2GgufParams;
+  return f;
+}();
 
 }  // namespace qlora::families

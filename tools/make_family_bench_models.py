@@ -105,6 +105,19 @@ FAMILIES = {
                                             attention_multiplier=0.015625, residual_multiplier=0.22,
                                             logits_scaling=6.0, max_position_embeddings=2048,
                                             tie_word_embeddings=True)),
+    # MiniMax-M2's block at that size: heads of 64 with q/k norms over all heads, half of each rotated,
+    # every layer 8 experts of 352 (top 2) behind the sigmoid router with its score bias.
+    "minimax_m2": ("MiniMaxM2Config", dict(hidden_size=512, intermediate_size=352, num_hidden_layers=8,
+                                           num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                                           num_local_experts=8, num_experts_per_tok=2, rotary_dim=32,
+                                           max_position_embeddings=2048, tie_word_embeddings=False)),
+    # dots.llm1's block at that size: Qwen3's attention (heads of 64, q/k norms, MHA as released), layer 0
+    # dense (1408), the other 7 eight experts of 352 (top 2 of the sigmoid router, x 2.5) plus a shared one.
+    "dots1": ("Dots1Config", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                                  num_key_value_heads=8, head_dim=64, n_routed_experts=8, num_experts_per_tok=2,
+                                  moe_intermediate_size=352, n_shared_experts=1, first_k_dense_replace=1,
+                                  routed_scaling_factor=2.5, norm_topk_prob=True, sliding_window=None,
+                                  max_position_embeddings=2048, tie_word_embeddings=False)),
     # ERNIE-4.5-21B-A3B's block at that size: layer 0 dense (1408), the other 7 eight experts of 352
     # (top 2 of the biased softmax) plus two shared ones, adjacent-pair rotary, tied head.
     "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,

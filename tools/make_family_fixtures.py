@@ -258,6 +258,14 @@ FAMILIES = {
     "hunyuan_v1_dense": ("HunYuanDenseV1Config", dict(head_dim=16, attention_bias=False, tie_word_embeddings=False,
                                                       rope_parameters={"rope_type": "dynamic", "alpha": 1000.0,
                                                                        "factor": 1.0, "rope_theta": 10000.0})),
+    # Hunyuan-A13B's MoE (hunyuan_v1_moe): the dense model's attention (q/k norms after the dynamic-alpha
+    # rotary) with every MLP 4 experts of intermediate_size behind a float32 softmax router (gate.wg, an
+    # nn.Linear kept in float32), top 2 renormalized, plus an ungated shared MLP of the same width.
+    "hunyuan_v1_moe": ("HunYuanMoEV1Config", dict(head_dim=16, attention_bias=False, tie_word_embeddings=False,
+                                                  num_experts=4, moe_topk=2, intermediate_size=32,
+                                                  rope_parameters={"rope_type": "dynamic", "alpha": 1000.0,
+                                                                   "factor": 1.0, "rope_theta": 10000.0},
+                                                  _moe=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).

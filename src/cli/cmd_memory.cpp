@@ -160,7 +160,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.lora_dropout = o.lora_dropout;
   // (as `qlora train`: all-linear on an MoE model whose experts it adapts runs without dropout
   // unless --lora-dropout is given, which train then refuses, as PEFT does)
-  if (m.spec.moe() && mo.all_linear && (!m.spec.shared_expert || m.spec.moe_f32_router()) && !o.lora_dropout_given)
+  if (m.spec.all_linear_adapts_experts() && mo.all_linear && !o.lora_dropout_given)
     mo.lora_dropout = 0.0;
   mo.with_adapter = o.with_adapter;
   mo.batch_size = o.batch_size;

@@ -130,7 +130,7 @@ int run(Options o) {
   // PEFT refuses dropout on adapted parameters, which its all-linear adds on mixture-of-experts
   // models (the experts and the router): without an explicit --lora-dropout, use none.
   // (GLM-4.5's shared experts notwithstanding: lora/lora_model.cpp add_moe_layers)
-  if (files.spec.moe() && lc.all_linear && (!files.spec.shared_expert || files.spec.moe_f32_router()) &&
+  if (files.spec.all_linear_adapts_experts() && lc.all_linear &&
       lc.target_parameters.empty() &&
       lc.dropout > 0 && !o.lora_dropout_given) {
     lc.dropout = 0.0;

@@ -25,9 +25,11 @@ std::optional<Fp8BlockScheme> checkpoint_fp8_scheme(const nlohmann::json& config
   if (b == qc->end()) {  // (transformers' FineGrainedFP8Config default)
     s.rows = s.cols = 128;
   } else if (!b->is_null()) {
+    constexpr int64_t kMaxBlock = int64_t{1} << 20;
     if (!b->is_array() || b->size() != 2 || !(*b)[0].is_number_integer() || !(*b)[1].is_number_integer() ||
-        (*b)[0].get<int64_t>() <= 0 || (*b)[1].get<int64_t>() <= 0)
-      fail(where, "quantization_config weight_block_size " + b->dump() + " must be two positive integers");
+        (*b)[0].get<int64_t>() <= 0 || (*b)[1].get<int64_t>() <= 0 || (*b)[0].get<int64_t>() > kMaxBlock ||
+        (*b)[1].get<int64_t>() > kMaxBlock)
+      fail(where, "quantization_config weight_block_size " + b->dump() + " must be two positive integers (at most 2^20)");
     s.rows = (*b)[0].get<int64_t>();
     s.cols = (*b)[1].get<int64_t>();
   }
@@ -53,12 +55,13 @@ void apply_fp8_block_scales(float* w, int64_t rows, int64_t cols, const float* s
     bc = cols / scale_cols;
   }
   if (br == 0) {  // one scale for the tensor
+    check(scale_rows * scale_cols == 1, where, "'" + name + "_scale_inv' holds no scale");
     for (int64_t i = 0; i < rows * cols; ++i) w[i] *= scale[0];
     return;
   }
-  check(scale_rows == (rows + br - 1) / br && scale_cols == (cols + bc - 1) / bc, where,
+  check(rows > 0 && cols > 0 && scale_rows == (rows - 1) / br + 1 && scale_cols == (cols - 1) / bc + 1, where,
         "'" + name + "_scale_inv' is " + grid + ", but a weight " + shape + " in blocks of " + std::to_string(br) +
-            " x " + std::to_string(bc) + " has " + pair((rows + br - 1) / br, (cols + bc - 1) / bc));
+            " x " + std::to_string(bc) + " has " + pair((rows - 1) / br + 1, (cols - 1) / bc + 1));
   for (int64_t r = 0; r < rows; ++r) {
     const float* s = scale + (r / br) * scale_cols;
     float* row = w + r * cols;

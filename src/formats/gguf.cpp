@@ -831,7 +831,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     fail(f.path(), "embedding_length " + std::to_string(hp.hidden_size) + " is not a multiple of head_count " +
                        std::to_string(hp.num_heads));
   hp.head_dim = size_key(a + "attention.key_length", hp.hidden_size / hp.num_heads);
-  if (f.has(a + "attention.kv_lora_rank")) {  // (deepseek2: MLA's head sizes, not the latent's)
+  if (hp.architecture == "deepseek2" && f.has(a + "attention.kv_lora_rank")) {  // (MLA's head sizes, not the latent's)
     hp.kv_lora_rank = size_key(a + "attention.kv_lora_rank", std::nullopt);
     if (f.has(a + "attention.q_lora_rank")) hp.q_lora_rank = size_key(a + "attention.q_lora_rank", std::nullopt);
     hp.mla_split = f.has(a + "attention.key_length_mla");

@@ -1,7 +1,7 @@
 #pragma once
 // The model families qlora.cpp runs, as data: what each one's config.json, GGUF and export
 // look like and what sets its ModelSpec apart from the shared parts. One file per lineage
-// (formats/families/llama.cpp: llama, mistral, ministral, ministral3, ernie4_5, ernie4_5_moe, hunyuan_v1_dense; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
+// (formats/families/llama.cpp: llama, mistral, ministral, ministral3, ernie4_5, ernie4_5_moe, hunyuan_v1_dense, hunyuan_v1_moe; qwen.cpp: qwen2, qwen3; gemma.cpp: gemma,
 // gemma2, gemma3_text, gemma4_text; phi3.cpp: phi3, which Phi-3, Phi-3.5 and Phi-4-mini use; phi.cpp:
 // phi, Phi-1 / 1.5 / 2's;
 // gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2;
@@ -117,7 +117,7 @@ const ModelFamily& family_or_fail(std::string_view model_type, const std::string
 namespace families {  // formats/families/*.cpp
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
-    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2;
+    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe;
 }
 
 }  // namespace qlora

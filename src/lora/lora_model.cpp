@@ -45,7 +45,7 @@ std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
   // (Gemma 4's is router.proj, an nn.Linear: its files' name)
   // (Granite MoE's module is block_sparse_moe.router, whatever its files call it)
   if (spec.moe_granite) return moe_module_path(spec, "model.layers." + std::to_string(layer) + ".block_sparse_moe.router");
-  return spec.moe_gpt_oss || spec.moe_gemma4 ? canonical_to_hf(spec, moe_router_path(layer))
+  return spec.moe_gpt_oss || spec.moe_gemma4 || spec.moe_router_linear ? canonical_to_hf(spec, moe_router_path(layer))
                                              : moe_module_path(spec, moe_router_path(layer));
 }
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
@@ -78,7 +78,8 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       if (path.empty() || !cfg_.targets(path)) continue;
       // (PEFT 0.21's all-linear on GLM-4.5 and ERNIE 4.5's MoE adapts no MLP Linear -- neither the
       // dense layers' nor the shared experts' -- and the experts and router instead: add_moe_layers)
-      if (cfg_.all_linear && model.spec().moe_f32_router() && w >= 4 && w <= 6) continue;
+      if (cfg_.all_linear && (model.spec().moe_f32_router() || model.spec().moe_router_linear) && w >= 4 && w <= 6)
+        continue;
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
       // rows follow the Hugging Face per-head order: refuse rather than mix the two.
       const std::string& fam = model.spec().family;
@@ -131,8 +132,7 @@ void LoraModel::add_moe_layers(const Model& model) {
   // target_modules are q/k/v/o_proj only; the block constructor leaves the MLP slots out).
   // Granite MoE: the attention only (measured: PEFT's expansion lists the attention's full
   // module paths, target_parameters none).
-  if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_granite && cfg_.all_linear && cfg_.target_parameters.empty() &&
-      (!s.shared_expert || s.moe_f32_router())) {
+  if (s.all_linear_adapts_experts() && cfg_.all_linear && cfg_.target_parameters.empty()) {
     cfg_.target_parameters = {"gate_up_proj", "gate.weight", "down_proj"};
     if (cfg_.gate_up_r == 0) {
       cfg_.gate_up_r = 2 * cfg_.r;
@@ -158,7 +158,7 @@ void LoraModel::add_moe_layers(const Model& model) {
     MoeIndex& m = moe_index_[static_cast<size_t>(l)];
     // (the router's module path as PEFT names it: mlp.gate, gpt-oss's mlp.router)
     const std::string rp = moe_router_module_path(s, l);
-    if (s.moe_gemma4 ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) {
+    if (s.moe_gemma4 || s.moe_router_linear ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) {
       if (s.moe_f32_router()) {  // (a float32 weight, no QuantLinear: its shape)
         LoraLayer layer(rp, s.hidden, s.n_experts, cfg_);
         layer.init(derive_seed(cfg_.seed, layers_.size()));

@@ -72,7 +72,8 @@ uint64_t linear_copies(const ModelSpec& s, const LinearShape& li) {
 
 bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
   // (GLM-4.5: PEFT's all-linear leaves its MLP Linears out: lora/lora_model.cpp)
-  if (o.all_linear && s.moe_f32_router() && std::string_view(module).find("mlp.") == 0) return false;
+  if (o.all_linear && (s.moe_f32_router() || s.moe_router_linear) && std::string_view(module).find("mlp.") == 0)
+    return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
   for (const std::string& t : o.target_modules)
@@ -186,7 +187,9 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   // and Granite MoE the attention only.
   if (s.moe() && o.all_linear && !s.moe_gpt_oss && !s.moe_granite) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
-    if (s.shared_expert && !s.moe_f32_router()) {
+    if (s.moe_gemma4) {  // (Gemma 4: its router, an nn.Linear, only)
+      ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+    } else if (!s.all_linear_adapts_experts()) {  // (Qwen2-MoE: its shared-expert gate)
       ab.emplace_back(r * u(s.hidden), r);
     } else {
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);

@@ -570,6 +570,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
 }
 
 void BlockProgram::finish() {
+  // A Rope op rotates columns [offset, offset + width) of each head: within the head.
+  for (const BlockOp& o : ops_)
+    if (o.kind == BlockOpKind::Rope && (o.width <= 0 || o.width % 2 != 0 || o.offset < 0 || o.offset + o.width > o.head_dim))
+      fail("BlockProgram", "a rotary op of " + std::to_string(o.width) + " dims from column " + std::to_string(o.offset) +
+                               " does not fit heads of " + std::to_string(o.head_dim));
   // What each op's backward reads (ops_backward.h): a norm its input and rstd, a Linear its
   // input (for LoRA's A gradient), attention q, k, v and the probabilities, a gated
   // activation both inputs. Rotary and residual adds read nothing.

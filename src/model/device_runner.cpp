@@ -76,7 +76,7 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
     return s.family + ": a custom attention scale or softcaps";
   if (s.projects_embeddings()) return s.family + ": projected embeddings";
   if (s.head_bias) return s.family + ": a bias on the output head";
-  if (!s.pre_norms || s.qk_norm_full || s.norm_round_once) return s.family + ": its norm placement";
+  if (!s.pre_norms || s.qk_norm_full || s.norm_round_once || s.qk_norm_round_once) return s.family + ": its norm placement";
   if (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_factor() != 1.0f)
     return s.family + ": embedding, residual or logit multipliers";
   if (s.qkv_per_head || s.qkv_grouped) return s.family + ": per-head q/k/v layouts";

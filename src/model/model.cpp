@@ -102,7 +102,11 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     progress(n);
     return q;
   };
-  if (spec.moe_gemma4) {  // (its router is an nn.Linear, which bitsandbytes quantizes like the others)
+  if (spec.moe_router_linear) {  // (Hunyuan's gate.wg: an nn.Linear, quantized like the others)
+    const std::string n = layer_tensor_name(l, kMoeRouterModule);
+    L.router = load_linear(src, n, opt);
+    progress(n);
+  } else if (spec.moe_gemma4) {  // (its router is an nn.Linear, which bitsandbytes quantizes like the others)
     const std::string n = layer_tensor_name(l, kMoeRouterModule);
     L.router = load_linear(src, n, opt);
     progress(n);

@@ -77,6 +77,9 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "latent attention needs positive kv_lora_rank, v_head_dim and qk_rope_head_dim and a head of "
                   "qk_nope_head_dim + qk_rope_head_dim (got " + std::to_string(head_dim) + " = " +
                   std::to_string(mla_nope_dim) + " + " + std::to_string(rotary_dim) + ")");
+    if (v_norm || kv_shared_layers > 0 || ple() || layer_scalar || q_pos_scale_beta != 0.0f)
+      fail(where, "latent attention with value norms, shared keys and values, per-layer inputs, layer scalars or a "
+                  "per-position query scale is not a known variant");
     if (mla_v_dim > head_dim)
       fail(where, "latent attention with value heads (v_head_dim " + std::to_string(mla_v_dim) +
                       ") wider than the query/key heads (" + std::to_string(head_dim) +
@@ -86,6 +89,8 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "latent attention is built for DeepSeek's block (as many key/value heads as heads; no fused, "
                   "normed, clamped or gated q/k/v)");
   }
+  if (qk_norm_round_once && (!qk_norm || norm != NormKind::RMSNorm))
+    fail(where, "q/k norms rounded once are RMSNorms over q and k (MiniMax-M2's): this model has none");
   if (embed_dim < 0 || embed_dim > kMax) fail(where, "implausible embedding width " + std::to_string(embed_dim));
   if (post_norm && (parallel_residual || sandwich_norms || shared_branch_norm || qk_norm))
     fail(where, "post-norm blocks with a parallel residual, sandwich, shared or q/k norms are not a known variant");
@@ -140,18 +145,24 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "dense layers before the MoE layers are built for models with shared experts (GLM-4.5, DeepSeek)");
     if (shared_expert_ffn < 0 || shared_expert_ffn > kMax) fail(where, "implausible shared expert size");
     if (!shared_expert_gate && !shared_expert) fail(where, "an ungated shared expert without a shared expert");
-    if (moe_sigmoid_router) {
+    if (moe_sigmoid_router || moe_softmax_f32) {  // (groups: DeepSeek-V3's sigmoid, V2's softmax)
       if (moe_groups < 1 || n_experts % moe_groups != 0 || moe_topk_groups < 1 || moe_topk_groups > moe_groups)
         fail(where, "n_group (" + std::to_string(moe_groups) + ") must divide the " + std::to_string(n_experts) +
                         " experts and topk_group (" + std::to_string(moe_topk_groups) + ") be between 1 and it");
-      if (n_experts / moe_groups < 2)
+      if (moe_sigmoid_router && moe_groups > 1 && n_experts / moe_groups < 2)
         fail(where, "each expert group scores its two best experts: groups need at least two");
       if (experts_per_token > moe_topk_groups * (n_experts / moe_groups))
         fail(where, "num_experts_per_tok exceeds the experts of the topk_group groups it may choose from");
-      if (!(moe_routed_scale > 0.0f) || !std::isfinite(moe_routed_scale))
-        fail(where, "routed_scaling_factor must be positive and finite");
-      if (moe_gemma4 || moe_gpt_oss) fail(where, "the sigmoid router is GLM-4.5's / DeepSeek-V3's");
+      if (moe_gemma4 || moe_gpt_oss || moe_biased_softmax || (moe_sigmoid_router && moe_softmax_f32))
+        fail(where, "DeepSeek's routers (V3's sigmoid, V2's float32 softmax) take no other routing");
+    } else if (moe_groups != 1 || moe_topk_groups != 1) {
+      fail(where, "expert groups are built for DeepSeek's routers only");
     }
+    if (!(moe_routed_scale > 0.0f) || !std::isfinite(moe_routed_scale))
+      fail(where, "routed_scaling_factor must be positive and finite");
+    if (moe_routed_scale != 1.0f && !moe_sigmoid_router && !moe_softmax_f32)
+      fail(where, "routed_scaling_factor is built for DeepSeek's routers (and GLM-4.5's) only");
+    if (moe_granite && shared_expert) fail(where, "Granite MoE has no shared expert");
     if (moe_biased_softmax && (moe_sigmoid_router || moe_gemma4 || moe_gpt_oss || !(moe_norm_min >= 0.0f)))
       fail(where, "ERNIE 4.5's router (a float32 softmax with a score bias) takes no other routing");
   } else if (shared_expert) {

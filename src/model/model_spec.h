@@ -279,6 +279,9 @@ struct ModelSpec {
   // block_sparse_moe.experts (its files: input_linear / output_linear, fused as moe_fused_experts);
   // PEFT 0.21's all-linear on it adapts the attention only (measured).
   bool moe_granite = false;
+  // The float32 router is an nn.Linear module (Hunyuan's mlp.gate.wg): PEFT adapts it as a module
+  // (target_modules) under that module's path, not as a parameter.
+  bool moe_router_linear = false;
   // gpt-oss's experts (transformers' GptOssMLP): the router has a bias and its softmax runs
   // over the experts_per_token largest logits; the experts are stored fused,
   // mlp.experts.gate_up_proj (n_experts, hidden, 2 expert_ffn) with gate and up columns
@@ -329,6 +332,14 @@ struct ModelSpec {
   // (group_limited_greedy); weights p (never renormalized) times moe_routed_scale.
   bool moe_softmax_f32 = false;
   bool moe_f32_router() const { return moe_sigmoid_router || moe_biased_softmax || moe_softmax_f32; }
+  // Whether PEFT 0.21's all-linear adapts the experts and the router (its target_parameters) on this
+  // model (measured per family: Mixtral, Qwen3-MoE, OLMoE, GLM-4.5, DeepSeek, ERNIE 4.5, dots1,
+  // MiniMax-M2, Hunyuan MoE), rather than the attention (gpt-oss, Granite MoE), the router only
+  // (Gemma 4) or the shared expert and its gate (Qwen2-MoE).
+  bool all_linear_adapts_experts() const {
+    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite &&
+           (!shared_expert || moe_sigmoid_router || moe_biased_softmax || moe_softmax_f32 || moe_router_linear);
+  }
   // Whether that router has a score bias tensor (moe_score_bias).
   bool moe_has_score_bias() const { return moe_sigmoid_router || moe_biased_softmax; }
   std::string moe_score_bias = "mlp.gate.e_score_correction_bias";

@@ -194,7 +194,6 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
           order.resize(static_cast<size_t>(E));
           std::iota(order.begin(), order.end(), 0);
         }
-        check(static_cast<int64_t>(order.size()) >= K, "MoE", "fewer experts in the chosen groups than experts per token");
         std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
           return choice[static_cast<size_t>(a)] > choice[static_cast<size_t>(b)] ||
                  (choice[static_cast<size_t>(a)] == choice[static_cast<size_t>(b)] && a < b);
@@ -205,6 +204,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
           sum += g.top[static_cast<size_t>(t * K + k)] = p[order[static_cast<size_t>(k)]];
         }
         if (s.moe_biased_softmax) g.sum[static_cast<size_t>(t)] = std::max(sum, s.moe_norm_min);
+        else if (s.norm_topk) g.sum[static_cast<size_t>(t)] = sum;  // (Hunyuan's: the top k renormalized)
         for (int64_t k = 0; k < K; ++k) {
           float w = g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)] * s.moe_routed_scale;
           if (s.moe_round_weights) w = rounded(w, r.dtype);
@@ -563,7 +563,7 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   for (int64_t t = 0; t < T && !s.moe_sigmoid_router; ++t) {
     std::fill(dp.begin(), dp.end(), 0.0f);
     float* dw = dweight.data() + t * K;
-    if (s.moe_routed_scale != 1.0f)  // (DeepSeek-V2: w = p x scale)
+    if ((s.moe_biased_softmax || s.moe_softmax_f32) && s.moe_routed_scale != 1.0f)  // (DeepSeek-V2: w = p x scale)
       for (int64_t k = 0; k < K; ++k) dw[k] *= s.moe_routed_scale;
     if (s.moe_gemma4)  // (w = top / sum * per_expert_scale: the scale is frozen)
       for (int64_t k = 0; k < K; ++k)

@@ -56,7 +56,9 @@ void deepseek_common(const json& j, const std::string& where, const Defaults& d,
   s.mla_v_dim = config::get_int(j, "v_head_dim", where, 128);
   const int64_t rope = config::get_int(j, "qk_rope_head_dim", where, 64);
   if (s.mla_q_rank < 0 || s.mla_kv_rank <= 0 || s.mla_nope_dim < 0 || rope <= 0 || rope % 2 != 0 || s.mla_v_dim <= 0)
-    fail(where, "q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim (even) and v_head_dim must be positive");
+    fail(where, "kv_lora_rank, qk_rope_head_dim (even) and v_head_dim must be positive, q_lora_rank and "
+                "qk_nope_head_dim not negative (got " + std::to_string(s.mla_kv_rank) + ", " + std::to_string(rope) + ", " +
+                std::to_string(s.mla_v_dim) + ", " + std::to_string(s.mla_q_rank) + ", " + std::to_string(s.mla_nope_dim) + ")");
   s.head_dim = s.mla_nope_dim + rope;
   s.rotary_dim = rope;
   const bool bias = config::get_bool(j, "attention_bias", where, false);
@@ -166,7 +168,10 @@ void deepseek_v3_write(const ModelSpec& s, ordered_json& j) {
 }
 
 void deepseek_v2_write(const ModelSpec& s, ordered_json& j) {
-  if (!s.moe_softmax_f32 || !s.rope_interleaved || s.norm_topk) fail("config.json", "not a deepseek_v2 router");
+  if (!s.moe_softmax_f32 || !s.rope_interleaved) fail("config.json", "not a deepseek_v2 router");
+  if (s.norm_topk)
+    fail("config.json", "this model renormalizes its top experts (a GGUF's expert_weights_norm), which transformers' "
+                        "DeepSeek-V2 never does: no deepseek_v2 config.json runs it");
   deepseek_write_common(s, j);
   j["topk_method"] = s.moe_groups > 1 ? "group_limited_greedy" : "greedy";
   j["n_group"] = s.moe_groups;

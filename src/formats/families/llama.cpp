@@ -225,6 +225,56 @@ void hunyuan_write(const ModelSpec& s, ordered_json& j) {
   j["attention_bias"] = s.qkv_bias;
 }
 
+// hunyuan_v1_moe (Hunyuan-A13B): the dense model's attention and rotary with every MLP a mixture
+// of num_experts experts of intermediate_size behind a softmax router (mlp.gate.wg, an nn.Linear:
+// quantized with the others), its moe_topk best renormalized, plus an ungated
+// shared MLP of intermediate_size (mlp.shared_mlp). Per-layer lists (its released config's
+// moe_topk, num_shared_expert, moe_intermediate_size) are read when every layer's value is one.
+int64_t uniform_int(const json& j, const char* key, const std::string& where, int64_t dflt) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (it->is_array()) {
+    if (it->empty() || !(*it)[0].is_number_integer()) fail(where, std::string(key) + " must hold integers");
+    for (const json& v : *it)
+      if (v != (*it)[0])
+        fail(where, std::string(key) + " " + config::shown(*it) + ": layers with different values are not supported");
+    return (*it)[0].get<int64_t>();
+  }
+  return config::get_int(j, key, where);
+}
+
+void hunyuan_moe_read(const json& j, const std::string& where, ModelSpec& s) {
+  hunyuan_read(j, where, s);
+  s.n_experts = uniform_int(j, "num_experts", where, 1);
+  s.experts_per_token = uniform_int(j, "moe_topk", where, 1);
+  if (s.n_experts <= 0 || s.experts_per_token <= 0 || s.experts_per_token > s.n_experts)
+    fail(where, "num_experts must be positive and moe_topk between 1 and num_experts");
+  s.expert_ffn = uniform_int(j, "moe_intermediate_size", where, s.ffn);
+  if (s.expert_ffn != s.ffn)
+    fail(where, "moe_intermediate_size " + std::to_string(s.expert_ffn) + " differs from intermediate_size " +
+                    std::to_string(s.ffn) + ": transformers' HunYuanMoEV1 sizes its experts and shared MLP by the latter");
+  if (uniform_int(j, "num_shared_expert", where, 1) != 1 || !config::get_bool(j, "use_mixed_mlp_moe", where, true))
+    fail(where, "Hunyuan's MoE has one shared MLP beside its experts (num_shared_expert 1, use_mixed_mlp_moe)");
+  s.shared_expert = true;
+  s.shared_expert_gate = false;
+  s.shared_expert_ffn = s.ffn;
+  // (gate.wg is an nn.Linear: bitsandbytes quantizes it like the others, and its logits come in
+  // the compute dtype -- float32 only for a float32 model; the weights follow the logits' dtype)
+  s.moe_router_linear = true;
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+  s.moe_fused_experts = true;
+}
+
+void hunyuan_moe_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.moe() || !s.moe_router_linear || !s.norm_topk || !s.shared_expert || s.shared_expert_gate ||
+      s.moe_groups != 1 || s.expert_ffn != s.ffn || s.shared_expert_ffn != s.ffn)
+    fail("config.json", "not a hunyuan_v1_moe block");
+  hunyuan_write(s, j);
+  j["num_experts"] = s.n_experts;
+  j["moe_topk"] = s.experts_per_token;
+}
+
 }  // namespace
 
 const ModelFamily kHunyuanDense = [] {
@@ -233,6 +283,20 @@ const ModelFamily kHunyuanDense = [] {
   f.normalize_config = hunyuan_normalize;
   // q/k norms renamed: the checkpoints call them query_layernorm / key_layernorm
   f.hf_renames = kHunyuanRenames;
+  return f;
+}();
+
+// (its MoE: the shared MLP is mlp.shared_mlp, the router's weight mlp.gate.wg)
+constexpr HfRename kHunyuanMoeRenames[] = {{".self_attn.query_layernorm.", ".self_attn.q_norm."},
+                                           {".self_attn.key_layernorm.", ".self_attn.k_norm."},
+                                           {".mlp.shared_mlp.", ".mlp.shared_expert."},
+                                           {".mlp.gate.wg.", ".mlp.gate."}};
+const ModelFamily kHunyuanMoe = [] {
+  ModelFamily f{"hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "", 0, 2048, 10000.0f, false, false, hunyuan_moe_read,
+                hunyuan_moe_write};
+  f.normalize_config = hunyuan_normalize;
+  f.hf_renames = kHunyuanMoeRenames;
+  f.no_gguf_reason = "llama.cpp's hunyuan-moe GGUFs are not read or written here yet";
   return f;
 }();
 

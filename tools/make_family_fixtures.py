@@ -737,7 +737,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1395,7 +1395,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
         w.add_rope_freq_base_swa(rp["sliding_attention"]["rope_theta"])
         rp = rp["full_attention"]
-    if arch == "hunyuan-dense" and rp.get("alpha"):  # as convert_hf_to_gguf.py: the stretched base
+    if arch in ("hunyuan-dense", "hunyuan-moe") and rp.get("alpha"):  # as convert_hf_to_gguf.py: the stretched base
         rp = {"rope_type": "default", "rope_theta": rp["rope_theta"] * rp["alpha"] ** (hd / (hd - 2))}
     w.add_rope_freq_base(rp["rope_theta"])
     rope_freqs = None
@@ -1462,6 +1462,9 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_leading_dense_block_count(c.moe_layer_start_index)
         w.add_expert_shared_count(c.moe_num_shared_experts)
         w.add_expert_shared_feed_forward_length(c.moe_intermediate_size * c.moe_num_shared_experts)
+    if arch == "hunyuan-moe":  # as convert_hf_to_gguf.py's HunYuanMoEModel
+        w.add_expert_feed_forward_length(c.intermediate_size)
+        w.add_expert_shared_feed_forward_length(c.intermediate_size)
     if arch == "minimax-m2":  # as convert_hf_to_gguf.py's MiniMaxM2Model (TextModel: gating from scoring_func)
         w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
         w.add_expert_feed_forward_length(c.intermediate_size)
@@ -1568,8 +1571,10 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             if arch == "glm4":  # convert_hf_to_gguf.py's Glm4Model names
                 gname = {"post_self_attn_layernorm": "post_attention_norm",
                          "post_mlp_layernorm": "post_ffw_norm"}.get(mod, gname)
-            if arch == "hunyuan-dense":
-                gname = {"self_attn.query_layernorm": "attn_q_norm", "self_attn.key_layernorm": "attn_k_norm"}.get(mod, gname)
+            if arch in ("hunyuan-dense", "hunyuan-moe"):  # (HunYuanMoEModel: also the router and the shared MLP)
+                gname = {"self_attn.query_layernorm": "attn_q_norm", "self_attn.key_layernorm": "attn_k_norm",
+                         "mlp.gate.wg": "ffn_gate_inp", "mlp.shared_mlp.gate_proj": "ffn_gate_shexp",
+                         "mlp.shared_mlp.up_proj": "ffn_up_shexp", "mlp.shared_mlp.down_proj": "ffn_down_shexp"}.get(mod, gname)
             if arch == "gpt-oss":  # GptOssModel's names
                 gname = {"post_attention_layernorm": "post_attention_norm", "mlp.router": "ffn_gate_inp",
                          "self_attn.sinks": "attn_sinks"}.get(mod, gname)

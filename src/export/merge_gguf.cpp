@@ -215,6 +215,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                    "this model differs: no GGUF form");
   if (s.moe() && !glm_moe && !deepseek2 && !minimax) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
+                      arch == "hunyuan-moe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
       fail(out_path, "llama.cpp's " + arch + (norm ? " renormalizes" : " does not renormalize") +
@@ -275,6 +276,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
+        arch == "hunyuan-moe" ||
         gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
@@ -410,8 +412,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                 sc <= 1.0 ? 1.0f : static_cast<float>((m1 / want - 1.0) / (0.1 * std::log(sc))));
     }
   }
-  if (arch == "hunyuan-dense" && (s.qkv_bias || s.o_bias))
-    fail(out_path, "llama.cpp's hunyuan-dense has no attention biases; this model (attention_bias) has: no GGUF form");
+  if ((arch == "hunyuan-dense" || arch == "hunyuan-moe") && (s.qkv_bias || s.o_bias))
+    fail(out_path, "llama.cpp's " + arch + " has no attention biases; this model (attention_bias) has: no GGUF form");
   if (arch == "ernie4_5" && s.mlp_bias)
     fail(out_path, "llama.cpp's ernie4_5 has no MLP biases; this model (use_bias) has: no GGUF form");
   if (arch == "mistral3" && s.sliding_window > 0)

@@ -266,6 +266,20 @@ void hunyuan_moe_read(const json& j, const std::string& where, ModelSpec& s) {
   s.moe_fused_experts = true;
 }
 
+// llama.cpp's hunyuan-moe: the dense model's attention, every MLP experts behind a softmax router
+// (ffn_gate_inp), renormalized, plus the shared MLP (ffn_*_shexp, expert_shared_feed_forward_length).
+void hunyuan_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  hunyuan_gguf(hp, s);
+  if (hp.expert_count <= 0) fail(hp.path, "a hunyuan-moe GGUF without expert_count");
+  if (!s.shared_expert) fail(hp.path, "a hunyuan-moe GGUF without its shared MLP (blk.N.ffn_gate_shexp)");
+  s.shared_expert_gate = false;
+  s.shared_expert_ffn = s.ffn;
+  s.moe_router_linear = true;
+  s.norm_topk = true;
+  s.moe_round_weights = true;
+  s.moe_fused_experts = true;  // (read per expert, as the GGUF presents them)
+}
+
 void hunyuan_moe_write(const ModelSpec& s, ordered_json& j) {
   if (!s.moe() || !s.moe_router_linear || !s.norm_topk || !s.shared_expert || s.shared_expert_gate ||
       s.moe_groups != 1 || s.expert_ffn != s.ffn || s.shared_expert_ffn != s.ffn)
@@ -292,11 +306,10 @@ constexpr HfRename kHunyuanMoeRenames[] = {{".self_attn.query_layernorm.", ".sel
                                            {".mlp.shared_mlp.", ".mlp.shared_expert."},
                                            {".mlp.gate.wg.", ".mlp.gate."}};
 const ModelFamily kHunyuanMoe = [] {
-  ModelFamily f{"hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "", 0, 2048, 10000.0f, false, false, hunyuan_moe_read,
-                hunyuan_moe_write};
+  ModelFamily f{"hunyuan_v1_moe", "HunYuanMoEV1ForCausalLM", "hunyuan-moe", 0, 2048, 10000.0f, false, false,
+                hunyuan_moe_read, hunyuan_moe_write, hunyuan_moe_gguf};
   f.normalize_config = hunyuan_normalize;
   f.hf_renames = kHunyuanMoeRenames;
-  f.no_gguf_reason = "llama.cpp's hunyuan-moe GGUFs are not read or written here yet";
   return f;
 }();
 

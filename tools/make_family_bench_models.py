@@ -118,6 +118,12 @@ FAMILIES = {
                                   moe_intermediate_size=352, n_shared_experts=1, first_k_dense_replace=1,
                                   routed_scaling_factor=2.5, norm_topk_prob=True, sliding_window=None,
                                   max_position_embeddings=2048, tie_word_embeddings=False)),
+    # Hunyuan-A13B's block at that size: q/k norms after the rotary, every layer 8 experts of 352 (top 2)
+    # behind an nn.Linear softmax router, plus a shared MLP of 352.
+    "hunyuan_v1_moe": ("HunYuanMoEV1Config", dict(hidden_size=512, intermediate_size=352, num_hidden_layers=8,
+                                                  num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                                                  num_experts=8, moe_topk=2, max_position_embeddings=2048,
+                                                  tie_word_embeddings=False)),
     # ERNIE-4.5-21B-A3B's block at that size: layer 0 dense (1408), the other 7 eight experts of 352
     # (top 2 of the biased softmax) plus two shared ones, adjacent-pair rotary, tied head.
     "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,

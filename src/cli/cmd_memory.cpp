@@ -47,6 +47,7 @@ struct Options {
   std::string device;
   int lora_r = 64;
   std::string target = "all-linear";
+  std::string target_parameters;  // comma-separated, as train's
   double lora_dropout = 0.05;
   bool lora_dropout_given = false;
   std::string lora_dtype;  // pytorch-cuda: fp32 (PEFT) or bf16
@@ -160,7 +161,10 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.lora_dropout = o.lora_dropout;
   // (as `qlora train`: all-linear on an MoE model whose experts it adapts runs without dropout
   // unless --lora-dropout is given, which train then refuses, as PEFT does)
-  if (m.spec.all_linear_adapts_experts() && mo.all_linear && !o.lora_dropout_given)
+  if (!o.target_parameters.empty()) mo.target_parameters = qlora::cli::split_commas(o.target_parameters);
+  if (!mo.target_parameters.empty() && !m.spec.moe())
+    qlora::fail("--target-parameters", "names a mixture-of-experts model's parameters; this model has no experts");
+  if (((m.spec.all_linear_adapts_experts() && mo.all_linear) || !mo.target_parameters.empty()) && !o.lora_dropout_given)
     mo.lora_dropout = 0.0;
   mo.with_adapter = o.with_adapter;
   mo.batch_size = o.batch_size;
@@ -287,6 +291,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--lora-r", o->lora_r, "LoRA rank")->capture_default_str();
       app.add_option("--target", o->target, "all-linear, or comma-separated module names (q_proj,v_proj)")
           ->capture_default_str();
+      app.add_option("--target-parameters", o->target_parameters,
+                     "Mixture-of-experts models: parameters adapted directly, as train's (gate_up_proj,down_proj: "
+                     "the experts; gate.weight / router.weight: the router)");
       app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout (> 0 keeps dropout masks)")
           ->capture_default_str();
       app.add_option("--lora-dtype", o->lora_dtype, "pytorch-cuda: LoRA parameter dtype, fp32 (PEFT) or bf16");

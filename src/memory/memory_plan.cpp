@@ -185,7 +185,31 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
   // MoE (lora/lora_model.cpp add_moe_layers): all-linear also adapts the shared-expert gate,
   // or, where PEFT's does, the router and each expert (gate_up at twice the rank); on gpt-oss
   // and Granite MoE the attention only.
-  if (s.moe() && o.all_linear && !s.moe_gpt_oss && !s.moe_granite) {
+  // Named parameters (--target-parameters) instead: the router and each expert part they match,
+  // gate_up at the rank (lora_model.cpp's paths: moe_router_module_path, moe_experts_module).
+  if (s.moe() && !o.target_parameters.empty()) {
+    auto named = [&](const std::string& path) {
+      for (const std::string& t : o.target_parameters)
+        if (lora_module_matches(path, t)) return true;
+      return false;
+    };
+    const std::string layer = "model.layers." + std::to_string(s.moe_dense_layers) + ".";
+    const std::string experts = layer + (s.moe_granite ? "block_sparse_moe.experts" : "mlp.experts");
+    std::string router = canonical_to_hf(s, layer + kMoeRouterModule);
+    if (s.moe_granite) router = layer + "block_sparse_moe.router";
+    else if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_router_linear) router = layer + kMoeRouterModule;
+    std::vector<std::pair<uint64_t, uint64_t>> ab;
+    if (named(router + ".weight")) ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+    for (int64_t e = 0; e < s.n_experts; ++e) {
+      if (named(experts + ".gate_up_proj")) ab.emplace_back(r * u(s.hidden), u(2 * s.expert_ffn) * r);
+      if (named(experts + ".down_proj")) ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
+    }
+    const uint64_t moe_layers = u(s.n_layers - s.moe_dense_layers);
+    for (const auto& [a, b] : ab) {
+      l.params += moe_layers * (a + b);
+      l.optim_state += moe_layers * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
+    }
+  } else if (s.moe() && o.all_linear && !s.moe_gpt_oss && !s.moe_granite) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
     if (s.moe_gemma4) {  // (Gemma 4: its router, an nn.Linear, only)
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);

@@ -91,6 +91,10 @@ struct MemoryOptions {
   int lora_r = 64;
   bool all_linear = true;                  // PEFT's "all-linear"
   std::vector<std::string> target_modules;  // used when !all_linear (suffixes: q_proj, ...)
+  // Mixture-of-experts models: parameters adapted directly (PEFT's target_parameters, `train
+  // --target-parameters`: gate_up_proj, down_proj, gate.weight / router.weight); empty: what
+  // all-linear adapts.
+  std::vector<std::string> target_parameters;
   double lora_dropout = 0.05;
   bool with_adapter = false;               // generate: an adapter of this shape is applied
 

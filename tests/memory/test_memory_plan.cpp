@@ -6,7 +6,10 @@
 #include <string>
 
 #include "base/error.h"
+#include "formats/model_loader.h"
+#include "lora/lora_model.h"
 #include "memory/memory_plan.h"
+#include "model/model.h"
 
 namespace qlora {
 namespace {
@@ -163,6 +166,37 @@ TEST(MemoryPlan, LoraAndOptimizerState) {
   const MemoryPlan paged = plan_memory(s, o);
   EXPECT_EQ(paged.evictable_bytes, item(big, "optimizer state"));
   EXPECT_EQ(paged.peak_bytes + paged.evictable_bytes, big.peak_bytes);
+}
+
+// A mixture-of-experts run with named parameters (`--target-parameters`, PEFT's target_parameters):
+// the planner counts the LoRA parameters the run makes, on Granite MoE (router under transformers'
+// block_sparse_moe module path) and Mixtral (the canonical mlp.gate), with and without all-linear.
+TEST(MemoryPlan, MoeTargetParametersCountWhatTheRunAdapts) {
+  for (const char* fam : {"granitemoe", "mixtral"}) {
+    ModelFiles files = open_model_files(std::string(QLORA_FIXTURE_DIR) + "/families/" + fam);
+    ModelLoadOptions lo;
+    lo.quant.quantize = false;
+    const Model m = Model::load(files.spec, *files.tensors, lo);
+    for (bool all_linear : {true, false}) {
+      LoraConfig c;
+      c.r = 4;
+      c.dropout = 0.0;
+      c.all_linear = all_linear;
+      if (!all_linear) c.target_modules = {"q_proj"};
+      c.target_parameters = {"gate_up_proj", "down_proj", std::string(fam) == "mixtral" ? "gate.weight" : "router.weight"};
+      const LoraModel lm(m, c);
+      uint64_t params = 0;
+      for (const LoraLayer& l : lm.layers()) params += l.A.size() + l.B.size();
+      MemoryOptions o;
+      o.lora_r = 4;
+      o.lora_dropout = 0.0;
+      o.all_linear = all_linear;
+      if (!all_linear) o.target_modules = {"q_proj"};
+      o.target_parameters = c.target_parameters;
+      o.seq_len = 16;
+      EXPECT_EQ(item(plan_memory(files.spec, o), "LoRA parameters"), params * 4) << fam << " all-linear " << all_linear;
+    }
+  }
 }
 
 TEST(MemoryPlan, ActivationsGrowWithSequenceAndCheckpointingLowersThem) {

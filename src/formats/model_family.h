@@ -115,6 +115,12 @@ std::string gguf_supported_architectures();
 const ModelFamily& family_or_fail(std::string_view model_type, const std::string& where);
 
 namespace families {  // formats/families/*.cpp
+// DeepSeek-V3's MoE as llama.cpp's GGUFs carry it (deepseek2, glm4moe, dots1; formats/families/
+// deepseek.cpp): the dense lead (leading_dense_block_count, its width feed_forward_length),
+// ungated shared experts of expert_shared_count x the experts' width, expert_weights_scale (absent
+// or 0: 1), expert groups where expert_group_count says, expert_weights_norm, the experts read one
+// by one, no MTP blocks. The router's kind is the caller's.
+void read_deepseek_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s);
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
     kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe;

@@ -78,6 +78,14 @@ void sigmoid_route(const ModelSpec& s, const float* sc, const float* bias, int32
   std::copy_n(cand.begin(), K, idx);
 }
 
+// p (E) = softmax of the router logits lg (E), float32, max subtracted (torch's softmax).
+void softmax_row(const float* lg, float* p, int64_t E) {
+  const float mx = *std::max_element(lg, lg + E);
+  float z = 0.0f;
+  for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(lg[e] - mx));
+  for (int64_t e = 0; e < E; ++e) p[e] /= z;
+}
+
 float rounded(float v, ComputeDType dtype) {
   round_activations(&v, 1, dtype);
   return v;
@@ -170,12 +178,8 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       std::vector<int32_t> order(static_cast<size_t>(E)), gorder(static_cast<size_t>(G));
       std::vector<float> choice(static_cast<size_t>(E)), gscore(static_cast<size_t>(G));
       for (int64_t t = 0; t < T; ++t) {
-        const float* lg = logits.data() + t * E;
         float* p = g.probs.data() + t * E;
-        const float mx = *std::max_element(lg, lg + E);
-        float z = 0.0f;
-        for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(lg[e] - mx));
-        for (int64_t e = 0; e < E; ++e) p[e] /= z;
+        softmax_row(logits.data() + t * E, p, E);
         for (int64_t e = 0; e < E; ++e) choice[static_cast<size_t>(e)] = p[e] + L.router_score_bias[static_cast<size_t>(e)];
         order.clear();
         if (G > 1) {  // (the experts of the best groups only)
@@ -237,10 +241,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
   for (int64_t t = 0; t < T; ++t) {
     const float* lg = logits.data() + t * E;
     float* p = g.probs.data() + t * E;
-    const float mx = *std::max_element(lg, lg + E);
-    float z = 0.0f;
-    for (int64_t e = 0; e < E; ++e) z += (p[e] = std::exp(lg[e] - mx));
-    for (int64_t e = 0; e < E; ++e) p[e] /= z;
+    softmax_row(lg, p, E);
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
       return p[a] > p[b] || (p[a] == p[b] && a < b);

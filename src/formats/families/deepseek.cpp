@@ -205,16 +205,7 @@ void deepseek2_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
     s.rope_scaling.attention_factor = 1.0f;
   }
   s.attn_scale = s.mla_attention_scale();
-  s.moe_dense_layers = hp.leading_dense_blocks;
-  s.shared_expert = hp.expert_shared_count > 0;
-  s.shared_expert_ffn = hp.expert_shared_count * s.expert_ffn;
-  s.shared_expert_gate = false;
-  s.moe_routed_scale = hp.expert_weights_scale > 0.0f ? hp.expert_weights_scale : 1.0f;
-  s.moe_groups = hp.expert_group_count > 1 ? hp.expert_group_count : 1;
-  s.moe_topk_groups = hp.expert_group_count > 1 ? hp.expert_group_used_count : 1;
-  s.norm_topk = hp.expert_weights_norm == 1;
-  s.moe_fused_experts = true;  // (the loader reads the experts per expert, as the GGUF presents them)
-  s.mtp_layers = 0;
+  read_deepseek_moe_gguf(hp, s);
   if (hp.expert_gating_func == 2) {
     s.family = "deepseek_v3";
     s.moe_sigmoid_router = true;
@@ -237,6 +228,20 @@ constexpr GgufLayerName kDeepseek2GgufNames[] = {
     {"attn_kv_a_norm", "self_attn.kv_a_layernorm"}, {"attn_kv_b", "self_attn.kv_b_proj"},
     {"attn_k_b", "self_attn.k_b_proj"},          {"attn_v_b", "self_attn.v_b_proj"}};
 constexpr GgufLayerName kDeepseek2GgufParams[] = {{"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"}};
+
+void read_deepseek_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.ffn = hp.intermediate_size;  // (the dense layers'; the shared experts' below)
+  s.moe_dense_layers = hp.leading_dense_blocks;
+  s.shared_expert = hp.expert_shared_count > 0;
+  s.shared_expert_ffn = hp.expert_shared_count * s.expert_ffn;
+  s.shared_expert_gate = false;
+  s.moe_routed_scale = hp.expert_weights_scale > 0.0f ? hp.expert_weights_scale : 1.0f;
+  s.moe_groups = hp.expert_group_count > 1 ? hp.expert_group_count : 1;
+  s.moe_topk_groups = hp.expert_group_count > 1 ? hp.expert_group_used_count : 1;
+  s.norm_topk = hp.expert_weights_norm == 1;
+  s.moe_fused_experts = true;  // (the loader reads the experts per expert, as the GGUF presents them)
+  s.mtp_layers = 0;            // (its blocks are not read: formats/model_loader.cpp)
+}
 
 // Their module tree names the shared experts mlp.shared_experts (Qwen2-MoE's canonical
 // mlp.shared_expert), as GLM-4.5's does.

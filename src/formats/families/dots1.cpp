@@ -99,17 +99,8 @@ void dots1_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   if (hp.expert_gating_func != 0 && hp.expert_gating_func != 2)
     fail(where, "dots1.expert_gating_func " + std::to_string(hp.expert_gating_func) + ": dots.llm1's router is a sigmoid (2)");
   s.qk_norm = true;
-  s.ffn = hp.intermediate_size;
-  s.moe_dense_layers = hp.leading_dense_blocks;
-  s.shared_expert = hp.expert_shared_count > 0;
-  s.shared_expert_ffn = hp.expert_shared_count * s.expert_ffn;
-  s.shared_expert_gate = false;
+  read_deepseek_moe_gguf(hp, s);
   s.moe_sigmoid_router = true;
-  s.moe_routed_scale = hp.expert_weights_scale > 0.0f ? hp.expert_weights_scale : 1.0f;
-  s.moe_groups = hp.expert_group_count > 1 ? hp.expert_group_count : 1;
-  s.moe_topk_groups = hp.expert_group_count > 1 ? hp.expert_group_used_count : 1;
-  s.norm_topk = hp.expert_weights_norm == 1;
-  s.moe_fused_experts = true;
 }
 
 }  // namespace

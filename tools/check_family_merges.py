@@ -84,7 +84,7 @@ def main():
                 # the vision tower and projector come back as they were, bit for bit
                 base = auto(f).from_pretrained(str(FIX / f), dtype=torch.float32, attn_implementation=attn(f))
                 theirs, ours = base.state_dict(), m.state_dict()
-                other = [k for k in theirs if ".language_model." not in k and not k.startswith("lm_head")]
+                other = [k for k in theirs if ".language_model." not in k and not k.startswith(("lm_head", "language_model."))]
                 row["other_part_tensors"] = len(other)
                 row["other_part_tensors_differing"] = sum(not torch.equal(theirs[k], ours[k]) for k in other)
                 if not other or row["other_part_tensors_differing"]:

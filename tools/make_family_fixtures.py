@@ -266,6 +266,42 @@ FAMILIES = {
                                                   rope_parameters={"rope_type": "dynamic", "alpha": 1000.0,
                                                                    "factor": 1.0, "rope_theta": 10000.0},
                                                   _moe=True)),
+    # Llama 4's language model (llama4_text): 4 layers, every second one NoPE (its queries scaled by
+    # the attention temperature, here over periods of 8 positions at 0.5 so that the prompt
+    # crosses two) and the others rotating on adjacent pairs with llama3 scaling (Scout's
+    # low = high frequency factor), chunked attention over 8 positions and weightless q/k norms
+    # after the rotary; layers 1 and 3 a mixture of 4 experts (top 2 here: Scout and Maverick
+    # route 1) whose sigmoid weights scale their inputs, plus the shared expert, layers 0 and 2 a
+    # dense MLP of intermediate_size_mlp. PEFT 0.21's all-linear wraps the router (an nn.Linear
+    # subclass returning a tuple) and fails in the forward: the adapter names the Linears.
+    "llama4_text": ("Llama4TextConfig", dict(num_hidden_layers=4, head_dim=16, intermediate_size=32,
+                                             intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=2,
+                                             interleave_moe_layer_step=2, no_rope_layer_interval=2,
+                                             attention_chunk_size=8, floor_scale=8, attn_scale=0.5,
+                                             tie_word_embeddings=False,
+                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                              "factor": 16.0, "low_freq_factor": 1.0,
+                                                              "high_freq_factor": 1.0,
+                                                              "original_max_position_embeddings": 8},
+                                             _targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                       "down_proj"],
+                                             _moe=True)),
+    # Llama 4 as released (Llama4ForConditionalGeneration: Scout, Maverick): the language model above
+    # under language_model.model. / language_model.lm_head -- its module paths too -- beside a
+    # vision tower (vision_model.) and projector. PEFT's all-linear fails on it as above: the
+    # vision adapter names the Linears of both parts.
+    "llama4": ("Llama4Config", dict(
+        num_hidden_layers=4, head_dim=16, intermediate_size=32, intermediate_size_mlp=96, num_local_experts=4,
+        num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layer_interval=2, attention_chunk_size=8,
+        floor_scale=8, attn_scale=0.5, tie_word_embeddings=False, _text_type="llama4_text",
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 1.0, "original_max_position_embeddings": 8},
+        _targets=r"language_model\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|feed_forward\.(shared_expert\.)?(gate|up|down)_proj)",
+        _vision_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2"],
+        _wrapper=dict(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                         image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,
+                                         projector_output_dim=64, rope_theta=10000),
+                      tie_word_embeddings=False))),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -689,14 +725,15 @@ def experts_roundtrip(model, double_quant: bool):
             if not name.endswith(".experts") or not hasattr(mod, "gate_up_proj"):
                 continue
             gpt_oss = hasattr(mod, "gate_up_proj_bias")
+            in_out = gpt_oss or type(mod).__name__ == "Llama4TextExperts"  # (Llama 4's are (in, out) too)
             for p in (mod.gate_up_proj, mod.down_proj):
                 for e in range(p.shape[0]):
                     w = p.data[e].to(torch.float32)
-                    if gpt_oss:  # (in, out): qlora's (out, in) Linear (gate and up rows stay interleaved)
+                    if in_out:  # (in, out): qlora's (out, in) Linear (gpt-oss: gate and up rows stay interleaved)
                         w = w.t()
                     q, st = F.quantize_4bit(w.contiguous(), blocksize=64, quant_type="nf4", compress_statistics=double_quant)
                     d = F.dequantize_4bit(q, st, blocksize=64, quant_type="nf4").to(torch.float32)
-                    if gpt_oss:
+                    if in_out:
                         d = d.t()
                     p.data[e].copy_(d.to(p.dtype))
 
@@ -708,7 +745,10 @@ def nf4_roundtrip(model):
     with torch.no_grad():
         from transformers.pytorch_utils import Conv1D
         for name, mod in model.named_modules():
-            # (bitsandbytes quantizes every Linear but the head: OPT's project_in/out too)
+            # (bitsandbytes quantizes every Linear but the head: OPT's project_in/out too; not Llama 4's
+            # router, an nn.Linear subclass its exact-type check passes over)
+            if type(mod).__name__ == "Llama4Router":
+                continue
             if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name or
                                                      name.endswith(("project_in", "project_out",
                                                                     "per_layer_model_projection"))):
@@ -1605,7 +1645,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):
@@ -1860,7 +1900,8 @@ def build(family: str):
     # too: text-only runs leave those modules out (qlora loads it, and refuses to merge it).
     vision_logits = None
     if is_wrapper(family):
-        vision_logits = extra_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+        vision_logits = extra_adapter(LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                 target_modules=FAMILIES[family][1].get("_vision_targets", "all-linear"),
                                                  task_type="CAUSAL_LM"), 17, "vision_adapter")
 
     ids = torch.randint(3, V, (BATCH, SEQ), generator=g)

@@ -206,7 +206,7 @@ int run(Options o) {
     std::fprintf(stderr, "LoRA: r %d, alpha %g, dropout %g, %zu modules, %lld trainable parameters\n", lc.r,
                  lc.alpha, lc.dropout, lora.layers().size(), static_cast<long long>(lora.num_trainable()));
     if (model.spec().moe()) {
-      const int64_t l0 = model.spec().moe_dense_layers;  // (the first MoE layer)
+      const int64_t l0 = model.spec().first_moe_layer();  // (the first MoE layer)
       std::fprintf(stderr, "LoRA: %s is a mixture-of-experts model: %s\n", model.spec().family.c_str(),
                    lora.find_expert(l0, 0, 0) || lora.find_expert(l0, 0, 1)
                        ? "its experts are adapted too, one LoRA per expert (PEFT's target_parameters)"

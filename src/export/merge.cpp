@@ -281,12 +281,20 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
           for (int part : {0, 2}) {
             if (rest != fused_expert_tensor(part)) continue;
             std::vector<float> out;
+            const int64_t F = model.spec().expert_ffn, C = model.spec().hidden;
             for (int64_t e = 0; e < model.spec().n_experts; ++e) {
-              const std::vector<float> w =
+              std::vector<float> w =
                   part == 0 ? merged_weight(L.expert_gate_up[static_cast<size_t>(e)], adapters,
                                             [&](const LoraModel& a) { return a.find_expert(l, e, 0); })
                             : merged_weight(L.expert_down[static_cast<size_t>(e)], adapters,
                                             [&](const LoraModel& a) { return a.find_expert(l, e, 1); });
+              if (model.spec().moe_llama4) {  // (Llama 4's (in, out): (C, 2F) and (F, C))
+                const int64_t rows = part == 0 ? 2 * F : C, cols = part == 0 ? C : F;
+                std::vector<float> t(w.size());
+                for (int64_t i = 0; i < rows; ++i)
+                  for (int64_t j = 0; j < cols; ++j) t[static_cast<size_t>(j * rows + i)] = w[static_cast<size_t>(i * cols + j)];
+                w = std::move(t);
+              }
               out.insert(out.end(), w.begin(), w.end());
             }
             return out;

@@ -192,7 +192,8 @@ RopeScaling parse_rope_scaling(const json& rp, const char* key, int64_t max_posi
     sc.low_freq_factor = positive("low_freq_factor", num("low_freq_factor", std::nullopt));
     sc.high_freq_factor = positive("high_freq_factor", num("high_freq_factor", std::nullopt));
     sc.original_max_positions = static_cast<int64_t>(num("original_max_position_embeddings", std::nullopt));
-    if (sc.high_freq_factor <= sc.low_freq_factor) fail(where, in + ": high_freq_factor must exceed low_freq_factor");
+    // (equal factors: no band between the two, as Llama 4's released configs have them)
+    if (sc.high_freq_factor < sc.low_freq_factor) fail(where, in + ": high_freq_factor must not be below low_freq_factor");
   } else if (type == "proportional") {  // (Gemma 4's full-attention layers)
     sc.type = RopeScaling::Type::Proportional;
     sc.factor = positive("factor", num("factor", 1.0f));

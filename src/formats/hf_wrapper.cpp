@@ -13,7 +13,7 @@ namespace {
 
 // transformers' classes: Gemma3Config (tie_word_embeddings True), Mistral3Config (True),
 // LlavaConfig (False, text_config a LlamaConfig by default).
-constexpr std::array<HfWrapper, 8> kWrappers = {{
+constexpr std::array<HfWrapper, 9> kWrappers = {{
     {"gemma3", "gemma3_text", true},
     {"mistral3", "mistral", true},
     {"llava", "llama", false},
@@ -25,6 +25,8 @@ constexpr std::array<HfWrapper, 8> kWrappers = {{
     {"qwen3_5_moe", "qwen3_5_moe_text", false},
     // Gemma4Config (tie_word_embeddings True)
     {"gemma4", "gemma4_text", true},
+    // Llama4Config (tie_word_embeddings False): Llama 4 Scout / Maverick as released
+    {"llama4", "llama4_text", false, {}, {}, false, true},
 }};
 
 // The other parts' prefixes (with or without "model."): never the language model's.
@@ -75,6 +77,14 @@ std::optional<std::string> wrapped_to_text_name(std::string_view stored) { retur
 
 std::string text_to_wrapped_path(const std::string& text_name) {
   if (auto rest = after_model(text_name)) return std::string(kModuleModel) + std::string(*rest);
+  return text_name;
+}
+
+std::string text_to_wrapped_path(const std::string& text_name, std::string_view wrapper_type) {
+  const HfWrapper* w = find_hf_wrapper(wrapper_type);
+  if (!w || !w->hub_module_paths) return text_to_wrapped_path(text_name);
+  if (auto rest = after_model(text_name)) return std::string(kHubModel) + std::string(*rest);
+  if (text_name.starts_with("lm_head")) return "language_model." + text_name;
   return text_name;
 }
 

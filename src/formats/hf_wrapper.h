@@ -29,6 +29,10 @@ struct HfWrapper {
   // "" = text_config's model_type is a family's.
   std::string_view text_type_alias = {}, text_family = {};
   bool flat_config = false;  // the language model's keys may sit at the top level (no text_config)
+  // Its module paths are its files' names, "language_model.model.X" and "language_model.lm_head"
+  // (Llama4ForConditionalGeneration holds a Llama4ForCausalLM), not transformers >= 4.52's
+  // "model.language_model.X" and "lm_head".
+  bool hub_module_paths = false;
 };
 
 // The wrapper of an outer model_type, or null.
@@ -45,6 +49,9 @@ std::optional<std::string> wrapped_to_text_name(std::string_view stored);
 // wrapper model's module path (transformers >= 4.52 and PEFT's keys):
 // "model.language_model.layers.0.self_attn.q_proj"; lm_head stays lm_head.
 std::string text_to_wrapped_path(const std::string& text_name);
+// ... as the wrapper of the outer model_type `wrapper_type` names its modules (hub_module_paths:
+// "language_model.model.layers.0.self_attn.q_proj", "language_model.lm_head").
+std::string text_to_wrapped_path(const std::string& text_name, std::string_view wrapper_type);
 // The same as a checkpoint whose "model.embed_tokens.weight" is stored as
 // `stored_embed` stores it (the three forms above).
 std::string text_to_wrapped_file_name(const std::string& text_name, const std::string& stored_embed);

@@ -303,7 +303,9 @@ class SafeTensorsSource : public TensorSource {
 class RenamedSource : public TensorSource {
  public:
   RenamedSource(std::unique_ptr<TensorSource> inner, const ModelFamily& fam, const ModelSpec& spec)
-      : inner_(std::move(inner)), fam_(fam), renames_(fam.renames(spec)) {}
+      : inner_(std::move(inner)), fam_(fam), renames_(fam.renames(spec)) {
+    for (std::string& n : inner_->other_part_names()) others_.insert(std::move(n));
+  }
   std::vector<std::string> names() const override {
     std::vector<std::string> n;
     for (const std::string& h : inner_->names()) n.push_back(hf_to_canonical(renames_, with_prefix(h)));
@@ -338,6 +340,9 @@ class RenamedSource : public TensorSource {
   // The stored name of a canonical one: the family's name, or the same without the base
   // model prefix when the checkpoint was saved that way.
   std::string hf(const std::string& canonical) const {
+    // (a vision-language model's other parts keep their names: Llama 4's vision tower has an mlp
+    // where its language model has a feed_forward)
+    if (others_.count(canonical)) return canonical;
     std::string h = canonical_to_hf(renames_, canonical);
     const std::string_view p = fam_.base_prefix;
     if (!p.empty() && h.starts_with(p) && !inner_->has(h) && inner_->has(h.substr(p.size()))) h = h.substr(p.size());
@@ -352,6 +357,7 @@ class RenamedSource : public TensorSource {
     return fam_.conv1d_linears && stored_shape.size() == 2 && is_block_linear_weight(canonical) &&
            !inner_->get_4bit(hf(canonical)) && !inner_->get_int8(hf(canonical));
   }
+  std::set<std::string> others_;  // the other parts' stored names
   std::unique_ptr<TensorSource> inner_;
   const ModelFamily& fam_;
   std::span<const HfRename> renames_;

@@ -36,7 +36,7 @@ namespace {
 // block mlp whatever the files call it: Mixtral's block_sparse_moe), under a vision-language
 // wrapper's prefix.
 std::string moe_module_path(const ModelSpec& spec, const std::string& canonical) {
-  return spec.hf_wrapper.empty() ? canonical : text_to_wrapped_path(canonical);
+  return spec.hf_wrapper.empty() ? canonical : text_to_wrapped_path(canonical, spec.hf_wrapper);
 }
 }  // namespace
 
@@ -45,13 +45,16 @@ std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
   // (Gemma 4's is router.proj, an nn.Linear: its files' name)
   // (Granite MoE's module is block_sparse_moe.router, whatever its files call it)
   if (spec.moe_granite) return moe_module_path(spec, "model.layers." + std::to_string(layer) + ".block_sparse_moe.router");
-  return spec.moe_gpt_oss || spec.moe_gemma4 || spec.moe_router_linear ? canonical_to_hf(spec, moe_router_path(layer))
+  // (Llama 4's is feed_forward.router)
+  return spec.moe_gpt_oss || spec.moe_gemma4 || spec.moe_router_linear || spec.moe_llama4
+             ? canonical_to_hf(spec, moe_router_path(layer))
                                              : moe_module_path(spec, moe_router_path(layer));
 }
 std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
 }
 std::string moe_experts_module(const ModelSpec& spec, int64_t layer) {
+  if (spec.moe_llama4) return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + ".mlp.experts");
   return moe_module_path(spec, "model.layers." + std::to_string(layer) +
                                    (spec.moe_granite ? ".block_sparse_moe.experts" : ".mlp.experts"));
 }
@@ -172,6 +175,12 @@ void LoraModel::add_moe_layers(const Model& model) {
       m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
     const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + ".gate_up_proj");
     const bool down = cfg_.targets_parameter(moe_experts_module(s, l) + ".down_proj");
+    // (Llama 4: PEFT 0.21 wraps its router, an nn.Linear subclass returning a tuple, and then fails
+    // in the forward; its fused (in, out) experts are not adapted here yet)
+    if (s.moe_llama4 && (m.router >= 0 || gate_up || down))
+      fail("LoRA config", "LoRA on Llama 4's router or experts (" + moe_experts_module(s, l) +
+                              ") is not supported: target the attention and the MLPs (q_proj, k_proj, v_proj, o_proj, "
+                              "gate_proj, up_proj, down_proj: the dense layers' and the shared expert's)");
     for (int64_t e = 0; e < s.n_experts && (gate_up || down); ++e) {
       if (gate_up) m.gate_up.push_back(add(moe_expert_path(s, l, e, 0), L.expert_gate_up[static_cast<size_t>(e)], gu));
       if (down) m.down.push_back(add(moe_expert_path(s, l, e, 1), L.expert_down[static_cast<size_t>(e)], cfg_));

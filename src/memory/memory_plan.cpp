@@ -44,7 +44,7 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
   std::vector<LinearShape> v;
   for (const LinearShape& li : s.block_linears())
     if (li.module) v.push_back(li);
-  if (s.has_global_geometry() || s.kv_shared_layers > 0 || s.moe_dense_layers > 0)
+  if (s.has_global_geometry() || s.kv_shared_layers > 0 || s.has_dense_mlp_layers())
     for (int64_t l = 0; l < s.n_layers; ++l)
       for (const LinearShape& li : s.block_linears(l)) {
         bool seen = !li.module;
@@ -193,7 +193,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
         if (lora_module_matches(path, t)) return true;
       return false;
     };
-    const std::string layer = "model.layers." + std::to_string(s.moe_dense_layers) + ".";
+    const std::string layer = "model.layers." + std::to_string(s.first_moe_layer()) + ".";
     const std::string experts = layer + (s.moe_granite ? "block_sparse_moe.experts" : "mlp.experts");
     std::string router = canonical_to_hf(s, layer + kMoeRouterModule);
     if (s.moe_granite) router = layer + "block_sparse_moe.router";
@@ -204,7 +204,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
       if (named(experts + ".gate_up_proj")) ab.emplace_back(r * u(s.hidden), u(2 * s.expert_ffn) * r);
       if (named(experts + ".down_proj")) ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
     }
-    const uint64_t moe_layers = u(s.n_layers - s.moe_dense_layers);
+    const uint64_t moe_layers = u(s.moe_layer_count());
     for (const auto& [a, b] : ab) {
       l.params += moe_layers * (a + b);
       l.optim_state += moe_layers * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
@@ -222,7 +222,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
         ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
       }
     }
-    const uint64_t moe_layers = u(s.n_layers - s.moe_dense_layers);
+    const uint64_t moe_layers = u(s.moe_layer_count());
     for (const auto& [a, b] : ab) {
       l.params += moe_layers * (a + b);
       l.optim_state += moe_layers * (optim_state_bytes(o.optim, a) + optim_state_bytes(o.optim, b));
@@ -238,7 +238,7 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   for (const LinearShape& li : block_linears(s)) linears.emplace_back(li, linear_copies(s, li));
   for (const LinearShape& li : model_linears(s)) linears.emplace_back(li, 1);
   if (s.moe()) {  // each expert's fused gate/up and down, and the shared expert's gate
-    const uint64_t ML = u(s.n_layers - s.moe_dense_layers);  // (the MoE layers)
+    const uint64_t ML = u(s.moe_layer_count());  // (the MoE layers)
     const uint64_t experts = ML * u(s.n_experts);
     linears.emplace_back(LinearShape{"experts.gate_up_proj", 2 * s.expert_ffn, s.hidden, false}, experts);
     linears.emplace_back(LinearShape{"experts.down_proj", s.hidden, s.expert_ffn, false}, experts);

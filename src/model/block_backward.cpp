@@ -40,14 +40,14 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       }
       case BlockOpKind::Rope:  // in place: the gradient of the rotated values becomes the unrotated one's
-        if (!s.layer_rotates(r.layer)) break;
-        if (o.query && r.q_scale) {  // through q * scale(position)
+        if (o.query && r.q_scale && s.layer_q_pos_scaled(r.layer)) {  // through q * scale(position)
           const int64_t W = o.heads * o.head_dim;
           for (int64_t t = 0; t < T; ++t)
             if (r.q_scale[t] != 1.0f)
               for (int64_t i = 0; i < W; ++i) g(o.out)[t * W + i] *= r.q_scale[t];
         }
-        be.rope_backward(g(o.out) + o.offset, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
+        if (s.layer_rotates(r.layer))
+          be.rope_backward(g(o.out) + o.offset, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
         break;
       case BlockOpKind::Attention: {
         AttentionShape a = attention_heads(p, o);

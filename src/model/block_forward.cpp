@@ -84,9 +84,11 @@ void block_forward(const BlockRun& r) {
         break;
       }
       case BlockOpKind::Rope:
-        if (!s.layer_rotates(r.layer)) break;  // (a NoPE layer: q and k as projected)
-        be.rope_forward(out + o.offset, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
-        if (o.query && r.q_scale) {  // (Ministral 3: q * scale(position), rounded)
+        // (a NoPE layer: q and k as projected)
+        if (s.layer_rotates(r.layer))
+          be.rope_forward(out + o.offset, r.cos, r.sin, T, o.heads, o.head_dim, o.width, s.rope_interleaved);
+        // (Ministral 3: q * scale(position), rounded; Llama 4: on its NoPE layers only)
+        if (o.query && r.q_scale && s.layer_q_pos_scaled(r.layer)) {
           const int64_t W = o.heads * o.head_dim;
           for (int64_t t = 0; t < T; ++t)
             if (r.q_scale[t] != 1.0f) {

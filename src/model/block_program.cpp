@@ -305,7 +305,8 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     const int q = buf("q", QD), k = buf("k", KVD), v = buf("v", KVD);
     // The projections' outputs: q, k, v themselves, or (qwen3, gemma3) the inputs of per-head
     // norms that sit between the projections and rotary.
-    const int qproj = s.qk_norm ? buf("q_proj", QD) : q, kproj = s.qk_norm ? buf("k_proj", KVD) : k;
+    const bool qk_normed = s.qk_norm || s.qk_l2_norm;
+    const int qproj = qk_normed ? buf("q_proj", QD) : q, kproj = qk_normed ? buf("k_proj", KVD) : k;
     int gate = -1;  // (attn_output_gate: the attention output's gate)
     if (s.mla()) {  // DeepSeek: q, k, v through the latents
       p.build_latent_qkv(q, k, v, h1);
@@ -373,6 +374,18 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     } else if (s.qk_norm && s.qk_norm_full) {  // OLMo 2: over all of q, and all of k
       p.add_norm(q, qproj, NormRole::QHead, 1, QD, buf("rstd_q", 1, true));
       p.add_norm(k, kproj, NormRole::KHead, 1, KVD, buf("rstd_k", 1, true));
+    } else if (s.qk_l2_norm) {
+      // Llama 4: rotary on the projections (the temperature on the NoPE layers' queries), then on
+      // the layers that rotate a weightless norm per head; the others take q and k as they are
+      p.add_rope(qproj, NH, /*query=*/true);
+      p.add_rope(kproj, NKV);
+      p.mixer_ = LayerMixer::RotaryLayers;
+      p.add_norm(q, qproj, NormRole::VHead, NH, HS, buf("rstd_q", NH, true));
+      p.add_norm(k, kproj, NormRole::VHead, NKV, HS, buf("rstd_k", NKV, true));
+      p.mixer_ = LayerMixer::NopeLayers;
+      p.add_scale(q, qproj, 1.0f);  // (a copy: the values are rounded already)
+      p.add_scale(k, kproj, 1.0f);
+      p.mixer_ = sec.mixer;
     } else if (s.qk_norm && s.qk_norm_after_rope) {  // Hunyuan: rotary on the projections, then the norms
       p.add_rope(qproj, NH, /*query=*/true);
       p.add_rope(kproj, NKV);
@@ -384,7 +397,7 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
       p.add_norm(k, kproj, NormRole::KHead, NKV, HS, buf("rstd_k", NKV, true));
       p.kv_only_ = false;
     }
-    if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope && !s.mla()) {
+    if (s.positional == PositionalKind::Rotary && !s.qk_norm_after_rope && !s.qk_l2_norm && !s.mla()) {
       p.add_rope(q, NH, /*query=*/true);
       p.kv_only_ = s.v_norm;
       p.add_rope(k, NKV);
@@ -506,9 +519,9 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     o.in0 = h2;
     o.in1 = shared;
     o.round = true;
-    if (s.moe_dense_layers > 0) p.mixer_ = LayerMixer::MoeLayers;
+    if (s.has_dense_mlp_layers()) p.mixer_ = LayerMixer::MoeLayers;
     p.op(o);
-    if (s.moe_dense_layers > 0) {  // (GLM-4.5's dense layers: the same gate/up/down, their output as it is)
+    if (s.has_dense_mlp_layers()) {  // (GLM-4.5's dense layers: the same gate/up/down, their output as it is)
       BlockOp c{BlockOpKind::Scale};
       c.out = mlp_out;
       c.in0 = shared;

@@ -71,7 +71,11 @@ enum class BlockOpKind : uint8_t {
 // layers' attention or the full-attention layers' (each of its own geometry).
 // (GLM-4.5 / DeepSeek: MoeLayers and DenseMlpLayers, the layers whose MLP is the mixture of
 // experts or a dense one, ModelSpec::layer_moe.)
-enum class LayerMixer : uint8_t { All, Attention, Linear, SlidingAttention, GlobalAttention, MoeLayers, DenseMlpLayers };
+// (Llama 4: RotaryLayers and NopeLayers, the layers that rotate and those that do not:
+// ModelSpec::layer_rotates.)
+enum class LayerMixer : uint8_t {
+  All, Attention, Linear, SlidingAttention, GlobalAttention, MoeLayers, DenseMlpLayers, RotaryLayers, NopeLayers
+};
 
 struct BlockOp {
   BlockOpKind kind;
@@ -109,6 +113,8 @@ struct BlockOp {
       case LayerMixer::GlobalAttention: return s.layer_global(l);
       case LayerMixer::MoeLayers: return s.layer_moe(l);
       case LayerMixer::DenseMlpLayers: return !s.layer_moe(l);
+      case LayerMixer::RotaryLayers: return s.layer_rotates(l);
+      case LayerMixer::NopeLayers: return !s.layer_rotates(l);
     }
     return false;
   }

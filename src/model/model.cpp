@@ -174,6 +174,24 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     for (const std::string& n : {gun, gubn, dn, dbn}) progress(n);
     return;
   }
+  if (spec.moe_fused_experts && spec.moe_llama4) {  // (E, C, 2F) and (E, F, C): each expert's slice transposed
+    const std::string gun = fused_expert_name(l, 0), dn = fused_expert_name(l, 2);
+    auto transposed = [](const std::vector<float>& w, int64_t rows, int64_t cols) {  // (rows, cols) -> (cols, rows)
+      std::vector<float> t(w.size());
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) t[static_cast<size_t>(j * rows + i)] = w[static_cast<size_t>(i * cols + j)];
+      return t;
+    };
+    for (int64_t e = 0; e < spec.n_experts; ++e) {
+      L.expert_gate_up[static_cast<size_t>(e)] =
+          QuantLinear(transposed(src.get_slice(gun, e), C, 2 * F), 2 * F, C, opt.quant, opt.compute_dtype);
+      L.expert_down[static_cast<size_t>(e)] =
+          QuantLinear(transposed(src.get_slice(dn, e), F, C), C, F, opt.quant, opt.compute_dtype);
+    }
+    progress(gun);
+    progress(dn);
+    return;
+  }
   if (spec.moe_fused_experts) {  // (E, 2F, C) and (E, C, F): each expert's slice is our Linear
     const std::string gun = fused_expert_name(l, 0), dn = fused_expert_name(l, 2);
     for (int64_t e = 0; e < spec.n_experts; ++e) {
@@ -222,7 +240,7 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
   // (transformers converts either way): read what the file has.
   ModelSpec spec = spec_in;
   // (the first MoE layer: GLM-4.5's first layers are dense)
-  const int64_t l0 = spec.moe_dense_layers;
+  const int64_t l0 = spec.first_moe_layer();
   if (spec.moe_fused_experts && !src.has(fused_expert_name(l0, 0)) && src.has(layer_tensor_name(l0, expert_module(0, 0))))
     spec.moe_fused_experts = false;
   spec.validate(src.describe());
@@ -391,7 +409,7 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     if (spec.layer_moe(l)) load_moe_layer(L, spec, l, src, opt, progress);
     for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
-    if (spec.v_norm) L.unit_norm.assign(static_cast<size_t>(spec.max_head_dim()), 1.0f);  // (VHead)
+    if (spec.v_norm || spec.qk_l2_norm) L.unit_norm.assign(static_cast<size_t>(spec.max_head_dim()), 1.0f);  // (VHead)
     if (spec.ple()) {
       for (int w : {kPleGateLinear, kPleProjLinear}) linear(w);
       L.ple_norm = load_vector(src, name("post_per_layer_input_norm"), opt.compute_dtype);
@@ -432,6 +450,9 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     m.lm_head_bias_ = load_vector(src, "lm_head.bias", opt.compute_dtype);
     progress("lm_head.bias");
   }
+  // (Llama 4's experts read one by one -- bitsandbytes' checkpoints split them -- are still
+  // Llama4TextExperts' fused parameters to transformers: a merged export writes them so)
+  if (spec.moe_llama4) m.spec_.moe_fused_experts = true;
   if (opt.int8_activations) {
     for (LayerWeights& l : m.layers_)
       for (int w = 0; w < kBlockLinearCount; ++w) l.linear(w).set_int8_activations(true);

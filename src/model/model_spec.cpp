@@ -141,7 +141,17 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "gpt-oss experts need a positive, finite swiglu_limit and a finite swiglu_alpha, and no shared expert");
     if (moe_dense_layers < 0 || moe_dense_layers > n_layers)
       fail(where, "first_k_dense_replace must be between 0 and the number of layers, got " + std::to_string(moe_dense_layers));
-    if (moe_dense_layers > 0 && (!shared_expert || moe_gemma4 || moe_gpt_oss))
+    if (!moe_layer_list.empty() && static_cast<int64_t>(moe_layer_list.size()) != n_layers)
+      fail(where, "moe_layers marks " + std::to_string(moe_layer_list.size()) + " layers, the model has " +
+                      std::to_string(n_layers));
+    if (!moe_layer_list.empty() && moe_dense_layers != 0)
+      fail(where, "MoE layers are listed (moe_layers) or start at first_k_dense_replace, not both");
+    if (moe_layer_count() == 0) fail(where, "experts are configured, but no layer is a mixture-of-experts layer");
+    if (moe_llama4 && (!shared_expert || shared_expert_gate || moe_f32_router() || moe_gemma4 || moe_gpt_oss ||
+                       moe_granite || moe_router_linear || norm_topk || moe_round_weights))
+      fail(where, "Llama 4's router (sigmoid weights on the experts' inputs, an ungated shared expert) takes no other "
+                  "routing");
+    if (has_dense_mlp_layers() && (!shared_expert || moe_gemma4 || moe_gpt_oss))
       fail(where, "dense layers before the MoE layers are built for models with shared experts (GLM-4.5, DeepSeek)");
     if (shared_expert_ffn < 0 || shared_expert_ffn > kMax) fail(where, "implausible shared expert size");
     if (!shared_expert_gate && !shared_expert) fail(where, "an ungated shared expert without a shared expert");
@@ -208,8 +218,11 @@ void ModelSpec::validate(const std::string& where) const {
         fail(where, "shared layer " + std::to_string(l) + " has no earlier " +
                         (layer_global(l) ? "full-attention" : "sliding") + " layer whose keys and values it can use");
   }
-  if (q_pos_scale_beta != 0.0f && (!std::isfinite(q_pos_scale_beta) || q_pos_scale_period <= 0))
+  if (q_pos_scale_beta != 0.0f && (!std::isfinite(q_pos_scale_beta) || q_pos_scale_period <= 0 || q_pos_scale_offset < 0))
     fail(where, "llama_4_scaling_beta needs a finite beta and a positive original_max_position_embeddings");
+  if (qk_l2_norm && (qk_norm || positional != PositionalKind::Rotary || mla() || hybrid() || has_global_geometry()))
+    fail(where, "Llama 4's weightless q/k norms are built for a rotary model without q/k norm weights");
+  if (window_chunked && sliding_window <= 0) fail(where, "chunked attention needs a positive attention_chunk_size");
   if (bos_id >= vocab) fail(where, "bos token id " + std::to_string(bos_id) + " is outside the vocabulary");
   for (int e : eos_ids)
     if (e >= vocab) fail(where, "eos token id " + std::to_string(e) + " is outside the vocabulary");
@@ -377,6 +390,10 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       t.push_back({fused_expert_name(l, 2), {n_experts, hidden, expert_ffn}});
       for (const char* n : {"post_feedforward_layernorm_1", "pre_feedforward_layernorm_2", "post_feedforward_layernorm_2"})
         t.push_back({layer_tensor_name(l, n), {hidden}});
+    } else if (layer_moe(l) && moe_fused_experts && moe_llama4) {  // (Llama 4's: (in, out), then the router)
+      t.push_back({fused_expert_name(l, 0), {n_experts, hidden, 2 * expert_ffn}});
+      t.push_back({fused_expert_name(l, 2), {n_experts, expert_ffn, hidden}});
+      t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
     } else if (layer_moe(l) && moe_fused_experts) {  // (transformers 5's fused experts)
       t.push_back({layer_tensor_name(l, kMoeRouterModule), {n_experts, hidden}});
       if (moe_has_score_bias())

@@ -208,6 +208,11 @@ struct ModelSpec {
   // Which layers the window applies to (gemma2 alternates; config.json layer_types):
   // empty = every layer.
   std::vector<bool> sliding_layers;
+  // The window is Llama 4's chunked attention (attention_chunk_size) instead: position p attends
+  // to the keys of its own chunk of sliding_window positions, floor(p / w) * w .. p
+  // (transformers' create_chunked_causal_mask). Either way a query sees at most the last
+  // sliding_window keys.
+  bool window_chunked = false;
   bool layer_slides(int64_t l) const {
     return sliding_window > 0 && (sliding_layers.empty() || sliding_layers[static_cast<size_t>(l)]);
   }
@@ -224,6 +229,10 @@ struct ModelSpec {
   bool qk_norm_full = false;
   // The per-head q/k norms come after the rotary instead of before it (Hunyuan's dense models).
   bool qk_norm_after_rope = false;
+  // Llama 4's use_qk_norm: on the layers that rotate, q and k are each normalized per head after
+  // the rotary by an RMSNorm without weight (Llama4TextL2Norm, eps norm_eps, rounded); not on its
+  // NoPE layers. (No q_norm / k_norm tensors; exclusive with qk_norm.)
+  bool qk_l2_norm = false;
   // Per-head q/k norms with a weight of their own per head ((heads, head_dim) tensors: Command
   // R+'s use_qk_norm LayerNorms): each head normalized with unit weight, then scaled by its
   // weights, rounded once (CohereLayerNorm multiplies in float32).
@@ -347,16 +356,51 @@ struct ModelSpec {
   // GLM-4.5's multi-token-prediction layers after the last (model.layers.<n_layers + i>.*): kept
   // in its checkpoints, not run (as transformers), not written by merges.
   int64_t mtp_layers = 0;
+  // Which layers' MLPs are the mixture of experts when they are not "all from moe_dense_layers on"
+  // (Llama 4's moe_layers, every interleave_moe_layer_step-th); empty: by moe_dense_layers.
+  std::vector<bool> moe_layer_list;
   // Whether layer l's MLP is the mixture of experts.
-  bool layer_moe(int64_t l) const { return moe() && l >= moe_dense_layers; }
+  bool layer_moe(int64_t l) const {
+    return moe() && (moe_layer_list.empty() ? l >= moe_dense_layers : bool(moe_layer_list[static_cast<size_t>(l)]));
+  }
+  // The first MoE layer (n_layers when none), the number of MoE layers, and whether some layer
+  // has a dense MLP beside them.
+  int64_t first_moe_layer() const {
+    for (int64_t l = 0; l < n_layers; ++l)
+      if (layer_moe(l)) return l;
+    return n_layers;
+  }
+  int64_t moe_layer_count() const {
+    int64_t n = 0;
+    for (int64_t l = 0; l < n_layers; ++l) n += layer_moe(l) ? 1 : 0;
+    return n;
+  }
+  bool has_dense_mlp_layers() const { return moe() && moe_layer_count() < n_layers; }
+  // Llama 4's MoE (transformers' Llama4TextMoe): the router (feed_forward.router, a Linear that
+  // bitsandbytes leaves unquantized: its own class) gives logits in the compute dtype; each token's
+  // experts_per_token largest logits choose its experts, whose weights are sigmoid(logit) (rounded);
+  // each chosen expert reads the token times its weight (rounded: the weight scales the input, not
+  // the output), their outputs are summed (float32, rounded once) and the ungated shared expert
+  // added. The experts are stored fused as (n_experts, hidden, 2 expert_ffn) gate | up columns
+  // and (n_experts, expert_ffn, hidden) -- (in, out), unlike moe_fused_experts' (out, in).
+  bool moe_llama4 = false;
   // Ministral 3's (llama 4's) attention temperature: rotated queries at position p are
-  // multiplied by 1 + q_pos_scale_beta * ln(1 + floor(p / q_pos_scale_period)) (rounded to the
-  // compute dtype), which is exactly 1 before the first period. 0: none.
+  // multiplied by 1 + q_pos_scale_beta * ln(1 + floor((p + q_pos_scale_offset) / q_pos_scale_period))
+  // (rounded to the compute dtype), which is exactly 1 before the first period. 0: none.
+  // Llama 4 (attn_temperature_tuning: attn_scale, floor_scale) counts positions from 1
+  // (q_pos_scale_offset 1) and scales the queries of its NoPE layers only (q_pos_scale_nope_only);
+  // Ministral 3 those of its rotating layers (all of them).
   float q_pos_scale_beta = 0.0f;
   int64_t q_pos_scale_period = 0;
+  int64_t q_pos_scale_offset = 0;
+  bool q_pos_scale_nope_only = false;
   float q_pos_scale(int64_t pos) const {
-    return 1.0f + q_pos_scale_beta *
-                      std::log(1.0f + std::floor(static_cast<float>(pos) / static_cast<float>(q_pos_scale_period)));
+    return 1.0f + q_pos_scale_beta * std::log(1.0f + std::floor(static_cast<float>(pos + q_pos_scale_offset) /
+                                                                 static_cast<float>(q_pos_scale_period)));
+  }
+  // Whether layer l's queries take that scale.
+  bool layer_q_pos_scaled(int64_t l) const {
+    return q_pos_scale_beta != 0.0f && (q_pos_scale_nope_only ? !layer_rotates(l) : layer_rotates(l));
   }
   // DeepSeek-V2 / V3's multi-head latent attention (MLA: kv_lora_rank > 0; transformers'
   // DeepseekV3Attention). Per token, with h the block's normed input:
@@ -571,6 +615,7 @@ struct ModelSpec {
 // The first key position query position `pos` attends to under the spec's sliding window
 // (0 without one).
 inline int64_t first_visible_key(const ModelSpec& s, int64_t pos) {
+  if (s.sliding_window > 0 && s.window_chunked) return pos / s.sliding_window * s.sliding_window;
   return s.sliding_window > 0 && pos >= s.sliding_window ? pos - s.sliding_window + 1 : 0;
 }
 

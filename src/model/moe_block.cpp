@@ -252,6 +252,16 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       sum += g.top[static_cast<size_t>(t * K + k)] = p[order[static_cast<size_t>(k)]];
     }
     if (s.norm_topk) g.sum[static_cast<size_t>(t)] = sum;
+    if (s.moe_llama4) {
+      // (Llama 4: the largest logits -- softmax keeps their order -- and weights sigmoid(logit),
+      // computed in float32 and rounded; top keeps the unrounded sigmoid for the backward)
+      for (int64_t k = 0; k < K; ++k) {
+        const float sk = 1.0f / (1.0f + std::exp(-lg[order[static_cast<size_t>(k)]]));
+        g.top[static_cast<size_t>(t * K + k)] = sk;
+        g.weight[static_cast<size_t>(t * K + k)] = rounded(sk, r.dtype);
+      }
+      continue;
+    }
     if (s.moe_gpt_oss) {
       // softmax over the top logits (the same weights as top / sum, rounded as transformers'
       // GptOssTopKRouter computes them: in the logits' dtype); the backward's probs / top /
@@ -312,16 +322,33 @@ struct ExpertPass {
   std::vector<float> x, gu, gate, up, h, y;  // (n, C) (n, 2F) (n, F) (n, F) (n, F) (n, C)
 };
 
-void expert_forward(const BlockRun& r, int64_t e, const std::vector<std::pair<int32_t, int32_t>>& rows,
-                    const float* x, ExpertPass& a, const LoraScratch& lora_scratch, const LoraLayer* gu_lora,
-                    LoraCache* gu_cache, const LoraLayer* down_lora, LoraCache* down_cache) {
+// An expert's input rows gathered from x: (Llama 4) each times its routing weight, rounded.
+void gather_rows(const BlockRun& r, const Routing& g, const std::vector<std::pair<int32_t, int32_t>>& rows,
+                 const float* x, std::vector<float>& dst) {
+  const ModelSpec& s = r.program->spec();
+  const int64_t n = static_cast<int64_t>(rows.size()), C = s.hidden;
+  dst.resize(static_cast<size_t>(n * C));
+  for (int64_t i = 0; i < n; ++i) {
+    const auto [t, k] = rows[static_cast<size_t>(i)];
+    float* d = dst.data() + i * C;
+    std::copy_n(x + t * C, C, d);
+    if (s.moe_llama4) {
+      const float w = g.weight[static_cast<size_t>(t * g.K + k)];
+      for (int64_t c = 0; c < C; ++c) d[c] *= w;
+      round_activations(d, C, r.dtype);
+    }
+  }
+}
+
+void expert_forward(const BlockRun& r, int64_t e, const Routing& g, const float* x, ExpertPass& a,
+                    const LoraScratch& lora_scratch, const LoraLayer* gu_lora, LoraCache* gu_cache,
+                    const LoraLayer* down_lora, LoraCache* down_cache) {
   const ModelSpec& s = r.program->spec();
   const LayerWeights& L = *r.weights;
   Backend& be = *r.backend;
+  const auto& rows = g.rows[static_cast<size_t>(e)];
   const int64_t n = static_cast<int64_t>(rows.size()), C = s.hidden, F = s.expert_ffn;
-  a.x.resize(static_cast<size_t>(n * C));
-  for (int64_t i = 0; i < n; ++i)
-    std::copy_n(x + rows[static_cast<size_t>(i)].first * C, C, a.x.data() + i * C);
+  gather_rows(r, g, rows, x, a.x);
   a.gu.resize(static_cast<size_t>(n * 2 * F));
   be.linear_forward(a.gu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora, gu_cache, false,
                     nullptr, lora_scratch);
@@ -412,9 +439,17 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
     const LoraLayer* gu_lora = ad ? ad->find_expert(r.layer, e, 0) : nullptr;
     const LoraLayer* down_lora = ad ? ad->find_expert(r.layer, e, 1) : nullptr;
     const int64_t n = static_cast<int64_t>(rows.size());
-    expert_forward(r, e, rows, x, a, ls, gu_lora, st ? st->gu_cache[static_cast<size_t>(e)].get(gu_lora, n) : nullptr,
+    expert_forward(r, e, g, x, a, ls, gu_lora, st ? st->gu_cache[static_cast<size_t>(e)].get(gu_lora, n) : nullptr,
                    down_lora, st ? st->down_cache[static_cast<size_t>(e)].get(down_lora, n) : nullptr);
     if (st) a.x = {};  // (gathered again from the op's input, which the block keeps)
+    if (s.moe_llama4) {  // (the weights scaled the inputs: the outputs summed as they are, rounded below)
+      for (size_t i = 0; i < rows.size(); ++i) {
+        float* o = out + rows[i].first * C;
+        const float* y = a.y.data() + static_cast<int64_t>(i) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] += y[c];
+      }
+      continue;
+    }
     for (size_t i = 0; i < rows.size(); ++i) {
       const auto [t, k] = rows[i];
       const float w = g.weight[static_cast<size_t>(t * g.K + k)];
@@ -426,6 +461,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
       round_activations(o, C, r.dtype);
     }
   }
+  if (s.moe_llama4) round_activations(out, T * C, r.dtype);  // (the experts' sum, in float32, rounded once)
   if (shared && !s.shared_expert_gate) {  // (GLM-4.5, DeepSeek: added as it is)
     for (int64_t t = 0; t < T; ++t) {
       float* o = out + t * C;
@@ -491,19 +527,18 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     if (st) {  // the kept products; the rows gathered again
       ExpertPass& kept = st->experts[static_cast<size_t>(e)];
       std::swap(a, kept);
-      a.x.resize(static_cast<size_t>(n * C));
-      for (int64_t i = 0; i < n; ++i) std::copy_n(x + rows[static_cast<size_t>(i)].first * C, C, a.x.data() + i * C);
+      gather_rows(r, g, rows, x, a.x);
       guc = gu_lora ? &st->gu_cache[static_cast<size_t>(e)].store->cache : nullptr;
       dc = down_lora ? &st->down_cache[static_cast<size_t>(e)].store->cache : nullptr;
     } else {
       guc = gu_cache.get(gu_lora, n);
       dc = down_cache.get(down_lora, n);
-      expert_forward(r, e, rows, x, a, ls, gu_lora, guc, down_lora, dc);
+      expert_forward(r, e, g, x, a, ls, gu_lora, guc, down_lora, dc);
     }
     dy.assign(static_cast<size_t>(n * C), 0.0f);
     for (int64_t i = 0; i < n; ++i) {
       const auto [t, k] = rows[static_cast<size_t>(i)];
-      const float w = g.weight[static_cast<size_t>(t * K + k)];
+      const float w = s.moe_llama4 ? 1.0f : g.weight[static_cast<size_t>(t * K + k)];  // (Llama 4: on the input)
       const float* d = dout + t * C;
       const float* y = a.y.data() + i * C;
       float dw = 0.0f;
@@ -535,8 +570,20 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     be.linear_backward(dxe.data(), dgu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora,
                        guc, tile.data(), ls);
     for (int64_t i = 0; i < n; ++i) {
-      float* d = dx + rows[static_cast<size_t>(i)].first * C;
+      const auto [t, k] = rows[static_cast<size_t>(i)];
+      float* d = dx + t * C;
       const float* src = dxe.data() + i * C;
+      if (s.moe_llama4) {  // (the input was x w: dx += w dxs, dw = dxs . x)
+        const float w = g.weight[static_cast<size_t>(t * K + k)];
+        const float* xt = x + t * C;
+        float dw = 0.0f;
+        for (int64_t c = 0; c < C; ++c) {
+          d[c] += w * src[c];
+          dw += src[c] * xt[c];
+        }
+        dweight[static_cast<size_t>(t * K + k)] = dw;
+        continue;
+      }
       for (int64_t c = 0; c < C; ++c) d[c] += src[c];
     }
   }
@@ -559,9 +606,16 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
       }
     }
   }
+  if (s.moe_llama4)  // w_k = sigmoid(logit_k) of the chosen logits (the choice is piecewise constant)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const float sk = g.top[static_cast<size_t>(t * K + k)];
+        dlogits[static_cast<size_t>(t * E + g.idx[static_cast<size_t>(t * K + k)])] =
+            dweight[static_cast<size_t>(t * K + k)] * sk * (1.0f - sk);
+      }
   // (ERNIE 4.5: w_k = p_k / sum over p = softmax(logits), the same as norm_topk below; its
   // clamp at moe_norm_min (1e-12) never binds on a softmax's top k)
-  for (int64_t t = 0; t < T && !s.moe_sigmoid_router; ++t) {
+  for (int64_t t = 0; t < T && !s.moe_sigmoid_router && !s.moe_llama4; ++t) {
     std::fill(dp.begin(), dp.end(), 0.0f);
     float* dw = dweight.data() + t * K;
     if ((s.moe_biased_softmax || s.moe_softmax_f32) && s.moe_routed_scale != 1.0f)  // (DeepSeek-V2: w = p x scale)

@@ -102,7 +102,9 @@ std::vector<float> rope_inv_freq(int64_t HS, float theta, const RopeScaling& sc,
       for (float& f : inv) {
         const float wavelen = (1.0f / f) * static_cast<float>(2.0 * M_PI);
         const float scaled = wavelen > low_wavelen ? f / sc.factor : f;
-        if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+        // (equal factors leave no band: transformers' 0 / 0 there would be NaN at the one wavelength
+        // equal to both bounds)
+        if (span > 0.0f && !(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
           const float smooth = ((1.0f / wavelen) * old_ctx - sc.low_freq_factor) / span;
           f = (1.0f - smooth) * scaled / sc.factor + smooth * scaled;
         } else {

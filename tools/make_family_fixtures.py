@@ -302,6 +302,21 @@ FAMILIES = {
                                          image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,
                                          projector_output_dim=64, rope_theta=10000),
                       tie_word_embeddings=False))),
+    # Llama 4 as llama.cpp's llama4 GGUF carries it (its graph fixes chunks of 8192, the temperature
+    # over 8192 positions at 0.1 and NoPE on every fourth layer): Scout's rotary, experts every
+    # second layer (Maverick's interleave) routing 1 of 4; model.gguf as its converter writes it.
+    "llama4_gguf": ("Llama4TextConfig", dict(num_hidden_layers=4, head_dim=16, intermediate_size=32,
+                                             intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=1,
+                                             interleave_moe_layer_step=2, no_rope_layer_interval=4,
+                                             attention_chunk_size=8192, floor_scale=8192, attn_scale=0.1,
+                                             tie_word_embeddings=False,
+                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                              "factor": 16.0, "low_freq_factor": 1.0,
+                                                              "high_freq_factor": 1.0,
+                                                              "original_max_position_embeddings": 8},
+                                             _targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                       "down_proj"],
+                                             _moe=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -777,7 +792,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1415,7 +1430,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
+    # (Llama4Model: the dense MLPs' width; the experts' below)
+    w.add_feed_forward_length(c.intermediate_size_mlp if arch == "llama4" else c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -1502,6 +1518,9 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_leading_dense_block_count(c.moe_layer_start_index)
         w.add_expert_shared_count(c.moe_num_shared_experts)
         w.add_expert_shared_feed_forward_length(c.moe_intermediate_size * c.moe_num_shared_experts)
+    if arch == "llama4":  # as convert_hf_to_gguf.py's Llama4Model
+        w.add_expert_feed_forward_length(c.intermediate_size)
+        w.add_interleave_moe_layer_step(c.interleave_moe_layer_step)
     if arch == "hunyuan-moe":  # as convert_hf_to_gguf.py's HunYuanMoEModel
         w.add_expert_feed_forward_length(c.intermediate_size)
         w.add_expert_shared_feed_forward_length(c.intermediate_size)
@@ -1568,6 +1587,17 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
             else:
                 w.add_tensor(f"blk.{layer}.ffn_down_exps.bias", np.ascontiguousarray(t))
             continue
+        elif arch == "llama4" and ".feed_forward.experts." in name:
+            # (E, C, 2F) gate | up and (E, F, C): Llama4Model transposes and splits them
+            layer = name.split(".")[2]
+            if name.endswith("gate_up_proj"):
+                t = t.transpose(0, 2, 1)
+                F = t.shape[1] // 2
+                w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
+                w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
+            else:
+                w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t.transpose(0, 2, 1)))
+            continue
         elif name.endswith(".mlp.experts.gate_up_proj") or name.endswith(".block_sparse_moe.experts.gate_up_proj"):
             # (E, 2F, C): gate rows, then up rows (Granite MoE's module tree: block_sparse_moe)
             layer = name.split(".")[2]
@@ -1615,6 +1645,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
                 gname = {"self_attn.query_layernorm": "attn_q_norm", "self_attn.key_layernorm": "attn_k_norm",
                          "mlp.gate.wg": "ffn_gate_inp", "mlp.shared_mlp.gate_proj": "ffn_gate_shexp",
                          "mlp.shared_mlp.up_proj": "ffn_up_shexp", "mlp.shared_mlp.down_proj": "ffn_down_shexp"}.get(mod, gname)
+            if arch == "llama4":  # (Llama4Model: feed_forward, its router and shared expert)
+                gname = names.get(mod.replace("feed_forward.router", "mlp.gate").replace("feed_forward.", "mlp."), gname)
             if arch == "gpt-oss":  # GptOssModel's names
                 gname = {"post_attention_layernorm": "post_attention_norm", "mlp.router": "ffn_gate_inp",
                          "self_attn.sinks": "attn_sinks"}.get(mod, gname)

@@ -149,7 +149,27 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       fail(out_path, "llama.cpp's falcon runs the parallel block only; this falcon is sequential (parallel_attn false)");
     if (s.qkv_bias || s.o_bias || s.mlp_bias) fail(out_path, "llama.cpp's falcon has no biases; this model has them");
   }
-  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4") || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
+  const bool llama4 = arch == "llama4";
+  if (llama4) {  // what llama.cpp's llama4 graph fixes (families/llama4.cpp's reader lists it)
+    bool ok = s.moe_llama4 && s.rope_interleaved && !s.qkv_bias && !s.o_bias && !s.mlp_bias &&
+              s.qk_l2_norm == (s.n_experts != 128);
+    int64_t step = s.first_moe_layer() + 1;
+    for (int64_t l = 0; l < s.n_layers && ok; ++l) {
+      ok = s.layer_moe(l) == ((l + 1) % step == 0) && s.layer_rotates(l) == ((l + 1) % 4 != 0 || s.n_layers < 4) &&
+           s.layer_slides(l) == (l % 4 < 3);
+    }
+    if (!ok || s.sliding_window != 8192 || !s.window_chunked)
+      fail(out_path, "llama.cpp's llama4 runs chunks of 8192 positions on three layers of four, no rotary on every "
+                     "fourth, experts every interleave_moe_layer_step-th layer, q/k norms unless there are 128 "
+                     "experts and no biases; this model differs: no GGUF form");
+    if (!s.nope_layers.empty() && (s.q_pos_scale_beta != 0.1f || s.q_pos_scale_period != 8192 ||
+                                   s.q_pos_scale_offset != 1 || !s.q_pos_scale_nope_only))
+      fail(out_path, "llama.cpp's llama4 scales its NoPE layers' queries by attn_scale 0.1 over floor_scale 8192; "
+                     "this model's attention temperature differs: no GGUF form");
+  } else if (s.moe_llama4 || s.qk_l2_norm || s.window_chunked) {
+    fail(out_path, "a " + arch + " GGUF cannot carry Llama 4's router, q/k norms or chunked attention");
+  }
+  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4) || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
     bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
     for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
     if (!every_fourth)
@@ -277,7 +297,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
         arch == "hunyuan-moe" ||
-        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax)
+        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax || llama4)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -316,6 +336,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       // (the shared experts' width itself: the converter's intermediate_size / num_key_value_heads
       // equals it only on the released models)
       if (s.shared_expert) w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.shared_expert_ffn));
+    } else if (llama4) {  // as convert_hf_to_gguf.py's Llama4Model (the shared expert: the experts' width)
+      w.set_u32(a + "interleave_moe_layer_step", static_cast<uint32_t>(s.first_moe_layer() + 1));
     } else if (s.shared_expert) {
       w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.ffn));
     }
@@ -607,17 +629,26 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       const std::string hf = spec_t.name, blk = "blk." + std::to_string(l) + ".";
       auto fused = std::make_shared<std::vector<float>>();
       auto uses = std::make_shared<int>(part == 0 ? 2 : 1);
+      const bool in_out = s.moe_llama4;  // (Llama 4's fused experts are (C, 2F) and (F, C) per expert)
       for (int half = 0; half < (part == 0 ? 2 : 1); ++half) {
         const std::string gname = blk + (part == 0 ? (half ? "ffn_up_exps" : "ffn_gate_exps") : "ffn_down_exps") + ".weight";
         const int64_t rows = part == 0 ? F : C, cols = part == 0 ? C : F;
         const GgmlType type = expert_type(gname, cols);
         w.add_tensor(gname, type, {E, rows, cols}, [&model, &adapters, &bar, done, hf, part, half, E, F, C, type, gname,
-                                                     fused, uses] {
+                                                     fused, uses, in_out] {
           if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
           const std::vector<float>& v = *fused;
           std::vector<float> out;
           for (int64_t e = 0; e < E; ++e)
-            if (part == 0) {  // expert e's rows [half F, (half + 1) F) of its (2F, C)
+            if (in_out && part == 0) {  // (C, 2F) -> rows [half F, (half + 1) F) of (2F, C)
+              const float* x = v.data() + e * C * 2 * F;
+              for (int64_t f = half * F; f < (half + 1) * F; ++f)
+                for (int64_t c = 0; c < C; ++c) out.push_back(x[c * 2 * F + f]);
+            } else if (in_out) {  // (F, C) -> (C, F)
+              const float* x = v.data() + e * F * C;
+              for (int64_t c = 0; c < C; ++c)
+                for (int64_t f = 0; f < F; ++f) out.push_back(x[f * C + c]);
+            } else if (part == 0) {  // expert e's rows [half F, (half + 1) F) of its (2F, C)
               const float* x = v.data() + (e * 2 * F + half * F) * C;
               out.insert(out.end(), x, x + F * C);
             } else {

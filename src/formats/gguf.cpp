@@ -858,6 +858,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   // (0 is "no window": convert_hf_to_gguf.py writes it for Phi-4.)
   if (f.has(a + "attention.sliding_window") && f.get_u64(a + "attention.sliding_window") != 0)
     hp.sliding_window = size_key(a + "attention.sliding_window", std::nullopt);
+  hp.sliding_window_zero = f.has(a + "attention.sliding_window") && f.get_u64(a + "attention.sliding_window") == 0;
   if (const GgufValue* pv = f.find(a + "attention.sliding_window_pattern")) {
     const std::string key = a + "attention.sliding_window_pattern";
     if (pv->type == GgufValueType::ARRAY && pv->elem_type == GgufValueType::BOOL) {

@@ -243,6 +243,7 @@ struct GgufLlamaHParams {
   // .attention.sliding_window (0: none).
   float attn_softcap = 0.0f, final_softcap = 0.0f;
   int64_t sliding_window = 0;
+  bool sliding_window_zero = false;  // {arch}.attention.sliding_window present and 0 (llama4: no chunks)
   // {arch}.attention.sliding_window_pattern as one flag per layer (true: the layer slides),
   // from its array form or its period n (layer l slides when l % n < n - 1); empty if absent.
   std::vector<bool> swa_layers;

@@ -786,15 +786,18 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
         fail(where, "expert_count is " + std::to_string(hp.expert_count) + " but there is no blk.0.ffn_gate_up_exps.weight");
       s.expert_ffn = src.shape(fused_expert_name(0, 0))[1] / 2;
     } else {
-      if (!src.has(g0) && hp.leading_dense_blocks > 0 && hp.leading_dense_blocks < hp.num_layers)  // (GLM-4.5)
-        g0 = layer_tensor_name(hp.leading_dense_blocks, expert_module(0, 0));
+      // (the first MoE layer: GLM-4.5's after its dense lead, Llama 4 Maverick's every second)
+      int64_t l0 = hp.leading_dense_blocks > 0 && hp.leading_dense_blocks < hp.num_layers ? hp.leading_dense_blocks : 0;
+      if (hp.architecture == "llama4" && hp.moe_layer_step > 1 && hp.moe_layer_step <= hp.num_layers)
+        l0 = hp.moe_layer_step - 1;
+      g0 = layer_tensor_name(l0, expert_module(0, 0));
       if (!src.has(g0))
         fail(where, "expert_count is " + std::to_string(hp.expert_count) +
                         " but there are no expert tensors (blk.0.ffn_gate_exps.weight; GGUFs of early 2024 kept "
                         "one tensor per expert, blk.N.ffn_gate.E, which llama.cpp no longer reads either: convert "
                         "the model again with its current convert_hf_to_gguf.py)");
       s.expert_ffn = src.shape(g0)[0];
-      s.shared_expert = src.has(layer_tensor_name(hp.leading_dense_blocks, "mlp.shared_expert.gate_proj"));
+      s.shared_expert = src.has(layer_tensor_name(l0, "mlp.shared_expert.gate_proj"));
       if (s.shared_expert && hp.expert_shared_ffn > 0) s.ffn = hp.expert_shared_ffn;
       if (!s.shared_expert) s.ffn = s.expert_ffn;
     }

@@ -16,6 +16,7 @@
 
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -154,16 +155,63 @@ void llama4_write(const ModelSpec& s, ordered_json& j) {
   j["rms_norm_eps"] = s.norm_eps;
 }
 
+// llama.cpp's llama4 (src/models/llama4.cpp) fixes what the GGUF does not say: chunks of 8192 on
+// three layers of four (attention.sliding_window_pattern, default 4), no rotary on every fourth
+// layer and the temperature (0.1, periods of 8192, positions from 1) on those, the weightless q/k
+// norms unless the model has 128 experts (Maverick), the MoE every interleave_moe_layer_step-th
+// layer; the dense MLPs feed_forward_length wide, the experts and the shared expert
+// expert_feed_forward_length.
+constexpr int64_t kLlamaCppChunk = 8192, kLlamaCppNopeStep = 4;
+constexpr float kLlamaCppTempScale = 0.1f;
+
+void llama4_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  const std::string& where = hp.path;
+  const int64_t L = hp.num_layers;
+  if (hp.expert_count <= 0) fail(where, "a llama4 GGUF without experts (llama.cpp refuses zero experts too)");
+  if (hp.sliding_window_zero)
+    fail(where, "llama4.attention.sliding_window is 0 (no chunked attention): llama.cpp's llama4 graph then still "
+                "scales its last layer's queries by a zero temperature and stops; not a GGUF qlora runs either");
+  if (hp.moe_layer_step <= 0) fail(where, "a llama4 GGUF without llama4.interleave_moe_layer_step");
+  s.rope_interleaved = true;
+  s.nope_layers.assign(static_cast<size_t>(L), false);
+  for (int64_t l = 0; l < L; ++l) s.nope_layers[static_cast<size_t>(l)] = (l + 1) % kLlamaCppNopeStep == 0;
+  if (L < kLlamaCppNopeStep) s.nope_layers.clear();
+  s.sliding_window = kLlamaCppChunk;
+  s.window_chunked = true;
+  if (!hp.swa_layers.empty()) {
+    s.sliding_layers = hp.swa_layers;
+  } else {
+    s.sliding_layers.assign(static_cast<size_t>(L), false);
+    for (int64_t l = 0; l < L; ++l) s.sliding_layers[static_cast<size_t>(l)] = l % 4 < 3;
+  }
+  if (!s.nope_layers.empty()) {
+    s.q_pos_scale_beta = kLlamaCppTempScale;
+    s.q_pos_scale_period = kLlamaCppChunk;
+    s.q_pos_scale_offset = 1;
+    s.q_pos_scale_nope_only = true;
+  }
+  s.qk_l2_norm = hp.expert_count != 128;
+  s.moe_layer_list.assign(static_cast<size_t>(L), false);
+  for (int64_t l = 0; l < L; ++l) s.moe_layer_list[static_cast<size_t>(l)] = (l + 1) % hp.moe_layer_step == 0;
+  s.moe_dense_layers = 0;
+  if (!s.shared_expert) fail(where, "a llama4 GGUF without its shared expert (blk.N.ffn_gate_shexp)");
+  s.shared_expert_gate = false;
+  s.shared_expert_ffn = s.expert_ffn;
+  s.ffn = hp.intermediate_size;
+  s.moe_llama4 = true;
+  s.norm_topk = false;
+  s.moe_fused_experts = true;  // (read per expert, as the GGUF presents them)
+}
+
 }  // namespace
 
 // Its module tree names the MLP feed_forward and the router feed_forward.router (applied in this
 // order from Hugging Face's names; backwards from the canonical ones).
 constexpr HfRename kLlama4Renames[] = {{".feed_forward.", ".mlp."}, {".mlp.router.", ".mlp.gate."}};
 const ModelFamily kLlama4Text = [] {
-  ModelFamily f{"llama4_text", "Llama4ForCausalLM", "", 128, 131072, 500000.0f, false, false, llama4_read,
-                llama4_write};
+  ModelFamily f{"llama4_text", "Llama4ForCausalLM", "llama4", 128, 131072, 500000.0f, false, false, llama4_read,
+                llama4_write, llama4_gguf};
   f.hf_renames = kLlama4Renames;
-  f.no_gguf_reason = "llama.cpp's llama4 GGUFs are not read or written here yet";
   return f;
 }();
 

@@ -73,6 +73,9 @@ ROWS=()  # "threads|stack|tok/s|peak bytes|train rss bytes|cpu s|wall s"
 COMMON_LORA=(--lora-r 16 --lora-alpha 16 --lora-dropout "${LORA_DROPOUT:-0.05}")
 # TARGET_PARAMETERS=gate_up_proj,down_proj: LoRA on MoE experts too, on both sides (PEFT's target_parameters)
 [[ -n "${TARGET_PARAMETERS:-}" ]] && COMMON_LORA+=(--target-parameters "$TARGET_PARAMETERS")
+# TARGET=q_proj,k_proj,v_proj,o_proj: other target modules than all-linear, on both sides (Llama 4:
+# PEFT 0.21's all-linear fails on its router)
+TARGET="${TARGET:-all-linear}"
 # PY_MODEL_DIR: the Python side's Hugging Face directory when MODEL is not the SmolLM2 GGUF
 # (MODEL itself, for a directory); PY_COMPUTE: bitsandbytes' compute dtype for py-nf4.
 PY_MODEL_ARGS=()
@@ -91,7 +94,7 @@ run_qlora() {  # threads, label, checkpointing flags...
   local dir="$OUT/$label-t$t"
   rm -rf "$dir"
   local cmd=("$QLORA" train --model "$MODEL" --quant nf4 --double-quant --compute-dtype "$QLORA_COMPUTE" --data "$TEXT"
-             --seq-len "$SEQ" --batch-size "$BATCH" --max-steps "$STEPS" "${COMMON_LORA[@]}" --target all-linear
+             --seq-len "$SEQ" --batch-size "$BATCH" --max-steps "$STEPS" "${COMMON_LORA[@]}" --target "$TARGET"
              --lr 2e-4 --lr-scheduler constant_with_warmup --warmup-ratio 0.03 --max-grad-norm 0.3 --seed 42
              "$@" -t "$t" --out "$dir")
   echo "+ ${cmd[*]}" >&2
@@ -128,7 +131,7 @@ run_python() {
   local t=$1 stack=$2 name=$3
   local cmd=("$PY" tools/bench_train_python.py speed --stack "$stack" "${PY_MODEL_ARGS[@]}" --batch-size "$BATCH" --seq-len "$SEQ"
              --steps "$STEPS" "${COMMON_LORA[@]}" --lr 2e-4 --lr-scheduler constant_with_warmup --warmup-ratio 0.03
-             --max-grad-norm 0.3 --seed 42 "${PY_GC_ARGS[@]}" --threads "$t" --text "$TEXT")
+             --max-grad-norm 0.3 --seed 42 "${PY_GC_ARGS[@]}" --threads "$t" --text "$TEXT" --target-modules "$TARGET")
   [[ $stack == bnb-nf4 ]] && cmd+=(--compute-dtype "${PY_COMPUTE:-fp32}")
   echo "+ OMP_NUM_THREADS=$t ${cmd[*]}" >&2
   OMP_NUM_THREADS=$t "${TIME[@]}" "${cmd[@]}" > "$OUT/$stack-t$t.json" 2> "$OUT/$stack-t$t.log" \

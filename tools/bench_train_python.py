@@ -220,7 +220,8 @@ def load_model(args):
 
     torch.manual_seed(args.seed)
     cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                     target_modules="all-linear", bias="none", task_type="CAUSAL_LM",
+                     target_modules=args.target_modules.split(",") if args.target_modules != "all-linear" else "all-linear",
+                     bias="none", task_type="CAUSAL_LM",
                      target_parameters=args.target_parameters.split(",") if args.target_parameters else None)
     model = get_peft_model(model, cfg)
     model.train()
@@ -576,6 +577,8 @@ def main():
         sp.add_argument("--lora-r", type=int, default=16)
         sp.add_argument("--lora-alpha", type=float, default=16)
         sp.add_argument("--lora-dropout", type=float, default=0.05)
+        sp.add_argument("--target-modules", default="all-linear",
+                        help="PEFT target_modules: all-linear, or comma-separated names (as qlora's --target)")
         sp.add_argument("--target-parameters", default="",
                         help="comma-separated PEFT target_parameters (MoE experts), as qlora's --target-parameters")
         sp.add_argument("--lr", type=float, default=2e-4)

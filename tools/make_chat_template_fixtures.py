@@ -23,6 +23,8 @@ Where the templates come from (no hub access while this was written):
               output is still transformers' rendering of exactly this string).
   gemma4    : tools/chat_templates/gemma4.jinja, Gemma 4's template as llama.cpp keeps it
               (ggml-org/llama.cpp models/templates/gemma4.jinja)
+  llama4    : transformers' models/llama4/processing_llama4.py chat_template (Llama 4 Scout /
+              Maverick's, as the processor carries it)
   features  : a synthetic template exercising the rest of the supported Jinja subset.
 
 Usage: .refenv/bin/python tools/make_chat_template_fixtures.py [--out DIR]
@@ -42,6 +44,11 @@ def smollm2_template():
     r = gguf.GGUFReader(os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     f = r.fields["tokenizer.chat_template"]
     return bytes(f.parts[f.data[0]]).decode("utf-8")
+
+
+def llama4_template():
+    from transformers.models.llama4 import processing_llama4
+    return processing_llama4.chat_template
 
 
 def llama_cpp_template(name):
@@ -513,6 +520,8 @@ def main():
         ("gemma4", open(GEMMA4_TEMPLATE, encoding="utf-8").read(),
          "Gemma 4's chat template as llama.cpp keeps it (models/templates/gemma4.jinja): tools/chat_templates/gemma4.jinja",
          "<bos>", "<eos>"),
+        ("llama4", llama4_template(), "transformers models/llama4/processing_llama4.py chat_template",
+         "<|begin_of_text|>", "<|eot|>"),
         ("features", FEATURES, "synthetic", "<s>", "</s>"),
     ]
     for name, tmpl, source, bos, eos in templates:
@@ -528,6 +537,11 @@ def main():
             convs["content_parts"] = (PARTS_CONVERSATION, {})
             convs["tools"] = (GEMMA4_TOOL_CONVERSATION, {"tools": TOOLS})
             convs["thinking"] = (CONVERSATIONS[next(iter(CONVERSATIONS))], {"enable_thinking": True})
+        if name == "llama4":
+            convs["content_parts"] = (PARTS_CONVERSATION, {})
+            convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
+            convs["single_tool_in_system"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS, "tools_in_user_message": False})
+            convs["tool_results"] = (BUILTIN_TOOL_CONVERSATION, {})
         if name == "qwen3":
             convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
             convs["thinking"] = (THINKING_CONVERSATION, {})

@@ -124,6 +124,19 @@ FAMILIES = {
                                                   num_attention_heads=8, num_key_value_heads=4, head_dim=64,
                                                   num_experts=8, moe_topk=2, max_position_embeddings=2048,
                                                   tie_word_embeddings=False)),
+    # Llama 4's block at that size: rotary on adjacent pairs (llama3-scaled, as Scout) with chunked
+    # attention and weightless q/k norms on three layers of four, NoPE with the temperature on the
+    # fourth; every second layer 8 experts of 352 (top 1, sigmoid weights on the inputs) plus the
+    # shared expert, the others a dense MLP of 1408 (Maverick's interleave).
+    "llama4_text": ("Llama4TextConfig", dict(hidden_size=512, intermediate_size=352, intermediate_size_mlp=1408,
+                                             num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                                             head_dim=64, num_local_experts=8, num_experts_per_tok=1,
+                                             interleave_moe_layer_step=2, attention_chunk_size=8192,
+                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                              "factor": 16.0, "low_freq_factor": 1.0,
+                                                              "high_freq_factor": 1.0,
+                                                              "original_max_position_embeddings": 8192},
+                                             max_position_embeddings=2048, tie_word_embeddings=False)),
     # ERNIE-4.5-21B-A3B's block at that size: layer 0 dense (1408), the other 7 eight experts of 352
     # (top 2 of the biased softmax) plus two shared ones, adjacent-pair rotary, tied head.
     "ernie4_5_moe": ("Ernie4_5_MoeConfig", dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,

@@ -161,7 +161,10 @@ void LoraModel::add_moe_layers(const Model& model) {
     MoeIndex& m = moe_index_[static_cast<size_t>(l)];
     // (the router's module path as PEFT names it: mlp.gate, gpt-oss's mlp.router)
     const std::string rp = moe_router_module_path(s, l);
-    if (s.moe_gemma4 || s.moe_router_linear ? cfg_.targets(rp) : cfg_.targets_parameter(rp + ".weight")) {
+    // (Llama 4's router named either way reaches the refusal below)
+    if (s.moe_gemma4 || s.moe_router_linear || (s.moe_llama4 && !cfg_.all_linear && cfg_.targets(rp))
+            ? cfg_.targets(rp)
+            : cfg_.targets_parameter(rp + ".weight")) {
       if (s.moe_f32_router()) {  // (a float32 weight, no QuantLinear: its shape)
         LoraLayer layer(rp, s.hidden, s.n_experts, cfg_);
         layer.init(derive_seed(cfg_.seed, layers_.size()));

@@ -74,7 +74,10 @@ json peft_adapter_config_json(const LoraConfig& cfg, std::string_view base_model
   // q_proj would also match the vision tower's in PEFT, so the adapted modules are listed
   // by their full paths, as all-linear's are.
   const bool wrapped = std::any_of(layers.begin(), layers.end(),
-                                   [](const LoraLayer& l) { return l.module_path.starts_with("model.language_model."); });
+                                   [](const LoraLayer& l) {
+                                     return l.module_path.starts_with("model.language_model.") ||
+                                            l.module_path.starts_with("language_model.model.");  // (Llama 4's)
+                                   });
   if (cfg.all_linear || (wrapped && cfg.target_regex.empty())) {
     std::vector<std::string> paths;
     for (const auto& l : layers) {

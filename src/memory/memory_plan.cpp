@@ -44,7 +44,9 @@ std::vector<LinearShape> block_linears(const ModelSpec& s) {
   std::vector<LinearShape> v;
   for (const LinearShape& li : s.block_linears())
     if (li.module) v.push_back(li);
-  if (s.has_global_geometry() || s.kv_shared_layers > 0 || s.has_dense_mlp_layers())
+  bool per_layer = s.has_global_geometry() || s.kv_shared_layers > 0 || s.has_dense_mlp_layers();
+  for (int64_t l = 0; l < s.n_layers && !per_layer; ++l) per_layer = s.layer_ffn(l) != s.ffn;  // (Llama 4 Scout's shared experts)
+  if (per_layer)
     for (int64_t l = 0; l < s.n_layers; ++l)
       for (const LinearShape& li : s.block_linears(l)) {
         bool seen = !li.module;
@@ -197,7 +199,7 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     const std::string experts = layer + (s.moe_granite ? "block_sparse_moe.experts" : "mlp.experts");
     std::string router = canonical_to_hf(s, layer + kMoeRouterModule);
     if (s.moe_granite) router = layer + "block_sparse_moe.router";
-    else if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_router_linear) router = layer + kMoeRouterModule;
+    else if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_router_linear && !s.moe_llama4) router = layer + kMoeRouterModule;
     std::vector<std::pair<uint64_t, uint64_t>> ab;
     if (named(router + ".weight")) ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
     for (int64_t e = 0; e < s.n_experts; ++e) {
@@ -213,8 +215,8 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
     if (s.moe_gemma4) {  // (Gemma 4: its router, an nn.Linear, only)
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
-    } else if (!s.all_linear_adapts_experts()) {  // (Qwen2-MoE: its shared-expert gate)
-      ab.emplace_back(r * u(s.hidden), r);
+    } else if (!s.all_linear_adapts_experts()) {  // (Qwen2-MoE: its shared-expert gate; Llama 4: nothing)
+      if (s.shared_expert && s.shared_expert_gate) ab.emplace_back(r * u(s.hidden), r);
     } else {
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
       for (int64_t e = 0; e < s.n_experts; ++e) {

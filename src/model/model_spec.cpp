@@ -146,7 +146,6 @@ void ModelSpec::validate(const std::string& where) const {
                       std::to_string(n_layers));
     if (!moe_layer_list.empty() && moe_dense_layers != 0)
       fail(where, "MoE layers are listed (moe_layers) or start at first_k_dense_replace, not both");
-    if (moe_layer_count() == 0) fail(where, "experts are configured, but no layer is a mixture-of-experts layer");
     if (moe_llama4 && (!shared_expert || shared_expert_gate || moe_f32_router() || moe_gemma4 || moe_gpt_oss ||
                        moe_granite || moe_router_linear || norm_topk || moe_round_weights))
       fail(where, "Llama 4's router (sigmoid weights on the experts' inputs, an ungated shared expert) takes no other "

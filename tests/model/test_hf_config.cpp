@@ -462,3 +462,70 @@ TEST(HfConfig, Gemma4DenseConfigsAndTheirErrors) {
   EXPECT_NE(err(R"("global_head_dim":511)").find("global_head_dim"), std::string::npos);
   EXPECT_NE(err(R"("num_global_key_value_heads":3)").find("num_global_key_value_heads"), std::string::npos);
 }
+
+// Llama 4 Scout as released (Llama4ForConditionalGeneration's config.json, its text_config as the
+// Hub has it: attn_temperature_tuning 4, no_rope_layers []), read to transformers' parameter
+// count (AutoModelForCausalLM of the text config on the meta device: 107,769,861,120).
+TEST(HfConfig, Llama4ScoutConfig) {
+  const char* scout = R"({"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "boi_token_index": 200080, "eoi_token_index": 200081, "image_token_index": 200092, "tie_word_embeddings": false,
+    "text_config": {"model_type": "llama4_text", "attention_bias": false, "attention_chunk_size": 8192, "attn_scale": 0.1, "attn_temperature_tuning": 4, "bos_token_id": 200000, "eos_token_id": [200001, 200007, 200008], "pad_token_id": 200018, "floor_scale": 8192, "head_dim": 128, "hidden_act": "silu", "hidden_size": 5120, "interleave_moe_layer_step": 1, "intermediate_size": 8192, "intermediate_size_mlp": 16384, "max_position_embeddings": 10485760, "no_rope_layers": [], "num_attention_heads": 40, "num_experts_per_tok": 1, "num_hidden_layers": 48, "num_key_value_heads": 8, "num_local_experts": 16, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "use_qk_norm": true, "vocab_size": 202048},
+    "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 1408}})";
+  const ModelSpec s = spec_from_hf_config(json::parse(scout), "config.json");
+  EXPECT_EQ(s.family, "llama4_text");
+  EXPECT_EQ(s.hf_wrapper, "llama4");
+  EXPECT_EQ(s.num_params(), 107769861120);
+  EXPECT_TRUE(s.moe_llama4);
+  EXPECT_EQ(s.moe_layer_count(), 48);
+  EXPECT_EQ(s.layer_ffn(0), 8192);  // (the shared expert's width)
+  EXPECT_EQ(s.ffn, 16384);
+  EXPECT_TRUE(s.rope_interleaved);
+  EXPECT_EQ(s.rope_scaling.type, RopeScaling::Type::Llama3);
+  for (int64_t l = 0; l < 48; ++l) {
+    EXPECT_EQ(s.layer_rotates(l), (l + 1) % 4 != 0) << l;
+    EXPECT_EQ(s.layer_slides(l), (l + 1) % 4 != 0) << l;
+    EXPECT_EQ(s.layer_q_pos_scaled(l), (l + 1) % 4 == 0) << l;
+  }
+  EXPECT_TRUE(s.window_chunked);
+  EXPECT_EQ(s.sliding_window, 8192);
+  EXPECT_EQ(first_visible_key(s, 8191), 0);
+  EXPECT_EQ(first_visible_key(s, 8192), 8192);
+  EXPECT_EQ(first_visible_key(s, 20000), 16384);
+  EXPECT_TRUE(s.qk_l2_norm);
+  EXPECT_FLOAT_EQ(s.q_pos_scale(8190), 1.0f);
+  EXPECT_FLOAT_EQ(s.q_pos_scale(8191), 1.0f + 0.1f * std::log(2.0f));  // (positions counted from 1)
+  EXPECT_EQ(s.eos_ids, (std::vector<int>{200001, 200007, 200008}));
+
+  auto with = [&](const std::string& patch) {
+    json c = json::parse(scout);
+    c["text_config"].merge_patch(json::parse(patch));
+    return c;
+  };
+  // attention_chunk_size absent: Llama4TextConfig's 8192; null: no chunks
+  json absent = json::parse(scout);
+  absent["text_config"].erase("attention_chunk_size");
+  EXPECT_EQ(spec_from_hf_config(absent, "config.json").sliding_window, 8192);
+  json no_chunks = json::parse(scout);
+  no_chunks["text_config"]["attention_chunk_size"] = nullptr;  // (a merge patch's null would erase it)
+  EXPECT_EQ(spec_from_hf_config(no_chunks, "config.json").sliding_window, 0);
+  EXPECT_EQ(spec_from_hf_config(with(R"({"attn_temperature_tuning": false})"), "config.json").q_pos_scale_beta, 0.0f);
+  // Maverick's interleave: experts on the odd layers, dense MLPs of intermediate_size_mlp between
+  const ModelSpec m = spec_from_hf_config(with(R"({"interleave_moe_layer_step": 2, "num_local_experts": 128, "use_qk_norm": false})"), "config.json");
+  EXPECT_FALSE(m.layer_moe(0));
+  EXPECT_TRUE(m.layer_moe(1));
+  EXPECT_EQ(m.layer_ffn(0), 16384);
+  EXPECT_EQ(m.layer_ffn(1), 8192);
+  EXPECT_FALSE(m.qk_l2_norm);
+  auto err = [&](const std::string& patch) {
+    try {
+      (void)spec_from_hf_config(with(patch), "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err(R"({"moe_layers": [0, 48]})").find("moe_layers"), std::string::npos);
+  EXPECT_NE(err(R"({"no_rope_layers": [1, 0]})").find("no_rope_layers"), std::string::npos);
+  EXPECT_NE(err(R"({"interleave_moe_layer_step": 0})").find("interleave_moe_layer_step"), std::string::npos);
+  EXPECT_NE(err(R"({"attn_temperature_tuning": "yes"})").find("attn_temperature_tuning"), std::string::npos);
+  EXPECT_NE(err(R"({"attention_chunk_size": -1})").find("attention_chunk_size"), std::string::npos);
+}

@@ -74,8 +74,10 @@ void llama4_read(const json& j, const std::string& where, ModelSpec& s) {
   }
   s.sliding_window = 0;
   s.sliding_layers.clear();
-  if (const json* c = config::find_key(j, "attention_chunk_size"); c && !c->is_null()) {
-    const int64_t chunk = config::get_int(j, "attention_chunk_size", where);
+  // (absent: Llama4TextConfig's 8192; null: no chunks)
+  // (config::find_key takes null for absent: look for the key itself)
+  if (const auto c = j.find("attention_chunk_size"); c == j.end() || !c->is_null()) {
+    const int64_t chunk = config::get_int(j, "attention_chunk_size", where, 8192);
     if (chunk <= 0) fail(where, "attention_chunk_size must be positive or null, got " + std::to_string(chunk));
     bool any = false;
     for (bool b : chunked) any |= b;
@@ -86,7 +88,14 @@ void llama4_read(const json& j, const std::string& where, ModelSpec& s) {
     }
   }
   s.qk_l2_norm = config::get_bool(j, "use_qk_norm", where, true);
-  if (config::get_bool(j, "attn_temperature_tuning", where, true) && !s.nope_layers.empty()) {
+  // (Scout's and Maverick's released configs say 4, which transformers takes for true)
+  bool tuning = true;
+  if (const json* t = config::find_key(j, "attn_temperature_tuning"); t && !t->is_null()) {
+    if (!t->is_boolean() && !t->is_number())
+      fail(where, "attn_temperature_tuning " + config::shown(*t) + " must be a boolean (or a number: nonzero = on)");
+    tuning = t->is_boolean() ? t->get<bool>() : t->get<double>() != 0.0;
+  }
+  if (tuning && !s.nope_layers.empty()) {
     s.q_pos_scale_beta = config::get_float(j, "attn_scale", where, 0.1f);
     s.q_pos_scale_period = config::get_int(j, "floor_scale", where, 8192);
     if (s.q_pos_scale_period <= 0) fail(where, "floor_scale must be positive, got " + std::to_string(s.q_pos_scale_period));

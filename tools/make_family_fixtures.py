@@ -273,8 +273,10 @@ FAMILIES = {
     # after the rotary; layers 1 and 3 a mixture of 4 experts (top 2 here: Scout and Maverick
     # route 1) whose sigmoid weights scale their inputs, plus the shared expert, layers 0 and 2 a
     # dense MLP of intermediate_size_mlp. PEFT 0.21's all-linear wraps the router (an nn.Linear
-    # subclass returning a tuple) and fails in the forward: the adapter names the Linears.
-    "llama4_text": ("Llama4TextConfig", dict(num_hidden_layers=4, head_dim=16, intermediate_size=32,
+    # subclass returning a tuple) and fails in the forward: the adapter names the Linears, and the
+    # experts' fused parameters (target_parameters; experts 24 wide so that gate_up is not square:
+    # PEFT takes Llama 4's (E, in, out) for (E, out, in)).
+    "llama4_text": ("Llama4TextConfig", dict(num_hidden_layers=4, head_dim=16, intermediate_size=24,
                                              intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=2,
                                              interleave_moe_layer_step=2, no_rope_layer_interval=2,
                                              attention_chunk_size=8, floor_scale=8, attn_scale=0.5,
@@ -285,6 +287,8 @@ FAMILIES = {
                                                               "original_max_position_embeddings": 8},
                                              _targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                        "down_proj"],
+                                             _target_parameters=["feed_forward.experts.gate_up_proj",
+                                                                 "feed_forward.experts.down_proj"],
                                              _moe=True)),
     # Llama 4 as released (Llama4ForConditionalGeneration: Scout, Maverick): the language model above
     # under language_model.model. / language_model.lm_head -- its module paths too -- beside a

@@ -74,7 +74,9 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
     check(it != linears.end(), wpath,
                  "key '" + peft_lora_key(path, 'A') + "': the model has no Linear '" + path + "' (it has " +
                      std::to_string(NL) + " layers; LoRA is supported on the block's Linear projections)");
-    const auto [q_in, q_out] = it->second;
+    auto [q_in, q_out] = it->second;
+    // (Llama 4's experts: PEFT's in is our out, LoraLayer::peft_swapped; apply_to swaps them)
+    if (model.spec().moe_llama4 && path.find(".feed_forward.experts.") != std::string::npos) std::swap(q_in, q_out);
     check(m.in == q_in, wpath,
                  "key '" + peft_lora_key(path, 'A') + "' has shape (" + std::to_string(m.r) + ", " +
                      std::to_string(m.in) + ") but the model's '" + path + "' has in_features " +

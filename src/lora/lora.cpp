@@ -128,6 +128,23 @@ void LoraLayer::init(uint64_t seed) {
   zero_grad();
 }
 
+void LoraLayer::init_peft_swapped(uint64_t seed) {
+  // PEFT's A of the swapped form is (r, out): drawn in that order, then stored as our B (out, r).
+  LoraRng rng(seed);
+  const double bound = kaiming_uniform_bound(out, std::sqrt(5.0));
+  const float fb = static_cast<float>(bound);
+  for (int64_t k = 0; k < r; ++k)
+    for (int64_t o = 0; o < out; ++o) {
+      float f = static_cast<float>(rng.next_double(-bound, bound));
+      if (f > fb) f = fb;
+      if (f < -fb) f = -fb;
+      B[static_cast<size_t>(o * r + k)] = f;
+    }
+  std::fill(A.begin(), A.end(), 0.f);
+  peft_swapped = true;
+  zero_grad();
+}
+
 void LoraLayer::zero_grad() {
   std::fill(dA.begin(), dA.end(), 0.f);
   std::fill(dB.begin(), dB.end(), 0.f);

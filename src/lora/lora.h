@@ -98,12 +98,19 @@ struct LoraLayer {
   std::vector<float> B;   // (out, r)
   std::vector<float> dA;  // (r, in)  gradient, accumulated by lora_backward
   std::vector<float> dB;  // (out, r)
+  // PEFT's ParamWrapper takes this expert parameter, stored (E, in, out) (Llama 4's), for
+  // (E, out, in): its files hold B^T as lora_A and A^T as lora_B (save_peft_adapter and the
+  // adapter loader swap them), and its initialization is ours swapped (init_peft_swapped).
+  bool peft_swapped = false;
 
   LoraLayer() = default;
   // Allocates zeroed A, B and gradients; call init() for PEFT's initialisation.
   LoraLayer(std::string module_path, int64_t in, int64_t out, const LoraConfig& cfg);
   // A ~ U(-bound, bound) with bound = kaiming_uniform_bound(in, sqrt 5); B = 0.
   void init(uint64_t seed);
+  // PEFT's initialization of the swapped form: B^T ~ U(-bound, bound) with bound =
+  // kaiming_uniform_bound(out, sqrt 5), A = 0; sets peft_swapped.
+  void init_peft_swapped(uint64_t seed);
   void zero_grad();
 };
 

@@ -179,14 +179,20 @@ void LoraModel::add_moe_layers(const Model& model) {
     const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + ".gate_up_proj");
     const bool down = cfg_.targets_parameter(moe_experts_module(s, l) + ".down_proj");
     // (Llama 4: PEFT 0.21 wraps its router, an nn.Linear subclass returning a tuple, and then fails
-    // in the forward; its fused (in, out) experts are not adapted here yet)
-    if (s.moe_llama4 && (m.router >= 0 || gate_up || down))
-      fail("LoRA config", "LoRA on Llama 4's router or experts (" + moe_experts_module(s, l) +
-                              ") is not supported: target the attention and the MLPs (q_proj, k_proj, v_proj, o_proj, "
-                              "gate_proj, up_proj, down_proj: the dense layers' and the shared expert's)");
+    // in the forward)
+    if (s.moe_llama4 && m.router >= 0)
+      fail("LoRA config", "LoRA on Llama 4's router (" + moe_router_module_path(s, l) +
+                              ") is not supported: PEFT 0.21 cannot run it either (Llama4Router returns a tuple)");
+    // (Llama 4's experts are (E, in, out), which PEFT's ParamWrapper takes for (E, out, in): their
+    // LoRAs are PEFT's swapped, LoraLayer::peft_swapped)
+    auto add_expert = [&](std::string path, const QuantLinear& q, const LoraConfig& c) {
+      const int i = add(std::move(path), q, c);
+      if (s.moe_llama4) layers_[static_cast<size_t>(i)].init_peft_swapped(derive_seed(cfg_.seed, static_cast<uint64_t>(i)));
+      return i;
+    };
     for (int64_t e = 0; e < s.n_experts && (gate_up || down); ++e) {
-      if (gate_up) m.gate_up.push_back(add(moe_expert_path(s, l, e, 0), L.expert_gate_up[static_cast<size_t>(e)], gu));
-      if (down) m.down.push_back(add(moe_expert_path(s, l, e, 1), L.expert_down[static_cast<size_t>(e)], cfg_));
+      if (gate_up) m.gate_up.push_back(add_expert(moe_expert_path(s, l, e, 0), L.expert_gate_up[static_cast<size_t>(e)], gu));
+      if (down) m.down.push_back(add_expert(moe_expert_path(s, l, e, 1), L.expert_down[static_cast<size_t>(e)], cfg_));
     }
   }
 }

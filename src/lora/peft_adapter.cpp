@@ -29,8 +29,9 @@ constexpr const char* kGateUpPattern = ".*\\.gate_up_proj";
 bool parse_expert_path(std::string_view path, std::string* module, int64_t* expert, int* part) {
   std::string_view kExperts = ".mlp.experts.";
   size_t at = path.find(kExperts);
-  if (at == std::string_view::npos) {
-    kExperts = ".block_sparse_moe.experts.";
+  for (std::string_view other : {".block_sparse_moe.experts.", ".feed_forward.experts."}) {  // (Granite MoE, Llama 4)
+    if (at != std::string_view::npos) break;
+    kExperts = other;
     at = path.find(kExperts);
   }
   if (at == std::string_view::npos) return false;
@@ -310,13 +311,21 @@ void save_peft_adapter(const std::string& dir, const LoraConfig& cfg, std::strin
                 v[static_cast<size_t>(e)]->out == l0->out,
             wpath, "the experts of '" + module + "' do not all have LoRA layers of one shape (expert " +
                        std::to_string(e) + ")");
-    const int64_t r = l0->r, in = l0->in, out = l0->out;
+    // (swapped: PEFT's in is our out; its A our B^T, its B our A^T)
+    const bool sw = l0->peft_swapped;
+    const int64_t r = l0->r, in = sw ? l0->out : l0->in, out = sw ? l0->in : l0->out;
     std::vector<float> A(static_cast<size_t>(r * E * in)), B(static_cast<size_t>(out * r * E));
     for (int64_t e = 0; e < E; ++e) {
       const LoraLayer& l = *v[static_cast<size_t>(e)];
-      std::copy(l.A.begin(), l.A.end(), A.begin() + e * r * in);
+      check(l.peft_swapped == sw, wpath, "the experts of '" + module + "' mix PEFT's two layouts");
+      for (int64_t k = 0; k < r; ++k)
+        for (int64_t i = 0; i < in; ++i)
+          A[static_cast<size_t>(e * r * in + k * in + i)] =
+              sw ? l.B[static_cast<size_t>(i * r + k)] : l.A[static_cast<size_t>(k * in + i)];
       for (int64_t o = 0; o < out; ++o)
-        for (int64_t k = 0; k < r; ++k) B[static_cast<size_t>(o * r * E + k * E + e)] = l.B[static_cast<size_t>(o * r + k)];
+        for (int64_t k = 0; k < r; ++k)
+          B[static_cast<size_t>(o * r * E + k * E + e)] =
+              sw ? l.A[static_cast<size_t>(k * out + o)] : l.B[static_cast<size_t>(o * r + k)];
     }
     const std::string path = stacked_expert_path(module, part, experts.count({module, 1 - part}) != 0);
     stacked.push_back(std::move(A));
@@ -339,14 +348,23 @@ void PeftAdapter::apply_to(std::span<LoraLayer> layers) const {
     auto it = modules.find(l.module_path);
     check(it != modules.end(), wpath, "missing key '" + peft_lora_key(l.module_path, 'A') + "'");
     const PeftLoraWeights& m = it->second;
+    // (peft_swapped: PEFT's in / out are our out / in, its A our B^T, its B our A^T)
+    const int64_t l_in = l.peft_swapped ? l.out : l.in, l_out = l.peft_swapped ? l.in : l.out;
     check(m.r == l.r, wpath, "key '" + peft_lora_key(l.module_path, 'A') + "': rank " + std::to_string(m.r) +
                                   ", the model's LoRA rank is " + std::to_string(l.r));
-    check(m.in == l.in, wpath, "key '" + peft_lora_key(l.module_path, 'A') + "': in_features " + std::to_string(m.in) +
-                                    ", module has " + std::to_string(l.in));
-    check(m.out == l.out, wpath, "key '" + peft_lora_key(l.module_path, 'B') + "': out_features " +
-                                      std::to_string(m.out) + ", module has " + std::to_string(l.out));
-    l.A = m.A;
-    l.B = m.B;
+    check(m.in == l_in, wpath, "key '" + peft_lora_key(l.module_path, 'A') + "': in_features " + std::to_string(m.in) +
+                                    ", module has " + std::to_string(l_in));
+    check(m.out == l_out, wpath, "key '" + peft_lora_key(l.module_path, 'B') + "': out_features " +
+                                      std::to_string(m.out) + ", module has " + std::to_string(l_out));
+    if (l.peft_swapped) {
+      for (int64_t k = 0; k < l.r; ++k) {
+        for (int64_t i = 0; i < l.in; ++i) l.A[static_cast<size_t>(k * l.in + i)] = m.B[static_cast<size_t>(i * m.r + k)];
+        for (int64_t o = 0; o < l.out; ++o) l.B[static_cast<size_t>(o * l.r + k)] = m.A[static_cast<size_t>(k * m.in + o)];
+      }
+    } else {
+      l.A = m.A;
+      l.B = m.B;
+    }
     l.zero_grad();
     used.insert(l.module_path);
   }
@@ -405,8 +423,11 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     check(h.B != nullptr, wpath, "missing key '" + peft_lora_key(path, 'B') + "'");
     // MoE experts, stacked (save_peft_adapter has the layout): one LoRA per expert here.
     // (Granite MoE's module tree: block_sparse_moe.experts)
-    const bool inner = path.ends_with(".mlp.experts.base_layer") || path.ends_with(".block_sparse_moe.experts.base_layer");
-    if (inner || path.ends_with(".mlp.experts") || path.ends_with(".block_sparse_moe.experts")) {
+    // (Llama 4's: feed_forward.experts)
+    const bool inner = path.ends_with(".mlp.experts.base_layer") || path.ends_with(".block_sparse_moe.experts.base_layer") ||
+                       path.ends_with(".feed_forward.experts.base_layer");
+    if (inner || path.ends_with(".mlp.experts") || path.ends_with(".block_sparse_moe.experts") ||
+        path.ends_with(".feed_forward.experts")) {
       const std::string module = inner ? path.substr(0, path.size() - std::string_view(".base_layer").size()) : path;
       const bool gate_up = a.config.targets_parameter(module + ".gate_up_proj");
       const bool down = a.config.targets_parameter(module + ".down_proj");

@@ -196,7 +196,8 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
       return false;
     };
     const std::string layer = "model.layers." + std::to_string(s.first_moe_layer()) + ".";
-    const std::string experts = layer + (s.moe_granite ? "block_sparse_moe.experts" : "mlp.experts");
+    const std::string experts = s.moe_llama4 ? canonical_to_hf(s, layer + "mlp.experts")  // (feed_forward.experts)
+                                             : layer + (s.moe_granite ? "block_sparse_moe.experts" : "mlp.experts");
     std::string router = canonical_to_hf(s, layer + kMoeRouterModule);
     if (s.moe_granite) router = layer + "block_sparse_moe.router";
     else if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_router_linear && !s.moe_llama4) router = layer + kMoeRouterModule;

@@ -320,6 +320,8 @@ FAMILIES = {
                                                               "original_max_position_embeddings": 8},
                                              _targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                        "down_proj"],
+                                             _target_parameters=["feed_forward.experts.gate_up_proj",
+                                                                 "feed_forward.experts.down_proj"],
                                              _moe=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,

@@ -91,7 +91,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   }
   for (const LoraLayer& L : adapter.lora->layers()) {
     if (L.module_path.find(".mlp.experts.") != std::string::npos ||
-        L.module_path.find(".block_sparse_moe.experts.") != std::string::npos)
+        L.module_path.find(".block_sparse_moe.experts.") != std::string::npos ||
+        L.module_path.find(".feed_forward.experts.") != std::string::npos)  // (Llama 4's)
       continue;  // (above)
     // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones;
     // Granite MoE's router module, block_sparse_moe.router, is the canonical mlp.gate)

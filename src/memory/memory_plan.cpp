@@ -523,8 +523,20 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       const uint64_t tile = u(std::max({linear_backward_tile_floats(s.hidden, 2 * s.expert_ffn),
                                         linear_backward_tile_floats(s.expert_ffn, s.hidden),
                                         linear_backward_tile_floats(s.hidden, s.n_experts)}));
-      add(r, "mixture-of-experts buffers (backward)", 4 * (BT * (4 * C + 10 * Fe + 3 * NE + 2 * u(s.experts_per_token)) + tile),
-          "one expert's gathered rows, its recomputed products and their gradients, the router's probabilities");
+      // (and, with LoRA on the experts or the router, the op's own LoRA temporaries over all B*T rows:
+      // moe_block.cpp moe_lora_scratch)
+      LoraScratchFloats lf;
+      const bool moe_lora = !o.target_parameters.empty() || (o.all_linear && !s.moe_gpt_oss && !s.moe_granite);
+      if (moe_lora) {
+        const int64_t BTi = static_cast<int64_t>(BT), r = o.lora_r;
+        lf.cover(BTi, s.hidden, 2 * s.expert_ffn, 2 * r, false, true);
+        lf.cover(BTi, s.expert_ffn, s.hidden, r, false, true);
+        lf.cover(BTi, s.hidden, s.n_experts, r, false, true);
+      }
+      add(r, "mixture-of-experts buffers (backward)",
+          4 * (BT * (4 * C + 10 * Fe + 3 * NE + 2 * u(s.experts_per_token)) + tile + u(lf.total())),
+          "one expert's gathered rows, its recomputed products and their gradients, the router's probabilities, "
+          "the op's LoRA temporaries");
     }
     if (o.bf16_tiles && o.compute_dtype == ComputeDType::BF16)
       add(r, "bf16 GEMM packing (AMX tiles or AVX-512 BF16)", bf16_tile_bytes(BT), "kept by the threads at their largest");

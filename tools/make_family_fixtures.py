@@ -301,6 +301,7 @@ FAMILIES = {
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 1.0, "original_max_position_embeddings": 8},
         _targets=r"language_model\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|feed_forward\.(shared_expert\.)?(gate|up|down)_proj)",
+        _target_parameters=["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"],
         _vision_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2"],
         _wrapper=dict(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                          image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,

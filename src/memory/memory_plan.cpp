@@ -116,6 +116,9 @@ struct LoraShape {
   uint64_t max_in_out = 0;    // max(in + out) over adapted Linears
   uint64_t max_in = 0, max_out = 0;  // over adapted Linears
   int modules_per_block = 0;
+  // The MoE op's own LoRAs per MoE layer (router, shared gate, one expert's gate_up / down): (in, out, rank)
+  // of each kind, which size its LoRA temporaries (moe_block.cpp moe_lora_scratch).
+  std::vector<std::array<int64_t, 3>> moe_pieces;
 };
 
 // The Linears outside the blocks (OPT's project_in / project_out: (hidden, E), (E, hidden)),
@@ -202,7 +205,13 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     if (s.moe_granite) router = layer + "block_sparse_moe.router";
     else if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_router_linear && !s.moe_llama4) router = layer + kMoeRouterModule;
     std::vector<std::pair<uint64_t, uint64_t>> ab;
-    if (named(router + ".weight")) ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+    const int64_t ri = o.lora_r;
+    if (named(router + ".weight")) {
+      ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+      l.moe_pieces.push_back({s.hidden, s.n_experts, ri});
+    }
+    if (named(experts + ".gate_up_proj")) l.moe_pieces.push_back({s.hidden, 2 * s.expert_ffn, ri});
+    if (named(experts + ".down_proj")) l.moe_pieces.push_back({s.expert_ffn, s.hidden, ri});
     for (int64_t e = 0; e < s.n_experts; ++e) {
       if (named(experts + ".gate_up_proj")) ab.emplace_back(r * u(s.hidden), u(2 * s.expert_ffn) * r);
       if (named(experts + ".down_proj")) ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
@@ -214,12 +223,20 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
     }
   } else if (s.moe() && o.all_linear && !s.moe_gpt_oss && !s.moe_granite) {
     std::vector<std::pair<uint64_t, uint64_t>> ab;  // (A, B) elements per layer
+    const int64_t ri = o.lora_r;
     if (s.moe_gemma4) {  // (Gemma 4: its router, an nn.Linear, only)
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+      l.moe_pieces.push_back({s.hidden, s.n_experts, ri});
     } else if (!s.all_linear_adapts_experts()) {  // (Qwen2-MoE: its shared-expert gate; Llama 4: nothing)
-      if (s.shared_expert && s.shared_expert_gate) ab.emplace_back(r * u(s.hidden), r);
+      if (s.shared_expert && s.shared_expert_gate) {
+        ab.emplace_back(r * u(s.hidden), r);
+        l.moe_pieces.push_back({s.hidden, 1, ri});
+      }
     } else {
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
+      l.moe_pieces.push_back({s.hidden, s.n_experts, ri});
+      l.moe_pieces.push_back({s.hidden, 2 * s.expert_ffn, 2 * ri});
+      l.moe_pieces.push_back({s.expert_ffn, s.hidden, ri});
       for (int64_t e = 0; e < s.n_experts; ++e) {
         ab.emplace_back(2 * r * u(s.hidden), u(2 * s.expert_ffn) * 2 * r);
         ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
@@ -526,13 +543,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       // (and, with LoRA on the experts or the router, the op's own LoRA temporaries over all B*T rows:
       // moe_block.cpp moe_lora_scratch)
       LoraScratchFloats lf;
-      const bool moe_lora = !o.target_parameters.empty() || (o.all_linear && !s.moe_gpt_oss && !s.moe_granite);
-      if (moe_lora) {
-        const int64_t BTi = static_cast<int64_t>(BT), r = o.lora_r;
-        lf.cover(BTi, s.hidden, 2 * s.expert_ffn, 2 * r, false, true);
-        lf.cover(BTi, s.expert_ffn, s.hidden, r, false, true);
-        lf.cover(BTi, s.hidden, s.n_experts, r, false, true);
-      }
+      for (const auto& [in, out, rank] : ls.moe_pieces) lf.cover(static_cast<int64_t>(BT), in, out, rank, false, true);
       add(r, "mixture-of-experts buffers (backward)",
           4 * (BT * (4 * C + 10 * Fe + 3 * NE + 2 * u(s.experts_per_token)) + tile + u(lf.total())),
           "one expert's gathered rows, its recomputed products and their gradients, the router's probabilities, "

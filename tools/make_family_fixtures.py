@@ -89,6 +89,12 @@ _GEMMA4 = dict(num_hidden_layers=4, head_dim=16, global_head_dim=32, hidden_acti
                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                 "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
                                                    "rope_theta": 1000000.0}})
+# Llama 4's fixtures: Scout's rotary (llama3 with low = high frequency factor), here over an original
+# context of 8; the Linears PEFT's recipes name (its all-linear fails on Llama 4) and the experts.
+_LLAMA4_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 1.0, "original_max_position_embeddings": 8}
+_LLAMA4_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_LLAMA4_EXPERTS = ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"]
 FAMILIES = {
     # Mixtral: Mistral's block with the router over experts w1/w3/w2, renormalized top 2.
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0,
@@ -281,14 +287,8 @@ FAMILIES = {
                                              interleave_moe_layer_step=2, no_rope_layer_interval=2,
                                              attention_chunk_size=8, floor_scale=8, attn_scale=0.5,
                                              tie_word_embeddings=False,
-                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                                                              "factor": 16.0, "low_freq_factor": 1.0,
-                                                              "high_freq_factor": 1.0,
-                                                              "original_max_position_embeddings": 8},
-                                             _targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                       "down_proj"],
-                                             _target_parameters=["feed_forward.experts.gate_up_proj",
-                                                                 "feed_forward.experts.down_proj"],
+                                             rope_parameters=_LLAMA4_ROPE,
+                                             _targets=_LLAMA4_TARGETS, _target_parameters=_LLAMA4_EXPERTS,
                                              _moe=True)),
     # Llama 4 as released (Llama4ForConditionalGeneration: Scout, Maverick): the language model above
     # under language_model.model. / language_model.lm_head -- its module paths too -- beside a
@@ -298,10 +298,9 @@ FAMILIES = {
         num_hidden_layers=4, head_dim=16, intermediate_size=32, intermediate_size_mlp=96, num_local_experts=4,
         num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layer_interval=2, attention_chunk_size=8,
         floor_scale=8, attn_scale=0.5, tie_word_embeddings=False, _text_type="llama4_text",
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 1.0, "original_max_position_embeddings": 8},
+        rope_parameters=_LLAMA4_ROPE,
         _targets=r"language_model\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|feed_forward\.(shared_expert\.)?(gate|up|down)_proj)",
-        _target_parameters=["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"],
+        _target_parameters=_LLAMA4_EXPERTS,
         _vision_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "fc1", "fc2"],
         _wrapper=dict(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                          image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,
@@ -315,14 +314,8 @@ FAMILIES = {
                                              interleave_moe_layer_step=2, no_rope_layer_interval=4,
                                              attention_chunk_size=8192, floor_scale=8192, attn_scale=0.1,
                                              tie_word_embeddings=False,
-                                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                                                              "factor": 16.0, "low_freq_factor": 1.0,
-                                                              "high_freq_factor": 1.0,
-                                                              "original_max_position_embeddings": 8},
-                                             _targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                       "down_proj"],
-                                             _target_parameters=["feed_forward.experts.gate_up_proj",
-                                                                 "feed_forward.experts.down_proj"],
+                                             rope_parameters=_LLAMA4_ROPE,
+                                             _targets=_LLAMA4_TARGETS, _target_parameters=_LLAMA4_EXPERTS,
                                              _moe=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,

@@ -1,6 +1,7 @@
 // Definitions for formats/config_reader.h.
 #include "formats/config_reader.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "base/error.h"
@@ -51,6 +52,34 @@ Activation gelu_family_activation(const json& j, const char* key, const std::str
   if (act == "relu" && relu_ok) return Activation::Relu;
   fail(where, std::string(key) + " " + (a ? shown(*a) : std::string("?")) + " is not supported for " + family +
                   " (gelu_new, gelu_pytorch_tanh, gelu_fast, gelu" + (relu_ok ? ", relu)" : ")"));
+}
+
+std::vector<bool> every_nth_layer(int64_t layers, int64_t interval) {
+  std::vector<bool> v(static_cast<size_t>(std::max<int64_t>(layers, 0)), false);
+  for (int64_t l = 0; l < layers; ++l) v[static_cast<size_t>(l)] = (l + 1) % interval == 0;
+  return v;
+}
+
+std::vector<bool> nope_layers(const json& j, int64_t n_layers, const std::string& where, bool empty_is_default) {
+  std::vector<bool> nope;
+  const json* nr = find_key(j, "no_rope_layers");
+  if (nr && !(empty_is_default && nr->is_array() && nr->empty())) {
+    if (!nr->is_array() || static_cast<int64_t>(nr->size()) != n_layers)
+      fail(where, "no_rope_layers must list one 0/1 per layer (" + std::to_string(n_layers) + ")");
+    nope.assign(static_cast<size_t>(n_layers), false);
+    for (int64_t l = 0; l < n_layers; ++l) {
+      const json& e = (*nr)[static_cast<size_t>(l)];
+      if (!e.is_boolean() && (!e.is_number_integer() || (e.get<int64_t>() != 0 && e.get<int64_t>() != 1)))
+        fail(where, "no_rope_layers[" + std::to_string(l) + "] " + shown(e) + " must be 0 or 1");
+      nope[static_cast<size_t>(l)] = e.is_boolean() ? !e.get<bool>() : e.get<int64_t>() == 0;
+    }
+  } else {
+    const int64_t interval = get_int(j, "no_rope_layer_interval", where, 4);
+    if (interval <= 0) fail(where, "no_rope_layer_interval must be positive, got " + std::to_string(interval));
+    nope = every_nth_layer(n_layers, interval);
+  }
+  if (std::find(nope.begin(), nope.end(), true) == nope.end()) nope.clear();
+  return nope;
 }
 
 std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where) {

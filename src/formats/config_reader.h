@@ -30,6 +30,13 @@ std::vector<int> get_ids(const json& j, const char* key, const std::string& wher
 // "full_attention"); nullopt when the key is absent or null. An Error when it does not list
 // n_layers entries or holds another type.
 std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where);
+// Every interval-th layer flagged ((l + 1) % interval == 0), layers of them.
+std::vector<bool> every_nth_layer(int64_t layers, int64_t interval);
+// The layers without rotary (ModelSpec::nope_layers) of SmolLM3's and Llama 4's keys: no_rope_layers
+// (one 0 / 1 per layer, or a boolean, 1 = rotates) or, when absent or null (or, with
+// `empty_is_default`, [] -- Llama 4's released configs), every no_rope_layer_interval-th layer
+// (default 4). Empty when every layer rotates. An Error naming the key for anything else.
+std::vector<bool> nope_layers(const json& j, int64_t n_layers, const std::string& where, bool empty_is_default);
 // A plain MLP's GELU-family activation under `key` (`dflt` when absent): gelu_new,
 // gelu_pytorch_tanh and gelu_fast are the tanh GELU, gelu the erf one, relu ReLU when
 // `relu_ok`. Anything else is an Error naming `family` and what it accepts.

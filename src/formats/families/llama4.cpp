@@ -26,37 +26,15 @@ namespace {
 using nlohmann::json;
 using nlohmann::ordered_json;
 
-// A per-layer 0/1 list (no_rope_layers) or null / [] for the default.
-std::vector<bool> flags_or_empty(const json& j, const char* key, int64_t n_layers, const std::string& where) {
-  const json* v = config::find_key(j, key);
-  if (!v || v->is_null() || (v->is_array() && v->empty())) return {};
-  if (!v->is_array() || static_cast<int64_t>(v->size()) != n_layers)
-    fail(where, std::string(key) + " must list one 0/1 per layer (" + std::to_string(n_layers) + ")");
-  std::vector<bool> out;
-  for (const json& e : *v) {
-    if (!(e.is_number_integer() || e.is_boolean()) || (e.is_number_integer() && e.get<int64_t>() != 0 && e.get<int64_t>() != 1))
-      fail(where, std::string(key) + " holds " + config::shown(e) + "; it must hold 0 or 1 per layer");
-    out.push_back(e.is_boolean() ? e.get<bool>() : e.get<int64_t>() == 1);
-  }
-  return out;
-}
-
 void llama4_read(const json& j, const std::string& where, ModelSpec& s) {
   const int64_t L = s.n_layers;
   s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
   s.rope_interleaved = true;
   s.norm_eps = config::get_float(j, "rms_norm_eps", where, 1e-5f);
   // Rotary per layer (Llama4TextConfig.__post_init__'s default: every interval-th layer NoPE).
-  std::vector<bool> rotates = flags_or_empty(j, "no_rope_layers", L, where);
-  if (rotates.empty()) {
-    const int64_t interval = config::get_int(j, "no_rope_layer_interval", where, 4);
-    if (interval <= 0) fail(where, "no_rope_layer_interval must be positive, got " + std::to_string(interval));
-    for (int64_t l = 0; l < L; ++l) rotates.push_back((l + 1) % interval != 0);
-  }
-  s.nope_layers.assign(static_cast<size_t>(L), false);
-  bool any_nope = false;
-  for (int64_t l = 0; l < L; ++l) any_nope |= (s.nope_layers[static_cast<size_t>(l)] = !rotates[static_cast<size_t>(l)]);
-  if (!any_nope) s.nope_layers.clear();
+  s.nope_layers = config::nope_layers(j, L, where, /*empty_is_default=*/true);
+  std::vector<bool> rotates(static_cast<size_t>(L), true);
+  for (int64_t l = 0; l < L && !s.nope_layers.empty(); ++l) rotates[static_cast<size_t>(l)] = !s.nope_layers[static_cast<size_t>(l)];
   // Chunked attention on the layers layer_types names (by default the rotating ones).
   std::vector<bool> chunked(static_cast<size_t>(L));
   if (const json* lt = config::find_key(j, "layer_types"); lt && !lt->is_null()) {
@@ -64,10 +42,11 @@ void llama4_read(const json& j, const std::string& where, ModelSpec& s) {
       fail(where, "layer_types must name one type per layer (" + std::to_string(L) + ")");
     for (int64_t l = 0; l < L; ++l) {
       const json& t = (*lt)[static_cast<size_t>(l)];
-      if (t != "chunked_attention" && t != "full_attention")
+      const std::string type = t.is_string() ? t.get<std::string>() : std::string();
+      if (type != "chunked_attention" && type != "full_attention")
         fail(where, "layer_types[" + std::to_string(l) + "] " + config::shown(t) +
                         ": Llama 4's layers are chunked_attention or full_attention");
-      chunked[static_cast<size_t>(l)] = t == "chunked_attention";
+      chunked[static_cast<size_t>(l)] = type == "chunked_attention";
     }
   } else {
     for (int64_t l = 0; l < L; ++l) chunked[static_cast<size_t>(l)] = rotates[static_cast<size_t>(l)];
@@ -182,8 +161,7 @@ void llama4_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
                 "scales its last layer's queries by a zero temperature and stops; not a GGUF qlora runs either");
   if (hp.moe_layer_step <= 0) fail(where, "a llama4 GGUF without llama4.interleave_moe_layer_step");
   s.rope_interleaved = true;
-  s.nope_layers.assign(static_cast<size_t>(L), false);
-  for (int64_t l = 0; l < L; ++l) s.nope_layers[static_cast<size_t>(l)] = (l + 1) % kLlamaCppNopeStep == 0;
+  s.nope_layers = config::every_nth_layer(L, kLlamaCppNopeStep);
   if (L < kLlamaCppNopeStep) s.nope_layers.clear();
   s.sliding_window = kLlamaCppChunk;
   s.window_chunked = true;

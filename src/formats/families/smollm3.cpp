@@ -18,32 +18,10 @@ namespace {
 using nlohmann::json;
 using nlohmann::ordered_json;
 
-// llama.cpp's smollm3 graph: every fourth layer without rotary (no GGUF key says otherwise).
-std::vector<bool> every_nth_nope(int64_t layers, int64_t interval) {
-  std::vector<bool> nope(static_cast<size_t>(std::max<int64_t>(layers, 0)), false);
-  for (int64_t l = 0; l < layers; ++l) nope[static_cast<size_t>(l)] = (l + 1) % interval == 0;
-  return nope;
-}
-
 void smollm3_read(const json& j, const std::string& where, ModelSpec& s) {
   s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
   s.mlp_bias = config::get_bool(j, "mlp_bias", where, false);
-  if (const json* nr = config::find_key(j, "no_rope_layers"); nr && !nr->is_null()) {
-    if (!nr->is_array() || static_cast<int64_t>(nr->size()) != s.n_layers)
-      fail(where, "no_rope_layers must list one 0/1 per layer (" + std::to_string(s.n_layers) + ")");
-    s.nope_layers.assign(static_cast<size_t>(s.n_layers), false);
-    for (int64_t l = 0; l < s.n_layers; ++l) {
-      const json& e = (*nr)[static_cast<size_t>(l)];
-      if (!e.is_number_integer() || (e.get<int64_t>() != 0 && e.get<int64_t>() != 1))
-        fail(where, "no_rope_layers[" + std::to_string(l) + "] " + config::shown(e) + " must be 0 or 1");
-      s.nope_layers[static_cast<size_t>(l)] = e.get<int64_t>() == 0;
-    }
-  } else {
-    const int64_t interval = config::get_int(j, "no_rope_layer_interval", where, 4);
-    if (interval <= 0) fail(where, "no_rope_layer_interval must be positive");
-    s.nope_layers = every_nth_nope(s.n_layers, interval);
-  }
-  if (std::find(s.nope_layers.begin(), s.nope_layers.end(), true) == s.nope_layers.end()) s.nope_layers.clear();
+  s.nope_layers = config::nope_layers(j, s.n_layers, where, /*empty_is_default=*/false);
   // Windows only with use_sliding_window and a sliding_window, on layer_types' sliding layers
   // (SmolLM3Config derives those from the NoPE layers when layer_types is absent).
   s.sliding_window = 0;
@@ -79,7 +57,7 @@ void smollm3_write(const ModelSpec& s, ordered_json& j) {
 }
 
 void smollm3_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
-  s.nope_layers = every_nth_nope(hp.num_layers, 4);
+  s.nope_layers = config::every_nth_layer(hp.num_layers, 4);  // (llama.cpp's smollm3 graph: every fourth layer)
   if (std::find(s.nope_layers.begin(), s.nope_layers.end(), true) == s.nope_layers.end()) s.nope_layers.clear();
 }
 

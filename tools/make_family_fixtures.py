@@ -317,6 +317,13 @@ FAMILIES = {
                                              rope_parameters=_LLAMA4_ROPE,
                                              _targets=_LLAMA4_TARGETS, _target_parameters=_LLAMA4_EXPERTS,
                                              _moe=True)),
+    # LFM2: short-conv layers (B | C | x from in_proj, C * conv(B * x), 3 taps) around an attention
+    # layer with per-head q/k norms; the MLP's width derived from intermediate_size (2/3 of 150,
+    # rounded up to a multiple of 32: 128), the final norm named embedding_norm, a tied head.
+    "lfm2": ("Lfm2Config", dict(_drop=("rms_norm_eps",), num_hidden_layers=3, intermediate_size=150, block_multiple_of=32,
+                                layer_types=["conv", "full_attention", "conv"], conv_L_cache=3, norm_eps=1e-6,
+                                tie_word_embeddings=True, initializer_range=0.1,
+                                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -791,7 +798,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
-             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "qwen3_5_moe_gguf": "qwen35moe",
+             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4"}
 
 
@@ -1203,6 +1210,53 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     _finish(w)
 
 
+def write_gguf_lfm2(model, path: Path):
+    """As llama.cpp's converter writes LFM2 (conversion/lfm2.py: LFM2Model): head_count_kv one
+    value per layer, 0 on the short-conv layers; shortconv.l_cache; feed_forward_length the MLP's
+    adjusted width; the conv taps squeezed to (channels, taps), float32; the final norm
+    (embedding_norm) as token_embd_norm; the tied head left out."""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "lfm2")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(model.model.layers[0].feed_forward.w1.out_features)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv([c.num_key_value_heads if t != "conv" else 0 for t in c.layer_types])
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_shortconv_l_cache(c.conv_L_cache)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.out_proj": "attn_output", "self_attn.q_layernorm": "attn_q_norm",
+             "self_attn.k_layernorm": "attn_k_norm", "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
+             "feed_forward.w2": "ffn_down", "operator_norm": "attn_norm", "ffn_norm": "ffn_norm",
+             "conv.conv": "shortconv.conv", "conv.in_proj": "shortconv.in_proj", "conv.out_proj": "shortconv.out_proj"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        if name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            w.add_tensor("output.weight", np.ascontiguousarray(t))
+            continue
+        if name == "model.embed_tokens.weight":
+            w.add_tensor("token_embd.weight", np.ascontiguousarray(t))
+            continue
+        if name == "model.embedding_norm.weight":
+            w.add_tensor("token_embd_norm.weight", np.ascontiguousarray(t))
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == "conv.conv":
+            t = t.reshape(t.shape[0], t.shape[2])
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
 def write_gguf_gemma4(model, path: Path):
     """As convert_hf_to_gguf.py's Gemma4Model (gguf-py 0.19) writes a Gemma 4 language model: the
     full layers' geometry under the plain keys and the sliding ones' under _swa, key/value heads
@@ -1413,6 +1467,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_deepseek2(model, path)
     if arch == "gemma4":
         return write_gguf_gemma4(model, path)
+    if arch == "lfm2":
+        return write_gguf_lfm2(model, path)
     import gguf
     import numpy as np
     c = model.config
@@ -1677,7 +1733,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

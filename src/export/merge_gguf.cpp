@@ -289,9 +289,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
+  } else if (arch == "lfm2" && s.hybrid()) {  // (as LFM2Model writes it: 0 on the short-conv layers)
+    std::vector<int32_t> kv;
+    for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(s.layer_is_linear_attn(l) ? 0 : static_cast<int32_t>(s.n_kv_heads));
+    w.set_i32_array(a + "attention.head_count_kv", kv);
   } else {  // (deepseek2: one, the latent's, as its converter writes it)
     w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
+  if (arch == "lfm2") w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
@@ -773,7 +778,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     }
     TensorSpec t = spec_t;
     const bool delta_net = delta_net_arch && t.name.find(".linear_attn.") != std::string::npos;
-    if (delta_net && t.name.ends_with(".conv1d.weight")) t.shape = {t.shape[0], t.shape.back()};  // (squeezed)
+    // (the conv taps, (channels, 1, kernel): squeezed and float32, as llama.cpp's converters keep them)
+    const bool conv_taps = (delta_net_arch || arch == "lfm2") && t.name.ends_with(".linear_attn.conv1d.weight");
+    if (conv_taps) t.shape = {t.shape[0], t.shape.back()};
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};
     const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);
@@ -781,7 +788,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // (norm weights stay float32 whatever their rank: Command R+'s (heads, head_dim) q/k norms)
     GgmlType type = t.shape.size() == 1 || t.name.ends_with("norm.weight") ? GgmlType::F32 : opt.type;
     if (t.name.ends_with("e_score_correction_bias")) type = GgmlType::F32;  // (ERNIE's is (1, E))
-    if (delta_net && t.name.ends_with(".conv1d.weight")) type = GgmlType::F32;  // (as llama.cpp's converter keeps it)
+    if (conv_taps) type = GgmlType::F32;
     // (the router stays float32, as convert_hf_to_gguf.py keeps ffn_gate_inp)
     if (s.moe() && t.name.ends_with(std::string(kMoeRouterModule) + ".weight")) type = GgmlType::F32;
     if (opt.q4_k_m && type != GgmlType::F32) {

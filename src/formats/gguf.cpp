@@ -691,6 +691,10 @@ std::optional<std::string> gguf_to_hf_tensor_name(std::string_view g, std::strin
       for (const GgufLayerName& p : fam->gguf_layer_params)
         if (*rest == p.gguf) return "model.layers." + std::string(num) + "." + std::string(p.canonical);
   if (!split_suffix(g, &stem, &suffix)) return std::nullopt;
+  if (const ModelFamily* fam = find_family_by_gguf_arch(arch); fam && !fam->gguf_output_norm.empty()) {
+    if (stem == fam->gguf_output_norm) return "model.norm" + std::string(suffix);
+    if (stem == "output_norm") return std::nullopt;
+  }
   for (const auto& p : kGlobalNames)
     if (stem == p.gguf) return std::string(p.hf) + std::string(suffix);
   if (stem == "position_embd") return "model.embed_positions" + std::string(suffix);
@@ -723,6 +727,8 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view h, std::strin
       for (const GgufLayerName& p : fam->gguf_layer_params)
         if (*rest == p.canonical) return "blk." + std::string(num) + "." + std::string(p.gguf);
   if (!split_suffix(h, &stem, &suffix)) return std::nullopt;
+  if (const ModelFamily* fam = find_family_by_gguf_arch(arch); fam && !fam->gguf_output_norm.empty() && stem == "model.norm")
+    return std::string(fam->gguf_output_norm) + std::string(suffix);
   for (const auto& p : kGlobalNames)
     if (stem == p.hf) return std::string(p.gguf) + std::string(suffix);
   if (stem == "model.embed_positions") return "position_embd" + std::string(suffix);
@@ -804,7 +810,30 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     if (!ffn_default && f.has(a + k)) ffn_default = size_key(a + k, std::nullopt);
   hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
   hp.num_heads = size_key(a + "attention.head_count", std::nullopt);
-  hp.num_kv_heads = size_key_or_array(a + "attention.head_count_kv", hp.num_heads, hp.kv_heads_per_layer);
+  if (f.has(a + "shortconv.l_cache")) {  // (lfm2: head_count_kv 0 marks its short-conv layers)
+    hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
+    const GgufValue* v = f.find(a + "attention.head_count_kv");
+    if (v && v->type == GgufValueType::ARRAY) {
+      const std::vector<int64_t> vals = f.get_int_array(a + "attention.head_count_kv");
+      if (static_cast<int64_t>(vals.size()) != hp.num_layers)
+        fail(f.path(), "metadata key " + quote(a + "attention.head_count_kv") + " holds " + std::to_string(vals.size()) +
+                           " values; block_count is " + std::to_string(hp.num_layers));
+      hp.num_kv_heads = 0;
+      for (int64_t x : vals) {
+        if (x < 0 || x > kMax)
+          fail(f.path(), "metadata key " + quote(a + "attention.head_count_kv") + " holds the value " + std::to_string(x) +
+                             ", out of range");
+        hp.recurrent_layers.push_back(x == 0);
+        if (x != 0 && hp.num_kv_heads != 0 && x != hp.num_kv_heads)
+          fail(f.path(), "the attention layers' head_count_kv differ (" + std::to_string(hp.num_kv_heads) + ", " +
+                             std::to_string(x) + "); LFM2's share one");
+        if (x != 0) hp.num_kv_heads = x;
+      }
+      if (hp.num_kv_heads == 0) hp.num_kv_heads = hp.num_heads;  // (no attention layer at all)
+    }
+  }
+  if (hp.recurrent_layers.empty())
+    hp.num_kv_heads = size_key_or_array(a + "attention.head_count_kv", hp.num_heads, hp.kv_heads_per_layer);
   for (int64_t kv : hp.kv_heads_per_layer)
     if (hp.num_heads % kv != 0)
       fail(f.path(), "head_count " + std::to_string(hp.num_heads) + " is not a multiple of a layer's head_count_kv " +

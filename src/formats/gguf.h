@@ -264,6 +264,10 @@ struct GgufLlamaHParams {
   // absent). 0 where absent.
   int64_t ssm_conv_kernel = 0, ssm_state_size = 0, ssm_group_count = 0, ssm_time_step_rank = 0, ssm_inner_size = 0;
   int64_t full_attention_interval = 0;
+  // lfm2: {arch}.shortconv.l_cache (the short conv's taps; 0: absent) and the layers whose
+  // attention.head_count_kv is 0 (its short-conv layers; empty when every layer attends).
+  int64_t shortconv_l_cache = 0;
+  std::vector<bool> recurrent_layers;
   // Per-layer forms (gemma4): {arch}.attention.head_count_kv and .feed_forward_length given as
   // one value per layer (empty when a single value: num_kv_heads / intermediate_size hold it;
   // otherwise those hold layer 0's); .attention.key_length_swa / .value_length_swa and

@@ -110,7 +110,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
                                                        : r.segments) {
           if (o.kind == BlockOpKind::CausalConv)
             causal_conv_backward(g(o.in0) + t0 * CD, dy + t0 * CD, buf(o.in0) + t0 * CD, n, CD, L.la_conv.data(), K,
-                                 r.dtype);
+                                 !s.la_short_conv, r.dtype);
           else
             delta_rule_backward(sh, g(o.in0) + t0 * CD, g(o.in1) + t0 * H, g(o.in2) + t0 * H, dy + t0 * VD,
                                 buf(o.in0) + t0 * CD, buf(o.in1) + t0 * H, buf(o.in2) + t0 * H, L.la_A_log.data(),
@@ -126,6 +126,18 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::OutputGate:
         output_gate_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats_on(o.out, r.layer, T, T), r.dtype);
         break;
+      case BlockOpKind::Mul: {  // out = in0 * in1
+        const int64_t n = p.floats_on(o.out, r.layer, T, T);
+        float* d0 = g(o.in0);
+        float* d1 = g(o.in1);
+        const float* a = buf(o.in0);
+        const float* b = buf(o.in1);
+        for (int64_t i = 0; i < n; ++i) {
+          d0[i] += dy[i] * b[i];
+          d1[i] += dy[i] * a[i];
+        }
+        break;
+      }
       case BlockOpKind::Gather: {
         const std::vector<int32_t>& cols = p.gather_columns(o.gather);
         const int64_t W = static_cast<int64_t>(cols.size()), Win = p.buffers()[static_cast<size_t>(o.in0)].width;

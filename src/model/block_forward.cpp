@@ -224,7 +224,7 @@ void block_forward(const BlockRun& r) {
         auto run = [&](int64_t t0, int64_t n, float* state) {
           if (conv)
             causal_conv_forward(out + t0 * CD, in0 + t0 * CD, n, CD, L.la_conv.data(), K, state, state != nullptr,
-                                r.dtype);
+                                !s.la_short_conv, r.dtype);
           else
             delta_rule_forward(sh, out + t0 * VD, in0 + t0 * CD, in1 + t0 * H, in2 + t0 * H, L.la_A_log.data(),
                                L.la_dt_bias.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
@@ -254,6 +254,12 @@ void block_forward(const BlockRun& r) {
         check(be.host_addressable(), "gated attention", std::string("runs on the CPU backend only, not on ") + be.name());
         output_gate_forward(out, in0, in1, n_of(o.out), r.dtype);
         break;
+      case BlockOpKind::Mul: {
+        check(be.host_addressable(), "elementwise product", std::string("runs on the CPU backend only, not on ") + be.name());
+        const int64_t n = n_of(o.out);
+        for (int64_t i = 0; i < n; ++i) out[i] = in0[i] * in1[i];
+        break;
+      }
       case BlockOpKind::Gather: {
         check(be.host_addressable(), "column gather", std::string("runs on the CPU backend only, not on ") + be.name());
         const std::vector<int32_t>& cols = p.gather_columns(o.gather);

@@ -264,6 +264,35 @@ void BlockProgram::build_delta_net(int out, int h) {
   add_linear(out, normed, 11);
 }
 
+// LFM2's short conv (Lfm2ShortConv), from the normed input h to `out`:
+//   B | C | x = in_proj h, out = out_proj(C * conv(B * x)), conv the causal depthwise conv1d
+// (no activation), each product rounded to the compute dtype as transformers' are.
+void BlockProgram::build_short_conv(int out, int h) {
+  const int64_t C = spec_.hidden;
+  const int bcx = buffer("sc_bcx", 3 * C), b = buffer("sc_b", C), c = buffer("sc_c", C), x = buffer("sc_x", C);
+  add_linear(bcx, h, 7);
+  add_slice(b, bcx, 0, C);
+  add_slice(c, bcx, C, C);
+  add_slice(x, bcx, 2 * C, C);
+  auto mul = [&](int o, int in0, int in1) {
+    BlockOp m{BlockOpKind::Mul};
+    m.out = o;
+    m.in0 = in0;
+    m.in1 = in1;
+    m.round = true;
+    op(m);
+  };
+  const int bx = buffer("sc_bx", C), conv = buffer("sc_conv", C), y = buffer("sc_y", C);
+  mul(bx, b, x);
+  BlockOp cv{BlockOpKind::CausalConv};
+  cv.out = conv;
+  cv.in0 = bx;
+  cv.round = true;
+  op(cv);
+  mul(y, c, conv);
+  add_linear(out, y, 11);
+}
+
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
@@ -427,7 +456,8 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   p.geometry_ = s.attention_geometry(false);
   if (s.hybrid()) {  // the linear-attention layers' branch writes the same output
     p.mixer_ = LayerMixer::Linear;
-    p.build_delta_net(attn_out, h1);
+    if (s.la_short_conv) p.build_short_conv(attn_out, h1);
+    else p.build_delta_net(attn_out, h1);
     p.mixer_ = LayerMixer::All;
   }
   if (s.sandwich_norms) {  // gemma2/3: the branch output is normalized before the residual add
@@ -607,6 +637,7 @@ void BlockProgram::finish() {
       case BlockOpKind::DeltaRule: keep(o.in0); keep(o.in1); keep(o.in2); break;
       case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
       case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::Mul: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Gather: break;  // (its backward reads the column list only)
       case BlockOpKind::PleMul: keep(o.in0); break;
       case BlockOpKind::ScaleColumns: break;  // (its backward reads the weights only)

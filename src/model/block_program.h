@@ -61,6 +61,7 @@ enum class BlockOpKind : uint8_t {
   Gather,      // out = columns gather_columns(gather) of in0, in that order (Qwen3-Next's fused
                // in_proj_qkvz / in_proj_ba rearranged into q|k|v, z, b and a)
   PleMul,      // out = in0 * the layer's per-layer inputs (BlockRun::ple; Gemma 4 E2B / E4B)
+  Mul,         // out = in0 * in1 elementwise (LFM2's short conv: B * x, C * conv(B x))
   Concat,      // out = per group g of `groups`: in0's g-th `width` columns, then in1's g-th `width1`
                // (broadcast: in1's only `width1`, the same for every group; in1 -1: zeros)
                // (DeepSeek's keys: each head's own dims | the shared rotary key; values padded)
@@ -190,6 +191,8 @@ class BlockProgram {
   }
   // The hybrid model's gated DeltaNet, writing `out` (the branch output, C wide) from h.
   void build_delta_net(int out, int h);
+  // LFM2's gated short convolution (spec.la_short_conv), the same way.
+  void build_short_conv(int out, int h);
   void add_gather(int out, int in, std::vector<int32_t> columns);
   void finish();
   // Op builders (block_program.cpp): each appends one op over declared buffers.

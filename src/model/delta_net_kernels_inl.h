@@ -118,13 +118,16 @@ inline void conv_row(float* pre, const float* x, const float* prev, int64_t t, i
 }
 
 void conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, int64_t K, float* state,
-                  bool update_state, ComputeDType dtype) {
+                  bool update_state, bool silu, ComputeDType dtype) {
   const std::vector<float> wt = taps_by_offset(w, C, K);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {
     float* o = out + t * C;
     conv_row(o, x, state, t, C, wt.data(), K);
-    for (int64_t c = 0; c < C; ++c) o[c] = round_to_dtype(siluf(round_to_dtype(o[c], dtype)), dtype);
+    if (silu)
+      for (int64_t c = 0; c < C; ++c) o[c] = round_to_dtype(siluf(round_to_dtype(o[c], dtype)), dtype);
+    else
+      for (int64_t c = 0; c < C; ++c) o[c] = round_to_dtype(o[c], dtype);
   }
   if (!update_state || K <= 1) return;
   // The last K - 1 inputs of prev | x, oldest first.
@@ -138,15 +141,19 @@ void conv_forward(float* out, const float* x, int64_t T, int64_t C, const float*
 }
 
 void conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w, int64_t K,
-                   ComputeDType dtype) {
+                   bool silu, ComputeDType dtype) {
   const std::vector<float> wt = taps_by_offset(w, C, K);
-  std::vector<float> dy(static_cast<size_t>(T * C));  // d loss / d pre-activation
+  std::vector<float> dy_silu;  // d loss / d pre-activation (without the SiLU: dout itself)
+  if (silu) {
+    dy_silu.resize(static_cast<size_t>(T * C));
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < T; ++t) {
-    float* d = dy.data() + t * C;
-    conv_row(d, x, nullptr, t, C, wt.data(), K);
-    for (int64_t c = 0; c < C; ++c) d[c] = dout[t * C + c] * silu_grad(round_to_dtype(d[c], dtype));
+    for (int64_t t = 0; t < T; ++t) {
+      float* d = dy_silu.data() + t * C;
+      conv_row(d, x, nullptr, t, C, wt.data(), K);
+      for (int64_t c = 0; c < C; ++c) d[c] = dout[t * C + c] * silu_grad(round_to_dtype(d[c], dtype));
+    }
   }
+  const float* dy = silu ? dy_silu.data() : dout;
   // pre[t] reads x[t + j - (K - 1)] with tap j: x[s] feeds pre[s - j + K - 1].
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < T; ++s) {
@@ -155,7 +162,7 @@ void conv_backward(float* dx, const float* dout, const float* x, int64_t T, int6
       const int64_t t = s - j + K - 1;
       if (t >= T) continue;
       const float* wj = wt.data() + j * C;
-      const float* d = dy.data() + t * C;
+      const float* d = dy + t * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] += wj[c] * d[c];
     }

@@ -51,7 +51,8 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (s.has_global_geometry() || s.v_norm || s.layer_scalar || s.ple() || s.kv_shared_layers > 0)
     return s.family + ": full-attention layers of their own head size, value norms, layer scalars, per-layer inputs "
                       "and shared keys and values";
-  if (s.hybrid()) return s.family + ": gated DeltaNet (linear attention) layers";
+  if (s.hybrid())
+    return s.family + (s.la_short_conv ? ": short-convolution layers" : ": gated DeltaNet (linear attention) layers");
   if (s.attn_output_gate) return s.family + ": gated attention outputs";
   if (s.q_pos_scale_beta != 0.0f) return s.family + ": a per-position query scale (llama_4_scaling_beta)";
   if (s.qk_norm) return s.family + ": per-head q/k norms";

@@ -349,14 +349,18 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (ln) L.input_norm_bias = norm_bias(name("input_layernorm", "bias"));
     if (spec.layer_is_linear_attn(l)) {  // the gated DeltaNet's parameters, then its Linears
       const std::string prefix = "model.layers." + std::to_string(l) + ".linear_attn.";
-      L.la_dt_bias = load_vector(src, prefix + "dt_bias", opt.compute_dtype);
-      progress(prefix + "dt_bias");
-      L.la_A_log = load_vector(src, prefix + "A_log", opt.compute_dtype);
-      progress(prefix + "A_log");
+      if (!spec.la_short_conv) {  // (LFM2's short conv has the taps only)
+        L.la_dt_bias = load_vector(src, prefix + "dt_bias", opt.compute_dtype);
+        progress(prefix + "dt_bias");
+        L.la_A_log = load_vector(src, prefix + "A_log", opt.compute_dtype);
+        progress(prefix + "A_log");
+      }
       L.la_conv = load_vector(src, prefix + "conv1d.weight", opt.compute_dtype);  // (conv_dim, 1, K) = (conv_dim, K)
       progress(prefix + "conv1d.weight");
-      L.la_norm = load_vector(src, prefix + "norm.weight", opt.compute_dtype);
-      progress(prefix + "norm.weight");
+      if (!spec.la_short_conv) {
+        L.la_norm = load_vector(src, prefix + "norm.weight", opt.compute_dtype);
+        progress(prefix + "norm.weight");
+      }
       for (int w = 7; w < kBlockLinearCount; ++w) linear(w);
     }
     for (int w = 0; w < 4; ++w) linear(w);  // q, k, v, o

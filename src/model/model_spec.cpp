@@ -181,13 +181,19 @@ void ModelSpec::validate(const std::string& where) const {
     if (static_cast<int64_t>(linear_attn_layers.size()) != n_layers)
       fail(where, "layer_types names " + std::to_string(linear_attn_layers.size()) + " layers, the model has " +
                       std::to_string(n_layers));
-    for (int64_t v : {la_k_heads, la_v_heads, la_k_dim, la_v_dim})
-      if (v <= 0 || v > 65536) fail(where, "linear attention head counts and sizes must be positive, got " + std::to_string(v));
-    if (la_v_heads % la_k_heads != 0)
+    if (la_short_conv) {
+      if (la_fused_qkvz || la_k_heads != 0 || la_v_heads != 0)
+        fail(where, "short-convolution layers (LFM2's) have no DeltaNet heads");
+    } else {
+      for (int64_t v : {la_k_heads, la_v_heads, la_k_dim, la_v_dim})
+        if (v <= 0 || v > 65536) fail(where, "linear attention head counts and sizes must be positive, got " + std::to_string(v));
+    }
+    if (!la_short_conv && la_v_heads % la_k_heads != 0)
       fail(where, "linear_num_value_heads (" + std::to_string(la_v_heads) + ") is not a multiple of linear_num_key_heads (" +
                       std::to_string(la_k_heads) + ")");
     if (la_conv_kernel < 1 || la_conv_kernel > 64)
-      fail(where, "linear_conv_kernel_dim must be between 1 and 64, got " + std::to_string(la_conv_kernel));
+      fail(where, std::string(la_short_conv ? "conv_L_cache" : "linear_conv_kernel_dim") +
+                      " must be between 1 and 64, got " + std::to_string(la_conv_kernel));
     if (fused_qkv || post_norm || parallel_residual || !pre_norms || sandwich_norms || norm != NormKind::RMSNorm)
       fail(where, "linear-attention layers are built on a sequential pre-RMSNorm block with separate q/k/v (Qwen3.5's)");
   }
@@ -277,6 +283,11 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
     l[9] = {m[9], la_v_heads, hidden, false};
     l[10] = {m[10], la_v_heads, hidden, false};
     l[11] = {m[11], hidden, la_value_dim(), false};
+    if (la_short_conv) {  // (LFM2: in_proj gives B | C | x, out_proj maps back)
+      l[7] = {m[7], 3 * hidden, hidden, false};
+      l[11] = {m[11], hidden, hidden, false};
+      l[8] = l[9] = l[10] = absent;
+    }
     if (la_fused_qkvz) {
       l[7] = {"linear_attn.in_proj_qkvz", 2 * la_key_dim() + 2 * la_value_dim(), hidden, false};
       l[9] = {"linear_attn.in_proj_ba", 2 * la_v_heads, hidden, false};
@@ -335,10 +346,12 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});
     if (layer_is_linear_attn(l)) {  // the gated DeltaNet's (transformers' module order)
       const std::string prefix = "model.layers." + std::to_string(l) + ".linear_attn.";
-      t.push_back({prefix + "dt_bias", {la_v_heads}});
-      t.push_back({prefix + "A_log", {la_v_heads}});
+      if (!la_short_conv) {
+        t.push_back({prefix + "dt_bias", {la_v_heads}});
+        t.push_back({prefix + "A_log", {la_v_heads}});
+      }
       t.push_back({layer_tensor_name(l, "linear_attn.conv1d"), {la_conv_dim(), 1, la_conv_kernel}});
-      t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_v_dim}});
+      if (!la_short_conv) t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_v_dim}});
       linears(l, 7, 12);
     }
     linears(l, 0, 3);  // q, k, v

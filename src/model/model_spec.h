@@ -448,15 +448,22 @@ struct ModelSpec {
   // its q, k, then its value heads' v and z) and b, a from one (in_proj_ba, per key head its
   // value heads' b then a), in the in_proj_qkv and in_proj_b slots.
   bool la_fused_qkvz = false;
+  // LFM2's form (layer_types "conv"): the layers' operator is a gated short convolution, not a
+  // DeltaNet: in_proj (3 hidden, C) in the in_proj_qkv slot yields per token B | C | x, then
+  // y = C * conv(B * x) with the causal depthwise conv1d of la_conv_kernel taps (no activation,
+  // no bias), out_proj (C, C) in the out_proj slot. The la_*_heads sizes are unused (0).
+  bool la_short_conv = false;
   bool hybrid() const { return !linear_attn_layers.empty(); }
   bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }
   int64_t la_key_dim() const { return la_k_heads * la_k_dim; }
   int64_t la_value_dim() const { return la_v_heads * la_v_dim; }
-  int64_t la_conv_dim() const { return 2 * la_key_dim() + la_value_dim(); }
+  // The channels the causal conv runs over: q | k | v (DeltaNet), or the hidden width (LFM2).
+  int64_t la_conv_dim() const { return la_short_conv ? hidden : 2 * la_key_dim() + la_value_dim(); }
   // Floats of one linear-attention layer's state per sequence: the conv's last
-  // la_conv_kernel - 1 inputs, then the (la_v_heads, la_k_dim, la_v_dim) recurrent state.
+  // la_conv_kernel - 1 inputs, then the (la_v_heads, la_k_dim, la_v_dim) recurrent state
+  // (LFM2's short conv: the conv's inputs only).
   int64_t la_state_floats() const {
-    return (la_conv_kernel - 1) * la_conv_dim() + la_v_heads * la_k_dim * la_v_dim;
+    return (la_conv_kernel - 1) * la_conv_dim() + (la_short_conv ? 0 : la_v_heads * la_k_dim * la_v_dim);
   }
   // Whether layer l holds block Linear `which` (kBlockLinearModules order): a hybrid model's
   // attention layers have no DeltaNet Linears and its linear-attention layers no q, k, v, o.

@@ -1,5 +1,6 @@
 // config.json -> ModelSpec and generation_config.json: real configs (SmolLM2, Qwen2,
 // Mistral as published on the Hub), transformers' defaults, and clean errors.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -528,4 +529,57 @@ TEST(HfConfig, Llama4ScoutConfig) {
   EXPECT_NE(err(R"({"interleave_moe_layer_step": 0})").find("interleave_moe_layer_step"), std::string::npos);
   EXPECT_NE(err(R"({"attn_temperature_tuning": "yes"})").find("attn_temperature_tuning"), std::string::npos);
   EXPECT_NE(err(R"({"attention_chunk_size": -1})").find("attention_chunk_size"), std::string::npos);
+}
+
+// LFM2-1.2B's config.json as published (Lfm2Config's own spellings: block_ff_dim, full_attn_idxs,
+// norm_eps; keys transformers ignores, block_dim, use_pos_enc, ...), read to transformers' parameter
+// count (AutoModelForCausalLM on the meta device: 1,170,340,608) and its MLP width (2/3 of 12288
+// rounded up to a multiple of 256: 8192).
+TEST(HfConfig, Lfm2PublishedConfig) {
+  const char* lfm2 = R"({"architectures": ["Lfm2ForCausalLM"], "block_auto_adjust_ff_dim": true, "block_dim": 2048, "block_ff_dim": 12288, "block_ffn_dim_multiplier": 1.0, "block_mlp_init_scale": 1.0, "block_multiple_of": 256, "block_norm_eps": 1e-05, "block_out_init_scale": 1.0, "block_use_swiglu": true, "block_use_xavier_init": true, "bos_token_id": 1, "conv_L_cache": 3, "conv_bias": false, "conv_dim": 2048, "conv_dim_out": 2048, "conv_use_xavier_init": true, "eos_token_id": 7, "full_attn_idxs": [2, 5, 8, 10, 12, 14], "hidden_size": 2048, "initializer_range": 0.02, "max_position_embeddings": 128000, "model_type": "lfm2", "norm_eps": 1e-05, "num_attention_heads": 32, "num_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "pad_token_id": 0, "rope_theta": 1000000.0, "torch_dtype": "bfloat16", "use_cache": true, "use_pos_enc": true, "vocab_size": 65536})";
+  const ModelSpec s = spec_from_hf_config(json::parse(lfm2), "config.json");
+  EXPECT_EQ(s.family, "lfm2");
+  EXPECT_EQ(s.num_params(), 1170340608);
+  EXPECT_EQ(s.ffn, 8192);
+  EXPECT_TRUE(s.tied_embeddings);
+  EXPECT_FLOAT_EQ(s.norm_eps, 1e-5f);
+  EXPECT_TRUE(s.la_short_conv);
+  EXPECT_TRUE(s.qk_norm);
+  EXPECT_EQ(s.la_conv_kernel, 3);
+  EXPECT_EQ(s.la_state_floats(), 2 * 2048);
+  const std::vector<int64_t> attention = {2, 5, 8, 10, 12, 14};
+  for (int64_t l = 0; l < 16; ++l)
+    EXPECT_EQ(s.layer_is_linear_attn(l), std::find(attention.begin(), attention.end(), l) == attention.end()) << l;
+  EXPECT_EQ(s.state_layers(), 10);
+
+  auto with = [&](const std::string& patch) {
+    json c = json::parse(lfm2);
+    c.merge_patch(json::parse(patch));
+    return c;
+  };
+  // layer_types wins over full_attn_idxs; without either every layer attends (Lfm2Config's default)
+  const ModelSpec lt = spec_from_hf_config(with(R"({"layer_types": ["conv", "full_attention", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv", "conv"]})"), "config.json");
+  EXPECT_FALSE(lt.layer_is_linear_attn(1));
+  EXPECT_TRUE(lt.layer_is_linear_attn(2));
+  json none = json::parse(lfm2);
+  none.erase("full_attn_idxs");
+  EXPECT_FALSE(spec_from_hf_config(none, "config.json").hybrid());
+  // no adjustment: the MLP is block_ff_dim wide; no multiplier: 2/3 of it, not rounded
+  EXPECT_EQ(spec_from_hf_config(with(R"({"block_auto_adjust_ff_dim": false})"), "config.json").ffn, 12288);
+  json nomult = json::parse(lfm2);
+  nomult["block_ffn_dim_multiplier"] = nullptr;
+  nomult["block_ff_dim"] = 1000;
+  EXPECT_EQ(spec_from_hf_config(nomult, "config.json").ffn, 666);
+  auto err = [&](const std::string& patch) {
+    try {
+      (void)spec_from_hf_config(with(patch), "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err(R"({"conv_bias": true})").find("conv_bias"), std::string::npos);
+  EXPECT_NE(err(R"({"full_attn_idxs": [16]})").find("full_attn_idxs"), std::string::npos);
+  EXPECT_NE(err(R"({"layer_types": ["conv"]})").find("layer_types"), std::string::npos);
+  EXPECT_NE(err(R"({"conv_L_cache": 0})").find("conv_L_cache"), std::string::npos);
 }

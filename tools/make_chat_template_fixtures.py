@@ -25,6 +25,13 @@ Where the templates come from (no hub access while this was written):
               (ggml-org/llama.cpp models/templates/gemma4.jinja)
   llama4    : transformers' models/llama4/processing_llama4.py chat_template (Llama 4 Scout /
               Maverick's, as the processor carries it)
+  lfm2      : tools/chat_templates/lfm2.jinja, LFM2's template as llama.cpp keeps it
+              (ggml-org/llama.cpp models/templates/llama-cpp-lfm2.jinja: tool lists, JSON tool
+              calls, tool responses)
+  lfm2_5    : tools/chat_templates/lfm2_5.jinja, LFM2.5-8B-A1B's as llama.cpp keeps it
+              (models/templates/LFM2.5-8B-A1B.jinja: {% generation %}, macros, Pythonic tool
+              calls, thinking kept after the last user turn; no `tools` case: it prints
+              strftime_now's date)
   features  : a synthetic template exercising the rest of the supported Jinja subset.
 
 Usage: .refenv/bin/python tools/make_chat_template_fixtures.py [--out DIR]
@@ -391,6 +398,17 @@ GEMMA4_TOOL_CONVERSATION = [
     {"role": "assistant", "content": "<|channel>thought\nIt is warm.<channel|>It is 18C and sunny in Paris."},
 ]
 GEMMA4_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "gemma4.jinja")
+LFM2_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "lfm2.jinja")
+LFM2_5_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "lfm2_5.jinja")
+
+# LFM2.5's thinking field: kept on the assistant turns after the last user turn.
+LFM2_5_THINKING_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "thinking": "Add them.", "content": "<think>Add them.</think>\n4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "thinking": "Add again.", "content": "6"},
+]
 
 BUILTIN_TOOL_CONVERSATION = [
     {"role": "user", "content": "Search the news about qlora"},
@@ -522,6 +540,12 @@ def main():
          "<bos>", "<eos>"),
         ("llama4", llama4_template(), "transformers models/llama4/processing_llama4.py chat_template",
          "<|begin_of_text|>", "<|eot|>"),
+        ("lfm2", open(LFM2_TEMPLATE, encoding="utf-8").read(),
+         "LFM2's chat template as llama.cpp keeps it (models/templates/llama-cpp-lfm2.jinja): tools/chat_templates/lfm2.jinja",
+         "<|startoftext|>", "<|im_end|>"),
+        ("lfm2_5", open(LFM2_5_TEMPLATE, encoding="utf-8").read(),
+         "LFM2.5-8B-A1B's chat template as llama.cpp keeps it (models/templates/LFM2.5-8B-A1B.jinja): "
+         "tools/chat_templates/lfm2_5.jinja", "<|startoftext|>", "<|im_end|>"),
         ("features", FEATURES, "synthetic", "<s>", "</s>"),
     ]
     for name, tmpl, source, bos, eos in templates:
@@ -542,6 +566,15 @@ def main():
             convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
             convs["single_tool_in_system"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS, "tools_in_user_message": False})
             convs["tool_results"] = (BUILTIN_TOOL_CONVERSATION, {})
+        if name == "lfm2":
+            convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
+            convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
+        if name == "lfm2_5":
+            convs["content_parts"] = (PARTS_CONVERSATION, {})
+            convs["tool_calls"] = (TOOL_CONVERSATION, {})
+            convs["single_tool_call"] = (SINGLE_TOOL_CONVERSATION, {})
+            convs["thinking"] = (LFM2_5_THINKING_CONVERSATION, {})
+            convs["thinking_preserved"] = (LFM2_5_THINKING_CONVERSATION, {"preserve_thinking": True})
         if name == "qwen3":
             convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
             convs["thinking"] = (THINKING_CONVERSATION, {})

@@ -165,6 +165,14 @@ FAMILIES = {
                                           layer_types=["sliding_attention"] * 4 + ["full_attention"] +
                                                       ["sliding_attention"] * 2 + ["full_attention"],
                                           tie_word_embeddings=True)),
+    # LFM2's block at that size: LFM2-350M / 1.2B's first 8 layers' pattern (short-conv layers with
+    # 3 taps, attention on layers 2, 5 and 7 with per-head q/k norms), the MLP 2/3 of 2112 rounded
+    # to 128 (1408), tied head.
+    "lfm2": ("Lfm2Config", dict(hidden_size=512, intermediate_size=2112, block_multiple_of=128, num_hidden_layers=8,
+                                num_attention_heads=8, num_key_value_heads=4, conv_L_cache=3,
+                                layer_types=["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv",
+                                             "full_attention"],
+                                max_position_embeddings=2048, tie_word_embeddings=True)),
 }
 
 

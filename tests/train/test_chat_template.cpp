@@ -85,7 +85,8 @@ TEST_P(ChatTemplateFixture, MatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Templates, ChatTemplateFixture,
                          ::testing::Values("smollm2", "llama2", "llama3", "llama3_1", "mistral", "mixtral", "qwen2",
-                                           "qwen2_5", "gemma", "phi3", "qwen3", "gemma3", "gemma4", "llama4", "features"),
+                                           "qwen2_5", "gemma", "phi3", "qwen3", "gemma3", "gemma4", "llama4", "lfm2", "lfm2_5",
+                                           "features"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // End to end: the template and special tokens as read from the GGUF file render every

@@ -324,6 +324,20 @@ FAMILIES = {
                                 layer_types=["conv", "full_attention", "conv"], conv_L_cache=3, norm_eps=1e-6,
                                 tie_word_embeddings=True, initializer_range=0.1,
                                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    # LFM2-MoE: LFM2's layers, the first MLP dense (intermediate_size as it is), the others 4
+    # experts of 32 behind the sigmoid router with its expert_bias, top 2 renormalized (scale 1,
+    # as released: llama.cpp's converter carries no routed_scaling_factor).
+    # PEFT 0.21's all-linear adapts the Linears only: the adapter adds the experts and the router
+    # (target_parameters under feed_forward).
+    "lfm2_moe": ("Lfm2MoeConfig", dict(_drop=("rms_norm_eps",), num_hidden_layers=3, intermediate_size=96,
+                                       moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                       num_dense_layers=1, routed_scaling_factor=1.0,
+                                       layer_types=["conv", "full_attention", "conv"], conv_L_cache=3, norm_eps=1e-6,
+                                       tie_word_embeddings=True, initializer_range=0.1,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                                       _target_parameters=["feed_forward.experts.gate_up_proj",
+                                                           "feed_forward.experts.down_proj", "feed_forward.gate.weight"],
+                                       _moe=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -685,7 +699,7 @@ def make_model(family: str):
         for name, b in model.named_buffers():
             if name.endswith("layer_scalar"):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gl))
-            if name.endswith("e_score_correction_bias"):  # (GLM-4.5 / DeepSeek-V3's router: zeros at init)
+            if name.endswith(("e_score_correction_bias", ".expert_bias")):  # (GLM-4.5 / DeepSeek-V3's, LFM2-MoE's router: zeros at init)
                 b.copy_(0.1 * torch.randn(b.shape, generator=gl))
         for name, p in model.named_parameters():  # (Gemma 4's router scales)
             if name.endswith(("router.scale", "router.per_expert_scale")):
@@ -798,7 +812,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "olmo3": "olmo2",
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
-             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "qwen3_5_moe_gguf": "qwen35moe",
+             "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4"}
 
 
@@ -1210,19 +1224,28 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     _finish(w)
 
 
-def write_gguf_lfm2(model, path: Path):
+def write_gguf_lfm2(model, path: Path, arch: str = "lfm2"):
     """As llama.cpp's converter writes LFM2 (conversion/lfm2.py: LFM2Model): head_count_kv one
     value per layer, 0 on the short-conv layers; shortconv.l_cache; feed_forward_length the MLP's
     adjusted width; the conv taps squeezed to (channels, taps), float32; the final norm
-    (embedding_norm) as token_embd_norm; the tied head left out."""
+    (embedding_norm) as token_embd_norm; the tied head left out. lfm2moe (LFM2MoeModel): the
+    dense lead, expert keys with sigmoid gating, the router as ffn_gate_inp, expert_bias as
+    exp_probs_b.bias, the experts stacked as ffn_{gate,up,down}_exps."""
     import gguf
     import numpy as np
     c = model.config
-    w = gguf.GGUFWriter(str(path), "lfm2")
+    moe = arch == "lfm2moe"
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
     w.add_feed_forward_length(model.model.layers[0].feed_forward.w1.out_features)
+    if moe:
+        w.add_expert_count(c.num_experts)
+        w.add_expert_used_count(c.num_experts_per_tok)
+        w.add_expert_feed_forward_length(c.moe_intermediate_size)
+        w.add_leading_dense_block_count(c.num_dense_layers)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv([c.num_key_value_heads if t != "conv" else 0 for t in c.layer_types])
     w.add_rope_freq_base(c.rope_parameters["rope_theta"])
@@ -1250,6 +1273,20 @@ def write_gguf_lfm2(model, path: Path):
             w.add_tensor("token_embd_norm.weight", np.ascontiguousarray(t))
             continue
         _, _, layer, rest = name.split(".", 3)
+        if rest == "feed_forward.experts.gate_up_proj":  # (E, 2F, C): gate rows, then up rows
+            F = t.shape[1] // 2
+            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
+            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
+            continue
+        if rest == "feed_forward.experts.down_proj":  # (E, C, F)
+            w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t))
+            continue
+        if rest == "feed_forward.expert_bias":
+            w.add_tensor(f"blk.{layer}.exp_probs_b.bias", np.ascontiguousarray(t))
+            continue
+        if rest == "feed_forward.gate.weight":
+            w.add_tensor(f"blk.{layer}.ffn_gate_inp.weight", np.ascontiguousarray(t))
+            continue
         mod, suffix = rest.rsplit(".", 1)
         if mod == "conv.conv":
             t = t.reshape(t.shape[0], t.shape[2])
@@ -1467,8 +1504,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_deepseek2(model, path)
     if arch == "gemma4":
         return write_gguf_gemma4(model, path)
-    if arch == "lfm2":
-        return write_gguf_lfm2(model, path)
+    if arch in ("lfm2", "lfm2moe"):
+        return write_gguf_lfm2(model, path, arch)
     import gguf
     import numpy as np
     c = model.config
@@ -1733,7 +1770,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -195,11 +195,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // (dots1: GLM-4.5's router and shared experts beside Qwen3's attention)
   const bool glm_moe = arch == "glm4moe" || arch == "dots1";
   const bool minimax = arch == "minimax-m2";
+  const bool lfm2_arch = arch == "lfm2" || arch == "lfm2moe";
+  if (arch == "lfm2moe" && (!s.moe_sigmoid_router || s.shared_expert || s.moe_groups != 1 || s.moe_routed_scale != 1.0f ||
+                            !s.norm_topk))
+    fail(out_path, "llama.cpp's lfm2moe runs LFM2-MoE's renormalized sigmoid router without groups, scale or shared "
+                   "experts; this model differs: no GGUF form");
   if (minimax && (!s.moe_sigmoid_router || !s.qk_norm_full || s.shared_expert || s.moe_groups != 1 ||
                   s.moe_routed_scale != 1.0f || s.moe_dense_layers != 0 || !s.norm_topk))
     fail(out_path, "llama.cpp's minimax-m2 runs MiniMax-M2's renormalized sigmoid router without groups, scale, dense "
                    "layers or shared experts, and q/k norms over all heads; this model differs: no GGUF form");
-  if (s.moe_sigmoid_router && !glm_moe && !deepseek2 && !minimax)
+  if (s.moe_sigmoid_router && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe")
     fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
   if (s.mla() != deepseek2)
     fail(out_path, "a " + arch + " GGUF cannot carry " + (s.mla() ? "latent attention" : "this model's attention"));
@@ -233,7 +238,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                   (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
     fail(out_path, "llama.cpp's " + arch + " runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
-  if (s.moe() && !glm_moe && !deepseek2 && !minimax) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+  if (s.moe() && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe") {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
                       arch == "hunyuan-moe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
@@ -289,20 +294,20 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
-  } else if (arch == "lfm2" && s.hybrid()) {  // (as LFM2Model writes it: 0 on the short-conv layers)
+  } else if (lfm2_arch && s.hybrid()) {  // (as LFM2Model writes it: 0 on the short-conv layers)
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(s.layer_is_linear_attn(l) ? 0 : static_cast<int32_t>(s.n_kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
   } else {  // (deepseek2: one, the latent's, as its converter writes it)
     w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
-  if (arch == "lfm2") w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
+  if (lfm2_arch) w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
         arch == "hunyuan-moe" ||
-        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax || llama4)
+        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax || llama4 || arch == "lfm2moe")
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -317,6 +322,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }
     } else if (minimax) {  // as convert_hf_to_gguf.py's MiniMaxM2Model
+      w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
+    } else if (arch == "lfm2moe") {  // as convert_hf_to_gguf.py's LFM2MoeModel
+      w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
       w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
     } else if (deepseek2) {  // as convert_hf_to_gguf.py's DeepseekV2Model
       w.set_u32(a + "leading_dense_block_count", static_cast<uint32_t>(s.moe_dense_layers));
@@ -779,7 +787,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     TensorSpec t = spec_t;
     const bool delta_net = delta_net_arch && t.name.find(".linear_attn.") != std::string::npos;
     // (the conv taps, (channels, 1, kernel): squeezed and float32, as llama.cpp's converters keep them)
-    const bool conv_taps = (delta_net_arch || arch == "lfm2") && t.name.ends_with(".linear_attn.conv1d.weight");
+    const bool conv_taps = (delta_net_arch || lfm2_arch) && t.name.ends_with(".linear_attn.conv1d.weight");
     if (conv_taps) t.shape = {t.shape[0], t.shape.back()};
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};

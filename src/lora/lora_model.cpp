@@ -38,6 +38,9 @@ namespace {
 std::string moe_module_path(const ModelSpec& spec, const std::string& canonical) {
   return spec.hf_wrapper.empty() ? canonical : text_to_wrapped_path(canonical, spec.hf_wrapper);
 }
+// Whether the MoE block's module tree keeps the family's own names (Llama 4's and LFM2-MoE's
+// feed_forward), unlike transformers 5's mlp of Mixtral, Qwen-MoE, ... whatever their files say.
+bool moe_modules_renamed(const ModelSpec& spec) { return spec.moe_llama4 || spec.la_short_conv; }
 }  // namespace
 
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
@@ -45,8 +48,8 @@ std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
   // (Gemma 4's is router.proj, an nn.Linear: its files' name)
   // (Granite MoE's module is block_sparse_moe.router, whatever its files call it)
   if (spec.moe_granite) return moe_module_path(spec, "model.layers." + std::to_string(layer) + ".block_sparse_moe.router");
-  // (Llama 4's is feed_forward.router)
-  return spec.moe_gpt_oss || spec.moe_gemma4 || spec.moe_router_linear || spec.moe_llama4
+  // (Llama 4's is feed_forward.router; LFM2-MoE's feed_forward.gate)
+  return spec.moe_gpt_oss || spec.moe_gemma4 || spec.moe_router_linear || moe_modules_renamed(spec)
              ? canonical_to_hf(spec, moe_router_path(layer))
                                              : moe_module_path(spec, moe_router_path(layer));
 }
@@ -54,7 +57,7 @@ std::string moe_shared_gate_path(const ModelSpec& spec, int64_t layer) {
   return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + "." + kMoeSharedGateModule);
 }
 std::string moe_experts_module(const ModelSpec& spec, int64_t layer) {
-  if (spec.moe_llama4) return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + ".mlp.experts");
+  if (moe_modules_renamed(spec)) return canonical_to_hf(spec, "model.layers." + std::to_string(layer) + ".mlp.experts");
   return moe_module_path(spec, "model.layers." + std::to_string(layer) +
                                    (spec.moe_granite ? ".block_sparse_moe.experts" : ".mlp.experts"));
 }
@@ -81,7 +84,9 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       if (path.empty() || !cfg_.targets(path)) continue;
       // (PEFT 0.21's all-linear on GLM-4.5 and ERNIE 4.5's MoE adapts no MLP Linear -- neither the
       // dense layers' nor the shared experts' -- and the experts and router instead: add_moe_layers)
-      if (cfg_.all_linear && (model.spec().moe_f32_router() || model.spec().moe_router_linear) && w >= 4 && w <= 6)
+      // (LFM2-MoE's all-linear adapts its dense layers' Linears and no expert: all_linear_adapts_experts)
+      if (cfg_.all_linear && model.spec().all_linear_adapts_experts() &&
+          (model.spec().moe_f32_router() || model.spec().moe_router_linear) && w >= 4 && w <= 6)
         continue;
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
       // rows follow the Hugging Face per-head order: refuse rather than mix the two.

@@ -542,16 +542,21 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     mlp_out = p.buffer("mlp_moe_sum", C);
     p.add_residual(mlp_out, d1, d2);
   } else if (s.moe()) {  // the routed experts (+ the shared expert's output, scaled by its gate)
-    const int shared = s.shared_expert ? dense_mlp("shared_expert") : -1;
+    int shared = s.shared_expert ? dense_mlp("shared_expert") : -1;
+    if (!s.shared_expert && s.has_dense_mlp_layers()) {  // (LFM2-MoE: dense layers, no shared expert)
+      p.mixer_ = LayerMixer::DenseMlpLayers;
+      shared = dense_mlp("dense_mlp");
+      p.mixer_ = LayerMixer::All;
+    }
     mlp_out = p.buffer("moe_out", C);
     BlockOp o{BlockOpKind::Moe};
     o.out = mlp_out;
     o.in0 = h2;
-    o.in1 = shared;
+    o.in1 = s.shared_expert ? shared : -1;
     o.round = true;
     if (s.has_dense_mlp_layers()) p.mixer_ = LayerMixer::MoeLayers;
     p.op(o);
-    if (s.has_dense_mlp_layers()) {  // (GLM-4.5's dense layers: the same gate/up/down, their output as it is)
+    if (s.has_dense_mlp_layers()) {  // (GLM-4.5's, LFM2-MoE's dense layers: the gate/up/down's output as it is)
       BlockOp c{BlockOpKind::Scale};
       c.out = mlp_out;
       c.in0 = shared;

@@ -150,10 +150,10 @@ void ModelSpec::validate(const std::string& where) const {
                        moe_granite || moe_router_linear || norm_topk || moe_round_weights))
       fail(where, "Llama 4's router (sigmoid weights on the experts' inputs, an ungated shared expert) takes no other "
                   "routing");
-    if (has_dense_mlp_layers() && (!shared_expert || moe_gemma4 || moe_gpt_oss))
-      fail(where, "dense layers before the MoE layers are built for models with shared experts (GLM-4.5, DeepSeek)");
+    if (has_dense_mlp_layers() && (moe_gemma4 || moe_gpt_oss))
+      fail(where, "dense MLP layers beside the MoE ones are not a Gemma 4 or gpt-oss form");
     if (shared_expert_ffn < 0 || shared_expert_ffn > kMax) fail(where, "implausible shared expert size");
-    if (!shared_expert_gate && !shared_expert) fail(where, "an ungated shared expert without a shared expert");
+    if (!shared_expert_gate && !shared_expert) fail(where, "ungated shared experts are configured, but there are none (a shared-expert count of 0?)");
     if (moe_sigmoid_router || moe_softmax_f32) {  // (groups: DeepSeek-V3's sigmoid, V2's softmax)
       if (moe_groups < 1 || n_experts % moe_groups != 0 || moe_topk_groups < 1 || moe_topk_groups > moe_groups)
         fail(where, "n_group (" + std::to_string(moe_groups) + ") must divide the " + std::to_string(n_experts) +

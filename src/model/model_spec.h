@@ -326,6 +326,7 @@ struct ModelSpec {
   int64_t moe_dense_layers = 0, shared_expert_ffn = 0;
   bool shared_expert_gate = true;
   bool moe_sigmoid_router = false;
+  float moe_sigmoid_norm_eps = 1e-20f;  // (LFM2-MoE's: 1e-6)
   int64_t moe_groups = 1, moe_topk_groups = 1;
   float moe_routed_scale = 1.0f;
   // ERNIE 4.5's MoE (transformers' Ernie4_5_MoeTopKRouter): the same float32 router and score bias
@@ -344,9 +345,9 @@ struct ModelSpec {
   // Whether PEFT 0.21's all-linear adapts the experts and the router (its target_parameters) on this
   // model (measured per family: Mixtral, Qwen3-MoE, OLMoE, GLM-4.5, DeepSeek, ERNIE 4.5, dots1,
   // MiniMax-M2, Hunyuan MoE), rather than the attention (gpt-oss, Granite MoE), the router only
-  // (Gemma 4) or the shared expert and its gate (Qwen2-MoE).
+  // (Gemma 4), the shared expert and its gate (Qwen2-MoE) or the Linears only (LFM2-MoE).
   bool all_linear_adapts_experts() const {
-    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite &&
+    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite && !la_short_conv &&
            (!shared_expert || moe_sigmoid_router || moe_biased_softmax || moe_softmax_f32 || moe_router_linear);
   }
   // Whether that router has a score bias tensor (moe_score_bias).

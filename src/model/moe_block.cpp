@@ -232,7 +232,7 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       sigmoid_route(s, sc, L.router_score_bias.data(), idx);
       float sum = 0.0f;
       for (int64_t k = 0; k < K; ++k) sum += g.top[static_cast<size_t>(t * K + k)] = sc[idx[k]];
-      g.sum[static_cast<size_t>(t)] = s.norm_topk ? sum + 1e-20f : 1.0f;
+      g.sum[static_cast<size_t>(t)] = s.norm_topk ? sum + s.moe_sigmoid_norm_eps : 1.0f;
       for (int64_t k = 0; k < K; ++k)
         g.weight[static_cast<size_t>(t * K + k)] =
             (s.norm_topk ? g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)]
@@ -613,7 +613,7 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   // Through the routing weights: w_k = top_k / sum (norm_topk) of p = softmax(logits).
   std::vector<float> dlogits(static_cast<size_t>(T * E), 0.0f), dp(static_cast<size_t>(E));
   if (s.moe_sigmoid_router) {
-    // w_k = scale s_k / (sum_j s_j + 1e-20) (norm_topk) or scale s_k, s = sigmoid(logits): the
+    // w_k = scale s_k / (sum_j s_j + eps) (norm_topk; eps moe_sigmoid_norm_eps) or scale s_k, s = sigmoid(logits): the
     // choice is piecewise constant; into x through the float32 router (no LoRA on it).
     for (int64_t t = 0; t < T; ++t) {
       const float* dw = dweight.data() + t * K;

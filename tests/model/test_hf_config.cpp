@@ -583,3 +583,36 @@ TEST(HfConfig, Lfm2PublishedConfig) {
   EXPECT_NE(err(R"({"layer_types": ["conv"]})").find("layer_types"), std::string::npos);
   EXPECT_NE(err(R"({"conv_L_cache": 0})").find("conv_L_cache"), std::string::npos);
 }
+
+// LFM2-8B-A1B's shape (Lfm2MoeConfig's widths: hidden 2048, dense MLPs of 7168 on the first 2 layers,
+// 32 experts of 1792 routing 4; 24 layers, attention on 6), read to transformers' parameter count
+// (AutoModelForCausalLM on the meta device: 8,339,929,856 parameters, plus the 22 x 32 values of the
+// expert_bias buffers its files hold, which num_params counts as stored tensors).
+TEST(HfConfig, Lfm2MoeConfig) {
+  const char* cfg = R"({"architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe", "hidden_size": 2048, "intermediate_size": 7168, "moe_intermediate_size": 1792, "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 8, "num_experts": 32, "num_experts_per_tok": 4, "num_dense_layers": 2, "norm_topk_prob": true, "use_expert_bias": true, "routed_scaling_factor": 1.0, "conv_L_cache": 3, "conv_bias": false, "norm_eps": 1e-05, "rope_theta": 1000000.0, "vocab_size": 65536, "max_position_embeddings": 128000, "tie_embedding": true, "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv"]})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "lfm2_moe");
+  EXPECT_EQ(s.num_params(), 8339929856 + 22 * 32);
+  EXPECT_EQ(s.ffn, 7168);
+  EXPECT_EQ(s.expert_ffn, 1792);
+  EXPECT_FALSE(s.layer_moe(1));
+  EXPECT_TRUE(s.layer_moe(2));
+  EXPECT_TRUE(s.moe_sigmoid_router);
+  EXPECT_FLOAT_EQ(s.moe_sigmoid_norm_eps, 1e-6f);
+  EXPECT_EQ(s.state_layers(), 18);
+  EXPECT_FALSE(s.all_linear_adapts_experts());  // (PEFT 0.21's all-linear: the Linears only, measured)
+  auto err = [&](const char* key, const json& v) {
+    json c = json::parse(cfg);
+    if (v.is_null()) c.erase(key);
+    else c[key] = v;
+    try {
+      (void)spec_from_hf_config(c, "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err("use_expert_bias", false).find("use_expert_bias"), std::string::npos);
+  EXPECT_NE(err("num_dense_layers", 25).find("num_dense_layers"), std::string::npos);
+  EXPECT_NE(err("layer_types", nullptr).find("layer_types"), std::string::npos);  // (Lfm2MoeConfig has no default)
+}

@@ -173,6 +173,14 @@ FAMILIES = {
                                 layer_types=["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv",
                                              "full_attention"],
                                 max_position_embeddings=2048, tie_word_embeddings=True)),
+    # LFM2-MoE (LFM2-8B-A1B) at that size: the same layer pattern, the first 2 layers' MLP dense
+    # (1408), the others 8 experts of 352 routing 2 behind the sigmoid router with its bias.
+    "lfm2_moe": ("Lfm2MoeConfig", dict(hidden_size=512, intermediate_size=1408, moe_intermediate_size=352,
+                                       num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                                       num_experts=8, num_experts_per_tok=2, num_dense_layers=2, conv_L_cache=3,
+                                       layer_types=["conv", "conv", "full_attention", "conv", "conv", "full_attention",
+                                                    "conv", "full_attention"],
+                                       max_position_embeddings=2048, tie_word_embeddings=True)),
 }
 
 

@@ -196,6 +196,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool glm_moe = arch == "glm4moe" || arch == "dots1";
   const bool minimax = arch == "minimax-m2";
   const bool lfm2_arch = arch == "lfm2" || arch == "lfm2moe";
+  if (lfm2_arch && s.la_conv_kernel < 2)
+    fail(out_path, "llama.cpp's " + arch + " takes short convolutions of 2 taps or more (shortconv.l_cache); this "
+                   "model's have " + std::to_string(s.la_conv_kernel) + ": no GGUF form");
   if (arch == "lfm2moe" && (!s.moe_sigmoid_router || s.shared_expert || s.moe_groups != 1 || s.moe_routed_scale != 1.0f ||
                             !s.norm_topk))
     fail(out_path, "llama.cpp's lfm2moe runs LFM2-MoE's renormalized sigmoid router without groups, scale or shared "

@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
+#include "lora/lora_model.h"
 #include "formats/gguf.h"
 #include "formats/model_family.h"
 #include "model/backend.h"
@@ -73,8 +74,9 @@ uint64_t linear_copies(const ModelSpec& s, const LinearShape& li) {
 }
 
 bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module) {
-  // (GLM-4.5: PEFT's all-linear leaves its MLP Linears out: lora/lora_model.cpp)
-  if (o.all_linear && (s.moe_f32_router() || s.moe_router_linear) && std::string_view(module).find("mlp.") == 0)
+  // (GLM-4.5: PEFT's all-linear leaves its MLP Linears out: lora/lora_model.cpp; not LFM2-MoE's)
+  if (o.all_linear && s.all_linear_adapts_experts() && (s.moe_f32_router() || s.moe_router_linear) &&
+      std::string_view(module).find("mlp.") == 0)
     return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
@@ -198,12 +200,9 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
         if (lora_module_matches(path, t)) return true;
       return false;
     };
-    const std::string layer = "model.layers." + std::to_string(s.first_moe_layer()) + ".";
-    const std::string experts = s.moe_llama4 ? canonical_to_hf(s, layer + "mlp.experts")  // (feed_forward.experts)
-                                             : layer + (s.moe_granite ? "block_sparse_moe.experts" : "mlp.experts");
-    std::string router = canonical_to_hf(s, layer + kMoeRouterModule);
-    if (s.moe_granite) router = layer + "block_sparse_moe.router";
-    else if (!s.moe_gpt_oss && !s.moe_gemma4 && !s.moe_router_linear && !s.moe_llama4) router = layer + kMoeRouterModule;
+    // (the module paths LoraModel gives them: lora/lora_model.h)
+    const std::string experts = moe_experts_module(s, s.first_moe_layer());
+    const std::string router = moe_router_module_path(s, s.first_moe_layer());
     std::vector<std::pair<uint64_t, uint64_t>> ab;
     const int64_t ri = o.lora_r;
     if (named(router + ".weight")) {
@@ -561,8 +560,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t KL = u(s.kv_layers());  // (a hybrid model's attention layers only)
     if (s.hybrid())  // (the states, and the snapshot the prompt leaves: KVCache::snapshot_states)
       add(r, "linear-attention states (fp32)" + each, B * 2 * u(s.state_layers()) * u(s.la_state_floats()) * 4,
-          std::to_string(s.state_layers()) + " gated DeltaNet layers: conv tail + (heads, dk, dv) state, and its "
-          "snapshot after the prompt (chat and serve keep up to " + std::to_string(KVCache::kMaxStateSnapshots) + ")");
+          std::to_string(s.state_layers()) +
+              (s.la_short_conv ? " short-conv layers: the conv's last inputs" : " gated DeltaNet layers: conv tail + (heads, dk, dv) state") +
+              ", and its snapshot after the prompt (chat and serve keep up to " + std::to_string(KVCache::kMaxStateSnapshots) + ")");
     if (o.kv_cache_dtype == ComputeDType::F32) {
       add(r, "KV cache (fp32 keys + values)" + each, B * 2 * kv_total * cap * 4,
           std::to_string(cap) + " positions x " + std::to_string(KL) + " layers");

@@ -215,7 +215,8 @@ void block_forward(const BlockRun& r) {
         break;
       case BlockOpKind::CausalConv:
       case BlockOpKind::DeltaRule: {
-        check(be.host_addressable(), "gated DeltaNet", std::string("runs on the CPU backend only, not on ") + be.name());
+        check(be.host_addressable(), s.la_short_conv ? "short convolution" : "gated DeltaNet",
+              std::string("runs on the CPU backend only, not on ") + be.name());
         const bool conv = o.kind == BlockOpKind::CausalConv;
         const DeltaRuleShape sh = delta_rule_shape(s);
         const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;

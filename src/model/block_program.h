@@ -54,7 +54,8 @@ enum class BlockOpKind : uint8_t {
   Moe,        // out = the routed experts of in0 (+ sigmoid(shared_gate in0) * in1 when in1 is
               // the shared expert's output; Gemma 4: routed by in2); model/moe_block.h
   // The gated DeltaNet of a hybrid model's linear-attention layers (model/delta_net.h):
-  CausalConv,  // out = silu(causal depthwise conv1d of in0) (the conv's state: the cache's)
+  CausalConv,  // out = silu(causal depthwise conv1d of in0) (the conv's state: the cache's); LFM2's
+               // short conv (spec.la_short_conv): without the SiLU
   DeltaRule,   // out = the gated delta rule over q|k|v = in0, rate logits in1, decay inputs in2
   GatedNorm,   // out = RMSNorm(in0, per value head) * silu(in1) (aux: rstd)
   OutputGate,  // out = in0 * sigmoid(in1) (gated attention's output gate)

@@ -39,7 +39,7 @@ struct TensorSpec {
 
 // The Linear layers of a block, in module order: q, k, v, o, gate, up, down, then the gated
 // DeltaNet's (hybrid models' linear-attention layers: in_proj_qkv, in_proj_z, in_proj_b,
-// in_proj_a, out_proj), then Gemma 4's per-layer-input gate and projection (E2B / E4B), then
+// in_proj_a, out_proj; LFM2's short conv holds its in_proj and out_proj in the first and last), then Gemma 4's per-layer-input gate and projection (E2B / E4B), then
 // the query latent's up-projection of DeepSeek's latent attention (MLA). This is the one list every part of the program indexes by
 // (Model::set_adapter, Model::block_linear, train's BlockLinear, LoRA files, the merge, the
 // memory planner). A layer holds those of its kind only (ModelSpec::layer_has_linear).
@@ -327,6 +327,10 @@ struct ModelSpec {
   bool shared_expert_gate = true;
   bool moe_sigmoid_router = false;
   float moe_sigmoid_norm_eps = 1e-20f;  // (LFM2-MoE's: 1e-6)
+  // LFM2-MoE's router (Lfm2MoeTopKRouter) computes in the model's dtype where GLM-4.5's keeps float32:
+  // logits, sigmoid, the chosen scores, their sum, sum + eps, the weights and their scaling each
+  // rounded to the compute dtype (the choice adds the float32 bias to the rounded scores).
+  bool moe_router_in_dtype = false;
   int64_t moe_groups = 1, moe_topk_groups = 1;
   float moe_routed_scale = 1.0f;
   // ERNIE 4.5's MoE (transformers' Ernie4_5_MoeTopKRouter): the same float32 router and score bias

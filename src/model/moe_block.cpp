@@ -225,18 +225,22 @@ Routing route(const BlockRun& r, const float* x, const LoraScratch& lora_scratch
       index_rows(g);
       return g;
     }
-    for (int64_t i = 0; i < T * E; ++i) g.probs[static_cast<size_t>(i)] = 1.0f / (1.0f + std::exp(-logits[static_cast<size_t>(i)]));
+    // (LFM2-MoE: each step rounded to the compute dtype, as its router runs in it; identity in float32)
+    const bool in_dtype = s.moe_router_in_dtype;
+    auto rd = [&](float v) { return in_dtype ? rounded(v, r.dtype) : v; };
+    for (int64_t i = 0; i < T * E; ++i)
+      g.probs[static_cast<size_t>(i)] = rd(1.0f / (1.0f + std::exp(-rd(logits[static_cast<size_t>(i)]))));
     for (int64_t t = 0; t < T; ++t) {
       const float* sc = g.probs.data() + t * E;
       int32_t* idx = g.idx.data() + t * K;
       sigmoid_route(s, sc, L.router_score_bias.data(), idx);
       float sum = 0.0f;
       for (int64_t k = 0; k < K; ++k) sum += g.top[static_cast<size_t>(t * K + k)] = sc[idx[k]];
-      g.sum[static_cast<size_t>(t)] = s.norm_topk ? sum + s.moe_sigmoid_norm_eps : 1.0f;
+      g.sum[static_cast<size_t>(t)] = s.norm_topk ? rd(rd(sum) + s.moe_sigmoid_norm_eps) : 1.0f;
       for (int64_t k = 0; k < K; ++k)
         g.weight[static_cast<size_t>(t * K + k)] =
-            (s.norm_topk ? g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)]
-                         : g.top[static_cast<size_t>(t * K + k)]) * s.moe_routed_scale;
+            rd((s.norm_topk ? rd(g.top[static_cast<size_t>(t * K + k)] / g.sum[static_cast<size_t>(t)])
+                            : g.top[static_cast<size_t>(t * K + k)]) * s.moe_routed_scale);
     }
     index_rows(g);
     return g;

@@ -24,6 +24,7 @@ using nlohmann::ordered_json;
 // Lfm2Config's own spellings: block_ff_dim and tie_embedding win over intermediate_size and
 // tie_word_embeddings (its __post_init__ pops them over the fields); norm_eps is the norms' eps.
 void lfm2_normalize(json& j) {
+  if (!j.contains("num_key_value_heads")) j["num_key_value_heads"] = 8;  // (Lfm2Config's default)
   if (j.contains("block_ff_dim")) j["intermediate_size"] = j["block_ff_dim"];
   if (!j.contains("intermediate_size")) j["intermediate_size"] = 12288;
   if (j.contains("tie_embedding")) j["tie_word_embeddings"] = j["tie_embedding"];
@@ -86,9 +87,15 @@ void lfm2_read(const json& j, const std::string& where, ModelSpec& s) {
     // (absent: Lfm2Config's 1.0; null: no multiplier and no rounding)
     const auto m = j.find("block_ffn_dim_multiplier");
     if (m == j.end() || !m->is_null()) {
-      const double mult = config::get_float(j, "block_ffn_dim_multiplier", where, 1.0f);
+      // (a double, as Python multiplies: int(mult * f) must land where transformers' does)
+      if (m != j.end() && !m->is_number())
+        fail(where, "block_ffn_dim_multiplier must be a number or null, got " + config::shown(*m));
+      const double mult = m == j.end() ? 1.0 : m->get<double>();
+      if (!(mult > 0.0 && mult < 1e6))
+        fail(where, "block_ffn_dim_multiplier must be positive and finite, got " + config::shown(*m));
       const int64_t multiple = config::get_int(j, "block_multiple_of", where, 256);
-      if (multiple <= 0) fail(where, "block_multiple_of must be positive, got " + std::to_string(multiple));
+      if (multiple <= 0 || multiple > (int64_t{1} << 30))
+        fail(where, "block_multiple_of must be positive, got " + std::to_string(multiple));
       f = static_cast<int64_t>(mult * static_cast<double>(f));
       f = multiple * ((f + multiple - 1) / multiple);
     }
@@ -100,8 +107,11 @@ void lfm2_write(const ModelSpec& s, ordered_json& j) {
   if (!s.la_short_conv || !s.qk_norm || s.qkv_bias || s.o_bias || s.mlp_bias || s.sliding_window > 0 ||
       s.norm_unit_offset || s.mlp != MlpKind::SwiGLU)
     fail("config.json", "not an lfm2 block");
-  // (the MLP's width as it is: no adjustment)
+  // (the MLP's width as it is: no adjustment; the other block_* keys, which transformers then
+  // ignores, as llama.cpp's converter reads them unconditionally)
   j["block_auto_adjust_ff_dim"] = false;
+  j["block_ffn_dim_multiplier"] = 1.0;
+  j["block_multiple_of"] = 256;
   write_lfm2_layers(s, j);
 }
 
@@ -111,6 +121,7 @@ void lfm2_write(const ModelSpec& s, ordered_json& j) {
 // router (feed_forward.gate.weight, a parameter) whose choice adds feed_forward.expert_bias, the
 // top k renormalized (sum + 1e-6) and times routed_scaling_factor.
 void lfm2_moe_normalize(json& j) {
+  if (!j.contains("num_key_value_heads")) j["num_key_value_heads"] = 8;  // (Lfm2MoeConfig's default)
   if (j.contains("tie_embedding")) j["tie_word_embeddings"] = j["tie_embedding"];
   if (!j.contains("intermediate_size")) j["intermediate_size"] = 7168;
   j["rms_norm_eps"] = j.contains("norm_eps") ? j["norm_eps"] : json(1e-5);
@@ -128,6 +139,7 @@ void lfm2_moe_read(const json& j, const std::string& where, ModelSpec& s) {
   s.norm_topk = config::get_bool(j, "norm_topk_prob", where, true);
   s.moe_sigmoid_router = true;
   s.moe_sigmoid_norm_eps = 1e-6f;
+  s.moe_router_in_dtype = true;
   s.moe_score_bias = "mlp.expert_bias";
   s.moe_fused_experts = false;  // (its checkpoints: feed_forward.experts.E.w1 / w3 / w2, as transformers saves them)
   s.moe_routed_scale = config::get_float(j, "routed_scaling_factor", where, 1.0f);
@@ -138,7 +150,8 @@ void lfm2_moe_read(const json& j, const std::string& where, ModelSpec& s) {
 
 void lfm2_moe_write(const ModelSpec& s, ordered_json& j) {
   if (!s.la_short_conv || !s.qk_norm || !s.moe() || !s.moe_sigmoid_router || s.shared_expert || s.moe_groups != 1 ||
-      s.moe_sigmoid_norm_eps != 1e-6f || s.qkv_bias || s.o_bias || s.mlp_bias || s.sliding_window > 0)
+      s.moe_sigmoid_norm_eps != 1e-6f || s.qkv_bias || s.o_bias || s.mlp_bias || s.sliding_window > 0 ||
+      s.norm_unit_offset || s.mlp != MlpKind::SwiGLU)
     fail("config.json", "not an lfm2_moe block");
   write_lfm2_layers(s, j);
   j["num_experts"] = s.n_experts;
@@ -177,6 +190,7 @@ void lfm2_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   s.norm_topk = true;
   s.moe_sigmoid_router = true;
   s.moe_sigmoid_norm_eps = 1e-6f;
+  s.moe_router_in_dtype = true;  // (what the checkpoint's model runs; llama.cpp's graph routes in float32)
   s.moe_score_bias = "mlp.expert_bias";
 }
 

@@ -1043,6 +1043,35 @@ def _add_block_tensors(w, model, glob, names, qkv_module, qkv_fn, skip=(), also_
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
 
 
+def _add_global_tensor(w, name: str, t, tied: bool, final_norm: str, final_norm_gguf: str) -> bool:
+    """The whole-model tensors under llama.cpp's names: the embeddings, the final norm
+    (`final_norm` -> `final_norm_gguf`), the head unless tied (then left out). False for others."""
+    import numpy as np
+    out = {"lm_head.weight": None if tied else "output.weight", "model.embed_tokens.weight": "token_embd.weight",
+           final_norm: final_norm_gguf + ".weight"}
+    if name not in out:
+        return False
+    if out[name]:
+        w.add_tensor(out[name], np.ascontiguousarray(t))
+    return True
+
+
+def _add_fused_experts(w, layer, rest: str, t) -> bool:
+    """transformers' fused experts (`rest` after the MLP module's name) as llama.cpp's 3-D exps
+    tensors: experts.gate_up_proj (E, 2F, C), gate rows then up rows, into ffn_gate_exps and
+    ffn_up_exps; experts.down_proj (E, C, F) as ffn_down_exps. False for any other tensor."""
+    import numpy as np
+    if rest == "experts.gate_up_proj":
+        F = t.shape[1] // 2
+        w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
+        w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
+        return True
+    if rest == "experts.down_proj":
+        w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t))
+        return True
+    return False
+
+
 def _add_test_vocab(w, V: int):
     """The fixtures' stand-in vocabulary: <unk> <s> </s> and byte tokens, no BOS added."""
     w.add_tokenizer_model("llama")
@@ -1169,25 +1198,10 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
         t = t.detach().to(torch.float32).numpy()
         if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
             t = t + 1.0
-        if name == "lm_head.weight":
-            if c.tie_word_embeddings:
-                continue
-            w.add_tensor("output.weight", np.ascontiguousarray(t))
-            continue
-        if name == "model.embed_tokens.weight":
-            w.add_tensor("token_embd.weight", np.ascontiguousarray(t))
-            continue
-        if name == "model.norm.weight":
-            w.add_tensor("output_norm.weight", np.ascontiguousarray(t))
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
             continue
         _, _, layer, rest = name.split(".", 3)
-        if rest == "mlp.experts.gate_up_proj":  # (E, 2F, C): gate rows, then up rows
-            F = t.shape[1] // 2
-            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
-            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
-            continue
-        if rest == "mlp.experts.down_proj":  # (E, C, F)
-            w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t))
+        if _add_fused_experts(w, layer, rest.removeprefix("mlp."), t):
             continue
         if rest == "mlp.shared_expert_gate.weight":  # (1, C): one row of n_embd
             t = t.reshape(-1)
@@ -1261,25 +1275,10 @@ def write_gguf_lfm2(model, path: Path, arch: str = "lfm2"):
              "conv.conv": "shortconv.conv", "conv.in_proj": "shortconv.in_proj", "conv.out_proj": "shortconv.out_proj"}
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
-        if name == "lm_head.weight":
-            if c.tie_word_embeddings:
-                continue
-            w.add_tensor("output.weight", np.ascontiguousarray(t))
-            continue
-        if name == "model.embed_tokens.weight":
-            w.add_tensor("token_embd.weight", np.ascontiguousarray(t))
-            continue
-        if name == "model.embedding_norm.weight":
-            w.add_tensor("token_embd_norm.weight", np.ascontiguousarray(t))
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.embedding_norm.weight", "token_embd_norm"):
             continue
         _, _, layer, rest = name.split(".", 3)
-        if rest == "feed_forward.experts.gate_up_proj":  # (E, 2F, C): gate rows, then up rows
-            F = t.shape[1] // 2
-            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :F]))
-            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", np.ascontiguousarray(t[:, F:]))
-            continue
-        if rest == "feed_forward.experts.down_proj":  # (E, C, F)
-            w.add_tensor(f"blk.{layer}.ffn_down_exps.weight", np.ascontiguousarray(t))
+        if _add_fused_experts(w, layer, rest.removeprefix("feed_forward."), t):
             continue
         if rest == "feed_forward.expert_bias":
             w.add_tensor(f"blk.{layer}.exp_probs_b.bias", np.ascontiguousarray(t))

@@ -82,20 +82,26 @@ std::vector<bool> nope_layers(const json& j, int64_t n_layers, const std::string
   return nope;
 }
 
-std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where) {
+std::optional<std::vector<bool>> layer_type_flags(const json& j, int64_t n_layers, const std::string& where,
+                                                  const char* flagged, const char* other) {
   const json* lt = find_key(j, "layer_types");
   if (!lt) return std::nullopt;
   if (!lt->is_array() || static_cast<int64_t>(lt->size()) != n_layers)
-    fail(where, "layer_types must list one entry per layer (" + std::to_string(n_layers) + ")");
-  std::vector<bool> slides(static_cast<size_t>(n_layers), false);
+    fail(where, "layer_types must list one type per layer (" + std::to_string(n_layers) + ")");
+  std::vector<bool> flags(static_cast<size_t>(n_layers), false);
   for (int64_t l = 0; l < n_layers; ++l) {
     const json& e = (*lt)[static_cast<size_t>(l)];
     const std::string t = e.is_string() ? e.get<std::string>() : "";
-    if (t != "sliding_attention" && t != "full_attention")
-      fail(where, "layer_types[" + std::to_string(l) + "] " + shown(e) + " is not supported");
-    slides[static_cast<size_t>(l)] = t == "sliding_attention";
+    if (t != flagged && t != other)
+      fail(where, "layer_types[" + std::to_string(l) + "] " + shown(e) + " is not supported (this model's layers are \"" +
+                      flagged + "\" or \"" + other + "\")");
+    flags[static_cast<size_t>(l)] = t == flagged;
   }
-  return slides;
+  return flags;
+}
+
+std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where) {
+  return layer_type_flags(j, n_layers, where, "sliding_attention", "full_attention");
 }
 
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where) {

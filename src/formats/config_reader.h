@@ -26,6 +26,11 @@ float get_float(const json& j, const char* key, const std::string& where, float 
 bool get_bool(const json& j, const char* key, const std::string& where, bool dflt);
 // An id or a list of ids (eos_token_id may be either).
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where);
+// layer_types as one flag per layer, true for `flagged`, false for `other`, the only values
+// allowed; nullopt when the key is absent or null. An Error (naming `where`) when it does not
+// list n_layers entries or holds another type.
+std::optional<std::vector<bool>> layer_type_flags(const json& j, int64_t n_layers, const std::string& where,
+                                                  const char* flagged, const char* other);
 // layer_types as one flag per layer, true for "sliding_attention" (the other value allowed is
 // "full_attention"); nullopt when the key is absent or null. An Error when it does not list
 // n_layers entries or holds another type.

@@ -42,16 +42,8 @@ void read_lfm2_layers(const json& j, const std::string& where, ModelSpec& s, boo
                 "released LFM2 models have none");
   s.la_conv_kernel = config::get_int(j, "conv_L_cache", where, 3);
   std::vector<bool> conv(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
-  if (const json* lt = config::find_key(j, "layer_types"); lt && !lt->is_null()) {
-    if (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers)
-      fail(where, "layer_types must list one type per layer (" + std::to_string(s.n_layers) + ")");
-    for (size_t l = 0; l < lt->size(); ++l) {
-      const json& t = (*lt)[l];
-      const std::string v = t.is_string() ? t.get<std::string>() : std::string();
-      if (v != "conv" && v != "full_attention")
-        fail(where, "layer_types[" + std::to_string(l) + "] is " + t.dump() + "; LFM2 layers are \"conv\" or \"full_attention\"");
-      conv[l] = v == "conv";
-    }
+  if (auto lt = config::layer_type_flags(j, s.n_layers, where, "conv", "full_attention")) {
+    conv = std::move(*lt);
   } else if (need_layer_types) {
     fail(where, "layer_types is missing (which layers are \"conv\" and which \"full_attention\"; Lfm2MoeConfig has "
                 "no default)");

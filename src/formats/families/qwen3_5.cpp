@@ -31,17 +31,8 @@ void qwen3_5_read(const json& j, const std::string& where, ModelSpec& s) {
   s.la_conv_kernel = config::get_int(j, "linear_conv_kernel_dim", where, 4);
   // layer_types, or (Qwen3_5TextConfig's default) every full_attention_interval-th layer full.
   std::vector<bool> linear(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), false);
-  if (const json* lt = config::find_key(j, "layer_types"); lt && !lt->is_null()) {
-    if (!lt->is_array() || static_cast<int64_t>(lt->size()) != s.n_layers)
-      fail(where, "layer_types must list one type per layer (" + std::to_string(s.n_layers) + ")");
-    for (size_t l = 0; l < lt->size(); ++l) {
-      const json& t = (*lt)[l];
-      const std::string v = t.is_string() ? t.get<std::string>() : std::string();
-      if (v != "linear_attention" && v != "full_attention")
-        fail(where, "layer_types[" + std::to_string(l) + "] is " + t.dump() +
-                        "; Qwen3.5 layers are \"linear_attention\" or \"full_attention\"");
-      linear[l] = v == "linear_attention";
-    }
+  if (auto lt = config::layer_type_flags(j, s.n_layers, where, "linear_attention", "full_attention")) {
+    linear = std::move(*lt);
   } else {
     const int64_t every = config::get_int(j, "full_attention_interval", where, 4);
     if (every <= 0) fail(where, "full_attention_interval must be positive, got " + std::to_string(every));

@@ -324,6 +324,20 @@ FAMILIES = {
                                 layer_types=["conv", "full_attention", "conv"], conv_L_cache=3, norm_eps=1e-6,
                                 tie_word_embeddings=True, initializer_range=0.1,
                                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    # LFM2-VL: lfm2 inside Lfm2VlForConditionalGeneration (model.language_model.*, a SigLIP2 tower and
+    # a projector beside it), tied head.
+    "lfm2_vl": ("Lfm2VlConfig", dict(_drop=("rms_norm_eps",), num_hidden_layers=3, intermediate_size=150,
+                                     block_multiple_of=32, layer_types=["conv", "full_attention", "conv"],
+                                     conv_L_cache=3, norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.1,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                                     _text_type="lfm2",
+                                     _targets=r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|conv\.(in|out)_proj|feed_forward\.w[123])",
+                                     _wrapper=dict(vision_config=dict(model_type="siglip2_vision_model", hidden_size=32,
+                                                                      intermediate_size=48, num_hidden_layers=1,
+                                                                      num_attention_heads=2, num_patches=16,
+                                                                      patch_size=14),
+                                                   projector_hidden_size=32, image_token_id=159,
+                                                   tie_word_embeddings=True))),
     # LFM2-MoE: LFM2's layers, the first MLP dense (intermediate_size as it is), the others 4
     # experts of 32 behind the sigmoid router with its expert_bias, top 2 renormalized (scale 1,
     # as released: llama.cpp's converter carries no routed_scaling_factor).

@@ -13,7 +13,7 @@ namespace {
 
 // transformers' classes: Gemma3Config (tie_word_embeddings True), Mistral3Config (True),
 // LlavaConfig (False, text_config a LlamaConfig by default).
-constexpr std::array<HfWrapper, 9> kWrappers = {{
+constexpr std::array<HfWrapper, 10> kWrappers = {{
     {"gemma3", "gemma3_text", true},
     {"mistral3", "mistral", true},
     {"llava", "llama", false},
@@ -27,6 +27,8 @@ constexpr std::array<HfWrapper, 9> kWrappers = {{
     {"gemma4", "gemma4_text", true},
     // Llama4Config (tie_word_embeddings False): Llama 4 Scout / Maverick as released
     {"llama4", "llama4_text", false, {}, {}, false, true},
+    // Lfm2VlConfig (tie_word_embeddings True): LFM2-VL 450M / 1.6B / 3B, LFM2.5-VL
+    {"lfm2_vl", "lfm2", true},
 }};
 
 // The other parts' prefixes (with or without "model."): never the language model's.

@@ -1,7 +1,8 @@
 #pragma once
 // Vision-language checkpoints whose language model qlora runs: Gemma 3 4B/12B/27B
 // (model_type gemma3), Mistral Small 3.1/3.2 (mistral3), LLaVA-style models (llava),
-// Qwen2.5-VL (qwen2_5_vl), Qwen3-VL (qwen3_vl) and Qwen3.5 (qwen3_5). Their config.json nests the language
+// Qwen2.5-VL (qwen2_5_vl), Qwen3-VL (qwen3_vl), Qwen3.5 (qwen3_5), Gemma 4 (gemma4), Llama 4 (llama4)
+// and LFM2-VL (lfm2_vl). Their config.json nests the language
 // model's config under "text_config" (Qwen2.5-VL's older files keep it flat beside
 // vision_config); their files hold it under "language_model.model." (gemma3 / mistral3 /
 // llava as save_pretrained writes them, and the Hub's), "model.language_model." (transformers

@@ -69,7 +69,7 @@ void write_renamed(const std::string& from, const std::string& to, std::string (
   w.write(to);
 }
 
-const char* const kWrapped[] = {"gemma3", "mistral3", "llava", "qwen2_5_vl", "qwen3_vl", "gemma4"};
+const char* const kWrapped[] = {"gemma3", "mistral3", "llava", "qwen2_5_vl", "qwen3_vl", "gemma4", "lfm2_vl"};
 
 TEST(VisionLanguage, TheSpecIsTheLanguageModelsWithTheWrapperNamed) {
   const struct {
@@ -86,7 +86,9 @@ TEST(VisionLanguage, TheSpecIsTheLanguageModelsWithTheWrapperNamed) {
                {"qwen2_5_vl", "qwen2", false},
                {"qwen3_vl", "qwen3", false},
                // (Gemma 4: a vision tower and its embedder, embed_vision, beside the language model)
-               {"gemma4", "gemma4_text", true}};
+               {"gemma4", "gemma4_text", true},
+               // (LFM2-VL: a SigLIP2 tower and a projector beside LFM2)
+               {"lfm2_vl", "lfm2", true}};
   for (const auto& c : cases) {
     const ModelFiles files = open_model_files(family_dir(c.fixture));
     EXPECT_EQ(files.spec.hf_wrapper, c.fixture);

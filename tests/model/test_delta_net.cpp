@@ -2,8 +2,9 @@
 // of transformers' recurrence written here, on awkward sizes (3 key heads of 5, 6 value heads
 // of 7, 37 tokens: more than two of the backward's 16-token chunks); their backwards against
 // central differences of that implementation; prefill in pieces against one pass (the state a
-// cache carries); the AVX-512 build of the kernels against the baseline one; and, on the qwen3_5_text fixture, decoding that continues, cuts back or
-// copies a cache against running the tokens afresh.
+// cache carries); the AVX-512 build of the kernels against the baseline one; and, on the hybrid
+// fixtures (qwen3_5_text's DeltaNet, lfm2's and lfm2_moe's short convs), decoding that continues,
+// cuts back or copies a cache against running the tokens afresh.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -314,7 +315,7 @@ TEST(DeltaNet, Avx512KernelsMatchTheBaseline) {
 
 namespace {
 
-const std::string kFixture = std::string(QLORA_FIXTURE_DIR) + "/families/qwen3_5_text";
+std::string fixture_dir(const std::string& name) { return std::string(QLORA_FIXTURE_DIR) + "/families/" + name; }
 
 // The model at `path` in float32 (no quantization).
 Model load_f32(const std::string& path) {
@@ -324,7 +325,6 @@ Model load_f32(const std::string& path) {
   return Model::load(f.spec, *f.tensors, o);
 }
 
-Model load_fixture() { return load_f32(kFixture); }
 
 // Every position's logits of `prompt`, from a fresh state.
 std::vector<float> all_logits(const Model& m, const std::vector<int>& prompt) {
@@ -342,9 +342,20 @@ std::vector<float> last_logits(const Model& m, InferenceState& st, const std::ve
 
 }  // namespace
 
-TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
-  const Model m = load_fixture();
+// The hybrid fixtures: conv / recurrent layers around one attention layer of three.
+class HybridModel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HybridModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
+  const Model m = load_f32(fixture_dir(GetParam()));
   ASSERT_TRUE(m.spec().hybrid());
+  // Bit for bit, as a replay of the same rows; an MoE model's expert products run over other
+  // row counts when the tokens arrive in other pieces (other GEMM blockings): to float32 rounding.
+  auto same = [&](const std::vector<float>& got, const std::vector<float>& want) {
+    if (!m.spec().moe()) return got == want;
+    for (size_t i = 0; i < want.size(); ++i)
+      if (std::fabs(got[i] - want[i]) > 1e-5f * (1.0f + std::fabs(want[i]))) return false;
+    return true;
+  };
   const std::vector<int> a = {5, 17, 42, 99, 3, 77, 18, 150, 64, 12}, b = {33, 81, 7};
   std::vector<int> ab = a;
   ab.insert(ab.end(), b.begin(), b.end());
@@ -364,7 +375,7 @@ TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
   last_logits(m, cut, other);
   cut.cache().set_length(static_cast<int64_t>(a.size()));
   EXPECT_EQ(cut.cache().state_position(), -1) << "a state cannot be rewound";
-  EXPECT_EQ(last_logits(m, cut, b), want);
+  EXPECT_TRUE(same(last_logits(m, cut, b), want));
   EXPECT_EQ(cut.cache().replayed_tokens(), static_cast<int64_t>(a.size())) << "no snapshot within the prefix";
   EXPECT_EQ(cut.cache().state_position(), static_cast<int64_t>(ab.size()));
 
@@ -376,7 +387,7 @@ TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
   EXPECT_EQ(chat.cache().snapshot_positions(), (std::vector<int64_t>{static_cast<int64_t>(a.size())}));
   for (int t : {120, 121, 122}) last_logits(m, chat, {t});
   chat.cache().set_length(static_cast<int64_t>(a.size()));
-  EXPECT_EQ(last_logits(m, chat, b), want);
+  EXPECT_TRUE(same(last_logits(m, chat, b), want));
   EXPECT_EQ(chat.cache().replayed_tokens(), 0);
   // Cut inside a prompt: from the latest snapshot before the cut, the tokens after it again.
   InferenceState parts(m, 4);
@@ -387,7 +398,7 @@ TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
   EXPECT_EQ(parts.cache().snapshot_positions(), (std::vector<int64_t>{4}));
   std::vector<int> tail(a.begin() + 7, a.end());
   tail.insert(tail.end(), b.begin(), b.end());
-  EXPECT_EQ(last_logits(m, parts, tail), want);
+  EXPECT_TRUE(same(last_logits(m, parts, tail), want));
   EXPECT_EQ(parts.cache().replayed_tokens(), 3);
 
   // A copy of all of a cache carries its states; a copy of part of it runs them again.
@@ -395,15 +406,15 @@ TEST(DeltaNetModel, DecodingCutBackAndCopiedCachesGiveFreshLogits) {
   last_logits(m, src, a);
   whole.cache().copy_from(src.cache(), static_cast<int64_t>(a.size()));
   EXPECT_EQ(whole.cache().state_position(), static_cast<int64_t>(a.size()));
-  EXPECT_EQ(last_logits(m, whole, b), want);
+  EXPECT_TRUE(same(last_logits(m, whole, b), want));
   part.cache().copy_from(src.cache(), 6);
   std::vector<int> rest(a.begin() + 6, a.end());
   rest.insert(rest.end(), b.begin(), b.end());
-  EXPECT_EQ(last_logits(m, part, rest), want);
+  EXPECT_TRUE(same(last_logits(m, part, rest), want));
 }
 
-TEST(DeltaNetModel, KvCacheHoldsTheAttentionLayersOnly) {
-  const Model m = load_fixture();
+TEST_P(HybridModel, KvCacheHoldsTheAttentionLayersOnly) {
+  const Model m = load_f32(fixture_dir(GetParam()));
   InferenceState st(m, 8);
   last_logits(m, st, {1, 2, 3});
   EXPECT_EQ(st.cache().n_layers(), 1) << "one full-attention layer of three";
@@ -460,9 +471,9 @@ TEST(DeltaNetModel, FusedExpertFilesMergeToGguf) {
 }
 
 // Packed examples (positions restarting at 0) are computed as they would be alone: attention
-// starts each example's keys afresh, and so must the DeltaNet's state (and its conv's tail).
-TEST(DeltaNetModel, PackedExamplesTrainAsAlone) {
-  const Model m = load_fixture();
+// starts each example's keys afresh, and so must the DeltaNet's state and the convs' tails.
+TEST_P(HybridModel, PackedExamplesTrainAsAlone) {
+  const Model m = load_f32(fixture_dir(GetParam()));
   LoraConfig cfg;
   cfg.r = 4;
   cfg.alpha = 8;
@@ -507,3 +518,6 @@ TEST(DeltaNetModel, PackedExamplesTrainAsAlone) {
     EXPECT_LE(worst, 1e-5 * peak + 1e-12) << lm.layers()[i].module_path;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe"),
+                         [](const auto& info) { return std::string(info.param); });

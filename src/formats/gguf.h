@@ -17,6 +17,10 @@
 // the problem (and the key or tensor). Version 1 files (u32 counts) are rejected.
 //
 // Tensors are never copied on open: GgufFile maps the file and tensor data are views.
+//
+// formats/gguf.cpp is the container; formats/gguf_llama.cpp llama.cpp's conventions on it (tensor
+// names, {arch}.* hyper-parameters, row orders, tokenizer metadata: the sections from "mapping onto
+// the project's names" on).
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -29,6 +33,10 @@
 #include "formats/ggml_types.h"
 
 namespace qlora {
+
+// A name or key read from a GGUF file, quoted for a message: 'name', printable ASCII only
+// (other bytes as \xNN), cut after 80 characters with "...": a corrupt file's bytes can hold anything.
+std::string gguf_quote(std::string_view s);
 
 // ---- metadata values ---------------------------------------------------------------
 enum class GgufValueType : uint32_t {

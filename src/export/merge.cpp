@@ -235,6 +235,8 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
           if (rest == "linear_attn.A_log") return L.la_A_log;
           if (rest == "linear_attn.conv1d.weight") return L.la_conv;
           if (rest == "linear_attn.norm.weight") return L.la_norm;
+          if (rest == "linear_attn.conv1d.bias") return L.la_conv_bias;
+          if (rest == "linear_attn.D") return L.la_D;
         }
         if (model.spec().layer_moe(l) && model.spec().moe_f32_router()) {  // (float32, with its score bias)
           if (rest == std::string(kMoeRouterModule) + ".weight")  // (with its adapters: PEFT's ParamWrapper)

@@ -7,6 +7,7 @@
 #include "lora/lora_model.h"
 #include "model/block_run.h"
 #include "model/delta_net.h"
+#include "model/mamba2.h"
 #include "model/model.h"
 #include "model/moe_block.h"
 
@@ -101,16 +102,21 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
                      o.in2 >= 0 ? g(o.in2) : nullptr, o.in2 >= 0 ? buf(o.in2) : nullptr);
         break;
       case BlockOpKind::CausalConv:
-      case BlockOpKind::DeltaRule: {
+      case BlockOpKind::DeltaRule:
+      case BlockOpKind::SsmScan: {
         const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;
         const DeltaRuleShape sh = delta_rule_shape(s);
+        const float* conv_bias = L.la_conv_bias.empty() ? nullptr : L.la_conv_bias.data();
         int64_t t0 = 0;
         for (int64_t n : !r.recurrent_segments.empty() ? r.recurrent_segments
                          : r.segments.empty()          ? std::span<const int64_t>(&T, 1)
                                                        : r.segments) {
           if (o.kind == BlockOpKind::CausalConv)
-            causal_conv_backward(g(o.in0) + t0 * CD, dy + t0 * CD, buf(o.in0) + t0 * CD, n, CD, L.la_conv.data(), K,
+            causal_conv_backward(g(o.in0) + t0 * CD, dy + t0 * CD, buf(o.in0) + t0 * CD, n, CD, L.la_conv.data(), conv_bias, K,
                                  !s.la_short_conv, r.dtype);
+          else if (o.kind == BlockOpKind::SsmScan)
+            ssm_scan_backward(ssm_shape(s), g(o.in0) + t0 * CD, g(o.in1) + t0 * H, dy + t0 * VD, buf(o.in0) + t0 * CD,
+                              buf(o.in1) + t0 * H, L.la_A_log.data(), L.la_dt_bias.data(), L.la_D.data(), n, r.dtype);
           else
             delta_rule_backward(sh, g(o.in0) + t0 * CD, g(o.in1) + t0 * H, g(o.in2) + t0 * H, dy + t0 * VD,
                                 buf(o.in0) + t0 * CD, buf(o.in1) + t0 * H, buf(o.in2) + t0 * H, L.la_A_log.data(),
@@ -122,6 +128,10 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::GatedNorm:
         gated_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux),
                             T * o.rows_per_token, o.width, r.dtype);
+        break;
+      case BlockOpKind::SsmNorm:
+        ssm_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux), T,
+                          s.la_value_dim(), s.la_k_heads);
         break;
       case BlockOpKind::OutputGate:
         output_gate_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), p.floats_on(o.out, r.layer, T, T), r.dtype);

@@ -7,11 +7,23 @@
 #include "lora/lora_model.h"
 #include "model/block_run.h"
 #include "model/delta_net.h"
+#include "model/mamba2.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/moe_block.h"
 
 namespace qlora {
+
+SsmShape ssm_shape(const ModelSpec& s) {
+  SsmShape m;
+  m.H = s.la_v_heads;
+  m.P = s.la_v_dim;
+  m.G = s.la_k_heads;
+  m.N = s.la_k_dim;
+  m.dt_min = s.la_dt_min;
+  m.dt_max = s.la_dt_max;
+  return m;
+}
 
 DeltaRuleShape delta_rule_shape(const ModelSpec& s) {
   DeltaRuleShape d;
@@ -214,18 +226,23 @@ void block_forward(const BlockRun& r) {
         moe_forward(r, out, in0, in1, o.in2 >= 0 ? r.buf[static_cast<size_t>(o.in2)] : nullptr);
         break;
       case BlockOpKind::CausalConv:
-      case BlockOpKind::DeltaRule: {
-        check(be.host_addressable(), s.la_short_conv ? "short convolution" : "gated DeltaNet",
+      case BlockOpKind::DeltaRule:
+      case BlockOpKind::SsmScan: {
+        check(be.host_addressable(), s.la_short_conv ? "short convolution" : s.la_mamba2 ? "Mamba2 layer" : "gated DeltaNet",
               std::string("runs on the CPU backend only, not on ") + be.name());
         const bool conv = o.kind == BlockOpKind::CausalConv;
         const DeltaRuleShape sh = delta_rule_shape(s);
         const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;
         const float* in2 = o.in2 >= 0 ? r.buf[static_cast<size_t>(o.in2)] : nullptr;
+        const float* conv_bias = L.la_conv_bias.empty() ? nullptr : L.la_conv_bias.data();
         // n tokens from row t0 of the buffers, continuing `state` (a cache's; null: from zeros).
         auto run = [&](int64_t t0, int64_t n, float* state) {
           if (conv)
-            causal_conv_forward(out + t0 * CD, in0 + t0 * CD, n, CD, L.la_conv.data(), K, state, state != nullptr,
+            causal_conv_forward(out + t0 * CD, in0 + t0 * CD, n, CD, L.la_conv.data(), conv_bias, K, state, state != nullptr,
                                 !s.la_short_conv, r.dtype);
+          else if (o.kind == BlockOpKind::SsmScan)
+            ssm_scan_forward(ssm_shape(s), out + t0 * VD, in0 + t0 * CD, in1 + t0 * H, L.la_A_log.data(),
+                             L.la_dt_bias.data(), L.la_D.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
           else
             delta_rule_forward(sh, out + t0 * VD, in0 + t0 * CD, in1 + t0 * H, in2 + t0 * H, L.la_A_log.data(),
                                L.la_dt_bias.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
@@ -249,6 +266,11 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::GatedNorm: {
         float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         gated_norm_forward(out, stats, in0, in1, L.la_norm.data(), T * o.rows_per_token, o.width, s.norm_eps, r.dtype);
+        break;
+      }
+      case BlockOpKind::SsmNorm: {
+        float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        ssm_norm_forward(out, stats, in0, in1, L.la_norm.data(), T, s.la_value_dim(), s.la_k_heads, s.norm_eps, r.dtype);
         break;
       }
       case BlockOpKind::OutputGate:

@@ -293,6 +293,42 @@ void BlockProgram::build_short_conv(int out, int h) {
   add_linear(out, y, 11);
 }
 
+// Mamba2's mixer (GraniteMoeHybridMambaLayer's torch path), from the normed input h to `out`:
+//   z | xBC | dt = in_proj h, xBC = silu(conv1d(xBC) + bias), y = scan(x | B | C, dt),
+//   out = out_proj(norm(y * silu(z))).
+void BlockProgram::build_mamba2(int out, int h) {
+  const ModelSpec& s = spec_;
+  const int64_t VD = s.la_value_dim(), CD = s.la_conv_dim(), H = s.la_v_heads;
+  const int proj = buffer("ssm_in_proj", VD + CD + H), z = buffer("ssm_z", VD), xbc = buffer("ssm_xbc", CD),
+            dt = buffer("ssm_dt", H);
+  add_linear(proj, h, 7);
+  add_slice(z, proj, 0, VD);
+  add_slice(xbc, proj, VD, CD);
+  add_slice(dt, proj, VD + CD, H);
+  const int conv = buffer("ssm_conv", CD);
+  BlockOp c{BlockOpKind::CausalConv};
+  c.out = conv;
+  c.in0 = xbc;
+  c.round = true;
+  op(c);
+  const int y = buffer("ssm_y", VD);
+  BlockOp sc{BlockOpKind::SsmScan};
+  sc.out = y;
+  sc.in0 = conv;
+  sc.in1 = dt;
+  op(sc);  // (float32: transformers hands the norm the scan's float32 output)
+  const int normed = buffer("ssm_normed", VD);
+  BlockOp n{BlockOpKind::SsmNorm};
+  n.out = normed;
+  n.in0 = y;
+  n.in1 = z;
+  n.aux = buffer("rstd_ssm", s.la_k_heads, true);
+  n.rows_per_token = s.la_k_heads;
+  n.width = VD / s.la_k_heads;
+  op(n);  // (rounds its own output)
+  add_linear(out, normed, 11);
+}
+
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
@@ -457,6 +493,7 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   if (s.hybrid()) {  // the linear-attention layers' branch writes the same output
     p.mixer_ = LayerMixer::Linear;
     if (s.la_short_conv) p.build_short_conv(attn_out, h1);
+    else if (s.la_mamba2) p.build_mamba2(attn_out, h1);
     else p.build_delta_net(attn_out, h1);
     p.mixer_ = LayerMixer::All;
   }
@@ -641,6 +678,8 @@ void BlockProgram::finish() {
       case BlockOpKind::CausalConv: keep(o.in0); break;
       case BlockOpKind::DeltaRule: keep(o.in0); keep(o.in1); keep(o.in2); break;
       case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
+      case BlockOpKind::SsmScan: keep(o.in0); keep(o.in1); break;
+      case BlockOpKind::SsmNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
       case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Mul: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Gather: break;  // (its backward reads the column list only)

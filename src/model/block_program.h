@@ -63,6 +63,9 @@ enum class BlockOpKind : uint8_t {
                // in_proj_qkvz / in_proj_ba rearranged into q|k|v, z, b and a)
   PleMul,      // out = in0 * the layer's per-layer inputs (BlockRun::ple; Gemma 4 E2B / E4B)
   Mul,         // out = in0 * in1 elementwise (LFM2's short conv: B * x, C * conv(B x))
+  // Mamba2's (model/mamba2.h; spec.la_mamba2):
+  SsmScan,     // out = the selective scan over x|B|C = in0 with raw time steps in1 (float32, unrounded)
+  SsmNorm,     // out = RMSNorm(in0 * silu(in1)) per group of la_k_heads (aux: rstd)
   Concat,      // out = per group g of `groups`: in0's g-th `width` columns, then in1's g-th `width1`
                // (broadcast: in1's only `width1`, the same for every group; in1 -1: zeros)
                // (DeepSeek's keys: each head's own dims | the shared rotary key; values padded)
@@ -194,6 +197,8 @@ class BlockProgram {
   void build_delta_net(int out, int h);
   // LFM2's gated short convolution (spec.la_short_conv), the same way.
   void build_short_conv(int out, int h);
+  // Mamba2's mixer (spec.la_mamba2), the same way.
+  void build_mamba2(int out, int h);
   void add_gather(int out, int in, std::vector<int32_t> columns);
   void finish();
   // Op builders (block_program.cpp): each appends one op over declared buffers.

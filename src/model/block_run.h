@@ -81,6 +81,7 @@ struct BlockRun {
 
 // A hybrid model's gated delta rule heads (model/delta_net.h).
 struct DeltaRuleShape delta_rule_shape(const ModelSpec& s);
+struct SsmShape ssm_shape(const ModelSpec& s);
 
 // The program's attention heads, scale, softcap and ALiBi bias (the per-call sizes, key
 // window and positions left for the caller to fill).

@@ -24,14 +24,14 @@ const DeltaNetKernels& active() {
 }
 }  // namespace
 
-void causal_conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, int64_t K, float* state,
-                         bool update_state, bool silu, ComputeDType dtype) {
-  active().conv_forward(out, x, T, C, w, K, state, update_state, silu, dtype);
+void causal_conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, const float* bias, int64_t K,
+                         float* state, bool update_state, bool silu, ComputeDType dtype) {
+  active().conv_forward(out, x, T, C, w, bias, K, state, update_state, silu, dtype);
 }
 
-void causal_conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w, int64_t K,
-                          bool silu, ComputeDType dtype) {
-  active().conv_backward(dx, dout, x, T, C, w, K, silu, dtype);
+void causal_conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w,
+                          const float* bias, int64_t K, bool silu, ComputeDType dtype) {
+  active().conv_backward(dx, dout, x, T, C, w, bias, K, silu, dtype);
 }
 
 void delta_rule_forward(const DeltaRuleShape& sh, float* out, const float* qkv, const float* b, const float* a,

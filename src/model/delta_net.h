@@ -20,18 +20,19 @@
 
 namespace qlora {
 
-// ---- causal depthwise conv1d (+ SiLU) (linear_attn.conv1d, LFM2's conv.conv; no bias) ---
-// out (T, C) = silu(y) (silu false: y, LFM2's short conv), y[t, c] = sum_j w[c, j] x[t + j - (K - 1), c]
-// over the K taps, the inputs before t = 0 taken from `state` ((K - 1, C): the previous K - 1
+// ---- causal depthwise conv1d (+ SiLU) (linear_attn.conv1d, LFM2's conv.conv, Mamba2's conv1d) ---
+// out (T, C) = silu(y) (silu false: y, LFM2's short conv), y[t, c] = bias[c] + sum_j w[c, j] x[t + j - (K - 1), c]
+// over the K taps (bias null: none; Mamba2's conv has one), the inputs before t = 0 taken from `state` ((K - 1, C): the previous K - 1
 // inputs, oldest first), or zeros when state is null. With update_state (REQUIRES state) the
 // state becomes the last K - 1 inputs of prev | x (decoding continues from it).
 // Rounding: silu(round(y)) rounded (transformers' conv output in the dtype, then its SiLU), or
 // round(y).
-void causal_conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, int64_t K, float* state,
-                         bool update_state, bool silu, ComputeDType dtype);
-// dx (T, C) += d loss / d x for the forward from zeros (a training sequence), given dout.
-void causal_conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w, int64_t K,
-                          bool silu, ComputeDType dtype);
+void causal_conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, const float* bias, int64_t K,
+                         float* state, bool update_state, bool silu, ComputeDType dtype);
+// dx (T, C) += d loss / d x for the forward from zeros (a training sequence), given dout. (The
+// taps and bias are frozen: no gradients.)
+void causal_conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w,
+                          const float* bias, int64_t K, bool silu, ComputeDType dtype);
 
 // ---- the gated delta rule ---------------------------------------------------------------
 struct DeltaRuleShape {

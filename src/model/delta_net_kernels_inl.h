@@ -103,10 +103,14 @@ std::vector<float> taps_by_offset(const float* w, int64_t C, int64_t K) {
   return wt;
 }
 
-// pre (C) = the conv at token t before its activation (unrounded): taps in order j = 0..K-1,
-// reading x before t = 0 from prev ((K - 1, C), oldest first) or zeros.
-inline void conv_row(float* pre, const float* x, const float* prev, int64_t t, int64_t C, const float* wt, int64_t K) {
-  std::fill(pre, pre + C, 0.0f);
+// pre (C) = the conv at token t before its activation (unrounded): the bias (or zeros), then
+// taps in order j = 0..K-1, reading x before t = 0 from prev ((K - 1, C), oldest first) or zeros.
+inline void conv_row(float* pre, const float* x, const float* prev, int64_t t, int64_t C, const float* wt,
+                     const float* bias, int64_t K) {
+  if (bias)
+    std::copy(bias, bias + C, pre);
+  else
+    std::fill(pre, pre + C, 0.0f);
   for (int64_t j = 0; j < K; ++j) {
     const int64_t s = t + j - (K - 1);
     const float* src = s >= 0 ? x + s * C : prev ? prev + (K - 1 + s) * C : nullptr;
@@ -117,13 +121,13 @@ inline void conv_row(float* pre, const float* x, const float* prev, int64_t t, i
   }
 }
 
-void conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, int64_t K, float* state,
-                  bool update_state, bool silu, ComputeDType dtype) {
+void conv_forward(float* out, const float* x, int64_t T, int64_t C, const float* w, const float* bias, int64_t K,
+                  float* state, bool update_state, bool silu, ComputeDType dtype) {
   const std::vector<float> wt = taps_by_offset(w, C, K);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {
     float* o = out + t * C;
-    conv_row(o, x, state, t, C, wt.data(), K);
+    conv_row(o, x, state, t, C, wt.data(), bias, K);
     if (silu)
       for (int64_t c = 0; c < C; ++c) o[c] = round_to_dtype(siluf(round_to_dtype(o[c], dtype)), dtype);
     else
@@ -140,8 +144,8 @@ void conv_forward(float* out, const float* x, int64_t T, int64_t C, const float*
   std::memcpy(state, tail.data(), tail.size() * sizeof(float));
 }
 
-void conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w, int64_t K,
-                   bool silu, ComputeDType dtype) {
+void conv_backward(float* dx, const float* dout, const float* x, int64_t T, int64_t C, const float* w,
+                   const float* bias, int64_t K, bool silu, ComputeDType dtype) {
   const std::vector<float> wt = taps_by_offset(w, C, K);
   std::vector<float> dy_silu;  // d loss / d pre-activation (without the SiLU: dout itself)
   if (silu) {
@@ -149,7 +153,7 @@ void conv_backward(float* dx, const float* dout, const float* x, int64_t T, int6
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
       float* d = dy_silu.data() + t * C;
-      conv_row(d, x, nullptr, t, C, wt.data(), K);
+      conv_row(d, x, nullptr, t, C, wt.data(), bias, K);
       for (int64_t c = 0; c < C; ++c) d[c] = dout[t * C + c] * silu_grad(round_to_dtype(d[c], dtype));
     }
   }

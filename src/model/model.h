@@ -75,8 +75,10 @@ struct LayerWeights {
   // its Linears (in_proj_qkv (conv_dim, C), in_proj_z (value_dim, C), in_proj_b and
   // in_proj_a (v_heads, C), out_proj (C, value_dim)), the conv1d taps (conv_dim, kernel),
   // A_log and dt_bias (v_heads) and the gated norm's weight (v_head_dim), in the compute dtype.
+  // Mamba2 (spec.la_mamba2): in_proj in la_in_qkv, the conv's bias (conv_dim; empty without),
+  // D (v_heads), the norm's weight value_dim wide.
   QuantLinear la_in_qkv, la_in_z, la_in_b, la_in_a, la_out;
-  std::vector<float> la_conv, la_A_log, la_dt_bias, la_norm;
+  std::vector<float> la_conv, la_conv_bias, la_A_log, la_dt_bias, la_D, la_norm;
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down; 7..11 the
   // DeltaNet's).
   // REQUIRES 0 <= which < kBlockLinearCount.

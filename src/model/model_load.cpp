@@ -359,6 +359,14 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
       }
       L.la_conv = load_vector(src, prefix + "conv1d.weight", opt.compute_dtype);  // (conv_dim, 1, K) = (conv_dim, K)
       progress(prefix + "conv1d.weight");
+      if (spec.la_conv_bias) {
+        L.la_conv_bias = load_vector(src, prefix + "conv1d.bias", opt.compute_dtype);
+        progress(prefix + "conv1d.bias");
+      }
+      if (spec.la_mamba2) {
+        L.la_D = load_vector(src, prefix + "D", opt.compute_dtype);
+        progress(prefix + "D");
+      }
       if (!spec.la_short_conv) {
         L.la_norm = load_vector(src, prefix + "norm.weight", opt.compute_dtype);
         progress(prefix + "norm.weight");
@@ -477,7 +485,8 @@ size_t Model::weight_bytes() const {
              (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.q_a_norm.size() + L.kv_a_norm.size() + L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
-          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_dt_bias.size() + L.la_norm.size()) *
+          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_dt_bias.size() + L.la_norm.size() +
+          L.la_conv_bias.size() + L.la_D.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
     b += L.router.bytes() + L.shared_gate.bytes() + (L.router_f32.size() + L.router_score_bias.size()) * sizeof(float);

@@ -181,6 +181,11 @@ void ModelSpec::validate(const std::string& where) const {
     if (static_cast<int64_t>(linear_attn_layers.size()) != n_layers)
       fail(where, "layer_types names " + std::to_string(linear_attn_layers.size()) + " layers, the model has " +
                       std::to_string(n_layers));
+    if (la_mamba2 && (la_short_conv || la_fused_qkvz))
+      fail(where, "Mamba2 layers are neither short convolutions nor Qwen3-Next's fused DeltaNet");
+    if (la_mamba2 && !(la_dt_min >= 0.0f && la_dt_min <= la_dt_max))
+      fail(where, "time_step_limit must be two increasing non-negative bounds, got " + std::to_string(la_dt_min) + ", " +
+                      std::to_string(la_dt_max));
     if (la_short_conv) {
       if (la_fused_qkvz || la_k_heads != 0 || la_v_heads != 0)
         fail(where, "short-convolution layers (LFM2's) have no DeltaNet heads");
@@ -288,6 +293,11 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
       l[11] = {m[11], hidden, hidden, false};
       l[8] = l[9] = l[10] = absent;
     }
+    if (la_mamba2) {  // (in_proj gives z | xBC | dt, out_proj maps the inner width back)
+      l[7] = {m[7], la_value_dim() + la_conv_dim() + la_v_heads, hidden, la_proj_bias};
+      l[11] = {m[11], hidden, la_value_dim(), la_proj_bias};
+      l[8] = l[9] = l[10] = absent;
+    }
     if (la_fused_qkvz) {
       l[7] = {"linear_attn.in_proj_qkvz", 2 * la_key_dim() + 2 * la_value_dim(), hidden, false};
       l[9] = {"linear_attn.in_proj_ba", 2 * la_v_heads, hidden, false};
@@ -351,7 +361,9 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
         t.push_back({prefix + "A_log", {la_v_heads}});
       }
       t.push_back({layer_tensor_name(l, "linear_attn.conv1d"), {la_conv_dim(), 1, la_conv_kernel}});
-      if (!la_short_conv) t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_v_dim}});
+      if (la_conv_bias) t.push_back({layer_tensor_name(l, "linear_attn.conv1d", "bias"), {la_conv_dim()}});
+      if (la_mamba2) t.push_back({prefix + "D", {la_v_heads}});
+      if (!la_short_conv) t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_mamba2 ? la_value_dim() : la_v_dim}});
       linears(l, 7, 12);
     }
     linears(l, 0, 3);  // q, k, v

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <array>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -458,11 +459,21 @@ struct ModelSpec {
   // y = C * conv(B * x) with the causal depthwise conv1d of la_conv_kernel taps (no activation,
   // no bias), out_proj (C, C) in the out_proj slot. The la_*_heads sizes are unused (0).
   bool la_short_conv = false;
+  // Mamba2's form (Granite 4.0-H, Bamba; layer_types "mamba"; model/mamba2.h): in_proj in the
+  // in_proj_qkv slot yields per token z (la_value_dim) | xBC (la_conv_dim) | dt (la_v_heads);
+  // xBC through the causal conv1d (+ bias with la_conv_bias) and SiLU gives x (la_v_heads heads
+  // of la_v_dim) | B | C (la_k_heads groups of la_k_dim, the state size); the scan (A_log,
+  // dt_bias, D per head, steps clamped to [la_dt_min, la_dt_max]); the gated RMSNorm of
+  // la_k_heads groups (linear_attn.norm, la_value_dim wide); out_proj in the out_proj slot.
+  // Biases on in_proj / out_proj: la_proj_bias. The state: (la_v_heads, la_v_dim, la_k_dim).
+  bool la_mamba2 = false, la_conv_bias = false, la_proj_bias = false;
+  float la_dt_min = 0.0f, la_dt_max = std::numeric_limits<float>::infinity();
   bool hybrid() const { return !linear_attn_layers.empty(); }
   bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }
   int64_t la_key_dim() const { return la_k_heads * la_k_dim; }
   int64_t la_value_dim() const { return la_v_heads * la_v_dim; }
-  // The channels the causal conv runs over: q | k | v (DeltaNet), or the hidden width (LFM2).
+  // The channels the causal conv runs over: q | k | v (DeltaNet), x | B | C (Mamba2), or the
+  // hidden width (LFM2).
   int64_t la_conv_dim() const { return la_short_conv ? hidden : 2 * la_key_dim() + la_value_dim(); }
   // Floats of one linear-attention layer's state per sequence: the conv's last
   // la_conv_kernel - 1 inputs, then the (la_v_heads, la_k_dim, la_v_dim) recurrent state

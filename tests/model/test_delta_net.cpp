@@ -123,7 +123,8 @@ TEST(DeltaNet, PrefillInPiecesCarriesTheState) {
   const std::vector<float> conv_w = randn(static_cast<size_t>(CD * K), 4, 0.5f);
   // Whole: the conv then the rule from zeros.
   std::vector<float> conv(static_cast<size_t>(kT * CD)), whole(static_cast<size_t>(kT * VD));
-  causal_conv_forward(conv.data(), in.qkv.data(), kT, CD, conv_w.data(), K, nullptr, false, true, ComputeDType::BF16);
+  causal_conv_forward(conv.data(), in.qkv.data(), kT, CD, conv_w.data(), nullptr, K, nullptr, false, true,
+                      ComputeDType::BF16);
   delta_rule_forward(kShape, whole.data(), conv.data(), in.b.data(), in.a.data(), in.A_log.data(), in.dt_bias.data(),
                      kT, nullptr, ComputeDType::BF16);
   // Pieces of 13, 1, 2 and 21 tokens continuing one state (the conv tail, then the rule's).
@@ -131,7 +132,7 @@ TEST(DeltaNet, PrefillInPiecesCarriesTheState) {
   std::vector<float> conv2(conv.size()), pieces(whole.size());
   int64_t t0 = 0;
   for (int64_t n : {13, 1, 2, 21}) {
-    causal_conv_forward(conv2.data() + t0 * CD, in.qkv.data() + t0 * CD, n, CD, conv_w.data(), K, state.data(), true,
+    causal_conv_forward(conv2.data() + t0 * CD, in.qkv.data() + t0 * CD, n, CD, conv_w.data(), nullptr, K, state.data(), true,
                         true, ComputeDType::BF16);
     delta_rule_forward(kShape, pieces.data() + t0 * VD, conv2.data() + t0 * CD, in.b.data() + t0 * H,
                        in.a.data() + t0 * H, in.A_log.data(), in.dt_bias.data(), n, state.data() + (K - 1) * CD,
@@ -187,13 +188,16 @@ TEST(DeltaNet, RuleBackwardMatchesCentralDifferences) {
 TEST(DeltaNet, ConvNormAndGateBackwardsMatchCentralDifferences) {
   const int64_t T = 11, C = 9, K = 4, D = 7, R = 6;
   // conv: y = silu(conv(x)) (double reference), taps 0..K-1 reading x[t + j - (K - 1)].
-  const std::vector<float> x = randn(static_cast<size_t>(T * C), 6), w = randn(static_cast<size_t>(C * K), 7, 0.5f);
-  for (bool silu : {true, false}) {  // (the DeltaNet's conv + SiLU; LFM2's short conv without)
+  const std::vector<float> x = randn(static_cast<size_t>(T * C), 6), w = randn(static_cast<size_t>(C * K), 7, 0.5f),
+                           cb = randn(static_cast<size_t>(C), 13, 0.5f);
+  // (the DeltaNet's conv + SiLU; LFM2's short conv without; Mamba2's with a bias and SiLU)
+  for (auto [silu, bias] : {std::pair{true, false}, std::pair{false, false}, std::pair{true, true}}) {
+    const float* b = bias ? cb.data() : nullptr;
     auto conv_ref = [&](const std::vector<double>& xs) {
       std::vector<double> y(static_cast<size_t>(T * C));
       for (int64_t t = 0; t < T; ++t)
         for (int64_t c = 0; c < C; ++c) {
-          double acc = 0;
+          double acc = b ? b[c] : 0.0;
           for (int64_t j = 0; j < K; ++j)
             if (t + j - (K - 1) >= 0) acc += w[c * K + j] * xs[(t + j - (K - 1)) * C + c];
           y[t * C + c] = silu ? acc / (1 + std::exp(-acc)) : acc;
@@ -201,13 +205,13 @@ TEST(DeltaNet, ConvNormAndGateBackwardsMatchCentralDifferences) {
       return y;
     };
     std::vector<float> y(static_cast<size_t>(T * C));
-    causal_conv_forward(y.data(), x.data(), T, C, w.data(), K, nullptr, false, silu, ComputeDType::F32);
+    causal_conv_forward(y.data(), x.data(), T, C, w.data(), b, K, nullptr, false, silu, ComputeDType::F32);
     const auto yr = conv_ref(to_d(x));
     for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], yr[i], 1e-5);
     const std::vector<float> dy = randn(y.size(), 8);
     std::vector<float> dx(x.size(), 0.0f);
-    causal_conv_backward(dx.data(), dy.data(), x.data(), T, C, w.data(), K, silu, ComputeDType::F32);
-    expect_gradient(conv_ref, to_d(x), to_d(dy), dx, silu ? "conv d x" : "short conv d x");
+    causal_conv_backward(dx.data(), dy.data(), x.data(), T, C, w.data(), b, K, silu, ComputeDType::F32);
+    expect_gradient(conv_ref, to_d(x), to_d(dy), dx, bias ? "biased conv d x" : silu ? "conv d x" : "short conv d x");
   }
 
   // gated norm: rmsnorm(x) * w * silu(z) per row of D.
@@ -283,15 +287,17 @@ TEST(DeltaNet, Avx512KernelsMatchTheBaseline) {
     EXPECT_LE(worst, 1e-5 * peak) << what;  // (the compilers contract and order differently)
   };
   for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16}) {
-    for (bool silu : {true, false}) {
+    const std::vector<float> cb = randn(static_cast<size_t>(CD), 7, 0.5f);
+    for (auto [silu, bias] : {std::pair{true, false}, std::pair{false, false}, std::pair{true, true}}) {
+      const float* b = bias ? cb.data() : nullptr;
       std::vector<float> c1(static_cast<size_t>(kT * CD)), c2(c1.size()), st1((K - 1) * CD, 0.5f), st2 = st1;
-      s.conv_forward(c1.data(), in.qkv.data(), kT, CD, w.data(), K, st1.data(), true, silu, dt);
-      v.conv_forward(c2.data(), in.qkv.data(), kT, CD, w.data(), K, st2.data(), true, silu, dt);
+      s.conv_forward(c1.data(), in.qkv.data(), kT, CD, w.data(), b, K, st1.data(), true, silu, dt);
+      v.conv_forward(c2.data(), in.qkv.data(), kT, CD, w.data(), b, K, st2.data(), true, silu, dt);
       close(c1, c2, silu ? "conv forward" : "short conv forward");
       EXPECT_EQ(st1, st2);
       std::vector<float> dx1(c1.size(), 0.0f), dx2(c1.size(), 0.0f);
-      s.conv_backward(dx1.data(), dconv.data(), in.qkv.data(), kT, CD, w.data(), K, silu, dt);
-      v.conv_backward(dx2.data(), dconv.data(), in.qkv.data(), kT, CD, w.data(), K, silu, dt);
+      s.conv_backward(dx1.data(), dconv.data(), in.qkv.data(), kT, CD, w.data(), b, K, silu, dt);
+      v.conv_backward(dx2.data(), dconv.data(), in.qkv.data(), kT, CD, w.data(), b, K, silu, dt);
       close(dx1, dx2, silu ? "conv backward" : "short conv backward");
     }
     std::vector<float> o1(static_cast<size_t>(kT * VD)), o2(o1.size());

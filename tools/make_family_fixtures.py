@@ -352,6 +352,19 @@ FAMILIES = {
                                        _target_parameters=["feed_forward.experts.gate_up_proj",
                                                            "feed_forward.experts.down_proj", "feed_forward.gate.weight"],
                                        _moe=True)),
+    # IBM Granite 4.0-H (granitemoehybrid, dense: granite-4.0-h-micro / -h-1b / -h-350m): Mamba2 layers
+    # (4 heads of 32 in 2 groups, a state of 8, 4 taps with a bias) around an attention layer without
+    # positions ("nope"), Granite's four multipliers, the MLP fused under shared_mlp; chunks of 8
+    # tokens so that transformers' chunked scan crosses chunks. A_log, dt_bias and D drawn at
+    # random (_ssm_random: their init is 1..H, ones and ones).
+    "granitemoehybrid": ("GraniteMoeHybridConfig", dict(num_hidden_layers=3, layer_types=["mamba", "attention", "mamba"],
+                                                        num_local_experts=0, shared_intermediate_size=96,
+                                                        position_embedding_type="nope", mamba_n_heads=4,
+                                                        mamba_n_groups=2, mamba_d_state=8, mamba_d_conv=4,
+                                                        mamba_expand=2, mamba_chunk_size=8, embedding_multiplier=3.0,
+                                                        attention_multiplier=0.2, residual_multiplier=0.4,
+                                                        logits_scaling=2.5, tie_word_embeddings=True,
+                                                        _ssm_random=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -715,6 +728,15 @@ def make_model(family: str):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gl))
             if name.endswith(("e_score_correction_bias", ".expert_bias")):  # (GLM-4.5 / DeepSeek-V3's, LFM2-MoE's router: zeros at init)
                 b.copy_(0.1 * torch.randn(b.shape, generator=gl))
+        if extra.get("_ssm_random"):  # (Mamba2's per-head decay, step bias and skip)
+            gs = torch.Generator().manual_seed(97)
+            for name, p in model.named_parameters():
+                if name.endswith(".A_log"):
+                    p.copy_(torch.log(0.5 + 4 * torch.rand(p.shape, generator=gs)))
+                elif name.endswith(".dt_bias"):
+                    p.copy_(torch.randn(p.shape, generator=gs))
+                elif name.endswith(".D"):
+                    p.copy_(0.5 + torch.rand(p.shape, generator=gs))
         for name, p in model.named_parameters():  # (Gemma 4's router scales)
             if name.endswith(("router.scale", "router.per_expert_scale")):
                 p.copy_(0.5 + torch.rand(p.shape, generator=gl))
@@ -1783,7 +1805,8 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granite", "olmo2", "gptj", "cohere", "smollm3", "cohere2", "olmo", "arcee", "nemotron",
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
-                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe")
+                "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
+                "granitemoehybrid")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

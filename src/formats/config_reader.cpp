@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "base/error.h"
 #include "base/text_excerpt.h"
@@ -102,6 +103,18 @@ std::optional<std::vector<bool>> layer_type_flags(const json& j, int64_t n_layer
 
 std::optional<std::vector<bool>> sliding_layer_types(const json& j, int64_t n_layers, const std::string& where) {
   return layer_type_flags(j, n_layers, where, "sliding_attention", "full_attention");
+}
+
+std::optional<double> python_float(const json& v) {
+  if (v.is_number()) return v.get<double>();
+  const json* s = &v;
+  if (v.is_object() && v.size() == 1 && v.contains("__float__")) s = &v["__float__"];
+  if (!s->is_string()) return std::nullopt;
+  const std::string t = s->get<std::string>();
+  if (t == "Infinity" || t == "inf" || t == "+inf" || t == "+Infinity") return std::numeric_limits<double>::infinity();
+  if (t == "-Infinity" || t == "-inf") return -std::numeric_limits<double>::infinity();
+  if (t == "NaN" || t == "nan") return std::numeric_limits<double>::quiet_NaN();
+  return std::nullopt;
 }
 
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where) {

@@ -24,6 +24,10 @@ const json* find_key(const json& j, const char* key);
 int64_t get_int(const json& j, const char* key, const std::string& where, std::optional<int64_t> dflt = {});
 float get_float(const json& j, const char* key, const std::string& where, float dflt);
 bool get_bool(const json& j, const char* key, const std::string& where, bool dflt);
+// A float as Python's json writes it: a number, or (NaN / infinities, which JSON lacks)
+// transformers 5's {"__float__": "Infinity"} or the string "Infinity" / "inf" (either sign).
+// nullopt for anything else.
+std::optional<double> python_float(const json& v);
 // An id or a list of ids (eos_token_id may be either).
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where);
 // layer_types as one flag per layer, true for `flagged`, false for `other`, the only values

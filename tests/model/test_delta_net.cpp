@@ -525,5 +525,5 @@ TEST_P(HybridModel, PackedExamplesTrainAsAlone) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe", "granitemoehybrid"),
                          [](const auto& info) { return std::string(info.param); });

@@ -584,6 +584,72 @@ TEST(HfConfig, Lfm2PublishedConfig) {
   EXPECT_NE(err(R"({"conv_L_cache": 0})").find("conv_L_cache"), std::string::npos);
 }
 
+// granite-4.0-h-350m's published config (Mamba2 layers, attention on 4 of 32 without positions,
+// the MLP fused under shared_mlp), read to transformers' parameter count (AutoModelForCausalLM
+// on the meta device: 340,332,224), and the spellings the family accepts or refuses.
+TEST(HfConfig, GraniteMoeHybridPublishedConfig) {
+  const char* cfg = R"({"architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid", "attention_bias": false, "attention_multiplier": 0.015625, "embedding_multiplier": 12, "eos_token_id": 100257, "hidden_size": 768, "intermediate_size": 2048, "logits_scaling": 3, "layer_types": ["mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "attention", "mamba", "mamba", "attention", "mamba", "mamba", "mamba", "attention", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "attention", "mamba", "mamba", "mamba", "mamba"], "mamba_conv_bias": true, "mamba_d_conv": 4, "mamba_d_head": 32, "mamba_d_state": 128, "mamba_n_groups": 1, "mamba_n_heads": 48, "mamba_proj_bias": false, "max_position_embeddings": 32768, "num_attention_heads": 12, "num_experts_per_tok": 0, "num_hidden_layers": 32, "num_key_value_heads": 4, "num_local_experts": 0, "position_embedding_type": "nope", "residual_multiplier": 0.246, "rms_norm_eps": 1e-05, "rope_theta": 10000, "shared_intermediate_size": 2048, "tie_word_embeddings": true, "vocab_size": 100352})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "granitemoehybrid");
+  EXPECT_EQ(s.num_params(), 340332224);
+  EXPECT_EQ(s.ffn, 2048);
+  EXPECT_TRUE(s.fused_gate_up);
+  EXPECT_TRUE(s.la_mamba2);
+  EXPECT_EQ(s.la_v_heads, 48);
+  EXPECT_EQ(s.la_v_dim, 32);
+  EXPECT_EQ(s.la_k_heads, 1);
+  EXPECT_EQ(s.la_k_dim, 128);
+  EXPECT_EQ(s.la_conv_dim(), 1536 + 2 * 128);
+  EXPECT_EQ(s.la_state_floats(), 3 * (1536 + 256) + 48 * 32 * 128);
+  EXPECT_TRUE(s.la_conv_bias);
+  EXPECT_FALSE(s.la_proj_bias);
+  EXPECT_EQ(s.la_dt_min, 0.0f);
+  EXPECT_TRUE(std::isinf(s.la_dt_max));
+  EXPECT_EQ(s.state_layers(), 28);
+  for (int64_t l : {10, 13, 17, 27}) EXPECT_FALSE(s.layer_is_linear_attn(l)) << l;
+  EXPECT_TRUE(s.layer_is_linear_attn(0));
+  for (int64_t l = 0; l < 32; ++l) EXPECT_FALSE(s.layer_rotates(l)) << l;
+  EXPECT_FLOAT_EQ(s.embed_multiplier, 12.0f);
+  EXPECT_FLOAT_EQ(s.attn_scale, 0.015625f);
+  EXPECT_FLOAT_EQ(s.logit_divisor, 3.0f);
+
+  auto with = [&](const std::string& patch) {
+    json c = json::parse(cfg);
+    c.merge_patch(json::parse(patch));
+    return c;
+  };
+  // transformers 5's spellings: layer_types renamed, time_step_limit's infinity as it saves it
+  json t5 = with(R"({"time_step_limit": [0.001, {"__float__": "Infinity"}]})");
+  for (json& e : t5["layer_types"]) e = e == "mamba" ? "linear_attention" : "full_attention";
+  const ModelSpec s5 = spec_from_hf_config(t5, "config.json");
+  EXPECT_EQ(s5.state_layers(), 28);
+  EXPECT_FALSE(s5.layer_is_linear_attn(10));
+  EXPECT_FLOAT_EQ(s5.la_dt_min, 0.001f);
+  EXPECT_TRUE(std::isinf(s5.la_dt_max));
+  // granite-4.0-micro's form: every layer attends, with the rotary
+  json micro = with(R"({"position_embedding_type": "rope"})");
+  for (json& e : micro["layer_types"]) e = "attention";
+  const ModelSpec m = spec_from_hf_config(micro, "config.json");
+  EXPECT_FALSE(m.hybrid());
+  EXPECT_TRUE(m.layer_rotates(0));
+  auto err = [&](const std::string& patch) {
+    try {
+      (void)spec_from_hf_config(with(patch), "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(err(R"({"num_local_experts": 64})").find("not supported yet"), std::string::npos);
+  EXPECT_NE(err(R"({"position_embedding_type": "alibi"})").find("position_embedding_type"), std::string::npos);
+  EXPECT_NE(err(R"({"mamba_n_heads": 50})").find("mamba_n_heads"), std::string::npos);
+  EXPECT_NE(err(R"({"mamba_n_groups": 5})").find("mamba_n_groups"), std::string::npos);
+  EXPECT_NE(err(R"({"mamba_d_head": 16})").find("mamba_d_head"), std::string::npos);
+  EXPECT_NE(err(R"({"time_step_limit": [1.0, 0.5]})").find("time_step_limit"), std::string::npos);
+  EXPECT_NE(err(R"({"time_step_limit": "inf"})").find("time_step_limit"), std::string::npos);
+  EXPECT_NE(err(R"({"layer_types": ["mamba"]})").find("layer_types"), std::string::npos);
+}
+
 // LFM2-8B-A1B's shape (Lfm2MoeConfig's widths: hidden 2048, dense MLPs of 7168 on the first 2 layers,
 // 32 experts of 1792 routing 4; 24 layers, attention on 6), read to transformers' parameter count
 // (AutoModelForCausalLM on the meta device: 8,339,929,856 parameters, plus the 22 x 32 values of the

@@ -5,7 +5,10 @@
 // and the logits divided by logits_scaling. GGUF both ways as llama.cpp's "granite" (q/k rows
 // permuted as its llama converter does; the multipliers under embedding_scale,
 // attention.scale, residual_scale and logit_scale).
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "base/error.h"
 #include "formats/config_reader.h"
@@ -97,6 +100,117 @@ void granitemoe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   granitemoe_block(s);
 }
 
+// IBM Granite 4.0 (model_type "granitemoehybrid", GraniteMoeHybridForCausalLM: granite-4.0-h-micro,
+// -h-1b, -h-350m, and granite-4.0-micro, -1b, -350m without Mamba layers): Granite's block and
+// multipliers, its MLP a SwiGLU of shared_intermediate_size stored fused (shared_mlp.input_linear:
+// gate rows then up rows; output_linear), and the layers of layer_types "mamba" Mamba2 mixers
+// (ModelSpec::la_mamba2; mamba.in_proj, conv1d with its bias, A_log, dt_bias, D, the gated group
+// norm, out_proj) instead of attention. position_embedding_type "rope" rotates; anything else
+// (the -H models' "nope", the config class's null) leaves positions to the Mamba layers.
+// Transformers 5's spelling of layer_types ("linear_attention", "full_attention") is read too,
+// and layers_block_type, its old key.
+void granitemoehybrid_normalize(json& j) {
+  if (!j.contains("layer_types") && j.contains("layers_block_type")) j["layer_types"] = j["layers_block_type"];
+  if (json* lt = j.contains("layer_types") ? &j["layer_types"] : nullptr; lt && lt->is_array())
+    for (json& e : *lt) {
+      const std::string t = e.is_string() ? e.get<std::string>() : std::string();
+      if (t == "linear_attention") e = "mamba";
+      if (t == "full_attention") e = "attention";
+    }
+  // (the MLP is shared_mlp; intermediate_size is the experts' width)
+  j["intermediate_size"] = j.contains("shared_intermediate_size") ? j["shared_intermediate_size"] : json(1024);
+  if (!j.contains("rms_norm_eps")) j["rms_norm_eps"] = 1e-6;  // (GraniteMoeHybridConfig's default)
+}
+
+void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s) {
+  granite_read(j, where, s);
+  const int64_t experts = config::get_int(j, "num_local_experts", where, 8);
+  if (experts != 0)
+    fail(where, "num_local_experts " + std::to_string(experts) +
+                    ": Granite 4.0's mixture-of-experts models (granite-4.0-h-tiny, -h-small) are not supported yet; "
+                    "its dense ones (num_local_experts 0: granite-4.0-h-micro, -h-1b, -h-350m, granite-4.0-micro) are");
+  s.fused_gate_up = true;
+  // (strings compared as std::string: GCC 12 warns falsely on json == "literal")
+  auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
+  const json* pe = config::find_key(j, "position_embedding_type");
+  const std::string pos = text(pe);
+  if (pe && pos != "rope" && pos != "nope")
+    fail(where, "position_embedding_type must be \"rope\", \"nope\" or null, got " + config::shown(*pe));
+  if (pos != "rope") s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
+  // (GraniteMoeHybridConfig's default: every layer a Mamba layer)
+  std::vector<bool> mamba = config::layer_type_flags(j, s.n_layers, where, "mamba", "attention")
+                                .value_or(std::vector<bool>(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true));
+  if (std::find(mamba.begin(), mamba.end(), true) == mamba.end()) return;
+  s.linear_attn_layers = std::move(mamba);
+  s.la_mamba2 = true;
+  const int64_t expand = config::get_int(j, "mamba_expand", where, 2);
+  if (expand <= 0 || expand > 64) fail(where, "mamba_expand must be between 1 and 64, got " + std::to_string(expand));
+  const int64_t inner = expand * s.hidden;
+  s.la_v_heads = config::get_int(j, "mamba_n_heads", where, 128);
+  s.la_k_heads = config::get_int(j, "mamba_n_groups", where, 1);
+  s.la_k_dim = config::get_int(j, "mamba_d_state", where, 256);
+  s.la_conv_kernel = config::get_int(j, "mamba_d_conv", where, 4);
+  if (s.la_v_heads <= 0 || inner % s.la_v_heads != 0)
+    fail(where, "mamba_n_heads (" + std::to_string(s.la_v_heads) + ") must divide mamba_expand * hidden_size (" +
+                    std::to_string(inner) + ")");
+  const json* dh = config::find_key(j, "mamba_d_head");
+  s.la_v_dim = !dh || text(dh) == "auto" ? inner / s.la_v_heads : config::get_int(j, "mamba_d_head", where);
+  if (s.la_v_dim * s.la_v_heads != inner)
+    fail(where, "mamba_d_head (" + std::to_string(s.la_v_dim) + ") times mamba_n_heads (" + std::to_string(s.la_v_heads) +
+                    ") is not mamba_expand * hidden_size (" + std::to_string(inner) + ")");
+  if (s.la_k_heads <= 0 || s.la_v_heads % s.la_k_heads != 0)
+    fail(where, "mamba_n_groups (" + std::to_string(s.la_k_heads) + ") must divide mamba_n_heads (" +
+                    std::to_string(s.la_v_heads) + ")");
+  s.la_conv_bias = config::get_bool(j, "mamba_conv_bias", where, true);
+  s.la_proj_bias = config::get_bool(j, "mamba_proj_bias", where, false);
+  if (const json* lim = config::find_key(j, "time_step_limit")) {
+    const bool pair = lim->is_array() && lim->size() == 2;
+    const double lo = pair ? config::python_float((*lim)[0]).value_or(-1.0) : -1.0;
+    const double hi = pair ? config::python_float((*lim)[1]).value_or(-1.0) : -1.0;
+    if (!(lo >= 0.0 && lo <= hi))
+      fail(where, "time_step_limit must be two increasing non-negative bounds, got " + config::shown(*lim));
+    s.la_dt_min = static_cast<float>(lo);
+    s.la_dt_max = static_cast<float>(hi);
+  }
+}
+
+void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
+  if (!s.fused_gate_up || s.moe() || s.mlp != MlpKind::SwiGLU || s.qk_norm || s.mlp_bias || s.sliding_window > 0 ||
+      (s.hybrid() && !s.la_mamba2))
+    fail("config.json", "not a granitemoehybrid block");
+  const bool rope = s.nope_layers.empty() || std::find(s.nope_layers.begin(), s.nope_layers.end(), false) != s.nope_layers.end();
+  if (rope && !s.nope_layers.empty()) fail("config.json", "granitemoehybrid rotates on every layer or on none");
+  granite_write(s, j);
+  j.erase("mlp_bias");
+  j["shared_intermediate_size"] = s.ffn;
+  j["num_local_experts"] = 0;
+  j["num_experts_per_tok"] = 0;
+  j["position_embedding_type"] = rope ? "rope" : "nope";
+  ordered_json types = ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_is_linear_attn(l) ? "mamba" : "attention");
+  j["layer_types"] = types;
+  if (s.la_mamba2) {
+    j["mamba_expand"] = s.la_value_dim() / s.hidden;
+    j["mamba_n_heads"] = s.la_v_heads;
+    j["mamba_n_groups"] = s.la_k_heads;
+    j["mamba_d_state"] = s.la_k_dim;
+    j["mamba_d_head"] = s.la_v_dim;
+    j["mamba_d_conv"] = s.la_conv_kernel;
+    j["mamba_conv_bias"] = s.la_conv_bias;
+    j["mamba_proj_bias"] = s.la_proj_bias;
+    if (s.la_value_dim() % s.hidden != 0)
+      fail("config.json", "a Mamba inner width that is no multiple of hidden_size cannot be written as mamba_expand");
+    if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out: JSON has no infinity)
+      if (std::isinf(s.la_dt_max)) fail("config.json", "a time_step_limit with an infinite bound and a lower bound above 0");
+      j["time_step_limit"] = {s.la_dt_min, s.la_dt_max};
+    }
+  } else {  // (no Mamba layers: sizes transformers' validation accepts)
+    j["mamba_expand"] = 1;
+    j["mamba_n_heads"] = 1;
+    j["mamba_d_head"] = s.hidden;
+  }
+}
+
 }  // namespace
 
 const ModelFamily kGranite{"granite", "GraniteForCausalLM", "granite", 0, 2048, 10000.0f, false, false,
@@ -108,6 +222,21 @@ const ModelFamily kGranite{"granite", "GraniteForCausalLM", "granite", 0, 2048, 
 constexpr HfRename kGraniteMoeRenames[] = {{".block_sparse_moe.input_linear.weight.", ".mlp.experts.gate_up_proj."},
                                            {".block_sparse_moe.output_linear.weight.", ".mlp.experts.down_proj."},
                                            {".block_sparse_moe.router.layer.", ".mlp.gate."}};
+// Granite 4.0's files: the Mamba layers under mamba. (in_proj in the DeltaNet's in_proj_qkv
+// slot), the MLP under shared_mlp (input_linear = gate_up_proj).
+constexpr HfRename kGraniteMoeHybridRenames[] = {{".mamba.", ".linear_attn."},
+                                                 {".linear_attn.in_proj.", ".linear_attn.in_proj_qkv."},
+                                                 {".shared_mlp.input_linear.", ".mlp.gate_up_proj."},
+                                                 {".shared_mlp.output_linear.", ".mlp.down_proj."}};
+const ModelFamily kGraniteMoeHybrid = [] {
+  ModelFamily f{"granitemoehybrid", "GraniteMoeHybridForCausalLM", "", 0, 2048, 10000.0f, false, false,
+                granitemoehybrid_read, granitemoehybrid_write, nullptr};
+  f.hf_renames = kGraniteMoeHybridRenames;
+  f.normalize_config = granitemoehybrid_normalize;
+  f.no_gguf_reason = "llama.cpp's granitehybrid GGUFs are not read or written here yet";
+  return f;
+}();
+
 const ModelFamily kGraniteMoe = [] {
   ModelFamily f{"granitemoe", "GraniteMoeForCausalLM", "granitemoe", 0, 4096, 10000.0f, false, false, granitemoe_read,
                 granitemoe_write, granitemoe_gguf};

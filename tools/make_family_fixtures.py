@@ -365,6 +365,23 @@ FAMILIES = {
                                                         attention_multiplier=0.2, residual_multiplier=0.4,
                                                         logits_scaling=2.5, tie_word_embeddings=True,
                                                         _ssm_random=True)),
+    # Granite 4.0-H with experts (granite-4.0-h-tiny / -h-small's block): granitemoe's router (softmax over
+    # the top 2 of 4 logits) and fused experts of 32 beside the shared_mlp (48 wide, ungated); here with
+    # the rotary (position_embedding_type "rope", granite-4.0-micro's) so that both position forms meet
+    # transformers. PEFT 0.21's all-linear adapts the Linears; the adapter adds the experts and router.
+    "granitemoehybrid_moe": ("GraniteMoeHybridConfig", dict(num_hidden_layers=3, layer_types=["mamba", "attention", "mamba"],
+                                                            num_local_experts=4, num_experts_per_tok=2, intermediate_size=32,
+                                                            shared_intermediate_size=48, position_embedding_type="rope",
+                                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                                            mamba_n_heads=4, mamba_n_groups=1, mamba_d_state=16,
+                                                            mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=8,
+                                                            embedding_multiplier=3.0, attention_multiplier=0.2,
+                                                            residual_multiplier=0.4, logits_scaling=2.5,
+                                                            tie_word_embeddings=False, _ssm_random=True,
+                                                            _target_parameters=["block_sparse_moe.experts.gate_up_proj",
+                                                                                "block_sparse_moe.experts.down_proj",
+                                                                                "block_sparse_moe.router.weight"],
+                                                            _moe=True)),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -1806,7 +1823,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid")
+                "granitemoehybrid", "granitemoehybrid_moe")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -129,8 +129,9 @@ void ModelSpec::validate(const std::string& where) const {
                       "), got " + std::to_string(experts_per_token));
     if (expert_ffn <= 0 || expert_ffn > kMax)
       fail(where, "expert MLP size must be positive, got " + std::to_string(expert_ffn));
-    if ((mlp != MlpKind::SwiGLU && !(moe_gemma4 && mlp == MlpKind::GeGLU)) || fused_gate_up || parallel_residual ||
-        post_norm || mlp_bias)
+    // (fused_gate_up: Granite 4.0's shared expert, shared_mlp.input_linear)
+    if ((mlp != MlpKind::SwiGLU && !(moe_gemma4 && mlp == MlpKind::GeGLU)) ||
+        (fused_gate_up && !(moe_granite && shared_expert)) || parallel_residual || post_norm || mlp_bias)
       fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts (GeGLU: Gemma 4's) on a "
                   "sequential pre-norm block");
     if (moe_gemma4 && (!moe_fused_experts || shared_expert || !sandwich_norms || moe_gpt_oss))
@@ -171,7 +172,8 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "routed_scaling_factor must be positive and finite");
     if (moe_routed_scale != 1.0f && !moe_sigmoid_router && !moe_softmax_f32)
       fail(where, "routed_scaling_factor is built for DeepSeek's routers (and GLM-4.5's) only");
-    if (moe_granite && shared_expert) fail(where, "Granite MoE has no shared expert");
+    if (moe_granite && shared_expert && (shared_expert_gate || !fused_gate_up))
+      fail(where, "Granite MoE's shared expert (Granite 4.0's shared_mlp) is ungated and fused (input_linear)");
     if (moe_biased_softmax && (moe_sigmoid_router || moe_gemma4 || moe_gpt_oss || !(moe_norm_min >= 0.0f)))
       fail(where, "ERNIE 4.5's router (a float32 softmax with a score bias) takes no other routing");
   } else if (shared_expert) {
@@ -314,7 +316,10 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
   }
   if (mlp == MlpKind::Plain) l[4] = absent;  // up, act, down: no gate
   if (moe() && !moe_gemma4) {  // the experts are not among the seven; the shared expert is (Gemma 4: its dense MLP)
-    if (shared_expert) {
+    if (shared_expert && fused_gate_up) {  // (Granite 4.0's shared_mlp: input_linear = gate | up)
+      l[4].module = "mlp.shared_expert.gate_up_proj";
+      l[6].module = "mlp.shared_expert.down_proj";
+    } else if (shared_expert) {
       l[4].module = "mlp.shared_expert.gate_proj";
       l[5].module = "mlp.shared_expert.up_proj";
       l[6].module = "mlp.shared_expert.down_proj";

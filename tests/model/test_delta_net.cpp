@@ -525,5 +525,6 @@ TEST_P(HybridModel, PackedExamplesTrainAsAlone) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe", "granitemoehybrid"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe", "granitemoehybrid",
+                                                                      "granitemoehybrid_moe"),
                          [](const auto& info) { return std::string(info.param); });

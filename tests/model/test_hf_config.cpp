@@ -585,7 +585,7 @@ TEST(HfConfig, Lfm2PublishedConfig) {
 }
 
 // granite-4.0-h-350m's published config (Mamba2 layers, attention on 4 of 32 without positions,
-// the MLP fused under shared_mlp), read to transformers' parameter count (AutoModelForCausalLM
+// the MLP fused under shared_mlp; dense), read to transformers' parameter count (AutoModelForCausalLM
 // on the meta device: 340,332,224), and the spellings the family accepts or refuses.
 TEST(HfConfig, GraniteMoeHybridPublishedConfig) {
   const char* cfg = R"({"architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid", "attention_bias": false, "attention_multiplier": 0.015625, "embedding_multiplier": 12, "eos_token_id": 100257, "hidden_size": 768, "intermediate_size": 2048, "logits_scaling": 3, "layer_types": ["mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "attention", "mamba", "mamba", "attention", "mamba", "mamba", "mamba", "attention", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "mamba", "attention", "mamba", "mamba", "mamba", "mamba"], "mamba_conv_bias": true, "mamba_d_conv": 4, "mamba_d_head": 32, "mamba_d_state": 128, "mamba_n_groups": 1, "mamba_n_heads": 48, "mamba_proj_bias": false, "max_position_embeddings": 32768, "num_attention_heads": 12, "num_experts_per_tok": 0, "num_hidden_layers": 32, "num_key_value_heads": 4, "num_local_experts": 0, "position_embedding_type": "nope", "residual_multiplier": 0.246, "rms_norm_eps": 1e-05, "rope_theta": 10000, "shared_intermediate_size": 2048, "tie_word_embeddings": true, "vocab_size": 100352})";
@@ -640,7 +640,17 @@ TEST(HfConfig, GraniteMoeHybridPublishedConfig) {
     }
     return std::string();
   };
-  EXPECT_NE(err(R"({"num_local_experts": 64})").find("not supported yet"), std::string::npos);
+  // with experts (granite-4.0-h-tiny's form: 64 of intermediate_size routing 6, the shared_mlp beside
+  // them): transformers' count on the meta device, 2,757,824,192
+  const ModelSpec moe = spec_from_hf_config(with(R"({"num_local_experts": 64, "num_experts_per_tok": 6, "intermediate_size": 512})"),
+                                            "config.json");
+  EXPECT_EQ(moe.num_params(), 2757824192);
+  EXPECT_TRUE(moe.moe_granite);
+  EXPECT_TRUE(moe.shared_expert);
+  EXPECT_FALSE(moe.shared_expert_gate);
+  EXPECT_EQ(moe.expert_ffn, 512);
+  EXPECT_EQ(moe.ffn, 2048);
+  EXPECT_NE(err(R"({"num_local_experts": 4, "num_experts_per_tok": 5})").find("num_experts_per_tok"), std::string::npos);
   EXPECT_NE(err(R"({"position_embedding_type": "alibi"})").find("position_embedding_type"), std::string::npos);
   EXPECT_NE(err(R"({"mamba_n_heads": 50})").find("mamba_n_heads"), std::string::npos);
   EXPECT_NE(err(R"({"mamba_n_groups": 5})").find("mamba_n_groups"), std::string::npos);

@@ -107,6 +107,8 @@ void granitemoe_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
 // (ModelSpec::la_mamba2; mamba.in_proj, conv1d with its bias, A_log, dt_bias, D, the gated group
 // norm, out_proj) instead of attention. position_embedding_type "rope" rotates; anything else
 // (the -H models' "nope", the config class's null) leaves positions to the Mamba layers.
+// With num_local_experts > 0 (granite-4.0-h-tiny, -h-small) the MLP is granitemoe's router and
+// fused experts of intermediate_size plus shared_mlp as an ungated shared expert.
 // Transformers 5's spelling of layer_types ("linear_attention", "full_attention") is read too,
 // and layers_block_type, its old key.
 void granitemoehybrid_normalize(json& j) {
@@ -117,19 +119,28 @@ void granitemoehybrid_normalize(json& j) {
       if (t == "linear_attention") e = "mamba";
       if (t == "full_attention") e = "attention";
     }
-  // (the MLP is shared_mlp; intermediate_size is the experts' width)
-  j["intermediate_size"] = j.contains("shared_intermediate_size") ? j["shared_intermediate_size"] : json(1024);
+  if (!j.contains("intermediate_size")) j["intermediate_size"] = 11008;  // (the experts' width; the MLP's: shared_intermediate_size)
   if (!j.contains("rms_norm_eps")) j["rms_norm_eps"] = 1e-6;  // (GraniteMoeHybridConfig's default)
 }
 
 void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s) {
   granite_read(j, where, s);
-  const int64_t experts = config::get_int(j, "num_local_experts", where, 8);
-  if (experts != 0)
-    fail(where, "num_local_experts " + std::to_string(experts) +
-                    ": Granite 4.0's mixture-of-experts models (granite-4.0-h-tiny, -h-small) are not supported yet; "
-                    "its dense ones (num_local_experts 0: granite-4.0-h-micro, -h-1b, -h-350m, granite-4.0-micro) are");
+  if (s.mlp_bias) fail(where, "mlp_bias: Granite 4.0's MLPs have no biases");
+  const int64_t experts_ffn = s.ffn;
+  s.ffn = config::get_int(j, "shared_intermediate_size", where, 1024);
   s.fused_gate_up = true;
+  const int64_t experts = config::get_int(j, "num_local_experts", where, 8);
+  if (experts < 0) fail(where, "num_local_experts must not be negative");
+  if (experts > 0) {  // (granite-4.0-h-tiny, -h-small: granitemoe's experts and router beside shared_mlp)
+    s.n_experts = experts;
+    s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 2);
+    if (s.experts_per_token <= 0 || s.experts_per_token > s.n_experts)
+      fail(where, "num_experts_per_tok must be between 1 and num_local_experts");
+    granitemoe_block(s);
+    s.expert_ffn = experts_ffn;
+    s.shared_expert = true;
+    s.shared_expert_gate = false;
+  }
   // (strings compared as std::string: GCC 12 warns falsely on json == "literal")
   auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
   const json* pe = config::find_key(j, "position_embedding_type");
@@ -175,16 +186,18 @@ void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s
 }
 
 void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
-  if (!s.fused_gate_up || s.moe() || s.mlp != MlpKind::SwiGLU || s.qk_norm || s.mlp_bias || s.sliding_window > 0 ||
-      (s.hybrid() && !s.la_mamba2))
+  if (!s.fused_gate_up || s.mlp != MlpKind::SwiGLU || s.qk_norm || s.mlp_bias || s.sliding_window > 0 ||
+      (s.hybrid() && !s.la_mamba2) ||
+      (s.moe() && (!s.moe_granite || !s.shared_expert || s.shared_expert_gate || s.has_dense_mlp_layers())))
     fail("config.json", "not a granitemoehybrid block");
   const bool rope = s.nope_layers.empty() || std::find(s.nope_layers.begin(), s.nope_layers.end(), false) != s.nope_layers.end();
   if (rope && !s.nope_layers.empty()) fail("config.json", "granitemoehybrid rotates on every layer or on none");
   granite_write(s, j);
   j.erase("mlp_bias");
   j["shared_intermediate_size"] = s.ffn;
-  j["num_local_experts"] = 0;
-  j["num_experts_per_tok"] = 0;
+  j["intermediate_size"] = s.moe() ? s.expert_ffn : s.ffn;
+  j["num_local_experts"] = s.moe() ? s.n_experts : 0;
+  j["num_experts_per_tok"] = s.moe() ? s.experts_per_token : 0;
   j["position_embedding_type"] = rope ? "rope" : "nope";
   ordered_json types = ordered_json::array();
   for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_is_linear_attn(l) ? "mamba" : "attention");
@@ -223,15 +236,29 @@ constexpr HfRename kGraniteMoeRenames[] = {{".block_sparse_moe.input_linear.weig
                                            {".block_sparse_moe.output_linear.weight.", ".mlp.experts.down_proj."},
                                            {".block_sparse_moe.router.layer.", ".mlp.gate."}};
 // Granite 4.0's files: the Mamba layers under mamba. (in_proj in the DeltaNet's in_proj_qkv
-// slot), the MLP under shared_mlp (input_linear = gate_up_proj).
+// slot), the MLP under shared_mlp (input_linear = gate_up_proj) -- with experts, the shared
+// expert beside granitemoe's experts and router.
 constexpr HfRename kGraniteMoeHybridRenames[] = {{".mamba.", ".linear_attn."},
                                                  {".linear_attn.in_proj.", ".linear_attn.in_proj_qkv."},
                                                  {".shared_mlp.input_linear.", ".mlp.gate_up_proj."},
                                                  {".shared_mlp.output_linear.", ".mlp.down_proj."}};
+constexpr HfRename kGraniteMoeHybridMoeRenames[] = {
+    {".mamba.", ".linear_attn."},
+    {".linear_attn.in_proj.", ".linear_attn.in_proj_qkv."},
+    {".shared_mlp.input_linear.", ".mlp.shared_expert.gate_up_proj."},
+    {".shared_mlp.output_linear.", ".mlp.shared_expert.down_proj."},
+    {".block_sparse_moe.input_linear.weight.", ".mlp.experts.gate_up_proj."},
+    {".block_sparse_moe.output_linear.weight.", ".mlp.experts.down_proj."},
+    {".block_sparse_moe.router.layer.", ".mlp.gate."}};
+std::span<const HfRename> granitemoehybrid_renames(const ModelSpec& s) {
+  if (s.moe()) return kGraniteMoeHybridMoeRenames;
+  return kGraniteMoeHybridRenames;
+}
 const ModelFamily kGraniteMoeHybrid = [] {
   ModelFamily f{"granitemoehybrid", "GraniteMoeHybridForCausalLM", "", 0, 2048, 10000.0f, false, false,
                 granitemoehybrid_read, granitemoehybrid_write, nullptr};
   f.hf_renames = kGraniteMoeHybridRenames;
+  f.renames_for = granitemoehybrid_renames;
   f.normalize_config = granitemoehybrid_normalize;
   f.no_gguf_reason = "llama.cpp's granitehybrid GGUFs are not read or written here yet";
   return f;

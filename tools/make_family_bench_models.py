@@ -181,6 +181,19 @@ FAMILIES = {
                                        layer_types=["conv", "conv", "full_attention", "conv", "conv", "full_attention",
                                                     "conv", "full_attention"],
                                        max_position_embeddings=2048, tie_word_embeddings=True)),
+    # Granite 4.0-H (granite-4.0-h-350m's block) at that size: Mamba2 layers (16 heads of 64, one group,
+    # a state of 128, 4 taps) with attention on 1 layer of 8 (the released models' ratio) without
+    # positions, the shared_mlp 1408 wide, granite-4.0-h-350m's multipliers, tied head.
+    "granitemoehybrid": ("GraniteMoeHybridConfig", dict(hidden_size=512, shared_intermediate_size=1408,
+                                                        intermediate_size=1408, num_hidden_layers=8,
+                                                        num_attention_heads=8, num_key_value_heads=4,
+                                                        num_local_experts=0, position_embedding_type="nope",
+                                                        layer_types=["mamba"] * 5 + ["attention"] + ["mamba"] * 2,
+                                                        mamba_n_heads=16, mamba_n_groups=1, mamba_d_state=128,
+                                                        mamba_d_conv=4, mamba_expand=2, embedding_multiplier=12.0,
+                                                        attention_multiplier=0.015625, residual_multiplier=0.246,
+                                                        logits_scaling=3.0, max_position_embeddings=2048,
+                                                        tie_word_embeddings=True)),
 }
 
 

@@ -358,7 +358,8 @@ FAMILIES = {
     # tokens so that transformers' chunked scan crosses chunks. A_log, dt_bias and D drawn at
     # random (_ssm_random: their init is 1..H, ones and ones).
     "granitemoehybrid": ("GraniteMoeHybridConfig", dict(num_hidden_layers=3, layer_types=["mamba", "attention", "mamba"],
-                                                        num_local_experts=0, shared_intermediate_size=96,
+                                                        num_local_experts=0, num_experts_per_tok=0,
+                                                        shared_intermediate_size=96,
                                                         position_embedding_type="nope", mamba_n_heads=4,
                                                         mamba_n_groups=2, mamba_d_state=8, mamba_d_conv=4,
                                                         mamba_expand=2, mamba_chunk_size=8, embedding_multiplier=3.0,
@@ -866,7 +867,8 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "exaone4_nowin": "exaone4", "glm4": "glm4",
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
-             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4"}
+             "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
+             "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid"}
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1291,6 +1293,94 @@ def write_gguf_qwen35(model, path: Path, arch: str = "qwen35"):
     _finish(w)
 
 
+def write_gguf_granitehybrid(model, path: Path):
+    """As llama.cpp's converter writes Granite 4.0 (conversion/granite.py: GraniteHybridModel, with
+    Mamba2Model's tensors): head_count_kv one value per layer, 0 on the Mamba layers; the ssm.* sizes
+    (time_step_rank = the heads); granite's four multipliers; feed_forward_length the HF
+    intermediate_size, expert_count / expert_used_count as configured and the shared_mlp's width as
+    expert_shared_feed_forward_length; rope.scaling.finetuned false without positions (the converter
+    writes false for every hybrid: our _moe fixture rotates, which llama.cpp's loader honours with
+    true) and the context then 2**20; q/k rows permuted as its llama converter does; ssm_a =
+    -exp(A_log) and ssm_d as (heads, 1), ssm_norm as (groups, inner / groups), the conv taps squeezed;
+    shared_mlp.input_linear split into ffn_gate / ffn_up (_shexp beside experts)."""
+    import gguf
+    import numpy as np
+    c = model.config
+    mamba = [t in ("mamba", "linear_attention") for t in c.layer_types]
+    rope = c.position_embedding_type == "rope"
+    moe = c.num_local_experts > 0
+    w = gguf.GGUFWriter(str(path), "granitehybrid")
+    w.add_context_length(c.max_position_embeddings if rope else 2 ** 20)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv([0 if m else c.num_key_value_heads for m in mamba])
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_rope_scaling_finetuned(rope)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_attention_scale(c.attention_multiplier)
+    w.add_embedding_scale(c.embedding_multiplier)
+    w.add_residual_scale(c.residual_multiplier)
+    w.add_logit_scale(c.logits_scaling)
+    w.add_expert_count(c.num_local_experts)
+    w.add_expert_used_count(c.num_experts_per_tok)
+    w.add_expert_shared_feed_forward_length(c.shared_intermediate_size)
+    w.add_ssm_conv_kernel(c.mamba_d_conv)
+    w.add_ssm_state_size(c.mamba_d_state)
+    w.add_ssm_group_count(c.mamba_n_groups)
+    w.add_ssm_inner_size(c.mamba_expand * c.hidden_size)
+    w.add_ssm_time_step_rank(c.mamba_n_heads)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+
+    def permute(t, n_head):  # (LlamaModel.permute)
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+    shexp = "_shexp" if moe else ""
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "mamba.in_proj": "ssm_in", "mamba.conv1d": "ssm_conv1d", "mamba.norm": "ssm_norm",
+             "mamba.out_proj": "ssm_out", "shared_mlp.output_linear": "ffn_down" + shexp}
+    ng, inner = c.mamba_n_groups, c.mamba_expand * c.hidden_size
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if _add_fused_experts(w, layer, rest.removeprefix("block_sparse_moe."), t):
+            continue
+        if rest == "block_sparse_moe.router.weight":
+            w.add_tensor(f"blk.{layer}.ffn_gate_inp.weight", np.ascontiguousarray(t))
+            continue
+        if rest == "mamba.A_log":
+            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t).reshape(-1, 1)))
+            continue
+        if rest == "mamba.D":
+            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t.reshape(-1, 1)))
+            continue
+        if rest == "mamba.dt_bias":
+            w.add_tensor(f"blk.{layer}.ssm_dt.bias", np.ascontiguousarray(t))
+            continue
+        if rest == "shared_mlp.input_linear.weight":
+            F = t.shape[0] // 2
+            w.add_tensor(f"blk.{layer}.ffn_gate{shexp}.weight", np.ascontiguousarray(t[:F]))
+            w.add_tensor(f"blk.{layer}.ffn_up{shexp}.weight", np.ascontiguousarray(t[F:]))
+            continue
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == "mamba.conv1d" and suffix == "weight":
+            t = t.reshape(t.shape[0], t.shape[2])
+        elif mod == "mamba.norm":
+            t = t.reshape(ng, inner // ng)
+        elif mod == "self_attn.q_proj":
+            t = permute(t, c.num_attention_heads)
+        elif mod == "self_attn.k_proj":
+            t = permute(t, c.num_key_value_heads)
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
 def write_gguf_lfm2(model, path: Path, arch: str = "lfm2"):
     """As llama.cpp's converter writes LFM2 (conversion/lfm2.py: LFM2Model): head_count_kv one
     value per layer, 0 on the short-conv layers; shortconv.l_cache; feed_forward_length the MLP's
@@ -1558,6 +1648,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_gemma4(model, path)
     if arch in ("lfm2", "lfm2moe"):
         return write_gguf_lfm2(model, path, arch)
+    if arch == "granitehybrid":
+        return write_gguf_granitehybrid(model, path)
     import gguf
     import numpy as np
     c = model.config

@@ -238,6 +238,9 @@ struct GgufLlamaHParams {
   // {arch}.rope.scaling.type ("none", "linear", "yarn"), .factor, .original_context_length;
   // llama3-style scaling arrives as the tensor rope_freqs.weight instead (model_loader).
   std::string rope_scaling_type = "none";
+  // {arch}.rope.scaling.finetuned (default true): false is how llama.cpp's granitehybrid marks a
+  // model without rotary positions (Granite 4.0-H's "nope").
+  bool rope_finetuned = true;
   float rope_scaling_factor = 1.0f;
   int64_t rope_scaling_original_context = 0;
   float rope_scaling_attn_factor = 0.0f;  // {arch}.rope.scaling.attn_factor (phi3 longrope; 0: absent)

@@ -221,8 +221,9 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     if (!ffn_default && f.has(a + k)) ffn_default = size_key(a + k, std::nullopt);
   hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
   hp.num_heads = size_key(a + "attention.head_count", std::nullopt);
-  if (f.has(a + "shortconv.l_cache")) {  // (lfm2: head_count_kv 0 marks its short-conv layers)
-    hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
+  // (lfm2: head_count_kv 0 marks its short-conv layers; granitehybrid: its Mamba layers)
+  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid") {
+    if (f.has(a + "shortconv.l_cache")) hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
     const GgufValue* v = f.find(a + "attention.head_count_kv");
     if (v && v->type == GgufValueType::ARRAY) {
       const std::vector<int64_t> vals = f.get_int_array(a + "attention.head_count_kv");
@@ -237,7 +238,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
         hp.recurrent_layers.push_back(x == 0);
         if (x != 0 && hp.num_kv_heads != 0 && x != hp.num_kv_heads)
           fail(f.path(), "the attention layers' head_count_kv differ (" + std::to_string(hp.num_kv_heads) + ", " +
-                             std::to_string(x) + "); LFM2's share one");
+                             std::to_string(x) + "); LFM2's and Granite 4.0's share one");
         if (x != 0) hp.num_kv_heads = x;
       }
       if (hp.num_kv_heads == 0) hp.num_kv_heads = hp.num_heads;  // (no attention layer at all)
@@ -316,6 +317,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   if (hp.rope_theta_swa < 0 || !std::isfinite(hp.rope_theta_swa))
     fail(f.path(), "metadata key " + gguf_quote(a + "rope.freq_base_swa") + " must be positive");
   hp.rope_scaling_type = std::string(f.get_string_or(a + "rope.scaling.type", "none"));
+  hp.rope_finetuned = f.get_bool_or(a + "rope.scaling.finetuned", true);
   hp.rope_scaling_factor = f.get_f32_or(a + "rope.scaling.factor", f.get_f32_or(a + "rope.scale_linear", 1.0f));
   if (hp.rope_scaling_type == "none" && f.has(a + "rope.scale_linear") && hp.rope_scaling_factor != 1.0f)
     hp.rope_scaling_type = "linear";  // the older key
@@ -419,6 +421,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "granitemoe" ||
+                        hp.architecture == "granitehybrid" ||
                         hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
   return hp;

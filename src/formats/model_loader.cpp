@@ -382,6 +382,7 @@ class GgufSource : public TensorSource {
     for (const auto& [layer, parts] : gpt_oss_)
       for (int p = 0; p < 4; ++p) fused_.emplace(fused_expert_name(layer, p), std::pair{layer, p});
     if (hp_.architecture == "qwen3next") index_qwen3next_qkvz();
+    if (hp_.architecture == "granitehybrid") index_granitehybrid_gate_up();
     if (hp_.mla_split) index_deepseek_kv_b();
   }
   const GgufFile& file() const { return file_; }
@@ -421,6 +422,27 @@ class GgufSource : public TensorSource {
   }
   std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> qkvz_;
 
+  // granitehybrid: its converter splits shared_mlp.input_linear (gate rows, then up rows) into
+  // ffn_gate / ffn_up (ffn_gate_shexp / ffn_up_shexp beside experts): presented as the one Linear
+  // again (transformers' and PEFT's module), mlp.gate_up_proj (mlp.shared_expert.gate_up_proj).
+  void index_granitehybrid_gate_up() {
+    for (int64_t l = 0; l < hp_.num_layers; ++l)
+      for (const char* mlp : {"mlp.", "mlp.shared_expert."}) {
+        const std::string p = std::string(mlp);
+        auto gi = index_.find(layer_tensor_name(l, p + "gate_proj")), ui = index_.find(layer_tensor_name(l, p + "up_proj"));
+        if (gi == index_.end() && ui == index_.end()) continue;
+        if (gi == index_.end() || ui == index_.end())
+          fail(file_.path(), "layer " + std::to_string(l) + " has only one of its MLP's gate and up tensors");
+        if (gi->second->shape() != ui->second->shape())
+          fail(file_.path(), "tensors '" + gi->second->name + "' and '" + ui->second->name + "' differ in shape");
+        rows_.emplace(layer_tensor_name(l, p + "gate_up_proj"), std::pair{gi->second, ui->second});
+        index_.erase(gi);
+        index_.erase(ui);
+      }
+  }
+  // Tensors made of two stacked on rows (the first's rows, then the second's).
+  std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> rows_;
+
   // deepseek2 (llama.cpp's MLA form): its converter splits kv_b_proj ((heads, nope + v, kv rank):
   // per head the key's nope rows, then the value's) into attn_k_b, each head's key part
   // transposed ((heads, kv rank, nope)), and attn_v_b ((heads, v, kv rank)): presented as the one
@@ -457,17 +479,22 @@ class GgufSource : public TensorSource {
   }
   std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> kv_b_;
 
+  // llama.cpp's ssm_a holds -exp(A_log) (its Mamba2 and DeltaNet converters both): back to A_log.
+  void a_log_from_llama_cpp(const std::string& name, std::vector<float>& v) const {
+    if (name.ends_with(".linear_attn.A_log"))
+      for (float& x : v) {
+        if (!(x < 0.0f)) fail(file_.path(), "tensor '" + name + "' (ssm_a, -exp(A_log)) holds a value that is not negative");
+        x = std::log(-x);
+      }
+  }
+
   // qwen35 (convert_hf_to_gguf.py's Qwen3_5TextModel) stores the (1 + w) RMSNorms' weights as
   // 1 + w (not the gated DeltaNet's own norm), A_log as -exp(A_log), and the DeltaNet's value
   // heads tiled over the key heads: back to transformers' form.
   void delta_net_from_llama_cpp(const std::string& name, std::vector<float>& v) const {
     if (name.ends_with("norm.weight") && !name.ends_with(".linear_attn.norm.weight"))
       for (float& x : v) x -= 1.0f;
-    if (name.ends_with(".linear_attn.A_log"))
-      for (float& x : v) {
-        if (!(x < 0.0f)) fail(file_.path(), "tensor '" + name + "' (ssm_a, -exp(A_log)) holds a value that is not negative");
-        x = std::log(-x);
-      }
+    a_log_from_llama_cpp(name, v);
     // (qwen3next keeps transformers' grouped value heads: llama.cpp repeats its keys interleaved)
     if (hp_.ssm_group_count <= 0 || hp_.ssm_time_step_rank <= 0 || hp_.architecture == "qwen3next") return;
     DeltaNetHeads h;
@@ -493,11 +520,12 @@ class GgufSource : public TensorSource {
     for (const auto& [k, t] : fused_) n.push_back(k);
     for (const auto& [k, t] : qkvz_) n.push_back(k);
     for (const auto& [k, t] : kv_b_) n.push_back(k);
+    for (const auto& [k, t] : rows_) n.push_back(k);
     return n;
   }
   bool has(const std::string& name) const override {
     return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0 || qkvz_.count(name) != 0 ||
-           kv_b_.count(name) != 0;
+           kv_b_.count(name) != 0 || rows_.count(name) != 0;
   }
   std::vector<int64_t> shape(const std::string& name) const override {
     if (auto f = fused_.find(name); f != fused_.end()) {  // transformers' fused shapes
@@ -522,7 +550,17 @@ class GgufSource : public TensorSource {
       return {a[0] + b[0], a[1]};
     }
     if (kv_b_.count(name)) return {hp_.num_heads * (hp_.head_dim - hp_.rope_dim + hp_.mla_value_dim), hp_.kv_lora_rank};
+    if (auto r = rows_.find(name); r != rows_.end()) {
+      const std::vector<int64_t> a = r->second.first->shape(), b = r->second.second->shape();
+      return {a[0] + b[0], a[1]};
+    }
     std::vector<int64_t> s = info(name).shape();
+    // (granitehybrid's ssm_a and ssm_d, (heads, 1), and ssm_norm, (groups, inner / groups), are
+    // transformers' vectors)
+    if (hp_.architecture == "granitehybrid" && s.size() == 2 &&
+        (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.D") ||
+         name.ends_with(".linear_attn.norm.weight")))
+      return {s[0] * s[1]};
     // (qwen35's conv taps, (channels, kernel) in llama.cpp, are transformers' (channels, 1, kernel))
     if (s.size() == 2 && name.ends_with(".linear_attn.conv1d.weight")) s.insert(s.begin() + 1, 1);
     // (Qwen2-MoE's shared_expert_gate, (1, hidden) in transformers, is one row in llama.cpp)
@@ -542,7 +580,14 @@ class GgufSource : public TensorSource {
     }
     if (auto z = qkvz_.find(name); z != qkvz_.end()) return qwen3next_qkvz(*z->second.first, *z->second.second);
     if (auto kv = kv_b_.find(name); kv != kv_b_.end()) return deepseek_kv_b(*kv->second.first, *kv->second.second);
+    if (auto r = rows_.find(name); r != rows_.end()) {
+      std::vector<float> v = gguf_tensor_to_f32_hf(file_, *r->second.first, hp_);
+      const std::vector<float> b = gguf_tensor_to_f32_hf(file_, *r->second.second, hp_);
+      v.insert(v.end(), b.begin(), b.end());
+      return v;
+    }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
+    if (hp_.architecture == "granitehybrid") a_log_from_llama_cpp(name, v);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
     if ((hp_.architecture == "gemma" || hp_.architecture == "gemma2" || hp_.architecture == "gemma3" ||

@@ -224,6 +224,36 @@ void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
   }
 }
 
+// As llama.cpp runs a granitehybrid GGUF (its converter's GraniteHybridModel): granite's
+// multipliers; the Mamba layers those whose head_count_kv is 0, sized by the ssm.* keys
+// (time_step_rank: the heads; group_count, state_size, inner_size, conv_kernel), always with the
+// conv's bias (its graph adds it); no rotary where rope.scaling.finetuned is false (the -H
+// models); the MLP split into ffn_gate / ffn_up (read back fused); with experts,
+// feed_forward_length is theirs and expert_shared_feed_forward_length the shared_mlp's.
+void granitehybrid_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  granite_gguf(hp, s);
+  s.fused_gate_up = true;
+  if (hp.expert_count > 0) {
+    granitemoe_block(s);
+    s.expert_ffn = hp.intermediate_size;
+    s.ffn = hp.expert_shared_ffn > 0 ? hp.expert_shared_ffn : hp.intermediate_size;
+    s.shared_expert = true;
+    s.shared_expert_gate = false;
+  }
+  if (!hp.rope_finetuned) s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
+  if (std::find(hp.recurrent_layers.begin(), hp.recurrent_layers.end(), true) == hp.recurrent_layers.end()) return;
+  if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_group_count <= 0 || hp.ssm_state_size <= 0)
+    fail(hp.path, "a granitehybrid GGUF with Mamba layers (head_count_kv 0) but without its ssm.* sizes");
+  s.linear_attn_layers = hp.recurrent_layers;
+  s.la_mamba2 = true;
+  s.la_conv_bias = true;
+  s.la_v_heads = hp.ssm_time_step_rank;
+  s.la_v_dim = hp.ssm_inner_size / hp.ssm_time_step_rank;
+  s.la_k_heads = hp.ssm_group_count;
+  s.la_k_dim = hp.ssm_state_size;
+  s.la_conv_kernel = hp.ssm_conv_kernel;
+}
+
 }  // namespace
 
 const ModelFamily kGranite{"granite", "GraniteForCausalLM", "granite", 0, 2048, 10000.0f, false, false,
@@ -250,17 +280,26 @@ constexpr HfRename kGraniteMoeHybridMoeRenames[] = {
     {".block_sparse_moe.input_linear.weight.", ".mlp.experts.gate_up_proj."},
     {".block_sparse_moe.output_linear.weight.", ".mlp.experts.down_proj."},
     {".block_sparse_moe.router.layer.", ".mlp.gate."}};
+// llama.cpp's names of the Mamba layers' tensors (its converter's tensor map; ssm_a holds
+// -exp(A_log), ssm_norm is (groups, inner / groups), ssm_a and ssm_d (heads, 1)).
+constexpr GgufLayerName kGraniteHybridGgufNames[] = {{"ssm_in", "linear_attn.in_proj_qkv"},
+                                                    {"ssm_conv1d", "linear_attn.conv1d"},
+                                                    {"ssm_norm", "linear_attn.norm"},
+                                                    {"ssm_out", "linear_attn.out_proj"}};
+constexpr GgufLayerName kGraniteHybridGgufParams[] = {
+    {"ssm_a", "linear_attn.A_log"}, {"ssm_d", "linear_attn.D"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
 std::span<const HfRename> granitemoehybrid_renames(const ModelSpec& s) {
   if (s.moe()) return kGraniteMoeHybridMoeRenames;
   return kGraniteMoeHybridRenames;
 }
 const ModelFamily kGraniteMoeHybrid = [] {
-  ModelFamily f{"granitemoehybrid", "GraniteMoeHybridForCausalLM", "", 0, 2048, 10000.0f, false, false,
-                granitemoehybrid_read, granitemoehybrid_write, nullptr};
+  ModelFamily f{"granitemoehybrid", "GraniteMoeHybridForCausalLM", "granitehybrid", 0, 2048, 10000.0f, false, false,
+                granitemoehybrid_read, granitemoehybrid_write, granitehybrid_gguf};
   f.hf_renames = kGraniteMoeHybridRenames;
   f.renames_for = granitemoehybrid_renames;
   f.normalize_config = granitemoehybrid_normalize;
-  f.no_gguf_reason = "llama.cpp's granitehybrid GGUFs are not read or written here yet";
+  f.gguf_layer_names = kGraniteHybridGgufNames;
+  f.gguf_layer_params = kGraniteHybridGgufParams;
   return f;
 }();
 

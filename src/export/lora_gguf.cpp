@@ -40,7 +40,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_string("general.name", std::filesystem::path(out_path).stem().string());
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "smollm3" || arch == "olmo" ||
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   // llama.cpp scales every adapted tensor by alpha / (its lora_a's rank): a layer of another
   // rank or alpha (the experts' gate_up_proj under PEFT's all-linear: 2r, 2 alpha) gets the
@@ -120,6 +120,28 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
           std::vector<float> b;
           for (int64_t r : pick)
             for (int64_t i = r * lp->r; i < (r + 1) * lp->r; ++i) b.push_back(lp->B[static_cast<size_t>(i)] * f);
+          return encode_float_tensor(b, type);
+        });
+      }
+      ++n;
+      continue;
+    }
+    if (arch == "granitehybrid" && (canonical.ends_with(".mlp.gate_up_proj") ||
+                                    canonical.ends_with(".mlp.shared_expert.gate_up_proj"))) {
+      // Granite 4.0's shared_mlp.input_linear goes to llama.cpp as ffn_gate and ffn_up (_shexp beside
+      // experts; merge_gguf.cpp): the same A for both, B's gate rows [0, F) and up rows [F, 2F).
+      const std::string blk = "blk." + canonical.substr(std::string("model.layers.").size(),
+                                                        canonical.find(".mlp.") - std::string("model.layers.").size());
+      const std::string sfx = spec.moe() ? "_shexp" : "";
+      const LoraLayer* lp = &L;
+      const float f = b_factor(L);
+      const int64_t F = L.out / 2;
+      for (int half = 0; half < 2; ++half) {
+        const std::string g = blk + (half ? ".ffn_up" : ".ffn_gate") + sfx + ".weight";
+        w.add_tensor(g + ".lora_a", type, {L.r, L.in}, [lp, type] { return encode_float_tensor(lp->A, type); });
+        w.add_tensor(g + ".lora_b", type, {F, L.r}, [lp, type, half, F, f] {
+          std::vector<float> b(lp->B.begin() + half * F * lp->r, lp->B.begin() + (half + 1) * F * lp->r);
+          for (float& v : b) v *= f;
           return encode_float_tensor(b, type);
         });
       }

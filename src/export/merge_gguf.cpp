@@ -169,7 +169,18 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   } else if (s.moe_llama4 || s.qk_l2_norm || s.window_chunked) {
     fail(out_path, "a " + arch + " GGUF cannot carry Llama 4's router, q/k norms or chunked attention");
   }
-  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4) || arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
+  const bool granitehybrid = arch == "granitehybrid";
+  if (granitehybrid) {  // what llama.cpp's granitehybrid graph runs (families/granite.cpp's reader lists it)
+    bool uniform = true;
+    for (int64_t l = 0; l < s.n_layers; ++l) uniform = uniform && s.layer_rotates(l) == s.layer_rotates(0);
+    if (!uniform) fail(out_path, "llama.cpp's granitehybrid rotates on every layer or on none; this model mixes");
+    if (s.hybrid() && (!s.la_mamba2 || !s.la_conv_bias || s.la_proj_bias || s.la_value_dim() != 2 * s.hidden ||
+                       s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)))
+      fail(out_path, "llama.cpp's granitehybrid runs Mamba2 layers of twice the hidden width with a conv bias, no "
+                     "projection biases and no time_step_limit; this model differs: no GGUF form");
+  }
+  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4 && !granitehybrid) ||
+      arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
     bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
     for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
     if (!every_fourth)
@@ -189,7 +200,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   // llama.cpp's Gemma graphs take RMSNorm weights as 1 + w (convert_hf_to_gguf.py adds it).
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "smollm3" || arch == "olmo" ||
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" ||
+                          arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   const bool deepseek2 = arch == "deepseek2";
   // (dots1: GLM-4.5's router and shared experts beside Qwen3's attention)
@@ -243,6 +255,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                    "this model differs: no GGUF form");
   if (s.moe() && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe") {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
+                      granitehybrid ||
                       arch == "hunyuan-moe" ||
                       arch == "qwen3next" || arch == "gemma4" || arch == "ernie4_5-moe";
     if (s.norm_topk != norm)
@@ -290,14 +303,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     for (int64_t l = 0; l < s.n_layers; ++l) ffn.push_back(static_cast<int32_t>(s.layer_ffn(l)));
     w.set_i32_array(a + "feed_forward_length", ffn);
   } else {
-    w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(s.ffn));
+    // (granitehybrid with experts: HF's intermediate_size, the experts' width)
+    w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(granitehybrid && s.moe() ? s.expert_ffn : s.ffn));
   }
   w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
   if (gemma4 && s.attention_geometry(true).kv_heads != s.n_kv_heads) {
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
-  } else if (lfm2_arch && s.hybrid()) {  // (as LFM2Model writes it: 0 on the short-conv layers)
+  } else if ((lfm2_arch || granitehybrid) && s.hybrid()) {  // (as LFM2Model, GraniteHybridModel write it: 0 on the conv / Mamba layers)
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(s.layer_is_linear_attn(l) ? 0 : static_cast<int32_t>(s.n_kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
@@ -305,6 +319,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
   if (lfm2_arch) w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
+  if (granitehybrid) {  // as convert_hf_to_gguf.py's GraniteHybridModel
+    if (s.hybrid()) {
+      w.set_u32(a + "ssm.conv_kernel", static_cast<uint32_t>(s.la_conv_kernel));
+      w.set_u32(a + "ssm.state_size", static_cast<uint32_t>(s.la_k_dim));
+      w.set_u32(a + "ssm.group_count", static_cast<uint32_t>(s.la_k_heads));
+      w.set_u32(a + "ssm.time_step_rank", static_cast<uint32_t>(s.la_v_heads));
+      w.set_u32(a + "ssm.inner_size", static_cast<uint32_t>(s.la_value_dim()));
+    }
+    w.set_bool(a + "rope.scaling.finetuned", s.layer_rotates(0));  // (the shared_mlp's width below, with the experts)
+  }
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
@@ -464,7 +488,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   }
   w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);
-  if (arch == "granite" || arch == "granitemoe") {  // as convert_hf_to_gguf.py's GraniteModel (and GraniteMoeModel)
+  if (arch == "granite" || arch == "granitemoe" || granitehybrid) {  // as convert_hf_to_gguf.py's GraniteModel (and GraniteMoeModel)
     w.set_f32(a + "attention.scale", s.attn_scale > 0.0f ? s.attn_scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim)));
     w.set_f32(a + "embedding_scale", s.embed_multiplier);
     w.set_f32(a + "residual_scale", s.residual_multiplier);
@@ -479,7 +503,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     if (!fixed) fail(out_path, "llama.cpp's cohere2 slides (and rotates) three layers of four; this model's layers differ");
     w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
   }
-  if (arch != "granite" && arch != "granitemoe" && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
+  if (arch != "granite" && arch != "granitemoe" && !granitehybrid && (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
                             (arch != "command-r" && arch != "cohere2" && s.logit_multiplier != 1.0f))) {
     fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
   }
@@ -712,6 +736,33 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       }
       continue;
     }
+    if (granitehybrid && (spec_t.name.ends_with(".mlp.gate_up_proj.weight") ||
+                          spec_t.name.ends_with(".mlp.shared_expert.gate_up_proj.weight"))) {
+      // shared_mlp.input_linear (gate rows, then up rows) as GraniteMoeModel splits it: ffn_gate /
+      // ffn_up (ffn_gate_shexp / ffn_up_shexp beside experts).
+      const std::string hf = spec_t.name, blk = "blk." + hf.substr(std::string("model.layers.").size(),
+                                                                   hf.find(".mlp.") - std::string("model.layers.").size());
+      const int64_t C = s.hidden, F = s.ffn;
+      const std::string sfx = s.moe() ? "_shexp" : "";
+      auto fused = std::make_shared<std::vector<float>>();
+      auto uses = std::make_shared<int>(2);
+      for (int half = 0; half < 2; ++half) {
+        const std::string gname = blk + (half ? ".ffn_up" : ".ffn_gate") + sfx + ".weight";
+        GgmlType type = opt.q4_k_m ? gguf_q4_k_m_type(gname, 2, C, s.n_layers, s.tied_embeddings, false) : opt.type;
+        if (ggml_traits(type).block_size > 1 && C % ggml_traits(type).block_size != 0) {
+          fell_back.push_back(gname);
+          type = GgmlType::F16;
+        }
+        w.add_tensor(gname, type, {F, C}, [&model, &adapters, &bar, done, hf, half, F, C, type, gname, fused, uses] {
+          if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
+          const std::vector<float> out(fused->begin() + half * F * C, fused->begin() + (half + 1) * F * C);
+          if (--*uses == 0) std::vector<float>().swap(*fused);
+          if (bar) bar->update(++*done, gname);
+          return encode(out, type);
+        });
+      }
+      continue;
+    }
     if (deepseek2 && spec_t.name.ends_with(".self_attn.kv_b_proj.weight")) {
       // kv_b_proj's per-head [key nope | value] rows as DeepseekV2Model splits them: attn_k_b, each
       // head's key rows transposed ((heads, kv rank, nope)), and attn_v_b ((heads, v, kv rank)).
@@ -790,8 +841,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     TensorSpec t = spec_t;
     const bool delta_net = delta_net_arch && t.name.find(".linear_attn.") != std::string::npos;
     // (the conv taps, (channels, 1, kernel): squeezed and float32, as llama.cpp's converters keep them)
-    const bool conv_taps = (delta_net_arch || lfm2_arch) && t.name.ends_with(".linear_attn.conv1d.weight");
+    const bool conv_taps = (delta_net_arch || lfm2_arch || granitehybrid) && t.name.ends_with(".linear_attn.conv1d.weight");
     if (conv_taps) t.shape = {t.shape[0], t.shape.back()};
+    // (granitehybrid: ssm_a (-exp(A_log)) and ssm_d as (heads, 1), ssm_norm as (groups, inner /
+    // groups), float32, as its converter writes them)
+    const bool ssm_a = granitehybrid && t.name.ends_with(".linear_attn.A_log");
+    const bool ssm_vector = ssm_a || (granitehybrid && t.name.ends_with(".linear_attn.D"));
+    if (ssm_vector) t.shape = {t.shape[0], 1};
+    if (granitehybrid && t.name.ends_with(".linear_attn.norm.weight")) t.shape = {s.la_k_heads, t.shape[0] / s.la_k_heads};
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};
     const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);
@@ -799,7 +856,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // (norm weights stay float32 whatever their rank: Command R+'s (heads, head_dim) q/k norms)
     GgmlType type = t.shape.size() == 1 || t.name.ends_with("norm.weight") ? GgmlType::F32 : opt.type;
     if (t.name.ends_with("e_score_correction_bias")) type = GgmlType::F32;  // (ERNIE's is (1, E))
-    if (conv_taps) type = GgmlType::F32;
+    if (conv_taps || ssm_vector) type = GgmlType::F32;
     // (the router stays float32, as convert_hf_to_gguf.py keeps ffn_gate_inp)
     if (s.moe() && t.name.ends_with(std::string(kMoeRouterModule) + ".weight")) type = GgmlType::F32;
     if (opt.q4_k_m && type != GgmlType::F32) {
@@ -828,9 +885,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // (not the gated DeltaNet's own norm, which scales by w)
     const bool plus_one = norm_plus_one && hf.ends_with("norm.weight") && !hf.ends_with(".linear_attn.norm.weight");
     w.add_tensor(*gname, type, t.shape, [&model, &adapters, &bar, done, hf, shape, type, permute_heads, gname, plus_one,
-                                         qkv_heads, qkv_groups, q_per_kv, head_dim, delta_net, &s] {
+                                         qkv_heads, qkv_groups, q_per_kv, head_dim, delta_net, ssm_a, &s] {
       std::vector<float> v = merged_tensor_values(model, hf, adapters);
       if (delta_net) delta_net_to_llama_cpp(s, hf, v);
+      if (ssm_a)
+        for (float& x : v) x = -std::exp(x);
       if (qkv_heads > 0) {
         std::vector<float> p(v.size());
         qkv_per_head_to_contiguous(v, p, qkv_heads, head_dim, shape.size() > 1 ? shape[1] : 1);

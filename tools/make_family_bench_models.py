@@ -194,6 +194,19 @@ FAMILIES = {
                                                         attention_multiplier=0.015625, residual_multiplier=0.246,
                                                         logits_scaling=3.0, max_position_embeddings=2048,
                                                         tie_word_embeddings=True)),
+    # Granite 4.0-H with experts (granite-4.0-h-tiny's block) at that size: the same layers, 16 experts
+    # of 256 routing 4 beside a shared_mlp of 512 (h-tiny: 64 of 512 routing 6 beside 1024 at hidden 1536).
+    "granitemoehybrid_moe": ("GraniteMoeHybridConfig", dict(hidden_size=512, shared_intermediate_size=512,
+                                                            intermediate_size=256, num_local_experts=16,
+                                                            num_experts_per_tok=4, num_hidden_layers=8,
+                                                            num_attention_heads=8, num_key_value_heads=4,
+                                                            position_embedding_type="nope",
+                                                            layer_types=["mamba"] * 5 + ["attention"] + ["mamba"] * 2,
+                                                            mamba_n_heads=16, mamba_n_groups=1, mamba_d_state=128,
+                                                            mamba_d_conv=4, mamba_expand=2, embedding_multiplier=12.0,
+                                                            attention_multiplier=0.015625, residual_multiplier=0.246,
+                                                            logits_scaling=3.0, max_position_embeddings=2048,
+                                                            tie_word_embeddings=True)),
 }
 
 

@@ -723,14 +723,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
           type = GgmlType::F16;
         }
         const std::vector<int64_t> pick = qwen3next_split_rows(dh, gate);
-        w.add_tensor(gname, type, {rows, C}, [&model, &adapters, &bar, done, hf, pick, C, type, gname, fused, uses] {
+        w.add_tensor(gname, type, {rows, C}, [&model, &adapters, &bar, done, hf, pick, C, type, gname, fused, uses, gate] {
           if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
           const std::vector<float>& v = *fused;
           std::vector<float> out;
           out.reserve(pick.size() * static_cast<size_t>(C));
           for (int64_t r : pick) out.insert(out.end(), v.begin() + r * C, v.begin() + (r + 1) * C);
           if (--*uses == 0) std::vector<float>().swap(*fused);
-          if (bar) bar->update(++*done, gname);
+          if (gate == 1) ++*done;  // (one tensor of the model's: the progress counts it once)
+          if (bar) bar->update(*done, gname);
           return encode(out, type);
         });
       }
@@ -757,7 +758,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
           if (fused->empty()) *fused = merged_tensor_values(model, hf, adapters);
           const std::vector<float> out(fused->begin() + half * F * C, fused->begin() + (half + 1) * F * C);
           if (--*uses == 0) std::vector<float>().swap(*fused);
-          if (bar) bar->update(++*done, gname);
+          if (half == 1) ++*done;  // (one tensor of the model's: the progress counts it once)
+          if (bar) bar->update(*done, gname);
           return encode(out, type);
         });
       }

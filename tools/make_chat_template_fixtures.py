@@ -32,6 +32,9 @@ Where the templates come from (no hub access while this was written):
               (models/templates/LFM2.5-8B-A1B.jinja: {% generation %}, macros, Pythonic tool
               calls, thinking kept after the last user turn; no `tools` case: it prints
               strftime_now's date)
+  granite4  : tools/chat_templates/granite4.jinja, Granite 4.0's as llama.cpp keeps it
+              (models/templates/ibm-granite-granite-4.0.jinja: tools, RAG documents, tool
+              calls and responses, content parts)
   features  : a synthetic template exercising the rest of the supported Jinja subset.
 
 Usage: .refenv/bin/python tools/make_chat_template_fixtures.py [--out DIR]
@@ -399,6 +402,10 @@ GEMMA4_TOOL_CONVERSATION = [
 ]
 GEMMA4_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "gemma4.jinja")
 LFM2_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "lfm2.jinja")
+# Granite 4.0's RAG documents (the template's `documents`: each written as JSON into the system turn).
+GRANITE_DOCUMENTS = [{"doc_id": 1, "title": "Tides", "text": "Tides rise twice a day.\nThe moon pulls the sea."},
+                     {"doc_id": "b", "title": "Ünïcode \"quotes\"", "text": "Line 1\tx <tag> & 'q'"}]
+GRANITE4_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "granite4.jinja")
 LFM2_5_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_templates", "lfm2_5.jinja")
 
 # LFM2.5's thinking field: kept on the assistant turns after the last user turn.
@@ -546,6 +553,9 @@ def main():
         ("lfm2_5", open(LFM2_5_TEMPLATE, encoding="utf-8").read(),
          "LFM2.5-8B-A1B's chat template as llama.cpp keeps it (models/templates/LFM2.5-8B-A1B.jinja): "
          "tools/chat_templates/lfm2_5.jinja", "<|startoftext|>", "<|im_end|>"),
+        ("granite4", open(GRANITE4_TEMPLATE, encoding="utf-8").read(),
+         "Granite 4.0's chat template as llama.cpp keeps it (models/templates/ibm-granite-granite-4.0.jinja): "
+         "tools/chat_templates/granite4.jinja", None, "<|end_of_text|>"),
         ("features", FEATURES, "synthetic", "<s>", "</s>"),
     ]
     for name, tmpl, source, bos, eos in templates:
@@ -569,6 +579,13 @@ def main():
         if name == "lfm2":
             convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
             convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
+        if name == "granite4":
+            convs["content_parts"] = (PARTS_CONVERSATION, {})
+            convs["tools"] = (TOOL_CONVERSATION, {"tools": TOOLS})
+            convs["single_tool"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS})
+            convs["available_tools"] = (SINGLE_TOOL_CONVERSATION, {"available_tools": TOOLS})
+            convs["documents"] = (CONVERSATIONS[next(iter(CONVERSATIONS))], {"documents": GRANITE_DOCUMENTS})
+            convs["tools_and_documents"] = (SINGLE_TOOL_CONVERSATION, {"tools": TOOLS, "documents": GRANITE_DOCUMENTS})
         if name == "lfm2_5":
             convs["content_parts"] = (PARTS_CONVERSATION, {})
             convs["tool_calls"] = (TOOL_CONVERSATION, {})

@@ -85,7 +85,7 @@ TEST_P(ChatTemplateFixture, MatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Templates, ChatTemplateFixture,
                          ::testing::Values("smollm2", "llama2", "llama3", "llama3_1", "mistral", "mixtral", "qwen2",
-                                           "qwen2_5", "gemma", "phi3", "qwen3", "gemma3", "gemma4", "llama4", "lfm2", "lfm2_5",
+                                           "qwen2_5", "gemma", "phi3", "qwen3", "gemma3", "gemma4", "llama4", "lfm2", "lfm2_5", "granite4",
                                            "features"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 

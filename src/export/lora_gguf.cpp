@@ -27,7 +27,10 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   if (!fam->no_gguf_reason.empty())  // (read, not written: ministral3)
     fail(out_path, "llama.cpp LoRA export of model_type '" + spec.family + "' is not supported (" +
                        std::string(fam->no_gguf_reason) + "; use the PEFT adapter directory)");
-  const std::string arch(fam->export_arch());
+  const std::string arch(fam->export_arch(spec));
+  if (arch.empty())
+    fail(out_path, "this " + spec.family + " model has no llama.cpp architecture (" + std::string(fam->no_gguf_form) +
+                       "; use the PEFT adapter directory)");
   const LoraConfig& cfg = adapter.lora->config();
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
   const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
@@ -126,7 +129,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
       ++n;
       continue;
     }
-    if (arch == "granitehybrid" && (canonical.ends_with(".mlp.gate_up_proj") ||
+    if (spec.family == "granitemoehybrid" && (canonical.ends_with(".mlp.gate_up_proj") ||
                                     canonical.ends_with(".mlp.shared_expert.gate_up_proj"))) {
       // Granite 4.0's shared_mlp.input_linear goes to llama.cpp as ffn_gate and ffn_up (_shexp beside
       // experts; merge_gguf.cpp): the same A for both, B's gate rows [0, F) and up rows [F, 2F).

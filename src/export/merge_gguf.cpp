@@ -139,7 +139,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                    "as llama.cpp's own converter leaves it: the GGUF runs llama.cpp's gpt-oss\n",
                    out_path.c_str());
   }
-  const std::string arch(fam->export_arch());
+  const std::string arch(fam->export_arch(s));
+  if (arch.empty())
+    fail(out_path, "this " + s.family + " model has no llama.cpp architecture (" + std::string(fam->no_gguf_form) +
+                       "; merge to a Hugging Face directory instead)");
   if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")
     fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");
   if (arch == "falcon") {  // what llama.cpp's falcon graph runs
@@ -170,6 +173,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "a " + arch + " GGUF cannot carry Llama 4's router, q/k norms or chunked attention");
   }
   const bool granitehybrid = arch == "granitehybrid";
+  // (Granite 4.0 whatever its architecture: shared_mlp fused, split as its converter does)
+  const bool granite4 = s.family == "granitemoehybrid";
   if (granitehybrid) {  // what llama.cpp's granitehybrid graph runs (families/granite.cpp's reader lists it)
     bool uniform = true;
     for (int64_t l = 0; l < s.n_layers; ++l) uniform = uniform && s.layer_rotates(l) == s.layer_rotates(0);
@@ -737,7 +742,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       }
       continue;
     }
-    if (granitehybrid && (spec_t.name.ends_with(".mlp.gate_up_proj.weight") ||
+    if (granite4 && (spec_t.name.ends_with(".mlp.gate_up_proj.weight") ||
                           spec_t.name.ends_with(".mlp.shared_expert.gate_up_proj.weight"))) {
       // shared_mlp.input_linear (gate rows, then up rows) as GraniteMoeModel splits it: ffn_gate /
       // ffn_up (ffn_gate_shexp / ffn_up_shexp beside experts).

@@ -88,8 +88,14 @@ struct ModelFamily {
   std::string_view no_gguf_reason = {};
   // llama.cpp's name of the final norm where it is not output_norm (lfm2: token_embd_norm).
   std::string_view gguf_output_norm = {};
+  // When set, the GGUF architecture written depends on the model's form (granitemoehybrid without
+  // Mamba layers goes out as llama.cpp's converter writes it: granite) and replaces export_arch();
+  // "" for a form with none, no_gguf_form saying why.
+  std::string_view (*export_arch_for)(const ModelSpec& s) = nullptr;
+  std::string_view no_gguf_form = {};
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
+  std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }
 };
 
 // A tensor name or module path (with or without a ".weight" suffix) from the family's

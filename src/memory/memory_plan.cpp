@@ -534,6 +534,17 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
         "dx/dh/d-MLP/d-attention buffers, the block's declared scratch (dequantized weight tile, attention "
         "gradients, LoRA temporaries)");
     if (lm_panels) add(r, "lm_head gradient panels (per thread, CPU)", lm_panels, "64 x V + B*T x 64 floats per thread");
+    // The recurrent layers' backward (model/delta_net.h, model/mamba2.h), over one sequence at a
+    // time: per thread a state checkpoint every 16 tokens and a chunk's states, the conv's SiLU
+    // gradients, and (Mamba2) each thread's and the summed dB / dC of the sequence.
+    if (s.hybrid() && !s.la_short_conv) {
+      const uint64_t S = u(s.la_k_dim) * u(s.la_v_dim), L = u(Ti);
+      uint64_t f = threads * (ceil_div(L, 16) + 17) * S + L * u(s.la_conv_dim());
+      if (s.la_mamba2) f += (threads + 1) * L * 2 * u(s.la_key_dim());
+      add(r, "recurrent backward scratch (per thread, CPU)", 4 * f,
+          "state checkpoints every 16 tokens + a chunk's states per thread, the conv's gradients" +
+              std::string(s.la_mamba2 ? ", dB / dC per thread" : ""));
+    }
     if (s.moe()) {  // model/moe_block.cpp's backward: one expert's rows at a time (at most all B*T)
       const uint64_t Fe = u(s.expert_ffn), NE = u(s.n_experts);
       const uint64_t tile = u(std::max({linear_backward_tile_floats(s.hidden, 2 * s.expert_ffn),
@@ -561,7 +572,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     if (s.hybrid())  // (the states, and the snapshot the prompt leaves: KVCache::snapshot_states)
       add(r, "linear-attention states (fp32)" + each, B * 2 * u(s.state_layers()) * u(s.la_state_floats()) * 4,
           std::to_string(s.state_layers()) +
-              (s.la_short_conv ? " short-conv layers: the conv's last inputs" : " gated DeltaNet layers: conv tail + (heads, dk, dv) state") +
+              (s.la_short_conv ? " short-conv layers: the conv's last inputs"
+               : s.la_mamba2  ? " Mamba2 layers: conv tail + (heads, head_dim, d_state) state"
+                              : " gated DeltaNet layers: conv tail + (heads, dk, dv) state") +
               ", and its snapshot after the prompt (chat and serve keep up to " + std::to_string(KVCache::kMaxStateSnapshots) + ")");
     if (o.kv_cache_dtype == ComputeDType::F32) {
       add(r, "KV cache (fp32 keys + values)" + each, B * 2 * kv_total * cap * 4,

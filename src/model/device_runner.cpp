@@ -52,7 +52,9 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
     return s.family + ": full-attention layers of their own head size, value norms, layer scalars, per-layer inputs "
                       "and shared keys and values";
   if (s.hybrid())
-    return s.family + (s.la_short_conv ? ": short-convolution layers" : ": gated DeltaNet (linear attention) layers");
+    return s.family + (s.la_short_conv ? ": short-convolution layers"
+                       : s.la_mamba2  ? ": Mamba2 (selective state space) layers"
+                                      : ": gated DeltaNet (linear attention) layers");
   if (s.attn_output_gate) return s.family + ": gated attention outputs";
   if (s.q_pos_scale_beta != 0.0f) return s.family + ": a per-position query scale (llama_4_scaling_beta)";
   if (s.qk_norm) return s.family + ": per-head q/k norms";

@@ -12,7 +12,11 @@
 // Rounding follows transformers' torch path (mamba2_chunk_scan, which its training and prefill
 // run) in bf16/fp16 (dtype F32: none): dt + dt_bias and its softplus in the dtype, then the scan
 // in float32 on the (rounded) conv outputs; y stays float32 into the norm, whose product with
-// its weight is rounded once. Backwards treat rounding as the identity.
+// its weight is rounded once. Backwards treat rounding as the identity. Decoding a token from a
+// cache rounds the same way (one path for prefill and decode); transformers' own single-token path
+// (mamba2_selective_state_update) rounds more in bf16/fp16 (dt * B, the state before its product
+// with C, and the norm's input), so bf16 greedy decoding can part from transformers' generate where
+// two tokens are near-tied (float32: the same model).
 #include <cstdint>
 #include <limits>
 

@@ -22,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <random>
 #include <tuple>
 #include <memory>
 #include <string>
@@ -1119,6 +1120,61 @@ TEST(Gemma4Gguf, LoraGgufRefusesThePerLayerProjection) {
 // The deepseek2 GGUFs written before llama.cpp's MLA split (early 2025): kv_b_proj whole
 // (attn_kv_b), head_count_kv the heads, key_length / value_length the per-head sizes. llama.cpp
 // still runs them (the fixture script checks: 8.9e-6 of transformers); so do we.
+// Granite 4.0 without Mamba layers (granite-4.0-micro's form: every layer attends, with the rotary)
+// goes to GGUF as llama.cpp's converter writes it, a granite GGUF (shared_mlp split into ffn_gate /
+// ffn_up), and comes back with the same logits; with experts it has no GGUF form here.
+TEST(Granite4Gguf, WithoutMambaLayersMergesToAGraniteGguf) {
+  json c = json::parse(read_file(family_dir("granitemoehybrid") + "/config.json"));
+  for (json& e : c["layer_types"]) e = "attention";
+  c["position_embedding_type"] = "rope";
+  ModelFiles files;
+  files.path = family_dir("granitemoehybrid") + "/model.gguf";  // (the tokenizer metadata the GGUF copies)
+  files.format = ModelFormat::Gguf;
+  files.spec = spec_from_hf_config(c, "config.json");
+  ASSERT_FALSE(files.spec.hybrid());
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 0.2f);
+  auto random_source = [&](const ModelSpec& s) {
+    auto src = std::make_unique<MemoryTensorSource>("random granite-4.0-micro form");
+    for (const TensorSpec& t : s.tensors()) {
+      int64_t n = 1;
+      for (int64_t d : t.shape) n *= d;
+      std::vector<float> v(static_cast<size_t>(n));
+      for (float& x : v) x = (t.name.find("norm") != std::string::npos ? 1.0f : 0.0f) + nd(rng);
+      src->add(t.name, t.shape, v);
+    }
+    return src;
+  };
+  files.tensors = random_source(files.spec);
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model m = Model::load(files.spec, *files.tensors, o);
+  TempDir tmp("granite4_micro_gguf");
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
+  EXPECT_EQ(GgufFile(tmp.path("m.gguf")).get_string("general.architecture"), "granite");
+  const Model m2 = load_path(tmp.path("m.gguf"));
+  EXPECT_EQ(m2.spec().family, "granite");
+  const std::vector<int> prompt = {1, 17, 42, 99, 5, 150, 3, 77};
+  expect_logits(prompt_logits(m2, prompt), prompt_logits(m, prompt), "granite-4.0-micro form via a granite GGUF", 1e-5);
+
+  c["num_local_experts"] = 4;
+  c["num_experts_per_tok"] = 2;
+  ModelFiles moe;
+  moe.path = files.path;
+  moe.format = ModelFormat::Gguf;
+  moe.spec = spec_from_hf_config(c, "config.json");
+  moe.tensors = random_source(moe.spec);
+  try {
+    write_merged_gguf(Model::load(moe.spec, *moe.tensors, o), moe, {}, tmp.path("e.gguf"), eo, false);
+    ADD_FAILURE() << "an all-attention Granite 4.0 with experts was written";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("granitemoe with a shared expert"), std::string::npos) << e.what();
+  }
+}
+
 TEST(DeepseekGguf, LegacyFormGivesTransformersLogits) {
   const Fixture x = read_fixture("deepseek_v3");
   const Model m = load_path(family_dir("deepseek_v3") + "/model_legacy.gguf");

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "export/merge.h"
 #include "formats/hf_config.h"
 
 using namespace qlora;
@@ -626,6 +627,13 @@ TEST(HfConfig, GraniteMoeHybridPublishedConfig) {
   EXPECT_FALSE(s5.layer_is_linear_attn(10));
   EXPECT_FLOAT_EQ(s5.la_dt_min, 0.001f);
   EXPECT_TRUE(std::isinf(s5.la_dt_max));
+  // written back for a merge (the infinity as transformers 5 writes it) and read again
+  const ModelSpec back = spec_from_hf_config(json::parse(hf_config_json(s5, DType::F32)), "config.json");
+  EXPECT_FLOAT_EQ(back.la_dt_min, 0.001f);
+  EXPECT_TRUE(std::isinf(back.la_dt_max));
+  EXPECT_EQ(back.num_params(), s5.num_params());
+  EXPECT_EQ(back.linear_attn_layers, s5.linear_attn_layers);
+  EXPECT_EQ(back.nope_layers, s5.nope_layers);
   // granite-4.0-micro's form: every layer attends, with the rotary
   json micro = with(R"({"position_embedding_type": "rope"})");
   for (json& e : micro["layer_types"]) e = "attention";

@@ -213,9 +213,11 @@ void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
     j["mamba_proj_bias"] = s.la_proj_bias;
     if (s.la_value_dim() % s.hidden != 0)
       fail("config.json", "a Mamba inner width that is no multiple of hidden_size cannot be written as mamba_expand");
-    if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out: JSON has no infinity)
-      if (std::isinf(s.la_dt_max)) fail("config.json", "a time_step_limit with an infinite bound and a lower bound above 0");
-      j["time_step_limit"] = {s.la_dt_min, s.la_dt_max};
+    if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out)
+      // (JSON has no infinity: transformers 5 writes and reads it as {"__float__": "Infinity"})
+      ordered_json hi = s.la_dt_max;
+      if (std::isinf(s.la_dt_max)) hi = ordered_json{{"__float__", "Infinity"}};
+      j["time_step_limit"] = ordered_json::array({s.la_dt_min, hi});
     }
   } else {  // (no Mamba layers: sizes transformers' validation accepts)
     j["mamba_expand"] = 1;
@@ -236,7 +238,10 @@ void granitehybrid_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   if (hp.expert_count > 0) {
     granitemoe_block(s);
     s.expert_ffn = hp.intermediate_size;
-    s.ffn = hp.expert_shared_ffn > 0 ? hp.expert_shared_ffn : hp.intermediate_size;
+    if (hp.expert_shared_ffn <= 0)
+      fail(hp.path, "a granitehybrid GGUF with experts but no expert_shared_feed_forward_length (Granite 4.0's shared_mlp "
+                    "beside them)");
+    s.ffn = hp.expert_shared_ffn;
     s.shared_expert = true;
     s.shared_expert_gate = false;
   }
@@ -292,11 +297,20 @@ std::span<const HfRename> granitemoehybrid_renames(const ModelSpec& s) {
   if (s.moe()) return kGraniteMoeHybridMoeRenames;
   return kGraniteMoeHybridRenames;
 }
+// Without Mamba layers (granite-4.0-micro) llama.cpp's converter writes a granite GGUF (granitemoe
+// with experts: not written here, its reader has no shared experts).
+std::string_view granitemoehybrid_export_arch(const ModelSpec& s) {
+  if (s.hybrid()) return "granitehybrid";
+  return s.moe() ? "" : "granite";
+}
 const ModelFamily kGraniteMoeHybrid = [] {
   ModelFamily f{"granitemoehybrid", "GraniteMoeHybridForCausalLM", "granitehybrid", 0, 2048, 10000.0f, false, false,
                 granitemoehybrid_read, granitemoehybrid_write, granitehybrid_gguf};
   f.hf_renames = kGraniteMoeHybridRenames;
   f.renames_for = granitemoehybrid_renames;
+  f.export_arch_for = granitemoehybrid_export_arch;
+  f.no_gguf_form = "with experts and no Mamba layers it would be llama.cpp's granitemoe with a shared expert, which is "
+                   "not written here";
   f.normalize_config = granitemoehybrid_normalize;
   f.gguf_layer_names = kGraniteHybridGgufNames;
   f.gguf_layer_params = kGraniteHybridGgufParams;

@@ -110,6 +110,7 @@ def main():
                 worst = max(worst, rel / merge_limit(f))
                 print(json.dumps({"family": f, f"{what}_max_abs_dlogit_rel_to_max_logit": rel}))
         worst_cpp = 0.0
+        cpp_logits = {}  # (family -> llama.cpp's logits on our GGUFs, where they are compared with each other)
         for f in fams:
             gg = FIX / f / "model.gguf"
             if not gg.exists():
@@ -204,6 +205,17 @@ def main():
                 # (gemma4_e amplifies rounding: float16 GELUs alone move PeftModel's logits by 1.8e-2 of
                 # the largest, and its most sensitive tokens part most -- bench/RESULTS.md, session 21)
                 limit = 3e-2 if f == "gemma4_e" else 1.5e-3 if f.startswith("gemma") else 1e-3
+                if f == "bamba":
+                    # llama.cpp's converter permutes Bamba's q/k over the whole head while Bamba rotates
+                    # half of it (tools/make_family_fixtures.py measures it): our GGUFs keep the converter's
+                    # form, on which llama.cpp parts from transformers; recorded, not held to a limit. Both
+                    # of ours must still agree with each other (the LoRA on the converter's GGUF = our merge).
+                    runs_got = cpp_logits.setdefault(f, [])
+                    runs_got.append(got)
+                    if len(runs_got) == 2 and float(abs(runs_got[0] - runs_got[1]).max() / abs(want).max()) > 1e-5:
+                        sys.exit("bamba: llama.cpp gives our LoRA GGUF and our merged GGUF different logits")
+                    print(json.dumps({"family": f, "llama_cpp": what, "known_llama_cpp_rotary_difference": rel}))
+                    continue
                 worst_cpp = max(worst_cpp, rel / limit)
                 print(json.dumps({"family": f, "llama_cpp": what, "max_abs_dlogit_rel_to_max_logit": rel}))
     if worst > 1:

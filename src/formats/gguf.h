@@ -343,6 +343,11 @@ bool gguf_architecture_supported(std::string_view arch);
 // with token_embd.weight's shape). Throws Error naming the file and the key, or the
 // architecture when it is not one of gguf_supported_architectures() (formats/model_family.h).
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
+// A granitehybrid GGUF made from a Bamba checkpoint (BambaForCausalLM; llama.cpp's converter writes
+// both as granitehybrid): Mamba layers with the rotary on (rope.scaling.finetuned true, which the
+// converter writes for Bamba only), no experts, no Granite multipliers. Its MLP is gate_proj /
+// up_proj as stored, not Granite 4.0's fused shared_mlp.
+bool granitehybrid_is_bamba(const GgufLlamaHParams& hp);
 
 // Falcon's fused query_key_value (weight rows, or LoRA B rows, of `cols` columns), laid
 // out per key/value group -- its q_per_kv query heads, then its key head, then its value

@@ -427,6 +427,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   return hp;
 }
 
+bool granitehybrid_is_bamba(const GgufLlamaHParams& hp) {
+  return hp.architecture == "granitehybrid" && hp.rope_finetuned && hp.expert_count == 0 &&
+         std::find(hp.recurrent_layers.begin(), hp.recurrent_layers.end(), true) != hp.recurrent_layers.end() &&
+         hp.embedding_scale == 1.0f && hp.residual_scale == 1.0f && hp.logit_scale == 1.0f;
+}
+
 // ---- the q/k row permutation ------------------------------------------------------------------
 
 namespace {

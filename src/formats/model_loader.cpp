@@ -382,7 +382,7 @@ class GgufSource : public TensorSource {
     for (const auto& [layer, parts] : gpt_oss_)
       for (int p = 0; p < 4; ++p) fused_.emplace(fused_expert_name(layer, p), std::pair{layer, p});
     if (hp_.architecture == "qwen3next") index_qwen3next_qkvz();
-    if (hp_.architecture == "granitehybrid") index_granitehybrid_gate_up();
+    if (hp_.architecture == "granitehybrid" && !granitehybrid_is_bamba(hp_)) index_granitehybrid_gate_up();
     if (hp_.mla_split) index_deepseek_kv_b();
   }
   const GgufFile& file() const { return file_; }

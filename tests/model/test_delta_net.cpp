@@ -526,5 +526,5 @@ TEST_P(HybridModel, PackedExamplesTrainAsAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe", "granitemoehybrid",
-                                                                      "granitemoehybrid_moe"),
+                                                                      "granitemoehybrid_moe", "bamba"),
                          [](const auto& info) { return std::string(info.param); });

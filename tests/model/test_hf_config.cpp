@@ -668,6 +668,30 @@ TEST(HfConfig, GraniteMoeHybridPublishedConfig) {
   EXPECT_NE(err(R"({"layer_types": ["mamba"]})").find("layer_types"), std::string::npos);
 }
 
+// Bamba-9B's shape (hidden 4096, 32 layers, attention on 9 / 18 / 27, Mamba2 of 128 heads of 64 with
+// a state of 128), read to transformers' count on the meta device (9,780,235,392); half of each head
+// rotates whatever the config says (BambaConfig fixes partial_rotary_factor 0.5).
+TEST(HfConfig, BambaConfig) {
+  const char* cfg = R"({"architectures": ["BambaForCausalLM"], "model_type": "bamba", "hidden_size": 4096, "num_hidden_layers": 32, "attn_layer_indices": [9, 18, 27], "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "mamba_n_heads": 128, "mamba_d_state": 128, "mamba_n_groups": 1, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_d_head": "auto", "attn_rotary_emb": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-05})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "bamba");
+  EXPECT_EQ(s.num_params(), 9780235392);
+  EXPECT_EQ(s.rotary_dim, 64);
+  EXPECT_EQ(s.head_dim, 128);
+  EXPECT_FALSE(s.fused_gate_up);
+  EXPECT_EQ(s.state_layers(), 29);
+  EXPECT_FALSE(s.layer_is_linear_attn(18));
+  EXPECT_TRUE(s.layer_is_linear_attn(17));
+  EXPECT_EQ(s.la_v_dim, 64);
+  const ModelSpec back = spec_from_hf_config(json::parse(hf_config_json(s, DType::F32)), "config.json");
+  EXPECT_EQ(back.num_params(), s.num_params());
+  EXPECT_EQ(back.linear_attn_layers, s.linear_attn_layers);
+  EXPECT_EQ(back.rotary_dim, 64);
+  json bad = json::parse(cfg);
+  bad["attn_layer_indices"] = json::array({40});
+  EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
+}
+
 // LFM2-8B-A1B's shape (Lfm2MoeConfig's widths: hidden 2048, dense MLPs of 7168 on the first 2 layers,
 // 32 experts of 1792 routing 4; 24 layers, attention on 6), read to transformers' parameter count
 // (AutoModelForCausalLM on the meta device: 8,339,929,856 parameters, plus the 22 x 32 values of the

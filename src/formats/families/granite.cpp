@@ -123,34 +123,10 @@ void granitemoehybrid_normalize(json& j) {
   if (!j.contains("rms_norm_eps")) j["rms_norm_eps"] = 1e-6;  // (GraniteMoeHybridConfig's default)
 }
 
-void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s) {
-  granite_read(j, where, s);
-  if (s.mlp_bias) fail(where, "mlp_bias: Granite 4.0's MLPs have no biases");
-  const int64_t experts_ffn = s.ffn;
-  s.ffn = config::get_int(j, "shared_intermediate_size", where, 1024);
-  s.fused_gate_up = true;
-  const int64_t experts = config::get_int(j, "num_local_experts", where, 8);
-  if (experts < 0) fail(where, "num_local_experts must not be negative");
-  if (experts > 0) {  // (granite-4.0-h-tiny, -h-small: granitemoe's experts and router beside shared_mlp)
-    s.n_experts = experts;
-    s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 2);
-    if (s.experts_per_token <= 0 || s.experts_per_token > s.n_experts)
-      fail(where, "num_experts_per_tok must be between 1 and num_local_experts");
-    granitemoe_block(s);
-    s.expert_ffn = experts_ffn;
-    s.shared_expert = true;
-    s.shared_expert_gate = false;
-  }
-  // (strings compared as std::string: GCC 12 warns falsely on json == "literal")
+// The mamba_* keys of GraniteMoeHybridConfig and BambaConfig (the same Mamba2 mixer), for the
+// layers flagged in `mamba` (none: no Mamba layers, the keys unread).
+void read_mamba2_keys(const json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba) {
   auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
-  const json* pe = config::find_key(j, "position_embedding_type");
-  const std::string pos = text(pe);
-  if (pe && pos != "rope" && pos != "nope")
-    fail(where, "position_embedding_type must be \"rope\", \"nope\" or null, got " + config::shown(*pe));
-  if (pos != "rope") s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
-  // (GraniteMoeHybridConfig's default: every layer a Mamba layer)
-  std::vector<bool> mamba = config::layer_type_flags(j, s.n_layers, where, "mamba", "attention")
-                                .value_or(std::vector<bool>(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true));
   if (std::find(mamba.begin(), mamba.end(), true) == mamba.end()) return;
   s.linear_attn_layers = std::move(mamba);
   s.la_mamba2 = true;
@@ -185,7 +161,107 @@ void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s
   }
 }
 
+// The same keys written back (a model without Mamba layers: sizes transformers' validation accepts).
+void write_mamba2_keys(const ModelSpec& s, ordered_json& j) {
+  if (!s.la_mamba2) {
+    j["mamba_expand"] = 1;
+    j["mamba_n_heads"] = 1;
+    j["mamba_d_head"] = s.hidden;
+    return;
+  }
+  if (s.la_value_dim() % s.hidden != 0)
+    fail("config.json", "a Mamba inner width that is no multiple of hidden_size cannot be written as mamba_expand");
+  j["mamba_expand"] = s.la_value_dim() / s.hidden;
+  j["mamba_n_heads"] = s.la_v_heads;
+  j["mamba_n_groups"] = s.la_k_heads;
+  j["mamba_d_state"] = s.la_k_dim;
+  j["mamba_d_head"] = s.la_v_dim;
+  j["mamba_d_conv"] = s.la_conv_kernel;
+  j["mamba_conv_bias"] = s.la_conv_bias;
+  j["mamba_proj_bias"] = s.la_proj_bias;
+  if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out)
+    // (JSON has no infinity: transformers 5 writes and reads it as {"__float__": "Infinity"})
+    ordered_json hi = s.la_dt_max;
+    if (std::isinf(s.la_dt_max)) hi = ordered_json{{"__float__", "Infinity"}};
+    j["time_step_limit"] = ordered_json::array({s.la_dt_min, hi});
+  }
+}
+
+void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s) {
+  granite_read(j, where, s);
+  if (s.mlp_bias) fail(where, "mlp_bias: Granite 4.0's MLPs have no biases");
+  s.rotary_dim = 0;  // (GraniteMoeHybridRotaryEmbedding rotates whole heads whatever partial_rotary_factor says)
+  const int64_t experts_ffn = s.ffn;
+  s.ffn = config::get_int(j, "shared_intermediate_size", where, 1024);
+  s.fused_gate_up = true;
+  const int64_t experts = config::get_int(j, "num_local_experts", where, 8);
+  if (experts < 0) fail(where, "num_local_experts must not be negative");
+  if (experts > 0) {  // (granite-4.0-h-tiny, -h-small: granitemoe's experts and router beside shared_mlp)
+    s.n_experts = experts;
+    s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 2);
+    if (s.experts_per_token <= 0 || s.experts_per_token > s.n_experts)
+      fail(where, "num_experts_per_tok must be between 1 and num_local_experts");
+    granitemoe_block(s);
+    s.expert_ffn = experts_ffn;
+    s.shared_expert = true;
+    s.shared_expert_gate = false;
+  }
+  // (strings compared as std::string: GCC 12 warns falsely on json == "literal")
+  auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
+  const json* pe = config::find_key(j, "position_embedding_type");
+  const std::string pos = text(pe);
+  if (pe && pos != "rope" && pos != "nope")
+    fail(where, "position_embedding_type must be \"rope\", \"nope\" or null, got " + config::shown(*pe));
+  if (pos != "rope") s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
+  // (GraniteMoeHybridConfig's default: every layer a Mamba layer)
+  std::vector<bool> mamba = config::layer_type_flags(j, s.n_layers, where, "mamba", "attention")
+                                .value_or(std::vector<bool>(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true));
+  read_mamba2_keys(j, where, s, std::move(mamba));
+}
+
+// IBM's Bamba (model_type "bamba", BambaForCausalLM: Bamba-9B v1 / v2): Llama's block with Granite
+// 4.0-H's Mamba2 layers on every layer but attn_layer_indices; the attention rotates half of each
+// head (BambaConfig fixes partial_rotary_factor at 0.5); its files name the MLP feed_forward and the
+// norms pre_ff_layernorm / final_layernorm. llama.cpp writes it as a granitehybrid GGUF (with the
+// rotary on), which reads back as granitemoehybrid.
+void bamba_read(const json& j, const std::string& where, ModelSpec& s) {
+  s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
+  s.mlp_bias = config::get_bool(j, "mlp_bias", where, false);
+  if (s.mlp_bias) fail(where, "mlp_bias: Bamba's MLP biases are not supported (the released models have none)");
+  if (s.head_dim % 4 != 0) fail(where, "Bamba rotates half of each head: head size " + std::to_string(s.head_dim) +
+                                           " must be a multiple of 4");
+  s.rotary_dim = s.head_dim / 2;
+  std::vector<bool> mamba(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
+  if (const json* ai = config::find_key(j, "attn_layer_indices")) {
+    if (!ai->is_array()) fail(where, "attn_layer_indices must be a list of layer indices, got " + config::shown(*ai));
+    for (const json& v : *ai) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= s.n_layers)
+        fail(where, "attn_layer_indices holds " + v.dump() + ", not a layer index below " + std::to_string(s.n_layers));
+      mamba[static_cast<size_t>(v.get<int64_t>())] = false;
+    }
+  }
+  read_mamba2_keys(j, where, s, std::move(mamba));
+}
+
+void bamba_write(const ModelSpec& s, ordered_json& j) {
+  if (s.fused_gate_up || s.mlp != MlpKind::SwiGLU || s.qk_norm || s.mlp_bias || s.sliding_window > 0 || s.moe() ||
+      !s.nope_layers.empty() || s.rotary_dim != s.head_dim / 2 || (s.hybrid() && !s.la_mamba2) ||
+      s.qkv_bias != s.o_bias)
+    fail("config.json", "not a bamba block");
+  j["attention_bias"] = s.qkv_bias;
+  j["mlp_bias"] = false;
+  ordered_json idx = ordered_json::array();
+  for (int64_t l = 0; l < s.n_layers; ++l)
+    if (!s.layer_is_linear_attn(l)) idx.push_back(l);
+  j["attn_layer_indices"] = idx;
+  write_mamba2_keys(s, j);
+}
+
 void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
+  if (s.rotary_dim != 0 && s.rotary_dim != s.head_dim)
+    fail("config.json", "granitemoehybrid rotates whole heads; this model rotates " + std::to_string(s.rotary_dim) +
+                            " of " + std::to_string(s.head_dim) + " (Bamba's form, read from a granitehybrid GGUF): "
+                            "no Hugging Face config expresses it");
   if (!s.fused_gate_up || s.mlp != MlpKind::SwiGLU || s.qk_norm || s.mlp_bias || s.sliding_window > 0 ||
       (s.hybrid() && !s.la_mamba2) ||
       (s.moe() && (!s.moe_granite || !s.shared_expert || s.shared_expert_gate || s.has_dense_mlp_layers())))
@@ -202,28 +278,7 @@ void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
   ordered_json types = ordered_json::array();
   for (int64_t l = 0; l < s.n_layers; ++l) types.push_back(s.layer_is_linear_attn(l) ? "mamba" : "attention");
   j["layer_types"] = types;
-  if (s.la_mamba2) {
-    j["mamba_expand"] = s.la_value_dim() / s.hidden;
-    j["mamba_n_heads"] = s.la_v_heads;
-    j["mamba_n_groups"] = s.la_k_heads;
-    j["mamba_d_state"] = s.la_k_dim;
-    j["mamba_d_head"] = s.la_v_dim;
-    j["mamba_d_conv"] = s.la_conv_kernel;
-    j["mamba_conv_bias"] = s.la_conv_bias;
-    j["mamba_proj_bias"] = s.la_proj_bias;
-    if (s.la_value_dim() % s.hidden != 0)
-      fail("config.json", "a Mamba inner width that is no multiple of hidden_size cannot be written as mamba_expand");
-    if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out)
-      // (JSON has no infinity: transformers 5 writes and reads it as {"__float__": "Infinity"})
-      ordered_json hi = s.la_dt_max;
-      if (std::isinf(s.la_dt_max)) hi = ordered_json{{"__float__", "Infinity"}};
-      j["time_step_limit"] = ordered_json::array({s.la_dt_min, hi});
-    }
-  } else {  // (no Mamba layers: sizes transformers' validation accepts)
-    j["mamba_expand"] = 1;
-    j["mamba_n_heads"] = 1;
-    j["mamba_d_head"] = s.hidden;
-  }
+  write_mamba2_keys(s, j);
 }
 
 // As llama.cpp runs a granitehybrid GGUF (its converter's GraniteHybridModel): granite's
@@ -234,7 +289,9 @@ void granitemoehybrid_write(const ModelSpec& s, ordered_json& j) {
 // feed_forward_length is theirs and expert_shared_feed_forward_length the shared_mlp's.
 void granitehybrid_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   granite_gguf(hp, s);
-  s.fused_gate_up = true;
+  const bool bamba = granitehybrid_is_bamba(hp);
+  if (bamba) s.family = "bamba";  // (its MLP as stored, gate_proj / up_proj; half of each head rotates)
+  s.fused_gate_up = !bamba;
   if (hp.expert_count > 0) {
     granitemoe_block(s);
     s.expert_ffn = hp.intermediate_size;
@@ -309,11 +366,26 @@ const ModelFamily kGraniteMoeHybrid = [] {
   f.hf_renames = kGraniteMoeHybridRenames;
   f.renames_for = granitemoehybrid_renames;
   f.export_arch_for = granitemoehybrid_export_arch;
+  f.partial_rotary = true;  // (a Bamba GGUF's rope.dimension_count; config.json's partial_rotary_factor is ignored, as transformers does)
   f.no_gguf_form = "with experts and no Mamba layers it would be llama.cpp's granitemoe with a shared expert, which is "
                    "not written here";
   f.normalize_config = granitemoehybrid_normalize;
   f.gguf_layer_names = kGraniteHybridGgufNames;
   f.gguf_layer_params = kGraniteHybridGgufParams;
+  return f;
+}();
+
+// Bamba's files: the Mamba layers as Granite 4.0-H's, the MLP under feed_forward.
+constexpr HfRename kBambaRenames[] = {{".mamba.", ".linear_attn."},
+                                      {".linear_attn.in_proj.", ".linear_attn.in_proj_qkv."},
+                                      {".feed_forward.", ".mlp."},
+                                      {".pre_ff_layernorm.", ".post_attention_layernorm."},
+                                      {"model.final_layernorm.", "model.norm."}};
+const ModelFamily kBamba = [] {
+  ModelFamily f{"bamba", "BambaForCausalLM", "", 0, 262144, 10000.0f, false, false, bamba_read, bamba_write, nullptr};
+  f.hf_renames = kBambaRenames;
+  f.gguf_export_arch = "granitehybrid";
+  f.partial_rotary = true;
   return f;
 }();
 

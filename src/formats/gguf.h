@@ -345,8 +345,9 @@ bool gguf_architecture_supported(std::string_view arch);
 GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f);
 // A granitehybrid GGUF made from a Bamba checkpoint (BambaForCausalLM; llama.cpp's converter writes
 // both as granitehybrid): Mamba layers with the rotary on (rope.scaling.finetuned true, which the
-// converter writes for Bamba only), no experts, no Granite multipliers. Its MLP is gate_proj /
-// up_proj as stored, not Granite 4.0's fused shared_mlp.
+// converter writes for Bamba only) over half of each head (rope.dimension_count, from its
+// attn_rotary_emb), no experts, no Granite multipliers. Its MLP is gate_proj / up_proj as stored,
+// not Granite 4.0's fused shared_mlp.
 bool granitehybrid_is_bamba(const GgufLlamaHParams& hp);
 
 // Falcon's fused query_key_value (weight rows, or LoRA B rows, of `cols` columns), laid

@@ -429,6 +429,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
 
 bool granitehybrid_is_bamba(const GgufLlamaHParams& hp) {
   return hp.architecture == "granitehybrid" && hp.rope_finetuned && hp.expert_count == 0 &&
+         hp.rope_dim * 2 == hp.head_dim &&
          std::find(hp.recurrent_layers.begin(), hp.recurrent_layers.end(), true) != hp.recurrent_layers.end() &&
          hp.embedding_scale == 1.0f && hp.residual_scale == 1.0f && hp.logit_scale == 1.0f;
 }

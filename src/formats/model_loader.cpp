@@ -745,7 +745,9 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
                     gguf_supported_architectures() + ")");
   // The registry's family for this architecture (gguf_architecture_supported() said there is one).
   const ModelFamily* fam = find_family_by_gguf_arch(hp.architecture);
-  if (hp.rope_dim != hp.head_dim && !(fam && fam->partial_rotary) && hp.kv_lora_rank == 0)
+  // (a granitehybrid GGUF made from Bamba rotates half of each head: the family becomes bamba)
+  if (hp.rope_dim != hp.head_dim && !(fam && fam->partial_rotary) && hp.kv_lora_rank == 0 &&
+      !granitehybrid_is_bamba(hp))
     fail(where, "partial rotary embeddings (rope dimension " + std::to_string(hp.rope_dim) + " of head dimension " +
                     std::to_string(hp.head_dim) + ") are not supported for " + hp.architecture);
   if ((!hp.kv_heads_per_layer.empty() || !hp.ffn_per_layer.empty()) && hp.architecture != "gemma4")

@@ -540,7 +540,9 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     if (s.hybrid() && !s.la_short_conv) {
       const uint64_t S = u(s.la_k_dim) * u(s.la_v_dim), L = u(Ti);
       uint64_t f = threads * (ceil_div(L, 16) + 17) * S + L * u(s.la_conv_dim());
-      if (s.la_mamba2) f += (threads + 1) * L * 2 * u(s.la_key_dim());
+      if (s.la_mamba2) f += (threads + 1) * L * 2 * u(s.la_key_dim()) + threads * 2 * L;  // (+ steps and their grads)
+      // (the DeltaNet's per-thread head inputs -- q, k, beta, alpha, g' -- and its dq / dk)
+      else f += threads * (4 * u(s.la_k_dim) + 3) * L;
       add(r, "recurrent backward scratch (per thread, CPU)", 4 * f,
           "state checkpoints every 16 tokens + a chunk's states per thread, the conv's gradients" +
               std::string(s.la_mamba2 ? ", dB / dC per thread" : ""));

@@ -1117,9 +1117,6 @@ TEST(Gemma4Gguf, LoraGgufRefusesThePerLayerProjection) {
 // kv_b split into attn_k_b / attn_v_b) without adapters: measured with tools/check_family_merges.py,
 // a LoRA GGUF on them leaves llama.cpp's logits 0.48-0.71 (relative) from PeftModel's. Refused by
 // name; merges carry them, and a LoRA GGUF of the other modules is written.
-// The deepseek2 GGUFs written before llama.cpp's MLA split (early 2025): kv_b_proj whole
-// (attn_kv_b), head_count_kv the heads, key_length / value_length the per-head sizes. llama.cpp
-// still runs them (the fixture script checks: 8.9e-6 of transformers); so do we.
 // Granite 4.0 without Mamba layers (granite-4.0-micro's form: every layer attends, with the rotary)
 // goes to GGUF as llama.cpp's converter writes it, a granite GGUF (shared_mlp split into ffn_gate /
 // ffn_up), and comes back with the same logits; with experts it has no GGUF form here.
@@ -1175,6 +1172,9 @@ TEST(Granite4Gguf, WithoutMambaLayersMergesToAGraniteGguf) {
   }
 }
 
+// The deepseek2 GGUFs written before llama.cpp's MLA split (early 2025): kv_b_proj whole
+// (attn_kv_b), head_count_kv the heads, key_length / value_length the per-head sizes. llama.cpp
+// still runs them (the fixture script checks: 8.9e-6 of transformers); so do we.
 TEST(DeepseekGguf, LegacyFormGivesTransformersLogits) {
   const Fixture x = read_fixture("deepseek_v3");
   const Model m = load_path(family_dir("deepseek_v3") + "/model_legacy.gguf");

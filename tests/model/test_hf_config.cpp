@@ -670,7 +670,8 @@ TEST(HfConfig, GraniteMoeHybridPublishedConfig) {
 
 // Bamba-9B's shape (hidden 4096, 32 layers, attention on 9 / 18 / 27, Mamba2 of 128 heads of 64 with
 // a state of 128), read to transformers' count on the meta device (9,780,235,392); half of each head
-// rotates whatever the config says (BambaConfig fixes partial_rotary_factor 0.5).
+// rotates whatever partial_rotary_factor the file names (BambaConfig forces 0.5), and the merge writes
+// attn_rotary_emb back (llama.cpp's converter reads the rotary width from it).
 TEST(HfConfig, BambaConfig) {
   const char* cfg = R"({"architectures": ["BambaForCausalLM"], "model_type": "bamba", "hidden_size": 4096, "num_hidden_layers": 32, "attn_layer_indices": [9, 18, 27], "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "mamba_n_heads": 128, "mamba_d_state": 128, "mamba_n_groups": 1, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_d_head": "auto", "attn_rotary_emb": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-05})";
   const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
@@ -687,9 +688,33 @@ TEST(HfConfig, BambaConfig) {
   EXPECT_EQ(back.num_params(), s.num_params());
   EXPECT_EQ(back.linear_attn_layers, s.linear_attn_layers);
   EXPECT_EQ(back.rotary_dim, 64);
+  EXPECT_EQ(json::parse(hf_config_json(s, DType::F32)).at("attn_rotary_emb").get<int64_t>(), 64);
+  for (const char* patch : {R"({"partial_rotary_factor": 0.25})", R"({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}})"}) {
+    json p = json::parse(cfg);
+    p.merge_patch(json::parse(patch));
+    EXPECT_EQ(spec_from_hf_config(p, "config.json").rotary_dim, 64) << patch;
+  }
   json bad = json::parse(cfg);
   bad["attn_layer_indices"] = json::array({40});
   EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
+  json z = json::parse(cfg);
+  z["z_loss_coefficient"] = 1e-4;
+  try {
+    (void)spec_from_hf_config(z, "config.json");
+    ADD_FAILURE() << "a z-loss was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("z_loss_coefficient"), std::string::npos);
+  }
+  // (Granite 4.0's rotary embedding rotates whole heads: a partial_rotary_factor there is refused by name)
+  json g = json::parse(cfg);
+  g["model_type"] = "granitemoehybrid";
+  g["partial_rotary_factor"] = 0.5;
+  try {
+    (void)spec_from_hf_config(g, "config.json");
+    ADD_FAILURE() << "granitemoehybrid took a partial rotary";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("partial_rotary_factor"), std::string::npos) << e.what();
+  }
 }
 
 // LFM2-8B-A1B's shape (Lfm2MoeConfig's widths: hidden 2048, dense MLPs of 7168 on the first 2 layers,

@@ -190,7 +190,6 @@ void write_mamba2_keys(const ModelSpec& s, ordered_json& j) {
 void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s) {
   granite_read(j, where, s);
   if (s.mlp_bias) fail(where, "mlp_bias: Granite 4.0's MLPs have no biases");
-  s.rotary_dim = 0;  // (GraniteMoeHybridRotaryEmbedding rotates whole heads whatever partial_rotary_factor says)
   const int64_t experts_ffn = s.ffn;
   s.ffn = config::get_int(j, "shared_intermediate_size", where, 1024);
   s.fused_gate_up = true;
@@ -223,8 +222,23 @@ void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s
 // 4.0-H's Mamba2 layers on every layer but attn_layer_indices; the attention rotates half of each
 // head (BambaConfig fixes partial_rotary_factor at 0.5); its files name the MLP feed_forward and the
 // norms pre_ff_layernorm / final_layernorm. llama.cpp writes it as a granitehybrid GGUF (with the
-// rotary on), which reads back as granitemoehybrid.
+// rotary on), which reads back as bamba (gguf.h's granitehybrid_is_bamba).
+// BambaConfig's defaults where config.json leaves keys out, and its fixed half rotary: whatever
+// partial_rotary_factor the file names, transformers rotates half (bamba_read sets it).
+void bamba_normalize(json& j) {
+  if (!j.contains("num_key_value_heads")) j["num_key_value_heads"] = 8;
+  if (!j.contains("rms_norm_eps")) j["rms_norm_eps"] = 1e-5;
+  if (!j.contains("intermediate_size")) j["intermediate_size"] = 14336;
+  j.erase("partial_rotary_factor");
+  for (const char* k : {"rope_parameters", "rope_scaling"})
+    if (j.contains(k) && j[k].is_object()) j[k].erase("partial_rotary_factor");
+}
+
 void bamba_read(const json& j, const std::string& where, ModelSpec& s) {
+  const float z_loss = config::get_float(j, "z_loss_coefficient", where, 0.0f);
+  if (z_loss != 0.0f)
+    fail(where, "z_loss_coefficient " + std::to_string(z_loss) + ": BambaForCausalLM adds a z-loss to the training loss, "
+                "which is not supported; the released models' configs have 0");
   s.qkv_bias = s.o_bias = config::get_bool(j, "attention_bias", where, false);
   s.mlp_bias = config::get_bool(j, "mlp_bias", where, false);
   if (s.mlp_bias) fail(where, "mlp_bias: Bamba's MLP biases are not supported (the released models have none)");
@@ -248,8 +262,12 @@ void bamba_write(const ModelSpec& s, ordered_json& j) {
       !s.nope_layers.empty() || s.rotary_dim != s.head_dim / 2 || (s.hybrid() && !s.la_mamba2) ||
       s.qkv_bias != s.o_bias)
     fail("config.json", "not a bamba block");
+  if (s.embed_multiplier != 1.0f || s.residual_multiplier != 1.0f || s.logit_divisor != 1.0f ||
+      (s.attn_scale > 0.0f && std::fabs(s.attn_scale * std::sqrt(static_cast<float>(s.head_dim)) - 1.0f) > 1e-6f))
+    fail("config.json", "Bamba has no Granite multipliers or attention scale; this model has them");
   j["attention_bias"] = s.qkv_bias;
   j["mlp_bias"] = false;
+  j["attn_rotary_emb"] = s.rotary_dim;  // (Bamba-9B's key, llama.cpp's converter reads the rotary width from it)
   ordered_json idx = ordered_json::array();
   for (int64_t l = 0; l < s.n_layers; ++l)
     if (!s.layer_is_linear_attn(l)) idx.push_back(l);
@@ -366,7 +384,6 @@ const ModelFamily kGraniteMoeHybrid = [] {
   f.hf_renames = kGraniteMoeHybridRenames;
   f.renames_for = granitemoehybrid_renames;
   f.export_arch_for = granitemoehybrid_export_arch;
-  f.partial_rotary = true;  // (a Bamba GGUF's rope.dimension_count; config.json's partial_rotary_factor is ignored, as transformers does)
   f.no_gguf_form = "with experts and no Mamba layers it would be llama.cpp's granitemoe with a shared expert, which is "
                    "not written here";
   f.normalize_config = granitemoehybrid_normalize;
@@ -381,11 +398,14 @@ constexpr HfRename kBambaRenames[] = {{".mamba.", ".linear_attn."},
                                       {".feed_forward.", ".mlp."},
                                       {".pre_ff_layernorm.", ".post_attention_layernorm."},
                                       {"model.final_layernorm.", "model.norm."}};
+std::string_view bamba_export_arch(const ModelSpec& s) { return s.hybrid() ? "granitehybrid" : ""; }
 const ModelFamily kBamba = [] {
   ModelFamily f{"bamba", "BambaForCausalLM", "", 0, 262144, 10000.0f, false, false, bamba_read, bamba_write, nullptr};
   f.hf_renames = kBambaRenames;
   f.gguf_export_arch = "granitehybrid";
-  f.partial_rotary = true;
+  f.export_arch_for = bamba_export_arch;
+  f.no_gguf_form = "a Bamba without Mamba layers has no llama.cpp form here (its granite graph rotates whole heads)";
+  f.normalize_config = bamba_normalize;
   return f;
 }();
 

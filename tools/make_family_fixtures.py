@@ -391,6 +391,15 @@ FAMILIES = {
                                   mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8,
                                   attn_rotary_emb=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                                   tie_word_embeddings=False, _ssm_random=True)),
+    # Mamba2 (Mamba2ForCausalLM: Mamba-Codestral): every layer norm -> the Mamba2 mixer (4 heads of 32 in
+    # 2 groups, state 8, 4 taps with a bias, chunks of 8) -> residual; no attention, no MLP.
+    "mamba2": ("Mamba2Config", dict(_drop=("intermediate_size", "num_attention_heads", "num_key_value_heads",
+                                           "max_position_embeddings", "rms_norm_eps"),
+                                    num_hidden_layers=3, num_heads=4, head_dim=32, state_size=8, n_groups=2,
+                                    conv_kernel=4, expand=2, chunk_size=8, layer_norm_epsilon=1e-6,
+                                    tie_word_embeddings=False, _ssm_random=True,
+                                    # (PEFT refuses LoRA on a Mamba model's out_proj, so all-linear fails there)
+                                    _targets=["in_proj"])),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -1932,7 +1941,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -6,7 +6,7 @@
 // phi, Phi-1 / 1.5 / 2's;
 // gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2;
 // opt.cpp: opt; bloom.cpp: bloom; falcon.cpp: falcon; stablelm.cpp: stablelm; starcoder2.cpp:
-// starcoder2; granite.cpp: granite, granitemoe, granitemoehybrid, bamba; olmo2.cpp: olmo2, olmo3;
+// starcoder2; granite.cpp: granite, granitemoe, granitemoehybrid, bamba; mamba.cpp: mamba2; olmo2.cpp: olmo2, olmo3;
 // llama4.cpp: llama4_text; gptj.cpp: gptj; cohere.cpp: cohere, cohere2; olmo.cpp: olmo; arcee.cpp: arcee; nemotron.cpp: nemotron; smollm3.cpp: smollm3; moe.cpp: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, minimax_m2; exaone.cpp: exaone4; glm.cpp: glm4, glm4_moe; seed_oss.cpp: seed_oss; deepseek.cpp: deepseek_v2, deepseek_v3; dots1.cpp: dots1; qwen3_5.cpp: qwen3_5_text; lfm2.cpp: lfm2, lfm2_moe) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
@@ -14,6 +14,7 @@
 #include <string>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -93,6 +94,11 @@ struct ModelFamily {
   // "" for a form with none, no_gguf_form saying why.
   std::string_view (*export_arch_for)(const ModelSpec& s) = nullptr;
   std::string_view no_gguf_form = {};
+  // PEFT refuses LoRA on modules named out_proj (and conv1d) of this model type (its
+  // _check_lora_target_modules_mamba: mamba, mamba2, falcon_h1, ...: their fused kernels bypass
+  // the adapter), at creation and at load: all-linear leaves the mixer's out_proj out here, and an
+  // explicit out_proj target is refused, so every adapter stays loadable in PEFT.
+  bool peft_refuses_out_proj = false;
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
   std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }
@@ -129,9 +135,15 @@ namespace families {  // formats/families/*.cpp
 // or 0: 1), expert groups where expert_group_count says, expert_weights_norm, the experts read one
 // by one, no MTP blocks. The router's kind is the caller's.
 void read_deepseek_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s);
+// The Mamba2 mixer's config.json keys as Granite 4.0-H and Bamba spell them (mamba_n_heads,
+// mamba_d_head ("auto"), mamba_d_state, mamba_n_groups, mamba_d_conv, mamba_expand, mamba_conv_bias,
+// mamba_proj_bias, time_step_limit; formats/families/granite.cpp), for the layers flagged in `mamba`
+// (none flagged: nothing read); and written back. Errors name `where` and the key.
+void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba);
+void write_mamba2_keys(const ModelSpec& s, nlohmann::ordered_json& j);
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
-    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba;
+    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2;
 }
 
 }  // namespace qlora

@@ -40,6 +40,11 @@ std::string moe_module_path(const ModelSpec& spec, const std::string& canonical)
 }
 // Whether the MoE block's module tree keeps the family's own names (Llama 4's and LFM2-MoE's
 // feed_forward), unlike transformers 5's mlp of Mixtral, Qwen-MoE, ... whatever their files say.
+bool model_family_refuses_out_proj(const ModelSpec& spec) {
+  const ModelFamily* f = find_family(spec.family);
+  return f && f->peft_refuses_out_proj;
+}
+
 bool moe_modules_renamed(const ModelSpec& spec) { return spec.moe_llama4 || spec.la_short_conv; }
 }  // namespace
 
@@ -82,6 +87,12 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       const std::string path = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w));
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
       if (path.empty() || !cfg_.targets(path)) continue;
+      if (w == 11 && model_family_refuses_out_proj(model.spec())) {
+        if (cfg_.all_linear) continue;
+        fail("LoRA config", "LoRA on " + path + ": PEFT refuses adapters on a " + model.spec().family +
+                                " model's out_proj (its fused Mamba kernel bypasses them), so the adapter would not load "
+                                "in PEFT; target in_proj");
+      }
       // (PEFT 0.21's all-linear on GLM-4.5 and ERNIE 4.5's MoE adapts no MLP Linear -- neither the
       // dense layers' nor the shared experts' -- and the experts and router instead: add_moe_layers)
       // (LFM2-MoE's all-linear adapts its dense layers' Linears and no expert: all_linear_adapts_experts)

@@ -78,6 +78,10 @@ bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module
   if (o.all_linear && s.all_linear_adapts_experts() && (s.moe_f32_router() || s.moe_router_linear) &&
       std::string_view(module).find("mlp.") == 0)
     return false;
+  // (Mamba2: PEFT refuses LoRA on the mixer's out_proj; all-linear leaves it out: lora/lora_model.cpp)
+  if (const ModelFamily* f = find_family(s.family);
+      f && f->peft_refuses_out_proj && std::string_view(module) == kBlockLinearModules[11])
+    return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
   for (const std::string& t : o.target_modules)

@@ -513,6 +513,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     xmid = p.buffer("x_mid", C);
     p.add_residual(xmid, p.input_, attn_out);
   }
+  if (s.no_mlp) {  // (Mamba2ForCausalLM: the block ends at the mixer's residual add)
+    p.output_ = xmid;
+    p.finish();
+    return p;
+  }
   // --- MLP: x_out = x_mid + down(act(gate(h)) * up(h)), or down(act(up(h))), h = norm(x_mid)
   int h2 = h1;  // (falcon-7b: the MLP reads the attention's normed input)
   if (!s.pre_norms) {

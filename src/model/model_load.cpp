@@ -419,8 +419,9 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
       L.attn_sinks = load_vector(src, n, opt.compute_dtype);
       progress(n);
     }
-    if (!spec.shared_branch_norm) L.post_norm = norm_weight(name("post_attention_layernorm"));
-    if (ln && !spec.shared_branch_norm) L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
+    if (!spec.shared_branch_norm && !spec.no_mlp) L.post_norm = norm_weight(name("post_attention_layernorm"));
+    if (ln && !spec.shared_branch_norm && !spec.no_mlp)
+      L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     if (spec.layer_moe(l)) load_moe_layer(L, spec, l, src, opt, progress);
     for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)
     if (spec.v_norm || spec.qk_l2_norm) L.unit_norm.assign(static_cast<size_t>(spec.max_head_dim()), 1.0f);  // (VHead)

@@ -201,6 +201,8 @@ void ModelSpec::validate(const std::string& where) const {
     if (la_conv_kernel < 1 || la_conv_kernel > 64)
       fail(where, std::string(la_short_conv ? "conv_L_cache" : "linear_conv_kernel_dim") +
                       " must be between 1 and 64, got " + std::to_string(la_conv_kernel));
+    if (no_mlp && (moe() || fused_gate_up || shared_branch_norm))
+      fail(where, "layers without an MLP (Mamba2's) have no experts or fused MLP");
     if (fused_qkv || post_norm || parallel_residual || !pre_norms || sandwich_norms || norm != NormKind::RMSNorm)
       fail(where, "linear-attention layers are built on a sequential pre-RMSNorm block with separate q/k/v (Qwen3.5's)");
   }
@@ -315,6 +317,7 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
     l[5] = absent;
   }
   if (mlp == MlpKind::Plain) l[4] = absent;  // up, act, down: no gate
+  if (no_mlp) l[4] = l[5] = l[6] = absent;
   if (moe() && !moe_gemma4) {  // the experts are not among the seven; the shared expert is (Gemma 4: its dense MLP)
     if (shared_expert && fused_gate_up) {  // (Granite 4.0's shared_mlp: input_linear = gate | up)
       l[4].module = "mlp.shared_expert.gate_up_proj";
@@ -400,7 +403,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       }
     }
     if (attn_sinks) t.push_back({"model.layers." + std::to_string(l) + ".self_attn.sinks", {n_heads}});
-    if (!shared_branch_norm && norm_weights) {
+    if (!shared_branch_norm && !no_mlp && norm_weights) {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
       if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     }

@@ -467,6 +467,8 @@ struct ModelSpec {
   // la_k_heads groups (linear_attn.norm, la_value_dim wide); out_proj in the out_proj slot.
   // Biases on in_proj / out_proj: la_proj_bias. The state: (la_v_heads, la_v_dim, la_k_dim).
   bool la_mamba2 = false, la_conv_bias = false, la_proj_bias = false;
+  // Mamba2ForCausalLM's layers: norm -> mixer -> residual, no MLP and no second norm.
+  bool no_mlp = false;
   float la_dt_min = 0.0f, la_dt_max = std::numeric_limits<float>::infinity();
   bool hybrid() const { return !linear_attn_layers.empty(); }
   bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }

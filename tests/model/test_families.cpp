@@ -66,7 +66,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -306,7 +306,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3",
                                            "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba"),
+                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -402,6 +402,33 @@ TEST(FamiliesPeft, FanInFanOutFollowsTheModelsLinears) {
   EXPECT_TRUE(lm.config().fan_in_fan_out);
   EXPECT_EQ(peft_adapter_config_json(lm.config(), "x", lm.layers())["fan_in_fan_out"], true);
   EXPECT_EQ(lm.layers()[0].module_path, "transformer.h.0.attn.c_attn");
+}
+
+// PEFT refuses LoRA on a Mamba2 model's out_proj (its fused kernel bypasses adapters), at
+// creation and at load: all-linear leaves it out here (in_proj only), and naming it is refused,
+// so every adapter we save loads in PEFT. (Granite 4.0-H's mamba.out_proj PEFT adapts.)
+TEST(FamiliesPeft, Mamba2LeavesOutProjToPeftsRule) {
+  const auto m = load("mamba2", false);
+  LoraConfig c;
+  c.r = 2;
+  c.all_linear = true;
+  const LoraModel lm(*m, c);
+  ASSERT_EQ(lm.layers().size(), 3u);
+  for (const auto& l : lm.layers()) EXPECT_TRUE(l.module_path.ends_with(".mixer.in_proj")) << l.module_path;
+  LoraConfig o;
+  o.r = 2;
+  o.target_modules = {"in_proj", "out_proj"};
+  try {
+    LoraModel bad(*m, o);
+    ADD_FAILURE() << "LoRA on a Mamba2 out_proj was built";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("PEFT refuses"), std::string::npos) << e.what();
+  }
+  const auto g = load("granitemoehybrid", false);
+  const LoraModel lg(*g, c);
+  bool out_proj = false;
+  for (const auto& l : lg.layers()) out_proj = out_proj || l.module_path.ends_with(".mamba.out_proj");
+  EXPECT_TRUE(out_proj);
 }
 
 // The variants not built yet are refused, naming what is missing, rather than run as a

@@ -717,6 +717,30 @@ TEST(HfConfig, BambaConfig) {
   }
 }
 
+// Mamba-Codestral-7B's shape (Mamba2Config's defaults: hidden 4096, 64 layers, 128 heads of 64, 8
+// groups, state 128, vocab 32768), read to transformers' count on the meta device (7,285,403,648): every
+// layer a Mamba2 mixer, no attention, no MLP; written back with Mamba2Config's own key names.
+TEST(HfConfig, Mamba2Config) {
+  const char* cfg = R"({"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "hidden_size": 4096, "num_hidden_layers": 64, "num_heads": 128, "head_dim": 64, "state_size": 128, "n_groups": 8, "vocab_size": 32768, "expand": 2, "conv_kernel": 4, "use_conv_bias": true, "use_bias": false, "layer_norm_epsilon": 1e-05, "residual_in_fp32": true, "rms_norm": true, "tie_word_embeddings": false})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "mamba2");
+  EXPECT_EQ(s.num_params(), 7285403648);
+  EXPECT_TRUE(s.no_mlp);
+  EXPECT_EQ(s.state_layers(), 64);
+  EXPECT_EQ(s.la_k_heads, 8);
+  EXPECT_FLOAT_EQ(s.norm_eps, 1e-5f);
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_EQ(back.at("head_dim").get<int64_t>(), 64);
+  EXPECT_EQ(back.at("num_heads").get<int64_t>(), 128);
+  EXPECT_FALSE(back.contains("num_attention_heads"));
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  for (const char* patch : {R"({"rms_norm": false})", R"({"residual_in_fp32": false})", R"({"num_heads": 100})"}) {
+    json p = json::parse(cfg);
+    p.merge_patch(json::parse(patch));
+    EXPECT_THROW((void)spec_from_hf_config(p, "config.json"), Error) << patch;
+  }
+}
+
 // LFM2-8B-A1B's shape (Lfm2MoeConfig's widths: hidden 2048, dense MLPs of 7168 on the first 2 layers,
 // 32 experts of 1792 routing 4; 24 layers, attention on 6), read to transformers' parameter count
 // (AutoModelForCausalLM on the meta device: 8,339,929,856 parameters, plus the 22 x 32 values of the

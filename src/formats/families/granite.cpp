@@ -17,6 +17,72 @@
 
 namespace qlora::families {
 
+// The mamba_* keys of GraniteMoeHybridConfig and BambaConfig (the same Mamba2 mixer), for the
+// layers flagged in `mamba` (none: no Mamba layers, the keys unread).
+void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba) {
+  using nlohmann::json;
+  auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
+  if (std::find(mamba.begin(), mamba.end(), true) == mamba.end()) return;
+  s.linear_attn_layers = std::move(mamba);
+  s.la_mamba2 = true;
+  const int64_t expand = config::get_int(j, "mamba_expand", where, 2);
+  if (expand <= 0 || expand > 64) fail(where, "mamba_expand must be between 1 and 64, got " + std::to_string(expand));
+  const int64_t inner = expand * s.hidden;
+  s.la_v_heads = config::get_int(j, "mamba_n_heads", where, 128);
+  s.la_k_heads = config::get_int(j, "mamba_n_groups", where, 1);
+  s.la_k_dim = config::get_int(j, "mamba_d_state", where, 256);
+  s.la_conv_kernel = config::get_int(j, "mamba_d_conv", where, 4);
+  if (s.la_v_heads <= 0 || inner % s.la_v_heads != 0)
+    fail(where, "mamba_n_heads (" + std::to_string(s.la_v_heads) + ") must divide mamba_expand * hidden_size (" +
+                    std::to_string(inner) + ")");
+  const json* dh = config::find_key(j, "mamba_d_head");
+  s.la_v_dim = !dh || text(dh) == "auto" ? inner / s.la_v_heads : config::get_int(j, "mamba_d_head", where);
+  if (s.la_v_dim * s.la_v_heads != inner)
+    fail(where, "mamba_d_head (" + std::to_string(s.la_v_dim) + ") times mamba_n_heads (" + std::to_string(s.la_v_heads) +
+                    ") is not mamba_expand * hidden_size (" + std::to_string(inner) + ")");
+  if (s.la_k_heads <= 0 || s.la_v_heads % s.la_k_heads != 0)
+    fail(where, "mamba_n_groups (" + std::to_string(s.la_k_heads) + ") must divide mamba_n_heads (" +
+                    std::to_string(s.la_v_heads) + ")");
+  s.la_conv_bias = config::get_bool(j, "mamba_conv_bias", where, true);
+  s.la_proj_bias = config::get_bool(j, "mamba_proj_bias", where, false);
+  if (const json* lim = config::find_key(j, "time_step_limit")) {
+    const bool pair = lim->is_array() && lim->size() == 2;
+    const double lo = pair ? config::python_float((*lim)[0]).value_or(-1.0) : -1.0;
+    const double hi = pair ? config::python_float((*lim)[1]).value_or(-1.0) : -1.0;
+    if (!(lo >= 0.0 && lo <= hi))
+      fail(where, "time_step_limit must be two increasing non-negative bounds, got " + config::shown(*lim));
+    s.la_dt_min = static_cast<float>(lo);
+    s.la_dt_max = static_cast<float>(hi);
+  }
+}
+
+// The same keys written back (a model without Mamba layers: sizes transformers' validation accepts).
+void write_mamba2_keys(const ModelSpec& s, nlohmann::ordered_json& j) {
+  using nlohmann::ordered_json;
+  if (!s.la_mamba2) {
+    j["mamba_expand"] = 1;
+    j["mamba_n_heads"] = 1;
+    j["mamba_d_head"] = s.hidden;
+    return;
+  }
+  if (s.la_value_dim() % s.hidden != 0)
+    fail("config.json", "a Mamba inner width that is no multiple of hidden_size cannot be written as mamba_expand");
+  j["mamba_expand"] = s.la_value_dim() / s.hidden;
+  j["mamba_n_heads"] = s.la_v_heads;
+  j["mamba_n_groups"] = s.la_k_heads;
+  j["mamba_d_state"] = s.la_k_dim;
+  j["mamba_d_head"] = s.la_v_dim;
+  j["mamba_d_conv"] = s.la_conv_kernel;
+  j["mamba_conv_bias"] = s.la_conv_bias;
+  j["mamba_proj_bias"] = s.la_proj_bias;
+  if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out)
+    // (JSON has no infinity: transformers 5 writes and reads it as {"__float__": "Infinity"})
+    ordered_json hi = s.la_dt_max;
+    if (std::isinf(s.la_dt_max)) hi = ordered_json{{"__float__", "Infinity"}};
+    j["time_step_limit"] = ordered_json::array({s.la_dt_min, hi});
+  }
+}
+
 namespace {
 
 using nlohmann::json;
@@ -121,70 +187,6 @@ void granitemoehybrid_normalize(json& j) {
     }
   if (!j.contains("intermediate_size")) j["intermediate_size"] = 11008;  // (the experts' width; the MLP's: shared_intermediate_size)
   if (!j.contains("rms_norm_eps")) j["rms_norm_eps"] = 1e-6;  // (GraniteMoeHybridConfig's default)
-}
-
-// The mamba_* keys of GraniteMoeHybridConfig and BambaConfig (the same Mamba2 mixer), for the
-// layers flagged in `mamba` (none: no Mamba layers, the keys unread).
-void read_mamba2_keys(const json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba) {
-  auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
-  if (std::find(mamba.begin(), mamba.end(), true) == mamba.end()) return;
-  s.linear_attn_layers = std::move(mamba);
-  s.la_mamba2 = true;
-  const int64_t expand = config::get_int(j, "mamba_expand", where, 2);
-  if (expand <= 0 || expand > 64) fail(where, "mamba_expand must be between 1 and 64, got " + std::to_string(expand));
-  const int64_t inner = expand * s.hidden;
-  s.la_v_heads = config::get_int(j, "mamba_n_heads", where, 128);
-  s.la_k_heads = config::get_int(j, "mamba_n_groups", where, 1);
-  s.la_k_dim = config::get_int(j, "mamba_d_state", where, 256);
-  s.la_conv_kernel = config::get_int(j, "mamba_d_conv", where, 4);
-  if (s.la_v_heads <= 0 || inner % s.la_v_heads != 0)
-    fail(where, "mamba_n_heads (" + std::to_string(s.la_v_heads) + ") must divide mamba_expand * hidden_size (" +
-                    std::to_string(inner) + ")");
-  const json* dh = config::find_key(j, "mamba_d_head");
-  s.la_v_dim = !dh || text(dh) == "auto" ? inner / s.la_v_heads : config::get_int(j, "mamba_d_head", where);
-  if (s.la_v_dim * s.la_v_heads != inner)
-    fail(where, "mamba_d_head (" + std::to_string(s.la_v_dim) + ") times mamba_n_heads (" + std::to_string(s.la_v_heads) +
-                    ") is not mamba_expand * hidden_size (" + std::to_string(inner) + ")");
-  if (s.la_k_heads <= 0 || s.la_v_heads % s.la_k_heads != 0)
-    fail(where, "mamba_n_groups (" + std::to_string(s.la_k_heads) + ") must divide mamba_n_heads (" +
-                    std::to_string(s.la_v_heads) + ")");
-  s.la_conv_bias = config::get_bool(j, "mamba_conv_bias", where, true);
-  s.la_proj_bias = config::get_bool(j, "mamba_proj_bias", where, false);
-  if (const json* lim = config::find_key(j, "time_step_limit")) {
-    const bool pair = lim->is_array() && lim->size() == 2;
-    const double lo = pair ? config::python_float((*lim)[0]).value_or(-1.0) : -1.0;
-    const double hi = pair ? config::python_float((*lim)[1]).value_or(-1.0) : -1.0;
-    if (!(lo >= 0.0 && lo <= hi))
-      fail(where, "time_step_limit must be two increasing non-negative bounds, got " + config::shown(*lim));
-    s.la_dt_min = static_cast<float>(lo);
-    s.la_dt_max = static_cast<float>(hi);
-  }
-}
-
-// The same keys written back (a model without Mamba layers: sizes transformers' validation accepts).
-void write_mamba2_keys(const ModelSpec& s, ordered_json& j) {
-  if (!s.la_mamba2) {
-    j["mamba_expand"] = 1;
-    j["mamba_n_heads"] = 1;
-    j["mamba_d_head"] = s.hidden;
-    return;
-  }
-  if (s.la_value_dim() % s.hidden != 0)
-    fail("config.json", "a Mamba inner width that is no multiple of hidden_size cannot be written as mamba_expand");
-  j["mamba_expand"] = s.la_value_dim() / s.hidden;
-  j["mamba_n_heads"] = s.la_v_heads;
-  j["mamba_n_groups"] = s.la_k_heads;
-  j["mamba_d_state"] = s.la_k_dim;
-  j["mamba_d_head"] = s.la_v_dim;
-  j["mamba_d_conv"] = s.la_conv_kernel;
-  j["mamba_conv_bias"] = s.la_conv_bias;
-  j["mamba_proj_bias"] = s.la_proj_bias;
-  if (s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max)) {  // (the default (0, inf) left out)
-    // (JSON has no infinity: transformers 5 writes and reads it as {"__float__": "Infinity"})
-    ordered_json hi = s.la_dt_max;
-    if (std::isinf(s.la_dt_max)) hi = ordered_json{{"__float__", "Infinity"}};
-    j["time_step_limit"] = ordered_json::array({s.la_dt_min, hi});
-  }
 }
 
 void granitemoehybrid_read(const json& j, const std::string& where, ModelSpec& s) {

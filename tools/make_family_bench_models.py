@@ -194,6 +194,10 @@ FAMILIES = {
                                                         attention_multiplier=0.015625, residual_multiplier=0.246,
                                                         logits_scaling=3.0, max_position_embeddings=2048,
                                                         tie_word_embeddings=True)),
+    # Mamba2 (Mamba-Codestral's block) at that size: 8 layers of norm -> Mamba2 mixer (16 heads of 64 in 8
+    # groups, state 128, 4 taps) -> residual; no attention, no MLP.
+    "mamba2": ("Mamba2Config", dict(hidden_size=512, num_hidden_layers=8, num_heads=16, head_dim=64, state_size=128,
+                                    n_groups=8, conv_kernel=4, expand=2, tie_word_embeddings=True)),
     # Granite 4.0-H with experts (granite-4.0-h-tiny's block) at that size: the same layers, 16 experts
     # of 256 routing 4 beside a shared_mlp of 512 (h-tiny: 64 of 512 routing 6 beside 1024 at hidden 1536).
     "granitemoehybrid_moe": ("GraniteMoeHybridConfig", dict(hidden_size=512, shared_intermediate_size=512,

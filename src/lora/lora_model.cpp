@@ -3,6 +3,7 @@
 #include "formats/hf_wrapper.h"
 #include "formats/model_family.h"
 
+#include <regex>
 #include <string>
 
 #include "base/error.h"
@@ -79,6 +80,22 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
     fail("LoRA config", "fan_in_fan_out is set, but " + model.spec().family +
                             "'s Linear weights are stored (out, in): an adapter for another model?");
   cfg_.fan_in_fan_out = conv1d;
+  // (PEFT refuses LoRA on a Mamba model's out_proj and conv1d, by name or by regex, at creation and
+  // at load: an adapter naming them would not load there)
+  if (model_family_refuses_out_proj(model.spec())) {
+    for (const std::string& t : cfg_.target_modules)
+      if (lora_module_matches("x.conv1d", t) || lora_module_matches("x.out_proj", t) || t == "conv1d" || t == "out_proj")
+        fail("LoRA config", "target '" + t + "': PEFT refuses adapters on a " + model.spec().family + " model's out_proj "
+                            "and conv1d (its fused Mamba kernel bypasses them), so the adapter would not load in PEFT; "
+                            "target in_proj");
+    if (!cfg_.target_regex.empty()) {
+      const std::regex re(cfg_.target_regex, std::regex::ECMAScript);
+      for (const char* p : {"backbone.layers.0.mixer.conv1d", "backbone.layers.0.mixer.out_proj"})
+        if (std::regex_match(p, re))
+          fail("LoRA config", std::string("target regex matches ") + p + ": PEFT refuses adapters on a " +
+                                  model.spec().family + " model's out_proj and conv1d, so the adapter would not load in PEFT");
+    }
+  }
   const int64_t NL = model.spec().n_layers;
   index_.resize(static_cast<size_t>(NL));
   for (int64_t l = 0; l < NL; ++l) {

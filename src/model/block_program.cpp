@@ -115,7 +115,7 @@ void BlockProgram::add_residual(int out, int a, int b) {
   o.out = out;
   o.in0 = a;
   o.in1 = b;
-  o.round = true;
+  o.round = !spec_.residual_fp32;
   op(o);
 }
 

@@ -469,6 +469,10 @@ struct ModelSpec {
   bool la_mamba2 = false, la_conv_bias = false, la_proj_bias = false;
   // Mamba2ForCausalLM's layers: norm -> mixer -> residual, no MLP and no second norm.
   bool no_mlp = false;
+  // The residual stream stays float32 in bf16/fp16 (Mamba2's residual_in_fp32): the residual adds
+  // are not rounded to the compute dtype. (Its norms' inputs, which transformers rounds, are not
+  // rounded either: the remaining half-precision difference.)
+  bool residual_fp32 = false;
   float la_dt_min = 0.0f, la_dt_max = std::numeric_limits<float>::infinity();
   bool hybrid() const { return !linear_attn_layers.empty(); }
   bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }

@@ -415,15 +415,21 @@ TEST(FamiliesPeft, Mamba2LeavesOutProjToPeftsRule) {
   const LoraModel lm(*m, c);
   ASSERT_EQ(lm.layers().size(), 3u);
   for (const auto& l : lm.layers()) EXPECT_TRUE(l.module_path.ends_with(".mixer.in_proj")) << l.module_path;
-  LoraConfig o;
-  o.r = 2;
-  o.target_modules = {"in_proj", "out_proj"};
-  try {
-    LoraModel bad(*m, o);
-    ADD_FAILURE() << "LoRA on a Mamba2 out_proj was built";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("PEFT refuses"), std::string::npos) << e.what();
+  for (std::vector<std::string> targets : {std::vector<std::string>{"in_proj", "out_proj"}, {"in_proj", "conv1d"}}) {
+    LoraConfig o;
+    o.r = 2;
+    o.target_modules = targets;
+    try {
+      LoraModel bad(*m, o);
+      ADD_FAILURE() << "LoRA on a Mamba2 " << targets[1] << " was built";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("PEFT refuses"), std::string::npos) << e.what();
+    }
   }
+  LoraConfig rx;
+  rx.r = 2;
+  rx.target_regex = R"(.*mixer\.(in_proj|conv1d))";
+  EXPECT_THROW(LoraModel(*m, rx), Error);
   const auto g = load("granitemoehybrid", false);
   const LoraModel lg(*g, c);
   bool out_proj = false;

@@ -4,8 +4,10 @@
 // (ModelSpec::no_mlp); the final norm norm_f; embeddings under backbone.embeddings. Its config
 // spells the mixer's sizes num_heads / head_dim / state_size / n_groups / conv_kernel / expand /
 // use_conv_bias / use_bias (read as the mamba_* keys of the hybrids) and has no attention:
-// the attention sizes are placeholders nothing uses. residual_in_fp32 (the config's default) is
-// what the engine does anyway: the residual stream is float32.
+// the attention sizes are placeholders nothing uses. residual_in_fp32 (the config's default) keeps
+// the residual adds unrounded in bf16 / fp16 (ModelSpec::residual_fp32). Its rms_norm key, which
+// transformers 5's Mamba2Config no longer has, is ignored as transformers ignores it: the gated
+// norm always runs.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -28,6 +30,7 @@ void mamba2_normalize(json& j) {
                                                       {"conv_kernel", "mamba_d_conv"}, {"expand", "mamba_expand"},
                                                       {"use_conv_bias", "mamba_conv_bias"}, {"use_bias", "mamba_proj_bias"}};
   const json defaults[] = {128, 64, 128, 8, 4, 2, true, false};
+  if (!j.contains("hidden_size")) j["hidden_size"] = 4096;
   for (size_t i = 0; i < std::size(keys); ++i) {
     j[keys[i].second] = j.contains(keys[i].first) ? j[keys[i].first] : defaults[i];
     j.erase(keys[i].first);
@@ -40,15 +43,10 @@ void mamba2_normalize(json& j) {
   j["rms_norm_eps"] = j.contains("layer_norm_epsilon") ? j["layer_norm_epsilon"] : json(1e-5);
   if (!j.contains("vocab_size")) j["vocab_size"] = 32768;
   if (!j.contains("num_hidden_layers")) j["num_hidden_layers"] = 64;
-  if (!j.contains("hidden_size")) j["hidden_size"] = 4096;
 }
 
 void mamba2_read(const json& j, const std::string& where, ModelSpec& s) {
-  if (!config::get_bool(j, "rms_norm", where, true))
-    fail(where, "rms_norm false (the mixer's output without its gated RMSNorm) is not supported; the released Mamba2 "
-                "models have it");
-  if (config::get_bool(j, "residual_in_fp32", where, true) == false)
-    fail(where, "residual_in_fp32 false (a residual stream in the compute dtype) is not supported");
+  s.residual_fp32 = config::get_bool(j, "residual_in_fp32", where, true);
   s.no_mlp = true;
   read_mamba2_keys(j, where, s, std::vector<bool>(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true));
   if (!s.la_mamba2) fail(where, "a Mamba2 model needs at least one layer");
@@ -70,8 +68,7 @@ void mamba2_write(const ModelSpec& s, ordered_json& j) {
   j["use_bias"] = m["mamba_proj_bias"];
   if (m.contains("time_step_limit")) j["time_step_limit"] = m["time_step_limit"];
   j["layer_norm_epsilon"] = j["rms_norm_eps"];
-  j["rms_norm"] = true;
-  j["residual_in_fp32"] = true;
+  j["residual_in_fp32"] = s.residual_fp32;
   for (const char* k : {"num_attention_heads", "num_key_value_heads", "intermediate_size", "rms_norm_eps",
                         "max_position_embeddings", "rope_theta", "hidden_act"})
     j.erase(k);

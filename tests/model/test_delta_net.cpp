@@ -23,20 +23,16 @@
 #include "lora/lora_model.h"
 #include "train/train_model.h"
 #include "model/delta_net.h"
+#include "central_difference.h"
 #include "model/model.h"
 #include "model_test_util.h"
 
 using namespace qlora;
+using qlora::testing_util::expect_gradient;
+using qlora::testing_util::randn;
+using qlora::testing_util::to_d;
 
 namespace {
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(g);
-  return v;
-}
 
 const DeltaRuleShape kShape = [] {
   DeltaRuleShape s;
@@ -91,8 +87,6 @@ std::vector<double> rule_reference(const DeltaRuleShape& sh, const std::vector<d
   return out;
 }
 
-std::vector<double> to_d(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
-
 struct RuleInputs {
   std::vector<float> qkv = randn(static_cast<size_t>(kT * kShape.qkv_width()), 1);
   std::vector<float> b = randn(static_cast<size_t>(kT * kShape.Hv), 2);
@@ -143,30 +137,6 @@ TEST(DeltaNet, PrefillInPiecesCarriesTheState) {
   EXPECT_EQ(conv2, conv);
   EXPECT_EQ(pieces, whole);
 }
-
-namespace {
-
-// d (sum w . f(x)) / d x by central differences of a double function, against `analytic`.
-void expect_gradient(const std::function<std::vector<double>(const std::vector<double>&)>& f, std::vector<double> x,
-                     const std::vector<double>& w, const std::vector<float>& analytic, const char* what) {
-  ASSERT_EQ(analytic.size(), x.size());
-  double worst = 0, peak = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double x0 = x[i], h = 1e-6 * std::max(1.0, std::fabs(x0));
-    x[i] = x0 + h;
-    const auto up = f(x);
-    x[i] = x0 - h;
-    const auto dn = f(x);
-    x[i] = x0;
-    double d = 0;
-    for (size_t j = 0; j < up.size(); ++j) d += w[j] * (up[j] - dn[j]) / (2 * h);
-    worst = std::max(worst, std::fabs(d - analytic[i]));
-    peak = std::max(peak, std::fabs(d));
-  }
-  EXPECT_LT(worst, 2e-4 * peak) << what << ": peak gradient " << peak;
-}
-
-}  // namespace
 
 TEST(DeltaNet, RuleBackwardMatchesCentralDifferences) {
   const RuleInputs in;

@@ -198,6 +198,16 @@ FAMILIES = {
     # groups, state 128, 4 taps) -> residual; no attention, no MLP.
     "mamba2": ("Mamba2Config", dict(hidden_size=512, num_hidden_layers=8, num_heads=16, head_dim=64, state_size=128,
                                     n_groups=8, conv_kernel=4, expand=2, tie_word_embeddings=True)),
+    # Nemotron-H (Nemotron Nano 2's block) at that size: 12 layers of one branch each, Mamba2 (16 heads of
+    # 64 in 8 groups, state 128, 4 taps), attention without positions (8 heads, 2 key/value heads of 64) or
+    # a relu^2 MLP 1536 wide, in Nemotron Nano 2's proportions (M-M-M*-M-M-: half Mamba, one attention
+    # layer of 12); untied head.
+    "nemotron_h": ("NemotronHConfig", dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8,
+                                           num_key_value_heads=2, head_dim=64,
+                                           layers_block_type=["mamba", "mlp", "mamba", "mlp", "mamba", "full_attention",
+                                                              "mlp", "mamba", "mlp", "mamba", "mlp", "mamba"],
+                                           mamba_num_heads=16, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
+                                           conv_kernel=4, max_position_embeddings=2048, tie_word_embeddings=False)),
     # Granite 4.0-H with experts (granite-4.0-h-tiny's block) at that size: the same layers, 16 experts
     # of 256 routing 4 beside a shared_mlp of 512 (h-tiny: 64 of 512 routing 6 beside 1024 at hidden 1536).
     "granitemoehybrid_moe": ("GraniteMoeHybridConfig", dict(hidden_size=512, shared_intermediate_size=512,

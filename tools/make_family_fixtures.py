@@ -400,6 +400,18 @@ FAMILIES = {
                                     tie_word_embeddings=False, _ssm_random=True,
                                     # (PEFT refuses LoRA on a Mamba model's out_proj, so all-linear fails there)
                                     _targets=["in_proj"])),
+    # NVIDIA Nemotron-H (Nemotron Nano 2's block): each layer norm -> one branch -> residual, the branch a
+    # Mamba2 mixer (4 heads of 24 in 2 groups: an inner width of heads x head size, not expand x hidden;
+    # state 8, 4 taps with a bias, chunks of 8), attention without positions (4 heads of 16, 2 key/value
+    # heads) or a relu^2 MLP; the pattern M-*-M. PEFT refuses LoRA on the mixer's out_proj, so
+    # all-linear fails there: the adapter names the other Linears.
+    "nemotron_h": ("NemotronHConfig", dict(_drop=("rms_norm_eps", "num_hidden_layers", "rope_theta"),
+                                           layers_block_type=["mamba", "mlp", "attention", "mlp", "mamba"],
+                                           mamba_num_heads=4, mamba_head_dim=24, n_groups=2, ssm_state_size=8,
+                                           conv_kernel=4, chunk_size=8, head_dim=16, layer_norm_epsilon=1e-6,
+                                           mlp_hidden_act="relu2", tie_word_embeddings=False, _ssm_random=True,
+                                           _targets=["in_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                                     "down_proj"])),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -871,6 +883,76 @@ def nf4_roundtrip(model):
 # The families whose GGUF is checked, and llama.cpp's architecture for each. (Mistral goes
 # to GGUF as "llama" and llama.cpp drops its sliding window; "llama_bias" needs MLP biases
 # llama.cpp's llama graph does not have.)
+def write_gguf_nemotron_h(model, path: Path):
+    """As llama.cpp's converter writes Nemotron-H (conversion/nemotron.py: NemotronHModel on
+    GraniteHybridModel): head_count_kv and feed_forward_length one value per layer, the key/value
+    heads on the attention layers and the MLP width on the MLP layers, 0 elsewhere (both 0: a Mamba
+    layer); the ssm.* sizes (inner_size = heads x head size, time_step_rank = the heads);
+    key_length / value_length the head size; the config's layer_norm_epsilon as
+    attention.layer_norm_epsilon (no RMS key); no positions (rope.scaling.finetuned false, the
+    context 2**20, a rope.dimension_count of hidden / heads nothing reads); each layer's one norm as
+    attn_norm; q/k rows permuted as its llama converter does; ssm_a = -exp(A_log) and ssm_d as
+    (heads, 1), ssm_norm as (groups, inner / groups), the conv taps squeezed."""
+    import gguf
+    import numpy as np
+    c = model.config
+    kinds = list(c.layers_block_type)
+    w = gguf.GGUFWriter(str(path), "nemotron_h")
+    w.add_context_length(2 ** 20)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(len(kinds))
+    w.add_feed_forward_length([c.intermediate_size if k == "mlp" else 0 for k in kinds])
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv([c.num_key_value_heads if k == "full_attention" else 0 for k in kinds])
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_rope_scaling_finetuned(False)
+    w.add_layer_norm_eps(c.layer_norm_epsilon)
+    inner = c.mamba_num_heads * c.mamba_head_dim
+    w.add_ssm_conv_kernel(c.conv_kernel)
+    w.add_ssm_state_size(c.ssm_state_size)
+    w.add_ssm_group_count(c.n_groups)
+    w.add_ssm_inner_size(inner)
+    w.add_ssm_time_step_rank(c.mamba_num_heads)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+
+    def permute(t, n_head):  # (LlamaModel.permute)
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+    names = {"mixer.q_proj": "attn_q", "mixer.k_proj": "attn_k", "mixer.v_proj": "attn_v", "mixer.o_proj": "attn_output",
+             "norm": "attn_norm", "mixer.in_proj": "ssm_in", "mixer.conv1d": "ssm_conv1d", "mixer.norm": "ssm_norm",
+             "mixer.out_proj": "ssm_out", "mixer.up_proj": "ffn_up", "mixer.down_proj": "ffn_down"}
+    ng = c.n_groups
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        name = name.replace("model.embeddings.", "model.embed_tokens.")
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm_f.weight", "output_norm"):
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if rest == "mixer.A_log":
+            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t).reshape(-1, 1)))
+            continue
+        if rest == "mixer.D":
+            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t.reshape(-1, 1)))
+            continue
+        if rest == "mixer.dt_bias":
+            w.add_tensor(f"blk.{layer}.ssm_dt.bias", np.ascontiguousarray(t))
+            continue
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == "mixer.conv1d" and suffix == "weight":
+            t = t.reshape(t.shape[0], t.shape[2])
+        elif mod == "mixer.norm":
+            t = t.reshape(ng, inner // ng)
+        elif mod == "mixer.q_proj":
+            t = permute(t, c.num_attention_heads)
+        elif mod == "mixer.k_proj":
+            t = permute(t, c.num_key_value_heads)
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
              "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
@@ -885,7 +967,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "stablelm_qk": "stablelm", "gpt_oss_gguf": "gpt-oss", "ministral3": "mistral3", "ernie4_5": "ernie4_5",
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
-             "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid",
+             "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
              "bamba": "granitehybrid"}
 
 
@@ -1676,6 +1758,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_lfm2(model, path, arch)
     if arch == "granitehybrid":
         return write_gguf_granitehybrid(model, path)
+    if arch == "nemotron_h":
+        return write_gguf_nemotron_h(model, path)
     import gguf
     import numpy as np
     c = model.config
@@ -1941,7 +2025,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

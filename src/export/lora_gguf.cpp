@@ -43,8 +43,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_string("general.name", std::filesystem::path(out_path).stem().string());
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" || arch == "smollm3" || arch == "olmo" ||
-                          arch == "arcee" || arch == "mistral3";
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" || arch == "nemotron_h" ||
+                          arch == "smollm3" || arch == "olmo" || arch == "arcee" || arch == "mistral3";
   // llama.cpp scales every adapted tensor by alpha / (its lora_a's rank): a layer of another
   // rank or alpha (the experts' gate_up_proj under PEFT's all-linear: 2r, 2 alpha) gets the
   // difference folded into its B.
@@ -167,8 +167,9 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
     const auto gname = hf_to_gguf_tensor_name(canonical + ".weight", arch, arch == "falcon" && !spec.shared_branch_norm);
     if (!gname) fail(out_path, "no GGUF name for module '" + L.module_path + "'");
     int64_t heads = 0;
-    if (permute_qk && L.module_path.ends_with("self_attn.q_proj")) heads = spec.n_heads;
-    if (permute_qk && L.module_path.ends_with("self_attn.k_proj")) heads = spec.n_kv_heads;
+    // (by the canonical name: Nemotron-H's files call the attention mixer)
+    if (permute_qk && canonical.ends_with("self_attn.q_proj")) heads = spec.n_heads;
+    if (permute_qk && canonical.ends_with("self_attn.k_proj")) heads = spec.n_kv_heads;
     const LoraLayer* lp = &L;
     // qwen35: the gated DeltaNet's value heads tiled over its key heads, as the weights are
     // (merge_gguf.cpp): B's rows of in_proj_qkv's values, z, b and a; A's columns of out_proj.

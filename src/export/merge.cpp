@@ -55,7 +55,9 @@ std::vector<float> dense_rows(const DenseWeight& w) {
 // vision-language model's language model the form the source's files use (`stored_embed`:
 // how they name model.embed_tokens.weight).
 std::string output_name(const ModelSpec& s, const std::string& canonical, const std::string& stored_embed) {
-  const std::string h = canonical_to_hf(s, canonical);
+  std::string h = canonical_to_hf(s, canonical);
+  if (const ModelFamily* f = find_family(s.family); f && !f->stored_alias.hf.empty() && h.starts_with(f->stored_alias.canonical))
+    h = std::string(f->stored_alias.hf) + h.substr(f->stored_alias.canonical.size());  // (Nemotron-H: backbone.)
   if (s.hf_wrapper.empty()) return h;
   const auto text = wrapped_path_to_text(h);
   return text ? text_to_wrapped_file_name(*text, stored_embed) : h;
@@ -122,7 +124,7 @@ constexpr const char* kTokenizerFiles[] = {"tokenizer.json",      "tokenizer_con
 std::string wrapped_config_json(const fs::path& source_config, DType dtype) {
   nlohmann::ordered_json outer;
   try {
-    outer = nlohmann::ordered_json::parse(read_text_file(source_config.string()));
+    outer = nlohmann::ordered_json::parse(config::python_json_literals(read_text_file(source_config.string())));
   } catch (const nlohmann::json::exception& e) {
     fail(source_config.string(), std::string("not valid JSON: ") + e.what());
   }

@@ -184,7 +184,21 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       fail(out_path, "llama.cpp's granitehybrid runs Mamba2 layers of twice the hidden width with a conv bias, no "
                      "projection biases and no time_step_limit; this model differs: no GGUF form");
   }
-  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4 && !granitehybrid) ||
+  const bool nemotron_h = arch == "nemotron_h";
+  // (llama.cpp's Mamba2 layers: granitehybrid's and nemotron_h's tensors)
+  const bool mamba2_arch = granitehybrid || nemotron_h;
+  if (nemotron_h) {  // what llama.cpp's nemotron_h graph runs (families/nemotron_h.cpp's reader lists it)
+    bool nope = true;
+    for (int64_t l = 0; l < s.n_layers; ++l) nope = nope && !s.layer_rotates(l);
+    if (!s.single_branch() || !nope || s.mlp != MlpKind::Plain || s.act != Activation::Relu2 || s.moe() ||
+        (s.hybrid() && (!s.la_mamba2 || s.la_proj_bias || !std::isinf(s.la_dt_max))))
+      fail(out_path, "llama.cpp's nemotron_h runs layers of one branch each (Mamba2 without projection biases or an "
+                     "upper step bound, attention without positions, a relu^2 MLP); this model differs: no GGUF form");
+    // (transformers clamps Nemotron-H's steps below at time_step_min, llama.cpp's scan does not and its
+    // converter drops the bound: the GGUF is the converter's, differing only where softplus(dt + dt_bias)
+    // falls below time_step_min)
+  }
+  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4 && !granitehybrid && !nemotron_h) ||
       arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
     bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
     for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
@@ -206,7 +220,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool norm_plus_one = s.norm_unit_offset;
   // llama.cpp's llama and granite graphs expect their converter's rotary row order.
   const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" ||
-                          arch == "smollm3" || arch == "olmo" ||
+                          nemotron_h || arch == "smollm3" || arch == "olmo" ||
                           arch == "arcee" || arch == "mistral3";
   const bool deepseek2 = arch == "deepseek2";
   // (dots1: GLM-4.5's router and shared experts beside Qwen3's attention)
@@ -300,10 +314,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (opt.q4_k_m || opt.type == GgmlType::Q8_0 || opt.type == GgmlType::Q4_0)
     w.set_u32("general.quantization_version", 2);
   const std::string a = arch + ".";
-  w.set_u32(a + "context_length", static_cast<uint32_t>(s.max_positions));
+  // (nemotron_h: as its converter writes it for a model without positions)
+  w.set_u32(a + "context_length", static_cast<uint32_t>(nemotron_h ? int64_t{1} << 20 : s.max_positions));
   w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
   w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
-  if (gemma4 && s.double_wide_shared_mlp) {  // (per layer, as convert_hf_to_gguf.py's Gemma4Model)
+  if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it)
+    std::vector<int32_t> ffn;
+    for (int64_t l = 0; l < s.n_layers; ++l) ffn.push_back(s.layer_has_mlp(l) ? static_cast<int32_t>(s.ffn) : 0);
+    w.set_i32_array(a + "feed_forward_length", ffn);
+  } else if (gemma4 && s.double_wide_shared_mlp) {  // (per layer, as convert_hf_to_gguf.py's Gemma4Model)
     std::vector<int32_t> ffn;
     for (int64_t l = 0; l < s.n_layers; ++l) ffn.push_back(static_cast<int32_t>(s.layer_ffn(l)));
     w.set_i32_array(a + "feed_forward_length", ffn);
@@ -316,15 +335,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
-  } else if ((lfm2_arch || granitehybrid) && s.hybrid()) {  // (as LFM2Model, GraniteHybridModel write it: 0 on the conv / Mamba layers)
+  } else if (((lfm2_arch || granitehybrid) && s.hybrid()) || nemotron_h) {  // (as LFM2Model, GraniteHybridModel write it: 0 on the conv / Mamba layers; NemotronHModel 0 on the MLP layers too)
     std::vector<int32_t> kv;
-    for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(s.layer_is_linear_attn(l) ? 0 : static_cast<int32_t>(s.n_kv_heads));
+    for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(s.layer_has_kv(l) ? static_cast<int32_t>(s.n_kv_heads) : 0);
     w.set_i32_array(a + "attention.head_count_kv", kv);
   } else {  // (deepseek2: one, the latent's, as its converter writes it)
     w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
   if (lfm2_arch) w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
-  if (granitehybrid) {  // as convert_hf_to_gguf.py's GraniteHybridModel
+  if (mamba2_arch) {  // as convert_hf_to_gguf.py's GraniteHybridModel (and NemotronHModel, derived from it)
     if (s.hybrid()) {
       w.set_u32(a + "ssm.conv_kernel", static_cast<uint32_t>(s.la_conv_kernel));
       w.set_u32(a + "ssm.state_size", static_cast<uint32_t>(s.la_k_dim));
@@ -491,7 +510,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                      "this model's differ: no GGUF form");
     w.set_f32(a + "attention.temperature_scale", s.q_pos_scale_beta);
   }
-  w.set_f32(a + (s.norm == NormKind::LayerNorm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
+  // (nemotron_h: its config's layer_norm_epsilon, the key llama.cpp's loader requires for it)
+  w.set_f32(a + (s.norm == NormKind::LayerNorm || nemotron_h ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon"),
             s.norm_eps);
   if (arch == "granite" || arch == "granitemoe" || granitehybrid) {  // as convert_hf_to_gguf.py's GraniteModel (and GraniteMoeModel)
     w.set_f32(a + "attention.scale", s.attn_scale > 0.0f ? s.attn_scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim)));
@@ -848,14 +868,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     TensorSpec t = spec_t;
     const bool delta_net = delta_net_arch && t.name.find(".linear_attn.") != std::string::npos;
     // (the conv taps, (channels, 1, kernel): squeezed and float32, as llama.cpp's converters keep them)
-    const bool conv_taps = (delta_net_arch || lfm2_arch || granitehybrid) && t.name.ends_with(".linear_attn.conv1d.weight");
+    const bool conv_taps = (delta_net_arch || lfm2_arch || mamba2_arch) && t.name.ends_with(".linear_attn.conv1d.weight");
     if (conv_taps) t.shape = {t.shape[0], t.shape.back()};
     // (granitehybrid: ssm_a (-exp(A_log)) and ssm_d as (heads, 1), ssm_norm as (groups, inner /
     // groups), float32, as its converter writes them)
-    const bool ssm_a = granitehybrid && t.name.ends_with(".linear_attn.A_log");
-    const bool ssm_vector = ssm_a || (granitehybrid && t.name.ends_with(".linear_attn.D"));
+    const bool ssm_a = mamba2_arch && t.name.ends_with(".linear_attn.A_log");
+    const bool ssm_vector = ssm_a || (mamba2_arch && t.name.ends_with(".linear_attn.D"));
     if (ssm_vector) t.shape = {t.shape[0], 1};
-    if (granitehybrid && t.name.ends_with(".linear_attn.norm.weight")) t.shape = {s.la_k_heads, t.shape[0] / s.la_k_heads};
+    if (mamba2_arch && t.name.ends_with(".linear_attn.norm.weight")) t.shape = {s.la_k_heads, t.shape[0] / s.la_k_heads};
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};
     const auto gname = hf_to_gguf_tensor_name(t.name, arch, falcon_two_norms);

@@ -2,6 +2,7 @@
 #include "formats/config_reader.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 
@@ -115,6 +116,41 @@ std::optional<double> python_float(const json& v) {
   if (t == "-Infinity" || t == "-inf") return -std::numeric_limits<double>::infinity();
   if (t == "NaN" || t == "nan") return std::numeric_limits<double>::quiet_NaN();
   return std::nullopt;
+}
+
+std::string python_json_literals(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) out += text[++i];
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      out += c;
+      continue;
+    }
+    bool replaced = false;
+    for (std::string_view word : {"-Infinity", "Infinity", "NaN"}) {
+      const size_t end = i + word.size();
+      const bool bounded = end >= text.size() || !(std::isalnum(static_cast<unsigned char>(text[end])) || text[end] == '_');
+      if (text.substr(i, word.size()) == word && bounded) {
+        out += "{\"__float__\": \"";
+        out += word;
+        out += "\"}";
+        i = end - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
 }
 
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where) {

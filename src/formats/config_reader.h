@@ -28,6 +28,11 @@ bool get_bool(const json& j, const char* key, const std::string& where, bool dfl
 // transformers 5's {"__float__": "Infinity"} or the string "Infinity" / "inf" (either sign).
 // nullopt for anything else.
 std::optional<double> python_float(const json& v);
+// Python's json.dumps writes NaN, Infinity and -Infinity as bare words (transformers 4's
+// save_pretrained: Mamba2's time_step_limit [0.0, Infinity]), which JSON has not: the text with
+// each such word outside strings replaced by {"__float__": "<word>"} (python_float reads it),
+// the rest unchanged.
+std::string python_json_literals(std::string_view text);
 // An id or a list of ids (eos_token_id may be either).
 std::vector<int> get_ids(const json& j, const char* key, const std::string& where);
 // layer_types as one flag per layer, true for `flagged`, false for `other`, the only values

@@ -279,6 +279,11 @@ struct GgufLlamaHParams {
   // attention.head_count_kv is 0 (its short-conv layers; empty when every layer attends).
   int64_t shortconv_l_cache = 0;
   std::vector<bool> recurrent_layers;
+  // nemotron_h: the layers whose feed_forward_length is not 0 (its MLP layers; intermediate_size
+  // is then the widest), empty otherwise; its Mamba layers (recurrent_layers) have head_count_kv
+  // and feed_forward_length 0. Whether blk.N.ssm_conv1d.bias exists (optional in its loader).
+  std::vector<bool> mlp_layers;
+  bool ssm_conv_bias = false;
   // Per-layer forms (gemma4): {arch}.attention.head_count_kv and .feed_forward_length given as
   // one value per layer (empty when a single value: num_kv_heads / intermediate_size hold it;
   // otherwise those hold layer 0's); .attention.key_length_swa / .value_length_swa and

@@ -219,10 +219,34 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   std::optional<int64_t> ffn_default;
   for (const char* k : {"expert_shared_feed_forward_length", "expert_feed_forward_length"})
     if (!ffn_default && f.has(a + k)) ffn_default = size_key(a + k, std::nullopt);
-  hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
+  if (hp.architecture == "nemotron_h") {  // (one value per layer, 0 on the layers without an MLP)
+    const std::vector<int64_t> vals = f.has(a + "feed_forward_length") && f.find(a + "feed_forward_length")->type == GgufValueType::ARRAY
+                                          ? f.get_int_array(a + "feed_forward_length")
+                                          : std::vector<int64_t>(static_cast<size_t>(hp.num_layers), size_key(a + "feed_forward_length", std::nullopt));
+    if (static_cast<int64_t>(vals.size()) != hp.num_layers)
+      fail(f.path(), "metadata key " + gguf_quote(a + "feed_forward_length") + " holds " + std::to_string(vals.size()) +
+                         " values; block_count is " + std::to_string(hp.num_layers));
+    hp.intermediate_size = 0;
+    for (int64_t x : vals) {
+      if (x < 0 || x > kMax)
+        fail(f.path(), "metadata key " + gguf_quote(a + "feed_forward_length") + " holds the value " + std::to_string(x) +
+                           ", out of range");
+      if (x != 0 && hp.intermediate_size != 0 && x != hp.intermediate_size)
+        fail(f.path(), "the MLP layers' feed_forward_length differ (" + std::to_string(hp.intermediate_size) + ", " +
+                           std::to_string(x) + "); Nemotron-H's share one");
+      hp.mlp_layers.push_back(x != 0);
+      if (x != 0) hp.intermediate_size = x;
+    }
+    if (hp.intermediate_size == 0) hp.intermediate_size = 1;  // (no MLP layer: a width nothing uses)
+    hp.ssm_conv_bias = f.find_tensor("blk.0.ssm_conv1d.bias") != nullptr;
+    for (int64_t l = 0; l < hp.num_layers && !hp.ssm_conv_bias; ++l)
+      hp.ssm_conv_bias = f.find_tensor("blk." + std::to_string(l) + ".ssm_conv1d.bias") != nullptr;
+  } else {
+    hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
+  }
   hp.num_heads = size_key(a + "attention.head_count", std::nullopt);
   // (lfm2: head_count_kv 0 marks its short-conv layers; granitehybrid: its Mamba layers)
-  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid") {
+  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || hp.architecture == "nemotron_h") {
     if (f.has(a + "shortconv.l_cache")) hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
     const GgufValue* v = f.find(a + "attention.head_count_kv");
     if (v && v->type == GgufValueType::ARRAY) {
@@ -235,10 +259,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
         if (x < 0 || x > kMax)
           fail(f.path(), "metadata key " + gguf_quote(a + "attention.head_count_kv") + " holds the value " + std::to_string(x) +
                              ", out of range");
-        hp.recurrent_layers.push_back(x == 0);
+        // (nemotron_h: head_count_kv 0 and no MLP marks a Mamba layer)
+        const size_t l = hp.recurrent_layers.size();
+        hp.recurrent_layers.push_back(x == 0 && !(l < hp.mlp_layers.size() && hp.mlp_layers[l]));
         if (x != 0 && hp.num_kv_heads != 0 && x != hp.num_kv_heads)
           fail(f.path(), "the attention layers' head_count_kv differ (" + std::to_string(hp.num_kv_heads) + ", " +
-                             std::to_string(x) + "); LFM2's and Granite 4.0's share one");
+                             std::to_string(x) + "); LFM2's, Granite 4.0's and Nemotron-H's share one");
         if (x != 0) hp.num_kv_heads = x;
       }
       if (hp.num_kv_heads == 0) hp.num_kv_heads = hp.num_heads;  // (no attention layer at all)
@@ -284,6 +310,8 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     }
   }
   hp.rope_dim = size_key(a + "rope.dimension_count", hp.head_dim);
+  // (nemotron_h has no positions: its converter's rope.dimension_count, hidden / heads, is unread)
+  if (hp.architecture == "nemotron_h") hp.rope_dim = hp.head_dim;
   if (hp.num_heads % hp.num_kv_heads != 0)
     fail(f.path(), "head_count " + std::to_string(hp.num_heads) + " is not a multiple of head_count_kv " +
                        std::to_string(hp.num_kv_heads));
@@ -421,7 +449,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "granitemoe" ||
-                        hp.architecture == "granitehybrid" ||
+                        hp.architecture == "granitehybrid" || hp.architecture == "nemotron_h" ||
                         hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
   return hp;

@@ -22,7 +22,7 @@ using nlohmann::json;
 using namespace config;  // get_int, find_key, ... (formats/config_reader.h)
 
 json parse_file(const std::string& path) {
-  const std::string text = read_text_file(path);
+  const std::string text = python_json_literals(read_text_file(path));
   json j;
   try {
     j = json::parse(text);

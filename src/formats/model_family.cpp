@@ -12,8 +12,8 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 56>& all_families() {
-  static const std::array<const ModelFamily*, 56> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 57>& all_families() {
+  static const std::array<const ModelFamily*, 57> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
                                                         &families::kGemma3Text, &families::kPhi3, &families::kPhi, &families::kGptNeoX,
                                                         &families::kGpt2, &families::kOpt,
@@ -27,7 +27,8 @@ const std::array<const ModelFamily*, 56>& all_families() {
                                                         &families::kQwen3Moe, &families::kOlmoe, &families::kOlmo3, &families::kExaone4, &families::kGlm4, &families::kGlm4Moe, &families::kErnie45Moe, &families::kSeedOss, &families::kDeepseekV2, &families::kDeepseekV3, &families::kGraniteMoe, &families::kDots1, &families::kMiniMaxM2, &families::kHunyuanMoe,
                                                         &families::kGptOss, &families::kMinistral,
                                                         &families::kMinistral3, &families::kErnie45,
-                                                        &families::kHunyuanDense, &families::kQwen3_5Text, &families::kQwen3_5MoeText, &families::kQwen3Next, &families::kGemma4Text, &families::kLlama4Text, &families::kLfm2, &families::kLfm2Moe, &families::kGraniteMoeHybrid, &families::kBamba, &families::kMamba2};
+                                                        &families::kHunyuanDense, &families::kQwen3_5Text, &families::kQwen3_5MoeText, &families::kQwen3Next, &families::kGemma4Text, &families::kLlama4Text, &families::kLfm2, &families::kLfm2Moe, &families::kGraniteMoeHybrid, &families::kBamba, &families::kMamba2,
+                                                        &families::kNemotronH};
   return all;
 }
 
@@ -70,6 +71,7 @@ std::string hf_to_canonical(const ModelSpec& spec, const std::string& name) {
   if (!spec.hf_wrapper.empty())
     if (auto t = wrapped_path_to_text(name)) h = *t;
   const ModelFamily* f = find_family(spec.family);
+  if (f && !f->stored_alias.hf.empty()) h = rename(h, f->stored_alias.hf, f->stored_alias.canonical);
   return f ? hf_to_canonical(f->renames(spec), h) : h;
 }
 

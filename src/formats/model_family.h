@@ -6,7 +6,7 @@
 // phi, Phi-1 / 1.5 / 2's;
 // gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2;
 // opt.cpp: opt; bloom.cpp: bloom; falcon.cpp: falcon; stablelm.cpp: stablelm; starcoder2.cpp:
-// starcoder2; granite.cpp: granite, granitemoe, granitemoehybrid, bamba; mamba.cpp: mamba2; olmo2.cpp: olmo2, olmo3;
+// starcoder2; granite.cpp: granite, granitemoe, granitemoehybrid, bamba; mamba.cpp: mamba2; nemotron_h.cpp: nemotron_h; olmo2.cpp: olmo2, olmo3;
 // llama4.cpp: llama4_text; gptj.cpp: gptj; cohere.cpp: cohere, cohere2; olmo.cpp: olmo; arcee.cpp: arcee; nemotron.cpp: nemotron; smollm3.cpp: smollm3; moe.cpp: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, minimax_m2; exaone.cpp: exaone4; glm.cpp: glm4, glm4_moe; seed_oss.cpp: seed_oss; deepseek.cpp: deepseek_v2, deepseek_v3; dots1.cpp: dots1; qwen3_5.cpp: qwen3_5_text; lfm2.cpp: lfm2, lfm2_moe) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
@@ -39,6 +39,15 @@ struct GgufLayerName {
 };
 // The fused q/k/v Linear, as llama.cpp's gpt2, gptneox, bloom, falcon and phi3 name it.
 inline constexpr GgufLayerName kFusedQkvGgufName{"attn_qkv", "self_attn.qkv_proj"};
+// llama.cpp's names of a Mamba2 layer's tensors (granitehybrid's, nemotron_h's: its converters'
+// tensor map; ssm_a holds -exp(A_log), ssm_norm is (groups, inner / groups), ssm_a and ssm_d
+// (heads, 1)), and of its parameters without a .weight.
+inline constexpr GgufLayerName kMamba2GgufNames[] = {{"ssm_in", "linear_attn.in_proj_qkv"},
+                                                     {"ssm_conv1d", "linear_attn.conv1d"},
+                                                     {"ssm_norm", "linear_attn.norm"},
+                                                     {"ssm_out", "linear_attn.out_proj"}};
+inline constexpr GgufLayerName kMamba2GgufParams[] = {
+    {"ssm_a", "linear_attn.A_log"}, {"ssm_d", "linear_attn.D"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
 
 struct ModelFamily {
   std::string_view model_type;      // config.json model_type, and ModelSpec::family
@@ -99,6 +108,11 @@ struct ModelFamily {
   // the adapter), at creation and at load: all-linear leaves the mixer's out_proj out here, and an
   // explicit out_proj target is refused, so every adapter stays loadable in PEFT.
   bool peft_refuses_out_proj = false;
+  // The files' own spelling of a prefix the module paths spell otherwise: `hf` in stored tensor
+  // names where the renames (and PEFT's module names) say `canonical` (Nemotron-H: backbone. in
+  // NVIDIA's files and transformers' save_pretrained, model. in transformers' modules). Both
+  // are read; merged files are written with `hf`, adapters with `canonical`.
+  HfRename stored_alias = {};
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
   std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }
@@ -138,12 +152,18 @@ void read_deepseek_moe_gguf(const GgufLlamaHParams& hp, ModelSpec& s);
 // The Mamba2 mixer's config.json keys as Granite 4.0-H and Bamba spell them (mamba_n_heads,
 // mamba_d_head ("auto"), mamba_d_state, mamba_n_groups, mamba_d_conv, mamba_expand, mamba_conv_bias,
 // mamba_proj_bias, time_step_limit; formats/families/granite.cpp), for the layers flagged in `mamba`
-// (none flagged: nothing read); and written back. Errors name `where` and the key.
-void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba);
+// (none flagged: nothing read); and written back. Errors name `where` and the key. With
+// inner_from_heads the inner width is mamba_n_heads x mamba_d_head (Nemotron-H's; mamba_expand unread).
+void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba,
+                      bool inner_from_heads = false);
 void write_mamba2_keys(const ModelSpec& s, nlohmann::ordered_json& j);
+// A Mamba2 hybrid GGUF's layers (hp.recurrent_layers) and sizes from its ssm.* keys (time_step_rank:
+// the heads; inner_size / time_step_rank their size; group_count, state_size, conv_kernel), the
+// conv's bias as given; an Error naming the file when a size is missing.
+void read_mamba2_gguf(const GgufLlamaHParams& hp, ModelSpec& s, bool conv_bias);
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
-    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2;
+    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2, kNemotronH;
 }
 
 }  // namespace qlora

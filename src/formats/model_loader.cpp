@@ -346,9 +346,16 @@ class RenamedSource : public TensorSource {
     std::string h = canonical_to_hf(renames_, canonical);
     const std::string_view p = fam_.base_prefix;
     if (!p.empty() && h.starts_with(p) && !inner_->has(h) && inner_->has(h.substr(p.size()))) h = h.substr(p.size());
+    const HfRename& a = fam_.stored_alias;
+    if (!a.hf.empty() && h.starts_with(a.canonical) && !inner_->has(h)) {
+      std::string alt = std::string(a.hf) + h.substr(a.canonical.size());
+      if (inner_->has(alt)) h = std::move(alt);
+    }
     return h;
   }
   std::string with_prefix(const std::string& h) const {
+    const HfRename& a = fam_.stored_alias;
+    if (!a.hf.empty() && h.starts_with(a.hf)) return std::string(a.canonical) + h.substr(a.hf.size());
     const std::string_view p = fam_.base_prefix;
     if (p.empty() || h.starts_with(p) || h.starts_with("lm_head.")) return h;
     return std::string(p) + h;
@@ -557,7 +564,7 @@ class GgufSource : public TensorSource {
     std::vector<int64_t> s = info(name).shape();
     // (granitehybrid's ssm_a and ssm_d, (heads, 1), and ssm_norm, (groups, inner / groups), are
     // transformers' vectors)
-    if (hp_.architecture == "granitehybrid" && s.size() == 2 &&
+    if ((hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h") && s.size() == 2 &&
         (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.D") ||
          name.ends_with(".linear_attn.norm.weight")))
       return {s[0] * s[1]};
@@ -587,7 +594,7 @@ class GgufSource : public TensorSource {
       return v;
     }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
-    if (hp_.architecture == "granitehybrid") a_log_from_llama_cpp(name, v);
+    if (hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h") a_log_from_llama_cpp(name, v);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
     if ((hp_.architecture == "gemma" || hp_.architecture == "gemma2" || hp_.architecture == "gemma3" ||

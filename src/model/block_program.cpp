@@ -344,6 +344,7 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     return p;
   }
   // --- attention: x_mid = x_in + o_proj(attention(rope(q), rope(k), v)) of norm(x_in)
+  if (s.single_branch()) p.part_ = BranchPart::Mixer;
   int h1 = p.input_;  // (OLMo 2: the branches read the stream itself)
   if (s.pre_norms) {
     h1 = p.buffer("h_attn", C);
@@ -513,6 +514,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     xmid = p.buffer("x_mid", C);
     p.add_residual(xmid, p.input_, attn_out);
   }
+  if (s.single_branch()) {  // (Nemotron-H's MLP layers: x_mid = x_in, the MLP's norm the layer's one norm)
+    p.part_ = BranchPart::NoMixer;
+    p.add_scale(xmid, p.input_, 1.0f);
+    p.part_ = BranchPart::Mlp;
+  }
   if (s.no_mlp) {  // (Mamba2ForCausalLM: the block ends at the mixer's residual add)
     p.output_ = xmid;
     p.finish();
@@ -631,6 +637,11 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.add_residual(last, branches, p.input_);
   } else {
     p.add_residual(last, xmid, mlp_out);
+  }
+  if (s.single_branch()) {  // (Nemotron-H's mixer layers: the block ends at x_mid)
+    p.part_ = BranchPart::NoMlp;
+    p.add_scale(last, xmid, 1.0f);
+    p.part_ = BranchPart::Both;
   }
   if (s.ple()) {  // x + norm(proj(gelu_tanh(gate(x)) * per-layer inputs))
     const int64_t P = s.ple_dim;

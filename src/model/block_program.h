@@ -81,6 +81,11 @@ enum class BlockOpKind : uint8_t {
 enum class LayerMixer : uint8_t {
   All, Attention, Linear, SlidingAttention, GlobalAttention, MoeLayers, DenseMlpLayers, RotaryLayers, NopeLayers
 };
+// Which branch of the block an op belongs to, for models whose layers have one branch each
+// (Nemotron-H: ModelSpec::single_branch): the mixer's ops (its norm through x_mid's residual
+// add) run on the layers with a mixer, the MLP's (its norm through x_out's add) on those with an
+// MLP, and on the others a copy stands in for the missing branch's residual add.
+enum class BranchPart : uint8_t { Both, Mixer, NoMixer, Mlp, NoMlp };
 
 struct BlockOp {
   BlockOpKind kind;
@@ -104,12 +109,20 @@ struct BlockOp {
   bool broadcast = false;        // Concat: in1 is one group for all
   int gather = -1;               // Gather: index of its column list (BlockProgram::gather_columns)
   LayerMixer mixer = LayerMixer::All;
+  BranchPart part = BranchPart::Both;
   // Computes keys or values: skipped on layers that attend over another layer's (Gemma 4's
   // shared-KV layers: ModelSpec::layer_kv_shared).
   bool kv_only = false;
   // Whether this op runs on layer l of spec s.
   bool runs_on(const ModelSpec& s, int64_t l) const {
     if (kv_only && s.layer_kv_shared(l)) return false;
+    switch (part) {
+      case BranchPart::Both: break;
+      case BranchPart::Mixer: if (!s.layer_has_mixer(l)) return false; break;
+      case BranchPart::NoMixer: if (s.layer_has_mixer(l)) return false; break;
+      case BranchPart::Mlp: if (!s.layer_has_mlp(l)) return false; break;
+      case BranchPart::NoMlp: if (s.layer_has_mlp(l)) return false; break;
+    }
     switch (mixer) {
       case LayerMixer::All: return true;
       case LayerMixer::Attention: return !s.layer_is_linear_attn(l);
@@ -190,6 +203,7 @@ class BlockProgram {
   bool kv_only_ = false;  // stamped on the ops being added
   void op(BlockOp o) {
     o.mixer = mixer_;
+    o.part = part_;
     o.kv_only = kv_only_;
     ops_.push_back(o);
   }
@@ -224,6 +238,7 @@ class BlockProgram {
   int input_ = -1, output_ = -1;
   Slots slots_;
   LayerMixer mixer_ = LayerMixer::All;  // stamped on the ops being added
+  BranchPart part_ = BranchPart::Both;   // (the same)
   ModelSpec::AttentionGeometry geometry_;  // the attention ops' being added
   std::vector<std::vector<int32_t>> gathers_;  // Gather ops' column lists
 };

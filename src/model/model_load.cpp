@@ -419,8 +419,12 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
       L.attn_sinks = load_vector(src, n, opt.compute_dtype);
       progress(n);
     }
-    if (!spec.shared_branch_norm && !spec.no_mlp) L.post_norm = norm_weight(name("post_attention_layernorm"));
-    if (ln && !spec.shared_branch_norm && !spec.no_mlp)
+    if (spec.single_branch() && spec.layer_has_mlp(l)) {
+      L.post_norm = L.input_norm;  // (Nemotron-H's MLP layers: their one norm is the MLP's)
+    } else if (!spec.shared_branch_norm && spec.layer_has_mlp(l)) {
+      L.post_norm = norm_weight(name("post_attention_layernorm"));
+    }
+    if (ln && !spec.shared_branch_norm && spec.layer_has_mlp(l))
       L.post_norm_bias = norm_bias(name("post_attention_layernorm", "bias"));
     if (spec.layer_moe(l)) load_moe_layer(L, spec, l, src, opt, progress);
     for (int w = 4; w < kAttentionLinears; ++w) linear(w);  // gate, up, down (MoE: the shared expert's)

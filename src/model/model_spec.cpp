@@ -206,6 +206,19 @@ void ModelSpec::validate(const std::string& where) const {
     if (fused_qkv || post_norm || parallel_residual || !pre_norms || sandwich_norms || norm != NormKind::RMSNorm)
       fail(where, "linear-attention layers are built on a sequential pre-RMSNorm block with separate q/k/v (Qwen3.5's)");
   }
+  if (single_branch()) {  // (Nemotron-H: one branch per layer, between one pre-norm and the residual add)
+    if (static_cast<int64_t>(mlp_only_layers.size()) != n_layers)
+      fail(where, "layers_block_type names " + std::to_string(mlp_only_layers.size()) + " layers, the model has " +
+                      std::to_string(n_layers));
+    for (int64_t l = 0; l < n_layers; ++l)
+      if (!layer_has_mixer(l) && layer_is_linear_attn(l))
+        fail(where, "layer " + std::to_string(l) + " is both an MLP layer and a Mamba layer");
+    if (no_mlp || moe() || fused_qkv || fused_gate_up || post_norm || parallel_residual || !pre_norms || sandwich_norms ||
+        shared_branch_norm || norm != NormKind::RMSNorm || mla() || qk_norm || attn_sinks || has_global_geometry() ||
+        layer_scalar || ple() || residual_multiplier != 1.0f)
+      fail(where, "layers of one branch each (Nemotron-H's) are built on a pre-RMSNorm block with separate q/k/v and "
+                  "an unfused MLP");
+  }
   if (has_global_geometry() || global_kv_heads != 0 || global_k_eq_v) {
     if (global_head_dim <= 0 || global_head_dim > 65536 || global_head_dim % 2 != 0)
       fail(where, "global_head_dim must be positive and even, got " + std::to_string(global_head_dim));
@@ -403,7 +416,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       }
     }
     if (attn_sinks) t.push_back({"model.layers." + std::to_string(l) + ".self_attn.sinks", {n_heads}});
-    if (!shared_branch_norm && !no_mlp && norm_weights) {
+    if (!shared_branch_norm && layer_has_mlp(l) && !single_branch() && norm_weights) {
       t.push_back({layer_tensor_name(l, "post_attention_layernorm"), {hidden}});
       if (ln) t.push_back({layer_tensor_name(l, "post_attention_layernorm", "bias"), {hidden}});
     }

@@ -469,6 +469,16 @@ struct ModelSpec {
   bool la_mamba2 = false, la_conv_bias = false, la_proj_bias = false;
   // Mamba2ForCausalLM's layers: norm -> mixer -> residual, no MLP and no second norm.
   bool no_mlp = false;
+  // Nemotron-H's layers (layers_block_type): each is norm -> one branch -> residual, the branch
+  // the mixer (attention or Mamba2: mlp_only_layers[l] false) or the MLP (true), its one norm
+  // input_layernorm whichever it is. Empty: every layer has both branches (or the mixer alone
+  // with no_mlp).
+  std::vector<bool> mlp_only_layers;
+  bool single_branch() const { return !mlp_only_layers.empty(); }
+  bool layer_has_mixer(int64_t l) const { return !single_branch() || !mlp_only_layers[static_cast<size_t>(l)]; }
+  bool layer_has_mlp(int64_t l) const {
+    return !no_mlp && (!single_branch() || mlp_only_layers[static_cast<size_t>(l)]);
+  }
   // The residual stream stays float32 in bf16/fp16 (Mamba2's residual_in_fp32): the residual adds
   // are not rounded to the compute dtype. (Its norms' inputs, which transformers rounds, are not
   // rounded either: the remaining half-precision difference.)
@@ -491,6 +501,7 @@ struct ModelSpec {
   // attention layers have no DeltaNet Linears and its linear-attention layers no q, k, v, o.
   // (The family may still lack it: block_linears()' module null.)
   bool layer_has_linear(int64_t l, int which) const {
+    if (which < kAttentionLinears && !(which < 4 ? layer_has_mixer(l) : layer_has_mlp(l))) return false;
     if (which == kMlaQbLinear) return mla() && mla_q_rank > 0;
     if (which == 2 && global_k_eq_v && layer_global(l)) return false;  // (Gemma 4: values = keys' projection)
     if ((which == 1 || which == 2) && layer_kv_shared(l)) return false;  // (Gemma 4: another layer's keys and values)
@@ -539,8 +550,8 @@ struct ModelSpec {
   }
   // The layers with keys and values of their own (all but the linear-attention and the shared
   // ones), and the index in the KV cache of those layer l attends over (its producer's for a
-  // shared layer). REQUIRES !layer_is_linear_attn(l).
-  bool layer_has_kv(int64_t l) const { return !layer_is_linear_attn(l) && !layer_kv_shared(l); }
+  // shared layer; Nemotron-H's MLP layers have none). REQUIRES layer_has_kv(kv_source(l)).
+  bool layer_has_kv(int64_t l) const { return !layer_is_linear_attn(l) && !layer_kv_shared(l) && layer_has_mixer(l); }
   int64_t kv_layers() const {
     int64_t n = 0;
     for (int64_t l = 0; l < n_layers; ++l) n += layer_has_kv(l) ? 1 : 0;
@@ -553,8 +564,12 @@ struct ModelSpec {
     return n;
   }
   // The same for the linear-attention layers (their recurrent states).
-  int64_t state_layers() const { return n_layers - kv_layers(); }
-  int64_t state_layer(int64_t l) const { return l - kv_layer(l); }
+  int64_t state_layers() const { return state_layer(n_layers); }
+  int64_t state_layer(int64_t l) const {
+    int64_t n = 0;
+    for (int64_t i = 0; i < l; ++i) n += layer_is_linear_attn(i) ? 1 : 0;
+    return n;
+  }
 
   // Gemma 4: the full-attention (non-sliding) layers have their own geometry, global_head_dim
   // wide heads and global_kv_heads key/value heads (0: head_dim / n_kv_heads), rotating with

@@ -394,8 +394,9 @@ TEST_P(HybridModel, KvCacheHoldsTheAttentionLayersOnly) {
   InferenceState st(m, 8);
   last_logits(m, st, {1, 2, 3});
   int64_t attention = 0;
-  for (int64_t l = 0; l < m.spec().n_layers; ++l) attention += m.spec().layer_is_linear_attn(l) ? 0 : 1;
-  // (one full-attention layer of three in the hybrid fixtures; none in mamba2's)
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    attention += m.spec().layer_is_linear_attn(l) || !m.spec().layer_has_mixer(l) ? 0 : 1;
+  // (one full-attention layer in the hybrid fixtures -- nemotron_h's beside two MLP layers; none in mamba2's)
   EXPECT_EQ(attention, m.spec().family == "mamba2" ? 0 : 1);
   EXPECT_EQ(st.cache().n_layers(), attention);
   EXPECT_TRUE(st.cache().has_state());
@@ -500,5 +501,5 @@ TEST_P(HybridModel, PackedExamplesTrainAsAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe", "granitemoehybrid",
-                                                                      "granitemoehybrid_moe", "bamba", "mamba2"),
+                                                                      "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h"),
                          [](const auto& info) { return std::string(info.param); });

@@ -66,7 +66,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -306,7 +306,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3",
                                            "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2"),
+                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -435,6 +435,32 @@ TEST(FamiliesPeft, Mamba2LeavesOutProjToPeftsRule) {
   bool out_proj = false;
   for (const auto& l : lg.layers()) out_proj = out_proj || l.module_path.ends_with(".mamba.out_proj");
   EXPECT_TRUE(out_proj);
+}
+
+// Nemotron-H is under PEFT's Mamba rule too: all-linear adapts each layer's own Linears (the Mamba
+// layers' in_proj, the attention's q/k/v/o, the MLP layers' up/down) and never the mixer's
+// out_proj, which naming is refused.
+TEST(FamiliesPeft, NemotronHLeavesOutProjToPeftsRule) {
+  const auto m = load("nemotron_h", false);
+  LoraConfig c;
+  c.r = 2;
+  c.all_linear = true;
+  const LoraModel lm(*m, c);
+  std::vector<std::string> got;
+  for (const auto& l : lm.layers()) got.push_back(l.module_path);
+  const std::vector<std::string> want = {
+      "model.layers.0.mixer.in_proj", "model.layers.1.mixer.up_proj", "model.layers.1.mixer.down_proj",
+      "model.layers.2.mixer.q_proj",  "model.layers.2.mixer.k_proj",  "model.layers.2.mixer.v_proj",
+      "model.layers.2.mixer.o_proj",  "model.layers.3.mixer.up_proj", "model.layers.3.mixer.down_proj",
+      "model.layers.4.mixer.in_proj"};
+  std::sort(got.begin(), got.end());
+  std::vector<std::string> sorted_want = want;
+  std::sort(sorted_want.begin(), sorted_want.end());
+  EXPECT_EQ(got, sorted_want);
+  LoraConfig o;
+  o.r = 2;
+  o.target_modules = {"in_proj", "out_proj"};
+  EXPECT_THROW(LoraModel(*m, o), Error);
 }
 
 // The variants not built yet are refused, naming what is missing, rather than run as a
@@ -1146,6 +1172,30 @@ TEST(Gemma4Gguf, LoraGgufRefusesThePerLayerProjection) {
   EXPECT_FALSE(std::filesystem::exists(tmp.path("a.gguf")));
 }
 
+// Nemotron-H's LoRA GGUF: its attention's q/k B rows in llama.cpp's rotary order like the weights'
+// (its converter permutes them though nothing rotates), found by the canonical name (the files say
+// mixer.q_proj); llama.cpp applying the file: tools/check_family_merges.py (8.9e-7 of PeftModel).
+TEST(NemotronHGguf, LoraGgufPermutesTheAttentionsQueryAndKeyRows) {
+  const Model m = load_path(family_dir("nemotron_h") + "/model.gguf");
+  const LoadedAdapter a = load_adapter(family_dir("nemotron_h") + "/initial_adapter", m);
+  TempDir tmp("nemotron_h_lora_gguf");
+  write_lora_gguf(a, m.spec(), tmp.path("a.gguf"), GgmlType::F32, false);
+  const GgufFile g(tmp.path("a.gguf"));
+  EXPECT_EQ(g.get_string("general.architecture"), "nemotron_h");
+  int checked = 0;
+  for (const LoraLayer& L : a.lora->layers()) {
+    const bool q = L.module_path.ends_with(".q_proj"), k = L.module_path.ends_with(".k_proj");
+    if (!q && !k) continue;
+    const std::vector<float> b = g.tensor_to_f32(g.tensor(std::string("blk.2.") + (q ? "attn_q" : "attn_k") + ".weight.lora_b"));
+    std::vector<float> hf(b.size());
+    unpermute_rope_rows(b, hf, L.out, L.r, q ? m.spec().n_heads : m.spec().n_kv_heads);
+    EXPECT_NE(b, L.B) << L.module_path;
+    EXPECT_EQ(hf, L.B) << L.module_path;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+}
+
 // llama.cpp's deepseek2 multiplies the latent attention's projections (q_a, q_b, kv_a_mqa, and
 // kv_b split into attn_k_b / attn_v_b) without adapters: measured with tools/check_family_merges.py,
 // a LoRA GGUF on them leaves llama.cpp's logits 0.48-0.71 (relative) from PeftModel's. Refused by
@@ -1243,7 +1293,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "hunyuan_v1_dense", "qwen3_5_gguf", "qwen3_5_moe_gguf", "qwen3_next_gguf",
                                            "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_gguf", "lfm2", "lfm2_moe",
-                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba"),
+                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "nemotron_h"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -1,12 +1,16 @@
 // config.json -> ModelSpec and generation_config.json: real configs (SmolLM2, Qwen2,
 // Mistral as published on the Hub), transformers' defaults, and clean errors.
 #include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
 #include "export/merge.h"
+#include "formats/config_reader.h"
 #include "formats/hf_config.h"
 
 using namespace qlora;
@@ -743,6 +747,74 @@ TEST(HfConfig, Mamba2Config) {
   EXPECT_FALSE(json::parse(hf_config_json(r, DType::F32)).at("residual_in_fp32").get<bool>());
   p["num_heads"] = 100;
   EXPECT_THROW((void)spec_from_hf_config(p, "config.json"), Error);
+}
+
+// NVIDIA-Nemotron-Nano-9B-v2's sizes (hidden 4480, 56 layers of the hybrid_override_pattern below:
+// 27 Mamba2, 4 attention, 25 MLP; 128 Mamba heads of 80 in 8 groups, state 128 -- an inner width of
+// 10240, not expand x hidden; 40 heads of 128 with 8 key/value heads; MLP 15680, vocab 131072), as a
+// transformers 4 save writes it (time_step_limit [0.0, Infinity], a bare word JSON lacks), read from
+// the file to transformers 5.23's count on the meta device (8,888,227,328 parameters).
+TEST(HfConfig, NemotronHConfig) {
+  const std::string cfg = R"({"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": 4480, "hybrid_override_pattern": "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-", "intermediate_size": 15680, "mamba_head_dim": 80, "mamba_num_heads": 128, "n_groups": 8, "ssm_state_size": 128, "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 131072, "conv_kernel": 4, "chunk_size": 128, "expand": 2, "layer_norm_epsilon": 1e-05, "mlp_hidden_act": "relu2", "mamba_hidden_act": "silu", "use_bias": false, "use_conv_bias": true, "tie_word_embeddings": false, "time_step_limit": [0.0, Infinity], "time_step_min": 0.001, "time_step_max": 0.1, "residual_in_fp32": false, "max_position_embeddings": 131072, "num_hidden_layers": 56, "attention_bias": false, "mlp_bias": false})";
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "qlora_test_nemotron_h";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << cfg;
+  const ModelSpec s = read_hf_config((dir / "config.json").string());
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(s.family, "nemotron_h");
+  EXPECT_EQ(s.n_layers, 56);
+  EXPECT_EQ(s.num_params(), 8888227328);
+  EXPECT_EQ(s.state_layers(), 27);
+  EXPECT_EQ(s.kv_layers(), 4);
+  int64_t mlp = 0;
+  for (int64_t l = 0; l < s.n_layers; ++l) mlp += s.layer_has_mlp(l) ? 1 : 0;
+  EXPECT_EQ(mlp, 25);
+  EXPECT_TRUE(s.layer_is_linear_attn(0));
+  EXPECT_FALSE(s.layer_has_mixer(1));
+  EXPECT_FALSE(s.layer_has_linear(1, 0));  // (an MLP layer: no q_proj)
+  EXPECT_TRUE(s.layer_has_linear(1, 5));
+  EXPECT_FALSE(s.layer_has_linear(0, 5));  // (a Mamba layer: no up_proj)
+  EXPECT_EQ(s.la_value_dim(), 10240);
+  EXPECT_FLOAT_EQ(s.la_dt_min, 0.001f);  // (transformers' mixer: [time_step_min, inf), time_step_limit unused)
+  EXPECT_TRUE(std::isinf(s.la_dt_max));
+  EXPECT_FALSE(s.layer_rotates(14));
+  // Written back in NemotronHConfig's own names, read to the same model.
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_EQ(back.at("layers_block_type").size(), 56u);
+  EXPECT_EQ(back.at("layers_block_type")[14].get<std::string>(), "attention");
+  EXPECT_EQ(back.at("mamba_head_dim").get<int64_t>(), 80);
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  // The older spellings (mamba_n_groups, layer_types of transformers 5) read the same.
+  json legacy = json::parse(config::python_json_literals(cfg));
+  legacy.erase("hybrid_override_pattern");
+  legacy["layer_types"] = back.at("layers_block_type");
+  legacy["mamba_n_groups"] = legacy["n_groups"];
+  legacy.erase("n_groups");
+  EXPECT_EQ(spec_from_hf_config(legacy, "config.json").num_params(), s.num_params());
+  auto err = [&](const char* key, const json& v, const char* says) {
+    json c = json::parse(config::python_json_literals(cfg));
+    c[key] = v;
+    try {
+      (void)spec_from_hf_config(c, "config.json");
+      ADD_FAILURE() << key << " " << v.dump() << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  err("hybrid_override_pattern", "M-E*", "routed experts");  // (Nemotron 3's MoE layers: not yet)
+  err("hybrid_override_pattern", "M-X*", "kind");
+  err("mlp_hidden_act", "silu", "mlp_hidden_act");
+  err("mamba_num_heads", 0, "mamba_num_heads");
+  err("n_groups", 3, "mamba_n_groups");
+}
+
+TEST(HfConfig, PythonJsonLiteralsOutsideStringsOnly) {
+  EXPECT_EQ(config::python_json_literals(R"({"a": [0.0, Infinity, -Infinity, NaN], "b": "NaN Infinity", "c\"Infinity": 1})"),
+            R"({"a": [0.0, {"__float__": "Infinity"}, {"__float__": "-Infinity"}, {"__float__": "NaN"}], "b": "NaN Infinity", "c\"Infinity": 1})");
+  const json j = json::parse(config::python_json_literals(R"([Infinity, -Infinity])"));
+  EXPECT_EQ(config::python_float(j[0]).value(), std::numeric_limits<double>::infinity());
+  EXPECT_EQ(config::python_float(j[1]).value(), -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(config::python_json_literals("{\"InfinityX\": 1}"), "{\"InfinityX\": 1}");
 }
 
 // LFM2-8B-A1B's shape (Lfm2MoeConfig's widths: hidden 2048, dense MLPs of 7168 on the first 2 layers,

@@ -19,16 +19,26 @@ namespace qlora::families {
 
 // The mamba_* keys of GraniteMoeHybridConfig and BambaConfig (the same Mamba2 mixer), for the
 // layers flagged in `mamba` (none: no Mamba layers, the keys unread).
-void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba) {
+void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba,
+                      bool inner_from_heads) {
   using nlohmann::json;
   auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
   if (std::find(mamba.begin(), mamba.end(), true) == mamba.end()) return;
   s.linear_attn_layers = std::move(mamba);
   s.la_mamba2 = true;
-  const int64_t expand = config::get_int(j, "mamba_expand", where, 2);
-  if (expand <= 0 || expand > 64) fail(where, "mamba_expand must be between 1 and 64, got " + std::to_string(expand));
-  const int64_t inner = expand * s.hidden;
   s.la_v_heads = config::get_int(j, "mamba_n_heads", where, 128);
+  int64_t inner = 0;
+  if (inner_from_heads) {  // (Nemotron-H: heads x head size, whatever mamba_expand says)
+    const int64_t d_head = config::get_int(j, "mamba_d_head", where, 64);
+    if (s.la_v_heads <= 0 || s.la_v_heads > 65536 || d_head <= 0 || d_head > 65536)
+      fail(where, "mamba_num_heads and mamba_head_dim must be positive, got " + std::to_string(s.la_v_heads) + " and " +
+                      std::to_string(d_head));
+    inner = s.la_v_heads * d_head;
+  } else {
+    const int64_t expand = config::get_int(j, "mamba_expand", where, 2);
+    if (expand <= 0 || expand > 64) fail(where, "mamba_expand must be between 1 and 64, got " + std::to_string(expand));
+    inner = expand * s.hidden;
+  }
   s.la_k_heads = config::get_int(j, "mamba_n_groups", where, 1);
   s.la_k_dim = config::get_int(j, "mamba_d_state", where, 256);
   s.la_conv_kernel = config::get_int(j, "mamba_d_conv", where, 4);
@@ -54,6 +64,21 @@ void read_mamba2_keys(const nlohmann::json& j, const std::string& where, ModelSp
     s.la_dt_min = static_cast<float>(lo);
     s.la_dt_max = static_cast<float>(hi);
   }
+}
+
+void read_mamba2_gguf(const GgufLlamaHParams& hp, ModelSpec& s, bool conv_bias) {
+  if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_group_count <= 0 || hp.ssm_state_size <= 0 ||
+      hp.ssm_inner_size <= 0)
+    fail(hp.path, "a " + hp.architecture + " GGUF with Mamba layers but without its ssm.* sizes (conv_kernel, state_size, "
+                  "group_count, time_step_rank, inner_size)");
+  s.linear_attn_layers = hp.recurrent_layers;
+  s.la_mamba2 = true;
+  s.la_conv_bias = conv_bias;
+  s.la_v_heads = hp.ssm_time_step_rank;
+  s.la_v_dim = hp.ssm_inner_size / hp.ssm_time_step_rank;
+  s.la_k_heads = hp.ssm_group_count;
+  s.la_k_dim = hp.ssm_state_size;
+  s.la_conv_kernel = hp.ssm_conv_kernel;
 }
 
 // The same keys written back (a model without Mamba layers: sizes transformers' validation accepts).
@@ -324,16 +349,7 @@ void granitehybrid_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   }
   if (!hp.rope_finetuned) s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
   if (std::find(hp.recurrent_layers.begin(), hp.recurrent_layers.end(), true) == hp.recurrent_layers.end()) return;
-  if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_group_count <= 0 || hp.ssm_state_size <= 0)
-    fail(hp.path, "a granitehybrid GGUF with Mamba layers (head_count_kv 0) but without its ssm.* sizes");
-  s.linear_attn_layers = hp.recurrent_layers;
-  s.la_mamba2 = true;
-  s.la_conv_bias = true;
-  s.la_v_heads = hp.ssm_time_step_rank;
-  s.la_v_dim = hp.ssm_inner_size / hp.ssm_time_step_rank;
-  s.la_k_heads = hp.ssm_group_count;
-  s.la_k_dim = hp.ssm_state_size;
-  s.la_conv_kernel = hp.ssm_conv_kernel;
+  read_mamba2_gguf(hp, s, /*conv_bias=*/true);  // (its graph adds the bias)
 }
 
 }  // namespace
@@ -362,14 +378,6 @@ constexpr HfRename kGraniteMoeHybridMoeRenames[] = {
     {".block_sparse_moe.input_linear.weight.", ".mlp.experts.gate_up_proj."},
     {".block_sparse_moe.output_linear.weight.", ".mlp.experts.down_proj."},
     {".block_sparse_moe.router.layer.", ".mlp.gate."}};
-// llama.cpp's names of the Mamba layers' tensors (its converter's tensor map; ssm_a holds
-// -exp(A_log), ssm_norm is (groups, inner / groups), ssm_a and ssm_d (heads, 1)).
-constexpr GgufLayerName kGraniteHybridGgufNames[] = {{"ssm_in", "linear_attn.in_proj_qkv"},
-                                                    {"ssm_conv1d", "linear_attn.conv1d"},
-                                                    {"ssm_norm", "linear_attn.norm"},
-                                                    {"ssm_out", "linear_attn.out_proj"}};
-constexpr GgufLayerName kGraniteHybridGgufParams[] = {
-    {"ssm_a", "linear_attn.A_log"}, {"ssm_d", "linear_attn.D"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
 std::span<const HfRename> granitemoehybrid_renames(const ModelSpec& s) {
   if (s.moe()) return kGraniteMoeHybridMoeRenames;
   return kGraniteMoeHybridRenames;
@@ -389,8 +397,8 @@ const ModelFamily kGraniteMoeHybrid = [] {
   f.no_gguf_form = "with experts and no Mamba layers it would be llama.cpp's granitemoe with a shared expert, which is "
                    "not written here";
   f.normalize_config = granitemoehybrid_normalize;
-  f.gguf_layer_names = kGraniteHybridGgufNames;
-  f.gguf_layer_params = kGraniteHybridGgufParams;
+  f.gguf_layer_names = kMamba2GgufNames;
+  f.gguf_layer_params = kMamba2GgufParams;
   return f;
 }();
 

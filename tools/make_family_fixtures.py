@@ -953,6 +953,58 @@ def write_gguf_nemotron_h(model, path: Path):
     _finish(w)
 
 
+def write_gguf_mamba2(model, path: Path):
+    """As llama.cpp's converter writes Mamba2ForCausalLM (conversion/mamba.py: Mamba2Model): the context
+    2**20, feed_forward_length and head_count 0 (no MLP, no attention), the ssm.* sizes (inner_size =
+    heads x head size, time_step_rank = the heads), layer_norm_epsilon as attention.layer_norm_rms_epsilon;
+    each layer's norm as attn_norm; ssm_a = -exp(A_log) and ssm_d as (heads, 1), ssm_norm as (groups,
+    inner / groups), the conv taps squeezed."""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "mamba2")
+    inner = c.num_heads * c.head_dim
+    w.add_context_length(2 ** 20)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(0)
+    w.add_head_count(0)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_ssm_conv_kernel(c.conv_kernel)
+    w.add_ssm_inner_size(inner)
+    w.add_ssm_state_size(c.state_size)
+    w.add_ssm_time_step_rank(c.num_heads)
+    w.add_ssm_group_count(c.n_groups)
+    w.add_layer_norm_rms_eps(c.layer_norm_epsilon)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"norm": "attn_norm", "mixer.in_proj": "ssm_in", "mixer.conv1d": "ssm_conv1d", "mixer.norm": "ssm_norm",
+             "mixer.out_proj": "ssm_out"}
+    ng = c.n_groups
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        name = name.replace("backbone.embeddings.", "model.embed_tokens.").replace("backbone.norm_f.", "model.norm.")
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if rest == "mixer.A_log":
+            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t).reshape(-1, 1)))
+            continue
+        if rest == "mixer.D":
+            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t.reshape(-1, 1)))
+            continue
+        if rest == "mixer.dt_bias":
+            w.add_tensor(f"blk.{layer}.ssm_dt.bias", np.ascontiguousarray(t))
+            continue
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == "mixer.conv1d" and suffix == "weight":
+            t = t.reshape(t.shape[0], t.shape[2])
+        elif mod == "mixer.norm":
+            t = t.reshape(ng, inner // ng)
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
              "gemma3_text_gguf": "gemma3",
              "llama_rope_llama3": "llama", "llama_rope_linear": "llama", "qwen2_rope_yarn": "qwen2",
@@ -968,6 +1020,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
+             "mamba2": "mamba2",
              "bamba": "granitehybrid"}
 
 
@@ -1760,6 +1813,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_granitehybrid(model, path)
     if arch == "nemotron_h":
         return write_gguf_nemotron_h(model, path)
+    if arch == "mamba2":
+        return write_gguf_mamba2(model, path)
     import gguf
     import numpy as np
     c = model.config

@@ -185,8 +185,17 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                      "projection biases and no time_step_limit; this model differs: no GGUF form");
   }
   const bool nemotron_h = arch == "nemotron_h";
-  // (llama.cpp's Mamba2 layers: granitehybrid's and nemotron_h's tensors)
-  const bool mamba2_arch = granitehybrid || nemotron_h;
+  // (Mamba2ForCausalLM: no attention, no MLP -- llama.cpp's mamba2 reads head_count 0 as "no heads")
+  const bool pure_mamba2 = arch == "mamba2";
+  // (llama.cpp's Mamba2 layers: granitehybrid's, nemotron_h's and mamba2's tensors)
+  const bool mamba2_arch = granitehybrid || nemotron_h || pure_mamba2;
+  if (pure_mamba2) {  // what llama.cpp's mamba2 graph runs (families/mamba.cpp's reader lists it)
+    bool all_mamba = s.la_mamba2 && s.no_mlp;
+    for (int64_t l = 0; l < s.n_layers && all_mamba; ++l) all_mamba = s.layer_is_linear_attn(l);
+    if (!all_mamba || !s.la_conv_bias || s.la_proj_bias || s.la_dt_min != 0.0f || !std::isinf(s.la_dt_max))
+      fail(out_path, "llama.cpp's mamba2 runs Mamba2 layers only, with a conv bias, no projection biases and no "
+                     "time_step_limit; this model differs: no GGUF form");
+  }
   if (nemotron_h) {  // what llama.cpp's nemotron_h graph runs (families/nemotron_h.cpp's reader lists it)
     bool nope = true;
     for (int64_t l = 0; l < s.n_layers; ++l) nope = nope && !s.layer_rotates(l);
@@ -315,10 +324,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32("general.quantization_version", 2);
   const std::string a = arch + ".";
   // (nemotron_h: as its converter writes it for a model without positions)
-  w.set_u32(a + "context_length", static_cast<uint32_t>(nemotron_h ? int64_t{1} << 20 : s.max_positions));
+  w.set_u32(a + "context_length", static_cast<uint32_t>(nemotron_h || pure_mamba2 ? int64_t{1} << 20 : s.max_positions));
   w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
   w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
-  if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it)
+  if (pure_mamba2) {  // (as MambaModel / Mamba2Model write them: no MLP, no heads)
+    w.set_u32(a + "feed_forward_length", 0);
+  } else if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it)
     std::vector<int32_t> ffn;
     for (int64_t l = 0; l < s.n_layers; ++l) ffn.push_back(s.layer_has_mlp(l) ? static_cast<int32_t>(s.ffn) : 0);
     w.set_i32_array(a + "feed_forward_length", ffn);
@@ -330,8 +341,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // (granitehybrid with experts: HF's intermediate_size, the experts' width)
     w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(granitehybrid && s.moe() ? s.expert_ffn : s.ffn));
   }
-  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(s.n_heads));
-  if (gemma4 && s.attention_geometry(true).kv_heads != s.n_kv_heads) {
+  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(pure_mamba2 ? 0 : s.n_heads));
+  if (pure_mamba2) {
+    // (no key/value heads either)
+  } else if (gemma4 && s.attention_geometry(true).kv_heads != s.n_kv_heads) {
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
@@ -351,7 +364,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       w.set_u32(a + "ssm.time_step_rank", static_cast<uint32_t>(s.la_v_heads));
       w.set_u32(a + "ssm.inner_size", static_cast<uint32_t>(s.la_value_dim()));
     }
-    w.set_bool(a + "rope.scaling.finetuned", s.layer_rotates(0));  // (the shared_mlp's width below, with the experts)
+    if (!pure_mamba2) w.set_bool(a + "rope.scaling.finetuned", s.layer_rotates(0));  // (the shared_mlp's width below, with the experts)
   }
   if (s.moe()) {  // as convert_hf_to_gguf.py's TextModel and Qwen2MoeModel write them
     w.set_u32(a + "expert_count", static_cast<uint32_t>(s.n_experts));

@@ -241,10 +241,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     hp.ssm_conv_bias = f.find_tensor("blk.0.ssm_conv1d.bias") != nullptr;
     for (int64_t l = 0; l < hp.num_layers && !hp.ssm_conv_bias; ++l)
       hp.ssm_conv_bias = f.find_tensor("blk." + std::to_string(l) + ".ssm_conv1d.bias") != nullptr;
+  } else if (hp.architecture == "mamba2") {  // (feed_forward_length and head_count 0: no MLP, no attention)
+    hp.intermediate_size = hp.hidden_size;  // (placeholders, as for a mamba2 config.json)
   } else {
     hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
   }
-  hp.num_heads = size_key(a + "attention.head_count", std::nullopt);
+  hp.num_heads = hp.architecture == "mamba2" ? 1 : size_key(a + "attention.head_count", std::nullopt);
   // (lfm2: head_count_kv 0 marks its short-conv layers; granitehybrid: its Mamba layers)
   if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || hp.architecture == "nemotron_h") {
     if (f.has(a + "shortconv.l_cache")) hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
@@ -269,6 +271,10 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
       }
       if (hp.num_kv_heads == 0) hp.num_kv_heads = hp.num_heads;  // (no attention layer at all)
     }
+  }
+  if (hp.architecture == "mamba2") {
+    hp.recurrent_layers.assign(static_cast<size_t>(hp.num_layers), true);
+    hp.num_kv_heads = 1;
   }
   if (hp.recurrent_layers.empty())
     hp.num_kv_heads = size_key_or_array(a + "attention.head_count_kv", hp.num_heads, hp.kv_heads_per_layer);

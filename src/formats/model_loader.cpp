@@ -564,7 +564,8 @@ class GgufSource : public TensorSource {
     std::vector<int64_t> s = info(name).shape();
     // (granitehybrid's ssm_a and ssm_d, (heads, 1), and ssm_norm, (groups, inner / groups), are
     // transformers' vectors)
-    if ((hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h") && s.size() == 2 &&
+    if ((hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h" || hp_.architecture == "mamba2") &&
+        s.size() == 2 &&
         (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.D") ||
          name.ends_with(".linear_attn.norm.weight")))
       return {s[0] * s[1]};
@@ -594,7 +595,8 @@ class GgufSource : public TensorSource {
       return v;
     }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
-    if (hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h") a_log_from_llama_cpp(name, v);
+    if (hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h" || hp_.architecture == "mamba2")
+      a_log_from_llama_cpp(name, v);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
     if ((hp_.architecture == "gemma" || hp_.architecture == "gemma2" || hp_.architecture == "gemma3" ||

@@ -7,13 +7,14 @@
 // the attention sizes are placeholders nothing uses. residual_in_fp32 (the config's default) keeps
 // the residual adds unrounded in bf16 / fp16 (ModelSpec::residual_fp32). Its rms_norm key, which
 // transformers 5's Mamba2Config no longer has, is ignored as transformers ignores it: the gated
-// norm always runs.
+// norm always runs. GGUF both ways as llama.cpp's mamba2 (head_count and feed_forward_length 0).
 #include <algorithm>
 #include <string>
 #include <vector>
 
 #include "base/error.h"
 #include "formats/config_reader.h"
+#include "formats/gguf.h"
 #include "formats/model_family.h"
 
 namespace qlora::families {
@@ -74,6 +75,15 @@ void mamba2_write(const ModelSpec& s, ordered_json& j) {
     j.erase(k);
 }
 
+// As llama.cpp runs a mamba2 GGUF (its converter's Mamba2Model): every layer a Mamba2 mixer with the
+// conv's bias (its loader requires it), sized by the ssm.* keys, no attention and no MLP;
+// residual_in_fp32 as Mamba2Config's default (the GGUF does not say; it matters in bf16 / fp16 only).
+void mamba2_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.no_mlp = true;
+  s.residual_fp32 = true;
+  read_mamba2_gguf(hp, s, /*conv_bias=*/true);
+}
+
 }  // namespace
 
 // Its files: backbone.* for model.*, the embeddings, norm_f, each layer's norm and mixer (the mixer's
@@ -89,11 +99,12 @@ constexpr HfRename kMamba2Renames[] = {{"backbone.embeddings.", "model.embed_tok
                                        {".linear_attn.in_proj.", ".linear_attn.in_proj_qkv."}};
 
 const ModelFamily kMamba2 = [] {
-  ModelFamily f{"mamba2", "Mamba2ForCausalLM", "", 0, int64_t{1} << 20, 10000.0f, false, false, mamba2_read,
-                mamba2_write, nullptr};
+  ModelFamily f{"mamba2", "Mamba2ForCausalLM", "mamba2", 0, int64_t{1} << 20, 10000.0f, false, false, mamba2_read,
+                mamba2_write, mamba2_gguf};
   f.hf_renames = kMamba2Renames;
   f.normalize_config = mamba2_normalize;
-  f.no_gguf_reason = "llama.cpp's mamba2 GGUFs are not read or written here yet";
+  f.gguf_layer_names = kMamba2GgufNames;
+  f.gguf_layer_params = kMamba2GgufParams;
   f.peft_refuses_out_proj = true;
   return f;
 }();

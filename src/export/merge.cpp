@@ -84,6 +84,11 @@ std::vector<OutTensor> output_tensors(const Model& model, const std::vector<Weig
                    return merged_tensor_values(model, name, adapters);
                  }});
   }
+  // (a family whose transformers class never ties, Nemotron-H's, from a tied source -- a GGUF
+  // without output.weight: the head written out as the embeddings' copy)
+  if (fam && fam->never_tied && model.spec().tied_embeddings)
+    t.push_back({output_name(model.spec(), "lm_head.weight", stored_embed), {model.spec().vocab, model.spec().hidden},
+                 [&model, &adapters] { return merged_tensor_values(model, "model.embed_tokens.weight", adapters); }});
   return t;
 }
 
@@ -368,7 +373,7 @@ std::string hf_config_json(const ModelSpec& s, DType dtype) {
   // (dynamic: the context the model runs to is factor x the one config.json names)
   if (rs.type == RopeScaling::Type::Dynamic) j["max_position_embeddings"] = rs.original_max_positions;
   j["vocab_size"] = s.vocab;
-  j["tie_word_embeddings"] = s.tied_embeddings;
+  j["tie_word_embeddings"] = s.tied_embeddings && !fam->never_tied;
   if (fam->write_config) fam->write_config(s, j);  // the family's own keys (and its refusals)
   if (s.bos_id >= 0) j["bos_token_id"] = s.bos_id;
   if (s.eos_ids.size() == 1) j["eos_token_id"] = s.eos_ids[0];

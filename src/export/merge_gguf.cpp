@@ -356,6 +356,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
   if (lfm2_arch) w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
+  if (nemotron_h && !s.hybrid()) {  // (llama.cpp's nemotron_h loader requires the ssm.* keys: NemotronHConfig's defaults)
+    w.set_u32(a + "ssm.conv_kernel", 4);
+    w.set_u32(a + "ssm.state_size", 128);
+    w.set_u32(a + "ssm.group_count", 8);
+    w.set_u32(a + "ssm.time_step_rank", 128);
+    w.set_u32(a + "ssm.inner_size", 128 * 64);
+  }
   if (mamba2_arch) {  // as convert_hf_to_gguf.py's GraniteHybridModel (and NemotronHModel, derived from it)
     if (s.hybrid()) {
       w.set_u32(a + "ssm.conv_kernel", static_cast<uint32_t>(s.la_conv_kernel));

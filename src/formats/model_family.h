@@ -113,6 +113,10 @@ struct ModelFamily {
   // NVIDIA's files and transformers' save_pretrained, model. in transformers' modules). Both
   // are read; merged files are written with `hf`, adapters with `canonical`.
   HfRename stored_alias = {};
+  // Its transformers class never ties the head to the embeddings, whatever tie_word_embeddings
+  // says (Nemotron-H's: _tied_weights_keys empty): read untied; a tied model (from a GGUF without
+  // output.weight) is merged with the head written out.
+  bool never_tied = false;
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
   std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }

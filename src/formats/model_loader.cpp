@@ -776,9 +776,14 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   s.rope_theta = hp.rope_theta;
   s.norm_eps = hp.rms_norm_eps;
   s.tied_embeddings = hp.tie_word_embeddings;
-  s.qkv_bias = src.has("model.layers.0.self_attn.q_proj.bias") || src.has("model.layers.0.self_attn.qkv_proj.bias");
-  s.o_bias = src.has("model.layers.0.self_attn.o_proj.bias");
-  s.mlp_bias = src.has("model.layers.0.mlp.gate_proj.bias") || src.has("model.layers.0.mlp.up_proj.bias");
+  // (any layer's: a hybrid's first layer may have no attention or MLP -- Nemotron-H's)
+  for (int64_t l = 0; l < s.n_layers; ++l) {
+    s.qkv_bias = s.qkv_bias || src.has(layer_tensor_name(l, "self_attn.q_proj", "bias")) ||
+                 src.has(layer_tensor_name(l, "self_attn.qkv_proj", "bias"));
+    s.o_bias = s.o_bias || src.has(layer_tensor_name(l, "self_attn.o_proj", "bias"));
+    s.mlp_bias = s.mlp_bias || src.has(layer_tensor_name(l, "mlp.gate_proj", "bias")) ||
+                 src.has(layer_tensor_name(l, "mlp.up_proj", "bias"));
+  }
   s.head_bias = src.has("lm_head.bias");  // (llama.cpp's output.bias: phi2)
   if (hp.rope_scaling_type == "linear") {
     s.rope_scaling.type = RopeScaling::Type::Linear;

@@ -39,6 +39,13 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
       fail(wpath, "holds no LoRA weights for the language model (only for " + out.other_part_modules[0] +
                       (out.other_part_modules.size() > 1 ? ", ...)" : ")"));
   }
+  // (a family whose files spell a prefix two ways, ModelFamily::stored_alias: an adapter trained on
+  // the other spelling -- Nemotron-H's backbone.*, NVIDIA's remote code -- under the module names)
+  if (const ModelFamily* fam = find_family(model.spec().family); fam && !fam->stored_alias.hf.empty()) {
+    std::map<std::string, PeftLoraWeights> renamed;
+    for (auto& [path, m] : a.modules) renamed.emplace(canonical_to_hf(model.spec(), hf_to_canonical(model.spec(), path)), std::move(m));
+    a.modules = std::move(renamed);
+  }
 
   // module path -> the Linear, for every Linear the model has: the blocks', then those
   // outside them (project_in / project_out).

@@ -90,9 +90,13 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
                             "target in_proj");
     if (!cfg_.target_regex.empty()) {
       const std::regex re(cfg_.target_regex, std::regex::ECMAScript);
-      for (const char* p : {"backbone.layers.0.mixer.conv1d", "backbone.layers.0.mixer.out_proj"})
-        if (std::regex_match(p, re))
-          fail("LoRA config", std::string("target regex matches ") + p + ": PEFT refuses adapters on a " +
+      // (the module paths of the family's first Mamba layer: backbone.* for Mamba2's, model.* for Nemotron-H's)
+      int64_t m0 = 0;
+      while (m0 + 1 < model.spec().n_layers && !model.spec().layer_is_linear_attn(m0)) ++m0;
+      for (const char* part : {"linear_attn.conv1d", "linear_attn.out_proj"})
+        if (const std::string p = canonical_to_hf(model.spec(), "model.layers." + std::to_string(m0) + "." + part);
+            std::regex_match(p, re))
+          fail("LoRA config", "target regex matches " + p + ": PEFT refuses adapters on a " +
                                   model.spec().family + " model's out_proj and conv1d, so the adapter would not load in PEFT");
     }
   }

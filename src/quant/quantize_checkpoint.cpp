@@ -12,6 +12,7 @@
 #include "base/json_error.h"
 #include "base/float_formats.h"
 #include "base/mapped_file.h"
+#include "formats/config_reader.h"
 #include "formats/safetensors.h"
 #include "quant/blockwise.h"
 #include "quant/int8.h"
@@ -90,7 +91,7 @@ nlohmann::json read_config(const std::string& dir) {
   if (!fs::exists(p)) return nlohmann::json::object();
   const std::string text = read_text_file(p);
   try {
-    return nlohmann::json::parse(text);
+    return nlohmann::json::parse(config::python_json_literals(text));  // (transformers 4's bare Infinity)
   } catch (const nlohmann::json::exception& e) {
     fail(p, "not valid JSON" + json_error_at(e, text));
   }
@@ -151,6 +152,8 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
                                    const std::function<void(int64_t, int64_t)>& progress) {
   if (!opt.int8) check_blocksize(opt.blocksize);
   Inputs inputs = open_inputs(in);
+  // (config.json read before any weights are written: a bad one stops the run with nothing written)
+  const nlohmann::json cfg_in = inputs.is_dir ? read_config(in) : nlohmann::json::object();
   const std::string out_file = output_file(out, inputs.is_dir);
 
   int64_t total = 0, done = 0;
@@ -192,7 +195,7 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
 
   if (inputs.is_dir) {
     copy_side_files(in, out);
-    nlohmann::json cfg = read_config(in);
+    nlohmann::json cfg = cfg_in;
     // For 8-bit, the bnb_4bit_* fields hold transformers' defaults, as it writes them.
     nlohmann::json qc = {
         {"quant_method", "bitsandbytes"},
@@ -223,6 +226,8 @@ QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& o
   check(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16, "--dtype",
         "must be fp32, bf16 or fp16");
   Inputs inputs = open_inputs(in);
+  // (config.json read before any weights are written: a bad one stops the run with nothing written)
+  const nlohmann::json cfg_in = inputs.is_dir ? read_config(in) : nlohmann::json::object();
   const std::string out_file = output_file(out, inputs.is_dir);
   int64_t total = 0, done = 0;
   for (const auto& f : inputs.files) total += static_cast<int64_t>(f->tensors().size());
@@ -273,7 +278,7 @@ QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& o
   rep.bytes_out = static_cast<int64_t>(fs::file_size(out_file));
   if (inputs.is_dir) {
     copy_side_files(in, out);
-    nlohmann::json cfg = read_config(in);
+    nlohmann::json cfg = cfg_in;
     cfg.erase("quantization_config");
     cfg["torch_dtype"] = dtype == DType::F32 ? "float32" : dtype == DType::BF16 ? "bfloat16" : "float16";
     write_file_atomic((fs::path(out) / "config.json").string(), cfg.dump(2) + "\n");

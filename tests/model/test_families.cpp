@@ -45,6 +45,7 @@
 #include "model/model.h"
 #include "model/model_test_util.h"
 #include "optim/adamw.h"
+#include "quant/quantize_checkpoint.h"
 #include "train/train_model.h"
 
 using namespace qlora;
@@ -461,6 +462,56 @@ TEST(FamiliesPeft, NemotronHLeavesOutProjToPeftsRule) {
   o.r = 2;
   o.target_modules = {"in_proj", "out_proj"};
   EXPECT_THROW(LoraModel(*m, o), Error);
+}
+
+// What NVIDIA's own Nemotron-H files look like, where the fixture (transformers 5's save) differs:
+// an adapter trained on the remote-code model (modules under backbone.*) applies as PEFT + transformers 5
+// apply it (their backbone. -> model. renaming); a config.json of transformers 4 (a bare Infinity in
+// time_step_limit) reads, and quantizes with `qlora quantize`; tie_word_embeddings true is ignored as
+// NemotronHForCausalLM ignores it (it keeps its lm_head).
+TEST(NemotronH, NvidiaFilesReadAsTransformersReadsThem) {
+  const Fixture x = read_fixture("nemotron_h");
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  TempDir tmp("nemotron_h_nvidia");
+  const std::string ad = tmp.path("adapter");
+  std::filesystem::create_directories(ad);
+  std::filesystem::copy_file(family_dir("nemotron_h") + "/initial_adapter/adapter_config.json", ad + "/adapter_config.json");
+  {
+    const SafeTensorsFile in(family_dir("nemotron_h") + "/initial_adapter/adapter_model.safetensors");
+    SafeTensorsWriter w;
+    for (const SafeTensorInfo& t : in.tensors()) {
+      std::string n = t.name;
+      const std::string from = "base_model.model.model.";
+      ASSERT_EQ(n.rfind(from, 0), 0u) << n;
+      n = "base_model.model.backbone." + n.substr(from.size());
+      w.add(n, t.dtype, t.shape, in.data(t));
+    }
+    w.write(ad + "/adapter_model.safetensors");
+  }
+  {
+    auto m = load("nemotron_h", false);
+    const LoadedAdapter a = load_adapter(ad, *m);
+    m->set_adapter(a.lora.get());
+    expect_logits(prompt_logits(*m, prompt), x.logits->to_float(x.logits->at("peft_logits")), "nemotron_h backbone adapter");
+    m->set_adapter(nullptr);
+  }
+  const std::string dir = tmp.path("hf");
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(family_dir("nemotron_h") + "/model.safetensors", dir + "/model.safetensors");
+  std::string cfg = json::parse(read_file(family_dir("nemotron_h") + "/config.json")).dump();
+  json c = json::parse(cfg);
+  c["tie_word_embeddings"] = true;
+  c["time_step_limit"] = "@";
+  cfg = c.dump();
+  cfg.replace(cfg.find("\"@\""), 3, "[0.0, Infinity]");
+  std::ofstream(dir + "/config.json") << cfg;
+  const Model m = load_path(dir);
+  EXPECT_FALSE(m.spec().tied_embeddings);
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("logits")), "nemotron_h transformers 4 config");
+  QuantizeOptions q;
+  (void)quantize_checkpoint(dir, tmp.path("nf4"), q);
+  EXPECT_TRUE(std::filesystem::exists(tmp.path("nf4") + "/config.json"));
+  EXPECT_EQ(open_model_files(tmp.path("nf4")).spec.family, "nemotron_h");
 }
 
 // The variants not built yet are refused, naming what is missing, rather than run as a

@@ -783,6 +783,9 @@ TEST(HfConfig, NemotronHConfig) {
   EXPECT_EQ(back.at("layers_block_type").size(), 56u);
   EXPECT_EQ(back.at("layers_block_type")[14].get<std::string>(), "attention");
   EXPECT_EQ(back.at("mamba_head_dim").get<int64_t>(), 80);
+  // (and the older pattern, which llama.cpp's converter reads first)
+  EXPECT_EQ(back.at("hybrid_override_pattern").get<std::string>(), "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-");
+  EXPECT_FALSE(back.at("tie_word_embeddings").get<bool>());
   EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
   // The older spellings (mamba_n_groups, layer_types of transformers 5) read the same.
   json legacy = json::parse(config::python_json_literals(cfg));

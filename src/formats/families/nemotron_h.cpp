@@ -35,7 +35,7 @@ constexpr char kMamba = 'M', kAttention = '*', kMlp = '-', kMoe = 'E';
 // hybrid_override_pattern ('?' for an unknown name, refused by nemotron_h_read).
 std::string layer_pattern(const json& j) {
   auto text = [](const json& v) { return v.is_string() ? v.get<std::string>() : std::string(); };
-  for (const char* key : {"layers_block_type", "layer_types"}) {
+  for (const char* key : {"layer_types", "layers_block_type"}) {  // (transformers: layer_types wins)
     if (!j.contains(key) || !j[key].is_array()) continue;
     std::string p;
     for (const json& e : j[key]) {
@@ -88,6 +88,7 @@ void nemotron_h_normalize(json& j) {
                                                  {"max_position_embeddings", 4096}};
   for (const auto& [k, v] : shared)
     if (!j.contains(k) || j[k].is_null()) j[k] = v;
+  j["tie_word_embeddings"] = false;  // (NemotronHForCausalLM keeps its own lm_head whatever the key says)
 }
 
 void nemotron_h_read(const json& j, const std::string& where, ModelSpec& s) {
@@ -119,9 +120,7 @@ void nemotron_h_read(const json& j, const std::string& where, ModelSpec& s) {
   const json* mact = config::find_key(j, "mamba_hidden_act");
   if (mact && text(mact) != "silu")
     fail(where, "mamba_hidden_act " + config::shown(*mact) + " is not supported for nemotron_h (silu)");
-  if (const json* sw = config::find_key(j, "sliding_window"); sw && !sw->is_null())
-    fail(where, "sliding_window: Nemotron-H's attention has no window in transformers (it is ignored there); "
-                "set it to null");
+  // (sliding_window: NemotronHAttention has no window, whatever the key says -- ignored as there)
   if (config::get_int(j, "num_nextn_predict_layers", where, 0) != 0)
     fail(where, "num_nextn_predict_layers: Nemotron-H's multi-token prediction layers are not supported");
   read_mamba2_keys(j, where, s, std::move(mamba), /*inner_from_heads=*/true);
@@ -139,6 +138,11 @@ void nemotron_h_write(const ModelSpec& s, ordered_json& j) {
   for (int64_t l = 0; l < s.n_layers; ++l)
     types.push_back(s.layer_is_linear_attn(l) ? "mamba" : s.layer_has_mixer(l) ? "attention" : "mlp");
   j["layers_block_type"] = types;
+  // (the older key too, which llama.cpp's converter reads first: from the list it takes only "moe" as
+  // an MLP layer; transformers takes the list when both are there)
+  std::string pattern;
+  for (int64_t l = 0; l < s.n_layers; ++l) pattern += s.layer_is_linear_attn(l) ? kMamba : s.layer_has_mixer(l) ? kAttention : kMlp;
+  j["hybrid_override_pattern"] = pattern;
   j["mlp_hidden_act"] = "relu2";
   j["mlp_bias"] = s.mlp_bias;
   j["attention_bias"] = false;
@@ -198,6 +202,7 @@ const ModelFamily kNemotronH = [] {
                 nemotron_h_write, nemotron_h_gguf};
   f.hf_renames = kNemotronHRenames;
   f.stored_alias = {"backbone.", "model."};
+  f.never_tied = true;
   f.normalize_config = nemotron_h_normalize;
   f.own_activation = true;
   f.gguf_layer_names = kMamba2GgufNames;

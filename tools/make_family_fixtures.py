@@ -684,6 +684,23 @@ FAMILIES = {
                                 n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=128, layer_norm_epsilon=1e-5,
                                 attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, initializer_range=0.4,
                                 tie_word_embeddings=True)),
+    # GPT-BigCode (StarCoder / SantaCoder / WizardCoder): GPT-2's block with nn.Linear weights and one
+    # key/value head (multi_query, the default): c_attn's rows q | k | v; the MLP 4 x n_embd as llama.cpp's
+    # starcoder converter assumes; tied head.
+    "gpt_bigcode": ("GPTBigCodeConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "hidden_size",
+                                                    "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                                    "max_position_embeddings"),
+                                             n_embd=64, n_layer=2, n_head=4, n_inner=256, n_positions=128,
+                                             layer_norm_epsilon=1e-5, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
+                                             initializer_range=0.4, tie_word_embeddings=True)),
+    # The same without multi_query: a key/value head per head, c_attn's rows per head q | k | v.
+    "gpt_bigcode_mha": ("GPTBigCodeConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "hidden_size",
+                                                        "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                                        "max_position_embeddings"),
+                                                 n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=128,
+                                                 layer_norm_epsilon=1e-5, attn_pdrop=0.0, resid_pdrop=0.0,
+                                                 embd_pdrop=0.0, initializer_range=0.4, multi_query=False,
+                                                 tie_word_embeddings=True)),
     # OPT (opt-125m's layout): learned positions at an offset of 2, pre-LayerNorm, ReLU,
     # separate q/k/v/out_proj and fc1/fc2 with biases, tied head.
     "opt": ("OPTConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size", "initializer_range"),
@@ -1020,7 +1037,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
-             "mamba2": "mamba2",
+             "mamba2": "mamba2", "gpt_bigcode": "starcoder",
              "bamba": "granitehybrid"}
 
 
@@ -1305,17 +1322,23 @@ def _qkv_per_head_to_contiguous(t, n_head: int):
     return torch.cat([q[:, i].reshape(-1, *t.shape[1:]) for i in range(3)], dim=0)
 
 
-def write_gguf_gpt2(model, path: Path):
-    """As convert_hf_to_gguf.py's GPT2Model: Conv1D weights transposed to (out, in)."""
+def write_gguf_gpt2(model, path: Path, starcoder: bool = False):
+    """As convert_hf_to_gguf.py's GPT2Model: Conv1D weights transposed to (out, in). With `starcoder`, as
+    its StarCoderModel writes GPTBigCodeForCausalLM (conversion/starcoder.py): nn.Linear weights as they
+    are, feed_forward_length 4 x n_embd, head_count_kv 1 (multi-query)."""
     import gguf
     import numpy as np
     c = model.config
-    w = gguf.GGUFWriter(str(path), "gpt2")
+    if starcoder:
+        assert c.multi_query and (c.n_inner or 4 * c.n_embd) == 4 * c.n_embd, "the converter's starcoder form"
+    w = gguf.GGUFWriter(str(path), "starcoder" if starcoder else "gpt2")
     w.add_context_length(c.n_positions)
     w.add_embedding_length(c.n_embd)
-    w.add_feed_forward_length(c.n_inner or 4 * c.n_embd)
+    w.add_feed_forward_length(4 * c.n_embd if starcoder else c.n_inner or 4 * c.n_embd)
     w.add_block_count(c.n_layer)
     w.add_head_count(c.n_head)
+    if starcoder:
+        w.add_head_count_kv(1)
     w.add_layer_norm_eps(c.layer_norm_epsilon)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     _add_test_vocab(w, c.vocab_size)
@@ -1332,7 +1355,7 @@ def write_gguf_gpt2(model, path: Path):
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
-            if suffix == "weight" and mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            if suffix == "weight" and mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj") and not starcoder:
                 t = t.t()
             out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
@@ -2070,7 +2093,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
 # The families with an adapter on PEFT's default target modules too (default_adapter/).
 # (PEFT 0.21 has no default target modules for starcoder2.)
 DEFAULT_TARGET_FAMILIES = ("llama", "gpt2", "gpt_neox", "opt", "bloom", "falcon", "falcon_mq", "phi", "stablelm",
-                           "gptj")
+                           "gptj", "gpt_bigcode")
 
 # The families whose bitsandbytes checkpoints are fixtures: one of each lineage, every
 # block form of the announcement's families.
@@ -2080,7 +2103,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "gpt_bigcode")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):
@@ -2394,6 +2417,8 @@ def build(family: str):
     if family in GGUF_ARCH:
         if GGUF_ARCH[family] == "gpt2":
             write_gguf_gpt2(model, out / "model.gguf")
+        elif GGUF_ARCH[family] == "starcoder":
+            write_gguf_gpt2(model, out / "model.gguf", starcoder=True)
         elif GGUF_ARCH[family] == "gptneox":
             write_gguf_neox(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "bloom":
@@ -2421,7 +2446,7 @@ def build(family: str):
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
         # (gpt2's tanh GELU goes through the same fp16 table in llama.cpp)
-        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_neox", "bloom", "falcon", "phi", "starcoder2")) else 1e-3
+        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_bigcode", "gpt_neox", "bloom", "falcon", "phi", "starcoder2")) else 1e-3
         if family.startswith("gemma4"):
             # Gemma 4 has GELUs in every MLP and per-layer-input gate: held instead to transformers
             # with ggml's float16 GELU (tools/ggml_gelu.py), at float32 precision; gemma4_e, whose

@@ -35,7 +35,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   // llama.cpp: scale = alpha / r. rsLoRA's alpha / sqrt(r) is the same with alpha·sqrt(r).
   const double alpha = cfg.use_rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
 
-  if (spec.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")
+  if (spec.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon" && arch != "starcoder")
     fail(out_path, "a LoRA GGUF for a per-head fused query_key_value (" + spec.family + ") is not supported yet");
   GgufWriter w;
   w.set_string("general.architecture", arch);

@@ -143,7 +143,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (arch.empty())
     fail(out_path, "this " + s.family + " model has no llama.cpp architecture (" + std::string(fam->no_gguf_form) +
                        "; merge to a Hugging Face directory instead)");
-  if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon")
+  // (reordered to q | k | v below; llama.cpp's starcoder splits that with head_count_kv heads of keys)
+  if (s.qkv_per_head && arch != "gptneox" && arch != "bloom" && arch != "falcon" && arch != "starcoder")
     fail(out_path, "GGUF export of a per-head fused query_key_value (" + s.family + ") is not supported yet");
   if (arch == "falcon") {  // what llama.cpp's falcon graph runs
     if (s.positional != PositionalKind::Rotary)

@@ -121,10 +121,11 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
           (model.spec().moe_f32_router() || model.spec().moe_router_linear) && w >= 4 && w <= 6)
         continue;
       // A gpt_neox GGUF holds query_key_value reordered (all q, all k, all v) while PEFT's B
-      // rows follow the Hugging Face per-head order: refuse rather than mix the two.
+      // rows follow the Hugging Face per-head order: refuse rather than mix the two. (GPT-BigCode
+      // without multi_query likewise: its starcoder GGUF holds c_attn's rows contiguous.)
       const std::string& fam = model.spec().family;
       const ModelSpec& ms = model.spec();
-      const bool regrouped = (fam == "gpt_neox" || fam == "bloom" ||
+      const bool regrouped = (fam == "gpt_neox" || fam == "bloom" || (fam == "gpt_bigcode" && ms.n_kv_heads > 1) ||
                               (fam == "falcon" && !ms.qkv_grouped && ms.n_kv_heads > 1)) &&
                              ms.fused_qkv && !ms.qkv_per_head;
       if (w == 0 && regrouped)

@@ -39,6 +39,7 @@
 #include "formats/hf_config.h"
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
+#include "formats/tokenizer.h"
 #include "lora/adapter_loader.h"
 #include "lora/lora.h"
 #include "lora/peft_adapter.h"
@@ -67,7 +68,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "gpt_bigcode", "gpt_bigcode_mha"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -307,7 +308,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "exaone4", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "gpt_oss", "ministral3",
                                            "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h"),
+                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h",
+                                           "gpt_bigcode"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -1079,6 +1081,27 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
   expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged gguf");
 }
 
+// GPT-BigCode without multi_query (c_attn per head q | k | v) goes to a starcoder GGUF as the contiguous
+// q | k | v llama.cpp's graph splits, head_count_kv the heads, and reads back to the same model. (llama.cpp
+// on such a merge: 3.9e-4 of PeftModel, its float16 GELU table; measured with the fixture's adapter.)
+TEST(GptBigCodeGguf, MultiHeadAttentionMergesToAStarcoderGguf) {
+  const Fixture x = read_fixture("gpt_bigcode_mha");
+  ModelFiles files = open_model_files(family_dir("gpt_bigcode_mha"));
+  files.tokenizer = open_model_files(family_dir("gpt_bigcode") + "/model.gguf").tokenizer;  // (the same test vocabulary)
+  const Model m = load_path(family_dir("gpt_bigcode_mha"));
+  TempDir tmp("gpt_bigcode_mha_gguf");
+  GgufExportOptions eo;
+  eo.type = GgmlType::F32;
+  eo.log = false;
+  write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
+  EXPECT_EQ(GgufFile(tmp.path("m.gguf")).get_string("general.architecture"), "starcoder");
+  const Model m2 = load_path(tmp.path("m.gguf"));
+  EXPECT_EQ(m2.spec().n_kv_heads, m2.spec().n_heads);
+  EXPECT_FALSE(m2.spec().qkv_per_head);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), "gpt_bigcode_mha merged gguf");
+}
+
 // A copy of `src` with metadata keys replaced (`keys`: key -> writer of its new value; a null
 // writer drops the key) and tensors' float32 values changed by `tensor` (name, values).
 void rewrite_gguf(const std::string& src, const std::string& dst,
@@ -1344,7 +1367,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "hunyuan_v1_dense", "qwen3_5_gguf", "qwen3_5_moe_gguf", "qwen3_next_gguf",
                                            "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_gguf", "lfm2", "lfm2_moe",
-                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "nemotron_h", "mamba2"),
+                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "nemotron_h", "mamba2",
+                                           "gpt_bigcode"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

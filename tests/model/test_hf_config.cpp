@@ -101,7 +101,7 @@ TEST(HfConfig, DefaultsAndListsOfEosIds) {
 }
 
 TEST(HfConfig, UnsupportedOrMalformedConfigsAreCleanErrors) {
-  EXPECT_NE(error_of(R"({"model_type":"gpt_bigcode"})").find("model_type 'gpt_bigcode' is not supported"),
+  EXPECT_NE(error_of(R"({"model_type":"mpt"})").find("model_type 'mpt' is not supported"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"hidden_size":64})").find("model_type"), std::string::npos);
   std::string base = R"({"model_type":"llama","hidden_size":64,"intermediate_size":100,"num_hidden_layers":2,
@@ -809,6 +809,30 @@ TEST(HfConfig, NemotronHConfig) {
   err("mlp_hidden_act", "silu", "mlp_hidden_act");
   err("mamba_num_heads", 0, "mamba_num_heads");
   err("n_groups", 3, "mamba_n_groups");
+}
+
+// StarCoder's shape (bigcode/starcoder, GPT-BigCode: n_embd 6144, 40 layers, 48 heads sharing one key/value
+// head, n_inner 24576, 8192 positions, vocab 49152, tied), read to transformers' count on the meta device
+// (15,517,456,384 parameters); multi_query false gives a key/value head per head, per-head q | k | v rows.
+TEST(HfConfig, GptBigCodeConfig) {
+  const json cfg = json::parse(R"({"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode", "n_embd": 6144, "n_layer": 40, "n_head": 48, "n_inner": 24576, "n_positions": 8192, "vocab_size": 49152, "multi_query": true, "activation_function": "gelu_pytorch_tanh", "layer_norm_epsilon": 1e-05, "scale_attn_weights": true, "attention_softmax_in_fp32": true, "bos_token_id": 0, "eos_token_id": 0})");
+  const ModelSpec s = spec_from_hf_config(cfg, "config.json");
+  EXPECT_EQ(s.family, "gpt_bigcode");
+  EXPECT_EQ(s.num_params(), 15517456384);
+  EXPECT_EQ(s.n_kv_heads, 1);
+  EXPECT_FALSE(s.qkv_per_head);
+  EXPECT_TRUE(s.tied_embeddings);
+  EXPECT_EQ(s.act, Activation::GeluTanh);
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_TRUE(back.at("multi_query").get<bool>());
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  json mha = cfg;
+  mha["multi_query"] = false;
+  const ModelSpec m = spec_from_hf_config(mha, "config.json");
+  EXPECT_EQ(m.n_kv_heads, 48);
+  EXPECT_TRUE(m.qkv_per_head);
+  mha["num_key_value_heads"] = 1;  // (contradicts multi_query false)
+  EXPECT_THROW((void)spec_from_hf_config(mha, "config.json"), Error);
 }
 
 TEST(HfConfig, PythonJsonLiteralsOutsideStringsOnly) {

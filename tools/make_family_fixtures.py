@@ -701,6 +701,18 @@ FAMILIES = {
                                                  layer_norm_epsilon=1e-5, attn_pdrop=0.0, resid_pdrop=0.0,
                                                  embd_pdrop=0.0, initializer_range=0.4, multi_query=False,
                                                  tie_word_embeddings=True)),
+    # MPT (MPT-7B's block): ALiBi (alibi_bias_max 8), LayerNorms without biases, fused Wqkv clamped to
+    # clip_qkv (0.5: below the projections' spread, so the clamp bites), the exact GELU, no biases, tied.
+    "mpt": ("MptConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size"),
+                              max_seq_len=128, attn_config=dict(clip_qkv=0.5, alibi_bias_max=8),
+                              tie_word_embeddings=True)),
+    # MPT with 6 heads (not a power of two: MPT's slope order differs from BLOOM's and llama.cpp's), a
+    # softmax_scale of its own and an alibi_bias_max of 6, which transformers ignores (its ALiBi takes 8);
+    # no GGUF (llama.cpp's slopes are BLOOM's).
+    "mpt_6h": ("MptConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size"),
+                                 hidden_size=96, num_attention_heads=6, max_seq_len=128,
+                                 attn_config=dict(softmax_scale=0.3, alibi_bias_max=6),
+                                 tie_word_embeddings=True)),
     # OPT (opt-125m's layout): learned positions at an offset of 2, pre-LayerNorm, ReLU,
     # separate q/k/v/out_proj and fc1/fc2 with biases, tied head.
     "opt": ("OPTConfig", dict(_drop=("num_key_value_heads", "rms_norm_eps", "intermediate_size", "initializer_range"),
@@ -885,7 +897,7 @@ def nf4_roundtrip(model):
             # router, an nn.Linear subclass its exact-type check passes over)
             if type(mod).__name__ == "Llama4Router":
                 continue
-            if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name or
+            if isinstance(mod, torch.nn.Linear) and (".layers." in name or ".h." in name or ".blocks." in name or
                                                      name.endswith(("project_in", "project_out",
                                                                     "per_layer_model_projection"))):
                 q, st = F.quantize_4bit(mod.weight.data.contiguous(), blocksize=64, quant_type="nf4")
@@ -1037,7 +1049,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
-             "mamba2": "mamba2", "gpt_bigcode": "starcoder",
+             "mamba2": "mamba2", "gpt_bigcode": "starcoder", "mpt": "mpt",
              "bamba": "granitehybrid"}
 
 
@@ -1179,6 +1191,43 @@ def write_gguf_phi2(model, path: Path, fused_qkv: bool = False):
             else:
                 out = f"blk.{layer}.{names[mod]}.{suffix}"
         w.add_tensor(out, np.ascontiguousarray(t.numpy()))
+    _finish(w)
+
+
+def write_gguf_mpt(model, path: Path):
+    """As llama.cpp's converter writes MptForCausalLM (conversion/mpt.py: MPTModel): context_length
+    max_seq_len, feed_forward_length 4 x d_model, layer_norm_epsilon 1e-5, attention.clamp_kqv when
+    clip_qkv is set, attention.max_alibi_bias; the tensors under the shared names, Wqkv as attn_qkv,
+    the LayerNorms without biases, the tied head left out."""
+    import gguf
+    import numpy as np
+    c = model.config
+    a = c.attn_config
+    w = gguf.GGUFWriter(str(path), "mpt")
+    w.add_context_length(c.max_seq_len)
+    w.add_embedding_length(c.d_model)
+    w.add_block_count(c.n_layers)
+    w.add_feed_forward_length(4 * c.d_model)
+    w.add_head_count(c.n_heads)
+    w.add_layer_norm_eps(1e-5)
+    if a.clip_qkv is not None:
+        w.add_clamp_kqv(a.clip_qkv)
+    w.add_max_alibi_bias(a.alibi_bias_max)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"norm_1": "attn_norm", "attn.Wqkv": "attn_qkv", "attn.out_proj": "attn_output", "norm_2": "ffn_norm",
+             "ffn.up_proj": "ffn_up", "ffn.down_proj": "ffn_down"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        if name == "lm_head.weight":
+            continue  # tied
+        glob = {"transformer.wte.weight": "token_embd.weight", "transformer.norm_f.weight": "output_norm.weight"}
+        if name in glob:
+            w.add_tensor(glob[name], np.ascontiguousarray(t))
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        mod, suffix = rest.rsplit(".", 1)
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
     _finish(w)
 
 
@@ -2103,7 +2152,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "gpt_bigcode")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "gpt_bigcode", "mpt")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):
@@ -2419,6 +2468,8 @@ def build(family: str):
             write_gguf_gpt2(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "starcoder":
             write_gguf_gpt2(model, out / "model.gguf", starcoder=True)
+        elif GGUF_ARCH[family] == "mpt":
+            write_gguf_mpt(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "gptneox":
             write_gguf_neox(model, out / "model.gguf")
         elif GGUF_ARCH[family] == "bloom":
@@ -2446,7 +2497,7 @@ def build(family: str):
         # ggml's CPU GELU reads an fp16 table (GGML_GELU_FP16), so gemma's MLP is only
         # fp16-exact in llama.cpp: measured 5e-3 on logits up to 16.
         # (gpt2's tanh GELU goes through the same fp16 table in llama.cpp)
-        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_bigcode", "gpt_neox", "bloom", "falcon", "phi", "starcoder2")) else 1e-3
+        tol = 1e-2 if family.startswith(("gemma", "gpt2", "gpt_bigcode", "mpt", "gpt_neox", "bloom", "falcon", "phi", "starcoder2")) else 1e-3
         if family.startswith("gemma4"):
             # Gemma 4 has GELUs in every MLP and per-layer-input gate: held instead to transformers
             # with ggml's float16 GELU (tools/ggml_gelu.py), at float32 precision; gemma4_e, whose

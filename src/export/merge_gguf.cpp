@@ -554,8 +554,16 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     fail(out_path, "a " + arch + " GGUF cannot carry embedding, residual or logit multipliers");
   }
   if (s.clip_qkv > 0.0f) {
-    if (arch != "olmo") fail(out_path, "a " + arch + " GGUF cannot carry clip_qkv");
+    if (arch != "olmo" && arch != "mpt") fail(out_path, "a " + arch + " GGUF cannot carry clip_qkv");
     w.set_f32(a + "attention.clamp_kqv", s.clip_qkv);
+  }
+  if (arch == "mpt") {  // as convert_hf_to_gguf.py's MPTModel
+    if (s.alibi_mpt && (s.n_heads & (s.n_heads - 1)) != 0)
+      fail(out_path, "llama.cpp orders ALiBi slopes as BLOOM does, MPT otherwise when the heads (" +
+                         std::to_string(s.n_heads) + ") are not a power of two: no GGUF form runs this model");
+    w.set_f32(a + "attention.max_alibi_bias", s.alibi_bias_max);
+  } else if (s.alibi_mpt || s.alibi_bias_max != 8.0f) {
+    fail(out_path, "a " + arch + " GGUF cannot carry MPT's ALiBi");
   }
   if (arch == "gptneox" || arch == "stablelm") w.set_bool(a + "use_parallel_residual", s.parallel_residual);
   // (gemma4: the full layers' heads, whose partial rotary is rope_freqs.weight)

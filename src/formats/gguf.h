@@ -284,6 +284,8 @@ struct GgufLlamaHParams {
   // and feed_forward_length 0. Whether blk.N.ssm_conv1d.bias exists (optional in its loader).
   std::vector<bool> mlp_layers;
   bool ssm_conv_bias = false;
+  // mpt: {arch}.attention.max_alibi_bias (0: absent).
+  float max_alibi_bias = 0.0f;
   // Per-layer forms (gemma4): {arch}.attention.head_count_kv and .feed_forward_length given as
   // one value per layer (empty when a single value: num_kv_heads / intermediate_size hold it;
   // otherwise those hold layer 0's); .attention.key_length_swa / .value_length_swa and

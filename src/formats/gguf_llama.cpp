@@ -410,6 +410,9 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   hp.residual_scale = f.get_f32_or(a + "residual_scale", 1.0f);
   hp.logit_scale = f.get_f32_or(a + "logit_scale", 1.0f);
   hp.clamp_kqv = f.get_f32_or(a + "attention.clamp_kqv", 0.0f);
+  hp.max_alibi_bias = f.get_f32_or(a + "attention.max_alibi_bias", 0.0f);
+  if (!(hp.max_alibi_bias >= 0.0f) || !std::isfinite(hp.max_alibi_bias))
+    fail(f.path(), "metadata key " + gguf_quote(a + "attention.max_alibi_bias") + " must be positive");
   if (!(hp.clamp_kqv >= 0.0f) || !std::isfinite(hp.clamp_kqv))
     fail(f.path(), "metadata key " + gguf_quote(a + "attention.clamp_kqv") + " must be positive");
   for (const float* v : {&hp.attention_scale, &hp.embedding_scale, &hp.residual_scale, &hp.logit_scale})

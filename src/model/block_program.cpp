@@ -391,7 +391,13 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
       p.add_slice(v, qkv, 2 * HS, HS, NH, 3 * HS);
     } else if (s.fused_qkv) {  // phi3: one Linear, its rows q | k | v
       const int qkv = buf("qkv_proj", QD + 2 * KVD);
-      p.add_linear(qkv, h1, 0);
+      if (s.clip_qkv > 0.0f) {  // (MPT: the fused projection clamped to [-clip, clip])
+        const int raw = buf("qkv_raw", QD + 2 * KVD);
+        p.add_linear(raw, h1, 0);
+        p.add_clamp(qkv, raw, s.clip_qkv);
+      } else {
+        p.add_linear(qkv, h1, 0);
+      }
       p.add_slice(qproj, qkv, 0, QD);
       p.add_slice(kproj, qkv, QD, KVD);
       p.add_slice(v, qkv, QD + KVD, KVD);

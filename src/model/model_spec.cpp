@@ -98,8 +98,15 @@ void ModelSpec::validate(const std::string& where) const {
     fail(where, "blocks without pre-norms are built with post-branch RMSNorms on a sequential block (OLMo 2) only");
   if (!norm_weights && (norm != NormKind::LayerNorm || norm_bias))
     fail(where, "norms without weights are LayerNorms without biases (OLMo's)");
-  if (!(clip_qkv >= 0.0f) || !std::isfinite(clip_qkv) || (clip_qkv > 0.0f && (fused_qkv || qk_norm)))
-    fail(where, "clip_qkv must be non-negative, and is built for separate q/k/v projections without q/k norms");
+  // (a fused projection is clamped whole: MPT's, its rows q | k | v)
+  if (!(clip_qkv >= 0.0f) || !std::isfinite(clip_qkv) ||
+      (clip_qkv > 0.0f && ((fused_qkv && (qkv_per_head || qkv_grouped)) || qk_norm)))
+    fail(where, "clip_qkv must be non-negative, and is built for separate q/k/v projections, or one fused q | k | v, "
+                "without q/k norms");
+  if ((alibi_mpt || alibi_bias_max != 8.0f) && (positional != PositionalKind::Alibi || alibi_falcon ||
+                                                !(alibi_bias_max > 0.0f) || !std::isfinite(alibi_bias_max)))
+    fail(where, "MPT's ALiBi (alibi_bias_max " + std::to_string(alibi_bias_max) + ") needs ALiBi positions and a "
+                "positive alibi_bias_max");
   if (qk_norm_full && !qk_norm) fail(where, "a q/k norm over all heads needs q/k norms");
   if (qk_norm_after_rope && (!qk_norm || qk_norm_full || qk_norm_head_weights || positional != PositionalKind::Rotary))
     fail(where, "q/k norms after the rotary are built for per-head norms with one shared weight on a rotary model");

@@ -197,6 +197,12 @@ struct ModelSpec {
   // ALiBi in Falcon's form (falcon-rw: its bias is built in bf16 and added before the
   // 1/sqrt(head_dim) scaling; ops.h AlibiBias), not BLOOM's.
   bool alibi_falcon = false;
+  // ALiBi's slopes (positional Alibi): 2^(-alibi_bias_max * i / n) over the n = heads rounded up to a
+  // power of two; when that rounds, MPT's order (alibi_mpt: the odd-indexed slopes, then the even
+  // ones, cut to the heads) or BLOOM's and llama.cpp's (the lower power's slopes, then odd powers of
+  // the next one's base). alibi_bias_max is 8 for BLOOM and Falcon.
+  bool alibi_mpt = false;
+  float alibi_bias_max = 8.0f;
   // A LayerNorm (with bias) on the token embeddings, model.embed_norm (bloom's
   // word_embeddings_layernorm).
   bool embed_norm = false;

@@ -201,10 +201,13 @@ void softmax_inplace(float* x, int64_t N) {
 }
 
 
-std::vector<float> alibi_slopes(int64_t NH) {
+std::vector<float> alibi_slopes(int64_t NH, float max_bias) {
   const int64_t closest = int64_t{1} << static_cast<int>(std::floor(std::log2(static_cast<double>(NH))));
-  auto base_of = [](int64_t p) {
-    return static_cast<float>(std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(p)) - 3.0))));
+  // (2^-(max_bias / p); for BLOOM's 8 the expression transformers writes, 2^-(2^-(log2 p - 3)))
+  auto base_of = [max_bias](int64_t p) {
+    if (max_bias == 8.0f)
+      return static_cast<float>(std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(p)) - 3.0))));
+    return static_cast<float>(std::pow(2.0, -static_cast<double>(max_bias) / static_cast<double>(p)));
   };
   std::vector<float> s;
   const float base = base_of(closest);
@@ -219,9 +222,23 @@ std::vector<float> alibi_slopes(int64_t NH) {
 
 float AlibiBias::round_to_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
+std::vector<float> alibi_slopes_mpt(int64_t NH, float max_bias) {
+  int64_t n2 = 1;
+  while (n2 < NH) n2 *= 2;
+  std::vector<float> s;
+  for (int64_t i = 1; i <= n2; ++i)  // (float32 as build_mpt_alibi_tensor computes them)
+    s.push_back(1.0f / std::pow(2.0f, static_cast<float>(i) * (max_bias / static_cast<float>(n2))));
+  if (n2 == NH) return s;
+  std::vector<float> r;
+  for (int64_t i = 1; i < n2; i += 2) r.push_back(s[static_cast<size_t>(i)]);
+  for (int64_t i = 0; i < n2; i += 2) r.push_back(s[static_cast<size_t>(i)]);
+  r.resize(static_cast<size_t>(NH));
+  return r;
+}
+
 AlibiBias alibi_bias_for(const ModelSpec& s) {
   AlibiBias a;
-  a.slopes = alibi_slopes(s.n_heads);
+  a.slopes = s.alibi_mpt ? alibi_slopes_mpt(s.n_heads, s.alibi_bias_max) : alibi_slopes(s.n_heads, s.alibi_bias_max);
   if (s.alibi_falcon) {
     a.bf16_product = true;
     // (transformers divides by math.sqrt(hidden_size // num_heads) in float32)

@@ -122,10 +122,14 @@ void attention_decode_rows(float* out, const float* q, int64_t N, const void* co
                            int64_t NKV, int64_t HS, float scale = 0.0f, float softcap = 0.0f,
                            const AlibiBias* alibi = nullptr, const float* sinks = nullptr);
 // The ALiBi slopes for NH heads (transformers' build_alibi_tensor of BLOOM and Falcon,
-// float32): the geometric sequence of the closest power of two, then the odd powers of the
-// next one.
-std::vector<float> alibi_slopes(int64_t NH);
-// The model's ALiBi bias (spec.alibi_falcon picks Falcon's form). REQUIRES positional Alibi.
+// float32, and llama.cpp's with max_alibi_bias): the geometric sequence of the closest power
+// of two, then the odd powers of the next one; max_bias 8 for BLOOM and Falcon.
+std::vector<float> alibi_slopes(int64_t NH, float max_bias = 8.0f);
+// MPT's (transformers' build_mpt_alibi_tensor): 2^(-max_bias * i / n) for the heads rounded up to
+// a power of two n, then (when rounded) the odd-indexed ones followed by the even-indexed, cut to NH.
+std::vector<float> alibi_slopes_mpt(int64_t NH, float max_bias);
+// The model's ALiBi bias (spec.alibi_falcon picks Falcon's form, spec.alibi_mpt MPT's slopes).
+// REQUIRES positional Alibi.
 AlibiBias alibi_bias_for(const ModelSpec& spec);
 
 // In place on logits (n): cap * tanh(x / cap), each step rounded to `dtype` as a bf16/fp16

@@ -101,7 +101,7 @@ TEST(HfConfig, DefaultsAndListsOfEosIds) {
 }
 
 TEST(HfConfig, UnsupportedOrMalformedConfigsAreCleanErrors) {
-  EXPECT_NE(error_of(R"({"model_type":"mpt"})").find("model_type 'mpt' is not supported"),
+  EXPECT_NE(error_of(R"({"model_type":"rwkv"})").find("model_type 'rwkv' is not supported"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"hidden_size":64})").find("model_type"), std::string::npos);
   std::string base = R"({"model_type":"llama","hidden_size":64,"intermediate_size":100,"num_hidden_layers":2,
@@ -833,6 +833,39 @@ TEST(HfConfig, GptBigCodeConfig) {
   EXPECT_TRUE(m.qkv_per_head);
   mha["num_key_value_heads"] = 1;  // (contradicts multi_query false)
   EXPECT_THROW((void)spec_from_hf_config(mha, "config.json"), Error);
+}
+
+// MPT-7B's shape (d_model 4096, 32 heads, 32 layers, 2048 positions, vocab 50432, tied), read to
+// transformers' count on the meta device (6,649,286,656 parameters); what transformers' MptAttention
+// does not run is refused by name.
+TEST(HfConfig, MptConfig) {
+  const json cfg = json::parse(R"({"architectures": ["MPTForCausalLM"], "model_type": "mpt", "d_model": 4096, "n_heads": 32, "n_layers": 32, "expansion_ratio": 4, "max_seq_len": 2048, "vocab_size": 50432, "no_bias": true, "norm_type": "low_precision_layernorm", "learned_pos_emb": true, "attn_config": {"alibi": true, "alibi_bias_max": 8, "attn_impl": "torch", "attn_pdrop": 0, "attn_type": "multihead_attention", "attn_uses_sequence_id": false, "clip_qkv": null, "prefix_lm": false, "qk_ln": false, "softmax_scale": null}, "logit_scale": null, "tie_word_embeddings": true})");
+  const ModelSpec s = spec_from_hf_config(cfg, "config.json");
+  EXPECT_EQ(s.family, "mpt");
+  EXPECT_EQ(s.num_params(), 6649286656);
+  EXPECT_EQ(s.positional, PositionalKind::Alibi);
+  EXPECT_TRUE(s.alibi_mpt);
+  EXPECT_FALSE(s.norm_bias);
+  EXPECT_EQ(s.ffn, 4 * 4096);
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_EQ(back.at("d_model").get<int64_t>(), 4096);
+  EXPECT_EQ(back.at("attn_config").at("alibi_bias_max").get<int64_t>(), 8);
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  auto refused = [&](const char* key, const json& v, const char* says) {
+    json c = cfg;
+    if (std::string(key) == "expansion_ratio") c[key] = v;
+    else c["attn_config"][key] = v;
+    try {
+      (void)spec_from_hf_config(c, "config.json");
+      ADD_FAILURE() << key << " " << v.dump() << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  refused("qk_ln", true, "qk_ln");
+  refused("attn_type", "multiquery_attention", "multi-head only");
+  refused("alibi", false, "ALiBi only");
+  refused("expansion_ratio", 2, "expansion_ratio");
 }
 
 TEST(HfConfig, PythonJsonLiteralsOutsideStringsOnly) {

@@ -219,6 +219,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool falcon_two_norms = arch == "falcon" && !s.shared_branch_norm;
   if ((arch == "qwen2" || arch == "qwen3") && s.sliding_window > 0)
     fail(out_path, "llama.cpp's " + arch + " has no sliding window, which this model uses on some layers: no GGUF export");
+  // (llama.cpp's gpt2, starcoder and mpt graphs scale scores by 1/sqrt(head_dim) and run the tanh GELU)
+  if ((arch == "gpt2" || arch == "starcoder" || arch == "mpt") && s.attn_scale > 0.0f &&
+      std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale)
+    fail(out_path, "llama.cpp's " + arch + " scales attention scores by 1/sqrt(head_dim); this model scales them by " +
+                       std::to_string(s.attn_scale) + " (scale_attn_weights / softmax_scale): no GGUF form runs it");
+  if ((arch == "gpt2" || arch == "starcoder" || arch == "mpt") && s.act == Activation::Relu)
+    fail(out_path, "llama.cpp's " + arch + " runs a GELU MLP; this model's is ReLU: no GGUF form runs it");
   if ((arch == "gemma2" || arch == "gemma3") && s.attn_scale > 0.0f &&
       std::fabs(s.attn_scale - 1.0f / std::sqrt(static_cast<float>(s.head_dim))) > 1e-6f * s.attn_scale &&
       s.n_layers != (arch == "gemma2" ? 46 : 62))
@@ -558,9 +565,6 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_f32(a + "attention.clamp_kqv", s.clip_qkv);
   }
   if (arch == "mpt") {  // as convert_hf_to_gguf.py's MPTModel
-    if (s.alibi_mpt && (s.n_heads & (s.n_heads - 1)) != 0)
-      fail(out_path, "llama.cpp orders ALiBi slopes as BLOOM does, MPT otherwise when the heads (" +
-                         std::to_string(s.n_heads) + ") are not a power of two: no GGUF form runs this model");
     w.set_f32(a + "attention.max_alibi_bias", s.alibi_bias_max);
   } else if (s.alibi_mpt || s.alibi_bias_max != 8.0f) {
     fail(out_path, "a " + arch + " GGUF cannot carry MPT's ALiBi");

@@ -129,8 +129,9 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
                               (fam == "falcon" && !ms.qkv_grouped && ms.n_kv_heads > 1)) &&
                              ms.fused_qkv && !ms.qkv_per_head;
       if (w == 0 && regrouped)
-        fail("LoRA config", "LoRA on query_key_value of a " + fam + " GGUF is not supported yet (llama.cpp reorders "
-                            "its rows); load the Hugging Face checkpoint, or target the other modules");
+        fail("LoRA config", "LoRA on " + std::string(fam == "gpt_bigcode" ? "c_attn" : "query_key_value") + " of a " + fam +
+                                " GGUF is not supported yet (llama.cpp reorders its rows); load the Hugging Face "
+                                "checkpoint, or target the other modules");
       const QuantLinear& q = block_linear(L, static_cast<BlockLinear>(w));
       LoraLayer layer(path, q.in_features(), q.out_features(), cfg_);
       layer.init(derive_seed(cfg_.seed, layers_.size()));

@@ -197,10 +197,11 @@ struct ModelSpec {
   // ALiBi in Falcon's form (falcon-rw: its bias is built in bf16 and added before the
   // 1/sqrt(head_dim) scaling; ops.h AlibiBias), not BLOOM's.
   bool alibi_falcon = false;
-  // ALiBi's slopes (positional Alibi): 2^(-alibi_bias_max * i / n) over the n = heads rounded up to a
-  // power of two; when that rounds, MPT's order (alibi_mpt: the odd-indexed slopes, then the even
-  // ones, cut to the heads) or BLOOM's and llama.cpp's (the lower power's slopes, then odd powers of
-  // the next one's base). alibi_bias_max is 8 for BLOOM and Falcon.
+  // ALiBi's slopes (positional Alibi) with the bias maximum alibi_bias_max (8 for BLOOM, Falcon and
+  // transformers' MPT): BLOOM's and llama.cpp's series (the lower power of two's slopes, then odd
+  // powers of the next one's base), or with alibi_mpt the same series as transformers' MPT computes
+  // it (1 / 2^(i max / n) over the next power of two, odd-indexed then even-indexed: float32 rounding
+  // differs by an ulp).
   bool alibi_mpt = false;
   float alibi_bias_max = 8.0f;
   // A LayerNorm (with bias) on the token embeddings, model.embed_norm (bloom's

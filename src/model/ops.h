@@ -125,8 +125,9 @@ void attention_decode_rows(float* out, const float* q, int64_t N, const void* co
 // float32, and llama.cpp's with max_alibi_bias): the geometric sequence of the closest power
 // of two, then the odd powers of the next one; max_bias 8 for BLOOM and Falcon.
 std::vector<float> alibi_slopes(int64_t NH, float max_bias = 8.0f);
-// MPT's (transformers' build_mpt_alibi_tensor): 2^(-max_bias * i / n) for the heads rounded up to
-// a power of two n, then (when rounded) the odd-indexed ones followed by the even-indexed, cut to NH.
+// MPT's (transformers' build_mpt_alibi_tensor): 1 / 2^(max_bias * i / n) for the heads rounded up to
+// a power of two n, then (when rounded) the odd-indexed ones followed by the even-indexed, cut to NH --
+// alibi_slopes' series, computed (and rounded) as transformers computes it.
 std::vector<float> alibi_slopes_mpt(int64_t NH, float max_bias);
 // The model's ALiBi bias (spec.alibi_falcon picks Falcon's form, spec.alibi_mpt MPT's slopes).
 // REQUIRES positional Alibi.

@@ -1081,6 +1081,38 @@ TEST_P(FamiliesGguf, MergedGgufGivesTheSameLogits) {
   expect_logits(prompt_logits(m2, prompt), x.logits->to_float(x.logits->at("logits")), GetParam() + " merged gguf");
 }
 
+// What llama.cpp's starcoder / mpt graphs cannot run is refused rather than written: an attention scale
+// other than 1/sqrt(head_dim) (GPT-BigCode's scale_attn_weights false, MPT's softmax_scale: measured 5.8 and
+// 0.34 off in llama.cpp when written anyway) and a ReLU MLP (0.61 off). MPT's 6 heads are fine: its slopes
+// are llama.cpp's series.
+TEST(GptBigCodeGguf, WhatLlamaCppCannotRunIsRefused) {
+  auto export_of = [](const std::string& fam, const std::function<void(json&)>& change) -> std::string {
+    TempDir tmp("gguf_refused_" + fam);
+    const std::string dir = tmp.path("hf");
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(family_dir(fam) + "/model.safetensors", dir + "/model.safetensors");
+    json c = json::parse(read_file(family_dir(fam) + "/config.json"));
+    change(c);
+    std::ofstream(dir + "/config.json") << c.dump();
+    ModelFiles files = open_model_files(dir);
+    files.tokenizer = open_model_files(family_dir("gpt_bigcode") + "/model.gguf").tokenizer;
+    const Model m = load_path(dir);
+    GgufExportOptions eo;
+    eo.type = GgmlType::F32;
+    eo.log = false;
+    try {
+      write_merged_gguf(m, files, {}, tmp.path("m.gguf"), eo, false);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(export_of("gpt_bigcode", [](json& c) { c["scale_attn_weights"] = false; }).find("1/sqrt(head_dim)"), std::string::npos);
+  EXPECT_NE(export_of("gpt_bigcode", [](json& c) { c["activation_function"] = "relu"; }).find("ReLU"), std::string::npos);
+  EXPECT_NE(export_of("mpt", [](json& c) { c["attn_config"]["softmax_scale"] = 0.3; }).find("1/sqrt(head_dim)"), std::string::npos);
+  EXPECT_EQ(export_of("mpt_6h", [](json& c) { c["attn_config"]["softmax_scale"] = nullptr; }), "");
+}
+
 // GPT-BigCode without multi_query (c_attn per head q | k | v) goes to a starcoder GGUF as the contiguous
 // q | k | v llama.cpp's graph splits, head_count_kv the heads, and reads back to the same model. (llama.cpp
 // on such a merge: 3.9e-4 of PeftModel, its float16 GELU table; measured with the fixture's adapter.)

@@ -831,8 +831,8 @@ TEST(HfConfig, GptBigCodeConfig) {
   const ModelSpec m = spec_from_hf_config(mha, "config.json");
   EXPECT_EQ(m.n_kv_heads, 48);
   EXPECT_TRUE(m.qkv_per_head);
-  mha["num_key_value_heads"] = 1;  // (contradicts multi_query false)
-  EXPECT_THROW((void)spec_from_hf_config(mha, "config.json"), Error);
+  mha["num_key_value_heads"] = 1;  // (transformers reads multi_query alone, and so do we)
+  EXPECT_EQ(spec_from_hf_config(mha, "config.json").n_kv_heads, 48);
 }
 
 // MPT-7B's shape (d_model 4096, 32 heads, 32 layers, 2048 positions, vocab 50432, tied), read to
@@ -866,6 +866,11 @@ TEST(HfConfig, MptConfig) {
   refused("attn_type", "multiquery_attention", "multi-head only");
   refused("alibi", false, "ALiBi only");
   refused("expansion_ratio", 2, "expansion_ratio");
+  refused("softmax_scale", 0, "softmax_scale");
+  refused("attn_type", 5, "multi-head only");
+  json bad = cfg;
+  bad["attn_config"] = "x";
+  EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
 }
 
 TEST(HfConfig, PythonJsonLiteralsOutsideStringsOnly) {

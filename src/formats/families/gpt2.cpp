@@ -98,18 +98,16 @@ void gpt2_gguf(const GgufLlamaHParams&, ModelSpec& s) {
 // WizardCoder, OctoCoder, TinyStarCoder): GPT-2's block and config keys, but nn.Linear weights (out, in),
 // the tanh GELU by default, and with multi_query (the default) one key/value head: c_attn's rows are
 // q (n_embd) | k | v (a head each); without it, per head q | k | v (gpt_neox's layout). A scale_attn_weights
-// false leaves the scores unscaled. GGUF both ways as llama.cpp's "starcoder" (multi-query only, as its
+// false leaves the scores unscaled (a GGUF cannot carry that, nor a ReLU MLP: refused there). GGUF both ways as llama.cpp's "starcoder" (multi-query only, as its
 // converter writes head_count_kv 1).
 void gpt_bigcode_read(const json& j, const std::string& where, ModelSpec& s) {
   gpt2_block(s);
   s.norm_eps = config::get_float(j, "layer_norm_epsilon", where, 1e-5f);
   s.act = config::gelu_family_activation(j, "activation_function", where, "gpt_bigcode", "gelu_pytorch_tanh",
                                          /*relu_ok=*/true);
+  // (multi_query alone decides, as in transformers: the num_key_value_heads transformers 5 writes
+  // beside it is not read there)
   const bool mqa = config::get_bool(j, "multi_query", where, true);
-  // (transformers 5 writes num_key_value_heads beside multi_query: 1, or the heads)
-  if (config::find_key(j, "num_key_value_heads") && s.n_kv_heads != (mqa ? 1 : s.n_heads))
-    fail(where, "num_key_value_heads " + std::to_string(s.n_kv_heads) + " contradicts multi_query " +
-                    (mqa ? "true (one key/value head)" : "false (one per head)"));
   s.n_kv_heads = mqa ? 1 : s.n_heads;
   s.qkv_per_head = !mqa;
   if (!config::get_bool(j, "scale_attn_weights", where, true)) s.attn_scale = 1.0f;
@@ -119,6 +117,9 @@ void gpt_bigcode_read(const json& j, const std::string& where, ModelSpec& s) {
 
 void gpt_bigcode_write(const ModelSpec& s, ordered_json& j) {
   const bool mqa = s.n_kv_heads == 1 && !s.qkv_per_head;
+  if (!mqa && !s.qkv_per_head && s.n_kv_heads == s.n_heads)
+    fail("config.json", "this gpt_bigcode model came from a GGUF, whose c_attn rows are reordered (q | k | v); "
+                        "merging it to a Hugging Face directory is not supported yet (merge it to GGUF)");
   if (s.positional != PositionalKind::Learned || s.norm != NormKind::LayerNorm || s.mlp != MlpKind::Plain ||
       !s.fused_qkv || (!mqa && !(s.qkv_per_head && s.n_kv_heads == s.n_heads)) || !s.qkv_bias || !s.o_bias ||
       !s.mlp_bias || (s.attn_scale != 0.0f && s.attn_scale != 1.0f))

@@ -37,7 +37,7 @@ void mpt_normalize(json& j) {
   config::alias_key(j, "hidden_size", "d_model");
   config::alias_key(j, "num_attention_heads", "n_heads");
   config::alias_key(j, "num_hidden_layers", "n_layers");
-  config::alias_key(j, "max_position_embeddings", "max_seq_len");
+  if (j.contains("max_seq_len")) j["max_position_embeddings"] = j["max_seq_len"];  // (MptConfig's name wins)
   // (MptConfig's defaults; MptMLP is 4 x d_model whatever expansion_ratio says: checked in mpt_read)
   const std::pair<const char*, json> defaults[] = {{"hidden_size", 2048}, {"num_attention_heads", 16},
                                                    {"num_hidden_layers", 24}, {"max_position_embeddings", 2048},
@@ -62,11 +62,11 @@ void mpt_read(const json& j, const std::string& where, ModelSpec& s) {
                     ": transformers' MptMLP is 4 x d_model wide whatever it says, so such a checkpoint does not load "
                     "there either");
   const json* ac = config::find_key(j, "attn_config");
+  if (ac && !ac->is_null() && !ac->is_object())
+    fail(where, "attn_config must be an object (MptAttentionConfig's fields), got " + config::shown(*ac));
   const json a = ac && ac->is_object() ? *ac : json::object();
-  auto text = [](const json* v) { return v && v->is_string() ? v->get<std::string>() : std::string(); };
-  const std::string type = text(config::find_key(a, "attn_type"));
-  if (!type.empty() && type != "multihead_attention")
-    fail(where, "attn_config.attn_type " + type + ": transformers' MptAttention is multi-head only");
+  if (const json* t = config::find_key(a, "attn_type"); t && !(t->is_string() && t->get<std::string>() == "multihead_attention"))
+    fail(where, "attn_config.attn_type " + config::shown(*t) + ": transformers' MptAttention is multi-head only");
   if (config::get_bool(a, "qk_ln", where, false))
     fail(where, "attn_config.qk_ln: transformers' MptAttention has no q/k LayerNorms (the checkpoint's would be dropped)");
   if (!config::get_bool(a, "alibi", where, true))
@@ -78,8 +78,11 @@ void mpt_read(const json& j, const std::string& where, ModelSpec& s) {
   (void)config::get_float(a, "alibi_bias_max", where, 8.0f);
   if (const json* c = config::find_key(a, "clip_qkv"); c && !c->is_null())
     s.clip_qkv = config::get_float(a, "clip_qkv", where, 0.0f);
-  if (const json* sc = config::find_key(a, "softmax_scale"); sc && !sc->is_null())
+  if (const json* sc = config::find_key(a, "softmax_scale"); sc && !sc->is_null()) {
     s.attn_scale = config::get_float(a, "softmax_scale", where, 0.0f);
+    if (!(s.attn_scale > 0.0f) || !std::isfinite(s.attn_scale))
+      fail(where, "attn_config.softmax_scale must be positive (or null: 1/sqrt(head_dim)), got " + config::shown(*sc));
+  }
 }
 
 void mpt_write(const ModelSpec& s, ordered_json& j) {
@@ -87,9 +90,6 @@ void mpt_write(const ModelSpec& s, ordered_json& j) {
       s.mlp != MlpKind::Plain || !s.fused_qkv || s.qkv_per_head || s.qkv_grouped || s.n_kv_heads != s.n_heads ||
       s.qkv_bias || s.o_bias || s.mlp_bias || s.ffn != 4 * s.hidden || s.act != Activation::Gelu)
     fail("config.json", "not an mpt block");
-  if (!s.alibi_mpt && s.n_heads > 0 && (s.n_heads & (s.n_heads - 1)) != 0)
-    fail("config.json", "this model's ALiBi slopes are llama.cpp's (from a GGUF), which differ from MPT's for " +
-                            std::to_string(s.n_heads) + " heads (not a power of two): no MPT config carries them");
   j["d_model"] = s.hidden;
   j["n_heads"] = s.n_heads;
   j["n_layers"] = s.n_layers;
@@ -115,8 +115,8 @@ void mpt_write(const ModelSpec& s, ordered_json& j) {
     j.erase(k);
 }
 
-// llama.cpp's mpt GGUF: the same block; its ALiBi slopes are llama.cpp's (BLOOM's order when the heads
-// are not a power of two) with attention.max_alibi_bias, the clamp attention.clamp_kqv.
+// llama.cpp's mpt GGUF: the same block; its ALiBi slopes are llama.cpp's with attention.max_alibi_bias
+// (the same series as MPT's, computed another way), the clamp attention.clamp_kqv.
 void mpt_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   if (!(hp.max_alibi_bias > 0.0f))
     fail(hp.path, "an mpt GGUF without attention.max_alibi_bias (0: learned positions, which transformers' MPT does "

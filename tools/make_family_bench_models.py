@@ -198,6 +198,9 @@ FAMILIES = {
     # groups, state 128, 4 taps) -> residual; no attention, no MLP.
     "mamba2": ("Mamba2Config", dict(hidden_size=512, num_hidden_layers=8, num_heads=16, head_dim=64, state_size=128,
                                     n_groups=8, conv_kernel=4, expand=2, tie_word_embeddings=True)),
+    # MPT (MPT-7B's block) at that size: 8 layers, 8 heads, ALiBi, LayerNorms without biases, fused Wqkv,
+    # the exact GELU MLP 4 x 512, no biases, tied head.
+    "mpt": ("MptConfig", dict(d_model=512, n_heads=8, n_layers=8, max_seq_len=2048, tie_word_embeddings=True)),
     # Nemotron-H (Nemotron Nano 2's block) at that size: 12 layers of one branch each, Mamba2 (16 heads of
     # 64 in 8 groups, state 128, 4 taps), attention without positions (8 heads, 2 key/value heads of 64) or
     # a relu^2 MLP 1536 wide, in Nemotron Nano 2's proportions (M-M-M*-M-M-: half Mamba, one attention

@@ -482,26 +482,30 @@ void layernorm_forward(float* out, float* stats, const float* inp, const float* 
 }
 
 void activation_forward(float* out, const float* x, int64_t N, Activation act) {
-  switch (act) {
-    case Activation::Gelu:  // torch: x * 0.5 * (1 + erf(x / sqrt 2))
-      for (int64_t i = 0; i < N; ++i) out[i] = x[i] * 0.5f * (1.0f + std::erf(x[i] * 0.7071067811865476f));
-      break;
-    case Activation::GeluTanh: {
-      float t[1024];
-      for (int64_t i0 = 0; i0 < N; i0 += 1024) {
-        const int64_t m = std::min<int64_t>(1024, N - i0);
-        kernels::gelu_tanh_inner(x + i0, t, m);  // (vectorized: activation_kernels.h)
-        for (int64_t i = 0; i < m; ++i) out[i0 + i] = 0.5f * x[i0 + i] * (1.0f + t[i]);
+  // (element by element: the threads' ranges give the same values as one pass; the exact GELU's
+  // scalar erf was 3.5% of an MPT training step on one thread)
+  parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+    switch (act) {
+      case Activation::Gelu:  // torch: x * 0.5 * (1 + erf(x / sqrt 2))
+        for (int64_t i = b; i < e; ++i) out[i] = x[i] * 0.5f * (1.0f + std::erf(x[i] * 0.7071067811865476f));
+        break;
+      case Activation::GeluTanh: {
+        float t[1024];
+        for (int64_t i0 = b; i0 < e; i0 += 1024) {
+          const int64_t m = std::min<int64_t>(1024, e - i0);
+          kernels::gelu_tanh_inner(x + i0, t, m);  // (vectorized: activation_kernels.h)
+          for (int64_t i = 0; i < m; ++i) out[i0 + i] = 0.5f * x[i0 + i] * (1.0f + t[i]);
+        }
+        break;
       }
-      break;
+      case Activation::Relu:
+        for (int64_t i = b; i < e; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+      case Activation::Relu2:  // torch.square(relu(x))
+        for (int64_t i = b; i < e; ++i) out[i] = x[i] > 0.0f ? x[i] * x[i] : 0.0f;
+        break;
     }
-    case Activation::Relu:
-      for (int64_t i = 0; i < N; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
-      break;
-    case Activation::Relu2:  // torch.square(relu(x))
-      for (int64_t i = 0; i < N; ++i) out[i] = x[i] > 0.0f ? x[i] * x[i] : 0.0f;
-      break;
-  }
+  });
 }
 
 void geglu_forward(float* out, const float* gate, const float* up, int64_t N) {

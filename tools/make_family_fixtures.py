@@ -948,38 +948,46 @@ def write_gguf_nemotron_h(model, path: Path):
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     _add_test_vocab(w, c.vocab_size)
 
-    def permute(t, n_head):  # (LlamaModel.permute)
-        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
     names = {"mixer.q_proj": "attn_q", "mixer.k_proj": "attn_k", "mixer.v_proj": "attn_v", "mixer.o_proj": "attn_output",
              "norm": "attn_norm", "mixer.in_proj": "ssm_in", "mixer.conv1d": "ssm_conv1d", "mixer.norm": "ssm_norm",
              "mixer.out_proj": "ssm_out", "mixer.up_proj": "ffn_up", "mixer.down_proj": "ffn_down"}
-    ng = c.n_groups
+    heads = {"mixer.q_proj": c.num_attention_heads, "mixer.k_proj": c.num_key_value_heads}
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
         name = name.replace("model.embeddings.", "model.embed_tokens.")
         if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm_f.weight", "output_norm"):
             continue
         _, _, layer, rest = name.split(".", 3)
-        if rest == "mixer.A_log":
-            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t).reshape(-1, 1)))
-            continue
-        if rest == "mixer.D":
-            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t.reshape(-1, 1)))
-            continue
-        if rest == "mixer.dt_bias":
-            w.add_tensor(f"blk.{layer}.ssm_dt.bias", np.ascontiguousarray(t))
-            continue
-        mod, suffix = rest.rsplit(".", 1)
-        if mod == "mixer.conv1d" and suffix == "weight":
-            t = t.reshape(t.shape[0], t.shape[2])
-        elif mod == "mixer.norm":
-            t = t.reshape(ng, inner // ng)
-        elif mod == "mixer.q_proj":
-            t = permute(t, c.num_attention_heads)
-        elif mod == "mixer.k_proj":
-            t = permute(t, c.num_key_value_heads)
-        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+        _add_mixer_layer_tensor(w, layer, rest, t, names, c.n_groups, inner, heads)
     _finish(w)
+
+
+def _add_mixer_layer_tensor(w, layer, rest: str, t, names: dict, groups: int, inner: int, qk_heads=None):
+    """A layer's tensor (`rest`: its name after the layer index, modules under mixer.) as llama.cpp's
+    Mamba2 converters write it: ssm_a = -exp(A_log) and ssm_d as (heads, 1), dt_bias as ssm_dt.bias, the
+    conv taps squeezed, the gated norm as (groups, inner / groups); q / k rows permuted as its llama
+    converter does over qk_heads[module] heads; the rest as they are, under names[module]."""
+    import numpy as np
+
+    def permute(t, n_head):  # (LlamaModel.permute)
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+    if rest == "mixer.A_log":
+        w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t).reshape(-1, 1)))
+        return
+    if rest == "mixer.D":
+        w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t.reshape(-1, 1)))
+        return
+    if rest == "mixer.dt_bias":
+        w.add_tensor(f"blk.{layer}.ssm_dt.bias", np.ascontiguousarray(t))
+        return
+    mod, suffix = rest.rsplit(".", 1)
+    if mod == "mixer.conv1d" and suffix == "weight":
+        t = t.reshape(t.shape[0], t.shape[2])
+    elif mod == "mixer.norm":
+        t = t.reshape(groups, inner // groups)
+    elif qk_heads and mod in qk_heads:
+        t = permute(t, qk_heads[mod])
+    w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
 
 
 def write_gguf_mamba2(model, path: Path):
@@ -1009,28 +1017,13 @@ def write_gguf_mamba2(model, path: Path):
     _add_test_vocab(w, c.vocab_size)
     names = {"norm": "attn_norm", "mixer.in_proj": "ssm_in", "mixer.conv1d": "ssm_conv1d", "mixer.norm": "ssm_norm",
              "mixer.out_proj": "ssm_out"}
-    ng = c.n_groups
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
         name = name.replace("backbone.embeddings.", "model.embed_tokens.").replace("backbone.norm_f.", "model.norm.")
         if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
             continue
         _, _, layer, rest = name.split(".", 3)
-        if rest == "mixer.A_log":
-            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t).reshape(-1, 1)))
-            continue
-        if rest == "mixer.D":
-            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t.reshape(-1, 1)))
-            continue
-        if rest == "mixer.dt_bias":
-            w.add_tensor(f"blk.{layer}.ssm_dt.bias", np.ascontiguousarray(t))
-            continue
-        mod, suffix = rest.rsplit(".", 1)
-        if mod == "mixer.conv1d" and suffix == "weight":
-            t = t.reshape(t.shape[0], t.shape[2])
-        elif mod == "mixer.norm":
-            t = t.reshape(ng, inner // ng)
-        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+        _add_mixer_layer_tensor(w, layer, rest, t, names, c.n_groups, inner)
     _finish(w)
 
 

@@ -33,6 +33,10 @@ void tanh_scalar(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
 }
 
+void erf_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::erf(x[i]);
+}
+
 }  // namespace
 
 void gelu_tanh_inner(const float* g, float* t, int64_t n) {
@@ -43,7 +47,7 @@ void gelu_tanh_inner(const float* g, float* t, int64_t n) {
 }
 
 const ActivationKernels& scalar_activation_kernels() {
-  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar};
+  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar, erf_scalar};
   return k;
 }
 

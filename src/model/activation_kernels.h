@@ -1,7 +1,7 @@
 #pragma once
 // Element-wise kernels of the activations, one set per instruction set, chosen at run time
-// like linear_kernels.h: SwiGLU forward and backward, exp over a vector (softmax) and tanh (the
-// tanh-GELU and soft caps).
+// like linear_kernels.h: SwiGLU forward and backward, exp over a vector (softmax), tanh (the
+// tanh-GELU and soft caps) and erf (the exact GELU).
 //
 // The scalar kernels are the definitions (std::exp, i.e. glibc's expf, in the order the ops
 // have always run). The AVX2 kernels are bit-identical to them: their exp reproduces
@@ -28,6 +28,12 @@ struct ActivationKernels {
   // from the exp above's double-precision steps, and an odd polynomial below |x| 2^-5 (tanh's own
   // series to x^9): within 3 float ulps of tanhf or 2e-8 absolute (tested), not bit-identical.
   void (*tanh)(const float* x, float* y, int64_t n);
+  // y (n) = erf(x) (y may alias x): the exact GELU (torch's "gelu": x / 2 (1 + erf(x / sqrt 2))).
+  // The scalar kernel is glibc's erff; the AVX2 one evaluates in double and rounds once
+  // (x A(x^2) below |x| 1, a degree-18 polynomial in |x| on [1, 4], +-1 beyond: coefficients from
+  // tools/fit_erf_coefficients.py, error ~1e-11 before the rounding), so it is within an ulp of
+  // erff (tested), not bit-identical.
+  void (*erf)(const float* x, float* y, int64_t n);
 };
 
 // t (n) = tanh(sqrt(2 / pi) (g + 0.044715 g^3)), the tanh-GELU's inner tanh (gelu_pytorch_tanh =

@@ -157,10 +157,65 @@ void tanh_avx2(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::tanh(x[i]);
 }
 
+// tools/fit_erf_coefficients.py: erf(x) = x A(x^2) for |x| < 1, B((|x| - 2.5) / 1.5) on [1, 4].
+constexpr double kErfSmall[10] = {  // lowest degree first
+    0x1.20dd750429b1cp+0,  -0x1.812746b02767fp-2, 0x1.ce2f2197da066p-4,  -0x1.b82ce160f9293p-6,
+    0x1.565ba0a166084p-8,  -0x1.c02875666bf00p-11, 0x1.f94234f2cd9e2p-14, -0x1.f073fea80625ap-17,
+    0x1.9af01c8d69d68p-20, -0x1.c1dc2ca85d1a9p-24,
+};
+constexpr double kErfLarge[19] = {  // lowest degree first
+    0x1.ffcaa8f4bab47p-1,  0x1.ac44a232ddc00p-9,   -0x1.9180557b4be7ap-7, 0x1.cdba01e308643p-6,
+    -0x1.659667325fd67p-5, 0x1.7c8c36d705b91p-5,   -0x1.0520bef307fd4p-5, 0x1.2fafcbd9783cbp-7,
+    0x1.b593110222388p-8,  -0x1.3b4cb7ae3450ep-7,  0x1.2abf516109526p-8,  0x1.d0fd3c203ebdfp-12,
+    -0x1.e7979ea8caacfp-10, 0x1.e1bfa4ff5c1fdp-11, 0x1.a4bad9af8aca9p-14, -0x1.34151caa2f8dcp-12,
+    0x1.41b4b32c6402dp-14, 0x1.1449cccc344a1p-15,  -0x1.025b46b231011p-16,
+};
+
+// p(t) = sum c[i] t^i as four Horner chains in t^4 (P0(t^4) + t P1 + t^2 P2 + t^3 P3): a quarter of
+// one chain's dependent multiply-adds, which bound a single Horner chain's speed here.
+template <int N>
+inline __m256d poly4(const double (&c)[N], __m256d t) {
+  const __m256d t2 = _mm256_mul_pd(t, t), t4 = _mm256_mul_pd(t2, t2);
+  __m256d p[4];
+  for (int j = 0; j < 4; ++j) {
+    int i = j + 4 * ((N - 1 - j) / 4);  // the chain's highest coefficient
+    p[j] = _mm256_set1_pd(c[i]);
+    for (i -= 4; i >= 0; i -= 4) p[j] = _mm256_fmadd_pd(p[j], t4, _mm256_set1_pd(c[i]));
+  }
+  return _mm256_fmadd_pd(_mm256_fmadd_pd(p[3], t, p[2]), t2, _mm256_fmadd_pd(p[1], t, p[0]));
+}
+
+// erf of four floats' absolute values (each in [0, 4]), in double, rounded to float.
+inline __m128 erf4_abs(__m128 af) {
+  const __m256d a = _mm256_cvtps_pd(af);
+  const __m256d small = _mm256_mul_pd(a, poly4(kErfSmall, _mm256_mul_pd(a, a)));
+  const __m256d t = _mm256_fmsub_pd(a, _mm256_set1_pd(1.0 / 1.5), _mm256_set1_pd(2.5 / 1.5));
+  const __m256d large = poly4(kErfLarge, t);
+  return _mm256_cvtpd_ps(_mm256_blendv_pd(small, large, _mm256_cmp_pd(a, _mm256_set1_pd(1.0), _CMP_GE_OQ)));
+}
+
+void erf_avx2(const float* x, float* y, int64_t n) {
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
+  const __m256 four = _mm256_set1_ps(4.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 a = _mm256_andnot_ps(sign, v);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) != 0) {  // (NaN lanes: glibc's)
+      for (int64_t k = i; k < i + 8; ++k) y[k] = std::erf(x[k]);
+      continue;
+    }
+    const __m256 ac = _mm256_min_ps(a, four);  // (erf(4) rounds to 1 in float, as everything beyond)
+    const __m256 e = _mm256_setr_m128(erf4_abs(_mm256_castps256_ps128(ac)), erf4_abs(_mm256_extractf128_ps(ac, 1)));
+    _mm256_storeu_ps(y + i, _mm256_or_ps(e, _mm256_and_ps(v, sign)));  // (e >= 0: the sign of x)
+  }
+  for (; i < n; ++i) y[i] = std::erf(x[i]);
+}
+
 }  // namespace
 
 const ActivationKernels& avx2_activation_kernels() {
-  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2, tanh_avx2};
+  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2, tanh_avx2, erf_avx2};
   return k;
 }
 

@@ -193,14 +193,32 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
     });
     return;
   }
+  if (act == Activation::Gelu) {  // (erf and exp vectorized, a block at a time: activation_kernels.h)
+    const auto& k = kernels::active_activation_kernels();
+    parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+      float t[1024], g2[1024];
+      for (int64_t i0 = b; i0 < e; i0 += 1024) {
+        const int64_t m = std::min<int64_t>(1024, e - i0);
+        for (int64_t j = 0; j < m; ++j) {
+          const float g = x[i0 + j];
+          t[j] = g * 0.7071067811865476f;
+          g2[j] = -0.5f * g * g;
+        }
+        k.erf(t, t, m);
+        k.exp(g2, g2, m);
+        // 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+        for (int64_t j = 0; j < m; ++j)
+          dx[i0 + j] += dout[i0 + j] * (0.5f * (1.0f + t[j]) + x[i0 + j] * g2[j] * 0.3989422804014327f);
+      }
+    });
+    return;
+  }
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const float g = x[i];
       float dg = 0.0f;
       switch (act) {
-        case Activation::Gelu:  // 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
-          dg = 0.5f * (1.0f + std::erf(g * 0.7071067811865476f)) + g * std::exp(-0.5f * g * g) * 0.3989422804014327f;
-          break;
+        case Activation::Gelu: break;  // (above)
         case Activation::GeluTanh: {
           const float th = std::tanh(kBeta * (g + kKappa * g * g * g));
           dg = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * kBeta * (1.0f + 3.0f * kKappa * g * g);

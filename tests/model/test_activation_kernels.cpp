@@ -144,3 +144,54 @@ TEST(ActivationKernels, TanhIsWithinThreeUlpsOfTanhf) {
     }
   }
 }
+
+// The vectorized erf against glibc's erff (the scalar kernel): every float on a fine stride
+// through (-6, 6) (both polynomials, the switch at |x| 1, the clamp at 4), tiny and subnormal
+// values, signed zeros, infinities and NaN, at sizes that leave tails; within one ulp of erff.
+TEST(ActivationKernels, ErfIsWithinAnUlpOfErff) {
+  std::vector<float> xs;
+  for (float v = -6.0f; v < 6.0f; v = std::nextafter(v + 2e-5f * std::max(1.0f, std::fabs(v)), 7.0f)) xs.push_back(v);
+  for (float v : {0.0f, -0.0f, 1.0f, -1.0f, std::nextafter(1.0f, 0.0f), std::nextafter(1.0f, 2.0f), 4.0f, -4.0f,
+                  std::nextafter(4.0f, 0.0f), 3.83f, 3.85f, 1e-30f, -1e-20f, 1e-40f, -1e-45f, 1e-7f, 88.0f, -100.0f,
+                  std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
+    xs.push_back(v);
+  xs.push_back(std::numeric_limits<float>::quiet_NaN());
+  const auto& scalar = kernels::scalar_activation_kernels();
+  std::vector<float> ref(xs.size());
+  scalar.erf(xs.data(), ref.data(), static_cast<int64_t>(xs.size()));
+  for (SimdLevel lv : fast_levels()) {
+    const ActivationKernels& k = kernels::activation_kernels_for(lv);
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{9}, int64_t{23}, static_cast<int64_t>(xs.size())}) {
+      std::vector<float> got(static_cast<size_t>(n));
+      k.erf(xs.data() + xs.size() - n, got.data(), n);
+      double worst_ulps = 0;
+      int64_t off_by_one = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float want = ref[xs.size() - n + i], x = xs[xs.size() - n + i];
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got[i])) << x;
+          continue;
+        }
+        EXPECT_EQ(std::signbit(got[i]), std::signbit(want)) << x;
+        // (the ulp of the smaller neighbour: below 1 the spacing halves at each power of two)
+        const float aw = std::fabs(want);
+        const double ulp = aw == 0.0f ? std::numeric_limits<float>::denorm_min() : aw - std::nextafter(aw, 0.0f);
+        const double d = std::fabs(double(got[i]) - want);
+        worst_ulps = std::max(worst_ulps, d / ulp);
+        off_by_one += d != 0;
+        EXPECT_LE(d, ulp) << simd_level_name(lv) << " erf(" << std::hexfloat << x << ") = " << got[i] << ", erff " << want;
+      }
+      std::vector<float> alias(xs.end() - n, xs.end());  // y may alias x
+      k.erf(alias.data(), alias.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!std::isnan(alias[i])) {
+          EXPECT_EQ(alias[i], got[i]);
+        }
+      }
+      if (n == static_cast<int64_t>(xs.size())) {
+        RecordProperty("worst_ulps", std::to_string(worst_ulps));
+        RecordProperty("differing", std::to_string(off_by_one) + " of " + std::to_string(n));
+      }
+    }
+  }
+}

@@ -412,6 +412,23 @@ FAMILIES = {
                                            mlp_hidden_act="relu2", tie_word_embeddings=False, _ssm_random=True,
                                            _targets=["in_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
                                                      "down_proj"])),
+    # Nemotron 3 (Nano 30B-A3B's form): Mamba2 and attention layers around MoE layers -- DeepSeek-V3's
+    # sigmoid router (2 groups of 4, the best group competing, routed_scaling_factor), ungated relu^2
+    # experts (experts.up_proj / down_proj) and a shared expert of 48. The adapter names the Linears
+    # (the shared experts' up/down among them: PEFT's module names reach no routed expert) and, as
+    # target_parameters, the experts and the router.
+    "nemotron_h_moe": ("NemotronHConfig", dict(_drop=("rms_norm_eps", "num_hidden_layers", "rope_theta"),
+                                               layers_block_type=["mamba", "moe", "attention", "mamba", "moe"],
+                                               mamba_num_heads=4, mamba_head_dim=24, n_groups=2, ssm_state_size=8,
+                                               conv_kernel=4, chunk_size=8, head_dim=16, layer_norm_epsilon=1e-6,
+                                               mlp_hidden_act="relu2", tie_word_embeddings=False, _ssm_random=True,
+                                               n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                               moe_shared_expert_intermediate_size=48, n_group=2, topk_group=1,
+                                               routed_scaling_factor=2.5, norm_topk_prob=True, _moe=True,
+                                               _targets=["in_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                                         "down_proj"],
+                                               _target_parameters=["experts.up_proj", "experts.down_proj",
+                                                                   "gate.weight"])),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -870,11 +887,13 @@ def experts_roundtrip(model, double_quant: bool):
     use_generic_cpu_dequantize()
     with torch.no_grad():
         for name, mod in model.named_modules():
-            if not name.endswith(".experts") or not hasattr(mod, "gate_up_proj"):
+            # (Nemotron 3's ungated experts: up_proj (E, F, C) and down_proj, 3-D parameters too)
+            ungated = isinstance(getattr(mod, "up_proj", None), torch.nn.Parameter)
+            if not name.endswith(".experts") or not (hasattr(mod, "gate_up_proj") or ungated):
                 continue
             gpt_oss = hasattr(mod, "gate_up_proj_bias")
             in_out = gpt_oss or type(mod).__name__ == "Llama4TextExperts"  # (Llama 4's are (in, out) too)
-            for p in (mod.gate_up_proj, mod.down_proj):
+            for p in (mod.up_proj if ungated else mod.gate_up_proj, mod.down_proj):
                 for e in range(p.shape[0]):
                     w = p.data[e].to(torch.float32)
                     if in_out:  # (in, out): qlora's (out, in) Linear (gpt-oss: gate and up rows stay interleaved)
@@ -921,16 +940,33 @@ def write_gguf_nemotron_h(model, path: Path):
     attention.layer_norm_epsilon (no RMS key); no positions (rope.scaling.finetuned false, the
     context 2**20, a rope.dimension_count of hidden / heads nothing reads); each layer's one norm as
     attn_norm; q/k rows permuted as its llama converter does; ssm_a = -exp(A_log) and ssm_d as
-    (heads, 1), ssm_norm as (groups, inner / groups), the conv taps squeezed."""
+    (heads, 1), ssm_norm as (groups, inner / groups), the conv taps squeezed.
+    With experts (Nemotron 3: num_experts_per_tok in the config) as nemotron_h_moe: the experts' width
+    as the MoE layers' feed_forward_length, the expert_* keys (routed_scaling_factor as
+    expert_weights_scale, n_group / topk_group as the group counts), the router as ffn_gate_inp, its
+    e_score_correction_bias as exp_probs_b.bias, the experts stacked as ffn_up_exps / ffn_down_exps and
+    the shared expert as ffn_up_shexp / ffn_down_shexp."""
     import gguf
     import numpy as np
     c = model.config
     kinds = list(c.layers_block_type)
-    w = gguf.GGUFWriter(str(path), "nemotron_h")
+    moe = "moe" in kinds
+    w = gguf.GGUFWriter(str(path), "nemotron_h_moe" if moe else "nemotron_h")
     w.add_context_length(2 ** 20)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(len(kinds))
-    w.add_feed_forward_length([c.intermediate_size if k == "mlp" else 0 for k in kinds])
+    w.add_feed_forward_length([c.intermediate_size if k == "mlp" else c.moe_intermediate_size if k == "moe" else 0
+                               for k in kinds])
+    if moe:
+        w.add_expert_used_count(c.num_experts_per_tok)
+        w.add_expert_feed_forward_length(c.moe_intermediate_size)
+        w.add_expert_shared_feed_forward_length(c.moe_shared_expert_intermediate_size)
+        w.add_expert_count(c.n_routed_experts)
+        w.add_expert_shared_count(c.n_shared_experts)
+        w.add_expert_weights_norm(c.norm_topk_prob)
+        w.add_expert_weights_scale(c.routed_scaling_factor)
+        w.add_expert_group_count(c.n_group)
+        w.add_expert_group_used_count(c.topk_group)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv([c.num_key_value_heads if k == "full_attention" else 0 for k in kinds])
     w.add_key_length(c.head_dim)
@@ -950,7 +986,9 @@ def write_gguf_nemotron_h(model, path: Path):
 
     names = {"mixer.q_proj": "attn_q", "mixer.k_proj": "attn_k", "mixer.v_proj": "attn_v", "mixer.o_proj": "attn_output",
              "norm": "attn_norm", "mixer.in_proj": "ssm_in", "mixer.conv1d": "ssm_conv1d", "mixer.norm": "ssm_norm",
-             "mixer.out_proj": "ssm_out", "mixer.up_proj": "ffn_up", "mixer.down_proj": "ffn_down"}
+             "mixer.out_proj": "ssm_out", "mixer.up_proj": "ffn_up", "mixer.down_proj": "ffn_down",
+             "mixer.gate": "ffn_gate_inp", "mixer.shared_experts.up_proj": "ffn_up_shexp",
+             "mixer.shared_experts.down_proj": "ffn_down_shexp"}
     heads = {"mixer.q_proj": c.num_attention_heads, "mixer.k_proj": c.num_key_value_heads}
     for name, t in model.state_dict().items():
         t = t.detach().to(torch.float32).numpy()
@@ -958,6 +996,11 @@ def write_gguf_nemotron_h(model, path: Path):
         if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm_f.weight", "output_norm"):
             continue
         _, _, layer, rest = name.split(".", 3)
+        experts = {"mixer.experts.up_proj": "ffn_up_exps.weight", "mixer.experts.down_proj": "ffn_down_exps.weight",
+                   "mixer.gate.e_score_correction_bias": "exp_probs_b.bias"}
+        if rest in experts:  # ((E, F, C) / (E, C, F) stacked as they are; the score bias)
+            w.add_tensor(f"blk.{layer}.{experts[rest]}", np.ascontiguousarray(t))
+            continue
         _add_mixer_layer_tensor(w, layer, rest, t, names, c.n_groups, inner, heads)
     _finish(w)
 
@@ -1042,6 +1085,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
+             "nemotron_h_moe": "nemotron_h_moe",
              "mamba2": "mamba2", "gpt_bigcode": "starcoder", "mpt": "mpt",
              "bamba": "granitehybrid"}
 
@@ -1876,7 +1920,7 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_lfm2(model, path, arch)
     if arch == "granitehybrid":
         return write_gguf_granitehybrid(model, path)
-    if arch == "nemotron_h":
+    if arch in ("nemotron_h", "nemotron_h_moe"):
         return write_gguf_nemotron_h(model, path)
     if arch == "mamba2":
         return write_gguf_mamba2(model, path)
@@ -2145,7 +2189,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "gpt_bigcode", "mpt")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

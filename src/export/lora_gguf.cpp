@@ -43,7 +43,7 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   w.set_string("general.name", std::filesystem::path(out_path).stem().string());
   w.set_string("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
-  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" || arch == "nemotron_h" ||
+  const bool permute_qk = arch == "llama" || arch == "granite" || arch == "granitemoe" || arch == "granitehybrid" || is_nemotron_h_arch(arch) ||
                           arch == "smollm3" || arch == "olmo" || arch == "arcee" || arch == "mistral3";
   // llama.cpp scales every adapted tensor by alpha / (its lora_a's rank): a layer of another
   // rank or alpha (the experts' gate_up_proj under PEFT's all-linear: 2r, 2 alpha) gets the
@@ -67,11 +67,12 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
         for (int64_t e = 0; e < E; ++e) ex.push_back(lm.find_expert(l, e, part));
         const int64_t r = ex[0]->r, in = ex[0]->in;
         const float factor = b_factor(*ex[0]);
-        // gate_up: the gate rows [0, F) and the up rows [F, 2F) of each B
-        for (int out_part = part == 0 ? 0 : 2; out_part < (part == 0 ? 2 : 3); ++out_part) {
+        // gate_up: the gate rows [0, F) and the up rows [F, 2F) of each B (ungated: the up rows alone)
+        const int first_out = part == 1 ? 2 : spec.moe_ungated ? 1 : 0;
+        for (int out_part = first_out; out_part < (part == 0 ? 2 : 3); ++out_part) {
           static constexpr const char* kExps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
           const std::string g = "blk." + std::to_string(l) + "." + kExps[out_part] + ".weight";
-          const int64_t rows = out_part == 2 ? C : F, row0 = out_part == 1 ? F : 0;
+          const int64_t rows = out_part == 2 ? C : F, row0 = out_part == 1 && !spec.moe_ungated ? F : 0;
           w.add_tensor(g + ".lora_a", type, {E, r, in}, [ex, type] {
             std::vector<float> a;
             for (const LoraLayer* x : ex) a.insert(a.end(), x->A.begin(), x->A.end());
@@ -95,7 +96,8 @@ void write_lora_gguf(const LoadedAdapter& adapter, const ModelSpec& spec, const 
   for (const LoraLayer& L : adapter.lora->layers()) {
     if (L.module_path.find(".mlp.experts.") != std::string::npos ||
         L.module_path.find(".block_sparse_moe.experts.") != std::string::npos ||
-        L.module_path.find(".feed_forward.experts.") != std::string::npos)  // (Llama 4's)
+        L.module_path.find(".feed_forward.experts.") != std::string::npos ||  // (Llama 4's)
+        L.module_path.find(".mixer.experts.") != std::string::npos)            // (Nemotron 3's)
       continue;  // (above)
     // (module paths are the family's Hugging Face names; GGUF names come from the canonical ones;
     // Granite MoE's router module, block_sparse_moe.router, is the canonical mlp.gate)

@@ -320,9 +320,14 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                 if (part == 2)
                   return merged_weight(L.expert_down[static_cast<size_t>(e)], adapters,
                                            [&](const LoraModel& a) { return a.find_expert(l, e, 1); });
-                // gate rows, or up rows, of the expert's fused gate_up (and its adapter's ΔW)
+                // gate rows, or up rows, of the expert's fused gate_up (and its adapter's ΔW); an
+                // ungated expert's up rows are all of it
                 std::vector<float> gu = merged_weight(L.expert_gate_up[static_cast<size_t>(e)], adapters,
                                                           [&](const LoraModel& a) { return a.find_expert(l, e, 0); });
+                if (model.spec().moe_ungated) {
+                  if (part == 0) break;
+                  return gu;
+                }
                 return std::vector<float>(gu.begin() + part * F * C, gu.begin() + (part + 1) * F * C);
               }
         }

@@ -185,7 +185,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       fail(out_path, "llama.cpp's granitehybrid runs Mamba2 layers of twice the hidden width with a conv bias, no "
                      "projection biases and no time_step_limit; this model differs: no GGUF form");
   }
-  const bool nemotron_h = arch == "nemotron_h";
+  const bool nemotron_h = is_nemotron_h_arch(arch);  // (nemotron_h_moe: Nemotron 3's, with experts)
   // (Mamba2ForCausalLM: no attention, no MLP -- llama.cpp's mamba2 reads head_count 0 as "no heads")
   const bool pure_mamba2 = arch == "mamba2";
   // (llama.cpp's Mamba2 layers: granitehybrid's, nemotron_h's and mamba2's tensors)
@@ -200,10 +200,18 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (nemotron_h) {  // what llama.cpp's nemotron_h graph runs (families/nemotron_h.cpp's reader lists it)
     bool nope = true;
     for (int64_t l = 0; l < s.n_layers; ++l) nope = nope && !s.layer_rotates(l);
-    if (!s.single_branch() || !nope || s.mlp != MlpKind::Plain || s.act != Activation::Relu2 || s.moe() ||
+    if (!s.single_branch() || !nope || s.mlp != MlpKind::Plain || s.act != Activation::Relu2 ||
+        s.moe() != (arch == "nemotron_h_moe") ||
         (s.hybrid() && (!s.la_mamba2 || s.la_proj_bias || !std::isinf(s.la_dt_max))))
       fail(out_path, "llama.cpp's nemotron_h runs layers of one branch each (Mamba2 without projection biases or an "
                      "upper step bound, attention without positions, a relu^2 MLP); this model differs: no GGUF form");
+    if (s.moe()) {  // (llama.cpp's nemotron_h_moe: every MLP layer has the experts)
+      bool all_moe = s.moe_ungated && s.moe_sigmoid_router && s.shared_expert && !s.shared_expert_gate && !s.mlp_bias;
+      for (int64_t l = 0; l < s.n_layers && all_moe; ++l) all_moe = s.layer_has_mlp(l) == s.layer_moe(l);
+      if (!all_moe)
+        fail(out_path, "llama.cpp's nemotron_h_moe gives every MLP layer the experts (ungated, a sigmoid router, an "
+                       "ungated shared expert); this model has dense MLP layers beside them or other experts: no GGUF form");
+    }
     // (transformers clamps Nemotron-H's steps below at time_step_min, llama.cpp's scan does not and its
     // converter drops the bound: the GGUF is the converter's, differing only where softplus(dt + dt_bias)
     // falls below time_step_min)
@@ -255,7 +263,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                   s.moe_routed_scale != 1.0f || s.moe_dense_layers != 0 || !s.norm_topk))
     fail(out_path, "llama.cpp's minimax-m2 runs MiniMax-M2's renormalized sigmoid router without groups, scale, dense "
                    "layers or shared experts, and q/k norms over all heads; this model differs: no GGUF form");
-  if (s.moe_sigmoid_router && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe")
+  if (s.moe_sigmoid_router && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe" && !nemotron_h)
     fail(out_path, "a " + arch + " GGUF cannot carry GLM-4.5's sigmoid router");
   if (s.mla() != deepseek2)
     fail(out_path, "a " + arch + " GGUF cannot carry " + (s.mla() ? "latent attention" : "this model's attention"));
@@ -289,7 +297,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                   (s.shared_expert && s.shared_expert_ffn % s.expert_ffn != 0)))
     fail(out_path, "llama.cpp's " + arch + " runs GLM-4.5's sigmoid router and shared experts of whole expert widths; "
                    "this model differs: no GGUF form");
-  if (s.moe() && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe") {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
+  if (s.moe() && !glm_moe && !deepseek2 && !minimax && arch != "lfm2moe" && !nemotron_h) {  // llama.cpp's build_moe_ffn renormalizes the top experts by architecture
     const bool norm = arch == "llama" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "granitemoe" ||
                       granitehybrid ||
                       arch == "hunyuan-moe" ||
@@ -337,9 +345,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
   if (pure_mamba2) {  // (as MambaModel / Mamba2Model write them: no MLP, no heads)
     w.set_u32(a + "feed_forward_length", 0);
-  } else if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it)
+  } else if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it;
+                            // the experts' on the MoE layers)
     std::vector<int32_t> ffn;
-    for (int64_t l = 0; l < s.n_layers; ++l) ffn.push_back(s.layer_has_mlp(l) ? static_cast<int32_t>(s.ffn) : 0);
+    for (int64_t l = 0; l < s.n_layers; ++l)
+      ffn.push_back(s.layer_moe(l) ? static_cast<int32_t>(s.expert_ffn) : s.layer_has_mlp(l) ? static_cast<int32_t>(s.ffn) : 0);
     w.set_i32_array(a + "feed_forward_length", ffn);
   } else if (gemma4 && s.double_wide_shared_mlp) {  // (per layer, as convert_hf_to_gguf.py's Gemma4Model)
     std::vector<int32_t> ffn;
@@ -386,7 +396,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "expert_used_count", static_cast<uint32_t>(s.experts_per_token));
     if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss" || arch == "qwen35moe" || arch == "qwen3next" || arch == "granitemoe" ||
         arch == "hunyuan-moe" ||
-        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax || llama4 || arch == "lfm2moe")
+        gemma4 || glm_moe || arch == "ernie4_5-moe" || deepseek2 || minimax || llama4 || arch == "lfm2moe" || nemotron_h)
       w.set_u32(a + "expert_feed_forward_length", static_cast<uint32_t>(s.expert_ffn));
     if (arch == "gpt-oss" && s.sliding_window > 0)
       w.set_u32(a + "attention.sliding_window", static_cast<uint32_t>(s.sliding_window));
@@ -400,6 +410,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
         w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }
+    } else if (nemotron_h) {  // as convert_hf_to_gguf.py's NemotronHModel (MoE): its graph's gating is sigmoid
+      w.set_u32(a + "expert_shared_feed_forward_length", static_cast<uint32_t>(s.shared_expert_ffn));
+      w.set_u32(a + "expert_shared_count", 1);
+      w.set_bool(a + "expert_weights_norm", s.norm_topk);
+      w.set_f32(a + "expert_weights_scale", s.moe_routed_scale);
+      w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
+      w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
     } else if (minimax) {  // as convert_hf_to_gguf.py's MiniMaxM2Model
       w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
     } else if (arch == "lfm2moe") {  // as convert_hf_to_gguf.py's LFM2MoeModel
@@ -876,9 +893,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     int ep = 0;
     const int64_t expert = s.moe() && spec_t.name.find(".mlp.experts.") != std::string::npos
                                ? expert_of(spec_t.name, &el, &ep) : -1;
-    if (expert > 0 || (expert == 0 && ep != 0)) continue;
+    // (ungated experts, Nemotron 3's: up and down only, expert 0's up the first listed)
+    const int first_part = s.moe_ungated ? 1 : 0;
+    if (expert > 0 || (expert == 0 && ep != first_part)) continue;
     if (expert == 0) {
-      for (int p = 0; p < 3; ++p) {
+      for (int p = first_part; p < 3; ++p) {
         static constexpr const char* kExps[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
         const std::string gname = "blk." + std::to_string(el) + "." + kExps[p] + ".weight";
         const int64_t rows = p == 2 ? s.hidden : s.expert_ffn, cols = p == 2 ? s.expert_ffn : s.hidden;

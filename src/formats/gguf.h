@@ -210,6 +210,10 @@ std::optional<std::string> hf_to_gguf_tensor_name(std::string_view hf_name, std:
                                                   bool falcon_two_norms = false);
 
 // Hyper-parameters of a llama-family GGUF, keys prefixed by general.architecture.
+// llama.cpp's Nemotron-H architectures: nemotron_h, and nemotron_h_moe (Nemotron 3's experts),
+// which share its per-layer arrays and Mamba2 tensors.
+inline bool is_nemotron_h_arch(std::string_view arch) { return arch == "nemotron_h" || arch == "nemotron_h_moe"; }
+
 struct GgufLlamaHParams {
   std::string architecture;       // general.architecture
   std::string path;               // the file, for errors
@@ -269,6 +273,8 @@ struct GgufLlamaHParams {
   // .expert_weights_norm (-1: absent, else 0 / 1).
   int64_t expert_count = 0, expert_used_count = 0, expert_ffn = 0, expert_shared_ffn = 0;
   int expert_weights_norm = -1;
+  // {arch}.moe_latent_size (nemotron_h_moe: Nemotron 3 Super's latent experts; 0: absent).
+  int64_t moe_latent_size = 0;
   // Gated DeltaNet hybrids (qwen35): {arch}.ssm.conv_kernel, .ssm.state_size (the key heads'
   // size), .ssm.group_count (key heads), .ssm.time_step_rank (value heads), .ssm.inner_size
   // (value heads x their size) and .full_attention_interval (every n-th layer attends; 0:

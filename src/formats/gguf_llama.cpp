@@ -219,7 +219,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   std::optional<int64_t> ffn_default;
   for (const char* k : {"expert_shared_feed_forward_length", "expert_feed_forward_length"})
     if (!ffn_default && f.has(a + k)) ffn_default = size_key(a + k, std::nullopt);
-  if (hp.architecture == "nemotron_h") {  // (one value per layer, 0 on the layers without an MLP)
+  if (is_nemotron_h_arch(hp.architecture)) {  // (one value per layer, 0 on the layers without an MLP)
     const std::vector<int64_t> vals = f.has(a + "feed_forward_length") && f.find(a + "feed_forward_length")->type == GgufValueType::ARRAY
                                           ? f.get_int_array(a + "feed_forward_length")
                                           : std::vector<int64_t>(static_cast<size_t>(hp.num_layers), size_key(a + "feed_forward_length", std::nullopt));
@@ -231,7 +231,8 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
       if (x < 0 || x > kMax)
         fail(f.path(), "metadata key " + gguf_quote(a + "feed_forward_length") + " holds the value " + std::to_string(x) +
                            ", out of range");
-      if (x != 0 && hp.intermediate_size != 0 && x != hp.intermediate_size)
+      // (nemotron_h_moe writes the experts' width there; llama.cpp reads it only without expert_feed_forward_length)
+      if (x != 0 && hp.intermediate_size != 0 && x != hp.intermediate_size && hp.architecture == "nemotron_h")
         fail(f.path(), "the MLP layers' feed_forward_length differ (" + std::to_string(hp.intermediate_size) + ", " +
                            std::to_string(x) + "); Nemotron-H's share one");
       hp.mlp_layers.push_back(x != 0);
@@ -248,7 +249,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   hp.num_heads = hp.architecture == "mamba2" ? 1 : size_key(a + "attention.head_count", std::nullopt);
   // (lfm2: head_count_kv 0 marks its short-conv layers; granitehybrid: its Mamba layers)
-  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || hp.architecture == "nemotron_h") {
+  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || is_nemotron_h_arch(hp.architecture)) {
     if (f.has(a + "shortconv.l_cache")) hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
     const GgufValue* v = f.find(a + "attention.head_count_kv");
     if (v && v->type == GgufValueType::ARRAY) {
@@ -317,7 +318,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   hp.rope_dim = size_key(a + "rope.dimension_count", hp.head_dim);
   // (nemotron_h has no positions: its converter's rope.dimension_count, hidden / heads, is unread)
-  if (hp.architecture == "nemotron_h") hp.rope_dim = hp.head_dim;
+  if (is_nemotron_h_arch(hp.architecture)) hp.rope_dim = hp.head_dim;
   if (hp.num_heads % hp.num_kv_heads != 0)
     fail(f.path(), "head_count " + std::to_string(hp.num_heads) + " is not a multiple of head_count_kv " +
                        std::to_string(hp.num_kv_heads));
@@ -429,6 +430,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     if (f.has(a + "expert_shared_feed_forward_length"))
       hp.expert_shared_ffn = size_key(a + "expert_shared_feed_forward_length", std::nullopt);
     if (f.has(a + "expert_weights_norm")) hp.expert_weights_norm = f.get_bool(a + "expert_weights_norm") ? 1 : 0;
+    if (f.has(a + "moe_latent_size")) hp.moe_latent_size = static_cast<int64_t>(f.get_u64(a + "moe_latent_size"));
     if (f.has(a + "leading_dense_block_count")) hp.leading_dense_blocks = static_cast<int64_t>(f.get_u64(a + "leading_dense_block_count"));
     if (hp.leading_dense_blocks > hp.num_layers)
       fail(f.path(), "leading_dense_block_count " + std::to_string(hp.leading_dense_blocks) + " exceeds the " +
@@ -458,7 +460,7 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   // (llama.cpp's llama converter, and granite's, which derives from it, permute q/k rows.)
   hp.qk_rope_permuted = hp.architecture == "llama" || hp.architecture == "granite" || hp.architecture == "granitemoe" ||
-                        hp.architecture == "granitehybrid" || hp.architecture == "nemotron_h" ||
+                        hp.architecture == "granitehybrid" || is_nemotron_h_arch(hp.architecture) ||
                         hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
   return hp;

@@ -91,7 +91,7 @@ const ModelFamily* find_family(std::string_view model_type) {
 const ModelFamily* find_family_by_gguf_arch(std::string_view arch) {
   if (arch.empty()) return nullptr;
   for (const ModelFamily* f : all_families())
-    if (f->gguf_arch == arch) return f;
+    if (f->gguf_arch == arch || f->gguf_arch_alias == arch) return f;
   return nullptr;
 }
 
@@ -104,7 +104,8 @@ std::string supported_model_types() {
 std::string gguf_supported_architectures() {
   std::string s;
   for (const ModelFamily* f : all_families())
-    if (!f->gguf_arch.empty()) s += (s.empty() ? "" : ", ") + std::string(f->gguf_arch);
+    for (std::string_view a : {f->gguf_arch, f->gguf_arch_alias})
+      if (!a.empty()) s += (s.empty() ? "" : ", ") + std::string(a);
   return s;
 }
 

@@ -117,6 +117,9 @@ struct ModelFamily {
   // says (Nemotron-H's: _tied_weights_keys empty): read untied; a tied model (from a GGUF without
   // output.weight) is merged with the head written out.
   bool never_tied = false;
+  // A second llama.cpp architecture read as this family (nemotron_h_moe: Nemotron 3's experts;
+  // export_arch_for picks it on export), "" for none.
+  std::string_view gguf_arch_alias = {};
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
   std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }

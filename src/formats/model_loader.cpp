@@ -564,7 +564,7 @@ class GgufSource : public TensorSource {
     std::vector<int64_t> s = info(name).shape();
     // (granitehybrid's ssm_a and ssm_d, (heads, 1), and ssm_norm, (groups, inner / groups), are
     // transformers' vectors)
-    if ((hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h" || hp_.architecture == "mamba2") &&
+    if ((hp_.architecture == "granitehybrid" || is_nemotron_h_arch(hp_.architecture) || hp_.architecture == "mamba2") &&
         s.size() == 2 &&
         (name.ends_with(".linear_attn.A_log") || name.ends_with(".linear_attn.D") ||
          name.ends_with(".linear_attn.norm.weight")))
@@ -595,7 +595,7 @@ class GgufSource : public TensorSource {
       return v;
     }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
-    if (hp_.architecture == "granitehybrid" || hp_.architecture == "nemotron_h" || hp_.architecture == "mamba2")
+    if (hp_.architecture == "granitehybrid" || is_nemotron_h_arch(hp_.architecture) || hp_.architecture == "mamba2")
       a_log_from_llama_cpp(name, v);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
@@ -842,6 +842,15 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
     if (hp.architecture == "gpt-oss" && src.has(fused_expert_name(0, 0))) {  // (presented fused: GgufSource)
       s.expert_ffn = src.shape(fused_expert_name(0, 0))[2] / 2;
       s.ffn = s.expert_ffn;
+    } else if (hp.architecture == "nemotron_h_moe") {  // (ungated: ffn_up_exps at the first MLP layer)
+      int64_t l0 = 0;
+      while (l0 + 1 < hp.num_layers && !(l0 < static_cast<int64_t>(hp.mlp_layers.size()) && hp.mlp_layers[l0])) ++l0;
+      const std::string u0 = layer_tensor_name(l0, expert_module(0, 1));
+      if (!src.has(u0))
+        fail(where, "expert_count is " + std::to_string(hp.expert_count) + " but layer " + std::to_string(l0) +
+                        " has no blk." + std::to_string(l0) + ".ffn_up_exps.weight");
+      s.expert_ffn = src.shape(u0)[0];
+      s.moe_ungated = true;
     } else if (hp.architecture == "gemma4") {  // (ffn_gate_up_exps as transformers' (E, 2F, C); the dense MLP beside)
       if (!src.has(fused_expert_name(0, 0)))
         fail(where, "expert_count is " + std::to_string(hp.expert_count) + " but there is no blk.0.ffn_gate_up_exps.weight");

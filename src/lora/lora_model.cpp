@@ -46,7 +46,7 @@ bool model_family_refuses_out_proj(const ModelSpec& spec) {
   return f && f->peft_refuses_out_proj;
 }
 
-bool moe_modules_renamed(const ModelSpec& spec) { return spec.moe_llama4 || spec.la_short_conv; }
+bool moe_modules_renamed(const ModelSpec& spec) { return spec.moe_llama4 || spec.la_short_conv || spec.moe_ungated; }
 }  // namespace
 
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {
@@ -68,7 +68,8 @@ std::string moe_experts_module(const ModelSpec& spec, int64_t layer) {
                                    (spec.moe_granite ? ".block_sparse_moe.experts" : ".mlp.experts"));
 }
 std::string moe_expert_path(const ModelSpec& spec, int64_t layer, int64_t expert, int part) {
-  return moe_experts_module(spec, layer) + "." + std::to_string(expert) + (part == 0 ? ".gate_up_proj" : ".down_proj");
+  return moe_experts_module(spec, layer) + "." + std::to_string(expert) +
+         (part == 1 ? ".down_proj" : spec.moe_ungated ? ".up_proj" : ".gate_up_proj");
 }
 
 LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model), cfg_(cfg) {
@@ -215,7 +216,7 @@ void LoraModel::add_moe_layers(const Model& model) {
     }
     if (s.shared_expert && s.shared_expert_gate && cfg_.targets(moe_shared_gate_path(s, l)))
       m.shared_gate = add(moe_shared_gate_path(s, l), L.shared_gate, cfg_);
-    const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + ".gate_up_proj");
+    const bool gate_up = cfg_.targets_parameter(moe_experts_module(s, l) + (s.moe_ungated ? ".up_proj" : ".gate_up_proj"));
     const bool down = cfg_.targets_parameter(moe_experts_module(s, l) + ".down_proj");
     // (Llama 4: PEFT 0.21 wraps its router, an nn.Linear subclass returning a tuple, and then fails
     // in the forward)

@@ -25,11 +25,12 @@ constexpr const char* kGateUpPattern = ".*\\.gate_up_proj";
 
 // "model.layers.<l>.mlp.experts.<e>.gate_up_proj" / ".down_proj" (lora_model.h
 // moe_expert_path): the experts module, expert and part (0 gate_up, 1 down); false otherwise.
-// (Granite MoE's: ".block_sparse_moe.experts.<e>...")
+// (Granite MoE's: ".block_sparse_moe.experts.<e>..."; Nemotron 3's ungated experts:
+// ".mixer.experts.<e>.up_proj" / ".down_proj")
 bool parse_expert_path(std::string_view path, std::string* module, int64_t* expert, int* part) {
   std::string_view kExperts = ".mlp.experts.";
   size_t at = path.find(kExperts);
-  for (std::string_view other : {".block_sparse_moe.experts.", ".feed_forward.experts."}) {  // (Granite MoE, Llama 4)
+  for (std::string_view other : {".block_sparse_moe.experts.", ".feed_forward.experts.", ".mixer.experts."}) {
     if (at != std::string_view::npos) break;
     kExperts = other;
     at = path.find(kExperts);
@@ -40,15 +41,16 @@ bool parse_expert_path(std::string_view path, std::string* module, int64_t* expe
   if (dot == std::string_view::npos || dot == 0) return false;
   const std::string_view num = rest.substr(0, dot), name = rest.substr(dot + 1);
   if (num.find_first_not_of("0123456789") != std::string_view::npos || num.size() > 9) return false;
-  if (name != "gate_up_proj" && name != "down_proj") return false;
+  const bool ungated = kExperts == ".mixer.experts.";
+  if (name != (ungated ? "up_proj" : "gate_up_proj") && name != "down_proj") return false;
   *module = std::string(path.substr(0, at + kExperts.size() - 1));
   *expert = std::stoll(std::string(num));
-  *part = name == "gate_up_proj" ? 0 : 1;
+  *part = name == "down_proj" ? 1 : 0;
   return true;
 }
 
 // PEFT nests a ParamWrapper per targeted parameter of the experts module, the first of the
-// module's parameters (gate_up_proj) innermost: with both targeted, gate_up's weights are
+// module's parameters (gate_up_proj; the ungated experts' up_proj) innermost: with both targeted, gate_up's weights are
 // under "<module>.base_layer", down's under "<module>"; with one, under "<module>".
 std::string stacked_expert_path(const std::string& module, int part, bool both) {
   return part == 0 && both ? module + ".base_layer" : module;
@@ -424,18 +426,20 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
     // MoE experts, stacked (save_peft_adapter has the layout): one LoRA per expert here.
     // (Granite MoE's module tree: block_sparse_moe.experts)
     // (Llama 4's: feed_forward.experts)
+    // (Nemotron 3's ungated experts: mixer.experts, up_proj and down_proj)
     const bool inner = path.ends_with(".mlp.experts.base_layer") || path.ends_with(".block_sparse_moe.experts.base_layer") ||
-                       path.ends_with(".feed_forward.experts.base_layer");
+                       path.ends_with(".feed_forward.experts.base_layer") || path.ends_with(".mixer.experts.base_layer");
     if (inner || path.ends_with(".mlp.experts") || path.ends_with(".block_sparse_moe.experts") ||
-        path.ends_with(".feed_forward.experts")) {
+        path.ends_with(".feed_forward.experts") || path.ends_with(".mixer.experts")) {
       const std::string module = inner ? path.substr(0, path.size() - std::string_view(".base_layer").size()) : path;
-      const bool gate_up = a.config.targets_parameter(module + ".gate_up_proj");
+      const std::string first = module.ends_with(".mixer.experts") ? "up_proj" : "gate_up_proj";
+      const bool gate_up = a.config.targets_parameter(module + "." + first);
       const bool down = a.config.targets_parameter(module + ".down_proj");
       check(gate_up || down, wpath, "key '" + h.A->name + "': the config's target_parameters name neither of '" +
-                                        module + "''s gate_up_proj and down_proj");
+                                        module + "''s " + first + " and down_proj");
       const int part = inner || !down ? 0 : 1;
       check(!inner || (gate_up && down), wpath,
-            "key '" + h.A->name + "': a nested (base_layer) experts adapter needs both gate_up_proj and down_proj targeted");
+            "key '" + h.A->name + "': a nested (base_layer) experts adapter needs both " + first + " and down_proj targeted");
       const int64_t rp = part == 0 && a.config.gate_up_r > 0 ? a.config.gate_up_r : r;
       const int64_t rows = h.A->shape[0], in = h.A->shape[1], out = h.B->shape[0];
       check(rows % rp == 0 && rows > 0 && h.B->shape[1] == rows, wpath,
@@ -454,7 +458,7 @@ PeftAdapter load_peft_adapter(const std::string& dir) {
         m.B.resize(static_cast<size_t>(out * rp));
         for (int64_t o = 0; o < out; ++o)
           for (int64_t k = 0; k < rp; ++k) m.B[static_cast<size_t>(o * rp + k)] = B[static_cast<size_t>(o * rows + k * E + e)];
-        a.modules.emplace(module + "." + std::to_string(e) + (part == 0 ? ".gate_up_proj" : ".down_proj"), std::move(m));
+        a.modules.emplace(module + "." + std::to_string(e) + "." + (part == 0 ? first : std::string("down_proj")), std::move(m));
       }
       continue;
     }

@@ -213,10 +213,11 @@ LoraShape lora_shape(const ModelSpec& s, const MemoryOptions& o) {
       ab.emplace_back(r * u(s.hidden), u(s.n_experts) * r);
       l.moe_pieces.push_back({s.hidden, s.n_experts, ri});
     }
-    if (named(experts + ".gate_up_proj")) l.moe_pieces.push_back({s.hidden, 2 * s.expert_ffn, ri});
+    const std::string first = experts + (s.moe_ungated ? ".up_proj" : ".gate_up_proj");  // (Nemotron 3's: up alone)
+    if (named(first)) l.moe_pieces.push_back({s.hidden, s.expert_gu_rows(), ri});
     if (named(experts + ".down_proj")) l.moe_pieces.push_back({s.expert_ffn, s.hidden, ri});
     for (int64_t e = 0; e < s.n_experts; ++e) {
-      if (named(experts + ".gate_up_proj")) ab.emplace_back(r * u(s.hidden), u(2 * s.expert_ffn) * r);
+      if (named(first)) ab.emplace_back(r * u(s.hidden), u(s.expert_gu_rows()) * r);
       if (named(experts + ".down_proj")) ab.emplace_back(r * u(s.expert_ffn), u(s.hidden) * r);
     }
     const uint64_t moe_layers = u(s.moe_layer_count());
@@ -263,7 +264,7 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   if (s.moe()) {  // each expert's fused gate/up and down, and the shared expert's gate
     const uint64_t ML = u(s.moe_layer_count());  // (the MoE layers)
     const uint64_t experts = ML * u(s.n_experts);
-    linears.emplace_back(LinearShape{"experts.gate_up_proj", 2 * s.expert_ffn, s.hidden, false}, experts);
+    linears.emplace_back(LinearShape{"experts.gate_up_proj", s.expert_gu_rows(), s.hidden, false}, experts);
     linears.emplace_back(LinearShape{"experts.down_proj", s.hidden, s.expert_ffn, false}, experts);
     if (s.shared_expert && s.shared_expert_gate) linears.emplace_back(LinearShape{"shared_expert_gate", 1, s.hidden, false}, ML);
     // the router, kept dense (GLM-4.5 / DeepSeek-V3's in float32, with its score bias)
@@ -553,7 +554,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     }
     if (s.moe()) {  // model/moe_block.cpp's backward: one expert's rows at a time (at most all B*T)
       const uint64_t Fe = u(s.expert_ffn), NE = u(s.n_experts);
-      const uint64_t tile = u(std::max({linear_backward_tile_floats(s.hidden, 2 * s.expert_ffn),
+      const uint64_t tile = u(std::max({linear_backward_tile_floats(s.hidden, s.expert_gu_rows()),
                                         linear_backward_tile_floats(s.expert_ffn, s.hidden),
                                         linear_backward_tile_floats(s.hidden, s.n_experts)}));
       // (and, with LoRA on the experts or the router, the op's own LoRA temporaries over all B*T rows:

@@ -67,7 +67,8 @@ struct LayerWeights {
   // nn.Parameter used in float32; `router` is then empty) and mlp.gate.e_score_correction_bias
   // (n_experts) biases the choice of experts.
   std::vector<float> router_f32, router_score_bias;
-  // (gpt-oss's expert_gate_up rows are gate and up interleaved, as its checkpoints' columns.)
+  // (gpt-oss's expert_gate_up rows are gate and up interleaved, as its checkpoints' columns;
+  // ungated experts' (spec.moe_ungated) are the up rows alone.)
   // (n_heads) attention sink logits (spec.attn_sinks: gpt-oss), else empty.
   std::vector<float> attn_sinks;
   std::vector<QuantLinear> expert_gate_up, expert_down;

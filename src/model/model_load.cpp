@@ -209,7 +209,14 @@ void load_moe_layer(LayerWeights& L, const ModelSpec& spec, int64_t l, const Ten
     }
     return;
   }
-  for (int64_t e = 0; e < spec.n_experts; ++e) {
+  for (int64_t e = 0; e < spec.n_experts && spec.moe_ungated; ++e) {  // (Nemotron 3's: up and down, as stored)
+    const std::string u = layer_tensor_name(l, expert_module(e, 1)), d = layer_tensor_name(l, expert_module(e, 2));
+    L.expert_gate_up[static_cast<size_t>(e)] = load_linear(src, u, opt);
+    progress(u);
+    L.expert_down[static_cast<size_t>(e)] = load_linear(src, d, opt);
+    progress(d);
+  }
+  for (int64_t e = 0; e < spec.n_experts && !spec.moe_ungated; ++e) {
     // Gate rows then up rows, quantized as one tensor (what bitsandbytes' quantize_4bit of
     // transformers 5's gate_up_proj[e] gives).
     const std::string g = layer_tensor_name(l, expert_module(e, 0)), u = layer_tensor_name(l, expert_module(e, 1));

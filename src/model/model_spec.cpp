@@ -137,10 +137,12 @@ void ModelSpec::validate(const std::string& where) const {
     if (expert_ffn <= 0 || expert_ffn > kMax)
       fail(where, "expert MLP size must be positive, got " + std::to_string(expert_ffn));
     // (fused_gate_up: Granite 4.0's shared expert, shared_mlp.input_linear)
-    if ((mlp != MlpKind::SwiGLU && !(moe_gemma4 && mlp == MlpKind::GeGLU)) ||
+    if ((mlp != MlpKind::SwiGLU && !(moe_gemma4 && mlp == MlpKind::GeGLU) && !(moe_ungated && mlp == MlpKind::Plain)) ||
         (fused_gate_up && !(moe_granite && shared_expert)) || parallel_residual || post_norm || mlp_bias)
-      fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts (GeGLU: Gemma 4's) on a "
-                  "sequential pre-norm block");
+      fail(where, "mixture-of-experts blocks are built with bias-free SwiGLU experts (GeGLU: Gemma 4's; plain up -> "
+                  "act -> down: Nemotron 3's) on a sequential pre-norm block");
+    if (moe_ungated && (mlp != MlpKind::Plain || moe_fused_experts || moe_gpt_oss || moe_gemma4 || moe_llama4 || moe_granite))
+      fail(where, "ungated experts (Nemotron 3's) are stored one tensor per expert beside a plain MLP");
     if (moe_gemma4 && (!moe_fused_experts || shared_expert || !sandwich_norms || moe_gpt_oss))
       fail(where, "Gemma 4's MoE block has fused experts beside a dense MLP, between sandwich norms");
     if (moe_fused_experts && moe_gpt_oss) fail(where, "gpt-oss's experts have their own fused layout");
@@ -217,10 +219,13 @@ void ModelSpec::validate(const std::string& where) const {
     if (static_cast<int64_t>(mlp_only_layers.size()) != n_layers)
       fail(where, "layers_block_type names " + std::to_string(mlp_only_layers.size()) + " layers, the model has " +
                       std::to_string(n_layers));
-    for (int64_t l = 0; l < n_layers; ++l)
+    for (int64_t l = 0; l < n_layers; ++l) {
       if (!layer_has_mixer(l) && layer_is_linear_attn(l))
         fail(where, "layer " + std::to_string(l) + " is both an MLP layer and a Mamba layer");
-    if (no_mlp || moe() || fused_qkv || fused_gate_up || post_norm || parallel_residual || !pre_norms || sandwich_norms ||
+      if (layer_moe(l) && layer_has_mixer(l))  // (Nemotron 3's experts: a layer of their own)
+        fail(where, "layer " + std::to_string(l) + " has experts but is not an MLP layer");
+    }
+    if (no_mlp || (moe() && !moe_ungated) || fused_qkv || fused_gate_up || post_norm || parallel_residual || !pre_norms || sandwich_norms ||
         shared_branch_norm || norm != NormKind::RMSNorm || mla() || qk_norm || attn_sinks || has_global_geometry() ||
         layer_scalar || ple() || residual_multiplier != 1.0f)
       fail(where, "layers of one branch each (Nemotron-H's) are built on a pre-RMSNorm block with separate q/k/v and "
@@ -343,7 +348,7 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
       l[4].module = "mlp.shared_expert.gate_up_proj";
       l[6].module = "mlp.shared_expert.down_proj";
     } else if (shared_expert) {
-      l[4].module = "mlp.shared_expert.gate_proj";
+      if (l[4].module) l[4].module = "mlp.shared_expert.gate_proj";  // (a plain MLP's shared expert: up, down)
       l[5].module = "mlp.shared_expert.up_proj";
       l[6].module = "mlp.shared_expert.down_proj";
     } else {
@@ -460,7 +465,7 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
         t.push_back({"model.layers." + std::to_string(l) + "." + moe_score_bias,
                      moe_score_bias_rows ? std::vector<int64_t>{1, n_experts} : std::vector<int64_t>{n_experts}});
       for (int64_t e = 0; e < n_experts; ++e)
-        for (int part = 0; part < 3; ++part)
+        for (int part = moe_ungated ? 1 : 0; part < 3; ++part)
           t.push_back({layer_tensor_name(l, expert_module(e, part)),
                        part == 2 ? std::vector<int64_t>{hidden, expert_ffn} : std::vector<int64_t>{expert_ffn, hidden}});
       if (shared_expert && shared_expert_gate) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});

@@ -322,6 +322,12 @@ struct ModelSpec {
   // hidden^-0.5; its top-k probabilities, renormalized, are multiplied by router.per_expert_scale.
   bool moe_gemma4 = false;
   bool moe() const { return n_experts > 0; }
+  // Ungated experts (Nemotron 3's NemotronHExperts): each expert is down(act(up x)) with the plain
+  // MLP's activation (act), its files mlp.experts.<e>.up_proj / down_proj; the gate_up slot
+  // (LayerWeights::expert_gate_up, the adapters' part 0) then holds the up rows alone.
+  bool moe_ungated = false;
+  // Rows of an expert's first product: gate | up (2 expert_ffn), or up alone when ungated.
+  int64_t expert_gu_rows() const { return moe_ungated ? expert_ffn : 2 * expert_ffn; }
   // GLM-4.5's and DeepSeek-V3's MoE (transformers' Glm4MoeTopkRouter / DeepseekV3TopkRouter):
   // the first moe_dense_layers layers (first_k_dense_replace) have a dense MLP of ffn instead;
   // the others the experts plus shared experts (mlp.shared_experts.*, shared_expert_ffn wide,
@@ -358,8 +364,10 @@ struct ModelSpec {
   // model (measured per family: Mixtral, Qwen3-MoE, OLMoE, GLM-4.5, DeepSeek, ERNIE 4.5, dots1,
   // MiniMax-M2, Hunyuan MoE), rather than the attention (gpt-oss, Granite MoE), the router only
   // (Gemma 4), the shared expert and its gate (Qwen2-MoE) or the Linears only (LFM2-MoE).
+  // (Nemotron 3: PEFT refuses all-linear on a Mamba model; its module names adapt the Linears and
+  // shared experts only, and so does our all-linear.)
   bool all_linear_adapts_experts() const {
-    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite && !la_short_conv &&
+    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite && !la_short_conv && !moe_ungated &&
            (!shared_expert || moe_sigmoid_router || moe_biased_softmax || moe_softmax_f32 || moe_router_linear);
   }
   // Whether that router has a score bias tensor (moe_score_bias).

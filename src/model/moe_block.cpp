@@ -330,13 +330,16 @@ void clamped_swiglu_backward(float* dgate, float* dup, const float* dh, const fl
 
 // One expert's forward over its n gathered rows, keeping what its backward reads.
 struct ExpertPass {
-  std::vector<float> x, gu, gate, up, h, y;  // (n, C) (n, 2F) (n, F) (n, F) (n, F) (n, C)
+  // (n, C) (n, 2F) (n, F) (n, F) (n, F) (n, C); ungated experts (ModelSpec::moe_ungated): gu is the
+  // up rows (n, F), gate and up stay empty
+  std::vector<float> x, gu, gate, up, h, y;
   // Capacity for n rows up front: the experts' passes then reuse one allocation each instead of
   // growing through reallocations, which left the allocator's heap fragmented (measured: ~2% of
   // a no-checkpointing MoE run's peak RSS).
-  void reserve(size_t n, int64_t C, int64_t F) {
-    for (auto [v, w] : {std::pair{&x, C}, std::pair{&gu, 2 * F}, std::pair{&gate, F}, std::pair{&up, F}, std::pair{&h, F},
-                        std::pair{&y, C}})
+  void reserve(size_t n, const ModelSpec& s) {
+    const int64_t C = s.hidden, F = s.expert_ffn, GF = s.moe_ungated ? 0 : F;
+    for (auto [v, w] : {std::pair{&x, C}, std::pair{&gu, s.expert_gu_rows()}, std::pair{&gate, GF}, std::pair{&up, GF},
+                        std::pair{&h, F}, std::pair{&y, C}})
       v->reserve(n * static_cast<size_t>(w));
   }
 };
@@ -359,6 +362,8 @@ void gather_rows(const BlockRun& r, const Routing& g, const std::vector<std::pai
   }
 }
 
+void expert_gated_act(const BlockRun& r, ExpertPass& a, int64_t n);
+
 void expert_forward(const BlockRun& r, int64_t e, const Routing& g, const float* x, ExpertPass& a,
                     const LoraScratch& lora_scratch, const LoraLayer* gu_lora, LoraCache* gu_cache,
                     const LoraLayer* down_lora, LoraCache* down_cache) {
@@ -368,10 +373,28 @@ void expert_forward(const BlockRun& r, int64_t e, const Routing& g, const float*
   const auto& rows = g.rows[static_cast<size_t>(e)];
   const int64_t n = static_cast<int64_t>(rows.size()), C = s.hidden, F = s.expert_ffn;
   gather_rows(r, g, rows, x, a.x);
-  a.gu.resize(static_cast<size_t>(n * 2 * F));
+  a.gu.resize(static_cast<size_t>(n * s.expert_gu_rows()));
   be.linear_forward(a.gu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora, gu_cache, false,
                     nullptr, lora_scratch);
-  be.round(a.gu.data(), n * 2 * F, r.dtype);
+  be.round(a.gu.data(), n * s.expert_gu_rows(), r.dtype);
+  a.h.resize(static_cast<size_t>(n * F));
+  if (s.moe_ungated) {  // (Nemotron 3's: down(act(up x)), the MLP's activation)
+    be.act_forward(s.act, a.h.data(), a.gu.data(), n * F);
+  } else {
+    expert_gated_act(r, a, n);
+  }
+  be.round(a.h.data(), n * F, r.dtype);
+  a.y.resize(static_cast<size_t>(n * C));
+  be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, down_cache, false,
+                    nullptr, lora_scratch);
+  be.round(a.y.data(), n * C, r.dtype);
+}
+
+// A gated expert's gate and up halves of a.gu, and h = act(gate) * up (not yet rounded).
+void expert_gated_act(const BlockRun& r, ExpertPass& a, int64_t n) {
+  const ModelSpec& s = r.program->spec();
+  Backend& be = *r.backend;
+  const int64_t F = s.expert_ffn;
   a.gate.resize(static_cast<size_t>(n * F));
   a.up.resize(static_cast<size_t>(n * F));
   if (s.moe_gpt_oss) {  // (gate and up rows interleaved: LayerWeights)
@@ -381,16 +404,10 @@ void expert_forward(const BlockRun& r, int64_t e, const Routing& g, const float*
     be.slice_forward(a.gate.data(), a.gu.data(), n, 2 * F, 0, F, 1, 0);
     be.slice_forward(a.up.data(), a.gu.data(), n, 2 * F, F, F, 1, 0);
   }
-  a.h.resize(static_cast<size_t>(n * F));
   if (s.moe_gpt_oss)
     clamped_swiglu_forward(a.h.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha, s.swiglu_limit, r.dtype);
   else
     be.gated_act_forward(s.mlp, a.h.data(), a.gate.data(), a.up.data(), n * F);  // (SwiGLU; Gemma 4's GeGLU)
-  be.round(a.h.data(), n * F, r.dtype);
-  a.y.resize(static_cast<size_t>(n * C));
-  be.linear_forward(a.y.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, down_cache, false,
-                    nullptr, lora_scratch);
-  be.round(a.y.data(), n * C, r.dtype);
 }
 
 void require_host(const BlockRun& r) {
@@ -425,9 +442,9 @@ MoeSavedPtr make_moe_saved() { return MoeSavedPtr(new MoeSaved); }
 int64_t moe_saved_floats(const ModelSpec& s, int64_t T, int64_t max_lora_r) {
   if (!s.moe()) return 0;
   const int64_t TK = T * s.experts_per_token, F = s.expert_ffn;
-  // gate_up, gate, up, act (2F + F + F + F) and the output (C) per routed row, the routing,
-  // and the LoRA caches (A x) of the router, shared gate and both expert products
-  return TK * (5 * F + s.hidden) + T * (s.n_experts + 1) + 3 * TK + (2 * TK + 2 * T) * max_lora_r +
+  // gate_up, gate, up, act (2F + F + F + F; ungated: up and act, 2F) and the output (C) per routed
+  // row, the routing, and the LoRA caches (A x) of the router, shared gate and both expert products
+  return TK * ((s.moe_ungated ? 2 : 5) * F + s.hidden) + T * (s.n_experts + 1) + 3 * TK + (2 * TK + 2 * T) * max_lora_r +
          (s.moe_gemma4 ? T * (s.hidden + 1) : 0);  // (Gemma 4: the router's input and its norm's rstd)
 }
 
@@ -456,7 +473,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
   const Routing& g = st ? (st->routing = std::move(local)) : local;
   std::fill(out, out + T * C, 0.0f);
   ExpertPass scratch_pass;
-  if (!st) scratch_pass.reserve(most_rows(g), C, s.expert_ffn);
+  if (!st) scratch_pass.reserve(most_rows(g), s);
   std::vector<float> wy(static_cast<size_t>(C));  // one routed row's weighted output
   for (int64_t e = 0; e < g.E; ++e) {
     const auto& rows = g.rows[static_cast<size_t>(e)];
@@ -534,7 +551,8 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   }
   const Routing& g = st ? st->routing : recomputed;
   // The frozen weights' dequantized tiles (the block scratch's is sized for the seven Linears).
-  std::vector<float> tile(static_cast<size_t>(std::max({linear_backward_tile_floats(C, 2 * F),
+  const int64_t GU = s.expert_gu_rows();
+  std::vector<float> tile(static_cast<size_t>(std::max({linear_backward_tile_floats(C, GU),
                                                          linear_backward_tile_floats(F, C),
                                                          linear_backward_tile_floats(C, E),
                                                          linear_backward_tile_floats(C, 1)})));
@@ -543,9 +561,10 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
   std::vector<float> dy, dh, dgate, dup, dgu, dxe;
   {  // (one allocation each, for the expert with the most rows)
     const size_t n = most_rows(g);
-    if (!st) a.reserve(n, C, F);
-    for (auto [v, w] : {std::pair{&dy, C}, std::pair{&dh, F}, std::pair{&dgate, F}, std::pair{&dup, F},
-                        std::pair{&dgu, 2 * F}, std::pair{&dxe, C}})
+    if (!st) a.reserve(n, s);
+    const int64_t GF = s.moe_ungated ? 0 : F;
+    for (auto [v, w] : {std::pair{&dy, C}, std::pair{&dh, F}, std::pair{&dgate, GF}, std::pair{&dup, GF},
+                        std::pair{&dgu, GU}, std::pair{&dxe, C}})
       v->reserve(n * static_cast<size_t>(w));
   }
   for (int64_t e = 0; e < E; ++e) {
@@ -584,20 +603,24 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
     dh.assign(static_cast<size_t>(n * F), 0.0f);
     be.linear_backward(dh.data(), dy.data(), a.h.data(), n, L.expert_down[static_cast<size_t>(e)], down_lora, dc,
                        tile.data(), ls);
-    dgate.assign(static_cast<size_t>(n * F), 0.0f);
-    dup.assign(static_cast<size_t>(n * F), 0.0f);
-    if (s.moe_gpt_oss)
-      clamped_swiglu_backward(dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha,
-                              s.swiglu_limit);
-    else
-      be.gated_act_backward(s.mlp, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
-    dgu.assign(static_cast<size_t>(n * 2 * F), 0.0f);
-    if (s.moe_gpt_oss) {
-      be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, 1, F, 2);
-      be.slice_backward(dgu.data(), dup.data(), n, 2 * F, 1, 1, F, 2);
+    dgu.assign(static_cast<size_t>(n * GU), 0.0f);
+    if (s.moe_ungated) {  // (gu = up x, h = act(gu))
+      be.act_backward(s.act, dgu.data(), dh.data(), a.gu.data(), n * F);
     } else {
-      be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
-      be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);
+      dgate.assign(static_cast<size_t>(n * F), 0.0f);
+      dup.assign(static_cast<size_t>(n * F), 0.0f);
+      if (s.moe_gpt_oss)
+        clamped_swiglu_backward(dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F, s.swiglu_alpha,
+                                s.swiglu_limit);
+      else
+        be.gated_act_backward(s.mlp, dgate.data(), dup.data(), dh.data(), a.gate.data(), a.up.data(), n * F);
+      if (s.moe_gpt_oss) {
+        be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, 1, F, 2);
+        be.slice_backward(dgu.data(), dup.data(), n, 2 * F, 1, 1, F, 2);
+      } else {
+        be.slice_backward(dgu.data(), dgate.data(), n, 2 * F, 0, F, 1, 0);
+        be.slice_backward(dgu.data(), dup.data(), n, 2 * F, F, F, 1, 0);
+      }
     }
     dxe.assign(static_cast<size_t>(n * C), 0.0f);
     be.linear_backward(dxe.data(), dgu.data(), a.x.data(), n, L.expert_gate_up[static_cast<size_t>(e)], gu_lora,

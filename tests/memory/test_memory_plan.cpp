@@ -174,8 +174,10 @@ TEST(MemoryPlan, LoraAndOptimizerState) {
 TEST(MemoryPlan, MoeTargetParametersCountWhatTheRunAdapts) {
   // (Llama 4: its experts under feed_forward.experts, its router refused; llama4_text's every MoE
   // layer beside dense ones, llama4 the same inside the vision-language wrapper)
-  for (const char* fam : {"granitemoe", "mixtral", "llama4_text", "llama4"}) {
+  // (Nemotron 3: ungated experts, up_proj and down_proj under mixer.experts, and its float32 router)
+  for (const char* fam : {"granitemoe", "mixtral", "llama4_text", "llama4", "nemotron_h_moe"}) {
     const bool llama4 = std::string(fam).starts_with("llama4");
+    const bool nemotron = std::string(fam) == "nemotron_h_moe";
     ModelFiles files = open_model_files(std::string(QLORA_FIXTURE_DIR) + "/families/" + fam);
     ModelLoadOptions lo;
     lo.quant.quantize = false;
@@ -186,8 +188,9 @@ TEST(MemoryPlan, MoeTargetParametersCountWhatTheRunAdapts) {
       c.dropout = 0.0;
       c.all_linear = all_linear;
       if (!all_linear) c.target_modules = {"q_proj"};
-      c.target_parameters = {"gate_up_proj", "down_proj"};
-      if (!llama4) c.target_parameters.push_back(std::string(fam) == "mixtral" ? "gate.weight" : "router.weight");
+      c.target_parameters = {nemotron ? "up_proj" : "gate_up_proj", "down_proj"};
+      if (!llama4)
+        c.target_parameters.push_back(std::string(fam) == "mixtral" || nemotron ? "gate.weight" : "router.weight");
       const LoraModel lm(m, c);
       uint64_t params = 0;
       for (const LoraLayer& l : lm.layers()) params += l.A.size() + l.B.size();

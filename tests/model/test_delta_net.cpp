@@ -501,5 +501,6 @@ TEST_P(HybridModel, PackedExamplesTrainAsAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HybridModel, ::testing::Values("qwen3_5_text", "lfm2", "lfm2_moe", "granitemoehybrid",
-                                                                      "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h"),
+                                                                      "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h",
+                                                                      "nemotron_h_moe"),
                          [](const auto& info) { return std::string(info.param); });

@@ -804,11 +804,48 @@ TEST(HfConfig, NemotronHConfig) {
       EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
     }
   };
-  err("hybrid_override_pattern", "M-E*", "routed experts");  // (Nemotron 3's MoE layers: not yet)
   err("hybrid_override_pattern", "M-X*", "kind");
   err("mlp_hidden_act", "silu", "mlp_hidden_act");
   err("mamba_num_heads", 0, "mamba_num_heads");
   err("n_groups", 3, "mamba_n_groups");
+}
+
+// NVIDIA-Nemotron-3-Nano-30B-A3B's config.json (hidden 2688, 52 layers "MEMEM*EMEM...": 23 Mamba2, 6
+// attention, 23 MoE; 128 ungated relu^2 experts of 1856, 6 per token, DeepSeek-V3's sigmoid router in one
+// group with routed_scaling_factor 2.5, a shared expert of 3712; 64 Mamba heads of 64), read to transformers
+// 5.23's count on the meta device (31,577,937,344 parameters; the routers' e_score_correction_bias is a
+// buffer there, 23 x 128 values more here) and written back to the same model.
+TEST(HfConfig, Nemotron3NanoConfig) {
+  const json cfg = json::parse(R"({"architectures": ["NemotronHForCausalLM"], "attention_bias": false, "chunk_size": 128, "conv_kernel": 4, "eos_token_id": 2, "expand": 2, "head_dim": 128, "hidden_size": 2688, "hybrid_override_pattern": "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME", "intermediate_size": 1856, "layer_norm_epsilon": 1e-05, "mamba_head_dim": 64, "mamba_hidden_act": "silu", "mamba_num_heads": 64, "mamba_proj_bias": false, "max_position_embeddings": 262144, "mlp_bias": false, "mlp_hidden_act": "relu2", "model_type": "nemotron_h", "moe_intermediate_size": 1856, "moe_shared_expert_intermediate_size": 3712, "n_group": 1, "n_groups": 8, "n_routed_experts": 128, "n_shared_experts": 1, "norm_eps": 1e-05, "norm_topk_prob": true, "num_attention_heads": 32, "num_experts_per_tok": 6, "num_hidden_layers": 52, "num_key_value_heads": 2, "rescale_prenorm_residual": true, "rope_theta": 10000, "routed_scaling_factor": 2.5, "ssm_state_size": 128, "tie_word_embeddings": false, "time_step_floor": 0.0001, "time_step_max": 0.1, "time_step_min": 0.001, "topk_group": 1, "torch_dtype": "bfloat16", "use_bias": false, "use_conv_bias": true, "vocab_size": 131072})");
+  const ModelSpec s = spec_from_hf_config(cfg, "config.json");
+  EXPECT_EQ(s.family, "nemotron_h");
+  EXPECT_EQ(s.num_params(), 31577937344 + 23 * 128);
+  EXPECT_EQ(s.moe_layer_count(), 23);
+  EXPECT_EQ(s.state_layers(), 23);
+  EXPECT_EQ(s.kv_layers(), 6);
+  EXPECT_TRUE(s.moe_ungated);
+  EXPECT_EQ(s.expert_gu_rows(), 1856);
+  EXPECT_TRUE(s.layer_moe(1));
+  EXPECT_FALSE(s.layer_moe(0));
+  EXPECT_FALSE(s.layer_moe(5));  // (attention)
+  EXPECT_EQ(s.layer_ffn(1), 3712);  // (the shared expert's slots)
+  EXPECT_TRUE(s.moe_sigmoid_router);
+  EXPECT_FLOAT_EQ(s.moe_routed_scale, 2.5f);
+  EXPECT_FALSE(s.all_linear_adapts_experts());  // (PEFT's module names reach the shared experts only)
+  const json back = json::parse(hf_config_json(s, DType::BF16));
+  EXPECT_EQ(back.at("hybrid_override_pattern").get<std::string>(), cfg.at("hybrid_override_pattern").get<std::string>());
+  EXPECT_EQ(back.at("layers_block_type")[1].get<std::string>(), "moe");
+  EXPECT_EQ(back.at("n_routed_experts").get<int64_t>(), 128);
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  // Nemotron 3 Super's latent experts (moe_latent_size) are refused by name.
+  json latent = cfg;
+  latent["moe_latent_size"] = 1024;
+  try {
+    (void)spec_from_hf_config(latent, "config.json");
+    ADD_FAILURE() << "moe_latent_size was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("latent"), std::string::npos) << e.what();
+  }
 }
 
 // StarCoder's shape (bigcode/starcoder, GPT-BigCode: n_embd 6144, 40 layers, 48 heads sharing one key/value

@@ -9,7 +9,11 @@
 // time_step_min and not above, as transformers' mixer does (its time_step_limit key is unused);
 // residual_in_fp32 is unused by transformers' block too. Every tensor sits under
 // model.layers.N.mixer (backbone.* in NVIDIA's files, model.* in transformers'); the final norm is
-// norm_f. Layers of routed experts ("moe", "E": Nemotron 3 Nano) are not supported yet.
+// norm_f. Layers of routed experts ("moe", "E": Nemotron 3 Nano 30B-A3B; transformers'
+// NemotronHMoE): DeepSeek-V3's router (sigmoid scores, e_score_correction_bias, groups,
+// routed_scaling_factor; model/moe_block.h) over ungated experts, each down(relu^2(up x))
+// (ModelSpec::moe_ungated; files mixer.experts.<e>.up_proj / down_proj), plus a shared expert of
+// the same form, moe_shared_expert_intermediate_size wide, added without a gate.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -91,23 +95,47 @@ void nemotron_h_normalize(json& j) {
   j["tie_word_embeddings"] = false;  // (NemotronHForCausalLM keeps its own lm_head whatever the key says)
 }
 
+// NemotronHMoE's keys: the router (NemotronHTopkRouter: DeepSeek-V3's, float32, sigmoid scores
+// biased for the choice, n_group groups of which topk_group compete), the ungated experts and the
+// shared expert (always there: moe_shared_expert_intermediate_size wide).
+void read_experts(const json& j, const std::string& where, ModelSpec& s, std::vector<bool> moe_layers) {
+  if (const json* lat = config::find_key(j, "moe_latent_size"); lat && !lat->is_null())
+    fail(where, "moe_latent_size " + config::shown(*lat) + ": experts behind a latent projection (Nemotron 3 Super's) "
+                "are not supported yet");
+  s.n_experts = config::get_int(j, "n_routed_experts", where, 8);
+  s.experts_per_token = config::get_int(j, "num_experts_per_tok", where, 2);
+  s.expert_ffn = config::get_int(j, "moe_intermediate_size", where, 7688);
+  s.moe_ungated = true;
+  s.moe_layer_list = std::move(moe_layers);
+  s.shared_expert = true;
+  s.shared_expert_gate = false;
+  s.shared_expert_ffn = config::get_int(j, "moe_shared_expert_intermediate_size", where, 7688);
+  s.moe_sigmoid_router = true;
+  s.norm_topk = config::get_bool(j, "norm_topk_prob", where, true);
+  s.moe_groups = config::get_int(j, "n_group", where, 1);
+  s.moe_topk_groups = config::get_int(j, "topk_group", where, 1);
+  s.moe_routed_scale = config::get_float(j, "routed_scaling_factor", where, 1.0f);
+  if (s.n_experts <= 0 || s.experts_per_token <= 0 || s.experts_per_token > s.n_experts)
+    fail(where, "n_routed_experts must be positive and num_experts_per_tok between 1 and it (got " +
+                    std::to_string(s.n_experts) + ", " + std::to_string(s.experts_per_token) + ")");
+}
+
 void nemotron_h_read(const json& j, const std::string& where, ModelSpec& s) {
   const std::string pattern = layer_pattern(j);
   if (pattern.empty())
     fail(where, "a nemotron_h config needs layers_block_type (or hybrid_override_pattern) naming each layer's kind");
-  std::vector<bool> mamba(pattern.size(), false), mlp(pattern.size(), false);
+  std::vector<bool> mamba(pattern.size(), false), mlp(pattern.size(), false), moe(pattern.size(), false);
   for (size_t l = 0; l < pattern.size(); ++l) {
     const char c = pattern[l];
-    if (c == kMoe)
-      fail(where, "layer " + std::to_string(l) + " is a layer of routed experts (\"moe\", Nemotron 3's); Nemotron-H's "
-                  "experts are not supported yet (its Mamba, attention and MLP layers are)");
-    if (c != kMamba && c != kAttention && c != kMlp)
+    if (c != kMamba && c != kAttention && c != kMlp && c != kMoe)
       fail(where, "layer " + std::to_string(l) + "'s kind is not one of linear_attention / mamba (M), full_attention / "
-                  "attention (*), mlp (-)");
+                  "attention (*), mlp (-), moe (E)");
     mamba[l] = c == kMamba;
-    mlp[l] = c == kMlp;
+    mlp[l] = c == kMlp || c == kMoe;
+    moe[l] = c == kMoe;
   }
   s.mlp_only_layers = std::move(mlp);
+  if (std::find(moe.begin(), moe.end(), true) != moe.end()) read_experts(j, where, s, std::move(moe));
   s.nope_layers.assign(pattern.size(), true);  // (no positions but the Mamba layers')
   s.qkv_bias = s.o_bias = false;
   s.mlp = MlpKind::Plain;
@@ -128,7 +156,8 @@ void nemotron_h_read(const json& j, const std::string& where, ModelSpec& s) {
 
 void nemotron_h_write(const ModelSpec& s, ordered_json& j) {
   if (!s.single_branch() || s.mlp != MlpKind::Plain || s.act != Activation::Relu2 || s.qkv_bias || s.o_bias ||
-      s.moe() || (s.hybrid() && !s.la_mamba2) || s.sliding_window > 0 || s.qk_norm ||
+      (s.moe() && !(s.moe_ungated && s.moe_sigmoid_router && s.shared_expert && !s.shared_expert_gate)) ||
+      (s.hybrid() && !s.la_mamba2) || s.sliding_window > 0 || s.qk_norm ||
       static_cast<int64_t>(s.nope_layers.size()) != s.n_layers ||
       std::find(s.nope_layers.begin(), s.nope_layers.end(), false) != s.nope_layers.end())
     fail("config.json", "not a nemotron_h model");
@@ -136,13 +165,26 @@ void nemotron_h_write(const ModelSpec& s, ordered_json& j) {
     fail("config.json", "Nemotron-H's Mamba steps have no upper bound in transformers; this model has one");
   ordered_json types = ordered_json::array();
   for (int64_t l = 0; l < s.n_layers; ++l)
-    types.push_back(s.layer_is_linear_attn(l) ? "mamba" : s.layer_has_mixer(l) ? "attention" : "mlp");
+    types.push_back(s.layer_is_linear_attn(l) ? "mamba" : s.layer_has_mixer(l) ? "attention" : s.layer_moe(l) ? "moe" : "mlp");
   j["layers_block_type"] = types;
   // (the older key too, which llama.cpp's converter reads first: from the list it takes only "moe" as
   // an MLP layer; transformers takes the list when both are there)
   std::string pattern;
-  for (int64_t l = 0; l < s.n_layers; ++l) pattern += s.layer_is_linear_attn(l) ? kMamba : s.layer_has_mixer(l) ? kAttention : kMlp;
+  for (int64_t l = 0; l < s.n_layers; ++l)
+    pattern += s.layer_is_linear_attn(l) ? kMamba : s.layer_has_mixer(l) ? kAttention : s.layer_moe(l) ? kMoe : kMlp;
   j["hybrid_override_pattern"] = pattern;
+  if (s.moe()) {
+    j["n_routed_experts"] = s.n_experts;
+    j["num_experts_per_tok"] = s.experts_per_token;
+    j["moe_intermediate_size"] = s.expert_ffn;
+    j["moe_shared_expert_intermediate_size"] = s.shared_expert_ffn;
+    j["n_shared_experts"] = 1;
+    j["moe_latent_size"] = nullptr;
+    j["n_group"] = s.moe_groups;
+    j["topk_group"] = s.moe_topk_groups;
+    j["norm_topk_prob"] = s.norm_topk;
+    j["routed_scaling_factor"] = s.moe_routed_scale;
+  }
   j["mlp_hidden_act"] = "relu2";
   j["mlp_bias"] = s.mlp_bias;
   j["attention_bias"] = false;
@@ -168,8 +210,25 @@ void nemotron_h_write(const ModelSpec& s, ordered_json& j) {
 // bias where the file has it; the steps softplus only (llama.cpp clamps none, and the converter
 // keeps no time_step_min).
 void nemotron_h_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
-  if (hp.expert_count > 0) fail(hp.path, "a nemotron_h GGUF with experts (Nemotron 3's): not supported yet");
+  if (hp.expert_count > 0 && hp.architecture != "nemotron_h_moe")
+    fail(hp.path, "a nemotron_h GGUF with experts: llama.cpp's nemotron_h graph has none (nemotron_h_moe has)");
   s.mlp_only_layers = hp.mlp_layers;
+  if (hp.expert_count > 0) {  // (every MLP layer has the experts: llama.cpp's graph, whatever the file)
+    if (hp.moe_latent_size > 0)
+      fail(hp.path, "moe_latent_size " + std::to_string(hp.moe_latent_size) + ": experts behind a latent projection "
+                    "(Nemotron 3 Super's) are not supported yet");
+    if (hp.expert_shared_ffn <= 0)
+      fail(hp.path, "nemotron_h_moe.expert_shared_feed_forward_length is missing: llama.cpp's graph adds a shared expert");
+    s.moe_layer_list = hp.mlp_layers;
+    s.moe_sigmoid_router = true;
+    s.shared_expert = true;
+    s.shared_expert_gate = false;
+    s.shared_expert_ffn = hp.expert_shared_ffn;
+    s.moe_routed_scale = hp.expert_weights_scale > 0.0f ? hp.expert_weights_scale : 1.0f;
+    s.moe_groups = hp.expert_group_count > 1 ? hp.expert_group_count : 1;
+    s.moe_topk_groups = hp.expert_group_count > 1 ? hp.expert_group_used_count : 1;
+    s.norm_topk = hp.expert_weights_norm == 1;
+  }
   s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
   s.mlp = MlpKind::Plain;
   s.act = Activation::Relu2;
@@ -195,7 +254,19 @@ constexpr HfRename kNemotronHRenames[] = {{"model.embeddings.", "model.embed_tok
                                           {".mixer.dt_bias.", ".linear_attn.dt_bias."},
                                           {".mixer.up_proj.", ".mlp.up_proj."},
                                           {".mixer.down_proj.", ".mlp.down_proj."},
+                                          {".mixer.experts.", ".mlp.experts."},
+                                          {".mixer.gate.", ".mlp.gate."},
+                                          {".mixer.shared_experts.", ".mlp.shared_expert."},
                                           {".mixer.", ".self_attn."}};
+
+// Mamba2's per-layer parameters, and the router's score bias (llama.cpp's exp_probs_b).
+constexpr GgufLayerName kNemotronHGgufParams[] = {{"ssm_a", "linear_attn.A_log"},
+                                                  {"ssm_d", "linear_attn.D"},
+                                                  {"ssm_dt.bias", "linear_attn.dt_bias"},
+                                                  {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"}};
+
+// nemotron_h_moe with experts (its converter's choice: num_experts_per_tok in the config), else nemotron_h.
+std::string_view nemotron_h_export_arch(const ModelSpec& s) { return s.moe() ? "nemotron_h_moe" : "nemotron_h"; }
 
 const ModelFamily kNemotronH = [] {
   ModelFamily f{"nemotron_h", "NemotronHForCausalLM", "nemotron_h", 128, 4096, 10000.0f, false, false, nemotron_h_read,
@@ -206,7 +277,9 @@ const ModelFamily kNemotronH = [] {
   f.normalize_config = nemotron_h_normalize;
   f.own_activation = true;
   f.gguf_layer_names = kMamba2GgufNames;
-  f.gguf_layer_params = kMamba2GgufParams;
+  f.gguf_layer_params = kNemotronHGgufParams;
+  f.gguf_arch_alias = "nemotron_h_moe";
+  f.export_arch_for = nemotron_h_export_arch;
   f.peft_refuses_out_proj = true;
   return f;
 }();

@@ -211,6 +211,19 @@ FAMILIES = {
                                                               "mlp", "mamba", "mlp", "mamba", "mlp", "mamba"],
                                            mamba_num_heads=16, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
                                            conv_kernel=4, max_position_embeddings=2048, tie_word_embeddings=False)),
+    # Nemotron 3 Nano 30B-A3B's block at that size: its first 12 layers (MEMEM*EMEMEM: Mamba2, MoE and one
+    # attention layer), 32 ungated relu^2 experts of 352 routing 6 beside a shared expert of 704 (Nano: 128
+    # of 1856 routing 6 beside 3712 at hidden 2688), one router group, routed_scaling_factor 2.5.
+    "nemotron_h_moe": ("NemotronHConfig", dict(hidden_size=512, intermediate_size=352, num_attention_heads=8,
+                                               num_key_value_heads=2, head_dim=64,
+                                               layers_block_type=["mamba", "moe", "mamba", "moe", "mamba",
+                                                                  "full_attention", "moe", "mamba", "moe", "mamba",
+                                                                  "moe", "mamba"],
+                                               mamba_num_heads=16, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
+                                               conv_kernel=4, max_position_embeddings=2048, tie_word_embeddings=False,
+                                               n_routed_experts=32, num_experts_per_tok=6, moe_intermediate_size=352,
+                                               moe_shared_expert_intermediate_size=704, n_group=1, topk_group=1,
+                                               routed_scaling_factor=2.5, norm_topk_prob=True)),
     # Granite 4.0-H with experts (granite-4.0-h-tiny's block) at that size: the same layers, 16 experts
     # of 256 routing 4 beside a shared_mlp of 512 (h-tiny: 64 of 512 routing 6 beside 1024 at hidden 1536).
     "granitemoehybrid_moe": ("GraniteMoeHybridConfig", dict(hidden_size=512, shared_intermediate_size=512,

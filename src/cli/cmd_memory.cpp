@@ -293,7 +293,7 @@ const bool kRegistered = qlora::cli::register_command(
           ->capture_default_str();
       app.add_option("--target-parameters", o->target_parameters,
                      "Mixture-of-experts models: parameters adapted directly, as train's (gate_up_proj,down_proj: "
-                     "the experts; gate.weight / router.weight: the router)");
+                     "the experts -- up_proj,down_proj for Nemotron 3's; gate.weight / router.weight: the router)");
       app.add_option("--lora-dropout", o->lora_dropout, "LoRA dropout (> 0 keeps dropout masks)")
           ->capture_default_str();
       app.add_option("--lora-dtype", o->lora_dtype, "pytorch-cuda: LoRA parameter dtype, fp32 (PEFT) or bf16");

@@ -210,7 +210,9 @@ int run(Options o) {
       std::fprintf(stderr, "LoRA: %s is a mixture-of-experts model: %s\n", model.spec().family.c_str(),
                    lora.find_expert(l0, 0, 0) || lora.find_expert(l0, 0, 1)
                        ? "its experts are adapted too, one LoRA per expert (PEFT's target_parameters)"
-                       : "its experts are not adapted (--target-parameters gate_up_proj,down_proj adds them)");
+                       : model.spec().moe_ungated
+                           ? "its experts are not adapted (--target-parameters up_proj,down_proj adds them)"
+                           : "its experts are not adapted (--target-parameters gate_up_proj,down_proj adds them)");
     }
     std::fprintf(stderr, "plan: %lld steps of %lld x %lld sequences (%.2f epochs), %s, lr %g (%s)\n",
                  static_cast<long long>(steps), static_cast<long long>(t.batch_size),
@@ -263,8 +265,8 @@ const bool kRegistered = qlora::cli::register_command(
           ->capture_default_str();
       app.add_option("--target-parameters", o->target_parameters,
                      "Mixture-of-experts models: parameters to adapt directly, as PEFT's target_parameters "
-                     "(gate_up_proj,down_proj: the experts; gate.weight: the router); all-linear includes them "
-                     "where PEFT's does");
+                     "(gate_up_proj,down_proj: the experts -- up_proj,down_proj for Nemotron 3's ungated ones; "
+                     "gate.weight: the router); all-linear includes them where PEFT's does");
       app.add_option("--lr", o->lr, "Peak learning rate")->capture_default_str();
       app.add_option("--weight-decay", o->weight_decay, "AdamW weight decay")->capture_default_str();
       app.add_option("--optim", o->optim, "adamw_torch, adamw_8bit, paged_adamw_32bit or paged_adamw_8bit")

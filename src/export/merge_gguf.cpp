@@ -406,7 +406,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
       w.set_f32(a + "expert_weights_scale", s.moe_routed_scale);
       w.set_bool(a + "expert_weights_norm", s.norm_topk);
-      if (s.moe_groups > 1) {
+      if (s.moe_groups > 1 && s.moe_topk_groups < s.moe_groups) {  // (all competing: no groups, as llama.cpp asserts)
         w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }
@@ -415,8 +415,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       w.set_u32(a + "expert_shared_count", 1);
       w.set_bool(a + "expert_weights_norm", s.norm_topk);
       w.set_f32(a + "expert_weights_scale", s.moe_routed_scale);
-      w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
-      w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
+      // (all groups competing is one group: llama.cpp asserts group_used_count < group_count above 1)
+      const bool grouped = s.moe_groups > 1 && s.moe_topk_groups < s.moe_groups;
+      w.set_u32(a + "expert_group_count", static_cast<uint32_t>(grouped ? s.moe_groups : 1));
+      w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(grouped ? s.moe_topk_groups : 1));
     } else if (minimax) {  // as convert_hf_to_gguf.py's MiniMaxM2Model
       w.set_u32(a + "expert_gating_func", 2);  // (sigmoid)
     } else if (arch == "lfm2moe") {  // as convert_hf_to_gguf.py's LFM2MoeModel
@@ -428,7 +430,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       w.set_u32(a + "expert_gating_func", s.moe_sigmoid_router ? 2 : 1);
       w.set_f32(a + "expert_weights_scale", s.moe_routed_scale);
       w.set_bool(a + "expert_weights_norm", s.norm_topk);
-      if (s.moe_groups > 1) {
+      if (s.moe_groups > 1 && s.moe_topk_groups < s.moe_groups) {  // (all competing: no groups, as llama.cpp asserts)
         w.set_u32(a + "expert_group_count", static_cast<uint32_t>(s.moe_groups));
         w.set_u32(a + "expert_group_used_count", static_cast<uint32_t>(s.moe_topk_groups));
       }

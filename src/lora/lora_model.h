@@ -59,7 +59,8 @@ class LoraModel {
   LoraLayer* find(ModelLinear which);
   const LoraLayer* find(ModelLinear which) const;
   // Mixture-of-experts layers: the adapter of layer l's router, of its shared-expert gate,
-  // and of expert e's gate_up (part 0: (2 expert_ffn, hidden)) or down (part 1), or null.
+  // and of expert e's gate_up (part 0: (2 expert_ffn, hidden); ungated experts' up, (expert_ffn, hidden))
+  // or down (part 1), or null.
   const LoraLayer* find_router(int64_t l) const;
   const LoraLayer* find_shared_gate(int64_t l) const;
   const LoraLayer* find_expert(int64_t l, int64_t e, int part) const;

@@ -562,7 +562,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       LoraScratchFloats lf;
       for (const auto& [in, out, rank] : ls.moe_pieces) lf.cover(static_cast<int64_t>(BT), in, out, rank, false, true);
       add(r, "mixture-of-experts buffers (backward)",
-          4 * (BT * (4 * C + 10 * Fe + 3 * NE + 2 * u(s.experts_per_token)) + tile + u(lf.total())),
+          // (per row: gu 2F, gate, up, h, dh, dgate, dup, dgu 2F; ungated: gu, h, dh, dgu)
+          4 * (BT * (4 * C + (s.moe_ungated ? 4 : 10) * Fe + 3 * NE + 2 * u(s.experts_per_token)) + tile + u(lf.total())),
           "one expert's gathered rows, its recomputed products and their gradients, the router's probabilities, "
           "the op's LoRA temporaries");
     }
@@ -621,7 +622,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     }
     if (s.moe())  // model/moe_block.cpp: one expert's rows of the prompt at a time
       add(r, "mixture-of-experts buffers" + each,
-          B * 4 * P * (2 * C + 5 * u(s.expert_ffn) + 2 * u(s.n_experts) + 2 * u(s.experts_per_token)),
+          B * 4 * P * (2 * C + (s.moe_ungated ? 2 : 5) * u(s.expert_ffn) + 2 * u(s.n_experts) + 2 * u(s.experts_per_token)),
           "one expert's gathered rows and products, the router's logits and probabilities");
     add(r, "logits" + each, B * V * 4, "(V) float32");
     add(r, "sampler arrays" + each, B * V * 13, "(V) index, probability and seen arrays on the host");

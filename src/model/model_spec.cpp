@@ -271,7 +271,8 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears(int64_t 
   auto l = block_linears();
   if (moe() && !layer_moe(layer)) {  // (GLM-4.5, DeepSeek: the dense layers before the MoE ones)
     const auto& m = kBlockLinearModules;
-    l[4] = {m[4], ffn, hidden, mlp_bias};
+    // (Nemotron 3's dense MLP layers beside the MoE ones: plain, up and down only)
+    l[4] = mlp == MlpKind::Plain ? BlockLinearSpec{nullptr, 0, 0, false} : BlockLinearSpec{m[4], ffn, hidden, mlp_bias};
     l[5] = {m[5], ffn, hidden, mlp_bias};
     l[6] = {m[6], hidden, ffn, mlp_bias};
   }

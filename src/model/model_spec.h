@@ -326,6 +326,8 @@ struct ModelSpec {
   // MLP's activation (act), its files mlp.experts.<e>.up_proj / down_proj; the gate_up slot
   // (LayerWeights::expert_gate_up, the adapters' part 0) then holds the up rows alone.
   bool moe_ungated = false;
+  // (Its experts' weighted outputs are summed in float32 and rounded once, as NemotronHExperts
+  // accumulates in the router weights' dtype, where GLM-4.5's / DeepSeek's round each add.)
   // Rows of an expert's first product: gate | up (2 expert_ffn), or up alone when ungated.
   int64_t expert_gu_rows() const { return moe_ungated ? expert_ffn : 2 * expert_ffn; }
   // GLM-4.5's and DeepSeek-V3's MoE (transformers' Glm4MoeTopkRouter / DeepseekV3TopkRouter):

@@ -493,6 +493,16 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
       }
       continue;
     }
+    if (s.moe_ungated) {  // (Nemotron 3: w y summed in float32, rounded below)
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const auto [t, k] = rows[i];
+        const float w = g.weight[static_cast<size_t>(t * g.K + k)];
+        float* o = out + t * C;
+        const float* y = a.y.data() + static_cast<int64_t>(i) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] += w * y[c];
+      }
+      continue;
+    }
     for (size_t i = 0; i < rows.size(); ++i) {
       const auto [t, k] = rows[i];
       const float w = g.weight[static_cast<size_t>(t * g.K + k)];
@@ -504,7 +514,7 @@ void moe_forward(const BlockRun& r, float* out, const float* x, const float* sha
       round_activations(o, C, r.dtype);
     }
   }
-  if (s.moe_llama4) round_activations(out, T * C, r.dtype);  // (the experts' sum, in float32, rounded once)
+  if (s.moe_llama4 || s.moe_ungated) round_activations(out, T * C, r.dtype);  // (the experts' sum, in float32, rounded once)
   if (shared && !s.shared_expert_gate) {  // (GLM-4.5, DeepSeek: added as it is)
     for (int64_t t = 0; t < T; ++t) {
       float* o = out + t * C;

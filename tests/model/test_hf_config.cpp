@@ -837,6 +837,17 @@ TEST(HfConfig, Nemotron3NanoConfig) {
   EXPECT_EQ(back.at("layers_block_type")[1].get<std::string>(), "moe");
   EXPECT_EQ(back.at("n_routed_experts").get<int64_t>(), 128);
   EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  // Dense MLP layers ("-": up and down, no gate) beside the MoE ones, as transformers builds them
+  // (3,459,176,640 parameters on the meta device for "MEM-M*E-"; 2 x 128 score-bias values more here).
+  json mixed = cfg;
+  mixed["hybrid_override_pattern"] = "MEM-M*E-";
+  mixed["num_hidden_layers"] = 8;
+  const ModelSpec ms = spec_from_hf_config(mixed, "config.json");
+  EXPECT_EQ(ms.num_params(), 3459176640 + 2 * 128);
+  EXPECT_EQ(ms.block_linears(3)[4].module, nullptr);  // (no gate_proj on the dense layer)
+  EXPECT_STREQ(ms.block_linears(3)[5].module, "mlp.up_proj");
+  EXPECT_STREQ(ms.block_linears(1)[5].module, "mlp.shared_expert.up_proj");
+  EXPECT_EQ(ms.layer_ffn(3), 1856);
   // Nemotron 3 Super's latent experts (moe_latent_size) are refused by name.
   json latent = cfg;
   latent["moe_latent_size"] = 1024;

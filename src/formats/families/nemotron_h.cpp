@@ -70,7 +70,7 @@ void nemotron_h_normalize(json& j) {
       j.erase(old_key);
     }
   const std::string pattern = layer_pattern(j);
-  // (no key: the config class's default, one layer of each kind -- refused for its experts)
+  // (no key: refused below, naming layers_block_type)
   j["num_hidden_layers"] = pattern.empty() ? 4 : static_cast<int64_t>(pattern.size());
   const std::pair<const char*, const char*> keys[] = {{"mamba_num_heads", "mamba_n_heads"}, {"mamba_head_dim", "mamba_d_head"},
                                                       {"ssm_state_size", "mamba_d_state"},  {"n_groups", "mamba_n_groups"},

@@ -429,6 +429,13 @@ FAMILIES = {
                                                          "down_proj"],
                                                _target_parameters=["experts.up_proj", "experts.down_proj",
                                                                    "gate.weight"])),
+    # Apertus: q/k norms, an ungated up -> xIELU -> down MLP (its four parameters per layer drawn at
+    # random below, so that each layer's differ), ApertusConfig's default llama3 rotary (theta 12e6,
+    # factor 8 over 8192) with heads of 16.
+    "apertus": ("ApertusConfig", dict(_drop=("rope_theta",), head_dim=16, tie_word_embeddings=False,
+                                      rope_parameters=dict(rope_type="llama3", rope_theta=12000000.0, factor=8.0,
+                                                           original_max_position_embeddings=8192,
+                                                           low_freq_factor=1.0, high_freq_factor=4.0))),
     "qwen2": ("Qwen2Config", dict(rope_theta=10000.0, tie_word_embeddings=True)),
     # Qwen's per-layer sliding window: layers from max_window_layers on slide (here layer 1,
     # with a window shorter than the prompt).
@@ -821,6 +828,12 @@ def make_model(family: str):
                 b.copy_(0.5 + torch.rand(b.shape, generator=gl))
             if name.endswith(("e_score_correction_bias", ".expert_bias")):  # (GLM-4.5 / DeepSeek-V3's, LFM2-MoE's router: zeros at init)
                 b.copy_(0.1 * torch.randn(b.shape, generator=gl))
+        gx = torch.Generator().manual_seed(96)  # (xIELU's per-layer parameters: the same at init)
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith((".act_fn.alpha_p", ".act_fn.alpha_n")):
+                t.copy_(torch.randn(t.shape, generator=gx))
+            elif name.endswith(".act_fn.beta"):
+                t.copy_(0.3 + 0.4 * torch.rand(t.shape, generator=gx))
         if extra.get("_ssm_random"):  # (Mamba2's per-head decay, step bias and skip)
             gs = torch.Generator().manual_seed(97)
             for name, p in model.named_parameters():
@@ -1085,7 +1098,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "hunyuan_v1_dense": "hunyuan-dense", "qwen3_5_gguf": "qwen35", "lfm2": "lfm2", "lfm2_moe": "lfm2moe", "qwen3_5_moe_gguf": "qwen35moe",
              "qwen3_next_gguf": "qwen3next", "glm4_moe": "glm4moe", "ernie4_5_moe": "ernie4_5-moe", "seed_oss": "seed_oss", "gemma4_text": "gemma4", "gemma4_moe": "gemma4", "gemma4_e": "gemma4", "deepseek_v3": "deepseek2", "granitemoe": "granitemoe", "dots1": "dots1", "minimax_m2": "minimax-m2", "hunyuan_v1_moe": "hunyuan-moe", "llama4_gguf": "llama4",
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
-             "nemotron_h_moe": "nemotron_h_moe",
+             "nemotron_h_moe": "nemotron_h_moe", "apertus": "apertus",
              "mamba2": "mamba2", "gpt_bigcode": "starcoder", "mpt": "mpt",
              "bamba": "granitehybrid"}
 
@@ -2046,6 +2059,12 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         w.add_expert_weights_norm(c.norm_topk_prob)
         w.add_expert_group_count(c.n_group)
         w.add_expert_group_used_count(c.topk_group)
+    if arch == "apertus":  # as convert_hf_to_gguf.py's ApertusModel: xIELU's parameters per layer, as stored
+        acts = [layer.mlp.act_fn for layer in model.model.layers]
+        w.add_xielu_alpha_p([float(a.alpha_p.item()) for a in acts])
+        w.add_xielu_alpha_n([float(a.alpha_n.item()) for a in acts])
+        w.add_xielu_beta([float(a.beta.item()) for a in acts])
+        w.add_xielu_eps([float(a.eps.item()) for a in acts])
     if arch == "gpt-oss":  # as convert_hf_to_gguf.py's GptOssModel (llama.cpp slides on even layers)
         w.add_sliding_window(c.sliding_window)
         w.add_expert_feed_forward_length(c.intermediate_size)
@@ -2119,9 +2138,13 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         elif name.endswith(".mlp.experts.down_proj") or name.endswith(".block_sparse_moe.experts.down_proj"):  # (E, C, F)
             w.add_tensor(f"blk.{name.split('.')[2]}.ffn_down_exps.weight", np.ascontiguousarray(t))
             continue
+        elif arch == "apertus" and ".mlp.act_fn." in name:  # (the metadata above)
+            continue
         else:
             _, _, layer, rest = name.split(".", 3)
             mod, suffix = rest.rsplit(".", 1)
+            if arch == "apertus":  # (ApertusModel: its norms' names; q/k not permuted, undo_permute False)
+                mod = {"attention_layernorm": "input_layernorm", "feedforward_layernorm": "post_attention_layernorm"}.get(mod, mod)
             if mod == "mlp.shared_expert_gate":  # (1, C): llama.cpp's is one row of n_embd
                 t = t.reshape(-1)
             if arch in ("llama", "granite", "granitemoe", "smollm3", "olmo", "arcee", "mistral3") and mod == "self_attn.q_proj":
@@ -2189,7 +2212,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

@@ -38,6 +38,7 @@ ActKind act_kind(Activation a) {
     case Activation::GeluTanh: return ActKind::GeluTanh;
     case Activation::Relu: return ActKind::Relu;
     case Activation::Relu2: return ActKind::Relu2;
+    case Activation::Xielu: fail("cuda", "xIELU (Apertus) has no CUDA kernel yet: run it with --device cpu");
   }
   return ActKind::Relu;
 }
@@ -270,10 +271,11 @@ class CudaBackend final : public Backend {
     else
       swiglu_backward(dgate, dup, dout, gate, up, N, stream_);
   }
-  void act_forward(Activation act, float* out, const float* x, int64_t N) override {
+  void act_forward(Activation act, float* out, const float* x, int64_t N, const XieluParams* /*xp*/) override {
     activation_forward(out, x, N, act_kind(act), stream_);
   }
-  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N) override {
+  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N,
+                    const XieluParams* /*xp*/) override {
     activation_backward(dx, dout, x, N, act_kind(act), stream_);
   }
   void residual_forward(float* out, const float* a, const float* b, int64_t N) override {

@@ -228,6 +228,11 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
                 return std::vector<float>(w.begin() + h * HS, w.begin() + (h + 1) * HS);
               }
         if (rest == "self_attn.sinks" && !L.attn_sinks.empty()) return L.attn_sinks;
+        if (model.spec().act == Activation::Xielu && name.find(".mlp.act_fn.") != std::string::npos) {  // (Apertus)
+          const float v[4] = {L.xielu.alpha_p, L.xielu.alpha_n, L.xielu.beta, L.xielu.eps};
+          for (int i = 0; i < 4; ++i)
+            if (name == xielu_tensor_name(l, i)) return {v[i]};
+        }
         if (rest == "layer_scalar" && model.spec().layer_scalar) return {L.layer_scalar};
         if (rest == "post_per_layer_input_norm.weight" && model.spec().ple()) return L.ple_norm;
         if (model.spec().moe_gemma4) {  // (its router's scales and the experts' norms)

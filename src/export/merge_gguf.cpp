@@ -374,6 +374,18 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "attention.head_count_kv", static_cast<uint32_t>(deepseek2 ? 1 : s.n_kv_heads));
   }
   if (lfm2_arch) w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
+  if (s.act == Activation::Xielu) {  // as convert_hf_to_gguf.py's ApertusModel: each layer's value, as stored
+    if (arch != "apertus") fail(out_path, "a " + arch + " GGUF cannot carry xIELU (llama.cpp's apertus has it)");
+    static constexpr const char* kKeys[4] = {"xielu.alpha_p", "xielu.alpha_n", "xielu.beta", "xielu.eps"};
+    for (int i = 0; i < 4; ++i) {
+      std::vector<float> v;
+      for (int64_t l = 0; l < s.n_layers; ++l) {
+        const XieluParams& xp = model.layers()[static_cast<size_t>(l)].xielu;
+        v.push_back(i == 0 ? xp.alpha_p : i == 1 ? xp.alpha_n : i == 2 ? xp.beta : xp.eps);
+      }
+      w.set_f32_array(kKeys[i], v);  // (no architecture prefix: llama.cpp's LLM_KV_XIELU_* keys)
+    }
+  }
   if (nemotron_h && !s.hybrid()) {  // (llama.cpp's nemotron_h loader requires the ssm.* keys: NemotronHConfig's defaults)
     w.set_u32(a + "ssm.conv_kernel", 4);
     w.set_u32(a + "ssm.state_size", 128);
@@ -917,6 +929,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
           return encode(v, type);
         });
       }
+      continue;
+    }
+    if (s.act == Activation::Xielu && spec_t.name.find(".mlp.act_fn.") != std::string::npos) {  // (metadata: below)
+      if (bar) bar->update(++*done, spec_t.name);
       continue;
     }
     TensorSpec t = spec_t;

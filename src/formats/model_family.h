@@ -6,7 +6,7 @@
 // phi, Phi-1 / 1.5 / 2's;
 // gpt_neox.cpp: gpt_neox, Pythia's; gpt2.cpp: gpt2, gpt_bigcode;
 // opt.cpp: opt; bloom.cpp: bloom; falcon.cpp: falcon; stablelm.cpp: stablelm; starcoder2.cpp:
-// starcoder2; granite.cpp: granite, granitemoe, granitemoehybrid, bamba; mamba.cpp: mamba2; nemotron_h.cpp: nemotron_h; mpt.cpp: mpt; olmo2.cpp: olmo2, olmo3;
+// starcoder2; granite.cpp: granite, granitemoe, granitemoehybrid, bamba; mamba.cpp: mamba2; nemotron_h.cpp: nemotron_h; mpt.cpp: mpt; apertus.cpp: apertus; olmo2.cpp: olmo2, olmo3;
 // llama4.cpp: llama4_text; gptj.cpp: gptj; cohere.cpp: cohere, cohere2; olmo.cpp: olmo; arcee.cpp: arcee; nemotron.cpp: nemotron; smollm3.cpp: smollm3; moe.cpp: mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss, minimax_m2; exaone.cpp: exaone4; glm.cpp: glm4, glm4_moe; seed_oss.cpp: seed_oss; deepseek.cpp: deepseek_v2, deepseek_v3; dots1.cpp: dots1; qwen3_5.cpp: qwen3_5_text; lfm2.cpp: lfm2, lfm2_moe) and one registry (formats/model_family.cpp), which is the only list:
 // config.json reading, GGUF reading and the merged export all look families up there, and
 // an unknown one is an Error naming the file, the model_type and the supported list.
@@ -170,7 +170,7 @@ void write_mamba2_keys(const ModelSpec& s, nlohmann::ordered_json& j);
 void read_mamba2_gguf(const GgufLlamaHParams& hp, ModelSpec& s, bool conv_bias);
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
-    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2, kNemotronH, kGptBigCode, kMpt;
+    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2, kNemotronH, kGptBigCode, kMpt, kApertus;
 }
 
 }  // namespace qlora

@@ -391,11 +391,34 @@ class GgufSource : public TensorSource {
     if (hp_.architecture == "qwen3next") index_qwen3next_qkvz();
     if (hp_.architecture == "granitehybrid" && !granitehybrid_is_bamba(hp_)) index_granitehybrid_gate_up();
     if (hp_.mla_split) index_deepseek_kv_b();
+    if (hp_.architecture == "apertus") index_xielu();
   }
   const GgufFile& file() const { return file_; }
   const GgufLlamaHParams& hparams() const { return hp_; }
 
  private:
+  // apertus: xIELU's per-layer parameters travel as metadata (xielu.alpha_p / alpha_n / beta / eps --
+  // without the architecture's prefix, as llama.cpp names them --, one value per layer or one for all,
+  // as its get_key_or_arr reads them): presented as transformers' mlp.act_fn.* tensors.
+  void index_xielu() {
+    static constexpr const char* kKeys[4] = {"xielu.alpha_p", "xielu.alpha_n", "xielu.beta", "xielu.eps"};
+    for (int i = 0; i < 4; ++i) {
+      const std::string key = kKeys[i];
+      const GgufValue* v = file_.find(key);
+      if (!v) fail(file_.path(), "metadata key " + gguf_quote(key) + " missing (llama.cpp's apertus requires it)");
+      std::vector<float> vals;
+      if (v->type == GgufValueType::ARRAY) vals = file_.get_f32_array(key);
+      else vals.assign(static_cast<size_t>(hp_.num_layers), file_.get_f32(key));
+      if (static_cast<int64_t>(vals.size()) != hp_.num_layers)
+        fail(file_.path(), "metadata key " + gguf_quote(key) + " holds " + std::to_string(vals.size()) +
+                               " values; block_count is " + std::to_string(hp_.num_layers));
+      for (int64_t l = 0; l < hp_.num_layers; ++l) {
+        if (!std::isfinite(vals[static_cast<size_t>(l)]))
+          fail(file_.path(), "metadata key " + gguf_quote(key) + " holds a non-finite value for layer " + std::to_string(l));
+        scalars_.emplace(xielu_tensor_name(l, i), vals[static_cast<size_t>(l)]);
+      }
+    }
+  }
   // Qwen3-Next: its converter splits in_proj_qkvz ((per key head q, k, v, z) rows) into attn_qkv
   // (all q, all k, all v) and attn_gate (z): presented as the one Linear again (PEFT's module),
   // under model.layers.N.linear_attn.in_proj_qkvz.weight.
@@ -528,13 +551,16 @@ class GgufSource : public TensorSource {
     for (const auto& [k, t] : qkvz_) n.push_back(k);
     for (const auto& [k, t] : kv_b_) n.push_back(k);
     for (const auto& [k, t] : rows_) n.push_back(k);
+    for (const auto& [k, v] : scalars_) n.push_back(k);
     return n;
   }
   bool has(const std::string& name) const override {
     return index_.count(name) != 0 || experts_.count(name) != 0 || fused_.count(name) != 0 || qkvz_.count(name) != 0 ||
-           kv_b_.count(name) != 0 || rows_.count(name) != 0;
+           kv_b_.count(name) != 0 || rows_.count(name) != 0 || scalars_.count(name) != 0;
   }
   std::vector<int64_t> shape(const std::string& name) const override {
+    if (scalars_.count(name))  // (xIELU's alpha_p / alpha_n (1), beta / eps 0-dimensional, as transformers has them)
+      return name.ends_with(".beta") || name.ends_with(".eps") ? std::vector<int64_t>{} : std::vector<int64_t>{1};
     if (auto f = fused_.find(name); f != fused_.end()) {  // transformers' fused shapes
       const GgufTensorInfo& g = gpt_oss_part(f->second.first, 0, false);
       const GgufTensorInfo& d = gpt_oss_part(f->second.first, 2, false);
@@ -576,6 +602,7 @@ class GgufSource : public TensorSource {
     return s;
   }
   std::vector<float> get(const std::string& name) const override {
+    if (auto sc = scalars_.find(name); sc != scalars_.end()) return {sc->second};
     if (auto e = experts_.find(name); e != experts_.end())
       return file_.tensor_slice_to_f32(*e->second.first, e->second.second);
     if (fused_.count(name)) {
@@ -742,6 +769,7 @@ class GgufSource : public TensorSource {
   std::map<std::string, std::pair<int64_t, int>> fused_;              // fused name -> (layer, part)
   std::map<std::string, const GgufTensorInfo*> index_;
   std::map<std::string, std::pair<const GgufTensorInfo*, int64_t>> experts_;
+  std::map<std::string, float> scalars_;  // (apertus: xIELU's metadata as mlp.act_fn.* values)
   std::vector<std::string> unmapped_;  // GGUF names with no Hugging Face counterpart
 };
 

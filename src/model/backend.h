@@ -187,8 +187,10 @@ class Backend {
   virtual void gated_act_backward(MlpKind mlp, float* dgate, float* dup, const float* dout, const float* gate,
                                   const float* up, int64_t N) = 0;
   // out (N) = act(x); backward accumulates dx.
-  virtual void act_forward(Activation act, float* out, const float* x, int64_t N) = 0;
-  virtual void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N) = 0;
+  // (xp: xIELU's parameters for Activation::Xielu, else null)
+  virtual void act_forward(Activation act, float* out, const float* x, int64_t N, const XieluParams* xp) = 0;
+  virtual void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N,
+                            const XieluParams* xp) = 0;
   // out (N) = a + b; backward accumulates dout into da and db.
   virtual void residual_forward(float* out, const float* a, const float* b, int64_t N) = 0;
   virtual void residual_backward(float* da, float* db, const float* dout, int64_t N) = 0;

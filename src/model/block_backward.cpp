@@ -76,7 +76,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         be.residual_backward(g(o.in0), g(o.in1), dy, p.floats_on(o.out, r.layer, T, T));
         break;
       case BlockOpKind::Act:
-        be.act_backward(s.act, g(o.in0), dy, buf(o.in0), p.floats_on(o.out, r.layer, T, T));
+        be.act_backward(s.act, g(o.in0), dy, buf(o.in0), p.floats_on(o.out, r.layer, T, T), &r.weights->xielu);
         break;
       case BlockOpKind::Clamp:
         be.clamp_backward(g(o.in0), dy, buf(o.in0), p.floats_on(o.out, r.layer, T, T), o.factor);

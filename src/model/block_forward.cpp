@@ -206,7 +206,7 @@ void block_forward(const BlockRun& r) {
         be.residual_forward(out, in0, in1, n_of(o.out));
         break;
       case BlockOpKind::Act:
-        be.act_forward(s.act, out, in0, n_of(o.out));
+        be.act_forward(s.act, out, in0, n_of(o.out), &r.weights->xielu);
         break;
       case BlockOpKind::Clamp:
         be.clamp(out, in0, n_of(o.out), o.factor);

@@ -237,11 +237,12 @@ class CpuBackend final : public Backend {
     else
       swiglu_backward(dgate, dup, dout, gate, up, N);
   }
-  void act_forward(Activation act, float* out, const float* x, int64_t N) override {
-    activation_forward(out, x, N, act);
+  void act_forward(Activation act, float* out, const float* x, int64_t N, const XieluParams* xp) override {
+    activation_forward(out, x, N, act, xp);
   }
-  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N) override {
-    activation_backward(dx, dout, x, N, act);
+  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N,
+                    const XieluParams* xp) override {
+    activation_backward(dx, dout, x, N, act, xp);
   }
   void residual_forward(float* out, const float* a, const float* b, int64_t N) override {
     qlora::residual_forward(out, a, b, N);

@@ -35,6 +35,8 @@ struct LayerWeights {
   std::vector<float> post_norm;   // (C) post_attention_layernorm
   std::vector<float> input_norm_bias, post_norm_bias;  // (C) each, LayerNorm models only
   std::vector<float> q_norm, k_norm;  // (HS) each, qk_norm models only (else empty)
+  // xIELU's parameters (spec.act == Activation::Xielu: Apertus's mlp.act_fn.*), else defaults.
+  XieluParams xielu;
   // qk_norm_head_weights models: q_norm / k_norm hold (heads, HS) weights, and these the unit
   // weight and zero bias (HS) of the per-head norm before them (NormRole::Unit).
   // (v_norm models: unit_norm is also the values' unit weight, NormRole::VHead, max_head_dim wide.)

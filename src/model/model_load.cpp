@@ -421,6 +421,16 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
         L.unit_norm_bias.assign(static_cast<size_t>(spec.head_dim), 0.0f);
       }
     }
+    if (spec.act == Activation::Xielu && spec.layer_has_mlp(l)) {  // (Apertus: the layer's four scalars, as stored)
+      float* dst[4] = {&L.xielu.alpha_p, &L.xielu.alpha_n, &L.xielu.beta, &L.xielu.eps};
+      for (int i = 0; i < 4; ++i) {
+        const std::string n = xielu_tensor_name(l, i);
+        const std::vector<float> v = src.get(n);
+        check(v.size() == 1 && std::isfinite(v[0]), src.describe(), "tensor '" + n + "' is not one finite value");
+        *dst[i] = v[0];
+        progress(n);
+      }
+    }
     if (spec.attn_sinks) {
       const std::string n = "model.layers." + std::to_string(l) + ".self_attn.sinks";
       L.attn_sinks = load_vector(src, n, opt.compute_dtype);

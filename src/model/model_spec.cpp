@@ -11,6 +11,11 @@ std::string layer_tensor_name(int64_t layer, const std::string& module, const ch
   return "model.layers." + std::to_string(layer) + "." + module + "." + suffix;
 }
 
+std::string xielu_tensor_name(int64_t layer, int i) {
+  static constexpr const char* kNames[4] = {"alpha_p", "alpha_n", "beta", "eps"};
+  return layer_tensor_name(layer, "mlp.act_fn", kNames[i]);
+}
+
 std::string qk_head_norm_module(bool key, int64_t head) {
   return std::string(key ? "self_attn.k_layernorm.norms." : "self_attn.q_layernorm.norms.") + std::to_string(head);
 }
@@ -472,6 +477,8 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (shared_expert && shared_expert_gate) t.push_back({layer_tensor_name(l, kMoeSharedGateModule), {1, hidden}});
     }
     linears(l, 4, 7);  // gate, up, down (MoE: the shared expert's)
+    if (act == Activation::Xielu && layer_has_mlp(l))  // (alpha_p, alpha_n: (1); beta, eps: 0-dimensional)
+      for (int i = 0; i < 4; ++i) t.push_back({xielu_tensor_name(l, i), i < 2 ? std::vector<int64_t>{1} : std::vector<int64_t>{}});
     if (ple()) {
       linears(l, kPleGateLinear, kPleProjLinear + 1);
       t.push_back({layer_tensor_name(l, "post_per_layer_input_norm"), {hidden}});

@@ -23,8 +23,15 @@ enum class NormKind { RMSNorm, LayerNorm };
 enum class MlpKind { SwiGLU, GeGLU, Plain };
 // The activation of a plain (ungated) MLP: Gelu = torch's exact erf GELU ("gelu"),
 // GeluTanh = its tanh approximation ("gelu_new", "gelu_pytorch_tanh"), Relu, Relu2 = relu(x)^2
-// ("relu2": Arcee, Nemotron).
-enum class Activation : uint8_t { Gelu, GeluTanh, Relu, Relu2 };
+// ("relu2": Arcee, Nemotron), Xielu = xIELU (Apertus: per-layer parameters, XieluParams).
+enum class Activation : uint8_t { Gelu, GeluTanh, Relu, Relu2, Xielu };
+// xIELU's parameters for one layer (transformers' XIELUActivation: mlp.act_fn.*), as stored:
+// alpha_p and alpha_n before their softplus, beta, eps. The activation is
+//   x > 0:  softplus(alpha_p) x^2 + beta x
+//   else:   (expm1(min(x, eps)) - x) (beta + softplus(alpha_n)) + beta x
+struct XieluParams {
+  float alpha_p = 0.0f, alpha_n = 0.0f, beta = 0.5f, eps = -1e-6f;
+};
 // Rotary: RoPE on q and k inside attention.  Learned: a position-embedding table.
 // (Learned: model.embed_positions.weight (max_positions, hidden) added to the token
 // embeddings, gpt2; no rotary then.)
@@ -683,6 +690,9 @@ inline int64_t first_visible_key(const ModelSpec& s, int64_t pos) {
 // Hugging Face names of the per-layer tensors, e.g. layer_tensor_name(3, "self_attn.q_proj")
 // = "model.layers.3.self_attn.q_proj.weight".
 std::string layer_tensor_name(int64_t layer, const std::string& module, const char* suffix = "weight");
+// xIELU's per-layer tensors (Apertus; XieluParams' order): model.layers.N.mlp.act_fn.alpha_p, .alpha_n,
+// .beta, .eps for i = 0..3 (alpha_p / alpha_n (1), beta / eps 0-dimensional, as transformers saves them).
+std::string xielu_tensor_name(int64_t layer, int i);
 // The canonical module paths of an MoE layer's parts: "mlp.gate" (the router),
 // "mlp.experts.<e>.gate_proj" / "up_proj" / "down_proj" (part 0, 1, 2) and
 // "mlp.shared_expert_gate".

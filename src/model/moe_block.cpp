@@ -379,7 +379,7 @@ void expert_forward(const BlockRun& r, int64_t e, const Routing& g, const float*
   be.round(a.gu.data(), n * s.expert_gu_rows(), r.dtype);
   a.h.resize(static_cast<size_t>(n * F));
   if (s.moe_ungated) {  // (Nemotron 3's: down(act(up x)), the MLP's activation)
-    be.act_forward(s.act, a.h.data(), a.gu.data(), n * F);
+    be.act_forward(s.act, a.h.data(), a.gu.data(), n * F, &L.xielu);
   } else {
     expert_gated_act(r, a, n);
   }
@@ -615,7 +615,7 @@ void moe_backward(const BlockRun& r, LoraModel& adapter, float* dx, float* dshar
                        tile.data(), ls);
     dgu.assign(static_cast<size_t>(n * GU), 0.0f);
     if (s.moe_ungated) {  // (gu = up x, h = act(gu))
-      be.act_backward(s.act, dgu.data(), dh.data(), a.gu.data(), n * F);
+      be.act_backward(s.act, dgu.data(), dh.data(), a.gu.data(), n * F, &L.xielu);
     } else {
       dgate.assign(static_cast<size_t>(n * F), 0.0f);
       dup.assign(static_cast<size_t>(n * F), 0.0f);

@@ -481,10 +481,26 @@ void layernorm_forward(float* out, float* stats, const float* inp, const float* 
   }
 }
 
-void activation_forward(float* out, const float* x, int64_t N, Activation act) {
+namespace {
+float torch_softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+}  // namespace
+
+float xielu_alpha_p(const XieluParams& xp) { return torch_softplus(xp.alpha_p); }
+float xielu_alpha_n(const XieluParams& xp) { return xp.beta + torch_softplus(xp.alpha_n); }
+
+void activation_forward(float* out, const float* x, int64_t N, Activation act, const XieluParams* xp) {
+  if (act == Activation::Xielu && !xp) fail("activation_forward", "xIELU needs its layer's parameters");
+  const float ap = xp ? xielu_alpha_p(*xp) : 0.0f, an = xp ? xielu_alpha_n(*xp) : 0.0f;
+  const float beta = xp ? xp->beta : 0.0f, eps = xp ? xp->eps : 0.0f;
   // (element by element: the threads' ranges give the same values as one pass)
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     switch (act) {
+      case Activation::Xielu:  // transformers' XIELUActivation._xielu_python, op by op
+        for (int64_t i = b; i < e; ++i) {
+          const float v = x[i];
+          out[i] = v > 0.0f ? ap * v * v + beta * v : (std::expm1(std::min(v, eps)) - v) * an + beta * v;
+        }
+        break;
       case Activation::Gelu: {  // torch: x * 0.5 * (1 + erf(x / sqrt 2)); erf vectorized (activation_kernels.h)
         const auto& k = kernels::active_activation_kernels();
         float t[1024];

@@ -151,7 +151,12 @@ void geglu_forward(float* out, const float* gate, const float* up, int64_t N);
 void layernorm_forward(float* out, float* stats, const float* inp, const float* weight, const float* bias, int64_t T,
                        int64_t C, float eps, ComputeDType dtype = ComputeDType::F32, float weight_offset = 0.0f);
 // out (N) = act(x): the plain MLP's activation (model_spec.h Activation). out may alias x.
-void activation_forward(float* out, const float* x, int64_t N, Activation act);
+// xp: xIELU's parameters (required for Activation::Xielu, else unused).
+void activation_forward(float* out, const float* x, int64_t N, Activation act, const XieluParams* xp = nullptr);
+// softplus(alpha_p), beta + softplus(alpha_n): xIELU's effective coefficients (torch's softplus,
+// threshold 20), as the forward and backward use them.
+float xielu_alpha_p(const XieluParams& xp);
+float xielu_alpha_n(const XieluParams& xp);
 // out (N) = a + b (out may alias a or b).
 void residual_forward(float* out, const float* a, const float* b, int64_t N);
 

@@ -177,7 +177,21 @@ void layernorm_backward(float* dinp, const float* dout, const float* inp, const 
   });
 }
 
-void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act) {
+void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act, const XieluParams* xp) {
+  if (act == Activation::Xielu) {
+    if (!xp) fail("activation_backward", "xIELU needs its layer's parameters");
+    const float ap = xielu_alpha_p(*xp), an = xielu_alpha_n(*xp), beta = xp->beta, eps = xp->eps;
+    // x > 0: 2 ap x + beta; x < eps: (exp(x) - 1) an + beta; eps <= x <= 0: -an + beta (min's branch
+    // is the constant there)
+    parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float v = x[i];
+        const float dg = v > 0.0f ? 2.0f * ap * v + beta : v < eps ? std::expm1(v) * an + beta : beta - an;
+        dx[i] += dout[i] * dg;
+      }
+    });
+    return;
+  }
   constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
   if (act == Activation::GeluTanh) {  // (its tanh vectorized, a block at a time: activation_kernels.h)
     parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
@@ -226,6 +240,7 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
         }
         case Activation::Relu: dg = g > 0.0f ? 1.0f : 0.0f; break;
         case Activation::Relu2: dg = g > 0.0f ? 2.0f * g : 0.0f; break;
+        case Activation::Xielu: break;  // (above)
       }
       dx[i] += dout[i] * dg;
     }

@@ -68,8 +68,10 @@ void geglu_backward(float* dgate, float* dup, const float* dout, const float* ga
 // stats (T, 2) are the forward's (mean, rstd). dinp must not alias dout or inp.
 void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* stats,
                         int64_t T, int64_t C, float weight_offset = 0.0f);
-// out = act(x): dx (N) += dout * act'(x).
-void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act);
+// out = act(x): dx (N) += dout * act'(x) (xp: xIELU's parameters, as for activation_forward; its
+// parameters themselves are frozen: no gradient for them).
+void activation_backward(float* dx, const float* dout, const float* x, int64_t N, Activation act,
+                         const XieluParams* xp = nullptr);
 // out = a + b: da (N) += dout, db (N) += dout (either may be null).
 void residual_backward(float* da, float* db, const float* dout, int64_t N);
 

@@ -172,13 +172,14 @@ class CheckingBackend final : public Backend {
     f3(dgate, gate, up, N, "gated act backward");
     cpu().gated_act_backward(mlp, dgate, dup, dout, gate, up, N);
   }
-  void act_forward(Activation act, float* out, const float* x, int64_t N) override {
+  void act_forward(Activation act, float* out, const float* x, int64_t N, const XieluParams* xp) override {
     f3(out, x, x, N, "act");
-    cpu().act_forward(act, out, x, N);
+    cpu().act_forward(act, out, x, N, xp);
   }
-  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N) override {
+  void act_backward(Activation act, float* dx, const float* dout, const float* x, int64_t N,
+                    const XieluParams* xp) override {
     f3(dx, dout, x, N, "act backward");
-    cpu().act_backward(act, dx, dout, x, N);
+    cpu().act_backward(act, dx, dout, x, N, xp);
   }
   void residual_forward(float* out, const float* a, const float* b, int64_t N) override {
     f3(out, a, b, N, "residual");

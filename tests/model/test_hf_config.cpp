@@ -859,6 +859,33 @@ TEST(HfConfig, Nemotron3NanoConfig) {
   }
 }
 
+// ApertusConfig()'s defaults ("Apertus-8B style": hidden 4096, 32 layers of 32 heads, MLP 14336, vocab
+// 131072, llama3 rotary with theta 12e6), as a config.json that leaves the rotary out: transformers 5.23's
+// meta-device count is 6,979,596,352 parameters (the layers' xIELU alpha_p / alpha_n among them; their
+// beta and eps are buffers, 2 x 32 values more here); the llama3 rotary the class fills in is read.
+TEST(HfConfig, ApertusConfig) {
+  const json cfg = json::parse(R"({"architectures": ["ApertusForCausalLM"], "model_type": "apertus", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 131072, "hidden_act": "xielu", "max_position_embeddings": 65536, "rms_norm_eps": 1e-05, "rope_scaling": null, "tie_word_embeddings": false})");
+  const ModelSpec s = spec_from_hf_config(cfg, "config.json");
+  EXPECT_EQ(s.family, "apertus");
+  EXPECT_EQ(s.num_params(), 6979596352 + 2 * 32);
+  EXPECT_EQ(s.act, Activation::Xielu);
+  EXPECT_EQ(s.mlp, MlpKind::Plain);
+  EXPECT_TRUE(s.qk_norm);
+  EXPECT_EQ(s.rope_scaling.type, RopeScaling::Type::Llama3);
+  EXPECT_FLOAT_EQ(s.rope_theta, 12000000.0f);
+  const json back = json::parse(hf_config_json(s, DType::BF16));
+  EXPECT_EQ(back.at("hidden_act").get<std::string>(), "xielu");
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  json bad = cfg;
+  bad["hidden_act"] = "silu";
+  try {
+    (void)spec_from_hf_config(bad, "config.json");
+    ADD_FAILURE() << "hidden_act silu was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("xielu"), std::string::npos) << e.what();
+  }
+}
+
 // StarCoder's shape (bigcode/starcoder, GPT-BigCode: n_embd 6144, 40 layers, 48 heads sharing one key/value
 // head, n_inner 24576, 8192 positions, vocab 49152, tied), read to transformers' count on the meta device
 // (15,517,456,384 parameters); multi_query false gives a key/value head per head, per-head q | k | v rows.

@@ -290,6 +290,38 @@ TEST(OpsBackward, Activations) {
   }
 }
 
+// xIELU (Apertus) with a layer's parameters: the forward against the formula in double (softplus
+// as torch's), the backward against central differences, away from 0 and eps where it has kinks.
+TEST(OpsBackward, Xielu) {
+  std::mt19937 rng(13);
+  const int64_t N = 41;
+  VecF x = randn(N, rng, 2.0f);
+  for (float& v : x)
+    if (std::fabs(v) < 0.05f) v = 0.3f;  // (the kinks at 0 and eps = -1e-6)
+  const VecF R = randn(N, rng);
+  XieluParams xp;
+  xp.alpha_p = -0.4f;
+  xp.alpha_n = 0.7f;
+  xp.beta = 0.45f;
+  xp.eps = -1e-6f;
+  const double ap = std::log1p(std::exp(double(xp.alpha_p))), an = xp.beta + std::log1p(std::exp(double(xp.alpha_n)));
+  auto f = [&](double v) { return v > 0 ? ap * v * v + xp.beta * v : (std::expm1(std::min(v, double(xp.eps))) - v) * an + xp.beta * v; };
+  VecF out(N);
+  activation_forward(out.data(), x.data(), N, Activation::Xielu, &xp);
+  for (int64_t i = 0; i < N; ++i) EXPECT_NEAR(out[i], f(x[i]), 2e-6 * (1 + std::fabs(x[i]) * std::fabs(x[i]))) << x[i];
+  const VecF dx0 = randn(N, rng);
+  VecF dx = dx0;
+  activation_backward(dx.data(), R.data(), x.data(), N, Activation::Xielu, &xp);
+  expect_grad(minus(dx, dx0), finite_diff([&](const VecD& xx) {
+                double s = 0;
+                for (int64_t i = 0; i < N; ++i) s += f(xx[i]) * R[i];
+                return s;
+              }, to_d(x)),
+              "xielu dx");
+  // (without its parameters the op refuses rather than guess)
+  EXPECT_THROW(activation_forward(out.data(), x.data(), N, Activation::Xielu), Error);
+}
+
 TEST(OpsBackward, Rope) {
   std::mt19937 rng(2);
   const int64_t T = 3, NH = 4, HS = 6;

@@ -31,7 +31,8 @@ const char* activation_name(Activation a) {
     case Activation::Gelu: return "gelu";
     case Activation::GeluTanh: return "gelu_new";
     case Activation::Relu: return "relu";
-    case Activation::Relu2: break;  // (not a gpt_neox activation: its reader refuses it)
+    case Activation::Relu2:
+    case Activation::Xielu: break;  // (not gpt_neox activations: its reader refuses them)
   }
   return "gelu";
 }

@@ -201,6 +201,11 @@ FAMILIES = {
     # MPT (MPT-7B's block) at that size: 8 layers, 8 heads, ALiBi, LayerNorms without biases, fused Wqkv,
     # the exact GELU MLP 4 x 512, no biases, tied head.
     "mpt": ("MptConfig", dict(d_model=512, n_heads=8, n_layers=8, max_seq_len=2048, tie_word_embeddings=True)),
+    # Apertus-8B's block at that size: 8 layers, 8 heads of 64 with 2 key/value heads, q/k norms, an xIELU
+    # MLP 3.5x wide (Apertus-8B: 21504 / 4096), the llama3 rotary; untied head.
+    "apertus": ("ApertusConfig", dict(hidden_size=512, intermediate_size=1792, num_hidden_layers=8,
+                                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048,
+                                      tie_word_embeddings=False)),
     # Nemotron-H (Nemotron Nano 2's block) at that size: 12 layers of one branch each, Mamba2 (16 heads of
     # 64 in 8 groups, state 128, 4 taps), attention without positions (8 heads, 2 key/value heads of 64) or
     # a relu^2 MLP 1536 wide, in Nemotron Nano 2's proportions (M-M-M*-M-M-: half Mamba, one attention

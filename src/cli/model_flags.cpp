@@ -136,6 +136,8 @@ void attach_device(Model& model, const ModelFlags& f, bool quiet) {
   if (model.spec().moe())  // (model/moe_block.h routes on the host)
     fail("--device " + f.device, model.spec().family +
                                      " is a mixture-of-experts model, which runs on the CPU only for now: use --device cpu");
+  if (model.spec().act == Activation::Xielu)  // (no CUDA xIELU kernel yet)
+    fail("--device " + f.device, model.spec().family + "'s xIELU activation runs on the CPU only for now: use --device cpu");
   const char* env = std::getenv("QLORA_CUDA_ENGINE");
   const CudaEngine engine = choose_cuda_engine(model.spec(), env ? env : "", model.quant().int8);
   if (engine == CudaEngine::Runner) {

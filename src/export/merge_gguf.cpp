@@ -376,6 +376,9 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   if (lfm2_arch) w.set_u32(a + "shortconv.l_cache", static_cast<uint32_t>(s.la_conv_kernel));
   if (s.act == Activation::Xielu) {  // as convert_hf_to_gguf.py's ApertusModel: each layer's value, as stored
     if (arch != "apertus") fail(out_path, "a " + arch + " GGUF cannot carry xIELU (llama.cpp's apertus has it)");
+    if (s.tied_embeddings)
+      fail(out_path, "llama.cpp's apertus requires its own output.weight; this model ties its head to the embeddings: "
+                     "no GGUF form that loads there");
     static constexpr const char* kKeys[4] = {"xielu.alpha_p", "xielu.alpha_n", "xielu.beta", "xielu.eps"};
     for (int i = 0; i < 4; ++i) {
       std::vector<float> v;
@@ -931,7 +934,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
       }
       continue;
     }
-    if (s.act == Activation::Xielu && spec_t.name.find(".mlp.act_fn.") != std::string::npos) {  // (metadata: below)
+    if (s.act == Activation::Xielu && spec_t.name.find(".mlp.act_fn.") != std::string::npos) {  // (metadata: above)
       if (bar) bar->update(++*done, spec_t.name);
       continue;
     }

@@ -1,6 +1,7 @@
 // Scalar definitions of the activation kernels, and the run-time choice among instruction sets.
 #include "model/activation_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace qlora::kernels {
@@ -37,6 +38,25 @@ void erf_scalar(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = std::erf(x[i]);
 }
 
+void expm1_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::expm1(x[i]);
+}
+
+void xielu_forward_scalar(const float* x, float* y, int64_t n, const float* c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = v > 0.0f ? c[0] * v * v + c[2] * v : (std::expm1(std::min(v, c[3])) - v) * c[1] + c[2] * v;
+  }
+}
+
+void xielu_backward_scalar(float* dx, const float* dout, const float* x, int64_t n, const float* c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float dg = v > 0.0f ? 2.0f * c[0] * v + c[2] : v < c[3] ? std::expm1(v) * c[1] + c[2] : c[2] - c[1];
+    dx[i] += dout[i] * dg;
+  }
+}
+
 }  // namespace
 
 void gelu_tanh_inner(const float* g, float* t, int64_t n) {
@@ -47,7 +67,8 @@ void gelu_tanh_inner(const float* g, float* t, int64_t n) {
 }
 
 const ActivationKernels& scalar_activation_kernels() {
-  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar, erf_scalar};
+  static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar, erf_scalar, expm1_scalar,
+                                   xielu_forward_scalar, xielu_backward_scalar};
   return k;
 }
 

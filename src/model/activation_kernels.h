@@ -1,7 +1,7 @@
 #pragma once
 // Element-wise kernels of the activations, one set per instruction set, chosen at run time
 // like linear_kernels.h: SwiGLU forward and backward, exp over a vector (softmax), tanh (the
-// tanh-GELU and soft caps) and erf (the exact GELU).
+// tanh-GELU and soft caps), erf (the exact GELU) and expm1 (xIELU).
 //
 // The scalar kernels are the definitions (std::exp, i.e. glibc's expf, in the order the ops
 // have always run). The AVX2 kernels are bit-identical to them: their exp reproduces
@@ -34,6 +34,17 @@ struct ActivationKernels {
   // tools/fit_erf_coefficients.py, error ~1e-11 before the rounding), so it is within an ulp of
   // erff (tested), not bit-identical.
   void (*erf)(const float* x, float* y, int64_t n);
+  // y (n) = expm1(x) (y may alias x): xIELU's negative branch (Apertus). The scalar kernel is glibc's
+  // expm1f; the AVX2 one evaluates in double and rounds once (exp's double-precision steps minus 1 for
+  // |x| >= 1/2, expm1's series to x^12 below), within an ulp of expm1f (tested); |x| >= 87 and NaN
+  // lanes go through expm1f.
+  void (*expm1)(const float* x, float* y, int64_t n);
+  // xIELU (Apertus) with effective coefficients c = {softplus(alpha_p), beta + softplus(alpha_n), beta, eps}:
+  //   forward:  y (n) = x > 0 ? c0 x x + c2 x : (expm1(min(x, c3)) - x) c1 + c2 x   (y may alias x)
+  //   backward: dx (n) += dout * (x > 0 ? 2 c0 x + c2 : x < c3 ? expm1(x) c1 + c2 : c2 - c1)
+  // in float, op by op as written; the AVX2 kernels differ from the scalar ones only through expm1 (an ulp).
+  void (*xielu_forward)(const float* x, float* y, int64_t n, const float* c);
+  void (*xielu_backward)(float* dx, const float* dout, const float* x, int64_t n, const float* c);
 };
 
 // t (n) = tanh(sqrt(2 / pi) (g + 0.044715 g^3)), the tanh-GELU's inner tanh (gelu_pytorch_tanh =

@@ -212,10 +212,87 @@ void erf_avx2(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = std::erf(x[i]);
 }
 
+// expm1's series, x (1 + x/2! + x^2/3! + ... + x^11/12!): below |x| 1/2 the next term is < 2e-14 x.
+constexpr double kExpm1Series[12] = {1.0,           1.0 / 2,         1.0 / 6,          1.0 / 24,
+                                     1.0 / 120,     1.0 / 720,       1.0 / 5040,       1.0 / 40320,
+                                     1.0 / 362880,  1.0 / 3628800,   1.0 / 39916800,   1.0 / 479001600};
+
+// expm1 of four floats (each |x| < 87), in double, rounded to float.
+inline __m128 expm1_4(__m128 xf) {
+  const __m256d x = _mm256_cvtps_pd(xf);
+  const __m256d series = _mm256_mul_pd(x, poly4(kExpm1Series, x));
+  const __m256d viaexp = _mm256_sub_pd(exp4d(xf), _mm256_set1_pd(1.0));
+  const __m256d ax = _mm256_andnot_pd(_mm256_set1_pd(-0.0), x);
+  return _mm256_cvtpd_ps(_mm256_blendv_pd(series, viaexp, _mm256_cmp_pd(ax, _mm256_set1_pd(0.5), _CMP_GE_OQ)));
+}
+
+void expm1_avx2(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 a = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+    // (ordered compare: NaN lanes fail it too)
+    if (_mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(87.0f), _CMP_LT_OQ)) != 0xff) {
+      for (int64_t k = i; k < i + 8; ++k) y[k] = std::expm1(x[k]);
+      continue;
+    }
+    _mm256_storeu_ps(y + i, _mm256_setr_m128(expm1_4(_mm256_castps256_ps128(v)), expm1_4(_mm256_extractf128_ps(v, 1))));
+  }
+  for (; i < n; ++i) y[i] = std::expm1(x[i]);
+}
+
+// expm1 of eight floats, each in (-87, 0] after the caller's min with eps; false (nothing computed)
+// when a lane is out of that range or NaN.
+inline bool expm1_8_nonpositive(__m256 v, __m256* out) {
+  if (_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(-87.0f), _CMP_GT_OQ)) != 0xff) return false;
+  *out = _mm256_setr_m128(expm1_4(_mm256_castps256_ps128(v)), expm1_4(_mm256_extractf128_ps(v, 1)));
+  return true;
+}
+
+void xielu_forward_avx2(const float* x, float* y, int64_t n, const float* c) {
+  const __m256 c0 = _mm256_set1_ps(c[0]), c1 = _mm256_set1_ps(c[1]), c2 = _mm256_set1_ps(c[2]), c3 = _mm256_set1_ps(c[3]);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    __m256 e;
+    if (!expm1_8_nonpositive(_mm256_min_ps(v, c3), &e)) {  // (very negative or NaN lanes: the scalar kernel)
+      scalar_activation_kernels().xielu_forward(x + i, y + i, 8, c);
+      continue;
+    }
+    const __m256 bx = _mm256_mul_ps(c2, v);
+    const __m256 pos = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(c0, v), v), bx);
+    const __m256 neg = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(e, v), c1), bx);
+    _mm256_storeu_ps(y + i, _mm256_blendv_ps(neg, pos, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ)));
+  }
+  if (i < n) scalar_activation_kernels().xielu_forward(x + i, y + i, n - i, c);
+}
+
+void xielu_backward_avx2(float* dx, const float* dout, const float* x, int64_t n, const float* c) {
+  const __m256 c0 = _mm256_set1_ps(c[0]), c1 = _mm256_set1_ps(c[1]), c2 = _mm256_set1_ps(c[2]), c3 = _mm256_set1_ps(c[3]);
+  const __m256 two = _mm256_set1_ps(2.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    __m256 e;
+    if (!expm1_8_nonpositive(_mm256_min_ps(v, c3), &e)) {
+      scalar_activation_kernels().xielu_backward(dx + i, dout + i, x + i, 8, c);
+      continue;
+    }
+    const __m256 pos = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(two, c0), v), c2);
+    const __m256 neg = _mm256_add_ps(_mm256_mul_ps(e, c1), c2);
+    const __m256 flat = _mm256_sub_ps(c2, c1);
+    __m256 dg = _mm256_blendv_ps(flat, neg, _mm256_cmp_ps(v, c3, _CMP_LT_OQ));
+    dg = _mm256_blendv_ps(dg, pos, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+    _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), _mm256_mul_ps(_mm256_loadu_ps(dout + i), dg)));
+  }
+  if (i < n) scalar_activation_kernels().xielu_backward(dx + i, dout + i, x + i, n - i, c);
+}
+
 }  // namespace
 
 const ActivationKernels& avx2_activation_kernels() {
-  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2, tanh_avx2, erf_avx2};
+  static const ActivationKernels k{swiglu_forward_avx2, swiglu_backward_avx2, exp_avx2, tanh_avx2, erf_avx2, expm1_avx2,
+                                   xielu_forward_avx2, xielu_backward_avx2};
   return k;
 }
 

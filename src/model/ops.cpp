@@ -495,12 +495,12 @@ void activation_forward(float* out, const float* x, int64_t N, Activation act, c
   // (element by element: the threads' ranges give the same values as one pass)
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     switch (act) {
-      case Activation::Xielu:  // transformers' XIELUActivation._xielu_python, op by op
-        for (int64_t i = b; i < e; ++i) {
-          const float v = x[i];
-          out[i] = v > 0.0f ? ap * v * v + beta * v : (std::expm1(std::min(v, eps)) - v) * an + beta * v;
-        }
+      case Activation::Xielu: {  // transformers' XIELUActivation._xielu_python's formula, in float32 (rounded once
+                                 // after, as the other activations; the QLoRA recipe upcasts its alphas to float32)
+        const float c[4] = {ap, an, beta, eps};
+        kernels::active_activation_kernels().xielu_forward(x + b, out + b, e - b, c);  // (activation_kernels.h)
         break;
+      }
       case Activation::Gelu: {  // torch: x * 0.5 * (1 + erf(x / sqrt 2)); erf vectorized (activation_kernels.h)
         const auto& k = kernels::active_activation_kernels();
         float t[1024];
@@ -524,8 +524,12 @@ void activation_forward(float* out, const float* x, int64_t N, Activation act, c
       case Activation::Relu:
         for (int64_t i = b; i < e; ++i) out[i] = x[i] > 0.0f ? x[i] : 0.0f;
         break;
-      case Activation::Relu2:  // torch.square(relu(x))
-        for (int64_t i = b; i < e; ++i) out[i] = x[i] > 0.0f ? x[i] * x[i] : 0.0f;
+      case Activation::Relu2:  // torch.square(relu(x)) (the square computed, then selected: a conditional
+                               // product stays a mispredicted branch under -ftrapping-math)
+        for (int64_t i = b; i < e; ++i) {
+          const float v = x[i], sq = v * v;
+          out[i] = v > 0.0f ? sq : 0.0f;
+        }
         break;
     }
   });

@@ -183,13 +183,9 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
     const float ap = xielu_alpha_p(*xp), an = xielu_alpha_n(*xp), beta = xp->beta, eps = xp->eps;
     // x > 0: 2 ap x + beta; x < eps: (exp(x) - 1) an + beta; eps <= x <= 0: -an + beta (min's branch
     // is the constant there)
-    parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const float v = x[i];
-        const float dg = v > 0.0f ? 2.0f * ap * v + beta : v < eps ? std::expm1(v) * an + beta : beta - an;
-        dx[i] += dout[i] * dg;
-      }
-    });
+    const float c[4] = {ap, an, beta, eps};
+    const auto& k = kernels::active_activation_kernels();  // (vectorized: activation_kernels.h)
+    parallel_for_range(N, 16384, [&](int64_t b, int64_t e) { k.xielu_backward(dx + b, dout + b, x + b, e - b, c); });
     return;
   }
   constexpr float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
@@ -203,6 +199,16 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
           const float g = x[i0 + j], th = t[j];
           dx[i0 + j] += dout[i0 + j] * (0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * kBeta * (1.0f + 3.0f * kKappa * g * g));
         }
+      }
+    });
+    return;
+  }
+  if (act == Activation::Relu || act == Activation::Relu2) {  // (branch-free selects: vectorizable)
+    const bool sq = act == Activation::Relu2;
+    parallel_for_range(N, 16384, [&, sq](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float g = x[i], slope = sq ? 2.0f * g : 1.0f;
+        dx[i] += dout[i] * (g > 0.0f ? slope : 0.0f);
       }
     });
     return;

@@ -195,3 +195,95 @@ TEST(ActivationKernels, ErfIsWithinAnUlpOfErff) {
     }
   }
 }
+
+// The vectorized expm1 against glibc's expm1f: every float on a fine stride through (-90, 90) (the
+// series below |x| 1/2, exp - 1 above, the scalar path from 87), tiny and subnormal values, signed
+// zeros, infinities and NaN, at sizes that leave tails; within one ulp of expm1f.
+TEST(ActivationKernels, Expm1IsWithinAnUlpOfExpm1f) {
+  std::vector<float> xs;
+  for (float v = -90.0f; v < 90.0f; v = std::nextafter(v + 2e-5f * std::max(1.0f, std::fabs(v)), 91.0f)) xs.push_back(v);
+  for (float v : {0.0f, -0.0f, 0.5f, -0.5f, std::nextafter(0.5f, 0.0f), std::nextafter(-0.5f, 0.0f), 1e-30f, -1e-20f,
+                  1e-40f, -1e-45f, -1e-6f, 1e-7f, 86.99f, -86.99f, 87.0f, -87.0f, 88.7f, -100.0f,
+                  std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
+    xs.push_back(v);
+  xs.push_back(std::numeric_limits<float>::quiet_NaN());
+  const auto& scalar = kernels::scalar_activation_kernels();
+  std::vector<float> ref(xs.size());
+  scalar.expm1(xs.data(), ref.data(), static_cast<int64_t>(xs.size()));
+  for (SimdLevel lv : fast_levels()) {
+    const ActivationKernels& k = kernels::activation_kernels_for(lv);
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{9}, int64_t{23}, static_cast<int64_t>(xs.size())}) {
+      std::vector<float> got(static_cast<size_t>(n));
+      k.expm1(xs.data() + xs.size() - n, got.data(), n);
+      double worst_ulps = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float want = ref[xs.size() - n + i], x = xs[xs.size() - n + i];
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got[i])) << x;
+          continue;
+        }
+        if (std::isinf(want)) {
+          EXPECT_EQ(got[i], want) << x;
+          continue;
+        }
+        EXPECT_EQ(std::signbit(got[i]), std::signbit(want)) << x;
+        const float aw = std::fabs(want);
+        const double ulp = aw == 0.0f ? std::numeric_limits<float>::denorm_min() : aw - std::nextafter(aw, 0.0f);
+        const double d = std::fabs(double(got[i]) - want);
+        worst_ulps = std::max(worst_ulps, d / ulp);
+        EXPECT_LE(d, ulp) << simd_level_name(lv) << " expm1(" << std::hexfloat << x << ") = " << got[i] << ", expm1f " << want;
+      }
+      std::vector<float> alias(xs.end() - n, xs.end());  // y may alias x
+      k.expm1(alias.data(), alias.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!std::isnan(alias[i])) {
+          EXPECT_EQ(alias[i], got[i]);
+        }
+      }
+      if (n == static_cast<int64_t>(xs.size())) RecordProperty("worst_ulps", std::to_string(worst_ulps));
+    }
+  }
+}
+
+// xIELU's forward and backward kernels against the scalar ones on awkward sizes (tails, the kinks at 0
+// and eps, very negative lanes that take the scalar path, aliasing): they differ only through expm1's
+// last bit, so within a few float ulps of each value.
+TEST(ActivationKernels, XieluMatchesTheScalarKernels) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  const float c[4] = {0.6f, 1.3f, 0.45f, -1e-6f};
+  const auto& scalar = kernels::scalar_activation_kernels();
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{9}, int64_t{37}, int64_t{1000}}) {
+    std::vector<float> x(static_cast<size_t>(n)), dout(static_cast<size_t>(n)), dx0(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = d(rng);
+      dout[i] = d(rng);
+      dx0[i] = d(rng);
+    }
+    if (n > 5) {
+      x[1] = 0.0f;
+      x[2] = -1e-6f;
+      x[3] = -5e-7f;
+      x[4] = -120.0f;  // (below -87: the scalar path for its eight)
+      x[5] = std::nextafter(0.0f, 1.0f);
+    }
+    std::vector<float> yr(x.size()), dxr = dx0;
+    scalar.xielu_forward(x.data(), yr.data(), n, c);
+    scalar.xielu_backward(dxr.data(), dout.data(), x.data(), n, c);
+    for (SimdLevel lv : fast_levels()) {
+      const ActivationKernels& k = kernels::activation_kernels_for(lv);
+      std::vector<float> y(x.size()), dx = dx0;
+      k.xielu_forward(x.data(), y.data(), n, c);
+      k.xielu_backward(dx.data(), dout.data(), x.data(), n, c);
+      for (int64_t i = 0; i < n; ++i) {
+        EXPECT_NEAR(y[i], yr[i], 4e-7f * std::max(1.0f, std::fabs(yr[i]))) << simd_level_name(lv) << " x " << x[i];
+        // (expm1's ulp, times c1 and dout, on top of dx's own rounding)
+        EXPECT_NEAR(dx[i], dxr[i], 4e-7f * std::max(1.0f, std::fabs(dxr[i])) + 2e-7f * c[1] * std::fabs(dout[i]))
+            << simd_level_name(lv) << " x " << x[i];
+      }
+      std::vector<float> alias = x;  // y may alias x
+      k.xielu_forward(alias.data(), alias.data(), n, c);
+      EXPECT_EQ(std::memcmp(alias.data(), y.data(), y.size() * 4), 0) << simd_level_name(lv) << " aliased n " << n;
+    }
+  }
+}

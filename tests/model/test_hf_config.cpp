@@ -876,6 +876,14 @@ TEST(HfConfig, ApertusConfig) {
   const json back = json::parse(hf_config_json(s, DType::BF16));
   EXPECT_EQ(back.at("hidden_act").get<std::string>(), "xielu");
   EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  EXPECT_FLOAT_EQ(s.norm_eps, 1e-5f);
+  // An unscaled rotary is written as such (else ApertusConfig, and the reader, would take llama3).
+  json plain = cfg;
+  plain["rope_scaling"] = {{"rope_type", "default"}, {"rope_theta", 1000000.0}};
+  const ModelSpec ps = spec_from_hf_config(plain, "config.json");
+  EXPECT_EQ(ps.rope_scaling.type, RopeScaling::Type::None);
+  EXPECT_EQ(spec_from_hf_config(json::parse(hf_config_json(ps, DType::BF16)), "config.json").rope_scaling.type,
+            RopeScaling::Type::None);
   json bad = cfg;
   bad["hidden_act"] = "silu";
   try {

@@ -29,14 +29,17 @@ void apertus_normalize(json& j) {
   for (const char* k : {"rope_parameters", "rope_scaling"})  // (null as absent: the class's default then)
     if (const json* v = config::find_key(j, k); v && !v->is_null()) return;
   j.erase("rope_scaling");
-  const double theta = j.contains("rope_theta") && j["rope_theta"].is_number() ? j["rope_theta"].get<double>() : 12000000.0;
-  j["rope_parameters"] = {{"rope_type", "llama3"},           {"rope_theta", theta},
+  // (its theta too: the class's default dict wins over a top-level rope_theta, as convert_rope_params_to_dict
+  // only fills in what the dict lacks)
+  j["rope_theta"] = 12000000.0;
+  j["rope_parameters"] = {{"rope_type", "llama3"},           {"rope_theta", 12000000.0},
                           {"factor", 8.0},                   {"original_max_position_embeddings", 8192},
                           {"low_freq_factor", 1.0},          {"high_freq_factor", 4.0}};
 }
 
 void apertus_read(const json& j, const std::string& where, ModelSpec& s) {
   apertus_block(s);
+  s.norm_eps = config::get_float(j, "rms_norm_eps", where, 1e-5f);  // (ApertusConfig's default)
   const json* a = config::find_key(j, "hidden_act");
   if (a && !(a->is_string() && a->get<std::string>() == "xielu"))
     fail(where, "hidden_act " + config::shown(*a) + " is not supported for apertus (xielu)");
@@ -49,6 +52,8 @@ void apertus_write(const ModelSpec& s, ordered_json& j) {
     fail("config.json", "not an apertus block");
   j["hidden_act"] = "xielu";
   j["attention_bias"] = s.qkv_bias;
+  // (an unscaled rotary said explicitly: without it ApertusConfig, and our reader, take llama3)
+  if (s.rope_scaling.type == RopeScaling::Type::None) j["rope_scaling"] = {{"rope_type", "default"}, {"rope_theta", s.rope_theta}};
 }
 
 void apertus_gguf(const GgufLlamaHParams& /*hp*/, ModelSpec& s) { apertus_block(s); }

@@ -207,7 +207,7 @@ void activation_backward(float* dx, const float* dout, const float* x, int64_t N
     const bool sq = act == Activation::Relu2;
     parallel_for_range(N, 16384, [&, sq](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        const float g = x[i], slope = sq ? 2.0f * g : 1.0f;
+        const float g = x[i], twice = 2.0f * g, slope = sq ? twice : 1.0f;
         dx[i] += dout[i] * (g > 0.0f ? slope : 0.0f);
       }
     });

@@ -145,9 +145,63 @@ TEST(ActivationKernels, TanhIsWithinThreeUlpsOfTanhf) {
   }
 }
 
+// Kernel `fn` of every fast level against the scalar one (the C library's function) on xs, at sizes
+// that leave tails and aliased: within one ulp of the reference (the ulp below its magnitude), the
+// same sign, NaN for NaN, infinities exact. Records the worst ulps and how many differ.
+namespace {
+
+using UnaryKernel = void (*ActivationKernels::*)(const float*, float*, int64_t);
+void expect_within_one_ulp(UnaryKernel fn, const std::vector<float>& xs, const char* what) {
+  const auto& scalar = kernels::scalar_activation_kernels();
+  std::vector<float> ref(xs.size());
+  (scalar.*fn)(xs.data(), ref.data(), static_cast<int64_t>(xs.size()));
+  for (SimdLevel lv : fast_levels()) {
+    const ActivationKernels& k = kernels::activation_kernels_for(lv);
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{9}, int64_t{23}, static_cast<int64_t>(xs.size())}) {
+      std::vector<float> got(static_cast<size_t>(n));
+      (k.*fn)(xs.data() + xs.size() - n, got.data(), n);
+      double worst_ulps = 0;
+      int64_t differing = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float want = ref[xs.size() - n + i], x = xs[xs.size() - n + i];
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got[i])) << what << " " << x;
+          continue;
+        }
+        if (std::isinf(want)) {
+          EXPECT_EQ(got[i], want) << what << " " << x;
+          continue;
+        }
+        EXPECT_EQ(std::signbit(got[i]), std::signbit(want)) << what << " " << x;
+        // (the ulp of the smaller neighbour: below a power of two the spacing halves)
+        const float aw = std::fabs(want);
+        const double ulp = aw == 0.0f ? std::numeric_limits<float>::denorm_min() : aw - std::nextafter(aw, 0.0f);
+        const double d = std::fabs(double(got[i]) - want);
+        worst_ulps = std::max(worst_ulps, d / ulp);
+        differing += d != 0;
+        EXPECT_LE(d, ulp) << simd_level_name(lv) << " " << what << "(" << std::hexfloat << x << ") = " << got[i]
+                          << ", the C library's " << want;
+      }
+      std::vector<float> alias(xs.end() - n, xs.end());  // y may alias x
+      (k.*fn)(alias.data(), alias.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!std::isnan(alias[i])) {
+          EXPECT_EQ(alias[i], got[i]) << what;
+        }
+      }
+      if (n == static_cast<int64_t>(xs.size())) {
+        ::testing::Test::RecordProperty(std::string(what) + "_worst_ulps", std::to_string(worst_ulps));
+        ::testing::Test::RecordProperty(std::string(what) + "_differing", std::to_string(differing) + " of " + std::to_string(n));
+      }
+    }
+  }
+}
+
+}  // namespace
+
 // The vectorized erf against glibc's erff (the scalar kernel): every float on a fine stride
 // through (-6, 6) (both polynomials, the switch at |x| 1, the clamp at 4), tiny and subnormal
-// values, signed zeros, infinities and NaN, at sizes that leave tails; within one ulp of erff.
+// values, signed zeros, infinities and NaN; within one ulp of erff.
 TEST(ActivationKernels, ErfIsWithinAnUlpOfErff) {
   std::vector<float> xs;
   for (float v = -6.0f; v < 6.0f; v = std::nextafter(v + 2e-5f * std::max(1.0f, std::fabs(v)), 7.0f)) xs.push_back(v);
@@ -156,49 +210,12 @@ TEST(ActivationKernels, ErfIsWithinAnUlpOfErff) {
                   std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
     xs.push_back(v);
   xs.push_back(std::numeric_limits<float>::quiet_NaN());
-  const auto& scalar = kernels::scalar_activation_kernels();
-  std::vector<float> ref(xs.size());
-  scalar.erf(xs.data(), ref.data(), static_cast<int64_t>(xs.size()));
-  for (SimdLevel lv : fast_levels()) {
-    const ActivationKernels& k = kernels::activation_kernels_for(lv);
-    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{9}, int64_t{23}, static_cast<int64_t>(xs.size())}) {
-      std::vector<float> got(static_cast<size_t>(n));
-      k.erf(xs.data() + xs.size() - n, got.data(), n);
-      double worst_ulps = 0;
-      int64_t off_by_one = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const float want = ref[xs.size() - n + i], x = xs[xs.size() - n + i];
-        if (std::isnan(want)) {
-          EXPECT_TRUE(std::isnan(got[i])) << x;
-          continue;
-        }
-        EXPECT_EQ(std::signbit(got[i]), std::signbit(want)) << x;
-        // (the ulp of the smaller neighbour: below 1 the spacing halves at each power of two)
-        const float aw = std::fabs(want);
-        const double ulp = aw == 0.0f ? std::numeric_limits<float>::denorm_min() : aw - std::nextafter(aw, 0.0f);
-        const double d = std::fabs(double(got[i]) - want);
-        worst_ulps = std::max(worst_ulps, d / ulp);
-        off_by_one += d != 0;
-        EXPECT_LE(d, ulp) << simd_level_name(lv) << " erf(" << std::hexfloat << x << ") = " << got[i] << ", erff " << want;
-      }
-      std::vector<float> alias(xs.end() - n, xs.end());  // y may alias x
-      k.erf(alias.data(), alias.data(), n);
-      for (int64_t i = 0; i < n; ++i) {
-        if (!std::isnan(alias[i])) {
-          EXPECT_EQ(alias[i], got[i]);
-        }
-      }
-      if (n == static_cast<int64_t>(xs.size())) {
-        RecordProperty("worst_ulps", std::to_string(worst_ulps));
-        RecordProperty("differing", std::to_string(off_by_one) + " of " + std::to_string(n));
-      }
-    }
-  }
+  expect_within_one_ulp(&ActivationKernels::erf, xs, "erf");
 }
 
 // The vectorized expm1 against glibc's expm1f: every float on a fine stride through (-90, 90) (the
 // series below |x| 1/2, exp - 1 above, the scalar path from 87), tiny and subnormal values, signed
-// zeros, infinities and NaN, at sizes that leave tails; within one ulp of expm1f.
+// zeros, infinities and NaN; within one ulp of expm1f.
 TEST(ActivationKernels, Expm1IsWithinAnUlpOfExpm1f) {
   std::vector<float> xs;
   for (float v = -90.0f; v < 90.0f; v = std::nextafter(v + 2e-5f * std::max(1.0f, std::fabs(v)), 91.0f)) xs.push_back(v);
@@ -207,42 +224,7 @@ TEST(ActivationKernels, Expm1IsWithinAnUlpOfExpm1f) {
                   std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
     xs.push_back(v);
   xs.push_back(std::numeric_limits<float>::quiet_NaN());
-  const auto& scalar = kernels::scalar_activation_kernels();
-  std::vector<float> ref(xs.size());
-  scalar.expm1(xs.data(), ref.data(), static_cast<int64_t>(xs.size()));
-  for (SimdLevel lv : fast_levels()) {
-    const ActivationKernels& k = kernels::activation_kernels_for(lv);
-    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{9}, int64_t{23}, static_cast<int64_t>(xs.size())}) {
-      std::vector<float> got(static_cast<size_t>(n));
-      k.expm1(xs.data() + xs.size() - n, got.data(), n);
-      double worst_ulps = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const float want = ref[xs.size() - n + i], x = xs[xs.size() - n + i];
-        if (std::isnan(want)) {
-          EXPECT_TRUE(std::isnan(got[i])) << x;
-          continue;
-        }
-        if (std::isinf(want)) {
-          EXPECT_EQ(got[i], want) << x;
-          continue;
-        }
-        EXPECT_EQ(std::signbit(got[i]), std::signbit(want)) << x;
-        const float aw = std::fabs(want);
-        const double ulp = aw == 0.0f ? std::numeric_limits<float>::denorm_min() : aw - std::nextafter(aw, 0.0f);
-        const double d = std::fabs(double(got[i]) - want);
-        worst_ulps = std::max(worst_ulps, d / ulp);
-        EXPECT_LE(d, ulp) << simd_level_name(lv) << " expm1(" << std::hexfloat << x << ") = " << got[i] << ", expm1f " << want;
-      }
-      std::vector<float> alias(xs.end() - n, xs.end());  // y may alias x
-      k.expm1(alias.data(), alias.data(), n);
-      for (int64_t i = 0; i < n; ++i) {
-        if (!std::isnan(alias[i])) {
-          EXPECT_EQ(alias[i], got[i]);
-        }
-      }
-      if (n == static_cast<int64_t>(xs.size())) RecordProperty("worst_ulps", std::to_string(worst_ulps));
-    }
-  }
+  expect_within_one_ulp(&ActivationKernels::expm1, xs, "expm1");
 }
 
 // xIELU's forward and backward kernels against the scalar ones on awkward sizes (tails, the kinks at 0

@@ -489,18 +489,17 @@ float xielu_alpha_p(const XieluParams& xp) { return torch_softplus(xp.alpha_p); 
 float xielu_alpha_n(const XieluParams& xp) { return xp.beta + torch_softplus(xp.alpha_n); }
 
 void activation_forward(float* out, const float* x, int64_t N, Activation act, const XieluParams* xp) {
-  if (act == Activation::Xielu && !xp) fail("activation_forward", "xIELU needs its layer's parameters");
-  const float ap = xp ? xielu_alpha_p(*xp) : 0.0f, an = xp ? xielu_alpha_n(*xp) : 0.0f;
-  const float beta = xp ? xp->beta : 0.0f, eps = xp ? xp->eps : 0.0f;
+  if (act == Activation::Xielu) {  // (its coefficients once per call, not per thread or for other activations)
+    if (!xp) fail("activation_forward", "xIELU needs its layer's parameters");
+    const float c[4] = {xielu_alpha_p(*xp), xielu_alpha_n(*xp), xp->beta, xp->eps};
+    const auto& k = kernels::active_activation_kernels();  // (activation_kernels.h)
+    parallel_for_range(N, 16384, [&](int64_t b, int64_t e) { k.xielu_forward(x + b, out + b, e - b, c); });
+    return;
+  }
   // (element by element: the threads' ranges give the same values as one pass)
   parallel_for_range(N, 16384, [&](int64_t b, int64_t e) {
     switch (act) {
-      case Activation::Xielu: {  // transformers' XIELUActivation._xielu_python's formula, in float32 (rounded once
-                                 // after, as the other activations; the QLoRA recipe upcasts its alphas to float32)
-        const float c[4] = {ap, an, beta, eps};
-        kernels::active_activation_kernels().xielu_forward(x + b, out + b, e - b, c);  // (activation_kernels.h)
-        break;
-      }
+      case Activation::Xielu: break;  // (above)
       case Activation::Gelu: {  // torch: x * 0.5 * (1 + erf(x / sqrt 2)); erf vectorized (activation_kernels.h)
         const auto& k = kernels::active_activation_kernels();
         float t[1024];

@@ -198,6 +198,10 @@ FAMILIES = {
     # groups, state 128, 4 taps) -> residual; no attention, no MLP.
     "mamba2": ("Mamba2Config", dict(hidden_size=512, num_hidden_layers=8, num_heads=16, head_dim=64, state_size=128,
                                     n_groups=8, conv_kernel=4, expand=2, tie_word_embeddings=True)),
+    # Falcon-Mamba (falcon-mamba-7b's block) at that size: 8 layers of norm -> Mamba mixer (1024 channels,
+    # state 16, 4 taps, time_step_rank 32, weightless dt / B / C norms) -> residual; untied head.
+    "falcon_mamba": ("FalconMambaConfig", dict(hidden_size=512, num_hidden_layers=8, state_size=16, expand=2,
+                                               conv_kernel=4, tie_word_embeddings=False)),
     # MPT (MPT-7B's block) at that size: 8 layers, 8 heads, ALiBi, LayerNorms without biases, fused Wqkv,
     # the exact GELU MLP 4 x 512, no biases, tied head.
     "mpt": ("MptConfig", dict(d_model=512, n_heads=8, n_layers=8, max_seq_len=2048, tie_word_embeddings=True)),

@@ -400,6 +400,26 @@ FAMILIES = {
                                     tie_word_embeddings=False, _ssm_random=True,
                                     # (PEFT refuses LoRA on a Mamba model's out_proj, so all-linear fails there)
                                     _targets=["in_proj"])),
+    # Mamba (1) (the state-spaces models' MambaForCausalLM): norm -> mixer -> residual, 2 layers of 128
+    # channels (expand 2), state 8, 4 conv taps with a bias, time_step_rank "auto" (4), the head tied.
+    # A_log (channels, state), D and every bias drawn at random (_ssm_random). PEFT refuses out_proj and
+    # transformers' mixer bypasses an adapter on dt_proj (it multiplies by dt_proj.weight itself): the
+    # adapter names in_proj and x_proj, what qlora's all-linear picks here.
+    "mamba": ("MambaConfig", dict(_drop=("intermediate_size", "num_attention_heads", "num_key_value_heads",
+                                         "max_position_embeddings", "rms_norm_eps"),
+                                  state_size=8, expand=2, conv_kernel=4, layer_norm_epsilon=1e-6,
+                                  tie_word_embeddings=True, _ssm_random=True, _targets=["in_proj", "x_proj"])),
+    # Falcon-Mamba: the same mixer with weightless RMSNorms on dt, B and C, the head untied as
+    # falcon-mamba-7b's; 3 layers. mixer_rms_eps equals the layers' epsilon here because llama.cpp's
+    # graph runs those norms with the layers' (its GGUF has no key for it) and the fixture's GGUF must
+    # agree with transformers; tests/model/test_hf_config.cpp checks that the key itself is read.
+    "falcon_mamba": ("FalconMambaConfig", dict(_drop=("intermediate_size", "num_attention_heads",
+                                                      "num_key_value_heads", "max_position_embeddings",
+                                                      "rms_norm_eps"),
+                                               num_hidden_layers=3, state_size=8, expand=2, conv_kernel=4,
+                                               time_step_rank=6, layer_norm_epsilon=1e-5, mixer_rms_eps=1e-5,
+                                               tie_word_embeddings=False, _ssm_random=True,
+                                               _targets=["in_proj", "x_proj"])),
     # NVIDIA Nemotron-H (Nemotron Nano 2's block): each layer norm -> one branch -> residual, the branch a
     # Mamba2 mixer (4 heads of 24 in 2 groups: an inner width of heads x head size, not expand x hidden;
     # state 8, 4 taps with a bias, chunks of 8), attention without positions (4 heads of 16, 2 key/value
@@ -1100,7 +1120,51 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
              "nemotron_h_moe": "nemotron_h_moe", "apertus": "apertus",
              "mamba2": "mamba2", "gpt_bigcode": "starcoder", "mpt": "mpt",
-             "bamba": "granitehybrid"}
+             "bamba": "granitehybrid", "mamba": "mamba", "falcon_mamba": "mamba"}
+
+
+def write_gguf_mamba(model, path: Path):
+    """As llama.cpp's converter writes MambaForCausalLM and FalconMambaForCausalLM (conversion/mamba.py:
+    MambaModel): the context 2**20, feed_forward_length and head_count 0, the ssm.* sizes (time_step_rank
+    dt_proj's rank), layer_norm_epsilon as attention.layer_norm_rms_epsilon, ssm.dt_b_c_rms for
+    falcon_mamba; each layer's norm as attn_norm; ssm_a = -exp(A_log) (channels, state), ssm_d, the conv
+    taps squeezed; x_proj as ssm_x, dt_proj (weight and bias) as ssm_dt; the head left out when tied."""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "mamba")
+    w.add_context_length(2 ** 20)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(0)
+    w.add_head_count(0)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_ssm_conv_kernel(c.conv_kernel)
+    w.add_ssm_inner_size(c.intermediate_size)
+    w.add_ssm_state_size(c.state_size)
+    w.add_ssm_time_step_rank(c.time_step_rank)
+    w.add_layer_norm_rms_eps(c.layer_norm_epsilon)
+    w.add_ssm_dt_b_c_rms(c.model_type == "falcon_mamba")
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"mixer.in_proj": "ssm_in", "mixer.conv1d": "ssm_conv1d", "mixer.x_proj": "ssm_x", "mixer.dt_proj": "ssm_dt",
+             "mixer.out_proj": "ssm_out", "norm": "attn_norm"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        name = name.replace("backbone.embeddings.", "model.embed_tokens.").replace("backbone.norm_f.", "model.norm.")
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if rest == "mixer.A_log":
+            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t)))
+        elif rest == "mixer.D":
+            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t))
+        else:
+            mod, suffix = rest.rsplit(".", 1)
+            if mod == "mixer.conv1d" and suffix == "weight":
+                t = t.reshape(t.shape[0], t.shape[2])
+            w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
 
 
 def write_gguf_bloom(model, path: Path):
@@ -1937,6 +2001,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_nemotron_h(model, path)
     if arch == "mamba2":
         return write_gguf_mamba2(model, path)
+    if arch == "mamba":
+        return write_gguf_mamba(model, path)
     import gguf
     import numpy as np
     c = model.config

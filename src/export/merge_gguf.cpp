@@ -190,6 +190,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool pure_mamba2 = arch == "mamba2";
   // (llama.cpp's Mamba2 layers: granitehybrid's, nemotron_h's and mamba2's tensors)
   const bool mamba2_arch = granitehybrid || nemotron_h || pure_mamba2;
+  // (llama.cpp's mamba: Mamba (1) layers only -- MambaForCausalLM's and FalconMambaForCausalLM's)
+  const bool mamba1_arch = arch == "mamba";
+  if (mamba1_arch) {  // what llama.cpp's mamba graph runs (families/mamba1.cpp's reader lists it)
+    bool all_mamba = s.la_mamba1 && s.no_mlp;
+    for (int64_t l = 0; l < s.n_layers && all_mamba; ++l) all_mamba = s.layer_is_linear_attn(l);
+    if (!all_mamba || !s.la_conv_bias || s.la_proj_bias || s.la_value_dim() != 2 * s.hidden)
+      fail(out_path, "llama.cpp's mamba runs Mamba layers only, of twice the hidden width, with a conv bias and no "
+                     "projection biases; this model differs: no GGUF form");
+  }
   if (pure_mamba2) {  // what llama.cpp's mamba2 graph runs (families/mamba.cpp's reader lists it)
     bool all_mamba = s.la_mamba2 && s.no_mlp;
     for (int64_t l = 0; l < s.n_layers && all_mamba; ++l) all_mamba = s.layer_is_linear_attn(l);
@@ -340,10 +349,11 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32("general.quantization_version", 2);
   const std::string a = arch + ".";
   // (nemotron_h: as its converter writes it for a model without positions)
-  w.set_u32(a + "context_length", static_cast<uint32_t>(nemotron_h || pure_mamba2 ? int64_t{1} << 20 : s.max_positions));
+  w.set_u32(a + "context_length",
+            static_cast<uint32_t>(nemotron_h || pure_mamba2 || mamba1_arch ? int64_t{1} << 20 : s.max_positions));
   w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
   w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
-  if (pure_mamba2) {  // (as MambaModel / Mamba2Model write them: no MLP, no heads)
+  if (pure_mamba2 || mamba1_arch) {  // (as MambaModel / Mamba2Model write them: no MLP, no heads)
     w.set_u32(a + "feed_forward_length", 0);
   } else if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it;
                             // the experts' on the MoE layers)
@@ -359,8 +369,8 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // (granitehybrid with experts: HF's intermediate_size, the experts' width)
     w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(granitehybrid && s.moe() ? s.expert_ffn : s.ffn));
   }
-  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(pure_mamba2 ? 0 : s.n_heads));
-  if (pure_mamba2) {
+  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(pure_mamba2 || mamba1_arch ? 0 : s.n_heads));
+  if (pure_mamba2 || mamba1_arch) {
     // (no key/value heads either)
   } else if (gemma4 && s.attention_geometry(true).kv_heads != s.n_kv_heads) {
     std::vector<int32_t> kv;
@@ -395,6 +405,13 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "ssm.group_count", 8);
     w.set_u32(a + "ssm.time_step_rank", 128);
     w.set_u32(a + "ssm.inner_size", 128 * 64);
+  }
+  if (mamba1_arch) {  // as convert_hf_to_gguf.py's MambaModel (time_step_rank: dt_proj's rank)
+    w.set_u32(a + "ssm.conv_kernel", static_cast<uint32_t>(s.la_conv_kernel));
+    w.set_u32(a + "ssm.inner_size", static_cast<uint32_t>(s.la_value_dim()));
+    w.set_u32(a + "ssm.state_size", static_cast<uint32_t>(s.la_k_dim));
+    w.set_u32(a + "ssm.time_step_rank", static_cast<uint32_t>(s.la_dt_rank));
+    w.set_bool(a + "ssm.dt_b_c_rms", s.la_bcdt_norm);
   }
   if (mamba2_arch) {  // as convert_hf_to_gguf.py's GraniteHybridModel (and NemotronHModel, derived from it)
     if (s.hybrid()) {
@@ -941,13 +958,15 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     TensorSpec t = spec_t;
     const bool delta_net = delta_net_arch && t.name.find(".linear_attn.") != std::string::npos;
     // (the conv taps, (channels, 1, kernel): squeezed and float32, as llama.cpp's converters keep them)
-    const bool conv_taps = (delta_net_arch || lfm2_arch || mamba2_arch) && t.name.ends_with(".linear_attn.conv1d.weight");
+    const bool conv_taps =
+        (delta_net_arch || lfm2_arch || mamba2_arch || mamba1_arch) && t.name.ends_with(".linear_attn.conv1d.weight");
     if (conv_taps) t.shape = {t.shape[0], t.shape.back()};
     // (granitehybrid: ssm_a (-exp(A_log)) and ssm_d as (heads, 1), ssm_norm as (groups, inner /
     // groups), float32, as its converter writes them)
-    const bool ssm_a = mamba2_arch && t.name.ends_with(".linear_attn.A_log");
-    const bool ssm_vector = ssm_a || (mamba2_arch && t.name.ends_with(".linear_attn.D"));
-    if (ssm_vector) t.shape = {t.shape[0], 1};
+    // (mamba: ssm_a (-exp(A_log)) as transformers' (channels, state), float32 with ssm_d)
+    const bool ssm_a = (mamba2_arch || mamba1_arch) && t.name.ends_with(".linear_attn.A_log");
+    const bool ssm_vector = ssm_a || ((mamba2_arch || mamba1_arch) && t.name.ends_with(".linear_attn.D"));
+    if (ssm_vector && mamba2_arch) t.shape = {t.shape[0], 1};
     if (mamba2_arch && t.name.ends_with(".linear_attn.norm.weight")) t.shape = {s.la_k_heads, t.shape[0] / s.la_k_heads};
     // (Qwen2-MoE's shared_expert_gate, (1, hidden), is one row of hidden in llama.cpp)
     if (s.shared_expert && t.name.ends_with(std::string(kMoeSharedGateModule) + ".weight")) t.shape = {s.hidden};

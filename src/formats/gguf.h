@@ -290,6 +290,8 @@ struct GgufLlamaHParams {
   // and feed_forward_length 0. Whether blk.N.ssm_conv1d.bias exists (optional in its loader).
   std::vector<bool> mlp_layers;
   bool ssm_conv_bias = false;
+  // mamba: ssm.dt_b_c_rms (Falcon-Mamba's RMSNorms on the mixer's dt, B and C).
+  bool ssm_dt_b_c_rms = false;
   // mpt: {arch}.attention.max_alibi_bias (0: absent).
   float max_alibi_bias = 0.0f;
   // Per-layer forms (gemma4): {arch}.attention.head_count_kv and .feed_forward_length given as

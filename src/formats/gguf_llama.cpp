@@ -242,12 +242,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     hp.ssm_conv_bias = f.find_tensor("blk.0.ssm_conv1d.bias") != nullptr;
     for (int64_t l = 0; l < hp.num_layers && !hp.ssm_conv_bias; ++l)
       hp.ssm_conv_bias = f.find_tensor("blk." + std::to_string(l) + ".ssm_conv1d.bias") != nullptr;
-  } else if (hp.architecture == "mamba2") {  // (feed_forward_length and head_count 0: no MLP, no attention)
+  } else if (hp.architecture == "mamba2" || hp.architecture == "mamba") {  // (feed_forward_length and head_count 0: no MLP, no attention)
     hp.intermediate_size = hp.hidden_size;  // (placeholders, as for a mamba2 config.json)
   } else {
     hp.intermediate_size = size_key_or_array(a + "feed_forward_length", ffn_default, hp.ffn_per_layer);
   }
-  hp.num_heads = hp.architecture == "mamba2" ? 1 : size_key(a + "attention.head_count", std::nullopt);
+  hp.num_heads = hp.architecture == "mamba2" || hp.architecture == "mamba" ? 1 : size_key(a + "attention.head_count", std::nullopt);
   // (lfm2: head_count_kv 0 marks its short-conv layers; granitehybrid: its Mamba layers)
   if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || is_nemotron_h_arch(hp.architecture)) {
     if (f.has(a + "shortconv.l_cache")) hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
@@ -273,10 +273,11 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
       if (hp.num_kv_heads == 0) hp.num_kv_heads = hp.num_heads;  // (no attention layer at all)
     }
   }
-  if (hp.architecture == "mamba2") {
+  if (hp.architecture == "mamba2" || hp.architecture == "mamba") {
     hp.recurrent_layers.assign(static_cast<size_t>(hp.num_layers), true);
     hp.num_kv_heads = 1;
   }
+  if (hp.architecture == "mamba" && f.has(a + "ssm.dt_b_c_rms")) hp.ssm_dt_b_c_rms = f.get_bool(a + "ssm.dt_b_c_rms");
   if (hp.recurrent_layers.empty())
     hp.num_kv_heads = size_key_or_array(a + "attention.head_count_kv", hp.num_heads, hp.kv_heads_per_layer);
   for (int64_t kv : hp.kv_heads_per_layer)
@@ -449,11 +450,13 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   if (f.has(a + "ssm.conv_kernel")) {  // gated DeltaNet hybrids (qwen35)
     hp.ssm_conv_kernel = size_key(a + "ssm.conv_kernel", std::nullopt);
     hp.ssm_state_size = size_key(a + "ssm.state_size", std::nullopt);
-    hp.ssm_group_count = size_key(a + "ssm.group_count", std::nullopt);
+    // (mamba's layers have one B and C for every channel: no group count)
+    hp.ssm_group_count = size_key(a + "ssm.group_count", hp.architecture == "mamba" ? std::optional<int64_t>(1) : std::nullopt);
     hp.ssm_time_step_rank = size_key(a + "ssm.time_step_rank", std::nullopt);
     hp.ssm_inner_size = size_key(a + "ssm.inner_size", std::nullopt);
     hp.full_attention_interval = size_key(a + "full_attention_interval", 4);  // (llama.cpp's default)
-    if (hp.ssm_time_step_rank % hp.ssm_group_count != 0 || hp.ssm_inner_size % hp.ssm_time_step_rank != 0)
+    if (hp.architecture != "mamba" &&  // (mamba's time_step_rank is dt_proj's rank, not a head count)
+        (hp.ssm_time_step_rank % hp.ssm_group_count != 0 || hp.ssm_inner_size % hp.ssm_time_step_rank != 0))
       fail(f.path(), "ssm.time_step_rank " + std::to_string(hp.ssm_time_step_rank) + " is not a multiple of "
                      "ssm.group_count " + std::to_string(hp.ssm_group_count) + ", or ssm.inner_size " +
                      std::to_string(hp.ssm_inner_size) + " not one of it");

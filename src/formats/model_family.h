@@ -49,6 +49,16 @@ inline constexpr GgufLayerName kMamba2GgufNames[] = {{"ssm_in", "linear_attn.in_
 inline constexpr GgufLayerName kMamba2GgufParams[] = {
     {"ssm_a", "linear_attn.A_log"}, {"ssm_d", "linear_attn.D"}, {"ssm_dt.bias", "linear_attn.dt_bias"}};
 
+// llama.cpp's names of a Mamba (1) layer's tensors (its mamba converter's: ssm_x is x_proj, ssm_dt
+// dt_proj with its bias; ssm_a holds -exp(A_log), (channels, state) as transformers' A_log), and
+// of its parameters without a .weight.
+inline constexpr GgufLayerName kMamba1GgufNames[] = {{"ssm_in", "linear_attn.in_proj_qkv"},
+                                                     {"ssm_conv1d", "linear_attn.conv1d"},
+                                                     {"ssm_x", "linear_attn.in_proj_b"},
+                                                     {"ssm_dt", "linear_attn.in_proj_a"},
+                                                     {"ssm_out", "linear_attn.out_proj"}};
+inline constexpr GgufLayerName kMamba1GgufParams[] = {{"ssm_a", "linear_attn.A_log"}, {"ssm_d", "linear_attn.D"}};
+
 struct ModelFamily {
   std::string_view model_type;      // config.json model_type, and ModelSpec::family
   std::string_view hf_class;        // config.json "architectures" of a merged export
@@ -120,6 +130,10 @@ struct ModelFamily {
   // A second llama.cpp architecture read as this family (nemotron_h_moe: Nemotron 3's experts;
   // export_arch_for picks it on export), "" for none.
   std::string_view gguf_arch_alias = {};
+  // A block Linear (kBlockLinearModules index) whose PEFT adapter transformers' module bypasses
+  // (Mamba's dt_proj: MambaMixer multiplies by dt_proj.weight itself), -1 for none: all-linear
+  // leaves it out and naming it is refused (the adapter would do nothing under PEFT).
+  int peft_bypassed_linear = -1;
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
   std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }
@@ -170,7 +184,7 @@ void write_mamba2_keys(const ModelSpec& s, nlohmann::ordered_json& j);
 void read_mamba2_gguf(const GgufLlamaHParams& hp, ModelSpec& s, bool conv_bias);
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
-    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2, kNemotronH, kGptBigCode, kMpt, kApertus;
+    kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2, kNemotronH, kGptBigCode, kMpt, kApertus, kMamba, kFalconMamba;
 }
 
 }  // namespace qlora

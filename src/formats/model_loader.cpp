@@ -622,7 +622,8 @@ class GgufSource : public TensorSource {
       return v;
     }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
-    if (hp_.architecture == "granitehybrid" || is_nemotron_h_arch(hp_.architecture) || hp_.architecture == "mamba2")
+    if (hp_.architecture == "granitehybrid" || is_nemotron_h_arch(hp_.architecture) || hp_.architecture == "mamba2" ||
+        hp_.architecture == "mamba")
       a_log_from_llama_cpp(name, v);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)

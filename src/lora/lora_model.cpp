@@ -109,6 +109,12 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       const std::string path = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w));
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
       if (path.empty() || !cfg_.targets(path)) continue;
+      if (const ModelFamily* f = find_family(model.spec().family); f && w == f->peft_bypassed_linear) {
+        if (cfg_.all_linear) continue;
+        fail("LoRA config", "LoRA on " + path + ": transformers' " + model.spec().family + " mixer multiplies by this "
+                                "Linear's weight itself, bypassing an adapter on it, so under PEFT the adapter would do "
+                                "nothing; target in_proj and x_proj");
+      }
       if (w == 11 && model_family_refuses_out_proj(model.spec())) {
         if (cfg_.all_linear) continue;
         fail("LoRA config", "LoRA on " + path + ": PEFT refuses adapters on a " + model.spec().family +

@@ -17,6 +17,7 @@
 #include "model/block_program.h"
 #include "model/block_scratch.h"
 #include "model/kv_cache.h"
+#include "model/mamba1.h"
 #include "model/moe_block.h"
 #include "model/gemm_bf16.h"
 #include "model/random_model.h"
@@ -81,6 +82,10 @@ bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module
   // (Mamba2: PEFT refuses LoRA on the mixer's out_proj; all-linear leaves it out: lora/lora_model.cpp)
   if (const ModelFamily* f = find_family(s.family);
       f && f->peft_refuses_out_proj && std::string_view(module) == kBlockLinearModules[11])
+    return false;
+  // (Mamba's dt_proj: bypassed by transformers' mixer; all-linear leaves it out)
+  if (const ModelFamily* f = find_family(s.family);
+      f && f->peft_bypassed_linear >= 0 && std::string_view(module) == kBlockLinearModules[static_cast<size_t>(f->peft_bypassed_linear)])
     return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);
@@ -542,7 +547,16 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // The recurrent layers' backward (model/delta_net.h, model/mamba2.h), over one sequence at a
     // time: per thread a state checkpoint every 16 tokens and a chunk's states, the conv's SiLU
     // gradients, and (Mamba2) each thread's and the summed dB / dC of the sequence.
-    if (s.hybrid() && !s.la_short_conv) {
+    if (s.la_mamba1) {  // (model/mamba1.h: per thread a block of channels' states and decays at every token)
+      Ssm1Shape sh;
+      sh.D = s.la_value_dim();
+      sh.N = s.la_k_dim;
+      const uint64_t L = u(Ti);
+      const uint64_t f = threads * u(ssm1_backward_thread_floats(sh, static_cast<int64_t>(L))) + L * 2 * u(sh.N) +
+                         L * u(s.la_conv_dim());
+      add(r, "recurrent backward scratch (per thread, CPU)", 4 * f,
+          "a block of channels' states and decays at every token per thread, the summed dB / dC, the conv's gradients");
+    } else if (s.hybrid() && !s.la_short_conv) {
       const uint64_t S = u(s.la_k_dim) * u(s.la_v_dim), L = u(Ti);
       uint64_t f = threads * (ceil_div(L, 16) + 17) * S + L * u(s.la_conv_dim());
       if (s.la_mamba2) f += (threads + 1) * L * 2 * u(s.la_key_dim()) + threads * 2 * L;  // (+ steps and their grads)
@@ -582,6 +596,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
           std::to_string(s.state_layers()) +
               (s.la_short_conv ? " short-conv layers: the conv's last inputs"
                : s.la_mamba2  ? " Mamba2 layers: conv tail + (heads, head_dim, d_state) state"
+               : s.la_mamba1  ? " Mamba layers: conv tail + (channels, d_state) state"
                               : " gated DeltaNet layers: conv tail + (heads, dk, dv) state") +
               ", and its snapshot after the prompt (chat and serve keep up to " + std::to_string(KVCache::kMaxStateSnapshots) + ")");
     if (o.kv_cache_dtype == ComputeDType::F32) {

@@ -7,7 +7,9 @@
 #include "lora/lora_model.h"
 #include "model/block_run.h"
 #include "model/delta_net.h"
+#include "model/mamba1.h"
 #include "model/mamba2.h"
+#include "model/ops_backward.h"
 #include "model/model.h"
 #include "model/moe_block.h"
 
@@ -103,7 +105,8 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         break;
       case BlockOpKind::CausalConv:
       case BlockOpKind::DeltaRule:
-      case BlockOpKind::SsmScan: {
+      case BlockOpKind::SsmScan:
+      case BlockOpKind::Ssm1Scan: {
         const int64_t CD = s.la_conv_dim(), K = s.la_conv_kernel, VD = s.la_value_dim(), H = s.la_v_heads;
         const DeltaRuleShape sh = delta_rule_shape(s);
         const float* conv_bias = L.la_conv_bias.empty() ? nullptr : L.la_conv_bias.data();
@@ -114,6 +117,10 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
           if (o.kind == BlockOpKind::CausalConv)
             causal_conv_backward(g(o.in0) + t0 * CD, dy + t0 * CD, buf(o.in0) + t0 * CD, n, CD, L.la_conv.data(), conv_bias, K,
                                  !s.la_short_conv, r.dtype);
+          else if (o.kind == BlockOpKind::Ssm1Scan)
+            ssm1_scan_backward(ssm1_shape(s), g(o.in0) + t0 * VD, g(o.in1) + t0 * VD, g(o.in2) + t0 * 2 * s.la_k_dim,
+                               dy + t0 * VD, buf(o.in0) + t0 * VD, buf(o.in1) + t0 * VD, buf(o.in2) + t0 * 2 * s.la_k_dim,
+                               L.la_A_log.data(), L.la_D.data(), n, r.dtype);
           else if (o.kind == BlockOpKind::SsmScan)
             ssm_scan_backward(ssm_shape(s), g(o.in0) + t0 * CD, g(o.in1) + t0 * H, dy + t0 * VD, buf(o.in0) + t0 * CD,
                               buf(o.in1) + t0 * H, L.la_A_log.data(), L.la_dt_bias.data(), L.la_D.data(), n, r.dtype);
@@ -128,6 +135,10 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
       case BlockOpKind::GatedNorm:
         gated_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux),
                             T * o.rows_per_token, o.width, r.dtype);
+        break;
+      case BlockOpKind::UnitRmsNorm:
+        rmsnorm_backward(g(o.in0), nullptr, dy, buf(o.in0), L.la_bcdt_unit.data(), buf(o.aux), T * o.rows_per_token,
+                         o.width);
         break;
       case BlockOpKind::SsmNorm:
         ssm_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux), T,

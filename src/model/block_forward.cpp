@@ -7,6 +7,7 @@
 #include "lora/lora_model.h"
 #include "model/block_run.h"
 #include "model/delta_net.h"
+#include "model/mamba1.h"
 #include "model/mamba2.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -22,6 +23,13 @@ SsmShape ssm_shape(const ModelSpec& s) {
   m.N = s.la_k_dim;
   m.dt_min = s.la_dt_min;
   m.dt_max = s.la_dt_max;
+  return m;
+}
+
+Ssm1Shape ssm1_shape(const ModelSpec& s) {
+  Ssm1Shape m;
+  m.D = s.la_value_dim();
+  m.N = s.la_k_dim;
   return m;
 }
 
@@ -227,8 +235,10 @@ void block_forward(const BlockRun& r) {
         break;
       case BlockOpKind::CausalConv:
       case BlockOpKind::DeltaRule:
-      case BlockOpKind::SsmScan: {
-        check(be.host_addressable(), s.la_short_conv ? "short convolution" : s.la_mamba2 ? "Mamba2 layer" : "gated DeltaNet",
+      case BlockOpKind::SsmScan:
+      case BlockOpKind::Ssm1Scan: {
+        check(be.host_addressable(),
+              s.la_short_conv ? "short convolution" : s.la_mamba2 ? "Mamba2 layer" : s.la_mamba1 ? "Mamba layer" : "gated DeltaNet",
               std::string("runs on the CPU backend only, not on ") + be.name());
         const bool conv = o.kind == BlockOpKind::CausalConv;
         const DeltaRuleShape sh = delta_rule_shape(s);
@@ -240,6 +250,9 @@ void block_forward(const BlockRun& r) {
           if (conv)
             causal_conv_forward(out + t0 * CD, in0 + t0 * CD, n, CD, L.la_conv.data(), conv_bias, K, state, state != nullptr,
                                 !s.la_short_conv, r.dtype);
+          else if (o.kind == BlockOpKind::Ssm1Scan)
+            ssm1_scan_forward(ssm1_shape(s), out + t0 * VD, in0 + t0 * VD, in1 + t0 * VD, in2 + t0 * 2 * s.la_k_dim,
+                              L.la_A_log.data(), L.la_D.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
           else if (o.kind == BlockOpKind::SsmScan)
             ssm_scan_forward(ssm_shape(s), out + t0 * VD, in0 + t0 * CD, in1 + t0 * H, L.la_A_log.data(),
                              L.la_dt_bias.data(), L.la_D.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
@@ -266,6 +279,12 @@ void block_forward(const BlockRun& r) {
       case BlockOpKind::GatedNorm: {
         float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
         gated_norm_forward(out, stats, in0, in1, L.la_norm.data(), T * o.rows_per_token, o.width, s.norm_eps, r.dtype);
+        break;
+      }
+      case BlockOpKind::UnitRmsNorm: {
+        check(be.host_addressable(), "Mamba layer", std::string("runs on the CPU backend only, not on ") + be.name());
+        float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
+        rmsnorm_forward(out, stats, in0, L.la_bcdt_unit.data(), T * o.rows_per_token, o.width, s.la_bcdt_eps, r.dtype);
         break;
       }
       case BlockOpKind::SsmNorm: {

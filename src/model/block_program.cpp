@@ -329,6 +329,57 @@ void BlockProgram::build_mamba2(int out, int h) {
   add_linear(out, normed, 11);
 }
 
+void BlockProgram::build_mamba1(int out, int h) {
+  const ModelSpec& s = spec_;
+  const int64_t D = s.la_value_dim(), N = s.la_k_dim, R = s.la_dt_rank;
+  const int proj = buffer("ssm_in_proj", 2 * D), x = buffer("ssm_x", D), z = buffer("ssm_z", D);
+  add_linear(proj, h, 7);
+  add_slice(x, proj, 0, D);
+  add_slice(z, proj, D, D);
+  const int conv = buffer("ssm_conv", D);
+  BlockOp c{BlockOpKind::CausalConv};
+  c.out = conv;
+  c.in0 = x;
+  c.round = true;
+  op(c);
+  const int dbc = buffer("ssm_dbc", R + 2 * N);
+  add_linear(dbc, conv, 9);  // x_proj
+  int dtr = buffer("ssm_dt_raw", R), bc = buffer("ssm_bc", 2 * N);
+  add_slice(dtr, dbc, 0, R);
+  add_slice(bc, dbc, R, 2 * N);
+  if (s.la_bcdt_norm) {  // (Falcon-Mamba: dt, B and C each through a weightless RMSNorm)
+    auto unit_norm = [&](int in, const char* name, int64_t rows, int64_t width) {
+      BlockOp n{BlockOpKind::UnitRmsNorm};
+      n.out = buffer(name, rows * width);
+      n.in0 = in;
+      n.aux = buffer(std::string("rstd_") + name, rows, true);
+      n.rows_per_token = rows;
+      n.width = width;
+      op(n);  // (rounds its own output)
+      return n.out;
+    };
+    dtr = unit_norm(dtr, "ssm_dt_normed", 1, R);
+    bc = unit_norm(bc, "ssm_bc_normed", 2, N);
+  }
+  const int dt = buffer("ssm_dt", D);
+  add_linear(dt, dtr, 10);  // dt_proj (its bias included)
+  const int y = buffer("ssm_y", D);
+  BlockOp sc{BlockOpKind::Ssm1Scan};
+  sc.out = y;
+  sc.in0 = conv;
+  sc.in1 = dt;
+  sc.in2 = bc;
+  op(sc);  // (float32)
+  const int gated = buffer("ssm_gated", D);
+  BlockOp g{BlockOpKind::GatedAct};  // silu(z) * y (spec.mlp is SwiGLU)
+  g.out = gated;
+  g.in0 = z;
+  g.in1 = y;
+  g.round = true;
+  op(g);
+  add_linear(out, gated, 11);
+}
+
 BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
   BlockProgram p;
   p.spec_ = s;
@@ -501,6 +552,7 @@ BlockProgram BlockProgram::for_spec(const ModelSpec& s) {
     p.mixer_ = LayerMixer::Linear;
     if (s.la_short_conv) p.build_short_conv(attn_out, h1);
     else if (s.la_mamba2) p.build_mamba2(attn_out, h1);
+    else if (s.la_mamba1) p.build_mamba1(attn_out, h1);
     else p.build_delta_net(attn_out, h1);
     p.mixer_ = LayerMixer::All;
   }
@@ -702,6 +754,8 @@ void BlockProgram::finish() {
       case BlockOpKind::GatedNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
       case BlockOpKind::SsmScan: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::SsmNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
+      case BlockOpKind::Ssm1Scan: keep(o.in0); keep(o.in1); keep(o.in2); break;
+      case BlockOpKind::UnitRmsNorm: keep(o.in0); keep(o.aux); break;
       case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Mul: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Gather: break;  // (its backward reads the column list only)

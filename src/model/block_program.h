@@ -66,6 +66,11 @@ enum class BlockOpKind : uint8_t {
   // Mamba2's (model/mamba2.h; spec.la_mamba2):
   SsmScan,     // out = the selective scan over x|B|C = in0 with raw time steps in1 (float32, unrounded)
   SsmNorm,     // out = RMSNorm(in0 * silu(in1)) per group of la_k_heads (aux: rstd)
+  // Mamba (1)'s (model/mamba1.h; spec.la_mamba1):
+  Ssm1Scan,    // out = the selective scan of x = in0 with steps in1 (dt_proj's outputs) and B | C = in2
+               // (float32, unrounded)
+  UnitRmsNorm,  // out = RMSNorm of rows of `width` (rows_per_token a token) with unit weights and the
+                // spec's la_bcdt_eps, rounded (Falcon-Mamba's dt / B / C norms; aux: rstd)
   Concat,      // out = per group g of `groups`: in0's g-th `width` columns, then in1's g-th `width1`
                // (broadcast: in1's only `width1`, the same for every group; in1 -1: zeros)
                // (DeepSeek's keys: each head's own dims | the shared rotary key; values padded)
@@ -213,6 +218,8 @@ class BlockProgram {
   void build_short_conv(int out, int h);
   // Mamba2's mixer (spec.la_mamba2), the same way.
   void build_mamba2(int out, int h);
+  // Mamba (1)'s mixer (spec.la_mamba1), the same way.
+  void build_mamba1(int out, int h);
   void add_gather(int out, int in, std::vector<int32_t> columns);
   void finish();
   // Op builders (block_program.cpp): each appends one op over declared buffers.

@@ -82,6 +82,7 @@ struct BlockRun {
 // A hybrid model's gated delta rule heads (model/delta_net.h).
 struct DeltaRuleShape delta_rule_shape(const ModelSpec& s);
 struct SsmShape ssm_shape(const ModelSpec& s);
+struct Ssm1Shape ssm1_shape(const ModelSpec& s);  // (Mamba 1's channels and state)
 
 // The program's attention heads, scale, softcap and ALiBi bias (the per-call sizes, key
 // window and positions left for the caller to fill).

@@ -54,6 +54,7 @@ std::string cuda_runner_unsupported(const ModelSpec& s, bool int8_weights) {
   if (s.hybrid())
     return s.family + (s.la_short_conv ? ": short-convolution layers"
                        : s.la_mamba2  ? ": Mamba2 (selective state space) layers"
+                       : s.la_mamba1  ? ": Mamba (selective state space) layers"
                                       : ": gated DeltaNet (linear attention) layers");
   if (s.attn_output_gate) return s.family + ": gated attention outputs";
   if (s.q_pos_scale_beta != 0.0f) return s.family + ": a per-position query scale (llama_4_scaling_beta)";

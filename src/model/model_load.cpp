@@ -358,7 +358,11 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (ln) L.input_norm_bias = norm_bias(name("input_layernorm", "bias"));
     if (spec.layer_is_linear_attn(l)) {  // the gated DeltaNet's parameters, then its Linears
       const std::string prefix = "model.layers." + std::to_string(l) + ".linear_attn.";
-      if (!spec.la_short_conv) {  // (LFM2's short conv has the taps only)
+      if (spec.la_mamba1) {  // (its steps' bias is dt_proj's; Falcon-Mamba's norms have unit weights)
+        L.la_A_log = load_vector(src, prefix + "A_log", opt.compute_dtype);
+        progress(prefix + "A_log");
+        if (spec.la_bcdt_norm) L.la_bcdt_unit.assign(static_cast<size_t>(std::max(spec.la_dt_rank, spec.la_k_dim)), 1.0f);
+      } else if (!spec.la_short_conv) {  // (LFM2's short conv has the taps only)
         L.la_dt_bias = load_vector(src, prefix + "dt_bias", opt.compute_dtype);
         progress(prefix + "dt_bias");
         L.la_A_log = load_vector(src, prefix + "A_log", opt.compute_dtype);
@@ -370,11 +374,11 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
         L.la_conv_bias = load_vector(src, prefix + "conv1d.bias", opt.compute_dtype);
         progress(prefix + "conv1d.bias");
       }
-      if (spec.la_mamba2) {
+      if (spec.la_mamba2 || spec.la_mamba1) {
         L.la_D = load_vector(src, prefix + "D", opt.compute_dtype);
         progress(prefix + "D");
       }
-      if (!spec.la_short_conv) {
+      if (!spec.la_short_conv && !spec.la_mamba1) {
         L.la_norm = load_vector(src, prefix + "norm.weight", opt.compute_dtype);
         progress(prefix + "norm.weight");
       }

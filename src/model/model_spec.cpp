@@ -199,6 +199,12 @@ void ModelSpec::validate(const std::string& where) const {
                       std::to_string(n_layers));
     if (la_mamba2 && (la_short_conv || la_fused_qkvz))
       fail(where, "Mamba2 layers are neither short convolutions nor Qwen3-Next's fused DeltaNet");
+    if (la_mamba1 && (la_mamba2 || la_short_conv || la_fused_qkvz || la_v_dim != 1 || la_k_heads != 1))
+      fail(where, "Mamba (1) layers are channels of one value and one group of B and C, nothing else");
+    if (la_mamba1 && (la_dt_rank <= 0 || la_dt_rank > 65536))
+      fail(where, "time_step_rank must be positive, got " + std::to_string(la_dt_rank));
+    if (la_mamba1 && !(la_bcdt_eps > 0.0f && std::isfinite(la_bcdt_eps)))
+      fail(where, "mixer_rms_eps must be positive and finite");
     if (la_mamba2 && !(la_dt_min >= 0.0f && la_dt_min <= la_dt_max))
       fail(where, "time_step_limit must be two increasing non-negative bounds, got " + std::to_string(la_dt_min) + ", " +
                       std::to_string(la_dt_max));
@@ -328,6 +334,13 @@ std::array<BlockLinearSpec, kBlockLinearCount> ModelSpec::block_linears() const 
       l[11] = {m[11], hidden, hidden, false};
       l[8] = l[9] = l[10] = absent;
     }
+    if (la_mamba1) {  // (in_proj gives x | z, x_proj dt | B | C, dt_proj the steps, out_proj maps back)
+      l[7] = {m[7], 2 * la_value_dim(), hidden, la_proj_bias};
+      l[9] = {m[9], la_dt_rank + 2 * la_k_dim, la_value_dim(), false};
+      l[10] = {m[10], la_value_dim(), la_dt_rank, true};
+      l[11] = {m[11], hidden, la_value_dim(), la_proj_bias};
+      l[8] = absent;
+    }
     if (la_mamba2) {  // (in_proj gives z | xBC | dt, out_proj maps the inner width back)
       l[7] = {m[7], la_value_dim() + la_conv_dim() + la_v_heads, hidden, la_proj_bias};
       l[11] = {m[11], hidden, la_value_dim(), la_proj_bias};
@@ -395,14 +408,18 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
     if (ln) t.push_back({layer_tensor_name(l, "input_layernorm", "bias"), {hidden}});
     if (layer_is_linear_attn(l)) {  // the gated DeltaNet's (transformers' module order)
       const std::string prefix = "model.layers." + std::to_string(l) + ".linear_attn.";
-      if (!la_short_conv) {
+      if (!la_short_conv && !la_mamba1) {
         t.push_back({prefix + "dt_bias", {la_v_heads}});
         t.push_back({prefix + "A_log", {la_v_heads}});
       }
       t.push_back({layer_tensor_name(l, "linear_attn.conv1d"), {la_conv_dim(), 1, la_conv_kernel}});
       if (la_conv_bias) t.push_back({layer_tensor_name(l, "linear_attn.conv1d", "bias"), {la_conv_dim()}});
       if (la_mamba2) t.push_back({prefix + "D", {la_v_heads}});
-      if (!la_short_conv) t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_mamba2 ? la_value_dim() : la_v_dim}});
+      if (la_mamba1) {  // (A_log per channel and state, D per channel; no gated norm)
+        t.push_back({prefix + "A_log", {la_v_heads, la_k_dim}});
+        t.push_back({prefix + "D", {la_v_heads}});
+      }
+      if (!la_short_conv && !la_mamba1) t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_mamba2 ? la_value_dim() : la_v_dim}});
       linears(l, 7, 12);
     }
     linears(l, 0, 3);  // q, k, v

@@ -491,6 +491,17 @@ struct ModelSpec {
   // la_k_heads groups (linear_attn.norm, la_value_dim wide); out_proj in the out_proj slot.
   // Biases on in_proj / out_proj: la_proj_bias. The state: (la_v_heads, la_v_dim, la_k_dim).
   bool la_mamba2 = false, la_conv_bias = false, la_proj_bias = false;
+  // Mamba (1)'s form (MambaForCausalLM, FalconMambaForCausalLM; model/mamba1.h): la_v_heads
+  // channels of la_v_dim 1, la_k_heads 1 and la_k_dim the state size. in_proj (2 inner, C) in the
+  // in_proj_qkv slot yields x | z; x through the causal conv1d (+ bias with la_conv_bias) and SiLU;
+  // x_proj (la_dt_rank + 2 state, inner) in the in_proj_b slot gives dt | B | C (la_bcdt_norm:
+  // Falcon-Mamba's weightless RMSNorms on each, eps la_bcdt_eps); dt_proj (inner, la_dt_rank, with
+  // its bias) in the in_proj_a slot; the scan (A_log (inner, state), D (inner)); y * silu(z);
+  // out_proj in the out_proj slot. Biases on in_proj / out_proj: la_proj_bias. The state:
+  // (inner, state).
+  bool la_mamba1 = false, la_bcdt_norm = false;
+  int64_t la_dt_rank = 0;
+  float la_bcdt_eps = 1e-6f;
   // Mamba2ForCausalLM's layers: norm -> mixer -> residual, no MLP and no second norm.
   bool no_mlp = false;
   // Nemotron-H's layers (layers_block_type): each is norm -> one branch -> residual, the branch
@@ -512,9 +523,11 @@ struct ModelSpec {
   bool layer_is_linear_attn(int64_t l) const { return hybrid() && linear_attn_layers[static_cast<size_t>(l)]; }
   int64_t la_key_dim() const { return la_k_heads * la_k_dim; }
   int64_t la_value_dim() const { return la_v_heads * la_v_dim; }
-  // The channels the causal conv runs over: q | k | v (DeltaNet), x | B | C (Mamba2), or the
-  // hidden width (LFM2).
-  int64_t la_conv_dim() const { return la_short_conv ? hidden : 2 * la_key_dim() + la_value_dim(); }
+  // The channels the causal conv runs over: q | k | v (DeltaNet), x | B | C (Mamba2), x (Mamba 1)
+  // or the hidden width (LFM2).
+  int64_t la_conv_dim() const {
+    return la_short_conv ? hidden : la_mamba1 ? la_value_dim() : 2 * la_key_dim() + la_value_dim();
+  }
   // Floats of one linear-attention layer's state per sequence: the conv's last
   // la_conv_kernel - 1 inputs, then the (la_v_heads, la_k_dim, la_v_dim) recurrent state
   // (LFM2's short conv: the conv's inputs only).

@@ -68,7 +68,7 @@ const std::vector<std::string> kFamilies = {
     "cohere",       "cohere2",           "smollm3",          "smollm3_swa",     "olmo",         "arcee",
     "nemotron",     "llama_rope_llama3", "llama_rope_linear", "llama_rope_dynamic", "qwen2_rope_yarn",
     "mixtral",      "qwen2_moe",         "qwen3_moe",        "olmoe",           "olmo3",        "exaone4",
-    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "gpt_bigcode_mha", "mpt", "mpt_6h", "apertus"};
+    "exaone4_nowin", "glm4", "cohere_qk", "stablelm_qk", "gemma3", "mistral3", "llava", "gpt_oss", "gpt_oss_gguf", "ministral", "ministral3", "qwen2_5_vl", "qwen3_vl", "ernie4_5", "hunyuan_v1_dense", "qwen3_5_text", "qwen3_5", "qwen3_5_gguf", "qwen3_5_moe", "qwen3_5_moe_gguf", "qwen3_next", "qwen3_next_gguf", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "llama4_gguf", "lfm2", "lfm2_moe", "lfm2_vl", "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "gpt_bigcode_mha", "mpt", "mpt_6h", "apertus", "mamba", "falcon_mamba"};
 
 // float32 rounding between two implementations of the same forward (other summation
 // orders): measured up to 2e-6 of the largest logit here (llama's logits are within ±7,
@@ -86,7 +86,13 @@ constexpr double kLogitRel = 4e-6;
 constexpr double kHybridLogitRel = 1.2e-5;
 // The gated DeltaNet hybrids' fixtures (Qwen3.5, Qwen3-Next), by the name of a comparison
 // ("<fixture> ...") or a fixture.
-bool hybrid_fixture(const std::string& what) { return what.rfind("qwen3_5", 0) == 0 || what.rfind("qwen3_next", 0) == 0; }
+// Mamba (1)'s fixtures likewise (a recurrence transformers computes as a whole-sequence exp(A dt),
+// then a loop, we a block of channels at a time): with the NF4 round trip, transformers' float32
+// logits are 2.5e-6 of the largest from its float64 ones, ours 4.1e-6 from its float32 ones.
+bool hybrid_fixture(const std::string& what) {
+  return what.rfind("qwen3_5", 0) == 0 || what.rfind("qwen3_next", 0) == 0 || what.rfind("mamba", 0) == 0 ||
+         what.rfind("falcon_mamba", 0) == 0;
+}
 // Gemma 4's fixtures are as sensitive: its scores are not scaled down (q and k are RMS-normed
 // per head, then multiplied as they are), so its softmaxes are peaked. Against the same model
 // in float64 (tools/make_family_fixtures.py's model, transformers float64): transformers'
@@ -438,6 +444,33 @@ TEST(FamiliesPeft, Mamba2LeavesOutProjToPeftsRule) {
   bool out_proj = false;
   for (const auto& l : lg.layers()) out_proj = out_proj || l.module_path.ends_with(".mamba.out_proj");
   EXPECT_TRUE(out_proj);
+}
+
+// Mamba (1) and Falcon-Mamba: PEFT refuses out_proj and conv1d as for Mamba2, and transformers' mixer
+// multiplies by dt_proj.weight itself (an adapter there does nothing under PEFT): all-linear adapts
+// in_proj and x_proj, and naming dt_proj or out_proj is refused.
+TEST(FamiliesPeft, MambaLeavesDtProjAndOutProjOut) {
+  for (const char* f : {"mamba", "falcon_mamba"}) {
+    const auto m = load(f, false);
+    LoraConfig c;
+    c.r = 2;
+    c.all_linear = true;
+    const LoraModel lm(*m, c);
+    ASSERT_EQ(lm.layers().size(), 2 * static_cast<size_t>(m->spec().n_layers)) << f;
+    for (const auto& l : lm.layers())
+      EXPECT_TRUE(l.module_path.ends_with(".mixer.in_proj") || l.module_path.ends_with(".mixer.x_proj")) << l.module_path;
+    for (const char* bad : {"dt_proj", "out_proj"}) {
+      LoraConfig o;
+      o.r = 2;
+      o.target_modules = {"in_proj", bad};
+      try {
+        LoraModel lo(*m, o);
+        ADD_FAILURE() << "LoRA on a " << f << " " << bad << " was built";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+      }
+    }
+  }
 }
 
 // Nemotron-H is under PEFT's Mamba rule too: all-linear adapts each layer's own Linears (the Mamba
@@ -1400,7 +1433,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_gguf", "lfm2", "lfm2_moe",
                                            "granitemoehybrid", "granitemoehybrid_moe", "bamba", "nemotron_h", "nemotron_h_moe", "mamba2",
-                                           "gpt_bigcode", "mpt", "apertus"),
+                                           "gpt_bigcode", "mpt", "apertus", "mamba", "falcon_mamba"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -749,6 +749,54 @@ TEST(HfConfig, Mamba2Config) {
   EXPECT_THROW((void)spec_from_hf_config(p, "config.json"), Error);
 }
 
+// state-spaces/mamba-130m-hf's config.json (hidden 768, 24 layers, state 16, time_step_rank 48,
+// vocab 50280, tied) reads to transformers 5.23's count on the meta device (129,135,360): every
+// layer a Mamba mixer of 1536 channels; "auto" is ceil(hidden / 16); written back and read again.
+TEST(HfConfig, MambaConfig) {
+  const char* cfg = R"({"architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24, "state_size": 16, "vocab_size": 50280, "expand": 2, "conv_kernel": 4, "use_bias": false, "use_conv_bias": true, "time_step_rank": 48, "layer_norm_epsilon": 1e-05, "residual_in_fp32": true, "intermediate_size": 1536, "pad_vocab_size_multiple": 8, "tie_word_embeddings": true})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "mamba");
+  EXPECT_EQ(s.num_params(), 129135360);
+  EXPECT_TRUE(s.la_mamba1 && s.no_mlp && s.tied_embeddings && !s.la_bcdt_norm);
+  EXPECT_EQ(s.state_layers(), 24);
+  EXPECT_EQ(s.la_value_dim(), 1536);
+  EXPECT_EQ(s.la_dt_rank, 48);
+  EXPECT_EQ(s.la_state_floats(), 3 * 1536 + 1536 * 16);
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_EQ(back.at("intermediate_size").get<int64_t>(), 1536);
+  EXPECT_EQ(back.at("time_step_rank").get<int64_t>(), 48);
+  EXPECT_FALSE(back.contains("num_attention_heads"));
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  json a = json::parse(cfg);
+  a["time_step_rank"] = "auto";
+  a["hidden_size"] = 100;
+  a.erase("intermediate_size");
+  const ModelSpec r = spec_from_hf_config(a, "config.json");
+  EXPECT_EQ(r.la_dt_rank, 7);  // (ceil(100 / 16))
+  EXPECT_EQ(r.la_value_dim(), 200);
+  a["time_step_rank"] = 1.5;
+  EXPECT_THROW((void)spec_from_hf_config(a, "config.json"), Error);
+}
+
+// tiiuae/falcon-mamba-7b's config.json (hidden 4096, 64 layers, expand 16 but intermediate_size 8192 --
+// transformers 5 sets the file's intermediate_size over expand x hidden --, time_step_rank 256, vocab
+// 65024, untied, mixer_rms_eps 1e-6) reads to transformers 5.23's count on the meta device
+// (7,272,665,088), with the weightless dt / B / C norms at mixer_rms_eps.
+TEST(HfConfig, FalconMambaConfig) {
+  const char* cfg = R"({"architectures": ["FalconMambaForCausalLM"], "model_type": "falcon_mamba", "hidden_size": 4096, "num_hidden_layers": 64, "state_size": 16, "vocab_size": 65024, "expand": 16, "conv_kernel": 4, "use_bias": false, "use_conv_bias": true, "time_step_rank": 256, "layer_norm_epsilon": 1e-05, "residual_in_fp32": true, "intermediate_size": 8192, "mixer_rms_eps": 1e-06, "tie_word_embeddings": false})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "falcon_mamba");
+  EXPECT_EQ(s.num_params(), 7272665088);
+  EXPECT_EQ(s.la_value_dim(), 8192);
+  EXPECT_TRUE(s.la_bcdt_norm);
+  EXPECT_FLOAT_EQ(s.la_bcdt_eps, 1e-6f);
+  EXPECT_FLOAT_EQ(s.norm_eps, 1e-5f);
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_FLOAT_EQ(back.at("mixer_rms_eps").get<float>(), 1e-6f);
+  EXPECT_EQ(back.at("intermediate_size").get<int64_t>(), 8192);
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+}
+
 // NVIDIA-Nemotron-Nano-9B-v2's sizes (hidden 4480, 56 layers of the hybrid_override_pattern below:
 // 27 Mamba2, 4 attention, 25 MLP; 128 Mamba heads of 80 in 8 groups, state 128 -- an inner width of
 // 10240, not expand x hidden; 40 heads of 128 with 8 key/value heads; MLP 15680, vocab 131072), as a

@@ -2278,7 +2278,10 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "olmo3", "exaone4", "glm4", "cohere_qk", "stablelm_qk",
                 "gemma3", "gpt_oss", "ministral3", "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe",
                 "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
-                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus")
+                "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus",
+                # (not mamba: transformers' MambaMixer multiplies by dt_proj.weight, which bitsandbytes leaves
+                # packed -- it cannot run a quantized MambaForCausalLM; FalconMambaMixer calls the module then)
+                "falcon_mamba")
 
 
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):

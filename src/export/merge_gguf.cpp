@@ -1039,6 +1039,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                  "writes it): it attends to the whole context, which is the model's own attention up to %lld "
                  "tokens and differs past them\n",
                  static_cast<long long>(s.sliding_window));
+  if (opt.log && s.la_mamba1 && s.la_bcdt_norm && s.la_bcdt_eps != s.norm_eps)
+    std::fprintf(stderr,
+                 "note: llama.cpp's mamba runs Falcon-Mamba's dt / B / C norms with the layers' epsilon %g (its GGUF has "
+                 "no key for mixer_rms_eps %g, as its converter writes it): a slightly different model from "
+                 "transformers'\n",
+                 static_cast<double>(s.norm_eps), static_cast<double>(s.la_bcdt_eps));
   if (opt.log && !fell_back.empty()) {
     if (opt.q4_k_m)
       std::fprintf(stderr,

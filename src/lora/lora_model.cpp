@@ -88,7 +88,7 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       if (lora_module_matches("x.conv1d", t) || lora_module_matches("x.out_proj", t) || t == "conv1d" || t == "out_proj")
         fail("LoRA config", "target '" + t + "': PEFT refuses adapters on a " + model.spec().family + " model's out_proj "
                             "and conv1d (its fused Mamba kernel bypasses them), so the adapter would not load in PEFT; "
-                            "target in_proj");
+                            "target in_proj (and a Mamba model's x_proj)");
     if (!cfg_.target_regex.empty()) {
       const std::regex re(cfg_.target_regex, std::regex::ECMAScript);
       // (the module paths of the family's first Mamba layer: backbone.* for Mamba2's, model.* for Nemotron-H's)
@@ -119,7 +119,7 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
         if (cfg_.all_linear) continue;
         fail("LoRA config", "LoRA on " + path + ": PEFT refuses adapters on a " + model.spec().family +
                                 " model's out_proj (its fused Mamba kernel bypasses them), so the adapter would not load "
-                                "in PEFT; target in_proj");
+                                "in PEFT; target in_proj (and a Mamba model's x_proj)");
       }
       // (PEFT 0.21's all-linear on GLM-4.5 and ERNIE 4.5's MoE adapts no MLP Linear -- neither the
       // dense layers' nor the shared experts' -- and the experts and router instead: add_moe_layers)

@@ -120,7 +120,7 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
           else if (o.kind == BlockOpKind::Ssm1Scan)
             ssm1_scan_backward(ssm1_shape(s), g(o.in0) + t0 * VD, g(o.in1) + t0 * VD, g(o.in2) + t0 * 2 * s.la_k_dim,
                                dy + t0 * VD, buf(o.in0) + t0 * VD, buf(o.in1) + t0 * VD, buf(o.in2) + t0 * 2 * s.la_k_dim,
-                               L.la_A_log.data(), L.la_D.data(), n, r.dtype);
+                               L.la_A.data(), L.la_D.data(), n, r.dtype);
           else if (o.kind == BlockOpKind::SsmScan)
             ssm_scan_backward(ssm_shape(s), g(o.in0) + t0 * CD, g(o.in1) + t0 * H, dy + t0 * VD, buf(o.in0) + t0 * CD,
                               buf(o.in1) + t0 * H, L.la_A_log.data(), L.la_dt_bias.data(), L.la_D.data(), n, r.dtype);

@@ -252,7 +252,7 @@ void block_forward(const BlockRun& r) {
                                 !s.la_short_conv, r.dtype);
           else if (o.kind == BlockOpKind::Ssm1Scan)
             ssm1_scan_forward(ssm1_shape(s), out + t0 * VD, in0 + t0 * VD, in1 + t0 * VD, in2 + t0 * 2 * s.la_k_dim,
-                              L.la_A_log.data(), L.la_D.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
+                              L.la_A.data(), L.la_D.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);
           else if (o.kind == BlockOpKind::SsmScan)
             ssm_scan_forward(ssm_shape(s), out + t0 * VD, in0 + t0 * CD, in1 + t0 * H, L.la_A_log.data(),
                              L.la_dt_bias.data(), L.la_D.data(), n, state ? state + (K - 1) * CD : nullptr, r.dtype);

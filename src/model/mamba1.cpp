@@ -9,14 +9,14 @@
 namespace qlora {
 
 namespace {
-void scalar_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc, const float* A_log,
+void scalar_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc, const float* A,
                     const float* Dskip, int64_t T, float* state, ComputeDType dtype) {
-  mamba1_detail::scan_forward(sh, y, x, dt, bc, A_log, Dskip, T, state, dtype, kernels::scalar_activation_kernels().exp);
+  mamba1_detail::scan_forward(sh, y, x, dt, bc, A, Dskip, T, state, dtype, kernels::scalar_activation_kernels().exp);
 }
 void scalar_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const float* dy, const float* x,
-                     const float* dt, const float* bc, const float* A_log, const float* Dskip, int64_t T,
+                     const float* dt, const float* bc, const float* A, const float* Dskip, int64_t T,
                      ComputeDType dtype) {
-  mamba1_detail::scan_backward(sh, dx, ddt, dbc, dy, x, dt, bc, A_log, Dskip, T, dtype,
+  mamba1_detail::scan_backward(sh, dx, ddt, dbc, dy, x, dt, bc, A, Dskip, T, dtype,
                                kernels::scalar_activation_kernels().exp);
 }
 
@@ -36,14 +36,14 @@ const Mamba1Kernels& mamba1_kernels_for(SimdLevel level) {
 }
 
 void ssm1_scan_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc,
-                       const float* A_log, const float* Dskip, int64_t T, float* state, ComputeDType dtype) {
-  active().scan_forward(sh, y, x, dt, bc, A_log, Dskip, T, state, dtype);
+                       const float* A, const float* Dskip, int64_t T, float* state, ComputeDType dtype) {
+  active().scan_forward(sh, y, x, dt, bc, A, Dskip, T, state, dtype);
 }
 
 void ssm1_scan_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const float* dy, const float* x,
-                        const float* dt, const float* bc, const float* A_log, const float* Dskip, int64_t T,
+                        const float* dt, const float* bc, const float* A, const float* Dskip, int64_t T,
                         ComputeDType dtype) {
-  active().scan_backward(sh, dx, ddt, dbc, dy, x, dt, bc, A_log, Dskip, T, dtype);
+  active().scan_backward(sh, dx, ddt, dbc, dy, x, dt, bc, A, Dskip, T, dtype);
 }
 
 }  // namespace qlora

@@ -12,8 +12,11 @@
 //
 // Rounding in bf16/fp16 (dtype F32: none) follows transformers' torch path (mamba_selective_scan)
 // where it touches the inputs: the softplus of the step in the dtype, then the scan in float32.
-// The output stays float32 (transformers rounds S C to the dtype before adding D x; the
-// remaining half-precision difference). Backwards treat rounding as the identity.
+// What differs in half precision (float32: the same model): the output stays float32
+// (transformers rounds S C to the dtype before adding D x); dt_proj's bias is added inside the
+// Linear, rounded once (transformers rounds W t, then adds the rounded bias in the dtype); one path
+// for prefill and decode (transformers' single-token selective_state_update rounds x D, the sum and
+// the gate in the dtype too). Backwards treat rounding as the identity.
 //
 // Two builds of one source (mamba1_kernels_inl.h): the baseline instruction set's (the reference)
 // and AVX-512's, chosen at run time by simd_level() (QLORA_SIMD caps it).
@@ -32,22 +35,22 @@ struct Ssm1Shape {
 
 // Per channel d and token t, from the conv's outputs x (T, D), dt_proj's outputs dt (T, D, its bias
 // included) and bc (T, 2N: B then C):
-//   step = softplus(dt[t, d]), S[d] = exp(step A[d]) * S[d] + step x[t, d] B_t, A[d] = -exp(A_log[d]) (N)
+//   step = softplus(dt[t, d]), S[d] = exp(step A[d]) * S[d] + step x[t, d] B_t, A (D, N) = -exp(A_log)
 //   y[t, d] = S[d] . C_t + Dskip[d] x[t, d]
 // with S `state` ((D, N), updated in place: decoding continues from it) or zeros when null.
 // y (T, D) float32.
 void ssm1_scan_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc,
-                       const float* A_log, const float* Dskip, int64_t T, float* state, ComputeDType dtype);
+                       const float* A, const float* Dskip, int64_t T, float* state, ComputeDType dtype);
 // The gradients of that forward from a zero state over T tokens, ACCUMULATED (+=) into dx (T, D),
-// ddt (T, D) and dbc (T, 2N). A_log and Dskip are frozen (no gradients).
+// ddt (T, D) and dbc (T, 2N). A and Dskip are frozen (no gradients).
 void ssm1_scan_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const float* dy, const float* x,
-                        const float* dt, const float* bc, const float* A_log, const float* Dskip, int64_t T,
+                        const float* dt, const float* bc, const float* A, const float* Dskip, int64_t T,
                         ComputeDType dtype);
 // Channels a thread takes at a time, and the floats of scratch one thread's backward uses for T
 // tokens (the block's states and decays at every token; for the memory planner).
 inline constexpr int64_t kSsm1Block = 8;
 inline int64_t ssm1_backward_thread_floats(const Ssm1Shape& sh, int64_t T) {
-  return 2 * T * kSsm1Block * sh.N + 2 * T * kSsm1Block + 2 * T * sh.N + 4 * kSsm1Block * sh.N;
+  return 2 * T * kSsm1Block * sh.N + 2 * T * kSsm1Block + 2 * T * sh.N + 2 * kSsm1Block * sh.N;
 }
 
 struct Mamba1Kernels {

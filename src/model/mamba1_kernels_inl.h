@@ -29,7 +29,7 @@ inline float ssm1_step(float raw, ComputeDType dtype, float* grad) {
 }
 
 // The decays of channels [d0, d0 + nb) at token t: a (nb, N) = exp(step A), steps (nb) kept;
-// A (nb, N) = -exp(A_log) of the block. grads (nb) when not null.
+// A (nb, N): the block's rates (-exp(A_log)). grads (nb) when not null.
 inline void block_decays(float* a, float* steps, float* grads, const float* A, const float* dt_row, int64_t d0,
                          int64_t nb, int64_t N, ComputeDType dtype, ExpFn expv) {
   for (int64_t i = 0; i < nb; ++i) {
@@ -43,21 +43,21 @@ inline void block_decays(float* a, float* steps, float* grads, const float* A, c
   expv(a, a, nb * N);
 }
 
-void scan_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc, const float* A_log,
+void scan_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc, const float* A,
                   const float* Dskip, int64_t T, float* state, ComputeDType dtype, ExpFn expv) {
   const int64_t D = sh.D, N = sh.N, BL = kSsm1Block, n_blocks = (D + BL - 1) / BL;
 #pragma omp parallel
   {
-    std::vector<float> S(static_cast<size_t>(BL * N)), A(static_cast<size_t>(BL * N)), a(static_cast<size_t>(BL * N)),
+    std::vector<float> S(static_cast<size_t>(BL * N)), a(static_cast<size_t>(BL * N)),
         steps(static_cast<size_t>(BL));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t d0 = b * BL, nb = std::min(BL, D - d0);
-      for (int64_t i = 0; i < nb * N; ++i) A[static_cast<size_t>(i)] = -std::exp(A_log[d0 * N + i]);
+      const float* Ab = A + d0 * N;
       float* Sb = state ? state + d0 * N : S.data();
       if (!state) std::fill(S.begin(), S.end(), 0.0f);
       for (int64_t t = 0; t < T; ++t) {
-        block_decays(a.data(), steps.data(), nullptr, A.data(), dt + t * D, d0, nb, N, dtype, expv);
+        block_decays(a.data(), steps.data(), nullptr, Ab, dt + t * D, d0, nb, N, dtype, expv);
         const float* B = bc + t * 2 * N;
         const float* C = B + N;
         for (int64_t i = 0; i < nb; ++i) {
@@ -79,7 +79,7 @@ void scan_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt
 }
 
 void scan_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const float* dy, const float* x,
-                   const float* dt, const float* bc, const float* A_log, const float* Dskip, int64_t T,
+                   const float* dt, const float* bc, const float* A, const float* Dskip, int64_t T,
                    ComputeDType dtype, ExpFn expv) {
   const int64_t D = sh.D, N = sh.N, BL = kSsm1Block, n_blocks = (D + BL - 1) / BL, SB = BL * N;
   // Every channel reads the same B and C: each thread sums its channels' dB and dC apart, added at the end.
@@ -89,15 +89,15 @@ void scan_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const
     // (kept in step with ssm1_backward_thread_floats)
     std::vector<float> states(static_cast<size_t>(T * SB)), decays(static_cast<size_t>(T * SB)),
         steps(static_cast<size_t>(T * BL)), grads(static_cast<size_t>(T * BL)), local(static_cast<size_t>(T * 2 * N), 0.0f),
-        A(static_cast<size_t>(SB)), dS(static_cast<size_t>(SB)), zeros(static_cast<size_t>(SB), 0.0f);
+        dS(static_cast<size_t>(SB)), zeros(static_cast<size_t>(SB), 0.0f);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t d0 = b * BL, nb = std::min(BL, D - d0);
-      for (int64_t i = 0; i < nb * N; ++i) A[static_cast<size_t>(i)] = -std::exp(A_log[d0 * N + i]);
+      const float* Ab = A + d0 * N;
       // The forward again, keeping every state (after each token) and decay.
       for (int64_t t = 0; t < T; ++t) {
         float* at = decays.data() + t * SB;
-        block_decays(at, steps.data() + t * BL, grads.data() + t * BL, A.data(), dt + t * D, d0, nb, N, dtype, expv);
+        block_decays(at, steps.data() + t * BL, grads.data() + t * BL, Ab, dt + t * D, d0, nb, N, dtype, expv);
         const float* prev = t > 0 ? states.data() + (t - 1) * SB : zeros.data();
         float* cur = states.data() + t * SB;
         const float* B = bc + t * 2 * N;
@@ -123,7 +123,7 @@ void scan_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const
           const int64_t d = d0 + i;
           const float gy = dy[t * D + d], xv = x[t * D + d], st = steps[static_cast<size_t>(t * BL + i)];
           const float* ai = at + i * N;
-          const float* Ai = A.data() + i * N;
+          const float* Ai = Ab + i * N;
           const float* Pi = prev + i * N;
           const float* Si = cur + i * N;
           float* dSi = dS.data() + i * N;

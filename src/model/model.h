@@ -81,10 +81,11 @@ struct LayerWeights {
   // Mamba2 (spec.la_mamba2): in_proj in la_in_qkv, the conv's bias (conv_dim; empty without),
   // D (v_heads), the norm's weight value_dim wide.
   // Mamba (1) (spec.la_mamba1): in_proj, x_proj and dt_proj in la_in_qkv, la_in_b and la_in_a;
-  // A_log (channels, state), D (channels); no dt_bias (dt_proj's) and no norm; Falcon-Mamba's
-  // weightless dt / B / C norms run with la_bcdt_unit (ones).
+  // A_log (channels, state) and la_A = -exp(A_log) beside it (the scan's rates, computed at load),
+  // D (channels); no dt_bias (dt_proj's) and no norm; Falcon-Mamba's weightless dt / B / C norms
+  // run with la_bcdt_unit (ones).
   QuantLinear la_in_qkv, la_in_z, la_in_b, la_in_a, la_out;
-  std::vector<float> la_conv, la_conv_bias, la_A_log, la_dt_bias, la_D, la_norm, la_bcdt_unit;
+  std::vector<float> la_conv, la_conv_bias, la_A_log, la_A, la_dt_bias, la_D, la_norm, la_bcdt_unit;
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down; 7..11 the
   // DeltaNet's).
   // REQUIRES 0 <= which < kBlockLinearCount.

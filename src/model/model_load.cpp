@@ -361,6 +361,9 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
       if (spec.la_mamba1) {  // (its steps' bias is dt_proj's; Falcon-Mamba's norms have unit weights)
         L.la_A_log = load_vector(src, prefix + "A_log", opt.compute_dtype);
         progress(prefix + "A_log");
+        // (the decay rates once, rather than an exp per channel and state at every token)
+        L.la_A.resize(L.la_A_log.size());
+        for (size_t i = 0; i < L.la_A.size(); ++i) L.la_A[i] = -std::exp(L.la_A_log[i]);
         if (spec.la_bcdt_norm) L.la_bcdt_unit.assign(static_cast<size_t>(std::max(spec.la_dt_rank, spec.la_k_dim)), 1.0f);
       } else if (!spec.la_short_conv) {  // (LFM2's short conv has the taps only)
         L.la_dt_bias = load_vector(src, prefix + "dt_bias", opt.compute_dtype);
@@ -511,7 +514,7 @@ size_t Model::weight_bytes() const {
              (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.q_a_norm.size() + L.kv_a_norm.size() + L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
-          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_dt_bias.size() + L.la_norm.size() +
+          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_A.size() + L.la_dt_bias.size() + L.la_norm.size() +
           L.la_conv_bias.size() + L.la_D.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();

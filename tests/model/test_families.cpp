@@ -90,8 +90,12 @@ constexpr double kHybridLogitRel = 1.2e-5;
 // then a loop, we a block of channels at a time): with the NF4 round trip, transformers' float32
 // logits are 2.5e-6 of the largest from its float64 ones, ours 4.1e-6 from its float32 ones.
 bool hybrid_fixture(const std::string& what) {
-  return what.rfind("qwen3_5", 0) == 0 || what.rfind("qwen3_next", 0) == 0 || what.rfind("mamba", 0) == 0 ||
-         what.rfind("falcon_mamba", 0) == 0;
+  auto fixture_is = [&](const char* f) {  // ("mamba" itself or "mamba <comparison>", not "mamba2 ...")
+    const std::string p(f);
+    return what == p || what.rfind(p + " ", 0) == 0;
+  };
+  return what.rfind("qwen3_5", 0) == 0 || what.rfind("qwen3_next", 0) == 0 || fixture_is("mamba") ||
+         fixture_is("falcon_mamba");
 }
 // Gemma 4's fixtures are as sensitive: its scores are not scaled down (q and k are RMS-normed
 // per head, then multiplied as they are), so its softmaxes are peaked. Against the same model
@@ -315,7 +319,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesBnb,
                                            "qwen3_5_text", "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "llama4_text", "lfm2", "lfm2_moe",
                                            "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h",
-                                           "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus"),
+                                           "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus", "falcon_mamba"),
                          [](const auto& info) { return std::string(info.param); });
 
 // An adapter trained here is saved under PEFT's names for the family (the same keys and
@@ -446,20 +450,25 @@ TEST(FamiliesPeft, Mamba2LeavesOutProjToPeftsRule) {
   EXPECT_TRUE(out_proj);
 }
 
-// Mamba (1) and Falcon-Mamba: PEFT refuses out_proj and conv1d as for Mamba2, and transformers' mixer
-// multiplies by dt_proj.weight itself (an adapter there does nothing under PEFT): all-linear adapts
-// in_proj and x_proj, and naming dt_proj or out_proj is refused.
+// Mamba (1) and Falcon-Mamba: PEFT refuses out_proj and conv1d as for Mamba2. transformers' MambaMixer
+// multiplies by dt_proj.weight itself (an adapter there does nothing under PEFT): mamba's all-linear
+// adapts in_proj and x_proj, and naming dt_proj is refused. FalconMambaMixer runs dt_proj as a module
+// when quantized (QLoRA): falcon_mamba's all-linear adapts it too.
 TEST(FamiliesPeft, MambaLeavesDtProjAndOutProjOut) {
-  for (const char* f : {"mamba", "falcon_mamba"}) {
+  for (const std::string f : {"mamba", "falcon_mamba"}) {
     const auto m = load(f, false);
     LoraConfig c;
     c.r = 2;
     c.all_linear = true;
     const LoraModel lm(*m, c);
-    ASSERT_EQ(lm.layers().size(), 2 * static_cast<size_t>(m->spec().n_layers)) << f;
+    const bool falcon = f == "falcon_mamba";
+    ASSERT_EQ(lm.layers().size(), (falcon ? 3 : 2) * static_cast<size_t>(m->spec().n_layers)) << f;
     for (const auto& l : lm.layers())
-      EXPECT_TRUE(l.module_path.ends_with(".mixer.in_proj") || l.module_path.ends_with(".mixer.x_proj")) << l.module_path;
+      EXPECT_TRUE(l.module_path.ends_with(".mixer.in_proj") || l.module_path.ends_with(".mixer.x_proj") ||
+                  (falcon && l.module_path.ends_with(".mixer.dt_proj")))
+          << l.module_path;
     for (const char* bad : {"dt_proj", "out_proj"}) {
+      if (falcon && std::string(bad) == "dt_proj") continue;
       LoraConfig o;
       o.r = 2;
       o.target_modules = {"in_proj", bad};

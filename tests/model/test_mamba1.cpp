@@ -23,7 +23,7 @@ constexpr int64_t kT = 37;
 
 struct Scan1Inputs {
   Ssm1Shape sh;
-  std::vector<float> x, dt, bc, A_log, Dskip;
+  std::vector<float> x, dt, bc, A_log, A, Dskip;
   explicit Scan1Inputs(int64_t D = 19, int64_t N = 7) {
     sh.D = D;
     sh.N = N;
@@ -33,6 +33,7 @@ struct Scan1Inputs {
     // (log 1 .. log N per channel, as transformers' S4D initialization, shifted per channel)
     for (int64_t d = 0; d < D; ++d)
       for (int64_t n = 0; n < N; ++n) A_log.push_back(std::log(float(n + 1)) + 0.1f * float(d % 5) - 0.4f);
+    for (float v : A_log) A.push_back(-std::exp(v));  // (the rates the model computes at load)
     Dskip = randn(static_cast<size_t>(D), 4);
     dt[5] = 25.0f;  // (past softplus's threshold: the identity)
   }
@@ -74,7 +75,7 @@ void expect_close(const std::vector<float>& a, const std::vector<float>& b, doub
 TEST(Mamba1, ScanMatchesTheRecurrenceInDouble) {
   const Scan1Inputs in;
   std::vector<float> y(static_cast<size_t>(kT * in.sh.D));
-  ssm1_scan_forward(in.sh, y.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A_log.data(), in.Dskip.data(), kT,
+  ssm1_scan_forward(in.sh, y.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A.data(), in.Dskip.data(), kT,
                     nullptr, ComputeDType::F32);
   const auto ref = scan1_reference(in, to_d(in.x), to_d(in.dt), to_d(in.bc));
   double worst = 0, peak = 0;
@@ -89,13 +90,13 @@ TEST(Mamba1, PrefillInPiecesCarriesTheState) {
   const Scan1Inputs in;
   const int64_t D = in.sh.D, N = in.sh.N;
   std::vector<float> whole(static_cast<size_t>(kT * D)), pieces(whole.size());
-  ssm1_scan_forward(in.sh, whole.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A_log.data(), in.Dskip.data(), kT,
+  ssm1_scan_forward(in.sh, whole.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A.data(), in.Dskip.data(), kT,
                     nullptr, ComputeDType::BF16);
   std::vector<float> state(static_cast<size_t>(in.sh.state_floats()), 0.0f);
   int64_t t0 = 0;
   for (int64_t n : {13, 1, 2, 21}) {
     ssm1_scan_forward(in.sh, pieces.data() + t0 * D, in.x.data() + t0 * D, in.dt.data() + t0 * D,
-                      in.bc.data() + t0 * 2 * N, in.A_log.data(), in.Dskip.data(), n, state.data(), ComputeDType::BF16);
+                      in.bc.data() + t0 * 2 * N, in.A.data(), in.Dskip.data(), n, state.data(), ComputeDType::BF16);
     t0 += n;
   }
   ASSERT_EQ(t0, kT);
@@ -108,7 +109,7 @@ TEST(Mamba1, ScanBackwardMatchesCentralDifferences) {
   // (accumulates: start from non-zero gradients and subtract them after)
   std::vector<float> dx(in.x.size(), 0.5f), ddt(in.dt.size(), -0.25f), dbc(in.bc.size(), 1.0f);
   ssm1_scan_backward(in.sh, dx.data(), ddt.data(), dbc.data(), dy.data(), in.x.data(), in.dt.data(), in.bc.data(),
-                     in.A_log.data(), in.Dskip.data(), kT, ComputeDType::F32);
+                     in.A.data(), in.Dskip.data(), kT, ComputeDType::F32);
   for (float& v : dx) v -= 0.5f;
   for (float& v : ddt) v += 0.25f;
   for (float& v : dbc) v -= 1.0f;
@@ -128,18 +129,18 @@ TEST(Mamba1, Avx512ScanMatchesTheBaseline) {
   for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16}) {
     std::vector<float> y1(static_cast<size_t>(kT * D)), y2(y1.size()), st1(static_cast<size_t>(in.sh.state_floats()), 0.25f),
         st2 = st1;
-    s.scan_forward(in.sh, y1.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A_log.data(), in.Dskip.data(), kT,
+    s.scan_forward(in.sh, y1.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A.data(), in.Dskip.data(), kT,
                    st1.data(), dt);
-    v.scan_forward(in.sh, y2.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A_log.data(), in.Dskip.data(), kT,
+    v.scan_forward(in.sh, y2.data(), in.x.data(), in.dt.data(), in.bc.data(), in.A.data(), in.Dskip.data(), kT,
                    st2.data(), dt);
     expect_close(y1, y2, 1e-5, "scan forward");
     expect_close(st1, st2, 1e-5, "scan state");
     std::vector<float> dx1(in.x.size(), 0.0f), dx2 = dx1, dd1(in.dt.size(), 0.0f), dd2 = dd1, db1(in.bc.size(), 0.0f),
         db2 = db1;
     s.scan_backward(in.sh, dx1.data(), dd1.data(), db1.data(), dy.data(), in.x.data(), in.dt.data(), in.bc.data(),
-                    in.A_log.data(), in.Dskip.data(), kT, dt);
+                    in.A.data(), in.Dskip.data(), kT, dt);
     v.scan_backward(in.sh, dx2.data(), dd2.data(), db2.data(), dy.data(), in.x.data(), in.dt.data(), in.bc.data(),
-                    in.A_log.data(), in.Dskip.data(), kT, dt);
+                    in.A.data(), in.Dskip.data(), kT, dt);
     expect_close(dx1, dx2, 1e-5, "scan backward d x");
     expect_close(dd1, dd2, 1e-5, "scan backward d dt");
     expect_close(db1, db2, 1e-5, "scan backward d B | C");

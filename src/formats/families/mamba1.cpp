@@ -14,10 +14,14 @@
 // norms with the layers' layer_norm_rms_epsilon, the GGUF having no key for mixer_rms_eps: a
 // falcon_mamba GGUF is read so, as llama.cpp runs it.
 //
-// transformers' MambaMixer reads dt_proj.weight directly (dt_proj's bias and its adapter
-// bypassed: `self.dt_proj.weight @ time_step`), so a PEFT adapter on dt_proj does nothing there;
-// all-linear leaves it out and an explicit dt_proj target is refused (ModelFamily::
-// peft_bypassed_linear), and PEFT's refusal of out_proj holds here as for Mamba2.
+// transformers' MambaMixer multiplies by dt_proj.weight itself (`self.dt_proj.weight @ time_step`,
+// its bias added apart), bypassing an adapter on dt_proj: under PEFT it would do nothing, so for
+// mamba all-linear leaves dt_proj out and naming it is refused (ModelFamily::peft_bypassed_linear).
+// (Nor can transformers run a bitsandbytes-quantized MambaForCausalLM: dt_proj.weight is then packed
+// 4-bit codes that matmul does not dequantize; qlora quantizes and runs it.) FalconMambaMixer takes
+// the same shortcut only unquantized: a QLoRA model (config._is_quantized) calls dt_proj(t) - bias,
+// so an adapter there is live, and falcon_mamba keeps dt_proj among its targets. PEFT's refusal of
+// out_proj and conv1d holds for both, as for Mamba2.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -153,12 +157,15 @@ ModelFamily mamba1_family(std::string_view model_type, std::string_view hf_class
   f.gguf_layer_names = kMamba1GgufNames;
   f.gguf_layer_params = kMamba1GgufParams;
   f.peft_refuses_out_proj = true;
-  f.peft_bypassed_linear = 10;  // dt_proj
   return f;
 }
 }  // namespace
 
-const ModelFamily kMamba = mamba1_family("mamba", "MambaForCausalLM", "mamba");
+const ModelFamily kMamba = [] {
+  ModelFamily f = mamba1_family("mamba", "MambaForCausalLM", "mamba");
+  f.peft_bypassed_linear = 10;  // dt_proj
+  return f;
+}();
 // (llama.cpp's converter writes Falcon-Mamba as a mamba GGUF with ssm.dt_b_c_rms; read back through kMamba)
 const ModelFamily kFalconMamba = [] {
   ModelFamily f = mamba1_family("falcon_mamba", "FalconMambaForCausalLM", "");

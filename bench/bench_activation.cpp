@@ -26,7 +26,7 @@ std::vector<float> normal(int64_t n, float sd) {
   return v;
 }
 
-enum class Fn { Erf, Tanh, Exp, Expm1 };
+enum class Fn { Erf, Tanh, Exp, Expm1, Softplus };
 
 void kernel(benchmark::State& state, Fn fn, bool fast) {
   if (fast && qlora::cpu_simd_level() < qlora::SimdLevel::AVX2) {
@@ -43,6 +43,7 @@ void kernel(benchmark::State& state, Fn fn, bool fast) {
       case Fn::Tanh: k.tanh(x.data(), y.data(), n); break;
       case Fn::Exp: k.exp(x.data(), y.data(), n); break;
       case Fn::Expm1: k.expm1(x.data(), y.data(), n); break;
+      case Fn::Softplus: k.softplus(x.data(), y.data(), n); break;
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -75,6 +76,8 @@ BENCHMARK_CAPTURE(kernel, exp_scalar, Fn::Exp, false);
 BENCHMARK_CAPTURE(kernel, exp_avx2, Fn::Exp, true);
 BENCHMARK_CAPTURE(kernel, expm1_scalar, Fn::Expm1, false);
 BENCHMARK_CAPTURE(kernel, expm1_avx2, Fn::Expm1, true);
+BENCHMARK_CAPTURE(kernel, softplus_scalar, Fn::Softplus, false);
+BENCHMARK_CAPTURE(kernel, softplus_avx2, Fn::Softplus, true);
 BENCHMARK_CAPTURE(gelu, Gelu_forward, false)->UseRealTime();
 BENCHMARK_CAPTURE(gelu, Gelu_backward, true)->UseRealTime();
 

@@ -57,6 +57,10 @@ void xielu_backward_scalar(float* dx, const float* dout, const float* x, int64_t
   }
 }
 
+void softplus_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 20.0f ? x[i] : std::log1p(std::exp(x[i]));
+}
+
 }  // namespace
 
 void gelu_tanh_inner(const float* g, float* t, int64_t n) {
@@ -68,7 +72,7 @@ void gelu_tanh_inner(const float* g, float* t, int64_t n) {
 
 const ActivationKernels& scalar_activation_kernels() {
   static const ActivationKernels k{swiglu_forward_scalar, swiglu_backward_scalar, exp_scalar, tanh_scalar, erf_scalar, expm1_scalar,
-                                   xielu_forward_scalar, xielu_backward_scalar};
+                                   xielu_forward_scalar, xielu_backward_scalar, softplus_scalar};
   return k;
 }
 

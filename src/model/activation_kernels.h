@@ -1,7 +1,8 @@
 #pragma once
 // Element-wise kernels of the activations, one set per instruction set, chosen at run time
 // like linear_kernels.h: SwiGLU forward and backward, exp over a vector (softmax), tanh (the
-// tanh-GELU and soft caps), erf (the exact GELU) and expm1 (xIELU).
+// tanh-GELU and soft caps), erf (the exact GELU), expm1 (xIELU) and softplus (the selective
+// scans' steps).
 //
 // The scalar kernels are the definitions (std::exp, i.e. glibc's expf, in the order the ops
 // have always run). The AVX2 kernels are bit-identical to them: their exp reproduces
@@ -45,6 +46,12 @@ struct ActivationKernels {
   // in float, op by op as written; the AVX2 kernels differ from the scalar ones only through expm1 (an ulp).
   void (*xielu_forward)(const float* x, float* y, int64_t n, const float* c);
   void (*xielu_backward)(float* dx, const float* dout, const float* x, int64_t n, const float* c);
+  // y (n) = torch's softplus (beta 1, threshold 20): x beyond 20, else log1p(exp(x)) (y may alias x).
+  // The scalar kernel is glibc's log1pf(expf(x)); the AVX2 one evaluates in double and rounds once
+  // (exp's double-precision steps, then log1p as 2 atanh(s): s = e / (2 + e) up to e = sqrt 2 - 1,
+  // else from 1 + e's exponent and mantissa), within an ulp of the scalar one (tested); lanes below
+  // -87 and NaN go through the scalar path.
+  void (*softplus)(const float* x, float* y, int64_t n);
 };
 
 // t (n) = tanh(sqrt(2 / pi) (g + 0.044715 g^3)), the tanh-GELU's inner tanh (gelu_pytorch_tanh =

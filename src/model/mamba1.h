@@ -18,8 +18,9 @@
 // for prefill and decode (transformers' single-token selective_state_update rounds x D, the sum and
 // the gate in the dtype too). Backwards treat rounding as the identity.
 //
-// Two builds of one source (mamba1_kernels_inl.h): the baseline instruction set's (the reference)
-// and AVX-512's, chosen at run time by simd_level() (QLORA_SIMD caps it).
+// Two builds of one source (mamba1_kernels_inl.h): the baseline instruction set's (the reference,
+// on the scalar activation kernels) and AVX-512's (on the AVX2 softplus and exp), chosen at run time
+// by simd_level() (QLORA_SIMD caps it).
 #include <cstdint>
 
 #include "base/cpu_features.h"

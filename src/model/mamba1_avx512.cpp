@@ -9,13 +9,13 @@ namespace qlora {
 namespace {
 void avx512_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc, const float* A,
                     const float* Dskip, int64_t T, float* state, ComputeDType dtype) {
-  mamba1_detail::scan_forward(sh, y, x, dt, bc, A, Dskip, T, state, dtype, kernels::avx2_activation_kernels().exp);
+  mamba1_detail::scan_forward(sh, y, x, dt, bc, A, Dskip, T, state, dtype, kernels::avx2_activation_kernels());
 }
 void avx512_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const float* dy, const float* x,
                      const float* dt, const float* bc, const float* A, const float* Dskip, int64_t T,
                      ComputeDType dtype) {
   mamba1_detail::scan_backward(sh, dx, ddt, dbc, dy, x, dt, bc, A, Dskip, T, dtype,
-                               kernels::avx2_activation_kernels().exp);
+                               kernels::avx2_activation_kernels());
 }
 }  // namespace
 

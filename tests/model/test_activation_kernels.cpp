@@ -227,6 +227,21 @@ TEST(ActivationKernels, Expm1IsWithinAnUlpOfExpm1f) {
   expect_within_one_ulp(&ActivationKernels::expm1, xs, "expm1");
 }
 
+// The vectorized softplus against log1pf(expf(x)) (the scalar kernel): every float on a fine stride
+// through (-100, 30) (both atanh forms and the switch between them at e = sqrt 2 - 1, i.e. x = -0.881,
+// the threshold at 20, the scalar path below -87), tiny values, signed zeros, infinities and NaN;
+// within one ulp.
+TEST(ActivationKernels, SoftplusIsWithinAnUlpOfLog1pfExpf) {
+  std::vector<float> xs;
+  for (float v = -100.0f; v < 30.0f; v = std::nextafter(v + 2e-5f * std::max(1.0f, std::fabs(v)), 31.0f)) xs.push_back(v);
+  for (float v : {0.0f, -0.0f, -0.8813736f, -0.8813735f, 20.0f, std::nextafter(20.0f, 0.0f), std::nextafter(20.0f, 21.0f),
+                  -87.0f, std::nextafter(-87.0f, 0.0f), -86.99f, 1e-30f, -1e-20f, 1e-40f, 88.0f, -103.0f, -110.0f,
+                  std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
+    xs.push_back(v);
+  xs.push_back(std::numeric_limits<float>::quiet_NaN());
+  expect_within_one_ulp(&ActivationKernels::softplus, xs, "softplus");
+}
+
 // xIELU's forward and backward kernels against the scalar ones on awkward sizes (tails, the kinks at 0
 // and eps, very negative lanes that take the scalar path, aliasing): they differ only through expm1's
 // last bit, so within a few float ulps of each value.

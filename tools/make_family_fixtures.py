@@ -419,7 +419,9 @@ FAMILIES = {
                                                num_hidden_layers=3, state_size=8, expand=2, conv_kernel=4,
                                                time_step_rank=6, layer_norm_epsilon=1e-5, mixer_rms_eps=1e-5,
                                                tie_word_embeddings=False, _ssm_random=True,
-                                               _targets=["in_proj", "x_proj"])),
+                                               _targets=["in_proj", "x_proj"],
+                                               # (dt_proj's adapter: live only in the quantized model's path)
+                                               _bnb4_adapter_targets=["in_proj", "x_proj", "dt_proj"])),
     # NVIDIA Nemotron-H (Nemotron Nano 2's block): each layer norm -> one branch -> residual, the branch a
     # Mamba2 mixer (4 heads of 24 in 2 groups: an inner width of heads x head size, not expand x hidden;
     # state 8, 4 taps with a bias, chunks of 8), attention without positions (4 heads of 16, 2 key/value
@@ -2284,6 +2286,33 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "falcon_mamba")
 
 
+def write_bnb4_adapter(out: Path, prompt, targets):
+    """PEFT's adapter on `targets` (r 4, alpha 8, B drawn N(0, 0.05^2)) over the bnb4/ checkpoint as
+    transformers loads it (config._is_quantized: the quantized model's code path), saved as
+    bnb4_adapter/; returns the prompt logits of that PeftModel. (Falcon-Mamba: its mixer runs dt_proj
+    as a module, with the adapter, only when quantized.)"""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    import bitsandbytes as bnb
+    use_generic_cpu_dequantize()
+    m = AutoModelForCausalLM.from_pretrained(out / "bnb4", device_map="cpu", dtype=torch.float32).eval()
+    for mod in m.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False
+    torch.manual_seed(5)
+    pm = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"))
+    gb = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gb))
+    pm.eval()
+    pm.save_pretrained(out / "bnb4_adapter")
+    (out / "bnb4_adapter" / "README.md").unlink(missing_ok=True)
+    with torch.no_grad():
+        return pm(prompt).logits[0].float().contiguous()
+
+
 def write_bnb_checkpoints(out: Path, prompt, attn: str = "eager", moe: bool = False, auto=None):
     """transformers loads the float32 directory with bitsandbytes (4-bit NF4 with double
     quantization and float32 compute; LLM.int8) on CPU and saves it with save_pretrained, as
@@ -2568,6 +2597,8 @@ def build(family: str):
         write_fused_experts(out, model, prompt)
     if family in BNB_FAMILIES:
         all_logits.update(write_bnb_checkpoints(out, prompt, attn_impl(family), is_moe(family), auto_class(family)))
+    if "_bnb4_adapter_targets" in FAMILIES[family][1]:
+        all_logits["bnb4_adapter_logits"] = write_bnb4_adapter(out, prompt, FAMILIES[family][1]["_bnb4_adapter_targets"])
     if "_long" in FAMILIES[family][1]:
         n = FAMILIES[family][1]["_long"]
         long_prompt = torch.randint(3, V, (1, n), generator=torch.Generator().manual_seed(23))

@@ -482,6 +482,28 @@ TEST(FamiliesPeft, MambaLeavesDtProjAndOutProjOut) {
   }
 }
 
+// Falcon-Mamba's dt_proj adapter where it is live in transformers: over the bnb4/ checkpoint (the
+// quantized model's path calls dt_proj as a module), PEFT's adapter on in_proj, x_proj and dt_proj
+// gives PeftModel's logits.
+TEST(FamiliesPeft, FalconMambaDtProjAdapterOnBnb4GivesPeftLogits) {
+  const Fixture x = read_fixture("falcon_mamba");
+  ModelFiles files = open_model_files(family_dir("falcon_mamba") + "/bnb4");
+  ModelLoadOptions o;
+  o.quant.double_quant = true;
+  Model m = Model::load(files.spec, *files.tensors, o);
+  const PeftAdapter a = load_peft_adapter(family_dir("falcon_mamba") + "/bnb4_adapter");
+  LoraModel lm(m, a.config);
+  a.apply_to(lm.layers());
+  bool dt = false;
+  for (const auto& l : lm.layers()) dt = dt || l.module_path.ends_with(".mixer.dt_proj");
+  EXPECT_TRUE(dt);
+  m.set_adapter(&lm);
+  const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
+  expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb4_adapter_logits")),
+                "falcon_mamba bnb4 adapter");
+  m.set_adapter(nullptr);
+}
+
 // Nemotron-H is under PEFT's Mamba rule too: all-linear adapts each layer's own Linears (the Mamba
 // layers' in_proj, the attention's q/k/v/o, the MLP layers' up/down) and never the mixer's
 // out_proj, which naming is refused.

@@ -249,6 +249,12 @@ std::vector<float> merged_tensor_values(const Model& model, const std::string& n
           if (rest == "linear_attn.norm.weight") return L.la_norm;
           if (rest == "linear_attn.conv1d.bias") return L.la_conv_bias;
           if (rest == "linear_attn.D") return L.la_D;
+          if (model.spec().la_bcdt_weights) {  // (Jamba's dt / B / C norms; la_bc_norm holds B's then C's)
+            const int64_t N = model.spec().la_k_dim;
+            if (rest == "linear_attn.dt_layernorm.weight") return L.la_dt_norm;
+            if (rest == "linear_attn.b_layernorm.weight") return {L.la_bc_norm.begin(), L.la_bc_norm.begin() + N};
+            if (rest == "linear_attn.c_layernorm.weight") return {L.la_bc_norm.begin() + N, L.la_bc_norm.end()};
+          }
         }
         if (model.spec().layer_moe(l) && model.spec().moe_f32_router()) {  // (float32, with its score bias)
           if (rest == std::string(kMoeRouterModule) + ".weight")  // (with its adapters: PEFT's ParamWrapper)

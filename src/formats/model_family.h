@@ -134,6 +134,9 @@ struct ModelFamily {
   // (Mamba's dt_proj: MambaMixer multiplies by dt_proj.weight itself), -1 for none: all-linear
   // leaves it out and naming it is refused (the adapter would do nothing under PEFT).
   int peft_bypassed_linear = -1;
+  // ... bypassed only when that Linear is not quantized (FalconMambaMixer and JambaMambaMixer call
+  // dt_proj as a module when config._is_quantized, with its adapter): a 4-/8-bit one is adapted.
+  bool peft_bypass_unquantized_only = false;
   std::span<const HfRename> renames(const ModelSpec& s) const { return renames_for ? renames_for(s) : hf_renames; }
   std::string_view export_arch() const { return gguf_export_arch.empty() ? gguf_arch : gguf_export_arch; }
   std::string_view export_arch(const ModelSpec& s) const { return export_arch_for ? export_arch_for(s) : export_arch(); }

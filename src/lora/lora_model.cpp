@@ -109,11 +109,16 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       const std::string path = block_linear_path(model.spec(), l, static_cast<BlockLinear>(w));
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
       if (path.empty() || !cfg_.targets(path)) continue;
-      if (const ModelFamily* f = find_family(model.spec().family); f && w == f->peft_bypassed_linear) {
+      if (const ModelFamily* f = find_family(model.spec().family);
+          f && w == f->peft_bypassed_linear &&
+          !(f->peft_bypass_unquantized_only && block_linear(L, static_cast<BlockLinear>(w)).is_quantized())) {
         if (cfg_.all_linear) continue;
         fail("LoRA config", "LoRA on " + path + ": transformers' " + model.spec().family + " mixer multiplies by this "
-                                "Linear's weight itself, bypassing an adapter on it, so under PEFT the adapter would do "
-                                "nothing; target in_proj and x_proj");
+                                "Linear's weight itself" +
+                                std::string(f->peft_bypass_unquantized_only ? " when the model is not quantized" : "") +
+                                ", bypassing an adapter on it, so under PEFT the adapter would do nothing; target "
+                                "in_proj and x_proj" +
+                                (f->peft_bypass_unquantized_only ? " (or load the model 4-/8-bit)" : ""));
       }
       if (w == 11 && model_family_refuses_out_proj(model.spec())) {
         if (cfg_.all_linear) continue;

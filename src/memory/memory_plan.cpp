@@ -83,9 +83,11 @@ bool lora_targets(const ModelSpec& s, const MemoryOptions& o, const char* module
   if (const ModelFamily* f = find_family(s.family);
       f && f->peft_refuses_out_proj && std::string_view(module) == kBlockLinearModules[11])
     return false;
-  // (Mamba's dt_proj: bypassed by transformers' mixer; all-linear leaves it out)
+  // (Mamba's dt_proj: bypassed by transformers' mixer -- Falcon-Mamba's and Jamba's unquantized only;
+  // all-linear leaves it out)
   if (const ModelFamily* f = find_family(s.family);
-      f && f->peft_bypassed_linear >= 0 && std::string_view(module) == kBlockLinearModules[static_cast<size_t>(f->peft_bypassed_linear)])
+      f && f->peft_bypassed_linear >= 0 && std::string_view(module) == kBlockLinearModules[static_cast<size_t>(f->peft_bypassed_linear)] &&
+      !(f->peft_bypass_unquantized_only && o.weights != WeightFormat::Dense))
     return false;
   if (o.all_linear) return true;
   const std::string path = canonical_to_hf(s, std::string("model.layers.0.") + module);

@@ -136,9 +136,9 @@ void block_backward(const BlockRun& r, LoraModel& adapter, const std::vector<flo
         gated_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux),
                             T * o.rows_per_token, o.width, r.dtype);
         break;
-      case BlockOpKind::UnitRmsNorm:
-        rmsnorm_backward(g(o.in0), nullptr, dy, buf(o.in0), L.la_bcdt_unit.data(), buf(o.aux), T * o.rows_per_token,
-                         o.width);
+      case BlockOpKind::SsmBcdtNorm:
+        ssm1_norm_backward(g(o.in0), dy, buf(o.in0), (o.rows_per_token == 1 ? L.la_dt_norm : L.la_bc_norm).data(),
+                           buf(o.aux), T, o.rows_per_token, o.width);
         break;
       case BlockOpKind::SsmNorm:
         ssm_norm_backward(g(o.in0), g(o.in1), dy, buf(o.in0), buf(o.in1), L.la_norm.data(), buf(o.aux), T,

@@ -281,10 +281,11 @@ void block_forward(const BlockRun& r) {
         gated_norm_forward(out, stats, in0, in1, L.la_norm.data(), T * o.rows_per_token, o.width, s.norm_eps, r.dtype);
         break;
       }
-      case BlockOpKind::UnitRmsNorm: {
+      case BlockOpKind::SsmBcdtNorm: {
         check(be.host_addressable(), "Mamba layer", std::string("runs on the CPU backend only, not on ") + be.name());
         float* stats = o.aux >= 0 ? r.buf[static_cast<size_t>(o.aux)] : nullptr;
-        rmsnorm_forward(out, stats, in0, L.la_bcdt_unit.data(), T * o.rows_per_token, o.width, s.la_bcdt_eps, r.dtype);
+        ssm1_norm_forward(out, stats, in0, (o.rows_per_token == 1 ? L.la_dt_norm : L.la_bc_norm).data(), T,
+                          o.rows_per_token, o.width, s.la_bcdt_eps, r.dtype);
         break;
       }
       case BlockOpKind::SsmNorm: {

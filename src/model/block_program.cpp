@@ -347,9 +347,9 @@ void BlockProgram::build_mamba1(int out, int h) {
   int dtr = buffer("ssm_dt_raw", R), bc = buffer("ssm_bc", 2 * N);
   add_slice(dtr, dbc, 0, R);
   add_slice(bc, dbc, R, 2 * N);
-  if (s.la_bcdt_norm) {  // (Falcon-Mamba: dt, B and C each through a weightless RMSNorm)
+  if (s.la_bcdt_norm) {  // (Falcon-Mamba, Jamba: dt, B and C each through an RMSNorm)
     auto unit_norm = [&](int in, const char* name, int64_t rows, int64_t width) {
-      BlockOp n{BlockOpKind::UnitRmsNorm};
+      BlockOp n{BlockOpKind::SsmBcdtNorm};
       n.out = buffer(name, rows * width);
       n.in0 = in;
       n.aux = buffer(std::string("rstd_") + name, rows, true);
@@ -755,7 +755,7 @@ void BlockProgram::finish() {
       case BlockOpKind::SsmScan: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::SsmNorm: keep(o.in0); keep(o.in1); keep(o.aux); break;
       case BlockOpKind::Ssm1Scan: keep(o.in0); keep(o.in1); keep(o.in2); break;
-      case BlockOpKind::UnitRmsNorm: keep(o.in0); keep(o.aux); break;
+      case BlockOpKind::SsmBcdtNorm: keep(o.in0); keep(o.aux); break;
       case BlockOpKind::OutputGate: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Mul: keep(o.in0); keep(o.in1); break;
       case BlockOpKind::Gather: break;  // (its backward reads the column list only)

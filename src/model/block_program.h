@@ -69,8 +69,9 @@ enum class BlockOpKind : uint8_t {
   // Mamba (1)'s (model/mamba1.h; spec.la_mamba1):
   Ssm1Scan,    // out = the selective scan of x = in0 with steps in1 (dt_proj's outputs) and B | C = in2
                // (float32, unrounded)
-  UnitRmsNorm,  // out = RMSNorm of rows of `width` (rows_per_token a token) with unit weights and the
-                // spec's la_bcdt_eps, rounded (Falcon-Mamba's dt / B / C norms; aux: rstd)
+  SsmBcdtNorm,  // out = RMSNorm of each of rows_per_token parts of `width` a token, part p times its own
+                // weights (la_dt_norm for dt's one part, la_bc_norm for B | C's two), the spec's
+                // la_bcdt_eps, rounded as an RMSNorm (Falcon-Mamba's and Jamba's; aux: rstd)
   Concat,      // out = per group g of `groups`: in0's g-th `width` columns, then in1's g-th `width1`
                // (broadcast: in1's only `width1`, the same for every group; in1 -1: zeros)
                // (DeepSeek's keys: each head's own dims | the shared rotary key; values padded)

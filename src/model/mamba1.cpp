@@ -3,7 +3,10 @@
 // AVX-512 ones (mamba1_avx512.cpp).
 #include "model/mamba1.h"
 
+#include <cmath>
+
 #include "model/activation_kernels.h"
+#include "model/linear_kernels.h"
 #include "model/mamba1_kernels_inl.h"
 
 namespace qlora {
@@ -33,6 +36,35 @@ const Mamba1Kernels& scalar_mamba1_kernels() {
 
 const Mamba1Kernels& mamba1_kernels_for(SimdLevel level) {
   return level >= SimdLevel::AVX512 ? avx512_mamba1_kernels() : scalar_mamba1_kernels();
+}
+
+void ssm1_norm_forward(float* out, float* rstd, const float* in, const float* w, int64_t T, int64_t parts, int64_t width,
+                       float eps, ComputeDType dtype) {
+  for (int64_t r = 0; r < T * parts; ++r) {
+    const float* x = in + r * width;
+    const float* wp = w + (r % parts) * width;
+    float* o = out + r * width;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < width; ++i) ss += x[i] * x[i];
+    const float rs = 1.0f / std::sqrt(ss / static_cast<float>(width) + eps);
+    if (rstd) rstd[r] = rs;
+    for (int64_t i = 0; i < width; ++i) o[i] = kernels::round_to_dtype(wp[i] * kernels::round_to_dtype(x[i] * rs, dtype), dtype);
+  }
+}
+
+void ssm1_norm_backward(float* din, const float* dout, const float* in, const float* w, const float* rstd, int64_t T,
+                        int64_t parts, int64_t width) {
+  for (int64_t r = 0; r < T * parts; ++r) {
+    const float* x = in + r * width;
+    const float* g = dout + r * width;
+    const float* wp = w + (r % parts) * width;
+    const float rs = rstd[r];
+    // out = w x rs: dx = rs (w g - x rs^2 mean(w g x)).
+    float dot = 0.0f;
+    for (int64_t i = 0; i < width; ++i) dot += wp[i] * g[i] * x[i];
+    const float c = rs * rs * dot / static_cast<float>(width);
+    for (int64_t i = 0; i < width; ++i) din[r * width + i] += rs * (wp[i] * g[i] - x[i] * c);
+  }
 }
 
 void ssm1_scan_forward(const Ssm1Shape& sh, float* y, const float* x, const float* dt, const float* bc,

@@ -47,6 +47,16 @@ void ssm1_scan_forward(const Ssm1Shape& sh, float* y, const float* x, const floa
 void ssm1_scan_backward(const Ssm1Shape& sh, float* dx, float* ddt, float* dbc, const float* dy, const float* x,
                         const float* dt, const float* bc, const float* A, const float* Dskip, int64_t T,
                         ComputeDType dtype);
+// The mixer's dt / B / C RMSNorms (Falcon-Mamba's weightless ones, Jamba's dt_layernorm, b_layernorm,
+// c_layernorm): per token, each of `parts` consecutive segments of `width` normalized over itself,
+// out = round(w_p * round(x * rstd)) as transformers' RMSNorms round (w (parts * width): each
+// part's weights); rstd (T * parts) kept when not null. Backward ACCUMULATES into din (weights
+// frozen; rounding as the identity), REQUIRES the forward's rstd.
+void ssm1_norm_forward(float* out, float* rstd, const float* in, const float* w, int64_t T, int64_t parts, int64_t width,
+                       float eps, ComputeDType dtype);
+void ssm1_norm_backward(float* din, const float* dout, const float* in, const float* w, const float* rstd, int64_t T,
+                        int64_t parts, int64_t width);
+
 // Channels a thread takes at a time, and the floats of scratch one thread's backward uses for T
 // tokens (the block's states and decays at every token; for the memory planner).
 inline constexpr int64_t kSsm1Block = 8;

@@ -82,10 +82,11 @@ struct LayerWeights {
   // D (v_heads), the norm's weight value_dim wide.
   // Mamba (1) (spec.la_mamba1): in_proj, x_proj and dt_proj in la_in_qkv, la_in_b and la_in_a;
   // A_log (channels, state) and la_A = -exp(A_log) beside it (the scan's rates, computed at load),
-  // D (channels); no dt_bias (dt_proj's) and no norm; Falcon-Mamba's weightless dt / B / C norms
-  // run with la_bcdt_unit (ones).
+  // D (channels); no dt_bias (dt_proj's) and no norm; the dt / B / C norms' weights (spec.la_bcdt_norm)
+  // la_dt_norm (dt_rank) and la_bc_norm (B's then C's, 2 x state): Jamba's, or ones (Falcon-Mamba's
+  // are weightless).
   QuantLinear la_in_qkv, la_in_z, la_in_b, la_in_a, la_out;
-  std::vector<float> la_conv, la_conv_bias, la_A_log, la_A, la_dt_bias, la_D, la_norm, la_bcdt_unit;
+  std::vector<float> la_conv, la_conv_bias, la_A_log, la_A, la_dt_bias, la_D, la_norm, la_dt_norm, la_bc_norm;
   // Linear `which` in kBlockLinearModules order (0..6: q, k, v, o, gate, up, down; 7..11 the
   // DeltaNet's).
   // REQUIRES 0 <= which < kBlockLinearCount.

@@ -364,7 +364,16 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
         // (the decay rates once, rather than an exp per channel and state at every token)
         L.la_A.resize(L.la_A_log.size());
         for (size_t i = 0; i < L.la_A.size(); ++i) L.la_A[i] = -std::exp(L.la_A_log[i]);
-        if (spec.la_bcdt_norm) L.la_bcdt_unit.assign(static_cast<size_t>(std::max(spec.la_dt_rank, spec.la_k_dim)), 1.0f);
+        if (spec.la_bcdt_weights) {
+          L.la_dt_norm = load_vector(src, prefix + "dt_layernorm.weight", opt.compute_dtype);
+          L.la_bc_norm = load_vector(src, prefix + "b_layernorm.weight", opt.compute_dtype);
+          const std::vector<float> c = load_vector(src, prefix + "c_layernorm.weight", opt.compute_dtype);
+          L.la_bc_norm.insert(L.la_bc_norm.end(), c.begin(), c.end());
+          for (const char* n : {"dt_layernorm.weight", "b_layernorm.weight", "c_layernorm.weight"}) progress(prefix + n);
+        } else if (spec.la_bcdt_norm) {
+          L.la_dt_norm.assign(static_cast<size_t>(spec.la_dt_rank), 1.0f);
+          L.la_bc_norm.assign(static_cast<size_t>(2 * spec.la_k_dim), 1.0f);
+        }
       } else if (!spec.la_short_conv) {  // (LFM2's short conv has the taps only)
         L.la_dt_bias = load_vector(src, prefix + "dt_bias", opt.compute_dtype);
         progress(prefix + "dt_bias");
@@ -514,7 +523,7 @@ size_t Model::weight_bytes() const {
              (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.q_a_norm.size() + L.kv_a_norm.size() + L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
-          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_A.size() + L.la_dt_bias.size() + L.la_norm.size() +
+          L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_A.size() + L.la_dt_norm.size() + L.la_bc_norm.size() + L.la_dt_bias.size() + L.la_norm.size() +
           L.la_conv_bias.size() + L.la_D.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();

@@ -203,6 +203,7 @@ void ModelSpec::validate(const std::string& where) const {
       fail(where, "Mamba (1) layers are channels of one value and one group of B and C, nothing else");
     if (la_mamba1 && (la_dt_rank <= 0 || la_dt_rank > 65536))
       fail(where, "time_step_rank must be positive, got " + std::to_string(la_dt_rank));
+    if (la_bcdt_weights && !la_bcdt_norm) fail(where, "weights for the dt / B / C norms of a mixer without them");
     if (la_mamba1 && !(la_bcdt_eps > 0.0f && std::isfinite(la_bcdt_eps)))
       fail(where, "mixer_rms_eps must be positive and finite");
     if (la_mamba2 && !(la_dt_min >= 0.0f && la_dt_min <= la_dt_max))
@@ -418,6 +419,11 @@ std::vector<TensorSpec> ModelSpec::tensors() const {
       if (la_mamba1) {  // (A_log per channel and state, D per channel; no gated norm)
         t.push_back({prefix + "A_log", {la_v_heads, la_k_dim}});
         t.push_back({prefix + "D", {la_v_heads}});
+        if (la_bcdt_weights) {  // (Jamba's dt / B / C norms)
+          t.push_back({prefix + "dt_layernorm.weight", {la_dt_rank}});
+          t.push_back({prefix + "b_layernorm.weight", {la_k_dim}});
+          t.push_back({prefix + "c_layernorm.weight", {la_k_dim}});
+        }
       }
       if (!la_short_conv && !la_mamba1) t.push_back({layer_tensor_name(l, "linear_attn.norm"), {la_mamba2 ? la_value_dim() : la_v_dim}});
       linears(l, 7, 12);

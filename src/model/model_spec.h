@@ -499,7 +499,8 @@ struct ModelSpec {
   // its bias) in the in_proj_a slot; the scan (A_log (inner, state), D (inner)); y * silu(z);
   // out_proj in the out_proj slot. Biases on in_proj / out_proj: la_proj_bias. The state:
   // (inner, state).
-  bool la_mamba1 = false, la_bcdt_norm = false;
+  // la_bcdt_weights: those norms have weights (Jamba's dt_layernorm, b_layernorm, c_layernorm).
+  bool la_mamba1 = false, la_bcdt_norm = false, la_bcdt_weights = false;
   int64_t la_dt_rank = 0;
   float la_bcdt_eps = 1e-6f;
   // Mamba2ForCausalLM's layers: norm -> mixer -> residual, no MLP and no second norm.

@@ -452,23 +452,23 @@ TEST(FamiliesPeft, Mamba2LeavesOutProjToPeftsRule) {
 
 // Mamba (1) and Falcon-Mamba: PEFT refuses out_proj and conv1d as for Mamba2. transformers' MambaMixer
 // multiplies by dt_proj.weight itself (an adapter there does nothing under PEFT): mamba's all-linear
-// adapts in_proj and x_proj, and naming dt_proj is refused. FalconMambaMixer runs dt_proj as a module
-// when quantized (QLoRA): falcon_mamba's all-linear adapts it too.
+// adapts in_proj and x_proj, and naming dt_proj is refused. FalconMambaMixer does the same unquantized
+// but runs dt_proj as a module when quantized (QLoRA): falcon_mamba's all-linear adapts it there.
 TEST(FamiliesPeft, MambaLeavesDtProjAndOutProjOut) {
-  for (const std::string f : {"mamba", "falcon_mamba"}) {
-    const auto m = load(f, false);
+  for (const std::string f : {"mamba", "falcon_mamba", "falcon_mamba nf4"}) {
+    const bool falcon = f != "mamba", nf4 = f == "falcon_mamba nf4";
+    const auto m = load(falcon ? "falcon_mamba" : "mamba", nf4);
     LoraConfig c;
     c.r = 2;
     c.all_linear = true;
     const LoraModel lm(*m, c);
-    const bool falcon = f == "falcon_mamba";
-    ASSERT_EQ(lm.layers().size(), (falcon ? 3 : 2) * static_cast<size_t>(m->spec().n_layers)) << f;
+    ASSERT_EQ(lm.layers().size(), (nf4 ? 3 : 2) * static_cast<size_t>(m->spec().n_layers)) << f;
     for (const auto& l : lm.layers())
       EXPECT_TRUE(l.module_path.ends_with(".mixer.in_proj") || l.module_path.ends_with(".mixer.x_proj") ||
-                  (falcon && l.module_path.ends_with(".mixer.dt_proj")))
+                  (nf4 && l.module_path.ends_with(".mixer.dt_proj")))
           << l.module_path;
     for (const char* bad : {"dt_proj", "out_proj"}) {
-      if (falcon && std::string(bad) == "dt_proj") continue;
+      if (nf4 && std::string(bad) == "dt_proj") continue;
       LoraConfig o;
       o.r = 2;
       o.target_modules = {"in_proj", bad};

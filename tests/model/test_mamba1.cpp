@@ -146,3 +146,29 @@ TEST(Mamba1, Avx512ScanMatchesTheBaseline) {
     expect_close(db1, db2, 1e-5, "scan backward d B | C");
   }
 }
+
+// The mixer's dt / B / C norms (Falcon-Mamba's, Jamba's): each part of a token normalized over itself
+// and scaled by its own weights; the backward against central differences.
+TEST(Mamba1, BcdtNormAndBackwardMatchCentralDifferences) {
+  const int64_t T = 5, P = 2, W = 7;
+  const std::vector<float> x = randn(static_cast<size_t>(T * P * W), 9), w = randn(static_cast<size_t>(P * W), 10);
+  const float eps = 1e-3f;
+  auto ref = [&](const std::vector<double>& xs) {
+    std::vector<double> o(xs.size());
+    for (int64_t r = 0; r < T * P; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < W; ++i) ss += xs[r * W + i] * xs[r * W + i];
+      const double rs = 1 / std::sqrt(ss / W + eps);
+      for (int64_t i = 0; i < W; ++i) o[r * W + i] = w[(r % P) * W + i] * xs[r * W + i] * rs;
+    }
+    return o;
+  };
+  std::vector<float> out(x.size()), rstd(static_cast<size_t>(T * P));
+  ssm1_norm_forward(out.data(), rstd.data(), x.data(), w.data(), T, P, W, eps, ComputeDType::F32);
+  const auto r = ref(to_d(x));
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], r[i], 1e-5);
+  const std::vector<float> dout = randn(out.size(), 12);
+  std::vector<float> dx(x.size(), 0.0f);
+  ssm1_norm_backward(dx.data(), dout.data(), x.data(), w.data(), rstd.data(), T, P, W);
+  expect_gradient(ref, to_d(x), to_d(dout), dx, "norm d x");
+}

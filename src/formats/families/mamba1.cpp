@@ -20,8 +20,9 @@
 // (Nor can transformers run a bitsandbytes-quantized MambaForCausalLM: dt_proj.weight is then packed
 // 4-bit codes that matmul does not dequantize; qlora quantizes and runs it.) FalconMambaMixer takes
 // the same shortcut only unquantized: a QLoRA model (config._is_quantized) calls dt_proj(t) - bias,
-// so an adapter there is live, and falcon_mamba keeps dt_proj among its targets. PEFT's refusal of
-// out_proj and conv1d holds for both, as for Mamba2.
+// so an adapter there is live: falcon_mamba adapts dt_proj when it is quantized (4-/8-bit) and
+// leaves it out (refuses it by name) when not. PEFT's refusal of out_proj and conv1d holds for
+// both, as for Mamba2.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -169,6 +170,8 @@ const ModelFamily kMamba = [] {
 // (llama.cpp's converter writes Falcon-Mamba as a mamba GGUF with ssm.dt_b_c_rms; read back through kMamba)
 const ModelFamily kFalconMamba = [] {
   ModelFamily f = mamba1_family("falcon_mamba", "FalconMambaForCausalLM", "");
+  f.peft_bypassed_linear = 10;  // dt_proj, when not quantized
+  f.peft_bypass_unquantized_only = true;
   f.gguf_export_arch = "mamba";
   return f;
 }();

@@ -422,6 +422,17 @@ FAMILIES = {
                                                _targets=["in_proj", "x_proj"],
                                                # (dt_proj's adapter: live only in the quantized model's path)
                                                _bnb4_adapter_targets=["in_proj", "x_proj", "dt_proj"])),
+    # AI21's Jamba: 4 layers -- Mamba (128 channels, state 8, dt rank 4, dt / B / C norms with weights),
+    # Mamba with experts, attention without positions (4 heads, 2 key/value heads), Mamba with experts
+    # (attn_layer_period 4 offset 2, expert_layer_period 2 offset 1; 4 experts of 96, top 2 not
+    # renormalized). The adapter names the Linears PEFT's all-linear picks here but dt_proj (transformers'
+    # unquantized mixer multiplies by its weight, bypassing an adapter): qlora's all-linear on this model.
+    "jamba": ("JambaConfig", dict(num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+                                  expert_layer_offset=1, attn_layer_period=4, attn_layer_offset=2, mamba_d_state=8,
+                                  mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto", use_mamba_kernels=False,
+                                  tie_word_embeddings=False, _ssm_random=True, _moe=True,
+                                  _targets=["q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "x_proj", "out_proj",
+                                            "gate_proj", "up_proj", "down_proj"])),
     # NVIDIA Nemotron-H (Nemotron Nano 2's block): each layer norm -> one branch -> residual, the branch a
     # Mamba2 mixer (4 heads of 24 in 2 groups: an inner width of heads x head size, not expand x hidden;
     # state 8, 4 taps with a bias, chunks of 8), attention without positions (4 heads of 16, 2 key/value
@@ -2283,7 +2294,7 @@ BNB_FAMILIES = ("llama", "qwen3", "gemma2", "phi3", "phi", "gpt2", "gpt_neox", "
                 "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus",
                 # (not mamba: transformers' MambaMixer multiplies by dt_proj.weight, which bitsandbytes leaves
                 # packed -- it cannot run a quantized MambaForCausalLM; FalconMambaMixer calls the module then)
-                "falcon_mamba")
+                "falcon_mamba", "jamba")
 
 
 def write_bnb4_adapter(out: Path, prompt, targets):

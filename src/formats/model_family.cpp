@@ -12,8 +12,8 @@ namespace qlora {
 namespace {
 
 // The one list. A new family adds its file under formats/families/ and its entry here.
-const std::array<const ModelFamily*, 62>& all_families() {
-  static const std::array<const ModelFamily*, 62> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
+const std::array<const ModelFamily*, 63>& all_families() {
+  static const std::array<const ModelFamily*, 63> all = {&families::kLlama, &families::kMistral, &families::kQwen2,
                                                         &families::kQwen3, &families::kGemma,   &families::kGemma2,
                                                         &families::kGemma3Text, &families::kPhi3, &families::kPhi, &families::kGptNeoX,
                                                         &families::kGpt2, &families::kOpt,
@@ -30,7 +30,7 @@ const std::array<const ModelFamily*, 62>& all_families() {
                                                         &families::kHunyuanDense, &families::kQwen3_5Text, &families::kQwen3_5MoeText, &families::kQwen3Next, &families::kGemma4Text, &families::kLlama4Text, &families::kLfm2, &families::kLfm2Moe, &families::kGraniteMoeHybrid, &families::kBamba, &families::kMamba2,
                                                         &families::kNemotronH, &families::kGptBigCode,
                                                         &families::kMpt, &families::kApertus,
-                                                        &families::kMamba, &families::kFalconMamba};
+                                                        &families::kMamba, &families::kFalconMamba, &families::kJamba};
   return all;
 }
 

@@ -375,8 +375,9 @@ struct ModelSpec {
   // (Gemma 4), the shared expert and its gate (Qwen2-MoE) or the Linears only (LFM2-MoE).
   // (Nemotron 3: PEFT refuses all-linear on a Mamba model; its module names adapt the Linears and
   // shared experts only, and so does our all-linear.)
+  // (Jamba -- the MoE with Mamba (1) layers --: PEFT's all-linear leaves its experts and router out.)
   bool all_linear_adapts_experts() const {
-    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite && !la_short_conv && !moe_ungated &&
+    return moe() && !moe_gpt_oss && !moe_gemma4 && !moe_granite && !la_short_conv && !moe_ungated && !la_mamba1 &&
            (!shared_expert || moe_sigmoid_router || moe_biased_softmax || moe_softmax_f32 || moe_router_linear);
   }
   // Whether that router has a score bias tensor (moe_score_bias).

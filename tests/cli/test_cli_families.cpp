@@ -127,7 +127,7 @@ INSTANTIATE_TEST_SUITE_P(Families, CliFamilies,
                          ::testing::Values("llama", "qwen3", "gemma2", "gemma3_text", "phi3", "phi", "stablelm", "starcoder2_swa", "granite", "olmo2", "gptj", "cohere2", "smollm3_swa", "olmo", "arcee", "nemotron",
                                            "mixtral", "qwen2_moe", "olmo3", "exaone4", "glm4", "gpt2", "gpt_neox", "opt",
                                            "opt_350m", "bloom", "falcon", "falcon_mq", "falcon_alibi", "gemma3", "llava", "gpt_oss", "ministral3", "qwen3_5_text", "qwen3_5", "qwen3_5_moe", "qwen3_next", "gemma4_text", "gemma4", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe", "seed_oss", "deepseek_v3", "deepseek_v2", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_text", "llama4", "lfm2", "lfm2_moe", "lfm2_vl",
-                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus", "mamba", "falcon_mamba"),
+                                           "granitemoehybrid", "granitemoehybrid_moe", "bamba", "mamba2", "nemotron_h", "nemotron_h_moe", "gpt_bigcode", "mpt", "apertus", "mamba", "falcon_mamba", "jamba"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

@@ -797,6 +797,33 @@ TEST(HfConfig, FalconMambaConfig) {
   EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
 }
 
+// ai21labs/Jamba-v0.1's config.json (hidden 4096, 32 layers: attention every 8th from 4, experts every
+// 2nd from 1 -- 16 of 14336, top 2 --, Mamba expand 2, state 16, dt rank 256) reads to transformers 5.23's
+// count on the meta device (51,570,323,328): the layer pattern, no rotary, the mixers' dt / B / C norm
+// weights; written back as a period and offset and read again to the same count.
+TEST(HfConfig, JambaConfig) {
+  const char* cfg = R"({"architectures": ["JambaForCausalLM"], "model_type": "jamba", "vocab_size": 65536, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "num_experts": 16, "num_experts_per_tok": 2, "expert_layer_period": 2, "expert_layer_offset": 1, "attn_layer_period": 8, "attn_layer_offset": 4, "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": 256, "mamba_conv_bias": true, "mamba_proj_bias": false, "rms_norm_eps": 1e-06, "tie_word_embeddings": false, "use_mamba_kernels": true, "max_position_embeddings": 262144})";
+  const ModelSpec s = spec_from_hf_config(json::parse(cfg), "config.json");
+  EXPECT_EQ(s.family, "jamba");
+  EXPECT_EQ(s.num_params(), 51570323328);
+  EXPECT_TRUE(s.la_mamba1 && s.la_bcdt_norm && s.la_bcdt_weights && !s.no_mlp);
+  EXPECT_EQ(s.state_layers(), 28);
+  EXPECT_FALSE(s.layer_is_linear_attn(4));
+  EXPECT_TRUE(s.layer_is_linear_attn(5));
+  EXPECT_FALSE(s.layer_rotates(4));
+  EXPECT_TRUE(s.layer_moe(1) && !s.layer_moe(2));
+  EXPECT_FALSE(s.norm_topk);
+  EXPECT_FALSE(s.all_linear_adapts_experts());
+  const json back = json::parse(hf_config_json(s, DType::F32));
+  EXPECT_EQ(back.at("attn_layer_period").get<int64_t>(), 8);
+  EXPECT_EQ(back.at("attn_layer_offset").get<int64_t>(), 4);
+  EXPECT_EQ(back.at("expert_layer_period").get<int64_t>(), 2);
+  EXPECT_EQ(spec_from_hf_config(back, "config.json").num_params(), s.num_params());
+  json bad = json::parse(cfg);
+  bad["attn_layer_offset"] = 8;
+  EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
+}
+
 // NVIDIA-Nemotron-Nano-9B-v2's sizes (hidden 4480, 56 layers of the hybrid_override_pattern below:
 // 27 Mamba2, 4 attention, 25 MLP; 128 Mamba heads of 80 in 8 groups, state 128 -- an inner width of
 // 10240, not expand x hidden; 40 heads of 128 with 8 key/value heads; MLP 15680, vocab 131072), as a

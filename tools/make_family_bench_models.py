@@ -202,6 +202,14 @@ FAMILIES = {
     # state 16, 4 taps, time_step_rank 32, weightless dt / B / C norms) -> residual; untied head.
     "falcon_mamba": ("FalconMambaConfig", dict(hidden_size=512, num_hidden_layers=8, state_size=16, expand=2,
                                                conv_kernel=4, tie_word_embeddings=False)),
+    # Jamba (Jamba Mini 1.5's block) at that size: 8 layers -- attention (8 heads, 2 key/value heads of 64, no
+    # positions) on layer 4, Mamba (1024 channels, state 16, dt rank 32, dt / B / C norms) elsewhere; experts
+    # on every second layer from 1 (8 of 1024, top 2), a dense SwiGLU MLP of 1024 on the others; untied.
+    "jamba": ("JambaConfig", dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
+                                  num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, expert_layer_period=2,
+                                  expert_layer_offset=1, attn_layer_period=8, attn_layer_offset=4, mamba_d_state=16,
+                                  mamba_d_conv=4, mamba_expand=2, use_mamba_kernels=False, max_position_embeddings=2048,
+                                  tie_word_embeddings=False)),
     # MPT (MPT-7B's block) at that size: 8 layers, 8 heads, ALiBi, LayerNorms without biases, fused Wqkv,
     # the exact GELU MLP 4 x 512, no biases, tied head.
     "mpt": ("MptConfig", dict(d_model=512, n_heads=8, n_layers=8, max_seq_len=2048, tie_word_embeddings=True)),

@@ -1,5 +1,6 @@
 #include "lora/adapter_loader.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -92,6 +93,33 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
                  "key '" + peft_lora_key(path, 'B') + "' has shape (" + std::to_string(m.out) + ", " +
                      std::to_string(m.r) + ") but the model's '" + path + "' has out_features " +
                      std::to_string(q_out) + " (an adapter for a different model?)");
+  }
+
+  // transformers' Mamba mixers bypass an adapter on dt_proj (Falcon-Mamba's and Jamba's only when the
+  // model is not quantized): PEFT's all-linear adapters hold one that PeftModel never runs there. Run
+  // the adapter as PEFT does -- without it --, saying so (LoraModel refuses to build it).
+  if (const ModelFamily* f = find_family(model.spec().family); f && f->peft_bypassed_linear >= 0) {
+    const auto w = static_cast<BlockLinear>(f->peft_bypassed_linear);
+    size_t dropped = 0;
+    std::string leaf;
+    for (int64_t l = 0; l < NL; ++l) {
+      const std::string p = block_linear_path(model.spec(), l, w);
+      if (p.empty() || !a.modules.count(p)) continue;
+      if (f->peft_bypass_unquantized_only && model.block_linear(l, f->peft_bypassed_linear).is_quantized()) continue;
+      a.modules.erase(p);
+      ++dropped;
+      leaf = p.substr(p.rfind('.') + 1);
+    }
+    if (dropped > 0) {
+      auto& t = a.config.target_modules;
+      t.erase(std::remove(t.begin(), t.end(), leaf), t.end());
+      std::fprintf(stderr,
+                   "note: %s: the adapter's %zu %s LoRA(s) are left out: transformers' %s mixer multiplies by that "
+                   "Linear's weight itself%s, so PeftModel runs this adapter without them too\n",
+                   wpath.c_str(), dropped, leaf.c_str(), model.spec().family.c_str(),
+                   f->peft_bypass_unquantized_only ? " when the model is not quantized" : "");
+      check(!a.modules.empty(), wpath, "holds no LoRA weights but the bypassed " + leaf + "'s");
+    }
   }
 
   try {

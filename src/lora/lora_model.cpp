@@ -46,7 +46,10 @@ bool model_family_refuses_out_proj(const ModelSpec& spec) {
   return f && f->peft_refuses_out_proj;
 }
 
-bool moe_modules_renamed(const ModelSpec& spec) { return spec.moe_llama4 || spec.la_short_conv || spec.moe_ungated; }
+// (Jamba -- the MoE with Mamba (1) layers --: feed_forward.router / feed_forward.experts)
+bool moe_modules_renamed(const ModelSpec& spec) {
+  return spec.moe_llama4 || spec.la_short_conv || spec.moe_ungated || (spec.la_mamba1 && spec.moe());
+}
 }  // namespace
 
 std::string moe_router_module_path(const ModelSpec& spec, int64_t layer) {

@@ -506,6 +506,28 @@ TEST(FamiliesPeft, FalconMambaDtProjAdapterOnBnb4GivesPeftLogits) {
   m.set_adapter(nullptr);
 }
 
+// PEFT's all-linear adapters name dt_proj, which transformers' Falcon-Mamba / Jamba mixer bypasses on
+// an unquantized model: loaded onto one, it is left out (PeftModel runs the adapter without it);
+// onto the NF4 model it is kept.
+TEST(FamiliesPeft, BypassedDtProjAdapterLoadsWithoutIt) {
+  for (const bool nf4 : {false, true}) {
+    const auto m = load("falcon_mamba", nf4);
+    const LoadedAdapter a = load_adapter(family_dir("falcon_mamba") + "/bnb4_adapter", *m);
+    size_t dt = 0;
+    for (const auto& l : a.lora->layers()) dt += l.module_path.ends_with(".mixer.dt_proj");
+    EXPECT_EQ(dt, nf4 ? static_cast<size_t>(m->spec().n_layers) : 0u) << (nf4 ? "nf4" : "f32");
+    EXPECT_EQ(a.lora->layers().size(), (nf4 ? 3 : 2) * static_cast<size_t>(m->spec().n_layers));
+  }
+}
+
+// Jamba's MoE modules in transformers 5's tree: feed_forward.router and feed_forward.experts (what
+// PEFT's target_parameters name), not the canonical mlp.gate / mlp.experts.
+TEST(FamiliesPeft, JambaMoeModulePaths) {
+  const auto m = load("jamba", false);
+  EXPECT_EQ(moe_router_module_path(m->spec(), 1), "model.layers.1.feed_forward.router");
+  EXPECT_EQ(moe_experts_module(m->spec(), 3), "model.layers.3.feed_forward.experts");
+}
+
 // Nemotron-H is under PEFT's Mamba rule too: all-linear adapts each layer's own Linears (the Mamba
 // layers' in_proj, the attention's q/k/v/o, the MLP layers' up/down) and never the mixer's
 // out_proj, which naming is refused.

@@ -822,6 +822,12 @@ TEST(HfConfig, JambaConfig) {
   json bad = json::parse(cfg);
   bad["attn_layer_offset"] = 8;
   EXPECT_THROW((void)spec_from_hf_config(bad, "config.json"), Error);
+  // (3 layers: attention's offset 4 never reached -- Mamba only --, written back so and read the same)
+  json small = json::parse(cfg);
+  small["num_hidden_layers"] = 3;
+  const ModelSpec m = spec_from_hf_config(small, "config.json");
+  EXPECT_EQ(m.state_layers(), 3);
+  EXPECT_EQ(spec_from_hf_config(json::parse(hf_config_json(m, DType::F32)), "config.json").num_params(), m.num_params());
 }
 
 // NVIDIA-Nemotron-Nano-9B-v2's sizes (hidden 4480, 56 layers of the hybrid_override_pattern below:

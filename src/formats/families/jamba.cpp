@@ -33,9 +33,12 @@ using nlohmann::ordered_json;
 void jamba_normalize(json& j) {
   const std::pair<const char*, json> defaults[] = {
       {"vocab_size", 65536}, {"hidden_size", 4096},    {"intermediate_size", 14336}, {"num_hidden_layers", 32},
-      {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"rms_norm_eps", 1e-6}};
+      {"num_attention_heads", 32}, {"rms_norm_eps", 1e-6}};
   for (const auto& [k, v] : defaults)
     if (!j.contains(k) || j[k].is_null()) j[k] = v;
+  if (!j.contains("num_key_value_heads")) j["num_key_value_heads"] = 8;
+  // (JambaConfig: num_key_value_heads None means num_attention_heads)
+  if (j.contains("num_key_value_heads") && j["num_key_value_heads"].is_null()) j["num_key_value_heads"] = j["num_attention_heads"];
 }
 
 // Layer l is the `period`-cycle's `offset`-th (transformers' layers_block_type / layers_num_experts).
@@ -97,8 +100,8 @@ void jamba_read(const json& j, const std::string& where, ModelSpec& s) {
       s.moe_layer_list = std::move(moe);
     }
   }
-  if (config::get_float(j, "router_aux_loss_coef", where, 0.001f) != 0.0f && config::get_bool(j, "output_router_logits", where, false))
-    fail(where, "output_router_logits: Jamba's router auxiliary loss in training is not supported; set it to false");
+  // (output_router_logits: transformers adds the router's auxiliary loss in training; not here -- the
+  // released configs leave it off, and the experts are frozen in QLoRA)
 }
 
 void jamba_write(const ModelSpec& s, ordered_json& j) {
@@ -108,8 +111,9 @@ void jamba_write(const ModelSpec& s, ordered_json& j) {
   for (int64_t l = 0; l < s.n_layers; ++l)
     if (s.layer_rotates(l)) fail("config.json", "Jamba's attention has no positions; this model rotates");
   // (the layer pattern back as a period and offset: Jamba's only form)
+  // (none at all: the period past the last layer, as a config whose offset no layer reaches reads)
   auto period_of = [&](auto&& is, const char* what, int64_t& period, int64_t& offset) {
-    for (period = 1; period <= s.n_layers; ++period) {
+    for (period = 1; period <= s.n_layers + 1; ++period) {
       for (offset = 0; offset < period; ++offset) {
         bool ok = true;
         for (int64_t l = 0; l < s.n_layers && ok; ++l) ok = is(l) == (l % period == offset);
@@ -143,7 +147,8 @@ void jamba_write(const ModelSpec& s, ordered_json& j) {
     j["mamba_proj_bias"] = s.la_proj_bias;
   }
   j["use_mamba_kernels"] = false;
-  for (const char* k : {"rope_theta", "rope_parameters", "rope_scaling", "head_dim"}) j.erase(k);
+  for (const char* k : {"rope_theta", "rope_parameters", "rope_scaling"}) j.erase(k);
+  if (s.head_dim * s.n_heads == s.hidden) j.erase("head_dim");  // (JambaAttention reads one when it is there)
 }
 
 }  // namespace

@@ -1133,7 +1133,7 @@ GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gem
              "granitemoehybrid": "granitehybrid", "granitemoehybrid_moe": "granitehybrid", "nemotron_h": "nemotron_h",
              "nemotron_h_moe": "nemotron_h_moe", "apertus": "apertus",
              "mamba2": "mamba2", "gpt_bigcode": "starcoder", "mpt": "mpt",
-             "bamba": "granitehybrid", "mamba": "mamba", "falcon_mamba": "mamba"}
+             "bamba": "granitehybrid", "mamba": "mamba", "falcon_mamba": "mamba", "jamba": "jamba"}
 
 
 def write_gguf_mamba(model, path: Path):
@@ -1175,6 +1175,58 @@ def write_gguf_mamba(model, path: Path):
         else:
             mod, suffix = rest.rsplit(".", 1)
             if mod == "mixer.conv1d" and suffix == "weight":
+                t = t.reshape(t.shape[0], t.shape[2])
+            w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+    _finish(w)
+
+
+def write_gguf_jamba(model, path: Path):
+    """As llama.cpp's converter writes JambaForCausalLM (conversion/jamba.py: JambaModel): head_count_kv per
+    layer (0 on the Mamba layers), feed_forward_length = intermediate_size, the ssm.* sizes, expert_count /
+    expert_used_count; the experts stacked as ffn_{gate,up,down}_exps with ffn_gate_inp on their layers, the
+    dense MLP as ffn_gate / ffn_up / ffn_down elsewhere; the mixer as mamba's plus ssm_dt_norm / ssm_b_norm /
+    ssm_c_norm; q/k unpermuted (no rotary)."""
+    import gguf
+    import numpy as np
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "jamba")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv([c.num_key_value_heads if t == "attention" else 0 for t in c.layers_block_type])
+    w.add_ssm_conv_kernel(c.mamba_d_conv)
+    w.add_ssm_inner_size(c.mamba_expand * c.hidden_size)
+    w.add_ssm_state_size(c.mamba_d_state)
+    w.add_ssm_time_step_rank(c.mamba_dt_rank)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_expert_count(c.num_experts)
+    w.add_expert_used_count(c.num_experts_per_tok)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_test_vocab(w, c.vocab_size)
+    names = {"input_layernorm": "attn_norm", "pre_ff_layernorm": "ffn_norm", "mamba.in_proj": "ssm_in",
+             "mamba.conv1d": "ssm_conv1d", "mamba.x_proj": "ssm_x", "mamba.dt_proj": "ssm_dt", "mamba.out_proj": "ssm_out",
+             "mamba.dt_layernorm": "ssm_dt_norm", "mamba.b_layernorm": "ssm_b_norm", "mamba.c_layernorm": "ssm_c_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "feed_forward.router": "ffn_gate_inp", "feed_forward.gate_proj": "ffn_gate",
+             "feed_forward.up_proj": "ffn_up", "feed_forward.down_proj": "ffn_down"}
+    for name, t in model.state_dict().items():
+        t = t.detach().to(torch.float32).numpy()
+        name = name.replace("model.final_layernorm.", "model.norm.")
+        if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if rest.startswith("feed_forward.") and _add_fused_experts(w, layer, rest[len("feed_forward."):], t):
+            continue
+        if rest == "mamba.A_log":
+            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t)))
+        elif rest == "mamba.D":
+            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t))
+        else:
+            mod, suffix = rest.rsplit(".", 1)
+            if mod == "mamba.conv1d" and suffix == "weight":
                 t = t.reshape(t.shape[0], t.shape[2])
             w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
     _finish(w)
@@ -2016,6 +2068,8 @@ def write_gguf(model, arch: str, path: Path, mxfp4_experts: bool = False):
         return write_gguf_mamba2(model, path)
     if arch == "mamba":
         return write_gguf_mamba(model, path)
+    if arch == "jamba":
+        return write_gguf_jamba(model, path)
     import gguf
     import numpy as np
     c = model.config

@@ -190,9 +190,20 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const bool pure_mamba2 = arch == "mamba2";
   // (llama.cpp's Mamba2 layers: granitehybrid's, nemotron_h's and mamba2's tensors)
   const bool mamba2_arch = granitehybrid || nemotron_h || pure_mamba2;
-  // (llama.cpp's mamba: Mamba (1) layers only -- MambaForCausalLM's and FalconMambaForCausalLM's)
-  const bool mamba1_arch = arch == "mamba";
-  if (mamba1_arch) {  // what llama.cpp's mamba graph runs (families/mamba1.cpp's reader lists it)
+  // (llama.cpp's mamba: Mamba (1) layers only -- MambaForCausalLM's and FalconMambaForCausalLM's; jamba's
+  // beside attention and experts)
+  const bool jamba = arch == "jamba";
+  const bool mamba1_arch = arch == "mamba" || jamba;
+  if (jamba) {  // what llama.cpp's jamba graph runs (families/jamba.cpp's reader lists it)
+    if (s.hybrid() && (!s.la_mamba1 || !s.la_bcdt_weights || !s.la_conv_bias || s.la_proj_bias ||
+                       s.la_value_dim() != 2 * s.hidden))
+      fail(out_path, "llama.cpp's jamba runs Mamba layers of twice the hidden width with a conv bias, no projection "
+                     "biases and weighted dt / B / C norms; this model differs: no GGUF form");
+    if (s.moe() && (s.norm_topk || s.expert_ffn != s.ffn || s.shared_expert))
+      fail(out_path, "llama.cpp's jamba keeps the top experts' weights as they are, with experts as wide as the MLP and "
+                     "no shared expert; this model differs: no GGUF form");
+  }
+  if (mamba1_arch && !jamba) {  // what llama.cpp's mamba graph runs (families/mamba1.cpp's reader lists it)
     bool all_mamba = s.la_mamba1 && s.no_mlp;
     for (int64_t l = 0; l < s.n_layers && all_mamba; ++l) all_mamba = s.layer_is_linear_attn(l);
     if (!all_mamba || !s.la_conv_bias || s.la_proj_bias || s.la_value_dim() != 2 * s.hidden)
@@ -225,7 +236,7 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // converter drops the bound: the GGUF is the converter's, differing only where softplus(dt + dt_bias)
     // falls below time_step_min)
   }
-  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4 && !granitehybrid && !nemotron_h) ||
+  if ((!s.nope_layers.empty() && arch != "cohere2" && arch != "exaone4" && !llama4 && !granitehybrid && !nemotron_h && !jamba) ||
       arch == "smollm3") {  // llama.cpp's smollm3: every fourth layer NoPE, no window
     bool every_fourth = arch == "smollm3" && s.sliding_window == 0;
     for (int64_t l = 0; l < s.n_layers && every_fourth; ++l) every_fourth = s.layer_rotates(l) == ((l + 1) % 4 != 0);
@@ -350,10 +361,10 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
   const std::string a = arch + ".";
   // (nemotron_h: as its converter writes it for a model without positions)
   w.set_u32(a + "context_length",
-            static_cast<uint32_t>(nemotron_h || pure_mamba2 || mamba1_arch ? int64_t{1} << 20 : s.max_positions));
+            static_cast<uint32_t>(nemotron_h || pure_mamba2 || (mamba1_arch && !jamba) ? int64_t{1} << 20 : s.max_positions));
   w.set_u32(a + "embedding_length", static_cast<uint32_t>(s.hidden));
   w.set_u32(a + "block_count", static_cast<uint32_t>(s.n_layers));
-  if (pure_mamba2 || mamba1_arch) {  // (as MambaModel / Mamba2Model write them: no MLP, no heads)
+  if (pure_mamba2 || (mamba1_arch && !jamba)) {  // (as MambaModel / Mamba2Model write them: no MLP, no heads)
     w.set_u32(a + "feed_forward_length", 0);
   } else if (nemotron_h) {  // (per layer, the MLP's width on the MLP layers and 0 elsewhere, as NemotronHModel writes it;
                             // the experts' on the MoE layers)
@@ -369,14 +380,14 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     // (granitehybrid with experts: HF's intermediate_size, the experts' width)
     w.set_u32(a + "feed_forward_length", static_cast<uint32_t>(granitehybrid && s.moe() ? s.expert_ffn : s.ffn));
   }
-  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(pure_mamba2 || mamba1_arch ? 0 : s.n_heads));
-  if (pure_mamba2 || mamba1_arch) {
+  w.set_u32(a + "attention.head_count", static_cast<uint32_t>(pure_mamba2 || (mamba1_arch && !jamba) ? 0 : s.n_heads));
+  if (pure_mamba2 || (mamba1_arch && !jamba)) {
     // (no key/value heads either)
   } else if (gemma4 && s.attention_geometry(true).kv_heads != s.n_kv_heads) {
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(static_cast<int32_t>(s.layer_geometry(l).kv_heads));
     w.set_i32_array(a + "attention.head_count_kv", kv);
-  } else if (((lfm2_arch || granitehybrid) && s.hybrid()) || nemotron_h) {  // (as LFM2Model, GraniteHybridModel write it: 0 on the conv / Mamba layers; NemotronHModel 0 on the MLP layers too)
+  } else if (((lfm2_arch || granitehybrid || jamba) && s.hybrid()) || nemotron_h) {  // (as LFM2Model, GraniteHybridModel write it: 0 on the conv / Mamba layers; NemotronHModel 0 on the MLP layers too)
     std::vector<int32_t> kv;
     for (int64_t l = 0; l < s.n_layers; ++l) kv.push_back(s.layer_has_kv(l) ? static_cast<int32_t>(s.n_kv_heads) : 0);
     w.set_i32_array(a + "attention.head_count_kv", kv);
@@ -406,12 +417,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
     w.set_u32(a + "ssm.time_step_rank", 128);
     w.set_u32(a + "ssm.inner_size", 128 * 64);
   }
-  if (mamba1_arch) {  // as convert_hf_to_gguf.py's MambaModel (time_step_rank: dt_proj's rank)
+  if (mamba1_arch && s.hybrid()) {  // as convert_hf_to_gguf.py's MambaModel / JambaModel (time_step_rank: dt_proj's rank)
     w.set_u32(a + "ssm.conv_kernel", static_cast<uint32_t>(s.la_conv_kernel));
     w.set_u32(a + "ssm.inner_size", static_cast<uint32_t>(s.la_value_dim()));
     w.set_u32(a + "ssm.state_size", static_cast<uint32_t>(s.la_k_dim));
     w.set_u32(a + "ssm.time_step_rank", static_cast<uint32_t>(s.la_dt_rank));
-    w.set_bool(a + "ssm.dt_b_c_rms", s.la_bcdt_norm);
+    if (!jamba) w.set_bool(a + "ssm.dt_b_c_rms", s.la_bcdt_norm);
   }
   if (mamba2_arch) {  // as convert_hf_to_gguf.py's GraniteHybridModel (and NemotronHModel, derived from it)
     if (s.hybrid()) {

@@ -292,6 +292,8 @@ struct GgufLlamaHParams {
   bool ssm_conv_bias = false;
   // mamba: ssm.dt_b_c_rms (Falcon-Mamba's RMSNorms on the mixer's dt, B and C).
   bool ssm_dt_b_c_rms = false;
+  // jamba: the layers with experts (blk.N.ffn_gate_inp.weight present; the others have a dense MLP).
+  std::vector<bool> moe_layers;
   // mpt: {arch}.attention.max_alibi_bias (0: absent).
   float max_alibi_bias = 0.0f;
   // Per-layer forms (gemma4): {arch}.attention.head_count_kv and .feed_forward_length given as

@@ -249,7 +249,8 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
   }
   hp.num_heads = hp.architecture == "mamba2" || hp.architecture == "mamba" ? 1 : size_key(a + "attention.head_count", std::nullopt);
   // (lfm2: head_count_kv 0 marks its short-conv layers; granitehybrid: its Mamba layers)
-  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || is_nemotron_h_arch(hp.architecture)) {
+  if (f.has(a + "shortconv.l_cache") || hp.architecture == "granitehybrid" || is_nemotron_h_arch(hp.architecture) ||
+      hp.architecture == "jamba") {
     if (f.has(a + "shortconv.l_cache")) hp.shortconv_l_cache = size_key(a + "shortconv.l_cache", std::nullopt);
     const GgufValue* v = f.find(a + "attention.head_count_kv");
     if (v && v->type == GgufValueType::ARRAY) {
@@ -278,6 +279,9 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     hp.num_kv_heads = 1;
   }
   if (hp.architecture == "mamba" && f.has(a + "ssm.dt_b_c_rms")) hp.ssm_dt_b_c_rms = f.get_bool(a + "ssm.dt_b_c_rms");
+  if (hp.architecture == "jamba")  // (which layers carry experts: their router's tensor, as llama.cpp's loader asks)
+    for (int64_t l = 0; l < hp.num_layers; ++l)
+      hp.moe_layers.push_back(f.find_tensor("blk." + std::to_string(l) + ".ffn_gate_inp.weight") != nullptr);
   if (hp.recurrent_layers.empty())
     hp.num_kv_heads = size_key_or_array(a + "attention.head_count_kv", hp.num_heads, hp.kv_heads_per_layer);
   for (int64_t kv : hp.kv_heads_per_layer)
@@ -451,11 +455,12 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
     hp.ssm_conv_kernel = size_key(a + "ssm.conv_kernel", std::nullopt);
     hp.ssm_state_size = size_key(a + "ssm.state_size", std::nullopt);
     // (mamba's layers have one B and C for every channel: no group count)
-    hp.ssm_group_count = size_key(a + "ssm.group_count", hp.architecture == "mamba" ? std::optional<int64_t>(1) : std::nullopt);
+    hp.ssm_group_count = size_key(a + "ssm.group_count", hp.architecture == "mamba" || hp.architecture == "jamba"
+                                                             ? std::optional<int64_t>(1) : std::nullopt);
     hp.ssm_time_step_rank = size_key(a + "ssm.time_step_rank", std::nullopt);
     hp.ssm_inner_size = size_key(a + "ssm.inner_size", std::nullopt);
     hp.full_attention_interval = size_key(a + "full_attention_interval", 4);  // (llama.cpp's default)
-    if (hp.architecture != "mamba" &&  // (mamba's time_step_rank is dt_proj's rank, not a head count)
+    if (hp.architecture != "mamba" && hp.architecture != "jamba" &&  // (mamba's time_step_rank is dt_proj's rank, not a head count)
         (hp.ssm_time_step_rank % hp.ssm_group_count != 0 || hp.ssm_inner_size % hp.ssm_time_step_rank != 0))
       fail(f.path(), "ssm.time_step_rank " + std::to_string(hp.ssm_time_step_rank) + " is not a multiple of "
                      "ssm.group_count " + std::to_string(hp.ssm_group_count) + ", or ssm.inner_size " +

@@ -58,6 +58,15 @@ inline constexpr GgufLayerName kMamba1GgufNames[] = {{"ssm_in", "linear_attn.in_
                                                      {"ssm_dt", "linear_attn.in_proj_a"},
                                                      {"ssm_out", "linear_attn.out_proj"}};
 inline constexpr GgufLayerName kMamba1GgufParams[] = {{"ssm_a", "linear_attn.A_log"}, {"ssm_d", "linear_attn.D"}};
+// ... and Jamba's, with the mixer's dt / B / C norms.
+inline constexpr GgufLayerName kJambaGgufNames[] = {{"ssm_in", "linear_attn.in_proj_qkv"},
+                                                    {"ssm_conv1d", "linear_attn.conv1d"},
+                                                    {"ssm_x", "linear_attn.in_proj_b"},
+                                                    {"ssm_dt", "linear_attn.in_proj_a"},
+                                                    {"ssm_out", "linear_attn.out_proj"},
+                                                    {"ssm_dt_norm", "linear_attn.dt_layernorm"},
+                                                    {"ssm_b_norm", "linear_attn.b_layernorm"},
+                                                    {"ssm_c_norm", "linear_attn.c_layernorm"}};
 
 struct ModelFamily {
   std::string_view model_type;      // config.json model_type, and ModelSpec::family

@@ -623,7 +623,7 @@ class GgufSource : public TensorSource {
     }
     std::vector<float> v = gguf_tensor_to_f32_hf(file_, info(name), hp_);
     if (hp_.architecture == "granitehybrid" || is_nemotron_h_arch(hp_.architecture) || hp_.architecture == "mamba2" ||
-        hp_.architecture == "mamba")
+        hp_.architecture == "mamba" || hp_.architecture == "jamba")
       a_log_from_llama_cpp(name, v);
     // llama.cpp's converter stores Gemma's norm weights as 1 + w; the model applies the 1.
     // (and Nemotron's LayerNorm1P weights)
@@ -889,6 +889,9 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
       int64_t l0 = hp.leading_dense_blocks > 0 && hp.leading_dense_blocks < hp.num_layers ? hp.leading_dense_blocks : 0;
       if (hp.architecture == "llama4" && hp.moe_layer_step > 1 && hp.moe_layer_step <= hp.num_layers)
         l0 = hp.moe_layer_step - 1;
+      if (!hp.moe_layers.empty())  // (jamba: the experts every few layers)
+        l0 = std::find(hp.moe_layers.begin(), hp.moe_layers.end(), true) - hp.moe_layers.begin();
+      if (l0 >= hp.num_layers) fail(where, "expert_count is " + std::to_string(hp.expert_count) + " but no layer has experts");
       g0 = layer_tensor_name(l0, expert_module(0, 0));
       if (!src.has(g0))
         fail(where, "expert_count is " + std::to_string(hp.expert_count) +

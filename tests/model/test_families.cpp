@@ -1488,7 +1488,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesGguf,
                                            "gemma4_text", "gemma4_moe", "gemma4_e", "glm4_moe", "ernie4_5_moe",
                                            "seed_oss", "deepseek_v3", "granitemoe", "dots1", "minimax_m2", "hunyuan_v1_moe", "llama4_gguf", "lfm2", "lfm2_moe",
                                            "granitemoehybrid", "granitemoehybrid_moe", "bamba", "nemotron_h", "nemotron_h_moe", "mamba2",
-                                           "gpt_bigcode", "mpt", "apertus", "mamba", "falcon_mamba"),
+                                           "gpt_bigcode", "mpt", "apertus", "mamba", "falcon_mamba", "jamba"),
                          [](const auto& info) { return std::string(info.param); });
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Families, ::testing::ValuesIn(kFamilies),

@@ -13,6 +13,9 @@
 // (then it calls the module): as for Falcon-Mamba, dt_proj is adapted only when it is 4-/8-bit.
 // PEFT's all-linear adapts the attention's, the mixers' and the dense MLPs' Linears, not the
 // experts (3-D parameters) nor the router (a parameter): so does ours.
+//
+// GGUF both ways as llama.cpp's jamba (head_count_kv per layer, 0 on the Mamba layers; the ssm.* sizes;
+// experts as ffn_*_exps on the layers with ffn_gate_inp).
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -151,6 +154,39 @@ void jamba_write(const ModelSpec& s, ordered_json& j) {
   if (s.head_dim * s.n_heads == s.hidden) j.erase("head_dim");  // (JambaAttention reads one when it is there)
 }
 
+// As llama.cpp runs a jamba GGUF (its converter's JambaModel): head_count_kv 0 marks the Mamba layers
+// (the conv's bias required, no projection biases, the dt / B / C norms with weights at the layers'
+// epsilon), no positions anywhere, experts on the layers with a router (ffn_gate_inp), the top
+// expert_used_count weights not renormalized, a dense MLP of feed_forward_length elsewhere.
+void jamba_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
+  s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
+  if (std::find(hp.recurrent_layers.begin(), hp.recurrent_layers.end(), true) != hp.recurrent_layers.end()) {
+    if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_state_size <= 0 || hp.ssm_inner_size <= 0)
+      fail(hp.path, "a jamba GGUF with Mamba layers but without its ssm.* sizes (conv_kernel, state_size, time_step_rank, "
+                    "inner_size)");
+    s.linear_attn_layers = hp.recurrent_layers;
+    s.la_mamba1 = true;
+    s.la_conv_bias = true;
+    s.la_v_heads = hp.ssm_inner_size;
+    s.la_v_dim = 1;
+    s.la_k_heads = 1;
+    s.la_k_dim = hp.ssm_state_size;
+    s.la_dt_rank = hp.ssm_time_step_rank;
+    s.la_conv_kernel = hp.ssm_conv_kernel;
+    s.la_bcdt_norm = true;
+    s.la_bcdt_weights = true;
+    s.la_bcdt_eps = s.norm_eps;
+  }
+  if (s.moe()) {
+    s.norm_topk = false;
+    s.moe_round_weights = true;
+    s.moe_layer_list = hp.moe_layers;
+    if (s.expert_ffn != s.ffn)
+      fail(hp.path, "a jamba GGUF whose experts (" + std::to_string(s.expert_ffn) + ") are not as wide as its MLP (" +
+                        std::to_string(s.ffn) + "): Jamba's share intermediate_size");
+  }
+}
+
 }  // namespace
 
 // Its files: mamba.* / feed_forward.* (the router feed_forward.router), pre_ff_layernorm,
@@ -165,10 +201,11 @@ constexpr HfRename kJambaRenames[] = {{".mamba.", ".linear_attn."},
                                       {"model.final_layernorm.", "model.norm."}};
 
 const ModelFamily kJamba = [] {
-  ModelFamily f{"jamba", "JambaForCausalLM", "", 0, 262144, 10000.0f, false, false, jamba_read, jamba_write, nullptr};
+  ModelFamily f{"jamba", "JambaForCausalLM", "jamba", 0, 262144, 10000.0f, false, false, jamba_read, jamba_write, jamba_gguf};
   f.hf_renames = kJambaRenames;
   f.normalize_config = jamba_normalize;
-  f.no_gguf_reason = "llama.cpp's jamba is not read or written here yet";
+  f.gguf_layer_names = kJambaGgufNames;
+  f.gguf_layer_params = kMamba1GgufParams;
   f.peft_bypassed_linear = 10;  // dt_proj, when not quantized
   f.peft_bypass_unquantized_only = true;
   return f;

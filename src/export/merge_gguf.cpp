@@ -199,6 +199,12 @@ void write_merged_gguf(const Model& model, const ModelFiles& source, const std::
                        s.la_value_dim() != 2 * s.hidden))
       fail(out_path, "llama.cpp's jamba runs Mamba layers of twice the hidden width with a conv bias, no projection "
                      "biases and weighted dt / B / C norms; this model differs: no GGUF form");
+    if (!s.hybrid())
+      fail(out_path, "llama.cpp's jamba requires the Mamba layers' ssm.* sizes; this Jamba has no Mamba layer: no GGUF "
+                     "form here");
+    if (s.head_dim * s.n_heads != s.hidden)
+      fail(out_path, "llama.cpp's jamba takes heads of hidden / num_attention_heads; this model's head_dim " +
+                         std::to_string(s.head_dim) + " differs: no GGUF form");
     if (s.moe() && (s.norm_topk || s.expert_ffn != s.ffn || s.shared_expert))
       fail(out_path, "llama.cpp's jamba keeps the top experts' weights as they are, with experts as wide as the MLP and "
                      "no shared expert; this model differs: no GGUF form");

@@ -471,6 +471,13 @@ GgufLlamaHParams read_gguf_llama_hparams(const GgufFile& f) {
                         hp.architecture == "granitehybrid" || is_nemotron_h_arch(hp.architecture) ||
                         hp.architecture == "smollm3" ||
                         hp.architecture == "olmo" || hp.architecture == "arcee" || hp.architecture == "mistral3";
+  // (jamba: its converter writes expert_count whatever the model -- 1 for a dense Jamba --, and llama.cpp
+  // runs a dense MLP on every layer without ffn_gate_inp: no layer with one is a dense model)
+  if (hp.architecture == "jamba" && std::find(hp.moe_layers.begin(), hp.moe_layers.end(), true) == hp.moe_layers.end()) {
+    hp.expert_count = 0;
+    hp.expert_used_count = 0;
+    hp.moe_layers.clear();
+  }
   return hp;
 }
 

@@ -907,7 +907,8 @@ ModelSpec spec_from_gguf(const GgufSource& src) {
   }
   if (fam && fam->read_gguf)
     fam->read_gguf(hp, s);  // the family's own metadata (formats/families/)
-  if (s.moe() && hp.expert_weights_norm >= 0) s.norm_topk = hp.expert_weights_norm == 1;
+  // (llama.cpp's jamba never renormalizes, whatever the file says)
+  if (s.moe() && hp.expert_weights_norm >= 0 && hp.architecture != "jamba") s.norm_topk = hp.expert_weights_norm == 1;
   const GgufTokenizerInfo tk = read_gguf_tokenizer(src.file());
   if (tk.bos_id) s.bos_id = static_cast<int>(*tk.bos_id);
   if (tk.eos_id) s.eos_ids = {static_cast<int>(*tk.eos_id)};

@@ -181,9 +181,10 @@ void jamba_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
     s.norm_topk = false;
     s.moe_round_weights = true;
     s.moe_layer_list = hp.moe_layers;
-    if (s.expert_ffn != s.ffn)
+    if (s.expert_ffn != hp.intermediate_size)
       fail(hp.path, "a jamba GGUF whose experts (" + std::to_string(s.expert_ffn) + ") are not as wide as its MLP (" +
-                        std::to_string(s.ffn) + "): Jamba's share intermediate_size");
+                        std::to_string(hp.intermediate_size) + "): Jamba's share intermediate_size");
+    s.ffn = hp.intermediate_size;
   }
 }
 

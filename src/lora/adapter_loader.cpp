@@ -96,30 +96,27 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
   }
 
   // transformers' Mamba mixers bypass an adapter on dt_proj (Falcon-Mamba's and Jamba's only when the
-  // model is not quantized): PEFT's all-linear adapters hold one that PeftModel never runs there. Run
-  // the adapter as PEFT does -- without it --, saying so (LoraModel refuses to build it).
+  // model is not quantized): an adapter that holds one (QLoRA's, PEFT's all-linear) keeps it here -- it
+  // was trained where dt_proj ran, PEFT's merge_and_unload merges it and llama.cpp runs it --, saying
+  // that PeftModel on such a base would not run it.
+  a.config.skip_bypassed = false;
   if (const ModelFamily* f = find_family(model.spec().family); f && f->peft_bypassed_linear >= 0) {
-    const auto w = static_cast<BlockLinear>(f->peft_bypassed_linear);
-    size_t dropped = 0;
+    size_t bypassed = 0;
     std::string leaf;
     for (int64_t l = 0; l < NL; ++l) {
-      const std::string p = block_linear_path(model.spec(), l, w);
+      const std::string p = block_linear_path(model.spec(), l, static_cast<BlockLinear>(f->peft_bypassed_linear));
       if (p.empty() || !a.modules.count(p)) continue;
       if (f->peft_bypass_unquantized_only && model.block_linear(l, f->peft_bypassed_linear).is_quantized()) continue;
-      a.modules.erase(p);
-      ++dropped;
+      ++bypassed;
       leaf = p.substr(p.rfind('.') + 1);
     }
-    if (dropped > 0) {
-      auto& t = a.config.target_modules;
-      t.erase(std::remove(t.begin(), t.end(), leaf), t.end());
+    if (bypassed > 0)
       std::fprintf(stderr,
-                   "note: %s: the adapter's %zu %s LoRA(s) are left out: transformers' %s mixer multiplies by that "
-                   "Linear's weight itself%s, so PeftModel runs this adapter without them too\n",
-                   wpath.c_str(), dropped, leaf.c_str(), model.spec().family.c_str(),
+                   "note: %s: the adapter's %zu %s LoRA(s) are applied; transformers' %s mixer multiplies by that "
+                   "Linear's weight itself%s, so PeftModel on this base would run the adapter without them (its "
+                   "merge_and_unload and llama.cpp run them)\n",
+                   wpath.c_str(), bypassed, leaf.c_str(), model.spec().family.c_str(),
                    f->peft_bypass_unquantized_only ? " when the model is not quantized" : "");
-      check(!a.modules.empty(), wpath, "holds no LoRA weights but the bypassed " + leaf + "'s");
-    }
   }
 
   try {

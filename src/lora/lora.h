@@ -47,6 +47,11 @@ struct LoraConfig {
   // model's family (PEFT sets it itself for Conv1D targets, with a warning).
   bool fan_in_fan_out = false;
   uint64_t seed = 0;
+  // A new adapter leaves out (all-linear) or refuses (named) a Linear that transformers' module
+  // bypasses (ModelFamily::peft_bypassed_linear: Mamba's dt_proj): PEFT would not run it. An
+  // adapter being loaded (adapter_loader.h) keeps what it holds: it was trained where the Linear
+  // ran (QLoRA's quantized model), PEFT's merge_and_unload merges it and llama.cpp runs it.
+  bool skip_bypassed = true;
 
   // alpha / r, or alpha / sqrt(r) with rsLoRA (computed in double, as Python does).
   double scaling() const;

@@ -113,7 +113,7 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       index_[static_cast<size_t>(l)][static_cast<size_t>(w)] = -1;
       if (path.empty() || !cfg_.targets(path)) continue;
       if (const ModelFamily* f = find_family(model.spec().family);
-          f && w == f->peft_bypassed_linear &&
+          cfg_.skip_bypassed && f && w == f->peft_bypassed_linear &&
           !(f->peft_bypass_unquantized_only && block_linear(L, static_cast<BlockLinear>(w)).is_quantized())) {
         if (cfg_.all_linear) continue;
         fail("LoRA config", "LoRA on " + path + ": transformers' " + model.spec().family + " mixer multiplies by this "

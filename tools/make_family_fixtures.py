@@ -1168,16 +1168,24 @@ def write_gguf_mamba(model, path: Path):
         if _add_global_tensor(w, name, t, c.tie_word_embeddings, "model.norm.weight", "output_norm"):
             continue
         _, _, layer, rest = name.split(".", 3)
-        if rest == "mixer.A_log":
-            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t)))
-        elif rest == "mixer.D":
-            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t))
-        else:
-            mod, suffix = rest.rsplit(".", 1)
-            if mod == "mixer.conv1d" and suffix == "weight":
-                t = t.reshape(t.shape[0], t.shape[2])
-            w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+        _add_mamba1_layer_tensor(w, layer, rest, t, names, "mixer")
     _finish(w)
+
+
+def _add_mamba1_layer_tensor(w, layer, rest: str, t, names: dict, mixer: str):
+    """A layer's tensor (`rest`: its name after the layer index; the Mamba mixer under `mixer`.) as llama.cpp's
+    mamba / jamba converters write it: ssm_a = -exp(A_log) (channels, state), ssm_d, the conv taps squeezed;
+    the rest as they are, under names[module]."""
+    import numpy as np
+    if rest == f"{mixer}.A_log":
+        w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t)))
+    elif rest == f"{mixer}.D":
+        w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t))
+    else:
+        mod, suffix = rest.rsplit(".", 1)
+        if mod == f"{mixer}.conv1d" and suffix == "weight":
+            t = t.reshape(t.shape[0], t.shape[2])
+        w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
 
 
 def write_gguf_jamba(model, path: Path):
@@ -1220,15 +1228,7 @@ def write_gguf_jamba(model, path: Path):
         _, _, layer, rest = name.split(".", 3)
         if rest.startswith("feed_forward.") and _add_fused_experts(w, layer, rest[len("feed_forward."):], t):
             continue
-        if rest == "mamba.A_log":
-            w.add_tensor(f"blk.{layer}.ssm_a", np.ascontiguousarray(-np.exp(t)))
-        elif rest == "mamba.D":
-            w.add_tensor(f"blk.{layer}.ssm_d", np.ascontiguousarray(t))
-        else:
-            mod, suffix = rest.rsplit(".", 1)
-            if mod == "mamba.conv1d" and suffix == "weight":
-                t = t.reshape(t.shape[0], t.shape[2])
-            w.add_tensor(f"blk.{layer}.{names[mod]}.{suffix}", np.ascontiguousarray(t))
+        _add_mamba1_layer_tensor(w, layer, rest, t, names, "mamba")
     _finish(w)
 
 

@@ -194,6 +194,18 @@ void write_mamba2_keys(const ModelSpec& s, nlohmann::ordered_json& j);
 // the heads; inner_size / time_step_rank their size; group_count, state_size, conv_kernel), the
 // conv's bias as given; an Error naming the file when a size is missing.
 void read_mamba2_gguf(const GgufLlamaHParams& hp, ModelSpec& s, bool conv_bias);
+// Mamba (1)'s mixer (ModelSpec::la_mamba1; families/mamba1.cpp) on the layers flagged in `mamba`, of
+// `inner` channels, from the config's keys under the family's names (MambaConfig's state_size,
+// conv_kernel, use_conv_bias, use_bias, time_step_rank; JambaConfig's mamba_*): time_step_rank "auto"
+// is ceil(hidden / 16).
+struct Mamba1Keys {
+  const char *state, *conv, *conv_bias, *proj_bias, *dt_rank;
+};
+void read_mamba1_keys(const nlohmann::json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba,
+                      int64_t inner, const Mamba1Keys& keys);
+// ... from a mamba / jamba GGUF's ssm.* sizes (inner_size, state_size, conv_kernel, time_step_rank: dt_proj's
+// rank), the conv's bias on (llama.cpp requires it); an Error naming the file when a size is missing.
+void read_mamba1_gguf(const GgufLlamaHParams& hp, ModelSpec& s, std::vector<bool> mamba);
 extern const ModelFamily kLlama, kMistral, kQwen2, kQwen3, kGemma, kGemma2, kGemma3Text, kPhi3, kPhi, kGptNeoX, kGpt2, kOpt, kBloom, kFalcon, kStableLm,
     kStarcoder2, kGranite, kOlmo2, kGptj, kCohere, kSmolLm3, kCohere2, kOlmo, kArcee, kNemotron,
     kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kOlmo3, kExaone4, kGlm4, kGptOss, kMinistral, kMinistral3, kErnie45, kHunyuanDense, kQwen3_5Text, kQwen3_5MoeText, kQwen3Next, kGemma4Text, kGlm4Moe, kErnie45Moe, kSeedOss, kDeepseekV2, kDeepseekV3, kGraniteMoe, kDots1, kMiniMaxM2, kHunyuanMoe, kLlama4Text, kLfm2, kLfm2Moe, kGraniteMoeHybrid, kBamba, kMamba2, kNemotronH, kGptBigCode, kMpt, kApertus, kMamba, kFalconMamba, kJamba;

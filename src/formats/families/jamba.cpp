@@ -65,24 +65,10 @@ void jamba_read(const json& j, const std::string& where, ModelSpec& s) {
   std::vector<bool> mamba(attention.size());
   for (size_t l = 0; l < attention.size(); ++l) mamba[l] = !attention[l];
   if (std::find(mamba.begin(), mamba.end(), true) != mamba.end()) {
-    s.linear_attn_layers = std::move(mamba);
-    s.la_mamba1 = true;
     const int64_t expand = config::get_int(j, "mamba_expand", where, 2);
     if (expand <= 0 || expand > 64) fail(where, "mamba_expand must be between 1 and 64, got " + std::to_string(expand));
-    s.la_v_heads = expand * s.hidden;
-    s.la_v_dim = 1;
-    s.la_k_heads = 1;
-    s.la_k_dim = config::get_int(j, "mamba_d_state", where, 16);
-    s.la_conv_kernel = config::get_int(j, "mamba_d_conv", where, 4);
-    s.la_conv_bias = config::get_bool(j, "mamba_conv_bias", where, true);
-    s.la_proj_bias = config::get_bool(j, "mamba_proj_bias", where, false);
-    const json* r = config::find_key(j, "mamba_dt_rank");
-    if (!r || (r->is_string() && r->get<std::string>() == "auto"))
-      s.la_dt_rank = (s.hidden + 15) / 16;
-    else if (r->is_number_integer())
-      s.la_dt_rank = r->get<int64_t>();
-    else
-      fail(where, "mamba_dt_rank must be an integer or \"auto\", got " + config::shown(*r));
+    read_mamba1_keys(j, where, s, std::move(mamba), expand * s.hidden,
+                     {"mamba_d_state", "mamba_d_conv", "mamba_conv_bias", "mamba_proj_bias", "mamba_dt_rank"});
     s.la_bcdt_norm = true;
     s.la_bcdt_weights = true;
     s.la_bcdt_eps = s.norm_eps;
@@ -161,18 +147,7 @@ void jamba_write(const ModelSpec& s, ordered_json& j) {
 void jamba_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
   s.nope_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
   if (std::find(hp.recurrent_layers.begin(), hp.recurrent_layers.end(), true) != hp.recurrent_layers.end()) {
-    if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_state_size <= 0 || hp.ssm_inner_size <= 0)
-      fail(hp.path, "a jamba GGUF with Mamba layers but without its ssm.* sizes (conv_kernel, state_size, time_step_rank, "
-                    "inner_size)");
-    s.linear_attn_layers = hp.recurrent_layers;
-    s.la_mamba1 = true;
-    s.la_conv_bias = true;
-    s.la_v_heads = hp.ssm_inner_size;
-    s.la_v_dim = 1;
-    s.la_k_heads = 1;
-    s.la_k_dim = hp.ssm_state_size;
-    s.la_dt_rank = hp.ssm_time_step_rank;
-    s.la_conv_kernel = hp.ssm_conv_kernel;
+    read_mamba1_gguf(hp, s, hp.recurrent_layers);
     s.la_bcdt_norm = true;
     s.la_bcdt_weights = true;
     s.la_bcdt_eps = s.norm_eps;

@@ -57,8 +57,6 @@ void mamba1_normalize(json& j) {
 void mamba1_read(const json& j, const std::string& where, ModelSpec& s) {
   s.residual_fp32 = config::get_bool(j, "residual_in_fp32", where, true);
   s.no_mlp = true;
-  s.la_mamba1 = true;
-  s.linear_attn_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
   if (s.n_layers <= 0) fail(where, "a Mamba model needs at least one layer");
   int64_t inner = 0;
   if (config::find_key(j, "mamba_inner_size")) {
@@ -69,20 +67,8 @@ void mamba1_read(const json& j, const std::string& where, ModelSpec& s) {
     if (expand <= 0 || expand > 64) fail(where, "expand must be between 1 and 64, got " + std::to_string(expand));
     inner = expand * s.hidden;
   }
-  s.la_v_heads = inner;
-  s.la_v_dim = 1;
-  s.la_k_heads = 1;
-  s.la_k_dim = config::get_int(j, "state_size", where, 16);
-  s.la_conv_kernel = config::get_int(j, "conv_kernel", where, 4);
-  s.la_conv_bias = config::get_bool(j, "use_conv_bias", where, true);
-  s.la_proj_bias = config::get_bool(j, "use_bias", where, false);
-  const json* r = config::find_key(j, "time_step_rank");
-  if (!r || (r->is_string() && r->get<std::string>() == "auto"))
-    s.la_dt_rank = (s.hidden + 15) / 16;
-  else if (r->is_number_integer())
-    s.la_dt_rank = r->get<int64_t>();
-  else
-    fail(where, "time_step_rank must be an integer or \"auto\", got " + config::shown(*r));
+  read_mamba1_keys(j, where, s, std::vector<bool>(static_cast<size_t>(s.n_layers), true), inner,
+                   {"state_size", "conv_kernel", "use_conv_bias", "use_bias", "time_step_rank"});
   if (s.family == "falcon_mamba") {
     s.la_bcdt_norm = true;
     s.la_bcdt_eps = config::get_float(j, "mixer_rms_eps", where, 1e-6f);
@@ -116,19 +102,9 @@ void mamba1_write(const ModelSpec& s, ordered_json& j) {
 // (with the layers' epsilon, as llama.cpp's graph runs them); residual_in_fp32 as the configs'
 // default (the GGUF does not say; it matters in bf16 / fp16 only).
 void mamba1_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
-  if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_state_size <= 0 || hp.ssm_inner_size <= 0)
-    fail(hp.path, "a mamba GGUF without its ssm.* sizes (conv_kernel, state_size, time_step_rank, inner_size)");
   s.no_mlp = true;
   s.residual_fp32 = true;
-  s.la_mamba1 = true;
-  s.linear_attn_layers.assign(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true);
-  s.la_conv_bias = true;
-  s.la_v_heads = hp.ssm_inner_size;
-  s.la_v_dim = 1;
-  s.la_k_heads = 1;
-  s.la_k_dim = hp.ssm_state_size;
-  s.la_dt_rank = hp.ssm_time_step_rank;
-  s.la_conv_kernel = hp.ssm_conv_kernel;
+  read_mamba1_gguf(hp, s, std::vector<bool>(static_cast<size_t>(std::max<int64_t>(s.n_layers, 0)), true));
   if (hp.ssm_dt_b_c_rms) {
     s.family = "falcon_mamba";
     s.la_bcdt_norm = true;
@@ -137,6 +113,41 @@ void mamba1_gguf(const GgufLlamaHParams& hp, ModelSpec& s) {
 }
 
 }  // namespace
+
+void read_mamba1_keys(const json& j, const std::string& where, ModelSpec& s, std::vector<bool> mamba, int64_t inner,
+                      const Mamba1Keys& keys) {
+  s.linear_attn_layers = std::move(mamba);
+  s.la_mamba1 = true;
+  s.la_v_heads = inner;
+  s.la_v_dim = 1;
+  s.la_k_heads = 1;
+  s.la_k_dim = config::get_int(j, keys.state, where, 16);
+  s.la_conv_kernel = config::get_int(j, keys.conv, where, 4);
+  s.la_conv_bias = config::get_bool(j, keys.conv_bias, where, true);
+  s.la_proj_bias = config::get_bool(j, keys.proj_bias, where, false);
+  const json* r = config::find_key(j, keys.dt_rank);
+  if (!r || (r->is_string() && r->get<std::string>() == "auto"))
+    s.la_dt_rank = (s.hidden + 15) / 16;
+  else if (r->is_number_integer())
+    s.la_dt_rank = r->get<int64_t>();
+  else
+    fail(where, std::string(keys.dt_rank) + " must be an integer or \"auto\", got " + config::shown(*r));
+}
+
+void read_mamba1_gguf(const GgufLlamaHParams& hp, ModelSpec& s, std::vector<bool> mamba) {
+  if (hp.ssm_conv_kernel <= 0 || hp.ssm_time_step_rank <= 0 || hp.ssm_state_size <= 0 || hp.ssm_inner_size <= 0)
+    fail(hp.path, "a " + hp.architecture + " GGUF with Mamba layers but without its ssm.* sizes (conv_kernel, state_size, "
+                  "time_step_rank, inner_size)");
+  s.linear_attn_layers = std::move(mamba);
+  s.la_mamba1 = true;
+  s.la_conv_bias = true;
+  s.la_v_heads = hp.ssm_inner_size;
+  s.la_v_dim = 1;
+  s.la_k_heads = 1;
+  s.la_k_dim = hp.ssm_state_size;
+  s.la_dt_rank = hp.ssm_time_step_rank;
+  s.la_conv_kernel = hp.ssm_conv_kernel;
+}
 
 // Its files: backbone.* for model.*, the embeddings, norm_f, each layer's norm and mixer (the order
 // the renames run in either direction: model_family.h).

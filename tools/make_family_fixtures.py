@@ -424,10 +424,10 @@ FAMILIES = {
                                                _bnb4_adapter_targets=["in_proj", "x_proj", "dt_proj"])),
     # AI21's Jamba: 4 layers -- Mamba (128 channels, state 8, dt rank 4, dt / B / C norms with weights),
     # Mamba with experts, attention without positions (4 heads, 2 key/value heads), Mamba with experts
-    # (attn_layer_period 4 offset 2, expert_layer_period 2 offset 1; 4 experts of 96, top 2 not
-    # renormalized). The adapter names the Linears PEFT's all-linear picks here but dt_proj (transformers'
+    # (attn_layer_period 4 offset 2, expert_layer_period 2 offset 1; 4 experts of 32, top 2 not
+    # renormalized; the MLPs narrow to keep the files small). The adapter names the Linears PEFT's all-linear picks here but dt_proj (transformers'
     # unquantized mixer multiplies by its weight, bypassing an adapter): qlora's all-linear on this model.
-    "jamba": ("JambaConfig", dict(num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+    "jamba": ("JambaConfig", dict(num_hidden_layers=4, intermediate_size=32, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
                                   expert_layer_offset=1, attn_layer_period=4, attn_layer_offset=2, mamba_d_state=8,
                                   mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto", use_mamba_kernels=False,
                                   tie_word_embeddings=False, _ssm_random=True, _moe=True,

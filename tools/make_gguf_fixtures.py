@@ -12,6 +12,10 @@ Writes into tests/fixtures/gguf/:
       random blocks of every supported GGML type (fp16 scale fields set to random
       finite values, every other byte random) and their float32 dequantization by
       gguf-py's numpy reference (gguf.quants.dequantize).
+      The i-quants (IQ1_S ... IQ4_XS), the ternary TQ1_0 / TQ2_0, MXFP4 and NVFP4 are
+      also checked against ggml's own C dequantizers (dequantize_row_* in llama-cpp-python's
+      libggml-base.so, called through ctypes): both references must agree bit for bit.
+      Q1_0 and Q2_0, which gguf-py 0.19 cannot dequantize, take ggml's alone.
   synthetic_v3.gguf + synthetic_v3.json + synthetic_v3.f32
       a GGUF v3 file written by gguf.GGUFWriter with every metadata value type
       (including nested arrays), a custom general.alignment of 64, and one tensor per
@@ -21,6 +25,14 @@ Writes into tests/fixtures/gguf/:
       a 1-layer llama-architecture model in F32 whose attn_q/attn_k rows were permuted
       with llama.cpp's convert_hf_to_gguf.py `permute`; tiny_llama_hf.f32 holds the
       original Hugging Face q_proj then k_proj weights.
+  iq_llama.gguf + iq_llama.json
+      a 2-layer llama (hidden 256, so every super-block type fits) whose weights were
+      quantized by ggml's own quantizer (ggml_quantize_chunk in llama-cpp-python's libggml,
+      with a random importance matrix where a type needs one) to a different type each:
+      all nine i-quants, TQ1_0, TQ2_0, NVFP4, MXFP4, Q4_K, Q6_K. The JSON holds a prompt and
+      the logits transformers computes from the file (its GGUF loader dequantizes with
+      gguf-py) and llama.cpp's logits on the same file (llama-cpp-python; its products
+      round activations to 8 bits, so they sit further from the others).
   smollm2_reference.json
       hyper-parameters, and shape / checksums / slices of a few tensors, of
       models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch_model.sh) as loaded by
@@ -125,6 +137,69 @@ def make_dequant(rng: np.random.Generator) -> None:
         (OUT / f"dequant_{qtype.name}.bin").write_bytes(raw.tobytes())
         (OUT / f"dequant_{qtype.name}.f32").write_bytes(ref.astype("<f4").tobytes())
         print(f"dequant_{qtype.name}: {n} elements, {raw.size} bytes")
+
+
+# The i-quants and the newer types: (type name, file id, block size, bytes per block, fp16
+# field offsets). Q2_0 (42) is not in gguf-py 0.19's enum; Q1_0 is, without a dequantizer.
+NEW_TYPES = [
+    ("IQ2_XXS", 16, 256, 66, [0]),
+    ("IQ2_XS", 17, 256, 74, [0]),
+    ("IQ3_XXS", 18, 256, 98, [0]),
+    ("IQ1_S", 19, 256, 50, [0]),
+    ("IQ4_NL", 20, 32, 18, [0]),
+    ("IQ3_S", 21, 256, 110, [0]),
+    ("IQ2_S", 22, 256, 82, [0]),
+    ("IQ4_XS", 23, 256, 136, [0]),
+    ("IQ1_M", 29, 256, 56, []),   # its fp16 scale is spread over the scale words: below
+    ("TQ1_0", 34, 256, 54, [52]),
+    ("TQ2_0", 35, 256, 66, [64]),
+    ("MXFP4", 39, 32, 17, []),    # E8M0 scale: any byte
+    ("NVFP4", 40, 64, 36, []),    # UE4M3 scales: any byte
+    ("Q1_0", 41, 128, 18, [0]),
+    ("Q2_0", 42, 64, 18, [0]),
+]
+
+
+def ggml_dequant(name: str, raw: np.ndarray, n: int) -> np.ndarray:
+    """ggml's C reference dequantize_row_<name>, from llama-cpp-python's libggml-base."""
+    import ctypes
+    import llama_cpp
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    fn = getattr(lib, f"dequantize_row_{name.lower()}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    src = np.ascontiguousarray(raw).reshape(-1)
+    out = np.full(n, -12345.0, dtype=np.float32)
+    fn(src.ctypes.data, out.ctypes.data, n)
+    return out
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    both_nan = np.isnan(a) & np.isnan(b)
+    return bool(np.all(both_nan | (a.view(np.uint32) == b.view(np.uint32))))
+
+
+def make_dequant_new(rng: np.random.Generator) -> None:
+    for name, qid, block_size, type_size, fp16 in NEW_TYPES:
+        n_blocks = 16 if block_size <= 64 else (8 if block_size == 128 else 6)
+        n = n_blocks * block_size
+        raw = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint32).astype(np.uint8)
+        for off in fp16:
+            h = random_finite_fp16(rng, n_blocks)
+            raw[:, off] = (h & 0xFF).astype(np.uint8)
+            raw[:, off + 1] = (h >> 8).astype(np.uint8)
+        if name == "IQ1_M":  # the fp16 scale's nibbles are the top nibbles of 4 uint16 words at 48
+            h = random_finite_fp16(rng, n_blocks)
+            for k in range(4):
+                hi = 48 + 2 * k + 1
+                raw[:, hi] = (raw[:, hi] & 0x0F) | (((h >> (4 * k)) & 0x0F) << 4).astype(np.uint8)
+        ref = ggml_dequant(name, raw, n)
+        if name not in ("Q1_0", "Q2_0"):
+            py = dequant(raw, QT[name], n)
+            assert same_bits(py, ref), f"{name}: gguf-py and ggml disagree"
+        (OUT / f"dequant_{name}.bin").write_bytes(raw.tobytes())
+        (OUT / f"dequant_{name}.f32").write_bytes(ref.astype("<f4").tobytes())
+        print(f"dequant_{name}: {n} elements, {raw.size} bytes (gguf-py and ggml agree)"
+              if name not in ("Q1_0", "Q2_0") else f"dequant_{name}: {n} elements, {raw.size} bytes (ggml)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,6 +312,105 @@ def llama_cpp_permute(weights: np.ndarray, n_head: int, n_head_kv: int | None) -
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2)
             .reshape(weights.shape))
+
+
+IQ_LLAMA_TYPES = {  # tensor -> type: every type once, the embedding included
+    "token_embd.weight": "IQ4_XS",
+    "blk.0.attn_q.weight": "IQ2_XXS", "blk.0.attn_k.weight": "IQ2_XS", "blk.0.attn_v.weight": "IQ2_S",
+    "blk.0.attn_output.weight": "IQ3_XXS", "blk.0.ffn_gate.weight": "IQ3_S", "blk.0.ffn_up.weight": "IQ1_S",
+    "blk.0.ffn_down.weight": "IQ1_M",
+    "blk.1.attn_q.weight": "IQ4_NL", "blk.1.attn_k.weight": "TQ1_0", "blk.1.attn_v.weight": "TQ2_0",
+    "blk.1.attn_output.weight": "NVFP4", "blk.1.ffn_gate.weight": "MXFP4", "blk.1.ffn_up.weight": "Q4_K",
+    "blk.1.ffn_down.weight": "Q6_K",
+}
+
+
+def ggml_quantize(name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """x (rows, cols) float32 quantized row by row by ggml_quantize_chunk; (rows, row bytes) uint8."""
+    import ctypes
+    import llama_cpp
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    qt = QT[name]
+    block, size = gguf.GGML_QUANT_SIZES[qt]
+    rows, cols = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros((rows, cols // block * size), dtype=np.uint8)
+    imatrix = rng.uniform(0.5, 1.5, size=cols).astype(np.float32)  # as llama-imatrix's mean x^2 would be
+    got = lib.ggml_quantize_chunk(int(qt), x.ctypes.data, out.ctypes.data, 0, rows, cols, imatrix.ctypes.data)
+    assert got == out.size, (name, got, out.size)
+    return out
+
+
+def make_iq_llama(rng: np.random.Generator) -> None:
+    hidden, n_head, n_kv, ffn, n_layer, vocab, ctx = 256, 4, 2, 512, 2, 64, 64
+    head_dim = hidden // n_head
+    path = OUT / "iq_llama.gguf"
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_block_count(n_layer)
+    w.add_context_length(ctx)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(head_dim)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_IQ2_XXS)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [chr(ord("a") + i % 26) * (1 + i // 26) for i in range(vocab - 3)]
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (vocab - 3))
+    w.add_token_merges(["a a"])  # llama.cpp needs the key; "aa" is a token
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+
+    f32 = lambda *s: (rng.standard_normal(s) * 0.08).astype(np.float32)
+    shapes = {"token_embd.weight": (vocab, hidden)}
+    for l in range(n_layer):
+        shapes.update({f"blk.{l}.attn_q.weight": (hidden, hidden), f"blk.{l}.attn_k.weight": (n_kv * head_dim, hidden),
+                       f"blk.{l}.attn_v.weight": (n_kv * head_dim, hidden), f"blk.{l}.attn_output.weight": (hidden, hidden),
+                       f"blk.{l}.ffn_gate.weight": (ffn, hidden), f"blk.{l}.ffn_up.weight": (ffn, hidden),
+                       f"blk.{l}.ffn_down.weight": (hidden, ffn)})
+    for name, shape in shapes.items():
+        x = f32(*shape) * (12.0 if name == "token_embd.weight" else 1.0)
+        w.add_tensor(name, ggml_quantize(IQ_LLAMA_TYPES[name], x, rng), raw_dtype=QT[IQ_LLAMA_TYPES[name]])
+        if name.endswith("attn_v.weight"):
+            l = name.split(".")[1]
+            w.add_tensor(f"blk.{l}.attn_norm.weight", (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+            w.add_tensor(f"blk.{l}.ffn_norm.weight", (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+    w.add_tensor("output_norm.weight", (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+    w.add_tensor("output.weight", (rng.standard_normal((vocab, hidden)) * 0.1).astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    prompt = [int(t) for t in rng.integers(3, vocab, size=12)]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(OUT), gguf_file=path.name, dtype=torch.float32)
+    with torch.no_grad():
+        hf = model(torch.tensor([prompt])).logits[0].numpy().astype(np.float32)
+
+    import llama_cpp
+    llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_threads=1, logits_all=True, verbose=False)
+    llm.eval(prompt)
+    lc = np.array(llm.scores[: len(prompt)], dtype=np.float32)
+    diff = float(np.abs(lc - hf).max())
+    print(f"iq_llama.gguf: {path.stat().st_size} bytes; llama.cpp vs transformers max |diff| {diff:.3g} "
+          f"(largest |logit| {float(np.abs(hf).max()):.3g}), top-1 agree "
+          f"{int((lc.argmax(-1) == hf.argmax(-1)).sum())}/{len(prompt)}")
+    out = {"types": IQ_LLAMA_TYPES, "prompt": prompt, "vocab": vocab,
+           "transformers_logits": [[float(v) for v in row] for row in hf],
+           "llama_cpp_logits": [[float(v) for v in row] for row in lc],
+           "llama_cpp_vs_transformers_max_abs": diff}
+    (OUT / "iq_llama.json").write_text(json.dumps(out) + "\n")
 
 
 def make_tiny_llama(rng: np.random.Generator) -> None:
@@ -371,6 +545,8 @@ def main() -> None:
     make_dequant(rng)
     make_synthetic(rng)
     make_tiny_llama(rng)
+    make_dequant_new(np.random.default_rng(SEED + 1))  # its own stream: the files above stay as they were
+    make_iq_llama(np.random.default_rng(SEED + 2))
     if not args.skip_smollm2:
         make_smollm2()
 

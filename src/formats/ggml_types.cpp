@@ -1,5 +1,7 @@
 #include "formats/ggml_types.h"
 
+#include "formats/ggml_iq_grids.h"
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -10,7 +12,6 @@
 
 #include "base/error.h"
 #include "base/float_formats.h"
-#include "quant/mxfp4.h"
 #include "base/parallel.h"
 
 // Bit-exactness with the references (ggml's scalar code, gguf-py's numpy) needs every
@@ -33,7 +34,7 @@ struct TypeRow {
 };
 
 // ggml's type_traits table (ggml.c): name, block size, bytes per block.
-constexpr std::array<TypeRow, 32> kTypes{{
+constexpr std::array<TypeRow, 35> kTypes{{
     {0, {"F32", 1, 4, true}},
     {1, {"F16", 1, 2, true}},
     {2, {"Q4_0", 32, 18, true}},
@@ -48,24 +49,27 @@ constexpr std::array<TypeRow, 32> kTypes{{
     {13, {"Q5_K", 256, 176, true}},
     {14, {"Q6_K", 256, 210, true}},
     {15, {"Q8_K", 256, 292, false}},
-    {16, {"IQ2_XXS", 256, 66, false}},
-    {17, {"IQ2_XS", 256, 74, false}},
-    {18, {"IQ3_XXS", 256, 98, false}},
-    {19, {"IQ1_S", 256, 50, false}},
-    {20, {"IQ4_NL", 32, 18, false}},
-    {21, {"IQ3_S", 256, 110, false}},
-    {22, {"IQ2_S", 256, 82, false}},
-    {23, {"IQ4_XS", 256, 136, false}},
+    {16, {"IQ2_XXS", 256, 66, true}},
+    {17, {"IQ2_XS", 256, 74, true}},
+    {18, {"IQ3_XXS", 256, 98, true}},
+    {19, {"IQ1_S", 256, 50, true}},
+    {20, {"IQ4_NL", 32, 18, true}},
+    {21, {"IQ3_S", 256, 110, true}},
+    {22, {"IQ2_S", 256, 82, true}},
+    {23, {"IQ4_XS", 256, 136, true}},
     {24, {"I8", 1, 1, true}},
     {25, {"I16", 1, 2, true}},
     {26, {"I32", 1, 4, true}},
     {27, {"I64", 1, 8, true}},
     {28, {"F64", 1, 8, true}},
-    {29, {"IQ1_M", 256, 56, false}},
+    {29, {"IQ1_M", 256, 56, true}},
     {30, {"BF16", 1, 2, true}},
-    {34, {"TQ1_0", 256, 54, false}},
-    {35, {"TQ2_0", 256, 66, false}},
+    {34, {"TQ1_0", 256, 54, true}},
+    {35, {"TQ2_0", 256, 66, true}},
     {39, {"MXFP4", 32, 17, true}},
+    {40, {"NVFP4", 64, 36, true}},
+    {41, {"Q1_0", 128, 18, true}},
+    {42, {"Q2_0", 64, 18, true}},
 }};
 
 const TypeRow* find_row(uint32_t id) {
@@ -289,17 +293,271 @@ void deq_i16(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int
 void deq_i32(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int32_t>(p)); }
 void deq_i64(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int64_t>(p)); }
 
+// ggml's E2M1 code book doubled (kvalues_mxfp4): integers, and code 8 is +0 (kFp4Values'
+// -0.0 would give a -0.0 where ggml and gguf-py give +0.0).
+constexpr int8_t kE2M1x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
 // MXFP4 (gpt-oss's experts): one E8M0 byte e, then 16 bytes of E2M1 codes, the low nibbles
 // the block's first 16 values and the high nibbles its last 16 (ggml's usual split, unlike
 // the Hugging Face files' interleaved pairs: quant/mxfp4.h). ggml keeps the codes doubled
-// ({0, 1, 2, 3, 4, 6, 8, 12} and negatives) and the scale halved, 2^(e - 128): the value is
-// the same E2M1 number times 2^(e - 127), exactly.
+// and the scale halved, 2^(e - 128): the value is the same E2M1 number times 2^(e - 127),
+// exactly.
 void deq_mxfp4(const uint8_t* p, float* y) {
-  const int e = static_cast<int>(p[0]) - 127;
+  const int e = static_cast<int>(p[0]) - 128;
   for (int j = 0; j < 16; ++j) {
-    y[j] = std::ldexp(kFp4Values[p[1 + j] & 0x0F], e);
-    y[j + 16] = std::ldexp(kFp4Values[p[1 + j] >> 4], e);
+    y[j] = std::ldexp(static_cast<float>(kE2M1x2[p[1 + j] & 0x0F]), e);
+    y[j + 16] = std::ldexp(static_cast<float>(kE2M1x2[p[1 + j] >> 4]), e);
   }
+}
+
+// ---- i-quants, ternary and 1-/2-bit types (ggml-quants.c's dequantize_row_iq*, _tq*) ----
+// Each product is evaluated as ggml writes it (scale * grid value * sign, left to right);
+// gguf-py's numpy does the same, so the results are bit-identical to both.
+
+// ksigns_iq2xs: 7 stored sign bits, the 8th chosen so that the count of minus signs is even.
+constexpr std::array<uint8_t, 128> make_ksigns() {
+  std::array<uint8_t, 128> k{};
+  for (int i = 0; i < 128; ++i) k[i] = static_cast<uint8_t>(i | ((std::popcount(static_cast<unsigned>(i)) & 1) << 7));
+  return k;
+}
+constexpr std::array<uint8_t, 128> kSignsIQ2 = make_ksigns();
+// IQ4_NL / IQ4_XS's non-linear code book.
+constexpr int8_t kValuesIQ4NL[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+constexpr float kIQ1Delta = 0.125f;  // IQ1S_DELTA / IQ1M_DELTA
+
+inline uint8_t grid_byte(uint64_t v, int j) { return static_cast<uint8_t>(v >> (8 * j)); }
+inline float signed_one(uint8_t signs, int j) { return (signs >> j) & 1 ? -1.f : 1.f; }
+
+void deq_iq2_xxs(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ2_XXS>(p);
+  const float d = h2f(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    uint32_t aux[2];
+    std::memcpy(aux, b.qs + 4 * ib, sizeof aux);
+    const float db = d * (0.5f + static_cast<float>(aux[1] >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint64_t g = iq_grids::kIq2xxsGrid[(aux[0] >> (8 * l)) & 0xFF];
+      const uint8_t signs = kSignsIQ2[(aux[1] >> (7 * l)) & 127];
+      for (int j = 0; j < 8; ++j) y[j] = db * static_cast<float>(grid_byte(g, j)) * signed_one(signs, j);
+      y += 8;
+    }
+  }
+}
+
+void deq_iq2_xs(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ2_XS>(p);
+  const float d = h2f(b.d);
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float db[2] = {d * (0.5f + static_cast<float>(b.scales[ib] & 0xF)) * 0.25f,
+                         d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f};
+    for (int l = 0; l < 4; ++l) {
+      const uint16_t q = b.qs[4 * ib + l];
+      const uint64_t g = iq_grids::kIq2xsGrid[q & 511];
+      const uint8_t signs = kSignsIQ2[q >> 9];
+      for (int j = 0; j < 8; ++j) y[j] = db[l / 2] * static_cast<float>(grid_byte(g, j)) * signed_one(signs, j);
+      y += 8;
+    }
+  }
+}
+
+void deq_iq2_s(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ2_S>(p);
+  const float d = h2f(b.d);
+  const uint8_t* qs = b.qs;
+  const uint8_t* signs = b.qs + QK_K / 8;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float db[2] = {d * (0.5f + static_cast<float>(b.scales[ib] & 0xF)) * 0.25f,
+                         d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f};
+    for (int l = 0; l < 4; ++l) {
+      const int idx = qs[l] | ((b.qh[ib] << (8 - 2 * l)) & 0x300);
+      const uint64_t g = iq_grids::kIq2sGrid[idx];
+      for (int j = 0; j < 8; ++j) y[j] = db[l / 2] * static_cast<float>(grid_byte(g, j)) * signed_one(signs[l], j);
+      y += 8;
+    }
+    qs += 4;
+    signs += 4;
+  }
+}
+
+void deq_iq3_xxs(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ3_XXS>(p);
+  const float d = h2f(b.d);
+  const uint8_t* qs = b.qs;
+  const uint8_t* scales_and_signs = b.qs + QK_K / 4;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    uint32_t aux;
+    std::memcpy(&aux, scales_and_signs + 4 * ib, sizeof aux);
+    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = kSignsIQ2[(aux >> (7 * l)) & 127];
+      const uint32_t g1 = iq_grids::kIq3xxsGrid[qs[2 * l]], g2 = iq_grids::kIq3xxsGrid[qs[2 * l + 1]];
+      for (int j = 0; j < 4; ++j) {
+        y[j] = db * static_cast<float>(grid_byte(g1, j)) * signed_one(signs, j);
+        y[j + 4] = db * static_cast<float>(grid_byte(g2, j)) * signed_one(signs, j + 4);
+      }
+      y += 8;
+    }
+    qs += 8;
+  }
+}
+
+void deq_iq3_s(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ3_S>(p);
+  const float d = h2f(b.d);
+  const uint8_t* qs = b.qs;
+  const uint8_t* signs = b.signs;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    // Sub-block ib's scale: nibble ib%2 of scales[ib/2], as the odd integer 1 + 2*s.
+    const float db = d * static_cast<float>(1 + 2 * ((b.scales[ib / 2] >> (4 * (ib % 2))) & 0xF));
+    const int qh = b.qh[ib];
+    for (int l = 0; l < 4; ++l) {
+      const uint32_t g1 = iq_grids::kIq3sGrid[qs[2 * l] | ((qh << (8 - 2 * l)) & 256)];
+      const uint32_t g2 = iq_grids::kIq3sGrid[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256)];
+      for (int j = 0; j < 4; ++j) {
+        y[j] = db * static_cast<float>(grid_byte(g1, j)) * signed_one(signs[l], j);
+        y[j + 4] = db * static_cast<float>(grid_byte(g2, j)) * signed_one(signs[l], j + 4);
+      }
+      y += 8;
+    }
+    qs += 8;
+    signs += 4;
+  }
+}
+
+// One group of 8 from the {-1, 0, 1} grid: dl * (g + delta).
+inline void iq1_group(uint64_t g, float dl, float delta, float* y) {
+  for (int j = 0; j < 8; ++j) y[j] = dl * (static_cast<float>(static_cast<int8_t>(grid_byte(g, j))) + delta);
+}
+
+void deq_iq1_s(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ1_S>(p);
+  const float d = h2f(b.d);
+  const uint8_t* qs = b.qs;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const unsigned qh = b.qh[ib];
+    const float dl = d * static_cast<float>(2 * ((qh >> 12) & 7) + 1);
+    const float delta = qh & 0x8000 ? -kIQ1Delta : kIQ1Delta;
+    for (int l = 0; l < 4; ++l) {
+      iq1_group(iq_grids::kIq1sGrid[qs[l] | (((qh >> (3 * l)) & 7) << 8)], dl, delta, y);
+      y += 8;
+    }
+    qs += 4;
+  }
+}
+
+void deq_iq1_m(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ1_M>(p);
+  uint16_t sc[4];
+  std::memcpy(sc, b.scales, sizeof sc);
+  // The fp16 super-block scale is the top nibbles of the four scale words.
+  const uint16_t dbits = static_cast<uint16_t>((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) |
+                                               (sc[3] & 0xF000));
+  const float d = h2f(dbits);
+  const uint8_t* qs = b.qs;
+  const uint8_t* qh = b.qh;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const float dl1 = d * static_cast<float>(2 * ((sc[ib / 2] >> (6 * (ib % 2) + 0)) & 7) + 1);
+    const float dl2 = d * static_cast<float>(2 * ((sc[ib / 2] >> (6 * (ib % 2) + 3)) & 7) + 1);
+    const int idx[4] = {qs[0] | ((qh[0] << 8) & 0x700), qs[1] | ((qh[0] << 4) & 0x700),
+                        qs[2] | ((qh[1] << 8) & 0x700), qs[3] | ((qh[1] << 4) & 0x700)};
+    const float delta[4] = {qh[0] & 0x08 ? -kIQ1Delta : kIQ1Delta, qh[0] & 0x80 ? -kIQ1Delta : kIQ1Delta,
+                            qh[1] & 0x08 ? -kIQ1Delta : kIQ1Delta, qh[1] & 0x80 ? -kIQ1Delta : kIQ1Delta};
+    for (int l = 0; l < 4; ++l) {
+      iq1_group(iq_grids::kIq1sGrid[idx[l]], l < 2 ? dl1 : dl2, delta[l], y);
+      y += 8;
+    }
+    qs += 4;
+    qh += 2;
+  }
+}
+
+void deq_iq4_nl(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ4_NL>(p);
+  const float d = h2f(b.d);
+  for (int j = 0; j < kQK4_NL / 2; ++j) {
+    y[j] = d * static_cast<float>(kValuesIQ4NL[b.qs[j] & 0xF]);
+    y[j + kQK4_NL / 2] = d * static_cast<float>(kValuesIQ4NL[b.qs[j] >> 4]);
+  }
+}
+
+void deq_iq4_xs(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockIQ4_XS>(p);
+  const float d = h2f(b.d);
+  const uint8_t* qs = b.qs;
+  for (int ib = 0; ib < QK_K / 32; ++ib) {
+    const int ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((b.scales_h >> (2 * ib)) & 3) << 4);
+    const float dl = d * static_cast<float>(ls - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * static_cast<float>(kValuesIQ4NL[qs[j] & 0xF]);
+      y[j + 16] = dl * static_cast<float>(kValuesIQ4NL[qs[j] >> 4]);
+    }
+    y += 32;
+    qs += 16;
+  }
+}
+
+// TQ1_0 keeps 5 trits in a byte as a base-3 fraction scaled to 256: multiplying by 3^n
+// (mod 256) brings trit n to the top, and (q * 3) >> 8 reads it.
+inline float trit(uint8_t byte, int pow3) {
+  const uint8_t q = static_cast<uint8_t>(byte * pow3);
+  return static_cast<float>(((static_cast<int>(q) * 3) >> 8) - 1);
+}
+
+void deq_tq1_0(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockTQ1_0>(p);
+  const float d = h2f(b.d);
+  constexpr int kPow3[5] = {1, 3, 9, 27, 81};
+  constexpr int nqs = static_cast<int>(sizeof b.qs);  // 48: one run of 32 bytes, one of 16
+  for (int j = 0; j < nqs - nqs % 32; j += 32)
+    for (int n = 0; n < 5; ++n)
+      for (int m = 0; m < 32; ++m) *y++ = trit(b.qs[j + m], kPow3[n]) * d;
+  for (int j = nqs - nqs % 32; j < nqs; j += 16)
+    for (int n = 0; n < 5; ++n)
+      for (int m = 0; m < 16; ++m) *y++ = trit(b.qs[j + m], kPow3[n]) * d;
+  for (int n = 0; n < 4; ++n)
+    for (int j = 0; j < static_cast<int>(sizeof b.qh); ++j) *y++ = trit(b.qh[j], kPow3[n]) * d;
+}
+
+void deq_tq2_0(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockTQ2_0>(p);
+  const float d = h2f(b.d);
+  for (int j = 0; j < QK_K / 4; j += 32)
+    for (int l = 0; l < 4; ++l)
+      for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(((b.qs[j + m] >> (2 * l)) & 3) - 1) * d;
+}
+
+// Unsigned E4M3 (bias 7, no sign; 0 and 0x7F read as 0), halved as ggml keeps NVFP4's
+// scales (its code book is E2M1 doubled). Every such value is exact in float32.
+float ue4m3_half(uint8_t x) {
+  if (x == 0 || x == 0x7F) return 0.0f;
+  const int e = (x >> 3) & 0xF, m = x & 7;
+  const float raw = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+  return raw * 0.5f;
+}
+
+void deq_nvfp4(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockNVFP4>(p);
+  for (int s = 0; s < kQK_NVFP4 / kQK_NVFP4_SUB; ++s) {
+    const float d = ue4m3_half(b.d[s]);
+    const uint8_t* q = b.qs + s * (kQK_NVFP4_SUB / 2);
+    for (int j = 0; j < kQK_NVFP4_SUB / 2; ++j) {
+      y[j] = static_cast<float>(kE2M1x2[q[j] & 0x0F]) * d;
+      y[j + kQK_NVFP4_SUB / 2] = static_cast<float>(kE2M1x2[q[j] >> 4]) * d;
+    }
+    y += kQK_NVFP4_SUB;
+  }
+}
+
+void deq_q1_0(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockQ1_0>(p);
+  const float d = h2f(b.d);
+  for (int j = 0; j < kQK1_0; ++j) y[j] = (b.qs[j / 8] >> (j % 8)) & 1 ? d : -d;
+}
+
+void deq_q2_0(const uint8_t* p, float* y) {
+  const auto b = load_block<BlockQ2_0>(p);
+  const float d = h2f(b.d);
+  for (int j = 0; j < kQK2_0; ++j) y[j] = static_cast<float>(((b.qs[j / 4] >> (2 * (j % 4))) & 3) - 1) * d;
 }
 
 using BlockFn = void (*)(const uint8_t*, float*);
@@ -325,6 +583,20 @@ BlockFn block_fn(GgmlType t) {
     case GgmlType::Q5_K: return deq_q5_k;
     case GgmlType::Q6_K: return deq_q6_k;
     case GgmlType::MXFP4: return deq_mxfp4;
+    case GgmlType::IQ2_XXS: return deq_iq2_xxs;
+    case GgmlType::IQ2_XS: return deq_iq2_xs;
+    case GgmlType::IQ2_S: return deq_iq2_s;
+    case GgmlType::IQ3_XXS: return deq_iq3_xxs;
+    case GgmlType::IQ3_S: return deq_iq3_s;
+    case GgmlType::IQ1_S: return deq_iq1_s;
+    case GgmlType::IQ1_M: return deq_iq1_m;
+    case GgmlType::IQ4_NL: return deq_iq4_nl;
+    case GgmlType::IQ4_XS: return deq_iq4_xs;
+    case GgmlType::TQ1_0: return deq_tq1_0;
+    case GgmlType::TQ2_0: return deq_tq2_0;
+    case GgmlType::NVFP4: return deq_nvfp4;
+    case GgmlType::Q1_0: return deq_q1_0;
+    case GgmlType::Q2_0: return deq_q2_0;
     default: return nullptr;
   }
 }

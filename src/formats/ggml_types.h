@@ -34,6 +34,8 @@ enum class GgmlType : uint32_t {
   TQ1_0 = 34, TQ2_0 = 35,
   // 36..38 (IQ4_NL_4_4, ...) were removed from ggml.
   MXFP4 = 39,
+  NVFP4 = 40,  // 4 E2M1 sub-blocks of 16 with unsigned E4M3 scales (NVIDIA's NVFP4)
+  Q1_0 = 41, Q2_0 = 42,  // 1-bit (+-d) and 2-bit ((q-1)*d) blocks with one fp16 scale
 };
 
 // Size facts of one type. A row of n elements (n a multiple of block_size) takes
@@ -137,6 +139,107 @@ struct BlockQ6_K {  // 16 sub-blocks of 16: x = d*sc * (q - 32), q 6-bit, sc int
   uint16_t d;
 };
 static_assert(sizeof(BlockQ6_K) == 2 + kQK_K / 16 + 3 * kQK_K / 4);
+
+// The i-quants (ikawrakow's "importance" quants): groups of 8 weights (IQ3: 4) stored as an
+// index into a fixed code book (formats/ggml_iq_grids.h) plus signs, or (IQ4) 4-bit indices
+// into a 16-value non-linear table. Every super-block scale is fp16.
+struct BlockIQ2_XXS {  // per 32: 4 grid bytes, then 4x7 sign bits + a 4-bit scale (u32)
+  uint16_t d;
+  uint16_t qs[kQK_K / 8];
+};
+static_assert(sizeof(BlockIQ2_XXS) == 2 + kQK_K / 4);
+
+struct BlockIQ2_XS {  // qs: 9-bit grid index | 7-bit sign index; two 4-bit scales per 32
+  uint16_t d;
+  uint16_t qs[kQK_K / 8];
+  uint8_t scales[kQK_K / 32];
+};
+static_assert(sizeof(BlockIQ2_XS) == 2 + kQK_K / 4 + kQK_K / 32);
+
+struct BlockIQ2_S {  // qs: 32 low index bytes then 32 sign bytes; qh: 2 index bits per 8
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];
+  uint8_t qh[kQK_K / 32];
+  uint8_t scales[kQK_K / 32];
+};
+static_assert(sizeof(BlockIQ2_S) == 2 + kQK_K / 4 + kQK_K / 16);
+
+struct BlockIQ3_XXS {  // qs: 64 grid bytes (4 values each), then per 32 a u32 of signs + scale
+  uint16_t d;
+  uint8_t qs[3 * kQK_K / 8];
+};
+static_assert(sizeof(BlockIQ3_XXS) == 2 + 3 * kQK_K / 8);
+
+struct BlockIQ3_S {  // 9-bit grid indices (qh the 9th bits), explicit signs, 4-bit odd scales
+  uint16_t d;
+  uint8_t qs[kQK_K / 4];
+  uint8_t qh[kQK_K / 32];
+  uint8_t signs[kQK_K / 8];
+  uint8_t scales[kQK_K / 64];
+};
+static_assert(sizeof(BlockIQ3_S) == 2 + 13 * (kQK_K / 32) + kQK_K / 64);
+
+struct BlockIQ1_S {  // 11-bit indices into the {-1,0,1} grid; qh: index bits, scale, delta sign
+  uint16_t d;
+  uint8_t qs[kQK_K / 8];
+  uint16_t qh[kQK_K / 32];
+};
+static_assert(sizeof(BlockIQ1_S) == 2 + kQK_K / 8 + kQK_K / 16);
+
+struct BlockIQ1_M {  // as IQ1_S with 3-bit scales per 16; the fp16 scale spread over scales
+  uint8_t qs[kQK_K / 8];
+  uint8_t qh[kQK_K / 16];
+  uint8_t scales[kQK_K / 32];
+};
+static_assert(sizeof(BlockIQ1_M) == kQK_K / 8 + kQK_K / 16 + kQK_K / 32);
+
+inline constexpr int kQK4_NL = 32;
+struct BlockIQ4_NL {  // x = d * kvalues_iq4nl[q], nibble order as Q4_0
+  uint16_t d;
+  uint8_t qs[kQK4_NL / 2];
+};
+static_assert(sizeof(BlockIQ4_NL) == 2 + kQK4_NL / 2);
+
+struct BlockIQ4_XS {  // 8 sub-blocks of 32: x = d*(ls-32) * kvalues_iq4nl[q], ls 6-bit
+  uint16_t d;
+  uint16_t scales_h;
+  uint8_t scales_l[kQK_K / 64];
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockIQ4_XS) == 4 + kQK_K / 64 + kQK_K / 2);
+
+// The ternary types (BitNet b1.58 / TriLMs): x = d * t, t in {-1, 0, 1}.
+struct BlockTQ1_0 {  // 5 trits per byte (base-3 fixed point) in qs, 4 per byte in qh
+  uint8_t qs[(kQK_K - 4 * kQK_K / 64) / 5];
+  uint8_t qh[kQK_K / 64];
+  uint16_t d;
+};
+static_assert(sizeof(BlockTQ1_0) == 2 + 4 * 13);
+
+struct BlockTQ2_0 {  // 2 bits per trit, stored as t + 1
+  uint8_t qs[kQK_K / 4];
+  uint16_t d;
+};
+static_assert(sizeof(BlockTQ2_0) == 2 + kQK_K / 4);
+
+inline constexpr int kQK_NVFP4 = 64, kQK_NVFP4_SUB = 16, kQK1_0 = 128, kQK2_0 = 64;
+struct BlockNVFP4 {  // 4 sub-blocks of 16 E2M1 codes (nibbles split as Q4_0), each with a UE4M3 scale
+  uint8_t d[kQK_NVFP4 / kQK_NVFP4_SUB];
+  uint8_t qs[kQK_NVFP4 / 2];
+};
+static_assert(sizeof(BlockNVFP4) == 4 + kQK_NVFP4 / 2);
+
+struct BlockQ1_0 {  // x = bit ? d : -d, element j bit j%8 of qs[j/8]
+  uint16_t d;
+  uint8_t qs[kQK1_0 / 8];
+};
+static_assert(sizeof(BlockQ1_0) == 2 + kQK1_0 / 8);
+
+struct BlockQ2_0 {  // x = (q - 1) * d, q 2-bit, element j bits 2*(j%4) of qs[j/4]
+  uint16_t d;
+  uint8_t qs[kQK2_0 / 4];
+};
+static_assert(sizeof(BlockQ2_0) == 2 + kQK2_0 / 4);
 
 // ---- dequantization --------------------------------------------------------------
 // Scalar reference: dequantizes `n` elements (REQUIRES: n a multiple of the block

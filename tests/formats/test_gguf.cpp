@@ -582,14 +582,14 @@ TEST(GgufMalformed, TensorRules) {
   }
   {
     Builder b;  // a type that parses but cannot be dequantized
-    b.tensor("iq", {256}, 16, 0);
-    auto bytes = b.build(96);
-    GgufFile f = GgufFile::from_bytes(bytes, "iq.gguf");
+    b.tensor("q8k", {256}, 15, 0);  // Q8_K: ggml's activation type, never a weight
+    auto bytes = b.build(320);
+    GgufFile f = GgufFile::from_bytes(bytes, "q8k.gguf");
     try {
-      f.tensor_to_f32("iq");
+      f.tensor_to_f32("q8k");
       FAIL();
     } catch (const Error& e) {
-      EXPECT_EQ(std::string(e.what()), "iq.gguf: tensor 'iq': dequantization of type IQ2_XXS is not supported");
+      EXPECT_EQ(std::string(e.what()), "q8k.gguf: tensor 'q8k': dequantization of type Q8_K is not supported");
     }
   }
 }

@@ -3,6 +3,10 @@
 // from tools/make_gguf_fixtures.py. The fp16 scale fields hold random finite values
 // (subnormals included); every other byte is random.
 //
+// The i-quants, TQ1_0 / TQ2_0, MXFP4, NVFP4, Q1_0 and Q2_0 fixtures hold ggml's own C
+// dequantization (libggml-base's dequantize_row_*), which the script checked equal to
+// gguf-py's bit for bit where gguf-py has the type (all but Q1_0 / Q2_0).
+//
 // Tolerance: none. Our scalar code and gguf-py evaluate the same float32 expressions
 // in the same order (Q4_1: q*d + m; K-quants: (d*sc)*q - (dmin*m); Q6_K: (d*sc)*q), and
 // neither fuses multiply-add, so every element must be bit-identical (NaN payloads of
@@ -87,7 +91,14 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, DequantFixture,
                                            Case{"Q5_1", GgmlType::Q5_1}, Case{"Q8_0", GgmlType::Q8_0},
                                            Case{"Q2_K", GgmlType::Q2_K}, Case{"Q3_K", GgmlType::Q3_K},
                                            Case{"Q4_K", GgmlType::Q4_K}, Case{"Q5_K", GgmlType::Q5_K},
-                                           Case{"Q6_K", GgmlType::Q6_K}),
+                                           Case{"Q6_K", GgmlType::Q6_K}, Case{"IQ2_XXS", GgmlType::IQ2_XXS},
+                                           Case{"IQ2_XS", GgmlType::IQ2_XS}, Case{"IQ2_S", GgmlType::IQ2_S},
+                                           Case{"IQ3_XXS", GgmlType::IQ3_XXS}, Case{"IQ3_S", GgmlType::IQ3_S},
+                                           Case{"IQ1_S", GgmlType::IQ1_S}, Case{"IQ1_M", GgmlType::IQ1_M},
+                                           Case{"IQ4_NL", GgmlType::IQ4_NL}, Case{"IQ4_XS", GgmlType::IQ4_XS},
+                                           Case{"TQ1_0", GgmlType::TQ1_0}, Case{"TQ2_0", GgmlType::TQ2_0},
+                                           Case{"MXFP4", GgmlType::MXFP4}, Case{"NVFP4", GgmlType::NVFP4},
+                                           Case{"Q1_0", GgmlType::Q1_0}, Case{"Q2_0", GgmlType::Q2_0}),
                          [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
 TEST(GgmlTypes, BlockSizesMatchTraits) {
@@ -101,15 +112,36 @@ TEST(GgmlTypes, BlockSizesMatchTraits) {
   EXPECT_EQ(static_cast<int64_t>(sizeof(BlockQ4_K)), ggml_traits(GgmlType::Q4_K).type_size);
   EXPECT_EQ(static_cast<int64_t>(sizeof(BlockQ5_K)), ggml_traits(GgmlType::Q5_K).type_size);
   EXPECT_EQ(static_cast<int64_t>(sizeof(BlockQ6_K)), ggml_traits(GgmlType::Q6_K).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ2_XXS)), ggml_traits(GgmlType::IQ2_XXS).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ2_XS)), ggml_traits(GgmlType::IQ2_XS).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ2_S)), ggml_traits(GgmlType::IQ2_S).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ3_XXS)), ggml_traits(GgmlType::IQ3_XXS).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ3_S)), ggml_traits(GgmlType::IQ3_S).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ1_S)), ggml_traits(GgmlType::IQ1_S).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ1_M)), ggml_traits(GgmlType::IQ1_M).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ4_NL)), ggml_traits(GgmlType::IQ4_NL).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockIQ4_XS)), ggml_traits(GgmlType::IQ4_XS).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockTQ1_0)), ggml_traits(GgmlType::TQ1_0).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockTQ2_0)), ggml_traits(GgmlType::TQ2_0).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockNVFP4)), ggml_traits(GgmlType::NVFP4).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockQ1_0)), ggml_traits(GgmlType::Q1_0).type_size);
+  EXPECT_EQ(static_cast<int64_t>(sizeof(BlockQ2_0)), ggml_traits(GgmlType::Q2_0).type_size);
+  EXPECT_EQ(ggml_traits(GgmlType::NVFP4).block_size, 64);
+  EXPECT_EQ(ggml_traits(GgmlType::Q1_0).block_size, 128);
+  EXPECT_EQ(ggml_traits(GgmlType::IQ4_NL).block_size, 32);
   EXPECT_EQ(ggml_traits(GgmlType::Q6_K).block_size, 256);
   EXPECT_EQ(ggml_type_name(GgmlType::Q4_K), "Q4_K");
   EXPECT_EQ(ggml_type_name(GgmlType::BF16), "BF16");
 }
 
 TEST(GgmlTypes, UnknownAndRemovedIds) {
-  for (uint32_t id : {4u, 5u, 31u, 32u, 33u, 36u, 37u, 38u, 40u, 1000u, 0xFFFFFFFFu})
+  for (uint32_t id : {4u, 5u, 31u, 32u, 33u, 36u, 37u, 38u, 43u, 1000u, 0xFFFFFFFFu})
     EXPECT_FALSE(ggml_type_traits(id).has_value()) << id;
-  for (uint32_t id : {0u, 1u, 2u, 3u, 8u, 12u, 14u, 30u, 39u}) EXPECT_TRUE(ggml_type_traits(id).has_value()) << id;
+  for (uint32_t id : {0u, 1u, 2u, 3u, 8u, 12u, 14u, 16u, 23u, 29u, 30u, 34u, 39u, 40u, 41u, 42u})
+    EXPECT_TRUE(ggml_type_traits(id).has_value()) << id;
+  // Q8_1 / Q8_K are ggml's internal activation types: never dequantized from a file.
+  EXPECT_FALSE(ggml_traits(GgmlType::Q8_1).can_dequantize);
+  EXPECT_FALSE(ggml_traits(GgmlType::Q8_K).can_dequantize);
 }
 
 TEST(GgmlTypes, Nbytes) {
@@ -129,13 +161,13 @@ TEST(GgmlTypes, DequantizeRejectsBadInput) {
   EXPECT_THROW(dequantize(GgmlType::Q4_0, raw, out_bad), Error);  // not a block multiple
   std::vector<uint8_t> short_raw(17);
   EXPECT_THROW(dequantize(GgmlType::Q4_0, short_raw, out), Error);  // wrong byte count
-  std::vector<uint8_t> iq(66);
+  std::vector<uint8_t> q8k(292);
   std::vector<float> out256(256);
   try {
-    dequantize(GgmlType::IQ2_XXS, iq, out256, "model.gguf: tensor 'x'");
+    dequantize(GgmlType::Q8_K, q8k, out256, "model.gguf: tensor 'x'");
     FAIL() << "expected Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("IQ2_XXS"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Q8_K"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("model.gguf"), std::string::npos) << e.what();
   }
 }
@@ -143,7 +175,8 @@ TEST(GgmlTypes, DequantizeRejectsBadInput) {
 // A big tensor goes through the parallel path: same result as the scalar row reference.
 TEST(GgmlTypes, ParallelMatchesReference) {
   for (auto [name, type] : {std::pair{"Q4_1", GgmlType::Q4_1}, std::pair{"Q6_K", GgmlType::Q6_K},
-                            std::pair{"Q8_0", GgmlType::Q8_0}}) {
+                            std::pair{"Q8_0", GgmlType::Q8_0}, std::pair{"IQ2_XXS", GgmlType::IQ2_XXS},
+                            std::pair{"IQ4_XS", GgmlType::IQ4_XS}, std::pair{"TQ1_0", GgmlType::TQ1_0}}) {
     const auto block = read_bytes(fixture(std::string("dequant_") + name + ".bin"));
     std::vector<uint8_t> raw;
     for (int r = 0; r < 512; ++r) raw.insert(raw.end(), block.begin(), block.end());

@@ -117,7 +117,7 @@ int run(const Options& o, CLI::App& app) {
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   if (!o.quiet)
     std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n", load_s,
-                 qlora::cli::weights_description(o.m).c_str(),
+                 qlora::cli::weights_description(o.m, model).c_str(),
                  o.m.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
   qlora::LoadedAdapter adapter;
   if (!o.adapter.empty()) {

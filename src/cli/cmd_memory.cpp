@@ -64,6 +64,7 @@ struct Options {
   bool json = false;
   bool table = false;
   bool dense_head = false;  // --dense-head, as train/generate's
+  bool requantize_gguf = false;  // --requantize-gguf, as train/generate's
   std::string kv_cache = "auto";  // --kv-cache, as generate's
 };
 
@@ -199,6 +200,12 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     mo.head_q8_0 = q8.head;
   }
   mo.generated_weights = m.generated;
+  if (mo.engine == qlora::MemoryEngine::Qlora && o.quant != "none" && !o.requantize_gguf && !m.generated) {
+    // (a GGUF's 4-bit linears are kept as stored: formats/ggml_as_4bit.h)
+    const qlora::Gguf4bitKept k = qlora::model_source_gguf_kept_4bit(o.model);
+    mo.gguf_kept_values = k.values;
+    mo.gguf_kept_constant_bytes = k.constant_bytes;
+  }
   if (o.gpus < 1) qlora::fail("--gpus", "must be >= 1");
   mo.gpus = o.gpus;
   if (!o.lora_dtype.empty()) {
@@ -277,6 +284,8 @@ const bool kRegistered = qlora::cli::register_command(
                                 "Quantize the absmax constants too (8-bit, blocks of 256)");
       qlora::cli::add_bool_flag(app, "--dense-head", o->dense_head,
                                 "As train/generate: a GGUF's quantized embedding / output head widened to the compute dtype");
+      qlora::cli::add_bool_flag(app, "--requantize-gguf", o->requantize_gguf,
+                                "As train/generate: a GGUF's 4-bit linears re-quantized per --quant instead of kept as stored");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype,
                      "fp32, bf16 or fp16 (default: what the command would use: fp32, or for train on the CPU bf16 "

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <sstream>
 
 #include <omp.h>
@@ -40,6 +41,10 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
                 "Widen a GGUF's quantized token embedding / output head to the compute dtype (by default it stays "
                 "8-bit with fp32 compute: Q8_0 as stored, other types re-quantized to Q8_0; a quarter of the bytes "
                 "per token)");
+  add_bool_flag(app, "--requantize-gguf", f.requantize_gguf,
+                "Re-quantize a GGUF's 4-bit linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) per --quant from their "
+                "values, as transformers + bitsandbytes do with a GGUF (their numbers bit for bit); by default they "
+                "are kept as stored, llama.cpp's values exactly");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {
@@ -54,6 +59,7 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   check_device_available(parse_device(f.device));
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
+  load.keep_gguf_4bit = !f.requantize_gguf;
   load.int8_activations = f.int8_activations;
   if (f.int8_activations && (f.quant == "none" || f.quant == "int8"))
     fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + f.quant);
@@ -251,6 +257,27 @@ void add_load_progress(ModelLoadOptions& load, const ModelFiles& files, bool qui
 
 std::string weights_description(const ModelFlags& f) {
   return f.quant == "none" ? "dense" : f.quant + (f.double_quant ? "+dq" : "");
+}
+
+std::string weights_description(const ModelFlags& f, const Model& m) {
+  std::map<std::string, int64_t> kept;
+  int64_t total = 0;
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      if (!m.spec().layer_has_linear(l, w) || m.block_linear(l, w).out_features() == 0) continue;
+      ++total;
+      if (const Quantized4bit* q = m.block_linear(l, w).q4(); q && !q->state.ggml_source.empty()) ++kept[q->state.ggml_source];
+    }
+  std::string s = weights_description(f);
+  if (kept.empty()) return s;
+  std::string types;
+  int64_t n = 0;
+  for (const auto& [t, c] : kept) {
+    types += (types.empty() ? "" : "/") + t;
+    n += c;
+  }
+  if (n == total) return types + " (GGUF, as stored: " + std::to_string(n) + " linears)";
+  return s + " + " + types + " (GGUF, as stored: " + std::to_string(n) + " of " + std::to_string(total) + " linears)";
 }
 
 LoadedAdapter load_adapter_reporting(const Model& model, const std::string& dir, bool quiet) {

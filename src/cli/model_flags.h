@@ -22,6 +22,7 @@ struct ModelFlags {
   int threads = 0;
   bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
   bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
+  bool requantize_gguf = false;       // --requantize-gguf: a GGUF's 4-bit linears re-quantized (ModelLoadOptions::keep_gguf_4bit)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
   bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
   std::string kv_cache = "auto";      // --kv-cache (decoding commands: add_decode_flags)
@@ -105,6 +106,10 @@ void report_model(const ModelFiles& files, bool quiet);
 
 // "nf4+dq", "int8", "dense": how the flags store the Linear weights, for log lines.
 std::string weights_description(const ModelFlags& f);
+// The same for a loaded model, naming the GGUF 4-bit types its block linears keep as stored
+// (formats/ggml_as_4bit.h): "Q4_1 (GGUF, as stored: 210 linears)", or "nf4 + IQ4_NL/IQ4_XS
+// (GGUF, as stored: 207 of 210 linears)" when some are re-quantized.
+std::string weights_description(const ModelFlags& f, const Model& m);
 
 // Loads the PEFT adapter in `dir` against `model` (lora/adapter_loader.h) and, unless
 // `quiet`, prints its summary line. The caller attaches it where it will keep it:

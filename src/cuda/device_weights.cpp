@@ -1,5 +1,8 @@
 #include "cuda/device_weights.h"
 
+#include <cstdio>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 #include "base/error.h"
@@ -7,9 +10,24 @@
 
 namespace qlora::cuda {
 
-DeviceQ4 upload_q4(const Quantized4bit& q, int64_t rows, int64_t cols, ComputeDType round_to) {
+DeviceQ4 upload_q4(const Quantized4bit& q_in, int64_t rows, int64_t cols, ComputeDType round_to) {
+  check(rows * cols == q_in.state.numel(), "cuda::upload_q4", "the shape does not match the quantized tensor");
+  // A GGUF's Q4_1 / Q4_K blocks kept as stored carry a minimum per block, which the CUDA
+  // kernels do not take yet: those go to the GPU as NF4 of their values (blocks of 64), said
+  // once. (Code books alone -- Q4_0, IQ4_NL, IQ4_XS, MXFP4 -- run as stored.)
+  std::optional<Quantized4bit> requantized;
+  if (!q_in.state.block_min.empty()) {
+    static std::once_flag said;
+    std::call_once(said, [&] {
+      std::fprintf(stderr, "note: the CUDA backend runs this GGUF's %s weights re-quantized to NF4 (their per-block "
+                           "minimums are not on the GPU yet)\n", q_in.state.ggml_source.c_str());
+    });
+    std::vector<float> v(static_cast<size_t>(q_in.state.numel()));
+    dequantize_tensor_4bit(q_in, v.data());
+    requantized = quantize_tensor_4bit(v.data(), q_in.state.shape, QuantType::NF4, 64, false, round_to);
+  }
+  const Quantized4bit& q = requantized ? *requantized : q_in;
   const QuantState& st = q.state;
-  check(rows * cols == st.numel(), "cuda::upload_q4", "the shape does not match the quantized tensor");
   DeviceQ4 d;
   d.packed = DeviceBuffer<uint8_t>(q.packed);
   d.code = DeviceBuffer<float>(std::vector<float>(st.code.begin(), st.code.end()));

@@ -199,16 +199,7 @@ void deq_q3_k(const uint8_t* p, float* y) {
   }
 }
 
-// The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block.
-inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
-  if (j < 4) {
-    *d = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-  }
-}
+inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) { q4_k_scale_min(j, q, d, m); }
 
 void deq_q4_k(const uint8_t* p, float* y) {
   const auto b = load_block<BlockQ4_K>(p);
@@ -293,9 +284,9 @@ void deq_i16(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int
 void deq_i32(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int32_t>(p)); }
 void deq_i64(const uint8_t* p, float* y) { *y = static_cast<float>(load_elem<int64_t>(p)); }
 
-// ggml's E2M1 code book doubled (kvalues_mxfp4): integers, and code 8 is +0 (kFp4Values'
+// ggml's E2M1 code book doubled: integers, and code 8 is +0 (quant/mxfp4.h's kFp4Values'
 // -0.0 would give a -0.0 where ggml and gguf-py give +0.0).
-constexpr int8_t kE2M1x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+constexpr const int8_t* kE2M1x2 = kE2M1Doubled;
 
 // MXFP4 (gpt-oss's experts): one E8M0 byte e, then 16 bytes of E2M1 codes, the low nibbles
 // the block's first 16 values and the high nibbles its last 16 (ggml's usual split, unlike
@@ -314,6 +305,8 @@ void deq_mxfp4(const uint8_t* p, float* y) {
 // Each product is evaluated as ggml writes it (scale * grid value * sign, left to right);
 // gguf-py's numpy does the same, so the results are bit-identical to both.
 
+constexpr const int8_t* kValuesIQ4NL = kIQ4NLValues;
+
 // ksigns_iq2xs: 7 stored sign bits, the 8th chosen so that the count of minus signs is even.
 constexpr std::array<uint8_t, 128> make_ksigns() {
   std::array<uint8_t, 128> k{};
@@ -321,8 +314,6 @@ constexpr std::array<uint8_t, 128> make_ksigns() {
   return k;
 }
 constexpr std::array<uint8_t, 128> kSignsIQ2 = make_ksigns();
-// IQ4_NL / IQ4_XS's non-linear code book.
-constexpr int8_t kValuesIQ4NL[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 constexpr float kIQ1Delta = 0.125f;  // IQ1S_DELTA / IQ1M_DELTA
 
 inline uint8_t grid_byte(uint64_t v, int j) { return static_cast<uint8_t>(v >> (8 * j)); }
@@ -612,6 +603,16 @@ void dequantize_blocks(GgmlType t, BlockFn fn, const uint8_t* src, float* dst, i
 }
 
 }  // namespace
+
+void q4_k_scale_min(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+  }
+}
 
 std::optional<GgmlTypeTraits> ggml_type_traits(uint32_t id) {
   const TypeRow* r = find_row(id);

@@ -241,6 +241,15 @@ struct BlockQ2_0 {  // x = (q - 1) * d, q 2-bit, element j bits 2*(j%4) of qs[j/
 };
 static_assert(sizeof(BlockQ2_0) == 2 + kQK2_0 / 4);
 
+// IQ4_NL / IQ4_XS's non-linear code book (kvalues_iq4nl) and MXFP4 / NVFP4's E2M1 values
+// doubled (kvalues_mxfp4: integers; ggml halves the scales to match).
+inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+inline constexpr int8_t kE2M1Doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// The 6-bit scale and minimum of sub-block j (0..7) of a Q4_K / Q5_K super-block's 12
+// scale bytes.
+void q4_k_scale_min(int j, const uint8_t* scales, uint8_t* sc, uint8_t* m);
+
 // ---- dequantization --------------------------------------------------------------
 // Scalar reference: dequantizes `n` elements (REQUIRES: n a multiple of the block
 // size, `src` holding ggml_nbytes(t, n) bytes, `dst` n floats). Throws Error for a

@@ -397,6 +397,9 @@ void permute_rope_rows(std::span<const float> in, std::span<float> out, int64_t 
 // hp.qk_rope_permuted, the row permutation is undone; other tensors are as stored.
 // Equals what transformers' GGUF loader produces (tests/formats/test_gguf_smollm2.cpp).
 std::vector<float> gguf_tensor_to_f32_hf(const GgufFile& f, const GgufTensorInfo& t, const GgufLlamaHParams& hp);
+// The head count whose rope row permutation gguf_tensor_to_f32_hf undoes on t (attn_q's
+// num_heads, attn_k's num_kv_heads, with hp.qk_rope_permuted); nullopt for tensors it leaves.
+std::optional<int64_t> gguf_rope_permuted_heads(const GgufTensorInfo& t, const GgufLlamaHParams& hp);
 
 // ---- tokenizer metadata ---------------------------------------------------------------
 // The tokenizer.* keys, read plainly (the tokenizer module builds a tokenizer from it).

@@ -618,14 +618,20 @@ void permute_rope_rows(std::span<const float> in, std::span<float> out, int64_t 
     std::memcpy(out.data() + r * cols, in.data() + hf_row_of_gguf_row(r, d) * cols, static_cast<size_t>(cols) * 4);
 }
 
+std::optional<int64_t> gguf_rope_permuted_heads(const GgufTensorInfo& t, const GgufLlamaHParams& hp) {
+  if (!hp.qk_rope_permuted) return std::nullopt;
+  std::string_view stem, suffix, num;
+  if (!split_suffix(t.name, &stem, &suffix)) return std::nullopt;
+  auto rest = strip_layer(stem, "blk.", &num);
+  if (!rest || (*rest != "attn_q" && *rest != "attn_k")) return std::nullopt;
+  return *rest == "attn_q" ? hp.num_heads : hp.num_kv_heads;
+}
+
 std::vector<float> gguf_tensor_to_f32_hf(const GgufFile& f, const GgufTensorInfo& t, const GgufLlamaHParams& hp) {
   std::vector<float> x = f.tensor_to_f32(t);
-  if (!hp.qk_rope_permuted) return x;
-  std::string_view stem, suffix, num;
-  if (!split_suffix(t.name, &stem, &suffix)) return x;
-  auto rest = strip_layer(stem, "blk.", &num);
-  if (!rest || (*rest != "attn_q" && *rest != "attn_k")) return x;
-  const int64_t n_head = *rest == "attn_q" ? hp.num_heads : hp.num_kv_heads;
+  const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp);
+  if (!heads) return x;
+  const int64_t n_head = *heads;
   const auto shape = t.shape();
   const int64_t rows = shape.empty() ? 1 : shape[0];
   const int64_t cols = rows == 0 ? 0 : t.numel() / rows;

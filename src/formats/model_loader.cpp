@@ -12,6 +12,7 @@
 #include "base/mapped_file.h"
 #include "formats/byte_tokenizer.h"
 #include "formats/fp8_checkpoint.h"
+#include "formats/ggml_as_4bit.h"
 #include "formats/hf_config.h"
 #include "formats/gguf.h"
 #include "formats/llama2c_model.h"
@@ -328,6 +329,7 @@ class RenamedSource : public TensorSource {
     return t;
   }
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(hf(name)); }
+  bool keeps_gguf_4bit(const std::string& name) const override { return inner_->keeps_gguf_4bit(hf(name)); }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(hf(name)); }
   std::string describe() const override { return inner_->describe(); }
   std::string stored_name(const std::string& name) const override { return inner_->stored_name(hf(name)); }
@@ -676,6 +678,42 @@ class GgufSource : public TensorSource {
       }
       default: return file_.tensor_slice_to_f32(gpt_oss_part(layer, 2, true), e);
     }
+  }
+  // A block Linear stored in a 4-bit GGML type with a 4-bit form (formats/ggml_as_4bit.h:
+  // Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) is used as stored, as a bitsandbytes checkpoint's
+  // 4-bit weights are: re-quantizing it to NF4 would round every weight a second time. Rows
+  // in llama.cpp's rope order are put back in Hugging Face's, as get() does.
+  bool keeps_gguf_4bit(const std::string& name) const override {
+    auto it = index_.find(name);
+    if (it == index_.end()) return false;
+    const GgufTensorInfo& t = *it->second;
+    if (t.dims.size() != 2 || !ggml_type_keeps_as_4bit(t.type)) return false;
+    // (qwen35's DeltaNet linears come in llama.cpp's tiled value-head order, which get() puts
+    // back by rows and by column blocks: those are re-quantized from get()'s values)
+    if ((hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") && name.find(".linear_attn.") != std::string::npos)
+      return false;
+    return true;
+  }
+  std::optional<Quantized4bit> get_4bit(const std::string& name) const override {
+    if (!keeps_gguf_4bit(name)) return std::nullopt;
+    const GgufTensorInfo& t = info(name);
+    const std::vector<int64_t> s = t.shape();
+    std::optional<Quantized4bit> q =
+        ggml_blocks_as_4bit(t.type, file_.tensor_data(t), s[0], s[1], ComputeDType::F32,
+                            file_.path() + ": tensor " + gguf_quote(t.name));
+    if (!q) return std::nullopt;
+    if (const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp_)) {
+      std::vector<float> gguf_row(static_cast<size_t>(s[0])), hf_src(static_cast<size_t>(s[0]));
+      for (int64_t r = 0; r < s[0]; ++r) gguf_row[static_cast<size_t>(r)] = static_cast<float>(r);
+      try {
+        unpermute_rope_rows(gguf_row, hf_src, s[0], 1, *heads);  // HF row r <- GGUF row hf_src[r]
+      } catch (const Error& e) {
+        fail(file_.path(), "tensor " + gguf_quote(t.name) + ": " + e.what());
+      }
+      std::vector<int64_t> src(hf_src.begin(), hf_src.end());
+      q = permute_4bit_rows(*q, src);
+    }
+    return q;
   }
   std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {
     const GgufTensorInfo& t = info(name);

@@ -11,7 +11,9 @@
 #include "base/text_excerpt.h"
 #include "lora/lora.h"
 #include "lora/lora_model.h"
+#include "formats/ggml_as_4bit.h"
 #include "formats/gguf.h"
+#include "formats/model_loader.h"
 #include "formats/model_family.h"
 #include "model/backend.h"
 #include "model/block_program.h"
@@ -296,6 +298,17 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
     }
     if (li.bias) w.bias += L * u(li.out) * norm_bytes;
   }
+  if ((o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_values > 0) {
+    // (the kept linears' own constants in place of what --blocksize / --double-quant would take)
+    const uint64_t as_flags = quant_constant_bytes(o.gguf_kept_values, o.blocksize, o.double_quant);
+    w.constants = w.constants - std::min(w.constants, as_flags) + o.gguf_kept_constant_bytes;
+  } else if (o.weights == WeightFormat::Int8 && o.gguf_kept_values > 0) {
+    // (4-bit as stored wins over --quant int8, as a bitsandbytes 4-bit checkpoint's weights do;
+    // their rows' int8 scales, still counted above, are a few bytes per row)
+    w.int8 -= std::min(w.int8, o.gguf_kept_values);
+    w.packed += o.gguf_kept_values / 2;
+    w.constants += o.gguf_kept_constant_bytes;
+  }
   const uint64_t vc = u(s.vocab) * u(s.embed_width());
   const uint64_t q8_bytes = vc + vc / 32 * 4;  // int8 codes + a float32 scale per 32 (DenseWeight::from_q8_0)
   // (the CUDA runner widens a Q8_0 head to float32 on the device)
@@ -323,7 +336,8 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
           ? "fp32 row scales"
           : (o.double_quant ? "double-quantized absmax: 1 byte per " + std::to_string(o.blocksize) +
                                   " + fp32 per 256 blocks"
-                            : "fp32 absmax per block of " + std::to_string(o.blocksize)));
+                            : "fp32 absmax per block of " + std::to_string(o.blocksize)) +
+                (o.gguf_kept_values > 0 ? "; GGUF 4-bit linears as stored: fp32 scale (and minimum) per 32" : ""));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
   const bool cpu = o.engine == MemoryEngine::Qlora;
   add(p, "embeddings (" + std::string(cpu && o.embed_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.embed,
@@ -991,12 +1005,36 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.generated_weights = is_random_model(model_path);
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);
   o.source_permutes_qk = !o.generated_weights && model_source_permutes_qk(model_path);
+  if (load.quant.quantize && load.keep_gguf_4bit && !o.generated_weights) {
+    const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path);
+    o.gguf_kept_values = k.values;
+    o.gguf_kept_constant_bytes = k.constant_bytes;
+  }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
     const Q8HeadTensors q8 = model_source_q8_0_head(model_path);
     o.embed_q8_0 = q8.embed;
     o.head_q8_0 = q8.head;
   }
   return o;
+}
+
+Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
+  Gguf4bitKept r;
+  if (std::filesystem::path(model_path).extension() != ".gguf" || !std::filesystem::is_regular_file(model_path))
+    return r;
+  // The block linears the loader will take as stored: the source's own rule (its names for
+  // them, its exclusions), read from the headers only.
+  const ModelFiles files = open_model_files(model_path);
+  const GgufFile f(model_path);
+  for (const std::string& name : files.tensors->names()) {
+    if (name.rfind("model.layers.", 0) != 0 || !files.tensors->keeps_gguf_4bit(name)) continue;
+    const GgufTensorInfo& t = f.tensor(files.tensors->stored_name(name));
+    const uint64_t n = static_cast<uint64_t>(t.numel());
+    r.values += n;
+    const bool with_min = t.type == GgmlType::Q4_1 || t.type == GgmlType::Q4_K;
+    r.constant_bytes += n / 32 * 4 * (with_min ? 2 : 1);
+  }
+  return r;
 }
 
 Q8HeadTensors model_source_q8_0_head(const std::string& model_path) {

@@ -130,6 +130,11 @@ struct MemoryOptions {
   // re-quantized to it) and stay 8-bit (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34
   // bytes per 32 values held as 36.
   bool embed_q8_0 = false, head_q8_0 = false;
+  // A GGUF source's block linears kept in their 4-bit type (formats/ggml_as_4bit.h) when
+  // quantizing (nf4, fp4 or int8 asked: stored 4-bit wins, as for bitsandbytes checkpoints):
+  // how many values, and their constants' bytes (a float32 scale per 32, and a float32 minimum
+  // per 32 for Q4_1 / Q4_K) in place of what --quant / --blocksize / --double-quant would take.
+  uint64_t gguf_kept_values = 0, gguf_kept_constant_bytes = 0;
 
   // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).
   int gpus = 1;
@@ -187,6 +192,12 @@ struct Q8HeadTensors {
   bool embed = false, head = false;
 };
 Q8HeadTensors model_source_q8_0_head(const std::string& model_path);
+// A GGUF's 2-D blk.* tensors in a type its loader keeps as 4-bit: their values and constant
+// bytes (MemoryOptions::gguf_kept_*); zeros for other sources.
+struct Gguf4bitKept {
+  uint64_t values = 0, constant_bytes = 0;
+};
+Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
 // `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:

@@ -46,6 +46,10 @@ struct Q4Matrix {
   const float* nested_code = nullptr;  // 256 values
   int nested_blocksize = 256;
   float offset = 0.0f;
+  // A GGUF's Q4_1 / Q4_K blocks kept as stored: per block, a term added after the product
+  // (weight = code * absmax + block_min, the two rounded apart as ggml's d * q + m); null for
+  // every other weight. The int8-activation kernels (gemv_q4_i8*) do not take it.
+  const float* block_min = nullptr;
   ComputeDType round_to = ComputeDType::F32;
 
   float block_absmax(int64_t b) const { return absmax ? absmax[b] : nested_block_absmax(b); }

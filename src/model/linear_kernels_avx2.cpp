@@ -109,9 +109,16 @@ inline __m256i nibbles_natural(const uint8_t* p) {
                          _mm256_and_si256(t, _mm256_set1_epi16(0x0F00)));
 }
 
+// bmin: the chunk's block minimum (a GGUF Q4_1 / Q4_K weight), added after the product as
+// q4_weight does; null for every other weight.
 template <ComputeDType RT>
-inline __m256 scaled(__m256 code, __m256 absmax) {
-  return round_vec(_mm256_mul_ps(code, absmax), RT);
+inline __m256 scaled(__m256 code, __m256 absmax, const float* bmin) {
+  __m256 v = _mm256_mul_ps(code, absmax);
+  if (bmin) v = _mm256_add_ps(v, _mm256_broadcast_ss(bmin));
+  return round_vec(v, RT);
+}
+inline const float* block_min_at(const Q4Matrix& w, int64_t i, int shift) {
+  return w.block_min ? w.block_min + (i >> shift) : nullptr;
 }
 
 // x permuted chunk by chunk into the permuted order (kernel-internal, grows to cols).
@@ -163,7 +170,8 @@ const float* absmax_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift)
 // rounding inlined (rows that start or end mid-chunk take this for up to 62 weights a row).
 template <ComputeDType RT>
 inline float weight_at(const Q4Matrix& w, const float* amax, int shift, int64_t i) {
-  const float v = w.code[detail::nibble_at(w.packed, i)] * amax[i >> shift];
+  float v = w.code[detail::nibble_at(w.packed, i)] * amax[i >> shift];
+  if (w.block_min) v = v + w.block_min[i >> shift];
   if constexpr (RT == ComputeDType::F32) return v;
   return _mm256_cvtss_f32(round_vec(_mm256_set1_ps(v), RT));
 }
@@ -191,11 +199,12 @@ void gemv_q4_permuted(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
       __m256 v[4];
       lookup_planes(cp, nibbles_permuted(w.packed + (i >> 1)), v);
       const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
+      const float* m = block_min_at(w, i, shift);
       const float* xc = xp + (i - s);
-      a0 = _mm256_fmadd_ps(scaled<RT>(v[0], a), _mm256_loadu_ps(xc), a0);
-      a1 = _mm256_fmadd_ps(scaled<RT>(v[1], a), _mm256_loadu_ps(xc + 8), a1);
-      a2 = _mm256_fmadd_ps(scaled<RT>(v[2], a), _mm256_loadu_ps(xc + 16), a2);
-      a3 = _mm256_fmadd_ps(scaled<RT>(v[3], a), _mm256_loadu_ps(xc + 24), a3);
+      a0 = _mm256_fmadd_ps(scaled<RT>(v[0], a, m), _mm256_loadu_ps(xc), a0);
+      a1 = _mm256_fmadd_ps(scaled<RT>(v[1], a, m), _mm256_loadu_ps(xc + 8), a1);
+      a2 = _mm256_fmadd_ps(scaled<RT>(v[2], a, m), _mm256_loadu_ps(xc + 16), a2);
+      a3 = _mm256_fmadd_ps(scaled<RT>(v[3], a, m), _mm256_loadu_ps(xc + 24), a3);
     }
     y[r] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
   }
@@ -226,9 +235,10 @@ void gemv_q4_natural(const Q4Matrix& w, const float* x, float* y, int64_t ldy, i
       __m256 v[4];
       lookup_planes(cp, nibbles_natural(w.packed + (i >> 1)), v);
       const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
+      const float* m = block_min_at(w, i, shift);
       const float* xc = x + (i - s);
       for (int q = 0; q < 4; ++q) {
-        const __m256 wq = scaled<RT>(v[q], a);
+        const __m256 wq = scaled<RT>(v[q], a, m);
         for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(wq, _mm256_loadu_ps(xc + t * cols + 8 * q), acc[t]);
       }
     }
@@ -293,7 +303,8 @@ void dequant_rows_rt(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
     __m256 v[4];
     lookup_planes(cp, nibbles_natural(w.packed + (i >> 1)), v);
     const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
-    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + (i - s) + 8 * q, scaled<RT>(v[q], a));
+    const float* m = block_min_at(w, i, shift);
+    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + (i - s) + 8 * q, scaled<RT>(v[q], a, m));
   }
   for (; i < e; ++i) out[i - s] = weight_at<RT>(w, amax, shift, i);
 }

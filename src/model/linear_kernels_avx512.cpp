@@ -54,8 +54,12 @@ inline float absmax_of(const Q4Matrix& w, int64_t b) {
   return _mm_cvtss_f32(_mm_add_round_ss(p, _mm_set_ss(w.offset), R));
 }
 
+// The block's 16 weight values: code * absmax (+ the block's minimum for a GGUF Q4_1 / Q4_K,
+// added after the product as q4_weight does), rounded to the compute dtype.
 inline __m512 scaled_code(const Q4Matrix& w, __m512 code, int64_t block) {
-  return round_vec(_mm512_mul_ps(code, _mm512_set1_ps(absmax_of(w, block))), w.round_to);
+  __m512 v = _mm512_mul_ps(code, _mm512_set1_ps(absmax_of(w, block)));
+  if (w.block_min) v = _mm512_add_ps(v, _mm512_set1_ps(w.block_min[block]));
+  return round_vec(v, w.round_to);
 }
 
 // Element-order nibble indices of 32 weights starting at packed byte p.

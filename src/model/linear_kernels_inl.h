@@ -17,7 +17,10 @@ inline int nibble_at(const uint8_t* packed, int64_t i) {
 
 // The dequantized weight at flat index i: the definition every kernel reproduces.
 inline float q4_weight(const Q4Matrix& w, int64_t i) {
-  return round_to_dtype(w.code[nibble_at(w.packed, i)] * w.block_absmax(i / w.blocksize), w.round_to);
+  const int64_t b = i / w.blocksize;
+  float v = w.code[nibble_at(w.packed, i)] * w.block_absmax(b);
+  if (w.block_min) v = v + w.block_min[b];  // (built with -ffp-contract=off: never fused)
+  return round_to_dtype(v, w.round_to);
 }
 
 // The one-token GEMVs prefetch each row's weights into L2 this many bytes ahead of their reads.

@@ -33,7 +33,8 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   // adds error (an 8-bit checkpoint asked for as nf4 stays int8, and vice versa).
   // --quant none still dequantizes it to full precision.
   if (opt.quant.quantize) {
-    if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
+    if (opt.keep_gguf_4bit || !src.keeps_gguf_4bit(name))
+      if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
     if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);
     // Generated weights come straight in 4-bit: a float32 copy of a 65B shape's Linear is
     // what such sources exist to avoid.

@@ -367,6 +367,7 @@ kernels::Q4Matrix QuantLinear::q4_view() const {
   } else {
     m.absmax = s.absmax.data();
   }
+  if (!s.block_min.empty()) m.block_min = s.block_min.data();
   m.round_to = dtype_;
   return m;
 }

@@ -46,6 +46,10 @@ class TensorSource {
   // ...): an embedding or head of that kind is re-quantized to Q8_0 on load rather than
   // widened to float32 (ModelLoadOptions::keep_q8_0_head).
   virtual bool stored_quantized(const std::string& /*name*/) const { return false; }
+  // Whether get_4bit gives the tensor as a GGUF's 4-bit blocks kept as stored
+  // (formats/ggml_as_4bit.h): the loader skips it when asked to re-quantize
+  // (ModelLoadOptions::keep_gguf_4bit), and the memory planner counts its constants.
+  virtual bool keeps_gguf_4bit(const std::string& /*name*/) const { return false; }
   // When the source can make the tensor directly in the 4-bit format asked for, without a
   // float32 copy of the whole tensor (generated weights: model/random_model.h), that;
   // nullopt otherwise, and the loader quantizes get() as usual. Asked only for Linear

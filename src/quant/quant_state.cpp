@@ -22,6 +22,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/float_formats.h"
+#include "base/parallel.h"
 #include "base/json_error.h"
 #include "formats/safetensors.h"
 #include "quant/blockwise.h"
@@ -172,7 +174,7 @@ std::vector<float> QuantState::block_absmax() const {
 }
 
 int64_t QuantState::constant_bytes() const {
-  if (!nested) return static_cast<int64_t>(absmax.size() * sizeof(float));
+  if (!nested) return static_cast<int64_t>((absmax.size() + block_min.size()) * sizeof(float));
   return static_cast<int64_t>(absmax_q.size() + nested_absmax.size() * sizeof(float) + sizeof(float) /* offset */);
 }
 
@@ -249,8 +251,30 @@ std::vector<float> checked_absmax(const Quantized4bit& q) {
 }
 }  // namespace
 
+namespace {
+// A GGUF state's values (its own code book, minimums): code[q] * absmax + min, rounded apart.
+void dequantize_ggml_source(const Quantized4bit& q, const std::vector<float>& a, float* out) {
+  const QuantState& s = q.state;
+  const int64_t n = s.numel();
+  check(s.block_min.empty() || static_cast<int64_t>(s.block_min.size()) == s.blocks(), "dequantize_tensor_4bit",
+        "block minimums do not match the block count");
+  parallel_for_range(s.blocks(), 256, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e = std::min(n, (b + 1) * s.blocksize);
+      for (int64_t i = b * s.blocksize; i < e; ++i) {
+        const uint8_t byte = q.packed[static_cast<size_t>(i >> 1)];
+        float v = s.code[(i & 1) ? (byte & 0x0F) : (byte >> 4)] * a[static_cast<size_t>(b)];
+        if (!s.block_min.empty()) v = v + s.block_min[static_cast<size_t>(b)];
+        out[i] = v;
+      }
+    }
+  });
+}
+}  // namespace
+
 void dequantize_tensor_4bit(const Quantized4bit& q, float* out) {
   const std::vector<float> a = checked_absmax(q);
+  if (!q.state.ggml_source.empty()) return dequantize_ggml_source(q, a, out);
   dequantize_4bit_f32(q.packed.data(), a.data(), q.state.numel(), q.state.blocksize, q.state.type, out);
 }
 
@@ -258,6 +282,12 @@ void dequantize_tensor_4bit(const Quantized4bit& q, uint16_t* out, DType out_dty
   check(out_dtype == DType::BF16 || out_dtype == DType::F16, "dequantize_tensor_4bit",
         "output dtype " + std::string(dtype_name(out_dtype)) + " is not BF16 or F16");
   const std::vector<float> a = checked_absmax(q);
+  if (!q.state.ggml_source.empty()) {
+    std::vector<float> f(static_cast<size_t>(q.state.numel()));
+    dequantize_ggml_source(q, a, f.data());
+    for (size_t i = 0; i < f.size(); ++i) out[i] = out_dtype == DType::BF16 ? f32_to_bf16(f[i]) : f32_to_fp16(f[i]);
+    return;
+  }
   if (out_dtype == DType::BF16)
     dequantize_4bit_bf16(q.packed.data(), a.data(), q.state.numel(), q.state.blocksize, q.state.type, out);
   else
@@ -269,6 +299,10 @@ void dequantize_tensor_4bit(const Quantized4bit& q, uint16_t* out, DType out_dty
 void write_4bit_to_safetensors(SafeTensorsWriter& w, const std::string& weight_name, const Quantized4bit& q) {
   const QuantState& s = q.state;
   const int64_t n = s.numel();
+  check(s.ggml_source.empty(), weight_name,
+        "holds a GGUF's " + s.ggml_source + " blocks as stored (its own code book" +
+            (s.block_min.empty() ? std::string() : std::string(" and a minimum per block")) +
+            "), which bitsandbytes cannot read: quantize from the dequantized weights instead");
   check(static_cast<int64_t>(q.packed.size()) == packed_4bit_bytes(n), weight_name,
         "packed data does not match the quant-state shape");
   w.add_vector(weight_name, DType::U8, {static_cast<int64_t>(q.packed.size()), 1}, q.packed);

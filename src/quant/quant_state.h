@@ -40,11 +40,22 @@ struct QuantState {
   int nested_blocksize = 256;
   float offset = 0.0f;
 
+  // A GGUF's 4-bit blocks kept as stored (ggml_source != ""; its GGML type name, "Q4_K"):
+  // `code` is the type's own code book (Q4_0's -8..7, IQ4_NL's table, Q4_1's 0..15, ...),
+  // blocksize its 32 values per scale, absmax (never nested) the scale of each block, and
+  // for the types with a minimum per block (Q4_1, Q4_K) block_min the term added after the
+  // product: value = code[q] * absmax[b] + block_min[b], multiplied and added separately as
+  // ggml does (d * q + m), so every value is ggml's dequantization exactly. Not a
+  // bitsandbytes state: write_4bit_to_safetensors refuses it.
+  std::string ggml_source;
+  std::vector<float> block_min;  // empty: no minimum (every bitsandbytes state)
+
   int64_t numel() const;
   int64_t blocks() const;
   // One float32 absmax per block, undoing double quantization when nested.
   std::vector<float> block_absmax() const;
-  // Bytes of the quantization constants (absmax, nested state), for bits-per-parameter.
+  // Bytes of the quantization constants (absmax, nested state, block minimums), for
+  // bits-per-parameter.
   int64_t constant_bytes() const;
 };
 

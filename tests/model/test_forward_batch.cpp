@@ -208,7 +208,8 @@ TEST(ForwardBatch, EveryFamily) {
 }
 
 TEST(ForwardBatch, SmolLM2WithItsQ8Head) {
-  // The real default model: NF4 Linears (the few-token products) and the GGUF's Q8_0 output
+  // The real default model: its Q4_1 Linears as stored (4-bit with a minimum per block: the
+  // few-token products) and the GGUF's Q8_0 output
   // head kept 8-bit (gemv_q8_multi, bit for bit the one-token product), GQA 9/3.
   if (!std::filesystem::exists(smollm2_gguf())) GTEST_SKIP() << smollm2_gguf() << " is absent";
   ModelFiles f = open_model_files(smollm2_gguf());

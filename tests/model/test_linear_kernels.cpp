@@ -36,11 +36,13 @@ struct Q4Data {
   std::vector<uint8_t> absmax_q;
   std::vector<float> nested_absmax;
   std::vector<float> nested_code;
+  std::vector<float> block_min;
   Q4Matrix m;
 };
 
+// with_min: a random signed minimum per block (a GGUF Q4_1 / Q4_K weight kept as stored).
 Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool nested, ComputeDType rt,
-                 std::mt19937& rng) {
+                 std::mt19937& rng, bool with_min = false) {
   Q4Data d;
   const int64_t n = rows * cols;
   const int64_t blocks = (n + blocksize - 1) / blocksize;
@@ -72,6 +74,12 @@ Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool ne
     d.m.offset = 0.25f;
   } else {
     d.m.absmax = d.absmax.data();
+  }
+  if (with_min) {
+    std::uniform_real_distribution<float> signed_min(-2.0f, 2.0f);
+    d.block_min.resize(blocks);
+    for (auto& v : d.block_min) v = signed_min(rng);
+    d.m.block_min = d.block_min.data();
   }
   d.m.round_to = rt;
   return d;
@@ -105,23 +113,42 @@ TEST(LinearKernels, ScalarDequantMatchesBitsandbytesReference) {
     }
 }
 
+// A weight with a minimum per block: the scalar definition is code * absmax + min, the product
+// and the sum rounded apart (ggml's d * q + m), then rounded to the compute dtype.
+TEST(LinearKernels, ScalarDequantWithBlockMinimumsIsProductThenSum) {
+  std::mt19937 rng(21);
+  for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16}) {
+    auto d = random_q4(7, 96, 32, QuantType::FP4, false, rt, rng, /*with_min=*/true);
+    std::vector<float> got(7 * 96);
+    kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, 7, got.data());
+    for (int64_t i = 0; i < 7 * 96; ++i) {
+      const uint8_t byte = d.packed[static_cast<size_t>(i / 2)];
+      const float prod = d.m.code[(i & 1) ? (byte & 0x0F) : (byte >> 4)] * d.absmax[static_cast<size_t>(i / 32)];
+      volatile float sum = prod + d.block_min[static_cast<size_t>(i / 32)];
+      const float want = rt == ComputeDType::BF16 ? bf16_to_f32(f32_to_bf16(sum)) : static_cast<float>(sum);
+      ASSERT_EQ(got[static_cast<size_t>(i)], want) << i;
+    }
+  }
+}
+
 TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
   std::mt19937 rng(2);
   for (SimdLevel lv : levels()) {
     const LinearKernels& k = kernels::linear_kernels_for(lv);
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 4096})
-        for (bool nested : {false, true})
+        for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
           for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
-            auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
+            const bool nested = variant == 1;
+            auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng, variant == 2);
             // Every sub-range of rows, so row starts land on odd nibbles and mid-block.
             for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1}) {
               const int64_t n = (s.rows - r0) * s.cols;
               std::vector<float> a(n), b(n);
               kernels::scalar_linear_kernels().dequant_rows_q4(d.m, r0, s.rows, a.data());
               k.dequant_rows_q4(d.m, r0, s.rows, b.data());
-              ASSERT_EQ(a, b) << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " bs " << bs << " nested "
-                              << nested << " r0 " << r0;
+              ASSERT_EQ(a, b) << simd_level_name(lv) << " " << s.rows << "x" << s.cols << " bs " << bs << " variant "
+                              << variant << " r0 " << r0;
             }
           }
   }
@@ -137,12 +164,12 @@ void for_each_bf16_case(unsigned seed, Fn&& fn) {
   std::mt19937 rng(seed);
   for (const Size& s : kSizes)
     for (int bs : {32, 64, 4096})
-      for (bool nested : {false, true})
+      for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
         for (ComputeDType rt : {ComputeDType::BF16, ComputeDType::F32}) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng);
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, rt, rng, variant == 2);
           std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
           kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
-          SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " bs " << bs << " nested " << nested);
+          SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " bs " << bs << " variant " << variant);
           fn(s, bs, d, w);
         }
 }
@@ -196,9 +223,9 @@ TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 128, 4096})
         for (QuantType t : {QuantType::NF4, QuantType::FP4})
-          for (bool nested : {false, true})
+          for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
             for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
-              auto d = random_q4(s.rows, s.cols, bs, t, nested, rt, rng);
+              auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, rt, rng, variant == 2);
               const auto x = random_vec(s.cols, rng);
               std::vector<float> w(s.rows * s.cols);
               kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
@@ -227,7 +254,7 @@ TEST(LinearKernels, MultiTokenGemvMatchesSingleTokenGemv) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64})
         for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, T % 2 == 0, ComputeDType::F32, rng);
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, T % 2 == 0, ComputeDType::F32, rng, T % 3 == 0);
           const auto x = random_vec(T * s.cols, rng);
           const int64_t ldy = s.rows + 3;
           std::vector<float> y(T * ldy, 7.0f), ref(T * ldy, 7.0f);

@@ -345,9 +345,11 @@ TEST_F(SmolLM2Parity, QuantizeTensor4bitIsBitsandbytes) {
 }
 
 TEST_F(SmolLM2Parity, LoaderStoresBitsandbytesNF4) {
-  // What Model::load itself keeps for `--quant nf4 [--double-quant]`, blocksize 64.
+  // What Model::load itself keeps for `--quant nf4 [--double-quant] --requantize-gguf`,
+  // blocksize 64 (by default the file's Q4_1 blocks are kept as stored: test_gguf_keep_4bit).
   for (bool dq : {false, true}) {
     ModelLoadOptions opt;
+    opt.keep_gguf_4bit = false;
     opt.quant.quantize = true;
     opt.quant.type = QuantType::NF4;
     opt.quant.blocksize = 64;

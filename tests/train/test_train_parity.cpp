@@ -102,8 +102,9 @@ struct Loaded {
   std::unique_ptr<Model> model;
 };
 
-// As `qlora train --quant nf4 --blocksize 64` loads it (no double quantization: the
-// reference dequantizes bitsandbytes' plain NF4).
+// As `qlora train --quant nf4 --blocksize 64 --requantize-gguf` loads it (no double
+// quantization: the reference dequantizes bitsandbytes' plain NF4; a GGUF's Q4_1 weights
+// re-quantized to NF4 from their values, as transformers + bitsandbytes load that file).
 Loaded load_nf4(const std::string& path) {
   Loaded L;
   L.files = open_model_files(path);
@@ -112,6 +113,7 @@ Loaded load_nf4(const std::string& path) {
   o.quant.type = QuantType::NF4;
   o.quant.blocksize = 64;
   o.quant.double_quant = false;
+  o.keep_gguf_4bit = false;
   L.model = std::make_unique<Model>(Model::load(L.files.spec, *L.files.tensors, o));
   L.files.tensors.reset();
   return L;

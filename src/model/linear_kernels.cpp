@@ -192,6 +192,7 @@ void gemv_q4_i8_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, flo
     }
     y[r] = acc;
   }
+  detail::add_block_min_i8(w, xq, xd, y, r0, r1);
 }
 
 void gemv_q8_multi_scalar(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,

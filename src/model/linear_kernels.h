@@ -48,7 +48,8 @@ struct Q4Matrix {
   float offset = 0.0f;
   // A GGUF's Q4_1 / Q4_K blocks kept as stored: per block, a term added after the product
   // (weight = code * absmax + block_min, the two rounded apart as ggml's d * q + m); null for
-  // every other weight. The int8-activation kernels (gemv_q4_i8*) do not take it.
+  // every other weight. (The int8-activation kernels add its term per 32-value chunk:
+  // detail::add_block_min_i8.)
   const float* block_min = nullptr;
   ComputeDType round_to = ComputeDType::F32;
 

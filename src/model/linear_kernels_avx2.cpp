@@ -740,6 +740,7 @@ void gemv_q4_i8_avx2(const Q4Matrix& w, const int8_t* xq, const float* xd, float
     }
     y[r] = hsum(_mm256_add_ps(acc0, acc1));
   }
+  detail::add_block_min_i8(w, xq, xd, y, r0, r1);
 }
 
 void gemv_q8_i8_avx2(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,

@@ -17,8 +17,8 @@
 // that order once per call (one vpermb per 64). Dword lane l then holds four elements of
 // chunk (l / 4) % 2 of the 64, and the chunk's scale (d * max|code| / 127) is laid out per
 // lane the same way once per call. With blocksize >= 64 (a power of two) and rows of whole
-// 64-weight steps, a step never straddles two absmax blocks; other shapes take the AVX2
-// kernel. Four rows run together, sharing x's loads, and every row's weights are prefetched
+// 64-weight steps, a step never straddles two absmax blocks; with blocksize 32 it holds two,
+// one per chunk (step_absmax); rows that are not whole steps take the AVX2 kernel. Four rows run together, sharing x's loads, and every row's weights are prefetched
 // into L2 well ahead (kGemvPrefetchBytes).
 //
 // The VNNI instructions are enabled for this file only through the target pragma; these
@@ -126,6 +126,15 @@ inline __m512i step_weights(const uint8_t* p, __m512i table) {
   return _mm512_shuffle_epi8(table, _mm512_and_si512(nib, _mm512_set1_epi8(0x0F)));
 }
 
+// Each lane's block absmax for the step at flat index i: the one block of a step (blocksize
+// >= 64), or with blocksize 32 (a GGUF's weights kept as stored) the step's two blocks, chunk
+// 1's lanes (4-7, 12-15) taking the second.
+inline __m512 step_absmax(const float* amax, int64_t i, int shift, int64_t b_first) {
+  const int64_t b = (i >> shift) - b_first;
+  if (shift >= 6) return _mm512_set1_ps(amax[b]);
+  return _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(amax[b]), _mm512_set1_ps(amax[b + 1]));
+}
+
 template <int R>
 inline void q4_rows(const Q4Matrix& w, const StepX& sx, __m512i table, const float* amax, int64_t b_first,
                     int shift, int64_t r, float* y) {
@@ -140,7 +149,7 @@ inline void q4_rows(const Q4Matrix& w, const StepX& sx, __m512i table, const flo
       const int64_t i = (r + k) * cols + g * kStep;
       prefetch_l2(w.packed + (i >> 1) + kGemvPrefetchBytes);
       const __m512i d = _mm512_dpbusd_epi32(start, step_weights(w.packed + (i >> 1), table), x);
-      const __m512 s = _mm512_mul_ps(scale, _mm512_set1_ps(amax[(i >> shift) - b_first]));
+      const __m512 s = _mm512_mul_ps(scale, step_absmax(amax, i, shift, b_first));
       acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[k]);
     }
   }
@@ -150,12 +159,19 @@ inline void q4_rows(const Q4Matrix& w, const StepX& sx, __m512i table, const flo
 // Rows per absmax decode (one block_absmax call per group).
 constexpr int64_t kRowsPerAbsmax = 16;
 
+void gemv_q4_i8_vnni_body(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1);
+
 void gemv_q4_i8_avx512_vnni(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0,
                             int64_t r1) {
-  if (w.blocksize < kStep || w.cols % kStep != 0) {
-    avx2_linear_kernels().gemv_q4_i8(w, xq, xd, y, r0, r1);
+  if (w.blocksize < 32 || w.cols % kStep != 0) {
+    avx2_linear_kernels().gemv_q4_i8(w, xq, xd, y, r0, r1);  // (block minimums included)
     return;
   }
+  gemv_q4_i8_vnni_body(w, xq, xd, y, r0, r1);
+  detail::add_block_min_i8(w, xq, xd, y, r0, r1);
+}
+
+void gemv_q4_i8_vnni_body(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1) {
   const Q8Codes codes = q8_codes(w.code);
   alignas(16) uint8_t offset_codes[16];
   for (int k = 0; k < 16; ++k) offset_codes[k] = static_cast<uint8_t>(codes.q[k] + 128);
@@ -188,7 +204,7 @@ inline void q4_rows_multi(const Q4Matrix& w, const StepX& sx, __m512i table, con
       const int64_t i = (r + k) * cols + g * kStep;
       prefetch_l2(w.packed + (i >> 1) + kGemvPrefetchBytes);
       wts[k] = step_weights(w.packed + (i >> 1), table);
-      am[k] = _mm512_set1_ps(amax[(i >> shift) - b_first]);
+      am[k] = step_absmax(amax, i, shift, b_first);
     }
     for (int t = 0; t < T; ++t) {
       const __m512i x = _mm512_loadu_si512(sx.x + t * cols + g * kStep);
@@ -218,12 +234,22 @@ void q4_i8_tokens(const Q4Matrix& w, const StepX& sx, __m512i table, int64_t r0,
   }
 }
 
+void gemv_q4_i8_multi_vnni_body(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y,
+                                int64_t ldy, int64_t r0, int64_t r1);
+
 void gemv_q4_i8_multi_avx512_vnni(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y,
                                   int64_t ldy, int64_t r0, int64_t r1) {
-  if (w.blocksize < kStep || w.cols % kStep != 0 || T < 1 || T > kMaxGemvTokens) {
-    avx2_linear_kernels().gemv_q4_i8_multi(w, xq, xd, T, y, ldy, r0, r1);
+  if (w.blocksize < 32 || w.cols % kStep != 0 || T < 1 || T > kMaxGemvTokens) {
+    avx2_linear_kernels().gemv_q4_i8_multi(w, xq, xd, T, y, ldy, r0, r1);  // (block minimums included)
     return;
   }
+  gemv_q4_i8_multi_vnni_body(w, xq, xd, T, y, ldy, r0, r1);
+  for (int64_t t = 0; t < T; ++t)
+    detail::add_block_min_i8(w, xq + t * w.cols, xd + t * (w.cols / kQ8Block), y + t * ldy, r0, r1);
+}
+
+void gemv_q4_i8_multi_vnni_body(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y,
+                                int64_t ldy, int64_t r0, int64_t r1) {
   const Q8Codes codes = q8_codes(w.code);
   alignas(16) uint8_t offset_codes[16];
   for (int k = 0; k < 16; ++k) offset_codes[k] = static_cast<uint8_t>(codes.q[k] + 128);

@@ -111,9 +111,7 @@ class QuantLinear {
   // bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
   void set_int8_activations(bool on) { int8_act_ = on; }
   // Whether forward() of one token takes that path.
-  // (Not for a GGUF's Q4_1 / Q4_K blocks kept as stored: the integer kernels have no term for
-  // their per-block minimums, so those stay on float32 activations.)
-  bool uses_int8_activations() const { return int8_act_ && q4_ && in_ % 32 == 0 && q4_->state.block_min.empty(); }
+  bool uses_int8_activations() const { return int8_act_ && q4_ && in_ % 32 == 0; }
 
   // y (T, out) = x (T, in) · Wᵀ + b.  y and x must not overlap.
   void forward(float* y, const float* x, int64_t T) const;

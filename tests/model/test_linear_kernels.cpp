@@ -573,11 +573,13 @@ TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
   // 1/127 of the code book's max (x absmax) and x to 1/127 of its chunk's max.
   std::mt19937 rng(22);
   const auto& scalar = kernels::scalar_linear_kernels();
+  // (With minimums per block -- a GGUF Q4_1 / Q4_K weight -- the same bound holds: the
+  // minimums are not rounded, and the activations' rounding is bounded through |w|.)
   for (QuantType t : {QuantType::NF4, QuantType::FP4})
     for (int bs : {32, 64, 256})
-      for (bool nested : {false, true})
+      for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
         for (Size s : {Size{1, 32}, Size{5, 96}, Size{17, 576}, Size{3, 1056}, Size{7, 128}, Size{6, 1536}}) {
-          auto d = random_q4(s.rows, s.cols, bs, t, nested, ComputeDType::F32, rng);
+          auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, ComputeDType::F32, rng, variant == 2);
           const auto x = random_vec(s.cols, rng);
           std::vector<int8_t> xq(s.cols);
           std::vector<float> xd(s.cols / 32);
@@ -607,8 +609,11 @@ TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
             }
             for (int64_t r = r0; r < s.rows; ++r) {
               double mag = 0.0;
-              for (int64_t c = 0; c < s.cols; ++c)
-                mag += std::fabs(d.m.block_absmax((r * s.cols + c) / bs) * cmax * 127.0 * xd[c / 32]);
+              for (int64_t c = 0; c < s.cols; ++c) {
+                const int64_t b = (r * s.cols + c) / bs;
+                mag += (std::fabs(d.m.block_absmax(b) * cmax) + (d.m.block_min ? std::fabs(d.m.block_min[b]) : 0.0)) *
+                       127.0 * xd[c / 32];
+              }
               ASSERT_NEAR(y[r], ref[r], 1e-6 * mag + 1e-6) << simd_level_name(lv) << " row " << r;
             }
           }
@@ -662,9 +667,9 @@ TEST(LinearKernels, Int8GemvMultiEqualsOneTokenAtATime) {
   const auto& scalar = kernels::scalar_linear_kernels();
   std::uniform_int_distribution<int> code(-128, 127);
   for (int bs : {32, 64, 256})
-    for (bool nested : {false, true})
+    for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
       for (Size s : {Size{5, 96}, Size{17, 576}, Size{6, 1536}}) {
-        auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, ComputeDType::F32, rng);
+        auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, ComputeDType::F32, rng, variant == 2);
         std::vector<int8_t> q8(static_cast<size_t>(s.rows * s.cols));
         for (auto& c : q8) c = static_cast<int8_t>(code(rng));
         const std::vector<float> q8s = random_vec(s.rows * s.cols / 32, rng);
@@ -696,7 +701,7 @@ TEST(LinearKernels, Int8GemvMultiEqualsOneTokenAtATime) {
                     ASSERT_EQ(got, -7.0f) << simd_level_name(lv) << " wrote outside [r0, r1)";
                   else
                     ASSERT_EQ(got, one[static_cast<size_t>(r)])
-                        << simd_level_name(lv) << (head ? " q8" : " q4") << " bs " << bs << " nested " << nested << " "
+                        << simd_level_name(lv) << (head ? " q8" : " q4") << " bs " << bs << " variant " << variant << " "
                         << s.rows << "x" << s.cols << " T " << T << " token " << t << " row " << r;
                 }
               }

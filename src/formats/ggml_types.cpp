@@ -318,6 +318,12 @@ constexpr float kIQ1Delta = 0.125f;  // IQ1S_DELTA / IQ1M_DELTA
 
 inline uint8_t grid_byte(uint64_t v, int j) { return static_cast<uint8_t>(v >> (8 * j)); }
 inline float signed_one(uint8_t signs, int j) { return (signs >> j) & 1 ? -1.f : 1.f; }
+// 8 values of an IQ2 grid vector: db * magnitude * sign, left to right as ggml.
+inline void iq2_group(uint64_t g, float db, uint8_t signs, float* y) {
+  for (int j = 0; j < 8; ++j) y[j] = db * static_cast<float>(grid_byte(g, j)) * signed_one(signs, j);
+}
+// An IQ2_XS / IQ2_S 4-bit sub-scale s: d * (0.5 + s) * 0.25.
+inline float iq2_scale(float d, int s) { return d * (0.5f + static_cast<float>(s)) * 0.25f; }
 
 void deq_iq2_xxs(const uint8_t* p, float* y) {
   const auto b = load_block<BlockIQ2_XXS>(p);
@@ -329,7 +335,7 @@ void deq_iq2_xxs(const uint8_t* p, float* y) {
     for (int l = 0; l < 4; ++l) {
       const uint64_t g = iq_grids::kIq2xxsGrid[(aux[0] >> (8 * l)) & 0xFF];
       const uint8_t signs = kSignsIQ2[(aux[1] >> (7 * l)) & 127];
-      for (int j = 0; j < 8; ++j) y[j] = db * static_cast<float>(grid_byte(g, j)) * signed_one(signs, j);
+      iq2_group(g, db, signs, y);
       y += 8;
     }
   }
@@ -339,13 +345,12 @@ void deq_iq2_xs(const uint8_t* p, float* y) {
   const auto b = load_block<BlockIQ2_XS>(p);
   const float d = h2f(b.d);
   for (int ib = 0; ib < QK_K / 32; ++ib) {
-    const float db[2] = {d * (0.5f + static_cast<float>(b.scales[ib] & 0xF)) * 0.25f,
-                         d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f};
+    const float db[2] = {iq2_scale(d, b.scales[ib] & 0xF), iq2_scale(d, b.scales[ib] >> 4)};
     for (int l = 0; l < 4; ++l) {
       const uint16_t q = b.qs[4 * ib + l];
       const uint64_t g = iq_grids::kIq2xsGrid[q & 511];
       const uint8_t signs = kSignsIQ2[q >> 9];
-      for (int j = 0; j < 8; ++j) y[j] = db[l / 2] * static_cast<float>(grid_byte(g, j)) * signed_one(signs, j);
+      iq2_group(g, db[l / 2], signs, y);
       y += 8;
     }
   }
@@ -357,12 +362,11 @@ void deq_iq2_s(const uint8_t* p, float* y) {
   const uint8_t* qs = b.qs;
   const uint8_t* signs = b.qs + QK_K / 8;
   for (int ib = 0; ib < QK_K / 32; ++ib) {
-    const float db[2] = {d * (0.5f + static_cast<float>(b.scales[ib] & 0xF)) * 0.25f,
-                         d * (0.5f + static_cast<float>(b.scales[ib] >> 4)) * 0.25f};
+    const float db[2] = {iq2_scale(d, b.scales[ib] & 0xF), iq2_scale(d, b.scales[ib] >> 4)};
     for (int l = 0; l < 4; ++l) {
       const int idx = qs[l] | ((b.qh[ib] << (8 - 2 * l)) & 0x300);
       const uint64_t g = iq_grids::kIq2sGrid[idx];
-      for (int j = 0; j < 8; ++j) y[j] = db[l / 2] * static_cast<float>(grid_byte(g, j)) * signed_one(signs[l], j);
+      iq2_group(g, db[l / 2], signs[l], y);
       y += 8;
     }
     qs += 4;

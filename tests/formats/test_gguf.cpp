@@ -9,6 +9,8 @@
 //  - the fuzzer's regression inputs (tests/fixtures/gguf/fuzz_regressions/).
 #include <gtest/gtest.h>
 
+#include "gguf_fixture_files.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -30,20 +32,10 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string fixture(const std::string& name) { return std::string(QLORA_FIXTURE_DIR) + "/gguf/" + name; }
+std::string fixture(const std::string& name) { return test::gguf_fixture(name); }
+using test::read_bytes;
+using test::read_f32;
 
-std::vector<uint8_t> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "cannot open " << path;
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  auto b = read_bytes(path);
-  std::vector<float> v(b.size() / 4);
-  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * 4);
-  return v;
-}
 
 json read_json(const std::string& path) {
   std::ifstream in(path);

@@ -13,6 +13,8 @@
 // the F16/BF16 random bit patterns: both sides must be NaN).
 #include <gtest/gtest.h>
 
+#include "gguf_fixture_files.h"
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -27,20 +29,10 @@ using namespace qlora;
 
 namespace {
 
-std::vector<uint8_t> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "cannot open " << path;
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
-std::vector<float> read_f32(const std::string& path) {
-  auto b = read_bytes(path);
-  std::vector<float> v(b.size() / 4);
-  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * 4);
-  return v;
-}
-
-std::string fixture(const std::string& name) { return std::string(QLORA_FIXTURE_DIR) + "/gguf/" + name; }
+std::string fixture(const std::string& name) { return test::gguf_fixture(name); }
+using test::read_bytes;
+using test::read_f32;
 
 uint32_t bits(float f) {
   uint32_t u;

@@ -7,6 +7,8 @@
 // quantizer; SmolLM2's Q4_1 file (scripts/fetch_model.sh) is the default model.
 #include <gtest/gtest.h>
 
+#include "gguf_fixture_files.h"
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -29,20 +31,10 @@ using namespace qlora;
 
 namespace {
 
-std::string fixture(const std::string& name) { return std::string(QLORA_FIXTURE_DIR) + "/gguf/" + name; }
+std::string fixture(const std::string& name) { return test::gguf_fixture(name); }
+using test::read_bytes;
+using test::read_f32;
 
-std::vector<uint8_t> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "cannot open " << path;
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  const auto b = read_bytes(path);
-  std::vector<float> v(b.size() / 4);
-  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * 4);
-  return v;
-}
 
 // Bit-exact, NaN equal to NaN; the count of mismatches (the first few reported).
 size_t mismatches(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {

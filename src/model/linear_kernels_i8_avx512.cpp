@@ -18,8 +18,9 @@
 // chunk (l / 4) % 2 of the 64, and the chunk's scale (d * max|code| / 127) is laid out per
 // lane the same way once per call. With blocksize >= 64 (a power of two) and rows of whole
 // 64-weight steps, a step never straddles two absmax blocks; with blocksize 32 it holds two,
-// one per chunk (step_absmax); rows that are not whole steps take the AVX2 kernel. Four rows run together, sharing x's loads, and every row's weights are prefetched
-// into L2 well ahead (kGemvPrefetchBytes).
+// one per chunk (step_absmax); rows that are not whole steps take the AVX2 kernel. Four rows
+// run together, sharing x's loads, and every row's weights are prefetched into L2 well ahead
+// (kGemvPrefetchBytes).
 //
 // The VNNI instructions are enabled for this file only through the target pragma; these
 // kernels are handed out only after a run-time check of the CPU (avx512_linear_kernels).

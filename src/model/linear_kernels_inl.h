@@ -38,7 +38,8 @@ inline int log2_int(int v) {
 // weight kept as stored: weight = code * absmax + min): for rows [r0, r1),
 // y[r] += sum over 32-value chunks c of block_min[block of c] * (xd[c] * sum of xq in c).
 // Part of gemv_q4_i8's definition: every level adds it after its integer products (nothing
-// when the weight has no minimums). REQUIRES cols % 32 == 0.
+// when the weight has no minimums). REQUIRES cols % 32 == 0 and blocksize >= 32 (a chunk in
+// one block; the minimums come from GGUF blocks of 32).
 inline void add_block_min_i8(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1) {
   if (!w.block_min) return;
   const int64_t chunks = w.cols / 32;

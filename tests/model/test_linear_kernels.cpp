@@ -659,9 +659,10 @@ TEST(LinearKernels, Int8ActivationQ8GemvMatchesScalar) {
 
 // The few-token int8 products (batched decoding with --int8-activations): at every level, for
 // 1..8 tokens, each token's row equals that level's one-token kernel bit for bit (the VNNI ones
-// decode each weight step once for all tokens), on shapes the VNNI kernel takes (blocks >= 64,
-// rows of whole 64-weight steps) and ones it hands to the AVX2 kernel, plain and nested
-// absmax, a range not starting at 0, nothing written outside it.
+// decode each weight step once for all tokens), on shapes the VNNI kernel takes (rows of whole
+// 64-weight steps; blocks of 32 -- two per step -- or more) and ones it hands to the AVX2
+// kernel, plain and nested absmax and minimums per block, a range not starting at 0, nothing
+// written outside it.
 TEST(LinearKernels, Int8GemvMultiEqualsOneTokenAtATime) {
   std::mt19937 rng(31);
   const auto& scalar = kernels::scalar_linear_kernels();

@@ -205,6 +205,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     const qlora::Gguf4bitKept k = qlora::model_source_gguf_kept_4bit(o.model);
     mo.gguf_kept_values = k.values;
     mo.gguf_kept_constant_bytes = k.constant_bytes;
+    mo.gguf_kept_q8_values = k.q8_values;
   }
   if (o.gpus < 1) qlora::fail("--gpus", "must be >= 1");
   mo.gpus = o.gpus;
@@ -285,7 +286,7 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--dense-head", o->dense_head,
                                 "As train/generate: a GGUF's quantized embedding / output head widened to the compute dtype");
       qlora::cli::add_bool_flag(app, "--requantize-gguf", o->requantize_gguf,
-                                "As train/generate: a GGUF's 4-bit linears re-quantized per --quant instead of kept as stored");
+                                "As train/generate: a GGUF's 4-bit and Q8_0 linears re-quantized per --quant instead of kept as stored");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype,
                      "fp32, bf16 or fp16 (default: what the command would use: fp32, or for train on the CPU bf16 "

@@ -42,9 +42,9 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
                 "8-bit with fp32 compute: Q8_0 as stored, other types re-quantized to Q8_0; a quarter of the bytes "
                 "per token)");
   add_bool_flag(app, "--requantize-gguf", f.requantize_gguf,
-                "Re-quantize a GGUF's 4-bit linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) per --quant from their "
-                "values, as transformers + bitsandbytes do with a GGUF (their numbers bit for bit); by default they "
-                "are kept as stored, llama.cpp's values exactly");
+                "Re-quantize a GGUF's 4-bit linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) and Q8_0 ones per --quant "
+                "from their values, as transformers + bitsandbytes do with a GGUF (their numbers bit for bit); by "
+                "default they are kept as stored (Q8_0: with fp32 compute, on the CPU), llama.cpp's values exactly");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {
@@ -59,7 +59,8 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   check_device_available(parse_device(f.device));
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
-  load.keep_gguf_4bit = !f.requantize_gguf;
+  load.keep_gguf_weights = !f.requantize_gguf;
+  load.keep_gguf_q8_0 = !parse_device(f.device).cuda;
   load.int8_activations = f.int8_activations;
   if (f.int8_activations && (f.quant == "none" || f.quant == "int8"))
     fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + f.quant);
@@ -266,7 +267,9 @@ std::string weights_description(const ModelFlags& f, const Model& m) {
     for (int w = 0; w < kBlockLinearCount; ++w) {
       if (!m.spec().layer_has_linear(l, w) || m.block_linear(l, w).out_features() == 0) continue;
       ++total;
-      if (const Quantized4bit* q = m.block_linear(l, w).q4(); q && !q->state.ggml_source.empty()) ++kept[q->state.ggml_source];
+      const QuantLinear& lin = m.block_linear(l, w);
+      if (const Quantized4bit* q = lin.q4(); q && !q->state.ggml_source.empty()) ++kept[q->state.ggml_source];
+      if (lin.dense() && lin.dense()->q8()) ++kept["Q8_0"];  // (a GGUF's Q8_0 Linear kept 8-bit)
     }
   std::string s = weights_description(f);
   if (kept.empty()) return s;

@@ -22,7 +22,7 @@ struct ModelFlags {
   int threads = 0;
   bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
   bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
-  bool requantize_gguf = false;       // --requantize-gguf: a GGUF's 4-bit linears re-quantized (ModelLoadOptions::keep_gguf_4bit)
+  bool requantize_gguf = false;       // --requantize-gguf: a GGUF's 4-bit / Q8_0 linears re-quantized (ModelLoadOptions::keep_gguf_weights)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
   bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
   std::string kv_cache = "auto";      // --kv-cache (decoding commands: add_decode_flags)

@@ -330,6 +330,10 @@ class RenamedSource : public TensorSource {
   }
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(hf(name)); }
   bool keeps_gguf_4bit(const std::string& name) const override { return inner_->keeps_gguf_4bit(hf(name)); }
+  bool keeps_gguf_q8_0(const std::string& name) const override { return inner_->keeps_gguf_q8_0(hf(name)); }
+  std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
+    return inner_->get_q8_0_linear(hf(name));
+  }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(hf(name)); }
   std::string describe() const override { return inner_->describe(); }
   std::string stored_name(const std::string& name) const override { return inner_->stored_name(hf(name)); }
@@ -714,6 +718,34 @@ class GgufSource : public TensorSource {
       q = permute_4bit_rows(*q, src);
     }
     return q;
+  }
+  bool keeps_gguf_q8_0(const std::string& name) const override {
+    auto it = index_.find(name);
+    if (it == index_.end() || it->second->dims.size() != 2 || it->second->type != GgmlType::Q8_0) return false;
+    // (qwen35's DeltaNet linears: re-ordered by get(), as keeps_gguf_4bit)
+    return !((hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") &&
+             name.find(".linear_attn.") != std::string::npos);
+  }
+  std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
+    if (!keeps_gguf_q8_0(name)) return std::nullopt;
+    const GgufTensorInfo& t = info(name);
+    const std::span<const uint8_t> data = file_.tensor_data(t);
+    std::vector<uint8_t> out(data.begin(), data.end());
+    if (const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp_)) {
+      const std::vector<int64_t> s = t.shape();
+      const size_t row_bytes = data.size() / static_cast<size_t>(s[0]);
+      std::vector<float> gguf_row(static_cast<size_t>(s[0])), hf_src(static_cast<size_t>(s[0]));
+      for (int64_t r = 0; r < s[0]; ++r) gguf_row[static_cast<size_t>(r)] = static_cast<float>(r);
+      try {
+        unpermute_rope_rows(gguf_row, hf_src, s[0], 1, *heads);  // HF row r <- GGUF row hf_src[r]
+      } catch (const Error& e) {
+        fail(file_.path(), "tensor " + gguf_quote(t.name) + ": " + e.what());
+      }
+      for (int64_t r = 0; r < s[0]; ++r)
+        std::memcpy(out.data() + static_cast<size_t>(r) * row_bytes,
+                    data.data() + static_cast<size_t>(hf_src[static_cast<size_t>(r)]) * row_bytes, row_bytes);
+    }
+    return out;
   }
   std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {
     const GgufTensorInfo& t = info(name);

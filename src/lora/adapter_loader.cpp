@@ -106,7 +106,7 @@ LoadedAdapter load_adapter(const std::string& dir, const Model& model) {
     for (int64_t l = 0; l < NL; ++l) {
       const std::string p = block_linear_path(model.spec(), l, static_cast<BlockLinear>(f->peft_bypassed_linear));
       if (p.empty() || !a.modules.count(p)) continue;
-      if (f->peft_bypass_unquantized_only && model.block_linear(l, f->peft_bypassed_linear).is_quantized()) continue;
+      if (f->peft_bypass_unquantized_only && model.quant().quantize) continue;  // (the whole model's, as transformers)
       ++bypassed;
       leaf = p.substr(p.rfind('.') + 1);
     }

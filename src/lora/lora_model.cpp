@@ -114,7 +114,9 @@ LoraModel::LoraModel(const Model& model, const LoraConfig& cfg) : model_(&model)
       if (path.empty() || !cfg_.targets(path)) continue;
       if (const ModelFamily* f = find_family(model.spec().family);
           cfg_.skip_bypassed && f && w == f->peft_bypassed_linear &&
-          !(f->peft_bypass_unquantized_only && block_linear(L, static_cast<BlockLinear>(w)).is_quantized())) {
+          // (transformers decides for the whole model -- loaded 4-/8-bit or not --, so a GGUF's
+          // Q8_0 dt_proj kept 8-bit counts as quantized with the rest)
+          !(f->peft_bypass_unquantized_only && model.quant().quantize)) {
         if (cfg_.all_linear) continue;
         fail("LoRA config", "LoRA on " + path + ": transformers' " + model.spec().family + " mixer multiplies by this "
                                 "Linear's weight itself" +

@@ -298,11 +298,25 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
     }
     if (li.bias) w.bias += L * u(li.out) * norm_bytes;
   }
-  if ((o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_values > 0) {
+  // (GGUF weights kept as stored: the CPU engine's numbers; the CUDA engines upload Q4_1 / Q4_K
+  // as NF4 and never keep Q8_0 linears)
+  const bool cpu_engine = o.engine == MemoryEngine::Qlora;
+  if ((o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_values > 0 && cpu_engine) {
     // (the kept linears' own constants in place of what --blocksize / --double-quant would take)
     const uint64_t as_flags = quant_constant_bytes(o.gguf_kept_values, o.blocksize, o.double_quant);
     w.constants = w.constants - std::min(w.constants, as_flags) + o.gguf_kept_constant_bytes;
-  } else if (o.weights == WeightFormat::Int8 && o.gguf_kept_values > 0) {
+  }
+  const bool q8_kept = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_q8_values > 0 &&
+                       o.compute_dtype == ComputeDType::F32 && cpu_engine;
+  if (q8_kept) {
+    // (GGUF Q8_0 linears kept 8-bit: codes and a float32 scale per 32 in place of 4-bit ones)
+    const uint64_t n = o.gguf_kept_q8_values;
+    w.packed -= std::min(w.packed, n / 2);
+    w.constants -= std::min(w.constants, quant_constant_bytes(n, o.blocksize, o.double_quant));
+    w.int8 += n;
+    w.constants += n / 32 * 4;
+  }
+  if (o.weights == WeightFormat::Int8 && o.gguf_kept_values > 0 && cpu_engine) {
     // (4-bit as stored wins over --quant int8, as a bitsandbytes 4-bit checkpoint's weights do;
     // their rows' int8 scales, still counted above, are a few bytes per row)
     w.int8 -= std::min(w.int8, o.gguf_kept_values);
@@ -330,7 +344,9 @@ void add(MemoryPlan& p, std::string name, uint64_t bytes, std::string note, bool
 void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& o, const std::string& dense_name) {
   const std::string fmt_name = weight_format_name(o.weights);
   add(p, "4-bit weights (" + fmt_name + " packed codes)", w.packed, "n/2 bytes per Linear");
-  add(p, "8-bit weights (LLM.int8)", w.int8, "1 byte per Linear parameter");
+  const bool q8_label = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_q8_values > 0 &&
+                        o.compute_dtype == ComputeDType::F32 && o.engine == MemoryEngine::Qlora;
+  add(p, q8_label ? "8-bit weights (GGUF Q8_0 as stored)" : "8-bit weights (LLM.int8)", w.int8, "1 byte per Linear parameter");
   add(p, "quantization constants", w.constants,
       o.weights == WeightFormat::Int8
           ? "fp32 row scales"
@@ -1005,10 +1021,11 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.generated_weights = is_random_model(model_path);
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);
   o.source_permutes_qk = !o.generated_weights && model_source_permutes_qk(model_path);
-  if (load.quant.quantize && load.keep_gguf_4bit && !o.generated_weights) {
+  if (load.quant.quantize && load.keep_gguf_weights && !o.generated_weights) {
     const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path);
     o.gguf_kept_values = k.values;
     o.gguf_kept_constant_bytes = k.constant_bytes;
+    if (load.keep_gguf_q8_0 && !load.quant.int8) o.gguf_kept_q8_values = k.q8_values;
   }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
     const Q8HeadTensors q8 = model_source_q8_0_head(model_path);
@@ -1027,7 +1044,12 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
   const ModelFiles files = open_model_files(model_path);
   const GgufFile f(model_path);
   for (const std::string& name : files.tensors->names()) {
-    if (name.rfind("model.layers.", 0) != 0 || !files.tensors->keeps_gguf_4bit(name)) continue;
+    if (name.rfind("model.layers.", 0) != 0) continue;
+    if (files.tensors->keeps_gguf_q8_0(name)) {
+      r.q8_values += static_cast<uint64_t>(f.tensor(files.tensors->stored_name(name)).numel());
+      continue;
+    }
+    if (!files.tensors->keeps_gguf_4bit(name)) continue;
     const GgufTensorInfo& t = f.tensor(files.tensors->stored_name(name));
     const uint64_t n = static_cast<uint64_t>(t.numel());
     r.values += n;

@@ -135,6 +135,9 @@ struct MemoryOptions {
   // how many values, and their constants' bytes (a float32 scale per 32, and a float32 minimum
   // per 32 for Q4_1 / Q4_K) in place of what --quant / --blocksize / --double-quant would take.
   uint64_t gguf_kept_values = 0, gguf_kept_constant_bytes = 0;
+  // And its Q8_0 block linears kept 8-bit (float32 compute): their values (1 byte each plus a
+  // float32 scale per 32) in place of the 4-bit ones.
+  uint64_t gguf_kept_q8_values = 0;
 
   // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).
   int gpus = 1;
@@ -196,6 +199,7 @@ Q8HeadTensors model_source_q8_0_head(const std::string& model_path);
 // bytes (MemoryOptions::gguf_kept_*); zeros for other sources.
 struct Gguf4bitKept {
   uint64_t values = 0, constant_bytes = 0;
+  uint64_t q8_values = 0;  // Q8_0 block linears (kept 8-bit with float32 compute)
 };
 Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path);
 

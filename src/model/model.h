@@ -129,10 +129,15 @@ struct ModelLoadOptions {
   // Q8_0 (DenseWeight::to_q8_0: within half a step of its block); false widens them to float32.
   bool keep_q8_0_head = true;
   // A GGUF's block linears stored in a 4-bit type with a 4-bit form (Q4_0, Q4_1, Q4_K,
-  // IQ4_NL, IQ4_XS, MXFP4: formats/ggml_as_4bit.h) are kept as stored whenever quantizing,
-  // llama.cpp's values exactly; false re-quantizes them from their values per `quant`, as
-  // transformers + bitsandbytes do with a GGUF (--requantize-gguf: bit-exact parity with them).
-  bool keep_gguf_4bit = true;
+  // IQ4_NL, IQ4_XS, MXFP4: formats/ggml_as_4bit.h), and in Q8_0 with float32 compute
+  // (DenseWeight::from_q8_0), are kept as stored whenever quantizing, llama.cpp's values
+  // exactly; false re-quantizes them from their values per `quant`, as transformers +
+  // bitsandbytes do with a GGUF (--requantize-gguf: bit-exact parity with them).
+  bool keep_gguf_weights = true;
+  // With keep_gguf_weights, whether Q8_0 block linears stay 8-bit (float32 compute, not
+  // --quant int8). The CLI turns it off for --device cuda, whose runners would widen them to
+  // float32 on the GPU (4 bytes a value): there they are quantized per --quant.
+  bool keep_gguf_q8_0 = true;
   // Opt-in (--int8-activations): decoding multiplies the 4-bit block Linears and an 8-bit
   // head on activations quantized to 8 bits per 32 values, with integer dot products, as
   // llama.cpp does (kernels::LinearKernels::gemv_q4_i8 / gemv_q8_i8). Faster on CPUs whose

@@ -343,6 +343,8 @@ QuantLinear::QuantLinear(Quantized8bit q, ComputeDType dtype, float threshold)
   q8_ = std::move(q);
 }
 
+QuantLinear::QuantLinear(DenseWeight w) : in_(w.cols()), out_(w.rows()), dtype_(w.dtype()), dense_(std::move(w)) {}
+
 void QuantLinear::set_bias(std::vector<float> bias) {
   check(static_cast<int64_t>(bias.size()) == out_, "QuantLinear",
         "bias has " + std::to_string(bias.size()) + " elements, expected " + std::to_string(out_));

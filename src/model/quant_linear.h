@@ -103,13 +103,19 @@ class QuantLinear {
   QuantLinear(Quantized4bit q, ComputeDType dtype);
   // From an int8 weight (quantized here, or read from a transformers/bnb 8-bit checkpoint).
   QuantLinear(Quantized8bit q, ComputeDType dtype, float threshold = kInt8DefaultThreshold);
+  // A dense weight as it is (a GGUF's Q8_0 Linear kept 8-bit: DenseWeight::from_q8_0, float32
+  // compute); is_quantized() is false, as for any dense weight.
+  explicit QuantLinear(DenseWeight w);
 
   // REQUIRES bias.size() == out_features(); stored rounded to the compute dtype.
   void set_bias(std::vector<float> bias);
   // Opt-in: one-token products of a 4-bit weight whose rows are whole 32-weight chunks run
   // on 8-bit activations (kernels::LinearKernels::gemv_q4_i8) instead of float32 ones. Not
   // bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
-  void set_int8_activations(bool on) { int8_act_ = on; }
+  void set_int8_activations(bool on) {
+    int8_act_ = on;
+    dense_.set_int8_activations(on);  // (a GGUF Q8_0 Linear kept 8-bit: gemv_q8_i8)
+  }
   // Whether forward() of one token takes that path.
   bool uses_int8_activations() const { return int8_act_ && q4_ && in_ % 32 == 0; }
 

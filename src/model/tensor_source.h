@@ -48,8 +48,14 @@ class TensorSource {
   virtual bool stored_quantized(const std::string& /*name*/) const { return false; }
   // Whether get_4bit gives the tensor as a GGUF's 4-bit blocks kept as stored
   // (formats/ggml_as_4bit.h): the loader skips it when asked to re-quantize
-  // (ModelLoadOptions::keep_gguf_4bit), and the memory planner counts its constants.
+  // (ModelLoadOptions::keep_gguf_weights), and the memory planner counts its constants.
   virtual bool keeps_gguf_4bit(const std::string& /*name*/) const { return false; }
+  // A GGUF block Linear stored as Q8_0: its blocks (34 bytes per 32 values) with the rows in
+  // Hugging Face's order (llama.cpp's rope order undone), for the loader to keep 8-bit as
+  // stored (DenseWeight::from_q8_0); nullopt for any other tensor. keeps_gguf_q8_0 says
+  // whether it would give one, without copying.
+  virtual std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& /*name*/) const { return std::nullopt; }
+  virtual bool keeps_gguf_q8_0(const std::string& /*name*/) const { return false; }
   // When the source can make the tensor directly in the 4-bit format asked for, without a
   // float32 copy of the whole tensor (generated weights: model/random_model.h), that;
   // nullopt otherwise, and the loader quantizes get() as usual. Asked only for Linear

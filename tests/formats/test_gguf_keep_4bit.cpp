@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "export/merge_gguf.h"
 #include "formats/ggml_as_4bit.h"
 #include "formats/gguf.h"
 #include "formats/model_loader.h"
@@ -25,6 +26,7 @@
 #include "model/model.h"
 #include "model/model_fixture_logits.h"
 #include "model/model_spec.h"
+#include "model/model_test_util.h"
 #include "quant/quant_state.h"
 
 using namespace qlora;
@@ -164,6 +166,49 @@ TEST(GgufKeep4bit, ModelLinearsAreTheFileValues) {
       EXPECT_EQ(mismatches(got, want, hf), 0u);
     }
   EXPECT_EQ(kept, 3);
+}
+
+// The llama family fixture (q/k rows in llama.cpp's rope order once written) as a Q8_0 and a
+// Q4_0 GGUF by our own writer: every block Linear loads as stored -- Q8_0 8-bit
+// (DenseWeight::from_q8_0), Q4_0 as kept 4-bit blocks -- with exactly the file's values in
+// Hugging Face's row order; --requantize-gguf (keep_gguf_weights false) re-quantizes them.
+TEST(GgufKeep4bit, Q8_0AndQ4_0LinearsOfAWrittenGgufAreTheFileValues) {
+  const std::string src = std::string(QLORA_FIXTURE_DIR) + "/families/llama/model.gguf";  // (float32, with its tokenizer)
+  ModelFiles files = open_model_files(src);
+  ModelLoadOptions dense_opt;
+  dense_opt.quant.quantize = false;
+  const Model m = Model::load(files.spec, *files.tensors, dense_opt);
+  test::TempDir tmp("keep_q8_q4");
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0}) {
+    const std::string out = tmp.path(std::string(ggml_type_name(type)) + ".gguf");
+    GgufExportOptions eo;
+    eo.type = type;
+    eo.log = false;
+    write_merged_gguf(m, files, {}, out, eo, false);
+    ModelFiles g = open_model_files(out);
+    const Model kept = Model::load(g.spec, *g.tensors, ModelLoadOptions{});
+    ModelLoadOptions rq;
+    rq.keep_gguf_weights = false;
+    const Model requantized = Model::load(g.spec, *g.tensors, rq);
+    for (int64_t l = 0; l < kept.spec().n_layers; ++l)
+      for (int w = 0; w < kAttentionLinears; ++w) {
+        const std::string hf = layer_tensor_name(l, kBlockLinearModules[static_cast<size_t>(w)]);
+        const QuantLinear& lin = kept.block_linear(l, w);
+        if (type == GgmlType::Q8_0) {
+          ASSERT_NE(lin.dense(), nullptr) << hf;
+          EXPECT_TRUE(lin.dense()->q8()) << hf;
+        } else {
+          ASSERT_NE(lin.q4(), nullptr) << hf;
+          EXPECT_EQ(lin.q4()->state.ggml_source, "Q4_0") << hf;
+        }
+        EXPECT_TRUE(requantized.block_linear(l, w).q4() && requantized.block_linear(l, w).q4()->state.ggml_source.empty())
+            << hf;
+        const std::vector<float> want = g.tensors->get(hf);
+        std::vector<float> got(want.size());
+        lin.dequantize_rows(0, lin.out_features(), got.data());
+        EXPECT_EQ(mismatches(got, want, std::string(ggml_type_name(type)) + " " + hf), 0u);
+      }
+  }
 }
 
 // On the loaded model the kept weights give the logits of the same weights widened to

@@ -349,7 +349,7 @@ TEST_F(SmolLM2Parity, LoaderStoresBitsandbytesNF4) {
   // blocksize 64 (by default the file's Q4_1 blocks are kept as stored: test_gguf_keep_4bit).
   for (bool dq : {false, true}) {
     ModelLoadOptions opt;
-    opt.keep_gguf_4bit = false;
+    opt.keep_gguf_weights = false;
     opt.quant.quantize = true;
     opt.quant.type = QuantType::NF4;
     opt.quant.blocksize = 64;

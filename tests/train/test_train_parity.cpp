@@ -113,7 +113,7 @@ Loaded load_nf4(const std::string& path) {
   o.quant.type = QuantType::NF4;
   o.quant.blocksize = 64;
   o.quant.double_quant = false;
-  o.keep_gguf_4bit = false;
+  o.keep_gguf_weights = false;
   L.model = std::make_unique<Model>(Model::load(L.files.spec, *L.files.tensors, o));
   L.files.tensors.reset();
   return L;

@@ -42,9 +42,10 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
                 "8-bit with fp32 compute: Q8_0 as stored, other types re-quantized to Q8_0; a quarter of the bytes "
                 "per token)");
   add_bool_flag(app, "--requantize-gguf", f.requantize_gguf,
-                "Re-quantize a GGUF's 4-bit linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) and Q8_0 ones per --quant "
-                "from their values, as transformers + bitsandbytes do with a GGUF (their numbers bit for bit); by "
-                "default they are kept as stored (Q8_0: with fp32 compute, on the CPU), llama.cpp's values exactly");
+                "Re-quantize a GGUF's 4-bit linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) and those of more bits "
+                "(Q5_x, Q6_K, Q8_0) per --quant from their values, as transformers + bitsandbytes do with a GGUF "
+                "(their numbers bit for bit); by default the 4-bit ones are kept as stored, llama.cpp's values "
+                "exactly, and the others 8-bit (Q8_0 and Q5_0 exactly; with fp32 compute, on the CPU)");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {
@@ -269,7 +270,7 @@ std::string weights_description(const ModelFlags& f, const Model& m) {
       ++total;
       const QuantLinear& lin = m.block_linear(l, w);
       if (const Quantized4bit* q = lin.q4(); q && !q->state.ggml_source.empty()) ++kept[q->state.ggml_source];
-      if (lin.dense() && lin.dense()->q8()) ++kept["Q8_0"];  // (a GGUF's Q8_0 Linear kept 8-bit)
+      if (lin.dense() && lin.dense()->q8()) ++kept["8-bit"];  // (a GGUF Linear of more than 4 bits kept 8-bit)
     }
   std::string s = weights_description(f);
   if (kept.empty()) return s;

@@ -383,6 +383,29 @@ bool is_rope_tensor(const std::string& name) {
   return name == "rope_freqs.weight" || name == "rope_factors_long.weight" || name == "rope_factors_short.weight";
 }
 
+// Q5_0 blocks (d, 5-bit q: x = d * (q - 16)) as Q8_0 blocks of the same values: the same fp16
+// d, int8 codes q - 16.
+std::vector<uint8_t> q5_0_as_q8_0(std::span<const uint8_t> q5) {
+  const size_t nb = q5.size() / sizeof(BlockQ5_0);
+  std::vector<uint8_t> out(nb * sizeof(BlockQ8_0));
+  for (size_t b = 0; b < nb; ++b) {
+    BlockQ5_0 in;
+    std::memcpy(&in, q5.data() + b * sizeof in, sizeof in);
+    BlockQ8_0 o;
+    o.d = in.d;
+    uint32_t qh;
+    std::memcpy(&qh, in.qh, 4);
+    for (int j = 0; j < kQK5_0 / 2; ++j) {
+      const int x0 = ((in.qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
+      const int x1 = ((in.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+      o.qs[j] = static_cast<int8_t>(x0);
+      o.qs[j + kQK5_0 / 2] = static_cast<int8_t>(x1);
+    }
+    std::memcpy(out.data() + b * sizeof o, &o, sizeof o);
+  }
+  return out;
+}
+
 class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
@@ -721,7 +744,11 @@ class GgufSource : public TensorSource {
   }
   bool keeps_gguf_q8_0(const std::string& name) const override {
     auto it = index_.find(name);
-    if (it == index_.end() || it->second->dims.size() != 2 || it->second->type != GgmlType::Q8_0) return false;
+    if (it == index_.end() || it->second->dims.size() != 2) return false;
+    const GgmlType ty = it->second->type;
+    if (ty != GgmlType::Q8_0 && ty != GgmlType::Q5_0 && ty != GgmlType::Q5_1 && ty != GgmlType::Q5_K &&
+        ty != GgmlType::Q6_K)
+      return false;
     // (qwen35's DeltaNet linears: re-ordered by get(), as keeps_gguf_4bit)
     return !((hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") &&
              name.find(".linear_attn.") != std::string::npos);
@@ -729,7 +756,10 @@ class GgufSource : public TensorSource {
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
     if (!keeps_gguf_q8_0(name)) return std::nullopt;
     const GgufTensorInfo& t = info(name);
-    const std::span<const uint8_t> data = file_.tensor_data(t);
+    if (t.type != GgmlType::Q8_0 && t.type != GgmlType::Q5_0) return std::nullopt;
+    const std::span<const uint8_t> stored = file_.tensor_data(t);
+    const std::vector<uint8_t> q5_as_q8 = t.type == GgmlType::Q5_0 ? q5_0_as_q8_0(stored) : std::vector<uint8_t>{};
+    const std::span<const uint8_t> data = t.type == GgmlType::Q5_0 ? std::span<const uint8_t>(q5_as_q8) : stored;
     std::vector<uint8_t> out(data.begin(), data.end());
     if (const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp_)) {
       const std::vector<int64_t> s = t.shape();

@@ -129,9 +129,10 @@ struct ModelLoadOptions {
   // Q8_0 (DenseWeight::to_q8_0: within half a step of its block); false widens them to float32.
   bool keep_q8_0_head = true;
   // A GGUF's block linears stored in a 4-bit type with a 4-bit form (Q4_0, Q4_1, Q4_K,
-  // IQ4_NL, IQ4_XS, MXFP4: formats/ggml_as_4bit.h), and in Q8_0 with float32 compute
-  // (DenseWeight::from_q8_0), are kept as stored whenever quantizing, llama.cpp's values
-  // exactly; false re-quantizes them from their values per `quant`, as transformers +
+  // IQ4_NL, IQ4_XS, MXFP4: formats/ggml_as_4bit.h) are kept as stored whenever quantizing,
+  // llama.cpp's values exactly, and with float32 compute those of more than 4 bits stay 8-bit
+  // (DenseWeight's Q8_0: Q8_0 and Q5_0 exactly, Q5_1 / Q5_K / Q6_K within half an 8-bit
+  // step); false re-quantizes them from their values per `quant`, as transformers +
   // bitsandbytes do with a GGUF (--requantize-gguf: bit-exact parity with them).
   bool keep_gguf_weights = true;
   // With keep_gguf_weights, whether Q8_0 block linears stay 8-bit (float32 compute, not

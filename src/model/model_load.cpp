@@ -35,13 +35,16 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   if (opt.quant.quantize) {
     if (opt.keep_gguf_weights || !src.keeps_gguf_4bit(name))
       if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
-    // A GGUF's Q8_0 Linear stays 8-bit as stored with float32 compute (its values exactly, 1.125
-    // bytes each), as its Q8_0 head does: NF4 would round an 8-bit model down to 4 bits.
-    if (opt.keep_gguf_weights && opt.keep_gguf_q8_0 && !opt.quant.int8 && opt.compute_dtype == ComputeDType::F32)
-      if (auto b = src.get_q8_0_linear(name)) {
-        const std::vector<int64_t> s = src.shape(name);
-        return QuantLinear(DenseWeight::from_q8_0(*b, s[0], s[1], src.describe() + ": " + src.stored_name(name)));
-      }
+    // A GGUF's Linear of more than 4 bits (Q8_0, Q6_K, Q5_K, Q5_0, Q5_1) stays 8-bit with
+    // float32 compute (1.125 bytes a value), as its head does: NF4 would round it down to 4
+    // bits. Q8_0 and Q5_0 are its values exactly; the others within half an 8-bit step.
+    if (opt.keep_gguf_weights && opt.keep_gguf_q8_0 && !opt.quant.int8 && opt.compute_dtype == ComputeDType::F32 &&
+        src.keeps_gguf_q8_0(name)) {
+      const std::vector<int64_t> s = src.shape(name);
+      const std::string what = src.describe() + ": " + src.stored_name(name);
+      if (auto b = src.get_q8_0_linear(name)) return QuantLinear(DenseWeight::from_q8_0(*b, s[0], s[1], what));
+      return QuantLinear(DenseWeight::to_q8_0(src.get(name), s[0], s[1], what));
+    }
     if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);
     // Generated weights come straight in 4-bit: a float32 copy of a 65B shape's Linear is
     // what such sources exist to avoid.

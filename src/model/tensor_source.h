@@ -50,10 +50,12 @@ class TensorSource {
   // (formats/ggml_as_4bit.h): the loader skips it when asked to re-quantize
   // (ModelLoadOptions::keep_gguf_weights), and the memory planner counts its constants.
   virtual bool keeps_gguf_4bit(const std::string& /*name*/) const { return false; }
-  // A GGUF block Linear stored as Q8_0: its blocks (34 bytes per 32 values) with the rows in
-  // Hugging Face's order (llama.cpp's rope order undone), for the loader to keep 8-bit as
-  // stored (DenseWeight::from_q8_0); nullopt for any other tensor. keeps_gguf_q8_0 says
-  // whether it would give one, without copying.
+  // A GGUF block Linear stored in a type of more than 4 bits (Q8_0, Q6_K, Q5_K, Q5_0, Q5_1),
+  // which the loader keeps 8-bit (keeps_gguf_q8_0) rather than rounding to 4. Q8_0 and Q5_0
+  // blocks are 8-bit values exactly: get_q8_0_linear gives them as Q8_0 blocks (34 bytes per
+  // 32 values; Q5_0's d * (q - 16) re-laid with the same d) with the rows in Hugging Face's
+  // order (llama.cpp's rope order undone), for DenseWeight::from_q8_0; the others give
+  // nullopt and the loader quantizes get()'s values to Q8_0 (within half an 8-bit step).
   virtual std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& /*name*/) const { return std::nullopt; }
   virtual bool keeps_gguf_q8_0(const std::string& /*name*/) const { return false; }
   // When the source can make the tensor directly in the 4-bit format asked for, without a

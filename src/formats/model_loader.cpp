@@ -714,12 +714,27 @@ class GgufSource : public TensorSource {
     auto it = index_.find(name);
     if (it == index_.end()) return false;
     const GgufTensorInfo& t = *it->second;
-    if (t.dims.size() != 2 || !ggml_type_keeps_as_4bit(t.type)) return false;
-    // (qwen35's DeltaNet linears come in llama.cpp's tiled value-head order, which get() puts
-    // back by rows and by column blocks: those are re-quantized from get()'s values)
-    if ((hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") && name.find(".linear_attn.") != std::string::npos)
-      return false;
-    return true;
+    return t.dims.size() == 2 && ggml_type_keeps_as_4bit(t.type) && !reordered_by_get(name);
+  }
+  // For the weights kept as stored (get_4bit, get_q8_0_linear): which GGUF row each Hugging
+  // Face row is (llama.cpp's rope order undone, as get() does), or empty when t is in HF order.
+  std::vector<int64_t> hf_row_sources(const GgufTensorInfo& t) const {
+    const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp_);
+    if (!heads) return {};
+    const int64_t rows = t.shape()[0];
+    std::vector<float> gguf_row(static_cast<size_t>(rows)), hf_src(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) gguf_row[static_cast<size_t>(r)] = static_cast<float>(r);
+    try {
+      unpermute_rope_rows(gguf_row, hf_src, rows, 1, *heads);  // HF row r <- GGUF row hf_src[r]
+    } catch (const Error& e) {
+      fail(file_.path(), "tensor " + gguf_quote(t.name) + ": " + e.what());
+    }
+    return {hf_src.begin(), hf_src.end()};
+  }
+  // qwen35's DeltaNet linears come in llama.cpp's tiled value-head order, which get() puts back
+  // by rows and by column blocks: those are quantized from get()'s values, never kept as stored.
+  bool reordered_by_get(const std::string& name) const {
+    return (hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") && name.find(".linear_attn.") != std::string::npos;
   }
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override {
     if (!keeps_gguf_4bit(name)) return std::nullopt;
@@ -729,17 +744,7 @@ class GgufSource : public TensorSource {
         ggml_blocks_as_4bit(t.type, file_.tensor_data(t), s[0], s[1], ComputeDType::F32,
                             file_.path() + ": tensor " + gguf_quote(t.name));
     if (!q) return std::nullopt;
-    if (const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp_)) {
-      std::vector<float> gguf_row(static_cast<size_t>(s[0])), hf_src(static_cast<size_t>(s[0]));
-      for (int64_t r = 0; r < s[0]; ++r) gguf_row[static_cast<size_t>(r)] = static_cast<float>(r);
-      try {
-        unpermute_rope_rows(gguf_row, hf_src, s[0], 1, *heads);  // HF row r <- GGUF row hf_src[r]
-      } catch (const Error& e) {
-        fail(file_.path(), "tensor " + gguf_quote(t.name) + ": " + e.what());
-      }
-      std::vector<int64_t> src(hf_src.begin(), hf_src.end());
-      q = permute_4bit_rows(*q, src);
-    }
+    if (const std::vector<int64_t> src = hf_row_sources(t); !src.empty()) q = permute_4bit_rows(*q, src);
     return q;
   }
   bool keeps_gguf_q8_0(const std::string& name) const override {
@@ -749,9 +754,7 @@ class GgufSource : public TensorSource {
     if (ty != GgmlType::Q8_0 && ty != GgmlType::Q5_0 && ty != GgmlType::Q5_1 && ty != GgmlType::Q5_K &&
         ty != GgmlType::Q6_K)
       return false;
-    // (qwen35's DeltaNet linears: re-ordered by get(), as keeps_gguf_4bit)
-    return !((hp_.architecture == "qwen35" || hp_.architecture == "qwen35moe") &&
-             name.find(".linear_attn.") != std::string::npos);
+    return !reordered_by_get(name);
   }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
     if (!keeps_gguf_q8_0(name)) return std::nullopt;
@@ -761,19 +764,10 @@ class GgufSource : public TensorSource {
     const std::vector<uint8_t> q5_as_q8 = t.type == GgmlType::Q5_0 ? q5_0_as_q8_0(stored) : std::vector<uint8_t>{};
     const std::span<const uint8_t> data = t.type == GgmlType::Q5_0 ? std::span<const uint8_t>(q5_as_q8) : stored;
     std::vector<uint8_t> out(data.begin(), data.end());
-    if (const std::optional<int64_t> heads = gguf_rope_permuted_heads(t, hp_)) {
-      const std::vector<int64_t> s = t.shape();
-      const size_t row_bytes = data.size() / static_cast<size_t>(s[0]);
-      std::vector<float> gguf_row(static_cast<size_t>(s[0])), hf_src(static_cast<size_t>(s[0]));
-      for (int64_t r = 0; r < s[0]; ++r) gguf_row[static_cast<size_t>(r)] = static_cast<float>(r);
-      try {
-        unpermute_rope_rows(gguf_row, hf_src, s[0], 1, *heads);  // HF row r <- GGUF row hf_src[r]
-      } catch (const Error& e) {
-        fail(file_.path(), "tensor " + gguf_quote(t.name) + ": " + e.what());
-      }
-      for (int64_t r = 0; r < s[0]; ++r)
-        std::memcpy(out.data() + static_cast<size_t>(r) * row_bytes,
-                    data.data() + static_cast<size_t>(hf_src[static_cast<size_t>(r)]) * row_bytes, row_bytes);
+    if (const std::vector<int64_t> src = hf_row_sources(t); !src.empty()) {
+      const size_t row_bytes = data.size() / src.size();
+      for (size_t r = 0; r < src.size(); ++r)
+        std::memcpy(out.data() + r * row_bytes, data.data() + static_cast<size_t>(src[r]) * row_bytes, row_bytes);
     }
     return out;
   }

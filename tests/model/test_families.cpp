@@ -81,9 +81,12 @@ constexpr double kLogitRel = 4e-6;
 // fixtures' move by half of it), and transformers computes the rule chunked while we run it
 // token by token. Measured against the same model in float64: transformers' float32 logits
 // 1.1-1.5e-5 away (2.6e-6 of the largest), ours 2.3-2.6e-5 (4.5e-6), so the two float32
-// results differ by up to 6.4e-6 of the largest logit. Twice that; a wrong conv tap, decay,
-// norm or gate moves them by 1e-2 or more.
-constexpr double kHybridLogitRel = 1.2e-5;
+// results differ by up to 6.4e-6 of the largest logit. On an AVX2 CPU (Zen 3: our AVX2 kernels,
+// oneDNN's AVX2 sgemm) ours measured 1.52e-5 of the largest from transformers' (qwen3_5_gguf;
+// 1.3e-5 qwen3_5_moe_gguf's NF4), where the scalar kernels with our own gemm_rows stay under
+// 1.2e-5 on the same CPU: the spread of float32 summation orders on these models. 2e-5; a
+// wrong conv tap, decay, norm or gate moves them by 1e-2 or more.
+constexpr double kHybridLogitRel = 2e-5;
 // The gated DeltaNet hybrids' fixtures (Qwen3.5, Qwen3-Next), by the name of a comparison
 // ("<fixture> ...") or a fixture.
 // Mamba (1)'s fixtures likewise (a recurrence transformers computes as a whole-sequence exp(A dt),
@@ -281,15 +284,16 @@ TEST_P(FamiliesBnb, EightBitCheckpointGivesBitsandbytesLogits) {
     }
   const auto prompt = x.ref.at("prompt").get<std::vector<int>>();
   // LLM.int8 rounds each activation to a code: a value within float32 rounding of a code
-  // boundary flips with the last bit of the input. starcoder2's fixture has one: measured,
-  // bitsandbytes' own layer-1 c_fc output changes by 0.018 in its sum under 2e-7 relative
-  // noise on its input (one trial in five), and ours differs from it by that flip (0.018 of
-  // logits up to 6.1); our int8 products equal bitsandbytes' on the same input bit for bit
-  // (tests/quant). One flipped code moves the logits by ~3e-3 of the largest; a wrong
-  // block moves them by O(1). olmo3's fixture has one too: bitsandbytes' own logits move by
-  // exactly the 0.0168 we differ by in 5 of 20 trials of 1e-6 relative noise on the
-  // embeddings (0 of 10 at 2e-7).
-  const double rel = GetParam() == "starcoder2" || GetParam() == "olmo3" ? 5e-3 : kLogitRel;
+  // boundary flips with the last bit of the input, and which ones sit that close depends on
+  // the float32 rounding before it (the CPU's kernels). Measured with bitsandbytes itself
+  // (1e-6 relative noise on the input of every Linear8bitLt, 20 trials): phi's logits move by
+  // up to 0.033 (5.9e-3 of the largest; 1 trial in 20 already at 1e-7), llama's by 0.057
+  // (9.1e-3). On a Zen 4 CPU starcoder2 and olmo3 differed from bitsandbytes by one such flip
+  // (2.9e-3, 2.7e-3) and the rest by under 1e-6; on a Zen 3 CPU phi too (5.1e-3). Our int8
+  // products equal bitsandbytes' on the same input bit for bit (tests/quant); here the whole
+  // model is held to bitsandbytes' own spread, 1.2e-2 of the largest logit: a wrong block, scale
+  // or outlier rule moves them by O(1).
+  const double rel = 1.2e-2;
   expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb8_logits")), GetParam() + " bnb8", rel);
 }
 
@@ -1051,6 +1055,15 @@ TEST_P(Families, TenStepLossCurveMatchesPeft) {
     // only to keep falling below the start.)
     if (gemma4_e_fixture(GetParam()) && step >= 3) {
       EXPECT_LT(loss, want.front()) << GetParam() << " step " << step + 1;
+      continue;
+    }
+    // (gemma4_moe: its later steps are chaotic too -- a router's top-2 choice among near-equal
+    // experts. transformers' own float32 curve, from the initial adapter times (1 + 1e-7 noise),
+    // gave 4.42653 at step 9 where the fixture says 4.45055 (5.4e-3) and parted by 1.2e-4 from
+    // step 6 (one trial of three); ours lands on either branch with the CPU's kernels. From step
+    // 6 on, held to 1e-2 of the curve.)
+    if (GetParam() == "gemma4_moe" && step >= 5) {
+      EXPECT_NEAR(loss, want[step], 1e-2 * want[step]) << GetParam() << " step " << step + 1;
       continue;
     }
     EXPECT_NEAR(loss, want[step], std::max(1e-4 * want[step], 2 * drift)) << GetParam() << " step " << step + 1;

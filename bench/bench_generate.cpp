@@ -40,10 +40,20 @@ struct Q4 {
   kernels::Q4Matrix m;
 };
 
-std::unique_ptr<Q4> make_q4(int64_t rows, int64_t cols, bool dq) {
+// variant 0: NF4 blocks of 64, float32 absmax; 1: the same double-quantized (QLoRA's
+// weights); 2: a GGUF's Q4_1 kept as stored (formats/ggml_as_4bit.h; the default model's
+// linears): blocks of 32, the code book 0..15, a float32 scale and minimum each; 3: a GGUF's
+// IQ4_NL kept as stored: blocks of 32, a table code book (NF4's here), a float32 scale each.
+std::unique_ptr<Q4> make_q4(int64_t rows, int64_t cols, int variant) {
   auto w = randn(rows * cols, 1, 0.02f);
   auto r = std::make_unique<Q4>();
-  r->q = quantize_tensor_4bit(w.data(), {rows, cols}, QuantType::NF4, 64, dq, ComputeDType::F32);
+  const bool dq = variant == 1;
+  r->q = quantize_tensor_4bit(w.data(), {rows, cols}, QuantType::NF4, variant >= 2 ? 32 : 64, dq, ComputeDType::F32);
+  if (variant == 2) {
+    const auto mins = randn(static_cast<size_t>(rows * cols / 32), 3, 0.01f);
+    r->q.state.block_min.assign(mins.begin(), mins.end());
+    for (int i = 0; i < 16; ++i) r->q.state.code[static_cast<size_t>(i)] = static_cast<float>(i);
+  }
   QuantLinear lin(r->q, ComputeDType::F32);
   r->m = lin.q4_view();
   // Point the view at our copy (lin dies here).
@@ -56,6 +66,7 @@ std::unique_ptr<Q4> make_q4(int64_t rows, int64_t cols, bool dq) {
   } else {
     r->m.absmax = r->q.state.absmax.data();
   }
+  r->m.block_min = r->q.state.block_min.empty() ? nullptr : r->q.state.block_min.data();
   return r;
 }
 
@@ -69,29 +80,37 @@ bool level_arg(benchmark::State& st, SimdLevel& lv) {
   return false;
 }
 
-// Single-threaded fused GEMV: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = double quant.
+// Single-threaded fused GEMV: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = make_q4's variant,
+// arg4 = copies of the packed weights cycled through (200 copies of 1536 x 576 stream from
+// memory as decoding does; 1 stays in L2). Bytes are the packed codes only.
 void BM_GemvQ4(benchmark::State& st) {
   SimdLevel lv;
   if (!level_arg(st, lv)) return;
-  const int64_t rows = st.range(1), cols = st.range(2);
-  auto q = make_q4(rows, cols, st.range(3) != 0);
+  const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(4);
+  auto q = make_q4(rows, cols, static_cast<int>(st.range(3)));
+  std::vector<std::vector<uint8_t>> packed(copies, q->q.packed);
   auto x = randn(cols, 2);
   std::vector<float> y(rows);
   const auto& k = kernels::linear_kernels_for(lv);
+  int64_t c = 0;
   for (auto _ : st) {
-    k.gemv_q4(q->m, x.data(), y.data(), 0, rows);
+    kernels::Q4Matrix m = q->m;
+    m.packed = packed[c].data();
+    c = (c + 1) % copies;
+    k.gemv_q4(m, x.data(), y.data(), 0, rows);
     benchmark::DoNotOptimize(y.data());
   }
   st.SetBytesProcessed(st.iterations() * rows * cols / 2);
   st.SetLabel(simd_level_name(lv));
 }
 BENCHMARK(BM_GemvQ4)
-    ->ArgsProduct({{0, 1, 2}, {1536}, {576}, {0, 1}})
-    ->ArgsProduct({{1, 2}, {4096}, {4096}, {0}})
+    ->ArgsProduct({{0, 1, 2}, {1536}, {576}, {0, 1, 2, 3}, {1}})
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1, 2, 3}, {200}})
+    ->ArgsProduct({{1, 2}, {4096}, {4096}, {0}, {1}})
     ->Unit(benchmark::kMicrosecond);
 
 // The 8-bit-activation GEMVs (--int8-activations), single-threaded: arg0 = SIMD level (on
-// AVX-512 the VNNI kernels where the CPU has them), arg1/2 = rows/cols, arg3 = double quant,
+// AVX-512 the VNNI kernels where the CPU has them), arg1/2 = rows/cols, arg3 = make_q4's variant,
 // arg4 = copies of the weights cycled through. One copy of 1536 x 576 stays in L2; 200 copies of
 // it (SmolLM2's MLP shape, 84 MiB) and 12 of 4096 x 4096 (96 MiB of packed weights) and 3 of the SmolLM2 head (49152 x 576, 85 MiB) stream
 // from memory, as decoding does (a 32 MiB L3 would hold one copy).
@@ -99,7 +118,7 @@ void BM_GemvQ4I8(benchmark::State& st) {
   SimdLevel lv;
   if (!level_arg(st, lv)) return;
   const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(4);
-  auto q = make_q4(rows, cols, st.range(3) != 0);
+  auto q = make_q4(rows, cols, static_cast<int>(st.range(3)));
   std::vector<std::vector<uint8_t>> packed(copies, q->q.packed);
   auto x = randn(cols, 2);
   std::vector<int8_t> xq(cols);
@@ -119,7 +138,7 @@ void BM_GemvQ4I8(benchmark::State& st) {
 }
 BENCHMARK(BM_GemvQ4I8)
     ->ArgsProduct({{1, 2}, {1536}, {576}, {0, 1}, {1}})
-    ->ArgsProduct({{1, 2}, {1536}, {576}, {1}, {200}})
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1, 2}, {200}})
     ->ArgsProduct({{1, 2}, {4096}, {4096}, {1}, {12}})
     ->Unit(benchmark::kMicrosecond);
 
@@ -154,7 +173,7 @@ BENCHMARK(BM_GemvQ8I8)->ArgsProduct({{1, 2}, {1536}, {576}, {1}})->ArgsProduct({
 void BM_GemvQ4Rounded(benchmark::State& st) {
   const ComputeDType dts[] = {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16};
   const int64_t rows = 1536, cols = st.range(1);
-  auto q = make_q4(rows, cols, true);
+  auto q = make_q4(rows, cols, 1);
   q->m.round_to = dts[st.range(0)];
   auto x = randn(cols, 2);
   std::vector<float> y(rows);
@@ -173,7 +192,7 @@ BENCHMARK(BM_GemvQ4Rounded)->ArgsProduct({{0, 1, 2}, {576, 580}})->Unit(benchmar
 void BM_DequantQ4(benchmark::State& st) {
   const ComputeDType dts[] = {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16};
   const int64_t rows = 1536, cols = 576;
-  auto q = make_q4(rows, cols, true);
+  auto q = make_q4(rows, cols, 1);
   q->m.round_to = dts[st.range(0)];
   std::vector<float> buf(16 * cols);
   const auto& k = kernels::active_linear_kernels();
@@ -191,7 +210,7 @@ BENCHMARK(BM_DequantQ4)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 // arg0 = tokens, arg1 = 0: fused multi-token GEMV, 1: dequantize 16-row panels + GEMM.
 void BM_Strategy(benchmark::State& st) {
   const int64_t T = st.range(0), rows = 1536, cols = 576;
-  auto q = make_q4(rows, cols, false);
+  auto q = make_q4(rows, cols, 0);
   auto x = randn(T * cols, 3);
   std::vector<float> y(T * rows), buf(16 * cols);
   const auto& k = kernels::active_linear_kernels();

@@ -2,6 +2,7 @@
 // the fused 4-bit GEMV against dequantize-then-matvec, on awkward sizes (rows and columns
 // that are not multiples of anything, blocks spanning rows, odd element counts), every
 // block size class, NF4 and FP4, plain and double-quantized absmax, and every compute dtype.
+#include <array>
 #include <bit>
 #include <gtest/gtest.h>
 
@@ -216,16 +217,23 @@ TEST(LinearKernels, PackQ4Bf16PanelIsBitExactOnEveryLevel) {
   });
 }
 
+// Integer-ramp code books (a GGUF's Q4_0: -8..7; Q4_1 / Q4_K: 0..15), which the AVX2 GEMV
+// converts instead of looking up.
+const std::array<float, 16> kRampQ4_0 = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+const std::array<float, 16> kRampQ4_1 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
 TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
   std::mt19937 rng(3);
   for (SimdLevel lv : levels()) {
     const LinearKernels& k = kernels::linear_kernels_for(lv);
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 128, 4096})
-        for (QuantType t : {QuantType::NF4, QuantType::FP4})
+        for (int book = 0; book < 4; ++book)  // NF4, FP4, Q4_0's ramp, Q4_1's ramp
           for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
             for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
+              const QuantType t = book == 1 ? QuantType::FP4 : QuantType::NF4;
               auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, rt, rng, variant == 2);
+              if (book >= 2) d.m.code = (book == 2 ? kRampQ4_0 : kRampQ4_1).data();
               const auto x = random_vec(s.cols, rng);
               std::vector<float> w(s.rows * s.cols);
               kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());

@@ -58,19 +58,28 @@ void mxfp4_block(const uint8_t* b, uint8_t* packed, float* scale, float*) {
   split_nibbles_to_bnb(b + 1, packed);
 }
 
+// The types whose scale per 32 is an integer code times one float per 256 (Q4_K's d * sc_j,
+// IQ4_XS's d * (ls_j - 32)) keep it in that form, as a double-quantized absmax: the 6-bit
+// codes in absmax_q, d in nested_absmax (nested_blocksize 8 blocks of 32), the code's value in
+// nested_code, offset -0.0 -- nested_code[q] * d + (-0.0) is ggml's d * sc exactly (the same
+// float32 product; adding -0.0 changes no value, not even a zero's sign, where +0.0 would
+// turn ggml's -0 * x into +0). 1 + 4/8 bytes per 32 values instead of 4.
+using NestedBlockFn = void (*)(const uint8_t* blk, uint8_t* packed, uint8_t* scale_q, float* d, float* min);
+
 // Q4_K: 256 values; per 64, 32 bytes whose low nibbles are the first 32 values and high
 // nibbles the next 32, each 32 with its 6-bit scale and minimum.
-void q4_k_block(const uint8_t* b, uint8_t* packed, float* scale, float* min) {
+void q4_k_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_out, float* min) {
   const auto blk = [&] {
     BlockQ4_K x;
     std::memcpy(&x, b, sizeof x);
     return x;
   }();
-  const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
+  const float dmin = fp16_to_f32(blk.dmin);
+  d_out[0] = fp16_to_f32(blk.d);
   for (int j = 0; j < 8; ++j) {
     uint8_t sc, m;
     q4_k_scale_min(j, blk.scales, &sc, &m);
-    scale[j] = d * static_cast<float>(sc);
+    scale_q[j] = sc;
     min[j] = -(dmin * static_cast<float>(m));  // d1*q + (-m1) is ggml's d1*q - m1 exactly
   }
   for (int g = 0; g < 4; ++g) {
@@ -88,21 +97,23 @@ void q4_k_block(const uint8_t* b, uint8_t* packed, float* scale, float* min) {
 }
 
 // IQ4_XS: 256 values in 8 groups of 32, each with a 6-bit scale (ls - 32) times d.
-void iq4_xs_block(const uint8_t* b, uint8_t* packed, float* scale, float*) {
+void iq4_xs_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_out, float*) {
   BlockIQ4_XS x;
   std::memcpy(&x, b, sizeof x);
-  const float d = fp16_to_f32(x.d);
+  d_out[0] = fp16_to_f32(x.d);
   for (int j = 0; j < 8; ++j) {
     const int ls = ((x.scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | (((x.scales_h >> (2 * j)) & 3) << 4);
-    scale[j] = d * static_cast<float>(ls - 32);
+    scale_q[j] = static_cast<uint8_t>(ls);
     split_nibbles_to_bnb(x.qs + 16 * j, packed + 16 * j);
   }
 }
 
 struct Kind {
-  BlockFn fn;
-  bool has_min;
-  std::array<float, 16> code;
+  BlockFn fn = nullptr;          // scales as floats, or
+  NestedBlockFn nested = nullptr;  // 6-bit scale codes times one d per 256
+  int code_bias = 0;             // nested: the scale code q means q + code_bias (IQ4_XS: -32)
+  bool has_min = false;
+  std::array<float, 16> code{};
 };
 
 std::array<float, 16> code_from(const int8_t* v) {
@@ -118,12 +129,12 @@ std::optional<Kind> kind_of(GgmlType t) {
     centered[static_cast<size_t>(i)] = static_cast<float>(i - 8);
   }
   switch (t) {
-    case GgmlType::Q4_0: return Kind{q4_0_block, false, centered};
-    case GgmlType::Q4_1: return Kind{q4_1_block, true, ramp};
-    case GgmlType::Q4_K: return Kind{q4_k_block, true, ramp};
-    case GgmlType::IQ4_NL: return Kind{iq4_nl_block, false, code_from(kIQ4NLValues)};
-    case GgmlType::IQ4_XS: return Kind{iq4_xs_block, false, code_from(kIQ4NLValues)};
-    case GgmlType::MXFP4: return Kind{mxfp4_block, false, code_from(kE2M1Doubled)};
+    case GgmlType::Q4_0: return Kind{q4_0_block, nullptr, 0, false, centered};
+    case GgmlType::Q4_1: return Kind{q4_1_block, nullptr, 0, true, ramp};
+    case GgmlType::Q4_K: return Kind{nullptr, q4_k_block, 0, true, ramp};
+    case GgmlType::IQ4_NL: return Kind{iq4_nl_block, nullptr, 0, false, code_from(kIQ4NLValues)};
+    case GgmlType::IQ4_XS: return Kind{nullptr, iq4_xs_block, -32, false, code_from(kIQ4NLValues)};
+    case GgmlType::MXFP4: return Kind{mxfp4_block, nullptr, 0, false, code_from(kE2M1Doubled)};
     default: return std::nullopt;
   }
 }
@@ -155,28 +166,61 @@ std::optional<Quantized4bit> ggml_blocks_as_4bit(GgmlType t, std::span<const uin
   s.dtype = dtype;
   s.shape = {rows, cols};
   s.code = k->code;
-  s.absmax.resize(static_cast<size_t>(n / kBlock));
   if (k->has_min) s.block_min.resize(static_cast<size_t>(n / kBlock));
+  if (k->nested) {
+    s.nested = true;
+    s.nested_blocksize = static_cast<int>(groups_per);  // one d per stored block
+    s.offset = -0.0f;
+    s.nested_code.fill(0.0f);
+    for (int i = 0; i < 64; ++i) s.nested_code[static_cast<size_t>(i)] = static_cast<float>(i + k->code_bias);
+    s.absmax_q.resize(static_cast<size_t>(n / kBlock));
+    s.nested_absmax.resize(static_cast<size_t>(stored_blocks));
+  } else {
+    s.absmax.resize(static_cast<size_t>(n / kBlock));
+  }
   parallel_for_range(stored_blocks, 1024, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      k->fn(data.data() + b * tr.type_size, q.packed.data() + b * tr.block_size / 2, s.absmax.data() + b * groups_per,
-            k->has_min ? s.block_min.data() + b * groups_per : nullptr);
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint8_t* blk = data.data() + b * tr.type_size;
+      uint8_t* packed = q.packed.data() + b * tr.block_size / 2;
+      float* min = k->has_min ? s.block_min.data() + b * groups_per : nullptr;
+      if (k->nested)
+        k->nested(blk, packed, s.absmax_q.data() + b * groups_per, s.nested_absmax.data() + b, min);
+      else
+        k->fn(blk, packed, s.absmax.data() + b * groups_per, min);
+    }
   });
   return q;
 }
 
+int64_t ggml_kept_constant_bytes(GgmlType t, int64_t n) {
+  const std::optional<Kind> k = kind_of(t);
+  if (!k) return 0;
+  const int64_t groups = n / kBlock, mins = k->has_min ? groups * 4 : 0;
+  if (k->nested) return groups + n / ggml_traits(t).block_size * 4 + 4 /* offset */ + mins;
+  return groups * 4 + mins;
+}
+
 Quantized4bit permute_4bit_rows(const Quantized4bit& q, std::span<const int64_t> src_row) {
   const QuantState& s = q.state;
-  check(s.shape.size() == 2 && !s.nested && s.shape[1] % s.blocksize == 0 &&
+  check(s.shape.size() == 2 && s.shape[1] % s.blocksize == 0 &&
+            (!s.nested || (s.shape[1] / s.blocksize) % s.nested_blocksize == 0) &&
             static_cast<int64_t>(src_row.size()) == s.shape[0],
-        "permute_4bit_rows", "needs a 2-D weight of whole blocks per row and one source row per row");
+        "permute_4bit_rows",
+        "needs a 2-D weight of whole blocks (and whole nested blocks) per row and one source row per row");
   const int64_t rows = s.shape[0], cols = s.shape[1], bpr = cols / s.blocksize;
+  const int64_t npr = s.nested ? bpr / s.nested_blocksize : 0;  // nested absmax per row
   Quantized4bit out = q;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t from = src_row[static_cast<size_t>(r)];
     check(from >= 0 && from < rows, "permute_4bit_rows", "row index out of range");
     std::memcpy(out.packed.data() + r * cols / 2, q.packed.data() + from * cols / 2, static_cast<size_t>(cols / 2));
-    std::memcpy(out.state.absmax.data() + r * bpr, s.absmax.data() + from * bpr, static_cast<size_t>(bpr) * 4);
+    if (s.nested) {
+      std::memcpy(out.state.absmax_q.data() + r * bpr, s.absmax_q.data() + from * bpr, static_cast<size_t>(bpr));
+      std::memcpy(out.state.nested_absmax.data() + r * npr, s.nested_absmax.data() + from * npr,
+                  static_cast<size_t>(npr) * 4);
+    } else {
+      std::memcpy(out.state.absmax.data() + r * bpr, s.absmax.data() + from * bpr, static_cast<size_t>(bpr) * 4);
+    }
     if (!s.block_min.empty())
       std::memcpy(out.state.block_min.data() + r * bpr, s.block_min.data() + from * bpr, static_cast<size_t>(bpr) * 4);
   }

@@ -9,6 +9,10 @@
 //   Q4_K    code q,                scale d * sc_j, min -(dmin * m_j) per 32 (d*sc*q - dmin*m)
 //   IQ4_NL  code kvalues_iq4nl[q], scale d
 //   IQ4_XS  code kvalues_iq4nl[q], scale d * (ls_j - 32) per 32
+//
+// The scales are float32 per 32 values, except Q4_K's and IQ4_XS's, kept as ggml has them: a
+// 6-bit code per 32 and d per 256, in the double-quantized form (nested_code[sc] * d + 0,
+// exactly ggml's d * sc). Minimums are float32 per 32.
 //   MXFP4   code E2M1 doubled,     scale 2^(e - 128)
 //
 // Re-quantizing these to NF4 (what loading did before) rounds every weight a second time:
@@ -35,6 +39,10 @@ bool ggml_type_keeps_as_4bit(GgmlType t);
 // the block size or the byte count does not match.
 std::optional<Quantized4bit> ggml_blocks_as_4bit(GgmlType t, std::span<const uint8_t> data, int64_t rows, int64_t cols,
                                                  ComputeDType dtype, const std::string& where);
+
+// QuantState::constant_bytes() of ggml_blocks_as_4bit's result for n values of type t (0 for
+// a type it does not take): what the memory planner counts without converting anything.
+int64_t ggml_kept_constant_bytes(GgmlType t, int64_t n);
 
 // q's rows reordered: row r of the result is row src_row[r] of q (a GGUF's q/k rope
 // permutation undone). REQUIRES whole blocks per row and src_row a permutation of rows.

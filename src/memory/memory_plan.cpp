@@ -1053,8 +1053,7 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
     const GgufTensorInfo& t = f.tensor(files.tensors->stored_name(name));
     const uint64_t n = static_cast<uint64_t>(t.numel());
     r.values += n;
-    const bool with_min = t.type == GgmlType::Q4_1 || t.type == GgmlType::Q4_K;
-    r.constant_bytes += n / 32 * 4 * (with_min ? 2 : 1);
+    r.constant_bytes += static_cast<uint64_t>(ggml_kept_constant_bytes(t.type, static_cast<int64_t>(n)));
   }
   return r;
 }

@@ -167,6 +167,13 @@ std::vector<float> QuantState::block_absmax() const {
   // bitsandbytes: dequantize_blockwise(absmax_q, state2) + offset — a float32 product,
   // then a separate float32 addition (two roundings, never fused).
   std::vector<float> out(static_cast<size_t>(nb));
+  if (!ggml_source.empty()) {  // (a GGUF's scale codes times d per 256: nested blocks of 8)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float scaled = nested_code[absmax_q[static_cast<size_t>(b)]] * nested_absmax[static_cast<size_t>(b / nested_blocksize)];
+      out[static_cast<size_t>(b)] = scaled + offset;
+    }
+    return out;
+  }
   dequantize_8bit_blockwise(absmax_q.data(), nested_absmax.data(), nb, nested_blocksize, nested_code.data(),
                             out.data());
   for (float& v : out) v += offset;
@@ -174,8 +181,10 @@ std::vector<float> QuantState::block_absmax() const {
 }
 
 int64_t QuantState::constant_bytes() const {
-  if (!nested) return static_cast<int64_t>((absmax.size() + block_min.size()) * sizeof(float));
-  return static_cast<int64_t>(absmax_q.size() + nested_absmax.size() * sizeof(float) + sizeof(float) /* offset */);
+  const int64_t mins = static_cast<int64_t>(block_min.size() * sizeof(float));
+  if (!nested) return static_cast<int64_t>(absmax.size() * sizeof(float)) + mins;
+  return static_cast<int64_t>(absmax_q.size() + nested_absmax.size() * sizeof(float) + sizeof(float) /* offset */) +
+         mins;
 }
 
 double Quantized4bit::bits_per_param() const {

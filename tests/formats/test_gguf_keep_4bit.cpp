@@ -59,7 +59,15 @@ kernels::Q4Matrix view(const Quantized4bit& q) {
   m.cols = q.state.shape[1];
   m.blocksize = q.state.blocksize;
   m.code = q.state.code.data();
-  m.absmax = q.state.absmax.data();
+  if (q.state.nested) {  // (Q4_K, IQ4_XS: 6-bit scale codes times d per 256)
+    m.absmax_q = q.state.absmax_q.data();
+    m.nested_absmax = q.state.nested_absmax.data();
+    m.nested_code = q.state.nested_code.data();
+    m.nested_blocksize = q.state.nested_blocksize;
+    m.offset = q.state.offset;
+  } else {
+    m.absmax = q.state.absmax.data();
+  }
   m.block_min = q.state.block_min.empty() ? nullptr : q.state.block_min.data();
   return m;
 }
@@ -96,7 +104,13 @@ TEST_P(KeptBlocks, ValuesAreGgmlsBitForBit) {
     kernels::linear_kernels_for(lv).dequant_rows_q4(view(*q), 0, rows, rowsv.data());
     EXPECT_EQ(mismatches(rowsv, want, std::string(k.name) + " " + std::string(simd_level_name(lv))), 0u);
   }
-  EXPECT_EQ(q->state.constant_bytes(), static_cast<int64_t>(n / 32 * 4 * (k.has_min ? 2 : 1)));
+  // Constants: a float32 scale per 32, or (Q4_K, IQ4_XS) a byte per 32 and a float32 d per 256 and
+  // the offset; a float32 minimum per 32 where the type has one. The planner's count agrees.
+  const bool nested = k.type == GgmlType::Q4_K || k.type == GgmlType::IQ4_XS;
+  EXPECT_EQ(q->state.nested, nested);
+  const int64_t want_bytes = (nested ? n / 32 + n / 256 * 4 + 4 : n / 32 * 4) + (k.has_min ? n / 32 * 4 : 0);
+  EXPECT_EQ(q->state.constant_bytes(), want_bytes);
+  EXPECT_EQ(ggml_kept_constant_bytes(k.type, n), want_bytes);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, KeptBlocks,

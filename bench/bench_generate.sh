@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Generation speed of `qlora generate` (NF4, fp32 compute) next to llama.cpp (through
+# Generation speed of `qlora generate` (fp32 compute) next to llama.cpp (through
 # llama-cpp-python) on the same model, in one run, back to back:
 #   1. memory bandwidth (build/bench_memcpy: memcpy of 256 MiB, and read-only sums of
 #      16..256 MiB, 1 and 2 threads)
 #   2. llama.cpp on the Q4_0 file (requantized from the Q4_1 one on first use) and on the
 #      original Q4_1 file, 1 and 2 threads (tools/bench_llamacpp.py); Q4_0 once more with
 #      llama.cpp's run-time weight repacking off
-#   3. qlora generate --quant nf4 --compute-dtype fp32, 1 and 2 threads, REPS runs each, with
+#   3. qlora generate --compute-dtype fp32 on the Q4_1 file, its linears kept as stored (the
+#      default since session 29: 4-bit codes with a float32 scale and minimum per 32; with
+#      REQUANT=1 re-quantized to NF4 blocks of 64 instead, --requantize-gguf), 1 and 2
+#      threads, REPS runs each, with
 #      the GGUF's Q8_0 token embedding / output head kept 8-bit (the default), widened
 #      to fp32 (--dense-head, what qlora did before), and decoding on 8-bit activations
 #      (--int8-activations, opt-in: llama.cpp's integer dot products, not bitsandbytes' numbers)
@@ -71,7 +74,8 @@ for t in $THREADS; do
   for r in $(seq 0 "$REPS"); do  # run 0 is a warm-up, like the llama.cpp side
     for head in q8 dense i8; do   # interleaved, so drift in the machine's speed falls on all
       flag=(); [[ $head == dense ]] && flag=(--dense-head); [[ $head == i8 ]] && flag=(--int8-activations)
-      "$QLORA" generate --model "$MODEL_Q41" --quant nf4 --compute-dtype fp32 --threads "$t" "${flag[@]}" \
+      [[ ${REQUANT:-0} == 1 ]] && flag+=(--requantize-gguf)
+      "$QLORA" generate --model "$MODEL_Q41" --compute-dtype fp32 --threads "$t" "${flag[@]}" \
         --temperature 0 -n "$N_GEN" --prompt "$PROMPT" --no-echo \
         >"$OUT/qlora_${head}_t${t}_r${r}.out" 2>"$OUT/qlora_${head}_t${t}_r${r}.err"
     done
@@ -115,9 +119,15 @@ tied = not any(t.name == "output.weight" for t in meta.tensors)
 HS = C // NH
 QD, KVD = NH * HS, NKV * HS
 lin_params = NL * (C * QD + 2 * C * KVD + QD * C + 3 * C * F)
-blocksize, cbytes = 64, 4  # NF4 blocks of 64 with an fp32 absmax each; fp32 compute dtype
+import os
+requant = os.environ.get("REQUANT", "0") == "1"
+cbytes = 4  # fp32 compute dtype
+# NF4 blocks of 64 with an fp32 absmax each (REQUANT=1), or the Q4_1 blocks kept as stored:
+# 4-bit codes with an fp32 scale and an fp32 minimum per 32
+WNAME = "NF4" if requant else "Q4_1 as stored"
 qlora_bytes = {
-    "linear NF4 (4 bit + fp32 absmax/64)": lin_params // 2 + lin_params // blocksize * 4,
+    ("linear NF4 (4 bit + fp32 absmax/64)" if requant else "linear Q4_1 as stored (4 bit + fp32 scale and min /32)"):
+        lin_params // 2 + (lin_params // 64 * 4 if requant else lin_params // 32 * 8),
     "lm_head fp32 (tied embedding, whole; --dense-head)": V * C * cbytes,
     "lm_head Q8_0 kept 8-bit (int8 + fp32 scale per 32; the default)": V * C + V * C // 32 * 4,
     "embedding row + norms fp32": C * cbytes + (2 * NL + 1) * C * 4,
@@ -167,10 +177,10 @@ print(f"256 MiB buffers: " + "; ".join(
 print()
 print("Weight bytes read per decoded token:")
 for k, v in qlora_bytes.items():
-    print(f"- qlora NF4: {k}: {v / MB:.1f} MB")
+    print(f"- qlora {WNAME}: {k}: {v / MB:.1f} MB")
 for head in ("q8", "dense"):
     wm = qlora[(head, threads[0])]["weight_mib"]
-    print(f"- qlora NF4 total, head {head}: {qlora_bpt_of(head) / MB:.1f} MB (qlora generate reports {wm} MiB = "
+    print(f"- qlora {WNAME} total, head {head}: {qlora_bpt_of(head) / MB:.1f} MB (qlora generate reports {wm} MiB = "
           f"{wm * 1048576 / MB:.1f} MB of weights held)")
 for q in ("Q4_0", "Q4_1"):
     tt = llama[q]["tensor_types"]
@@ -194,11 +204,11 @@ for t in threads:
         r = lres(q, t)
         b = llama[q]["weight_bytes_per_token"]
         rows.append(("llama.cpp", q, t, r["prompt_tps"], r["decode_tps"], b))
-    rows.append(("qlora.cpp", "NF4 + Q8_0 lm_head (default)", t, qlora[("q8", t)]["prompt_tps"],
+    rows.append(("qlora.cpp", f"{WNAME} + Q8_0 lm_head (default)", t, qlora[("q8", t)]["prompt_tps"],
                  qlora[("q8", t)]["decode_tps"], qlora_bpt_of("q8")))
-    rows.append(("qlora.cpp", "NF4 + fp32 lm_head (--dense-head)", t, qlora[("dense", t)]["prompt_tps"],
+    rows.append(("qlora.cpp", f"{WNAME} + fp32 lm_head (--dense-head)", t, qlora[("dense", t)]["prompt_tps"],
                  qlora[("dense", t)]["decode_tps"], qlora_bpt_of("dense")))
-    rows.append(("qlora.cpp", "NF4 + Q8_0 lm_head, int8 activations (--int8-activations)", t,
+    rows.append(("qlora.cpp", f"{WNAME} + Q8_0 lm_head, int8 activations (--int8-activations)", t,
                  qlora[("i8", t)]["prompt_tps"], qlora[("i8", t)]["decode_tps"], qlora_bpt_of("i8")))
     for eng, w, tt, ptps, dtps, b in rows[-6:]:
         bound = bw[("Memcpy", tt)] * 1e9 / b

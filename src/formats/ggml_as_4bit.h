@@ -9,11 +9,11 @@
 //   Q4_K    code q,                scale d * sc_j, min -(dmin * m_j) per 32 (d*sc*q - dmin*m)
 //   IQ4_NL  code kvalues_iq4nl[q], scale d
 //   IQ4_XS  code kvalues_iq4nl[q], scale d * (ls_j - 32) per 32
+//   MXFP4   code E2M1 doubled,     scale 2^(e - 128)
 //
 // The scales are float32 per 32 values, except Q4_K's and IQ4_XS's, kept as ggml has them: a
-// 6-bit code per 32 and d per 256, in the double-quantized form (nested_code[sc] * d + 0,
-// exactly ggml's d * sc). Minimums are float32 per 32.
-//   MXFP4   code E2M1 doubled,     scale 2^(e - 128)
+// 6-bit code per 32 and d per 256, in the double-quantized form (nested_code[sc] * d + (-0.0),
+// exactly ggml's d * sc, a zero's sign included). Minimums are float32 per 32.
 //
 // Re-quantizing these to NF4 (what loading did before) rounds every weight a second time:
 // on SmolLM2's Q4_1 file that raised Tiny Shakespeare's loss 3.952 -> 4.197 (bench/RESULTS.md).

@@ -42,7 +42,8 @@ struct QuantState {
 
   // A GGUF's 4-bit blocks kept as stored (ggml_source != ""; its GGML type name, "Q4_K"):
   // `code` is the type's own code book (Q4_0's -8..7, IQ4_NL's table, Q4_1's 0..15, ...),
-  // blocksize its 32 values per scale, absmax (never nested) the scale of each block, and
+  // blocksize its 32 values per scale, the scale of each block in absmax (or, Q4_K / IQ4_XS, nested:
+  // the 6-bit code in absmax_q times d per 256 in nested_absmax, offset -0.0), and
   // for the types with a minimum per block (Q4_1, Q4_K) block_min the term added after the
   // product: value = code[q] * absmax[b] + block_min[b], multiplied and added separately as
   // ggml does (d * q + m), so every value is ggml's dequantization exactly. Not a

@@ -290,10 +290,12 @@ TEST_P(FamiliesBnb, EightBitCheckpointGivesBitsandbytesLogits) {
   // up to 0.033 (5.9e-3 of the largest; 1 trial in 20 already at 1e-7), llama's by 0.057
   // (9.1e-3). On a Zen 4 CPU starcoder2 and olmo3 differed from bitsandbytes by one such flip
   // (2.9e-3, 2.7e-3) and the rest by under 1e-6; on a Zen 3 CPU phi too (5.1e-3). Our int8
-  // products equal bitsandbytes' on the same input bit for bit (tests/quant); here the whole
-  // model is held to bitsandbytes' own spread, 1.2e-2 of the largest logit: a wrong block, scale
-  // or outlier rule moves them by O(1).
-  const double rel = 1.2e-2;
+  // products equal bitsandbytes' on the same input bit for bit (tests/quant). The fixtures seen to
+  // flip on some CPU are held to bitsandbytes' own spread, 1.2e-2 of the largest logit; the
+  // others (under 6e-7 on both CPUs) stay at kLogitRel, where a model-level wiring slip (a
+  // rounding or threshold rule) would show.
+  const std::string f = GetParam();
+  const double rel = f == "starcoder2" || f == "olmo3" || f == "phi" ? 1.2e-2 : kLogitRel;
   expect_logits(prompt_logits(m, prompt), x.logits->to_float(x.logits->at("bnb8_logits")), GetParam() + " bnb8", rel);
 }
 

@@ -42,8 +42,10 @@ struct Q4Data {
 };
 
 // with_min: a random signed minimum per block (a GGUF Q4_1 / Q4_K weight kept as stored).
+// nested_bs: the double-quantized absmax's blocks (bitsandbytes' 256; a GGUF's Q4_K / IQ4_XS
+// scale codes: 8, with offset -0.0).
 Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool nested, ComputeDType rt,
-                 std::mt19937& rng, bool with_min = false) {
+                 std::mt19937& rng, bool with_min = false, int nested_bs = 256) {
   Q4Data d;
   const int64_t n = rows * cols;
   const int64_t blocks = (n + blocksize - 1) / blocksize;
@@ -54,7 +56,7 @@ Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool ne
   if (nested) {
     d.absmax_q.resize(blocks);
     for (auto& b : d.absmax_q) b = static_cast<uint8_t>(byte(rng));
-    d.nested_absmax.resize((blocks + 255) / 256);
+    d.nested_absmax.resize((blocks + nested_bs - 1) / nested_bs);
     for (auto& a : d.nested_absmax) a = pos(rng);
     const auto& dyn = dynamic_map_8bit(true);
     d.nested_code.assign(dyn.begin(), dyn.end());
@@ -71,8 +73,8 @@ Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool ne
     d.m.absmax_q = d.absmax_q.data();
     d.m.nested_absmax = d.nested_absmax.data();
     d.m.nested_code = d.nested_code.data();
-    d.m.nested_blocksize = 256;
-    d.m.offset = 0.25f;
+    d.m.nested_blocksize = nested_bs;
+    d.m.offset = nested_bs == 256 ? 0.25f : -0.0f;
   } else {
     d.m.absmax = d.absmax.data();
   }
@@ -96,7 +98,8 @@ std::vector<float> random_vec(int64_t n, std::mt19937& rng) {
 struct Size {
   int64_t rows, cols;
 };
-const Size kSizes[] = {{1, 1}, {3, 7}, {5, 33}, {17, 64}, {13, 96}, {7, 100}, {9, 129}, {64, 576}, {33, 1000}, {2, 4097}};
+const Size kSizes[] = {{1, 1},     {3, 7},     {5, 33},     {17, 64},    {13, 96}, {7, 100},
+                       {9, 129},   {6, 256},   {64, 576},   {33, 1000},  {2, 4097}};
 
 }  // namespace
 
@@ -229,10 +232,13 @@ TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 128, 4096})
         for (int book = 0; book < 4; ++book)  // NF4, FP4, Q4_0's ramp, Q4_1's ramp
-          for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
+          // plain absmax, double-quantized, with minimums, and a GGUF Q4_K's form: 6-bit scale codes
+          // times a float per 8 blocks, with minimums
+          for (int variant = 0; variant < 4; ++variant)
             for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
               const QuantType t = book == 1 ? QuantType::FP4 : QuantType::NF4;
-              auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, rt, rng, variant == 2);
+              auto d = random_q4(s.rows, s.cols, bs, t, variant == 1 || variant == 3, rt, rng, variant >= 2,
+                                 variant == 3 ? 8 : 256);
               if (book >= 2) d.m.code = (book == 2 ? kRampQ4_0 : kRampQ4_1).data();
               const auto x = random_vec(s.cols, rng);
               std::vector<float> w(s.rows * s.cols);

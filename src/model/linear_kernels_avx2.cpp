@@ -225,6 +225,22 @@ const float* block_sums_x(const float* x, int64_t cols, int bs) {
   return buf.data();
 }
 
+// A row's part that does not depend on the codes: sum_b (base * amax[b] + min[b]) * xs[b] for
+// b < bpr (min null: none; base 0: the minimums alone), xs the row's block sums of x.
+float offset_part(float base, const float* amax, const float* min, const float* xs, int64_t bpr) {
+  const __m256 vb = _mm256_set1_ps(base);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= bpr; b += 8) {
+    __m256 off = _mm256_mul_ps(vb, _mm256_loadu_ps(amax + b));
+    if (min) off = _mm256_add_ps(off, _mm256_loadu_ps(min + b));
+    acc = _mm256_fmadd_ps(off, _mm256_loadu_ps(xs + b), acc);
+  }
+  float tail = 0.0f;
+  for (; b < bpr; ++b) tail += (base * amax[b] + (min ? min[b] : 0.0f)) * xs[b];
+  return hsum(acc) + tail;
+}
+
 // F32 rows of whole blocks (cols % blocksize == 0): each block's code values are summed
 // against x first and scaled once, sum_b absmax[b] * sum_{i in b} code[q_i] * x_i, and the
 // minimums' part is sum_b block_min[b] * (x's sum over b) from one table of block sums per
@@ -272,15 +288,7 @@ void gemv_q4_factored(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
       a3 = _mm256_fmadd_ps(t3, a, a3);
     }
     float sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    if (xs) {
-      const float* m = w.block_min + (s >> shift);
-      __m256 mv = _mm256_setzero_ps();
-      int64_t b = 0;
-      for (; b + 8 <= bpr; b += 8) mv = _mm256_fmadd_ps(_mm256_loadu_ps(m + b), _mm256_loadu_ps(xs + b), mv);
-      float tail = 0.0f;
-      for (; b < bpr; ++b) tail += m[b] * xs[b];
-      sum += hsum(mv) + tail;
-    }
+    if (xs) sum += offset_part(0.0f, ra, w.block_min + (s >> shift), xs, bpr);
     y[r] = sum;
   }
 }
@@ -323,8 +331,8 @@ void gemv_q4_ramp(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64
   const int shift = detail::log2_int(w.blocksize);
   const int64_t cpb = w.blocksize / 32, bpr = cols >> shift;
   const float base = w.code[0];
-  const bool offset_part = base != 0.0f || w.block_min;
-  const float* xs = offset_part ? block_sums_x(x, cols, w.blocksize) : nullptr;
+  const bool has_offset = base != 0.0f || w.block_min;
+  const float* xs = has_offset ? block_sums_x(x, cols, w.blocksize) : nullptr;
   const __m256i low4 = _mm256_set1_epi32(0x0F);
   const float* amax = nullptr;
   for (int64_t r = r0; r < r1; ++r) {
@@ -351,20 +359,7 @@ void gemv_q4_ramp(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64
       a1 = _mm256_fmadd_ps(t1, a, a1);
     }
     float sum = hsum(_mm256_add_ps(a0, a1));
-    if (xs) {
-      const float* m = w.block_min ? w.block_min + (s >> shift) : nullptr;
-      const __m256 vb = _mm256_set1_ps(base);
-      __m256 mv = _mm256_setzero_ps();
-      int64_t b = 0;
-      for (; b + 8 <= bpr; b += 8) {
-        __m256 off = _mm256_mul_ps(vb, _mm256_loadu_ps(ra + b));
-        if (m) off = _mm256_add_ps(off, _mm256_loadu_ps(m + b));
-        mv = _mm256_fmadd_ps(off, _mm256_loadu_ps(xs + b), mv);
-      }
-      float tail = 0.0f;
-      for (; b < bpr; ++b) tail += (base * ra[b] + (m ? m[b] : 0.0f)) * xs[b];
-      sum += hsum(mv) + tail;
-    }
+    if (xs) sum += offset_part(base, ra, w.block_min ? w.block_min + (s >> shift) : nullptr, xs, bpr);
     y[r] = sum;
   }
 }

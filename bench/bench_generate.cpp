@@ -167,6 +167,32 @@ void BM_GemvQ8I8(benchmark::State& st) {
 }
 BENCHMARK(BM_GemvQ8I8)->ArgsProduct({{1, 2}, {1536}, {576}, {1}})->ArgsProduct({{1, 2}, {49152}, {576}, {3}})->Unit(benchmark::kMicrosecond);
 
+// The float-activation 8-bit GEMV (a GGUF's Q8_0 head as decoding runs it by default), single-
+// threaded: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = copies cycled through (3 of SmolLM2's
+// head, 49152 x 576, stream from memory).
+void BM_GemvQ8(benchmark::State& st) {
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
+  const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(3);
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::vector<int8_t> w(rows * cols);
+  for (auto& v : w) v = static_cast<int8_t>(code(rng));
+  const std::vector<std::vector<int8_t>> ws(copies, w);
+  const auto scales = randn(rows * cols / 32, 6, 0.01f), x = randn(cols, 7);
+  std::vector<float> y(rows);
+  const auto& k = kernels::linear_kernels_for(lv);
+  int64_t c = 0;
+  for (auto _ : st) {
+    k.gemv_q8(ws[c].data(), scales.data(), cols, x.data(), y.data(), 0, rows);
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * (rows * cols + rows * cols / 32 * 4));
+  st.SetLabel(simd_level_name(lv));
+}
+BENCHMARK(BM_GemvQ8)->ArgsProduct({{1, 2}, {1536}, {576}, {1}})->ArgsProduct({{1, 2}, {49152}, {576}, {3}})->Unit(benchmark::kMicrosecond);
+
 // The fused GEMV beyond the fast shape, single-threaded, active SIMD level, 1536 rows,
 // double-quantized: arg0 = compute dtype the weights are rounded to (0 fp32, 1 bf16, 2 fp16),
 // arg1 = cols (576: whole 32-weight chunks per row; 580: rows start mid-chunk).

@@ -318,49 +318,98 @@ const float* permute_x_odd_even16(const float* x, int64_t cols) {
   return buf.data();
 }
 
+// R rows of gemv_q4_ramp side by side: sums[j] = sum_b d_b * sum_{i in b} code[q_i] * xp_i
+// (+ m_b * (x's sum over b) with kMin) for row j, its codes at p + j * row_bytes, scales at
+// ra + j * bpr, minimums at rm + j * bpr. The code book's base and the minimums ride on x's
+// block sum kept as a vector (xsv, shared by the rows): base * xsv joins the block's sum before
+// its scale, m_b * xsv is one FMA -- a separate pass over the minimums per row cost more in
+// calls, tails and horizontal sums than the products themselves on 576-wide rows. The rows
+// share x's loads, and their chains interleave: one row alone waits on its accumulator's FMA
+// latency every block (32 weights of Q4_1 feed one scale), which left Zen 3 at ~9 cycles per
+// block where its pipes need ~6.
+template <int R, bool kBase, bool kMin>
+inline void ramp_rows(const uint8_t* p, int64_t row_bytes, const float* ra, const float* rm, int64_t bpr,
+                      int64_t cpb, float base, const float* xp, float* sums) {
+  const __m256i low4 = _mm256_set1_epi32(0x0F);
+  const __m256 vbase = _mm256_set1_ps(base);
+  __m256 a[R];
+  for (int j = 0; j < R; ++j) a[j] = _mm256_setzero_ps();
+  const float* xc = xp;
+  for (int64_t b = 0; b < bpr; ++b) {
+    __m256 t[R];
+    for (int j = 0; j < R; ++j) t[j] = _mm256_setzero_ps();
+    __m256 xsv = _mm256_setzero_ps();
+    for (int64_t k = 0; k < cpb; ++k, p += 16, xc += 32) {
+      const __m256 x0 = _mm256_loadu_ps(xc), x1 = _mm256_loadu_ps(xc + 8);
+      const __m256 x2 = _mm256_loadu_ps(xc + 16), x3 = _mm256_loadu_ps(xc + 24);
+      if constexpr (kBase || kMin)
+        xsv = _mm256_add_ps(xsv, _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)));
+      for (int j = 0; j < R; ++j) {
+        const uint8_t* q = p + j * row_bytes;
+        detail::prefetch_l2(q + detail::kGemvPrefetchBytes);
+        const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));
+        const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8)));
+        t[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, low4)), x0, t[j]);
+        t[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), x1, t[j]);
+        t[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, low4)), x2, t[j]);
+        t[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), x3, t[j]);
+      }
+    }
+    for (int j = 0; j < R; ++j) {
+      if constexpr (kBase) t[j] = _mm256_fmadd_ps(vbase, xsv, t[j]);
+      a[j] = _mm256_fmadd_ps(t[j], _mm256_broadcast_ss(ra + j * bpr + b), a[j]);
+      if constexpr (kMin) a[j] = _mm256_fmadd_ps(xsv, _mm256_broadcast_ss(rm + j * bpr + b), a[j]);
+    }
+  }
+  for (int j = 0; j < R; ++j) sums[j] = hsum(a[j]);
+}
+
+// ramp_rows for n = R or 1 rows, with the base and minimum terms the weight has.
+template <int R>
+inline void ramp_rows_n(int n, const uint8_t* p, int64_t row_bytes, const float* ra, const float* rm, int64_t bpr,
+                        int64_t cpb, float base, const float* xp, float* sums) {
+  const bool has_base = base != 0.0f;
+  if (n == R) {
+    if (rm)
+      has_base ? ramp_rows<R, true, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
+               : ramp_rows<R, false, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
+    else
+      has_base ? ramp_rows<R, true, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
+               : ramp_rows<R, false, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
+  } else {
+    if (rm)
+      has_base ? ramp_rows<1, true, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
+               : ramp_rows<1, false, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
+    else
+      has_base ? ramp_rows<1, true, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
+               : ramp_rows<1, false, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
+  }
+}
+
 // gemv_q4_factored for an integer-ramp code book (is_integer_ramp): no table lookup at all.
 // Eight packed bytes widen to eight 32-bit lanes in one load (vpmovzxbd), whose low nibbles
 // (the odd elements) are an AND away and high nibbles (the even ones) a shift away, and
 // vcvtdq2ps makes them floats: per 32 weights 2 shuffles where the lookup took 12, which on
 // Zen 3 share two pipes with the multiplies. Each block's sum of q * x is scaled once, and the
-// code book's base joins the minimums' part: sum_b d_b * sum q x + (code[0] * d_b + m_b) * (x's
-// sum over b). F32 only, whole blocks per row (as gemv_q4_factored; rounding as it says).
+// code book's base and the minimums go through x's block sums: sum_b d_b * (sum q x + code[0]
+// * X_b) + m_b * X_b. Four rows at a time (ramp_rows). F32 only, whole blocks per row (as
+// gemv_q4_factored; rounding as it says).
 void gemv_q4_ramp(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  constexpr int kRows = 4;
+  static_assert(kRowsPerAbsmax % kRows == 0, "a group of rows shares one absmax table");
   const int64_t cols = w.cols;
   const float* xp = permute_x_odd_even16(x, cols);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t cpb = w.blocksize / 32, bpr = cols >> shift;
-  const float base = w.code[0];
-  const bool has_offset = base != 0.0f || w.block_min;
-  const float* xs = has_offset ? block_sums_x(x, cols, w.blocksize) : nullptr;
-  const __m256i low4 = _mm256_set1_epi32(0x0F);
   const float* amax = nullptr;
-  for (int64_t r = r0; r < r1; ++r) {
+  for (int64_t r = r0; r < r1;) {
     const int64_t s = r * cols;
     if ((r - r0) % kRowsPerAbsmax == 0)
       amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
-    const float* ra = amax + (s >> shift);
-    const uint8_t* p = w.packed + (s >> 1);
-    const float* xc = xp;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < bpr; ++b) {
-      __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
-      for (int64_t k = 0; k < cpb; ++k, p += 16, xc += 32) {
-        detail::prefetch_l2(p + detail::kGemvPrefetchBytes);
-        const __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-        const __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)));
-        t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, low4)), _mm256_loadu_ps(xc), t0);
-        t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), _mm256_loadu_ps(xc + 8), t1);
-        t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, low4)), _mm256_loadu_ps(xc + 16), t0);
-        t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), _mm256_loadu_ps(xc + 24), t1);
-      }
-      const __m256 a = _mm256_broadcast_ss(ra + b);
-      a0 = _mm256_fmadd_ps(t0, a, a0);
-      a1 = _mm256_fmadd_ps(t1, a, a1);
-    }
-    float sum = hsum(_mm256_add_ps(a0, a1));
-    if (xs) sum += offset_part(base, ra, w.block_min ? w.block_min + (s >> shift) : nullptr, xs, bpr);
-    y[r] = sum;
+    const int n = r + kRows <= r1 ? kRows : 1;
+    ramp_rows_n<kRows>(n, w.packed + (s >> 1), cols / 2, amax + (s >> shift),
+                       w.block_min ? w.block_min + (s >> shift) : nullptr, bpr, cpb, w.code[0], xp, y + r);
+    r += n;
   }
 }
 

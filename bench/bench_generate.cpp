@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/cpu_features.h"
+#include "base/float_formats.h"
 #include "formats/model_loader.h"
 #include "model/linear_kernels.h"
 #include "model/model.h"
@@ -43,30 +44,27 @@ struct Q4 {
 // variant 0: NF4 blocks of 64, float32 absmax; 1: the same double-quantized (QLoRA's
 // weights); 2: a GGUF's Q4_1 kept as stored (formats/ggml_as_4bit.h; the default model's
 // linears): blocks of 32, the code book 0..15, a float32 scale and minimum each; 3: a GGUF's
-// IQ4_NL kept as stored: blocks of 32, a table code book (NF4's here), a float32 scale each.
+// IQ4_NL kept as stored: blocks of 32, a table code book (NF4's here), a float32 scale each;
+// 4: variant 2 with its scales and minimums in fp16, as a GGUF's Q4_1 is now kept (the default
+// model's linears since session 31).
 std::unique_ptr<Q4> make_q4(int64_t rows, int64_t cols, int variant) {
   auto w = randn(rows * cols, 1, 0.02f);
   auto r = std::make_unique<Q4>();
   const bool dq = variant == 1;
   r->q = quantize_tensor_4bit(w.data(), {rows, cols}, QuantType::NF4, variant >= 2 ? 32 : 64, dq, ComputeDType::F32);
-  if (variant == 2) {
+  if (variant == 2 || variant == 4) {
     const auto mins = randn(static_cast<size_t>(rows * cols / 32), 3, 0.01f);
     r->q.state.block_min.assign(mins.begin(), mins.end());
     for (int i = 0; i < 16; ++i) r->q.state.code[static_cast<size_t>(i)] = static_cast<float>(i);
   }
-  QuantLinear lin(r->q, ComputeDType::F32);
-  r->m = lin.q4_view();
-  // Point the view at our copy (lin dies here).
-  r->m.packed = r->q.packed.data();
-  r->m.code = r->q.state.code.data();
-  if (dq) {
-    r->m.absmax_q = r->q.state.absmax_q.data();
-    r->m.nested_absmax = r->q.state.nested_absmax.data();
-    r->m.nested_code = r->q.state.nested_code.data();
-  } else {
-    r->m.absmax = r->q.state.absmax.data();
+  if (variant == 4) {
+    QuantState& s = r->q.state;
+    for (float a : s.absmax) s.absmax_f16.push_back(f32_to_fp16(a));
+    for (float m : s.block_min) s.block_min_f16.push_back(f32_to_fp16(m));
+    s.absmax.clear();
+    s.block_min.clear();
   }
-  r->m.block_min = r->q.state.block_min.empty() ? nullptr : r->q.state.block_min.data();
+  r->m = q4_matrix_view(r->q, rows, cols, ComputeDType::F32);
   return r;
 }
 
@@ -81,31 +79,31 @@ bool level_arg(benchmark::State& st, SimdLevel& lv) {
 }
 
 // Single-threaded fused GEMV: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = make_q4's variant,
-// arg4 = copies of the packed weights cycled through (200 copies of 1536 x 576 stream from
-// memory as decoding does; 1 stays in L2). Bytes are the packed codes only.
+// arg4 = copies of the weights (codes and constants) cycled through (200 copies of 1536 x 576
+// stream from memory as decoding does; 1 stays in L2/L3). Bytes are the packed codes only.
 void BM_GemvQ4(benchmark::State& st) {
   SimdLevel lv;
   if (!level_arg(st, lv)) return;
   const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(4);
   auto q = make_q4(rows, cols, static_cast<int>(st.range(3)));
-  std::vector<std::vector<uint8_t>> packed(copies, q->q.packed);
+  const std::vector<Quantized4bit> qs(copies, q->q);
+  std::vector<kernels::Q4Matrix> views;
+  for (const Quantized4bit& one : qs) views.push_back(q4_matrix_view(one, rows, cols, ComputeDType::F32));
   auto x = randn(cols, 2);
   std::vector<float> y(rows);
   const auto& k = kernels::linear_kernels_for(lv);
   int64_t c = 0;
   for (auto _ : st) {
-    kernels::Q4Matrix m = q->m;
-    m.packed = packed[c].data();
+    k.gemv_q4(views[c], x.data(), y.data(), 0, rows);
     c = (c + 1) % copies;
-    k.gemv_q4(m, x.data(), y.data(), 0, rows);
     benchmark::DoNotOptimize(y.data());
   }
   st.SetBytesProcessed(st.iterations() * rows * cols / 2);
   st.SetLabel(simd_level_name(lv));
 }
 BENCHMARK(BM_GemvQ4)
-    ->ArgsProduct({{0, 1, 2}, {1536}, {576}, {0, 1, 2, 3}, {1}})
-    ->ArgsProduct({{1, 2}, {1536}, {576}, {1, 2, 3}, {200}})
+    ->ArgsProduct({{0, 1, 2}, {1536}, {576}, {0, 1, 2, 3, 4}, {1}})
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1, 2, 3, 4}, {200}})
     ->ArgsProduct({{1, 2}, {4096}, {4096}, {0}, {1}})
     ->Unit(benchmark::kMicrosecond);
 
@@ -138,7 +136,7 @@ void BM_GemvQ4I8(benchmark::State& st) {
 }
 BENCHMARK(BM_GemvQ4I8)
     ->ArgsProduct({{1, 2}, {1536}, {576}, {0, 1}, {1}})
-    ->ArgsProduct({{1, 2}, {1536}, {576}, {1, 2}, {200}})
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1, 2, 4}, {200}})
     ->ArgsProduct({{1, 2}, {4096}, {4096}, {1}, {12}})
     ->Unit(benchmark::kMicrosecond);
 

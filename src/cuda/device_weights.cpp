@@ -16,7 +16,7 @@ DeviceQ4 upload_q4(const Quantized4bit& q_in, int64_t rows, int64_t cols, Comput
   // kernels do not take yet: those go to the GPU as NF4 of their values (blocks of 64), said
   // once. (Code books alone -- Q4_0, IQ4_NL, IQ4_XS, MXFP4 -- run as stored.)
   std::optional<Quantized4bit> requantized;
-  if (!q_in.state.block_min.empty()) {
+  if (q_in.state.has_min()) {
     static std::once_flag said;
     std::call_once(said, [&] {
       std::fprintf(stderr, "note: the CUDA backend runs this GGUF's %s weights re-quantized to NF4 (their per-block "
@@ -36,7 +36,7 @@ DeviceQ4 upload_q4(const Quantized4bit& q_in, int64_t rows, int64_t cols, Comput
     d.nested_absmax = DeviceBuffer<float>(st.nested_absmax);
     d.nested_code = DeviceBuffer<float>(std::vector<float>(st.nested_code.begin(), st.nested_code.end()));
   } else {
-    d.absmax = DeviceBuffer<float>(st.absmax);
+    d.absmax = DeviceBuffer<float>(st.block_absmax());  // (a GGUF's fp16 scales widened here)
   }
   Q4Device& v = d.view;
   v.packed = d.packed.data();

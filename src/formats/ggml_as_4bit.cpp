@@ -37,19 +37,24 @@ void split_nibbles_to_bnb(const uint8_t* qs, uint8_t* out) {
 // groups' scales into `scale` and minimums into `min` (null for types without).
 using BlockFn = void (*)(const uint8_t* blk, uint8_t* packed, float* scale, float* min);
 
-void q4_0_block(const uint8_t* b, uint8_t* packed, float* scale, float*) {
-  scale[0] = fp16_to_f32(read_u16(b));
+// The types whose block of 32 has an fp16 scale (and Q4_1 an fp16 minimum) keep those 16 bits
+// as stored (QuantState::absmax_f16 / block_min_f16, widened exactly where used): 4.5 and 5
+// bits per value as in the file, where float32 made them 5 and 6.
+using HalfBlockFn = void (*)(const uint8_t* blk, uint8_t* packed, uint16_t* scale, uint16_t* min);
+
+void q4_0_block(const uint8_t* b, uint8_t* packed, uint16_t* scale, uint16_t*) {
+  scale[0] = read_u16(b);
   split_nibbles_to_bnb(b + 2, packed);
 }
 
-void q4_1_block(const uint8_t* b, uint8_t* packed, float* scale, float* min) {
-  scale[0] = fp16_to_f32(read_u16(b));
-  min[0] = fp16_to_f32(read_u16(b + 2));
+void q4_1_block(const uint8_t* b, uint8_t* packed, uint16_t* scale, uint16_t* min) {
+  scale[0] = read_u16(b);
+  min[0] = read_u16(b + 2);
   split_nibbles_to_bnb(b + 4, packed);
 }
 
-void iq4_nl_block(const uint8_t* b, uint8_t* packed, float* scale, float*) {
-  scale[0] = fp16_to_f32(read_u16(b));
+void iq4_nl_block(const uint8_t* b, uint8_t* packed, uint16_t* scale, uint16_t*) {
+  scale[0] = read_u16(b);
   split_nibbles_to_bnb(b + 2, packed);
 }
 
@@ -64,24 +69,22 @@ void mxfp4_block(const uint8_t* b, uint8_t* packed, float* scale, float*) {
 // nested_code, offset -0.0 -- nested_code[q] * d + (-0.0) is ggml's d * sc exactly (the same
 // float32 product; adding -0.0 changes no value, not even a zero's sign, where +0.0 would
 // turn ggml's -0 * x into +0). 1 + 4/8 bytes per 32 values instead of 4.
-using NestedBlockFn = void (*)(const uint8_t* blk, uint8_t* packed, uint8_t* scale_q, float* d, float* min);
+// min_q / dmin: Q4_K's minimums in the same form (QuantState::block_min_q / block_min_d), null
+// for IQ4_XS.
+using NestedBlockFn = void (*)(const uint8_t* blk, uint8_t* packed, uint8_t* scale_q, float* d, uint8_t* min_q,
+                               float* dmin);
 
 // Q4_K: 256 values; per 64, 32 bytes whose low nibbles are the first 32 values and high
 // nibbles the next 32, each 32 with its 6-bit scale and minimum.
-void q4_k_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_out, float* min) {
+void q4_k_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_out, uint8_t* min_q, float* dmin_out) {
   const auto blk = [&] {
     BlockQ4_K x;
     std::memcpy(&x, b, sizeof x);
     return x;
   }();
-  const float dmin = fp16_to_f32(blk.dmin);
+  dmin_out[0] = fp16_to_f32(blk.dmin);  // (each minimum -(dmin * m): d1*q + (-m1) is ggml's d1*q - m1 exactly)
   d_out[0] = fp16_to_f32(blk.d);
-  for (int j = 0; j < 8; ++j) {
-    uint8_t sc, m;
-    q4_k_scale_min(j, blk.scales, &sc, &m);
-    scale_q[j] = sc;
-    min[j] = -(dmin * static_cast<float>(m));  // d1*q + (-m1) is ggml's d1*q - m1 exactly
-  }
+  for (int j = 0; j < 8; ++j) q4_k_scale_min(j, blk.scales, &scale_q[j], &min_q[j]);
   for (int g = 0; g < 4; ++g) {
     const uint8_t* q = blk.qs + 32 * g;
     uint8_t lo[kBlock], hi[kBlock];
@@ -97,7 +100,7 @@ void q4_k_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_ou
 }
 
 // IQ4_XS: 256 values in 8 groups of 32, each with a 6-bit scale (ls - 32) times d.
-void iq4_xs_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_out, float*) {
+void iq4_xs_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_out, uint8_t*, float*) {
   BlockIQ4_XS x;
   std::memcpy(&x, b, sizeof x);
   d_out[0] = fp16_to_f32(x.d);
@@ -110,7 +113,8 @@ void iq4_xs_block(const uint8_t* b, uint8_t* packed, uint8_t* scale_q, float* d_
 
 struct Kind {
   BlockFn fn = nullptr;          // scales as floats, or
-  NestedBlockFn nested = nullptr;  // 6-bit scale codes times one d per 256
+  NestedBlockFn nested = nullptr;  // 6-bit scale codes times one d per 256, or
+  HalfBlockFn half = nullptr;    // fp16 scales (and minimums) as stored
   int code_bias = 0;             // nested: the scale code q means q + code_bias (IQ4_XS: -32)
   bool has_min = false;
   std::array<float, 16> code{};
@@ -129,12 +133,12 @@ std::optional<Kind> kind_of(GgmlType t) {
     centered[static_cast<size_t>(i)] = static_cast<float>(i - 8);
   }
   switch (t) {
-    case GgmlType::Q4_0: return Kind{q4_0_block, nullptr, 0, false, centered};
-    case GgmlType::Q4_1: return Kind{q4_1_block, nullptr, 0, true, ramp};
-    case GgmlType::Q4_K: return Kind{nullptr, q4_k_block, 0, true, ramp};
-    case GgmlType::IQ4_NL: return Kind{iq4_nl_block, nullptr, 0, false, code_from(kIQ4NLValues)};
-    case GgmlType::IQ4_XS: return Kind{nullptr, iq4_xs_block, -32, false, code_from(kIQ4NLValues)};
-    case GgmlType::MXFP4: return Kind{mxfp4_block, nullptr, 0, false, code_from(kE2M1Doubled)};
+    case GgmlType::Q4_0: return Kind{nullptr, nullptr, q4_0_block, 0, false, centered};
+    case GgmlType::Q4_1: return Kind{nullptr, nullptr, q4_1_block, 0, true, ramp};
+    case GgmlType::Q4_K: return Kind{nullptr, q4_k_block, nullptr, 0, true, ramp};
+    case GgmlType::IQ4_NL: return Kind{nullptr, nullptr, iq4_nl_block, 0, false, code_from(kIQ4NLValues)};
+    case GgmlType::IQ4_XS: return Kind{nullptr, iq4_xs_block, nullptr, -32, false, code_from(kIQ4NLValues)};
+    case GgmlType::MXFP4: return Kind{mxfp4_block, nullptr, nullptr, 0, false, code_from(kE2M1Doubled)};
     default: return std::nullopt;
   }
 }
@@ -166,8 +170,16 @@ std::optional<Quantized4bit> ggml_blocks_as_4bit(GgmlType t, std::span<const uin
   s.dtype = dtype;
   s.shape = {rows, cols};
   s.code = k->code;
-  if (k->has_min) s.block_min.resize(static_cast<size_t>(n / kBlock));
-  if (k->nested) {
+  if (k->has_min && k->half) s.block_min_f16.resize(static_cast<size_t>(n / kBlock));
+  if (k->has_min && k->nested) {
+    s.block_min_q.resize(static_cast<size_t>(n / kBlock));
+    s.block_min_d.resize(static_cast<size_t>(stored_blocks));
+    s.block_min_group = static_cast<int>(groups_per);
+  }
+  if (k->has_min && !k->half && !k->nested) s.block_min.resize(static_cast<size_t>(n / kBlock));
+  if (k->half) {
+    s.absmax_f16.resize(static_cast<size_t>(n / kBlock));
+  } else if (k->nested) {
     s.nested = true;
     s.nested_blocksize = static_cast<int>(groups_per);  // one d per stored block
     s.offset = -0.0f;
@@ -182,11 +194,17 @@ std::optional<Quantized4bit> ggml_blocks_as_4bit(GgmlType t, std::span<const uin
     for (int64_t b = b0; b < b1; ++b) {
       const uint8_t* blk = data.data() + b * tr.type_size;
       uint8_t* packed = q.packed.data() + b * tr.block_size / 2;
-      float* min = k->has_min ? s.block_min.data() + b * groups_per : nullptr;
+      if (k->half) {
+        k->half(blk, packed, s.absmax_f16.data() + b * groups_per,
+                k->has_min ? s.block_min_f16.data() + b * groups_per : nullptr);
+        continue;
+      }
       if (k->nested)
-        k->nested(blk, packed, s.absmax_q.data() + b * groups_per, s.nested_absmax.data() + b, min);
+        k->nested(blk, packed, s.absmax_q.data() + b * groups_per, s.nested_absmax.data() + b,
+                  k->has_min ? s.block_min_q.data() + b * groups_per : nullptr,
+                  k->has_min ? s.block_min_d.data() + b : nullptr);
       else
-        k->fn(blk, packed, s.absmax.data() + b * groups_per, min);
+        k->fn(blk, packed, s.absmax.data() + b * groups_per, k->has_min ? s.block_min.data() + b * groups_per : nullptr);
     }
   });
   return q;
@@ -195,9 +213,9 @@ std::optional<Quantized4bit> ggml_blocks_as_4bit(GgmlType t, std::span<const uin
 int64_t ggml_kept_constant_bytes(GgmlType t, int64_t n) {
   const std::optional<Kind> k = kind_of(t);
   if (!k) return 0;
-  const int64_t groups = n / kBlock, mins = k->has_min ? groups * 4 : 0;
-  if (k->nested) return groups + n / ggml_traits(t).block_size * 4 + 4 /* offset */ + mins;
-  return groups * 4 + mins;
+  const int64_t groups = n / kBlock, stored = n / ggml_traits(t).block_size, bytes = k->half ? 2 : 4;
+  if (k->nested) return groups + stored * 4 + 4 /* offset */ + (k->has_min ? groups + stored * 4 : 0);
+  return groups * bytes + (k->has_min ? groups * bytes : 0);
 }
 
 Quantized4bit permute_4bit_rows(const Quantized4bit& q, std::span<const int64_t> src_row) {
@@ -218,11 +236,21 @@ Quantized4bit permute_4bit_rows(const Quantized4bit& q, std::span<const int64_t>
       std::memcpy(out.state.absmax_q.data() + r * bpr, s.absmax_q.data() + from * bpr, static_cast<size_t>(bpr));
       std::memcpy(out.state.nested_absmax.data() + r * npr, s.nested_absmax.data() + from * npr,
                   static_cast<size_t>(npr) * 4);
+    } else if (!s.absmax_f16.empty()) {
+      std::memcpy(out.state.absmax_f16.data() + r * bpr, s.absmax_f16.data() + from * bpr, static_cast<size_t>(bpr) * 2);
     } else {
       std::memcpy(out.state.absmax.data() + r * bpr, s.absmax.data() + from * bpr, static_cast<size_t>(bpr) * 4);
     }
     if (!s.block_min.empty())
       std::memcpy(out.state.block_min.data() + r * bpr, s.block_min.data() + from * bpr, static_cast<size_t>(bpr) * 4);
+    if (!s.block_min_f16.empty())
+      std::memcpy(out.state.block_min_f16.data() + r * bpr, s.block_min_f16.data() + from * bpr,
+                  static_cast<size_t>(bpr) * 2);
+    if (!s.block_min_q.empty()) {  // (whole groups per row: checked with the nested scales above)
+      const int64_t gpr = bpr / s.block_min_group;
+      std::memcpy(out.state.block_min_q.data() + r * bpr, s.block_min_q.data() + from * bpr, static_cast<size_t>(bpr));
+      std::memcpy(out.state.block_min_d.data() + r * gpr, s.block_min_d.data() + from * gpr, static_cast<size_t>(gpr) * 4);
+    }
   }
   return out;
 }

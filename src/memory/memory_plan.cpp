@@ -353,8 +353,9 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
           : (o.double_quant ? "double-quantized absmax: 1 byte per " + std::to_string(o.blocksize) +
                                   " + fp32 per 256 blocks"
                             : "fp32 absmax per block of " + std::to_string(o.blocksize)) +
-                (o.gguf_kept_values > 0 ? "; GGUF 4-bit linears as stored: a scale per 32 (fp32, or Q4_K / IQ4_XS's 6-bit code + fp32 per 256), "
-                                               "and fp32 minimum per 32 for Q4_1 / Q4_K" : ""));
+                (o.gguf_kept_values > 0 ? "; GGUF 4-bit linears as stored: a scale per 32 (fp16 for Q4_0 / Q4_1 / IQ4_NL, "
+                                               "fp32 for MXFP4, Q4_K / IQ4_XS's 6-bit code + fp32 per 256), and a minimum "
+                                               "per 32 (fp16 for Q4_1, fp32 for Q4_K)" : ""));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
   const bool cpu = o.engine == MemoryEngine::Qlora;
   add(p, "embeddings (" + std::string(cpu && o.embed_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.embed,

@@ -38,9 +38,11 @@ struct Q4Matrix {
   int64_t rows = 0, cols = 0;
   int blocksize = 64;               // 32..4096, power of two
   const float* code = nullptr;      // 16 code values
-  // Absmax per block: float32 (absmax != nullptr), or double-quantized:
+  // Absmax per block: float32 (absmax != nullptr), fp16 (absmax_f16 != nullptr: a GGUF's
+  // Q4_0 / Q4_1 / IQ4_NL scale as stored, widened exactly), or double-quantized:
   // nested_code[absmax_q[b]] * nested_absmax[b / nested_blocksize] + offset.
   const float* absmax = nullptr;
+  const uint16_t* absmax_f16 = nullptr;
   const uint8_t* absmax_q = nullptr;
   const float* nested_absmax = nullptr;
   const float* nested_code = nullptr;  // 256 values
@@ -50,10 +52,26 @@ struct Q4Matrix {
   // (weight = code * absmax + block_min, the two rounded apart as ggml's d * q + m); null for
   // every other weight. (The int8-activation kernels add its term per 32-value chunk:
   // detail::add_block_min_i8.)
+  // Kernels read it through has_min() / block_min_value() or a table of a range's minimums
+  // (block_min_f16 in its place: Q4_1's fp16 minimum as stored).
   const float* block_min = nullptr;
+  const uint16_t* block_min_f16 = nullptr;
+  // Or Q4_K's form: -(block_min_d[b / block_min_group] * block_min_q[b]) (QuantState's).
+  const uint8_t* block_min_q = nullptr;
+  const float* block_min_d = nullptr;
+  int block_min_group = 8;
   ComputeDType round_to = ComputeDType::F32;
 
-  float block_absmax(int64_t b) const { return absmax ? absmax[b] : nested_block_absmax(b); }
+  float block_absmax(int64_t b) const {
+    return absmax ? absmax[b] : absmax_f16 ? fp16_to_f32(absmax_f16[b]) : nested_block_absmax(b);
+  }
+  bool has_min() const { return block_min || block_min_f16 || block_min_q; }
+  // REQUIRES has_min().
+  float block_min_value(int64_t b) const {
+    if (block_min) return block_min[b];
+    if (block_min_f16) return fp16_to_f32(block_min_f16[b]);
+    return -(block_min_d[b / block_min_group] * static_cast<float>(block_min_q[b]));
+  }
   // code * scale + offset rounded twice, as bitsandbytes (never a fused multiply-add, so
   // it lives out of line in a file compiled without FMA).
   float nested_block_absmax(int64_t b) const;

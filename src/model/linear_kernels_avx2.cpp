@@ -118,9 +118,6 @@ inline __m256 scaled(__m256 code, __m256 absmax, const float* bmin) {
   if (bmin) v = _mm256_add_ps(v, _mm256_broadcast_ss(bmin));
   return round_vec(v, RT);
 }
-inline const float* block_min_at(const Q4Matrix& w, int64_t i, int shift) {
-  return w.block_min ? w.block_min + (i >> shift) : nullptr;
-}
 
 // x permuted chunk by chunk into the permuted order (kernel-internal, grows to cols).
 // plane_element keeps every group of 8 elements in place and puts its odd elements before its
@@ -142,12 +139,28 @@ const float* permute_x(const float* x, int64_t cols) {
 // nested_absmax[b / nested_blocksize] + offset, multiplied and added separately as in
 // nested_block_absmax: this file is built with -ffp-contract=off) is computed 8 blocks at a
 // time with a gather into a kernel-internal buffer that grows to the block count.
+// fp16 values (a GGUF's scales or minimums as stored) widened exactly, 8 at a time (F16C).
+// The next n values are prefetched: the GEMVs widen a group of rows' scales at once and then
+// the group after it, and a burst of misses at each group's start cost decoding more than the
+// bytes saved (streamed 1536 x 576 Q4_1: 69 -> 78 us without the prefetch).
+void widen_f16(const uint16_t* h, int64_t n, float* out) {
+  for (int64_t k = n; k < 2 * n; k += 32) detail::prefetch_l2(h + k);
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + k))));
+  for (; k < n; ++k) out[k] = _cvtsh_ss(h[k]);
+}
+
 const float* absmax_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift) {
   const int64_t b0 = s >> shift, n = e > s ? ((e - 1) >> shift) - b0 + 1 : 0;
   if (w.absmax) return w.absmax + b0;
   thread_local std::vector<float> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
   float* out = buf.data();
+  if (w.absmax_f16) {
+    widen_f16(w.absmax_f16 + b0, n, out);
+    return out;
+  }
   const __m256 offset = _mm256_set1_ps(w.offset);
   for (int64_t k = 0; k < n;) {
     const int64_t b = b0 + k, nb = b / w.nested_blocksize;
@@ -167,12 +180,61 @@ const float* absmax_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift)
   return out;
 }
 
-// q4_weight with the block's absmax from an absmax_of_range table (the same value) and the
-// rounding inlined (rows that start or end mid-chunk take this for up to 62 weights a row).
+// The minimums of the blocks of flat range [s, e) as absmax_of_range gives the absmax (the
+// matrix's own float32 array, or fp16 widened into a kernel-internal buffer); null when the
+// weight has none.
+const float* mins_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift) {
+  if (w.block_min) return w.block_min + (s >> shift);
+  if (!w.block_min_f16 && !w.block_min_q) return nullptr;
+  const int64_t b0 = s >> shift, n = e > s ? ((e - 1) >> shift) - b0 + 1 : 0;
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  float* out = buf.data();
+  if (w.block_min_f16) {
+    widen_f16(w.block_min_f16 + b0, n, out);
+    return out;
+  }
+  // Q4_K's: -(dmin * m), the product rounded and then negated (a sign flip: exact).
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t k = 0; k < n;) {
+    const int64_t b = b0 + k, g = b / w.block_min_group;
+    const int64_t seg_end = std::min(n, (g + 1) * w.block_min_group - b0);  // same dmin
+    const float d = w.block_min_d[g];
+    const __m256 vd = _mm256_set1_ps(d);
+    for (; k + 8 <= seg_end; k += 8) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.block_min_q + b0 + k));
+      const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+      _mm256_storeu_ps(out + k, _mm256_xor_ps(_mm256_mul_ps(vd, m), sign));
+    }
+    for (; k < seg_end; ++k) out[k] = -(d * static_cast<float>(w.block_min_q[b0 + k]));
+  }
+  return out;
+}
+
+// A range's absmax and minimums, both indexed by the absolute block (s >> shift onward; mins
+// null for a weight without minimums).
+struct RangeScales {
+  const float* amax = nullptr;
+  const float* mins = nullptr;
+};
+inline RangeScales scales_of_range(const Q4Matrix& w, int64_t s, int64_t e, int shift) {
+  RangeScales r;
+  r.amax = absmax_of_range(w, s, e, shift) - (s >> shift);
+  if (const float* m = mins_of_range(w, s, e, shift)) r.mins = m - (s >> shift);
+  return r;
+}
+// The chunk at flat index i's block minimum (for scaled), null without minimums.
+inline const float* block_min_at(const RangeScales& sc, int64_t i, int shift) {
+  return sc.mins ? sc.mins + (i >> shift) : nullptr;
+}
+
+// q4_weight with the block's absmax and minimum from scales_of_range's tables (the same
+// values) and the rounding inlined (rows that start or end mid-chunk take this for up to 62
+// weights a row).
 template <ComputeDType RT>
-inline float weight_at(const Q4Matrix& w, const float* amax, int shift, int64_t i) {
-  float v = w.code[detail::nibble_at(w.packed, i)] * amax[i >> shift];
-  if (w.block_min) v = v + w.block_min[i >> shift];
+inline float weight_at(const Q4Matrix& w, const RangeScales& sc, int shift, int64_t i) {
+  float v = w.code[detail::nibble_at(w.packed, i)] * sc.amax[i >> shift];
+  if (sc.mins) v = v + sc.mins[i >> shift];
   if constexpr (RT == ComputeDType::F32) return v;
   return _mm256_cvtss_f32(round_vec(_mm256_set1_ps(v), RT));
 }
@@ -188,19 +250,19 @@ void gemv_q4_permuted(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
   const int64_t cols = w.cols;
   const float* xp = permute_x(x, cols);
   const int shift = detail::log2_int(w.blocksize);
-  const float* amax = nullptr;
+  RangeScales sc;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols, e = s + cols;
     if ((r - r0) % kRowsPerAbsmax == 0) {
       const int64_t g1 = std::min(r1, r + kRowsPerAbsmax);
-      amax = absmax_of_range(w, s, g1 * cols, shift) - (s >> shift);
+      sc = scales_of_range(w, s, g1 * cols, shift);
     }
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (int64_t i = s; i < e; i += 32) {
       __m256 v[4];
       lookup_planes(cp, nibbles_permuted(w.packed + (i >> 1)), v);
-      const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
-      const float* m = block_min_at(w, i, shift);
+      const __m256 a = _mm256_broadcast_ss(sc.amax + (i >> shift));
+      const float* m = block_min_at(sc, i, shift);
       const float* xc = xp + (i - s);
       a0 = _mm256_fmadd_ps(scaled<RT>(v[0], a, m), _mm256_loadu_ps(xc), a0);
       a1 = _mm256_fmadd_ps(scaled<RT>(v[1], a, m), _mm256_loadu_ps(xc + 8), a1);
@@ -256,13 +318,12 @@ void gemv_q4_factored(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
   const float* xp = permute_x(x, cols);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t cpb = w.blocksize / 32, bpr = cols >> shift;
-  const float* xs = w.block_min ? block_sums_x(x, cols, w.blocksize) : nullptr;
-  const float* amax = nullptr;
+  const float* xs = w.has_min() ? block_sums_x(x, cols, w.blocksize) : nullptr;
+  RangeScales sc;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols;
-    if ((r - r0) % kRowsPerAbsmax == 0)
-      amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
-    const float* ra = amax + (s >> shift);
+    if ((r - r0) % kRowsPerAbsmax == 0) sc = scales_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift);
+    const float* ra = sc.amax + (s >> shift);
     const uint8_t* p = w.packed + (s >> 1);
     const float* xc = xp;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
@@ -288,7 +349,7 @@ void gemv_q4_factored(const Q4Matrix& w, const float* x, float* y, int64_t r0, i
       a3 = _mm256_fmadd_ps(t3, a, a3);
     }
     float sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    if (xs) sum += offset_part(0.0f, ra, w.block_min + (s >> shift), xs, bpr);
+    if (xs) sum += offset_part(0.0f, ra, sc.mins + (s >> shift), xs, bpr);
     y[r] = sum;
   }
 }
@@ -401,14 +462,13 @@ void gemv_q4_ramp(const Q4Matrix& w, const float* x, float* y, int64_t r0, int64
   const float* xp = permute_x_odd_even16(x, cols);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t cpb = w.blocksize / 32, bpr = cols >> shift;
-  const float* amax = nullptr;
+  RangeScales sc;
   for (int64_t r = r0; r < r1;) {
     const int64_t s = r * cols;
-    if ((r - r0) % kRowsPerAbsmax == 0)
-      amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
+    if ((r - r0) % kRowsPerAbsmax == 0) sc = scales_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift);
     const int n = r + kRows <= r1 ? kRows : 1;
-    ramp_rows_n<kRows>(n, w.packed + (s >> 1), cols / 2, amax + (s >> shift),
-                       w.block_min ? w.block_min + (s >> shift) : nullptr, bpr, cpb, w.code[0], xp, y + r);
+    ramp_rows_n<kRows>(n, w.packed + (s >> 1), cols / 2, sc.amax + (s >> shift),
+                       sc.mins ? sc.mins + (s >> shift) : nullptr, bpr, cpb, w.code[0], xp, y + r);
     r += n;
   }
 }
@@ -420,16 +480,15 @@ void gemv_q4_natural(const Q4Matrix& w, const float* x, float* y, int64_t ldy, i
   const CodePlanes cp = code_planes(w.code);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t cols = w.cols;
-  const float* amax = nullptr;
+  RangeScales sc;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols, e = s + cols;
-    if ((r - r0) % kRowsPerAbsmax == 0)
-      amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
+    if ((r - r0) % kRowsPerAbsmax == 0) sc = scales_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift);
     float sacc[T] = {};
     int64_t i = s;
     const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
     for (; i < head_end; ++i) {
-      const float wv = weight_at<RT>(w, amax, shift, i);
+      const float wv = weight_at<RT>(w, sc, shift, i);
       for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
     }
     __m256 acc[T];
@@ -437,8 +496,8 @@ void gemv_q4_natural(const Q4Matrix& w, const float* x, float* y, int64_t ldy, i
     for (; i + 32 <= e; i += 32) {
       __m256 v[4];
       lookup_planes(cp, nibbles_natural(w.packed + (i >> 1)), v);
-      const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
-      const float* m = block_min_at(w, i, shift);
+      const __m256 a = _mm256_broadcast_ss(sc.amax + (i >> shift));
+      const float* m = block_min_at(sc, i, shift);
       const float* xc = x + (i - s);
       for (int q = 0; q < 4; ++q) {
         const __m256 wq = scaled<RT>(v[q], a, m);
@@ -446,7 +505,7 @@ void gemv_q4_natural(const Q4Matrix& w, const float* x, float* y, int64_t ldy, i
       }
     }
     for (; i < e; ++i) {
-      const float wv = weight_at<RT>(w, amax, shift, i);
+      const float wv = weight_at<RT>(w, sc, shift, i);
       for (int t = 0; t < T; ++t) sacc[t] += wv * x[t * cols + (i - s)];
     }
     for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[t]) + sacc[t];
@@ -500,18 +559,18 @@ void dequant_rows_rt(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
   const CodePlanes cp = code_planes(w.code);
   const int shift = detail::log2_int(w.blocksize);
   const int64_t s = r0 * w.cols, e = r1 * w.cols;
-  const float* amax = absmax_of_range(w, s, e, shift) - (s >> shift);
+  const RangeScales sc = scales_of_range(w, s, e, shift);
   int64_t i = s;
   const int64_t head_end = std::min(e, (s + 31) & ~int64_t{31});
-  for (; i < head_end; ++i) out[i - s] = weight_at<RT>(w, amax, shift, i);
+  for (; i < head_end; ++i) out[i - s] = weight_at<RT>(w, sc, shift, i);
   for (; i + 32 <= e; i += 32) {
     __m256 v[4];
     lookup_planes(cp, nibbles_natural(w.packed + (i >> 1)), v);
-    const __m256 a = _mm256_broadcast_ss(amax + (i >> shift));
-    const float* m = block_min_at(w, i, shift);
+    const __m256 a = _mm256_broadcast_ss(sc.amax + (i >> shift));
+    const float* m = block_min_at(sc, i, shift);
     for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + (i - s) + 8 * q, scaled<RT>(v[q], a, m));
   }
-  for (; i < e; ++i) out[i - s] = weight_at<RT>(w, amax, shift, i);
+  for (; i < e; ++i) out[i - s] = weight_at<RT>(w, sc, shift, i);
 }
 
 void dequant_rows_q4_avx2(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {

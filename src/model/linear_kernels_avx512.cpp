@@ -46,6 +46,7 @@ inline __m512 round_vec(__m512 v, ComputeDType t) {
 // bitsandbytes (explicit-rounding intrinsics, so the compiler cannot fuse them into an FMA).
 inline float absmax_of(const Q4Matrix& w, int64_t b) {
   if (w.absmax) return w.absmax[b];
+  if (w.absmax_f16) return _cvtsh_ss(w.absmax_f16[b]);  // (exact)
   constexpr int R = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   const int64_t nb = (w.nested_blocksize & (w.nested_blocksize - 1)) == 0
                          ? b >> __builtin_ctz(static_cast<unsigned>(w.nested_blocksize))
@@ -59,6 +60,9 @@ inline float absmax_of(const Q4Matrix& w, int64_t b) {
 inline __m512 scaled_code(const Q4Matrix& w, __m512 code, int64_t block) {
   __m512 v = _mm512_mul_ps(code, _mm512_set1_ps(absmax_of(w, block)));
   if (w.block_min) v = _mm512_add_ps(v, _mm512_set1_ps(w.block_min[block]));
+  else if (w.block_min_f16) v = _mm512_add_ps(v, _mm512_set1_ps(_cvtsh_ss(w.block_min_f16[block])));
+  else if (w.block_min_q)  // (Q4_K's: -(dmin * m), a product then a sign flip)
+    v = _mm512_add_ps(v, _mm512_set1_ps(-(w.block_min_d[block / w.block_min_group] * static_cast<float>(w.block_min_q[block]))));
   return round_vec(v, w.round_to);
 }
 

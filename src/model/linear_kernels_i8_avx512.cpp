@@ -98,6 +98,14 @@ const float* block_absmax(const Q4Matrix& w, int64_t b0, int64_t n) {
   if (w.absmax) return w.absmax + b0;
   thread_local std::vector<float> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  if (w.absmax_f16) {  // (a GGUF's fp16 scales as stored, widened exactly)
+    for (int64_t k = 0; k < n; k += 16) {
+      const int64_t m = std::min<int64_t>(16, n - k);
+      const __mmask16 mask = static_cast<__mmask16>((1u << m) - 1);
+      _mm512_mask_storeu_ps(buf.data() + k, mask, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.absmax_f16 + b0 + k)));
+    }
+    return buf.data();
+  }
   constexpr int R = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   const __m512 offset = _mm512_set1_ps(w.offset);
   for (int64_t k = 0; k < n;) {

@@ -24,7 +24,7 @@ inline int nibble_at(const uint8_t* packed, int64_t i) {
 inline float q4_weight(const Q4Matrix& w, int64_t i) {
   const int64_t b = i / w.blocksize;
   float v = w.code[nibble_at(w.packed, i)] * w.block_absmax(b);
-  if (w.block_min) v = v + w.block_min[b];  // (built with -ffp-contract=off: never fused)
+  if (w.has_min()) v = v + w.block_min_value(b);  // (built with -ffp-contract=off: never fused)
   return round_to_dtype(v, w.round_to);
 }
 
@@ -41,7 +41,7 @@ inline int log2_int(int v) {
 // when the weight has no minimums). REQUIRES cols % 32 == 0 and blocksize >= 32 (a chunk in
 // one block; the minimums come from GGUF blocks of 32).
 inline void add_block_min_i8(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1) {
-  if (!w.block_min) return;
+  if (!w.has_min()) return;
   const int64_t chunks = w.cols / 32;
   thread_local std::vector<float> xs;
   if (static_cast<int64_t>(xs.size()) < chunks) xs.resize(static_cast<size_t>(chunks));
@@ -55,17 +55,22 @@ inline void add_block_min_i8(const Q4Matrix& w, const int8_t* xq, const float* x
     const int64_t s = r * w.cols;
     float acc = 0.0f;
     int64_t c = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
     if (w.blocksize == 32) {  // (the row's minimums are contiguous: one per chunk; 8 at a time)
-      const float* m = w.block_min + (s >> shift);
+      const float* m = w.block_min ? w.block_min + (s >> shift) : nullptr;
+      const uint16_t* mh = w.block_min_f16 ? w.block_min_f16 + (s >> shift) : nullptr;
       __m256 a = _mm256_setzero_ps();
-      for (; c + 8 <= chunks; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(m + c), _mm256_loadu_ps(xs.data() + c), a);
+      for (; c + 8 <= chunks; c += 8) {
+        const __m256 mv = m ? _mm256_loadu_ps(m + c)
+                            : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mh + c)));
+        a = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs.data() + c), a);
+      }
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
       const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
       acc = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
     }
 #endif
-    for (; c < chunks; ++c) acc += w.block_min[(s + 32 * c) >> shift] * xs[static_cast<size_t>(c)];
+    for (; c < chunks; ++c) acc += w.block_min_value((s + 32 * c) >> shift) * xs[static_cast<size_t>(c)];
     y[r] += acc;
   }
 }

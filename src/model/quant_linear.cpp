@@ -352,12 +352,12 @@ void QuantLinear::set_bias(std::vector<float> bias) {
   bias_ = std::move(bias);
 }
 
-kernels::Q4Matrix QuantLinear::q4_view() const {
-  const QuantState& s = q4_->state;
+kernels::Q4Matrix q4_matrix_view(const Quantized4bit& q, int64_t rows, int64_t cols, ComputeDType round_to) {
+  const QuantState& s = q.state;
   kernels::Q4Matrix m;
-  m.packed = q4_->packed.data();
-  m.rows = out_;
-  m.cols = in_;
+  m.packed = q.packed.data();
+  m.rows = rows;
+  m.cols = cols;
   m.blocksize = s.blocksize;
   m.code = s.code.data();
   if (s.nested) {
@@ -366,13 +366,23 @@ kernels::Q4Matrix QuantLinear::q4_view() const {
     m.nested_code = s.nested_code.data();
     m.nested_blocksize = s.nested_blocksize;
     m.offset = s.offset;
+  } else if (!s.absmax_f16.empty()) {
+    m.absmax_f16 = s.absmax_f16.data();
   } else {
     m.absmax = s.absmax.data();
   }
   if (!s.block_min.empty()) m.block_min = s.block_min.data();
-  m.round_to = dtype_;
+  if (!s.block_min_f16.empty()) m.block_min_f16 = s.block_min_f16.data();
+  if (!s.block_min_q.empty()) {
+    m.block_min_q = s.block_min_q.data();
+    m.block_min_d = s.block_min_d.data();
+    m.block_min_group = s.block_min_group;
+  }
+  m.round_to = round_to;
   return m;
 }
+
+kernels::Q4Matrix QuantLinear::q4_view() const { return q4_matrix_view(*q4_, out_, in_, dtype_); }
 
 void QuantLinear::dequantize_rows(int64_t r0, int64_t r1, float* out, int64_t ld) const {
   if (ld && ld != in_) {  // a strided tile: one row at a time

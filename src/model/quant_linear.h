@@ -92,6 +92,10 @@ class DenseWeight {
   bool int8_act_ = false;
 };
 
+// The kernels' view of a 4-bit weight of shape (rows, cols) -- plain, fp16, double-quantized or
+// GGUF-nested scales, minimums -- whose values round to `round_to`. Points into q (keep it alive).
+kernels::Q4Matrix q4_matrix_view(const Quantized4bit& q, int64_t rows, int64_t cols, ComputeDType round_to);
+
 class QuantLinear {
  public:
   QuantLinear() = default;

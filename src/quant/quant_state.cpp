@@ -160,6 +160,11 @@ int64_t QuantState::numel() const { return shape_numel(shape, "QuantState"); }
 int64_t QuantState::blocks() const { return num_blocks(numel(), blocksize); }
 
 std::vector<float> QuantState::block_absmax() const {
+  if (!nested && !absmax_f16.empty()) {
+    std::vector<float> out(absmax_f16.size());
+    for (size_t b = 0; b < out.size(); ++b) out[b] = fp16_to_f32(absmax_f16[b]);
+    return out;
+  }
   if (!nested) return absmax;
   const int64_t nb = static_cast<int64_t>(absmax_q.size());
   check(num_blocks(nb, nested_blocksize) == static_cast<int64_t>(nested_absmax.size()), "QuantState",
@@ -180,9 +185,26 @@ std::vector<float> QuantState::block_absmax() const {
   return out;
 }
 
+std::vector<float> QuantState::block_mins() const {
+  if (!block_min.empty()) return block_min;
+  if (!block_min_q.empty()) {
+    check(num_blocks(static_cast<int64_t>(block_min_q.size()), block_min_group) ==
+              static_cast<int64_t>(block_min_d.size()),
+          "QuantState", "block_min_d does not have one value per group of minimum codes");
+    std::vector<float> out(block_min_q.size());
+    for (size_t b = 0; b < out.size(); ++b)
+      out[b] = -(block_min_d[b / static_cast<size_t>(block_min_group)] * static_cast<float>(block_min_q[b]));
+    return out;
+  }
+  std::vector<float> out(block_min_f16.size());
+  for (size_t b = 0; b < out.size(); ++b) out[b] = fp16_to_f32(block_min_f16[b]);
+  return out;
+}
+
 int64_t QuantState::constant_bytes() const {
-  const int64_t mins = static_cast<int64_t>(block_min.size() * sizeof(float));
-  if (!nested) return static_cast<int64_t>(absmax.size() * sizeof(float)) + mins;
+  const int64_t mins = static_cast<int64_t>(block_min.size() * sizeof(float) + block_min_f16.size() * 2 +
+                                            block_min_q.size() + block_min_d.size() * sizeof(float));
+  if (!nested) return static_cast<int64_t>(absmax.size() * sizeof(float) + absmax_f16.size() * 2) + mins;
   return static_cast<int64_t>(absmax_q.size() + nested_absmax.size() * sizeof(float) + sizeof(float) /* offset */) +
          mins;
 }
@@ -265,7 +287,8 @@ namespace {
 void dequantize_ggml_source(const Quantized4bit& q, const std::vector<float>& a, float* out) {
   const QuantState& s = q.state;
   const int64_t n = s.numel();
-  check(s.block_min.empty() || static_cast<int64_t>(s.block_min.size()) == s.blocks(), "dequantize_tensor_4bit",
+  const std::vector<float> mins = s.block_mins();
+  check(mins.empty() || static_cast<int64_t>(mins.size()) == s.blocks(), "dequantize_tensor_4bit",
         "block minimums do not match the block count");
   parallel_for_range(s.blocks(), 256, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -273,7 +296,7 @@ void dequantize_ggml_source(const Quantized4bit& q, const std::vector<float>& a,
       for (int64_t i = b * s.blocksize; i < e; ++i) {
         const uint8_t byte = q.packed[static_cast<size_t>(i >> 1)];
         float v = s.code[(i & 1) ? (byte & 0x0F) : (byte >> 4)] * a[static_cast<size_t>(b)];
-        if (!s.block_min.empty()) v = v + s.block_min[static_cast<size_t>(b)];
+        if (!mins.empty()) v = v + mins[static_cast<size_t>(b)];
         out[i] = v;
       }
     }
@@ -310,7 +333,7 @@ void write_4bit_to_safetensors(SafeTensorsWriter& w, const std::string& weight_n
   const int64_t n = s.numel();
   check(s.ggml_source.empty(), weight_name,
         "holds a GGUF's " + s.ggml_source + " blocks as stored (its own code book" +
-            (s.block_min.empty() ? std::string() : std::string(" and a minimum per block")) +
+            (s.has_min() ? std::string(" and a minimum per block") : std::string()) +
             "), which bitsandbytes cannot read: quantize from the dequantized weights instead");
   check(static_cast<int64_t>(q.packed.size()) == packed_4bit_bytes(n), weight_name,
         "packed data does not match the quant-state shape");

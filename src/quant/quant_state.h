@@ -28,8 +28,11 @@ struct QuantState {
   std::vector<int64_t> shape;              // of the original (unquantized) tensor
   std::array<float, 16> code{};            // quant_map
 
-  // Not nested: absmax holds one float32 per block.
+  // Not nested: absmax holds one float32 per block -- or, for a GGUF's Q4_0 / Q4_1 / IQ4_NL
+  // kept as stored, absmax_f16 holds its fp16 scale per block as the file has it (absmax then
+  // empty; widened exactly wherever it is used).
   std::vector<float> absmax;
+  std::vector<uint16_t> absmax_f16;
 
   // Nested (double quantization): absmax_q holds one uint8 per block; the float absmax is
   // nested_code[absmax_q[i]] * nested_absmax[i / nested_blocksize] + offset.
@@ -50,6 +53,17 @@ struct QuantState {
   // bitsandbytes state: write_4bit_to_safetensors refuses it.
   std::string ggml_source;
   std::vector<float> block_min;  // empty: no minimum (every bitsandbytes state)
+  std::vector<uint16_t> block_min_f16;  // in place of block_min: Q4_1's fp16 minimum as stored
+  // In place of block_min, Q4_K's form: block b's minimum is -(block_min_d[b / block_min_group] *
+  // block_min_q[b]) -- its 6-bit code m times dmin (one per 256 values), the product negated,
+  // which is ggml's d * q - dmin * m term for term.
+  std::vector<uint8_t> block_min_q;
+  std::vector<float> block_min_d;
+  int block_min_group = 8;
+
+  bool has_min() const { return !block_min.empty() || !block_min_f16.empty() || !block_min_q.empty(); }
+  // One float32 minimum per block (widened from fp16 where stored so); empty when none.
+  std::vector<float> block_mins() const;
 
   int64_t numel() const;
   int64_t blocks() const;

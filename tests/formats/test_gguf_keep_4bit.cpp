@@ -27,6 +27,7 @@
 #include "model/model_fixture_logits.h"
 #include "model/model_spec.h"
 #include "model/model_test_util.h"
+#include "model/quant_linear.h"
 #include "quant/quant_state.h"
 
 using namespace qlora;
@@ -53,23 +54,7 @@ size_t mismatches(const std::vector<float>& got, const std::vector<float>& want,
 
 // A Q4Matrix view of q (what QuantLinear::q4_view gives) for the kernels.
 kernels::Q4Matrix view(const Quantized4bit& q) {
-  kernels::Q4Matrix m;
-  m.packed = q.packed.data();
-  m.rows = q.state.shape[0];
-  m.cols = q.state.shape[1];
-  m.blocksize = q.state.blocksize;
-  m.code = q.state.code.data();
-  if (q.state.nested) {  // (Q4_K, IQ4_XS: 6-bit scale codes times d per 256)
-    m.absmax_q = q.state.absmax_q.data();
-    m.nested_absmax = q.state.nested_absmax.data();
-    m.nested_code = q.state.nested_code.data();
-    m.nested_blocksize = q.state.nested_blocksize;
-    m.offset = q.state.offset;
-  } else {
-    m.absmax = q.state.absmax.data();
-  }
-  m.block_min = q.state.block_min.empty() ? nullptr : q.state.block_min.data();
-  return m;
+  return q4_matrix_view(q, q.state.shape[0], q.state.shape[1], ComputeDType::F32);
 }
 
 struct KeptType {
@@ -94,7 +79,7 @@ TEST_P(KeptBlocks, ValuesAreGgmlsBitForBit) {
   ASSERT_TRUE(q.has_value());
   EXPECT_EQ(q->state.ggml_source, k.name);
   EXPECT_EQ(q->state.blocksize, 32);
-  EXPECT_EQ(q->state.block_min.empty(), !k.has_min);
+  EXPECT_EQ(q->state.has_min(), k.has_min);
   std::vector<float> got(want.size());
   dequantize_tensor_4bit(*q, got.data());
   EXPECT_EQ(mismatches(got, want, std::string(k.name) + " dequantize_tensor_4bit"), 0u);
@@ -104,11 +89,17 @@ TEST_P(KeptBlocks, ValuesAreGgmlsBitForBit) {
     kernels::linear_kernels_for(lv).dequant_rows_q4(view(*q), 0, rows, rowsv.data());
     EXPECT_EQ(mismatches(rowsv, want, std::string(k.name) + " " + std::string(simd_level_name(lv))), 0u);
   }
-  // Constants: a float32 scale per 32, or (Q4_K, IQ4_XS) a byte per 32 and a float32 d per 256 and
-  // the offset; a float32 minimum per 32 where the type has one. The planner's count agrees.
+  // Constants: the fp16 scale (and Q4_1's fp16 minimum) per 32 as the file has them (Q4_0, Q4_1,
+  // IQ4_NL); MXFP4's scale as a float32 per 32; or (Q4_K, IQ4_XS) a byte per 32, a float32 d per
+  // 256 and the offset, with Q4_K's minimums the same way (a byte per 32, a float32 dmin per 256).
+  // The planner's count agrees.
   const bool nested = k.type == GgmlType::Q4_K || k.type == GgmlType::IQ4_XS;
+  const bool half = k.type == GgmlType::Q4_0 || k.type == GgmlType::Q4_1 || k.type == GgmlType::IQ4_NL;
   EXPECT_EQ(q->state.nested, nested);
-  const int64_t want_bytes = (nested ? n / 32 + n / 256 * 4 + 4 : n / 32 * 4) + (k.has_min ? n / 32 * 4 : 0);
+  EXPECT_EQ(q->state.absmax_f16.size(), half ? static_cast<size_t>(n / 32) : 0u);
+  const int64_t per = half ? 2 : 4;
+  const int64_t want_bytes = nested ? n / 32 + n / 256 * 4 + 4 + (k.has_min ? n / 32 + n / 256 * 4 : 0)
+                                    : n / 32 * per + (k.has_min ? n / 32 * per : 0);
   EXPECT_EQ(q->state.constant_bytes(), want_bytes);
   EXPECT_EQ(ggml_kept_constant_bytes(k.type, n), want_bytes);
 }

@@ -38,14 +38,19 @@ struct Q4Data {
   std::vector<float> nested_absmax;
   std::vector<float> nested_code;
   std::vector<float> block_min;
+  std::vector<uint16_t> absmax_f16, block_min_f16;
+  std::vector<uint8_t> block_min_q;
+  std::vector<float> block_min_d;
   Q4Matrix m;
 };
 
 // with_min: a random signed minimum per block (a GGUF Q4_1 / Q4_K weight kept as stored).
 // nested_bs: the double-quantized absmax's blocks (bitsandbytes' 256; a GGUF's Q4_K / IQ4_XS
-// scale codes: 8, with offset -0.0).
+// scale codes: 8, with offset -0.0). half (not nested): the absmax and minimums held as fp16
+// (a GGUF's Q4_0 / Q4_1 / IQ4_NL as stored), subnormals among them. A GGUF Q4_K's form (nested_bs
+// 8, with_min): the minimums too as 6-bit codes times a float per 8 blocks, negated.
 Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool nested, ComputeDType rt,
-                 std::mt19937& rng, bool with_min = false, int nested_bs = 256) {
+                 std::mt19937& rng, bool with_min = false, int nested_bs = 256, bool half = false) {
   Q4Data d;
   const int64_t n = rows * cols;
   const int64_t blocks = (n + blocksize - 1) / blocksize;
@@ -75,6 +80,10 @@ Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool ne
     d.m.nested_code = d.nested_code.data();
     d.m.nested_blocksize = nested_bs;
     d.m.offset = nested_bs == 256 ? 0.25f : -0.0f;
+  } else if (half) {
+    d.absmax_f16.resize(d.absmax.size());
+    for (size_t b = 0; b < d.absmax.size(); ++b) d.absmax_f16[b] = b % 7 == 3 ? uint16_t{0x0123} : f32_to_fp16(d.absmax[b]);
+    d.m.absmax_f16 = d.absmax_f16.data();
   } else {
     d.m.absmax = d.absmax.data();
   }
@@ -82,7 +91,22 @@ Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool ne
     std::uniform_real_distribution<float> signed_min(-2.0f, 2.0f);
     d.block_min.resize(blocks);
     for (auto& v : d.block_min) v = signed_min(rng);
-    d.m.block_min = d.block_min.data();
+    if (nested && nested_bs == 8) {
+      std::uniform_int_distribution<int> m6(0, 63);
+      d.block_min_q.resize(blocks);
+      for (auto& q : d.block_min_q) q = static_cast<uint8_t>(m6(rng));
+      d.block_min_d.resize((blocks + 7) / 8);
+      for (auto& v : d.block_min_d) v = pos(rng) * 0.03f;
+      d.m.block_min_q = d.block_min_q.data();
+      d.m.block_min_d = d.block_min_d.data();
+      d.m.block_min_group = 8;
+    } else if (half) {
+      d.block_min_f16.resize(blocks);
+      for (int64_t b = 0; b < blocks; ++b) d.block_min_f16[b] = b % 5 == 1 ? uint16_t{0x8042} : f32_to_fp16(d.block_min[b]);
+      d.m.block_min_f16 = d.block_min_f16.data();
+    } else {
+      d.m.block_min = d.block_min.data();
+    }
   }
   d.m.round_to = rt;
   return d;
@@ -118,17 +142,22 @@ TEST(LinearKernels, ScalarDequantMatchesBitsandbytesReference) {
 }
 
 // A weight with a minimum per block: the scalar definition is code * absmax + min, the product
-// and the sum rounded apart (ggml's d * q + m), then rounded to the compute dtype.
+// and the sum rounded apart (ggml's d * q + m), then rounded to the compute dtype; with fp16
+// scales and minimums (a GGUF's Q4_1 as stored) the same on their exact float32 values.
 TEST(LinearKernels, ScalarDequantWithBlockMinimumsIsProductThenSum) {
   std::mt19937 rng(21);
+  for (bool half : {false, true})
   for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16}) {
-    auto d = random_q4(7, 96, 32, QuantType::FP4, false, rt, rng, /*with_min=*/true);
+    auto d = random_q4(7, 96, 32, QuantType::FP4, false, rt, rng, /*with_min=*/true, 256, half);
     std::vector<float> got(7 * 96);
     kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, 7, got.data());
     for (int64_t i = 0; i < 7 * 96; ++i) {
       const uint8_t byte = d.packed[static_cast<size_t>(i / 2)];
-      const float prod = d.m.code[(i & 1) ? (byte & 0x0F) : (byte >> 4)] * d.absmax[static_cast<size_t>(i / 32)];
-      volatile float sum = prod + d.block_min[static_cast<size_t>(i / 32)];
+      const size_t b = static_cast<size_t>(i / 32);
+      const float a = half ? fp16_to_f32(d.absmax_f16[b]) : d.absmax[b];
+      const float m = half ? fp16_to_f32(d.block_min_f16[b]) : d.block_min[b];
+      const float prod = d.m.code[(i & 1) ? (byte & 0x0F) : (byte >> 4)] * a;
+      volatile float sum = prod + m;
       const float want = rt == ComputeDType::BF16 ? bf16_to_f32(f32_to_bf16(sum)) : static_cast<float>(sum);
       ASSERT_EQ(got[static_cast<size_t>(i)], want) << i;
     }
@@ -141,10 +170,11 @@ TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
     const LinearKernels& k = kernels::linear_kernels_for(lv);
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 4096})
-        for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
+        // plain absmax, double-quantized, with minimums, fp16 scales and minimums
+        for (int variant = 0; variant < 4; ++variant)
           for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
             const bool nested = variant == 1;
-            auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng, variant == 2);
+            auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng, variant >= 2, 256, variant == 3);
             // Every sub-range of rows, so row starts land on odd nibbles and mid-block.
             for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1}) {
               const int64_t n = (s.rows - r0) * s.cols;
@@ -168,9 +198,10 @@ void for_each_bf16_case(unsigned seed, Fn&& fn) {
   std::mt19937 rng(seed);
   for (const Size& s : kSizes)
     for (int bs : {32, 64, 4096})
-      for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
+      // plain absmax, double-quantized, with minimums, fp16 scales and minimums
+      for (int variant = 0; variant < 4; ++variant)
         for (ComputeDType rt : {ComputeDType::BF16, ComputeDType::F32}) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, rt, rng, variant == 2);
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, rt, rng, variant >= 2, 256, variant == 3);
           std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
           kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
           SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " bs " << bs << " variant " << variant);
@@ -232,13 +263,13 @@ TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 128, 4096})
         for (int book = 0; book < 4; ++book)  // NF4, FP4, Q4_0's ramp, Q4_1's ramp
-          // plain absmax, double-quantized, with minimums, and a GGUF Q4_K's form: 6-bit scale codes
-          // times a float per 8 blocks, with minimums
-          for (int variant = 0; variant < 4; ++variant)
+          // plain absmax, double-quantized, with minimums, a GGUF Q4_K's form (6-bit scale codes
+          // times a float per 8 blocks, with minimums), and a Q4_1's (fp16 scales and minimums)
+          for (int variant = 0; variant < 5; ++variant)
             for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
               const QuantType t = book == 1 ? QuantType::FP4 : QuantType::NF4;
               auto d = random_q4(s.rows, s.cols, bs, t, variant == 1 || variant == 3, rt, rng, variant >= 2,
-                                 variant == 3 ? 8 : 256);
+                                 variant == 3 ? 8 : 256, variant == 4);
               if (book >= 2) d.m.code = (book == 2 ? kRampQ4_0 : kRampQ4_1).data();
               const auto x = random_vec(s.cols, rng);
               std::vector<float> w(s.rows * s.cols);
@@ -268,7 +299,8 @@ TEST(LinearKernels, MultiTokenGemvMatchesSingleTokenGemv) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64})
         for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, T % 2 == 0, ComputeDType::F32, rng, T % 3 == 0);
+          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, T % 2 == 0, ComputeDType::F32, rng, T % 3 == 0, 256,
+                             T % 4 == 1);
           const auto x = random_vec(T * s.cols, rng);
           const int64_t ldy = s.rows + 3;
           std::vector<float> y(T * ldy, 7.0f), ref(T * ldy, 7.0f);
@@ -591,9 +623,10 @@ TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
   // minimums are not rounded, and the activations' rounding is bounded through |w|.)
   for (QuantType t : {QuantType::NF4, QuantType::FP4})
     for (int bs : {32, 64, 256})
-      for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
+      // plain absmax, double-quantized, with minimums, fp16 scales and minimums
+      for (int variant = 0; variant < 4; ++variant)
         for (Size s : {Size{1, 32}, Size{5, 96}, Size{17, 576}, Size{3, 1056}, Size{7, 128}, Size{6, 1536}}) {
-          auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, ComputeDType::F32, rng, variant == 2);
+          auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, ComputeDType::F32, rng, variant >= 2, 256, variant == 3);
           const auto x = random_vec(s.cols, rng);
           std::vector<int8_t> xq(s.cols);
           std::vector<float> xd(s.cols / 32);
@@ -625,7 +658,7 @@ TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
               double mag = 0.0;
               for (int64_t c = 0; c < s.cols; ++c) {
                 const int64_t b = (r * s.cols + c) / bs;
-                mag += (std::fabs(d.m.block_absmax(b) * cmax) + (d.m.block_min ? std::fabs(d.m.block_min[b]) : 0.0)) *
+                mag += (std::fabs(d.m.block_absmax(b) * cmax) + (d.m.has_min() ? std::fabs(d.m.block_min_value(b)) : 0.0)) *
                        127.0 * xd[c / 32];
               }
               ASSERT_NEAR(y[r], ref[r], 1e-6 * mag + 1e-6) << simd_level_name(lv) << " row " << r;
@@ -682,9 +715,11 @@ TEST(LinearKernels, Int8GemvMultiEqualsOneTokenAtATime) {
   const auto& scalar = kernels::scalar_linear_kernels();
   std::uniform_int_distribution<int> code(-128, 127);
   for (int bs : {32, 64, 256})
-    for (int variant = 0; variant < 3; ++variant)  // plain absmax, double-quantized, with minimums
+    // plain absmax, double-quantized, with minimums, fp16 scales and minimums
+    for (int variant = 0; variant < 4; ++variant)
       for (Size s : {Size{5, 96}, Size{17, 576}, Size{6, 1536}}) {
-        auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, ComputeDType::F32, rng, variant == 2);
+        auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, ComputeDType::F32, rng, variant >= 2, 256,
+                           variant == 3);
         std::vector<int8_t> q8(static_cast<size_t>(s.rows * s.cols));
         for (auto& c : q8) c = static_cast<int8_t>(code(rng));
         const std::vector<float> q8s = random_vec(s.rows * s.cols / 32, rng);

@@ -222,6 +222,7 @@ Quantized4bit permute_4bit_rows(const Quantized4bit& q, std::span<const int64_t>
   const QuantState& s = q.state;
   check(s.shape.size() == 2 && s.shape[1] % s.blocksize == 0 &&
             (!s.nested || (s.shape[1] / s.blocksize) % s.nested_blocksize == 0) &&
+            (s.block_min_q.empty() || (s.shape[1] / s.blocksize) % s.block_min_group == 0) &&
             static_cast<int64_t>(src_row.size()) == s.shape[0],
         "permute_4bit_rows",
         "needs a 2-D weight of whole blocks (and whole nested blocks) per row and one source row per row");

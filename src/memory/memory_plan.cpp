@@ -355,7 +355,7 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
                             : "fp32 absmax per block of " + std::to_string(o.blocksize)) +
                 (o.gguf_kept_values > 0 ? "; GGUF 4-bit linears as stored: a scale per 32 (fp16 for Q4_0 / Q4_1 / IQ4_NL, "
                                                "fp32 for MXFP4, Q4_K / IQ4_XS's 6-bit code + fp32 per 256), and a minimum "
-                                               "per 32 (fp16 for Q4_1, fp32 for Q4_K)" : ""));
+                                               "per 32 (fp16 for Q4_1, Q4_K's 6-bit code + fp32 per 256)" : ""));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
   const bool cpu = o.engine == MemoryEngine::Qlora;
   add(p, "embeddings (" + std::string(cpu && o.embed_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.embed,

@@ -140,11 +140,7 @@ const float* permute_x(const float* x, int64_t cols) {
 // nested_block_absmax: this file is built with -ffp-contract=off) is computed 8 blocks at a
 // time with a gather into a kernel-internal buffer that grows to the block count.
 // fp16 values (a GGUF's scales or minimums as stored) widened exactly, 8 at a time (F16C).
-// The next n values are prefetched: the GEMVs widen a group of rows' scales at once and then
-// the group after it, and a burst of misses at each group's start cost decoding more than the
-// bytes saved (streamed 1536 x 576 Q4_1: 69 -> 78 us without the prefetch).
 void widen_f16(const uint16_t* h, int64_t n, float* out) {
-  for (int64_t k = n; k < 2 * n; k += 32) detail::prefetch_l2(h + k);
   int64_t k = 0;
   for (; k + 8 <= n; k += 8)
     _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + k))));

@@ -56,7 +56,9 @@ inline void add_block_min_i8(const Q4Matrix& w, const int8_t* xq, const float* x
     float acc = 0.0f;
     int64_t c = 0;
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-    if (w.blocksize == 32) {  // (the row's minimums are contiguous: one per chunk; 8 at a time)
+    // (float32 or fp16 minimums: the row's are contiguous, one per chunk, 8 at a time; Q4_K's
+    // coded ones take the loop below)
+    if (w.blocksize == 32 && (w.block_min || w.block_min_f16)) {
       const float* m = w.block_min ? w.block_min + (s >> shift) : nullptr;
       const uint16_t* mh = w.block_min_f16 ? w.block_min_f16 + (s >> shift) : nullptr;
       __m256 a = _mm256_setzero_ps();

@@ -112,6 +112,17 @@ Q4Data random_q4(int64_t rows, int64_t cols, int blocksize, QuantType t, bool ne
   return d;
 }
 
+// The forms a 4-bit weight's constants take (kForms of them), each test's loop over them:
+// 0 float32 absmax; 1 bitsandbytes' double quantization; 2 float32 absmax and minimums; 3 a GGUF
+// Q4_K's (6-bit scale and minimum codes times a float per 8 blocks); 4 a Q4_1's (fp16 scale and
+// minimum); 5 a Q4_0's / IQ4_NL's (fp16 scale).
+constexpr int kForms = 6;
+Q4Data random_q4_form(int64_t rows, int64_t cols, int blocksize, QuantType t, ComputeDType rt, std::mt19937& rng,
+                      int form) {
+  return random_q4(rows, cols, blocksize, t, form == 1 || form == 3, rt, rng, form >= 2 && form <= 4,
+                   form == 3 ? 8 : 256, form >= 4);
+}
+
 std::vector<float> random_vec(int64_t n, std::mt19937& rng) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> v(n);
@@ -170,11 +181,9 @@ TEST(LinearKernels, DequantRowsIsBitExactOnEveryLevel) {
     const LinearKernels& k = kernels::linear_kernels_for(lv);
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 4096})
-        // plain absmax, double-quantized, with minimums, fp16 scales and minimums
-        for (int variant = 0; variant < 4; ++variant)
+        for (int variant = 0; variant < kForms; ++variant)
           for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
-            const bool nested = variant == 1;
-            auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, nested, rt, rng, variant >= 2, 256, variant == 3);
+            auto d = random_q4_form(s.rows, s.cols, bs, QuantType::NF4, rt, rng, variant);
             // Every sub-range of rows, so row starts land on odd nibbles and mid-block.
             for (int64_t r0 : {int64_t{0}, s.rows / 2, s.rows - 1}) {
               const int64_t n = (s.rows - r0) * s.cols;
@@ -198,10 +207,9 @@ void for_each_bf16_case(unsigned seed, Fn&& fn) {
   std::mt19937 rng(seed);
   for (const Size& s : kSizes)
     for (int bs : {32, 64, 4096})
-      // plain absmax, double-quantized, with minimums, fp16 scales and minimums
-      for (int variant = 0; variant < 4; ++variant)
+      for (int variant = 0; variant < kForms; ++variant)
         for (ComputeDType rt : {ComputeDType::BF16, ComputeDType::F32}) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, rt, rng, variant >= 2, 256, variant == 3);
+          auto d = random_q4_form(s.rows, s.cols, bs, QuantType::NF4, rt, rng, variant);
           std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
           kernels::scalar_linear_kernels().dequant_rows_q4(d.m, 0, s.rows, w.data());
           SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << " bs " << bs << " variant " << variant);
@@ -263,13 +271,10 @@ TEST(LinearKernels, FusedGemvMatchesDequantizeThenMatvec) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64, 128, 4096})
         for (int book = 0; book < 4; ++book)  // NF4, FP4, Q4_0's ramp, Q4_1's ramp
-          // plain absmax, double-quantized, with minimums, a GGUF Q4_K's form (6-bit scale codes
-          // times a float per 8 blocks, with minimums), and a Q4_1's (fp16 scales and minimums)
-          for (int variant = 0; variant < 5; ++variant)
+          for (int variant = 0; variant < kForms; ++variant)
             for (ComputeDType rt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
               const QuantType t = book == 1 ? QuantType::FP4 : QuantType::NF4;
-              auto d = random_q4(s.rows, s.cols, bs, t, variant == 1 || variant == 3, rt, rng, variant >= 2,
-                                 variant == 3 ? 8 : 256, variant == 4);
+              auto d = random_q4_form(s.rows, s.cols, bs, t, rt, rng, variant);
               if (book >= 2) d.m.code = (book == 2 ? kRampQ4_0 : kRampQ4_1).data();
               const auto x = random_vec(s.cols, rng);
               std::vector<float> w(s.rows * s.cols);
@@ -299,8 +304,7 @@ TEST(LinearKernels, MultiTokenGemvMatchesSingleTokenGemv) {
     for (const Size& s : kSizes)
       for (int bs : {32, 64})
         for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
-          auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, T % 2 == 0, ComputeDType::F32, rng, T % 3 == 0, 256,
-                             T % 4 == 1);
+          auto d = random_q4_form(s.rows, s.cols, bs, QuantType::NF4, ComputeDType::F32, rng, (T + bs) % kForms);
           const auto x = random_vec(T * s.cols, rng);
           const int64_t ldy = s.rows + 3;
           std::vector<float> y(T * ldy, 7.0f), ref(T * ldy, 7.0f);
@@ -623,10 +627,9 @@ TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
   // minimums are not rounded, and the activations' rounding is bounded through |w|.)
   for (QuantType t : {QuantType::NF4, QuantType::FP4})
     for (int bs : {32, 64, 256})
-      // plain absmax, double-quantized, with minimums, fp16 scales and minimums
-      for (int variant = 0; variant < 4; ++variant)
+      for (int variant = 0; variant < kForms; ++variant)
         for (Size s : {Size{1, 32}, Size{5, 96}, Size{17, 576}, Size{3, 1056}, Size{7, 128}, Size{6, 1536}}) {
-          auto d = random_q4(s.rows, s.cols, bs, t, variant == 1, ComputeDType::F32, rng, variant >= 2, 256, variant == 3);
+          auto d = random_q4_form(s.rows, s.cols, bs, t, ComputeDType::F32, rng, variant);
           const auto x = random_vec(s.cols, rng);
           std::vector<int8_t> xq(s.cols);
           std::vector<float> xd(s.cols / 32);
@@ -715,11 +718,9 @@ TEST(LinearKernels, Int8GemvMultiEqualsOneTokenAtATime) {
   const auto& scalar = kernels::scalar_linear_kernels();
   std::uniform_int_distribution<int> code(-128, 127);
   for (int bs : {32, 64, 256})
-    // plain absmax, double-quantized, with minimums, fp16 scales and minimums
-    for (int variant = 0; variant < 4; ++variant)
+    for (int variant = 0; variant < kForms; ++variant)
       for (Size s : {Size{5, 96}, Size{17, 576}, Size{6, 1536}}) {
-        auto d = random_q4(s.rows, s.cols, bs, QuantType::NF4, variant == 1, ComputeDType::F32, rng, variant >= 2, 256,
-                           variant == 3);
+        auto d = random_q4_form(s.rows, s.cols, bs, QuantType::NF4, ComputeDType::F32, rng, variant);
         std::vector<int8_t> q8(static_cast<size_t>(s.rows * s.cols));
         for (auto& c : q8) c = static_cast<int8_t>(code(rng));
         const std::vector<float> q8s = random_vec(s.rows * s.cols / 32, rng);

@@ -7,7 +7,7 @@
 #      original Q4_1 file, 1 and 2 threads (tools/bench_llamacpp.py); Q4_0 once more with
 #      llama.cpp's run-time weight repacking off
 #   3. qlora generate --compute-dtype fp32 on the Q4_1 file, its linears kept as stored (the
-#      default since session 29: 4-bit codes with a float32 scale and minimum per 32; with
+#      default since session 29: 4-bit codes with an fp16 scale and minimum per 32 as in the file; with
 #      REQUANT=1 re-quantized to NF4 blocks of 64 instead, --requantize-gguf), 1 and 2
 #      threads, REPS runs each, with
 #      the GGUF's Q8_0 token embedding / output head kept 8-bit (the default), widened
@@ -123,11 +123,12 @@ import os
 requant = os.environ.get("REQUANT", "0") == "1"
 cbytes = 4  # fp32 compute dtype
 # NF4 blocks of 64 with an fp32 absmax each (REQUANT=1), or the Q4_1 blocks kept as stored:
-# 4-bit codes with an fp32 scale and an fp32 minimum per 32
+# 4-bit codes with an fp16 scale and an fp16 minimum per 32 (as the file has them; fp32 before
+# session 31)
 WNAME = "NF4" if requant else "Q4_1 as stored"
 qlora_bytes = {
-    ("linear NF4 (4 bit + fp32 absmax/64)" if requant else "linear Q4_1 as stored (4 bit + fp32 scale and min /32)"):
-        lin_params // 2 + (lin_params // 64 * 4 if requant else lin_params // 32 * 8),
+    ("linear NF4 (4 bit + fp32 absmax/64)" if requant else "linear Q4_1 as stored (4 bit + fp16 scale and min /32)"):
+        lin_params // 2 + (lin_params // 64 * 4 if requant else lin_params // 32 * 4),
     "lm_head fp32 (tied embedding, whole; --dense-head)": V * C * cbytes,
     "lm_head Q8_0 kept 8-bit (int8 + fp32 scale per 32; the default)": V * C + V * C // 32 * 4,
     "embedding row + norms fp32": C * cbytes + (2 * NL + 1) * C * 4,

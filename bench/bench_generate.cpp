@@ -140,15 +140,21 @@ BENCHMARK(BM_GemvQ4I8)
     ->ArgsProduct({{1, 2}, {4096}, {4096}, {1}, {12}})
     ->Unit(benchmark::kMicrosecond);
 
-void BM_GemvQ8I8(benchmark::State& st) {
-  SimdLevel lv;
-  if (!level_arg(st, lv)) return;
-  const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(3);
+// `copies` copies of one random (rows, cols) matrix of 8-bit codes in -127..127 (the Q8_0
+// benchmarks' weights; more copies than L3 holds stream from memory).
+std::vector<std::vector<int8_t>> q8_copies(int64_t rows, int64_t cols, int64_t copies) {
   std::mt19937 rng(5);
   std::uniform_int_distribution<int> code(-127, 127);
   std::vector<int8_t> w(rows * cols);
   for (auto& v : w) v = static_cast<int8_t>(code(rng));
-  const std::vector<std::vector<int8_t>> ws(copies, w);
+  return std::vector<std::vector<int8_t>>(copies, w);
+}
+
+void BM_GemvQ8I8(benchmark::State& st) {
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
+  const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(3);
+  const std::vector<std::vector<int8_t>> ws = q8_copies(rows, cols, copies);
   const auto scales = randn(rows * cols / 32, 6, 0.01f), x = randn(cols, 7);
   std::vector<int8_t> xq(cols);
   std::vector<float> xd(cols / 32), y(rows);
@@ -172,11 +178,7 @@ void BM_GemvQ8(benchmark::State& st) {
   SimdLevel lv;
   if (!level_arg(st, lv)) return;
   const int64_t rows = st.range(1), cols = st.range(2), copies = st.range(3);
-  std::mt19937 rng(5);
-  std::uniform_int_distribution<int> code(-127, 127);
-  std::vector<int8_t> w(rows * cols);
-  for (auto& v : w) v = static_cast<int8_t>(code(rng));
-  const std::vector<std::vector<int8_t>> ws(copies, w);
+  const std::vector<std::vector<int8_t>> ws = q8_copies(rows, cols, copies);
   const auto scales = randn(rows * cols / 32, 6, 0.01f), x = randn(cols, 7);
   std::vector<float> y(rows);
   const auto& k = kernels::linear_kernels_for(lv);

@@ -425,22 +425,15 @@ inline void ramp_rows(const uint8_t* p, int64_t row_bytes, const float* ra, cons
 template <int R>
 inline void ramp_rows_n(int n, const uint8_t* p, int64_t row_bytes, const float* ra, const float* rm, int64_t bpr,
                         int64_t cpb, float base, const float* xp, float* sums) {
-  const bool has_base = base != 0.0f;
-  if (n == R) {
+  const auto rows = [&]<int N>() {
     if (rm)
-      has_base ? ramp_rows<R, true, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
-               : ramp_rows<R, false, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
+      base != 0.0f ? ramp_rows<N, true, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
+                   : ramp_rows<N, false, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
     else
-      has_base ? ramp_rows<R, true, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
-               : ramp_rows<R, false, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
-  } else {
-    if (rm)
-      has_base ? ramp_rows<1, true, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
-               : ramp_rows<1, false, true>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
-    else
-      has_base ? ramp_rows<1, true, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
-               : ramp_rows<1, false, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
-  }
+      base != 0.0f ? ramp_rows<N, true, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums)
+                   : ramp_rows<N, false, false>(p, row_bytes, ra, rm, bpr, cpb, base, xp, sums);
+  };
+  n == R ? rows.template operator()<R>() : rows.template operator()<1>();
 }
 
 // gemv_q4_factored for an integer-ramp code book (is_integer_ramp): no table lookup at all.

@@ -8,6 +8,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <tuple>
@@ -19,6 +20,7 @@
 #include "base/cpu_features.h"
 #include "base/float_formats.h"
 #include "formats/model_loader.h"
+#include "model/block_row_kernels.h"
 #include "model/linear_kernels.h"
 #include "model/model.h"
 #include "model/quant_linear.h"
@@ -191,7 +193,57 @@ void BM_GemvQ8(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * (rows * cols + rows * cols / 32 * 4));
   st.SetLabel(simd_level_name(lv));
 }
-BENCHMARK(BM_GemvQ8)->ArgsProduct({{1, 2}, {1536}, {576}, {1}})->ArgsProduct({{1, 2}, {49152}, {576}, {3}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvQ8)
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1}})
+    ->ArgsProduct({{1, 2}, {49152}, {576}, {3}})
+    ->ArgsProduct({{1}, {576}, {1536}, {1, 200}})  // (BM_GemvBlocks' shape)
+    ->Unit(benchmark::kMicrosecond);
+
+// A GGUF's rows kept as its blocks (model/block_row_kernels.h), single-threaded next to
+// BM_GemvQ8 on the same shape: arg0 = SIMD level, arg1 = type (0 Q5_0, 1 Q5_1, 2 Q5_K, 3 Q6_K,
+// 4 Q3_K, 5 Q2_K), arg2/3 = rows/cols, arg4 = copies cycled through (200 of SmolLM2's ffn_down
+// shape, 576 x 1536, stream from memory). Random bytes, the fp16 scale fields set to small
+// normal values. Bytes are the blocks as stored.
+void BM_GemvBlocks(benchmark::State& st) {
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
+  const GgmlType types[] = {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::Q2_K};
+  // (each type's fp16 fields: formats/ggml_types.h's block layouts)
+  const std::vector<std::vector<int>> halves = {{0}, {0, 2}, {0, 2}, {208}, {108}, {80, 82}};
+  const GgmlType t = types[st.range(1)];
+  const int64_t rows = st.range(2), cols = st.range(3), copies = st.range(4);
+  const GgmlTypeTraits& tr = ggml_traits(t);
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<uint8_t> w(static_cast<size_t>(rows * cols / tr.block_size * tr.type_size));
+  for (auto& v : w) v = static_cast<uint8_t>(byte(rng));
+  for (size_t off = 0; off < w.size(); off += tr.type_size)
+    for (int f : halves[static_cast<size_t>(st.range(1))]) {
+      const uint16_t h = f32_to_fp16(0.001f * static_cast<float>(1 + byte(rng)));
+      std::memcpy(w.data() + off + f, &h, 2);
+    }
+  const std::vector<std::vector<uint8_t>> ws(static_cast<size_t>(copies), w);
+  const auto x = randn(cols, 7);
+  std::vector<float> y(rows);
+  const auto& k = kernels::block_row_kernels_for(lv);
+  int64_t c = 0;
+  for (auto _ : st) {
+    kernels::BlockRows b;
+    b.type = t;
+    b.data = ws[static_cast<size_t>(c)].data();
+    b.rows = rows;
+    b.cols = cols;
+    b.row_bytes = cols / tr.block_size * tr.type_size;
+    k.gemv(b, x.data(), 1, y.data(), rows, 0, rows);
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(w.size()));
+  st.SetLabel(std::string(simd_level_name(lv)) + " " + std::string(ggml_type_name(t)));
+}
+BENCHMARK(BM_GemvBlocks)
+    ->ArgsProduct({{1}, {0, 1, 2, 3, 4, 5}, {576}, {1536}, {1, 200}})
+    ->Unit(benchmark::kMicrosecond);
 
 // The fused GEMV beyond the fast shape, single-threaded, active SIMD level, 1536 rows,
 // double-quantized: arg0 = compute dtype the weights are rounded to (0 fp32, 1 bf16, 2 fp16),

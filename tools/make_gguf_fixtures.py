@@ -33,6 +33,10 @@ Writes into tests/fixtures/gguf/:
       the logits transformers computes from the file (its GGUF loader dequantizes with
       gguf-py) and llama.cpp's logits on the same file (llama-cpp-python; its products
       round activations to 8 bits, so they sit further from the others).
+  kq_llama.gguf + kq_llama.json
+      the same model with the types qlora keeps as the file's blocks (model/block_row_kernels.h):
+      Q2_K, Q3_K, Q5_0, Q5_1, Q5_K, Q6_K, each on at least two Linears (rope-permuted q / k
+      among them), a Q5_K embedding and a Q6_K output head; the same two sets of logits.
   smollm2_reference.json
       hyper-parameters, and shape / checksums / slices of a few tensors, of
       models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch_model.sh) as loaded by
@@ -325,6 +329,17 @@ IQ_LLAMA_TYPES = {  # tensor -> type: every type once, the embedding included
 }
 
 
+KQ_LLAMA_TYPES = {  # the types qlora keeps as the file's blocks, each at least twice (rope-permuted q/k among them)
+    "token_embd.weight": "Q5_K", "output.weight": "Q6_K",
+    "blk.0.attn_q.weight": "Q2_K", "blk.0.attn_k.weight": "Q3_K", "blk.0.attn_v.weight": "Q5_0",
+    "blk.0.attn_output.weight": "Q5_1", "blk.0.ffn_gate.weight": "Q5_K", "blk.0.ffn_up.weight": "Q6_K",
+    "blk.0.ffn_down.weight": "Q3_K",
+    "blk.1.attn_q.weight": "Q5_K", "blk.1.attn_k.weight": "Q6_K", "blk.1.attn_v.weight": "Q2_K",
+    "blk.1.attn_output.weight": "Q3_K", "blk.1.ffn_gate.weight": "Q2_K", "blk.1.ffn_up.weight": "Q5_0",
+    "blk.1.ffn_down.weight": "Q5_1",
+}
+
+
 def ggml_quantize(name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """x (rows, cols) float32 quantized row by row by ggml_quantize_chunk; (rows, row bytes) uint8."""
     import ctypes
@@ -344,10 +359,13 @@ def ggml_quantize(name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndar
     return out
 
 
-def make_iq_llama(rng: np.random.Generator) -> None:
+def make_iq_llama(rng: np.random.Generator, types: dict | None = None, stem: str = "iq_llama") -> None:
+    """A 2-layer llama whose tensors ggml's quantizer wrote in `types`, with transformers' and
+    llama.cpp's logits on it (stem.gguf, stem.json)."""
+    types = types or IQ_LLAMA_TYPES
     hidden, n_head, n_kv, ffn, n_layer, vocab, ctx = 256, 4, 2, 512, 2, 64, 64
     head_dim = hidden // n_head
-    path = OUT / "iq_llama.gguf"
+    path = OUT / f"{stem}.gguf"
     w = gguf.GGUFWriter(str(path), arch="llama")
     w.add_block_count(n_layer)
     w.add_context_length(ctx)
@@ -378,13 +396,18 @@ def make_iq_llama(rng: np.random.Generator) -> None:
                        f"blk.{l}.ffn_down.weight": (hidden, ffn)})
     for name, shape in shapes.items():
         x = f32(*shape) * (12.0 if name == "token_embd.weight" else 1.0)
-        w.add_tensor(name, ggml_quantize(IQ_LLAMA_TYPES[name], x, rng), raw_dtype=QT[IQ_LLAMA_TYPES[name]])
+        w.add_tensor(name, ggml_quantize(types[name], x, rng), raw_dtype=QT[types[name]])
         if name.endswith("attn_v.weight"):
             l = name.split(".")[1]
             w.add_tensor(f"blk.{l}.attn_norm.weight", (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
             w.add_tensor(f"blk.{l}.ffn_norm.weight", (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
     w.add_tensor("output_norm.weight", (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-    w.add_tensor("output.weight", (rng.standard_normal((vocab, hidden)) * 0.1).astype(np.float16))
+    head = rng.standard_normal((vocab, hidden)) * 0.1
+    if "output.weight" in types:
+        w.add_tensor("output.weight", ggml_quantize(types["output.weight"], head.astype(np.float32), rng),
+                     raw_dtype=QT[types["output.weight"]])
+    else:
+        w.add_tensor("output.weight", head.astype(np.float16))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -403,14 +426,14 @@ def make_iq_llama(rng: np.random.Generator) -> None:
     llm.eval(prompt)
     lc = np.array(llm.scores[: len(prompt)], dtype=np.float32)
     diff = float(np.abs(lc - hf).max())
-    print(f"iq_llama.gguf: {path.stat().st_size} bytes; llama.cpp vs transformers max |diff| {diff:.3g} "
+    print(f"{path.name}: {path.stat().st_size} bytes; llama.cpp vs transformers max |diff| {diff:.3g} "
           f"(largest |logit| {float(np.abs(hf).max()):.3g}), top-1 agree "
           f"{int((lc.argmax(-1) == hf.argmax(-1)).sum())}/{len(prompt)}")
-    out = {"types": IQ_LLAMA_TYPES, "prompt": prompt, "vocab": vocab,
+    out = {"types": types, "prompt": prompt, "vocab": vocab,
            "transformers_logits": [[float(v) for v in row] for row in hf],
            "llama_cpp_logits": [[float(v) for v in row] for row in lc],
            "llama_cpp_vs_transformers_max_abs": diff}
-    (OUT / "iq_llama.json").write_text(json.dumps(out) + "\n")
+    (OUT / f"{stem}.json").write_text(json.dumps(out) + "\n")
 
 
 def make_tiny_llama(rng: np.random.Generator) -> None:
@@ -547,6 +570,7 @@ def main() -> None:
     make_tiny_llama(rng)
     make_dequant_new(np.random.default_rng(SEED + 1))  # its own stream: the files above stay as they were
     make_iq_llama(np.random.default_rng(SEED + 2))
+    make_iq_llama(np.random.default_rng(SEED + 3), KQ_LLAMA_TYPES, "kq_llama")
     if not args.skip_smollm2:
         make_smollm2()
 

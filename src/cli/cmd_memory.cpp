@@ -198,6 +198,10 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model);
     mo.embed_q8_0 = q8.embed;
     mo.head_q8_0 = q8.head;
+    if (!o.requantize_gguf) {
+      mo.embed_block_bytes = q8.embed_block_bytes;
+      mo.head_block_bytes = q8.head_block_bytes;
+    }
   }
   mo.generated_weights = m.generated;
   if (mo.engine == qlora::MemoryEngine::Qlora && o.quant != "none" && !o.requantize_gguf && !m.generated) {
@@ -206,6 +210,8 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     mo.gguf_kept_values = k.values;
     mo.gguf_kept_constant_bytes = k.constant_bytes;
     mo.gguf_kept_q8_values = k.q8_values;
+    mo.gguf_kept_block_values = k.block_values;
+    mo.gguf_kept_block_bytes = k.block_bytes;
   }
   if (o.gpus < 1) qlora::fail("--gpus", "must be >= 1");
   mo.gpus = o.gpus;

@@ -61,7 +61,7 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   load.allow_unused_tensors = f.allow_unused_tensors;
   load.keep_q8_0_head = !f.dense_head;
   load.keep_gguf_weights = !f.requantize_gguf;
-  load.keep_gguf_q8_0 = !parse_device(f.device).cuda;
+  load.keep_gguf_blocks = !parse_device(f.device).cuda;
   load.int8_activations = f.int8_activations;
   if (f.int8_activations && (f.quant == "none" || f.quant == "int8"))
     fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + f.quant);
@@ -270,7 +270,8 @@ std::string weights_description(const ModelFlags& f, const Model& m) {
       ++total;
       const QuantLinear& lin = m.block_linear(l, w);
       if (const Quantized4bit* q = lin.q4(); q && !q->state.ggml_source.empty()) ++kept[q->state.ggml_source];
-      if (lin.dense() && lin.dense()->q8()) ++kept["8-bit"];  // (a GGUF Linear of more than 4 bits kept 8-bit)
+      if (lin.dense() && lin.dense()->q8()) ++kept["Q8_0"];  // (a GGUF Q8_0 Linear kept 8-bit)
+      if (lin.dense() && lin.dense()->gguf_blocks()) ++kept[std::string(ggml_type_name(lin.dense()->gguf_type()))];
     }
   std::string s = weights_description(f);
   if (kept.empty()) return s;

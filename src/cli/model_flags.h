@@ -107,8 +107,8 @@ void report_model(const ModelFiles& files, bool quiet);
 // "nf4+dq", "int8", "dense": how the flags store the Linear weights, for log lines.
 std::string weights_description(const ModelFlags& f);
 // The same for a loaded model, naming the GGUF 4-bit types its block linears keep as stored
-// (formats/ggml_as_4bit.h) and those of more than 4 bits it keeps 8-bit: "Q4_1 (GGUF, as
-// stored: 210 linears)", "8-bit/Q4_K (GGUF, ...)", or "nf4 + IQ4_NL/IQ4_XS (GGUF, as stored:
+// (formats/ggml_as_4bit.h) and the other types it keeps as stored: "Q4_1 (GGUF, as
+// stored: 210 linears)", "Q4_K/Q5_0/Q6_K (GGUF, ...)", or "nf4 + IQ4_NL/IQ4_XS (GGUF, as stored:
 // 207 of 210 linears)" when some are re-quantized.
 std::string weights_description(const ModelFlags& f, const Model& m);
 

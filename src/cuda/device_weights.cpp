@@ -63,7 +63,7 @@ DeviceDense upload_dense(const DenseWeight& w) {
   d.rows = w.rows();
   d.cols = w.cols();
   const size_t n = static_cast<size_t>(w.rows() * w.cols());
-  if (d.type == DenseType::F32 && w.q8()) {  // (a GGUF's Q8_0 head: widened to float32 here)
+  if (d.type == DenseType::F32 && w.packed()) {  // (a GGUF's Q8_0 head, or blocks kept as stored: widened here)
     std::vector<float> rows(n);
     w.rows_to_f32(0, w.rows(), rows.data());
     d.f32.resize(n);

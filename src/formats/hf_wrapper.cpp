@@ -120,9 +120,12 @@ class WrappedSource : public TensorSource {
   std::vector<float> get(const std::string& name) const override { return inner_->get(stored(name)); }
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(stored(name)); }
   bool keeps_gguf_4bit(const std::string& name) const override { return inner_->keeps_gguf_4bit(stored(name)); }
-  bool keeps_gguf_q8_0(const std::string& name) const override { return inner_->keeps_gguf_q8_0(stored(name)); }
+  bool keeps_gguf_blocks(const std::string& name) const override { return inner_->keeps_gguf_blocks(stored(name)); }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
     return inner_->get_q8_0_linear(stored(name));
+  }
+  std::optional<GgufBlocks> get_gguf_blocks(const std::string& name) const override {
+    return inner_->get_gguf_blocks(stored(name));
   }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(stored(name)); }
   std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {

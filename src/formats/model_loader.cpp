@@ -24,6 +24,7 @@
 #include "formats/safetensors.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_gguf.h"
+#include "model/block_row_kernels.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
 #include "quant/int8_safetensors.h"
@@ -330,9 +331,12 @@ class RenamedSource : public TensorSource {
   }
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(hf(name)); }
   bool keeps_gguf_4bit(const std::string& name) const override { return inner_->keeps_gguf_4bit(hf(name)); }
-  bool keeps_gguf_q8_0(const std::string& name) const override { return inner_->keeps_gguf_q8_0(hf(name)); }
+  bool keeps_gguf_blocks(const std::string& name) const override { return inner_->keeps_gguf_blocks(hf(name)); }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
     return inner_->get_q8_0_linear(hf(name));
+  }
+  std::optional<GgufBlocks> get_gguf_blocks(const std::string& name) const override {
+    return inner_->get_gguf_blocks(hf(name));
   }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(hf(name)); }
   std::string describe() const override { return inner_->describe(); }
@@ -381,29 +385,6 @@ class RenamedSource : public TensorSource {
 // Rotary tensors spec_from_gguf reads (llama3's divisors, phi3's longrope factors).
 bool is_rope_tensor(const std::string& name) {
   return name == "rope_freqs.weight" || name == "rope_factors_long.weight" || name == "rope_factors_short.weight";
-}
-
-// Q5_0 blocks (d, 5-bit q: x = d * (q - 16)) as Q8_0 blocks of the same values: the same fp16
-// d, int8 codes q - 16.
-std::vector<uint8_t> q5_0_as_q8_0(std::span<const uint8_t> q5) {
-  const size_t nb = q5.size() / sizeof(BlockQ5_0);
-  std::vector<uint8_t> out(nb * sizeof(BlockQ8_0));
-  for (size_t b = 0; b < nb; ++b) {
-    BlockQ5_0 in;
-    std::memcpy(&in, q5.data() + b * sizeof in, sizeof in);
-    BlockQ8_0 o;
-    o.d = in.d;
-    uint32_t qh;
-    std::memcpy(&qh, in.qh, 4);
-    for (int j = 0; j < kQK5_0 / 2; ++j) {
-      const int x0 = ((in.qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
-      const int x1 = ((in.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
-      o.qs[j] = static_cast<int8_t>(x0);
-      o.qs[j + kQK5_0 / 2] = static_cast<int8_t>(x1);
-    }
-    std::memcpy(out.data() + b * sizeof o, &o, sizeof o);
-  }
-  return out;
 }
 
 class GgufSource : public TensorSource {
@@ -747,22 +728,25 @@ class GgufSource : public TensorSource {
     if (const std::vector<int64_t> src = hf_row_sources(t); !src.empty()) q = permute_4bit_rows(*q, src);
     return q;
   }
-  bool keeps_gguf_q8_0(const std::string& name) const override {
+  bool keeps_gguf_blocks(const std::string& name) const override {
     auto it = index_.find(name);
     if (it == index_.end() || it->second->dims.size() != 2) return false;
     const GgmlType ty = it->second->type;
-    if (ty != GgmlType::Q8_0 && ty != GgmlType::Q5_0 && ty != GgmlType::Q5_1 && ty != GgmlType::Q5_K &&
-        ty != GgmlType::Q6_K)
-      return false;
+    if (ty != GgmlType::Q8_0 && !kernels::block_rows_supported(ty)) return false;
     return !reordered_by_get(name);
   }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
-    if (!keeps_gguf_q8_0(name)) return std::nullopt;
+    if (!keeps_gguf_blocks(name) || info(name).type != GgmlType::Q8_0) return std::nullopt;
+    return rows_as_stored(info(name));
+  }
+  std::optional<GgufBlocks> get_gguf_blocks(const std::string& name) const override {
+    if (!keeps_gguf_blocks(name) || info(name).type == GgmlType::Q8_0) return std::nullopt;
     const GgufTensorInfo& t = info(name);
-    if (t.type != GgmlType::Q8_0 && t.type != GgmlType::Q5_0) return std::nullopt;
-    const std::span<const uint8_t> stored = file_.tensor_data(t);
-    const std::vector<uint8_t> q5_as_q8 = t.type == GgmlType::Q5_0 ? q5_0_as_q8_0(stored) : std::vector<uint8_t>{};
-    const std::span<const uint8_t> data = t.type == GgmlType::Q5_0 ? std::span<const uint8_t>(q5_as_q8) : stored;
+    return GgufBlocks{t.type, rows_as_stored(t)};
+  }
+  // The tensor's bytes with its rows (whole blocks each) in Hugging Face's order.
+  std::vector<uint8_t> rows_as_stored(const GgufTensorInfo& t) const {
+    const std::span<const uint8_t> data = file_.tensor_data(t);
     std::vector<uint8_t> out(data.begin(), data.end());
     if (const std::vector<int64_t> src = hf_row_sources(t); !src.empty()) {
       const size_t row_bytes = data.size() / src.size();

@@ -17,6 +17,7 @@
 #include "formats/model_family.h"
 #include "model/backend.h"
 #include "model/block_program.h"
+#include "model/block_row_kernels.h"
 #include "model/block_scratch.h"
 #include "model/kv_cache.h"
 #include "model/mamba1.h"
@@ -117,9 +118,10 @@ uint64_t optim_state_bytes(OptimKind k, uint64_t n) {
 // Weights of the model as stored, by kind.
 struct WeightBytes {
   uint64_t packed = 0, constants = 0, dense_linear = 0, int8 = 0;
+  uint64_t gguf_blocks = 0;  // a GGUF's Q6_K / Q5_K / ... linears as stored
   uint64_t embed = 0, head = 0, norms = 0, bias = 0;
   uint64_t largest_linear = 0;  // elements
-  uint64_t total() const { return packed + constants + dense_linear + int8 + embed + head + norms + bias; }
+  uint64_t total() const { return packed + constants + dense_linear + int8 + gguf_blocks + embed + head + norms + bias; }
 };
 
 struct LoraShape {
@@ -306,15 +308,18 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
     const uint64_t as_flags = quant_constant_bytes(o.gguf_kept_values, o.blocksize, o.double_quant);
     w.constants = w.constants - std::min(w.constants, as_flags) + o.gguf_kept_constant_bytes;
   }
-  const bool q8_kept = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_q8_values > 0 &&
-                       o.compute_dtype == ComputeDType::F32 && cpu_engine;
+  const bool q8_kept = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) &&
+                       o.gguf_kept_q8_values + o.gguf_kept_block_values > 0 && o.compute_dtype == ComputeDType::F32 &&
+                       cpu_engine;
   if (q8_kept) {
-    // (GGUF Q8_0 linears kept 8-bit: codes and a float32 scale per 32 in place of 4-bit ones)
-    const uint64_t n = o.gguf_kept_q8_values;
+    // (GGUF Q8_0 linears kept 8-bit: codes and a float32 scale per 32; Q6_K / Q5_K / ... the
+    // file's blocks; both in place of 4-bit ones)
+    const uint64_t n = o.gguf_kept_q8_values + o.gguf_kept_block_values;
     w.packed -= std::min(w.packed, n / 2);
     w.constants -= std::min(w.constants, quant_constant_bytes(n, o.blocksize, o.double_quant));
-    w.int8 += n;
-    w.constants += n / 32 * 4;
+    w.int8 += o.gguf_kept_q8_values;
+    w.constants += o.gguf_kept_q8_values / 32 * 4;
+    w.gguf_blocks += o.gguf_kept_block_bytes;
   }
   if (o.weights == WeightFormat::Int8 && o.gguf_kept_values > 0 && cpu_engine) {
     // (4-bit as stored wins over --quant int8, as a bitsandbytes 4-bit checkpoint's weights do;
@@ -327,10 +332,12 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   const uint64_t q8_bytes = vc + vc / 32 * 4;  // int8 codes + a float32 scale per 32 (DenseWeight::from_q8_0)
   // (the CUDA runner widens a Q8_0 head to float32 on the device)
   const bool cpu = o.engine == MemoryEngine::Qlora;
-  w.embed = cpu && o.embed_q8_0 ? q8_bytes : vc * dense_bytes;
+  w.embed = cpu && o.embed_q8_0 ? (o.embed_block_bytes ? o.embed_block_bytes : q8_bytes) : vc * dense_bytes;
   // (Gemma 4's per-layer embeddings, in the compute dtype)
   if (s.ple()) w.embed += u(s.ple_vocab) * u(s.n_layers) * u(s.ple_dim) * dense_bytes;
-  w.head = s.tied_embeddings ? 0 : cpu && o.head_q8_0 ? q8_bytes : vc * dense_bytes;
+  w.head = s.tied_embeddings ? 0
+           : cpu && o.head_q8_0 ? (o.head_block_bytes ? o.head_block_bytes : q8_bytes)
+                                : vc * dense_bytes;
   w.norms = (2 * L + (s.final_norm ? 1 : 0)) * u(s.hidden) * norm_bytes;
   if (s.head_bias) w.bias += u(s.vocab) * norm_bytes;
   return w;
@@ -347,6 +354,7 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
   const bool q8_label = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_q8_values > 0 &&
                         o.compute_dtype == ComputeDType::F32 && o.engine == MemoryEngine::Qlora;
   add(p, q8_label ? "8-bit weights (GGUF Q8_0 as stored)" : "8-bit weights (LLM.int8)", w.int8, "1 byte per Linear parameter");
+  add(p, "GGUF Q6_K / Q5_K / Q5_0 / Q5_1 / Q3_K / Q2_K linears (as stored)", w.gguf_blocks, "the file's bytes");
   add(p, "quantization constants", w.constants,
       o.weights == WeightFormat::Int8
           ? "fp32 row scales"
@@ -358,10 +366,11 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
                                                "per 32 (fp16 for Q4_1, Q4_K's 6-bit code + fp32 per 256)" : ""));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
   const bool cpu = o.engine == MemoryEngine::Qlora;
-  add(p, "embeddings (" + std::string(cpu && o.embed_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.embed,
-      "vocab x embedding width");
-  add(p, "lm_head (" + std::string(cpu && o.head_q8_0 ? "GGUF Q8_0, kept 8-bit" : dense_name) + ")", w.head,
-      "untied output head");
+  auto head_form = [&](bool q8, uint64_t block_bytes) {
+    return std::string(!cpu || !q8 ? dense_name : block_bytes ? "GGUF blocks, as stored" : "GGUF Q8_0, kept 8-bit");
+  };
+  add(p, "embeddings (" + head_form(o.embed_q8_0, o.embed_block_bytes) + ")", w.embed, "vocab x embedding width");
+  add(p, "lm_head (" + head_form(o.head_q8_0, o.head_block_bytes) + ")", w.head, "untied output head");
   add(p, "norms and biases", w.norms + w.bias, "");
 }
 
@@ -467,7 +476,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     // DenseWeight takes a float32 vector without a copy for fp32, converts (both alive) otherwise.
     step(vc, w.embed, db == 4 ? 0 : vc * 4);
     const uint64_t per_layer_weights =
-        (w.packed + w.int8 + w.constants + w.dense_linear + w.bias) / std::max<uint64_t>(L, 1);
+        (w.packed + w.int8 + w.constants + w.dense_linear + w.gguf_blocks + w.bias) / std::max<uint64_t>(L, 1);
     for (uint64_t l = 0; l < L; ++l) {
       // The largest transient of a layer: one Linear's float32 source (q/k twice when the
       // rows are un-permuted), charged once at the end of the layer.
@@ -562,8 +571,11 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     sq.lora = lora_scratch_shapes(s, o);
     sq.lora_dropout = drop;
     const uint64_t block_scratch = 4 * u(block_scratch_floats(prog, sq).total());
-    // The output head's dequantized tile (a bf16/fp16 head; a float32 one is read in place).
-    const uint64_t head_tile = db == 4 ? 0 : u(linear_backward_tile_floats(s.embed_width(), s.vocab));
+    // The output head's dequantized tile (a bf16/fp16 head, or a GGUF's kept 8-bit / block one;
+    // a float32 one is read in place: dense_backward_tile_floats).
+    const bool head_packed = o.engine == MemoryEngine::Qlora && (s.tied_embeddings ? o.embed_q8_0 : o.head_q8_0);
+    const uint64_t head_tile =
+        db == 4 && !head_packed ? 0 : u(linear_backward_tile_floats(s.embed_width(), s.vocab));
     // TrainWorkspace::Impl besides: the program's transient buffers and its gradients, dx and
     // the final norm's gradient, rope tables (+ their host staging), the batch's tokens,
     // targets, positions and key windows (+ staging), the head's gathered inputs and their
@@ -1027,12 +1039,20 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
     const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path);
     o.gguf_kept_values = k.values;
     o.gguf_kept_constant_bytes = k.constant_bytes;
-    if (load.keep_gguf_q8_0 && !load.quant.int8) o.gguf_kept_q8_values = k.q8_values;
+    if (load.keep_gguf_blocks && !load.quant.int8) {
+      o.gguf_kept_q8_values = k.q8_values;
+      o.gguf_kept_block_values = k.block_values;
+      o.gguf_kept_block_bytes = k.block_bytes;
+    }
   }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
     const Q8HeadTensors q8 = model_source_q8_0_head(model_path);
     o.embed_q8_0 = q8.embed;
     o.head_q8_0 = q8.head;
+    if (load.keep_gguf_weights && load.keep_gguf_blocks) {
+      o.embed_block_bytes = q8.embed_block_bytes;
+      o.head_block_bytes = q8.head_block_bytes;
+    }
   }
   return o;
 }
@@ -1047,8 +1067,14 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
   const GgufFile f(model_path);
   for (const std::string& name : files.tensors->names()) {
     if (name.rfind("model.layers.", 0) != 0) continue;
-    if (files.tensors->keeps_gguf_q8_0(name)) {
-      r.q8_values += static_cast<uint64_t>(f.tensor(files.tensors->stored_name(name)).numel());
+    if (files.tensors->keeps_gguf_blocks(name)) {
+      const GgufTensorInfo& t = f.tensor(files.tensors->stored_name(name));
+      if (t.type == GgmlType::Q8_0) {
+        r.q8_values += static_cast<uint64_t>(t.numel());
+      } else {
+        r.block_values += static_cast<uint64_t>(t.numel());
+        r.block_bytes += static_cast<uint64_t>(ggml_nbytes(t.type, t.numel()).value_or(0));
+      }
       continue;
     }
     if (!files.tensors->keeps_gguf_4bit(name)) continue;
@@ -1073,6 +1099,13 @@ Q8HeadTensors model_source_q8_0_head(const std::string& model_path) {
   };
   r.embed = eight_bit(e);
   r.head = eight_bit(h);
+  // (kept as the file's blocks: the loader's rule, DenseWeight::from_gguf_blocks)
+  auto block_bytes = [](const GgufTensorInfo* t) -> uint64_t {
+    if (!t || t->dims.size() != 2 || !kernels::block_rows_supported(t->type)) return 0;
+    return static_cast<uint64_t>(ggml_nbytes(t->type, t->numel()).value_or(0));
+  };
+  r.embed_block_bytes = block_bytes(e);
+  r.head_block_bytes = block_bytes(h);
   return r;
 }
 

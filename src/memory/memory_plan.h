@@ -130,6 +130,9 @@ struct MemoryOptions {
   // re-quantized to it) and stay 8-bit (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34
   // bytes per 32 values held as 36.
   bool embed_q8_0 = false, head_q8_0 = false;
+  // Of those, one stored in a type kept as the file's blocks (Q6_K, Q5_K, ...: DenseWeight::
+  // from_gguf_blocks): its bytes in the file, held as they are; 0 for Q8_0 and re-quantized ones.
+  uint64_t embed_block_bytes = 0, head_block_bytes = 0;
   // A GGUF source's block linears kept in their 4-bit type (formats/ggml_as_4bit.h) when
   // quantizing (nf4, fp4 or int8 asked: stored 4-bit wins, as for bitsandbytes checkpoints):
   // how many values, and their constants' bytes (a float32 scale per 32, and a float32 minimum
@@ -138,6 +141,9 @@ struct MemoryOptions {
   // And its Q8_0 block linears kept 8-bit (float32 compute): their values (1 byte each plus a
   // float32 scale per 32) in place of the 4-bit ones.
   uint64_t gguf_kept_q8_values = 0;
+  // And those kept as the file's blocks (Q6_K, Q5_K, Q5_0, Q5_1, Q3_K, Q2_K; float32 compute):
+  // their values, and their bytes as stored, in place of 4-bit ones.
+  uint64_t gguf_kept_block_values = 0, gguf_kept_block_bytes = 0;
 
   // pytorch-cuda: GPUs the model is split over (device_map="auto", layers balanced).
   int gpus = 1;
@@ -190,9 +196,13 @@ MemoryPlan plan_memory(const ModelSpec& spec, const MemoryOptions& opt);
 // size; 0 when unknown), and whether its q/k rows come permuted (GGUF, llama2.c).
 uint64_t model_source_bytes(const std::string& model_path);
 bool model_source_permutes_qk(const std::string& model_path);
-// Whether a GGUF at model_path stores token_embd / output as Q8_0 (false for other sources).
+// Whether a GGUF at model_path stores token_embd / output in a quantized type, which the CPU
+// engine holds 8-bit (Q8_0 as stored, or re-quantized to it) or, for the block types, as stored
+// (false for other sources).
+// (embed_block_bytes / head_block_bytes: the file's bytes of one stored in a type kept as blocks.)
 struct Q8HeadTensors {
   bool embed = false, head = false;
+  uint64_t embed_block_bytes = 0, head_block_bytes = 0;
 };
 Q8HeadTensors model_source_q8_0_head(const std::string& model_path);
 // A GGUF's 2-D blk.* tensors in a type its loader keeps as 4-bit: their values and constant
@@ -200,6 +210,7 @@ Q8HeadTensors model_source_q8_0_head(const std::string& model_path);
 struct Gguf4bitKept {
   uint64_t values = 0, constant_bytes = 0;
   uint64_t q8_values = 0;  // Q8_0 block linears (kept 8-bit with float32 compute)
+  uint64_t block_values = 0, block_bytes = 0;  // Q6_K / Q5_K / ... block linears (kept as stored, float32 compute)
 };
 Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path);
 

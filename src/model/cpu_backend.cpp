@@ -70,7 +70,7 @@ int64_t linear_backward_tile_floats(int64_t in, int64_t out) {
 }
 
 int64_t dense_backward_tile_floats(const DenseWeight& W) {
-  if (W.dtype() == ComputeDType::F32 && !W.q8()) return 0;
+  if (W.dtype() == ComputeDType::F32 && !W.packed()) return 0;
   return linear_backward_tile_floats(W.cols(), W.rows());
 }
 
@@ -291,11 +291,11 @@ class CpuBackend final : public Backend {
   }
   void dense_backward(float* dx, const float* dy, int64_t n, const DenseWeight& W, float* tile) override {
     const int64_t V = W.rows(), E = W.cols();
-    if (W.dtype() == ComputeDType::F32 && !W.q8()) {
+    if (W.dtype() == ComputeDType::F32 && !W.packed()) {
       matmul_backward_input(dx, dy, W.f32_data(), n, E, V);
       return;
     }
-    if (W.dtype() == ComputeDType::BF16 && !W.q8() && n >= 8 && gemm_bf16_fast()) {
+    if (W.dtype() == ComputeDType::BF16 && !W.packed() && n >= 8 && gemm_bf16_fast()) {
       // A bf16 head on the bf16 unit: products over 4096 vocabulary rows at a time, each thread
       // packing its column panels from the bf16 rows (no float32 tiles). One product over all
       // of V streams the whole packed gradient (T x V bf16: 16 MB for Llama's head) once per
@@ -316,7 +316,7 @@ class CpuBackend final : public Backend {
     for (int64_t v0 = 0; v0 < V; v0 += rows) {
       const int64_t v1 = std::min(V, v0 + rows);
       fill_tile(v0, v1, tile, ld, [&](int64_t a, int64_t b, float* t) { W.rows_to_f32(a, b, t, ld); });
-      backward_through_tile(dx, dy + v0, tile, n, E, v1 - v0, V, ld, W.q8() ? ComputeDType::F32 : W.dtype());
+      backward_through_tile(dx, dy + v0, tile, n, E, v1 - v0, V, ld, W.packed() ? ComputeDType::F32 : W.dtype());
     }
   }
   void softcap_forward(float* x, int64_t n, float cap, ComputeDType dtype) override {

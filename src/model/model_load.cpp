@@ -35,15 +35,17 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   if (opt.quant.quantize) {
     if (opt.keep_gguf_weights || !src.keeps_gguf_4bit(name))
       if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
-    // A GGUF's Linear of more than 4 bits (Q8_0, Q6_K, Q5_K, Q5_0, Q5_1) stays 8-bit with
-    // float32 compute (1.125 bytes a value), as its head does: NF4 would round it down to 4
-    // bits. Q8_0 and Q5_0 are its values exactly; the others within half an 8-bit step.
-    if (opt.keep_gguf_weights && opt.keep_gguf_q8_0 && !opt.quant.int8 && opt.compute_dtype == ComputeDType::F32 &&
-        src.keeps_gguf_q8_0(name)) {
+    // A GGUF's Linear stored in Q8_0 stays 8-bit, and one in Q6_K, Q5_K, Q5_0, Q5_1, Q3_K or
+    // Q2_K stays the file's blocks (float32 compute): exactly its values at its size, where NF4
+    // would round them to 4 bits.
+    if (opt.keep_gguf_weights && opt.keep_gguf_blocks && !opt.quant.int8 && opt.compute_dtype == ComputeDType::F32 &&
+        src.keeps_gguf_blocks(name)) {
       const std::vector<int64_t> s = src.shape(name);
       const std::string what = src.describe() + ": " + src.stored_name(name);
       if (auto b = src.get_q8_0_linear(name)) return QuantLinear(DenseWeight::from_q8_0(*b, s[0], s[1], what));
-      return QuantLinear(DenseWeight::to_q8_0(src.get(name), s[0], s[1], what));
+      if (auto b = src.get_gguf_blocks(name))
+        return QuantLinear(DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), s[0], s[1], what));
+      fail(what, "a GGUF block Linear kept as stored came without its blocks");
     }
     if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);
     // Generated weights come straight in 4-bit: a float32 copy of a 65B shape's Linear is
@@ -290,11 +292,15 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (opt.progress) opt.progress(done, total, name);
   };
 
-  // The embedding and output head: dense in the compute dtype, or a GGUF's Q8_0 as it is.
+  // The embedding and output head: dense in the compute dtype, or a GGUF's Q8_0 / block type as it is.
   auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
     if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0) {
       if (auto q8 = src.get_q8_0(name)) return DenseWeight::from_q8_0(*q8, rows, cols, src.describe() + ": " + src.stored_name(name));
-      // (Q4_0, Q4_K, Q6_K, ...: 8 bits rather than float32, as llama.cpp keeps them quantized)
+      if (opt.keep_gguf_weights && opt.keep_gguf_blocks)
+        if (auto b = src.get_gguf_blocks(name))
+          return DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), rows, cols,
+                                               src.describe() + ": " + src.stored_name(name));
+      // (Q4_0, Q4_K, ...: 8 bits rather than float32, as llama.cpp keeps them quantized)
       if (src.stored_quantized(name)) {
         const std::vector<float> v = src.get(name);
         return DenseWeight::to_q8_0(v, rows, cols, src.describe() + ": " + src.stored_name(name));

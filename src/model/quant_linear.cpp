@@ -97,7 +97,44 @@ DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t
   return d;
 }
 
+DenseWeight DenseWeight::from_gguf_blocks(GgmlType type, std::vector<uint8_t> blocks, int64_t rows, int64_t cols,
+                                          const std::string& what) {
+  if (!kernels::block_rows_supported(type))
+    fail(what, std::string("GGUF type ") + std::string(ggml_type_name(type)) +
+                   " is not one of the block types kept as stored (Q5_0, Q5_1, Q5_K, Q6_K, Q3_K, Q2_K)");
+  const GgmlTypeTraits& tr = ggml_traits(type);
+  if (rows <= 0 || cols <= 0 || cols % tr.block_size != 0)
+    fail(what, std::string(ggml_type_name(type)) + " rows of " + std::to_string(cols) + " values are not whole blocks of " +
+                   std::to_string(tr.block_size));
+  const int64_t row_bytes = cols / tr.block_size * tr.type_size;
+  if (static_cast<int64_t>(blocks.size()) != rows * row_bytes)
+    fail(what, std::string(ggml_type_name(type)) + " data of " + std::to_string(blocks.size()) + " bytes does not hold " +
+                   std::to_string(rows) + " x " + std::to_string(cols) + " values (" + std::to_string(rows * row_bytes) +
+                   " bytes)");
+  DenseWeight w;
+  w.rows_ = rows;
+  w.cols_ = cols;
+  w.dtype_ = ComputeDType::F32;
+  w.gb_ = std::move(blocks);
+  w.gb_type_ = type;
+  return w;
+}
+
+kernels::BlockRows DenseWeight::block_rows() const {
+  kernels::BlockRows v;
+  v.type = gb_type_;
+  v.data = gb_.data();
+  v.rows = rows_;
+  v.cols = cols_;
+  v.row_bytes = static_cast<int64_t>(gb_.size()) / rows_;
+  return v;
+}
+
 void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld) const {
+  if (gguf_blocks()) {
+    kernels::active_block_row_kernels().rows_to_f32(block_rows(), r0, r1, out, ld ? ld : cols_);
+    return;
+  }
   if (ld && ld != cols_) {  // a strided tile: one row at a time
     for (int64_t r = r0; r < r1; ++r) rows_to_f32(r, r + 1, out + (r - r0) * ld);
     return;
@@ -229,6 +266,20 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
 
 void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
   const auto& kern = kernels::active_linear_kernels();
+  if (gguf_blocks()) {
+    if (T <= kernels::kBlockGemvMaxTokens) {
+      // One token, or a few (batched decoding): each block decoded once for all of them.
+      const kernels::BlockRows w = block_rows();
+      const auto& bk = kernels::active_block_row_kernels();
+      parallel_for_range(rows_, std::max<int64_t>(1, gemv_min_rows(cols_) / T),
+                         [&](int64_t r0, int64_t r1) { bk.gemv(w, x, T, y, rows_, r0, r1); });
+    } else {
+      gemm_by_panels(
+          y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); },
+          /*bf16_operands=*/false);
+    }
+    return;
+  }
   if (q8()) {
     if (T == 1 && int8_act_) {
       const QuantizedX qx = quantize_activations(x, cols_);

@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "base/dtype.h"
+#include "formats/ggml_types.h"
+#include "model/block_row_kernels.h"
 #include "model/linear_kernels.h"
 #include "quant/codebook.h"
 #include "quant/int8.h"
@@ -61,15 +63,31 @@ class DenseWeight {
   // float32 values `w` (rows*cols) quantized to Q8_0 as ggml's reference quantizer does it (per
   // block of 32: d = max|x| / 127, q = round(x / d), d stored as fp16): within half a step of
   // each value's block (0.4% of its largest). For a GGUF embedding / head stored in another
-  // quantized type (Q4_0, Q4_K, Q6_K, ...): a quarter of float32's bytes per token. Same
-  // requirements as from_q8_0.
+  // quantized type that is not kept as blocks (Q4_0, Q4_K, IQ4_XS, ...): a quarter of
+  // float32's bytes per token. Same requirements as from_q8_0.
   static DenseWeight to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what);
+  // From a GGUF tensor's blocks of a type the block-row kernels take (Q5_0, Q5_1, Q5_K, Q6_K,
+  // Q3_K, Q2_K: model/block_row_kernels.h), kept as stored: the file's bytes (6.56 bits a value
+  // for Q6_K, 5.5 for Q5_0 / Q5_K, 3.44 for Q3_K, 2.63 for Q2_K) and exactly its values
+  // (ggml's reference dequantization). One token, or a few (batched decoding), run on the
+  // blocks (kernels' gemv); more tokens widen rows to float32 a panel at a time. For the
+  // float32 compute dtype; --int8-activations does not apply to them (float32 activations
+  // always). Throws Error naming `what` for another type, rows that are not whole blocks, or a
+  // byte count that does not match the shape.
+  static DenseWeight from_gguf_blocks(GgmlType type, std::vector<uint8_t> blocks, int64_t rows, int64_t cols,
+                                      const std::string& what);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   ComputeDType dtype() const { return dtype_; }
-  // Whether the values are held as 8-bit blocks (from_q8_0); f32_data() is null then.
+  // Whether the values are held as 8-bit blocks (from_q8_0 / to_q8_0).
   bool q8() const { return !q8_.empty(); }
+  // Whether they are a GGUF's blocks as stored (from_gguf_blocks); gguf_type() says which type.
+  bool gguf_blocks() const { return !gb_.empty(); }
+  GgmlType gguf_type() const { return gb_type_; }
+  // Either: the values exist only in that form (rows_to_f32 widens them); f32_data() and
+  // h16_data() are null.
+  bool packed() const { return q8() || gguf_blocks(); }
   // Rows [r0, r1) as float32 into out, row i at out + i * ld (ld 0: cols; else >= cols).
   void rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld = 0) const;
   // y (T, rows) = x (T, cols) · Wᵀ.
@@ -78,8 +96,8 @@ class DenseWeight {
   // (kernels::LinearKernels::gemv_q8_i8, llama.cpp's Q8_0 x Q8_0 dot product) instead of
   // float32 ones. Not bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
   void set_int8_activations(bool on) { int8_act_ = on; }
-  size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4; }
-  const float* f32_data() const { return f32_.data(); }       // when dtype() == F32 and !q8()
+  size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4 + gb_.size(); }
+  const float* f32_data() const { return f32_.data(); }       // when dtype() == F32 and !packed()
   const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
 
  private:
@@ -89,6 +107,9 @@ class DenseWeight {
   std::vector<uint16_t> h16_;
   std::vector<int8_t> q8_;        // (rows, cols) codes, from_q8_0
   std::vector<float> q8_scale_;   // (rows, cols / 32) their scales
+  std::vector<uint8_t> gb_;       // from_gguf_blocks: rows of blocks as the file has them
+  GgmlType gb_type_ = GgmlType::F32;
+  kernels::BlockRows block_rows() const;
   bool int8_act_ = false;
 };
 
@@ -107,8 +128,9 @@ class QuantLinear {
   QuantLinear(Quantized4bit q, ComputeDType dtype);
   // From an int8 weight (quantized here, or read from a transformers/bnb 8-bit checkpoint).
   QuantLinear(Quantized8bit q, ComputeDType dtype, float threshold = kInt8DefaultThreshold);
-  // A dense weight as it is (a GGUF's Q8_0 Linear kept 8-bit: DenseWeight::from_q8_0, float32
-  // compute); is_quantized() is false, as for any dense weight.
+  // A dense weight as it is (a GGUF's Q8_0 Linear kept 8-bit, DenseWeight::from_q8_0, or one
+  // kept as its blocks, DenseWeight::from_gguf_blocks; float32 compute); is_quantized() is
+  // false, as for any dense weight.
   explicit QuantLinear(DenseWeight w);
 
   // REQUIRES bias.size() == out_features(); stored rounded to the compute dtype.

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/ggml_types.h"
 #include "quant/int8.h"
 #include "quant/quant_state.h"
 
@@ -50,14 +51,20 @@ class TensorSource {
   // (formats/ggml_as_4bit.h): the loader skips it when asked to re-quantize
   // (ModelLoadOptions::keep_gguf_weights), and the memory planner counts its constants.
   virtual bool keeps_gguf_4bit(const std::string& /*name*/) const { return false; }
-  // A GGUF block Linear stored in a type of more than 4 bits (Q8_0, Q6_K, Q5_K, Q5_0, Q5_1),
-  // which the loader keeps 8-bit (keeps_gguf_q8_0) rather than rounding to 4. Q8_0 and Q5_0
-  // blocks are 8-bit values exactly: get_q8_0_linear gives them as Q8_0 blocks (34 bytes per
-  // 32 values; Q5_0's d * (q - 16) re-laid with the same d) with the rows in Hugging Face's
-  // order (llama.cpp's rope order undone), for DenseWeight::from_q8_0; the others give
-  // nullopt and the loader quantizes get()'s values to Q8_0 (within half an 8-bit step).
+  // A GGUF block Linear the loader keeps as stored in a form other than 4-bit codes
+  // (ModelLoadOptions::keep_gguf_blocks): Q8_0, whose blocks get_q8_0_linear gives (34 bytes
+  // per 32 values) for DenseWeight::from_q8_0, or a type the block-row kernels take (Q6_K,
+  // Q5_K, Q5_0, Q5_1, Q3_K, Q2_K), whose blocks get_gguf_blocks gives for
+  // DenseWeight::from_gguf_blocks. Both with the rows in Hugging Face's order (llama.cpp's
+  // rope order undone); nullopt for any other tensor.
   virtual std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& /*name*/) const { return std::nullopt; }
-  virtual bool keeps_gguf_q8_0(const std::string& /*name*/) const { return false; }
+  virtual bool keeps_gguf_blocks(const std::string& /*name*/) const { return false; }
+  struct GgufBlocks {
+    GgmlType type = GgmlType::F32;
+    std::vector<uint8_t> bytes;
+  };
+  // Also asked for the embedding and output head (rows never permuted).
+  virtual std::optional<GgufBlocks> get_gguf_blocks(const std::string& /*name*/) const { return std::nullopt; }
   // When the source can make the tensor directly in the 4-bit format asked for, without a
   // float32 copy of the whole tensor (generated weights: model/random_model.h), that;
   // nullopt otherwise, and the loader quantizes get() as usual. Asked only for Linear

@@ -1,0 +1,271 @@
+// AVX2 block-row kernels. Each block's codes are unpacked into int8 lanes in registers (the
+// 5th / 6th / sign bits merged in with byte masks), widened to float32 eight at a time and
+// scaled with the reference's own float32 expression, so every value is
+// dequantize_row_ref's bit for bit; the GEMV then multiplies them into x with four
+// accumulators per token (no dependence between consecutive FMAs), rows_to_f32 stores them.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "model/block_row_kernels.h"
+
+namespace qlora::kernels {
+namespace {
+
+inline float half_at(const uint8_t* p) {  // (F16C widens fp16 exactly, subnormals included)
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline __m256i bytes(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
+
+// Byte j of the result is 0xFF where bit j of `bits` is set, else 0 (Q5_0 / Q5_1's fifth bits).
+inline __m256i bytes_from_bits(uint32_t bits) {
+  const __m256i rep = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
+                                          _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                                           2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i sel = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(rep, sel), sel);
+}
+
+// 0xFF where the byte has the bit `mask` set.
+inline __m256i has_bit(__m256i v, int mask) {
+  const __m256i m = bytes(mask);
+  return _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
+}
+
+// How a chunk's code q becomes its value, as the reference writes it: q * s, q * s - m, q * s + m.
+enum class Mode { Scale, SubMin, AddMin };
+
+// The 32 int8 codes in q as float32 values, the first 16 with (s0, m0), the last 16 with
+// (s1, m1), handed to f(pos, v0, v1, v2, v3): values pos .. pos + 31 of the block.
+template <Mode M, class F>
+inline void emit32(__m256i q, float s0, float m0, float s1, float m1, int pos, F& f) {
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  const __m256 S0 = _mm256_set1_ps(s0), S1 = _mm256_set1_ps(s1);
+  __m256 v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), S0);
+  __m256 v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), S0);
+  __m256 v2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), S1);
+  __m256 v3 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), S1);
+  if constexpr (M == Mode::SubMin) {
+    const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
+    v0 = _mm256_sub_ps(v0, M0), v1 = _mm256_sub_ps(v1, M0), v2 = _mm256_sub_ps(v2, M1), v3 = _mm256_sub_ps(v3, M1);
+  } else if constexpr (M == Mode::AddMin) {
+    const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
+    v0 = _mm256_add_ps(v0, M0), v1 = _mm256_add_ps(v1, M0), v2 = _mm256_add_ps(v2, M1), v3 = _mm256_add_ps(v3, M1);
+  }
+  f(pos, v0, v1, v2, v3);
+}
+
+// Q5_0 / Q5_1's 32 five-bit codes: value j is nibble j (low nibbles of qs, then high) with bit j of qh.
+inline __m256i q5_nibbles(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+}
+
+// One block of each type, its values in order through f (formats/ggml_types.h's layouts).
+template <GgmlType Ty, class F>
+inline void decode_block(const uint8_t* b, F& f) {
+  if constexpr (Ty == GgmlType::Q5_0) {  // x = d * (q - 16)
+    const float d = half_at(b);
+    uint32_t qh;
+    std::memcpy(&qh, b + 2, 4);
+    // q - 16 as int8: the nibble where the fifth bit is set, else the nibble - 16 (its high bits set)
+    const __m256i q = _mm256_or_si256(q5_nibbles(b + 6), _mm256_andnot_si256(bytes_from_bits(qh), bytes(0xF0)));
+    emit32<Mode::Scale>(q, d, 0.0f, d, 0.0f, 0, f);
+  } else if constexpr (Ty == GgmlType::Q5_1) {  // x = q * d + m
+    const float d = half_at(b), m = half_at(b + 2);
+    uint32_t qh;
+    std::memcpy(&qh, b + 4, 4);
+    const __m256i q = _mm256_or_si256(q5_nibbles(b + 8), _mm256_and_si256(bytes_from_bits(qh), bytes(0x10)));
+    emit32<Mode::AddMin>(q, d, m, d, m, 0, f);
+  } else if constexpr (Ty == GgmlType::Q5_K) {  // 8 sub-blocks of 32: x = (d * sc) * q - dmin * m
+    const float d = half_at(b), dmin = half_at(b + 2);
+    const uint8_t* scales = b + 4;
+    const __m256i qh = load256(b + 16);
+    const uint8_t* ql = b + 48;
+    for (int j = 0; j < 4; ++j) {
+      uint8_t sc, mn;
+      q4_k_scale_min(2 * j, scales, &sc, &mn);
+      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(mn);
+      q4_k_scale_min(2 * j + 1, scales, &sc, &mn);
+      const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(mn);
+      const __m256i l = load256(ql + 32 * j);
+      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l, bytes(0x0F)),
+                                         _mm256_and_si256(has_bit(qh, 1 << (2 * j)), bytes(0x10)));
+      const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), bytes(0x0F)),
+                                         _mm256_and_si256(has_bit(qh, 1 << (2 * j + 1)), bytes(0x10)));
+      emit32<Mode::SubMin>(q1, d1, m1, d1, m1, 64 * j, f);
+      emit32<Mode::SubMin>(q2, d2, m2, d2, m2, 64 * j + 32, f);
+    }
+  } else if constexpr (Ty == GgmlType::Q6_K) {  // 16 sub-blocks of 16: x = (d * sc) * (q - 32)
+    const float d = half_at(b + 208);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = load256(b + 64 * h), l1 = load256(b + 64 * h + 32), qh = load256(b + 128 + 32 * h);
+      const __m256i m4 = bytes(0x0F), m30 = bytes(0x30), c32 = bytes(32);
+      // Value l + 32 k takes its low nibble from ql and bits 2k, 2k + 1 of qh[l] as bits 4, 5.
+      const __m256i q1 = _mm256_sub_epi8(
+          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)), c32);
+      const __m256i q2 = _mm256_sub_epi8(
+          _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)), c32);
+      const __m256i q3 = _mm256_sub_epi8(
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)), c32);
+      const __m256i q4 = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
+                                         c32);
+      const int8_t* s = sc + 8 * h;
+      auto ds = [&](int i) { return d * static_cast<float>(s[i]); };
+      emit32<Mode::Scale>(q1, ds(0), 0.0f, ds(1), 0.0f, 128 * h, f);
+      emit32<Mode::Scale>(q2, ds(2), 0.0f, ds(3), 0.0f, 128 * h + 32, f);
+      emit32<Mode::Scale>(q3, ds(4), 0.0f, ds(5), 0.0f, 128 * h + 64, f);
+      emit32<Mode::Scale>(q4, ds(6), 0.0f, ds(7), 0.0f, 128 * h + 96, f);
+    }
+  } else if constexpr (Ty == GgmlType::Q3_K) {  // 16 sub-blocks of 16: x = (d * sc) * (q - 4 * !hbit)
+    const float d = half_at(b + 108);
+    const uint8_t* packed = b + 96;
+    float ds[16];
+    for (int j = 0; j < 16; ++j) {
+      const int lo = j < 8 ? (packed[j] & 0x0F) : (packed[j - 8] >> 4);
+      const int hi = (packed[8 + (j % 4)] >> (2 * (j / 4))) & 3;
+      ds[j] = d * static_cast<float>(static_cast<int8_t>((lo | (hi << 4)) - 32));
+    }
+    const __m256i hm = load256(b);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = load256(b + 32 + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), bytes(3));
+        const __m256i code = _mm256_sub_epi8(low, _mm256_andnot_si256(has_bit(hm, 1 << (4 * h + j)), bytes(4)));
+        const int is = 8 * h + 2 * j;
+        emit32<Mode::Scale>(code, ds[is], 0.0f, ds[is + 1], 0.0f, 128 * h + 32 * j, f);
+      }
+    }
+  } else if constexpr (Ty == GgmlType::Q2_K) {  // 16 sub-blocks of 16: x = (d * (sc & 15)) * q - dmin * (sc >> 4)
+    const float d = half_at(b + 80), dmin = half_at(b + 82);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = load256(b + 16 + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i code = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), bytes(3));
+        const int is = 8 * h + 2 * j;
+        const uint8_t s0 = b[is], s1 = b[is + 1];
+        emit32<Mode::SubMin>(code, d * static_cast<float>(s0 & 0xF), dmin * static_cast<float>(s0 >> 4),
+                             d * static_cast<float>(s1 & 0xF), dmin * static_cast<float>(s1 >> 4),
+                             128 * h + 32 * j, f);
+      }
+    }
+  }
+}
+
+template <GgmlType Ty>
+constexpr int64_t kBlockValues = (Ty == GgmlType::Q5_0 || Ty == GgmlType::Q5_1) ? 32 : 256;
+template <GgmlType Ty>
+constexpr int64_t kBlockBytes = Ty == GgmlType::Q5_0   ? 22
+                                : Ty == GgmlType::Q5_1 ? 24
+                                : Ty == GgmlType::Q5_K ? 176
+                                : Ty == GgmlType::Q6_K ? 210
+                                : Ty == GgmlType::Q3_K ? 110
+                                                       : 84;
+static_assert(kBlockBytes<GgmlType::Q5_0> == sizeof(BlockQ5_0) && kBlockBytes<GgmlType::Q5_1> == sizeof(BlockQ5_1) &&
+              kBlockBytes<GgmlType::Q5_K> == sizeof(BlockQ5_K) && kBlockBytes<GgmlType::Q6_K> == sizeof(BlockQ6_K) &&
+              kBlockBytes<GgmlType::Q3_K> == sizeof(BlockQ3_K) && kBlockBytes<GgmlType::Q2_K> == sizeof(BlockQ2_K));
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// G (1 or 2) tokens of x, each with its own four accumulators: a token's sums are in the same
+// order whatever G is.
+template <GgmlType Ty, int G>
+void gemv_tokens(const BlockRows& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr int64_t QK = kBlockValues<Ty>, BB = kBlockBytes<Ty>;
+  const int64_t nb = w.cols / QK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    __m256 acc[G][4];
+    for (int g = 0; g < G; ++g)
+      for (int k = 0; k < 4; ++k) acc[g][k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + b * QK;
+      auto f = [&](int pos, __m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+        for (int g = 0; g < G; ++g) {
+          const float* xp = xb + g * w.cols + pos;
+          acc[g][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xp), acc[g][0]);
+          acc[g][1] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xp + 8), acc[g][1]);
+          acc[g][2] = _mm256_fmadd_ps(v2, _mm256_loadu_ps(xp + 16), acc[g][2]);
+          acc[g][3] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(xp + 24), acc[g][3]);
+        }
+      };
+      decode_block<Ty>(row + b * BB, f);
+    }
+    for (int g = 0; g < G; ++g)
+      y[g * ldy + r] = hsum(_mm256_add_ps(_mm256_add_ps(acc[g][0], acc[g][1]), _mm256_add_ps(acc[g][2], acc[g][3])));
+  }
+}
+
+template <GgmlType Ty>
+void gemv_type(const BlockRows& w, const float* x, int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  // Two tokens per pass over the rows (eight accumulators stay in registers); a row's blocks
+  // are still in L1 for the next pair.
+  int64_t t = 0;
+  for (; t + 2 <= T; t += 2) gemv_tokens<Ty, 2>(w, x + t * w.cols, y + t * ldy, ldy, r0, r1);
+  if (t < T) gemv_tokens<Ty, 1>(w, x + t * w.cols, y + t * ldy, ldy, r0, r1);
+}
+
+template <GgmlType Ty>
+void rows_type(const BlockRows& w, int64_t r0, int64_t r1, float* out, int64_t ld) {
+  constexpr int64_t QK = kBlockValues<Ty>, BB = kBlockBytes<Ty>;
+  const int64_t nb = w.cols / QK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    float* o = out + (r - r0) * ld;
+    for (int64_t b = 0; b < nb; ++b) {
+      float* ob = o + b * QK;
+      auto f = [ob](int pos, __m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+        _mm256_storeu_ps(ob + pos, v0);
+        _mm256_storeu_ps(ob + pos + 8, v1);
+        _mm256_storeu_ps(ob + pos + 16, v2);
+        _mm256_storeu_ps(ob + pos + 24, v3);
+      };
+      decode_block<Ty>(row + b * BB, f);
+    }
+  }
+}
+
+void gemv_avx2(const BlockRows& w, const float* x, int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case GgmlType::Q5_0: return gemv_type<GgmlType::Q5_0>(w, x, T, y, ldy, r0, r1);
+    case GgmlType::Q5_1: return gemv_type<GgmlType::Q5_1>(w, x, T, y, ldy, r0, r1);
+    case GgmlType::Q5_K: return gemv_type<GgmlType::Q5_K>(w, x, T, y, ldy, r0, r1);
+    case GgmlType::Q6_K: return gemv_type<GgmlType::Q6_K>(w, x, T, y, ldy, r0, r1);
+    case GgmlType::Q3_K: return gemv_type<GgmlType::Q3_K>(w, x, T, y, ldy, r0, r1);
+    case GgmlType::Q2_K: return gemv_type<GgmlType::Q2_K>(w, x, T, y, ldy, r0, r1);
+    default: return scalar_block_row_kernels().gemv(w, x, T, y, ldy, r0, r1);
+  }
+}
+
+void rows_to_f32_avx2(const BlockRows& w, int64_t r0, int64_t r1, float* out, int64_t ld) {
+  switch (w.type) {
+    case GgmlType::Q5_0: return rows_type<GgmlType::Q5_0>(w, r0, r1, out, ld);
+    case GgmlType::Q5_1: return rows_type<GgmlType::Q5_1>(w, r0, r1, out, ld);
+    case GgmlType::Q5_K: return rows_type<GgmlType::Q5_K>(w, r0, r1, out, ld);
+    case GgmlType::Q6_K: return rows_type<GgmlType::Q6_K>(w, r0, r1, out, ld);
+    case GgmlType::Q3_K: return rows_type<GgmlType::Q3_K>(w, r0, r1, out, ld);
+    case GgmlType::Q2_K: return rows_type<GgmlType::Q2_K>(w, r0, r1, out, ld);
+    default: return scalar_block_row_kernels().rows_to_f32(w, r0, r1, out, ld);
+  }
+}
+
+}  // namespace
+
+const BlockRowKernels& avx2_block_row_kernels() {
+  static const BlockRowKernels k{gemv_avx2, rows_to_f32_avx2};
+  return k;
+}
+
+}  // namespace qlora::kernels

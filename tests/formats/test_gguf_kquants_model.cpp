@@ -1,0 +1,291 @@
+// A GGUF whose tensors are in the types qlora keeps as the file's blocks (Q2_K, Q3_K, Q5_0,
+// Q5_1, Q5_K, Q6_K: DenseWeight::from_gguf_blocks, model/block_row_kernels.h) loads them as
+// stored and runs on them: tests/fixtures/gguf/kq_llama.gguf (tools/make_gguf_fixtures.py) is
+// a 2-layer llama whose weights ggml's own quantizer (ggml_quantize_chunk) wrote in those
+// types, each on two or more Linears (rope-permuted q / k among them), with a Q5_K embedding
+// and a Q6_K output head.
+//
+// References: transformers' logits on the same file (its GGUF loader dequantizes with gguf-py,
+// then runs float32). The kept blocks hold exactly those values, so ours agree to float32
+// summation order -- 1e-5 of the largest logit -- both over the whole prompt at once (rows
+// widened a panel at a time into the GEMM) and token by token (the block GEMV). llama.cpp's
+// logits are further off (its products round activations to 8 bits): ours must be as close
+// to them as transformers' are.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/gguf.h"
+#include "formats/model_loader.h"
+#include "memory/memory_plan.h"
+#include "model/model.h"
+#include "model/model_fixture_logits.h"
+#include "model/model_spec.h"
+#include "model/model_test_util.h"
+#include "lora/lora_model.h"
+#include "train/train_model.h"
+
+using namespace qlora;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kFile = std::string(QLORA_FIXTURE_DIR) + "/gguf/kq_llama.gguf";
+
+json reference() {
+  std::ifstream in(std::string(QLORA_FIXTURE_DIR) + "/gguf/kq_llama.json");
+  return json::parse(in);
+}
+
+std::vector<float> flat(const json& rows) {
+  std::vector<float> v;
+  for (const auto& r : rows)
+    for (const auto& x : r) v.push_back(x.get<float>());
+  return v;
+}
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0;
+  for (float x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+int argmax_row(const std::vector<float>& v, size_t row, int64_t vocab) {
+  const auto b = v.begin() + static_cast<std::ptrdiff_t>(row * static_cast<size_t>(vocab));
+  return static_cast<int>(std::max_element(b, b + vocab) - b);
+}
+
+Model load(const ModelLoadOptions& o = {}) {
+  ModelFiles files = open_model_files(kFile);
+  return Model::load(files.spec, *files.tensors, o);
+}
+
+// The prompt's logits fed one token at a time (the KV cache; every product a GEMV).
+std::vector<float> stepwise_logits(const Model& m, const std::vector<int>& prompt) {
+  InferenceState st(m.spec(), static_cast<int64_t>(prompt.size()));
+  const size_t V = static_cast<size_t>(m.spec().vocab);
+  std::vector<float> out(prompt.size() * V);
+  for (size_t t = 0; t < prompt.size(); ++t) forward(m, st, std::span<const int>(&prompt[t], 1), out.data() + t * V, false);
+  return out;
+}
+
+TEST(GgufKQuantModel, FileHoldsEveryTypeTheFixtureNames) {
+  const GgufFile g(kFile);
+  const json ref = reference();  // (kept alive: items() refers into it)
+  for (const auto& [name, type] : ref.at("types").items())
+    EXPECT_EQ(std::string(ggml_type_name(g.tensor(name).type)), type.get<std::string>()) << name;
+}
+
+// Every Linear, the embedding and the head are the file's blocks: its bytes, and exactly its
+// values (in Hugging Face's row order), which the model holds at the file's size.
+TEST(GgufKQuantModel, WeightsAreKeptAsTheFileBlocks) {
+  ModelFiles files = open_model_files(kFile);
+  const GgufFile g(kFile);
+  const Model m = Model::load(files.spec, *files.tensors, ModelLoadOptions{});
+  auto check = [&](const DenseWeight& d, const std::string& hf) {
+    const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
+    ASSERT_TRUE(d.gguf_blocks()) << hf;
+    EXPECT_EQ(d.gguf_type(), t) << hf;
+    EXPECT_EQ(static_cast<int64_t>(d.bytes()), *ggml_nbytes(t, d.rows() * d.cols())) << hf;
+    const std::vector<float> want = files.tensors->get(hf);
+    std::vector<float> got(want.size());
+    d.rows_to_f32(0, d.rows(), got.data());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << hf;
+  };
+  int linears = 0;
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kAttentionLinears; ++w) {
+      const std::string hf = layer_tensor_name(l, kBlockLinearModules[static_cast<size_t>(w)]);
+      const QuantLinear& lin = m.block_linear(l, w);
+      ASSERT_NE(lin.dense(), nullptr) << hf;
+      check(*lin.dense(), hf);
+      std::vector<float> via_linear(static_cast<size_t>(lin.out_features() * lin.in_features()));
+      lin.dequantize_rows(0, lin.out_features(), via_linear.data());
+      EXPECT_EQ(via_linear, files.tensors->get(hf)) << hf;
+      ++linears;
+    }
+  EXPECT_EQ(linears, 14);
+  check(m.embed_tokens(), "model.embed_tokens.weight");
+  check(m.lm_head(), "lm_head.weight");
+}
+
+TEST(GgufKQuantModel, LogitsMatchTransformersOnTheSameFile) {
+  const json ref = reference();
+  const auto prompt = ref.at("prompt").get<std::vector<int>>();
+  const std::vector<float> hf = flat(ref.at("transformers_logits"));
+  const Model m = load();
+  const float scale = max_abs(hf);
+  const std::vector<float> whole = test::all_prompt_logits(m, prompt), steps = stepwise_logits(m, prompt);
+  ASSERT_EQ(whole.size(), hf.size());
+  std::printf("kq_llama: max |ours - transformers| %.3g over the prompt, %.3g token by token (largest |logit| %.3g)\n",
+              max_diff(whole, hf), max_diff(steps, hf), scale);
+  EXPECT_LE(max_diff(whole, hf), 1e-5f * scale);
+  EXPECT_LE(max_diff(steps, hf), 1e-5f * scale);
+}
+
+TEST(GgufKQuantModel, LogitsAsCloseToLlamaCppAsTransformersAre) {
+  const json ref = reference();
+  const auto prompt = ref.at("prompt").get<std::vector<int>>();
+  const std::vector<float> lc = flat(ref.at("llama_cpp_logits")), hf = flat(ref.at("transformers_logits"));
+  const Model m = load();
+  const std::vector<float> got = stepwise_logits(m, prompt);
+  const float d = max_diff(got, lc), hf_d = ref.at("llama_cpp_vs_transformers_max_abs").get<float>();
+  std::printf("kq_llama: max |ours - llama.cpp| %.3g (transformers - llama.cpp: %.3g)\n", d, hf_d);
+  EXPECT_LE(d, hf_d * 1.01f + 1e-4f);
+  int ours = 0, theirs = 0;  // top-1 agreement with llama.cpp
+  for (size_t t = 0; t < prompt.size(); ++t) {
+    ours += argmax_row(got, t, m.spec().vocab) == argmax_row(lc, t, m.spec().vocab);
+    theirs += argmax_row(hf, t, m.spec().vocab) == argmax_row(lc, t, m.spec().vocab);
+  }
+  EXPECT_GE(ours, theirs);
+}
+
+// --requantize-gguf (keep_gguf_weights false) and the CUDA runs (keep_gguf_blocks false)
+// quantize the Linears per --quant instead; bf16 compute too (the blocks run in float32).
+TEST(GgufKQuantModel, OtherwiseTheLinearsAreQuantizedPerTheFlags) {
+  ModelLoadOptions requant;
+  requant.keep_gguf_weights = false;
+  ModelLoadOptions cuda;
+  cuda.keep_gguf_blocks = false;
+  ModelLoadOptions bf16;
+  bf16.compute_dtype = ComputeDType::BF16;
+  for (const ModelLoadOptions& o : {requant, cuda, bf16}) {
+    const Model m = load(o);
+    for (int64_t l = 0; l < m.spec().n_layers; ++l)
+      for (int w = 0; w < kAttentionLinears; ++w) {
+        const QuantLinear& lin = m.block_linear(l, w);
+        ASSERT_NE(lin.q4(), nullptr);
+        EXPECT_TRUE(lin.q4()->state.ggml_source.empty());
+      }
+  }
+}
+
+std::vector<float> randn(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Each kept Linear's products for 1..17 tokens (one GEMV, a few tokens at once as batched
+// decoding runs them, the panel GEMM beyond) equal those of a float32 copy of its values to
+// summation order; a token among a few gets the bits it gets alone.
+TEST(GgufKQuantModel, ProductsOfEveryTokenCountMatchTheFloat32Copy) {
+  const Model m = load();
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kAttentionLinears; ++w) {
+      const DenseWeight& d = *m.block_linear(l, w).dense();
+      std::vector<float> values(static_cast<size_t>(d.rows() * d.cols()));
+      d.rows_to_f32(0, d.rows(), values.data());
+      const DenseWeight f32(values.data(), d.rows(), d.cols(), ComputeDType::F32);
+      const std::string what = std::string(ggml_type_name(d.gguf_type())) + " layer " + std::to_string(l);
+      for (int64_t T : {1, 2, 5, 8, 9, 17}) {
+        const std::vector<float> x = randn(T * d.cols(), 11 + static_cast<uint32_t>(T));
+        std::vector<float> a(static_cast<size_t>(T * d.rows())), b(a.size()), one(static_cast<size_t>(d.rows()));
+        d.matmul(a.data(), x.data(), T);
+        f32.matmul(b.data(), x.data(), T);
+        for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4 * (1 + std::fabs(b[i]))) << what << " T " << T;
+        if (T > kernels::kBlockGemvMaxTokens) continue;
+        for (int64_t t = 0; t < T; ++t) {
+          d.matmul(one.data(), x.data() + t * d.cols(), 1);
+          ASSERT_EQ(std::memcmp(one.data(), a.data() + t * d.rows(), one.size() * sizeof(float)), 0)
+              << what << " token " << t << " of " << T;
+        }
+      }
+    }
+}
+
+// A training step through the kept weights (the Linears' input gradients and the Q6_K head's,
+// rows widened a tile at a time) matches one through float32 copies of the same values.
+TEST(GgufKQuantModel, TrainingStepMatchesTheFloat32Copy) {
+  ModelLoadOptions widened;
+  widened.quant.quantize = false;
+  widened.keep_q8_0_head = false;
+  const Model kept = load(), f32 = load(widened);
+  ASSERT_TRUE(kept.lm_head().gguf_blocks());
+  ASSERT_FALSE(f32.lm_head().packed());
+  LoraConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.dropout = 0;
+  c.all_linear = true;
+  LoraModel ma(kept, c), mb(f32, c);
+  const json ref = reference();
+  const auto prompt = ref.at("prompt").get<std::vector<int>>();
+  std::vector<int> targets(prompt.begin() + 1, prompt.end());
+  targets.push_back(2);
+  TrainWorkspace wa, wb;
+  TrainStepOptions opt;
+  const float loss_a = forward_backward(ma, wa, prompt, targets, opt, nullptr);
+  const float loss_b = forward_backward(mb, wb, prompt, targets, opt, nullptr);
+  EXPECT_NEAR(loss_a, loss_b, 1e-5 * std::fabs(loss_b));
+  double gpeak = 0, gworst = 0;
+  for (size_t l = 0; l < ma.layers().size(); ++l)
+    for (size_t i = 0; i < ma.layers()[l].dB.size(); ++i) {  // (dA is 0: a fresh adapter's B is 0)
+      gpeak = std::max(gpeak, std::fabs(static_cast<double>(mb.layers()[l].dB[i])));
+      gworst = std::max(gworst, std::fabs(static_cast<double>(ma.layers()[l].dB[i]) - mb.layers()[l].dB[i]));
+    }
+  ASSERT_GT(gpeak, 0.0);
+  EXPECT_LT(gworst, 1e-4 * gpeak) << "LoRA B gradients";
+}
+
+// The memory planner counts them at the file's bytes.
+TEST(GgufKQuantModel, PlannerCountsTheFileBytes) {
+  const GgufFile g(kFile);
+  uint64_t values = 0, bytes = 0;
+  const json ref = reference();
+  for (const auto& [name, type] : ref.at("types").items()) {
+    if (name.rfind("blk.", 0) != 0) continue;
+    const GgufTensorInfo& t = g.tensor(name);
+    values += static_cast<uint64_t>(t.numel());
+    bytes += static_cast<uint64_t>(*ggml_nbytes(t.type, t.numel()));
+  }
+  const Gguf4bitKept k = model_source_gguf_kept_4bit(kFile);
+  EXPECT_EQ(k.block_values, values);
+  EXPECT_EQ(k.block_bytes, bytes);
+  EXPECT_EQ(k.q8_values, 0u);
+  EXPECT_EQ(k.values, 0u);
+  const Q8HeadTensors h = model_source_q8_0_head(kFile);
+  EXPECT_EQ(h.embed_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q5_K, g.tensor("token_embd.weight").numel())));
+  EXPECT_EQ(h.head_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q6_K, g.tensor("output.weight").numel())));
+  const Model m = load();
+  size_t held = m.embed_tokens().bytes() + m.lm_head().bytes();
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kAttentionLinears; ++w) held += m.block_linear(l, w).dense()->bytes();
+  EXPECT_EQ(held, bytes + h.embed_block_bytes + h.head_block_bytes);
+  // The plan of a generate run: the kept linears as one item of the file's bytes, and the load
+  // phase holding all of the weights.
+  ModelFiles files = open_model_files(kFile);
+  MemoryOptions o = memory_options_for_run(kFile, ModelLoadOptions{}, MemoryMode::Generate, 1);
+  o.prompt_len = 8;
+  o.new_tokens = 8;
+  const MemoryPlan plan = plan_memory(files.spec, o);
+  uint64_t item = 0;
+  for (const MemoryItem& i : plan.items)
+    if (i.name.find("as stored") != std::string::npos && i.name.find("Q6_K") != std::string::npos) item = i.bytes;
+  EXPECT_EQ(item, bytes);
+  EXPECT_GE(plan.load_peak_bytes, m.weight_bytes());
+  // The load phase counts them as it counts every other weight: a gigabyte more of them is a
+  // gigabyte more at its peak.
+  MemoryOptions more = o;
+  more.gguf_kept_block_bytes += 1'000'000'000;
+  const MemoryPlan bigger = plan_memory(files.spec, more);
+  EXPECT_GE(bigger.load_peak_bytes, plan.load_peak_bytes + 999'000'000);
+}
+
+}  // namespace

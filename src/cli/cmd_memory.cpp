@@ -65,6 +65,7 @@ struct Options {
   bool table = false;
   bool dense_head = false;  // --dense-head, as train/generate's
   bool requantize_gguf = false;  // --requantize-gguf, as train/generate's
+  bool gguf_compact = false;     // --gguf-compact, as train/generate's
   std::string kv_cache = "auto";  // --kv-cache, as generate's
 };
 
@@ -195,7 +196,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.model_file_bytes = m.file_bytes;
   mo.source_permutes_qk = m.permutes_qk;
   if (mo.compute_dtype == qlora::ComputeDType::F32 && !o.dense_head && !m.generated) {
-    const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model);
+    const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model, o.gguf_compact);
     mo.embed_q8_0 = q8.embed;
     mo.head_q8_0 = q8.head;
     if (!o.requantize_gguf) {
@@ -206,7 +207,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.generated_weights = m.generated;
   if (mo.engine == qlora::MemoryEngine::Qlora && o.quant != "none" && !o.requantize_gguf && !m.generated) {
     // (a GGUF's 4-bit linears are kept as stored: formats/ggml_as_4bit.h)
-    const qlora::Gguf4bitKept k = qlora::model_source_gguf_kept_4bit(o.model);
+    const qlora::Gguf4bitKept k = qlora::model_source_gguf_kept_4bit(o.model, o.gguf_compact);
     mo.gguf_kept_values = k.values;
     mo.gguf_kept_constant_bytes = k.constant_bytes;
     mo.gguf_kept_q8_values = k.q8_values;
@@ -293,6 +294,9 @@ const bool kRegistered = qlora::cli::register_command(
                                 "As train/generate: a GGUF's quantized embedding / output head widened to the compute dtype");
       qlora::cli::add_bool_flag(app, "--requantize-gguf", o->requantize_gguf,
                                 "As train/generate: a GGUF's 4-bit and Q8_0 linears re-quantized per --quant instead of kept as stored");
+      qlora::cli::add_bool_flag(app, "--gguf-compact", o->gguf_compact,
+                                "As train/generate: a GGUF's Q6_K / Q5_K / Q5_1 linears and head kept as the file's "
+                                "blocks instead of 8-bit");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype,
                      "fp32, bf16 or fp16 (default: what the command would use: fp32, or for train on the CPU bf16 "

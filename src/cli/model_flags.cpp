@@ -38,14 +38,20 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   add_bool_flag(app, "--allow-unused-tensors", f.allow_unused_tensors,
                 "Load a model file holding tensors the model does not use (a warning instead of an error)");
   add_bool_flag(app, "--dense-head", f.dense_head,
-                "Widen a GGUF's quantized token embedding / output head to the compute dtype (by default it stays "
-                "8-bit with fp32 compute: Q8_0 as stored, other types re-quantized to Q8_0; a quarter of the bytes "
-                "per token)");
+                "Widen a GGUF's quantized token embedding / output head to the compute dtype (by default, with fp32 "
+                "compute, it stays as stored when Q8_0, Q3_K or Q2_K (or Q6_K, Q5_K, Q5_1 with --gguf-compact), and "
+                "other types are re-quantized to Q8_0: a quarter of float32's bytes per token or less)");
   add_bool_flag(app, "--requantize-gguf", f.requantize_gguf,
-                "Re-quantize a GGUF's 4-bit linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4) and those of more bits "
-                "(Q5_x, Q6_K, Q8_0) per --quant from their values, as transformers + bitsandbytes do with a GGUF "
-                "(their numbers bit for bit); by default the 4-bit ones are kept as stored, llama.cpp's values "
-                "exactly, and the others 8-bit (Q8_0 and Q5_0 exactly; with fp32 compute, on the CPU)");
+                "Re-quantize a GGUF's linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q5_x, Q6_K, Q8_0) "
+                "per --quant from their values, as transformers + bitsandbytes do with a GGUF (their numbers bit for "
+                "bit); by default they are kept as stored: the 4-bit ones always, and with fp32 compute on the CPU "
+                "Q3_K and Q2_K as the file's blocks, Q8_0 and Q5_0 as 8-bit blocks (all llama.cpp's values "
+                "exactly), Q6_K, Q5_K and Q5_1 as Q8_0 of their values (or as stored: --gguf-compact)");
+  add_bool_flag(app, "--gguf-compact", f.gguf_compact,
+                "Keep a GGUF's Q6_K, Q5_K and Q5_1 linears and head as the file's blocks too (exactly llama.cpp's "
+                "values, the file's size) instead of Q8_0 of their values (within half an 8-bit step, 9 bits a "
+                "value): 27-40% fewer bytes, but on float activations their products ran 1.4-1.5x slower on a "
+                "2-core Zen 3 (bench/RESULTS.md)");
 }
 
 ModelLoadOptions load_options(const ModelFlags& f) {
@@ -62,6 +68,7 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   load.keep_q8_0_head = !f.dense_head;
   load.keep_gguf_weights = !f.requantize_gguf;
   load.keep_gguf_blocks = !parse_device(f.device).cuda;
+  load.gguf_compact = f.gguf_compact;
   load.int8_activations = f.int8_activations;
   if (f.int8_activations && (f.quant == "none" || f.quant == "int8"))
     fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + f.quant);
@@ -270,7 +277,7 @@ std::string weights_description(const ModelFlags& f, const Model& m) {
       ++total;
       const QuantLinear& lin = m.block_linear(l, w);
       if (const Quantized4bit* q = lin.q4(); q && !q->state.ggml_source.empty()) ++kept[q->state.ggml_source];
-      if (lin.dense() && lin.dense()->q8()) ++kept["Q8_0"];  // (a GGUF Q8_0 Linear kept 8-bit)
+      if (lin.dense() && lin.dense()->q8()) ++kept["8-bit"];  // (a GGUF Q8_0 / Q5_0 Linear kept 8-bit)
       if (lin.dense() && lin.dense()->gguf_blocks()) ++kept[std::string(ggml_type_name(lin.dense()->gguf_type()))];
     }
   std::string s = weights_description(f);

@@ -23,6 +23,7 @@ struct ModelFlags {
   bool allow_unused_tensors = false;  // tensors the model does not use: warn instead of refusing
   bool dense_head = false;            // --dense-head: a GGUF's Q8_0 embedding/head widened (ModelLoadOptions)
   bool requantize_gguf = false;       // --requantize-gguf: a GGUF's 4-bit / Q8_0 linears re-quantized (ModelLoadOptions::keep_gguf_weights)
+  bool gguf_compact = false;          // --gguf-compact: a GGUF's Q6_K / Q5_K / Q5_1 as its blocks (ModelLoadOptions::gguf_compact)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
   bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
   std::string kv_cache = "auto";      // --kv-cache (decoding commands: add_decode_flags)
@@ -108,7 +109,7 @@ void report_model(const ModelFiles& files, bool quiet);
 std::string weights_description(const ModelFlags& f);
 // The same for a loaded model, naming the GGUF 4-bit types its block linears keep as stored
 // (formats/ggml_as_4bit.h) and the other types it keeps as stored: "Q4_1 (GGUF, as
-// stored: 210 linears)", "Q4_K/Q5_0/Q6_K (GGUF, ...)", or "nf4 + IQ4_NL/IQ4_XS (GGUF, as stored:
+// stored: 210 linears)", "8-bit/Q4_K/Q6_K (GGUF, ...)", or "nf4 + IQ4_NL/IQ4_XS (GGUF, as stored:
 // 207 of 210 linears)" when some are re-quantized.
 std::string weights_description(const ModelFlags& f, const Model& m);
 

@@ -387,6 +387,29 @@ bool is_rope_tensor(const std::string& name) {
   return name == "rope_freqs.weight" || name == "rope_factors_long.weight" || name == "rope_factors_short.weight";
 }
 
+// Q5_0 blocks (d, 5-bit q: x = d * (q - 16)) as Q8_0 blocks of the same values: the same fp16
+// d, int8 codes q - 16.
+std::vector<uint8_t> q5_0_as_q8_0(std::span<const uint8_t> q5) {
+  const size_t nb = q5.size() / sizeof(BlockQ5_0);
+  std::vector<uint8_t> out(nb * sizeof(BlockQ8_0));
+  for (size_t b = 0; b < nb; ++b) {
+    BlockQ5_0 in;
+    std::memcpy(&in, q5.data() + b * sizeof in, sizeof in);
+    BlockQ8_0 o;
+    o.d = in.d;
+    uint32_t qh;
+    std::memcpy(&qh, in.qh, 4);
+    for (int j = 0; j < kQK5_0 / 2; ++j) {
+      const int x0 = ((in.qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
+      const int x1 = ((in.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+      o.qs[j] = static_cast<int8_t>(x0);
+      o.qs[j + kQK5_0 / 2] = static_cast<int8_t>(x1);
+    }
+    std::memcpy(out.data() + b * sizeof o, &o, sizeof o);
+  }
+  return out;
+}
+
 class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path) : file_(path), hp_(read_gguf_llama_hparams(file_)) {
@@ -736,17 +759,21 @@ class GgufSource : public TensorSource {
     return !reordered_by_get(name);
   }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
-    if (!keeps_gguf_blocks(name) || info(name).type != GgmlType::Q8_0) return std::nullopt;
-    return rows_as_stored(info(name));
+    if (!keeps_gguf_blocks(name)) return std::nullopt;
+    const GgufTensorInfo& t = info(name);
+    if (t.type == GgmlType::Q8_0) return rows_as_stored(t, file_.tensor_data(t));
+    if (t.type != GgmlType::Q5_0) return std::nullopt;
+    const std::vector<uint8_t> q8 = q5_0_as_q8_0(file_.tensor_data(t));
+    return rows_as_stored(t, q8);
   }
   std::optional<GgufBlocks> get_gguf_blocks(const std::string& name) const override {
-    if (!keeps_gguf_blocks(name) || info(name).type == GgmlType::Q8_0) return std::nullopt;
+    if (!keeps_gguf_blocks(name) || info(name).type == GgmlType::Q8_0 || info(name).type == GgmlType::Q5_0)
+      return std::nullopt;
     const GgufTensorInfo& t = info(name);
-    return GgufBlocks{t.type, rows_as_stored(t)};
+    return GgufBlocks{t.type, rows_as_stored(t, file_.tensor_data(t))};
   }
-  // The tensor's bytes with its rows (whole blocks each) in Hugging Face's order.
-  std::vector<uint8_t> rows_as_stored(const GgufTensorInfo& t) const {
-    const std::span<const uint8_t> data = file_.tensor_data(t);
+  // `data` (t's rows, whole blocks each, in the file's order) with the rows in Hugging Face's order.
+  std::vector<uint8_t> rows_as_stored(const GgufTensorInfo& t, std::span<const uint8_t> data) const {
     std::vector<uint8_t> out(data.begin(), data.end());
     if (const std::vector<int64_t> src = hf_row_sources(t); !src.empty()) {
       const size_t row_bytes = data.size() / src.size();

@@ -354,7 +354,7 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
   const bool q8_label = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_q8_values > 0 &&
                         o.compute_dtype == ComputeDType::F32 && o.engine == MemoryEngine::Qlora;
   add(p, q8_label ? "8-bit weights (GGUF Q8_0 as stored)" : "8-bit weights (LLM.int8)", w.int8, "1 byte per Linear parameter");
-  add(p, "GGUF Q6_K / Q5_K / Q5_0 / Q5_1 / Q3_K / Q2_K linears (as stored)", w.gguf_blocks, "the file's bytes");
+  add(p, "GGUF Q6_K / Q5_K / Q5_1 / Q3_K / Q2_K linears (as stored)", w.gguf_blocks, "the file's bytes");
   add(p, "quantization constants", w.constants,
       o.weights == WeightFormat::Int8
           ? "fp32 row scales"
@@ -1036,7 +1036,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);
   o.source_permutes_qk = !o.generated_weights && model_source_permutes_qk(model_path);
   if (load.quant.quantize && load.keep_gguf_weights && !o.generated_weights) {
-    const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path);
+    const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path, load.gguf_compact);
     o.gguf_kept_values = k.values;
     o.gguf_kept_constant_bytes = k.constant_bytes;
     if (load.keep_gguf_blocks && !load.quant.int8) {
@@ -1046,7 +1046,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
     }
   }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
-    const Q8HeadTensors q8 = model_source_q8_0_head(model_path);
+    const Q8HeadTensors q8 = model_source_q8_0_head(model_path, load.gguf_compact);
     o.embed_q8_0 = q8.embed;
     o.head_q8_0 = q8.head;
     if (load.keep_gguf_weights && load.keep_gguf_blocks) {
@@ -1057,7 +1057,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   return o;
 }
 
-Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
+Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, bool compact) {
   Gguf4bitKept r;
   if (std::filesystem::path(model_path).extension() != ".gguf" || !std::filesystem::is_regular_file(model_path))
     return r;
@@ -1069,7 +1069,7 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
     if (name.rfind("model.layers.", 0) != 0) continue;
     if (files.tensors->keeps_gguf_blocks(name)) {
       const GgufTensorInfo& t = f.tensor(files.tensors->stored_name(name));
-      if (t.type == GgmlType::Q8_0) {
+      if (!gguf_type_kept_as_blocks(t.type, compact)) {  // (Q8_0, and the others as Q8_0)
         r.q8_values += static_cast<uint64_t>(t.numel());
       } else {
         r.block_values += static_cast<uint64_t>(t.numel());
@@ -1086,7 +1086,7 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path) {
   return r;
 }
 
-Q8HeadTensors model_source_q8_0_head(const std::string& model_path) {
+Q8HeadTensors model_source_q8_0_head(const std::string& model_path, bool compact) {
   Q8HeadTensors r;
   if (std::filesystem::path(model_path).extension() != ".gguf" || !std::filesystem::is_regular_file(model_path))
     return r;
@@ -1100,8 +1100,8 @@ Q8HeadTensors model_source_q8_0_head(const std::string& model_path) {
   r.embed = eight_bit(e);
   r.head = eight_bit(h);
   // (kept as the file's blocks: the loader's rule, DenseWeight::from_gguf_blocks)
-  auto block_bytes = [](const GgufTensorInfo* t) -> uint64_t {
-    if (!t || t->dims.size() != 2 || !kernels::block_rows_supported(t->type)) return 0;
+  auto block_bytes = [&](const GgufTensorInfo* t) -> uint64_t {
+    if (!t || t->dims.size() != 2 || !gguf_type_kept_as_blocks(t->type, compact)) return 0;
     return static_cast<uint64_t>(ggml_nbytes(t->type, t->numel()).value_or(0));
   };
   r.embed_block_bytes = block_bytes(e);

@@ -141,7 +141,9 @@ struct MemoryOptions {
   // And its Q8_0 block linears kept 8-bit (float32 compute): their values (1 byte each plus a
   // float32 scale per 32) in place of the 4-bit ones.
   uint64_t gguf_kept_q8_values = 0;
-  // And those kept as the file's blocks (Q6_K, Q5_K, Q5_0, Q5_1, Q3_K, Q2_K; float32 compute):
+  // (Q5_0, and Q6_K / Q5_K / Q5_1 without --gguf-compact, counted among them: Q8_0 of their values.)
+  // And those kept as the file's blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K, with
+  // --gguf-compact Q6_K, Q5_K, Q5_1; float32 compute):
   // their values, and their bytes as stored, in place of 4-bit ones.
   uint64_t gguf_kept_block_values = 0, gguf_kept_block_bytes = 0;
 
@@ -204,7 +206,8 @@ struct Q8HeadTensors {
   bool embed = false, head = false;
   uint64_t embed_block_bytes = 0, head_block_bytes = 0;
 };
-Q8HeadTensors model_source_q8_0_head(const std::string& model_path);
+// (compact: ModelLoadOptions::gguf_compact, which decides which types stay blocks.)
+Q8HeadTensors model_source_q8_0_head(const std::string& model_path, bool compact = false);
 // A GGUF's 2-D blk.* tensors in a type its loader keeps as 4-bit: their values and constant
 // bytes (MemoryOptions::gguf_kept_*); zeros for other sources.
 struct Gguf4bitKept {
@@ -212,7 +215,7 @@ struct Gguf4bitKept {
   uint64_t q8_values = 0;  // Q8_0 block linears (kept 8-bit with float32 compute)
   uint64_t block_values = 0, block_bytes = 0;  // Q6_K / Q5_K / ... block linears (kept as stored, float32 compute)
 };
-Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path);
+Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, bool compact = false);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
 // `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:

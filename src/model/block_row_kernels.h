@@ -4,6 +4,9 @@
 // them as stored keeps the file's size (Q6_K 6.56 bits a value, Q5_K 5.5, Q3_K 3.44, Q2_K
 // 2.63) and its exact values, where widening to Q8_0 (8.5 bits) rounded Q5_1 / Q5_K / Q6_K
 // by up to half an 8-bit step and re-quantizing Q2_K / Q3_K to NF4 changed every value.
+// (The loader keeps Q5_0 as exact 8-bit instead, for speed: model/tensor_source.h
+// gguf_type_kept_as_blocks; the kernels take it all the same, and bench_generate's
+// BM_GemvBlocks measures it next to the 8-bit GEMV.)
 //
 // A value is exactly ggml's reference dequantization (formats/ggml_types.h
 // dequantize_row_ref, which equals gguf-py's numpy dequantizer bit for bit): each kernel

@@ -39,31 +39,44 @@ inline __m256i has_bit(__m256i v, int mask) {
 // How a chunk's code q becomes its value, as the reference writes it: q * s, q * s - m, q * s + m.
 enum class Mode { Scale, SubMin, AddMin };
 
-// The 32 int8 codes in q as float32 values, the first 16 with (s0, m0), the last 16 with
-// (s1, m1), handed to f(pos, v0, v1, v2, v3): values pos .. pos + 31 of the block.
-template <Mode M, class F>
-inline void emit32(__m256i q, float s0, float m0, float s1, float m1, int pos, F& f) {
-  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-  const __m256 S0 = _mm256_set1_ps(s0), S1 = _mm256_set1_ps(s1);
-  __m256 v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), S0);
-  __m256 v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), S0);
-  __m256 v2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), S1);
-  __m256 v3 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), S1);
-  if constexpr (M == Mode::SubMin) {
-    const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
-    v0 = _mm256_sub_ps(v0, M0), v1 = _mm256_sub_ps(v1, M0), v2 = _mm256_sub_ps(v2, M1), v3 = _mm256_sub_ps(v3, M1);
-  } else if constexpr (M == Mode::AddMin) {
-    const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
-    v0 = _mm256_add_ps(v0, M0), v1 = _mm256_add_ps(v1, M0), v2 = _mm256_add_ps(v2, M1), v3 = _mm256_add_ps(v3, M1);
-  }
-  f(pos, v0, v1, v2, v3);
+// 2^-24 and the codes' widening: each int8 code lands in the top byte of a 32-bit lane (the
+// byte shuffle zeroes the rest), so the lane is q * 2^24 as a signed integer and converts to
+// float exactly; the scales carry the 2^-24 back (a power of two: the products round as
+// q * s does). One byte shuffle and one conversion per 8 codes, in x's order (each shuffle
+// reads a copy of the chunk's 16-byte half in both lanes).
+constexpr float kUnshift = 1.0f / 16777216.0f;
+struct Codes {
+  __m256 c0, c1, c2, c3;  // codes 0-7, 8-15, 16-23, 24-31, times 2^24
+};
+inline Codes widen(__m256i q) {
+  const __m256i first = _mm256_setr_epi8(-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3,  //
+                                         -1, -1, -1, 4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7);
+  const __m256i second = _mm256_setr_epi8(-1, -1, -1, 8, -1, -1, -1, 9, -1, -1, -1, 10, -1, -1, -1, 11,  //
+                                          -1, -1, -1, 12, -1, -1, -1, 13, -1, -1, -1, 14, -1, -1, -1, 15);
+  const __m256i lo = _mm256_permute4x64_epi64(q, 0x44), hi = _mm256_permute4x64_epi64(q, 0xEE);
+  return {_mm256_cvtepi32_ps(_mm256_shuffle_epi8(lo, first)), _mm256_cvtepi32_ps(_mm256_shuffle_epi8(lo, second)),
+          _mm256_cvtepi32_ps(_mm256_shuffle_epi8(hi, first)), _mm256_cvtepi32_ps(_mm256_shuffle_epi8(hi, second))};
 }
+
+// A chunk of 32 int8 codes q (values pos .. pos + 31 of the block), the first 16 with scale s0
+// and minimum m0, the last 16 with (s1, m1), handed to the consumer f: f.template chunk<M>(...).
 
 // Q5_0 / Q5_1's 32 five-bit codes: value j is nibble j (low nibbles of qs, then high) with bit j of qh.
 inline __m256i q5_nibbles(const uint8_t* qs) {
   const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
   const __m128i m4 = _mm_set1_epi8(0x0F);
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+}
+
+// Q4_K / Q5_K's 6-bit scale and minimum of sub-block j (formats/ggml_types.h q4_k_scale_min, inline).
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
+  if (j < 4) {
+    d = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+  }
 }
 
 // One block of each type, its values in order through f (formats/ggml_types.h's layouts).
@@ -75,13 +88,13 @@ inline void decode_block(const uint8_t* b, F& f) {
     std::memcpy(&qh, b + 2, 4);
     // q - 16 as int8: the nibble where the fifth bit is set, else the nibble - 16 (its high bits set)
     const __m256i q = _mm256_or_si256(q5_nibbles(b + 6), _mm256_andnot_si256(bytes_from_bits(qh), bytes(0xF0)));
-    emit32<Mode::Scale>(q, d, 0.0f, d, 0.0f, 0, f);
+    f.template chunk<Mode::Scale>(q, d, 0.0f, d, 0.0f, 0);
   } else if constexpr (Ty == GgmlType::Q5_1) {  // x = q * d + m
     const float d = half_at(b), m = half_at(b + 2);
     uint32_t qh;
     std::memcpy(&qh, b + 4, 4);
     const __m256i q = _mm256_or_si256(q5_nibbles(b + 8), _mm256_and_si256(bytes_from_bits(qh), bytes(0x10)));
-    emit32<Mode::AddMin>(q, d, m, d, m, 0, f);
+    f.template chunk<Mode::AddMin>(q, d, m, d, m, 0);
   } else if constexpr (Ty == GgmlType::Q5_K) {  // 8 sub-blocks of 32: x = (d * sc) * q - dmin * m
     const float d = half_at(b), dmin = half_at(b + 2);
     const uint8_t* scales = b + 4;
@@ -89,17 +102,17 @@ inline void decode_block(const uint8_t* b, F& f) {
     const uint8_t* ql = b + 48;
     for (int j = 0; j < 4; ++j) {
       uint8_t sc, mn;
-      q4_k_scale_min(2 * j, scales, &sc, &mn);
+      scale_min_k4(2 * j, scales, sc, mn);
       const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(mn);
-      q4_k_scale_min(2 * j + 1, scales, &sc, &mn);
+      scale_min_k4(2 * j + 1, scales, sc, mn);
       const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(mn);
       const __m256i l = load256(ql + 32 * j);
       const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l, bytes(0x0F)),
                                          _mm256_and_si256(has_bit(qh, 1 << (2 * j)), bytes(0x10)));
       const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l, 4), bytes(0x0F)),
                                          _mm256_and_si256(has_bit(qh, 1 << (2 * j + 1)), bytes(0x10)));
-      emit32<Mode::SubMin>(q1, d1, m1, d1, m1, 64 * j, f);
-      emit32<Mode::SubMin>(q2, d2, m2, d2, m2, 64 * j + 32, f);
+      f.template chunk<Mode::SubMin>(q1, d1, m1, d1, m1, 64 * j);
+      f.template chunk<Mode::SubMin>(q2, d2, m2, d2, m2, 64 * j + 32);
     }
   } else if constexpr (Ty == GgmlType::Q6_K) {  // 16 sub-blocks of 16: x = (d * sc) * (q - 32)
     const float d = half_at(b + 208);
@@ -119,10 +132,10 @@ inline void decode_block(const uint8_t* b, F& f) {
                                          c32);
       const int8_t* s = sc + 8 * h;
       auto ds = [&](int i) { return d * static_cast<float>(s[i]); };
-      emit32<Mode::Scale>(q1, ds(0), 0.0f, ds(1), 0.0f, 128 * h, f);
-      emit32<Mode::Scale>(q2, ds(2), 0.0f, ds(3), 0.0f, 128 * h + 32, f);
-      emit32<Mode::Scale>(q3, ds(4), 0.0f, ds(5), 0.0f, 128 * h + 64, f);
-      emit32<Mode::Scale>(q4, ds(6), 0.0f, ds(7), 0.0f, 128 * h + 96, f);
+      f.template chunk<Mode::Scale>(q1, ds(0), 0.0f, ds(1), 0.0f, 128 * h);
+      f.template chunk<Mode::Scale>(q2, ds(2), 0.0f, ds(3), 0.0f, 128 * h + 32);
+      f.template chunk<Mode::Scale>(q3, ds(4), 0.0f, ds(5), 0.0f, 128 * h + 64);
+      f.template chunk<Mode::Scale>(q4, ds(6), 0.0f, ds(7), 0.0f, 128 * h + 96);
     }
   } else if constexpr (Ty == GgmlType::Q3_K) {  // 16 sub-blocks of 16: x = (d * sc) * (q - 4 * !hbit)
     const float d = half_at(b + 108);
@@ -140,7 +153,7 @@ inline void decode_block(const uint8_t* b, F& f) {
         const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), bytes(3));
         const __m256i code = _mm256_sub_epi8(low, _mm256_andnot_si256(has_bit(hm, 1 << (4 * h + j)), bytes(4)));
         const int is = 8 * h + 2 * j;
-        emit32<Mode::Scale>(code, ds[is], 0.0f, ds[is + 1], 0.0f, 128 * h + 32 * j, f);
+        f.template chunk<Mode::Scale>(code, ds[is], 0.0f, ds[is + 1], 0.0f, 128 * h + 32 * j);
       }
     }
   } else if constexpr (Ty == GgmlType::Q2_K) {  // 16 sub-blocks of 16: x = (d * (sc & 15)) * q - dmin * (sc >> 4)
@@ -151,9 +164,9 @@ inline void decode_block(const uint8_t* b, F& f) {
         const __m256i code = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), bytes(3));
         const int is = 8 * h + 2 * j;
         const uint8_t s0 = b[is], s1 = b[is + 1];
-        emit32<Mode::SubMin>(code, d * static_cast<float>(s0 & 0xF), dmin * static_cast<float>(s0 >> 4),
+        f.template chunk<Mode::SubMin>(code, d * static_cast<float>(s0 & 0xF), dmin * static_cast<float>(s0 >> 4),
                              d * static_cast<float>(s1 & 0xF), dmin * static_cast<float>(s1 >> 4),
-                             128 * h + 32 * j, f);
+                             128 * h + 32 * j);
       }
     }
   }
@@ -179,34 +192,85 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// G (1 or 2) tokens of x, each with its own four accumulators: a token's sums are in the same
-// order whatever G is.
+// The GEMV's consumer: G (1 or 2) tokens of x, each with its own four accumulators, so a
+// token's sums are in the same order whatever G is. A chunk's codes times x are summed per
+// 16 (s0, s1) and scaled once; a minimum term is the minimum times the sum of x's 16 values.
+template <int G>
+struct GemvChunks {
+  const float* xb;  // x at the block's first value, token g at xb + g * cols
+  int64_t cols;
+  __m256 acc[G][4];
+
+  template <Mode M>
+  inline void chunk(__m256i q, float s0, float m0, float s1, float m1, int pos) {
+    const Codes c = widen(q);
+    const __m256 S0 = _mm256_set1_ps(s0 * kUnshift), S1 = _mm256_set1_ps(s1 * kUnshift);
+    for (int g = 0; g < G; ++g) {
+      const float* xp = xb + g * cols + pos;
+      const __m256 x0 = _mm256_loadu_ps(xp), x1 = _mm256_loadu_ps(xp + 8), x2 = _mm256_loadu_ps(xp + 16),
+                   x3 = _mm256_loadu_ps(xp + 24);
+      const __m256 p0 = _mm256_fmadd_ps(c.c1, x1, _mm256_mul_ps(c.c0, x0));
+      const __m256 p1 = _mm256_fmadd_ps(c.c3, x3, _mm256_mul_ps(c.c2, x2));
+      acc[g][0] = _mm256_fmadd_ps(S0, p0, acc[g][0]);
+      acc[g][1] = _mm256_fmadd_ps(S1, p1, acc[g][1]);
+      if constexpr (M != Mode::Scale) {
+        const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
+        const __m256 xs0 = _mm256_add_ps(x0, x1), xs1 = _mm256_add_ps(x2, x3);
+        if constexpr (M == Mode::AddMin) {
+          acc[g][2] = _mm256_fmadd_ps(M0, xs0, acc[g][2]);
+          acc[g][3] = _mm256_fmadd_ps(M1, xs1, acc[g][3]);
+        } else {
+          acc[g][2] = _mm256_fnmadd_ps(M0, xs0, acc[g][2]);
+          acc[g][3] = _mm256_fnmadd_ps(M1, xs1, acc[g][3]);
+        }
+      }
+    }
+  }
+};
+
 template <GgmlType Ty, int G>
 void gemv_tokens(const BlockRows& w, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   constexpr int64_t QK = kBlockValues<Ty>, BB = kBlockBytes<Ty>;
   const int64_t nb = w.cols / QK;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
-    __m256 acc[G][4];
+    GemvChunks<G> f;
+    f.cols = w.cols;
     for (int g = 0; g < G; ++g)
-      for (int k = 0; k < 4; ++k) acc[g][k] = _mm256_setzero_ps();
+      for (int k = 0; k < 4; ++k) f.acc[g][k] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + b * QK;
-      auto f = [&](int pos, __m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-        for (int g = 0; g < G; ++g) {
-          const float* xp = xb + g * w.cols + pos;
-          acc[g][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xp), acc[g][0]);
-          acc[g][1] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xp + 8), acc[g][1]);
-          acc[g][2] = _mm256_fmadd_ps(v2, _mm256_loadu_ps(xp + 16), acc[g][2]);
-          acc[g][3] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(xp + 24), acc[g][3]);
-        }
-      };
+      f.xb = x + b * QK;
       decode_block<Ty>(row + b * BB, f);
     }
     for (int g = 0; g < G; ++g)
-      y[g * ldy + r] = hsum(_mm256_add_ps(_mm256_add_ps(acc[g][0], acc[g][1]), _mm256_add_ps(acc[g][2], acc[g][3])));
+      y[g * ldy + r] =
+          hsum(_mm256_add_ps(_mm256_add_ps(f.acc[g][0], f.acc[g][1]), _mm256_add_ps(f.acc[g][2], f.acc[g][3])));
   }
 }
+
+// rows_to_f32's consumer: the values, each code times its scale (then the minimum), as the
+// reference computes them, stored in order.
+struct StoreChunks {
+  float* ob;  // the block's first value
+  template <Mode M>
+  inline void chunk(__m256i q, float s0, float m0, float s1, float m1, int pos) {
+    const Codes c = widen(q);
+    const __m256 S0 = _mm256_set1_ps(s0 * kUnshift), S1 = _mm256_set1_ps(s1 * kUnshift);
+    __m256 v0 = _mm256_mul_ps(c.c0, S0), v1 = _mm256_mul_ps(c.c1, S0), v2 = _mm256_mul_ps(c.c2, S1),
+           v3 = _mm256_mul_ps(c.c3, S1);
+    if constexpr (M == Mode::SubMin) {
+      const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
+      v0 = _mm256_sub_ps(v0, M0), v1 = _mm256_sub_ps(v1, M0), v2 = _mm256_sub_ps(v2, M1), v3 = _mm256_sub_ps(v3, M1);
+    } else if constexpr (M == Mode::AddMin) {
+      const __m256 M0 = _mm256_set1_ps(m0), M1 = _mm256_set1_ps(m1);
+      v0 = _mm256_add_ps(v0, M0), v1 = _mm256_add_ps(v1, M0), v2 = _mm256_add_ps(v2, M1), v3 = _mm256_add_ps(v3, M1);
+    }
+    _mm256_storeu_ps(ob + pos, v0);
+    _mm256_storeu_ps(ob + pos + 8, v1);
+    _mm256_storeu_ps(ob + pos + 16, v2);
+    _mm256_storeu_ps(ob + pos + 24, v3);
+  }
+};
 
 template <GgmlType Ty>
 void gemv_type(const BlockRows& w, const float* x, int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1) {
@@ -223,15 +287,9 @@ void rows_type(const BlockRows& w, int64_t r0, int64_t r1, float* out, int64_t l
   const int64_t nb = w.cols / QK;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
-    float* o = out + (r - r0) * ld;
+    StoreChunks f;
     for (int64_t b = 0; b < nb; ++b) {
-      float* ob = o + b * QK;
-      auto f = [ob](int pos, __m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-        _mm256_storeu_ps(ob + pos, v0);
-        _mm256_storeu_ps(ob + pos + 8, v1);
-        _mm256_storeu_ps(ob + pos + 16, v2);
-        _mm256_storeu_ps(ob + pos + 24, v3);
-      };
+      f.ob = out + (r - r0) * ld + b * QK;
       decode_block<Ty>(row + b * BB, f);
     }
   }

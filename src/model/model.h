@@ -125,10 +125,11 @@ struct ModelLoadOptions {
   bool allow_unused_tensors = false;
   // A GGUF's Q8_0 token embedding / output head stays 8-bit (DenseWeight::from_q8_0: the
   // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
-  // float32; one stored in a type the block-row kernels take (Q6_K, Q5_K, Q5_0, Q5_1, Q3_K,
-  // Q2_K) stays as stored (DenseWeight::from_gguf_blocks: its values exactly), and one in another
-  // quantized type (Q4_0, Q4_K, ...) is re-quantized to Q8_0 (DenseWeight::to_q8_0: within half
-  // a step of its block); false widens them to float32.
+  // float32; one stored in a type kept as blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K, and
+  // with gguf_compact Q6_K, Q5_K, Q5_1) stays as stored (DenseWeight::from_gguf_blocks: its
+  // values exactly), and one in another quantized type (Q4_0, Q4_K, Q5_0, Q6_K, ...) is
+  // re-quantized to Q8_0 (DenseWeight::to_q8_0: within half a step of its block); false widens
+  // them to float32.
   bool keep_q8_0_head = true;
   // A GGUF's block linears stored in a 4-bit type with a 4-bit form (Q4_0, Q4_1, Q4_K,
   // IQ4_NL, IQ4_XS, MXFP4: formats/ggml_as_4bit.h) are kept as stored whenever quantizing,
@@ -136,13 +137,18 @@ struct ModelLoadOptions {
   // too (keep_gguf_blocks); false re-quantizes them from their values per `quant`, as
   // transformers + bitsandbytes do with a GGUF (--requantize-gguf: bit-exact parity with them).
   bool keep_gguf_weights = true;
-  // With keep_gguf_weights, whether block linears stored in Q8_0 stay 8-bit (DenseWeight::
-  // from_q8_0) and those in Q6_K, Q5_K, Q5_0, Q5_1, Q3_K or Q2_K stay as the file's blocks
-  // (DenseWeight::from_gguf_blocks: its size and exactly its values, where NF4 would round Q2_K
-  // / Q3_K's values and 4-bit ones the others'); float32 compute, not --quant int8. The CLI
+  // With keep_gguf_weights, whether block linears stored in Q8_0 or Q5_0 stay 8-bit (DenseWeight::
+  // from_q8_0: their values exactly), those in Q3_K or Q2_K stay as the file's blocks
+  // (DenseWeight::from_gguf_blocks: its size and exactly its values, where NF4 would change
+  // them) and those in Q6_K, Q5_K or Q5_1 become Q8_0 of their values or, with gguf_compact,
+  // stay as the file's blocks too; float32 compute, not --quant int8. The CLI
   // turns it off for --device cuda, whose runners would widen them to float32 on the GPU (4
   // bytes a value): there they are quantized per --quant.
   bool keep_gguf_blocks = true;
+  // With keep_gguf_blocks (--gguf-compact): Q6_K, Q5_K and Q5_1 linears and heads too stay as
+  // the file's blocks (exact values, the file's size) instead of Q8_0 of their values
+  // (gguf_type_kept_as_blocks: slower products on float activations, fewer bytes).
+  bool gguf_compact = false;
   // Opt-in (--int8-activations): decoding multiplies the 4-bit block Linears and an 8-bit
   // head on activations quantized to 8 bits per 32 values, with integer dot products, as
   // llama.cpp does (kernels::LinearKernels::gemv_q4_i8 / gemv_q8_i8). Faster on CPUs whose

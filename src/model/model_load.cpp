@@ -35,16 +35,22 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   if (opt.quant.quantize) {
     if (opt.keep_gguf_weights || !src.keeps_gguf_4bit(name))
       if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
-    // A GGUF's Linear stored in Q8_0 stays 8-bit, and one in Q6_K, Q5_K, Q5_0, Q5_1, Q3_K or
-    // Q2_K stays the file's blocks (float32 compute): exactly its values at its size, where NF4
-    // would round them to 4 bits.
+    // A GGUF's Linear stored in Q8_0 or Q5_0 stays 8-bit (its values exactly), one in Q3_K or
+    // Q2_K stays the file's blocks (exactly), and one in Q6_K, Q5_K or Q5_1 becomes Q8_0 of its
+    // values or with --gguf-compact stays the file's blocks (float32 compute), where NF4 would
+    // round any of them to 4 bits.
     if (opt.keep_gguf_weights && opt.keep_gguf_blocks && !opt.quant.int8 && opt.compute_dtype == ComputeDType::F32 &&
         src.keeps_gguf_blocks(name)) {
       const std::vector<int64_t> s = src.shape(name);
       const std::string what = src.describe() + ": " + src.stored_name(name);
       if (auto b = src.get_q8_0_linear(name)) return QuantLinear(DenseWeight::from_q8_0(*b, s[0], s[1], what));
-      if (auto b = src.get_gguf_blocks(name))
-        return QuantLinear(DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), s[0], s[1], what));
+      if (auto b = src.get_gguf_blocks(name)) {
+        if (gguf_type_kept_as_blocks(b->type, opt.gguf_compact))
+          return QuantLinear(DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), s[0], s[1], what));
+        std::vector<float> v(static_cast<size_t>(s[0] * s[1]));
+        dequantize(b->type, b->bytes, v, what);
+        return QuantLinear(DenseWeight::to_q8_0(v, s[0], s[1], what));
+      }
       fail(what, "a GGUF block Linear kept as stored came without its blocks");
     }
     if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);
@@ -297,7 +303,7 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0) {
       if (auto q8 = src.get_q8_0(name)) return DenseWeight::from_q8_0(*q8, rows, cols, src.describe() + ": " + src.stored_name(name));
       if (opt.keep_gguf_weights && opt.keep_gguf_blocks)
-        if (auto b = src.get_gguf_blocks(name))
+        if (auto b = src.get_gguf_blocks(name); b && gguf_type_kept_as_blocks(b->type, opt.gguf_compact))
           return DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), rows, cols,
                                                src.describe() + ": " + src.stored_name(name));
       // (Q4_0, Q4_K, ...: 8 bits rather than float32, as llama.cpp keeps them quantized)

@@ -67,8 +67,9 @@ class DenseWeight {
   // float32's bytes per token. Same requirements as from_q8_0.
   static DenseWeight to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what);
   // From a GGUF tensor's blocks of a type the block-row kernels take (Q5_0, Q5_1, Q5_K, Q6_K,
-  // Q3_K, Q2_K: model/block_row_kernels.h), kept as stored: the file's bytes (6.56 bits a value
-  // for Q6_K, 5.5 for Q5_0 / Q5_K, 3.44 for Q3_K, 2.63 for Q2_K) and exactly its values
+  // Q3_K, Q2_K: model/block_row_kernels.h; the loader uses it for gguf_type_kept_as_blocks),
+  // kept as stored: the file's bytes (6.56 bits a value for Q6_K, 5.5 for Q5_K, 3.44 for Q3_K,
+  // 2.63 for Q2_K) and exactly its values
   // (ggml's reference dequantization). One token, or a few (batched decoding), run on the
   // blocks (kernels' gemv); more tokens widen rows to float32 a panel at a time. For the
   // float32 compute dtype; --int8-activations does not apply to them (float32 activations

@@ -1,8 +1,15 @@
 #include "model/tensor_source.h"
 
+#include "model/block_row_kernels.h"
+
 #include "base/error.h"
 
 namespace qlora {
+
+bool gguf_type_kept_as_blocks(GgmlType t, bool compact) {
+  if (t == GgmlType::Q2_K || t == GgmlType::Q3_K) return true;
+  return compact && t != GgmlType::Q5_0 && kernels::block_rows_supported(t);
+}
 
 std::string shape_to_string(const std::vector<int64_t>& shape) {
   std::string s = "[";

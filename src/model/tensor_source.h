@@ -20,6 +20,15 @@
 
 namespace qlora {
 
+// Whether the loader keeps a GGUF Linear / head of type t as the file's blocks
+// (DenseWeight::from_gguf_blocks, float32 compute: exactly its values, at its size). Q2_K and
+// Q3_K always: 8 bits would take 3x their bytes, and NF4 (what they got before) changes every
+// value. Q6_K, Q5_K and Q5_1 only with `compact` (--gguf-compact): otherwise they become Q8_0
+// of their values (within half an 8-bit step, 9 bits a value), whose products on float
+// activations ran 1.4-1.5x faster on a 2-core Zen 3 (bench/RESULTS.md, session 32). Q5_0
+// never: it becomes Q8_0 blocks of exactly its values.
+bool gguf_type_kept_as_blocks(GgmlType t, bool compact);
+
 class TensorSource {
  public:
   virtual ~TensorSource() = default;
@@ -52,11 +61,13 @@ class TensorSource {
   // (ModelLoadOptions::keep_gguf_weights), and the memory planner counts its constants.
   virtual bool keeps_gguf_4bit(const std::string& /*name*/) const { return false; }
   // A GGUF block Linear the loader keeps as stored in a form other than 4-bit codes
-  // (ModelLoadOptions::keep_gguf_blocks): Q8_0, whose blocks get_q8_0_linear gives (34 bytes
-  // per 32 values) for DenseWeight::from_q8_0, or a type the block-row kernels take (Q6_K,
-  // Q5_K, Q5_0, Q5_1, Q3_K, Q2_K), whose blocks get_gguf_blocks gives for
-  // DenseWeight::from_gguf_blocks. Both with the rows in Hugging Face's order (llama.cpp's
-  // rope order undone); nullopt for any other tensor.
+  // (ModelLoadOptions::keep_gguf_blocks): Q8_0 or Q5_0, whose blocks get_q8_0_linear gives as
+  // Q8_0 blocks (34 bytes per 32 values; Q5_0's d * (q - 16) re-laid with the same d: its
+  // values exactly) for DenseWeight::from_q8_0, or another type the block-row kernels take
+  // (Q6_K, Q5_K, Q5_1, Q3_K, Q2_K), whose blocks get_gguf_blocks gives: the loader keeps them
+  // (DenseWeight::from_gguf_blocks) or makes Q8_0 of their values (gguf_type_kept_as_blocks).
+  // Both with the rows in Hugging Face's order (llama.cpp's rope order undone); nullopt for any
+  // other tensor.
   virtual std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& /*name*/) const { return std::nullopt; }
   virtual bool keeps_gguf_blocks(const std::string& /*name*/) const { return false; }
   struct GgufBlocks {

@@ -145,8 +145,10 @@ TEST(GgufKeep4bit, BitsandbytesWriterRefusesIt) {
 
 // iq_llama.gguf's linears in a kept type (blk.1's IQ4_NL attn_q -- rows in llama.cpp's rope
 // order --, MXFP4 ffn_gate, Q4_K ffn_up) load as stored: their rows are the file's values in
-// Hugging Face's order, bit for bit; so does its Q6_K ffn_down, kept as the file's blocks
-// (DenseWeight::from_gguf_blocks); every other linear (IQ1..IQ3, TQ, NVFP4) is NF4.
+// Hugging Face's order, bit for bit; its Q6_K ffn_down stays 8-bit (Q8_0 of its values: within
+// half a step -- each 32-value block's largest / 127, stored as fp16 -- of them); every other
+// linear (IQ1..IQ3, TQ,
+// NVFP4) is NF4.
 TEST(GgufKeep4bit, ModelLinearsAreTheFileValues) {
   const std::string path = fixture("iq_llama.gguf");
   ModelFiles files = open_model_files(path);
@@ -160,12 +162,17 @@ TEST(GgufKeep4bit, ModelLinearsAreTheFileValues) {
       const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
       const QuantLinear& lin = m.block_linear(l, w);
       if (t == GgmlType::Q6_K) {
-        ASSERT_TRUE(lin.dense() && lin.dense()->gguf_blocks()) << hf;
-        EXPECT_EQ(lin.dense()->gguf_type(), GgmlType::Q6_K) << hf;
+        ASSERT_TRUE(lin.dense() && lin.dense()->q8()) << hf;
         const std::vector<float> want = files.tensors->get(hf);
         std::vector<float> got(want.size());
         lin.dequantize_rows(0, lin.out_features(), got.data());
-        EXPECT_EQ(mismatches(got, want, hf), 0u);
+        for (size_t b = 0; b < want.size() / 32; ++b) {
+          float amax = 0;
+          for (size_t i = 32 * b; i < 32 * b + 32; ++i) amax = std::max(amax, std::fabs(want[i]));
+          for (size_t i = 32 * b; i < 32 * b + 32; ++i)
+            // (half a step, plus the fp16 scale's rounding: up to 2^-11 of the step per unit of code)
+            ASSERT_LE(std::fabs(got[i] - want[i]), (0.5f + 127.0f / 2048.0f) * amax / 127.0f + 1e-12f) << hf << " " << i;
+        }
         continue;
       }
       ASSERT_NE(lin.q4(), nullptr) << hf;
@@ -184,9 +191,8 @@ TEST(GgufKeep4bit, ModelLinearsAreTheFileValues) {
 }
 
 // The llama family fixture (q/k rows in llama.cpp's rope order once written) as a Q8_0, a Q5_0
-// and a Q4_0 GGUF by our own writer: every block Linear loads as stored -- Q8_0 8-bit
-// (DenseWeight::from_q8_0), Q5_0 as the file's blocks (DenseWeight::from_gguf_blocks), Q4_0 as
-// kept 4-bit blocks -- with exactly the file's values in
+// and a Q4_0 GGUF by our own writer: every block Linear loads as stored -- Q8_0 and Q5_0 8-bit
+// (DenseWeight::from_q8_0), Q4_0 as kept 4-bit blocks -- with exactly the file's values in
 // Hugging Face's row order; --requantize-gguf (keep_gguf_weights false) re-quantizes them.
 TEST(GgufKeep4bit, Q8_0AndQ4_0LinearsOfAWrittenGgufAreTheFileValues) {
   const std::string src = std::string(QLORA_FIXTURE_DIR) + "/families/llama/model.gguf";  // (float32, with its tokenizer)
@@ -210,13 +216,9 @@ TEST(GgufKeep4bit, Q8_0AndQ4_0LinearsOfAWrittenGgufAreTheFileValues) {
       for (int w = 0; w < kAttentionLinears; ++w) {
         const std::string hf = layer_tensor_name(l, kBlockLinearModules[static_cast<size_t>(w)]);
         const QuantLinear& lin = kept.block_linear(l, w);
-        if (type == GgmlType::Q8_0) {
+        if (type != GgmlType::Q4_0) {
           ASSERT_NE(lin.dense(), nullptr) << hf;
           EXPECT_TRUE(lin.dense()->q8()) << hf;
-        } else if (type == GgmlType::Q5_0) {
-          ASSERT_NE(lin.dense(), nullptr) << hf;
-          EXPECT_TRUE(lin.dense()->gguf_blocks()) << hf;
-          EXPECT_EQ(lin.dense()->gguf_type(), GgmlType::Q5_0) << hf;
         } else {
           ASSERT_NE(lin.q4(), nullptr) << hf;
           EXPECT_EQ(lin.q4()->state.ggml_source, "Q4_0") << hf;

@@ -1,6 +1,7 @@
-// A GGUF whose tensors are in the types qlora keeps as the file's blocks (Q2_K, Q3_K, Q5_0,
-// Q5_1, Q5_K, Q6_K: DenseWeight::from_gguf_blocks, model/block_row_kernels.h) loads them as
-// stored and runs on them: tests/fixtures/gguf/kq_llama.gguf (tools/make_gguf_fixtures.py) is
+// A GGUF whose tensors are in the types qlora can keep as the file's blocks (Q2_K, Q3_K, and
+// with --gguf-compact Q5_1, Q5_K, Q6_K: DenseWeight::from_gguf_blocks, model/block_row_kernels.h)
+// loads them as stored and runs on them, and its Q5_0 ones as 8-bit blocks of the same values
+// (DenseWeight::from_q8_0): tests/fixtures/gguf/kq_llama.gguf (tools/make_gguf_fixtures.py) is
 // a 2-layer llama whose weights ggml's own quantizer (ggml_quantize_chunk) wrote in those
 // types, each on two or more Linears (rope-permuted q / k among them), with a Q5_K embedding
 // and a Q6_K output head.
@@ -69,7 +70,14 @@ int argmax_row(const std::vector<float>& v, size_t row, int64_t vocab) {
   return static_cast<int>(std::max_element(b, b + vocab) - b);
 }
 
-Model load(const ModelLoadOptions& o = {}) {
+// --gguf-compact: every type the fixture holds stays the file's blocks (but Q5_0: 8-bit).
+ModelLoadOptions compact() {
+  ModelLoadOptions o;
+  o.gguf_compact = true;
+  return o;
+}
+
+Model load(const ModelLoadOptions& o = compact()) {
   ModelFiles files = open_model_files(kFile);
   return Model::load(files.spec, *files.tensors, o);
 }
@@ -91,16 +99,24 @@ TEST(GgufKQuantModel, FileHoldsEveryTypeTheFixtureNames) {
 }
 
 // Every Linear, the embedding and the head are the file's blocks: its bytes, and exactly its
-// values (in Hugging Face's row order), which the model holds at the file's size.
+// values (in Hugging Face's row order), which the model holds at the file's size; the Q5_0
+// Linears hold exactly their values as 8-bit blocks (1.125 bytes a value).
 TEST(GgufKQuantModel, WeightsAreKeptAsTheFileBlocks) {
   ModelFiles files = open_model_files(kFile);
   const GgufFile g(kFile);
-  const Model m = Model::load(files.spec, *files.tensors, ModelLoadOptions{});
+  const Model m = Model::load(files.spec, *files.tensors, compact());
+  int q5_0 = 0;
   auto check = [&](const DenseWeight& d, const std::string& hf) {
     const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
-    ASSERT_TRUE(d.gguf_blocks()) << hf;
-    EXPECT_EQ(d.gguf_type(), t) << hf;
-    EXPECT_EQ(static_cast<int64_t>(d.bytes()), *ggml_nbytes(t, d.rows() * d.cols())) << hf;
+    if (t == GgmlType::Q5_0) {
+      ++q5_0;
+      ASSERT_TRUE(d.q8()) << hf;
+      EXPECT_EQ(static_cast<int64_t>(d.bytes()), d.rows() * d.cols() / 32 * 36) << hf;
+    } else {
+      ASSERT_TRUE(d.gguf_blocks()) << hf;
+      EXPECT_EQ(d.gguf_type(), t) << hf;
+      EXPECT_EQ(static_cast<int64_t>(d.bytes()), *ggml_nbytes(t, d.rows() * d.cols())) << hf;
+    }
     const std::vector<float> want = files.tensors->get(hf);
     std::vector<float> got(want.size());
     d.rows_to_f32(0, d.rows(), got.data());
@@ -119,6 +135,7 @@ TEST(GgufKQuantModel, WeightsAreKeptAsTheFileBlocks) {
       ++linears;
     }
   EXPECT_EQ(linears, 14);
+  EXPECT_EQ(q5_0, 2);
   check(m.embed_tokens(), "model.embed_tokens.weight");
   check(m.lm_head(), "lm_head.weight");
 }
@@ -174,6 +191,47 @@ TEST(GgufKQuantModel, OtherwiseTheLinearsAreQuantizedPerTheFlags) {
   }
 }
 
+// By default Q6_K, Q5_K and Q5_1 Linears and heads become Q8_0 of their values (within half a
+// step of each 32-value block's largest, plus the fp16 scale's rounding) while Q2_K / Q3_K stay
+// the file's blocks, and the planner counts them so.
+TEST(GgufKQuantModel, ByDefaultFiveAndSixBitTypesAreQ8_0OfTheirValues) {
+  ModelFiles files = open_model_files(kFile);
+  const GgufFile g(kFile);
+  const Model m = Model::load(files.spec, *files.tensors, ModelLoadOptions{});
+  uint64_t q8_values = 0, block_values = 0;
+  auto check = [&](const DenseWeight& d, const std::string& hf) {
+    const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
+    const std::vector<float> want = files.tensors->get(hf);
+    std::vector<float> got(want.size());
+    d.rows_to_f32(0, d.rows(), got.data());
+    if (t == GgmlType::Q2_K || t == GgmlType::Q3_K) {
+      ASSERT_TRUE(d.gguf_blocks()) << hf;
+      EXPECT_EQ(got, want) << hf;
+      block_values += static_cast<uint64_t>(want.size());
+      return;
+    }
+    ASSERT_TRUE(d.q8()) << hf;
+    q8_values += static_cast<uint64_t>(want.size());
+    for (size_t b = 0; b < want.size() / 32; ++b) {
+      float amax = 0;
+      for (size_t i = 32 * b; i < 32 * b + 32; ++i) amax = std::max(amax, std::fabs(want[i]));
+      for (size_t i = 32 * b; i < 32 * b + 32; ++i)
+        ASSERT_LE(std::fabs(got[i] - want[i]), (0.5f + 127.0f / 2048.0f) * amax / 127.0f + 1e-12f) << hf << " " << i;
+    }
+  };
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kAttentionLinears; ++w)
+      check(*m.block_linear(l, w).dense(), layer_tensor_name(l, kBlockLinearModules[static_cast<size_t>(w)]));
+  EXPECT_GT(block_values, 0u);
+  const MemoryOptions mo = memory_options_for_run(kFile, ModelLoadOptions{}, MemoryMode::Generate, 1);
+  EXPECT_EQ(mo.gguf_kept_block_values, block_values);
+  EXPECT_EQ(mo.gguf_kept_q8_values, q8_values);
+  check(m.lm_head(), "lm_head.weight");  // (Q6_K)
+  check(m.embed_tokens(), "model.embed_tokens.weight");  // (Q5_K)
+  EXPECT_EQ(mo.head_block_bytes, 0u);
+  EXPECT_EQ(mo.embed_block_bytes, 0u);
+}
+
 std::vector<float> randn(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(0.0f, 1.0f);
@@ -190,6 +248,7 @@ TEST(GgufKQuantModel, ProductsOfEveryTokenCountMatchTheFloat32Copy) {
   for (int64_t l = 0; l < m.spec().n_layers; ++l)
     for (int w = 0; w < kAttentionLinears; ++w) {
       const DenseWeight& d = *m.block_linear(l, w).dense();
+      if (!d.gguf_blocks()) continue;  // (Q5_0, as 8-bit blocks: test_q8_head.cpp)
       std::vector<float> values(static_cast<size_t>(d.rows() * d.cols()));
       d.rows_to_f32(0, d.rows(), values.data());
       const DenseWeight f32(values.data(), d.rows(), d.cols(), ComputeDType::F32);
@@ -247,31 +306,36 @@ TEST(GgufKQuantModel, TrainingStepMatchesTheFloat32Copy) {
 // The memory planner counts them at the file's bytes.
 TEST(GgufKQuantModel, PlannerCountsTheFileBytes) {
   const GgufFile g(kFile);
-  uint64_t values = 0, bytes = 0;
+  uint64_t values = 0, bytes = 0, q5_0_values = 0;
   const json ref = reference();
   for (const auto& [name, type] : ref.at("types").items()) {
     if (name.rfind("blk.", 0) != 0) continue;
     const GgufTensorInfo& t = g.tensor(name);
+    if (t.type == GgmlType::Q5_0) {
+      q5_0_values += static_cast<uint64_t>(t.numel());
+      continue;
+    }
     values += static_cast<uint64_t>(t.numel());
     bytes += static_cast<uint64_t>(*ggml_nbytes(t.type, t.numel()));
   }
-  const Gguf4bitKept k = model_source_gguf_kept_4bit(kFile);
+  ASSERT_GT(q5_0_values, 0u);
+  const Gguf4bitKept k = model_source_gguf_kept_4bit(kFile, /*compact=*/true);
   EXPECT_EQ(k.block_values, values);
   EXPECT_EQ(k.block_bytes, bytes);
-  EXPECT_EQ(k.q8_values, 0u);
+  EXPECT_EQ(k.q8_values, q5_0_values);
   EXPECT_EQ(k.values, 0u);
-  const Q8HeadTensors h = model_source_q8_0_head(kFile);
+  const Q8HeadTensors h = model_source_q8_0_head(kFile, /*compact=*/true);
   EXPECT_EQ(h.embed_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q5_K, g.tensor("token_embd.weight").numel())));
   EXPECT_EQ(h.head_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q6_K, g.tensor("output.weight").numel())));
   const Model m = load();
   size_t held = m.embed_tokens().bytes() + m.lm_head().bytes();
   for (int64_t l = 0; l < m.spec().n_layers; ++l)
     for (int w = 0; w < kAttentionLinears; ++w) held += m.block_linear(l, w).dense()->bytes();
-  EXPECT_EQ(held, bytes + h.embed_block_bytes + h.head_block_bytes);
+  EXPECT_EQ(held, bytes + q5_0_values / 32 * 36 + h.embed_block_bytes + h.head_block_bytes);
   // The plan of a generate run: the kept linears as one item of the file's bytes, and the load
   // phase holding all of the weights.
   ModelFiles files = open_model_files(kFile);
-  MemoryOptions o = memory_options_for_run(kFile, ModelLoadOptions{}, MemoryMode::Generate, 1);
+  MemoryOptions o = memory_options_for_run(kFile, compact(), MemoryMode::Generate, 1);
   o.prompt_len = 8;
   o.new_tokens = 8;
   const MemoryPlan plan = plan_memory(files.spec, o);

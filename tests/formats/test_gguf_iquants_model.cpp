@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/gguf.h"
+#include "formats/gguf_logits_reference.h"
 #include "formats/model_loader.h"
 #include "model/model.h"
 #include "model/model_fixture_logits.h"
@@ -32,34 +33,11 @@ namespace {
 
 const std::string kFile = std::string(QLORA_FIXTURE_DIR) + "/gguf/iq_llama.gguf";
 
-json reference() {
-  std::ifstream in(std::string(QLORA_FIXTURE_DIR) + "/gguf/iq_llama.json");
-  return json::parse(in);
-}
-
-std::vector<float> flat(const json& rows) {
-  std::vector<float> v;
-  for (const auto& r : rows)
-    for (const auto& x : r) v.push_back(x.get<float>());
-  return v;
-}
-
-float max_abs(const std::vector<float>& v) {
-  float m = 0;
-  for (float x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
-
-float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-
-int argmax_row(const std::vector<float>& v, size_t row, int64_t vocab) {
-  const auto b = v.begin() + static_cast<std::ptrdiff_t>(row * static_cast<size_t>(vocab));
-  return static_cast<int>(std::max_element(b, b + vocab) - b);
-}
+json reference() { return test::gguf_logits_reference("iq_llama"); }
+using test::argmax_row;
+using test::max_abs;
+using test::max_diff;
+const auto flat = test::flat_rows;
 
 // The weights as stored (dequantized to float32, no NF4 re-quantization).
 Model load_as_stored() {

@@ -4,9 +4,11 @@
 // them as stored keeps the file's size (Q6_K 6.56 bits a value, Q5_K 5.5, Q3_K 3.44, Q2_K
 // 2.63) and its exact values, where widening to Q8_0 (8.5 bits) rounded Q5_1 / Q5_K / Q6_K
 // by up to half an 8-bit step and re-quantizing Q2_K / Q3_K to NF4 changed every value.
-// (The loader keeps Q5_0 as exact 8-bit instead, for speed: model/tensor_source.h
-// gguf_type_kept_as_blocks; the kernels take it all the same, and bench_generate's
-// BM_GemvBlocks measures it next to the 8-bit GEMV.)
+// Which types the loader holds this way is model/tensor_source.h's gguf_type_kept_as_blocks:
+// Q2_K / Q3_K always, Q6_K / Q5_K / Q5_1 with --gguf-compact (on float activations these
+// kernels cost 1.3-1.9x the 8-bit GEMV per weight on Zen 3, so by default those become Q8_0 of
+// their values), Q5_0 never (exact as 8-bit); bench_generate's BM_GemvBlocks measures them all
+// next to BM_GemvQ8.
 //
 // A value is exactly ggml's reference dequantization (formats/ggml_types.h
 // dequantize_row_ref, which equals gguf-py's numpy dequantizer bit for bit): each kernel

@@ -12,8 +12,17 @@ namespace qlora::kernels {
 
 Q8Codes q8_codes(const float* code) {
   float cmax = 0.0f;
-  for (int k = 0; k < 16; ++k) cmax = std::max(cmax, std::fabs(code[k]));
+  bool integers = true;  // a GGUF's own codes (Q4_0's -8..7, Q4_1's 0..15, IQ4_NL's table)
+  for (int k = 0; k < 16; ++k) {
+    cmax = std::max(cmax, std::fabs(code[k]));
+    integers = integers && std::fabs(code[k]) <= 127.0f && code[k] == std::nearbyint(code[k]);
+  }
   Q8Codes c{};
+  if (integers) {  // taken as they are, as llama.cpp multiplies them: no second rounding
+    c.unscale = 1.0f;
+    for (int k = 0; k < 16; ++k) c.q[k] = static_cast<int8_t>(code[k]);
+    return c;
+  }
   c.unscale = cmax / 127.0f;
   for (int k = 0; k < 16; ++k)
     c.q[k] = cmax > 0.0f ? static_cast<int8_t>(std::nearbyint(code[k] * 127.0f / cmax)) : int8_t{0};
@@ -215,6 +224,64 @@ void gemv_q8_i8_scalar(const int8_t* q, const float* scales, int64_t cols, const
   }
 }
 
+void quantize_x_q8k_scalar(const float* x, int64_t n, int8_t* q, float* d) {
+  for (int64_t b = 0; b < n / kQ8KBlock; ++b) {
+    const float* xb = x + b * kQ8KBlock;
+    int8_t* qb = q + b * kQ8KBlock;
+    float amax = 0.0f, m = 0.0f;
+    for (int64_t i = 0; i < kQ8KBlock; ++i)
+      if (std::fabs(xb[i]) > amax) {
+        amax = std::fabs(xb[i]);
+        m = xb[i];
+      }
+    float db = 0.0f;
+    if (amax == 0.0f) {
+      std::fill(qb, qb + kQ8KBlock, int8_t{0});
+    } else {
+      const float iscale = -127.0f / m;
+      for (int64_t i = 0; i < kQ8KBlock; ++i) {
+        const float v = std::nearbyint(iscale * xb[i]);
+        qb[i] = v >= 127.0f ? int8_t{127} : v >= -127.0f ? static_cast<int8_t>(v) : int8_t{-127};  // (NaN: -127)
+      }
+      db = 1.0f / iscale;
+    }
+    for (int64_t j = 0; j < kQ8KBlock / kQ8Block; ++j) d[b * (kQ8KBlock / kQ8Block) + j] = db;
+  }
+}
+
+void gemv_q8k_i8_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1) {
+  int8_t code[16];
+  for (int k = 0; k < 16; ++k) code[k] = static_cast<int8_t>(w.code[k]);
+  const int64_t nsb = w.cols / kQ8KBlock, per = kQ8KBlock / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    float acc = 0.0f;
+    for (int64_t sb = 0; sb < nsb; ++sb) {
+      const int64_t b0 = r * (w.cols / kQ8Block) + sb * per;  // its first 32-value block
+      int32_t isum = 0, imin = 0;
+      for (int64_t j = 0; j < per; ++j) {
+        int32_t dot = 0, bsum = 0;
+        for (int64_t i = 0; i < kQ8Block; ++i) {
+          const int32_t xv = xq[sb * kQ8KBlock + j * kQ8Block + i];
+          dot += int32_t{code[detail::nibble_at(w.packed, (b0 + j) * kQ8Block + i)]} * xv;
+          bsum += xv;
+        }
+        isum += (int32_t{w.absmax_q[b0 + j]} + w.q8k_scale_bias) * dot;
+        if (w.block_min_q) imin += int32_t{w.block_min_q[b0 + j]} * bsum;
+      }
+      const float dx = xd[sb * per];
+      acc += (w.nested_absmax[b0 / per] * dx) * static_cast<float>(isum);
+      if (w.block_min_q) acc -= (w.block_min_d[b0 / per] * dx) * static_cast<float>(imin);
+    }
+    y[r] = acc;
+  }
+}
+
+void gemv_q8k_i8_multi_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                              int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < T; ++t)
+    gemv_q8k_i8_scalar(w, xq + t * w.cols, xd + t * (w.cols / kQ8Block), y + t * ldy, r0, r1);
+}
+
 // The few-token int8 products, token by token through the one-token kernel.
 void gemv_q4_i8_multi_scalar(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                         int64_t r0, int64_t r1) {
@@ -235,7 +302,8 @@ const LinearKernels& scalar_linear_kernels() {
                                attn_scores_scalar,  attn_weighted_sum_scalar, attn_scores16_scalar, attn_weighted_sum16_scalar,
                                widen16_scalar, quantize_x_q8_scalar,
                                gemv_q4_i8_scalar,   gemv_q8_i8_scalar,
-                               gemv_q4_i8_multi_scalar, gemv_q8_i8_multi_scalar};
+                               gemv_q4_i8_multi_scalar, gemv_q8_i8_multi_scalar,
+                               quantize_x_q8k_scalar, gemv_q8k_i8_scalar, gemv_q8k_i8_multi_scalar};
   return k;
 }
 

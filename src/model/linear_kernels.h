@@ -61,6 +61,13 @@ struct Q4Matrix {
   const float* block_min_d = nullptr;
   int block_min_group = 8;
   ComputeDType round_to = ComputeDType::F32;
+  // A GGUF's Q4_K or IQ4_XS kept as stored (q4_matrix_view sets it): 256-value super-blocks
+  // whose scale per 32 is an integer (absmax_q[b] + q8k_scale_bias: Q4_K's 6-bit sc, IQ4_XS's
+  // ls - 32) times one d per 256 (nested_absmax, nested_blocksize 8), integer codes (code[]),
+  // and for Q4_K minimums m_b * dmin per 256 (block_min_q, block_min_group 8). The form
+  // llama.cpp multiplies in integers against Q8_K activations (gemv_q8k_i8 below).
+  bool q8k_form = false;
+  int q8k_scale_bias = 0;
 
   float block_absmax(int64_t b) const {
     return absmax ? absmax[b] : absmax_f16 ? fp16_to_f32(absmax_f16[b]) : nested_block_absmax(b);
@@ -164,7 +171,26 @@ struct LinearKernels {
                            int64_t r0, int64_t r1);
   void (*gemv_q8_i8_multi)(const int8_t* q, const float* scales, int64_t cols, const int8_t* xq, const float* xd,
                            int64_t T, float* y, int64_t ldy, int64_t r0, int64_t r1);
+
+  // ---- a K-quant weight on llama.cpp's Q8_K activations (ggml_vec_dot_q4_K_q8_K) ----
+  // quantize_x_q8k: x (n values, n % 256 == 0) per 256 as llama.cpp's quantize_row_q8_K_ref: m the
+  // first value of largest magnitude, iscale = -127 / m, q = min(127, nearest-even(iscale * x)),
+  // d = 1 / iscale (q and d zero for an all-zero block); d is written once per 32 values (8
+  // copies per 256), the xd layout of the kernels above. (One scale per 256 where
+  // quantize_x_q8 has one per 32: the super-block's integer sums then need no float step.)
+  void (*quantize_x_q8k)(const float* x, int64_t n, int8_t* q, float* d);
+  // y[r] = sum over 256-blocks s of  xd_s * (d_s * sum_j sc_j * dot_j - dmin_s * sum_j m_j * bsum_j)
+  // for a w.q8k_form weight: dot_j the integer product of 32-value block j's codes with xq,
+  // bsum_j the sum of its xq, sc_j its integer scale, m_j its minimum code (Q4_K). llama.cpp's
+  // ggml_vec_dot_q4_K_q8_K / _iq4_xs_q8_K up to float summation order. REQUIRES w.q8k_form,
+  // xq / xd from quantize_x_q8k.
+  void (*gemv_q8k_i8)(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1);
+  // The same for T <= kMaxGemvTokens tokens (xq (T, cols), xd (T, cols / 32)), token by token.
+  void (*gemv_q8k_i8_multi)(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                            int64_t r0, int64_t r1);
 };
+// The super-block of quantize_x_q8k (GGML's QK_K).
+inline constexpr int64_t kQ8KBlock = 256;
 
 // The int8 code book of gemv_q4_i8 for a 16-value code book, and the factor that undoes it
 // (max|code| / 127; 0 for an all-zero code book).

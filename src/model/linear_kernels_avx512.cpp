@@ -672,7 +672,9 @@ const LinearKernels& avx512_linear_kernels() {
                                cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q4_i8_multi
                                                      : avx2_linear_kernels().gemv_q4_i8_multi,
                                cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q8_i8_multi
-                                                     : avx2_linear_kernels().gemv_q8_i8_multi};
+                                                     : avx2_linear_kernels().gemv_q8_i8_multi,
+                               avx2_linear_kernels().quantize_x_q8k, avx2_linear_kernels().gemv_q8k_i8,
+                               avx2_linear_kernels().gemv_q8k_i8_multi};
   return k;
 }
 

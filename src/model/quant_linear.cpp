@@ -165,13 +165,16 @@ struct QuantizedX {
   const int8_t* q;
   const float* d;
 };
-QuantizedX quantize_activations(const float* x, int64_t n, int64_t T = 1) {
+// q8k: per 256 values as llama.cpp's Q8_K (quantize_x_q8k, for a weight in q8k_form; REQUIRES
+// n % 256 == 0), else per 32 (quantize_x_q8).
+QuantizedX quantize_activations(const float* x, int64_t n, int64_t T = 1, bool q8k = false) {
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> d;
   if (static_cast<int64_t>(q.size()) < T * n) q.resize(static_cast<size_t>(T * n));
   if (static_cast<int64_t>(d.size()) < T * n / 32) d.resize(static_cast<size_t>(T * n / 32));
+  const auto& k = kernels::active_linear_kernels();
   for (int64_t t = 0; t < T; ++t)
-    kernels::active_linear_kernels().quantize_x_q8(x + t * n, n, q.data() + t * n, d.data() + t * (n / 32));
+    (q8k ? k.quantize_x_q8k : k.quantize_x_q8)(x + t * n, n, q.data() + t * n, d.data() + t * (n / 32));
   return {q.data(), d.data()};
 }
 
@@ -429,6 +432,12 @@ kernels::Q4Matrix q4_matrix_view(const Quantized4bit& q, int64_t rows, int64_t c
     m.block_min_d = s.block_min_d.data();
     m.block_min_group = s.block_min_group;
   }
+  // Q4_K / IQ4_XS as the file has them (formats/ggml_as_4bit.h): the Q8_K kernels' form.
+  if (s.nested && s.blocksize == 32 && s.nested_blocksize == 8 && cols % kernels::kQ8KBlock == 0 &&
+      (s.ggml_source == "Q4_K" || s.ggml_source == "IQ4_XS") && (s.block_min_q.empty() || s.block_min_group == 8)) {
+    m.q8k_form = true;
+    m.q8k_scale_bias = s.ggml_source == "IQ4_XS" ? -32 : 0;
+  }
   m.round_to = round_to;
   return m;
 }
@@ -506,8 +515,10 @@ void QuantLinear::forward_int8(float* y, const float* x, int64_t T) const {
 void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float* const> ys, const float* x,
                         int64_t T) {
   const bool int8 = ws[0]->uses_int8_activations();
+  const bool q8k = int8 && ws[0]->q4() && ws[0]->q4_view().q8k_form;
   const bool fused = T == 1 && ws.size() > 1 && std::all_of(ws.begin(), ws.end(), [&](const QuantLinear* w) {
-    return w->q4() != nullptr && w->in_features() == ws[0]->in_features() && w->uses_int8_activations() == int8;
+    return w->q4() != nullptr && w->in_features() == ws[0]->in_features() && w->uses_int8_activations() == int8 &&
+           (!int8 || w->q4_view().q8k_form == q8k);  // (one quantization of x serves them all)
   });
   if (!fused) {
     for (size_t i = 0; i < ws.size(); ++i) ws[i]->forward(ys[i], x, T);
@@ -518,7 +529,7 @@ void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float*
   int64_t rows = 0;
   for (const QuantLinear* w : ws) rows += w->out_features();
   const auto& kern = kernels::active_linear_kernels();
-  const QuantizedX qx = int8 ? quantize_activations(x, ws[0]->in_features()) : QuantizedX{nullptr, nullptr};
+  const QuantizedX qx = int8 ? quantize_activations(x, ws[0]->in_features(), 1, q8k) : QuantizedX{nullptr, nullptr};
   parallel_for_range(rows, gemv_min_rows(ws[0]->in_features()), [&](int64_t r0, int64_t r1) {
     int64_t first = 0;  // row of ws[i] in the concatenation
     for (size_t i = 0; i < ws.size(); ++i) {
@@ -526,7 +537,7 @@ void forward_same_input(std::span<const QuantLinear* const> ws, std::span<float*
       const int64_t lo = std::max(r0, first), hi = std::min(r1, last);
       if (lo < hi) {
         if (int8)
-          kern.gemv_q4_i8(ws[i]->q4_view(), qx.q, qx.d, ys[i], lo - first, hi - first);
+          (q8k ? kern.gemv_q8k_i8 : kern.gemv_q4_i8)(ws[i]->q4_view(), qx.q, qx.d, ys[i], lo - first, hi - first);
         else
           kern.gemv_q4(ws[i]->q4_view(), x, ys[i], lo - first, hi - first);
       }
@@ -548,18 +559,21 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
     const auto m = q4_view();
     const auto& kern = kernels::active_linear_kernels();
     if (T == 1 && uses_int8_activations()) {
-      const QuantizedX qx = quantize_activations(x, in_);
+      // (a Q4_K / IQ4_XS weight on llama.cpp's Q8_K activations; others per 32 values)
+      const QuantizedX qx = quantize_activations(x, in_, 1, m.q8k_form);
+      const auto gemv = m.q8k_form ? kern.gemv_q8k_i8 : kern.gemv_q4_i8;
       parallel_for_range(out_, gemv_min_rows(in_),
-                         [&](int64_t r0, int64_t r1) { kern.gemv_q4_i8(m, qx.q, qx.d, y, r0, r1); });
+                         [&](int64_t r0, int64_t r1) { gemv(m, qx.q, qx.d, y, r0, r1); });
     } else if (T == 1) {
       parallel_for_range(out_, gemv_min_rows(in_),
                          [&](int64_t r0, int64_t r1) { kern.gemv_q4(m, x, y, r0, r1); });
     } else if (T <= kernels::kMaxGemvTokens && uses_int8_activations()) {
       // A few tokens on 8-bit activations (batched decoding, a short prompt): each weight step
       // decoded once for all of them, each token's values the one-token product's.
-      const QuantizedX qx = quantize_activations(x, in_, T);
+      const QuantizedX qx = quantize_activations(x, in_, T, m.q8k_form);
+      const auto gemv = m.q8k_form ? kern.gemv_q8k_i8_multi : kern.gemv_q4_i8_multi;
       parallel_for_range(out_, std::max<int64_t>(1, gemv_min_rows(in_) / T), [&](int64_t r0, int64_t r1) {
-        kern.gemv_q4_i8_multi(m, qx.q, qx.d, T, y, out_, r0, r1);
+        gemv(m, qx.q, qx.d, T, y, out_, r0, r1);
       });
     } else if (T <= kFusedMaxTokens) {
       // A few tokens: decode each weight once per group of up to 8 tokens, in registers.

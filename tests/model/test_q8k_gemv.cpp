@@ -1,0 +1,261 @@
+// A GGUF's Q4_K / IQ4_XS weights on 8-bit activations the way llama.cpp multiplies them
+// (model/linear_kernels.h: quantize_x_q8k, gemv_q8k_i8), at every instruction set this CPU has:
+//  * quantize_x_q8k gives llama.cpp's own Q8_K codes and scales (quantize_row_q8_K_ref, from
+//    tests/fixtures/gguf/q8k_dot/, tools/make_q8k_dot_fixtures.py) byte for byte;
+//  * gemv_q8k_i8 on rows ggml's quantizer wrote gives ggml_vec_dot_<type>_q8_K's values up to
+//    float summation order (the integer sums are the same; 2e-6 of the row's sum |w| |x|);
+//  * on random blocks of awkward shapes and row ranges, every level against the scalar
+//    definition, the few-token form against the one-token one bit for bit, and the whole
+//    product within the 8-bit activations' error of the float32 one;
+//  * QuantLinear takes this path for such weights under --int8-activations (and only then).
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/cpu_features.h"
+#include "base/float_formats.h"
+#include "formats/ggml_as_4bit.h"
+#include "formats/ggml_types.h"
+#include "formats/gguf_fixture_files.h"
+#include "model/linear_kernels.h"
+#include "model/quant_linear.h"
+
+using namespace qlora;
+
+namespace {
+
+std::vector<SimdLevel> levels() {
+  std::vector<SimdLevel> l = {SimdLevel::Scalar};
+  if (cpu_simd_level() >= SimdLevel::AVX2) l.push_back(SimdLevel::AVX2);
+  if (cpu_simd_level() >= SimdLevel::AVX512) l.push_back(SimdLevel::AVX512);
+  return l;
+}
+
+const char* level_name(SimdLevel l) {
+  return l == SimdLevel::Scalar ? "scalar" : l == SimdLevel::AVX2 ? "avx2" : "avx512";
+}
+
+std::string fixture(const std::string& name) { return test::gguf_fixture("q8k_dot/" + name); }
+
+struct Fixture {
+  int64_t cols = 0, rows = 0, tokens = 0;
+  std::vector<float> x;      // tokens x cols
+  std::vector<uint8_t> q8k;  // llama.cpp's block_q8_K per 256 of each token
+};
+
+Fixture load_fixture() {
+  Fixture f;
+  std::ifstream in(fixture("manifest.json"));
+  EXPECT_TRUE(in.good()) << "cannot open " << fixture("manifest.json");
+  if (!in.good()) return f;
+  const nlohmann::json j = nlohmann::json::parse(in);
+  f.cols = j.at("cols");
+  f.rows = j.at("rows");
+  f.tokens = j.at("tokens");
+  f.x = test::read_f32(fixture("x.f32"));
+  f.q8k = test::read_bytes(fixture("x.q8k"));
+  EXPECT_EQ(static_cast<int64_t>(f.x.size()), f.tokens * f.cols);
+  return f;
+}
+
+constexpr size_t kQ8KBytes = 4 + 256 + 32;  // float d, int8 qs[256], int16 bsums[16]
+
+// Random GGML blocks of type t (rows x cols): every byte random, the fp16 scale fields random
+// finite values of either sign and moderate size.
+std::vector<uint8_t> random_blocks(GgmlType t, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const GgmlTypeTraits& tr = ggml_traits(t);
+  std::vector<uint8_t> b(static_cast<size_t>(rows * cols / tr.block_size * tr.type_size));
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& v : b) v = static_cast<uint8_t>(byte(rng));
+  std::uniform_real_distribution<float> mag(0.001f, 0.02f);
+  const std::vector<int> halves = t == GgmlType::Q4_K ? std::vector<int>{0, 2} : std::vector<int>{0};
+  for (size_t off = 0; off < b.size(); off += tr.type_size)
+    for (int f : halves) {
+      const float v = (byte(rng) & 1 ? -1.0f : 1.0f) * mag(rng);
+      const uint16_t h = f32_to_fp16(v);
+      std::memcpy(b.data() + off + f, &h, 2);
+    }
+  return b;
+}
+
+}  // namespace
+
+TEST(Q8KGemv, QuantizesActivationsAsLlamaCppBitForBit) {
+  const Fixture f = load_fixture();
+  ASSERT_GT(f.cols, 0);
+  ASSERT_EQ(f.q8k.size(), static_cast<size_t>(f.tokens * (f.cols / 256)) * kQ8KBytes);
+  for (SimdLevel lv : levels()) {
+    const auto& k = kernels::linear_kernels_for(lv);
+    for (int64_t t = 0; t < f.tokens; ++t) {
+      std::vector<int8_t> q(static_cast<size_t>(f.cols), 99);
+      std::vector<float> d(static_cast<size_t>(f.cols / 32), -1.0f);
+      k.quantize_x_q8k(f.x.data() + t * f.cols, f.cols, q.data(), d.data());
+      for (int64_t b = 0; b < f.cols / 256; ++b) {
+        const uint8_t* blk = f.q8k.data() + (static_cast<size_t>(t * (f.cols / 256) + b)) * kQ8KBytes;
+        float want_d;
+        std::memcpy(&want_d, blk, 4);
+        for (int j = 0; j < 8; ++j)
+          EXPECT_EQ(std::bit_cast<uint32_t>(d[static_cast<size_t>(b * 8 + j)]), std::bit_cast<uint32_t>(want_d))
+              << level_name(lv) << " token " << t << " block " << b;
+        for (int i = 0; i < 256; ++i)
+          ASSERT_EQ(q[static_cast<size_t>(b * 256 + i)], static_cast<int8_t>(blk[4 + i]))
+              << level_name(lv) << " token " << t << " block " << b << " value " << i;
+      }
+    }
+  }
+}
+
+TEST(Q8KGemv, GivesLlamaCppsDotProducts) {
+  const Fixture f = load_fixture();
+  ASSERT_GT(f.cols, 0);
+  for (const GgmlType t : {GgmlType::Q4_K, GgmlType::IQ4_XS}) {
+    const std::string name(ggml_type_name(t));
+    const std::vector<uint8_t> blocks = test::read_bytes(fixture(name + ".bin"));
+    const std::vector<float> want = test::read_f32(fixture(name + ".dot.f32"));
+    ASSERT_EQ(static_cast<int64_t>(want.size()), f.tokens * f.rows) << name;
+    const auto q = ggml_blocks_as_4bit(t, blocks, f.rows, f.cols, ComputeDType::F32, name);
+    ASSERT_TRUE(q.has_value()) << name;
+    const kernels::Q4Matrix m = q4_matrix_view(*q, f.rows, f.cols, ComputeDType::F32);
+    ASSERT_TRUE(m.q8k_form) << name;
+    // The scale of float32 summation error: sum |w| |x| over the row (values of ggml's blocks).
+    std::vector<float> w(static_cast<size_t>(f.rows * f.cols));
+    kernels::scalar_linear_kernels().dequant_rows_q4(m, 0, f.rows, w.data());
+    for (SimdLevel lv : levels()) {
+      const auto& k = kernels::linear_kernels_for(lv);
+      for (int64_t tok = 0; tok < f.tokens; ++tok) {
+        std::vector<int8_t> xq(static_cast<size_t>(f.cols));
+        std::vector<float> xd(static_cast<size_t>(f.cols / 32));
+        k.quantize_x_q8k(f.x.data() + tok * f.cols, f.cols, xq.data(), xd.data());
+        std::vector<float> y(static_cast<size_t>(f.rows), NAN);
+        k.gemv_q8k_i8(m, xq.data(), xd.data(), y.data(), 0, f.rows);
+        for (int64_t r = 0; r < f.rows; ++r) {
+          double scale = 0.0;
+          for (int64_t c = 0; c < f.cols; ++c)
+            scale += std::fabs(w[static_cast<size_t>(r * f.cols + c)] * f.x[static_cast<size_t>(tok * f.cols + c)]);
+          EXPECT_NEAR(y[static_cast<size_t>(r)], want[static_cast<size_t>(tok * f.rows + r)], 2e-6 * scale + 1e-7)
+              << name << " " << level_name(lv) << " token " << tok << " row " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST(Q8KGemv, EveryLevelMatchesTheScalarDefinitionOnAwkwardShapes) {
+  std::mt19937 rng(7);
+  struct Shape {
+    int64_t rows, cols, r0, r1;
+  };
+  const Shape shapes[] = {{1, 256, 0, 1}, {13, 768, 3, 13}, {37, 512, 5, 36}, {9, 2816, 0, 9}};
+  for (GgmlType t : {GgmlType::Q4_K, GgmlType::IQ4_XS}) {
+    for (const Shape& s : shapes) {
+      const std::vector<uint8_t> blocks = random_blocks(t, s.rows, s.cols, rng);
+      const auto q = ggml_blocks_as_4bit(t, blocks, s.rows, s.cols, ComputeDType::F32, "random");
+      ASSERT_TRUE(q.has_value());
+      const kernels::Q4Matrix m = q4_matrix_view(*q, s.rows, s.cols, ComputeDType::F32);
+      ASSERT_TRUE(m.q8k_form);
+      constexpr int64_t T = 3;
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      std::vector<float> x(static_cast<size_t>(T * s.cols));
+      for (auto& v : x) v = nd(rng);
+      x[5] = 30.0f;  // an outlier in token 0
+      const auto& scalar = kernels::scalar_linear_kernels();
+      std::vector<int8_t> xq(x.size());
+      std::vector<float> xd(x.size() / 32);
+      for (int64_t tok = 0; tok < T; ++tok)
+        scalar.quantize_x_q8k(x.data() + tok * s.cols, s.cols, xq.data() + tok * s.cols, xd.data() + tok * (s.cols / 32));
+      std::vector<float> ref(static_cast<size_t>(T * s.rows), 0.0f);
+      for (int64_t tok = 0; tok < T; ++tok)
+        scalar.gemv_q8k_i8(m, xq.data() + tok * s.cols, xd.data() + tok * (s.cols / 32), ref.data() + tok * s.rows,
+                           s.r0, s.r1);
+      // The float32 product of the same weights, and the error 8-bit activations may add: half a
+      // step of each 256-block's scale per value.
+      std::vector<float> w(static_cast<size_t>(s.rows * s.cols));
+      scalar.dequant_rows_q4(m, 0, s.rows, w.data());
+      std::vector<double> size(ref.size(), 0.0);  // sum |w x|: the scale of float32 summation error
+      for (int64_t tok = 0; tok < T; ++tok)
+        for (int64_t r = s.r0; r < s.r1; ++r) {
+          double exact = 0.0, bound = 0.0;
+          for (int64_t c = 0; c < s.cols; ++c) {
+            const double wv = w[static_cast<size_t>(r * s.cols + c)];
+            exact += wv * x[static_cast<size_t>(tok * s.cols + c)];
+            size[static_cast<size_t>(tok * s.rows + r)] += std::fabs(wv * x[static_cast<size_t>(tok * s.cols + c)]);
+            bound += std::fabs(wv) * 0.5 * std::fabs(xd[static_cast<size_t>(tok * (s.cols / 32) + c / 32)]) * 1.0001;
+          }
+          EXPECT_NEAR(ref[static_cast<size_t>(tok * s.rows + r)], exact, bound + 1e-4 * std::fabs(exact) + 1e-6)
+              << ggml_type_name(t) << " rows " << s.rows << " cols " << s.cols << " token " << tok << " row " << r;
+        }
+      for (SimdLevel lv : levels()) {
+        const auto& k = kernels::linear_kernels_for(lv);
+        std::vector<int8_t> q2(x.size());
+        std::vector<float> d2(x.size() / 32);
+        for (int64_t tok = 0; tok < T; ++tok)
+          k.quantize_x_q8k(x.data() + tok * s.cols, s.cols, q2.data() + tok * s.cols, d2.data() + tok * (s.cols / 32));
+        ASSERT_EQ(q2, xq) << level_name(lv);
+        ASSERT_EQ(d2, xd) << level_name(lv);
+        std::vector<float> y(ref.size(), 0.0f), multi(ref.size(), 0.0f);
+        for (int64_t tok = 0; tok < T; ++tok)
+          k.gemv_q8k_i8(m, xq.data() + tok * s.cols, xd.data() + tok * (s.cols / 32), y.data() + tok * s.rows, s.r0,
+                        s.r1);
+        k.gemv_q8k_i8_multi(m, xq.data(), xd.data(), T, multi.data(), s.rows, s.r0, s.r1);
+        for (size_t i = 0; i < ref.size(); ++i) {
+          // the same integer sums; float32 order only (the minimums' term cancels much of the
+          // scales' term, so relative to the row's size)
+          EXPECT_NEAR(y[i], ref[i], 2e-6 * size[i] + 1e-7) << level_name(lv) << " element " << i;
+          EXPECT_EQ(std::bit_cast<uint32_t>(multi[i]), std::bit_cast<uint32_t>(y[i])) << level_name(lv) << " element " << i;
+        }
+        for (int64_t r = 0; r < s.r0; ++r) EXPECT_EQ(y[static_cast<size_t>(r)], 0.0f) << "row outside the range written";
+      }
+    }
+  }
+}
+
+// QuantLinear: a Q4_K weight under --int8-activations takes the Q8_K kernels (its result is the
+// kernel's), a Q4_0 weight keeps the per-32 ones, and without the option the float32 path.
+TEST(Q8KGemv, QuantLinearTakesItForQ4KUnderInt8Activations) {
+  std::mt19937 rng(11);
+  const int64_t rows = 24, cols = 512;
+  const std::vector<uint8_t> blocks = random_blocks(GgmlType::Q4_K, rows, cols, rng);
+  auto q = ggml_blocks_as_4bit(GgmlType::Q4_K, blocks, rows, cols, ComputeDType::F32, "random");
+  ASSERT_TRUE(q.has_value());
+  QuantLinear lin(std::move(*q), ComputeDType::F32);
+  std::vector<float> x(static_cast<size_t>(cols));
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto& v : x) v = nd(rng);
+  const auto& k = kernels::active_linear_kernels();
+  std::vector<int8_t> xq(x.size());
+  std::vector<float> xd(x.size() / 32);
+  k.quantize_x_q8k(x.data(), cols, xq.data(), xd.data());
+  std::vector<float> want(static_cast<size_t>(rows));
+  k.gemv_q8k_i8(lin.q4_view(), xq.data(), xd.data(), want.data(), 0, rows);
+  std::vector<float> flt(static_cast<size_t>(rows));
+  k.gemv_q4(lin.q4_view(), x.data(), flt.data(), 0, rows);
+
+  std::vector<float> y(static_cast<size_t>(rows));
+  lin.forward(y.data(), x.data(), 1);
+  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(y[static_cast<size_t>(r)], flt[static_cast<size_t>(r)]);
+  lin.set_int8_activations(true);
+  ASSERT_TRUE(lin.uses_int8_activations());
+  lin.forward(y.data(), x.data(), 1);
+  bool any_differs = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_EQ(y[static_cast<size_t>(r)], want[static_cast<size_t>(r)]) << "row " << r;
+    any_differs = any_differs || y[static_cast<size_t>(r)] != flt[static_cast<size_t>(r)];
+  }
+  EXPECT_TRUE(any_differs) << "8-bit activations should change some value";
+  // Two tokens: each token's values the one-token product's.
+  std::vector<float> x2(2 * x.size()), y2(2 * static_cast<size_t>(rows));
+  std::copy(x.begin(), x.end(), x2.begin());
+  std::copy(x.begin(), x.end(), x2.begin() + cols);
+  lin.forward(y2.data(), x2.data(), 2);
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_EQ(y2[static_cast<size_t>(r)], want[static_cast<size_t>(r)]);
+    EXPECT_EQ(y2[static_cast<size_t>(rows + r)], want[static_cast<size_t>(r)]);
+  }
+}

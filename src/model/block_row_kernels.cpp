@@ -38,10 +38,26 @@ void gemv_scalar(const BlockRows& w, const float* x, int64_t T, float* y, int64_
   }
 }
 
+void gemv_i8_scalar(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                    int64_t r0, int64_t r1) {
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(w.cols));
+  for (int64_t r = r0; r < r1; ++r) {
+    rows_to_f32_scalar(w, r, r + 1, row.data(), w.cols);
+    for (int64_t t = 0; t < T; ++t) {
+      const int8_t* qt = xq + t * w.cols;
+      const float* dt = xd + t * (w.cols / 32);
+      float acc = 0.0f;
+      for (int64_t c = 0; c < w.cols; ++c) acc += row[static_cast<size_t>(c)] * (static_cast<float>(qt[c]) * dt[c / 32]);
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
 }  // namespace
 
 const BlockRowKernels& scalar_block_row_kernels() {
-  static const BlockRowKernels k{gemv_scalar, rows_to_f32_scalar};
+  static const BlockRowKernels k{gemv_scalar, rows_to_f32_scalar, gemv_i8_scalar};
   return k;
 }
 

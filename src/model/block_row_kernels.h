@@ -8,7 +8,8 @@
 // Q2_K / Q3_K always, Q6_K / Q5_K / Q5_1 with --gguf-compact (on float activations these
 // kernels cost 1.3-1.9x the 8-bit GEMV per weight on Zen 3, so by default those become Q8_0 of
 // their values), Q5_0 never (exact as 8-bit); bench_generate's BM_GemvBlocks measures them all
-// next to BM_GemvQ8.
+// next to BM_GemvQ8. On 8-bit activations (gemv_i8: --int8-activations, the CLI's default for
+// a GGUF) the products are integer dot products as llama.cpp's, and no longer compute-bound.
 //
 // A value is exactly ggml's reference dequantization (formats/ggml_types.h
 // dequantize_row_ref, which equals gguf-py's numpy dequantizer bit for bit): each kernel
@@ -47,6 +48,15 @@ struct BlockRowKernels {
   // out[(r - r0) * ld + c] = W[r, c] for r in [r0, r1), c < cols (ld >= cols): the values,
   // bit for bit dequantize_row_ref's.
   void (*rows_to_f32)(const BlockRows& w, int64_t r0, int64_t r1, float* out, int64_t ld);
+  // gemv on 8-bit activations (--int8-activations, llama.cpp's products): y[t * ldy + r] =
+  // sum_c W[r, c] * (xq[t * cols + c] * xd[t * (cols / 32) + c / 32]) for the same r, t ranges.
+  // xq / xd come from kernels::LinearKernels::quantize_x_q8k for the 256-value types (llama.cpp's
+  // Q8_K) or quantize_x_q8 for Q5_0 / Q5_1 (its Q8_0 / Q8_1); the SIMD kernels take integer
+  // dot products of the codes with xq per 16 or 32 values and scale each once, the scalar
+  // definition multiplies the reference values in float32: they agree up to float32 rounding
+  // of the scales and sums. Each token's result is the same whatever T is. REQUIRES cols % 32 == 0.
+  void (*gemv_i8)(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                  int64_t r0, int64_t r1);
 };
 
 const BlockRowKernels& scalar_block_row_kernels();

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 
 #include "model/block_row_kernels.h"
 
@@ -58,8 +59,11 @@ inline Codes widen(__m256i q) {
           _mm256_cvtepi32_ps(_mm256_shuffle_epi8(hi, first)), _mm256_cvtepi32_ps(_mm256_shuffle_epi8(hi, second))};
 }
 
-// A chunk of 32 int8 codes q (values pos .. pos + 31 of the block), the first 16 with scale s0
-// and minimum m0, the last 16 with (s1, m1), handed to the consumer f: f.template chunk<M>(...).
+// A block starts with f.block(d, dmin), its float32 scale and minimum factors; then each chunk of
+// 32 int8 codes q (values pos .. pos + 31 of the block), the first 16 with integer scale sc0 and
+// minimum code mn0, the last 16 with (sc1, mn1), goes to f.template chunk<M>(q, sc0, mn0, sc1,
+// mn1, pos). The value is (d * sc) * q, then - or + dmin * mn, each product in float32 as the
+// reference rounds it (types with one float scale per block pass sc = 1, mn = 1: d * 1 is d).
 
 // Q5_0 / Q5_1's 32 five-bit codes: value j is nibble j (low nibbles of qs, then high) with bit j of qh.
 inline __m256i q5_nibbles(const uint8_t* qs) {
@@ -88,24 +92,25 @@ inline void decode_block(const uint8_t* b, F& f) {
     std::memcpy(&qh, b + 2, 4);
     // q - 16 as int8: the nibble where the fifth bit is set, else the nibble - 16 (its high bits set)
     const __m256i q = _mm256_or_si256(q5_nibbles(b + 6), _mm256_andnot_si256(bytes_from_bits(qh), bytes(0xF0)));
-    f.template chunk<Mode::Scale>(q, d, 0.0f, d, 0.0f, 0);
+    f.block(d, 0.0f);
+    f.template chunk<Mode::Scale>(q, 1, 0, 1, 0, 0);
   } else if constexpr (Ty == GgmlType::Q5_1) {  // x = q * d + m
     const float d = half_at(b), m = half_at(b + 2);
     uint32_t qh;
     std::memcpy(&qh, b + 4, 4);
     const __m256i q = _mm256_or_si256(q5_nibbles(b + 8), _mm256_and_si256(bytes_from_bits(qh), bytes(0x10)));
-    f.template chunk<Mode::AddMin>(q, d, m, d, m, 0);
+    f.block(d, m);
+    f.template chunk<Mode::AddMin>(q, 1, 1, 1, 1, 0);
   } else if constexpr (Ty == GgmlType::Q5_K) {  // 8 sub-blocks of 32: x = (d * sc) * q - dmin * m
     const float d = half_at(b), dmin = half_at(b + 2);
     const uint8_t* scales = b + 4;
     const __m256i qh = load256(b + 16);
     const uint8_t* ql = b + 48;
+    f.block(d, dmin);
     for (int j = 0; j < 4; ++j) {
-      uint8_t sc, mn;
-      scale_min_k4(2 * j, scales, sc, mn);
-      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(mn);
-      scale_min_k4(2 * j + 1, scales, sc, mn);
-      const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(mn);
+      uint8_t d1, m1, d2, m2;
+      scale_min_k4(2 * j, scales, d1, m1);
+      scale_min_k4(2 * j + 1, scales, d2, m2);
       const __m256i l = load256(ql + 32 * j);
       const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l, bytes(0x0F)),
                                          _mm256_and_si256(has_bit(qh, 1 << (2 * j)), bytes(0x10)));
@@ -117,6 +122,7 @@ inline void decode_block(const uint8_t* b, F& f) {
   } else if constexpr (Ty == GgmlType::Q6_K) {  // 16 sub-blocks of 16: x = (d * sc) * (q - 32)
     const float d = half_at(b + 208);
     const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+    f.block(d, 0.0f);
     for (int h = 0; h < 2; ++h) {
       const __m256i l0 = load256(b + 64 * h), l1 = load256(b + 64 * h + 32), qh = load256(b + 128 + 32 * h);
       const __m256i m4 = bytes(0x0F), m30 = bytes(0x30), c32 = bytes(32);
@@ -131,21 +137,21 @@ inline void decode_block(const uint8_t* b, F& f) {
                                                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)),
                                          c32);
       const int8_t* s = sc + 8 * h;
-      auto ds = [&](int i) { return d * static_cast<float>(s[i]); };
-      f.template chunk<Mode::Scale>(q1, ds(0), 0.0f, ds(1), 0.0f, 128 * h);
-      f.template chunk<Mode::Scale>(q2, ds(2), 0.0f, ds(3), 0.0f, 128 * h + 32);
-      f.template chunk<Mode::Scale>(q3, ds(4), 0.0f, ds(5), 0.0f, 128 * h + 64);
-      f.template chunk<Mode::Scale>(q4, ds(6), 0.0f, ds(7), 0.0f, 128 * h + 96);
+      f.template chunk<Mode::Scale>(q1, s[0], 0, s[1], 0, 128 * h);
+      f.template chunk<Mode::Scale>(q2, s[2], 0, s[3], 0, 128 * h + 32);
+      f.template chunk<Mode::Scale>(q3, s[4], 0, s[5], 0, 128 * h + 64);
+      f.template chunk<Mode::Scale>(q4, s[6], 0, s[7], 0, 128 * h + 96);
     }
   } else if constexpr (Ty == GgmlType::Q3_K) {  // 16 sub-blocks of 16: x = (d * sc) * (q - 4 * !hbit)
     const float d = half_at(b + 108);
     const uint8_t* packed = b + 96;
-    float ds[16];
+    int ds[16];  // the 6-bit scales, less 32
     for (int j = 0; j < 16; ++j) {
       const int lo = j < 8 ? (packed[j] & 0x0F) : (packed[j - 8] >> 4);
       const int hi = (packed[8 + (j % 4)] >> (2 * (j / 4))) & 3;
-      ds[j] = d * static_cast<float>(static_cast<int8_t>((lo | (hi << 4)) - 32));
+      ds[j] = static_cast<int8_t>((lo | (hi << 4)) - 32);
     }
+    f.block(d, 0.0f);
     const __m256i hm = load256(b);
     for (int h = 0; h < 2; ++h) {
       const __m256i q = load256(b + 32 + 32 * h);
@@ -153,20 +159,19 @@ inline void decode_block(const uint8_t* b, F& f) {
         const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), bytes(3));
         const __m256i code = _mm256_sub_epi8(low, _mm256_andnot_si256(has_bit(hm, 1 << (4 * h + j)), bytes(4)));
         const int is = 8 * h + 2 * j;
-        f.template chunk<Mode::Scale>(code, ds[is], 0.0f, ds[is + 1], 0.0f, 128 * h + 32 * j);
+        f.template chunk<Mode::Scale>(code, ds[is], 0, ds[is + 1], 0, 128 * h + 32 * j);
       }
     }
   } else if constexpr (Ty == GgmlType::Q2_K) {  // 16 sub-blocks of 16: x = (d * (sc & 15)) * q - dmin * (sc >> 4)
     const float d = half_at(b + 80), dmin = half_at(b + 82);
+    f.block(d, dmin);
     for (int h = 0; h < 2; ++h) {
       const __m256i q = load256(b + 16 + 32 * h);
       for (int j = 0; j < 4; ++j) {
         const __m256i code = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), bytes(3));
         const int is = 8 * h + 2 * j;
         const uint8_t s0 = b[is], s1 = b[is + 1];
-        f.template chunk<Mode::SubMin>(code, d * static_cast<float>(s0 & 0xF), dmin * static_cast<float>(s0 >> 4),
-                             d * static_cast<float>(s1 & 0xF), dmin * static_cast<float>(s1 >> 4),
-                             128 * h + 32 * j);
+        f.template chunk<Mode::SubMin>(code, s0 & 0xF, s0 >> 4, s1 & 0xF, s1 >> 4, 128 * h + 32 * j);
       }
     }
   }
@@ -200,9 +205,13 @@ struct GemvChunks {
   const float* xb;  // x at the block's first value, token g at xb + g * cols
   int64_t cols;
   __m256 acc[G][4];
+  float d_ = 0.0f, dmin_ = 0.0f;
 
+  inline void block(float d, float dmin) { d_ = d, dmin_ = dmin; }
   template <Mode M>
-  inline void chunk(__m256i q, float s0, float m0, float s1, float m1, int pos) {
+  inline void chunk(__m256i q, int sc0, int mn0, int sc1, int mn1, int pos) {
+    const float s0 = d_ * static_cast<float>(sc0), s1 = d_ * static_cast<float>(sc1);
+    const float m0 = dmin_ * static_cast<float>(mn0), m1 = dmin_ * static_cast<float>(mn1);
     const Codes c = widen(q);
     const __m256 S0 = _mm256_set1_ps(s0 * kUnshift), S1 = _mm256_set1_ps(s1 * kUnshift);
     for (int g = 0; g < G; ++g) {
@@ -248,12 +257,119 @@ void gemv_tokens(const BlockRows& w, const float* x, float* y, int64_t ldy, int6
   }
 }
 
+// The 8-bit-activation GEMV's consumer, in integers within a block as llama.cpp's products: per
+// chunk and token, the codes times xq summed in pairs (|code| <= 32: int16), times the halves'
+// integer scales (madd) into isum; the minimum codes times xq's sums per 16 (precomputed per
+// call: bsum) into imin. The block's end (finish) scales both once with d, dmin and x's scale
+// (one per block: a 256-block's Q8_K d, or a 32-block's Q8_0 d).
+template <GgmlType Ty>
+constexpr bool kHasMin = Ty == GgmlType::Q5_1 || Ty == GgmlType::Q5_K || Ty == GgmlType::Q2_K;
+
+template <int G>
+struct GemvChunksI8 {
+  const int8_t* xq;     // token g's codes at xq + g * cols
+  const float* xd;      // its scales per 32 at xd + g * (cols / 32)
+  const int16_t* bsum;  // its sums of xq per 16 at bsum + g * (cols / 16) (modes with a minimum)
+  int64_t cols = 0, base = 0;  // base: the block's first value
+  __m256 acc[G];
+  float accm[G];
+  __m256i isum[G];
+  int32_t imin[G];
+  float d_ = 0.0f, dmin_ = 0.0f;
+  bool add_min_ = false;
+
+  inline void block(float d, float dmin) {
+    d_ = d, dmin_ = dmin;
+    for (int g = 0; g < G; ++g) isum[g] = _mm256_setzero_si256(), imin[g] = 0;
+  }
+  template <Mode M>
+  inline void chunk(__m256i q, int sc0, int mn0, int sc1, int mn1, int pos) {
+    // (the types with a minimum have codes >= 0: unsigned times signed as they are; the others
+    // take |q| and x with q's sign)
+    constexpr bool kUnsigned = M != Mode::Scale;
+    const __m256i aq = kUnsigned ? q : _mm256_sign_epi8(q, q);
+    const __m256i S = _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(sc0)), _mm_set1_epi16(static_cast<int16_t>(sc1)));
+    const int64_t i = base + pos;
+    for (int g = 0; g < G; ++g) {
+      const __m256i xv = load256(reinterpret_cast<const uint8_t*>(xq + g * cols + i));
+      const __m256i sx = kUnsigned ? xv : _mm256_sign_epi8(xv, q);
+      isum[g] = _mm256_add_epi32(isum[g], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), S));
+      if constexpr (M != Mode::Scale) {
+        const int16_t* bs = bsum + g * (cols / 16) + i / 16;
+        imin[g] += mn0 * bs[0] + mn1 * bs[1];
+      }
+    }
+    add_min_ = M == Mode::AddMin;
+  }
+  template <bool Mins>
+  inline void finish() {
+    for (int g = 0; g < G; ++g) {
+      const float dx = xd[g * (cols / 32) + base / 32];
+      acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[g]), _mm256_set1_ps(d_ * dx), acc[g]);
+      if constexpr (Mins) {
+        const float t = (dmin_ * dx) * static_cast<float>(imin[g]);
+        accm[g] = add_min_ ? accm[g] + t : accm[g] - t;
+      }
+    }
+  }
+};
+
+template <GgmlType Ty, int G>
+void gemv_i8_tokens(const BlockRows& w, const int8_t* xq, const float* xd, const int16_t* bsum, float* y, int64_t ldy,
+                    int64_t r0, int64_t r1) {
+  constexpr int64_t QK = kBlockValues<Ty>, BB = kBlockBytes<Ty>;
+  const int64_t nb = w.cols / QK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    GemvChunksI8<G> f;
+    f.xq = xq;
+    f.xd = xd;
+    f.bsum = bsum;
+    f.cols = w.cols;
+    for (int g = 0; g < G; ++g) {
+      f.acc[g] = _mm256_setzero_ps();
+      f.accm[g] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      f.base = b * QK;
+      decode_block<Ty>(row + b * BB, f);
+      f.template finish<kHasMin<Ty>>();
+    }
+    for (int g = 0; g < G; ++g) y[g * ldy + r] = hsum(f.acc[g]) + f.accm[g];
+  }
+}
+
+template <GgmlType Ty>
+void gemv_i8_type(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy, int64_t r0,
+                  int64_t r1) {
+  constexpr bool kMins = kHasMin<Ty>;
+  thread_local std::vector<int16_t> bs;
+  if (kMins) {  // xq's sums per 16, every token
+    bs.resize(static_cast<size_t>(T * (w.cols / 16)));
+    for (int64_t k = 0; k < T * (w.cols / 16); ++k) {
+      int s = 0;
+      for (int i = 0; i < 16; ++i) s += xq[16 * k + i];
+      bs[static_cast<size_t>(k)] = static_cast<int16_t>(s);
+    }
+  }
+  const int16_t* b = kMins ? bs.data() : nullptr;
+  const int64_t nd = w.cols / 32, nbs = w.cols / 16;
+  int64_t t = 0;
+  for (; t + 2 <= T; t += 2)
+    gemv_i8_tokens<Ty, 2>(w, xq + t * w.cols, xd + t * nd, b ? b + t * nbs : nullptr, y + t * ldy, ldy, r0, r1);
+  if (t < T) gemv_i8_tokens<Ty, 1>(w, xq + t * w.cols, xd + t * nd, b ? b + t * nbs : nullptr, y + t * ldy, ldy, r0, r1);
+}
+
 // rows_to_f32's consumer: the values, each code times its scale (then the minimum), as the
 // reference computes them, stored in order.
 struct StoreChunks {
   float* ob;  // the block's first value
+  float d_ = 0.0f, dmin_ = 0.0f;
+  inline void block(float d, float dmin) { d_ = d, dmin_ = dmin; }
   template <Mode M>
-  inline void chunk(__m256i q, float s0, float m0, float s1, float m1, int pos) {
+  inline void chunk(__m256i q, int sc0, int mn0, int sc1, int mn1, int pos) {
+    const float s0 = d_ * static_cast<float>(sc0), s1 = d_ * static_cast<float>(sc1);
+    const float m0 = dmin_ * static_cast<float>(mn0), m1 = dmin_ * static_cast<float>(mn1);
     const Codes c = widen(q);
     const __m256 S0 = _mm256_set1_ps(s0 * kUnshift), S1 = _mm256_set1_ps(s1 * kUnshift);
     __m256 v0 = _mm256_mul_ps(c.c0, S0), v1 = _mm256_mul_ps(c.c1, S0), v2 = _mm256_mul_ps(c.c2, S1),
@@ -307,6 +423,19 @@ void gemv_avx2(const BlockRows& w, const float* x, int64_t T, float* y, int64_t 
   }
 }
 
+void gemv_i8_avx2(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                  int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case GgmlType::Q5_0: return gemv_i8_type<GgmlType::Q5_0>(w, xq, xd, T, y, ldy, r0, r1);
+    case GgmlType::Q5_1: return gemv_i8_type<GgmlType::Q5_1>(w, xq, xd, T, y, ldy, r0, r1);
+    case GgmlType::Q5_K: return gemv_i8_type<GgmlType::Q5_K>(w, xq, xd, T, y, ldy, r0, r1);
+    case GgmlType::Q6_K: return gemv_i8_type<GgmlType::Q6_K>(w, xq, xd, T, y, ldy, r0, r1);
+    case GgmlType::Q3_K: return gemv_i8_type<GgmlType::Q3_K>(w, xq, xd, T, y, ldy, r0, r1);
+    case GgmlType::Q2_K: return gemv_i8_type<GgmlType::Q2_K>(w, xq, xd, T, y, ldy, r0, r1);
+    default: return scalar_block_row_kernels().gemv_i8(w, xq, xd, T, y, ldy, r0, r1);
+  }
+}
+
 void rows_to_f32_avx2(const BlockRows& w, int64_t r0, int64_t r1, float* out, int64_t ld) {
   switch (w.type) {
     case GgmlType::Q5_0: return rows_type<GgmlType::Q5_0>(w, r0, r1, out, ld);
@@ -322,7 +451,7 @@ void rows_to_f32_avx2(const BlockRows& w, int64_t r0, int64_t r1, float* out, in
 }  // namespace
 
 const BlockRowKernels& avx2_block_row_kernels() {
-  static const BlockRowKernels k{gemv_avx2, rows_to_f32_avx2};
+  static const BlockRowKernels k{gemv_avx2, rows_to_f32_avx2, gemv_i8_avx2};
   return k;
 }
 

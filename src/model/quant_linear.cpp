@@ -270,6 +270,17 @@ void gemm_by_panels(float* y, const float* x, int64_t T, int64_t N, int64_t K, F
 void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
   const auto& kern = kernels::active_linear_kernels();
   if (gguf_blocks()) {
+    if (T <= kernels::kBlockGemvMaxTokens && int8_act_) {
+      // On 8-bit activations as llama.cpp multiplies this type: Q8_K (one scale per 256) for
+      // the K-quants, Q8_0 (per 32) for Q5_0 / Q5_1.
+      const bool q8k = ggml_traits(gb_type_).block_size == kernels::kQ8KBlock;
+      const QuantizedX qx = quantize_activations(x, cols_, T, q8k);
+      const kernels::BlockRows w = block_rows();
+      const auto& bk = kernels::active_block_row_kernels();
+      parallel_for_range(rows_, std::max<int64_t>(1, gemv_min_rows(cols_) / T),
+                         [&](int64_t r0, int64_t r1) { bk.gemv_i8(w, qx.q, qx.d, T, y, rows_, r0, r1); });
+      return;
+    }
     if (T <= kernels::kBlockGemvMaxTokens) {
       // One token, or a few (batched decoding): each block decoded once for all of them.
       const kernels::BlockRows w = block_rows();

@@ -21,6 +21,7 @@
 #include "base/float_formats.h"
 #include "formats/ggml_types.h"
 #include "model/block_row_kernels.h"
+#include "model/linear_kernels.h"
 
 using namespace qlora;
 using kernels::BlockRowKernels;
@@ -170,6 +171,59 @@ TEST(BlockRowKernels, EveryLevelMatchesTheScalarDefinitionOnAwkwardSizes) {
                 }
               }
           }
+        }
+      }
+  }
+}
+
+// gemv_i8 (8-bit activations: the Q8_K / Q8_0 codes and scales of linear_kernels' quantizers) at
+// every level against the scalar definition (the reference values times xq * xd in float32):
+// the same products up to float32 rounding, 2e-6 of the row's sum |w x|; a token's result the
+// same bits whatever T; rows outside the range untouched.
+TEST(BlockRowKernels, Int8ActivationGemvMatchesTheScalarDefinition) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const auto& lin = kernels::scalar_linear_kernels();
+  for (GgmlType t : kTypes) {
+    const int64_t qk = ggml_traits(t).block_size;
+    for (int64_t rows : {1, 7, 18})
+      for (int64_t nblk : {1, 3}) {
+        const int64_t cols = qk * nblk;
+        const std::vector<uint8_t> data = random_blocks(t, rows * cols, rng);
+        const BlockRows w = view(t, data, rows, cols);
+        constexpr int64_t T = 3;
+        std::vector<float> x(static_cast<size_t>(T * cols));
+        for (auto& v : x) v = normal(rng);
+        std::vector<int8_t> xq(x.size());
+        std::vector<float> xd(x.size() / 32);
+        for (int64_t tt = 0; tt < T; ++tt)
+          (qk == 256 ? lin.quantize_x_q8k : lin.quantize_x_q8)(x.data() + tt * cols, cols, xq.data() + tt * cols,
+                                                              xd.data() + tt * (cols / 32));
+        std::vector<float> vals(static_cast<size_t>(rows * cols));
+        kernels::scalar_block_row_kernels().rows_to_f32(w, 0, rows, vals.data(), cols);
+        const int64_t r0 = rows > 2 ? 1 : 0, ldy = rows + 1;
+        std::vector<float> ref(static_cast<size_t>(T * ldy), -3.0f);
+        kernels::scalar_block_row_kernels().gemv_i8(w, xq.data(), xd.data(), T, ref.data(), ldy, r0, rows);
+        const std::string what = std::string(ggml_type_name(t)) + " " + std::to_string(rows) + " x " + std::to_string(cols);
+        for (SimdLevel l : levels()) {
+          const BlockRowKernels& k = kernels::block_row_kernels_for(l);
+          std::vector<float> y(ref.size(), -3.0f);
+          k.gemv_i8(w, xq.data(), xd.data(), T, y.data(), ldy, r0, rows);
+          for (int64_t tt = 0; tt < T; ++tt)
+            for (int64_t r = 0; r < rows; ++r) {
+              const float got = y[tt * ldy + r];
+              if (r < r0) {
+                EXPECT_EQ(got, -3.0f) << what << ": row " << r << " outside the range was written";
+                continue;
+              }
+              double mag = 0.0;
+              for (int64_t c = 0; c < cols; ++c)
+                mag += std::fabs(static_cast<double>(vals[r * cols + c]) * xq[tt * cols + c] * xd[tt * (cols / 32) + c / 32]);
+              EXPECT_NEAR(got, ref[tt * ldy + r], 2e-6 * mag + 1e-30) << what << " " << simd_level_name(l) << " token " << tt;
+              std::vector<float> y1(static_cast<size_t>(rows), 0.0f);
+              k.gemv_i8(w, xq.data() + tt * cols, xd.data() + tt * (cols / 32), 1, y1.data(), rows, r, r + 1);
+              EXPECT_EQ(bits(got), bits(y1[r])) << what << " " << simd_level_name(l) << " token " << tt << " of " << T;
+            }
         }
       }
   }

@@ -24,6 +24,7 @@
 #include "formats/ggml_as_4bit.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf_fixture_files.h"
+#include "model/block_row_kernels.h"
 #include "model/linear_kernels.h"
 #include "model/quant_linear.h"
 
@@ -143,6 +144,44 @@ TEST(Q8KGemv, GivesLlamaCppsDotProducts) {
               << name << " " << level_name(lv) << " token " << tok << " row " << r;
         }
       }
+    }
+  }
+}
+
+// The types kept as the file's blocks (model/block_row_kernels.h gemv_i8) give llama.cpp's products too.
+TEST(Q8KGemv, BlockTypesGiveLlamaCppsDotProducts) {
+  const Fixture f = load_fixture();
+  ASSERT_GT(f.cols, 0);
+  for (const GgmlType t : {GgmlType::Q6_K, GgmlType::Q5_K, GgmlType::Q3_K, GgmlType::Q2_K}) {
+    const std::string name(ggml_type_name(t));
+    const std::vector<uint8_t> blocks = test::read_bytes(fixture(name + ".bin"));
+    const std::vector<float> want = test::read_f32(fixture(name + ".dot.f32"));
+    ASSERT_EQ(static_cast<int64_t>(want.size()), f.tokens * f.rows) << name;
+    kernels::BlockRows w;
+    w.type = t;
+    w.data = blocks.data();
+    w.rows = f.rows;
+    w.cols = f.cols;
+    w.row_bytes = static_cast<int64_t>(blocks.size()) / f.rows;
+    std::vector<float> vals(static_cast<size_t>(f.rows * f.cols));
+    kernels::scalar_block_row_kernels().rows_to_f32(w, 0, f.rows, vals.data(), f.cols);
+    for (SimdLevel lv : levels()) {
+      std::vector<int8_t> xq(f.x.size());
+      std::vector<float> xd(f.x.size() / 32);
+      for (int64_t tok = 0; tok < f.tokens; ++tok)
+        kernels::linear_kernels_for(lv).quantize_x_q8k(f.x.data() + tok * f.cols, f.cols, xq.data() + tok * f.cols,
+                                                       xd.data() + tok * (f.cols / 32));
+      std::vector<float> y(static_cast<size_t>(f.tokens * f.rows), NAN);
+      kernels::block_row_kernels_for(lv).gemv_i8(w, xq.data(), xd.data(), f.tokens, y.data(), f.rows, 0, f.rows);
+      for (int64_t tok = 0; tok < f.tokens; ++tok)
+        for (int64_t r = 0; r < f.rows; ++r) {
+          double scale = 0.0;
+          for (int64_t c = 0; c < f.cols; ++c)
+            scale += std::fabs(vals[static_cast<size_t>(r * f.cols + c)] * f.x[static_cast<size_t>(tok * f.cols + c)]);
+          EXPECT_NEAR(y[static_cast<size_t>(tok * f.rows + r)], want[static_cast<size_t>(tok * f.rows + r)],
+                      2e-6 * scale + 1e-7)
+              << name << " " << level_name(lv) << " token " << tok << " row " << r;
+        }
     }
   }
 }

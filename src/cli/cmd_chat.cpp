@@ -306,10 +306,11 @@ int run(const Options& o, CLI::App& app) {
   qlora::Model model = qlora::Model::load(files.spec, *files.tensors, load);
   files.tensors.reset();  // unmap the source: the model holds its own weights now
   if (!o.quiet)
-    std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n",
+    std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s%s, %.1f MiB\n",
                  std::chrono::duration<double>(Clock::now() - t_load).count(),
-                 qlora::cli::weights_description(o.m, model).c_str(),
-                 o.m.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
+                 qlora::cli::weights_description(o.m, model).c_str(), o.m.compute_dtype.c_str(),
+                 qlora::cli::int8_activations_note(o.m, model).c_str(),
+                 static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
   qlora::LoadedAdapter adapter;
   if (!o.adapter.empty()) {
     adapter = qlora::cli::load_adapter_reporting(model, o.adapter, o.quiet);

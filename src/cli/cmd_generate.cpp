@@ -116,9 +116,10 @@ int run(const Options& o, CLI::App& app) {
   files.tensors.reset();  // unmap the source: the model holds its own weights now
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   if (!o.quiet)
-    std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s, %.1f MiB\n", load_s,
-                 qlora::cli::weights_description(o.m, model).c_str(),
-                 o.m.compute_dtype.c_str(), static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
+    std::fprintf(stderr, "loaded in %.2f s: %s weights, compute %s%s, %.1f MiB\n", load_s,
+                 qlora::cli::weights_description(o.m, model).c_str(), o.m.compute_dtype.c_str(),
+                 qlora::cli::int8_activations_note(o.m, model).c_str(),
+                 static_cast<double>(model.weight_bytes()) / (1024.0 * 1024.0));
   qlora::LoadedAdapter adapter;
   if (!o.adapter.empty()) {
     adapter = qlora::cli::load_adapter_reporting(model, o.adapter, o.quiet);

@@ -54,11 +54,22 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
                 "2-core Zen 3 (bench/RESULTS.md)");
 }
 
+namespace {
+// Whether `path` is a GGUF file (false for anything unreadable: opening the model says why).
+bool is_gguf_file(const std::string& path) {
+  try {
+    return detect_model_format(path) == ModelFormat::Gguf;
+  } catch (const Error&) {
+    return false;
+  }
+}
+}  // namespace
+
 ModelLoadOptions load_options(const ModelFlags& f) {
   if (f.threads < 0) fail("--threads", "must be >= 0");
   if (f.threads > 0) omp_set_num_threads(f.threads);
   // --device is checked before anything is loaded (the runner is made after loading).
-  if (f.int8_activations && parse_device(f.device).cuda)
+  if (f.int8_activations.value_or(false) && parse_device(f.device).cuda)
     fail("--int8-activations", "is a CPU decoding mode; --device cuda decodes on the GPU's own kernels");
   ModelLoadOptions load;
   load.compute_dtype = compute_dtype_from_string(f.compute_dtype);
@@ -69,9 +80,14 @@ ModelLoadOptions load_options(const ModelFlags& f) {
   load.keep_gguf_weights = !f.requantize_gguf;
   load.keep_gguf_blocks = !parse_device(f.device).cuda;
   load.gguf_compact = f.gguf_compact;
-  load.int8_activations = f.int8_activations;
-  if (f.int8_activations && (f.quant == "none" || f.quant == "int8"))
+  if (f.int8_activations.value_or(false) && (f.quant == "none" || f.quant == "int8"))
     fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + f.quant);
+  // Unset: a GGUF's weights kept as stored decode as llama.cpp multiplies them (8-bit
+  // activations: Q8_K for the K-quants, Q8_0 for the rest), on the CPU with fp32 compute.
+  load.int8_activations_gguf_only = !f.int8_activations.has_value();
+  load.int8_activations = f.int8_activations.value_or(
+      f.decodes && is_gguf_file(f.model) && !parse_device(f.device).cuda && !f.requantize_gguf &&
+      load.compute_dtype == ComputeDType::F32 && (f.quant == "nf4" || f.quant == "NF4" || f.quant == "fp4" || f.quant == "FP4"));
   if (!(f.int8_threshold >= 0.0f)) fail("--int8-threshold", "must be >= 0");
   load.quant.int8_threshold = f.int8_threshold;
   if (f.quant == "none") {
@@ -92,11 +108,15 @@ ModelLoadOptions load_options(const ModelFlags& f) {
 }
 
 void add_decode_flags(CLI::App& app, ModelFlags& f) {
-  add_bool_flag(app, "--int8-activations", f.int8_activations,
-                "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
-                "bitsandbytes' exact numbers: codes and activations rounded to 1/127 of their block's largest). "
-                "Products of up to 8 tokens (decoding, batched decoding, short prompts) use it; longer prompts "
-                "run the exact product");
+  f.decodes = true;
+  add_bool_flag_pair(
+      app, "--int8-activations", "--no-int8-activations", [&f](bool on) { f.int8_activations = on; },
+      "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
+      "bitsandbytes' exact numbers: activations rounded to 1/127 of their block's largest, NF4/FP4 codes too). "
+      "Products of up to 8 tokens (decoding, batched decoding, short prompts) use it; longer prompts run the "
+      "exact product. Default: on for a GGUF file on the CPU with fp32 compute (llama.cpp's own products: Q8_K "
+      "activations for the K-quants, Q8_0 for the others), off otherwise",
+      "Decode on float32 activations even for a GGUF file (products of its exact values; slower on CPUs)");
   app.add_option("--kv-cache", f.kv_cache,
                  "Keys and values kept for the tokens so far: auto (the compute dtype, which the cache then holds "
                  "exactly: fp32, or bf16 / f16 at half the memory), f32, or bf16 / f16 with float32 compute, each "
@@ -290,6 +310,20 @@ std::string weights_description(const ModelFlags& f, const Model& m) {
   }
   if (n == total) return types + " (GGUF, as stored: " + std::to_string(n) + " linears)";
   return s + " + " + types + " (GGUF, as stored: " + std::to_string(n) + " of " + std::to_string(total) + " linears)";
+}
+
+std::string int8_activations_note(const ModelFlags& f, const Model& m) {
+  int64_t n = 0, total = 0;
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kBlockLinearCount; ++w) {
+      if (!m.spec().layer_has_linear(l, w) || m.block_linear(l, w).out_features() == 0) continue;
+      ++total;
+      n += m.block_linear(l, w).decodes_on_int8();
+    }
+  if (n == 0) return "";
+  const std::string count = n == total ? "" : std::to_string(n) + " of " + std::to_string(total) + " linears; ";
+  if (f.int8_activations) return ", decoding on 8-bit activations" + (count.empty() ? "" : " (" + count.substr(0, count.size() - 2) + ")");
+  return ", decoding on 8-bit activations as llama.cpp (" + count + "the GGUF default, --no-int8-activations: float32)";
 }
 
 LoadedAdapter load_adapter_reporting(const Model& model, const std::string& dir, bool quiet) {

@@ -2,6 +2,7 @@
 // The flags every command that loads a model shares (generate, train, and later eval and
 // memory), so their names, defaults and validation stay the same everywhere.
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,11 @@ struct ModelFlags {
   bool requantize_gguf = false;       // --requantize-gguf: a GGUF's 4-bit / Q8_0 linears re-quantized (ModelLoadOptions::keep_gguf_weights)
   bool gguf_compact = false;          // --gguf-compact: a GGUF's Q6_K / Q5_K / Q5_1 as its blocks (ModelLoadOptions::gguf_compact)
   std::string device = "cpu";         // --device (commands that offer it: add_device_flag)
-  bool int8_activations = false;      // --int8-activations (decoding commands: add_decode_flags)
+  // --int8-activations / --no-int8-activations (decoding commands: add_decode_flags); unset:
+  // on for a GGUF file decoded on the CPU with its weights as stored and fp32 compute (llama.cpp's
+  // products, what its users expect), off otherwise (bitsandbytes' numbers). load_options decides.
+  std::optional<bool> int8_activations;
+  bool decodes = false;               // add_decode_flags was called (the default above applies)
   std::string kv_cache = "auto";      // --kv-cache (decoding commands: add_decode_flags)
 };
 
@@ -33,8 +38,9 @@ struct ModelFlags {
 // --compute-dtype (described by `compute_help`), --threads/-t, --allow-unused-tensors and --dense-head.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
 
-// Adds --int8-activations (ModelLoadOptions::int8_activations) and --kv-cache
-// (ModelLoadOptions::kv_cache_dtype) for the commands that decode: generate, chat, serve.
+// Adds --int8-activations / --no-int8-activations (ModelLoadOptions::int8_activations; unset:
+// on for GGUF files, see ModelFlags) and --kv-cache (ModelLoadOptions::kv_cache_dtype) for the
+// commands that decode: generate, chat, serve.
 void add_decode_flags(CLI::App& app, ModelFlags& f);
 
 // --kv-cache's value: f32/fp32, bf16, f16/fp16, or auto (the default): the compute dtype, whose
@@ -112,6 +118,10 @@ std::string weights_description(const ModelFlags& f);
 // stored: 210 linears)", "8-bit/Q4_K/Q6_K (GGUF, ...)", or "nf4 + IQ4_NL/IQ4_XS (GGUF, as stored:
 // 207 of 210 linears)" when some are re-quantized.
 std::string weights_description(const ModelFlags& f, const Model& m);
+// ", decoding on 8-bit activations ..." when block linears of `m` decode so (how many, if not
+// all), saying whether by default (a GGUF file) and how to turn it off; "" otherwise. For the
+// "loaded in" line.
+std::string int8_activations_note(const ModelFlags& f, const Model& m);
 
 // Loads the PEFT adapter in `dir` against `model` (lora/adapter_loader.h) and, unless
 // `quiet`, prints its summary line. The caller attaches it where it will keep it:

@@ -154,9 +154,15 @@ struct ModelLoadOptions {
   // llama.cpp does (kernels::LinearKernels::gemv_q4_i8 / gemv_q8_i8). Faster on CPUs whose
   // float lookups of the 4-bit code book are the bottleneck, and no longer bitsandbytes'
   // numbers: the codes are taken to 1/127 of their largest and the activations to 1/127 of
-  // their chunk's largest (bench/RESULTS.md measures what that costs). Prompts (more than
-  // one token), training and the default leave it off.
+  // their chunk's largest (bench/RESULTS.md measures what that costs). A GGUF's Q4_K /
+  // IQ4_XS and the types kept as its blocks take llama.cpp's Q8_K activations (one scale per
+  // 256) and products instead. Prompts of more than 8 tokens and training never use it.
   bool int8_activations = false;
+  // With int8_activations: only the weights a GGUF holds as stored take it (4-bit as stored,
+  // 8-bit or the file's blocks, an 8-bit head / embedding), the others keep float32
+  // activations. What the decoding commands use by default for a GGUF file (llama.cpp's own
+  // products for its weights; the CLI's --int8-activations sets every weight).
+  bool int8_activations_gguf_only = false;
   // How inference keeps the keys and values it has computed (InferenceState's KV cache): F32
   // as computed, or BF16 / F16, each value rounded to 16 bits (nearest even) on the way in:
   // half the cache's memory, llama.cpp's f16 cache. With bf16 compute the keys and values are

@@ -529,14 +529,20 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
   // Llama4TextExperts' fused parameters to transformers: a merged export writes them so)
   if (spec.moe_llama4) m.spec_.moe_fused_experts = true;
   if (opt.int8_activations) {
+    const bool all = !opt.int8_activations_gguf_only;
+    const auto set = [all](QuantLinear& q) {
+      if (all || q.holds_gguf_weight()) q.set_int8_activations(true);
+    };
     for (LayerWeights& l : m.layers_)
-      for (int w = 0; w < kBlockLinearCount; ++w) l.linear(w).set_int8_activations(true);
+      for (int w = 0; w < kBlockLinearCount; ++w) set(l.linear(w));
     for (LayerWeights& l : m.layers_)
       for (auto* experts : {&l.expert_gate_up, &l.expert_down})
-        for (QuantLinear& q : *experts) q.set_int8_activations(true);
-    for (QuantLinear& l : m.model_linears_) l.set_int8_activations(true);
-    m.embed_.set_int8_activations(true);  // (the head when tied; a lookup table otherwise)
-    m.lm_head_.set_int8_activations(true);
+        for (QuantLinear& q : *experts) set(q);
+    for (QuantLinear& l : m.model_linears_) set(l);
+    // (the head when tied; a lookup table otherwise. Packed: 8-bit or a GGUF's blocks, which
+    // only a GGUF makes)
+    if (all || m.embed_.packed()) m.embed_.set_int8_activations(true);
+    if (all || m.lm_head_.packed()) m.lm_head_.set_int8_activations(true);
   }
   return m;
 }

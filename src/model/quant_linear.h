@@ -72,8 +72,8 @@ class DenseWeight {
   // 2.63 for Q2_K) and exactly its values
   // (ggml's reference dequantization). One token, or a few (batched decoding), run on the
   // blocks (kernels' gemv); more tokens widen rows to float32 a panel at a time. For the
-  // float32 compute dtype; --int8-activations does not apply to them (float32 activations
-  // always). Throws Error naming `what` for another type, rows that are not whole blocks, or a
+  // float32 compute dtype; with set_int8_activations a few tokens' products run on 8-bit
+  // activations as llama.cpp's (kernels' gemv_i8: Q8_K for the K-quants, Q8_0 for Q5_0 / Q5_1). Throws Error naming `what` for another type, rows that are not whole blocks, or a
   // byte count that does not match the shape.
   static DenseWeight from_gguf_blocks(GgmlType type, std::vector<uint8_t> blocks, int64_t rows, int64_t cols,
                                       const std::string& what);
@@ -97,6 +97,8 @@ class DenseWeight {
   // (kernels::LinearKernels::gemv_q8_i8, llama.cpp's Q8_0 x Q8_0 dot product) instead of
   // float32 ones. Not bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
   void set_int8_activations(bool on) { int8_act_ = on; }
+  // Whether its products of up to 8 tokens take that path (only packed weights have one).
+  bool int8_activations() const { return int8_act_ && packed(); }
   size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4 + gb_.size(); }
   const float* f32_data() const { return f32_.data(); }       // when dtype() == F32 and !packed()
   const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
@@ -145,6 +147,14 @@ class QuantLinear {
   }
   // Whether forward() of one token takes that path.
   bool uses_int8_activations() const { return int8_act_ && q4_ && in_ % 32 == 0; }
+  // Whether a few tokens' products run on 8-bit activations: the above, or a dense weight
+  // held in 8 bits / as a GGUF's blocks with the option set (DenseWeight::int8_activations).
+  bool decodes_on_int8() const { return uses_int8_activations() || (!is_quantized() && dense_.int8_activations()); }
+  // Whether the weight is a GGUF's as stored: 4-bit blocks re-laid (QuantState::ggml_source),
+  // or a dense weight held as 8-bit or the file's blocks.
+  bool holds_gguf_weight() const {
+    return (q4_ && !q4_->state.ggml_source.empty()) || (!is_quantized() && dense_.packed());
+  }
 
   // y (T, out) = x (T, in) · Wᵀ + b.  y and x must not overlap.
   void forward(float* y, const float* x, int64_t T) const;

@@ -392,6 +392,23 @@ std::vector<Case> cases() {
                .command = "{qlora} generate {M} -p Once -n 8 --temperature 0 --int8-activations",
                .exit_code = 0,
                .check = [](const CliRun& r) { EXPECT_NE(r.out.find("Once"), std::string::npos) << r.out; }});
+  // A GGUF decodes on 8-bit activations by default (its weights kept as stored: the merged
+  // Q8_0 file's), saying so on the "loaded" line; --no-int8-activations turns it off.
+  t.push_back({.name = "generate_gguf_int8_activations_by_default",
+               .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
+               .command = "{qlora} train {M} --max-steps 1 --data data.txt --out ad -q && "
+                          "{qlora} merge {M} --adapter ad --out m.gguf --gguf-type q8_0 -q && "
+                          "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 && "
+                          "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 --no-int8-activations",
+               .exit_code = 0,
+               .check =
+                   [](const CliRun& r) {
+                     const std::string note = "decoding on 8-bit activations as llama.cpp (30 of 35 linears; the GGUF default";
+                     const size_t at = r.err.find(note);
+                     EXPECT_NE(at, std::string::npos) << r.err;
+                     EXPECT_EQ(r.err.find(note, at + 1), std::string::npos) << "--no-int8-activations: " << r.err;
+                     EXPECT_NE(r.err.find("loaded in"), r.err.rfind("loaded in")) << "both runs load: " << r.err;
+                   }});
   t.push_back({.name = "generate_int8_activations_needs_4bit",
                .command = "{qlora} generate {M} -p Once -n 2 --quant none --int8-activations",
                .exit_code = 1,

@@ -150,6 +150,33 @@ TEST(GgufKQuantModel, LogitsAsCloseToLlamaCppAsTransformersAre) {
   EXPECT_GE(ours, theirs);
 }
 
+// On 8-bit activations (--int8-activations, the CLI's default for a GGUF on the CPU; llama.cpp's
+// Q8_K / Q8_0 products, which test_q8k_gemv checks against libggml's own) the decoded logits
+// stay near the exact ones: the activations' rounding, not a wrong scale or sign. (They come
+// no closer to the fixture's llama.cpp logits than the exact ones: its f16 attention and KV
+// cache perturb every product's input by as much, so its roundings of them differ.)
+TEST(GgufKQuantModel, Int8ActivationDecodingStaysNearTheExactLogits) {
+  const json ref = reference();
+  const auto prompt = ref.at("prompt").get<std::vector<int>>();
+  for (bool compact_mode : {true, false}) {
+    ModelLoadOptions o;
+    o.gguf_compact = compact_mode;
+    const std::vector<float> exact = stepwise_logits(load(o), prompt);
+    o.int8_activations = true;
+    const Model m = load(o);
+    const std::vector<float> got = stepwise_logits(m, prompt);
+    const float d = max_diff(got, exact), scale = max_abs(exact);
+    std::printf("kq_llama%s: max |8-bit activations - exact| %.3g (largest |logit| %.3g)\n",
+                compact_mode ? " (compact)" : "", d, scale);
+    EXPECT_GT(d, 0.0f) << "the 8-bit path was not taken";
+    EXPECT_LE(d, 0.05f * scale) << (compact_mode ? "compact" : "default");
+    int agree = 0;
+    for (size_t t = 0; t < prompt.size(); ++t)
+      agree += argmax_row(got, t, m.spec().vocab) == argmax_row(exact, t, m.spec().vocab);
+    EXPECT_GE(agree, static_cast<int>(prompt.size()) - 1);
+  }
+}
+
 // --requantize-gguf (keep_gguf_weights false) and the CUDA runs (keep_gguf_blocks false)
 // quantize the Linears per --quant instead; bf16 compute too (the blocks run in float32).
 TEST(GgufKQuantModel, OtherwiseTheLinearsAreQuantizedPerTheFlags) {

@@ -104,6 +104,9 @@ int run(const Options& o) {
 
   qlora::serve::Server server(model, *files.tokenizer, adapters, so);
   server.bind();
+  if (!o.quiet)
+    if (const std::string note = qlora::cli::int8_activations_note(o.m, model); !note.empty())
+      std::fprintf(stderr, "%s\n", note.substr(2).c_str());  // (", decoding ..." -> "decoding ...")
   {  // always printed, --quiet included: with --port 0 it is the only way to learn the port
     std::string names = so.base_name;
     for (const auto& [n, a] : adapters) names += ", " + n;

@@ -114,8 +114,9 @@ void add_decode_flags(CLI::App& app, ModelFlags& f) {
       "Decode on 8-bit activations with integer dot products, as llama.cpp does (faster on CPUs; not "
       "bitsandbytes' exact numbers: activations rounded to 1/127 of their block's largest, NF4/FP4 codes too). "
       "Products of up to 8 tokens (decoding, batched decoding, short prompts) use it; longer prompts run the "
-      "exact product. Default: on for a GGUF file on the CPU with fp32 compute (llama.cpp's own products: Q8_K "
-      "activations for the K-quants, Q8_0 for the others), off otherwise",
+      "exact product. Default: on for a GGUF file's weights kept as stored, on the CPU with fp32 compute "
+      "(not with --requantize-gguf or --quant none/int8): llama.cpp's own products, Q8_K activations for the "
+      "K-quants, Q8_0 for the others; off otherwise",
       "Decode on float32 activations even for a GGUF file (products of its exact values; slower on CPUs)");
   app.add_option("--kv-cache", f.kv_cache,
                  "Keys and values kept for the tokens so far: auto (the compute dtype, which the cache then holds "
@@ -322,7 +323,7 @@ std::string int8_activations_note(const ModelFlags& f, const Model& m) {
     }
   if (n == 0) return "";
   const std::string count = n == total ? "" : std::to_string(n) + " of " + std::to_string(total) + " linears; ";
-  if (f.int8_activations) return ", decoding on 8-bit activations" + (count.empty() ? "" : " (" + count.substr(0, count.size() - 2) + ")");
+  if (f.int8_activations.value_or(false)) return ", decoding on 8-bit activations" + (count.empty() ? "" : " (" + count.substr(0, count.size() - 2) + ")");
   return ", decoding on 8-bit activations as llama.cpp (" + count + "the GGUF default, --no-int8-activations: float32)";
 }
 

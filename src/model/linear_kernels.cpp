@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 #include <cmath>
+#include <limits>
 
 #include "base/float_formats.h"
 #include "model/linear_kernels_inl.h"
@@ -179,7 +180,16 @@ void quantize_x_q8_scalar(const float* x, int64_t n, int8_t* q, float* d) {
   for (int64_t b = 0; b < n / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
     float amax = 0.0f;
-    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    bool finite = true;
+    for (int64_t i = 0; i < kQ8Block; ++i) {
+      amax = std::max(amax, std::fabs(xb[i]));
+      finite = finite && std::isfinite(xb[i]);
+    }
+    if (!finite) {  // NaN / inf: codes 0, scale NaN, so the products are NaN as float32's would be
+      std::fill(q + b * kQ8Block, q + (b + 1) * kQ8Block, int8_t{0});
+      d[b] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
     const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
     d[b] = db;
     for (int64_t i = 0; i < kQ8Block; ++i)
@@ -229,19 +239,25 @@ void quantize_x_q8k_scalar(const float* x, int64_t n, int8_t* q, float* d) {
     const float* xb = x + b * kQ8KBlock;
     int8_t* qb = q + b * kQ8KBlock;
     float amax = 0.0f, m = 0.0f;
-    for (int64_t i = 0; i < kQ8KBlock; ++i)
+    bool finite = true;
+    for (int64_t i = 0; i < kQ8KBlock; ++i) {
+      finite = finite && std::isfinite(xb[i]);
       if (std::fabs(xb[i]) > amax) {
         amax = std::fabs(xb[i]);
         m = xb[i];
       }
+    }
     float db = 0.0f;
-    if (amax == 0.0f) {
+    const float iscale = amax > 0.0f ? -127.0f / m : 0.0f;
+    if (!finite) {  // NaN / inf: codes 0, scale NaN (the products NaN, as float32's would be)
+      std::fill(qb, qb + kQ8KBlock, int8_t{0});
+      db = std::numeric_limits<float>::quiet_NaN();
+    } else if (amax == 0.0f || !std::isfinite(iscale)) {  // (or so small that 127 / m overflows)
       std::fill(qb, qb + kQ8KBlock, int8_t{0});
     } else {
-      const float iscale = -127.0f / m;
       for (int64_t i = 0; i < kQ8KBlock; ++i) {
         const float v = std::nearbyint(iscale * xb[i]);
-        qb[i] = v >= 127.0f ? int8_t{127} : v >= -127.0f ? static_cast<int8_t>(v) : int8_t{-127};  // (NaN: -127)
+        qb[i] = static_cast<int8_t>(std::min(v, 127.0f));
       }
       db = 1.0f / iscale;
     }

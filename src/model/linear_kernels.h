@@ -185,15 +185,18 @@ struct LinearKernels {
   // ggml_vec_dot_q4_K_q8_K / _iq4_xs_q8_K up to float summation order. REQUIRES w.q8k_form,
   // xq / xd from quantize_x_q8k.
   void (*gemv_q8k_i8)(const Q4Matrix& w, const int8_t* xq, const float* xd, float* y, int64_t r0, int64_t r1);
-  // The same for T <= kMaxGemvTokens tokens (xq (T, cols), xd (T, cols / 32)), token by token.
+  // The same for T <= kMaxGemvTokens tokens (xq (T, cols), xd (T, cols / 32)): the AVX2 kernel
+  // decodes each weight step once for two tokens; each token's result is the one-token
+  // kernel's, bit for bit.
   void (*gemv_q8k_i8_multi)(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                             int64_t r0, int64_t r1);
 };
 // The super-block of quantize_x_q8k (GGML's QK_K).
 inline constexpr int64_t kQ8KBlock = 256;
 
-// The int8 code book of gemv_q4_i8 for a 16-value code book, and the factor that undoes it
-// (max|code| / 127; 0 for an all-zero code book).
+// The int8 code book of gemv_q4_i8 for a 16-value code book, and the factor that undoes it: a
+// book of integers within +-127 (a GGUF's Q4_0 / Q4_1 / IQ4_NL codes) as it is, factor 1;
+// any other (NF4, FP4) rescaled to nearest-even(code * 127 / max|code|), factor max|code| / 127.
 struct Q8Codes {
   int8_t q[16];
   float unscale;

@@ -15,7 +15,7 @@
 // 4-bit layout: 64 weights (32 packed bytes) per step. The low nibbles (odd elements) fill
 // bytes 0-31 of the register and the high nibbles (even elements) bytes 32-63, so x is put in
 // that order once per call (one vpermb per 64). Dword lane l then holds four elements of
-// chunk (l / 4) % 2 of the 64, and the chunk's scale (d * max|code| / 127) is laid out per
+// chunk (l / 4) % 2 of the 64, and the chunk's scale (d * Q8Codes::unscale) is laid out per
 // lane the same way once per call. With blocksize >= 64 (a power of two) and rows of whole
 // 64-weight steps, a step never straddles two absmax blocks; with blocksize 32 it holds two,
 // one per chunk (step_absmax); rows that are not whole steps take the AVX2 kernel. Four rows

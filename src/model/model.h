@@ -149,12 +149,13 @@ struct ModelLoadOptions {
   // the file's blocks (exact values, the file's size) instead of Q8_0 of their values
   // (gguf_type_kept_as_blocks: slower products on float activations, fewer bytes).
   bool gguf_compact = false;
-  // Opt-in (--int8-activations): decoding multiplies the 4-bit block Linears and an 8-bit
+  // Decoding (products of up to 8 tokens) multiplies the 4-bit block Linears and an 8-bit
   // head on activations quantized to 8 bits per 32 values, with integer dot products, as
   // llama.cpp does (kernels::LinearKernels::gemv_q4_i8 / gemv_q8_i8). Faster on CPUs whose
   // float lookups of the 4-bit code book are the bottleneck, and no longer bitsandbytes'
-  // numbers: the codes are taken to 1/127 of their largest and the activations to 1/127 of
-  // their chunk's largest (bench/RESULTS.md measures what that costs). A GGUF's Q4_K /
+  // numbers: the activations are taken to 1/127 of their chunk's largest, NF4 / FP4 codes to
+  // 1/127 of theirs (a GGUF's integer codes stay exact; bench/RESULTS.md measures the cost).
+  // Off by default here; the decoding commands turn it on for GGUF files (cli/model_flags.h). A GGUF's Q4_K /
   // IQ4_XS and the types kept as its blocks take llama.cpp's Q8_K activations (one scale per
   // 256) and products instead. Prompts of more than 8 tokens and training never use it.
   bool int8_activations = false;

@@ -580,7 +580,7 @@ void QuantLinear::forward(float* y, const float* x, int64_t T) const {
                          [&](int64_t r0, int64_t r1) { kern.gemv_q4(m, x, y, r0, r1); });
     } else if (T <= kernels::kMaxGemvTokens && uses_int8_activations()) {
       // A few tokens on 8-bit activations (batched decoding, a short prompt): each weight step
-      // decoded once for all of them, each token's values the one-token product's.
+      // decoded once for several of them, each token's values the one-token product's.
       const QuantizedX qx = quantize_activations(x, in_, T, m.q8k_form);
       const auto gemv = m.q8k_form ? kern.gemv_q8k_i8_multi : kern.gemv_q4_i8_multi;
       parallel_for_range(out_, std::max<int64_t>(1, gemv_min_rows(in_) / T), [&](int64_t r0, int64_t r1) {

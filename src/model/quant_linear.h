@@ -150,8 +150,10 @@ class QuantLinear {
   // Whether a few tokens' products run on 8-bit activations: the above, or a dense weight
   // held in 8 bits / as a GGUF's blocks with the option set (DenseWeight::int8_activations).
   bool decodes_on_int8() const { return uses_int8_activations() || (!is_quantized() && dense_.int8_activations()); }
-  // Whether the weight is a GGUF's as stored: 4-bit blocks re-laid (QuantState::ggml_source),
-  // or a dense weight held as 8-bit or the file's blocks.
+  // Whether the weight is a GGUF's kept in the file's terms: 4-bit blocks re-laid
+  // (QuantState::ggml_source), or a dense weight held as the file's blocks or in 8 bits (its
+  // Q8_0 / Q5_0 values exactly, or a Q6_K / Q5_K / Q5_1 one's values as Q8_0: within half an
+  // 8-bit step).
   bool holds_gguf_weight() const {
     return (q4_ && !q4_->state.ggml_source.empty()) || (!is_quantized() && dense_.packed());
   }

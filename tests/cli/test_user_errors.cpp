@@ -399,15 +399,23 @@ std::vector<Case> cases() {
                .command = "{qlora} train {M} --max-steps 1 --data data.txt --out ad -q && "
                           "{qlora} merge {M} --adapter ad --out m.gguf --gguf-type q8_0 -q && "
                           "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 && "
-                          "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 --no-int8-activations",
+                          "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 --no-int8-activations && "
+                          "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 --compute-dtype bf16 && "
+                          "{qlora} generate -m m.gguf -p Once -n 4 --temperature 0 --requantize-gguf",
                .exit_code = 0,
                .check =
                    [](const CliRun& r) {
-                     const std::string note = "decoding on 8-bit activations as llama.cpp (30 of 35 linears; the GGUF default";
+                     // once: not with --no-int8-activations, bf16 compute or --requantize-gguf
+                     const std::string note = "decoding on 8-bit activations as llama.cpp (";
                      const size_t at = r.err.find(note);
-                     EXPECT_NE(at, std::string::npos) << r.err;
-                     EXPECT_EQ(r.err.find(note, at + 1), std::string::npos) << "--no-int8-activations: " << r.err;
-                     EXPECT_NE(r.err.find("loaded in"), r.err.rfind("loaded in")) << "both runs load: " << r.err;
+                     ASSERT_NE(at, std::string::npos) << r.err;
+                     EXPECT_NE(r.err.find("the GGUF default, --no-int8-activations: float32)", at), std::string::npos)
+                         << r.err;
+                     EXPECT_EQ(r.err.find(note, at + 1), std::string::npos) << r.err;
+                     size_t runs = 0;
+                     for (size_t p = r.err.find("loaded in"); p != std::string::npos; p = r.err.find("loaded in", p + 1))
+                       ++runs;
+                     EXPECT_EQ(runs, 4u) << r.err;
                    }});
   t.push_back({.name = "generate_int8_activations_needs_4bit",
                .command = "{qlora} generate {M} -p Once -n 2 --quant none --int8-activations",

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -86,6 +87,18 @@ std::vector<uint8_t> random_blocks(GgmlType t, int64_t rows, int64_t cols, std::
   return b;
 }
 
+// Random Q4_0 blocks (fp16 scale, 16 bytes of nibbles).
+std::vector<uint8_t> random_q4_0(int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::vector<uint8_t> b(static_cast<size_t>(rows * cols / 32 * 18));
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& v : b) v = static_cast<uint8_t>(byte(rng));
+  for (size_t off = 0; off < b.size(); off += 18) {
+    const uint16_t h = f32_to_fp16(0.01f * static_cast<float>(1 + byte(rng) % 5));
+    std::memcpy(b.data() + off, &h, 2);
+  }
+  return b;
+}
+
 }  // namespace
 
 TEST(Q8KGemv, QuantizesActivationsAsLlamaCppBitForBit) {
@@ -110,6 +123,45 @@ TEST(Q8KGemv, QuantizesActivationsAsLlamaCppBitForBit) {
               << level_name(lv) << " token " << t << " block " << b << " value " << i;
       }
     }
+  }
+}
+
+// The rules llama.cpp's quantize_row_q8_K_ref has that random data rarely meets: the FIRST value
+// of the largest magnitude sets the sign (-127 / m), an all-zero block is all zero; and ours
+// where it has none: a block holding a NaN or an infinity gets codes 0 and a NaN scale (so the
+// product is NaN, as float32's would be), a block too small for 127 / m is taken as zero. The
+// per-32 quantizer the same for non-finite blocks. Every level alike.
+TEST(Q8KGemv, QuantizerEdgeCases) {
+  std::vector<float> x(4 * 256, 0.0f);
+  for (int i = 0; i < 256; ++i) x[static_cast<size_t>(i)] = 0.01f * static_cast<float>(i % 7 - 3);
+  x[10] = 2.0f, x[20] = -2.0f;            // block 0: +2 first: its code -127, -2's +127
+  x[256 + 10] = -2.0f, x[256 + 20] = 2.0f;  // block 1: -2 first: its code -127
+  x[512 + 3] = std::numeric_limits<float>::quiet_NaN();
+  x[512 + 4] = 1.0f;
+  x[768 + 5] = 1e-38f;  // 127 / 1e-38 overflows
+  for (SimdLevel lv : levels()) {
+    const auto& k = kernels::linear_kernels_for(lv);
+    std::vector<int8_t> q(x.size(), 99);
+    std::vector<float> d(x.size() / 32, -1.0f);
+    k.quantize_x_q8k(x.data(), static_cast<int64_t>(x.size()), q.data(), d.data());
+    EXPECT_EQ(q[10], -127) << level_name(lv);
+    EXPECT_EQ(q[20], 127) << level_name(lv);
+    EXPECT_EQ(d[0], -2.0f / 127.0f) << level_name(lv);
+    EXPECT_EQ(q[256 + 10], -127) << level_name(lv);
+    EXPECT_EQ(q[256 + 20], 127) << level_name(lv);
+    EXPECT_EQ(d[8], 2.0f / 127.0f) << level_name(lv);
+    for (int i = 512; i < 1024; ++i) ASSERT_EQ(q[static_cast<size_t>(i)], 0) << level_name(lv) << " value " << i;
+    for (int j = 16; j < 24; ++j) EXPECT_TRUE(std::isnan(d[static_cast<size_t>(j)])) << level_name(lv);
+    for (int j = 24; j < 32; ++j) EXPECT_EQ(d[static_cast<size_t>(j)], 0.0f) << level_name(lv);
+    // per 32: the NaN's block, and an infinity's
+    std::vector<float> y(64, 0.5f);
+    y[7] = std::numeric_limits<float>::quiet_NaN();
+    y[40] = -std::numeric_limits<float>::infinity();
+    std::vector<int8_t> q8(64, 99);
+    std::vector<float> d8(2, -1.0f);
+    k.quantize_x_q8(y.data(), 64, q8.data(), d8.data());
+    for (int i = 0; i < 64; ++i) ASSERT_EQ(q8[static_cast<size_t>(i)], 0) << level_name(lv) << " value " << i;
+    EXPECT_TRUE(std::isnan(d8[0]) && std::isnan(d8[1])) << level_name(lv);
   }
 }
 
@@ -249,7 +301,12 @@ TEST(Q8KGemv, EveryLevelMatchesTheScalarDefinitionOnAwkwardShapes) {
           EXPECT_NEAR(y[i], ref[i], 2e-6 * size[i] + 1e-7) << level_name(lv) << " element " << i;
           EXPECT_EQ(std::bit_cast<uint32_t>(multi[i]), std::bit_cast<uint32_t>(y[i])) << level_name(lv) << " element " << i;
         }
-        for (int64_t r = 0; r < s.r0; ++r) EXPECT_EQ(y[static_cast<size_t>(r)], 0.0f) << "row outside the range written";
+        for (int64_t tok = 0; tok < T; ++tok) {
+          for (int64_t r = 0; r < s.rows; ++r) {
+            if (r < s.r0 || r >= s.r1)
+              EXPECT_EQ(y[static_cast<size_t>(tok * s.rows + r)], 0.0f) << "row " << r << " outside the range written";
+          }
+        }
       }
     }
   }
@@ -297,4 +354,26 @@ TEST(Q8KGemv, QuantLinearTakesItForQ4KUnderInt8Activations) {
     EXPECT_EQ(y2[static_cast<size_t>(r)], want[static_cast<size_t>(r)]);
     EXPECT_EQ(y2[static_cast<size_t>(rows + r)], want[static_cast<size_t>(r)]);
   }
+
+  // One input into a Q4_K weight and a Q4_0 one (a block's q/k/v of mixed types): each gets its
+  // own quantization of x (Q8_K, Q8_0), exactly as alone.
+  const std::vector<uint8_t> b40 = random_q4_0(rows, cols, rng);
+  auto q40 = ggml_blocks_as_4bit(GgmlType::Q4_0, b40, rows, cols, ComputeDType::F32, "random");
+  ASSERT_TRUE(q40.has_value());
+  QuantLinear other(std::move(*q40), ComputeDType::F32);
+  other.set_int8_activations(true);
+  std::vector<float> alone(static_cast<size_t>(rows)), ya(static_cast<size_t>(rows)), yb(static_cast<size_t>(rows));
+  other.forward(alone.data(), x.data(), 1);
+  const QuantLinear* ws[] = {&lin, &other};
+  float* ys[] = {ya.data(), yb.data()};
+  forward_same_input(ws, ys, x.data(), 1);
+  EXPECT_EQ(ya, want);
+  EXPECT_EQ(yb, alone);
+  // ... and the Q4_0 one on the per-32 kernels
+  std::vector<int8_t> q32(x.size());
+  std::vector<float> d32(x.size() / 32);
+  k.quantize_x_q8(x.data(), cols, q32.data(), d32.data());
+  std::vector<float> per32(static_cast<size_t>(rows));
+  k.gemv_q4_i8(other.q4_view(), q32.data(), d32.data(), per32.data(), 0, rows);
+  EXPECT_EQ(alone, per32);
 }

@@ -927,10 +927,20 @@ inline bool all_finite(const float* x, int64_t n) {
   return _mm256_movemask_ps(bad) == 0;
 }
 
+// q[0..32) = x[0..32) * scale rounded nearest-even (the default rounding mode, as the scalar
+// kernels' nearbyint) and clamped to [-127, 127], in order.
+inline void store_codes32(const float* x, __m256 scale, int8_t* q) {
+  const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+  __m256i i[4];
+  for (int k = 0; k < 4; ++k)
+    i[k] = _mm256_max_epi32(nlim, _mm256_min_epi32(lim, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), scale))));
+  // packs interleave the 128-bit lanes; the dword permutation puts the 32 bytes in order.
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
 void quantize_x_q8_avx2(const float* x, int64_t n, int8_t* q, float* d) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t b = 0; b < n / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
     __m256 v[4];
@@ -947,13 +957,7 @@ void quantize_x_q8_avx2(const float* x, int64_t n, int8_t* q, float* d) {
     const float amax = _mm_cvtss_f32(h);
     const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
     d[b] = db;
-    const __m256 vid = _mm256_set1_ps(id);
-    __m256i i[4];  // nearest-even, as the scalar kernel's nearbyint (default rounding mode)
-    for (int k = 0; k < 4; ++k)
-      i[k] = _mm256_max_epi32(nlim, _mm256_min_epi32(lim, _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid))));
-    // packs interleave the 128-bit lanes; the dword permutation puts the 32 bytes in order.
-    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQ8Block), _mm256_permutevar8x32_epi32(p, order));
+    store_codes32(xb, _mm256_set1_ps(id), q + b * kQ8Block);
   }
 }
 
@@ -1048,8 +1052,6 @@ void gemv_q8_i8_avx2(const int8_t* q, const float* scales, int64_t cols, const i
 
 void quantize_x_q8k_avx2(const float* x, int64_t n, int8_t* q, float* d) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t b = 0; b < n / kQ8KBlock; ++b) {
     const float* xb = x + b * kQ8KBlock;
     int8_t* qb = q + b * kQ8KBlock;
@@ -1081,14 +1083,7 @@ void quantize_x_q8k_avx2(const float* x, int64_t n, int8_t* q, float* d) {
       }
       const float iscale = -127.0f / xb[first];
       const __m256 vis = _mm256_set1_ps(iscale);
-      for (int64_t c = 0; c < kQ8KBlock; c += 32) {
-        __m256i v[4];  // nearest-even (the default rounding mode), clamped as the scalar kernel
-        for (int k = 0; k < 4; ++k)
-          v[k] = _mm256_max_epi32(nlim, _mm256_min_epi32(lim, _mm256_cvtps_epi32(_mm256_mul_ps(
-                                                                  _mm256_loadu_ps(xb + c + 8 * k), vis))));
-        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb + c), _mm256_permutevar8x32_epi32(p, order));
-      }
+      for (int64_t c = 0; c < kQ8KBlock; c += 32) store_codes32(xb + c, vis, qb + c);
       db = 1.0f / iscale;
     }
     for (int64_t j = 0; j < kQ8KBlock / kQ8Block; ++j) d[b * (kQ8KBlock / kQ8Block) + j] = db;

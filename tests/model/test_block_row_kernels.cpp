@@ -9,6 +9,8 @@
 //  * the few-token GEMV: each token's result equal bit for bit to the one-token call.
 #include <gtest/gtest.h>
 
+#include "base/simd_levels.h"
+
 #include "formats/gguf_fixture_files.h"
 
 #include <cmath>
@@ -32,12 +34,7 @@ namespace {
 const GgmlType kTypes[] = {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5_K,
                            GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::Q2_K};
 
-std::vector<SimdLevel> levels() {
-  std::vector<SimdLevel> l = {SimdLevel::Scalar};
-  if (cpu_simd_level() >= SimdLevel::AVX2) l.push_back(SimdLevel::AVX2);
-  if (cpu_simd_level() >= SimdLevel::AVX512) l.push_back(SimdLevel::AVX512);
-  return l;
-}
+std::vector<SimdLevel> levels() { return test::simd_levels_here(); }
 
 uint32_t bits(float f) {
   uint32_t u;

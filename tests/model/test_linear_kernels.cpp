@@ -6,6 +6,8 @@
 #include <bit>
 #include <gtest/gtest.h>
 
+#include "base/simd_levels.h"
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -24,12 +26,7 @@ using kernels::Q4Matrix;
 
 namespace {
 
-std::vector<SimdLevel> levels() {
-  std::vector<SimdLevel> l = {SimdLevel::Scalar};
-  if (cpu_simd_level() >= SimdLevel::AVX2) l.push_back(SimdLevel::AVX2);
-  if (cpu_simd_level() >= SimdLevel::AVX512) l.push_back(SimdLevel::AVX512);
-  return l;
-}
+std::vector<SimdLevel> levels() { return test::simd_levels_here(); }
 
 struct Q4Data {
   std::vector<uint8_t> packed;

@@ -10,6 +10,8 @@
 //  * QuantLinear takes this path for such weights under --int8-activations (and only then).
 #include <gtest/gtest.h>
 
+#include "base/simd_levels.h"
+
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -33,12 +35,7 @@ using namespace qlora;
 
 namespace {
 
-std::vector<SimdLevel> levels() {
-  std::vector<SimdLevel> l = {SimdLevel::Scalar};
-  if (cpu_simd_level() >= SimdLevel::AVX2) l.push_back(SimdLevel::AVX2);
-  if (cpu_simd_level() >= SimdLevel::AVX512) l.push_back(SimdLevel::AVX512);
-  return l;
-}
+std::vector<SimdLevel> levels() { return test::simd_levels_here(); }
 
 const char* level_name(SimdLevel l) {
   return l == SimdLevel::Scalar ? "scalar" : l == SimdLevel::AVX2 ? "avx2" : "avx512";
@@ -303,8 +300,9 @@ TEST(Q8KGemv, EveryLevelMatchesTheScalarDefinitionOnAwkwardShapes) {
         }
         for (int64_t tok = 0; tok < T; ++tok) {
           for (int64_t r = 0; r < s.rows; ++r) {
-            if (r < s.r0 || r >= s.r1)
+            if (r < s.r0 || r >= s.r1) {
               EXPECT_EQ(y[static_cast<size_t>(tok * s.rows + r)], 0.0f) << "row " << r << " outside the range written";
+            }
           }
         }
       }

@@ -200,18 +200,24 @@ inline float hsum(__m256 v) {
 // The GEMV's consumer: G (1 or 2) tokens of x, each with its own four accumulators, so a
 // token's sums are in the same order whatever G is. A chunk's codes times x are summed per
 // 16 (s0, s1) and scaled once; a minimum term is the minimum times the sum of x's 16 values.
+// The float consumers' block factors and, per half chunk, scale d * sc and minimum dmin * mn
+// in float32 as the reference computes them.
+struct FloatScales {
+  float d_ = 0.0f, dmin_ = 0.0f;
+  inline void block(float d, float dmin) { d_ = d, dmin_ = dmin; }
+  inline float scale(int sc) const { return d_ * static_cast<float>(sc); }
+  inline float min(int mn) const { return dmin_ * static_cast<float>(mn); }
+};
+
 template <int G>
-struct GemvChunks {
+struct GemvChunks : FloatScales {
   const float* xb;  // x at the block's first value, token g at xb + g * cols
   int64_t cols;
   __m256 acc[G][4];
-  float d_ = 0.0f, dmin_ = 0.0f;
 
-  inline void block(float d, float dmin) { d_ = d, dmin_ = dmin; }
   template <Mode M>
   inline void chunk(__m256i q, int sc0, int mn0, int sc1, int mn1, int pos) {
-    const float s0 = d_ * static_cast<float>(sc0), s1 = d_ * static_cast<float>(sc1);
-    const float m0 = dmin_ * static_cast<float>(mn0), m1 = dmin_ * static_cast<float>(mn1);
+    const float s0 = scale(sc0), s1 = scale(sc1), m0 = min(mn0), m1 = min(mn1);
     const Codes c = widen(q);
     const __m256 S0 = _mm256_set1_ps(s0 * kUnshift), S1 = _mm256_set1_ps(s1 * kUnshift);
     for (int g = 0; g < G; ++g) {
@@ -362,14 +368,11 @@ void gemv_i8_type(const BlockRows& w, const int8_t* xq, const float* xd, int64_t
 
 // rows_to_f32's consumer: the values, each code times its scale (then the minimum), as the
 // reference computes them, stored in order.
-struct StoreChunks {
+struct StoreChunks : FloatScales {
   float* ob;  // the block's first value
-  float d_ = 0.0f, dmin_ = 0.0f;
-  inline void block(float d, float dmin) { d_ = d, dmin_ = dmin; }
   template <Mode M>
   inline void chunk(__m256i q, int sc0, int mn0, int sc1, int mn1, int pos) {
-    const float s0 = d_ * static_cast<float>(sc0), s1 = d_ * static_cast<float>(sc1);
-    const float m0 = dmin_ * static_cast<float>(mn0), m1 = dmin_ * static_cast<float>(mn1);
+    const float s0 = scale(sc0), s1 = scale(sc1), m0 = min(mn0), m1 = min(mn1);
     const Codes c = widen(q);
     const __m256 S0 = _mm256_set1_ps(s0 * kUnshift), S1 = _mm256_set1_ps(s1 * kUnshift);
     __m256 v0 = _mm256_mul_ps(c.c0, S0), v1 = _mm256_mul_ps(c.c1, S0), v2 = _mm256_mul_ps(c.c2, S1),

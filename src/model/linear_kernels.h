@@ -215,6 +215,15 @@ struct Int8GemvKernels {
 };
 const Int8GemvKernels& avx512_vnni_int8_gemv_kernels();
 
+// The AVX2 Q8_K kernels (linear_kernels_q8k_avx2.cpp); avx2_linear_kernels() and
+// avx512_linear_kernels() hand them out. Call them only when cpu_simd_level() >= AVX2.
+struct Q8KKernels {
+  decltype(LinearKernels::quantize_x_q8k) quantize_x_q8k;
+  decltype(LinearKernels::gemv_q8k_i8) gemv_q8k_i8;
+  decltype(LinearKernels::gemv_q8k_i8_multi) gemv_q8k_i8_multi;
+};
+const Q8KKernels& avx2_q8k_kernels();
+
 const LinearKernels& scalar_linear_kernels();
 const LinearKernels& avx2_linear_kernels();    // only when cpu_simd_level() >= AVX2
 const LinearKernels& avx512_linear_kernels();  // only when cpu_simd_level() >= AVX512

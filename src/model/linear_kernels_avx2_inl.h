@@ -1,0 +1,49 @@
+#pragma once
+// Small AVX2 helpers shared by the AVX2 kernel files of model/linear_kernels (include only
+// from files built with AVX2 + FMA + F16C; internal linkage, so no object hands another a
+// shared copy: tests/check_isa_objects.sh).
+#include <immintrin.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace qlora::kernels {
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// Whether x[0..n) (n a multiple of 8) holds no NaN and no infinity.
+inline bool all_finite(const float* x, int64_t n) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 bad = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8)  // (not less than infinity, or unordered: NaN)
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask), inf, _CMP_NLT_UQ));
+  return _mm256_movemask_ps(bad) == 0;
+}
+
+// q[0..32) = x[0..32) * scale rounded nearest-even (the default rounding mode, as the scalar
+// kernels' nearbyint) and clamped to [-127, 127], in order.
+inline void store_codes32(const float* x, __m256 scale, int8_t* q) {
+  const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+  __m256i i[4];
+  for (int k = 0; k < 4; ++k)
+    i[k] = _mm256_max_epi32(nlim, _mm256_min_epi32(lim, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), scale))));
+  // packs interleave the 128-bit lanes; the dword permutation puts the 32 bytes in order.
+  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+}  // namespace
+}  // namespace qlora::kernels

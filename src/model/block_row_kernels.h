@@ -5,11 +5,12 @@
 // 2.63) and its exact values, where widening to Q8_0 (8.5 bits) rounded Q5_1 / Q5_K / Q6_K
 // by up to half an 8-bit step and re-quantizing Q2_K / Q3_K to NF4 changed every value.
 // Which types the loader holds this way is model/tensor_source.h's gguf_type_kept_as_blocks:
-// Q2_K / Q3_K always, Q6_K / Q5_K / Q5_1 with --gguf-compact (on float activations these
-// kernels cost 1.3-1.9x the 8-bit GEMV per weight on Zen 3, so by default those become Q8_0 of
-// their values), Q5_0 never (exact as 8-bit); bench_generate's BM_GemvBlocks measures them all
-// next to BM_GemvQ8. On 8-bit activations (gemv_i8: --int8-activations, the CLI's default for
-// a GGUF) the products are integer dot products as llama.cpp's, and no longer compute-bound.
+// Q2_K / Q3_K always, Q6_K / Q5_K on 8-bit activations, Q5_1 with --gguf-compact (on float
+// activations these kernels cost 1.3-1.9x the 8-bit GEMV per weight on Zen 3, so there those
+// become Q8_0 of their values), Q5_0 never (exact as 8-bit); bench_generate's BM_GemvBlocks
+// measures them all next to BM_GemvQ8. On 8-bit activations (gemv_i8: --int8-activations, the
+// CLI's default for a GGUF) the products are integer dot products as llama.cpp's, and the
+// 256-value types' (block_row_kernels_i8_avx2.cpp) beat the Q8_0 copy's.
 //
 // A value is exactly ggml's reference dequantization (formats/ggml_types.h
 // dequantize_row_ref, which equals gguf-py's numpy dequantizer bit for bit): each kernel
@@ -60,6 +61,14 @@ struct BlockRowKernels {
 };
 
 const BlockRowKernels& scalar_block_row_kernels();
+
+namespace detail {
+// The AVX2 gemv_i8 for the 256-value types (Q2_K, Q3_K, Q5_K, Q6_K;
+// model/block_row_kernels_i8_avx2.cpp): runs it and returns true, or returns false for any other
+// type (the caller's generic kernel takes those). Only when cpu_simd_level() >= AVX2.
+bool gemv_i8_kquant_avx2(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                         int64_t r0, int64_t r1);
+}  // namespace detail
 const BlockRowKernels& avx2_block_row_kernels();  // only when cpu_simd_level() >= AVX2
 const BlockRowKernels& block_row_kernels_for(SimdLevel level);
 // block_row_kernels_for(simd_level()), chosen once. (AVX-512 CPUs run the AVX2 kernels.)

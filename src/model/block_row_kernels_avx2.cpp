@@ -428,13 +428,10 @@ void gemv_avx2(const BlockRows& w, const float* x, int64_t T, float* y, int64_t 
 
 void gemv_i8_avx2(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                   int64_t r0, int64_t r1) {
+  if (detail::gemv_i8_kquant_avx2(w, xq, xd, T, y, ldy, r0, r1)) return;  // the 256-value types
   switch (w.type) {
     case GgmlType::Q5_0: return gemv_i8_type<GgmlType::Q5_0>(w, xq, xd, T, y, ldy, r0, r1);
     case GgmlType::Q5_1: return gemv_i8_type<GgmlType::Q5_1>(w, xq, xd, T, y, ldy, r0, r1);
-    case GgmlType::Q5_K: return gemv_i8_type<GgmlType::Q5_K>(w, xq, xd, T, y, ldy, r0, r1);
-    case GgmlType::Q6_K: return gemv_i8_type<GgmlType::Q6_K>(w, xq, xd, T, y, ldy, r0, r1);
-    case GgmlType::Q3_K: return gemv_i8_type<GgmlType::Q3_K>(w, xq, xd, T, y, ldy, r0, r1);
-    case GgmlType::Q2_K: return gemv_i8_type<GgmlType::Q2_K>(w, xq, xd, T, y, ldy, r0, r1);
     default: return scalar_block_row_kernels().gemv_i8(w, xq, xd, T, y, ldy, r0, r1);
   }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A random-weight llama GGUF whose rows are whole 256-value super-blocks, quantized by
 llama.cpp's own quantizer (llama_model_quantize in llama-cpp-python) to the K-quant mixtures
-people download (Q2_K, Q3_K_M, Q5_K_M, Q6_K, Q4_K_M): speed and memory measurements of the
+people download (Q2_K, Q3_K_M, Q5_K_M, Q6_K, Q4_K_M; Q5_0, Q5_1 on request): speed and memory measurements of the
 types those files hold (bench/kquant_decode.sh). The weights are random, so only tokens/s and
 bytes mean anything. SmolLM2's tokenizer (models/SmolLM2-135M-Instruct.Q4_1.gguf) is copied in.
 
@@ -18,7 +18,7 @@ import numpy as np
 import gguf
 
 ROOT = Path(__file__).resolve().parent.parent
-FTYPES = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}  # llama.h's LLAMA_FTYPE_MOSTLY_*
+FTYPES = {"Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}  # llama.h's LLAMA_FTYPE_MOSTLY_*
 
 
 def copy_tokenizer(src: Path, w: gguf.GGUFWriter) -> int:

@@ -66,6 +66,7 @@ struct Options {
   bool dense_head = false;  // --dense-head, as train/generate's
   bool requantize_gguf = false;  // --requantize-gguf, as train/generate's
   bool gguf_compact = false;     // --gguf-compact, as train/generate's
+  std::optional<bool> int8_activations;  // --[no-]int8-activations, as generate's (unset: its default)
   std::string kv_cache = "auto";  // --kv-cache, as generate's
 };
 
@@ -195,8 +196,16 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   mo.model_file_bytes = m.file_bytes;
   mo.source_permutes_qk = m.permutes_qk;
+  // The GGUF types kept as the file's blocks, as the command would load them (model/model.h
+  // gguf_block_types): generate decodes a GGUF on 8-bit activations by default (cli/model_flags.cpp).
+  const bool int8_activations = o.int8_activations.value_or(
+      mo.mode == qlora::MemoryMode::Generate && mo.engine == qlora::MemoryEngine::Qlora && !o.requantize_gguf &&
+      (mo.weights == qlora::WeightFormat::NF4 || mo.weights == qlora::WeightFormat::FP4));
+  const qlora::GgufBlockTypes block_types = o.gguf_compact ? qlora::GgufBlockTypes::All
+                                            : int8_activations ? qlora::GgufBlockTypes::KQuants
+                                                               : qlora::GgufBlockTypes::Smallest;
   if (mo.compute_dtype == qlora::ComputeDType::F32 && !o.dense_head && !m.generated) {
-    const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model, o.gguf_compact);
+    const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model, block_types);
     mo.embed_q8_0 = q8.embed;
     mo.head_q8_0 = q8.head;
     if (!o.requantize_gguf) {
@@ -207,7 +216,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.generated_weights = m.generated;
   if (mo.engine == qlora::MemoryEngine::Qlora && o.quant != "none" && !o.requantize_gguf && !m.generated) {
     // (a GGUF's 4-bit linears are kept as stored: formats/ggml_as_4bit.h)
-    const qlora::Gguf4bitKept k = qlora::model_source_gguf_kept_4bit(o.model, o.gguf_compact);
+    const qlora::Gguf4bitKept k = qlora::model_source_gguf_kept_4bit(o.model, block_types);
     mo.gguf_kept_values = k.values;
     mo.gguf_kept_constant_bytes = k.constant_bytes;
     mo.gguf_kept_q8_values = k.q8_values;
@@ -297,6 +306,10 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--gguf-compact", o->gguf_compact,
                                 "As train/generate: a GGUF's Q6_K / Q5_K / Q5_1 linears and head kept as the file's "
                                 "blocks instead of 8-bit");
+      qlora::cli::add_bool_flag_pair(
+          app, "--int8-activations", "--no-int8-activations", [o](bool on) { o->int8_activations = on; },
+          "As generate's (its default for a GGUF with --mode generate: on, which keeps Q6_K / Q5_K as the file's blocks)",
+          "As generate's: float32 activations (a GGUF's Q6_K / Q5_K become Q8_0 of their values)");
       app.add_option("--blocksize", o->blocksize, "4-bit block size (32..4096)")->capture_default_str();
       app.add_option("--compute-dtype", o->compute_dtype,
                      "fp32, bf16 or fp16 (default: what the command would use: fp32, or for train on the CPU bf16 "

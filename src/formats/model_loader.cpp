@@ -792,6 +792,13 @@ class GgufSource : public TensorSource {
     const GgmlType t = info(name).type;
     return t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16 && t != GgmlType::Q8_0;
   }
+  std::optional<StoredBlocks> get_stored_blocks(const std::string& name) const override {
+    // (only where get() is the plain dequantization: a 2-D tensor whose rows need no reordering)
+    if (!stored_quantized(name) || scalars_.count(name) || reordered_by_get(name)) return std::nullopt;
+    const GgufTensorInfo& t = info(name);
+    if (t.dims.size() != 2 || !hf_row_sources(t).empty()) return std::nullopt;
+    return StoredBlocks{t.type, file_.tensor_data(t)};
+  }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
     if (auto f = fused_.find(name); f != fused_.end())

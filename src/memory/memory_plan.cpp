@@ -1036,7 +1036,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   o.model_file_bytes = o.generated_weights ? 0 : model_source_bytes(model_path);
   o.source_permutes_qk = !o.generated_weights && model_source_permutes_qk(model_path);
   if (load.quant.quantize && load.keep_gguf_weights && !o.generated_weights) {
-    const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path, load.gguf_compact);
+    const Gguf4bitKept k = model_source_gguf_kept_4bit(model_path, gguf_block_types(load));
     o.gguf_kept_values = k.values;
     o.gguf_kept_constant_bytes = k.constant_bytes;
     if (load.keep_gguf_blocks && !load.quant.int8) {
@@ -1046,7 +1046,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
     }
   }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
-    const Q8HeadTensors q8 = model_source_q8_0_head(model_path, load.gguf_compact);
+    const Q8HeadTensors q8 = model_source_q8_0_head(model_path, gguf_block_types(load));
     o.embed_q8_0 = q8.embed;
     o.head_q8_0 = q8.head;
     if (load.keep_gguf_weights && load.keep_gguf_blocks) {
@@ -1057,7 +1057,7 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
   return o;
 }
 
-Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, bool compact) {
+Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBlockTypes which) {
   Gguf4bitKept r;
   if (std::filesystem::path(model_path).extension() != ".gguf" || !std::filesystem::is_regular_file(model_path))
     return r;
@@ -1069,7 +1069,7 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, bool com
     if (name.rfind("model.layers.", 0) != 0) continue;
     if (files.tensors->keeps_gguf_blocks(name)) {
       const GgufTensorInfo& t = f.tensor(files.tensors->stored_name(name));
-      if (!gguf_type_kept_as_blocks(t.type, compact)) {  // (Q8_0, and the others as Q8_0)
+      if (!gguf_type_kept_as_blocks(t.type, which)) {  // (Q8_0, and the others as Q8_0)
         r.q8_values += static_cast<uint64_t>(t.numel());
       } else {
         r.block_values += static_cast<uint64_t>(t.numel());
@@ -1086,7 +1086,7 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, bool com
   return r;
 }
 
-Q8HeadTensors model_source_q8_0_head(const std::string& model_path, bool compact) {
+Q8HeadTensors model_source_q8_0_head(const std::string& model_path, GgufBlockTypes which) {
   Q8HeadTensors r;
   if (std::filesystem::path(model_path).extension() != ".gguf" || !std::filesystem::is_regular_file(model_path))
     return r;
@@ -1101,7 +1101,7 @@ Q8HeadTensors model_source_q8_0_head(const std::string& model_path, bool compact
   r.head = eight_bit(h);
   // (kept as the file's blocks: the loader's rule, DenseWeight::from_gguf_blocks)
   auto block_bytes = [&](const GgufTensorInfo* t) -> uint64_t {
-    if (!t || t->dims.size() != 2 || !gguf_type_kept_as_blocks(t->type, compact)) return 0;
+    if (!t || t->dims.size() != 2 || !gguf_type_kept_as_blocks(t->type, which)) return 0;
     return static_cast<uint64_t>(ggml_nbytes(t->type, t->numel()).value_or(0));
   };
   r.embed_block_bytes = block_bytes(e);

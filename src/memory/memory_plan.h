@@ -141,9 +141,9 @@ struct MemoryOptions {
   // And its Q8_0 block linears kept 8-bit (float32 compute): their values (1 byte each plus a
   // float32 scale per 32) in place of the 4-bit ones.
   uint64_t gguf_kept_q8_values = 0;
-  // (Q5_0, and Q6_K / Q5_K / Q5_1 without --gguf-compact, counted among them: Q8_0 of their values.)
-  // And those kept as the file's blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K, with
-  // --gguf-compact Q6_K, Q5_K, Q5_1; float32 compute):
+  // (Q5_0, and the types not kept as blocks, counted among them: Q8_0 of their values.)
+  // And those kept as the file's blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K; Q6_K, Q5_K when
+  // decoding on 8-bit activations; with --gguf-compact Q5_1 too; float32 compute):
   // their values, and their bytes as stored, in place of 4-bit ones.
   uint64_t gguf_kept_block_values = 0, gguf_kept_block_bytes = 0;
 
@@ -206,8 +206,8 @@ struct Q8HeadTensors {
   bool embed = false, head = false;
   uint64_t embed_block_bytes = 0, head_block_bytes = 0;
 };
-// (compact: ModelLoadOptions::gguf_compact, which decides which types stay blocks.)
-Q8HeadTensors model_source_q8_0_head(const std::string& model_path, bool compact = false);
+// (which: the types the load keeps as blocks, model/model.h gguf_block_types.)
+Q8HeadTensors model_source_q8_0_head(const std::string& model_path, GgufBlockTypes which);
 // A GGUF's 2-D blk.* tensors in a type its loader keeps as 4-bit: their values and constant
 // bytes (MemoryOptions::gguf_kept_*); zeros for other sources.
 struct Gguf4bitKept {
@@ -215,7 +215,7 @@ struct Gguf4bitKept {
   uint64_t q8_values = 0;  // Q8_0 block linears (kept 8-bit with float32 compute)
   uint64_t block_values = 0, block_bytes = 0;  // Q6_K / Q5_K / ... block linears (kept as stored, float32 compute)
 };
-Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, bool compact = false);
+Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBlockTypes which);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
 // `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:

@@ -125,8 +125,8 @@ struct ModelLoadOptions {
   bool allow_unused_tensors = false;
   // A GGUF's Q8_0 token embedding / output head stays 8-bit (DenseWeight::from_q8_0: the
   // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
-  // float32; one stored in a type kept as blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K, and
-  // with gguf_compact Q6_K, Q5_K, Q5_1) stays as stored (DenseWeight::from_gguf_blocks: its
+  // float32; one stored in a type kept as blocks (gguf_type_kept_as_blocks with
+  // gguf_block_types below: Q3_K, Q2_K; Q6_K, Q5_K on 8-bit activations; Q5_1 with gguf_compact) stays as stored (DenseWeight::from_gguf_blocks: its
   // values exactly), and one in another quantized type (Q4_0, Q4_K, Q5_0, Q6_K, ...) is
   // re-quantized to Q8_0 (DenseWeight::to_q8_0: within half a step of its block); false widens
   // them to float32.
@@ -140,14 +140,15 @@ struct ModelLoadOptions {
   // With keep_gguf_weights, whether block linears stored in Q8_0 or Q5_0 stay 8-bit (DenseWeight::
   // from_q8_0: their values exactly), those in Q3_K or Q2_K stay as the file's blocks
   // (DenseWeight::from_gguf_blocks: its size and exactly its values, where NF4 would change
-  // them) and those in Q6_K, Q5_K or Q5_1 become Q8_0 of their values or, with gguf_compact,
-  // stay as the file's blocks too; float32 compute, not --quant int8. The CLI
+  // them) and those in Q6_K, Q5_K or Q5_1 become Q8_0 of their values or stay as the file's
+  // blocks too (gguf_block_types below: Q6_K / Q5_K on 8-bit activations, all three with
+  // gguf_compact); float32 compute, not --quant int8. The CLI
   // turns it off for --device cuda, whose runners would widen them to float32 on the GPU (4
   // bytes a value): there they are quantized per --quant.
   bool keep_gguf_blocks = true;
   // With keep_gguf_blocks (--gguf-compact): Q6_K, Q5_K and Q5_1 linears and heads too stay as
-  // the file's blocks (exact values, the file's size) instead of Q8_0 of their values
-  // (gguf_type_kept_as_blocks: slower products on float activations, fewer bytes).
+  // the file's blocks (exact values, the file's size) instead of Q8_0 of their values, whatever
+  // the activations (gguf_type_kept_as_blocks: slower products on float activations, fewer bytes).
   bool gguf_compact = false;
   // Decoding (products of up to 8 tokens) multiplies the 4-bit block Linears and an 8-bit
   // head on activations quantized to 8 bits per 32 values, with integer dot products, as
@@ -157,7 +158,8 @@ struct ModelLoadOptions {
   // 1/127 of theirs (a GGUF's integer codes stay exact; bench/RESULTS.md measures the cost).
   // Off by default here; the decoding commands turn it on for GGUF files (cli/model_flags.h). A GGUF's Q4_K /
   // IQ4_XS and the types kept as its blocks take llama.cpp's Q8_K activations (one scale per
-  // 256) and products instead. Prompts of more than 8 tokens and training never use it.
+  // 256) and products instead. Prompts of more than 8 tokens and training never use it. It
+  // also keeps a GGUF's Q6_K / Q5_K as the file's blocks (gguf_block_types).
   bool int8_activations = false;
   // With int8_activations: only the weights a GGUF holds as stored take it (4-bit as stored,
   // 8-bit or the file's blocks, an 8-bit head / embedding), the others keep float32
@@ -170,6 +172,12 @@ struct ModelLoadOptions {
   // bf16 values already, so a BF16 cache holds them exactly. CPU backend only.
   ComputeDType kv_cache_dtype = ComputeDType::F32;
 };
+
+// The GGUF types a load with `o` keeps as the file's blocks: All with gguf_compact, KQuants on
+// 8-bit activations (int8_activations), else Smallest (model/tensor_source.h).
+inline GgufBlockTypes gguf_block_types(const ModelLoadOptions& o) {
+  return o.gguf_compact ? GgufBlockTypes::All : o.int8_activations ? GgufBlockTypes::KQuants : GgufBlockTypes::Smallest;
+}
 
 class Model {
  public:

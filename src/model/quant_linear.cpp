@@ -72,28 +72,52 @@ DenseWeight DenseWeight::from_q8_0(std::span<const uint8_t> blocks, int64_t rows
   return w;
 }
 
-DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what) {
+namespace {
+// nb Q8_0 blocks of x as ggml's reference quantizer makes them: codes to q, fp16-rounded scales to scale.
+void quantize_q8_0_blocks(const float* x, int64_t nb, int8_t* q, float* scale) {
   constexpr int64_t B = kernels::kQ8Block;
-  if (rows <= 0 || cols <= 0 || cols % B != 0 || static_cast<int64_t>(w.size()) != rows * cols)
+  parallel_for_range(nb, 4096, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xb = x + b * B;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < B; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+      for (int64_t i = 0; i < B; ++i) q[b * B + i] = static_cast<int8_t>(std::lround(xb[i] * id));
+      scale[b] = fp16_to_f32(f32_to_fp16(dd));  // (the scale as a Q8_0 file holds it)
+    }
+  });
+}
+}  // namespace
+
+DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what) {
+  if (static_cast<int64_t>(w.size()) != rows * cols || rows <= 0 || cols <= 0)
     fail(what, std::to_string(w.size()) + " values are not " + std::to_string(rows) + " rows of whole Q8_0 blocks of " +
                    std::to_string(cols));
+  return to_q8_0(rows, cols,
+                 [&](int64_t r0, int64_t r1, float* out) {
+                   std::memcpy(out, w.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols) * sizeof(float));
+                 },
+                 what);
+}
+
+DenseWeight DenseWeight::to_q8_0(int64_t rows, int64_t cols, const std::function<void(int64_t, int64_t, float*)>& fill,
+                                 const std::string& what) {
+  constexpr int64_t B = kernels::kQ8Block;
+  if (rows <= 0 || cols <= 0 || cols % B != 0)
+    fail(what, std::to_string(rows) + " x " + std::to_string(cols) + " values are not rows of whole Q8_0 blocks of 32");
   DenseWeight d;
   d.rows_ = rows;
   d.cols_ = cols;
   d.dtype_ = ComputeDType::F32;
-  const int64_t nb = rows * cols / B;
   d.q8_.resize(static_cast<size_t>(rows * cols));
-  d.q8_scale_.resize(static_cast<size_t>(nb));
-  parallel_for_range(nb, 4096, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* x = w.data() + b * B;
-      float amax = 0.0f;
-      for (int64_t i = 0; i < B; ++i) amax = std::max(amax, std::fabs(x[i]));
-      const float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
-      for (int64_t i = 0; i < B; ++i) d.q8_[static_cast<size_t>(b * B + i)] = static_cast<int8_t>(std::lround(x[i] * id));
-      d.q8_scale_[static_cast<size_t>(b)] = fp16_to_f32(f32_to_fp16(dd));  // (the scale as a Q8_0 file holds it)
-    }
-  });
+  d.q8_scale_.resize(static_cast<size_t>(rows * cols / B));
+  const int64_t slab = std::max<int64_t>(1, (int64_t{1} << 20) / cols);
+  std::vector<float> buf(static_cast<size_t>(std::min(rows, slab) * cols));
+  for (int64_t r0 = 0; r0 < rows; r0 += slab) {
+    const int64_t r1 = std::min(rows, r0 + slab);
+    fill(r0, r1, buf.data());
+    quantize_q8_0_blocks(buf.data(), (r1 - r0) * cols / B, d.q8_.data() + r0 * cols, d.q8_scale_.data() + r0 * cols / B);
+  }
   return d;
 }
 

@@ -17,6 +17,7 @@
 //
 // Thread-safety: forward() and dequantize_rows() are const and may run concurrently.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -66,6 +67,12 @@ class DenseWeight {
   // quantized type that is not kept as blocks (Q4_0, Q4_K, IQ4_XS, ...): a quarter of
   // float32's bytes per token. Same requirements as from_q8_0.
   static DenseWeight to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what);
+  // The same, bit for bit, from rows that fill(r0, r1, out) writes as float32 ((r1 - r0) * cols
+  // values at out), a slab of about 4 MB at a time: the tensor never exists whole in float32 (a
+  // GGUF's quantized embedding / head re-quantized on load: 2 GB for 128K x 4096 otherwise).
+  // fill's exceptions pass through.
+  static DenseWeight to_q8_0(int64_t rows, int64_t cols, const std::function<void(int64_t, int64_t, float*)>& fill,
+                             const std::string& what);
   // From a GGUF tensor's blocks of a type the block-row kernels take (Q5_0, Q5_1, Q5_K, Q6_K,
   // Q3_K, Q2_K: model/block_row_kernels.h; the loader uses it for gguf_type_kept_as_blocks),
   // kept as stored: the file's bytes (6.56 bits a value for Q6_K, 5.5 for Q5_K, 3.44 for Q3_K,

@@ -20,14 +20,23 @@
 
 namespace qlora {
 
-// Whether the loader keeps a GGUF Linear / head of type t as the file's blocks
-// (DenseWeight::from_gguf_blocks, float32 compute: exactly its values, at its size). Q2_K and
-// Q3_K always: 8 bits would take 3x their bytes, and NF4 (what they got before) changes every
-// value. Q6_K, Q5_K and Q5_1 only with `compact` (--gguf-compact): otherwise they become Q8_0
-// of their values (within half an 8-bit step, 9 bits a value), whose products on float
-// activations ran 1.4-1.5x faster on a 2-core Zen 3 (bench/RESULTS.md, session 32). Q5_0
-// never: it becomes Q8_0 blocks of exactly its values.
-bool gguf_type_kept_as_blocks(GgmlType t, bool compact);
+// Which of a GGUF's Linear / head types the loader keeps as the file's blocks
+// (DenseWeight::from_gguf_blocks, float32 compute: exactly its values, at its size); the
+// others become Q8_0 of their values (within half an 8-bit step, 9 bits a value). Q5_0 is never
+// kept: it becomes Q8_0 blocks of exactly its values. (bench/RESULTS.md, sessions 32 and 34.)
+enum class GgufBlockTypes {
+  // Q2_K and Q3_K only: 8 bits would take 3x their bytes, and NF4 changes every value. The
+  // default on float32 activations, where the Q8_0 copy's products of the others ran 1.4-1.5x
+  // faster than their blocks' on a 2-core Zen 3.
+  Smallest,
+  // And Q5_K, Q6_K: the default when decoding on 8-bit activations (the decoding commands on a
+  // GGUF), where their blocks' integer products beat the Q8_0 copy's (1.2-1.5x on Zen 3) and
+  // read 27-35% fewer bytes.
+  KQuants,
+  // And Q5_1 (--gguf-compact).
+  All,
+};
+bool gguf_type_kept_as_blocks(GgmlType t, GgufBlockTypes which);
 
 class TensorSource {
  public:
@@ -56,6 +65,15 @@ class TensorSource {
   // ...): an embedding or head of that kind is re-quantized to Q8_0 on load rather than
   // widened to float32 (ModelLoadOptions::keep_q8_0_head).
   virtual bool stored_quantized(const std::string& /*name*/) const { return false; }
+  // Such a tensor's type and bytes as stored (rows in the file's order, which is Hugging Face's:
+  // asked for the embedding and output head only), valid while the source lives; nullopt for
+  // any other. The loader re-quantizes them to Q8_0 a slab of rows at a time from these, where
+  // get() would make a float32 copy of the whole tensor (2 GB for a 128K x 4096 embedding).
+  struct StoredBlocks {
+    GgmlType type = GgmlType::F32;
+    std::span<const uint8_t> bytes;
+  };
+  virtual std::optional<StoredBlocks> get_stored_blocks(const std::string& /*name*/) const { return std::nullopt; }
   // Whether get_4bit gives the tensor as a GGUF's 4-bit blocks kept as stored
   // (formats/ggml_as_4bit.h): the loader skips it when asked to re-quantize
   // (ModelLoadOptions::keep_gguf_weights), and the memory planner counts its constants.

@@ -1,5 +1,5 @@
-// A GGUF whose tensors are in the types qlora can keep as the file's blocks (Q2_K, Q3_K, and
-// with --gguf-compact Q5_1, Q5_K, Q6_K: DenseWeight::from_gguf_blocks, model/block_row_kernels.h)
+// A GGUF whose tensors are in the types qlora can keep as the file's blocks (Q2_K, Q3_K; Q5_K,
+// Q6_K on 8-bit activations; with --gguf-compact Q5_1 too: DenseWeight::from_gguf_blocks, model/block_row_kernels.h)
 // loads them as stored and runs on them, and its Q5_0 ones as 8-bit blocks of the same values
 // (DenseWeight::from_q8_0): tests/fixtures/gguf/kq_llama.gguf (tools/make_gguf_fixtures.py) is
 // a 2-layer llama whose weights ggml's own quantizer (ggml_quantize_chunk) wrote in those
@@ -236,6 +236,84 @@ TEST(GgufKQuantModel, ByDefaultFiveAndSixBitTypesAreQ8_0OfTheirValues) {
   check(m.embed_tokens(), "model.embed_tokens.weight");  // (Q5_K)
   EXPECT_EQ(mo.head_block_bytes, 0u);
   EXPECT_EQ(mo.embed_block_bytes, 0u);
+  // (re-quantized a slab of rows at a time from the file's blocks: the same bytes as from a
+  // float32 copy of the whole tensor)
+  for (const char* hf : {"lm_head.weight", "model.embed_tokens.weight"}) {
+    const DenseWeight& d = std::string(hf) == "lm_head.weight" ? m.lm_head() : m.embed_tokens();
+    ASSERT_TRUE(files.tensors->get_stored_blocks(hf).has_value()) << hf;
+    const DenseWeight whole = DenseWeight::to_q8_0(files.tensors->get(hf), d.rows(), d.cols(), hf);
+    std::vector<float> a(static_cast<size_t>(d.rows() * d.cols())), b(a.size());
+    d.rows_to_f32(0, d.rows(), a.data());
+    whole.rows_to_f32(0, d.rows(), b.data());
+    EXPECT_EQ(a, b) << hf;
+  }
+}
+
+// Decoding on 8-bit activations (the decoding commands' GGUF default) keeps the 256-value
+// K-quants (Q6_K, Q5_K too) as the file's blocks, exactly its values, where their integer
+// products beat the Q8_0 copy's; Q5_1 and Q5_0 still become Q8_0; the planner counts the same.
+TEST(GgufKQuantModel, OnEightBitActivationsTheKQuantsStayTheFileBlocks) {
+  ModelFiles files = open_model_files(kFile);
+  const GgufFile g(kFile);
+  ModelLoadOptions o;
+  o.int8_activations = true;
+  o.int8_activations_gguf_only = true;
+  EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::KQuants);
+  const Model m = Model::load(files.spec, *files.tensors, o);
+  uint64_t q8_values = 0, block_values = 0, block_bytes = 0;
+  int seen_q5_1 = 0, seen_k = 0;
+  auto check = [&](const DenseWeight& d, const std::string& hf) {
+    const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
+    const std::vector<float> want = files.tensors->get(hf);
+    if (t == GgmlType::Q5_1 || t == GgmlType::Q5_0) {
+      ASSERT_TRUE(d.q8()) << hf;
+      seen_q5_1 += t == GgmlType::Q5_1;
+      q8_values += static_cast<uint64_t>(want.size());
+      return;
+    }
+    ASSERT_TRUE(d.gguf_blocks()) << hf << " (" << ggml_type_name(t) << ")";
+    EXPECT_EQ(d.gguf_type(), t) << hf;
+    seen_k += t == GgmlType::Q5_K || t == GgmlType::Q6_K;
+    std::vector<float> got(want.size());
+    d.rows_to_f32(0, d.rows(), got.data());
+    EXPECT_EQ(got, want) << hf;
+    block_values += static_cast<uint64_t>(want.size());
+    block_bytes += static_cast<uint64_t>(*ggml_nbytes(t, static_cast<int64_t>(want.size())));
+  };
+  for (int64_t l = 0; l < m.spec().n_layers; ++l)
+    for (int w = 0; w < kAttentionLinears; ++w)
+      check(*m.block_linear(l, w).dense(), layer_tensor_name(l, kBlockLinearModules[static_cast<size_t>(w)]));
+  EXPECT_GT(seen_q5_1, 0);
+  EXPECT_GT(seen_k, 0);
+  const MemoryOptions mo = memory_options_for_run(kFile, o, MemoryMode::Generate, 1);
+  EXPECT_EQ(mo.gguf_kept_block_values, block_values);
+  EXPECT_EQ(mo.gguf_kept_block_bytes, block_bytes);
+  EXPECT_EQ(mo.gguf_kept_q8_values, q8_values);
+  check(m.lm_head(), "lm_head.weight");                  // (Q6_K)
+  check(m.embed_tokens(), "model.embed_tokens.weight");  // (Q5_K)
+  EXPECT_EQ(mo.head_block_bytes, m.lm_head().bytes());
+  EXPECT_EQ(mo.embed_block_bytes, m.embed_tokens().bytes());
+}
+
+TEST(GgufKQuantModel, WhichTypesEachChoiceKeepsAsBlocks) {
+  for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K})
+    for (GgufBlockTypes w : {GgufBlockTypes::Smallest, GgufBlockTypes::KQuants, GgufBlockTypes::All})
+      EXPECT_TRUE(gguf_type_kept_as_blocks(t, w)) << ggml_type_name(t);
+  for (GgmlType t : {GgmlType::Q5_K, GgmlType::Q6_K}) {
+    EXPECT_FALSE(gguf_type_kept_as_blocks(t, GgufBlockTypes::Smallest)) << ggml_type_name(t);
+    EXPECT_TRUE(gguf_type_kept_as_blocks(t, GgufBlockTypes::KQuants)) << ggml_type_name(t);
+    EXPECT_TRUE(gguf_type_kept_as_blocks(t, GgufBlockTypes::All)) << ggml_type_name(t);
+  }
+  EXPECT_FALSE(gguf_type_kept_as_blocks(GgmlType::Q5_1, GgufBlockTypes::KQuants));
+  EXPECT_TRUE(gguf_type_kept_as_blocks(GgmlType::Q5_1, GgufBlockTypes::All));
+  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F16})
+    EXPECT_FALSE(gguf_type_kept_as_blocks(t, GgufBlockTypes::All)) << ggml_type_name(t);
+  ModelLoadOptions o;
+  EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::Smallest);
+  o.int8_activations = true;
+  EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::KQuants);
+  o.gguf_compact = true;
+  EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::All);
 }
 
 std::vector<float> randn(int64_t n, uint32_t seed) {
@@ -305,12 +383,12 @@ TEST(GgufKQuantModel, PlannerCountsTheFileBytes) {
     bytes += static_cast<uint64_t>(*ggml_nbytes(t.type, t.numel()));
   }
   ASSERT_GT(q5_0_values, 0u);
-  const Gguf4bitKept k = model_source_gguf_kept_4bit(kFile, /*compact=*/true);
+  const Gguf4bitKept k = model_source_gguf_kept_4bit(kFile, GgufBlockTypes::All);
   EXPECT_EQ(k.block_values, values);
   EXPECT_EQ(k.block_bytes, bytes);
   EXPECT_EQ(k.q8_values, q5_0_values);
   EXPECT_EQ(k.values, 0u);
-  const Q8HeadTensors h = model_source_q8_0_head(kFile, /*compact=*/true);
+  const Q8HeadTensors h = model_source_q8_0_head(kFile, GgufBlockTypes::All);
   EXPECT_EQ(h.embed_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q5_K, g.tensor("token_embd.weight").numel())));
   EXPECT_EQ(h.head_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q6_K, g.tensor("output.weight").numel())));
   const Model m = load();

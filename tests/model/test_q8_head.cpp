@@ -154,6 +154,33 @@ TEST(DenseWeightQ8, ToQ8MatchesGgmlsQuantizer) {
   EXPECT_THROW(DenseWeight::to_q8_0(w, rows, 95, "test"), Error);
 }
 
+// The same bytes when the rows come a slab at a time (the loader's path for a GGUF's quantized
+// embedding / head): several slabs and a short last one, each row where it belongs; the filler's
+// errors pass through.
+TEST(DenseWeightQ8, ToQ8BySlabsMatchesGgmlsQuantizer) {
+  const int64_t rows = 40000, cols = 64;  // (slabs of 16384 rows: two whole and a short one)
+  const std::vector<float> w = randn(rows * cols, 12);
+  int calls = 0;
+  const DenseWeight d = DenseWeight::to_q8_0(
+      rows, cols,
+      [&](int64_t r0, int64_t r1, float* out) {
+        ++calls;
+        std::copy(w.begin() + r0 * cols, w.begin() + r1 * cols, out);
+      },
+      "test");
+  EXPECT_EQ(calls, 3);
+  const std::vector<uint8_t> ref = quantize_ggml(GgmlType::Q8_0, w.data(), rows * cols);
+  const DenseWeight r = DenseWeight::from_q8_0(ref, rows, cols, "ggml");
+  std::vector<float> a(static_cast<size_t>(rows * cols)), b(a.size());
+  d.rows_to_f32(0, rows, a.data());
+  r.rows_to_f32(0, rows, b.data());
+  EXPECT_EQ(a, b);
+  EXPECT_THROW(DenseWeight::to_q8_0(
+                   rows, cols, [](int64_t, int64_t, float*) { throw Error("file.gguf: truncated"); }, "test"),
+               Error);
+  EXPECT_THROW(DenseWeight::to_q8_0(rows, 95, [](int64_t, int64_t, float*) {}, "test"), Error);
+}
+
 // A GGUF whose embedding and head are stored in another quantized type (here Q4_0, as a
 // --gguf-type q4_0 merge writes them) keeps them in 8 bits too (re-quantized to Q8_0): a
 // quarter of float32's bytes, logits within Q8_0's step of --dense-head's.

@@ -198,12 +198,18 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   mo.source_permutes_qk = m.permutes_qk;
   // The GGUF types kept as the file's blocks, as the command would load them (model/model.h
   // gguf_block_types): generate decodes a GGUF on 8-bit activations by default (cli/model_flags.cpp).
-  const bool int8_activations = o.int8_activations.value_or(
-      mo.mode == qlora::MemoryMode::Generate && mo.engine == qlora::MemoryEngine::Qlora && !o.requantize_gguf &&
-      (mo.weights == qlora::WeightFormat::NF4 || mo.weights == qlora::WeightFormat::FP4));
-  const qlora::GgufBlockTypes block_types = o.gguf_compact ? qlora::GgufBlockTypes::All
-                                            : int8_activations ? qlora::GgufBlockTypes::KQuants
-                                                               : qlora::GgufBlockTypes::Smallest;
+  const bool four_bit = mo.weights == qlora::WeightFormat::NF4 || mo.weights == qlora::WeightFormat::FP4;
+  if (o.int8_activations.value_or(false)) {  // (refused where generate refuses it, or never uses it)
+    if (mo.mode != qlora::MemoryMode::Generate) qlora::fail("--int8-activations", "is a decoding mode: plan it with --mode generate");
+    if (mo.engine != qlora::MemoryEngine::Qlora) qlora::fail("--int8-activations", "is a CPU decoding mode of the qlora engine");
+    if (!four_bit) qlora::fail("--int8-activations", "decodes 4-bit weights (--quant nf4 or fp4), not --quant " + o.quant);
+  }
+  qlora::ModelLoadOptions as_loaded;
+  as_loaded.gguf_compact = o.gguf_compact;
+  as_loaded.int8_activations = o.int8_activations.value_or(mo.mode == qlora::MemoryMode::Generate &&
+                                                           mo.engine == qlora::MemoryEngine::Qlora &&
+                                                           !o.requantize_gguf && four_bit);
+  const qlora::GgufBlockTypes block_types = qlora::gguf_block_types(as_loaded);
   if (mo.compute_dtype == qlora::ComputeDType::F32 && !o.dense_head && !m.generated) {
     const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model, block_types);
     mo.embed_q8_0 = q8.embed;

@@ -128,9 +128,6 @@ class WrappedSource : public TensorSource {
     return inner_->get_gguf_blocks(stored(name));
   }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(stored(name)); }
-  std::optional<StoredBlocks> get_stored_blocks(const std::string& name) const override {
-    return inner_->get_stored_blocks(stored(name));
-  }
   std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {
     return inner_->get_q8_0(stored(name));
   }

@@ -793,8 +793,10 @@ class GgufSource : public TensorSource {
     return t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16 && t != GgmlType::Q8_0;
   }
   std::optional<StoredBlocks> get_stored_blocks(const std::string& name) const override {
-    // (only where get() is the plain dequantization: a 2-D tensor whose rows need no reordering)
-    if (!stored_quantized(name) || scalars_.count(name) || reordered_by_get(name)) return std::nullopt;
+    // (the embedding and head only, for which get() is the plain dequantization: no family
+    // transforms them, and their rows are never reordered)
+    if (name != "model.embed_tokens.weight" && name != "lm_head.weight") return std::nullopt;
+    if (!stored_quantized(name)) return std::nullopt;
     const GgufTensorInfo& t = info(name);
     if (t.dims.size() != 2 || !hf_row_sources(t).empty()) return std::nullopt;
     return StoredBlocks{t.type, file_.tensor_data(t)};

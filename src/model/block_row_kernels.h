@@ -55,7 +55,9 @@ struct BlockRowKernels {
   // Q8_K) or quantize_x_q8 for Q5_0 / Q5_1 (its Q8_0 / Q8_1); the SIMD kernels take integer
   // dot products of the codes with xq per 16 or 32 values and scale each once, the scalar
   // definition multiplies the reference values in float32: they agree up to float32 rounding
-  // of the scales and sums. Each token's result is the same whatever T is. REQUIRES cols % 32 == 0.
+  // of the scales and sums. Each token's result is the same whatever T is. REQUIRES cols % 32 == 0;
+  // for the 256-value types one scale per 256 values (xd's 8 entries of a block equal, as
+  // quantize_x_q8k writes them: the SIMD kernels read the first).
   void (*gemv_i8)(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                   int64_t r0, int64_t r1);
 };

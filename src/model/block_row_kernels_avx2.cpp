@@ -263,13 +263,14 @@ void gemv_tokens(const BlockRows& w, const float* x, float* y, int64_t ldy, int6
   }
 }
 
-// The 8-bit-activation GEMV's consumer, in integers within a block as llama.cpp's products: per
-// chunk and token, the codes times xq summed in pairs (|code| <= 32: int16), times the halves'
-// integer scales (madd) into isum; the minimum codes times xq's sums per 16 (precomputed per
-// call: bsum) into imin. The block's end (finish) scales both once with d, dmin and x's scale
-// (one per block: a 256-block's Q8_K d, or a 32-block's Q8_0 d).
+// The 8-bit-activation GEMV's consumer for the 32-value types (Q5_0, Q5_1; the 256-value ones
+// have kernels of their own, block_row_kernels_i8_avx2.cpp), in integers within a block as
+// llama.cpp's products: per chunk and token, the codes times xq summed in pairs (|code| <= 32:
+// int16), times the integer scales (madd) into isum; Q5_1's minimum times xq's sums per 16
+// (precomputed per call: bsum) into imin. The block's end (finish) scales both once with d,
+// dmin and x's Q8_0 scale.
 template <GgmlType Ty>
-constexpr bool kHasMin = Ty == GgmlType::Q5_1 || Ty == GgmlType::Q5_K || Ty == GgmlType::Q2_K;
+constexpr bool kHasMin = Ty == GgmlType::Q5_1;
 
 template <int G>
 struct GemvChunksI8 {

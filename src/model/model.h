@@ -173,11 +173,10 @@ struct ModelLoadOptions {
   ComputeDType kv_cache_dtype = ComputeDType::F32;
 };
 
-// The GGUF types a load with `o` keeps as the file's blocks: All with gguf_compact, KQuants on
-// 8-bit activations (int8_activations), else Smallest (model/tensor_source.h).
-inline GgufBlockTypes gguf_block_types(const ModelLoadOptions& o) {
-  return o.gguf_compact ? GgufBlockTypes::All : o.int8_activations ? GgufBlockTypes::KQuants : GgufBlockTypes::Smallest;
-}
+// The GGUF types a load with `o` keeps as the file's blocks (model/tensor_source.h): All with
+// gguf_compact; KQuants on 8-bit activations (int8_activations) where the CPU has the AVX2
+// integer kernels that make them pay (the scalar ones widen each row to float32); else Smallest.
+GgufBlockTypes gguf_block_types(const ModelLoadOptions& o);
 
 class Model {
  public:

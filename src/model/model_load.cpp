@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 
+#include "base/cpu_features.h"
 #include "base/error.h"
 #include "lora/lora.h"
 #include "lora/lora_model.h"
@@ -17,6 +18,11 @@
 #include "model/ops_backward.h"
 
 namespace qlora {
+
+GgufBlockTypes gguf_block_types(const ModelLoadOptions& o) {
+  if (o.gguf_compact) return GgufBlockTypes::All;
+  return o.int8_activations && simd_level() >= SimdLevel::AVX2 ? GgufBlockTypes::KQuants : GgufBlockTypes::Smallest;
+}
 
 namespace {
 
@@ -47,9 +53,7 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
       if (auto b = src.get_gguf_blocks(name)) {
         if (gguf_type_kept_as_blocks(b->type, gguf_block_types(opt)))
           return QuantLinear(DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), s[0], s[1], what));
-        std::vector<float> v(static_cast<size_t>(s[0] * s[1]));
-        dequantize(b->type, b->bytes, v, what);
-        return QuantLinear(DenseWeight::to_q8_0(v, s[0], s[1], what));
+        return QuantLinear(DenseWeight::q8_0_from_blocks(b->type, b->bytes, s[0], s[1], what));
       }
       fail(what, "a GGUF block Linear kept as stored came without its blocks");
     }
@@ -302,25 +306,16 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
   auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
     if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0) {
       if (auto q8 = src.get_q8_0(name)) return DenseWeight::from_q8_0(*q8, rows, cols, src.describe() + ": " + src.stored_name(name));
-      if (opt.keep_gguf_weights && opt.keep_gguf_blocks)
+      const std::string what = src.describe() + ": " + src.stored_name(name);
+      // (the stored type, to copy the blocks only when they are kept)
+      const auto stored = src.get_stored_blocks(name);
+      if (opt.keep_gguf_weights && opt.keep_gguf_blocks && (!stored || gguf_type_kept_as_blocks(stored->type, gguf_block_types(opt))))
         if (auto b = src.get_gguf_blocks(name); b && gguf_type_kept_as_blocks(b->type, gguf_block_types(opt)))
-          return DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), rows, cols,
-                                               src.describe() + ": " + src.stored_name(name));
-      // (Q4_0, Q4_K, ...: 8 bits rather than float32, as llama.cpp keeps them quantized)
+          return DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), rows, cols, what);
+      // (Q4_0, Q4_K, ...: 8 bits rather than float32, as llama.cpp keeps them quantized; a slab
+      // of rows at a time from the stored blocks, no float32 copy of the whole tensor)
+      if (stored) return DenseWeight::q8_0_from_blocks(stored->type, stored->bytes, rows, cols, what);
       if (src.stored_quantized(name)) {
-        const std::string what = src.describe() + ": " + src.stored_name(name);
-        // A slab of rows at a time from the stored blocks: no float32 copy of the whole tensor.
-        if (auto b = src.get_stored_blocks(name)) {
-          const std::optional<int64_t> row_bytes = ggml_nbytes(b->type, cols);
-          if (row_bytes && static_cast<int64_t>(b->bytes.size()) == rows * *row_bytes)
-            return DenseWeight::to_q8_0(
-                rows, cols,
-                [&](int64_t r0, int64_t r1, float* out) {
-                  dequantize(b->type, b->bytes.subspan(static_cast<size_t>(r0 * *row_bytes), static_cast<size_t>((r1 - r0) * *row_bytes)),
-                             std::span<float>(out, static_cast<size_t>((r1 - r0) * cols)), what);
-                },
-                what);
-        }
         const std::vector<float> v = src.get(name);
         return DenseWeight::to_q8_0(v, rows, cols, what);
       }

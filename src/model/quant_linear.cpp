@@ -93,11 +93,31 @@ DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t
   if (static_cast<int64_t>(w.size()) != rows * cols || rows <= 0 || cols <= 0)
     fail(what, std::to_string(w.size()) + " values are not " + std::to_string(rows) + " rows of whole Q8_0 blocks of " +
                    std::to_string(cols));
-  return to_q8_0(rows, cols,
-                 [&](int64_t r0, int64_t r1, float* out) {
-                   std::memcpy(out, w.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols) * sizeof(float));
-                 },
-                 what);
+  if (cols % kernels::kQ8Block != 0)
+    fail(what, std::to_string(rows) + " x " + std::to_string(cols) + " values are not rows of whole Q8_0 blocks of 32");
+  DenseWeight d;
+  d.rows_ = rows;
+  d.cols_ = cols;
+  d.dtype_ = ComputeDType::F32;
+  d.q8_.resize(static_cast<size_t>(rows * cols));
+  d.q8_scale_.resize(static_cast<size_t>(rows * cols / kernels::kQ8Block));
+  quantize_q8_0_blocks(w.data(), rows * cols / kernels::kQ8Block, d.q8_.data(), d.q8_scale_.data());
+  return d;
+}
+
+DenseWeight DenseWeight::q8_0_from_blocks(GgmlType type, std::span<const uint8_t> bytes, int64_t rows, int64_t cols,
+                                          const std::string& what) {
+  const std::optional<int64_t> row_bytes = ggml_nbytes(type, cols);
+  if (rows <= 0 || !row_bytes || static_cast<int64_t>(bytes.size()) != rows * *row_bytes)
+    fail(what, std::string(ggml_type_name(type)) + " data of " + std::to_string(bytes.size()) + " bytes does not hold " +
+                   std::to_string(rows) + " rows of " + std::to_string(cols) + " values");
+  return to_q8_0(
+      rows, cols,
+      [&](int64_t r0, int64_t r1, float* out) {
+        dequantize(type, bytes.subspan(static_cast<size_t>(r0 * *row_bytes), static_cast<size_t>((r1 - r0) * *row_bytes)),
+                   std::span<float>(out, static_cast<size_t>((r1 - r0) * cols)), what);
+      },
+      what);
 }
 
 DenseWeight DenseWeight::to_q8_0(int64_t rows, int64_t cols, const std::function<void(int64_t, int64_t, float*)>& fill,

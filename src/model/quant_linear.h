@@ -73,6 +73,11 @@ class DenseWeight {
   // fill's exceptions pass through.
   static DenseWeight to_q8_0(int64_t rows, int64_t cols, const std::function<void(int64_t, int64_t, float*)>& fill,
                              const std::string& what);
+  // to_q8_0 of the values of `rows` rows of `cols` values stored as ggml `type` blocks (any type
+  // formats/ggml_types.h dequantizes), a slab of rows at a time. Throws Error naming `what` when
+  // the bytes do not hold that shape or the type cannot be dequantized.
+  static DenseWeight q8_0_from_blocks(GgmlType type, std::span<const uint8_t> bytes, int64_t rows, int64_t cols,
+                                      const std::string& what);
   // From a GGUF tensor's blocks of a type the block-row kernels take (Q5_0, Q5_1, Q5_K, Q6_K,
   // Q3_K, Q2_K: model/block_row_kernels.h; the loader uses it for gguf_type_kept_as_blocks),
   // kept as stored: the file's bytes (6.56 bits a value for Q6_K, 5.5 for Q5_K, 3.44 for Q3_K,

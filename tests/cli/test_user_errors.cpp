@@ -319,6 +319,37 @@ std::vector<Case> cases() {
                .exit_code = 105,
                .stderr_has = {"--no-gradient-checkpointing", "--gradient-checkpointing", "both"},
                .needs_stories = false});
+  // qlora memory plans a GGUF's Q5_K / Q6_K as generate loads them: the file's blocks on 8-bit
+  // activations (its default), Q8_0 of their values with --no-int8-activations; the flag is
+  // refused where generate would refuse it or never use it.
+  t.push_back({.name = "memory_generate_gguf_kquants_as_generate_loads_them",
+               .command = "{qlora} memory -m {fixtures}/gguf/kq_llama.gguf --mode generate",
+               .exit_code = 0,
+               .needs_stories = false,
+               .check =
+                   [](const CliRun& r) {
+                     EXPECT_NE(r.out.find("lm_head (GGUF blocks, as stored)"), std::string::npos) << r.out;
+                     EXPECT_NE(r.out.find("embeddings (GGUF blocks, as stored)"), std::string::npos) << r.out;
+                   }});
+  t.push_back({.name = "memory_generate_gguf_float_activations_q8_0",
+               .command = "{qlora} memory -m {fixtures}/gguf/kq_llama.gguf --mode generate --no-int8-activations",
+               .exit_code = 0,
+               .needs_stories = false,
+               .check =
+                   [](const CliRun& r) {
+                     EXPECT_NE(r.out.find("lm_head (GGUF Q8_0, kept 8-bit)"), std::string::npos) << r.out;
+                     EXPECT_NE(r.out.find("embeddings (GGUF Q8_0, kept 8-bit)"), std::string::npos) << r.out;
+                   }});
+  t.push_back({.name = "memory_int8_activations_with_train",
+               .command = "{qlora} memory --params 7B --mode train --int8-activations",
+               .exit_code = 1,
+               .stderr_has = {"--int8-activations", "--mode generate"},
+               .needs_stories = false});
+  t.push_back({.name = "memory_int8_activations_with_int8_weights",
+               .command = "{qlora} memory -m {fixtures}/gguf/kq_llama.gguf --mode generate --quant int8 --int8-activations",
+               .exit_code = 1,
+               .stderr_has = {"--int8-activations", "--quant int8"},
+               .needs_stories = false});
   t.push_back({.name = "memory_bool_bad_value",
                .command = "{qlora} memory --params 7B --grad-checkpointing maybe",
                .exit_code = 105,

@@ -227,3 +227,63 @@ TEST(BlockRowKernels, Int8ActivationGemvMatchesTheScalarDefinition) {
 }
 
 }  // namespace
+
+namespace {
+
+// Saturating inputs for gemv_i8: blocks whose every code is the largest or the smallest (all
+// bytes 0xFF / 0x00: Q6_K's 63 and 0 with its scales set to -128, Q5_K's 31 with scale and
+// minimum 63, Q3_K's scales -32 with codes -4, Q2_K's 15 / 15), against activation codes at
+// the int8 extremes (all 127, all -128, alternating, uniform in [-128, 127]) rather than what
+// the quantizer makes: the int16 pair sums and int32 block sums at their bounds. Every level
+// against the same products in double, within float32 summation error of 512 same-sign terms
+// (4e-5 of sum |w x|; an overflowed or saturated sum is off by far more). (-128 for the 256-value types only: the Q5_0 / Q5_1 kernels
+// multiply signed codes by sign steps, as llama.cpp's, which need x's codes within +-127, and
+// quantize_x_q8 keeps them there.)
+TEST(BlockRowKernels, Int8ActivationGemvAtTheCodesExtremes) {
+  std::mt19937 rng(5);
+  for (GgmlType t : kTypes) {
+    const GgmlTypeTraits& tr = ggml_traits(t);
+    const int64_t qk = tr.block_size, cols = 2 * 256, rows = 2;
+    const int lowest = qk == 256 ? -128 : -127;
+    std::uniform_int_distribution<int> code(lowest, 127);
+    for (uint8_t fill : {uint8_t{0xFF}, uint8_t{0x00}}) {
+      std::vector<uint8_t> data(static_cast<size_t>(rows * cols / qk * tr.type_size), fill);
+      for (size_t off = 0; off < data.size(); off += tr.type_size) {
+        for (int f : half_fields(t)) {
+          const uint16_t h = f32_to_fp16(0.75f);
+          std::memcpy(data.data() + off + f, &h, 2);
+        }
+        if (t == GgmlType::Q6_K) std::memset(data.data() + off + 192, 0x80, 16);  // scales -128
+      }
+      const BlockRows w = view(t, data, rows, cols);
+      for (int pattern = 0; pattern < 4; ++pattern) {
+        constexpr int64_t T = 3;
+        std::vector<int8_t> xq(static_cast<size_t>(T * cols));
+        for (size_t i = 0; i < xq.size(); ++i)
+          xq[i] = static_cast<int8_t>(pattern == 0 ? 127 : pattern == 1 ? lowest : pattern == 2 ? (i & 1 ? 127 : lowest) : code(rng));
+        std::vector<float> xd(static_cast<size_t>(T * cols / 32));
+        for (size_t j = 0; j < xd.size(); ++j) xd[j] = qk == 256 ? 0.01f * static_cast<float>(1 + j / 8) : 0.01f * (1 + j % 3);
+        std::vector<float> vals(static_cast<size_t>(rows * cols));
+        kernels::scalar_block_row_kernels().rows_to_f32(w, 0, rows, vals.data(), cols);
+        for (SimdLevel l : levels()) {
+          std::vector<float> y(static_cast<size_t>(T * rows));
+          kernels::block_row_kernels_for(l).gemv_i8(w, xq.data(), xd.data(), T, y.data(), rows, 0, rows);
+          for (int64_t tt = 0; tt < T; ++tt)
+            for (int64_t r = 0; r < rows; ++r) {
+              double mag = 0.0, want = 0.0;
+              for (int64_t c = 0; c < cols; ++c) {
+                const double p = static_cast<double>(vals[r * cols + c]) * xq[tt * cols + c] * xd[tt * (cols / 32) + c / 32];
+                want += p;
+                mag += std::fabs(p);
+              }
+              EXPECT_NEAR(y[tt * rows + r], want, 4e-5 * mag + 1e-30)
+                  << ggml_type_name(t) << " bytes " << int(fill) << " pattern " << pattern << " " << simd_level_name(l)
+                  << " token " << tt << " row " << r;
+            }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -181,6 +181,32 @@ TEST(DenseWeightQ8, ToQ8BySlabsMatchesGgmlsQuantizer) {
   EXPECT_THROW(DenseWeight::to_q8_0(rows, 95, [](int64_t, int64_t, float*) {}, "test"), Error);
 }
 
+// From a quantized type's blocks (the loader's path for a GGUF's Q4_0 / Q4_K / ... embedding or
+// head): the Q8_0 of their values, each slab's rows from their own bytes; bytes that do not
+// hold the shape are an error naming the tensor.
+TEST(DenseWeightQ8, FromBlocksBySlabsMatchesTheWholeTensor) {
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_K}) {
+    const int64_t cols = t == GgmlType::Q4_0 ? 64 : 256, rows = 2560000 / cols;  // (three slabs)
+    const std::vector<float> w = randn(rows * cols, 13);
+    const std::vector<uint8_t> blocks = quantize_ggml(t, w.data(), rows * cols);
+    std::vector<float> values(w.size());
+    dequantize(t, blocks, values);
+    const DenseWeight d = DenseWeight::q8_0_from_blocks(t, blocks, rows, cols, "emb");
+    const DenseWeight whole = DenseWeight::to_q8_0(values, rows, cols, "emb");
+    std::vector<float> a(w.size()), b(w.size());
+    d.rows_to_f32(0, rows, a.data());
+    whole.rows_to_f32(0, rows, b.data());
+    EXPECT_EQ(a, b) << ggml_type_name(t);
+    try {
+      (void)DenseWeight::q8_0_from_blocks(t, std::span<const uint8_t>(blocks).first(blocks.size() - 1), rows, cols,
+                                          "m.gguf: token_embd.weight");
+      ADD_FAILURE() << "short data accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("m.gguf: token_embd.weight"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // A GGUF whose embedding and head are stored in another quantized type (here Q4_0, as a
 // --gguf-type q4_0 merge writes them) keeps them in 8 bits too (re-quantized to Q8_0): a
 // quarter of float32's bytes, logits within Q8_0's step of --dense-head's.

@@ -622,11 +622,15 @@ TEST(LinearKernels, Int8ActivationGemvMatchesScalarAndBoundsItsError) {
   const auto& scalar = kernels::scalar_linear_kernels();
   // (With minimums per block -- a GGUF Q4_1 / Q4_K weight -- the same bound holds: the
   // minimums are not rounded, and the activations' rounding is bounded through |w|.)
-  for (QuantType t : {QuantType::NF4, QuantType::FP4})
+  // (And the integer ramps a GGUF's Q4_0 / Q4_1 / Q4_K hold, which the AVX2 kernel multiplies
+  // without a lookup or sign steps for 0..15.)
+  for (int book = 0; book < 4; ++book)  // NF4, FP4, Q4_0's ramp, Q4_1's ramp
     for (int bs : {32, 64, 256})
       for (int variant = 0; variant < kForms; ++variant)
         for (Size s : {Size{1, 32}, Size{5, 96}, Size{17, 576}, Size{3, 1056}, Size{7, 128}, Size{6, 1536}}) {
+          const QuantType t = book == 1 ? QuantType::FP4 : QuantType::NF4;
           auto d = random_q4_form(s.rows, s.cols, bs, t, ComputeDType::F32, rng, variant);
+          if (book >= 2) d.m.code = (book == 2 ? kRampQ4_0 : kRampQ4_1).data();
           const auto x = random_vec(s.cols, rng);
           std::vector<int8_t> xq(s.cols);
           std::vector<float> xd(s.cols / 32);

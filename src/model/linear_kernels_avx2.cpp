@@ -951,24 +951,6 @@ inline __m256i dot_i8(__m256i w, __m256i x) {
                            _mm256_set1_epi16(1));
 }
 
-// The block scales and minimums of flat range [s, e) on their way into L2 (a line at a time):
-// they are streams of their own beside the codes, read a group of rows at a time, and a
-// group's first read otherwise waits on DRAM (perf: 5.6% of a 1-thread decode of SmolLM2's
-// Q4_1 in absmax_of_range's loads of its fp16 scales).
-void prefetch_scales(const Q4Matrix& w, int64_t s, int64_t e, int shift) {
-  if (e <= s) return;
-  const int64_t b0 = s >> shift, n = ((e - 1) >> shift) - b0 + 1;
-  auto lines = [](const void* p, int64_t bytes) {
-    for (int64_t o = 0; o < bytes; o += 64) detail::prefetch_l2(static_cast<const char*>(p) + o);
-  };
-  if (w.absmax_f16) lines(w.absmax_f16 + b0, 2 * n);
-  else if (w.absmax) lines(w.absmax + b0, 4 * n);
-  else if (w.absmax_q) lines(w.absmax_q + b0, n);
-  if (w.block_min_f16) lines(w.block_min_f16 + b0, 2 * n);
-  else if (w.block_min) lines(w.block_min + b0, 4 * n);
-  else if (w.block_min_q) lines(w.block_min_q + b0, n);
-}
-
 // sum over a chunk of w_i * x_i as 8 int32 lanes for codes w in 0..15 (a ramp code book as
 // stored: Q4_1, Q4_K): unsigned times signed as they are, no sign steps (|pair sum| <= 2 * 15 * 128).
 inline __m256i dot_u4(__m256i w, __m256i x) { return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)); }
@@ -988,11 +970,8 @@ void gemv_q4_i8_rows(const Q4Matrix& w, const Q8Codes& codes, const int8_t* xp, 
   const float* amax = nullptr;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t s = r * cols;
-    if ((r - r0) % kRowsPerAbsmax == 0) {
+    if ((r - r0) % kRowsPerAbsmax == 0)
       amax = absmax_of_range(w, s, std::min(r1, r + kRowsPerAbsmax) * cols, shift) - (s >> shift);
-      const int64_t next = r + kRowsPerAbsmax;
-      if (next < r1) prefetch_scales(w, next * cols, std::min(r1, next + kRowsPerAbsmax) * cols, shift);
-    }
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t c = 0;
     for (; c + 2 <= chunks; c += 2) {

@@ -9,18 +9,11 @@
 #include <vector>
 
 #include "model/block_row_kernels.h"
+#include "model/linear_kernels_avx2_inl.h"
 
 namespace qlora::kernels {
 namespace {
 
-inline float half_at(const uint8_t* p) {  // (F16C widens fp16 exactly, subnormals included)
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m256i bytes(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
 
 // Byte j of the result is 0xFF where bit j of `bits` is set, else 0 (Q5_0 / Q5_1's fifth bits).
 inline __m256i bytes_from_bits(uint32_t bits) {
@@ -189,13 +182,6 @@ constexpr int64_t kBlockBytes = Ty == GgmlType::Q5_0   ? 22
 static_assert(kBlockBytes<GgmlType::Q5_0> == sizeof(BlockQ5_0) && kBlockBytes<GgmlType::Q5_1> == sizeof(BlockQ5_1) &&
               kBlockBytes<GgmlType::Q5_K> == sizeof(BlockQ5_K) && kBlockBytes<GgmlType::Q6_K> == sizeof(BlockQ6_K) &&
               kBlockBytes<GgmlType::Q3_K> == sizeof(BlockQ3_K) && kBlockBytes<GgmlType::Q2_K> == sizeof(BlockQ2_K));
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // The GEMV's consumer: G (1 or 2) tokens of x, each with its own four accumulators, so a
 // token's sums are in the same order whatever G is. A chunk's codes times x are summed per

@@ -22,25 +22,11 @@
 #include <vector>
 
 #include "model/block_row_kernels.h"
+#include "model/linear_kernels_avx2_inl.h"
 #include "model/linear_kernels_inl.h"
 
 namespace qlora::kernels {
 namespace {
-
-inline float half_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m256i bytes(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // Byte-wise: bit `from` of each byte moved to bit `to`, every other bit zero. (A 16-bit shift by
 // |from - to| <= 7 moves each byte's bit within its own byte; the mask drops what crossed.)

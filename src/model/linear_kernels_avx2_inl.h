@@ -5,10 +5,21 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace qlora::kernels {
 namespace {
+
+// A GGUF block's fp16 field at p (F16C widens fp16 exactly, subnormals included).
+inline float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+// Every byte v.
+inline __m256i bytes(int v) { return _mm256_set1_epi8(static_cast<char>(v)); }
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -89,11 +89,8 @@ void quantize_q8_0_blocks(const float* x, int64_t nb, int8_t* q, float* scale) {
 }
 }  // namespace
 
-DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what) {
-  if (static_cast<int64_t>(w.size()) != rows * cols || rows <= 0 || cols <= 0)
-    fail(what, std::to_string(w.size()) + " values are not " + std::to_string(rows) + " rows of whole Q8_0 blocks of " +
-                   std::to_string(cols));
-  if (cols % kernels::kQ8Block != 0)
+DenseWeight DenseWeight::q8_0_sized(int64_t rows, int64_t cols, const std::string& what) {
+  if (rows <= 0 || cols <= 0 || cols % kernels::kQ8Block != 0)
     fail(what, std::to_string(rows) + " x " + std::to_string(cols) + " values are not rows of whole Q8_0 blocks of 32");
   DenseWeight d;
   d.rows_ = rows;
@@ -101,6 +98,14 @@ DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t
   d.dtype_ = ComputeDType::F32;
   d.q8_.resize(static_cast<size_t>(rows * cols));
   d.q8_scale_.resize(static_cast<size_t>(rows * cols / kernels::kQ8Block));
+  return d;
+}
+
+DenseWeight DenseWeight::to_q8_0(std::span<const float> w, int64_t rows, int64_t cols, const std::string& what) {
+  if (static_cast<int64_t>(w.size()) != rows * cols || rows <= 0 || cols <= 0)
+    fail(what, std::to_string(w.size()) + " values are not " + std::to_string(rows) + " rows of whole Q8_0 blocks of " +
+                   std::to_string(cols));
+  DenseWeight d = q8_0_sized(rows, cols, what);
   quantize_q8_0_blocks(w.data(), rows * cols / kernels::kQ8Block, d.q8_.data(), d.q8_scale_.data());
   return d;
 }
@@ -123,14 +128,7 @@ DenseWeight DenseWeight::q8_0_from_blocks(GgmlType type, std::span<const uint8_t
 DenseWeight DenseWeight::to_q8_0(int64_t rows, int64_t cols, const std::function<void(int64_t, int64_t, float*)>& fill,
                                  const std::string& what) {
   constexpr int64_t B = kernels::kQ8Block;
-  if (rows <= 0 || cols <= 0 || cols % B != 0)
-    fail(what, std::to_string(rows) + " x " + std::to_string(cols) + " values are not rows of whole Q8_0 blocks of 32");
-  DenseWeight d;
-  d.rows_ = rows;
-  d.cols_ = cols;
-  d.dtype_ = ComputeDType::F32;
-  d.q8_.resize(static_cast<size_t>(rows * cols));
-  d.q8_scale_.resize(static_cast<size_t>(rows * cols / B));
+  DenseWeight d = q8_0_sized(rows, cols, what);
   const int64_t slab = std::max<int64_t>(1, (int64_t{1} << 20) / cols);
   std::vector<float> buf(static_cast<size_t>(std::min(rows, slab) * cols));
   for (int64_t r0 = 0; r0 < rows; r0 += slab) {

@@ -116,6 +116,10 @@ class DenseWeight {
   const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
 
  private:
+  // A Q8_0 weight of rows x cols with its codes and scales allocated (to be filled); throws
+  // Error naming `what` unless rows, cols > 0 and cols % 32 == 0.
+  static DenseWeight q8_0_sized(int64_t rows, int64_t cols, const std::string& what);
+
   int64_t rows_ = 0, cols_ = 0;
   ComputeDType dtype_ = ComputeDType::F32;
   std::vector<float> f32_;

@@ -137,6 +137,15 @@ TEST(SmolLM2Q8Head, KeptHeadMatchesTheWidenedOne) {
 
 }  // namespace
 
+namespace {
+// All of a weight's values, row after row.
+std::vector<float> values_of(const DenseWeight& d) {
+  std::vector<float> v(static_cast<size_t>(d.rows() * d.cols()));
+  d.rows_to_f32(0, d.rows(), v.data());
+  return v;
+}
+}  // namespace
+
 // Floats quantized to Q8_0 here are ggml's reference quantizer's bytes (llama.cpp's
 // quantize_ggml, formats/ggml_quantize.h): the same codes and fp16 scales.
 TEST(DenseWeightQ8, ToQ8MatchesGgmlsQuantizer) {
@@ -147,10 +156,7 @@ TEST(DenseWeightQ8, ToQ8MatchesGgmlsQuantizer) {
   const DenseWeight d = DenseWeight::to_q8_0(w, rows, cols, "test");
   const std::vector<uint8_t> ref = quantize_ggml(GgmlType::Q8_0, w.data(), rows * cols);
   const DenseWeight r = DenseWeight::from_q8_0(ref, rows, cols, "ggml");
-  std::vector<float> a(static_cast<size_t>(rows * cols)), b(a.size());
-  d.rows_to_f32(0, rows, a.data());
-  r.rows_to_f32(0, rows, b.data());
-  EXPECT_EQ(a, b);
+  EXPECT_EQ(values_of(d), values_of(r));
   EXPECT_THROW(DenseWeight::to_q8_0(w, rows, 95, "test"), Error);
 }
 
@@ -171,10 +177,7 @@ TEST(DenseWeightQ8, ToQ8BySlabsMatchesGgmlsQuantizer) {
   EXPECT_EQ(calls, 3);
   const std::vector<uint8_t> ref = quantize_ggml(GgmlType::Q8_0, w.data(), rows * cols);
   const DenseWeight r = DenseWeight::from_q8_0(ref, rows, cols, "ggml");
-  std::vector<float> a(static_cast<size_t>(rows * cols)), b(a.size());
-  d.rows_to_f32(0, rows, a.data());
-  r.rows_to_f32(0, rows, b.data());
-  EXPECT_EQ(a, b);
+  EXPECT_EQ(values_of(d), values_of(r));
   EXPECT_THROW(DenseWeight::to_q8_0(
                    rows, cols, [](int64_t, int64_t, float*) { throw Error("file.gguf: truncated"); }, "test"),
                Error);
@@ -193,10 +196,7 @@ TEST(DenseWeightQ8, FromBlocksBySlabsMatchesTheWholeTensor) {
     dequantize(t, blocks, values);
     const DenseWeight d = DenseWeight::q8_0_from_blocks(t, blocks, rows, cols, "emb");
     const DenseWeight whole = DenseWeight::to_q8_0(values, rows, cols, "emb");
-    std::vector<float> a(w.size()), b(w.size());
-    d.rows_to_f32(0, rows, a.data());
-    whole.rows_to_f32(0, rows, b.data());
-    EXPECT_EQ(a, b) << ggml_type_name(t);
+    EXPECT_EQ(values_of(d), values_of(whole)) << ggml_type_name(t);
     try {
       (void)DenseWeight::q8_0_from_blocks(t, std::span<const uint8_t>(blocks).first(blocks.size() - 1), rows, cols,
                                           "m.gguf: token_embd.weight");

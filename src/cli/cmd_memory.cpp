@@ -209,7 +209,14 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   as_loaded.int8_activations = o.int8_activations.value_or(mo.mode == qlora::MemoryMode::Generate &&
                                                            mo.engine == qlora::MemoryEngine::Qlora &&
                                                            !o.requantize_gguf && four_bit);
+  as_loaded.compute_dtype = mo.compute_dtype;
+  as_loaded.keep_q8_0_head = !o.dense_head;
+  as_loaded.keep_gguf_weights = !o.requantize_gguf;
   const qlora::GgufBlockTypes block_types = qlora::gguf_block_types(as_loaded);
+  if (!m.generated) {
+    mo.source_reads_rows = qlora::model_source_reads_rows(o.model);
+    mo.ple_bytes = qlora::model_source_ple_bytes(o.model, as_loaded);
+  }
   if (mo.compute_dtype == qlora::ComputeDType::F32 && !o.dense_head && !m.generated) {
     const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model, block_types);
     mo.embed_q8_0 = q8.embed;

@@ -131,6 +131,11 @@ class WrappedSource : public TensorSource {
   std::optional<std::span<const uint8_t>> get_q8_0(const std::string& name) const override {
     return inner_->get_q8_0(stored(name));
   }
+  std::optional<ComputeDType> stored_16bit(const std::string& name) const override { return inner_->stored_16bit(stored(name)); }
+  bool reads_rows(const std::string& name) const override { return inner_->reads_rows(stored(name)); }
+  void get_rows(const std::string& name, int64_t r0, int64_t r1, float* out) const override {
+    inner_->get_rows(stored(name), r0, r1, out);
+  }
   std::string describe() const override { return inner_->describe(); }
   std::string stored_name(const std::string& name) const override { return stored(name); }
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }

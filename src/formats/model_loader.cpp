@@ -244,6 +244,29 @@ class SafeTensorsSource : public TensorSource {
     return out;
   }
 
+  std::optional<ComputeDType> stored_16bit(const std::string& name) const override {
+    const SafeTensorInfo* t = plain_float(name);
+    if (!t) return std::nullopt;
+    if (t->dtype == DType::BF16) return ComputeDType::BF16;
+    if (t->dtype == DType::F16) return ComputeDType::F16;
+    return std::nullopt;
+  }
+  bool reads_rows(const std::string& name) const override {
+    const SafeTensorInfo* t = plain_float(name);
+    return t && t->shape.size() == 2;
+  }
+  void get_rows(const std::string& name, int64_t r0, int64_t r1, float* out) const override {
+    const SafeTensorInfo* t = plain_float(name);
+    if (!t || t->shape.size() != 2) return TensorSource::get_rows(name, r0, r1, out);
+    const SafeTensorsFile& f = file_of(name);
+    check(0 <= r0 && r0 <= r1 && r1 <= t->shape[0], f.path(),
+          "tensor '" + name + "' " + shape_to_string(t->shape) + " has no rows " + std::to_string(r0) + ".." +
+              std::to_string(r1));
+    const size_t cols = static_cast<size_t>(t->shape[1]);
+    convert_to_f32(t->dtype, f.data(*t).data() + static_cast<size_t>(r0) * cols * dtype_size(t->dtype), out,
+                   static_cast<size_t>(r1 - r0) * cols);
+  }
+
   std::string describe() const override { return where_; }
 
  private:
@@ -271,6 +294,15 @@ class SafeTensorsSource : public TensorSource {
     m.rows = b[1];
     m.groups = b[2];
     return m;
+  }
+  // A tensor that get() reads as its stored floats and nothing else (not a bitsandbytes 4- or
+  // 8-bit weight, FP8 with block scales, or MXFP4); null for any other or an absent one.
+  const SafeTensorInfo* plain_float(const std::string& name) const {
+    if (mxfp4_.count(name) || !index_.count(name) || fp8_scaled_.count(name)) return nullptr;
+    const SafeTensorsFile& f = file_of(name);
+    if (quant_state_tensor(f, name) || int8_scb_file(f, name)) return nullptr;
+    const SafeTensorInfo& t = f.at(name);
+    return dtype_is_float(t.dtype) ? &t : nullptr;
   }
   // The file holding the SCB of `name` when `name` is an int8 weight with an SCB (a sharded
   // checkpoint may put it in another shard); null otherwise.
@@ -339,6 +371,14 @@ class RenamedSource : public TensorSource {
     return inner_->get_gguf_blocks(hf(name));
   }
   std::optional<Quantized8bit> get_int8(const std::string& name) const override { return inner_->get_int8(hf(name)); }
+  std::optional<ComputeDType> stored_16bit(const std::string& name) const override { return inner_->stored_16bit(hf(name)); }
+  bool reads_rows(const std::string& name) const override {
+    return inner_->reads_rows(hf(name)) && !transposed(name, inner_->shape(hf(name)));
+  }
+  void get_rows(const std::string& name, int64_t r0, int64_t r1, float* out) const override {
+    if (!reads_rows(name)) return TensorSource::get_rows(name, r0, r1, out);
+    inner_->get_rows(hf(name), r0, r1, out);
+  }
   std::string describe() const override { return inner_->describe(); }
   std::string stored_name(const std::string& name) const override { return inner_->stored_name(hf(name)); }
   std::vector<std::string> unmapped_names() const override { return inner_->unmapped_names(); }
@@ -793,13 +833,32 @@ class GgufSource : public TensorSource {
     return t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16 && t != GgmlType::Q8_0;
   }
   std::optional<StoredBlocks> get_stored_blocks(const std::string& name) const override {
-    // (the embedding and head only, for which get() is the plain dequantization: no family
-    // transforms them, and their rows are never reordered)
-    if (name != "model.embed_tokens.weight" && name != "lm_head.weight") return std::nullopt;
-    if (!stored_quantized(name)) return std::nullopt;
-    const GgufTensorInfo& t = info(name);
-    if (t.dims.size() != 2 || !hf_row_sources(t).empty()) return std::nullopt;
-    return StoredBlocks{t.type, file_.tensor_data(t)};
+    const GgufTensorInfo* t = row_table(name);
+    if (!t || !stored_quantized(name)) return std::nullopt;
+    return StoredBlocks{t->type, file_.tensor_data(*t)};
+  }
+  std::optional<ComputeDType> stored_16bit(const std::string& name) const override {
+    const GgufTensorInfo* t = row_table(name);
+    if (!t) return std::nullopt;
+    if (t->type == GgmlType::BF16) return ComputeDType::BF16;
+    if (t->type == GgmlType::F16) return ComputeDType::F16;
+    return std::nullopt;
+  }
+  bool reads_rows(const std::string& name) const override {
+    const GgufTensorInfo* t = row_table(name);
+    return t && ggml_traits(t->type).can_dequantize;
+  }
+  void get_rows(const std::string& name, int64_t r0, int64_t r1, float* out) const override {
+    if (!reads_rows(name)) return TensorSource::get_rows(name, r0, r1, out);
+    const GgufTensorInfo& t = *row_table(name);
+    const std::vector<int64_t> s = t.shape();
+    check(0 <= r0 && r0 <= r1 && r1 <= s[0], file_.path(),
+          "tensor " + gguf_quote(t.name) + " " + shape_to_string(s) + " has no rows " + std::to_string(r0) + ".." +
+              std::to_string(r1));
+    const std::span<const uint8_t> all = file_.tensor_data(t);
+    const size_t row_bytes = all.size() / static_cast<size_t>(s[0]);
+    dequantize(t.type, all.subspan(static_cast<size_t>(r0) * row_bytes, static_cast<size_t>(r1 - r0) * row_bytes),
+               std::span<float>(out, static_cast<size_t>((r1 - r0) * s[1])), file_.path() + ": tensor " + gguf_quote(t.name));
   }
   std::string describe() const override { return file_.path(); }
   std::string stored_name(const std::string& name) const override {
@@ -820,6 +879,16 @@ class GgufSource : public TensorSource {
     const std::string n = name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
     if (n.empty() || n.size() > 9 || n.find_first_not_of("0123456789") != std::string::npos) return false;
     return std::stoll(n) >= hp_.num_layers;
+  }
+  // The tensors get() hands out as the plain dequantization of their rows in the file's
+  // order (no family transforms them, their rows are never reordered): the token embedding,
+  // Gemma 4's per-layer one and the output head, when 2-D; null for any other.
+  const GgufTensorInfo* row_table(const std::string& name) const {
+    if (name != "model.embed_tokens.weight" && name != "lm_head.weight" && name != "model.embed_tokens_per_layer.weight")
+      return nullptr;
+    auto it = index_.find(name);
+    if (it == index_.end() || it->second->dims.size() != 2 || !hf_row_sources(*it->second).empty()) return nullptr;
+    return it->second;
   }
   const GgufTensorInfo& info(const std::string& name) const {
     auto it = index_.find(name);

@@ -15,6 +15,7 @@
 #include "formats/gguf.h"
 #include "formats/model_loader.h"
 #include "formats/model_family.h"
+#include "formats/safetensors.h"
 #include "model/backend.h"
 #include "model/block_program.h"
 #include "model/block_row_kernels.h"
@@ -25,6 +26,7 @@
 #include "model/gemm_bf16.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
+#include "quant/quantize_checkpoint.h"
 
 namespace qlora {
 
@@ -333,8 +335,8 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   // (the CUDA runner widens a Q8_0 head to float32 on the device)
   const bool cpu = o.engine == MemoryEngine::Qlora;
   w.embed = cpu && o.embed_q8_0 ? (o.embed_block_bytes ? o.embed_block_bytes : q8_bytes) : vc * dense_bytes;
-  // (Gemma 4's per-layer embeddings, in the compute dtype)
-  if (s.ple()) w.embed += u(s.ple_vocab) * u(s.n_layers) * u(s.ple_dim) * dense_bytes;
+  // (Gemma 4's per-layer embeddings, as loaded: in the compute dtype unless the source says otherwise)
+  if (s.ple()) w.embed += o.ple_bytes ? o.ple_bytes : u(s.ple_vocab) * u(s.n_layers) * u(s.ple_dim) * dense_bytes;
   w.head = s.tied_embeddings ? 0
            : cpu && o.head_q8_0 ? (o.head_block_bytes ? o.head_block_bytes : q8_bytes)
                                 : vc * dense_bytes;
@@ -369,7 +371,9 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
   auto head_form = [&](bool q8, uint64_t block_bytes) {
     return std::string(!cpu || !q8 ? dense_name : block_bytes ? "GGUF blocks, as stored" : "GGUF Q8_0, kept 8-bit");
   };
-  add(p, "embeddings (" + head_form(o.embed_q8_0, o.embed_block_bytes) + ")", w.embed, "vocab x embedding width");
+  add(p, "embeddings (" + head_form(o.embed_q8_0, o.embed_block_bytes) + ")", w.embed,
+      o.ple_bytes ? "vocab x embedding width, and the per-layer inputs' table (" + format_gb(o.ple_bytes) + ", as loaded)"
+                  : std::string("vocab x embedding width"));
   add(p, "lm_head (" + head_form(o.head_q8_0, o.head_block_bytes) + ")", w.head, "untied output head");
   add(p, "norms and biases", w.norms + w.bias, "");
 }
@@ -473,8 +477,10 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       held += final_bytes;
     };
     const uint64_t vc = V * u(s.embed_width());
-    // DenseWeight takes a float32 vector without a copy for fp32, converts (both alive) otherwise.
-    step(vc, w.embed, db == 4 ? 0 : vc * 4);
+    // DenseWeight takes a float32 vector without a copy for fp32, converts (both alive)
+    // otherwise, unless the source reads a slab of rows at a time (DenseWeight::from_rows).
+    const uint64_t table_transient = db == 4 || o.source_reads_rows ? 0 : vc * 4;
+    step(vc, w.embed, table_transient);
     const uint64_t per_layer_weights =
         (w.packed + w.int8 + w.constants + w.dense_linear + w.gguf_blocks + w.bias) / std::max<uint64_t>(L, 1);
     for (uint64_t l = 0; l < L; ++l) {
@@ -490,7 +496,7 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
       const uint64_t layer_params = (total_params - vc * (s.tied_embeddings ? 1 : 2)) / std::max<uint64_t>(L, 1);
       step(layer_params, per_layer_weights + 2 * C * 4, tr);
     }
-    if (!s.tied_embeddings) step(vc, w.head, db == 4 ? 0 : vc * 4);
+    if (!s.tied_embeddings) step(vc, w.head, table_transient);
     load_peak += baseline + tokenizer + dataset;
     load_required += baseline + tokenizer + dataset;
   }
@@ -1045,6 +1051,10 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
       o.gguf_kept_block_bytes = k.block_bytes;
     }
   }
+  if (!o.generated_weights) {
+    o.source_reads_rows = model_source_reads_rows(model_path);
+    o.ple_bytes = model_source_ple_bytes(model_path, load);
+  }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
     const Q8HeadTensors q8 = model_source_q8_0_head(model_path, gguf_block_types(load));
     o.embed_q8_0 = q8.embed;
@@ -1084,6 +1094,34 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBloc
     r.constant_bytes += static_cast<uint64_t>(ggml_kept_constant_bytes(t.type, static_cast<int64_t>(n)));
   }
   return r;
+}
+
+uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load) {
+  namespace fs = std::filesystem;
+  const fs::path p(model_path);
+  if (p.extension() == ".gguf" && fs::is_regular_file(p)) {
+    const GgufFile f(model_path);
+    const GgufTensorInfo* t = f.find_tensor("per_layer_token_embd.weight");
+    if (!t || t->dims.size() != 2) return 0;
+    const std::vector<int64_t> s = t->shape();
+    return gathered_table_bytes(t->type, s[0], s[1], load);
+  }
+  if (!fs::is_directory(p) && p.extension() != ".safetensors") return 0;
+  for (const std::string& file : safetensors_files_of(model_path)) {
+    const SafeTensorsFile f(file);
+    for (const SafeTensorInfo& t : f.tensors()) {
+      if (!t.name.ends_with("embed_tokens_per_layer.weight") || t.shape.size() != 2) continue;
+      const GgmlType stored = t.dtype == DType::BF16 ? GgmlType::BF16 : t.dtype == DType::F16 ? GgmlType::F16 : GgmlType::F32;
+      return gathered_table_bytes(stored, t.shape[0], t.shape[1], load);
+    }
+  }
+  return 0;
+}
+
+bool model_source_reads_rows(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  const fs::path p(model_path);
+  return fs::is_directory(p) || p.extension() == ".safetensors" || p.extension() == ".gguf";
 }
 
 Q8HeadTensors model_source_q8_0_head(const std::string& model_path, GgufBlockTypes which) {

@@ -126,6 +126,13 @@ struct MemoryOptions {
   // bf16 compute multiplies on a bf16 unit (model/gemm_bf16.h gemm_bf16_fast(): the CLI
   // sets it for this host): their packing buffers are counted.
   bool bf16_tiles = false;
+  // The source hands the embedding and head over a slab of rows at a time (TensorSource::
+  // reads_rows: safetensors, GGUF), so a 16-bit compute dtype holds no float32 copy of them
+  // while loading.
+  bool source_reads_rows = false;
+  // Gemma 4's per-layer embedding table as loaded (model/model.h gathered_table_bytes: its
+  // stored 16-bit format with fp32 compute, a GGUF's 8-bit / block forms); 0: in the compute dtype.
+  uint64_t ple_bytes = 0;
   // The source's token embedding / output head are GGUF Q8_0 (or another quantized type,
   // re-quantized to it) and stay 8-bit (ModelLoadOptions::keep_q8_0_head, fp32 compute): 34
   // bytes per 32 values held as 36.
@@ -216,6 +223,13 @@ struct Gguf4bitKept {
   uint64_t block_values = 0, block_bytes = 0;  // Q6_K / Q5_K / ... block linears (kept as stored, float32 compute)
 };
 Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBlockTypes which);
+// The bytes `load` holds the model's Gemma 4 per-layer embedding in (MemoryOptions::ple_bytes),
+// from the file headers only: a GGUF's per_layer_token_embd, a safetensors checkpoint's
+// *embed_tokens_per_layer.weight; 0 when there is none or the path is not such a model.
+uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load);
+// Whether the model's source reads the embedding and head by slabs of rows (an HF directory, a
+// .safetensors or .gguf file: MemoryOptions::source_reads_rows).
+bool model_source_reads_rows(const std::string& model_path);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
 // `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:

@@ -178,6 +178,14 @@ struct ModelLoadOptions {
 // integer kernels that make them pay (the scalar ones widen each row to float32); else Smallest.
 GgufBlockTypes gguf_block_types(const ModelLoadOptions& o);
 
+// The bytes Model::load holds a table of rows x cols values that is only gathered a row at a
+// time (Gemma 4's per-layer embedding) in, stored as `stored` (F32, F16 or BF16 -- safetensors'
+// float dtypes are the same three, others count as F32 -- or a GGUF quantized type): the
+// loader's rule, for the memory planner. A GGUF's Q8_0 / types kept as blocks / others as
+// Q8_0 with float32 compute (keep_q8_0_head), a 16-bit table as stored with float32 compute,
+// otherwise the compute dtype.
+uint64_t gathered_table_bytes(GgmlType stored, int64_t rows, int64_t cols, const ModelLoadOptions& o);
+
 class Model {
  public:
   // Builds the model from `src`, one tensor at a time: every tensor named by

@@ -24,6 +24,18 @@ GgufBlockTypes gguf_block_types(const ModelLoadOptions& o) {
   return o.int8_activations && simd_level() >= SimdLevel::AVX2 ? GgufBlockTypes::KQuants : GgufBlockTypes::Smallest;
 }
 
+uint64_t gathered_table_bytes(GgmlType stored, int64_t rows, int64_t cols, const ModelLoadOptions& o) {
+  const uint64_t n = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
+  const bool sixteen = stored == GgmlType::F16 || stored == GgmlType::BF16;
+  const bool quantized = stored != GgmlType::F32 && !sixteen;
+  if (o.compute_dtype != ComputeDType::F32) return 2 * n;
+  if (!quantized || !o.keep_q8_0_head || cols % kernels::kQ8Block != 0) return (sixteen ? 2 : 4) * n;
+  if (stored != GgmlType::Q8_0 && o.keep_gguf_weights && o.keep_gguf_blocks &&
+      gguf_type_kept_as_blocks(stored, gguf_block_types(o)))
+    return static_cast<uint64_t>(ggml_nbytes(stored, static_cast<int64_t>(n)).value_or(0));
+  return n + n / kernels::kQ8Block * 4;  // (DenseWeight's Q8_0: int8 codes and a float32 scale per 32)
+}
+
 namespace {
 
 std::vector<float> load_vector(const TensorSource& src, const std::string& name, ComputeDType dtype) {
@@ -302,8 +314,10 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     if (opt.progress) opt.progress(done, total, name);
   };
 
-  // The embedding and output head: dense in the compute dtype, or a GGUF's Q8_0 / block type as it is.
-  auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
+  // The tables of rows (embeddings, output head): a GGUF's Q8_0 / block type as it is, or its
+  // other quantized types as Q8_0 (float32 compute; gathered_table_bytes below is the same rule
+  // for the planner).
+  auto packed = [&](const std::string& name, int64_t rows, int64_t cols) -> std::optional<DenseWeight> {
     if (opt.keep_q8_0_head && opt.compute_dtype == ComputeDType::F32 && cols % kernels::kQ8Block == 0) {
       if (auto q8 = src.get_q8_0(name)) return DenseWeight::from_q8_0(*q8, rows, cols, src.describe() + ": " + src.stored_name(name));
       const std::string what = src.describe() + ": " + src.stored_name(name);
@@ -320,15 +334,35 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
         return DenseWeight::to_q8_0(v, rows, cols, what);
       }
     }
-    return DenseWeight(src.get(name), rows, cols, opt.compute_dtype);
+    return std::nullopt;
+  };
+  // Otherwise the values in `dtype`, a slab of rows at a time where the source reads rows (no
+  // float32 copy of the whole table when dtype is 16-bit).
+  auto plain = [&](const std::string& name, int64_t rows, int64_t cols, ComputeDType dtype) {
+    if (src.reads_rows(name))
+      return DenseWeight::from_rows(rows, cols, dtype, [&](int64_t r0, int64_t r1, float* out) { src.get_rows(name, r0, r1, out); });
+    return DenseWeight(src.get(name), rows, cols, dtype);
+  };
+  // The embedding and output head: dense in the compute dtype, or packed as above.
+  auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
+    if (std::optional<DenseWeight> p = packed(name, rows, cols)) return std::move(*p);
+    return plain(name, rows, cols, opt.compute_dtype);
   };
   {
     m.embed_ = dense("model.embed_tokens.weight", spec.vocab, spec.embed_width());
     progress("model.embed_tokens.weight");
     if (spec.ple()) {  // (Gemma 4's per-layer inputs: a second embedding, its projection and norm)
-      m.embed_ple_ = DenseWeight(src.get("model.embed_tokens_per_layer.weight"), spec.ple_vocab,
-                                 spec.n_layers * spec.ple_dim, opt.compute_dtype);
-      progress("model.embed_tokens_per_layer.weight");
+      // Only ever gathered a row per token, never multiplied: packed as the embedding is, or
+      // with float32 compute held in its stored 16-bit format, whose values widen exactly
+      // (262144 x 8960 values in Gemma 4 E2B: 4.7 GB rather than 9.4).
+      const std::string t = "model.embed_tokens_per_layer.weight";
+      const int64_t rows = spec.ple_vocab, cols = spec.n_layers * spec.ple_dim;
+      if (std::optional<DenseWeight> p = packed(t, rows, cols)) m.embed_ple_ = std::move(*p);
+      else
+        m.embed_ple_ = plain(t, rows, cols,
+                             opt.compute_dtype == ComputeDType::F32 ? src.stored_16bit(t).value_or(ComputeDType::F32)
+                                                                    : opt.compute_dtype);
+      progress(t);
       const std::string n = model_linear_name(spec, ModelLinear::PleProjection) + ".weight";
       m.model_linears_[2] = load_linear(src, n, opt);
       progress(n);
@@ -556,12 +590,14 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
 }
 
 size_t Model::weight_bytes() const {
-  size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() +
+  size_t b = embed_.bytes() + lm_head_.bytes() + embed_pos_.bytes() + embed_ple_.bytes() + ple_norm_.size() * sizeof(float) +
              (embed_norm_.size() + embed_norm_bias_.size()) * sizeof(float) + (final_norm_.size() + final_norm_bias_.size() + lm_head_bias_.size()) * sizeof(float);
   for (const LayerWeights& L : layers_) {
     b += (L.q_a_norm.size() + L.kv_a_norm.size() + L.input_norm.size() + L.post_norm.size() + L.input_norm_bias.size() + L.post_norm_bias.size() + L.q_norm.size() + L.k_norm.size() + L.pre_ffn_norm.size() +
           L.post_ffn_norm.size() + L.la_conv.size() + L.la_A_log.size() + L.la_A.size() + L.la_dt_norm.size() + L.la_bc_norm.size() + L.la_dt_bias.size() + L.la_norm.size() +
-          L.la_conv_bias.size() + L.la_D.size()) *
+          L.la_conv_bias.size() + L.la_D.size() + L.unit_norm.size() + L.unit_norm_bias.size() + L.ple_norm.size() +
+          L.post_ffn_norm1.size() + L.pre_ffn_norm2.size() + L.post_ffn_norm2.size() + L.router_scale.size() +
+          L.per_expert_scale.size() + L.attn_sinks.size()) *
          sizeof(float);
     for (int w = 0; w < kBlockLinearCount; ++w) b += L.linear(w).bytes();
     b += L.router.bytes() + L.shared_gate.bytes() + (L.router_f32.size() + L.router_score_bias.size()) * sizeof(float);

@@ -47,6 +47,29 @@ DenseWeight::DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, Com
   }
 }
 
+DenseWeight DenseWeight::from_rows(int64_t rows, int64_t cols, ComputeDType dtype,
+                                   const std::function<void(int64_t, int64_t, float*)>& fill) {
+  DenseWeight d;
+  d.rows_ = rows;
+  d.cols_ = cols;
+  d.dtype_ = dtype;
+  const size_t n = static_cast<size_t>(rows * cols);
+  if (dtype == ComputeDType::F32) {
+    d.f32_.resize(n);
+    if (n) fill(0, rows, d.f32_.data());
+    return d;
+  }
+  d.h16_.resize(n);
+  const int64_t slab = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(cols, 1));
+  std::vector<float> buf(static_cast<size_t>(std::min(rows, slab) * cols));
+  for (int64_t r0 = 0; r0 < rows; r0 += slab) {
+    const int64_t r1 = std::min(rows, r0 + slab);
+    fill(r0, r1, buf.data());
+    convert_from_f32(to_dtype(dtype), buf.data(), d.h16_.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols));
+  }
+  return d;
+}
+
 DenseWeight DenseWeight::from_q8_0(std::span<const uint8_t> blocks, int64_t rows, int64_t cols,
                                    const std::string& what) {
   constexpr int64_t kBlockBytes = 2 + kernels::kQ8Block;

@@ -54,6 +54,13 @@ class DenseWeight {
   // Takes `w` (rows*cols floats) without a copy when dtype is F32.
   DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, ComputeDType dtype);
 
+  // rows x cols values that fill(r0, r1, out) writes as float32 ((r1 - r0) * cols at out, a
+  // slab of about 4 MB at a time), held in `dtype` (float32 as written, or rounded to bf16 /
+  // fp16): no float32 copy of the whole tensor besides a float32 result (a source's
+  // TensorSource::get_rows). fill's exceptions pass through.
+  static DenseWeight from_rows(int64_t rows, int64_t cols, ComputeDType dtype,
+                               const std::function<void(int64_t, int64_t, float*)>& fill);
+
   // From a GGUF Q8_0 tensor's blocks (34 bytes per 32 values: an fp16 scale d, then 32 int8
   // q), kept in 8 bits: the values are exactly the file's (d * q, exact in float32), read as
   // llama.cpp reads them, 1.125 bytes each instead of 4. Products run on them directly

@@ -2,6 +2,8 @@
 
 #include "model/block_row_kernels.h"
 
+#include <algorithm>
+
 #include "base/error.h"
 
 namespace qlora {
@@ -26,6 +28,14 @@ std::vector<float> TensorSource::get_slice(const std::string& name, int64_t i) c
   const size_t n = all.size() / static_cast<size_t>(s[0]);
   return std::vector<float>(all.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(i)),
                             all.begin() + static_cast<std::ptrdiff_t>(n * static_cast<size_t>(i + 1)));
+}
+
+void TensorSource::get_rows(const std::string& name, int64_t r0, int64_t r1, float* out) const {
+  const std::vector<int64_t> s = shape(name);
+  check(s.size() == 2 && 0 <= r0 && r0 <= r1 && r1 <= s[0], describe(),
+        "tensor '" + name + "' " + shape_to_string(s) + " has no rows " + std::to_string(r0) + ".." + std::to_string(r1));
+  const std::vector<float> all = get(name);
+  std::copy(all.begin() + static_cast<std::ptrdiff_t>(r0 * s[1]), all.begin() + static_cast<std::ptrdiff_t>(r1 * s[1]), out);
 }
 
 void MemoryTensorSource::add(std::string name, std::vector<int64_t> shape, std::vector<float> data) {

@@ -74,6 +74,19 @@ class TensorSource {
     std::span<const uint8_t> bytes;
   };
   virtual std::optional<StoredBlocks> get_stored_blocks(const std::string& /*name*/) const { return std::nullopt; }
+  // When get() only widens the tensor's stored values from a 16-bit float format (a
+  // safetensors or GGUF BF16 / F16 tensor, read as stored): which (ComputeDType::BF16 or F16),
+  // so a loader may hold them in 2 bytes a value without changing one; nullopt otherwise.
+  // Asked for tables that are only ever gathered row by row (Gemma 4's per-layer embedding).
+  virtual std::optional<ComputeDType> stored_16bit(const std::string& /*name*/) const { return std::nullopt; }
+  // Whether get_rows reads a slab of a 2-D tensor's rows without the rest (safetensors'
+  // float tensors; a GGUF's embeddings and head); otherwise get_rows goes through get().
+  virtual bool reads_rows(const std::string& /*name*/) const { return false; }
+  // Rows [r0, r1) of the 2-D tensor `name` as float32 into out ((r1 - r0) * shape(name)[1]
+  // values): exactly get()'s. The default calls get() (the whole tensor, each call); a
+  // loader filling a large table a slab at a time asks reads_rows first. Throws Error naming
+  // the source and tensor when it is not 2-D or the rows are out of range.
+  virtual void get_rows(const std::string& name, int64_t r0, int64_t r1, float* out) const;
   // Whether get_4bit gives the tensor as a GGUF's 4-bit blocks kept as stored
   // (formats/ggml_as_4bit.h): the loader skips it when asked to re-quantize
   // (ModelLoadOptions::keep_gguf_weights), and the memory planner counts its constants.

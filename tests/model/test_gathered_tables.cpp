@@ -1,0 +1,232 @@
+// Tables of rows the model only gathers (Gemma 4's per-layer embedding, 262144 x 8960 values
+// in Gemma 4 E2B) are held as the file stores them where that loses nothing: a 16-bit
+// checkpoint's table in its 16 bits with float32 compute (its values widen exactly), a GGUF's
+// quantized one in 8 bits; and tables are read a slab of rows at a time (no float32 copy of
+// the whole tensor). The memory planner's rule (gathered_table_bytes) is checked against what
+// the loader holds.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/float_formats.h"
+#include "export/merge_gguf.h"
+#include "formats/model_loader.h"
+#include "formats/safetensors.h"
+#include "memory/memory_plan.h"
+#include "model/model.h"
+#include "model/quant_linear.h"
+
+using namespace qlora;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kFixture = std::string(QLORA_FIXTURE_DIR) + "/families/gemma4_e";
+const std::string kPle = "model.embed_tokens_per_layer.weight";
+
+std::vector<float> randn(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<float> all_rows(const DenseWeight& w) {
+  std::vector<float> v(static_cast<size_t>(w.rows() * w.cols()));
+  w.rows_to_f32(0, w.rows(), v.data());
+  return v;
+}
+
+std::string temp_dir(const char* stem) {
+  std::string t = "/tmp/" + std::string(stem) + "_XXXXXX";
+  if (!mkdtemp(t.data())) throw Error("mkdtemp failed");
+  return t;
+}
+
+// The fixture's checkpoint with every tensor stored as `dtype` (BF16 or F16), in a new directory.
+std::string sixteen_bit_copy(DType dtype) {
+  const std::string dir = temp_dir("qlora_ple16");
+  fs::copy_file(kFixture + "/config.json", dir + "/config.json");
+  const SafeTensorsFile in(kFixture + "/model.safetensors");
+  SafeTensorsWriter w;
+  for (const SafeTensorInfo& t : in.tensors()) {
+    const std::vector<float> v = in.to_float(t);
+    std::vector<uint16_t> h(v.size());
+    convert_from_f32(dtype, v.data(), h.data(), v.size());
+    w.add_vector(t.name, dtype, t.shape, h);
+  }
+  w.write(dir + "/model.safetensors");
+  return dir;
+}
+
+std::vector<float> logits_of(const Model& m, const std::vector<int>& prompt) {
+  InferenceState st(m, 32);
+  std::vector<float> out(prompt.size() * static_cast<size_t>(m.spec().vocab));
+  forward(m, st, prompt, out.data(), true);
+  return out;
+}
+
+// Every tensor of `src` in memory (get()'s values): a source that says nothing of how they were
+// stored, so the loader holds them in the compute dtype.
+MemoryTensorSource in_memory(const TensorSource& src) {
+  MemoryTensorSource m;
+  for (const std::string& n : src.names()) m.add(n, src.shape(n), src.get(n));
+  return m;
+}
+
+}  // namespace
+
+TEST(DenseWeightFromRows, SlabsMatchTheWholeTensorInEveryDtype) {
+  // 300 columns: slabs of 3495 rows, the last one short
+  const int64_t rows = 8000, cols = 300;
+  const std::vector<float> v = randn(rows * cols, 7);
+  for (ComputeDType dt : {ComputeDType::F32, ComputeDType::BF16, ComputeDType::F16}) {
+    int calls = 0;
+    const DenseWeight slabs = DenseWeight::from_rows(rows, cols, dt, [&](int64_t r0, int64_t r1, float* out) {
+      ++calls;
+      std::memcpy(out, v.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols) * sizeof(float));
+    });
+    const DenseWeight whole(v.data(), rows, cols, dt);
+    EXPECT_EQ(slabs.dtype(), dt);
+    EXPECT_EQ(slabs.bytes(), whole.bytes());
+    EXPECT_EQ(all_rows(slabs), all_rows(whole)) << "dtype " << static_cast<int>(dt);
+    EXPECT_EQ(calls, dt == ComputeDType::F32 ? 1 : 3);
+  }
+  EXPECT_THROW(DenseWeight::from_rows(rows, cols, ComputeDType::BF16,
+                                      [](int64_t, int64_t, float*) { throw Error("m.safetensors: truncated"); }),
+               Error);
+}
+
+TEST(TensorSourceRows, SafetensorsAndGgufRowsAreGetsRows) {
+  for (const std::string& path : {kFixture, kFixture + "/model.gguf"}) {
+    const ModelFiles f = open_model_files(path);
+    for (const std::string& name : {kPle, std::string("model.embed_tokens.weight")}) {
+      ASSERT_TRUE(f.tensors->reads_rows(name)) << path << " " << name;
+      const std::vector<int64_t> s = f.tensors->shape(name);
+      const std::vector<float> all = f.tensors->get(name);
+      std::vector<float> part(static_cast<size_t>(7 * s[1]));
+      f.tensors->get_rows(name, 5, 12, part.data());
+      EXPECT_TRUE(std::equal(part.begin(), part.end(), all.begin() + 5 * s[1])) << path << " " << name;
+      EXPECT_THROW(f.tensors->get_rows(name, 0, s[0] + 1, part.data()), Error);
+    }
+    // (a block Linear of a GGUF is not a table: its rows may be reordered by get())
+    if (f.format == ModelFormat::Gguf) {
+      EXPECT_FALSE(f.tensors->reads_rows("model.layers.0.self_attn.q_proj.weight"));
+    }
+  }
+}
+
+// A bf16 / fp16 checkpoint's per-layer table stays in its 16 bits with float32 compute: half
+// the bytes, and the logits are those of the same values held in float32, bit for bit.
+TEST(GatheredTables, SixteenBitPerLayerEmbeddingIsHeldAsStored) {
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    const std::string dir = sixteen_bit_copy(dtype);
+    const ModelFiles f = open_model_files(dir);
+    ASSERT_TRUE(f.spec.ple());
+    ModelLoadOptions o;
+    o.quant.quantize = false;
+    const Model kept = Model::load(f.spec, *f.tensors, o);
+    const MemoryTensorSource mem = in_memory(*f.tensors);
+    const Model wide = Model::load(f.spec, mem, o);
+    const ComputeDType want = dtype == DType::BF16 ? ComputeDType::BF16 : ComputeDType::F16;
+    const uint64_t n = static_cast<uint64_t>(f.spec.ple_vocab * f.spec.n_layers * f.spec.ple_dim);
+    EXPECT_EQ(kept.embed_per_layer().dtype(), want);
+    EXPECT_EQ(kept.embed_per_layer().bytes(), 2 * n);
+    EXPECT_EQ(wide.embed_per_layer().bytes(), 4 * n);
+    EXPECT_EQ(all_rows(kept.embed_per_layer()), all_rows(wide.embed_per_layer()));
+    const std::vector<int> prompt = {2, 17, 42, 99, 3, 77, 18, 150};
+    EXPECT_EQ(logits_of(kept, prompt), logits_of(wide, prompt)) << "the 16-bit table changed the numbers";
+    // the planner's rule, for this load and for bf16 compute (the compute dtype's 2 bytes)
+    EXPECT_EQ(model_source_ple_bytes(dir, o), kept.embed_per_layer().bytes());
+    ModelLoadOptions b = o;
+    b.compute_dtype = ComputeDType::BF16;
+    const Model bf = Model::load(f.spec, *f.tensors, b);
+    EXPECT_EQ(bf.embed_per_layer().dtype(), ComputeDType::BF16);
+    EXPECT_EQ(model_source_ple_bytes(dir, b), bf.embed_per_layer().bytes());
+    fs::remove_all(dir);
+  }
+  // (the float32 fixture itself: float32, as stored)
+  const ModelFiles f = open_model_files(kFixture);
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model m = Model::load(f.spec, *f.tensors, o);
+  EXPECT_EQ(m.embed_per_layer().dtype(), ComputeDType::F32);
+  EXPECT_EQ(model_source_ple_bytes(kFixture, o), m.embed_per_layer().bytes());
+}
+
+// A GGUF's per-layer table: BF16 kept in 16 bits, Q8_0 kept in 8 bits (its values exactly), and
+// the planner says what the loader holds.
+TEST(GatheredTables, GgufPerLayerEmbeddingStaysCompact) {
+  // The fixture with per-layer inputs of 16 values (6 layers x 16 = 96 columns: whole Q8_0
+  // blocks), the tensors that depend on it drawn at random.
+  ModelFiles base_files = open_model_files(kFixture + "/model.gguf");
+  ModelSpec spec = base_files.spec;
+  spec.ple_dim = 16;
+  MemoryTensorSource mem;
+  uint32_t seed = 1;
+  for (const TensorSpec& t : spec.tensors()) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    const bool ple_shaped = base_files.tensors->shape(t.name) != t.shape;
+    std::vector<float> v = ple_shaped ? randn(n, ++seed) : base_files.tensors->get(t.name);
+    if (ple_shaped && t.name.find("norm") != std::string::npos) std::fill(v.begin(), v.end(), 1.0f);
+    else if (ple_shaped) for (float& x : v) x *= 0.05f;
+    mem.add(t.name, t.shape, std::move(v));
+  }
+  ModelLoadOptions o;
+  o.quant.quantize = false;
+  const Model source_model = Model::load(spec, mem, o);
+  const std::string dir = temp_dir("qlora_pleq8");
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::BF16}) {
+    const std::string path = dir + "/m_" + std::to_string(static_cast<int>(type)) + ".gguf";
+    GgufExportOptions eo;
+    eo.type = type;
+    eo.log = false;
+    base_files.spec = spec;
+    write_merged_gguf(source_model, base_files, {}, path, eo, false);
+    const ModelFiles f = open_model_files(path);
+    ASSERT_EQ(f.spec.ple_dim, 16);
+    const Model kept = Model::load(f.spec, *f.tensors, o);
+    ModelLoadOptions wide_o = o;
+    wide_o.keep_q8_0_head = false;
+    const Model wide = Model::load(f.spec, *f.tensors, wide_o);
+    const uint64_t n = static_cast<uint64_t>(spec.ple_vocab * spec.n_layers * 16);
+    if (type == GgmlType::Q8_0) {
+      EXPECT_TRUE(kept.embed_per_layer().q8());
+      EXPECT_EQ(kept.embed_per_layer().bytes(), n + n / 32 * 4);
+      EXPECT_EQ(wide.embed_per_layer().bytes(), 4 * n);  // (--dense-head: float32)
+    } else {
+      EXPECT_EQ(kept.embed_per_layer().dtype(), ComputeDType::BF16);
+      EXPECT_EQ(kept.embed_per_layer().bytes(), 2 * n);
+      EXPECT_EQ(wide.embed_per_layer().bytes(), 2 * n);  // (16 bits as stored either way)
+    }
+    EXPECT_EQ(all_rows(kept.embed_per_layer()), all_rows(wide.embed_per_layer())) << "the values changed";
+    EXPECT_EQ(model_source_ple_bytes(path, o), kept.embed_per_layer().bytes());
+    EXPECT_EQ(model_source_ple_bytes(path, wide_o), wide.embed_per_layer().bytes());
+  }
+  fs::remove_all(dir);
+}
+
+// The rule itself on the types a GGUF may hold (float32 compute, the decoding defaults).
+TEST(GatheredTables, PlannerRuleCoversTheStoredTypes) {
+  ModelLoadOptions o;
+  const int64_t rows = 1000, cols = 512;
+  const uint64_t n = rows * cols;
+  EXPECT_EQ(gathered_table_bytes(GgmlType::F32, rows, cols, o), 4 * n);
+  EXPECT_EQ(gathered_table_bytes(GgmlType::BF16, rows, cols, o), 2 * n);
+  EXPECT_EQ(gathered_table_bytes(GgmlType::Q8_0, rows, cols, o), n + n / 8);
+  EXPECT_EQ(gathered_table_bytes(GgmlType::Q4_K, rows, cols, o), n + n / 8);  // (re-quantized to Q8_0)
+  EXPECT_EQ(gathered_table_bytes(GgmlType::Q2_K, rows, cols, o), static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q2_K, n)));
+  o.keep_q8_0_head = false;
+  EXPECT_EQ(gathered_table_bytes(GgmlType::Q8_0, rows, cols, o), 4 * n);
+  EXPECT_EQ(gathered_table_bytes(GgmlType::F16, rows, cols, o), 2 * n);
+  o.compute_dtype = ComputeDType::BF16;
+  EXPECT_EQ(gathered_table_bytes(GgmlType::F32, rows, cols, o), 2 * n);
+}

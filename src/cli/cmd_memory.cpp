@@ -212,8 +212,9 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   as_loaded.compute_dtype = mo.compute_dtype;
   as_loaded.keep_q8_0_head = !o.dense_head;
   as_loaded.keep_gguf_weights = !o.requantize_gguf;
+  as_loaded.keep_gguf_blocks = mo.engine == qlora::MemoryEngine::Qlora;  // (as load_options: not with --device cuda)
   const qlora::GgufBlockTypes block_types = qlora::gguf_block_types(as_loaded);
-  if (!m.generated) {
+  if (!m.generated && mo.engine == qlora::MemoryEngine::Qlora) {  // (the qlora CPU loader's rules)
     mo.source_reads_rows = qlora::model_source_reads_rows(o.model);
     mo.ple_bytes = qlora::model_source_ple_bytes(o.model, as_loaded);
   }

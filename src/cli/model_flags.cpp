@@ -233,6 +233,8 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
     return;
   }
   mo.engine = cuda_memory_engine(spec, mo.weights == WeightFormat::Int8);
+  mo.ple_bytes = 0;  // (the CPU loader's forms: the CUDA engines' plans keep their own)
+  mo.source_reads_rows = false;
   const MemoryPlan plan = plan_memory(spec, mo);
   if (limit) check_fits(plan, limit, what + " --device " + d.name());
   // Asking for the free memory creates this process's CUDA context, so what is free now

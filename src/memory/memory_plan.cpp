@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -1096,18 +1097,54 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBloc
   return r;
 }
 
-uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load) {
+namespace {
+
+// The files whose headers the planner reads: a GGUF (by its magic bytes, as the loader detects
+// it) or safetensors (a directory, a .safetensors file, or the directory of a bare
+// config.json holding weights); neither for anything else (llama2.c, random:, a config alone).
+struct HeaderFiles {
+  std::string gguf;
+  std::vector<std::string> safetensors;
+};
+HeaderFiles header_files(const std::string& model_path) {
   namespace fs = std::filesystem;
-  const fs::path p(model_path);
-  if (p.extension() == ".gguf" && fs::is_regular_file(p)) {
-    const GgufFile f(model_path);
+  HeaderFiles h;
+  if (is_random_model(model_path)) return h;
+  std::error_code ec;
+  fs::path p(model_path);
+  if (p.extension() == ".json") p = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  if (fs::is_directory(p, ec)) {
+    bool any = false;
+    for (const auto& e : fs::directory_iterator(p, ec)) any = any || e.path().extension() == ".safetensors";
+    if (any || fs::exists(p / "model.safetensors.index.json", ec)) h.safetensors = safetensors_files_of(p.string());
+    return h;
+  }
+  if (!fs::is_regular_file(p, ec)) return h;
+  char magic[4] = {};
+  if (std::FILE* f = std::fopen(p.c_str(), "rb")) {
+    const size_t n = std::fread(magic, 1, 4, f);
+    std::fclose(f);
+    if (n == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
+      h.gguf = p.string();
+      return h;
+    }
+  }
+  if (p.extension() == ".safetensors") h.safetensors = {p.string()};
+  return h;
+}
+
+}  // namespace
+
+uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load) {
+  const HeaderFiles h = header_files(model_path);
+  if (!h.gguf.empty()) {
+    const GgufFile f(h.gguf);
     const GgufTensorInfo* t = f.find_tensor("per_layer_token_embd.weight");
     if (!t || t->dims.size() != 2) return 0;
     const std::vector<int64_t> s = t->shape();
     return gathered_table_bytes(t->type, s[0], s[1], load);
   }
-  if (!fs::is_directory(p) && p.extension() != ".safetensors") return 0;
-  for (const std::string& file : safetensors_files_of(model_path)) {
+  for (const std::string& file : h.safetensors) {
     const SafeTensorsFile f(file);
     for (const SafeTensorInfo& t : f.tensors()) {
       if (!t.name.ends_with("embed_tokens_per_layer.weight") || t.shape.size() != 2) continue;
@@ -1119,9 +1156,25 @@ uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOp
 }
 
 bool model_source_reads_rows(const std::string& model_path) {
-  namespace fs = std::filesystem;
-  const fs::path p(model_path);
-  return fs::is_directory(p) || p.extension() == ".safetensors" || p.extension() == ".gguf";
+  const HeaderFiles h = header_files(model_path);
+  if (!h.gguf.empty()) {  // (token_embd / output in any type the loader can read)
+    const GgufFile f(h.gguf);
+    for (const char* name : {"token_embd.weight", "output.weight"})
+      if (const GgufTensorInfo* t = f.find_tensor(name); t && !ggml_traits(t->type).can_dequantize) return false;
+    return true;
+  }
+  // The embedding and head stored as plain floats (a bitsandbytes 4- / 8-bit or FP8 head is read
+  // whole through get()), wrapped names (model.language_model.embed_tokens.weight) included.
+  bool any = false;
+  for (const std::string& file : h.safetensors) {
+    const SafeTensorsFile f(file);
+    for (const SafeTensorInfo& t : f.tensors()) {
+      if (!t.name.ends_with("embed_tokens.weight") && !t.name.ends_with("lm_head.weight")) continue;
+      if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16) return false;
+      any = true;
+    }
+  }
+  return any;
 }
 
 Q8HeadTensors model_source_q8_0_head(const std::string& model_path, GgufBlockTypes which) {

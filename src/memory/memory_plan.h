@@ -223,12 +223,15 @@ struct Gguf4bitKept {
   uint64_t block_values = 0, block_bytes = 0;  // Q6_K / Q5_K / ... block linears (kept as stored, float32 compute)
 };
 Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBlockTypes which);
-// The bytes `load` holds the model's Gemma 4 per-layer embedding in (MemoryOptions::ple_bytes),
-// from the file headers only: a GGUF's per_layer_token_embd, a safetensors checkpoint's
-// *embed_tokens_per_layer.weight; 0 when there is none or the path is not such a model.
+// The bytes the qlora CPU loader with `load` holds the model's Gemma 4 per-layer embedding in
+// (MemoryOptions::ple_bytes), from the file headers only: a GGUF's per_layer_token_embd (the
+// file found by its magic bytes), a safetensors checkpoint's *embed_tokens_per_layer.weight (a
+// directory, a .safetensors file, or a bare config.json's directory); 0 when there is none
+// or the path is not such a model.
 uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load);
-// Whether the model's source reads the embedding and head by slabs of rows (an HF directory, a
-// .safetensors or .gguf file: MemoryOptions::source_reads_rows).
+// Whether the loader reads the model's embedding and head a slab of rows at a time
+// (MemoryOptions::source_reads_rows): a GGUF's, or a safetensors checkpoint's stored as plain
+// F32 / F16 / BF16 (not a bitsandbytes or FP8 head); false for other sources.
 bool model_source_reads_rows(const std::string& model_path);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with

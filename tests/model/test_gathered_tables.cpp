@@ -6,6 +6,8 @@
 // the loader holds.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -161,14 +163,16 @@ TEST(GatheredTables, SixteenBitPerLayerEmbeddingIsHeldAsStored) {
   EXPECT_EQ(model_source_ple_bytes(kFixture, o), m.embed_per_layer().bytes());
 }
 
-// A GGUF's per-layer table: BF16 kept in 16 bits, Q8_0 kept in 8 bits (its values exactly), and
-// the planner says what the loader holds.
+// A GGUF's per-layer table: BF16 kept in 16 bits, Q8_0 kept in 8 bits (its values exactly), Q4_0
+// and Q4_K_M's type made Q8_0 of their values (or kept as blocks), and the planner says what
+// the loader holds.
 TEST(GatheredTables, GgufPerLayerEmbeddingStaysCompact) {
-  // The fixture with per-layer inputs of 16 values (6 layers x 16 = 96 columns: whole Q8_0
-  // blocks), the tensors that depend on it drawn at random.
+  // The fixture with per-layer inputs of 128 values (6 layers x 128 = 768 columns: whole Q8_0
+  // blocks and K-quant super-blocks), the tensors that depend on it drawn at random.
   ModelFiles base_files = open_model_files(kFixture + "/model.gguf");
   ModelSpec spec = base_files.spec;
-  spec.ple_dim = 16;
+  const int64_t P = 128;
+  spec.ple_dim = P;
   MemoryTensorSource mem;
   uint32_t seed = 1;
   for (const TensorSpec& t : spec.tensors()) {
@@ -184,30 +188,42 @@ TEST(GatheredTables, GgufPerLayerEmbeddingStaysCompact) {
   o.quant.quantize = false;
   const Model source_model = Model::load(spec, mem, o);
   const std::string dir = temp_dir("qlora_pleq8");
-  for (GgmlType type : {GgmlType::Q8_0, GgmlType::BF16}) {
-    const std::string path = dir + "/m_" + std::to_string(static_cast<int>(type)) + ".gguf";
+  for (int kind = 0; kind < 4; ++kind) {
+    const GgmlType type = kind == 0 ? GgmlType::Q8_0 : kind == 1 ? GgmlType::BF16 : GgmlType::Q4_0;
+    const std::string path = dir + "/m_" + std::to_string(kind) + ".gguf";
     GgufExportOptions eo;
     eo.type = type;
+    eo.q4_k_m = kind == 3;
     eo.log = false;
     base_files.spec = spec;
     write_merged_gguf(source_model, base_files, {}, path, eo, false);
     const ModelFiles f = open_model_files(path);
-    ASSERT_EQ(f.spec.ple_dim, 16);
+    ASSERT_EQ(f.spec.ple_dim, P);
     const Model kept = Model::load(f.spec, *f.tensors, o);
     ModelLoadOptions wide_o = o;
     wide_o.keep_q8_0_head = false;
     const Model wide = Model::load(f.spec, *f.tensors, wide_o);
-    const uint64_t n = static_cast<uint64_t>(spec.ple_vocab * spec.n_layers * 16);
-    if (type == GgmlType::Q8_0) {
-      EXPECT_TRUE(kept.embed_per_layer().q8());
-      EXPECT_EQ(kept.embed_per_layer().bytes(), n + n / 32 * 4);
-      EXPECT_EQ(wide.embed_per_layer().bytes(), 4 * n);  // (--dense-head: float32)
-    } else {
+    const uint64_t n = static_cast<uint64_t>(spec.ple_vocab * spec.n_layers * P);
+    const std::vector<float> a = all_rows(kept.embed_per_layer()), b = all_rows(wide.embed_per_layer());
+    if (kind == 1) {
       EXPECT_EQ(kept.embed_per_layer().dtype(), ComputeDType::BF16);
       EXPECT_EQ(kept.embed_per_layer().bytes(), 2 * n);
       EXPECT_EQ(wide.embed_per_layer().bytes(), 2 * n);  // (16 bits as stored either way)
+    } else {
+      EXPECT_TRUE(kept.embed_per_layer().packed()) << kind;
+      EXPECT_LE(kept.embed_per_layer().bytes(), n + n / 32 * 4) << kind;
+      EXPECT_EQ(wide.embed_per_layer().bytes(), 4 * n);  // (--dense-head: float32)
     }
-    EXPECT_EQ(all_rows(kept.embed_per_layer()), all_rows(wide.embed_per_layer())) << "the values changed";
+    if (kind <= 1) {
+      EXPECT_EQ(a, b) << "the values changed";
+    } else {  // (Q8_0 of Q4_0's / Q4_K's values: within half an 8-bit step of each block's largest)
+      double worst = 0, peak = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+        peak = std::max(peak, double(std::fabs(b[i])));
+      }
+      EXPECT_LT(worst, peak / 127.0) << kind;
+    }
     EXPECT_EQ(model_source_ple_bytes(path, o), kept.embed_per_layer().bytes());
     EXPECT_EQ(model_source_ple_bytes(path, wide_o), wide.embed_per_layer().bytes());
   }
@@ -229,4 +245,88 @@ TEST(GatheredTables, PlannerRuleCoversTheStoredTypes) {
   EXPECT_EQ(gathered_table_bytes(GgmlType::F16, rows, cols, o), 2 * n);
   o.compute_dtype = ComputeDType::BF16;
   EXPECT_EQ(gathered_table_bytes(GgmlType::F32, rows, cols, o), 2 * n);
+}
+
+namespace {
+
+// A source that refuses get() of the tables (embeddings, head): loading must read them by rows.
+class NoWholeTables : public TensorSource {
+ public:
+  explicit NoWholeTables(const TensorSource& in) : in_(in) {}
+  std::vector<std::string> names() const override { return in_.names(); }
+  bool has(const std::string& n) const override { return in_.has(n); }
+  std::vector<int64_t> shape(const std::string& n) const override { return in_.shape(n); }
+  std::vector<float> get(const std::string& n) const override {
+    if (n == kPle || n == "model.embed_tokens.weight" || n == "lm_head.weight")
+      throw Error("a float32 copy of the whole table '" + n + "' was made");
+    return in_.get(n);
+  }
+  std::optional<ComputeDType> stored_16bit(const std::string& n) const override { return in_.stored_16bit(n); }
+  bool reads_rows(const std::string& n) const override { return in_.reads_rows(n); }
+  void get_rows(const std::string& n, int64_t r0, int64_t r1, float* out) const override { in_.get_rows(n, r0, r1, out); }
+  std::string describe() const override { return in_.describe(); }
+
+ private:
+  const TensorSource& in_;
+};
+
+}  // namespace
+
+// With a 16-bit compute dtype (and with float32), the tables are built a slab of rows at a time:
+// get() of a whole table is never called.
+TEST(GatheredTables, TablesAreReadByRowsWithoutAWholeFloat32Copy) {
+  const std::string dir = sixteen_bit_copy(DType::BF16);
+  const ModelFiles f = open_model_files(dir);
+  const NoWholeTables src(*f.tensors);
+  for (ComputeDType dt : {ComputeDType::BF16, ComputeDType::F32}) {
+    ModelLoadOptions o;
+    o.quant.quantize = false;
+    o.compute_dtype = dt;
+    EXPECT_NO_THROW(Model::load(f.spec, src, o)) << static_cast<int>(dt);
+  }
+  EXPECT_TRUE(model_source_reads_rows(dir));
+  EXPECT_TRUE(model_source_reads_rows(dir + "/config.json"));  // (a bare config.json: its directory's weights)
+  EXPECT_TRUE(model_source_reads_rows(kFixture + "/model.gguf"));
+  EXPECT_FALSE(model_source_reads_rows("random:llama-tiny"));
+  // A GGUF found by its magic bytes, whatever its name.
+  const std::string renamed = dir + "/weights.bin";
+  fs::copy_file(kFixture + "/model.gguf", renamed);
+  EXPECT_TRUE(model_source_reads_rows(renamed));
+  ModelLoadOptions o;
+  EXPECT_EQ(model_source_ple_bytes(renamed, o), model_source_ple_bytes(kFixture + "/model.gguf", o));
+  EXPECT_GT(model_source_ple_bytes(renamed, o), 0u);
+  fs::remove_all(dir);
+}
+
+// A checkpoint whose head is stored quantized (bitsandbytes int8 codes) is read whole through
+// get(): the planner keeps its float32 transient.
+TEST(GatheredTables, QuantizedHeadIsNotReadByRows) {
+  const std::string dir = temp_dir("qlora_i8head");
+  fs::copy_file(kFixture + "/config.json", dir + "/config.json");
+  const SafeTensorsFile in(kFixture + "/model.safetensors");
+  SafeTensorsWriter w;
+  for (const SafeTensorInfo& t : in.tensors()) w.add(t.name, t.dtype, t.shape, in.data(t));
+  std::vector<int8_t> codes(160 * 64, 3);
+  w.add_vector("lm_head.weight", DType::I8, {160, 64}, codes);
+  w.write(dir + "/model.safetensors");
+  EXPECT_FALSE(model_source_reads_rows(dir));
+  fs::remove_all(dir);
+}
+
+// The planner's load phase: a 16-bit compute dtype holds a float32 copy of the embedding while
+// loading only when the source cannot read it by rows.
+TEST(GatheredTables, PlannedLoadPeakDropsTheTableTransientForRowReadingSources) {
+  ModelFiles f = open_model_files(kFixture);
+  ModelLoadOptions load;
+  load.compute_dtype = ComputeDType::BF16;
+  MemoryOptions mo = memory_options_for_run(kFixture, load, MemoryMode::Generate, 1);
+  EXPECT_TRUE(mo.source_reads_rows);
+  // (Gemma's vocabulary: the embedding step is the load's peak)
+  f.spec.vocab = f.spec.ple_vocab = 262144;
+  const MemoryPlan by_rows = plan_memory(f.spec, mo);
+  mo.source_reads_rows = false;
+  const MemoryPlan whole = plan_memory(f.spec, mo);
+  const uint64_t table = static_cast<uint64_t>(f.spec.vocab * f.spec.embed_width()) * 4;
+  EXPECT_GT(whole.load_peak_bytes, by_rows.load_peak_bytes + table / 2);
+  EXPECT_LE(whole.load_peak_bytes - by_rows.load_peak_bytes, table);
 }

@@ -214,9 +214,12 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
   as_loaded.keep_gguf_weights = !o.requantize_gguf;
   as_loaded.keep_gguf_blocks = mo.engine == qlora::MemoryEngine::Qlora;  // (as load_options: not with --device cuda)
   const qlora::GgufBlockTypes block_types = qlora::gguf_block_types(as_loaded);
-  if (!m.generated && mo.engine == qlora::MemoryEngine::Qlora) {  // (the qlora CPU loader's rules)
-    mo.source_reads_rows = qlora::model_source_reads_rows(o.model);
-    mo.ple_bytes = qlora::model_source_ple_bytes(o.model, as_loaded);
+  if (!m.generated && !o.model.empty() && mo.engine == qlora::MemoryEngine::Qlora) {  // (the qlora CPU loader's rules)
+    const qlora::SourceTables t = qlora::model_source_tables(o.model, as_loaded);
+    mo.source_reads_rows = t.reads_rows;
+    mo.ple_bytes = t.ple_bytes;
+    mo.embed_16bit = t.embed_16bit;
+    mo.head_16bit = t.head_16bit;
   }
   if (mo.compute_dtype == qlora::ComputeDType::F32 && !o.dense_head && !m.generated) {
     const qlora::Q8HeadTensors q8 = qlora::model_source_q8_0_head(o.model, block_types);
@@ -314,7 +317,7 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--double-quant", o->double_quant,
                                 "Quantize the absmax constants too (8-bit, blocks of 256)");
       qlora::cli::add_bool_flag(app, "--dense-head", o->dense_head,
-                                "As train/generate: a GGUF's quantized embedding / output head widened to the compute dtype");
+                                "As train/generate: the embedding / output head widened to the compute dtype (not kept 16-bit, 8-bit or as a GGUF's blocks)");
       qlora::cli::add_bool_flag(app, "--requantize-gguf", o->requantize_gguf,
                                 "As train/generate: a GGUF's 4-bit and Q8_0 linears re-quantized per --quant instead of kept as stored");
       qlora::cli::add_bool_flag(app, "--gguf-compact", o->gguf_compact,

@@ -38,9 +38,9 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   add_bool_flag(app, "--allow-unused-tensors", f.allow_unused_tensors,
                 "Load a model file holding tensors the model does not use (a warning instead of an error)");
   add_bool_flag(app, "--dense-head", f.dense_head,
-                "Widen a GGUF's quantized token embedding / output head to the compute dtype (by default, with fp32 "
-                "compute, it stays as stored when Q8_0, Q3_K or Q2_K (Q6_K and Q5_K too when decoding on 8-bit "
-                "activations, Q5_1 too with --gguf-compact), and "
+                "Widen the token embedding / output head to the compute dtype (by default, with fp32 compute, a "
+                "bf16 / fp16 one stays in its 16 bits, its values exactly; a GGUF's stays as stored when Q8_0, Q3_K "
+                "or Q2_K (Q6_K and Q5_K too when decoding on 8-bit activations, Q5_1 too with --gguf-compact), and "
                 "other types are re-quantized to Q8_0: a quarter of float32's bytes per token or less)");
   add_bool_flag(app, "--requantize-gguf", f.requantize_gguf,
                 "Re-quantize a GGUF's linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q5_x, Q6_K, Q8_0) "
@@ -234,7 +234,7 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
   }
   mo.engine = cuda_memory_engine(spec, mo.weights == WeightFormat::Int8);
   mo.ple_bytes = 0;  // (the CPU loader's forms: the CUDA engines' plans keep their own)
-  mo.source_reads_rows = false;
+  mo.source_reads_rows = mo.embed_16bit = mo.head_16bit = false;
   const MemoryPlan plan = plan_memory(spec, mo);
   if (limit) check_fits(plan, limit, what + " --device " + d.name());
   // Asking for the free memory creates this process's CUDA context, so what is free now

@@ -1161,7 +1161,7 @@ ModelFormat detect_model_format(const std::string& path) {
   fail(path, "unknown model format (expected a Hugging Face directory, .safetensors, .gguf or llama2.c .bin)");
 }
 
-ModelFiles open_model_files(const std::string& path, const std::string& tokenizer_path) {
+ModelFiles open_model_files(const std::string& path, const std::string& tokenizer_path, bool load_tokenizer) {
   ModelFiles m;
   m.path = path;
   m.format = detect_model_format(path);
@@ -1205,7 +1205,7 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
     case ModelFormat::Gguf: {
       auto src = std::make_unique<GgufSource>(path);
       m.spec = spec_from_gguf(*src);
-      if (tok_path.empty()) m.tokenizer = gguf_tokenizer(src->file());
+      if (tok_path.empty() && load_tokenizer) m.tokenizer = gguf_tokenizer(src->file());
       m.tensors = std::move(src);
       break;
     }
@@ -1230,7 +1230,8 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
       m.spec = r.spec;
       m.notice = random_model_notice(r);
       m.tensors = std::make_unique<RandomTensorSource>(r.spec, r.seed, r.canonical);
-      if (tok_path.empty()) {
+      if (!load_tokenizer) {
+      } else if (tok_path.empty()) {
         m.tokenizer = std::make_unique<Tokenizer>(byte_tokenizer_spec(r.spec.vocab, path));
       } else {
         // The model's specials are the tokenizer's (the spec assumed the byte tokenizer's).
@@ -1243,7 +1244,7 @@ ModelFiles open_model_files(const std::string& path, const std::string& tokenize
       break;
     }
   }
-  if (!m.tokenizer && !tok_path.empty()) m.tokenizer = tokenizer_from_path(tok_path, m.spec.vocab);
+  if (!m.tokenizer && !tok_path.empty() && load_tokenizer) m.tokenizer = tokenizer_from_path(tok_path, m.spec.vocab);
   if (m.tokenizer) {
     m.chat_template = m.tokenizer->chat_template();
     if (m.tokenizer->vocab_size() > m.spec.vocab)

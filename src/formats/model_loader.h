@@ -59,6 +59,8 @@ struct ModelFiles {
 // tokenizer .bin or a .gguf. Throws Error naming the offending file on any problem (for a
 // random model: the problem with its description, random_spec.h, or a vocabulary too
 // small for the byte tokenizer). Opening a random model generates nothing.
-ModelFiles open_model_files(const std::string& path, const std::string& tokenizer_path = "");
+// load_tokenizer false skips the tokenizer (tokenizer stays null): the memory planner reads the
+// weights' headers only.
+ModelFiles open_model_files(const std::string& path, const std::string& tokenizer_path = "", bool load_tokenizer = true);
 
 }  // namespace qlora

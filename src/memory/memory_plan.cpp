@@ -4,7 +4,6 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -16,7 +15,6 @@
 #include "formats/gguf.h"
 #include "formats/model_loader.h"
 #include "formats/model_family.h"
-#include "formats/safetensors.h"
 #include "model/backend.h"
 #include "model/block_program.h"
 #include "model/block_row_kernels.h"
@@ -27,7 +25,6 @@
 #include "model/gemm_bf16.h"
 #include "model/random_model.h"
 #include "model/random_spec.h"
-#include "quant/quantize_checkpoint.h"
 
 namespace qlora {
 
@@ -335,11 +332,15 @@ WeightBytes weight_bytes(const ModelSpec& s, const MemoryOptions& o, uint64_t de
   const uint64_t q8_bytes = vc + vc / 32 * 4;  // int8 codes + a float32 scale per 32 (DenseWeight::from_q8_0)
   // (the CUDA runner widens a Q8_0 head to float32 on the device)
   const bool cpu = o.engine == MemoryEngine::Qlora;
-  w.embed = cpu && o.embed_q8_0 ? (o.embed_block_bytes ? o.embed_block_bytes : q8_bytes) : vc * dense_bytes;
+  // (a 16-bit checkpoint's tables stay 16-bit with fp32 compute: DenseWeight::held_16bit)
+  w.embed = cpu && o.embed_q8_0 ? (o.embed_block_bytes ? o.embed_block_bytes : q8_bytes)
+            : cpu && o.embed_16bit ? vc * 2
+                                   : vc * dense_bytes;
   // (Gemma 4's per-layer embeddings, as loaded: in the compute dtype unless the source says otherwise)
   if (s.ple()) w.embed += o.ple_bytes ? o.ple_bytes : u(s.ple_vocab) * u(s.n_layers) * u(s.ple_dim) * dense_bytes;
   w.head = s.tied_embeddings ? 0
            : cpu && o.head_q8_0 ? (o.head_block_bytes ? o.head_block_bytes : q8_bytes)
+           : cpu && o.head_16bit ? vc * 2
                                 : vc * dense_bytes;
   w.norms = (2 * L + (s.final_norm ? 1 : 0)) * u(s.hidden) * norm_bytes;
   if (s.head_bias) w.bias += u(s.vocab) * norm_bytes;
@@ -369,13 +370,14 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
                                                "per 32 (fp16 for Q4_1, Q4_K's 6-bit code + fp32 per 256)" : ""));
   add(p, "Linear weights (dense " + dense_name + ")", w.dense_linear, "--quant none");
   const bool cpu = o.engine == MemoryEngine::Qlora;
-  auto head_form = [&](bool q8, uint64_t block_bytes) {
+  auto head_form = [&](bool q8, uint64_t block_bytes, bool sixteen) {
+    if (cpu && !q8 && sixteen && o.compute_dtype == ComputeDType::F32) return std::string("16-bit as stored");
     return std::string(!cpu || !q8 ? dense_name : block_bytes ? "GGUF blocks, as stored" : "GGUF Q8_0, kept 8-bit");
   };
-  add(p, "embeddings (" + head_form(o.embed_q8_0, o.embed_block_bytes) + ")", w.embed,
+  add(p, "embeddings (" + head_form(o.embed_q8_0, o.embed_block_bytes, o.embed_16bit) + ")", w.embed,
       o.ple_bytes ? "vocab x embedding width, and the per-layer inputs' table (" + format_gb(o.ple_bytes) + ", as loaded)"
                   : std::string("vocab x embedding width"));
-  add(p, "lm_head (" + head_form(o.head_q8_0, o.head_block_bytes) + ")", w.head, "untied output head");
+  add(p, "lm_head (" + head_form(o.head_q8_0, o.head_block_bytes, o.head_16bit) + ")", w.head, "untied output head");
   add(p, "norms and biases", w.norms + w.bias, "");
 }
 
@@ -580,7 +582,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
     const uint64_t block_scratch = 4 * u(block_scratch_floats(prog, sq).total());
     // The output head's dequantized tile (a bf16/fp16 head, or a GGUF's kept 8-bit / block one;
     // a float32 one is read in place: dense_backward_tile_floats).
-    const bool head_packed = o.engine == MemoryEngine::Qlora && (s.tied_embeddings ? o.embed_q8_0 : o.head_q8_0);
+    const bool head_packed = o.engine == MemoryEngine::Qlora && (s.tied_embeddings ? o.embed_q8_0 || o.embed_16bit
+                                                                                   : o.head_q8_0 || o.head_16bit);
     const uint64_t head_tile =
         db == 4 && !head_packed ? 0 : u(linear_backward_tile_floats(s.embed_width(), s.vocab));
     // TrainWorkspace::Impl besides: the program's transient buffers and its gradients, dx and
@@ -943,6 +946,9 @@ MemoryPlan plan_qlora_cuda_backend(const ModelSpec& s, const MemoryOptions& o) {
   MemoryOptions co = o;
   co.engine = MemoryEngine::Qlora;
   co.embed_q8_0 = co.head_q8_0 = false;
+  co.embed_16bit = co.head_16bit = false;  // (the CPU loader's forms)
+  co.ple_bytes = 0;
+  co.source_reads_rows = false;
   const MemoryPlan cpu = plan_qlora(s, co);
   const auto on_backend = [](const std::string& n) {
     for (const char* prefix : {"activations", "logits", "workspace", "KV cache", "forward scratch"})
@@ -1053,8 +1059,11 @@ MemoryOptions memory_options_for_run(const std::string& model_path, const ModelL
     }
   }
   if (!o.generated_weights) {
-    o.source_reads_rows = model_source_reads_rows(model_path);
-    o.ple_bytes = model_source_ple_bytes(model_path, load);
+    const SourceTables t = model_source_tables(model_path, load);
+    o.source_reads_rows = t.reads_rows;
+    o.ple_bytes = t.ple_bytes;
+    o.embed_16bit = t.embed_16bit;
+    o.head_16bit = t.head_16bit;
   }
   if (load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32 && !o.generated_weights) {
     const Q8HeadTensors q8 = model_source_q8_0_head(model_path, gguf_block_types(load));
@@ -1097,84 +1106,37 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBloc
   return r;
 }
 
-namespace {
-
-// The files whose headers the planner reads: a GGUF (by its magic bytes, as the loader detects
-// it) or safetensors (a directory, a .safetensors file, or the directory of a bare
-// config.json holding weights); neither for anything else (llama2.c, random:, a config alone).
-struct HeaderFiles {
-  std::string gguf;
-  std::vector<std::string> safetensors;
-};
-HeaderFiles header_files(const std::string& model_path) {
+SourceTables model_source_tables(const std::string& model_path, const ModelLoadOptions& load) {
   namespace fs = std::filesystem;
-  HeaderFiles h;
-  if (is_random_model(model_path)) return h;
+  SourceTables r;
   std::error_code ec;
-  fs::path p(model_path);
-  if (p.extension() == ".json") p = p.parent_path().empty() ? fs::path(".") : p.parent_path();
-  if (fs::is_directory(p, ec)) {
+  if (model_path.empty() || is_random_model(model_path) || !fs::exists(model_path, ec)) return r;
+  std::string path = model_path;
+  if (fs::path(model_path).extension() == ".json") {  // (a bare config.json: the weights beside it, if any)
+    const fs::path dir = fs::path(model_path).parent_path().empty() ? fs::path(".") : fs::path(model_path).parent_path();
     bool any = false;
-    for (const auto& e : fs::directory_iterator(p, ec)) any = any || e.path().extension() == ".safetensors";
-    if (any || fs::exists(p / "model.safetensors.index.json", ec)) h.safetensors = safetensors_files_of(p.string());
-    return h;
+    for (const auto& e : fs::directory_iterator(dir, ec)) any = any || e.path().extension() == ".safetensors";
+    if (!any) return r;
+    path = dir.string();
   }
-  if (!fs::is_regular_file(p, ec)) return h;
-  char magic[4] = {};
-  if (std::FILE* f = std::fopen(p.c_str(), "rb")) {
-    const size_t n = std::fread(magic, 1, 4, f);
-    std::fclose(f);
-    if (n == 4 && std::memcmp(magic, "GGUF", 4) == 0) {
-      h.gguf = p.string();
-      return h;
-    }
+  // (the source as the loader sees it: its names, its rules; headers only)
+  const ModelFiles f = open_model_files(path, "", /*load_tokenizer=*/false);
+  const TensorSource& src = *f.tensors;
+  const std::string embed = "model.embed_tokens.weight", head = "lm_head.weight", ple = "model.embed_tokens_per_layer.weight";
+  const bool has_head = !f.spec.tied_embeddings && src.has(head);
+  r.reads_rows = src.has(embed) && src.reads_rows(embed) && (!has_head || src.reads_rows(head));
+  const bool keep16 = load.keep_q8_0_head && load.compute_dtype == ComputeDType::F32;
+  r.embed_16bit = keep16 && src.has(embed) && src.stored_16bit(embed).has_value();
+  r.head_16bit = keep16 && has_head && src.stored_16bit(head).has_value();
+  if (f.spec.ple() && src.has(ple)) {
+    // (the stored type, as the loader's packed / plain branches see it)
+    GgmlType stored = GgmlType::F32;
+    if (const std::optional<ComputeDType> h = src.stored_16bit(ple)) stored = *h == ComputeDType::BF16 ? GgmlType::BF16 : GgmlType::F16;
+    else if (src.get_q8_0(ple)) stored = GgmlType::Q8_0;
+    else if (const auto b = src.get_stored_blocks(ple)) stored = b->type;
+    r.ple_bytes = gathered_table_bytes(stored, f.spec.ple_vocab, f.spec.n_layers * f.spec.ple_dim, load);
   }
-  if (p.extension() == ".safetensors") h.safetensors = {p.string()};
-  return h;
-}
-
-}  // namespace
-
-uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load) {
-  const HeaderFiles h = header_files(model_path);
-  if (!h.gguf.empty()) {
-    const GgufFile f(h.gguf);
-    const GgufTensorInfo* t = f.find_tensor("per_layer_token_embd.weight");
-    if (!t || t->dims.size() != 2) return 0;
-    const std::vector<int64_t> s = t->shape();
-    return gathered_table_bytes(t->type, s[0], s[1], load);
-  }
-  for (const std::string& file : h.safetensors) {
-    const SafeTensorsFile f(file);
-    for (const SafeTensorInfo& t : f.tensors()) {
-      if (!t.name.ends_with("embed_tokens_per_layer.weight") || t.shape.size() != 2) continue;
-      const GgmlType stored = t.dtype == DType::BF16 ? GgmlType::BF16 : t.dtype == DType::F16 ? GgmlType::F16 : GgmlType::F32;
-      return gathered_table_bytes(stored, t.shape[0], t.shape[1], load);
-    }
-  }
-  return 0;
-}
-
-bool model_source_reads_rows(const std::string& model_path) {
-  const HeaderFiles h = header_files(model_path);
-  if (!h.gguf.empty()) {  // (token_embd / output in any type the loader can read)
-    const GgufFile f(h.gguf);
-    for (const char* name : {"token_embd.weight", "output.weight"})
-      if (const GgufTensorInfo* t = f.find_tensor(name); t && !ggml_traits(t->type).can_dequantize) return false;
-    return true;
-  }
-  // The embedding and head stored as plain floats (a bitsandbytes 4- / 8-bit or FP8 head is read
-  // whole through get()), wrapped names (model.language_model.embed_tokens.weight) included.
-  bool any = false;
-  for (const std::string& file : h.safetensors) {
-    const SafeTensorsFile f(file);
-    for (const SafeTensorInfo& t : f.tensors()) {
-      if (!t.name.ends_with("embed_tokens.weight") && !t.name.ends_with("lm_head.weight")) continue;
-      if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16) return false;
-      any = true;
-    }
-  }
-  return any;
+  return r;
 }
 
 Q8HeadTensors model_source_q8_0_head(const std::string& model_path, GgufBlockTypes which) {

@@ -130,6 +130,9 @@ struct MemoryOptions {
   // reads_rows: safetensors, GGUF), so a 16-bit compute dtype holds no float32 copy of them
   // while loading.
   bool source_reads_rows = false;
+  // The embedding / untied head are stored in 16 bits (BF16 / F16) and stay so with fp32 compute
+  // (ModelLoadOptions::keep_q8_0_head, DenseWeight::held_16bit): 2 bytes a value.
+  bool embed_16bit = false, head_16bit = false;
   // Gemma 4's per-layer embedding table as loaded (model/model.h gathered_table_bytes: its
   // stored 16-bit format with fp32 compute, a GGUF's 8-bit / block forms); 0: in the compute dtype.
   uint64_t ple_bytes = 0;
@@ -223,16 +226,16 @@ struct Gguf4bitKept {
   uint64_t block_values = 0, block_bytes = 0;  // Q6_K / Q5_K / ... block linears (kept as stored, float32 compute)
 };
 Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBlockTypes which);
-// The bytes the qlora CPU loader with `load` holds the model's Gemma 4 per-layer embedding in
-// (MemoryOptions::ple_bytes), from the file headers only: a GGUF's per_layer_token_embd (the
-// file found by its magic bytes), a safetensors checkpoint's *embed_tokens_per_layer.weight (a
-// directory, a .safetensors file, or a bare config.json's directory); 0 when there is none
-// or the path is not such a model.
-uint64_t model_source_ple_bytes(const std::string& model_path, const ModelLoadOptions& load);
-// Whether the loader reads the model's embedding and head a slab of rows at a time
-// (MemoryOptions::source_reads_rows): a GGUF's, or a safetensors checkpoint's stored as plain
-// F32 / F16 / BF16 (not a bitsandbytes or FP8 head); false for other sources.
-bool model_source_reads_rows(const std::string& model_path);
+// What the qlora CPU loader with `load` makes of a model's tables -- the embedding, the output
+// head, Gemma 4's per-layer table -- read from the source's headers (opened as the loader opens
+// it, without the tokenizer: its names, its rules). No path, a random: model, or a bare
+// config.json with no weights beside it, gives the defaults.
+struct SourceTables {
+  bool reads_rows = false;                       // MemoryOptions::source_reads_rows
+  uint64_t ple_bytes = 0;                        // MemoryOptions::ple_bytes
+  bool embed_16bit = false, head_16bit = false;  // MemoryOptions::embed_16bit / head_16bit
+};
+SourceTables model_source_tables(const std::string& model_path, const ModelLoadOptions& load);
 
 // Planner options for the qlora engine describing a run that will load `model_path` with
 // `load` (storage, blocksize, double quant, compute dtype) on `threads` threads. A random:

@@ -128,8 +128,10 @@ struct ModelLoadOptions {
   // float32; one stored in a type kept as blocks (gguf_type_kept_as_blocks with
   // gguf_block_types below: Q3_K, Q2_K; Q6_K, Q5_K on 8-bit activations; Q5_1 with gguf_compact) stays as stored (DenseWeight::from_gguf_blocks: its
   // values exactly), and one in another quantized type (Q4_0, Q4_K, Q5_0, Q6_K, ...) is
-  // re-quantized to Q8_0 (DenseWeight::to_q8_0: within half a step of its block); false widens
-  // them to float32.
+  // re-quantized to Q8_0 (DenseWeight::to_q8_0: within half a step of its block); one stored
+  // in 16 bits (BF16 / F16: a Hugging Face checkpoint's usual dtypes, an F16 GGUF's) stays in
+  // them (DenseWeight::held_16bit: its values exactly, computed with in float32). false widens
+  // them to float32. (Gemma 4's per-layer table, only ever gathered, keeps its 16 bits either way.)
   bool keep_q8_0_head = true;
   // A GGUF's block linears stored in a 4-bit type with a 4-bit form (Q4_0, Q4_1, Q4_K,
   // IQ4_NL, IQ4_XS, MXFP4: formats/ggml_as_4bit.h) are kept as stored whenever quantizing,

@@ -336,17 +336,29 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
     }
     return std::nullopt;
   };
-  // Otherwise the values in `dtype`, a slab of rows at a time where the source reads rows (no
-  // float32 copy of the whole table when dtype is 16-bit).
-  auto plain = [&](const std::string& name, int64_t rows, int64_t cols, ComputeDType dtype) {
+  // Otherwise the values in the compute dtype, a slab of rows at a time where the source reads
+  // rows (no float32 copy of the whole table when it is 16-bit); with float32 compute a table
+  // the source stores in 16 bits stays in them (DenseWeight::held_16bit: its values exactly,
+  // half the bytes) when `keep16`.
+  auto plain = [&](const std::string& name, int64_t rows, int64_t cols, bool keep16) {
+    const std::optional<ComputeDType> held =
+        keep16 && opt.compute_dtype == ComputeDType::F32 ? src.stored_16bit(name) : std::nullopt;
     if (src.reads_rows(name))
-      return DenseWeight::from_rows(rows, cols, dtype, [&](int64_t r0, int64_t r1, float* out) { src.get_rows(name, r0, r1, out); });
-    return DenseWeight(src.get(name), rows, cols, dtype);
+      return DenseWeight::from_rows(
+          rows, cols, opt.compute_dtype, [&](int64_t r0, int64_t r1, float* out) { src.get_rows(name, r0, r1, out); },
+          held);
+    if (held) {
+      const std::vector<float> v = src.get(name);
+      return DenseWeight::from_rows(
+          rows, cols, opt.compute_dtype,
+          [&](int64_t r0, int64_t r1, float* out) { std::copy(v.begin() + r0 * cols, v.begin() + r1 * cols, out); }, held);
+    }
+    return DenseWeight(src.get(name), rows, cols, opt.compute_dtype);
   };
-  // The embedding and output head: dense in the compute dtype, or packed as above.
+  // The embedding and output head: packed as above, or plain (16-bit as stored unless --dense-head).
   auto dense = [&](const std::string& name, int64_t rows, int64_t cols) {
     if (std::optional<DenseWeight> p = packed(name, rows, cols)) return std::move(*p);
-    return plain(name, rows, cols, opt.compute_dtype);
+    return plain(name, rows, cols, opt.keep_q8_0_head);
   };
   {
     m.embed_ = dense("model.embed_tokens.weight", spec.vocab, spec.embed_width());
@@ -358,10 +370,7 @@ Model Model::load(const ModelSpec& spec_in, const TensorSource& src, const Model
       const std::string t = "model.embed_tokens_per_layer.weight";
       const int64_t rows = spec.ple_vocab, cols = spec.n_layers * spec.ple_dim;
       if (std::optional<DenseWeight> p = packed(t, rows, cols)) m.embed_ple_ = std::move(*p);
-      else
-        m.embed_ple_ = plain(t, rows, cols,
-                             opt.compute_dtype == ComputeDType::F32 ? src.stored_16bit(t).value_or(ComputeDType::F32)
-                                                                    : opt.compute_dtype);
+      else m.embed_ple_ = plain(t, rows, cols, /*keep16=*/true);
       progress(t);
       const std::string n = model_linear_name(spec, ModelLinear::PleProjection) + ".weight";
       m.model_linears_[2] = load_linear(src, n, opt);

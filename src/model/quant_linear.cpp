@@ -48,13 +48,17 @@ DenseWeight::DenseWeight(std::vector<float>&& w, int64_t rows, int64_t cols, Com
 }
 
 DenseWeight DenseWeight::from_rows(int64_t rows, int64_t cols, ComputeDType dtype,
-                                   const std::function<void(int64_t, int64_t, float*)>& fill) {
+                                   const std::function<void(int64_t, int64_t, float*)>& fill,
+                                   std::optional<ComputeDType> held_in) {
   DenseWeight d;
   d.rows_ = rows;
   d.cols_ = cols;
   d.dtype_ = dtype;
   const size_t n = static_cast<size_t>(rows * cols);
-  if (dtype == ComputeDType::F32) {
+  // (the format the 16-bit codes are in: the compute dtype's, or held_in's under float32)
+  const ComputeDType codes = dtype == ComputeDType::F32 && held_in && *held_in != ComputeDType::F32 ? *held_in : dtype;
+  if (codes != dtype) d.held_ = codes;
+  if (codes == ComputeDType::F32) {
     d.f32_.resize(n);
     if (n) fill(0, rows, d.f32_.data());
     return d;
@@ -65,7 +69,7 @@ DenseWeight DenseWeight::from_rows(int64_t rows, int64_t cols, ComputeDType dtyp
   for (int64_t r0 = 0; r0 < rows; r0 += slab) {
     const int64_t r1 = std::min(rows, r0 + slab);
     fill(r0, r1, buf.data());
-    convert_from_f32(to_dtype(dtype), buf.data(), d.h16_.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols));
+    convert_from_f32(to_dtype(codes), buf.data(), d.h16_.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols));
   }
   return d;
 }
@@ -215,10 +219,10 @@ void DenseWeight::rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld) co
     }
     return;
   }
-  if (dtype_ == ComputeDType::F32)
+  if (dtype_ == ComputeDType::F32 && !held_16bit())
     std::memcpy(out, f32_.data() + r0 * cols_, n * sizeof(float));
   else
-    convert_to_f32(to_dtype(dtype_), h16_.data() + r0 * cols_, out, n);
+    convert_to_f32(to_dtype(held_dtype()), h16_.data() + r0 * cols_, out, n);
 }
 
 namespace {
@@ -384,6 +388,21 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
       // token's logits those of the one-token product.
       parallel_for_range(rows_, std::max<int64_t>(1, gemv_min_rows(cols_) / T), [&](int64_t r0, int64_t r1) {
         kern.gemv_q8_multi(q8_.data(), q8_scale_.data(), cols_, x, T, y, rows_, r0, r1);
+      });
+    } else {
+      gemm_by_panels(
+          y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); },
+          /*bf16_operands=*/false);
+    }
+    return;
+  }
+  if (held_16bit()) {
+    // 16-bit values, float32 activations: one token widens each value on its way into the
+    // product (half float32's bytes per token); more widen rows a panel at a time.
+    if (T == 1) {
+      parallel_for_range(rows_, gemv_min_rows(cols_), [&](int64_t r0, int64_t r1) {
+        if (held_ == ComputeDType::BF16) kern.gemv_bf16(h16_.data(), cols_, x, y, r0, r1);
+        else kern.gemv_f16(h16_.data(), cols_, x, y, r0, r1);
       });
     } else {
       gemm_by_panels(

@@ -58,8 +58,12 @@ class DenseWeight {
   // slab of about 4 MB at a time), held in `dtype` (float32 as written, or rounded to bf16 /
   // fp16): no float32 copy of the whole tensor besides a float32 result (a source's
   // TensorSource::get_rows). fill's exceptions pass through.
+  // held_in (BF16 or F16) with dtype F32: the values, which must be exactly that format's (a
+  // source's TensorSource::stored_16bit), are held in its 16 bits and computed with in float32
+  // (held_16bit()): half the bytes, the same numbers as their float32 copy.
   static DenseWeight from_rows(int64_t rows, int64_t cols, ComputeDType dtype,
-                               const std::function<void(int64_t, int64_t, float*)>& fill);
+                               const std::function<void(int64_t, int64_t, float*)>& fill,
+                               std::optional<ComputeDType> held_in = std::nullopt);
 
   // From a GGUF Q8_0 tensor's blocks (34 bytes per 32 values: an fp16 scale d, then 32 int8
   // q), kept in 8 bits: the values are exactly the file's (d * q, exact in float32), read as
@@ -105,9 +109,14 @@ class DenseWeight {
   // Whether they are a GGUF's blocks as stored (from_gguf_blocks); gguf_type() says which type.
   bool gguf_blocks() const { return !gb_.empty(); }
   GgmlType gguf_type() const { return gb_type_; }
-  // Either: the values exist only in that form (rows_to_f32 widens them); f32_data() and
+  // Whether float32-compute values are held in 16 bits (from_rows' held_in): held_dtype() says
+  // which format. Products widen them exactly (one token: kernels' gemv_bf16 / gemv_f16 on
+  // float32 activations; more: rows widened to float32 a panel at a time).
+  bool held_16bit() const { return dtype_ == ComputeDType::F32 && !h16_.empty(); }
+  ComputeDType held_dtype() const { return held_16bit() ? held_ : dtype_; }
+  // Any of those: the values exist only in that form (rows_to_f32 widens them); f32_data() and
   // h16_data() are null.
-  bool packed() const { return q8() || gguf_blocks(); }
+  bool packed() const { return q8() || gguf_blocks() || held_16bit(); }
   // Rows [r0, r1) as float32 into out, row i at out + i * ld (ld 0: cols; else >= cols).
   void rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld = 0) const;
   // y (T, rows) = x (T, cols) · Wᵀ.
@@ -116,11 +125,12 @@ class DenseWeight {
   // (kernels::LinearKernels::gemv_q8_i8, llama.cpp's Q8_0 x Q8_0 dot product) instead of
   // float32 ones. Not bitsandbytes' numbers: see ModelLoadOptions::int8_activations.
   void set_int8_activations(bool on) { int8_act_ = on; }
-  // Whether its products of up to 8 tokens take that path (only packed weights have one).
-  bool int8_activations() const { return int8_act_ && packed(); }
+  // Whether its products of up to 8 tokens take that path (only 8-bit and GGUF block weights
+  // have one).
+  bool int8_activations() const { return int8_act_ && (q8() || gguf_blocks()); }
   size_t bytes() const { return f32_.size() * 4 + h16_.size() * 2 + q8_.size() + q8_scale_.size() * 4 + gb_.size(); }
   const float* f32_data() const { return f32_.data(); }       // when dtype() == F32 and !packed()
-  const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16
+  const uint16_t* h16_data() const { return h16_.data(); }    // when dtype() is BF16/F16 (or held_16bit())
 
  private:
   // A Q8_0 weight of rows x cols with its codes and scales allocated (to be filled); throws
@@ -131,6 +141,7 @@ class DenseWeight {
   ComputeDType dtype_ = ComputeDType::F32;
   std::vector<float> f32_;
   std::vector<uint16_t> h16_;
+  ComputeDType held_ = ComputeDType::F32;  // h16_'s format when held_16bit()
   std::vector<int8_t> q8_;        // (rows, cols) codes, from_q8_0
   std::vector<float> q8_scale_;   // (rows, cols / 32) their scales
   std::vector<uint8_t> gb_;       // from_gguf_blocks: rows of blocks as the file has them

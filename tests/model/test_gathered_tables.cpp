@@ -21,6 +21,7 @@
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "memory/memory_plan.h"
+#include "model/lora_step_compare.h"
 #include "model/model.h"
 #include "model/quant_linear.h"
 
@@ -52,11 +53,11 @@ std::string temp_dir(const char* stem) {
   return t;
 }
 
-// The fixture's checkpoint with every tensor stored as `dtype` (BF16 or F16), in a new directory.
-std::string sixteen_bit_copy(DType dtype) {
+// A fixture's checkpoint with every tensor stored as `dtype` (BF16 or F16), in a new directory.
+std::string sixteen_bit_copy(DType dtype, const std::string& fixture = kFixture) {
   const std::string dir = temp_dir("qlora_ple16");
-  fs::copy_file(kFixture + "/config.json", dir + "/config.json");
-  const SafeTensorsFile in(kFixture + "/model.safetensors");
+  fs::copy_file(fixture + "/config.json", dir + "/config.json");
+  const SafeTensorsFile in(fixture + "/model.safetensors");
   SafeTensorsWriter w;
   for (const SafeTensorInfo& t : in.tensors()) {
     const std::vector<float> v = in.to_float(t);
@@ -82,6 +83,9 @@ MemoryTensorSource in_memory(const TensorSource& src) {
   for (const std::string& n : src.names()) m.add(n, src.shape(n), src.get(n));
   return m;
 }
+
+uint64_t ple_bytes_of(const std::string& path, const ModelLoadOptions& o) { return model_source_tables(path, o).ple_bytes; }
+bool reads_rows_of(const std::string& path) { return model_source_tables(path, ModelLoadOptions{}).reads_rows; }
 
 }  // namespace
 
@@ -139,19 +143,21 @@ TEST(GatheredTables, SixteenBitPerLayerEmbeddingIsHeldAsStored) {
     const Model wide = Model::load(f.spec, mem, o);
     const ComputeDType want = dtype == DType::BF16 ? ComputeDType::BF16 : ComputeDType::F16;
     const uint64_t n = static_cast<uint64_t>(f.spec.ple_vocab * f.spec.n_layers * f.spec.ple_dim);
-    EXPECT_EQ(kept.embed_per_layer().dtype(), want);
+    EXPECT_TRUE(kept.embed_per_layer().held_16bit());
+    EXPECT_EQ(kept.embed_per_layer().dtype(), ComputeDType::F32);
+    EXPECT_EQ(kept.embed_per_layer().held_dtype(), want);
     EXPECT_EQ(kept.embed_per_layer().bytes(), 2 * n);
     EXPECT_EQ(wide.embed_per_layer().bytes(), 4 * n);
     EXPECT_EQ(all_rows(kept.embed_per_layer()), all_rows(wide.embed_per_layer()));
     const std::vector<int> prompt = {2, 17, 42, 99, 3, 77, 18, 150};
     EXPECT_EQ(logits_of(kept, prompt), logits_of(wide, prompt)) << "the 16-bit table changed the numbers";
     // the planner's rule, for this load and for bf16 compute (the compute dtype's 2 bytes)
-    EXPECT_EQ(model_source_ple_bytes(dir, o), kept.embed_per_layer().bytes());
+    EXPECT_EQ(ple_bytes_of(dir, o), kept.embed_per_layer().bytes());
     ModelLoadOptions b = o;
     b.compute_dtype = ComputeDType::BF16;
     const Model bf = Model::load(f.spec, *f.tensors, b);
     EXPECT_EQ(bf.embed_per_layer().dtype(), ComputeDType::BF16);
-    EXPECT_EQ(model_source_ple_bytes(dir, b), bf.embed_per_layer().bytes());
+    EXPECT_EQ(ple_bytes_of(dir, b), bf.embed_per_layer().bytes());
     fs::remove_all(dir);
   }
   // (the float32 fixture itself: float32, as stored)
@@ -160,7 +166,7 @@ TEST(GatheredTables, SixteenBitPerLayerEmbeddingIsHeldAsStored) {
   o.quant.quantize = false;
   const Model m = Model::load(f.spec, *f.tensors, o);
   EXPECT_EQ(m.embed_per_layer().dtype(), ComputeDType::F32);
-  EXPECT_EQ(model_source_ple_bytes(kFixture, o), m.embed_per_layer().bytes());
+  EXPECT_EQ(ple_bytes_of(kFixture, o), m.embed_per_layer().bytes());
 }
 
 // A GGUF's per-layer table: BF16 kept in 16 bits, Q8_0 kept in 8 bits (its values exactly), Q4_0
@@ -206,7 +212,7 @@ TEST(GatheredTables, GgufPerLayerEmbeddingStaysCompact) {
     const uint64_t n = static_cast<uint64_t>(spec.ple_vocab * spec.n_layers * P);
     const std::vector<float> a = all_rows(kept.embed_per_layer()), b = all_rows(wide.embed_per_layer());
     if (kind == 1) {
-      EXPECT_EQ(kept.embed_per_layer().dtype(), ComputeDType::BF16);
+      EXPECT_EQ(kept.embed_per_layer().held_dtype(), ComputeDType::BF16);
       EXPECT_EQ(kept.embed_per_layer().bytes(), 2 * n);
       EXPECT_EQ(wide.embed_per_layer().bytes(), 2 * n);  // (16 bits as stored either way)
     } else {
@@ -224,8 +230,8 @@ TEST(GatheredTables, GgufPerLayerEmbeddingStaysCompact) {
       }
       EXPECT_LT(worst, peak / 127.0) << kind;
     }
-    EXPECT_EQ(model_source_ple_bytes(path, o), kept.embed_per_layer().bytes());
-    EXPECT_EQ(model_source_ple_bytes(path, wide_o), wide.embed_per_layer().bytes());
+    EXPECT_EQ(ple_bytes_of(path, o), kept.embed_per_layer().bytes());
+    EXPECT_EQ(ple_bytes_of(path, wide_o), wide.embed_per_layer().bytes());
   }
   fs::remove_all(dir);
 }
@@ -284,32 +290,36 @@ TEST(GatheredTables, TablesAreReadByRowsWithoutAWholeFloat32Copy) {
     o.compute_dtype = dt;
     EXPECT_NO_THROW(Model::load(f.spec, src, o)) << static_cast<int>(dt);
   }
-  EXPECT_TRUE(model_source_reads_rows(dir));
-  EXPECT_TRUE(model_source_reads_rows(dir + "/config.json"));  // (a bare config.json: its directory's weights)
-  EXPECT_TRUE(model_source_reads_rows(kFixture + "/model.gguf"));
-  EXPECT_FALSE(model_source_reads_rows("random:llama-tiny"));
+  EXPECT_TRUE(reads_rows_of(dir));
+  EXPECT_TRUE(reads_rows_of(dir + "/config.json"));  // (a bare config.json: its directory's weights)
+  EXPECT_TRUE(reads_rows_of(kFixture + "/model.gguf"));
+  EXPECT_FALSE(reads_rows_of("random:llama-tiny"));
   // A GGUF found by its magic bytes, whatever its name.
   const std::string renamed = dir + "/weights.bin";
   fs::copy_file(kFixture + "/model.gguf", renamed);
-  EXPECT_TRUE(model_source_reads_rows(renamed));
+  EXPECT_TRUE(reads_rows_of(renamed));
   ModelLoadOptions o;
-  EXPECT_EQ(model_source_ple_bytes(renamed, o), model_source_ple_bytes(kFixture + "/model.gguf", o));
-  EXPECT_GT(model_source_ple_bytes(renamed, o), 0u);
+  EXPECT_EQ(ple_bytes_of(renamed, o), ple_bytes_of(kFixture + "/model.gguf", o));
+  EXPECT_GT(ple_bytes_of(renamed, o), 0u);
   fs::remove_all(dir);
 }
 
-// A checkpoint whose head is stored quantized (bitsandbytes int8 codes) is read whole through
-// get(): the planner keeps its float32 transient.
+// A checkpoint whose untied head is stored quantized (bitsandbytes 8-bit: int8 codes and SCB) is
+// read whole through get(): the planner keeps its float32 transient.
 TEST(GatheredTables, QuantizedHeadIsNotReadByRows) {
+  const std::string llama = std::string(QLORA_FIXTURE_DIR) + "/families/llama";
   const std::string dir = temp_dir("qlora_i8head");
-  fs::copy_file(kFixture + "/config.json", dir + "/config.json");
-  const SafeTensorsFile in(kFixture + "/model.safetensors");
+  fs::copy_file(llama + "/config.json", dir + "/config.json");
+  const SafeTensorsFile in(llama + "/model.safetensors");
   SafeTensorsWriter w;
-  for (const SafeTensorInfo& t : in.tensors()) w.add(t.name, t.dtype, t.shape, in.data(t));
-  std::vector<int8_t> codes(160 * 64, 3);
-  w.add_vector("lm_head.weight", DType::I8, {160, 64}, codes);
+  const SafeTensorInfo& head = in.at("lm_head.weight");
+  for (const SafeTensorInfo& t : in.tensors())
+    if (t.name != "lm_head.weight") w.add(t.name, t.dtype, t.shape, in.data(t));
+  w.add_vector("lm_head.weight", DType::I8, head.shape, std::vector<int8_t>(static_cast<size_t>(head.numel()), 3));
+  w.add_vector("lm_head.SCB", DType::F32, {head.shape[0]}, std::vector<float>(static_cast<size_t>(head.shape[0]), 1.0f));
   w.write(dir + "/model.safetensors");
-  EXPECT_FALSE(model_source_reads_rows(dir));
+  EXPECT_TRUE(reads_rows_of(llama));
+  EXPECT_FALSE(reads_rows_of(dir));
   fs::remove_all(dir);
 }
 
@@ -329,4 +339,59 @@ TEST(GatheredTables, PlannedLoadPeakDropsTheTableTransientForRowReadingSources) 
   const uint64_t table = static_cast<uint64_t>(f.spec.vocab * f.spec.embed_width()) * 4;
   EXPECT_GT(whole.load_peak_bytes, by_rows.load_peak_bytes + table / 2);
   EXPECT_LE(whole.load_peak_bytes - by_rows.load_peak_bytes, table);
+}
+
+// A 16-bit checkpoint's embedding and untied head stay in 16 bits with float32 compute
+// (DenseWeight::held_16bit): half the bytes. A decoded token's logits are their float32 copy's
+// bit for bit (the same GEMV, each value widened on the way), a prompt's within float32
+// summation order, and a LoRA step the same; --dense-head (keep_q8_0_head false) widens them.
+TEST(HeldTables, SixteenBitEmbeddingAndHeadKeepTheirNumbers) {
+  const std::string llama = std::string(QLORA_FIXTURE_DIR) + "/families/llama";
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    const std::string dir = sixteen_bit_copy(dtype, llama);
+    const ModelFiles f = open_model_files(dir);
+    ASSERT_FALSE(f.spec.tied_embeddings);
+    ModelLoadOptions o;
+    o.quant.quantize = false;
+    const Model kept = Model::load(f.spec, *f.tensors, o);
+    const MemoryTensorSource mem = in_memory(*f.tensors);
+    const Model wide = Model::load(f.spec, mem, o);
+    ModelLoadOptions dense_o = o;
+    dense_o.keep_q8_0_head = false;
+    const Model dense = Model::load(f.spec, *f.tensors, dense_o);
+    const uint64_t vc = static_cast<uint64_t>(f.spec.vocab * f.spec.embed_width());
+    for (const DenseWeight* w : {&kept.embed_tokens(), &kept.lm_head()}) {
+      EXPECT_TRUE(w->held_16bit());
+      EXPECT_EQ(w->held_dtype(), dtype == DType::BF16 ? ComputeDType::BF16 : ComputeDType::F16);
+      EXPECT_EQ(w->bytes(), 2 * vc);
+    }
+    EXPECT_EQ(dense.lm_head().bytes(), 4 * vc);
+    EXPECT_FALSE(dense.embed_tokens().packed());
+    EXPECT_EQ(all_rows(kept.lm_head()), all_rows(wide.lm_head()));
+    // the planner's view of it, and of --dense-head
+    const SourceTables t = model_source_tables(dir, o);
+    EXPECT_TRUE(t.embed_16bit && t.head_16bit && t.reads_rows);
+    EXPECT_FALSE(model_source_tables(dir, dense_o).head_16bit);
+
+    const std::vector<int> prompt = {1, 17, 42, 99, 3, 77, 18};
+    const std::vector<float> a = logits_of(kept, prompt), b = logits_of(wide, prompt);
+    double worst = 0, peak = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+      peak = std::max(peak, double(std::fabs(b[i])));
+    }
+    EXPECT_LE(worst, 1e-5 * peak) << "prompt logits";
+    // one decoded token after the prompt: the GEMV
+    auto next = [&](const Model& m) {
+      InferenceState st(m, 16);
+      forward(m, st, prompt, nullptr);
+      std::vector<float> out(static_cast<size_t>(m.spec().vocab));
+      const std::vector<int> one = {5};
+      forward(m, st, one, out.data());
+      return out;
+    };
+    EXPECT_EQ(next(kept), next(wide)) << "a decoded token's logits";
+    test::expect_same_lora_step(kept, wide, prompt);
+    fs::remove_all(dir);
+  }
 }

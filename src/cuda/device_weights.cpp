@@ -1,5 +1,6 @@
 #include "cuda/device_weights.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <optional>
@@ -63,11 +64,18 @@ DeviceDense upload_dense(const DenseWeight& w) {
   d.rows = w.rows();
   d.cols = w.cols();
   const size_t n = static_cast<size_t>(w.rows() * w.cols());
-  if (d.type == DenseType::F32 && w.packed()) {  // (a GGUF's Q8_0 head, or blocks kept as stored: widened here)
-    std::vector<float> rows(n);
-    w.rows_to_f32(0, w.rows(), rows.data());
+  if (d.type == DenseType::F32 && w.packed()) {
+    // (a GGUF's Q8_0 head, blocks kept as stored, or a 16-bit table held so: widened here a
+    // slab of rows (~4 MB) at a time, so the host never holds a float32 copy of the whole table)
     d.f32.resize(n);
-    d.f32.upload(rows.data(), n);
+    const int64_t cols = std::max<int64_t>(w.cols(), 1);
+    const int64_t slab = std::max<int64_t>(1, (int64_t{1} << 20) / cols);
+    std::vector<float> rows(static_cast<size_t>(std::min(w.rows(), slab) * cols));
+    for (int64_t r0 = 0; r0 < w.rows(); r0 += slab) {
+      const int64_t r1 = std::min(w.rows(), r0 + slab);
+      w.rows_to_f32(r0, r1, rows.data());
+      d.f32.upload(rows.data(), static_cast<size_t>((r1 - r0) * cols), static_cast<size_t>(r0 * cols));
+    }
   } else if (d.type == DenseType::F32) {
     d.f32.resize(n);
     d.f32.upload(w.f32_data(), n);

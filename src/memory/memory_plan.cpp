@@ -594,8 +594,8 @@ MemoryPlan plan_qlora(const ModelSpec& s, const MemoryOptions& o) {
                                   BT * (rope_tables + rope_staging) + 6 * BT + head_tile + 2 * BT * E +
                                   (o.checkpointing ? BT * C : 0));
     // On top, the largest transient: the lm_head input-gradient panels (64 x V + B*T x 64
-    // floats per thread).
-    const uint64_t lm_panels = (db == 4 ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + BT * 64) : 0);
+    // floats per thread) of a float32 head read in place (a packed one goes through the tile).
+    const uint64_t lm_panels = (db == 4 && !head_packed ? std::min<uint64_t>(threads, ceil_div(C, 64)) * 4 * (64 * V + BT * 64) : 0);
     add(r, "workspace (backward scratch, tiles, transients)", scratch + block_scratch + int8_ws(BT),
         "dx/dh/d-MLP/d-attention buffers, the block's declared scratch (dequantized weight tile, attention "
         "gradients, LoRA temporaries)");
@@ -1119,8 +1119,15 @@ SourceTables model_source_tables(const std::string& model_path, const ModelLoadO
     if (!any) return r;
     path = dir.string();
   }
-  // (the source as the loader sees it: its names, its rules; headers only)
-  const ModelFiles f = open_model_files(path, "", /*load_tokenizer=*/false);
+  // (the source as the loader sees it: its names, its rules; headers only). A path the loader
+  // cannot open gives the defaults here: the run's own open says what is wrong with it, and
+  // `qlora memory --model other.json` plans from that config alone.
+  ModelFiles f;
+  try {
+    f = open_model_files(path, "", /*load_tokenizer=*/false);
+  } catch (const Error&) {
+    return r;
+  }
   const TensorSource& src = *f.tensors;
   const std::string embed = "model.embed_tokens.weight", head = "lm_head.weight", ple = "model.embed_tokens_per_layer.weight";
   const bool has_head = !f.spec.tied_embeddings && src.has(head);

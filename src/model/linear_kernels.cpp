@@ -96,6 +96,12 @@ void gemv_f16_scalar(const uint16_t* w, int64_t cols, const float* x, float* y, 
   }
 }
 
+void gemv_h16_multi_scalar(const uint16_t* w, bool bf16, int64_t cols, const float* x, int64_t T, float* y,
+                           int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t t = 0; t < T; ++t)
+    (bf16 ? gemv_bf16_scalar : gemv_f16_scalar)(w, cols, x + t * cols, y + t * ldy, r0, r1);
+}
+
 void dequant_rows_q4_scalar(const Q4Matrix& w, int64_t r0, int64_t r1, float* out) {
   const int64_t s = r0 * w.cols, e = r1 * w.cols;
   for (int64_t i = s; i < e; ++i) out[i - s] = q4_weight(w, i);
@@ -319,7 +325,8 @@ const LinearKernels& scalar_linear_kernels() {
                                widen16_scalar, quantize_x_q8_scalar,
                                gemv_q4_i8_scalar,   gemv_q8_i8_scalar,
                                gemv_q4_i8_multi_scalar, gemv_q8_i8_multi_scalar,
-                               quantize_x_q8k_scalar, gemv_q8k_i8_scalar, gemv_q8k_i8_multi_scalar};
+                               quantize_x_q8k_scalar, gemv_q8k_i8_scalar, gemv_q8k_i8_multi_scalar,
+                               gemv_h16_multi_scalar};
   return k;
 }
 

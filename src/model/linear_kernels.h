@@ -190,6 +190,11 @@ struct LinearKernels {
   // kernel's, bit for bit.
   void (*gemv_q8k_i8_multi)(const Q4Matrix& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                             int64_t r0, int64_t r1);
+  // gemv_bf16 (bf16 true) / gemv_f16 for T <= kMaxGemvTokens tokens at once, each 16-bit
+  // weight widened once for all of them (batched decoding's output head held in 16 bits):
+  // y[t * ldy + r] = that kernel on x + t * cols, bit for bit at the same level.
+  void (*gemv_h16_multi)(const uint16_t* w, bool bf16, int64_t cols, const float* x, int64_t T, float* y, int64_t ldy,
+                         int64_t r0, int64_t r1);
 };
 // The super-block of quantize_x_q8k (GGML's QK_K).
 inline constexpr int64_t kQ8KBlock = 256;

@@ -676,6 +676,70 @@ void gemv_f16_avx2(const uint16_t* w, int64_t cols, const float* x, float* y, in
       [w](int64_t i) { return _cvtsh_ss(w[i]); });
 }
 
+// gemv_dense's instructions for each of T tokens (x (T, cols)), each 16-value step of the row
+// loaded once for all of them: every token's sum in the one-token order, bit for bit.
+template <int T, class Load, class Scalar>
+void gemv_dense_tokens(int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1, Load load,
+                       Scalar scalar) {
+  const int64_t main = cols & ~int64_t{15};
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t base = r * cols;
+    __m256 acc0[T], acc1[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < main; c += 16) {
+      const __m256 w0 = load(base + c), w1 = load(base + c + 8);
+      for (int t = 0; t < T; ++t) {
+        acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + c), acc0[t]);
+        acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + c + 8), acc1[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      float sacc = 0.0f;
+      for (int64_t c = main; c < cols; ++c) sacc += scalar(base + c) * x[t * cols + c];
+      y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + sacc;
+    }
+  }
+}
+
+template <int T>
+void gemv_h16_tokens_avx2(const uint16_t* w, bool bf16, int64_t cols, const float* x, float* y, int64_t ldy,
+                          int64_t r0, int64_t r1) {
+  if (bf16)
+    gemv_dense_tokens<T>(
+        cols, x, y, ldy, r0, r1,
+        [w](int64_t i) {
+          const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
+          return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        },
+        [w](int64_t i) {
+          const uint32_t u = static_cast<uint32_t>(w[i]) << 16;
+          float f;
+          __builtin_memcpy(&f, &u, 4);
+          return f;
+        });
+  else
+    gemv_dense_tokens<T>(
+        cols, x, y, ldy, r0, r1,
+        [w](int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))); },
+        [w](int64_t i) { return _cvtsh_ss(w[i]); });
+}
+
+void gemv_h16_multi_avx2(const uint16_t* w, bool bf16, int64_t cols, const float* x, int64_t T, float* y, int64_t ldy,
+                         int64_t r0, int64_t r1) {
+  // (more than 4 tokens in passes of up to 4: eight tokens' 16 accumulators would leave no
+  // register for the weights)
+  for (int64_t t0 = 0; t0 < T; t0 += 4) {
+    const float* xt = x + t0 * cols;
+    float* yt = y + t0 * ldy;
+    switch (std::min<int64_t>(4, T - t0)) {
+      case 1: gemv_h16_tokens_avx2<1>(w, bf16, cols, xt, yt, ldy, r0, r1); break;
+      case 2: gemv_h16_tokens_avx2<2>(w, bf16, cols, xt, yt, ldy, r0, r1); break;
+      case 3: gemv_h16_tokens_avx2<3>(w, bf16, cols, xt, yt, ldy, r0, r1); break;
+      default: gemv_h16_tokens_avx2<4>(w, bf16, cols, xt, yt, ldy, r0, r1); break;
+    }
+  }
+}
+
 // MT tokens x NR weight rows of dot products over K, 8 lanes at a time (scalar K tail).
 template <int MT, int NR>
 inline void dot_tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, float* y, int64_t ldy) {
@@ -1059,7 +1123,7 @@ const LinearKernels& avx2_linear_kernels() {
                                gemv_q4_i8_avx2,  gemv_q8_i8_avx2,
                                gemv_q4_i8_multi_avx2, gemv_q8_i8_multi_avx2,
                                avx2_q8k_kernels().quantize_x_q8k, avx2_q8k_kernels().gemv_q8k_i8,
-                               avx2_q8k_kernels().gemv_q8k_i8_multi};
+                               avx2_q8k_kernels().gemv_q8k_i8_multi, gemv_h16_multi_avx2};
   return k;
 }
 

@@ -430,6 +430,66 @@ void gemv_f16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, 
   });
 }
 
+// gemv_dense's instructions for each of T tokens (x (T, cols)), each 32-value step of the row
+// loaded once for all of them: every token's sum in the one-token order, bit for bit.
+template <int T, class Load>
+void gemv_dense_tokens(int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1, Load load) {
+  const int64_t main = cols & ~int64_t{31};
+  const int64_t rem = cols - main;
+  const __mmask16 m0 = rem >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rem) - 1);
+  const __mmask16 m1 = rem > 16 ? static_cast<__mmask16>((1u << (rem - 16)) - 1) : 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t base = r * cols;
+    __m512 acc0[T], acc1[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < main; c += 32) {
+      const __m512 w0 = load(base + c, __mmask16(0xFFFF)), w1 = load(base + c + 16, __mmask16(0xFFFF));
+      for (int t = 0; t < T; ++t) {
+        acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + c), acc0[t]);
+        acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + c + 16), acc1[t]);
+      }
+    }
+    if (rem) {
+      const __m512 w0 = load(base + main, m0);
+      for (int t = 0; t < T; ++t) acc0[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m0, x + t * cols + main), acc0[t]);
+      if (m1) {
+        const __m512 w1 = load(base + main + 16, m1);
+        for (int t = 0; t < T; ++t)
+          acc1[t] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m1, x + t * cols + main + 16), acc1[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm512_add_ps(acc0[t], acc1[t]));
+  }
+}
+
+template <int T>
+void gemv_h16_tokens_avx512(const uint16_t* w, bool bf16, int64_t cols, const float* x, float* y, int64_t ldy,
+                            int64_t r0, int64_t r1) {
+  if (bf16)
+    gemv_dense_tokens<T>(cols, x, y, ldy, r0, r1, [w](int64_t i, __mmask16 m) {
+      const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    });
+  else
+    gemv_dense_tokens<T>(cols, x, y, ldy, r0, r1, [w](int64_t i, __mmask16 m) {
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
+    });
+}
+
+void gemv_h16_multi_avx512(const uint16_t* w, bool bf16, int64_t cols, const float* x, int64_t T, float* y,
+                           int64_t ldy, int64_t r0, int64_t r1) {
+  switch (T) {
+    case 1: return gemv_h16_tokens_avx512<1>(w, bf16, cols, x, y, ldy, r0, r1);
+    case 2: return gemv_h16_tokens_avx512<2>(w, bf16, cols, x, y, ldy, r0, r1);
+    case 3: return gemv_h16_tokens_avx512<3>(w, bf16, cols, x, y, ldy, r0, r1);
+    case 4: return gemv_h16_tokens_avx512<4>(w, bf16, cols, x, y, ldy, r0, r1);
+    case 5: return gemv_h16_tokens_avx512<5>(w, bf16, cols, x, y, ldy, r0, r1);
+    case 6: return gemv_h16_tokens_avx512<6>(w, bf16, cols, x, y, ldy, r0, r1);
+    case 7: return gemv_h16_tokens_avx512<7>(w, bf16, cols, x, y, ldy, r0, r1);
+    default: return gemv_h16_tokens_avx512<8>(w, bf16, cols, x, y, ldy, r0, r1);
+  }
+}
+
 // MT tokens x NR weight rows of dot products over K, 16 lanes at a time.
 template <int MT, int NR>
 inline void dot_tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t K, float* y, int64_t ldy) {
@@ -674,7 +734,7 @@ const LinearKernels& avx512_linear_kernels() {
                                cpu_has_avx512_vnni() ? avx512_vnni_int8_gemv_kernels().gemv_q8_i8_multi
                                                      : avx2_linear_kernels().gemv_q8_i8_multi,
                                avx2_linear_kernels().quantize_x_q8k, avx2_linear_kernels().gemv_q8k_i8,
-                               avx2_linear_kernels().gemv_q8k_i8_multi};
+                               avx2_linear_kernels().gemv_q8k_i8_multi, gemv_h16_multi_avx512};
   return k;
 }
 

@@ -404,6 +404,12 @@ void DenseWeight::matmul(float* y, const float* x, int64_t T) const {
         if (held_ == ComputeDType::BF16) kern.gemv_bf16(h16_.data(), cols_, x, y, r0, r1);
         else kern.gemv_f16(h16_.data(), cols_, x, y, r0, r1);
       });
+    } else if (T <= kernels::kMaxGemvTokens) {
+      // A few tokens (batched decoding): each value widened once for all of them, each token's
+      // logits those of the one-token product.
+      parallel_for_range(rows_, std::max<int64_t>(1, gemv_min_rows(cols_) / T), [&](int64_t r0, int64_t r1) {
+        kern.gemv_h16_multi(h16_.data(), held_ == ComputeDType::BF16, cols_, x, T, y, rows_, r0, r1);
+      });
     } else {
       gemm_by_panels(
           y, x, T, rows_, cols_, [&](int64_t r0, int64_t r1, float* out) { rows_to_f32(r0, r1, out); },

@@ -114,8 +114,8 @@ class DenseWeight {
   // float32 activations; more: rows widened to float32 a panel at a time).
   bool held_16bit() const { return dtype_ == ComputeDType::F32 && !h16_.empty(); }
   ComputeDType held_dtype() const { return held_16bit() ? held_ : dtype_; }
-  // Any of those: the values exist only in that form (rows_to_f32 widens them); f32_data() and
-  // h16_data() are null.
+  // Any of those: the values exist only in that form (rows_to_f32 widens them); f32_data() is
+  // null, and h16_data() too unless held_16bit().
   bool packed() const { return q8() || gguf_blocks() || held_16bit(); }
   // Rows [r0, r1) as float32 into out, row i at out + i * ld (ld 0: cols; else >= cols).
   void rows_to_f32(int64_t r0, int64_t r1, float* out, int64_t ld = 0) const;

@@ -388,6 +388,51 @@ TEST(LinearKernels, Q8GemvMatchesReference) {
   }
 }
 
+// The few-token 16-bit product (batched decoding's head held in bf16 / fp16 under float32
+// compute): at every level, each token's row equals that level's one-token gemv_bf16 /
+// gemv_f16 bit for bit, for 1..8 tokens, on row lengths with every kind of tail and a range not
+// starting at 0, writing nothing outside it; the scalar one is within float32 rounding of the
+// products in double.
+TEST(LinearKernels, H16GemvMultiEqualsOneTokenAtATime) {
+  std::mt19937 rng(23);
+  for (SimdLevel lv : levels()) {
+    const LinearKernels& k = kernels::linear_kernels_for(lv);
+    for (bool bf16 : {true, false})
+      for (int64_t rows : {1, 5, 37})
+        for (int64_t cols : {1, 7, 16, 17, 31, 33, 100, 576}) {
+          const std::vector<float> wf = random_vec(rows * cols, rng);
+          std::vector<uint16_t> w(wf.size());
+          convert_from_f32(bf16 ? DType::BF16 : DType::F16, wf.data(), w.data(), w.size());
+          for (int64_t T = 1; T <= kernels::kMaxGemvTokens; ++T) {
+            const auto x = random_vec(T * cols, rng);
+            const int64_t ldy = rows + 3, r0 = rows > 2 ? 2 : 0;
+            std::vector<float> y(static_cast<size_t>(T * ldy), -7.0f), one(static_cast<size_t>(rows));
+            k.gemv_h16_multi(w.data(), bf16, cols, x.data(), T, y.data(), ldy, r0, rows);
+            for (int64_t t = 0; t < T; ++t) {
+              (bf16 ? k.gemv_bf16 : k.gemv_f16)(w.data(), cols, x.data() + t * cols, one.data(), r0, rows);
+              for (int64_t r = 0; r < ldy; ++r) {
+                const float got = y[static_cast<size_t>(t * ldy + r)];
+                if (r < r0 || r >= rows) {
+                  ASSERT_EQ(got, -7.0f) << simd_level_name(lv) << " wrote outside [r0, r1) at token " << t << " row " << r;
+                  continue;
+                }
+                ASSERT_EQ(got, one[static_cast<size_t>(r)]) << simd_level_name(lv) << (bf16 ? " bf16" : " f16") << " T " << T
+                                                            << " " << rows << "x" << cols << " token " << t << " row " << r;
+                double ref = 0, mag = 0;
+                for (int64_t c = 0; c < cols; ++c) {
+                  const double wv = bf16 ? bf16_to_f32(w[static_cast<size_t>(r * cols + c)])
+                                         : fp16_to_f32(w[static_cast<size_t>(r * cols + c)]);
+                  ref += wv * x[static_cast<size_t>(t * cols + c)];
+                  mag += std::fabs(wv * x[static_cast<size_t>(t * cols + c)]);
+                }
+                ASSERT_NEAR(got, ref, 1e-5 * mag + 1e-6) << simd_level_name(lv) << " " << rows << "x" << cols;
+              }
+            }
+          }
+        }
+  }
+}
+
 // The few-token 8-bit product (batched decoding's head): at every level, each token's row
 // equals that level's one-token gemv_q8 bit for bit, for 1..8 tokens, on awkward row counts
 // and a range not starting at 0, writing nothing outside it.

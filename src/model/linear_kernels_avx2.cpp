@@ -566,20 +566,34 @@ void dequant_rows_q4_avx2(const Q4Matrix& w, int64_t r0, int64_t r1, float* out)
   }
 }
 
-template <class Load, class Scalar>
-inline void gemv_dense(int64_t cols, const float* x, float* y, int64_t r0, int64_t r1, Load load, Scalar scalar) {
+// The dense GEMV (gemv_dense: T = 1) for each of T tokens (x (T, cols)), each 16-value step of the
+// row loaded once for all of them: every token's sum in the one-token order, bit for bit.
+template <int T, class Load, class Scalar>
+void gemv_dense_tokens(int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1, Load load,
+                       Scalar scalar) {
   const int64_t main = cols & ~int64_t{15};
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t base = r * cols;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc0[T], acc1[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
     for (int64_t c = 0; c < main; c += 16) {
-      acc0 = _mm256_fmadd_ps(load(base + c), _mm256_loadu_ps(x + c), acc0);
-      acc1 = _mm256_fmadd_ps(load(base + c + 8), _mm256_loadu_ps(x + c + 8), acc1);
+      const __m256 w0 = load(base + c), w1 = load(base + c + 8);
+      for (int t = 0; t < T; ++t) {
+        acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + c), acc0[t]);
+        acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + c + 8), acc1[t]);
+      }
     }
-    float sacc = 0.0f;
-    for (int64_t c = main; c < cols; ++c) sacc += scalar(base + c) * x[c];
-    y[r] = hsum(_mm256_add_ps(acc0, acc1)) + sacc;
+    for (int t = 0; t < T; ++t) {
+      float sacc = 0.0f;
+      for (int64_t c = main; c < cols; ++c) sacc += scalar(base + c) * x[t * cols + c];
+      y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + sacc;
+    }
   }
+}
+
+template <class Load, class Scalar>
+inline void gemv_dense(int64_t cols, const float* x, float* y, int64_t r0, int64_t r1, Load load, Scalar scalar) {
+  gemv_dense_tokens<1>(cols, x, y, 0, r0, r1, load, scalar);
 }
 
 void gemv_f32_avx2(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
@@ -654,74 +668,46 @@ void gemv_q8_multi_avx2(const int8_t* q, const float* scales, int64_t cols, cons
   }
 }
 
+// 8 bf16 / fp16 values widened to float32, and one (the rows' scalar tails).
+struct Bf16Rows {
+  const uint16_t* w;
+  __m256 operator()(int64_t i) const {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  float one(int64_t i) const {
+    const uint32_t u = static_cast<uint32_t>(w[i]) << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+  }
+};
+struct F16Rows {
+  const uint16_t* w;
+  __m256 operator()(int64_t i) const { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))); }
+  float one(int64_t i) const { return _cvtsh_ss(w[i]); }
+};
+
 void gemv_bf16_avx2(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  gemv_dense(
-      cols, x, y, r0, r1,
-      [w](int64_t i) {
-        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-      },
-      [w](int64_t i) {
-        const uint32_t u = static_cast<uint32_t>(w[i]) << 16;
-        float f;
-        __builtin_memcpy(&f, &u, 4);
-        return f;
-      });
+  const Bf16Rows rows{w};
+  gemv_dense(cols, x, y, r0, r1, rows, [rows](int64_t i) { return rows.one(i); });
 }
 
 void gemv_f16_avx2(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  gemv_dense(
-      cols, x, y, r0, r1,
-      [w](int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))); },
-      [w](int64_t i) { return _cvtsh_ss(w[i]); });
-}
-
-// gemv_dense's instructions for each of T tokens (x (T, cols)), each 16-value step of the row
-// loaded once for all of them: every token's sum in the one-token order, bit for bit.
-template <int T, class Load, class Scalar>
-void gemv_dense_tokens(int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1, Load load,
-                       Scalar scalar) {
-  const int64_t main = cols & ~int64_t{15};
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t base = r * cols;
-    __m256 acc0[T], acc1[T];
-    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < main; c += 16) {
-      const __m256 w0 = load(base + c), w1 = load(base + c + 8);
-      for (int t = 0; t < T; ++t) {
-        acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + c), acc0[t]);
-        acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + c + 8), acc1[t]);
-      }
-    }
-    for (int t = 0; t < T; ++t) {
-      float sacc = 0.0f;
-      for (int64_t c = main; c < cols; ++c) sacc += scalar(base + c) * x[t * cols + c];
-      y[t * ldy + r] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + sacc;
-    }
-  }
+  const F16Rows rows{w};
+  gemv_dense(cols, x, y, r0, r1, rows, [rows](int64_t i) { return rows.one(i); });
 }
 
 template <int T>
 void gemv_h16_tokens_avx2(const uint16_t* w, bool bf16, int64_t cols, const float* x, float* y, int64_t ldy,
                           int64_t r0, int64_t r1) {
-  if (bf16)
-    gemv_dense_tokens<T>(
-        cols, x, y, ldy, r0, r1,
-        [w](int64_t i) {
-          const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
-          return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-        },
-        [w](int64_t i) {
-          const uint32_t u = static_cast<uint32_t>(w[i]) << 16;
-          float f;
-          __builtin_memcpy(&f, &u, 4);
-          return f;
-        });
-  else
-    gemv_dense_tokens<T>(
-        cols, x, y, ldy, r0, r1,
-        [w](int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))); },
-        [w](int64_t i) { return _cvtsh_ss(w[i]); });
+  if (bf16) {
+    const Bf16Rows rows{w};
+    gemv_dense_tokens<T>(cols, x, y, ldy, r0, r1, rows, [rows](int64_t i) { return rows.one(i); });
+  } else {
+    const F16Rows rows{w};
+    gemv_dense_tokens<T>(cols, x, y, ldy, r0, r1, rows, [rows](int64_t i) { return rows.one(i); });
+  }
 }
 
 void gemv_h16_multi_avx2(const uint16_t* w, bool bf16, int64_t cols, const float* x, int64_t T, float* y, int64_t ldy,

@@ -332,26 +332,42 @@ void pack_q4_bf16_panel_avx512(const Q4Matrix& w, int64_t n0, int64_t Kp, uint16
   }
 }
 
-// Dense rows: Load(ptr, mask) returns 16 floats (masked-off lanes zero).
-template <class Load>
-inline void gemv_dense(int64_t cols, const float* x, float* y, int64_t r0, int64_t r1, Load load) {
+// The dense GEMV (gemv_dense: T = 1) for each of T tokens (x (T, cols)), each 32-value step of the
+// row loaded once for all of them: every token's sum in the one-token order, bit for bit. Dense
+// rows: Load(ptr, mask) returns 16 floats (masked-off lanes zero).
+template <int T, class Load>
+void gemv_dense_tokens(int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1, Load load) {
   const int64_t main = cols & ~int64_t{31};
   const int64_t rem = cols - main;
   const __mmask16 m0 = rem >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rem) - 1);
   const __mmask16 m1 = rem > 16 ? static_cast<__mmask16>((1u << (rem - 16)) - 1) : 0;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t base = r * cols;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc0[T], acc1[T];
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < main; c += 32) {
-      acc0 = _mm512_fmadd_ps(load(base + c, __mmask16(0xFFFF)), _mm512_loadu_ps(x + c), acc0);
-      acc1 = _mm512_fmadd_ps(load(base + c + 16, __mmask16(0xFFFF)), _mm512_loadu_ps(x + c + 16), acc1);
+      const __m512 w0 = load(base + c, __mmask16(0xFFFF)), w1 = load(base + c + 16, __mmask16(0xFFFF));
+      for (int t = 0; t < T; ++t) {
+        acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + c), acc0[t]);
+        acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + c + 16), acc1[t]);
+      }
     }
     if (rem) {
-      acc0 = _mm512_fmadd_ps(load(base + main, m0), _mm512_maskz_loadu_ps(m0, x + main), acc0);
-      if (m1) acc1 = _mm512_fmadd_ps(load(base + main + 16, m1), _mm512_maskz_loadu_ps(m1, x + main + 16), acc1);
+      const __m512 w0 = load(base + main, m0);
+      for (int t = 0; t < T; ++t) acc0[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m0, x + t * cols + main), acc0[t]);
+      if (m1) {
+        const __m512 w1 = load(base + main + 16, m1);
+        for (int t = 0; t < T; ++t)
+          acc1[t] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m1, x + t * cols + main + 16), acc1[t]);
+      }
     }
-    y[r] = hsum(_mm512_add_ps(acc0, acc1));
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm512_add_ps(acc0[t], acc1[t]));
   }
+}
+
+template <class Load>
+inline void gemv_dense(int64_t cols, const float* x, float* y, int64_t r0, int64_t r1, Load load) {
+  gemv_dense_tokens<1>(cols, x, y, 0, r0, r1, load);
 }
 
 void gemv_f32_avx512(const float* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
@@ -403,91 +419,51 @@ void gemv_q8_tokens_avx512(const int8_t* q, const float* scales, int64_t cols, c
   }
 }
 
-void gemv_q8_multi_avx512(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
-                          int64_t ldy, int64_t r0, int64_t r1) {
+// f(std::integral_constant<int, T>) for T in 1..8 (more: 8), so a kernel templated on its token
+// count is picked at run time.
+template <class F>
+void with_token_count(int64_t T, F f) {
   switch (T) {
-    case 1: return gemv_q8_tokens_avx512<1>(q, scales, cols, x, y, ldy, r0, r1);
-    case 2: return gemv_q8_tokens_avx512<2>(q, scales, cols, x, y, ldy, r0, r1);
-    case 3: return gemv_q8_tokens_avx512<3>(q, scales, cols, x, y, ldy, r0, r1);
-    case 4: return gemv_q8_tokens_avx512<4>(q, scales, cols, x, y, ldy, r0, r1);
-    case 5: return gemv_q8_tokens_avx512<5>(q, scales, cols, x, y, ldy, r0, r1);
-    case 6: return gemv_q8_tokens_avx512<6>(q, scales, cols, x, y, ldy, r0, r1);
-    case 7: return gemv_q8_tokens_avx512<7>(q, scales, cols, x, y, ldy, r0, r1);
-    default: return gemv_q8_tokens_avx512<8>(q, scales, cols, x, y, ldy, r0, r1);
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
   }
 }
 
+void gemv_q8_multi_avx512(const int8_t* q, const float* scales, int64_t cols, const float* x, int64_t T, float* y,
+                          int64_t ldy, int64_t r0, int64_t r1) {
+  with_token_count(T, [&](auto n) { gemv_q8_tokens_avx512<decltype(n)::value>(q, scales, cols, x, y, ldy, r0, r1); });
+}
+
+// A 16-value step of bf16 / fp16 rows widened to float32 (masked lanes 0).
+inline __m512 load_bf16(const uint16_t* w, int64_t i, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load_f16(const uint16_t* w, int64_t i, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i)); }
+
 void gemv_bf16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) {
-    const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  });
+  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) { return load_bf16(w, i, m); });
 }
 
 void gemv_f16_avx512(const uint16_t* w, int64_t cols, const float* x, float* y, int64_t r0, int64_t r1) {
-  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
-  });
-}
-
-// gemv_dense's instructions for each of T tokens (x (T, cols)), each 32-value step of the row
-// loaded once for all of them: every token's sum in the one-token order, bit for bit.
-template <int T, class Load>
-void gemv_dense_tokens(int64_t cols, const float* x, float* y, int64_t ldy, int64_t r0, int64_t r1, Load load) {
-  const int64_t main = cols & ~int64_t{31};
-  const int64_t rem = cols - main;
-  const __mmask16 m0 = rem >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rem) - 1);
-  const __mmask16 m1 = rem > 16 ? static_cast<__mmask16>((1u << (rem - 16)) - 1) : 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t base = r * cols;
-    __m512 acc0[T], acc1[T];
-    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < main; c += 32) {
-      const __m512 w0 = load(base + c, __mmask16(0xFFFF)), w1 = load(base + c + 16, __mmask16(0xFFFF));
-      for (int t = 0; t < T; ++t) {
-        acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + c), acc0[t]);
-        acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + c + 16), acc1[t]);
-      }
-    }
-    if (rem) {
-      const __m512 w0 = load(base + main, m0);
-      for (int t = 0; t < T; ++t) acc0[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m0, x + t * cols + main), acc0[t]);
-      if (m1) {
-        const __m512 w1 = load(base + main + 16, m1);
-        for (int t = 0; t < T; ++t)
-          acc1[t] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m1, x + t * cols + main + 16), acc1[t]);
-      }
-    }
-    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(_mm512_add_ps(acc0[t], acc1[t]));
-  }
-}
-
-template <int T>
-void gemv_h16_tokens_avx512(const uint16_t* w, bool bf16, int64_t cols, const float* x, float* y, int64_t ldy,
-                            int64_t r0, int64_t r1) {
-  if (bf16)
-    gemv_dense_tokens<T>(cols, x, y, ldy, r0, r1, [w](int64_t i, __mmask16 m) {
-      const __m256i h = _mm256_maskz_loadu_epi16(m, w + i);
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    });
-  else
-    gemv_dense_tokens<T>(cols, x, y, ldy, r0, r1, [w](int64_t i, __mmask16 m) {
-      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
-    });
+  gemv_dense(cols, x, y, r0, r1, [w](int64_t i, __mmask16 m) { return load_f16(w, i, m); });
 }
 
 void gemv_h16_multi_avx512(const uint16_t* w, bool bf16, int64_t cols, const float* x, int64_t T, float* y,
                            int64_t ldy, int64_t r0, int64_t r1) {
-  switch (T) {
-    case 1: return gemv_h16_tokens_avx512<1>(w, bf16, cols, x, y, ldy, r0, r1);
-    case 2: return gemv_h16_tokens_avx512<2>(w, bf16, cols, x, y, ldy, r0, r1);
-    case 3: return gemv_h16_tokens_avx512<3>(w, bf16, cols, x, y, ldy, r0, r1);
-    case 4: return gemv_h16_tokens_avx512<4>(w, bf16, cols, x, y, ldy, r0, r1);
-    case 5: return gemv_h16_tokens_avx512<5>(w, bf16, cols, x, y, ldy, r0, r1);
-    case 6: return gemv_h16_tokens_avx512<6>(w, bf16, cols, x, y, ldy, r0, r1);
-    case 7: return gemv_h16_tokens_avx512<7>(w, bf16, cols, x, y, ldy, r0, r1);
-    default: return gemv_h16_tokens_avx512<8>(w, bf16, cols, x, y, ldy, r0, r1);
-  }
+  with_token_count(T, [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    if (bf16)
+      gemv_dense_tokens<N>(cols, x, y, ldy, r0, r1, [w](int64_t i, __mmask16 m) { return load_bf16(w, i, m); });
+    else
+      gemv_dense_tokens<N>(cols, x, y, ldy, r0, r1, [w](int64_t i, __mmask16 m) { return load_f16(w, i, m); });
+  });
 }
 
 // MT tokens x NR weight rows of dot products over K, 16 lanes at a time.

@@ -22,6 +22,7 @@
 #include "formats/model_loader.h"
 #include "formats/safetensors.h"
 #include "memory/memory_plan.h"
+#include "model/central_difference.h"
 #include "model/lora_step_compare.h"
 #include "model/model.h"
 #include "model/quant_linear.h"
@@ -34,12 +35,16 @@ namespace {
 const std::string kFixture = std::string(QLORA_FIXTURE_DIR) + "/families/gemma4_e";
 const std::string kPle = "model.embed_tokens_per_layer.weight";
 
-std::vector<float> randn(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
+std::vector<float> randn(int64_t n, uint32_t seed) { return testing_util::randn(static_cast<size_t>(n), seed); }
+
+// Largest |a - b| relative to the largest |b|.
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, peak = 1e-30;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    peak = std::max(peak, double(std::fabs(b[i])));
+  }
+  return worst / peak;
 }
 
 std::vector<float> all_rows(const DenseWeight& w) {
@@ -153,13 +158,7 @@ TEST(GatheredTables, SixteenBitPerLayerEmbeddingIsHeldAsStored) {
     const std::vector<int> prompt = {2, 17, 42, 99, 3, 77, 18, 150};
     // (the tied head held in 16 bits multiplies a few tokens with the 16-bit GEMV, the float32
     // copy with the GEMM: the same products, summed in another order)
-    const std::vector<float> la = logits_of(kept, prompt), lb = logits_of(wide, prompt);
-    double worst = 0, peak = 0;
-    for (size_t i = 0; i < la.size(); ++i) {
-      worst = std::max(worst, double(std::fabs(la[i] - lb[i])));
-      peak = std::max(peak, double(std::fabs(lb[i])));
-    }
-    EXPECT_LE(worst, 1e-5 * peak) << "the 16-bit tables changed the numbers";
+    EXPECT_LE(max_rel_diff(logits_of(kept, prompt), logits_of(wide, prompt)), 1e-5) << "the 16-bit tables changed the numbers";
     // the planner's rule, for this load and for bf16 compute (the compute dtype's 2 bytes)
     EXPECT_EQ(ple_bytes_of(dir, o), kept.embed_per_layer().bytes());
     ModelLoadOptions b = o;
@@ -232,12 +231,7 @@ TEST(GatheredTables, GgufPerLayerEmbeddingStaysCompact) {
     if (kind <= 1) {
       EXPECT_EQ(a, b) << "the values changed";
     } else {  // (Q8_0 of Q4_0's / Q4_K's values: within half an 8-bit step of each block's largest)
-      double worst = 0, peak = 0;
-      for (size_t i = 0; i < a.size(); ++i) {
-        worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-        peak = std::max(peak, double(std::fabs(b[i])));
-      }
-      EXPECT_LT(worst, peak / 127.0) << kind;
+      EXPECT_LT(max_rel_diff(a, b), 1.0 / 127.0) << kind;
     }
     EXPECT_EQ(ple_bytes_of(path, o), kept.embed_per_layer().bytes());
     EXPECT_EQ(ple_bytes_of(path, wide_o), wide.embed_per_layer().bytes());
@@ -400,13 +394,7 @@ TEST(HeldTables, SixteenBitEmbeddingAndHeadKeepTheirNumbers) {
     }
 
     const std::vector<int> prompt = {1, 17, 42, 99, 3, 77, 18};
-    const std::vector<float> a = logits_of(kept, prompt), b = logits_of(wide, prompt);
-    double worst = 0, peak = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-      peak = std::max(peak, double(std::fabs(b[i])));
-    }
-    EXPECT_LE(worst, 1e-5 * peak) << "prompt logits";
+    EXPECT_LE(max_rel_diff(logits_of(kept, prompt), logits_of(wide, prompt)), 1e-5) << "prompt logits";
     // one decoded token after the prompt: the GEMV
     auto next = [&](const Model& m) {
       InferenceState st(m, 16);
@@ -441,12 +429,9 @@ TEST(HeldTables, SixteenBitEmbeddingAndHeadKeepTheirNumbers) {
         forward(kept, alone, prompt, nullptr);
         std::vector<float> one(static_cast<size_t>(V));
         forward(kept, alone, std::vector<int>{toks[i]}, one.data());
-        double diff = 0, scale = 1e-30;
-        for (int64_t v = 0; v < V; ++v) {
-          diff = std::max(diff, std::fabs(double(one[static_cast<size_t>(v)]) - batch[static_cast<size_t>(i * V + v)]));
-          scale = std::max(scale, std::fabs(double(one[static_cast<size_t>(v)])));
-        }
-        EXPECT_LT(diff, 1e-5 * scale) << "sequence " << i;
+        const std::vector<float> row(batch.begin() + static_cast<std::ptrdiff_t>(i * V),
+                                     batch.begin() + static_cast<std::ptrdiff_t>((i + 1) * V));
+        EXPECT_LT(max_rel_diff(row, one), 1e-5) << "sequence " << i;
       }
     }
     test::expect_same_lora_step(kept, wide, prompt);

@@ -1083,7 +1083,7 @@ Gguf4bitKept model_source_gguf_kept_4bit(const std::string& model_path, GgufBloc
     return r;
   // The block linears the loader will take as stored: the source's own rule (its names for
   // them, its exclusions), read from the headers only.
-  const ModelFiles files = open_model_files(model_path);
+  const ModelFiles files = open_model_files(model_path, "", /*load_tokenizer=*/false);
   const GgufFile f(model_path);
   for (const std::string& name : files.tensors->names()) {
     if (name.rfind("model.layers.", 0) != 0) continue;

@@ -171,7 +171,11 @@ void BM_GemvQ8I8(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * (rows * cols + rows * cols / 32 * 4));
   st.SetLabel(simd_level_name(lv));
 }
-BENCHMARK(BM_GemvQ8I8)->ArgsProduct({{1, 2}, {1536}, {576}, {1}})->ArgsProduct({{1, 2}, {49152}, {576}, {3}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvQ8I8)
+    ->ArgsProduct({{1, 2}, {1536}, {576}, {1}})
+    ->ArgsProduct({{1, 2}, {49152}, {576}, {3}})
+    ->ArgsProduct({{1}, {576}, {1536}, {1, 200}})  // (BM_GemvBlocksI8's shape)
+    ->Unit(benchmark::kMicrosecond);
 
 // The float-activation 8-bit GEMV (a GGUF's Q8_0 head as decoding runs it by default), single-
 // threaded: arg0 = SIMD level, arg1/2 = rows/cols, arg3 = copies cycled through (3 of SmolLM2's
@@ -199,6 +203,25 @@ BENCHMARK(BM_GemvQ8)
     ->ArgsProduct({{1}, {576}, {1536}, {1, 200}})  // (BM_GemvBlocks' shape)
     ->Unit(benchmark::kMicrosecond);
 
+// BM_GemvBlocks' types by argument, and `copies` copies of rows x cols random blocks of type
+// kBlockTypes[i] (random bytes, the fp16 scale fields set to small normal values).
+const GgmlType kBlockTypes[] = {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::Q2_K};
+std::vector<std::vector<uint8_t>> random_block_copies(int64_t i, int64_t rows, int64_t cols, int64_t copies) {
+  // (each type's fp16 fields: formats/ggml_types.h's block layouts)
+  const std::vector<std::vector<int>> halves = {{0}, {0, 2}, {0, 2}, {208}, {108}, {80, 82}};
+  const GgmlTypeTraits& tr = ggml_traits(kBlockTypes[i]);
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<uint8_t> w(static_cast<size_t>(rows * cols / tr.block_size * tr.type_size));
+  for (auto& v : w) v = static_cast<uint8_t>(byte(rng));
+  for (size_t off = 0; off < w.size(); off += tr.type_size)
+    for (int f : halves[static_cast<size_t>(i)]) {
+      const uint16_t h = f32_to_fp16(0.001f * static_cast<float>(1 + byte(rng)));
+      std::memcpy(w.data() + off + f, &h, 2);
+    }
+  return std::vector<std::vector<uint8_t>>(static_cast<size_t>(copies), w);
+}
+
 // A GGUF's rows kept as its blocks (model/block_row_kernels.h), single-threaded next to
 // BM_GemvQ8 on the same shape: arg0 = SIMD level, arg1 = type (0 Q5_0, 1 Q5_1, 2 Q5_K, 3 Q6_K,
 // 4 Q3_K, 5 Q2_K), arg2/3 = rows/cols, arg4 = copies cycled through (200 of SmolLM2's ffn_down
@@ -207,22 +230,11 @@ BENCHMARK(BM_GemvQ8)
 void BM_GemvBlocks(benchmark::State& st) {
   SimdLevel lv;
   if (!level_arg(st, lv)) return;
-  const GgmlType types[] = {GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::Q2_K};
-  // (each type's fp16 fields: formats/ggml_types.h's block layouts)
-  const std::vector<std::vector<int>> halves = {{0}, {0, 2}, {0, 2}, {208}, {108}, {80, 82}};
-  const GgmlType t = types[st.range(1)];
+  const GgmlType t = kBlockTypes[st.range(1)];
   const int64_t rows = st.range(2), cols = st.range(3), copies = st.range(4);
   const GgmlTypeTraits& tr = ggml_traits(t);
-  std::mt19937 rng(9);
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::vector<uint8_t> w(static_cast<size_t>(rows * cols / tr.block_size * tr.type_size));
-  for (auto& v : w) v = static_cast<uint8_t>(byte(rng));
-  for (size_t off = 0; off < w.size(); off += tr.type_size)
-    for (int f : halves[static_cast<size_t>(st.range(1))]) {
-      const uint16_t h = f32_to_fp16(0.001f * static_cast<float>(1 + byte(rng)));
-      std::memcpy(w.data() + off + f, &h, 2);
-    }
-  const std::vector<std::vector<uint8_t>> ws(static_cast<size_t>(copies), w);
+  const std::vector<std::vector<uint8_t>> ws = random_block_copies(st.range(1), rows, cols, copies);
+  const std::vector<uint8_t>& w = ws[0];
   const auto x = randn(cols, 7);
   std::vector<float> y(rows);
   const auto& k = kernels::block_row_kernels_for(lv);
@@ -242,6 +254,42 @@ void BM_GemvBlocks(benchmark::State& st) {
   st.SetLabel(std::string(simd_level_name(lv)) + " " + std::string(ggml_type_name(t)));
 }
 BENCHMARK(BM_GemvBlocks)
+    ->ArgsProduct({{1}, {0, 1, 2, 3, 4, 5}, {576}, {1536}, {1, 200}})
+    ->Unit(benchmark::kMicrosecond);
+
+// The same blocks on 8-bit activations (gemv_i8: the GGUF default of generate / chat / serve),
+// next to BM_GemvQ8I8 on the same shape; arguments as BM_GemvBlocks'. x's codes come from the
+// quantizer the loader pairs with the type (Q8_K for the 256-value types, Q8_0 for Q5_0 / Q5_1).
+void BM_GemvBlocksI8(benchmark::State& st) {
+  SimdLevel lv;
+  if (!level_arg(st, lv)) return;
+  const GgmlType t = kBlockTypes[st.range(1)];
+  const int64_t rows = st.range(2), cols = st.range(3), copies = st.range(4);
+  const GgmlTypeTraits& tr = ggml_traits(t);
+  const std::vector<std::vector<uint8_t>> ws = random_block_copies(st.range(1), rows, cols, copies);
+  const std::vector<uint8_t>& w = ws[0];
+  const auto x = randn(cols, 7);
+  std::vector<int8_t> xq(cols);
+  std::vector<float> xd(cols / 32), y(rows);
+  const auto& lin = kernels::linear_kernels_for(lv);
+  (tr.block_size == 256 ? lin.quantize_x_q8k : lin.quantize_x_q8)(x.data(), cols, xq.data(), xd.data());
+  const auto& k = kernels::block_row_kernels_for(lv);
+  int64_t c = 0;
+  for (auto _ : st) {
+    kernels::BlockRows b;
+    b.type = t;
+    b.data = ws[static_cast<size_t>(c)].data();
+    b.rows = rows;
+    b.cols = cols;
+    b.row_bytes = cols / tr.block_size * tr.type_size;
+    k.gemv_i8(b, xq.data(), xd.data(), 1, y.data(), rows, 0, rows);
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(w.size()));
+  st.SetLabel(std::string(simd_level_name(lv)) + " " + std::string(ggml_type_name(t)));
+}
+BENCHMARK(BM_GemvBlocksI8)
     ->ArgsProduct({{1}, {0, 1, 2, 3, 4, 5}, {576}, {1536}, {1, 200}})
     ->Unit(benchmark::kMicrosecond);
 

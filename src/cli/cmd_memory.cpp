@@ -321,7 +321,7 @@ const bool kRegistered = qlora::cli::register_command(
       qlora::cli::add_bool_flag(app, "--requantize-gguf", o->requantize_gguf,
                                 "As train/generate: a GGUF's 4-bit and Q8_0 linears re-quantized per --quant instead of kept as stored");
       qlora::cli::add_bool_flag(app, "--gguf-compact", o->gguf_compact,
-                                "As train/generate: a GGUF's Q6_K / Q5_K / Q5_1 linears and head kept as the file's "
+                                "As train/generate: a GGUF's Q6_K / Q5_K / Q5_1 / Q5_0 linears and head kept as the file's "
                                 "blocks instead of 8-bit");
       qlora::cli::add_bool_flag_pair(
           app, "--int8-activations", "--no-int8-activations", [o](bool on) { o->int8_activations = on; },

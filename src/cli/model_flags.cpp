@@ -40,23 +40,23 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
   add_bool_flag(app, "--dense-head", f.dense_head,
                 "Widen the token embedding / output head to the compute dtype (by default, with fp32 compute, a "
                 "bf16 / fp16 one stays in its 16 bits, its values exactly; a GGUF's stays as stored when Q8_0, Q3_K "
-                "or Q2_K (Q6_K and Q5_K too when decoding on 8-bit activations, Q5_1 too with --gguf-compact), and "
+                "or Q2_K (Q6_K, Q5_K, Q5_1 and Q5_0 too when decoding on 8-bit activations or with --gguf-compact), and "
                 "other types are re-quantized to Q8_0: a quarter of float32's bytes per token or less)");
   add_bool_flag(app, "--requantize-gguf", f.requantize_gguf,
                 "Re-quantize a GGUF's linears (Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K, Q5_x, Q6_K, Q8_0) "
                 "per --quant from their values, as transformers + bitsandbytes do with a GGUF (their numbers bit for "
                 "bit); by default they are kept as stored: the 4-bit ones always, and with fp32 compute on the CPU "
-                "Q3_K and Q2_K as the file's blocks, Q8_0 and Q5_0 as 8-bit blocks (all llama.cpp's values "
-                "exactly), Q6_K and Q5_K as the file's blocks when decoding on 8-bit activations (the GGUF default "
-                "of generate / chat / serve), else as Q8_0 of their values, and Q5_1 as Q8_0 of its values (all "
-                "as stored: --gguf-compact)");
+                "Q3_K and Q2_K as the file's blocks, Q8_0 as 8-bit blocks (all llama.cpp's values exactly), Q6_K, "
+                "Q5_K, Q5_1 and Q5_0 as the file's blocks when decoding on 8-bit activations (the GGUF default of "
+                "generate / chat / serve), else as 8-bit (Q5_0 exactly, the others Q8_0 of their values; as "
+                "stored: --gguf-compact)");
   add_bool_flag(app, "--gguf-compact", f.gguf_compact,
-                "Keep a GGUF's Q6_K, Q5_K and Q5_1 linears and head as the file's blocks (exactly llama.cpp's "
-                "values, the file's size) instead of Q8_0 of their values (within half an 8-bit step, 9 bits a "
-                "value) whatever the activations: 27-40% fewer bytes. Decoding on 8-bit activations (the GGUF "
-                "default) keeps Q6_K and Q5_K so anyway, where their products are the faster; on float "
-                "activations (train, eval, --no-int8-activations) they ran 1.4-1.5x slower on a 2-core Zen 3, "
-                "and Q5_1's on 8-bit ones too (bench/RESULTS.md)");
+                "Keep a GGUF's Q6_K, Q5_K, Q5_1 and Q5_0 linears and head as the file's blocks (exactly "
+                "llama.cpp's values, the file's size) instead of 8-bit (Q8_0 of their values, within half an "
+                "8-bit step, 9 bits a value) on float activations too: 24-40% fewer bytes. Decoding on 8-bit "
+                "activations (the GGUF default) keeps them so anyway, where their products are as fast or faster; "
+                "on float activations (train, eval, --no-int8-activations) they ran 1.4-1.5x slower on a 2-core "
+                "Zen 3 (bench/RESULTS.md)");
 }
 
 namespace {

@@ -121,6 +121,9 @@ class WrappedSource : public TensorSource {
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(stored(name)); }
   bool keeps_gguf_4bit(const std::string& name) const override { return inner_->keeps_gguf_4bit(stored(name)); }
   bool keeps_gguf_blocks(const std::string& name) const override { return inner_->keeps_gguf_blocks(stored(name)); }
+  std::optional<GgmlType> gguf_block_type(const std::string& name) const override {
+    return inner_->gguf_block_type(stored(name));
+  }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
     return inner_->get_q8_0_linear(stored(name));
   }

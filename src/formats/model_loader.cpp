@@ -100,6 +100,9 @@ class RenamedSource : public TensorSource {
   std::optional<Quantized4bit> get_4bit(const std::string& name) const override { return inner_->get_4bit(hf(name)); }
   bool keeps_gguf_4bit(const std::string& name) const override { return inner_->keeps_gguf_4bit(hf(name)); }
   bool keeps_gguf_blocks(const std::string& name) const override { return inner_->keeps_gguf_blocks(hf(name)); }
+  std::optional<GgmlType> gguf_block_type(const std::string& name) const override {
+    return inner_->gguf_block_type(hf(name));
+  }
   std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& name) const override {
     return inner_->get_q8_0_linear(hf(name));
   }
@@ -542,9 +545,12 @@ class GgufSource : public TensorSource {
     const std::vector<uint8_t> q8 = q5_0_as_q8_0(file_.tensor_data(t));
     return rows_as_stored(t, q8);
   }
+  std::optional<GgmlType> gguf_block_type(const std::string& name) const override {
+    if (!keeps_gguf_blocks(name)) return std::nullopt;
+    return info(name).type;
+  }
   std::optional<GgufBlocks> get_gguf_blocks(const std::string& name) const override {
-    if (!keeps_gguf_blocks(name) || info(name).type == GgmlType::Q8_0 || info(name).type == GgmlType::Q5_0)
-      return std::nullopt;
+    if (!keeps_gguf_blocks(name) || info(name).type == GgmlType::Q8_0) return std::nullopt;
     const GgufTensorInfo& t = info(name);
     return GgufBlocks{t.type, rows_as_stored(t, file_.tensor_data(t))};
   }

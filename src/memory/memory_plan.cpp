@@ -358,7 +358,7 @@ void add_weight_items(MemoryPlan& p, const WeightBytes& w, const MemoryOptions& 
   const bool q8_label = (o.weights == WeightFormat::NF4 || o.weights == WeightFormat::FP4) && o.gguf_kept_q8_values > 0 &&
                         o.compute_dtype == ComputeDType::F32 && o.engine == MemoryEngine::Qlora;
   add(p, q8_label ? "8-bit weights (GGUF Q8_0 as stored)" : "8-bit weights (LLM.int8)", w.int8, "1 byte per Linear parameter");
-  add(p, "GGUF Q6_K / Q5_K / Q5_1 / Q3_K / Q2_K linears (as stored)", w.gguf_blocks, "the file's bytes");
+  add(p, "GGUF Q6_K / Q5_K / Q5_1 / Q5_0 / Q3_K / Q2_K linears (as stored)", w.gguf_blocks, "the file's bytes");
   add(p, "quantization constants", w.constants,
       o.weights == WeightFormat::Int8
           ? "fp32 row scales"

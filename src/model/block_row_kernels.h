@@ -70,6 +70,9 @@ namespace detail {
 // type (the caller's generic kernel takes those). Only when cpu_simd_level() >= AVX2.
 bool gemv_i8_kquant_avx2(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                          int64_t r0, int64_t r1);
+// The same for Q5_0 / Q5_1 (model/block_row_kernels_q5_i8_avx2.cpp).
+bool gemv_i8_q5_avx2(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
+                     int64_t r0, int64_t r1);
 }  // namespace detail
 const BlockRowKernels& avx2_block_row_kernels();  // only when cpu_simd_level() >= AVX2
 const BlockRowKernels& block_row_kernels_for(SimdLevel level);

@@ -15,15 +15,6 @@ namespace qlora::kernels {
 namespace {
 
 
-// Byte j of the result is 0xFF where bit j of `bits` is set, else 0 (Q5_0 / Q5_1's fifth bits).
-inline __m256i bytes_from_bits(uint32_t bits) {
-  const __m256i rep = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
-                                          _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
-                                                           2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-  const __m256i sel = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
-  return _mm256_cmpeq_epi8(_mm256_and_si256(rep, sel), sel);
-}
-
 // 0xFF where the byte has the bit `mask` set.
 inline __m256i has_bit(__m256i v, int mask) {
   const __m256i m = bytes(mask);
@@ -57,13 +48,6 @@ inline Codes widen(__m256i q) {
 // minimum code mn0, the last 16 with (sc1, mn1), goes to f.template chunk<M>(q, sc0, mn0, sc1,
 // mn1, pos). The value is (d * sc) * q, then - or + dmin * mn, each product in float32 as the
 // reference rounds it (types with one float scale per block pass sc = 1, mn = 1: d * 1 is d).
-
-// Q5_0 / Q5_1's 32 five-bit codes: value j is nibble j (low nibbles of qs, then high) with bit j of qh.
-inline __m256i q5_nibbles(const uint8_t* qs) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i m4 = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
-}
 
 // Q4_K / Q5_K's 6-bit scale and minimum of sub-block j (formats/ggml_types.h q4_k_scale_min, inline).
 inline void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
@@ -249,110 +233,6 @@ void gemv_tokens(const BlockRows& w, const float* x, float* y, int64_t ldy, int6
   }
 }
 
-// The 8-bit-activation GEMV's consumer for the 32-value types (Q5_0, Q5_1; the 256-value ones
-// have kernels of their own, block_row_kernels_i8_avx2.cpp), in integers within a block as
-// llama.cpp's products: per chunk and token, the codes times xq summed in pairs (|code| <= 32:
-// int16), times the integer scales (madd) into isum; Q5_1's minimum times xq's sums per 16
-// (precomputed per call: bsum) into imin. The block's end (finish) scales both once with d,
-// dmin and x's Q8_0 scale.
-template <GgmlType Ty>
-constexpr bool kHasMin = Ty == GgmlType::Q5_1;
-
-template <int G>
-struct GemvChunksI8 {
-  const int8_t* xq;     // token g's codes at xq + g * cols
-  const float* xd;      // its scales per 32 at xd + g * (cols / 32)
-  const int16_t* bsum;  // its sums of xq per 16 at bsum + g * (cols / 16) (modes with a minimum)
-  int64_t cols = 0, base = 0;  // base: the block's first value
-  __m256 acc[G];
-  float accm[G];
-  __m256i isum[G];
-  int32_t imin[G];
-  float d_ = 0.0f, dmin_ = 0.0f;
-  bool add_min_ = false;
-
-  inline void block(float d, float dmin) {
-    d_ = d, dmin_ = dmin;
-    for (int g = 0; g < G; ++g) isum[g] = _mm256_setzero_si256(), imin[g] = 0;
-  }
-  template <Mode M>
-  inline void chunk(__m256i q, int sc0, int mn0, int sc1, int mn1, int pos) {
-    // (the types with a minimum have codes >= 0: unsigned times signed as they are; the others
-    // take |q| and x with q's sign)
-    constexpr bool kUnsigned = M != Mode::Scale;
-    const __m256i aq = kUnsigned ? q : _mm256_sign_epi8(q, q);
-    const __m256i S = _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(sc0)), _mm_set1_epi16(static_cast<int16_t>(sc1)));
-    const int64_t i = base + pos;
-    for (int g = 0; g < G; ++g) {
-      const __m256i xv = load256(reinterpret_cast<const uint8_t*>(xq + g * cols + i));
-      const __m256i sx = kUnsigned ? xv : _mm256_sign_epi8(xv, q);
-      isum[g] = _mm256_add_epi32(isum[g], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), S));
-      if constexpr (M != Mode::Scale) {
-        const int16_t* bs = bsum + g * (cols / 16) + i / 16;
-        imin[g] += mn0 * bs[0] + mn1 * bs[1];
-      }
-    }
-    add_min_ = M == Mode::AddMin;
-  }
-  template <bool Mins>
-  inline void finish() {
-    for (int g = 0; g < G; ++g) {
-      const float dx = xd[g * (cols / 32) + base / 32];
-      acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[g]), _mm256_set1_ps(d_ * dx), acc[g]);
-      if constexpr (Mins) {
-        const float t = (dmin_ * dx) * static_cast<float>(imin[g]);
-        accm[g] = add_min_ ? accm[g] + t : accm[g] - t;
-      }
-    }
-  }
-};
-
-template <GgmlType Ty, int G>
-void gemv_i8_tokens(const BlockRows& w, const int8_t* xq, const float* xd, const int16_t* bsum, float* y, int64_t ldy,
-                    int64_t r0, int64_t r1) {
-  constexpr int64_t QK = kBlockValues<Ty>, BB = kBlockBytes<Ty>;
-  const int64_t nb = w.cols / QK;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes;
-    GemvChunksI8<G> f;
-    f.xq = xq;
-    f.xd = xd;
-    f.bsum = bsum;
-    f.cols = w.cols;
-    for (int g = 0; g < G; ++g) {
-      f.acc[g] = _mm256_setzero_ps();
-      f.accm[g] = 0.0f;
-    }
-    for (int64_t b = 0; b < nb; ++b) {
-      f.base = b * QK;
-      decode_block<Ty>(row + b * BB, f);
-      f.template finish<kHasMin<Ty>>();
-    }
-    for (int g = 0; g < G; ++g) y[g * ldy + r] = hsum(f.acc[g]) + f.accm[g];
-  }
-}
-
-template <GgmlType Ty>
-void gemv_i8_type(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy, int64_t r0,
-                  int64_t r1) {
-  constexpr bool kMins = kHasMin<Ty>;
-  thread_local std::vector<int16_t> bs;
-  if (kMins) {  // xq's sums per 16, every token
-    bs.resize(static_cast<size_t>(T * (w.cols / 16)));
-    for (int64_t k = 0; k < T * (w.cols / 16); ++k) {
-      int s = 0;
-      for (int i = 0; i < 16; ++i) s += xq[16 * k + i];
-      bs[static_cast<size_t>(k)] = static_cast<int16_t>(s);
-    }
-  }
-  const int16_t* b = kMins ? bs.data() : nullptr;
-  const int64_t nd = w.cols / 32, nbs = w.cols / 16;
-  int64_t t = 0;
-  for (; t + 2 <= T; t += 2)
-    gemv_i8_tokens<Ty, 2>(w, xq + t * w.cols, xd + t * nd, b ? b + t * nbs : nullptr, y + t * ldy, ldy, r0, r1);
-  if (t < T) gemv_i8_tokens<Ty, 1>(w, xq + t * w.cols, xd + t * nd, b ? b + t * nbs : nullptr, y + t * ldy, ldy, r0, r1);
-}
-
 // rows_to_f32's consumer: the values, each code times its scale (then the minimum), as the
 // reference computes them, stored in order.
 struct StoreChunks : FloatScales {
@@ -416,11 +296,8 @@ void gemv_avx2(const BlockRows& w, const float* x, int64_t T, float* y, int64_t 
 void gemv_i8_avx2(const BlockRows& w, const int8_t* xq, const float* xd, int64_t T, float* y, int64_t ldy,
                   int64_t r0, int64_t r1) {
   if (detail::gemv_i8_kquant_avx2(w, xq, xd, T, y, ldy, r0, r1)) return;  // the 256-value types
-  switch (w.type) {
-    case GgmlType::Q5_0: return gemv_i8_type<GgmlType::Q5_0>(w, xq, xd, T, y, ldy, r0, r1);
-    case GgmlType::Q5_1: return gemv_i8_type<GgmlType::Q5_1>(w, xq, xd, T, y, ldy, r0, r1);
-    default: return scalar_block_row_kernels().gemv_i8(w, xq, xd, T, y, ldy, r0, r1);
-  }
+  if (detail::gemv_i8_q5_avx2(w, xq, xd, T, y, ldy, r0, r1)) return;      // Q5_0, Q5_1
+  scalar_block_row_kernels().gemv_i8(w, xq, xd, T, y, ldy, r0, r1);
 }
 
 void rows_to_f32_avx2(const BlockRows& w, int64_t r0, int64_t r1, float* out, int64_t ld) {

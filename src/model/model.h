@@ -126,7 +126,7 @@ struct ModelLoadOptions {
   // A GGUF's Q8_0 token embedding / output head stays 8-bit (DenseWeight::from_q8_0: the
   // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
   // float32; one stored in a type kept as blocks (gguf_type_kept_as_blocks with
-  // gguf_block_types below: Q3_K, Q2_K; Q6_K, Q5_K on 8-bit activations; Q5_1 with gguf_compact) stays as stored (DenseWeight::from_gguf_blocks: its
+  // gguf_block_types below: Q3_K, Q2_K; Q6_K, Q5_K, Q5_1, Q5_0 on 8-bit activations or with gguf_compact) stays as stored (DenseWeight::from_gguf_blocks: its
   // values exactly), and one in another quantized type (Q4_0, Q4_K, Q5_0, Q6_K, ...) is
   // re-quantized to Q8_0 (DenseWeight::to_q8_0: within half a step of its block); one stored
   // in 16 bits (BF16 / F16: a Hugging Face checkpoint's usual dtypes, an F16 GGUF's) stays in
@@ -139,18 +139,18 @@ struct ModelLoadOptions {
   // too (keep_gguf_blocks); false re-quantizes them from their values per `quant`, as
   // transformers + bitsandbytes do with a GGUF (--requantize-gguf: bit-exact parity with them).
   bool keep_gguf_weights = true;
-  // With keep_gguf_weights, whether block linears stored in Q8_0 or Q5_0 stay 8-bit (DenseWeight::
+  // With keep_gguf_weights, whether block linears stored in Q8_0 stay 8-bit (DenseWeight::
   // from_q8_0: their values exactly), those in Q3_K or Q2_K stay as the file's blocks
   // (DenseWeight::from_gguf_blocks: its size and exactly its values, where NF4 would change
-  // them) and those in Q6_K, Q5_K or Q5_1 become Q8_0 of their values or stay as the file's
-  // blocks too (gguf_block_types below: Q6_K / Q5_K on 8-bit activations, all three with
-  // gguf_compact); float32 compute, not --quant int8. The CLI
+  // them) and those in Q6_K, Q5_K, Q5_1 or Q5_0 stay as the file's blocks too on 8-bit
+  // activations or with gguf_compact (gguf_block_types below), else become 8-bit (Q5_0 its
+  // values exactly, the others Q8_0 of their values); float32 compute, not --quant int8. The CLI
   // turns it off for --device cuda, whose runners would widen them to float32 on the GPU (4
   // bytes a value): there they are quantized per --quant.
   bool keep_gguf_blocks = true;
-  // With keep_gguf_blocks (--gguf-compact): Q6_K, Q5_K and Q5_1 linears and heads too stay as
-  // the file's blocks (exact values, the file's size) instead of Q8_0 of their values, whatever
-  // the activations (gguf_type_kept_as_blocks: slower products on float activations, fewer bytes).
+  // With keep_gguf_blocks (--gguf-compact): Q6_K, Q5_K, Q5_1 and Q5_0 linears and heads stay as
+  // the file's blocks (exact values, the file's size) on float activations too, instead of 8-bit
+  // (gguf_type_kept_as_blocks: slower products on float activations, fewer bytes).
   bool gguf_compact = false;
   // Decoding (products of up to 8 tokens) multiplies the 4-bit block Linears and an 8-bit
   // head on activations quantized to 8 bits per 32 values, with integer dot products, as
@@ -161,7 +161,7 @@ struct ModelLoadOptions {
   // Off by default here; the decoding commands turn it on for GGUF files (cli/model_flags.h). A GGUF's Q4_K /
   // IQ4_XS and the types kept as its blocks take llama.cpp's Q8_K activations (one scale per
   // 256) and products instead. Prompts of more than 8 tokens and training never use it. It
-  // also keeps a GGUF's Q6_K / Q5_K as the file's blocks (gguf_block_types).
+  // also keeps a GGUF's Q6_K / Q5_K / Q5_1 / Q5_0 as the file's blocks (gguf_block_types).
   bool int8_activations = false;
   // With int8_activations: only the weights a GGUF holds as stored take it (4-bit as stored,
   // 8-bit or the file's blocks, an 8-bit head / embedding), the others keep float32
@@ -176,8 +176,8 @@ struct ModelLoadOptions {
 };
 
 // The GGUF types a load with `o` keeps as the file's blocks (model/tensor_source.h): All with
-// gguf_compact; KQuants on 8-bit activations (int8_activations) where the CPU has the AVX2
-// integer kernels that make them pay (the scalar ones widen each row to float32); else Smallest.
+// gguf_compact, and on 8-bit activations (int8_activations) where the CPU has the AVX2 integer
+// kernels that make them pay (the scalar ones widen each row to float32); else Smallest.
 GgufBlockTypes gguf_block_types(const ModelLoadOptions& o);
 
 // The bytes Model::load holds a table of rows x cols values that is only gathered a row at a

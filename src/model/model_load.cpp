@@ -21,7 +21,7 @@ namespace qlora {
 
 GgufBlockTypes gguf_block_types(const ModelLoadOptions& o) {
   if (o.gguf_compact) return GgufBlockTypes::All;
-  return o.int8_activations && simd_level() >= SimdLevel::AVX2 ? GgufBlockTypes::KQuants : GgufBlockTypes::Smallest;
+  return o.int8_activations && simd_level() >= SimdLevel::AVX2 ? GgufBlockTypes::All : GgufBlockTypes::Smallest;
 }
 
 uint64_t gathered_table_bytes(GgmlType stored, int64_t rows, int64_t cols, const ModelLoadOptions& o) {
@@ -53,20 +53,21 @@ QuantLinear load_linear(const TensorSource& src, const std::string& name, const 
   if (opt.quant.quantize) {
     if (opt.keep_gguf_weights || !src.keeps_gguf_4bit(name))
       if (auto q = src.get_4bit(name)) return QuantLinear(std::move(*q), opt.compute_dtype);
-    // A GGUF's Linear stored in Q8_0 or Q5_0 stays 8-bit (its values exactly), one in Q3_K or
-    // Q2_K stays the file's blocks (exactly), and one in Q6_K, Q5_K or Q5_1 becomes Q8_0 of its
-    // values or with --gguf-compact stays the file's blocks (float32 compute), where NF4 would
-    // round any of them to 4 bits.
+    // A GGUF's Linear stored in Q8_0 stays 8-bit, one in Q3_K or Q2_K the file's blocks, one in
+    // Q6_K, Q5_K, Q5_1 or Q5_0 the file's blocks where gguf_type_kept_as_blocks says so (8-bit
+    // activations, --gguf-compact), else 8-bit: Q5_0 its values exactly, the others Q8_0 of
+    // their values (float32 compute); NF4 would round any of them to 4 bits.
     if (opt.keep_gguf_weights && opt.keep_gguf_blocks && !opt.quant.int8 && opt.compute_dtype == ComputeDType::F32 &&
         src.keeps_gguf_blocks(name)) {
       const std::vector<int64_t> s = src.shape(name);
       const std::string what = src.describe() + ": " + src.stored_name(name);
-      if (auto b = src.get_q8_0_linear(name)) return QuantLinear(DenseWeight::from_q8_0(*b, s[0], s[1], what));
-      if (auto b = src.get_gguf_blocks(name)) {
-        if (gguf_type_kept_as_blocks(b->type, gguf_block_types(opt)))
+      const std::optional<GgmlType> ty = src.gguf_block_type(name);
+      if (ty && *ty != GgmlType::Q8_0 && gguf_type_kept_as_blocks(*ty, gguf_block_types(opt)))
+        if (auto b = src.get_gguf_blocks(name))
           return QuantLinear(DenseWeight::from_gguf_blocks(b->type, std::move(b->bytes), s[0], s[1], what));
+      if (auto b = src.get_q8_0_linear(name)) return QuantLinear(DenseWeight::from_q8_0(*b, s[0], s[1], what));
+      if (auto b = src.get_gguf_blocks(name))
         return QuantLinear(DenseWeight::q8_0_from_blocks(b->type, b->bytes, s[0], s[1], what));
-      }
       fail(what, "a GGUF block Linear kept as stored came without its blocks");
     }
     if (auto q = src.get_int8(name)) return QuantLinear(std::move(*q), opt.compute_dtype, opt.quant.int8_threshold);

@@ -10,8 +10,7 @@ namespace qlora {
 
 bool gguf_type_kept_as_blocks(GgmlType t, GgufBlockTypes which) {
   if (t == GgmlType::Q2_K || t == GgmlType::Q3_K) return true;
-  if (t == GgmlType::Q5_K || t == GgmlType::Q6_K) return which != GgufBlockTypes::Smallest;
-  return which == GgufBlockTypes::All && t != GgmlType::Q5_0 && kernels::block_rows_supported(t);
+  return which == GgufBlockTypes::All && kernels::block_rows_supported(t);
 }
 
 std::string shape_to_string(const std::vector<int64_t>& shape) {

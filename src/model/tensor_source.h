@@ -29,11 +29,10 @@ enum class GgufBlockTypes {
   // default on float32 activations, where the Q8_0 copy's products of the others ran 1.4-1.5x
   // faster than their blocks' on a 2-core Zen 3.
   Smallest,
-  // And Q5_K, Q6_K: the default when decoding on 8-bit activations (the decoding commands on a
-  // GGUF), where their blocks' integer products beat the Q8_0 copy's (1.2-1.5x on Zen 3) and
-  // read 27-35% fewer bytes.
-  KQuants,
-  // And Q5_1 (--gguf-compact).
+  // And Q6_K, Q5_K, Q5_1, Q5_0: the default when decoding on 8-bit activations (the decoding
+  // commands on a GGUF), where their blocks' integer products beat the Q8_0 copy's or match it
+  // (Q5_K / Q6_K 1.2-1.5x, Q5_1 1.17x, Q5_0 the same at 1 thread on Zen 3) and read 27-35% fewer
+  // bytes; and with --gguf-compact on float activations too.
   All,
 };
 bool gguf_type_kept_as_blocks(GgmlType t, GgufBlockTypes which);
@@ -94,13 +93,15 @@ class TensorSource {
   // A GGUF block Linear the loader keeps as stored in a form other than 4-bit codes
   // (ModelLoadOptions::keep_gguf_blocks): Q8_0 or Q5_0, whose blocks get_q8_0_linear gives as
   // Q8_0 blocks (34 bytes per 32 values; Q5_0's d * (q - 16) re-laid with the same d: its
-  // values exactly) for DenseWeight::from_q8_0, or another type the block-row kernels take
-  // (Q6_K, Q5_K, Q5_1, Q3_K, Q2_K), whose blocks get_gguf_blocks gives: the loader keeps them
-  // (DenseWeight::from_gguf_blocks) or makes Q8_0 of their values (gguf_type_kept_as_blocks).
-  // Both with the rows in Hugging Face's order (llama.cpp's rope order undone); nullopt for any
-  // other tensor.
+  // values exactly) for DenseWeight::from_q8_0, or a type the block-row kernels take (Q6_K,
+  // Q5_K, Q5_1, Q5_0, Q3_K, Q2_K), whose blocks get_gguf_blocks gives: the loader keeps them
+  // (DenseWeight::from_gguf_blocks) or makes Q8_0 of their values (gguf_type_kept_as_blocks;
+  // Q5_0's through get_q8_0_linear). Both with the rows in Hugging Face's order (llama.cpp's
+  // rope order undone); nullopt for any other tensor. gguf_block_type: the stored type of a
+  // tensor keeps_gguf_blocks is true for (which form to ask for, before any data is copied).
   virtual std::optional<std::vector<uint8_t>> get_q8_0_linear(const std::string& /*name*/) const { return std::nullopt; }
   virtual bool keeps_gguf_blocks(const std::string& /*name*/) const { return false; }
+  virtual std::optional<GgmlType> gguf_block_type(const std::string& /*name*/) const { return std::nullopt; }
   struct GgufBlocks {
     GgmlType type = GgmlType::F32;
     std::vector<uint8_t> bytes;

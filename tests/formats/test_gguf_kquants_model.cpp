@@ -1,7 +1,8 @@
-// A GGUF whose tensors are in the types qlora can keep as the file's blocks (Q2_K, Q3_K; Q5_K,
-// Q6_K on 8-bit activations; with --gguf-compact Q5_1 too: DenseWeight::from_gguf_blocks, model/block_row_kernels.h)
-// loads them as stored and runs on them, and its Q5_0 ones as 8-bit blocks of the same values
-// (DenseWeight::from_q8_0): tests/fixtures/gguf/kq_llama.gguf (tools/make_gguf_fixtures.py) is
+// A GGUF whose tensors are in the types qlora can keep as the file's blocks (Q2_K, Q3_K always;
+// Q5_K, Q6_K, Q5_1, Q5_0 on 8-bit activations or with --gguf-compact: DenseWeight::from_gguf_blocks,
+// model/block_row_kernels.h) loads them as stored and runs on them (on float activations without
+// --gguf-compact the Q5_0 ones become 8-bit blocks of the same values, DenseWeight::from_q8_0):
+// tests/fixtures/gguf/kq_llama.gguf (tools/make_gguf_fixtures.py) is
 // a 2-layer llama whose weights ggml's own quantizer (ggml_quantize_chunk) wrote in those
 // types, each on two or more Linears (rope-permuted q / k among them), with a Q5_K embedding
 // and a Q6_K output head.
@@ -50,7 +51,7 @@ using test::max_abs;
 using test::max_diff;
 const auto flat = test::flat_rows;
 
-// --gguf-compact: every type the fixture holds stays the file's blocks (but Q5_0: 8-bit).
+// --gguf-compact: every type the fixture holds stays the file's blocks.
 ModelLoadOptions compact() {
   ModelLoadOptions o;
   o.gguf_compact = true;
@@ -79,8 +80,7 @@ TEST(GgufKQuantModel, FileHoldsEveryTypeTheFixtureNames) {
 }
 
 // Every Linear, the embedding and the head are the file's blocks: its bytes, and exactly its
-// values (in Hugging Face's row order), which the model holds at the file's size; the Q5_0
-// Linears hold exactly their values as 8-bit blocks (1.125 bytes a value).
+// values (in Hugging Face's row order), which the model holds at the file's size.
 TEST(GgufKQuantModel, WeightsAreKeptAsTheFileBlocks) {
   ModelFiles files = open_model_files(kFile);
   const GgufFile g(kFile);
@@ -88,15 +88,10 @@ TEST(GgufKQuantModel, WeightsAreKeptAsTheFileBlocks) {
   int q5_0 = 0;
   auto check = [&](const DenseWeight& d, const std::string& hf) {
     const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
-    if (t == GgmlType::Q5_0) {
-      ++q5_0;
-      ASSERT_TRUE(d.q8()) << hf;
-      EXPECT_EQ(static_cast<int64_t>(d.bytes()), d.rows() * d.cols() / 32 * 36) << hf;
-    } else {
-      ASSERT_TRUE(d.gguf_blocks()) << hf;
-      EXPECT_EQ(d.gguf_type(), t) << hf;
-      EXPECT_EQ(static_cast<int64_t>(d.bytes()), *ggml_nbytes(t, d.rows() * d.cols())) << hf;
-    }
+    q5_0 += t == GgmlType::Q5_0;
+    ASSERT_TRUE(d.gguf_blocks()) << hf;
+    EXPECT_EQ(d.gguf_type(), t) << hf;
+    EXPECT_EQ(static_cast<int64_t>(d.bytes()), *ggml_nbytes(t, d.rows() * d.cols())) << hf;
     const std::vector<float> want = files.tensors->get(hf);
     std::vector<float> got(want.size());
     d.rows_to_f32(0, d.rows(), got.data());
@@ -250,29 +245,24 @@ TEST(GgufKQuantModel, ByDefaultFiveAndSixBitTypesAreQ8_0OfTheirValues) {
   }
 }
 
-// Decoding on 8-bit activations (the decoding commands' GGUF default) keeps the 256-value
-// K-quants (Q6_K, Q5_K too) as the file's blocks, exactly its values, where their integer
-// products beat the Q8_0 copy's; Q5_1 and Q5_0 still become Q8_0; the planner counts the same.
-TEST(GgufKQuantModel, OnEightBitActivationsTheKQuantsStayTheFileBlocks) {
+// Decoding on 8-bit activations (the decoding commands' GGUF default) keeps every block type
+// (Q6_K, Q5_K, Q5_1, Q5_0 too) as the file's blocks, exactly its values, where their integer
+// products beat or match the Q8_0 copy's at fewer bytes; the planner counts the same.
+TEST(GgufKQuantModel, OnEightBitActivationsEveryBlockTypeStaysTheFileBlocks) {
   ModelFiles files = open_model_files(kFile);
   const GgufFile g(kFile);
-  if (simd_level() < SimdLevel::AVX2) GTEST_SKIP() << "KQuants needs the AVX2 integer kernels (QLORA_SIMD caps them off)";
+  if (simd_level() < SimdLevel::AVX2) GTEST_SKIP() << "the blocks on 8-bit activations need the AVX2 integer kernels (QLORA_SIMD caps them off)";
   ModelLoadOptions o;
   o.int8_activations = true;
   o.int8_activations_gguf_only = true;
-  EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::KQuants);
+  EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::All);
   const Model m = Model::load(files.spec, *files.tensors, o);
-  uint64_t q8_values = 0, block_values = 0, block_bytes = 0;
-  int seen_q5_1 = 0, seen_k = 0;
+  uint64_t block_values = 0, block_bytes = 0;
+  int seen_q5 = 0, seen_k = 0;
   auto check = [&](const DenseWeight& d, const std::string& hf) {
     const GgmlType t = g.tensor(files.tensors->stored_name(hf)).type;
     const std::vector<float> want = files.tensors->get(hf);
-    if (t == GgmlType::Q5_1 || t == GgmlType::Q5_0) {
-      ASSERT_TRUE(d.q8()) << hf;
-      seen_q5_1 += t == GgmlType::Q5_1;
-      q8_values += static_cast<uint64_t>(want.size());
-      return;
-    }
+    seen_q5 += t == GgmlType::Q5_1 || t == GgmlType::Q5_0;
     ASSERT_TRUE(d.gguf_blocks()) << hf << " (" << ggml_type_name(t) << ")";
     EXPECT_EQ(d.gguf_type(), t) << hf;
     seen_k += t == GgmlType::Q5_K || t == GgmlType::Q6_K;
@@ -285,12 +275,12 @@ TEST(GgufKQuantModel, OnEightBitActivationsTheKQuantsStayTheFileBlocks) {
   for (int64_t l = 0; l < m.spec().n_layers; ++l)
     for (int w = 0; w < kAttentionLinears; ++w)
       check(*m.block_linear(l, w).dense(), layer_tensor_name(l, kBlockLinearModules[static_cast<size_t>(w)]));
-  EXPECT_GT(seen_q5_1, 0);
+  EXPECT_GT(seen_q5, 0);
   EXPECT_GT(seen_k, 0);
   const MemoryOptions mo = memory_options_for_run(kFile, o, MemoryMode::Generate, 1);
   EXPECT_EQ(mo.gguf_kept_block_values, block_values);
   EXPECT_EQ(mo.gguf_kept_block_bytes, block_bytes);
-  EXPECT_EQ(mo.gguf_kept_q8_values, q8_values);
+  EXPECT_EQ(mo.gguf_kept_q8_values, 0u);
   check(m.lm_head(), "lm_head.weight");                  // (Q6_K)
   check(m.embed_tokens(), "model.embed_tokens.weight");  // (Q5_K)
   EXPECT_EQ(mo.head_block_bytes, m.lm_head().bytes());
@@ -299,21 +289,18 @@ TEST(GgufKQuantModel, OnEightBitActivationsTheKQuantsStayTheFileBlocks) {
 
 TEST(GgufKQuantModel, WhichTypesEachChoiceKeepsAsBlocks) {
   for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K})
-    for (GgufBlockTypes w : {GgufBlockTypes::Smallest, GgufBlockTypes::KQuants, GgufBlockTypes::All})
+    for (GgufBlockTypes w : {GgufBlockTypes::Smallest, GgufBlockTypes::All})
       EXPECT_TRUE(gguf_type_kept_as_blocks(t, w)) << ggml_type_name(t);
-  for (GgmlType t : {GgmlType::Q5_K, GgmlType::Q6_K}) {
+  for (GgmlType t : {GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q5_1, GgmlType::Q5_0}) {
     EXPECT_FALSE(gguf_type_kept_as_blocks(t, GgufBlockTypes::Smallest)) << ggml_type_name(t);
-    EXPECT_TRUE(gguf_type_kept_as_blocks(t, GgufBlockTypes::KQuants)) << ggml_type_name(t);
     EXPECT_TRUE(gguf_type_kept_as_blocks(t, GgufBlockTypes::All)) << ggml_type_name(t);
   }
-  EXPECT_FALSE(gguf_type_kept_as_blocks(GgmlType::Q5_1, GgufBlockTypes::KQuants));
-  EXPECT_TRUE(gguf_type_kept_as_blocks(GgmlType::Q5_1, GgufBlockTypes::All));
-  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F16})
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F16})
     EXPECT_FALSE(gguf_type_kept_as_blocks(t, GgufBlockTypes::All)) << ggml_type_name(t);
   ModelLoadOptions o;
   EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::Smallest);
   o.int8_activations = true;  // (the scalar integer kernels widen each row: Q8_0 is the faster there)
-  EXPECT_EQ(gguf_block_types(o), simd_level() >= SimdLevel::AVX2 ? GgufBlockTypes::KQuants : GgufBlockTypes::Smallest);
+  EXPECT_EQ(gguf_block_types(o), simd_level() >= SimdLevel::AVX2 ? GgufBlockTypes::All : GgufBlockTypes::Smallest);
   o.gguf_compact = true;
   EXPECT_EQ(gguf_block_types(o), GgufBlockTypes::All);
 }
@@ -334,7 +321,7 @@ TEST(GgufKQuantModel, ProductsOfEveryTokenCountMatchTheFloat32Copy) {
   for (int64_t l = 0; l < m.spec().n_layers; ++l)
     for (int w = 0; w < kAttentionLinears; ++w) {
       const DenseWeight& d = *m.block_linear(l, w).dense();
-      if (!d.gguf_blocks()) continue;  // (Q5_0, as 8-bit blocks: test_q8_head.cpp)
+      ASSERT_TRUE(d.gguf_blocks()) << "layer " << l << " linear " << w;
       std::vector<float> values(static_cast<size_t>(d.rows() * d.cols()));
       d.rows_to_f32(0, d.rows(), values.data());
       const DenseWeight f32(values.data(), d.rows(), d.cols(), ComputeDType::F32);
@@ -377,10 +364,7 @@ TEST(GgufKQuantModel, PlannerCountsTheFileBytes) {
   for (const auto& [name, type] : ref.at("types").items()) {
     if (name.rfind("blk.", 0) != 0) continue;
     const GgufTensorInfo& t = g.tensor(name);
-    if (t.type == GgmlType::Q5_0) {
-      q5_0_values += static_cast<uint64_t>(t.numel());
-      continue;
-    }
+    q5_0_values += t.type == GgmlType::Q5_0 ? static_cast<uint64_t>(t.numel()) : 0;
     values += static_cast<uint64_t>(t.numel());
     bytes += static_cast<uint64_t>(*ggml_nbytes(t.type, t.numel()));
   }
@@ -388,7 +372,7 @@ TEST(GgufKQuantModel, PlannerCountsTheFileBytes) {
   const Gguf4bitKept k = model_source_gguf_kept_4bit(kFile, GgufBlockTypes::All);
   EXPECT_EQ(k.block_values, values);
   EXPECT_EQ(k.block_bytes, bytes);
-  EXPECT_EQ(k.q8_values, q5_0_values);
+  EXPECT_EQ(k.q8_values, 0u);
   EXPECT_EQ(k.values, 0u);
   const Q8HeadTensors h = model_source_q8_0_head(kFile, GgufBlockTypes::All);
   EXPECT_EQ(h.embed_block_bytes, static_cast<uint64_t>(*ggml_nbytes(GgmlType::Q5_K, g.tensor("token_embd.weight").numel())));
@@ -397,7 +381,7 @@ TEST(GgufKQuantModel, PlannerCountsTheFileBytes) {
   size_t held = m.embed_tokens().bytes() + m.lm_head().bytes();
   for (int64_t l = 0; l < m.spec().n_layers; ++l)
     for (int w = 0; w < kAttentionLinears; ++w) held += m.block_linear(l, w).dense()->bytes();
-  EXPECT_EQ(held, bytes + q5_0_values / 32 * 36 + h.embed_block_bytes + h.head_block_bytes);
+  EXPECT_EQ(held, bytes + h.embed_block_bytes + h.head_block_bytes);
   // The plan of a generate run: the kept linears as one item of the file's bytes, and the load
   // phase holding all of the weights.
   ModelFiles files = open_model_files(kFile);

@@ -236,15 +236,15 @@ namespace {
 // the int8 extremes (all 127, all -128, alternating, uniform in [-128, 127]) rather than what
 // the quantizer makes: the int16 pair sums and int32 block sums at their bounds. Every level
 // against the same products in double, within float32 summation error of 512 same-sign terms
-// (4e-5 of sum |w x|; an overflowed or saturated sum is off by far more). (-128 for the 256-value types only: the Q5_0 / Q5_1 kernels
-// multiply signed codes by sign steps, as llama.cpp's, which need x's codes within +-127, and
-// quantize_x_q8 keeps them there.)
+// (4e-5 of sum |w x|; an overflowed or saturated sum is off by far more). x's codes go down to
+// -128 for every type (quantize_x_q8 keeps Q5_0 / Q5_1's within +-127, but the kernels multiply
+// unsigned codes by signed x, with no sign steps that -128 would overflow).
 TEST(BlockRowKernels, Int8ActivationGemvAtTheCodesExtremes) {
   std::mt19937 rng(5);
   for (GgmlType t : kTypes) {
     const GgmlTypeTraits& tr = ggml_traits(t);
     const int64_t qk = tr.block_size, cols = 2 * 256, rows = 2;
-    const int lowest = qk == 256 ? -128 : -127;
+    const int lowest = -128;
     std::uniform_int_distribution<int> code(lowest, 127);
     for (uint8_t fill : {uint8_t{0xFF}, uint8_t{0x00}}) {
       std::vector<uint8_t> data(static_cast<size_t>(rows * cols / qk * tr.type_size), fill);

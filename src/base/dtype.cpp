@@ -46,11 +46,11 @@ DType to_dtype(ComputeDType c) {
   return DType::F32;
 }
 
-ComputeDType compute_dtype_from_string(std::string_view s) {
+ComputeDType compute_dtype_from_string(std::string_view s, std::string_view flag) {
   if (s == "fp32" || s == "float32" || s == "f32") return ComputeDType::F32;
   if (s == "bf16" || s == "bfloat16") return ComputeDType::BF16;
   if (s == "fp16" || s == "float16" || s == "f16" || s == "half") return ComputeDType::F16;
-  fail("--compute-dtype", "unknown dtype " + excerpt(s) + " (expected fp32, bf16 or fp16)");
+  fail(std::string(flag), "unknown dtype " + excerpt(s) + " (expected fp32, bf16 or fp16)");
 }
 
 std::string_view torch_dtype_name(ComputeDType c) {

@@ -23,8 +23,8 @@ bool dtype_is_float(DType t);
 // The dtypes computation may run in (--compute-dtype).
 enum class ComputeDType : uint8_t { F32, BF16, F16 };
 DType to_dtype(ComputeDType c);
-// "fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16"; throws Error otherwise.
-ComputeDType compute_dtype_from_string(std::string_view s);
+// "fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16"; throws Error naming `flag` otherwise.
+ComputeDType compute_dtype_from_string(std::string_view s, std::string_view flag = "--compute-dtype");
 // The torch spelling used in bitsandbytes' quant-state JSON: "float32", "bfloat16", "float16".
 std::string_view torch_dtype_name(ComputeDType c);
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "base/error.h"
 
@@ -59,6 +60,26 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
 }
 
 std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  // A megabyte at a time: a NUL byte (no text file holds one) stops the read with an error at
+  // once, so a binary file or a device such as /dev/zero is refused instead of read forever.
+  std::string out;
+  std::vector<char> chunk(size_t{1} << 20);
+  while (in) {
+    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    const size_t n = static_cast<size_t>(in.gcount());
+    if (const void* z = std::memchr(chunk.data(), '\0', n))
+      fail(path, "holds a NUL byte at offset " +
+                     std::to_string(out.size() + static_cast<size_t>(static_cast<const char*>(z) - chunk.data())) +
+                     ": a binary file, not text");
+    out.append(chunk.data(), n);
+  }
+  if (in.bad()) fail(path, "read error");
+  return out;
+}
+
+std::string read_file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
   std::ostringstream ss;

@@ -29,8 +29,12 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-// Whole file into memory (for small files: JSON configs, tokenizers).
+// Whole text file into memory (for small files: JSON configs, tokenizers). Throws Error naming
+// the file when it cannot be read or holds a NUL byte (no text does: a binary file or a device
+// such as /dev/zero is refused at its first NUL, not read without end).
 std::string read_text_file(const std::string& path);
+// Whole file into memory as bytes, any content (a tokenizer.model copied as it is).
+std::string read_file_bytes(const std::string& path);
 bool file_exists(const std::string& path);
 
 }  // namespace qlora

@@ -3,6 +3,7 @@
 // only unless --train-on-prompt). With --generate it also answers every example's prompt
 // greedily and scores exact matches against the reference response (the first response
 // of each example), which is how the README's main job shows what fine-tuning changed.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -146,6 +147,11 @@ int run(const Options& o) {
     lm = base.get();
   }
   const qlora::EvalResult e = qlora::evaluate(*lm, seqs, !o.quiet);
+  if (!std::isfinite(e.loss))
+    qlora::fail("eval", std::string("the loss over ") + std::to_string(e.tokens) + " target tokens of " + o.data + " is " +
+                            (std::isnan(e.loss) ? "NaN" : "infinite") +
+                            ": the model's (or adapter's) weights hold NaN / infinite values, or its activations "
+                            "overflow (try --compute-dtype fp32)");
   Score s;
   if (o.generate) s = score_by_generation(model, *files.tokenizer, examples, o);
 

@@ -1,6 +1,7 @@
 // `qlora export-adapter`: a PEFT adapter as llama.cpp's LoRA GGUF (export/lora_gguf.h), to
 // apply with `llama-cli -m BASE.gguf --lora FILE.gguf` without merging.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -29,6 +30,12 @@ int run(const Options& o) {
   else qlora::fail("--type", "unknown value " + qlora::excerpt(o.type) + " (expected f16 or f32)");
   if (o.out.size() < 6 || o.out.compare(o.out.size() - 5, 5, ".gguf") != 0)
     qlora::fail("--out", "name the output FILE.gguf");
+  // (--overwrite replaces an earlier export, never the model the adapter is checked against)
+  std::error_code ec;
+  for (const std::string& in : {o.m.model, o.m.tokenizer})
+    if (!in.empty() && std::filesystem::exists(o.out, ec) && std::filesystem::exists(in, ec) &&
+        std::filesystem::equivalent(o.out, in, ec))
+      qlora::fail(o.out, "is the base model's own file: write the LoRA GGUF somewhere else");
   qlora::refuse_random_model(o.m.model, "qlora export-adapter");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);

@@ -103,7 +103,7 @@ int run(const Options& o, CLI::App& app) {
     qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   qlora::cli::report_model(files, o.quiet);
   qlora::cli::add_load_progress(load, files, o.quiet);
-  if (qlora::cli::wants_memory_check(o.m, o.max_memory)) {
+  {
     // From the headers only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Generate, qlora::max_threads());

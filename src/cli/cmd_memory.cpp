@@ -192,7 +192,7 @@ qlora::MemoryOptions memory_options(const Options& o, const ResolvedModel& m) {
     qlora::fail("--kv-cache", "plans the qlora CPU engine's cache; the " + o.engine +
                                   (o.device.empty() ? "" : " (--device " + o.device + ")") +
                                   " engine keeps its keys and values in its own dtype");
-  if (o.threads < 0) qlora::fail("--threads", "must be >= 0");
+  qlora::cli::check_thread_count(o.threads, /*for_this_machine=*/false);
   mo.threads = o.threads > 0 ? o.threads : omp_get_max_threads();
   mo.model_file_bytes = m.file_bytes;
   mo.source_permutes_qk = m.permutes_qk;

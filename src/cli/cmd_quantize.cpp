@@ -13,9 +13,10 @@
 namespace {
 namespace fs = std::filesystem;
 
-void print_report(const qlora::QuantizeReport& r, const std::string& out) {
-  std::fprintf(stderr, "%lld tensors quantized (%lld parameters), %lld kept; %s -> %s, wrote %s\n",
-               static_cast<long long>(r.tensors_quantized), static_cast<long long>(r.params_quantized),
+// `verb`: what happened to the converted tensors ("quantized", "dequantized").
+void print_report(const qlora::QuantizeReport& r, const std::string& out, const char* verb) {
+  std::fprintf(stderr, "%lld tensors %s (%lld parameters), %lld kept; %s -> %s, wrote %s\n",
+               static_cast<long long>(r.tensors_quantized), verb, static_cast<long long>(r.params_quantized),
                static_cast<long long>(r.tensors_kept), qlora::human_bytes(static_cast<double>(r.bytes_in)).c_str(),
                qlora::human_bytes(static_cast<double>(r.bytes_out)).c_str(), out.c_str());
 }
@@ -28,6 +29,7 @@ const bool kQuantize = qlora::cli::register_command(
         int blocksize = 64;
         bool dq = false;
         std::vector<std::string> skip{"lm_head"};
+        bool overwrite = false;
       };
       auto o = std::make_shared<Opts>();
       app.add_option("--model", o->in, "Input .safetensors file or model directory")->required();
@@ -40,6 +42,7 @@ const bool kQuantize = qlora::cli::register_command(
       app.add_option("--compute-dtype", o->compute, "Dtype recorded for dequantization: fp32, bf16, fp16")
           ->capture_default_str();
       app.add_option("--skip", o->skip, "Modules kept in full precision")->capture_default_str();
+      qlora::cli::add_bool_flag(app, "--overwrite", o->overwrite, "Replace an existing --out (never the input)");
       return [o] {
         qlora::refuse_random_model(o->in, "qlora quantize");
         qlora::QuantizeOptions opt;
@@ -49,13 +52,14 @@ const bool kQuantize = qlora::cli::register_command(
         opt.double_quant = o->dq;
         opt.compute_dtype = qlora::compute_dtype_from_string(o->compute);
         opt.skip_modules = o->skip;
+        opt.overwrite = o->overwrite;
         std::optional<qlora::ProgressBar> bar;
         auto rep = qlora::quantize_checkpoint(o->in, o->out, opt, [&](int64_t d, int64_t t) {
           if (!bar) bar.emplace(t, "quantize", "tensors");
           bar->update(d);
         });
         if (bar) bar->finish();
-        print_report(rep, o->out);
+        print_report(rep, o->out, "quantized");
         return 0;
       };
     });
@@ -65,21 +69,23 @@ const bool kDequantize = qlora::cli::register_command(
     [](CLI::App& app) -> qlora::cli::Action {
       struct Opts {
         std::string in, out, dtype = "fp32";
+        bool overwrite = false;
       };
       auto o = std::make_shared<Opts>();
       app.add_option("--model", o->in, "Input 4-bit .safetensors file or model directory")->required();
       app.add_option("--out", o->out, "Output file or directory")->required();
       app.add_option("--dtype", o->dtype, "Output dtype: fp32, bf16, fp16")->capture_default_str();
+      qlora::cli::add_bool_flag(app, "--overwrite", o->overwrite, "Replace an existing --out (never the input)");
       return [o] {
         qlora::refuse_random_model(o->in, "qlora dequantize");
-        auto dt = qlora::to_dtype(qlora::compute_dtype_from_string(o->dtype));
+        auto dt = qlora::to_dtype(qlora::compute_dtype_from_string(o->dtype, "--dtype"));
         std::optional<qlora::ProgressBar> bar;
-        auto rep = qlora::dequantize_checkpoint(o->in, o->out, dt, [&](int64_t d, int64_t t) {
+        auto rep = qlora::dequantize_checkpoint(o->in, o->out, dt, o->overwrite, [&](int64_t d, int64_t t) {
           if (!bar) bar.emplace(t, "dequantize", "tensors");
           bar->update(d);
         });
         if (bar) bar->finish();
-        print_report(rep, o->out);
+        print_report(rep, o->out, "dequantized");
         return 0;
       };
     });

@@ -17,6 +17,7 @@
 #include "cli/bool_flags.h"
 #include "cli/command.h"
 #include "cli/model_flags.h"
+#include "cli/sampling_flags.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "model/model.h"
@@ -99,6 +100,9 @@ int run(Options o) {
   qlora::TrainerOptions t;
   t.out_dir = o.out;
   t.base_model_name = o.m.model;
+  if (o.max_steps == 0 || o.max_steps < -1)
+    qlora::fail("--max-steps", "must be a positive number of optimizer steps, not " + std::to_string(o.max_steps) +
+                                   " (leave it out to train for --epochs)");
   t.max_steps = o.max_steps;
   t.epochs = o.epochs;
   t.batch_size = o.batch_size;
@@ -169,7 +173,7 @@ int run(Options o) {
     t.grad_accum = accum;
   }
 
-  if (!o.checkpointing || qlora::cli::wants_memory_check(o.m, o.max_memory)) {
+  {
     // From the headers and the dataset only, before anything model-sized is allocated.
     qlora::MemoryOptions mo =
         qlora::memory_options_for_run(o.m.model, load, qlora::MemoryMode::Train, qlora::max_threads());
@@ -189,8 +193,7 @@ int run(Options o) {
       if (!o.quiet) std::fprintf(stderr, "gradient checkpointing: %s\n", why.c_str());
     }
     mo.checkpointing = t.checkpointing;
-    if (qlora::cli::wants_memory_check(o.m, o.max_memory))
-      qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora train");
+    qlora::cli::check_memory_fits(files.spec, mo, o.m, o.max_memory, "qlora train");
   }
   qlora::cli::report_model(files, o.quiet);
   qlora::cli::add_load_progress(load, files, o.quiet);
@@ -284,7 +287,9 @@ const bool kRegistered = qlora::cli::register_command(
       app.add_option("--grad-accum", o->grad_accum, "Micro-batches per optimizer step")->capture_default_str();
       app.add_option("--max-grad-norm", o->max_grad_norm, "Clip gradients to this global L2 norm (0 = off)")
           ->capture_default_str();
-      app.add_option("--seed", o->seed, "Random seed (LoRA init, data order, dropout)")->capture_default_str();
+      app.add_option("--seed", o->seed, "Random seed (LoRA init, data order, dropout)")
+          ->capture_default_str()
+          ->check(qlora::cli::seed_check());
       app.add_option("--eval-every", o->eval_every, "Evaluate every N steps (0: only before and after)")
           ->capture_default_str();
       app.add_option("--save-every", o->save_every, "Write a resumable checkpoint every N steps (0: none)")

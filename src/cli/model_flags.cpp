@@ -70,8 +70,19 @@ bool is_gguf_file(const std::string& path) {
 }
 }  // namespace
 
+void check_thread_count(int threads, bool for_this_machine) {
+  if (threads < 0) fail("--threads", "must be >= 0 (0: all cores)");
+  const int cores = std::max(1, omp_get_num_procs());
+  const int most = for_this_machine ? std::max(64, 8 * cores) : 4096;
+  if (threads > most)
+    fail("--threads", std::to_string(threads) + " is more than this command takes (" + std::to_string(most) +
+                          (for_this_machine ? ": 8 per core of this machine's " + std::to_string(cores) + ", at least 64"
+                                            : "") +
+                          "); 0 uses every core");
+}
+
 ModelLoadOptions load_options(const ModelFlags& f) {
-  if (f.threads < 0) fail("--threads", "must be >= 0");
+  check_thread_count(f.threads);
   if (f.threads > 0) omp_set_num_threads(f.threads);
   // --device is checked before anything is loaded (the runner is made after loading).
   if (f.int8_activations.value_or(false) && parse_device(f.device).cuda)
@@ -229,7 +240,25 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
   const uint64_t limit = max_memory.empty() ? 0 : parse_memory_size(max_memory, "--max-memory");
   const DeviceChoice d = parse_device(f.device);
   if (!d.cuda) {
-    if (limit) check_fits(plan_memory(spec, mo), limit, what);
+    if (limit) return check_fits(plan_memory(spec, mo), limit, what);
+    // Without --max-memory: against the memory available now, so that a run that cannot fit
+    // is refused with the breakdown before minutes of loading end in swapping or the OOM
+    // killer. (A plan the planner cannot make leaves the run to its own checks.)
+    const int64_t avail = available_memory_bytes();
+    if (avail <= 0) return;
+    MemoryPlan plan;
+    try {
+      plan = plan_memory(spec, mo);
+    } catch (const Error&) {
+      return;
+    }
+    if (plan.required_bytes > static_cast<uint64_t>(avail))
+      fail(what, "needs " + format_gb(plan.required_bytes) + " resident at its peak, more than the " +
+                     format_gb(static_cast<uint64_t>(avail)) +
+                     " of memory available now (refusing to start; a smaller model, --quant nf4 --double-quant, "
+                     "a shorter --seq-len / -n or fewer --parallel need less, and --max-memory SIZE runs it "
+                     "against SIZE instead); the planner's breakdown follows\n" +
+                     plan.to_text());
     return;
   }
   mo.engine = cuda_memory_engine(spec, mo.weights == WeightFormat::Int8);

@@ -34,6 +34,12 @@ struct ModelFlags {
   std::string kv_cache = "auto";      // --kv-cache (decoding commands: add_decode_flags)
 };
 
+// Throws Error naming --threads unless `threads` is 0 (all cores) or 1 .. the most a run takes:
+// 8 threads per core of this machine, at least 64 (more only contend for the cores, and thousands
+// fail to start in the OpenMP runtime or crash inside a threaded GEMM). For a plan of another
+// machine (`for_this_machine` false: qlora memory) the bound is 4096.
+void check_thread_count(int threads, bool for_this_machine = true);
+
 // Adds --model/-m (required), --tokenizer, --quant, --double-quant, --blocksize, --int8-threshold,
 // --compute-dtype (described by `compute_help`), --threads/-t, --allow-unused-tensors and --dense-head.
 void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_help);
@@ -81,10 +87,11 @@ std::string auto_train_compute_dtype(std::string* why);
 // the one attach_device takes.
 MemoryEngine cuda_memory_engine(const ModelSpec& spec, bool int8_weights = false);
 
-// Before loading: does the run described by `mo` fit? On the CPU only when --max-memory
-// (`max_memory`) is given (the qlora engine); with --device cuda always, on the GPU (the
-// engine the run takes: cuda_memory_engine) against the card's free memory and --max-memory,
-// whichever is less.
+// Before loading: does the run described by `mo` fit? On the CPU against --max-memory
+// (`max_memory`) when given, else against the memory available now (MemAvailable; skipped
+// where the planner cannot plan the model); with --device cuda on the GPU (the engine the run
+// takes: cuda_memory_engine) against the card's free memory and --max-memory, whichever is
+// less.
 // Throws Error with the plan's breakdown when it does not fit. `what`: "qlora train".
 void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags& f, const std::string& max_memory,
                        const std::string& what);
@@ -95,7 +102,8 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
 // memory is the scarce thing QLoRA is for). `why` gets the reason, for the user.
 bool auto_checkpointing(const ModelSpec& spec, MemoryOptions mo, bool cuda, const std::string& max_memory,
                         std::string* why);
-// True when the run needs the planner: --max-memory given or a GPU device.
+// True when `qlora chat` checks its plan (sized for a whole context, which a conversation
+// rarely reaches): --max-memory given or a GPU device. generate, serve and train always do.
 bool wants_memory_check(const ModelFlags& f, const std::string& max_memory);
 
 // After a run on a device: "GPU memory: peak X MiB (CUDA context Y MiB + buffers Z MiB)"

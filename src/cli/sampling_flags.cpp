@@ -1,5 +1,10 @@
 #include "cli/sampling_flags.h"
 
+#include <charconv>
+#include <cstdint>
+
+#include "base/text_excerpt.h"
+
 namespace qlora::cli {
 
 std::string unescape(const std::string& s) {
@@ -33,13 +38,25 @@ void apply_generation_config(const CLI::App& app, const GenerationConfig& gc, Sa
   if (!given("--repetition-penalty") && gc.repetition_penalty) sampling.repetition_penalty = *gc.repetition_penalty;
 }
 
+CLI::Validator seed_check() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        uint64_t v = 0;
+        const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size())
+          return "a seed is a whole number from 0 to 18446744073709551615, not " + excerpt(s);
+        return "";
+      },
+      "SEED");
+}
+
 void add_sampling_flags(CLI::App& app, SamplingFlags& f, const std::string& seed_help, const std::string& stop_help) {
   app.add_option("--temperature", f.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
   app.add_option("--top-k", f.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
   app.add_option("--top-p", f.top_p, "Nucleus sampling threshold (1 = off)")->capture_default_str();
   app.add_option("--repetition-penalty", f.repetition_penalty, "Penalty for tokens already seen (1 = off)")
       ->capture_default_str();
-  app.add_option("--seed", f.seed, seed_help)->capture_default_str();
+  app.add_option("--seed", f.seed, seed_help)->capture_default_str()->check(seed_check());
   app.add_option("--stop", f.stops, stop_help)->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 

@@ -18,6 +18,10 @@ struct SamplingFlags {
   std::vector<std::string> stops;
 };
 
+// A --seed option's check: a whole number 0 .. 2^64 - 1 as typed (CLI11 alone wraps -1 and
+// saturates 99999999999999999999 to the same seed, silently).
+CLI::Validator seed_check();
+
 // Adds --temperature, --top-k, --top-p, --repetition-penalty, --seed (`seed_help`) and the
 // repeatable --stop (`stop_help`).
 void add_sampling_flags(CLI::App& app, SamplingFlags& f, const std::string& seed_help, const std::string& stop_help);

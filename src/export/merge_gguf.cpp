@@ -37,7 +37,14 @@ uint32_t file_type_of(GgmlType t) {
 }
 constexpr uint32_t kFileTypeQ4_K_M = 15;  // LLAMA_FTYPE_MOSTLY_Q4_K_M
 
+// A merged tensor's values in type t. NaN / infinity (a broken base or adapter) and values an
+// F16 tensor cannot hold are refused: a GGUF of infinities would load and generate garbage.
 std::vector<uint8_t> encode(const std::vector<float>& v, GgmlType t) {
+  for (float x : v) {
+    if (!std::isfinite(x)) fail("merged weights", "hold a non-finite value (NaN or infinity)");
+    if (t == GgmlType::F16 && std::fabs(x) > 65504.0f)
+      fail("merged weights", "value " + std::to_string(x) + " does not fit f16 (max 65504): use --gguf-type bf16 or f32");
+  }
   if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) return encode_float_tensor(v, t);
   return quantize_ggml(t, v.data(), static_cast<int64_t>(v.size()));
 }

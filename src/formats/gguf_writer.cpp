@@ -135,7 +135,12 @@ void GgufWriter::write(const std::string& path) const {
   w.write(head);
   const std::string pad(kAlignment, '\0');
   for (const Tensor& t : tensors_) {
-    const std::vector<uint8_t> b = t.data();
+    std::vector<uint8_t> b;
+    try {
+      b = t.data();
+    } catch (const Error& e) {  // (the file is not committed: nothing is left at `path`)
+      fail(path, "tensor " + t.name + ": " + e.what() + "; nothing was written");
+    }
     if (b.size() != t.nbytes)
       fail(t.name, "produced " + std::to_string(b.size()) + " bytes, expected " + std::to_string(t.nbytes));
     w.write(b);

@@ -78,7 +78,10 @@ json text_config_of(const json& outer, const HfWrapper& w, const std::string& wh
 ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
   if (!original.is_object()) fail(where, "expected a JSON object");
   const json* mt = find_key(original, "model_type");
-  if (!mt || !mt->is_string()) fail(where, "missing key 'model_type'");
+  if (!mt) fail(where, "missing key 'model_type'");
+  if (!mt->is_string())
+    fail(where, "key 'model_type' must be a string (such as \"llama\"), not " + std::string(mt->type_name()) + " " +
+                    excerpt(mt->dump()));
   if (const HfWrapper* w = find_hf_wrapper(mt->get<std::string>())) {
     ModelSpec s = spec_from_hf_config(text_config_of(original, *w, where), where + " (text_config)");
     s.hf_wrapper = std::string(w->model_type);
@@ -108,6 +111,8 @@ ModelSpec spec_from_hf_config(const json& original, const std::string& where) {
   // versions rope_theta at the top level and the type in "rope_scaling". (A rope_parameters
   // keyed by layer type is the family's to read: gemma3_text.)
   s.rope_theta = get_float(j, "rope_theta", where, fam.default_rope_theta);
+  if (const json* rp = find_key(j, "rope_parameters"); rp && !rp->is_object())
+    fail(where, "rope_parameters " + shown(*rp) + " must be an object");
   if (const json* rp = find_key(j, "rope_parameters"); rp && rp->is_object() && !find_key(*rp, "full_attention")) {
     if (!find_key(j, "rope_theta")) s.rope_theta = get_float(*rp, "rope_theta", where, fam.default_rope_theta);
     s.rope_scaling = parse_rope_scaling(*rp, "rope_parameters", max_positions_hint(j), where);

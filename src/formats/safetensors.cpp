@@ -88,7 +88,14 @@ int64_t SafeTensorInfo::numel() const {
 SafeTensorsHeader parse_safetensors_header(std::span<const uint8_t> file, std::string_view where) {
   check(file.size() >= 8, where, "not a safetensors file: shorter than the 8-byte header length");
   const uint64_t n = read_u64_le(file.data());
-  check(n <= kMaxHeaderBytes, where, "header length " + std::to_string(n) + " is implausibly large");
+  // (another format's magic reads as an absurd header length: name the format instead)
+  check(std::memcmp(file.data(), "GGUF", 4) != 0, where,
+        "is a GGUF file, not safetensors (this command takes safetensors checkpoints; generate, train, eval and "
+        "merge load GGUF files directly)");
+  check(std::memcmp(file.data(), "PK\x03\x04", 4) != 0, where,
+        "is a zip archive (a PyTorch .bin / .pt checkpoint?), not safetensors: convert it to safetensors first");
+  check(n <= kMaxHeaderBytes, where,
+        "header length " + std::to_string(n) + " is implausibly large: not a safetensors file, or a damaged one");
   check(n <= file.size() - 8, where,
         "header length " + std::to_string(n) + " exceeds the file size " + std::to_string(file.size()) +
             ": file truncated or not safetensors");

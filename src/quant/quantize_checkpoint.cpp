@@ -26,6 +26,7 @@ namespace {
 
 bool has_component(const std::string& name, const std::string& module) {
   // "model.lm_head.weight" contains the component "lm_head"; "xlm_head" does not.
+  if (module.empty()) return false;  // (no component is empty; and find("") would not advance)
   size_t pos = 0;
   while ((pos = name.find(module, pos)) != std::string::npos) {
     bool left = pos == 0 || name[pos - 1] == '.';
@@ -56,7 +57,7 @@ const char* kSideFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_
                             "generation_config.json", "chat_template.jinja", "chat_template.json"};
 
 void copy_file_atomic(const std::string& from, const std::string& to) {
-  write_file_atomic(to, read_text_file(from));
+  write_file_atomic(to, read_file_bytes(from));
 }
 
 struct Inputs {
@@ -69,6 +70,29 @@ Inputs open_inputs(const std::string& in) {
   r.is_dir = fs::is_directory(in);
   for (const auto& p : safetensors_files_of(in)) r.files.push_back(std::make_unique<SafeTensorsFile>(p));
   return r;
+}
+
+// Refuses, before anything is written, an output that is the input itself or (without
+// `overwrite`) one that already exists: a file, or a directory holding a model.
+void check_output(const std::string& in, const std::string& out, bool is_dir, bool overwrite) {
+  std::error_code ec;
+  if (fs::exists(out, ec) && fs::equivalent(out, in, ec))
+    fail(out, std::string("is the input ") + (is_dir ? "model's own directory" : "file itself") +
+                  ": write the output somewhere else");
+  if (!is_dir) {
+    if (fs::is_directory(out, ec)) fail(out, "is a directory; --out names the output file for a file input");
+    if (!overwrite && fs::exists(out, ec))
+      fail(out, "already exists; pass --overwrite to replace it, or choose another --out");
+    return;
+  }
+  if (fs::exists(out, ec) && !fs::is_directory(out, ec))
+    fail(out, "exists and is not a directory; --out names the output directory for a directory input");
+  if (overwrite || !fs::is_directory(out, ec)) return;
+  for (const auto& e : fs::directory_iterator(out, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n == "config.json" || n.ends_with(".safetensors") || n == "model.safetensors.index.json")
+      fail(out, "already holds a model (" + n + "); pass --overwrite to replace it, or choose another --out");
+  }
 }
 
 std::string output_file(const std::string& out, bool is_dir) {
@@ -151,7 +175,10 @@ bool should_quantize_4bit(const std::string& name, DType dtype, const std::vecto
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out, const QuantizeOptions& opt,
                                    const std::function<void(int64_t, int64_t)>& progress) {
   if (!opt.int8) check_blocksize(opt.blocksize);
+  for (const std::string& m : opt.skip_modules)
+    if (m.empty()) fail("--skip", "has an empty module name; give names such as lm_head (a path component of the weights' names)");
   Inputs inputs = open_inputs(in);
+  check_output(in, out, inputs.is_dir, opt.overwrite);
   // (config.json read before any weights are written: a bad one stops the run with nothing written)
   const nlohmann::json cfg_in = inputs.is_dir ? read_config(in) : nlohmann::json::object();
   const std::string out_file = output_file(out, inputs.is_dir);
@@ -221,11 +248,12 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
   return rep;
 }
 
-QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& out, DType dtype,
+QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& out, DType dtype, bool overwrite,
                                      const std::function<void(int64_t, int64_t)>& progress) {
   check(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16, "--dtype",
         "must be fp32, bf16 or fp16");
   Inputs inputs = open_inputs(in);
+  check_output(in, out, inputs.is_dir, overwrite);
   // (config.json read before any weights are written: a bad one stops the run with nothing written)
   const nlohmann::json cfg_in = inputs.is_dir ? read_config(in) : nlohmann::json::object();
   const std::string out_file = output_file(out, inputs.is_dir);

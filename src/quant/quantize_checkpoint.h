@@ -23,6 +23,9 @@ struct QuantizeOptions {
   // Module names (a path component match, e.g. "lm_head") kept in full precision,
   // as transformers' llm_int8_skip_modules.
   std::vector<std::string> skip_modules = {"lm_head"};
+  // Replace an existing output file, or a model already in the output directory. The input
+  // itself is never written over, with or without it.
+  bool overwrite = false;
 };
 
 struct QuantizeReport {
@@ -40,13 +43,17 @@ bool should_quantize_4bit(const std::string& name, DType dtype, const std::vecto
 // model-*.safetensors (+ index). For a file, `out` is the output file; for a directory,
 // `out` is a directory that receives model.safetensors, config.json with its
 // quantization_config, and the tokenizer/generation files copied. Every file is
-// written atomically. `progress(done, total)` is called per tensor when set.
+// written atomically. `progress(done, total)` is called per tensor when set. Throws Error,
+// with nothing written, when `out` is the input itself (its file or directory), when it
+// already exists (a file) or holds a model (config.json, *.safetensors) without
+// opt.overwrite, or when a skip_modules entry is empty.
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out, const QuantizeOptions& opt,
                                    const std::function<void(int64_t, int64_t)>& progress = {});
 
 // The reverse: every 4-bit or 8-bit weight in `in` (file or directory) is dequantized to `dtype`;
 // other tensors are copied (converted to `dtype` when floating point).
-QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& out, DType dtype,
+// The same rules for `out` as quantize_checkpoint's (`overwrite` as QuantizeOptions::overwrite).
+QuantizeReport dequantize_checkpoint(const std::string& in, const std::string& out, DType dtype, bool overwrite,
                                      const std::function<void(int64_t, int64_t)>& progress = {});
 
 // The safetensors files of a model path: the file itself, or a directory's

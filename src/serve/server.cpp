@@ -397,9 +397,10 @@ struct Server::Impl {
     }
   }
 
-  // Parses, resolves the model, tokenizes and enqueues; an ApiError when any of it fails.
-  std::variant<std::shared_ptr<Job>, ApiError> admit(Endpoint ep, const httplib::Request& req) {
-    auto parsed = parse_request(ep, req.body, opt.limits);
+  // Parses `body` (the request's), resolves the model, tokenizes and enqueues; an ApiError when
+  // any of it fails.
+  std::variant<std::shared_ptr<Job>, ApiError> admit(Endpoint ep, const std::string& body) {
+    auto parsed = parse_request(ep, body, opt.limits);
     if (auto* e = std::get_if<ApiError>(&parsed)) return *e;
     auto job = std::make_shared<Job>();
     job->req = std::move(std::get<CompletionRequest>(parsed));
@@ -483,9 +484,9 @@ struct Server::Impl {
     return job;
   }
 
-  void complete(Endpoint ep, const httplib::Request& req, httplib::Response& res) {
+  void complete(Endpoint ep, const httplib::Request& req, const std::string& body, httplib::Response& res) {
     const auto t0 = Clock::now();
-    auto admitted = admit(ep, req);
+    auto admitted = admit(ep, body);
     if (auto* e = std::get_if<ApiError>(&admitted)) {
       send_error(res, *e);
       log_line(req.method + " " + req.path + " " + std::to_string(e->status) + " " + e->message.substr(0, 120));
@@ -579,12 +580,39 @@ struct Server::Impl {
         data.push_back({{"id", n}, {"object", "model"}, {"created", 0}, {"owned_by", "qlora"}, {"parent", opt.base_name}});
       res.set_content(nlohmann::ordered_json{{"object", "list"}, {"data", data}}.dump(), "application/json");
     });
-    http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& s) {
-      complete(Endpoint::ChatCompletions, q, s);
-    });
-    http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& s) {
-      complete(Endpoint::Completions, q, s);
-    });
+    // The body is read as it comes whatever its Content-Type: curl's -d sends JSON labelled
+    // application/x-www-form-urlencoded, which httplib's own reading would refuse past 8 KB as
+    // "too large" (its form limit) while --max-body still holds here (set_payload_max_length).
+    auto post = [this](Endpoint ep) {
+      return [this, ep](const httplib::Request& q, httplib::Response& s, const httplib::ContentReader& read) {
+        std::string body;
+        const bool whole = read([&](const char* data, size_t n) {
+          body.append(data, n);
+          return true;
+        });
+        if (!whole) {  // (over --max-body: httplib set 413; the error handler writes the body)
+          if (s.status < 400) s.status = 400;
+          return;
+        }
+        complete(ep, q, body, s);
+      };
+    };
+    http.Post("/v1/chat/completions", post(Endpoint::ChatCompletions));
+    http.Post("/v1/completions", post(Endpoint::Completions));
+    // Another method on them: 405 naming the one they take, not "no such endpoint".
+    for (const char* path : {"/v1/chat/completions", "/v1/completions"}) {
+      auto wrong_method = [this](const httplib::Request& q, httplib::Response& s) {
+        ApiError e;
+        e.status = 405;
+        e.message = q.method + " " + excerpt(q.path, 60) + ": this endpoint takes POST with a JSON body";
+        send_error(s, e);
+        s.set_header("Allow", "POST");
+        log_line(q.method + " " + excerpt(q.path, 60) + " 405");
+      };
+      http.Get(path, wrong_method);
+      http.Put(path, wrong_method);
+      http.Delete(path, wrong_method);
+    }
     // Errors httplib produces itself (unknown path 404, body too large 413, ...) get
     // OpenAI's error body too.
     http.set_error_handler([this](const httplib::Request& q, httplib::Response& res) {

@@ -26,6 +26,10 @@ namespace {
 constexpr const char* kLockFile = ".qlora-train.lock";
 // Files a finished (or running) training run writes at the top of its output directory.
 constexpr const char* kRunFiles[] = {"adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "loss.svg"};
+// What a checkpoint-N/ directory holds (train/checkpoint.cpp: the PEFT adapter and the trainer's
+// state): the only files a new run ever removes from one.
+constexpr const char* kCheckpointFiles[] = {"adapter_model.safetensors", "adapter_config.json",
+                                            "trainer_state.safetensors"};
 
 bool is_checkpoint_name(const std::string& n) {
   constexpr std::string_view p = "checkpoint-";
@@ -54,6 +58,20 @@ std::string own_command_line() {
   std::replace(s.begin(), s.end(), '\0', ' ');
   if (s.size() > 200) s = s.substr(0, 200) + "...";
   return s;
+}
+
+// Up to `max` entries of checkpoint directory `ck` that a run does not write there (anything but
+// kCheckpointFiles as regular files), "checkpoint-N/name" each.
+std::vector<std::string> foreign_checkpoint_entries(const fs::path& ck, size_t max) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(ck, ec)) {
+    const std::string n = e.path().filename().string();
+    bool ours = false;
+    for (const char* f : kCheckpointFiles) ours = ours || (n == f && e.is_regular_file(ec));
+    if (!ours && out.size() < max) out.push_back(ck.filename().string() + "/" + n + (e.is_directory(ec) ? "/" : ""));
+  }
+  return out;
 }
 
 }  // namespace
@@ -166,6 +184,19 @@ PreviousRunOutput check_output_dir(const std::string& dir, bool resume, bool ove
                          ", or replace it)");
   const PreviousRunOutput prev = scan_previous_run(dir);
   if (prev.empty()) return prev;
+  // A checkpoint directory holding anything a run does not write there is not removed or
+  // replaced, by --overwrite-output-dir or by a resumed run reaching its step: refused now,
+  // before anything is touched.
+  for (const std::string& c : prev.checkpoints) {
+    const std::vector<std::string> foreign = foreign_checkpoint_entries(fs::path(dir) / c, 3);
+    if (foreign.empty() || (!resume && !overwrite)) continue;
+    std::string list;
+    for (const std::string& f : foreign) list += (list.empty() ? "" : ", ") + f;
+    fail((fs::path(dir) / c).string(),
+         "holds files a training run does not write (" + list + "); " +
+             (resume ? "resuming" : "--overwrite-output-dir") +
+             " would remove or replace this checkpoint: move them out of it, or choose another --out");
+  }
   if (resume) {
     if (!prev.checkpoints.empty()) return prev;
     fail(dir, "--resume: there is no checkpoint-N/ to resume from, and the directory holds an earlier run's " +
@@ -194,9 +225,14 @@ void prepare_output_dir(const std::string& dir, bool resume, bool overwrite, boo
     fs::remove(fs::path(dir) / f, ec);
     if (ec) fail((fs::path(dir) / f).string(), "cannot remove (--overwrite-output-dir): " + ec.message());
   }
-  for (const std::string& c : prev.checkpoints) {
-    fs::remove_all(fs::path(dir) / c, ec);
-    if (ec) fail((fs::path(dir) / c).string(), "cannot remove (--overwrite-output-dir): " + ec.message());
+  for (const std::string& c : prev.checkpoints) {  // (their files only: check_output_dir saw nothing else)
+    const fs::path ck = fs::path(dir) / c;
+    for (const char* f : kCheckpointFiles) {
+      fs::remove(ck / f, ec);
+      if (ec) fail((ck / f).string(), "cannot remove (--overwrite-output-dir): " + ec.message());
+    }
+    fs::remove(ck, ec);
+    if (ec) fail(ck.string(), "cannot remove (--overwrite-output-dir): " + ec.message());
   }
   if (log)
     std::fprintf(stderr, "--overwrite-output-dir: removed the earlier run's %s from %s\n", prev.summary(100).c_str(),

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -56,10 +57,18 @@ std::string read_file(const std::string& path) {
     fail(path, "is a directory, not a data file (give a .json, .jsonl or plain text file)");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, "cannot open the data file");
-  std::stringstream ss;
-  ss << f.rdbuf();
+  // A megabyte at a time, stopping after the first one holding a NUL byte: no text or JSON
+  // holds one (check_not_binary then says where), and a device such as /dev/zero never ends.
+  std::string out;
+  std::vector<char> chunk(size_t{1} << 20);
+  while (f) {
+    f.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    const size_t n = static_cast<size_t>(f.gcount());
+    out.append(chunk.data(), n);
+    if (std::memchr(chunk.data(), '\0', n)) break;
+  }
   if (f.bad()) fail(path, "cannot read the data file");
-  return ss.str();
+  return out;
 }
 
 // The little-endian uint32 at b[at..at+4) (the caller checks the bounds).

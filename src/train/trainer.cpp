@@ -268,6 +268,7 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     bar->update(st.step, "first step running");  // shown at once, not after the first (slow) step
   }
   int64_t bad_in_a_row = 0;  // consecutive steps skipped for a non-finite loss or gradient
+  int64_t applied = 0, nonfinite_steps = 0;  // this run's updates, and its steps skipped for NaN/inf
   const auto t0 = Clock::now();
   std::vector<const TrainSequence*> batch(static_cast<size_t>(micro));
   for (int64_t step = st.step; step < total_steps; ++step) {
@@ -306,7 +307,8 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
     log.grad_norm = opt.max_grad_norm > 0 ? clip_grad_norm(grads, opt.max_grad_norm) : global_grad_norm(grads);
     log.skipped = !std::isfinite(log.grad_norm) || !std::isfinite(log.loss) || n_targets == 0;
     const bool nonfinite = n_targets > 0 && log.skipped;
-    if (!log.skipped) optimizer->step(log.lr);
+    if (!log.skipped) optimizer->step(log.lr), ++applied;
+    nonfinite_steps += nonfinite ? 1 : 0;
     st.step = step + 1;
     res.tokens += tokens;
     log.elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -363,6 +365,12 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   }
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (bar) bar->finish();
+  // Not one update, every step NaN/inf (fewer of them than stop a run above): the adapter is
+  // its initial one, and saving it as the result would pass for a trained adapter.
+  if (applied == 0 && nonfinite_steps > 0)
+    fail("train", "the loss or gradient was NaN/inf at every step of this run (" + std::to_string(nonfinite_steps) +
+                      "), so nothing was learned and no adapter is saved: the model's weights may hold NaN/inf "
+                      "values (check the file), or the activations overflow (try --compute-dtype fp32)");
   run_eval(st.step, false);
   if (write) {
     metrics->sync();

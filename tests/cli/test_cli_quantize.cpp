@@ -63,7 +63,8 @@ void expect_same_tensor(const SafeTensorsFile& a, const SafeTensorsFile& b, cons
 void check_layer_matches_bnb(const std::string& opts, const std::string& layer, const std::string& qt,
                              bool nested) {
   auto out = (scratch() / ("q_" + qt + std::to_string(nested) + ".safetensors")).string();
-  CliRun r = run_cli("quantize --model " + kSource + " --out " + out + " " + opts);
+  // (--overwrite: tests of one process share the scratch directory and may name the same output)
+  CliRun r = run_cli("quantize --model " + kSource + " --out " + out + " --overwrite " + opts);
   ASSERT_EQ(r.code, 0) << r.output;
   SafeTensorsFile ours(out), bnb(kBnbState);
   const std::string w = layer + ".weight";
@@ -177,9 +178,16 @@ TEST(CliQuantize, BadInputsGiveOneClearErrorAndNonZeroExit) {
   auto q = (scratch() / "already.safetensors").string();
   ASSERT_EQ(run_cli("quantize --model " + kSource + " --out " + q).code, 0);
   auto before = fs::file_size(q);
-  CliRun again = run_cli("quantize --model " + q + " --out " + q);
+  const auto q2 = (scratch() / "already2.safetensors").string();
+  fs::remove(q2);
+  CliRun again = run_cli("quantize --model " + q + " --out " + q2);
   EXPECT_NE(again.code, 0);
   EXPECT_NE(again.output.find("already 4-bit"), std::string::npos) << again.output;
+  EXPECT_FALSE(fs::exists(q2));
+  // and never written over itself, --overwrite or not
+  CliRun self = run_cli("quantize --model " + q + " --out " + q + " --overwrite");
+  EXPECT_NE(self.code, 0);
+  EXPECT_NE(self.output.find("is the input file itself"), std::string::npos) << self.output;
   EXPECT_EQ(fs::file_size(q), before);
 }
 

@@ -122,6 +122,7 @@ void put(const fs::path& dir, const std::string& name, const std::string& conten
 }
 
 void copy_in(const fs::path& dir, const std::string& from, const std::string& name) {
+  fs::create_directories((dir / name).parent_path());
   fs::copy_file(from, dir / name, fs::copy_options::overwrite_existing);
 }
 
@@ -892,6 +893,173 @@ std::vector<Case> cases() {
                .command = merge + "--adapter {fixtures}/train_parity/stories260k/initial_adapter:inf --out merged",
                .exit_code = 1,
                .stderr_has = {"--adapter: weight 'inf' is not a finite number"}});
+  // A merge whose weights overflow: refused, nothing written (not a GGUF of infinities).
+  t.push_back({.name = "merge_gguf_overflow_refused",
+               .command = "{qlora} merge -m {fixtures}/families/llama/model.gguf --adapter "
+                          "{fixtures}/families/llama/default_adapter:1e38 --out mg.gguf",
+               .exit_code = 1,
+               .stderr_has = {"mg.gguf", "merged weights", "nothing was written"},
+               .needs_stories = false,
+               .check = [](const CliRun& r) { EXPECT_FALSE(fs::exists(fs::path(r.dir) / "mg.gguf")); }});
+
+  // ---- quantize / dequantize / export-adapter never write over their input or an existing output ----
+  const std::string src4 = "{fixtures}/quant/linear4bit_source.safetensors";
+  t.push_back({.name = "quantize_empty_skip_entry",
+               .command = "{qlora} quantize --model " + src4 + " --out q.safetensors --skip ''",
+               .exit_code = 1,
+               .stderr_has = {"--skip", "empty module name"},
+               .needs_stories = false,
+               .check = [](const CliRun& r) { EXPECT_FALSE(fs::exists(fs::path(r.dir) / "q.safetensors")); }});
+  t.push_back({.name = "quantize_out_is_the_input",
+               .setup = [](const fs::path& d) { copy_in(d, fixture("quant/linear4bit_source.safetensors"), "in.safetensors"); },
+               .command = "{qlora} quantize --model in.safetensors --out in.safetensors --overwrite",
+               .exit_code = 1,
+               .stderr_has = {"in.safetensors: is the input file itself"},
+               .needs_stories = false});
+  t.push_back({.name = "quantize_out_exists",
+               .setup = [](const fs::path& d) { put(d, "other.safetensors", "the user's own file"); },
+               .command = "{qlora} quantize --model " + src4 + " --out other.safetensors",
+               .exit_code = 1,
+               .stderr_has = {"other.safetensors: already exists", "--overwrite"},
+               .needs_stories = false});
+  t.push_back({.name = "quantize_overwrite_replaces_the_output",
+               .setup = [](const fs::path& d) { put(d, "other.safetensors", "the user's own file"); },
+               .command = "{qlora} quantize --model " + src4 + " --out other.safetensors --overwrite",
+               .exit_code = 0,
+               .stderr_has = {"tensors quantized"},
+               .needs_stories = false,
+               .replaces_user_files = true});
+  t.push_back({.name = "quantize_dir_into_itself",
+               .setup =
+                   [](const fs::path& d) {
+                     copy_in(d, fixture("families/llama/config.json"), "m/config.json");
+                     copy_in(d, fixture("families/llama/model.safetensors"), "m/model.safetensors");
+                   },
+               .command = "{qlora} quantize --model m --out m --overwrite",
+               .exit_code = 1,
+               .stderr_has = {"m: is the input model's own directory"},
+               .needs_stories = false});
+  t.push_back({.name = "quantize_dir_into_a_model",
+               .setup =
+                   [](const fs::path& d) {
+                     copy_in(d, fixture("families/llama/config.json"), "m/config.json");
+                     copy_in(d, fixture("families/llama/model.safetensors"), "m/model.safetensors");
+                     put(d, "other/config.json", "{\"the user's\": \"model\"}");
+                   },
+               .command = "{qlora} quantize --model m --out other",
+               .exit_code = 1,
+               .stderr_has = {"other: already holds a model (config.json)", "--overwrite"},
+               .needs_stories = false});
+  t.push_back({.name = "quantize_a_gguf",
+               .command = "{qlora} quantize --model {fixtures}/families/llama/model.gguf --out q.safetensors",
+               .exit_code = 1,
+               .stderr_has = {"is a GGUF file, not safetensors"},
+               .needs_stories = false});
+  t.push_back({.name = "dequantize_out_is_the_input",
+               .setup = [](const fs::path& d) { copy_in(d, fixture("quant/linear4bit_state.safetensors"), "b4.safetensors"); },
+               .command = "{qlora} dequantize --model b4.safetensors --out b4.safetensors --overwrite",
+               .exit_code = 1,
+               .stderr_has = {"b4.safetensors: is the input file itself"},
+               .needs_stories = false});
+  t.push_back({.name = "dequantize_unknown_dtype",
+               .command = "{qlora} dequantize --model {fixtures}/quant/linear4bit_state.safetensors --out d.safetensors "
+                          "--dtype int4",
+               .exit_code = 1,
+               .stderr_has = {"--dtype: unknown dtype"},
+               .stderr_lacks = {"--compute-dtype"},
+               .needs_stories = false});
+  t.push_back({.name = "export_adapter_over_its_base_model",
+               .setup = [](const fs::path& d) { copy_in(d, fixture("families/llama/model.gguf"), "base.gguf"); },
+               .command = "{qlora} export-adapter {fixtures}/families/llama/default_adapter -m base.gguf --out base.gguf "
+                          "--overwrite",
+               .exit_code = 1,
+               .stderr_has = {"base.gguf: is the base model's own file"},
+               .needs_stories = false});
+
+  // ---- --overwrite-output-dir and --resume never remove what a run did not write ----
+  t.push_back({.name = "out_dir_overwrite_keeps_foreign_files_in_a_checkpoint",
+               .setup =
+                   [earlier_run](const fs::path& d) {
+                     earlier_run(d);
+                     put(d, "out/checkpoint-50/notes.txt", "the user's notes");
+                     put(d, "out/checkpoint-99/sub/data.bin", "the user's data");
+                   },
+               .command = train + "--data data.txt --overwrite-output-dir",
+               .exit_code = 1,
+               .stderr_has = {"holds files a training run does not write", "--overwrite-output-dir"}});
+  t.push_back({.name = "out_dir_resume_keeps_foreign_files_in_a_checkpoint",
+               .setup =
+                   [earlier_run](const fs::path& d) {
+                     earlier_run(d);
+                     put(d, "out/checkpoint-50/notes.txt", "the user's notes");
+                   },
+               .command = train + "--data data.txt --resume",
+               .exit_code = 1,
+               .stderr_has = {"checkpoint-50: holds files a training run does not write (checkpoint-50/notes.txt)",
+                              "resuming"}});
+
+  // ---- numbers out of range ----
+  t.push_back({.name = "threads_absurd",
+               .command = "{qlora} generate {M} -p Once -n 2 --threads 99999",
+               .exit_code = 1,
+               .stderr_has = {"--threads: 99999 is more than this command takes"}});
+  t.push_back({.name = "seed_negative",
+               .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
+               .command = train + "--data data.txt --seed -1",
+               .exit_code = 105,
+               .stderr_has = {"--seed", "whole number"}});
+  t.push_back({.name = "seed_too_large",
+               .command = "{qlora} generate {M} -p Once -n 2 --seed 99999999999999999999",
+               .exit_code = 105,
+               .stderr_has = {"--seed", "whole number"}});
+  t.push_back({.name = "max_steps_negative",
+               .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
+               .command = "{qlora} train {M} --out out --data data.txt --max-steps -5",
+               .exit_code = 1,
+               .stderr_has = {"--max-steps: must be a positive number"}});
+  // A run that cannot fit in this machine's memory is refused before loading (no --max-memory).
+  t.push_back({.name = "generate_beyond_available_memory",
+               .command = "{qlora} generate --model random:hidden=8192,layers=2000,ffn=28672,heads=64,vocab=32000 "
+                          "-p hi -n 2",
+               .exit_code = 1,
+               .stderr_has = {"of memory available now", "--max-memory"},
+               .needs_stories = false});
+
+  // ---- broken weights: NaN / infinity is said, never generated from or saved as a result ----
+  // stories260K with NaN in the embedding rows of tokens 0-15 (BOS among them).
+  const auto nan_model = [](const fs::path& d) {
+    std::string b = read_file(stories());
+    for (size_t i = 28; i < 28 + 64 * 16 * 4; ++i) b[i] = '\xFF';
+    put(d, "nan.bin", b);
+    put(d, "data.txt", kStory);
+  };
+  t.push_back({.name = "nan_weights_generate",
+               .setup = nan_model,
+               .command = "{qlora} generate --model nan.bin --tokenizer {tok} -p Once -n 4",
+               .exit_code = 1,
+               .stderr_has = {"logits", "not finite", "NaN"}});
+  t.push_back({.name = "nan_weights_eval",
+               .setup = nan_model,
+               .command = "{qlora} eval --model nan.bin --tokenizer {tok} --data data.txt",
+               .exit_code = 1,
+               .stderr_has = {"the loss", "is NaN"}});
+  t.push_back({.name = "nan_weights_train_saves_nothing",
+               .setup = nan_model,
+               .command = "{qlora} train --model nan.bin --tokenizer {tok} --data data.txt --out out --max-steps 2",
+               .exit_code = 1,
+               .stderr_has = {"NaN/inf at every step", "no adapter is saved"},
+               .check = [](const CliRun& r) { EXPECT_FALSE(fs::exists(fs::path(r.dir) / "out/adapter_model.safetensors")); }});
+  // A device that never ends: refused at its first NUL byte, not read into memory forever.
+  t.push_back({.name = "data_from_dev_zero",
+               .command = train + "--data /dev/zero",
+               .exit_code = 1,
+               .stderr_has = {"/dev/zero", "NUL byte"}});
+  t.push_back({.name = "config_model_type_not_a_string",
+               .setup = [](const fs::path& d) { put(d, "m/config.json", "{\"model_type\": 5, \"hidden_size\": 64}"); },
+               .command = "{qlora} generate --model m -p hi -n 1",
+               .exit_code = 1,
+               .stderr_has = {"'model_type' must be a string", "not number"},
+               .needs_stories = false});
   return t;
 }
 

@@ -12,6 +12,7 @@
 
 #include "base/error.h"
 #include "formats/llama2c_model.h"
+#include "formats/llama2c_tokenizer.h"
 #include "formats/model_loader.h"
 #include "formats/tokenizer.h"
 #include "model/generate.h"
@@ -284,4 +285,28 @@ TEST(Stories260K, SeededSamplingIsReproducible) {
   g.sampling.seed = 4321;
   const GenerationResult c = generate(L.model, L.files.tokenizer.get(), prompt, g);
   EXPECT_NE(a.output_ids, c.output_ids);
+}
+
+// A tokenizer with fewer tokens than the model's vocabulary (an embedding padded past it, as
+// Qwen's): the ids it has no text for are never sampled, so generation never fails decoding
+// one (it did, mid-answer, with "token id ... is outside the vocabulary").
+TEST(Stories260K, IdsPastTheTokenizerAreNeverSampled) {
+  Loaded L = load(ModelLoadOptions{});
+  TokenizerSpec spec = load_llama2c_tokenizer(stories_tok());
+  constexpr size_t kKept = 300;
+  ASSERT_GT(spec.vocab.size(), kKept);
+  spec.vocab.resize(kKept);
+  if (spec.scores.size() > kKept) spec.scores.resize(kKept);
+  const Tokenizer small(std::move(spec));
+  ASSERT_EQ(small.vocab_size(), static_cast<int32_t>(kKept));
+  GenerationOptions g;
+  g.max_new_tokens = 120;
+  g.ignore_eos = true;
+  g.sampling = {2.0f, 0, 1.0f, 1.0f, 77};  // (hot: the full vocabulary is in play)
+  const GenerationResult r = generate(L.model, &small, {1}, g);
+  ASSERT_EQ(r.output_ids.size(), 120u);
+  for (int id : r.output_ids) EXPECT_LT(id, static_cast<int>(kKept));
+  // (the same sampling with the full tokenizer does reach the ids past it)
+  const GenerationResult full = generate(L.model, L.files.tokenizer.get(), {1}, g);
+  EXPECT_TRUE(std::any_of(full.output_ids.begin(), full.output_ids.end(), [](int id) { return id >= static_cast<int>(kKept); }));
 }

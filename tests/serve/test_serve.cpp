@@ -187,6 +187,36 @@ TEST(Serve, EndpointsAdaptersStreamingAndErrors) {
     ASSERT_TRUE(e.is_object() && e.contains("error")) << r->body;
     EXPECT_NE(e["error"]["message"].get<std::string>().find(b.says), std::string::npos) << r->body;
   }
+
+  // Another method on a POST endpoint: 405 naming POST, OpenAI's error body.
+  auto g = c.Get("/v1/chat/completions");
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->status, 405) << g->body;
+  EXPECT_EQ(g->get_header_value("Allow"), "POST");
+  EXPECT_NE(g->body.find("takes POST"), std::string::npos) << g->body;
+}
+
+// curl's -d labels the JSON application/x-www-form-urlencoded: read as JSON whatever the label,
+// past httplib's own 8 KB limit for forms (--max-body is what bounds it).
+TEST(Serve, JsonBodyLabelledAsAFormIsReadAsJson) {
+  Fixture fx;
+  serve::ServeOptions opt;
+  opt.max_body_bytes = 100000;
+  Running srv(fx, opt);
+  httplib::Client c = srv.client();
+  json body = chat_body("stories", "Once upon a time", 4);
+  body["user"] = std::string(12000, 'u');  // (OpenAI's end-user id: a long body that adds no tokens)
+  const std::string text = body.dump();
+  ASSERT_GT(text.size(), 8192u);
+  auto r = c.Post("/v1/chat/completions", text, "application/x-www-form-urlencoded");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body.substr(0, 300);
+  EXPECT_EQ(json::parse(r->body, nullptr, false).value("object", ""), "chat.completion") << r->body.substr(0, 300);
+  // and --max-body still holds for it
+  body["user"] = std::string(120000, 'u');
+  auto big = c.Post("/v1/chat/completions", body.dump(), "application/x-www-form-urlencoded");
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->status, 413) << big->body.substr(0, 300);
 }
 
 // SmolLM2 (~40 tokens/s here): slow enough that a request is still running when the next

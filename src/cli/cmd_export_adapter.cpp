@@ -35,7 +35,8 @@ int run(const Options& o) {
   for (const std::string& in : {o.m.model, o.m.tokenizer})
     if (!in.empty() && std::filesystem::exists(o.out, ec) && std::filesystem::exists(in, ec) &&
         std::filesystem::equivalent(o.out, in, ec))
-      qlora::fail(o.out, "is the base model's own file: write the LoRA GGUF somewhere else");
+      qlora::fail(o.out, "is " + std::string(in == o.m.model ? "the base model's own file" : "the tokenizer file") +
+                             " (an input): write the LoRA GGUF somewhere else");
   qlora::refuse_random_model(o.m.model, "qlora export-adapter");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
   qlora::ModelFiles files = qlora::open_model_files(o.m.model, o.m.tokenizer);

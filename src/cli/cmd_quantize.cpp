@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "base/dtype.h"
 #include "base/progress.h"
@@ -41,7 +43,8 @@ const bool kQuantize = qlora::cli::register_command(
                                 "Quantize the absmax constants too (bnb_4bit_use_double_quant)");
       app.add_option("--compute-dtype", o->compute, "Dtype recorded for dequantization: fp32, bf16, fp16")
           ->capture_default_str();
-      app.add_option("--skip", o->skip, "Modules kept in full precision")->capture_default_str();
+      app.add_option("--skip", o->skip, "Modules kept in full precision (none: quantize every Linear)")
+          ->capture_default_str();
       qlora::cli::add_bool_flag(app, "--overwrite", o->overwrite, "Replace an existing --out (never the input)");
       return [o] {
         qlora::refuse_random_model(o->in, "qlora quantize");
@@ -51,7 +54,7 @@ const bool kQuantize = qlora::cli::register_command(
         opt.blocksize = o->blocksize;
         opt.double_quant = o->dq;
         opt.compute_dtype = qlora::compute_dtype_from_string(o->compute);
-        opt.skip_modules = o->skip;
+        opt.skip_modules = o->skip == std::vector<std::string>{"none"} ? std::vector<std::string>{} : o->skip;
         opt.overwrite = o->overwrite;
         std::optional<qlora::ProgressBar> bar;
         auto rep = qlora::quantize_checkpoint(o->in, o->out, opt, [&](int64_t d, int64_t t) {

@@ -81,7 +81,7 @@ int run(const Options& o) {
                                  "merge an adapter with `qlora merge`");
   if (!files.tokenizer) qlora::fail(o.m.model, "no tokenizer found next to the model; pass --tokenizer PATH");
   if (!files.notice.empty()) std::fprintf(stderr, "warning: %s\n", files.notice.c_str());
-  {
+  if (qlora::cli::wants_memory_check(o.m, "")) {
     // From the headers only: --parallel sequences at once, each up to --max-tokens past a
     // short prompt.
     qlora::MemoryOptions mo =

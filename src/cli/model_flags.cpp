@@ -52,8 +52,8 @@ void add_model_flags(CLI::App& app, ModelFlags& f, const std::string& compute_he
                 "stored: --gguf-compact)");
   add_bool_flag(app, "--gguf-compact", f.gguf_compact,
                 "Keep a GGUF's Q6_K, Q5_K, Q5_1 and Q5_0 linears and head as the file's blocks (exactly "
-                "llama.cpp's values, the file's size) instead of 8-bit (Q8_0 of their values, within half an "
-                "8-bit step, 9 bits a value) on float activations too: 24-40% fewer bytes. Decoding on 8-bit "
+                "llama.cpp's values, the file's size) instead of 8-bit (9 bits a value: Q5_0 exactly, the others "
+                "Q8_0 of their values, within half an 8-bit step) on float activations too: 24-40% fewer bytes. Decoding on 8-bit "
                 "activations (the GGUF default) keeps them so anyway, where their products are as fast or faster; "
                 "on float activations (train, eval, --no-int8-activations) they ran 1.4-1.5x slower on a 2-core "
                 "Zen 3 (bench/RESULTS.md)");
@@ -255,9 +255,8 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
     if (plan.required_bytes > static_cast<uint64_t>(avail))
       fail(what, "needs " + format_gb(plan.required_bytes) + " resident at its peak, more than the " +
                      format_gb(static_cast<uint64_t>(avail)) +
-                     " of memory available now (refusing to start; a smaller model, --quant nf4 --double-quant, "
-                     "a shorter --seq-len / -n or fewer --parallel need less, and --max-memory SIZE runs it "
-                     "against SIZE instead); the planner's breakdown follows\n" +
+                     " of memory available now (refusing to start: the breakdown below says what takes it; "
+                     "--max-memory SIZE checks against SIZE instead)\n" +
                      plan.to_text());
     return;
   }

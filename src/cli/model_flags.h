@@ -102,8 +102,9 @@ void check_memory_fits(const ModelSpec& spec, MemoryOptions mo, const ModelFlags
 // memory is the scarce thing QLoRA is for). `why` gets the reason, for the user.
 bool auto_checkpointing(const ModelSpec& spec, MemoryOptions mo, bool cuda, const std::string& max_memory,
                         std::string* why);
-// True when `qlora chat` checks its plan (sized for a whole context, which a conversation
-// rarely reaches): --max-memory given or a GPU device. generate, serve and train always do.
+// True when `qlora chat` and `qlora serve` check their plans (sized for a whole context or
+// --parallel answers of --max-tokens, which the KV cache, grown on demand, rarely reaches):
+// --max-memory given or a GPU device. generate and train always do.
 bool wants_memory_check(const ModelFlags& f, const std::string& max_memory);
 
 // After a run on a device: "GPU memory: peak X MiB (CUDA context Y MiB + buffers Z MiB)"

@@ -151,9 +151,9 @@ struct MemoryOptions {
   // And its Q8_0 block linears kept 8-bit (float32 compute): their values (1 byte each plus a
   // float32 scale per 32) in place of the 4-bit ones.
   uint64_t gguf_kept_q8_values = 0;
-  // (Q5_0, and the types not kept as blocks, counted among them: Q8_0 of their values.)
-  // And those kept as the file's blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K; Q6_K, Q5_K when
-  // decoding on 8-bit activations; with --gguf-compact Q5_1 too; float32 compute):
+  // (The block types not kept as blocks counted among them: Q8_0 of their values.)
+  // And those kept as the file's blocks (gguf_type_kept_as_blocks: Q3_K, Q2_K; Q6_K, Q5_K, Q5_1,
+  // Q5_0 when decoding on 8-bit activations or with --gguf-compact; float32 compute):
   // their values, and their bytes as stored, in place of 4-bit ones.
   uint64_t gguf_kept_block_values = 0, gguf_kept_block_bytes = 0;
 

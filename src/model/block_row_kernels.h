@@ -5,12 +5,13 @@
 // 2.63) and its exact values, where widening to Q8_0 (8.5 bits) rounded Q5_1 / Q5_K / Q6_K
 // by up to half an 8-bit step and re-quantizing Q2_K / Q3_K to NF4 changed every value.
 // Which types the loader holds this way is model/tensor_source.h's gguf_type_kept_as_blocks:
-// Q2_K / Q3_K always, Q6_K / Q5_K on 8-bit activations, Q5_1 with --gguf-compact (on float
+// Q2_K / Q3_K always, the others on 8-bit activations or with --gguf-compact (on float
 // activations these kernels cost 1.3-1.9x the 8-bit GEMV per weight on Zen 3, so there those
-// become Q8_0 of their values), Q5_0 never (exact as 8-bit); bench_generate's BM_GemvBlocks
-// measures them all next to BM_GemvQ8. On 8-bit activations (gemv_i8: --int8-activations, the
-// CLI's default for a GGUF) the products are integer dot products as llama.cpp's, and the
-// 256-value types' (block_row_kernels_i8_avx2.cpp) beat the Q8_0 copy's.
+// become 8-bit); bench_generate's BM_GemvBlocks / BM_GemvBlocksI8 measure them next to
+// BM_GemvQ8 / BM_GemvQ8I8. On 8-bit activations (gemv_i8: --int8-activations, the CLI's default
+// for a GGUF) the products are integer dot products as llama.cpp's: the 256-value types'
+// (block_row_kernels_i8_avx2.cpp) beat the Q8_0 copy's, Q5_1 / Q5_0's
+// (block_row_kernels_q5_i8_avx2.cpp) match it streamed from memory at fewer bytes.
 //
 // A value is exactly ggml's reference dequantization (formats/ggml_types.h
 // dequantize_row_ref, which equals gguf-py's numpy dequantizer bit for bit): each kernel

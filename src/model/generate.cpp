@@ -206,9 +206,13 @@ void Generation::advance(float* logits) {
 void Generation::sample(float* logits, bool prompt) {
   running_ = false;
   const int64_t V = model_.spec().vocab;
+  // Ids past the tokenizer's vocabulary (an embedding padded beyond it, as Qwen's and others')
+  // name no text: never sampled, as transformers' padded rows are never meant to be.
+  const int64_t sampled = tok_ ? std::min<int64_t>(V, tok_->vocab_size()) : V;
+  std::fill(logits + sampled, logits + V, -std::numeric_limits<float>::infinity());
   // NaN or +infinity in the logits means the weights (or the activations) are broken: say so
   // rather than sample from garbage (an argmax over NaN picks token 0 every time, silently).
-  for (int64_t i = 0; i < V; ++i)
+  for (int64_t i = 0; i < sampled; ++i)
     if (std::isnan(logits[i]) || logits[i] == std::numeric_limits<float>::infinity())
       fail("generate", "the model's logits " + std::string(prompt ? "after the prompt" : "at generated token " +
                                                                        std::to_string(produced_)) +
@@ -216,10 +220,6 @@ void Generation::sample(float* logits, bool prompt) {
                            (std::isnan(logits[i]) ? "NaN" : "+inf") +
                            "): the model's weights hold NaN / infinite values, or its activations overflowed " +
                            "(fp16 compute overflows where bf16 / fp32 do not)");
-  // Ids past the tokenizer's vocabulary (an embedding padded beyond it, as Qwen's and others')
-  // name no text: never sampled, as transformers' padded rows are never meant to be.
-  if (tok_ && tok_->vocab_size() < V)
-    std::fill(logits + tok_->vocab_size(), logits + V, -std::numeric_limits<float>::infinity());
   const int next = sampler_->sample(std::span<float>(logits, static_cast<size_t>(V)), context_);
   ++produced_;
   const auto t1 = Clock::now();

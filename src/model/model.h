@@ -127,7 +127,7 @@ struct ModelLoadOptions {
   // same values, a quarter of the bytes every decoded token reads) when the compute dtype is
   // float32; one stored in a type kept as blocks (gguf_type_kept_as_blocks with
   // gguf_block_types below: Q3_K, Q2_K; Q6_K, Q5_K, Q5_1, Q5_0 on 8-bit activations or with gguf_compact) stays as stored (DenseWeight::from_gguf_blocks: its
-  // values exactly), and one in another quantized type (Q4_0, Q4_K, Q5_0, Q6_K, ...) is
+  // values exactly), and one in another quantized type (Q4_0, Q4_K, IQ4_XS, ...) is
   // re-quantized to Q8_0 (DenseWeight::to_q8_0: within half a step of its block); one stored
   // in 16 bits (BF16 / F16: a Hugging Face checkpoint's usual dtypes, an F16 GGUF's) stays in
   // them (DenseWeight::held_16bit: its values exactly, computed with in float32). false widens

@@ -22,8 +22,8 @@ namespace qlora {
 
 // Which of a GGUF's Linear / head types the loader keeps as the file's blocks
 // (DenseWeight::from_gguf_blocks, float32 compute: exactly its values, at its size); the
-// others become Q8_0 of their values (within half an 8-bit step, 9 bits a value). Q5_0 is never
-// kept: it becomes Q8_0 blocks of exactly its values. (bench/RESULTS.md, sessions 32 and 34.)
+// others become 8-bit: Q8_0 of their values (within half an 8-bit step, 9 bits a value), Q5_0
+// Q8_0 blocks of exactly its values. (bench/RESULTS.md, sessions 32, 34 and 36.)
 enum class GgufBlockTypes {
   // Q2_K and Q3_K only: 8 bits would take 3x their bytes, and NF4 changes every value. The
   // default on float32 activations, where the Q8_0 copy's products of the others ran 1.4-1.5x

@@ -176,7 +176,9 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
                                    const std::function<void(int64_t, int64_t)>& progress) {
   if (!opt.int8) check_blocksize(opt.blocksize);
   for (const std::string& m : opt.skip_modules)
-    if (m.empty()) fail("--skip", "has an empty module name; give names such as lm_head (a path component of the weights' names)");
+    if (m.empty())
+      fail("--skip", "has an empty module name; give names such as lm_head (a path component of the weights' "
+                     "names), or none to quantize every Linear");
   Inputs inputs = open_inputs(in);
   check_output(in, out, inputs.is_dir, opt.overwrite);
   // (config.json read before any weights are written: a bad one stops the run with nothing written)

@@ -168,6 +168,36 @@ std::variant<CompletionRequest, ApiError> parse_request(Endpoint endpoint, const
     if (!j["stream"].is_boolean()) return bad("stream", "'stream' must be true or false");
     r.stream = j["stream"].get<bool>();
   }
+  // Features that change what the answer means are refused rather than ignored: a client asking
+  // for tool calls, JSON output or log-probabilities would otherwise take plain text for them.
+  auto set = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
+  auto unsupported = [&](const char* key, const std::string& what) {
+    std::string m = "'";  // (appended piece by piece: GCC 12's -Wrestrict misfires on "'" + std::string(...))
+    m.append(key).append("': ").append(what).append(" is not supported by this server");
+    return bad(key, m);
+  };
+  if (set("tools") && !(j["tools"].is_array() && j["tools"].empty())) return unsupported("tools", "tool calling");
+  if (set("functions") && !(j["functions"].is_array() && j["functions"].empty()))
+    return unsupported("functions", "function calling");
+  if (set("tool_choice") && !(j["tool_choice"].is_string() && j["tool_choice"] == "none"))
+    return unsupported("tool_choice", "tool calling");
+  auto text_format = [](const json& f) {
+    if (!f.is_object()) return false;
+    const auto it = f.find("type");
+    return it == f.end() || (it->is_string() && it->get<std::string>() == "text");
+  };
+  if (set("response_format") && !text_format(j["response_format"]))
+    return unsupported("response_format", "a response format other than text (JSON mode, schemas)");
+  if (set("logprobs") && !(j["logprobs"].is_boolean() ? !j["logprobs"].get<bool>()
+                                                      : j["logprobs"].is_number_integer() && j["logprobs"] == 0))
+    return unsupported("logprobs", "returning log-probabilities");
+  if (set("top_logprobs") && !(j["top_logprobs"].is_number_integer() && j["top_logprobs"] == 0))
+    return unsupported("top_logprobs", "returning log-probabilities");
+  if (set("echo") && !(j["echo"].is_boolean() && !j["echo"].get<bool>())) return unsupported("echo", "echoing the prompt");
+  if (set("suffix") && !(j["suffix"].is_string() && j["suffix"].get<std::string>().empty()))
+    return unsupported("suffix", "insertion (a suffix)");
+  if (set("best_of") && !(j["best_of"].is_number_integer() && j["best_of"] == 1))
+    return unsupported("best_of", "best-of sampling");
   if (j.contains("stream_options") && j["stream_options"].is_object() && j["stream_options"].contains("include_usage"))
     r.include_usage = j["stream_options"]["include_usage"].is_boolean() && j["stream_options"]["include_usage"].get<bool>();
   return r;

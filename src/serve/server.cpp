@@ -582,15 +582,29 @@ struct Server::Impl {
     });
     // The body is read as it comes whatever its Content-Type: curl's -d sends JSON labelled
     // application/x-www-form-urlencoded, which httplib's own reading would refuse past 8 KB as
-    // "too large" (its form limit) while --max-body still holds here (set_payload_max_length).
+    // "too large" (its form limit). --max-body bounds it here too: httplib checks a declared
+    // Content-Length (set_payload_max_length), the receiver a chunked body as it grows.
+    // (multipart/form-data would go to httplib's part parser, which this reader does not feed.)
     auto post = [this](Endpoint ep) {
       return [this, ep](const httplib::Request& q, httplib::Response& s, const httplib::ContentReader& read) {
+        if (q.is_multipart_form_data()) {
+          ApiError e;
+          e.status = 415;
+          e.message = "the request body must be JSON (Content-Type: application/json), not multipart/form-data";
+          send_error(s, e);
+          log_line(q.method + " " + excerpt(q.path, 60) + " 415");
+          return;
+        }
         std::string body;
         const bool whole = read([&](const char* data, size_t n) {
+          if (body.size() + n > opt.max_body_bytes) {
+            s.status = 413;
+            return false;
+          }
           body.append(data, n);
           return true;
         });
-        if (!whole) {  // (over --max-body: httplib set 413; the error handler writes the body)
+        if (!whole) {  // (too large: 413; the error handler writes the body)
           if (s.status < 400) s.status = 400;
           return;
         }

@@ -22,6 +22,17 @@ namespace {
 constexpr const char* kStateFile = "trainer_state.safetensors";
 constexpr std::string_view kPrefix = "checkpoint-";
 
+// Files of a checkpoint, from `from` into the existing directory `to` (which holds other files
+// of the user's, so it cannot be replaced whole), each by an atomic rename; then `from` goes.
+void move_checkpoint_files(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(from, ec)) {
+    fs::rename(e.path(), to / e.path().filename(), ec);
+    if (ec) fail((to / e.path().filename()).string(), "cannot move the checkpoint file into place: " + ec.message());
+  }
+  fs::remove(from, ec);
+}
+
 std::string hex64(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
@@ -91,6 +102,22 @@ uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
   return h;
 }
 
+bool is_checkpoint_file(const std::string& name) {
+  return name == kPeftConfigFile || name == kPeftWeightsFile || name == kStateFile;
+}
+
+bool remove_checkpoint_files(const std::string& dir) {
+  std::error_code ec;
+  for (std::string_view f : {kPeftConfigFile, kPeftWeightsFile, std::string_view(kStateFile)}) {
+    const fs::path p = fs::path(dir) / f;
+    fs::remove(p, ec);
+    if (ec) fail(p.string(), "cannot remove: " + ec.message());
+  }
+  if (!fs::is_empty(dir, ec)) return false;
+  fs::remove(dir, ec);
+  return !ec;
+}
+
 void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const std::string& base_model,
                      const Optimizer& optim, const TrainerState& st, int64_t keep_last) {
   const fs::path final_dir = fs::path(out_dir) / (std::string(kPrefix) + std::to_string(st.step));
@@ -112,12 +139,17 @@ void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const st
     throw;
   }
 
-  if (fs::exists(final_dir, ec)) fs::remove_all(final_dir, ec);  // a re-run of the same step
-  fs::rename(tmp_dir, final_dir, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    fs::remove_all(tmp_dir, ec);
-    fail(final_dir.string(), "cannot move the finished checkpoint into place: " + why);
+  // A re-run of the same step (after --resume from an earlier one): the old checkpoint's files
+  // go; a directory that also holds files of the user's keeps them and takes the new files.
+  if (fs::exists(final_dir, ec) && !remove_checkpoint_files(final_dir.string())) {
+    move_checkpoint_files(tmp_dir, final_dir);
+  } else {
+    fs::rename(tmp_dir, final_dir, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      fs::remove_all(tmp_dir, ec);
+      fail(final_dir.string(), "cannot move the finished checkpoint into place: " + why);
+    }
   }
 
   if (keep_last > 0) {
@@ -126,7 +158,7 @@ void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const st
     std::vector<fs::path> mine;
     for (const auto& [step, path] : list_checkpoints(out_dir))
       if (checkpoint_fingerprint(path) == st.fingerprint) mine.push_back(path);
-    for (size_t i = 0; i + static_cast<size_t>(keep_last) < mine.size(); ++i) fs::remove_all(mine[i], ec);
+    for (size_t i = 0; i + static_cast<size_t>(keep_last) < mine.size(); ++i) remove_checkpoint_files(mine[i].string());
   }
 }
 
@@ -152,10 +184,12 @@ void write_checkpoint_files(const fs::path& tmp_dir, const LoraModel& lora, cons
 
 }  // namespace
 
-std::optional<std::string> latest_checkpoint(const std::string& out_dir) {
+std::optional<std::string> latest_checkpoint(const std::string& out_dir, std::vector<std::string>* incomplete) {
   auto all = list_checkpoints(out_dir);
-  for (auto it = all.rbegin(); it != all.rend(); ++it)
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
     if (fs::exists(it->second / kStateFile)) return it->second.string();
+    if (incomplete) incomplete->push_back(it->second.string());
+  }
   return std::nullopt;
 }
 

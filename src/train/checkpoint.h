@@ -31,6 +31,14 @@ struct TrainerState {
   uint64_t fingerprint = 0;              // of the settings and data that must not change
 };
 
+// Whether `name` is one of the files a checkpoint directory holds (the three above).
+bool is_checkpoint_file(const std::string& name);
+
+// Removes checkpoint directory `dir`'s own files (the three above), then the directory if
+// nothing else is left in it; returns whether it is gone. Anything else there (a user's notes)
+// is never removed: the directory stays with it. Throws Error naming the file it cannot remove.
+bool remove_checkpoint_files(const std::string& dir);
+
 // Writes checkpoint-<state.step> under out_dir; then removes all but the newest
 // `keep_last` checkpoints of this run (those whose fingerprint is state.fingerprint; other
 // checkpoint directories are never touched; keep_last <= 0 keeps all). Throws Error naming
@@ -38,8 +46,10 @@ struct TrainerState {
 void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const std::string& base_model,
                      const Optimizer& optim, const TrainerState& state, int64_t keep_last);
 
-// The newest complete checkpoint directory in out_dir, if any.
-std::optional<std::string> latest_checkpoint(const std::string& out_dir);
+// The newest complete checkpoint directory in out_dir, if any. `incomplete` (when given) gets
+// the newer checkpoint directories passed over for lacking their trainer state (a run killed
+// while the directory was being filled by hand, or a copy that missed a file), newest first.
+std::optional<std::string> latest_checkpoint(const std::string& out_dir, std::vector<std::string>* incomplete = nullptr);
 
 // Loads LoRA weights and optimizer state from `dir` into `lora`/`optim` and returns the
 // trainer state. Throws Error naming the file when anything is missing or inconsistent,

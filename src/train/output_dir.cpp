@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "train/checkpoint.h"
 
 namespace qlora {
 
@@ -26,10 +27,6 @@ namespace {
 constexpr const char* kLockFile = ".qlora-train.lock";
 // Files a finished (or running) training run writes at the top of its output directory.
 constexpr const char* kRunFiles[] = {"adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "loss.svg"};
-// What a checkpoint-N/ directory holds (train/checkpoint.cpp: the PEFT adapter and the trainer's
-// state): the only files a new run ever removes from one.
-constexpr const char* kCheckpointFiles[] = {"adapter_model.safetensors", "adapter_config.json",
-                                            "trainer_state.safetensors"};
 
 bool is_checkpoint_name(const std::string& n) {
   constexpr std::string_view p = "checkpoint-";
@@ -61,14 +58,13 @@ std::string own_command_line() {
 }
 
 // Up to `max` entries of checkpoint directory `ck` that a run does not write there (anything but
-// kCheckpointFiles as regular files), "checkpoint-N/name" each.
+// its checkpoint files as regular files: train/checkpoint.h), "checkpoint-N/name" each.
 std::vector<std::string> foreign_checkpoint_entries(const fs::path& ck, size_t max) {
   std::vector<std::string> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(ck, ec)) {
     const std::string n = e.path().filename().string();
-    bool ours = false;
-    for (const char* f : kCheckpointFiles) ours = ours || (n == f && e.is_regular_file(ec));
+    const bool ours = is_checkpoint_file(n) && e.is_regular_file(ec);
     if (!ours && out.size() < max) out.push_back(ck.filename().string() + "/" + n + (e.is_directory(ec) ? "/" : ""));
   }
   return out;
@@ -184,18 +180,18 @@ PreviousRunOutput check_output_dir(const std::string& dir, bool resume, bool ove
                          ", or replace it)");
   const PreviousRunOutput prev = scan_previous_run(dir);
   if (prev.empty()) return prev;
-  // A checkpoint directory holding anything a run does not write there is not removed or
-  // replaced, by --overwrite-output-dir or by a resumed run reaching its step: refused now,
-  // before anything is touched.
+  // --overwrite-output-dir replaces the earlier run whole: a checkpoint directory holding
+  // anything a run does not write there is refused now, before anything is touched. (A resumed
+  // run removes or replaces only a checkpoint's own files: train/checkpoint.h.)
   for (const std::string& c : prev.checkpoints) {
+    if (resume || !overwrite) break;
     const std::vector<std::string> foreign = foreign_checkpoint_entries(fs::path(dir) / c, 3);
-    if (foreign.empty() || (!resume && !overwrite)) continue;
+    if (foreign.empty()) continue;
     std::string list;
     for (const std::string& f : foreign) list += (list.empty() ? "" : ", ") + f;
-    fail((fs::path(dir) / c).string(),
-         "holds files a training run does not write (" + list + "); " +
-             (resume ? "resuming" : "--overwrite-output-dir") +
-             " would remove or replace this checkpoint: move them out of it, or choose another --out");
+    fail((fs::path(dir) / c).string(), "holds files a training run does not write (" + list +
+                                           "); --overwrite-output-dir would remove this checkpoint: move them out "
+                                           "of it, or choose another --out");
   }
   if (resume) {
     if (!prev.checkpoints.empty()) return prev;
@@ -225,15 +221,9 @@ void prepare_output_dir(const std::string& dir, bool resume, bool overwrite, boo
     fs::remove(fs::path(dir) / f, ec);
     if (ec) fail((fs::path(dir) / f).string(), "cannot remove (--overwrite-output-dir): " + ec.message());
   }
-  for (const std::string& c : prev.checkpoints) {  // (their files only: check_output_dir saw nothing else)
-    const fs::path ck = fs::path(dir) / c;
-    for (const char* f : kCheckpointFiles) {
-      fs::remove(ck / f, ec);
-      if (ec) fail((ck / f).string(), "cannot remove (--overwrite-output-dir): " + ec.message());
-    }
-    fs::remove(ck, ec);
-    if (ec) fail(ck.string(), "cannot remove (--overwrite-output-dir): " + ec.message());
-  }
+  for (const std::string& c : prev.checkpoints)  // (their files only: check_output_dir saw nothing else)
+    if (!remove_checkpoint_files((fs::path(dir) / c).string()))
+      fail((fs::path(dir) / c).string(), "cannot remove (--overwrite-output-dir): it is not empty");
   if (log)
     std::fprintf(stderr, "--overwrite-output-dir: removed the earlier run's %s from %s\n", prev.summary(100).c_str(),
                  dir.c_str());

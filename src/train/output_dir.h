@@ -53,7 +53,7 @@ size_t remove_stale_temporaries(const std::string& dir);
 //                                      lose a finished adapter
 //   output there, no resume         -> Error naming what is there and both ways on,
 //                                      unless overwrite (the outputs are returned)
-//   resume or overwrite, a checkpoint-N/ holding anything a run does not write there
+//   overwrite, a checkpoint-N/ holding anything a run does not write there
 //                                   -> Error naming it (nothing of the user's is removed)
 // Callers check early (before loading a model) so that a refusal costs nothing.
 PreviousRunOutput check_output_dir(const std::string& dir, bool resume, bool overwrite);

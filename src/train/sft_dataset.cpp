@@ -57,15 +57,23 @@ std::string read_file(const std::string& path) {
     fail(path, "is a directory, not a data file (give a .json, .jsonl or plain text file)");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, "cannot open the data file");
-  // A megabyte at a time, stopping after the first one holding a NUL byte: no text or JSON
-  // holds one (check_not_binary then says where), and a device such as /dev/zero never ends.
+  // A regular file whole (the binary checks look at its size: a llama2.c checkpoint given as
+  // data is named as one). Anything else (a device, a pipe) a megabyte at a time, stopping after
+  // the first one holding a NUL byte: no text or JSON holds one (check_not_binary then says
+  // where), and a device such as /dev/zero never ends.
   std::string out;
-  std::vector<char> chunk(size_t{1} << 20);
-  while (f) {
-    f.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-    const size_t n = static_cast<size_t>(f.gcount());
-    out.append(chunk.data(), n);
-    if (std::memchr(chunk.data(), '\0', n)) break;
+  if (std::filesystem::is_regular_file(path, ec)) {
+    std::stringstream ss;
+    ss << f.rdbuf();
+    out = ss.str();
+  } else {
+    std::vector<char> chunk(size_t{1} << 20);
+    while (f) {
+      f.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+      const size_t n = static_cast<size_t>(f.gcount());
+      out.append(chunk.data(), n);
+      if (std::memchr(chunk.data(), '\0', n)) break;
+    }
   }
   if (f.bad()) fail(path, "cannot read the data file");
   return out;

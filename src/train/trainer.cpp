@@ -205,7 +205,13 @@ TrainResult train(LoraModel& lora, const std::vector<TrainSequence>& data, const
   bool resumed = false;
   std::string last_checkpoint;  // the newest complete checkpoint of this run, for messages
   if (opt.resume) {
-    if (auto dir = latest_checkpoint(opt.out_dir)) {
+    std::vector<std::string> incomplete;
+    const std::optional<std::string> found = latest_checkpoint(opt.out_dir, &incomplete);
+    if (opt.progress)
+      for (const std::string& d : incomplete)
+        std::fprintf(stderr, "note: %s has no trainer_state.safetensors (not a complete checkpoint): passed over\n",
+                     d.c_str());
+    if (auto dir = found) {
       try {
         st = load_checkpoint(*dir, lora, *optimizer, st.fingerprint);
       } catch (const Error& e) {

@@ -987,16 +987,24 @@ std::vector<Case> cases() {
                .command = train + "--data data.txt --overwrite-output-dir",
                .exit_code = 1,
                .stderr_has = {"holds files a training run does not write", "--overwrite-output-dir"}});
-  t.push_back({.name = "out_dir_resume_keeps_foreign_files_in_a_checkpoint",
-               .setup =
-                   [earlier_run](const fs::path& d) {
-                     earlier_run(d);
-                     put(d, "out/checkpoint-50/notes.txt", "the user's notes");
-                   },
-               .command = train + "--data data.txt --resume",
-               .exit_code = 1,
-               .stderr_has = {"checkpoint-50: holds files a training run does not write (checkpoint-50/notes.txt)",
-                              "resuming"}});
+
+  // A checkpoint missing its trainer state is passed over, and the run says so; writing that
+  // step again replaces the checkpoint's own files and keeps a file of the user's beside them.
+  t.push_back({.name = "resume_passes_over_an_incomplete_checkpoint_and_keeps_user_files",
+               .setup = [](const fs::path& d) { put(d, "data.txt", kStory); },
+               .command = "{qlora} train {M} --out out --data data.txt --max-steps 3 --save-every 1 -q && "
+                          "rm out/checkpoint-2/trainer_state.safetensors && echo notes > out/checkpoint-2/notes.txt && "
+                          "{qlora} train {M} --out out --data data.txt --max-steps 3 --save-every 1 --resume",
+               .exit_code = 0,
+               .stderr_has = {"checkpoint-2 has no trainer_state.safetensors", "passed over",
+                              "resuming from out/checkpoint-1 (step 1)"},
+               .check =
+                   [](const CliRun& r) {
+                     const fs::path ck = fs::path(r.dir) / "out/checkpoint-2";
+                     EXPECT_EQ(read_file((ck / "notes.txt").string()), "notes\n");
+                     EXPECT_TRUE(fs::exists(ck / "trainer_state.safetensors"));
+                     EXPECT_TRUE(fs::exists(ck / "adapter_model.safetensors"));
+                   }});
 
   // ---- numbers out of range ----
   t.push_back({.name = "threads_absurd",

@@ -178,6 +178,14 @@ TEST(Serve, EndpointsAdaptersStreamingAndErrors) {
       {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"" + std::string(5000, 'x') + "\"}]}",
        413, "larger than"},
       {"/v1/nothing", "{}", 404, "no such endpoint"},
+      {"/v1/chat/completions",
+       R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]})",
+       400, "tool calling is not supported"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})",
+       400, "'response_format'"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", 400,
+       "log-probabilities"},
+      {"/v1/completions", R"({"prompt": "x", "echo": true})", 400, "echoing the prompt"},
   };
   for (const Bad& b : bad) {
     auto r = c.Post(b.path, b.body, "application/json");

@@ -456,15 +456,25 @@ Quantized4bit read_4bit_from_safetensors(const SafeTensorsFile& f, const std::st
     q.packed.assign(bytes.begin(), bytes.end());
   }
   const SafeTensorInfo& am = r.need(".absmax", "the per-block scales");
+  // A NaN / infinite scale dequantizes its whole block to garbage: refused here, naming it.
+  auto check_finite = [&](const std::vector<float>& v, const SafeTensorInfo& t, const char* what) {
+    for (size_t i = 0; i < v.size(); ++i)
+      if (!std::isfinite(v[i]))
+        r.fail_on(t.name, std::string(what) + " " + std::to_string(i) + " is " + (std::isnan(v[i]) ? "NaN" : "infinite") +
+                              ": the weight would dequantize to non-finite values");
+  };
   if (s.nested) {
     s.absmax_q = r.read<uint8_t>(am, DType::U8, nb, blocks_why + ", double-quantized");
     s.nested_absmax = r.read<float>(*nested_absmax, DType::F32, num_blocks(nb, s.nested_blocksize),
                                     "one per " + std::to_string(s.nested_blocksize) + " of the " + std::to_string(nb) +
                                         " absmax values");
     const std::vector<float> ncode = r.read<float>(*nested_map, DType::F32, 256, "the 8-bit code");
+    check_finite(s.nested_absmax, *nested_absmax, "nested absmax");
+    check_finite(ncode, *nested_map, "value");
     std::copy(ncode.begin(), ncode.end(), s.nested_code.begin());
   } else {
     s.absmax = r.read<float>(am, DType::F32, nb, blocks_why);
+    check_finite(s.absmax, am, "absmax");
   }
   const SafeTensorInfo& qm = r.need(".quant_map", "the 4-bit code");
   const std::vector<float> code = r.read<float>(qm, DType::F32, 16, "the 16 values of the 4-bit code");

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -391,6 +392,24 @@ TEST(QuantState, MalformedInputsGiveErrorsNamingTheTensor) {
          e.shape[0] += 1;
        },
        kW + ".nested_absmax"},
+      {"absmax NaN", false,
+       [](Tensors& t) {
+         const float nan = std::numeric_limits<float>::quiet_NaN();
+         std::memcpy(t.at(kW + ".absmax").data.data() + 4, &nan, 4);
+       },
+       kW + ".absmax"},
+      {"nested_absmax infinite", true,
+       [](Tensors& t) {
+         const float inf = std::numeric_limits<float>::infinity();
+         std::memcpy(t.at(kW + ".nested_absmax").data.data(), &inf, 4);
+       },
+       kW + ".nested_absmax"},
+      {"nested_quant_map NaN", true,
+       [](Tensors& t) {
+         const float nan = std::numeric_limits<float>::quiet_NaN();
+         std::memcpy(t.at(kW + ".nested_quant_map").data.data() + 40, &nan, 4);
+       },
+       kW + ".nested_quant_map"},
       {"nested_quant_map of 255", true,
        [](Tensors& t) {
          auto& e = t.at(kW + ".nested_quant_map");

@@ -95,6 +95,9 @@ int run(const Options& o, CLI::App& app) {
   // upper end, DBL_MAX, as 309 digits.
   if (o.n < 0) qlora::fail("-n/--n-predict", "must be >= 0 (got " + std::to_string(o.n) + ")");
   if (o.parallel < 1 || o.parallel > 64) qlora::fail("--parallel", "must be in 1..64");
+  if (!o.system.empty() && !o.chat)
+    qlora::fail("--system", "is the chat template's system message: give --chat too (without it the prompt is "
+                            "continued as plain text)");
   qlora::ModelLoadOptions load = qlora::cli::load_options(o.m);
 
   const auto t_load = Clock::now();

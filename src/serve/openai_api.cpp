@@ -93,6 +93,9 @@ std::variant<CompletionRequest, ApiError> parse_request(Endpoint endpoint, const
         return bad(p + ".role", p + ".role " + excerpt(role) + " is not one of system, user, assistant");
       const auto text = content_text(m[i].contains("content") ? m[i]["content"] : json());
       if (!text) return bad(p + ".content", p + ".content must be a string or a list of text parts");
+      // (null content is an assistant turn's, when it only called tools; a user's or system's is a mistake)
+      if (role != "assistant" && (!m[i].contains("content") || m[i]["content"].is_null()))
+        return bad(p + ".content", p + ".content is missing: a " + role + " message needs text");
       r.messages.push_back({{"role", role == "developer" ? "system" : role}, {"content", *text}});
     }
   } else {

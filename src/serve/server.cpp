@@ -448,7 +448,7 @@ struct Server::Impl {
     const int64_t ctx = model.spec().max_positions;
     if (static_cast<int64_t>(job->prompt_ids.size()) + job->req.gen.max_new_tokens > ctx) {
       ApiError e;
-      e.param = "messages";
+      e.param = ep == Endpoint::ChatCompletions ? "messages" : "prompt";
       e.code = "context_length_exceeded";
       e.message = "the prompt (" + std::to_string(job->prompt_ids.size()) + " tokens) plus max_tokens (" +
                   std::to_string(job->req.gen.max_new_tokens) + ") exceeds the context of " + std::to_string(ctx) +

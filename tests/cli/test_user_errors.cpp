@@ -1006,6 +1006,11 @@ std::vector<Case> cases() {
                      EXPECT_TRUE(fs::exists(ck / "adapter_model.safetensors"));
                    }});
 
+  t.push_back({.name = "generate_system_without_chat",
+               .command = "{qlora} generate {M} -p Once -n 2 --system 'Be brief.'",
+               .exit_code = 1,
+               .stderr_has = {"--system", "give --chat too"}});
+
   // ---- numbers out of range ----
   t.push_back({.name = "threads_absurd",
                .command = "{qlora} generate {M} -p Once -n 2 --threads 99999",

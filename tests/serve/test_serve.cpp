@@ -186,6 +186,7 @@ TEST(Serve, EndpointsAdaptersStreamingAndErrors) {
       {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", 400,
        "log-probabilities"},
       {"/v1/completions", R"({"prompt": "x", "echo": true})", 400, "echoing the prompt"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": null}]})", 400, "a user message needs text"},
   };
   for (const Bad& b : bad) {
     auto r = c.Post(b.path, b.body, "application/json");

@@ -226,17 +226,21 @@ std::vector<std::vector<uint8_t>> random_block_copies(int64_t i, int64_t rows, i
 // BM_GemvQ8 on the same shape: arg0 = SIMD level, arg1 = type (0 Q5_0, 1 Q5_1, 2 Q5_K, 3 Q6_K,
 // 4 Q3_K, 5 Q2_K), arg2/3 = rows/cols, arg4 = copies cycled through (200 of SmolLM2's ffn_down
 // shape, 576 x 1536, stream from memory). Random bytes, the fp16 scale fields set to small
-// normal values. Bytes are the blocks as stored.
-void BM_GemvBlocks(benchmark::State& st) {
+// normal values. Bytes are the blocks as stored. `int8` (BM_GemvBlocksI8) takes x as the 8-bit
+// codes of the quantizer the loader pairs with the type (Q8_K for the 256-value types, Q8_0 for
+// Q5_0 / Q5_1) into gemv_i8.
+void gemv_blocks(benchmark::State& st, bool int8) {
   SimdLevel lv;
   if (!level_arg(st, lv)) return;
   const GgmlType t = kBlockTypes[st.range(1)];
   const int64_t rows = st.range(2), cols = st.range(3), copies = st.range(4);
   const GgmlTypeTraits& tr = ggml_traits(t);
   const std::vector<std::vector<uint8_t>> ws = random_block_copies(st.range(1), rows, cols, copies);
-  const std::vector<uint8_t>& w = ws[0];
   const auto x = randn(cols, 7);
-  std::vector<float> y(rows);
+  std::vector<int8_t> xq(cols);
+  std::vector<float> xd(cols / 32), y(rows);
+  const auto& lin = kernels::linear_kernels_for(lv);
+  if (int8) (tr.block_size == 256 ? lin.quantize_x_q8k : lin.quantize_x_q8)(x.data(), cols, xq.data(), xd.data());
   const auto& k = kernels::block_row_kernels_for(lv);
   int64_t c = 0;
   for (auto _ : st) {
@@ -246,49 +250,23 @@ void BM_GemvBlocks(benchmark::State& st) {
     b.rows = rows;
     b.cols = cols;
     b.row_bytes = cols / tr.block_size * tr.type_size;
-    k.gemv(b, x.data(), 1, y.data(), rows, 0, rows);
+    if (int8) k.gemv_i8(b, xq.data(), xd.data(), 1, y.data(), rows, 0, rows);
+    else k.gemv(b, x.data(), 1, y.data(), rows, 0, rows);
     c = (c + 1) % copies;
     benchmark::DoNotOptimize(y.data());
   }
-  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(w.size()));
+  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(ws[0].size()));
   st.SetLabel(std::string(simd_level_name(lv)) + " " + std::string(ggml_type_name(t)));
 }
+
+void BM_GemvBlocks(benchmark::State& st) { gemv_blocks(st, false); }
 BENCHMARK(BM_GemvBlocks)
     ->ArgsProduct({{1}, {0, 1, 2, 3, 4, 5}, {576}, {1536}, {1, 200}})
     ->Unit(benchmark::kMicrosecond);
 
 // The same blocks on 8-bit activations (gemv_i8: the GGUF default of generate / chat / serve),
-// next to BM_GemvQ8I8 on the same shape; arguments as BM_GemvBlocks'. x's codes come from the
-// quantizer the loader pairs with the type (Q8_K for the 256-value types, Q8_0 for Q5_0 / Q5_1).
-void BM_GemvBlocksI8(benchmark::State& st) {
-  SimdLevel lv;
-  if (!level_arg(st, lv)) return;
-  const GgmlType t = kBlockTypes[st.range(1)];
-  const int64_t rows = st.range(2), cols = st.range(3), copies = st.range(4);
-  const GgmlTypeTraits& tr = ggml_traits(t);
-  const std::vector<std::vector<uint8_t>> ws = random_block_copies(st.range(1), rows, cols, copies);
-  const std::vector<uint8_t>& w = ws[0];
-  const auto x = randn(cols, 7);
-  std::vector<int8_t> xq(cols);
-  std::vector<float> xd(cols / 32), y(rows);
-  const auto& lin = kernels::linear_kernels_for(lv);
-  (tr.block_size == 256 ? lin.quantize_x_q8k : lin.quantize_x_q8)(x.data(), cols, xq.data(), xd.data());
-  const auto& k = kernels::block_row_kernels_for(lv);
-  int64_t c = 0;
-  for (auto _ : st) {
-    kernels::BlockRows b;
-    b.type = t;
-    b.data = ws[static_cast<size_t>(c)].data();
-    b.rows = rows;
-    b.cols = cols;
-    b.row_bytes = cols / tr.block_size * tr.type_size;
-    k.gemv_i8(b, xq.data(), xd.data(), 1, y.data(), rows, 0, rows);
-    c = (c + 1) % copies;
-    benchmark::DoNotOptimize(y.data());
-  }
-  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(w.size()));
-  st.SetLabel(std::string(simd_level_name(lv)) + " " + std::string(ggml_type_name(t)));
-}
+// next to BM_GemvQ8I8 on the same shape; arguments as BM_GemvBlocks'.
+void BM_GemvBlocksI8(benchmark::State& st) { gemv_blocks(st, true); }
 BENCHMARK(BM_GemvBlocksI8)
     ->ArgsProduct({{1}, {0, 1, 2, 3, 4, 5}, {576}, {1536}, {1, 200}})
     ->Unit(benchmark::kMicrosecond);

@@ -36,7 +36,9 @@ TokenizerSpec tokenizer_spec_from_llama2c(std::span<const uint8_t> bytes, std::s
     const std::string idx = "token " + std::to_string(spec.vocab.size());
     const float score = read_f32(idx.c_str());
     const int32_t len = read_i32(idx.c_str());
-    if (len < 0 || len > max_len) fail(where, idx + ": length " + std::to_string(len) + " exceeds max_token_length");
+    if (len < 0) fail(where, idx + ": length " + std::to_string(len) + " is negative (not a llama2.c tokenizer, or a damaged one)");
+    if (len > max_len)
+      fail(where, idx + ": length " + std::to_string(len) + " exceeds max_token_length " + std::to_string(max_len));
     if (bytes.size() - pos < static_cast<size_t>(len)) fail(where, "truncated: file ends inside " + idx);
     if (!std::isfinite(score)) fail(where, idx + ": score is not finite");
     spec.vocab.emplace_back(reinterpret_cast<const char*>(bytes.data() + pos), static_cast<size_t>(len));

@@ -158,7 +158,13 @@ void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const st
     std::vector<fs::path> mine;
     for (const auto& [step, path] : list_checkpoints(out_dir))
       if (checkpoint_fingerprint(path) == st.fingerprint) mine.push_back(path);
-    for (size_t i = 0; i + static_cast<size_t>(keep_last) < mine.size(); ++i) remove_checkpoint_files(mine[i].string());
+    // (best effort, as before: an old checkpoint that cannot be removed does not stop the run)
+    for (size_t i = 0; i + static_cast<size_t>(keep_last) < mine.size(); ++i) {
+      try {
+        remove_checkpoint_files(mine[i].string());
+      } catch (const Error&) {
+      }
+    }
   }
 }
 

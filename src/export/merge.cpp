@@ -412,13 +412,8 @@ std::vector<std::string> write_merged_hf_dir(const Model& model, const ModelFile
                                                                      : fs::path(source.path).parent_path();
   if (fs::exists(out_dir, ec) && fs::exists(src_dir, ec) && fs::equivalent(out_dir, src_dir, ec))
     fail(out_dir, "is the base model's own directory: write the merged model somewhere else");
-  if (!overwrite && fs::is_directory(out_dir, ec)) {
-    for (const auto& e : fs::directory_iterator(out_dir, ec)) {
-      const std::string n = e.path().filename().string();
-      if (n == "config.json" || n.ends_with(".safetensors") || n == "model.safetensors.index.json")
-        fail(out_dir, "already holds a model (" + n + "); pass --overwrite to replace it, or choose another --out");
-    }
-  }
+  if (const auto n = model_file_in_dir(out_dir); n && !overwrite)
+    fail(out_dir, "already holds a model (" + *n + "); pass --overwrite to replace it, or choose another --out");
   fs::create_directories(out_dir, ec);
   if (ec) fail(out_dir, "cannot create the output directory: " + ec.message());
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 
 #include <nlohmann/json.hpp>
@@ -209,6 +210,16 @@ void SafeTensorsWriter::write(const std::string& path) const {
   w.write(header);
   for (const auto& e : entries_) w.write(e.data);
   w.commit();
+}
+
+std::optional<std::string> model_file_in_dir(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return std::nullopt;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n == "config.json" || n.ends_with(".safetensors") || n == "model.safetensors.index.json") return n;
+  }
+  return std::nullopt;
 }
 
 }  // namespace qlora

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -86,5 +87,10 @@ class SafeTensorsWriter {
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
+
+// The first file in directory `dir` that makes it a model a writer would replace (config.json,
+// a *.safetensors, model.safetensors.index.json), nullopt when it holds none or is not a
+// directory: what quantize / merge refuse to write over without --overwrite.
+std::optional<std::string> model_file_in_dir(const std::string& dir);
 
 }  // namespace qlora

@@ -87,12 +87,8 @@ void check_output(const std::string& in, const std::string& out, bool is_dir, bo
   }
   if (fs::exists(out, ec) && !fs::is_directory(out, ec))
     fail(out, "exists and is not a directory; --out names the output directory for a directory input");
-  if (overwrite || !fs::is_directory(out, ec)) return;
-  for (const auto& e : fs::directory_iterator(out, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n == "config.json" || n.ends_with(".safetensors") || n == "model.safetensors.index.json")
-      fail(out, "already holds a model (" + n + "); pass --overwrite to replace it, or choose another --out");
-  }
+  if (const auto n = model_file_in_dir(out); n && !overwrite)
+    fail(out, "already holds a model (" + *n + "); pass --overwrite to replace it, or choose another --out");
 }
 
 std::string output_file(const std::string& out, bool is_dir) {
